@@ -1,0 +1,51 @@
+"""Command line: ``actdict {harvest,train,analyze,run} CONFIG [key.sub=value ...]``.
+
+Each stage reads its own section of the experiment YAML; ``run`` runs the three in order.
+Stages are imported lazily so that ``actdict harvest`` never imports the training code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from actdict.config import ConfigError, common_of, load_experiment, section
+
+# stage -> (module with main(common, cfg), config module, config class)
+_STAGES = {
+    "harvest": ("actdict.harvest.run", "actdict.harvest.config", "HarvestConfig"),
+    "train": ("actdict.train.run", "actdict.train.config", "TrainConfig"),
+    "analyze": ("actdict.analyze.run", "actdict.analyze.config", "AnalyzeConfig"),
+}
+
+
+def run_stage(stage: str, data: dict) -> None:
+    run_mod, cfg_mod, cfg_cls = _STAGES[stage]
+    cls = getattr(importlib.import_module(cfg_mod), cfg_cls)
+    common = common_of(data)
+    cfg = section(data, stage, cls)
+    importlib.import_module(run_mod).main(common, cfg)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="actdict", description=__doc__.splitlines()[0])
+    parser.add_argument("stage", choices=[*_STAGES, "run"], help="stage to run; 'run' = all three")
+    parser.add_argument("config", help="experiment YAML, e.g. configs/demo.yaml")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=2")
+    args = parser.parse_args(argv)
+    try:
+        data = load_experiment(args.config, args.overrides)
+        stages = list(_STAGES) if args.stage == "run" else [args.stage]
+        for stage in stages:
+            if args.stage == "run" and stage == "harvest" and "harvest" not in data:
+                continue  # bring-your-own-vectors experiments have no harvest section
+            run_stage(stage, data)
+    except ConfigError as e:
+        print(f"actdict: config error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

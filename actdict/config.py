@@ -1,0 +1,183 @@
+"""Typed experiment configs: one YAML file, one frozen dataclass per stage.
+
+An experiment YAML has a few shared top-level keys (``run_dir``, ``seed``, ``store``) and one
+section per stage (``harvest``, ``train``, ``analyze``). Each stage owns the dataclass of its
+section; this module only knows how to turn plain YAML data into such dataclasses:
+
+* unknown keys are rejected with the list of valid ones (a typo never passes silently),
+* values are type-checked against the annotations (int, float, str, bool, Optional, list, tuple,
+  nested dataclasses, lists of dataclasses),
+* ``key.sub=value`` overrides from the command line are applied before validation; the value is
+  parsed as YAML (``train.epochs=3``, ``harvest.hooks=[blocks.1.hook_resid_post]``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+STAGES = ("harvest", "train", "analyze")
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not describe a valid experiment."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Common:
+    """Top-level keys shared by every stage."""
+
+    run_dir: str = "runs/default"
+    """Folder for everything this experiment writes (store, checkpoints, report)."""
+    seed: int = 0
+    """Seed of every random choice: data order, splits, initialisation, sampling."""
+    store: str = ""
+    """Activation store path or fsspec URL; empty means ``{run_dir}/store``."""
+
+    @property
+    def store_path(self) -> str:
+        return self.store or str(Path(self.run_dir) / "store")
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Load a YAML mapping with ``yaml.safe_load``; a missing file or a non-mapping is a ConfigError."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of ``data`` with ``a.b.c=value`` overrides applied (value parsed as YAML)."""
+    out = json.loads(json.dumps(data))  # deep copy of plain YAML data
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key.sub=value")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = out
+        for part in parts[:-1]:
+            nxt = node.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+            node = nxt
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    return out
+
+
+def build(cls: type[T], data: Any, where: str = "") -> T:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and checking types."""
+    where = where or cls.__name__
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys: {sorted(fields)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {name: _coerce(hints[name], value, f"{where}.{name}") for name, value in data.items()}
+    missing = [
+        n for n, f in fields.items()
+        if n not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ConfigError(f"{where}: missing required key(s) {missing}")
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(arg, value, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{where}: {value!r} matches none of {args}: {errors}")
+    if origin is typing.Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        item_tp = args[0] if args else Any
+        items = [_coerce(item_tp, v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, where)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def load_experiment(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Read an experiment YAML, apply overrides and check its top-level keys."""
+    data = apply_overrides(read_yaml(path), overrides or [])
+    common_keys = {f.name for f in dataclasses.fields(Common)}
+    unknown = sorted(set(data) - common_keys - set(STAGES))
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown top-level key(s) {unknown}; valid: {sorted(common_keys | set(STAGES))}"
+        )
+    return data
+
+
+def common_of(data: dict[str, Any]) -> Common:
+    return build(Common, {k: v for k, v in data.items() if k not in STAGES}, "config")
+
+
+def section(data: dict[str, Any], stage: str, cls: type[T]) -> T:
+    """The typed config of one stage (its section may be absent: all defaults)."""
+    return build(cls, data.get(stage) or {}, stage)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain-data form of a config dataclass (for manifests and cfg.json)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def config_hash(cfg: Any) -> str:
+    """Stable short hash of a config dataclass (sorted JSON, sha256, 16 hex chars)."""
+    blob = json.dumps(to_dict(cfg), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

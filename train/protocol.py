@@ -1,0 +1,87 @@
+"""The dictionary protocol and the variant registry.
+
+Every dictionary (SAE, VAE, VAEase, ...) is one ``nn.Module`` subclass of :class:`Dictionary` in its own
+file under ``train/variants/``, registered with :func:`register`. The training loop and the analysis
+only ever call the methods below, so a new variant never touches them.
+
+Shapes: B = batch, d = input width, k = dictionary size (number of latents).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class Forward:
+    """What one forward pass of a dictionary produces."""
+
+    x_hat: Tensor
+    """[B, d] reconstruction."""
+    codes: Tensor
+    """[B, k] feature activations shown in analysis (SAE: z; VAE: mu; VAEase: (1 - sigma) * mu)."""
+    activity: Tensor
+    """[B, k] the per-latent score that the Otsu split uses to count active dimensions."""
+    extras: dict[str, Tensor]
+    """Variant-specific tensors the loss needs (e.g. mu, var), never read by the loop."""
+
+
+class Dictionary(nn.Module):
+    """Base class of every variant.
+
+    ``active_side`` says which side of the Otsu split of ``Forward.activity`` is active:
+    ``"low"`` for VAE models (activity = log posterior variance: small variance = active),
+    ``"high"`` for SAE models (activity = log|z|: large magnitude = active).
+    """
+
+    variant: ClassVar[str] = ""
+    active_side: ClassVar[Literal["low", "high"]] = "high"
+
+    def __init__(self, d: int, k: int, **params: Any) -> None:
+        super().__init__()
+        self.d, self.k, self.params = d, k, dict(params)
+
+    def forward(self, x: Tensor, sample: bool = True) -> Forward:  # x: [B, d]
+        """Encode and decode ``x``; ``sample=False`` gives the deterministic (posterior-mean) path."""
+        raise NotImplementedError
+
+    def loss_terms(self, x: Tensor, out: Forward) -> dict[str, Tensor]:
+        """Scalar loss terms (batch means); key ``"loss"`` is the total that is minimised."""
+        raise NotImplementedError
+
+    def after_step(self) -> None:
+        """Hook run after each optimizer step (e.g. decoder renormalisation). Default: nothing."""
+
+
+_REGISTRY: dict[str, type[Dictionary]] = {}
+
+
+def register(cls: type[Dictionary]) -> type[Dictionary]:
+    """Class decorator: make a variant constructible by its ``variant`` name."""
+    if not cls.variant:
+        raise ValueError(f"{cls.__name__} has no variant name")
+    if cls.variant in _REGISTRY and _REGISTRY[cls.variant] is not cls:
+        raise ValueError(f"variant {cls.variant!r} registered twice")
+    _REGISTRY[cls.variant] = cls
+    return cls
+
+
+def registry() -> dict[str, type[Dictionary]]:
+    """All registered variants, by name (importing the variants package fills it)."""
+    import actdict.train.variants  # noqa: F401  (registers every variant)
+
+    return dict(_REGISTRY)
+
+
+def make(variant: str, d: int, k: int, seed: int = 0, **params: Any) -> Dictionary:
+    """Build a registered variant with a seeded initialisation."""
+    classes = registry()
+    if variant not in classes:
+        raise ValueError(f"unknown dictionary variant {variant!r}; registered: {sorted(classes)}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return classes[variant](d, k, **params)
