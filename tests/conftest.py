@@ -1,4 +1,8 @@
-"""Test-wide settings: never touch the network (the hub is unreachable here anyway)."""
+"""Test-wide settings: never touch the network (the hub is unreachable here anyway), and one intra-op thread.
+
+One thread (here and in every subprocess a test starts, which inherits the environment) makes float results
+independent of the machine's core count: byte-identity tests compare runs that must reduce in the same order,
+and tiny tensors run faster without thread hand-offs."""
 
 import os
 
@@ -7,3 +11,5 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
