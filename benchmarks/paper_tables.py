@@ -267,11 +267,18 @@ def main(argv: list[str] | None = None) -> dict:
                     help="wall-clock limit of each set's training in minutes (0 = none); the steps done are "
                          "printed")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: fastest for these small nets)")
+    ap.add_argument("--models", nargs="+", help="only these rows of each set (e.g. vaease)")
+    ap.add_argument("--max-steps", type=int, default=0,
+                    help="train exactly this many steps (epochs unbounded); 0 = the set's own setting")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     out = {}
     for name in a.sets:
         spec = quick(SETS[name], name) if a.quick else SETS[name]
+        if a.models:
+            spec = replace(spec, models={k: v for k, v in spec.models.items() if k in a.models})
+        if a.max_steps:
+            spec = replace(spec, epochs=10**6, max_steps=a.max_steps)
         if spec.kind == "store" and not (a.root / spec.data["path"]).exists():
             cfg = "configs/demo.yaml" if name == "llm" else "configs/demo_embeddings.yaml"
             print(f"\n## {name}: skipped, no store at {spec.data['path']} (run `actdict harvest {cfg}`)")
