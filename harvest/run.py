@@ -26,6 +26,7 @@ from actdict.harvest.config import HarvestConfig
 from actdict.harvest.dist import Ranks, init_ranks, rank_device
 from actdict.harvest.layout import ACT_DTYPES, fs_of, write_shard
 from actdict.harvest.models import LoadedModel, load_model
+from actdict.harvest.pipeline import Behind, Prefetch
 from actdict.harvest.plan import RowStream, ShardWork, owner, shard_work, stored_positions
 from actdict.harvest.resume import (
     HarvestError,
@@ -257,20 +258,29 @@ def harvest(common: Common, cfg: HarvestConfig, ranks: Ranks) -> None:
     with tqdm(total=cfg.max_tokens, initial=cursor["row"], unit="tok", unit_scale=True, desc="harvest",
               disable=ranks.rank != 0) as bar:
         progress = _Progress(bar, ranks.world, cfg.max_tokens)
-        for work in shard_work(_chain(first, items), cfg.shard_rows,
-                               lambda s: owner(s, ranks.world) == ranks.rank and s not in done_all):
-            data = shard_rows_of(lm, work, hooks, stop, cfg.batch_size, cfg.store_dtype, progress)
-            meta = {k: data[k] for k in ("token_ids", "doc", "pos")}
-            for h in hooks:
-                if work.index not in done[h]:  # a crash may have left it whole in some hooks only
-                    write_shard(fs, f"{root}/{h}", work.index, meta | {"acts": data[h]}, cfg.chunk_rows,
-                                record={"start": work.pieces[0][0].cursor})
+        ahead = Prefetch(items)  # tokenising ahead of the forward (docs/harvest.md, "Throughput")
+        with Behind() as writer:  # the last finished shard is written while the next one is computed
+            for work in shard_work(_chain(first, ahead), cfg.shard_rows,
+                                   lambda s: owner(s, ranks.world) == ranks.rank and s not in done_all):
+                data = shard_rows_of(lm, work, hooks, stop, cfg.batch_size, cfg.store_dtype, progress)
+                writer.submit(lambda work=work, data=data: _write(fs, root, work, data, hooks, done,
+                                                                  cfg.chunk_rows))
+        ahead.close()
     ranks.barrier()
     if ranks.rank == 0:
         for h in hooks:
             finish(path, h, want[h], stream.end_row, cfg.shard_rows)
     ranks.barrier()
     say(f"harvest: wrote {stream.end_row:,} rows per hook to {path}")
+
+
+def _write(fs, root: str, work: ShardWork, data: dict, hooks: list[str], done: dict, chunk_rows: int) -> None:
+    """Write one finished shard in every hook that lacks it (a crash may have left it whole in some)."""
+    meta = {k: data[k] for k in ("token_ids", "doc", "pos")}
+    for h in hooks:
+        if work.index not in done[h]:
+            write_shard(fs, f"{root}/{h}", work.index, meta | {"acts": data[h]}, chunk_rows,
+                        record={"start": work.pieces[0][0].cursor})
 
 
 class _Progress:
