@@ -62,7 +62,10 @@ def _wait_for_checkpoint(proc: subprocess.Popen, state: Path, after: int) -> int
     """Poll until the resume state records a step > after; returns that step."""
     deadline = time.time() + 120
     while time.time() < deadline:
-        meta = read_meta(state) if state.exists() else None
+        try:
+            meta = read_meta(state) if state.exists() else None
+        except RuntimeError:  # safetensors read the header of one file and mapped the next (os.replace
+            meta = None  # in between: "size ... smaller than the required mapping size"); poll again
         if meta and meta["position"]["step"] > after:
             return meta["position"]["step"]
         assert proc.poll() is None, "train exited before the checkpoint"

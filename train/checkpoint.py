@@ -41,13 +41,13 @@ class Normalized(Dictionary):
     def forward(self, x: Tensor, sample: bool = True) -> Forward:  # x: [B, d] raw
         out = self.inner((x - self.norm_mean) / self.norm_scale, sample=sample)
         extras = dict(out.extras, x_hat_norm=out.x_hat)
-        return Forward(out.x_hat * self.norm_scale + self.norm_mean, out.codes, out.activity, extras)
+        return out.replace(x_hat=out.x_hat * self.norm_scale + self.norm_mean, extras=extras)
 
     def decode(self, codes: Tensor) -> Tensor:  # codes: [B, k] -> raw-space x_hat [B, d]
         return self.inner.decode(codes) * self.norm_scale + self.norm_mean
 
     def loss_terms(self, x: Tensor, out: Forward) -> dict[str, Tensor]:
-        inner_out = Forward(out.extras["x_hat_norm"], out.codes, out.activity, out.extras)
+        inner_out = out.replace(x_hat=out.extras["x_hat_norm"])
         return self.inner.loss_terms((x - self.norm_mean) / self.norm_scale, inner_out)
 
     def after_step(self) -> None:

@@ -9,7 +9,7 @@ Shapes: B = batch, d = input width, k = dictionary size (number of latents).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -18,20 +18,65 @@ from torch import Tensor, nn
 from actdict.config import ConfigError
 
 
-@dataclass
 class Forward:
-    """What one forward pass of a dictionary produces."""
+    """What one forward pass of a dictionary produces.
+
+    ``codes`` and ``activity`` may be given as zero-argument callables: they are then computed on first
+    read and kept (the TopK SAEs' dense [B, k] codes and their log, which training never reads). Readers
+    always get tensors.
+    """
+
+    __slots__ = ("x_hat", "extras", "_codes", "_activity")
 
     x_hat: Tensor
     """[B, d] reconstruction."""
-    codes: Tensor
-    """[B, k] feature activations shown in analysis (SAE: z; VAE: mu; VAEase: (1 - sigma) * mu)."""
-    activity: Tensor
-    """[B, k] the per-latent score that the Otsu split uses to count active dimensions."""
     extras: dict[str, Tensor]
     """Variant-specific tensors the loss needs (e.g. mu, var), never read by the loop. Optional key
     ``"dec_in"``: the decoder's input when it is not ``codes`` (a sampled forward of a VAE), so that
     ``x_hat == decode(extras["dec_in"])``; analysis edits it (masked-dimensions curve)."""
+
+    def __init__(self, x_hat: Tensor, codes: Tensor | Callable[[], Tensor],
+                 activity: Tensor | Callable[[], Tensor], extras: dict[str, Tensor]) -> None:
+        self.x_hat, self.extras = x_hat, extras
+        self._codes = codes if isinstance(codes, Tensor) else _Memo(codes)
+        self._activity = activity if isinstance(activity, Tensor) else _Memo(activity)
+
+    @property
+    def codes(self) -> Tensor:
+        """[B, k] feature activations shown in analysis (SAE: z; VAE: mu; VAEase: (1 - sigma) * mu)."""
+        return self._codes if isinstance(self._codes, Tensor) else self._codes()
+
+    @property
+    def activity(self) -> Tensor:
+        """[B, k] the per-latent score that the Otsu split uses to count active dimensions."""
+        return self._activity if isinstance(self._activity, Tensor) else self._activity()
+
+    def replace(self, **changes: Any) -> Forward:
+        """A copy with some fields changed; codes / activity not yet computed stay lazy (and shared)."""
+        new = Forward(self.x_hat, self._codes, self._activity, self.extras)
+        for name, value in changes.items():
+            if name in ("codes", "activity"):
+                value = value if isinstance(value, Tensor) else _Memo(value)
+                name = "_" + name
+            elif name not in ("x_hat", "extras"):
+                raise TypeError(f"Forward has no field {name!r}")
+            setattr(new, name, value)
+        return new
+
+
+class _Memo:
+    """A zero-argument callable evaluated once (later calls return the kept value)."""
+
+    __slots__ = ("fn", "value")
+
+    def __init__(self, fn: Callable[[], Tensor]) -> None:
+        self.fn: Callable[[], Tensor] | None = fn
+        self.value: Tensor | None = None
+
+    def __call__(self) -> Tensor:
+        if self.fn is not None:
+            self.value, self.fn = self.fn(), None
+        return self.value  # type: ignore[return-value]
 
 
 class Dictionary(nn.Module):

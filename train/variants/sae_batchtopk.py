@@ -17,7 +17,13 @@ bartbussmann/BatchTopK ``sae.py``).
   + b_dec (the official code adds b_dec here too; kept as is), dead = not fired in any of the last
   ``n_batches_to_dead`` batches. aux = 0 when no latent is dead. No L1 term (official l1_coeff = 0).
 * unit-norm decoder rows + gradient projection, encoder init = decoder^T, biases 0 (see ``_tied``).
-* ``Forward.codes`` = z, ``activity`` = log|z|; ``active_side = "high"``.
+* ``Forward.codes`` = z, ``activity`` = log|z| (``activity``, and in training also ``codes``, built only when
+  read); ``active_side = "high"``.
+* Sparse training path (``_sparse``): pre is computed densely without grad (the batch top-k needs all of
+  it); only the kept entries (a variable number per row, kept as a CSR-like pattern, so no padding) and
+  the aux entries are differentiated, with sparse gradients for W_enc, b_enc and b_dec (``gather_linear``),
+  and decoded without a dense code (``sparse_decode``). Loss and gradients equal the dense computation's to
+  float rounding. Eval (threshold) mode stays dense: no backward there, and the code is needed anyway.
 * Under torchrun each rank takes the top k*B of its own part of the batch and keeps its own dead counts and
   theta (an open problem: they are not all-reduced).
 
@@ -32,6 +38,7 @@ from torch import Tensor
 
 from actdict.config import ConfigError
 from actdict.train.protocol import Forward, register
+from actdict.train.variants._sparse import Pattern, gather_linear, sparse_decode
 from actdict.train.variants._tied import DeadTracker, TiedSAE, sparse_codes
 
 
@@ -50,15 +57,14 @@ class SAEBatchTopK(TiedSAE):
         self.register_buffer("threshold_seen", torch.tensor(False))
 
     def forward(self, x: Tensor, sample: bool = True) -> Forward:  # x: [B, d]
-        acts = torch.relu(self.pre(x))  # [B, k]
-        extras: dict[str, Tensor] = {}
         if not self.training:
+            acts = torch.relu(self.pre(x))  # [B, k]
             z = acts * (acts > self.threshold)  # [B, k]
-            return Forward(x_hat=self.decode(z), codes=z, activity=sparse_codes(z), extras={"z": z})
-        flat = acts.flatten()
-        top = flat.topk(min(int(self.params["topk"]) * len(x), flat.numel()))
-        z = torch.zeros_like(flat).scatter(-1, top.indices, top.values).reshape(acts.shape)  # [B, k]
+            return Forward(x_hat=self.decode(z), codes=z, activity=lambda: sparse_codes(z), extras={"z": z})
         with torch.no_grad():
+            pre = self.pre(x)  # [B, k]
+            acts = torch.relu(pre)
+            top = acts.flatten().topk(min(int(self.params["topk"]) * len(x), acts.numel()))
             pos = top.values[top.values > 0]
             if len(pos):
                 beta = float(self.params["threshold_beta"])
@@ -66,15 +72,27 @@ class SAEBatchTopK(TiedSAE):
                 ema = beta * self.threshold + (1 - beta) * new
                 self.threshold.copy_(torch.where(self.threshold_seen, ema, new))
                 self.threshold_seen.fill_(True)
-        self.dead.update(z.sum(0) > 0, 1)
+        pat = Pattern.from_flat(top.indices, len(x), self.k)  # a row may keep any number of latents
+        vals = torch.relu(self._gather(x, pre, pat))  # [N] kept z
+        fired = torch.zeros(self.k, dtype=torch.bool, device=x.device)
+        fired[pat.cols[vals.detach() > 0]] = True  # == z.sum(0) > 0 (z >= 0)
+        self.dead.update(fired, 1)
         dead = self.dead.dead(int(self.params["n_batches_to_dead"]) - 1)  # official: >= n_batches_to_dead
+        extras: dict[str, Tensor] = {}
         if dead.any():
-            a = acts[:, dead]  # [B, n_dead]
-            top_aux = a.topk(min(int(self.params["k_aux"]), int(dead.sum())), dim=-1)
-            a_aux = torch.zeros_like(a).scatter(-1, top_aux.indices, top_aux.values)
-            extras["x_aux"] = a_aux @ self.W_dec[dead] + self.b_dec  # [B, d]
-        extras["z"] = z
-        return Forward(x_hat=self.decode(z), codes=z, activity=sparse_codes(z), extras=extras)
+            dead_ids = dead.nonzero()[:, 0]  # [n_dead]
+            with torch.no_grad():
+                top_aux = acts[:, dead].topk(min(int(self.params["k_aux"]), len(dead_ids)), dim=-1)
+            aux = Pattern.from_topk(dead_ids[top_aux.indices], self.k)
+            aux_vals = torch.relu(self._gather(x, pre, aux))  # [B * min(k_aux, n_dead)]
+            extras["x_aux"] = sparse_decode(aux_vals, self.W_dec, aux) + self.b_dec  # [B, d]
+        x_hat = sparse_decode(vals, self.W_dec, pat) + self.b_dec  # [B, d]
+        kept = vals.detach()  # the lazy fields hold no graph
+        return Forward(x_hat=x_hat, codes=lambda: pat.dense(kept), activity=lambda: pat.log_abs(kept),
+                       extras=extras)
+
+    def _gather(self, x: Tensor, pre: Tensor, pat: Pattern) -> Tensor:  # -> [N] pre at pat, sparse backward
+        return gather_linear(x, self.b_dec, self.W_enc.T, self.b_enc, pre, pat)
 
     def loss_terms(self, x: Tensor, out: Forward) -> dict[str, Tensor]:
         l2 = (out.x_hat - x).pow(2).mean()

@@ -5,16 +5,24 @@ broken by ``torch.topk``). No sparsity penalty (h = 0) and, as in the paper, no 
 decoder renormalisation.
 params: ``topk`` (default 30, the paper's LLM value), ``lam2`` (default 0.0: the paper gives no lam2 for TopK;
 an open choice). Everything else: see ``_sae``.
+
+Sparse path (linear encoder and decoder, the default): the pre-activations are computed densely without
+grad, the top ``topk`` of relu(pre) per row are selected, and only those entries are differentiated
+(``_sparse.gather_linear``: sparse grad of the encoder's weight and bias) and decoded
+(``_sparse.sparse_decode``: x_hat = b_dec + sum_j z_j W_dec[:, j] over the kept j). The loss and every
+gradient equal the dense computation's to float rounding; ``Forward.codes`` (the dense [B, k] z, no grad)
+and ``activity`` are built only when read. Deep encoders / MLP decoders take the dense path.
 """
 
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from actdict.config import ConfigError
-from actdict.train.protocol import register
+from actdict.train.protocol import Forward, register
 from actdict.train.variants._sae import SAEBase
+from actdict.train.variants._sparse import Pattern, gather_linear, sparse_decode
 
 
 @register
@@ -31,3 +39,19 @@ class SAETopK(SAEBase):
         z = torch.relu(self.encoder(x))  # [B, k]
         top = z.topk(int(self.params["topk"]), dim=-1)  # values/indices [B, topk]
         return torch.zeros_like(z).scatter(-1, top.indices, top.values)
+
+    def forward(self, x: Tensor, sample: bool = True) -> Forward:  # x: [B, d]; deterministic
+        enc, dec = self.encoder, self.decoder
+        if not (type(enc) is nn.Linear and type(dec) is nn.Linear):
+            return super().forward(x, sample)
+        with torch.no_grad():
+            pre = enc(x)  # [B, k]
+            # top of pre, not of relu(pre): a row with fewer than topk positive entries keeps other zeros of
+            # relu(pre) than the dense path does, which changes neither z, x_hat nor any gradient
+            idx = pre.topk(int(self.params["topk"]), dim=-1).indices  # [B, topk]
+        pat = Pattern.from_topk(idx, self.k)
+        vals = torch.relu(gather_linear(x, None, enc.weight, enc.bias, pre, pat))  # [N] kept z
+        x_hat = sparse_decode(vals, dec.weight.T, pat) + dec.bias  # [B, d]
+        kept = vals.detach()  # the lazy fields hold no graph
+        return Forward(x_hat=x_hat, codes=lambda: pat.dense(kept), activity=lambda: pat.log_abs(kept),
+                       extras={})

@@ -14,7 +14,12 @@ openai/sparse_autoencoder ``train.py``).
   estimated on each batch, an open choice that only rescales the step.) When no latent is dead L_aux is 0
   (the official code then adds a constant with zero gradient).
 * unit-norm decoder rows with gradient projection; encoder init = decoder^T; b_enc = b_pre = 0 (``_tied``).
-* ``Forward.codes`` = z, ``activity`` = log|z|; ``active_side = "high"``.
+* ``Forward.codes`` = z, ``activity`` = log|z| (both dense [B, k], no grad, built only when read);
+  ``active_side = "high"``.
+* Sparse path (``_sparse``): pre is computed densely without grad (the top-k selections need all of it);
+  only the kept entries (topk per row, and k_aux per row for AuxK) are differentiated, with sparse
+  gradients for W_enc, b_enc and b_pre (``gather_linear``), and decoded without a dense code
+  (``sparse_decode``). Loss and gradients equal the dense computation's to float rounding.
 
 params: ``topk`` (k, default 32, official), ``k_aux`` (default 256, official; clipped to the dictionary size),
 ``auxk_coef`` (1/32), ``dead_tokens`` (10_000_000).
@@ -27,7 +32,8 @@ from torch import Tensor
 
 from actdict.config import ConfigError
 from actdict.train.protocol import Forward, register
-from actdict.train.variants._tied import DeadTracker, TiedSAE, sparse_codes
+from actdict.train.variants._sparse import Pattern, gather_linear, sparse_decode
+from actdict.train.variants._tied import DeadTracker, TiedSAE
 
 
 def nmse(recon: Tensor, target: Tensor) -> Tensor:  # [B, d] each -> scalar
@@ -48,26 +54,35 @@ class SAETopKAuxK(TiedSAE):
         self.dead = DeadTracker(k)
 
     def forward(self, x: Tensor, sample: bool = True) -> Forward:  # x: [B, d]; deterministic
-        pre = self.pre(x)  # [B, k]
-        top = pre.topk(int(self.params["topk"]), dim=-1)  # [B, topk]
-        vals = torch.relu(top.values)
-        z = torch.zeros_like(pre).scatter(-1, top.indices, vals)  # [B, k]
-        extras = {"z": z}
+        with torch.no_grad():
+            pre = self.pre(x)  # [B, k]
+            top = pre.topk(int(self.params["topk"]), dim=-1)  # [B, topk]
+        pat = Pattern.from_topk(top.indices, self.k)
+        vals = torch.relu(self._gather(x, pre, pat))  # [N] kept z
+        extras: dict[str, Tensor] = {}
         if self.training:
             fired = torch.zeros(self.k, dtype=torch.bool, device=x.device)
-            fired[top.indices[vals > 1e-3]] = True
+            fired[top.indices[top.values > 1e-3]] = True  # relu(v) > 1e-3 iff v > 1e-3
             self.dead.update(fired, len(x))
             dead = self.dead.dead(int(self.params["dead_tokens"]))  # [k]
             if dead.any():
                 k_aux = min(int(self.params["k_aux"]), self.k)
-                aux = (pre * dead).topk(k_aux, dim=-1)  # live latents' pre-acts zeroed, as official
-                extras["z_aux"] = torch.zeros_like(pre).scatter(-1, aux.indices, torch.relu(aux.values))
-        return Forward(x_hat=self.decode(z), codes=z, activity=sparse_codes(z), extras=extras)
+                with torch.no_grad():  # live latents' pre-acts zeroed, as official
+                    aux = Pattern.from_topk((pre * dead).topk(k_aux, dim=-1).indices, self.k)
+                aux_vals = torch.relu(self._gather(x, pre, aux) * dead[aux.cols].to(pre.dtype))  # [B * k_aux]
+                extras["e_hat"] = sparse_decode(aux_vals, self.W_dec, aux)  # z_aux @ W_dec, [B, d]
+        x_hat = sparse_decode(vals, self.W_dec, pat) + self.b_dec  # [B, d]
+        kept = vals.detach()  # the lazy fields hold no graph
+        return Forward(x_hat=x_hat, codes=lambda: pat.dense(kept), activity=lambda: pat.log_abs(kept),
+                       extras=extras)
+
+    def _gather(self, x: Tensor, pre: Tensor, pat: Pattern) -> Tensor:  # -> [N] pre at pat, sparse backward
+        return gather_linear(x, self.b_dec, self.W_enc.T, self.b_enc, pre, pat)
 
     def loss_terms(self, x: Tensor, out: Forward) -> dict[str, Tensor]:
         main = nmse(out.x_hat, x)
-        if "z_aux" in out.extras:
-            aux = nmse(out.extras["z_aux"] @ self.W_dec, x - out.x_hat.detach())
+        if "e_hat" in out.extras:
+            aux = nmse(out.extras["e_hat"], x - out.x_hat.detach())
         else:
             aux = torch.zeros((), device=x.device)
         sse = (x - out.x_hat).pow(2).sum(-1).mean().detach()
