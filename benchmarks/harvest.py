@@ -6,7 +6,7 @@ the hook), it times:
 * ``bare forward``: the wrapped Hugging Face model on pre-made token batches, stopped right after block L
   (a forward hook raises): the least compute any harvest of that hook needs. (``bridge(tokens,
   stop_at_layer=L+1)`` is no baseline: TransformerBridge 4.3 still returns vocabulary logits there);
-* ``forward+cache``: the harvest's own ``forward`` (hooked ``run_with_cache``, copy to float32 numpy);
+* ``forward+cache``: the harvest's own ``forward`` (hooked ``run_with_cache``, cache moved to the CPU);
 * ``harvest``: ``actdict harvest`` end to end (``actdict.harvest.run.main``: tokenise, forward, cast,
   shard writes, manifests) with the model already loaded (loading is not part of the throughput);
 and prints tokens/s (stored rows per second; every timing covers the same rows) and the ratio
@@ -17,7 +17,7 @@ forward + the time the harvest spends outside its forward calls (measured inside
 the overhead of the harvest loop itself, insensitive to the load drifting between timings.
 
     python benchmarks/harvest.py                      # MiniLM (real weights) and random-init Pythia-70m shape
-    python benchmarks/harvest.py --models minilm --tokens 65536 --dtype float32
+    python benchmarks/harvest.py --models minilm --tokens 65536 --dtype float32 --repeats 1
 """
 
 from __future__ import annotations
@@ -170,7 +170,7 @@ def _table(results: list[dict], col: int, title: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["minilm", "pythia"], choices=sorted(MODELS))
-    ap.add_argument("--tokens", type=int, default=32768, help="stored rows per harvest")
+    ap.add_argument("--tokens", type=int, default=262144, help="stored rows per harvest (4 shards)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
     ap.add_argument("--shard-rows", type=int, default=65536)

@@ -41,7 +41,7 @@ from actdict.harvest.resume import (
 )
 from actdict.harvest.sources import SourceConfig, Window, iter_documents, source_fingerprint, token_windows
 from actdict.harvest.store import list_hooks
-from actdict.harvest.writer import encode_checked, new_manifest
+from actdict.harvest.writer import new_manifest
 
 __all__ = ["HarvestError", "main", "describe_source", "expand_hooks", "forward", "model_windows"]
 META_BYTES = 4 + 8 + 4  # token_ids int32 + doc int64 + pos int32, per row
@@ -108,7 +108,7 @@ def _layer_key(name: str) -> tuple[int, str]:
 
 
 def forward(lm: LoadedModel, batch: list[Window], hooks: list[str], stop: int | None) -> dict:
-    """hook -> activations [B, ctx, d] float32 numpy of one batch of windows."""
+    """hook -> activations [B, ctx, d] (torch, on CPU, in the model's dtype) of one batch of windows."""
     import torch
 
     tokens = torch.from_numpy(np.stack([w.tokens for w in batch])).to(lm.device)  # [B, ctx]
@@ -123,29 +123,49 @@ def forward(lm: LoadedModel, batch: list[Window], hooks: list[str], stop: int | 
     with torch.inference_mode():
         _, cache = lm.bridge.run_with_cache(tokens, names_filter=hooks, stop_at_layer=stop,
                                             return_cache_object=False, **kw)
-    out = {}
-    for h in hooks:
-        a = cache[h]
-        out[h] = a.reshape(a.shape[0], a.shape[1], -1).float().cpu().numpy()  # [B, ctx, d]
-    return out
+        return {h: cache[h].reshape(cache[h].shape[0], cache[h].shape[1], -1).cpu() for h in hooks}
+
+
+def stored(acts, flat: np.ndarray, store_dtype: str, where: str) -> np.ndarray:
+    """The rows ``flat`` of acts [B, ctx, d] (torch) as stored: [m, d] float16 | float32 | bfloat16 bits
+    (uint16); torch rounds to nearest even, as ``layout.encode_acts``. ValueError on a non-finite value."""
+    import torch
+
+    with torch.inference_mode():
+        x = acts.reshape(-1, acts.shape[-1])[torch.from_numpy(flat)]  # [m, d]
+        x = x.to(getattr(torch, store_dtype))  # float16 | float32 | bfloat16
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"{where}: non-finite activations after casting to {store_dtype} (NaN in the "
+                             "input, or values beyond the float16 range: use dtype float32)")
+        return (x.view(torch.int16).numpy().view(np.uint16) if store_dtype == "bfloat16" else x.numpy())
 
 
 def shard_rows_of(lm: LoadedModel, work: ShardWork, hooks: list[str], stop: int | None,
                   batch_size: int, store_dtype: str, progress=None) -> dict[str, np.ndarray]:
     """The arrays of one shard: hook -> acts [n, d] as stored (``store_dtype``), and token_ids/doc/pos [n];
-    ``progress(n_rows)`` is called after each batch."""
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in [*hooks, "token_ids", "doc", "pos"]}
+    ``progress(n_rows)`` is called after each batch. Rows are selected and cast once per batch, straight
+    into the shard's arrays."""
+    n = work.n_rows
+    out: dict[str, np.ndarray] = {"token_ids": np.empty(n, np.int32), "doc": np.empty(n, np.int64),
+                                  "pos": np.empty(n, np.int32)}
+    at = 0
     for batch in work.batches(batch_size):
-        acts = forward(lm, [it.window for it, _, _ in batch], hooks, stop)  # hook -> [B, ctx, d]
+        windows = [it.window for it, _, _ in batch]
+        acts = forward(lm, windows, hooks, stop)  # hook -> [B, ctx, d]
+        ctx = len(windows[0].tokens)
+        flat = np.concatenate([b * ctx + it.rows[lo:hi] for b, (it, lo, hi) in enumerate(batch)])  # [m]
+        m = len(flat)
+        for h in hooks:
+            rows = stored(acts[h], flat, store_dtype, h)  # [m, d]
+            if h not in out:
+                out[h] = np.empty((n, rows.shape[1]), rows.dtype)
+            out[h][at:at + m] = rows
+        for key, field in (("token_ids", "tokens"), ("doc", "doc"), ("pos", "pos")):
+            out[key][at:at + m] = np.concatenate([getattr(w, field) for w in windows])[flat]  # [m]
+        at += m
         if progress is not None:
-            progress(sum(hi - lo for _, lo, hi in batch))
-        for b, (it, lo, hi) in enumerate(batch):
-            p = it.rows[lo:hi]  # [k] window positions of the rows that belong to this shard
-            for h in hooks:
-                parts[h].append(encode_checked(acts[h][b, p], store_dtype, h))  # [k, d]
-            for key, src in (("token_ids", it.window.tokens), ("doc", it.window.doc), ("pos", it.window.pos)):
-                parts[key].append(src[p])
-    return {k: np.concatenate(v) for k, v in parts.items()}
+            progress(m)
+    return out
 
 
 def _existing(path: str, hooks: list[str], chash: str) -> bool:

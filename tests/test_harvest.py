@@ -215,3 +215,22 @@ def test_pad_and_separator_settings():
     enc = SimpleNamespace(kind="encoder", bos_id=None, eos_id=None, pad_id=0, cls_id=101, sep_id=102,
                           name="e")
     assert window_specials(enc, cfg)["pad_id"] == 7 and window_specials(enc, cfg)["sep"] == (102,)
+
+
+def test_stored_rows_cast_like_the_writer_and_refuse_overflow():
+    """harvest.run.stored (torch, per batch) selects the rows and rounds exactly as layout.encode_acts."""
+    from actdict.harvest.layout import encode_acts
+    from actdict.harvest.run import stored
+
+    acts = torch.from_numpy(np.random.default_rng(0).standard_normal((2, 5, 7)).astype(np.float32) * 300)
+    flat = np.array([0, 3, 4, 6, 9])  # rows of the flattened [B * ctx, d]
+    for dtype in ("float16", "float32", "bfloat16"):
+        got = stored(acts, flat, dtype, "h")
+        want = encode_acts(acts.reshape(-1, 7).numpy()[flat], dtype)
+        assert got.dtype == want.dtype and got.shape == (5, 7)
+        np.testing.assert_array_equal(got, want)
+    big = acts.clone()
+    big[1, 4, 2] = 1e6  # flat row 9: beyond float16
+    with pytest.raises(ValueError, match="float16 range"):
+        stored(big, flat, "float16", "h")
+    assert stored(big, flat[:4], "float16", "h").shape == (4, 7)  # a row not selected does not count
