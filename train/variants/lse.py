@@ -69,7 +69,7 @@ class LSE(Dictionary):
 
     def forward(self, x: Tensor, sample: bool = True) -> Forward:  # x: [B, d]; deterministic
         e = self.energies(x)
-        return Forward(x_hat=self.decode(e), codes=e, activity=e.abs().log(), extras={"e": e})
+        return Forward(x_hat=self.decode(e), codes=e, activity=lambda: e.abs().log(), extras={"e": e})
 
     def decode(self, codes: Tensor) -> Tensor:  # pseudo-decoder W^T: [B, k] @ [k, d]
         return codes @ self.linear.weight

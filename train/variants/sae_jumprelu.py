@@ -84,7 +84,7 @@ class SAEJumpReLU(TiedSAE):
         theta = self.log_threshold.exp()  # [k]
         eps = float(self.params["bandwidth"])
         z = jumprelu(pre, theta, eps)  # [B, k]
-        return Forward(x_hat=self.decode(z), codes=z, activity=sparse_codes(z),
+        return Forward(x_hat=self.decode(z), codes=z, activity=lambda: sparse_codes(z),
                        extras={"l0": heaviside(pre, theta, eps).sum(-1)})
 
     def loss_terms(self, x: Tensor, out: Forward) -> dict[str, Tensor]:

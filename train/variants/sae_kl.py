@@ -54,7 +54,7 @@ class SAEKL(Dictionary):
 
     def forward(self, x: Tensor, sample: bool = True) -> Forward:  # x: [B, d]; deterministic
         h = torch.sigmoid(self.encoder(x))  # [B, k]
-        act = torch.log(h.clamp_min(1e-38))  # [B, k]
+        act = lambda: torch.log(h.clamp_min(1e-38))  # noqa: E731  [B, k], read by analysis only
         return Forward(x_hat=self.decoder(h), codes=h, activity=act, extras={"h": h})
 
     def decode(self, codes: Tensor) -> Tensor:  # h: [B, k] -> [B, d]

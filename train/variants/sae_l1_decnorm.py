@@ -44,7 +44,7 @@ class SAEL1DecNorm(TiedSAE):
 
     def forward(self, x: Tensor, sample: bool = True) -> Forward:  # x: [B, d]; deterministic
         f = torch.relu(self.pre(x))  # [B, k]
-        return Forward(x_hat=self.decode(f), codes=f, activity=sparse_codes(f), extras={"f": f})
+        return Forward(x_hat=self.decode(f), codes=f, activity=lambda: sparse_codes(f), extras={"f": f})
 
     def loss_terms(self, x: Tensor, out: Forward) -> dict[str, Tensor]:
         sse = (x - out.x_hat).pow(2).sum(-1).mean()
