@@ -59,6 +59,22 @@ def test_batch_order_depends_on_seed_and_epoch(store):
     assert a != sorted(a)  # shuffled inside the buffer
 
 
+def test_float16_store_streams_float16_batches_of_the_same_rows(store, tmp_path):
+    """A float16 store is shuffled and yielded as stored (half the bytes); the values are the float32
+    reads of the same rows, and a resumed stream (rows carried over between buffers) matches too."""
+    x = np.concatenate([store.read_chunk(c).acts for c in range(store.num_chunks)])  # [1000, 3]
+    x[:, 0] = np.arange(1000) % 2048  # exact in float16
+    half = write_vectors(str(tmp_path / "half"), x, dtype="float16", shard_rows=256, chunk_rows=64)
+    chunks = list(range(half.num_chunks))
+    full = [(b.clone(), r) for b, r in iter_rows(half, chunks, 48, 2, seed=3, epoch=0)]
+    assert {b.dtype for b, _ in full} == {torch.float16}
+    want = x.astype(np.float16).astype(np.float32)
+    for b, r in full:
+        np.testing.assert_array_equal(b.float().numpy(), want[r])
+    tail = list(iter_batches(half, chunks, 48, 2, seed=3, epoch=0, start=7))
+    assert all(torch.equal(a, b) for a, (b, _) in zip(tail, full[7:], strict=True))
+
+
 def test_resume_position_and_rank_parts_give_the_same_batches(store):
     chunks = make_split(store.num_chunks, 0.2, seed=2)["train_chunks"]
     full = [(x.clone(), r) for x, r in iter_rows(store, chunks, 48, 2, seed=2, epoch=1)]
@@ -82,9 +98,9 @@ class CountingStore:
         self.inner, self.reads = inner, 0
         self.d, self.chunk_rows, self.chunk_bounds = inner.d, inner.chunk_rows, inner.chunk_bounds
 
-    def read_chunk(self, i):
+    def read_chunk(self, i, raw=False):
         self.reads += 1
-        return self.inner.read_chunk(i)
+        return self.inner.read_chunk(i, raw=raw)
 
 
 def test_stream_reads_at_most_two_buffers_ahead(store):

@@ -92,22 +92,31 @@ def _part(n: int, part: tuple[int, int]) -> slice:
 
 
 def _gather(store, chunks: Sequence[int], rows: np.ndarray) -> np.ndarray:
-    """Rows [n] (global indices inside ``chunks``) read chunk by chunk -> [n, d] float32. Used once on resume,
-    for the rows a buffer carries over from the previous one (fewer than one batch)."""
+    """Rows [n] (global indices inside ``chunks``) read chunk by chunk -> [n, d] as stored (see ``_read``).
+    Used once on resume, for the rows a buffer carries over from the previous one (fewer than one batch)."""
     bounds = sorted(store.chunk_bounds(int(c)) + (int(c),) for c in chunks)
     starts = np.asarray([a for a, _, _ in bounds], np.int64)
     which = np.searchsorted(starts, rows, side="right") - 1  # [n] position in ``bounds``
-    out = np.empty((len(rows), store.d), np.float32)
+    out = None
     for w in np.unique(which):
         a, _, c = bounds[int(w)]
         sel = which == w
-        out[sel] = store.read_chunk(c).acts[rows[sel] - a]
-    return out
+        acts = _read(store, [c])
+        out = np.empty((len(rows), store.d), acts.dtype) if out is None else out
+        out[sel] = acts[rows[sel] - a]
+    return out if out is not None else np.empty((0, store.d), np.float32)
+
+
+def _read(store, group: Sequence[int]) -> np.ndarray:
+    """The rows of ``group`` [n, d] as stored: float16 stays float16 (half the bytes to shuffle; the training
+    loop casts each batch on its device, where the cast is cheap); float32 and bfloat16 give float32."""
+    return np.concatenate([store.read_chunk(int(c), raw=True).acts for c in group])
 
 
 def iter_rows(store, chunks: Sequence[int], batch_size: int, buffer_chunks: int, seed: int, epoch: int,
               start: int = 0, part: tuple[int, int] = (0, 1)) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
-    """Batches ``start, start+1, ...`` of one epoch as (x [b, d] float32, global row index [b] of each row).
+    """Batches ``start, start+1, ...`` of one epoch as (x [b, d], global row index [b] of each row); x is
+    float16 for float16 stores, else float32 (see ``_read``).
 
     ``part=(rank, world)``: only the rank's contiguous slice of every global batch (the global batches are
     the same for every ``world``).
@@ -118,27 +127,28 @@ def iter_rows(store, chunks: Sequence[int], batch_size: int, buffer_chunks: int,
     if plan is None:
         return
 
-    def read(group: list[int]) -> np.ndarray:  # -> [rows of the group, d] float32
-        return np.concatenate([np.asarray(store.read_chunk(c).acts, np.float32) for c in group])
+    def shuffled(p: GroupPlan, left: np.ndarray) -> np.ndarray:  # -> [n, d] the shuffled buffer of p
+        new = _read(store, p.chunks)
+        return np.concatenate([left.astype(new.dtype, copy=False), new])[p.perm]
 
-    left = _gather(store, chunks, plan.left)  # [n_left, d] rows carried over into the first buffer
+    # the read and the shuffle of the next buffer run in a background thread while this one is consumed
     with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(read, plan.chunks)
+        pending = pool.submit(shuffled, plan, _gather(store, chunks, plan.left))
         while plan is not None:
-            buf = np.concatenate([left, pending.result()])[plan.perm]  # [n, d] the shuffled buffer
+            buf = pending.result()  # [n, d]
             nxt = next(plans, None)
-            pending = pool.submit(read, nxt.chunks) if nxt is not None else None
+            if nxt is not None:
+                pending = pool.submit(shuffled, nxt, buf[plan.n_batches * batch_size:])
             for i in range(max(start - plan.first_batch, 0), plan.n_batches):
                 a = i * batch_size
                 s = _part(min(batch_size, len(buf) - a), part)
                 yield torch.from_numpy(buf[a + s.start:a + s.stop]), plan.rows[a + s.start:a + s.stop]
-            left = buf[plan.n_batches * batch_size:]
             plan = nxt
 
 
 def iter_batches(store, chunks: Sequence[int], batch_size: int, buffer_chunks: int, seed: int,
                  epoch: int, start: int = 0, part: tuple[int, int] = (0, 1)) -> Iterator[torch.Tensor]:
-    """One epoch of shuffled float32 batches [<= batch_size, d] (see :func:`iter_rows`)."""
+    """One epoch of shuffled batches [<= batch_size, d] (float16 or float32, see :func:`iter_rows`)."""
     for x, _ in iter_rows(store, chunks, batch_size, buffer_chunks, seed, epoch, start, part):
         yield x
 
