@@ -19,14 +19,6 @@ CASES = {  # variant -> (params, SAELens architecture)
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def saelens_forward(folder):
     """SAELens' encode/decode for the three architectures, written from its documented semantics."""
     cfg = json.loads((folder / "cfg.json").read_text())

@@ -17,14 +17,6 @@ B, D, K = 24, 10, 48
 TOL = {torch.float32: {"rtol": 1e-5, "atol": 1e-6}, torch.float64: {"rtol": 1e-10, "atol": 1e-12}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _x(dtype, seed=0):
     return (torch.randn(B, D, generator=torch.Generator().manual_seed(seed)) * 1.5).to(dtype)
 

@@ -15,15 +15,6 @@ SMALL = {"sae_topk": {"topk": 2}, "sae_topk_auxk": {"topk": 2, "k_aux": 3},
 VARIANTS = sorted(registry())
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matmuls on a busy 2-core machine spin for ms per op with 2 threads, µs with 1."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def build(variant, d=7, k=5, seed=3):
     return make(variant, d, k, seed=seed, **SMALL.get(variant, {}))
 

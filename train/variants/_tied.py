@@ -25,7 +25,8 @@ import torch
 from torch import Tensor, nn
 
 from actdict.config import ConfigError
-from actdict.train.protocol import Dictionary
+from actdict.train.protocol import Dictionary, Forward
+from actdict.train.variants._sparse import Pattern, gather_linear, sparse_decode
 
 
 class TiedSAE(Dictionary):
@@ -63,6 +64,19 @@ class TiedSAE(Dictionary):
 
     def decode(self, codes: Tensor) -> Tensor:  # [B, k] -> [B, d]
         return codes @ self.W_dec + self.b_dec
+
+    def gather_pre(self, x: Tensor, pre: Tensor, pat: Pattern) -> Tensor:  # -> [N]
+        """The pre-activations at the kept entries ``pat`` with the sparse backward (``pre`` [B, k] computed
+        without grad by the caller)."""
+        return gather_linear(x, self.b_dec, self.W_enc.T, self.b_enc, pre, pat)
+
+    def sparse_forward(self, vals: Tensor, pat: Pattern, extras: dict[str, Tensor]) -> Forward:
+        """Forward of a code with only the entries ``pat`` (values vals [N]): x_hat by the sparse decode;
+        the dense codes and their activity are built only if analysis reads them (no graph kept)."""
+        x_hat = sparse_decode(vals, self.W_dec, pat) + self.b_dec  # [B, d]
+        kept = vals.detach()
+        return Forward(x_hat=x_hat, codes=lambda: pat.dense(kept), activity=lambda: pat.log_abs(kept),
+                       extras=extras)
 
     @torch.no_grad()
     def after_step(self) -> None:

@@ -38,7 +38,7 @@ from torch import Tensor
 
 from actdict.config import ConfigError
 from actdict.train.protocol import Forward, register
-from actdict.train.variants._sparse import Pattern, gather_linear, sparse_decode
+from actdict.train.variants._sparse import Pattern, sparse_decode
 from actdict.train.variants._tied import DeadTracker, TiedSAE, sparse_codes
 
 
@@ -73,7 +73,7 @@ class SAEBatchTopK(TiedSAE):
                 self.threshold.copy_(torch.where(self.threshold_seen, ema, new))
                 self.threshold_seen.fill_(True)
         pat = Pattern.from_flat(top.indices, len(x), self.k)  # a row may keep any number of latents
-        vals = torch.relu(self._gather(x, pre, pat))  # [N] kept z
+        vals = torch.relu(self.gather_pre(x, pre, pat))  # [N] kept z
         fired = torch.zeros(self.k, dtype=torch.bool, device=x.device)
         fired[pat.cols[vals.detach() > 0]] = True  # == z.sum(0) > 0 (z >= 0)
         self.dead.update(fired, 1)
@@ -84,15 +84,9 @@ class SAEBatchTopK(TiedSAE):
             with torch.no_grad():
                 top_aux = acts[:, dead].topk(min(int(self.params["k_aux"]), len(dead_ids)), dim=-1)
             aux = Pattern.from_topk(dead_ids[top_aux.indices], self.k)
-            aux_vals = torch.relu(self._gather(x, pre, aux))  # [B * min(k_aux, n_dead)]
+            aux_vals = torch.relu(self.gather_pre(x, pre, aux))  # [B * min(k_aux, n_dead)]
             extras["x_aux"] = sparse_decode(aux_vals, self.W_dec, aux) + self.b_dec  # [B, d]
-        x_hat = sparse_decode(vals, self.W_dec, pat) + self.b_dec  # [B, d]
-        kept = vals.detach()  # the lazy fields hold no graph
-        return Forward(x_hat=x_hat, codes=lambda: pat.dense(kept), activity=lambda: pat.log_abs(kept),
-                       extras=extras)
-
-    def _gather(self, x: Tensor, pre: Tensor, pat: Pattern) -> Tensor:  # -> [N] pre at pat, sparse backward
-        return gather_linear(x, self.b_dec, self.W_enc.T, self.b_enc, pre, pat)
+        return self.sparse_forward(vals, pat, extras)
 
     def loss_terms(self, x: Tensor, out: Forward) -> dict[str, Tensor]:
         l2 = (out.x_hat - x).pow(2).mean()

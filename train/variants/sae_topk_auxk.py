@@ -32,7 +32,7 @@ from torch import Tensor
 
 from actdict.config import ConfigError
 from actdict.train.protocol import Forward, register
-from actdict.train.variants._sparse import Pattern, gather_linear, sparse_decode
+from actdict.train.variants._sparse import Pattern, sparse_decode
 from actdict.train.variants._tied import DeadTracker, TiedSAE
 
 
@@ -58,7 +58,7 @@ class SAETopKAuxK(TiedSAE):
             pre = self.pre(x)  # [B, k]
             top = pre.topk(int(self.params["topk"]), dim=-1)  # [B, topk]
         pat = Pattern.from_topk(top.indices, self.k)
-        vals = torch.relu(self._gather(x, pre, pat))  # [N] kept z
+        vals = torch.relu(self.gather_pre(x, pre, pat))  # [N] kept z
         extras: dict[str, Tensor] = {}
         if self.training:
             fired = torch.zeros(self.k, dtype=torch.bool, device=x.device)
@@ -69,15 +69,10 @@ class SAETopKAuxK(TiedSAE):
                 k_aux = min(int(self.params["k_aux"]), self.k)
                 with torch.no_grad():  # live latents' pre-acts zeroed, as official
                     aux = Pattern.from_topk((pre * dead).topk(k_aux, dim=-1).indices, self.k)
-                aux_vals = torch.relu(self._gather(x, pre, aux) * dead[aux.cols].to(pre.dtype))  # [B * k_aux]
+                aux_pre = self.gather_pre(x, pre, aux)  # [B * k_aux]
+                aux_vals = torch.relu(aux_pre * dead[aux.cols].to(pre.dtype))
                 extras["e_hat"] = sparse_decode(aux_vals, self.W_dec, aux)  # z_aux @ W_dec, [B, d]
-        x_hat = sparse_decode(vals, self.W_dec, pat) + self.b_dec  # [B, d]
-        kept = vals.detach()  # the lazy fields hold no graph
-        return Forward(x_hat=x_hat, codes=lambda: pat.dense(kept), activity=lambda: pat.log_abs(kept),
-                       extras=extras)
-
-    def _gather(self, x: Tensor, pre: Tensor, pat: Pattern) -> Tensor:  # -> [N] pre at pat, sparse backward
-        return gather_linear(x, self.b_dec, self.W_enc.T, self.b_enc, pre, pat)
+        return self.sparse_forward(vals, pat, extras)
 
     def loss_terms(self, x: Tensor, out: Forward) -> dict[str, Tensor]:
         main = nmse(out.x_hat, x)
