@@ -41,7 +41,7 @@ from actdict.harvest.resume import (
 )
 from actdict.harvest.sources import SourceConfig, Window, iter_documents, source_fingerprint, token_windows
 from actdict.harvest.store import list_hooks
-from actdict.harvest.writer import new_manifest
+from actdict.harvest.writer import new_manifest, non_finite
 
 __all__ = ["HarvestError", "main", "describe_source", "expand_hooks", "forward", "model_windows"]
 META_BYTES = 4 + 8 + 4  # token_ids int32 + doc int64 + pos int32, per row
@@ -135,8 +135,7 @@ def stored(acts, flat: np.ndarray, store_dtype: str, where: str) -> np.ndarray:
         x = acts.reshape(-1, acts.shape[-1])[torch.from_numpy(flat)]  # [m, d]
         x = x.to(getattr(torch, store_dtype))  # float16 | float32 | bfloat16
         if not bool(torch.isfinite(x).all()):
-            raise ValueError(f"{where}: non-finite activations after casting to {store_dtype} (NaN in the "
-                             "input, or values beyond the float16 range: use dtype float32)")
+            raise non_finite(where, store_dtype)
         return (x.view(torch.int16).numpy().view(np.uint16) if store_dtype == "bfloat16" else x.numpy())
 
 
@@ -279,13 +278,15 @@ def harvest(common: Common, cfg: HarvestConfig, ranks: Ranks) -> None:
               disable=ranks.rank != 0) as bar:
         progress = _Progress(bar, ranks.world, cfg.max_tokens)
         ahead = Prefetch(items)  # tokenising ahead of the forward (docs/harvest.md, "Throughput")
-        with Behind() as writer:  # the last finished shard is written while the next one is computed
-            for work in shard_work(_chain(first, ahead), cfg.shard_rows,
-                                   lambda s: owner(s, ranks.world) == ranks.rank and s not in done_all):
-                data = shard_rows_of(lm, work, hooks, stop, cfg.batch_size, cfg.store_dtype, progress)
-                writer.submit(lambda work=work, data=data: _write(fs, root, work, data, hooks, done,
-                                                                  cfg.chunk_rows))
-        ahead.close()
+        try:
+            with Behind() as writer:  # the last finished shard is written while the next one is computed
+                for work in shard_work(_chain(first, ahead), cfg.shard_rows,
+                                       lambda s: owner(s, ranks.world) == ranks.rank and s not in done_all):
+                    data = shard_rows_of(lm, work, hooks, stop, cfg.batch_size, cfg.store_dtype, progress)
+                    writer.submit(lambda work=work, data=data: _write(fs, root, work, data, hooks, done,
+                                                                      cfg.chunk_rows))
+        finally:  # also on an error: the tokenising thread stops instead of waiting on a full queue
+            ahead.close()
     ranks.barrier()
     if ranks.rank == 0:
         for h in hooks:

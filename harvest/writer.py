@@ -48,12 +48,17 @@ def new_manifest(manifest: dict, d: int, dtype: str, shard_rows: int, chunk_rows
     }
 
 
+def non_finite(where: str, dtype: str) -> ValueError:
+    """The error of a row that is not finite once cast to the store dtype (every writer raises this one)."""
+    return ValueError(f"{where}: non-finite activations after casting to {dtype} "
+                      "(NaN in the input, or values beyond the float16 range: use dtype float32)")
+
+
 def encode_checked(acts: np.ndarray, dtype: str, where: str) -> np.ndarray:
     """acts [n, d] in the stored dtype; ValueError when a value is not finite after the cast."""
     cast = encode_acts(acts, dtype)  # [n, d]
     if not np.isfinite(decode_acts(cast, dtype) if dtype == "bfloat16" else cast).all():
-        raise ValueError(f"{where}: non-finite activations after casting to {dtype} "
-                         "(NaN in the input, or values beyond the float16 range: use dtype float32)")
+        raise non_finite(where, dtype)
     return cast
 
 
