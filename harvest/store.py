@@ -8,7 +8,7 @@
 The layout itself is in ``actdict.harvest.layout``; writers (``StoreWriter``, ``write_vectors``) are in
 ``actdict.harvest.writer`` and re-exported here. Opening a store checks row counts and chunk-file sizes
 (cheap, names a truncated shard); every chunk read checks its crc32c (names a corrupted shard); ``verify()``
-re-reads everything and checks each shard's sha256.
+re-reads everything and checks each shard's done-record checksum.
 
 Paths are local folders or fsspec URLs (``s3://bucket/store``, ``memory://x``, ...): every file operation
 goes through fsspec, and zarr opens the URL with its FsspecStore.
@@ -16,7 +16,6 @@ goes through fsspec, and zarr opens the URL with its FsspecStore.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +31,7 @@ from actdict.harvest.layout import (
     META_DTYPES,
     READ_VERSIONS,
     SHARDS,
+    ShardDigest,
     StoreError,
     check_shard,
     decode_acts,
@@ -187,18 +187,20 @@ class ActivationStore:
                     doc=out["doc"].astype(np.int64), pos=out["pos"].astype(np.int32))
 
     def verify(self) -> None:
-        """Re-read every shard, check its crc32cs and sha256 (done-record); StoreError names a bad shard."""
+        """Re-read every shard, check its chunks' crc32c and its done-record checksum (crc32c, or sha256 in
+        format 1-2 stores); StoreError names a bad shard."""
         for s, (name, n) in enumerate(self._shards):
             g = self._group(s)
-            h = hashlib.sha256()
+            record = g[DONE_KEY]
+            h = ShardDigest("crc32c" if "crc32c" in record else "sha256")
             try:
                 for k in ARRAYS:
                     for a in range(0, n, self.chunk_rows):
-                        h.update(np.ascontiguousarray(g[k][a:a + self.chunk_rows]).data)
+                        h.update(g[k][a:a + self.chunk_rows])
             except Exception as e:  # crc32c mismatch, missing or short chunk file
                 raise StoreError(f"shard {self.dir}/{SHARDS}/{name} is corrupted: {type(e).__name__}: "
                                  f"{e}") from e
-            if h.hexdigest() != g[DONE_KEY]["sha256"]:
+            if h.hexdigest() != record[h.kind]:
                 raise StoreError(f"shard {self.dir}/{SHARDS}/{name} is corrupted: checksum mismatch")
 
 

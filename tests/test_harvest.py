@@ -218,19 +218,28 @@ def test_pad_and_separator_settings():
 
 
 def test_stored_rows_cast_like_the_writer_and_refuse_overflow():
-    """harvest.run.stored (torch, per batch) selects the rows and rounds exactly as layout.encode_acts."""
-    from actdict.harvest.layout import encode_acts
-    from actdict.harvest.run import stored
+    """harvest.run.store_rows (torch, per batch, straight into the shard array) selects the rows and rounds
+    exactly as layout.encode_acts; a non-finite stored value (overflow, nan, inf) in a selected row raises."""
+    from actdict.harvest.layout import ACT_DTYPES, encode_acts
+    from actdict.harvest.run import store_rows
 
     acts = torch.from_numpy(np.random.default_rng(0).standard_normal((2, 5, 7)).astype(np.float32) * 300)
     flat = np.array([0, 3, 4, 6, 9])  # rows of the flattened [B * ctx, d]
-    for dtype in ("float16", "float32", "bfloat16"):
-        got = stored(acts, flat, dtype, "h")
-        want = encode_acts(acts.reshape(-1, 7).numpy()[flat], dtype)
-        assert got.dtype == want.dtype and got.shape == (5, 7)
-        np.testing.assert_array_equal(got, want)
+    for src in (acts, acts.to(torch.bfloat16)):  # the model's dtype
+        for dtype in ("float16", "float32", "bfloat16"):
+            shard = np.full((8, 7), 7, ACT_DTYPES[dtype])
+            store_rows(src, flat, shard[2:7], "h")
+            want = encode_acts(src.float().reshape(-1, 7).numpy()[flat], dtype)
+            np.testing.assert_array_equal(shard[2:7], want)
+            assert (shard[:2] == 7).all() and (shard[7:] == 7).all()  # nothing outside the slice
+    out = np.empty((5, 7), np.float16)
+    for bad in (1e6, float("nan"), float("inf")):
+        big = acts.clone()
+        big[1, 4, 2] = bad  # flat row 9
+        with pytest.raises(ValueError, match="float16 range"):
+            store_rows(big, flat, out, "h")
+        store_rows(big, flat[:4], out[:4], "h")  # a row not selected does not count
     big = acts.clone()
-    big[1, 4, 2] = 1e6  # flat row 9: beyond float16
-    with pytest.raises(ValueError, match="float16 range"):
-        stored(big, flat, "float16", "h")
-    assert stored(big, flat[:4], "float16", "h").shape == (4, 7)  # a row not selected does not count
+    big[0, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match="float32"):
+        store_rows(big, flat, np.empty((5, 7), np.float32), "h")

@@ -256,3 +256,28 @@ def test_train_names_a_damaged_shard(tmp_path, capsys, damage):
     assert "StoreError" in err and "shards/00002" in err
     assert ("checksum" in err) if damage == "flip" else ("truncated" in err)
     assert not (tmp_path / "run" / "dicts" / "sae" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("url", [False, True])
+def test_chunk_files_are_byte_identical_to_zarr(tmp_path, url):
+    """layout.write_chunks writes each chunk file exactly as zarr v3 writes it (bytes + crc32c, last chunk
+    padded with the fill value), on a local disk and through fsspec (memory://); so zarr reads them back
+    and checks their crc32c (every store test reads shards written this way)."""
+    import zarr
+    from zarr.codecs import Crc32cCodec
+
+    from actdict.harvest.layout import fs_of, write_chunks
+
+    x, tok, doc, pos = _data(n=45, d=5)
+    for i, arr in enumerate((x.astype(np.float16), x, tok, doc, pos)):
+        ref = tmp_path / f"zarr-{i}"
+        z = zarr.create_array(str(ref), shape=arr.shape, chunks=(CHUNK, *arr.shape[1:]), dtype=arr.dtype,
+                              compressors=[Crc32cCodec()], fill_value=0, zarr_format=3)
+        z[...] = arr
+        base = f"memory://actdict-chunks-{tmp_path.name}" if url else str(tmp_path)
+        fs, where = fs_of(f"{base}/ours-{i}")
+        write_chunks(fs, where, arr, CHUNK)
+        want = {p.relative_to(ref).as_posix(): p.read_bytes() for p in ref.rglob("*")
+                if p.is_file() and p.name != "zarr.json"}
+        got = {f.split(f"ours-{i}/", 1)[1]: fs.cat_file(f) for f in fs.find(where)}
+        assert len(want) == 12 and got == want  # ceil(45 / 4) chunks
