@@ -83,9 +83,9 @@ def step(m: Member, x: Tensor, lr: float, amp, weight: float | None) -> dict[str
 
     ``weight``: under torchrun, this rank's share of the global batch (gradients are averaged across ranks).
     """
-    with amp:
+    with amp:  # bf16 autocast (train.autocast) or nothing
         out = m.model(x, sample=True)
-        terms = m.model.loss_terms(x, out)
+        terms = m.model.loss_terms(x, out.float())  # float32 losses; matmuls inside stay autocast
     m.opt.zero_grad(set_to_none=True)
     terms["loss"].backward()
     if weight is not None:
@@ -132,8 +132,7 @@ def train(members: list[Member], epoch_batches: Callable[..., Iterable], cfg: Tr
             m.setup(device)
     total = steps_per_epoch * cfg.epochs if steps_per_epoch else 0
     total = min(total, cfg.max_steps) if total and cfg.max_steps else total or cfg.max_steps
-    amp = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.autocast and device.type == "cuda"
-           else nullcontext())
+    amp = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.autocast else nullcontext()
     bar = tqdm(total=total or None, initial=pos.step, desc="train", unit="step", dynamic_ncols=True,
                disable=not (d.main and progress))
     try:

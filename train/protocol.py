@@ -51,6 +51,15 @@ class Forward:
         """[B, k] the per-latent score that the Otsu split uses to count active dimensions."""
         return self._activity if isinstance(self._activity, Tensor) else self._activity()
 
+    def float(self) -> Forward:
+        """The same forward with every floating tensor in float32 (a no-op outside autocast): the loss is
+        computed on these, so reductions and logs run in float32 while matmuls stay in bf16 under autocast."""
+        f32 = lambda t: t.float() if isinstance(t, Tensor) and t.is_floating_point() else t  # noqa: E731
+        codes, activity = self._codes, self._activity
+        return Forward(f32(self.x_hat), f32(codes) if isinstance(codes, Tensor) else (lambda: f32(codes())),
+                       f32(activity) if isinstance(activity, Tensor) else (lambda: f32(activity())),
+                       {k: f32(v) for k, v in self.extras.items()})
+
     def replace(self, **changes: Any) -> Forward:
         """A copy with some fields changed; codes / activity not yet computed stay lazy (and shared)."""
         new = Forward(self.x_hat, self._codes, self._activity, self.extras)
