@@ -12,6 +12,8 @@
   sets their width (0 = the paper's). See ``_nets``. With an MLP decoder lam2 penalises all its weights
   and biases. These keys are stored in ``params`` only when given.
 * No decoder renormalisation, no tied init, no AuxK: ``after_step`` does nothing (the paper relies on lam2).
+* ``loss_terms`` takes h from ``extras["h"]`` [B] when the forward computed it (``sae_l1``'s fused step;
+  ``sae_topk``'s sparse path: zeros), else h(``extras["z"]``).
 """
 
 from __future__ import annotations
@@ -68,7 +70,8 @@ class SAEBase(Dictionary):
 
     def loss_terms(self, x: Tensor, out: Forward) -> dict[str, Tensor]:
         sse = (x - out.x_hat).pow(2).sum(-1).mean()
-        pen = self.penalty(out.extras["z"]).mean() if "z" in out.extras else x.new_zeros(())  # TopK: no z
+        h = out.extras["h"] if "h" in out.extras else self.penalty(out.extras["z"])  # [B]
+        pen = h.mean()
         wd = sum(p.pow(2).sum() for p in self.decoder.parameters())  # linear: ||W||^2 + ||b||^2
         loss = sse + self.params.get("lam1", 0.0) * pen + self.params["lam2"] * wd
         return {"loss": loss, "sse": sse, "penalty": pen.detach(), "decoder_sq_norm": wd.detach()}

@@ -54,4 +54,4 @@ class SAETopK(SAEBase):
         x_hat = sparse_decode(vals, dec.weight.T, pat) + dec.bias  # [B, d]
         kept = vals.detach()  # the lazy fields hold no graph
         return Forward(x_hat=x_hat, codes=lambda: pat.dense(kept), activity=lambda: pat.log_abs(kept),
-                       extras={})
+                       extras={"h": x.new_zeros(len(x))})  # h = 0: no penalty

@@ -1,0 +1,77 @@
+"""sae_l1's fused training step (train/variants/_fused_l1.py) against autograd on the plain composition."""
+
+import pytest
+import torch
+
+from actdict.train.protocol import make
+from actdict.train.variants._fused_l1 import relu_l1_sae
+
+
+def _plain(x, w_enc, b_enc, w_dec, b_dec):
+    z = torch.relu(x @ w_enc.T + b_enc)  # [B, k]
+    return z @ w_dec.T + b_dec, z.abs().sum(-1), z
+
+
+def _params(d=6, k=9, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(k, d), (k,), (d, k), (d,)]
+    return [torch.randn(*s, generator=g, dtype=dtype).requires_grad_() for s in shapes]
+
+
+def test_gradcheck_float64():
+    """Both outputs' gradients (x_hat and h) reach every parameter exactly as the derivative says."""
+    x = torch.randn(7, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    ps = _params()
+    torch.autograd.gradcheck(lambda *p: relu_l1_sae(x, *p)[:2], ps)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_equals_autograd_on_the_plain_composition(dtype):
+    x = torch.randn(32, 6, generator=torch.Generator().manual_seed(2), dtype=dtype) * 2
+    w = torch.randn(6, generator=torch.Generator().manual_seed(3), dtype=dtype)
+    grads, outs = [], []
+    for fn in (_plain, relu_l1_sae):
+        ps = _params(dtype=dtype)
+        x_hat, h, z = fn(x, *ps)
+        ((x - x_hat).pow(2).sum() + 0.3 * h.sum() + (x_hat * w).sum()).backward()
+        grads.append([p.grad for p in ps])
+        outs.append((x_hat.detach(), h.detach(), z.detach()))
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-12, "atol": 1e-12}
+    for a, b in zip(outs[0], outs[1], strict=True):
+        torch.testing.assert_close(b, a, **tol)
+    assert (outs[0][2] == 0).float().mean() > 0.2  # the ReLU mask matters in this test
+    for a, b in zip(grads[0], grads[1], strict=True):
+        torch.testing.assert_close(b, a, **tol)
+
+
+def test_sae_l1_trains_the_same_with_and_without_the_fused_step(monkeypatch):
+    """Five Adam steps of sae_l1 (fused, the default) end where the plain autograd path ends."""
+    x = torch.randn(64, 8, generator=torch.Generator().manual_seed(4)) * 2
+    ends = []
+    for fused in (True, False):
+        m = make("sae_l1", 8, 16, seed=5, lam1=0.05, lam2=0.01)
+        if not fused:  # the parent class's forward: plain z, penalty from extras["z"]
+            monkeypatch.setattr(type(m), "forward", type(m).__mro__[1].forward)
+        opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+        for _ in range(5):
+            out = m(x)
+            assert ("h" in out.extras) == fused
+            terms = m.loss_terms(x, out.float())
+            opt.zero_grad()
+            terms["loss"].backward()
+            opt.step()
+        ends.append({k: v.detach().clone() for k, v in m.state_dict().items()})
+        monkeypatch.undo()
+    for k, v in ends[0].items():
+        torch.testing.assert_close(v, ends[1][k], rtol=1e-5, atol=1e-6, msg=k)
+    start = make("sae_l1", 8, 16, seed=5).state_dict()["encoder.weight"]
+    assert not torch.allclose(ends[0]["encoder.weight"], start)  # the steps moved it
+
+
+def test_no_grad_forward_is_the_plain_one():
+    m = make("sae_l1", 8, 16, seed=6)
+    x = torch.randn(5, 8)
+    with torch.no_grad():
+        out = m(x)
+    assert "z" in out.extras and "h" not in out.extras
+    torch.testing.assert_close(m(x).x_hat.detach(), out.x_hat)
