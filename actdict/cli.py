@@ -28,7 +28,18 @@ def run_stage(stage: str, data: dict) -> None:
     cls = getattr(importlib.import_module(cfg_mod), cfg_cls)
     common = common_of(data)
     cfg = section(data, stage, cls)
+    set_threads(common.threads)
     importlib.import_module(run_mod).main(common, cfg)
+
+
+def set_threads(n: int) -> None:
+    """torch's intra-op threads (``threads`` in the config; 0 keeps torch's default)."""
+    if n < 0:
+        raise ConfigError(f"threads must be >= 0 (0 = one per core), got {n}")
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,6 +44,10 @@ class Common:
     """Seed of every random choice: data order, splits, initialisation, sampling."""
     store: str = ""
     """Activation store path or fsspec URL; empty means ``{run_dir}/store``."""
+    threads: int = 0
+    """CPU threads of torch in every stage (0: torch's default, one per core). On a machine shared with other
+    jobs, fewer threads than cores avoids oversubscription (two 2-thread jobs on 2 cores slowed the demo's
+    training ~8x here)."""
 
     @property
     def store_path(self) -> str:

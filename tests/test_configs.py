@@ -79,3 +79,26 @@ def test_build_nested_and_missing():
         build(Outer, {"inner": {}})
     with pytest.raises(ConfigError, match=r"items\[0\]: unknown key\(s\) \[.c.\]"):
         build(Outer, {"inner": {"a": 1}, "items": [{"a": 1, "c": 2}]})
+
+
+def test_threads_key_sets_torch_threads(tmp_path):
+    """``threads: N`` (top level) sets torch's intra-op threads before a stage runs; 0 leaves the default."""
+    import torch
+
+    from actdict.cli import set_threads
+
+    p = tmp_path / "c.yaml"
+    p.write_text("run_dir: x\nthreads: 1\n")
+    assert common_of(load_experiment(p)).threads == 1
+    assert common_of(load_experiment(p, ["threads=0"])).threads == 0
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        set_threads(0)
+        assert torch.get_num_threads() == 2
+        set_threads(1)
+        assert torch.get_num_threads() == 1
+        with pytest.raises(ConfigError, match="threads must be >= 0"):
+            set_threads(-1)
+    finally:
+        torch.set_num_threads(before)

@@ -1,6 +1,7 @@
 """``torchrun --nproc-per-node 2 actdict train`` on 2 CPU ranks (gloo) ends where a single process does: the
 ranks split every global batch and average their gradients weighted by rows, so only the summation order
-differs (float32 rounding, hence a tolerance rather than bit equality)."""
+differs (float32 rounding, hence a tolerance rather than bit equality). BatchTopK selects over the global
+batch and keeps global dead counts and threshold (train/dist.py), so it matches too, its aux loss included."""
 
 import os
 import subprocess
@@ -18,7 +19,7 @@ from actdict.train.config import TrainConfig
 from actdict.train.protocol import make
 from actdict.train.run import main
 
-DICTS = ("l1", "topk")
+DICTS = ("l1", "topk", "batchtopk")
 
 
 def _config(tmp_path: Path, store: str, run: str) -> Path:
@@ -36,6 +37,8 @@ train:
   dicts:
     - {{name: l1, variant: sae_l1, k: 16, lr: 0.01, params: {{lam1: 0.05, lam2: 0.001}}}}
     - {{name: topk, variant: sae_topk, k: 16, lr: 0.01, params: {{topk: 4}}}}
+    - {{name: batchtopk, variant: sae_batchtopk, k: 16, lr: 0.01,
+        params: {{topk: 3, n_batches_to_dead: 2, k_aux: 4}}}}
 """)
     return cfg
 
@@ -62,6 +65,9 @@ def test_torchrun_two_ranks_match_one_process(tmp_path):
         for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
             torch.testing.assert_close(vb, va, rtol=1e-4, atol=1e-5, msg=f"{name}.{k}")
         assert mb["history"][-1]["loss"] == pytest.approx(ma["history"][-1]["loss"], rel=1e-4)
+        if name == "batchtopk":  # the aux loss ran (dead latents) and theta moved, the same on both
+            theta = next(v for k, v in b.state_dict().items() if k.endswith("threshold"))
+            assert max(h["aux"] for h in ma["history"]) > 0 and float(theta) > 0
         init = make(a.variant, 8, 16, seed=1, **a.params).state_dict()
         moved = max(float((v - init[k]).abs().max()) for k, v in a.state_dict().items())
         pairs = zip(a.state_dict().values(), b.state_dict().values(), strict=True)

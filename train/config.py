@@ -59,7 +59,9 @@ class TrainConfig:
     eta_min: float = 1e-6
     """Minimum learning rate of the decaying schedules."""
     autocast: bool = False
-    """bf16 autocast of the forward pass and the loss on CUDA (ignored on CPU, where it is not used)."""
+    """bf16 autocast of the forward pass (its matmuls) on CUDA or CPU; the loss is computed on the forward's
+    outputs upcast to float32 and the weights stay float32. Fast on GPUs and on CPUs with AMX / AVX512-BF16;
+    ``sae_log``'s gradient suffers (docs/training.md, "bf16 autocast")."""
     checkpoint_every: int = 500
     """Write the resume state (weights, Adam state, batch position, epoch records) every this many steps
     (0 = only on SIGTERM). Not part of the config hash: it may change between a run and its resumption."""

@@ -2,6 +2,10 @@
 gradients are averaged across ranks (weighted by rows: the gradient of the global-batch mean), rank 0 writes.
 Every rank reads the same chunks (a global batch mixes rows of every chunk in the buffer).
 
+Variants whose step depends on batch-level statistics reduce them here, so that every rank holds what one
+process would on the whole batch: dead-latent counts (``DeadTracker``: fired = OR over ranks, rows summed)
+and BatchTopK's selection (the top k*B of the global batch, ``global_kth_largest``) and threshold.
+
 Gradients are all-reduced by hand, one flat buffer per dictionary per step, instead of wrapping the models in
 DistributedDataParallel: the loop calls ``model.loss_terms`` outside ``forward`` and a variant may leave some
 parameter without a gradient on a step, both of which DDP's hooks handle badly. A parameter keeps
@@ -59,6 +63,31 @@ def average_grads(model: nn.Module, weight: float) -> None:
         g = buf[at:at + p.numel()].view_as(p)
         at += p.numel()
         p.grad = g.clone() if h > 0 else None
+
+
+def group_size() -> int:
+    """Ranks in the running process group (1 when there is none: one process, analysis, tests)."""
+    return tdist.get_world_size() if tdist.is_available() and tdist.is_initialized() else 1
+
+
+def reduce_(x: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """x reduced in place over the process group's ranks (``sum`` | ``min``); x itself when there is none."""
+    if group_size() > 1:
+        tdist.all_reduce(x, op={"sum": tdist.ReduceOp.SUM, "min": tdist.ReduceOp.MIN}[op])
+    return x
+
+
+def global_kth_largest(values: torch.Tensor, n: int) -> torch.Tensor:
+    """The n-th largest of the values of every rank (``values``: this rank's, any shape). Each rank sends
+    its own n largest (an upper bound on its share), padded with -inf; -inf when there are fewer than n."""
+    flat = values.reshape(-1)
+    top = flat.topk(min(n, flat.numel())).values  # [<= n]
+    top = torch.cat([top, top.new_full((n - len(top),), float("-inf"))])  # [n]
+    if group_size() > 1:
+        parts = [torch.empty_like(top) for _ in range(group_size())]
+        tdist.all_gather(parts, top)
+        top = torch.cat(parts).topk(n).values  # [n]
+    return top[-1]
 
 
 def all_sum(x: torch.Tensor, d: Dist) -> torch.Tensor:

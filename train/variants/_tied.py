@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from actdict.config import ConfigError
+from actdict.train import dist as dist_
 from actdict.train.protocol import Dictionary, Forward
 from actdict.train.variants._sparse import Pattern, gather_linear, sparse_decode
 
@@ -104,14 +105,20 @@ def topk_rows(z: Tensor, k: int) -> Tensor:  # [B, k_dict] -> same shape, all bu
 
 
 class DeadTracker(nn.Module):
-    """``since[j]``: units (tokens or batches) since latent j last fired; latents above ``limit`` are dead."""
+    """``since[j]``: units (``"rows"`` or ``"batches"``) since latent j last fired; latents above ``limit``
+    are dead. Under torchrun the counts are those of the global batch on every rank: ``fired`` is OR-ed
+    over the ranks and, for rows, the amounts summed (one all-reduce of k + 1 values per step)."""
 
-    def __init__(self, k: int) -> None:
+    def __init__(self, k: int, unit: str = "rows") -> None:
         super().__init__()
+        self.per_row = unit == "rows"
         self.register_buffer("since", torch.zeros(k, dtype=torch.long))
 
     @torch.no_grad()
     def update(self, fired: Tensor, amount: int) -> None:  # fired: [k] bool
+        if dist_.group_size() > 1:
+            buf = dist_.reduce_(torch.cat([fired.float(), fired.new_tensor([amount], dtype=torch.float)]))
+            fired, amount = buf[:-1] > 0, int(buf[-1]) if self.per_row else amount
         self.since.add_(amount).masked_fill_(fired, 0)
 
     def dead(self, limit: int) -> Tensor:  # -> [k] bool

@@ -24,8 +24,9 @@ bartbussmann/BatchTopK ``sae.py``).
   the aux entries are differentiated, with sparse gradients for W_enc, b_enc and b_dec (``gather_linear``),
   and decoded without a dense code (``sparse_decode``). Loss and gradients equal the dense computation's to
   float rounding. Eval (threshold) mode stays dense: no backward there, and the code is needed anyway.
-* Under torchrun each rank takes the top k*B of its own part of the batch and keeps its own dead counts and
-  theta (an open problem: they are not all-reduced).
+* Under torchrun the selection is that of the global batch (each rank sends its top k*B, the k*B-th
+  largest of all is the cut; ties at the cut are all kept), and dead counts and theta are the global
+  batch's on every rank, so 2 ranks train as one process does (tests/test_ddp.py).
 
 params: ``topk`` (k, default 32), ``k_aux`` (512), ``aux_penalty`` (1/32), ``n_batches_to_dead`` (5),
 ``threshold_beta`` (0.999): the official defaults.
@@ -37,6 +38,7 @@ import torch
 from torch import Tensor
 
 from actdict.config import ConfigError
+from actdict.train import dist as dist_
 from actdict.train.protocol import Forward, register
 from actdict.train.variants._sparse import Pattern, sparse_decode
 from actdict.train.variants._tied import DeadTracker, TiedSAE, sparse_codes
@@ -52,7 +54,7 @@ class SAEBatchTopK(TiedSAE):
         super().__init__(d, k, **params)
         if not 1 <= int(self.params["topk"]) <= k:
             raise ConfigError(f"{self.variant}: topk must be in 1..k={k}, got {self.params['topk']}")
-        self.dead = DeadTracker(k)
+        self.dead = DeadTracker(k, unit="batches")
         self.register_buffer("threshold", torch.tensor(0.0))
         self.register_buffer("threshold_seen", torch.tensor(False))
 
@@ -64,15 +66,12 @@ class SAEBatchTopK(TiedSAE):
         with torch.no_grad():
             pre = self.pre(x)  # [B, k]
             acts = torch.relu(pre)
-            top = acts.flatten().topk(min(int(self.params["topk"]) * len(x), acts.numel()))
-            pos = top.values[top.values > 0]
-            if len(pos):
+            pat, new = self._select(acts)
+            if new is not None:
                 beta = float(self.params["threshold_beta"])
-                new = pos.min()
                 ema = beta * self.threshold + (1 - beta) * new
                 self.threshold.copy_(torch.where(self.threshold_seen, ema, new))
                 self.threshold_seen.fill_(True)
-        pat = Pattern.from_flat(top.indices, len(x), self.k)  # a row may keep any number of latents
         vals = torch.relu(self.gather_pre(x, pre, pat))  # [N] kept z
         fired = torch.zeros(self.k, dtype=torch.bool, device=x.device)
         fired[pat.cols[vals.detach() > 0]] = True  # == z.sum(0) > 0 (z >= 0)
@@ -87,6 +86,24 @@ class SAEBatchTopK(TiedSAE):
             aux_vals = torch.relu(self.gather_pre(x, pre, aux))  # [B * min(k_aux, n_dead)]
             extras["x_aux"] = sparse_decode(aux_vals, self.W_dec, aux) + self.b_dec  # [B, d]
         return self.sparse_forward(vals, pat, extras)
+
+    def _select(self, acts: Tensor) -> tuple[Pattern, Tensor | None]:
+        """The kept entries of acts [B, k] >= 0: the top k*B of the batch (under torchrun: of the global
+        batch, found with one all-gather of each rank's top k*B), and the smallest kept positive value
+        (None when nothing is positive), which updates theta."""
+        n_rows = int(dist_.reduce_(acts.new_tensor([float(len(acts))])).item())
+        n = min(int(self.params["topk"]), self.k) * n_rows
+        if dist_.group_size() == 1:
+            top = acts.flatten().topk(min(n, acts.numel()))
+            pat, kept = Pattern.from_flat(top.indices, len(acts), self.k), top.values
+        else:  # ties at the global threshold are all kept (one process keeps torch.topk's pick of them)
+            thr = dist_.global_kth_largest(acts, n)
+            flat = acts.flatten()
+            pos = ((flat >= thr) & (flat > 0)).nonzero()[:, 0]  # zeros add nothing to z nor to a gradient
+            pat, kept = Pattern.from_flat(pos, len(acts), self.k), flat[pos]
+        low = kept[kept > 0].min() if (kept > 0).any() else acts.new_tensor(float("inf"))
+        low = dist_.reduce_(low.reshape(1), "min")[0]
+        return pat, (low if torch.isfinite(low) else None)
 
     def loss_terms(self, x: Tensor, out: Forward) -> dict[str, Tensor]:
         l2 = (out.x_hat - x).pow(2).mean()
