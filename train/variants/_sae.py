@@ -72,6 +72,8 @@ class SAEBase(Dictionary):
         sse = (x - out.x_hat).pow(2).sum(-1).mean()
         h = out.extras["h"] if "h" in out.extras else self.penalty(out.extras["z"])  # [B]
         pen = h.mean()
-        wd = sum(p.pow(2).sum() for p in self.decoder.parameters())  # linear: ||W||^2 + ||b||^2
-        loss = sse + self.params.get("lam1", 0.0) * pen + self.params["lam2"] * wd
+        lam2 = self.params["lam2"]
+        with torch.set_grad_enabled(torch.is_grad_enabled() and lam2 != 0):  # lam2 = 0 (TopK): logged only
+            wd = sum(p.pow(2).sum() for p in self.decoder.parameters())  # linear: ||W||^2 + ||b||^2
+        loss = sse + self.params.get("lam1", 0.0) * pen + (lam2 * wd if lam2 else 0.0)
         return {"loss": loss, "sse": sse, "penalty": pen.detach(), "decoder_sq_norm": wd.detach()}

@@ -147,10 +147,10 @@ def gather_linear(x: Tensor, c: Tensor | None, W: Tensor, b: Tensor | None, pre:
 class _SparseDecode(Function):
     @staticmethod
     def forward(ctx, vals: Tensor, W: Tensor, pat: Pattern) -> Tensor:  # noqa: D102
-        vals = vals.to(W.dtype)
+        vals, W = vals.to(W.dtype), W.contiguous()  # [k, d] rows: copied once, reused by the backward
         ctx.save_for_backward(vals, W)
         ctx.pat, ctx.vals_dtype = pat, vals.dtype
-        return pat.by_row(W.contiguous(), vals)  # [B, d]
+        return pat.by_row(W, vals)  # [B, d]
 
     @staticmethod
     def backward(ctx, g: Tensor):  # noqa: D102  g: [B, d]
