@@ -90,12 +90,6 @@ def global_kth_largest(values: torch.Tensor, n: int) -> torch.Tensor:
     return top[-1]
 
 
-def all_sum(x: torch.Tensor, d: Dist) -> torch.Tensor:
-    if d.on:
-        tdist.all_reduce(x)
-    return x
-
-
 def barrier(d: Dist) -> None:
     if d.on:
         tdist.barrier()

@@ -144,7 +144,7 @@ def train(members: list[Member], epoch_batches: Callable[..., Iterable], cfg: Tr
                 x, rows = item if isinstance(item, tuple) else (item, None)
                 x = x.to(device, non_blocking=True).float()  # [b, d] (this rank's part of the batch)
                 n = torch.tensor([float(len(x))], device=device)
-                n_all = float(dist_.all_sum(n, d).item()) if d.on else float(len(x))
+                n_all = float(dist_.reduce_(n).item()) if d.on else float(len(x))
                 terms = []
                 for m in members:
                     torch.manual_seed(step_seed(seed, pos.step, m.name, d.rank))
@@ -155,7 +155,7 @@ def train(members: list[Member], epoch_batches: Callable[..., Iterable], cfg: Tr
                 vec = torch.stack([bad_x, *(v for t in terms for v in t.values())])
                 vec[1:] *= len(x) / n_all
                 vec = torch.cat([vec, torch.tensor([float(stop())], device=device)])
-                vals = dist_.all_sum(vec, d).tolist()  # the one sync of the step
+                vals = dist_.reduce_(vec).tolist()  # the one sync of the step
                 _check(members, keys, vals, pos, rows)
                 at = 1
                 for m, ks in zip(members, keys, strict=True):
