@@ -198,3 +198,29 @@ def test_sparse_functions_gradcheck():
                                                                               .requires_grad_()))
     dense = pat.dense(vals)
     assert torch.equal(pat.log_abs(vals), dense.abs().log()) and not dense.requires_grad
+
+
+def test_topk_decoder_is_latent_major_and_saves_as_before(tmp_path):
+    """sae_topk keeps decoder.weight [d, k] in [k, d] storage (the sparse decode reads latent rows without a
+    copy per step); Adam steps end exactly where the contiguous layout's do, and a checkpoint round trip
+    keeps values and layout."""
+    x = torch.randn(64, 6, generator=torch.Generator().manual_seed(1))
+    ends = []
+    for latent_major in (True, False):
+        m = make("sae_topk", 6, 10, seed=2, topk=3)
+        w = m.decoder.weight
+        assert w.shape == (6, 10) and w.t().is_contiguous() and not w.is_contiguous()
+        if not latent_major:
+            m.decoder.weight = torch.nn.Parameter(w.detach().contiguous())
+        opt = torch.optim.Adam(m.parameters(), lr=1e-2, fused=True)
+        for _ in range(4):
+            opt.zero_grad()
+            m.loss_terms(x, m(x))["loss"].backward()
+            opt.step()
+        ends.append(m)
+    for (k, a), b in zip(ends[0].state_dict().items(), ends[1].state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    checkpoint.save(tmp_path / "c", ends[0], {"variant": "sae_topk", "d": 6, "k": 10, "params": {"topk": 3}})
+    back, _ = checkpoint.load(tmp_path / "c")
+    w = back.decoder.weight
+    assert torch.equal(w, ends[0].decoder.weight) and w.t().is_contiguous()

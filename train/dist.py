@@ -62,7 +62,8 @@ def average_grads(model: nn.Module, weight: float) -> None:
     for p, h in zip(params, buf[-len(params):].tolist(), strict=True):
         g = buf[at:at + p.numel()].view_as(p)
         at += p.numel()
-        p.grad = g.clone() if h > 0 else None
+        p.grad = torch.empty_like(p).copy_(g) if h > 0 else None  # the parameter's layout: fused Adam
+        # reads grad and parameter memory in the same order (sae_topk's decoder weight is a transposed view)
 
 
 def group_size() -> int:

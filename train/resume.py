@@ -77,6 +77,17 @@ def load_state(path: str | Path, members: list[Member], hashes: dict[str, str]) 
         for pid, sc in mm["opt_scalars"].items():
             state.setdefault(int(pid), {}).update(sc)
         m.opt.load_state_dict({"state": state, "param_groups": mm["param_groups"]})
+        _match_layout(m.opt)
         m.history, m.sums = mm["history"], mm["sums"]
     torch.set_rng_state(tensors["rng/torch"])
     return Position(**meta["position"])
+
+
+def _match_layout(opt: torch.optim.Optimizer) -> None:
+    """Give each parameter-shaped state tensor (Adam's moments) its parameter's memory layout: the file holds
+    them contiguous, and fused Adam reads state and parameter memory in the same order (sae_topk keeps its
+    decoder weight as a transposed view)."""
+    for p, st in opt.state.items():
+        for key, v in st.items():
+            if isinstance(v, torch.Tensor) and v.shape == p.shape and v.stride() != p.stride():
+                st[key] = torch.empty_like(p, dtype=v.dtype).copy_(v)

@@ -11,7 +11,10 @@ grad, the top ``topk`` of relu(pre) per row are selected, and only those entries
 (``_sparse.gather_linear``: sparse grad of the encoder's weight and bias) and decoded
 (``_sparse.sparse_decode``: x_hat = b_dec + sum_j z_j W_dec[:, j] over the kept j). The loss and every
 gradient equal the dense computation's to float rounding; ``Forward.codes`` (the dense [B, k] z, no grad)
-and ``activity`` are built only when read. Deep encoders / MLP decoders take the dense path.
+and ``activity`` are built only when read. Deep encoders / MLP decoders take the dense path. The linear
+decoder's weight [d, k] is kept in [k, d] (latent-major) storage, a transposed view: the sparse decode
+reads latent rows, and its gradient arrives latent-major, so neither is copied every step (4% of a step
+at k = 4096, 10% at k = 16384 here); values, state dict and checkpoints are unchanged.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ class SAETopK(SAEBase):
         super().__init__(d, k, **params)
         if not 1 <= int(self.params["topk"]) <= k:
             raise ConfigError(f"sae_topk: topk must be in 1..k={k}, got {self.params['topk']}")
+        if type(self.decoder) is nn.Linear:  # [d, k] values in [k, d] storage
+            self.decoder.weight = nn.Parameter(self.decoder.weight.detach().t().contiguous().t())
 
     def encode(self, x: Tensor) -> Tensor:  # x: [B, d] -> z [B, k]
         z = torch.relu(self.encoder(x))  # [B, k]
