@@ -91,13 +91,13 @@ class SAEBatchTopK(TiedSAE):
         """The kept entries of acts [B, k] >= 0: the top k*B of the batch (under torchrun: of the global
         batch, found with one all-gather of each rank's top k*B), and the smallest kept positive value
         (None when nothing is positive), which updates theta."""
-        n_rows = int(dist_.reduce_(acts.new_tensor([float(len(acts))])).item())
-        n = min(int(self.params["topk"]), self.k) * n_rows
+        per_row = min(int(self.params["topk"]), self.k)
         if dist_.group_size() == 1:
-            top = acts.flatten().topk(min(n, acts.numel()))
+            top = acts.flatten().topk(per_row * len(acts))
             pat, kept = Pattern.from_flat(top.indices, len(acts), self.k), top.values
         else:  # ties at the global threshold are all kept (one process keeps torch.topk's pick of them)
-            thr = dist_.global_kth_largest(acts, n)
+            n_rows = int(dist_.reduce_(acts.new_tensor([float(len(acts))])).item())  # the global batch
+            thr = dist_.global_kth_largest(acts, per_row * n_rows)
             flat = acts.flatten()
             pos = ((flat >= thr) & (flat > 0)).nonzero()[:, 0]  # zeros add nothing to z nor to a gradient
             pat, kept = Pattern.from_flat(pos, len(acts), self.k), flat[pos]
