@@ -13,7 +13,8 @@ inflate the % columns), and for sae_topk / sae_l1 the samples/s of SAELens train
 without AuxK, L1) on the same batches, and the ratio. ``--autocast``: both train in bf16 autocast
 (``train.autocast``; SAELens ``SAETrainerConfig.autocast``) and the roofline is a bf16 matmul (on CPUs with
 AMX / AVX512-BF16, like these machines, ~3x the float32 rate). SAELens runs in its own venv
-(``--saelens-venv``, created with ``pip install sae-lens torch==2.13.0`` if missing; ``--no-saelens`` skips that column).
+(``--saelens-venv``, created with ``pip install sae-lens torch==2.13.0`` if missing;
+``--no-saelens`` skips that column).
 
 * "% roofline": counted FLOPs per step x steps/s / peak: how busy the matmul units are with the work the
   step actually does. The TopK variants' sparse decode and sparse encoder gradient (``_sparse``) run no
