@@ -114,6 +114,14 @@ def quick(spec: SetSpec, name: str) -> SetSpec:
     return replace(spec, epochs=q["epochs"], max_steps=0, data=spec.data | q.get("data", {}))
 
 
+def override(spec: SetSpec, n_train: int = 0, hidden: int = 0, lr: float = 0) -> SetSpec:
+    """``spec`` with the given (non-zero) training-set size, hidden width of every model, learning rate."""
+    models = {name: (v, lr or old_lr, params | ({"hidden": hidden} if hidden else {}))
+              for name, (v, old_lr, params) in spec.models.items()}
+    data = spec.data | ({"n_train": n_train} if n_train else {})
+    return replace(spec, models=models, data=data)
+
+
 def memory_batches(x: torch.Tensor, batch: int, seed: int):
     """epoch -> the rows of x [n, d] in a seeded permutation, cut into batches [<= batch, d]."""
     def epoch(e: int, start: int = 0):
@@ -270,6 +278,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--models", nargs="+", help="only these rows of each set (e.g. vaease)")
     ap.add_argument("--max-steps", type=int, default=0,
                     help="train exactly this many steps (epochs unbounded); 0 = the set's own setting")
+    ap.add_argument("--n-train", type=int, default=0, help="synthetic sets: this many training points")
+    ap.add_argument("--hidden", type=int, default=0, help="hidden width of every model's MLP encoder/decoder")
+    ap.add_argument("--lr", type=float, default=0, help="one learning rate for every model")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     out = {}
@@ -279,6 +290,7 @@ def main(argv: list[str] | None = None) -> dict:
             spec = replace(spec, models={k: v for k, v in spec.models.items() if k in a.models})
         if a.max_steps:
             spec = replace(spec, epochs=10**6, max_steps=a.max_steps)
+        spec = override(spec, a.n_train, a.hidden, a.lr)
         if spec.kind == "store" and not (a.root / spec.data["path"]).exists():
             cfg = "configs/demo.yaml" if name == "llm" else "configs/demo_embeddings.yaml"
             print(f"\n## {name}: skipped, no store at {spec.data['path']} (run `actdict harvest {cfg}`)")

@@ -34,21 +34,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-from torch.utils.flop_counter import FlopCounterMode
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # what `import actdict` sets, before torch loads
 
-from actdict.harvest.store import write_vectors
-from actdict.train.config import TrainConfig
-from actdict.train.data import iter_batches
-from actdict.train.loop import Member, train
-from actdict.train.protocol import make, registry
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+from actdict.harvest.store import write_vectors  # noqa: E402
+from actdict.train.config import TrainConfig  # noqa: E402
+from actdict.train.data import iter_batches  # noqa: E402
+from actdict.train.loop import Member, train  # noqa: E402
+from actdict.train.protocol import make, registry  # noqa: E402
 
 SAELENS_CHILD = r'''
 import json, sys, time, numpy as np, torch

@@ -102,3 +102,24 @@ def test_threads_key_sets_torch_threads(tmp_path):
             set_threads(-1)
     finally:
         torch.set_num_threads(before)
+
+
+def test_importing_actdict_puts_large_tensors_on_huge_pages():
+    """``import actdict`` before torch turns on torch's THP allocations (page-aligned, madvise'd large
+    tensors); the user's THP_MEM_ALLOC_ENABLE=0 wins. Checked in fresh interpreters, where the allocator has
+    not yet read the variable."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import actdict, torch; xs = [torch.empty(8 << 20, dtype=torch.uint8) for _ in range(3)]; "
+            "print(*[x.data_ptr() % 4096 for x in xs])")
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+
+    def offsets(extra: dict) -> list[int]:
+        out = subprocess.run([sys.executable, "-c", code], env=env | extra, capture_output=True, text=True,
+                             check=True).stdout
+        return [int(v) for v in out.split()]
+
+    assert offsets({}) == [0, 0, 0]
+    assert any(offsets({"THP_MEM_ALLOC_ENABLE": "0"}))  # torch's default 64-byte alignment

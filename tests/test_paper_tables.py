@@ -61,3 +61,16 @@ def test_tiny_linear_table_vaease_recovers_ground_truth():
     assert table[2] == "| GT | 2 | 2 | 2 | 4 | 4 | 4 | | | | |"
     assert table[4].startswith("| VAEase (=GT) | 2 | 2 | 2 | 5 | 4 | 4 |")
     assert table[3].startswith("| SAE-Tk") and len(table) == 5
+
+
+def test_override_sets_size_width_and_lr_of_every_model():
+    spec = P.SETS["mlp"]
+    new = P.override(spec, n_train=800_000, hidden=480, lr=0.002)
+    assert new.data["n_train"] == 800_000 and new.data["dims"] == spec.data["dims"]
+    assert set(new.models) == set(spec.models)
+    for name, (variant, lr, params) in new.models.items():
+        old_variant, _, old_params = spec.models[name]
+        assert (variant, lr, params["hidden"]) == (old_variant, 0.002, 480)
+        assert {k: v for k, v in params.items() if k != "hidden"} == {
+            k: v for k, v in old_params.items() if k != "hidden"}
+    assert P.override(spec) == spec  # zeros change nothing
