@@ -1,7 +1,8 @@
 """``torchrun --nproc-per-node 2 actdict train`` on 2 CPU ranks (gloo) ends where a single process does: the
 ranks split every global batch and average their gradients weighted by rows, so only the summation order
 differs (float32 rounding, hence a tolerance rather than bit equality). BatchTopK selects over the global
-batch and keeps global dead counts and threshold (train/dist.py), so it matches too, its aux loss included."""
+batch and keeps global dead counts and threshold (train/dist.py), so it matches too, its aux loss included;
+TopK+AuxK normalises its MSEs by the global batch's spread."""
 
 import os
 import subprocess
@@ -19,7 +20,7 @@ from actdict.train.config import TrainConfig
 from actdict.train.protocol import make
 from actdict.train.run import main
 
-DICTS = ("l1", "topk", "batchtopk")
+DICTS = ("l1", "topk", "batchtopk", "auxk")
 
 
 def _config(tmp_path: Path, store: str, run: str) -> Path:
@@ -39,6 +40,7 @@ train:
     - {{name: topk, variant: sae_topk, k: 16, lr: 0.01, params: {{topk: 4}}}}
     - {{name: batchtopk, variant: sae_batchtopk, k: 16, lr: 0.01,
         params: {{topk: 1, n_batches_to_dead: 1, k_aux: 4}}}}
+    - {{name: auxk, variant: sae_topk_auxk, k: 16, lr: 0.01, params: {{topk: 2, k_aux: 4, dead_tokens: 66}}}}
 """)
     return cfg
 
@@ -68,6 +70,8 @@ def test_torchrun_two_ranks_match_one_process(tmp_path):
         if name == "batchtopk":  # the aux loss ran (dead latents) and theta moved, the same on both
             theta = next(v for k, v in b.state_dict().items() if k.endswith("threshold"))
             assert max(h["aux"] for h in ma["history"]) > 0 and float(theta) > 0
+        if name == "auxk":  # AuxK ran; its normalised MSEs divide by the global batch's spread
+            assert max(h["auxk"] for h in ma["history"]) > 0
         init = make(a.variant, 8, 16, seed=1, **a.params).state_dict()
         moved = max(float((v.double() - init[k].double()).abs().max()) for k, v in a.state_dict().items())
         pairs = zip(a.state_dict().values(), b.state_dict().values(), strict=True)

@@ -11,8 +11,9 @@ openai/sparse_autoencoder ``train.py``).
 * loss = nmse(x_hat, x) + alpha * L_aux, alpha = ``auxk_coef`` = 1/32, with the official normalised MSE
   nmse(r, t) = mean_elems (r - t)^2 / mean_elems (mean_batch(t) - t)^2. (Official: the main term is
   mse * a fixed ``mse_scale`` computed once from a data sample = 1/var of the data; we use the same quantity
-  estimated on each batch, an open choice that only rescales the step.) When no latent is dead L_aux is 0
-  (the official code then adds a constant with zero gradient).
+  estimated on each batch, an open choice that only rescales the step; under torchrun on the global batch,
+  every rank's rows, so that the ranks' averaged gradient is the one process's.) When no latent is dead
+  L_aux is 0 (the official code then adds a constant with zero gradient).
 * unit-norm decoder rows with gradient projection; encoder init = decoder^T; b_enc = b_pre = 0 (``_tied``).
 * ``Forward.codes`` = z, ``activity`` = log|z| (both dense [B, k], no grad, built only when read);
   ``active_side = "high"``.
@@ -31,15 +32,26 @@ import torch
 from torch import Tensor
 
 from actdict.config import ConfigError
+from actdict.train import dist as dist_
 from actdict.train.protocol import Forward, register
 from actdict.train.variants._sparse import Pattern, sparse_decode
 from actdict.train.variants._tied import DeadTracker, TiedSAE
 
 
 def nmse(recon: Tensor, target: Tensor) -> Tensor:  # [B, d] each -> scalar
-    """Official ``normalized_mse``: MSE over the MSE of predicting the batch mean of the target."""
-    base = (target.mean(0, keepdim=True) - target).pow(2).mean()
-    return (recon - target).pow(2).mean() / base.clamp_min(1e-12)
+    """Official ``normalized_mse``: MSE over the MSE of predicting the batch mean of the target (a constant:
+    the target is data or a detached residual)."""
+    return (recon - target).pow(2).mean() / spread(target.detach()).clamp_min(1e-12)
+
+
+def spread(t: Tensor) -> Tensor:  # t [B, d] -> scalar: mean over rows and dims of (batch mean - t)^2
+    """The batch's spread around its mean; under torchrun that of the global batch (every rank's rows: two
+    all-reduces, the column sums with the row count, then the squared deviations)."""
+    if dist_.group_size() == 1:
+        return (t.mean(0, keepdim=True) - t).pow(2).mean()
+    sums = dist_.reduce_(torch.cat([t.sum(0), t.new_tensor([len(t)])]))  # [d + 1]
+    dev = dist_.reduce_((t - sums[:-1] / sums[-1]).pow(2).sum().reshape(1))  # [1]
+    return dev[0] / (sums[-1] * t.shape[1])
 
 
 @register
