@@ -2,7 +2,8 @@
 ranks split every global batch and average their gradients weighted by rows, so only the summation order
 differs (float32 rounding, hence a tolerance rather than bit equality). BatchTopK selects over the global
 batch and keeps global dead counts and threshold (train/dist.py), so it matches too, its aux loss included;
-TopK+AuxK normalises its MSEs by the global batch's spread."""
+TopK+AuxK normalises its MSEs by the global batch's spread. The VAEs' noise is the global batch's, each
+rank keeping its rows (train/dist.py ``noise_like``); sae_kl's rho_hat is the global batch mean."""
 
 import os
 import subprocess
@@ -20,7 +21,7 @@ from actdict.train.config import TrainConfig
 from actdict.train.protocol import make
 from actdict.train.run import main
 
-DICTS = ("l1", "topk", "batchtopk", "auxk")
+DICTS = ("l1", "topk", "batchtopk", "auxk", "vae", "vaease", "kl")
 
 
 def _config(tmp_path: Path, store: str, run: str) -> Path:
@@ -41,6 +42,9 @@ train:
     - {{name: batchtopk, variant: sae_batchtopk, k: 16, lr: 0.01,
         params: {{topk: 1, n_batches_to_dead: 1, k_aux: 4}}}}
     - {{name: auxk, variant: sae_topk_auxk, k: 16, lr: 0.01, params: {{topk: 2, k_aux: 4, dead_tokens: 66}}}}
+    - {{name: vae, variant: vae, k: 16, lr: 0.01}}
+    - {{name: vaease, variant: vaease, k: 16, lr: 0.01}}
+    - {{name: kl, variant: sae_kl, k: 16, lr: 0.01, params: {{beta: 3.0}}}}
 """)
     return cfg
 

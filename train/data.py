@@ -86,7 +86,8 @@ def steps_in_epoch(store, chunks: Sequence[int], batch_size: int) -> int:
     return -(-sum(b - a for a, b in map(store.chunk_bounds, chunks)) // batch_size)
 
 
-def _part(n: int, part: tuple[int, int]) -> slice:
+def rank_slice(n: int, part: tuple[int, int]) -> slice:
+    """The rows of a global batch of n that rank ``part[0]`` of ``part[1]`` trains on (contiguous)."""
     rank, world = part
     return slice(n * rank // world, n * (rank + 1) // world)
 
@@ -141,7 +142,7 @@ def iter_rows(store, chunks: Sequence[int], batch_size: int, buffer_chunks: int,
                 pending = pool.submit(shuffled, nxt, buf[plan.n_batches * batch_size:])
             for i in range(max(start - plan.first_batch, 0), plan.n_batches):
                 a = i * batch_size
-                s = _part(min(batch_size, len(buf) - a), part)
+                s = rank_slice(min(batch_size, len(buf) - a), part)
                 yield torch.from_numpy(buf[a + s.start:a + s.stop]), plan.rows[a + s.start:a + s.stop]
             plan = nxt
 

@@ -4,7 +4,10 @@ Every rank reads the same chunks (a global batch mixes rows of every chunk in th
 
 Variants whose step depends on batch-level statistics reduce them here, so that every rank holds what one
 process would on the whole batch: dead-latent counts (``DeadTracker``: fired = OR over ranks, rows summed)
-and BatchTopK's selection (the top k*B of the global batch, ``global_kth_largest``) and threshold.
+and BatchTopK's selection (the top k*B of the global batch, ``global_kth_largest``) and threshold. Random
+noise (the VAEs' reparameterisation) is drawn for the whole global batch from a stream every rank seeds alike,
+and each rank keeps its rows (``noise_like``): the ranks together draw exactly what one process draws.
+Penalties of batch means (sae_kl) use the global mean (``batch_mean``).
 
 Gradients are all-reduced by hand, one flat buffer per dictionary per step, instead of wrapping the models in
 DistributedDataParallel: the loop calls ``model.loss_terms`` outside ``forward`` and a variant may leave some
@@ -15,11 +18,13 @@ parameter without a gradient on a step, both of which DDP's hooks handle badly. 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as tdist
-from torch import nn
+from torch import Tensor, nn
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,42 @@ def average_grads(model: nn.Module, weight: float) -> None:
         at += p.numel()
         p.grad = torch.empty_like(p).copy_(g) if h > 0 else None  # the parameter's layout: fused Adam
         # reads grad and parameter memory in the same order (sae_topk's decoder weight is a transposed view)
+
+
+_ROWS: tuple[int, int] | None = None  # (this rank's first row, rows of the global batch) during a step
+
+
+@contextmanager
+def batch_rows(first: int, total: int) -> Iterator[None]:
+    """Inside: this rank's rows of the global batch start at ``first`` of ``total`` (for ``noise_like``)."""
+    global _ROWS
+    _ROWS = (first, total)
+    try:
+        yield
+    finally:
+        _ROWS = None
+
+
+def noise_like(t: Tensor) -> Tensor:  # t: [b, ...] this rank's rows -> N(0, 1) noise of t's shape
+    """``torch.randn_like(t)``; under torchrun inside ``batch_rows``: the global batch's noise [total, ...]
+    drawn whole (every rank's generator is seeded alike) and this rank's rows of it, so the result does not
+    depend on the number of ranks (at the price of drawing world times as many numbers)."""
+    if _ROWS is None or group_size() == 1:
+        return torch.randn_like(t)
+    first, total = _ROWS
+    return torch.randn((total, *t.shape[1:]), dtype=t.dtype, device=t.device)[first:first + len(t)]
+
+
+def batch_mean(t: Tensor) -> Tensor:  # t: [b, ...] this rank's rows -> [...]
+    """The mean over the rows of the global batch, for penalties that are functions of batch means (sae_kl's
+    rho_hat). Its value is the global mean; its gradient reaches this rank's rows as that of the rank's own
+    mean, which the loop's row-weighted gradient average turns into the global mean's. One all-reduce;
+    ``t.mean(0)`` in one process."""
+    local = t.mean(0)
+    if _ROWS is None or group_size() == 1:
+        return local
+    total = reduce_(t.detach().sum(0)) / _ROWS[1]
+    return local + (total - local.detach())
 
 
 def group_size() -> int:

@@ -3,7 +3,9 @@
 Per dictionary: Adam (fused when the device has it) with the learning rate of ``actdict.train.schedule`` set
 before every optimizer step (default: the paper's CosineAnnealingWarmRestarts stepped per iteration), then
 ``model.after_step()``. The random numbers of step s of dictionary ``name`` come from a generator seeded with
-(seed, s, name, rank), so a run resumed at any step draws what the uninterrupted run drew.
+(seed, s, name), so a run resumed at any step draws what the uninterrupted run drew; under torchrun every
+rank seeds alike and draws the global batch's noise, keeping its own rows (``dist.noise_like``), so the
+ranks draw what one process would.
 
 Once per step the loss terms of every dictionary and a finiteness flag of the batch are gathered in one
 tensor (one device sync; under torchrun one all-reduce, so every rank sees the global-batch means and stops
@@ -26,6 +28,7 @@ from tqdm import tqdm
 from actdict.errors import ActdictError
 from actdict.train import dist as dist_
 from actdict.train.config import TrainConfig
+from actdict.train.data import rank_slice
 from actdict.train.protocol import Dictionary
 from actdict.train.schedule import lr_at
 
@@ -72,9 +75,9 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device(name)
 
 
-def step_seed(seed: int, step: int, name: str, rank: int) -> int:
-    """A distinct 63-bit seed per (seed, step, dictionary name, rank) (cheap: called every step)."""
-    h = (seed * 0x9E3779B97F4A7C15 + step * 0xBF58476D1CE4E5B9 + rank * 0x94D049BB133111EB) & (2**64 - 1)
+def step_seed(seed: int, step: int, name: str) -> int:
+    """A distinct 63-bit seed per (seed, step, dictionary name) (cheap: called every step)."""
+    h = (seed * 0x9E3779B97F4A7C15 + step * 0xBF58476D1CE4E5B9) & (2**64 - 1)
     return (h ^ zlib.crc32(name.encode()) << 32) & (2**63 - 1)
 
 
@@ -146,10 +149,11 @@ def train(members: list[Member], epoch_batches: Callable[..., Iterable], cfg: Tr
                 n = torch.tensor([float(len(x))], device=device)
                 n_all = float(dist_.reduce_(n).item()) if d.on else float(len(x))
                 terms = []
-                for m in members:
-                    torch.manual_seed(step_seed(seed, pos.step, m.name, d.rank))
-                    lr = lr_at(pos.step, m.lr, cfg.schedule, total, cfg.warmup_steps, cfg.eta_min, cfg.t0)
-                    terms.append(step(m, x, lr, amp, len(x) / n_all if d.on else None))
+                with dist_.batch_rows(rank_slice(int(n_all), (d.rank, d.world)).start, int(n_all)):
+                    for m in members:
+                        torch.manual_seed(step_seed(seed, pos.step, m.name))
+                        lr = lr_at(pos.step, m.lr, cfg.schedule, total, cfg.warmup_steps, cfg.eta_min, cfg.t0)
+                        terms.append(step(m, x, lr, amp, len(x) / n_all if d.on else None))
                 keys = [list(t) for t in terms]
                 bad_x = (~torch.isfinite(x)).any().float()
                 vec = torch.stack([bad_x, *(v for t in terms for v in t.values())])

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from actdict.config import ConfigError
+from actdict.train import dist as dist_
 from actdict.train.protocol import Dictionary, Forward
 from actdict.train.variants._nets import (
     DECODER_HIDDEN,
@@ -83,7 +84,7 @@ class VAEBase(Dictionary):
     def forward(self, x: Tensor, sample: bool = True) -> Forward:  # x: [B, d]
         mu, var, logvar = self.encode(x)
         std = var.sqrt()  # [B, k]
-        z = mu + std * torch.randn_like(mu) if sample else mu  # [B, k]
+        z = mu + std * dist_.noise_like(mu) if sample else mu  # [B, k]
         gate = (1.0 - std) if self.gate_decoder_input else torch.ones_like(std)  # [B, k]
         dec_in = gate * z  # [B, k]
         return Forward(x_hat=self.decoder(dec_in), codes=gate * mu, activity=logvar,

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from actdict.config import ConfigError
+from actdict.train import dist as dist_
 from actdict.train.protocol import Dictionary, Forward, register
 
 _CLAMP = 1e-6
@@ -63,7 +64,7 @@ class SAEKL(Dictionary):
     def loss_terms(self, x: Tensor, out: Forward) -> dict[str, Tensor]:
         rec = 0.5 * (x - out.x_hat).pow(2).sum(-1).mean()
         wd = self.encoder.weight.pow(2).sum() + self.decoder.weight.pow(2).sum()
-        rho_hat = out.extras["h"].mean(0)  # [k]
+        rho_hat = dist_.batch_mean(out.extras["h"])  # [k]; under torchrun the global batch's
         kl = kl_bernoulli(self.params["rho"], rho_hat).sum()
         loss = rec + 0.5 * self.params["lam"] * wd + self.params["beta"] * kl
         return {"loss": loss, "sse": 2 * rec.detach(), "kl": kl.detach(), "weight_sq": wd.detach()}
