@@ -45,13 +45,11 @@ def nmse(recon: Tensor, target: Tensor) -> Tensor:  # [B, d] each -> scalar
 
 
 def spread(t: Tensor) -> Tensor:  # t [B, d] -> scalar: mean over rows and dims of (batch mean - t)^2
-    """The batch's spread around its mean; under torchrun that of the global batch (every rank's rows: two
-    all-reduces, the column sums with the row count, then the squared deviations)."""
+    """The batch's spread around its mean; under torchrun that of the global batch (``dist.batch_mean``
+    twice: the mean, then the squared deviations from it)."""
     if dist_.group_size() == 1:
         return (t.mean(0, keepdim=True) - t).pow(2).mean()
-    sums = dist_.reduce_(torch.cat([t.sum(0), t.new_tensor([len(t)])]))  # [d + 1]
-    dev = dist_.reduce_((t - sums[:-1] / sums[-1]).pow(2).sum().reshape(1))  # [1]
-    return dev[0] / (sums[-1] * t.shape[1])
+    return dist_.batch_mean((t - dist_.batch_mean(t)).pow(2)).mean()
 
 
 @register
