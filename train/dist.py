@@ -67,8 +67,14 @@ def average_grads(model: nn.Module, weight: float) -> None:
     for p, h in zip(params, buf[-len(params):].tolist(), strict=True):
         g = buf[at:at + p.numel()].view_as(p)
         at += p.numel()
-        p.grad = torch.empty_like(p).copy_(g) if h > 0 else None  # the parameter's layout: fused Adam
-        # reads grad and parameter memory in the same order (sae_topk's decoder weight is a transposed view)
+        p.grad = like_param(p, g) if h > 0 else None
+
+
+def like_param(p: Tensor, v: Tensor) -> Tensor:
+    """A copy of v (p's shape, v's dtype) in p's memory layout. Any gradient or optimizer state given to a
+    parameter must have it: fused Adam reads grad, state and parameter memory in the same order, and
+    sae_topk's decoder weight is a transposed view (a contiguous grad or moment would be read scrambled)."""
+    return torch.empty_like(p, dtype=v.dtype).copy_(v)
 
 
 _ROWS: tuple[int, int] | None = None  # (this rank's first row, rows of the global batch) during a step
@@ -76,7 +82,8 @@ _ROWS: tuple[int, int] | None = None  # (this rank's first row, rows of the glob
 
 @contextmanager
 def batch_rows(first: int, total: int) -> Iterator[None]:
-    """Inside: this rank's rows of the global batch start at ``first`` of ``total`` (for ``noise_like``)."""
+    """Inside: this rank's rows of the global batch start at ``first`` of ``total`` (for ``noise_like`` and
+    ``batch_mean``)."""
     global _ROWS
     _ROWS = (first, total)
     try:

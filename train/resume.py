@@ -18,6 +18,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from actdict.train.dist import like_param
 from actdict.train.loop import Member, Position
 
 STATE = "train_state.safetensors"
@@ -84,10 +85,9 @@ def load_state(path: str | Path, members: list[Member], hashes: dict[str, str]) 
 
 
 def _match_layout(opt: torch.optim.Optimizer) -> None:
-    """Give each parameter-shaped state tensor (Adam's moments) its parameter's memory layout: the file holds
-    them contiguous, and fused Adam reads state and parameter memory in the same order (sae_topk keeps its
-    decoder weight as a transposed view)."""
+    """Give each parameter-shaped state tensor (Adam's moments, held contiguous in the file) its parameter's
+    memory layout (``dist.like_param``)."""
     for p, st in opt.state.items():
         for key, v in st.items():
             if isinstance(v, torch.Tensor) and v.shape == p.shape and v.stride() != p.stride():
-                st[key] = torch.empty_like(p, dtype=v.dtype).copy_(v)
+                st[key] = like_param(p, v)
