@@ -69,6 +69,7 @@ class SetSpec:
     data: dict = field(default_factory=dict)  # synthetic: n_train, n_test; store: path, test_fraction
     max_steps: int = 0  # 0 = all epochs; else stop there (a warm-restart boundary: 10 * (2^n - 1) for T0 10)
     schedule: str = "cosine_restarts"  # the paper's; or any other ``train.schedule``
+    grad_clip: float = 0.0  # ``train.grad_clip``: 0 = off (the paper)
 
 
 def _synthetic(arch: dict, lr_vae: float, lr_sae: float, l1: tuple, log: tuple, topk: int, lg: float) -> dict:
@@ -137,7 +138,7 @@ def fit(spec: SetSpec, d: int, epoch_batches, steps: int, seed: int, budget_s: f
     members = [Member(name, make(variant, d, spec.k, seed=seed, **params), lr)
                for name, (variant, lr, params) in spec.models.items()]
     cfg = TrainConfig(dicts=[], epochs=spec.epochs, batch_size=spec.batch, t0=spec.t0, checkpoint_every=0,
-                      max_steps=spec.max_steps, schedule=spec.schedule)
+                      max_steps=spec.max_steps, schedule=spec.schedule, grad_clip=spec.grad_clip)
     deadline = time.monotonic() + budget_s if budget_s else float("inf")
     calls = [0]  # stop() is called once per step
 
@@ -284,6 +285,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--lr", type=float, default=0, help="one learning rate for every model")
     ap.add_argument("--schedule", default="", help="learning-rate schedule (default: the paper's cosine "
                     "warm restarts), e.g. warmup_cosine: one decay over the run")
+    ap.add_argument("--grad-clip", type=float, default=0, help="clip each model's gradient to this L2 norm")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     out = {}
@@ -296,6 +298,7 @@ def main(argv: list[str] | None = None) -> dict:
         spec = override(spec, a.n_train, a.hidden, a.lr)
         if a.schedule:
             spec = replace(spec, schedule=a.schedule)
+        spec = replace(spec, grad_clip=a.grad_clip)
         if spec.kind == "store" and not (a.root / spec.data["path"]).exists():
             cfg = "configs/demo.yaml" if name == "llm" else "configs/demo_embeddings.yaml"
             print(f"\n## {name}: skipped, no store at {spec.data['path']} (run `actdict harvest {cfg}`)")
@@ -307,7 +310,8 @@ def main(argv: list[str] | None = None) -> dict:
                else run_store(spec, a.seed, a.root, budget))
         res["wall_s"] = time.perf_counter() - t
         res["settings"] = {"k": spec.k, "epochs": spec.epochs, "batch": spec.batch, "t0": spec.t0,
-                           "max_steps": spec.max_steps, "schedule": spec.schedule, "data": spec.data,
+                           "max_steps": spec.max_steps, "schedule": spec.schedule,
+                           "grad_clip": spec.grad_clip, "data": spec.data,
                            "models": spec.models,
                            "quick": a.quick, "seed": a.seed, "budget_min": a.budget_min, "threads": a.threads}
         out[name] = res

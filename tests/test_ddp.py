@@ -3,7 +3,9 @@ ranks split every global batch and average their gradients weighted by rows, so 
 differs (float32 rounding, hence a tolerance rather than bit equality). BatchTopK selects over the global
 batch and keeps global dead counts and threshold (train/dist.py), so it matches too, its aux loss included;
 TopK+AuxK normalises its MSEs by the global batch's spread. The VAEs' noise is the global batch's, each
-rank keeping its rows (train/dist.py ``noise_like``); sae_kl's rho_hat is the global batch mean."""
+rank keeping its rows (train/dist.py ``noise_like``); sae_kl's rho_hat is the global batch mean, and
+lse's batch variance, correlation and summed LSE term are the global batch's. Every registered variant
+is trained."""
 
 import os
 import subprocess
@@ -18,10 +20,11 @@ from actdict.config import common_of, load_experiment, section
 from actdict.harvest.store import write_vectors
 from actdict.train import checkpoint
 from actdict.train.config import TrainConfig
-from actdict.train.protocol import make
+from actdict.train.protocol import make, registry
 from actdict.train.run import main
 
-DICTS = ("l1", "topk", "batchtopk", "auxk", "vae", "vaease", "kl")
+DICTS = ("l1", "topk", "batchtopk", "auxk", "vae", "vaease", "kl", "lse", "log", "jumprelu", "decnorm",
+         "sosae")
 
 
 def _config(tmp_path: Path, store: str, run: str) -> Path:
@@ -45,6 +48,13 @@ train:
     - {{name: vae, variant: vae, k: 16, lr: 0.01}}
     - {{name: vaease, variant: vaease, k: 16, lr: 0.01}}
     - {{name: kl, variant: sae_kl, k: 16, lr: 0.01, params: {{beta: 3.0}}}}
+    - {{name: lse, variant: lse, k: 16, lr: 0.01}}
+    # eps 0.1: with the default 1e-4, the 1/(|z| + eps) gradient of near-zero codes magnifies the float32
+    # summation-order difference of the two ranks' averaged gradients to ~50% in 60 steps (0.1: 2e-6)
+    - {{name: log, variant: sae_log, k: 16, lr: 0.01, params: {{eps: 0.1}}}}
+    - {{name: jumprelu, variant: sae_jumprelu, k: 16, lr: 0.01}}
+    - {{name: decnorm, variant: sae_l1_decnorm, k: 16, lr: 0.01}}
+    - {{name: sosae, variant: sosae, k: 16, lr: 0.01}}
 """)
     return cfg
 
@@ -56,7 +66,9 @@ def test_torchrun_two_ranks_match_one_process(tmp_path):
     x = np.random.default_rng(3).standard_normal((1200, 8)).astype(np.float32)
     store = write_vectors(str(tmp_path / "store"), x, shard_rows=512, chunk_rows=64).path
     single = load_experiment(_config(tmp_path, store, "single"))
-    main(common_of(single), section(single, "train", TrainConfig))
+    cfg = section(single, "train", TrainConfig)
+    assert {dc.variant for dc in cfg.dicts} == set(registry())  # a new variant must join this test
+    main(common_of(single), cfg)
 
     cmd = [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "actdict.cli", "train",
            str(_config(tmp_path, store, "ddp"))]

@@ -144,6 +144,34 @@ def test_loop_reduces_loss_and_stops_on_nan():
         train([broken], lambda e: x.split(64), cfg, torch.device("cpu"))
 
 
+def test_grad_clip_bounds_the_gradient_norm_and_keeps_old_hashes():
+    from actdict.train.loop import step
+    from actdict.train.run import dict_hash
+
+    torch.manual_seed(0)
+    x = 5 * torch.randn(64, 4)  # [B, d]
+
+    def grad_norm(clip: float) -> float:
+        m = Member("a", make("vaease", 4, 6, seed=1, loggamma_init=-4.0), 0.01)
+        m.setup(torch.device("cpu"))
+        before = [p.detach().clone() for p in m.model.parameters()]
+        torch.manual_seed(2)  # the same noise draw for every call
+        step(m, x, 0.01, torch.autocast("cpu", enabled=False), None, clip)
+        assert any(not torch.equal(a, p) for a, p in zip(before, m.model.parameters(), strict=True))
+        return float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in m.model.parameters()])))
+
+    free = grad_norm(0.0)
+    assert free > 10  # 1/gamma-weighted reconstruction: a large gradient
+    assert grad_norm(1.0) == pytest.approx(1.0, rel=1e-5)
+    assert grad_norm(10 * free) == pytest.approx(free, rel=1e-6)  # above the norm: untouched
+    common, dc = Common(run_dir="r", seed=0, store="s"), DictConfig("v", "vaease")
+    args = ({"rows": 1}, {"train_chunks": [0]})
+    h = {c: dict_hash(dc, TrainConfig(grad_clip=c), common, *args) for c in (0.0, 1.0)}
+    assert dict_hash(dc, TrainConfig(), common, *args) == h[0.0] != h[1.0]
+    # runs made before grad_clip existed keep their hash: it is left out of the hash at its default
+    assert h[0.0] == "a259738e70cda69c"  # dict_hash of this config before grad_clip was added
+
+
 def test_schedules():
     lrs = [lr_at(s, 0.01, "cosine_restarts", 100, eta_min=1e-4, t0=3) for s in range(40)]
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.01)

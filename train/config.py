@@ -62,6 +62,10 @@ class TrainConfig:
     """bf16 autocast of the forward pass (its matmuls) on CUDA or CPU; the loss is computed on the forward's
     outputs upcast to float32 and the weights stay float32. Fast on GPUs and on CPUs with AMX / AVX512-BF16;
     ``sae_log``'s gradient suffers (docs/training.md, "bf16 autocast")."""
+    grad_clip: float = 0.0
+    """Clip every dictionary's gradient to this global L2 norm before its Adam step (0 = off, the paper).
+    Damps the loss spikes of VAE/VAEase at high learning rates (docs/results.md); under torchrun the norm is
+    that of the rank-averaged gradient, so every rank clips alike."""
     checkpoint_every: int = 500
     """Write the resume state (weights, Adam state, batch position, epoch records) every this many steps
     (0 = only on SIGTERM). Not part of the config hash: it may change between a run and its resumption."""

@@ -7,7 +7,8 @@ process would on the whole batch: dead-latent counts (``DeadTracker``: fired = O
 and BatchTopK's selection (the top k*B of the global batch, ``global_kth_largest``) and threshold. Random
 noise (the VAEs' reparameterisation) is drawn for the whole global batch from a stream every rank seeds alike,
 and each rank keeps its rows (``noise_like``): the ranks together draw exactly what one process draws.
-Penalties of batch means (sae_kl) use the global mean (``batch_mean``).
+Penalties of batch means (sae_kl, lse's batch variance and correlation, TopK+AuxK's spread) use the global
+batch's (``batch_mean``, ``global_mean``).
 
 Gradients are all-reduced by hand, one flat buffer per dictionary per step, instead of wrapping the models in
 DistributedDataParallel: the loop calls ``model.loss_terms`` outside ``forward`` and a variant may leave some
@@ -104,14 +105,24 @@ def noise_like(t: Tensor) -> Tensor:  # t: [b, ...] this rank's rows -> N(0, 1) 
 
 def batch_mean(t: Tensor) -> Tensor:  # t: [b, ...] this rank's rows -> [...]
     """The mean over the rows of the global batch, for penalties that are functions of batch means (sae_kl's
-    rho_hat). Its value is the global mean; its gradient reaches this rank's rows as that of the rank's own
-    mean, which the loop's row-weighted gradient average turns into the global mean's. One all-reduce;
-    ``t.mean(0)`` in one process."""
-    local = t.mean(0)
+    rho_hat). ``t.mean(0)`` in one process; see ``global_mean``."""
+    return global_mean(t.mean(0), len(t))
+
+
+def global_mean(local: Tensor, rows: int) -> Tensor:  # local: [...] a mean over this rank's ``rows`` rows
+    """The same mean over the global batch (one all-reduce; ``local`` itself in one process). Its value is the
+    global mean; its gradient reaches this rank's rows as that of ``local``, which the loop's row-weighted
+    gradient average turns into the global mean's. Exact for a loss that is a function of such means when
+    each mean's row terms do not depend on another global statistic with a gradient (detach those)."""
     if _ROWS is None or group_size() == 1:
         return local
-    total = reduce_(t.detach().sum(0)) / _ROWS[1]
+    total = reduce_(local.detach() * rows) / _ROWS[1]
     return local + (total - local.detach())
+
+
+def global_rows(rows: int) -> int:
+    """Rows of the global batch (this rank's ``rows`` in one process)."""
+    return rows if _ROWS is None or group_size() == 1 else _ROWS[1]
 
 
 def group_size() -> int:

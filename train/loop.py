@@ -81,10 +81,11 @@ def step_seed(seed: int, step: int, name: str) -> int:
     return (h ^ zlib.crc32(name.encode()) << 32) & (2**63 - 1)
 
 
-def step(m: Member, x: Tensor, lr: float, amp, weight: float | None) -> dict[str, Tensor]:
+def step(m: Member, x: Tensor, lr: float, amp, weight: float | None, clip: float = 0.0) -> dict[str, Tensor]:
     """One optimizer step of one dictionary on batch x [B, d]; returns its detached loss terms.
 
     ``weight``: under torchrun, this rank's share of the global batch (gradients are averaged across ranks).
+    ``clip`` > 0: the (averaged) gradient is scaled down to at most this global L2 norm before Adam.
     """
     with amp:  # bf16 autocast (train.autocast) or nothing
         out = m.model(x, sample=True)
@@ -93,6 +94,8 @@ def step(m: Member, x: Tensor, lr: float, amp, weight: float | None) -> dict[str
     terms["loss"].backward()
     if weight is not None:
         dist_.average_grads(m.model, weight)
+    if clip > 0:
+        torch.nn.utils.clip_grad_norm_(m.model.parameters(), clip, foreach=True)
     for g in m.opt.param_groups:
         g["lr"] = lr
     m.opt.step()
@@ -153,7 +156,7 @@ def train(members: list[Member], epoch_batches: Callable[..., Iterable], cfg: Tr
                     for m in members:
                         torch.manual_seed(step_seed(seed, pos.step, m.name))
                         lr = lr_at(pos.step, m.lr, cfg.schedule, total, cfg.warmup_steps, cfg.eta_min, cfg.t0)
-                        terms.append(step(m, x, lr, amp, len(x) / n_all if d.on else None))
+                        terms.append(step(m, x, lr, amp, len(x) / n_all if d.on else None, cfg.grad_clip))
                 keys = [list(t) for t in terms]
                 bad_x = (~torch.isfinite(x)).any().float()
                 vec = torch.stack([bad_x, *(v for t in terms for v in t.values())])

@@ -32,11 +32,14 @@ from actdict.train.protocol import make
 from actdict.train.resume import STATE, load_state, save_state
 
 _UNHASHED = ("dicts", "device", "checkpoint_every", "resume")  # settings that do not change the result
+_LATER = {"grad_clip": 0.0}  # settings added after the first release: hashed only when not at their default,
+# so runs made before them keep their hashes (and resume / count as finished)
 
 
 def dict_hash(dc: DictConfig, cfg: TrainConfig, common: Common, store_id: dict, split: dict) -> str:
     """Everything that determines a trained dictionary, hashed (sorted JSON, sha256, 16 hex chars)."""
-    settings = {k: v for k, v in to_dict(cfg).items() if k not in _UNHASHED}
+    settings = {k: v for k, v in to_dict(cfg).items()
+                if k not in _UNHASHED and not (k in _LATER and v == _LATER[k])}
     blob = {"dict": to_dict(dc), "train": settings, "seed": common.seed, "store": store_id,
             "train_chunks": split["train_chunks"]}
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -80,6 +83,8 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
     if len(set(names)) != len(names) or not names or any("/" in n for n in names):
         raise ConfigError(f"train.dicts needs at least one dictionary and unique names without '/', "
                           f"got {names}")
+    if not cfg.grad_clip >= 0:
+        raise ConfigError(f"train.grad_clip must be >= 0 (0 = off), got {cfg.grad_clip}")
     store = open_store(common.store_path)
     run_dir = Path(common.run_dir)
     split = make_split(store.num_chunks, cfg.test_fraction, common.seed)

@@ -10,7 +10,8 @@ Principles", arXiv 2601.06478; official code alanoursland/implicit_em_in_neural_
   + lam_tc  * sum_{i != j} Corr_b(E)_ij^2                          (batch correlation, std + 1e-8)
   + lam_wr  * ||W_n W_n^T - I||_F^2, W_n = rows of W over their norms (+1e-8)   (optional, default off).
   Defaults as the paper/code: lam_lse = lam_var = lam_tc = 1, lam_wr = 0, var_eps = 1e-6. There is no
-  reconstruction term. The batch statistics need B >= 2.
+  reconstruction term. The batch statistics need B >= 2; under torchrun they are the global batch's
+  (``batch_moments``), and the summed LSE term is the global batch's sum, so 2 ranks train as one process.
 * x_hat: the model has no decoder. We define x_hat = E @ W (the transposed encoder as a pseudo-decoder, no
   bias), exactly the paper's "reconstruction MSE ... use W^T as a pseudo-decoder" (``reconstruction_mse``
   in the official metrics), so reconstruction-based analysis (RE, masked-dimension curves) is computed the
@@ -28,18 +29,28 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from actdict.config import ConfigError
+from actdict.train import dist as dist_
 from actdict.train.protocol import Dictionary, Forward, register
 
 _DEFAULTS = {"lam_lse": 1.0, "lam_var": 1.0, "lam_tc": 1.0, "lam_wr": 0.0, "var_eps": 1e-6,
              "activation": "relu"}
 
 
-def correlation_penalty(e: Tensor) -> Tensor:  # e: [B, k] -> sum of squared off-diagonal correlations
-    c = e - e.mean(0, keepdim=True)
-    cov = c.T @ c / (len(e) - 1)  # [k, k]
-    std = e.std(0) + 1e-8  # [k]
+def batch_moments(e: Tensor) -> tuple[Tensor, Tensor]:  # e: [b, k] -> (var [k], cov [k, k])
+    """Unbiased variance and covariance of the batch's columns; under torchrun the global batch's. The mean
+    is detached: a centred moment's gradient through its own mean is zero (the deviations sum to zero), so in
+    one process this changes only rounding, and under torchrun every moment is then a plain global mean of
+    row terms, which ``dist.global_mean`` makes exact."""
+    n = dist_.global_rows(len(e))
+    c = e - dist_.batch_mean(e).detach()  # [b, k]
+    cov = dist_.global_mean(c.T @ c / len(e), len(e)) * (n / (n - 1))  # [k, k]
+    return cov.diagonal(), cov
+
+
+def correlation_penalty(var: Tensor, cov: Tensor) -> Tensor:  # [k], [k, k] -> sum of squared off-diag corr
+    std = var.sqrt() + 1e-8  # [k] (the official code: e.std(0) + 1e-8)
     corr = cov / (std[:, None] * std[None, :])
-    off = corr - torch.eye(e.shape[1], device=e.device, dtype=e.dtype)
+    off = corr - torch.eye(len(var), device=var.device, dtype=var.dtype)
     return off.pow(2).sum() - off.diagonal().pow(2).sum()
 
 
@@ -77,9 +88,10 @@ class LSE(Dictionary):
     def loss_terms(self, x: Tensor, out: Forward) -> dict[str, Tensor]:
         e = out.extras["e"]
         p = self.params
-        lse = -torch.logsumexp(-e, dim=1).sum()
-        var = -torch.log(e.var(0) + p["var_eps"]).sum()
-        tc = correlation_penalty(e)
+        lse = -dist_.batch_mean(torch.logsumexp(-e, dim=1)) * dist_.global_rows(len(e))  # the batch's sum
+        v, cov = batch_moments(e)
+        var = -torch.log(v + p["var_eps"]).sum()
+        tc = correlation_penalty(v, cov)
         loss = p["lam_lse"] * lse + p["lam_var"] * var + p["lam_tc"] * tc
         terms = {"lse": lse.detach(), "var": var.detach(), "tc": tc.detach()}
         if p["lam_wr"]:
