@@ -40,7 +40,8 @@ class HarvestConfig:
     batch_size: int = 16
     """Windows per forward pass."""
     max_tokens: int | None = 100_000
-    """Stop after this many stored rows (per hook); null: the whole source."""
+    """Stop after this many stored rows (per hook); null: the whole source. Raising it on a complete store
+    grows the store (the rows so far are kept: docs/harvest.md, "Growing a store")."""
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Dtype of the forward pass (bfloat16 is ~2x faster on CPU, less exact)."""
     store_dtype: Literal["float16", "bfloat16", "float32"] = "float16"

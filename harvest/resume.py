@@ -15,6 +15,7 @@ from actdict.errors import ActdictError
 from actdict.harvest.layout import (
     ACT_DTYPES,
     DONE_KEY,
+    FORMAT_VERSION,
     MANIFEST,
     SHARDS,
     TMP_PREFIX,
@@ -94,6 +95,40 @@ def check_manifest(found: dict, expected: dict, where: str) -> None:
         raise HarvestError(f"{where} does not match this harvest ({diff}): the model, its files or the "
                            "source files changed since the store was started; delete the store to harvest "
                            "again, or set store / run_dir to another folder")
+
+
+def growable(manifests: dict[str, dict], harvest_cfg: dict) -> bool:
+    """True when every hook's manifest is a complete harvest of ``harvest_cfg`` (the config as
+    ``to_dict``/JSON) with a smaller ``max_tokens``: raising max_tokens grows such a store (``reopen``) into
+    the store a harvest with the larger max_tokens makes. Raises when the new max_tokens is smaller."""
+    if not manifests:
+        return False
+    same = lambda m: {**m.get("harvest", {}), "max_tokens": 0} == {**harvest_cfg, "max_tokens": 0}  # noqa: E731
+    if not all(m.get("complete") and m.get("format_version") == FORMAT_VERSION and isinstance(
+            m.get("harvest"), dict) and same(m) for m in manifests.values()):
+        return False
+    old, new = next(iter(manifests.values()))["harvest"]["max_tokens"], harvest_cfg["max_tokens"]
+    if old == new:
+        return False
+    if old is None or (new is not None and new < old):
+        held = "every row" if old is None else f"the first {old} rows"
+        raise HarvestError(f"this store holds {held} of the source (max_tokens {old}); a smaller max_tokens "
+                           f"({new}) needs another store (or train.max_steps, to train on fewer rows)")
+    return True
+
+
+def reopen(path: str, hook: str, chash: str, harvest_cfg: dict) -> None:
+    """Turn a complete hook into the unfinished harvest of ``harvest_cfg`` (a larger max_tokens): its last
+    shard, when short, is removed (the longer stream fills it), then the manifest takes the new config and
+    ``complete: false``; the whole shards stay and are skipped by the harvest. In this order a kill between
+    the steps leaves a store that the same command reopens again."""
+    m = read_manifest(path, hook)
+    fs, d = hook_dir(path, hook)
+    n, per = int(m["n_rows"]), int(m["shard_rows"])
+    last = f"{d}/{SHARDS}/{shard_name(n // per)}"
+    if n % per and fs.exists(last):
+        fs.rm(last, recursive=True)
+    write_json(fs, f"{d}/{MANIFEST}", m | {"complete": False, "config_hash": chash, "harvest": harvest_cfg})
 
 
 def start_manifest(path: str, hook: str, manifest: dict) -> None:

@@ -13,6 +13,7 @@ shards it finds (``actdict.harvest.resume``) and ends with the same bytes as an 
 from __future__ import annotations
 
 import fnmatch
+import json
 import random
 import re
 import time
@@ -34,9 +35,11 @@ from actdict.harvest.resume import (
     clean,
     done_shards,
     finish,
+    growable,
     prefix_done,
     read_manifest,
     record,
+    reopen,
     start_manifest,
 )
 from actdict.harvest.sources import SourceConfig, Window, iter_documents, source_fingerprint, token_windows
@@ -175,24 +178,30 @@ def shard_rows_of(lm: LoadedModel, work: ShardWork, hooks: list[str], stop: int 
     return out
 
 
-def _existing(path: str, hooks: list[str], chash: str) -> bool:
-    """True when the store is complete for this config; raise when it holds another harvest.
-    ``hooks`` may hold patterns (``all``, ``blocks.*...``): then every hook found must be complete.
-    Reads the manifests only (no shard is opened)."""
-    present = list_hooks(path)
-    manifests = {}
-    for h in present:
+def _manifests(path: str) -> dict[str, dict]:
+    """The manifest of every hook in the store (none when there is no store yet); reads no shard."""
+    out = {}
+    for h in list_hooks(path):
         try:
-            manifests[h] = read_manifest(path, h)
+            out[h] = read_manifest(path, h)
         except (OSError, ValueError) as e:
             raise HarvestError(f"store {path} has a damaged hook {h!r} ({e}); delete {path}, re-run") from e
-        if manifests[h].get("config_hash") != chash:
+    return out
+
+
+def _existing(path: str, hooks: list[str], chash: str, manifests: dict[str, dict] | None = None) -> bool:
+    """True when the store is complete for this config; raise when it holds another harvest.
+    ``hooks`` may hold patterns (``all``, ``blocks.*...``): then every hook found must be complete.
+    ``manifests``: those of ``_manifests(path)`` when already read."""
+    manifests = _manifests(path) if manifests is None else manifests
+    for h, m in manifests.items():
+        if m.get("config_hash") != chash:
             raise HarvestError(
                 f"store {path} holds a harvest with another config (hook {h!r}, config_hash "
-                f"{manifests[h].get('config_hash')}, this config {chash}); delete {path}, or set run_dir / "
+                f"{m.get('config_hash')}, this config {chash}); delete {path}, or set run_dir / "
                 "store to another folder")
     literal = [h for h in hooks if h != "all" and not any(c in h for c in "*?[")]
-    return bool(present) and all(h in present for h in literal) and all(
+    return bool(manifests) and all(h in manifests for h in literal) and all(
         m.get("complete") for m in manifests.values())
 
 
@@ -212,18 +221,21 @@ def main(common: Common, cfg: HarvestConfig) -> None:
         return importlib.import_module({"embeddings": "actdict.harvest.embed",
                                         "vectors": "actdict.harvest.vectors"}[cfg.mode]).main(common, cfg)
     path, chash = common.store_path, config_hash(cfg)
-    if _existing(path, list(cfg.hooks), chash):
+    manifests = _manifests(path)
+    grow = growable(manifests, json.loads(json.dumps(to_dict(cfg))))  # a larger max_tokens: continue it
+    if not grow and _existing(path, list(cfg.hooks), chash, manifests):
         print(f"harvest: store {path} is already complete for this config ({chash}); skipping")
         return
     ranks = init_ranks()
     try:
-        harvest(common, cfg, ranks)
+        harvest(common, cfg, ranks, grow)
     finally:
         ranks.close()
 
 
-def harvest(common: Common, cfg: HarvestConfig, ranks: Ranks) -> None:
-    """The token harvest of one rank (see module doc)."""
+def harvest(common: Common, cfg: HarvestConfig, ranks: Ranks, grow: bool = False) -> None:
+    """The token harvest of one rank (see module doc). ``grow``: the store is complete with a smaller
+    max_tokens; rank 0 reopens it first (``resume.reopen``) and the harvest continues it."""
     from tqdm import tqdm
 
     path, chash, say = common.store_path, config_hash(cfg), print if ranks.rank == 0 else _quiet
@@ -237,6 +249,9 @@ def harvest(common: Common, cfg: HarvestConfig, ranks: Ranks) -> None:
     stop = lm.stop_at_layer(hooks)
     if ranks.rank == 0:
         for h in hooks:
+            if grow:
+                reopen(path, h, config_hash(cfg), json.loads(json.dumps(to_dict(cfg))))
+                say(f"harvest: growing {path} hook {h!r} to max_tokens={cfg.max_tokens}")
             for where in clean(path, h):
                 say(f"harvest: removed {where} (left by a killed run; it is written again)")
     ranks.barrier()
