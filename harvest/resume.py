@@ -103,9 +103,13 @@ def growable(manifests: dict[str, dict], harvest_cfg: dict) -> bool:
     the store a harvest with the larger max_tokens makes. Raises when the new max_tokens is smaller."""
     if not manifests:
         return False
-    same = lambda m: {**m.get("harvest", {}), "max_tokens": 0} == {**harvest_cfg, "max_tokens": 0}  # noqa: E731
-    if not all(m.get("complete") and m.get("format_version") == FORMAT_VERSION and isinstance(
-            m.get("harvest"), dict) and same(m) for m in manifests.values()):
+    def same(m: dict) -> bool:  # a complete harvest of this config but for max_tokens
+        old = m.get("harvest")
+        if not (m.get("complete") and m.get("format_version") == FORMAT_VERSION and isinstance(old, dict)):
+            return False
+        return old | {"max_tokens": 0} == harvest_cfg | {"max_tokens": 0}
+
+    if not all(same(m) for m in manifests.values()):
         return False
     old, new = next(iter(manifests.values()))["harvest"]["max_tokens"], harvest_cfg["max_tokens"]
     if old == new:

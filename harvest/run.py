@@ -205,6 +205,11 @@ def _existing(path: str, hooks: list[str], chash: str, manifests: dict[str, dict
         m.get("complete") for m in manifests.values())
 
 
+def _as_json(cfg: HarvestConfig) -> dict:
+    """The config as a manifest holds it (JSON types: lists, not tuples)."""
+    return json.loads(json.dumps(to_dict(cfg)))
+
+
 def _size(n_bytes: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n_bytes < 1000 or unit == "GB":
@@ -222,7 +227,7 @@ def main(common: Common, cfg: HarvestConfig) -> None:
                                         "vectors": "actdict.harvest.vectors"}[cfg.mode]).main(common, cfg)
     path, chash = common.store_path, config_hash(cfg)
     manifests = _manifests(path)
-    grow = growable(manifests, json.loads(json.dumps(to_dict(cfg))))  # a larger max_tokens: continue it
+    grow = growable(manifests, _as_json(cfg))  # a larger max_tokens: continue the store
     if not grow and _existing(path, list(cfg.hooks), chash, manifests):
         print(f"harvest: store {path} is already complete for this config ({chash}); skipping")
         return
@@ -250,7 +255,7 @@ def harvest(common: Common, cfg: HarvestConfig, ranks: Ranks, grow: bool = False
     if ranks.rank == 0:
         for h in hooks:
             if grow:
-                reopen(path, h, config_hash(cfg), json.loads(json.dumps(to_dict(cfg))))
+                reopen(path, h, chash, _as_json(cfg))
                 say(f"harvest: growing {path} hook {h!r} to max_tokens={cfg.max_tokens}")
             for where in clean(path, h):
                 say(f"harvest: removed {where} (left by a killed run; it is written again)")

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_resume import tree
 
 from actdict.config import Common, build, common_of, load_experiment, section
 from actdict.harvest.config import HarvestConfig
@@ -96,22 +97,18 @@ def test_max_tokens_rerun_and_conflict(tmp_path, minilm_hf, capsys):
         harvest(tmp_path / "run", max_tokens=50, ctx=20)
 
 
-def _tree(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
 @pytest.mark.parametrize("first", [30, 64])  # a short last shard (removed, refilled) or a whole one (kept)
 def test_raising_max_tokens_grows_the_store_into_a_fresh_harvest(tmp_path, first, capsys):
     common, _ = harvest(tmp_path / "grown", max_tokens=first)
     store = Path(common.store_path)
     shard0 = next(store.rglob("shards/00000*"))
-    before = _tree(shard0)
+    before = tree(shard0)
     harvest(tmp_path / "grown", max_tokens=90)  # the test corpus has 95 rows
     assert "growing" in capsys.readouterr().out
     fresh, _ = harvest(tmp_path / "fresh", max_tokens=90)
-    assert _tree(store) == _tree(Path(fresh.store_path))  # every byte, manifests included
+    assert tree(store) == tree(Path(fresh.store_path))  # every byte, manifests included
     assert len(open_store(common.store_path)) == 90
-    assert (_tree(shard0) == before) == (first == 64)  # a whole first shard was not written again
+    assert (tree(shard0) == before) == (first == 64)  # a whole first shard was not written again
     with pytest.raises(HarvestError, match=r"holds the first 90 rows.*smaller max_tokens \(70\)"):
         harvest(tmp_path / "grown", max_tokens=70)
 
@@ -127,7 +124,7 @@ def test_growing_resumes_after_a_kill_between_its_steps(tmp_path):
     assert resume.read_manifest(path, hook) == m  # still "complete" for max_tokens 40
     harvest(tmp_path / "run", max_tokens=80)
     fresh, _ = harvest(tmp_path / "fresh", max_tokens=80)
-    assert _tree(Path(path)) == _tree(Path(fresh.store_path))
+    assert tree(Path(path)) == tree(Path(fresh.store_path))
 
 
 def test_bad_hook_in_harvest_lists_valid(tmp_path):
