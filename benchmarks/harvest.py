@@ -32,7 +32,6 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # what `import actdict` sets, before torch loads
 
 import numpy as np  # noqa: E402

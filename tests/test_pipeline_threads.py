@@ -62,3 +62,18 @@ def test_behind_runs_one_job_at_a_time_in_order_and_reraises():
     with pytest.raises(OSError, match="disk full"), Behind() as w:
         w.submit(boom)
         w.submit(job(9))  # waits for boom first: its error surfaces here
+
+
+def test_prefetch_budget_counts_cost_and_lets_an_oversized_item_through():
+    made = []
+
+    def gen(costs):
+        for i, c in enumerate(costs):
+            made.append(i)
+            yield c
+
+    it = Prefetch(gen([4] * 100), depth=10, cost=lambda c: c)
+    time.sleep(0.3)  # nothing consumed: two items (8 of 10) ahead, the third waits for room
+    assert len(made) == 3 and it._ahead == 8
+    assert list(it) == [4] * 100 and it._ahead == 0
+    assert list(Prefetch(gen([50, 1, 50]), depth=10, cost=lambda c: c)) == [50, 1, 50]  # larger than depth
