@@ -12,7 +12,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
+
+from actdict.analyze import metrics as M
 
 _spec = importlib.util.spec_from_file_location(
     "paper_tables", Path(__file__).resolve().parents[1] / "benchmarks" / "paper_tables.py")
@@ -60,7 +63,13 @@ def test_tiny_linear_table_vaease_recovers_ground_truth():
     table = P.table_synthetic("linear", res, spec).splitlines()
     assert table[2] == "| GT | 2 | 2 | 2 | 4 | 4 | 4 | | | | |"
     assert table[4].startswith("| VAEase (=GT) | 2 | 2 | 2 | 5 | 4 | 4 |")
-    assert table[3].startswith("| SAE-Tk") and len(table) == 5
+    assert table[3].startswith("| SAE-Tk") and len(table) == 12 and table[-1].startswith("| VAEase | ")
+    # keeping each sample's 2 most active latents: SAE-Tk (k = 2) changes nothing, VAEase (AD 2) < 5%
+    tb, vb = tk["by_manifold"], vae["by_manifold"]
+    assert tb["re_keep_gt"] == pytest.approx(tb["re_all"], rel=1e-9)
+    assert all(abs(k - a) < 0.05 * a for a, k in zip(vb["re_all"], vb["re_keep_gt"], strict=True))
+    assert all(len(p) == 10 and p == sorted(p) for p in vb["profile"])  # mean log var, most active first
+    assert [M.otsu_split(torch.tensor(p)) for p in vb["profile"]] == [2, 2, 2]
 
 
 def test_override_sets_size_width_and_lr_of_every_model():
