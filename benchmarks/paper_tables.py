@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from actdict.analyze import metrics as M
 from actdict.harvest.store import open_store
@@ -116,12 +117,21 @@ def quick(spec: SetSpec, name: str) -> SetSpec:
     return replace(spec, epochs=q["epochs"], max_steps=0, data=spec.data | q.get("data", {}))
 
 
-def override(spec: SetSpec, n_train: int = 0, hidden: int = 0, lr: float = 0) -> SetSpec:
-    """``spec`` with the given (non-zero) training-set size, hidden width of every model, learning rate."""
-    models = {name: (v, lr or old_lr, params | ({"hidden": hidden} if hidden else {}))
+def override(spec: SetSpec, n_train: int = 0, hidden: int = 0, lr: float = 0, extra: dict | None = None
+             ) -> SetSpec:
+    """``spec`` with the given (non-zero) training-set size, hidden width of every model, learning rate, and
+    the variant parameters ``extra`` for every model."""
+    models = {name: (v, lr or old_lr, params | ({"hidden": hidden} if hidden else {}) | (extra or {}))
               for name, (v, old_lr, params) in spec.models.items()}
     data = spec.data | ({"n_train": n_train} if n_train else {})
     return replace(spec, models=models, data=data)
+
+
+def _key_value(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise SystemExit(f"--param wants KEY=VALUE, got {text!r}")
+    return key, yaml.safe_load(value)
 
 
 def memory_batches(x: torch.Tensor, batch: int, seed: int):
@@ -315,7 +325,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--schedule", default="", help="learning-rate schedule (default: the paper's cosine "
                     "warm restarts), e.g. warmup_cosine: one decay over the run")
     ap.add_argument("--grad-clip", type=float, default=0, help="clip each model's gradient to this L2 norm")
+    ap.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                    help="set a variant parameter of every model run (with --models), e.g. head=logvar "
+                         "(the value is read as YAML)")
     a = ap.parse_args(argv)
+    params = dict(_key_value(p) for p in a.param)
     torch.set_num_threads(a.threads)
     out = {}
     for name in a.sets:
@@ -324,7 +338,7 @@ def main(argv: list[str] | None = None) -> dict:
             spec = replace(spec, models={k: v for k, v in spec.models.items() if k in a.models})
         if a.max_steps:
             spec = replace(spec, epochs=10**6, max_steps=a.max_steps)
-        spec = override(spec, a.n_train, a.hidden, a.lr)
+        spec = override(spec, a.n_train, a.hidden, a.lr, params)
         if a.schedule:
             spec = replace(spec, schedule=a.schedule)
         spec = replace(spec, grad_clip=a.grad_clip)
