@@ -85,6 +85,7 @@ def test_override_sets_size_width_and_lr_of_every_model():
     assert P.override(spec) == spec  # zeros change nothing
     vae = P.override(spec, extra={"head": "logvar", "logvar_min": -12})
     assert vae.models["vaease"][2] == spec.models["vaease"][2] | {"head": "logvar", "logvar_min": -12}
-    assert P._key_value("logvar_min=-12") == ("logvar_min", -12) and P._key_value("head=logvar")[1] == "logvar"
+    assert P._key_value("logvar_min=-12") == ("logvar_min", -12)
+    assert P._key_value("head=logvar") == ("head", "logvar")
     with pytest.raises(SystemExit, match="KEY=VALUE"):
         P._key_value("head")
