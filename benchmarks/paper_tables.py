@@ -167,7 +167,8 @@ def fit(spec: SetSpec, d: int, epoch_batches, steps: int, seed: int, budget_s: f
 
 @torch.no_grad()
 def evaluate(model, x: torch.Tensor, batch: int, seed: int) -> dict:
-    """RE (one stochastic sample of the first batch), RE det (full set), activity [n, k], per-sample AD."""
+    """RE (one stochastic sample of the first batch), RE det (full set), activity and codes [n, k] (the
+    deterministic decoder input), per-sample AD."""
     torch.manual_seed(seed)
     re = M.reconstruction_error(x[:batch], model(x[:batch], sample=True).x_hat)
     sse, acts, codes = 0.0, [], []
@@ -175,10 +176,15 @@ def evaluate(model, x: torch.Tensor, batch: int, seed: int) -> dict:
         out = model(xb, sample=False)
         sse += float(M.sq_err(xb, out.x_hat).sum())
         acts.append(out.activity.float())
-        codes.append(out.codes.abs())
-    act = torch.cat(acts)  # [n, k]
-    return {"re": re, "re_det": sse / len(x), "activity": act, "abs_codes": torch.cat(codes),
+        codes.append(out.codes)
+    act, code = torch.cat(acts), torch.cat(codes)  # [n, k] each
+    return {"re": re, "re_det": sse / len(x), "activity": act, "codes": code, "abs_codes": code.abs(),
             "ad": float(M.active_dims(act, model.active_side).double().mean())}
+
+
+def group_means(v: torch.Tensor, labels: np.ndarray) -> torch.Tensor:
+    """[n, k] -> [G, k] float64: the mean row of each label, in sorted label order."""
+    return torch.stack([v[torch.from_numpy(labels == g)].double().mean(0) for g in np.unique(labels)])
 
 
 def group_ad(model, ev: dict, labels: np.ndarray, protocol: str = "code") -> list[int]:
@@ -189,15 +195,10 @@ def group_ad(model, ev: dict, labels: np.ndarray, protocol: str = "code") -> lis
     SAEs (both): log of the mean |z| (Sec. 5.1 "average absolute mu_z", split on the log scale as App. D.3
     advises; the mean of log|z| is -inf for every latent that is exactly 0 on any one point).
     """
-    groups = np.unique(labels)
-
-    def means(v: torch.Tensor) -> torch.Tensor:  # [n, k] -> [G, k]
-        return torch.stack([v[torch.from_numpy(labels == g)].double().mean(0) for g in groups])
-
     if model.active_side == "high":
-        return M.active_dims(means(ev["abs_codes"]).log(), "high").tolist()
+        return M.active_dims(group_means(ev["abs_codes"], labels).log(), "high").tolist()
     if protocol == "text":
-        return M.active_dims(means((0.5 * ev["activity"]).exp()), "low").tolist()
+        return M.active_dims(group_means((0.5 * ev["activity"]).exp(), labels), "low").tolist()
     ad = M.ad_per_group(ev["activity"], "low", labels)
     return [ad[g] for g in sorted(ad)]
 
@@ -208,18 +209,16 @@ def manifold_fit(model, ev: dict, x: torch.Tensor, labels: np.ndarray, dims: lis
     active latents (the rest of the decoder input zeroed, ``masked_re_curve`` at the ground-truth count):
     how much of the fit the dimensions beyond the ground truth carry; and the group's mean activity of
     each latent, sorted (the values the Otsu split of ``group_ad`` sees; SAEs: log of the mean |z|)."""
+    high = model.active_side == "high"
+    profile = group_means(ev["abs_codes"], labels).log() if high else group_means(ev["activity"], labels)
     out: dict[str, list] = {"re_all": [], "re_keep_gt": [], "profile": []}
     for g, r in enumerate(dims):
         idx = torch.from_numpy(labels == g)
-        fwd = model(x[idx], sample=False)
-        full, keep = M.masked_re_curve(x[idx], fwd.codes, fwd.activity, model.active_side, model.decode,
-                                       [model.k, r])
-        high = model.active_side == "high"
-        act = (ev["abs_codes"][idx].double().mean(0).log() if high
-               else ev["activity"][idx].double().mean(0))  # [k]
+        full, keep = M.masked_re_curve(x[idx], ev["codes"][idx], ev["activity"][idx], model.active_side,
+                                       model.decode, [model.k, r])
         out["re_all"].append(full)
         out["re_keep_gt"].append(keep)
-        out["profile"].append([round(float(v), 2) for v in act.sort(descending=high).values])
+        out["profile"].append([round(float(v), 2) for v in profile[g].sort(descending=high).values])
     return out
 
 

@@ -37,9 +37,7 @@ class Ranks:
 
     def share(self, mine: list[Sequence[int]]) -> list[np.ndarray]:
         """Every rank's token-id lists in rank order (a collective: every rank calls it, each with its own
-        part; parts may differ in length and be empty). One process: ``mine`` itself."""
-        if self.world == 1:
-            return [np.asarray(x, np.int64) for x in mine]
+        part; parts may differ in length and be empty). Only under torchrun (``run.tokenized``)."""
         import torch
         import torch.distributed as dist
 
