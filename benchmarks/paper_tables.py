@@ -22,6 +22,7 @@ stochastic sample, the first test batch), ``RE det`` the posterior mean on the w
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -37,8 +38,10 @@ from actdict.harvest.store import open_store
 from actdict.harvest.synthetic import mlp_manifolds, union_of_subspaces
 from actdict.train.config import TrainConfig
 from actdict.train.data import iter_batches, make_split, norm_stats
-from actdict.train.loop import Interrupted, Member, train
+from actdict.train.loop import Interrupted, Member, Position, train
 from actdict.train.protocol import make
+from actdict.train.resume import load_state, save_state
+from actdict.train.run import sigterm_flag
 
 MODELS = ["sae_l1", "sae_log", "sae_topk", "vae", "vaease"]
 LABEL = {"sae_l1": "SAE-l1", "sae_log": "SAE-log", "sae_topk": "SAE-Tk", "vae": "VAE", "vaease": "VAEase"}
@@ -142,26 +145,56 @@ def memory_batches(x: torch.Tensor, batch: int, seed: int):
     return epoch
 
 
-def fit(spec: SetSpec, d: int, epoch_batches, steps: int, seed: int, budget_s: float = 0) -> tuple[dict, int]:
+def state_hashes(spec: SetSpec, d: int, seed: int) -> dict[str, str]:
+    """Per model, a hash of everything that fixes its training run but how long it runs (with the paper's
+    warm restarts the learning rate of a step does not depend on the run's length): a longer run resumes
+    from a shorter one's saved state and goes on exactly as one uninterrupted run."""
+    common = {"d": d, "k": spec.k, "batch": spec.batch, "t0": spec.t0, "schedule": spec.schedule,
+              "grad_clip": spec.grad_clip, "data": spec.data, "seed": seed}
+    if spec.schedule != "cosine_restarts":
+        common |= {"epochs": spec.epochs, "max_steps": spec.max_steps}
+    return {name: hashlib.sha256(json.dumps(common | {"model": [v, lr, params]}, sort_keys=True,
+                                            default=str).encode()).hexdigest()[:16]
+            for name, (v, lr, params) in spec.models.items()}
+
+
+def fit(spec: SetSpec, d: int, epoch_batches, steps: int, seed: int, budget_s: float = 0,
+        state: Path | None = None, every: int = 10_000) -> tuple[dict, int]:
     """Train every model of ``spec`` on the same batches -> ({name: model}, steps taken); ``budget_s`` > 0:
-    stop (and keep the weights) once that many seconds have passed."""
+    stop (and keep the weights) once that many seconds have passed. ``state``: a resume-state file
+    (``actdict.train.resume``), written every ``every`` steps, on SIGTERM, at the budget and at the end, and
+    resumed from when it holds the same run (``state_hashes``)."""
     members = [Member(name, make(variant, d, spec.k, seed=seed, **params), lr)
                for name, (variant, lr, params) in spec.models.items()]
-    cfg = TrainConfig(dicts=[], epochs=spec.epochs, batch_size=spec.batch, t0=spec.t0, checkpoint_every=0,
-                      max_steps=spec.max_steps, schedule=spec.schedule, grad_clip=spec.grad_clip)
+    cfg = TrainConfig(dicts=[], epochs=spec.epochs, batch_size=spec.batch, t0=spec.t0,
+                      checkpoint_every=every if state else 0, max_steps=spec.max_steps,
+                      schedule=spec.schedule, grad_clip=spec.grad_clip)
+    hashes, start, save = state_hashes(spec, d, seed), None, None
+    if state is not None:
+        for m in members:
+            m.model.train()
+            m.setup(torch.device("cpu"))
+        start = load_state(state, members, hashes)
+        print(f"resumed from {state} at step {start.step}" if start else f"resume state: {state}", flush=True)
+
+        def save(pos: Position) -> None:
+            save_state(state, members, hashes, pos)
     deadline = time.monotonic() + budget_s if budget_s else float("inf")
-    calls = [0]  # stop() is called once per step
+    step0 = start.step if start else 0
+    calls = [step0]  # stop() is called once per step
+    with sigterm_flag() as term:
+        def stop() -> bool:
+            calls[0] += 1
+            return time.monotonic() > deadline or term()
 
-    def stop() -> bool:
-        calls[0] += 1
-        return time.monotonic() > deadline
-
-    try:
-        done = train(members, epoch_batches, cfg, torch.device("cpu"), steps_per_epoch=steps, seed=seed,
-                     stop=stop)
-    except Interrupted:  # the wall-clock budget ran out: evaluate what was trained
-        done = calls[0]
-        print(f"budget of {budget_s:.0f} s reached at step {done}", flush=True)
+        try:
+            done = train(members, epoch_batches, cfg, torch.device("cpu"), steps_per_epoch=steps, seed=seed,
+                         start=start, save=save, stop=stop)
+        except Interrupted:  # the wall-clock budget ran out (or SIGTERM): evaluate what was trained
+            done = calls[0]
+            print(f"stopped at step {done} (budget of {budget_s:.0f} s or SIGTERM)", flush=True)
+    if save is not None and done > step0:
+        save(Position(epoch=done // steps, batch=done % steps, step=done))
     return {m.name: m.model.eval() for m in members}, done
 
 
@@ -222,7 +255,8 @@ def manifold_fit(model, ev: dict, x: torch.Tensor, labels: np.ndarray, dims: lis
     return out
 
 
-def run_synthetic(name: str, spec: SetSpec, seed: int, budget_s: float) -> dict:
+def run_synthetic(name: str, spec: SetSpec, seed: int, budget_s: float, state: Path | None = None,
+                  every: int = 10_000) -> dict:
     n, n_test, d, dims = (spec.data[key] for key in ("n_train", "n_test", "d", "dims"))
     if name == "linear":
         x, lab = union_of_subspaces(n + n_test, d=d, dims=dims, seed=seed)
@@ -231,7 +265,8 @@ def run_synthetic(name: str, spec: SetSpec, seed: int, budget_s: float) -> dict:
         n = len(x) - n_test
     x_train, x_test, lab_test = torch.from_numpy(x[:n]), torch.from_numpy(x[n:]), lab[n:]
     steps = -(-n // spec.batch)
-    models, done = fit(spec, x.shape[1], memory_batches(x_train, spec.batch, seed), steps, seed, budget_s)
+    models, done = fit(spec, x.shape[1], memory_batches(x_train, spec.batch, seed), steps, seed, budget_s,
+                       state, every)
     rows = {}
     for mname, model in models.items():
         ev = evaluate(model, x_test, spec.batch, seed)
@@ -242,7 +277,8 @@ def run_synthetic(name: str, spec: SetSpec, seed: int, budget_s: float) -> dict:
             "x_sq": float(x_test.pow(2).sum(1).mean())}
 
 
-def run_store(spec: SetSpec, seed: int, root: Path, budget_s: float) -> dict:
+def run_store(spec: SetSpec, seed: int, root: Path, budget_s: float, state: Path | None = None,
+              every: int = 10_000) -> dict:
     store = open_store(str(root / spec.data["path"]))
     split = make_split(store.num_chunks, spec.data["test_fraction"], seed)
     x_test = torch.from_numpy(np.concatenate([np.asarray(store.read_chunk(c).acts, np.float32)
@@ -260,7 +296,7 @@ def run_store(spec: SetSpec, seed: int, root: Path, budget_s: float) -> dict:
         return ((x - mean) / scale
                 for x in iter_batches(store, split["train_chunks"], spec.batch, 4, seed, e, start))
 
-    models, done = fit(spec, store.d, epoch_batches, steps, seed, budget_s)
+    models, done = fit(spec, store.d, epoch_batches, steps, seed, budget_s, state, every)
     rows = {}
     for mname, model in models.items():
         ev = evaluate(model, x_test, spec.batch, seed)  # RE back in raw units: * scale^2
@@ -327,6 +363,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                     help="set a variant parameter of every model run (with --models), e.g. head=logvar "
                          "(the value is read as YAML)")
+    ap.add_argument("--state", type=Path, help="keep each set's resume state in DIR/<set>.safetensors: a "
+                    "killed or SIGTERMed run, or a longer one (--max-steps) of the same settings, rerun with "
+                    "the same flags continues where it stopped")
+    ap.add_argument("--checkpoint-every", type=int, default=10_000, help="steps between saves of --state")
     a = ap.parse_args(argv)
     params = dict(_key_value(p) for p in a.param)
     torch.set_num_threads(a.threads)
@@ -348,8 +388,12 @@ def main(argv: list[str] | None = None) -> dict:
         t = time.perf_counter()
         torch.manual_seed(a.seed)
         budget = a.budget_min * 60
-        res = (run_synthetic(name, spec, a.seed, budget) if spec.kind == "synthetic"
-               else run_store(spec, a.seed, a.root, budget))
+        state = a.state / f"{name}.safetensors" if a.state else None
+        if state:
+            a.state.mkdir(parents=True, exist_ok=True)
+        every = a.checkpoint_every
+        res = (run_synthetic(name, spec, a.seed, budget, state, every) if spec.kind == "synthetic"
+               else run_store(spec, a.seed, a.root, budget, state, every))
         res["wall_s"] = time.perf_counter() - t
         res["settings"] = {"k": spec.k, "epochs": spec.epochs, "batch": spec.batch, "t0": spec.t0,
                            "max_steps": spec.max_steps, "schedule": spec.schedule,

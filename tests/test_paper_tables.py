@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from actdict.analyze import metrics as M
+from actdict.train.resume import read_meta
 
 _spec = importlib.util.spec_from_file_location(
     "paper_tables", Path(__file__).resolve().parents[1] / "benchmarks" / "paper_tables.py")
@@ -89,3 +90,33 @@ def test_override_sets_size_width_and_lr_of_every_model():
     assert P._key_value("head=logvar") == ("head", "logvar")
     with pytest.raises(SystemExit, match="KEY=VALUE"):
         P._key_value("head")
+
+
+def _tiny(max_steps: int, **kw) -> P.SetSpec:
+    spec = replace(P.SETS["linear"], k=6, epochs=10**6, batch=64, max_steps=max_steps,
+                   data={"n_train": 300, "n_test": 100, "d": 8, "dims": (2, 2)},
+                   models={"vaease": P.SETS["linear"].models["vaease"]})
+    return replace(spec, **kw)
+
+
+def test_state_resumes_a_longer_run_exactly_where_an_uninterrupted_one_goes(tmp_path, capsys):
+    x = torch.from_numpy(P.union_of_subspaces(300, d=8, dims=(2, 2), seed=0)[0])  # [300, 8]
+    batches = P.memory_batches(x, 64, seed=0)
+    whole, done = P.fit(_tiny(30), 8, batches, 5, seed=0)
+    assert done == 30
+    state = tmp_path / "linear.safetensors"
+    _, first = P.fit(_tiny(17), 8, batches, 5, seed=0, state=state, every=4)  # ends mid-epoch (17 = 3*5+2)
+    assert first == 17 and read_meta(state)["position"] == {"epoch": 3, "batch": 2, "step": 17}
+    capsys.readouterr()
+    resumed, done = P.fit(_tiny(30), 8, batches, 5, seed=0, state=state, every=4)
+    assert done == 30 and "at step 17" in capsys.readouterr().out
+    for k, v in whole["vaease"].state_dict().items():
+        assert torch.equal(v, resumed["vaease"].state_dict()[k]), k
+    # other settings (here the learning rate) are another run: the state is not used
+    other = _tiny(30, models={"vaease": ("vaease", 0.002, P.SETS["linear"].models["vaease"][2])})
+    assert P.state_hashes(other, 8, 0) != P.state_hashes(_tiny(30), 8, 0)
+    assert P.state_hashes(_tiny(99), 8, 0) == P.state_hashes(_tiny(30), 8, 0)  # only the length differs
+    assert P.state_hashes(_tiny(99, schedule="warmup_cosine"), 8, 0) != P.state_hashes(
+        _tiny(30, schedule="warmup_cosine"), 8, 0)  # there the length sets every step's lr
+    _, done = P.fit(other, 8, batches, 5, seed=0, state=state)
+    assert done == 30 and "resumed" not in capsys.readouterr().out
