@@ -1,6 +1,7 @@
 """Command line: ``actdict {harvest,train,analyze,run} CONFIG [key.sub=value ...]``.
 
-``actdict export RUN_DIR/dicts/NAME OUT`` writes a trained SAE as SAELens files (``actdict.train.export``).
+``actdict export RUN_DIR/dicts/NAME OUT`` writes a trained SAE as SAELens files (``actdict.train.export``);
+``actdict store PATH [--verify]`` describes a store and checks its shards (``actdict.harvest.inspect``).
 
 Each stage reads its own section of the experiment YAML; ``run`` runs the three in order.
 Stages are imported lazily so that ``actdict harvest`` never imports the training code.
@@ -21,6 +22,10 @@ _STAGES = {
     "train": ("actdict.train.run", "actdict.train.config", "TrainConfig"),
     "analyze": ("actdict.analyze.run", "actdict.analyze.config", "AnalyzeConfig"),
 }
+
+_TOOLS = {"export": "actdict.train.export", "store": "actdict.harvest.inspect"}
+_EPILOG = ("also: actdict export RUN_DIR/dicts/NAME OUT (an SAE in SAELens' format); actdict store PATH "
+           "[--verify] (what a store holds; checks every shard). Each takes --help.")
 
 
 def run_stage(stage: str, data: dict) -> None:
@@ -44,9 +49,9 @@ def set_threads(n: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["export"]:  # actdict export RUN_DIR/dicts/NAME OUT: a trained SAE -> SAELens files
-        return importlib.import_module("actdict.train.export").main(argv[1:])
-    parser = argparse.ArgumentParser(prog="actdict", description=__doc__.splitlines()[0])
+    if argv[:1] in (["export"], ["store"]):  # their own arguments (see the module doc)
+        return importlib.import_module(_TOOLS[argv[0]]).main(argv[1:])
+    parser = argparse.ArgumentParser(prog="actdict", description=__doc__.splitlines()[0], epilog=_EPILOG)
     parser.add_argument("stage", choices=[*_STAGES, "run"], help="stage to run; 'run' = all three")
     parser.add_argument("config", help="experiment YAML, e.g. configs/demo.yaml")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=2")

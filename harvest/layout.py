@@ -74,6 +74,15 @@ def zarr_url(fs, p: str) -> str:
     return p if is_local(fs) else fs.unstrip_protocol(p)
 
 
+def human_size(n_bytes: float) -> str:
+    """1234567 -> '1.2 MB' (decimal units)."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if n_bytes < 1000 or unit == "GB":
+            return f"{n_bytes:.1f} {unit}"
+        n_bytes /= 1000
+    raise AssertionError
+
+
 def read_json(fs, p: str) -> dict:
     with fs.open(p, "r") as f:
         return json.load(f)

@@ -25,7 +25,7 @@ import numpy as np
 from actdict.config import Common, config_hash, to_dict
 from actdict.harvest.config import HarvestConfig
 from actdict.harvest.dist import Ranks, init_ranks, rank_device
-from actdict.harvest.layout import ACT_DTYPES, fs_of, write_shard
+from actdict.harvest.layout import ACT_DTYPES, fs_of, human_size, write_shard
 from actdict.harvest.models import LoadedModel, load_model
 from actdict.harvest.pipeline import Behind, Prefetch
 from actdict.harvest.plan import RowStream, ShardWork, owner, shard_work, stored_positions
@@ -227,14 +227,6 @@ def _as_json(cfg: HarvestConfig) -> dict:
     return json.loads(json.dumps(to_dict(cfg)))
 
 
-def _size(n_bytes: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n_bytes < 1000 or unit == "GB":
-            return f"{n_bytes:.1f} {unit}"
-        n_bytes /= 1000
-    return ""
-
-
 def main(common: Common, cfg: HarvestConfig) -> None:
     """Harvest ``cfg.hooks`` of ``cfg.model`` on ``cfg.source`` into ``common.store_path``."""
     if cfg.mode != "tokens":  # one row per document (harvest/embed.py) or your own vectors (vectors.py)
@@ -309,9 +301,10 @@ def harvest(common: Common, cfg: HarvestConfig, ranks: Ranks, grow: bool = False
         check_manifest(read_manifest(path, h), want[h], f"store {path} hook {h!r}")
     per_row = sum(d * ACT_DTYPES[cfg.store_dtype].itemsize + META_BYTES for d in dims.values())
     planned = "the whole source" if cfg.max_tokens is None else f"{cfg.max_tokens:,} rows per hook"
-    disk = "" if cfg.max_tokens is None else f", ~{_size(cfg.max_tokens * per_row)} on disk"
+    disk = "" if cfg.max_tokens is None else f", ~{human_size(cfg.max_tokens * per_row)} on disk"
     say(f"harvest: {lm.name} ({lm.kind}, {lm.device}, {cfg.dtype}) hooks {dims} stop_at_layer={stop}; "
-        f"{planned}{disk} ({per_row} bytes/row, shard buffer {_size(cfg.shard_rows * per_row)}); source: "
+        f"{planned}{disk} ({per_row} bytes/row, shard buffer {human_size(cfg.shard_rows * per_row)}); "
+        f"source: "
         f"{describe_source(cfg.source)} -> {path}" + (f"; {ranks.world} ranks" if ranks.world > 1 else ""))
     if any(done.values()):
         run = f"0..{k - 1} in a row; " if k else ""

@@ -281,3 +281,38 @@ def test_chunk_files_are_byte_identical_to_zarr(tmp_path, url):
                 if p.is_file() and p.name != "zarr.json"}
         got = {f.split(f"ours-{i}/", 1)[1]: fs.cat_file(f) for f in fs.find(where)}
         assert len(want) == 12 and got == want  # ceil(45 / 4) chunks
+
+
+def test_store_command_describes_and_verifies(tmp_path, capsys):
+    from actdict.cli import main
+
+    _write(tmp_path, hook="blocks.1.hook_resid_post")
+    _write(tmp_path, hook="blocks.3.hook_resid_post", dtype="float16")
+    assert main(["store", str(tmp_path), "--verify"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("blocks.1.hook_resid_post: 45 rows x d=3 float32, 3 shards, 12 chunks of 4, ")
+    assert out[0].endswith("; complete") and out[1] == "  model toy; float32 forward"
+    assert out[3] == "  verify: ok" and out[4].startswith("blocks.3.hook_resid_post: 45 rows x d=3 float16")
+    chunk = tmp_path / "blocks.3.hook_resid_post" / "shards" / "00001" / "acts" / "c" / "2" / "0"
+    blob = bytearray(chunk.read_bytes())
+    blob[1] ^= 0xFF
+    chunk.write_bytes(bytes(blob))
+    assert main(["store", str(tmp_path), "--verify", "--json", "--hook", "blocks.3.hook_resid_post"]) == 2
+    info = json.loads(capsys.readouterr().out)
+    assert len(info) == 1 and info[0]["rows"] == 45 and info[0]["shards"] == 3 and info[0]["complete"]
+    assert "shards/00001 is corrupted" in info[0]["verified"]
+    files = (tmp_path / "blocks.3.hook_resid_post").rglob("*")
+    assert info[0]["bytes"] == sum(f.stat().st_size for f in files if f.is_file())
+    assert main(["store", str(tmp_path / "nothing")]) == 2
+    assert "no activation store" in capsys.readouterr().out
+
+
+def test_store_command_describes_an_unfinished_harvest(tmp_path, capsys):
+    from actdict.cli import main
+
+    x, tok, doc, pos = _data()
+    w = StoreWriter(str(tmp_path), MANIFEST | {"hook": "h"}, d=D, shard_rows=SHARD, chunk_rows=CHUNK)
+    w.append(x[:40], tok[:40], doc[:40], pos[:40])  # 2 full shards written, 8 rows buffered, never closed
+    assert main(["store", str(tmp_path)]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("h: 32 rows x d=3 float16, 2 shards") and "INCOMPLETE" in first

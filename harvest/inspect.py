@@ -1,0 +1,65 @@
+"""``actdict store PATH [--hook H] [--verify] [--json]``: what a store holds, hook by hook.
+
+Per hook: whether the harvest finished, rows, width d, stored dtype, shards and chunks, bytes on disk,
+and where the rows came from (model, numerics, corpus, from the manifest). An unfinished store
+is described by its complete shards. ``--verify`` re-reads every shard and checks its checksums
+(``ActivationStore.verify``): a damaged shard is named and the command exits 2. Local folders and fsspec
+URLs alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from actdict.harvest.layout import StoreError, human_size, list_hooks
+from actdict.harvest.store import ActivationStore, open_store
+
+
+def describe(store: ActivationStore) -> dict:
+    """The summary of one opened hook: layout, size and provenance (no activation is read)."""
+    m = store.manifest
+    return {"hook": store.hook, "complete": bool(m.get("complete")), "rows": len(store), "d": store.d,
+            "dtype": store.dtype_name, "shards": store.num_shards, "chunks": store.num_chunks,
+            "chunk_rows": store.chunk_rows, "bytes": int(store.fs.du(store.dir)),
+            "model": m.get("model"), "numerics": m.get("numerics"), "corpus": m.get("corpus")}
+
+
+def line(info: dict) -> str:
+    state = "complete" if info["complete"] else "INCOMPLETE (harvest not finished; complete shards only)"
+    return (f"{info['hook']}: {info['rows']:,} rows x d={info['d']} {info['dtype']}, "
+            f"{info['shards']} shards, {info['chunks']} chunks of {info['chunk_rows']}, "
+            f"{human_size(info['bytes'])}; {state}\n"
+            f"  model {info['model']}; {info['numerics']}\n  corpus {info['corpus']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="actdict store", description=__doc__.split("\n")[0])
+    ap.add_argument("path", help="store root (folder or fsspec URL)")
+    ap.add_argument("--hook", action="append", help="only this hook (repeatable); default every hook")
+    ap.add_argument("--verify", action="store_true", help="re-read every shard and check its checksums")
+    ap.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+    a = ap.parse_args(argv)
+    out, bad = [], 0
+    try:
+        hooks = a.hook or list_hooks(a.path)
+        if not hooks:
+            raise StoreError(f"no activation store at {a.path} (no <hook>/manifest.json found)")
+        for hook in hooks:
+            store = open_store(a.path, hook, allow_partial=True)
+            info = describe(store)
+            if a.verify:
+                try:
+                    store.verify()
+                    info["verified"] = "ok"
+                except StoreError as e:
+                    info["verified"], bad = str(e), bad + 1
+            out.append(info)
+            if not a.json:
+                print(line(info) + (f"\n  verify: {info['verified']}" if a.verify else ""), flush=True)
+    except StoreError as e:
+        print(f"actdict store: {e}")
+        return 2
+    if a.json:
+        print(json.dumps(out, indent=1, default=str))
+    return 2 if bad else 0
