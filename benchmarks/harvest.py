@@ -18,6 +18,7 @@ the overhead of the harvest loop itself, insensitive to the load drifting betwee
 
     python benchmarks/harvest.py                      # MiniLM (real weights) and random-init Pythia-70m shape
     python benchmarks/harvest.py --models minilm --tokens 65536 --dtype float32 --repeats 1
+    python benchmarks/harvest.py --device cuda            # the forward on the GPU (both sides)
 """
 
 from __future__ import annotations
@@ -84,10 +85,18 @@ def bare_forward(lm, tokens: list, layer: int) -> None:
         handle.remove()
 
 
+def _sync() -> None:
+    """Wait for queued GPU work, so that a timing covers it (a no-op without CUDA)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def _timed(fn, *args) -> np.ndarray:
-    """(wall seconds, CPU seconds of this process) of one call."""
+    """(wall seconds, CPU seconds of this process) of one call, its GPU work included."""
+    _sync()
     w, c = time.perf_counter(), time.process_time()
     fn(*args)
+    _sync()
     return np.array([time.perf_counter() - w, time.process_time() - c])
 
 
@@ -96,12 +105,13 @@ def bench(name: str, model_path: str, args, tmp: Path) -> dict:
     cfg = build(HarvestConfig, {
         "model": model_path, "hooks": [hook], "source": {"kind": "debian", "shuffle_buffer": 4096},
         "ctx": ctx, "batch_size": args.batch_size, "max_tokens": args.tokens, "dtype": args.dtype,
-        "store_dtype": "float16", "shard_rows": args.shard_rows, "chunk_rows": 4096, "device": "cpu"})
-    lm = load_model(model_path, device="cpu", dtype=args.dtype)
+        "store_dtype": "float16", "shard_rows": args.shard_rows, "chunk_rows": 4096, "device": args.device})
+    lm = load_model(model_path, device=args.device, dtype=args.dtype)
     stop = lm.stop_at_layer([hook])
     windows = _windows(lm, cfg, args.tokens)
     batches = [windows[a:a + args.batch_size] for a in range(0, len(windows), args.batch_size)]
-    tokens = [torch.from_numpy(np.stack([w.tokens for w in b])) for b in batches]  # [B, ctx] each
+    tokens = [torch.from_numpy(np.stack([w.tokens for w in b])).to(args.device)
+              for b in batches]  # [B, ctx] each, on the device
 
     def forwards() -> tuple[np.ndarray, np.ndarray]:
         """Bare and cached forward of every batch, interleaved batch by batch (a busy machine hurts both)."""
@@ -175,9 +185,11 @@ def main() -> None:
     ap.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
     ap.add_argument("--shard-rows", type=int, default=65536)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]: the forward's device (both sides)")
     args = ap.parse_args()
     torch.manual_seed(0)
-    print(f"torch threads {torch.get_num_threads()}, dtype {args.dtype}, batch {args.batch_size}, "
+    print(f"torch threads {torch.get_num_threads()}, {args.device}, dtype {args.dtype}, "
+          f"batch {args.batch_size}, "
           f"{args.tokens:,} rows per timing, best of {args.repeats}")
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)

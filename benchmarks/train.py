@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/train.py                       # d=512, k in {4096, 16384}, batch 4096
     .venv/bin/python benchmarks/train.py --k 4096 --steps 5 --warmup 1 --variants sae_topk sae_l1
     .venv/bin/python benchmarks/train.py --autocast --variants sae_topk sae_l1   # bf16 autocast, both sides
+    .venv/bin/python benchmarks/train.py --device cuda --no-saelens         # on the GPU (roofline too)
 
 Prints, per (variant, k): samples/s (the fastest of ``--repeats`` blocks of ``--steps`` steps, on both sides)
 of actdict's real training loop (``actdict.train.loop.train`` on in-RAM batches: Adam, schedule, NaN checks,
@@ -53,13 +54,14 @@ from actdict.train.data import iter_batches  # noqa: E402
 from actdict.train.loop import Member, train  # noqa: E402
 from actdict.train.protocol import make, registry  # noqa: E402
 
+CPU = torch.device("cpu")
 SAELENS_CHILD = r'''
 import json, sys, time, numpy as np, torch
 from sae_lens import (SAETrainer, StandardTrainingSAE, StandardTrainingSAEConfig, TopKTrainingSAE,
                       TopKTrainingSAEConfig)
 from sae_lens.config import SAETrainerConfig
 a = json.loads(sys.argv[1])
-x = torch.from_numpy(np.load(a["data"]))  # [n_batches * B, d]
+x = torch.from_numpy(np.load(a["data"])).to(a["device"])  # [n_batches * B, d]
 batches = x.split(a["batch"])
 for k in a["ks"]:
     for name in a["variants"]:
@@ -72,7 +74,7 @@ for k in a["ks"]:
                                                                 l1_coefficient=a["lam1"]))
         n = a["warmup"] + a["steps"] * a["repeats"]
         tcfg = SAETrainerConfig(total_training_samples=n * a["batch"], train_batch_size_samples=a["batch"],
-                                lr=a["lr"], lr_end=a["lr"], device="cpu", autocast=a["autocast"])
+                                lr=a["lr"], lr_end=a["lr"], device=a["device"], autocast=a["autocast"])
         tr = SAETrainer(tcfg, sae, iter(()))
         best = float("inf")  # the fastest of the repeated blocks of timed steps, as on our side
         for i in range(n):
@@ -87,40 +89,51 @@ for k in a["ks"]:
 '''
 
 
-def roofline_gflops(b: int, d: int, k: int, reps: int = 20, dtype=torch.float32) -> float:
-    """Best GFLOP/s of a [b, d] x [d, k] matmul in ``dtype`` (2 b d k FLOPs)."""
-    x, w = torch.randn(b, d, dtype=dtype), torch.randn(d, k, dtype=dtype)
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on the CPU), so that wall-clock timings cover it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def roofline_gflops(b: int, d: int, k: int, reps: int = 20, dtype=torch.float32,
+                    device: torch.device = CPU) -> float:
+    """Best GFLOP/s of a [b, d] x [d, k] matmul in ``dtype`` on ``device`` (2 b d k FLOPs)."""
+    x, w = torch.randn(b, d, dtype=dtype, device=device), torch.randn(d, k, dtype=dtype, device=device)
     for _ in range(3):
         torch.mm(x, w)
     best = float("inf")
     for _ in range(reps):
+        sync(device)
         t = time.perf_counter()
         torch.mm(x, w)
+        sync(device)
         best = min(best, time.perf_counter() - t)
     return 2 * b * d * k / best / 1e9
 
 
 def step_flops(variant: str, d: int, k: int, x: torch.Tensor, params: dict) -> int:
     """FLOPs of one forward + backward (matmuls, as counted by torch's FlopCounterMode)."""
-    model = make(variant, d, k, **params)
+    model = make(variant, d, k, **params).to(x.device)
     with FlopCounterMode(display=False) as fc:
         model.loss_terms(x, model(x, sample=True))["loss"].backward()
     return int(fc.get_total_flops())
 
 
 def actdict_rate(variant: str, d: int, k: int, batches: list[torch.Tensor], warmup: int, steps: int,
-                 params: dict, stream=None, autocast: bool = False, repeats: int = 1) -> float:
+                 params: dict, stream=None, autocast: bool = False, repeats: int = 1,
+                 device: torch.device = CPU) -> float:
     """Samples/s of the training loop (after ``warmup`` steps) on the in-RAM batches (or on ``stream``):
     the fastest of ``repeats`` consecutive runs of ``steps`` steps (one model, training on)."""
     m = Member(variant, make(variant, d, k, **params), 1e-4)
     it = stream if stream is not None else (batches[i % len(batches)] for i in range(10**9))
     cycle = lambda e, s=0: it  # noqa: E731
-    cpu = torch.device("cpu")
     best = float("inf")
     for i, n in enumerate([warmup] + [steps] * repeats):
+        sync(device)
         t = time.perf_counter()
         cfg = TrainConfig(dicts=[], epochs=1, max_steps=n, checkpoint_every=0, autocast=autocast)
-        train([m], cycle, cfg, cpu, progress=False)
+        train([m], cycle, cfg, device, progress=False)  # one host sync per step (the loss check)
+        sync(device)
         if i:
             best = min(best, time.perf_counter() - t)
     return steps * len(batches[0]) / best
@@ -156,7 +169,7 @@ def saelens_rates(venv: Path, data: Path, args, variant: str, k: int) -> dict[tu
     spec = {"data": str(data), "d": args.d, "ks": [k], "variants": [variant], "batch": args.batch,
             "steps": args.steps, "repeats": args.repeats, "warmup": args.warmup, "topk": args.topk,
             "lam1": args.lam1, "lr": 1e-4,
-            "autocast": args.autocast}
+            "autocast": args.autocast, "device": args.device}
     proc = subprocess.run([str(py), "-c", SAELENS_CHILD, json.dumps(spec)], capture_output=True, text=True)
     if proc.returncode:
         print(f"SAELens column skipped: the SAELens run failed:\n{proc.stderr[-2000:]}")
@@ -180,15 +193,17 @@ def main() -> None:
     ap.add_argument("--no-saelens", action="store_true")
     ap.add_argument("--autocast", action="store_true", help="bf16 autocast (both sides) and a bf16 roofline")
     ap.add_argument("--stream-rows", type=int, default=262144)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N] (both sides, and the roofline)")
     args = ap.parse_args()
+    dev = torch.device(args.device)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; d={args.d} batch={args.batch} "
           f"steps={args.steps} x best of {args.repeats} (+{args.warmup} warmup), "
-          f"{'bf16 autocast' if args.autocast else 'float32'}",
+          f"{'bf16 autocast' if args.autocast else 'float32'} on {dev}",
           flush=True)
 
     mix = torch.randn(args.d, args.d) / args.d ** 0.5
-    batches = [torch.randn(args.batch, args.d) @ mix for _ in range(4)]  # [B, d] each
+    batches = [(torch.randn(args.batch, args.d) @ mix).to(dev) for _ in range(4)]  # [B, d] each
     with tempfile.TemporaryDirectory() as tmp:
         x = (torch.randn(args.stream_rows, args.d) @ mix).numpy()
         store = write_vectors(str(Path(tmp) / "s"), x, dtype="float16", shard_rows=65536, chunk_rows=4096)
@@ -198,32 +213,33 @@ def main() -> None:
         k0, p0 = args.k[0], {"topk": args.topk, "lam2": 0.0}
         from_store, in_ram = 0.0, 0.0
         for _ in range(2):  # alternated, best of two: the machine may be shared
-            rate = lambda **kw: actdict_rate("sae_topk", args.d, k0, batches, args.warmup, args.steps, p0, **kw)  # noqa
+            rate = lambda **kw: actdict_rate("sae_topk", args.d, k0, batches, args.warmup, args.steps, p0,  # noqa
+                                             device=dev, **kw)
             from_store = max(from_store, rate(stream=store_batches(store, args.batch)))
             in_ram = max(in_ram, rate())
         print(f"training sae_topk k={k0}: fed by the store stream {from_store:,.0f} samples/s, by in-RAM "
               f"tensors {in_ram:,.0f} samples/s (ratio {from_store / in_ram:.2f})", flush=True)
     data = Path(tempfile.mkdtemp()) / "x.npy"
-    np.save(data, torch.cat(batches).numpy())  # the same batches for SAELens
+    np.save(data, torch.cat(batches).cpu().numpy())  # the same batches for SAELens
     params = {"sae_topk": {"topk": args.topk, "lam2": 0.0}, "sae_l1": {"lam1": args.lam1, "lam2": 0.0}}
     variants = args.variants or sorted(registry())
     print(f"{'variant':<14}{'k':>7}{'samples/s':>12}{'GFLOP/step':>12}{'% roofline':>12}"
           f"{'% roofline (dense-equivalent)':>31}{'SAELens s/s':>13}{'x SAELens':>11}", flush=True)
     for k in args.k:
         dt = torch.bfloat16 if args.autocast else torch.float32
-        peak = roofline_gflops(args.batch, args.d, k, dtype=dt)
+        peak = roofline_gflops(args.batch, args.d, k, dtype=dt, device=dev)
         print(f"roofline: [{args.batch},{args.d}]x[{args.d},{k}] {dt} matmul {peak:.1f} GFLOP/s", flush=True)
         for v in variants:
             p = params.get(v, {})
             try:
                 rate = actdict_rate(v, args.d, k, batches, args.warmup, args.steps, p, autocast=args.autocast,
-                                    repeats=args.repeats)
+                                    repeats=args.repeats, device=dev)
             except Exception as e:  # a variant that needs params: reported, not fatal
                 print(f"{v:<14}{k:>7}  skipped: {type(e).__name__}: {e}", flush=True)
                 continue
             # the machine's speed drifts (shared hosts): the peak is the best matmul seen so far, re-measured
             # right after each variant, so that a slow moment never inflates the % columns
-            again = roofline_gflops(args.batch, args.d, k, dtype=dt)
+            again = roofline_gflops(args.batch, args.d, k, dtype=dt, device=dev)
             if again > peak:
                 peak = again
                 print(f"roofline re-measured: {peak:.1f} GFLOP/s (used from here on)", flush=True)
