@@ -158,22 +158,33 @@ def state_hashes(spec: SetSpec, d: int, seed: int) -> dict[str, str]:
             for name, (v, lr, params) in spec.models.items()}
 
 
-def fit(spec: SetSpec, d: int, epoch_batches, steps: int, seed: int, budget_s: float = 0,
-        state: Path | None = None, every: int = 10_000) -> tuple[dict, int]:
-    """Train every model of ``spec`` on the same batches -> ({name: model}, steps taken); ``budget_s`` > 0:
-    stop (and keep the weights) once that many seconds have passed. ``state``: a resume-state file
-    (``actdict.train.resume``), written every ``every`` steps, on SIGTERM, at the budget and at the end, and
-    resumed from when it holds the same run (``state_hashes``)."""
+@dataclass(frozen=True)
+class RunOpts:
+    """How a set is run (not what it computes): ``budget_s`` > 0 stops training (keeping the weights) once
+    that many seconds have passed; ``state``: a resume-state file (``actdict.train.resume``), written every
+    ``every`` steps, on SIGTERM, at the budget and at the end, and resumed from when it holds the same run
+    (``state_hashes``); ``device``: where the models train (they are evaluated on the CPU)."""
+
+    budget_s: float = 0
+    state: Path | None = None
+    every: int = 10_000
+    device: str = "cpu"
+
+
+def fit(spec: SetSpec, d: int, epoch_batches, steps: int, seed: int, opts: RunOpts = RunOpts()
+        ) -> tuple[dict, int]:
+    """Train every model of ``spec`` on the same batches -> ({name: model on the CPU}, steps taken)."""
+    dev, state, budget_s = torch.device(opts.device), opts.state, opts.budget_s
     members = [Member(name, make(variant, d, spec.k, seed=seed, **params), lr)
                for name, (variant, lr, params) in spec.models.items()]
     cfg = TrainConfig(dicts=[], epochs=spec.epochs, batch_size=spec.batch, t0=spec.t0,
-                      checkpoint_every=every if state else 0, max_steps=spec.max_steps,
+                      checkpoint_every=opts.every if state else 0, max_steps=spec.max_steps,
                       schedule=spec.schedule, grad_clip=spec.grad_clip)
     hashes, start, save = state_hashes(spec, d, seed), None, None
     if state is not None:
         for m in members:
-            m.model.train()
-            m.setup(torch.device("cpu"))
+            m.model.to(dev).train()
+            m.setup(dev)
         start = load_state(state, members, hashes)
         print(f"resumed from {state} at step {start.step}" if start else f"resume state: {state}", flush=True)
 
@@ -188,14 +199,14 @@ def fit(spec: SetSpec, d: int, epoch_batches, steps: int, seed: int, budget_s: f
             return time.monotonic() > deadline or term()
 
         try:
-            done = train(members, epoch_batches, cfg, torch.device("cpu"), steps_per_epoch=steps, seed=seed,
-                         start=start, save=save, stop=stop)
+            done = train(members, epoch_batches, cfg, dev, steps_per_epoch=steps, seed=seed, start=start,
+                         save=save, stop=stop)
         except Interrupted:  # the wall-clock budget ran out (or SIGTERM): evaluate what was trained
             done = calls[0]
             print(f"stopped at step {done} (budget of {budget_s:.0f} s or SIGTERM)", flush=True)
     if save is not None and done > step0:
         save(Position(epoch=done // steps, batch=done % steps, step=done))
-    return {m.name: m.model.eval() for m in members}, done
+    return {m.name: m.model.cpu().eval() for m in members}, done
 
 
 @torch.no_grad()
@@ -255,8 +266,7 @@ def manifold_fit(model, ev: dict, x: torch.Tensor, labels: np.ndarray, dims: lis
     return out
 
 
-def run_synthetic(name: str, spec: SetSpec, seed: int, budget_s: float, state: Path | None = None,
-                  every: int = 10_000) -> dict:
+def run_synthetic(name: str, spec: SetSpec, seed: int, opts: RunOpts = RunOpts()) -> dict:
     n, n_test, d, dims = (spec.data[key] for key in ("n_train", "n_test", "d", "dims"))
     if name == "linear":
         x, lab = union_of_subspaces(n + n_test, d=d, dims=dims, seed=seed)
@@ -265,8 +275,8 @@ def run_synthetic(name: str, spec: SetSpec, seed: int, budget_s: float, state: P
         n = len(x) - n_test
     x_train, x_test, lab_test = torch.from_numpy(x[:n]), torch.from_numpy(x[n:]), lab[n:]
     steps = -(-n // spec.batch)
-    models, done = fit(spec, x.shape[1], memory_batches(x_train, spec.batch, seed), steps, seed, budget_s,
-                       state, every)
+    batches = memory_batches(x_train.to(opts.device), spec.batch, seed)
+    models, done = fit(spec, x.shape[1], batches, steps, seed, opts)
     rows = {}
     for mname, model in models.items():
         ev = evaluate(model, x_test, spec.batch, seed)
@@ -277,8 +287,7 @@ def run_synthetic(name: str, spec: SetSpec, seed: int, budget_s: float, state: P
             "x_sq": float(x_test.pow(2).sum(1).mean())}
 
 
-def run_store(spec: SetSpec, seed: int, root: Path, budget_s: float, state: Path | None = None,
-              every: int = 10_000) -> dict:
+def run_store(spec: SetSpec, seed: int, root: Path, opts: RunOpts = RunOpts()) -> dict:
     store = open_store(str(root / spec.data["path"]))
     split = make_split(store.num_chunks, spec.data["test_fraction"], seed)
     x_test = torch.from_numpy(np.concatenate([np.asarray(store.read_chunk(c).acts, np.float32)
@@ -296,7 +305,7 @@ def run_store(spec: SetSpec, seed: int, root: Path, budget_s: float, state: Path
         return ((x - mean) / scale
                 for x in iter_batches(store, split["train_chunks"], spec.batch, 4, seed, e, start))
 
-    models, done = fit(spec, store.d, epoch_batches, steps, seed, budget_s, state, every)
+    models, done = fit(spec, store.d, epoch_batches, steps, seed, opts)
     rows = {}
     for mname, model in models.items():
         ev = evaluate(model, x_test, spec.batch, seed)  # RE back in raw units: * scale^2
@@ -367,6 +376,8 @@ def main(argv: list[str] | None = None) -> dict:
                     "killed or SIGTERMed run, or a longer one (--max-steps) of the same settings, rerun with "
                     "the same flags continues where it stopped")
     ap.add_argument("--checkpoint-every", type=int, default=10_000, help="steps between saves of --state")
+    ap.add_argument("--device", default="cpu", help="where the models train: cpu or cuda[:N] (evaluated on "
+                    "the CPU)")
     a = ap.parse_args(argv)
     params = dict(_key_value(p) for p in a.param)
     torch.set_num_threads(a.threads)
@@ -387,19 +398,19 @@ def main(argv: list[str] | None = None) -> dict:
             continue
         t = time.perf_counter()
         torch.manual_seed(a.seed)
-        budget = a.budget_min * 60
         state = a.state / f"{name}.safetensors" if a.state else None
         if state:
             a.state.mkdir(parents=True, exist_ok=True)
-        every = a.checkpoint_every
-        res = (run_synthetic(name, spec, a.seed, budget, state, every) if spec.kind == "synthetic"
-               else run_store(spec, a.seed, a.root, budget, state, every))
+        opts = RunOpts(a.budget_min * 60, state, a.checkpoint_every, a.device)
+        res = (run_synthetic(name, spec, a.seed, opts) if spec.kind == "synthetic"
+               else run_store(spec, a.seed, a.root, opts))
         res["wall_s"] = time.perf_counter() - t
         res["settings"] = {"k": spec.k, "epochs": spec.epochs, "batch": spec.batch, "t0": spec.t0,
                            "max_steps": spec.max_steps, "schedule": spec.schedule,
                            "grad_clip": spec.grad_clip, "data": spec.data,
                            "models": spec.models,
-                           "quick": a.quick, "seed": a.seed, "budget_min": a.budget_min, "threads": a.threads}
+                           "quick": a.quick, "seed": a.seed, "budget_min": a.budget_min, "threads": a.threads,
+                           "device": a.device}
         out[name] = res
         table = (table_synthetic if spec.kind == "synthetic" else table_store)(name, res, spec)
         print(f"\n## {name}: {res['n_train']} train / {res['n_test']} test rows, {res['steps']} steps, "

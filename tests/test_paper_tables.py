@@ -52,7 +52,7 @@ def test_tiny_linear_table_vaease_recovers_ground_truth():
     spec = replace(spec, models=spec.models | {"sae_topk": ("sae_topk", 0.002,
                                                             {"encoder": "mlp", "topk": 2, "lam2": 1e-4})})
     try:
-        res = P.run_synthetic("linear", spec, seed=0, budget_s=0)
+        res = P.run_synthetic("linear", spec, seed=0)
     finally:
         torch.set_num_threads(threads)
     assert res["steps"] == 300 * 12 and (res["n_train"], res["n_test"]) == (3000, 2000)
@@ -105,10 +105,11 @@ def test_state_resumes_a_longer_run_exactly_where_an_uninterrupted_one_goes(tmp_
     whole, done = P.fit(_tiny(30), 8, batches, 5, seed=0)
     assert done == 30
     state = tmp_path / "linear.safetensors"
-    _, first = P.fit(_tiny(17), 8, batches, 5, seed=0, state=state, every=4)  # ends mid-epoch (17 = 3*5+2)
+    every4 = P.RunOpts(state=state, every=4)
+    _, first = P.fit(_tiny(17), 8, batches, 5, seed=0, opts=every4)  # ends mid-epoch (17 = 3*5+2)
     assert first == 17 and read_meta(state)["position"] == {"epoch": 3, "batch": 2, "step": 17}
     capsys.readouterr()
-    resumed, done = P.fit(_tiny(30), 8, batches, 5, seed=0, state=state, every=4)
+    resumed, done = P.fit(_tiny(30), 8, batches, 5, seed=0, opts=every4)
     assert done == 30 and "at step 17" in capsys.readouterr().out
     for k, v in whole["vaease"].state_dict().items():
         assert torch.equal(v, resumed["vaease"].state_dict()[k]), k
@@ -118,5 +119,5 @@ def test_state_resumes_a_longer_run_exactly_where_an_uninterrupted_one_goes(tmp_
     assert P.state_hashes(_tiny(99), 8, 0) == P.state_hashes(_tiny(30), 8, 0)  # only the length differs
     assert P.state_hashes(_tiny(99, schedule="warmup_cosine"), 8, 0) != P.state_hashes(
         _tiny(30, schedule="warmup_cosine"), 8, 0)  # there the length sets every step's lr
-    _, done = P.fit(other, 8, batches, 5, seed=0, state=state)
+    _, done = P.fit(other, 8, batches, 5, seed=0, opts=P.RunOpts(state=state))
     assert done == 30 and "resumed" not in capsys.readouterr().out
