@@ -238,13 +238,19 @@ def kept_grid(k: int, points: int) -> list[int]:
     return [*grid, k]
 
 
-def activity_rank(activity, side: Side) -> Tensor:
+def activity_rank(activity, side: Side, tiebreak=None) -> Tensor:
     """[n, k] int64: each latent's rank in its row, 0 = most active (side "high": largest activity first,
-    "low": smallest first). Ties are broken by latent index (stable sort)."""
+    "low": smallest first). Ties are broken by the larger |``tiebreak``| [n, k] when given (e.g. the
+    codes: VAE variances clamped at their floor tie exactly), then by latent index (stable sorts)."""
     a = _tensor(activity)
     if side not in ("low", "high"):
         raise ValueError(f"side must be 'low' or 'high', got {side!r}")
-    order = torch.sort(a, dim=1, descending=(side == "high"), stable=True).indices  # [n, k]
+    if tiebreak is None:
+        order = torch.sort(a, dim=1, descending=(side == "high"), stable=True).indices  # [n, k]
+    else:  # sort by |tiebreak| first; the stable sort by activity keeps that order within ties
+        pre = torch.sort(_tensor(tiebreak).abs().to(a.device), dim=1, descending=True, stable=True).indices
+        order = pre.gather(1, torch.sort(a.gather(1, pre), dim=1, descending=(side == "high"),
+                                         stable=True).indices)  # [n, k]
     ranks = torch.empty_like(order)
     ranks.scatter_(1, order, torch.arange(a.shape[1], device=a.device).expand_as(order))
     return ranks
@@ -253,12 +259,13 @@ def activity_rank(activity, side: Side) -> Tensor:
 def masked_re_curve(x, codes, activity, side: Side, decode, kept: Sequence[int]) -> list[float]:
     """Paper Fig. 4: RE as latents are masked out in order of activity.
 
-    For each m in ``kept``: per sample keep the m most active latents (by ``activity`` on ``side``), zero
+    For each m in ``kept``: per sample keep the m most active latents (by ``activity`` on ``side``; equally
+    active ones by the larger |code|: see ``activity_rank``), zero
     the other entries of ``codes`` [n, k] (the decoder input), decode with ``decode`` ([n, k] -> [n, d])
     and return the RE (batch mean of per-sample sum of squared error) against x [n, d]."""
     c = _tensor(codes)
     xt = _tensor(x).to(c.dtype)  # per-row sums in the codes' precision, the mean in float64
-    ranks = activity_rank(activity, side)  # [n, k]
+    ranks = activity_rank(activity, side, tiebreak=c)  # [n, k]; equal activity: larger |code| first
     out = []
     with torch.no_grad():
         for m in kept:

@@ -141,13 +141,22 @@ def test_kept_grid_and_ranks():
     act = torch.tensor([[0.5, -1.0, 3.0, 0.5]])
     assert M.activity_rank(act, "high").tolist() == [[1, 3, 0, 2]]  # ties: lower index first
     assert M.activity_rank(act, "low").tolist() == [[1, 0, 3, 2]]
+    tb = torch.tensor([[1.0, 0.0, 0.0, -2.0]])  # equal activity: the larger |tiebreak| first
+    assert M.activity_rank(act, "high", tiebreak=tb).tolist() == [[2, 3, 0, 1]]
+    assert M.activity_rank(act, "low", tiebreak=tb).tolist() == [[2, 0, 3, 1]]
+    clamped = torch.full((1, 4), -16.1)  # every variance at its floor: the codes decide, then the index
+    assert M.activity_rank(clamped, "low", tiebreak=torch.tensor([[0.1, -3.0, 0.1, 2.0]])).tolist() == [
+        [2, 0, 3, 1]]
 
 
+@pytest.mark.parametrize("ties", [False, True])
 @pytest.mark.parametrize("side", ["high", "low"])
-def test_masked_re_curve_brute_force(side):
+def test_masked_re_curve_brute_force(side, ties):
     g = torch.Generator().manual_seed(0)
     n, k, d = 9, 6, 4
     codes, act = torch.randn(n, k, generator=g), torch.randn(n, k, generator=g)
+    if ties:  # three activity levels: most latents tie with others of their row
+        act = act.round().clamp(-1, 1)
     W, b = torch.randn(k, d, generator=g), torch.randn(d, generator=g)
     x = torch.randn(n, d, generator=g)
 
@@ -159,7 +168,8 @@ def test_masked_re_curve_brute_force(side):
     for m, re in zip(kept, got, strict=True):
         ref = []
         for i in range(n):  # keep the m most active latents of row i, zero the others
-            order = sorted(range(k), key=lambda j: -act[i, j] if side == "high" else act[i, j])
+            order = sorted(range(k), key=lambda j: (-act[i, j] if side == "high" else act[i, j],
+                                                    -abs(codes[i, j]), j))
             c = torch.zeros(k)
             c[order[:m]] = codes[i, order[:m]]
             ref.append(float(((x[i] - decode(c)) ** 2).sum()))
