@@ -49,7 +49,7 @@ def set_threads(n: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] in (["export"], ["store"]):  # their own arguments (see the module doc)
+    if argv and argv[0] in _TOOLS:  # tools with their own arguments (see the module doc)
         return importlib.import_module(_TOOLS[argv[0]]).main(argv[1:])
     parser = argparse.ArgumentParser(prog="actdict", description=__doc__.splitlines()[0], epilog=_EPILOG)
     parser.add_argument("stage", choices=[*_STAGES, "run"], help="stage to run; 'run' = all three")
