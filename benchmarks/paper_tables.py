@@ -201,11 +201,12 @@ def fit(spec: SetSpec, d: int, epoch_batches, steps: int, seed: int, opts: RunOp
         try:
             done = train(members, epoch_batches, cfg, dev, steps_per_epoch=steps, seed=seed, start=start,
                          save=save, stop=stop)
-        except Interrupted:  # the wall-clock budget ran out (or SIGTERM): evaluate what was trained
+        except Interrupted:  # the wall-clock budget ran out (or SIGTERM; the loop saved the state there)
             done = calls[0]
             print(f"stopped at step {done} (budget of {budget_s:.0f} s or SIGTERM)", flush=True)
-    if save is not None and done > step0:
-        save(Position(epoch=done // steps, batch=done % steps, step=done))
+        else:
+            if save is not None and done > step0:  # finished: the state a longer run continues from
+                save(Position(epoch=done // steps, batch=done % steps, step=done))
     return {m.name: m.model.cpu().eval() for m in members}, done
 
 
