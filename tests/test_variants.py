@@ -1,6 +1,8 @@
 """Dictionary variants: losses against hand arithmetic (every variant's contract: test_variant_contract)."""
 
+import copy
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -153,12 +155,24 @@ def test_topk_auxk_loss_by_hand(xb):
     assert m.W_enc.grad[:, torch.from_numpy(dead)].abs().sum() > 0
 
 
-def test_unit_norm_decoder_and_gradient_projection(xb):
+@pytest.mark.parametrize("how", ["built", "deepcopy", "pickle", "to_float64", "via_meta"])
+def test_unit_norm_decoder_and_gradient_projection(xb, how):
     m = make("sae_topk_auxk", 6, 10, seed=2, topk=3)
+    if how == "deepcopy":
+        m = copy.deepcopy(m)
+    elif how == "pickle":  # what DataParallel-style replication and torch.save of a module do
+        m = pickle.loads(pickle.dumps(m))
+    elif how == "to_float64":
+        m = m.to(torch.float64).to(torch.float32)
+    elif how == "via_meta":  # a move that replaces the Parameter objects (as some device moves do)
+        state = m.state_dict()
+        m = m.to("meta").to_empty(device="cpu")
+        m.load_state_dict(state)
     torch.testing.assert_close(m.W_dec.norm(dim=1), torch.ones(10))
     torch.testing.assert_close(m.W_enc, m.W_dec.T)  # encoder init = decoder^T
     m.loss_terms(xb, m(xb))["loss"].backward()
-    assert (m.W_dec.grad * m.W_dec).sum(1).abs().max() < 1e-6  # no component along the rows
+    grad = m.W_dec.grad
+    assert grad.abs().max() > 1e-3 and (grad * m.W_dec).sum(1).abs().max() < 1e-6  # none along the rows
     with torch.no_grad():
         m.W_dec.add_(torch.randn(10, 6))
     m.after_step()

@@ -12,7 +12,9 @@ Parameters are named as in SAELens (so export is a copy): ``W_enc`` [d, k], ``b_
 * ``unit_norm_decoder`` variants keep every W_dec row at unit L2 norm: the component of W_dec's gradient
   parallel to its row is projected out in backward (a tensor hook, Gao et al. / Bussmann et al.), and the
   rows are renormalised in ``after_step`` (the official codes renormalise just before the optimizer step;
-  after it is the same constraint one step later).
+  after it is the same constraint one step later). A tensor hook belongs to the Parameter object, and
+  ``copy.deepcopy`` or a move that replaces the Parameter (``.to("meta")``) drops it silently, so the hook is
+  re-attached after every ``_apply`` (``.to``, ``.cuda``, ``.float``) and every unpickling or deep copy.
 * ``DeadTracker``: per-latent count of tokens (or batches) since it last fired, a buffer, so it is saved in
   checkpoints and a resumed run sees the same dead set. Updated only in training mode.
 """
@@ -47,8 +49,25 @@ class TiedSAE(Dictionary):
         self.W_dec = nn.Parameter(torch.empty(k, d))
         self.b_dec = nn.Parameter(torch.zeros(d))
         self.init_tied(1.0)
-        if self.unit_norm_decoder:
+        self._attach_projection()
+
+    def _attach_projection(self) -> None:
+        """Hook ``_project_grad`` onto the current W_dec Parameter unless this module's hook is on it."""
+        if not self.unit_norm_decoder:
+            return
+        hooks = (self.W_dec._backward_hooks or {}).values()
+        ours = (getattr(h, "__func__", None) is TiedSAE._project_grad and h.__self__ is self for h in hooks)
+        if not any(ours):
             self.W_dec.register_hook(self._project_grad)
+
+    def _apply(self, fn, *args, **kwargs):  # .to(), .cuda(), .float(), ... may replace the Parameter
+        out = super()._apply(fn, *args, **kwargs)
+        self._attach_projection()
+        return out
+
+    def __setstate__(self, state: dict) -> None:  # copy.deepcopy and pickle build new Parameters
+        super().__setstate__(state)
+        self._attach_projection()
 
     @torch.no_grad()
     def init_tied(self, dec_norm: float) -> None:
