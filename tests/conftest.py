@@ -13,3 +13,15 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import pytest  # noqa: E402  (after the environment above: torch reads it when it loads)
+import torch  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def device() -> str:
+    """The accelerator the device tests check against the CPU: ``ACTDICT_TEST_DEVICE`` if set, else
+    ``cuda`` where there is one, else ``cpu``. On a CPU-only machine (CI) those tests then compare the CPU
+    with itself: they still run end to end, so they work when a session has a GPU
+    (``benchmarks/gpu_session.sh`` runs them there)."""
+    return os.environ.get("ACTDICT_TEST_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")

