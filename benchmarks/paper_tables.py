@@ -272,7 +272,8 @@ def run_synthetic(name: str, spec: SetSpec, seed: int, opts: RunOpts = RunOpts()
     if name == "linear":
         x, lab = union_of_subspaces(n + n_test, d=d, dims=dims, seed=seed)
     else:
-        x, lab = mlp_manifolds((n + n_test) // len(dims), d=d, dims=dims, seed=seed)
+        x, lab = mlp_manifolds((n + n_test) // len(dims), d=d, dims=dims, seed=seed,
+                               init=spec.data.get("init", "randn"))
         n = len(x) - n_test
     x_train, x_test, lab_test = torch.from_numpy(x[:n]), torch.from_numpy(x[n:]), lab[n:]
     steps = -(-n // spec.batch)
@@ -377,6 +378,8 @@ def main(argv: list[str] | None = None) -> dict:
                     "killed or SIGTERMed run, or a longer one (--max-steps) of the same settings, rerun with "
                     "the same flags continues where it stopped")
     ap.add_argument("--checkpoint-every", type=int, default=10_000, help="steps between saves of --state")
+    ap.add_argument("--data-init", choices=["randn", "torch"], help="MLP manifolds: how the random MLPs' "
+                    "weights are drawn (harvest.synthetic.mlp_manifolds; default randn)")
     ap.add_argument("--device", default="cpu", help="where the models train: cpu or cuda[:N] (evaluated on "
                     "the CPU)")
     a = ap.parse_args(argv)
@@ -393,6 +396,8 @@ def main(argv: list[str] | None = None) -> dict:
         if a.schedule:
             spec = replace(spec, schedule=a.schedule)
         spec = replace(spec, grad_clip=a.grad_clip)
+        if a.data_init and name == "mlp":
+            spec = replace(spec, data=spec.data | {"init": a.data_init})
         if spec.kind == "store" and not (a.root / spec.data["path"]).exists():
             cfg = "configs/demo.yaml" if name == "llm" else "configs/demo_embeddings.yaml"
             print(f"\n## {name}: skipped, no store at {spec.data['path']} (run `actdict harvest {cfg}`)")

@@ -7,7 +7,10 @@ ground-truth active dimension count of manifold i is ``dims[i]``. Feed them to t
 Choices the paper leaves open (ours): latent coordinates are standard normal; rows are assigned to manifolds
 uniformly at random (union of subspaces) or in equal blocks (MLP manifolds, as the paper's "200k per
 manifold"), then shuffled; the coordinate subspaces are disjoint when ``sum(dims) <= d`` (else drawn
-independently, so they may overlap); every weight is standard normal (``randn``), biases too.
+independently, so they may overlap); every weight is standard normal (``randn``), biases too. The MLP
+manifolds can instead draw their weights as ``torch.nn.Linear`` initialises them (``init="torch"``): the paper
+says only "passing random noise through different MLP networks", which a randomly initialised
+``nn.Sequential(Linear, LeakyReLU(0.2), Linear)`` would also be.
 """
 
 from __future__ import annotations
@@ -44,14 +47,21 @@ def union_of_subspaces(n: int, d: int = 40, dims: Sequence[int] = (4, 4, 4),
 
 
 def mlp_manifolds(n_per: int, d: int = 100, dims: Sequence[int] = (5, 5, 10, 10),
-                  seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                  seed: int = 0, init: str = "randn") -> tuple[np.ndarray, np.ndarray]:
     """Nonlinear manifolds: per manifold i (dim r), x = leaky_relu(z A + a, 0.2) B + b with z ~ N(0, I_r),
-    A [r, r], a [r], B [r, d], b [d] all randn (paper: dims {5, 5, 10, 10} in R^100, 200k rows each)."""
+    A [r, r], a [r], B [r, d], b [d] (paper: dims {5, 5, 10, 10} in R^100, 200k rows each). ``init``:
+    "randn" (every entry standard normal) or "torch" (``nn.Linear``'s default: every weight and bias uniform
+    in +-1/sqrt(fan_in), fan_in = r for both layers)."""
+    if init not in ("randn", "torch"):
+        raise ValueError(f"init must be 'randn' or 'torch', got {init!r}")
     rng = np.random.default_rng(seed)
     xs, labels = [], []
     for i, r in enumerate(dims):
-        A, a = rng.standard_normal((r, r)), rng.standard_normal(r)
-        B, b = rng.standard_normal((r, d)), rng.standard_normal(d)
+        if init == "randn":
+            A, a = rng.standard_normal((r, r)), rng.standard_normal(r)
+            B, b = rng.standard_normal((r, d)), rng.standard_normal(d)
+        else:
+            A, a, B, b = (rng.uniform(-r ** -0.5, r ** -0.5, shape) for shape in ((r, r), r, (r, d), d))
         h = rng.standard_normal((n_per, r)) @ A + a  # [n_per, r]
         xs.append(np.where(h > 0, h, 0.2 * h) @ B + b)  # [n_per, d]
         labels.append(np.full(n_per, i, np.int64))

@@ -33,6 +33,12 @@ def test_mlp_manifolds_shapes_and_seed():
     x, lab = mlp_manifolds(50, d=30, dims=(2, 3), seed=0)
     assert x.shape == (100, 30) and np.bincount(lab).tolist() == [50, 50]
     assert np.array_equal(x, mlp_manifolds(50, d=30, dims=(2, 3), seed=0)[0])
+    xt, lt = mlp_manifolds(2000, d=30, dims=(2, 3), seed=0, init="torch")
+    assert np.bincount(lt).tolist() == [2000, 2000]
+    for i, r in enumerate((2, 3)):  # x - b = leaky_relu(z A + a) B lies in the r-dim row space of B
+        sv = np.linalg.svd(xt[lt == i] - xt[lt == i].mean(0), compute_uv=False)
+        assert sv[r] < 1e-4 * sv[0] and sv[r - 1] > 1e-2 * sv[0]
+    assert np.abs(xt).max() < np.abs(x).max() / 3  # weights within +-1/sqrt(r), not standard normal
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
