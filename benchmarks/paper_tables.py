@@ -249,20 +249,24 @@ def group_ad(model, ev: dict, labels: np.ndarray, protocol: str = "code") -> lis
 
 
 @torch.no_grad()
-def manifold_fit(model, ev: dict, x: torch.Tensor, labels: np.ndarray, dims: list[int]) -> dict:
-    """Per manifold g: RE det with every latent and with each sample keeping only its ``dims[g]`` most
-    active latents (the rest of the decoder input zeroed, ``masked_re_curve`` at the ground-truth count):
-    how much of the fit the dimensions beyond the ground truth carry; and the group's mean activity of
-    each latent, sorted (the values the Otsu split of ``group_ad`` sees; SAEs: log of the mean |z|)."""
+def manifold_fit(model, ev: dict, x: torch.Tensor, labels: np.ndarray, dims: list[int], ad: list[int]
+                 ) -> dict:
+    """Per manifold g: RE det with every latent, with each sample keeping only its ``dims[g]`` most active
+    latents (the rest of the decoder input zeroed, ``masked_re_curve`` at the ground-truth count), and
+    keeping its ``ad[g]`` most active (the count the split found): how much of the fit the dimensions
+    beyond the ground truth carry, and whether latents the split calls inactive carry some (docs/results.md,
+    E17); and the group's mean activity of each latent, sorted (the values the Otsu split of ``group_ad``
+    sees; SAEs: log of the mean |z|)."""
     high = model.active_side == "high"
     profile = group_means(ev["abs_codes"], labels).log() if high else group_means(ev["activity"], labels)
-    out: dict[str, list] = {"re_all": [], "re_keep_gt": [], "profile": []}
+    out: dict[str, list] = {"re_all": [], "re_keep_gt": [], "re_keep_ad": [], "profile": []}
     for g, r in enumerate(dims):
         idx = torch.from_numpy(labels == g)
-        full, keep = M.masked_re_curve(x[idx], ev["codes"][idx], ev["activity"][idx], model.active_side,
-                                       model.decode, [model.k, r])
+        full, keep, keep_ad = M.masked_re_curve(x[idx], ev["codes"][idx], ev["activity"][idx],
+                                                model.active_side, model.decode, [model.k, r, ad[g]])
         out["re_all"].append(full)
         out["re_keep_gt"].append(keep)
+        out["re_keep_ad"].append(keep_ad)
         out["profile"].append([round(float(v), 2) for v in profile[g].sort(descending=high).values])
     return out
 
@@ -282,9 +286,10 @@ def run_synthetic(name: str, spec: SetSpec, seed: int, opts: RunOpts = RunOpts()
     rows = {}
     for mname, model in models.items():
         ev = evaluate(model, x_test, spec.batch, seed)
-        rows[mname] = {"ad": group_ad(model, ev, lab_test), "ad_sigma": group_ad(model, ev, lab_test, "text"),
+        ad = group_ad(model, ev, lab_test)
+        rows[mname] = {"ad": ad, "ad_sigma": group_ad(model, ev, lab_test, "text"),
                        "re": ev["re"], "re_det": ev["re_det"], "ad_mean_sample": ev["ad"],
-                       "by_manifold": manifold_fit(model, ev, x_test, lab_test, list(dims))}
+                       "by_manifold": manifold_fit(model, ev, x_test, lab_test, list(dims), ad)}
     return {"rows": rows, "n_train": n, "n_test": n_test, "steps": done,
             "x_sq": float(x_test.pow(2).sum(1).mean())}
 
@@ -331,10 +336,12 @@ def table_synthetic(name: str, res: dict, spec: SetSpec) -> str:
                      f"{r['ad_mean_sample']:.2f} | {','.join(map(str, r['ad_sigma']))} |")
     heads = " | ".join(f"manifold {i + 1} (dim {r})" for i, r in enumerate(gt))
     lines += ["", "RE det per manifold with every latent / keeping each sample's ground-truth count of most "
-              "active latents:", "", f"| model | {heads} |", "|---" * (len(gt) + 1) + "|"]
+              "active latents / keeping the manifold's AD count:", "", f"| model | {heads} |",
+              "|---" * (len(gt) + 1) + "|"]
     for m in spec.models:
         b = res["rows"][m]["by_manifold"]
-        cells = [f"{a:.3g} / {k:.3g}" for a, k in zip(b["re_all"], b["re_keep_gt"], strict=True)]
+        cells = [f"{a:.3g} / {k:.3g} / {c:.3g}"
+                 for a, k, c in zip(b["re_all"], b["re_keep_gt"], b["re_keep_ad"], strict=True)]
         lines.append(f"| {LABEL[spec.models[m][0]]} | {' | '.join(cells)} |")
     return "\n".join(lines)
 

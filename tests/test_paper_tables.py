@@ -69,6 +69,9 @@ def test_tiny_linear_table_vaease_recovers_ground_truth():
     tb, vb = tk["by_manifold"], vae["by_manifold"]
     assert tb["re_keep_gt"] == pytest.approx(tb["re_all"], rel=1e-9)
     assert all(abs(k - a) < 0.05 * a for a, k in zip(vb["re_all"], vb["re_keep_gt"], strict=True))
+    assert vb["re_keep_ad"] == vb["re_keep_gt"]  # AD = GT: the same masks
+    assert all(c >= a for a, c in zip(tb["re_all"], tb["re_keep_ad"], strict=True))  # masking never helps
+    assert any("/ keeping the manifold's AD count" in line for line in table)
     assert all(len(p) == 10 and p == sorted(p) for p in vb["profile"])  # mean log var, most active first
     assert [M.otsu_split(torch.tensor(p)) for p in vb["profile"]] == [2, 2, 2]
 
