@@ -19,18 +19,16 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_harvest import harvest
 
 from actdict.analyze.config import AnalyzeConfig
 from actdict.analyze.run import main as analyze
-from actdict.config import Common, build
-from actdict.harvest.config import HarvestConfig
+from actdict.config import Common
 from actdict.harvest.models import make_random_pythia
-from actdict.harvest.run import main as harvest
 from actdict.harvest.store import open_store, write_vectors
 from actdict.train.config import DictConfig, TrainConfig
 from actdict.train.run import main as train
 
-TEXTS = Path(__file__).parent / "data" / "texts"
 HOOK = "blocks.2.hook_resid_post"
 
 
@@ -39,12 +37,9 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _harvest(run_dir: Path, model: Path, device: str, dtype: str):
-    cfg = build(HarvestConfig, {
-        "model": str(model), "hooks": [HOOK], "source": {"kind": "files", "path": str(TEXTS)}, "ctx": 16,
-        "batch_size": 3, "chunk_rows": 32, "shard_rows": 64, "max_tokens": None, "dtype": dtype,
-        "store_dtype": "float32", "device": device})
-    common = Common(run_dir=str(run_dir))
-    harvest(common, cfg)
+    """test_harvest's small harvest of the fixture texts, on ``device`` with a ``dtype`` forward."""
+    common, _ = harvest(run_dir, model=str(model), hooks=[HOOK], dtype=dtype, store_dtype="float32",
+                        device=device)
     store = open_store(common.store_path, HOOK)
     return store, store.read_rows(0, len(store))
 
