@@ -107,8 +107,9 @@ SETS = {
                                  -3.0)),
     "emb": SetSpec("store", k=384, epochs=75, batch=256, t0=10,
                    data={"path": "runs/demo_embeddings/store", "test_fraction": 0.125, "normalize": True},
-                   models=_store(0.003, [(0.32, 0.2), (1.0, 0.2), (3.0, 0.2)],
-                                 [(0.01, 0.2), (0.1, 0.2), (0.3, 0.2)], [30, 20], -1.5)),
+                   models=_store(0.003, [(0.32, 0.2), (1.0, 0.2), (1.2, 0.2), (1.5, 0.2), (3.0, 0.2)],
+                                 [(0.01, 0.2), (0.1, 0.2), (0.12, 0.2), (0.15, 0.2), (0.3, 0.2)], [30, 20],
+                                 -1.5)),
 }
 QUICK = {"linear": {"epochs": 40, "data": {"n_train": 20_000, "n_test": 3000}},
          "mlp": {"epochs": 40, "data": {"n_train": 8000, "n_test": 2000}},
