@@ -40,6 +40,17 @@ def test_deep_bodies_shapes_widths_and_decode(variant):
     assert small.encoder[0].out_features == 5 and isinstance(small.decoder, nn.Linear)
 
 
+@pytest.mark.parametrize("variant", ["sae_l1", "vaease"])
+def test_decoder_hidden_sets_the_mlp_decoder_width_alone(variant):
+    d, k = 12, 6
+    m = make(variant, d, k, seed=0, encoder="resmlp", decoder="mlp", hidden=10, decoder_hidden=30)
+    assert [mod.out_features for mod in m.decoder if isinstance(mod, nn.Linear)] == [30, d]
+    assert m.encoder[0].out_features == 10 and m.params["decoder_hidden"] == 30
+    same = make(variant, d, k, seed=0, encoder="resmlp", decoder="mlp", hidden=10)  # 0 = as hidden
+    assert [mod.out_features for mod in same.decoder if isinstance(mod, nn.Linear)] == [10, d]
+    assert m(torch.randn(3, d), sample=False).x_hat.shape == (3, d)
+
+
 def test_sae_lam2_penalises_every_decoder_parameter():
     m = make("sae_l1", 8, 4, seed=0, decoder="mlp", hidden=3, lam1=0.0, lam2=1.0)
     x = torch.randn(5, 8)

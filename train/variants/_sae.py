@@ -9,7 +9,8 @@
   k = 4096 and ~0.85 s at k = 16384 per step on 2 CPU cores); ``active_side = "high"``.
 * Synthetic sets (App. D.2): ``encoder`` "mlp" (4 Swish-joined Linear layers, hidden 2k) or "resmlp"
   (3 residual blocks, hidden 8k) before the ReLU, ``decoder`` "mlp" (2-layer leaky-ReLU MLP); ``hidden``
-  sets their width (0 = the paper's). See ``_nets``. With an MLP decoder lam2 penalises all its weights
+  sets their width (0 = the paper's), ``decoder_hidden`` the MLP decoder's alone (0 = as ``hidden``).
+  See ``_nets``. With an MLP decoder lam2 penalises all its weights
   and biases. These keys are stored in ``params`` only when given.
 * No decoder renormalisation, no tied init, no AuxK: ``after_step`` does nothing (the paper relies on lam2).
 * ``loss_terms`` takes h from ``extras["h"]`` [B] when the forward computed it (``sae_l1``'s fused step;
@@ -40,12 +41,12 @@ class SAEBase(Dictionary):
     default_params: dict[str, Any] = {}
 
     def __init__(self, d: int, k: int, **params: Any) -> None:
-        arch = {"encoder": "linear", "decoder": "linear", "hidden": 0}
+        arch = {"encoder": "linear", "decoder": "linear", "hidden": 0, "decoder_hidden": 0}
         unknown = sorted(set(params) - set(self.default_params) - set(arch))
         if unknown:
             valid = sorted([*self.default_params, *arch])
             raise ConfigError(f"{self.variant}: unknown params {unknown}; valid: {valid}")
-        enc, dec, hidden = (params.get(key, arch[key]) for key in arch)
+        enc, dec, hidden, dec_hidden = (params.get(key, arch[key]) for key in arch)
         if enc not in ENCODERS or dec not in DECODERS:
             raise ConfigError(f"{self.variant}: encoder must be one of {ENCODERS} and decoder one of "
                              f"{DECODERS}, got {enc!r}, {dec!r}")
@@ -53,7 +54,7 @@ class SAEBase(Dictionary):
         self.encoder = (nn.Linear(d, k) if enc == "linear"
                         else deep_encoder(enc, d, k, int(hidden) or default_hidden(enc, k)))
         self.decoder = (nn.Linear(k, d) if dec == "linear"
-                        else leaky_mlp(k, d, int(hidden) or DECODER_HIDDEN * k))
+                        else leaky_mlp(k, d, int(dec_hidden) or int(hidden) or DECODER_HIDDEN * k))
 
     def encode(self, x: Tensor) -> Tensor:  # x: [B, d] -> z [B, k]
         return torch.relu(self.encoder(x))

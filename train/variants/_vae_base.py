@@ -8,7 +8,8 @@ Paper Sec. 2.2-3 and DESIGN "The paper's exact recipe" (official code, LLM/Yelp 
   does not say whether the last layer is activated; we leave it linear so mu is unconstrained.)
 * encoder ``"resmlp"`` (App. D.2 MLP-manifold data: 3 residual blocks of 3 Linear layers, hidden 8k) and
   decoder ``"mlp"`` (2-layer leaky-ReLU(0.2) MLP) instead of the linear decoder: see ``_nets``; ``hidden``
-  sets their width (0 = the paper's: 2k for ``mlp``, 8k for ``resmlp`` and the MLP decoder).
+  sets their width (0 = the paper's: 2k for ``mlp``, 8k for ``resmlp`` and the MLP decoder);
+  ``decoder_hidden`` (0 = as ``hidden``) sets the MLP decoder's alone (the paper does not state it).
 * variance head (``head="sigmoid"``, official): var = clamp(sigmoid(Linear(k, k)(s)), min=var_min);
   (``head="logvar"``, our clipped log-variance head for synthetic data, an open choice of this repo):
   log var = clamp(Linear(k, k)(s), logvar_min, 0), so var in [exp(logvar_min), 1] (1 = the prior's variance).
@@ -49,10 +50,10 @@ class VAEBase(Dictionary):
 
     def __init__(self, d: int, k: int, loggamma_init: float = -10.0, encoder: str = "linear",
                  head: str = "sigmoid", var_min: float = 1e-7, logvar_min: float = -20.0,
-                 decoder: str = "linear", hidden: int = 0, **extra: Any) -> None:
+                 decoder: str = "linear", hidden: int = 0, decoder_hidden: int = 0, **extra: Any) -> None:
         if extra:
             raise ConfigError(f"{self.variant}: unknown params {sorted(extra)}; valid: loggamma_init, "
-                             "encoder, head, var_min, logvar_min, decoder, hidden")
+                             "encoder, head, var_min, logvar_min, decoder, hidden, decoder_hidden")
         if encoder not in ENCODERS or decoder not in DECODERS:
             raise ConfigError(f"{self.variant}: encoder must be one of {ENCODERS} and decoder one of "
                              f"{DECODERS}, got {encoder!r}, {decoder!r}")
@@ -60,14 +61,14 @@ class VAEBase(Dictionary):
             raise ConfigError(f"{self.variant}: head must be 'sigmoid' or 'logvar', got {head!r}")
         super().__init__(d, k, loggamma_init=float(loggamma_init), encoder=encoder, head=head,
                          var_min=float(var_min), logvar_min=float(logvar_min), decoder=decoder,
-                         hidden=int(hidden))
+                         hidden=int(hidden), decoder_hidden=int(decoder_hidden))
         if encoder == "linear":
             self.encoder = nn.Sequential(nn.Linear(d, 2 * k), nn.SiLU())
         else:
             self.encoder = deep_encoder(encoder, d, 2 * k, int(hidden) or default_hidden(encoder, k))
         self.var_head = nn.Linear(k, k)
         self.decoder = (nn.Linear(k, d) if decoder == "linear"
-                        else leaky_mlp(k, d, int(hidden) or DECODER_HIDDEN * k))
+                        else leaky_mlp(k, d, int(decoder_hidden) or int(hidden) or DECODER_HIDDEN * k))
         self.loggamma = nn.Parameter(torch.tensor(float(loggamma_init)))
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # x: [B, d]
