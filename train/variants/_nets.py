@@ -6,7 +6,8 @@
   hidden 8k". Our reading (the text gives no more): Linear(d, H); 3 x [h + L3(s(L2(s(L1(s(h))))))] with
   s = Swish and every L a Linear(H, H); then Swish, Linear(H, out).
 * :func:`leaky_mlp` (``decoder="mlp"``, the MLP-manifold set): "2 layer MLPs activated by leaky ReLU with
-  slope 0.2": Linear(k, H), LeakyReLU(0.2), Linear(H, d). The hidden width is not stated: ours is ``hidden``.
+  slope 0.2": Linear(k, H), LeakyReLU(0.2), Linear(H, d). The hidden width is not stated: ours is
+  ``decoder_hidden``, else ``hidden``, else 8k (:func:`make_decoder`).
 """
 
 from __future__ import annotations
@@ -53,3 +54,11 @@ def leaky_mlp(d_in: int, d_out: int, hidden: int) -> nn.Sequential:
 def deep_encoder(kind: str, d_in: int, d_out: int, hidden: int) -> nn.Sequential:
     """``mlp`` or ``resmlp`` body mapping [B, d_in] -> [B, d_out] (``hidden`` must be resolved, > 0)."""
     return swish_mlp(d_in, d_out, hidden) if kind == "mlp" else res_mlp(d_in, d_out, hidden)
+
+
+def make_decoder(kind: str, k: int, d: int, hidden: int = 0, decoder_hidden: int = 0) -> nn.Module:
+    """``linear`` (Linear(k, d)) or ``mlp`` decoder [B, k] -> [B, d]; the MLP's width is ``decoder_hidden``,
+    else ``hidden``, else ``DECODER_HIDDEN * k`` (0 = not given)."""
+    if kind == "linear":
+        return nn.Linear(k, d)
+    return leaky_mlp(k, d, int(decoder_hidden) or int(hidden) or DECODER_HIDDEN * k)

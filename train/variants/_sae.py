@@ -27,12 +27,11 @@ from torch import Tensor, nn
 from actdict.config import ConfigError
 from actdict.train.protocol import Dictionary, Forward
 from actdict.train.variants._nets import (
-    DECODER_HIDDEN,
     DECODERS,
     ENCODERS,
     deep_encoder,
     default_hidden,
-    leaky_mlp,
+    make_decoder,
 )
 
 
@@ -53,8 +52,7 @@ class SAEBase(Dictionary):
         super().__init__(d, k, **(self.default_params | params))
         self.encoder = (nn.Linear(d, k) if enc == "linear"
                         else deep_encoder(enc, d, k, int(hidden) or default_hidden(enc, k)))
-        self.decoder = (nn.Linear(k, d) if dec == "linear"
-                        else leaky_mlp(k, d, int(dec_hidden) or int(hidden) or DECODER_HIDDEN * k))
+        self.decoder = make_decoder(dec, k, d, int(hidden), int(dec_hidden))
 
     def encode(self, x: Tensor) -> Tensor:  # x: [B, d] -> z [B, k]
         return torch.relu(self.encoder(x))

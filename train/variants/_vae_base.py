@@ -35,12 +35,11 @@ from actdict.config import ConfigError
 from actdict.train import dist as dist_
 from actdict.train.protocol import Dictionary, Forward
 from actdict.train.variants._nets import (
-    DECODER_HIDDEN,
     DECODERS,
     ENCODERS,
     deep_encoder,
     default_hidden,
-    leaky_mlp,
+    make_decoder,
 )
 
 
@@ -67,8 +66,7 @@ class VAEBase(Dictionary):
         else:
             self.encoder = deep_encoder(encoder, d, 2 * k, int(hidden) or default_hidden(encoder, k))
         self.var_head = nn.Linear(k, k)
-        self.decoder = (nn.Linear(k, d) if decoder == "linear"
-                        else leaky_mlp(k, d, int(decoder_hidden) or int(hidden) or DECODER_HIDDEN * k))
+        self.decoder = make_decoder(decoder, k, d, int(hidden), int(decoder_hidden))
         self.loggamma = nn.Parameter(torch.tensor(float(loggamma_init)))
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # x: [B, d]
