@@ -361,6 +361,49 @@ def table_store(name: str, res: dict, spec: SetSpec) -> str:
     return "\n".join(lines)
 
 
+_NOT_COMPARED = ("models", "budget_min", "threads", "device")  # settings runs of one table may differ in
+
+
+def merge(results: list[dict]) -> dict:
+    """Several runs' ``--json`` outputs ({set: result}) -> one {set: result} holding every row: for the
+    models of one table trained apart (one per core; each model's initialisation and batches depend on the
+    seed only, so a row is the same alone or beside the others). The runs of a set must agree on the
+    data, the schedule, the seed and the steps done, and no row may come twice; ``wall_s`` becomes the sum."""
+    out: dict = {}
+    for res in results:
+        for name, r in res.items():
+            if name not in out:
+                out[name] = json.loads(json.dumps(r))  # a deep copy
+                continue
+            m = out[name]
+            key = {k: v for k, v in r["settings"].items() if k not in _NOT_COMPARED}
+            mkey = {k: v for k, v in m["settings"].items() if k not in _NOT_COMPARED}
+            differ = sorted(k for k in key.keys() | mkey.keys() if key.get(k) != mkey.get(k))
+            differ += [k for k in ("steps", "n_train", "n_test") if r[k] != m[k]]
+            if differ:
+                raise SystemExit(f"--merge: the {name} runs differ in {', '.join(differ)}")
+            if twice := sorted(m["rows"].keys() & r["rows"].keys()):
+                raise SystemExit(f"--merge: {name} rows {', '.join(twice)} come from more than one run")
+            m["rows"] |= r["rows"]
+            m["settings"]["models"] |= r["settings"]["models"]
+            m["wall_s"] += r["wall_s"]
+    return out
+
+
+def merged_spec(name: str, res: dict) -> SetSpec:
+    """The spec a merged result's table is printed with: its data and rows, in the set's row order."""
+    order = list(SETS[name].models)
+    rows = sorted(res["settings"]["models"], key=lambda m: order.index(m) if m in order else len(order))
+    return replace(SETS[name], data=res["settings"]["data"],
+                   models={m: tuple(res["settings"]["models"][m]) for m in rows})
+
+
+def print_table(name: str, res: dict, spec: SetSpec) -> None:
+    table = (table_synthetic if spec.kind == "synthetic" else table_store)(name, res, spec)
+    print(f"\n## {name}: {res['n_train']} train / {res['n_test']} test rows, {res['steps']} steps, "
+          f"{res['wall_s']:.0f} s\n\n{table}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small data, few epochs (minutes)")
@@ -392,7 +435,16 @@ def main(argv: list[str] | None = None) -> dict:
                     "weights are drawn (harvest.synthetic.mlp_manifolds; default randn)")
     ap.add_argument("--device", default="cpu", help="where the models train: cpu or cuda[:N] (evaluated on "
                     "the CPU)")
+    ap.add_argument("--merge", nargs="+", type=Path, metavar="JSON", help="train nothing: print the tables "
+                    "of these --json outputs of one set's models run apart, as one (and write --json)")
     a = ap.parse_args(argv)
+    if a.merge:
+        out = merge([json.loads(p.read_text()) for p in a.merge])
+        for name, res in out.items():
+            print_table(name, res, merged_spec(name, res))
+        if a.json:
+            a.json.write_text(json.dumps(out, indent=1))
+        return out
     params = dict(_key_value(p) for p in a.param)
     torch.set_num_threads(a.threads)
     out = {}
@@ -428,9 +480,7 @@ def main(argv: list[str] | None = None) -> dict:
                            "quick": a.quick, "seed": a.seed, "budget_min": a.budget_min, "threads": a.threads,
                            "device": a.device}
         out[name] = res
-        table = (table_synthetic if spec.kind == "synthetic" else table_store)(name, res, spec)
-        print(f"\n## {name}: {res['n_train']} train / {res['n_test']} test rows, {res['steps']} steps, "
-              f"{res['wall_s']:.0f} s\n\n{table}", flush=True)
+        print_table(name, res, spec)
         if a.json:
             a.json.write_text(json.dumps(out, indent=1))
     return out

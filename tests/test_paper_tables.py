@@ -7,6 +7,7 @@ baseline, whose per-manifold AD uses the paper's average |z|.
 """
 
 import importlib.util
+import json
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -124,3 +125,27 @@ def test_state_resumes_a_longer_run_exactly_where_an_uninterrupted_one_goes(tmp_
         _tiny(30, schedule="warmup_cosine"), 8, 0)  # there the length sets every step's lr
     _, done = P.fit(other, 8, batches, 5, seed=0, opts=P.RunOpts(state=state))
     assert done == 30 and "resumed" not in capsys.readouterr().out
+
+
+def test_merge_of_models_run_apart_equals_one_run_of_them_together(tmp_path, monkeypatch, capsys):
+    spec = _tiny(30)
+    monkeypatch.setitem(P.SETS, "linear", replace(spec, models=spec.models | {
+        "sae_topk": ("sae_topk", 0.002, {"encoder": "mlp", "topk": 2, "lam2": 1e-4})}))
+    monkeypatch.setattr(P.torch, "set_num_threads", lambda n: None)  # main's --threads: keep the suite's
+    run = ["--sets", "linear"]
+    together = P.main(run)["linear"]
+    for m in ("vaease", "sae_topk"):
+        P.main([*run, "--models", m, "--json", str(tmp_path / f"{m}.json")])
+    capsys.readouterr()
+    files = [str(tmp_path / "sae_topk.json"), str(tmp_path / "vaease.json")]
+    merged = P.main(["--merge", *files, "--json", str(tmp_path / "both.json")])["linear"]
+    assert merged["rows"] == together["rows"] and merged["steps"] == together["steps"] == 30
+    table = capsys.readouterr().out.splitlines()  # rows in the set's order (vaease first), not the files'
+    assert [line.split(" |")[0].split(" (")[0] for line in table[:8] if line[:5] in ("| SAE", "| VAE")
+            ] == ["| VAEase", "| SAE-Tk"]
+    assert json.loads((tmp_path / "both.json").read_text())["linear"]["rows"] == merged["rows"]
+    with pytest.raises(SystemExit, match="rows sae_topk come from more than one run"):
+        P.main(["--merge", files[0], files[0]])
+    P.main([*run, "--models", "vaease", "--seed", "1", "--json", str(tmp_path / "seed1.json")])
+    with pytest.raises(SystemExit, match="differ in seed"):
+        P.main(["--merge", files[0], str(tmp_path / "seed1.json")])
