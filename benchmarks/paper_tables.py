@@ -404,6 +404,22 @@ def print_table(name: str, res: dict, spec: SetSpec) -> None:
           f"{res['wall_s']:.0f} s\n\n{table}", flush=True)
 
 
+def set_spec(name: str, a: argparse.Namespace, params: dict) -> SetSpec:
+    """``SETS[name]`` with the command line's changes (rows, length, sizes, schedule, clipping, data)."""
+    spec = quick(SETS[name], name) if a.quick else SETS[name]
+    if a.models:
+        spec = replace(spec, models={k: v for k, v in spec.models.items() if k in a.models})
+    if a.max_steps:
+        spec = replace(spec, epochs=10**6, max_steps=a.max_steps)
+    spec = override(spec, a.n_train, a.hidden, a.lr, params)
+    if a.schedule:
+        spec = replace(spec, schedule=a.schedule)
+    spec = replace(spec, grad_clip=a.grad_clip)
+    if a.data_init and name == "mlp":
+        spec = replace(spec, data=spec.data | {"init": a.data_init})
+    return spec
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small data, few epochs (minutes)")
@@ -449,17 +465,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(a.threads)
     out = {}
     for name in a.sets:
-        spec = quick(SETS[name], name) if a.quick else SETS[name]
-        if a.models:
-            spec = replace(spec, models={k: v for k, v in spec.models.items() if k in a.models})
-        if a.max_steps:
-            spec = replace(spec, epochs=10**6, max_steps=a.max_steps)
-        spec = override(spec, a.n_train, a.hidden, a.lr, params)
-        if a.schedule:
-            spec = replace(spec, schedule=a.schedule)
-        spec = replace(spec, grad_clip=a.grad_clip)
-        if a.data_init and name == "mlp":
-            spec = replace(spec, data=spec.data | {"init": a.data_init})
+        spec = set_spec(name, a, params)
         if spec.kind == "store" and not (a.root / spec.data["path"]).exists():
             cfg = "configs/demo.yaml" if name == "llm" else "configs/demo_embeddings.yaml"
             print(f"\n## {name}: skipped, no store at {spec.data['path']} (run `actdict harvest {cfg}`)")
