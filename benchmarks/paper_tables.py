@@ -22,6 +22,7 @@ stochastic sample, the first test batch), ``RE det`` the posterior mean on the w
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import sys
@@ -373,7 +374,7 @@ def merge(results: list[dict]) -> dict:
     for res in results:
         for name, r in res.items():
             if name not in out:
-                out[name] = json.loads(json.dumps(r))  # a deep copy
+                out[name] = copy.deepcopy(r)
                 continue
             m = out[name]
             key = {k: v for k, v in r["settings"].items() if k not in _NOT_COMPARED}

@@ -52,7 +52,7 @@ class SAEBase(Dictionary):
         super().__init__(d, k, **(self.default_params | params))
         self.encoder = (nn.Linear(d, k) if enc == "linear"
                         else deep_encoder(enc, d, k, int(hidden) or default_hidden(enc, k)))
-        self.decoder = make_decoder(dec, k, d, int(hidden), int(dec_hidden))
+        self.decoder = make_decoder(dec, k, d, hidden, dec_hidden)
 
     def encode(self, x: Tensor) -> Tensor:  # x: [B, d] -> z [B, k]
         return torch.relu(self.encoder(x))

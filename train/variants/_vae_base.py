@@ -66,7 +66,7 @@ class VAEBase(Dictionary):
         else:
             self.encoder = deep_encoder(encoder, d, 2 * k, int(hidden) or default_hidden(encoder, k))
         self.var_head = nn.Linear(k, k)
-        self.decoder = make_decoder(decoder, k, d, int(hidden), int(decoder_hidden))
+        self.decoder = make_decoder(decoder, k, d, hidden, decoder_hidden)
         self.loggamma = nn.Parameter(torch.tensor(float(loggamma_init)))
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # x: [B, d]
