@@ -1,0 +1,178 @@
+"""``actdict lens CONFIG TEXT``: which features of the trained dictionaries fire on each token of a text.
+
+The text takes the harvest's own path (the config's model, tokenizer, ``ctx``, forward ``dtype`` and special
+tokens; per-document windows, so the text is read on its own), and the rows the harvest would store for it
+are encoded by each dictionary of ``<run_dir>/dicts``. A token's features are its active latents, the same
+ones AD and L0 count (SAEs: nonzero codes; VAE / VAEase: the per-sample Otsu split of the posterior log
+variance), listed by |code|. Where ``actdict analyze`` has written ``<run_dir>/features/<name>.json``, each
+feature is labelled with the tokens it fires on most in the corpus (its top contexts).
+
+Shapes: n = the text's stored tokens, d = the hook's width, k = latents, t = ``top``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from actdict.analyze.metrics import active_mask
+from actdict.analyze.toptokens import display_strings
+from actdict.config import Common, ConfigError, common_of, load_experiment, section
+from actdict.errors import ActdictError
+
+
+class LensError(ActdictError, ValueError):
+    """The lens cannot run on this text, store or run (the message says what to change)."""
+
+
+def text_rows(lm, cfg, hook: str, text: str) -> tuple[np.ndarray, Tensor]:
+    """(token ids [n], activations [n, d] float32) of the rows a harvest with ``cfg`` stores for ``text``
+    read alone (``per_doc`` windows of ``cfg.ctx``; special tokens dropped as ``cfg.skip_special`` says)."""
+    from actdict.harvest.plan import stored_positions
+    from actdict.harvest.run import forward, tokenized, window_specials
+    from actdict.harvest.sources import token_windows
+
+    ids = next(tokenized(lm.tokenizer, [text]))
+    windows = list(token_windows([ids], cfg.ctx, mode="per_doc", **window_specials(lm, cfg)))
+    stop = lm.stop_at_layer([hook])
+    tokens, rows = [], []
+    for s in range(0, len(windows), cfg.batch_size):
+        batch = windows[s : s + cfg.batch_size]
+        acts = forward(lm, batch, [hook], stop)[hook]  # [B, ctx, d]
+        for b, w in enumerate(batch):
+            p = stored_positions(w, lm.special_ids, cfg.skip_special)  # [m] window positions
+            tokens.append(w.tokens[p])
+            rows.append(acts[b, torch.from_numpy(p)].float())  # [m, d]
+    if not rows or sum(len(t) for t in tokens) == 0:
+        raise LensError(f"the text {text[:40]!r} has no tokens to read")
+    return np.concatenate(tokens), torch.cat(rows)
+
+
+def token_features(model, x: Tensor, top: int) -> tuple[Tensor, Tensor, Tensor]:
+    """x [n, d] -> (features [n, t] int64, codes [n, t], active count [n]): each row's active latents by
+    |code|, largest first (t = min(top, k)); rows with fewer than t active latents are padded with -1 / 0."""
+    with torch.no_grad():
+        out = model(x, sample=False)
+    active = active_mask(out.activity, model.active_side)  # [n, k]
+    mag = out.codes.abs().masked_fill(~active, -1.0)  # [n, k]; inactive latents sort last
+    val, idx = mag.topk(min(top, mag.shape[1]), dim=1)  # [n, t]
+    ok = val >= 0
+    codes = out.codes.gather(1, idx).masked_fill(~ok, 0.0)  # [n, t]
+    return idx.masked_fill(~ok, -1), codes, active.sum(1)
+
+
+def _tokens_of(hits: list, strings: dict, n: int) -> list[str]:
+    """The first ``n`` distinct tokens of a features file's hits (strongest first)."""
+    seen: list[str] = []
+    for hit in hits:
+        ids, c = hit[4], hit[5]
+        s = strings.get(str(ids[c]), f"#{ids[c]}").strip()
+        if s not in seen:
+            seen.append(s)
+        if len(seen) == n:
+            break
+    return seen
+
+
+def feature_labels(path: Path, n: int = 3) -> dict[int, tuple[list[str], list[str]]]:
+    """feature -> (the ``n`` distinct tokens of its largest codes in the corpus, those of its most negative
+    codes), from an analyze features file (``analyze.features``); {} when analyze has not written it."""
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text())
+    strings = data.get("tokens", {})
+    return {int(f["i"]): (_tokens_of(f.get("top", []), strings, n),
+                          _tokens_of(f.get("bottom", []), strings, n)) for f in data.get("features", [])}
+
+
+def _label(labels: dict, f: int, code: float) -> list[str]:
+    """The corpus tokens of feature ``f`` on the side of ``code`` (negative codes: its bottom contexts)."""
+    top, bottom = labels.get(f, ([], []))
+    return bottom if code < 0 else top
+
+
+def lens(common: Common, cfg, text: str, names: list[str], top: int = 5, hook: str | None = None) -> dict:
+    """The lens of ``text`` for the dictionaries ``names`` (all in ``<run_dir>/dicts`` when empty), as a
+    JSON-ready dict: hook, tokens, and per dictionary and token the active count and top features."""
+    from actdict.analyze.run import load_models
+    from actdict.harvest.models import load_model
+    from actdict.harvest.store import open_store
+
+    if cfg.mode != "tokens":
+        raise LensError(f"the lens reads text through a model's hooks; harvest.mode is {cfg.mode!r}, not "
+                        "'tokens'")
+    if top < 1:
+        raise LensError(f"--top must be >= 1, got {top}")
+    store = open_store(common.store_path, hook)
+    run_dir = Path(common.run_dir)
+    models = load_models(run_dir, names, store.d)
+    lm = load_model(cfg.model, device="cpu", dtype=cfg.dtype)
+    if store.manifest.get("model") != lm.name:
+        raise LensError(f"the store at {common.store_path} was harvested from "
+                        f"{store.manifest.get('model')!r}, the config names {lm.name!r}")
+    ids, x = text_rows(lm, cfg, store.hook, text)  # [n], [n, d]
+    strings = [lm.tokenizer.decode([int(i)], clean_up_tokenization_spaces=False) for i in ids]
+    out = {"text": text, "hook": store.hook, "model": lm.name, "token_ids": ids.tolist(),
+           "tokens": strings, "dicts": {}}
+    for name, model in models.items():
+        feats, codes, n_active = token_features(model.eval(), x, top)
+        labels = feature_labels(run_dir / "features" / f"{name}.json")
+        out["dicts"][name] = {
+            "variant": model.variant, "k": model.k,
+            "active": n_active.tolist(),
+            "features": [[{"i": f, "code": round(c, 4), "top_tokens": _label(labels, f, c)}
+                          for f, c in zip(fr.tolist(), cr.tolist(), strict=True) if f >= 0]
+                         for fr, cr in zip(feats, codes, strict=True)]}
+    return out
+
+
+def format_lens(res: dict) -> str:
+    """The lens as text: per dictionary, one line per token (token, active count, features)."""
+    shown = display_strings(res["tokens"])
+    width = min(18, max(len(repr(s.strip())) for s in shown))
+    lines = [f"{res['model']} {res['hook']}: {len(shown)} tokens"]
+    for name, r in res["dicts"].items():
+        lines.append(f"\n{name} ({r['variant']}, k={r['k']}): token, active latents, top features "
+                     "(#latent code [its top tokens in the corpus])")
+        for s, n, feats in zip(shown, r["active"], r["features"], strict=True):
+            fs = "  ".join(f"#{f['i']} {f['code']:.3g}" + (f" [{', '.join(f['top_tokens'])}]"
+                                                          if f["top_tokens"] else "") for f in feats)
+            lines.append(f"  {repr(s.strip()):<{width}} {n:>4}  {fs}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="actdict lens", description=__doc__.split("\n")[0])
+    ap.add_argument("config", help="the experiment YAML whose store and dictionaries to read")
+    ap.add_argument("text", nargs="?", help="the text (or use --file)")
+    ap.add_argument("--file", type=Path, help="read the text from this file ('-': standard input)")
+    ap.add_argument("--dict", action="append", default=[], dest="dicts", metavar="NAME",
+                    help="only this dictionary (repeatable); default every one in <run_dir>/dicts")
+    ap.add_argument("--top", type=int, default=5, help="features shown per token (default 5)")
+    ap.add_argument("--hook", help="the store's hook, when it has several")
+    ap.add_argument("--json", type=Path, help="also write the result here")
+    a = ap.parse_args(argv)
+    if (a.text is None) == (a.file is None):
+        ap.error("give the text or --file, not both")
+    text = a.text if a.file is None else (sys.stdin.read() if str(a.file) == "-" else a.file.read_text())
+    try:
+        data = load_experiment(a.config, [])
+        from actdict.harvest.config import HarvestConfig
+
+        res = lens(common_of(data), section(data, "harvest", HarvestConfig), text, a.dicts, a.top, a.hook)
+    except ConfigError as e:
+        print(f"actdict lens: config error: {e}", file=sys.stderr)
+        return 2
+    except ActdictError as e:
+        print(f"actdict lens: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    print(format_lens(res))
+    if a.json:
+        a.json.write_text(json.dumps(res, indent=1, ensure_ascii=False) + "\n")
+    return 0

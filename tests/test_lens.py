@@ -1,0 +1,132 @@
+"""``actdict lens``: the rows it reads for a text are the rows the harvest stored for that text, and each
+token's features are exactly its active latents (the ones AD / L0 count), largest |code| first."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from actdict.analyze.lens import feature_labels, main, text_rows, token_features
+from actdict.analyze.metrics import active_mask
+from actdict.analyze.run import load_models
+from actdict.cli import main as cli
+from actdict.config import load_experiment, section
+from actdict.harvest.config import HarvestConfig
+from actdict.harvest.models import load_model
+from actdict.harvest.sources import iter_documents
+from actdict.harvest.store import open_store
+
+TEXTS = Path(__file__).parent / "data" / "texts"
+HOOK = "blocks.1.hook_resid_post"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A whole tiny run (harvest per_doc in float32, two dictionaries, analyze): (config path, run dir)."""
+    root = tmp_path_factory.mktemp("lens")
+    cfg = root / "lens.yaml"
+    cfg.write_text(f"""
+run_dir: {root / 'run'}
+seed: 0
+harvest:
+  hooks: [{HOOK}]
+  source: {{kind: files, path: {TEXTS}}}
+  ctx: 16
+  window_mode: per_doc
+  batch_size: 4
+  max_tokens: null
+  store_dtype: float32
+  shard_rows: 32
+  chunk_rows: 16
+  device: cpu
+train:
+  epochs: 3
+  batch_size: 16
+  test_fraction: 0.25
+  t0: 5
+  dicts:
+    - {{name: sae, variant: sae_l1, k: 24, params: {{lam1: 0.01, lam2: 0.001}}}}
+    - {{name: vaease, variant: vaease, k: 24, params: {{loggamma_init: -3}}}}
+analyze: {{n_features: 4, top_k: 3, context: 2}}
+""")
+    assert cli(["run", str(cfg)]) == 0
+    return cfg, root / "run"
+
+
+def _harvest_cfg(cfg: Path) -> HarvestConfig:
+    return section(load_experiment(str(cfg), []), "harvest", HarvestConfig)
+
+
+def test_rows_of_a_text_are_the_stored_rows_of_that_document(run):
+    cfg_path, run_dir = run
+    cfg = _harvest_cfg(cfg_path)
+    store = open_store(str(run_dir / "store"))
+    rows = store.read_rows(0, len(store))
+    docs = list(iter_documents(cfg.source))
+    d = int(np.bincount(rows.doc).argmax())  # the longest document: several windows of 16
+    mine = np.flatnonzero(rows.doc == d)
+    assert len(mine) > 2 * (cfg.ctx - 2)
+    ids, x = text_rows(load_model(cfg.model, dtype=cfg.dtype), cfg, HOOK, docs[d])
+    order = mine[np.argsort(rows.pos[mine])]
+    np.testing.assert_array_equal(ids, rows.token_ids[order])
+    np.testing.assert_allclose(x.numpy(), rows.acts[order], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["sae", "vaease"])
+def test_features_are_the_active_latents_by_size(run, name):
+    _, run_dir = run
+    store = open_store(str(run_dir / "store"))
+    model = load_models(run_dir, [name], store.d)[name].eval()
+    x = torch.as_tensor(store.read_rows(0, len(store)).acts)  # [n, d]
+    feats, codes, n_active = token_features(model, x, top=model.k)  # [n, k] x2, [n]
+    with torch.no_grad():
+        out = model(x, sample=False)
+    active = active_mask(out.activity, model.active_side)  # [n, k]
+    assert torch.equal(n_active, active.sum(1)) and 0 < n_active.float().mean() < model.k
+    for r in range(len(x)):
+        a = int(n_active[r])
+        assert set(feats[r, :a].tolist()) == set(torch.nonzero(active[r])[:, 0].tolist())
+        assert (feats[r, a:] == -1).all() and (codes[r, a:] == 0).all()
+        assert torch.equal(codes[r, :a], out.codes[r, feats[r, :a]])
+        assert (codes[r, :a].abs().diff() <= 0).all()  # largest |code| first
+    if name == "sae":
+        assert torch.equal(active, out.codes != 0)  # an SAE's active latents are its nonzero codes
+    few, _, _ = token_features(model, x, top=2)
+    assert few.shape == (len(x), 2) and torch.equal(few, feats[:, :2])
+
+
+def test_cli_prints_and_writes_each_tokens_features(run, tmp_path, capsys):
+    cfg_path, run_dir = run
+    text = "The ferry leaves at nine, rain or shine."
+    assert main([str(cfg_path), text, "--top", "3", "--json", str(tmp_path / "l.json")]) == 0
+    res = json.loads((tmp_path / "l.json").read_text())
+    tok = load_model("all-MiniLM-L6-v2").tokenizer
+    assert res["token_ids"] == tok(text, add_special_tokens=False)["input_ids"]
+    assert list(res["dicts"]) == ["sae", "vaease"] and res["hook"] == HOOK
+    negative_labelled = 0
+    for name, r in res["dicts"].items():
+        assert len(r["features"]) == len(r["active"]) == len(res["tokens"])
+        assert all(len(f) == min(3, a) for f, a in zip(r["features"], r["active"], strict=True))
+        labels = feature_labels(run_dir / "features" / f"{name}.json")
+        assert len(labels) == 24  # analyze ran: every feature has its corpus tokens (maybe none)
+        for feats in r["features"]:
+            for f in feats:
+                top, bottom = labels[f["i"]]
+                assert f["top_tokens"] == (bottom if f["code"] < 0 else top)  # the code's own side
+                negative_labelled += f["code"] < 0 and bool(bottom)
+    assert negative_labelled > 0  # VAEase codes are signed: some are labelled by their bottom contexts
+    printed = capsys.readouterr().out
+    assert printed.count("\n  ") == 2 * len(res["tokens"]) and "'ferry'" in printed
+    assert main([str(cfg_path), text, "--dict", "vaease", "--json", str(tmp_path / "v.json")]) == 0
+    assert list(json.loads((tmp_path / "v.json").read_text())["dicts"]) == ["vaease"]
+
+
+def test_cli_errors_name_the_problem(run, capsys):
+    cfg_path, _ = run
+    assert main([str(cfg_path), "   "]) == 2
+    assert "no tokens" in capsys.readouterr().err
+    assert main([str(cfg_path), "x", "--dict", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "nope" in err and "available: ['sae', 'vaease']" in err
