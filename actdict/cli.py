@@ -15,7 +15,7 @@ import importlib
 import sys
 
 from actdict.config import ConfigError, common_of, load_experiment, section
-from actdict.errors import ActdictError
+from actdict.errors import ActdictError, print_error
 
 # stage -> (module with main(common, cfg), config module, config class)
 _STAGES = {
@@ -66,12 +66,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.stage == "run" and stage == "harvest" and "harvest" not in data:
                 continue  # bring-your-own-vectors experiments have no harvest section
             run_stage(stage, data)
-    except ConfigError as e:
-        print(f"actdict: config error: {e}", file=sys.stderr)
-        return 2
-    except ActdictError as e:
-        print(f"actdict: {type(e).__name__}: {e}", file=sys.stderr)
-        return 2
+    except ActdictError as e:  # ConfigError included
+        return print_error("actdict", e)
     except KeyboardInterrupt:
         print("actdict: interrupted (completed shards and checkpoints are kept)", file=sys.stderr)
         return 130

@@ -23,8 +23,8 @@ from torch import Tensor
 
 from actdict.analyze.metrics import active_mask
 from actdict.analyze.toptokens import display_strings
-from actdict.config import Common, ConfigError, common_of, load_experiment, section
-from actdict.errors import ActdictError
+from actdict.config import Common, common_of, load_experiment, section
+from actdict.errors import ActdictError, print_error
 
 
 class LensError(ActdictError, ValueError):
@@ -166,12 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         from actdict.harvest.config import HarvestConfig
 
         res = lens(common_of(data), section(data, "harvest", HarvestConfig), text, a.dicts, a.top, a.hook)
-    except ConfigError as e:
-        print(f"actdict lens: config error: {e}", file=sys.stderr)
-        return 2
-    except ActdictError as e:
-        print(f"actdict lens: {type(e).__name__}: {e}", file=sys.stderr)
-        return 2
+    except ActdictError as e:  # ConfigError included
+        return print_error("actdict lens", e)
     print(format_lens(res))
     if a.json:
         a.json.write_text(json.dumps(res, indent=1, ensure_ascii=False) + "\n")

@@ -130,3 +130,8 @@ def test_cli_errors_name_the_problem(run, capsys):
     assert main([str(cfg_path), "x", "--dict", "nope"]) == 2
     err = capsys.readouterr().err
     assert "nope" in err and "available: ['sae', 'vaease']" in err
+    bad = cfg_path.with_name("bad.yaml")
+    bad.write_text(cfg_path.read_text().replace("  ctx: 16", "  ctx: 16\n  ctxx: 3"))
+    assert main([str(bad), "x"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("actdict lens: config error:") and "ctxx" in err
