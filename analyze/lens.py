@@ -101,7 +101,7 @@ def lens(common: Common, cfg, text: str, names: list[str], top: int = 5, hook: s
     """The lens of ``text`` for the dictionaries ``names`` (all in ``<run_dir>/dicts`` when empty), as a
     JSON-ready dict: hook, tokens, and per dictionary and token the active count and top features."""
     from actdict.analyze.run import load_models
-    from actdict.harvest.models import load_model
+    from actdict.harvest.models import load_model, resolve_device
     from actdict.harvest.store import open_store
 
     if cfg.mode != "tokens":
@@ -112,7 +112,7 @@ def lens(common: Common, cfg, text: str, names: list[str], top: int = 5, hook: s
     store = open_store(common.store_path, hook)
     run_dir = Path(common.run_dir)
     models = load_models(run_dir, names, store.d)
-    lm = load_model(cfg.model, device="cpu", dtype=cfg.dtype)
+    lm = load_model(cfg.model, device=resolve_device(cfg.device), dtype=cfg.dtype)  # as the harvest ran it
     if store.manifest.get("model") != lm.name:
         raise LensError(f"the store at {common.store_path} was harvested from "
                         f"{store.manifest.get('model')!r}, the config names {lm.name!r}")
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="also write the result here")
     a = ap.parse_args(argv)
     if (a.text is None) == (a.file is None):
-        ap.error("give the text or --file, not both")
+        ap.error("give the text or --file (one of the two)")
     text = a.text if a.file is None else (sys.stdin.read() if str(a.file) == "-" else a.file.read_text())
     try:
         data = load_experiment(a.config, [])
