@@ -13,6 +13,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from actdict.config import ConfigError, common_of, load_experiment, section
 from actdict.errors import ActdictError, print_error
@@ -31,13 +34,36 @@ _EPILOG = ("also: actdict export RUN_DIR/dicts/NAME OUT (an SAE in SAELens' form
            "token of a text fires). Each takes --help.")
 
 
-def run_stage(stage: str, data: dict) -> None:
+def prepare(stage: str, data: dict) -> tuple[Any, Callable[[], None]]:
+    """Build and check one stage's config (its module's ``check(common, cfg)``, where it has one); return
+    it and the call that runs the stage. ``run`` prepares all three before running any, so that a typo in
+    the train or analyze section stops it before the harvest, not after."""
     run_mod, cfg_mod, cfg_cls = _STAGES[stage]
     cls = getattr(importlib.import_module(cfg_mod), cfg_cls)
     common = common_of(data)
     cfg = section(data, stage, cls)
-    set_threads(common.threads)
-    importlib.import_module(run_mod).main(common, cfg)
+    module = importlib.import_module(run_mod)
+    if hasattr(module, "check"):
+        module.check(common, cfg)
+
+    def go() -> None:
+        set_threads(common.threads)
+        module.main(common, cfg)
+
+    return cfg, go
+
+
+def check_run(data: dict, cfgs: dict[str, Any]) -> None:
+    """What only ``run`` can check before it starts: every dictionary ``analyze.dicts`` names is trained by
+    this run or already in ``<run_dir>/dicts``."""
+    if "analyze" not in cfgs or "train" not in cfgs:
+        return
+    made = {dc.name for dc in cfgs["train"].dicts}
+    root = Path(common_of(data).run_dir) / "dicts"
+    missing = [n for n in cfgs["analyze"].dicts if n not in made and not (root / n).is_dir()]
+    if missing:
+        raise ConfigError(f"analyze.dicts names {missing}, which train.dicts does not make ({sorted(made)}) "
+                          f"and {root} does not hold")
 
 
 def set_threads(n: int) -> None:
@@ -62,10 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         data = load_experiment(args.config, args.overrides)
         stages = list(_STAGES) if args.stage == "run" else [args.stage]
-        for stage in stages:
-            if args.stage == "run" and stage == "harvest" and "harvest" not in data:
-                continue  # bring-your-own-vectors experiments have no harvest section
-            run_stage(stage, data)
+        if args.stage == "run" and "harvest" not in data:
+            stages.remove("harvest")  # bring-your-own-vectors experiments have no harvest section
+        prepared = {stage: prepare(stage, data) for stage in stages}
+        if args.stage == "run":
+            check_run(data, {stage: cfg for stage, (cfg, _) in prepared.items()})
+        for _, go in prepared.values():
+            go()
     except ActdictError as e:  # ConfigError included
         return print_error("actdict", e)
     except KeyboardInterrupt:

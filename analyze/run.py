@@ -66,6 +66,13 @@ class AnalyzeError(ActdictError, ValueError):
     """Nothing (or something inconsistent) to analyze; the message says which stage to run."""
 
 
+def check(common: Common, cfg: AnalyzeConfig) -> None:
+    """What can be checked before any stage runs: the labels file exists."""
+    if cfg.labels and not Path(cfg.labels).is_file():
+        raise AnalyzeError(f"analyze.labels: {cfg.labels} not found (a .npy file with one label per store "
+                           "row)")
+
+
 def main(common: Common, cfg: AnalyzeConfig) -> None:
     from actdict.harvest.store import open_store
 

@@ -27,6 +27,10 @@ def test_shipped_config_loads(path):
     for stage in present:
         cfg = section(data, stage, _stage_cls(stage))
         assert type(cfg).__name__.endswith("Config")
+    if "train" in data:  # every dictionary's variant and params build (what `actdict run` checks first)
+        from actdict.train.run import check
+
+        check(common, section(data, "train", _stage_cls("train")))
 
 
 def test_there_are_configs():
@@ -123,3 +127,32 @@ def test_importing_actdict_puts_large_tensors_on_huge_pages():
 
     assert offsets({}) == [0, 0, 0]
     assert any(offsets({"THP_MEM_ALLOC_ENABLE": "0"}))  # torch's default 64-byte alignment
+
+
+_SAE_TOPK = "[{name: a, variant: sae_topk, k: 8, params: {topk: %s}}]"
+
+
+@pytest.mark.parametrize("dicts, more, message", [
+    (_SAE_TOPK % 9, [], r"train.dicts\[a\]: sae_topk: topk must be"),
+    (_SAE_TOPK % "ten", [], r"train.dicts\[a\]: sae_topk: bad params"),
+    ("[{name: a, variant: vaease, params: {lam1: 1}}]", [], r"vaease: unknown params \[.lam1.\]"),
+    ("[{name: a, variant: vaeaes}]", [], r"train.dicts\[a\]: unknown dictionary variant 'vaeaes'"),
+    ("[{name: a, variant: vae}, {name: a, variant: vaease}]", [], "unique names"),
+    ("[{name: a, variant: vae}]", ["analyze.dicts=[a, b]"], r"analyze.dicts names \['b'\], which"),
+    ("[{name: a, variant: vae}]", ["analyze.labels=no.npy"], "analyze.labels: no.npy not found"),
+])
+def test_run_rejects_a_bad_section_before_the_harvest(tmp_path, capsys, dicts, more, message):
+    """`actdict run` checks every stage's section first: a bad dictionary or analysis setting stops it
+    before the harvest writes anything (the harvest section itself is valid: the demo's, on a tiny corpus)."""
+    import re
+
+    from actdict.cli import main
+
+    demo = Path(__file__).parents[1] / "configs" / "demo.yaml"
+    run_dir = tmp_path / "run"
+    rc = main(["run", str(demo), f"run_dir={run_dir}", "harvest.max_tokens=512", f"train.dicts={dicts}",
+               *more])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err), err
+    assert not run_dir.exists()  # the harvest never started

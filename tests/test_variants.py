@@ -98,6 +98,23 @@ def test_bad_params_are_errors():
         make("sae_topk", 4, 3, topk=5)
     with pytest.raises(ValueError, match="unknown dictionary variant"):
         make("nope", 4, 3)
+    with pytest.raises(ValueError, match="bad params"):
+        make("sae_topk", 4, 3, topk="two")
+
+
+@pytest.mark.parametrize("variant", sorted(registry()))
+def test_loss_weights_must_be_numbers_at_least_zero(variant):
+    """Every variant's loss weights (lam*, alpha, beta, ...) refuse a negative, NaN or string value at
+    construction, naming the param; zero is allowed (a term switched off)."""
+    weights = [n for n in make(variant, 4, 64).params
+               if n.startswith("lam") and not n.endswith("_steps") or n in ("alpha", "beta", "aux_penalty",
+                                                                            "auxk_coef")]
+    assert weights or variant in ("vae", "vaease")  # the VAEs weigh nothing by hand
+    for name in weights:
+        make(variant, 4, 64, **{name: 0})
+        for bad in (-0.5, float("nan"), "0.1"):
+            with pytest.raises(ValueError, match=f"{name} is a loss weight"):
+                make(variant, 4, 64, **{name: bad})
 
 
 # ---- the modern baselines (hand arithmetic in float64 numpy on the models' float32 weights) ----

@@ -101,6 +101,7 @@ class Dictionary(nn.Module):
 
     def __init__(self, d: int, k: int, **params: Any) -> None:
         super().__init__()
+        check_coefficients(self.variant, params)
         self.d, self.k, self.params = d, k, dict(params)
 
     def forward(self, x: Tensor, sample: bool = True) -> Forward:  # x: [B, d]
@@ -118,6 +119,20 @@ class Dictionary(nn.Module):
 
     def after_step(self) -> None:
         """Hook run after each optimizer step (e.g. decoder renormalisation). Default: nothing."""
+
+
+_COEFFICIENTS = ("alpha", "beta", "aux_penalty", "auxk_coef")  # loss weights not named lam*
+
+
+def check_coefficients(variant: str, params: dict[str, Any]) -> None:
+    """Every loss weight (``lam*``, ``alpha``, ``beta``, ...) is a finite number >= 0: a negative one would
+    reward what it penalises, and a string would only fail at the first loss."""
+    for name, value in params.items():
+        if not (name.startswith("lam") and not name.endswith("_steps") or name in _COEFFICIENTS):
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+            raise ConfigError(f"{variant}: {name} is a loss weight and must be a finite number >= 0, "
+                              f"got {value!r}")
 
 
 _REGISTRY: dict[str, type[Dictionary]] = {}
@@ -145,6 +160,12 @@ def make(variant: str, d: int, k: int, seed: int = 0, **params: Any) -> Dictiona
     classes = registry()
     if variant not in classes:
         raise ConfigError(f"unknown dictionary variant {variant!r}; registered: {sorted(classes)}")
+    check_coefficients(variant, params)  # as given (a variant may convert them before its base sees them)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return classes[variant](d, k, **params)
+        try:
+            return classes[variant](d, k, **params)
+        except (TypeError, ValueError) as e:  # a param of the wrong type or value, e.g. topk: "ten"
+            if isinstance(e, ConfigError):
+                raise
+            raise ConfigError(f"{variant}: bad params {params}: {e}") from e

@@ -77,14 +77,30 @@ def main(common: Common, cfg: TrainConfig) -> None:
         dist_.close(d)
 
 
-def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device) -> None:
-    say = print if d.main else (lambda *a, **k: None)
+def check(common: Common, cfg: TrainConfig) -> None:
+    """Reject a bad train section before anything runs (``actdict run`` calls it before the harvest): the
+    dictionary names, and every dictionary's variant and params, built once on the meta device (no memory)
+    with a stand-in width, since the store's d is not known yet."""
     names = [dc.name for dc in cfg.dicts]
     if len(set(names)) != len(names) or not names or any("/" in n for n in names):
         raise ConfigError(f"train.dicts needs at least one dictionary and unique names without '/', "
                           f"got {names}")
     if not cfg.grad_clip >= 0:
         raise ConfigError(f"train.grad_clip must be >= 0 (0 = off), got {cfg.grad_clip}")
+    for dc in cfg.dicts:
+        try:
+            with torch.device("meta"):
+                make(dc.variant, _STAND_IN_D, dc.k, **dc.params)
+        except ConfigError as e:
+            raise ConfigError(f"train.dicts[{dc.name}]: {e}") from e
+
+
+_STAND_IN_D = 16  # the width check() builds with: no variant's params are checked against d
+
+
+def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device) -> None:
+    say = print if d.main else (lambda *a, **k: None)
+    check(common, cfg)
     store = open_store(common.store_path)
     run_dir = Path(common.run_dir)
     split = make_split(store.num_chunks, cfg.test_fraction, common.seed)
