@@ -58,6 +58,7 @@ from actdict.analyze.splice import heldout_windows, splice_eval
 from actdict.analyze.toptokens import resolve_decoder
 from actdict.config import Common
 from actdict.errors import ActdictError
+from actdict.train.loop import check_device, resolve_device
 
 SUMMARY_VERSION = 2
 
@@ -67,7 +68,8 @@ class AnalyzeError(ActdictError, ValueError):
 
 
 def check(common: Common, cfg: AnalyzeConfig) -> None:
-    """What can be checked before any stage runs: the labels file exists."""
+    """What can be checked before any stage runs: the labels file exists, the device is there."""
+    check_device(cfg.device, "analyze.device")
     if cfg.labels and not Path(cfg.labels).is_file():
         raise AnalyzeError(f"analyze.labels: {cfg.labels} not found (a .npy file with one label per store "
                            "row)")
@@ -77,8 +79,7 @@ def main(common: Common, cfg: AnalyzeConfig) -> None:
     from actdict.harvest.store import open_store
 
     run_dir = Path(common.run_dir)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto"
-                          else cfg.device)
+    device = resolve_device(cfg.device)
     store = open_store(common.store_path)
     test_chunks = read_test_chunks(run_dir)
     models = load_models(run_dir, cfg.dicts, store.d)

@@ -140,6 +140,8 @@ _SAE_TOPK = "[{name: a, variant: sae_topk, k: 8, params: {topk: %s}}]"
     ("[{name: a, variant: vae}, {name: a, variant: vaease}]", [], "unique names"),
     ("[{name: a, variant: vae}]", ["analyze.dicts=[a, b]"], r"analyze.dicts names \['b'\], which"),
     ("[{name: a, variant: vae}]", ["analyze.labels=no.npy"], "analyze.labels: no.npy not found"),
+    ("[{name: a, variant: vae}]", ["train.device=gpu"], "train.device: not a torch device: 'gpu'"),
+    ("[{name: a, variant: vae}]", ["analyze.device=cuda:x"], "analyze.device: not a torch device"),
 ])
 def test_run_rejects_a_bad_section_before_the_harvest(tmp_path, capsys, dicts, more, message):
     """`actdict run` checks every stage's section first: a bad dictionary or analysis setting stops it
@@ -156,3 +158,17 @@ def test_run_rejects_a_bad_section_before_the_harvest(tmp_path, capsys, dicts, m
     err = capsys.readouterr().err
     assert re.search(message, err), err
     assert not run_dir.exists()  # the harvest never started
+
+
+def test_a_cuda_device_without_cuda_is_a_config_error():
+    import torch
+
+    from actdict.train.loop import check_device
+
+    check_device("cpu", "train.device")
+    check_device("auto", "train.device")
+    if torch.cuda.is_available():
+        check_device("cuda:0", "train.device")
+    else:
+        with pytest.raises(ConfigError, match=r"train.device=cuda:1, but this torch .* sees no CUDA device"):
+            check_device("cuda:1", "train.device")

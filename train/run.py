@@ -27,7 +27,7 @@ from actdict.train import checkpoint
 from actdict.train import dist as dist_
 from actdict.train.config import DictConfig, TrainConfig
 from actdict.train.data import iter_rows, make_split, norm_stats, steps_in_epoch, write_split
-from actdict.train.loop import Member, Position, resolve_device, train
+from actdict.train.loop import Member, Position, check_device, resolve_device, train
 from actdict.train.protocol import make
 from actdict.train.resume import STATE, load_state, save_state
 
@@ -87,6 +87,7 @@ def check(common: Common, cfg: TrainConfig) -> None:
                           f"got {names}")
     if not cfg.grad_clip >= 0:
         raise ConfigError(f"train.grad_clip must be >= 0 (0 = off), got {cfg.grad_clip}")
+    check_device(cfg.device, "train.device")
     for dc in cfg.dicts:
         try:
             with torch.device("meta"):
