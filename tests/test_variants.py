@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from actdict.train import checkpoint
-from actdict.train.protocol import make, registry
+from actdict.train.protocol import is_loss_weight, make, registry
 
 
 def test_all_models_registered():
@@ -106,9 +106,7 @@ def test_bad_params_are_errors():
 def test_loss_weights_must_be_numbers_at_least_zero(variant):
     """Every variant's loss weights (lam*, alpha, beta, ...) refuse a negative, NaN or string value at
     construction, naming the param; zero is allowed (a term switched off)."""
-    weights = [n for n in make(variant, 4, 64).params
-               if n.startswith("lam") and not n.endswith("_steps") or n in ("alpha", "beta", "aux_penalty",
-                                                                            "auxk_coef")]
+    weights = [n for n in make(variant, 4, 64).params if is_loss_weight(n)]
     assert weights or variant in ("vae", "vaease")  # the VAEs weigh nothing by hand
     for name in weights:
         make(variant, 4, 64, **{name: 0})

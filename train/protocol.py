@@ -101,7 +101,6 @@ class Dictionary(nn.Module):
 
     def __init__(self, d: int, k: int, **params: Any) -> None:
         super().__init__()
-        check_coefficients(self.variant, params)
         self.d, self.k, self.params = d, k, dict(params)
 
     def forward(self, x: Tensor, sample: bool = True) -> Forward:  # x: [B, d]
@@ -124,11 +123,16 @@ class Dictionary(nn.Module):
 _COEFFICIENTS = ("alpha", "beta", "aux_penalty", "auxk_coef")  # loss weights not named lam*
 
 
+def is_loss_weight(name: str) -> bool:
+    """A variant param that weighs a loss term: ``lam*`` (not ``lam_warmup_steps``) and ``_COEFFICIENTS``."""
+    return name.startswith("lam") and not name.endswith("_steps") or name in _COEFFICIENTS
+
+
 def check_coefficients(variant: str, params: dict[str, Any]) -> None:
     """Every loss weight (``lam*``, ``alpha``, ``beta``, ...) is a finite number >= 0: a negative one would
     reward what it penalises, and a string would only fail at the first loss."""
     for name, value in params.items():
-        if not (name.startswith("lam") and not name.endswith("_steps") or name in _COEFFICIENTS):
+        if not is_loss_weight(name):
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
             raise ConfigError(f"{variant}: {name} is a loss weight and must be a finite number >= 0, "
@@ -165,7 +169,7 @@ def make(variant: str, d: int, k: int, seed: int = 0, **params: Any) -> Dictiona
         torch.manual_seed(seed)
         try:
             return classes[variant](d, k, **params)
+        except ConfigError:
+            raise
         except (TypeError, ValueError) as e:  # a param of the wrong type or value, e.g. topk: "ten"
-            if isinstance(e, ConfigError):
-                raise
             raise ConfigError(f"{variant}: bad params {params}: {e}") from e

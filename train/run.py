@@ -77,6 +77,9 @@ def main(common: Common, cfg: TrainConfig) -> None:
         dist_.close(d)
 
 
+_STAND_IN_D = 16  # the width check() builds with: no variant's params are checked against d
+
+
 def check(common: Common, cfg: TrainConfig) -> None:
     """Reject a bad train section before anything runs (``actdict run`` calls it before the harvest): the
     dictionary names, and every dictionary's variant and params, built once on the meta device (no memory)
@@ -94,9 +97,6 @@ def check(common: Common, cfg: TrainConfig) -> None:
                 make(dc.variant, _STAND_IN_D, dc.k, **dc.params)
         except ConfigError as e:
             raise ConfigError(f"train.dicts[{dc.name}]: {e}") from e
-
-
-_STAND_IN_D = 16  # the width check() builds with: no variant's params are checked against d
 
 
 def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device) -> None:
