@@ -16,7 +16,10 @@ D.2 / D.3, scaled down: see docs/results.md for every deviation). Seeds are fixe
 Metrics (``actdict.analyze.metrics``): synthetic AD = per manifold, the mean activity over its fresh test
 points, then the Otsu split (``ad_per_group``); real-data AD = the per-sample Otsu split averaged over the
 test rows. RE = batch mean of the per-sample sum of squared error: ``RE`` is the paper's protocol (one
-stochastic sample, the first test batch), ``RE det`` the posterior mean on the whole test set.
+stochastic sample, the first test batch), ``RE det`` the posterior mean on the whole test set. Each row
+also holds the training objective's terms on the test set (``test_terms``; for VAE / VAEase ``loss`` is -2
+ELBO per point): restarts of one set on the same data (``--data-seed D --seed S`` for several S) are
+compared, and each model's best chosen without the ground truth, by ``--restarts S0.json S1.json ...``.
 """
 
 from __future__ import annotations
@@ -228,7 +231,21 @@ def evaluate(model, x: torch.Tensor, batch: int, seed: int) -> dict:
         codes.append(out.codes)
     act, code = torch.cat(acts), torch.cat(codes)  # [n, k] each
     return {"re": re, "re_det": sse / len(x), "activity": act, "codes": code, "abs_codes": code.abs(),
-            "ad": float(M.active_dims(act, model.active_side).double().mean())}
+            "ad": float(M.active_dims(act, model.active_side).double().mean()),
+            "test_terms": test_terms(model, x, seed)}
+
+
+@torch.no_grad()
+def test_terms(model, x: torch.Tensor, seed: int) -> dict[str, float]:
+    """The training objective's terms on the test set [n, d], one posterior sample per point (seeded):
+    each term's mean over the points. For VAE / VAEase ``loss`` is -2 ELBO per point (+ d log 2 pi), the
+    figure a restart can be chosen by without the ground truth."""
+    torch.manual_seed(seed)
+    sums: dict[str, float] = {}
+    for xb in x.split(4096):
+        for key, v in model.loss_terms(xb, model(xb, sample=True)).items():
+            sums[key] = sums.get(key, 0.0) + float(v) * len(xb)
+    return {key: v / len(x) for key, v in sums.items()}
 
 
 def group_means(v: torch.Tensor, labels: np.ndarray) -> torch.Tensor:
@@ -277,10 +294,11 @@ def manifold_fit(model, ev: dict, x: torch.Tensor, labels: np.ndarray, dims: lis
 
 def run_synthetic(name: str, spec: SetSpec, seed: int, opts: RunOpts = RunOpts()) -> dict:
     n, n_test, d, dims = (spec.data[key] for key in ("n_train", "n_test", "d", "dims"))
+    data_seed = spec.data.get("seed", seed)  # --data-seed: restarts (seed) on the same data
     if name == "linear":
-        x, lab = union_of_subspaces(n + n_test, d=d, dims=dims, seed=seed)
+        x, lab = union_of_subspaces(n + n_test, d=d, dims=dims, seed=data_seed)
     else:
-        x, lab = mlp_manifolds((n + n_test) // len(dims), d=d, dims=dims, seed=seed,
+        x, lab = mlp_manifolds((n + n_test) // len(dims), d=d, dims=dims, seed=data_seed,
                                init=spec.data.get("init", "randn"))
         n = len(x) - n_test
     x_train, x_test, lab_test = torch.from_numpy(x[:n]), torch.from_numpy(x[n:]), lab[n:]
@@ -293,6 +311,7 @@ def run_synthetic(name: str, spec: SetSpec, seed: int, opts: RunOpts = RunOpts()
         ad = group_ad(model, ev, lab_test)
         rows[mname] = {"ad": ad, "ad_sigma": group_ad(model, ev, lab_test, "text"),
                        "re": ev["re"], "re_det": ev["re_det"], "ad_mean_sample": ev["ad"],
+                       "test_terms": ev["test_terms"],
                        "by_manifold": manifold_fit(model, ev, x_test, lab_test, list(dims), ad)}
     return {"rows": rows, "n_train": n, "n_test": n_test, "steps": done,
             "x_sq": float(x_test.pow(2).sum(1).mean())}
@@ -334,7 +353,7 @@ def table_synthetic(name: str, res: dict, spec: SetSpec) -> str:
              f"| GT | {' | '.join(map(str, gt))} | {' | '.join(map(str, pgt))} | | | | |"]
     for m in spec.models:
         r, v = res["rows"][m], spec.models[m][0]
-        mark = " (=GT)" if r["ad"] == gt else ""
+        mark = (" (=GT)" if r["ad"] == gt else "") + (f" (seed {r['seed']})" if "seed" in r else "")
         lines.append(f"| {LABEL[v]}{mark} | {' | '.join(map(str, r['ad']))} | "
                      f"{' | '.join(map(str, PAPER_T2[name][v]))} | {r['re']:.3g} | {r['re_det']:.3g} | "
                      f"{r['ad_mean_sample']:.2f} | {','.join(map(str, r['ad_sigma']))} |")
@@ -365,6 +384,14 @@ def table_store(name: str, res: dict, spec: SetSpec) -> str:
 _NOT_COMPARED = ("models", "budget_min", "threads", "device")  # settings runs of one table may differ in
 
 
+def _differences(r: dict, m: dict, ignore: tuple[str, ...] = _NOT_COMPARED) -> list[str]:
+    """The settings (but ``ignore``), steps and sizes in which two runs' results of one set differ."""
+    key = {k: v for k, v in r["settings"].items() if k not in ignore}
+    mkey = {k: v for k, v in m["settings"].items() if k not in ignore}
+    differ = sorted(k for k in key.keys() | mkey.keys() if key.get(k) != mkey.get(k))
+    return differ + [k for k in ("steps", "n_train", "n_test") if r[k] != m[k]]
+
+
 def merge(results: list[dict]) -> dict:
     """Several runs' ``--json`` outputs ({set: result}) -> one {set: result} holding every row: for the
     models of one table trained apart (one per core; each model's initialisation and batches depend on the
@@ -377,11 +404,7 @@ def merge(results: list[dict]) -> dict:
                 out[name] = copy.deepcopy(r)
                 continue
             m = out[name]
-            key = {k: v for k, v in r["settings"].items() if k not in _NOT_COMPARED}
-            mkey = {k: v for k, v in m["settings"].items() if k not in _NOT_COMPARED}
-            differ = sorted(k for k in key.keys() | mkey.keys() if key.get(k) != mkey.get(k))
-            differ += [k for k in ("steps", "n_train", "n_test") if r[k] != m[k]]
-            if differ:
+            if differ := _differences(r, m):
                 raise SystemExit(f"--merge: the {name} runs differ in {', '.join(differ)}")
             if twice := sorted(m["rows"].keys() & r["rows"].keys()):
                 raise SystemExit(f"--merge: {name} rows {', '.join(twice)} come from more than one run")
@@ -389,6 +412,37 @@ def merge(results: list[dict]) -> dict:
             m["settings"]["models"] |= r["settings"]["models"]
             m["wall_s"] += r["wall_s"]
     return out
+
+
+def best_restarts(results: list[dict]) -> tuple[dict, list[tuple]]:
+    """Restarts of a synthetic set's models (runs whose ``--json`` outputs differ only in ``--seed``, on one
+    ``--data-seed``) -> ({set: result holding, per model, the restart with the lowest held-out loss},
+    [(set, model, seed, test loss, AD, RE det), ...]). The choice reads only the test points' loss, never the
+    ground truth: for VAE / VAEase that is -2 ELBO, the objective every restart minimised."""
+    best: dict = {}
+    lines = []
+    for res in results:
+        for name, r in res.items():
+            seed = r["settings"]["seed"]
+            if "seed" not in r["settings"]["data"]:
+                raise SystemExit(f"--restarts: the {name} run of seed {seed} has no --data-seed: its data "
+                                 "differ from the other seeds'")
+            r = copy.deepcopy(r)
+            for m, row in r["rows"].items():
+                row["seed"] = seed  # which restart a chosen row is
+                lines.append((name, m, seed, row["test_terms"]["loss"], row["ad"], row["re_det"]))
+            if name not in best:
+                best[name] = r
+                continue
+            b = best[name]
+            if differ := _differences(r, b, (*_NOT_COMPARED, "seed")):
+                raise SystemExit(f"--restarts: the {name} runs differ in {', '.join(differ)}")
+            for m, row in r["rows"].items():
+                if m not in b["rows"] or row["test_terms"]["loss"] < b["rows"][m]["test_terms"]["loss"]:
+                    b["rows"][m] = row
+            b["settings"]["models"] |= r["settings"]["models"]
+            b["wall_s"] += r["wall_s"]
+    return best, sorted(lines, key=lambda t: (t[0], t[1], t[3]))
 
 
 def merged_spec(name: str, res: dict) -> SetSpec:
@@ -418,6 +472,8 @@ def set_spec(name: str, a: argparse.Namespace, params: dict) -> SetSpec:
     spec = replace(spec, grad_clip=a.grad_clip)
     if a.data_init and name == "mlp":
         spec = replace(spec, data=spec.data | {"init": a.data_init})
+    if a.data_seed is not None and spec.kind == "synthetic":
+        spec = replace(spec, data=spec.data | {"seed": a.data_seed})
     return spec
 
 
@@ -450,11 +506,26 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--checkpoint-every", type=int, default=10_000, help="steps between saves of --state")
     ap.add_argument("--data-init", choices=["randn", "torch"], help="MLP manifolds: how the random MLPs' "
                     "weights are drawn (harvest.synthetic.mlp_manifolds; default randn)")
+    ap.add_argument("--data-seed", type=int, help="synthetic sets: draw the data with this seed (default: "
+                    "--seed), so that --seed alone varies the initialisation and the batch order (restarts)")
     ap.add_argument("--device", default="cpu", help="where the models train: cpu or cuda[:N] (evaluated on "
                     "the CPU)")
     ap.add_argument("--merge", nargs="+", type=Path, metavar="JSON", help="train nothing: print the tables "
                     "of these --json outputs of one set's models run apart, as one (and write --json)")
+    ap.add_argument("--restarts", nargs="+", type=Path, metavar="JSON", help="train nothing: these --json "
+                    "outputs are restarts (--seed) on one --data-seed; list them by held-out loss and print "
+                    "the table of each model's lowest-loss restart (the ground truth plays no part in it)")
     a = ap.parse_args(argv)
+    if a.restarts:
+        out, lines = best_restarts([json.loads(p.read_text()) for p in a.restarts])
+        print("\n| set | model | seed | held-out loss | AD | RE det |\n|---|---|---|---|---|---|")
+        for name, m, seed, loss, ad, re_det in lines:
+            print(f"| {name} | {m} | {seed} | {loss:.6g} | {', '.join(map(str, ad))} | {re_det:.3g} |")
+        for name, res in out.items():
+            print_table(name, res, merged_spec(name, res))
+        if a.json:
+            a.json.write_text(json.dumps(out, indent=1))
+        return out
     if a.merge:
         out = merge([json.loads(p.read_text()) for p in a.merge])
         for name, res in out.items():

@@ -149,3 +149,35 @@ def test_merge_of_models_run_apart_equals_one_run_of_them_together(tmp_path, mon
     P.main([*run, "--models", "vaease", "--seed", "1", "--json", str(tmp_path / "seed1.json")])
     with pytest.raises(SystemExit, match="differ in seed"):
         P.main(["--merge", files[0], str(tmp_path / "seed1.json")])
+
+
+def test_restarts_share_the_data_and_the_lowest_heldout_loss_is_chosen(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(P.SETS, "linear", _tiny(30))
+    monkeypatch.setattr(P.torch, "set_num_threads", lambda n: None)
+    runs = {}
+    for seed in (0, 1, 2):
+        path = tmp_path / f"s{seed}.json"
+        runs[seed] = P.main(["--sets", "linear", "--data-seed", "5", "--seed", str(seed), "--json", str(path)]
+                            )["linear"]
+    assert len({r["x_sq"] for r in runs.values()}) == 1  # the same data
+    losses = {s: r["rows"]["vaease"]["test_terms"]["loss"] for s, r in runs.items()}
+    assert len(set(losses.values())) == 3  # three initialisations / batch orders
+    for r in runs.values():  # the held-out loss is the VAE objective: -2 ELBO per point (+ d log 2 pi)
+        t, d = r["rows"]["vaease"]["test_terms"], 8
+        rec = t["sse"] / np.exp(t["loggamma"]) + d * (t["loggamma"] + np.log(2 * np.pi))
+        assert t["loss"] == pytest.approx(rec + 2 * t["kl"], rel=1e-4)
+    capsys.readouterr()
+    best = P.main(["--restarts", *(str(tmp_path / f"s{s}.json") for s in (2, 0, 1))])["linear"]
+    chosen = min(losses, key=losses.get)
+    assert best["rows"]["vaease"]["seed"] == chosen
+    assert best["rows"]["vaease"]["ad"] == runs[chosen]["rows"]["vaease"]["ad"]
+    out = capsys.readouterr().out
+    listed = [int(line.split(" | ")[2]) for line in out.splitlines() if line.startswith("| linear | vaease")]
+    assert listed == sorted(losses, key=losses.get)  # every restart, lowest loss first
+    assert f"(seed {chosen})" in out
+    P.main(["--sets", "linear", "--seed", "3", "--json", str(tmp_path / "own_data.json")])
+    with pytest.raises(SystemExit, match="no --data-seed"):
+        P.main(["--restarts", str(tmp_path / "s0.json"), str(tmp_path / "own_data.json")])
+    P.main(["--sets", "linear", "--data-seed", "6", "--seed", "3", "--json", str(tmp_path / "other.json")])
+    with pytest.raises(SystemExit, match="differ in data"):
+        P.main(["--restarts", str(tmp_path / "s0.json"), str(tmp_path / "other.json")])
