@@ -30,7 +30,8 @@ def line(info: dict) -> str:
     return (f"{info['hook']}: {info['rows']:,} rows x d={info['d']} {info['dtype']}, "
             f"{info['shards']} shards, {info['chunks']} chunks of {info['chunk_rows']}, "
             f"{human_size(info['bytes'])}; {state}\n"
-            f"  model {info['model']}; {info['numerics']}\n  corpus {info['corpus']}")
+            f"  model {info['model'] or '- (no model: imported vectors)'}; {info['numerics']}\n"
+            f"  corpus {info['corpus']}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -70,6 +70,9 @@ def _check_shape(shape: tuple, where: str) -> None:
 
 
 def _npy_blocks(path: Path, block: int) -> Iterator[np.ndarray]:
+    with open(path, "rb") as f:
+        if f.read(6) != b"\x93NUMPY":  # numpy would try pickle on anything else, and say so
+            raise VectorsError(f"{path}: not a .npy file (no NumPy header); save vectors with np.save")
     try:
         x = np.load(path, mmap_mode="r", allow_pickle=False)  # [n, d] memmap: nothing read yet
     except ValueError as e:  # object arrays, bad header

@@ -82,7 +82,7 @@ class StoreWriter:
         if self.fs.exists(self.dir):
             if not overwrite:
                 raise StoreError(f"{self.dir} already exists: delete it, choose another store, "
-                                 "or pass overwrite=True")
+                                 "or replace it (overwrite=True; --overwrite on the command line)")
             self.fs.rm(self.dir, recursive=True)
         self.fs.makedirs(f"{self.dir}/{SHARDS}", exist_ok=True)
         self.d, self.dtype_name, self.dtype = int(d), dtype, ACT_DTYPES[dtype]

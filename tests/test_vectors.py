@@ -152,6 +152,13 @@ def test_cli(tmp_path, capsys):
     assert cli([str(tmp_path / "cube.npy"), str(tmp_path / "s2")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "already exists" in err[0] and "VectorsError" in err[1]
+    assert "--overwrite" in err[0]  # the flag that replaces it, named
+    (tmp_path / "junk.npy").write_bytes(b"not an array at all")
+    assert cli([str(tmp_path / "junk.npy"), str(tmp_path / "s3")]) == 2
+    err = capsys.readouterr().err
+    assert "junk.npy: not a .npy file (no NumPy header)" in err and "pickle" not in err
+    assert actdict_main(["store", str(tmp_path / "s")]) == 0
+    assert capsys.readouterr().out.splitlines()[1].startswith("  model - (no model: imported vectors); ")
 
 
 def test_config_mode_vectors_runs_train_and_analyze(tmp_path):

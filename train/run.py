@@ -157,7 +157,7 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
                       "resumed_at_step": start.step if start else None, "wall_s": round(wall, 3),
                       "history": m.history}
             checkpoint.save(run_dir / "dicts" / dc.name, m.model, record)
-            last = m.history[-1] if m.history else {}
+            last = ", ".join(f"{k} {v:.5g}" for k, v in (m.history[-1] if m.history else {}).items())
             say(f"train: saved {run_dir / 'dicts' / dc.name} (last epoch: {last})")
         state_path.unlink(missing_ok=True)
     dist_.barrier(d)
