@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from actdict.analyze.run import summary_lines
 from actdict.cli import main
 from actdict.harvest.models import token_decoder
 from actdict.harvest.store import open_store
@@ -89,6 +90,21 @@ def test_summary_numbers_and_top_tokens(run):
                 assert h["row"] // 512 in split["test_chunks"]
     html = (run / "report.html").read_text()
     assert "plotly" in html.lower() and "vaease" in html and "sae_l1" in html
+
+
+def test_printed_summary_table_holds_the_summary_numbers(run):
+    s = json.loads((run / "summary.json").read_text())
+    lines = summary_lines(s)
+    assert lines[0] == f"analyze: 1,536 held-out rows of {HOOK} (d = 384)"
+    assert lines[1].split() == ["model", "RE", "det", "RE", "1-sample", "AD", "L0", "EV", "dead"]
+    for line, (name, m) in zip(lines[2:4], s["models"].items(), strict=True):
+        cells = line.split()
+        assert cells[0] == name and float(cells[1]) == pytest.approx(m["re_det"], rel=1e-3)
+        assert float(cells[3]) == pytest.approx(m["ad"], abs=0.006) and cells[6] == f"{m['dead']}/64"
+    with_ce = s | {"ce": {"ce_clean": 3.0}, "models": {"x": s["models"]["sae_l1"] | {"ce_recovered": 0.8766,
+                                                                                      "kl": 0.01234}}}
+    lines = summary_lines(with_ce)
+    assert lines[1].split()[-2:] == ["rec.", "KL"] and lines[2].split()[-2:] == ["0.877", "0.0123"]
 
 
 def test_rerun_skips_harvest_and_reuses_store(run, capsys):
