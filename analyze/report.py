@@ -27,7 +27,8 @@ body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; 
 table.overview { border-collapse: collapse; font-variant-numeric: tabular-nums; }
 .overview td, .overview th { border: 1px solid #ccc; padding: 4px 10px; text-align: right; }
 .overview td:first-child, .overview th:first-child { text-align: left; } .overview th { background: #f4f4f4; }
-.figs { display: grid; grid-template-columns: repeat(auto-fit, minmax(520px, 1fr)); gap: 8px; }
+.figs { display: grid; grid-template-columns: repeat(auto-fill, minmax(520px, 1fr)); gap: 8px; }
+.figs > div { min-width: 0; }
 .feature { margin: 1em 0; } .ctx { font-family: monospace; white-space: pre-wrap; margin: 2px 0; }
 .act { display: inline-block; min-width: 6em; color: #666; }
 .hl { background: #ffd54f; font-weight: bold; } .dim { color: #555; } .note { color: #666; font-size: 90%; }
@@ -81,7 +82,7 @@ def _figures(models: dict[str, dict]) -> list[go.Figure]:
                                  "yaxis_title": "test rows"})
     dens = go.Figure(layout=lay | {"title": "Feature density", "xaxis_title": "log10 fraction of rows active",
                                    "yaxis_title": "latents"})
-    curve = go.Figure(layout=lay | {"title": "RE as latents are masked in order of activity (paper Fig. 4)",
+    curve = go.Figure(layout=lay | {"title": "RE vs latents kept per row (paper Fig. 4)",
                                     "xaxis_title": "latents kept per row", "yaxis_title": "RE",
                                     "xaxis_type": "log"})
     figs = [ad, dens, curve]
@@ -114,10 +115,9 @@ def _tok(t: Any) -> str:
 
 
 def _snippet(hit: dict, wordpiece: bool = False) -> str:
-    show = (lambda ts: display_strings(ts)) if wordpiece else list  # noqa: E731
-    before = "".join(_tok(t) for t in show(hit.get("before", [])))
-    after = "".join(_tok(t) for t in show(hit.get("after", [])))
-    token = show([hit.get("token", "")])[0] if wordpiece else hit.get("token", "")
+    before = "".join(_tok(t) for t in display_strings(hit.get("before", []), wordpiece))
+    after = "".join(_tok(t) for t in display_strings(hit.get("after", []), wordpiece))
+    token = display_strings([hit.get("token", "")], wordpiece)[0]
     where = f"doc {_num(hit.get('doc'))} pos {_num(hit.get('pos'))}"
     return (f'<div class="ctx"><span class="act" title="{where}">{_num(hit.get("act"))}</span>'
             f'<span class="dim">{before}</span><span class="hl">{_tok(token)}</span>'
@@ -128,7 +128,10 @@ def _features(name: str, m: dict, page: str | None) -> str:
     link = f' <a href="{esc(page)}">(all {_num(m.get("k"))} features)</a>' if page else ""
     parts = [f"<h3>{esc(name)}{link}</h3>"]
     hits = [h for f in m.get("features", []) for h in f.get("top", [])]
-    wordpiece = any(str(t).startswith("##") for h in hits for t in [h.get("token", ""), *h.get("before", [])])
+    wordpiece = m.get("wordpiece")  # from the dictionary's features file; older summaries: guessed
+    if wordpiece is None:
+        wordpiece = any(str(t).startswith("##") for h in hits
+                        for t in [h.get("token", ""), *h.get("before", []), *h.get("after", [])])
     for f in m.get("features", []):
         title = f'feature {_num(f.get("index"))}'
         if page:

@@ -27,6 +27,7 @@ summary.json (version 2 = version 1 plus keys; floats rounded to 6 significant d
         "ad_class": [{"label", "n", "ad", "ad_of_mean"}],  # only with analyze.labels (v2)
         "ce": float, "kl": float, "ce_recovered": float,   # only with analyze.ce_loss (v2)
         "features_file": str,  # features/<name>.json, relative to run_dir (v2)
+        "wordpiece": bool,     # WordPiece token strings ("##" continuations): how contexts are joined (v2)
         "features": [{"index": int, "fires": int, "density": float,  # the n_features most active
                       "top": [{"act": float, "row": int, "doc": int, "pos": int, "token_id": int,
                                "token": str, "before": [str], "after": [str]}]}]}}}
@@ -130,6 +131,7 @@ def main(common: Common, cfg: AnalyzeConfig) -> None:
         order = sorted(range(len(fires)), key=lambda i: (-int(fires[i]), i))
         shown = [i for i in order[: cfg.n_features] if fires[i] > 0]
         m["features_file"] = rel
+        m["wordpiece"] = data["wordpiece"]  # how the report joins the context tokens
         m["features"] = [{"index": f, "fires": int(fires[f]), "density": float(fires[f] / n),
                           "top": summary_hits(data, f)} for f in shown]
         summary["models"][name] = m

@@ -41,6 +41,23 @@ def test_corpus_strings_escaped(tmp_path):
     assert '<span class="hl">&lt;script&gt;' in page  # the token itself is the highlighted span
 
 
+def test_wordpiece_contexts_keep_their_spaces():
+    """Each context list is joined as a WordPiece one when the dictionary's vocabulary is, even a list with no
+    ``##`` continuation (it used to be glued: "theworldis")."""
+    hit = {"act": 1.0, "row": 0, "doc": 0, "pos": 3, "token": "of", "before": ["shatter", "##s", "the"],
+           "after": ["the", "world", "is"]}
+    s = _summary()
+    s["models"]["sae_alpha"]["features"] = [{"index": 1, "density": 0.5, "top": [hit]}]
+    for flag in (True, None):  # from summary.json, or guessed from the hits
+        if flag is not None:
+            s["models"]["sae_alpha"]["wordpiece"] = flag
+        page = render(s)
+        assert ('<span class="dim"> shatters the</span><span class="hl"> of</span>'
+                '<span class="dim"> the world is</span>') in page
+    s["models"]["sae_alpha"]["wordpiece"] = False  # a byte-level BPE vocabulary: strings used as they are
+    assert '<span class="dim">shatter##sthe</span><span class="hl">of</span>' in render(s)
+
+
 def test_names_and_numbers_present(tmp_path):
     page = render(_summary())
     for text in ["sae_alpha", "vaease_beta", "sae_l1", "12.35", "0.9321", "22.5", "8.76", "feature 42",

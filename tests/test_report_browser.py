@@ -80,9 +80,9 @@ def _works(argv, env) -> bool:
         return False
 
 
-def _dump(argv, env, url: str) -> str:
-    cmd = [*argv, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=4000", "--dump-dom",
-           url]
+def _dump(argv, env, url: str, *extra: str) -> str:
+    cmd = [*argv, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=4000", *extra,
+           "--dump-dom", url]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=os.environ | env)
     return res.stdout
 
@@ -139,6 +139,24 @@ def test_overview_renders_and_runs_nothing(chromium, run):
         assert f"<td>{s['models']['relu'][key]:.4g}</td>" in table[: table.index("</table>")], key
     assert "&lt;script&gt;document.body.setAttribute" in dom  # shown as text ...
     assert "data-pwned=" not in dom and '<img src="x"' not in dom  # ... and never run
+
+
+_PROBE = """<script>window.addEventListener("load", () => setTimeout(() => {
+  const cells = [...document.querySelectorAll(".figs > div")];
+  document.body.setAttribute("data-fit", cells.map(c => Math.round(
+    c.querySelector("svg.main-svg").getBoundingClientRect().width) + "/" + c.clientWidth).join(","));
+}, 500));</script>"""
+
+
+def test_figures_fit_their_grid_cells(chromium, run):
+    """On a wide window the figures sit two per row, each drawn at its cell's width (the first one used to
+    be drawn before its neighbours existed, at the full width, and was cut off at the cell's edge)."""
+    probe = run / "report_probe.html"
+    probe.write_text((run / "report.html").read_text().replace("</body>", _PROBE + "</body>"))
+    dom = _dump(*chromium, probe.as_uri(), "--window-size=1300,900")
+    fit = [tuple(map(int, p.split("/"))) for p in dom.split('data-fit="')[1].split('"')[0].split(",")]
+    assert len(fit) == 3 and all(400 < cell < 700 for _, cell in fit)  # two columns
+    assert all(svg <= cell for svg, cell in fit), fit
 
 
 def test_feature_page_renders_contexts_and_runs_nothing(chromium, run):

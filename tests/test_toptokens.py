@@ -175,3 +175,5 @@ def test_build_features_quantiles(data):
 def test_display_strings():
     assert display_strings(["the", "##ory", ","]) == [" the", "ory", " ,"]
     assert display_strings([" the", "ory"]) == [" the", "ory"]
+    assert display_strings(["the", "world"], wordpiece=True) == [" the", " world"]  # no "##" in this list
+    assert display_strings(["##s", "x"], wordpiece=False) == ["##s", "x"]
