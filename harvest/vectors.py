@@ -244,9 +244,17 @@ def cli(argv: list[str] | None = None) -> int:
     ap.add_argument("--hook", default="vectors", help="store folder name of these vectors (default vectors)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="stored dtype")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing hook of that name")
+    ap.add_argument("--chunk-rows", type=int, default=4096, help="rows per chunk (default 4096): the unit of "
+                    "the train/test split, so a small file wants small chunks (>= 2 for a test split)")
+    ap.add_argument("--shard-rows", type=int, default=0, help="rows per shard, a multiple of --chunk-rows "
+                    "(default: 16 chunks)")
     a = ap.parse_args(argv)
+    shard_rows = a.shard_rows or 16 * a.chunk_rows
+    if a.chunk_rows <= 0 or shard_rows <= 0 or shard_rows % a.chunk_rows:
+        ap.error(f"--shard-rows ({shard_rows}) must be a positive multiple of --chunk-rows ({a.chunk_rows})")
     try:
-        s = import_vectors(a.file, a.store, key=a.key, hook=a.hook, dtype=a.dtype, overwrite=a.overwrite)
+        s = import_vectors(a.file, a.store, key=a.key, hook=a.hook, dtype=a.dtype, overwrite=a.overwrite,
+                           chunk_rows=a.chunk_rows, shard_rows=shard_rows)
     except ActdictError as e:
         print(f"import: {type(e).__name__}: {e}", file=sys.stderr)
         return 2

@@ -36,6 +36,9 @@ def test_split_is_a_seeded_partition(store):
     assert len(make_split(3, 0.01, 0)["test_chunks"]) == 1  # at least one test chunk
     with pytest.raises(ValueError, match="none left for training"):
         make_split(2, 0.9, 0)
+    with pytest.raises(ValueError, match=r"1 chunk: none can be held out.*--chunk-rows N.*test_fraction=0"):
+        make_split(1, 0.1, 0)  # it used to train on every row and leave analyze nothing to evaluate
+    assert make_split(1, 0.0, 0) == {"train_chunks": [0], "test_chunks": [], "seed": 0}
 
 
 def test_epoch_sees_every_train_row_once(store):

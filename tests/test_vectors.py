@@ -157,6 +157,14 @@ def test_cli(tmp_path, capsys):
     assert cli([str(tmp_path / "junk.npy"), str(tmp_path / "s3")]) == 2
     err = capsys.readouterr().err
     assert "junk.npy: not a .npy file (no NumPy header)" in err and "pickle" not in err
+    v = str(tmp_path / "v.npy")
+    assert cli([v, str(tmp_path / "s4"), "--chunk-rows", "8", "--shard-rows", "24"]) == 0
+    small = open_store(str(tmp_path / "s4"), "vectors")
+    assert (small.chunk_rows, small.num_chunks, small.num_shards) == (8, -(-N // 8), -(-N // 24))
+    np.testing.assert_array_equal(small.read_rows(0, N).acts, x)
+    with pytest.raises(SystemExit):
+        cli([v, str(tmp_path / "s5"), "--chunk-rows", "8", "--shard-rows", "20"])
+    assert "must be a positive multiple of --chunk-rows (8)" in capsys.readouterr().err
     assert actdict_main(["store", str(tmp_path / "s")]) == 0
     assert capsys.readouterr().out.splitlines()[1].startswith("  model - (no model: imported vectors); ")
 

@@ -31,6 +31,11 @@ def make_split(num_chunks: int, test_fraction: float, seed: int) -> dict:
     """Seeded permutation of chunk indices -> {"train_chunks", "test_chunks", "seed"} (each list sorted)."""
     if not 0.0 <= test_fraction < 1.0:
         raise ConfigError(f"test_fraction must be in [0, 1), got {test_fraction}")
+    if test_fraction > 0 and num_chunks == 1:
+        raise ConfigError(f"the store has 1 chunk: none can be held out for testing (test_fraction="
+                          f"{test_fraction}; the split is by chunk). Write the store with smaller chunks "
+                          "(harvest.chunk_rows; `python -m actdict.harvest.vectors --chunk-rows N`), or set "
+                          "train.test_fraction=0 (analyze then has no held-out rows)")
     perm = np.random.default_rng(seed).permutation(num_chunks)
     n_test = int(round(test_fraction * num_chunks))
     if test_fraction > 0 and num_chunks >= 2:
