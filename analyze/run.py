@@ -197,7 +197,8 @@ def read_test_chunks(run_dir: Path) -> list[int]:
         raise AnalyzeError(f"{path} not found: run the train stage first")
     chunks = json.loads(path.read_text()).get("test_chunks")
     if not chunks:
-        raise AnalyzeError(f"{path} has no test_chunks")
+        raise AnalyzeError(f"{path} has no test_chunks (trained with train.test_fraction=0): analyze "
+                           "evaluates held-out rows only; retrain with test_fraction > 0")
     return [int(c) for c in chunks]
 
 
