@@ -68,7 +68,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Return a copy of ``data`` with ``a.b.c=value`` overrides applied (value parsed as YAML)."""
+    """Return a copy of ``data`` with ``a.b.c=value`` overrides applied (value parsed as YAML). An item of a
+    list of named mappings is picked by its name or index: ``train.dicts.vaease.k=512``,
+    ``train.dicts.0.params.lam1=0.1``."""
     out = json.loads(json.dumps(data))  # deep copy of plain YAML data
     for item in overrides:
         if "=" not in item:
@@ -76,13 +78,28 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         key, raw = item.split("=", 1)
         parts = key.strip().split(".")
         node = out
-        for part in parts[:-1]:
-            nxt = node.setdefault(part, {})
-            if not isinstance(nxt, dict):
-                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+        for i, part in enumerate(parts[:-1]):
+            nxt = _list_item(node, part, item) if isinstance(node, list) else node.setdefault(part, {})
+            if not isinstance(nxt, dict | list):
+                raise ConfigError(f"override {item!r}: {'.'.join(parts[:i + 1])!r} is not a section")
             node = nxt
+        if isinstance(node, list):
+            raise ConfigError(f"override {item!r}: set a field of a list item ({key}.FIELD=...), or the "
+                              f"whole list ({'.'.join(parts[:-1])}=[...])")
         node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
     return out
+
+
+def _list_item(items: list, part: str, item: str) -> Any:
+    """The element of ``items`` that override path component ``part`` names: an index, or a ``name``."""
+    names = [x.get("name") for x in items if isinstance(x, dict)]
+    if part.isdigit() and int(part) < len(items):
+        return items[int(part)]
+    for x in items:
+        if isinstance(x, dict) and x.get("name") == part:
+            return x
+    raise ConfigError(f"override {item!r}: no list item {part!r} (give an index < {len(items)} or a name: "
+                      f"{names})")
 
 
 def build(cls: type[T], data: Any, where: str = "") -> T:

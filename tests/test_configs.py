@@ -62,6 +62,22 @@ def test_overrides_and_types(tmp_path):
     assert common_of(load_experiment(p)).store_path == "x/store"
 
 
+def test_overrides_reach_list_items_by_name_or_index():
+    demo = Path(__file__).parents[1] / "configs" / "demo.yaml"
+    data = load_experiment(demo, ["train.dicts.vaease.k=512", "train.dicts.1.params.lam1=0.5",
+                                  "train.dicts.sae_l1.params.new_key=1"])
+    dicts = {d["name"]: d for d in data["train"]["dicts"]}
+    assert dicts["vaease"]["k"] == 512 and dicts["sae_l1"]["k"] == 384  # only the named item
+    assert dicts["sae_l1"]["params"] == {"lam1": 0.5, "lam2": 0.2, "new_key": 1}
+    assert load_experiment(demo)["train"]["dicts"][0]["k"] == 384  # the file is untouched
+    with pytest.raises(ConfigError, match=r"no list item 'vae' \(give an index < 2 or a name: \['vaease', "):
+        load_experiment(demo, ["train.dicts.vae.k=1"])
+    with pytest.raises(ConfigError, match=r"set a field of a list item \(train.dicts.0.FIELD=...\)"):
+        load_experiment(demo, ["train.dicts.0=1"])
+    with pytest.raises(ConfigError, match="'train.epochs' is not a section"):
+        load_experiment(demo, ["train.epochs.x=1"])
+
+
 def test_build_nested_and_missing():
     from dataclasses import dataclass, field
 
