@@ -15,6 +15,7 @@
 # <= 240 s, train 2 x <= 150 s, harvest <= 150 s, mlp MLP_MIN minutes), so split them, most important first:
 #   run(command='STEPS="tests train" bash benchmarks/gpu_session.sh', carry=[".whl", ".devcache"], timeout_s=600)
 #   run(command='STEPS="harvest mlp" MLP_MIN=3 bash benchmarks/gpu_session.sh', carry=[...], timeout_s=600)
+#   run(command='STEPS=restarts RESTART_MIN=8 bash benchmarks/gpu_session.sh', carry=[...], timeout_s=600)
 # Logs and JSON land in $OUT. MLP_MIN bounds the paper-width MLP run (minutes); its resume state comes back in
 # $OUT/state: copy it to .devcache/state and a later session continues it.
 set -uo pipefail
@@ -64,5 +65,15 @@ if step mlp; then  # the paper's encoder width 8 kappa = 480 on the MLP manifold
   $PY benchmarks/paper_tables.py --sets mlp --models vaease --n-train 800000 --max-steps 163830 --grad-clip 1 \
     --hidden 480 --device cuda --state "$OUT/state" --budget-min "${MLP_MIN:-4}" --json "$OUT/mlp480.json" 2>&1 \
     | tr '\r' '\n' | grep -v "^train:" | tail -30 | tee -a "$OUT/session.log"
+fi
+if step restarts; then  # VAEase restarts on one MLP data set, chosen by held-out loss (issue #5); one process each
+  log "MLP restarts ${RESTARTS:-0 1 2 3 4} on data seed ${DATA_SEED:-0}"
+  for s in ${RESTARTS:-0 1 2 3 4}; do
+    $PY benchmarks/paper_tables.py --sets mlp --models vaease --n-train 800000 --max-steps 163830 --grad-clip 1 \
+      --data-seed "${DATA_SEED:-0}" --seed "$s" --device "${RESTART_DEVICE:-cuda}" --budget-min "${RESTART_MIN:-8}" \
+      ${RESTART_FLAGS:-} --json "$OUT/restart_s$s.json" > "$OUT/restart_s$s.log" 2>&1 &
+  done
+  wait
+  $PY benchmarks/paper_tables.py --restarts "$OUT"/restart_s*.json 2>&1 | tee -a "$OUT/session.log"
 fi
 log "done"
