@@ -92,12 +92,12 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 def _list_item(items: list, part: str, item: str) -> Any:
     """The element of ``items`` that override path component ``part`` names: an index, or a ``name``."""
-    names = [x.get("name") for x in items if isinstance(x, dict)]
     if part.isdigit() and int(part) < len(items):
         return items[int(part)]
     for x in items:
         if isinstance(x, dict) and x.get("name") == part:
             return x
+    names = [x.get("name") for x in items if isinstance(x, dict)]
     raise ConfigError(f"override {item!r}: no list item {part!r} (give an index < {len(items)} or a name: "
                       f"{names})")
 

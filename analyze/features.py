@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from actdict.analyze.toptokens import Contexts, Decoder, FeatureTracker, display_strings, read_contexts
+from actdict.analyze.toptokens import Contexts, Decoder, FeatureTracker, is_wordpiece, read_contexts
 
 FEATURES_VERSION = 1
 
@@ -78,7 +78,7 @@ def build_features(tracker: FeatureTracker, fires: np.ndarray, n_rows: int, stor
                       "top": t, "bottom": b, "quantiles": groups[::-1]})
     data = {"version": FEATURES_VERSION, "k": len(fires), "n_rows": int(n_rows), "window": window,
             "hist_edges": [_f(e) for e in tracker.hist.edges],
-            "wordpiece": display_strings(strings) != list(strings),
+            "wordpiece": is_wordpiece(strings),
             "tokens": {str(i): s for i, s in zip(used.tolist(), strings, strict=True)}, "features": feats}
     return data, ctx, where
 

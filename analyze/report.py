@@ -20,7 +20,7 @@ from urllib.parse import quote
 import plotly.graph_objects as go
 
 from actdict.analyze.report_features import write_feature_page
-from actdict.analyze.toptokens import display_strings
+from actdict.analyze.toptokens import display_strings, is_wordpiece
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; padding: 0 1em; }
@@ -130,8 +130,8 @@ def _features(name: str, m: dict, page: str | None) -> str:
     hits = [h for f in m.get("features", []) for h in f.get("top", [])]
     wordpiece = m.get("wordpiece")  # from the dictionary's features file; older summaries: guessed
     if wordpiece is None:
-        wordpiece = any(str(t).startswith("##") for h in hits
-                        for t in [h.get("token", ""), *h.get("before", []), *h.get("after", [])])
+        wordpiece = is_wordpiece(t for h in hits for t in [h.get("token", ""), *h.get("before", []),
+                                                           *h.get("after", [])])
     for f in m.get("features", []):
         title = f'feature {_num(f.get("index"))}'
         if page:

@@ -123,14 +123,17 @@ def read_contexts(store, rows: np.ndarray, window: int) -> Contexts:
     return Contexts(ids=all_ids[j].astype(np.int64), valid=valid, doc=all_doc[center], pos=all_pos[center])
 
 
+def is_wordpiece(strings) -> bool:
+    """Whether token strings look WordPiece: some token is a ``##`` continuation."""
+    return any(str(s).startswith("##") for s in strings)
+
+
 def display_strings(strings: Sequence[str], wordpiece: bool | None = None) -> list[str]:
     """Token strings made for concatenation: WordPiece vocabularies get a space before each word-initial
     token and lose the ``##`` of continuations; others are unchanged. ``wordpiece``: whether the vocabulary
     is WordPiece (None: guessed from these strings, true when one starts with ``##``; pass it for a short
     context that may hold no continuation)."""
-    if wordpiece is None:
-        wordpiece = any(s.startswith("##") for s in strings)
-    if not wordpiece:
+    if not (is_wordpiece(strings) if wordpiece is None else wordpiece):
         return list(strings)
     return [s[2:] if s.startswith("##") else " " + s for s in strings]
 

@@ -231,8 +231,7 @@ def evaluate(model, x: torch.Tensor, batch: int, seed: int) -> dict:
         codes.append(out.codes)
     act, code = torch.cat(acts), torch.cat(codes)  # [n, k] each
     return {"re": re, "re_det": sse / len(x), "activity": act, "codes": code, "abs_codes": code.abs(),
-            "ad": float(M.active_dims(act, model.active_side).double().mean()),
-            "test_terms": test_terms(model, x, seed)}
+            "ad": float(M.active_dims(act, model.active_side).double().mean())}
 
 
 @torch.no_grad()
@@ -311,7 +310,7 @@ def run_synthetic(name: str, spec: SetSpec, seed: int, opts: RunOpts = RunOpts()
         ad = group_ad(model, ev, lab_test)
         rows[mname] = {"ad": ad, "ad_sigma": group_ad(model, ev, lab_test, "text"),
                        "re": ev["re"], "re_det": ev["re_det"], "ad_mean_sample": ev["ad"],
-                       "test_terms": ev["test_terms"],
+                       "test_terms": test_terms(model, x_test, seed),
                        "by_manifold": manifold_fit(model, ev, x_test, lab_test, list(dims), ad)}
     return {"rows": rows, "n_train": n, "n_test": n_test, "steps": done,
             "x_sq": float(x_test.pow(2).sum(1).mean())}
