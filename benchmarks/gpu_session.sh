@@ -16,7 +16,7 @@
 #   run(command='STEPS="tests train" bash benchmarks/gpu_session.sh', carry=[".whl", ".devcache"], timeout_s=600)
 #   run(command='STEPS="harvest mlp" MLP_MIN=3 bash benchmarks/gpu_session.sh', carry=[...], timeout_s=600)
 #   run(command='STEPS=restarts RESTART_MIN=8 bash benchmarks/gpu_session.sh', carry=[...], timeout_s=600)
-# Logs and JSON land in $OUT. MLP_MIN bounds the paper-width MLP run (minutes); its resume state comes back in
+# TESTS_S, TRAIN_S, HARVEST_S bound those steps (seconds). Logs and JSON land in $OUT. MLP_MIN bounds the paper-width MLP run (minutes); its resume state comes back in
 # $OUT/state: copy it to .devcache/state and a later session continues it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -43,20 +43,20 @@ torch.cuda.is_available(), 'transformers', transformers.__version__, 'actdict fr
 
 if step tests; then  # every variant, the three stages and SIGKILL/SIGTERM resume, on cuda against the CPU
   log "tests"
-  timeout 240 $PY -m pytest -q -p no:cacheprovider tests/test_device_stages.py tests/test_variant_contract.py \
+  timeout ${TESTS_S:-240} $PY -m pytest -q -p no:cacheprovider tests/test_device_stages.py tests/test_variant_contract.py \
     tests/test_resume_train.py 2>&1 | tee "$OUT/tests.log" | tail -40
 fi
 if step train; then  # samples/s and % of the bf16/float32 matmul roofline (issue #4)
   log "train benchmark, float32"
-  timeout 150 $PY benchmarks/train.py --device cuda --no-saelens --steps 20 2>&1 | tee "$OUT/train_fp32.log" \
+  timeout ${TRAIN_S:-150} $PY benchmarks/train.py --device cuda --no-saelens --steps 20 2>&1 | tee "$OUT/train_fp32.log" \
     | tail -30
   log "train benchmark, bf16 autocast"
-  timeout 150 $PY benchmarks/train.py --device cuda --no-saelens --steps 20 --autocast 2>&1 \
+  timeout ${TRAIN_S:-150} $PY benchmarks/train.py --device cuda --no-saelens --steps 20 --autocast 2>&1 \
     | tee "$OUT/train_bf16.log" | tail -30
 fi
 if step harvest; then  # harvest / bare forward on the GPU (issue #3)
   log "harvest benchmark"
-  timeout 150 $PY benchmarks/harvest.py --device cuda --models pythia 2>&1 | tee "$OUT/harvest.log" | tail -20
+  timeout ${HARVEST_S:-150} $PY benchmarks/harvest.py --device cuda --models pythia 2>&1 | tee "$OUT/harvest.log" | tail -20
 fi
 if step mlp; then  # the paper's encoder width 8 kappa = 480 on the MLP manifolds (issue #5); resumable
   log "MLP manifolds at H 480"
