@@ -250,8 +250,6 @@ def cli(argv: list[str] | None = None) -> int:
                     "(default: 16 chunks)")
     a = ap.parse_args(argv)
     shard_rows = a.shard_rows or 16 * a.chunk_rows
-    if a.chunk_rows <= 0 or shard_rows <= 0 or shard_rows % a.chunk_rows:
-        ap.error(f"--shard-rows ({shard_rows}) must be a positive multiple of --chunk-rows ({a.chunk_rows})")
     try:
         s = import_vectors(a.file, a.store, key=a.key, hook=a.hook, dtype=a.dtype, overwrite=a.overwrite,
                            chunk_rows=a.chunk_rows, shard_rows=shard_rows)

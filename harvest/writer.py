@@ -12,6 +12,7 @@ from itertools import chain
 
 import numpy as np
 
+from actdict.config import ConfigError
 from actdict.harvest.layout import (
     ACT_DTYPES,
     FORMAT_VERSION,
@@ -30,17 +31,18 @@ CALLER_KEYS = ("model", "revision", "numerics", "tokenizer", "corpus", "config_h
 
 
 def new_manifest(manifest: dict, d: int, dtype: str, shard_rows: int, chunk_rows: int) -> dict:
-    """The manifest of a hook not yet complete: the caller's keys + the layout keys."""
+    """The manifest of a hook not yet complete: the caller's keys + the layout keys (ConfigError, a
+    ValueError, for bad arguments: the command lines print it as one line)."""
     if not manifest.get("hook"):
-        raise ValueError("manifest must name the 'hook'")
+        raise ConfigError("manifest must name the 'hook'")
     if dtype not in ACT_DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(ACT_DTYPES)}, got {dtype!r}")
+        raise ConfigError(f"dtype must be one of {sorted(ACT_DTYPES)}, got {dtype!r}")
     if chunk_rows <= 0 or shard_rows <= 0 or shard_rows % chunk_rows:
-        raise ValueError(f"shard_rows ({shard_rows}) must be a positive multiple of "
-                         f"chunk_rows ({chunk_rows})")
+        raise ConfigError(f"shard_rows ({shard_rows}) must be a positive multiple of "
+                          f"chunk_rows ({chunk_rows})")
     for key, val in (("d", d), ("dtype", dtype)):
         if manifest.get(key) not in (None, val):
-            raise ValueError(f"manifest {key}={manifest[key]!r} disagrees with {val!r}")
+            raise ConfigError(f"manifest {key}={manifest[key]!r} disagrees with {val!r}")
     return {k: None for k in CALLER_KEYS} | dict(manifest) | {
         "hook": str(manifest["hook"]), "dtype": dtype, "d": int(d), "shard_rows": int(shard_rows),
         "chunk_rows": int(chunk_rows), "format_version": FORMAT_VERSION, "complete": False,
@@ -75,7 +77,7 @@ class StoreWriter:
         try:
             self.manifest = new_manifest(manifest, d, dtype, shard_rows, chunk_rows)
         except ValueError as e:
-            raise ValueError(f"StoreWriter: {e}") from e
+            raise ConfigError(f"StoreWriter: {e}") from e
         self.fs, root = fs_of(path)
         self.hook = self.manifest["hook"]
         self.dir = f"{root}/{self.hook}"
