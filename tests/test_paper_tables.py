@@ -24,6 +24,7 @@ _spec = importlib.util.spec_from_file_location(
 P = importlib.util.module_from_spec(_spec)
 sys.modules["paper_tables"] = P  # dataclasses look their module up there
 _spec.loader.exec_module(P)
+R = sys.modules["paper_report"]  # its tables, imported by paper_tables from beside it
 
 
 def test_memory_batches_cover_every_row_once_per_epoch():
@@ -62,7 +63,7 @@ def test_tiny_linear_table_vaease_recovers_ground_truth():
     assert vae["re_det"] < 0.05 * res["x_sq"]
     tk = res["rows"]["sae_topk"]
     assert len(tk["ad"]) == 3 and all(1 <= a <= 10 for a in tk["ad"]) and tk["ad_mean_sample"] <= 2.0
-    table = P.table_synthetic("linear", res, spec).splitlines()
+    table = R.table_synthetic("linear", res, spec).splitlines()
     assert table[2] == "| GT | 2 | 2 | 2 | 4 | 4 | 4 | | | | |"
     assert table[4].startswith("| VAEase (=GT) | 2 | 2 | 2 | 5 | 4 | 4 |")
     assert table[3].startswith("| SAE-Tk") and len(table) == 12 and table[-1].startswith("| VAEase | ")
