@@ -16,12 +16,13 @@
 # fit beside the others in one call's 64 MiB; its ratio stays the CPU machines' (docs/training.md).
 # A session is lent 15 minutes of device time in all (the machine's start included), so plan on ONE call,
 # most important first (the MLP and restarts steps want a second session):
-#   run(command='STEPS="tests train harvest" TESTS_S=180 TRAIN_S=100 HARVEST_S=120 bash benchmarks/gpu_session.sh',
-#       carry=[".whl", ".devcache"], timeout_s=570)
+#   run(command='STEPS="tests train harvest" TESTS_S=180 TRAIN_S=100 HARVEST_S=120 \
+#       bash benchmarks/gpu_session.sh', carry=[".whl", ".devcache"], timeout_s=570)
 #   run(command='STEPS="mlp" MLP_MIN=8 bash benchmarks/gpu_session.sh', carry=[...], timeout_s=600)
 #   run(command='STEPS=restarts RESTART_MIN=8 bash benchmarks/gpu_session.sh', carry=[...], timeout_s=600)
-# TESTS_S, TRAIN_S, HARVEST_S bound those steps (seconds). Logs and JSON land in $OUT. MLP_MIN bounds the paper-width MLP run (minutes); its resume state comes back in
-# $OUT/state: copy it to .devcache/state and a later session continues it.
+# TESTS_S, TRAIN_S, HARVEST_S bound those steps (seconds). Logs and JSON land in $OUT. MLP_MIN bounds the
+# paper-width MLP run (minutes); its resume state comes back in $OUT/state: copy it to .devcache/state and a
+# later session continues it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_session}
