@@ -20,6 +20,7 @@ stochastic sample, the first test batch), ``RE det`` the posterior mean on the w
 also holds the training objective's terms on the test set (``test_terms``; for VAE / VAEase ``loss`` is -2
 ELBO per point): restarts of one set on the same data (``--data-seed D --seed S`` for several S) are
 compared, and each model's best chosen without the ground truth, by ``--restarts S0.json S1.json ...``.
+The tables, ``--merge`` and ``--restarts`` live in ``benchmarks/paper_report.py``.
 """
 
 from __future__ import annotations
