@@ -1,0 +1,116 @@
+"""Where a harvest's wall time goes, for a machine where it falls short of the bare forward (issue #3).
+
+Prints: the disk's shard-write time (``layout.write_shard``, 65,536 rows); each thread's busy time in one
+harvest (main: forward / row copy / waiting on the writer / waiting on the tokenizer; writer; tokenizer);
+and the top functions of the main thread by own time (cProfile).
+
+    python benchmarks/harvest_profile.py --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import harvest as hb  # noqa: E402  (benchmarks/harvest.py)
+from actdict.config import Common, build  # noqa: E402
+from actdict.harvest import layout, pipeline  # noqa: E402
+from actdict.harvest import run as hr  # noqa: E402
+from actdict.harvest.config import HarvestConfig  # noqa: E402
+from actdict.harvest.models import load_model, make_random_pythia  # noqa: E402
+
+BUSY: dict[str, float] = {}  # what -> seconds
+HOOK = "blocks.2.hook_resid_post"
+
+
+def timed(name: str, fn):
+    """fn, adding its wall time to BUSY[name]."""
+    def wrapper(*a, **k):
+        t = time.perf_counter()
+        try:
+            return fn(*a, **k)
+        finally:
+            BUSY[name] = BUSY.get(name, 0.0) + time.perf_counter() - t
+    return wrapper
+
+
+def disk(tmp: Path, rows: int = 65536, d: int = 512) -> None:
+    import fsspec
+    fs = fsspec.filesystem("file")
+    data = {"acts": np.random.default_rng(0).standard_normal((rows, d)).astype(np.float16),
+            "token_ids": np.arange(rows), "doc": np.arange(rows), "pos": np.arange(rows)}
+    for i in range(3):
+        t = time.perf_counter()
+        layout.write_shard(fs, str(tmp / "disk"), i, data, 4096)
+        s = time.perf_counter() - t
+        print(f"write_shard {rows:,} rows x {d} float16 ({rows * (2 * d + 16) / 1e6:.0f} MB): {s:.3f} s, "
+              f"{rows / s:,.0f} rows/s")
+    shutil.rmtree(tmp / "disk")
+
+
+def profile_harvest(lm, model: str, args, bs: int, tmp: Path) -> None:
+    """Three harvests at batch ``bs`` (the last under cProfile), each thread's busy time, then the bare
+    forward at the same batch."""
+    cfg = build(HarvestConfig, {
+        "model": model, "hooks": [HOOK], "source": {"kind": "debian", "shuffle_buffer": 4096}, "ctx": 256,
+        "batch_size": bs, "max_tokens": args.tokens, "dtype": "bfloat16", "store_dtype": "float16",
+        "shard_rows": 65536, "chunk_rows": 4096, "device": args.device})
+    prof = cProfile.Profile()
+    for rep in range(3):
+        shutil.rmtree(tmp / "run", ignore_errors=True)
+        BUSY.clear()
+        hb._sync()
+        t = time.perf_counter()
+        if rep == 2:
+            prof.enable()
+        hr.main(Common(run_dir=str(tmp / "run")), cfg)
+        prof.disable()
+        hb._sync()
+        wall = time.perf_counter() - t
+        print(f"\nbatch {bs}, run {rep} ({'cProfile on' if rep == 2 else 'no profiler'}): {wall:.3f} s, "
+              f"{args.tokens / wall:,.0f} rows/s")
+        for k, v in sorted(BUSY.items()):
+            print(f"  {k:48} {v:7.3f} s")
+    s = io.StringIO()
+    pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(25)
+    print("\n".join(s.getvalue().splitlines()[:45]))
+    tokens = [torch.randint(0, 50000, (bs, 256), device=args.device)
+              for _ in range(args.tokens // (bs * 256))]  # [bs, 256] each
+    for _ in range(2):
+        t = hb._timed(hb.bare_forward, lm, tokens, lm.stop_at_layer([HOOK]) - 1)
+        print(f"bare forward, batch {bs}: {args.tokens / t[0]:,.0f} tok/s")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--tokens", type=int, default=262144)
+    ap.add_argument("--batch-size", type=int, nargs="+", default=[32])
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        disk(tmp)
+        model = str(make_random_pythia(tmp / "pythia"))
+        lm = load_model(model, device=args.device, dtype="bfloat16")
+        hr.load_model = lambda *a, **k: lm  # the harvest reuses the loaded model
+        hr.forward = timed("main: forward", hr.forward)
+        hr.store_rows = timed("main: store_rows", hr.store_rows)
+        hr._write = timed("writer: _write", hr._write)
+        pipeline.Behind.submit = timed("main: submit (waits for the previous write)", pipeline.Behind.submit)
+        for bs in args.batch_size:
+            profile_harvest(lm, model, args, bs, tmp)
+
+
+if __name__ == "__main__":
+    main()
