@@ -6,7 +6,8 @@ the hook), it times:
 * ``bare forward``: the wrapped Hugging Face model on pre-made token batches, stopped right after block L
   (a forward hook raises): the least compute any harvest of that hook needs. (``bridge(tokens,
   stop_at_layer=L+1)`` is no baseline: TransformerBridge 4.3 still returns vocabulary logits there);
-* ``forward+cache``: the harvest's own ``forward`` (hooked ``run_with_cache``, cache moved to the CPU);
+* ``forward+cache``: the harvest's own ``forward`` (hooked ``run_with_cache``; activations left on the
+  device, as the harvest calls it);
 * ``harvest``: ``actdict harvest`` end to end (``actdict.harvest.run.main``: tokenise, forward, cast,
   shard writes, manifests) with the model already loaded (loading is not part of the throughput);
 and prints tokens/s (stored rows per second; every timing covers the same rows) and the ratio
@@ -118,7 +119,7 @@ def bench(name: str, model_path: str, args, tmp: Path) -> dict:
         bare, cached = np.zeros(2), np.zeros(2)
         for b, t in zip(batches, tokens, strict=True):
             bare += _timed(bare_forward, lm, [t], stop - 1)
-            cached += _timed(harvest_run.forward, lm, b, [hook], stop)
+            cached += _timed(harvest_run.forward, lm, b, [hook], stop, True)  # on_device, as the harvest
         return bare, cached
 
     def tokenise():

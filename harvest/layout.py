@@ -15,8 +15,8 @@ is written under a hidden temporary name (``shards/.tmp-...``) and renamed when 
 crc32c (zarr's ``crc32c`` codec), so a damaged chunk fails its read instead of being read silently.
 Zarr writes the arrays' metadata; the chunk files are written here, byte for byte as zarr would write them
 (``write_chunks``: tested against zarr), in the calling thread with one copy less than zarr's path. On a
-local disk each chunk file is flushed to the disk and dropped from the page cache as it is written
-(``release``): a long harvest does not fill the machine's memory with cache, and the write costs a
+local disk a shard's chunk files are flushed to the disk (several at a time) and dropped from the page
+cache once all of them are written (``release_all``): a long harvest does not fill the machine's memory with cache, and the write costs a
 constant ~0.5 us per 800-byte row instead of growing to ~2 us as fresh cache pages are taken (measured on
 the 2-core VMs here; docs/harvest.md, "Throughput").
 
@@ -31,6 +31,7 @@ import json
 import math
 import os
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import fsspec
 import google_crc32c
@@ -186,11 +187,17 @@ def write_shard(fs, hook_dir: str, index: int, data: dict[str, np.ndarray], chun
     local = is_local(fs)
     where = f"{hook_dir}/{SHARDS}/{TMP_PREFIX}{shard_name(index)}-{uuid.uuid4().hex[:8]}" if local else final
     group = zarr.open_group(zarr_url(fs, where), mode="w", zarr_format=3)
-    for name in ARRAYS:
-        arr = data[name]
-        group.create_array(name, shape=arr.shape, chunks=(chunk_rows, *arr.shape[1:]), dtype=arr.dtype,
-                           compressors=[Crc32cCodec()], fill_value=0, config={"write_empty_chunks": True})
-        write_chunks(fs, f"{where}/{name}", arr, chunk_rows)
+    opened: list = []  # local chunk files written, flushed to the disk together below
+    try:
+        for name in ARRAYS:
+            arr = data[name]
+            group.create_array(name, shape=arr.shape, chunks=(chunk_rows, *arr.shape[1:]), dtype=arr.dtype,
+                               compressors=[Crc32cCodec()], fill_value=0, config={"write_empty_chunks": True})
+            write_chunks(fs, f"{where}/{name}", arr, chunk_rows, opened if local else None)
+        release_all(opened)
+    finally:
+        for f in opened:
+            f.close()
     group.attrs[DONE_KEY] = {"n_rows": len(data["token_ids"])} | digest_of(data) | (record or {})
     if local:
         try:
@@ -212,10 +219,19 @@ def release(fd: int) -> None:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
 
-def write_chunks(fs, array_dir: str, arr: np.ndarray, chunk_rows: int) -> None:
+def release_all(files: list, threads: int = 4) -> None:
+    """``release`` open files, a few at a time: the disk gets several flushes queued instead of one after
+    the other (~1.4x the rate of flushing each file as it is written, on the disks measured here)."""
+    if files:
+        with ThreadPoolExecutor(min(threads, len(files))) as pool:
+            list(pool.map(lambda f: release(f.fileno()), files))
+
+
+def write_chunks(fs, array_dir: str, arr: np.ndarray, chunk_rows: int, opened: list | None = None) -> None:
     """The chunk files of ``arr`` [n, ...] (little-endian dtype) as zarr v3 writes them with the codecs
     bytes(little) + crc32c: each chunk's bytes, the last one padded with the fill value 0 to whole
-    ``chunk_rows``, then their crc32c as a little-endian uint32."""
+    ``chunk_rows``, then their crc32c as a little-endian uint32. On a local disk each file is flushed and
+    released as it is written, or, with ``opened``, left open there for the caller to ``release_all``."""
     local = is_local(fs)
     for c, a in enumerate(range(0, len(arr), chunk_rows)):
         block = np.ascontiguousarray(arr[a:a + chunk_rows])  # [<= chunk_rows, ...]
@@ -226,13 +242,38 @@ def write_chunks(fs, array_dir: str, arr: np.ndarray, chunk_rows: int) -> None:
         path = f"{array_dir}/{chunk_key(c, arr.ndim)}"
         if local:  # two writes, no joined copy
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, "wb") as f:
+            f = open(path, "wb")  # noqa: SIM115 (closed here or by the caller of ``opened``)
+            try:
                 f.write(raw.data)
                 f.write(crc)
                 f.flush()
-                release(f.fileno())
+            except BaseException:
+                f.close()
+                raise
+            if opened is None:
+                with f:
+                    release(f.fileno())
+            else:
+                opened.append(f)
         else:
             fs.pipe_file(path, raw.tobytes() + crc)
+
+
+def read_chunk_file(path: str, nbytes: int) -> np.ndarray:
+    """The data bytes [nbytes] uint8 of a local chunk file written with the codecs bytes(little) + crc32c
+    (``write_chunks``), read straight into one buffer (no zarr call: ~10x less Python per chunk, and the
+    read releases the GIL). ValueError when the file's size or its crc32c checksum is wrong."""
+    buf = np.empty(nbytes + CRC_BYTES, np.uint8)
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size != len(buf):
+            raise ValueError(f"{path}: {size} bytes, expected {len(buf)} (truncated or damaged)")
+        if f.readinto(memoryview(buf)) != len(buf):
+            raise ValueError(f"{path}: short read (truncated while read?)")
+    data = buf[:nbytes]
+    if google_crc32c.value(data) != int(buf[nbytes:].view("<u4")[0]):
+        raise ValueError(f"{path}: stored and computed crc32c checksum do not match")
+    return data
 
 
 def check_shard(fs, where: str, d: int, dtype: np.dtype, chunk_rows: int, crc: bool) -> dict:

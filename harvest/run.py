@@ -133,8 +133,10 @@ def _layer_key(name: str) -> tuple[int, str]:
     return (int(m.group(1)) if m else -1, name)
 
 
-def forward(lm: LoadedModel, batch: list[Window], hooks: list[str], stop: int | None) -> dict:
-    """hook -> activations [B, ctx, d] (torch, on CPU, in the model's dtype) of one batch of windows."""
+def forward(lm: LoadedModel, batch: list[Window], hooks: list[str], stop: int | None,
+            on_device: bool = False) -> dict:
+    """hook -> activations [B, ctx, d] (torch, in the model's dtype) of one batch of windows, on the CPU or
+    (``on_device``) left on the model's device, where ``store_rows`` selects and casts the stored rows."""
     import torch
 
     tokens = torch.from_numpy(np.stack([w.tokens for w in batch])).to(lm.device)  # [B, ctx]
@@ -149,22 +151,32 @@ def forward(lm: LoadedModel, batch: list[Window], hooks: list[str], stop: int | 
     with torch.inference_mode():
         _, cache = lm.bridge.run_with_cache(tokens, names_filter=hooks, stop_at_layer=stop,
                                             return_cache_object=False, **kw)
-        return {h: cache[h].reshape(cache[h].shape[0], cache[h].shape[1], -1).cpu() for h in hooks}
+        acts = {h: cache[h].reshape(cache[h].shape[0], cache[h].shape[1], -1) for h in hooks}
+        return acts if on_device else {h: a.cpu() for h, a in acts.items()}
 
 
 def store_rows(acts, flat: np.ndarray, out: np.ndarray, where: str) -> None:
     """Write the rows ``flat`` of acts [B, ctx, d] (torch) into ``out`` [m, d] as stored: float16 | float32
     | bfloat16 bits (uint16, ``layout.ACT_DTYPES``); torch rounds to nearest even, as
-    ``layout.encode_acts``. One gather and one casting copy, no temporary in the store dtype. ValueError on a
+    ``layout.encode_acts``. On the CPU one gather and one casting copy, no temporary in the store dtype; on
+    an accelerator the rows are gathered and cast there and only they are copied back. ValueError on a
     non-finite stored value (their float32 sum is finite exactly when all are: |float16| <= 65504)."""
     import torch
 
     dtype = torch.bfloat16 if out.dtype == np.uint16 else getattr(torch, out.dtype.name)
+    wide = torch.float64 if dtype == torch.float32 else torch.float32
     with torch.inference_mode():
         dst = torch.from_numpy(out).view(dtype)  # [m, d], shares out's memory
-        dst.copy_(acts.reshape(-1, acts.shape[-1]).index_select(0, torch.from_numpy(flat)))
-        wide = torch.float64 if dtype == torch.float32 else torch.float32
-        if not bool(torch.isfinite(dst.sum(dtype=wide))):
+        idx = torch.from_numpy(flat).to(acts.device, non_blocking=True)  # [m]
+        rows = acts.reshape(-1, acts.shape[-1]).index_select(0, idx)  # [m, d] on acts' device
+        if rows.device.type == "cpu":
+            dst.copy_(rows)
+            total = dst.sum(dtype=wide)
+        else:
+            rows = rows.to(dtype)  # [m, d] as stored
+            total = rows.sum(dtype=wide)
+            dst.copy_(rows)  # the device-to-host copy
+        if not bool(torch.isfinite(total)):
             raise non_finite(where, str(dtype).removeprefix("torch."))
 
 
@@ -179,7 +191,7 @@ def shard_rows_of(lm: LoadedModel, work: ShardWork, hooks: list[str], stop: int 
     at = 0
     for batch in work.batches(batch_size):
         windows = [it.window for it, _, _ in batch]
-        acts = forward(lm, windows, hooks, stop)  # hook -> [B, ctx, d]
+        acts = forward(lm, windows, hooks, stop, on_device=True)  # hook -> [B, ctx, d] on the model's device
         ctx = len(windows[0].tokens)
         flat = np.concatenate([b * ctx + it.rows[lo:hi] for b, (it, lo, hi) in enumerate(batch)])  # [m]
         m = len(flat)

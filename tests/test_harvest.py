@@ -178,8 +178,12 @@ def test_all_hooks_from_one_forward_in_bfloat16(tmp_path, minilm_hf, monkeypatch
 
     calls = []
     real = run.forward
-    monkeypatch.setattr(run, "forward", lambda lm, b, hooks, stop: calls.append(stop) or real(lm, b, hooks,
-                                                                                                stop))
+
+    def counted(lm, b, hooks, stop, **kw):
+        calls.append(stop)
+        return real(lm, b, hooks, stop, **kw)
+
+    monkeypatch.setattr(run, "forward", counted)
     common, cfg = harvest(tmp_path / "one", hooks=["blocks.2.hook_resid_post"])
     n_one = len(calls)
     calls.clear()

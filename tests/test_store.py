@@ -316,3 +316,31 @@ def test_store_command_describes_an_unfinished_harvest(tmp_path, capsys):
     assert main(["store", str(tmp_path)]) == 0
     first = capsys.readouterr().out.splitlines()[0]
     assert first.startswith("h: 32 rows x d=3 float16, 2 shards") and "INCOMPLETE" in first
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "bfloat16"])
+def test_read_acts_reads_the_chunk_file_as_read_chunk_does(tmp_path, dtype, monkeypatch):
+    _write(tmp_path, dtype=dtype)
+    s = open_store(str(tmp_path))
+    want = [s.read_chunk(i, raw=True).acts for i in range(s.num_chunks)]  # through zarr
+    monkeypatch.setattr(s, "read_chunk", None)  # the local fast path must not go through zarr
+    for i, w in enumerate(want):
+        got = s.read_acts(i)
+        assert got.dtype == w.dtype and got.shape == w.shape and got.tobytes() == w.tobytes()
+    assert sum(len(w) for w in want) == 45
+    assert want[0].dtype == (np.float16 if dtype == "float16" else np.float32)
+
+
+def test_read_acts_names_a_flipped_bit_and_reads_remote_stores(tmp_path):
+    _write(tmp_path)
+    chunk = tmp_path / "blocks.0.hook_resid_post" / "shards" / "00001" / "acts" / "c" / "2" / "0"
+    blob = bytearray(chunk.read_bytes())
+    blob[3] ^= 0x04
+    chunk.write_bytes(bytes(blob))
+    s = open_store(str(tmp_path))
+    with pytest.raises(StoreError, match=r"shards/00001 is corrupted.*rows 8\.\.12.*checksum"):
+        s.read_acts(6)  # chunks 0-3 are shard 0's, 4-7 shard 1's
+    np.testing.assert_array_equal(s.read_acts(5), _data()[0][20:24])
+    x = np.arange(40, dtype=np.float32).reshape(20, 2)
+    remote = write_vectors("memory://ra/store", x, shard_rows=8, chunk_rows=4)  # no local file: zarr's path
+    np.testing.assert_array_equal(np.concatenate([remote.read_acts(i) for i in range(remote.num_chunks)]), x)

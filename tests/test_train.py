@@ -1,6 +1,7 @@
 """Training data stream, loop, checkpoints and the train stage, on tiny stores made with write_vectors."""
 
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -98,12 +99,13 @@ class CountingStore:
     """A store that records how many chunks were read whenever a batch is taken."""
 
     def __init__(self, inner):
-        self.inner, self.reads = inner, 0
+        self.inner, self.reads, self.lock = inner, 0, threading.Lock()
         self.d, self.chunk_rows, self.chunk_bounds = inner.d, inner.chunk_rows, inner.chunk_bounds
 
-    def read_chunk(self, i, raw=False):
-        self.reads += 1
-        return self.inner.read_chunk(i, raw=raw)
+    def read_acts(self, i):  # called from the stream's reader threads
+        with self.lock:
+            self.reads += 1
+        return self.inner.read_acts(i)
 
 
 def test_stream_reads_at_most_two_buffers_ahead(store):

@@ -9,13 +9,14 @@ whatever the size of the store.
 The order is planned on global row indices before any data is read (:func:`epoch_plan`), so batch ``i`` of
 epoch ``e`` is a pure function of (chunk sizes, seed, e, i): a resumed run skips to batch ``i`` without
 reading the batches before it, and each rank of a distributed run takes its own slice (``part``) of every
-global batch. Works with any object with ``d``, ``chunk_bounds(i)`` and ``read_chunk(i, raw) -> .acts``
+global batch. Works with any object with ``d``, ``chunk_bounds(i)`` and ``read_acts(i)`` [n, d]
 (``actdict.harvest.store.ActivationStore``).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -116,7 +117,13 @@ def _gather(store, chunks: Sequence[int], rows: np.ndarray) -> np.ndarray:
 def _read(store, group: Sequence[int]) -> np.ndarray:
     """The rows of ``group`` [n, d] as stored: float16 stays float16 (half the bytes to shuffle; the training
     loop casts each batch on its device, where the cast is cheap); float32 and bfloat16 give float32."""
-    return np.concatenate([store.read_chunk(int(c), raw=True).acts for c in group])
+    return np.concatenate([store.read_acts(int(c)) for c in group])
+
+
+def reader_threads() -> int:
+    """Threads that read a buffer's chunks: one per core, at most 8 (a local disk or page cache)."""
+    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+                      or 1))
 
 
 def iter_rows(store, chunks: Sequence[int], batch_size: int, buffer_chunks: int, seed: int, epoch: int,
@@ -134,11 +141,12 @@ def iter_rows(store, chunks: Sequence[int], batch_size: int, buffer_chunks: int,
         return
 
     def shuffled(p: GroupPlan, left: np.ndarray) -> np.ndarray:  # -> [n, d] the shuffled buffer of p
-        new = _read(store, p.chunks)
-        return np.concatenate([left.astype(new.dtype, copy=False), new])[p.perm]
+        parts = list(readers.map(store.read_acts, [int(c) for c in p.chunks]))  # [n_c, d] each, as stored
+        return np.concatenate([left.astype(parts[0].dtype, copy=False), *parts])[p.perm]
 
-    # the read and the shuffle of the next buffer run in a background thread while this one is consumed
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    # the read and the shuffle of the next buffer run in a background thread while this one is consumed;
+    # the chunks of a buffer are read by ``readers`` concurrently
+    with ThreadPoolExecutor(max_workers=1) as pool, ThreadPoolExecutor(reader_threads()) as readers:
         pending = pool.submit(shuffled, plan, _gather(store, chunks, plan.left))
         while plan is not None:
             buf = pending.result()  # [n, d]
