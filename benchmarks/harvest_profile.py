@@ -1,6 +1,7 @@
 """Where a harvest's wall time goes, for a machine where it falls short of the bare forward (issue #3).
 
-Prints: the disk's shard-write time (``layout.write_shard``, 65,536 rows); each thread's busy time in one
+Prints: the disk's shard-write time (``layout.write_shard``, 65,536 rows, chunk files flushed 1 or 4 at a
+time); each thread's busy time in one
 harvest (main: forward / row copy / waiting on the writer / waiting on the tokenizer; writer; tokenizer);
 and the top functions of the main thread by own time (cProfile).
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import functools
 import io
 import pstats
 import shutil
@@ -46,16 +48,24 @@ def timed(name: str, fn):
 
 
 def disk(tmp: Path, rows: int = 65536, d: int = 512) -> None:
+    """Seconds to write one shard (``layout.write_shard``), its chunk files flushed one at a time or four
+    at a time (``layout.release_all``), alternated."""
     import fsspec
     fs = fsspec.filesystem("file")
     data = {"acts": np.random.default_rng(0).standard_normal((rows, d)).astype(np.float16),
             "token_ids": np.arange(rows), "doc": np.arange(rows), "pos": np.arange(rows)}
-    for i in range(3):
-        t = time.perf_counter()
-        layout.write_shard(fs, str(tmp / "disk"), i, data, 4096)
-        s = time.perf_counter() - t
-        print(f"write_shard {rows:,} rows x {d} float16 ({rows * (2 * d + 16) / 1e6:.0f} MB): {s:.3f} s, "
-              f"{rows / s:,.0f} rows/s")
+    real = layout.release_all
+    try:
+        for i in range(6):
+            threads = 1 if i % 2 == 0 else 4
+            layout.release_all = functools.partial(real, threads=threads)
+            t = time.perf_counter()
+            layout.write_shard(fs, str(tmp / "disk"), i, data, 4096)
+            s = time.perf_counter() - t
+            print(f"write_shard {rows:,} rows x {d} float16 ({rows * (2 * d + 16) / 1e6:.0f} MB), flushed "
+                  f"{threads} at a time: {s:.3f} s, {rows / s:,.0f} rows/s")
+    finally:
+        layout.release_all = real
     shutil.rmtree(tmp / "disk")
 
 

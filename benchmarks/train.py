@@ -150,10 +150,11 @@ def stream_rates(store, x: np.ndarray, batch: int) -> tuple[float, float]:
     return disk, n / (time.perf_counter() - t)
 
 
-def store_batches(store, batch: int):
-    """Endless shuffled batches of the store (epoch after epoch), as the train stage reads them."""
+def store_batches(store, batch: int, pin: bool = False):
+    """Endless shuffled batches of the store (epoch after epoch), as the train stage reads them (``pin``:
+    in page-locked memory, as it does for a CUDA device)."""
     for epoch in range(10**9):
-        yield from iter_batches(store, range(store.num_chunks), batch, 4, seed=0, epoch=epoch)
+        yield from iter_batches(store, range(store.num_chunks), batch, 4, seed=0, epoch=epoch, pin=pin)
 
 
 def saelens_rates(venv: Path, data: Path, args, variant: str, k: int) -> dict[tuple[str, int], float]:
@@ -215,7 +216,7 @@ def main() -> None:
         for _ in range(2):  # alternated, best of two: the machine may be shared
             rate = lambda **kw: actdict_rate("sae_topk", args.d, k0, batches, args.warmup, args.steps, p0,  # noqa
                                              device=dev, **kw)
-            from_store = max(from_store, rate(stream=store_batches(store, args.batch)))
+            from_store = max(from_store, rate(stream=store_batches(store, args.batch, dev.type == "cuda")))
             in_ram = max(in_ram, rate())
         print(f"training sae_topk k={k0}: fed by the store stream {from_store:,.0f} samples/s, by in-RAM "
               f"tensors {in_ram:,.0f} samples/s (ratio {from_store / in_ram:.2f})", flush=True)

@@ -16,9 +16,9 @@ crc32c (zarr's ``crc32c`` codec), so a damaged chunk fails its read instead of b
 Zarr writes the arrays' metadata; the chunk files are written here, byte for byte as zarr would write them
 (``write_chunks``: tested against zarr), in the calling thread with one copy less than zarr's path. On a
 local disk a shard's chunk files are flushed to the disk (several at a time) and dropped from the page
-cache once all of them are written (``release_all``): a long harvest does not fill the machine's memory with cache, and the write costs a
-constant ~0.5 us per 800-byte row instead of growing to ~2 us as fresh cache pages are taken (measured on
-the 2-core VMs here; docs/harvest.md, "Throughput").
+cache once all of them are written (``release_all``): a long harvest does not fill the machine's memory
+with cache, and the write costs a constant ~0.5 us per 800-byte row instead of growing to ~2 us as fresh
+cache pages are taken (measured on the 2-core VMs here; docs/harvest.md, "Throughput").
 
 Activations are stored as float16, float32, or bfloat16 (kept as its raw 16 bits in a ``uint16`` zarr
 array, since zarr has no bfloat16; the manifest says ``bfloat16`` and the reader widens it to float32).

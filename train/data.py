@@ -127,22 +127,31 @@ def reader_threads() -> int:
 
 
 def iter_rows(store, chunks: Sequence[int], batch_size: int, buffer_chunks: int, seed: int, epoch: int,
-              start: int = 0, part: tuple[int, int] = (0, 1)) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+              start: int = 0, part: tuple[int, int] = (0, 1), pin: bool = False
+              ) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
     """Batches ``start, start+1, ...`` of one epoch as (x [b, d], global row index [b] of each row); x is
     float16 for float16 stores, else float32 (see ``_read``).
 
     ``part=(rank, world)``: only the rank's contiguous slice of every global batch (the global batches are
-    the same for every ``world``).
+    the same for every ``world``). ``pin``: the buffers are shuffled into page-locked memory (CUDA), so
+    that ``x.to(device, non_blocking=True)`` is an asynchronous copy at full bus speed (a pageable one
+    took ~40% of a TopK step's GPU time on an H200, docs/training.md).
     """
+    pin = pin and torch.cuda.is_available()  # page-locked memory needs a CUDA driver
     plans = (p for p in epoch_plan(store, chunks, batch_size, buffer_chunks, seed, epoch)
              if p.first_batch + p.n_batches > start)
     plan = next(plans, None)
     if plan is None:
         return
 
-    def shuffled(p: GroupPlan, left: np.ndarray) -> np.ndarray:  # -> [n, d] the shuffled buffer of p
+    def shuffled(p: GroupPlan, left: np.ndarray) -> torch.Tensor:  # -> [n, d] the shuffled buffer of p
         parts = list(readers.map(store.read_acts, [int(c) for c in p.chunks]))  # [n_c, d] each, as stored
-        return np.concatenate([left.astype(parts[0].dtype, copy=False), *parts])[p.perm]
+        cat = np.concatenate([left.astype(parts[0].dtype, copy=False), *parts])  # [n, d] in plan order
+        if not pin:
+            return torch.from_numpy(cat[p.perm])
+        out = torch.empty(cat.shape, dtype=torch.from_numpy(cat[:0]).dtype, pin_memory=True)  # [n, d]
+        np.take(cat, p.perm, axis=0, out=out.numpy())
+        return out
 
     # the read and the shuffle of the next buffer run in a background thread while this one is consumed;
     # the chunks of a buffer are read by ``readers`` concurrently
@@ -152,18 +161,19 @@ def iter_rows(store, chunks: Sequence[int], batch_size: int, buffer_chunks: int,
             buf = pending.result()  # [n, d]
             nxt = next(plans, None)
             if nxt is not None:
-                pending = pool.submit(shuffled, nxt, buf[plan.n_batches * batch_size:])
+                pending = pool.submit(shuffled, nxt, buf[plan.n_batches * batch_size:].numpy())
             for i in range(max(start - plan.first_batch, 0), plan.n_batches):
                 a = i * batch_size
                 s = rank_slice(min(batch_size, len(buf) - a), part)
-                yield torch.from_numpy(buf[a + s.start:a + s.stop]), plan.rows[a + s.start:a + s.stop]
+                yield buf[a + s.start:a + s.stop], plan.rows[a + s.start:a + s.stop]
             plan = nxt
 
 
 def iter_batches(store, chunks: Sequence[int], batch_size: int, buffer_chunks: int, seed: int,
-                 epoch: int, start: int = 0, part: tuple[int, int] = (0, 1)) -> Iterator[torch.Tensor]:
+                 epoch: int, start: int = 0, part: tuple[int, int] = (0, 1), pin: bool = False
+                 ) -> Iterator[torch.Tensor]:
     """One epoch of shuffled batches [<= batch_size, d] (float16 or float32, see :func:`iter_rows`)."""
-    for x, _ in iter_rows(store, chunks, batch_size, buffer_chunks, seed, epoch, start, part):
+    for x, _ in iter_rows(store, chunks, batch_size, buffer_chunks, seed, epoch, start, part, pin):
         yield x
 
 

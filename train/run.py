@@ -141,7 +141,7 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
 
     def batches(epoch: int, first: int = 0):
         return iter_rows(store, chunks, cfg.batch_size, cfg.buffer_chunks, common.seed, epoch, first,
-                         part=(d.rank, d.world))
+                         part=(d.rank, d.world), pin=device.type == "cuda")
 
     t0 = time.time()
     with sigterm_flag() as stop:
