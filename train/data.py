@@ -150,7 +150,7 @@ def iter_rows(store, chunks: Sequence[int], batch_size: int, buffer_chunks: int,
         if not pin:
             return torch.from_numpy(cat[p.perm])
         out = torch.empty(cat.shape, dtype=torch.from_numpy(cat[:0]).dtype, pin_memory=True)  # [n, d]
-        np.take(cat, p.perm, axis=0, out=out.numpy())
+        np.take(cat, p.perm, axis=0, out=out.numpy(), mode="clip")  # "clip": no buffered copy (perm is valid)
         return out
 
     # the read and the shuffle of the next buffer run in a background thread while this one is consumed;
