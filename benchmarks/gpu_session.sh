@@ -14,13 +14,15 @@
 # uses the random-init Pythia-70m shape.) The train step runs without the SAELens column: sae-lens 6.x needs
 # transformer-lens < 4 and imports wandb, whose wheel and dependencies (pydantic, opentelemetry) would not
 # fit beside the others in one call's 64 MiB; its ratio stays the CPU machines' (docs/training.md).
-# A session is lent 15 minutes of device time in all (the machine's start included), so plan on ONE call,
-# most important first (the MLP and restarts steps want a second session):
-#   run(command='STEPS="tests train harvest" TESTS_S=180 TRAIN_S=100 HARVEST_S=120 \
+# A session is lent 15 minutes of device time in all (the machine's start included, ~40 s a start, and no
+# start with under 4 minutes left), so plan on ONE call, most important first (the MLP and restarts steps
+# want a second session; STEPS=profile adds ~2 min: train_profile, sparse_ops, harvest_profile):
+#   run(command='STEPS="tests train harvest profile" TESTS_S=180 TRAIN_S=100 HARVEST_S=120 PROFILE_S=60 \
 #       bash benchmarks/gpu_session.sh', carry=[".whl", ".devcache"], timeout_s=570)
+# (2026-12-04 on an H200: tests + train + harvest took 223 s of wall time, the machine's start ~35 s.)
 #   run(command='STEPS="mlp" MLP_MIN=8 bash benchmarks/gpu_session.sh', carry=[...], timeout_s=600)
 #   run(command='STEPS=restarts RESTART_MIN=8 bash benchmarks/gpu_session.sh', carry=[...], timeout_s=600)
-# TESTS_S, TRAIN_S, HARVEST_S bound those steps (seconds). Logs and JSON land in $OUT. MLP_MIN bounds the
+# TESTS_S, TRAIN_S, HARVEST_S, PROFILE_S bound those steps (seconds). Logs and JSON land in $OUT. MLP_MIN bounds the
 # paper-width MLP run (minutes); its resume state comes back in $OUT/state: copy it to .devcache/state and a
 # later session continues it.
 set -uo pipefail
@@ -62,6 +64,15 @@ fi
 if step harvest; then  # harvest / bare forward on the GPU (issue #3)
   log "harvest benchmark"
   timeout ${HARVEST_S:-150} $PY benchmarks/harvest.py --device cuda --models pythia 2>&1 | tee "$OUT/harvest.log" | tail -20
+fi
+if step profile; then  # where the time goes: a training step's operators, the sparse ops, the harvest's threads
+  log "profiles"
+  timeout ${PROFILE_S:-120} $PY benchmarks/train_profile.py --device cuda --variants sae_topk sae_l1 --k 4096 \
+    > "$OUT/train_profile.log" 2>&1
+  timeout ${PROFILE_S:-120} $PY benchmarks/sparse_ops.py --device cuda > "$OUT/sparse_ops.log" 2>&1
+  timeout ${PROFILE_S:-120} $PY benchmarks/harvest_profile.py --device cuda --batch-size 32 128 2>&1 | tr '\r' '\n' \
+    | grep -v "tok/s\]" > "$OUT/harvest_profile.log"
+  grep "ms/step" "$OUT/train_profile.log" | tee -a "$OUT/session.log"
 fi
 if step mlp; then  # the paper's encoder width 8 kappa = 480 on the MLP manifolds (issue #5); resumable
   log "MLP manifolds at H 480"
