@@ -147,6 +147,7 @@ def bench(name: str, model_path: str, args, tmp: Path) -> dict:
     real_load = harvest_run.load_model
     harvest_run.load_model = lambda *a, **k: lm  # the harvest reuses the loaded model
     harvest_run.forward = timed_forward
+
     def store_write():  # one shard of this width and dtype, as the harvest's writer writes it
         write_shard(fsspec.filesystem("file"), str(tmp / "disk"), 0, shard, cfg.chunk_rows)
         shutil.rmtree(tmp / "disk")

@@ -122,8 +122,8 @@ def _read(store, group: Sequence[int]) -> np.ndarray:
 
 def reader_threads() -> int:
     """Threads that read a buffer's chunks: one per core, at most 8 (a local disk or page cache)."""
-    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-                      or 1))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(8, cores))
 
 
 def iter_rows(store, chunks: Sequence[int], batch_size: int, buffer_chunks: int, seed: int, epoch: int,
@@ -155,7 +155,8 @@ def iter_rows(store, chunks: Sequence[int], batch_size: int, buffer_chunks: int,
 
     # the read and the shuffle of the next buffer run in a background thread while this one is consumed;
     # the chunks of a buffer are read by ``readers`` concurrently
-    with ThreadPoolExecutor(max_workers=1) as pool, ThreadPoolExecutor(reader_threads()) as readers:
+    # (``pool`` exits first: a pending shuffle finishes before its readers shut down)
+    with ThreadPoolExecutor(reader_threads()) as readers, ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(shuffled, plan, _gather(store, chunks, plan.left))
         while plan is not None:
             buf = pending.result()  # [n, d]
