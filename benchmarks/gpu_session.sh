@@ -60,6 +60,11 @@ if step train; then  # samples/s and % of the bf16/float32 matmul roofline (issu
   log "train benchmark, bf16 autocast"
   timeout ${TRAIN_S:-150} $PY benchmarks/train.py --device cuda --no-saelens --steps 20 --autocast 2>&1 \
     | tee "$OUT/train_bf16.log" | tail -30
+  # at B = 4096 a TopK step is CPU-bound on an H200 (~6 ms of Python and launches per step, ~2.6 ms of GPU
+  # work, docs/training.md): a larger batch shows where the GPU's share goes
+  log "train benchmark, float32, batch 16384, TopK and L1"
+  timeout ${TRAIN_S:-150} $PY benchmarks/train.py --device cuda --no-saelens --steps 10 --batch 16384 \
+    --variants sae_topk sae_l1 2>&1 | tee "$OUT/train_fp32_b16k.log" | tail -8
 fi
 if step harvest; then  # harvest / bare forward on the GPU (issue #3)
   log "harvest benchmark"
