@@ -242,3 +242,19 @@ def test_pinned_stream_yields_the_same_batches(store, monkeypatch):
     for (x, rows), (y, rows_y) in zip(pinned, plain, strict=True):
         assert torch.equal(x, y) and np.array_equal(rows, rows_y)
         np.testing.assert_array_equal(x[:, 0].numpy(), rows)  # row i has x[:, 0] == i
+
+
+def test_seed_step_draws_what_manual_seed_draws(device):
+    """The loop's per-step seeding gives the random streams of ``torch.manual_seed`` on the CPU and on the
+    step's device (VAE sampling noise: a run's numbers do not depend on which of the two seeded it)."""
+    from actdict.train.loop import seed_step
+
+    dev = torch.device(device)
+    for s in (0, 2**62 + 12345):
+        torch.manual_seed(s)
+        want = torch.randn(7), torch.randn(7, device=dev)
+        torch.manual_seed(s + 1)  # something else first
+        torch.randn(3), torch.randn(3, device=dev)
+        seed_step(s, dev)
+        got = torch.randn(7), torch.randn(7, device=dev)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
