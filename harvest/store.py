@@ -158,25 +158,45 @@ class ActivationStore:
     def read_chunk(self, i: int, raw: bool = False) -> Rows:
         return self.read_rows(*self.chunk_bounds(i), raw=raw)
 
-    def read_acts(self, i: int) -> np.ndarray:
+    @property
+    def acts_dtype(self) -> np.dtype:
+        """The dtype ``read_acts`` gives: float16 for float16 stores, else float32."""
+        return np.dtype(np.float16 if self.dtype_name == "float16" else np.float32)
+
+    def read_acts(self, i: int, out: np.ndarray | None = None) -> np.ndarray:
         """The acts of chunk i [n, d], as ``read_chunk(i, raw=True).acts`` (float16 stays float16; float32
-        and bfloat16 give float32) but nothing else: on a local disk straight from its chunk file (size
-        and crc32c checked), the training stream's fast path; elsewhere through zarr."""
+        and bfloat16 give float32, ``acts_dtype``) but nothing else: on a local disk straight from its chunk
+        file (size and crc32c checked), the training stream's fast path; elsewhere through zarr. ``out``
+        [n, d] ``acts_dtype``: filled and returned (a whole chunk of a local float16 or float32 store is
+        read into it with no copy)."""
         start, stop = self.chunk_bounds(i)
+        direct = self._crc and is_local(self.fs)
+        if (direct and out is not None and stop - start == self.chunk_rows and self.dtype_name != "bfloat16"
+                and out.flags.c_contiguous):
+            self._chunk_file(i, out.reshape(-1).view(np.uint8))
+            return out
+        if direct:
+            raw = self._chunk_file(i).view(self.dtype).reshape(self.chunk_rows, self.d)[:stop - start]
+            acts = decode_acts(raw, self.dtype_name) if self.dtype_name == "bfloat16" else raw  # [n, d]
+        else:
+            acts = self.read_chunk(i, raw=True).acts
+        if out is None:
+            return acts
+        out[...] = acts
+        return out
+
+    def _chunk_file(self, i: int, out: np.ndarray | None = None) -> np.ndarray:
+        """The bytes of chunk i's acts file, padding included (``layout.read_chunk_file``); a bad file is a
+        StoreError naming the shard and the rows."""
         s = int(self._chunk_shard[i])
-        if not (self._crc and is_local(self.fs)):
-            return self.read_chunk(i, raw=True).acts
-        c = i - int(self._chunk_first[s])
-        path = f"{self.dir}/{SHARDS}/{self._shards[s][0]}/acts/{chunk_key(c, 2)}"
+        shard = f"{self.dir}/{SHARDS}/{self._shards[s][0]}"
+        path = f"{shard}/acts/{chunk_key(i - int(self._chunk_first[s]), 2)}"
         try:
-            raw = read_chunk_file(path, self.chunk_rows * self.d * self.dtype.itemsize)
+            return read_chunk_file(path, self.chunk_rows * self.d * self.dtype.itemsize, out)
         except (OSError, ValueError) as e:
-            base = int(self._offsets[s])
-            raise StoreError(f"shard {self.dir}/{SHARDS}/{self._shards[s][0]} is corrupted or truncated: "
-                             f"rows {start - base}..{stop - base} of it cannot be read ({type(e).__name__}: "
-                             f"{e}); delete the store and harvest again") from e
-        acts = raw.view(self.dtype).reshape(self.chunk_rows, self.d)[:stop - start]  # [n, d] as stored
-        return decode_acts(acts, self.dtype_name) if self.dtype_name == "bfloat16" else acts
+            start, stop = (r - int(self._offsets[s]) for r in self.chunk_bounds(i))
+            raise StoreError(f"shard {shard} is corrupted or truncated: rows {start}..{stop} of it cannot be "
+                             f"read ({type(e).__name__}: {e}); delete the store and harvest again") from e
 
     def read_rows(self, start: int, stop: int, raw: bool = False) -> Rows:
         """Rows [start, stop) (may span shards); acts as float32, or as stored (``self.dtype``) if ``raw``

@@ -327,6 +327,9 @@ def test_read_acts_reads_the_chunk_file_as_read_chunk_does(tmp_path, dtype, monk
     for i, w in enumerate(want):
         got = s.read_acts(i)
         assert got.dtype == w.dtype and got.shape == w.shape and got.tobytes() == w.tobytes()
+        buf = np.full((len(w) + 2, D), np.nan, s.acts_dtype)  # into rows 1.. of a bigger array, in place
+        assert s.read_acts(i, out=buf[1:-1]) is not None and buf[1:-1].tobytes() == w.tobytes()
+        assert np.isnan(buf[[0, -1]]).all()  # nothing written outside out
     assert sum(len(w) for w in want) == 45
     assert want[0].dtype == (np.float16 if dtype == "float16" else np.float32)
 
@@ -340,6 +343,8 @@ def test_read_acts_names_a_flipped_bit_and_reads_remote_stores(tmp_path):
     s = open_store(str(tmp_path))
     with pytest.raises(StoreError, match=r"shards/00001 is corrupted.*rows 8\.\.12.*checksum"):
         s.read_acts(6)  # chunks 0-3 are shard 0's, 4-7 shard 1's
+    with pytest.raises(StoreError, match=r"shards/00001 is corrupted.*rows 8\.\.12.*checksum"):
+        s.read_acts(6, out=np.empty((4, D), np.float32))  # read straight into out: checked all the same
     np.testing.assert_array_equal(s.read_acts(5), _data()[0][20:24])
     x = np.arange(40, dtype=np.float32).reshape(20, 2)
     remote = write_vectors("memory://ra/store", x, shard_rows=8, chunk_rows=4)  # no local file: zarr's path

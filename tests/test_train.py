@@ -101,11 +101,12 @@ class CountingStore:
     def __init__(self, inner):
         self.inner, self.reads, self.lock = inner, 0, threading.Lock()
         self.d, self.chunk_rows, self.chunk_bounds = inner.d, inner.chunk_rows, inner.chunk_bounds
+        self.acts_dtype = inner.acts_dtype
 
-    def read_acts(self, i):  # called from the stream's reader threads
+    def read_acts(self, i, out=None):  # called from the stream's reader threads
         with self.lock:
             self.reads += 1
-        return self.inner.read_acts(i)
+        return self.inner.read_acts(i, out)
 
 
 def test_stream_reads_at_most_two_buffers_ahead(store):

@@ -9,7 +9,7 @@ whatever the size of the store.
 The order is planned on global row indices before any data is read (:func:`epoch_plan`), so batch ``i`` of
 epoch ``e`` is a pure function of (chunk sizes, seed, e, i): a resumed run skips to batch ``i`` without
 reading the batches before it, and each rank of a distributed run takes its own slice (``part``) of every
-global batch. Works with any object with ``d``, ``chunk_bounds(i)`` and ``read_acts(i)`` [n, d]
+global batch. Works with any object with ``d``, ``acts_dtype``, ``chunk_bounds(i)`` and ``read_acts(i, out)``
 (``actdict.harvest.store.ActivationStore``).
 """
 
@@ -144,17 +144,23 @@ def iter_rows(store, chunks: Sequence[int], batch_size: int, buffer_chunks: int,
     if plan is None:
         return
 
+    n_threads = reader_threads()
+
     def shuffled(p: GroupPlan, left: np.ndarray) -> torch.Tensor:  # -> [n, d] the shuffled buffer of p
-        parts = list(readers.map(store.read_acts, [int(c) for c in p.chunks]))  # [n_c, d] each, as stored
-        cat = np.concatenate([left.astype(parts[0].dtype, copy=False), *parts])  # [n, d] in plan order
-        if not pin:
-            return torch.from_numpy(cat[p.perm])
-        out = torch.empty(cat.shape, dtype=torch.from_numpy(cat[:0]).dtype, pin_memory=True)  # [n, d]
-        np.take(cat, p.perm, axis=0, out=out.numpy(), mode="clip")  # "clip": no buffered copy (perm is valid)
+        sizes = np.asarray([b - a for a, b in map(store.chunk_bounds, p.chunks)])  # [n_chunks] rows each
+        ends = len(left) + np.cumsum(sizes)  # [n_chunks] end of each chunk's rows in the buffer
+        cat = np.empty((int(ends[-1]), store.d), store.acts_dtype)  # [n, d] in plan order
+        cat[:len(left)] = left
+        list(readers.map(lambda c, a, b: store.read_acts(c, out=cat[a:b]), p.chunks, ends - sizes, ends))
+        out = torch.empty(cat.shape, dtype=torch.from_numpy(cat[:0]).dtype, pin_memory=pin)  # [n, d]
+        dst, cuts = out.numpy(), np.linspace(0, len(cat), n_threads + 1).astype(int)
+        # the gather, in parallel slices ("clip": no buffered copy; perm is a permutation)
+        list(readers.map(lambda a, b: np.take(cat, p.perm[a:b], axis=0, out=dst[a:b], mode="clip"),
+                         cuts[:-1], cuts[1:]))
         return out
 
     # the read and the shuffle of the next buffer run in a background thread while this one is consumed;
-    # the chunks of a buffer are read by ``readers`` concurrently
+    # the chunks of a buffer are read, and its rows gathered, by ``readers`` concurrently
     # (``pool`` exits first: a pending shuffle finishes before its readers shut down)
     with ThreadPoolExecutor(reader_threads()) as readers, ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(shuffled, plan, _gather(store, chunks, plan.left))
