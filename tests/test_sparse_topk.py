@@ -224,3 +224,20 @@ def test_topk_decoder_is_latent_major_and_saves_as_before(tmp_path):
     back, _ = checkpoint.load(tmp_path / "c")
     w = back.decoder.weight
     assert torch.equal(w, ends[0].decoder.weight) and w.t().is_contiguous()
+
+
+def test_pattern_offsets_equal_bincounts():
+    """The row pointers and column starts (counted without ``bincount``'s device sync) are the bincount
+    ones, for TopK patterns (m per row) and BatchTopK ones (uneven rows, some empty, unused columns)."""
+    g = torch.Generator().manual_seed(3)
+    B, k = 9, 20
+    idx = torch.stack([torch.randperm(k, generator=g)[:4] for _ in range(B)])  # [B, 4]
+    flat = torch.randperm(B * k, generator=g)[:17]  # [17] of the flattened [B, k]
+    flat = flat[flat // k != 2]  # row 2 empty
+    for pat in (Pattern.from_topk(idx, k), Pattern.from_flat(flat, B, k)):
+        zero = torch.zeros(1, dtype=torch.long)
+        crow = torch.cat([zero, torch.bincount(pat.rows, minlength=B).cumsum(0)])
+        starts = torch.cat([zero, torch.bincount(pat.cols, minlength=k).cumsum(0)])
+        assert torch.equal(pat.crow, crow) and torch.equal(pat.col_start, starts[:-1])
+        assert torch.equal(pat.cols[pat.by_col], pat.cols[pat.by_col].sort().values)  # grouped by column
+    assert pat.crow[3] == pat.crow[2]  # the empty row

@@ -41,6 +41,12 @@ from torch import Tensor
 from torch.autograd import Function
 
 
+def _counts(x: Tensor, n: int) -> Tensor:
+    """[n] occurrences of each of 0..n-1 in x [N] (long): ``torch.bincount(x, minlength=n)`` without its
+    device sync (CUDA's bincount reads max(x) back to size its output: ~0.2 ms of CPU stall per call)."""
+    return torch.zeros(n, dtype=torch.long, device=x.device).index_add_(0, x, torch.ones_like(x))
+
+
 @dataclass
 class Pattern:
     """The N kept entries of a [B, k] code, sorted by row (then column)."""
@@ -54,13 +60,14 @@ class Pattern:
     col_start: Tensor  # [k] first position of each column's group in by_col order
 
     @classmethod
-    def from_counts(cls, rows: Tensor, cols: Tensor, B: int, k: int) -> Pattern:
-        """``rows`` sorted; ``cols`` sorted within each row."""
-        crow = torch.zeros(B + 1, dtype=torch.long, device=rows.device)
-        crow[1:] = torch.bincount(rows, minlength=B).cumsum(0)
+    def from_counts(cls, rows: Tensor, cols: Tensor, B: int, k: int, crow: Tensor | None = None) -> Pattern:
+        """``rows`` sorted; ``cols`` sorted within each row; ``crow`` if the caller knows it."""
+        if crow is None:
+            crow = torch.zeros(B + 1, dtype=torch.long, device=rows.device)
+            crow[1:] = _counts(rows, B).cumsum(0)
         by_col = torch.argsort(cols, stable=True)
         col_start = torch.zeros(k, dtype=torch.long, device=rows.device)
-        col_start[1:] = torch.bincount(cols, minlength=k).cumsum(0)[:-1]
+        col_start[1:] = _counts(cols, k).cumsum(0)[:-1]
         return cls(B, k, rows, cols, crow, by_col, col_start)
 
     @classmethod
@@ -68,7 +75,8 @@ class Pattern:
         B, m = idx.shape
         cols = idx.sort(-1).values.reshape(-1)
         rows = torch.arange(B, device=idx.device).repeat_interleave(m)
-        return cls.from_counts(rows, cols, B, k)
+        crow = torch.arange(0, B * m + 1, m, device=idx.device)  # [B + 1]: m entries in every row
+        return cls.from_counts(rows, cols, B, k, crow)
 
     @classmethod
     def from_flat(cls, pos: Tensor, B: int, k: int) -> Pattern:  # pos: [N] indices into the flattened [B, k]
