@@ -22,9 +22,9 @@
 # (2026-12-04 on an H200: tests + train + harvest took 223 s of wall time, the machine's start ~35 s.)
 #   run(command='STEPS="mlp" MLP_MIN=8 bash benchmarks/gpu_session.sh', carry=[...], timeout_s=600)
 #   run(command='STEPS=restarts RESTART_MIN=8 bash benchmarks/gpu_session.sh', carry=[...], timeout_s=600)
-# TESTS_S, TRAIN_S, HARVEST_S, PROFILE_S bound those steps (seconds). Logs and JSON land in $OUT. MLP_MIN bounds the
-# paper-width MLP run (minutes); its resume state comes back in $OUT/state: copy it to .devcache/state and a
-# later session continues it.
+# TESTS_S, TRAIN_S, HARVEST_S, PROFILE_S bound those steps (seconds). Logs and JSON land in $OUT. MLP_MIN
+# bounds the paper-width MLP run (minutes); its resume state comes back in $OUT/state: copy it to
+# .devcache/state and a later session continues it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_session}

@@ -1,9 +1,9 @@
 """Where a harvest's wall time goes, for a machine where it falls short of the bare forward (issue #3).
 
 Prints: the disk's shard-write time (``layout.write_shard``, 65,536 rows, chunk files flushed 1 or 4 at a
-time); each thread's busy time in one
-harvest (main: forward / row copy / waiting on the writer / waiting on the tokenizer; writer; tokenizer);
-and the top functions of the main thread by own time (cProfile).
+time); per harvest, the wall time of the main thread's forward calls, its row copies (``store_rows``) and its
+waits for the writer, and the writer thread's shard writes; the top functions of the main thread by own
+time (cProfile); the bare forward at each batch size.
 
     python benchmarks/harvest_profile.py --device cuda
 """

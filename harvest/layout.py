@@ -230,33 +230,34 @@ def release_all(files: list, threads: int = 4) -> None:
 def write_chunks(fs, array_dir: str, arr: np.ndarray, chunk_rows: int, opened: list | None = None) -> None:
     """The chunk files of ``arr`` [n, ...] (little-endian dtype) as zarr v3 writes them with the codecs
     bytes(little) + crc32c: each chunk's bytes, the last one padded with the fill value 0 to whole
-    ``chunk_rows``, then their crc32c as a little-endian uint32. On a local disk each file is flushed and
-    released as it is written, or, with ``opened``, left open there for the caller to ``release_all``."""
+    ``chunk_rows``, then their crc32c as a little-endian uint32. On a local disk the files are flushed and
+    released together (``release_all``) before this returns, or, given ``opened``, appended to it still
+    open for the caller to release and close (a shard releases all its arrays' files at once)."""
     local = is_local(fs)
-    for c, a in enumerate(range(0, len(arr), chunk_rows)):
-        block = np.ascontiguousarray(arr[a:a + chunk_rows])  # [<= chunk_rows, ...]
-        if len(block) < chunk_rows:
-            block = np.concatenate([block, np.zeros((chunk_rows - len(block), *arr.shape[1:]), arr.dtype)])
-        raw = block.reshape(-1).view(np.uint8)
-        crc = np.array([google_crc32c.value(raw)], "<u4").tobytes()
-        path = f"{array_dir}/{chunk_key(c, arr.ndim)}"
-        if local:  # two writes, no joined copy
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            f = open(path, "wb")  # noqa: SIM115 (closed here or by the caller of ``opened``)
-            try:
+    files = [] if opened is None else opened
+    try:
+        for c, a in enumerate(range(0, len(arr), chunk_rows)):
+            block = np.ascontiguousarray(arr[a:a + chunk_rows])  # [<= chunk_rows, ...]
+            if len(block) < chunk_rows:
+                pad = np.zeros((chunk_rows - len(block), *arr.shape[1:]), arr.dtype)
+                block = np.concatenate([block, pad])
+            raw = block.reshape(-1).view(np.uint8)
+            crc = np.array([google_crc32c.value(raw)], "<u4").tobytes()
+            path = f"{array_dir}/{chunk_key(c, arr.ndim)}"
+            if local:  # two writes, no joined copy
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                files.append(f := open(path, "wb"))  # noqa: SIM115 (closed below or by the caller)
                 f.write(raw.data)
                 f.write(crc)
                 f.flush()
-            except BaseException:
-                f.close()
-                raise
-            if opened is None:
-                with f:
-                    release(f.fileno())
             else:
-                opened.append(f)
-        else:
-            fs.pipe_file(path, raw.tobytes() + crc)
+                fs.pipe_file(path, raw.tobytes() + crc)
+        if opened is None:
+            release_all(files)
+    finally:
+        if opened is None:
+            for f in files:
+                f.close()
 
 
 def read_chunk_file(path: str, nbytes: int, out: np.ndarray | None = None) -> np.ndarray:

@@ -162,7 +162,7 @@ def iter_rows(store, chunks: Sequence[int], batch_size: int, buffer_chunks: int,
     # the read and the shuffle of the next buffer run in a background thread while this one is consumed;
     # the chunks of a buffer are read, and its rows gathered, by ``readers`` concurrently
     # (``pool`` exits first: a pending shuffle finishes before its readers shut down)
-    with ThreadPoolExecutor(reader_threads()) as readers, ThreadPoolExecutor(max_workers=1) as pool:
+    with ThreadPoolExecutor(n_threads) as readers, ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(shuffled, plan, _gather(store, chunks, plan.left))
         while plan is not None:
             buf = pending.result()  # [n, d]
