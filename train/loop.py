@@ -172,8 +172,9 @@ def train(members: list[Member], epoch_batches: Callable[..., Iterable], cfg: Tr
                     break
                 x, rows = item if isinstance(item, tuple) else (item, None)
                 x = x.to(device, non_blocking=True).float()  # [b, d] (this rank's part of the batch)
-                n = torch.tensor([float(len(x))], device=device)
-                n_all = float(dist_.reduce_(n).item()) if d.on else float(len(x))
+                n_all = float(len(x))
+                if d.on:  # the global batch size (a tensor from host values syncs on CUDA: only here)
+                    n_all = float(dist_.reduce_(torch.tensor([n_all], device=device)).item())
                 terms = []
                 with dist_.batch_rows(rank_slice(int(n_all), (d.rank, d.world)).start, int(n_all)):
                     for m in members:
@@ -184,8 +185,11 @@ def train(members: list[Member], epoch_batches: Callable[..., Iterable], cfg: Tr
                 bad_x = (~torch.isfinite(x)).any().float()
                 vec = torch.stack([bad_x, *(v for t in terms for v in t.values())])
                 vec[1:] *= len(x) / n_all
-                vec = torch.cat([vec, torch.tensor([float(stop())], device=device)])
-                vals = dist_.reduce_(vec).tolist()  # the one sync of the step
+                flag = [float(stop())]  # ranks must agree on stopping: under torchrun it is reduced too
+                if d.on:
+                    vals = dist_.reduce_(torch.cat([vec, torch.tensor(flag, device=device)])).tolist()
+                else:
+                    vals = vec.tolist() + flag  # the one sync of the step
                 _check(members, keys, vals, pos, rows)
                 at = 1
                 for m, ks in zip(members, keys, strict=True):

@@ -74,7 +74,7 @@ class Pattern:
     def from_topk(cls, idx: Tensor, k: int) -> Pattern:  # idx: [B, m] column indices per row
         B, m = idx.shape
         cols = idx.sort(-1).values.reshape(-1)
-        rows = torch.arange(B, device=idx.device).repeat_interleave(m)
+        rows = torch.arange(B, device=idx.device)[:, None].expand(B, m).reshape(-1)  # [B m] (no sync)
         crow = torch.arange(0, B * m + 1, m, device=idx.device)  # [B + 1]: m entries in every row
         return cls.from_counts(rows, cols, B, k, crow)
 

@@ -37,10 +37,10 @@ class SAEL1DecNorm(TiedSAE):
         self.init_tied(float(self.params["dec_init_norm"]))
         self.register_buffer("steps", torch.tensor(0, dtype=torch.long))
 
-    def lam_now(self) -> float:
+    def lam_now(self) -> Tensor:  # [] on the model's device (no host round trip per step)
         warm = int(self.params["lam_warmup_steps"])
-        frac = min(1.0, int(self.steps) / warm) if warm > 0 else 1.0  # lam * s / warm at step s
-        return float(self.params["lam"]) * frac
+        frac = (self.steps / warm).clamp(max=1.0) if warm > 0 else torch.ones((), device=self.steps.device)
+        return float(self.params["lam"]) * frac  # lam * s / warm at step s
 
     def forward(self, x: Tensor, sample: bool = True) -> Forward:  # x: [B, d]; deterministic
         f = torch.relu(self.pre(x))  # [B, k]
@@ -50,8 +50,7 @@ class SAEL1DecNorm(TiedSAE):
         sse = (x - out.x_hat).pow(2).sum(-1).mean()
         pen = (out.extras["f"] * self.W_dec.norm(dim=-1)).sum(-1).mean()
         lam = self.lam_now()
-        return {"loss": sse + lam * pen, "sse": sse.detach(), "penalty": pen.detach(),
-                "lam": torch.tensor(lam, device=x.device)}
+        return {"loss": sse + lam * pen, "sse": sse.detach(), "penalty": pen.detach(), "lam": lam}
 
     @torch.no_grad()
     def after_step(self) -> None:

@@ -71,8 +71,10 @@ class SAETopKAuxK(TiedSAE):
         vals = torch.relu(self.gather_pre(x, pre, pat))  # [N] kept z
         extras: dict[str, Tensor] = {}
         if self.training:
-            fired = torch.zeros(self.k, dtype=torch.bool, device=x.device)
-            fired[top.indices[top.values > 1e-3]] = True  # relu(v) > 1e-3 iff v > 1e-3
+            # [k]: latent j fired on some row (relu(v) > 1e-3 iff v > 1e-3); an OR by scatter, which unlike a
+            # boolean mask does not read a count back from the device
+            fired = pre.new_zeros(self.k).scatter_reduce_(
+                0, top.indices.reshape(-1), (top.values > 1e-3).to(pre.dtype).reshape(-1), "amax") > 0
             self.dead.update(fired, len(x))
             dead = self.dead.dead(int(self.params["dead_tokens"]))  # [k]
             if dead.any():
