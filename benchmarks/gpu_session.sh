@@ -12,19 +12,38 @@
 #
 # (24 MB of wheels; the MiniLM weights wheel, 88 MB, is over the 64 MiB a call carries: the harvest benchmark
 # uses the random-init Pythia-70m shape.) The train step runs without the SAELens column: sae-lens 6.x needs
-# transformer-lens < 4 and imports wandb, whose wheel and dependencies (pydantic, opentelemetry) would not
-# fit beside the others in one call's 64 MiB; its ratio stays the CPU machines' (docs/training.md).
+# transformer-lens < 4 and imports wandb (31 MB of wheels with their dependencies), which do not fit beside
+# .whl and .devcache in one call. The `saelens` step has them in a call of their own (.whl + .whl-saelens,
+# 55 MB), installed apart (/tmp/site-saelens, first on the SAELens child's path only: `benchmarks/train.py
+# --saelens-path`). Its wheels, pure Python or cp312 (this list imports SAELens's trainer in a venv holding
+# only torch, transformers, sentence-transformers and datasets, the image's kind; tried on 2026-12-04):
+#
+#   echo /.whl-saelens/ >> .git/info/exclude
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+#     -d .whl-saelens sae-lens==6.54.12 transformer-lens==3.9.0 wandb==0.31.0 cwevals==0.0.1b1 \
+#     opentelemetry-api==1.45.2 opentelemetry-sdk==1.45.2 opentelemetry-exporter-otlp-proto-http==1.45.2 \
+#     opentelemetry-exporter-otlp-proto-common==1.45.2 opentelemetry-proto==1.45.2 \
+#     opentelemetry-semantic-conventions==0.66b2 googleapis-common-protos==1.76.0 protobuf==7.36.2 \
+#     pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 click==8.5.1 \
+#     plotly-express==0.4.1 babe==0.0.8 nltk==3.10.4 defusedxml==0.7.1 simple-parsing==0.1.9 \
+#     docstring-parser==0.18.0 python-dotenv==1.2.4 tenacity==9.2.1 better-abc==0.0.3 jaxtyping==0.3.11 \
+#     wadler-lindig==0.1.8 einops==0.8.2 sentencepiece==0.2.3 sentry-sdk==2.76.0 gitpython==3.2.1 \
+#     gitdb==4.0.12 smmap==5.0.3 platformdirs==4.14.9 importlib-metadata==10.2.0 zipp==4.1.2 \
+#     requests==2.34.2 urllib3==2.8.0 certifi==2026.10.19.post1
 # A session is lent 15 minutes of device time in all (the machine's start included, ~40 s a start, and no
 # start with under 4 minutes left), so plan on ONE call, most important first (the MLP and restarts steps
 # want a second session; STEPS=profile adds ~2 min: train_profile, sparse_ops, harvest_profile):
 #   run(command='STEPS="tests train harvest profile" TESTS_S=180 TRAIN_S=100 HARVEST_S=120 PROFILE_S=60 \
 #       bash benchmarks/gpu_session.sh', carry=[".whl", ".devcache"], timeout_s=570)
 # (2026-12-04 on an H200: tests + train + harvest took 223 s of wall time, the machine's start ~35 s.)
+#   run(command='STEPS=saelens SAELENS_S=180 bash benchmarks/gpu_session.sh', carry=[".whl", ".whl-saelens"],
+#       timeout_s=420)                        # TopK and L1 beside SAELens, float32 and bf16 (issue #4)
 #   run(command='STEPS="mlp" MLP_MIN=8 bash benchmarks/gpu_session.sh', carry=[...], timeout_s=600)
 #   run(command='STEPS=restarts RESTART_MIN=8 bash benchmarks/gpu_session.sh', carry=[...], timeout_s=600)
-# TESTS_S, TRAIN_S, HARVEST_S, PROFILE_S bound those steps (seconds). Logs and JSON land in $OUT. MLP_MIN
-# bounds the paper-width MLP run (minutes); its resume state comes back in $OUT/state: copy it to
-# .devcache/state and a later session continues it.
+# TESTS_S, TRAIN_S, HARVEST_S, PROFILE_S, SAELENS_S (per precision) bound those steps (seconds). Logs and
+# JSON land in $OUT. MLP_MIN bounds the paper-width MLP run (minutes); its resume state comes back in
+# $OUT/state: copy it to .devcache/state and a later session continues it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_session}
@@ -65,6 +84,15 @@ if step train; then  # samples/s and % of the bf16/float32 matmul roofline (issu
   log "train benchmark, float32, batch 16384, TopK and L1"
   timeout ${TRAIN_S:-150} $PY benchmarks/train.py --device cuda --no-saelens --steps 10 --batch 16384 \
     --variants sae_topk sae_l1 2>&1 | tee "$OUT/train_fp32_b16k.log" | tail -8
+fi
+if step saelens; then  # x SAELens on the GPU: its packages apart, first on the SAELens child's path only
+  log "train benchmark beside SAELens, float32 and bf16"
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site-saelens \
+    .whl-saelens/*.whl || exit 1
+  for prec in "" "--autocast"; do
+    timeout ${SAELENS_S:-200} $PY benchmarks/train.py --device cuda --steps 20 --variants sae_topk sae_l1 $prec \
+      --saelens-path /tmp/site-saelens:/tmp/site 2>&1 | tee -a "$OUT/train_saelens.log" | tail -8
+  done
 fi
 if step harvest; then  # harvest / bare forward on the GPU (issue #3)
   log "harvest benchmark"

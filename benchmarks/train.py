@@ -14,8 +14,9 @@ inflate the % columns), and for sae_topk / sae_l1 the samples/s of SAELens train
 without AuxK, L1) on the same batches, and the ratio. ``--autocast``: both train in bf16 autocast
 (``train.autocast``; SAELens ``SAETrainerConfig.autocast``) and the roofline is a bf16 matmul (on CPUs with
 AMX / AVX512-BF16, like these machines, ~3x the float32 rate). SAELens runs in its own venv
-(``--saelens-venv``, created with ``pip install sae-lens torch==2.13.0`` if missing;
-``--no-saelens`` skips that column).
+(``--saelens-venv``, created with ``pip install sae-lens torch==2.13.0`` if missing; or, where no index is
+reachable, this interpreter with SAELens's packages first on the child's path: ``--saelens-path``, as
+``benchmarks/gpu_session.sh``'s ``saelens`` step does; ``--no-saelens`` skips that column).
 
 * "% roofline": counted FLOPs per step x steps/s / peak: how busy the matmul units are with the work the
   step actually does. The TopK variants' sparse decode and sparse encoder gradient (``_sparse``) run no
@@ -158,9 +159,15 @@ def store_batches(store, batch: int, pin: bool = False):
 
 
 def saelens_rates(venv: Path, data: Path, args, variant: str, k: int) -> dict[tuple[str, int], float]:
-    """Samples/s of SAELens's SAETrainer.step (TopK without AuxK, or standard L1) on the saved batches."""
-    py = venv / "bin" / "python"
-    if not py.exists():
+    """Samples/s of SAELens's SAETrainer.step (TopK without AuxK, or standard L1) on the saved batches.
+
+    With ``args.saelens_path``: this interpreter, with those directories first on the child's PYTHONPATH
+    (SAELens and its transformer-lens 3 installed there by ``pip install --target``, as on a GPU machine
+    with no package index), instead of the venv."""
+    py, env = venv / "bin" / "python", None
+    if args.saelens_path:
+        py, env = Path(sys.executable), os.environ | {"PYTHONPATH": args.saelens_path}
+    elif not py.exists():
         print(f"creating {venv} (pip install sae-lens torch==2.13.0) ...", flush=True)
         made = subprocess.run([sys.executable, "-m", "venv", str(venv)]).returncode == 0 and subprocess.run(
             [str(venv / "bin" / "pip"), "install", "-q", "sae-lens", "torch==2.13.0"]).returncode == 0
@@ -171,7 +178,8 @@ def saelens_rates(venv: Path, data: Path, args, variant: str, k: int) -> dict[tu
             "steps": args.steps, "repeats": args.repeats, "warmup": args.warmup, "topk": args.topk,
             "lam1": args.lam1, "lr": 1e-4,
             "autocast": args.autocast, "device": args.device}
-    proc = subprocess.run([str(py), "-c", SAELENS_CHILD, json.dumps(spec)], capture_output=True, text=True)
+    proc = subprocess.run([str(py), "-c", SAELENS_CHILD, json.dumps(spec)], capture_output=True, text=True,
+                          env=env)
     if proc.returncode:
         print(f"SAELens column skipped: the SAELens run failed:\n{proc.stderr[-2000:]}")
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -191,6 +199,10 @@ def main() -> None:
     ap.add_argument("--topk", type=int, default=32)
     ap.add_argument("--lam1", type=float, default=1e-3)
     ap.add_argument("--saelens-venv", type=Path, default=Path("/tmp/actdict-bench-venv"))
+    ap.add_argument("--saelens-path", default="", metavar="DIRS",
+                    help="run SAELens with this interpreter and DIRS (os.pathsep-separated) first on its "
+                         "PYTHONPATH instead of --saelens-venv (benchmarks/gpu_session.sh: packages "
+                         "carried as wheels)")
     ap.add_argument("--no-saelens", action="store_true")
     ap.add_argument("--autocast", action="store_true", help="bf16 autocast (both sides) and a bf16 roofline")
     ap.add_argument("--stream-rows", type=int, default=262144)
