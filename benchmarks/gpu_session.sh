@@ -97,6 +97,10 @@ fi
 if step harvest; then  # harvest / bare forward on the GPU (issue #3)
   log "harvest benchmark"
   timeout ${HARVEST_S:-150} $PY benchmarks/harvest.py --device cuda --models pythia 2>&1 | tee "$OUT/harvest.log" | tail -20
+  # the same with the stores in RAM: the disk (write/bare 0.28 there on 2026-12-04) taken out, the loop's own ratio
+  log "harvest benchmark, stores in /dev/shm"
+  timeout ${HARVEST_S:-150} $PY benchmarks/harvest.py --device cuda --models pythia --tmp /dev/shm 2>&1 \
+    | tee "$OUT/harvest_shm.log" | tail -20
 fi
 if step profile; then  # where the time goes: a training step's operators, the sparse ops, the harvest's threads
   log "profiles"

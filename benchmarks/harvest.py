@@ -22,6 +22,7 @@ the overhead of the harvest loop itself, insensitive to the load drifting betwee
     python benchmarks/harvest.py                      # MiniLM (real weights) and random-init Pythia-70m shape
     python benchmarks/harvest.py --models minilm --tokens 65536 --dtype float32 --repeats 1
     python benchmarks/harvest.py --device cuda            # the forward on the GPU (both sides)
+    python benchmarks/harvest.py --device cuda --tmp /dev/shm   # stores in RAM: the disk taken out
 """
 
 from __future__ import annotations
@@ -202,12 +203,16 @@ def main() -> None:
     ap.add_argument("--shard-rows", type=int, default=65536)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]: the forward's device (both sides)")
+    ap.add_argument("--tmp", default=None, metavar="DIR",
+                    help="where the stores are written (default: the system's temporary folder); a RAM "
+                         "folder such as /dev/shm takes the disk out and leaves the harvest loop's own ratio")
     args = ap.parse_args()
     torch.manual_seed(0)
     print(f"torch threads {torch.get_num_threads()}, {args.device}, dtype {args.dtype}, "
           f"batch {args.batch_size}, "
-          f"{args.tokens:,} rows per timing, best of {args.repeats}")
-    with tempfile.TemporaryDirectory() as d:
+          f"{args.tokens:,} rows per timing, best of {args.repeats}; "
+          f"stores under {args.tmp or tempfile.gettempdir()}")
+    with tempfile.TemporaryDirectory(dir=args.tmp) as d:
         tmp = Path(d)
         paths = {"minilm": "all-MiniLM-L6-v2"}
         if "pythia" in args.models:
