@@ -19,7 +19,9 @@ test rows. RE = batch mean of the per-sample sum of squared error: ``RE`` is the
 stochastic sample, the first test batch), ``RE det`` the posterior mean on the whole test set. Each row
 also holds the training objective's terms on the test set (``test_terms``; for VAE / VAEase ``loss`` is -2
 ELBO per point): restarts of one set on the same data (``--data-seed D --seed S`` for several S) are
-compared, and each model's best chosen without the ground truth, by ``--restarts S0.json S1.json ...``.
+compared, and each model's best chosen without the ground truth, by ``--restarts S0.json S1.json ...``
+(the best by the model's own objective: on two of the five MLP data sets tried, a restart with more
+latents than the ground truth had the lower loss; docs/results.md, E25).
 The tables, ``--merge`` and ``--restarts`` live in ``benchmarks/paper_report.py``.
 """
 
