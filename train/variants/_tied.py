@@ -123,6 +123,12 @@ def topk_rows(z: Tensor, k: int) -> Tensor:  # [B, k_dict] -> same shape, all bu
     return torch.zeros_like(z).scatter(-1, top.indices, top.values)
 
 
+def fired_latents(cols: Tensor, hit: Tensor, k: int) -> Tensor:  # cols [N] long, hit [N] bool -> [k] bool
+    """Latent j fired iff hit[n] for some n with cols[n] == j: an OR by scatter, which unlike indexing with a
+    boolean mask reads no count back from the device (a sync per step on CUDA)."""
+    return hit.new_zeros(k, dtype=torch.uint8).scatter_reduce_(0, cols, hit.to(torch.uint8), "amax") > 0
+
+
 class DeadTracker(nn.Module):
     """``since[j]``: units (``"rows"`` or ``"batches"``) since latent j last fired; latents above ``limit``
     are dead. Under torchrun the counts are those of the global batch on every rank: ``fired`` is OR-ed

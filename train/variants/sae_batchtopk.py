@@ -41,7 +41,7 @@ from actdict.config import ConfigError
 from actdict.train import dist as dist_
 from actdict.train.protocol import Forward, register
 from actdict.train.variants._sparse import Pattern, sparse_decode
-from actdict.train.variants._tied import DeadTracker, TiedSAE, sparse_codes
+from actdict.train.variants._tied import DeadTracker, TiedSAE, fired_latents, sparse_codes
 
 
 @register
@@ -73,8 +73,7 @@ class SAEBatchTopK(TiedSAE):
                 self.threshold.copy_(torch.where(self.threshold_seen, ema, new))
                 self.threshold_seen.fill_(True)
         vals = torch.relu(self.gather_pre(x, pre, pat))  # [N] kept z
-        fired = torch.zeros(self.k, dtype=torch.bool, device=x.device)
-        fired[pat.cols[vals.detach() > 0]] = True  # == z.sum(0) > 0 (z >= 0)
+        fired = fired_latents(pat.cols, vals.detach() > 0, self.k)  # [k] == z.sum(0) > 0 (z >= 0)
         self.dead.update(fired, 1)
         dead = self.dead.dead(int(self.params["n_batches_to_dead"]) - 1)  # official: >= n_batches_to_dead
         extras: dict[str, Tensor] = {}

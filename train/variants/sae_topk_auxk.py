@@ -35,7 +35,7 @@ from actdict.config import ConfigError
 from actdict.train import dist as dist_
 from actdict.train.protocol import Forward, register
 from actdict.train.variants._sparse import Pattern, sparse_decode
-from actdict.train.variants._tied import DeadTracker, TiedSAE
+from actdict.train.variants._tied import DeadTracker, TiedSAE, fired_latents
 
 
 def nmse(recon: Tensor, target: Tensor) -> Tensor:  # [B, d] each -> scalar
@@ -71,10 +71,8 @@ class SAETopKAuxK(TiedSAE):
         vals = torch.relu(self.gather_pre(x, pre, pat))  # [N] kept z
         extras: dict[str, Tensor] = {}
         if self.training:
-            # [k]: latent j fired on some row (relu(v) > 1e-3 iff v > 1e-3); an OR by scatter, which unlike a
-            # boolean mask does not read a count back from the device
-            fired = pre.new_zeros(self.k).scatter_reduce_(
-                0, top.indices.reshape(-1), (top.values > 1e-3).to(pre.dtype).reshape(-1), "amax") > 0
+            # relu(v) > 1e-3 iff v > 1e-3
+            fired = fired_latents(top.indices.reshape(-1), (top.values > 1e-3).reshape(-1), self.k)  # [k]
             self.dead.update(fired, len(x))
             dead = self.dead.dead(int(self.params["dead_tokens"]))  # [k]
             if dead.any():
