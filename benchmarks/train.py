@@ -47,6 +47,7 @@ os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # what `import actdict` sets
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from actdict.harvest.store import write_vectors  # noqa: E402
@@ -73,6 +74,13 @@ for k in a["ks"]:
         else:
             sae = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=a["d"], d_sae=k,
                                                                 l1_coefficient=a["lam1"]))
+        if a.get("init"):  # our starting weights (nn.Linear layouts), so that both sides start alike
+            from safetensors.torch import load_file
+            w = load_file(a["init"])
+            with torch.no_grad():
+                for ours, theirs, t in (("encoder.weight", "W_enc", True), ("encoder.bias", "b_enc", False),
+                                        ("decoder.weight", "W_dec", True), ("decoder.bias", "b_dec", False)):
+                    getattr(sae, theirs).copy_(w[ours].t() if t else w[ours])
         n = a["warmup"] + a["steps"] * a["repeats"]
         tcfg = SAETrainerConfig(total_training_samples=n * a["batch"], train_batch_size_samples=a["batch"],
                                 lr=a["lr"], lr_end=a["lr"], device=a["device"], autocast=a["autocast"])
@@ -112,9 +120,27 @@ def roofline_gflops(b: int, d: int, k: int, reps: int = 20, dtype=torch.float32,
     return 2 * b * d * k / best / 1e9
 
 
-def step_flops(variant: str, d: int, k: int, x: torch.Tensor, params: dict) -> int:
+def sparse_l1_state(d: int, k: int, l0: int, x: torch.Tensor, params: dict) -> dict[str, torch.Tensor]:
+    """A fresh sae_l1's state with the encoder bias lowered so that ``l0`` of the k codes of an average row
+    of x [B, d] are nonzero: the sparsity of a trained L1 dictionary (the weights stay random)."""
+    model = make("sae_l1", d, k, **params).to(x.device)
+    with torch.no_grad():
+        pre = model.encoder(x[:512]).flatten()  # [512 k]
+        model.encoder.bias -= pre.kthvalue(len(pre) - 512 * l0).values  # the (1 - l0 / k) quantile
+    return model.state_dict()
+
+
+def mean_l0(model, x: torch.Tensor) -> float:
+    """Mean number of nonzero codes per row of x [B, d]."""
+    with torch.no_grad():
+        return float((model(x, sample=False).codes != 0).sum(-1).float().mean())
+
+
+def step_flops(variant: str, d: int, k: int, x: torch.Tensor, params: dict, init: dict | None = None) -> int:
     """FLOPs of one forward + backward (matmuls, as counted by torch's FlopCounterMode)."""
     model = make(variant, d, k, **params).to(x.device)
+    if init is not None:
+        model.load_state_dict(init)
     with FlopCounterMode(display=False) as fc:
         model.loss_terms(x, model(x, sample=True))["loss"].backward()
     return int(fc.get_total_flops())
@@ -122,10 +148,16 @@ def step_flops(variant: str, d: int, k: int, x: torch.Tensor, params: dict) -> i
 
 def actdict_rate(variant: str, d: int, k: int, batches: list[torch.Tensor], warmup: int, steps: int,
                  params: dict, stream=None, autocast: bool = False, repeats: int = 1,
-                 device: torch.device = CPU) -> float:
+                 device: torch.device = CPU, init: dict | None = None, keep: list | None = None) -> float:
     """Samples/s of the training loop (after ``warmup`` steps) on the in-RAM batches (or on ``stream``):
-    the fastest of ``repeats`` consecutive runs of ``steps`` steps (one model, training on)."""
-    m = Member(variant, make(variant, d, k, **params), 1e-4)
+    the fastest of ``repeats`` consecutive runs of ``steps`` steps (one model, training on). ``init``: a
+    state dict to start from; ``keep``: a list the trained model is appended to."""
+    model = make(variant, d, k, **params)
+    if init is not None:
+        model.load_state_dict(init)
+    m = Member(variant, model.to(device), 1e-4)
+    if keep is not None:
+        keep.append(m.model)
     it = stream if stream is not None else (batches[i % len(batches)] for i in range(10**9))
     cycle = lambda e, s=0: it  # noqa: E731
     best = float("inf")
@@ -158,8 +190,10 @@ def store_batches(store, batch: int, pin: bool = False):
         yield from iter_batches(store, range(store.num_chunks), batch, 4, seed=0, epoch=epoch, pin=pin)
 
 
-def saelens_rates(venv: Path, data: Path, args, variant: str, k: int) -> dict[tuple[str, int], float]:
-    """Samples/s of SAELens's SAETrainer.step (TopK without AuxK, or standard L1) on the saved batches.
+def saelens_rates(venv: Path, data: Path, args, variant: str, k: int,
+                  init: dict | None = None) -> dict[tuple[str, int], float]:
+    """Samples/s of SAELens's SAETrainer.step (TopK without AuxK, or standard L1) on the saved batches,
+    starting from the weights ``init`` (our state dict) when given.
 
     With ``args.saelens_path``: this interpreter, with those directories first on the child's PYTHONPATH
     (SAELens and its transformer-lens 3 installed there by ``pip install --target``, as on a GPU machine
@@ -177,7 +211,10 @@ def saelens_rates(venv: Path, data: Path, args, variant: str, k: int) -> dict[tu
     spec = {"data": str(data), "d": args.d, "ks": [k], "variants": [variant], "batch": args.batch,
             "steps": args.steps, "repeats": args.repeats, "warmup": args.warmup, "topk": args.topk,
             "lam1": args.lam1, "lr": 1e-4,
-            "autocast": args.autocast, "device": args.device}
+            "autocast": args.autocast, "device": args.device, "init": None}
+    if init is not None:
+        spec["init"] = str(data.with_name(f"init_{variant}_{k}.safetensors"))
+        save_file({name: t.detach().cpu().contiguous() for name, t in init.items()}, spec["init"])
     proc = subprocess.run([str(py), "-c", SAELENS_CHILD, json.dumps(spec)], capture_output=True, text=True,
                           env=env)
     if proc.returncode:
@@ -198,6 +235,9 @@ def main() -> None:
     ap.add_argument("--variants", nargs="*", default=None, help="default: every registered variant")
     ap.add_argument("--topk", type=int, default=32)
     ap.add_argument("--lam1", type=float, default=1e-3)
+    ap.add_argument("--l1-l0", type=int, default=64,
+                    help="also time sae_l1 (both sides) from one state where this many of the k codes of a "
+                         "row are nonzero, the sparsity of a trained L1 dictionary (0: not)")
     ap.add_argument("--saelens-venv", type=Path, default=Path("/tmp/actdict-bench-venv"))
     ap.add_argument("--saelens-path", default="", metavar="DIRS",
                     help="run SAELens with this interpreter and DIRS (os.pathsep-separated) first on its "
@@ -242,13 +282,18 @@ def main() -> None:
         dt = torch.bfloat16 if args.autocast else torch.float32
         peak = roofline_gflops(args.batch, args.d, k, dtype=dt, device=dev)
         print(f"roofline: [{args.batch},{args.d}]x[{args.d},{k}] {dt} matmul {peak:.1f} GFLOP/s", flush=True)
-        for v in variants:
-            p = params.get(v, {})
+        runs = [(v, v, params.get(v, {}), None) for v in variants]  # (label, variant, params, start state)
+        if "sae_l1" in variants and args.l1_l0:
+            init = sparse_l1_state(args.d, k, args.l1_l0, batches[0], params["sae_l1"])
+            at = variants.index("sae_l1") + 1
+            runs.insert(at, (f"sae_l1@L0={args.l1_l0}", "sae_l1", params["sae_l1"], init))
+        for label, v, p, init in runs:
+            kept: list = []
             try:
                 rate = actdict_rate(v, args.d, k, batches, args.warmup, args.steps, p, autocast=args.autocast,
-                                    repeats=args.repeats, device=dev)
+                                    repeats=args.repeats, device=dev, init=init, keep=kept)
             except Exception as e:  # a variant that needs params: reported, not fatal
-                print(f"{v:<14}{k:>7}  skipped: {type(e).__name__}: {e}", flush=True)
+                print(f"{label:<14}{k:>7}  skipped: {type(e).__name__}: {e}", flush=True)
                 continue
             # the machine's speed drifts (shared hosts): the peak is the best matmul seen so far, re-measured
             # right after each variant, so that a slow moment never inflates the % columns
@@ -256,17 +301,19 @@ def main() -> None:
             if again > peak:
                 peak = again
                 print(f"roofline re-measured: {peak:.1f} GFLOP/s (used from here on)", flush=True)
-            flops = step_flops(v, args.d, k, batches[0], p)
+            flops = step_flops(v, args.d, k, batches[0], p, init)
             pct = 100 * flops * rate / args.batch / (peak * 1e9)
             dense_s = 10 * args.batch * args.d * k / (peak * 1e9)  # the dense algorithm's matmuls at the peak
             pct_dense = 100 * dense_s / (args.batch / rate)  # ... over the measured step time
             ref = None
             if v in params and not args.no_saelens:  # measured right after ours: same machine load
-                ref = saelens_rates(args.saelens_venv, data, args, v, k).get((v, k))
+                ref = saelens_rates(args.saelens_venv, data, args, v, k, init).get((v, k))
             ref_s = f"{ref:>13,.0f}{rate / ref:>10.2f}x" if ref else f"{'-':>13}{'-':>11}"
-            print(f"{v:<14}{k:>7}{rate:>12,.0f}{flops / 1e9:>12.1f}{pct:>11.1f}%{pct_dense:>30.1f}%{ref_s}",
-                  flush=True)
-
+            cols = f"{rate:>12,.0f}{flops / 1e9:>12.1f}{pct:>11.1f}%{pct_dense:>30.1f}%{ref_s}"
+            print(f"{label:<14}{k:>7}{cols}", flush=True)
+            if v == "sae_l1":
+                print(f"  {label}: mean L0 after the timed steps {mean_l0(kept[0], batches[0]):,.1f} of {k}",
+                      flush=True)
 
 if __name__ == "__main__":
     main()

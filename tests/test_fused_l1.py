@@ -75,3 +75,61 @@ def test_no_grad_forward_is_the_plain_one():
         out = m(x)
     assert "z" in out.extras and "h" not in out.extras
     torch.testing.assert_close(m(x).x_hat.detach(), out.x_hat)
+
+
+def _sparse_l1(d=16, k=64, density=0.03, seed=7):
+    """An sae_l1 whose encoder bias is lowered so that ~``density`` of the codes of x are nonzero, and x."""
+    x = torch.randn(256, d, generator=torch.Generator().manual_seed(seed))
+    m = make("sae_l1", d, k, seed=seed, lam1=0.05, lam2=0.01)
+    with torch.no_grad():
+        m.encoder.bias -= torch.quantile(m.encoder(x).flatten(), 1 - density)
+    return m, x
+
+
+def _step(m, x, below, monkeypatch, autocast=False):
+    """(loss, h, codes, grads) of one training forward/backward with the sparse step below ``below``; also
+    whether the sparse step ran."""
+    cls = type(m)
+    calls = []
+    real = cls._sparse_forward
+    monkeypatch.setattr(cls, "sparse_below", {"cpu": below})
+    monkeypatch.setattr(cls, "_sparse_forward", lambda self, *a: calls.append(1) or real(self, *a))
+    m.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        out = m(x)
+        terms = m.loss_terms(x, out)
+    terms["loss"].backward()
+    monkeypatch.undo()
+    grads = {n: p.grad.clone() for n, p in m.named_parameters()}
+    return terms["loss"].detach(), out.extras["h"].detach(), out.codes.detach(), grads, bool(calls)
+
+
+def test_sparse_step_equals_the_dense_one(monkeypatch):
+    """Below the density threshold the step runs on the nonzero codes only (Pattern, gather_linear,
+    sparse_decode): same loss, ||z||_1, codes and gradients as the fused dense step."""
+    m, x = _sparse_l1()
+    sparse = _step(m, x, 1.0, monkeypatch)
+    dense = _step(m, x, 0.0, monkeypatch)
+    assert sparse[4] and not dense[4]
+    density = float((dense[2] != 0).float().mean())
+    assert 0.02 < density < 0.04 and (dense[2] != 0).sum(-1).max() > 0  # sparse, yet codes to decode
+    for a, b in zip(sparse[:3], dense[:3], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    for name, g in dense[3].items():
+        assert g.abs().sum() > 0, name  # every parameter gets a gradient
+        torch.testing.assert_close(sparse[3][name], g, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_the_step_is_chosen_by_the_codes_density(monkeypatch):
+    """The default threshold (5% on the CPU): a fresh SAE (about half its codes on) takes the dense step, a
+    sparse one the sparse step; under bf16 autocast the two agree to bf16 rounding."""
+    m, x = _sparse_l1(density=0.5)
+    assert not _step(m, x, make("sae_l1", 4, 4).sparse_below["cpu"], monkeypatch)[4]
+    m, x = _sparse_l1(density=0.02)
+    default = make("sae_l1", 4, 4).sparse_below["cpu"]
+    sparse = _step(m, x, default, monkeypatch, autocast=True)
+    dense = _step(m, x, 0.0, monkeypatch, autocast=True)
+    assert sparse[4] and not dense[4]
+    torch.testing.assert_close(sparse[0], dense[0], rtol=2e-2, atol=1e-2)
+    for name, g in dense[3].items():
+        torch.testing.assert_close(sparse[3][name], g, rtol=5e-2, atol=5e-2, msg=name)

@@ -26,13 +26,21 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
     return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
 
 
+def relu_codes(x: Tensor, w_enc: Tensor, b_enc: Tensor) -> Tensor:
+    """z = relu(x W_e^T + b_e) [B, k] in the compute dtype (autocast's where it is on), without gradient."""
+    dt = _compute_dtype(x)
+    with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
+        return torch.addmm(b_enc.to(dt), x.to(dt), w_enc.to(dt).t()).relu_()
+
+
 class _ReluL1SAE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, w_enc: Tensor, b_enc: Tensor, w_dec: Tensor, b_dec: Tensor):
+    def forward(ctx, x: Tensor, w_enc: Tensor, b_enc: Tensor, w_dec: Tensor, b_dec: Tensor, z: Tensor | None):
         dt = _compute_dtype(x)
         with torch.autocast(x.device.type, enabled=False):
             xc, wd = x.to(dt), w_dec.to(dt)  # [B, d], [d, k]
-            z = torch.addmm(b_enc.to(dt), xc, w_enc.to(dt).t()).relu_()  # [B, k]
+            if z is None:
+                z = torch.addmm(b_enc.to(dt), xc, w_enc.to(dt).t()).relu_()  # [B, k]
             x_hat = torch.addmm(b_dec.to(dt), z, wd.t())  # [B, d]
             h = z.sum(-1, dtype=torch.float64 if dt == torch.float64 else torch.float32)  # [B]
         ctx.save_for_backward(xc, wd, z)
@@ -56,11 +64,12 @@ class _ReluL1SAE(torch.autograd.Function):
         d_b_enc = dpre.sum(0, dtype=wide).to(pt)  # [k]
         d_w_dec = (g.t() @ z).to(pt)  # [d, k]
         d_b_dec = g.sum(0, dtype=wide).to(pt)  # [d]
-        return None, d_w_enc, d_b_enc, d_w_dec, d_b_dec
+        return None, d_w_enc, d_b_enc, d_w_dec, d_b_dec, None
 
 
-def relu_l1_sae(x: Tensor, w_enc: Tensor, b_enc: Tensor, w_dec: Tensor,
-                b_dec: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def relu_l1_sae(x: Tensor, w_enc: Tensor, b_enc: Tensor, w_dec: Tensor, b_dec: Tensor,
+                z: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """(x_hat [B, d], h = ||z||_1 per row [B] float32, z [B, k] without gradient) of the linear ReLU SAE
-    (w_enc [k, d], b_enc [k], w_dec [d, k], b_dec [d]); gradients reach the four parameters (not x)."""
-    return _ReluL1SAE.apply(x, w_enc, b_enc, w_dec, b_dec)
+    (w_enc [k, d], b_enc [k], w_dec [d, k], b_dec [d]); gradients reach the four parameters (not x).
+    ``z``: the codes if the caller has them (``relu_codes`` of the same arguments): not recomputed."""
+    return _ReluL1SAE.apply(x, w_enc, b_enc, w_dec, b_dec, z)
