@@ -74,13 +74,17 @@ for k in a["ks"]:
         else:
             sae = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=a["d"], d_sae=k,
                                                                 l1_coefficient=a["lam1"]))
-        if a.get("init"):  # our starting weights (nn.Linear layouts), so that both sides start alike
+        if a.get("init"):  # our starting weights, so that both sides start alike
             from safetensors.torch import load_file
             w = load_file(a["init"])
+            linear = {"W_enc": ("encoder.weight", True), "b_enc": ("encoder.bias", False),
+                      "W_dec": ("decoder.weight", True), "b_dec": ("decoder.bias", False)}
             with torch.no_grad():
-                for ours, theirs, t in (("encoder.weight", "W_enc", True), ("encoder.bias", "b_enc", False),
-                                        ("decoder.weight", "W_dec", True), ("decoder.bias", "b_dec", False)):
-                    getattr(sae, theirs).copy_(w[ours].t() if t else w[ours])
+                for theirs, (ours, t) in linear.items():
+                    if theirs in w:  # our tied variants use SAELens's names and layouts
+                        getattr(sae, theirs).copy_(w[theirs])
+                    else:  # nn.Linear layouts
+                        getattr(sae, theirs).copy_(w[ours].t() if t else w[ours])
         n = a["warmup"] + a["steps"] * a["repeats"]
         tcfg = SAETrainerConfig(total_training_samples=n * a["batch"], train_batch_size_samples=a["batch"],
                                 lr=a["lr"], lr_end=a["lr"], device=a["device"], autocast=a["autocast"])
@@ -120,13 +124,15 @@ def roofline_gflops(b: int, d: int, k: int, reps: int = 20, dtype=torch.float32,
     return 2 * b * d * k / best / 1e9
 
 
-def sparse_l1_state(d: int, k: int, l0: int, x: torch.Tensor, params: dict) -> dict[str, torch.Tensor]:
-    """A fresh sae_l1's state with the encoder bias lowered so that ``l0`` of the k codes of an average row
+def sparse_l1_state(variant: str, d: int, k: int, l0: int, x: torch.Tensor,
+                    params: dict) -> dict[str, torch.Tensor]:
+    """A fresh L1 SAE's state with the encoder bias lowered so that ``l0`` of the k codes of an average row
     of x [B, d] are nonzero: the sparsity of a trained L1 dictionary (the weights stay random)."""
-    model = make("sae_l1", d, k, **params).to(x.device)
+    model = make(variant, d, k, **params).to(x.device)
+    bias, enc = (model.b_enc, model.pre) if hasattr(model, "b_enc") else (model.encoder.bias, model.encoder)
     with torch.no_grad():
-        pre = model.encoder(x[:512]).flatten()  # [512 k]
-        model.encoder.bias -= pre.kthvalue(len(pre) - 512 * l0).values  # the (1 - l0 / k) quantile
+        pre = enc(x[:512]).flatten()  # [512 k]
+        bias -= pre.kthvalue(len(pre) - 512 * l0).values  # the (1 - l0 / k) quantile
     return model.state_dict()
 
 
@@ -274,26 +280,27 @@ def main() -> None:
               f"tensors {in_ram:,.0f} samples/s (ratio {from_store / in_ram:.2f})", flush=True)
     data = Path(tempfile.mkdtemp()) / "x.npy"
     np.save(data, torch.cat(batches).cpu().numpy())  # the same batches for SAELens
-    params = {"sae_topk": {"topk": args.topk, "lam2": 0.0}, "sae_l1": {"lam1": args.lam1, "lam2": 0.0}}
+    params = {"sae_topk": {"topk": args.topk, "lam2": 0.0}, "sae_l1": {"lam1": args.lam1, "lam2": 0.0},
+              "sae_l1_decnorm": {"lam": args.lam1}}  # each beside SAELens (L1: its standard SAE)
     variants = args.variants or sorted(registry())
-    print(f"{'variant':<14}{'k':>7}{'samples/s':>12}{'GFLOP/step':>12}{'% roofline':>12}"
+    print(f"{'variant':<22}{'k':>7}{'samples/s':>12}{'GFLOP/step':>12}{'% roofline':>12}"
           f"{'% roofline (dense-equivalent)':>31}{'SAELens s/s':>13}{'x SAELens':>11}", flush=True)
     for k in args.k:
         dt = torch.bfloat16 if args.autocast else torch.float32
         peak = roofline_gflops(args.batch, args.d, k, dtype=dt, device=dev)
         print(f"roofline: [{args.batch},{args.d}]x[{args.d},{k}] {dt} matmul {peak:.1f} GFLOP/s", flush=True)
         runs = [(v, v, params.get(v, {}), None) for v in variants]  # (label, variant, params, start state)
-        if "sae_l1" in variants and args.l1_l0:
-            init = sparse_l1_state(args.d, k, args.l1_l0, batches[0], params["sae_l1"])
-            at = variants.index("sae_l1") + 1
-            runs.insert(at, (f"sae_l1@L0={args.l1_l0}", "sae_l1", params["sae_l1"], init))
+        for v in [v for v in ("sae_l1_decnorm", "sae_l1") if v in variants and args.l1_l0]:
+            init = sparse_l1_state(v, args.d, k, args.l1_l0, batches[0], params[v])
+            at = [r[0] for r in runs].index(v) + 1
+            runs.insert(at, (f"{v}@L0={args.l1_l0}", v, params[v], init))
         for label, v, p, init in runs:
             kept: list = []
             try:
                 rate = actdict_rate(v, args.d, k, batches, args.warmup, args.steps, p, autocast=args.autocast,
                                     repeats=args.repeats, device=dev, init=init, keep=kept)
             except Exception as e:  # a variant that needs params: reported, not fatal
-                print(f"{label:<14}{k:>7}  skipped: {type(e).__name__}: {e}", flush=True)
+                print(f"{label:<22}{k:>7}  skipped: {type(e).__name__}: {e}", flush=True)
                 continue
             # the machine's speed drifts (shared hosts): the peak is the best matmul seen so far, re-measured
             # right after each variant, so that a slow moment never inflates the % columns
@@ -310,8 +317,8 @@ def main() -> None:
                 ref = saelens_rates(args.saelens_venv, data, args, v, k, init).get((v, k))
             ref_s = f"{ref:>13,.0f}{rate / ref:>10.2f}x" if ref else f"{'-':>13}{'-':>11}"
             cols = f"{rate:>12,.0f}{flops / 1e9:>12.1f}{pct:>11.1f}%{pct_dense:>30.1f}%{ref_s}"
-            print(f"{label:<14}{k:>7}{cols}", flush=True)
-            if v == "sae_l1":
+            print(f"{label:<22}{k:>7}{cols}", flush=True)
+            if v in ("sae_l1", "sae_l1_decnorm"):
                 print(f"  {label}: mean L0 after the timed steps {mean_l0(kept[0], batches[0]):,.1f} of {k}",
                       flush=True)
 

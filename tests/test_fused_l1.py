@@ -77,23 +77,28 @@ def test_no_grad_forward_is_the_plain_one():
     torch.testing.assert_close(m(x).x_hat.detach(), out.x_hat)
 
 
-def _sparse_l1(d=16, k=64, density=0.03, seed=7):
-    """An sae_l1 whose encoder bias is lowered so that ~``density`` of the codes of x are nonzero, and x."""
+L1_PARAMS = {"sae_l1": {"lam1": 0.05, "lam2": 0.01}, "sae_l1_decnorm": {"lam": 0.05}}
+
+
+def _sparse_l1(variant="sae_l1", d=16, k=64, density=0.03, seed=7):
+    """A ``variant`` with the encoder bias lowered so that ~``density`` of the codes of x are nonzero; x."""
     x = torch.randn(256, d, generator=torch.Generator().manual_seed(seed))
-    m = make("sae_l1", d, k, seed=seed, lam1=0.05, lam2=0.01)
+    m = make(variant, d, k, seed=seed, **L1_PARAMS[variant])
+    bias, pre = (m.encoder.bias, m.encoder) if variant == "sae_l1" else (m.b_enc, m.pre)
     with torch.no_grad():
-        m.encoder.bias -= torch.quantile(m.encoder(x).flatten(), 1 - density)
+        bias -= torch.quantile(pre(x).flatten(), 1 - density)
     return m, x
 
 
 def _step(m, x, below, monkeypatch, autocast=False):
-    """(loss, h, codes, grads) of one training forward/backward with the sparse step below ``below``; also
-    whether the sparse step ran."""
+    """(loss, penalty, codes, grads) of one training forward/backward with the sparse step
+    below ``below``; also whether the sparse step ran."""
     cls = type(m)
     calls = []
-    real = cls._sparse_forward
+    name = "_sparse_forward" if hasattr(cls, "_sparse_forward") else "sparse_forward"
+    real = getattr(cls, name)
     monkeypatch.setattr(cls, "sparse_below", {"cpu": below})
-    monkeypatch.setattr(cls, "_sparse_forward", lambda self, *a: calls.append(1) or real(self, *a))
+    monkeypatch.setattr(cls, name, lambda self, *a: calls.append(1) or real(self, *a))
     m.zero_grad()
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         out = m(x)
@@ -101,13 +106,14 @@ def _step(m, x, below, monkeypatch, autocast=False):
     terms["loss"].backward()
     monkeypatch.undo()
     grads = {n: p.grad.clone() for n, p in m.named_parameters()}
-    return terms["loss"].detach(), out.extras["h"].detach(), out.codes.detach(), grads, bool(calls)
+    return terms["loss"].detach(), terms["penalty"], out.codes.detach(), grads, bool(calls)
 
 
-def test_sparse_step_equals_the_dense_one(monkeypatch):
+@pytest.mark.parametrize("variant", ["sae_l1", "sae_l1_decnorm"])
+def test_sparse_step_equals_the_dense_one(monkeypatch, variant):
     """Below the density threshold the step runs on the nonzero codes only (Pattern, gather_linear,
-    sparse_decode): same loss, ||z||_1, codes and gradients as the fused dense step."""
-    m, x = _sparse_l1()
+    sparse_decode): same loss, penalty, codes and gradients as the fused dense step."""
+    m, x = _sparse_l1(variant)
     sparse = _step(m, x, 1.0, monkeypatch)
     dense = _step(m, x, 0.0, monkeypatch)
     assert sparse[4] and not dense[4]
@@ -133,3 +139,29 @@ def test_the_step_is_chosen_by_the_codes_density(monkeypatch):
     torch.testing.assert_close(sparse[0], dense[0], rtol=2e-2, atol=1e-2)
     for name, g in dense[3].items():
         torch.testing.assert_close(sparse[3][name], g, rtol=5e-2, atol=5e-2, msg=name)
+
+
+def test_gradcheck_with_per_latent_weights_float64():
+    """h = sum_j s_j z_j: gradients reach the four parameters and s."""
+    x = torch.randn(7, 6, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    ps = _params(seed=9)
+    s = torch.rand(9, generator=torch.Generator().manual_seed(10), dtype=torch.float64) + 0.5  # [k]
+    s.requires_grad_()
+    torch.autograd.gradcheck(lambda *p: relu_l1_sae(x, *p[:4], None, p[4])[:2], [*ps, s])
+
+
+def test_decnorm_training_step_equals_autograd_on_the_plain_composition(monkeypatch):
+    """sae_l1_decnorm's fused dense step (weights = the decoder rows' norms, which W_dec's gradient goes
+    through) against autograd on f = relu(x W_enc + b_enc), the April-2024 loss written out."""
+    m, x = _sparse_l1("sae_l1_decnorm", density=0.4)
+    loss, _, codes, grads, sparse = _step(m, x, 0.0, monkeypatch)
+    assert not sparse
+    ps = {n: p.detach().clone().requires_grad_() for n, p in m.named_parameters()}
+    f = torch.relu(x @ ps["W_enc"] + ps["b_enc"])  # [B, k]
+    x_hat = f @ ps["W_dec"] + ps["b_dec"]
+    plain = (x - x_hat).pow(2).sum(-1).mean() + 0.05 * (f * ps["W_dec"].norm(dim=-1)).sum(-1).mean()
+    plain.backward()
+    torch.testing.assert_close(loss, plain.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(codes, f.detach())
+    for name, p in ps.items():
+        torch.testing.assert_close(grads[name], p.grad, rtol=1e-4, atol=1e-5, msg=name)

@@ -83,6 +83,16 @@ class Pattern:
         pos = pos.sort().values
         return cls.from_counts(pos // k, pos % k, B, k)
 
+    @classmethod
+    def if_sparse(cls, z: Tensor, below: dict[str, float]) -> Pattern | None:
+        """The nonzero entries of z [B, k] if at most the fraction ``below[z.device.type]`` (absent: 0, off)
+        of them is nonzero, else None. The count is read back to the host (a sync on CUDA), so a device
+        type not in ``below`` is not counted at all."""
+        frac = below.get(z.device.type, 0.0)
+        if frac <= 0 or int(torch.count_nonzero(z)) > frac * z.numel():
+            return None
+        return cls.from_flat(z.reshape(-1).nonzero().squeeze(1), *z.shape)
+
     @property
     def row_start(self) -> Tensor:  # [B] embedding_bag offsets of the row bags
         return self.crow[:-1]

@@ -88,7 +88,8 @@ class TiedSAE(Dictionary):
     def gather_pre(self, x: Tensor, pre: Tensor, pat: Pattern) -> Tensor:  # -> [N]
         """The pre-activations at the kept entries ``pat`` with the sparse backward (``pre`` [B, k] computed
         without grad by the caller)."""
-        return gather_linear(x, self.b_dec, self.W_enc.T, self.b_enc, pre, pat)
+        c = self.b_dec if self.apply_b_dec_to_input else None
+        return gather_linear(x, c, self.W_enc.T, self.b_enc, pre, pat)
 
     def sparse_forward(self, vals: Tensor, pat: Pattern, extras: dict[str, Tensor]) -> Forward:
         """Forward of a code with only the entries ``pat`` (values vals [N]): x_hat by the sparse decode;

@@ -31,8 +31,8 @@ from actdict.train.variants._sparse import Pattern, gather_linear, sparse_decode
 class SAEL1(SAEBase):
     variant = "sae_l1"
     default_params = {"lam1": 0.32, "lam2": 0.2}
-    # the sparse step runs when at most this fraction of the [B, k] codes is nonzero (per device type; the
-    # count is read back, a sync, so 0 = never on CUDA, where it is not measured)
+    # the sparse step runs when at most this fraction of the [B, k] codes is nonzero, per device type; a
+    # type not listed never does (the count is read back: a sync on CUDA, where the crossover is not measured)
     sparse_below = {"cpu": 0.05}
 
     def penalty(self, z: Tensor) -> Tensor:  # z: [B, k] -> [B]
@@ -43,14 +43,14 @@ class SAEL1(SAEBase):
         if not (torch.is_grad_enabled() and type(enc) is nn.Linear and type(dec) is nn.Linear):
             return super().forward(x, sample)
         z = relu_codes(x, enc.weight, enc.bias)  # [B, k], no grad
-        if int(torch.count_nonzero(z)) <= self.sparse_below.get(x.device.type, 0.0) * z.numel():
-            return self._sparse_forward(x, z)
+        pat = Pattern.if_sparse(z, self.sparse_below)  # the N nonzero codes, if few
+        if pat is not None:
+            return self._sparse_forward(x, z, pat)
         x_hat, h, z = relu_l1_sae(x, enc.weight, enc.bias, dec.weight, dec.bias, z)  # [B, d], [B], [B, k]
         return Forward(x_hat=x_hat, codes=lambda: z, activity=lambda: z.abs().log(), extras={"h": h})
 
-    def _sparse_forward(self, x: Tensor, z: Tensor) -> Forward:  # x: [B, d], z: [B, k] relu codes, no grad
+    def _sparse_forward(self, x: Tensor, z: Tensor, pat: Pattern) -> Forward:  # x [B, d], z [B, k] no grad
         enc, dec = self.encoder, self.decoder
-        pat = Pattern.from_flat(z.reshape(-1).nonzero().squeeze(1), *z.shape)  # the N nonzero codes
         vals = gather_linear(x, None, enc.weight, enc.bias, z, pat)  # [N] > 0: relu is the identity there
         x_hat = sparse_decode(vals, dec.weight.T, pat) + dec.bias  # [B, d]
         h = vals.new_zeros(len(x), dtype=torch.float32).index_add(0, pat.rows, vals.float())  # [B] ||z||_1

@@ -14,6 +14,10 @@ set-up update; Conerly et al.).
   the loop and are not done here.
 * ``Forward.codes`` = f, ``activity`` = log|f|; ``active_side = "high"``. Exports to SAELens "standard"
   (relu) with ``apply_b_dec_to_input = false``.
+* Training runs ``sae_l1``'s two steps: with at most ``sparse_below`` of the codes nonzero (5% on the CPU;
+  off on CUDA) the sparse step (``_sparse``: only the N nonzero codes are differentiated and decoded, the
+  penalty summed over them), else the fused dense step of ``_fused_l1`` with the decoder norms as its
+  per-latent weights. Both equal autograd on the plain composition (the no-grad forward) to float rounding.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import torch
 from torch import Tensor
 
 from actdict.train.protocol import Forward, register
+from actdict.train.variants._fused_l1 import relu_codes, relu_l1_sae
+from actdict.train.variants._sparse import Pattern
 from actdict.train.variants._tied import TiedSAE, sparse_codes
 
 
@@ -31,6 +37,7 @@ class SAEL1DecNorm(TiedSAE):
     apply_b_dec_to_input = False
     unit_norm_decoder = False
     default_params = {"lam": 5.0, "lam_warmup_steps": 0, "dec_init_norm": 0.1}
+    sparse_below = {"cpu": 0.05}  # as sae_l1's: the sparse step at most this fraction of nonzero codes
 
     def __init__(self, d: int, k: int, **params) -> None:
         super().__init__(d, k, **params)
@@ -43,12 +50,27 @@ class SAEL1DecNorm(TiedSAE):
         return float(self.params["lam"]) * frac  # lam * s / warm at step s
 
     def forward(self, x: Tensor, sample: bool = True) -> Forward:  # x: [B, d]; deterministic
-        f = torch.relu(self.pre(x))  # [B, k]
-        return Forward(x_hat=self.decode(f), codes=f, activity=lambda: sparse_codes(f), extras={"f": f})
+        if not torch.is_grad_enabled():  # analysis: the plain composition
+            f = torch.relu(self.pre(x))  # [B, k]
+            return Forward(x_hat=self.decode(f), codes=f, activity=lambda: sparse_codes(f), extras={"f": f})
+        w_enc, w_dec = self.W_enc.T, self.W_dec.T  # [k, d], [d, k] views: nn.Linear's layout
+        z = relu_codes(x, w_enc, self.b_enc)  # [B, k], no grad
+        pat = Pattern.if_sparse(z, self.sparse_below)  # the N nonzero codes, if few
+        if pat is not None:
+            vals = self.gather_pre(x, z, pat)  # [N] > 0: relu is the identity there
+            return self.sparse_forward(vals, pat, {"vals": vals, "pat": pat})
+        x_hat, h, z = relu_l1_sae(x, w_enc, self.b_enc, w_dec, self.b_dec, z, self.W_dec.norm(dim=-1))
+        return Forward(x_hat=x_hat, codes=lambda: z, activity=lambda: sparse_codes(z), extras={"h": h})
 
     def loss_terms(self, x: Tensor, out: Forward) -> dict[str, Tensor]:
         sse = (x - out.x_hat).pow(2).sum(-1).mean()
-        pen = (out.extras["f"] * self.W_dec.norm(dim=-1)).sum(-1).mean()
+        if "h" in out.extras:  # the fused dense step: h = sum_i f_i ||W_dec,i|| [B]
+            pen = out.extras["h"].mean()
+        elif "pat" in out.extras:  # the sparse step: sum_n f_n ||W_dec,col(n)|| / B
+            norms = self.W_dec.norm(dim=-1)  # [k]
+            pen = (out.extras["vals"] * norms[out.extras["pat"].cols]).sum() / len(x)
+        else:
+            pen = (out.extras["f"] * self.W_dec.norm(dim=-1)).sum(-1).mean()
         lam = self.lam_now()
         return {"loss": sse + lam * pen, "sse": sse.detach(), "penalty": pen.detach(), "lam": lam}
 
