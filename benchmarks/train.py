@@ -281,7 +281,9 @@ def main() -> None:
     data = Path(tempfile.mkdtemp()) / "x.npy"
     np.save(data, torch.cat(batches).cpu().numpy())  # the same batches for SAELens
     params = {"sae_topk": {"topk": args.topk, "lam2": 0.0}, "sae_l1": {"lam1": args.lam1, "lam2": 0.0},
-              "sae_l1_decnorm": {"lam": args.lam1}}  # each beside SAELens (L1: its standard SAE)
+              "sae_l1_decnorm": {"lam": args.lam1, "dec_init_norm": 1.0}}  # beside SAELens (L1: standard)
+    # dec_init_norm 1 (the top of the April-2024 update's range; default 0.1): pre-activations 10x larger, so
+    # that the timed Adam steps (lr 1e-4) move the L0 of the sparse state (--l1-l0) as little as sae_l1's
     variants = args.variants or sorted(registry())
     print(f"{'variant':<22}{'k':>7}{'samples/s':>12}{'GFLOP/step':>12}{'% roofline':>12}"
           f"{'% roofline (dense-equivalent)':>31}{'SAELens s/s':>13}{'x SAELens':>11}", flush=True)
