@@ -84,6 +84,10 @@ if step train; then  # samples/s and % of the bf16/float32 matmul roofline (issu
   log "train benchmark, float32, batch 16384, TopK and L1"
   timeout ${TRAIN_S:-150} $PY benchmarks/train.py --device cuda --no-saelens --steps 10 --batch 16384 \
     --variants sae_topk sae_l1 2>&1 | tee "$OUT/train_fp32_b16k.log" | tail -8
+  # the L1 SAEs' sparse step on CUDA (off as shipped): sae_l1@L0=64 here beside the dense one in train_fp32.log
+  log "train benchmark, float32, sae_l1 with the sparse step on CUDA (--sparse-cuda 0.05)"
+  timeout ${TRAIN_S:-150} $PY benchmarks/train.py --device cuda --no-saelens --steps 20 --k 4096 16384 \
+    --variants sae_l1 --sparse-cuda 0.05 2>&1 | tee "$OUT/train_fp32_l1sparse.log" | tail -8
 fi
 if step saelens; then  # x SAELens on the GPU: its packages apart, first on the SAELens child's path only
   log "train benchmark beside SAELens, float32 and bf16"

@@ -244,6 +244,9 @@ def main() -> None:
     ap.add_argument("--l1-l0", type=int, default=64,
                     help="also time sae_l1 (both sides) from one state where this many of the k codes of a "
                          "row are nonzero, the sparsity of a trained L1 dictionary (0: not)")
+    ap.add_argument("--sparse-cuda", type=float, default=0.0, metavar="F",
+                    help="let the L1 SAEs take their sparse step on CUDA when at most this fraction of the "
+                         "codes is nonzero (as shipped: never there; to measure the crossover)")
     ap.add_argument("--saelens-venv", type=Path, default=Path("/tmp/actdict-bench-venv"))
     ap.add_argument("--saelens-path", default="", metavar="DIRS",
                     help="run SAELens with this interpreter and DIRS (os.pathsep-separated) first on its "
@@ -256,6 +259,10 @@ def main() -> None:
     args = ap.parse_args()
     dev = torch.device(args.device)
     torch.manual_seed(0)
+    if args.sparse_cuda:
+        for v in ("sae_l1", "sae_l1_decnorm"):
+            cls = registry()[v]
+            cls.sparse_below = cls.sparse_below | {"cuda": args.sparse_cuda}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; d={args.d} batch={args.batch} "
           f"steps={args.steps} x best of {args.repeats} (+{args.warmup} warmup), "
           f"{'bf16 autocast' if args.autocast else 'float32'} on {dev}",
