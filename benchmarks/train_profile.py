@@ -21,10 +21,11 @@ from actdict.train.loop import Member, train
 from actdict.train.protocol import make
 
 
-def run_steps(m: Member, batches: list[torch.Tensor], n: int, device: torch.device) -> float:
+def run_steps(m: Member, batches: list[torch.Tensor], n: int, device: torch.device,
+              autocast: bool = False) -> float:
     """Wall seconds of ``n`` training steps of ``m`` on ``batches`` (cycled), the device's work included."""
     it = (batches[i % len(batches)] for i in range(n))
-    cfg = TrainConfig(dicts=[], epochs=1, max_steps=n, checkpoint_every=0)
+    cfg = TrainConfig(dicts=[], epochs=1, max_steps=n, checkpoint_every=0, autocast=autocast)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     t = time.perf_counter()
@@ -44,6 +45,7 @@ def main() -> None:
     ap.add_argument("--topk", type=int, default=32)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--rows", type=int, default=18, help="operators shown per variant")
+    ap.add_argument("--autocast", action="store_true", help="bf16 autocast (train.autocast)")
     args = ap.parse_args()
     dev = torch.device(args.device)
     torch.manual_seed(0)
@@ -53,11 +55,13 @@ def main() -> None:
     for v in args.variants:
         params = {"topk": args.topk} if "topk" in v else {}
         m = Member(v, make(v, args.d, args.k, **params), 1e-4)
-        run_steps(m, batches, 3, dev)  # warm-up: allocator, kernels, optimizer state
-        wall = run_steps(m, batches, args.steps, dev)
-        with profile(activities=acts) as prof:
-            run_steps(m, batches, args.steps, dev)
-        print(f"\n{v} d={args.d} k={args.k} B={args.batch} on {dev}: {wall / args.steps * 1e3:.2f} ms/step, "
+        run_steps(m, batches, 3, dev, args.autocast)  # warm-up: allocator, kernels, optimizer state
+        wall = run_steps(m, batches, args.steps, dev, args.autocast)
+        with profile(activities=acts, record_shapes=True) as prof:
+            run_steps(m, batches, args.steps, dev, args.autocast)
+        prec = "bf16 autocast" if args.autocast else "float32"
+        print(f"\n{v} d={args.d} k={args.k} B={args.batch} {prec} on {dev}: "
+              f"{wall / args.steps * 1e3:.2f} ms/step, "
               f"{args.steps * args.batch / wall:,.0f} samples/s (without the profiler)")
         print(prof.key_averages().table(sort_by=key, row_limit=args.rows, max_name_column_width=48))
 

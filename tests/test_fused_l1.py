@@ -165,3 +165,13 @@ def test_decnorm_training_step_equals_autograd_on_the_plain_composition(monkeypa
     torch.testing.assert_close(codes, f.detach())
     for name, p in ps.items():
         torch.testing.assert_close(grads[name], p.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+def test_count_nonzero_bits_counts_the_nonzero_codes(dtype):
+    from actdict.train.variants._sparse import count_nonzero_bits
+
+    z = torch.randn(64, 48, generator=torch.Generator().manual_seed(11)).relu_().to(dtype)  # [B, k]
+    z[3] = 0  # an empty row
+    assert count_nonzero_bits(z) == int(torch.count_nonzero(z)) == int((z.float() > 0).sum())
+    assert 0.3 < count_nonzero_bits(z) / z.numel() < 0.6
