@@ -8,9 +8,8 @@ Training (gradients on) with the linear encoder and decoder computes the codes z
   the N nonzero codes are differentiated (``gather_linear``: relu is the identity there, and a zero code
   gets no gradient through relu either way) and decoded (``sparse_decode``), and ||z||_1 is their row sum.
   A trained L1 dictionary lives here (tens of codes of thousands per row). On 2 CPU cores (d 512, B 4096,
-  forward + backward) 3.2x faster than the dense step at 1% density, 1.9x at 5%, even at ~12% (k 4096) or
-  ~8% (k 16384); the dense step's matmuls dominate until then. Off on CUDA (the count is a sync; the
-  crossover there is not measured).
+  forward + backward) 3.2x faster than the dense step at 1% density, 1.9x at 5%; break-even at ~12%
+  (k 4096) and ~8% (k 16384). Off on CUDA (the count is a sync; the crossover there is not measured).
 * otherwise the fused dense step of ``_fused_l1`` (fewer passes over [B, k] than autograd).
 Both give the same loss and gradients to float rounding (tests/test_fused_l1.py). Deep encoders / MLP
 decoders and no-grad forwards (analysis) take the plain path. Everything else: see ``_sae``.
