@@ -77,14 +77,15 @@ def test_no_grad_forward_is_the_plain_one():
     torch.testing.assert_close(m(x).x_hat.detach(), out.x_hat)
 
 
-L1_PARAMS = {"sae_l1": {"lam1": 0.05, "lam2": 0.01}, "sae_l1_decnorm": {"lam": 0.05}}
+L1_PARAMS = {"sae_l1": {"lam1": 0.05, "lam2": 0.01}, "sae_l1_decnorm": {"lam": 0.05},
+             "sae_log": {"lam1": 0.05, "lam2": 0.01}}
 
 
 def _sparse_l1(variant="sae_l1", d=16, k=64, density=0.03, seed=7):
     """A ``variant`` with the encoder bias lowered so that ~``density`` of the codes of x are nonzero; x."""
     x = torch.randn(256, d, generator=torch.Generator().manual_seed(seed))
     m = make(variant, d, k, seed=seed, **L1_PARAMS[variant])
-    bias, pre = (m.encoder.bias, m.encoder) if variant == "sae_l1" else (m.b_enc, m.pre)
+    bias, pre = (m.encoder.bias, m.encoder) if hasattr(m, "encoder") else (m.b_enc, m.pre)
     with torch.no_grad():
         bias -= torch.quantile(pre(x).flatten(), 1 - density)
     return m, x
@@ -109,10 +110,11 @@ def _step(m, x, below, monkeypatch, autocast=False):
     return terms["loss"].detach(), terms["penalty"], out.codes.detach(), grads, bool(calls)
 
 
-@pytest.mark.parametrize("variant", ["sae_l1", "sae_l1_decnorm"])
+@pytest.mark.parametrize("variant", ["sae_l1", "sae_l1_decnorm", "sae_log"])
 def test_sparse_step_equals_the_dense_one(monkeypatch, variant):
     """Below the density threshold the step runs on the nonzero codes only (Pattern, gather_linear,
-    sparse_decode): same loss, penalty, codes and gradients as the fused dense step."""
+    sparse_decode): same loss, penalty, codes and gradients as the dense step (fused for the L1 SAEs, autograd
+    for sae_log, whose zero codes each add log(eps) to the penalty)."""
     m, x = _sparse_l1(variant)
     sparse = _step(m, x, 1.0, monkeypatch)
     dense = _step(m, x, 0.0, monkeypatch)
