@@ -57,6 +57,7 @@ from actdict.train.loop import Member, train  # noqa: E402
 from actdict.train.protocol import make, registry  # noqa: E402
 
 CPU = torch.device("cpu")
+L1_VARIANTS = ("sae_l1_decnorm", "sae_l1")  # the ones with a sparse step that SAELens is timed beside
 SAELENS_CHILD = r'''
 import json, sys, time, numpy as np, torch
 from sae_lens import (SAETrainer, StandardTrainingSAE, StandardTrainingSAEConfig, TopKTrainingSAE,
@@ -128,7 +129,7 @@ def sparse_l1_state(variant: str, d: int, k: int, l0: int, x: torch.Tensor,
                     params: dict) -> dict[str, torch.Tensor]:
     """A fresh L1 SAE's state with the encoder bias lowered so that ``l0`` of the k codes of an average row
     of x [B, d] are nonzero: the sparsity of a trained L1 dictionary (the weights stay random)."""
-    model = make(variant, d, k, **params).to(x.device)
+    model = build(variant, d, k, params).to(x.device)
     bias, enc = (model.b_enc, model.pre) if hasattr(model, "b_enc") else (model.encoder.bias, model.encoder)
     with torch.no_grad():
         pre = enc(x[:512]).flatten()  # [512 k]
@@ -142,11 +143,17 @@ def mean_l0(model, x: torch.Tensor) -> float:
         return float((model(x, sample=False).codes != 0).sum(-1).float().mean())
 
 
-def step_flops(variant: str, d: int, k: int, x: torch.Tensor, params: dict, init: dict | None = None) -> int:
-    """FLOPs of one forward + backward (matmuls, as counted by torch's FlopCounterMode)."""
-    model = make(variant, d, k, **params).to(x.device)
+def build(variant: str, d: int, k: int, params: dict, init: dict | None = None):
+    """A fresh model of ``variant``, or one holding the state dict ``init``."""
+    model = make(variant, d, k, **params)
     if init is not None:
         model.load_state_dict(init)
+    return model
+
+
+def step_flops(variant: str, d: int, k: int, x: torch.Tensor, params: dict, init: dict | None = None) -> int:
+    """FLOPs of one forward + backward (matmuls, as counted by torch's FlopCounterMode)."""
+    model = build(variant, d, k, params, init).to(x.device)
     with FlopCounterMode(display=False) as fc:
         model.loss_terms(x, model(x, sample=True))["loss"].backward()
     return int(fc.get_total_flops())
@@ -158,10 +165,7 @@ def actdict_rate(variant: str, d: int, k: int, batches: list[torch.Tensor], warm
     """Samples/s of the training loop (after ``warmup`` steps) on the in-RAM batches (or on ``stream``):
     the fastest of ``repeats`` consecutive runs of ``steps`` steps (one model, training on). ``init``: a
     state dict to start from; ``keep``: a list the trained model is appended to."""
-    model = make(variant, d, k, **params)
-    if init is not None:
-        model.load_state_dict(init)
-    m = Member(variant, model.to(device), 1e-4)
+    m = Member(variant, build(variant, d, k, params, init).to(device), 1e-4)
     if keep is not None:
         keep.append(m.model)
     it = stream if stream is not None else (batches[i % len(batches)] for i in range(10**9))
@@ -242,8 +246,8 @@ def main() -> None:
     ap.add_argument("--topk", type=int, default=32)
     ap.add_argument("--lam1", type=float, default=1e-3)
     ap.add_argument("--l1-l0", type=int, default=64,
-                    help="also time sae_l1 (both sides) from one state where this many of the k codes of a "
-                         "row are nonzero, the sparsity of a trained L1 dictionary (0: not)")
+                    help="also time the L1 SAEs (both sides) from one state where this many of the k codes "
+                         "of a row are nonzero, the sparsity of a trained L1 dictionary (0: not)")
     ap.add_argument("--sparse-cuda", type=float, default=0.0, metavar="F",
                     help="let the L1 SAEs take their sparse step on CUDA when at most this fraction of the "
                          "codes is nonzero (as shipped: never there; to measure the crossover)")
@@ -260,7 +264,7 @@ def main() -> None:
     dev = torch.device(args.device)
     torch.manual_seed(0)
     if args.sparse_cuda:
-        for v in ("sae_l1", "sae_l1_decnorm"):
+        for v in L1_VARIANTS:
             cls = registry()[v]
             cls.sparse_below = cls.sparse_below | {"cuda": args.sparse_cuda}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; d={args.d} batch={args.batch} "
@@ -299,7 +303,7 @@ def main() -> None:
         peak = roofline_gflops(args.batch, args.d, k, dtype=dt, device=dev)
         print(f"roofline: [{args.batch},{args.d}]x[{args.d},{k}] {dt} matmul {peak:.1f} GFLOP/s", flush=True)
         runs = [(v, v, params.get(v, {}), None) for v in variants]  # (label, variant, params, start state)
-        for v in [v for v in ("sae_l1_decnorm", "sae_l1") if v in variants and args.l1_l0]:
+        for v in [v for v in L1_VARIANTS if v in variants and args.l1_l0]:
             init = sparse_l1_state(v, args.d, k, args.l1_l0, batches[0], params[v])
             at = [r[0] for r in runs].index(v) + 1
             runs.insert(at, (f"{v}@L0={args.l1_l0}", v, params[v], init))
@@ -327,9 +331,10 @@ def main() -> None:
             ref_s = f"{ref:>13,.0f}{rate / ref:>10.2f}x" if ref else f"{'-':>13}{'-':>11}"
             cols = f"{rate:>12,.0f}{flops / 1e9:>12.1f}{pct:>11.1f}%{pct_dense:>30.1f}%{ref_s}"
             print(f"{label:<22}{k:>7}{cols}", flush=True)
-            if v in ("sae_l1", "sae_l1_decnorm"):
+            if v in L1_VARIANTS:
                 print(f"  {label}: mean L0 after the timed steps {mean_l0(kept[0], batches[0]):,.1f} of {k}",
                       flush=True)
+
 
 if __name__ == "__main__":
     main()

@@ -96,10 +96,9 @@ def _step(m, x, below, monkeypatch, autocast=False):
     below ``below``; also whether the sparse step ran."""
     cls = type(m)
     calls = []
-    name = "_sparse_forward" if hasattr(cls, "_sparse_forward") else "sparse_forward"
-    real = getattr(cls, name)
+    real = cls.sparse_forward
     monkeypatch.setattr(cls, "sparse_below", {"cpu": below})
-    monkeypatch.setattr(cls, name, lambda self, *a: calls.append(1) or real(self, *a))
+    monkeypatch.setattr(cls, "sparse_forward", lambda self, *a: calls.append(1) or real(self, *a))
     m.zero_grad()
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         out = m(x)

@@ -33,6 +33,7 @@ from actdict.train.variants._nets import (
     default_hidden,
     make_decoder,
 )
+from actdict.train.variants._sparse import Pattern, gather_linear, sparse_forward
 
 
 class SAEBase(Dictionary):
@@ -61,8 +62,19 @@ class SAEBase(Dictionary):
         return torch.zeros(z.shape[0], device=z.device, dtype=z.dtype)
 
     def forward(self, x: Tensor, sample: bool = True) -> Forward:  # x: [B, d]; SAEs are deterministic
-        z = self.encode(x)  # [B, k]
+        return self.dense_forward(self.encode(x))
+
+    def dense_forward(self, z: Tensor) -> Forward:  # z: [B, k], the codes
         return Forward(x_hat=self.decoder(z), codes=z, activity=lambda: z.abs().log(), extras={"z": z})
+
+    def gather_pre(self, x: Tensor, pre: Tensor, pat: Pattern) -> Tensor:  # -> [N]
+        """The linear encoder's pre-activations at the entries ``pat`` with the sparse backward (``pre``
+        [B, k] computed without grad by the caller; relu(pre) may stand for it at positive entries)."""
+        return gather_linear(x, None, self.encoder.weight, self.encoder.bias, pre, pat)
+
+    def sparse_forward(self, vals: Tensor, pat: Pattern, extras: dict[str, Tensor]) -> Forward:
+        """``_sparse.sparse_forward`` through the linear decoder (weight [d, k] read latent-major)."""
+        return sparse_forward(vals, self.decoder.weight.T, self.decoder.bias, pat, extras)
 
     def decode(self, codes: Tensor) -> Tensor:  # codes = z: [B, k] -> [B, d]
         return self.decoder(codes)

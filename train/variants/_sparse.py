@@ -40,6 +40,14 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd import Function
 
+from actdict.train.protocol import Forward
+
+# The L1-penalised SAEs (sae_l1, sae_l1_decnorm, sae_log) take the sparse step when at most this fraction of a
+# batch's codes is nonzero, per device type; a type not listed never does (the count is read back: a sync on
+# CUDA, where the crossover is not measured). 2 CPU cores, d 512, B 4096, forward + backward: 3.2x the dense
+# step at 1% density, 1.9x at 5%; break-even at ~12% (k 4096) and ~8% (k 16384).
+SPARSE_BELOW = {"cpu": 0.05}
+
 
 def _counts(x: Tensor, n: int) -> Tensor:
     """[n] occurrences of each of 0..n-1 in x [N] (long): ``torch.bincount(x, minlength=n)`` without its
@@ -106,6 +114,9 @@ class Pattern:
     @property
     def row_start(self) -> Tensor:  # [B] embedding_bag offsets of the row bags
         return self.crow[:-1]
+
+    def row_sums(self, w: Tensor) -> Tensor:  # [N] -> [B] float32: sum of each row's entries (differentiable)
+        return w.new_zeros(self.B, dtype=torch.float32).index_add(0, self.rows, w.float())
 
     def take(self, dense: Tensor) -> Tensor:  # [B, k] -> [N]
         return dense.reshape(-1)[self.rows * self.k + self.cols]
@@ -189,6 +200,16 @@ class _SparseDecode(Function):
         gv = pat.sampled_dot(g, W) if ctx.needs_input_grad[0] else None  # [N]
         gW = pat.by_column(g, vals) if ctx.needs_input_grad[1] else None  # [k, d]
         return gv, gW, None
+
+
+def sparse_forward(vals: Tensor, W: Tensor, b: Tensor, pat: Pattern, extras: dict[str, Tensor]) -> Forward:
+    """Forward of a code with only the entries ``pat`` (values vals [N]): x_hat = sparse_decode + b [B, d]
+    (W [k, d] as in ``sparse_decode``, b [d]); the dense codes and their activity are built only if
+    analysis reads them (no graph kept)."""
+    x_hat = sparse_decode(vals, W, pat) + b  # [B, d]
+    kept = vals.detach()
+    return Forward(x_hat=x_hat, codes=lambda: pat.dense(kept), activity=lambda: pat.log_abs(kept),
+                   extras=extras)
 
 
 def sparse_decode(vals: Tensor, W: Tensor, pat: Pattern) -> Tensor:

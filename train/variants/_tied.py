@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from actdict.config import ConfigError
 from actdict.train import dist as dist_
 from actdict.train.protocol import Dictionary, Forward
-from actdict.train.variants._sparse import Pattern, gather_linear, sparse_decode
+from actdict.train.variants._sparse import Pattern, gather_linear, sparse_forward
 
 
 class TiedSAE(Dictionary):
@@ -94,10 +94,7 @@ class TiedSAE(Dictionary):
     def sparse_forward(self, vals: Tensor, pat: Pattern, extras: dict[str, Tensor]) -> Forward:
         """Forward of a code with only the entries ``pat`` (values vals [N]): x_hat by the sparse decode;
         the dense codes and their activity are built only if analysis reads them (no graph kept)."""
-        x_hat = sparse_decode(vals, self.W_dec, pat) + self.b_dec  # [B, d]
-        kept = vals.detach()
-        return Forward(x_hat=x_hat, codes=lambda: pat.dense(kept), activity=lambda: pat.log_abs(kept),
-                       extras=extras)
+        return sparse_forward(vals, self.W_dec, self.b_dec, pat, extras)
 
     @torch.no_grad()
     def after_step(self) -> None:

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from actdict.train.protocol import Forward, register
 from actdict.train.variants._fused_l1 import relu_codes, relu_l1_sae
-from actdict.train.variants._sparse import Pattern
+from actdict.train.variants._sparse import SPARSE_BELOW, Pattern
 from actdict.train.variants._tied import TiedSAE, sparse_codes
 
 
@@ -37,7 +37,7 @@ class SAEL1DecNorm(TiedSAE):
     apply_b_dec_to_input = False
     unit_norm_decoder = False
     default_params = {"lam": 5.0, "lam_warmup_steps": 0, "dec_init_norm": 0.1}
-    sparse_below = {"cpu": 0.05}  # as sae_l1's: the sparse step at most this fraction of nonzero codes
+    sparse_below = SPARSE_BELOW
 
     def __init__(self, d: int, k: int, **params) -> None:
         super().__init__(d, k, **params)

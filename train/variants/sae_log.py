@@ -18,14 +18,14 @@ from torch import Tensor, nn
 
 from actdict.train.protocol import Forward, register
 from actdict.train.variants._sae import SAEBase
-from actdict.train.variants._sparse import Pattern, gather_linear, sparse_decode
+from actdict.train.variants._sparse import SPARSE_BELOW, Pattern
 
 
 @register
 class SAELog(SAEBase):
     variant = "sae_log"
     default_params = {"lam1": 0.01, "lam2": 0.2, "eps": 1e-4}
-    sparse_below = {"cpu": 0.05}  # as sae_l1's
+    sparse_below = SPARSE_BELOW
 
     def penalty(self, z: Tensor) -> Tensor:  # z: [B, k] -> [B]
         return (z.abs() + self.params["eps"]).log().sum(-1)
@@ -38,17 +38,9 @@ class SAELog(SAEBase):
         z = torch.relu(pre)  # [B, k]
         pat = Pattern.if_sparse(z.detach(), self.sparse_below)  # the N nonzero codes, if few
         if pat is None:  # the plain path, on these codes
-            return Forward(x_hat=dec(z), codes=z, activity=lambda: z.abs().log(), extras={"z": z})
-        return self._sparse_forward(x, pre.detach(), pat)  # the dense graph is dropped
-
-    def _sparse_forward(self, x: Tensor, pre: Tensor, pat: Pattern) -> Forward:  # pre [B, k] no grad
-        enc, dec = self.encoder, self.decoder
-        vals = gather_linear(x, None, enc.weight, enc.bias, pre, pat)  # [N] > 0: relu is the identity there
-        x_hat = sparse_decode(vals, dec.weight.T, pat) + dec.bias  # [B, d]
+            return self.dense_forward(z)
+        vals = self.gather_pre(x, pre.detach(), pat)  # [N] > 0: relu is the identity there; the graph dropped
         eps = float(self.params["eps"])
         zeros = self.k - (pat.crow[1:] - pat.crow[:-1])  # [B] zero codes per row
-        h = zeros.float() * math.log(eps) + vals.new_zeros(len(x), dtype=torch.float32).index_add(
-            0, pat.rows, (vals.float() + eps).log())  # [B]
-        kept = vals.detach()
-        return Forward(x_hat=x_hat, codes=lambda: pat.dense(kept), activity=lambda: pat.log_abs(kept),
-                       extras={"h": h})
+        h = zeros.float() * math.log(eps) + pat.row_sums((vals.float() + eps).log())  # [B]
+        return self.sparse_forward(vals, pat, {"h": h})

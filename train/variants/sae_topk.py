@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from actdict.config import ConfigError
 from actdict.train.protocol import Forward, register
 from actdict.train.variants._sae import SAEBase
-from actdict.train.variants._sparse import Pattern, gather_linear, sparse_decode
+from actdict.train.variants._sparse import Pattern
 
 
 @register
@@ -55,8 +55,5 @@ class SAETopK(SAEBase):
             # relu(pre) than the dense path does, which changes neither z, x_hat nor any gradient
             idx = pre.topk(int(self.params["topk"]), dim=-1).indices  # [B, topk]
         pat = Pattern.from_topk(idx, self.k)
-        vals = torch.relu(gather_linear(x, None, enc.weight, enc.bias, pre, pat))  # [N] kept z
-        x_hat = sparse_decode(vals, dec.weight.T, pat) + dec.bias  # [B, d]
-        kept = vals.detach()  # the lazy fields hold no graph
-        return Forward(x_hat=x_hat, codes=lambda: pat.dense(kept), activity=lambda: pat.log_abs(kept),
-                       extras={"h": x.new_zeros(len(x))})  # h = 0: no penalty
+        vals = torch.relu(self.gather_pre(x, pre, pat))  # [N] kept z
+        return self.sparse_forward(vals, pat, {"h": x.new_zeros(len(x))})  # h = 0: no penalty
