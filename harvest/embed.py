@@ -142,7 +142,7 @@ def main(common, cfg) -> None:
     from actdict.harvest.store import StoreWriter
 
     path, ecfg, chash = common.store_path, cfg.embed, config_hash(cfg)
-    if _existing(path, [ecfg.hook], chash):
+    if _existing(path, [ecfg.hook], cfg):
         print(f"harvest: store {path} is already complete for this config ({chash}); skipping")
         return
     enc = load_encoder(cfg.model, device=cfg.device, dtype=cfg.dtype, max_seq_length=ecfg.max_seq_length)

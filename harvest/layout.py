@@ -127,6 +127,19 @@ def shard_name(i: int) -> str:
     return f"{i:05d}"
 
 
+def shard_problem(names: list[str], n_shards: int) -> str | None:
+    """What is wrong with a complete hook's shard folders ``names`` (its 5-digit ones) when its manifest lists
+    ``n_shards``, in words naming the shards; None when they are exactly 0 .. n_shards - 1."""
+    have, want = {int(n) for n in names}, set(range(n_shards))
+    if have == want:
+        return None
+    said = [f"{what} {', '.join(map(shard_name, ids))}" for what, ids in
+            (("missing shard(s)", sorted(want - have)), ("unexpected shard(s)", sorted(have - want))) if ids]
+    listed = f"{shard_name(0)}..{shard_name(n_shards - 1)}" if n_shards else "none"
+    return (f"{'; '.join(said)} (the manifest lists {n_shards}: {listed}); the store is damaged: restore "
+            "those shards from a copy, or delete the store and harvest again")
+
+
 # ----------------------------------------------------------------------------------------------- dtypes
 
 

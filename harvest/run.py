@@ -25,7 +25,7 @@ import numpy as np
 from actdict.config import Common, config_hash, to_dict
 from actdict.harvest.config import HarvestConfig
 from actdict.harvest.dist import Ranks, init_ranks, rank_device
-from actdict.harvest.layout import ACT_DTYPES, fs_of, human_size, write_shard
+from actdict.harvest.layout import ACT_DTYPES, fs_of, human_size, shard_entries, shard_problem, write_shard
 from actdict.harvest.models import LoadedModel, load_model
 from actdict.harvest.pipeline import Behind, Prefetch
 from actdict.harvest.plan import RowStream, ShardWork, owner, shard_work, stored_positions
@@ -33,9 +33,11 @@ from actdict.harvest.resume import (
     HarvestError,
     check_manifest,
     clean,
+    config_changes,
     done_shards,
     finish,
     growable,
+    hook_dir,
     prefix_done,
     read_manifest,
     record,
@@ -218,17 +220,26 @@ def _manifests(path: str) -> dict[str, dict]:
     return out
 
 
-def _existing(path: str, hooks: list[str], chash: str, manifests: dict[str, dict] | None = None) -> bool:
-    """True when the store is complete for this config; raise when it holds another harvest.
+def _existing(path: str, hooks: list[str], cfg: HarvestConfig,
+              manifests: dict[str, dict] | None = None) -> bool:
+    """True when the store is complete for ``cfg``; raise when it holds another harvest (naming the config
+    keys that differ) or when a complete hook's shards are not all there (naming them).
     ``hooks`` may hold patterns (``all``, ``blocks.*...``): then every hook found must be complete.
     ``manifests``: those of ``_manifests(path)`` when already read."""
     manifests = _manifests(path) if manifests is None else manifests
+    chash = config_hash(cfg)
     for h, m in manifests.items():
         if m.get("config_hash") != chash:
+            changes = config_changes(m.get("harvest"), _as_json(cfg))
+            what = "; ".join(changes[:8]) or f"config_hash {m.get('config_hash')}, this config {chash}"
             raise HarvestError(
-                f"store {path} holds a harvest with another config (hook {h!r}, config_hash "
-                f"{m.get('config_hash')}, this config {chash}); delete {path}, or set run_dir / "
-                "store to another folder")
+                f"store {path} holds a harvest with another config (hook {h!r}: {what}); delete {path}, or "
+                "set run_dir / store to another folder")
+        if m.get("complete"):
+            fs, d = hook_dir(path, h)
+            names = [n for n in shard_entries(fs, d) if n.isdigit()]
+            if problem := shard_problem(names, int(m.get("n_shards", len(names)))):
+                raise HarvestError(f"store {path}, hook {h!r}: {problem}")
     literal = [h for h in hooks if h != "all" and not any(c in h for c in "*?[")]
     return bool(manifests) and all(h in manifests for h in literal) and all(
         m.get("complete") for m in manifests.values())
@@ -249,7 +260,7 @@ def main(common: Common, cfg: HarvestConfig) -> None:
     path, chash = common.store_path, config_hash(cfg)
     manifests = _manifests(path)
     grow = growable(manifests, _as_json(cfg))  # a larger max_tokens: continue the store
-    if not grow and _existing(path, list(cfg.hooks), chash, manifests):
+    if not grow and _existing(path, list(cfg.hooks), cfg, manifests):
         print(f"harvest: store {path} is already complete for this config ({chash}); skipping")
         return
     ranks = init_ranks()

@@ -42,6 +42,7 @@ from actdict.harvest.layout import (
     read_chunk_file,
     read_json,
     shard_entries,
+    shard_problem,
     zarr_url,
 )
 from actdict.harvest.writer import StoreWriter, write_vectors
@@ -101,11 +102,8 @@ class ActivationStore:
         half-written one, a complete store must have exactly n_shards valid ones."""
         names = [n for n in shard_entries(self.fs, self.dir) if n.isdigit()]  # .tmp-* are invisible
         complete = self.manifest.get("complete")
-        if complete and [int(n) for n in names] != list(range(len(names))):
-            raise StoreError(f"{self.dir}: shard numbers are not 0..{len(names) - 1}: {names}")
-        if complete and len(names) != self.manifest.get("n_shards"):
-            raise StoreError(f"{self.dir}: {len(names)} shards found, "
-                             f"manifest says {self.manifest['n_shards']}")
+        if complete and (problem := shard_problem(names, int(self.manifest.get("n_shards", len(names))))):
+            raise StoreError(f"{self.dir}: {problem}")
         out = []
         for i, n in enumerate(names):
             if int(n) != i:

@@ -225,7 +225,7 @@ def main(common, cfg) -> None:
     if not vcfg.path:
         raise ConfigError("harvest.mode is 'vectors' but harvest.vectors.path is empty: name a .npy, "
                           ".safetensors or .parquet file")
-    if _existing(path, [vcfg.hook], chash):
+    if _existing(path, [vcfg.hook], cfg):
         print(f"harvest: store {path} is already complete for this config ({chash}); skipping")
         return
     s = import_vectors(vcfg.path, path, key=vcfg.key, hook=vcfg.hook, block_rows=vcfg.block_rows,

@@ -5,6 +5,7 @@ MiniLM (real weights, offline) and a random-init model of pythia-70m's exact sha
 """
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from actdict.harvest.config import HarvestConfig
 from actdict.harvest.models import HookError, ModelError, make_random_pythia, resolve_model
 from actdict.harvest.run import HarvestError, main
 from actdict.harvest.sources import iter_documents, token_windows
-from actdict.harvest.store import open_store
+from actdict.harvest.store import StoreError, open_store
 
 ROOT = Path(__file__).parents[1]
 TEXTS = ROOT / "tests" / "data" / "texts"
@@ -93,8 +94,14 @@ def test_max_tokens_rerun_and_conflict(tmp_path, minilm_hf, capsys):
     t = time.perf_counter()
     harvest(tmp_path / "run", max_tokens=50)  # same config: skipped, no model load
     assert "already complete" in capsys.readouterr().out and time.perf_counter() - t < 2
-    with pytest.raises(HarvestError, match="another config.*delete"):
+    with pytest.raises(HarvestError, match="another config.*ctx: 16 -> 20.*delete") as e:
         harvest(tmp_path / "run", max_tokens=50, ctx=20)
+    assert "(hook 'blocks.3.hook_resid_post': ctx: 16 -> 20);" in str(e.value)  # only the keys that differ
+    shutil.rmtree(next(Path(common.store_path).rglob("shards/00000")))  # a damaged complete store
+    with pytest.raises(HarvestError, match="missing shard.s. 00000 .the manifest lists 1: 00000..00000"):
+        harvest(tmp_path / "run", max_tokens=50)  # reported, not "already complete"
+    with pytest.raises(StoreError, match="missing shard.s. 00000"):
+        open_store(common.store_path)
 
 
 @pytest.mark.parametrize("first", [30, 64])  # a short last shard (removed, refilled) or a whole one (kept)

@@ -6,6 +6,8 @@ import os
 import numpy as np
 import pytest
 
+from actdict.harvest.layout import shard_problem
+from actdict.harvest.resume import config_changes
 from actdict.harvest.store import (
     Rows,
     StoreError,
@@ -349,3 +351,13 @@ def test_read_acts_names_a_flipped_bit_and_reads_remote_stores(tmp_path):
     x = np.arange(40, dtype=np.float32).reshape(20, 2)
     remote = write_vectors("memory://ra/store", x, shard_rows=8, chunk_rows=4)  # no local file: zarr's path
     np.testing.assert_array_equal(np.concatenate([remote.read_acts(i) for i in range(remote.num_chunks)]), x)
+
+
+def test_shard_and_config_problems_are_named():
+    assert shard_problem(["00000", "00001", "00002"], 3) is None
+    assert shard_problem(["00000", "00002", "00004"], 4).startswith(
+        "missing shard(s) 00001, 00003; unexpected shard(s) 00004 (the manifest lists 4: 00000..00003);")
+    old = {"ctx": 16, "source": {"path": "a", "kind": "files"}}
+    new = {"ctx": 16, "source": {"path": "b", "kind": "files"}}
+    assert config_changes(old, new | {"seed": 3}) == ["seed: unset -> 3", "source.path: 'a' -> 'b'"]
+    assert config_changes(None, new) == [f"config: None -> {new!r}"] and config_changes(new, new) == []
