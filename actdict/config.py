@@ -204,3 +204,21 @@ def config_hash(cfg: Any) -> str:
     """Stable short hash of a config dataclass (sorted JSON, sha256, 16 hex chars)."""
     blob = json.dumps(to_dict(cfg), sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def config_changes(old, new, prefix: str = "") -> list[str]:
+    """Where two configs (as JSON dicts) differ: 'dotted.key: old -> new' per differing leaf, sorted."""
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return [] if old == new else [f"{prefix.rstrip('.') or 'config'}: {_short(old)} -> {_short(new)}"]
+    out = []
+    for k in sorted(set(old) | set(new), key=str):
+        out += config_changes(old.get(k, _UNSET), new.get(k, _UNSET), f"{prefix}{k}.")
+    return out
+
+
+_UNSET = object()  # a key one of the two configs lacks
+
+
+def _short(v, width: int = 60) -> str:
+    r = "unset" if v is _UNSET else repr(v)
+    return r if len(r) <= width else r[:width - 3] + "..."

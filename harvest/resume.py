@@ -97,24 +97,6 @@ def check_manifest(found: dict, expected: dict, where: str) -> None:
                            "again, or set store / run_dir to another folder")
 
 
-def config_changes(old, new, prefix: str = "") -> list[str]:
-    """Where two configs (as JSON dicts) differ: 'dotted.key: old -> new' per differing leaf, sorted."""
-    if not (isinstance(old, dict) and isinstance(new, dict)):
-        return [] if old == new else [f"{prefix.rstrip('.') or 'config'}: {_short(old)} -> {_short(new)}"]
-    out = []
-    for k in sorted(set(old) | set(new), key=str):
-        out += config_changes(old.get(k, _UNSET), new.get(k, _UNSET), f"{prefix}{k}.")
-    return out
-
-
-_UNSET = object()  # a key one of the two configs lacks
-
-
-def _short(v, width: int = 60) -> str:
-    r = "unset" if v is _UNSET else repr(v)
-    return r if len(r) <= width else r[:width - 3] + "..."
-
-
 def growable(manifests: dict[str, dict], harvest_cfg: dict) -> bool:
     """True when every hook's manifest is a complete harvest of ``harvest_cfg`` (the config as
     ``to_dict``/JSON) with a smaller ``max_tokens``: raising max_tokens grows such a store (``reopen``) into

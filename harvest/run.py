@@ -22,7 +22,7 @@ from itertools import islice
 
 import numpy as np
 
-from actdict.config import Common, config_hash, to_dict
+from actdict.config import Common, config_changes, config_hash, to_dict
 from actdict.harvest.config import HarvestConfig
 from actdict.harvest.dist import Ranks, init_ranks, rank_device
 from actdict.harvest.layout import ACT_DTYPES, fs_of, human_size, shard_entries, shard_problem, write_shard
@@ -33,7 +33,6 @@ from actdict.harvest.resume import (
     HarvestError,
     check_manifest,
     clean,
-    config_changes,
     done_shards,
     finish,
     growable,

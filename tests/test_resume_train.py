@@ -1,6 +1,7 @@
 """A real interruption: ``actdict train`` killed with SIGKILL after a checkpoint, rerun, stopped with
-SIGTERM, rerun to the end, must end with exactly the weights of an uninterrupted run (same batches, Adam
-state, noise), on the ``device`` fixture's device (conftest.py: the CPU, or the GPU where there is one)."""
+SIGTERM, rerun, stopped with Ctrl-C (SIGINT), rerun to the end, must end with exactly the weights of an
+uninterrupted run (same batches, Adam state, noise), on the ``device`` fixture's device (conftest.py: the
+CPU, or the GPU where there is one). A run of another config in that folder is refused, not resumed."""
 
 import os
 import re
@@ -11,13 +12,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from actdict.config import common_of, load_experiment, section
 from actdict.harvest.store import write_vectors
 from actdict.train.config import TrainConfig
-from actdict.train.resume import STATE, read_meta
+from actdict.train.resume import STATE, ResumeConflict, read_meta
 from actdict.train.run import main
 
 DICTS = ("vaease", "topk")
@@ -51,7 +53,8 @@ def _launch(cfg: Path, log: Path) -> subprocess.Popen:
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "actdict.cli"]
     with open(f"{log}.out", "w") as out, open(f"{log}.err", "w") as err:
         return subprocess.Popen([*cmd, "train", str(cfg)], stdout=out, stderr=err,
-                                env=os.environ | {"OMP_NUM_THREADS": "1"})
+                                env=os.environ | {"OMP_NUM_THREADS": "1"},  # SIGINT as in a terminal,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # even in CI
 
 
 def _logs(log: Path) -> tuple[str, str]:
@@ -103,11 +106,24 @@ def test_killed_and_terminated_run_resumes_bit_exactly(tmp_path, device):
     assert f"resumed at step {killed_at}" in out
     stopped = int(re.search(r"Interrupted: stopped at step (\d+)", err).group(1))
     assert read_meta(state)["position"]["step"] == stopped > killed_at
+    other = load_experiment(cfg, ["train.epochs=9"])
+    with pytest.raises(ResumeConflict, match=r"another run \(dictionaries \['topk', 'vaease'\] at step "):
+        main(common_of(other), section(other, "train", TrainConfig))  # not resumed, not dropped
+    assert read_meta(state)["position"]["step"] == stopped
+
+    proc = _launch(cfg, log)
+    _wait_for_checkpoint(proc, state, stopped)
+    proc.send_signal(signal.SIGINT)  # Ctrl-C: saves and stops like SIGTERM
+    assert proc.wait(timeout=120) == 2
+    out, err = _logs(log)
+    assert f"resumed at step {stopped}" in out and "Ctrl-C: saving a resume state" in err
+    interrupted = int(re.search(r"Interrupted: stopped at step (\d+)", err).group(1))
+    assert read_meta(state)["position"]["step"] == interrupted > stopped
 
     proc = _launch(cfg, log)
     assert proc.wait(timeout=300) == 0, _logs(log)[1]
     out, err = _logs(log)
-    assert f"resumed at step {stopped}" in out and not state.exists()
+    assert f"resumed at step {interrupted}" in out and not state.exists()
     for name in DICTS:
         a = load_file(tmp_path / "ref" / "dicts" / name / "model.safetensors")
         b = load_file(tmp_path / "run" / "dicts" / name / "model.safetensors")

@@ -6,8 +6,8 @@ import os
 import numpy as np
 import pytest
 
+from actdict.config import config_changes
 from actdict.harvest.layout import shard_problem
-from actdict.harvest.resume import config_changes
 from actdict.harvest.store import (
     Rows,
     StoreError,

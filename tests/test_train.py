@@ -1,6 +1,7 @@
 """Training data stream, loop, checkpoints and the train stage, on tiny stores made with write_vectors."""
 
 import json
+import os
 import threading
 
 import numpy as np
@@ -202,7 +203,7 @@ def test_train_stage_writes_split_checkpoints_and_skips(store, tmp_path, capsys)
     cfg = TrainConfig(dicts=[DictConfig("v", "vaease", k=4, lr=0.01, params={"loggamma_init": 0.0}),
                              DictConfig("s", "sae_topk", k=4, lr=0.01, params={"topk": 2})],
                       epochs=1, batch_size=100, test_fraction=0.2, device="cpu", normalize="mean_scale")
-    from actdict.train.run import main
+    from actdict.train.run import dict_hash, main
     main(common, cfg)
     split = json.loads((tmp_path / "run" / "split.json").read_text())
     assert split == make_split(store.num_chunks, 0.2, 3)
@@ -218,6 +219,19 @@ def test_train_stage_writes_split_checkpoints_and_skips(store, tmp_path, capsys)
     main(common, cfg2)
     out = capsys.readouterr().out
     assert out.count("skipped") == 1 and "['s']" in out
+    assert "s: its finished checkpoint will be replaced (it was trained with another config: dict.lr: 0.01 " \
+           "-> 0.02)" in out
+    respelled = Common(run_dir=common.run_dir, seed=3, store=os.path.relpath(store.path))
+    main(respelled, cfg2)  # the same store by another path: the same dictionaries
+    assert capsys.readouterr().out.count("skipped") == 2
+    record = tmp_path / "run" / "dicts" / "v" / checkpoint.CFG  # a checkpoint from before 2026-12-05
+    meta = json.loads(record.read_text())
+    spelled = meta["store"] | {"path": os.path.relpath(store.path)}
+    old = dict_hash(cfg.dicts[0], cfg2, respelled, spelled, make_split(store.num_chunks, 0.2, 3), legacy=True)
+    assert old != meta["config_hash"]
+    record.write_text(json.dumps(meta | {"config_hash": old}))
+    main(respelled, cfg2)  # its hash had the path as spelled: still finished
+    assert capsys.readouterr().out.count("skipped") == 2
     with pytest.raises(ValueError, match="unique names"):
         main(common, TrainConfig(dicts=[cfg.dicts[0], cfg.dicts[0]]))
 

@@ -18,6 +18,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from actdict.errors import ActdictError
 from actdict.train.dist import like_param
 from actdict.train.loop import Member, Position
 
@@ -49,6 +50,11 @@ def save_state(path: str | Path, members: list[Member], hashes: dict[str, str], 
     return path
 
 
+class ResumeConflict(ActdictError):
+    """The run folder holds the resume state of another run: continuing would be wrong, starting over
+    would discard it."""
+
+
 def read_meta(path: str | Path) -> dict | None:
     """The JSON part of a state file, or None if there is none (or it is unreadable)."""
     try:
@@ -58,11 +64,13 @@ def read_meta(path: str | Path) -> dict | None:
         return None
 
 
-def load_state(path: str | Path, members: list[Member], hashes: dict[str, str]) -> Position | None:
+def load_state(path: str | Path, members: list[Member], hashes: dict[str, str],
+               legacy: dict[str, str] | None = None) -> Position | None:
     """Load the state into ``members`` (models and optimizers already built and set up); returns the
-    position to continue from, or None (nothing loaded) when the file is absent or belongs to another run."""
+    position to continue from, or None (nothing loaded) when the file is absent or belongs to another run
+    (its members' config hashes are neither ``hashes`` nor ``legacy``, the same run's older hashes)."""
     meta = read_meta(path)
-    if meta is None or {n: m["config_hash"] for n, m in meta["members"].items()} != hashes:
+    if meta is None or {n: m["config_hash"] for n, m in meta["members"].items()} not in (hashes, legacy):
         return None
     with safe_open(str(path), "pt") as f:
         tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)

@@ -1,10 +1,13 @@
 """The ``train`` stage: ``main(common, cfg)`` trains every dictionary of ``cfg.dicts`` on one batch stream.
 
 Writes ``<run_dir>/split.json`` (seeded chunk split), ``<run_dir>/train_state.safetensors`` (the resume
-state, every ``checkpoint_every`` steps and on SIGTERM; removed when the run ends) and
+state, every ``checkpoint_every`` steps, on SIGTERM and on a first Ctrl-C; removed when the run ends) and
 ``<run_dir>/dicts/<name>/`` (final checkpoint). A dictionary whose finished checkpoint has the same
-``config_hash`` (its DictConfig, the training settings, the seed, the store and the split) is skipped; the
-others are (re)trained together, continuing from the resume state when it belongs to the same set.
+``config_hash`` (its DictConfig, the training settings, the seed, the store's identity (its harvest's
+config_hash, hook, rows, d: not how its path is spelled) and the split) is skipped; the others are
+(re)trained together (a finished checkpoint they replace is announced, with what differs), continuing
+from the resume state when it belongs to the same set; a resume state of another run is refused, not
+silently dropped (``train.resume=false`` starts over).
 Under ``torchrun`` every rank runs this; rank 0 writes.
 """
 
@@ -12,7 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from actdict.config import Common, ConfigError, to_dict
+from actdict.config import Common, ConfigError, config_changes, to_dict
 from actdict.harvest.store import open_store
 from actdict.train import checkpoint
 from actdict.train import dist as dist_
@@ -29,42 +34,84 @@ from actdict.train.config import DictConfig, TrainConfig
 from actdict.train.data import iter_rows, make_split, norm_stats, steps_in_epoch, write_split
 from actdict.train.loop import Member, Position, check_device, resolve_device, train
 from actdict.train.protocol import make
-from actdict.train.resume import STATE, load_state, save_state
+from actdict.train.resume import STATE, ResumeConflict, load_state, read_meta, save_state
 
 _UNHASHED = ("dicts", "device", "checkpoint_every", "resume")  # settings that do not change the result
 _LATER = {"grad_clip": 0.0}  # settings added after the first release: hashed only when not at their default,
 # so runs made before them keep their hashes (and resume / count as finished)
 
 
-def dict_hash(dc: DictConfig, cfg: TrainConfig, common: Common, store_id: dict, split: dict) -> str:
-    """Everything that determines a trained dictionary, hashed (sorted JSON, sha256, 16 hex chars)."""
+def dict_hash(dc: DictConfig, cfg: TrainConfig, common: Common, store_id: dict, split: dict,
+              legacy: bool = False) -> str:
+    """Everything that determines a trained dictionary, hashed (sorted JSON, sha256, 16 hex chars).
+    ``legacy``: the hash of checkpoints made before 2026-12-05, which hashed the store's path as spelled
+    (they still count as finished, and their resume states still resume)."""
     settings = {k: v for k, v in to_dict(cfg).items()
                 if k not in _UNHASHED and not (k in _LATER and v == _LATER[k])}
-    blob = {"dict": to_dict(dc), "train": settings, "seed": common.seed, "store": store_id,
-            "train_chunks": split["train_chunks"]}
+    blob = {"dict": to_dict(dc), "train": settings, "seed": common.seed,
+            "store": store_id if legacy else store_key(store_id), "train_chunks": split["train_chunks"]}
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def is_finished(path: Path, h: str) -> bool:
+def store_key(store_id: dict) -> dict:
+    """What identifies a store's rows: its harvest's config_hash, hook, rows and d; and, for a store with
+    no config_hash (``write_vectors`` from Python), its path (a local one resolved: one folder, one key)."""
+    if store_id.get("config_hash"):
+        return {k: v for k, v in store_id.items() if k != "path"}
+    path = store_id.get("path")
+    return store_id if path is None or "://" in path else store_id | {"path": os.path.realpath(path)}
+
+
+def replaced(path: Path, dc: DictConfig, cfg: TrainConfig, store_id: dict) -> str | None:
+    """When ``path`` holds a finished checkpoint that this run will overwrite: what differs, in words."""
+    try:
+        old = json.loads((path / checkpoint.CFG).read_text())
+    except (OSError, ValueError):
+        return None
+    if not old.get("finished"):
+        return None
+    settings = {k: v for k, v in to_dict(cfg).items() if k not in _UNHASHED}
+    new = {"dict": to_dict(dc), "train": settings, "store": store_id}
+    was = {"dict": old.get("dict_config"), "store": old.get("store"),
+           "train": {k: v for k, v in (old.get("train_config") or {}).items() if k not in _UNHASHED}}
+    return "; ".join(config_changes(was, new)[:6]) or "the store's split or the seed"
+
+
+def is_finished(path: Path, *hashes: str) -> bool:
+    """``path`` holds a finished checkpoint whose config_hash is one of ``hashes``."""
     try:
         cfg = json.loads((path / checkpoint.CFG).read_text())
     except (OSError, ValueError):
         return False
-    return bool(cfg.get("finished")) and cfg.get("config_hash") == h and (path / checkpoint.WEIGHTS).is_file()
+    done = bool(cfg.get("finished")) and cfg.get("config_hash") in hashes
+    return done and (path / checkpoint.WEIGHTS).is_file()
 
 
 @contextmanager
 def sigterm_flag() -> Iterator[Callable[[], bool]]:
-    """While inside: SIGTERM only sets a flag (the loop saves and stops at the end of the step)."""
+    """While inside: SIGTERM, and a first Ctrl-C (SIGINT), only set a flag (the loop saves its resume state
+    and stops at the end of the step); a second Ctrl-C interrupts at once. A SIGINT the process was started
+    ignoring (``nohup``, a background job) stays ignored."""
     flag = threading.Event()
     if threading.current_thread() is not threading.main_thread():
         yield flag.is_set
         return
-    old = signal.signal(signal.SIGTERM, lambda *_: flag.set())
+
+    def on_int(*_) -> None:
+        if flag.is_set():
+            raise KeyboardInterrupt
+        flag.set()
+        print("\nCtrl-C: saving a resume state at the end of this step (Ctrl-C again to stop at once)",
+              file=sys.stderr, flush=True)
+
+    old = {signal.SIGTERM: signal.signal(signal.SIGTERM, lambda *_: flag.set())}
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        old[signal.SIGINT] = signal.signal(signal.SIGINT, on_int)
     try:
         yield flag.is_set
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 def main(common: Common, cfg: TrainConfig) -> None:
@@ -111,10 +158,15 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
                 "hook": getattr(store, "hook", None), "rows": len(store), "d": store.d,
                 "config_hash": getattr(store, "manifest", {}).get("config_hash")}
     hashes = {dc.name: dict_hash(dc, cfg, common, store_id, split) for dc in cfg.dicts}
-    todo = [dc for dc in cfg.dicts if not is_finished(run_dir / "dicts" / dc.name, hashes[dc.name])]
+    legacy = {dc.name: dict_hash(dc, cfg, common, store_id, split, legacy=True) for dc in cfg.dicts}
+    todo = [dc for dc in cfg.dicts
+            if not is_finished(run_dir / "dicts" / dc.name, hashes[dc.name], legacy[dc.name])]
     for dc in cfg.dicts:
         if dc not in todo:
             say(f"train: {dc.name}: finished checkpoint with the same config exists, skipped")
+        elif what := replaced(run_dir / "dicts" / dc.name, dc, cfg, store_id):
+            say(f"train: {dc.name}: its finished checkpoint will be replaced (it was trained with another "
+                f"config: {what}); set run_dir, or rename the dictionary, to keep both")
     if not todo:
         return
     chunks = split["train_chunks"]
@@ -129,7 +181,14 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
         members[-1].setup(device)
     todo_hashes = {dc.name: hashes[dc.name] for dc in todo}
     state_path = run_dir / STATE
-    start = load_state(state_path, members, todo_hashes) if cfg.resume else None
+    start = None
+    if cfg.resume:
+        start = load_state(state_path, members, todo_hashes, {dc.name: legacy[dc.name] for dc in todo})
+    if cfg.resume and start is None and (meta := read_meta(state_path)) is not None:
+        raise ResumeConflict(
+            f"{state_path} holds the resume state of another run (dictionaries {sorted(meta['members'])} at "
+            f"step {meta['position']['step']}, another config or store): rerun that run's command to "
+            "continue it, or set train.resume=false to start this one over (the state is then replaced)")
     world = f" x {d.world} ranks" if d.on else ""
     say(f"train: {[m.name for m in members]} on {train_rows} rows ({len(chunks)} chunks, d={store.d}) for "
         f"{cfg.epochs} epoch(s) on {device}{world}" + (f"; resumed at step {start.step}" if start else ""))
