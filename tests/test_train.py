@@ -207,7 +207,11 @@ def test_train_stage_writes_split_checkpoints_and_skips(store, tmp_path, capsys)
     main(common, cfg)
     split = json.loads((tmp_path / "run" / "split.json").read_text())
     assert split == make_split(store.num_chunks, 0.2, 3)
+    umask = os.umask(0o022)
+    os.umask(umask)
     for name in ("v", "s"):
+        weights = tmp_path / "run" / "dicts" / name / checkpoint.WEIGHTS
+        assert weights.stat().st_mode & 0o777 == 0o666 & ~umask  # not safetensors' own 0600
         model, meta = checkpoint.load(tmp_path / "run" / "dicts" / name)
         assert meta["finished"] and meta["steps"] == 9 and meta["normalized"] and model.d == 3
         assert torch.isfinite(model(torch.zeros(2, 3), sample=False).x_hat).all()

@@ -58,14 +58,23 @@ class CheckpointError(ActdictError, FileNotFoundError):
     """A dictionary folder without a finished checkpoint."""
 
 
+def write_safetensors(tensors: dict[str, Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """Write ``tensors`` to ``path`` atomically (a temporary file, then a rename), with the permissions any
+    new file gets here (safetensors creates its files with mode 0600, unreadable to the rest of a group)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    umask = os.umask(0o022)  # read it (the only way) and put it back at once
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
+
+
 def save(dir: str | Path, model: Dictionary, cfg_dict: dict[str, Any]) -> Path:
     """Write weights then cfg.json (variant, d, k, params + ``cfg_dict``) into ``dir``."""
     out = Path(dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = out / f".{WEIGHTS}.tmp"
-    save_file(state, str(tmp))
-    os.replace(tmp, out / WEIGHTS)
+    write_safetensors(state, out / WEIGHTS)
     cfg = dict(cfg_dict) | {"variant": model.variant, "d": model.d, "k": model.k, "params": model.params,
                             "normalized": isinstance(model, Normalized)}
     (out / f".{CFG}.tmp").write_text(json.dumps(cfg, indent=1, default=str))

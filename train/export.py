@@ -30,7 +30,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from actdict.errors import ActdictError
@@ -123,9 +122,7 @@ def write_saelens(view: dict[str, Any], out: str | Path, meta: dict[str, Any] | 
                            "model_name": meta.get("model_name") or ""}
     if arch == "topk":
         cfg |= {"k": int(view["k"]), "rescale_acts_by_decoder_norm": False}
-    tmp = out / f".{WEIGHTS}.tmp"
-    save_file(tensors, str(tmp))
-    os.replace(tmp, out / WEIGHTS)
+    checkpoint.write_safetensors(tensors, out / WEIGHTS)
     (out / f".{CFG}.tmp").write_text(json.dumps(cfg, indent=1, default=str))
     os.replace(out / f".{CFG}.tmp", out / CFG)
     return out

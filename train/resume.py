@@ -11,14 +11,13 @@ sums of the current epoch. A state is used only when the set of dictionaries and
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from actdict.errors import ActdictError
+from actdict.train.checkpoint import write_safetensors
 from actdict.train.dist import like_param
 from actdict.train.loop import Member, Position
 
@@ -44,9 +43,7 @@ def save_state(path: str | Path, members: list[Member], hashes: dict[str, str], 
         meta["members"][m.name] = {"config_hash": hashes[m.name], "param_groups": opt["param_groups"],
                                    "opt_scalars": scalars, "history": m.history, "sums": m.sums}
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}  # own copies: no sharing
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata={_KEY: json.dumps(meta)})
-    os.replace(tmp, path)
+    write_safetensors(tensors, path, metadata={_KEY: json.dumps(meta)})
     return path
 
 
