@@ -157,12 +157,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--top", type=int, default=5, help="features shown per token (default 5)")
     ap.add_argument("--hook", help="the store's hook, when it has several")
     ap.add_argument("--json", type=Path, help="also write the result here")
-    a = ap.parse_args(argv)
+    ap.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
+                    help="a dotted override of the config, as the stages take them (repeatable), e.g. "
+                         "--set run_dir=runs/other")
+    a = ap.parse_intermixed_args(argv)  # options before or after the text
     if (a.text is None) == (a.file is None):
         ap.error("give the text or --file (one of the two)")
     text = a.text if a.file is None else (sys.stdin.read() if str(a.file) == "-" else a.file.read_text())
     try:
-        data = load_experiment(a.config, [])
+        data = load_experiment(a.config, a.overrides)
         from actdict.harvest.config import HarvestConfig
 
         res = lens(common_of(data), section(data, "harvest", HarvestConfig), text, a.dicts, a.top, a.hook)
