@@ -17,6 +17,7 @@ goes through fsspec, and zarr opens the URL with its FsspecStore.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -234,22 +235,28 @@ class ActivationStore:
             g = self._group(s)
             record = g[DONE_KEY]
             h = ShardDigest("crc32c" if "crc32c" in record else "sha256")
-            try:
-                for k in ARRAYS:
-                    for a in range(0, n, self.chunk_rows):
+            fix = "restore the shard from a copy, or delete the store and harvest again"
+            for k in ARRAYS:
+                for a in range(0, n, self.chunk_rows):
+                    try:
                         h.update(g[k][a:a + self.chunk_rows])
-            except Exception as e:  # crc32c mismatch, missing or short chunk file
-                raise StoreError(f"shard {self.dir}/{SHARDS}/{name} is corrupted: {type(e).__name__}: "
-                                 f"{e}") from e
+                    except Exception as e:  # crc32c mismatch, missing or short chunk file
+                        why = "checksum mismatch" if "checksum" in str(e).lower() else type(e).__name__
+                        file = f"{k}/{chunk_key(a // self.chunk_rows, 2 if k == 'acts' else 1)}"
+                        raise StoreError(f"shard {self.dir}/{SHARDS}/{name} is corrupted: its {k!r} rows "
+                                         f"{a}..{min(a + self.chunk_rows, n) - 1} (file {file}) fail to read "
+                                         f"({why}); {fix}") from e
             if h.hexdigest() != record[h.kind]:
-                raise StoreError(f"shard {self.dir}/{SHARDS}/{name} is corrupted: checksum mismatch")
+                raise StoreError(f"shard {self.dir}/{SHARDS}/{name} is corrupted: checksum mismatch; {fix}")
 
 
 def open_store(path: str, hook: str | None = None, allow_partial: bool = False) -> ActivationStore:
     """Open one hook of the store at ``path`` (``hook`` may be omitted when there is exactly one)."""
     hooks = list_hooks(path)
     if not hooks:
-        raise StoreError(f"no activation store at {path} (no <hook>/{MANIFEST} found); run the harvest first")
+        where = path if "://" in str(path) else f"{path} ({os.path.abspath(path)})"  # relative to the cwd
+        raise StoreError(f"no activation store at {where} (no <hook>/{MANIFEST} found): run the harvest "
+                         "first, or run from the folder the config's paths are relative to")
     if hook is None:
         if len(hooks) > 1:
             raise StoreError(f"store {path} has {len(hooks)} hooks, name one of: {hooks}")

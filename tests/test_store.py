@@ -151,7 +151,8 @@ def test_corrupted_shard_is_found_by_verify(tmp_path):
     blob[3] ^= 0xFF  # same size, one byte flipped
     chunk.write_bytes(bytes(blob))
     s = open_store(str(tmp_path))  # the cheap check cannot see it
-    with pytest.raises(StoreError, match=r"shards/00002.*checksum"):
+    with pytest.raises(StoreError, match=r"shards/00002 is corrupted: its 'doc' rows 4..7 \(file doc/c/1\) "
+                                         r"fail to read \(checksum mismatch\); restore"):
         s.verify()
 
 
