@@ -54,8 +54,20 @@ def prepare(stage: str, data: dict) -> tuple[Any, Callable[[], None]]:
 
 
 def check_run(data: dict, cfgs: dict[str, Any]) -> None:
-    """What only ``run`` can check before it starts: every dictionary ``analyze.dicts`` names is trained by
-    this run or already in ``<run_dir>/dicts``."""
+    """What only ``run`` can check before it starts: a vectors file to import has more than one chunk of
+    rows when train holds chunks out; every dictionary ``analyze.dicts`` names is trained by this run or
+    already in ``<run_dir>/dicts``."""
+    harvest, train = cfgs.get("harvest"), cfgs.get("train")
+    if harvest is not None and train is not None and harvest.mode == "vectors" and train.test_fraction > 0:
+        from actdict.harvest.vectors import vector_rows
+
+        n = vector_rows(harvest.vectors.path, harvest.vectors.key)
+        if n is not None and n <= harvest.chunk_rows:
+            raise ConfigError(
+                f"{harvest.vectors.path} holds {n} vectors: one chunk of harvest.chunk_rows="
+                f"{harvest.chunk_rows}, and train holds whole chunks out for testing (train.test_fraction="
+                f"{train.test_fraction}); set harvest.chunk_rows={max(1, n // 8)} (8 chunks), or "
+                "train.test_fraction=0")
     if "analyze" not in cfgs or "train" not in cfgs:
         return
     made = {dc.name for dc in cfgs["train"].dicts}

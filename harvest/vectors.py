@@ -186,6 +186,30 @@ def vector_blocks(path: str | Path, key: str = "", block_rows: int = 16384) -> I
         yield x
 
 
+def vector_rows(path: str | Path, key: str = "") -> int | None:
+    """How many vectors ``path`` holds, from its header alone (None when it cannot tell: the import then
+    says what is wrong)."""
+    p = Path(path).expanduser()
+    try:
+        if p.suffix.lower() == ".npy":
+            return int(np.load(p, mmap_mode="r", allow_pickle=False).shape[0])
+        if p.suffix.lower() == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(p), framework="pt") as f:
+                keys = list(f.keys())
+                if key not in keys and len(keys) != 1:
+                    return None
+                return int(f.get_slice(key or keys[0]).get_shape()[0])
+        if p.suffix.lower() == ".parquet":
+            import pyarrow.parquet as pq
+
+            return int(pq.ParquetFile(p).metadata.num_rows)
+    except Exception:  # noqa: BLE001 (unreadable here: the import names the problem)
+        return None
+    return None
+
+
 def import_vectors(path: str | Path, store: str, key: str = "", hook: str = "vectors",
                    block_rows: int = 16384, manifest: dict | None = None, **kw):
     """Import the vectors file ``path`` as hook ``hook`` of ``store``; ``kw`` goes to ``write_vectors``

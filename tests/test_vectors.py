@@ -12,7 +12,7 @@ from safetensors.numpy import save_file
 
 from actdict.cli import main as actdict_main
 from actdict.harvest.store import open_store
-from actdict.harvest.vectors import VectorsError, cli, import_vectors, vector_blocks
+from actdict.harvest.vectors import VectorsError, cli, import_vectors, vector_blocks, vector_rows
 
 N, D = 45, 6
 SMALL = {"shard_rows": 16, "chunk_rows": 8}  # several shards, a short last shard
@@ -199,3 +199,17 @@ analyze: {{n_features: 3, top_k: 2, context: 0}}
     assert summary["n_test_rows"] == 512 and 0 < summary["models"]["sae_l1"]["re_det"] < float("inf")
     assert actdict_main(["harvest", str(cfg)]) == 0  # same config again: complete, skipped
     assert actdict_main(["harvest", str(cfg), "harvest.vectors.key=x"]) == 2  # another config: refused
+    fresh = [f"run_dir={tmp_path / 'run2'}"]
+    assert actdict_main(["run", str(cfg), *fresh, "harvest.chunk_rows=2048"]) == 2  # one chunk: refused
+    assert not (tmp_path / "run2").exists()  # before the import, not after it
+
+
+def test_vector_rows_reads_headers_only(tmp_path):
+    x = _x()
+    np.save(tmp_path / "a.npy", x)
+    save_file({"v": x, "w": x[:3]}, tmp_path / "a.safetensors")
+    _parquet_list(tmp_path / "a.parquet", x)
+    assert vector_rows(tmp_path / "a.npy") == N and vector_rows(tmp_path / "a.parquet", "vec") == N
+    assert vector_rows(tmp_path / "a.safetensors", "w") == 3
+    assert vector_rows(tmp_path / "a.safetensors") is None  # two tensors, no key: the import asks for one
+    assert vector_rows(tmp_path / "missing.npy") is None  # the import says what is wrong
