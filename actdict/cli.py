@@ -53,6 +53,15 @@ def prepare(stage: str, data: dict) -> tuple[Any, Callable[[], None]]:
     return cfg, go
 
 
+def chunk_rows_for(n: int, shard_rows: int) -> int:
+    """A chunk_rows that cuts n rows into at least 8 chunks and divides shard_rows (as the config requires):
+    the largest such power of two."""
+    c = 1 << max(0, (max(1, n // 8)).bit_length() - 1)  # the largest power of two <= n / 8
+    while shard_rows % c:
+        c //= 2
+    return c
+
+
 def check_run(data: dict, cfgs: dict[str, Any]) -> None:
     """What only ``run`` can check before it starts: a vectors file to import has more than one chunk of
     rows when train holds chunks out; every dictionary ``analyze.dicts`` names is trained by this run or
@@ -66,8 +75,8 @@ def check_run(data: dict, cfgs: dict[str, Any]) -> None:
             raise ConfigError(
                 f"{harvest.vectors.path} holds {n} vectors: one chunk of harvest.chunk_rows="
                 f"{harvest.chunk_rows}, and train holds whole chunks out for testing (train.test_fraction="
-                f"{train.test_fraction}); set harvest.chunk_rows={max(1, n // 8)} (8 chunks), or "
-                "train.test_fraction=0")
+                f"{train.test_fraction}); set harvest.chunk_rows={chunk_rows_for(n, harvest.shard_rows)} "
+                "(8 chunks or more), or train.test_fraction=0")
     if "analyze" not in cfgs or "train" not in cfgs:
         return
     made = {dc.name for dc in cfgs["train"].dicts}

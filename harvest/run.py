@@ -229,7 +229,8 @@ def _existing(path: str, hooks: list[str], cfg: HarvestConfig,
     chash = config_hash(cfg)
     for h, m in manifests.items():
         if m.get("config_hash") != chash:
-            changes = config_changes(m.get("harvest"), _as_json(cfg))
+            old = m.get("harvest")
+            changes = config_changes(old, _as_json(cfg)) if isinstance(old, dict) else []
             what = "; ".join(changes[:8]) or f"config_hash {m.get('config_hash')}, this config {chash}"
             raise HarvestError(
                 f"store {path} holds a harvest with another config (hook {h!r}: {what}); delete {path}, or "

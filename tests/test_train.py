@@ -179,6 +179,47 @@ def test_grad_clip_bounds_the_gradient_norm_and_keeps_old_hashes():
     assert h[0.0] == "a259738e70cda69c"  # dict_hash of this config before grad_clip was added
 
 
+def test_store_identity_in_the_hash():
+    from actdict.train.run import dict_hash, store_key
+
+    common, dc = Common(run_dir="r", seed=0, store="s"), DictConfig("v", "vaease")
+    split = {"train_chunks": [0, 1]}
+    sid = {"path": "runs/x/store", "hook": "h", "rows": 10, "d": 3, "config_hash": "abc",
+           "source_fingerprint": "f", "revision": "r"}
+    # checkpoints made before 2026-12-05 hashed the store's path as spelled (the code of 8ed0810 gave this):
+    assert dict_hash(dc, TrainConfig(), common, sid, split, legacy=True) == "bbf6f65c696ff958"
+    same = dict_hash(dc, TrainConfig(), common, sid | {"path": "/abs/runs/x/store"}, split)
+    assert dict_hash(dc, TrainConfig(), common, sid, split) == same != "bbf6f65c696ff958"
+    for other in ({"source_fingerprint": "g"}, {"revision": "r2"}, {"config_hash": "abd"}, {"rows": 11}):
+        assert dict_hash(dc, TrainConfig(), common, sid | other, split) != same  # other rows: retrain
+    bare = {"path": "x/../x/store", "rows": 10}  # no config_hash: the resolved path tells stores apart
+    assert store_key(bare)["path"] == os.path.realpath("x/store") and store_key(sid) == {
+        k: v for k, v in sid.items() if k != "path"}
+
+
+def test_a_kill_between_the_final_saves_resumes(store, tmp_path, monkeypatch):
+    from actdict.train.run import main
+
+    common = Common(run_dir=str(tmp_path / "run"), seed=3, store=store.path)
+    cfg = TrainConfig(dicts=[DictConfig("a", "sae_topk", k=4, lr=0.01, params={"topk": 2}),
+                             DictConfig("b", "sae_topk", k=4, lr=0.02, params={"topk": 2})],
+                      epochs=1, batch_size=100, test_fraction=0.2, device="cpu", checkpoint_every=1)
+    real = checkpoint.save
+
+    def dies_on_b(path, model, record):
+        if record["name"] == "b":
+            raise OSError("killed")
+        return real(path, model, record)
+
+    monkeypatch.setattr(checkpoint, "save", dies_on_b)
+    with pytest.raises(OSError, match="killed"):
+        main(common, cfg)  # a's checkpoint written, b's not; the state holds both
+    monkeypatch.setattr(checkpoint, "save", real)
+    main(common, cfg)  # not a ResumeConflict: a is finished, b resumes from the state
+    _, meta = checkpoint.load(tmp_path / "run" / "dicts" / "b")
+    assert meta["finished"] and meta["resumed_at_step"] == meta["steps"] == 9
+
+
 def test_schedules():
     lrs = [lr_at(s, 0.01, "cosine_restarts", 100, eta_min=1e-4, t0=3) for s in range(40)]
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.01)

@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.numpy import save_file
 
+from actdict.cli import chunk_rows_for
 from actdict.cli import main as actdict_main
 from actdict.harvest.store import open_store
 from actdict.harvest.vectors import VectorsError, cli, import_vectors, vector_blocks, vector_rows
@@ -170,7 +171,7 @@ def test_cli(tmp_path, capsys):
     assert capsys.readouterr().out.splitlines()[1].startswith("  model - (no model: imported vectors); ")
 
 
-def test_config_mode_vectors_runs_train_and_analyze(tmp_path):
+def test_config_mode_vectors_runs_train_and_analyze(tmp_path, capsys):
     rng = np.random.default_rng(0)
     basis = rng.standard_normal((4, 24)).astype(np.float32)  # vectors on a 4-dim subspace of R^24
     x = rng.standard_normal((2048, 4)).astype(np.float32) @ basis  # [2048, 24]
@@ -199,9 +200,12 @@ analyze: {{n_features: 3, top_k: 2, context: 0}}
     assert summary["n_test_rows"] == 512 and 0 < summary["models"]["sae_l1"]["re_det"] < float("inf")
     assert actdict_main(["harvest", str(cfg)]) == 0  # same config again: complete, skipped
     assert actdict_main(["harvest", str(cfg), "harvest.vectors.key=x"]) == 2  # another config: refused
-    fresh = [f"run_dir={tmp_path / 'run2'}"]
+    fresh = [f"run_dir={tmp_path / 'run2'}", "harvest.shard_rows=2048"]
+    capsys.readouterr()
     assert actdict_main(["run", str(cfg), *fresh, "harvest.chunk_rows=2048"]) == 2  # one chunk: refused
-    assert not (tmp_path / "run2").exists()  # before the import, not after it
+    assert "holds 2048 vectors" in capsys.readouterr().err and not (tmp_path / "run2").exists()  # before
+    assert chunk_rows_for(2048, 2048) == 256 and chunk_rows_for(1000, 65536) == 64  # the import, not after
+    assert chunk_rows_for(1000, 96) == 32 and chunk_rows_for(5, 4096) == 1
 
 
 def test_vector_rows_reads_headers_only(tmp_path):

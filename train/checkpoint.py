@@ -63,10 +63,28 @@ def write_safetensors(tensors: dict[str, Tensor], path: Path, metadata: dict[str
     new file gets here (safetensors creates its files with mode 0600, unreadable to the rest of a group)."""
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(tensors, str(tmp), metadata=metadata)
-    umask = os.umask(0o022)  # read it (the only way) and put it back at once
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+    try:
+        os.chmod(tmp, 0o666 & ~_UMASK)
+    except OSError:  # a file system without modes (some CIFS / FUSE mounts): keep what it gave
+        pass
     os.replace(tmp, path)
+
+
+def _read_umask() -> int:
+    """The process's umask, read without changing it where Linux says it (/proc), else set and restored
+    once, at import (before any thread of ours runs)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
 
 
 def save(dir: str | Path, model: Dictionary, cfg_dict: dict[str, Any]) -> Path:

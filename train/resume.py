@@ -62,12 +62,16 @@ def read_meta(path: str | Path) -> dict | None:
 
 
 def load_state(path: str | Path, members: list[Member], hashes: dict[str, str],
-               legacy: dict[str, str] | None = None) -> Position | None:
+               legacy: dict[str, str] | None = None, finished: set[str] = frozenset()) -> Position | None:
     """Load the state into ``members`` (models and optimizers already built and set up); returns the
     position to continue from, or None (nothing loaded) when the file is absent or belongs to another run
-    (its members' config hashes are neither ``hashes`` nor ``legacy``, the same run's older hashes)."""
+    (its members' config hashes are neither ``hashes`` nor ``legacy``, the same run's older hashes).
+    ``finished``: members of the state that have since been saved as finished (ignored)."""
     meta = read_meta(path)
-    if meta is None or {n: m["config_hash"] for n, m in meta["members"].items()} not in (hashes, legacy):
+    if meta is None:
+        return None
+    held = {n: m["config_hash"] for n, m in meta["members"].items() if n not in finished}
+    if held not in (hashes, legacy):
         return None
     with safe_open(str(path), "pt") as f:
         tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)

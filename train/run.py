@@ -3,8 +3,8 @@
 Writes ``<run_dir>/split.json`` (seeded chunk split), ``<run_dir>/train_state.safetensors`` (the resume
 state, every ``checkpoint_every`` steps, on SIGTERM and on a first Ctrl-C; removed when the run ends) and
 ``<run_dir>/dicts/<name>/`` (final checkpoint). A dictionary whose finished checkpoint has the same
-``config_hash`` (its DictConfig, the training settings, the seed, the store's identity (its harvest's
-config_hash, hook, rows, d: not how its path is spelled) and the split) is skipped; the others are
+``config_hash`` (its DictConfig, the training settings, the seed, the store's identity (``store_key``:
+not how its path is spelled) and the split) is skipped; the others are
 (re)trained together (a finished checkpoint they replace is announced, with what differs), continuing
 from the resume state when it belongs to the same set; a resume state of another run is refused, not
 silently dropped (``train.resume=false`` starts over).
@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -48,21 +47,26 @@ def dict_hash(dc: DictConfig, cfg: TrainConfig, common: Common, store_id: dict, 
     (they still count as finished, and their resume states still resume)."""
     settings = {k: v for k, v in to_dict(cfg).items()
                 if k not in _UNHASHED and not (k in _LATER and v == _LATER[k])}
-    blob = {"dict": to_dict(dc), "train": settings, "seed": common.seed,
-            "store": store_id if legacy else store_key(store_id), "train_chunks": split["train_chunks"]}
+    store = {k: v for k, v in store_id.items() if k in _LEGACY_STORE} if legacy else store_key(store_id)
+    blob = {"dict": to_dict(dc), "train": settings, "seed": common.seed, "store": store,
+            "train_chunks": split["train_chunks"]}
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+_LEGACY_STORE = ("path", "hook", "rows", "d", "config_hash")  # the store's part of the pre-2026-12-05 hash
+
+
 def store_key(store_id: dict) -> dict:
-    """What identifies a store's rows: its harvest's config_hash, hook, rows and d; and, for a store with
-    no config_hash (``write_vectors`` from Python), its path (a local one resolved: one folder, one key)."""
+    """What identifies a store's rows: its harvest's config_hash, hook, rows, d, source fingerprint and model
+    revision; and, for a store with no config_hash (``write_vectors`` from Python), its path (a local one
+    resolved: one folder, one key)."""
     if store_id.get("config_hash"):
         return {k: v for k, v in store_id.items() if k != "path"}
     path = store_id.get("path")
     return store_id if path is None or "://" in path else store_id | {"path": os.path.realpath(path)}
 
 
-def replaced(path: Path, dc: DictConfig, cfg: TrainConfig, store_id: dict) -> str | None:
+def replaced(path: Path, dc: DictConfig, cfg: TrainConfig, seed: int, store_id: dict) -> str | None:
     """When ``path`` holds a finished checkpoint that this run will overwrite: what differs, in words."""
     try:
         old = json.loads((path / checkpoint.CFG).read_text())
@@ -71,10 +75,11 @@ def replaced(path: Path, dc: DictConfig, cfg: TrainConfig, store_id: dict) -> st
     if not old.get("finished"):
         return None
     settings = {k: v for k, v in to_dict(cfg).items() if k not in _UNHASHED}
-    new = {"dict": to_dict(dc), "train": settings, "store": store_id}
-    was = {"dict": old.get("dict_config"), "store": old.get("store"),
+    new = {"dict": to_dict(dc), "train": settings, "seed": seed, "store": store_key(store_id)}
+    was = {"dict": old.get("dict_config"), "seed": old.get("seed"),
+           "store": store_key(old.get("store") or {}),
            "train": {k: v for k, v in (old.get("train_config") or {}).items() if k not in _UNHASHED}}
-    return "; ".join(config_changes(was, new)[:6]) or "the store's split or the seed"
+    return "; ".join(config_changes(was, new)[:6]) or "the split, or its weights file is missing"
 
 
 def is_finished(path: Path, *hashes: str) -> bool:
@@ -88,10 +93,10 @@ def is_finished(path: Path, *hashes: str) -> bool:
 
 
 @contextmanager
-def sigterm_flag() -> Iterator[Callable[[], bool]]:
-    """While inside: SIGTERM, and a first Ctrl-C (SIGINT), only set a flag (the loop saves its resume state
-    and stops at the end of the step); a second Ctrl-C interrupts at once. A SIGINT the process was started
-    ignoring (``nohup``, a background job) stays ignored."""
+def sigterm_flag(sigint: bool = False) -> Iterator[Callable[[], bool]]:
+    """While inside: SIGTERM only sets a flag (the loop saves its resume state and stops at the end of the
+    step). ``sigint``: so does a first Ctrl-C (a second interrupts at once); a SIGINT the process was
+    started ignoring (``nohup``, a background job) stays ignored."""
     flag = threading.Event()
     if threading.current_thread() is not threading.main_thread():
         yield flag.is_set
@@ -101,17 +106,21 @@ def sigterm_flag() -> Iterator[Callable[[], bool]]:
         if flag.is_set():
             raise KeyboardInterrupt
         flag.set()
-        print("\nCtrl-C: saving a resume state at the end of this step (Ctrl-C again to stop at once)",
-              file=sys.stderr, flush=True)
+        if os.environ.get("RANK", "0") == "0":  # one line under torchrun; os.write: no buffered-IO reentry
+            try:
+                os.write(2, b"\nCtrl-C: saving a resume state at the end of this step (Ctrl-C again to stop "
+                            b"at once)\n")
+            except OSError:
+                pass
 
     old = {signal.SIGTERM: signal.signal(signal.SIGTERM, lambda *_: flag.set())}
-    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+    if sigint and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
         old[signal.SIGINT] = signal.signal(signal.SIGINT, on_int)
     try:
         yield flag.is_set
     finally:
         for sig, handler in old.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)  # None: not set from Python
 
 
 def main(common: Common, cfg: TrainConfig) -> None:
@@ -154,9 +163,11 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
     split = make_split(store.num_chunks, cfg.test_fraction, common.seed)
     if d.main:
         write_split(run_dir, split)
+    manifest = getattr(store, "manifest", {})
     store_id = {"path": str(store.path) if hasattr(store, "path") else common.store_path,
                 "hook": getattr(store, "hook", None), "rows": len(store), "d": store.d,
-                "config_hash": getattr(store, "manifest", {}).get("config_hash")}
+                "config_hash": manifest.get("config_hash"), "source_fingerprint":
+                manifest.get("source_fingerprint"), "revision": manifest.get("revision")}
     hashes = {dc.name: dict_hash(dc, cfg, common, store_id, split) for dc in cfg.dicts}
     legacy = {dc.name: dict_hash(dc, cfg, common, store_id, split, legacy=True) for dc in cfg.dicts}
     todo = [dc for dc in cfg.dicts
@@ -164,7 +175,8 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
     for dc in cfg.dicts:
         if dc not in todo:
             say(f"train: {dc.name}: finished checkpoint with the same config exists, skipped")
-        elif what := replaced(run_dir / "dicts" / dc.name, dc, cfg, store_id):
+        elif what := replaced(run_dir / "dicts" / dc.name, dc, cfg,
+                              common.seed if dc.seed is None else dc.seed, store_id):
             say(f"train: {dc.name}: its finished checkpoint will be replaced (it was trained with another "
                 f"config: {what}); set run_dir, or rename the dictionary, to keep both")
     if not todo:
@@ -181,10 +193,13 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
         members[-1].setup(device)
     todo_hashes = {dc.name: hashes[dc.name] for dc in todo}
     state_path = run_dir / STATE
+    meta = read_meta(state_path) if cfg.resume else None
     start = None
-    if cfg.resume:
-        start = load_state(state_path, members, todo_hashes, {dc.name: legacy[dc.name] for dc in todo})
-    if cfg.resume and start is None and (meta := read_meta(state_path)) is not None:
+    if meta is not None:  # a kill between the final saves leaves a state that also holds finished members
+        done = {n for n, m in meta["members"].items()
+                if n not in todo_hashes and is_finished(run_dir / "dicts" / n, m["config_hash"])}
+        start = load_state(state_path, members, todo_hashes, {dc.name: legacy[dc.name] for dc in todo}, done)
+    if meta is not None and start is None:
         raise ResumeConflict(
             f"{state_path} holds the resume state of another run (dictionaries {sorted(meta['members'])} at "
             f"step {meta['position']['step']}, another config or store): rerun that run's command to "
@@ -203,7 +218,7 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
                          part=(d.rank, d.world), pin=device.type == "cuda")
 
     t0 = time.time()
-    with sigterm_flag() as stop:
+    with sigterm_flag(sigint=True) as stop:
         steps = train(members, batches, cfg, device, steps_in_epoch(store, chunks, cfg.batch_size),
                       seed=common.seed, start=start, save=save, stop=stop, dist=d)
     wall = time.time() - t0
