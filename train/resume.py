@@ -61,6 +61,14 @@ def read_meta(path: str | Path) -> dict | None:
         return None
 
 
+def state_matches(meta: dict, hashes: dict[str, str], legacy: dict[str, str] | None = None,
+                  finished: set[str] = frozenset()) -> bool:
+    """The state (``read_meta``) holds exactly the members ``hashes`` names with those config hashes (or the
+    ``legacy`` ones), besides the ``finished`` members it may still hold."""
+    held = {n: m["config_hash"] for n, m in meta["members"].items() if n not in finished}
+    return held in (hashes, legacy)
+
+
 def load_state(path: str | Path, members: list[Member], hashes: dict[str, str],
                legacy: dict[str, str] | None = None, finished: set[str] = frozenset()) -> Position | None:
     """Load the state into ``members`` (models and optimizers already built and set up); returns the
@@ -68,10 +76,7 @@ def load_state(path: str | Path, members: list[Member], hashes: dict[str, str],
     (its members' config hashes are neither ``hashes`` nor ``legacy``, the same run's older hashes).
     ``finished``: members of the state that have since been saved as finished (ignored)."""
     meta = read_meta(path)
-    if meta is None:
-        return None
-    held = {n: m["config_hash"] for n, m in meta["members"].items() if n not in finished}
-    if held not in (hashes, legacy):
+    if meta is None or not state_matches(meta, hashes, legacy, finished):
         return None
     with safe_open(str(path), "pt") as f:
         tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)

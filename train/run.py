@@ -33,7 +33,7 @@ from actdict.train.config import DictConfig, TrainConfig
 from actdict.train.data import iter_rows, make_split, norm_stats, steps_in_epoch, write_split
 from actdict.train.loop import Member, Position, check_device, resolve_device, train
 from actdict.train.protocol import make
-from actdict.train.resume import STATE, ResumeConflict, load_state, read_meta, save_state
+from actdict.train.resume import STATE, ResumeConflict, load_state, read_meta, save_state, state_matches
 
 _UNHASHED = ("dicts", "device", "checkpoint_every", "resume")  # settings that do not change the result
 _LATER = {"grad_clip": 0.0}  # settings added after the first release: hashed only when not at their default,
@@ -181,6 +181,19 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
                 f"config: {what}); set run_dir, or rename the dictionary, to keep both")
     if not todo:
         return
+    todo_hashes = {dc.name: hashes[dc.name] for dc in todo}
+    todo_legacy = {dc.name: legacy[dc.name] for dc in todo}
+    state_path = run_dir / STATE
+    meta = read_meta(state_path) if cfg.resume else None
+    done: set[str] = set()
+    if meta is not None:  # a kill between the final saves leaves a state that also holds finished members
+        done = {n for n, m in meta["members"].items()
+                if n not in todo_hashes and is_finished(run_dir / "dicts" / n, m["config_hash"])}
+        if not state_matches(meta, todo_hashes, todo_legacy, done):  # before the models and norm stats
+            raise ResumeConflict(
+                f"{state_path} holds the resume state of another run (dictionaries {sorted(meta['members'])} "
+                f"at step {meta['position']['step']}, another config or store): rerun that run's command to "
+                "continue it, or set train.resume=false to start this one over (the state is then replaced)")
     chunks = split["train_chunks"]
     train_rows = sum(b - a for a, b in map(store.chunk_bounds, chunks))
     norm = norm_stats(store, chunks, cfg.norm_chunks, common.seed) if cfg.normalize == "mean_scale" else None
@@ -191,19 +204,7 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
             model = checkpoint.Normalized(model, torch.from_numpy(norm[0]), norm[1])
         members.append(Member(dc.name, model.to(device).train(), dc.lr))
         members[-1].setup(device)
-    todo_hashes = {dc.name: hashes[dc.name] for dc in todo}
-    state_path = run_dir / STATE
-    meta = read_meta(state_path) if cfg.resume else None
-    start = None
-    if meta is not None:  # a kill between the final saves leaves a state that also holds finished members
-        done = {n for n, m in meta["members"].items()
-                if n not in todo_hashes and is_finished(run_dir / "dicts" / n, m["config_hash"])}
-        start = load_state(state_path, members, todo_hashes, {dc.name: legacy[dc.name] for dc in todo}, done)
-    if meta is not None and start is None:
-        raise ResumeConflict(
-            f"{state_path} holds the resume state of another run (dictionaries {sorted(meta['members'])} at "
-            f"step {meta['position']['step']}, another config or store): rerun that run's command to "
-            "continue it, or set train.resume=false to start this one over (the state is then replaced)")
+    start = load_state(state_path, members, todo_hashes, todo_legacy, done) if meta is not None else None
     world = f" x {d.world} ranks" if d.on else ""
     say(f"train: {[m.name for m in members]} on {train_rows} rows ({len(chunks)} chunks, d={store.d}) for "
         f"{cfg.epochs} epoch(s) on {device}{world}" + (f"; resumed at step {start.step}" if start else ""))
