@@ -26,6 +26,11 @@ import numpy as np
 import torch
 
 from actdict.config import ConfigError
+from actdict.errors import ActdictError
+
+
+class SplitError(ActdictError, ValueError):
+    """The store's chunks cannot be split as asked (the data, not the config, is the problem)."""
 
 
 def make_split(num_chunks: int, test_fraction: float, seed: int) -> dict:
@@ -33,7 +38,7 @@ def make_split(num_chunks: int, test_fraction: float, seed: int) -> dict:
     if not 0.0 <= test_fraction < 1.0:
         raise ConfigError(f"test_fraction must be in [0, 1), got {test_fraction}")
     if test_fraction > 0 and num_chunks == 1:
-        raise ConfigError(f"the store has 1 chunk: none can be held out for testing (test_fraction="
+        raise SplitError(f"the store has 1 chunk: none can be held out for testing (test_fraction="
                           f"{test_fraction}; the split is by chunk). Write the store with smaller chunks "
                           "(harvest.chunk_rows; `python -m actdict.harvest.vectors --chunk-rows N`), or set "
                           "train.test_fraction=0 (analyze then has no held-out rows)")
@@ -42,7 +47,7 @@ def make_split(num_chunks: int, test_fraction: float, seed: int) -> dict:
     if test_fraction > 0 and num_chunks >= 2:
         n_test = max(1, n_test)
     if num_chunks - n_test < 1:
-        raise ConfigError(f"the store has {num_chunks} chunk(s): none left for training "
+        raise SplitError(f"the store has {num_chunks} chunk(s): none left for training "
                          f"(test_fraction={test_fraction}); harvest more rows or use smaller chunk_rows")
     return {"train_chunks": sorted(int(c) for c in perm[n_test:]),
             "test_chunks": sorted(int(c) for c in perm[:n_test]), "seed": int(seed)}
