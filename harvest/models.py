@@ -122,8 +122,11 @@ class LoadedModel:
         close = {h: difflib.get_close_matches(h, valid, n=3) for h in bad}
         hint = "; ".join(f"{h!r}: did you mean {c}?" for h, c in close.items() if c)
         generic = sorted({re.sub(r"^blocks\.\d+\.", "blocks.{L}.", n) for n in valid})
+        resid = [n for n in generic if re.fullmatch(r"blocks\.\{L\}\.hook_resid_\w+", n)]  # the usual ones
+        usual = f"the residual stream: {', '.join(resid)}; " if resid else ""
         raise HookError(f"model {self.name} has no hook {bad}{' (' + hint + ')' if hint else ''}. "
-                        f"Valid hooks, L = 0..{self.n_layers - 1}: {', '.join(generic)}")
+                        f"Valid hooks, L = 0..{self.n_layers - 1}: {usual}all {len(generic)}: "
+                        f"{', '.join(generic)}")
 
     def stop_at_layer(self, hooks: Sequence[str]) -> int | None:
         """The ``stop_at_layer`` that still fires every hook: deepest block + 1 (None: run everything)."""

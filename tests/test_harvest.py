@@ -135,7 +135,9 @@ def test_growing_resumes_after_a_kill_between_its_steps(tmp_path):
 
 
 def test_bad_hook_in_harvest_lists_valid(tmp_path):
-    with pytest.raises(HookError, match=r"hook_resid_pots.*Valid hooks.*blocks\.\{L\}\.hook_resid_post"):
+    with pytest.raises(HookError, match=r"hook_resid_pots.*Valid hooks, L = 0..5: the residual stream: "
+                                        r"blocks\.\{L\}\.hook_resid_mid, blocks\.\{L\}\.hook_resid_post, "
+                                        r"blocks\.\{L\}\.hook_resid_pre; all \d+: .*hook_mlp_out"):
         harvest(tmp_path / "run", hooks=["blocks.3.hook_resid_pots"])
 
 
