@@ -42,6 +42,7 @@ from safetensors.torch import save_file
 
 from actdict.harvest.store import open_store
 from actdict.train.data import norm_stats
+from actdict.train.export import TENSORS, saelens_view
 from actdict.train.loop import Member, step
 from actdict.train.protocol import make
 from actdict.train.variants._sparse import Pattern
@@ -55,12 +56,9 @@ a = json.loads(sys.argv[1])
 x, idx = torch.from_numpy(np.load(a["x"])), torch.from_numpy(np.load(a["idx"]))  # [n, d], [steps, B]
 sae = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=x.shape[1], d_sae=a["k"], l1_coefficient=a["lam"],
                                                     apply_b_dec_to_input=False))
-w = load_file(a["init"])  # ours: SAELens's names and layouts (tied variants) or nn.Linear's
-linear = {"W_enc": ("encoder.weight", True), "b_enc": ("encoder.bias", False),
-          "W_dec": ("decoder.weight", True), "b_dec": ("decoder.bias", False)}
-with torch.no_grad():
-    for theirs, (name, t) in linear.items():
-        getattr(sae, theirs).copy_(w[theirs] if theirs in w else w[name].t() if t else w[name])
+with torch.no_grad():  # our initial weights in SAELens's names and layouts (the export's saelens_view)
+    for param, w in load_file(a["init"]).items():
+        getattr(sae, param).copy_(w)
 tr = SAETrainer(SAETrainerConfig(total_training_samples=idx.numel(), train_batch_size_samples=idx.shape[1],
                                  lr=a["lr"], lr_end=a["lr"], device="cpu"), sae, iter(()))
 seconds, trace = 0.0, []
@@ -139,7 +137,8 @@ def saelens(x: torch.Tensor, idx: torch.Tensor, args) -> dict | None:
                 "lam": args.lam1, "lr": args.lr, "every": args.every}
         np.save(spec["x"], x.numpy())
         np.save(spec["idx"], idx.numpy())
-        save_file({n: t.contiguous() for n, t in fresh(args, x.shape[1]).state_dict().items()}, spec["init"])
+        view = saelens_view(fresh(args, x.shape[1]))
+        save_file({n: t.contiguous() for n, t in view.items() if n in TENSORS}, spec["init"])
         proc = subprocess.run([str(py), "-c", SAELENS_RUN, json.dumps(spec)], capture_output=True, text=True)
     if proc.returncode:
         print(f"SAELens run failed:\n{proc.stderr[-2000:]}")

@@ -53,6 +53,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from actdict.harvest.store import write_vectors  # noqa: E402
 from actdict.train.config import TrainConfig  # noqa: E402
 from actdict.train.data import iter_batches  # noqa: E402
+from actdict.train.export import TENSORS, saelens_view  # noqa: E402
 from actdict.train.loop import Member, train  # noqa: E402
 from actdict.train.protocol import make, registry  # noqa: E402
 
@@ -75,17 +76,11 @@ for k in a["ks"]:
         else:
             sae = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=a["d"], d_sae=k,
                                                                 l1_coefficient=a["lam1"]))
-        if a.get("init"):  # our starting weights, so that both sides start alike
+        if a.get("init"):  # our starting weights in SAELens's names and layouts (saelens_view)
             from safetensors.torch import load_file
-            w = load_file(a["init"])
-            linear = {"W_enc": ("encoder.weight", True), "b_enc": ("encoder.bias", False),
-                      "W_dec": ("decoder.weight", True), "b_dec": ("decoder.bias", False)}
             with torch.no_grad():
-                for theirs, (ours, t) in linear.items():
-                    if theirs in w:  # our tied variants use SAELens's names and layouts
-                        getattr(sae, theirs).copy_(w[theirs])
-                    else:  # nn.Linear layouts
-                        getattr(sae, theirs).copy_(w[ours].t() if t else w[ours])
+                for param, w in load_file(a["init"]).items():
+                    getattr(sae, param).copy_(w)
         n = a["warmup"] + a["steps"] * a["repeats"]
         tcfg = SAETrainerConfig(total_training_samples=n * a["batch"], train_batch_size_samples=a["batch"],
                                 lr=a["lr"], lr_end=a["lr"], device=a["device"], autocast=a["autocast"])
@@ -151,6 +146,12 @@ def build(variant: str, d: int, k: int, params: dict, init: dict | None = None):
     return model
 
 
+def saelens_tensors(model) -> dict[str, torch.Tensor]:
+    """The model's weights as SAELens holds them (the export's ``saelens_view``: W_enc [d, k], b_enc, W_dec
+    [k, d], b_dec), for a SAELens SAE to start from."""
+    return {n: t.contiguous() for n, t in saelens_view(model).items() if n in TENSORS}
+
+
 def step_flops(variant: str, d: int, k: int, x: torch.Tensor, params: dict, init: dict | None = None) -> int:
     """FLOPs of one forward + backward (matmuls, as counted by torch's FlopCounterMode)."""
     model = build(variant, d, k, params, init).to(x.device)
@@ -203,7 +204,7 @@ def store_batches(store, batch: int, pin: bool = False):
 def saelens_rates(venv: Path, data: Path, args, variant: str, k: int,
                   init: dict | None = None) -> dict[tuple[str, int], float]:
     """Samples/s of SAELens's SAETrainer.step (TopK without AuxK, or standard L1) on the saved batches,
-    starting from the weights ``init`` (our state dict) when given.
+    starting from the weights ``init`` (SAELens tensors: ``saelens_tensors``) when given.
 
     With ``args.saelens_path``: this interpreter, with those directories first on the child's PYTHONPATH
     (SAELens and its transformer-lens 3 installed there by ``pip install --target``, as on a GPU machine
@@ -224,7 +225,7 @@ def saelens_rates(venv: Path, data: Path, args, variant: str, k: int,
             "autocast": args.autocast, "device": args.device, "init": None}
     if init is not None:
         spec["init"] = str(data.with_name(f"init_{variant}_{k}.safetensors"))
-        save_file({name: t.detach().cpu().contiguous() for name, t in init.items()}, spec["init"])
+        save_file(init, spec["init"])
     proc = subprocess.run([str(py), "-c", SAELENS_CHILD, json.dumps(spec)], capture_output=True, text=True,
                           env=env)
     if proc.returncode:
@@ -327,7 +328,8 @@ def main() -> None:
             pct_dense = 100 * dense_s / (args.batch / rate)  # ... over the measured step time
             ref = None
             if v in params and not args.no_saelens:  # measured right after ours: same machine load
-                ref = saelens_rates(args.saelens_venv, data, args, v, k, init).get((v, k))
+                theirs = None if init is None else saelens_tensors(build(v, args.d, k, p, init))
+                ref = saelens_rates(args.saelens_venv, data, args, v, k, theirs).get((v, k))
             ref_s = f"{ref:>13,.0f}{rate / ref:>10.2f}x" if ref else f"{'-':>13}{'-':>11}"
             cols = f"{rate:>12,.0f}{flops / 1e9:>12.1f}{pct:>11.1f}%{pct_dense:>30.1f}%{ref_s}"
             print(f"{label:<22}{k:>7}{cols}", flush=True)
