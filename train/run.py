@@ -66,13 +66,18 @@ def store_key(store_id: dict) -> dict:
     return store_id if path is None or "://" in path else store_id | {"path": os.path.realpath(path)}
 
 
-def replaced(path: Path, dc: DictConfig, cfg: TrainConfig, seed: int, store_id: dict) -> str | None:
-    """When ``path`` holds a finished checkpoint that this run will overwrite: what differs, in words."""
+def finished_record(path: Path) -> dict | None:
+    """The cfg.json record of the finished checkpoint in ``path`` (None: none, or not finished)."""
     try:
-        old = json.loads((path / checkpoint.CFG).read_text())
+        record = json.loads((path / checkpoint.CFG).read_text())
     except (OSError, ValueError):
         return None
-    if not old.get("finished"):
+    return record if record.get("finished") else None
+
+
+def replaced(path: Path, dc: DictConfig, cfg: TrainConfig, seed: int, store_id: dict) -> str | None:
+    """When ``path`` holds a finished checkpoint that this run will overwrite: what differs, in words."""
+    if (old := finished_record(path)) is None:
         return None
     settings = {k: v for k, v in to_dict(cfg).items() if k not in _UNHASHED}
     new = {"dict": to_dict(dc), "train": settings, "seed": seed, "store": store_key(store_id)}
@@ -84,12 +89,8 @@ def replaced(path: Path, dc: DictConfig, cfg: TrainConfig, seed: int, store_id: 
 
 def is_finished(path: Path, *hashes: str) -> bool:
     """``path`` holds a finished checkpoint whose config_hash is one of ``hashes``."""
-    try:
-        cfg = json.loads((path / checkpoint.CFG).read_text())
-    except (OSError, ValueError):
-        return False
-    done = bool(cfg.get("finished")) and cfg.get("config_hash") in hashes
-    return done and (path / checkpoint.WEIGHTS).is_file()
+    record = finished_record(path) or {}
+    return record.get("config_hash") in hashes and (path / checkpoint.WEIGHTS).is_file()
 
 
 @contextmanager
