@@ -123,6 +123,11 @@ def shard_entries(fs, hook_dir: str) -> list[str]:
     return sorted(e.rstrip("/").rsplit("/", 1)[-1] for e in fs.ls(f"{hook_dir}/{SHARDS}", detail=False))
 
 
+def whole_shards(fs, hook_dir: str) -> list[str]:
+    """The whole shards' folder names (5 digits), sorted; those being written (``.tmp-*``) are invisible."""
+    return [n for n in shard_entries(fs, hook_dir) if n.isdigit()]
+
+
 def shard_name(i: int) -> str:
     return f"{i:05d}"
 

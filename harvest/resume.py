@@ -25,6 +25,7 @@ from actdict.harvest.layout import (
     read_json,
     shard_entries,
     shard_name,
+    whole_shards,
     write_json,
     zarr_url,
 )
@@ -69,7 +70,7 @@ def clean(path: str, hook: str) -> list[str]:
 
 def done_shards(path: str, hook: str) -> set[int]:
     fs, d = hook_dir(path, hook)
-    return {int(n) for n in shard_entries(fs, d) if n.isdigit()}
+    return {int(n) for n in whole_shards(fs, d)}
 
 
 def record(path: str, hook: str, shard: int) -> dict:

@@ -25,7 +25,7 @@ import numpy as np
 from actdict.config import Common, config_changes, config_hash, to_dict
 from actdict.harvest.config import HarvestConfig
 from actdict.harvest.dist import Ranks, init_ranks, rank_device
-from actdict.harvest.layout import ACT_DTYPES, fs_of, human_size, shard_entries, shard_problem, write_shard
+from actdict.harvest.layout import ACT_DTYPES, fs_of, human_size, shard_problem, whole_shards, write_shard
 from actdict.harvest.models import LoadedModel, load_model
 from actdict.harvest.pipeline import Behind, Prefetch
 from actdict.harvest.plan import RowStream, ShardWork, owner, shard_work, stored_positions
@@ -237,7 +237,7 @@ def _existing(path: str, hooks: list[str], cfg: HarvestConfig,
                 "set run_dir / store to another folder")
         if m.get("complete"):
             fs, d = hook_dir(path, h)
-            names = [n for n in shard_entries(fs, d) if n.isdigit()]
+            names = whole_shards(fs, d)
             if problem := shard_problem(names, int(m.get("n_shards", len(names)))):
                 raise HarvestError(f"store {path}, hook {h!r}: {problem}")
     literal = [h for h in hooks if h != "all" and not any(c in h for c in "*?[")]

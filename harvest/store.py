@@ -42,8 +42,8 @@ from actdict.harvest.layout import (
     list_hooks,
     read_chunk_file,
     read_json,
-    shard_entries,
     shard_problem,
+    whole_shards,
     zarr_url,
 )
 from actdict.harvest.writer import StoreWriter, write_vectors
@@ -101,7 +101,7 @@ class ActivationStore:
     def _scan_shards(self) -> list[tuple[str, int]]:
         """Complete shards in order; a partial store (allow_partial) ends at the first missing or
         half-written one, a complete store must have exactly n_shards valid ones."""
-        names = [n for n in shard_entries(self.fs, self.dir) if n.isdigit()]  # .tmp-* are invisible
+        names = whole_shards(self.fs, self.dir)
         complete = self.manifest.get("complete")
         if complete and (problem := shard_problem(names, int(self.manifest.get("n_shards", len(names))))):
             raise StoreError(f"{self.dir}: {problem}")

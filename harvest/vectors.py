@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -69,7 +69,7 @@ def _check_shape(shape: tuple, where: str) -> None:
         raise VectorsError(f"{where}: shape {tuple(shape)} holds no vectors")
 
 
-def _npy_blocks(path: Path, block: int) -> Iterator[np.ndarray]:
+def _npy_blocks(path: Path, key: str, block: int) -> Iterator[np.ndarray]:
     with open(path, "rb") as f:
         if f.read(6) != b"\x93NUMPY":  # numpy would try pickle on anything else, and say so
             raise VectorsError(f"{path}: not a .npy file (no NumPy header); save vectors with np.save")
@@ -163,15 +163,7 @@ def vector_blocks(path: str | Path, key: str = "", block_rows: int = 16384) -> I
     p = Path(path).expanduser()
     if not p.is_file():
         raise VectorsError(f"vectors file {str(path)!r} does not exist")
-    suffix = p.suffix.lower()
-    if suffix == ".npy":
-        blocks = _npy_blocks(p, block_rows)
-    elif suffix == ".safetensors":
-        blocks = _safetensors_blocks(p, key, block_rows)
-    elif suffix == ".parquet":
-        blocks = _parquet_blocks(p, key, block_rows)
-    else:
-        raise VectorsError(f"{p}: unknown vectors format {suffix!r}; use one of {FORMATS}")
+    blocks = _format(p)[0](p, key, block_rows)
     n, d = 0, None
     for x in blocks:  # [b, d]
         d = x.shape[1] if d is None else d
@@ -191,23 +183,38 @@ def vector_rows(path: str | Path, key: str = "") -> int | None:
     says what is wrong)."""
     p = Path(path).expanduser()
     try:
-        if p.suffix.lower() == ".npy":
-            return int(np.load(p, mmap_mode="r", allow_pickle=False).shape[0])
-        if p.suffix.lower() == ".safetensors":
-            from safetensors import safe_open
-
-            with safe_open(str(p), framework="pt") as f:
-                keys = list(f.keys())
-                if key not in keys and len(keys) != 1:
-                    return None
-                return int(f.get_slice(key or keys[0]).get_shape()[0])
-        if p.suffix.lower() == ".parquet":
-            import pyarrow.parquet as pq
-
-            return int(pq.ParquetFile(p).metadata.num_rows)
+        return _format(p)[1](p, key)
     except Exception:  # noqa: BLE001 (unreadable here: the import names the problem)
         return None
-    return None
+
+
+def _npy_rows(p: Path, key: str) -> int:
+    return int(np.load(p, mmap_mode="r", allow_pickle=False).shape[0])
+
+
+def _safetensors_rows(p: Path, key: str) -> int | None:
+    from safetensors import safe_open
+
+    with safe_open(str(p), framework="pt") as f:
+        keys = list(f.keys())
+        if key not in keys and len(keys) != 1:
+            return None
+        return int(f.get_slice(key or keys[0]).get_shape()[0])
+
+
+def _parquet_rows(p: Path, key: str) -> int:
+    import pyarrow.parquet as pq
+
+    return int(pq.ParquetFile(p).metadata.num_rows)
+
+
+def _format(p: Path) -> tuple[Callable, Callable]:
+    """(blocks reader, header row counter) of the vectors file ``p`` by its suffix."""
+    readers = {".npy": (_npy_blocks, _npy_rows), ".safetensors": (_safetensors_blocks, _safetensors_rows),
+               ".parquet": (_parquet_blocks, _parquet_rows)}
+    if p.suffix.lower() not in readers:
+        raise VectorsError(f"{p}: unknown vectors format {p.suffix.lower()!r}; use one of {FORMATS}")
+    return readers[p.suffix.lower()]
 
 
 def import_vectors(path: str | Path, store: str, key: str = "", hook: str = "vectors",
