@@ -45,12 +45,16 @@ def dict_hash(dc: DictConfig, cfg: TrainConfig, common: Common, store_id: dict, 
     """Everything that determines a trained dictionary, hashed (sorted JSON, sha256, 16 hex chars).
     ``legacy``: the hash of checkpoints made before 2026-12-05, which hashed the store's path as spelled
     (they still count as finished, and their resume states still resume)."""
-    settings = {k: v for k, v in to_dict(cfg).items()
-                if k not in _UNHASHED and not (k in _LATER and v == _LATER[k])}
+    settings = {k: v for k, v in _hashed(to_dict(cfg)).items() if not (k in _LATER and v == _LATER[k])}
     store = {k: v for k, v in store_id.items() if k in _LEGACY_STORE} if legacy else store_key(store_id)
     blob = {"dict": to_dict(dc), "train": settings, "seed": common.seed, "store": store,
             "train_chunks": split["train_chunks"]}
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _hashed(settings: dict) -> dict:
+    """The train settings that change a dictionary (those ``dict_hash`` and ``replaced`` compare)."""
+    return {k: v for k, v in settings.items() if k not in _UNHASHED}
 
 
 _LEGACY_STORE = ("path", "hook", "rows", "d", "config_hash")  # the store's part of the pre-2026-12-05 hash
@@ -79,11 +83,10 @@ def replaced(path: Path, dc: DictConfig, cfg: TrainConfig, seed: int, store_id: 
     """When ``path`` holds a finished checkpoint that this run will overwrite: what differs, in words."""
     if (old := finished_record(path)) is None:
         return None
-    settings = {k: v for k, v in to_dict(cfg).items() if k not in _UNHASHED}
-    new = {"dict": to_dict(dc), "train": settings, "seed": seed, "store": store_key(store_id)}
+    new = {"dict": to_dict(dc), "train": _hashed(to_dict(cfg)), "seed": seed, "store": store_key(store_id)}
     was = {"dict": old.get("dict_config"), "seed": old.get("seed"),
            "store": store_key(old.get("store") or {}),
-           "train": {k: v for k, v in (old.get("train_config") or {}).items() if k not in _UNHASHED}}
+           "train": _hashed(old.get("train_config") or {})}
     return "; ".join(config_changes(was, new)[:6]) or "the split, or its weights file is missing"
 
 
