@@ -43,8 +43,10 @@ function el(tag, cls, text) {
   if (text !== undefined) e.textContent = text;
   return e;
 }
-function fmt(v) {
-  return v === null || v === undefined ? '\u2013' : String(+(+v).toPrecision(4));
+function fmt(v) {  // 4 significant digits; tiny values as 1.715e-6, not 0.000001715
+  if (v === null || v === undefined) return '\u2013';
+  return v !== 0 && Math.abs(v) < 1e-3 ? (+v).toExponential(3).replace(/\.?0+e/, 'e')
+                                       : String(+(+v).toPrecision(4));
 }
 function tokStr(id) {
   let s = TOK[String(id)];
@@ -124,6 +126,14 @@ function renderFeature(i) {
   p.appendChild(el('h2', '', 'Feature ' + f.i));
   p.appendChild(el('p', 'stats', 'active on ' + f.fires + ' of ' + D.n_rows + ' test rows (density ' +
     fmt(f.density) + '); max ' + fmt(f.max) + ', min ' + fmt(f.min)));
+  if (!f.fires) {  // a dead latent: its largest codes are those of rows where it is not active
+    p.appendChild(el('p', 'note', 'dead latent: never active on the test rows, so no histogram; the ' +
+      'codes below are its largest and most negative ones, all on rows where it is inactive'));
+    p.appendChild(section('Largest codes (inactive rows)', f.top, false));
+    if (f.bottom.length) p.appendChild(section('Most negative codes (inactive rows)', f.bottom, true));
+    renderList();
+    return;
+  }
   p.appendChild(histogram(f));
   p.appendChild(section('Top activations', f.top, false,
     f.top.length ? 'highlighted: the token of the row; up to ' + D.window + ' tokens of context each side'

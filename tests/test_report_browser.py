@@ -179,3 +179,30 @@ def test_detector_sees_an_unsafe_page(chromium, tmp_path):
     page.write_text(f"<html><body><div id=a></div><script>document.getElementById('a').innerHTML = {payload};"
                     "</script></body></html>")
     assert 'data-pwned="img"' in _dump(*chromium, page.as_uri())
+
+
+def test_dead_feature_says_so_instead_of_showing_top_activations(chromium, tmp_path):
+    """A dead latent (never active; a VAE's gated codes are then tiny but nonzero) is not presented as having
+    top activations or an (empty) histogram: the page says it is dead and labels its largest codes as those of
+    inactive rows; a live feature next to it renders as before. Tiny codes are printed as 1.715e-6."""
+    from actdict.analyze.report_features import write_feature_page
+
+    hit = [1.7147e-06, 5, 0, 5, [1, 2, 3], 1]
+    live = {"i": 0, "fires": 3, "density": 0.3, "max": 2.0, "min": 0.5, "hist": {"pos": [[32, 3]], "neg": []},
+            "top": [[2.0, 1, 0, 1, [1, 2], 1]], "bottom": [], "quantiles": []}
+    dead = {"i": 1, "fires": 0, "density": 0.0, "max": 1.7147e-06, "min": -5.04e-07,
+            "hist": {"pos": [], "neg": []}, "top": [hit], "bottom": [[-5.04e-07, 6, 0, 6, [2, 3], 0]],
+            "quantiles": []}
+    data = {"version": 1, "name": "v", "k": 2, "n_rows": 10, "window": 2, "hist_edges": list(range(-4, 5)),
+            "tokens": {"1": "a", "2": "b", "3": "c"}, "wordpiece": False, "features": [live, dead]}
+    page = write_feature_page(data, "v", {"variant": "vaease"}, {"hook": "h"}, tmp_path / "report" / "v.html")
+    dom = _dump(*chromium, page.as_uri() + "#f=1")
+    panel = dom[dom.index('id="panel"'):dom.index('<script type="application/json"')]  # not the script
+    assert "<h2>Feature 1</h2>" in panel and "dead latent: never active on the test rows" in panel
+    assert "Top activations" not in panel and "main-svg" not in panel  # no top section, no empty plot
+    assert "<h3>Largest codes (inactive rows)</h3>" in panel
+    assert "<h3>Most negative codes (inactive rows)</h3>" in panel
+    assert '<span class="act">1.715e-6</span>' in panel and '<span class="act">-5.04e-7</span>' in panel
+    dom = _dump(*chromium, page.as_uri() + "#f=0")
+    panel = dom[dom.index('id="panel"'):dom.index('<script type="application/json"')]  # not the script
+    assert "<h3>Top activations</h3>" in panel and "main-svg" in panel and "dead latent" not in panel
