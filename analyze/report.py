@@ -82,9 +82,13 @@ def _figures(models: dict[str, dict]) -> list[go.Figure]:
                                  "yaxis_title": "test rows"})
     dens = go.Figure(layout=lay | {"title": "Feature density", "xaxis_title": "log10 fraction of rows active",
                                    "yaxis_title": "latents"})
+    kmax = max([max(m["masked_curve"]["kept"]) for m in models.values() if m.get("masked_curve")] or [1])
+    ticks = _kept_ticks(kmax)
     curve = go.Figure(layout=lay | {"title": "RE vs latents kept per row (paper Fig. 4)",
-                                    "xaxis_title": "latents kept per row", "yaxis_title": "RE",
-                                    "xaxis_type": "log"})
+                                    "xaxis_title": "latents kept per row (log scale; 0 drawn at 0.5)",
+                                    "yaxis_title": "RE (mean per-row sum of squared errors)",
+                                    "xaxis": {"type": "log", "tickvals": [t for t, _ in ticks],
+                                              "ticktext": [s for _, s in ticks]}})
     figs = [ad, dens, curve]
     for name, m in models.items():
         h = m.get("ad_hist") or {"values": [], "counts": []}
@@ -107,6 +111,17 @@ def _figures(models: dict[str, dict]) -> list[go.Figure]:
                             name=f"{esc(name)} (of mean)")
         figs.append(cls)
     return figs
+
+
+def _kept_ticks(k: int) -> list[tuple[float, str]]:
+    """(position, label) of the masked curve's log-axis ticks: 0 (drawn at 0.5), 1, 2, 5, 10, 20, ... up to
+    ``k`` (those within a factor 1.5 of ``k`` left out, so that labels do not overlap), and ``k`` itself."""
+    ticks = [(0.5, "0")]
+    step = 1
+    while step <= k:
+        ticks += [(float(v), str(v)) for v in (step, 2 * step, 5 * step) if 1.5 * v < k]
+        step *= 10
+    return ticks + [(float(k), str(k))]
 
 
 def _tok(t: Any) -> str:

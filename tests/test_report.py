@@ -197,3 +197,21 @@ def test_masked_curve_paper_protocol_vaease(tmp_path, monkeypatch):
             zero = float(((x - model.decode(torch.zeros(20, k))) ** 2).sum(1).mean())
         assert c["re"][-1] == pytest.approx(m["re_sample"] if sample else det, rel=1e-5)
         assert c["re"][0] == pytest.approx(zero, rel=1e-5)
+
+
+def test_masked_curve_axis_labels_zero_kept():
+    """kept = 0 sits at 0.5 on the log axis: the tick there reads "0" (plotly's own ticks labelled it "5",
+    the minor tick of 0.5), the other ticks are 1, 2, 5, 10, ... and k, and the axis title says so."""
+    from actdict.analyze.report import _figures, _kept_ticks
+
+    s = _summary()
+    s["models"]["sae_alpha"]["masked_curve"] = {"kept": [0, 1, 2, 4, 16, 64], "re": [9.0, 5, 4, 3, 2, 1],
+                                                "rows": 8, "sample": True}
+    curve = _figures(s["models"])[2]
+    assert list(curve.data[0].x) == [0.5, 1, 2, 4, 16, 64] and list(curve.data[0].y) == [9, 5, 4, 3, 2, 1]
+    ax = curve.layout.xaxis
+    assert ax.type == "log" and list(ax.tickvals) == [0.5, 1, 2, 5, 10, 20, 64]
+    assert list(ax.ticktext) == ["0", "1", "2", "5", "10", "20", "64"]
+    assert "0 drawn at 0.5" in ax.title.text and "squared error" in curve.layout.yaxis.title.text
+    assert [t for _, t in _kept_ticks(384)] == ["0", "1", "2", "5", "10", "20", "50", "100", "200", "384"]
+    assert [t for _, t in _kept_ticks(250)][-2:] == ["100", "250"]  # 200 would overlap 250
