@@ -3,6 +3,7 @@
 Schema of ``<run_dir>/features/<name>.json`` (what the report's feature pages render)::
 
     {"version": 1, "name": str, "k": int, "n_rows": int, "window": int,
+     "config_hash": str | null,           # the checkpoint's cfg.json config_hash (which training of `name`)
      "hist_edges": [float],               # log10 |code| bin edges shared by every feature
      "tokens": {"<id>": str},             # decoded string of every token id used below
      "wordpiece": bool,                   # "##" continuations: show " " + token, "##x" as "x"

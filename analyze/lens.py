@@ -80,15 +80,37 @@ def _tokens_of(hits: list, strings: dict, n: int) -> list[str]:
     return seen
 
 
-def feature_labels(path: Path, n: int = 3) -> dict[int, tuple[list[str], list[str]]]:
-    """feature -> (the ``n`` distinct tokens of its largest codes in the corpus, those of its most negative
-    codes), from an analyze features file (``analyze.features``); {} when analyze has not written it."""
-    if not path.is_file():
-        return {}
-    data = json.loads(path.read_text())
+Labels = dict[int, tuple[list[str], list[str]]]
+
+
+def _labels_of(data: dict, n: int) -> Labels:
     strings = data.get("tokens", {})
     return {int(f["i"]): (_tokens_of(f.get("top", []), strings, n),
                           _tokens_of(f.get("bottom", []), strings, n)) for f in data.get("features", [])}
+
+
+def feature_labels(path: Path, n: int = 3) -> Labels:
+    """feature -> (the ``n`` distinct tokens of its largest codes in the corpus, those of its most negative
+    codes), from an analyze features file (``analyze.features``); {} when analyze has not written it."""
+    return _labels_of(json.loads(path.read_text()), n) if path.is_file() else {}
+
+
+def dict_labels(run_dir: Path, name: str, k: int, n: int = 3) -> tuple[Labels, str]:
+    """(labels of dictionary ``name`` as :func:`feature_labels` reads them, "") or ({}, why there are none):
+    no features file yet, or one computed from another training of ``name`` (its ``config_hash`` or ``k``
+    differs from the checkpoint's), whose labels would name other features."""
+    from actdict.analyze.run import checkpoint_hash
+
+    path = run_dir / "features" / f"{name}.json"
+    if not path.is_file():
+        return {}, f"no corpus labels: {path} not found (run actdict analyze)"
+    data = json.loads(path.read_text())
+    have, want = data.get("config_hash"), checkpoint_hash(run_dir, name)
+    if data.get("k") != k or (have and want and have != want):
+        return {}, (f"no corpus labels: {path} was computed from another training of {name} "
+                    f"(k {data.get('k')}, config_hash {have}; the checkpoint: k {k}, {want}): rerun "
+                    "actdict analyze")
+    return _labels_of(data, n), ""
 
 
 def _label(labels: dict, f: int, code: float) -> list[str]:
@@ -122,9 +144,9 @@ def lens(common: Common, cfg, text: str, names: list[str], top: int = 5, hook: s
            "tokens": strings, "dicts": {}}
     for name, model in models.items():
         feats, codes, n_active = token_features(model.eval(), x, top)
-        labels = feature_labels(run_dir / "features" / f"{name}.json")
+        labels, note = dict_labels(run_dir, name, model.k)
         out["dicts"][name] = {
-            "variant": model.variant, "k": model.k,
+            "variant": model.variant, "k": model.k, "labels_note": note,
             "active": n_active.tolist(),
             "features": [[{"i": f, "code": round(c, 4), "top_tokens": _label(labels, f, c)}
                           for f, c in zip(fr.tolist(), cr.tolist(), strict=True) if f >= 0]
@@ -140,6 +162,8 @@ def format_lens(res: dict) -> str:
     for name, r in res["dicts"].items():
         lines.append(f"\n{name} ({r['variant']}, k={r['k']}): token, active latents, top features "
                      "(#latent code [its top tokens in the corpus])")
+        if r.get("labels_note"):
+            lines.append(f"  ({r['labels_note']})")
         for s, n, feats in zip(shown, r["active"], r["features"], strict=True):
             fs = "  ".join(f"#{f['i']} {f['code']:.3g}" + (f" [{', '.join(f['top_tokens'])}]"
                                                           if f["top_tokens"] else "") for f in feats)

@@ -126,6 +126,7 @@ def main(common: Common, cfg: AnalyzeConfig) -> None:
         fires = ev.fire.cpu().numpy()
         data, _, _ = build_features(ev.tracker, fires, n, store, cfg.context, decode, cfg.quantiles)
         data["name"] = name
+        data["config_hash"] = checkpoint_hash(run_dir, name)  # which training of `name` this describes
         rel = f"features/{name}.json"
         (run_dir / rel).write_text(json.dumps(_clean(data), separators=(",", ":"), allow_nan=False))
         order = sorted(range(len(fires)), key=lambda i: (-int(fires[i]), i))
@@ -218,6 +219,15 @@ def load_models(run_dir: Path, names: list[str], d: int) -> dict:
             raise AnalyzeError(f"dictionary {name} has d={model.d} but the store has d={d}")
         models[name] = model
     return models
+
+
+def checkpoint_hash(run_dir: Path, name: str) -> str | None:
+    """The ``config_hash`` of ``<run_dir>/dicts/<name>/cfg.json`` (None when there is none): it names the
+    training a features file was computed from, so that the lens can tell a stale one."""
+    path = run_dir / "dicts" / name / "cfg.json"
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text()).get("config_hash")
 
 
 def _clean(x):

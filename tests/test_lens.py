@@ -137,3 +137,35 @@ def test_cli_errors_name_the_problem(run, capsys):
     assert main([str(bad), "x"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("actdict lens: config error:") and "ctxx" in err
+
+
+def test_labels_of_another_training_are_not_used(run, tmp_path, capsys):
+    """analyze records the checkpoint's config_hash in each features file; a features file of another
+    training of the dictionary (retrained since, analyze not rerun) gives no labels and a note saying to rerun
+    analyze, instead of labelling features with another dictionary's tokens; so does a missing one."""
+    import shutil
+
+    cfg_path, run_dir = run
+    for name in ("sae", "vaease"):
+        feats = json.loads((run_dir / "features" / f"{name}.json").read_text())
+        cfg = json.loads((run_dir / "dicts" / name / "cfg.json").read_text())
+        assert feats["config_hash"] == cfg["config_hash"] and len(cfg["config_hash"]) == 16
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    stale = json.loads((copy / "features" / "sae.json").read_text()) | {"config_hash": "0123456789abcdef"}
+    (copy / "features" / "sae.json").write_text(json.dumps(stale))
+    (copy / "features" / "vaease.json").unlink()
+    text = "The ferry leaves."
+    assert main([str(cfg_path), text, "--set", f"run_dir={copy}", "--json", str(tmp_path / "l.json")]) == 0
+    res = json.loads((tmp_path / "l.json").read_text())
+    for r in res["dicts"].values():
+        assert sum(len(f) for f in r["features"]) > 0
+        assert all(f["top_tokens"] == [] for feats in r["features"] for f in feats)
+    assert "another training of sae" in res["dicts"]["sae"]["labels_note"]
+    assert "0123456789abcdef" in res["dicts"]["sae"]["labels_note"]
+    assert "not found (run actdict analyze)" in res["dicts"]["vaease"]["labels_note"]
+    out = capsys.readouterr().out
+    assert out.count("rerun actdict analyze") == 1 and out.count("(run actdict analyze)") == 1
+    assert main([str(cfg_path), text, "--json", str(tmp_path / "ok.json")]) == 0
+    ok = json.loads((tmp_path / "ok.json").read_text())["dicts"]
+    assert all(r["labels_note"] == "" for r in ok.values())
