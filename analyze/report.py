@@ -32,6 +32,7 @@ table.overview { border-collapse: collapse; font-variant-numeric: tabular-nums; 
 .feature { margin: 1em 0; } .ctx { font-family: monospace; white-space: pre-wrap; margin: 2px 0; }
 .act { display: inline-block; min-width: 6em; color: #666; }
 .hl { background: #ffd54f; font-weight: bold; } .dim { color: #555; } .note { color: #666; font-size: 90%; }
+.txt { font-family: system-ui, sans-serif; } .where { color: #888; font-size: 85%; margin-left: 1em; }
 """
 _COLUMNS = [  # (summary key, header, tooltip)
     ("variant", "variant", ""), ("k", "k", "latents"),
@@ -130,10 +131,13 @@ def _tok(t: Any) -> str:
 
 
 def _snippet(hit: dict, wordpiece: bool = False) -> str:
+    where = f"doc {_num(hit.get('doc'))} pos {_num(hit.get('pos'))}"
+    if "text" in hit or (hit.get("token_id") or 0) < 0:  # an embedded document / paragraph: its text
+        return (f'<div class="ctx txt"><span class="act">{_num(hit.get("act"))}</span>'
+                f'{esc(hit.get("text", ""))}<span class="where">{where}</span></div>')
     before = "".join(_tok(t) for t in display_strings(hit.get("before", []), wordpiece))
     after = "".join(_tok(t) for t in display_strings(hit.get("after", []), wordpiece))
     token = display_strings([hit.get("token", "")], wordpiece)[0]
-    where = f"doc {_num(hit.get('doc'))} pos {_num(hit.get('pos'))}"
     return (f'<div class="ctx"><span class="act" title="{where}">{_num(hit.get("act"))}</span>'
             f'<span class="dim">{before}</span><span class="hl">{_tok(token)}</span>'
             f'<span class="dim">{after}</span></div>')

@@ -30,12 +30,13 @@ main { display: grid; grid-template-columns: 330px 1fr; height: calc(100vh - 62p
 .act { display: inline-block; min-width: 5.5em; color: #666; text-align: right; margin-right: 1em; }
 .hl { background: #ffd54f; font-weight: bold; border-radius: 2px; } .neg .hl { background: #90caf9; }
 .dim { color: #555; } h3 { margin: 1em 0 0.3em; } .note { color: #777; font-size: 90%; }
+.txt { font-family: system-ui, sans-serif; } .where { color: #888; font-size: 85%; margin-left: 1em; }
 """
 
 _JS = r"""
 const D = JSON.parse(document.getElementById('feature-data').textContent);
 const META = JSON.parse(document.getElementById('page-meta').textContent);
-const TOK = D.tokens, F = D.features, EDGES = D.hist_edges, PAGE = 200;
+const TOK = D.tokens, TEXTS = D.texts || {}, F = D.features, EDGES = D.hist_edges, PAGE = 200;
 let shown = PAGE, current = null;
 function el(tag, cls, text) {
   const e = document.createElement(tag);
@@ -59,6 +60,13 @@ function ctxLine(hit, neg) {
   const d = el('div', 'ctx' + (neg ? ' neg' : ''));
   d.title = 'row ' + row + ', doc ' + doc + ', pos ' + pos;
   d.appendChild(el('span', 'act', fmt(act)));
+  const text = TEXTS[String(row)];
+  if (text !== undefined || ids[c] < 0) {  // an embedded document / paragraph: its text, not tokens
+    d.classList.add('txt');
+    if (text !== undefined) d.appendChild(el('span', '', text));
+    d.appendChild(el('span', 'where', 'doc ' + doc + ', pos ' + pos));
+    return d;
+  }
   d.appendChild(el('span', 'dim', ids.slice(0, c).map(tokStr).join('')));
   d.appendChild(el('span', 'hl', tokStr(ids[c])));
   d.appendChild(el('span', 'dim', ids.slice(c + 1).map(tokStr).join('')));
@@ -136,8 +144,9 @@ function renderFeature(i) {
   }
   p.appendChild(histogram(f));
   p.appendChild(section('Top activations', f.top, false,
-    f.top.length ? 'highlighted: the token of the row; up to ' + D.window + ' tokens of context each side'
-                 : 'no positive activation on the test rows'));
+    !f.top.length ? 'no positive activation on the test rows'
+      : D.texts ? 'the text each row embeds (doc: its document, pos: its paragraph in the harvest)'
+      : 'highlighted: the token of the row; up to ' + D.window + ' tokens of context each side'));
   if (f.bottom.length && -f.min >= 0.1 * Math.abs(f.max || 0)) {
     p.appendChild(section('Most negative activations', f.bottom, true));
   } else if (f.bottom.length) {

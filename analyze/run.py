@@ -30,7 +30,8 @@ summary.json (version 2 = version 1 plus keys; floats rounded to 6 significant d
         "wordpiece": bool,     # WordPiece token strings ("##" continuations): how contexts are joined (v2)
         "features": [{"index": int, "fires": int, "density": float,  # the n_features most active
                       "top": [{"act": float, "row": int, "doc": int, "pos": int, "token_id": int,
-                               "token": str, "before": [str], "after": [str]}]}]}}}
+                               "token": str, "before": [str], "after": [str],
+                               "text": str}]}]}}}  # text: embeddings stores only (analyze.texts)
 
 "Active" (for AD, dead/dense latents, density, the sampled contexts) is the per-row Otsu active mask of
 ``Forward.activity`` on the model's ``active_side``; for SAEs with exact zeros this is ``codes != 0``.
@@ -53,9 +54,10 @@ from tqdm import tqdm
 
 from actdict.analyze.config import AnalyzeConfig
 from actdict.analyze.evaluate import ModelEval
-from actdict.analyze.features import build_features, summary_hits
+from actdict.analyze.features import build_features, hit_keys, summary_hits
 from actdict.analyze.report import write_report
 from actdict.analyze.splice import heldout_windows, splice_eval
+from actdict.analyze.texts import row_texts
 from actdict.analyze.toptokens import resolve_decoder
 from actdict.config import Common
 from actdict.errors import ActdictError
@@ -119,14 +121,23 @@ def main(common: Common, cfg: AnalyzeConfig) -> None:
                "labels": cfg.labels or None,
                "ce": None if ce is None else {k: v for k, v in ce.items() if k != "models"}, "models": {}}
     (run_dir / "features").mkdir(exist_ok=True)
+    datas = {}
     for name, ev in tqdm(evals.items(), desc="features", unit="dict"):
+        data, _, _ = build_features(ev.tracker, ev.fire.cpu().numpy(), n, store, cfg.context, decode,
+                                    cfg.quantiles)
+        data["name"] = name
+        data["config_hash"] = checkpoint_hash(run_dir, name)  # which training of `name` this describes
+        datas[name] = data
+    # an embeddings store keeps no tokens: the texts of the rows shown, read again from the source (one pass)
+    texts = row_texts(store.manifest, set().union(*(hit_keys(data) for data in datas.values())))
+    for name, ev in evals.items():
+        data = datas[name]
+        if texts:
+            data["texts"] = {str(r): texts[r] for r, _, _ in sorted(hit_keys(data)) if r in texts}
         m = ev.summary(n, sum_x, sum_x2, classes)
         if ce is not None:
             m |= ce["models"][name]
         fires = ev.fire.cpu().numpy()
-        data, _, _ = build_features(ev.tracker, fires, n, store, cfg.context, decode, cfg.quantiles)
-        data["name"] = name
-        data["config_hash"] = checkpoint_hash(run_dir, name)  # which training of `name` this describes
         rel = f"features/{name}.json"
         (run_dir / rel).write_text(json.dumps(_clean(data), separators=(",", ":"), allow_nan=False))
         order = sorted(range(len(fires)), key=lambda i: (-int(fires[i]), i))

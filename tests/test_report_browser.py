@@ -206,3 +206,23 @@ def test_dead_feature_says_so_instead_of_showing_top_activations(chromium, tmp_p
     dom = _dump(*chromium, page.as_uri() + "#f=0")
     panel = dom[dom.index('id="panel"'):dom.index('<script type="application/json"')]  # not the script
     assert "<h3>Top activations</h3>" in panel and "main-svg" in panel and "dead latent" not in panel
+
+
+def test_embedded_rows_show_their_text(chromium, tmp_path):
+    """Rows of an embeddings store (no tokens: token id -1) show the text they embed, with doc and pos, and a
+    payload in that text is shown, not run; a row without its text still shows where it is."""
+    from actdict.analyze.report_features import write_feature_page
+
+    f = {"i": 0, "fires": 2, "density": 0.5, "max": 2.0, "min": 0.5, "hist": {"pos": [[32, 2]], "neg": []},
+         "top": [[2.0, 7, 3, 1, [-1], 0], [1.5, 9, 4, 0, [-1], 0]], "bottom": [], "quantiles": []}
+    data = {"version": 1, "name": "e", "k": 1, "n_rows": 4, "window": 0, "hist_edges": list(range(-4, 5)),
+            "tokens": {"-1": ""}, "wordpiece": False, "features": [f],
+            "texts": {"7": "A quiet harbor at dawn. " + PAYLOAD_IMG}}
+    page = write_feature_page(data, "e", {"variant": "sae_l1"}, {"hook": "embedding"}, tmp_path / "e.html")
+    dom = _dump(*chromium, page.as_uri() + "#f=0")
+    panel = dom[dom.index('id="panel"'):dom.index('<script type="application/json"')]
+    assert ('<div class="ctx txt" title="row 7, doc 3, pos 1"><span class="act">2</span><span>A quiet harbor '
+            'at dawn. &lt;img src=x onerror=') in panel
+    assert '<span class="where">doc 3, pos 1</span>' in panel and "the text each row embeds" in panel
+    assert '<span class="act">1.5</span><span class="where">doc 4, pos 0</span>' in panel  # no text: where
+    assert "data-pwned=" not in dom and '<img src="x"' not in dom
