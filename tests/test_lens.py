@@ -169,3 +169,68 @@ def test_labels_of_another_training_are_not_used(run, tmp_path, capsys):
     assert main([str(cfg_path), text, "--json", str(tmp_path / "ok.json")]) == 0
     ok = json.loads((tmp_path / "ok.json").read_text())["dicts"]
     assert all(r["labels_note"] == "" for r in ok.values())
+
+
+@pytest.fixture(scope="module")
+def embedded_run(tmp_path_factory):
+    """A whole tiny run on paragraph embeddings (harvest.mode: embeddings): (config path, run dir, docs)."""
+    root = tmp_path_factory.mktemp("lens_emb")
+    words = "river stone lantern quiet market winter bread engine violin harbor letter garden".split()
+    rng = np.random.default_rng(0)
+    docs = ["\n\n".join(" ".join(rng.choice(words, size=6)) for _ in range(3)) for _ in range(16)]
+    (root / "d.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    cfg = root / "emb.yaml"
+    cfg.write_text(f"""
+run_dir: {root / 'run'}
+harvest:
+  mode: embeddings
+  source: {{kind: files, path: {root / 'd.jsonl'}}}
+  embed: {{unit: paragraph}}
+  max_tokens: null
+  batch_size: 16
+  store_dtype: float32
+  shard_rows: 16
+  chunk_rows: 8
+  device: cpu
+train:
+  epochs: 2
+  batch_size: 8
+  test_fraction: 0.25
+  dicts:
+    - {{name: sae, variant: sae_l1, k: 16, params: {{lam1: 0.01, lam2: 0.001}}}}
+analyze: {{n_features: 4, top_k: 3, context: 0}}
+""")
+    assert cli(["run", str(cfg)]) == 0
+    return cfg, root / "run", docs
+
+
+def test_embeddings_lens_reads_each_paragraph_as_the_harvest_did(embedded_run, tmp_path, capsys):
+    """With harvest.mode: embeddings the lens embeds each paragraph of the text as the harvest embedded the
+    corpus (the rows equal the stored ones), lists each paragraph's active latents by |code|, and labels them
+    with the first words of the corpus texts they fire on most."""
+    from actdict.analyze.lens import lens, unit_rows
+    from actdict.config import common_of
+
+    cfg_path, run_dir, docs = embedded_run
+    hcfg = _harvest_cfg(cfg_path)
+    store = open_store(str(run_dir / "store"), "embedding")
+    rows = store.read_rows(0, len(store))
+    name, units, x = unit_rows(hcfg, docs[5])  # [3], [3, d]
+    assert name == "all-MiniLM-L6-v2" and units == docs[5].split("\n\n")
+    np.testing.assert_allclose(x.numpy(), rows.acts[rows.doc == 5], atol=2e-5, rtol=0)
+    assert main([str(cfg_path), docs[5], "--top", "2", "--json", str(tmp_path / "e.json")]) == 0
+    res = json.loads((tmp_path / "e.json").read_text())
+    assert res["unit"] == "paragraph" and res["tokens"] == units and res["token_ids"] == [-1, -1, -1]
+    model = load_models(run_dir, ["sae"], store.d)["sae"]
+    feats, codes, n_active = token_features(model, x, top=2)
+    r = res["dicts"]["sae"]
+    assert r["active"] == n_active.tolist() and r["labels_note"] == ""
+    assert [[f["i"] for f in u] for u in r["features"]] == [[i for i in f if i >= 0] for f in feats.tolist()]
+    texts = json.loads((run_dir / "features" / "sae.json").read_text())["texts"]
+    labelled = [t for u in r["features"] for f in u for t in f["top_tokens"]]
+    assert labelled and all(any(s.startswith(t.rstrip("\u2026")) for s in texts.values()) for t in labelled)
+    out = capsys.readouterr().out
+    assert "all-MiniLM-L6-v2 embedding: 3 paragraphs" in out and f"{units[0]!r}" in out
+    common = common_of(load_experiment(str(cfg_path), []))
+    with pytest.raises(Exception, match="no paragraph to embed"):
+        lens(common, hcfg, "  \n\n ", [])
