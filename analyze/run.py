@@ -162,11 +162,18 @@ def summary_lines(summary: dict) -> list[str]:
              head + (f" {'CE rec.':>7} {'KL':>7}" if ce else "")]
     for name, m in summary["models"].items():
         dead = f"{m['dead']}/{m['k']}"
-        line = (f"{name:<16} {m['re_det']:>9.4g} {m['re_sample']:>11.4g} {m['ad']:>7.2f} {m['l0']:>7.2f} "
-                f"{m['ev']:>6.3f} {dead:>11}")
-        lines.append(line + (f" {m['ce_recovered']:>7.3f} {m['kl']:>7.4f}" if ce else ""))
+        line = (f"{name:<16} {_cell(m['re_det'], '>9.4g')} {_cell(m['re_sample'], '>11.4g')} "
+                f"{_cell(m['ad'], '>7.2f')} {_cell(m['l0'], '>7.2f')} {_cell(m['ev'], '>6.3f')} {dead:>11}")
+        lines.append(line + (f" {_cell(m.get('ce_recovered'), '>7.3f')} {_cell(m.get('kl'), '>7.4f')}"
+                             if ce else ""))
     return lines + ["(AD: active dimensions per row, the paper's Otsu split; L0: exact nonzeros, which a "
                     "VAE's codes never are; docs/analyze.md)"]
+
+
+def _cell(v: float | None, spec: str) -> str:
+    """``v`` formatted with ``spec``; "n/a" (same width) for a number summary.json holds as null (non-finite:
+    e.g. EV of a single row, whose variance is 0)."""
+    return format(v, spec) if v is not None else format("n/a", spec.rstrip("efg").split(".")[0])
 
 
 def splice_models(common: Common, cfg: AnalyzeConfig, store, test_chunks: list[int], models: dict,

@@ -215,3 +215,18 @@ def test_masked_curve_axis_labels_zero_kept():
     assert "0 drawn at 0.5" in ax.title.text and "squared error" in curve.layout.yaxis.title.text
     assert [t for _, t in _kept_ticks(384)] == ["0", "1", "2", "5", "10", "20", "50", "100", "200", "384"]
     assert [t for _, t in _kept_ticks(250)][-2:] == ["100", "250"]  # 200 would overlap 250
+
+
+def test_summary_lines_print_null_numbers_as_na():
+    """A number summary.json holds as null (EV of a single test row: its variance is 0; CE recovered when the
+    zero ablation costs nothing) is printed as n/a in its column; it used to stop analyze with a TypeError
+    after the files were written (e.g. analyze.max_test_rows=1)."""
+    from actdict.analyze.run import summary_lines
+
+    m = {"k": 8, "dead": 3, "re_det": 2.5, "re_sample": None, "ad": 1.0, "l0": 2.0, "ev": None,
+         "ce_recovered": None, "kl": 0.25}
+    summary = {"n_test_rows": 1, "hook": "h", "d": 4, "ce": {"ce_clean": 1.0}, "models": {"a": m}}
+    lines = summary_lines(summary)
+    assert lines[2] == f"{'a':<16} {2.5:>9.4g} {'n/a':>11} {1.0:>7.2f} {2.0:>7.2f} {'n/a':>6} {'3/8':>11} " \
+                       f"{'n/a':>7} {0.25:>7.4f}"
+    assert len(lines[2]) == len(lines[1])  # the columns stay aligned under the header
