@@ -178,7 +178,8 @@ def render(summary: dict, pages: dict[str, str] | None = None) -> str:
     body = [f"<h1>actdict report: {esc(summary.get('run_dir', ''))}</h1>", f"<p>{info}</p>",
             "<h2>Overview</h2>", _overview(models, pages), _ce_line(summary.get("ce")),
             '<p class="note">Hover a column header for its definition. AD, dead/dense latents and density '
-            "use the per-row Otsu active mask of each model's activity.</p>",
+            "use the per-row Otsu active mask of each model's activity. L0 counts exact nonzero codes, which "
+            "a VAE's never are: a VAE's sparsity is its AD.</p>",
             "<h2>Distributions</h2>", '<div class="figs">', *(f"<div>{f}</div>" for f in figs), "</div>",
             "<h2>Most frequent features: top-activating contexts</h2>",
             *(_features(n, m, pages.get(n)) for n, m in models.items())]
