@@ -161,22 +161,23 @@ def lens(common: Common, cfg, text: str, names: list[str], top: int = 5, hook: s
     store = open_store(common.store_path, hook or (cfg.embed.hook if cfg.mode == "embeddings" else None))
     run_dir = Path(common.run_dir)
     models = load_models(run_dir, names, store.d)
-    def same_model(name: str) -> None:  # otherwise the dictionaries would read another model's activations
-        if store.manifest.get("model") != name:
+
+    def same_model(model_name: str) -> None:  # else the dictionaries would read another model's activations
+        if store.manifest.get("model") != model_name:
             raise LensError(f"the store at {common.store_path} was harvested from "
-                            f"{store.manifest.get('model')!r}, the config names {name!r}")
+                            f"{store.manifest.get('model')!r}, the config names {model_name!r}")
 
     if cfg.mode == "embeddings":  # one row per document or paragraph: the units stand for the tokens
-        name, strings, x = unit_rows(cfg, text)  # [n], [n, d]
-        same_model(name)
+        model_name, strings, x = unit_rows(cfg, text)  # [n], [n, d]
+        same_model(model_name)
         ids, unit = np.full(len(strings), -1), cfg.embed.unit
     else:
         lm = load_model(cfg.model, device=resolve_device(cfg.device), dtype=cfg.dtype)  # as the harvest ran
-        name, unit = lm.name, "token"
-        same_model(name)
+        model_name, unit = lm.name, "token"
+        same_model(model_name)
         ids, x = text_rows(lm, cfg, store.hook, text)  # [n], [n, d]
         strings = [lm.tokenizer.decode([int(i)], clean_up_tokenization_spaces=False) for i in ids]
-    out = {"text": text, "hook": store.hook, "model": name, "unit": unit, "token_ids": ids.tolist(),
+    out = {"text": text, "hook": store.hook, "model": model_name, "unit": unit, "token_ids": ids.tolist(),
            "tokens": strings, "dicts": {}}
     for name, model in models.items():
         feats, codes, n_active = token_features(model.eval(), x, top)
