@@ -98,7 +98,7 @@ def _tokens_of(hits: list, strings: dict, n: int, texts: dict | None = None) -> 
             s = clip(texts[str(hit[1])], 32)
         else:
             s = strings.get(str(ids[c]), f"#{ids[c]}").strip()
-        if s not in seen:
+        if s and s not in seen:  # an embedded row without its text has no token string: no label
             seen.append(s)
         if len(seen) == n:
             break

@@ -234,3 +234,14 @@ def test_embeddings_lens_reads_each_paragraph_as_the_harvest_did(embedded_run, t
     common = common_of(load_experiment(str(cfg_path), []))
     with pytest.raises(Exception, match="no paragraph to embed"):
         lens(common, hcfg, "  \n\n ", [])
+
+
+def test_labels_skip_rows_without_a_string(tmp_path):
+    """An embedded row whose text could not be read (token id -1, no string) gives no label, not an empty one;
+    a row with its text is labelled by its first words."""
+    hits = [[2.0, 7, 0, 0, [-1], 0], [1.0, 8, 0, 1, [-1], 0]]
+    data = {"k": 1, "tokens": {"-1": ""}, "features": [{"i": 0, "top": hits, "bottom": []}]}
+    (tmp_path / "f.json").write_text(json.dumps(data))
+    assert feature_labels(tmp_path / "f.json") == {0: ([], [])}
+    (tmp_path / "f.json").write_text(json.dumps(data | {"texts": {"8": "A quiet harbor at dawn, " * 3}}))
+    assert feature_labels(tmp_path / "f.json") == {0: (["A quiet harbor at dawn, A quiet\u2026"], [])}
