@@ -99,7 +99,7 @@ function renderList() {
   more.style.display = fs.length > shown ? '' : 'none';
   document.getElementById('count').textContent = fs.length + ' features';
 }
-function histogram(f) {
+function histogram(f, parent) {  // drawn once in the page, so that plotly sizes it to the panel's width
   const mids = EDGES.slice(0, -1).map((e, i) => (e + EDGES[i + 1]) / 2);
   const w = EDGES[1] - EDGES[0], traces = [];
   for (const [key, name] of [['pos', 'positive codes'], ['neg', 'negative codes']]) {
@@ -113,11 +113,10 @@ function histogram(f) {
   const layout = {height: 250, margin: {t: 30, l: 50, r: 10, b: 40}, barmode: 'overlay',
     title: {text: 'activation histogram (rows where the feature is active)', font: {size: 13}},
     xaxis: {title: {text: 'log10 |code|'}}, yaxis: {title: {text: 'rows'}}, showlegend: traces.length > 1};
-  const div = el('div');
+  const div = parent.appendChild(el('div'));
   div.id = 'hist';
   if (window.Plotly) Plotly.newPlot(div, traces, layout, {displayModeBar: false, responsive: true});
   else div.appendChild(el('p', 'note', 'plotly.min.js not found next to this page: no histogram'));
-  return div;
 }
 function section(title, hits, neg, note) {
   const s = el('div');
@@ -142,7 +141,7 @@ function renderFeature(i) {
     renderList();
     return;
   }
-  p.appendChild(histogram(f));
+  histogram(f, p);
   p.appendChild(section('Top activations', f.top, false,
     !f.top.length ? 'no positive activation on the test rows'
       : D.texts ? 'the text each row embeds (doc: its document, pos: its paragraph in the harvest)'

@@ -226,3 +226,22 @@ def test_embedded_rows_show_their_text(chromium, tmp_path):
     assert '<span class="where">doc 3, pos 1</span>' in panel and "the text each row embeds" in panel
     assert '<span class="act">1.5</span><span class="where">doc 4, pos 0</span>' in panel  # no text: where
     assert "data-pwned=" not in dom and '<img src="x"' not in dom
+
+
+_HIST_PROBE = """<script>window.addEventListener("load", () => setTimeout(() => {
+  const svg = document.querySelector("#hist svg.main-svg"), panel = document.getElementById("panel");
+  document.body.setAttribute("data-hist", Math.round(svg.getBoundingClientRect().width) + "/" +
+                             panel.clientWidth + "/" + panel.scrollWidth);
+}, 500));</script>"""
+
+
+def test_feature_histogram_fits_a_narrow_panel(chromium, run):
+    """On a narrow window the activation histogram is drawn at the panel's width (it was drawn before being
+    put in the page, at plotly's default 700 px, and was cut off, with a horizontal scroll bar)."""
+    feats = json.loads((run / "features/relu.json").read_text())
+    f = max(feats["features"], key=lambda r: r["fires"])
+    probe = run / "report" / "relu_probe.html"
+    probe.write_text((run / "report/relu.html").read_text().replace("</body>", _HIST_PROBE + "</body>"))
+    dom = _dump(*chromium, probe.as_uri() + f"#f={f['i']}", "--window-size=800,700")
+    svg, width, scroll = map(int, dom.split('data-hist="')[1].split('"')[0].split("/"))
+    assert 300 < width < 500 and svg <= width and scroll == width, (svg, width, scroll)
