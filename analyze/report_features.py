@@ -19,14 +19,16 @@ _CSS = """
 body { font-family: system-ui, sans-serif; margin: 0; color: #222; }
 header { padding: 10px 16px; background: #f4f4f4; border-bottom: 1px solid #ddd; }
 header a { margin-right: 1em; } .stats { color: #555; }
-main { display: grid; grid-template-columns: 330px 1fr; height: calc(100vh - 62px); }
+main { display: grid; grid-template-columns: min(440px, 40vw) 1fr; height: calc(100vh - 62px); }
 #side { border-right: 1px solid #ddd; overflow-y: auto; padding: 8px; }
 #side input, #side select { margin: 2px 0; } #list { width: 100%; border-collapse: collapse; font-size: 90%; }
 #list td, #list th { padding: 2px 6px; text-align: right; } #list tr { cursor: pointer; }
 #list tr:hover { background: #eef; } #list tr.sel { background: #dde6ff; }
+#list .lab { text-align: left; max-width: 12em; overflow: hidden; text-overflow: ellipsis;
+  white-space: nowrap; }
 #panel { overflow-y: auto; padding: 8px 20px; }
-.ctx { font-family: ui-monospace, monospace; white-space: pre-wrap; margin: 1px 0; padding: 1px 0;
-  border-bottom: 1px solid #f0f0f0; }
+.ctx { font-family: ui-monospace, monospace; white-space: pre-wrap; overflow-wrap: anywhere; margin: 1px 0;
+  padding: 1px 0; border-bottom: 1px solid #f0f0f0; }
 .act { display: inline-block; min-width: 5.5em; color: #666; text-align: right; margin-right: 1em; }
 .hl { background: #ffd54f; font-weight: bold; border-radius: 2px; } .neg .hl { background: #90caf9; }
 .dim { color: #555; } h3 { margin: 1em 0 0.3em; } .note { color: #777; font-size: 90%; }
@@ -72,10 +74,24 @@ function ctxLine(hit, neg) {
   d.appendChild(el('span', 'dim', ids.slice(c + 1).map(tokStr).join('')));
   return d;
 }
+function topTokens(f) {  // distinct tokens of a live feature's top contexts (embedded rows: their texts)
+  if (f.tokens === undefined) {
+    const seen = [];
+    for (const [, row, , , ids, c] of (f.fires ? f.top : [])) {
+      const t = TEXTS[String(row)];
+      const s = (t !== undefined ? t.slice(0, 24) : tokStr(ids[c])).trim();
+      if (s && !seen.includes(s)) seen.push(s);
+    }
+    f.tokens = seen;
+  }
+  return f.tokens;
+}
 function sorted() {
   const key = document.getElementById('sort').value;
   const minD = parseFloat(document.getElementById('mind').value) || 0;
+  const q = document.getElementById('q').value.trim().toLowerCase();
   let fs = F.filter(f => f.density >= minD);
+  if (q) fs = fs.filter(f => topTokens(f).some(s => s.toLowerCase().includes(q)));
   const by = {fires: f => -f.fires, max: f => -(f.max || 0), index: f => f.i, density: f => f.fires}[key];
   return fs.sort((a, b) => by(a) - by(b) || a.i - b.i);
 }
@@ -84,6 +100,7 @@ function renderList() {
   tb.replaceChildren();
   const hd = el('tr');
   for (const h of ['feature', 'density', 'max']) hd.appendChild(el('th', '', h));
+  hd.appendChild(el('th', 'lab', 'top tokens'));
   tb.appendChild(hd);
   const fs = sorted();
   for (const f of fs.slice(0, shown)) {
@@ -92,6 +109,7 @@ function renderList() {
     tr.appendChild(el('td', '', '#' + f.i));
     tr.appendChild(el('td', '', fmt(f.density)));
     tr.appendChild(el('td', '', fmt(f.max)));
+    tr.appendChild(el('td', 'lab', topTokens(f).slice(0, 3).join(', ')));
     tr.onclick = () => { location.hash = 'f=' + f.i; };
     tb.appendChild(tr);
   }
@@ -163,6 +181,7 @@ function route() {
 }
 document.getElementById('sort').onchange = () => { shown = PAGE; renderList(); };
 document.getElementById('mind').oninput = () => { shown = PAGE; renderList(); };
+document.getElementById('q').oninput = () => { shown = PAGE; renderList(); };
 document.getElementById('more').onclick = () => { shown += PAGE; renderList(); };
 document.getElementById('go').onchange = e => { location.hash = 'f=' + e.target.value; };
 window.addEventListener('hashchange', route);
@@ -197,6 +216,7 @@ def render_feature_page(data: dict, name: str, model: dict, summary: dict) -> st
   style="width:6em"></div>
  <div>sort <select id="sort"><option value="fires">most active</option><option value="max">max activation
  </option><option value="index">index</option><option value="density">least active</option></select></div>
+ <div>top token <input id="q" type="search" placeholder="e.g. computer" style="width:10em"></div>
  <div>min density <input id="mind" type="number" step="any" value="0" style="width:6em">
  <span id="count" class="note"></span></div>
  <table id="list"></table><button id="more">more</button>

@@ -237,7 +237,8 @@ _HIST_PROBE = """<script>window.addEventListener("load", () => setTimeout(() => 
 
 def test_feature_histogram_fits_a_narrow_panel(chromium, run):
     """On a narrow window the activation histogram is drawn at the panel's width (it was drawn before being
-    put in the page, at plotly's default 700 px, and was cut off, with a horizontal scroll bar)."""
+    put in the page, at plotly's default 700 px, and was cut off, with a horizontal scroll bar), and no
+    context line overflows the panel (the fixture's tokens are long unbroken payload strings)."""
     feats = json.loads((run / "features/relu.json").read_text())
     f = max(feats["features"], key=lambda r: r["fires"])
     probe = run / "report" / "relu_probe.html"
@@ -245,3 +246,39 @@ def test_feature_histogram_fits_a_narrow_panel(chromium, run):
     dom = _dump(*chromium, probe.as_uri() + f"#f={f['i']}", "--window-size=800,700")
     svg, width, scroll = map(int, dom.split('data-hist="')[1].split('"')[0].split("/"))
     assert 300 < width < 500 and svg <= width and scroll == width, (svg, width, scroll)
+
+
+_QUERY_PROBE = """<script>window.addEventListener("load", () => setTimeout(() => {
+  const q = document.getElementById("q");
+  q.value = "COMP";
+  q.dispatchEvent(new Event("input"));
+  document.body.setAttribute("data-found", [...document.querySelectorAll("#list tr[data-i]")]
+    .map(tr => tr.dataset.i).join(","));
+}, 300));</script>"""
+
+
+def test_feature_list_shows_and_searches_top_tokens(chromium, tmp_path):
+    """The feature list shows each live feature's first distinct top tokens, and the "top token" box keeps
+    the features whose top tokens contain the query (case-insensitive); a dead latent has no label (its
+    largest codes are on inactive rows) and is not found."""
+    from actdict.analyze.report_features import write_feature_page
+
+    def feature(i, fires, top):
+        return {"i": i, "fires": fires, "density": fires / 10, "max": 2.0, "min": 0.0,
+                "hist": {"pos": [[32, fires]] if fires else [], "neg": []}, "top": top, "bottom": [],
+                "quantiles": []}
+
+    tops = {0: [[3.0, 1, 0, 1, [1, 2], 1], [2.0, 2, 0, 2, [2, 3], 1], [1.0, 3, 0, 3, [4, 2], 1]],
+            1: [[2.0, 4, 0, 4, [1, 5], 1]], 2: [[1e-6, 5, 0, 5, [1, 2], 1]]}
+    data = {"version": 1, "name": "v", "k": 3, "n_rows": 10, "window": 1, "hist_edges": list(range(-4, 5)),
+            "tokens": {"1": "the", "2": "computer", "3": "computers", "4": "a", "5": "harbor"},
+            "wordpiece": False, "features": [feature(i, fires, tops[i]) for i, fires in enumerate([3, 2, 0])]}
+    page = write_feature_page(data, "v", {"variant": "vaease"}, {"hook": "h"}, tmp_path / "r" / "v.html")
+    dom = _dump(*chromium, page.as_uri())
+    assert '<th class="lab">top tokens</th>' in dom
+    assert '<td>#0</td><td>0.3</td><td>2</td><td class="lab">computer, computers</td></tr>' in dom
+    assert '<td class="lab">harbor</td>' in dom
+    assert '<td>#2</td><td>0</td><td>2</td><td class="lab"></td>' in dom  # dead: no label
+    probe = page.with_name("probe.html")
+    probe.write_text(page.read_text().replace("</body>", _QUERY_PROBE + "</body>"))
+    assert 'data-found="0"' in _dump(*chromium, probe.as_uri())
