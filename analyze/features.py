@@ -3,9 +3,11 @@
 Schema of ``<run_dir>/features/<name>.json`` (what the report's feature pages render)::
 
     {"version": 1, "name": str, "k": int, "n_rows": int, "window": int,
+     "config_hash": str | null,           # the checkpoint's cfg.json config_hash (which training of `name`)
      "hist_edges": [float],               # log10 |code| bin edges shared by every feature
      "tokens": {"<id>": str},             # decoded string of every token id used below
      "wordpiece": bool,                   # "##" continuations: show " " + token, "##x" as "x"
+     "texts": {"<row>": str},             # embeddings stores only: the text each hit's row embeds (clipped)
      "features": [{"i": int, "fires": int, "density": float, "max": float | null, "min": float | null,
                    "hist": {"pos": [[bin, count]], "neg": [[bin, count]]},   # sparse, active rows only
                    "top": [HIT], "bottom": [HIT],   # bottom: most negative codes (signed codes only)
@@ -83,13 +85,25 @@ def build_features(tracker: FeatureTracker, fires: np.ndarray, n_rows: int, stor
     return data, ctx, where
 
 
+def hit_keys(data: dict) -> set[tuple[int, int, int]]:
+    """(row, doc, pos) of every hit of the features file ``data`` (top, bottom and quantile samples)."""
+    keys = set()
+    for f in data["features"]:
+        for hit in [*f["top"], *f["bottom"], *(h for q in f["quantiles"] for h in q["hits"])]:
+            keys.add((int(hit[1]), int(hit[2]), int(hit[3])))
+    return keys
+
+
 def summary_hits(data: dict, feature: int) -> list[dict]:
     """The top hits of ``feature`` in summary.json's (version 1) format: act, row, doc, pos, token_id,
-    token, before, after."""
-    tok = data["tokens"]
+    token, before, after; and ``text`` where the features file has the row's text (embeddings stores)."""
+    tok, texts = data["tokens"], data.get("texts", {})
     out = []
     for act, row, doc, pos, ids, c in data["features"][feature]["top"]:
         s = [tok.get(str(i), "") for i in ids]
-        out.append({"act": act, "row": row, "doc": doc, "pos": pos, "token_id": ids[c], "token": s[c],
-                    "before": s[:c], "after": s[c + 1 :]})
+        hit = {"act": act, "row": row, "doc": doc, "pos": pos, "token_id": ids[c], "token": s[c],
+               "before": s[:c], "after": s[c + 1 :]}
+        if str(row) in texts:
+            hit["text"] = texts[str(row)]
+        out.append(hit)
     return out

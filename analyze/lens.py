@@ -7,7 +7,12 @@ ones AD and L0 count (SAEs: nonzero codes; VAE / VAEase: the per-sample Otsu spl
 variance), listed by |code|. Where ``actdict analyze`` has written ``<run_dir>/features/<name>.json``, each
 feature is labelled with the tokens it fires on most in the corpus (its top contexts).
 
-Shapes: n = the text's stored tokens, d = the hook's width, k = latents, t = ``top``.
+With ``harvest.mode: embeddings`` the text is embedded as the harvest embedded its documents (the same
+sentence-transformers model, prompt and truncation; one row for the text, or one per paragraph with
+``embed.unit: paragraph``) and each such unit lists its active features, labelled with the first words of
+the corpus texts they fire on most.
+
+Shapes: n = the text's stored tokens (or units), d = the hook's width, k = latents, t = ``top``.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import torch
 from torch import Tensor
 
 from actdict.analyze.metrics import active_mask
+from actdict.analyze.texts import clip
 from actdict.analyze.toptokens import display_strings
 from actdict.config import Common, common_of, load_experiment, section
 from actdict.errors import ActdictError, print_error
@@ -54,6 +60,21 @@ def text_rows(lm, cfg, hook: str, text: str) -> tuple[np.ndarray, Tensor]:
     return np.concatenate(tokens), torch.cat(rows)
 
 
+def unit_rows(cfg, text: str) -> tuple[str, list[str], Tensor]:
+    """(model name, the units [n], their embeddings [n, d] float32) a ``harvest.mode: embeddings`` harvest
+    with ``cfg`` stores for ``text`` read as one document: the whole text, or each of its paragraphs
+    (``embed.unit``), through the same sentence-transformers model, prompt and truncation."""
+    from actdict.harvest.embed import embed_texts, load_encoder, text_units
+    from actdict.harvest.models import resolve_device
+
+    units = [u for _, _, u in text_units([text], cfg.embed.unit)]
+    if not units or not text.strip():
+        raise LensError(f"the text {text[:40]!r} has no {cfg.embed.unit} to embed")
+    enc = load_encoder(cfg.model, device=resolve_device(cfg.device), dtype=cfg.dtype,
+                       max_seq_length=cfg.embed.max_seq_length)
+    return enc.name, units, torch.from_numpy(embed_texts(enc, units, cfg.embed, cfg.batch_size))
+
+
 def token_features(model, x: Tensor, top: int) -> tuple[Tensor, Tensor, Tensor]:
     """x [n, d] -> (features [n, t] int64, codes [n, t], active count [n]): each row's active latents by
     |code|, largest first (t = min(top, k)); rows with fewer than t active latents are padded with -1 / 0."""
@@ -67,28 +88,55 @@ def token_features(model, x: Tensor, top: int) -> tuple[Tensor, Tensor, Tensor]:
     return idx.masked_fill(~ok, -1), codes, active.sum(1)
 
 
-def _tokens_of(hits: list, strings: dict, n: int) -> list[str]:
-    """The first ``n`` distinct tokens of a features file's hits (strongest first)."""
+def _tokens_of(hits: list, strings: dict, n: int, texts: dict | None = None) -> list[str]:
+    """The first ``n`` distinct tokens of a features file's hits (strongest first); for an embeddings store
+    (``texts``: row -> text), the first words of the hits' texts."""
     seen: list[str] = []
     for hit in hits:
         ids, c = hit[4], hit[5]
-        s = strings.get(str(ids[c]), f"#{ids[c]}").strip()
-        if s not in seen:
+        if texts and str(hit[1]) in texts:
+            s = clip(texts[str(hit[1])], 32)
+        else:
+            s = strings.get(str(ids[c]), f"#{ids[c]}").strip()
+        if s and s not in seen:  # an embedded row without its text has no token string: no label
             seen.append(s)
         if len(seen) == n:
             break
     return seen
 
 
-def feature_labels(path: Path, n: int = 3) -> dict[int, tuple[list[str], list[str]]]:
+Labels = dict[int, tuple[list[str], list[str]]]
+
+
+def _labels_of(data: dict, n: int) -> Labels:
+    strings, texts = data.get("tokens", {}), data.get("texts")
+    return {int(f["i"]): (_tokens_of(f.get("top", []), strings, n, texts),
+                          _tokens_of(f.get("bottom", []), strings, n, texts))
+            for f in data.get("features", [])}
+
+
+def feature_labels(path: Path, n: int = 3) -> Labels:
     """feature -> (the ``n`` distinct tokens of its largest codes in the corpus, those of its most negative
     codes), from an analyze features file (``analyze.features``); {} when analyze has not written it."""
+    return _labels_of(json.loads(path.read_text()), n) if path.is_file() else {}
+
+
+def dict_labels(run_dir: Path, name: str, k: int, n: int = 3) -> tuple[Labels, str]:
+    """(labels of dictionary ``name`` as :func:`feature_labels` reads them, "") or ({}, why there are none):
+    no features file yet, or one computed from another training of ``name`` (its ``config_hash`` or ``k``
+    differs from the checkpoint's), whose labels would name other features."""
+    from actdict.analyze.run import checkpoint_hash
+
+    path = run_dir / "features" / f"{name}.json"
     if not path.is_file():
-        return {}
+        return {}, f"no corpus labels: {path} not found (run actdict analyze)"
     data = json.loads(path.read_text())
-    strings = data.get("tokens", {})
-    return {int(f["i"]): (_tokens_of(f.get("top", []), strings, n),
-                          _tokens_of(f.get("bottom", []), strings, n)) for f in data.get("features", [])}
+    have, want = data.get("config_hash"), checkpoint_hash(run_dir, name)
+    if data.get("k") != k or (have and want and have != want):
+        return {}, (f"no corpus labels: {path} was computed from another training of {name} "
+                    f"(k {data.get('k')}, config_hash {have}; the checkpoint: k {k}, {want}): rerun "
+                    "actdict analyze")
+    return _labels_of(data, n), ""
 
 
 def _label(labels: dict, f: int, code: float) -> list[str]:
@@ -104,27 +152,38 @@ def lens(common: Common, cfg, text: str, names: list[str], top: int = 5, hook: s
     from actdict.harvest.models import load_model, resolve_device
     from actdict.harvest.store import open_store
 
-    if cfg.mode != "tokens":
-        raise LensError(f"the lens reads text through a model's hooks; harvest.mode is {cfg.mode!r}, not "
-                        "'tokens'")
+    if cfg.mode == "vectors":
+        raise LensError("harvest.mode is 'vectors': the store holds vectors brought from elsewhere, and "
+                        "there is no model to read a text with; embed the text as you made the vectors and "
+                        "encode it with the dictionary (docs/architecture.md, 'Using a trained dictionary')")
     if top < 1:
         raise LensError(f"--top must be >= 1, got {top}")
-    store = open_store(common.store_path, hook)
+    store = open_store(common.store_path, hook or (cfg.embed.hook if cfg.mode == "embeddings" else None))
     run_dir = Path(common.run_dir)
     models = load_models(run_dir, names, store.d)
-    lm = load_model(cfg.model, device=resolve_device(cfg.device), dtype=cfg.dtype)  # as the harvest ran it
-    if store.manifest.get("model") != lm.name:
-        raise LensError(f"the store at {common.store_path} was harvested from "
-                        f"{store.manifest.get('model')!r}, the config names {lm.name!r}")
-    ids, x = text_rows(lm, cfg, store.hook, text)  # [n], [n, d]
-    strings = [lm.tokenizer.decode([int(i)], clean_up_tokenization_spaces=False) for i in ids]
-    out = {"text": text, "hook": store.hook, "model": lm.name, "token_ids": ids.tolist(),
+
+    def same_model(model_name: str) -> None:  # else the dictionaries would read another model's activations
+        if store.manifest.get("model") != model_name:
+            raise LensError(f"the store at {common.store_path} was harvested from "
+                            f"{store.manifest.get('model')!r}, the config names {model_name!r}")
+
+    if cfg.mode == "embeddings":  # one row per document or paragraph: the units stand for the tokens
+        model_name, strings, x = unit_rows(cfg, text)  # [n], [n, d]
+        same_model(model_name)
+        ids, unit = np.full(len(strings), -1), cfg.embed.unit
+    else:
+        lm = load_model(cfg.model, device=resolve_device(cfg.device), dtype=cfg.dtype)  # as the harvest ran
+        model_name, unit = lm.name, "token"
+        same_model(model_name)
+        ids, x = text_rows(lm, cfg, store.hook, text)  # [n], [n, d]
+        strings = [lm.tokenizer.decode([int(i)], clean_up_tokenization_spaces=False) for i in ids]
+    out = {"text": text, "hook": store.hook, "model": model_name, "unit": unit, "token_ids": ids.tolist(),
            "tokens": strings, "dicts": {}}
     for name, model in models.items():
         feats, codes, n_active = token_features(model.eval(), x, top)
-        labels = feature_labels(run_dir / "features" / f"{name}.json")
+        labels, note = dict_labels(run_dir, name, model.k)
         out["dicts"][name] = {
-            "variant": model.variant, "k": model.k,
+            "variant": model.variant, "k": model.k, "labels_note": note,
             "active": n_active.tolist(),
             "features": [[{"i": f, "code": round(c, 4), "top_tokens": _label(labels, f, c)}
                           for f, c in zip(fr.tolist(), cr.tolist(), strict=True) if f >= 0]
@@ -134,16 +193,24 @@ def lens(common: Common, cfg, text: str, names: list[str], top: int = 5, hook: s
 
 def format_lens(res: dict) -> str:
     """The lens as text: per dictionary, one line per token (token, active count, features)."""
-    shown = display_strings(res["tokens"])
-    width = min(18, max(len(repr(s.strip())) for s in shown))
-    lines = [f"{res['model']} {res['hook']}: {len(shown)} tokens"]
+    unit = res.get("unit", "token")
+    if unit == "token":
+        shown = [repr(s.strip()) for s in display_strings(res["tokens"])]
+        what = "tokens in the corpus"
+    else:
+        shown = [repr(clip(s, 40)) for s in res["tokens"]]
+        what = "texts in the corpus, their first words"
+    width = min(18 if unit == "token" else 44, max(len(s) for s in shown))
+    lines = [f"{res['model']} {res['hook']}: {len(shown)} {unit}{'' if len(shown) == 1 else 's'}"]
     for name, r in res["dicts"].items():
-        lines.append(f"\n{name} ({r['variant']}, k={r['k']}): token, active latents, top features "
-                     "(#latent code [its top tokens in the corpus])")
+        lines.append(f"\n{name} ({r['variant']}, k={r['k']}): {unit}, active latents, top features "
+                     f"(#latent code [its top {what}])")
+        if r.get("labels_note"):
+            lines.append(f"  ({r['labels_note']})")
         for s, n, feats in zip(shown, r["active"], r["features"], strict=True):
             fs = "  ".join(f"#{f['i']} {f['code']:.3g}" + (f" [{', '.join(f['top_tokens'])}]"
                                                           if f["top_tokens"] else "") for f in feats)
-            lines.append(f"  {repr(s.strip()):<{width}} {n:>4}  {fs}")
+            lines.append(f"  {s:<{width}} {n:>4}  {fs}")
     return "\n".join(lines)
 
 

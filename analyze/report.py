@@ -32,6 +32,7 @@ table.overview { border-collapse: collapse; font-variant-numeric: tabular-nums; 
 .feature { margin: 1em 0; } .ctx { font-family: monospace; white-space: pre-wrap; margin: 2px 0; }
 .act { display: inline-block; min-width: 6em; color: #666; }
 .hl { background: #ffd54f; font-weight: bold; } .dim { color: #555; } .note { color: #666; font-size: 90%; }
+.txt { font-family: system-ui, sans-serif; } .where { color: #888; font-size: 85%; margin-left: 1em; }
 """
 _COLUMNS = [  # (summary key, header, tooltip)
     ("variant", "variant", ""), ("k", "k", "latents"),
@@ -82,9 +83,13 @@ def _figures(models: dict[str, dict]) -> list[go.Figure]:
                                  "yaxis_title": "test rows"})
     dens = go.Figure(layout=lay | {"title": "Feature density", "xaxis_title": "log10 fraction of rows active",
                                    "yaxis_title": "latents"})
+    kmax = max([max(m["masked_curve"]["kept"]) for m in models.values() if m.get("masked_curve")] or [1])
+    ticks = _kept_ticks(kmax)
     curve = go.Figure(layout=lay | {"title": "RE vs latents kept per row (paper Fig. 4)",
-                                    "xaxis_title": "latents kept per row", "yaxis_title": "RE",
-                                    "xaxis_type": "log"})
+                                    "xaxis_title": "latents kept per row (log scale; 0 drawn at 0.5)",
+                                    "yaxis_title": "RE (mean per-row sum of squared errors)",
+                                    "xaxis": {"type": "log", "tickvals": [t for t, _ in ticks],
+                                              "ticktext": [s for _, s in ticks]}})
     figs = [ad, dens, curve]
     for name, m in models.items():
         h = m.get("ad_hist") or {"values": [], "counts": []}
@@ -109,16 +114,30 @@ def _figures(models: dict[str, dict]) -> list[go.Figure]:
     return figs
 
 
+def _kept_ticks(k: int) -> list[tuple[float, str]]:
+    """(position, label) of the masked curve's log-axis ticks: 0 (drawn at 0.5), 1, 2, 5, 10, 20, ... up to
+    ``k`` (those within a factor 1.5 of ``k`` left out, so that labels do not overlap), and ``k`` itself."""
+    ticks = [(0.5, "0")]
+    step = 1
+    while step <= k:
+        ticks += [(float(v), str(v)) for v in (step, 2 * step, 5 * step) if 1.5 * v < k]
+        step *= 10
+    return ticks + [(float(k), str(k))]
+
+
 def _tok(t: Any) -> str:
     """An escaped token, newlines shown as a visible mark."""
     return esc(t).replace("\n", "\u21b5")
 
 
 def _snippet(hit: dict, wordpiece: bool = False) -> str:
+    where = f"doc {_num(hit.get('doc'))} pos {_num(hit.get('pos'))}"
+    if "text" in hit or (hit.get("token_id") or 0) < 0:  # an embedded document / paragraph: its text
+        return (f'<div class="ctx txt"><span class="act">{_num(hit.get("act"))}</span>'
+                f'{esc(hit.get("text", ""))}<span class="where">{where}</span></div>')
     before = "".join(_tok(t) for t in display_strings(hit.get("before", []), wordpiece))
     after = "".join(_tok(t) for t in display_strings(hit.get("after", []), wordpiece))
     token = display_strings([hit.get("token", "")], wordpiece)[0]
-    where = f"doc {_num(hit.get('doc'))} pos {_num(hit.get('pos'))}"
     return (f'<div class="ctx"><span class="act" title="{where}">{_num(hit.get("act"))}</span>'
             f'<span class="dim">{before}</span><span class="hl">{_tok(token)}</span>'
             f'<span class="dim">{after}</span></div>')
@@ -159,7 +178,8 @@ def render(summary: dict, pages: dict[str, str] | None = None) -> str:
     body = [f"<h1>actdict report: {esc(summary.get('run_dir', ''))}</h1>", f"<p>{info}</p>",
             "<h2>Overview</h2>", _overview(models, pages), _ce_line(summary.get("ce")),
             '<p class="note">Hover a column header for its definition. AD, dead/dense latents and density '
-            "use the per-row Otsu active mask of each model's activity.</p>",
+            "use the per-row Otsu active mask of each model's activity. L0 counts exact nonzero codes, which "
+            "a VAE's never are: a VAE's sparsity is its AD.</p>",
             "<h2>Distributions</h2>", '<div class="figs">', *(f"<div>{f}</div>" for f in figs), "</div>",
             "<h2>Most frequent features: top-activating contexts</h2>",
             *(_features(n, m, pages.get(n)) for n, m in models.items())]

@@ -19,23 +19,26 @@ _CSS = """
 body { font-family: system-ui, sans-serif; margin: 0; color: #222; }
 header { padding: 10px 16px; background: #f4f4f4; border-bottom: 1px solid #ddd; }
 header a { margin-right: 1em; } .stats { color: #555; }
-main { display: grid; grid-template-columns: 330px 1fr; height: calc(100vh - 62px); }
+main { display: grid; grid-template-columns: min(440px, 40vw) 1fr; height: calc(100vh - 62px); }
 #side { border-right: 1px solid #ddd; overflow-y: auto; padding: 8px; }
 #side input, #side select { margin: 2px 0; } #list { width: 100%; border-collapse: collapse; font-size: 90%; }
 #list td, #list th { padding: 2px 6px; text-align: right; } #list tr { cursor: pointer; }
 #list tr:hover { background: #eef; } #list tr.sel { background: #dde6ff; }
+#list .lab { text-align: left; max-width: 12em; overflow: hidden; text-overflow: ellipsis;
+  white-space: nowrap; }
 #panel { overflow-y: auto; padding: 8px 20px; }
-.ctx { font-family: ui-monospace, monospace; white-space: pre-wrap; margin: 1px 0; padding: 1px 0;
-  border-bottom: 1px solid #f0f0f0; }
+.ctx { font-family: ui-monospace, monospace; white-space: pre-wrap; overflow-wrap: anywhere; margin: 1px 0;
+  padding: 1px 0; border-bottom: 1px solid #f0f0f0; }
 .act { display: inline-block; min-width: 5.5em; color: #666; text-align: right; margin-right: 1em; }
 .hl { background: #ffd54f; font-weight: bold; border-radius: 2px; } .neg .hl { background: #90caf9; }
 .dim { color: #555; } h3 { margin: 1em 0 0.3em; } .note { color: #777; font-size: 90%; }
+.txt { font-family: system-ui, sans-serif; } .where { color: #888; font-size: 85%; margin-left: 1em; }
 """
 
 _JS = r"""
 const D = JSON.parse(document.getElementById('feature-data').textContent);
 const META = JSON.parse(document.getElementById('page-meta').textContent);
-const TOK = D.tokens, F = D.features, EDGES = D.hist_edges, PAGE = 200;
+const TOK = D.tokens, TEXTS = D.texts || {}, F = D.features, EDGES = D.hist_edges, PAGE = 200;
 let shown = PAGE, current = null;
 function el(tag, cls, text) {
   const e = document.createElement(tag);
@@ -43,8 +46,10 @@ function el(tag, cls, text) {
   if (text !== undefined) e.textContent = text;
   return e;
 }
-function fmt(v) {
-  return v === null || v === undefined ? '\u2013' : String(+(+v).toPrecision(4));
+function fmt(v) {  // 4 significant digits; tiny values as 1.715e-6, not 0.000001715
+  if (v === null || v === undefined) return '\u2013';
+  return v !== 0 && Math.abs(v) < 1e-3 ? (+v).toExponential(3).replace(/\.?0+e/, 'e')
+                                       : String(+(+v).toPrecision(4));
 }
 function tokStr(id) {
   let s = TOK[String(id)];
@@ -57,15 +62,36 @@ function ctxLine(hit, neg) {
   const d = el('div', 'ctx' + (neg ? ' neg' : ''));
   d.title = 'row ' + row + ', doc ' + doc + ', pos ' + pos;
   d.appendChild(el('span', 'act', fmt(act)));
+  const text = TEXTS[String(row)];
+  if (text !== undefined || ids[c] < 0) {  // an embedded document / paragraph: its text, not tokens
+    d.classList.add('txt');
+    if (text !== undefined) d.appendChild(el('span', '', text));
+    d.appendChild(el('span', 'where', 'doc ' + doc + ', pos ' + pos));
+    return d;
+  }
   d.appendChild(el('span', 'dim', ids.slice(0, c).map(tokStr).join('')));
   d.appendChild(el('span', 'hl', tokStr(ids[c])));
   d.appendChild(el('span', 'dim', ids.slice(c + 1).map(tokStr).join('')));
   return d;
 }
+function topTokens(f) {  // distinct tokens of a live feature's top contexts (embedded rows: their texts)
+  if (f.tokens === undefined) {
+    const seen = [];
+    for (const [, row, , , ids, c] of (f.fires ? f.top : [])) {
+      const t = TEXTS[String(row)];
+      const s = (t !== undefined ? t.slice(0, 24) : tokStr(ids[c])).trim();
+      if (s && !seen.includes(s)) seen.push(s);
+    }
+    f.tokens = seen;
+  }
+  return f.tokens;
+}
 function sorted() {
   const key = document.getElementById('sort').value;
   const minD = parseFloat(document.getElementById('mind').value) || 0;
+  const q = document.getElementById('q').value.trim().toLowerCase();
   let fs = F.filter(f => f.density >= minD);
+  if (q) fs = fs.filter(f => topTokens(f).some(s => s.toLowerCase().includes(q)));
   const by = {fires: f => -f.fires, max: f => -(f.max || 0), index: f => f.i, density: f => f.fires}[key];
   return fs.sort((a, b) => by(a) - by(b) || a.i - b.i);
 }
@@ -74,6 +100,7 @@ function renderList() {
   tb.replaceChildren();
   const hd = el('tr');
   for (const h of ['feature', 'density', 'max']) hd.appendChild(el('th', '', h));
+  hd.appendChild(el('th', 'lab', 'top tokens'));
   tb.appendChild(hd);
   const fs = sorted();
   for (const f of fs.slice(0, shown)) {
@@ -82,6 +109,7 @@ function renderList() {
     tr.appendChild(el('td', '', '#' + f.i));
     tr.appendChild(el('td', '', fmt(f.density)));
     tr.appendChild(el('td', '', fmt(f.max)));
+    tr.appendChild(el('td', 'lab', topTokens(f).slice(0, 3).join(', ')));
     tr.onclick = () => { location.hash = 'f=' + f.i; };
     tb.appendChild(tr);
   }
@@ -89,7 +117,7 @@ function renderList() {
   more.style.display = fs.length > shown ? '' : 'none';
   document.getElementById('count').textContent = fs.length + ' features';
 }
-function histogram(f) {
+function histogram(f, parent) {  // drawn once in the page, so that plotly sizes it to the panel's width
   const mids = EDGES.slice(0, -1).map((e, i) => (e + EDGES[i + 1]) / 2);
   const w = EDGES[1] - EDGES[0], traces = [];
   for (const [key, name] of [['pos', 'positive codes'], ['neg', 'negative codes']]) {
@@ -103,11 +131,10 @@ function histogram(f) {
   const layout = {height: 250, margin: {t: 30, l: 50, r: 10, b: 40}, barmode: 'overlay',
     title: {text: 'activation histogram (rows where the feature is active)', font: {size: 13}},
     xaxis: {title: {text: 'log10 |code|'}}, yaxis: {title: {text: 'rows'}}, showlegend: traces.length > 1};
-  const div = el('div');
+  const div = parent.appendChild(el('div'));
   div.id = 'hist';
   if (window.Plotly) Plotly.newPlot(div, traces, layout, {displayModeBar: false, responsive: true});
   else div.appendChild(el('p', 'note', 'plotly.min.js not found next to this page: no histogram'));
-  return div;
 }
 function section(title, hits, neg, note) {
   const s = el('div');
@@ -124,10 +151,19 @@ function renderFeature(i) {
   p.appendChild(el('h2', '', 'Feature ' + f.i));
   p.appendChild(el('p', 'stats', 'active on ' + f.fires + ' of ' + D.n_rows + ' test rows (density ' +
     fmt(f.density) + '); max ' + fmt(f.max) + ', min ' + fmt(f.min)));
-  p.appendChild(histogram(f));
+  if (!f.fires) {  // a dead latent: its largest codes are those of rows where it is not active
+    p.appendChild(el('p', 'note', 'dead latent: never active on the test rows, so no histogram; the ' +
+      'codes below are its largest and most negative ones, all on rows where it is inactive'));
+    p.appendChild(section('Largest codes (inactive rows)', f.top, false));
+    if (f.bottom.length) p.appendChild(section('Most negative codes (inactive rows)', f.bottom, true));
+    renderList();
+    return;
+  }
+  histogram(f, p);
   p.appendChild(section('Top activations', f.top, false,
-    f.top.length ? 'highlighted: the token of the row; up to ' + D.window + ' tokens of context each side'
-                 : 'no positive activation on the test rows'));
+    !f.top.length ? 'no positive activation on the test rows'
+      : D.texts ? 'the text each row embeds (doc: its document, pos: its paragraph in the harvest)'
+      : 'highlighted: the token of the row; up to ' + D.window + ' tokens of context each side'));
   if (f.bottom.length && -f.min >= 0.1 * Math.abs(f.max || 0)) {
     p.appendChild(section('Most negative activations', f.bottom, true));
   } else if (f.bottom.length) {
@@ -145,6 +181,7 @@ function route() {
 }
 document.getElementById('sort').onchange = () => { shown = PAGE; renderList(); };
 document.getElementById('mind').oninput = () => { shown = PAGE; renderList(); };
+document.getElementById('q').oninput = () => { shown = PAGE; renderList(); };
 document.getElementById('more').onclick = () => { shown += PAGE; renderList(); };
 document.getElementById('go').onchange = e => { location.hash = 'f=' + e.target.value; };
 window.addEventListener('hashchange', route);
@@ -179,6 +216,7 @@ def render_feature_page(data: dict, name: str, model: dict, summary: dict) -> st
   style="width:6em"></div>
  <div>sort <select id="sort"><option value="fires">most active</option><option value="max">max activation
  </option><option value="index">index</option><option value="density">least active</option></select></div>
+ <div>top token <input id="q" type="search" placeholder="e.g. computer" style="width:10em"></div>
  <div>min density <input id="mind" type="number" step="any" value="0" style="width:6em">
  <span id="count" class="note"></span></div>
  <table id="list"></table><button id="more">more</button>

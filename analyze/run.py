@@ -30,7 +30,8 @@ summary.json (version 2 = version 1 plus keys; floats rounded to 6 significant d
         "wordpiece": bool,     # WordPiece token strings ("##" continuations): how contexts are joined (v2)
         "features": [{"index": int, "fires": int, "density": float,  # the n_features most active
                       "top": [{"act": float, "row": int, "doc": int, "pos": int, "token_id": int,
-                               "token": str, "before": [str], "after": [str]}]}]}}}
+                               "token": str, "before": [str], "after": [str],
+                               "text": str}]}]}}}  # text: embeddings stores only (analyze.texts)
 
 "Active" (for AD, dead/dense latents, density, the sampled contexts) is the per-row Otsu active mask of
 ``Forward.activity`` on the model's ``active_side``; for SAEs with exact zeros this is ``codes != 0``.
@@ -53,9 +54,10 @@ from tqdm import tqdm
 
 from actdict.analyze.config import AnalyzeConfig
 from actdict.analyze.evaluate import ModelEval
-from actdict.analyze.features import build_features, summary_hits
+from actdict.analyze.features import build_features, hit_keys, summary_hits
 from actdict.analyze.report import write_report
 from actdict.analyze.splice import heldout_windows, splice_eval
+from actdict.analyze.texts import row_texts
 from actdict.analyze.toptokens import resolve_decoder
 from actdict.config import Common
 from actdict.errors import ActdictError
@@ -119,13 +121,23 @@ def main(common: Common, cfg: AnalyzeConfig) -> None:
                "labels": cfg.labels or None,
                "ce": None if ce is None else {k: v for k, v in ce.items() if k != "models"}, "models": {}}
     (run_dir / "features").mkdir(exist_ok=True)
+    datas = {}
     for name, ev in tqdm(evals.items(), desc="features", unit="dict"):
+        data, _, _ = build_features(ev.tracker, ev.fire.cpu().numpy(), n, store, cfg.context, decode,
+                                    cfg.quantiles)
+        data["name"] = name
+        data["config_hash"] = checkpoint_hash(run_dir, name)  # which training of `name` this describes
+        datas[name] = data
+    # an embeddings store keeps no tokens: the texts of the rows shown, read again from the source (one pass)
+    texts = row_texts(store.manifest, set().union(*(hit_keys(data) for data in datas.values())))
+    for name, ev in evals.items():
+        data = datas[name]
+        if texts:
+            data["texts"] = {str(r): texts[r] for r, _, _ in sorted(hit_keys(data)) if r in texts}
         m = ev.summary(n, sum_x, sum_x2, classes)
         if ce is not None:
             m |= ce["models"][name]
         fires = ev.fire.cpu().numpy()
-        data, _, _ = build_features(ev.tracker, fires, n, store, cfg.context, decode, cfg.quantiles)
-        data["name"] = name
         rel = f"features/{name}.json"
         (run_dir / rel).write_text(json.dumps(_clean(data), separators=(",", ":"), allow_nan=False))
         order = sorted(range(len(fires)), key=lambda i: (-int(fires[i]), i))
@@ -150,11 +162,18 @@ def summary_lines(summary: dict) -> list[str]:
              head + (f" {'CE rec.':>7} {'KL':>7}" if ce else "")]
     for name, m in summary["models"].items():
         dead = f"{m['dead']}/{m['k']}"
-        line = (f"{name:<16} {m['re_det']:>9.4g} {m['re_sample']:>11.4g} {m['ad']:>7.2f} {m['l0']:>7.2f} "
-                f"{m['ev']:>6.3f} {dead:>11}")
-        lines.append(line + (f" {m['ce_recovered']:>7.3f} {m['kl']:>7.4f}" if ce else ""))
+        line = (f"{name:<16} {_cell(m['re_det'], '>9.4g')} {_cell(m['re_sample'], '>11.4g')} "
+                f"{_cell(m['ad'], '>7.2f')} {_cell(m['l0'], '>7.2f')} {_cell(m['ev'], '>6.3f')} {dead:>11}")
+        lines.append(line + (f" {_cell(m.get('ce_recovered'), '>7.3f')} {_cell(m.get('kl'), '>7.4f')}"
+                             if ce else ""))
     return lines + ["(AD: active dimensions per row, the paper's Otsu split; L0: exact nonzeros, which a "
                     "VAE's codes never are; docs/analyze.md)"]
+
+
+def _cell(v: float | None, spec: str) -> str:
+    """``v`` formatted with ``spec``; "n/a" (same width) for a number summary.json holds as null (non-finite:
+    e.g. EV of a single row, whose variance is 0)."""
+    return format(v, spec) if v is not None else format("n/a", spec.rstrip("efg").split(".")[0])
 
 
 def splice_models(common: Common, cfg: AnalyzeConfig, store, test_chunks: list[int], models: dict,
@@ -218,6 +237,15 @@ def load_models(run_dir: Path, names: list[str], d: int) -> dict:
             raise AnalyzeError(f"dictionary {name} has d={model.d} but the store has d={d}")
         models[name] = model
     return models
+
+
+def checkpoint_hash(run_dir: Path, name: str) -> str | None:
+    """The ``config_hash`` of ``<run_dir>/dicts/<name>/cfg.json`` (None when there is none): it names the
+    training a features file was computed from, so that the lens can tell a stale one."""
+    path = run_dir / "dicts" / name / "cfg.json"
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text()).get("config_hash")
 
 
 def _clean(x):

@@ -109,3 +109,18 @@ def test_actdict_export_subcommand(tmp_path):
     assert json.loads((tmp_path / "sl" / "cfg.json").read_text())["architecture"] == "jumprelu"
     checkpoint.save(tmp_path / "vae", make("vae", D, K), {})
     assert cli_main(["export", str(tmp_path / "vae"), str(tmp_path / "sl2")]) == 2
+
+
+def test_wrong_folder_names_the_dictionaries_to_pass(tmp_path, capsys):
+    """A run folder, a misspelt name or the dicts folder itself is refused with the dictionaries there."""
+    for name in ("b_sae", "a_sae"):
+        checkpoint.save(tmp_path / "run" / "dicts" / name, make("sae_l1", D, K), {})
+    dicts = tmp_path / "run" / "dicts"
+    for wrong in (tmp_path / "run", dicts / "a_sea", dicts):
+        assert main([str(wrong), str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err
+        assert f"{wrong} has no cfg.json" in err
+        assert f"the trained dictionaries in {dicts}: ['a_sae', 'b_sae'] (pass {dicts}/NAME)" in err
+    assert main([str(tmp_path / "elsewhere" / "x"), str(tmp_path / "out")]) == 2
+    assert "trained dictionaries" not in capsys.readouterr().err  # nothing near: no hint
+    assert not (tmp_path / "out").exists()

@@ -137,3 +137,111 @@ def test_cli_errors_name_the_problem(run, capsys):
     assert main([str(bad), "x"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("actdict lens: config error:") and "ctxx" in err
+
+
+def test_labels_of_another_training_are_not_used(run, tmp_path, capsys):
+    """analyze records the checkpoint's config_hash in each features file; a features file of another
+    training of the dictionary (retrained since, analyze not rerun) gives no labels and a note saying to rerun
+    analyze, instead of labelling features with another dictionary's tokens; so does a missing one."""
+    import shutil
+
+    cfg_path, run_dir = run
+    for name in ("sae", "vaease"):
+        feats = json.loads((run_dir / "features" / f"{name}.json").read_text())
+        cfg = json.loads((run_dir / "dicts" / name / "cfg.json").read_text())
+        assert feats["config_hash"] == cfg["config_hash"] and len(cfg["config_hash"]) == 16
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    stale = json.loads((copy / "features" / "sae.json").read_text()) | {"config_hash": "0123456789abcdef"}
+    (copy / "features" / "sae.json").write_text(json.dumps(stale))
+    (copy / "features" / "vaease.json").unlink()
+    text = "The ferry leaves."
+    assert main([str(cfg_path), text, "--set", f"run_dir={copy}", "--json", str(tmp_path / "l.json")]) == 0
+    res = json.loads((tmp_path / "l.json").read_text())
+    for r in res["dicts"].values():
+        assert sum(len(f) for f in r["features"]) > 0
+        assert all(f["top_tokens"] == [] for feats in r["features"] for f in feats)
+    assert "another training of sae" in res["dicts"]["sae"]["labels_note"]
+    assert "0123456789abcdef" in res["dicts"]["sae"]["labels_note"]
+    assert "not found (run actdict analyze)" in res["dicts"]["vaease"]["labels_note"]
+    out = capsys.readouterr().out
+    assert out.count("rerun actdict analyze") == 1 and out.count("(run actdict analyze)") == 1
+    assert main([str(cfg_path), text, "--json", str(tmp_path / "ok.json")]) == 0
+    ok = json.loads((tmp_path / "ok.json").read_text())["dicts"]
+    assert all(r["labels_note"] == "" for r in ok.values())
+
+
+@pytest.fixture(scope="module")
+def embedded_run(tmp_path_factory):
+    """A whole tiny run on paragraph embeddings (harvest.mode: embeddings): (config path, run dir, docs)."""
+    root = tmp_path_factory.mktemp("lens_emb")
+    words = "river stone lantern quiet market winter bread engine violin harbor letter garden".split()
+    rng = np.random.default_rng(0)
+    docs = ["\n\n".join(" ".join(rng.choice(words, size=6)) for _ in range(3)) for _ in range(16)]
+    (root / "d.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    cfg = root / "emb.yaml"
+    cfg.write_text(f"""
+run_dir: {root / 'run'}
+harvest:
+  mode: embeddings
+  source: {{kind: files, path: {root / 'd.jsonl'}}}
+  embed: {{unit: paragraph}}
+  max_tokens: null
+  batch_size: 16
+  store_dtype: float32
+  shard_rows: 16
+  chunk_rows: 8
+  device: cpu
+train:
+  epochs: 2
+  batch_size: 8
+  test_fraction: 0.25
+  dicts:
+    - {{name: sae, variant: sae_l1, k: 16, params: {{lam1: 0.01, lam2: 0.001}}}}
+analyze: {{n_features: 4, top_k: 3, context: 0}}
+""")
+    assert cli(["run", str(cfg)]) == 0
+    return cfg, root / "run", docs
+
+
+def test_embeddings_lens_reads_each_paragraph_as_the_harvest_did(embedded_run, tmp_path, capsys):
+    """With harvest.mode: embeddings the lens embeds each paragraph of the text as the harvest embedded the
+    corpus (the rows equal the stored ones), lists each paragraph's active latents by |code|, and labels them
+    with the first words of the corpus texts they fire on most."""
+    from actdict.analyze.lens import lens, unit_rows
+    from actdict.config import common_of
+
+    cfg_path, run_dir, docs = embedded_run
+    hcfg = _harvest_cfg(cfg_path)
+    store = open_store(str(run_dir / "store"), "embedding")
+    rows = store.read_rows(0, len(store))
+    name, units, x = unit_rows(hcfg, docs[5])  # [3], [3, d]
+    assert name == "all-MiniLM-L6-v2" and units == docs[5].split("\n\n")
+    np.testing.assert_allclose(x.numpy(), rows.acts[rows.doc == 5], atol=2e-5, rtol=0)
+    assert main([str(cfg_path), docs[5], "--top", "2", "--json", str(tmp_path / "e.json")]) == 0
+    res = json.loads((tmp_path / "e.json").read_text())
+    assert res["unit"] == "paragraph" and res["tokens"] == units and res["token_ids"] == [-1, -1, -1]
+    model = load_models(run_dir, ["sae"], store.d)["sae"]
+    feats, codes, n_active = token_features(model, x, top=2)
+    r = res["dicts"]["sae"]
+    assert r["active"] == n_active.tolist() and r["labels_note"] == ""
+    assert [[f["i"] for f in u] for u in r["features"]] == [[i for i in f if i >= 0] for f in feats.tolist()]
+    texts = json.loads((run_dir / "features" / "sae.json").read_text())["texts"]
+    labelled = [t for u in r["features"] for f in u for t in f["top_tokens"]]
+    assert labelled and all(any(s.startswith(t.rstrip("\u2026")) for s in texts.values()) for t in labelled)
+    out = capsys.readouterr().out
+    assert "all-MiniLM-L6-v2 embedding: 3 paragraphs" in out and f"{units[0]!r}" in out
+    common = common_of(load_experiment(str(cfg_path), []))
+    with pytest.raises(Exception, match="no paragraph to embed"):
+        lens(common, hcfg, "  \n\n ", [])
+
+
+def test_labels_skip_rows_without_a_string(tmp_path):
+    """An embedded row whose text could not be read (token id -1, no string) gives no label, not an empty one;
+    a row with its text is labelled by its first words."""
+    hits = [[2.0, 7, 0, 0, [-1], 0], [1.0, 8, 0, 1, [-1], 0]]
+    data = {"k": 1, "tokens": {"-1": ""}, "features": [{"i": 0, "top": hits, "bottom": []}]}
+    (tmp_path / "f.json").write_text(json.dumps(data))
+    assert feature_labels(tmp_path / "f.json") == {0: ([], [])}
+    (tmp_path / "f.json").write_text(json.dumps(data | {"texts": {"8": "A quiet harbor at dawn, " * 3}}))
+    assert feature_labels(tmp_path / "f.json") == {0: (["A quiet harbor at dawn, A quiet\u2026"], [])}

@@ -63,6 +63,7 @@ def test_names_and_numbers_present(tmp_path):
     for text in ["sae_alpha", "vaease_beta", "sae_l1", "12.35", "0.9321", "22.5", "8.76", "feature 42",
                  "0.125", "3.25", "1234", "blocks.0.hook_resid_post"]:
         assert text in page, text
+    assert "L0 counts exact nonzero codes, which a VAE's never are: a VAE's sparsity is its AD." in page
 
 
 def test_self_contained_file(tmp_path):
@@ -197,3 +198,36 @@ def test_masked_curve_paper_protocol_vaease(tmp_path, monkeypatch):
             zero = float(((x - model.decode(torch.zeros(20, k))) ** 2).sum(1).mean())
         assert c["re"][-1] == pytest.approx(m["re_sample"] if sample else det, rel=1e-5)
         assert c["re"][0] == pytest.approx(zero, rel=1e-5)
+
+
+def test_masked_curve_axis_labels_zero_kept():
+    """kept = 0 sits at 0.5 on the log axis: the tick there reads "0" (plotly's own ticks labelled it "5",
+    the minor tick of 0.5), the other ticks are 1, 2, 5, 10, ... and k, and the axis title says so."""
+    from actdict.analyze.report import _figures, _kept_ticks
+
+    s = _summary()
+    s["models"]["sae_alpha"]["masked_curve"] = {"kept": [0, 1, 2, 4, 16, 64], "re": [9.0, 5, 4, 3, 2, 1],
+                                                "rows": 8, "sample": True}
+    curve = _figures(s["models"])[2]
+    assert list(curve.data[0].x) == [0.5, 1, 2, 4, 16, 64] and list(curve.data[0].y) == [9, 5, 4, 3, 2, 1]
+    ax = curve.layout.xaxis
+    assert ax.type == "log" and list(ax.tickvals) == [0.5, 1, 2, 5, 10, 20, 64]
+    assert list(ax.ticktext) == ["0", "1", "2", "5", "10", "20", "64"]
+    assert "0 drawn at 0.5" in ax.title.text and "squared error" in curve.layout.yaxis.title.text
+    assert [t for _, t in _kept_ticks(384)] == ["0", "1", "2", "5", "10", "20", "50", "100", "200", "384"]
+    assert [t for _, t in _kept_ticks(250)][-2:] == ["100", "250"]  # 200 would overlap 250
+
+
+def test_summary_lines_print_null_numbers_as_na():
+    """A number summary.json holds as null (EV of a single test row: its variance is 0; CE recovered when the
+    zero ablation costs nothing) is printed as n/a in its column; it used to stop analyze with a TypeError
+    after the files were written (e.g. analyze.max_test_rows=1)."""
+    from actdict.analyze.run import summary_lines
+
+    m = {"k": 8, "dead": 3, "re_det": 2.5, "re_sample": None, "ad": 1.0, "l0": 2.0, "ev": None,
+         "ce_recovered": None, "kl": 0.25}
+    summary = {"n_test_rows": 1, "hook": "h", "d": 4, "ce": {"ce_clean": 1.0}, "models": {"a": m}}
+    lines = summary_lines(summary)
+    assert lines[2] == f"{'a':<16} {2.5:>9.4g} {'n/a':>11} {1.0:>7.2f} {2.0:>7.2f} {'n/a':>6} {'3/8':>11} " \
+                       f"{'n/a':>7} {0.25:>7.4f}"
+    assert len(lines[2]) == len(lines[1])  # the columns stay aligned under the header

@@ -179,3 +179,106 @@ def test_detector_sees_an_unsafe_page(chromium, tmp_path):
     page.write_text(f"<html><body><div id=a></div><script>document.getElementById('a').innerHTML = {payload};"
                     "</script></body></html>")
     assert 'data-pwned="img"' in _dump(*chromium, page.as_uri())
+
+
+def test_dead_feature_says_so_instead_of_showing_top_activations(chromium, tmp_path):
+    """A dead latent (never active; a VAE's gated codes are then tiny but nonzero) is not presented as having
+    top activations or an (empty) histogram: the page says it is dead and labels its largest codes as those of
+    inactive rows; a live feature next to it renders as before. Tiny codes are printed as 1.715e-6."""
+    from actdict.analyze.report_features import write_feature_page
+
+    hit = [1.7147e-06, 5, 0, 5, [1, 2, 3], 1]
+    live = {"i": 0, "fires": 3, "density": 0.3, "max": 2.0, "min": 0.5, "hist": {"pos": [[32, 3]], "neg": []},
+            "top": [[2.0, 1, 0, 1, [1, 2], 1]], "bottom": [], "quantiles": []}
+    dead = {"i": 1, "fires": 0, "density": 0.0, "max": 1.7147e-06, "min": -5.04e-07,
+            "hist": {"pos": [], "neg": []}, "top": [hit], "bottom": [[-5.04e-07, 6, 0, 6, [2, 3], 0]],
+            "quantiles": []}
+    data = {"version": 1, "name": "v", "k": 2, "n_rows": 10, "window": 2, "hist_edges": list(range(-4, 5)),
+            "tokens": {"1": "a", "2": "b", "3": "c"}, "wordpiece": False, "features": [live, dead]}
+    page = write_feature_page(data, "v", {"variant": "vaease"}, {"hook": "h"}, tmp_path / "report" / "v.html")
+    dom = _dump(*chromium, page.as_uri() + "#f=1")
+    panel = dom[dom.index('id="panel"'):dom.index('<script type="application/json"')]  # not the script
+    assert "<h2>Feature 1</h2>" in panel and "dead latent: never active on the test rows" in panel
+    assert "Top activations" not in panel and "main-svg" not in panel  # no top section, no empty plot
+    assert "<h3>Largest codes (inactive rows)</h3>" in panel
+    assert "<h3>Most negative codes (inactive rows)</h3>" in panel
+    assert '<span class="act">1.715e-6</span>' in panel and '<span class="act">-5.04e-7</span>' in panel
+    dom = _dump(*chromium, page.as_uri() + "#f=0")
+    panel = dom[dom.index('id="panel"'):dom.index('<script type="application/json"')]  # not the script
+    assert "<h3>Top activations</h3>" in panel and "main-svg" in panel and "dead latent" not in panel
+
+
+def test_embedded_rows_show_their_text(chromium, tmp_path):
+    """Rows of an embeddings store (no tokens: token id -1) show the text they embed, with doc and pos, and a
+    payload in that text is shown, not run; a row without its text still shows where it is."""
+    from actdict.analyze.report_features import write_feature_page
+
+    f = {"i": 0, "fires": 2, "density": 0.5, "max": 2.0, "min": 0.5, "hist": {"pos": [[32, 2]], "neg": []},
+         "top": [[2.0, 7, 3, 1, [-1], 0], [1.5, 9, 4, 0, [-1], 0]], "bottom": [], "quantiles": []}
+    data = {"version": 1, "name": "e", "k": 1, "n_rows": 4, "window": 0, "hist_edges": list(range(-4, 5)),
+            "tokens": {"-1": ""}, "wordpiece": False, "features": [f],
+            "texts": {"7": "A quiet harbor at dawn. " + PAYLOAD_IMG}}
+    page = write_feature_page(data, "e", {"variant": "sae_l1"}, {"hook": "embedding"}, tmp_path / "e.html")
+    dom = _dump(*chromium, page.as_uri() + "#f=0")
+    panel = dom[dom.index('id="panel"'):dom.index('<script type="application/json"')]
+    assert ('<div class="ctx txt" title="row 7, doc 3, pos 1"><span class="act">2</span><span>A quiet harbor '
+            'at dawn. &lt;img src=x onerror=') in panel
+    assert '<span class="where">doc 3, pos 1</span>' in panel and "the text each row embeds" in panel
+    assert '<span class="act">1.5</span><span class="where">doc 4, pos 0</span>' in panel  # no text: where
+    assert "data-pwned=" not in dom and '<img src="x"' not in dom
+
+
+_HIST_PROBE = """<script>window.addEventListener("load", () => setTimeout(() => {
+  const svg = document.querySelector("#hist svg.main-svg"), panel = document.getElementById("panel");
+  document.body.setAttribute("data-hist", Math.round(svg.getBoundingClientRect().width) + "/" +
+                             panel.clientWidth + "/" + panel.scrollWidth);
+}, 500));</script>"""
+
+
+def test_feature_histogram_fits_a_narrow_panel(chromium, run):
+    """On a narrow window the activation histogram is drawn at the panel's width (it was drawn before being
+    put in the page, at plotly's default 700 px, and was cut off, with a horizontal scroll bar), and no
+    context line overflows the panel (the fixture's tokens are long unbroken payload strings)."""
+    feats = json.loads((run / "features/relu.json").read_text())
+    f = max(feats["features"], key=lambda r: r["fires"])
+    probe = run / "report" / "relu_probe.html"
+    probe.write_text((run / "report/relu.html").read_text().replace("</body>", _HIST_PROBE + "</body>"))
+    dom = _dump(*chromium, probe.as_uri() + f"#f={f['i']}", "--window-size=800,700")
+    svg, width, scroll = map(int, dom.split('data-hist="')[1].split('"')[0].split("/"))
+    assert 300 < width < 500 and svg <= width and scroll == width, (svg, width, scroll)
+
+
+_QUERY_PROBE = """<script>window.addEventListener("load", () => setTimeout(() => {
+  const q = document.getElementById("q");
+  q.value = "COMP";
+  q.dispatchEvent(new Event("input"));
+  document.body.setAttribute("data-found", [...document.querySelectorAll("#list tr[data-i]")]
+    .map(tr => tr.dataset.i).join(","));
+}, 300));</script>"""
+
+
+def test_feature_list_shows_and_searches_top_tokens(chromium, tmp_path):
+    """The feature list shows each live feature's first distinct top tokens, and the "top token" box keeps
+    the features whose top tokens contain the query (case-insensitive); a dead latent has no label (its
+    largest codes are on inactive rows) and is not found."""
+    from actdict.analyze.report_features import write_feature_page
+
+    def feature(i, fires, top):
+        return {"i": i, "fires": fires, "density": fires / 10, "max": 2.0, "min": 0.0,
+                "hist": {"pos": [[32, fires]] if fires else [], "neg": []}, "top": top, "bottom": [],
+                "quantiles": []}
+
+    tops = {0: [[3.0, 1, 0, 1, [1, 2], 1], [2.0, 2, 0, 2, [2, 3], 1], [1.0, 3, 0, 3, [4, 2], 1]],
+            1: [[2.0, 4, 0, 4, [1, 5], 1]], 2: [[1e-6, 5, 0, 5, [1, 2], 1]]}
+    data = {"version": 1, "name": "v", "k": 3, "n_rows": 10, "window": 1, "hist_edges": list(range(-4, 5)),
+            "tokens": {"1": "the", "2": "computer", "3": "computers", "4": "a", "5": "harbor"},
+            "wordpiece": False, "features": [feature(i, fires, tops[i]) for i, fires in enumerate([3, 2, 0])]}
+    page = write_feature_page(data, "v", {"variant": "vaease"}, {"hook": "h"}, tmp_path / "r" / "v.html")
+    dom = _dump(*chromium, page.as_uri())
+    assert '<th class="lab">top tokens</th>' in dom
+    assert '<td>#0</td><td>0.3</td><td>2</td><td class="lab">computer, computers</td></tr>' in dom
+    assert '<td class="lab">harbor</td>' in dom
+    assert '<td>#2</td><td>0</td><td>2</td><td class="lab"></td>' in dom  # dead: no label
+    probe = page.with_name("probe.html")
+    probe.write_text(page.read_text().replace("</body>", _QUERY_PROBE + "</body>"))
+    assert 'data-found="0"' in _dump(*chromium, probe.as_uri())

@@ -128,12 +128,22 @@ def write_saelens(view: dict[str, Any], out: str | Path, meta: dict[str, Any] | 
     return out
 
 
+def _checkpoints_near(path: Path) -> str:
+    """What to pass instead of ``path``: the trained dictionaries in ``path/dicts`` (a run folder was given)
+    or beside ``path`` (a misspelt name), as a hint for the error message; "" when there are none."""
+    for root in (path / "dicts", path, path.parent):
+        found = sorted(p.name for p in root.glob("*") if (p / CFG).is_file()) if root.is_dir() else []
+        if found:
+            return f"; the trained dictionaries in {root}: {found} (pass {root}/NAME)"
+    return ""
+
+
 def export_saelens(dict_dir: str | Path, out: str | Path) -> Path:
     """Export the checkpoint in ``dict_dir`` (``<run_dir>/dicts/<name>``) to SAELens files in ``out``."""
     try:
         model, cfg = checkpoint.load(dict_dir)
     except checkpoint.CheckpointError as e:
-        raise ExportError(str(e)) from e
+        raise ExportError(f"{e}{_checkpoints_near(Path(dict_dir))}") from e
     return write_saelens(saelens_view(model), out, _metadata(cfg))
 
 

