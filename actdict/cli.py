@@ -64,8 +64,8 @@ def chunk_rows_for(n: int, shard_rows: int) -> int:
 
 def check_run(data: dict, cfgs: dict[str, Any]) -> None:
     """What only ``run`` can check before it starts: a vectors file to import has more than one chunk of
-    rows when train holds chunks out; every dictionary ``analyze.dicts`` names is trained by this run or
-    already in ``<run_dir>/dicts``."""
+    rows when train holds chunks out; ``train.hook`` picks one hook of a harvest of several; every
+    dictionary ``analyze.dicts`` names is trained by this run or already in ``<run_dir>/dicts``."""
     harvest, train = cfgs.get("harvest"), cfgs.get("train")
     if harvest is not None and train is not None and harvest.mode == "vectors" and train.test_fraction > 0:
         from actdict.harvest.vectors import vector_rows
@@ -77,6 +77,8 @@ def check_run(data: dict, cfgs: dict[str, Any]) -> None:
                 f"{harvest.chunk_rows}, and train holds whole chunks out for testing (train.test_fraction="
                 f"{train.test_fraction}); set harvest.chunk_rows={chunk_rows_for(n, harvest.shard_rows)} "
                 "(8 chunks or more), or train.test_fraction=0")
+    if harvest is not None and train is not None and harvest.mode == "tokens":
+        check_train_hook(list(harvest.hooks), train.hook)
     if "analyze" not in cfgs or "train" not in cfgs:
         return
     made = {dc.name for dc in cfgs["train"].dicts}
@@ -85,6 +87,17 @@ def check_run(data: dict, cfgs: dict[str, Any]) -> None:
     if missing:
         raise ConfigError(f"analyze.dicts names {missing}, which train.dicts does not make ({sorted(made)}) "
                           f"and {root} does not hold")
+
+
+def check_train_hook(hooks: list[str], hook: str) -> None:
+    """``train.hook`` picks one of the hooks the harvest writes (``harvest.hooks``; patterns and ``all`` are
+    resolved only by the model, so any hook may match them)."""
+    patterns = [h for h in hooks if h == "all" or any(c in h for c in "*?[")]
+    if not hook and (len(hooks) > 1 or patterns):
+        raise ConfigError(f"harvest.hooks {hooks} writes several hooks; name the one the dictionaries learn: "
+                          "train.hook=HOOK")
+    if hook and not patterns and hook not in hooks:
+        raise ConfigError(f"train.hook={hook!r} is not among the hooks the harvest writes ({hooks})")
 
 
 def set_threads(n: int) -> None:

@@ -148,7 +148,7 @@ def _label(labels: dict, f: int, code: float) -> list[str]:
 def lens(common: Common, cfg, text: str, names: list[str], top: int = 5, hook: str | None = None) -> dict:
     """The lens of ``text`` for the dictionaries ``names`` (all in ``<run_dir>/dicts`` when empty), as a
     JSON-ready dict: hook, tokens, and per dictionary and token the active count and top features."""
-    from actdict.analyze.run import load_models
+    from actdict.analyze.run import load_models, trained_hook
     from actdict.harvest.models import load_model, resolve_device
     from actdict.harvest.store import open_store
 
@@ -158,8 +158,12 @@ def lens(common: Common, cfg, text: str, names: list[str], top: int = 5, hook: s
                         "encode it with the dictionary (docs/architecture.md, 'Using a trained dictionary')")
     if top < 1:
         raise LensError(f"--top must be >= 1, got {top}")
-    store = open_store(common.store_path, hook or (cfg.embed.hook if cfg.mode == "embeddings" else None))
     run_dir = Path(common.run_dir)
+    trained = trained_hook(run_dir, names)
+    if hook and trained and hook != trained:
+        raise LensError(f"--hook {hook}: the dictionaries were trained on {trained}")
+    store = open_store(common.store_path, hook or trained or (cfg.embed.hook if cfg.mode == "embeddings"
+                                                             else None))
     models = load_models(run_dir, names, store.d)
 
     def same_model(model_name: str) -> None:  # else the dictionaries would read another model's activations
@@ -222,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dict", action="append", default=[], dest="dicts", metavar="NAME",
                     help="only this dictionary (repeatable); default every one in <run_dir>/dicts")
     ap.add_argument("--top", type=int, default=5, help="features shown per token (default 5)")
-    ap.add_argument("--hook", help="the store's hook, when it has several")
+    ap.add_argument("--hook", help="the store's hook (default: the one the dictionaries were trained on)")
     ap.add_argument("--json", type=Path, help="also write the result here")
     ap.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
                     help="a dotted override of the config, as the stages take them (repeatable), e.g. "

@@ -83,7 +83,7 @@ def main(common: Common, cfg: AnalyzeConfig) -> None:
 
     run_dir = Path(common.run_dir)
     device = resolve_device(cfg.device)
-    store = open_store(common.store_path)
+    store = open_store(common.store_path, trained_hook(run_dir, cfg.dicts))
     test_chunks = read_test_chunks(run_dir)
     models = load_models(run_dir, cfg.dicts, store.d)
     labels, classes = read_labels(cfg.labels, len(store))
@@ -219,6 +219,19 @@ def read_test_chunks(run_dir: Path) -> list[int]:
         raise AnalyzeError(f"{path} has no test_chunks (trained with train.test_fraction=0): analyze "
                            "evaluates held-out rows only; retrain with test_fraction > 0")
     return [int(c) for c in chunks]
+
+
+def trained_hook(run_dir: Path, names: list[str]) -> str | None:
+    """The store hook the dictionaries ``names`` (all in ``<run_dir>/dicts`` when empty) were trained on, as
+    their cfg.json records it (None: none recorded); raises when they were trained on different hooks."""
+    root = run_dir / "dicts"
+    records = [root / n / "cfg.json" for n in names] if names else sorted(root.glob("*/cfg.json"))
+    hooks = {p.parent.name: (json.loads(p.read_text()).get("store") or {}).get("hook")
+             for p in records if p.is_file()}
+    if len(set(hooks.values()) - {None}) > 1:
+        raise AnalyzeError(f"the dictionaries were trained on different hooks ({hooks}); analyze one hook's "
+                           "at a time (analyze.dicts), or train each hook in its own run_dir")
+    return next((h for h in hooks.values() if h is not None), None)
 
 
 def load_models(run_dir: Path, names: list[str], d: int) -> dict:

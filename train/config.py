@@ -39,6 +39,11 @@ class TrainConfig:
 
     dicts: list[DictConfig] = field(default_factory=lambda: [DictConfig(name="vaease", variant="vaease")])
     """The dictionaries trained together on the same batches."""
+    hook: str = ""
+    """The store's hook the dictionaries learn ('' = its only one; a store of several hooks, such as a harvest
+    of ``hooks: [all]``, must name one). Analysis and the lens then read the hook the dictionaries were
+    trained on. One hook per run folder: to learn dictionaries of several hooks of one store, give each
+    its own ``run_dir`` and point ``store`` at the shared store (docs/training.md)."""
     epochs: int = 35
     """Passes over the train chunks; paper LLM: 35."""
     batch_size: int = 2048

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from actdict.config import Common, ConfigError, config_changes, to_dict
-from actdict.harvest.store import open_store
+from actdict.harvest.store import list_hooks, open_store
 from actdict.train import checkpoint
 from actdict.train import dist as dist_
 from actdict.train.config import DictConfig, TrainConfig
@@ -35,7 +35,8 @@ from actdict.train.loop import Member, Position, check_device, resolve_device, t
 from actdict.train.protocol import make
 from actdict.train.resume import STATE, ResumeConflict, load_state, read_meta, save_state, state_matches
 
-_UNHASHED = ("dicts", "device", "checkpoint_every", "resume")  # settings that do not change the result
+_UNHASHED = ("dicts", "device", "checkpoint_every", "resume",  # settings that do not change the result,
+             "hook")  # or that the store's identity holds (its hook)
 _LATER = {"grad_clip": 0.0}  # settings added after the first release: hashed only when not at their default,
 # so runs made before them keep their hashes (and resume / count as finished)
 
@@ -159,10 +160,20 @@ def check(common: Common, cfg: TrainConfig) -> None:
             raise ConfigError(f"train.dicts[{dc.name}]: {e}") from e
 
 
+def open_hook(path: str, hook: str):
+    """The store's hook ``hook`` ('' = its only one), refused with the hooks to choose from when the store has
+    several and ``hook`` names none of them."""
+    hooks = list_hooks(path)
+    if len(hooks) > 1 and hook not in hooks:
+        said = f"train.hook={hook!r} is not one of them" if hook else "name the one the dictionaries learn"
+        raise ConfigError(f"store {path} holds {len(hooks)} hooks; {said}: train.hook=HOOK, one of {hooks}")
+    return open_store(path, hook or None)
+
+
 def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device) -> None:
     say = print if d.main else (lambda *a, **k: None)
     check(common, cfg)
-    store = open_store(common.store_path)
+    store = open_hook(common.store_path, cfg.hook)
     run_dir = Path(common.run_dir)
     split = make_split(store.num_chunks, cfg.test_fraction, common.seed)
     if d.main:

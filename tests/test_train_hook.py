@@ -1,0 +1,83 @@
+"""A store of several hooks (one harvest, many hook points): train learns the hook ``train.hook`` names, and
+analysis and the lens read the hook the dictionaries were trained on."""
+
+import json
+
+import numpy as np
+import pytest
+
+from actdict.analyze.run import AnalyzeError, trained_hook
+from actdict.cli import check_train_hook, main
+from actdict.config import ConfigError
+from actdict.harvest.store import write_vectors
+
+
+def _config(tmp_path, store, name: str = "s", hook: str = "") -> str:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(f"""
+run_dir: {tmp_path / 'run'}
+store: {store}
+train:
+  hook: "{hook}"
+  epochs: 1
+  batch_size: 128
+  test_fraction: 0.25
+  device: cpu
+  dicts: [{{name: {name}, variant: sae_l1, k: 8}}]
+analyze:
+  device: cpu
+""")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def two_hooks(tmp_path_factory):
+    """One store, hooks h.a (d 6) and h.b (d 4, scaled by 3), 1024 rows each in chunks of 64."""
+    store = str(tmp_path_factory.mktemp("s") / "store")
+    rng = np.random.default_rng(0)
+    write_vectors(store, rng.standard_normal((1024, 6)).astype(np.float32), hook="h.a", shard_rows=512,
+                  chunk_rows=64)
+    write_vectors(store, 3 * rng.standard_normal((1024, 4)).astype(np.float32), hook="h.b", shard_rows=512,
+                  chunk_rows=64)
+    return store
+
+
+def test_train_names_the_hook_and_analysis_follows_it(two_hooks, tmp_path, capsys):
+    cfg = _config(tmp_path, two_hooks)
+    assert main(["train", cfg]) == 2  # which hook? the store has two
+    err = capsys.readouterr().err
+    assert "holds 2 hooks" in err and "train.hook=HOOK, one of ['h.a', 'h.b']" in err
+    assert main(["train", cfg, "train.hook=h.c"]) == 2
+    assert "train.hook='h.c' is not one of them" in capsys.readouterr().err
+    assert main(["train", cfg, "train.hook=h.b"]) == 0
+    record = json.loads((tmp_path / "run" / "dicts" / "s" / "cfg.json").read_text())
+    assert record["store"]["hook"] == "h.b" and record["store"]["d"] == 4 and record["train_rows"] == 768
+    assert main(["analyze", cfg]) == 0  # no hook named: the dictionaries' own
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["hook"] == "h.b" and summary["d"] == 4 and summary["n_test_rows"] == 256
+    assert summary["models"]["s"]["k"] == 8
+
+    # a second dictionary of the same run folder trained on the other hook: analysis cannot mix them
+    assert main(["train", _config(tmp_path, two_hooks, name="t", hook="h.a")]) == 0
+    assert trained_hook(tmp_path / "run", ["t"]) == "h.a" and trained_hook(tmp_path / "run", ["s"]) == "h.b"
+    with pytest.raises(AnalyzeError, match="different hooks"):
+        trained_hook(tmp_path / "run", [])
+    assert main(["analyze", cfg, "analyze.dicts=[t]"]) == 0
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["d"] == 6
+
+
+@pytest.mark.parametrize("hooks, hook, ok", [
+    (["blocks.0.hook_resid_post"], "", True),
+    (["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"], "", False),
+    (["all"], "", False),
+    (["blocks.*.hook_resid_post"], "", False),
+    (["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"], "blocks.1.hook_resid_post", True),
+    (["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"], "blocks.2.hook_resid_post", False),
+    (["blocks.*.hook_resid_post"], "blocks.2.hook_resid_post", True),
+])
+def test_run_checks_train_hook_against_the_harvest(hooks, hook, ok):
+    if ok:
+        check_train_hook(hooks, hook)
+    else:
+        with pytest.raises(ConfigError, match="train.hook"):
+            check_train_hook(hooks, hook)
