@@ -229,12 +229,13 @@ def render_feature_page(data: dict, name: str, model: dict, summary: dict) -> st
 
 
 def write_feature_page(data: dict, name: str, model: dict, summary: dict, path: Path) -> Path:
-    """Write the page to ``path`` and plotly.min.js beside it (once)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    js = path.parent / "plotly.min.js"
-    if not js.is_file():
-        from plotly.offline import get_plotlyjs
+    """Write the page to ``path`` and the installed plotly's plotly.min.js beside it (when it is not there
+    already: another plotly's is replaced)."""
+    from plotly.offline import get_plotlyjs
 
-        js.write_text(get_plotlyjs(), encoding="utf-8")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    js, code = path.parent / "plotly.min.js", get_plotlyjs().encode()
+    if not js.is_file() or js.read_bytes() != code:
+        js.write_bytes(code)
     path.write_text(render_feature_page(data, name, model, summary), encoding="utf-8")
     return path

@@ -231,3 +231,18 @@ def test_summary_lines_print_null_numbers_as_na():
     assert lines[2] == f"{'a':<16} {2.5:>9.4g} {'n/a':>11} {1.0:>7.2f} {2.0:>7.2f} {'n/a':>6} {'3/8':>11} " \
                        f"{'n/a':>7} {0.25:>7.4f}"
     assert len(lines[2]) == len(lines[1])  # the columns stay aligned under the header
+
+
+def test_feature_page_brings_the_installed_plotly(tmp_path):
+    """report/plotly.min.js is the installed plotly's: one left by another plotly version is replaced."""
+    from plotly.offline import get_plotlyjs
+
+    from actdict.analyze.report_features import write_feature_page
+
+    data = {"version": 1, "name": "v", "k": 1, "n_rows": 1, "window": 0, "hist_edges": [0.0, 1.0],
+            "tokens": {}, "wordpiece": False, "features": []}
+    js = tmp_path / "report" / "plotly.min.js"
+    js.parent.mkdir()
+    js.write_text("/* plotly.js v1.0.0, stale */")
+    page = write_feature_page(data, "v", {"variant": "sae_l1"}, {"hook": "h"}, tmp_path / "report" / "v.html")
+    assert js.read_bytes() == get_plotlyjs().encode() and page.read_text().count('src="plotly.min.js"') == 1
