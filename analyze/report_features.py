@@ -1,12 +1,15 @@
 """The feature browser of one dictionary: ``report/<name>.html``, opened from disk with no server.
 
-The page embeds the features file (schema in ``actdict.analyze.features``) as JSON inside a
+The page embeds an index of the features file (schema in ``actdict.analyze.features``): per feature its
+counts and the token ids and rows of its top hits, for the sortable and searchable list, as JSON inside a
 ``<script type="application/json">`` element, with ``<``, ``>`` and ``&`` written as ``\\u003c``-style
-escapes so no corpus string can close the element. A small script renders, on demand, a sortable and
-filterable feature list (a page of rows at a time, so thousands of features stay fast) and the selected
-feature: statistics, activation histogram (plotly), top and most negative contexts, quantile samples.
-Every corpus string is inserted with ``textContent`` (never ``innerHTML``), so it is shown, not run.
-plotly.js is written once next to the pages (``report/plotly.min.js``) and loaded by a relative path.
+escapes so no corpus string can close the element. Each feature's details (histogram, top, most negative
+and quantile-sampled contexts, the texts of embedded rows) lie in parts of ``PART`` features beside the
+page, ``report/<name>.parts/00000.js`` ..., each a script that hands its JSON to the page: the page loads
+the part of the feature shown (a ``<script src>``, which works from disk, unlike ``fetch``), so a
+dictionary of 16,384 or 65,536 features opens as fast as one of 384. Every corpus string is inserted with
+``textContent`` (never ``innerHTML``), so it is shown, not run. plotly.js is written once next to the
+pages (``report/plotly.min.js``) and loaded by a relative path.
 """
 
 from __future__ import annotations
@@ -14,6 +17,9 @@ from __future__ import annotations
 import html
 import json
 from pathlib import Path
+
+PART = 256
+"""Features per part file of a feature page."""
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 0; color: #222; }
@@ -38,8 +44,27 @@ main { display: grid; grid-template-columns: min(440px, 40vw) 1fr; height: calc(
 _JS = r"""
 const D = JSON.parse(document.getElementById('feature-data').textContent);
 const META = JSON.parse(document.getElementById('page-meta').textContent);
-const TOK = D.tokens, TEXTS = D.texts || {}, F = D.features, EDGES = D.hist_edges, PAGE = 200;
+const TOK = D.tokens, LABT = D.label_texts || {}, F = D.features, EDGES = D.hist_edges, PAGE = 200;
+const TEXTS = {}, PARTS = {}, WAITING = {};  // texts of the rows of the parts loaded so far; parts by number
 let shown = PAGE, current = null;
+window.actdictPart = (n, data) => { if (WAITING[n]) WAITING[n](data); };
+function partFile(n) { return encodeURIComponent(META.parts) + '/' + String(n).padStart(5, '0') + '.js'; }
+function loadPart(n) {  // a <script src> beside the page: allowed from disk, where fetch() is not
+  if (!PARTS[n]) PARTS[n] = new Promise((resolve, reject) => {
+    WAITING[n] = resolve;
+    const s = document.createElement('script');
+    s.src = partFile(n);
+    s.onerror = () => { delete PARTS[n]; reject(new Error(partFile(n))); };
+    document.head.appendChild(s);
+  });
+  return PARTS[n];
+}
+async function feature(i) {  // the full record of feature i (its part loaded once)
+  if (!Number.isInteger(i) || i < 0 || i >= F.length) return null;
+  const part = await loadPart(Math.floor(i / D.part));
+  Object.assign(TEXTS, part.texts || {});
+  return part.features[i % D.part];
+}
 function el(tag, cls, text) {
   const e = document.createElement(tag);
   if (cls) e.className = cls;
@@ -77,9 +102,9 @@ function ctxLine(hit, neg) {
 function topTokens(f) {  // distinct tokens of a live feature's top contexts (embedded rows: their texts)
   if (f.tokens === undefined) {
     const seen = [];
-    for (const [, row, , , ids, c] of (f.fires ? f.top : [])) {
-      const t = TEXTS[String(row)];
-      const s = (t !== undefined ? t.slice(0, 24) : tokStr(ids[c])).trim();
+    for (const [row, id] of (f.fires ? f.tops : [])) {
+      const t = LABT[String(row)];
+      const s = (t !== undefined ? t : tokStr(id)).trim();
       if (s && !seen.includes(s)) seen.push(s);
     }
     f.tokens = seen;
@@ -143,9 +168,18 @@ function section(title, hits, neg, note) {
   for (const h of hits) s.appendChild(ctxLine(h, neg));
   return s;
 }
-function renderFeature(i) {
-  const f = F[i], p = document.getElementById('panel');
+async function renderFeature(i) {
+  const p = document.getElementById('panel');
   current = i;
+  let f;
+  try {
+    f = await feature(i);
+  } catch (e) {
+    p.replaceChildren(el('p', '', 'feature ' + i + ': its part ' + e.message + ' did not load (the page ' +
+      'needs the folder ' + META.parts + ' beside it)'));
+    return;
+  }
+  if (current !== i) return;  // another feature was asked for meanwhile
   p.replaceChildren();
   if (!f) { p.appendChild(el('p', '', 'no feature ' + i)); return; }
   p.appendChild(el('h2', '', 'Feature ' + f.i));
@@ -162,7 +196,7 @@ function renderFeature(i) {
   histogram(f, p);
   p.appendChild(section('Top activations', f.top, false,
     !f.top.length ? 'no positive activation on the test rows'
-      : D.texts ? 'the text each row embeds (doc: its document, pos: its paragraph in the harvest)'
+      : D.has_texts ? 'the text each row embeds (doc: its document, pos: its paragraph in the harvest)'
       : 'highlighted: the token of the row; up to ' + D.window + ' tokens of context each side'));
   if (f.bottom.length && -f.min >= 0.1 * Math.abs(f.max || 0)) {
     p.appendChild(section('Most negative activations', f.bottom, true));
@@ -203,8 +237,34 @@ def _stats(m: dict) -> str:
                      for k, k2 in keys if m.get(k) is not None)
 
 
-def render_feature_page(data: dict, name: str, model: dict, summary: dict) -> str:
-    meta = {"name": name, "variant": model.get("variant", "")}
+def page_index(data: dict, label_chars: int = 24) -> dict:
+    """What the page embeds of the features file ``data``: everything but the features' details, and per
+    feature its counts and ``tops``, the (row, token id) of each top hit (the list's labels); for embedded
+    rows ``label_texts``, the start of the texts of those rows, and ``has_texts``."""
+    texts = data.get("texts") or {}
+    feats = [{"i": f["i"], "fires": f["fires"], "density": f["density"], "max": f["max"], "min": f["min"],
+              "tops": [[hit[1], hit[4][hit[5]]] for hit in f["top"]]} for f in data["features"]]
+    rows = {str(row) for f in feats for row, _ in f["tops"]}
+    return {k: v for k, v in data.items() if k not in ("features", "texts")} | {
+        "part": PART, "features": feats, "has_texts": bool(texts),
+        "label_texts": {r: texts[r][:label_chars] for r in sorted(rows) if r in texts}}
+
+
+def page_parts(data: dict) -> list[dict]:
+    """The features of ``data`` in parts of ``PART``: each part's full records and the texts of their rows
+    (embeddings stores)."""
+    texts, parts = data.get("texts") or {}, []
+    for a in range(0, len(data["features"]), PART):
+        feats = data["features"][a:a + PART]
+        rows = {str(h[1]) for f in feats
+                for h in [*f["top"], *f["bottom"], *(h for q in f["quantiles"] for h in q["hits"])]}
+        parts.append({"features": feats, "texts": {r: texts[r] for r in sorted(rows) if r in texts}})
+    return parts
+
+
+def render_feature_page(data: dict, name: str, model: dict, summary: dict, parts: str) -> str:
+    """The page's HTML; ``parts``: the name of the folder beside it holding its part files."""
+    meta = {"name": name, "variant": model.get("variant", ""), "parts": parts}
     stats = html.escape(_stats(model))
     return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>{html.escape(name)}: features</title><style>{_CSS}</style>
@@ -221,7 +281,7 @@ def render_feature_page(data: dict, name: str, model: dict, summary: dict) -> st
  <span id="count" class="note"></span></div>
  <table id="list"></table><button id="more">more</button>
 </div><div id="panel"></div></main>
-<script type="application/json" id="feature-data">{embed_json(data)}</script>
+<script type="application/json" id="feature-data">{embed_json(page_index(data))}</script>
 <script type="application/json" id="page-meta">{embed_json(meta)}</script>
 <script>{_JS}</script>
 </body></html>
@@ -229,13 +289,21 @@ def render_feature_page(data: dict, name: str, model: dict, summary: dict) -> st
 
 
 def write_feature_page(data: dict, name: str, model: dict, summary: dict, path: Path) -> Path:
-    """Write the page to ``path`` and the installed plotly's plotly.min.js beside it (when it is not there
-    already: another plotly's is replaced)."""
+    """Write the page to ``path``, its parts to ``<path stem>.parts/`` (replacing what was there) and the
+    installed plotly's plotly.min.js beside it (when it is not there already: another plotly's is
+    replaced)."""
     from plotly.offline import get_plotlyjs
 
     path.parent.mkdir(parents=True, exist_ok=True)
     js, code = path.parent / "plotly.min.js", get_plotlyjs().encode()
     if not js.is_file() or js.read_bytes() != code:
         js.write_bytes(code)
-    path.write_text(render_feature_page(data, name, model, summary), encoding="utf-8")
+    folder = path.with_name(path.stem + ".parts")
+    folder.mkdir(exist_ok=True)
+    for old in folder.glob("*.js"):
+        old.unlink()
+    for n, part in enumerate(page_parts(data)):  # JSON is a JS expression; ensure_ascii: no U+2028 in it
+        blob = json.dumps(part, separators=(",", ":"), allow_nan=False)
+        (folder / f"{n:05d}.js").write_text(f"actdictPart({n},{blob});\n", encoding="ascii")
+    path.write_text(render_feature_page(data, name, model, summary, folder.name), encoding="utf-8")
     return path

@@ -282,3 +282,44 @@ def test_feature_list_shows_and_searches_top_tokens(chromium, tmp_path):
     probe = page.with_name("probe.html")
     probe.write_text(page.read_text().replace("</body>", _QUERY_PROBE + "</body>"))
     assert 'data-found="0"' in _dump(*chromium, probe.as_uri())
+
+
+def _many_features(n: int) -> dict:
+    """A features file of n live features; feature i's top context is tokens (i, 10**6 + i)."""
+    feats = [{"i": i, "fires": 1 + i % 7, "density": (1 + i % 7) / 100, "max": 1.0 + i, "min": 0.0,
+              "hist": {"pos": [[32, 1 + i % 7]], "neg": []}, "top": [[1.0 + i, i, 0, i, [i, 10**6 + i], 1]],
+              "bottom": [], "quantiles": [{"lo": 0.0, "hi": 1.0, "vmin": 1.0, "vmax": 1.0 + i,
+                                           "hits": [[1.0, 5000 + i, 1, 2, [7, 2 * 10**6 + i], 1]]}]}
+             for i in range(n)]
+    tokens = {str(t): f"tok{t}" for f in feats for h in [*f["top"], *f["quantiles"][0]["hits"]] for t in h[4]}
+    return {"version": 1, "name": "big", "k": n, "n_rows": 100, "window": 1, "hist_edges": list(range(-4, 5)),
+            "tokens": tokens, "wordpiece": False, "features": feats}
+
+
+def test_feature_page_loads_the_part_of_the_feature_shown(chromium, tmp_path):
+    """The page embeds only the list's index; a feature's contexts come from its part file beside the page,
+    loaded when the feature is shown (here one in the third part); without the parts the page says which
+    file it lacks instead of failing silently."""
+    from actdict.analyze.report_features import PART, write_feature_page
+
+    n = 2 * PART + 88
+    page = write_feature_page(_many_features(n), "big", {"variant": "sae_l1"}, {"hook": "h"},
+                              tmp_path / "report" / "big.html")
+    parts = sorted((tmp_path / "report" / "big.parts").iterdir())
+    assert [p.name for p in parts] == ["00000.js", "00001.js", "00002.js"]
+    html = page.read_text()
+    assert '"quantiles"' not in html and '"hist"' not in html and '"top"' not in html  # no details
+    i = 2 * PART + 8
+    assert f'"tops":[[{i},{10**6 + i}]]' in html  # the list's label: row and token id of the top hit
+    assert f",{i},0,{i},[{i},{10**6 + i}],1]" in parts[2].read_text()  # the top hit, in its part only
+    assert f",{i},0,{i},[{i},{10**6 + i}],1]" not in parts[1].read_text()
+    dom = _dump(*chromium, page.as_uri() + f"#f={i}")
+    panel = dom[dom.index('id="panel"'):dom.index('<script type="application/json"')]
+    assert f"<h2>Feature {i}</h2>" in panel
+    assert f'<span class="dim">tok{i}</span><span class="hl">tok{10**6 + i}</span>' in panel  # top context
+    assert f'<span class="hl">tok{2 * 10**6 + i}</span>' in panel  # its quantile sample
+    assert dom.count(" data-i=") == 200  # the list's first page, from the index
+    for p in parts:
+        p.unlink()
+    dom = _dump(*chromium, page.as_uri() + f"#f={i}")
+    assert "its part big.parts/00002.js did not load (the page needs the folder big.parts beside it)" in dom
