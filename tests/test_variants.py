@@ -50,10 +50,26 @@ def test_vae_loss_by_hand(variant, monkeypatch):
     out = m(torch.tensor(x, dtype=torch.float32), sample=True)
     terms = m.loss_terms(torch.tensor(x, dtype=torch.float32), out)
     assert terms["loss"].item() == pytest.approx(expected, rel=1e-5)
+    kl = 0.5 * ((var + mu**2 - np.log(var) - 1).sum(1)).mean()  # KL(N(mu, var) || N(0, 1)), batch mean
+    assert terms["kl"].item() == pytest.approx(kl, rel=1e-5)  # the logged KL is the KL, not 2x it
+    assert terms["sse"].item() == pytest.approx(((x - x_hat) ** 2).sum(1).mean(), rel=1e-5)
     np.testing.assert_allclose(out.x_hat.detach().numpy(), x_hat, rtol=1e-5, atol=1e-6)
     codes = (1 - np.sqrt(var)) * mu if variant == "vaease" else mu
     np.testing.assert_allclose(out.codes.detach().numpy(), codes, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(out.activity.detach().numpy(), np.log(var), rtol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["vaease", "vae"])
+def test_logvar_head_clamps_to_the_prior_variance(variant):
+    """head="logvar": log var = clamp(Linear(k, k)(s), logvar_min, 0), so var never exceeds the prior's 1."""
+    m = make(variant, 3, 4, head="logvar", logvar_min=-5.0)
+    with torch.no_grad():
+        m.var_head.weight.zero_()
+        m.var_head.bias.copy_(torch.tensor([3.0, -0.7, -9.0, 0.0]))
+    out = m(torch.randn(2, 3), sample=False)
+    want = torch.tensor([0.0, -0.7, -5.0, 0.0]).expand(2, 4)
+    torch.testing.assert_close(out.activity, want)
+    torch.testing.assert_close(out.extras["var"], want.exp())
 
 
 def test_sae_losses_by_hand():
@@ -84,6 +100,13 @@ def test_normalized_wrapper_round_trip(tmp_path):
     inner = m((x - mean) / scale, sample=False)
     assert torch.allclose(out.x_hat, inner.x_hat * scale + mean)
     assert torch.isfinite(w.loss_terms(x, w(x))["loss"])
+    sae = checkpoint.Normalized(make("sae_l1", 4, 3, seed=0), mean, scale)  # deterministic: same loss
+    xn = (x - mean) / scale
+    want = sae.inner.loss_terms(xn, sae.inner(xn))
+    got = sae.loss_terms(x, sae(x))
+    assert got["loss"].item() == pytest.approx(want["loss"].item(), rel=1e-6)
+    xn_hat = (sae(x).x_hat.detach() - mean) / scale
+    assert got["sse"].item() == pytest.approx(((xn - xn_hat) ** 2).sum(1).mean().item(), rel=1e-5)
     checkpoint.save(tmp_path / "n", w, {})
     w2, cfg = checkpoint.load(tmp_path / "n")
     assert cfg["normalized"] and torch.equal(w2(x, sample=False).x_hat, out.x_hat)
@@ -166,6 +189,8 @@ def test_topk_auxk_loss_by_hand(xb):
     np.testing.assert_allclose(_np(out.codes), z, rtol=1e-5, atol=1e-6)
     assert torch.equal(m.dead.dead(100), torch.from_numpy(dead))
     assert (m.dead.since[torch.from_numpy(fired)] == 0).all()
+    # every latent that did not fire waited one more batch of 8 rows (dead_tokens counts rows, not steps)
+    assert torch.equal(m.dead.since, torch.where(torch.from_numpy(fired), 0, since + 8))
     terms["loss"].backward()  # the aux loss trains the dead latents' encoder columns
     assert m.W_enc.grad[:, torch.from_numpy(dead)].abs().sum() > 0
 
@@ -228,6 +253,21 @@ def test_batchtopk_by_hand(xb):
     np.testing.assert_allclose(_np(ev.codes), acts * (acts > m.threshold.item()), rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("waited", [0, 1])
+def test_batchtopk_latent_is_dead_after_n_batches_to_dead(xb, waited):
+    """Official BatchTopK: a latent is dead when ``num_batches_not_active >= n_batches_to_dead``; with
+    n_batches_to_dead = 2, a latent idle for 1 batch before this one is dead after it, one idle for 0 not."""
+    m = make("sae_batchtopk", 6, 30, seed=3, topk=2, n_batches_to_dead=2, k_aux=3)
+    with torch.no_grad():
+        m.dead.since.fill_(waited)
+    m.train()
+    out = m(xb)
+    idle = m.dead.since > 0  # the latents that did not fire on this batch
+    assert torch.equal(m.dead.since, torch.where(idle, waited + 1, 0)) and 0 < idle.sum() < 30
+    assert ("x_aux" in out.extras) == (waited == 1)
+    assert (m.loss_terms(xb, out)["aux"].item() > 0) == (waited == 1)
+
+
 def test_jumprelu_loss_and_ste_by_hand(xb):
     eps, lam = 0.8, 0.3
     m = make("sae_jumprelu", 6, 10, seed=4, lam=lam, bandwidth=eps, threshold_init=0.4)
@@ -250,6 +290,11 @@ def test_jumprelu_loss_and_ste_by_hand(xb):
     d_theta = (-(theta / eps) * K * g_z).sum(0) + lam * (-(1 / eps) * K).sum(0) / B
     assert K.sum() > 0
     np.testing.assert_allclose(_np(m.log_threshold.grad), theta * d_theta, rtol=1e-4, atol=1e-6)
+    # the encoder learns from reconstruction only: d JumpReLU / d pre = H(pre - theta), d H / d pre = 0
+    g_pre = g_z * (pre > theta)  # [B, k]; pre > theta > 0 implies the relu is open
+    assert 0 < (pre > theta).sum() < (pre > 0).sum()  # some open relus are below their threshold
+    np.testing.assert_allclose(_np(m.b_enc.grad), g_pre.sum(0), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(_np(m.W_enc.grad), x.T @ g_pre, rtol=1e-4, atol=1e-6)
 
 
 def test_l1_decnorm_by_hand_with_warmup(xb):
