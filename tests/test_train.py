@@ -318,3 +318,37 @@ def test_seed_step_draws_what_manual_seed_draws(device):
         seed_step(s, dev)
         got = torch.randn(7), torch.randn(7, device=dev)
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_loop_sets_each_steps_lr_seed_and_averages_the_epoch_history(monkeypatch):
+    """Step s of a run of 2 epochs x 4 batches uses lr_at(s) over the run's 8 steps (warmup_cosine:
+    lr (1 + cos(pi s / 8)) / 2 by hand), draws from the seed (seed, s, name), and each epoch's history is
+    the mean of its steps' terms."""
+    from actdict.train import loop
+    from actdict.train.loop import step_seed
+
+    seen = []
+
+    def fake_step(m, x, lr, amp, weight, clip=0.0):  # records what the loop asks of the step
+        seen.append((lr, torch.initial_seed()))
+        return {"loss": torch.tensor(float(len(seen) - 1)), "sse": torch.tensor(2.0)}
+
+    monkeypatch.setattr(loop, "step", fake_step)
+    x = torch.zeros(8, 3)
+    cfg = TrainConfig(dicts=[], epochs=2, schedule="warmup_cosine", eta_min=0.0)
+    m = Member("a", make("sae_l1", 3, 4), 0.5)
+    assert train([m], lambda e: x.split(2), cfg, torch.device("cpu"), steps_per_epoch=4, seed=9) == 8
+    lrs, seeds = zip(*seen, strict=True)
+    assert lrs == pytest.approx([0.5 * (1 + np.cos(np.pi * s / 8)) / 2 for s in range(8)], rel=1e-12)
+    assert list(seeds) == [step_seed(9, s, "a") for s in range(8)] and len(set(seeds)) == 8
+    assert m.history == [{"loss": 1.5, "sse": 2.0, "epoch": 0}, {"loss": 5.5, "sse": 2.0, "epoch": 1}]
+
+
+def test_schedule_warmup_shifts_every_schedule():
+    """With warmup_steps w, step w + t of a run of T steps has the lr of step t of a run of T - w steps
+    without warmup, for each schedule."""
+    for sched in ("cosine_restarts", "warmup_cosine", "linear_decay"):
+        for t in range(0, 40, 3):
+            a = lr_at(10 + t, 0.1, sched, 50, warmup_steps=10, eta_min=1e-3, t0=4)
+            assert a == pytest.approx(lr_at(t, 0.1, sched, 40, eta_min=1e-3, t0=4), rel=1e-12), (sched, t)
+    assert lr_at(30, 1.0, "linear_decay", 110, warmup_steps=10, eta_min=0.0) == pytest.approx(0.8)
