@@ -305,4 +305,5 @@ def test_buffer_shuffle_is_a_seeded_permutation():
     small = list(buffer_shuffle(items, 10, seed=3))
     assert sorted(small) == items and small != items
     assert all(small.index(i) >= i - 10 for i in items)  # an item cannot leave before it enters the buffer
+    assert all(small.index(i) < 90 for i in range(10))  # every buffer slot is drawn, the last one too
     assert list(buffer_shuffle(items, 1, seed=0)) == items  # a buffer of one keeps the order

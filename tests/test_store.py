@@ -156,6 +156,21 @@ def test_corrupted_shard_is_found_by_verify(tmp_path):
         s.verify()
 
 
+def test_verify_checks_the_shard_checksum_beyond_the_chunk_checksums(tmp_path):
+    """Two chunk files of a shard swapped: each still passes its own crc32c (reads succeed, with the rows in
+    the wrong place), only the done-record's shard checksum can tell, and verify() must compare it."""
+    _, _, doc, _ = _write(tmp_path)
+    shard = tmp_path / "blocks.0.hook_resid_post" / "shards" / "00000"
+    a, b = shard / "doc" / "c" / "0", shard / "doc" / "c" / "1"
+    blob_a, blob_b = a.read_bytes(), b.read_bytes()
+    a.write_bytes(blob_b)
+    b.write_bytes(blob_a)
+    s = open_store(str(tmp_path))
+    assert not np.array_equal(s.read_rows(0, 8).doc, doc[:8])  # silently wrong rows
+    with pytest.raises(StoreError, match=r"shards/00000 is corrupted: checksum mismatch"):
+        s.verify()
+
+
 def test_hooks_errors_list_valid_hooks(tmp_path):
     _write(tmp_path, hook="blocks.1.hook_resid_post")
     _write(tmp_path, hook="blocks.3.hook_resid_post")
