@@ -352,3 +352,26 @@ def test_schedule_warmup_shifts_every_schedule():
             a = lr_at(10 + t, 0.1, sched, 50, warmup_steps=10, eta_min=1e-3, t0=4)
             assert a == pytest.approx(lr_at(t, 0.1, sched, 40, eta_min=1e-3, t0=4), rel=1e-12), (sched, t)
     assert lr_at(30, 1.0, "linear_decay", 110, warmup_steps=10, eta_min=0.0) == pytest.approx(0.8)
+
+
+def test_train_stage_seeds_each_dictionary_and_normalises_on_train_rows_only(store, tmp_path):
+    """A dictionary's ``seed`` (else the experiment's) seeds its initialisation (lr 0 keeps it), and the
+    normalisation statistics come from the train chunks alone, never from the held-out ones."""
+    from actdict.train.run import main
+
+    common = Common(run_dir=str(tmp_path / "run"), seed=3, store=store.path)
+    dicts = [DictConfig("a", "sae_l1", k=4, lr=0.0, seed=7), DictConfig("b", "sae_l1", k=4, lr=0.0)]
+    cfg = TrainConfig(dicts=dicts,
+                      max_steps=1, batch_size=100, test_fraction=0.25, device="cpu", normalize="mean_scale",
+                      norm_chunks=100)
+    main(common, cfg)
+    split = make_split(store.num_chunks, 0.25, 3)
+    x = np.concatenate([store.read_chunk(c).acts for c in split["train_chunks"]]).astype(np.float64)
+    for name, seed in (("a", 7), ("b", 3)):
+        model, meta = checkpoint.load(tmp_path / "run" / "dicts" / name)
+        assert meta["seed"] == seed
+        init = make("sae_l1", 3, 4, seed=seed)
+        assert torch.equal(model.inner.encoder.weight, init.encoder.weight)
+        np.testing.assert_allclose(model.norm_mean.numpy(), x.mean(0), rtol=1e-6)
+        assert float(model.norm_scale) == pytest.approx(np.sqrt(((x - x.mean(0)) ** 2).sum(1).mean() / 3),
+                                                        rel=1e-6)
