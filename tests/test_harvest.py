@@ -254,6 +254,8 @@ def test_pad_and_separator_settings():
     lm = SimpleNamespace(kind="causal", bos_id=0, eos_id=2, pad_id=None, cls_id=None, sep_id=None, name="m")
     cfg = build(HarvestConfig, {})
     assert window_specials(lm, cfg) == {"prefix": (0,), "suffix": (), "sep": (2,), "pad_id": 2}
+    no_bos = SimpleNamespace(**vars(lm) | {"bos_id": None})  # a causal LM without BOS: EOS starts windows
+    assert window_specials(no_bos, cfg) == {"prefix": (2,), "suffix": (), "sep": (2,), "pad_id": 2}
     cfg = build(HarvestConfig, {"prepend_bos": False, "join_with_eos": False, "pad_id": 7})
     assert window_specials(lm, cfg) == {"prefix": (), "suffix": (), "sep": (), "pad_id": 7}
     enc = SimpleNamespace(kind="encoder", bos_id=None, eos_id=None, pad_id=0, cls_id=101, sep_id=102,

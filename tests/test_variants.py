@@ -353,6 +353,28 @@ def test_sosae_push_loss_and_truncation(xb):
         make("sosae", 6, 100_000, alpha=0.01)
 
 
+def test_lse_loss_is_finite_with_a_dead_latent(xb):
+    """A latent at zero on the whole batch has zero variance: its correlations are 0 / (0 + 1e-8) = 0 (the
+    official e.std(0) + 1e-8), not NaN."""
+    m = make("lse", 6, 10, seed=8, lam_var=0.5, lam_tc=2.0)
+    with torch.no_grad():
+        m.linear.bias[3] = -1e3  # relu(...) = 0 on every row
+    out = m(xb)
+    terms = m.loss_terms(xb, out)
+    e = _np(out.codes)
+    assert (e[:, 3] == 0).all() and torch.isfinite(terms["loss"])
+    live = np.delete(e, 3, axis=1)
+    corr = np.corrcoef(live.T)
+    assert terms["tc"].item() == pytest.approx((corr**2).sum() - len(corr), rel=1e-4)
+
+
+@pytest.mark.parametrize("variant", sorted(registry()))
+def test_the_seed_sets_the_initialisation(variant):
+    a, b, c = (make(variant, 4, 64, seed=s).state_dict() for s in (1, 1, 2))
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    assert any(not torch.equal(a[n], c[n]) for n in a)
+
+
 def test_lse_loss_by_hand(xb):
     m = make("lse", 6, 10, seed=8, lam_var=0.5, lam_tc=2.0, lam_wr=0.1)
     out = m(xb)
