@@ -57,6 +57,10 @@ def test_vae_loss_by_hand(variant, monkeypatch):
     codes = (1 - np.sqrt(var)) * mu if variant == "vaease" else mu
     np.testing.assert_allclose(out.codes.detach().numpy(), codes, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(out.activity.detach().numpy(), np.log(var), rtol=1e-5)
+    # the deterministic forward (analysis' "RE det") decodes the posterior mean through the same gate
+    det = m(torch.tensor(x, dtype=torch.float32), sample=False)
+    np.testing.assert_allclose(det.x_hat.detach().numpy(), codes @ Wd.T + bd, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(det.codes.detach().numpy(), codes, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("variant", ["vaease", "vae"])
@@ -310,6 +314,10 @@ def test_l1_decnorm_by_hand_with_warmup(xb):
         pen = (f * np.linalg.norm(Wd, axis=1)).sum(1).mean()
         expected = ((x - (f @ Wd + bd)) ** 2).sum(1).mean() + lam * pen
         assert m.loss_terms(xb, out)["loss"].item() == pytest.approx(expected, rel=1e-5)
+        with torch.no_grad():  # the plain (analysis) forward: the same codes, the same loss
+            plain = m(xb)
+            assert m.loss_terms(xb, plain)["loss"].item() == pytest.approx(expected, rel=1e-5)
+        np.testing.assert_allclose(_np(plain.codes), f, rtol=1e-5, atol=1e-6)
         norms = m.W_dec.norm(dim=1).clone()
         m.after_step()
         assert torch.equal(m.W_dec.norm(dim=1), norms)  # no renormalisation
