@@ -116,6 +116,32 @@ def test_normalized_wrapper_round_trip(tmp_path):
     assert cfg["normalized"] and torch.equal(w2(x, sample=False).x_hat, out.x_hat)
 
 
+# docs/variants.md's table and the modules' docstrings (the papers' and official codes' values)
+DOCUMENTED_DEFAULTS = {
+    "vaease": {"loggamma_init": -10.0, "encoder": "linear", "head": "sigmoid", "var_min": 1e-7,
+               "logvar_min": -20.0, "decoder": "linear"},
+    "vae": {"loggamma_init": -10.0, "encoder": "linear", "head": "sigmoid", "var_min": 1e-7},
+    "sae_l1": {"lam1": 0.32, "lam2": 0.2},
+    "sae_log": {"lam1": 0.01, "lam2": 0.2, "eps": 1e-4},
+    "sae_topk": {"topk": 30, "lam2": 0.0},
+    "sae_topk_auxk": {"topk": 32, "k_aux": 256, "auxk_coef": 1 / 32, "dead_tokens": 10_000_000},
+    "sae_batchtopk": {"topk": 32, "k_aux": 512, "aux_penalty": 1 / 32, "n_batches_to_dead": 5,
+                      "threshold_beta": 0.999},
+    "sae_jumprelu": {"lam": 1.0, "bandwidth": 1e-3, "threshold_init": 1e-3},
+    "sae_l1_decnorm": {"lam": 5.0, "lam_warmup_steps": 0, "dec_init_norm": 0.1},
+    "sae_kl": {"rho": 0.05, "beta": 3.0, "lam": 1e-4},
+    "sosae": {"alpha": 1e-3, "lam_push": 1e-3, "lam_jac": 0.0},
+    "lse": {"lam_lse": 1.0, "lam_var": 1.0, "lam_tc": 1.0, "lam_wr": 0.0, "var_eps": 1e-6,
+            "activation": "relu"},
+}
+
+
+@pytest.mark.parametrize("variant", sorted(DOCUMENTED_DEFAULTS))
+def test_defaults_are_the_documented_ones(variant):
+    params = make(variant, 4, 64).params
+    assert {k: params[k] for k in DOCUMENTED_DEFAULTS[variant]} == DOCUMENTED_DEFAULTS[variant]
+
+
 def test_bad_params_are_errors():
     with pytest.raises(ValueError, match="unknown params"):
         make("sae_l1", 4, 3, lambda1=0.1)
