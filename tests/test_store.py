@@ -114,6 +114,16 @@ def test_incomplete_store_is_refused_unless_partial(tmp_path):
     np.testing.assert_array_equal(s.read_rows(0, 32).acts, x[:32])
 
 
+def test_manifest_row_count_must_match_the_shards(tmp_path):
+    _write(tmp_path)
+    meta = tmp_path / "blocks.0.hook_resid_post" / "manifest.json"
+    blob = json.loads(meta.read_text())
+    assert blob["n_rows"] == N
+    meta.write_text(json.dumps(blob | {"n_rows": N - 1}))
+    with pytest.raises(StoreError, match=f"shards hold {N} rows, manifest says {N - 1}"):
+        open_store(str(tmp_path))
+
+
 def test_temporary_shard_is_invisible(tmp_path):
     x, *_ = _write(tmp_path)
     shards = tmp_path / "blocks.0.hook_resid_post" / "shards"

@@ -119,6 +119,15 @@ def test_stream_reads_at_most_two_buffers_ahead(store):
     assert all(r * 64 - (b + 1) * 16 <= (2 * 2 + 1) * 64 for b, r in enumerate(reads))
 
 
+def test_steps_in_epoch_counts_the_short_last_batch(store):
+    from actdict.train.data import steps_in_epoch
+
+    chunks = list(range(store.num_chunks))
+    assert steps_in_epoch(store, chunks, 48) == 21 == len(list(iter_batches(store, chunks, 48, 2, 0, 0)))
+    assert steps_in_epoch(store, chunks, 100) == 10
+    assert steps_in_epoch(store, [15], 10) == 4  # the last chunk: rows 960..999
+
+
 def test_norm_stats(store):
     mean, scale = norm_stats(store, list(range(store.num_chunks)), n_chunks=100, seed=0)
     x = store.read_rows(0, len(store)).acts.astype(np.float64)
