@@ -298,6 +298,21 @@ def test_batchtopk_latent_is_dead_after_n_batches_to_dead(xb, waited):
     assert (m.loss_terms(xb, out)["aux"].item() > 0) == (waited == 1)
 
 
+def test_batchtopk_threshold_is_the_smallest_positive_kept_value(xb):
+    """With fewer than k*B positive activations the batch's top k*B also keeps zeros; theta is set from the
+    smallest positive kept value (official ``acts_topk[acts_topk > 0].min()``), not from a zero."""
+    m = make("sae_batchtopk", 6, 30, seed=3, topk=2)
+    with torch.no_grad():
+        m.b_enc.fill_(-100.0)
+        m.b_enc[:2] = 0.0  # only latents 0 and 1 can fire: at most 16 = k*B positives, fewer here
+    m.train()
+    m(xb)
+    acts = torch.relu(xb @ m.W_enc + m.b_enc)  # b_dec = 0
+    positive = acts[acts > 0]
+    assert 0 < len(positive) < 16
+    assert m.threshold.item() == pytest.approx(positive.min().item(), rel=1e-6)
+
+
 def test_jumprelu_loss_and_ste_by_hand(xb):
     eps, lam = 0.8, 0.3
     m = make("sae_jumprelu", 6, 10, seed=4, lam=lam, bandwidth=eps, threshold_init=0.4)
