@@ -110,6 +110,7 @@ def test_normalized_wrapper_round_trip(tmp_path):
     got = sae.loss_terms(x, sae(x))
     assert got["loss"].item() == pytest.approx(want["loss"].item(), rel=1e-6)
     xn_hat = (sae(x).x_hat.detach() - mean) / scale
+    torch.testing.assert_close(sae.decode(sae(x).codes), sae(x).x_hat)  # decode gives raw rows too
     assert got["sse"].item() == pytest.approx(((xn - xn_hat) ** 2).sum(1).mean().item(), rel=1e-5)
     checkpoint.save(tmp_path / "n", w, {})
     w2, cfg = checkpoint.load(tmp_path / "n")
