@@ -188,6 +188,32 @@ def test_grad_clip_bounds_the_gradient_norm_and_keeps_old_hashes():
     assert h[0.0] == "a259738e70cda69c"  # dict_hash of this config before grad_clip was added
 
 
+def test_step_is_one_adam_step_on_fresh_gradients_then_after_step():
+    """``loop.step`` = zero the gradients, backward, set this step's lr, Adam, ``after_step`` (here the unit
+    renormalisation of TopK+AuxK's decoder rows), checked against those calls made by hand over two steps."""
+    from contextlib import nullcontext
+
+    from actdict.train.loop import step
+
+    x = torch.randn(32, 6, generator=torch.Generator().manual_seed(0))  # [B, d]
+    a = Member("a", make("sae_topk_auxk", 6, 16, seed=1, topk=3), 0.5)
+    a.setup(torch.device("cpu"))
+    b = make("sae_topk_auxk", 6, 16, seed=1, topk=3)
+    opt = torch.optim.Adam(b.parameters(), lr=123.0)
+    for lr in (0.01, 0.003):
+        step(a, x, lr, nullcontext(), None)
+        opt.zero_grad()
+        b.loss_terms(x, b(x))["loss"].backward()
+        for g in opt.param_groups:
+            g["lr"] = lr
+        opt.step()
+        b.after_step()
+    for (name, p), q in zip(a.model.named_parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(p, q, msg=name)
+    torch.testing.assert_close(a.model.W_dec.norm(dim=1), torch.ones(16))
+    assert a.opt.param_groups[0]["lr"] == 0.003
+
+
 def test_store_identity_in_the_hash():
     from actdict.train.run import dict_hash, store_key
 

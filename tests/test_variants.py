@@ -54,6 +54,9 @@ def test_vae_loss_by_hand(variant, monkeypatch):
     assert terms["kl"].item() == pytest.approx(kl, rel=1e-5)  # the logged KL is the KL, not 2x it
     assert terms["sse"].item() == pytest.approx(((x - x_hat) ** 2).sum(1).mean(), rel=1e-5)
     np.testing.assert_allclose(out.x_hat.detach().numpy(), x_hat, rtol=1e-5, atol=1e-6)
+    # extras["dec_in"] is what the decoder read (analysis' masked-dimensions curve edits and decodes it)
+    np.testing.assert_allclose(out.extras["dec_in"].detach().numpy(), dec_in, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(m.decode(out.extras["dec_in"]).detach().numpy(), x_hat, rtol=1e-5, atol=1e-6)
     codes = (1 - np.sqrt(var)) * mu if variant == "vaease" else mu
     np.testing.assert_allclose(out.codes.detach().numpy(), codes, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(out.activity.detach().numpy(), np.log(var), rtol=1e-5)
