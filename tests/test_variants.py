@@ -287,6 +287,24 @@ def test_batchtopk_by_hand(xb):
     np.testing.assert_allclose(_np(ev.codes), acts * (acts > m.threshold.item()), rtol=1e-5, atol=1e-7)
 
 
+def test_topk_auxk_dead_means_more_than_dead_tokens_rows(xb):
+    """Gao et al.: a latent is dead once it has not fired for more than ``dead_tokens`` tokens: after this
+    batch of 8 rows, one idle for 92 rows before it has waited 100 (alive), one idle for 93 is dead."""
+    m = make("sae_topk_auxk", 6, 40, seed=1, topk=2, k_aux=4, dead_tokens=100)
+    with torch.no_grad():
+        m.dead.since.copy_(torch.tensor([92, 93] * 20))
+    m.train()
+    out = m(xb)
+    idle = m.dead.since > 0
+    assert idle[0::2].any() and idle[1::2].any()
+    assert torch.equal(m.dead.dead(100), idle & (m.dead.since == 101))
+    assert m.loss_terms(xb, out)["dead"].item() == (idle & (m.dead.since == 101)).sum().item() > 0
+    dead = _np(idle & (m.dead.since == 101)).astype(bool)  # AuxK reads exactly these latents
+    pre = (_np(xb) - _np(m.b_dec)) @ _np(m.W_enc) + _np(m.b_enc)
+    np.testing.assert_allclose(_np(out.extras["e_hat"]), _relu(_topk_rows(pre * dead, 4)) @ _np(m.W_dec),
+                               rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("waited", [0, 1])
 def test_batchtopk_latent_is_dead_after_n_batches_to_dead(xb, waited):
     """Official BatchTopK: a latent is dead when ``num_batches_not_active >= n_batches_to_dead``; with
