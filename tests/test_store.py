@@ -124,6 +124,20 @@ def test_manifest_row_count_must_match_the_shards(tmp_path):
         open_store(str(tmp_path))
 
 
+def test_format_2_stores_are_read_with_their_chunk_checksums(tmp_path):
+    """Format 2 (shard sha256 in the done-record) already ended every chunk with a crc32c, as format 3 does;
+    a format-3 store relabelled 2 is read the same (the chunk files' sizes include the checksum)."""
+    x, tok, _, _ = _write(tmp_path)
+    meta = tmp_path / "blocks.0.hook_resid_post" / "manifest.json"
+    meta.write_text(json.dumps(json.loads(meta.read_text()) | {"format_version": 2}))
+    s = open_store(str(tmp_path))
+    rows = s.read_rows(0, N)
+    np.testing.assert_array_equal(rows.acts, x)
+    np.testing.assert_array_equal(rows.token_ids, tok)
+    np.testing.assert_array_equal(s.read_acts(1), x[4:8])
+    s.verify()
+
+
 def test_temporary_shard_is_invisible(tmp_path):
     x, *_ = _write(tmp_path)
     shards = tmp_path / "blocks.0.hook_resid_post" / "shards"
