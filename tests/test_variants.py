@@ -305,6 +305,19 @@ def test_topk_auxk_dead_means_more_than_dead_tokens_rows(xb):
                                rtol=1e-5, atol=1e-6)
 
 
+def test_topk_auxk_a_kept_latent_at_or_below_1e_3_has_not_fired(xb):
+    """The official test of firing is z > 1e-3: a latent in every row's top k with z = 5e-4 stays idle."""
+    m = make("sae_topk_auxk", 6, 10, seed=1, topk=2, dead_tokens=100)
+    with torch.no_grad():
+        m.W_enc[:, :2] = 0.0
+        m.b_enc.copy_(torch.tensor([1.0, 5e-4] + [-100.0] * 8))  # pre = 1 and 5e-4 on every row (b_dec = 0)
+        m.dead.since.fill_(50)
+    m.train()
+    z = m(xb).codes
+    assert (z[:, 0] == 1).all() and torch.allclose(z[:, 1], torch.full((8,), 5e-4))
+    assert m.dead.since[:2].tolist() == [0, 58]
+
+
 @pytest.mark.parametrize("waited", [0, 1])
 def test_batchtopk_latent_is_dead_after_n_batches_to_dead(xb, waited):
     """Official BatchTopK: a latent is dead when ``num_batches_not_active >= n_batches_to_dead``; with
