@@ -124,3 +124,15 @@ def test_wrong_folder_names_the_dictionaries_to_pass(tmp_path, capsys):
     assert main([str(tmp_path / "elsewhere" / "x"), str(tmp_path / "out")]) == 2
     assert "trained dictionaries" not in capsys.readouterr().err  # nothing near: no hint
     assert not (tmp_path / "out").exists()
+
+
+def test_export_records_where_the_dictionary_came_from(tmp_path):
+    store = {"path": str(tmp_path / "no-store"), "hook": "blocks.3.hook_resid_post"}  # gone: no model name
+    checkpoint.save(tmp_path / "dict", make("sae_l1", D, K, lam1=0.1), {"store": store})
+    assert main([str(tmp_path / "dict"), str(tmp_path / "sl")]) == 0
+    cfg = json.loads((tmp_path / "sl" / "cfg.json").read_text())
+    assert cfg["metadata"] | {"sae_lens_training_version": None} == {
+        "sae_lens_version": "6.0.0", "sae_lens_training_version": None, "hook_name": store["hook"],
+        "model_name": None, "actdict_variant": "sae_l1", "actdict_params": {"lam1": 0.1, "lam2": 0.2},
+        "actdict_store": store["path"]}
+    assert (cfg["hook_name"], cfg["d_in"], cfg["d_sae"]) == (store["hook"], D, K)

@@ -254,6 +254,8 @@ def test_pad_and_separator_settings():
     lm = SimpleNamespace(kind="causal", bos_id=0, eos_id=2, pad_id=None, cls_id=None, sep_id=None, name="m")
     cfg = build(HarvestConfig, {})
     assert window_specials(lm, cfg) == {"prefix": (0,), "suffix": (), "sep": (2,), "pad_id": 2}
+    no_bos = SimpleNamespace(**vars(lm) | {"bos_id": None})  # a causal LM without BOS: EOS starts windows
+    assert window_specials(no_bos, cfg) == {"prefix": (2,), "suffix": (), "sep": (2,), "pad_id": 2}
     cfg = build(HarvestConfig, {"prepend_bos": False, "join_with_eos": False, "pad_id": 7})
     assert window_specials(lm, cfg) == {"prefix": (), "suffix": (), "sep": (), "pad_id": 7}
     enc = SimpleNamespace(kind="encoder", bos_id=None, eos_id=None, pad_id=0, cls_id=101, sep_id=102,
@@ -287,3 +289,28 @@ def test_stored_rows_cast_like_the_writer_and_refuse_overflow():
     big[0, 0, 0] = float("inf")
     with pytest.raises(ValueError, match="float32"):
         store_rows(big, flat, np.empty((5, 7), np.float32), "h")
+
+
+def test_a_resumed_harvest_restarts_the_document_stream_at_its_last_whole_shard(tmp_path, monkeypatch):
+    """Shards 0 and 1 whole: the rerun tokenizes only the documents from shard 1's recorded cursor on
+    (docs/harvest.md: "the rerun does not even re-tokenize the documents before the first missing shard")."""
+    from actdict.harvest import resume
+    from actdict.harvest import run as run_mod
+
+    small = {"shard_rows": 32, "chunk_rows": 16,
+             "source": {"kind": "files", "path": str(TEXTS), "txt_docs": "paragraph"}}  # short documents
+    common, cfg = harvest(tmp_path / "run", max_tokens=64, **small)
+    start = resume.record(common.store_path, cfg.hooks[0], 1)["start"]
+    docs = list(iter_documents(cfg.source))
+    assert start["doc"] > 0 and start["row"] <= 32
+    seen, real = [], run_mod.tokenized
+
+    def spy(tokenizer, texts, *a, **kw):
+        return real(tokenizer, (seen.append(t) or t for t in texts), *a, **kw)
+
+    monkeypatch.setattr(run_mod, "tokenized", spy)
+    harvest(tmp_path / "run", max_tokens=90, **small)  # grows: shards 0 and 1 stay, the rest is harvested
+    assert seen == docs[start["doc"]:]
+    monkeypatch.setattr(run_mod, "tokenized", real)
+    fresh, _ = harvest(tmp_path / "fresh", max_tokens=90, **small)
+    assert tree(Path(common.store_path)) == tree(Path(fresh.store_path))

@@ -174,6 +174,23 @@ def test_shards_hold_consecutive_rows_and_split_by_rank():
         assert sorted(k for p in parts for k in p) == sorted(one)
         assert all(p[k] == one[k] for p in parts for k in p)
     assert spans(10, 40, 16) == [(0, 0, 6), (1, 6, 22), (2, 22, 30)] and spans(5, 5, 16) == []
+    # rows ending exactly at a shard boundary touch no further shard (not even with an empty piece)
+    assert spans(0, 32, 16) == [(0, 0, 16), (1, 16, 32)] and spans(20, 32, 16) == [(1, 0, 12)]
+
+
+def test_finish_refuses_shards_whose_rows_disagree_with_the_stream(tmp_path):
+    """The last step of a harvest marks the hook complete only when its shards hold the stream's rows."""
+    from actdict.harvest.resume import HarvestError, finish
+    from actdict.harvest.store import write_vectors
+
+    s = write_vectors(str(tmp_path / "s"), np.zeros((45, 2), np.float32), shard_rows=16, chunk_rows=8)
+    manifest = s.manifest | {"complete": False}
+    with pytest.raises(HarvestError, match="shards hold 45 rows, the stream had 44"):
+        finish(str(tmp_path / "s"), "vectors", manifest, 44, 16)  # the same 3 shards, one row fewer
+    with pytest.raises(HarvestError, match=r"shards \[3\] are missing"):
+        finish(str(tmp_path / "s"), "vectors", manifest, 49, 16)
+    finish(str(tmp_path / "s"), "vectors", manifest, 45, 16)
+    assert open_store(str(tmp_path / "s"), "vectors").manifest["complete"]
 
 
 def test_resume_reads_but_does_not_tokenize_earlier_documents(corpus):

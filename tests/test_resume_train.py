@@ -3,6 +3,7 @@ SIGTERM, rerun, stopped with Ctrl-C (SIGINT), rerun to the end, must end with ex
 uninterrupted run (same batches, Adam state, noise), on the ``device`` fixture's device (conftest.py: the
 CPU, or the GPU where there is one). A run of another config in that folder is refused, not resumed."""
 
+import json
 import os
 import re
 import signal
@@ -130,3 +131,7 @@ def test_killed_and_terminated_run_resumes_bit_exactly(tmp_path, device):
         assert a.keys() == b.keys()
         for k in a:
             assert torch.equal(a[k], b[k]), (name, k, (a[k] - b[k]).abs().max())
+        # the per-epoch loss means too: the running sums of an epoch cut by a kill are resumed, not reset
+        ref, run = (json.loads((tmp_path / r / "dicts" / name / "cfg.json").read_text())
+                    for r in ("ref", "run"))
+        assert len(ref["history"]) == 8 and run["history"] == ref["history"]

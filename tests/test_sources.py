@@ -305,4 +305,23 @@ def test_buffer_shuffle_is_a_seeded_permutation():
     small = list(buffer_shuffle(items, 10, seed=3))
     assert sorted(small) == items and small != items
     assert all(small.index(i) >= i - 10 for i in items)  # an item cannot leave before it enters the buffer
+    assert all(small.index(i) < 90 for i in range(10))  # every buffer slot is drawn, the last one too
     assert list(buffer_shuffle(items, 1, seed=0)) == items  # a buffer of one keeps the order
+
+
+def test_source_fingerprint_sees_a_same_size_edit(tmp_path):
+    """A corpus file rewritten in place with the same size (a typo fixed) is another corpus: the fingerprint
+    that lets a resumed harvest refuse a changed source includes the modification time."""
+    import os
+
+    from actdict.harvest.sources import source_fingerprint
+
+    f = tmp_path / "a.txt"
+    f.write_text("the ferry leaves at nine")
+    cfg = SourceConfig(kind="files", path=str(f))
+    before = source_fingerprint(cfg)
+    assert before == source_fingerprint(cfg) and len(before) == 16
+    f.write_text("the ferry leaves at ten!")  # same size
+    st = f.stat()
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # a later write, whatever the clock
+    assert f.stat().st_size == 24 and source_fingerprint(cfg) != before

@@ -114,6 +114,30 @@ def test_incomplete_store_is_refused_unless_partial(tmp_path):
     np.testing.assert_array_equal(s.read_rows(0, 32).acts, x[:32])
 
 
+def test_manifest_row_count_must_match_the_shards(tmp_path):
+    _write(tmp_path)
+    meta = tmp_path / "blocks.0.hook_resid_post" / "manifest.json"
+    blob = json.loads(meta.read_text())
+    assert blob["n_rows"] == N
+    meta.write_text(json.dumps(blob | {"n_rows": N - 1}))
+    with pytest.raises(StoreError, match=f"shards hold {N} rows, manifest says {N - 1}"):
+        open_store(str(tmp_path))
+
+
+def test_format_2_stores_are_read_with_their_chunk_checksums(tmp_path):
+    """Format 2 (shard sha256 in the done-record) already ended every chunk with a crc32c, as format 3 does;
+    a format-3 store relabelled 2 is read the same (the chunk files' sizes include the checksum)."""
+    x, tok, _, _ = _write(tmp_path)
+    meta = tmp_path / "blocks.0.hook_resid_post" / "manifest.json"
+    meta.write_text(json.dumps(json.loads(meta.read_text()) | {"format_version": 2}))
+    s = open_store(str(tmp_path))
+    rows = s.read_rows(0, N)
+    np.testing.assert_array_equal(rows.acts, x)
+    np.testing.assert_array_equal(rows.token_ids, tok)
+    np.testing.assert_array_equal(s.read_acts(1), x[4:8])
+    s.verify()
+
+
 def test_temporary_shard_is_invisible(tmp_path):
     x, *_ = _write(tmp_path)
     shards = tmp_path / "blocks.0.hook_resid_post" / "shards"
@@ -153,6 +177,21 @@ def test_corrupted_shard_is_found_by_verify(tmp_path):
     s = open_store(str(tmp_path))  # the cheap check cannot see it
     with pytest.raises(StoreError, match=r"shards/00002 is corrupted: its 'doc' rows 4..7 \(file doc/c/1\) "
                                          r"fail to read \(checksum mismatch\); restore"):
+        s.verify()
+
+
+def test_verify_checks_the_shard_checksum_beyond_the_chunk_checksums(tmp_path):
+    """Two chunk files of a shard swapped: each still passes its own crc32c (reads succeed, with the rows in
+    the wrong place), only the done-record's shard checksum can tell, and verify() must compare it."""
+    _, _, doc, _ = _write(tmp_path)
+    shard = tmp_path / "blocks.0.hook_resid_post" / "shards" / "00000"
+    a, b = shard / "doc" / "c" / "0", shard / "doc" / "c" / "1"
+    blob_a, blob_b = a.read_bytes(), b.read_bytes()
+    a.write_bytes(blob_b)
+    b.write_bytes(blob_a)
+    s = open_store(str(tmp_path))
+    assert not np.array_equal(s.read_rows(0, 8).doc, doc[:8])  # silently wrong rows
+    with pytest.raises(StoreError, match=r"shards/00000 is corrupted: checksum mismatch"):
         s.verify()
 
 

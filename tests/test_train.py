@@ -119,6 +119,15 @@ def test_stream_reads_at_most_two_buffers_ahead(store):
     assert all(r * 64 - (b + 1) * 16 <= (2 * 2 + 1) * 64 for b, r in enumerate(reads))
 
 
+def test_steps_in_epoch_counts_the_short_last_batch(store):
+    from actdict.train.data import steps_in_epoch
+
+    chunks = list(range(store.num_chunks))
+    assert steps_in_epoch(store, chunks, 48) == 21 == len(list(iter_batches(store, chunks, 48, 2, 0, 0)))
+    assert steps_in_epoch(store, chunks, 100) == 10
+    assert steps_in_epoch(store, [15], 10) == 4  # the last chunk: rows 960..999
+
+
 def test_norm_stats(store):
     mean, scale = norm_stats(store, list(range(store.num_chunks)), n_chunks=100, seed=0)
     x = store.read_rows(0, len(store)).acts.astype(np.float64)
@@ -177,6 +186,32 @@ def test_grad_clip_bounds_the_gradient_norm_and_keeps_old_hashes():
     assert dict_hash(dc, TrainConfig(), common, *args) == h[0.0] != h[1.0]
     # runs made before grad_clip existed keep their hash: it is left out of the hash at its default
     assert h[0.0] == "a259738e70cda69c"  # dict_hash of this config before grad_clip was added
+
+
+def test_step_is_one_adam_step_on_fresh_gradients_then_after_step():
+    """``loop.step`` = zero the gradients, backward, set this step's lr, Adam, ``after_step`` (here the unit
+    renormalisation of TopK+AuxK's decoder rows), checked against those calls made by hand over two steps."""
+    from contextlib import nullcontext
+
+    from actdict.train.loop import step
+
+    x = torch.randn(32, 6, generator=torch.Generator().manual_seed(0))  # [B, d]
+    a = Member("a", make("sae_topk_auxk", 6, 16, seed=1, topk=3), 0.5)
+    a.setup(torch.device("cpu"))
+    b = make("sae_topk_auxk", 6, 16, seed=1, topk=3)
+    opt = torch.optim.Adam(b.parameters(), lr=123.0)
+    for lr in (0.01, 0.003):
+        step(a, x, lr, nullcontext(), None)
+        opt.zero_grad()
+        b.loss_terms(x, b(x))["loss"].backward()
+        for g in opt.param_groups:
+            g["lr"] = lr
+        opt.step()
+        b.after_step()
+    for (name, p), q in zip(a.model.named_parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(p, q, msg=name)
+    torch.testing.assert_close(a.model.W_dec.norm(dim=1), torch.ones(16))
+    assert a.opt.param_groups[0]["lr"] == 0.003
 
 
 def test_store_identity_in_the_hash():
@@ -318,3 +353,60 @@ def test_seed_step_draws_what_manual_seed_draws(device):
         seed_step(s, dev)
         got = torch.randn(7), torch.randn(7, device=dev)
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_loop_sets_each_steps_lr_seed_and_averages_the_epoch_history(monkeypatch):
+    """Step s of a run of 2 epochs x 4 batches uses lr_at(s) over the run's 8 steps (warmup_cosine:
+    lr (1 + cos(pi s / 8)) / 2 by hand), draws from the seed (seed, s, name), and each epoch's history is
+    the mean of its steps' terms."""
+    from actdict.train import loop
+    from actdict.train.loop import step_seed
+
+    seen = []
+
+    def fake_step(m, x, lr, amp, weight, clip=0.0):  # records what the loop asks of the step
+        seen.append((lr, torch.initial_seed()))
+        return {"loss": torch.tensor(float(len(seen) - 1)), "sse": torch.tensor(2.0)}
+
+    monkeypatch.setattr(loop, "step", fake_step)
+    x = torch.zeros(8, 3)
+    cfg = TrainConfig(dicts=[], epochs=2, schedule="warmup_cosine", eta_min=0.0)
+    m = Member("a", make("sae_l1", 3, 4), 0.5)
+    assert train([m], lambda e: x.split(2), cfg, torch.device("cpu"), steps_per_epoch=4, seed=9) == 8
+    lrs, seeds = zip(*seen, strict=True)
+    assert lrs == pytest.approx([0.5 * (1 + np.cos(np.pi * s / 8)) / 2 for s in range(8)], rel=1e-12)
+    assert list(seeds) == [step_seed(9, s, "a") for s in range(8)] and len(set(seeds)) == 8
+    assert m.history == [{"loss": 1.5, "sse": 2.0, "epoch": 0}, {"loss": 5.5, "sse": 2.0, "epoch": 1}]
+
+
+def test_schedule_warmup_shifts_every_schedule():
+    """With warmup_steps w, step w + t of a run of T steps has the lr of step t of a run of T - w steps
+    without warmup, for each schedule."""
+    for sched in ("cosine_restarts", "warmup_cosine", "linear_decay"):
+        for t in range(0, 40, 3):
+            a = lr_at(10 + t, 0.1, sched, 50, warmup_steps=10, eta_min=1e-3, t0=4)
+            assert a == pytest.approx(lr_at(t, 0.1, sched, 40, eta_min=1e-3, t0=4), rel=1e-12), (sched, t)
+    assert lr_at(30, 1.0, "linear_decay", 110, warmup_steps=10, eta_min=0.0) == pytest.approx(0.8)
+
+
+def test_train_stage_seeds_each_dictionary_and_normalises_on_train_rows_only(store, tmp_path):
+    """A dictionary's ``seed`` (else the experiment's) seeds its initialisation (lr 0 keeps it), and the
+    normalisation statistics come from the train chunks alone, never from the held-out ones."""
+    from actdict.train.run import main
+
+    common = Common(run_dir=str(tmp_path / "run"), seed=3, store=store.path)
+    dicts = [DictConfig("a", "sae_l1", k=4, lr=0.0, seed=7), DictConfig("b", "sae_l1", k=4, lr=0.0)]
+    cfg = TrainConfig(dicts=dicts,
+                      max_steps=1, batch_size=100, test_fraction=0.25, device="cpu", normalize="mean_scale",
+                      norm_chunks=100)
+    main(common, cfg)
+    split = make_split(store.num_chunks, 0.25, 3)
+    x = np.concatenate([store.read_chunk(c).acts for c in split["train_chunks"]]).astype(np.float64)
+    for name, seed in (("a", 7), ("b", 3)):
+        model, meta = checkpoint.load(tmp_path / "run" / "dicts" / name)
+        assert meta["seed"] == seed
+        init = make("sae_l1", 3, 4, seed=seed)
+        assert torch.equal(model.inner.encoder.weight, init.encoder.weight)
+        np.testing.assert_allclose(model.norm_mean.numpy(), x.mean(0), rtol=1e-6)
+        assert float(model.norm_scale) == pytest.approx(np.sqrt(((x - x.mean(0)) ** 2).sum(1).mean() / 3),
+                                                        rel=1e-6)

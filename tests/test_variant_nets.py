@@ -38,6 +38,11 @@ def test_deep_bodies_shapes_widths_and_decode(variant):
     torch.testing.assert_close(m.decode(out.codes), out.x_hat)
     small = make(variant, d, k, seed=0, encoder="mlp", hidden=5, **params)
     assert small.encoder[0].out_features == 5 and isinstance(small.decoder, nn.Linear)
+    # App. D.2's linear-subspace encoder: 4 Linear layers joined by Swish, the last one not activated
+    layers = [mod.out_features for mod in small.encoder if isinstance(mod, nn.Linear)]
+    assert layers == [5, 5, 5, 2 * k if variant.startswith("vae") else k]
+    assert [type(mod) for mod in small.encoder][1::2] == [nn.SiLU] * 3
+    assert isinstance(small.encoder[-1], nn.Linear)
 
 
 @pytest.mark.parametrize("variant", ["sae_l1", "vaease"])

@@ -50,10 +50,33 @@ def test_vae_loss_by_hand(variant, monkeypatch):
     out = m(torch.tensor(x, dtype=torch.float32), sample=True)
     terms = m.loss_terms(torch.tensor(x, dtype=torch.float32), out)
     assert terms["loss"].item() == pytest.approx(expected, rel=1e-5)
+    kl = 0.5 * ((var + mu**2 - np.log(var) - 1).sum(1)).mean()  # KL(N(mu, var) || N(0, 1)), batch mean
+    assert terms["kl"].item() == pytest.approx(kl, rel=1e-5)  # the logged KL is the KL, not 2x it
+    assert terms["sse"].item() == pytest.approx(((x - x_hat) ** 2).sum(1).mean(), rel=1e-5)
     np.testing.assert_allclose(out.x_hat.detach().numpy(), x_hat, rtol=1e-5, atol=1e-6)
+    # extras["dec_in"] is what the decoder read (analysis' masked-dimensions curve edits and decodes it)
+    np.testing.assert_allclose(out.extras["dec_in"].detach().numpy(), dec_in, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(m.decode(out.extras["dec_in"]).detach().numpy(), x_hat, rtol=1e-5, atol=1e-6)
     codes = (1 - np.sqrt(var)) * mu if variant == "vaease" else mu
     np.testing.assert_allclose(out.codes.detach().numpy(), codes, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(out.activity.detach().numpy(), np.log(var), rtol=1e-5)
+    # the deterministic forward (analysis' "RE det") decodes the posterior mean through the same gate
+    det = m(torch.tensor(x, dtype=torch.float32), sample=False)
+    np.testing.assert_allclose(det.x_hat.detach().numpy(), codes @ Wd.T + bd, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(det.codes.detach().numpy(), codes, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("variant", ["vaease", "vae"])
+def test_logvar_head_clamps_to_the_prior_variance(variant):
+    """head="logvar": log var = clamp(Linear(k, k)(s), logvar_min, 0), so var never exceeds the prior's 1."""
+    m = make(variant, 3, 4, head="logvar", logvar_min=-5.0)
+    with torch.no_grad():
+        m.var_head.weight.zero_()
+        m.var_head.bias.copy_(torch.tensor([3.0, -0.7, -9.0, 0.0]))
+    out = m(torch.randn(2, 3), sample=False)
+    want = torch.tensor([0.0, -0.7, -5.0, 0.0]).expand(2, 4)
+    torch.testing.assert_close(out.activity, want)
+    torch.testing.assert_close(out.extras["var"], want.exp())
 
 
 def test_sae_losses_by_hand():
@@ -84,9 +107,43 @@ def test_normalized_wrapper_round_trip(tmp_path):
     inner = m((x - mean) / scale, sample=False)
     assert torch.allclose(out.x_hat, inner.x_hat * scale + mean)
     assert torch.isfinite(w.loss_terms(x, w(x))["loss"])
+    sae = checkpoint.Normalized(make("sae_l1", 4, 3, seed=0), mean, scale)  # deterministic: same loss
+    xn = (x - mean) / scale
+    want = sae.inner.loss_terms(xn, sae.inner(xn))
+    got = sae.loss_terms(x, sae(x))
+    assert got["loss"].item() == pytest.approx(want["loss"].item(), rel=1e-6)
+    xn_hat = (sae(x).x_hat.detach() - mean) / scale
+    torch.testing.assert_close(sae.decode(sae(x).codes), sae(x).x_hat)  # decode gives raw rows too
+    assert got["sse"].item() == pytest.approx(((xn - xn_hat) ** 2).sum(1).mean().item(), rel=1e-5)
     checkpoint.save(tmp_path / "n", w, {})
     w2, cfg = checkpoint.load(tmp_path / "n")
     assert cfg["normalized"] and torch.equal(w2(x, sample=False).x_hat, out.x_hat)
+
+
+# docs/variants.md's table and the modules' docstrings (the papers' and official codes' values)
+DOCUMENTED_DEFAULTS = {
+    "vaease": {"loggamma_init": -10.0, "encoder": "linear", "head": "sigmoid", "var_min": 1e-7,
+               "logvar_min": -20.0, "decoder": "linear"},
+    "vae": {"loggamma_init": -10.0, "encoder": "linear", "head": "sigmoid", "var_min": 1e-7},
+    "sae_l1": {"lam1": 0.32, "lam2": 0.2},
+    "sae_log": {"lam1": 0.01, "lam2": 0.2, "eps": 1e-4},
+    "sae_topk": {"topk": 30, "lam2": 0.0},
+    "sae_topk_auxk": {"topk": 32, "k_aux": 256, "auxk_coef": 1 / 32, "dead_tokens": 10_000_000},
+    "sae_batchtopk": {"topk": 32, "k_aux": 512, "aux_penalty": 1 / 32, "n_batches_to_dead": 5,
+                      "threshold_beta": 0.999},
+    "sae_jumprelu": {"lam": 1.0, "bandwidth": 1e-3, "threshold_init": 1e-3},
+    "sae_l1_decnorm": {"lam": 5.0, "lam_warmup_steps": 0, "dec_init_norm": 0.1},
+    "sae_kl": {"rho": 0.05, "beta": 3.0, "lam": 1e-4},
+    "sosae": {"alpha": 1e-3, "lam_push": 1e-3, "lam_jac": 0.0},
+    "lse": {"lam_lse": 1.0, "lam_var": 1.0, "lam_tc": 1.0, "lam_wr": 0.0, "var_eps": 1e-6,
+            "activation": "relu"},
+}
+
+
+@pytest.mark.parametrize("variant", sorted(DOCUMENTED_DEFAULTS))
+def test_defaults_are_the_documented_ones(variant):
+    params = make(variant, 4, 64).params
+    assert {k: params[k] for k in DOCUMENTED_DEFAULTS[variant]} == DOCUMENTED_DEFAULTS[variant]
 
 
 def test_bad_params_are_errors():
@@ -166,6 +223,8 @@ def test_topk_auxk_loss_by_hand(xb):
     np.testing.assert_allclose(_np(out.codes), z, rtol=1e-5, atol=1e-6)
     assert torch.equal(m.dead.dead(100), torch.from_numpy(dead))
     assert (m.dead.since[torch.from_numpy(fired)] == 0).all()
+    # every latent that did not fire waited one more batch of 8 rows (dead_tokens counts rows, not steps)
+    assert torch.equal(m.dead.since, torch.where(torch.from_numpy(fired), 0, since + 8))
     terms["loss"].backward()  # the aux loss trains the dead latents' encoder columns
     assert m.W_enc.grad[:, torch.from_numpy(dead)].abs().sum() > 0
 
@@ -228,6 +287,67 @@ def test_batchtopk_by_hand(xb):
     np.testing.assert_allclose(_np(ev.codes), acts * (acts > m.threshold.item()), rtol=1e-5, atol=1e-7)
 
 
+def test_topk_auxk_dead_means_more_than_dead_tokens_rows(xb):
+    """Gao et al.: a latent is dead once it has not fired for more than ``dead_tokens`` tokens: after this
+    batch of 8 rows, one idle for 92 rows before it has waited 100 (alive), one idle for 93 is dead."""
+    m = make("sae_topk_auxk", 6, 40, seed=1, topk=2, k_aux=4, dead_tokens=100)
+    with torch.no_grad():
+        m.dead.since.copy_(torch.tensor([92, 93] * 20))
+    m.train()
+    out = m(xb)
+    idle = m.dead.since > 0
+    assert idle[0::2].any() and idle[1::2].any()
+    assert torch.equal(m.dead.dead(100), idle & (m.dead.since == 101))
+    assert m.loss_terms(xb, out)["dead"].item() == (idle & (m.dead.since == 101)).sum().item() > 0
+    dead = _np(idle & (m.dead.since == 101)).astype(bool)  # AuxK reads exactly these latents
+    pre = (_np(xb) - _np(m.b_dec)) @ _np(m.W_enc) + _np(m.b_enc)
+    np.testing.assert_allclose(_np(out.extras["e_hat"]), _relu(_topk_rows(pre * dead, 4)) @ _np(m.W_dec),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_topk_auxk_a_kept_latent_at_or_below_1e_3_has_not_fired(xb):
+    """The official test of firing is z > 1e-3: a latent in every row's top k with z = 5e-4 stays idle."""
+    m = make("sae_topk_auxk", 6, 10, seed=1, topk=2, dead_tokens=100)
+    with torch.no_grad():
+        m.W_enc[:, :2] = 0.0
+        m.b_enc.copy_(torch.tensor([1.0, 5e-4] + [-100.0] * 8))  # pre = 1 and 5e-4 on every row (b_dec = 0)
+        m.dead.since.fill_(50)
+    m.train()
+    z = m(xb).codes
+    assert (z[:, 0] == 1).all() and torch.allclose(z[:, 1], torch.full((8,), 5e-4))
+    assert m.dead.since[:2].tolist() == [0, 58]
+
+
+@pytest.mark.parametrize("waited", [0, 1])
+def test_batchtopk_latent_is_dead_after_n_batches_to_dead(xb, waited):
+    """Official BatchTopK: a latent is dead when ``num_batches_not_active >= n_batches_to_dead``; with
+    n_batches_to_dead = 2, a latent idle for 1 batch before this one is dead after it, one idle for 0 not."""
+    m = make("sae_batchtopk", 6, 30, seed=3, topk=2, n_batches_to_dead=2, k_aux=3)
+    with torch.no_grad():
+        m.dead.since.fill_(waited)
+    m.train()
+    out = m(xb)
+    idle = m.dead.since > 0  # the latents that did not fire on this batch
+    assert torch.equal(m.dead.since, torch.where(idle, waited + 1, 0)) and 0 < idle.sum() < 30
+    assert ("x_aux" in out.extras) == (waited == 1)
+    assert (m.loss_terms(xb, out)["aux"].item() > 0) == (waited == 1)
+
+
+def test_batchtopk_threshold_is_the_smallest_positive_kept_value(xb):
+    """With fewer than k*B positive activations the batch's top k*B also keeps zeros; theta is set from the
+    smallest positive kept value (official ``acts_topk[acts_topk > 0].min()``), not from a zero."""
+    m = make("sae_batchtopk", 6, 30, seed=3, topk=2)
+    with torch.no_grad():
+        m.b_enc.fill_(-100.0)
+        m.b_enc[:2] = 0.0  # only latents 0 and 1 can fire: at most 16 = k*B positives, fewer here
+    m.train()
+    m(xb)
+    acts = torch.relu(xb @ m.W_enc + m.b_enc)  # b_dec = 0
+    positive = acts[acts > 0]
+    assert 0 < len(positive) < 16
+    assert m.threshold.item() == pytest.approx(positive.min().item(), rel=1e-6)
+
+
 def test_jumprelu_loss_and_ste_by_hand(xb):
     eps, lam = 0.8, 0.3
     m = make("sae_jumprelu", 6, 10, seed=4, lam=lam, bandwidth=eps, threshold_init=0.4)
@@ -250,6 +370,11 @@ def test_jumprelu_loss_and_ste_by_hand(xb):
     d_theta = (-(theta / eps) * K * g_z).sum(0) + lam * (-(1 / eps) * K).sum(0) / B
     assert K.sum() > 0
     np.testing.assert_allclose(_np(m.log_threshold.grad), theta * d_theta, rtol=1e-4, atol=1e-6)
+    # the encoder learns from reconstruction only: d JumpReLU / d pre = H(pre - theta), d H / d pre = 0
+    g_pre = g_z * (pre > theta)  # [B, k]; pre > theta > 0 implies the relu is open
+    assert 0 < (pre > theta).sum() < (pre > 0).sum()  # some open relus are below their threshold
+    np.testing.assert_allclose(_np(m.b_enc.grad), g_pre.sum(0), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(_np(m.W_enc.grad), x.T @ g_pre, rtol=1e-4, atol=1e-6)
 
 
 def test_l1_decnorm_by_hand_with_warmup(xb):
@@ -265,6 +390,10 @@ def test_l1_decnorm_by_hand_with_warmup(xb):
         pen = (f * np.linalg.norm(Wd, axis=1)).sum(1).mean()
         expected = ((x - (f @ Wd + bd)) ** 2).sum(1).mean() + lam * pen
         assert m.loss_terms(xb, out)["loss"].item() == pytest.approx(expected, rel=1e-5)
+        with torch.no_grad():  # the plain (analysis) forward: the same codes, the same loss
+            plain = m(xb)
+            assert m.loss_terms(xb, plain)["loss"].item() == pytest.approx(expected, rel=1e-5)
+        np.testing.assert_allclose(_np(plain.codes), f, rtol=1e-5, atol=1e-6)
         norms = m.W_dec.norm(dim=1).clone()
         m.after_step()
         assert torch.equal(m.W_dec.norm(dim=1), norms)  # no renormalisation
@@ -306,6 +435,28 @@ def test_sosae_push_loss_and_truncation(xb):
     torch.testing.assert_close(short(xb).x_hat, m(xb).x_hat)
     with pytest.raises(ValueError, match="alpha"):
         make("sosae", 6, 100_000, alpha=0.01)
+
+
+def test_lse_loss_is_finite_with_a_dead_latent(xb):
+    """A latent at zero on the whole batch has zero variance: its correlations are 0 / (0 + 1e-8) = 0 (the
+    official e.std(0) + 1e-8), not NaN."""
+    m = make("lse", 6, 10, seed=8, lam_var=0.5, lam_tc=2.0)
+    with torch.no_grad():
+        m.linear.bias[3] = -1e3  # relu(...) = 0 on every row
+    out = m(xb)
+    terms = m.loss_terms(xb, out)
+    e = _np(out.codes)
+    assert (e[:, 3] == 0).all() and torch.isfinite(terms["loss"])
+    live = np.delete(e, 3, axis=1)
+    corr = np.corrcoef(live.T)
+    assert terms["tc"].item() == pytest.approx((corr**2).sum() - len(corr), rel=1e-4)
+
+
+@pytest.mark.parametrize("variant", sorted(registry()))
+def test_the_seed_sets_the_initialisation(variant):
+    a, b, c = (make(variant, 4, 64, seed=s).state_dict() for s in (1, 1, 2))
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    assert any(not torch.equal(a[n], c[n]) for n in a)
 
 
 def test_lse_loss_by_hand(xb):

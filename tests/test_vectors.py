@@ -44,6 +44,9 @@ def test_npy_round_trip_streamed(tmp_path):
     np.save(tmp_path / "v.npy", x)
     sizes = [len(b) for b in vector_blocks(tmp_path / "v.npy", block_rows=7)]
     assert sizes == [7] * 6 + [3]  # read 7 rows at a time, never the whole array
+    blocks = list(vector_blocks(tmp_path / "v.npy", block_rows=11))  # 45 = 4 * 11 + 1: a last block of 1
+    assert [len(b) for b in blocks] == [11] * 4 + [1]
+    np.testing.assert_array_equal(np.concatenate(blocks), x)
     _check_store(import_vectors(tmp_path / "v.npy", str(tmp_path / "s"), block_rows=7, **SMALL), x)
 
 
@@ -75,6 +78,7 @@ def test_safetensors_bfloat16(tmp_path):
     from safetensors.torch import save_file as save_pt
 
     t = torch.from_numpy(_x(3)).to(torch.bfloat16)
+    t[0, :3] = torch.tensor([3e5, -1e-6, 1.5e38])  # bfloat16 has float32's range: beyond float16's
     save_pt({"x": t}, tmp_path / "b.safetensors")
     s = import_vectors(tmp_path / "b.safetensors", str(tmp_path / "s"), **SMALL)  # the only tensor
     np.testing.assert_array_equal(s.read_rows(0, N).acts, t.float().numpy())
