@@ -136,3 +136,6 @@ def test_export_records_where_the_dictionary_came_from(tmp_path):
         "model_name": None, "actdict_variant": "sae_l1", "actdict_params": {"lam1": 0.1, "lam2": 0.2},
         "actdict_store": store["path"]}
     assert (cfg["hook_name"], cfg["d_in"], cfg["d_sae"]) == (store["hook"], D, K)
+    checkpoint.save(tmp_path / "dict2", make("sae_l1", D, K), {"store": store | {"model": "pythia-70m"}})
+    assert main([str(tmp_path / "dict2"), str(tmp_path / "sl2")]) == 0  # the checkpoint names its model
+    assert json.loads((tmp_path / "sl2" / "cfg.json").read_text())["metadata"]["model_name"] == "pythia-70m"

@@ -59,6 +59,8 @@ def test_store_manifest_and_rows(run):
     for key in ("model", "revision", "hook", "dtype", "d", "numerics", "tokenizer", "corpus", "config_hash"):
         assert key in m, key
     assert m["hook"] == HOOK and m["d"] == 384
+    record = json.loads((run / "dicts" / "sae_l1" / "cfg.json").read_text())["store"]  # what trained it
+    assert (record["model"], record["hook"], record["rows"], record["d"]) == (m["model"], HOOK, 6144, 384)
     rows = store.read_rows(0, len(store))
     assert np.isfinite(rows.acts).all() and (rows.token_ids >= 0).all()
     # positions count up inside each document; documents only move forward

@@ -225,9 +225,13 @@ def test_store_identity_in_the_hash():
     assert dict_hash(dc, TrainConfig(), common, sid, split, legacy=True) == "bbf6f65c696ff958"
     same = dict_hash(dc, TrainConfig(), common, sid | {"path": "/abs/runs/x/store"}, split)
     assert dict_hash(dc, TrainConfig(), common, sid, split) == same != "bbf6f65c696ff958"
+    named = sid | {"model": "EleutherAI/pythia-70m-deduped"}  # recorded since 2026-12-05: hashes unchanged
+    assert dict_hash(dc, TrainConfig(), common, named, split) == same
+    assert dict_hash(dc, TrainConfig(), common, named, split, legacy=True) == "bbf6f65c696ff958"
     for other in ({"source_fingerprint": "g"}, {"revision": "r2"}, {"config_hash": "abd"}, {"rows": 11}):
         assert dict_hash(dc, TrainConfig(), common, sid | other, split) != same  # other rows: retrain
     bare = {"path": "x/../x/store", "rows": 10}  # no config_hash: the resolved path tells stores apart
+    assert store_key(bare | {"model": None}) == store_key(bare)
     assert store_key(bare)["path"] == os.path.realpath("x/store") and store_key(sid) == {
         k: v for k, v in sid.items() if k != "path"}
 

@@ -64,7 +64,8 @@ _LEGACY_STORE = ("path", "hook", "rows", "d", "config_hash")  # the store's part
 def store_key(store_id: dict) -> dict:
     """What identifies a store's rows: its harvest's config_hash, hook, rows, d, source fingerprint and model
     revision; and, for a store with no config_hash (``write_vectors`` from Python), its path (a local one
-    resolved: one folder, one key)."""
+    resolved: one folder, one key). Not its model's name: recorded for the exports, implied by the rest."""
+    store_id = {k: v for k, v in store_id.items() if k != "model"}
     if store_id.get("config_hash"):
         return {k: v for k, v in store_id.items() if k != "path"}
     path = store_id.get("path")
@@ -182,7 +183,8 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
     store_id = {"path": str(store.path) if hasattr(store, "path") else common.store_path,
                 "hook": getattr(store, "hook", None), "rows": len(store), "d": store.d,
                 "config_hash": manifest.get("config_hash"), "source_fingerprint":
-                manifest.get("source_fingerprint"), "revision": manifest.get("revision")}
+                manifest.get("source_fingerprint"), "revision": manifest.get("revision"),
+                "model": manifest.get("model")}
     hashes = {dc.name: dict_hash(dc, cfg, common, store_id, split) for dc in cfg.dicts}
     legacy = {dc.name: dict_hash(dc, cfg, common, store_id, split, legacy=True) for dc in cfg.dicts}
     todo = [dc for dc in cfg.dicts
