@@ -63,8 +63,9 @@ _LEGACY_STORE = ("path", "hook", "rows", "d", "config_hash")  # the store's part
 
 def store_key(store_id: dict) -> dict:
     """What identifies a store's rows: its harvest's config_hash, hook, rows, d, source fingerprint and model
-    revision; and, for a store with no config_hash (``write_vectors`` from Python), its path (a local one
-    resolved: one folder, one key)."""
+    revision; and, for a store with no config_hash (``write_vectors`` from Python, the vectors import), its
+    path (a local one resolved: one folder, one key) and the digest of its shards (``content``, recorded by
+    the writer since 2026-12-05), so that other vectors imported over it retrain its dictionaries."""
     if store_id.get("config_hash"):
         return {k: v for k, v in store_id.items() if k != "path"}
     path = store_id.get("path")
@@ -183,6 +184,8 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
                 "hook": getattr(store, "hook", None), "rows": len(store), "d": store.d,
                 "config_hash": manifest.get("config_hash"), "source_fingerprint":
                 manifest.get("source_fingerprint"), "revision": manifest.get("revision")}
+    if manifest.get("content"):  # a store with no harvest config (your own vectors): its rows' digest
+        store_id["content"] = manifest["content"]
     hashes = {dc.name: dict_hash(dc, cfg, common, store_id, split) for dc in cfg.dicts}
     legacy = {dc.name: dict_hash(dc, cfg, common, store_id, split, legacy=True) for dc in cfg.dicts}
     todo = [dc for dc in cfg.dicts
