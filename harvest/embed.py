@@ -138,7 +138,7 @@ def main(common, cfg) -> None:
 
     from actdict.config import config_hash, to_dict
     from actdict.harvest.run import HarvestError, _existing, describe_source
-    from actdict.harvest.sources import iter_documents
+    from actdict.harvest.sources import iter_documents, source_fingerprint
     from actdict.harvest.store import StoreWriter
 
     path, ecfg, chash = common.store_path, cfg.embed, config_hash(cfg)
@@ -159,7 +159,8 @@ def main(common, cfg) -> None:
                 "rows": (f"one per {ecfg.unit}: token_ids=-1, doc=document index, "
                          + ("pos=0" if ecfg.unit == "document" else "pos=paragraph index")),
                 "numerics": f"encode {cfg.dtype} on {enc.device}, stored {cfg.store_dtype}",
-                "corpus": describe_source(cfg.source), "harvest": to_dict(cfg)}
+                "corpus": describe_source(cfg.source), "source_fingerprint": source_fingerprint(cfg.source),
+                "harvest": to_dict(cfg)}
     n = 0
     units = text_units(iter_documents(cfg.source), ecfg.unit)
     with StoreWriter(path, manifest, d=enc.d, dtype=cfg.store_dtype, shard_rows=cfg.shard_rows,

@@ -43,7 +43,14 @@ from actdict.harvest.resume import (
     reopen,
     start_manifest,
 )
-from actdict.harvest.sources import SourceConfig, Window, iter_documents, source_fingerprint, token_windows
+from actdict.harvest.sources import (
+    SourceConfig,
+    Window,
+    files_changed,
+    iter_documents,
+    source_fingerprint,
+    token_windows,
+)
 from actdict.harvest.store import list_hooks
 from actdict.harvest.writer import new_manifest, non_finite
 
@@ -222,7 +229,8 @@ def _manifests(path: str) -> dict[str, dict]:
 def _existing(path: str, hooks: list[str], cfg: HarvestConfig,
               manifests: dict[str, dict] | None = None) -> bool:
     """True when the store is complete for ``cfg``; raise when it holds another harvest (naming the config
-    keys that differ) or when a complete hook's shards are not all there (naming them).
+    keys that differ), when a complete hook's shards are not all there (naming them), or when the local
+    source files changed since a complete hook was harvested (their fingerprint: path, size, mtime).
     ``hooks`` may hold patterns (``all``, ``blocks.*...``): then every hook found must be complete.
     ``manifests``: those of ``_manifests(path)`` when already read."""
     manifests = _manifests(path) if manifests is None else manifests
@@ -240,6 +248,11 @@ def _existing(path: str, hooks: list[str], cfg: HarvestConfig,
             names = whole_shards(fs, d)
             if problem := shard_problem(names, int(m.get("n_shards", len(names)))):
                 raise HarvestError(f"store {path}, hook {h!r}: {problem}")
+            if cfg.mode != "vectors" and (changed := files_changed(m, cfg.source)):
+                raise HarvestError(
+                    f"store {path} (hook {h!r}) was harvested before its {changed}: its rows are those of "
+                    f"the old files. Delete {path} to harvest the files again, or set store / run_dir to "
+                    "another folder (actdict train / analyze still read the store as it is)")
     literal = [h for h in hooks if h != "all" and not any(c in h for c in "*?[")]
     return bool(manifests) and all(h in manifests for h in literal) and all(
         m.get("complete") for m in manifests.values())

@@ -236,6 +236,13 @@ def test_store_from_another_model_or_corpus_is_refused(tmp_path):
     with pytest.raises(HarvestError, match="source_fingerprint.*source files changed"):
         harvest(tmp_path / "run", source=src, max_tokens=12)
     assert json.loads(manifest.read_text()) == m | {"complete": False}  # nothing was touched
+    shutil.rmtree(tmp_path / "run")
+    harvest(tmp_path / "run", source=src, max_tokens=12)  # complete, of the new file
+    m = json.loads(manifest.read_text())
+    docs.write_text(docs.read_text() + '{"text": "Edited again."}\n')  # no longer skipped as complete
+    with pytest.raises(HarvestError, match=r"harvested before its source files at .* changed \(source_fi"):
+        harvest(tmp_path / "run", source=src, max_tokens=12)
+    assert json.loads(manifest.read_text()) == m
 
 
 def test_non_utf8_jsonl_names_the_line(tmp_path):
