@@ -220,6 +220,50 @@ def test_a_kill_between_the_final_saves_resumes(store, tmp_path, monkeypatch):
     assert meta["finished"] and meta["resumed_at_step"] == meta["steps"] == 9
 
 
+def test_a_refused_resume_says_what_changed_and_resume_drop_resumes_the_rest(store, tmp_path, monkeypatch):
+    """A sweep killed with its state on disk: a changed dictionary is named with what changed; leaving one
+    out is refused until train.resume_drop names it, and then the others finish as if never interrupted."""
+    from contextlib import contextmanager
+    from dataclasses import replace
+
+    from actdict.errors import ActdictError
+    from actdict.train import run
+    from actdict.train.resume import STATE, ResumeConflict, read_meta
+    from actdict.train.run import main
+
+    def cfg(*dicts, **kw):
+        return TrainConfig(dicts=list(dicts), epochs=2, batch_size=100, test_fraction=0.2, device="cpu",
+                           checkpoint_every=3, **kw)
+
+    a = DictConfig("a", "sae_topk", k=4, lr=0.01, params={"topk": 2})
+    b = DictConfig("b", "sae_topk", k=4, lr=0.02, params={"topk": 2})
+    main(Common(run_dir=str(tmp_path / "ref"), seed=3, store=store.path), cfg(a))  # a alone, uninterrupted
+    common = Common(run_dir=str(tmp_path / "run"), seed=3, store=store.path)
+    calls = iter(range(100))
+
+    @contextmanager
+    def sigterm_at_step_6(sigint=False):
+        yield lambda: next(calls) >= 5  # asked once per step: stop (saving the state) after step 6
+
+    monkeypatch.setattr(run, "sigterm_flag", sigterm_at_step_6)
+    with pytest.raises(ActdictError, match="stopped at step 6"):
+        main(common, cfg(a, b))  # as a SIGTERM: the state of step 6 holds a and b
+    monkeypatch.undo()
+    state = tmp_path / "run" / STATE
+    assert read_meta(state)["position"]["step"] == 6
+    with pytest.raises(ResumeConflict, match=r"at step 6; b: dict\.lr: 0\.02 -> 0\.03\): rerun that run"):
+        main(common, cfg(a, replace(b, lr=0.03)))
+    with pytest.raises(ResumeConflict, match=r"b: in the state, not in train\.dicts\): to resume \['a'\] and "
+                                             r"drop the progress of \['b'\], set train\.resume_drop=\[b\]"):
+        main(common, cfg(a))
+    main(common, cfg(a, resume_drop=["b"]))
+    _, meta = checkpoint.load(tmp_path / "run" / "dicts" / "a")
+    assert meta["resumed_at_step"] == 6 and meta["steps"] == 18 and not state.exists()
+    ref = checkpoint.load(tmp_path / "ref" / "dicts" / "a")[0].state_dict()
+    got = checkpoint.load(tmp_path / "run" / "dicts" / "a")[0].state_dict()
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
+
+
 def test_schedules():
     lrs = [lr_at(s, 0.01, "cosine_restarts", 100, eta_min=1e-4, t0=3) for s in range(40)]
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.01)

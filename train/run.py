@@ -33,9 +33,17 @@ from actdict.train.config import DictConfig, TrainConfig
 from actdict.train.data import iter_rows, make_split, norm_stats, steps_in_epoch, write_split
 from actdict.train.loop import Member, Position, check_device, resolve_device, train
 from actdict.train.protocol import make
-from actdict.train.resume import STATE, ResumeConflict, load_state, read_meta, save_state, state_matches
+from actdict.train.resume import (
+    STATE,
+    ResumeConflict,
+    conflict,
+    load_state,
+    read_meta,
+    save_state,
+    state_matches,
+)
 
-_UNHASHED = ("dicts", "device", "checkpoint_every", "resume",  # settings that do not change the result,
+_UNHASHED = ("dicts", "device", "checkpoint_every", "resume", "resume_drop",  # no change to the result,
              "hook")  # or that the store's identity holds (its hook)
 _LATER = {"grad_clip": 0.0}  # settings added after the first release: hashed only when not at their default,
 # so runs made before them keep their hashes (and resume / count as finished)
@@ -81,11 +89,17 @@ def finished_record(path: Path) -> dict | None:
     return record if record.get("finished") else None
 
 
+def identity(dc: DictConfig, cfg: TrainConfig, seed: int, store_id: dict) -> dict:
+    """A dictionary's config as ``replaced`` and a refused resume compare it (JSON types)."""
+    new = {"dict": to_dict(dc), "train": _hashed(to_dict(cfg)), "seed": seed, "store": store_key(store_id)}
+    return json.loads(json.dumps(new, default=str))
+
+
 def replaced(path: Path, dc: DictConfig, cfg: TrainConfig, seed: int, store_id: dict) -> str | None:
     """When ``path`` holds a finished checkpoint that this run will overwrite: what differs, in words."""
     if (old := finished_record(path)) is None:
         return None
-    new = {"dict": to_dict(dc), "train": _hashed(to_dict(cfg)), "seed": seed, "store": store_key(store_id)}
+    new = identity(dc, cfg, seed, store_id)
     was = {"dict": old.get("dict_config"), "seed": old.get("seed"),
            "store": store_key(old.get("store") or {}),
            "train": _hashed(old.get("train_config") or {})}
@@ -190,11 +204,11 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
     legacy = {dc.name: dict_hash(dc, cfg, common, store_id, split, legacy=True) for dc in cfg.dicts}
     todo = [dc for dc in cfg.dicts
             if not is_finished(run_dir / "dicts" / dc.name, hashes[dc.name], legacy[dc.name])]
+    seeds = {dc.name: common.seed if dc.seed is None else dc.seed for dc in cfg.dicts}
     for dc in cfg.dicts:
         if dc not in todo:
             say(f"train: {dc.name}: finished checkpoint with the same config exists, skipped")
-        elif what := replaced(run_dir / "dicts" / dc.name, dc, cfg,
-                              common.seed if dc.seed is None else dc.seed, store_id):
+        elif what := replaced(run_dir / "dicts" / dc.name, dc, cfg, seeds[dc.name], store_id):
             say(f"train: {dc.name}: its finished checkpoint will be replaced (it was trained with another "
                 f"config: {what}); set run_dir, or rename the dictionary, to keep both")
     if not todo:
@@ -203,15 +217,18 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
     todo_legacy = {dc.name: legacy[dc.name] for dc in todo}
     state_path = run_dir / STATE
     meta = read_meta(state_path) if cfg.resume else None
+    configs = {dc.name: identity(dc, cfg, seeds[dc.name], store_id) for dc in todo}
     done: set[str] = set()
     if meta is not None:  # a kill between the final saves leaves a state that also holds finished members
         done = {n for n, m in meta["members"].items()
                 if n not in todo_hashes and is_finished(run_dir / "dicts" / n, m["config_hash"])}
-        if not state_matches(meta, todo_hashes, todo_legacy, done):  # before the models and norm stats
-            raise ResumeConflict(
-                f"{state_path} holds the resume state of another run (dictionaries {sorted(meta['members'])} "
-                f"at step {meta['position']['step']}, another config or store): rerun that run's command to "
-                "continue it, or set train.resume=false to start this one over (the state is then replaced)")
+        drop = {n for n in cfg.resume_drop if n in meta["members"] and n not in todo_hashes} - done
+        if not state_matches(meta, todo_hashes, todo_legacy, done | drop):  # before the models and stats
+            raise ResumeConflict(f"{state_path} " + conflict(meta, todo_hashes, configs, done))
+        if drop:
+            say(f"train: resuming without {sorted(drop)} (train.resume_drop): their progress in the resume "
+                "state is dropped")
+        done |= drop
     chunks = split["train_chunks"]
     train_rows = sum(b - a for a, b in map(store.chunk_bounds, chunks))
     norm = norm_stats(store, chunks, cfg.norm_chunks, common.seed) if cfg.normalize == "mean_scale" else None
@@ -229,7 +246,7 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
 
     def save(pos: Position) -> None:
         if d.main:
-            save_state(state_path, members, todo_hashes, pos)
+            save_state(state_path, members, todo_hashes, pos, configs)
         dist_.barrier(d)
 
     def batches(epoch: int, first: int = 0):
