@@ -188,3 +188,22 @@ def test_a_cuda_device_without_cuda_is_a_config_error():
     else:
         with pytest.raises(ConfigError, match=r"train.device=cuda:1, but this torch .* sees no CUDA device"):
             check_device("cuda:1", "train.device")
+
+
+def test_progress_bars_redraw_rarely_into_a_log_file(monkeypatch):
+    import io
+    import sys
+
+    from actdict.config import LOG_BAR_INTERVAL, bar_interval
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.delenv("TQDM_MININTERVAL", raising=False)
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # a log file: every 30 s, not ten times a second
+    assert bar_interval() == LOG_BAR_INTERVAL == 30.0
+    monkeypatch.setattr(sys, "stderr", Tty())
+    assert bar_interval() == 0.1
+    monkeypatch.setenv("TQDM_MININTERVAL", "2")
+    assert bar_interval() == 2.0
