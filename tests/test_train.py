@@ -264,6 +264,39 @@ def test_a_refused_resume_says_what_changed_and_resume_drop_resumes_the_rest(sto
     assert all(torch.equal(ref[k], got[k]) for k in ref)
 
 
+def test_an_interrupted_run_of_another_split_leaves_the_finished_dictionaries_split(store, tmp_path,
+                                                                                    monkeypatch):
+    """analyze reads <run_dir>/split.json: a run with another split (test_fraction, seed) stopped before its
+    checkpoints must not leave the finished dictionaries evaluated on rows they were trained on."""
+    from contextlib import contextmanager
+
+    from actdict.errors import ActdictError
+    from actdict.train import run
+
+    common = Common(run_dir=str(tmp_path / "run"), seed=3, store=store.path)
+    cfg = TrainConfig(dicts=[DictConfig("a", "sae_topk", k=4, params={"topk": 2})], epochs=1, batch_size=100,
+                      test_fraction=0.2, device="cpu")
+    run.main(common, cfg)
+    split = tmp_path / "run" / "split.json"
+    first = json.loads(split.read_text())
+    assert json.loads((tmp_path / "run" / "dicts" / "a" / "cfg.json").read_text())["test_chunks"] == first[
+        "test_chunks"] and len(first["test_chunks"]) == 3
+
+    @contextmanager
+    def sigterm_at_once(sigint=False):
+        yield lambda: True
+
+    monkeypatch.setattr(run, "sigterm_flag", sigterm_at_once)
+    other = TrainConfig(**{**vars(cfg), "test_fraction": 0.5})
+    with pytest.raises(ActdictError, match="stopped at step 1"):
+        run.main(common, other)
+    assert json.loads(split.read_text()) == first  # still the finished dictionary's split
+    monkeypatch.undo()
+    run.main(common, other)  # resumed and finished: its split goes with its checkpoint
+    assert len(json.loads(split.read_text())["test_chunks"]) == 8 == len(json.loads(
+        (tmp_path / "run" / "dicts" / "a" / "cfg.json").read_text())["test_chunks"])
+
+
 def test_schedules():
     lrs = [lr_at(s, 0.01, "cosine_restarts", 100, eta_min=1e-4, t0=3) for s in range(40)]
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.01)

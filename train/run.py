@@ -1,8 +1,10 @@
 """The ``train`` stage: ``main(common, cfg)`` trains every dictionary of ``cfg.dicts`` on one batch stream.
 
-Writes ``<run_dir>/split.json`` (seeded chunk split), ``<run_dir>/train_state.safetensors`` (the resume
-state, every ``checkpoint_every`` steps, on SIGTERM and on a first Ctrl-C; removed when the run ends) and
-``<run_dir>/dicts/<name>/`` (final checkpoint). A dictionary whose finished checkpoint has the same
+Writes ``<run_dir>/split.json`` (seeded chunk split; one that differs from the split on disk only with the
+final checkpoints, so that an interrupted run leaves the finished dictionaries' split for analyze),
+``<run_dir>/train_state.safetensors`` (the resume state, every ``checkpoint_every`` steps, on SIGTERM and
+on a first Ctrl-C; removed when the run ends) and ``<run_dir>/dicts/<name>/`` (final checkpoint, its
+``cfg.json`` recording the test chunks). A dictionary whose finished checkpoint has the same
 ``config_hash`` (its DictConfig, the training settings, the seed, the store's identity (``store_key``:
 not how its path is spelled) and the split) is skipped; the others are
 (re)trained together (a finished checkpoint they replace is announced, with what differs), continuing
@@ -43,6 +45,7 @@ from actdict.train.resume import (
     state_matches,
 )
 
+SPLIT = "split.json"
 _UNHASHED = ("dicts", "device", "checkpoint_every", "resume", "resume_drop",  # no change to the result,
              "hook")  # or that the store's identity holds (its hook)
 _LATER = {"grad_clip": 0.0}  # settings added after the first release: hashed only when not at their default,
@@ -191,8 +194,8 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
     store = open_hook(common.store_path, cfg.hook)
     run_dir = Path(common.run_dir)
     split = make_split(store.num_chunks, cfg.test_fraction, common.seed)
-    if d.main:
-        write_split(run_dir, split)
+    if d.main and not (run_dir / SPLIT).is_file():  # another split is written with the checkpoints: until
+        write_split(run_dir, split)  # then it is the finished dictionaries' (analyze reads their test rows)
     manifest = getattr(store, "manifest", {})
     store_id = {"path": str(store.path) if hasattr(store, "path") else common.store_path,
                 "hook": getattr(store, "hook", None), "rows": len(store), "d": store.d,
@@ -259,11 +262,13 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
                       seed=common.seed, start=start, save=save, stop=stop, dist=d)
     wall = time.time() - t0
     if d.main:
+        write_split(run_dir, split)
         for dc, m in zip(todo, members, strict=True):
             record = {"name": dc.name, "finished": True, "config_hash": hashes[dc.name],
                       "dict_config": to_dict(dc), "seed": common.seed if dc.seed is None else dc.seed,
                       "train_config": {k: v for k, v in to_dict(cfg).items() if k != "dicts"},
-                      "store": store_id, "train_rows": train_rows, "steps": steps, "world_size": d.world,
+                      "store": store_id, "train_rows": train_rows, "test_chunks": split["test_chunks"],
+                      "steps": steps, "world_size": d.world,
                       "resumed_at_step": start.step if start else None, "wall_s": round(wall, 3),
                       "history": m.history}
             checkpoint.save(run_dir / "dicts" / dc.name, m.model, record)
