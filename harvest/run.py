@@ -252,7 +252,8 @@ def _existing(path: str, hooks: list[str], cfg: HarvestConfig,
                 raise HarvestError(
                     f"store {path} (hook {h!r}) was harvested before its {changed}: its rows are those of "
                     f"the old files. Delete {path} to harvest the files again, or set store / run_dir to "
-                    "another folder (actdict train / analyze still read the store as it is)")
+                    "another folder; to use the store as it is (the files were only touched or copied), run "
+                    "actdict train and actdict analyze instead of actdict run")
     literal = [h for h in hooks if h != "all" and not any(c in h for c in "*?[")]
     return bool(manifests) and all(h in manifests for h in literal) and all(
         m.get("complete") for m in manifests.values())

@@ -189,7 +189,9 @@ def files_changed(manifest: dict, cfg: SourceConfig) -> str | None:
         new = source_fingerprint(cfg)
     except (SourceError, OSError):
         return None
-    return None if new == old else f"source files at {cfg.path!r} changed (source_fingerprint {old} -> {new})"
+    if new == old:
+        return None
+    return f"source files at {cfg.path!r} changed (a path, size or mtime: source_fingerprint {old} -> {new})"
 
 
 def _field(rows: Iterable[dict], field: str, where: str) -> Iterator[str]:

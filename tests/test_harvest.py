@@ -240,7 +240,7 @@ def test_store_from_another_model_or_corpus_is_refused(tmp_path):
     harvest(tmp_path / "run", source=src, max_tokens=12)  # complete, of the new file
     m = json.loads(manifest.read_text())
     docs.write_text(docs.read_text() + '{"text": "Edited again."}\n')  # no longer skipped as complete
-    with pytest.raises(HarvestError, match=r"harvested before its source files at .* changed \(source_fi"):
+    with pytest.raises(HarvestError, match=r"before its source files at .* changed \(a path, size or mt"):
         harvest(tmp_path / "run", source=src, max_tokens=12)
     assert json.loads(manifest.read_text()) == m
 
