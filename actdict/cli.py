@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import importlib
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -115,7 +116,11 @@ def set_threads(n: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in _TOOLS:  # tools with their own arguments (see the module doc)
-        return importlib.import_module(_TOOLS[argv[0]]).main(argv[1:])
+        try:
+            return importlib.import_module(_TOOLS[argv[0]]).main(argv[1:])
+        except BrokenPipeError:  # `actdict store PATH | head`: the reader left; no traceback
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's exit flush: silent
+            return 141  # as a shell reports a process killed by SIGPIPE
     parser = argparse.ArgumentParser(prog="actdict", description=__doc__.splitlines()[0], epilog=_EPILOG)
     parser.add_argument("stage", choices=[*_STAGES, "run"], help="stage to run; 'run' = all three")
     parser.add_argument("config", help="experiment YAML, e.g. configs/demo.yaml")
