@@ -395,3 +395,14 @@ def test_seed_step_draws_what_manual_seed_draws(device):
         seed_step(s, dev)
         got = torch.randn(7), torch.randn(7, device=dev)
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_split_note_warns_when_whole_chunks_miss_the_test_fraction():
+    from actdict.train.data import split_note
+
+    sizes = [4096, 904]  # 5,000 vectors imported with the default 4,096-row chunks
+    note = split_note(sizes, {"test_chunks": [0], "train_chunks": [1]}, 0.2)
+    assert note.startswith("the held-out chunks [0] hold 82% of the rows, not train.test_fraction=0.2")
+    assert split_note(sizes, {"test_chunks": [1], "train_chunks": [0]}, 0.2) is None  # 18%: close
+    assert split_note([64] * 49 + [32], {"test_chunks": [0, 1, 2, 3, 4]}, 0.1) is None  # 10.1%
+    assert split_note([10] * 4, {"test_chunks": []}, 0.0) is None

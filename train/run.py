@@ -32,7 +32,7 @@ from actdict.harvest.store import list_hooks, open_store
 from actdict.train import checkpoint
 from actdict.train import dist as dist_
 from actdict.train.config import DictConfig, TrainConfig
-from actdict.train.data import iter_rows, make_split, norm_stats, steps_in_epoch, write_split
+from actdict.train.data import iter_rows, make_split, norm_stats, split_note, steps_in_epoch, write_split
 from actdict.train.loop import Member, Position, check_device, resolve_device, train
 from actdict.train.protocol import make
 from actdict.train.resume import (
@@ -194,6 +194,9 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
     store = open_hook(common.store_path, cfg.hook)
     run_dir = Path(common.run_dir)
     split = make_split(store.num_chunks, cfg.test_fraction, common.seed)
+    if note := split_note([b - a for a, b in map(store.chunk_bounds, range(store.num_chunks))], split,
+                          cfg.test_fraction):
+        say(f"train: note: {note}")
     if d.main and not (run_dir / SPLIT).is_file():  # another split is written with the checkpoints: until
         write_split(run_dir, split)  # then it is the finished dictionaries' (analyze reads their test rows)
     manifest = getattr(store, "manifest", {})
