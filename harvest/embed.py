@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from actdict.config import ConfigError, bar_interval
+from actdict.config import ConfigError, bar_timing
 
 
 @dataclass(frozen=True)
@@ -165,7 +165,7 @@ def main(common, cfg) -> None:
     units = text_units(iter_documents(cfg.source), ecfg.unit)
     with StoreWriter(path, manifest, d=enc.d, dtype=cfg.store_dtype, shard_rows=cfg.shard_rows,
                      chunk_rows=cfg.chunk_rows, overwrite=True) as w, \
-            tqdm(total=cfg.max_tokens, unit=ecfg.unit[:4], desc="embed", mininterval=bar_interval()) as bar:
+            tqdm(total=cfg.max_tokens, unit=ecfg.unit[:4], desc="embed", **bar_timing()) as bar:
         for x, doc, pos in embedding_blocks(enc, units, ecfg, cfg.batch_size, cfg.max_tokens):  # [b, d], [b]
             w.append(x, np.full(len(x), -1, np.int32), doc, pos)
             n += len(x)

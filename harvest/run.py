@@ -22,7 +22,7 @@ from itertools import islice
 
 import numpy as np
 
-from actdict.config import Common, bar_interval, config_changes, config_hash, to_dict
+from actdict.config import Common, bar_timing, config_changes, config_hash, to_dict
 from actdict.harvest.config import HarvestConfig
 from actdict.harvest.dist import Ranks, init_ranks, rank_device
 from actdict.harvest.layout import ACT_DTYPES, fs_of, human_size, shard_problem, whole_shards, write_shard
@@ -365,7 +365,7 @@ def harvest(common: Common, cfg: HarvestConfig, ranks: Ranks, grow: bool = False
             f"{cursor['doc']} (row {cursor['row']:,})")
     fs, root = fs_of(path)
     with tqdm(total=cfg.max_tokens, initial=cursor["row"], unit="tok", unit_scale=True, desc="harvest",
-              disable=ranks.rank != 0, mininterval=bar_interval()) as bar:
+              disable=ranks.rank != 0, **bar_timing()) as bar:
         progress = _Progress(bar, ranks.world, cfg.max_tokens)
         # tokenising ahead of the forward (docs/harvest.md, "Throughput"), up to two rounds of shards (rows):
         # under torchrun every rank tokenises a share of every window, also of the shards it skips

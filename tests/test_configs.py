@@ -194,7 +194,7 @@ def test_progress_bars_redraw_rarely_into_a_log_file(monkeypatch):
     import io
     import sys
 
-    from actdict.config import LOG_BAR_INTERVAL, bar_interval
+    from actdict.config import LOG_BAR_INTERVAL, bar_timing
 
     class Tty(io.StringIO):
         def isatty(self) -> bool:
@@ -202,8 +202,8 @@ def test_progress_bars_redraw_rarely_into_a_log_file(monkeypatch):
 
     monkeypatch.delenv("TQDM_MININTERVAL", raising=False)
     monkeypatch.setattr(sys, "stderr", io.StringIO())  # a log file: every 30 s, not ten times a second
-    assert bar_interval() == LOG_BAR_INTERVAL == 30.0
+    assert bar_timing() == {"mininterval": 30.0, "maxinterval": 30.0} and LOG_BAR_INTERVAL == 30.0
     monkeypatch.setattr(sys, "stderr", Tty())
-    assert bar_interval() == 0.1
+    assert bar_timing() == {"mininterval": 0.1, "maxinterval": 10.0}  # tqdm's defaults
     monkeypatch.setenv("TQDM_MININTERVAL", "2")
-    assert bar_interval() == 2.0
+    assert bar_timing() == {"mininterval": 2.0, "maxinterval": 10.0}
