@@ -11,7 +11,9 @@ Stages are imported lazily so that ``actdict harvest`` never imports the trainin
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import importlib
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -90,13 +92,14 @@ def check_run(data: dict, cfgs: dict[str, Any]) -> None:
 
 
 def check_train_hook(hooks: list[str], hook: str) -> None:
-    """``train.hook`` picks one of the hooks the harvest writes (``harvest.hooks``; patterns and ``all`` are
-    resolved only by the model, so any hook may match them)."""
+    """``train.hook`` picks one of the hooks the harvest writes (``harvest.hooks``): a name listed, or one
+    that a pattern matches (``all``: ``blocks.N.hook_resid_post``; the model decides which N exist)."""
     patterns = [h for h in hooks if h == "all" or any(c in h for c in "*?[")]
     if not hook and (len(hooks) > 1 or patterns):
         raise ConfigError(f"harvest.hooks {hooks} writes several hooks; name the one the dictionaries learn: "
                           "train.hook=HOOK")
-    if hook and not patterns and hook not in hooks:
+    if hook and not any(fnmatch.fnmatchcase(hook, "blocks.*.hook_resid_post" if h == "all" else h)
+                        for h in hooks):
         raise ConfigError(f"train.hook={hook!r} is not among the hooks the harvest writes ({hooks})")
 
 
@@ -113,7 +116,11 @@ def set_threads(n: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in _TOOLS:  # tools with their own arguments (see the module doc)
-        return importlib.import_module(_TOOLS[argv[0]]).main(argv[1:])
+        try:
+            return importlib.import_module(_TOOLS[argv[0]]).main(argv[1:])
+        except BrokenPipeError:  # `actdict store PATH | head`: the reader left; no traceback
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's exit flush: silent
+            return 141  # as a shell reports a process killed by SIGPIPE
     parser = argparse.ArgumentParser(prog="actdict", description=__doc__.splitlines()[0], epilog=_EPILOG)
     parser.add_argument("stage", choices=[*_STAGES, "run"], help="stage to run; 'run' = all three")
     parser.add_argument("config", help="experiment YAML, e.g. configs/demo.yaml")

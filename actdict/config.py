@@ -16,6 +16,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
+import sys
 import types
 import typing
 from pathlib import Path
@@ -198,6 +200,21 @@ def section(data: dict[str, Any], stage: str, cls: type[T]) -> T:
 def to_dict(cfg: Any) -> dict[str, Any]:
     """Plain-data form of a config dataclass (for manifests and cfg.json)."""
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+LOG_BAR_INTERVAL = 30.0  # seconds between progress-bar redraws when stderr is a file, not a terminal
+
+
+def bar_timing() -> dict[str, float]:
+    """tqdm's redraw intervals for the stages' progress bars: ``mininterval`` is ``TQDM_MININTERVAL`` when
+    set, else 0.1 s on a terminal and ``LOG_BAR_INTERVAL`` when stderr goes to a file (ten redraws a second
+    fill a long run's log with ~100 MB a day); ``maxinterval`` (tqdm's monitor thread forces a redraw after
+    it, 10 s by default) is raised to match."""
+    if env := os.environ.get("TQDM_MININTERVAL"):
+        every = float(env)
+    else:
+        every = 0.1 if sys.stderr.isatty() else LOG_BAR_INTERVAL
+    return {"mininterval": every, "maxinterval": max(10.0, every)}
 
 
 def config_hash(cfg: Any) -> str:

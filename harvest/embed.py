@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from actdict.config import ConfigError
+from actdict.config import ConfigError, bar_timing
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,7 @@ def main(common, cfg) -> None:
 
     from actdict.config import config_hash, to_dict
     from actdict.harvest.run import HarvestError, _existing, describe_source
-    from actdict.harvest.sources import iter_documents
+    from actdict.harvest.sources import iter_documents, source_fingerprint
     from actdict.harvest.store import StoreWriter
 
     path, ecfg, chash = common.store_path, cfg.embed, config_hash(cfg)
@@ -159,12 +159,13 @@ def main(common, cfg) -> None:
                 "rows": (f"one per {ecfg.unit}: token_ids=-1, doc=document index, "
                          + ("pos=0" if ecfg.unit == "document" else "pos=paragraph index")),
                 "numerics": f"encode {cfg.dtype} on {enc.device}, stored {cfg.store_dtype}",
-                "corpus": describe_source(cfg.source), "harvest": to_dict(cfg)}
+                "corpus": describe_source(cfg.source), "source_fingerprint": source_fingerprint(cfg.source),
+                "harvest": to_dict(cfg)}
     n = 0
     units = text_units(iter_documents(cfg.source), ecfg.unit)
     with StoreWriter(path, manifest, d=enc.d, dtype=cfg.store_dtype, shard_rows=cfg.shard_rows,
                      chunk_rows=cfg.chunk_rows, overwrite=True) as w, \
-            tqdm(total=cfg.max_tokens, unit=ecfg.unit[:4], desc="embed") as bar:
+            tqdm(total=cfg.max_tokens, unit=ecfg.unit[:4], desc="embed", **bar_timing()) as bar:
         for x, doc, pos in embedding_blocks(enc, units, ecfg, cfg.batch_size, cfg.max_tokens):  # [b, d], [b]
             w.append(x, np.full(len(x), -1, np.int32), doc, pos)
             n += len(x)

@@ -196,9 +196,9 @@ def digest_of(data: dict[str, np.ndarray]) -> dict[str, str]:
 
 
 def write_shard(fs, hook_dir: str, index: int, data: dict[str, np.ndarray], chunk_rows: int,
-                record: dict | None = None) -> None:
+                record: dict | None = None) -> dict:
     """Write one whole shard (``data``: acts as stored, token_ids/doc/pos any ints) so that it is visible
-    only when whole; ``record`` is added to its done-record."""
+    only when whole; ``record`` is added to its done-record, which is returned."""
     data = {"acts": data["acts"]} | {k: np.asarray(data[k]).astype(dt, copy=False)
                                      for k, dt in META_DTYPES.items()}
     final = f"{hook_dir}/{SHARDS}/{shard_name(index)}"
@@ -216,13 +216,15 @@ def write_shard(fs, hook_dir: str, index: int, data: dict[str, np.ndarray], chun
     finally:
         for f in opened:
             f.close()
-    group.attrs[DONE_KEY] = {"n_rows": len(data["token_ids"])} | digest_of(data) | (record or {})
+    done = {"n_rows": len(data["token_ids"])} | digest_of(data) | (record or {})
+    group.attrs[DONE_KEY] = done
     if local:
         try:
             os.rename(where, final)
         except OSError as e:
             fs.rm(where, recursive=True)
             raise StoreError(f"shard {final} exists already: two writers on one shard? ({e})") from e
+    return done
 
 
 def chunk_key(c: int, ndim: int) -> str:

@@ -22,7 +22,7 @@ from itertools import islice
 
 import numpy as np
 
-from actdict.config import Common, config_changes, config_hash, to_dict
+from actdict.config import Common, bar_timing, config_changes, config_hash, to_dict
 from actdict.harvest.config import HarvestConfig
 from actdict.harvest.dist import Ranks, init_ranks, rank_device
 from actdict.harvest.layout import ACT_DTYPES, fs_of, human_size, shard_problem, whole_shards, write_shard
@@ -43,7 +43,14 @@ from actdict.harvest.resume import (
     reopen,
     start_manifest,
 )
-from actdict.harvest.sources import SourceConfig, Window, iter_documents, source_fingerprint, token_windows
+from actdict.harvest.sources import (
+    SourceConfig,
+    Window,
+    files_changed,
+    iter_documents,
+    source_fingerprint,
+    token_windows,
+)
 from actdict.harvest.store import list_hooks
 from actdict.harvest.writer import new_manifest, non_finite
 
@@ -222,11 +229,16 @@ def _manifests(path: str) -> dict[str, dict]:
 def _existing(path: str, hooks: list[str], cfg: HarvestConfig,
               manifests: dict[str, dict] | None = None) -> bool:
     """True when the store is complete for ``cfg``; raise when it holds another harvest (naming the config
-    keys that differ) or when a complete hook's shards are not all there (naming them).
-    ``hooks`` may hold patterns (``all``, ``blocks.*...``): then every hook found must be complete.
+    keys that differ), when a complete hook's shards are not all there (naming them), or when the local
+    source files changed since a complete hook was harvested (their fingerprint: path, size, mtime).
+    ``hooks`` may hold patterns (``all``, ``blocks.*...``): then every hook found must be complete. Names
+    only: a complete store of the same config with more hooks (``holds_hooks``) is this config's.
     ``manifests``: those of ``_manifests(path)`` when already read."""
     manifests = _manifests(path) if manifests is None else manifests
     chash = config_hash(cfg)
+    literal = [h for h in hooks if h != "all" and not any(c in h for c in "*?[")]
+    if len(literal) == len(hooks) and holds_hooks(manifests, literal, _as_json(cfg)):
+        manifests = {h: manifests[h] | {"config_hash": chash} for h in literal}  # those of this config
     for h, m in manifests.items():
         if m.get("config_hash") != chash:
             old = m.get("harvest")
@@ -240,9 +252,23 @@ def _existing(path: str, hooks: list[str], cfg: HarvestConfig,
             names = whole_shards(fs, d)
             if problem := shard_problem(names, int(m.get("n_shards", len(names)))):
                 raise HarvestError(f"store {path}, hook {h!r}: {problem}")
-    literal = [h for h in hooks if h != "all" and not any(c in h for c in "*?[")]
+            if cfg.mode != "vectors" and (changed := files_changed(m, cfg.source)):
+                raise HarvestError(
+                    f"store {path} (hook {h!r}) was harvested before its {changed}: its rows are those of "
+                    f"the old files. Delete {path} to harvest the files again, or set store / run_dir to "
+                    "another folder; to use the store as it is (the files were only touched or copied), run "
+                    "actdict train and actdict analyze instead of actdict run")
     return bool(manifests) and all(h in manifests for h in literal) and all(
         m.get("complete") for m in manifests.values())
+
+
+def holds_hooks(manifests: dict[str, dict], hooks: list[str], harvest_cfg: dict) -> bool:
+    """The store is a complete harvest of ``harvest_cfg`` (as JSON) but for its ``hooks``, and holds every
+    one of ``hooks`` (names): a hook's rows do not depend on the other hooks of its forward, so a config
+    naming some hooks of a harvest of more (``hooks: [all]``) uses that store as it is."""
+    found = [manifests.get(h) for h in hooks]
+    return all(m and m.get("complete") and isinstance(m.get("harvest"), dict)
+               and m["harvest"] | {"hooks": None} == harvest_cfg | {"hooks": None} for m in found)
 
 
 def _as_json(cfg: HarvestConfig) -> dict:
@@ -261,7 +287,10 @@ def main(common: Common, cfg: HarvestConfig) -> None:
     manifests = _manifests(path)
     grow = growable(manifests, _as_json(cfg))  # a larger max_tokens: continue the store
     if not grow and _existing(path, list(cfg.hooks), cfg, manifests):
-        print(f"harvest: store {path} is already complete for this config ({chash}); skipping")
+        wider = {str(m.get("harvest", {}).get("hooks")) for m in manifests.values()
+                 if m.get("config_hash") != chash}
+        how = f"; it was harvested with hooks {', '.join(sorted(wider))}" if wider else ""
+        print(f"harvest: store {path} is already complete for this config ({chash}{how}); skipping")
         return
     ranks = init_ranks()
     try:
@@ -336,7 +365,7 @@ def harvest(common: Common, cfg: HarvestConfig, ranks: Ranks, grow: bool = False
             f"{cursor['doc']} (row {cursor['row']:,})")
     fs, root = fs_of(path)
     with tqdm(total=cfg.max_tokens, initial=cursor["row"], unit="tok", unit_scale=True, desc="harvest",
-              disable=ranks.rank != 0) as bar:
+              disable=ranks.rank != 0, **bar_timing()) as bar:
         progress = _Progress(bar, ranks.world, cfg.max_tokens)
         # tokenising ahead of the forward (docs/harvest.md, "Throughput"), up to two rounds of shards (rows):
         # under torchrun every rank tokenises a share of every window, also of the shards it skips

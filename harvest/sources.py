@@ -166,11 +166,32 @@ def source_fingerprint(cfg: SourceConfig) -> str | None:
         files = [Path(ensure_debian_corpus())]
     else:
         files = resolve_files(cfg.path)
+    return files_fingerprint(files)
+
+
+def files_fingerprint(files: Iterable[Path]) -> str:
+    """sha256 (16 hex chars) of each file's resolved path, size and mtime: changes when a file does."""
     h = hashlib.sha256()
     for f in files:
         st = f.stat()
         h.update(f"{f.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:16]
+
+
+def files_changed(manifest: dict, cfg: SourceConfig) -> str | None:
+    """What changed in the local source files of a complete store's ``manifest`` (a ``files`` source whose
+    manifest records a fingerprint), in words; None when nothing did or it cannot tell (files gone: the
+    store stays usable)."""
+    old = manifest.get("source_fingerprint")
+    if cfg.kind != "files" or not old:
+        return None
+    try:
+        new = source_fingerprint(cfg)
+    except (SourceError, OSError):
+        return None
+    if new == old:
+        return None
+    return f"source files at {cfg.path!r} changed (a path, size or mtime: source_fingerprint {old} -> {new})"
 
 
 def _field(rows: Iterable[dict], field: str, where: str) -> Iterator[str]:

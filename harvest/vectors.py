@@ -4,7 +4,8 @@ into the activation store (``token_ids`` = -1, ``doc`` = row index, ``pos`` = 0)
 
 Two entries:
 * config: ``harvest.mode: vectors`` with ``harvest.vectors.path``; ``actdict run CONFIG`` then trains and
-  analyses on them like on a harvest;
+  analyses on them like on a harvest (the file's fingerprint, path + size + mtime, is recorded: a rerun
+  after the file changed imports it again, and training then retrains);
 * command line: ``python -m actdict.harvest.vectors FILE STORE [--key K] [--hook H] [--dtype D]``.
 
 Parquet layouts: one list column holding each row's vector (name it with ``key``; found by itself when it
@@ -250,17 +251,26 @@ def _remove_incomplete(store: str, hook: str) -> None:
 def main(common, cfg) -> None:
     """``harvest.mode: vectors``: import ``cfg.vectors.path`` into ``common.store_path``."""
     from actdict.config import config_hash, to_dict
+    from actdict.harvest.resume import read_manifest
     from actdict.harvest.run import _existing
+    from actdict.harvest.sources import files_fingerprint
 
     path, vcfg, chash = common.store_path, cfg.vectors, config_hash(cfg)
     if not vcfg.path:
         raise ConfigError("harvest.mode is 'vectors' but harvest.vectors.path is empty: name a .npy, "
                           ".safetensors or .parquet file")
+    file = Path(vcfg.path).expanduser()
+    fingerprint = files_fingerprint([file]) if file.is_file() else None  # path, size, mtime
     if _existing(path, [vcfg.hook], cfg):
-        print(f"harvest: store {path} is already complete for this config ({chash}); skipping")
-        return
+        old = (read_manifest(path, vcfg.hook) or {}).get("source_fingerprint")
+        if old is None or fingerprint in (None, old):  # unchanged (or unknown: imported before 2026-12-05)
+            print(f"harvest: store {path} is already complete for this config ({chash}); skipping")
+            return
+        print(f"harvest: {vcfg.path} changed since it was imported (source_fingerprint {old} -> "
+              f"{fingerprint}); importing it again")
     s = import_vectors(vcfg.path, path, key=vcfg.key, hook=vcfg.hook, block_rows=vcfg.block_rows,
-                       manifest={"config_hash": chash, "harvest": to_dict(cfg)}, dtype=cfg.store_dtype,
+                       manifest={"config_hash": chash, "source_fingerprint": fingerprint,
+                                 "harvest": to_dict(cfg)}, dtype=cfg.store_dtype,
                        shard_rows=cfg.shard_rows, chunk_rows=cfg.chunk_rows, overwrite=True)
     print(f"harvest: imported {len(s):,} vectors (d={s.d}) from {vcfg.path} into {path}/{vcfg.hook}")
 
@@ -273,7 +283,8 @@ def cli(argv: list[str] | None = None) -> int:
     ap.add_argument("store", help="store folder or fsspec URL, e.g. runs/yelp/store")
     ap.add_argument("--key", default="", help="safetensors tensor / parquet column holding the vectors")
     ap.add_argument("--hook", default="vectors", help="store folder name of these vectors (default vectors)")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="stored dtype")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                    help="stored dtype (default float32: kept exactly)")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing hook of that name")
     ap.add_argument("--chunk-rows", type=int, default=4096, help="rows per chunk (default 4096): the unit of "
                     "the train/test split, so a small file wants small chunks (>= 2 for a test split)")

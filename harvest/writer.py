@@ -7,6 +7,7 @@ one-process writers (embeddings, imported vectors, tests). Import both from ``ac
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from itertools import chain
 
@@ -69,7 +70,10 @@ class StoreWriter:
 
     ``path`` is the store root; the hook folder is ``<path>/<manifest["hook"]>``. The manifest is written
     at once with ``complete: false`` and rewritten by ``close`` with ``complete: true`` and ``n_rows``.
-    Used as a context manager, an exception leaves the store incomplete (not closed).
+    Used as a context manager, an exception leaves the store incomplete (not closed). A store whose
+    manifest has no ``config_hash`` (vectors written from Python or ``python -m actdict.harvest.vectors``)
+    gets a ``content`` key instead, a digest of its shards' checksums: what identifies its rows to training
+    (``train.run.store_key``), so that other vectors written over it are not taken for the old ones.
     """
 
     def __init__(self, path: str, manifest: dict, d: int, dtype: str = "float16", shard_rows: int = 65536,
@@ -93,6 +97,7 @@ class StoreWriter:
         self._buf = {"acts": np.empty((self.shard_rows, self.d), self.dtype)}  # [shard_rows, d]
         self._buf |= {k: np.empty(self.shard_rows, dt) for k, dt in META_DTYPES.items()}  # [shard_rows]
         self._fill = self._n_rows = self._n_shards = 0
+        self._digests: list[str] = []  # each shard's done-record checksum
         self._closed = False
 
     def append(self, acts: np.ndarray, token_ids, doc, pos) -> None:
@@ -124,8 +129,9 @@ class StoreWriter:
     def _flush(self) -> None:
         if self._fill == 0:
             return
-        write_shard(self.fs, self.dir, self._n_shards, {k: v[:self._fill] for k, v in self._buf.items()},
-                    self.chunk_rows)
+        done = write_shard(self.fs, self.dir, self._n_shards,
+                           {k: v[:self._fill] for k, v in self._buf.items()}, self.chunk_rows)
+        self._digests.append(f"{done['n_rows']}:{done['crc32c']}")
         self._n_rows += self._fill
         self._n_shards += 1
         self._fill = 0
@@ -136,6 +142,8 @@ class StoreWriter:
             return
         self._flush()
         self.manifest |= {"complete": True, "n_rows": self._n_rows, "n_shards": self._n_shards}
+        if not self.manifest.get("config_hash"):
+            self.manifest["content"] = content_digest(self._digests)
         write_json(self.fs, f"{self.dir}/{MANIFEST}", self.manifest)
         self._closed = True
 
@@ -145,6 +153,11 @@ class StoreWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.close()
+
+
+def content_digest(shards: list[str]) -> str:
+    """A store's ``content`` key: sha256 (16 hex chars) of its shards' 'rows:checksum' entries, in order."""
+    return hashlib.sha256(",".join(shards).encode()).hexdigest()[:16]
 
 
 def write_vectors(path: str, x, manifest: dict | None = None, hook: str = "vectors", **kw):

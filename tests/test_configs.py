@@ -188,3 +188,22 @@ def test_a_cuda_device_without_cuda_is_a_config_error():
     else:
         with pytest.raises(ConfigError, match=r"train.device=cuda:1, but this torch .* sees no CUDA device"):
             check_device("cuda:1", "train.device")
+
+
+def test_progress_bars_redraw_rarely_into_a_log_file(monkeypatch):
+    import io
+    import sys
+
+    from actdict.config import LOG_BAR_INTERVAL, bar_timing
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.delenv("TQDM_MININTERVAL", raising=False)
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # a log file: every 30 s, not ten times a second
+    assert bar_timing() == {"mininterval": 30.0, "maxinterval": 30.0} and LOG_BAR_INTERVAL == 30.0
+    monkeypatch.setattr(sys, "stderr", Tty())
+    assert bar_timing() == {"mininterval": 0.1, "maxinterval": 10.0}  # tqdm's defaults
+    monkeypatch.setenv("TQDM_MININTERVAL", "2")
+    assert bar_timing() == {"mininterval": 2.0, "maxinterval": 10.0}

@@ -211,7 +211,7 @@ def test_all_hooks_from_one_forward_in_bfloat16(tmp_path, minilm_hf, monkeypatch
         check_aligned(rows, ref, docs, layer, rtol=2**-8, atol=1e-3)
 
 
-def test_hook_patterns(tmp_path):
+def test_hook_patterns(tmp_path, capsys):
     common, _ = harvest(tmp_path / "run", hooks=["blocks.[13].hook_resid_post", "blocks.3.hook_resid_post"],
                         max_tokens=40)
     s1, s3 = (open_store(common.store_path, f"blocks.{i}.hook_resid_post") for i in (1, 3))
@@ -219,6 +219,18 @@ def test_hook_patterns(tmp_path):
     np.testing.assert_array_equal(s1.read_rows(0, 40).token_ids, s3.read_rows(0, 40).token_ids)
     with pytest.raises(HookError, match=r"blocks\.\*\.hook_resid_pots.*Valid hooks"):
         harvest(tmp_path / "bad", hooks=["blocks.*.hook_resid_pots"])
+
+    # a config naming some hooks of that store (one run folder per hook) uses it as it is, untouched
+    before = tree(Path(common.store_path))
+    harvest(tmp_path / "run", hooks=["blocks.3.hook_resid_post"], max_tokens=40)
+    assert "it was harvested with hooks ['blocks.[13].hook_resid_post', 'blocks.3.hook_resid_post']" in (
+        capsys.readouterr().out)
+    assert tree(Path(common.store_path)) == before
+    with pytest.raises(HarvestError, match=r"another config .*hooks: \['blocks\.\[13\]"):
+        harvest(tmp_path / "run", hooks=["blocks.3.hook_resid_post", "blocks.2.hook_resid_post"],
+                max_tokens=40)
+    with pytest.raises(HarvestError, match=r"another config .*ctx: 16 -> 17"):
+        harvest(tmp_path / "run", hooks=["blocks.3.hook_resid_post"], max_tokens=40, ctx=17)
 
 
 def test_store_from_another_model_or_corpus_is_refused(tmp_path):
@@ -236,6 +248,13 @@ def test_store_from_another_model_or_corpus_is_refused(tmp_path):
     with pytest.raises(HarvestError, match="source_fingerprint.*source files changed"):
         harvest(tmp_path / "run", source=src, max_tokens=12)
     assert json.loads(manifest.read_text()) == m | {"complete": False}  # nothing was touched
+    shutil.rmtree(tmp_path / "run")
+    harvest(tmp_path / "run", source=src, max_tokens=12)  # complete, of the new file
+    m = json.loads(manifest.read_text())
+    docs.write_text(docs.read_text() + '{"text": "Edited again."}\n')  # no longer skipped as complete
+    with pytest.raises(HarvestError, match=r"before its source files at .* changed \(a path, size or mt"):
+        harvest(tmp_path / "run", source=src, max_tokens=12)
+    assert json.loads(manifest.read_text()) == m
 
 
 def test_non_utf8_jsonl_names_the_line(tmp_path):

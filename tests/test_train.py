@@ -259,6 +259,83 @@ def test_a_kill_between_the_final_saves_resumes(store, tmp_path, monkeypatch):
     assert meta["finished"] and meta["resumed_at_step"] == meta["steps"] == 9
 
 
+def test_a_refused_resume_says_what_changed_and_resume_drop_resumes_the_rest(store, tmp_path, monkeypatch):
+    """A sweep killed with its state on disk: a changed dictionary is named with what changed; leaving one
+    out is refused until train.resume_drop names it, and then the others finish as if never interrupted."""
+    from contextlib import contextmanager
+    from dataclasses import replace
+
+    from actdict.errors import ActdictError
+    from actdict.train import run
+    from actdict.train.resume import STATE, ResumeConflict, read_meta
+    from actdict.train.run import main
+
+    def cfg(*dicts, **kw):
+        return TrainConfig(dicts=list(dicts), epochs=2, batch_size=100, test_fraction=0.2, device="cpu",
+                           checkpoint_every=3, **kw)
+
+    a = DictConfig("a", "sae_topk", k=4, lr=0.01, params={"topk": 2})
+    b = DictConfig("b", "sae_topk", k=4, lr=0.02, params={"topk": 2})
+    main(Common(run_dir=str(tmp_path / "ref"), seed=3, store=store.path), cfg(a))  # a alone, uninterrupted
+    common = Common(run_dir=str(tmp_path / "run"), seed=3, store=store.path)
+    calls = iter(range(100))
+
+    @contextmanager
+    def sigterm_at_step_6(sigint=False):
+        yield lambda: next(calls) >= 5  # asked once per step: stop (saving the state) after step 6
+
+    monkeypatch.setattr(run, "sigterm_flag", sigterm_at_step_6)
+    with pytest.raises(ActdictError, match="stopped at step 6"):
+        main(common, cfg(a, b))  # as a SIGTERM: the state of step 6 holds a and b
+    monkeypatch.undo()
+    state = tmp_path / "run" / STATE
+    assert read_meta(state)["position"]["step"] == 6
+    with pytest.raises(ResumeConflict, match=r"at step 6; b: dict\.lr: 0\.02 -> 0\.03\): rerun that run"):
+        main(common, cfg(a, replace(b, lr=0.03)))
+    with pytest.raises(ResumeConflict, match=r"b: in the state, not in train\.dicts\): to resume \['a'\] and "
+                                             r"drop the progress of \['b'\], set train\.resume_drop=\[b\]"):
+        main(common, cfg(a))
+    main(common, cfg(a, resume_drop=["b"]))
+    _, meta = checkpoint.load(tmp_path / "run" / "dicts" / "a")
+    assert meta["resumed_at_step"] == 6 and meta["steps"] == 18 and not state.exists()
+    ref = checkpoint.load(tmp_path / "ref" / "dicts" / "a")[0].state_dict()
+    got = checkpoint.load(tmp_path / "run" / "dicts" / "a")[0].state_dict()
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
+
+
+def test_an_interrupted_run_of_another_split_leaves_the_finished_dictionaries_split(store, tmp_path,
+                                                                                    monkeypatch):
+    """analyze reads <run_dir>/split.json: a run with another split (test_fraction, seed) stopped before its
+    checkpoints must not leave the finished dictionaries evaluated on rows they were trained on."""
+    from contextlib import contextmanager
+
+    from actdict.errors import ActdictError
+    from actdict.train import run
+
+    common = Common(run_dir=str(tmp_path / "run"), seed=3, store=store.path)
+    cfg = TrainConfig(dicts=[DictConfig("a", "sae_topk", k=4, params={"topk": 2})], epochs=1, batch_size=100,
+                      test_fraction=0.2, device="cpu")
+    run.main(common, cfg)
+    split = tmp_path / "run" / "split.json"
+    first = json.loads(split.read_text())
+    assert json.loads((tmp_path / "run" / "dicts" / "a" / "cfg.json").read_text())["test_chunks"] == first[
+        "test_chunks"] and len(first["test_chunks"]) == 3
+
+    @contextmanager
+    def sigterm_at_once(sigint=False):
+        yield lambda: True
+
+    monkeypatch.setattr(run, "sigterm_flag", sigterm_at_once)
+    other = TrainConfig(**{**vars(cfg), "test_fraction": 0.5})
+    with pytest.raises(ActdictError, match="stopped at step 1"):
+        run.main(common, other)
+    assert json.loads(split.read_text()) == first  # still the finished dictionary's split
+    monkeypatch.undo()
+    run.main(common, other)  # resumed and finished: its split goes with its checkpoint
+    assert len(json.loads(split.read_text())["test_chunks"]) == 8 == len(json.loads(
+        (tmp_path / "run" / "dicts" / "a" / "cfg.json").read_text())["test_chunks"])
+
+
 def test_schedules():
     lrs = [lr_at(s, 0.01, "cosine_restarts", 100, eta_min=1e-4, t0=3) for s in range(40)]
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.01)
@@ -414,3 +491,14 @@ def test_train_stage_seeds_each_dictionary_and_normalises_on_train_rows_only(sto
         np.testing.assert_allclose(model.norm_mean.numpy(), x.mean(0), rtol=1e-6)
         assert float(model.norm_scale) == pytest.approx(np.sqrt(((x - x.mean(0)) ** 2).sum(1).mean() / 3),
                                                         rel=1e-6)
+
+
+def test_split_note_warns_when_whole_chunks_miss_the_test_fraction():
+    from actdict.train.data import split_note
+
+    sizes = [4096, 904]  # 5,000 vectors imported with the default 4,096-row chunks
+    note = split_note(sizes, {"test_chunks": [0], "train_chunks": [1]}, 0.2)
+    assert note.startswith("the held-out chunks [0] hold 82% of the rows, not train.test_fraction=0.2")
+    assert split_note(sizes, {"test_chunks": [1], "train_chunks": [0]}, 0.2) is None  # 18%: close
+    assert split_note([64] * 49 + [32], {"test_chunks": [0, 1, 2, 3, 4]}, 0.1) is None  # 10.1%
+    assert split_note([10] * 4, {"test_chunks": []}, 0.0) is None

@@ -74,6 +74,11 @@ def test_train_names_the_hook_and_analysis_follows_it(two_hooks, tmp_path, capsy
     (["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"], "blocks.1.hook_resid_post", True),
     (["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"], "blocks.2.hook_resid_post", False),
     (["blocks.*.hook_resid_post"], "blocks.2.hook_resid_post", True),
+    (["all"], "blocks.2.hook_resid_post", True),
+    (["all"], "blocks.2.hook_mlp_out", False),  # found only after the whole harvest, before 2026-12-05
+    (["all"], "block.2.hook_resid_post", False),
+    (["blocks.*.hook_mlp_out"], "blocks.2.hook_resid_post", False),
+    (["blocks.*.hook_mlp_out", "blocks.0.hook_resid_post"], "blocks.0.hook_resid_post", True),
 ])
 def test_run_checks_train_hook_against_the_harvest(hooks, hook, ok):
     if ok:

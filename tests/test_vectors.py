@@ -221,3 +221,71 @@ def test_vector_rows_reads_headers_only(tmp_path):
     assert vector_rows(tmp_path / "a.safetensors", "w") == 3
     assert vector_rows(tmp_path / "a.safetensors") is None  # two tensors, no key: the import asks for one
     assert vector_rows(tmp_path / "missing.npy") is None  # the import says what is wrong
+
+
+def _train_cfg(tmp_path, store) -> str:
+    cfg = tmp_path / "t.yaml"
+    cfg.write_text(f"""
+run_dir: {tmp_path / 'run'}
+store: {store}
+train:
+  epochs: 1
+  batch_size: 8
+  test_fraction: 0.2
+  dicts: [{{name: s, variant: sae_l1, k: 4}}]
+""")
+    return str(cfg)
+
+
+def test_vectors_imported_over_a_store_retrain_its_dictionaries(tmp_path, capsys):
+    """The same shape imported again with other numbers is another store: its dictionaries are retrained
+    (they were skipped as finished when the store was known by its path, rows and d alone)."""
+    store, record = str(tmp_path / "s"), tmp_path / "run" / "dicts" / "s" / "cfg.json"
+    contents = []
+    for i, seed in enumerate((1, 1, 2)):
+        np.save(tmp_path / "v.npy", _x(seed))
+        assert cli([str(tmp_path / "v.npy"), store, "--chunk-rows", "8", "--overwrite"]) == 0
+        assert actdict_main(["train", _train_cfg(tmp_path, store)]) == 0
+        out = capsys.readouterr().out
+        content = open_store(store).manifest["content"]
+        assert json.loads(record.read_text())["store"]["content"] == content and len(content) == 16
+        assert ("skipped" in out) == (i == 1)  # the same vectors again: finished; other vectors: retrained
+        if i == 2:
+            assert f"store.content: '{contents[0]}' -> '{content}'" in out
+        contents.append(content)
+    assert contents[0] == contents[1] != contents[2]
+
+
+def test_config_mode_vectors_reimports_a_changed_file(tmp_path, capsys):
+    np.save(tmp_path / "v.npy", _x(1))
+    cfg = tmp_path / "v.yaml"
+    cfg.write_text(f"""
+run_dir: {tmp_path / 'run'}
+harvest: {{mode: vectors, vectors: {{path: {tmp_path / 'v.npy'}}}, store_dtype: float32, shard_rows: 16,
+          chunk_rows: 8}}
+""")
+    assert actdict_main(["harvest", str(cfg)]) == 0
+    assert actdict_main(["harvest", str(cfg)]) == 0
+    assert "already complete" in capsys.readouterr().out
+    np.save(tmp_path / "v.npy", _x(2))  # the file changed (another mtime): imported again
+    assert actdict_main(["harvest", str(cfg)]) == 0
+    assert "changed since it was imported" in capsys.readouterr().out
+    s = open_store(str(tmp_path / "run" / "store"))
+    np.testing.assert_array_equal(s.read_rows(0, N).acts, _x(2))
+    assert s.manifest["source_fingerprint"] and s.manifest["n_rows"] == N
+
+
+def test_store_listing_piped_into_head_exits_quietly(tmp_path):
+    """`actdict store PATH | head -1`: the reader leaves early; no BrokenPipeError traceback on stderr."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    np.save(tmp_path / "v.npy", _x())
+    for h in range(40):  # --verify: still listing when head has left
+        import_vectors(tmp_path / "v.npy", str(tmp_path / "s"), hook=f"h{h:02d}", **SMALL)
+    actdict = Path(sys.executable).parent / "actdict"
+    cmd = f"'{actdict}' store '{tmp_path / 's'}' --verify | head -1; echo \"rc ${{PIPESTATUS[0]}}\" >&2"
+    r = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=120)
+    assert r.stdout.startswith("h00: 45 rows x d=6 float32") and r.stdout.count("\n") == 1
+    assert r.stderr.strip() == "rc 141"

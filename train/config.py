@@ -76,6 +76,10 @@ class TrainConfig:
     (0 = only on SIGTERM). Not part of the config hash: it may change between a run and its resumption."""
     resume: bool = True
     """Continue from ``<run_dir>/train_state.safetensors`` when it belongs to the same configuration."""
+    resume_drop: list[str] = field(default_factory=list)
+    """Dictionaries of the resume state that this run leaves out of ``dicts`` (one diverged, say): the others
+    resume and these lose their progress in the state. A state holding dictionaries this run lacks is
+    otherwise refused. Not part of the config hash."""
     device: str = "auto"
     """Torch device: 'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:1', ... Under torchrun,
     'auto'/'cuda' means cuda:LOCAL_RANK."""

@@ -53,6 +53,19 @@ def make_split(num_chunks: int, test_fraction: float, seed: int) -> dict:
             "test_chunks": sorted(int(c) for c in perm[:n_test]), "seed": int(seed)}
 
 
+def split_note(sizes: list[int], split: dict, test_fraction: float) -> str | None:
+    """A warning when the held-out chunks (``sizes``: rows per chunk) hold a share of the rows far from
+    ``test_fraction`` (more than 0.1 off): the split is by whole chunks, and few or unequal chunks (a short
+    last one) move it. None when the share is close."""
+    held = sum(sizes[c] for c in split["test_chunks"]) / max(1, sum(sizes))
+    if abs(held - test_fraction) <= 0.1:
+        return None
+    return (f"the held-out chunks {split['test_chunks']} hold {held:.0%} of the rows, not "
+            f"train.test_fraction={test_fraction:g}: the split is by whole chunks, and this store has "
+            f"{len(sizes)} of up to {max(sizes)} rows; a store with smaller chunks (harvest.chunk_rows, the "
+            "vectors import's --chunk-rows) splits closer")
+
+
 def write_split(run_dir: str | Path, split: dict) -> Path:
     path = Path(run_dir) / "split.json"
     path.parent.mkdir(parents=True, exist_ok=True)

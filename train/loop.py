@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from actdict.config import ConfigError
+from actdict.config import ConfigError, bar_timing
 from actdict.errors import ActdictError
 from actdict.train import dist as dist_
 from actdict.train.config import TrainConfig
@@ -163,7 +163,7 @@ def train(members: list[Member], epoch_batches: Callable[..., Iterable], cfg: Tr
     total = min(total, cfg.max_steps) if total and cfg.max_steps else total or cfg.max_steps
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.autocast else nullcontext()
     bar = tqdm(total=total or None, initial=pos.step, desc="train", unit="step", dynamic_ncols=True,
-               disable=not (d.main and progress))
+               disable=not (d.main and progress), **bar_timing())
     try:
         while pos.epoch < cfg.epochs and not (cfg.max_steps and pos.step >= cfg.max_steps):
             batches = epoch_batches(pos.epoch, pos.batch) if pos.batch else epoch_batches(pos.epoch)

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from actdict.config import config_changes
 from actdict.errors import ActdictError
 from actdict.train.checkpoint import write_safetensors
 from actdict.train.dist import like_param
@@ -25,7 +26,10 @@ STATE = "train_state.safetensors"
 _KEY = "actdict_train_state"
 
 
-def save_state(path: str | Path, members: list[Member], hashes: dict[str, str], pos: Position) -> Path:
+def save_state(path: str | Path, members: list[Member], hashes: dict[str, str], pos: Position,
+               configs: dict[str, dict] | None = None) -> Path:
+    """``configs``: each member's config as JSON (what its hash covers), kept so that a refused resume can
+    say what changed."""
     path = Path(path)
     tensors: dict[str, torch.Tensor] = {"rng/torch": torch.get_rng_state()}
     meta: dict = {"position": vars(pos), "members": {}}
@@ -42,6 +46,8 @@ def save_state(path: str | Path, members: list[Member], hashes: dict[str, str], 
                     scalars.setdefault(str(pid), {})[k] = v
         meta["members"][m.name] = {"config_hash": hashes[m.name], "param_groups": opt["param_groups"],
                                    "opt_scalars": scalars, "history": m.history, "sums": m.sums}
+        if configs is not None:
+            meta["members"][m.name]["config"] = configs[m.name]
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}  # own copies: no sharing
     write_safetensors(tensors, path, metadata={_KEY: json.dumps(meta)})
     return path
@@ -64,9 +70,33 @@ def read_meta(path: str | Path) -> dict | None:
 def state_matches(meta: dict, hashes: dict[str, str], legacy: dict[str, str] | None = None,
                   finished: set[str] = frozenset()) -> bool:
     """The state (``read_meta``) holds exactly the members ``hashes`` names with those config hashes (or the
-    ``legacy`` ones), besides the ``finished`` members it may still hold."""
+    ``legacy`` ones), besides the ``finished`` members it may still hold (and those the run drops)."""
     held = {n: m["config_hash"] for n, m in meta["members"].items() if n not in finished}
     return held in (hashes, legacy)
+
+
+def conflict(meta: dict, hashes: dict[str, str], configs: dict[str, dict], ignored: set[str]) -> str:
+    """Why the state (``read_meta``) is not this run's, per dictionary, and what to do: the state's members
+    this run lacks, this run's members the state lacks, and what changed in the others' configs (when the
+    state recorded them, as states do since 2026-12-05)."""
+    held = {n: m for n, m in meta["members"].items() if n not in ignored}
+    extra = sorted(set(held) - set(hashes))
+    why = [f"{n}: in the state, not in train.dicts" for n in extra]
+    why += [f"{n}: not in the state" for n in sorted(set(hashes) - set(held))]
+    for n in sorted(set(hashes) & set(held)):
+        if held[n]["config_hash"] != hashes[n]:
+            old = held[n].get("config")
+            what = "; ".join(config_changes(old, configs[n])[:4]) if old else ""
+            why.append(f"{n}: {what or 'another config or store'}")
+    if extra and set(hashes) <= set(held) and not why[len(extra):]:
+        todo = (f"to resume {sorted(hashes)} and drop the progress of {extra}, set "
+                f"train.resume_drop=[{','.join(extra)}]; to continue all, rerun that run's command")
+    else:
+        todo = ("rerun that run's command to continue it (or leave the changed dictionaries out of "
+                "train.dicts and name them in train.resume_drop to resume the rest)")
+    return (f"holds the resume state of another run (dictionaries {sorted(meta['members'])} at step "
+            f"{meta['position']['step']}; {'; '.join(why) or 'another config or store'}): {todo}, or set "
+            "train.resume=false to start this one over (the state is then replaced)")
 
 
 def load_state(path: str | Path, members: list[Member], hashes: dict[str, str],

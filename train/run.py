@@ -1,8 +1,10 @@
 """The ``train`` stage: ``main(common, cfg)`` trains every dictionary of ``cfg.dicts`` on one batch stream.
 
-Writes ``<run_dir>/split.json`` (seeded chunk split), ``<run_dir>/train_state.safetensors`` (the resume
-state, every ``checkpoint_every`` steps, on SIGTERM and on a first Ctrl-C; removed when the run ends) and
-``<run_dir>/dicts/<name>/`` (final checkpoint). A dictionary whose finished checkpoint has the same
+Writes ``<run_dir>/split.json`` (seeded chunk split; one that differs from the split on disk only with the
+final checkpoints, so that an interrupted run leaves the finished dictionaries' split for analyze),
+``<run_dir>/train_state.safetensors`` (the resume state, every ``checkpoint_every`` steps, on SIGTERM and
+on a first Ctrl-C; removed when the run ends) and ``<run_dir>/dicts/<name>/`` (final checkpoint, its
+``cfg.json`` recording the test chunks). A dictionary whose finished checkpoint has the same
 ``config_hash`` (its DictConfig, the training settings, the seed, the store's identity (``store_key``:
 not how its path is spelled) and the split) is skipped; the others are
 (re)trained together (a finished checkpoint they replace is announced, with what differs), continuing
@@ -30,12 +32,21 @@ from actdict.harvest.store import list_hooks, open_store
 from actdict.train import checkpoint
 from actdict.train import dist as dist_
 from actdict.train.config import DictConfig, TrainConfig
-from actdict.train.data import iter_rows, make_split, norm_stats, steps_in_epoch, write_split
+from actdict.train.data import iter_rows, make_split, norm_stats, split_note, steps_in_epoch, write_split
 from actdict.train.loop import Member, Position, check_device, resolve_device, train
 from actdict.train.protocol import make
-from actdict.train.resume import STATE, ResumeConflict, load_state, read_meta, save_state, state_matches
+from actdict.train.resume import (
+    STATE,
+    ResumeConflict,
+    conflict,
+    load_state,
+    read_meta,
+    save_state,
+    state_matches,
+)
 
-_UNHASHED = ("dicts", "device", "checkpoint_every", "resume",  # settings that do not change the result,
+SPLIT = "split.json"
+_UNHASHED = ("dicts", "device", "checkpoint_every", "resume", "resume_drop",  # no change to the result,
              "hook")  # or that the store's identity holds (its hook)
 _LATER = {"grad_clip": 0.0}  # settings added after the first release: hashed only when not at their default,
 # so runs made before them keep their hashes (and resume / count as finished)
@@ -63,8 +74,10 @@ _LEGACY_STORE = ("path", "hook", "rows", "d", "config_hash")  # the store's part
 
 def store_key(store_id: dict) -> dict:
     """What identifies a store's rows: its harvest's config_hash, hook, rows, d, source fingerprint and model
-    revision; and, for a store with no config_hash (``write_vectors`` from Python), its path (a local one
-    resolved: one folder, one key). Not its model's name: recorded for the exports, implied by the rest."""
+    revision; and, for a store with no config_hash (``write_vectors`` from Python, the vectors import), its
+    path (a local one resolved: one folder, one key) and the digest of its shards (``content``, recorded by
+    the writer since 2026-12-05), so that other vectors imported over it retrain its dictionaries. Not its
+    model's name: recorded for the exports, implied by the rest."""
     store_id = {k: v for k, v in store_id.items() if k != "model"}
     if store_id.get("config_hash"):
         return {k: v for k, v in store_id.items() if k != "path"}
@@ -81,11 +94,17 @@ def finished_record(path: Path) -> dict | None:
     return record if record.get("finished") else None
 
 
+def identity(dc: DictConfig, cfg: TrainConfig, seed: int, store_id: dict) -> dict:
+    """A dictionary's config as ``replaced`` and a refused resume compare it (JSON types)."""
+    new = {"dict": to_dict(dc), "train": _hashed(to_dict(cfg)), "seed": seed, "store": store_key(store_id)}
+    return json.loads(json.dumps(new, default=str))
+
+
 def replaced(path: Path, dc: DictConfig, cfg: TrainConfig, seed: int, store_id: dict) -> str | None:
     """When ``path`` holds a finished checkpoint that this run will overwrite: what differs, in words."""
     if (old := finished_record(path)) is None:
         return None
-    new = {"dict": to_dict(dc), "train": _hashed(to_dict(cfg)), "seed": seed, "store": store_key(store_id)}
+    new = identity(dc, cfg, seed, store_id)
     was = {"dict": old.get("dict_config"), "seed": old.get("seed"),
            "store": store_key(old.get("store") or {}),
            "train": _hashed(old.get("train_config") or {})}
@@ -177,23 +196,28 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
     store = open_hook(common.store_path, cfg.hook)
     run_dir = Path(common.run_dir)
     split = make_split(store.num_chunks, cfg.test_fraction, common.seed)
-    if d.main:
-        write_split(run_dir, split)
+    if note := split_note([b - a for a, b in map(store.chunk_bounds, range(store.num_chunks))], split,
+                          cfg.test_fraction):
+        say(f"train: note: {note}")
+    if d.main and not (run_dir / SPLIT).is_file():  # another split is written with the checkpoints: until
+        write_split(run_dir, split)  # then it is the finished dictionaries' (analyze reads their test rows)
     manifest = getattr(store, "manifest", {})
     store_id = {"path": str(store.path) if hasattr(store, "path") else common.store_path,
                 "hook": getattr(store, "hook", None), "rows": len(store), "d": store.d,
                 "config_hash": manifest.get("config_hash"), "source_fingerprint":
                 manifest.get("source_fingerprint"), "revision": manifest.get("revision"),
                 "model": manifest.get("model")}
+    if manifest.get("content"):  # a store with no harvest config (your own vectors): its rows' digest
+        store_id["content"] = manifest["content"]
     hashes = {dc.name: dict_hash(dc, cfg, common, store_id, split) for dc in cfg.dicts}
     legacy = {dc.name: dict_hash(dc, cfg, common, store_id, split, legacy=True) for dc in cfg.dicts}
     todo = [dc for dc in cfg.dicts
             if not is_finished(run_dir / "dicts" / dc.name, hashes[dc.name], legacy[dc.name])]
+    seeds = {dc.name: common.seed if dc.seed is None else dc.seed for dc in cfg.dicts}
     for dc in cfg.dicts:
         if dc not in todo:
             say(f"train: {dc.name}: finished checkpoint with the same config exists, skipped")
-        elif what := replaced(run_dir / "dicts" / dc.name, dc, cfg,
-                              common.seed if dc.seed is None else dc.seed, store_id):
+        elif what := replaced(run_dir / "dicts" / dc.name, dc, cfg, seeds[dc.name], store_id):
             say(f"train: {dc.name}: its finished checkpoint will be replaced (it was trained with another "
                 f"config: {what}); set run_dir, or rename the dictionary, to keep both")
     if not todo:
@@ -202,15 +226,18 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
     todo_legacy = {dc.name: legacy[dc.name] for dc in todo}
     state_path = run_dir / STATE
     meta = read_meta(state_path) if cfg.resume else None
+    configs = {dc.name: identity(dc, cfg, seeds[dc.name], store_id) for dc in todo}
     done: set[str] = set()
     if meta is not None:  # a kill between the final saves leaves a state that also holds finished members
         done = {n for n, m in meta["members"].items()
                 if n not in todo_hashes and is_finished(run_dir / "dicts" / n, m["config_hash"])}
-        if not state_matches(meta, todo_hashes, todo_legacy, done):  # before the models and norm stats
-            raise ResumeConflict(
-                f"{state_path} holds the resume state of another run (dictionaries {sorted(meta['members'])} "
-                f"at step {meta['position']['step']}, another config or store): rerun that run's command to "
-                "continue it, or set train.resume=false to start this one over (the state is then replaced)")
+        drop = {n for n in cfg.resume_drop if n in meta["members"] and n not in todo_hashes} - done
+        if not state_matches(meta, todo_hashes, todo_legacy, done | drop):  # before the models and stats
+            raise ResumeConflict(f"{state_path} " + conflict(meta, todo_hashes, configs, done))
+        if drop:
+            say(f"train: resuming without {sorted(drop)} (train.resume_drop): their progress in the resume "
+                "state is dropped")
+        done |= drop
     chunks = split["train_chunks"]
     train_rows = sum(b - a for a, b in map(store.chunk_bounds, chunks))
     norm = norm_stats(store, chunks, cfg.norm_chunks, common.seed) if cfg.normalize == "mean_scale" else None
@@ -228,7 +255,7 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
 
     def save(pos: Position) -> None:
         if d.main:
-            save_state(state_path, members, todo_hashes, pos)
+            save_state(state_path, members, todo_hashes, pos, configs)
         dist_.barrier(d)
 
     def batches(epoch: int, first: int = 0):
@@ -241,11 +268,13 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
                       seed=common.seed, start=start, save=save, stop=stop, dist=d)
     wall = time.time() - t0
     if d.main:
+        write_split(run_dir, split)
         for dc, m in zip(todo, members, strict=True):
             record = {"name": dc.name, "finished": True, "config_hash": hashes[dc.name],
                       "dict_config": to_dict(dc), "seed": common.seed if dc.seed is None else dc.seed,
                       "train_config": {k: v for k, v in to_dict(cfg).items() if k != "dicts"},
-                      "store": store_id, "train_rows": train_rows, "steps": steps, "world_size": d.world,
+                      "store": store_id, "train_rows": train_rows, "test_chunks": split["test_chunks"],
+                      "steps": steps, "world_size": d.world,
                       "resumed_at_step": start.step if start else None, "wall_s": round(wall, 3),
                       "history": m.history}
             checkpoint.save(run_dir / "dicts" / dc.name, m.model, record)
