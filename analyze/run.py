@@ -85,6 +85,10 @@ def main(common: Common, cfg: AnalyzeConfig) -> None:
     device = resolve_device(cfg.device)
     store = open_store(common.store_path, trained_hook(run_dir, cfg.dicts))
     test_chunks = read_test_chunks(run_dir)
+    if bad := other_split(trained_records(run_dir, cfg.dicts), test_chunks):
+        raise AnalyzeError(f"{bad} were trained with another split than {run_dir / 'split.json'} (other "
+                           "held-out chunks): analysis would score them on rows they learned; retrain them "
+                           "with this run's settings, or leave them out (analyze.dicts)")
     models = load_models(run_dir, cfg.dicts, store.d)
     labels, classes = read_labels(cfg.labels, len(store))
     evals = {name: ModelEval(m, cfg, common.seed, device, len(classes)) for name, m in models.items()}
@@ -221,17 +225,28 @@ def read_test_chunks(run_dir: Path) -> list[int]:
     return [int(c) for c in chunks]
 
 
+def trained_records(run_dir: Path, names: list[str]) -> dict[str, dict]:
+    """name -> cfg.json of the dictionaries ``names`` (all in ``<run_dir>/dicts`` when empty) found there."""
+    root = run_dir / "dicts"
+    paths = [root / n / "cfg.json" for n in names] if names else sorted(root.glob("*/cfg.json"))
+    return {p.parent.name: json.loads(p.read_text()) for p in paths if p.is_file()}
+
+
 def trained_hook(run_dir: Path, names: list[str]) -> str | None:
     """The store hook the dictionaries ``names`` (all in ``<run_dir>/dicts`` when empty) were trained on, as
     their cfg.json records it (None: none recorded); raises when they were trained on different hooks."""
-    root = run_dir / "dicts"
-    records = [root / n / "cfg.json" for n in names] if names else sorted(root.glob("*/cfg.json"))
-    hooks = {p.parent.name: (json.loads(p.read_text()).get("store") or {}).get("hook")
-             for p in records if p.is_file()}
+    hooks = {n: (r.get("store") or {}).get("hook") for n, r in trained_records(run_dir, names).items()}
     if len(set(hooks.values()) - {None}) > 1:
         raise AnalyzeError(f"the dictionaries were trained on different hooks ({hooks}); analyze one hook's "
                            "at a time (analyze.dicts), or train each hook in its own run_dir")
     return next((h for h in hooks.values() if h is not None), None)
+
+
+def other_split(records: dict[str, dict], test_chunks: list[int]) -> list[str]:
+    """The dictionaries whose cfg.json records held-out chunks other than ``test_chunks`` (trained with
+    another split: analysis would score them on rows they learned). Checkpoints that record none pass."""
+    return sorted(n for n, r in records.items()
+                  if r.get("test_chunks") is not None and sorted(r["test_chunks"]) != sorted(test_chunks))
 
 
 def load_models(run_dir: Path, names: list[str], d: int) -> dict:

@@ -86,3 +86,20 @@ def test_run_checks_train_hook_against_the_harvest(hooks, hook, ok):
     else:
         with pytest.raises(ConfigError, match="train.hook"):
             check_train_hook(hooks, hook)
+
+
+def test_analysis_refuses_dictionaries_of_another_split(two_hooks, tmp_path, capsys):
+    """A run folder whose split.json was rewritten by a run with another seed holds dictionaries of two
+    splits: analysis refuses the one whose held-out chunks differ (it learned some of the rows it would be
+    scored on) and analyzes the other."""
+    cfg_s = _config(tmp_path, two_hooks, name="s", hook="h.a")
+    assert main(["train", cfg_s]) == 0
+    split_s = json.loads((tmp_path / "run" / "split.json").read_text())["test_chunks"]
+    assert main(["train", _config(tmp_path, two_hooks, name="t", hook="h.a"), "seed=1"]) == 0
+    split_t = json.loads((tmp_path / "run" / "split.json").read_text())["test_chunks"]
+    assert split_t != split_s  # the later run's split is on disk now
+    capsys.readouterr()
+    assert main(["analyze", cfg_s, "seed=1"]) == 2
+    assert "['s'] were trained with another split" in capsys.readouterr().err
+    assert main(["analyze", cfg_s, "seed=1", "analyze.dicts=[t]"]) == 0
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["test_chunks"] == split_t
