@@ -94,12 +94,13 @@ def check_run(data: dict, cfgs: dict[str, Any]) -> None:
 def check_train_hook(hooks: list[str], hook: str) -> None:
     """``train.hook`` picks one of the hooks the harvest writes (``harvest.hooks``): a name listed, or one
     that a pattern matches (``all``: ``blocks.N.hook_resid_post``; the model decides which N exist)."""
-    patterns = [h for h in hooks if h == "all" or any(c in h for c in "*?[")]
+    from actdict.harvest.config import hook_pattern
+
+    patterns = [p for h in hooks if (p := hook_pattern(h))]
     if not hook and (len(hooks) > 1 or patterns):
         raise ConfigError(f"harvest.hooks {hooks} writes several hooks; name the one the dictionaries learn: "
                           "train.hook=HOOK")
-    if hook and not any(fnmatch.fnmatchcase(hook, "blocks.*.hook_resid_post" if h == "all" else h)
-                        for h in hooks):
+    if hook and not any(fnmatch.fnmatchcase(hook, hook_pattern(h) or h) for h in hooks):
         raise ConfigError(f"train.hook={hook!r} is not among the hooks the harvest writes ({hooks})")
 
 

@@ -85,13 +85,14 @@ def build_features(tracker: FeatureTracker, fires: np.ndarray, n_rows: int, stor
     return data, ctx, where
 
 
+def feature_hits(f: dict) -> list:
+    """Every hit of one feature of a features file: top, bottom and quantile samples."""
+    return [*f["top"], *f["bottom"], *(h for q in f["quantiles"] for h in q["hits"])]
+
+
 def hit_keys(data: dict) -> set[tuple[int, int, int]]:
-    """(row, doc, pos) of every hit of the features file ``data`` (top, bottom and quantile samples)."""
-    keys = set()
-    for f in data["features"]:
-        for hit in [*f["top"], *f["bottom"], *(h for q in f["quantiles"] for h in q["hits"])]:
-            keys.add((int(hit[1]), int(hit[2]), int(hit[3])))
-    return keys
+    """(row, doc, pos) of every hit of the features file ``data``."""
+    return {(int(hit[1]), int(hit[2]), int(hit[3])) for f in data["features"] for hit in feature_hits(f)}
 
 
 def summary_hits(data: dict, feature: int) -> list[dict]:

@@ -125,13 +125,13 @@ def dict_labels(run_dir: Path, name: str, k: int, n: int = 3) -> tuple[Labels, s
     """(labels of dictionary ``name`` as :func:`feature_labels` reads them, "") or ({}, why there are none):
     no features file yet, or one computed from another training of ``name`` (its ``config_hash`` or ``k``
     differs from the checkpoint's), whose labels would name other features."""
-    from actdict.analyze.run import checkpoint_hash
+    from actdict.analyze.run import trained_records
 
     path = run_dir / "features" / f"{name}.json"
     if not path.is_file():
         return {}, f"no corpus labels: {path} not found (run actdict analyze)"
     data = json.loads(path.read_text())
-    have, want = data.get("config_hash"), checkpoint_hash(run_dir, name)
+    have, want = data.get("config_hash"), trained_records(run_dir, [name]).get(name, {}).get("config_hash")
     if data.get("k") != k or (have and want and have != want):
         return {}, (f"no corpus labels: {path} was computed from another training of {name} "
                     f"(k {data.get('k')}, config_hash {have}; the checkpoint: k {k}, {want}): rerun "
@@ -148,7 +148,7 @@ def _label(labels: dict, f: int, code: float) -> list[str]:
 def lens(common: Common, cfg, text: str, names: list[str], top: int = 5, hook: str | None = None) -> dict:
     """The lens of ``text`` for the dictionaries ``names`` (all in ``<run_dir>/dicts`` when empty), as a
     JSON-ready dict: hook, tokens, and per dictionary and token the active count and top features."""
-    from actdict.analyze.run import load_models, trained_hook
+    from actdict.analyze.run import load_models, trained_hook, trained_records
     from actdict.harvest.models import load_model, resolve_device
     from actdict.harvest.store import open_store
 
@@ -159,7 +159,7 @@ def lens(common: Common, cfg, text: str, names: list[str], top: int = 5, hook: s
     if top < 1:
         raise LensError(f"--top must be >= 1, got {top}")
     run_dir = Path(common.run_dir)
-    trained = trained_hook(run_dir, names)
+    trained = trained_hook(trained_records(run_dir, names))
     if hook and trained and hook != trained:
         raise LensError(f"--hook {hook}: the dictionaries were trained on {trained}")
     store = open_store(common.store_path, hook or trained or (cfg.embed.hook if cfg.mode == "embeddings"

@@ -18,6 +18,8 @@ import html
 import json
 from pathlib import Path
 
+from actdict.analyze.features import feature_hits
+
 PART = 256
 """Features per part file of a feature page."""
 
@@ -256,8 +258,7 @@ def page_parts(data: dict) -> list[dict]:
     texts, parts = data.get("texts") or {}, []
     for a in range(0, len(data["features"]), PART):
         feats = data["features"][a:a + PART]
-        rows = {str(h[1]) for f in feats
-                for h in [*f["top"], *f["bottom"], *(h for q in f["quantiles"] for h in q["hits"])]}
+        rows = {str(h[1]) for f in feats for h in feature_hits(f)}
         parts.append({"features": feats, "texts": {r: texts[r] for r in sorted(rows) if r in texts}})
     return parts
 

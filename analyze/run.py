@@ -83,9 +83,10 @@ def main(common: Common, cfg: AnalyzeConfig) -> None:
 
     run_dir = Path(common.run_dir)
     device = resolve_device(cfg.device)
-    store = open_store(common.store_path, trained_hook(run_dir, cfg.dicts))
+    records = trained_records(run_dir, cfg.dicts)  # each dictionary's cfg.json
+    store = open_store(common.store_path, trained_hook(records))
     test_chunks = read_test_chunks(run_dir)
-    if bad := other_split(trained_records(run_dir, cfg.dicts), test_chunks):
+    if bad := other_split(records, test_chunks):
         raise AnalyzeError(f"{bad} were trained with another split than {run_dir / 'split.json'} (other "
                            "held-out chunks): analysis would score them on rows they learned; retrain them "
                            "with this run's settings, or leave them out (analyze.dicts)")
@@ -130,14 +131,15 @@ def main(common: Common, cfg: AnalyzeConfig) -> None:
         data, _, _ = build_features(ev.tracker, ev.fire.cpu().numpy(), n, store, cfg.context, decode,
                                     cfg.quantiles)
         data["name"] = name
-        data["config_hash"] = checkpoint_hash(run_dir, name)  # which training of `name` this describes
+        data["config_hash"] = records.get(name, {}).get("config_hash")  # which training of `name` it is
         datas[name] = data
+    keys = {name: hit_keys(data) for name, data in datas.items()}  # (row, doc, pos) of the rows shown
     # an embeddings store keeps no tokens: the texts of the rows shown, read again from the source (one pass)
-    texts = row_texts(store.manifest, set().union(*(hit_keys(data) for data in datas.values())))
+    texts = row_texts(store.manifest, set().union(*keys.values()))
     for name, ev in evals.items():
         data = datas[name]
         if texts:
-            data["texts"] = {str(r): texts[r] for r, _, _ in sorted(hit_keys(data)) if r in texts}
+            data["texts"] = {str(r): texts[r] for r, _, _ in sorted(keys[name]) if r in texts}
         m = ev.summary(n, sum_x, sum_x2, classes)
         if ce is not None:
             m |= ce["models"][name]
@@ -232,10 +234,10 @@ def trained_records(run_dir: Path, names: list[str]) -> dict[str, dict]:
     return {p.parent.name: json.loads(p.read_text()) for p in paths if p.is_file()}
 
 
-def trained_hook(run_dir: Path, names: list[str]) -> str | None:
-    """The store hook the dictionaries ``names`` (all in ``<run_dir>/dicts`` when empty) were trained on, as
-    their cfg.json records it (None: none recorded); raises when they were trained on different hooks."""
-    hooks = {n: (r.get("store") or {}).get("hook") for n, r in trained_records(run_dir, names).items()}
+def trained_hook(records: dict[str, dict]) -> str | None:
+    """The store hook the dictionaries of ``records`` (``trained_records``) were trained on, as their cfg.json
+    records it (None: none recorded); raises when they were trained on different hooks."""
+    hooks = {n: (r.get("store") or {}).get("hook") for n, r in records.items()}
     if len(set(hooks.values()) - {None}) > 1:
         raise AnalyzeError(f"the dictionaries were trained on different hooks ({hooks}); analyze one hook's "
                            "at a time (analyze.dicts), or train each hook in its own run_dir")
@@ -265,15 +267,6 @@ def load_models(run_dir: Path, names: list[str], d: int) -> dict:
             raise AnalyzeError(f"dictionary {name} has d={model.d} but the store has d={d}")
         models[name] = model
     return models
-
-
-def checkpoint_hash(run_dir: Path, name: str) -> str | None:
-    """The ``config_hash`` of ``<run_dir>/dicts/<name>/cfg.json`` (None when there is none): it names the
-    training a features file was computed from, so that the lens can tell a stale one."""
-    path = run_dir / "dicts" / name / "cfg.json"
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text()).get("config_hash")
 
 
 def _clean(x):

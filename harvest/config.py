@@ -80,3 +80,11 @@ class HarvestConfig:
                               f"harvest.chunk_rows ({self.chunk_rows})")
         if self.max_tokens is not None and self.max_tokens < 1:
             raise ConfigError(f"harvest.max_tokens must be >= 1 or null, got {self.max_tokens}")
+
+
+def hook_pattern(entry: str) -> str | None:
+    """The fnmatch pattern a ``harvest.hooks`` entry stands for (``all``: every block's hook_resid_post), or
+    None for a plain hook name."""
+    if entry == "all":
+        return "blocks.*.hook_resid_post"
+    return entry if any(c in entry for c in "*?[") else None

@@ -23,7 +23,7 @@ from itertools import islice
 import numpy as np
 
 from actdict.config import Common, bar_timing, config_changes, config_hash, to_dict
-from actdict.harvest.config import HarvestConfig
+from actdict.harvest.config import HarvestConfig, hook_pattern
 from actdict.harvest.dist import Ranks, init_ranks, rank_device
 from actdict.harvest.layout import ACT_DTYPES, fs_of, human_size, shard_problem, whole_shards, write_shard
 from actdict.harvest.models import LoadedModel, load_model
@@ -125,7 +125,7 @@ def expand_hooks(lm: LoadedModel, wanted: Iterable[str]) -> list[str]:
     for w in wanted:
         if w == "all":
             names = [f"blocks.{i}.hook_resid_post" for i in range(lm.n_layers)]
-        elif any(c in w for c in "*?["):
+        elif hook_pattern(w):
             names = [h for h in valid if fnmatch.fnmatchcase(h, w)]
             if not names:
                 lm.check_hooks([w])  # raises, listing the valid hooks
@@ -236,7 +236,7 @@ def _existing(path: str, hooks: list[str], cfg: HarvestConfig,
     ``manifests``: those of ``_manifests(path)`` when already read."""
     manifests = _manifests(path) if manifests is None else manifests
     chash = config_hash(cfg)
-    literal = [h for h in hooks if h != "all" and not any(c in h for c in "*?[")]
+    literal = [h for h in hooks if hook_pattern(h) is None]
     if len(literal) == len(hooks) and holds_hooks(manifests, literal, _as_json(cfg)):
         manifests = {h: manifests[h] | {"config_hash": chash} for h in literal}  # those of this config
     for h, m in manifests.items():

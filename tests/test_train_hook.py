@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from actdict.analyze.run import AnalyzeError, trained_hook
+from actdict.analyze.run import AnalyzeError, trained_hook, trained_records
 from actdict.cli import check_train_hook, main
 from actdict.config import ConfigError
 from actdict.harvest.store import write_vectors
@@ -59,9 +59,11 @@ def test_train_names_the_hook_and_analysis_follows_it(two_hooks, tmp_path, capsy
 
     # a second dictionary of the same run folder trained on the other hook: analysis cannot mix them
     assert main(["train", _config(tmp_path, two_hooks, name="t", hook="h.a")]) == 0
-    assert trained_hook(tmp_path / "run", ["t"]) == "h.a" and trained_hook(tmp_path / "run", ["s"]) == "h.b"
+    run = tmp_path / "run"
+    assert trained_hook(trained_records(run, ["t"])) == "h.a"
+    assert trained_hook(trained_records(run, ["s"])) == "h.b"
     with pytest.raises(AnalyzeError, match="different hooks"):
-        trained_hook(tmp_path / "run", [])
+        trained_hook(trained_records(run, []))
     assert main(["analyze", cfg, "analyze.dicts=[t]"]) == 0
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["d"] == 6
 
