@@ -240,7 +240,7 @@ def _existing(path: str, hooks: list[str], cfg: HarvestConfig,
     if len(literal) == len(hooks) and holds_hooks(manifests, literal, _as_json(cfg)):
         manifests = {h: manifests[h] | {"config_hash": chash} for h in literal}  # those of this config
     for h, m in manifests.items():
-        if m.get("config_hash") != chash:
+        if m.get("config_hash") != chash and not same_rows(m, _as_json(cfg)):
             old = m.get("harvest")
             changes = config_changes(old, _as_json(cfg)) if isinstance(old, dict) else []
             what = "; ".join(changes[:8]) or f"config_hash {m.get('config_hash')}, this config {chash}"
@@ -267,13 +267,33 @@ def holds_hooks(manifests: dict[str, dict], hooks: list[str], harvest_cfg: dict)
     one of ``hooks`` (names): a hook's rows do not depend on the other hooks of its forward, so a config
     naming some hooks of a harvest of more (``hooks: [all]``) uses that store as it is."""
     found = [manifests.get(h) for h in hooks]
-    return all(m and m.get("complete") and isinstance(m.get("harvest"), dict)
-               and m["harvest"] | {"hooks": None} == harvest_cfg | {"hooks": None} for m in found)
+    return all(m and same_rows(m, harvest_cfg, ("hooks",)) for m in found)
+
+
+RUN_KEYS = ("batch_size", "device")
+"""Harvest keys that say how the forward ran, not which rows it makes: a complete store is this config's
+whatever they were (its manifest's ``numerics`` still says where it ran). An unfinished one resumes only
+with the same ones (a resumed store is the uninterrupted run's, bit for bit)."""
+
+
+def same_rows(manifest: dict, harvest_cfg: dict, also: tuple[str, ...] = ()) -> bool:
+    """``manifest`` is a complete harvest of ``harvest_cfg`` (as JSON) but for ``RUN_KEYS`` and ``also``."""
+    old, skip = manifest.get("harvest"), dict.fromkeys(RUN_KEYS + also)
+    return bool(manifest.get("complete")) and isinstance(old, dict) and old | skip == harvest_cfg | skip
 
 
 def _as_json(cfg: HarvestConfig) -> dict:
     """The config as a manifest holds it (JSON types: lists, not tuples)."""
     return json.loads(json.dumps(to_dict(cfg)))
+
+
+def _how_held(manifests: dict[str, dict], harvest_cfg: dict) -> str:
+    """'; it was harvested with ...': where a complete store reused as this config's differs from it."""
+    olds = [m.get("harvest", {}) for m in manifests.values()]
+    diff = {k: sorted({str(o.get(k)) for o in olds if o.get(k) != harvest_cfg.get(k)})
+            for k in ("hooks",) + RUN_KEYS}
+    said = [f"{k} {', '.join(v)}" for k, v in diff.items() if v]
+    return f"; it was harvested with {'; '.join(said)}" if said else ""
 
 
 def main(common: Common, cfg: HarvestConfig) -> None:
@@ -287,9 +307,7 @@ def main(common: Common, cfg: HarvestConfig) -> None:
     manifests = _manifests(path)
     grow = growable(manifests, _as_json(cfg))  # a larger max_tokens: continue the store
     if not grow and _existing(path, list(cfg.hooks), cfg, manifests):
-        wider = {str(m.get("harvest", {}).get("hooks")) for m in manifests.values()
-                 if m.get("config_hash") != chash}
-        how = f"; it was harvested with hooks {', '.join(sorted(wider))}" if wider else ""
+        how = _how_held(manifests, _as_json(cfg))
         print(f"harvest: store {path} is already complete for this config ({chash}{how}); skipping")
         return
     ranks = init_ranks()

@@ -94,6 +94,17 @@ def test_max_tokens_rerun_and_conflict(tmp_path, minilm_hf, capsys):
     t = time.perf_counter()
     harvest(tmp_path / "run", max_tokens=50)  # same config: skipped, no model load
     assert "already complete" in capsys.readouterr().out and time.perf_counter() - t < 2
+    # how the forward ran (batch size, device) does not choose the rows: a complete store is reused as it is
+    before = tree(Path(common.store_path))
+    harvest(tmp_path / "run", max_tokens=50, batch_size=5, device="auto")
+    assert "it was harvested with batch_size 3; device cpu); skipping" in capsys.readouterr().out
+    assert tree(Path(common.store_path)) == before
+    manifest = next(Path(common.store_path).rglob("manifest.json"))
+    done = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps(done | {"complete": False}))  # unfinished: it resumes only as it began
+    with pytest.raises(HarvestError, match=r"another config .*batch_size: 3 -> 5"):
+        harvest(tmp_path / "run", max_tokens=50, batch_size=5)
+    manifest.write_text(json.dumps(done))
     with pytest.raises(HarvestError, match="another config.*ctx: 16 -> 20.*delete") as e:
         harvest(tmp_path / "run", max_tokens=50, ctx=20)
     assert "(hook 'blocks.3.hook_resid_post': ctx: 16 -> 20);" in str(e.value)  # only the keys that differ
