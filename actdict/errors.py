@@ -11,9 +11,16 @@ class ActdictError(Exception):
 
 def print_error(prog: str, e: ActdictError) -> int:
     """Print ``e`` as the command line's one line on stderr ("PROG: config error: ..." for a bad config,
-    "PROG: ErrorClass: ..." otherwise) and return the exit status, 2."""
+    "PROG: ErrorClass: ..." otherwise) and return the exit status, 2. Under torchrun (WORLD_SIZE > 1) a
+    config error, the same on every rank, is printed by rank 0 only, and other errors name their rank."""
+    import os
     import sys
 
-    kind = "config error" if type(e).__name__ == "ConfigError" else type(e).__name__
-    print(f"{prog}: {kind}: {e}", file=sys.stderr)
+    config = type(e).__name__ == "ConfigError"
+    kind = "config error" if config else type(e).__name__
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1 and config and rank:
+        return 2
+    where = f" (rank {rank} of {world})" if world > 1 and not config else ""
+    print(f"{prog}{where}: {kind}: {e}", file=sys.stderr)
     return 2

@@ -127,3 +127,18 @@ def test_cli_errors_are_one_line_with_exit_2(tmp_path, capsys):
     nostore.write_text(f"run_dir: {tmp_path / 'empty'}\ntrain: {{epochs: 1}}\n")
     assert main(["train", str(nostore)]) == 2
     assert "StoreError" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_cli_errors_under_torchrun_once_or_with_the_rank(tmp_path, capsys, monkeypatch, rank):
+    monkeypatch.setenv("RANK", str(rank))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("run_dir: x\ntrain: {epochs: 1, epoch: 2}\n")
+    assert main(["train", str(bad)]) == 2  # the same on every rank: rank 0 says it
+    assert ("unknown key(s) ['epoch']" in capsys.readouterr().err) == (rank == 0)
+    from actdict.errors import print_error
+    from actdict.harvest.store import StoreError
+
+    assert print_error("actdict", StoreError("shard 00003 is truncated")) == 2  # may be one rank's own
+    assert capsys.readouterr().err == f"actdict (rank {rank} of 2): StoreError: shard 00003 is truncated\n"
