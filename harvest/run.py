@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import random
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from itertools import islice
 
 import numpy as np
@@ -25,7 +27,15 @@ import numpy as np
 from actdict.config import Common, bar_timing, config_changes, config_hash, to_dict
 from actdict.harvest.config import HarvestConfig, hook_pattern
 from actdict.harvest.dist import Ranks, init_ranks, rank_device
-from actdict.harvest.layout import ACT_DTYPES, fs_of, human_size, shard_problem, whole_shards, write_shard
+from actdict.harvest.layout import (
+    ACT_DTYPES,
+    fs_of,
+    human_size,
+    is_local,
+    shard_problem,
+    whole_shards,
+    write_shard,
+)
 from actdict.harvest.models import LoadedModel, load_model
 from actdict.harvest.pipeline import Behind, Prefetch
 from actdict.harvest.plan import RowStream, ShardWork, owner, shard_work, stored_positions
@@ -53,6 +63,7 @@ from actdict.harvest.sources import (
 )
 from actdict.harvest.store import list_hooks
 from actdict.harvest.writer import new_manifest, non_finite
+from actdict.lock import folder_lock
 
 __all__ = ["HarvestError", "main", "describe_source", "expand_hooks", "forward", "model_windows"]
 META_BYTES = 4 + 8 + 4  # token_ids int32 + doc int64 + pos int32, per row
@@ -297,7 +308,25 @@ def _how_held(manifests: dict[str, dict], harvest_cfg: dict) -> str:
 
 
 def main(common: Common, cfg: HarvestConfig) -> None:
-    """Harvest ``cfg.hooks`` of ``cfg.model`` on ``cfg.source`` into ``common.store_path``."""
+    """Harvest ``cfg.hooks`` of ``cfg.model`` on ``cfg.source`` into ``common.store_path``, holding the
+    store's lock (``store_lock``) throughout."""
+    with store_lock(common.store_path):
+        _main(common, cfg)
+
+
+@contextmanager
+def store_lock(path: str) -> Iterator[None]:
+    """``actdict.lock.folder_lock`` of a local store, taken by rank 0 alone (torchrun's ranks are one
+    writer); a store on an fsspec URL is not locked."""
+    fs, root = fs_of(path)
+    if not is_local(fs) or int(os.environ.get("RANK", 0)):
+        yield
+        return
+    with folder_lock(root, f"store {path}"):
+        yield
+
+
+def _main(common: Common, cfg: HarvestConfig) -> None:
     if cfg.mode != "tokens":  # one row per document (harvest/embed.py) or your own vectors (vectors.py)
         import importlib
 

@@ -29,6 +29,7 @@ import torch
 
 from actdict.config import Common, ConfigError, config_changes, to_dict
 from actdict.harvest.store import list_hooks, open_store
+from actdict.lock import folder_lock
 from actdict.train import checkpoint
 from actdict.train import dist as dist_
 from actdict.train.config import DictConfig, TrainConfig
@@ -153,7 +154,11 @@ def main(common: Common, cfg: TrainConfig) -> None:
     device = resolve_device(cfg.device, d.local_rank)
     dist_.init(d, device)
     try:
-        _main(common, cfg, d, device)
+        if d.main:  # rank 0 holds the run folder's lock: a second training there would spoil train_state
+            with folder_lock(common.run_dir, f"run folder {common.run_dir}"):
+                _main(common, cfg, d, device)
+        else:
+            _main(common, cfg, d, device)
     finally:
         dist_.close(d)
 
