@@ -1,10 +1,11 @@
-"""``actdict store PATH [--hook H] [--verify] [--json]``: what a store holds, hook by hook.
+"""``actdict store PATH [--hook H] [--verify | --repair] [--json]``: what a store holds, hook by hook.
 
 Per hook: whether the harvest finished, rows, width d, stored dtype, shards and chunks, bytes on disk,
 and where the rows came from (model, numerics, corpus, from the manifest). An unfinished store
 is described by its complete shards. ``--verify`` re-reads every shard and checks its checksums
-(``ActivationStore.verify``): a damaged shard is named and the command exits 2. Local folders and fsspec
-URLs alike.
+(``ActivationStore.verify``): a damaged shard is named and the command exits 2. ``--repair`` re-reads every
+shard too, removes the damaged ones and marks their hook unfinished (``resume.repair``): the harvest command
+that made the store then writes only those shards again. Local folders and fsspec URLs alike.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from actdict.errors import ActdictError
 from actdict.harvest.layout import StoreError, human_size, list_hooks
+from actdict.harvest.resume import repair, store_lock
 from actdict.harvest.store import ActivationStore, open_store
 
 
@@ -39,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("path", help="store root (folder or fsspec URL)")
     ap.add_argument("--hook", action="append", help="only this hook (repeatable); default every hook")
     ap.add_argument("--verify", action="store_true", help="re-read every shard and check its checksums")
+    ap.add_argument("--repair", action="store_true", help="re-read every shard, remove the damaged ones and "
+                    "mark their hook unfinished: the same harvest command then writes them again")
     ap.add_argument("--json", action="store_true", help="print one JSON document instead of text")
     a = ap.parse_args(argv)
     out, bad = [], 0
@@ -46,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         hooks = a.hook or list_hooks(a.path)
         if not hooks:
             raise StoreError(f"no activation store at {a.path} (no <hook>/manifest.json found)")
+        if a.repair:
+            return repair_hooks(a.path, hooks)
         for hook in hooks:
             store = open_store(a.path, hook, allow_partial=True)
             info = describe(store)
@@ -58,9 +65,22 @@ def main(argv: list[str] | None = None) -> int:
             out.append(info)
             if not a.json:
                 print(line(info) + (f"\n  verify: {info['verified']}" if a.verify else ""), flush=True)
-    except StoreError as e:
+    except ActdictError as e:  # StoreError, FolderInUse
         print(f"actdict store: {e}")
         return 2
     if a.json:
         print(json.dumps(out, indent=1, default=str))
     return 2 if bad else 0
+
+
+def repair_hooks(path: str, hooks: list[str]) -> int:
+    """``--repair``: each hook's damaged shards removed (holding the store's lock); exit status 0."""
+    with store_lock(path):
+        removed = {hook: repair(path, hook) for hook in hooks}
+    for hook, bad in removed.items():
+        said = "; ".join(f"{name}: {why}" for name, why in bad.items())
+        print(f"{hook}: " + (f"{len(bad)} shard(s) to write again ({said})" if bad else "intact"))
+    if any(removed.values()):
+        print(f"the store is now unfinished: run the harvest command that made it (the same config and store "
+              f"{path}) to write those shards again; a token harvest computes only them")
+    return 0

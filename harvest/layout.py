@@ -142,7 +142,8 @@ def shard_problem(names: list[str], n_shards: int) -> str | None:
             (("missing shard(s)", sorted(want - have)), ("unexpected shard(s)", sorted(have - want))) if ids]
     listed = f"{shard_name(0)}..{shard_name(n_shards - 1)}" if n_shards else "none"
     return (f"{'; '.join(said)} (the manifest lists {n_shards}: {listed}); the store is damaged: restore "
-            "those shards from a copy, or delete the store and harvest again")
+            "those shards from a copy, or run `actdict store STORE --repair` and the harvest command "
+            "again (it writes only those shards)")
 
 
 # ----------------------------------------------------------------------------------------------- dtypes

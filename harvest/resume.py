@@ -9,6 +9,10 @@ began, so the rerun does not even re-tokenize the documents before the first mis
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import zarr
 
 from actdict.errors import ActdictError
@@ -22,6 +26,7 @@ from actdict.harvest.layout import (
     StoreError,
     check_shard,
     fs_of,
+    is_local,
     read_json,
     shard_entries,
     shard_name,
@@ -29,6 +34,8 @@ from actdict.harvest.layout import (
     write_json,
     zarr_url,
 )
+from actdict.harvest.store import shard_damage
+from actdict.lock import folder_lock
 
 PROGRESS_KEYS = ("complete", "n_rows", "n_shards")  # the manifest keys that change while harvesting
 
@@ -159,3 +166,40 @@ def finish(path: str, hook: str, manifest: dict, n_rows: int, shard_rows: int) -
         raise HarvestError(f"{d}: shards hold {got} rows, the stream had {n_rows}; delete the store and "
                            "harvest again")
     write_json(fs, f"{d}/{MANIFEST}", manifest | {"complete": True, "n_rows": n_rows, "n_shards": n_shards})
+
+
+@contextmanager
+def store_lock(path: str) -> Iterator[None]:
+    """``actdict.lock.folder_lock`` of a local store, for a harvest or a repair; under torchrun rank 0 takes
+    it for all ranks (they are one writer). A store on an fsspec URL is not locked."""
+    fs, root = fs_of(path)
+    if not is_local(fs) or int(os.environ.get("RANK", 0)):
+        yield
+        return
+    with folder_lock(root, f"store {path}"):
+        yield
+
+
+def repair(path: str, hook: str) -> dict[str, str]:
+    """Remove the damaged shards of a hook (``store.shard_damage``: every chunk re-read) and mark its
+    manifest unfinished, so that the harvest that made the store writes them again (a token harvest
+    computes only those shards; the result is the store it made, bit for bit). Returns {shard name: what
+    was wrong}, missing shards of a complete hook included; {} leaves the hook untouched. Shards are
+    removed first, then the manifest: a kill in between leaves a complete manifest with missing shards,
+    which the next repair marks unfinished."""
+    m = read_manifest(path, hook)
+    if m is None:
+        raise StoreError(f"store {path} has no hook {hook!r}")
+    fs, d = hook_dir(path, hook)
+    names = whole_shards(fs, d)
+    args = (int(m["d"]), ACT_DTYPES[m["dtype"]], int(m["chunk_rows"]), m.get("format_version", 1) >= 2)
+    bad = {n: why for n in names if (why := shard_damage(fs, f"{d}/{SHARDS}/{n}", *args))}
+    if m.get("complete"):
+        have = {int(n) for n in names}
+        bad |= {shard_name(i): "missing" for i in range(int(m["n_shards"])) if i not in have}
+    for n, why in bad.items():
+        if why != "missing":
+            fs.rm(f"{d}/{SHARDS}/{n}", recursive=True)
+    if bad and m.get("complete"):
+        write_json(fs, f"{d}/{MANIFEST}", m | {"complete": False})
+    return dict(sorted(bad.items()))

@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import os
 import random
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from itertools import islice
 
 import numpy as np
@@ -31,7 +29,6 @@ from actdict.harvest.layout import (
     ACT_DTYPES,
     fs_of,
     human_size,
-    is_local,
     shard_problem,
     whole_shards,
     write_shard,
@@ -52,6 +49,7 @@ from actdict.harvest.resume import (
     record,
     reopen,
     start_manifest,
+    store_lock,
 )
 from actdict.harvest.sources import (
     SourceConfig,
@@ -63,7 +61,6 @@ from actdict.harvest.sources import (
 )
 from actdict.harvest.store import list_hooks
 from actdict.harvest.writer import new_manifest, non_finite
-from actdict.lock import folder_lock
 
 __all__ = ["HarvestError", "main", "describe_source", "expand_hooks", "forward", "model_windows"]
 META_BYTES = 4 + 8 + 4  # token_ids int32 + doc int64 + pos int32, per row
@@ -312,18 +309,6 @@ def main(common: Common, cfg: HarvestConfig) -> None:
     store's lock (``store_lock``) throughout."""
     with store_lock(common.store_path):
         _main(common, cfg)
-
-
-@contextmanager
-def store_lock(path: str) -> Iterator[None]:
-    """``actdict.lock.folder_lock`` of a local store, taken by rank 0 alone (torchrun's ranks are one
-    writer); a store on an fsspec URL is not locked."""
-    fs, root = fs_of(path)
-    if not is_local(fs) or int(os.environ.get("RANK", 0)):
-        yield
-        return
-    with folder_lock(root, f"store {path}"):
-        yield
 
 
 def _main(common: Common, cfg: HarvestConfig) -> None:

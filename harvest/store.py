@@ -195,7 +195,7 @@ class ActivationStore:
         except (OSError, ValueError) as e:
             start, stop = (r - int(self._offsets[s]) for r in self.chunk_bounds(i))
             raise StoreError(f"shard {shard} is corrupted or truncated: rows {start}..{stop} of it cannot be "
-                             f"read ({type(e).__name__}: {e}); delete the store and harvest again") from e
+                             f"read ({type(e).__name__}: {e}); {self._fix}") from e
 
     def read_rows(self, start: int, stop: int, raw: bool = False) -> Rows:
         """Rows [start, stop) (may span shards); acts as float32, or as stored (``self.dtype``) if ``raw``
@@ -216,7 +216,7 @@ class ActivationStore:
             except Exception as e:  # crc32c mismatch, missing or short chunk file
                 raise StoreError(f"shard {self.dir}/{SHARDS}/{self._shards[s][0]} is corrupted or "
                                  f"truncated: rows {lo}..{hi} of it cannot be read ({type(e).__name__}: "
-                                 f"{e}); delete the store and harvest again") from e
+                                 f"{e}); {self._fix}") from e
             start += hi - lo
             s += 1
         out = {k: np.concatenate(v) if len(v) != 1 else v[0] for k, v in parts.items() if v}
@@ -231,23 +231,36 @@ class ActivationStore:
     def verify(self) -> None:
         """Re-read every shard, check its chunks' crc32c and its done-record checksum (crc32c, or sha256 in
         format 1-2 stores); StoreError names a bad shard."""
-        for s, (name, n) in enumerate(self._shards):
-            g = self._group(s)
-            record = g[DONE_KEY]
-            h = ShardDigest("crc32c" if "crc32c" in record else "sha256")
-            fix = "restore the shard from a copy, or delete the store and harvest again"
-            for k in ARRAYS:
-                for a in range(0, n, self.chunk_rows):
-                    try:
-                        h.update(g[k][a:a + self.chunk_rows])
-                    except Exception as e:  # crc32c mismatch, missing or short chunk file
-                        why = "checksum mismatch" if "checksum" in str(e).lower() else type(e).__name__
-                        file = f"{k}/{chunk_key(a // self.chunk_rows, 2 if k == 'acts' else 1)}"
-                        raise StoreError(f"shard {self.dir}/{SHARDS}/{name} is corrupted: its {k!r} rows "
-                                         f"{a}..{min(a + self.chunk_rows, n) - 1} (file {file}) fail to read "
-                                         f"({why}); {fix}") from e
-            if h.hexdigest() != record[h.kind]:
-                raise StoreError(f"shard {self.dir}/{SHARDS}/{name} is corrupted: checksum mismatch; {fix}")
+        for name, _ in self._shards:
+            where = f"{self.dir}/{SHARDS}/{name}"
+            if why := shard_damage(self.fs, where, self.d, self.dtype, self.chunk_rows, self._crc):
+                raise StoreError(f"shard {where} is corrupted: {why}; restore the shard from a copy, or "
+                                 f"{self._fix}")
+
+    @property
+    def _fix(self) -> str:
+        return (f"run `actdict store {self.path} --repair` and the harvest command that made the store again "
+                "(it writes only the damaged shards)")
+
+
+def shard_damage(fs, where: str, d: int, dtype: np.dtype, chunk_rows: int, crc: bool) -> str | None:
+    """What is wrong with the shard at ``where`` (its done-record, shapes and chunk-file sizes; then every
+    chunk re-read, its crc32c checked, and the done-record checksum), in words; None when it is intact."""
+    try:
+        record = check_shard(fs, where, d, dtype, chunk_rows, crc)
+    except StoreError as e:
+        return str(e).removeprefix(f"shard {where} is ")
+    g = zarr.open_group(zarr_url(fs, where), mode="r")
+    n, h = int(record["n_rows"]), ShardDigest("crc32c" if "crc32c" in record else "sha256")
+    for k in ARRAYS:
+        for a in range(0, n, chunk_rows):
+            try:
+                h.update(g[k][a:a + chunk_rows])
+            except Exception as e:  # crc32c mismatch, missing or short chunk file
+                why = "checksum mismatch" if "checksum" in str(e).lower() else type(e).__name__
+                file = f"{k}/{chunk_key(a // chunk_rows, 2 if k == 'acts' else 1)}"
+                return f"its {k!r} rows {a}..{min(a + chunk_rows, n) - 1} (file {file}) fail to read ({why})"
+    return None if h.hexdigest() == record[h.kind] else "checksum mismatch"
 
 
 def open_store(path: str, hook: str | None = None, allow_partial: bool = False) -> ActivationStore:

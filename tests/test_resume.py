@@ -4,6 +4,7 @@ byte-identical to an uninterrupted run; the window stream resumes exactly at any
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -128,6 +129,41 @@ def test_rerun_of_a_complete_store_changes_nothing(reference, tmp_path):
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0 and "already complete" in out
     assert tree(reference) == before
+
+
+def test_repair_removes_damaged_shards_and_the_harvest_writes_only_them_again(reference, tmp_path, capsys):
+    from actdict.harvest.inspect import main as store_cli
+
+    store = tmp_path / "store"
+    shutil.copytree(reference, store)
+    ref = tree(store)
+    cfg = tmp_path / "h.yaml"  # the reference's harvest config, with this store
+    cfg.write_text(json.dumps(json.loads((reference.parent / "h.yaml").read_text()) | {"store": str(store)}))
+    assert store_cli([str(store), "--repair"]) == 0 and capsys.readouterr().out.count(": intact") == 2
+    assert tree(store) == ref  # an intact store is left as it is
+    h0, h1 = (store / h / "shards" for h in HOOKS)
+    flip = h0 / "00003" / "acts" / "c" / "0" / "0"
+    blob = bytearray(flip.read_bytes())
+    blob[10] ^= 0x40  # one bit: same size, only a re-read sees it
+    flip.write_bytes(bytes(blob))
+    short = h0 / "00001" / "doc" / "c" / "1"
+    short.write_bytes(short.read_bytes()[:-5])
+    shutil.rmtree(h1 / "00005")
+    assert store_cli([str(store), "--verify"]) == 2
+    capsys.readouterr()
+    assert store_cli([str(store), "--repair"]) == 0
+    out = capsys.readouterr().out
+    assert f"{HOOKS[0]}: 2 shard(s) to write again (00001: truncated or damaged: doc chunk 1 has" in out
+    assert "00003: its 'acts' rows 0..31 (file acts/c/0/0) fail to read (checksum mismatch))" in out
+    assert f"{HOOKS[1]}: 1 shard(s) to write again (00005: missing)" in out
+    assert sorted(p.name for p in h0.iterdir())[:4] == ["00000", "00002", "00004", "00005"]
+    assert all(json.loads((store / h / "manifest.json").read_text())["complete"] is False for h in HOOKS)
+    kept = {p: p.stat().st_mtime_ns for p in (h0 / "00002").rglob("*") if p.is_file()}
+    proc = cli(cfg)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and "resuming" in out, out
+    assert tree(store) == ref  # the store of the uninterrupted harvest, byte for byte
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept  # the intact shards were not written again
 
 
 # ---------------------------------------------------------------------------------- pure stream functions
