@@ -32,6 +32,21 @@ def test_lock_of_a_killed_holder_is_free_at_once(tmp_path):
     assert time.perf_counter() - t < 1
 
 
+def test_a_read_only_folder_is_read_unlocked(tmp_path, monkeypatch):
+    import os
+
+    def read_only(*a, **k):
+        raise OSError(30, "Read-only file system")  # EROFS: root's tests cannot chmod their way there
+
+    monkeypatch.setattr(os, "open", read_only)
+    ran = []
+    with folder_lock(str(tmp_path), "store s"):
+        ran.append(1)
+    assert ran == [1] and not (tmp_path / LOCK_FILE).exists()
+    with pytest.raises(OSError, match="in the body"), folder_lock(str(tmp_path), "store s"):
+        raise OSError("in the body")  # an error of the body is not swallowed as the folder's
+
+
 def _config(tmp_path: Path) -> Path:
     (tmp_path / "doc.txt").write_text("The ferry leaves at nine, rain or shine.\n")
     cfg = tmp_path / "c.yaml"
