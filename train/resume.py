@@ -27,12 +27,12 @@ _KEY = "actdict_train_state"
 
 
 def save_state(path: str | Path, members: list[Member], hashes: dict[str, str], pos: Position,
-               configs: dict[str, dict] | None = None) -> Path:
+               configs: dict[str, dict] | None = None, final: bool = False) -> Path:
     """``configs``: each member's config as JSON (what its hash covers), kept so that a refused resume can
-    say what changed."""
+    say what changed. ``final``: the state of a finished run, kept (``train.keep_state``) to be extended."""
     path = Path(path)
     tensors: dict[str, torch.Tensor] = {"rng/torch": torch.get_rng_state()}
-    meta: dict = {"position": vars(pos), "members": {}}
+    meta: dict = {"position": vars(pos), "members": {}} | ({"final": True} if final else {})
     for m in members:
         for k, v in m.model.state_dict().items():
             tensors[f"{m.name}/model/{k}"] = v
@@ -73,6 +73,34 @@ def state_matches(meta: dict, hashes: dict[str, str], legacy: dict[str, str] | N
     ``legacy`` ones), besides the ``finished`` members it may still hold (and those the run drops)."""
     held = {n: m["config_hash"] for n, m in meta["members"].items() if n not in finished}
     return held in (hashes, legacy)
+
+
+_LENGTH_FREE = ("cosine_restarts", "constant")  # schedules whose rate at a step ignores the run length
+
+
+def extension(meta: dict, hashes: dict[str, str], configs: dict[str, dict],
+              ignored: set[str]) -> tuple[dict[str, str] | None, str]:
+    """Whether the kept final state of a finished run (``meta``, ``train.keep_state``) continues into this
+    run: (the state's config hashes, to load it with, or None; why not, in words). It does when it holds
+    exactly this run's dictionaries (``ignored`` aside), each configured as now but for a smaller
+    ``train.epochs``, it ended at the end of its last epoch, and the schedule ignores the run length."""
+    held = {n: m for n, m in meta["members"].items() if n not in ignored}
+    if not meta.get("final"):
+        return None, "not a finished run's state"
+    if set(held) != set(hashes):
+        return None, f"it holds {sorted(held)}, this run trains {sorted(hashes)}"
+    for n, m in held.items():
+        old, new = m.get("config") or {}, configs[n]
+        changes = config_changes(old, new)
+        if [c.split(":")[0] for c in changes] != ["train.epochs"]:
+            return None, f"{n}: {'; '.join(changes[:4]) or 'the same config'}"
+        was, now, pos = old["train"]["epochs"], new["train"]["epochs"], meta["position"]
+        if now < was or (pos["epoch"], pos["batch"]) != (was, 0):
+            return None, f"{n}: train.epochs {was} -> {now}, the state at epoch {pos['epoch']}"
+        if new["train"]["schedule"] not in _LENGTH_FREE:
+            return None, (f"{n}: schedule {new['train']['schedule']} decays over the whole run, so a longer "
+                          "run is another run")
+    return {n: m["config_hash"] for n, m in held.items()}, ""
 
 
 def conflict(meta: dict, hashes: dict[str, str], configs: dict[str, dict], ignored: set[str]) -> str:

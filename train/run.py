@@ -40,6 +40,7 @@ from actdict.train.resume import (
     STATE,
     ResumeConflict,
     conflict,
+    extension,
     load_state,
     read_meta,
     save_state,
@@ -48,7 +49,7 @@ from actdict.train.resume import (
 
 SPLIT = "split.json"
 _UNHASHED = ("dicts", "device", "checkpoint_every", "resume", "resume_drop",  # no change to the result,
-             "hook")  # or that the store's identity holds (its hook)
+             "keep_state", "hook")  # or that the store's identity holds (its hook)
 _LATER = {"grad_clip": 0.0}  # settings added after the first release: hashed only when not at their default,
 # so runs made before them keep their hashes (and resume / count as finished)
 
@@ -223,8 +224,10 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
         if dc not in todo:
             say(f"train: {dc.name}: finished checkpoint with the same config exists, skipped")
         elif what := replaced(run_dir / "dicts" / dc.name, dc, cfg, seeds[dc.name], store_id):
+            hint = ("; train.keep_state=true keeps a finished run's state, so that raising epochs continues "
+                    "it" if "train.epochs:" in what and not (run_dir / STATE).is_file() else "")
             say(f"train: {dc.name}: its finished checkpoint will be replaced (it was trained with another "
-                f"config: {what}); set run_dir, or rename the dictionary, to keep both")
+                f"config: {what}); set run_dir, or rename the dictionary, to keep both{hint}")
     if not todo:
         return
     todo_hashes = {dc.name: hashes[dc.name] for dc in todo}
@@ -233,12 +236,23 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
     meta = read_meta(state_path) if cfg.resume else None
     configs = {dc.name: identity(dc, cfg, seeds[dc.name], store_id) for dc in todo}
     done: set[str] = set()
+    load_hashes, load_legacy = todo_hashes, todo_legacy  # those the state must hold to be loaded
     if meta is not None:  # a kill between the final saves leaves a state that also holds finished members
         done = {n for n, m in meta["members"].items()
                 if n not in todo_hashes and is_finished(run_dir / "dicts" / n, m["config_hash"])}
         drop = {n for n in cfg.resume_drop if n in meta["members"] and n not in todo_hashes} - done
         if not state_matches(meta, todo_hashes, todo_legacy, done | drop):  # before the models and stats
-            raise ResumeConflict(f"{state_path} " + conflict(meta, todo_hashes, configs, done))
+            load_hashes, why = extension(meta, todo_hashes, configs, done)
+            if load_hashes is not None:
+                load_legacy = None
+                say(f"train: continuing the finished run kept at epoch {meta['position']['epoch']} "
+                    f"(train.keep_state) to epoch {cfg.epochs}")
+            elif meta.get("final"):
+                say(f"train: the kept state of a finished run does not continue this one ({why}); starting "
+                    "over (the state is replaced)")
+                meta = None
+            else:
+                raise ResumeConflict(f"{state_path} " + conflict(meta, todo_hashes, configs, done))
         if drop:
             say(f"train: resuming without {sorted(drop)} (train.resume_drop): their progress in the resume "
                 "state is dropped")
@@ -253,7 +267,7 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
             model = checkpoint.Normalized(model, torch.from_numpy(norm[0]), norm[1])
         members.append(Member(dc.name, model.to(device).train(), dc.lr))
         members[-1].setup(device)
-    start = load_state(state_path, members, todo_hashes, todo_legacy, done) if meta is not None else None
+    start = load_state(state_path, members, load_hashes, load_legacy, done) if meta is not None else None
     world = f" x {d.world} ranks" if d.on else ""
     say(f"train: {[m.name for m in members]} on {train_rows} rows ({len(chunks)} chunks, d={store.d}) for "
         f"{cfg.epochs} epoch(s) on {device}{world}" + (f"; resumed at step {start.step}" if start else ""))
@@ -285,5 +299,8 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
             checkpoint.save(run_dir / "dicts" / dc.name, m.model, record)
             last = ", ".join(f"{k} {v:.5g}" for k, v in (m.history[-1] if m.history else {}).items())
             say(f"train: saved {run_dir / 'dicts' / dc.name} (last epoch: {last})")
-        state_path.unlink(missing_ok=True)
+        if cfg.keep_state and not (cfg.max_steps and steps >= cfg.max_steps):  # ended after its last epoch
+            save_state(state_path, members, todo_hashes, Position(cfg.epochs, 0, steps), configs, final=True)
+        else:
+            state_path.unlink(missing_ok=True)
     dist_.barrier(d)

@@ -1,0 +1,76 @@
+"""train.keep_state: a finished run's kept state continues into a run with more epochs, which then ends
+exactly where an uninterrupted run of those epochs ends; anything else starts over, and says why."""
+
+import numpy as np
+import pytest
+import torch
+
+from actdict.config import Common
+from actdict.harvest.store import write_vectors
+from actdict.train import checkpoint
+from actdict.train.config import DictConfig, TrainConfig
+from actdict.train.resume import STATE, read_meta
+from actdict.train.run import main
+
+DICTS = [DictConfig(name="vaease", variant="vaease", k=12), DictConfig(name="l1", variant="sae_l1", k=12)]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    x = np.random.default_rng(1).standard_normal((640, 6)).astype(np.float32)
+    return write_vectors(str(tmp_path_factory.mktemp("s") / "store"), x, shard_rows=256, chunk_rows=64)
+
+
+def cfg(**kw) -> TrainConfig:
+    return TrainConfig(**{"dicts": DICTS, "epochs": 2, "batch_size": 50, "device": "cpu",
+                          "checkpoint_every": 0} | kw)
+
+
+def run(store, folder, **kw) -> Common:
+    common = Common(run_dir=str(folder), seed=5, store=store.path)
+    main(common, cfg(**kw))
+    return common
+
+
+def trained(folder, name):
+    model, meta = checkpoint.load(folder / "dicts" / name)
+    return model.state_dict(), meta
+
+
+def test_more_epochs_continue_the_kept_state_bit_exactly(store, tmp_path, capsys):
+    run(store, tmp_path / "ref", epochs=3)  # uninterrupted
+    run(store, tmp_path / "run", keep_state=True)
+    state = tmp_path / "run" / STATE
+    meta = read_meta(state)
+    assert meta["final"] and meta["position"] == {"epoch": 2, "batch": 0, "step": 2 * 12}  # 576 rows / 50
+    capsys.readouterr()
+    run(store, tmp_path / "run", epochs=3, keep_state=True)
+    out = capsys.readouterr().out
+    assert "continuing the finished run kept at epoch 2 (train.keep_state) to epoch 3" in out
+    for name in ("vaease", "l1"):
+        (ref, ref_meta), (got, meta) = trained(tmp_path / "ref", name), trained(tmp_path / "run", name)
+        assert all(torch.equal(ref[k], got[k]) for k in ref)
+        assert meta["history"] == ref_meta["history"] and len(meta["history"]) == 3
+        assert meta["config_hash"] == ref_meta["config_hash"] and meta["resumed_at_step"] == 24
+    assert read_meta(state)["position"]["epoch"] == 3  # kept again: 4 epochs would continue it too
+
+
+def test_what_a_kept_state_does_not_continue_starts_over(store, tmp_path, capsys):
+    run(store, tmp_path / "run", keep_state=True, schedule="warmup_cosine")
+    capsys.readouterr()
+    run(store, tmp_path / "run", epochs=3, schedule="warmup_cosine")  # the decay spans the whole run
+    out = capsys.readouterr().out
+    assert "does not continue this one (vaease: schedule warmup_cosine decays over the whole run" in out
+    assert trained(tmp_path / "run", "l1")[1]["resumed_at_step"] is None
+    assert not (tmp_path / "run" / STATE).exists()  # keep_state off: removed at the end
+    run(store, tmp_path / "run2", keep_state=True)
+    capsys.readouterr()
+    run(store, tmp_path / "run2", epochs=3, dicts=[DICTS[0], DictConfig(name="l1", variant="sae_l1", k=12,
+                                                                        lr=0.01)])
+    assert "does not continue this one (l1: dict.lr: 0.005 -> 0.01; train.epochs: 2 -> 3)" in (
+        capsys.readouterr().out)  # not a ResumeConflict: a finished run's state is set aside
+    run(store, tmp_path / "run3")
+    capsys.readouterr()
+    run(store, tmp_path / "run3", epochs=3)  # no kept state: replaced, and told how to keep one next time
+    said = "train.epochs: 2 -> 3); set run_dir, or rename the dictionary, to keep both; train.keep_state=true"
+    assert said in capsys.readouterr().out
