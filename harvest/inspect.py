@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             out.append(info)
             if not a.json:
                 print(line(info) + (f"\n  verify: {info['verified']}" if a.verify else ""), flush=True)
-    except ActdictError as e:  # StoreError, FolderInUse
+    except ActdictError as e:  # StoreError
         print(f"actdict store: {e}")
         return 2
     if a.json:

@@ -1,40 +1,98 @@
-"""One writer per folder: a harvest locks its store, a training its run folder; a killed holder frees it."""
+"""One writer per folder: a harvest locks its store, a training its run folder; a second one waits, saying
+so, and then looks again; a killed holder frees the lock at once."""
 
+import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from actdict.cli import main
-from actdict.lock import LOCK_FILE, FolderInUse, folder_lock
+from actdict.lock import LOCK_FILE, folder_lock
 
 HOLD = ("import sys, time; from actdict.lock import folder_lock\n"
         "with folder_lock(sys.argv[1], 'x'):\n    print('held', flush=True); time.sleep(600)\n")
 
 
-def test_lock_of_a_killed_holder_is_free_at_once(tmp_path):
+class Waiter(threading.Thread):
+    """Runs ``fn`` in a thread; ``result`` holds its return value once it ends."""
+
+    def __init__(self, fn):
+        super().__init__(daemon=True)
+        self.fn, self.result = fn, None
+
+    def run(self):
+        self.result = self.fn()
+
+
+def wait_for(cond, timeout=60.0):
+    t = time.monotonic()
+    while not cond():
+        assert time.monotonic() - t < timeout, "timed out"
+        time.sleep(0.01)
+
+
+def test_a_second_holder_waits_until_the_first_is_killed(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path / "store")], stdout=subprocess.PIPE,
                               text=True)
+    said = []
     try:
         assert holder.stdout.readline() == "held\n"
-        with pytest.raises(FolderInUse, match=f"store .* in use by another actdict process .*{LOCK_FILE}"):
-            with folder_lock(str(tmp_path / "store"), "store s"):
-                pass
+
+        def second():
+            with folder_lock(str(tmp_path / "store"), "store s", said.append):
+                return time.monotonic()
+
+        w = Waiter(second)
+        w.start()
+        wait_for(lambda: said)
+        assert said == [f"store s is in use by another actdict process (it holds {tmp_path}/store/"
+                        f"{LOCK_FILE}); waiting for it to finish (Ctrl-C stops this one)"]
+        time.sleep(0.3)
+        assert w.is_alive()  # still waiting
+        killed = time.monotonic()
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
-    t = time.perf_counter()
-    with folder_lock(str(tmp_path / "store"), "store s"):  # no stale lock: the kernel dropped it
-        assert (tmp_path / "store" / LOCK_FILE).is_file()
-    assert time.perf_counter() - t < 1
+    w.join(10)
+    assert w.result is not None and w.result - killed < 5  # no stale lock: the kernel dropped it
+
+
+def test_the_lock_file_follows_the_umask_and_a_read_only_one_still_locks(tmp_path):
+    old = os.umask(0o002)
+    try:
+        with folder_lock(str(tmp_path / "a"), "store a"):
+            pass
+    finally:
+        os.umask(old)
+    lock = tmp_path / "a" / LOCK_FILE
+    assert lock.stat().st_mode & 0o777 == 0o664  # a group store's members can all take it
+    lock.chmod(0o444)
+    real_open = os.open
+
+    def no_write(path, flags, *a):  # root's tests cannot lose write access by chmod: refuse it here
+        if path.endswith(LOCK_FILE) and flags & os.O_RDWR:
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, flags, *a)
+
+    os.open = no_write
+    try:
+        said = []
+        with folder_lock(str(tmp_path / "a"), "store a"):
+            w = Waiter(lambda: folder_lock(str(tmp_path / "a"), "store a", said.append).__enter__())
+            w.start()
+            wait_for(lambda: said)  # the read-only descriptor locks as well
+    finally:
+        os.open = real_open
+    w.join(10)
+    assert not w.is_alive()
 
 
 def test_a_read_only_folder_is_read_unlocked(tmp_path, monkeypatch):
-    import os
-
     def read_only(*a, **k):
         raise OSError(30, "Read-only file system")  # EROFS: root's tests cannot chmod their way there
 
@@ -48,24 +106,38 @@ def test_a_read_only_folder_is_read_unlocked(tmp_path, monkeypatch):
 
 
 def _config(tmp_path: Path) -> Path:
-    (tmp_path / "doc.txt").write_text("The ferry leaves at nine, rain or shine.\n")
+    (tmp_path / "doc.txt").write_text("The ferry leaves at nine, rain or shine. Owls are quiet at night.\n")
     cfg = tmp_path / "c.yaml"
     src = f"{{kind: files, path: {tmp_path}/doc.txt}}"
     cfg.write_text(f"run_dir: {tmp_path / 'run'}\n"
-                   f"harvest: {{source: {src}, device: cpu, ctx: 8, max_tokens: 8}}\n"
-                   "train: {epochs: 1, batch_size: 4}\n")
+                   f"harvest: {{source: {src}, device: cpu, ctx: 8, max_tokens: 8, shard_rows: 4, "
+                   "chunk_rows: 4}\n"
+                   "train: {epochs: 1, batch_size: 4, test_fraction: 0, dicts: [{name: s, variant: sae_l1, "
+                   "k: 8}]}\n")
     return cfg
 
 
 @pytest.mark.parametrize("stage, folder", [("harvest", "run/store"), ("train", "run")])
-def test_a_second_writer_is_refused_while_the_first_holds_the_folder(tmp_path, capsys, stage, folder):
+def test_a_second_stage_waits_for_the_folder_then_looks_again(tmp_path, capsys, stage, folder):
     cfg = _config(tmp_path)
-    with folder_lock(str(tmp_path / folder), "held by this test"):
-        assert main([stage, str(cfg)]) == 2
-        err = capsys.readouterr().err
-        what = "store" if stage == "harvest" else "run folder"
-        assert f"FolderInUse: {what} {tmp_path / folder} is in use" in err
-        assert sorted(p.name for p in (tmp_path / folder).iterdir()) == [LOCK_FILE]  # nothing written
-    if stage == "harvest":  # free again: the harvest runs (the model is the offline MiniLM)
-        assert main([stage, str(cfg)]) == 0
-        assert (tmp_path / folder / "blocks.3.hook_resid_post" / "manifest.json").is_file()
+    if stage == "train":
+        assert main(["harvest", str(cfg)]) == 0
+    capsys.readouterr()
+    for again in (False, True):  # the second time it finds the work done by then
+        with folder_lock(str(tmp_path / folder), "held by this test"):
+            w = Waiter(lambda: main([stage, str(cfg)]))
+            w.start()
+            wait_for(lambda: "is in use by another actdict process" in capsys.readouterr().out)
+            time.sleep(0.2)
+            assert w.is_alive()
+            if not again:
+                assert not (tmp_path / "run" / ("store/blocks.3.hook_resid_post" if stage == "harvest"
+                                                else "dicts")).exists()  # nothing written while waiting
+        w.join(300)
+        out = capsys.readouterr().out
+        assert w.result == 0
+        if again:
+            assert ("already complete" if stage == "harvest" else "finished checkpoint with the same "
+                    "config exists, skipped") in out
+    assert (tmp_path / "run" / ("store/blocks.3.hook_resid_post/manifest.json" if stage == "harvest"
+                                else "dicts/s/cfg.json")).is_file()
