@@ -15,7 +15,7 @@ import json
 
 from actdict.errors import ActdictError
 from actdict.harvest.layout import StoreError, human_size, list_hooks
-from actdict.harvest.resume import repair, store_lock
+from actdict.harvest.resume import repair, repair_manifest, store_lock
 from actdict.harvest.store import ActivationStore, open_store
 
 
@@ -74,13 +74,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def repair_hooks(path: str, hooks: list[str]) -> int:
-    """``--repair``: each hook's damaged shards removed (holding the store's lock); exit status 0."""
+    """``--repair``: each hook's damaged shards removed, holding the store's lock; every hook's manifest is
+    read first, so that a bad one stops the command before anything is changed. Exit status 0."""
     with store_lock(path):
-        removed = {hook: repair(path, hook) for hook in hooks}
-    for hook, bad in removed.items():
-        said = "; ".join(f"{name}: {why}" for name, why in bad.items())
-        print(f"{hook}: " + (f"{len(bad)} shard(s) to write again ({said})" if bad else "intact"))
-    if any(removed.values()):
+        made_by = {hook: repair_manifest(path, hook).get("config_hash") for hook in hooks}
+        removed = {}
+        for hook in hooks:
+            removed[hook] = bad = repair(path, hook)
+            said = "; ".join(f"{name}: {why}" for name, why in bad.items())
+            print(f"{hook}: " + (f"{len(bad)} shard(s) to write again ({said})" if bad else "intact"),
+                  flush=True)
+    if any(bad and made_by[h] for h, bad in removed.items()):
         print(f"the store is now unfinished: run the harvest command that made it (the same config and store "
               f"{path}) to write those shards again; a token harvest computes only them")
+    if any(bad and not made_by[h] for h, bad in removed.items()):  # write_vectors / the vectors module
+        print("vectors written from Python or by `python -m actdict.harvest.vectors` have no harvest to "
+              f"rerun: import them again (python -m actdict.harvest.vectors FILE {path} --hook HOOK "
+              "--overwrite)")
     return 0

@@ -181,25 +181,40 @@ def store_lock(path: str) -> Iterator[None]:
 
 
 def repair(path: str, hook: str) -> dict[str, str]:
-    """Remove the damaged shards of a hook (``store.shard_damage``: every chunk re-read) and mark its
-    manifest unfinished, so that the harvest that made the store writes them again (a token harvest
-    computes only those shards; the result is the store it made, bit for bit). Returns {shard name: what
-    was wrong}, missing shards of a complete hook included; {} leaves the hook untouched. Shards are
-    removed first, then the manifest: a kill in between leaves a complete manifest with missing shards,
-    which the next repair marks unfinished."""
-    m = read_manifest(path, hook)
-    if m is None:
-        raise StoreError(f"store {path} has no hook {hook!r}")
+    """Remove the damaged shards of a hook (``store.shard_damage``: every chunk re-read) and those its
+    complete manifest does not list, and mark the manifest unfinished, so that the harvest that made the
+    store writes them again (a token harvest computes only those shards; the result is the store it made,
+    bit for bit). Returns {shard name: what was wrong}, missing shards of a complete hook included; {}
+    leaves the hook untouched. Each shard is first renamed to a temporary name (atomic on local disks:
+    a kill leaves no half-deleted shard under its own name; the harvest removes temporary ones), then
+    removed; the manifest is written last: a kill before it leaves a complete manifest with missing
+    shards, which the next repair marks unfinished."""
+    m = repair_manifest(path, hook)
     fs, d = hook_dir(path, hook)
     names = whole_shards(fs, d)
     args = (int(m["d"]), ACT_DTYPES[m["dtype"]], int(m["chunk_rows"]), m.get("format_version", 1) >= 2)
     bad = {n: why for n in names if (why := shard_damage(fs, f"{d}/{SHARDS}/{n}", *args))}
     if m.get("complete"):
-        have = {int(n) for n in names}
-        bad |= {shard_name(i): "missing" for i in range(int(m["n_shards"])) if i not in have}
+        listed, have = int(m["n_shards"]), {int(n) for n in names}
+        bad |= {shard_name(i): "missing" for i in range(listed) if i not in have}
+        bad |= {n: f"not in the manifest (it lists {listed})" for n in names if int(n) >= listed}
     for n, why in bad.items():
         if why != "missing":
-            fs.rm(f"{d}/{SHARDS}/{n}", recursive=True)
+            gone = f"{d}/{SHARDS}/{TMP_PREFIX}repair-{n}"
+            fs.mv(f"{d}/{SHARDS}/{n}", gone, recursive=True)
+            fs.rm(gone, recursive=True)
     if bad and m.get("complete"):
         write_json(fs, f"{d}/{MANIFEST}", m | {"complete": False})
     return dict(sorted(bad.items()))
+
+
+def repair_manifest(path: str, hook: str) -> dict:
+    """The manifest of a hook to repair; StoreError when there is none or it is unreadable."""
+    try:
+        m = read_manifest(path, hook)
+    except (OSError, ValueError) as e:
+        raise StoreError(f"store {path}, hook {hook!r}: its {MANIFEST} is unreadable ({type(e).__name__}: "
+                         f"{e}); a hook cannot be repaired without it: harvest it again") from e
+    if m is None:
+        raise StoreError(f"store {path} has no hook {hook!r}")
+    return m

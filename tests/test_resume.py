@@ -149,13 +149,16 @@ def test_repair_removes_damaged_shards_and_the_harvest_writes_only_them_again(re
     short = h0 / "00001" / "doc" / "c" / "1"
     short.write_bytes(short.read_bytes()[:-5])
     shutil.rmtree(h1 / "00005")
+    n = json.loads((store / HOOKS[1] / "manifest.json").read_text())["n_shards"]
+    shutil.copytree(h1 / "00000", h1 / f"{n:05d}")  # a shard the manifest does not list
     assert store_cli([str(store), "--verify"]) == 2
     capsys.readouterr()
     assert store_cli([str(store), "--repair"]) == 0
     out = capsys.readouterr().out
     assert f"{HOOKS[0]}: 2 shard(s) to write again (00001: truncated or damaged: doc chunk 1 has" in out
     assert "00003: its 'acts' rows 0..31 (file acts/c/0/0) fail to read (checksum mismatch))" in out
-    assert f"{HOOKS[1]}: 1 shard(s) to write again (00005: missing)" in out
+    extra = f"{n:05d}: not in the manifest (it lists {n})"
+    assert f"{HOOKS[1]}: 2 shard(s) to write again (00005: missing; {extra})" in out
     assert sorted(p.name for p in h0.iterdir())[:4] == ["00000", "00002", "00004", "00005"]
     assert all(json.loads((store / h / "manifest.json").read_text())["complete"] is False for h in HOOKS)
     kept = {p: p.stat().st_mtime_ns for p in (h0 / "00002").rglob("*") if p.is_file()}
@@ -164,6 +167,11 @@ def test_repair_removes_damaged_shards_and_the_harvest_writes_only_them_again(re
     assert proc.returncode == 0 and "resuming" in out, out
     assert tree(store) == ref  # the store of the uninterrupted harvest, byte for byte
     assert {p: p.stat().st_mtime_ns for p in kept} == kept  # the intact shards were not written again
+    (store / HOOKS[1] / "manifest.json").write_text("{")
+    assert store_cli([str(store), "--repair"]) == 2  # the bad manifest stops it before anything changes
+    assert "manifest.json is unreadable (JSONDecodeError" in capsys.readouterr().out
+    assert {k: v for k, v in tree(store).items() if k != f"{HOOKS[1]}/manifest.json"} == {
+        k: v for k, v in ref.items() if k != f"{HOOKS[1]}/manifest.json"}
 
 
 # ---------------------------------------------------------------------------------- pure stream functions
