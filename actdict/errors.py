@@ -12,14 +12,15 @@ class ActdictError(Exception):
 def print_error(prog: str, e: ActdictError) -> int:
     """Print ``e`` as the command line's one line on stderr ("PROG: config error: ..." for a bad config,
     "PROG: ErrorClass: ..." otherwise) and return the exit status, 2. Under torchrun (WORLD_SIZE > 1) a
-    config error, the same on every rank, is printed by rank 0 only, and other errors name their rank."""
+    config error, the same on every rank, is printed by the first rank of each node only (LOCAL_RANK 0:
+    node-local paths may differ), and other errors name their rank."""
     import os
     import sys
 
     config = type(e).__name__ == "ConfigError"
     kind = "config error" if config else type(e).__name__
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    if world > 1 and config and rank:
+    if world > 1 and config and int(os.environ.get("LOCAL_RANK", rank)):
         return 2
     where = f" (rank {rank} of {world})" if world > 1 and not config else ""
     print(f"{prog}{where}: {kind}: {e}", file=sys.stderr)

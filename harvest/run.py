@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import random
 import re
 import time
@@ -250,6 +251,11 @@ def _existing(path: str, hooks: list[str], cfg: HarvestConfig,
     for h, m in manifests.items():
         if m.get("config_hash") != chash and not same_rows(m, _as_json(cfg)):
             old = m.get("harvest")
+            if back := _set_back(old, _as_json(cfg)):
+                how = "resuming this unfinished harvest" if not m.get("complete") else "growing this store"
+                raise HarvestError(
+                    f"store {path} (hook {h!r}) was begun with other run settings, and {how} needs those "
+                    f"(its rows must be those of one uninterrupted run): add {back} to the command")
             changes = config_changes(old, _as_json(cfg)) if isinstance(old, dict) else []
             what = "; ".join(changes[:8]) or f"config_hash {m.get('config_hash')}, this config {chash}"
             raise HarvestError(
@@ -290,6 +296,20 @@ def same_rows(manifest: dict, harvest_cfg: dict, also: tuple[str, ...] = ()) -> 
     return bool(manifest.get("complete")) and isinstance(old, dict) and old | skip == harvest_cfg | skip
 
 
+def _set_back(old, new: dict) -> str:
+    """The overrides ('harvest.batch_size=64 harvest.device=cuda') that give ``new`` (a harvest config as
+    JSON) the ``RUN_KEYS`` and hooks of ``old`` (a manifest's), when those and max_tokens are all that
+    differ, some run key or the hooks among them; else ''."""
+    if not isinstance(old, dict):
+        return ""
+    keys = {k for k in set(old) | set(new) if old.get(k) != new.get(k)}
+    mine = ("hooks",) + RUN_KEYS
+    if not keys & set(mine) or keys - set(mine) - {"max_tokens"}:
+        return ""
+    return " ".join(f"harvest.{k}={v if isinstance(v := old.get(k), str) else json.dumps(v)}"
+                    for k in mine if k in keys)
+
+
 def _as_json(cfg: HarvestConfig) -> dict:
     """The config as a manifest holds it (JSON types: lists, not tuples)."""
     return json.loads(json.dumps(to_dict(cfg)))
@@ -307,6 +327,9 @@ def _how_held(manifests: dict[str, dict], harvest_cfg: dict) -> str:
 def main(common: Common, cfg: HarvestConfig) -> None:
     """Harvest ``cfg.hooks`` of ``cfg.model`` on ``cfg.source`` into ``common.store_path``, holding the
     store's lock (``store_lock``) throughout."""
+    if cfg.mode != "tokens" and int(os.environ.get("WORLD_SIZE", 1)) > 1:  # each rank would write it all
+        raise HarvestError(f"harvest.mode {cfg.mode} runs in one process: torchrun splits token harvests "
+                           "only; run `actdict harvest` without torchrun")
     with store_lock(common.store_path):
         _main(common, cfg)
 
@@ -314,6 +337,7 @@ def main(common: Common, cfg: HarvestConfig) -> None:
 def _main(common: Common, cfg: HarvestConfig) -> None:
     if cfg.mode != "tokens":  # one row per document (harvest/embed.py) or your own vectors (vectors.py)
         import importlib
+
 
         return importlib.import_module({"embeddings": "actdict.harvest.embed",
                                         "vectors": "actdict.harvest.vectors"}[cfg.mode]).main(common, cfg)

@@ -204,6 +204,13 @@ analyze: {{n_features: 3, top_k: 2, context: 0}}
     assert summary["n_test_rows"] == 512 and 0 < summary["models"]["sae_l1"]["re_det"] < float("inf")
     assert actdict_main(["harvest", str(cfg)]) == 0  # same config again: complete, skipped
     assert actdict_main(["harvest", str(cfg), "harvest.vectors.key=x"]) == 2  # another config: refused
+    with pytest.MonkeyPatch.context() as mp:  # under torchrun every rank would write the whole hook
+        mp.setenv("WORLD_SIZE", "2")
+        mp.setenv("RANK", "0")
+        capsys.readouterr()
+        assert actdict_main(["harvest", str(cfg), f"run_dir={tmp_path / 'run3'}"]) == 2
+        assert "harvest.mode vectors runs in one process: torchrun splits token harvests only" in (
+            capsys.readouterr().err) and not (tmp_path / "run3").exists()
     fresh = [f"run_dir={tmp_path / 'run2'}", "harvest.shard_rows=2048"]
     capsys.readouterr()
     assert actdict_main(["run", str(cfg), *fresh, "harvest.chunk_rows=2048"]) == 2  # one chunk: refused
