@@ -338,7 +338,6 @@ def _main(common: Common, cfg: HarvestConfig) -> None:
     if cfg.mode != "tokens":  # one row per document (harvest/embed.py) or your own vectors (vectors.py)
         import importlib
 
-
         return importlib.import_module({"embeddings": "actdict.harvest.embed",
                                         "vectors": "actdict.harvest.vectors"}[cfg.mode]).main(common, cfg)
     path, chash = common.store_path, config_hash(cfg)
