@@ -9,7 +9,7 @@ from actdict.config import Common
 from actdict.harvest.store import write_vectors
 from actdict.train import checkpoint
 from actdict.train.config import DictConfig, TrainConfig
-from actdict.train.resume import STATE, read_meta
+from actdict.train.resume import KEPT, STATE, read_meta
 from actdict.train.run import main
 
 DICTS = [DictConfig(name="vaease", variant="vaease", k=12), DictConfig(name="l1", variant="sae_l1", k=12)]
@@ -40,9 +40,11 @@ def trained(folder, name):
 def test_more_epochs_continue_the_kept_state_bit_exactly(store, tmp_path, capsys):
     run(store, tmp_path / "ref", epochs=3)  # uninterrupted
     run(store, tmp_path / "run", keep_state=True)
-    state = tmp_path / "run" / STATE
-    meta = read_meta(state)
+    assert not (tmp_path / "run" / STATE).exists()  # the run's resume state goes as always
+    kept = tmp_path / "run" / "dicts" / "vaease" / KEPT  # each dictionary's final state stays beside it
+    meta = read_meta(kept)
     assert meta["final"] and meta["position"] == {"epoch": 2, "batch": 0, "step": 2 * 12}  # 576 rows / 50
+    assert list(meta["members"]) == ["vaease"]
     capsys.readouterr()
     run(store, tmp_path / "run", epochs=3, keep_state=True)
     out = capsys.readouterr().out
@@ -52,7 +54,27 @@ def test_more_epochs_continue_the_kept_state_bit_exactly(store, tmp_path, capsys
         assert all(torch.equal(ref[k], got[k]) for k in ref)
         assert meta["history"] == ref_meta["history"] and len(meta["history"]) == 3
         assert meta["config_hash"] == ref_meta["config_hash"] and meta["resumed_at_step"] == 24
-    assert read_meta(state)["position"]["epoch"] == 3  # kept again: 4 epochs would continue it too
+    assert read_meta(kept)["position"]["epoch"] == 3  # kept again: 4 epochs would continue it too
+
+
+def test_a_dictionary_added_later_keeps_the_others_states(store, tmp_path, capsys):
+    """Adding a dictionary to a finished sweep trains it alone and leaves the others' kept states; then
+    the three continue together, as a 3-epoch run of all three would end."""
+    extra = DictConfig(name="topk", variant="sae_topk", k=12, params={"topk": 3})
+    run(store, tmp_path / "ref", epochs=3, dicts=[*DICTS, extra])
+    run(store, tmp_path / "run", keep_state=True)
+    run(store, tmp_path / "run", keep_state=True, dicts=[*DICTS, extra])  # vaease, l1 skipped
+    assert [read_meta(tmp_path / "run" / "dicts" / n / KEPT)["position"]["step"] for n in
+            ("vaease", "l1", "topk")] == [24, 24, 24]
+    capsys.readouterr()
+    run(store, tmp_path / "run", epochs=3, keep_state=True, dicts=[*DICTS, extra])
+    assert "continuing the finished run kept at epoch 2" in capsys.readouterr().out
+    for name in ("vaease", "l1", "topk"):
+        ref, got = trained(tmp_path / "ref", name)[0], trained(tmp_path / "run", name)[0]
+        assert all(torch.equal(ref[k], got[k]) for k in ref)
+    run(store, tmp_path / "run", epochs=4, dicts=[DICTS[0], extra])  # keep_state off: each kept one removed
+    assert not (tmp_path / "run" / "dicts" / "vaease" / KEPT).exists()
+    assert (tmp_path / "run" / "dicts" / "l1" / KEPT).exists()  # not trained this time: untouched
 
 
 def test_what_a_kept_state_does_not_continue_starts_over(store, tmp_path, capsys):
@@ -62,7 +84,7 @@ def test_what_a_kept_state_does_not_continue_starts_over(store, tmp_path, capsys
     out = capsys.readouterr().out
     assert "does not continue this one (vaease: schedule warmup_cosine decays over the whole run" in out
     assert trained(tmp_path / "run", "l1")[1]["resumed_at_step"] is None
-    assert not (tmp_path / "run" / STATE).exists()  # keep_state off: removed at the end
+    assert not (tmp_path / "run" / "dicts" / "l1" / KEPT).exists()  # keep_state off: removed at the end
     run(store, tmp_path / "run2", keep_state=True)
     capsys.readouterr()
     run(store, tmp_path / "run2", epochs=3, dicts=[DICTS[0], DictConfig(name="l1", variant="sae_l1", k=12,

@@ -77,11 +77,11 @@ class TrainConfig:
     resume: bool = True
     """Continue from ``<run_dir>/train_state.safetensors`` when it belongs to the same configuration."""
     keep_state: bool = False
-    """Keep the resume state when the run finishes (weights, Adam state and position: about three times the
-    checkpoints' size), so that a later run differing only in a larger ``epochs`` continues from it instead
-    of starting over, and ends where an uninterrupted run of those epochs ends. Only for schedules that do
-    not depend on the run's length (cosine_restarts, constant): a decaying one's longer run is another run.
-    Not part of the config hash."""
+    """Keep each dictionary's final state (weights, Adam state, position: about three times its checkpoint's
+    size) beside its checkpoint (``dicts/<name>/kept_state.safetensors``), so that a later run differing
+    only in a larger ``epochs`` continues from it instead of starting over, and ends where an uninterrupted
+    run of those epochs ends. Only for schedules that do not depend on the run's length (cosine_restarts,
+    constant): a decaying one's longer run is another run. Not part of the config hash."""
     resume_drop: list[str] = field(default_factory=list)
     """Dictionaries of the resume state that this run leaves out of ``dicts`` (one diverged, say): the others
     resume and these lose their progress in the state. A state holding dictionaries this run lacks is

@@ -23,6 +23,7 @@ from actdict.train.dist import like_param
 from actdict.train.loop import Member, Position
 
 STATE = "train_state.safetensors"
+KEPT = "kept_state.safetensors"  # a finished run's state, in its dictionary's folder (train.keep_state)
 _KEY = "actdict_train_state"
 
 
@@ -78,18 +79,19 @@ def state_matches(meta: dict, hashes: dict[str, str], legacy: dict[str, str] | N
 _LENGTH_FREE = ("cosine_restarts", "constant")  # schedules whose rate at a step ignores the run length
 
 
-def extension(meta: dict, hashes: dict[str, str], configs: dict[str, dict],
-              ignored: set[str]) -> tuple[dict[str, str] | None, str]:
-    """Whether the kept final state of a finished run (``meta``, ``train.keep_state``) continues into this
-    run: (the state's config hashes, to load it with, or None; why not, in words). It does when it holds
-    exactly this run's dictionaries (``ignored`` aside), each configured as now but for a smaller
-    ``train.epochs``, it ended at the end of its last epoch, and the schedule ignores the run length."""
-    held = {n: m for n, m in meta["members"].items() if n not in ignored}
-    if not meta.get("final"):
-        return None, "not a finished run's state"
-    if set(held) != set(hashes):
-        return None, f"it holds {sorted(held)}, this run trains {sorted(hashes)}"
-    for n, m in held.items():
+def extension(kept: dict[str, dict], hashes: dict[str, str],
+              configs: dict[str, dict]) -> tuple[dict[str, str] | None, str]:
+    """Whether the kept final states of finished runs (``kept``: each dictionary's ``read_meta`` of its
+    ``KEPT`` file, ``train.keep_state``) continue into this run: (their config hashes, to load them with,
+    or None; why not, in words). They do when every dictionary of this run has one, each configured as now
+    but for a smaller ``train.epochs``, all at the end of that last epoch (the same step), and the schedule
+    ignores the run length."""
+    if missing := sorted(set(hashes) - set(kept)):
+        return None, f"{missing} have no kept state: train them in a run of their own"
+    if len({m["position"]["step"] for m in kept.values()}) > 1:
+        return None, "the kept states stand at different steps"
+    for n, meta in kept.items():
+        m = meta["members"][n]
         old, new = m.get("config") or {}, configs[n]
         changes = config_changes(old, new)
         if [c.split(":")[0] for c in changes] != ["train.epochs"]:
@@ -100,7 +102,7 @@ def extension(meta: dict, hashes: dict[str, str], configs: dict[str, dict],
         if new["train"]["schedule"] not in _LENGTH_FREE:
             return None, (f"{n}: schedule {new['train']['schedule']} decays over the whole run, so a longer "
                           "run is another run")
-    return {n: m["config_hash"] for n, m in held.items()}, ""
+    return {n: meta["members"][n]["config_hash"] for n, meta in kept.items()}, ""
 
 
 def conflict(meta: dict, hashes: dict[str, str], configs: dict[str, dict], ignored: set[str]) -> str:

@@ -37,6 +37,7 @@ from actdict.train.data import iter_rows, make_split, norm_stats, split_note, st
 from actdict.train.loop import Member, Position, check_device, resolve_device, train
 from actdict.train.protocol import make
 from actdict.train.resume import (
+    KEPT,
     STATE,
     ResumeConflict,
     conflict,
@@ -236,27 +237,25 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
     meta = read_meta(state_path) if cfg.resume else None
     configs = {dc.name: identity(dc, cfg, seeds[dc.name], store_id) for dc in todo}
     done: set[str] = set()
-    load_hashes, load_legacy = todo_hashes, todo_legacy  # those the state must hold to be loaded
     if meta is not None:  # a kill between the final saves leaves a state that also holds finished members
         done = {n for n, m in meta["members"].items()
                 if n not in todo_hashes and is_finished(run_dir / "dicts" / n, m["config_hash"])}
         drop = {n for n in cfg.resume_drop if n in meta["members"] and n not in todo_hashes} - done
         if not state_matches(meta, todo_hashes, todo_legacy, done | drop):  # before the models and stats
-            load_hashes, why = extension(meta, todo_hashes, configs, done)
-            if load_hashes is not None:
-                load_legacy = None
-                say(f"train: continuing the finished run kept at epoch {meta['position']['epoch']} "
-                    f"(train.keep_state) to epoch {cfg.epochs}")
-            elif meta.get("final"):
-                say(f"train: the kept state of a finished run does not continue this one ({why}); starting "
-                    "over (the state is replaced)")
-                meta = None
-            else:
-                raise ResumeConflict(f"{state_path} " + conflict(meta, todo_hashes, configs, done))
+            raise ResumeConflict(f"{state_path} " + conflict(meta, todo_hashes, configs, done))
         if drop:
             say(f"train: resuming without {sorted(drop)} (train.resume_drop): their progress in the resume "
                 "state is dropped")
         done |= drop
+    kept = {n: k for n in todo_hashes if (k := read_meta(run_dir / "dicts" / n / KEPT))} if (
+        cfg.resume and meta is None) else {}  # finished runs' states (train.keep_state) to continue
+    kept_hashes = None
+    if kept:
+        kept_hashes, why = extension(kept, todo_hashes, configs)
+        epoch = next(iter(kept.values()))["position"]["epoch"]
+        say(f"train: continuing the finished run kept at epoch {epoch} (train.keep_state) to epoch "
+            f"{cfg.epochs}" if kept_hashes else f"train: the kept state of a finished run does not continue "
+            f"this one ({why}); starting over")
     chunks = split["train_chunks"]
     train_rows = sum(b - a for a, b in map(store.chunk_bounds, chunks))
     norm = norm_stats(store, chunks, cfg.norm_chunks, common.seed) if cfg.normalize == "mean_scale" else None
@@ -267,7 +266,10 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
             model = checkpoint.Normalized(model, torch.from_numpy(norm[0]), norm[1])
         members.append(Member(dc.name, model.to(device).train(), dc.lr))
         members[-1].setup(device)
-    start = load_state(state_path, members, load_hashes, load_legacy, done) if meta is not None else None
+    start = load_state(state_path, members, todo_hashes, todo_legacy, done) if meta is not None else None
+    if kept_hashes:  # each from its own file; extension() checked they stand at the same position
+        start = [load_state(run_dir / "dicts" / m.name / KEPT, [m], {m.name: kept_hashes[m.name]})
+                 for m in members][0]
     world = f" x {d.world} ranks" if d.on else ""
     say(f"train: {[m.name for m in members]} on {train_rows} rows ({len(chunks)} chunks, d={store.d}) for "
         f"{cfg.epochs} epoch(s) on {device}{world}" + (f"; resumed at step {start.step}" if start else ""))
@@ -299,8 +301,11 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
             checkpoint.save(run_dir / "dicts" / dc.name, m.model, record)
             last = ", ".join(f"{k} {v:.5g}" for k, v in (m.history[-1] if m.history else {}).items())
             say(f"train: saved {run_dir / 'dicts' / dc.name} (last epoch: {last})")
-        if cfg.keep_state and not (cfg.max_steps and steps >= cfg.max_steps):  # ended after its last epoch
-            save_state(state_path, members, todo_hashes, Position(cfg.epochs, 0, steps), configs, final=True)
-        else:
-            state_path.unlink(missing_ok=True)
+        state_path.unlink(missing_ok=True)
+        for m in members:  # after the last epoch (not at max_steps): kept beside the checkpoint, or an older
+            kept_path = run_dir / "dicts" / m.name / KEPT  # training's kept state removed
+            if cfg.keep_state and not (cfg.max_steps and steps >= cfg.max_steps):
+                save_state(kept_path, [m], todo_hashes, Position(cfg.epochs, 0, steps), configs, final=True)
+            else:
+                kept_path.unlink(missing_ok=True)
     dist_.barrier(d)
