@@ -302,7 +302,7 @@ def write_feature_page(data: dict, name: str, model: dict, summary: dict, path: 
     folder = path.with_name(path.stem + ".parts")
     folder.mkdir(exist_ok=True)
     for old in folder.glob("*.js"):
-        old.unlink()
+        old.unlink(missing_ok=True)
     for n, part in enumerate(page_parts(data)):  # JSON is a JS expression; ensure_ascii: no U+2028 in it
         blob = json.dumps(part, separators=(",", ":"), allow_nan=False)
         (folder / f"{n:05d}.js").write_text(f"actdictPart({n},{blob});\n", encoding="ascii")

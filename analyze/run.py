@@ -79,6 +79,15 @@ def check(common: Common, cfg: AnalyzeConfig) -> None:
 
 
 def main(common: Common, cfg: AnalyzeConfig) -> None:
+    """Analyse the run's dictionaries, holding the run folder's analysis lock (two analyses of one folder
+    would write the same report files; a training may run beside it)."""
+    from actdict.lock import ANALYZE_LOCK, folder_lock
+
+    with folder_lock(common.run_dir, f"run folder {common.run_dir} (analysis)", name=ANALYZE_LOCK):
+        _main(common, cfg)
+
+
+def _main(common: Common, cfg: AnalyzeConfig) -> None:
     from actdict.harvest.store import open_store
 
     run_dir = Path(common.run_dir)

@@ -171,12 +171,13 @@ def finish(path: str, hook: str, manifest: dict, n_rows: int, shard_rows: int) -
 @contextmanager
 def store_lock(path: str) -> Iterator[None]:
     """``actdict.lock.folder_lock`` of a local store, for a harvest or a repair; under torchrun rank 0 takes
-    it for all ranks (they are one writer). A store on an fsspec URL is not locked."""
+    it for all ranks (they are one writer) and a busy store is an error. A store on an fsspec URL is not
+    locked."""
     fs, root = fs_of(path)
     if not is_local(fs) or int(os.environ.get("RANK", 0)):
         yield
         return
-    with folder_lock(root, f"store {path}"):
+    with folder_lock(root, f"store {path}", wait=int(os.environ.get("WORLD_SIZE", 1)) == 1):
         yield
 
 

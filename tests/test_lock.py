@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from actdict.cli import main
-from actdict.lock import LOCK_FILE, folder_lock
+from actdict.lock import ANALYZE_LOCK, LOCK_FILE, FolderInUse, folder_lock
 
 HOLD = ("import sys, time; from actdict.lock import folder_lock\n"
         "with folder_lock(sys.argv[1], 'x'):\n    print('held', flush=True); time.sleep(600)\n")
@@ -60,6 +60,15 @@ def test_a_second_holder_waits_until_the_first_is_killed(tmp_path):
         holder.wait()
     w.join(10)
     assert w.result is not None and w.result - killed < 5  # no stale lock: the kernel dropped it
+
+
+def test_under_torchrun_a_busy_folder_is_an_error_and_analysis_has_its_own_lock(tmp_path):
+    with folder_lock(str(tmp_path), "run folder r"):  # a training holds the run folder
+        with pytest.raises(FolderInUse, match="run folder r is in use .*under torchrun the ranks cannot"):
+            with folder_lock(str(tmp_path), "run folder r", wait=False):
+                pass
+        with folder_lock(str(tmp_path), "run folder r (analysis)", wait=False, name=ANALYZE_LOCK):
+            pass  # analysis beside it: another lock
 
 
 def test_the_lock_file_follows_the_umask_and_a_read_only_one_still_locks(tmp_path):

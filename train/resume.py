@@ -87,7 +87,8 @@ def extension(kept: dict[str, dict], hashes: dict[str, str],
     but for a smaller ``train.epochs``, all at the end of that last epoch (the same step), and the schedule
     ignores the run length."""
     if missing := sorted(set(hashes) - set(kept)):
-        return None, f"{missing} have no kept state: train them in a run of their own"
+        return None, (f"{missing} have no kept state (added since, or trained without train.keep_state); "
+                      "to continue the others, train those in a run folder of their own")
     if len({m["position"]["step"] for m in kept.values()}) > 1:
         return None, "the kept states stand at different steps"
     for n, meta in kept.items():

@@ -157,7 +157,7 @@ def main(common: Common, cfg: TrainConfig) -> None:
     dist_.init(d, device)
     try:
         if d.main:  # rank 0 holds the run folder's lock: a second training there would spoil train_state
-            with folder_lock(common.run_dir, f"run folder {common.run_dir}"):
+            with folder_lock(common.run_dir, f"run folder {common.run_dir}", wait=not d.on):
                 _main(common, cfg, d, device)
         else:
             _main(common, cfg, d, device)
@@ -226,7 +226,7 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
             say(f"train: {dc.name}: finished checkpoint with the same config exists, skipped")
         elif what := replaced(run_dir / "dicts" / dc.name, dc, cfg, seeds[dc.name], store_id):
             hint = ("; train.keep_state=true keeps a finished run's state, so that raising epochs continues "
-                    "it" if "train.epochs:" in what and not (run_dir / STATE).is_file() else "")
+                    "it" if "train.epochs:" in what and not cfg.keep_state else "")
             say(f"train: {dc.name}: its finished checkpoint will be replaced (it was trained with another "
                 f"config: {what}); set run_dir, or rename the dictionary, to keep both{hint}")
     if not todo:
@@ -248,7 +248,10 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
                 "state is dropped")
         done |= drop
     kept = {n: k for n in todo_hashes if (k := read_meta(run_dir / "dicts" / n / KEPT))} if (
-        cfg.resume and meta is None) else {}  # finished runs' states (train.keep_state) to continue
+        meta is None) else {}  # finished runs' states (train.keep_state) to continue
+    if kept and not cfg.resume:
+        say(f"train: train.resume=false: the kept states of {sorted(kept)} are not used")
+        kept = {}
     kept_hashes = None
     if kept:
         kept_hashes, why = extension(kept, todo_hashes, configs)
@@ -290,7 +293,14 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
     wall = time.time() - t0
     if d.main:
         write_split(run_dir, split)
+        keep = cfg.keep_state and not (cfg.max_steps and steps >= cfg.max_steps)  # ended after its last epoch
         for dc, m in zip(todo, members, strict=True):
+            kept_path = run_dir / "dicts" / dc.name / KEPT  # before the checkpoint: a kill in between leaves
+            if keep:  # the resume state, from which a rerun finishes both again
+                kept_path.parent.mkdir(parents=True, exist_ok=True)
+                save_state(kept_path, [m], todo_hashes, Position(cfg.epochs, 0, steps), configs, final=True)
+            else:  # an older training's kept state goes
+                kept_path.unlink(missing_ok=True)
             record = {"name": dc.name, "finished": True, "config_hash": hashes[dc.name],
                       "dict_config": to_dict(dc), "seed": common.seed if dc.seed is None else dc.seed,
                       "train_config": {k: v for k, v in to_dict(cfg).items() if k != "dicts"},
@@ -302,10 +312,4 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
             last = ", ".join(f"{k} {v:.5g}" for k, v in (m.history[-1] if m.history else {}).items())
             say(f"train: saved {run_dir / 'dicts' / dc.name} (last epoch: {last})")
         state_path.unlink(missing_ok=True)
-        for m in members:  # after the last epoch (not at max_steps): kept beside the checkpoint, or an older
-            kept_path = run_dir / "dicts" / m.name / KEPT  # training's kept state removed
-            if cfg.keep_state and not (cfg.max_steps and steps >= cfg.max_steps):
-                save_state(kept_path, [m], todo_hashes, Position(cfg.epochs, 0, steps), configs, final=True)
-            else:
-                kept_path.unlink(missing_ok=True)
     dist_.barrier(d)
