@@ -137,7 +137,7 @@ def main(common, cfg) -> None:
     from tqdm import tqdm
 
     from actdict.config import config_hash, to_dict
-    from actdict.harvest.run import HarvestError, _existing, describe_source
+    from actdict.harvest.run import HarvestError, _existing, describe_source, one_process
     from actdict.harvest.sources import iter_documents, source_fingerprint
     from actdict.harvest.store import StoreWriter
 
@@ -145,6 +145,7 @@ def main(common, cfg) -> None:
     if _existing(path, [ecfg.hook], cfg):
         print(f"harvest: store {path} is already complete for this config ({chash}); skipping")
         return
+    one_process(cfg)
     enc = load_encoder(cfg.model, device=cfg.device, dtype=cfg.dtype, max_seq_length=ecfg.max_seq_length)
     import torch
 

@@ -77,18 +77,20 @@ def repair_hooks(path: str, hooks: list[str]) -> int:
     """``--repair``: each hook's damaged shards removed, holding the store's lock; every hook's manifest is
     read first, so that a bad one stops the command before anything is changed. Exit status 0."""
     with store_lock(path):
-        made_by = {hook: repair_manifest(path, hook).get("config_hash") for hook in hooks}
+        manifests = {hook: repair_manifest(path, hook) for hook in hooks}
         removed = {}
         for hook in hooks:
             removed[hook] = bad = repair(path, hook)
             said = "; ".join(f"{name}: {why}" for name, why in bad.items())
             print(f"{hook}: " + (f"{len(bad)} shard(s) to write again ({said})" if bad else "intact"),
                   flush=True)
-    if any(bad and made_by[h] for h, bad in removed.items()):
+    if any(bad and manifests[h].get("config_hash") for h, bad in removed.items()):
         print(f"the store is now unfinished: run the harvest command that made it (the same config and store "
               f"{path}) to write those shards again; a token harvest computes only them")
-    if any(bad and not made_by[h] for h, bad in removed.items()):  # write_vectors / the vectors module
-        print("vectors written from Python or by `python -m actdict.harvest.vectors` have no harvest to "
-              f"rerun: import them again (python -m actdict.harvest.vectors FILE {path} --hook HOOK "
-              "--overwrite)")
+    for h, bad in removed.items():
+        if bad and not (m := manifests[h]).get("config_hash"):  # write_vectors / the vectors module
+            print(f"{h}: vectors written from Python or by `python -m actdict.harvest.vectors` have no "
+                  "harvest to rerun: import them again in the same layout: python -m actdict.harvest.vectors "
+                  f"FILE {path} --hook {h} --dtype {m['dtype']} --shard-rows {m['shard_rows']} --chunk-rows "
+                  f"{m['chunk_rows']} --overwrite")
     return 0

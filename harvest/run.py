@@ -23,7 +23,7 @@ from itertools import islice
 
 import numpy as np
 
-from actdict.config import Common, bar_timing, config_changes, config_hash, to_dict
+from actdict.config import Common, ConfigError, bar_timing, config_changes, config_hash, to_dict
 from actdict.harvest.config import HarvestConfig, hook_pattern
 from actdict.harvest.dist import Ranks, init_ranks, rank_device
 from actdict.harvest.layout import (
@@ -251,11 +251,11 @@ def _existing(path: str, hooks: list[str], cfg: HarvestConfig,
     for h, m in manifests.items():
         if m.get("config_hash") != chash and not same_rows(m, _as_json(cfg)):
             old = m.get("harvest")
-            if back := _set_back(old, _as_json(cfg)):
+            if back := _set_back(m, _as_json(cfg)):
                 how = "resuming this unfinished harvest" if not m.get("complete") else "growing this store"
                 raise HarvestError(
-                    f"store {path} (hook {h!r}) was begun with other run settings, and {how} needs those "
-                    f"(its rows must be those of one uninterrupted run): add {back} to the command")
+                    f"store {path} (hook {h!r}) was begun with other settings, and {how} needs those (its "
+                    f"rows must be those of one uninterrupted run): add {back} to the command")
             changes = config_changes(old, _as_json(cfg)) if isinstance(old, dict) else []
             what = "; ".join(changes[:8]) or f"config_hash {m.get('config_hash')}, this config {chash}"
             raise HarvestError(
@@ -296,18 +296,28 @@ def same_rows(manifest: dict, harvest_cfg: dict, also: tuple[str, ...] = ()) -> 
     return bool(manifest.get("complete")) and isinstance(old, dict) and old | skip == harvest_cfg | skip
 
 
-def _set_back(old, new: dict) -> str:
-    """The overrides ('harvest.batch_size=64 harvest.device=cuda') that give ``new`` (a harvest config as
-    JSON) the ``RUN_KEYS`` and hooks of ``old`` (a manifest's), when those and max_tokens are all that
-    differ, some run key or the hooks among them; else ''."""
+def _set_back(manifest: dict, new: dict) -> str:
+    """The overrides that give ``new`` (a harvest config as JSON) what a resume or a growth of the hook of
+    ``manifest`` needs, when nothing else differs: an unfinished harvest resumes only with the
+    ``RUN_KEYS``, hooks and max_tokens it began with ("'harvest.batch_size=64' 'harvest.max_tokens=1000'");
+    a complete one grows (a larger max_tokens) only with its ``RUN_KEYS``. '' otherwise."""
+    old = manifest.get("harvest")
     if not isinstance(old, dict):
         return ""
     keys = {k for k in set(old) | set(new) if old.get(k) != new.get(k)}
-    mine = ("hooks",) + RUN_KEYS
-    if not keys & set(mine) or keys - set(mine) - {"max_tokens"}:
-        return ""
-    return " ".join(f"harvest.{k}={v if isinstance(v := old.get(k), str) else json.dumps(v)}"
-                    for k in mine if k in keys)
+    if manifest.get("complete"):  # growing: max_tokens larger, run keys to set back
+        grows = "max_tokens" in keys and (new["max_tokens"] is None or (
+            old.get("max_tokens") is not None and new["max_tokens"] > old["max_tokens"]))
+        back = set(RUN_KEYS)
+        if not grows or keys - back - {"max_tokens"}:
+            return ""
+    else:
+        back = {"hooks", "max_tokens", *RUN_KEYS}
+        if keys - back:
+            return ""
+    said = [k for k in ("hooks", *RUN_KEYS, "max_tokens") if k in keys & back]
+    return " ".join(f"'harvest.{k}={v if isinstance(v := old.get(k), str) else json.dumps(v)}'"
+                    for k in said)
 
 
 def _as_json(cfg: HarvestConfig) -> dict:
@@ -327,11 +337,17 @@ def _how_held(manifests: dict[str, dict], harvest_cfg: dict) -> str:
 def main(common: Common, cfg: HarvestConfig) -> None:
     """Harvest ``cfg.hooks`` of ``cfg.model`` on ``cfg.source`` into ``common.store_path``, holding the
     store's lock (``store_lock``) throughout."""
-    if cfg.mode != "tokens" and int(os.environ.get("WORLD_SIZE", 1)) > 1:  # each rank would write it all
-        raise HarvestError(f"harvest.mode {cfg.mode} runs in one process: torchrun splits token harvests "
-                           "only; run `actdict harvest` without torchrun")
     with store_lock(common.store_path):
         _main(common, cfg)
+
+
+def one_process(cfg: HarvestConfig) -> None:
+    """Embeddings and vectors harvests write from one process (under torchrun every rank would write the
+    whole hook): a ConfigError there, raised once the store is known to need writing."""
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        raise ConfigError(f"harvest.mode {cfg.mode} runs in one process: torchrun splits token harvests "
+                          "only; run `actdict harvest` once without torchrun (a complete store is then "
+                          "skipped under torchrun too)")
 
 
 def _main(common: Common, cfg: HarvestConfig) -> None:

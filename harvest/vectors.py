@@ -252,7 +252,7 @@ def main(common, cfg) -> None:
     """``harvest.mode: vectors``: import ``cfg.vectors.path`` into ``common.store_path``."""
     from actdict.config import config_hash, to_dict
     from actdict.harvest.resume import read_manifest
-    from actdict.harvest.run import _existing
+    from actdict.harvest.run import _existing, one_process
     from actdict.harvest.sources import files_fingerprint
 
     path, vcfg, chash = common.store_path, cfg.vectors, config_hash(cfg)
@@ -268,6 +268,7 @@ def main(common, cfg) -> None:
             return
         print(f"harvest: {vcfg.path} changed since it was imported (source_fingerprint {old} -> "
               f"{fingerprint}); importing it again")
+    one_process(cfg)
     s = import_vectors(vcfg.path, path, key=vcfg.key, hook=vcfg.hook, block_rows=vcfg.block_rows,
                        manifest={"config_hash": chash, "source_fingerprint": fingerprint,
                                  "harvest": to_dict(cfg)}, dtype=cfg.store_dtype,

@@ -103,11 +103,15 @@ def test_max_tokens_rerun_and_conflict(tmp_path, minilm_hf, capsys):
     done = json.loads(manifest.read_text())
     manifest.write_text(json.dumps(done | {"complete": False}))  # unfinished: it resumes only as it began
     with pytest.raises(HarvestError, match=r"resuming this unfinished harvest needs those .*: add "
-                                           r"harvest.batch_size=3 harvest.device=cpu to the command"):
-        harvest(tmp_path / "run", max_tokens=50, batch_size=5, device="auto")
+                                           r"'harvest.batch_size=3' 'harvest.device=cpu' "
+                                           r"'harvest.max_tokens=50' to the command"):
+        harvest(tmp_path / "run", max_tokens=60, batch_size=5, device="auto")
     manifest.write_text(json.dumps(done))
-    with pytest.raises(HarvestError, match=r"growing this store needs those .*: add harvest.batch_size=3 to"):
+    with pytest.raises(HarvestError, match=r"growing this store needs those .*: add 'harvest.batch_size=3' "):
         harvest(tmp_path / "run", max_tokens=60, batch_size=5)
+    for other in ({"max_tokens": 40, "batch_size": 5}, {"batch_size": 5, "ctx": 17}):  # not a growth: refused
+        with pytest.raises(HarvestError, match=r"another config .*batch_size: 3 -> 5.*delete"):
+            harvest(tmp_path / "run", **({"max_tokens": 50} | other))
     with pytest.raises(HarvestError, match="another config.*ctx: 16 -> 20.*delete") as e:
         harvest(tmp_path / "run", max_tokens=50, ctx=20)
     assert "(hook 'blocks.3.hook_resid_post': ctx: 16 -> 20);" in str(e.value)  # only the keys that differ

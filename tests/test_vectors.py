@@ -2,6 +2,7 @@
 bad files fail with a clear VectorsError; the config path (harvest.mode: vectors) runs train + analyze."""
 
 import json
+import shutil
 
 import numpy as np
 import pyarrow as pa
@@ -12,7 +13,7 @@ from safetensors.numpy import save_file
 
 from actdict.cli import chunk_rows_for
 from actdict.cli import main as actdict_main
-from actdict.harvest.store import open_store
+from actdict.harvest.store import open_store, write_vectors
 from actdict.harvest.vectors import VectorsError, cli, import_vectors, vector_blocks, vector_rows
 
 N, D = 45, 6
@@ -210,7 +211,9 @@ analyze: {{n_features: 3, top_k: 2, context: 0}}
         capsys.readouterr()
         assert actdict_main(["harvest", str(cfg), f"run_dir={tmp_path / 'run3'}"]) == 2
         assert "harvest.mode vectors runs in one process: torchrun splits token harvests only" in (
-            capsys.readouterr().err) and not (tmp_path / "run3").exists()
+            capsys.readouterr().err) and not (tmp_path / "run3" / "store" / "emb").exists()
+        assert actdict_main(["harvest", str(cfg)]) == 0  # a complete store: skipped under torchrun too
+        assert "already complete" in capsys.readouterr().out
     fresh = [f"run_dir={tmp_path / 'run2'}", "harvest.shard_rows=2048"]
     capsys.readouterr()
     assert actdict_main(["run", str(cfg), *fresh, "harvest.chunk_rows=2048"]) == 2  # one chunk: refused
@@ -296,3 +299,17 @@ def test_store_listing_piped_into_head_exits_quietly(tmp_path):
     r = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=120)
     assert r.stdout.startswith("h00: 45 rows x d=6 float32") and r.stdout.count("\n") == 1
     assert r.stderr.strip() == "rc 141"
+
+
+def test_repair_of_imported_vectors_says_how_to_import_them_again(tmp_path, capsys):
+    from actdict.harvest.inspect import main as store_cli
+
+    x = np.random.default_rng(0).standard_normal((300, 4)).astype(np.float32)
+    s = write_vectors(str(tmp_path / "st"), x, shard_rows=128, chunk_rows=64, dtype="float16")
+    shutil.rmtree(f"{s.dir}/shards/00001")
+    assert store_cli([str(tmp_path / "st"), "--repair"]) == 0
+    out = capsys.readouterr().out
+    assert "vectors: 1 shard(s) to write again (00001: missing)" in out
+    assert (f"python -m actdict.harvest.vectors FILE {tmp_path / 'st'} --hook vectors --dtype float16 "
+            "--shard-rows 128 --chunk-rows 64 --overwrite") in out  # the same layout: the same split
+    assert "run the harvest command that made it" not in out
