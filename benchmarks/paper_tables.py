@@ -397,6 +397,8 @@ def main(argv: list[str] | None = None) -> dict:
                     "outputs are restarts (--seed) on one --data-seed; list them by held-out loss and print "
                     "the table of each model's lowest-loss restart (the ground truth plays no part in it)")
     a = ap.parse_args(argv)
+    if a.json:  # made now: a run of an hour must not lose its result to a missing folder at the end
+        a.json.parent.mkdir(parents=True, exist_ok=True)
     if a.restarts:
         out, lines = best_restarts([json.loads(p.read_text()) for p in a.restarts])
         print(restarts_table(lines))
