@@ -248,8 +248,12 @@ def _existing(path: str, hooks: list[str], cfg: HarvestConfig,
     literal = [h for h in hooks if hook_pattern(h) is None]
     if len(literal) == len(hooks) and holds_hooks(manifests, literal, _as_json(cfg)):
         manifests = {h: manifests[h] | {"config_hash": chash} for h in literal}  # those of this config
+    spelled = len(literal) < len(hooks)  # patterns: a store whose hooks were spelled otherwise is decided
+    deferred = False  # by harvest(), once the model has expanded them (``spelled_otherwise``)
     for h, m in manifests.items():
-        if m.get("config_hash") != chash and not same_rows(m, _as_json(cfg)):
+        if spelled and m.get("config_hash") != chash and same_rows(m, _as_json(cfg), ("hooks",)):
+            deferred = True
+        elif m.get("config_hash") != chash and not same_rows(m, _as_json(cfg)):
             old = m.get("harvest")
             if back := _set_back(m, _as_json(cfg)):
                 how = "resuming this unfinished harvest" if not m.get("complete") else "growing this store"
@@ -272,7 +276,7 @@ def _existing(path: str, hooks: list[str], cfg: HarvestConfig,
                     f"the old files. Delete {path} to harvest the files again, or set store / run_dir to "
                     "another folder; to use the store as it is (the files were only touched or copied), run "
                     "actdict train and actdict analyze instead of actdict run")
-    return bool(manifests) and all(h in manifests for h in literal) and all(
+    return not deferred and bool(manifests) and all(h in manifests for h in literal) and all(
         m.get("complete") for m in manifests.values())
 
 
@@ -383,6 +387,8 @@ def harvest(common: Common, cfg: HarvestConfig, ranks: Ranks, grow: bool = False
     np.random.seed(common.seed)
     torch.manual_seed(common.seed)
     hooks = expand_hooks(lm, cfg.hooks)
+    if not grow and spelled_otherwise(path, hooks, cfg, say):
+        return
     stop = lm.stop_at_layer(hooks)
     if ranks.rank == 0:
         for h in hooks:
@@ -456,6 +462,23 @@ def harvest(common: Common, cfg: HarvestConfig, ranks: Ranks, grow: bool = False
             finish(path, h, want[h], stream.end_row, cfg.shard_rows)
     ranks.barrier()
     say(f"harvest: wrote {stream.end_row:,} rows per hook to {path}")
+
+
+def spelled_otherwise(path: str, hooks: list[str], cfg: HarvestConfig, say: Callable[[str], None]) -> bool:
+    """True (and says so) when the store is a complete harvest of ``cfg`` whose hooks were spelled otherwise
+    (``hooks: [all]`` against a store of the same hooks listed by name, which ``_existing`` leaves to this
+    point): ``hooks``, the config's expanded by the model, are all in it. Raises when some are not."""
+    others = {h: m for h, m in _manifests(path).items() if m.get("config_hash") != config_hash(cfg)}
+    if not others:
+        return False
+    if holds_hooks(others, hooks, _as_json(cfg)):
+        say(f"harvest: store {path} is already complete for this config ({config_hash(cfg)}"
+            f"{_how_held(others, _as_json(cfg))}); skipping")
+        return True
+    missing = sorted(set(hooks) - set(others))
+    raise HarvestError(f"store {path} holds hooks {sorted(others)}; this config's hooks {list(cfg.hooks)} "
+                       f"are {hooks} on this model, and {missing} are not in it: delete {path}, or set "
+                       "run_dir / store to another folder")
 
 
 def _write(fs, root: str, work: ShardWork, data: dict, hooks: list[str], done: dict, chunk_rows: int) -> None:

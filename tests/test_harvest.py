@@ -249,6 +249,15 @@ def test_hook_patterns(tmp_path, capsys):
                 max_tokens=40)
     with pytest.raises(HarvestError, match=r"another config .*ctx: 16 -> 17"):
         harvest(tmp_path / "run", hooks=["blocks.3.hook_resid_post"], max_tokens=40, ctx=17)
+    # patterns spelled otherwise than the store's hooks: expanded by the model, then the same store
+    harvest(tmp_path / "run", hooks=["blocks.[31].hook_resid_post"], max_tokens=40)
+    assert "already complete for this config" in capsys.readouterr().out
+    assert tree(Path(common.store_path)) == before
+    with pytest.raises(HarvestError, match=r"are \['blocks.1.hook_resid_post', 'blocks.2.hook_resid_post', "
+                                           r"'blocks.3.hook_resid_post'\] on this model, and "
+                                           r"\['blocks.2.hook_resid_post'\] are not in it"):
+        harvest(tmp_path / "run", hooks=["blocks.[123].hook_resid_post"], max_tokens=40)
+    assert tree(Path(common.store_path)) == before
 
 
 def test_store_from_another_model_or_corpus_is_refused(tmp_path):
