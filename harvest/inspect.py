@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             out.append(info)
             if not a.json:
                 print(line(info) + (f"\n  verify: {info['verified']}" if a.verify else ""), flush=True)
-    except ActdictError as e:  # StoreError
+    except ActdictError as e:  # StoreError, FolderInUse
         print(f"actdict store: {e}")
         return 2
     if a.json:
@@ -80,7 +80,7 @@ def repair_hooks(path: str, hooks: list[str]) -> int:
         manifests = {hook: repair_manifest(path, hook) for hook in hooks}
         removed = {}
         for hook in hooks:
-            removed[hook] = bad = repair(path, hook)
+            removed[hook] = bad = repair(path, hook, manifests[hook])
             said = "; ".join(f"{name}: {why}" for name, why in bad.items())
             print(f"{hook}: " + (f"{len(bad)} shard(s) to write again ({said})" if bad else "intact"),
                   flush=True)

@@ -181,7 +181,7 @@ def store_lock(path: str) -> Iterator[None]:
         yield
 
 
-def repair(path: str, hook: str) -> dict[str, str]:
+def repair(path: str, hook: str, m: dict | None = None) -> dict[str, str]:
     """Remove the damaged shards of a hook (``store.shard_damage``: every chunk re-read) and those its
     complete manifest does not list, and mark the manifest unfinished, so that the harvest that made the
     store writes them again (a token harvest computes only those shards; the result is the store it made,
@@ -189,8 +189,9 @@ def repair(path: str, hook: str) -> dict[str, str]:
     leaves the hook untouched. Each shard is first renamed to a temporary name (atomic on local disks:
     a kill leaves no half-deleted shard under its own name; the harvest removes temporary ones), then
     removed; the manifest is written last: a kill before it leaves a complete manifest with missing
-    shards, which the next repair marks unfinished."""
-    m = repair_manifest(path, hook)
+    shards, which the next repair marks unfinished. ``m``: the hook's manifest (``repair_manifest``) when
+    already read."""
+    m = repair_manifest(path, hook) if m is None else m
     fs, d = hook_dir(path, hook)
     names = whole_shards(fs, d)
     args = (int(m["d"]), ACT_DTYPES[m["dtype"]], int(m["chunk_rows"]), m.get("format_version", 1) >= 2)

@@ -26,14 +26,7 @@ import numpy as np
 from actdict.config import Common, ConfigError, bar_timing, config_changes, config_hash, to_dict
 from actdict.harvest.config import HarvestConfig, hook_pattern
 from actdict.harvest.dist import Ranks, init_ranks, rank_device
-from actdict.harvest.layout import (
-    ACT_DTYPES,
-    fs_of,
-    human_size,
-    shard_problem,
-    whole_shards,
-    write_shard,
-)
+from actdict.harvest.layout import ACT_DTYPES, fs_of, human_size, shard_problem, whole_shards, write_shard
 from actdict.harvest.models import LoadedModel, load_model
 from actdict.harvest.pipeline import Behind, Prefetch
 from actdict.harvest.plan import RowStream, ShardWork, owner, shard_work, stored_positions
@@ -244,23 +237,23 @@ def _existing(path: str, hooks: list[str], cfg: HarvestConfig,
     only: a complete store of the same config with more hooks (``holds_hooks``) is this config's.
     ``manifests``: those of ``_manifests(path)`` when already read."""
     manifests = _manifests(path) if manifests is None else manifests
-    chash = config_hash(cfg)
+    chash, cfg_json = config_hash(cfg), _as_json(cfg)
     literal = [h for h in hooks if hook_pattern(h) is None]
-    if len(literal) == len(hooks) and holds_hooks(manifests, literal, _as_json(cfg)):
+    if len(literal) == len(hooks) and holds_hooks(manifests, literal, cfg_json):
         manifests = {h: manifests[h] | {"config_hash": chash} for h in literal}  # those of this config
     spelled = len(literal) < len(hooks)  # patterns: a store whose hooks were spelled otherwise is decided
     deferred = False  # by harvest(), once the model has expanded them (``spelled_otherwise``)
     for h, m in manifests.items():
-        if spelled and m.get("config_hash") != chash and same_rows(m, _as_json(cfg), ("hooks",)):
+        if spelled and m.get("config_hash") != chash and same_rows(m, cfg_json, ("hooks",)):
             deferred = True
-        elif m.get("config_hash") != chash and not same_rows(m, _as_json(cfg)):
+        elif m.get("config_hash") != chash and not same_rows(m, cfg_json):
             old = m.get("harvest")
-            if back := _set_back(m, _as_json(cfg)):
+            if back := _set_back(m, cfg_json):
                 how = "resuming this unfinished harvest" if not m.get("complete") else "growing this store"
                 raise HarvestError(
                     f"store {path} (hook {h!r}) was begun with other settings, and {how} needs those (its "
                     f"rows must be those of one uninterrupted run): add {back} to the command")
-            changes = config_changes(old, _as_json(cfg)) if isinstance(old, dict) else []
+            changes = config_changes(old, cfg_json) if isinstance(old, dict) else []
             what = "; ".join(changes[:8]) or f"config_hash {m.get('config_hash')}, this config {chash}"
             raise HarvestError(
                 f"store {path} holds a harvest with another config (hook {h!r}: {what}); delete {path}, or "
@@ -468,12 +461,13 @@ def spelled_otherwise(path: str, hooks: list[str], cfg: HarvestConfig, say: Call
     """True (and says so) when the store is a complete harvest of ``cfg`` whose hooks were spelled otherwise
     (``hooks: [all]`` against a store of the same hooks listed by name, which ``_existing`` leaves to this
     point): ``hooks``, the config's expanded by the model, are all in it. Raises when some are not."""
-    others = {h: m for h, m in _manifests(path).items() if m.get("config_hash") != config_hash(cfg)}
+    chash, cfg_json = config_hash(cfg), _as_json(cfg)
+    others = {h: m for h, m in _manifests(path).items() if m.get("config_hash") != chash}
     if not others:
         return False
-    if holds_hooks(others, hooks, _as_json(cfg)):
-        say(f"harvest: store {path} is already complete for this config ({config_hash(cfg)}"
-            f"{_how_held(others, _as_json(cfg))}); skipping")
+    if holds_hooks(others, hooks, cfg_json):
+        say(f"harvest: store {path} is already complete for this config ({chash}"
+            f"{_how_held(others, cfg_json)}); skipping")
         return True
     missing = sorted(set(hooks) - set(others))
     raise HarvestError(f"store {path} holds hooks {sorted(others)}; this config's hooks {list(cfg.hooks)} "

@@ -22,7 +22,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -156,10 +156,10 @@ def main(common: Common, cfg: TrainConfig) -> None:
     device = resolve_device(cfg.device, d.local_rank)
     dist_.init(d, device)
     try:
-        if d.main:  # rank 0 holds the run folder's lock: a second training there would spoil train_state
-            with folder_lock(common.run_dir, f"run folder {common.run_dir}", wait=not d.on):
-                _main(common, cfg, d, device)
-        else:
+        # rank 0 holds the run folder's lock for all ranks: a second training there would spoil train_state
+        lock = folder_lock(common.run_dir, f"run folder {common.run_dir}", wait=not d.on) if d.main else (
+            nullcontext())
+        with lock:
             _main(common, cfg, d, device)
     finally:
         dist_.close(d)
