@@ -263,9 +263,11 @@ def shard_damage(fs, where: str, d: int, dtype: np.dtype, chunk_rows: int, crc: 
     return None if h.hexdigest() == record[h.kind] else "checksum mismatch"
 
 
-def open_store(path: str, hook: str | None = None, allow_partial: bool = False) -> ActivationStore:
-    """Open one hook of the store at ``path`` (``hook`` may be omitted when there is exactly one)."""
-    hooks = list_hooks(path)
+def open_store(path: str, hook: str | None = None, allow_partial: bool = False,
+               hooks: list[str] | None = None) -> ActivationStore:
+    """Open one hook of the store at ``path`` (``hook`` may be omitted when there is exactly one);
+    ``hooks``: the store's hooks when the caller has listed them already (``list_hooks``)."""
+    hooks = list_hooks(path) if hooks is None else hooks
     if not hooks:
         where = path if "://" in str(path) else f"{path} ({os.path.abspath(path)})"  # relative to the cwd
         raise StoreError(f"no activation store at {where} (no <hook>/{MANIFEST} found): run the harvest "

@@ -293,9 +293,15 @@ def cli(argv: list[str] | None = None) -> int:
                     "(default: 16 chunks)")
     a = ap.parse_args(argv)
     shard_rows = a.shard_rows or 16 * a.chunk_rows
-    try:
-        s = import_vectors(a.file, a.store, key=a.key, hook=a.hook, dtype=a.dtype, overwrite=a.overwrite,
-                           chunk_rows=a.chunk_rows, shard_rows=shard_rows)
+    from actdict.harvest.resume import store_lock
+    from actdict.harvest.writer import new_manifest
+
+    try:  # the arguments and the file's first row checked before the lock makes the store's folder
+        new_manifest({"hook": a.hook}, 1, a.dtype, shard_rows, a.chunk_rows)
+        next(vector_blocks(a.file, a.key, 1), None)
+        with store_lock(a.store):  # one writer per store, as `actdict harvest`
+            s = import_vectors(a.file, a.store, key=a.key, hook=a.hook, dtype=a.dtype, overwrite=a.overwrite,
+                               chunk_rows=a.chunk_rows, shard_rows=shard_rows)
     except ActdictError as e:
         print(f"import: {type(e).__name__}: {e}", file=sys.stderr)
         return 2

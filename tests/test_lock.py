@@ -150,3 +150,21 @@ def test_a_second_stage_waits_for_the_folder_then_looks_again(tmp_path, capsys, 
                     "config exists, skipped") in out
     assert (tmp_path / "run" / ("store/blocks.3.hook_resid_post/manifest.json" if stage == "harvest"
                                 else "dicts/s/cfg.json")).is_file()
+
+
+def test_the_vectors_import_waits_for_the_store(tmp_path, capsys):
+    import numpy as np
+
+    from actdict.harvest.vectors import cli
+
+    x = np.arange(24, dtype=np.float32).reshape(8, 3)  # [n, d]
+    np.save(tmp_path / "v.npy", x)
+    store = tmp_path / "store"
+    with folder_lock(str(store), "held by this test"):
+        w = Waiter(lambda: cli([str(tmp_path / "v.npy"), str(store), "--chunk-rows", "4"]))
+        w.start()
+        wait_for(lambda: "is in use by another actdict process" in capsys.readouterr().out)
+        time.sleep(0.2)
+        assert w.is_alive() and not (store / "vectors").exists()  # nothing written while waiting
+    w.join(120)
+    assert w.result == 0 and (store / "vectors" / "manifest.json").is_file()

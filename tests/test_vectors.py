@@ -170,7 +170,7 @@ def test_cli(tmp_path, capsys):
     np.testing.assert_array_equal(small.read_rows(0, N).acts, x)
     assert cli([v, str(tmp_path / "s5"), "--chunk-rows", "8", "--shard-rows", "20"]) == 2
     err = capsys.readouterr().err
-    assert "ConfigError: StoreWriter: shard_rows (20) must be a positive multiple of chunk_rows (8)" in err
+    assert "ConfigError: shard_rows (20) must be a positive multiple of chunk_rows (8)" in err
     assert not (tmp_path / "s5").exists()  # refused before anything is written
     assert actdict_main(["store", str(tmp_path / "s")]) == 0
     assert capsys.readouterr().out.splitlines()[1].startswith("  model - (no model: imported vectors); ")

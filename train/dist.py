@@ -14,6 +14,11 @@ Gradients are all-reduced by hand, one flat buffer per dictionary per step, inst
 DistributedDataParallel: the loop calls ``model.loss_terms`` outside ``forward`` and a variant may leave some
 parameter without a gradient on a step, both of which DDP's hooks handle badly. A parameter keeps
 ``grad=None`` only if it has no gradient on every rank.
+
+The process group waits up to ``WAIT`` (1 hour; torch's default is 10 minutes for NCCL, 30 for gloo) in a
+collective: at a save point the other ranks wait at a barrier while rank 0 writes the resume state, and at
+the end every dictionary's checkpoint and kept state, gigabytes for a wide sweep, slow on a network file
+system.
 """
 
 from __future__ import annotations
@@ -22,10 +27,13 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as tdist
 from torch import Tensor, nn
+
+WAIT = timedelta(hours=1)  # the longest a rank waits in a collective (module doc)
 
 
 @dataclass(frozen=True)
@@ -51,7 +59,7 @@ def from_env() -> Dist:
 
 def init(d: Dist, device: torch.device) -> None:
     if d.on and not tdist.is_initialized():
-        tdist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        tdist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=WAIT)
 
 
 def average_grads(model: nn.Module, weight: float) -> None:

@@ -194,7 +194,7 @@ def open_hook(path: str, hook: str):
     if len(hooks) > 1 and hook not in hooks:
         said = f"train.hook={hook!r} is not one of them" if hook else "name the one the dictionaries learn"
         raise ConfigError(f"store {path} holds {len(hooks)} hooks; {said}: train.hook=HOOK, one of {hooks}")
-    return open_store(path, hook or None)
+    return open_store(path, hook or None, hooks=hooks)
 
 
 def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device) -> None:
