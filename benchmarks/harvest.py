@@ -115,6 +115,8 @@ def bench(name: str, model_path: str, args, tmp: Path) -> dict:
     lm = load_model(model_path, device=args.device, dtype=args.dtype)
     stop = lm.stop_at_layer([hook])
     windows = _windows(lm, cfg, args.tokens)
+    if (held := sum(int(w.keep.sum()) for w in windows)) < args.tokens:
+        raise SystemExit(f"the demo corpus holds {held:,} rows for {name}: --tokens {held:,} at most")
     batches = [windows[a:a + args.batch_size] for a in range(0, len(windows), args.batch_size)]
     tokens = [torch.from_numpy(np.stack([w.tokens for w in b])).to(args.device)
               for b in batches]  # [B, ctx] each, on the device
