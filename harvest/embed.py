@@ -137,12 +137,13 @@ def main(common, cfg) -> None:
     from tqdm import tqdm
 
     from actdict.config import config_hash, to_dict
-    from actdict.harvest.run import HarvestError, _existing, describe_source, one_process
+    from actdict.harvest.reuse import complete_for
+    from actdict.harvest.run import HarvestError, describe_source, one_process
     from actdict.harvest.sources import iter_documents, source_fingerprint
     from actdict.harvest.store import StoreWriter
 
     path, ecfg, chash = common.store_path, cfg.embed, config_hash(cfg)
-    if _existing(path, [ecfg.hook], cfg):
+    if complete_for(path, [ecfg.hook], cfg):
         print(f"harvest: store {path} is already complete for this config ({chash}); skipping")
         return
     one_process(cfg)

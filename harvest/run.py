@@ -13,7 +13,6 @@ shards it finds (``actdict.harvest.resume``) and ends with the same bytes as an 
 from __future__ import annotations
 
 import fnmatch
-import json
 import os
 import random
 import re
@@ -23,10 +22,10 @@ from itertools import islice
 
 import numpy as np
 
-from actdict.config import Common, ConfigError, bar_timing, config_changes, config_hash, to_dict
+from actdict.config import Common, ConfigError, bar_timing, config_hash, to_dict
 from actdict.harvest.config import HarvestConfig, hook_pattern
 from actdict.harvest.dist import Ranks, init_ranks, rank_device
-from actdict.harvest.layout import ACT_DTYPES, fs_of, human_size, shard_problem, whole_shards, write_shard
+from actdict.harvest.layout import ACT_DTYPES, fs_of, human_size, write_shard
 from actdict.harvest.models import LoadedModel, load_model
 from actdict.harvest.pipeline import Behind, Prefetch
 from actdict.harvest.plan import RowStream, ShardWork, owner, shard_work, stored_positions
@@ -37,7 +36,6 @@ from actdict.harvest.resume import (
     done_shards,
     finish,
     growable,
-    hook_dir,
     prefix_done,
     read_manifest,
     record,
@@ -45,15 +43,14 @@ from actdict.harvest.resume import (
     start_manifest,
     store_lock,
 )
+from actdict.harvest.reuse import as_json, complete_for, hook_manifests, how_held, spelled_otherwise
 from actdict.harvest.sources import (
     SourceConfig,
     Window,
-    files_changed,
     iter_documents,
     source_fingerprint,
     token_windows,
 )
-from actdict.harvest.store import list_hooks
 from actdict.harvest.writer import new_manifest, non_finite
 
 __all__ = ["HarvestError", "main", "describe_source", "expand_hooks", "forward", "model_windows"]
@@ -217,120 +214,6 @@ def shard_rows_of(lm: LoadedModel, work: ShardWork, hooks: list[str], stop: int 
     return out
 
 
-def _manifests(path: str) -> dict[str, dict]:
-    """The manifest of every hook in the store (none when there is no store yet); reads no shard."""
-    out = {}
-    for h in list_hooks(path):
-        try:
-            out[h] = read_manifest(path, h)
-        except (OSError, ValueError) as e:
-            raise HarvestError(f"store {path} has a damaged hook {h!r} ({e}); delete {path}, re-run") from e
-    return out
-
-
-def _existing(path: str, hooks: list[str], cfg: HarvestConfig,
-              manifests: dict[str, dict] | None = None) -> bool:
-    """True when the store is complete for ``cfg``; raise when it holds another harvest (naming the config
-    keys that differ), when a complete hook's shards are not all there (naming them), or when the local
-    source files changed since a complete hook was harvested (their fingerprint: path, size, mtime).
-    ``hooks`` may hold patterns (``all``, ``blocks.*...``): then every hook found must be complete. Names
-    only: a complete store of the same config with more hooks (``holds_hooks``) is this config's.
-    ``manifests``: those of ``_manifests(path)`` when already read."""
-    manifests = _manifests(path) if manifests is None else manifests
-    chash, cfg_json = config_hash(cfg), _as_json(cfg)
-    literal = [h for h in hooks if hook_pattern(h) is None]
-    if len(literal) == len(hooks) and holds_hooks(manifests, literal, cfg_json):
-        manifests = {h: manifests[h] | {"config_hash": chash} for h in literal}  # those of this config
-    spelled = len(literal) < len(hooks)  # patterns: a store whose hooks were spelled otherwise is decided
-    deferred = False  # by harvest(), once the model has expanded them (``spelled_otherwise``)
-    for h, m in manifests.items():
-        if spelled and m.get("config_hash") != chash and same_rows(m, cfg_json, ("hooks",)):
-            deferred = True
-        elif m.get("config_hash") != chash and not same_rows(m, cfg_json):
-            old = m.get("harvest")
-            if back := _set_back(m, cfg_json):
-                how = "resuming this unfinished harvest" if not m.get("complete") else "growing this store"
-                raise HarvestError(
-                    f"store {path} (hook {h!r}) was begun with other settings, and {how} needs those (its "
-                    f"rows must be those of one uninterrupted run): add {back} to the command")
-            changes = config_changes(old, cfg_json) if isinstance(old, dict) else []
-            what = "; ".join(changes[:8]) or f"config_hash {m.get('config_hash')}, this config {chash}"
-            raise HarvestError(
-                f"store {path} holds a harvest with another config (hook {h!r}: {what}); delete {path}, or "
-                "set run_dir / store to another folder")
-        if m.get("complete"):
-            fs, d = hook_dir(path, h)
-            names = whole_shards(fs, d)
-            if problem := shard_problem(names, int(m.get("n_shards", len(names)))):
-                raise HarvestError(f"store {path}, hook {h!r}: {problem}")
-            if cfg.mode != "vectors" and (changed := files_changed(m, cfg.source)):
-                raise HarvestError(
-                    f"store {path} (hook {h!r}) was harvested before its {changed}: its rows are those of "
-                    f"the old files. Delete {path} to harvest the files again, or set store / run_dir to "
-                    "another folder; to use the store as it is (the files were only touched or copied), run "
-                    "actdict train and actdict analyze instead of actdict run")
-    return not deferred and bool(manifests) and all(h in manifests for h in literal) and all(
-        m.get("complete") for m in manifests.values())
-
-
-def holds_hooks(manifests: dict[str, dict], hooks: list[str], harvest_cfg: dict) -> bool:
-    """The store is a complete harvest of ``harvest_cfg`` (as JSON) but for its ``hooks``, and holds every
-    one of ``hooks`` (names): a hook's rows do not depend on the other hooks of its forward, so a config
-    naming some hooks of a harvest of more (``hooks: [all]``) uses that store as it is."""
-    found = [manifests.get(h) for h in hooks]
-    return all(m and same_rows(m, harvest_cfg, ("hooks",)) for m in found)
-
-
-RUN_KEYS = ("batch_size", "device")
-"""Harvest keys that say how the forward ran, not which rows it makes: a complete store is this config's
-whatever they were (its manifest's ``numerics`` still says where it ran). An unfinished one resumes only
-with the same ones (a resumed store is the uninterrupted run's, bit for bit)."""
-
-
-def same_rows(manifest: dict, harvest_cfg: dict, also: tuple[str, ...] = ()) -> bool:
-    """``manifest`` is a complete harvest of ``harvest_cfg`` (as JSON) but for ``RUN_KEYS`` and ``also``."""
-    old, skip = manifest.get("harvest"), dict.fromkeys(RUN_KEYS + also)
-    return bool(manifest.get("complete")) and isinstance(old, dict) and old | skip == harvest_cfg | skip
-
-
-def _set_back(manifest: dict, new: dict) -> str:
-    """The overrides that give ``new`` (a harvest config as JSON) what a resume or a growth of the hook of
-    ``manifest`` needs, when nothing else differs: an unfinished harvest resumes only with the
-    ``RUN_KEYS``, hooks and max_tokens it began with ("'harvest.batch_size=64' 'harvest.max_tokens=1000'");
-    a complete one grows (a larger max_tokens) only with its ``RUN_KEYS``. '' otherwise."""
-    old = manifest.get("harvest")
-    if not isinstance(old, dict):
-        return ""
-    keys = {k for k in set(old) | set(new) if old.get(k) != new.get(k)}
-    if manifest.get("complete"):  # growing: max_tokens larger, run keys to set back
-        grows = "max_tokens" in keys and (new["max_tokens"] is None or (
-            old.get("max_tokens") is not None and new["max_tokens"] > old["max_tokens"]))
-        back = set(RUN_KEYS)
-        if not grows or keys - back - {"max_tokens"}:
-            return ""
-    else:
-        back = {"hooks", "max_tokens", *RUN_KEYS}
-        if keys - back:
-            return ""
-    said = [k for k in ("hooks", *RUN_KEYS, "max_tokens") if k in keys & back]
-    return " ".join(f"'harvest.{k}={v if isinstance(v := old.get(k), str) else json.dumps(v)}'"
-                    for k in said)
-
-
-def _as_json(cfg: HarvestConfig) -> dict:
-    """The config as a manifest holds it (JSON types: lists, not tuples)."""
-    return json.loads(json.dumps(to_dict(cfg)))
-
-
-def _how_held(manifests: dict[str, dict], harvest_cfg: dict) -> str:
-    """'; it was harvested with ...': where a complete store reused as this config's differs from it."""
-    olds = [m.get("harvest", {}) for m in manifests.values()]
-    diff = {k: sorted({str(o.get(k)) for o in olds if o.get(k) != harvest_cfg.get(k)})
-            for k in ("hooks",) + RUN_KEYS}
-    said = [f"{k} {', '.join(v)}" for k, v in diff.items() if v]
-    return f"; it was harvested with {'; '.join(said)}" if said else ""
-
-
 def main(common: Common, cfg: HarvestConfig) -> None:
     """Harvest ``cfg.hooks`` of ``cfg.model`` on ``cfg.source`` into ``common.store_path``, holding the
     store's lock (``store_lock``) throughout."""
@@ -354,10 +237,10 @@ def _main(common: Common, cfg: HarvestConfig) -> None:
         return importlib.import_module({"embeddings": "actdict.harvest.embed",
                                         "vectors": "actdict.harvest.vectors"}[cfg.mode]).main(common, cfg)
     path, chash = common.store_path, config_hash(cfg)
-    manifests = _manifests(path)
-    grow = growable(manifests, _as_json(cfg))  # a larger max_tokens: continue the store
-    if not grow and _existing(path, list(cfg.hooks), cfg, manifests):
-        how = _how_held(manifests, _as_json(cfg))
+    manifests = hook_manifests(path)
+    grow = growable(manifests, as_json(cfg))  # a larger max_tokens: continue the store
+    if not grow and complete_for(path, list(cfg.hooks), cfg, manifests):
+        how = how_held(manifests, as_json(cfg))
         print(f"harvest: store {path} is already complete for this config ({chash}{how}); skipping")
         return
     ranks = init_ranks()
@@ -386,7 +269,7 @@ def harvest(common: Common, cfg: HarvestConfig, ranks: Ranks, grow: bool = False
     if ranks.rank == 0:
         for h in hooks:
             if grow:
-                reopen(path, h, chash, _as_json(cfg))
+                reopen(path, h, chash, as_json(cfg))
                 say(f"harvest: growing {path} hook {h!r} to max_tokens={cfg.max_tokens}")
             for where in clean(path, h):
                 say(f"harvest: removed {where} (left by a killed run; it is written again)")
@@ -455,24 +338,6 @@ def harvest(common: Common, cfg: HarvestConfig, ranks: Ranks, grow: bool = False
             finish(path, h, want[h], stream.end_row, cfg.shard_rows)
     ranks.barrier()
     say(f"harvest: wrote {stream.end_row:,} rows per hook to {path}")
-
-
-def spelled_otherwise(path: str, hooks: list[str], cfg: HarvestConfig, say: Callable[[str], None]) -> bool:
-    """True (and says so) when the store is a complete harvest of ``cfg`` whose hooks were spelled otherwise
-    (``hooks: [all]`` against a store of the same hooks listed by name, which ``_existing`` leaves to this
-    point): ``hooks``, the config's expanded by the model, are all in it. Raises when some are not."""
-    chash, cfg_json = config_hash(cfg), _as_json(cfg)
-    others = {h: m for h, m in _manifests(path).items() if m.get("config_hash") != chash}
-    if not others:
-        return False
-    if holds_hooks(others, hooks, cfg_json):
-        say(f"harvest: store {path} is already complete for this config ({chash}"
-            f"{_how_held(others, cfg_json)}); skipping")
-        return True
-    missing = sorted(set(hooks) - set(others))
-    raise HarvestError(f"store {path} holds hooks {sorted(others)}; this config's hooks {list(cfg.hooks)} "
-                       f"are {hooks} on this model, and {missing} are not in it: delete {path}, or set "
-                       "run_dir / store to another folder")
 
 
 def _write(fs, root: str, work: ShardWork, data: dict, hooks: list[str], done: dict, chunk_rows: int) -> None:

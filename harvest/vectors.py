@@ -252,7 +252,8 @@ def main(common, cfg) -> None:
     """``harvest.mode: vectors``: import ``cfg.vectors.path`` into ``common.store_path``."""
     from actdict.config import config_hash, to_dict
     from actdict.harvest.resume import read_manifest
-    from actdict.harvest.run import _existing, one_process
+    from actdict.harvest.reuse import complete_for
+    from actdict.harvest.run import one_process
     from actdict.harvest.sources import files_fingerprint
 
     path, vcfg, chash = common.store_path, cfg.vectors, config_hash(cfg)
@@ -261,7 +262,7 @@ def main(common, cfg) -> None:
                           ".safetensors or .parquet file")
     file = Path(vcfg.path).expanduser()
     fingerprint = files_fingerprint([file]) if file.is_file() else None  # path, size, mtime
-    if _existing(path, [vcfg.hook], cfg):
+    if complete_for(path, [vcfg.hook], cfg):
         old = (read_manifest(path, vcfg.hook) or {}).get("source_fingerprint")
         if old is None or fingerprint in (None, old):  # unchanged (or unknown: imported before 2026-12-05)
             print(f"harvest: store {path} is already complete for this config ({chash}); skipping")
