@@ -158,6 +158,12 @@ _SAE_TOPK = "[{name: a, variant: sae_topk, k: 8, params: {topk: %s}}]"
     ("[{name: a, variant: vae}]", ["analyze.labels=no.npy"], "analyze.labels: no.npy not found"),
     ("[{name: a, variant: vae}]", ["train.device=gpu"], "train.device: not a torch device: 'gpu'"),
     ("[{name: a, variant: vae}]", ["analyze.device=cuda:x"], "analyze.device: not a torch device"),
+    ("[{name: a, variant: vae}]", ["train.t0=0"], r"train.t0 must be >= 1, got 0"),  # looped for ever
+    ("[{name: a, variant: vae}]", ["train.batch_size=0"], r"train.batch_size must be >= 1, got 0"),
+    ("[{name: a, variant: vae}]", ["train.test_fraction=1"], r"train.test_fraction must be in \[0, 1\)"),
+    ("[{name: a, variant: vae}]", ["train.grad_clip=-1"], r"train.grad_clip must be a number >= 0"),
+    ("[{name: a, variant: vae, k: 0}]", [], r"train.dicts\[a\].k must be >= 1, got 0"),
+    ("[{name: a, variant: vae, lr: -0.1}]", [], r"train.dicts\[a\].lr must be a number >= 0"),
 ])
 def test_run_rejects_a_bad_section_before_the_harvest(tmp_path, capsys, dicts, more, message):
     """`actdict run` checks every stage's section first: a bad dictionary or analysis setting stops it

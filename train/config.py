@@ -11,8 +11,11 @@ splits every global batch between the N ranks.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from actdict.config import ConfigError
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,12 @@ class DictConfig:
     """Variant keyword arguments, e.g. {lam1: 0.32, lam2: 0.2}, {topk: 30}, {loggamma_init: -10}."""
     seed: int | None = None
     """Initialisation seed; None = the experiment seed."""
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ConfigError(f"train.dicts[{self.name}].k must be >= 1, got {self.k}")
+        if not (math.isfinite(self.lr) and self.lr >= 0):  # 0 keeps the initialisation
+            raise ConfigError(f"train.dicts[{self.name}].lr must be a number >= 0, got {self.lr}")
 
 
 @dataclass(frozen=True)
@@ -98,3 +107,15 @@ class TrainConfig:
     analysis still feeds raw rows and gets raw-space reconstructions."""
     norm_chunks: int = 8
     """Train chunks (chosen by the seed) used to estimate the normalisation statistics."""
+
+    def __post_init__(self) -> None:
+        least_of = {"epochs": 1, "batch_size": 1, "buffer_chunks": 1, "t0": 1, "norm_chunks": 1,
+                    "warmup_steps": 0, "checkpoint_every": 0, "max_steps": 0}
+        for name, least in least_of.items():
+            if getattr(self, name) < least:
+                raise ConfigError(f"train.{name} must be >= {least}, got {getattr(self, name)}")
+        if not 0 <= self.test_fraction < 1:
+            raise ConfigError(f"train.test_fraction must be in [0, 1), got {self.test_fraction}")
+        for name in ("eta_min", "grad_clip"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ConfigError(f"train.{name} must be a number >= 0, got {getattr(self, name)}")

@@ -176,8 +176,6 @@ def check(common: Common, cfg: TrainConfig) -> None:
     if len(set(names)) != len(names) or not names or any("/" in n for n in names):
         raise ConfigError(f"train.dicts needs at least one dictionary and unique names without '/', "
                           f"got {names}")
-    if not cfg.grad_clip >= 0:
-        raise ConfigError(f"train.grad_clip must be >= 0 (0 = off), got {cfg.grad_clip}")
     check_device(cfg.device, "train.device")
     for dc in cfg.dicts:
         try:

@@ -16,6 +16,8 @@ Schedule = Literal["cosine_restarts", "constant", "warmup_cosine", "linear_decay
 
 
 def _cosine_restarts(t: int, lr: float, eta_min: float, t0: int, t_mult: int = 2) -> float:
+    if t0 < 1:  # the loop below would never end
+        raise ValueError(f"t0 must be >= 1, got {t0}")
     t_cur, t_i = t, t0
     while t_cur >= t_i:  # the same integer bookkeeping as torch's scheduler
         t_cur -= t_i
