@@ -23,6 +23,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from actdict.config import ConfigError
 from actdict.errors import ActdictError
 
 T = TypeVar("T")
@@ -57,6 +58,13 @@ class SourceConfig:
     least as large as the corpus gives a full permutation; streaming sources stay streaming."""
     shuffle_seed: int = 0
     """Seed of the document shuffle (the order is a pure function of the source and this seed)."""
+
+    def __post_init__(self) -> None:
+        if self.max_docs is not None and self.max_docs < 1:
+            raise ConfigError(f"harvest.source.max_docs must be >= 1 or null, got {self.max_docs}")
+        if self.shuffle_buffer < 0:
+            raise ConfigError(f"harvest.source.shuffle_buffer must be >= 0 (0: source order), got "
+                              f"{self.shuffle_buffer}")
 
 
 def iter_documents(cfg: SourceConfig) -> Iterator[str]:
