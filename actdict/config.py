@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import sys
 import types
 import typing
@@ -56,12 +57,27 @@ class Common:
         return self.store or str(Path(self.run_dir) / "store")
 
 
+class _Loader(yaml.SafeLoader):
+    """``yaml.safe_load``'s loader (plain data only), with YAML 1.2's floats: PyYAML follows YAML 1.1, where
+    ``1e-3`` (no dot) is the string '1e-3', the way most people write a learning rate or a weight."""
+
+
+_Loader.add_implicit_resolver(  # tried after the YAML 1.1 resolvers of the same first characters
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def safe_yaml(text: str) -> Any:
+    """``yaml.safe_load`` of ``text``, reading ``1e-3`` as a float (``_Loader``)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Load a YAML mapping with ``yaml.safe_load``; a missing file or a non-mapping is a ConfigError."""
+    """Load a YAML mapping with ``safe_yaml``; a missing file or a non-mapping is a ConfigError."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
-    data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    data = safe_yaml(p.read_text(encoding="utf-8"))
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -88,7 +104,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if isinstance(node, list):
             raise ConfigError(f"override {item!r}: set a field of a list item ({key}.FIELD=...), or the "
                               f"whole list ({'.'.join(parts[:-1])}=[...])")
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+        node[parts[-1]] = safe_yaml(raw) if raw.strip() else ""
     return out
 
 

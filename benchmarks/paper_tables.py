@@ -37,9 +37,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from actdict.analyze import metrics as M
+from actdict.config import safe_yaml
 from actdict.harvest.store import open_store
 from actdict.harvest.synthetic import mlp_manifolds, union_of_subspaces
 from actdict.train.config import TrainConfig
@@ -130,7 +130,7 @@ def _key_value(text: str) -> tuple[str, object]:
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise SystemExit(f"--param wants KEY=VALUE, got {text!r}")
-    return key, yaml.safe_load(value)
+    return key, safe_yaml(value)
 
 
 def memory_batches(x: torch.Tensor, batch: int, seed: int):

@@ -223,6 +223,7 @@ def import_vectors(path: str | Path, store: str, key: str = "", hook: str = "vec
     """Import the vectors file ``path`` as hook ``hook`` of ``store``; ``kw`` goes to ``write_vectors``
     (dtype float32 by default: the numbers are kept exactly). Returns the opened ActivationStore."""
     from actdict.harvest.store import write_vectors
+    from actdict.harvest.writer import NonFiniteError
 
     blocks = vector_blocks(path, key, block_rows)
     first = next(blocks, None)  # checks the file before the store is created
@@ -232,7 +233,7 @@ def import_vectors(path: str | Path, store: str, key: str = "", hook: str = "vec
          "vectors": {"file": str(path), "key": key, "dtype": str(first.dtype)}} | dict(manifest or {})
     try:
         return write_vectors(store, chain([first], blocks), manifest=m, hook=hook, **kw)
-    except VectorsError:  # a bad row further on: remove the half-written hook (the file is untouched)
+    except (VectorsError, NonFiniteError):  # a bad row further on: remove the half-written hook
         _remove_incomplete(store, hook)
         raise
 

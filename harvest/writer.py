@@ -14,6 +14,7 @@ from itertools import chain
 import numpy as np
 
 from actdict.config import ConfigError
+from actdict.errors import ActdictError
 from actdict.harvest.layout import (
     ACT_DTYPES,
     FORMAT_VERSION,
@@ -51,10 +52,15 @@ def new_manifest(manifest: dict, d: int, dtype: str, shard_rows: int, chunk_rows
     }
 
 
-def non_finite(where: str, dtype: str) -> ValueError:
-    """The error of a row that is not finite once cast to the store dtype (every writer raises this one)."""
-    return ValueError(f"{where}: non-finite activations after casting to {dtype} "
-                      "(NaN in the input, or values beyond the float16 range: use dtype float32)")
+class NonFiniteError(ActdictError, ValueError):
+    """A row that is not finite once cast to the store's dtype (every writer raises this one)."""
+
+
+def non_finite(where: str, dtype: str) -> NonFiniteError:
+    return NonFiniteError(
+        f"{where}: non-finite activations after casting to {dtype} (NaN in the input, or values beyond "
+        "float16's range, |x| > 65504): store them as float32 or bfloat16 (harvest.store_dtype; --dtype of "
+        "python -m actdict.harvest.vectors)")
 
 
 def encode_checked(acts: np.ndarray, dtype: str, where: str) -> np.ndarray:

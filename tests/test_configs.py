@@ -215,3 +215,15 @@ def test_progress_bars_redraw_rarely_into_a_log_file(monkeypatch):
     assert bar_timing() == {"mininterval": 0.1, "maxinterval": 10.0}  # tqdm's defaults
     monkeypatch.setenv("TQDM_MININTERVAL", "2")
     assert bar_timing() == {"mininterval": 2.0, "maxinterval": 10.0}
+
+
+def test_exponents_without_a_dot_are_numbers_in_files_and_overrides(tmp_path):
+    """YAML 1.1 (PyYAML) reads 1e-3 as a string; a config reads it as the number everyone means."""
+    p = tmp_path / "c.yaml"
+    p.write_text("run_dir: x\ntrain:\n  eta_min: 1e-7\n  dicts: [{name: a, variant: sae_l1, lr: 1e-3, "
+                 "params: {lam1: 2E-2}}]\n")
+    data = load_experiment(p, ["train.dicts.a.params.lam2=-5e-1", "train.grad_clip=1e0"])
+    train = section(data, "train", _stage_cls("train"))
+    assert (train.eta_min, train.grad_clip, train.dicts[0].lr) == (1e-7, 1.0, 1e-3)
+    assert train.dicts[0].params == {"lam1": 0.02, "lam2": -0.5}
+    assert load_experiment(p, ["run_dir=1e3x", "store='1e3'"])["store"] == "1e3"  # quoted: a string

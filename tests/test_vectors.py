@@ -313,3 +313,18 @@ def test_repair_of_imported_vectors_says_how_to_import_them_again(tmp_path, caps
     assert (f"python -m actdict.harvest.vectors FILE {tmp_path / 'st'} --hook vectors --dtype float16 "
             "--shard-rows 128 --chunk-rows 64 --overwrite") in out  # the same layout: the same split
     assert "run the harvest command that made it" not in out
+
+
+def test_a_float16_overflow_is_one_line_and_leaves_nothing(tmp_path, capsys):
+    """A value past float16's range: exit 2 naming the way out, no half-written hook, and the same import
+    as float32 then goes through."""
+    x = np.random.default_rng(0).standard_normal((600, D)).astype(np.float32)  # [600, D]
+    x[550, 3] = 1e6  # beyond 65504
+    np.save(tmp_path / "v.npy", x)
+    args = [str(tmp_path / "v.npy"), str(tmp_path / "s"), "--chunk-rows", "64"]
+    assert cli([*args, "--dtype", "float16"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "NonFiniteError" in err[0] and "float32 or bfloat16" in err[0]
+    assert not (tmp_path / "s" / "vectors").exists()
+    assert cli(args) == 0  # float32 by default
+    np.testing.assert_array_equal(open_store(str(tmp_path / "s"), "vectors").read_rows(0, 600).acts, x)
