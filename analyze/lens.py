@@ -145,6 +145,11 @@ def _label(labels: dict, f: int, code: float) -> list[str]:
     return bottom if code < 0 else top
 
 
+_NO_MODEL = ("the store holds vectors brought from elsewhere, and there is no model to read a text with; "
+             "embed the text as you made the vectors and encode it with the dictionary "
+             "(docs/architecture.md, 'Using a trained dictionary')")
+
+
 def lens(common: Common, cfg, text: str, names: list[str], top: int = 5, hook: str | None = None) -> dict:
     """The lens of ``text`` for the dictionaries ``names`` (all in ``<run_dir>/dicts`` when empty), as a
     JSON-ready dict: hook, tokens, and per dictionary and token the active count and top features."""
@@ -153,9 +158,7 @@ def lens(common: Common, cfg, text: str, names: list[str], top: int = 5, hook: s
     from actdict.harvest.store import open_store
 
     if cfg.mode == "vectors":
-        raise LensError("harvest.mode is 'vectors': the store holds vectors brought from elsewhere, and "
-                        "there is no model to read a text with; embed the text as you made the vectors and "
-                        "encode it with the dictionary (docs/architecture.md, 'Using a trained dictionary')")
+        raise LensError(f"harvest.mode is 'vectors': {_NO_MODEL}")
     if top < 1:
         raise LensError(f"--top must be >= 1, got {top}")
     run_dir = Path(common.run_dir)
@@ -167,6 +170,8 @@ def lens(common: Common, cfg, text: str, names: list[str], top: int = 5, hook: s
     models = load_models(run_dir, names, store.d)
 
     def same_model(model_name: str) -> None:  # else the dictionaries would read another model's activations
+        if store.manifest.get("kind") == "vectors":
+            raise LensError(f"the store at {common.store_path} holds imported vectors: {_NO_MODEL}")
         if store.manifest.get("model") != model_name:
             raise LensError(f"the store at {common.store_path} was harvested from "
                             f"{store.manifest.get('model')!r}, the config names {model_name!r}")
@@ -231,10 +236,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
                     help="a dotted override of the config, as the stages take them (repeatable), e.g. "
                          "--set run_dir=runs/other")
-    a = ap.parse_intermixed_args(argv)  # options before or after the text
+    a, extra = ap.parse_known_intermixed_args(argv)  # options before or after the text
+    if extra:
+        hint = f"; overrides go after --set: --set {extra[0]}" if "=" in extra[0] else ""
+        ap.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
     if (a.text is None) == (a.file is None):
         ap.error("give the text or --file (one of the two)")
-    text = a.text if a.file is None else (sys.stdin.read() if str(a.file) == "-" else a.file.read_text())
+    if a.file is not None and str(a.file) != "-" and not a.file.is_file():
+        ap.error(f"--file {a.file}: no such file")
+    text = a.text if a.file is None else (sys.stdin.read() if str(a.file) == "-" else
+                                          a.file.read_text(encoding="utf-8", errors="replace"))
     try:
         data = load_experiment(a.config, a.overrides)
         from actdict.harvest.config import HarvestConfig

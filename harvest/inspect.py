@@ -14,22 +14,31 @@ import argparse
 import json
 
 from actdict.errors import ActdictError
-from actdict.harvest.layout import StoreError, human_size, list_hooks
+from actdict.harvest.layout import StoreError, human_size, list_hooks, whole_shards
 from actdict.harvest.resume import repair, repair_manifest, store_lock
 from actdict.harvest.store import ActivationStore, open_store
 
 
 def describe(store: ActivationStore) -> dict:
-    """The summary of one opened hook: layout, size and provenance (no activation is read)."""
+    """The summary of one opened hook: layout, size and provenance (no activation is read). ``rows``,
+    ``shards`` and ``chunks`` count what can be read: an unfinished hook's whole shards 0, 1, ... up to
+    the first gap; ``on_disk`` counts every whole shard there, ``missing`` the gaps below the last one."""
     m = store.manifest
+    on_disk = sorted(int(n) for n in whole_shards(store.fs, store.dir))
+    missing = sorted(set(range(on_disk[-1] + 1)) - set(on_disk)) if on_disk else []
     return {"hook": store.hook, "complete": bool(m.get("complete")), "rows": len(store), "d": store.d,
             "dtype": store.dtype_name, "shards": store.num_shards, "chunks": store.num_chunks,
-            "chunk_rows": store.chunk_rows, "bytes": int(store.fs.du(store.dir)),
-            "model": m.get("model"), "numerics": m.get("numerics"), "corpus": m.get("corpus")}
+            "chunk_rows": store.chunk_rows, "bytes": int(store.fs.du(store.dir)), "on_disk": len(on_disk),
+            "missing": missing, "model": m.get("model"), "numerics": m.get("numerics"),
+            "corpus": m.get("corpus")}
 
 
 def line(info: dict) -> str:
     state = "complete" if info["complete"] else "INCOMPLETE (harvest not finished; complete shards only)"
+    if info["on_disk"] > info["shards"]:  # rows are read in order: a gap hides the whole shards after it
+        gaps = ", ".join(map(str, info["missing"][:8])) + (", ..." if len(info["missing"]) > 8 else "")
+        state += (f"; {info['on_disk']} whole shards on disk, shard(s) {gaps} missing: the rows above are "
+                  "those before the first gap, and the harvest command writes the missing ones")
     return (f"{info['hook']}: {info['rows']:,} rows x d={info['d']} {info['dtype']}, "
             f"{info['shards']} shards, {info['chunks']} chunks of {info['chunk_rows']}, "
             f"{human_size(info['bytes'])}; {state}\n"

@@ -137,6 +137,11 @@ def test_cli_errors_name_the_problem(run, capsys):
     assert main([str(bad), "x"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("actdict lens: config error:") and "ctxx" in err
+    for args, said in ((["--file", "/nonexistent/text.txt"], "--file /nonexistent/text.txt: no such file"),
+                       (["x", "run_dir=/elsewhere"], "overrides go after --set: --set run_dir=/elsewhere")):
+        with pytest.raises(SystemExit) as e:
+            main([str(cfg_path), *args])
+        assert e.value.code == 2 and said in capsys.readouterr().err
 
 
 def test_labels_of_another_training_are_not_used(run, tmp_path, capsys):

@@ -161,6 +161,10 @@ def test_repair_removes_damaged_shards_and_the_harvest_writes_only_them_again(re
     assert f"{HOOKS[1]}: 2 shard(s) to write again (00005: missing; {extra})" in out
     assert sorted(p.name for p in h0.iterdir())[:4] == ["00000", "00002", "00004", "00005"]
     assert all(json.loads((store / h / "manifest.json").read_text())["complete"] is False for h in HOOKS)
+    assert store_cli([str(store), "--hook", HOOKS[0]]) == 0  # what is readable, and what is on disk
+    out = capsys.readouterr().out
+    n0 = json.loads((store / HOOKS[0] / "manifest.json").read_text())["n_shards"]
+    assert ", 1 shards," in out and f"{n0 - 2} whole shards on disk, shard(s) 1, 3 missing" in out
     kept = {p: p.stat().st_mtime_ns for p in (h0 / "00002").rglob("*") if p.is_file()}
     proc = cli(cfg)
     out, _ = proc.communicate(timeout=300)

@@ -3,6 +3,7 @@ bad files fail with a clear VectorsError; the config path (harvest.mode: vectors
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -203,6 +204,10 @@ analyze: {{n_features: 3, top_k: 2, context: 0}}
     assert s.manifest["config_hash"] and s.manifest["harvest"]["mode"] == "vectors"
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["n_test_rows"] == 512 and 0 < summary["models"]["sae_l1"]["re_det"] < float("inf")
+    capsys.readouterr()  # the lens of a token config pointed at this store: no model to read a text with
+    demo = Path(__file__).parents[1] / "configs" / "demo.yaml"
+    assert actdict_main(["lens", str(demo), "x", "--set", f"run_dir={tmp_path / 'run'}"]) == 2
+    assert "holds imported vectors: the store holds vectors brought from elsewhere" in capsys.readouterr().err
     assert actdict_main(["harvest", str(cfg)]) == 0  # same config again: complete, skipped
     assert actdict_main(["harvest", str(cfg), "harvest.vectors.key=x"]) == 2  # another config: refused
     with pytest.MonkeyPatch.context() as mp:  # under torchrun every rank would write the whole hook

@@ -62,8 +62,8 @@ def split_note(sizes: list[int], split: dict, test_fraction: float) -> str | Non
         return None
     return (f"the held-out chunks {split['test_chunks']} hold {held:.0%} of the rows, not "
             f"train.test_fraction={test_fraction:g}: the split is by whole chunks, and this store has "
-            f"{len(sizes)} of up to {max(sizes)} rows; a store with smaller chunks (harvest.chunk_rows, the "
-            "vectors import's --chunk-rows) splits closer")
+            f"{len(sizes)} chunks of up to {max(sizes)} rows; a store with smaller chunks "
+            "(harvest.chunk_rows, the vectors import's --chunk-rows) splits closer")
 
 
 def write_split(run_dir: str | Path, split: dict) -> Path:

@@ -273,7 +273,9 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
                  for m in members][0]
     world = f" x {d.world} ranks" if d.on else ""
     say(f"train: {[m.name for m in members]} on {train_rows} rows ({len(chunks)} chunks, d={store.d}) for "
-        f"{cfg.epochs} epoch(s) on {device}{world}" + (f"; resumed at step {start.step}" if start else ""))
+        f"{cfg.epochs} epoch(s) on {device}{world}" + (f"; resumed at step {start.step}" if start else "")
+        + ("; losses in normalised units (train.normalize: mean_scale; analysis reports raw-space errors)"
+           if norm is not None else ""))
 
     def save(pos: Position) -> None:
         if d.main:
