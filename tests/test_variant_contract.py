@@ -54,6 +54,25 @@ def test_loss_finite_and_gradients_reach_every_parameter(variant):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
+def test_gradients_reach_the_input_and_the_codes(variant):
+    """A loaded (eval) dictionary differentiated with respect to its input (attribution, splicing into a
+    model): x_hat's and the codes' gradients match finite differences (float64 gradcheck), whatever path
+    the variant takes in training; a float16 input is read as the parameters' dtype."""
+    m = build(variant).double().eval()
+    x = (torch.randn(4, 7, generator=torch.Generator().manual_seed(5), dtype=torch.float64) * 2
+         ).requires_grad_(True)  # [B, d]
+    for field in ("x_hat", "codes"):
+        assert torch.autograd.gradcheck(lambda x, f=field: getattr(m(x, sample=False), f), (x,), eps=1e-6,
+                                        atol=1e-5), field
+    out = m(x, sample=False)
+    assert out.codes.requires_grad and out.x_hat.requires_grad
+    m.float()
+    with torch.no_grad():  # [B, d] float16 rows, as read_rows(raw=True) gives them
+        got, want = (m(x.detach().half().to(dt), sample=False).x_hat for dt in (torch.float16, torch.float32))
+    assert got.dtype == torch.float32 and torch.equal(got, want)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_save_load_round_trip(variant, tmp_path):
     m = build(variant)
     x = torch.randn(6, 7, generator=torch.Generator().manual_seed(3)) * 2

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from actdict.train.protocol import Forward, register
+from actdict.train.protocol import Forward, register, wants_input_grad
 from actdict.train.variants._fused_l1 import relu_codes, relu_l1_sae
 from actdict.train.variants._sae import SAEBase
 from actdict.train.variants._sparse import SPARSE_BELOW, Pattern
@@ -36,7 +36,8 @@ class SAEL1(SAEBase):
 
     def forward(self, x: Tensor, sample: bool = True) -> Forward:  # x: [B, d]
         enc, dec = self.encoder, self.decoder
-        if not (torch.is_grad_enabled() and type(enc) is nn.Linear and type(dec) is nn.Linear):
+        fast = torch.is_grad_enabled() and not wants_input_grad(x)  # training: the fused / sparse steps
+        if not (fast and type(enc) is nn.Linear and type(dec) is nn.Linear):
             return super().forward(x, sample)
         z = relu_codes(x, enc.weight, enc.bias)  # [B, k], no grad
         pat = Pattern.if_sparse(z, self.sparse_below)  # the N nonzero codes, if few

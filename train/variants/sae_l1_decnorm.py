@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from actdict.train.protocol import Forward, register
+from actdict.train.protocol import Forward, register, wants_input_grad
 from actdict.train.variants._fused_l1 import relu_codes, relu_l1_sae
 from actdict.train.variants._sparse import SPARSE_BELOW, Pattern
 from actdict.train.variants._tied import TiedSAE, sparse_codes
@@ -50,7 +50,7 @@ class SAEL1DecNorm(TiedSAE):
         return float(self.params["lam"]) * frac  # lam * s / warm at step s
 
     def forward(self, x: Tensor, sample: bool = True) -> Forward:  # x: [B, d]; deterministic
-        if not torch.is_grad_enabled():  # analysis: the plain composition
+        if not torch.is_grad_enabled() or wants_input_grad(x):  # analysis, attribution: the plain composition
             f = torch.relu(self.pre(x))  # [B, k]
             return Forward(x_hat=self.decode(f), codes=f, activity=lambda: sparse_codes(f), extras={"f": f})
         w_enc, w_dec = self.W_enc.T, self.W_dec.T  # [k, d], [d, k] views: nn.Linear's layout

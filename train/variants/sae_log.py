@@ -16,7 +16,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from actdict.train.protocol import Forward, register
+from actdict.train.protocol import Forward, register, wants_input_grad
 from actdict.train.variants._sae import SAEBase
 from actdict.train.variants._sparse import SPARSE_BELOW, Pattern
 
@@ -32,7 +32,8 @@ class SAELog(SAEBase):
 
     def forward(self, x: Tensor, sample: bool = True) -> Forward:  # x: [B, d]
         enc, dec = self.encoder, self.decoder
-        if not (torch.is_grad_enabled() and type(enc) is nn.Linear and type(dec) is nn.Linear):
+        fast = torch.is_grad_enabled() and not wants_input_grad(x)  # training: the sparse step
+        if not (fast and type(enc) is nn.Linear and type(dec) is nn.Linear):
             return super().forward(x, sample)
         pre = enc(x)  # [B, k]
         z = torch.relu(pre)  # [B, k]

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from actdict.config import ConfigError
-from actdict.train.protocol import Forward, register
+from actdict.train.protocol import Forward, register, wants_input_grad
 from actdict.train.variants._sae import SAEBase
 from actdict.train.variants._sparse import Pattern
 
@@ -47,8 +47,8 @@ class SAETopK(SAEBase):
 
     def forward(self, x: Tensor, sample: bool = True) -> Forward:  # x: [B, d]; deterministic
         enc, dec = self.encoder, self.decoder
-        if not (type(enc) is nn.Linear and type(dec) is nn.Linear):
-            return super().forward(x, sample)
+        if wants_input_grad(x) or not (type(enc) is nn.Linear and type(dec) is nn.Linear):
+            return super().forward(x, sample)  # the dense composition: relu, then the top of each row
         with torch.no_grad():
             pre = enc(x)  # [B, k]
             # top of pre, not of relu(pre): a row with fewer than topk positive entries keeps other zeros of

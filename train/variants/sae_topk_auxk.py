@@ -33,9 +33,9 @@ from torch import Tensor
 
 from actdict.config import ConfigError
 from actdict.train import dist as dist_
-from actdict.train.protocol import Forward, register
+from actdict.train.protocol import Forward, register, wants_input_grad
 from actdict.train.variants._sparse import Pattern, sparse_decode
-from actdict.train.variants._tied import DeadTracker, TiedSAE, fired_latents
+from actdict.train.variants._tied import DeadTracker, TiedSAE, fired_latents, sparse_codes
 
 
 def nmse(recon: Tensor, target: Tensor) -> Tensor:  # [B, d] each -> scalar
@@ -64,6 +64,11 @@ class SAETopKAuxK(TiedSAE):
         self.dead = DeadTracker(k)
 
     def forward(self, x: Tensor, sample: bool = True) -> Forward:  # x: [B, d]; deterministic
+        if wants_input_grad(x) and not self.training:  # attribution: the dense composition
+            pre = self.pre(x)  # [B, k]
+            top = pre.topk(int(self.params["topk"]), dim=-1)  # [B, topk]
+            z = torch.zeros_like(pre).scatter(-1, top.indices, torch.relu(top.values))  # [B, k]
+            return Forward(x_hat=self.decode(z), codes=z, activity=lambda: sparse_codes(z), extras={})
         with torch.no_grad():
             pre = self.pre(x)  # [B, k]
             top = pre.topk(int(self.params["topk"]), dim=-1)  # [B, topk]
