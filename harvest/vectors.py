@@ -223,7 +223,6 @@ def import_vectors(path: str | Path, store: str, key: str = "", hook: str = "vec
     """Import the vectors file ``path`` as hook ``hook`` of ``store``; ``kw`` goes to ``write_vectors``
     (dtype float32 by default: the numbers are kept exactly). Returns the opened ActivationStore."""
     from actdict.harvest.store import write_vectors
-    from actdict.harvest.writer import NonFiniteError
 
     blocks = vector_blocks(path, key, block_rows)
     first = next(blocks, None)  # checks the file before the store is created
@@ -231,22 +230,7 @@ def import_vectors(path: str | Path, store: str, key: str = "", hook: str = "vec
         raise VectorsError(f"{path}: holds no vectors")
     m = {"corpus": f"vectors file {Path(path).expanduser().resolve()}", "kind": "vectors",
          "vectors": {"file": str(path), "key": key, "dtype": str(first.dtype)}} | dict(manifest or {})
-    try:
-        return write_vectors(store, chain([first], blocks), manifest=m, hook=hook, **kw)
-    except (VectorsError, NonFiniteError):  # a bad row further on: remove the half-written hook
-        _remove_incomplete(store, hook)
-        raise
-
-
-def _remove_incomplete(store: str, hook: str) -> None:
-    from actdict.harvest.store import StoreError, open_store
-
-    try:
-        s = open_store(store, hook, allow_partial=True)
-    except StoreError:
-        return
-    if not s.manifest.get("complete"):
-        s.fs.rm(s.dir, recursive=True)
+    return write_vectors(store, chain([first], blocks), manifest=m, hook=hook, **kw)  # removed on failure
 
 
 def main(common, cfg) -> None:

@@ -56,18 +56,27 @@ class NonFiniteError(ActdictError, ValueError):
     """A row that is not finite once cast to the store's dtype (every writer raises this one)."""
 
 
-def non_finite(where: str, dtype: str) -> NonFiniteError:
+def non_finite(where: str, dtype: str, row: int | None = None, nan: bool | None = None) -> NonFiniteError:
+    """The error of a non-finite stored value; ``row`` (global) and ``nan`` (the input itself was not
+    finite there) when the writer knows them."""
+    at = f"row {row:,}" if row is not None else "some row"
+    if nan:
+        return NonFiniteError(f"{where}: {at} holds NaN or inf; drop or fix it (stored rows must be finite)")
+    cause = "" if nan is False else "NaN in the input, or "
     return NonFiniteError(
-        f"{where}: non-finite activations after casting to {dtype} (NaN in the input, or values beyond "
-        "float16's range, |x| > 65504): store them as float32 or bfloat16 (harvest.store_dtype; --dtype of "
-        "python -m actdict.harvest.vectors)")
+        f"{where}: {at} is not finite once cast to {dtype} ({cause}values beyond float16's range, |x| > "
+        "65504): store them as float32 or bfloat16 (harvest.store_dtype; --dtype of python -m "
+        "actdict.harvest.vectors)")
 
 
-def encode_checked(acts: np.ndarray, dtype: str, where: str) -> np.ndarray:
-    """acts [n, d] in the stored dtype; ValueError when a value is not finite after the cast."""
+def encode_checked(acts: np.ndarray, dtype: str, where: str, first_row: int = 0) -> np.ndarray:
+    """acts [n, d] in the stored dtype; NonFiniteError naming the first row (global: ``first_row`` + its
+    index) that is not finite after the cast."""
     cast = encode_acts(acts, dtype)  # [n, d]
-    if not np.isfinite(decode_acts(cast, dtype) if dtype == "bfloat16" else cast).all():
-        raise non_finite(where, dtype)
+    ok = np.isfinite(decode_acts(cast, dtype) if dtype == "bfloat16" else cast).all(axis=1)  # [n]
+    if not ok.all():
+        r = int(np.argmin(ok))
+        raise non_finite(where, dtype, first_row + r, nan=not np.isfinite(acts[r]).all())
     return cast
 
 
@@ -119,7 +128,7 @@ class StoreWriter:
         for k, v in meta.items():
             if v.shape != (n,):
                 raise ValueError(f"{k} must have shape [{n}] like acts, got {v.shape}")
-        cast = encode_checked(acts, self.dtype_name, self.dir)  # [n, d]
+        cast = encode_checked(acts, self.dtype_name, self.dir, self._n_rows + self._fill)  # [n, d]
         done = 0
         while done < n:
             take = min(n - done, self.shard_rows - self._fill)
@@ -170,7 +179,8 @@ def write_vectors(path: str, x, manifest: dict | None = None, hook: str = "vecto
     """Store the user's own vectors as a hook (token_ids=-1, doc=row index, pos=0); returns the opened
     ``ActivationStore``. ``x`` is an array [n, d] (a ``np.load(..., mmap_mode="r")`` memmap is read one
     shard at a time) or an iterator of [b, d] blocks (streamed: one block at a time is held in memory).
-    ``kw`` goes to StoreWriter (dtype defaults to float32: kept exactly)."""
+    ``kw`` goes to StoreWriter (dtype defaults to float32: kept exactly). A failure part way (a non-finite
+    row, an error of the iterator, an interrupt) removes the hook it began."""
     from actdict.harvest.store import open_store
 
     if isinstance(x, Iterator):
@@ -188,10 +198,15 @@ def write_vectors(path: str, x, manifest: dict | None = None, hook: str = "vecto
     m = {"model": None, "numerics": f"user vectors ({first.dtype}), stored {kw['dtype']}"}
     m |= dict(manifest or {})
     m["hook"] = hook
-    with StoreWriter(path, m, d=first.shape[1], **kw) as w:
+    w = StoreWriter(path, m, d=first.shape[1], **kw)
+    try:
         n = 0
         for block in chain([first], blocks):  # [b, d] each
             rows = np.arange(n, n + len(block), dtype=np.int64)  # [b]
             w.append(block, np.full(len(rows), -1, np.int32), rows, np.zeros(len(rows), np.int32))
             n += len(rows)
+        w.close()
+    except BaseException:  # a bad row further on, an interrupt: nothing half-written is left
+        w.fs.rm(w.dir, recursive=True)
+        raise
     return open_store(path, hook)

@@ -333,3 +333,21 @@ def test_a_float16_overflow_is_one_line_and_leaves_nothing(tmp_path, capsys):
     assert not (tmp_path / "s" / "vectors").exists()
     assert cli(args) == 0  # float32 by default
     np.testing.assert_array_equal(open_store(str(tmp_path / "s"), "vectors").read_rows(0, 600).acts, x)
+
+
+def test_write_vectors_from_python_names_a_bad_row_and_leaves_nothing(tmp_path):
+    """write_vectors (the Python entry, no file reader in front) on a NaN row or a float16 overflow: the
+    error names the global row, and the hook it began is removed, so the corrected call goes through."""
+    from actdict.harvest.writer import NonFiniteError
+
+    x = np.random.default_rng(1).standard_normal((40, D)).astype(np.float32)  # [40, D]
+    nan, big = x.copy(), x.copy()
+    nan[37, 2] = np.nan  # in the third shard of 16 rows
+    big[21, 0] = 7e4
+    with pytest.raises(NonFiniteError, match=r"row 37 holds NaN or inf; drop or fix it") as e:
+        write_vectors(str(tmp_path / "s"), nan, **SMALL)
+    assert "float16" not in str(e.value) and not (tmp_path / "s" / "vectors").exists()
+    with pytest.raises(NonFiniteError, match=r"row 21 is not finite once cast to float16 \(values beyond"):
+        write_vectors(str(tmp_path / "s"), big, dtype="float16", **SMALL)
+    assert not (tmp_path / "s" / "vectors").exists()
+    _check_store(write_vectors(str(tmp_path / "s"), x, **SMALL), x)
