@@ -55,15 +55,6 @@ def prepare(stage: str, data: dict) -> tuple[Any, Callable[[], None]]:
     return cfg, go
 
 
-def chunk_rows_for(n: int, shard_rows: int) -> int:
-    """A chunk_rows that cuts n rows into at least 8 chunks and divides shard_rows (as the config requires):
-    the largest such power of two."""
-    c = 1 << max(0, (max(1, n // 8)).bit_length() - 1)  # the largest power of two <= n / 8
-    while shard_rows % c:
-        c //= 2
-    return c
-
-
 def check_run(data: dict, cfgs: dict[str, Any]) -> None:
     """What only ``run`` can check before it starts: a vectors file to import has more than one chunk of
     rows when train holds chunks out; ``train.hook`` picks one hook of a harvest of several; every
@@ -71,6 +62,7 @@ def check_run(data: dict, cfgs: dict[str, Any]) -> None:
     harvest, train = cfgs.get("harvest"), cfgs.get("train")
     if harvest is not None and train is not None and harvest.mode == "vectors" and train.test_fraction > 0:
         from actdict.harvest.vectors import vector_rows
+        from actdict.harvest.writer import chunk_rows_for
 
         n = vector_rows(harvest.vectors.path, harvest.vectors.key)
         if n is not None and n <= harvest.chunk_rows:

@@ -265,9 +265,13 @@ def shard_damage(fs, where: str, d: int, dtype: np.dtype, chunk_rows: int, crc: 
 
 def open_store(path: str, hook: str | None = None, allow_partial: bool = False,
                hooks: list[str] | None = None) -> ActivationStore:
-    """Open one hook of the store at ``path`` (``hook`` may be omitted when there is exactly one);
-    ``hooks``: the store's hooks when the caller has listed them already (``list_hooks``)."""
+    """Open one hook of the store at ``path`` (``hook`` may be omitted when there is exactly one; ``path``
+    may also be the hook's own folder); ``hooks``: the store's hooks when the caller has listed them
+    already (``list_hooks``)."""
     hooks = list_hooks(path) if hooks is None else hooks
+    parent, _, name = str(path).rstrip("/").rpartition("/")
+    if not hooks and parent and hook in (None, name) and name in list_hooks(parent):
+        return open_store(parent, name, allow_partial)  # a hook's own folder, as ActivationStore shows it
     if not hooks:
         where = path if "://" in str(path) else f"{path} ({os.path.abspath(path)})"  # relative to the cwd
         raise StoreError(f"no activation store at {where} (no <hook>/{MANIFEST} found): run the harvest "

@@ -80,6 +80,15 @@ def encode_checked(acts: np.ndarray, dtype: str, where: str, first_row: int = 0)
     return cast
 
 
+def chunk_rows_for(n: int, shard_rows: int, cap: int = 4096) -> int:
+    """A chunk_rows that cuts n rows into at least 8 chunks (the unit of train's train/test split) and
+    divides shard_rows (as a store requires): the largest such power of two, at most ``cap``."""
+    c = 1 << max(0, (max(1, min(n // 8, cap))).bit_length() - 1)  # the largest power of two <= n / 8, cap
+    while shard_rows % c:
+        c //= 2
+    return c
+
+
 class StoreWriter:
     """Writes the rows of one hook: ``append`` buffers and flushes full shards, ``close`` the rest.
 
@@ -179,8 +188,9 @@ def write_vectors(path: str, x, manifest: dict | None = None, hook: str = "vecto
     """Store the user's own vectors as a hook (token_ids=-1, doc=row index, pos=0); returns the opened
     ``ActivationStore``. ``x`` is an array [n, d] (a ``np.load(..., mmap_mode="r")`` memmap is read one
     shard at a time) or an iterator of [b, d] blocks (streamed: one block at a time is held in memory).
-    ``kw`` goes to StoreWriter (dtype defaults to float32: kept exactly). A failure part way (a non-finite
-    row, an error of the iterator, an interrupt) removes the hook it began."""
+    ``kw`` goes to StoreWriter (dtype defaults to float32: kept exactly; chunk_rows, for an array, to
+    ``chunk_rows_for`` its rows, so that a small one still has chunks to hold out). A failure part way (a
+    non-finite row, an error of the iterator, an interrupt) removes the hook it began."""
     from actdict.harvest.store import open_store
 
     if isinstance(x, Iterator):
@@ -195,6 +205,8 @@ def write_vectors(path: str, x, manifest: dict | None = None, hook: str = "vecto
     if first.ndim != 2:
         raise ValueError(f"vectors must have shape [n, d], got a block of shape {first.shape}")
     kw.setdefault("dtype", "float32")
+    if "chunk_rows" not in kw and not isinstance(x, Iterator):  # a small array gets small chunks
+        kw["chunk_rows"] = chunk_rows_for(len(x), kw.setdefault("shard_rows", 65536))
     m = {"model": None, "numerics": f"user vectors ({first.dtype}), stored {kw['dtype']}"}
     m |= dict(manifest or {})
     m["hook"] = hook

@@ -206,6 +206,10 @@ def test_hooks_errors_list_valid_hooks(tmp_path):
     assert len(open_store(str(tmp_path), "blocks.3.hook_resid_post")) == 45
     with pytest.raises(StoreError, match="no activation store"):
         open_store(str(tmp_path / "nowhere"))
+    own = open_store(str(tmp_path / "blocks.3.hook_resid_post"))  # the hook's folder, as its repr shows
+    assert (own.hook, len(own), own.path) == ("blocks.3.hook_resid_post", 45, str(tmp_path))
+    with pytest.raises(StoreError, match="no activation store"):  # its folder with another hook named
+        open_store(str(tmp_path / "blocks.3.hook_resid_post"), "blocks.1.hook_resid_post")
 
 
 def test_existing_hook_is_not_overwritten_silently(tmp_path):

@@ -433,6 +433,12 @@ def test_sosae_push_loss_and_truncation(xb):
     short = truncate(m, n)
     assert short.k == n
     torch.testing.assert_close(short(xb).x_hat, m(xb).x_hat)
+    from actdict.train.checkpoint import Normalized  # a mean_scale checkpoint is loaded wrapped
+
+    wrapped = Normalized(m, torch.linspace(-1, 1, 6), 3.0)
+    short = truncate(wrapped, n)
+    assert isinstance(short, Normalized) and short.k == n and float(short.norm_scale) == 3.0
+    torch.testing.assert_close(short(xb).x_hat, wrapped(xb).x_hat)
     with pytest.raises(ValueError, match="alpha"):
         make("sosae", 6, 100_000, alpha=0.01)
 

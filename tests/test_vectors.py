@@ -12,10 +12,10 @@ import pytest
 import torch
 from safetensors.numpy import save_file
 
-from actdict.cli import chunk_rows_for
 from actdict.cli import main as actdict_main
 from actdict.harvest.store import open_store, write_vectors
 from actdict.harvest.vectors import VectorsError, cli, import_vectors, vector_blocks, vector_rows
+from actdict.harvest.writer import chunk_rows_for
 
 N, D = 45, 6
 SMALL = {"shard_rows": 16, "chunk_rows": 8}  # several shards, a short last shard
@@ -351,3 +351,17 @@ def test_write_vectors_from_python_names_a_bad_row_and_leaves_nothing(tmp_path):
         write_vectors(str(tmp_path / "s"), big, dtype="float16", **SMALL)
     assert not (tmp_path / "s" / "vectors").exists()
     _check_store(write_vectors(str(tmp_path / "s"), x, **SMALL), x)
+
+
+def test_small_files_and_arrays_get_chunks_to_hold_out(tmp_path):
+    """Without chunk_rows, an import (Python or command line) or an array written from Python is cut into
+    8 chunks or more (the unit of train's split), up to 4,096 rows each."""
+    x = np.random.default_rng(2).standard_normal((600, D)).astype(np.float32)  # [600, D]
+    np.save(tmp_path / "v.npy", x)
+    stores = [import_vectors(tmp_path / "v.npy", str(tmp_path / "a")), write_vectors(str(tmp_path / "b"), x)]
+    assert cli([str(tmp_path / "v.npy"), str(tmp_path / "c")]) == 0
+    stores.append(open_store(str(tmp_path / "c")))
+    for s in stores:
+        assert (s.chunk_rows, s.num_chunks, len(s)) == (64, 10, 600)
+        np.testing.assert_array_equal(s.read_rows(0, 600).acts, x)
+    assert chunk_rows_for(10**7, 65536) == 4096 and chunk_rows_for(40000, 65536) == 4096

@@ -82,7 +82,13 @@ def active_length(codes: Tensor, tol: float = 0.0) -> int:
 
 @torch.no_grad()
 def truncate(model: SOSAE, n: int) -> SOSAE:
-    """A SOSAE with the first ``n`` latents of ``model`` (1 <= n <= k), same params and weights."""
+    """A SOSAE with the first ``n`` latents of ``model`` (1 <= n <= k), same params and weights; a loaded
+    ``mean_scale`` checkpoint (``checkpoint.Normalized``) stays wrapped with the same statistics."""
+    from actdict.train.checkpoint import Normalized
+
+    if isinstance(model, Normalized):
+        return Normalized(truncate(model.inner, n), model.norm_mean, float(model.norm_scale)).to(
+            model.norm_mean.device).train(model.training)
     if not 1 <= n <= model.k:
         raise ConfigError(f"sosae: truncation length must be in 1..{model.k}, got {n}")
     out = SOSAE(model.d, n, **model.params)
