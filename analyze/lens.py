@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -167,11 +168,11 @@ def lens(common: Common, cfg, text: str, names: list[str], top: int = 5, hook: s
         raise LensError(f"--hook {hook}: the dictionaries were trained on {trained}")
     store = open_store(common.store_path, hook or trained or (cfg.embed.hook if cfg.mode == "embeddings"
                                                              else None))
+    if store.manifest.get("kind") == "vectors" or store.manifest.get("model") is None:  # before a model loads
+        raise LensError(f"the store at {common.store_path} holds vectors of no model: {_NO_MODEL}")
     models = load_models(run_dir, names, store.d)
 
     def same_model(model_name: str) -> None:  # else the dictionaries would read another model's activations
-        if store.manifest.get("kind") == "vectors":
-            raise LensError(f"the store at {common.store_path} holds imported vectors: {_NO_MODEL}")
         if store.manifest.get("model") != model_name:
             raise LensError(f"the store at {common.store_path} was harvested from "
                             f"{store.manifest.get('model')!r}, the config names {model_name!r}")
@@ -237,15 +238,18 @@ def main(argv: list[str] | None = None) -> int:
                     help="a dotted override of the config, as the stages take them (repeatable), e.g. "
                          "--set run_dir=runs/other")
     a, extra = ap.parse_known_intermixed_args(argv)  # options before or after the text
+    if overrides := [s for s in [a.text, *extra] if s is not None and re.match(r"[A-Za-z_][\w.]*=", s)]:
+        ap.error(f"{' '.join(overrides)}: overrides go after --set here: --set {overrides[0]} (a text that "
+                 "looks like one: --file)")
     if extra:
-        hint = f"; overrides go after --set: --set {extra[0]}" if "=" in extra[0] else ""
-        ap.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
+        ap.error(f"unrecognized arguments: {' '.join(extra)}")
     if (a.text is None) == (a.file is None):
         ap.error("give the text or --file (one of the two)")
-    if a.file is not None and str(a.file) != "-" and not a.file.is_file():
-        ap.error(f"--file {a.file}: no such file")
-    text = a.text if a.file is None else (sys.stdin.read() if str(a.file) == "-" else
-                                          a.file.read_text(encoding="utf-8", errors="replace"))
+    try:
+        text = a.text if a.file is None else (sys.stdin.read() if str(a.file) == "-" else
+                                              a.file.read_text(encoding="utf-8", errors="replace"))
+    except OSError as e:
+        ap.error(f"--file {a.file}: {e.strerror or e}")
     try:
         data = load_experiment(a.config, a.overrides)
         from actdict.harvest.config import HarvestConfig

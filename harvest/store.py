@@ -269,7 +269,9 @@ def open_store(path: str, hook: str | None = None, allow_partial: bool = False,
     may also be the hook's own folder); ``hooks``: the store's hooks when the caller has listed them
     already (``list_hooks``)."""
     hooks = list_hooks(path) if hooks is None else hooks
-    parent, _, name = str(path).rstrip("/").rpartition("/")
+    where = str(path).rstrip("/")
+    parent, _, name = where.rpartition("/") if "://" in where else (os.path.dirname(os.path.abspath(where)),
+                                                                     "", os.path.basename(where))
     if not hooks and parent and hook in (None, name) and name in list_hooks(parent):
         return open_store(parent, name, allow_partial)  # a hook's own folder, as ActivationStore shows it
     if not hooks:

@@ -221,13 +221,13 @@ def _format(p: Path) -> tuple[Callable, Callable]:
 def import_vectors(path: str | Path, store: str, key: str = "", hook: str = "vectors",
                    block_rows: int = 16384, manifest: dict | None = None, **kw):
     """Import the vectors file ``path`` as hook ``hook`` of ``store``; ``kw`` goes to ``write_vectors``
-    (dtype float32 by default: the numbers are kept exactly; chunk_rows, when the file's header tells its
-    rows, ``chunk_rows_for`` them). Returns the opened ActivationStore."""
+    (dtype float32 by default: the numbers are kept exactly; the layout to ``default_layout`` of the rows
+    the file's header tells). Returns the opened ActivationStore."""
     from actdict.harvest.store import write_vectors
-    from actdict.harvest.writer import chunk_rows_for
+    from actdict.harvest.writer import default_layout
 
-    if "chunk_rows" not in kw and (n := vector_rows(path, key)):
-        kw["chunk_rows"] = chunk_rows_for(n, kw.setdefault("shard_rows", 65536))
+    kw["chunk_rows"], kw["shard_rows"] = default_layout(vector_rows(path, key), kw.get("chunk_rows", 0),
+                                                        kw.get("shard_rows", 0))
 
     blocks = vector_blocks(path, key, block_rows)
     first = next(blocks, None)  # checks the file before the store is created
@@ -279,18 +279,15 @@ def cli(argv: list[str] | None = None) -> int:
                     help="stored dtype (default float32: kept exactly)")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing hook of that name")
     ap.add_argument("--chunk-rows", type=int, default=0, help="rows per chunk, the unit of the train/test "
-                    "split (default: 4096, or fewer for a file of fewer than 32,768 rows: 8 chunks or more)")
+                    "split (default: 4096, or, without --shard-rows, fewer for a file of fewer than 32,768 "
+                    "rows: 8 chunks or more)")
     ap.add_argument("--shard-rows", type=int, default=0, help="rows per shard, a multiple of --chunk-rows "
                     "(default: 16 chunks)")
     a = ap.parse_args(argv)
-    from actdict.harvest.writer import chunk_rows_for
-
-    n = vector_rows(a.file, a.key) or 0
-    chunk_rows = a.chunk_rows or (chunk_rows_for(n, a.shard_rows or 65536) if n else 4096)
-    shard_rows = a.shard_rows or 16 * chunk_rows
     from actdict.harvest.resume import store_lock
-    from actdict.harvest.writer import new_manifest
+    from actdict.harvest.writer import default_layout, new_manifest
 
+    chunk_rows, shard_rows = default_layout(vector_rows(a.file, a.key), a.chunk_rows, a.shard_rows)
     try:  # the arguments and the file's first row checked before the lock makes the store's folder
         new_manifest({"hook": a.hook}, 1, a.dtype, shard_rows, chunk_rows)
         next(vector_blocks(a.file, a.key, 1), None)

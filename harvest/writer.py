@@ -62,9 +62,14 @@ def non_finite(where: str, dtype: str, row: int | None = None, nan: bool | None 
     at = f"row {row:,}" if row is not None else "some row"
     if nan:
         return NonFiniteError(f"{where}: {at} holds NaN or inf; drop or fix it (stored rows must be finite)")
+    if dtype != "float16" and nan is False:  # float64 input past float32's range
+        return NonFiniteError(f"{where}: {at} has values beyond {dtype}'s range")
+    if dtype != "float16":  # a model's activations (nan unknown): not finite before the cast
+        return NonFiniteError(f"{where}: {at} holds NaN or inf (a forward in harvest.dtype bfloat16 may "
+                              "overflow where float32 does not: try harvest.dtype=float32)")
     cause = "" if nan is False else "NaN in the input, or "
     return NonFiniteError(
-        f"{where}: {at} is not finite once cast to {dtype} ({cause}values beyond float16's range, |x| > "
+        f"{where}: {at} is not finite once cast to float16 ({cause}values beyond float16's range, |x| > "
         "65504): store them as float32 or bfloat16 (harvest.store_dtype; --dtype of python -m "
         "actdict.harvest.vectors)")
 
@@ -80,7 +85,20 @@ def encode_checked(acts: np.ndarray, dtype: str, where: str, first_row: int = 0)
     return cast
 
 
-def chunk_rows_for(n: int, shard_rows: int, cap: int = 4096) -> int:
+CHUNK_ROWS, SHARD_ROWS = 4096, 65536  # a store's default layout (the harvest config's defaults too)
+
+
+def default_layout(n: int | None, chunk_rows: int = 0, shard_rows: int = 0) -> tuple[int, int]:
+    """(chunk_rows, shard_rows) of a vectors store of ``n`` rows (None: unknown); 0 = not given. Given values
+    are kept (``new_manifest`` checks them); a missing chunk_rows is ``CHUNK_ROWS``, or, when shard_rows is
+    missing too and n is known, ``chunk_rows_for(n)``: a small set still has chunks to hold out. A missing
+    shard_rows is 16 chunks."""
+    if not chunk_rows:
+        chunk_rows = chunk_rows_for(n, SHARD_ROWS) if n and not shard_rows else CHUNK_ROWS
+    return chunk_rows, shard_rows or 16 * chunk_rows
+
+
+def chunk_rows_for(n: int, shard_rows: int, cap: int = CHUNK_ROWS) -> int:
     """A chunk_rows that cuts n rows into at least 8 chunks (the unit of train's train/test split) and
     divides shard_rows (as a store requires): the largest such power of two, at most ``cap``."""
     c = 1 << max(0, (max(1, min(n // 8, cap))).bit_length() - 1)  # the largest power of two <= n / 8, cap
@@ -100,8 +118,8 @@ class StoreWriter:
     (``train.run.store_key``), so that other vectors written over it are not taken for the old ones.
     """
 
-    def __init__(self, path: str, manifest: dict, d: int, dtype: str = "float16", shard_rows: int = 65536,
-                 chunk_rows: int = 4096, overwrite: bool = False):
+    def __init__(self, path: str, manifest: dict, d: int, dtype: str = "float16",
+                 shard_rows: int = SHARD_ROWS, chunk_rows: int = CHUNK_ROWS, overwrite: bool = False):
         try:
             self.manifest = new_manifest(manifest, d, dtype, shard_rows, chunk_rows)
         except ValueError as e:
@@ -188,9 +206,9 @@ def write_vectors(path: str, x, manifest: dict | None = None, hook: str = "vecto
     """Store the user's own vectors as a hook (token_ids=-1, doc=row index, pos=0); returns the opened
     ``ActivationStore``. ``x`` is an array [n, d] (a ``np.load(..., mmap_mode="r")`` memmap is read one
     shard at a time) or an iterator of [b, d] blocks (streamed: one block at a time is held in memory).
-    ``kw`` goes to StoreWriter (dtype defaults to float32: kept exactly; chunk_rows, for an array, to
-    ``chunk_rows_for`` its rows, so that a small one still has chunks to hold out). A failure part way (a
-    non-finite row, an error of the iterator, an interrupt) removes the hook it began."""
+    ``kw`` goes to StoreWriter (dtype defaults to float32: kept exactly; the layout to ``default_layout``
+    of the array's rows). A failure part way (a non-finite row, an error of the iterator, an interrupt)
+    removes the hook it began."""
     from actdict.harvest.store import open_store
 
     if isinstance(x, Iterator):
@@ -199,14 +217,14 @@ def write_vectors(path: str, x, manifest: dict | None = None, hook: str = "vecto
         x = np.asarray(x)
         if x.ndim != 2:
             raise ValueError(f"vectors must have shape [n, d], got {x.shape}")
-        step = kw.get("shard_rows", 65536)
+        kw["chunk_rows"], kw["shard_rows"] = default_layout(len(x), kw.get("chunk_rows", 0),
+                                                            kw.get("shard_rows", 0))
+        step = kw["shard_rows"]
         blocks = iter([x[a:a + step] for a in range(0, len(x), step)] or [x])
     first = np.asarray(next(blocks, np.empty((0, 0))))
     if first.ndim != 2:
         raise ValueError(f"vectors must have shape [n, d], got a block of shape {first.shape}")
     kw.setdefault("dtype", "float32")
-    if "chunk_rows" not in kw and not isinstance(x, Iterator):  # a small array gets small chunks
-        kw["chunk_rows"] = chunk_rows_for(len(x), kw.setdefault("shard_rows", 65536))
     m = {"model": None, "numerics": f"user vectors ({first.dtype}), stored {kw['dtype']}"}
     m |= dict(manifest or {})
     m["hook"] = hook

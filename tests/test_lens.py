@@ -137,8 +137,10 @@ def test_cli_errors_name_the_problem(run, capsys):
     assert main([str(bad), "x"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("actdict lens: config error:") and "ctxx" in err
-    for args, said in ((["--file", "/nonexistent/text.txt"], "--file /nonexistent/text.txt: no such file"),
-                       (["x", "run_dir=/elsewhere"], "overrides go after --set: --set run_dir=/elsewhere")):
+    hint = "overrides go after --set here: --set run_dir=/a"
+    for args, said in ((["--file", "/nonexistent/text.txt"], "--file /nonexistent/text.txt: No such file"),
+                       (["x", "run_dir=/a"], hint), (["run_dir=/a", "x"], hint),
+                       (["--file", "-", "run_dir=/a"], hint)):
         with pytest.raises(SystemExit) as e:
             main([str(cfg_path), *args])
         assert e.value.code == 2 and said in capsys.readouterr().err

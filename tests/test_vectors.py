@@ -15,7 +15,7 @@ from safetensors.numpy import save_file
 from actdict.cli import main as actdict_main
 from actdict.harvest.store import open_store, write_vectors
 from actdict.harvest.vectors import VectorsError, cli, import_vectors, vector_blocks, vector_rows
-from actdict.harvest.writer import chunk_rows_for
+from actdict.harvest.writer import chunk_rows_for, default_layout
 
 N, D = 45, 6
 SMALL = {"shard_rows": 16, "chunk_rows": 8}  # several shards, a short last shard
@@ -207,7 +207,7 @@ analyze: {{n_features: 3, top_k: 2, context: 0}}
     capsys.readouterr()  # the lens of a token config pointed at this store: no model to read a text with
     demo = Path(__file__).parents[1] / "configs" / "demo.yaml"
     assert actdict_main(["lens", str(demo), "x", "--set", f"run_dir={tmp_path / 'run'}"]) == 2
-    assert "holds imported vectors: the store holds vectors brought from elsewhere" in capsys.readouterr().err
+    assert "holds vectors of no model: the store holds vectors brought" in capsys.readouterr().err
     assert actdict_main(["harvest", str(cfg)]) == 0  # same config again: complete, skipped
     assert actdict_main(["harvest", str(cfg), "harvest.vectors.key=x"]) == 2  # another config: refused
     with pytest.MonkeyPatch.context() as mp:  # under torchrun every rank would write the whole hook
@@ -365,3 +365,5 @@ def test_small_files_and_arrays_get_chunks_to_hold_out(tmp_path):
         assert (s.chunk_rows, s.num_chunks, len(s)) == (64, 10, 600)
         np.testing.assert_array_equal(s.read_rows(0, 600).acts, x)
     assert chunk_rows_for(10**7, 65536) == 4096 and chunk_rows_for(40000, 65536) == 4096
+    assert cli([str(tmp_path / "v.npy"), str(tmp_path / "d"), "--shard-rows", "1000"]) == 2  # 4096-row chunks
+    assert default_layout(600, shard_rows=1000) == (4096, 1000) and default_layout(None) == (4096, 65536)

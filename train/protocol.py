@@ -95,12 +95,12 @@ class Dictionary(nn.Module):
     ``"low"`` for VAE models (activity = log posterior variance: small variance = active),
     ``"high"`` for SAE models (activity = log|z|: large magnitude = active).
 
-    Inputs: ``forward`` casts a floating ``x`` to the parameters' dtype (a float16 store row works as it is;
-    autocast still runs the matmuls in bf16). Gradients: a variant may take a faster path in training (the
-    sparse and fused steps of the SAEs), whose codes carry no graph and which does not differentiate ``x``;
-    when ``x`` requires grad (``wants_input_grad``: attribution, a dictionary spliced into a model's
-    backward) every variant runs its plain autograd composition, so gradients reach ``x`` and
-    ``Forward.codes``.
+    Inputs: calling the model casts a floating ``x`` other than float32 to the parameters' dtype (a float16
+    store row works as it is; autocast still runs the matmuls in bf16). Gradients: a variant may take a
+    faster path in training (the sparse and fused steps of the SAEs), whose codes carry no graph and which
+    does not differentiate ``x``; in eval mode (as ``checkpoint.load`` returns a model), when ``x`` requires
+    grad (``wants_input_grad``: attribution, a dictionary spliced into a model's backward), every variant
+    runs its plain autograd composition, so gradients reach ``x`` and ``Forward.codes``.
     """
 
     variant: ClassVar[str] = ""
@@ -109,7 +109,14 @@ class Dictionary(nn.Module):
     def __init__(self, d: int, k: int, **params: Any) -> None:
         super().__init__()
         self.d, self.k, self.params = d, k, dict(params)
-        self.register_forward_pre_hook(_as_param_dtype)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        x = args[0] if args else None
+        if isinstance(x, Tensor) and x.dtype is not torch.float32 and x.is_floating_point():  # float32: as is
+            p = next(self.parameters(), None)
+            if p is not None and p.dtype != x.dtype:
+                args = (x.to(p.dtype), *args[1:])
+        return super().__call__(*args, **kwargs)
 
     def forward(self, x: Tensor, sample: bool = True) -> Forward:  # x: [B, d]
         """Encode and decode ``x``; ``sample=False`` gives the deterministic (posterior-mean) path."""
@@ -126,14 +133,6 @@ class Dictionary(nn.Module):
 
     def after_step(self) -> None:
         """Hook run after each optimizer step (e.g. decoder renormalisation). Default: nothing."""
-
-
-def _as_param_dtype(module: nn.Module, args: tuple) -> tuple | None:
-    """Forward pre-hook: a floating input in another dtype than the parameters' is cast to theirs."""
-    x, p = args[0] if args else None, next(module.parameters(), None)
-    if isinstance(x, Tensor) and p is not None and x.is_floating_point() and x.dtype != p.dtype:
-        return (x.to(p.dtype), *args[1:])
-    return None
 
 
 def wants_input_grad(x: Tensor) -> bool:

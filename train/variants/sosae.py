@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from actdict.config import ConfigError
-from actdict.train.protocol import Forward, register
+from actdict.train.protocol import Dictionary, Forward, register
 from actdict.train.variants._tied import TiedSAE, sparse_codes
 
 
@@ -81,7 +81,7 @@ def active_length(codes: Tensor, tol: float = 0.0) -> int:
 
 
 @torch.no_grad()
-def truncate(model: SOSAE, n: int) -> SOSAE:
+def truncate(model: Dictionary, n: int) -> Dictionary:
     """A SOSAE with the first ``n`` latents of ``model`` (1 <= n <= k), same params and weights; a loaded
     ``mean_scale`` checkpoint (``checkpoint.Normalized``) stays wrapped with the same statistics."""
     from actdict.train.checkpoint import Normalized
