@@ -150,7 +150,7 @@ _SAE_TOPK = "[{name: a, variant: sae_topk, k: 8, params: {topk: %s}}]"
 
 @pytest.mark.parametrize("dicts, more, message", [
     (_SAE_TOPK % 9, [], r"train.dicts\[a\]: sae_topk: topk must be"),
-    (_SAE_TOPK % "ten", [], r"train.dicts\[a\]: sae_topk: bad params"),
+    (_SAE_TOPK % "ten", [], r"train.dicts\[a\]: sae_topk: topk must be an integer, got .ten."),
     ("[{name: a, variant: vaease, params: {lam1: 1}}]", [], r"vaease: unknown params \[.lam1.\]"),
     ("[{name: a, variant: vaeaes}]", [], r"train.dicts\[a\]: unknown dictionary variant 'vaeaes'"),
     ("[{name: a, variant: vae}, {name: a, variant: vaease}]", [], "unique names"),

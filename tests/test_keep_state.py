@@ -82,14 +82,14 @@ def test_what_a_kept_state_does_not_continue_starts_over(store, tmp_path, capsys
     capsys.readouterr()
     run(store, tmp_path / "run", epochs=3, schedule="warmup_cosine")  # the decay spans the whole run
     out = capsys.readouterr().out
-    assert "does not continue this one (vaease: schedule warmup_cosine decays over the whole run" in out
+    assert "do not continue this run (vaease: schedule warmup_cosine decays over the whole run" in out
     assert trained(tmp_path / "run", "l1")[1]["resumed_at_step"] is None
     assert not (tmp_path / "run" / "dicts" / "l1" / KEPT).exists()  # keep_state off: removed at the end
     run(store, tmp_path / "run2", keep_state=True)
     capsys.readouterr()
     run(store, tmp_path / "run2", epochs=3, dicts=[DICTS[0], DictConfig(name="l1", variant="sae_l1", k=12,
                                                                         lr=0.01)])
-    assert "does not continue this one (l1: dict.lr: 0.005 -> 0.01; train.epochs: 2 -> 3)" in (
+    assert "do not continue this run (l1: dict.lr: 0.005 -> 0.01; train.epochs: 2 -> 3)" in (
         capsys.readouterr().out)  # not a ResumeConflict: a finished run's state is set aside
     run(store, tmp_path / "run3")
     capsys.readouterr()

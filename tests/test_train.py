@@ -156,7 +156,7 @@ def test_loop_reduces_loss_and_stops_on_nan():
     broken = Member("a", make("sae_l1", 4, 6), 0.01)
     with torch.no_grad():
         broken.model.decoder.bias[2] = float("inf")
-    with pytest.raises(TrainingError, match=r"'a' \(sae_l1\): loss is (nan|inf) at step 0 \(epoch 0, batch"):
+    with pytest.raises(TrainingError, match=r"'a' \(sae_l1\): loss.* not finite at step 0 \(epoch 0, batch"):
         train([broken], lambda e: x.split(64), cfg, torch.device("cpu"))
 
 
@@ -502,3 +502,26 @@ def test_split_note_warns_when_whole_chunks_miss_the_test_fraction():
     assert split_note(sizes, {"test_chunks": [1], "train_chunks": [0]}, 0.2) is None  # 18%: close
     assert split_note([64] * 49 + [32], {"test_chunks": [0, 1, 2, 3, 4]}, 0.1) is None  # 10.1%
     assert split_note([10] * 4, {"test_chunks": []}, 0.0) is None
+
+
+def test_one_split_per_run_folder_and_a_diverged_dictionary_is_named(store, tmp_path, capsys):
+    """A run whose split (seed, test_fraction) differs from finished dictionaries' in the same folder is
+    refused before it trains (analysis reads one split per folder); a diverged but finite loss is named."""
+    from actdict.config import ConfigError
+    from actdict.train.run import main
+
+    def cfg(*dicts):
+        return TrainConfig(dicts=list(dicts), epochs=2, batch_size=100, test_fraction=0.2, device="cpu")
+
+    run_dir = tmp_path / "run"
+    a, b = DictConfig("a", "sae_l1", k=4, lr=0.01), DictConfig("b", "sae_l1", k=4, lr=0.5)  # b: ~10x
+    main(Common(run_dir=str(run_dir), seed=0, store=store.path), cfg(a))
+    split = (run_dir / "split.json").read_text()
+    with pytest.raises(ConfigError, match=r"finished dictionaries \['a'\] trained with other held-out "):
+        main(Common(run_dir=str(run_dir), seed=1, store=store.path), cfg(b))
+    assert (run_dir / "split.json").read_text() == split and not (run_dir / "dicts" / "b").exists()
+    capsys.readouterr()
+    main(Common(run_dir=str(run_dir), seed=0, store=store.path), cfg(b))  # the same split: trained
+    out = capsys.readouterr().out
+    assert "train: warning: b: its loss rose from " in out and "it diverged; lower its lr" in out
+    assert "warning: a:" not in out

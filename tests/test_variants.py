@@ -155,8 +155,20 @@ def test_bad_params_are_errors():
         make("sae_topk", 4, 3, topk=5)
     with pytest.raises(ValueError, match="unknown dictionary variant"):
         make("nope", 4, 3)
-    with pytest.raises(ValueError, match="bad params"):
-        make("sae_topk", 4, 3, topk="two")
+    for variant, params, said in (  # each param of a default's kind, and the positive ones > 0
+            ("sae_topk", {"topk": "two"}, "topk must be an integer, got 'two'"),
+            ("sae_topk", {"topk": 2.5}, "topk must be an integer, got 2.5"),
+            ("sae_topk", {"topk": True}, "topk must be an integer, got True"),
+            ("sae_jumprelu", {"bandwidth": 0}, "bandwidth must be > 0, got 0"),
+            ("sae_jumprelu", {"threshold_init": -1.0}, "threshold_init must be > 0"),
+            ("sae_log", {"eps": float("nan")}, "eps must be a finite number, got nan"),
+            ("sae_batchtopk", {"topk": 2, "threshold_beta": 2.0}, r"threshold_beta must be in \[0, 1\)"),
+            ("sae_topk_auxk", {"topk": 2, "k_aux": 0}, "k_aux must be > 0"),
+            ("vaease", {"loggamma_init": float("inf")}, "loggamma_init must be a finite number"),
+            ("vae", {"var_min": 0.0}, "var_min must be > 0")):
+        with pytest.raises(ValueError, match=said):
+            make(variant, 4, 3, **params)
+    make("sae_jumprelu", 4, 3, bandwidth=1)  # an integer where a float is the default: a number
 
 
 @pytest.mark.parametrize("variant", sorted(registry()))

@@ -9,6 +9,7 @@ Shapes: B = batch, d = input width, k = dictionary size (number of latents).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
@@ -105,6 +106,8 @@ class Dictionary(nn.Module):
 
     variant: ClassVar[str] = ""
     active_side: ClassVar[Literal["low", "high"]] = "high"
+    autocast_note: ClassVar[str] = ""  # why bf16 autocast hurts this variant's training ('' = it does not)
+    positive: ClassVar[tuple[str, ...]] = ()  # params that must be > 0 (``check_params``)
 
     def __init__(self, d: int, k: int, **params: Any) -> None:
         super().__init__()
@@ -160,6 +163,22 @@ def check_coefficients(variant: str, params: dict[str, Any]) -> None:
                               f"got {value!r}")
 
 
+def check_params(cls: type[Dictionary], params: dict[str, Any]) -> None:
+    """Each given param that the variant's ``default_params`` holds has its default's kind (an integer for
+    an integer, not 8.7, "8" or true; a finite number for a float), and those in ``positive`` are > 0."""
+    defaults = getattr(cls, "default_params", {})
+    for name, value in params.items():
+        if name not in defaults or isinstance(defaults[name], bool | str):
+            continue
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if isinstance(defaults[name], int) and not (number and isinstance(value, int)):
+            raise ConfigError(f"{cls.variant}: {name} must be an integer, got {value!r}")
+        if not (number and math.isfinite(value)):
+            raise ConfigError(f"{cls.variant}: {name} must be a finite number, got {value!r}")
+        if name in cls.positive and not value > 0:
+            raise ConfigError(f"{cls.variant}: {name} must be > 0, got {value!r}")
+
+
 _REGISTRY: dict[str, type[Dictionary]] = {}
 
 
@@ -186,6 +205,7 @@ def make(variant: str, d: int, k: int, seed: int = 0, **params: Any) -> Dictiona
     if variant not in classes:
         raise ConfigError(f"unknown dictionary variant {variant!r}; registered: {sorted(classes)}")
     check_coefficients(variant, params)  # as given (a variant may convert them before its base sees them)
+    check_params(classes[variant], params)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         try:

@@ -35,7 +35,7 @@ from actdict.train import dist as dist_
 from actdict.train.config import DictConfig, TrainConfig
 from actdict.train.data import iter_rows, make_split, norm_stats, split_note, steps_in_epoch, write_split
 from actdict.train.loop import Member, Position, check_device, resolve_device, train
-from actdict.train.protocol import make
+from actdict.train.protocol import make, registry
 from actdict.train.resume import (
     KEPT,
     STATE,
@@ -95,6 +95,15 @@ def finished_record(path: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return record if record.get("finished") else None
+
+
+def other_split(run_dir: Path, names: set[str], split: dict) -> list[str]:
+    """The finished dictionaries of ``run_dir`` outside ``names`` whose held-out chunks are not ``split``'s:
+    analysis reads one split per run folder, so a run that wrote ``split`` would leave them unreadable."""
+    root = run_dir / "dicts"
+    records = {p.name: finished_record(p) for p in sorted(root.iterdir()) if p.name not in names} if (
+        root.is_dir()) else {}
+    return [n for n, r in records.items() if r and r.get("test_chunks") not in (None, split["test_chunks"])]
 
 
 def identity(dc: DictConfig, cfg: TrainConfig, seed: int, store_id: dict) -> dict:
@@ -229,10 +238,24 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
                 f"config: {what}); set run_dir, or rename the dictionary, to keep both{hint}")
     if not todo:
         return
+    if others := other_split(run_dir, {dc.name for dc in cfg.dicts}, split):
+        raise ConfigError(
+            f"{run_dir} holds finished dictionaries {others} trained with other held-out chunks than this "
+            f"run's ({len(split['test_chunks'])} test chunks from seed {common.seed}, train.test_fraction="
+            f"{cfg.test_fraction:g} and the store's {store.num_chunks} chunks), and analysis reads one split "
+            "per run folder: give this run its own run_dir (store= keeps the store), or train those with "
+            "these settings too (add them to train.dicts)")
+    for dc in todo if cfg.autocast else []:
+        if note := registry()[dc.variant].autocast_note:
+            say(f"train: warning: {dc.name} ({dc.variant}) under train.autocast: {note}; docs/training.md "
+                "advises float32 for it")
     todo_hashes = {dc.name: hashes[dc.name] for dc in todo}
     todo_legacy = {dc.name: legacy[dc.name] for dc in todo}
     state_path = run_dir / STATE
     meta = read_meta(state_path) if cfg.resume else None
+    if not cfg.resume and (old := read_meta(state_path)):
+        say(f"train: train.resume=false: the resume state {state_path} (step {old['position']['step']} of "
+            f"{sorted(old['members'])}) is not used, and this run's replaces it")
     configs = {dc.name: identity(dc, cfg, seeds[dc.name], store_id) for dc in todo}
     done: set[str] = set()
     if meta is not None:  # a kill between the final saves leaves a state that also holds finished members
@@ -255,8 +278,9 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
         kept_hashes, why = extension(kept, todo_hashes, configs)
         epoch = next(iter(kept.values()))["position"]["epoch"]
         say(f"train: continuing the finished run kept at epoch {epoch} (train.keep_state) to epoch "
-            f"{cfg.epochs}" if kept_hashes else f"train: the kept state of a finished run does not continue "
-            f"this one ({why}); starting over")
+            f"{cfg.epochs}" if kept_hashes else f"train: the kept states of {sorted(kept)} do not continue "
+            f"this run ({why}); every dictionary starts over, and the kept states are replaced when it ends "
+            "(stop it now to keep them)")
     chunks = split["train_chunks"]
     train_rows = sum(b - a for a, b in map(store.chunk_bounds, chunks))
     norm = norm_stats(store, chunks, cfg.norm_chunks, common.seed) if cfg.normalize == "mean_scale" else None
@@ -273,7 +297,9 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
                  for m in members][0]
     world = f" x {d.world} ranks" if d.on else ""
     say(f"train: {[m.name for m in members]} on {train_rows} rows ({len(chunks)} chunks, d={store.d}) for "
-        f"{cfg.epochs} epoch(s) on {device}{world}" + (f"; resumed at step {start.step}" if start else "")
+        f"{cfg.epochs} epoch(s)" + (f", stopping at step {cfg.max_steps} (train.max_steps)" if cfg.max_steps
+                                     else "") + f" on {device}{world}"
+        + (f"; resumed at step {start.step}" if start else "")
         + ("; losses in normalised units (train.normalize: mean_scale; analysis reports raw-space errors)"
            if norm is not None else ""))
 
@@ -294,6 +320,9 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
     if d.main:
         write_split(run_dir, split)
         keep = cfg.keep_state and not (cfg.max_steps and steps >= cfg.max_steps)  # ended after its last epoch
+        if cfg.keep_state and not keep:
+            say("train: train.keep_state: no state kept, since the run stopped at train.max_steps, inside an "
+                "epoch (a longer run continues from the end of an epoch)")
         for dc, m in zip(todo, members, strict=True):
             kept_path = run_dir / "dicts" / dc.name / KEPT  # before the checkpoint: a kill in between leaves
             if keep:  # the resume state, from which a rerun finishes both again
@@ -311,5 +340,7 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
             checkpoint.save(run_dir / "dicts" / dc.name, m.model, record)
             last = ", ".join(f"{k} {v:.5g}" for k, v in (m.history[-1] if m.history else {}).items())
             say(f"train: saved {run_dir / 'dicts' / dc.name} (last epoch: {last})")
+            if warning := m.diverged():
+                say(f"train: warning: {warning}")
         state_path.unlink(missing_ok=True)
     dist_.barrier(d)

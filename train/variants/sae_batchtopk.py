@@ -49,11 +49,14 @@ class SAEBatchTopK(TiedSAE):
     variant = "sae_batchtopk"
     default_params = {"topk": 32, "k_aux": 512, "aux_penalty": 1 / 32, "n_batches_to_dead": 5,
                       "threshold_beta": 0.999}
+    positive = ("k_aux", "n_batches_to_dead")
 
     def __init__(self, d: int, k: int, **params) -> None:
         super().__init__(d, k, **params)
         if not 1 <= int(self.params["topk"]) <= k:
             raise ConfigError(f"{self.variant}: topk must be in 1..k={k}, got {self.params['topk']}")
+        if not 0 <= (beta := self.params["threshold_beta"]) < 1:
+            raise ConfigError(f"{self.variant}: threshold_beta must be in [0, 1), got {beta}")
         self.dead = DeadTracker(k, unit="batches")
         self.register_buffer("threshold", torch.tensor(0.0))
         self.register_buffer("threshold_seen", torch.tensor(False))

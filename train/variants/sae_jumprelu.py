@@ -74,6 +74,7 @@ class SAEJumpReLU(TiedSAE):
     variant = "sae_jumprelu"
     apply_b_dec_to_input = False
     default_params = {"lam": 1.0, "bandwidth": 0.001, "threshold_init": 0.001}
+    positive = ("bandwidth", "threshold_init")
 
     def __init__(self, d: int, k: int, **params) -> None:
         super().__init__(d, k, **params)

@@ -37,6 +37,7 @@ class SAEL1DecNorm(TiedSAE):
     apply_b_dec_to_input = False
     unit_norm_decoder = False
     default_params = {"lam": 5.0, "lam_warmup_steps": 0, "dec_init_norm": 0.1}
+    positive = ("dec_init_norm",)
     sparse_below = SPARSE_BELOW
 
     def __init__(self, d: int, k: int, **params) -> None:

@@ -24,7 +24,10 @@ from actdict.train.variants._sparse import SPARSE_BELOW, Pattern
 @register
 class SAELog(SAEBase):
     variant = "sae_log"
+    autocast_note = ("bf16 pre-activations move codes near 0, and the penalty's gradient 1/(|z| + eps) "
+                     "follows (40% off in tests/test_variant_contract.py)")
     default_params = {"lam1": 0.01, "lam2": 0.2, "eps": 1e-4}
+    positive = ("eps",)
     sparse_below = SPARSE_BELOW
 
     def penalty(self, z: Tensor) -> Tensor:  # z: [B, k] -> [B]
