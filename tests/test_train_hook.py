@@ -91,13 +91,21 @@ def test_run_checks_train_hook_against_the_harvest(hooks, hook, ok):
 
 
 def test_analysis_refuses_dictionaries_of_another_split(two_hooks, tmp_path, capsys):
-    """A run folder whose split.json was rewritten by a run with another seed holds dictionaries of two
-    splits: analysis refuses the one whose held-out chunks differ (it learned some of the rows it would be
-    scored on) and analyzes the other."""
-    cfg_s = _config(tmp_path, two_hooks, name="s", hook="h.a")
+    """A run with another seed in a folder of finished dictionaries is refused before it trains; a folder
+    holding dictionaries of two splits all the same (made by hand, or before that refusal): analysis refuses
+    the one whose held-out chunks differ (it learned some of the rows it would be scored on) and analyzes
+    the other."""
+    import shutil
+
+    cfg_s, cfg_t = (_config(tmp_path, two_hooks, name=n, hook="h.a") for n in ("s", "t"))
     assert main(["train", cfg_s]) == 0
     split_s = json.loads((tmp_path / "run" / "split.json").read_text())["test_chunks"]
-    assert main(["train", _config(tmp_path, two_hooks, name="t", hook="h.a"), "seed=1"]) == 0
+    capsys.readouterr()
+    assert main(["train", cfg_t, "seed=1"]) == 2
+    assert "finished dictionaries ['s'] trained with other held-out chunks" in capsys.readouterr().err
+    assert main(["train", cfg_t, "seed=1", f"run_dir={tmp_path / 'run2'}"]) == 0
+    shutil.copytree(tmp_path / "run2" / "dicts" / "t", tmp_path / "run" / "dicts" / "t")
+    shutil.copy(tmp_path / "run2" / "split.json", tmp_path / "run" / "split.json")
     split_t = json.loads((tmp_path / "run" / "split.json").read_text())["test_chunks"]
     assert split_t != split_s  # the later run's split is on disk now
     capsys.readouterr()
