@@ -184,7 +184,8 @@ def store_rows(acts, flat: np.ndarray, out: np.ndarray, where: str) -> None:
             total = rows.sum(dtype=wide)
             dst.copy_(rows)  # the device-to-host copy
         if not bool(torch.isfinite(total)):
-            raise non_finite(where, str(dtype).removeprefix("torch."))
+            name = lambda t: str(t).removeprefix("torch.")  # noqa: E731
+            raise non_finite(where, name(dtype), forward=name(acts.dtype))
 
 
 def shard_rows_of(lm: LoadedModel, work: ShardWork, hooks: list[str], stop: int | None,

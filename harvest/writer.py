@@ -56,17 +56,20 @@ class NonFiniteError(ActdictError, ValueError):
     """A row that is not finite once cast to the store's dtype (every writer raises this one)."""
 
 
-def non_finite(where: str, dtype: str, row: int | None = None, nan: bool | None = None) -> NonFiniteError:
+def non_finite(where: str, dtype: str, row: int | None = None, nan: bool | None = None,
+               forward: str = "") -> NonFiniteError:
     """The error of a non-finite stored value; ``row`` (global) and ``nan`` (the input itself was not
-    finite there) when the writer knows them."""
+    finite there) when the writer knows them, ``forward``: the dtype of a model's forward that made it."""
     at = f"row {row:,}" if row is not None else "some row"
     if nan:
         return NonFiniteError(f"{where}: {at} holds NaN or inf; drop or fix it (stored rows must be finite)")
     if dtype != "float16" and nan is False:  # float64 input past float32's range
         return NonFiniteError(f"{where}: {at} has values beyond {dtype}'s range")
     if dtype != "float16":  # a model's activations (nan unknown): not finite before the cast
-        return NonFiniteError(f"{where}: {at} holds NaN or inf (a forward in harvest.dtype bfloat16 may "
-                              "overflow where float32 does not: try harvest.dtype=float32)")
+        hint = ("; a bfloat16 forward may overflow where float32 does not: try harvest.dtype=float32"
+                if forward in ("bfloat16", "float16") else "")
+        return NonFiniteError(f"{where}: {at} holds NaN or inf: the model's forward "
+                              f"({forward or 'its dtype'}) made it{hint}")
     cause = "" if nan is False else "NaN in the input, or "
     return NonFiniteError(
         f"{where}: {at} is not finite once cast to float16 ({cause}values beyond float16's range, |x| > "

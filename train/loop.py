@@ -52,16 +52,6 @@ class Member:
     opt: torch.optim.Optimizer = field(init=False)
     history: list[dict[str, float]] = field(default_factory=list)  # per-epoch means of the loss terms
     sums: dict[str, float] = field(default_factory=dict)  # loss-term sums of the current epoch
-    low: float = float("inf")  # the lowest step loss of this process (``diverged``)
-
-    def diverged(self) -> str | None:
-        """A warning when the last epoch's mean loss is over 10x the lowest step loss seen (for a positive
-        loss; generally: above it by 9 |lowest|): finite, so the run went on, but the dictionary blew up."""
-        last = self.history[-1]["loss"] if self.history else None
-        if last is None or not last > self.low + 9 * abs(self.low):
-            return None
-        return (f"{self.name}: its loss rose from {self.low:.4g} (its lowest step) to {last:.4g} (the last "
-                "epoch's mean): it diverged; lower its lr (or set train.grad_clip)")
 
     def setup(self, device: torch.device) -> None:
         fused = device.type in ("cpu", "cuda")
@@ -206,7 +196,6 @@ def train(members: list[Member], epoch_batches: Callable[..., Iterable], cfg: Tr
                 for m, ks in zip(members, keys, strict=True):
                     for k, v in zip(ks, vals[at:at + len(ks)], strict=True):
                         m.sums[k] = m.sums.get(k, 0.0) + v
-                        m.low = min(m.low, v) if k == "loss" else m.low
                     at += len(ks)
                 pos.step += 1
                 pos.batch += 1

@@ -10,6 +10,7 @@ Shapes: B = batch, d = input width, k = dictionary size (number of latents).
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
@@ -96,7 +97,7 @@ class Dictionary(nn.Module):
     ``"low"`` for VAE models (activity = log posterior variance: small variance = active),
     ``"high"`` for SAE models (activity = log|z|: large magnitude = active).
 
-    Inputs: calling the model casts a floating ``x`` other than float32 to the parameters' dtype (a float16
+    Inputs: calling the model casts a floating ``x`` to the parameters' dtype (a float16
     store row works as it is; autocast still runs the matmuls in bf16). Gradients: a variant may take a
     faster path in training (the sparse and fused steps of the SAEs), whose codes carry no graph and which
     does not differentiate ``x``; in eval mode (as ``checkpoint.load`` returns a model), when ``x`` requires
@@ -114,11 +115,12 @@ class Dictionary(nn.Module):
         self.d, self.k, self.params = d, k, dict(params)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        x = args[0] if args else None
-        if isinstance(x, Tensor) and x.dtype is not torch.float32 and x.is_floating_point():  # float32: as is
+        x = args[0] if args else kwargs.get("x")
+        if isinstance(x, Tensor) and x.is_floating_point():  # to the parameters' dtype (~3 us a call)
             p = next(self.parameters(), None)
             if p is not None and p.dtype != x.dtype:
-                args = (x.to(p.dtype), *args[1:])
+                x = x.to(p.dtype)
+                args, kwargs = ((x, *args[1:]), kwargs) if args else (args, kwargs | {"x": x})
         return super().__call__(*args, **kwargs)
 
     def forward(self, x: Tensor, sample: bool = True) -> Forward:  # x: [B, d]
@@ -170,8 +172,8 @@ def check_params(cls: type[Dictionary], params: dict[str, Any]) -> None:
     for name, value in params.items():
         if name not in defaults or isinstance(defaults[name], bool | str):
             continue
-        number = isinstance(value, int | float) and not isinstance(value, bool)
-        if isinstance(defaults[name], int) and not (number and isinstance(value, int)):
+        number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        if isinstance(defaults[name], int) and not (number and float(value).is_integer()):
             raise ConfigError(f"{cls.variant}: {name} must be an integer, got {value!r}")
         if not (number and math.isfinite(value)):
             raise ConfigError(f"{cls.variant}: {name} must be a finite number, got {value!r}")

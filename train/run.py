@@ -213,8 +213,6 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
     if note := split_note([b - a for a, b in map(store.chunk_bounds, range(store.num_chunks))], split,
                           cfg.test_fraction):
         say(f"train: note: {note}")
-    if d.main and not (run_dir / SPLIT).is_file():  # another split is written with the checkpoints: until
-        write_split(run_dir, split)  # then it is the finished dictionaries' (analyze reads their test rows)
     manifest = getattr(store, "manifest", {})
     store_id = {"path": str(store.path) if hasattr(store, "path") else common.store_path,
                 "hook": getattr(store, "hook", None), "rows": len(store), "d": store.d,
@@ -236,15 +234,17 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
                     "it" if "train.epochs:" in what and not cfg.keep_state else "")
             say(f"train: {dc.name}: its finished checkpoint will be replaced (it was trained with another "
                 f"config: {what}); set run_dir, or rename the dictionary, to keep both{hint}")
-    if not todo:
-        return
-    if others := other_split(run_dir, {dc.name for dc in cfg.dicts}, split):
+    if todo and (others := other_split(run_dir, {dc.name for dc in cfg.dicts}, split)):
         raise ConfigError(
             f"{run_dir} holds finished dictionaries {others} trained with other held-out chunks than this "
             f"run's ({len(split['test_chunks'])} test chunks from seed {common.seed}, train.test_fraction="
             f"{cfg.test_fraction:g} and the store's {store.num_chunks} chunks), and analysis reads one split "
             "per run folder: give this run its own run_dir (store= keeps the store), or train those with "
             "these settings too (add them to train.dicts)")
+    if d.main and not (run_dir / SPLIT).is_file():  # another split is written with the checkpoints: until
+        write_split(run_dir, split)  # then it is the finished dictionaries' (analyze reads their test rows)
+    if not todo:
+        return
     for dc in todo if cfg.autocast else []:
         if note := registry()[dc.variant].autocast_note:
             say(f"train: warning: {dc.name} ({dc.variant}) under train.autocast: {note}; docs/training.md "
@@ -279,8 +279,9 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
         epoch = next(iter(kept.values()))["position"]["epoch"]
         say(f"train: continuing the finished run kept at epoch {epoch} (train.keep_state) to epoch "
             f"{cfg.epochs}" if kept_hashes else f"train: the kept states of {sorted(kept)} do not continue "
-            f"this run ({why}); every dictionary starts over, and the kept states are replaced when it ends "
-            "(stop it now to keep them)")
+            f"this run ({why}); every dictionary starts over, and the kept states are "
+            + ("replaced when it ends (stop it now to keep them)" if cfg.keep_state else
+               "removed when it ends (train.keep_state is off)"))
     chunks = split["train_chunks"]
     train_rows = sum(b - a for a, b in map(store.chunk_bounds, chunks))
     norm = norm_stats(store, chunks, cfg.norm_chunks, common.seed) if cfg.normalize == "mean_scale" else None
@@ -314,12 +315,13 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
 
     t0 = time.time()
     with sigterm_flag(sigint=True) as stop:
-        steps = train(members, batches, cfg, device, steps_in_epoch(store, chunks, cfg.batch_size),
+        per_epoch = steps_in_epoch(store, chunks, cfg.batch_size)
+        steps = train(members, batches, cfg, device, per_epoch,
                       seed=common.seed, start=start, save=save, stop=stop, dist=d)
     wall = time.time() - t0
     if d.main:
         write_split(run_dir, split)
-        keep = cfg.keep_state and not (cfg.max_steps and steps >= cfg.max_steps)  # ended after its last epoch
+        keep = cfg.keep_state and steps >= per_epoch * cfg.epochs  # ended after its last epoch
         if cfg.keep_state and not keep:
             say("train: train.keep_state: no state kept, since the run stopped at train.max_steps, inside an "
                 "epoch (a longer run continues from the end of an epoch)")
@@ -340,7 +342,5 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
             checkpoint.save(run_dir / "dicts" / dc.name, m.model, record)
             last = ", ".join(f"{k} {v:.5g}" for k, v in (m.history[-1] if m.history else {}).items())
             say(f"train: saved {run_dir / 'dicts' / dc.name} (last epoch: {last})")
-            if warning := m.diverged():
-                say(f"train: warning: {warning}")
         state_path.unlink(missing_ok=True)
     dist_.barrier(d)
