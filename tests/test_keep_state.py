@@ -55,6 +55,10 @@ def test_more_epochs_continue_the_kept_state_bit_exactly(store, tmp_path, capsys
         assert meta["history"] == ref_meta["history"] and len(meta["history"]) == 3
         assert meta["config_hash"] == ref_meta["config_hash"] and meta["resumed_at_step"] == 24
     assert read_meta(kept)["position"]["epoch"] == 3  # kept again: 4 epochs would continue it too
+    for steps, kept_too in ((24, True), (23, False)):  # max_steps at the end of the last epoch, or inside it
+        run(store, tmp_path / f"max{steps}", keep_state=True, max_steps=steps)
+        assert (tmp_path / f"max{steps}" / "dicts" / "l1" / KEPT).exists() is kept_too
+    assert "no state kept, since the run stopped at train.max_steps, inside" in capsys.readouterr().out
 
 
 def test_a_dictionary_added_later_keeps_the_others_states(store, tmp_path, capsys):

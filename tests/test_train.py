@@ -517,9 +517,13 @@ def test_one_split_per_run_folder(store, tmp_path, capsys):
     a, b = DictConfig("a", "sae_l1", k=4, lr=0.01), DictConfig("b", "sae_l1", k=4, lr=0.02)
     main(Common(run_dir=str(run_dir), seed=0, store=store.path), cfg(a))
     split = (run_dir / "split.json").read_text()
-    with pytest.raises(ConfigError, match=r"finished dictionaries \['a'\] trained with other held-out "):
-        main(Common(run_dir=str(run_dir), seed=1, store=store.path), cfg(b))
-    assert (run_dir / "split.json").read_text() == split and not (run_dir / "dicts" / "b").exists()
+    for missing in (False, True):  # split.json lost: the refused run does not write its own either
+        if missing:
+            (run_dir / "split.json").unlink()
+        with pytest.raises(ConfigError, match=r"finished dictionaries \['a'\] trained with other held-out "):
+            main(Common(run_dir=str(run_dir), seed=1, store=store.path), cfg(b))
+        assert (run_dir / "split.json").exists() is not missing and not (run_dir / "dicts" / "b").exists()
+    (run_dir / "split.json").write_text(split)
     capsys.readouterr()
     main(Common(run_dir=str(run_dir), seed=0, store=store.path), cfg(b))  # the same split: trained
     assert (run_dir / "dicts" / "b" / "cfg.json").is_file() and (run_dir / "split.json").read_text() == split

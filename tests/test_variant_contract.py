@@ -70,6 +70,8 @@ def test_gradients_reach_the_input_and_the_codes(variant):
     with torch.no_grad():  # [B, d] float16 rows, as read_rows(raw=True) gives them
         got, want = (m(x.detach().half().to(dt), sample=False).x_hat for dt in (torch.float16, torch.float32))
     assert got.dtype == torch.float32 and torch.equal(got, want)
+    with torch.no_grad():  # a float64 model takes float32 rows, also given by keyword
+        assert m.double()(x=x.detach().float(), sample=False).x_hat.dtype == torch.float64
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

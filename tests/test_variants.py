@@ -169,6 +169,7 @@ def test_bad_params_are_errors():
         with pytest.raises(ValueError, match=said):
             make(variant, 4, 3, **params)
     make("sae_jumprelu", 4, 3, bandwidth=1)  # an integer where a float is the default: a number
+    make("sae_topk", 4, 3, topk=2.0)  # an integral float (a YAML 2.0, 1.0e7) where an integer is
 
 
 @pytest.mark.parametrize("variant", sorted(registry()))
