@@ -527,3 +527,19 @@ def test_one_split_per_run_folder(store, tmp_path, capsys):
     capsys.readouterr()
     main(Common(run_dir=str(run_dir), seed=0, store=store.path), cfg(b))  # the same split: trained
     assert (run_dir / "dicts" / "b" / "cfg.json").is_file() and (run_dir / "split.json").read_text() == split
+
+
+def test_a_diverged_dictionary_is_named_when_saved(store, tmp_path, capsys):
+    """A loss that stays finite but blows up (lr far too high) is saved as finished with a warning: its last
+    epoch's SSE is over 100x that of predicting each batch's mean row. A healthy one gets none."""
+    from actdict.train.run import main
+
+    dicts = [DictConfig("wild", "sae_l1", k=4, lr=20.0), DictConfig("calm", "sae_l1", k=4, lr=0.01)]
+    main(Common(run_dir=str(tmp_path / "run"), seed=0, store=store.path),
+         TrainConfig(dicts=dicts, epochs=1, batch_size=100, test_fraction=0.2, device="cpu"))
+    out = capsys.readouterr().out
+    assert "train: warning: wild: its last epoch's reconstruction error" in out and "it diverged" in out
+    assert "warning: calm" not in out
+    _, meta = checkpoint.load(tmp_path / "run" / "dicts" / "wild")
+    spread = np.var(store.read_rows(0, 1000).acts, axis=0).sum()  # the SSE of the mean row, all rows
+    assert meta["finished"] and meta["history"][-1]["sse"] > 100 * spread

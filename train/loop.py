@@ -52,6 +52,17 @@ class Member:
     opt: torch.optim.Optimizer = field(init=False)
     history: list[dict[str, float]] = field(default_factory=list)  # per-epoch means of the loss terms
     sums: dict[str, float] = field(default_factory=dict)  # loss-term sums of the current epoch
+    baseline: float | None = None  # the last epoch's mean SSE of predicting each batch's mean (this process)
+
+    def diverged(self) -> str | None:
+        """A warning when the last epoch's reconstruction error is over 100x that of predicting each batch's
+        mean row: a finite loss, so the run went on, but the dictionary blew up (too high an lr)."""
+        sse = self.history[-1].get("sse") if self.history else None
+        if sse is None or not self.baseline or not sse > 100 * self.baseline:
+            return None
+        return (f"{self.name}: its last epoch's reconstruction error {sse:.4g} is "
+                f"{sse / self.baseline:,.0f}x that of predicting each batch's mean ({self.baseline:.4g}): it "
+                "diverged; lower its lr (or set train.grad_clip)")
 
     def setup(self, device: torch.device) -> None:
         fused = device.type in ("cpu", "cuda")
@@ -165,6 +176,7 @@ def train(members: list[Member], epoch_batches: Callable[..., Iterable], cfg: Tr
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.autocast else nullcontext()
     bar = tqdm(total=total or None, initial=pos.step, desc="train", unit="step", dynamic_ncols=True,
                disable=not (d.main and progress), **bar_timing())
+    base_sum, base_n = 0.0, 0  # this epoch's baseline SSE sum and steps (since a resume, if any)
     try:
         while pos.epoch < cfg.epochs and not (cfg.max_steps and pos.step >= cfg.max_steps):
             batches = epoch_batches(pos.epoch, pos.batch) if pos.batch else epoch_batches(pos.epoch)
@@ -184,7 +196,8 @@ def train(members: list[Member], epoch_batches: Callable[..., Iterable], cfg: Tr
                         terms.append(step(m, x, lr, amp, len(x) / n_all if d.on else None, cfg.grad_clip))
                 keys = [list(t) for t in terms]
                 bad_x = (~torch.isfinite(x)).any().float()
-                vec = torch.stack([bad_x, *(v for t in terms for v in t.values())])
+                base = (x - x.mean(0)).pow(2).sum(-1).mean()  # SSE of the batch mean row (``diverged``)
+                vec = torch.stack([bad_x, *(v for t in terms for v in t.values()), base])
                 vec[1:] *= len(x) / n_all
                 flag = [float(stop())]  # ranks must agree on stopping: under torchrun it is reduced too
                 if d.on:
@@ -197,6 +210,7 @@ def train(members: list[Member], epoch_batches: Callable[..., Iterable], cfg: Tr
                     for k, v in zip(ks, vals[at:at + len(ks)], strict=True):
                         m.sums[k] = m.sums.get(k, 0.0) + v
                     at += len(ks)
+                base_sum, base_n = base_sum + vals[-2], base_n + 1
                 pos.step += 1
                 pos.batch += 1
                 bar.update(1)
@@ -212,7 +226,8 @@ def train(members: list[Member], epoch_batches: Callable[..., Iterable], cfg: Tr
             for m in members:  # the epoch (or the run, at max_steps) is over
                 if pos.batch:
                     m.history.append({k: v / pos.batch for k, v in m.sums.items()} | {"epoch": pos.epoch})
-                m.sums = {}
+                m.sums, m.baseline = {}, base_sum / base_n if base_n else m.baseline
+            base_sum, base_n = 0.0, 0
             if cfg.max_steps and pos.step >= cfg.max_steps:
                 break
             pos.epoch, pos.batch = pos.epoch + 1, 0

@@ -342,5 +342,7 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
             checkpoint.save(run_dir / "dicts" / dc.name, m.model, record)
             last = ", ".join(f"{k} {v:.5g}" for k, v in (m.history[-1] if m.history else {}).items())
             say(f"train: saved {run_dir / 'dicts' / dc.name} (last epoch: {last})")
+            if warning := m.diverged():
+                say(f"train: warning: {warning}")
         state_path.unlink(missing_ok=True)
     dist_.barrier(d)
