@@ -165,7 +165,9 @@ def test_bad_params_are_errors():
             ("sae_batchtopk", {"topk": 2, "threshold_beta": 2.0}, r"threshold_beta must be in \[0, 1\)"),
             ("sae_topk_auxk", {"topk": 2, "k_aux": 0}, "k_aux must be > 0"),
             ("vaease", {"loggamma_init": float("inf")}, "loggamma_init must be a finite number"),
-            ("vae", {"var_min": 0.0}, "var_min must be > 0")):
+            ("vae", {"var_min": 0.0}, "var_min must be > 0"),
+            ("lse", {"var_eps": -1.0}, "var_eps must be > 0"), ("lse", {"var_eps": "x"}, "finite number"),
+            ("sae_kl", {"rho": "x"}, "rho must be a finite number")):
         with pytest.raises(ValueError, match=said):
             make(variant, 4, 3, **params)
     make("sae_jumprelu", 4, 3, bandwidth=1)  # an integer where a float is the default: a number

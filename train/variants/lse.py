@@ -62,6 +62,8 @@ def weight_redundancy(w: Tensor) -> Tensor:  # w: [k, d]
 @register
 class LSE(Dictionary):
     variant = "lse"
+    default_params = _DEFAULTS  # the kinds and ranges ``protocol.check_params`` checks
+    positive = ("var_eps",)
     active_side = "high"
 
     def __init__(self, d: int, k: int, **params) -> None:
