@@ -269,11 +269,8 @@ def open_store(path: str, hook: str | None = None, allow_partial: bool = False,
     may also be the hook's own folder); ``hooks``: the store's hooks when the caller has listed them
     already (``list_hooks``)."""
     hooks = list_hooks(path) if hooks is None else hooks
-    where = str(path).rstrip("/")
-    parent, _, name = where.rpartition("/") if "://" in where else (os.path.dirname(os.path.abspath(where)),
-                                                                     "", os.path.basename(where))
-    if not hooks and parent and hook in (None, name) and name in list_hooks(parent):
-        return open_store(parent, name, allow_partial)  # a hook's own folder, as ActivationStore shows it
+    if not hooks and (own := _hook_folder(path)) and hook in (None, own[1]):
+        return open_store(*own, allow_partial)  # a hook's own folder, as ActivationStore shows it
     if not hooks:
         where = path if "://" in str(path) else f"{path} ({os.path.abspath(path)})"  # relative to the cwd
         raise StoreError(f"no activation store at {where} (no <hook>/{MANIFEST} found): run the harvest "
@@ -285,3 +282,13 @@ def open_store(path: str, hook: str | None = None, allow_partial: bool = False,
     if hook not in hooks:
         raise StoreError(f"store {path} has no hook {hook!r}; valid hooks: {hooks}")
     return ActivationStore(path, hook, allow_partial=allow_partial)
+
+
+def _hook_folder(path: str) -> tuple[str, str] | None:
+    """(store, hook) when ``path`` is a hook's own folder (``<store>/<hook>``), else None."""
+    where = str(path).rstrip("/")
+    if "://" in where:
+        parent, _, name = where.rpartition("/")
+    else:
+        parent, name = os.path.dirname(os.path.abspath(where)), os.path.basename(where)
+    return (parent, name) if parent and name in list_hooks(parent) else None

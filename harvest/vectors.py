@@ -226,8 +226,8 @@ def import_vectors(path: str | Path, store: str, key: str = "", hook: str = "vec
     from actdict.harvest.store import write_vectors
     from actdict.harvest.writer import default_layout
 
-    kw["chunk_rows"], kw["shard_rows"] = default_layout(vector_rows(path, key), kw.get("chunk_rows", 0),
-                                                        kw.get("shard_rows", 0))
+    n = None if kw.get("chunk_rows") else vector_rows(path, key)  # given chunks need no row count
+    kw["chunk_rows"], kw["shard_rows"] = default_layout(n, kw.get("chunk_rows", 0), kw.get("shard_rows", 0))
 
     blocks = vector_blocks(path, key, block_rows)
     first = next(blocks, None)  # checks the file before the store is created

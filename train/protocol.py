@@ -9,6 +9,7 @@ Shapes: B = batch, d = input width, k = dictionary size (number of latents).
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 from collections.abc import Callable
@@ -165,10 +166,20 @@ def check_coefficients(variant: str, params: dict[str, Any]) -> None:
                               f"got {value!r}")
 
 
+def param_defaults(cls: type[Dictionary]) -> dict[str, Any]:
+    """A variant's params and their defaults: its ``default_params``, or else its constructor's keyword
+    defaults (the VAEs', ``sae_kl``'s)."""
+    if hasattr(cls, "default_params"):
+        return cls.default_params
+    return {n: p.default for n, p in inspect.signature(cls.__init__).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
 def check_params(cls: type[Dictionary], params: dict[str, Any]) -> None:
-    """Each given param that the variant's ``default_params`` holds has its default's kind (an integer for
-    an integer, not 8.7, "8" or true; a finite number for a float), and those in ``positive`` are > 0."""
-    defaults = getattr(cls, "default_params", {})
+    """Each given param that the variant has a default for (``param_defaults``) has its default's kind (an
+    integer for an integer, not 8.7, "8" or true; a finite number for a float), and those in ``positive``
+    are > 0."""
+    defaults = param_defaults(cls)
     for name, value in params.items():
         if name not in defaults or isinstance(defaults[name], bool | str):
             continue

@@ -46,6 +46,7 @@ from actdict.train.variants._nets import (
 class VAEBase(Dictionary):
     active_side = "low"
     gate_decoder_input: bool = False  # VAEase: decode (1 - sqrt(var)) * z
+    positive = ("var_min",)  # the params' kinds: ``protocol.check_params``, from the defaults below
 
     def __init__(self, d: int, k: int, loggamma_init: float = -10.0, encoder: str = "linear",
                  head: str = "sigmoid", var_min: float = 1e-7, logvar_min: float = -20.0,
@@ -56,11 +57,6 @@ class VAEBase(Dictionary):
         if encoder not in ENCODERS or decoder not in DECODERS:
             raise ConfigError(f"{self.variant}: encoder must be one of {ENCODERS} and decoder one of "
                              f"{DECODERS}, got {encoder!r}, {decoder!r}")
-        for name, v in (("loggamma_init", loggamma_init), ("var_min", var_min), ("logvar_min", logvar_min)):
-            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-                raise ConfigError(f"{self.variant}: {name} must be a finite number, got {v!r}")
-        if not var_min > 0:
-            raise ConfigError(f"{self.variant}: var_min must be > 0, got {var_min!r}")
         if head not in ("sigmoid", "logvar"):
             raise ConfigError(f"{self.variant}: head must be 'sigmoid' or 'logvar', got {head!r}")
         super().__init__(d, k, loggamma_init=float(loggamma_init), encoder=encoder, head=head,

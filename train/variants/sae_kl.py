@@ -37,7 +37,6 @@ def kl_bernoulli(rho: float, q: Tensor) -> Tensor:  # q: [k] -> [k]
 @register
 class SAEKL(Dictionary):
     variant = "sae_kl"
-    default_params = {"rho": 0.05, "beta": 3.0, "lam": 1e-4}  # the signature's: ``protocol.check_params``
     active_side = "high"
 
     def __init__(self, d: int, k: int, rho: float = 0.05, beta: float = 3.0, lam: float = 1e-4,
