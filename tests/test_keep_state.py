@@ -54,6 +54,9 @@ def test_more_epochs_continue_the_kept_state_bit_exactly(store, tmp_path, capsys
         assert all(torch.equal(ref[k], got[k]) for k in ref)
         assert meta["history"] == ref_meta["history"] and len(meta["history"]) == 3
         assert meta["config_hash"] == ref_meta["config_hash"] and meta["resumed_at_step"] == 24
+        assert [(g["from_step"], g["to_step"], g["world_size"]) for g in meta["segments"]] == [(0, 24, 1),
+                                                                                              (24, 36, 1)]
+        assert meta["wall_s"] == pytest.approx(sum(g["wall_s"] for g in meta["segments"]), abs=2e-3)
     assert read_meta(kept)["position"]["epoch"] == 3  # kept again: 4 epochs would continue it too
     for steps, kept_too in ((24, True), (23, False)):  # max_steps at the end of the last epoch, or inside it
         run(store, tmp_path / f"max{steps}", keep_state=True, max_steps=steps)

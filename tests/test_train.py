@@ -298,6 +298,10 @@ def test_a_refused_resume_says_what_changed_and_resume_drop_resumes_the_rest(sto
     main(common, cfg(a, resume_drop=["b"]))
     _, meta = checkpoint.load(tmp_path / "run" / "dicts" / "a")
     assert meta["resumed_at_step"] == 6 and meta["steps"] == 18 and not state.exists()
+    segs = meta["segments"]  # the killed segment's record came through the state
+    assert [(g["from_step"], g["to_step"]) for g in segs] == [(0, 6), (6, 18)] and segs[0]["device"] == "cpu"
+    assert meta["wall_s"] == pytest.approx(segs[0]["wall_s"] + segs[1]["wall_s"], abs=2e-3)
+    assert min(g["wall_s"] for g in segs) > 0
     ref = checkpoint.load(tmp_path / "ref" / "dicts" / "a")[0].state_dict()
     got = checkpoint.load(tmp_path / "run" / "dicts" / "a")[0].state_dict()
     assert all(torch.equal(ref[k], got[k]) for k in ref)

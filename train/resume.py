@@ -4,8 +4,9 @@
 Tensors: every dictionary's weights (``<name>/model/<key>``) and Adam state (``<name>/opt/<param>/<key>``),
 and the torch CPU random state (``rng/torch``; the loop reseeds every step from (seed, step), so this is
 only a record). The safetensors metadata holds one JSON document: the batch position (epoch, batch, step),
-per dictionary its config hash, Adam's param groups and scalar state, the epoch history and the running
-sums of the current epoch. A state is used only when the set of dictionaries and their config hashes match.
+the run's segments so far (one per process start: steps from and to, ranks, wall seconds), per dictionary
+its config hash, Adam's param groups and scalar state, the epoch history and the running sums of the
+current epoch. A state is used only when the set of dictionaries and their config hashes match.
 """
 
 from __future__ import annotations
@@ -28,12 +29,15 @@ _KEY = "actdict_train_state"
 
 
 def save_state(path: str | Path, members: list[Member], hashes: dict[str, str], pos: Position,
-               configs: dict[str, dict] | None = None, final: bool = False) -> Path:
+               configs: dict[str, dict] | None = None, final: bool = False,
+               segments: list[dict] | None = None) -> Path:
     """``configs``: each member's config as JSON (what its hash covers), kept so that a refused resume can
-    say what changed. ``final``: the state of a finished run, kept (``train.keep_state``) to be extended."""
+    say what changed. ``final``: the state of a finished run, kept (``train.keep_state``) to be extended.
+    ``segments``: the run's segments so far (steps, ranks, wall seconds each), carried across resumes."""
     path = Path(path)
     tensors: dict[str, torch.Tensor] = {"rng/torch": torch.get_rng_state()}
-    meta: dict = {"position": vars(pos), "members": {}} | ({"final": True} if final else {})
+    meta: dict = {"position": vars(pos), "members": {}} | ({"final": True} if final else {}) | (
+        {"segments": segments} if segments else {})
     for m in members:
         for k, v in m.model.state_dict().items():
             tensors[f"{m.name}/model/{k}"] = v

@@ -296,6 +296,7 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
     if kept_hashes:  # each from its own file; extension() checked they stand at the same position
         start = [load_state(run_dir / "dicts" / m.name / KEPT, [m], {m.name: kept_hashes[m.name]})
                  for m in members][0]
+    prior = (meta or next(iter(kept.values()), {}) if start else {}).get("segments", [])  # earlier segments
     world = f" x {d.world} ranks" if d.on else ""
     say(f"train: {[m.name for m in members]} on {train_rows} rows ({len(chunks)} chunks, d={store.d}) for "
         f"{cfg.epochs} epoch(s)" + (f", stopping at step {cfg.max_steps} (train.max_steps)" if cfg.max_steps
@@ -304,9 +305,13 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
         + ("; losses in normalised units (train.normalize: mean_scale; analysis reports raw-space errors)"
            if norm is not None else ""))
 
+    def segments(to_step: int) -> list[dict]:  # this process's segment after the earlier ones
+        return prior + [{"from_step": start.step if start else 0, "to_step": to_step, "world_size": d.world,
+                         "device": str(device), "wall_s": round(time.time() - t0, 3)}]
+
     def save(pos: Position) -> None:
         if d.main:
-            save_state(state_path, members, todo_hashes, pos, configs)
+            save_state(state_path, members, todo_hashes, pos, configs, segments=segments(pos.step))
         dist_.barrier(d)
 
     def batches(epoch: int, first: int = 0):
@@ -318,7 +323,7 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
         per_epoch = steps_in_epoch(store, chunks, cfg.batch_size)
         steps = train(members, batches, cfg, device, per_epoch,
                       seed=common.seed, start=start, save=save, stop=stop, dist=d)
-    wall = time.time() - t0
+    segs = segments(steps)
     if d.main:
         write_split(run_dir, split)
         keep = cfg.keep_state and steps >= per_epoch * cfg.epochs  # ended after its last epoch
@@ -329,7 +334,8 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
             kept_path = run_dir / "dicts" / dc.name / KEPT  # before the checkpoint: a kill in between leaves
             if keep:  # the resume state, from which a rerun finishes both again
                 kept_path.parent.mkdir(parents=True, exist_ok=True)
-                save_state(kept_path, [m], todo_hashes, Position(cfg.epochs, 0, steps), configs, final=True)
+                save_state(kept_path, [m], todo_hashes, Position(cfg.epochs, 0, steps), configs, final=True,
+                           segments=segs)
             else:  # an older training's kept state goes
                 kept_path.unlink(missing_ok=True)
             record = {"name": dc.name, "finished": True, "config_hash": hashes[dc.name],
@@ -337,7 +343,8 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
                       "train_config": {k: v for k, v in to_dict(cfg).items() if k != "dicts"},
                       "store": store_id, "train_rows": train_rows, "test_chunks": split["test_chunks"],
                       "steps": steps, "world_size": d.world,
-                      "resumed_at_step": start.step if start else None, "wall_s": round(wall, 3),
+                      "resumed_at_step": start.step if start else None,
+                      "wall_s": round(sum(g["wall_s"] for g in segs), 3), "segments": segs,
                       "history": m.history}
             checkpoint.save(run_dir / "dicts" / dc.name, m.model, record)
             last = ", ".join(f"{k} {v:.5g}" for k, v in (m.history[-1] if m.history else {}).items())
