@@ -1,8 +1,9 @@
 """Streaming evaluation of one dictionary over the test rows (the accumulators behind summary.json).
 
 :class:`ModelEval` is fed every test batch once; it keeps sums and per-row counts (RE, cosine, L0, AD,
-fire counts, per-class activity sums), the paper-protocol figures of the first test batch (one stochastic
-RE, the masked-dimensions curve) and a :class:`~actdict.analyze.toptokens.FeatureTracker` for all features.
+fire counts, per-class sums of |z| or log var), the paper-protocol figures of the first test batch (one
+stochastic RE, the masked-dimensions curve) and a :class:`~actdict.analyze.toptokens.FeatureTracker` for
+all features.
 :meth:`ModelEval.summary` turns them into the model's summary.json entry (metrics from ``metrics.py``).
 """
 
@@ -47,10 +48,18 @@ class ModelEval:
         self.ad.append(mask.sum(1).cpu())
         self.fire += mask.sum(0)
         if cls is not None and len(self.class_n):
-            self.class_act.index_add_(0, cls, out.activity.to(torch.float64))
+            self.class_act.index_add_(0, cls, self._class_stat(out))
             self.class_n += torch.bincount(cls, minlength=len(self.class_n))
             self.cls.append(cls.cpu())
         self.tracker.update(out.codes, mask, rows)
+
+    def _class_stat(self, out) -> torch.Tensor:
+        """[B, k] float64, what a class averages before its Otsu split (paper Table 2): SAEs |z| (Sec. 5.1
+        "average absolute mu_z", split as log of the mean: a mean of log|z| is -inf for a latent that is 0
+        on any one row); VAEs log var (the official code's statistic; the text says "average sigma_z")."""
+        if self.model.active_side == "high":
+            return out.activity.to(torch.float64).exp()  # |z| from log|z| (the protocol's high side)
+        return out.activity.to(torch.float64)
 
     def _masked_curve(self, x: torch.Tensor) -> dict | None:
         """Paper Fig. 4 on x (the first test rows): the decoder input of one forward (stochastic with
@@ -90,6 +99,8 @@ class ModelEval:
             cn = self.class_n.cpu()
             have = (cn > 0).nonzero()[:, 0].tolist()
             mean_act = (self.class_act.cpu()[have] / cn[have, None]).to(torch.float64)  # [C', k]
+            if m.active_side == "high":
+                mean_act = mean_act.log()  # log of the mean |z|
             group_ad = M.active_dims(mean_act, m.active_side).tolist() if have else []
             per_row = M.ad_per_class(ad, torch.cat(self.cls).numpy())
             out["ad_class"] = [{"label": classes[c], "n": int(cn[c]), "ad": per_row.get(c),

@@ -111,7 +111,9 @@ def active_dims(activity, side: Side) -> Tensor:
 
 
 def ad_per_group(activity, side: Side, labels: Sequence[Hashable]) -> dict[Hashable, int]:
-    """Paper Table 2: per label (e.g. manifold), mean activity over its rows, then the Otsu split.
+    """Paper Table 2 for VAEs: per label (e.g. manifold), mean activity (log var, the official code's
+    statistic) over its rows, then the Otsu split. SAEs average |z| and split its log instead (a mean of
+    log|z| is -inf for a latent that is 0 on any one row): ``analyze/evaluate.py``, ``paper_tables.group_ad``.
 
     activity [n, k], labels [n] -> {label: active dimensions of the group's mean activity}.
     """

@@ -8,6 +8,18 @@
 * :func:`leaky_mlp` (``decoder="mlp"``, the MLP-manifold set): "2 layer MLPs activated by leaky ReLU with
   slope 0.2": Linear(k, H), LeakyReLU(0.2), Linear(H, d). The hidden width is not stated: ours is
   ``decoder_hidden``, else ``hidden``, else 8k (:func:`make_decoder`).
+
+Where these differ from the authors' code (``models.py`` of github.com/vegetablest-dog/VAEase, read after
+these were written; docs/results.md's Table 2 was made with ours, and meets the paper's targets):
+
+* ``mlp`` matches ``Linear_Encoder`` / ``Sparse_Encoder`` (4 Linear layers, width 2k, Swish).
+* ``resmlp``: the official ``MLP_Encoder`` keeps a residual stream of width 2k, not 8k: Linear(d, 2k),
+  BatchNorm, Swish, then 3 ``ResMLP`` blocks (Linear(2k, 8k), Swish, Linear(8k, 8k), BatchNorm, Swish,
+  Linear(8k, 2k), BatchNorm, Swish, plus the identity), then Linear(2k, out). Ours has no BatchNorm (batch
+  statistics would differ between one process and torchrun ranks, and between train and eval mode) and a
+  stream of width 8k.
+* the MLP decoder: the official ``FCNDecoder`` is Linear(k, 2d), LeakyReLU(0.2), Linear(2d, d): width 2d
+  (pass ``decoder_hidden`` = 2d for it); ours defaults to 8k.
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@
   (3 residual blocks, hidden 8k) before the ReLU, ``decoder`` "mlp" (2-layer leaky-ReLU MLP); ``hidden``
   sets their width (0 = the paper's), ``decoder_hidden`` the MLP decoder's alone (0 = as ``hidden``).
   See ``_nets``. With an MLP decoder lam2 penalises all its weights
-  and biases. These keys are stored in ``params`` only when given.
+  and biases. These keys are stored in ``params`` only when given. The ReLU follows every encoder body:
+  the official ``MLP_Encoder_SAE`` ends in one too, its ``Sparse_Encoder`` (4 Linear layers) does not.
 * No decoder renormalisation, no tied init, no AuxK: ``after_step`` does nothing (the paper relies on lam2).
 * ``loss_terms`` takes h from ``extras["h"]`` [B] when the forward computed it (``sae_l1``'s fused step;
   ``sae_topk``'s sparse path: zeros), else h(``extras["z"]``).

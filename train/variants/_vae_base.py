@@ -2,7 +2,9 @@
 
 Paper Sec. 2.2-3 and DESIGN "The paper's exact recipe" (official code, LLM/Yelp setting):
 
-* encoder (``encoder="linear"``, the official LLM/Yelp model): h = Swish(Linear(d, 2k)(x)); mu, s = h.chunk(2)
+* encoder (``encoder="linear"``, the official LLM/Yelp model ``Simple_Linear_Encoder``): h = Swish(Linear(d,
+  2k)(x)); mu, s = h.chunk(2). (App. D.3's text says "one linear layer and a ReLU layer"; we follow the
+  code's Swish, which lets mu be negative.)
 * encoder (``encoder="mlp"``, paper App. D.2 linear-subspace data): 4 Linear layers joined by Swish, hidden
   width 2k, the last one giving 2k outputs without activation; mu, s = its chunk(2). (Open choice: the paper
   does not say whether the last layer is activated; we leave it linear so mu is unconstrained.)
@@ -13,6 +15,8 @@ Paper Sec. 2.2-3 and DESIGN "The paper's exact recipe" (official code, LLM/Yelp 
 * variance head (``head="sigmoid"``, official): var = clamp(sigmoid(Linear(k, k)(s)), min=var_min);
   (``head="logvar"``, our clipped log-variance head for synthetic data, an open choice of this repo):
   log var = clamp(Linear(k, k)(s), logvar_min, 0), so var in [exp(logvar_min), 1] (1 = the prior's variance).
+  The official synthetic encoders (``Linear_Encoder``, ``MLP_Encoder``) clip s itself, log var =
+  clamp(s, max=0), with no Linear(k, k) and no lower bound; see ``_nets`` for the bodies.
 * z = mu + sqrt(var) * eps (``sample=True``) or mu (``sample=False``); decoder Linear(k, d) with bias.
 * loss per sample = sum_d (x - x_hat)^2 / exp(loggamma) + d * loggamma + d * log(2 pi)
                     + sum_k (var + mu^2 - log var) - k,

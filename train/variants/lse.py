@@ -13,12 +13,14 @@ Principles", arXiv 2601.06478; official code alanoursland/implicit_em_in_neural_
   reconstruction term. The batch statistics need B >= 2; under torchrun they are the global batch's
   (``batch_moments``), and the summed LSE term is the global batch's sum, so 2 ranks train as one process.
 * x_hat: the model has no decoder. We define x_hat = E @ W (the transposed encoder as a pseudo-decoder, no
-  bias), exactly the paper's "reconstruction MSE ... use W^T as a pseudo-decoder" (``reconstruction_mse``
-  in the official metrics), so reconstruction-based analysis (RE, masked-dimension curves) is computed the
-  way the paper reports it; ``decode(codes) = codes @ W``. Nothing is trained through x_hat.
+  bias), the x_hat of the paper's "reconstruction MSE ... use W^T as a pseudo-decoder" (official
+  ``reconstruction_mse``), so reconstruction-based analysis (RE, masked-dimension curves) can be computed;
+  ``decode(codes) = codes @ W``. Nothing is trained through x_hat. Open choice: analysis reports RE as for
+  every variant, the per-row sum of squared error; the official metric is the mean over elements (RE / d).
 * ``Forward.codes`` = E, ``activity`` = log|E| (exact zeros of the ReLU -> -inf), ``active_side = "high"``:
-  analysis counts nonzero energies as active, the paper's "L0 density" metric. (In the mixture reading a low
-  energy is a good match; the paper's sparsity numbers, and ours, count nonzeros.)
+  analysis counts nonzero energies as active (L0, and AD by the Otsu split), as for every SAE. Open choice:
+  the official ``sparsity_l0`` counts |E| > 0.01, so its L0 is at most ours. (In the mixture reading a low
+  energy is a good match; both count large energies as active.)
 * Exports to SAELens "standard" (relu only): W_enc = W^T, b_enc = b, W_dec = W, b_dec = 0.
 """
 
