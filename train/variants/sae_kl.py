@@ -13,6 +13,10 @@
 * ``Forward.codes`` = h, ``activity`` = log h (never exactly -inf: a sigmoid unit is never exactly off, so the
   Otsu split separates strongly from weakly active units); ``active_side = "high"``.
 * No SAELens export (sigmoid is not a SAELens activation).
+* The tutorial in papers/ (kl-sparse-autoencoder-tutorial.txt) differs from the notes, which we follow: its
+  reconstruction is a mean squared error without the 1/2 and it has no weight decay, beta = 1.0, weights
+  N(0, 0.01^2), a sigmoid decoder. ``beta: 1, lam: 0`` gives its penalty weights (up to the 1/2 and the
+  mean over d of its reconstruction term).
 """
 
 from __future__ import annotations

@@ -13,6 +13,9 @@
 * Open choices (the paper's exact values are not available to us): ``alpha`` = 1e-3 (index 0 gets weight 1,
   index k-1 weight (1.001)^(k-1), 60 at k = 4096); ``lam_push`` = 1e-3; ``lam_jac`` = 0 (off). alpha is
   refused when (1 + alpha)^(k-1) would exceed 1e30. Init: PyTorch's nn.Linear default for both layers.
+  Also ours: the index j starts at 0 (from 1, every weight, so in effect lam_push, grows by 1 + alpha);
+  alpha is a fixed number (the summary says it "follows a specific proportional condition", not which);
+  the reconstruction term is the per-row sum of squared error over d, as every variant here, not a mean.
 * ``Forward.codes`` = h, ``activity`` = log|h|; ``active_side = "high"``. Exports to SAELens "standard".
 """
 
