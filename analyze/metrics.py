@@ -5,8 +5,11 @@ Shapes: n = samples (rows), k = latents, d = input width.
 Active dimensions (AD, the paper's sparsity measure, Sec. 5.1 and App. D): per sample, sort the k
 activity values and split them in two groups by Otsu's criterion: choose the split i in 1..k-1
 minimising ``i * var(left) + (k - i) * var(right)`` (population variances, i.e. the within-group sums
-of squares), taking the FIRST minimum. The threshold is the largest value of the left (low) group and
-the low group is every value ``<= threshold``. VAE models (activity = log posterior variance) count
+of squares), taking the FIRST minimum. This is the official code's ``find_optimal_threshold_torch``; the
+paper's words ("the average variance above ... and below the threshold is minimum") read literally as an
+unweighted mean of the two variances, which picks another split on many rows: we follow the code, with
+which the paper's numbers were made (DESIGN.md). The threshold is the largest value of the left (low)
+group and the low group is every value ``<= threshold``. VAE models (activity = log posterior variance) count
 the low group as active, SAE models (activity = log|z|) the high group.
 
 Conventions beyond the paper (no NaN ever comes out):
