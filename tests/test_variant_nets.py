@@ -72,3 +72,10 @@ def test_arch_keys_are_optional_and_checked():
         make("sae_l1", 8, 4, encoder="conv")
     with pytest.raises(ConfigError, match="decoder one of"):
         make("vaease", 8, 4, decoder="attention")
+    for variant in ("sae_l1", "sae_topk", "vae"):  # widths: whole numbers >= 0 (0 = the default)
+        for bad in (2.5, -3, "8", True):
+            with pytest.raises(ConfigError, match=r"hidden must be an integer"):
+                make(variant, 8, 4, encoder="mlp", hidden=bad)
+        with pytest.raises(ConfigError, match=r"decoder_hidden must be an integer >= 0"):
+            make(variant, 8, 4, decoder="mlp", decoder_hidden=-1)
+    assert make("sae_l1", 8, 4, encoder="mlp", hidden=6.0).encoder[0].out_features == 6

@@ -24,10 +24,27 @@ these were written; docs/results.md's Table 2 was made with ours, and meets the 
 
 from __future__ import annotations
 
+import numbers
+
 from torch import Tensor, nn
+
+from actdict.config import ConfigError
 
 ENCODERS = ("linear", "mlp", "resmlp")
 DECODERS = ("linear", "mlp")
+ARCH = {"encoder": "linear", "decoder": "linear", "hidden": 0, "decoder_hidden": 0}  # widths: 0 = default
+
+
+def check_arch(variant: str, encoder: str, decoder: str, hidden: int, decoder_hidden: int) -> None:
+    """The architecture keys of a variant's params (``ARCH``) name known bodies and whole widths >= 0."""
+    if encoder not in ENCODERS or decoder not in DECODERS:
+        raise ConfigError(f"{variant}: encoder must be one of {ENCODERS} and decoder one of {DECODERS}, got "
+                          f"{encoder!r}, {decoder!r}")
+    for name, width in (("hidden", hidden), ("decoder_hidden", decoder_hidden)):
+        whole = isinstance(width, numbers.Real) and not isinstance(width, bool) and float(width).is_integer()
+        if not (whole and width >= 0):
+            raise ConfigError(f"{variant}: {name} must be an integer >= 0 (0 = the default width), got "
+                              f"{width!r}")
 
 
 def default_hidden(encoder: str, k: int) -> int:

@@ -28,8 +28,8 @@ from torch import Tensor, nn
 from actdict.config import ConfigError
 from actdict.train.protocol import Dictionary, Forward
 from actdict.train.variants._nets import (
-    DECODERS,
-    ENCODERS,
+    ARCH,
+    check_arch,
     deep_encoder,
     default_hidden,
     make_decoder,
@@ -42,15 +42,12 @@ class SAEBase(Dictionary):
     default_params: dict[str, Any] = {}
 
     def __init__(self, d: int, k: int, **params: Any) -> None:
-        arch = {"encoder": "linear", "decoder": "linear", "hidden": 0, "decoder_hidden": 0}
-        unknown = sorted(set(params) - set(self.default_params) - set(arch))
+        unknown = sorted(set(params) - set(self.default_params) - set(ARCH))
         if unknown:
-            valid = sorted([*self.default_params, *arch])
+            valid = sorted([*self.default_params, *ARCH])
             raise ConfigError(f"{self.variant}: unknown params {unknown}; valid: {valid}")
-        enc, dec, hidden, dec_hidden = (params.get(key, arch[key]) for key in arch)
-        if enc not in ENCODERS or dec not in DECODERS:
-            raise ConfigError(f"{self.variant}: encoder must be one of {ENCODERS} and decoder one of "
-                             f"{DECODERS}, got {enc!r}, {dec!r}")
+        enc, dec, hidden, dec_hidden = (params.get(key, ARCH[key]) for key in ARCH)
+        check_arch(self.variant, enc, dec, hidden, dec_hidden)
         super().__init__(d, k, **(self.default_params | params))
         self.encoder = (nn.Linear(d, k) if enc == "linear"
                         else deep_encoder(enc, d, k, int(hidden) or default_hidden(enc, k)))

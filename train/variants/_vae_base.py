@@ -39,8 +39,7 @@ from actdict.config import ConfigError
 from actdict.train import dist as dist_
 from actdict.train.protocol import Dictionary, Forward
 from actdict.train.variants._nets import (
-    DECODERS,
-    ENCODERS,
+    check_arch,
     deep_encoder,
     default_hidden,
     make_decoder,
@@ -58,9 +57,7 @@ class VAEBase(Dictionary):
         if extra:
             raise ConfigError(f"{self.variant}: unknown params {sorted(extra)}; valid: loggamma_init, "
                              "encoder, head, var_min, logvar_min, decoder, hidden, decoder_hidden")
-        if encoder not in ENCODERS or decoder not in DECODERS:
-            raise ConfigError(f"{self.variant}: encoder must be one of {ENCODERS} and decoder one of "
-                             f"{DECODERS}, got {encoder!r}, {decoder!r}")
+        check_arch(self.variant, encoder, decoder, hidden, decoder_hidden)
         if head not in ("sigmoid", "logvar"):
             raise ConfigError(f"{self.variant}: head must be 'sigmoid' or 'logvar', got {head!r}")
         super().__init__(d, k, loggamma_init=float(loggamma_init), encoder=encoder, head=head,
