@@ -93,11 +93,12 @@ CHUNK_ROWS, SHARD_ROWS = 4096, 65536  # a store's default layout (the harvest co
 
 def default_layout(n: int | None, chunk_rows: int = 0, shard_rows: int = 0) -> tuple[int, int]:
     """(chunk_rows, shard_rows) of a vectors store of ``n`` rows (None: unknown); 0 = not given. Given values
-    are kept (``new_manifest`` checks them); a missing chunk_rows is ``CHUNK_ROWS``, or, when shard_rows is
-    missing too and n is known, ``chunk_rows_for(n)``: a small set still has chunks to hold out. A missing
-    shard_rows is 16 chunks."""
+    are kept (``new_manifest`` checks them); a missing chunk_rows is ``CHUNK_ROWS``, or, when n is known and
+    shard_rows is missing too or n is under 8 such chunks, ``chunk_rows_for(n, shard_rows)``: a small set
+    still has chunks to hold out. A missing shard_rows is 16 chunks."""
     if not chunk_rows:
-        chunk_rows = chunk_rows_for(n, SHARD_ROWS) if n and not shard_rows else CHUNK_ROWS
+        fit = n and (not shard_rows or n < 8 * CHUNK_ROWS)
+        chunk_rows = chunk_rows_for(n, shard_rows or SHARD_ROWS) if fit else CHUNK_ROWS
     return chunk_rows, shard_rows or 16 * chunk_rows
 
 

@@ -365,5 +365,7 @@ def test_small_files_and_arrays_get_chunks_to_hold_out(tmp_path):
         assert (s.chunk_rows, s.num_chunks, len(s)) == (64, 10, 600)
         np.testing.assert_array_equal(s.read_rows(0, 600).acts, x)
     assert chunk_rows_for(10**7, 65536) == 4096 and chunk_rows_for(40000, 65536) == 4096
-    assert cli([str(tmp_path / "v.npy"), str(tmp_path / "d"), "--shard-rows", "1000"]) == 2  # 4096-row chunks
-    assert default_layout(600, shard_rows=1000) == (4096, 1000) and default_layout(None) == (4096, 65536)
+    assert cli([str(tmp_path / "v.npy"), str(tmp_path / "d"), "--shard-rows", "1000"]) == 0  # a given shard
+    assert (open_store(str(tmp_path / "d")).chunk_rows, open_store(str(tmp_path / "d")).num_chunks) == (8, 75)
+    assert default_layout(600, shard_rows=1000) == (8, 1000) and default_layout(None) == (4096, 65536)
+    assert default_layout(10**6, shard_rows=8192) == (4096, 8192)  # a large set keeps 4,096-row chunks
