@@ -124,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
         stages = list(_STAGES) if args.stage == "run" else [args.stage]
         if args.stage == "run" and "harvest" not in data:
             stages.remove("harvest")  # bring-your-own-vectors experiments have no harvest section
+        elif args.stage == "harvest" and "harvest" not in data:
+            raise ConfigError(f"{args.config} has no harvest section: nothing to harvest (its store is "
+                              "used as it is by train and analyze)")
         prepared = {stage: prepare(stage, data) for stage in stages}
         if args.stage == "run":
             check_run(data, {stage: cfg for stage, (cfg, _) in prepared.items()})

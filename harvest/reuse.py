@@ -57,6 +57,13 @@ def complete_for(path: str, hooks: list[str], cfg: HarvestConfig,
                 raise HarvestError(
                     f"store {path} (hook {h!r}) was begun with other settings, and {how} needs those (its "
                     f"rows must be those of one uninterrupted run): add {back} to the command")
+            if m.get("config_hash") is None and "harvest" not in m:  # imported / written from Python
+                raise HarvestError(
+                    f"store {path} (hook {h!r}) holds vectors written without a config (python -m "
+                    "actdict.harvest.vectors, or write_vectors / import_vectors from Python), which no "
+                    "harvest section describes: run actdict train and actdict analyze on it (or leave the "
+                    "harvest section out of the config: actdict run then skips the harvest), or set "
+                    "run_dir / store to another folder for this config's harvest")
             changes = config_changes(old, cfg_json) if isinstance(old, dict) else []
             what = "; ".join(changes[:8]) or f"config_hash {m.get('config_hash')}, this config {chash}"
             raise HarvestError(

@@ -543,7 +543,37 @@ def test_a_diverged_dictionary_is_named_when_saved(store, tmp_path, capsys):
          TrainConfig(dicts=dicts, epochs=1, batch_size=100, test_fraction=0.2, device="cpu"))
     out = capsys.readouterr().out
     assert "train: warning: wild: its last epoch's reconstruction error" in out and "it diverged" in out
-    assert "warning: calm" not in out
+    assert "warning: calm" not in out.replace("warning: calm: its last epoch's reconstruction error 3.5", "")
+    assert "(too few steps" in out  # calm, 8 steps from 0 on rows whose mean is 500: not yet near the mean
     _, meta = checkpoint.load(tmp_path / "run" / "dicts" / "wild")
     spread = np.var(store.read_rows(0, 1000).acts, axis=0).sum()  # the SSE of the mean row, all rows
     assert meta["finished"] and meta["history"][-1]["sse"] > 100 * spread
+
+
+def test_a_dictionary_that_learned_nothing_is_named_in_its_own_units(store, tmp_path, capsys):
+    """An L1 penalty far too strong for the inputs' scale leaves codes at 0 and x_hat at the mean: warned.
+    Under train.normalize the SSE is in normalised units, and so is the baseline it is compared with."""
+    from actdict.train.loop import LEARNED_NOTHING
+    from actdict.train.run import main
+
+    dicts = [DictConfig("flat", "sae_l1", k=16, lr=0.05, params={"lam1": 1e4}),
+             DictConfig("calm", "sae_l1", k=16, lr=0.01, params={"lam1": 1e-3})]
+    main(Common(run_dir=str(tmp_path / "run"), seed=0, store=store.path),
+         TrainConfig(dicts=dicts, epochs=4, batch_size=100, test_fraction=0.2, device="cpu",
+                     normalize="mean_scale"))
+    out = capsys.readouterr().out
+    assert "train: warning: flat: its last epoch's reconstruction error" in out
+    assert "it has learned almost nothing" in out and "warning: calm" not in out
+    model, meta = checkpoint.load(tmp_path / "run" / "dicts" / "flat")
+    x = torch.from_numpy(store.read_rows(0, 500).acts).float()
+    assert int((model(x, sample=False).codes != 0).sum()) == 0  # every code 0: x_hat is the decoder bias
+    inner = make("sae_l1", 3, 2)
+    wrapped = checkpoint.Normalized(inner, torch.zeros(3), 10.0)
+    m = Member("n", wrapped, 0.01, history=[{"sse": 0.5}], baseline=50.0, spread=100.0)  # raw: 1.0 normalised
+    assert m.diverged() is None and 0.5 < LEARNED_NOTHING
+    m.history = [{"sse": 0.99}]
+    assert "0.99x that of predicting every row by the mean row (1; explained variance 0.01)" in m.diverged()
+    m.history = [{"sse": 51.0}]
+    assert "its last epoch's reconstruction error 51 is 102x that of predicting each batch's" in m.diverged()
+    lse = Member("e", make("lse", 3, 2), 0.01, history=[{"sse": 1e9}], baseline=1.0, spread=1.0)
+    assert lse.diverged() is None  # lse trains no reconstruction: its x_hat may be anything

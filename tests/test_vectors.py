@@ -219,6 +219,10 @@ analyze: {{n_features: 3, top_k: 2, context: 0}}
             capsys.readouterr().err) and not (tmp_path / "run3" / "store" / "emb").exists()
         assert actdict_main(["harvest", str(cfg)]) == 0  # a complete store: skipped under torchrun too
         assert "already complete" in capsys.readouterr().out
+    assert cli([str(tmp_path / "v.npy"), str(tmp_path / "run4" / "store"), "--hook", "emb"]) == 0
+    capsys.readouterr()  # an import of the same file without a config: train uses it, a harvest refuses
+    assert actdict_main(["run", str(cfg), f"run_dir={tmp_path / 'run4'}"]) == 2
+    assert "holds vectors written without a config (python -m actdict" in capsys.readouterr().err
     fresh = [f"run_dir={tmp_path / 'run2'}", "harvest.shard_rows=2048"]
     capsys.readouterr()
     assert actdict_main(["run", str(cfg), *fresh, "harvest.chunk_rows=2048"]) == 2  # one chunk: refused
@@ -369,3 +373,13 @@ def test_small_files_and_arrays_get_chunks_to_hold_out(tmp_path):
     assert (open_store(str(tmp_path / "d")).chunk_rows, open_store(str(tmp_path / "d")).num_chunks) == (8, 75)
     assert default_layout(600, shard_rows=1000) == (8, 1000) and default_layout(None) == (4096, 65536)
     assert default_layout(10**6, shard_rows=8192) == (4096, 8192)  # a large set keeps 4,096-row chunks
+
+
+def test_harvest_of_a_config_without_a_harvest_section_says_so(tmp_path, capsys):
+    """A bring-your-own-vectors config has no harvest section: `actdict harvest` refuses (it had run the
+    default token harvest), `actdict run` skips the stage."""
+    cfg = tmp_path / "byo.yaml"
+    cfg.write_text(f"run_dir: {tmp_path / 'run'}\ntrain: {{dicts: [{{name: a, variant: sae_l1, k: 4}}]}}\n")
+    assert actdict_main(["harvest", str(cfg)]) == 2
+    assert "has no harvest section: nothing to harvest" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

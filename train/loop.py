@@ -42,6 +42,9 @@ class Interrupted(ActdictError):
     """The run was asked to stop (SIGTERM); its resume state was saved."""
 
 
+LEARNED_NOTHING = 0.95  # ``Member.diverged``: a last-epoch SSE over this fraction of the batch-mean baseline
+
+
 @dataclass
 class Member:
     """One dictionary being trained, with its optimizer state and running record."""
@@ -53,21 +56,57 @@ class Member:
     history: list[dict[str, float]] = field(default_factory=list)  # per-epoch means of the loss terms
     sums: dict[str, float] = field(default_factory=dict)  # loss-term sums of the current epoch
     baseline: float | None = None  # the last epoch's mean SSE of predicting each batch's mean (this process)
+    spread: float | None = None  # the last epoch's mean SSE of predicting every row by the epoch's mean row
 
     def diverged(self) -> str | None:
         """A warning when the last epoch's reconstruction error is over 100x that of predicting each batch's
-        mean row: a finite loss, so the run went on, but the dictionary blew up (too high an lr)."""
+        mean row (a finite loss, so the run went on, but the dictionary blew up: too high an lr), or over
+        ``LEARNED_NOTHING`` x that of predicting every row by the epoch's mean row (an explained variance
+        near 0 or below: e.g. a sparsity penalty too strong for the inputs' scale). Variants that do not
+        train a reconstruction (``lse``) get neither."""
         sse = self.history[-1].get("sse") if self.history else None
-        if sse is None or not self.baseline or not sse > 100 * self.baseline:
+        if sse is None or not getattr(self.model, "trains_reconstruction", True):
             return None
-        return (f"{self.name}: its last epoch's reconstruction error {sse:.4g} is "
-                f"{sse / self.baseline:,.0f}x that of predicting each batch's mean ({self.baseline:.4g}): it "
-                "diverged; lower its lr (or set train.grad_clip)")
+        scale = getattr(self.model, "norm_scale", None)  # train.normalize: the loss is in normalised units
+        units = 1.0 / float(scale) ** 2 if scale is not None else 1.0
+        base, spread = (v * units if v else None for v in (self.baseline, self.spread))
+        said = f"{self.name}: its last epoch's reconstruction error {sse:.4g} is"
+        if base and sse > 100 * base:
+            return (f"{said} {sse / base:,.0f}x that of predicting each batch's mean row ({base:.4g}): it "
+                    "diverged; lower its lr (or set train.grad_clip)")
+        if spread and sse > LEARNED_NOTHING * spread:
+            return (f"{said} {sse / spread:.3g}x that of predicting every row by the mean row ({spread:.4g}; "
+                    "explained variance "
+                    f"{1 - sse / spread:.2f}): it has learned almost nothing (too few steps, or a sparsity "
+                    "penalty too strong for the inputs' scale: see train.normalize in docs/training.md)")
+        return None
 
     def setup(self, device: torch.device) -> None:
         fused = device.type in ("cpu", "cuda")
         self.opt = torch.optim.Adam(self.model.parameters(), lr=self.lr, fused=fused or None,
                                     foreach=None if fused else True)
+
+
+class Spread:
+    """Sums of an epoch's rows and of their squares, on the device (no sync until the epoch ends)."""
+
+    def __init__(self) -> None:
+        self.sums: torch.Tensor | None = None  # [d + 2] float64: sum of rows, sum of squares, rows
+
+    def add(self, x: torch.Tensor) -> None:  # x: [b, d], this process's rows of the batch
+        v = torch.cat([x.sum(0, dtype=torch.float64), x.pow(2).sum(dtype=torch.float64)[None],
+                       torch.full((1,), len(x), dtype=torch.float64, device=x.device)])
+        self.sums = v if self.sums is None else self.sums + v
+
+    def end(self, d: dist_.Dist) -> float | None:
+        """The mean SSE of predicting each of the epoch's rows (every rank's) by their mean row; resets."""
+        if self.sums is None:
+            return None
+        v, self.sums = self.sums, None
+        if d.on:
+            dist_.reduce_(v)
+        n = v[-1]
+        return float(v[-2] / n - (v[:-2] / n).pow(2).sum())
 
 
 @dataclass
@@ -177,6 +216,7 @@ def train(members: list[Member], epoch_batches: Callable[..., Iterable], cfg: Tr
     bar = tqdm(total=total or None, initial=pos.step, desc="train", unit="step", dynamic_ncols=True,
                disable=not (d.main and progress), **bar_timing())
     base_sum, base_n = 0.0, 0  # this epoch's baseline SSE sum and steps (since a resume, if any)
+    spread = Spread()  # and its rows' moments
     try:
         while pos.epoch < cfg.epochs and not (cfg.max_steps and pos.step >= cfg.max_steps):
             batches = epoch_batches(pos.epoch, pos.batch) if pos.batch else epoch_batches(pos.epoch)
@@ -197,6 +237,7 @@ def train(members: list[Member], epoch_batches: Callable[..., Iterable], cfg: Tr
                 keys = [list(t) for t in terms]
                 bad_x = (~torch.isfinite(x)).any().float()
                 base = (x - x.mean(0)).pow(2).sum(-1).mean()  # SSE of the batch mean row (``diverged``)
+                spread.add(x)
                 vec = torch.stack([bad_x, *(v for t in terms for v in t.values()), base])
                 vec[1:] *= len(x) / n_all
                 flag = [float(stop())]  # ranks must agree on stopping: under torchrun it is reduced too
@@ -223,10 +264,12 @@ def train(members: list[Member], epoch_batches: Callable[..., Iterable], cfg: Tr
                         raise Interrupted(f"stopped at step {pos.step} (epoch {pos.epoch}, batch "
                                           f"{pos.batch}); resume state saved: rerun the same command "
                                           "to continue")
+            epoch_spread = spread.end(d)  # (a collective under torchrun: every rank ends its epoch here)
             for m in members:  # the epoch (or the run, at max_steps) is over
                 if pos.batch:
                     m.history.append({k: v / pos.batch for k, v in m.sums.items()} | {"epoch": pos.epoch})
                 m.sums, m.baseline = {}, base_sum / base_n if base_n else m.baseline
+                m.spread = epoch_spread if epoch_spread is not None else m.spread
             base_sum, base_n = 0.0, 0
             if cfg.max_steps and pos.step >= cfg.max_steps:
                 break

@@ -110,6 +110,7 @@ class Dictionary(nn.Module):
     active_side: ClassVar[Literal["low", "high"]] = "high"
     autocast_note: ClassVar[str] = ""  # why bf16 autocast hurts this variant's training ('' = it does not)
     positive: ClassVar[tuple[str, ...]] = ()  # params that must be > 0 (``check_params``)
+    trains_reconstruction: ClassVar[bool] = True  # False: x_hat is a by-product, not trained (``lse``)
 
     def __init__(self, d: int, k: int, **params: Any) -> None:
         super().__init__()

@@ -64,6 +64,7 @@ def weight_redundancy(w: Tensor) -> Tensor:  # w: [k, d]
 @register
 class LSE(Dictionary):
     variant = "lse"
+    trains_reconstruction = False  # x_hat = E @ W is a by-product: training's divergence warning ignores it
     default_params = _DEFAULTS  # the kinds and ranges ``protocol.check_params`` checks
     positive = ("var_eps",)
     active_side = "high"
