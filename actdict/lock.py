@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -81,3 +82,21 @@ def _take(fd: int, path: str, what: str, say: Callable[[str], None], wait: bool)
         fcntl.flock(fd, fcntl.LOCK_EX)
     except OSError as e:  # a file system without flock (some network mounts): the folder goes unguarded
         say(f"note: {path} cannot be locked here ({e.strerror}); going on without the lock")
+
+
+class FolderNotWritable(ActdictError):
+    """A folder a stage must write in cannot be written: said before the work, not after it."""
+
+
+def check_writable(folders: list[str | os.PathLike], what: str) -> None:
+    """Create (when missing) and write a test file in each folder, or raise FolderNotWritable naming it: a
+    read-only run folder would otherwise fail only when ``what`` is saved, after all the work."""
+    for folder in folders:
+        try:
+            os.makedirs(folder, exist_ok=True)
+            fd, probe = tempfile.mkstemp(dir=folder, prefix=".actdict-write-check-")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as e:
+            raise FolderNotWritable(f"cannot write in {folder} ({e.strerror}), where {what} go: make it "
+                                    "writable, or set run_dir to another folder") from e

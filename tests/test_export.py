@@ -139,3 +139,28 @@ def test_export_records_where_the_dictionary_came_from(tmp_path):
     checkpoint.save(tmp_path / "dict2", make("sae_l1", D, K), {"store": store | {"model": "pythia-70m"}})
     assert main([str(tmp_path / "dict2"), str(tmp_path / "sl2")]) == 0  # the checkpoint names its model
     assert json.loads((tmp_path / "sl2" / "cfg.json").read_text())["metadata"]["model_name"] == "pythia-70m"
+
+
+def test_an_export_never_lands_on_a_checkpoint_or_in_dicts_or_over_files(tmp_path, capsys):
+    """OUT = the checkpoint's folder, another checkpoint, a folder in the run's dicts/ or a non-empty
+    folder is refused before anything is written; an existing export is replaced only with --overwrite."""
+    dicts = tmp_path / "run" / "dicts"
+    for name in ("a", "b"):
+        checkpoint.save(dicts / name, make("sae_l1", D, K, lam1=0.1 if name == "a" else 0.2), {})
+    before = {p: p.read_bytes() for p in dicts.rglob("*") if p.is_file()}
+    held = "holds an actdict checkpoint"
+    for out, why in ((dicts / "a", held), (dicts / "b", held), (dicts / "a2", "in the run's dicts")):
+        assert main([str(dicts / "a"), str(out)]) == 2 and why in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in dicts.rglob("*") if p.is_file()} == before
+    assert not (dicts / "a2").exists()
+    assert main([str(dicts / "a"), str(tmp_path / "sl")]) == 0
+    assert main([str(dicts / "b"), str(tmp_path / "sl")]) == 2
+    assert "holds an export already; pass another folder, or --overwrite" in capsys.readouterr().err
+    assert json.loads((tmp_path / "sl" / "cfg.json").read_text())["metadata"]["actdict_params"]["lam1"] == 0.1
+    assert main([str(dicts / "b"), str(tmp_path / "sl"), "--overwrite"]) == 0
+    assert json.loads((tmp_path / "sl" / "cfg.json").read_text())["metadata"]["actdict_params"]["lam1"] == 0.2
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("mine")
+    assert main([str(dicts / "b"), str(tmp_path / "notes"), "--overwrite"]) == 2
+    assert "holds other files: ['todo.txt']" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "notes").iterdir()) == ["todo.txt"]

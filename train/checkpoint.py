@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -56,14 +57,23 @@ class Normalized(Dictionary):
 
 
 class CheckpointError(ActdictError, FileNotFoundError):
-    """A dictionary folder without a finished checkpoint."""
+    """A dictionary folder without a finished checkpoint, or with a damaged one."""
+
+
+class WriteError(ActdictError):
+    """A file could not be written (a full disk, a read-only folder): one line, not a traceback."""
 
 
 def write_safetensors(tensors: dict[str, Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
     """Write ``tensors`` to ``path`` atomically (a temporary file, then a rename), with the permissions any
-    new file gets here (safetensors creates its files with mode 0600, unreadable to the rest of a group)."""
+    new file gets here (safetensors creates its files with mode 0600, unreadable to the rest of a group).
+    A failed write leaves ``path`` as it was and no temporary file."""
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+    except (SafetensorError, OSError) as e:
+        tmp.unlink(missing_ok=True)
+        raise WriteError(f"could not write {path}: {e} ({path} is as it was)") from e
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)
     except OSError:  # a file system without modes (some CIFS / FUSE mounts): keep what it gave
@@ -89,16 +99,32 @@ _UMASK = _read_umask()
 
 
 def save(dir: str | Path, model: Dictionary, cfg_dict: dict[str, Any]) -> Path:
-    """Write weights then cfg.json (variant, d, k, params + ``cfg_dict``) into ``dir``."""
+    """Write weights then cfg.json (variant, d, k, params + ``cfg_dict``) into ``dir``. An older cfg.json
+    goes first: a kill in between leaves a folder with no cfg.json (unfinished: train trains it again),
+    never new weights under an old record."""
     out = Path(dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    (out / CFG).unlink(missing_ok=True)
     write_safetensors(state, out / WEIGHTS)
     cfg = dict(cfg_dict) | {"variant": model.variant, "d": model.d, "k": model.k, "params": model.params,
                             "normalized": isinstance(model, Normalized)}
-    (out / f".{CFG}.tmp").write_text(json.dumps(cfg, indent=1, default=str))
-    os.replace(out / f".{CFG}.tmp", out / CFG)
+    try:
+        (out / f".{CFG}.tmp").write_text(json.dumps(cfg, indent=1, default=str))
+        os.replace(out / f".{CFG}.tmp", out / CFG)
+    except OSError as e:
+        (out / f".{CFG}.tmp").unlink(missing_ok=True)
+        raise WriteError(f"could not write {out / CFG}: {e}") from e
     return out
+
+
+def weights_readable(path: Path) -> bool:
+    """``path`` is a whole safetensors file (its header read and checked against the file's size)."""
+    try:
+        with safe_open(str(path), "pt"):
+            return True
+    except (SafetensorError, OSError):
+        return False
 
 
 def load(dir: str | Path, device: str | torch.device = "cpu") -> tuple[Dictionary, dict[str, Any]]:
@@ -106,9 +132,15 @@ def load(dir: str | Path, device: str | torch.device = "cpu") -> tuple[Dictionar
     d = Path(dir)
     if not (d / CFG).is_file() or not (d / WEIGHTS).is_file():
         raise CheckpointError(f"{d} has no {CFG} + {WEIGHTS}: not a (finished) checkpoint")
-    cfg = json.loads((d / CFG).read_text())
+    damaged = f"{d} holds a damaged checkpoint: rerun actdict train, which trains it again ("
+    try:
+        cfg = json.loads((d / CFG).read_text())
+        state = load_file(str(d / WEIGHTS))
+    except (ValueError, SafetensorError) as e:
+        raise CheckpointError(f"{damaged}{e})") from e
+    if not isinstance(cfg, dict) or not {"variant", "d", "k", "params"} <= set(cfg):
+        raise CheckpointError(f"{damaged}its {CFG} is not an actdict checkpoint's record)")
     model: Dictionary = make(cfg["variant"], int(cfg["d"]), int(cfg["k"]), **cfg["params"])
-    state = load_file(str(d / WEIGHTS))
     if cfg.get("normalized"):
         model = Normalized(model, state["norm_mean"], float(state["norm_scale"]))
     model.load_state_dict(state, strict=True)

@@ -36,6 +36,11 @@ class DictConfig:
     """Initialisation seed; None = the experiment seed."""
 
     def __post_init__(self) -> None:
+        name = self.name
+        if name.startswith(".") or not name or any(c in name for c in "/\0") or len(name.encode()) > 200:
+            raise ConfigError(f"train.dicts: {name!r} cannot name a dictionary: it names its folder "
+                              "(dicts/<name>) and files (features/<name>.json): not empty, not starting "
+                              "with '.', no '/' or NUL, at most 200 bytes")
         if self.k < 1:
             raise ConfigError(f"train.dicts[{self.name}].k must be >= 1, got {self.k}")
         if not (math.isfinite(self.lr) and self.lr >= 0):  # 0 keeps the initialisation

@@ -67,10 +67,21 @@ def split_note(sizes: list[int], split: dict, test_fraction: float) -> str | Non
 
 
 def write_split(run_dir: str | Path, split: dict) -> Path:
+    """``<run_dir>/split.json``, written whole or not at all (a temporary file, then a rename)."""
     path = Path(run_dir) / "split.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(split, indent=1))
+    tmp = path.with_name(".split.json.tmp")
+    tmp.write_text(json.dumps(split, indent=1))
+    os.replace(tmp, path)
     return path
+
+
+def split_readable(run_dir: str | Path) -> bool:
+    """``<run_dir>/split.json`` exists and holds a split (not one cut short by a kill or a full disk)."""
+    try:
+        return "test_chunks" in json.loads((Path(run_dir) / "split.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 @dataclass(frozen=True)

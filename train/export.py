@@ -138,8 +138,27 @@ def _checkpoints_near(path: Path) -> str:
     return ""
 
 
-def export_saelens(dict_dir: str | Path, out: str | Path) -> Path:
-    """Export the checkpoint in ``dict_dir`` (``<run_dir>/dicts/<name>``) to SAELens files in ``out``."""
+def check_out(dict_dir: Path, out: Path, overwrite: bool) -> None:
+    """Refuse an output folder that would damage a run (a checkpoint's folder, a run's dicts/, where
+    analysis takes every folder for a dictionary) or lose files (a non-empty folder, unless ``overwrite``
+    and it holds an export)."""
+    if (out / checkpoint.WEIGHTS).exists() or out.resolve() == dict_dir.resolve():
+        raise ExportError(f"{out} holds an actdict checkpoint ({checkpoint.WEIGHTS}): an export there would "
+                          "replace its cfg.json; pass another folder")
+    if out.resolve().parent == dict_dir.resolve().parent and dict_dir.resolve().parent.name == "dicts":
+        raise ExportError(f"{out} is in the run's dicts folder, where analysis takes every folder for a "
+                          "trained dictionary; pass a folder outside it")
+    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if held and not (overwrite and set(held) <= {CFG, WEIGHTS}):
+        what = "an export already" if set(held) <= {CFG, WEIGHTS} else f"other files: {held[:5]}"
+        raise ExportError(f"{out} holds {what}; pass another folder"
+                          + (", or --overwrite to replace it" if set(held) <= {CFG, WEIGHTS} else ""))
+
+
+def export_saelens(dict_dir: str | Path, out: str | Path, overwrite: bool = False) -> Path:
+    """Export the checkpoint in ``dict_dir`` (``<run_dir>/dicts/<name>``) to SAELens files in ``out``
+    (a new or empty folder, or one holding an export when ``overwrite``: ``check_out``)."""
+    check_out(Path(dict_dir), Path(out), overwrite)
     try:
         model, cfg = checkpoint.load(dict_dir)
     except checkpoint.CheckpointError as e:
@@ -154,10 +173,11 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="actdict export", description="export a trained SAE to SAELens files")
     p.add_argument("dict_dir", help="a trained dictionary: RUN_DIR/dicts/NAME")
-    p.add_argument("out", help="output folder (cfg.json + sae_weights.safetensors)")
+    p.add_argument("out", help="output folder (cfg.json + sae_weights.safetensors): new or empty")
+    p.add_argument("--overwrite", action="store_true", help="replace the export OUT holds")
     args = p.parse_args(argv)
     try:
-        path = export_saelens(args.dict_dir, args.out)
+        path = export_saelens(args.dict_dir, args.out, overwrite=args.overwrite)
     except ActdictError as e:
         print(f"actdict: {type(e).__name__}: {e}", file=sys.stderr)
         return 2

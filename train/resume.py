@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from actdict.config import config_changes
 from actdict.errors import ActdictError
@@ -64,12 +64,17 @@ class ResumeConflict(ActdictError):
 
 
 def read_meta(path: str | Path) -> dict | None:
-    """The JSON part of a state file, or None if there is none (or it is unreadable)."""
+    """The JSON part of a state file, or None if there is none (or it is unreadable: ``unreadable``)."""
     try:
         with safe_open(str(path), "pt") as f:
             return json.loads(f.metadata()[_KEY])
-    except (OSError, KeyError, ValueError, TypeError):
+    except (OSError, KeyError, ValueError, TypeError, SafetensorError):
         return None
+
+
+def unreadable(path: Path) -> bool:
+    """``path`` exists but holds no readable state (truncated, damaged, or not a state file)."""
+    return path.is_file() and read_meta(path) is None
 
 
 def state_matches(meta: dict, hashes: dict[str, str], legacy: dict[str, str] | None = None,
@@ -123,9 +128,14 @@ def conflict(meta: dict, hashes: dict[str, str], configs: dict[str, dict], ignor
             old = held[n].get("config")
             what = "; ".join(config_changes(old, configs[n])[:4]) if old else ""
             why.append(f"{n}: {what or 'another config or store'}")
-    if extra and set(hashes) <= set(held) and not why[len(extra):]:
+    added = sorted(set(hashes) - set(held))
+    changed = why[len(extra) + len(added):]
+    if extra and set(hashes) <= set(held) and not changed:
         todo = (f"to resume {sorted(hashes)} and drop the progress of {extra}, set "
                 f"train.resume_drop=[{','.join(extra)}]; to continue all, rerun that run's command")
+    elif added and not extra and not changed:
+        todo = (f"dictionaries join a run only at its start: finish this one first (leave {added} out of "
+                "train.dicts for that run, then add them: they train on their own)")
     else:
         todo = ("rerun that run's command to continue it (or leave the changed dictionaries out of "
                 "train.dicts and name them in train.resume_drop to resume the rest)")

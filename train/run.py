@@ -29,11 +29,19 @@ import torch
 
 from actdict.config import Common, ConfigError, config_changes, to_dict
 from actdict.harvest.store import list_hooks, open_store
-from actdict.lock import folder_lock
+from actdict.lock import check_writable, folder_lock
 from actdict.train import checkpoint
 from actdict.train import dist as dist_
 from actdict.train.config import DictConfig, TrainConfig
-from actdict.train.data import iter_rows, make_split, norm_stats, split_note, steps_in_epoch, write_split
+from actdict.train.data import (
+    iter_rows,
+    make_split,
+    norm_stats,
+    split_note,
+    split_readable,
+    steps_in_epoch,
+    write_split,
+)
 from actdict.train.loop import Member, Position, check_device, resolve_device, train
 from actdict.train.protocol import make, registry
 from actdict.train.resume import (
@@ -46,9 +54,9 @@ from actdict.train.resume import (
     read_meta,
     save_state,
     state_matches,
+    unreadable,
 )
 
-SPLIT = "split.json"
 _UNHASHED = ("dicts", "device", "checkpoint_every", "resume", "resume_drop",  # no change to the result,
              "keep_state", "hook")  # or that the store's identity holds (its hook)
 _LATER = {"grad_clip": 0.0}  # settings added after the first release: hashed only when not at their default,
@@ -120,13 +128,21 @@ def replaced(path: Path, dc: DictConfig, cfg: TrainConfig, seed: int, store_id: 
     was = {"dict": old.get("dict_config"), "seed": old.get("seed"),
            "store": store_key(old.get("store") or {}),
            "train": _hashed(old.get("train_config") or {})}
-    return "; ".join(config_changes(was, new)[:6]) or "the split, or its weights file is missing"
+    return "; ".join(config_changes(was, new)[:6]) or "the split, or its weights file is missing or damaged"
+
+
+def stale_state(run_dir: Path, state_path: Path) -> bool:
+    """The resume state holds only dictionaries that have finished checkpoints of the state's own configs:
+    what a kill after the final saves, before the state's removal, leaves. Nothing in it is to resume."""
+    meta = read_meta(state_path)
+    return bool(meta) and all(is_finished(run_dir / "dicts" / n, m["config_hash"])
+                              for n, m in meta["members"].items())
 
 
 def is_finished(path: Path, *hashes: str) -> bool:
     """``path`` holds a finished checkpoint whose config_hash is one of ``hashes``."""
     record = finished_record(path) or {}
-    return record.get("config_hash") in hashes and (path / checkpoint.WEIGHTS).is_file()
+    return record.get("config_hash") in hashes and checkpoint.weights_readable(path / checkpoint.WEIGHTS)
 
 
 @contextmanager
@@ -182,9 +198,8 @@ def check(common: Common, cfg: TrainConfig) -> None:
     dictionary names, and every dictionary's variant and params, built once on the meta device (no memory)
     with a stand-in width, since the store's d is not known yet."""
     names = [dc.name for dc in cfg.dicts]
-    if len(set(names)) != len(names) or not names or any("/" in n for n in names):
-        raise ConfigError(f"train.dicts needs at least one dictionary and unique names without '/', "
-                          f"got {names}")
+    if len(set(names)) != len(names) or not names:
+        raise ConfigError(f"train.dicts needs at least one dictionary and unique names, got {names}")
     check_device(cfg.device, "train.device")
     for dc in cfg.dicts:
         try:
@@ -241,8 +256,21 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
             f"{cfg.test_fraction:g} and the store's {store.num_chunks} chunks), and analysis reads one split "
             "per run folder: give this run its own run_dir (store= keeps the store), or train those with "
             "these settings too (add them to train.dicts)")
-    if d.main and not (run_dir / SPLIT).is_file():  # another split is written with the checkpoints: until
+    if todo and d.main:  # before the work, not when its results are saved
+        inner = [run_dir / "dicts", *(run_dir / "dicts" / dc.name for dc in todo)]
+        check_writable([run_dir, *(p for p in inner if p.is_dir())], "the checkpoints and resume states")
+    if d.main and not split_readable(run_dir):  # another split is written with the checkpoints: until
         write_split(run_dir, split)  # then it is the finished dictionaries' (analyze reads their test rows)
+    state_path = run_dir / STATE
+    if d.main and stale_state(run_dir, state_path):
+        try:
+            state_path.unlink()
+            say(f"train: removed {state_path}: a resume state whose dictionaries all finished after it (a "
+                "kill between the last checkpoint and its removal)")
+        except OSError as e:
+            say(f"train: note: {state_path} is a stale resume state (its dictionaries all finished) that "
+                f"cannot be removed ({e.strerror})")
+    dist_.barrier(d)
     if not todo:
         return
     for dc in todo if cfg.autocast else []:
@@ -251,8 +279,11 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
                 "advises float32 for it")
     todo_hashes = {dc.name: hashes[dc.name] for dc in todo}
     todo_legacy = {dc.name: legacy[dc.name] for dc in todo}
-    state_path = run_dir / STATE
     meta = read_meta(state_path) if cfg.resume else None
+    for path in [state_path, *(run_dir / "dicts" / n / KEPT for n in todo_hashes)]:
+        if unreadable(path):
+            say(f"train: note: {path} is damaged or not a resume state (a full disk, a copy cut short?): it "
+                "is not used, and this run replaces or removes it")
     if not cfg.resume and (old := read_meta(state_path)):
         say(f"train: train.resume=false: the resume state {state_path} (step {old['position']['step']} of "
             f"{sorted(old['members'])}) is not used, and this run's replaces it")

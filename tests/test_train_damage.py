@@ -1,0 +1,154 @@
+"""Training's folder after kills, damaged files and full disks: nothing wrong is read as finished, nothing
+unreadable ends in a traceback, and stale or damaged states are named and set aside."""
+
+import json
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+import torch
+
+from actdict.config import Common, ConfigError
+from actdict.errors import ActdictError
+from actdict.harvest.store import write_vectors
+from actdict.train import checkpoint, run
+from actdict.train.config import DictConfig, TrainConfig
+from actdict.train.protocol import make
+from actdict.train.resume import STATE, ResumeConflict, read_meta
+from actdict.train.run import is_finished, main
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    x = np.random.default_rng(0).standard_normal((1000, 3)).astype(np.float32)  # [1000, 3]
+    return write_vectors(str(tmp_path_factory.mktemp("s") / "store"), x, shard_rows=256, chunk_rows=64)
+
+
+def cfg(*dicts, **kw):
+    return TrainConfig(dicts=list(dicts) or [DictConfig("a", "sae_topk", k=4, lr=0.01, params={"topk": 2})],
+                       epochs=2, batch_size=100, test_fraction=0.2, device="cpu", checkpoint_every=3, **kw)
+
+
+def test_a_kill_inside_a_save_never_pairs_new_weights_with_the_old_record(tmp_path, monkeypatch):
+    checkpoint.save(tmp_path / "d", make("sae_l1", 3, 4, lam1=0.1), {"finished": True, "config_hash": "old"})
+    assert is_finished(tmp_path / "d", "old")
+
+    def dies(*a, **k):  # the weights are in place, the record not yet written
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.Path, "write_text", dies)
+    with pytest.raises(checkpoint.WriteError, match=r"could not write .*cfg\.json: .*No space left"):
+        checkpoint.save(tmp_path / "d", make("sae_l1", 3, 4), {"finished": True, "config_hash": "new"})
+    monkeypatch.undo()
+    assert not is_finished(tmp_path / "d", "old") and not (tmp_path / "d" / "cfg.json").exists()
+    with pytest.raises(checkpoint.CheckpointError, match="has no cfg.json"):
+        checkpoint.load(tmp_path / "d")
+
+
+def test_a_full_disk_is_one_line_and_leaves_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "w.safetensors"
+    checkpoint.write_safetensors({"a": torch.ones(2)}, path)
+
+    def full(tensors, filename, metadata=None):
+        open(filename, "wb").write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "save_file", full)
+    with pytest.raises(checkpoint.WriteError, match=r"w\.safetensors: .*No space left.* is as it was"):
+        checkpoint.write_safetensors({"a": torch.zeros(2)}, path)
+    assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"] and checkpoint.weights_readable(path)
+
+
+def test_damaged_checkpoints_are_named_and_trained_again(store, tmp_path, capsys):
+    common = Common(run_dir=str(tmp_path / "run"), seed=0, store=store.path)
+    main(common, cfg())
+    folder = tmp_path / "run" / "dicts" / "a"
+    good = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(good[: len(good) // 2])  # a copy cut short
+    with pytest.raises(checkpoint.CheckpointError, match=r"holds a damaged checkpoint: rerun actdict train"):
+        checkpoint.load(folder)
+    capsys.readouterr()
+    main(common, cfg())
+    assert "its weights file is missing or damaged" in capsys.readouterr().out
+    assert (folder / "model.safetensors").read_bytes() == good  # trained again, the same weights
+    record = (folder / "cfg.json").read_text()
+    (folder / "cfg.json").write_text(record[:40])
+    with pytest.raises(checkpoint.CheckpointError, match="holds a damaged checkpoint"):
+        checkpoint.load(folder)
+    (folder / "cfg.json").write_text(json.dumps({"architecture": "standard"}))  # a SAELens cfg.json
+    with pytest.raises(checkpoint.CheckpointError, match="is not an actdict checkpoint's record"):
+        checkpoint.load(folder)
+
+
+def test_stale_and_damaged_states_are_set_aside_with_a_note(store, tmp_path, capsys, monkeypatch):
+    common = Common(run_dir=str(tmp_path / "run"), seed=0, store=store.path)
+    state = tmp_path / "run" / STATE
+    real_unlink = checkpoint.Path.unlink
+
+    def keeps_the_state(self, missing_ok=False):  # a kill after the final saves, before the state goes
+        if self.name != STATE:
+            real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(checkpoint.Path, "unlink", keeps_the_state)
+    main(common, cfg())
+    monkeypatch.undo()
+    assert read_meta(state)["position"]["step"] == 18
+    capsys.readouterr()
+    main(common, cfg(DictConfig("a", "sae_topk", k=4, lr=0.02, params={"topk": 2})))  # was a ResumeConflict
+    out = capsys.readouterr().out
+    assert "removed" in out and "whose dictionaries all finished after it" in out and not state.exists()
+    record = json.loads((tmp_path / "run" / "dicts" / "a" / "cfg.json").read_text())
+    assert record["dict_config"]["lr"] == 0.02
+
+    @contextmanager
+    def stop_at_step_3(sigint=False):
+        yield iter([False, False, True]).__next__
+
+    monkeypatch.setattr(run, "sigterm_flag", stop_at_step_3)
+    b = DictConfig("b", "sae_topk", k=4, lr=0.01, params={"topk": 2})
+    with pytest.raises(ActdictError, match="stopped at step 3"):
+        main(Common(run_dir=str(tmp_path / "r2"), seed=0, store=store.path), cfg(b))
+    monkeypatch.undo()
+    c = DictConfig("c", "sae_topk", k=4, lr=0.01, params={"topk": 2})
+    with pytest.raises(ResumeConflict, match=r"c: not in the state\): dictionaries join a run only at its "
+                                             r"start: finish this one first \(leave \['c'\] out"):
+        main(Common(run_dir=str(tmp_path / "r2"), seed=0, store=store.path), cfg(b, c))
+    (tmp_path / "r2" / STATE).write_bytes((tmp_path / "r2" / STATE).read_bytes()[:100])
+    main(Common(run_dir=str(tmp_path / "r2"), seed=0, store=store.path), cfg(b))
+    out = capsys.readouterr().out
+    assert f"{tmp_path / 'r2' / STATE} is damaged or not a resume state" in out
+    assert json.loads((tmp_path / "r2" / "dicts" / "b" / "cfg.json").read_text())["resumed_at_step"] is None
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", ".hidden", "a/b", "a\0b", "x" * 201])
+def test_names_that_cannot_be_folders_are_refused(name):
+    with pytest.raises(ConfigError, match="cannot name a dictionary"):
+        DictConfig(name, "sae_l1")
+
+
+def test_a_read_only_run_folder_and_a_cut_split_are_said_before_training(store, tmp_path, capsys,
+                                                                          monkeypatch):
+    import errno
+
+    from actdict import lock
+
+    common = Common(run_dir=str(tmp_path / "run"), seed=0, store=store.path)
+    main(common, cfg())
+    split = (tmp_path / "run" / "split.json").read_text()
+    (tmp_path / "run" / "split.json").write_text(split[:30])  # a kill mid-write, before it was atomic
+    main(common, cfg())  # all finished: skipped, and the split is whole again
+    assert (tmp_path / "run" / "split.json").read_text() == split
+    real = lock.tempfile.mkstemp
+
+    def read_only_a(dir, prefix):  # as a folder chmod'ed a-w for a user without root's override
+        if str(dir).endswith("dicts/a"):
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real(dir=dir, prefix=prefix)
+
+    monkeypatch.setattr(lock.tempfile, "mkstemp", read_only_a)
+    capsys.readouterr()
+    with pytest.raises(lock.FolderNotWritable, match=r"cannot write in .*dicts/a \(Permission denied\)"):
+        main(common, cfg(DictConfig("a", "sae_topk", k=4, lr=0.02, params={"topk": 2})))
+    assert "train: 100%" not in capsys.readouterr().err  # refused before the first step
+    record = json.loads((tmp_path / "run" / "dicts" / "a" / "cfg.json").read_text())
+    assert record["dict_config"]["lr"] == 0.01  # the finished checkpoint is untouched
