@@ -548,6 +548,11 @@ def test_a_diverged_dictionary_is_named_when_saved(store, tmp_path, capsys):
     _, meta = checkpoint.load(tmp_path / "run" / "dicts" / "wild")
     spread = np.var(store.read_rows(0, 1000).acts, axis=0).sum()  # the SSE of the mean row, all rows
     assert meta["finished"] and meta["history"][-1]["sse"] > 100 * spread
+    assert "it diverged" in meta["warning"]  # recorded: export repeats it
+    from actdict.train.export import main as export
+
+    assert export([str(tmp_path / "run" / "dicts" / "wild"), str(tmp_path / "sl")]) == 0
+    assert "actdict export: warning: its training warned: wild: its last epoch's" in capsys.readouterr().err
 
 
 def test_a_dictionary_that_learned_nothing_is_named_in_its_own_units(store, tmp_path, capsys):

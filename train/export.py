@@ -178,9 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         path = export_saelens(args.dict_dir, args.out, overwrite=args.overwrite)
+        warning = json.loads((Path(args.dict_dir) / checkpoint.CFG).read_text()).get("warning")
     except ActdictError as e:
         print(f"actdict: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
+    if warning:  # recorded when it was saved (train.loop.Member.diverged)
+        print(f"actdict export: warning: its training warned: {warning}", file=sys.stderr)
     print(f"exported {args.dict_dir} -> {path} (SAE.load_from_disk({str(path)!r}) in sae_lens)")
     return 0
 

@@ -376,11 +376,11 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
                       "steps": steps, "world_size": d.world,
                       "resumed_at_step": start.step if start else None,
                       "wall_s": round(sum(g["wall_s"] for g in segs), 3), "segments": segs,
-                      "history": m.history}
+                      "history": m.history, "warning": (warning := m.diverged())}
             checkpoint.save(run_dir / "dicts" / dc.name, m.model, record)
             last = ", ".join(f"{k} {v:.5g}" for k, v in (m.history[-1] if m.history else {}).items())
             say(f"train: saved {run_dir / 'dicts' / dc.name} (last epoch: {last})")
-            if warning := m.diverged():
+            if warning:
                 say(f"train: warning: {warning}")
         state_path.unlink(missing_ok=True)
     dist_.barrier(d)
