@@ -219,6 +219,104 @@ def open_hook(path: str, hook: str):
     return open_store(path, hook or None, hooks=hooks)
 
 
+def describe_store(store, path: str) -> dict:
+    """What a checkpoint records of the store it learned (``store`` in cfg.json; ``store_key`` of it is
+    hashed): path, hook, rows, d and the manifest's identity of the rows."""
+    manifest = getattr(store, "manifest", {})
+    store_id = {"path": str(store.path) if hasattr(store, "path") else path,
+                "hook": getattr(store, "hook", None), "rows": len(store), "d": store.d,
+                "config_hash": manifest.get("config_hash"), "source_fingerprint":
+                manifest.get("source_fingerprint"), "revision": manifest.get("revision"),
+                "model": manifest.get("model")}
+    if manifest.get("content"):  # a store with no harvest config (your own vectors): its rows' digest
+        store_id["content"] = manifest["content"]
+    return store_id
+
+
+def replace_note(name: str, what: str, keep_state: bool) -> str:
+    hint = ("; train.keep_state=true keeps a finished run's state, so that raising epochs continues it"
+            if "train.epochs:" in what and not keep_state else "")
+    return (f"train: {name}: its finished checkpoint will be replaced (it was trained with another config: "
+            f"{what}); set run_dir, or rename the dictionary, to keep both{hint}")
+
+
+def remove_stale(state_path: Path, say: Callable[[str], None]) -> None:
+    try:
+        state_path.unlink()
+        say(f"train: removed {state_path}: a resume state whose dictionaries all finished after it (a kill "
+            "between the last checkpoint and its removal)")
+    except OSError as e:
+        say(f"train: note: {state_path} is a stale resume state (its dictionaries all finished) that cannot "
+            f"be removed ({e.strerror})")
+
+
+def resume_state(run_dir: Path, cfg: TrainConfig, hashes: dict[str, str], legacy: dict[str, str],
+                 configs: dict[str, dict], say: Callable[[str], None]) -> tuple[dict | None, set[str]]:
+    """The run folder's resume state when this run continues it -> (its meta or None, the state's members
+    to ignore: finished since, or dropped by ``train.resume_drop``); ResumeConflict when it is another
+    run's. Damaged states and kept states are named."""
+    state_path = run_dir / STATE
+    for path in [state_path, *(run_dir / "dicts" / n / KEPT for n in hashes)]:
+        if unreadable(path):
+            say(f"train: note: {path} is damaged or not a resume state (a full disk, a copy cut short?): it "
+                "is not used, and this run replaces or removes it")
+    if not cfg.resume:
+        if old := read_meta(state_path):
+            say(f"train: train.resume=false: the resume state {state_path} (step {old['position']['step']} "
+                f"of {sorted(old['members'])}) is not used, and this run's replaces it")
+        return None, set()
+    if (meta := read_meta(state_path)) is None:
+        return None, set()
+    done = {n for n, m in meta["members"].items()  # a kill between the final saves leaves finished members
+            if n not in hashes and is_finished(run_dir / "dicts" / n, m["config_hash"])}
+    drop = {n for n in cfg.resume_drop if n in meta["members"] and n not in hashes} - done
+    if not state_matches(meta, hashes, legacy, done | drop):  # before the models and stats
+        raise ResumeConflict(f"{state_path} " + conflict(meta, hashes, configs, done))
+    if drop:
+        say(f"train: resuming without {sorted(drop)} (train.resume_drop): their progress in the resume state "
+            "is dropped")
+    return meta, done | drop
+
+
+def kept_states(run_dir: Path, cfg: TrainConfig, hashes: dict[str, str], configs: dict[str, dict],
+                say: Callable[[str], None]) -> tuple[dict[str, dict], dict[str, str] | None]:
+    """Finished runs' states (``train.keep_state``) of the dictionaries to train -> (their metas, the hashes
+    to load them with when they continue this run, else None)."""
+    kept = {n: k for n in hashes if (k := read_meta(run_dir / "dicts" / n / KEPT))}
+    if kept and not cfg.resume:
+        say(f"train: train.resume=false: the kept states of {sorted(kept)} are not used")
+        return {}, None
+    if not kept:
+        return {}, None
+    kept_hashes, why = extension(kept, hashes, configs)
+    epoch = next(iter(kept.values()))["position"]["epoch"]
+    say(f"train: continuing the finished run kept at epoch {epoch} (train.keep_state) to epoch {cfg.epochs}"
+        if kept_hashes else f"train: the kept states of {sorted(kept)} do not continue this run ({why}); "
+        "every dictionary starts over, and the kept states are "
+        + ("replaced when it ends (stop it now to keep them)" if cfg.keep_state else
+           "removed when it ends (train.keep_state is off)"))
+    return kept, kept_hashes
+
+
+def member(dc: DictConfig, d: int, seed: int, norm: tuple | None, device: torch.device) -> Member:
+    """A dictionary to train, built from its seed (wrapped in the normalisation when there is one)."""
+    model = make(dc.variant, d, dc.k, seed=seed, **dc.params)
+    if norm is not None:
+        model = checkpoint.Normalized(model, torch.from_numpy(norm[0]), norm[1])
+    m = Member(dc.name, model.to(device).train(), dc.lr)
+    m.setup(device)
+    return m
+
+
+def save_finished(folder: Path, m: Member, record: dict, say: Callable[[str], None]) -> None:
+    """The final checkpoint, with its training warning (``Member.diverged``) recorded and said."""
+    checkpoint.save(folder, m.model, record | {"history": m.history, "warning": (warning := m.diverged())})
+    last = ", ".join(f"{k} {v:.5g}" for k, v in (m.history[-1] if m.history else {}).items())
+    say(f"train: saved {folder} (last epoch: {last})")
+    if warning:
+        say(f"train: warning: {warning}")
+
+
 def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device) -> None:
     say = print if d.main else (lambda *a, **k: None)
     check(common, cfg)
@@ -228,14 +326,7 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
     if note := split_note([b - a for a, b in map(store.chunk_bounds, range(store.num_chunks))], split,
                           cfg.test_fraction):
         say(f"train: note: {note}")
-    manifest = getattr(store, "manifest", {})
-    store_id = {"path": str(store.path) if hasattr(store, "path") else common.store_path,
-                "hook": getattr(store, "hook", None), "rows": len(store), "d": store.d,
-                "config_hash": manifest.get("config_hash"), "source_fingerprint":
-                manifest.get("source_fingerprint"), "revision": manifest.get("revision"),
-                "model": manifest.get("model")}
-    if manifest.get("content"):  # a store with no harvest config (your own vectors): its rows' digest
-        store_id["content"] = manifest["content"]
+    store_id = describe_store(store, common.store_path)
     hashes = {dc.name: dict_hash(dc, cfg, common, store_id, split) for dc in cfg.dicts}
     legacy = {dc.name: dict_hash(dc, cfg, common, store_id, split, legacy=True) for dc in cfg.dicts}
     todo = [dc for dc in cfg.dicts
@@ -245,10 +336,7 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
         if dc not in todo:
             say(f"train: {dc.name}: finished checkpoint with the same config exists, skipped")
         elif what := replaced(run_dir / "dicts" / dc.name, dc, cfg, seeds[dc.name], store_id):
-            hint = ("; train.keep_state=true keeps a finished run's state, so that raising epochs continues "
-                    "it" if "train.epochs:" in what and not cfg.keep_state else "")
-            say(f"train: {dc.name}: its finished checkpoint will be replaced (it was trained with another "
-                f"config: {what}); set run_dir, or rename the dictionary, to keep both{hint}")
+            say(replace_note(dc.name, what, cfg.keep_state))
     if todo and (others := other_split(run_dir, {dc.name for dc in cfg.dicts}, split)):
         raise ConfigError(
             f"{run_dir} holds finished dictionaries {others} trained with other held-out chunks than this "
@@ -263,13 +351,7 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
         write_split(run_dir, split)  # then it is the finished dictionaries' (analyze reads their test rows)
     state_path = run_dir / STATE
     if d.main and stale_state(run_dir, state_path):
-        try:
-            state_path.unlink()
-            say(f"train: removed {state_path}: a resume state whose dictionaries all finished after it (a "
-                "kill between the last checkpoint and its removal)")
-        except OSError as e:
-            say(f"train: note: {state_path} is a stale resume state (its dictionaries all finished) that "
-                f"cannot be removed ({e.strerror})")
+        remove_stale(state_path, say)
     dist_.barrier(d)
     if not todo:
         return
@@ -279,50 +361,13 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
                 "advises float32 for it")
     todo_hashes = {dc.name: hashes[dc.name] for dc in todo}
     todo_legacy = {dc.name: legacy[dc.name] for dc in todo}
-    meta = read_meta(state_path) if cfg.resume else None
-    for path in [state_path, *(run_dir / "dicts" / n / KEPT for n in todo_hashes)]:
-        if unreadable(path):
-            say(f"train: note: {path} is damaged or not a resume state (a full disk, a copy cut short?): it "
-                "is not used, and this run replaces or removes it")
-    if not cfg.resume and (old := read_meta(state_path)):
-        say(f"train: train.resume=false: the resume state {state_path} (step {old['position']['step']} of "
-            f"{sorted(old['members'])}) is not used, and this run's replaces it")
     configs = {dc.name: identity(dc, cfg, seeds[dc.name], store_id) for dc in todo}
-    done: set[str] = set()
-    if meta is not None:  # a kill between the final saves leaves a state that also holds finished members
-        done = {n for n, m in meta["members"].items()
-                if n not in todo_hashes and is_finished(run_dir / "dicts" / n, m["config_hash"])}
-        drop = {n for n in cfg.resume_drop if n in meta["members"] and n not in todo_hashes} - done
-        if not state_matches(meta, todo_hashes, todo_legacy, done | drop):  # before the models and stats
-            raise ResumeConflict(f"{state_path} " + conflict(meta, todo_hashes, configs, done))
-        if drop:
-            say(f"train: resuming without {sorted(drop)} (train.resume_drop): their progress in the resume "
-                "state is dropped")
-        done |= drop
-    kept = {n: k for n in todo_hashes if (k := read_meta(run_dir / "dicts" / n / KEPT))} if (
-        meta is None) else {}  # finished runs' states (train.keep_state) to continue
-    if kept and not cfg.resume:
-        say(f"train: train.resume=false: the kept states of {sorted(kept)} are not used")
-        kept = {}
-    kept_hashes = None
-    if kept:
-        kept_hashes, why = extension(kept, todo_hashes, configs)
-        epoch = next(iter(kept.values()))["position"]["epoch"]
-        say(f"train: continuing the finished run kept at epoch {epoch} (train.keep_state) to epoch "
-            f"{cfg.epochs}" if kept_hashes else f"train: the kept states of {sorted(kept)} do not continue "
-            f"this run ({why}); every dictionary starts over, and the kept states are "
-            + ("replaced when it ends (stop it now to keep them)" if cfg.keep_state else
-               "removed when it ends (train.keep_state is off)"))
+    meta, done = resume_state(run_dir, cfg, todo_hashes, todo_legacy, configs, say)
+    kept, kept_hashes = kept_states(run_dir, cfg, todo_hashes, configs, say) if meta is None else ({}, None)
     chunks = split["train_chunks"]
     train_rows = sum(b - a for a, b in map(store.chunk_bounds, chunks))
     norm = norm_stats(store, chunks, cfg.norm_chunks, common.seed) if cfg.normalize == "mean_scale" else None
-    members = []
-    for dc in todo:
-        model = make(dc.variant, store.d, dc.k, seed=common.seed if dc.seed is None else dc.seed, **dc.params)
-        if norm is not None:
-            model = checkpoint.Normalized(model, torch.from_numpy(norm[0]), norm[1])
-        members.append(Member(dc.name, model.to(device).train(), dc.lr))
-        members[-1].setup(device)
+    members = [member(dc, store.d, seeds[dc.name], norm, device) for dc in todo]
     start = load_state(state_path, members, todo_hashes, todo_legacy, done) if meta is not None else None
     if kept_hashes:  # each from its own file; extension() checked they stand at the same position
         start = [load_state(run_dir / "dicts" / m.name / KEPT, [m], {m.name: kept_hashes[m.name]})
@@ -361,6 +406,11 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
         if cfg.keep_state and not keep:
             say("train: train.keep_state: no state kept, since the run stopped at train.max_steps, inside an "
                 "epoch (a longer run continues from the end of an epoch)")
+        common_record = {"train_config": {k: v for k, v in to_dict(cfg).items() if k != "dicts"},
+                         "store": store_id, "train_rows": train_rows, "test_chunks": split["test_chunks"],
+                         "steps": steps, "world_size": d.world,
+                         "resumed_at_step": start.step if start else None,
+                         "wall_s": round(sum(g["wall_s"] for g in segs), 3), "segments": segs}
         for dc, m in zip(todo, members, strict=True):
             kept_path = run_dir / "dicts" / dc.name / KEPT  # before the checkpoint: a kill in between leaves
             if keep:  # the resume state, from which a rerun finishes both again
@@ -369,18 +419,8 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
                            segments=segs)
             else:  # an older training's kept state goes
                 kept_path.unlink(missing_ok=True)
-            record = {"name": dc.name, "finished": True, "config_hash": hashes[dc.name],
-                      "dict_config": to_dict(dc), "seed": common.seed if dc.seed is None else dc.seed,
-                      "train_config": {k: v for k, v in to_dict(cfg).items() if k != "dicts"},
-                      "store": store_id, "train_rows": train_rows, "test_chunks": split["test_chunks"],
-                      "steps": steps, "world_size": d.world,
-                      "resumed_at_step": start.step if start else None,
-                      "wall_s": round(sum(g["wall_s"] for g in segs), 3), "segments": segs,
-                      "history": m.history, "warning": (warning := m.diverged())}
-            checkpoint.save(run_dir / "dicts" / dc.name, m.model, record)
-            last = ", ".join(f"{k} {v:.5g}" for k, v in (m.history[-1] if m.history else {}).items())
-            say(f"train: saved {run_dir / 'dicts' / dc.name} (last epoch: {last})")
-            if warning:
-                say(f"train: warning: {warning}")
+            save_finished(run_dir / "dicts" / dc.name, m, {
+                "name": dc.name, "finished": True, "config_hash": hashes[dc.name], "dict_config": to_dict(dc),
+                "seed": seeds[dc.name]} | common_record, say)
         state_path.unlink(missing_ok=True)
     dist_.barrier(d)
