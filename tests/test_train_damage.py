@@ -12,10 +12,11 @@ from actdict.config import Common, ConfigError
 from actdict.errors import ActdictError
 from actdict.harvest.store import write_vectors
 from actdict.train import checkpoint, run
+from actdict.train.checkpoint import is_finished
 from actdict.train.config import DictConfig, TrainConfig
 from actdict.train.protocol import make
 from actdict.train.resume import STATE, ResumeConflict, read_meta
-from actdict.train.run import is_finished, main
+from actdict.train.run import main
 
 
 @pytest.fixture(scope="module")

@@ -145,3 +145,18 @@ def load(dir: str | Path, device: str | torch.device = "cpu") -> tuple[Dictionar
         model = Normalized(model, state["norm_mean"], float(state["norm_scale"]))
     model.load_state_dict(state, strict=True)
     return model.to(device).eval(), cfg
+
+
+def finished_record(path: Path) -> dict | None:
+    """The cfg.json record of the finished checkpoint in ``path`` (None: none, or not finished)."""
+    try:
+        record = json.loads((path / CFG).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and record.get("finished") else None
+
+
+def is_finished(path: Path, *hashes: str) -> bool:
+    """``path`` holds a finished checkpoint whose config_hash is one of ``hashes``."""
+    record = finished_record(path) or {}
+    return record.get("config_hash") in hashes and weights_readable(path / WEIGHTS)

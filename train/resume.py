@@ -12,6 +12,7 @@ current epoch. A state is used only when the set of dictionaries and their confi
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -19,7 +20,9 @@ from safetensors import SafetensorError, safe_open
 
 from actdict.config import config_changes
 from actdict.errors import ActdictError
+from actdict.train import checkpoint
 from actdict.train.checkpoint import write_safetensors
+from actdict.train.config import TrainConfig
 from actdict.train.dist import like_param
 from actdict.train.loop import Member, Position
 
@@ -180,3 +183,69 @@ def _match_layout(opt: torch.optim.Optimizer) -> None:
         for key, v in st.items():
             if isinstance(v, torch.Tensor) and v.shape == p.shape and v.stride() != p.stride():
                 st[key] = like_param(p, v)
+
+
+def stale_state(run_dir: Path, state_path: Path) -> bool:
+    """The resume state holds only dictionaries that have finished checkpoints of the state's own configs:
+    what a kill after the final saves, before the state's removal, leaves. Nothing in it is to resume."""
+    meta = read_meta(state_path)
+    return bool(meta) and all(checkpoint.is_finished(run_dir / "dicts" / n, m["config_hash"])
+                              for n, m in meta["members"].items())
+
+
+def remove_stale(state_path: Path, say: Callable[[str], None]) -> None:
+    try:
+        state_path.unlink()
+        say(f"train: removed {state_path}: a resume state whose dictionaries all finished after it (a kill "
+            "between the last checkpoint and its removal)")
+    except OSError as e:
+        say(f"train: note: {state_path} is a stale resume state (its dictionaries all finished) that cannot "
+            f"be removed ({e.strerror})")
+
+
+def resume_state(run_dir: Path, cfg: TrainConfig, hashes: dict[str, str], legacy: dict[str, str],
+                 configs: dict[str, dict], say: Callable[[str], None]) -> tuple[dict | None, set[str]]:
+    """The run folder's resume state when this run continues it -> (its meta or None, the state's members
+    to ignore: finished since, or dropped by ``train.resume_drop``); ResumeConflict when it is another
+    run's. Damaged states and kept states are named."""
+    state_path = run_dir / STATE
+    for path in [state_path, *(run_dir / "dicts" / n / KEPT for n in hashes)]:
+        if unreadable(path):
+            say(f"train: note: {path} is damaged or not a resume state (a full disk, a copy cut short?): it "
+                "is not used, and this run replaces or removes it")
+    if not cfg.resume:
+        if old := read_meta(state_path):
+            say(f"train: train.resume=false: the resume state {state_path} (step {old['position']['step']} "
+                f"of {sorted(old['members'])}) is not used, and this run's replaces it")
+        return None, set()
+    if (meta := read_meta(state_path)) is None:
+        return None, set()
+    done = {n for n, m in meta["members"].items()  # a kill between the final saves leaves finished members
+            if n not in hashes and checkpoint.is_finished(run_dir / "dicts" / n, m["config_hash"])}
+    drop = {n for n in cfg.resume_drop if n in meta["members"] and n not in hashes} - done
+    if not state_matches(meta, hashes, legacy, done | drop):  # before the models and stats
+        raise ResumeConflict(f"{state_path} " + conflict(meta, hashes, configs, done))
+    if drop:
+        say(f"train: resuming without {sorted(drop)} (train.resume_drop): their progress in the resume state "
+            "is dropped")
+    return meta, done | drop
+
+
+def kept_states(run_dir: Path, cfg: TrainConfig, hashes: dict[str, str], configs: dict[str, dict],
+                say: Callable[[str], None]) -> tuple[dict[str, dict], dict[str, str] | None]:
+    """Finished runs' states (``train.keep_state``) of the dictionaries to train -> (their metas, the hashes
+    to load them with when they continue this run, else None)."""
+    kept = {n: k for n in hashes if (k := read_meta(run_dir / "dicts" / n / KEPT))}
+    if kept and not cfg.resume:
+        say(f"train: train.resume=false: the kept states of {sorted(kept)} are not used")
+        return {}, None
+    if not kept:
+        return {}, None
+    kept_hashes, why = extension(kept, hashes, configs)
+    epoch = next(iter(kept.values()))["position"]["epoch"]
+    say(f"train: continuing the finished run kept at epoch {epoch} (train.keep_state) to epoch {cfg.epochs}"
+        if kept_hashes else f"train: the kept states of {sorted(kept)} do not continue this run ({why}); "
+        "every dictionary starts over, and the kept states are "
+        + ("replaced when it ends (stop it now to keep them)" if cfg.keep_state else
+           "removed when it ends (train.keep_state is off)"))
+    return kept, kept_hashes

@@ -47,14 +47,12 @@ from actdict.train.protocol import make, registry
 from actdict.train.resume import (
     KEPT,
     STATE,
-    ResumeConflict,
-    conflict,
-    extension,
+    kept_states,
     load_state,
-    read_meta,
+    remove_stale,
+    resume_state,
     save_state,
-    state_matches,
-    unreadable,
+    stale_state,
 )
 
 _UNHASHED = ("dicts", "device", "checkpoint_every", "resume", "resume_drop",  # no change to the result,
@@ -96,21 +94,12 @@ def store_key(store_id: dict) -> dict:
     return store_id if path is None or "://" in path else store_id | {"path": os.path.realpath(path)}
 
 
-def finished_record(path: Path) -> dict | None:
-    """The cfg.json record of the finished checkpoint in ``path`` (None: none, or not finished)."""
-    try:
-        record = json.loads((path / checkpoint.CFG).read_text())
-    except (OSError, ValueError):
-        return None
-    return record if record.get("finished") else None
-
-
 def other_split(run_dir: Path, names: set[str], split: dict) -> list[str]:
     """The finished dictionaries of ``run_dir`` outside ``names`` whose held-out chunks are not ``split``'s:
     analysis reads one split per run folder, so a run that wrote ``split`` would leave them unreadable."""
     root = run_dir / "dicts"
-    records = {p.name: finished_record(p) for p in sorted(root.iterdir()) if p.name not in names} if (
-        root.is_dir()) else {}
+    folders = [p for p in sorted(root.iterdir()) if p.name not in names] if root.is_dir() else []
+    records = {p.name: checkpoint.finished_record(p) for p in folders}
     return [n for n, r in records.items() if r and r.get("test_chunks") not in (None, split["test_chunks"])]
 
 
@@ -122,27 +111,13 @@ def identity(dc: DictConfig, cfg: TrainConfig, seed: int, store_id: dict) -> dic
 
 def replaced(path: Path, dc: DictConfig, cfg: TrainConfig, seed: int, store_id: dict) -> str | None:
     """When ``path`` holds a finished checkpoint that this run will overwrite: what differs, in words."""
-    if (old := finished_record(path)) is None:
+    if (old := checkpoint.finished_record(path)) is None:
         return None
     new = identity(dc, cfg, seed, store_id)
     was = {"dict": old.get("dict_config"), "seed": old.get("seed"),
            "store": store_key(old.get("store") or {}),
            "train": _hashed(old.get("train_config") or {})}
     return "; ".join(config_changes(was, new)[:6]) or "the split, or its weights file is missing or damaged"
-
-
-def stale_state(run_dir: Path, state_path: Path) -> bool:
-    """The resume state holds only dictionaries that have finished checkpoints of the state's own configs:
-    what a kill after the final saves, before the state's removal, leaves. Nothing in it is to resume."""
-    meta = read_meta(state_path)
-    return bool(meta) and all(is_finished(run_dir / "dicts" / n, m["config_hash"])
-                              for n, m in meta["members"].items())
-
-
-def is_finished(path: Path, *hashes: str) -> bool:
-    """``path`` holds a finished checkpoint whose config_hash is one of ``hashes``."""
-    record = finished_record(path) or {}
-    return record.get("config_hash") in hashes and checkpoint.weights_readable(path / checkpoint.WEIGHTS)
 
 
 @contextmanager
@@ -240,64 +215,6 @@ def replace_note(name: str, what: str, keep_state: bool) -> str:
             f"{what}); set run_dir, or rename the dictionary, to keep both{hint}")
 
 
-def remove_stale(state_path: Path, say: Callable[[str], None]) -> None:
-    try:
-        state_path.unlink()
-        say(f"train: removed {state_path}: a resume state whose dictionaries all finished after it (a kill "
-            "between the last checkpoint and its removal)")
-    except OSError as e:
-        say(f"train: note: {state_path} is a stale resume state (its dictionaries all finished) that cannot "
-            f"be removed ({e.strerror})")
-
-
-def resume_state(run_dir: Path, cfg: TrainConfig, hashes: dict[str, str], legacy: dict[str, str],
-                 configs: dict[str, dict], say: Callable[[str], None]) -> tuple[dict | None, set[str]]:
-    """The run folder's resume state when this run continues it -> (its meta or None, the state's members
-    to ignore: finished since, or dropped by ``train.resume_drop``); ResumeConflict when it is another
-    run's. Damaged states and kept states are named."""
-    state_path = run_dir / STATE
-    for path in [state_path, *(run_dir / "dicts" / n / KEPT for n in hashes)]:
-        if unreadable(path):
-            say(f"train: note: {path} is damaged or not a resume state (a full disk, a copy cut short?): it "
-                "is not used, and this run replaces or removes it")
-    if not cfg.resume:
-        if old := read_meta(state_path):
-            say(f"train: train.resume=false: the resume state {state_path} (step {old['position']['step']} "
-                f"of {sorted(old['members'])}) is not used, and this run's replaces it")
-        return None, set()
-    if (meta := read_meta(state_path)) is None:
-        return None, set()
-    done = {n for n, m in meta["members"].items()  # a kill between the final saves leaves finished members
-            if n not in hashes and is_finished(run_dir / "dicts" / n, m["config_hash"])}
-    drop = {n for n in cfg.resume_drop if n in meta["members"] and n not in hashes} - done
-    if not state_matches(meta, hashes, legacy, done | drop):  # before the models and stats
-        raise ResumeConflict(f"{state_path} " + conflict(meta, hashes, configs, done))
-    if drop:
-        say(f"train: resuming without {sorted(drop)} (train.resume_drop): their progress in the resume state "
-            "is dropped")
-    return meta, done | drop
-
-
-def kept_states(run_dir: Path, cfg: TrainConfig, hashes: dict[str, str], configs: dict[str, dict],
-                say: Callable[[str], None]) -> tuple[dict[str, dict], dict[str, str] | None]:
-    """Finished runs' states (``train.keep_state``) of the dictionaries to train -> (their metas, the hashes
-    to load them with when they continue this run, else None)."""
-    kept = {n: k for n in hashes if (k := read_meta(run_dir / "dicts" / n / KEPT))}
-    if kept and not cfg.resume:
-        say(f"train: train.resume=false: the kept states of {sorted(kept)} are not used")
-        return {}, None
-    if not kept:
-        return {}, None
-    kept_hashes, why = extension(kept, hashes, configs)
-    epoch = next(iter(kept.values()))["position"]["epoch"]
-    say(f"train: continuing the finished run kept at epoch {epoch} (train.keep_state) to epoch {cfg.epochs}"
-        if kept_hashes else f"train: the kept states of {sorted(kept)} do not continue this run ({why}); "
-        "every dictionary starts over, and the kept states are "
-        + ("replaced when it ends (stop it now to keep them)" if cfg.keep_state else
-           "removed when it ends (train.keep_state is off)"))
-    return kept, kept_hashes
-
-
 def member(dc: DictConfig, d: int, seed: int, norm: tuple | None, device: torch.device) -> Member:
     """A dictionary to train, built from its seed (wrapped in the normalisation when there is one)."""
     model = make(dc.variant, d, dc.k, seed=seed, **dc.params)
@@ -330,7 +247,7 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
     hashes = {dc.name: dict_hash(dc, cfg, common, store_id, split) for dc in cfg.dicts}
     legacy = {dc.name: dict_hash(dc, cfg, common, store_id, split, legacy=True) for dc in cfg.dicts}
     todo = [dc for dc in cfg.dicts
-            if not is_finished(run_dir / "dicts" / dc.name, hashes[dc.name], legacy[dc.name])]
+            if not checkpoint.is_finished(run_dir / "dicts" / dc.name, hashes[dc.name], legacy[dc.name])]
     seeds = {dc.name: common.seed if dc.seed is None else dc.seed for dc in cfg.dicts}
     for dc in cfg.dicts:
         if dc not in todo:
