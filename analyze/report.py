@@ -21,6 +21,7 @@ import plotly.graph_objects as go
 
 from actdict.analyze.report_features import write_feature_page
 from actdict.analyze.toptokens import display_strings, is_wordpiece
+from actdict.files import write_atomic
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; padding: 0 1em; }
@@ -199,5 +200,5 @@ def write_report(summary: dict, path: str | Path) -> Path:
             data = json.loads((root / rel).read_text(encoding="utf-8"))
             write_feature_page(data, name, m, summary, root / _page_name(name))
             pages[name] = _page_name(name)
-    p.write_text(render(summary, pages), encoding="utf-8")
+    write_atomic(p, render(summary, pages))
     return p

@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 
 from actdict.analyze.features import feature_hits
+from actdict.files import remove_temps, write_atomic
 
 PART = 256
 """Features per part file of a feature page."""
@@ -298,13 +299,14 @@ def write_feature_page(data: dict, name: str, model: dict, summary: dict, path: 
     path.parent.mkdir(parents=True, exist_ok=True)
     js, code = path.parent / "plotly.min.js", get_plotlyjs().encode()
     if not js.is_file() or js.read_bytes() != code:
-        js.write_bytes(code)
+        write_atomic(js, code)
     folder = path.with_name(path.stem + ".parts")
     folder.mkdir(exist_ok=True)
     for old in folder.glob("*.js"):
         old.unlink(missing_ok=True)
+    remove_temps(folder, "*.js")  # of a killed analysis
     for n, part in enumerate(page_parts(data)):  # JSON is a JS expression; ensure_ascii: no U+2028 in it
         blob = json.dumps(part, separators=(",", ":"), allow_nan=False)
-        (folder / f"{n:05d}.js").write_text(f"actdictPart({n},{blob});\n", encoding="ascii")
-    path.write_text(render_feature_page(data, name, model, summary, folder.name), encoding="utf-8")
+        write_atomic(folder / f"{n:05d}.js", f"actdictPart({n},{blob});\n", encoding="ascii")
+    write_atomic(path, render_feature_page(data, name, model, summary, folder.name))
     return path

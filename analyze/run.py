@@ -61,6 +61,7 @@ from actdict.analyze.texts import row_texts
 from actdict.analyze.toptokens import resolve_decoder
 from actdict.config import Common
 from actdict.errors import ActdictError
+from actdict.files import remove_temps, write_atomic
 from actdict.train.loop import check_device, resolve_device
 
 SUMMARY_VERSION = 2
@@ -135,6 +136,7 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
                "labels": cfg.labels or None,
                "ce": None if ce is None else {k: v for k, v in ce.items() if k != "models"}, "models": {}}
     (run_dir / "features").mkdir(exist_ok=True)
+    _remove_temps(run_dir)
     datas = {}
     for name, ev in tqdm(evals.items(), desc="features", unit="dict"):
         data, _, _ = build_features(ev.tracker, ev.fire.cpu().numpy(), n, store, cfg.context, decode,
@@ -154,7 +156,7 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
             m |= ce["models"][name]
         fires = ev.fire.cpu().numpy()
         rel = f"features/{name}.json"
-        (run_dir / rel).write_text(json.dumps(_clean(data), separators=(",", ":"), allow_nan=False))
+        write_atomic(run_dir / rel, json.dumps(_clean(data), separators=(",", ":"), allow_nan=False))
         order = sorted(range(len(fires)), key=lambda i: (-int(fires[i]), i))
         shown = [i for i in order[: cfg.n_features] if fires[i] > 0]
         m["features_file"] = rel
@@ -163,10 +165,18 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
                           "top": summary_hits(data, f)} for f in shown]
         summary["models"][name] = m
     summary = _clean(summary)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, allow_nan=False) + "\n")
+    write_atomic(run_dir / "summary.json", json.dumps(summary, indent=1, allow_nan=False) + "\n")
     write_report(summary, run_dir)
     print("\n".join(summary_lines(summary)))
     print(f"analyze: wrote {run_dir / 'summary.json'}, {run_dir / 'report.html'} and {run_dir / 'report'}/")
+
+
+def _remove_temps(run_dir: Path) -> None:
+    """The temporary files of outputs a killed analysis was writing (each output is written to one and
+    renamed, ``actdict.files.write_atomic``); the analysis lock says no other analysis is writing them."""
+    for folder, pattern in ((run_dir, "summary.json"), (run_dir, "report.html"),
+                            (run_dir / "features", "*.json"), (run_dir / "report", "*")):
+        remove_temps(folder, pattern)
 
 
 def summary_lines(summary: dict) -> list[str]:
