@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from actdict.analyze.metrics import active_mask
+from actdict.analyze.outputs import read_output
 from actdict.analyze.texts import clip
 from actdict.analyze.toptokens import display_strings
 from actdict.config import Common, common_of, load_experiment, section
@@ -118,8 +119,9 @@ def _labels_of(data: dict, n: int) -> Labels:
 
 def feature_labels(path: Path, n: int = 3) -> Labels:
     """feature -> (the ``n`` distinct tokens of its largest codes in the corpus, those of its most negative
-    codes), from an analyze features file (``analyze.features``); {} when analyze has not written it."""
-    return _labels_of(json.loads(path.read_text()), n) if path.is_file() else {}
+    codes), from an analyze features file (``analyze.features``); {} when analyze has not written it
+    (OutputError when it is damaged)."""
+    return _labels_of(read_output(path), n) if path.is_file() else {}
 
 
 def dict_labels(run_dir: Path, name: str, k: int, n: int = 3) -> tuple[Labels, str]:
@@ -131,7 +133,7 @@ def dict_labels(run_dir: Path, name: str, k: int, n: int = 3) -> tuple[Labels, s
     path = run_dir / "features" / f"{name}.json"
     if not path.is_file():
         return {}, f"no corpus labels: {path} not found (run actdict analyze)"
-    data = json.loads(path.read_text())
+    data = read_output(path)
     have, want = data.get("config_hash"), trained_records(run_dir, [name]).get(name, {}).get("config_hash")
     if data.get("k") != k or (have and want and have != want):
         return {}, (f"no corpus labels: {path} was computed from another training of {name} "

@@ -12,13 +12,13 @@ Every string that comes from the corpus or the user (tokens, model names, paths)
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import plotly.graph_objects as go
 
+from actdict.analyze.outputs import read_output
 from actdict.analyze.report_features import write_feature_page
 from actdict.analyze.toptokens import display_strings, is_wordpiece
 from actdict.files import write_atomic
@@ -197,7 +197,7 @@ def write_report(summary: dict, path: str | Path) -> Path:
     for name, m in summary.get("models", {}).items():
         rel = m.get("features_file")
         if rel and (root / rel).is_file():
-            data = json.loads((root / rel).read_text(encoding="utf-8"))
+            data = read_output(root / rel)
             write_feature_page(data, name, m, summary, root / _page_name(name))
             pages[name] = _page_name(name)
     write_atomic(p, render(summary, pages))

@@ -69,3 +69,30 @@ def test_a_write_killed_before_its_rename_leaves_the_previous_file(tmp_path, mon
     assert p.read_text() == '{"old": 1}\n' and os.listdir(tmp_path) == ["summary.json"]
     monkeypatch.undo()
     assert write_atomic(p, b"\xe2\x80\xa6").read_text(encoding="utf-8") == "\u2026"  # bytes as they are
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "not utf-8", "a list"])
+def test_a_damaged_features_file_is_one_clear_error(tmp_path, monkeypatch, damage):
+    """The lens's readers of features/<name>.json and the report's give an ActdictError (the command line's
+    one line) naming the file and saying to rerun analyze, not a JSONDecodeError."""
+    from actdict.analyze.lens import dict_labels, feature_labels
+    from actdict.analyze.outputs import OutputError
+    from actdict.analyze.report import write_report
+    from actdict.errors import ActdictError
+
+    run_dir = _run_dir(tmp_path, monkeypatch)
+    run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(device="cpu", n_features=2, top_k=2, context=1))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    path = run_dir / "features" / "sae.json"
+    assert set(feature_labels(path)) == set(range(8))  # intact: every feature labelled
+    blob = path.read_bytes()
+    path.write_bytes({"truncated": blob[: len(blob) // 2], "empty": b"", "not utf-8": b'{"k": "\xff"}',
+                      "a list": b"[8]"}[damage])
+    for read in (lambda: feature_labels(path), lambda: dict_labels(run_dir, "sae", 8),
+                 lambda: write_report(summary, run_dir)):
+        with pytest.raises(OutputError) as e:
+            read()
+        assert isinstance(e.value, ActdictError)
+        said = str(e.value)
+        assert said.startswith(f"{path} is ") and said.endswith("rerun `actdict analyze` to rewrite it")
+        assert ("truncated or corrupt (not valid JSON: " in said) == (damage != "a list")

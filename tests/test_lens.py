@@ -2,6 +2,7 @@
 token's features are exactly its active latents (the ones AD / L0 count), largest |code| first."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -176,6 +177,29 @@ def test_labels_of_another_training_are_not_used(run, tmp_path, capsys):
     assert main([str(cfg_path), text, "--json", str(tmp_path / "ok.json")]) == 0
     ok = json.loads((tmp_path / "ok.json").read_text())["dicts"]
     assert all(r["labels_note"] == "" for r in ok.values())
+
+
+def test_a_damaged_features_file_is_one_line_saying_to_rerun_analyze(run, tmp_path, capsys):
+    """A truncated features file (an analysis killed while writing it) stops the lens with one line naming
+    the file and the fix, not a JSONDecodeError traceback; summary.json, which the lens does not read, may be
+    damaged without harm."""
+    import shutil
+
+    cfg_path, run_dir = run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    (copy / "summary.json").write_text('{"version": 2, "mod')
+    over = ["--set", f"run_dir={copy}"]
+    assert main([str(cfg_path), "The ferry.", *over]) == 0
+    capsys.readouterr()
+    path = copy / "features" / "vaease.json"
+    path.write_bytes(path.read_bytes()[:1000])
+    assert main([str(cfg_path), "The ferry.", *over]) == 2
+    err = capsys.readouterr().err
+    said = rf"actdict lens: OutputError: {re.escape(str(path))} is truncated or corrupt \(not valid JSON: "
+    line = err.split("\n")[-2]  # the last line; the model's load draws progress bars before it
+    assert re.fullmatch(said + r"\w.* \(char 1000\)\): rerun `actdict analyze` to rewrite it", line), err
+    assert err.endswith(line + "\n") and "Traceback" not in err
 
 
 @pytest.fixture(scope="module")
