@@ -156,7 +156,7 @@ _NO_MODEL = ("the store holds vectors brought from elsewhere, and there is no mo
 def lens(common: Common, cfg, text: str, names: list[str], top: int = 5, hook: str | None = None) -> dict:
     """The lens of ``text`` for the dictionaries ``names`` (all in ``<run_dir>/dicts`` when empty), as a
     JSON-ready dict: hook, tokens, and per dictionary and token the active count and top features."""
-    from actdict.analyze.run import load_models, trained_hook, trained_records
+    from actdict.analyze.run import load_models, skipped_notes, trained_hook, trained_records
     from actdict.harvest.models import load_model, resolve_device
     from actdict.harvest.store import open_store
 
@@ -165,6 +165,8 @@ def lens(common: Common, cfg, text: str, names: list[str], top: int = 5, hook: s
     if top < 1:
         raise LensError(f"--top must be >= 1, got {top}")
     run_dir = Path(common.run_dir)
+    for note in skipped_notes(run_dir, names):  # on stderr: stdout is the lens
+        print(f"actdict lens: note: {note}", file=sys.stderr)
     trained = trained_hook(trained_records(run_dir, names))
     if hook and trained and hook != trained:
         raise LensError(f"--hook {hook}: the dictionaries were trained on {trained}")

@@ -93,6 +93,8 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
 
     run_dir = Path(common.run_dir)
     device = resolve_device(cfg.device)
+    for note in skipped_notes(run_dir, cfg.dicts):
+        print(f"analyze: note: {note}")
     records = trained_records(run_dir, cfg.dicts)  # each dictionary's cfg.json
     store = open_store(common.store_path, trained_hook(records))
     test_chunks = read_test_chunks(run_dir)
@@ -246,10 +248,43 @@ def read_test_chunks(run_dir: Path) -> list[int]:
     return [int(c) for c in chunks]
 
 
+def not_a_dictionary(folder: Path) -> str | None:
+    """Why the folder ``folder`` of ``<run_dir>/dicts`` holds no dictionary to load, in words; None when it
+    holds a finished checkpoint (training writes the weights, then cfg.json)."""
+    from actdict.train import checkpoint, export
+
+    if (folder / checkpoint.CFG).is_file() and (folder / checkpoint.WEIGHTS).is_file():
+        return None
+    if (folder / export.WEIGHTS).is_file():
+        return (f"holds a SAELens export ({export.WEIGHTS} + {export.CFG}, made by actdict export), not a "
+                "checkpoint of this run: it does not belong in dicts/; export into a folder outside it")
+    if not (folder / checkpoint.CFG).is_file():
+        return (f"has no finished checkpoint (no {checkpoint.CFG}: its training stopped before its first "
+                "save); rerun actdict train to finish it, or remove the folder")
+    return f"has a {checkpoint.CFG} but no {checkpoint.WEIGHTS}: not a finished checkpoint"
+
+
+def dict_folders(root: Path) -> tuple[list[str], dict[str, str]]:
+    """(the names of the dictionaries in ``root``, ``<run_dir>/dicts``: its folders holding a finished
+    checkpoint, sorted; every other folder's name -> why it is not one, ``not_a_dictionary``). Hidden
+    folders are nobody's dictionary and left out of both."""
+    if not root.is_dir():
+        return [], {}
+    why = {p.name: not_a_dictionary(p) for p in sorted(root.iterdir()) if p.is_dir() and p.name[0] != "."}
+    return [n for n, w in why.items() if w is None], {n: w for n, w in why.items() if w is not None}
+
+
+def skipped_notes(run_dir: Path, names: list[str]) -> list[str]:
+    """One line per folder of ``<run_dir>/dicts`` that is not a dictionary, naming it and saying why, when
+    every dictionary is read (``names`` empty): said, not skipped in silence."""
+    root = run_dir / "dicts"
+    return [] if names else [f"skipped {root / n}: it {why}" for n, why in dict_folders(root)[1].items()]
+
+
 def trained_records(run_dir: Path, names: list[str]) -> dict[str, dict]:
     """name -> cfg.json of the dictionaries ``names`` (all in ``<run_dir>/dicts`` when empty) found there."""
     root = run_dir / "dicts"
-    paths = [root / n / "cfg.json" for n in names] if names else sorted(root.glob("*/cfg.json"))
+    paths = [root / n / "cfg.json" for n in names or dict_folders(root)[0]]
     return {p.parent.name: json.loads(p.read_text()) for p in paths if p.is_file()}
 
 
@@ -275,7 +310,9 @@ def load_models(run_dir: Path, names: list[str], d: int) -> dict:
     from actdict.train.checkpoint import load
 
     root = run_dir / "dicts"
-    found = sorted(p.name for p in root.iterdir() if (p / "cfg.json").is_file()) if root.is_dir() else []
+    found, skipped = dict_folders(root)
+    if named := [n for n in names if n in skipped]:
+        raise AnalyzeError("; ".join(f"dictionary folder {root / n} {skipped[n]}" for n in named))
     missing = [n for n in names if n not in found]
     if missing or not found:
         raise AnalyzeError(f"dictionaries {missing or '(any)'} not found in {root}; available: {found}")

@@ -96,3 +96,34 @@ def test_a_damaged_features_file_is_one_clear_error(tmp_path, monkeypatch, damag
         said = str(e.value)
         assert said.startswith(f"{path} is ") and said.endswith("rerun `actdict analyze` to rewrite it")
         assert ("truncated or corrupt (not valid JSON: " in said) == (damage != "a list")
+
+
+def test_folders_in_dicts_that_hold_no_dictionary_are_named_and_skipped(tmp_path, monkeypatch, capsys):
+    """A folder of dicts/ whose training was killed before its first save (weights, no cfg.json) and a
+    SAELens export put there (cfg.json + sae_weights.safetensors) are each named in one note and skipped,
+    the dictionaries beside them analysed; named in analyze.dicts, they are refused, saying what they are."""
+    import shutil
+
+    from actdict.train.export import export_saelens
+
+    run_dir = _run_dir(tmp_path, monkeypatch)
+    dicts = run_dir / "dicts"
+    (dicts / "half").mkdir()
+    shutil.copy(dicts / "sae" / "model.safetensors", dicts / "half")
+    export_saelens(dicts / "sae", dicts / "sae_saelens")
+    (dicts / ".trash").mkdir()  # hidden: nobody's dictionary, not worth a note
+    run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(device="cpu", n_features=2, top_k=2, context=1))
+    notes = [line for line in capsys.readouterr().out.splitlines() if "note:" in line]
+    assert notes == [
+        f"analyze: note: skipped {dicts / 'half'}: it has no finished checkpoint (no cfg.json: its training "
+        "stopped before its first save); rerun actdict train to finish it, or remove the folder",
+        f"analyze: note: skipped {dicts / 'sae_saelens'}: it holds a SAELens export (sae_weights.safetensors "
+        "+ cfg.json, made by actdict export), not a checkpoint of this run: it does not belong in dicts/; "
+        "export into a folder outside it"]
+    assert list(json.loads((run_dir / "summary.json").read_text())["models"]) == ["sae"]
+    with pytest.raises(run.AnalyzeError, match=r"dicts/sae_saelens holds a SAELens export \(sae_weights"):
+        run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(device="cpu", dicts=["sae", "sae_saelens"]))
+    with pytest.raises(run.AnalyzeError, match=r"dicts/half has no finished checkpoint"):
+        run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(device="cpu", dicts=["half"]))
+    run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(device="cpu", dicts=["sae"]))  # named: no notes
+    assert "note:" not in capsys.readouterr().out

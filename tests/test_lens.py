@@ -202,6 +202,33 @@ def test_a_damaged_features_file_is_one_line_saying_to_rerun_analyze(run, tmp_pa
     assert err.endswith(line + "\n") and "Traceback" not in err
 
 
+def test_folders_in_dicts_that_hold_no_dictionary_are_named(run, tmp_path, capsys):
+    """A dicts/ folder with no finished checkpoint and a SAELens export put in dicts/ are each named in a note
+    on stderr (stdout is the lens) and skipped; the lens reads the dictionaries beside them."""
+    import shutil
+
+    from actdict.train.export import export_saelens
+
+    cfg_path, run_dir = run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    (copy / "dicts" / "half").mkdir()
+    export_saelens(copy / "dicts" / "sae", copy / "dicts" / "sae_export")
+    res = tmp_path / "l.json"
+    assert main([str(cfg_path), "The ferry.", "--set", f"run_dir={copy}", "--json", str(res)]) == 0
+    assert list(json.loads(res.read_text())["dicts"]) == ["sae", "vaease"]
+    out, err = capsys.readouterr()
+    notes = [line for line in err.split("\n") if "note:" in line]
+    dicts = copy / "dicts"
+    assert notes == [f"actdict lens: note: skipped {dicts / 'half'}: it has no finished checkpoint (no "
+                     "cfg.json: its training stopped before its first save); rerun actdict train to finish "
+                     "it, or remove the folder",
+                     f"actdict lens: note: skipped {dicts / 'sae_export'}: it holds a SAELens export "
+                     "(sae_weights.safetensors + cfg.json, made by actdict export), not a checkpoint of this "
+                     "run: it does not belong in dicts/; export into a folder outside it"]
+    assert "note:" not in out
+
+
 @pytest.fixture(scope="module")
 def embedded_run(tmp_path_factory):
     """A whole tiny run on paragraph embeddings (harvest.mode: embeddings): (config path, run dir, docs)."""
