@@ -35,10 +35,10 @@ table.overview { border-collapse: collapse; font-variant-numeric: tabular-nums; 
 .hl { background: #ffd54f; font-weight: bold; } .dim { color: #555; } .note { color: #666; font-size: 90%; }
 .txt { font-family: system-ui, sans-serif; } .where { color: #888; font-size: 85%; margin-left: 1em; }
 """
-_COLUMNS = [  # (summary key, header, tooltip)
+_COLUMNS = [  # (summary key, header, tooltip); in the order of the table analyze prints (run.summary_lines)
     ("variant", "variant", ""), ("k", "k", "latents"),
-    ("re_sample", "RE (1 sample)", "paper protocol: one stochastic forward of the first test batch"),
     ("re_det", "RE (det.)", "deterministic path, whole test set: mean per-row sum of squared error"),
+    ("re_sample", "RE (1 sample)", "paper protocol: one stochastic forward of the first test batch"),
     ("ad", "AD", "mean active dimensions per row (Otsu split of the activity)"),
     ("l0", "L0", "mean non-zero codes per row"), ("ev", "EV", "explained variance = 1 - FVU"),
     ("cos", "cos", "mean cosine similarity of x and x_hat"),

@@ -66,6 +66,22 @@ def test_names_and_numbers_present(tmp_path):
     assert "L0 counts exact nonzero codes, which a VAE's never are: a VAE's sparsity is its AD." in page
 
 
+def test_overview_columns_in_the_order_analyze_prints_them():
+    """The report's table has RE det. before RE of one sample, then AD, L0, EV and dead, as the table analyze
+    prints at its end (summary_lines); it had the two REs the other way round."""
+    import re
+
+    from actdict.analyze.run import summary_lines
+
+    page = render(_summary())
+    heads = re.findall(r'<th title="[^"]*">([^<]*)</th>', page)
+    assert heads[2:6] == ["RE (det.)", "RE (1 sample)", "AD", "L0"]
+    assert heads.index("L0") < heads.index("EV") < heads.index("dead")
+    assert "<tr><td>sae_alpha</td><td>sae_l1</td><td>64</td><td>11</td><td>12.35</td><td>7.5</td>" in page
+    printed = summary_lines(_summary() | {"ce": None, "d": 4})[1].split()
+    assert printed == ["model", "RE", "det", "RE", "1-sample", "AD", "L0", "EV", "dead"]
+
+
 def test_self_contained_file(tmp_path):
     path = write_report(_summary(), tmp_path / "report.html")
     page = path.read_text(encoding="utf-8")
