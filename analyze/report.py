@@ -88,7 +88,8 @@ def _figures(models: dict[str, dict]) -> list[go.Figure]:
     ticks = _kept_ticks(kmax)
     curve = go.Figure(layout=lay | {"title": "RE vs latents kept per row (paper Fig. 4)",
                                     "xaxis_title": "latents kept per row (log scale; 0 drawn at 0.5)",
-                                    "yaxis_title": "RE (mean per-row sum of squared errors)",
+                                    "yaxis_title": "RE (mean per-row sum of squared errors, log scale)",
+                                    "yaxis": {"type": "log"},  # one diverged model would flatten the others
                                     "xaxis": {"type": "log", "tickvals": [t for t, _ in ticks],
                                               "ticktext": [s for _, s in ticks]}})
     figs = [ad, dens, curve]
@@ -100,8 +101,8 @@ def _figures(models: dict[str, dict]) -> list[go.Figure]:
         dens.add_bar(x=mids, y=d["counts"], name=f"{esc(name)} (dead: {_num(d.get('dead'))})", opacity=0.6)
         c = m.get("masked_curve")
         if c:  # kept = 0 cannot sit on a log axis: it is shown at 0.5
-            curve.add_scatter(x=[k if k > 0 else 0.5 for k in c["kept"]], y=c["re"], mode="lines+markers",
-                              name=esc(name))
+            curve.add_scatter(x=[k if k > 0 else 0.5 for k in c["kept"]], y=_log_values(c["re"]),
+                              mode="lines+markers", name=esc(name))
     if any(m.get("ad_class") for m in models.values()):
         cls = go.Figure(layout=lay | {"title": "AD per class (bars: mean per row; markers: split of the "
                                       "class-mean activity)", "xaxis_title": "class", "yaxis_title": "AD"})
@@ -113,6 +114,12 @@ def _figures(models: dict[str, dict]) -> list[go.Figure]:
                             name=f"{esc(name)} (of mean)")
         figs.append(cls)
     return figs
+
+
+def _log_values(values: list) -> list:
+    """``values`` for a log axis: an RE of exactly 0 (a perfect reconstruction) or null has no place on it and
+    is left out of the line (None), rather than left to the plotting library."""
+    return [v if v is not None and v > 0 else None for v in values]
 
 
 def _kept_ticks(k: int) -> list[tuple[float, str]]:

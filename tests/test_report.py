@@ -235,6 +235,22 @@ def test_masked_curve_axis_labels_zero_kept():
     assert [t for _, t in _kept_ticks(250)][-2:] == ["100", "250"]  # 200 would overlap 250
 
 
+def test_masked_curve_re_on_a_log_axis():
+    """The masked curve's RE axis is logarithmic, so a diverged dictionary (RE in the thousands) does not
+    flatten the others' curves; an RE of 0 or null, which a log axis cannot show, is left out of the line."""
+    from actdict.analyze.report import _figures
+
+    s = _summary()
+    s["models"]["sae_alpha"]["masked_curve"] = {"kept": [0, 1, 2, 8], "re": [5000.0, 3000, 0.0, None],
+                                                "rows": 8, "sample": True}
+    s["models"]["vaease_beta"]["masked_curve"] = {"kept": [0, 1, 2, 8], "re": [9.0, 4.5, 2.0, 0.5],
+                                                  "rows": 8, "sample": True}
+    curve = _figures(s["models"])[2]
+    assert curve.layout.yaxis.type == "log" and "log scale" in curve.layout.yaxis.title.text
+    assert list(curve.data[0].y) == [5000, 3000, None, None] and list(curve.data[1].y) == [9, 4.5, 2, 0.5]
+    assert _figures(s["models"])[0].layout.yaxis.type is None  # the histograms keep their linear axes
+
+
 def test_summary_lines_print_null_numbers_as_na():
     """A number summary.json holds as null (EV of a single test row: its variance is 0; CE recovered when the
     zero ablation costs nothing) is printed as n/a in its column; it used to stop analyze with a TypeError
