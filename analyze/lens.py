@@ -3,9 +3,10 @@
 The text takes the harvest's own path (the config's model, tokenizer, ``ctx``, forward ``dtype`` and special
 tokens; per-document windows, so the text is read on its own), and the rows the harvest would store for it
 are encoded by each dictionary of ``<run_dir>/dicts``. A token's features are its active latents, the same
-ones AD and L0 count (SAEs: nonzero codes; VAE / VAEase: the per-sample Otsu split of the posterior log
-variance), listed by |code|. Where ``actdict analyze`` has written ``<run_dir>/features/<name>.json``, each
-feature is labelled with the tokens it fires on most in the corpus (its top contexts).
+ones AD counts (SAEs: its nonzero codes, the ones L0 counts, when at least one code is exactly zero; VAE /
+VAEase: the per-sample Otsu split of the posterior log variance), listed by |code|. Where ``actdict
+analyze`` has written ``<run_dir>/features/<name>.json``, each feature is labelled with the tokens it fires
+on most in the corpus (its top contexts).
 
 With ``harvest.mode: embeddings`` the text is embedded as the harvest embedded its documents (the same
 sentence-transformers model, prompt and truncation; one row for the text, or one per paragraph with

@@ -34,7 +34,8 @@ summary.json (version 2 = version 1 plus keys; floats rounded to 6 significant d
                                "text": str}]}]}}}  # text: embeddings stores only (analyze.texts)
 
 "Active" (for AD, dead/dense latents, density, the sampled contexts) is the per-row Otsu active mask of
-``Forward.activity`` on the model's ``active_side``; for SAEs with exact zeros this is ``codes != 0``.
+``Forward.activity`` on the model's ``active_side``; for an SAE this is ``codes != 0`` on every row with at
+least one exact zero (a row whose k codes are all nonzero is split among them: ``analyze.metrics``).
 The masked-dimensions curve (paper Fig. 4, official code's protocol) takes the first ``mask_curve_rows``
 test rows, one forward (stochastic when ``mask_curve_sample``: VAE models decode a sample), keeps per row
 the m most active latents (by activity: smallest log variance / largest |z|) of the decoder input
