@@ -3,9 +3,10 @@
 The text takes the harvest's own path (the config's model, tokenizer, ``ctx``, forward ``dtype`` and special
 tokens; per-document windows, so the text is read on its own), and the rows the harvest would store for it
 are encoded by each dictionary of ``<run_dir>/dicts``. A token's features are its active latents, the same
-ones AD and L0 count (SAEs: nonzero codes; VAE / VAEase: the per-sample Otsu split of the posterior log
-variance), listed by |code|. Where ``actdict analyze`` has written ``<run_dir>/features/<name>.json``, each
-feature is labelled with the tokens it fires on most in the corpus (its top contexts).
+ones AD counts (SAEs: its nonzero codes, the ones L0 counts, when at least one code is exactly zero; VAE /
+VAEase: the per-sample Otsu split of the posterior log variance), listed by |code|. Where ``actdict
+analyze`` has written ``<run_dir>/features/<name>.json``, each feature is labelled with the tokens it fires
+on most in the corpus (its top contexts).
 
 With ``harvest.mode: embeddings`` the text is embedded as the harvest embedded its documents (the same
 sentence-transformers model, prompt and truncation; one row for the text, or one per paragraph with
@@ -28,6 +29,7 @@ import torch
 from torch import Tensor
 
 from actdict.analyze.metrics import active_mask
+from actdict.analyze.outputs import read_output
 from actdict.analyze.texts import clip
 from actdict.analyze.toptokens import display_strings
 from actdict.config import Common, common_of, load_experiment, section
@@ -118,8 +120,9 @@ def _labels_of(data: dict, n: int) -> Labels:
 
 def feature_labels(path: Path, n: int = 3) -> Labels:
     """feature -> (the ``n`` distinct tokens of its largest codes in the corpus, those of its most negative
-    codes), from an analyze features file (``analyze.features``); {} when analyze has not written it."""
-    return _labels_of(json.loads(path.read_text()), n) if path.is_file() else {}
+    codes), from an analyze features file (``analyze.features``); {} when analyze has not written it
+    (OutputError when it is damaged)."""
+    return _labels_of(read_output(path), n) if path.is_file() else {}
 
 
 def dict_labels(run_dir: Path, name: str, k: int, n: int = 3) -> tuple[Labels, str]:
@@ -131,7 +134,7 @@ def dict_labels(run_dir: Path, name: str, k: int, n: int = 3) -> tuple[Labels, s
     path = run_dir / "features" / f"{name}.json"
     if not path.is_file():
         return {}, f"no corpus labels: {path} not found (run actdict analyze)"
-    data = json.loads(path.read_text())
+    data = read_output(path)
     have, want = data.get("config_hash"), trained_records(run_dir, [name]).get(name, {}).get("config_hash")
     if data.get("k") != k or (have and want and have != want):
         return {}, (f"no corpus labels: {path} was computed from another training of {name} "
@@ -154,7 +157,7 @@ _NO_MODEL = ("the store holds vectors brought from elsewhere, and there is no mo
 def lens(common: Common, cfg, text: str, names: list[str], top: int = 5, hook: str | None = None) -> dict:
     """The lens of ``text`` for the dictionaries ``names`` (all in ``<run_dir>/dicts`` when empty), as a
     JSON-ready dict: hook, tokens, and per dictionary and token the active count and top features."""
-    from actdict.analyze.run import load_models, trained_hook, trained_records
+    from actdict.analyze.run import load_models, skipped_notes, trained_hook, trained_records
     from actdict.harvest.models import load_model, resolve_device
     from actdict.harvest.store import open_store
 
@@ -163,6 +166,8 @@ def lens(common: Common, cfg, text: str, names: list[str], top: int = 5, hook: s
     if top < 1:
         raise LensError(f"--top must be >= 1, got {top}")
     run_dir = Path(common.run_dir)
+    for note in skipped_notes(run_dir, names):  # on stderr: stdout is the lens
+        print(f"actdict lens: note: {note}", file=sys.stderr)
     trained = trained_hook(trained_records(run_dir, names))
     if hook and trained and hook != trained:
         raise LensError(f"--hook {hook}: the dictionaries were trained on {trained}")

@@ -14,7 +14,10 @@ the low group as active, SAE models (activity = log|z|) the high group.
 
 Conventions beyond the paper (no NaN ever comes out):
 * ``-inf`` values (log|z| of exact zeros) form exactly the low group of their row: this is the limit
-  of replacing -inf by -M, M -> inf. So for an SAE with exact zeros, AD == L0.
+  of replacing -inf by -M, M -> inf. So for an SAE, a row with at least one exact zero has AD == its L0
+  (its active latents are its nonzero codes), but a row whose k codes are all nonzero has no -inf and is
+  split among its nonzero values like any row (AD < L0 = k): an SAE's AD is at most its L0, equal when
+  every row has an exact zero.
 * A degenerate row (all values equal, or k == 1) has no split: everything is in the low group
   (threshold = the common value): AD = k for side "low", 0 for side "high". An all-zero SAE code
   (all -inf) is such a row: AD = 0 = L0.

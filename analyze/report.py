@@ -12,15 +12,16 @@ Every string that comes from the corpus or the user (tokens, model names, paths)
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import plotly.graph_objects as go
 
+from actdict.analyze.outputs import read_output
 from actdict.analyze.report_features import write_feature_page
 from actdict.analyze.toptokens import display_strings, is_wordpiece
+from actdict.files import write_atomic
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; padding: 0 1em; }
@@ -34,10 +35,10 @@ table.overview { border-collapse: collapse; font-variant-numeric: tabular-nums; 
 .hl { background: #ffd54f; font-weight: bold; } .dim { color: #555; } .note { color: #666; font-size: 90%; }
 .txt { font-family: system-ui, sans-serif; } .where { color: #888; font-size: 85%; margin-left: 1em; }
 """
-_COLUMNS = [  # (summary key, header, tooltip)
+_COLUMNS = [  # (summary key, header, tooltip); in the order of the table analyze prints (run.summary_lines)
     ("variant", "variant", ""), ("k", "k", "latents"),
-    ("re_sample", "RE (1 sample)", "paper protocol: one stochastic forward of the first test batch"),
     ("re_det", "RE (det.)", "deterministic path, whole test set: mean per-row sum of squared error"),
+    ("re_sample", "RE (1 sample)", "paper protocol: one stochastic forward of the first test batch"),
     ("ad", "AD", "mean active dimensions per row (Otsu split of the activity)"),
     ("l0", "L0", "mean non-zero codes per row"), ("ev", "EV", "explained variance = 1 - FVU"),
     ("cos", "cos", "mean cosine similarity of x and x_hat"),
@@ -87,7 +88,8 @@ def _figures(models: dict[str, dict]) -> list[go.Figure]:
     ticks = _kept_ticks(kmax)
     curve = go.Figure(layout=lay | {"title": "RE vs latents kept per row (paper Fig. 4)",
                                     "xaxis_title": "latents kept per row (log scale; 0 drawn at 0.5)",
-                                    "yaxis_title": "RE (mean per-row sum of squared errors)",
+                                    "yaxis_title": "RE (mean per-row sum of squared errors, log scale)",
+                                    "yaxis": {"type": "log"},  # one diverged model would flatten the others
                                     "xaxis": {"type": "log", "tickvals": [t for t, _ in ticks],
                                               "ticktext": [s for _, s in ticks]}})
     figs = [ad, dens, curve]
@@ -99,8 +101,8 @@ def _figures(models: dict[str, dict]) -> list[go.Figure]:
         dens.add_bar(x=mids, y=d["counts"], name=f"{esc(name)} (dead: {_num(d.get('dead'))})", opacity=0.6)
         c = m.get("masked_curve")
         if c:  # kept = 0 cannot sit on a log axis: it is shown at 0.5
-            curve.add_scatter(x=[k if k > 0 else 0.5 for k in c["kept"]], y=c["re"], mode="lines+markers",
-                              name=esc(name))
+            curve.add_scatter(x=[k if k > 0 else 0.5 for k in c["kept"]], y=_log_values(c["re"]),
+                              mode="lines+markers", name=esc(name))
     if any(m.get("ad_class") for m in models.values()):
         cls = go.Figure(layout=lay | {"title": "AD per class (bars: mean per row; markers: split of the "
                                       "class-mean activity)", "xaxis_title": "class", "yaxis_title": "AD"})
@@ -112,6 +114,12 @@ def _figures(models: dict[str, dict]) -> list[go.Figure]:
                             name=f"{esc(name)} (of mean)")
         figs.append(cls)
     return figs
+
+
+def _log_values(values: list) -> list:
+    """``values`` for a log axis: an RE of exactly 0 (a perfect reconstruction) or null has no place on it and
+    is left out of the line (None), rather than left to the plotting library."""
+    return [v if v is not None and v > 0 else None for v in values]
 
 
 def _kept_ticks(k: int) -> list[tuple[float, str]]:
@@ -196,8 +204,8 @@ def write_report(summary: dict, path: str | Path) -> Path:
     for name, m in summary.get("models", {}).items():
         rel = m.get("features_file")
         if rel and (root / rel).is_file():
-            data = json.loads((root / rel).read_text(encoding="utf-8"))
+            data = read_output(root / rel)
             write_feature_page(data, name, m, summary, root / _page_name(name))
             pages[name] = _page_name(name)
-    p.write_text(render(summary, pages), encoding="utf-8")
+    write_atomic(p, render(summary, pages))
     return p

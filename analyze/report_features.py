@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 
 from actdict.analyze.features import feature_hits
+from actdict.files import remove_temps, write_atomic
 
 PART = 256
 """Features per part file of a feature page."""
@@ -47,6 +48,7 @@ _JS = r"""
 const D = JSON.parse(document.getElementById('feature-data').textContent);
 const META = JSON.parse(document.getElementById('page-meta').textContent);
 const TOK = D.tokens, LABT = D.label_texts || {}, F = D.features, EDGES = D.hist_edges, PAGE = 200;
+const LABELS = D.has_tokens || D.has_texts;  // a store of vectors (token ids -1, no texts): nothing to list
 const TEXTS = {}, PARTS = {}, WAITING = {};  // texts of the rows of the parts loaded so far; parts by number
 let shown = PAGE, current = null;
 window.actdictPart = (n, data) => { if (WAITING[n]) WAITING[n](data); };
@@ -127,7 +129,7 @@ function renderList() {
   tb.replaceChildren();
   const hd = el('tr');
   for (const h of ['feature', 'density', 'max']) hd.appendChild(el('th', '', h));
-  hd.appendChild(el('th', 'lab', 'top tokens'));
+  if (LABELS) hd.appendChild(el('th', 'lab', 'top tokens'));
   tb.appendChild(hd);
   const fs = sorted();
   for (const f of fs.slice(0, shown)) {
@@ -136,7 +138,7 @@ function renderList() {
     tr.appendChild(el('td', '', '#' + f.i));
     tr.appendChild(el('td', '', fmt(f.density)));
     tr.appendChild(el('td', '', fmt(f.max)));
-    tr.appendChild(el('td', 'lab', topTokens(f).slice(0, 3).join(', ')));
+    if (LABELS) tr.appendChild(el('td', 'lab', topTokens(f).slice(0, 3).join(', ')));
     tr.onclick = () => { location.hash = 'f=' + f.i; };
     tb.appendChild(tr);
   }
@@ -199,7 +201,9 @@ async function renderFeature(i) {
   p.appendChild(section('Top activations', f.top, false,
     !f.top.length ? 'no positive activation on the test rows'
       : D.has_texts ? 'the text each row embeds (doc: its document, pos: its paragraph in the harvest)'
-      : 'highlighted: the token of the row; up to ' + D.window + ' tokens of context each side'));
+      : !D.has_tokens ? undefined  // vectors: each row by its doc and pos, no token to highlight
+      : 'highlighted: the token of the row' + (D.window > 0 ? '; up to ' + D.window +
+                                                ' tokens of context each side' : '')));
   if (f.bottom.length && -f.min >= 0.1 * Math.abs(f.max || 0)) {
     p.appendChild(section('Most negative activations', f.bottom, true));
   } else if (f.bottom.length) {
@@ -218,6 +222,7 @@ function route() {
 document.getElementById('sort').onchange = () => { shown = PAGE; renderList(); };
 document.getElementById('mind').oninput = () => { shown = PAGE; renderList(); };
 document.getElementById('q').oninput = () => { shown = PAGE; renderList(); };
+document.getElementById('qbox').hidden = !LABELS;  // no top tokens to search
 document.getElementById('more').onclick = () => { shown += PAGE; renderList(); };
 document.getElementById('go').onchange = e => { location.hash = 'f=' + e.target.value; };
 window.addEventListener('hashchange', route);
@@ -242,13 +247,16 @@ def _stats(m: dict) -> str:
 def page_index(data: dict, label_chars: int = 24) -> dict:
     """What the page embeds of the features file ``data``: everything but the features' details, and per
     feature its counts and ``tops``, the (row, token id) of each top hit (the list's labels); for embedded
-    rows ``label_texts``, the start of the texts of those rows, and ``has_texts``."""
+    rows ``label_texts``, the start of the texts of those rows, and ``has_texts``; ``has_tokens``: whether the
+    store has tokens (a store of vectors, imported or embedded, has token id -1 on every row): without tokens
+    or texts the page lists no top tokens and speaks of no token context."""
     texts = data.get("texts") or {}
     feats = [{"i": f["i"], "fires": f["fires"], "density": f["density"], "max": f["max"], "min": f["min"],
               "tops": [[hit[1], hit[4][hit[5]]] for hit in f["top"]]} for f in data["features"]]
     rows = {str(row) for f in feats for row, _ in f["tops"]}
     return {k: v for k, v in data.items() if k not in ("features", "texts")} | {
         "part": PART, "features": feats, "has_texts": bool(texts),
+        "has_tokens": any(int(i) >= 0 for i in data.get("tokens", {})),
         "label_texts": {r: texts[r][:label_chars] for r in sorted(rows) if r in texts}}
 
 
@@ -277,7 +285,7 @@ def render_feature_page(data: dict, name: str, model: dict, summary: dict, parts
   style="width:6em"></div>
  <div>sort <select id="sort"><option value="fires">most active</option><option value="max">max activation
  </option><option value="index">index</option><option value="density">least active</option></select></div>
- <div>top token <input id="q" type="search" placeholder="e.g. computer" style="width:10em"></div>
+ <div id="qbox">top token <input id="q" type="search" placeholder="e.g. computer" style="width:10em"></div>
  <div>min density <input id="mind" type="number" step="any" value="0" style="width:6em">
  <span id="count" class="note"></span></div>
  <table id="list"></table><button id="more">more</button>
@@ -298,13 +306,14 @@ def write_feature_page(data: dict, name: str, model: dict, summary: dict, path: 
     path.parent.mkdir(parents=True, exist_ok=True)
     js, code = path.parent / "plotly.min.js", get_plotlyjs().encode()
     if not js.is_file() or js.read_bytes() != code:
-        js.write_bytes(code)
+        write_atomic(js, code)
     folder = path.with_name(path.stem + ".parts")
     folder.mkdir(exist_ok=True)
     for old in folder.glob("*.js"):
         old.unlink(missing_ok=True)
+    remove_temps(folder, "*.js")  # of a killed analysis
     for n, part in enumerate(page_parts(data)):  # JSON is a JS expression; ensure_ascii: no U+2028 in it
         blob = json.dumps(part, separators=(",", ":"), allow_nan=False)
-        (folder / f"{n:05d}.js").write_text(f"actdictPart({n},{blob});\n", encoding="ascii")
-    path.write_text(render_feature_page(data, name, model, summary, folder.name), encoding="utf-8")
+        write_atomic(folder / f"{n:05d}.js", f"actdictPart({n},{blob});\n", encoding="ascii")
+    write_atomic(path, render_feature_page(data, name, model, summary, folder.name))
     return path

@@ -34,7 +34,8 @@ summary.json (version 2 = version 1 plus keys; floats rounded to 6 significant d
                                "text": str}]}]}}}  # text: embeddings stores only (analyze.texts)
 
 "Active" (for AD, dead/dense latents, density, the sampled contexts) is the per-row Otsu active mask of
-``Forward.activity`` on the model's ``active_side``; for SAEs with exact zeros this is ``codes != 0``.
+``Forward.activity`` on the model's ``active_side``; for an SAE this is ``codes != 0`` on every row with at
+least one exact zero (a row whose k codes are all nonzero is split among them: ``analyze.metrics``).
 The masked-dimensions curve (paper Fig. 4, official code's protocol) takes the first ``mask_curve_rows``
 test rows, one forward (stochastic when ``mask_curve_sample``: VAE models decode a sample), keeps per row
 the m most active latents (by activity: smallest log variance / largest |z|) of the decoder input
@@ -61,6 +62,7 @@ from actdict.analyze.texts import row_texts
 from actdict.analyze.toptokens import resolve_decoder
 from actdict.config import Common
 from actdict.errors import ActdictError
+from actdict.files import remove_temps, write_atomic
 from actdict.train.loop import check_device, resolve_device
 
 SUMMARY_VERSION = 2
@@ -92,6 +94,8 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
 
     run_dir = Path(common.run_dir)
     device = resolve_device(cfg.device)
+    for note in skipped_notes(run_dir, cfg.dicts):
+        print(f"analyze: note: {note}")
     records = trained_records(run_dir, cfg.dicts)  # each dictionary's cfg.json
     store = open_store(common.store_path, trained_hook(records))
     test_chunks = read_test_chunks(run_dir)
@@ -135,6 +139,7 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
                "labels": cfg.labels or None,
                "ce": None if ce is None else {k: v for k, v in ce.items() if k != "models"}, "models": {}}
     (run_dir / "features").mkdir(exist_ok=True)
+    _remove_temps(run_dir)
     datas = {}
     for name, ev in tqdm(evals.items(), desc="features", unit="dict"):
         data, _, _ = build_features(ev.tracker, ev.fire.cpu().numpy(), n, store, cfg.context, decode,
@@ -154,7 +159,7 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
             m |= ce["models"][name]
         fires = ev.fire.cpu().numpy()
         rel = f"features/{name}.json"
-        (run_dir / rel).write_text(json.dumps(_clean(data), separators=(",", ":"), allow_nan=False))
+        write_atomic(run_dir / rel, json.dumps(_clean(data), separators=(",", ":"), allow_nan=False))
         order = sorted(range(len(fires)), key=lambda i: (-int(fires[i]), i))
         shown = [i for i in order[: cfg.n_features] if fires[i] > 0]
         m["features_file"] = rel
@@ -163,10 +168,18 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
                           "top": summary_hits(data, f)} for f in shown]
         summary["models"][name] = m
     summary = _clean(summary)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, allow_nan=False) + "\n")
+    write_atomic(run_dir / "summary.json", json.dumps(summary, indent=1, allow_nan=False) + "\n")
     write_report(summary, run_dir)
     print("\n".join(summary_lines(summary)))
     print(f"analyze: wrote {run_dir / 'summary.json'}, {run_dir / 'report.html'} and {run_dir / 'report'}/")
+
+
+def _remove_temps(run_dir: Path) -> None:
+    """The temporary files of outputs a killed analysis was writing (each output is written to one and
+    renamed, ``actdict.files.write_atomic``); the analysis lock says no other analysis is writing them."""
+    for folder, pattern in ((run_dir, "summary.json"), (run_dir, "report.html"),
+                            (run_dir / "features", "*.json"), (run_dir / "report", "*")):
+        remove_temps(folder, pattern)
 
 
 def summary_lines(summary: dict) -> list[str]:
@@ -236,10 +249,43 @@ def read_test_chunks(run_dir: Path) -> list[int]:
     return [int(c) for c in chunks]
 
 
+def not_a_dictionary(folder: Path) -> str | None:
+    """Why the folder ``folder`` of ``<run_dir>/dicts`` holds no dictionary to load, in words; None when it
+    holds a finished checkpoint (training writes the weights, then cfg.json)."""
+    from actdict.train import checkpoint, export
+
+    if (folder / checkpoint.CFG).is_file() and (folder / checkpoint.WEIGHTS).is_file():
+        return None
+    if (folder / export.WEIGHTS).is_file():
+        return (f"holds a SAELens export ({export.WEIGHTS} + {export.CFG}, made by actdict export), not a "
+                "checkpoint of this run: it does not belong in dicts/; export into a folder outside it")
+    if not (folder / checkpoint.CFG).is_file():
+        return (f"has no finished checkpoint (no {checkpoint.CFG}: its training stopped before its first "
+                "save); rerun actdict train to finish it, or remove the folder")
+    return f"has a {checkpoint.CFG} but no {checkpoint.WEIGHTS}: not a finished checkpoint"
+
+
+def dict_folders(root: Path) -> tuple[list[str], dict[str, str]]:
+    """(the names of the dictionaries in ``root``, ``<run_dir>/dicts``: its folders holding a finished
+    checkpoint, sorted; every other folder's name -> why it is not one, ``not_a_dictionary``). Hidden
+    folders are nobody's dictionary and left out of both."""
+    if not root.is_dir():
+        return [], {}
+    why = {p.name: not_a_dictionary(p) for p in sorted(root.iterdir()) if p.is_dir() and p.name[0] != "."}
+    return [n for n, w in why.items() if w is None], {n: w for n, w in why.items() if w is not None}
+
+
+def skipped_notes(run_dir: Path, names: list[str]) -> list[str]:
+    """One line per folder of ``<run_dir>/dicts`` that is not a dictionary, naming it and saying why, when
+    every dictionary is read (``names`` empty): said, not skipped in silence."""
+    root = run_dir / "dicts"
+    return [] if names else [f"skipped {root / n}: it {why}" for n, why in dict_folders(root)[1].items()]
+
+
 def trained_records(run_dir: Path, names: list[str]) -> dict[str, dict]:
     """name -> cfg.json of the dictionaries ``names`` (all in ``<run_dir>/dicts`` when empty) found there."""
     root = run_dir / "dicts"
-    paths = [root / n / "cfg.json" for n in names] if names else sorted(root.glob("*/cfg.json"))
+    paths = [root / n / "cfg.json" for n in names or dict_folders(root)[0]]
     return {p.parent.name: json.loads(p.read_text()) for p in paths if p.is_file()}
 
 
@@ -265,7 +311,9 @@ def load_models(run_dir: Path, names: list[str], d: int) -> dict:
     from actdict.train.checkpoint import load
 
     root = run_dir / "dicts"
-    found = sorted(p.name for p in root.iterdir() if (p / "cfg.json").is_file()) if root.is_dir() else []
+    found, skipped = dict_folders(root)
+    if named := [n for n in names if n in skipped]:
+        raise AnalyzeError("; ".join(f"dictionary folder {root / n} {skipped[n]}" for n in named))
     missing = [n for n in names if n not in found]
     if missing or not found:
         raise AnalyzeError(f"dictionaries {missing or '(any)'} not found in {root}; available: {found}")

@@ -51,7 +51,8 @@ class FeatureTracker:
 def scan(store, model, top_k: int, samples: int, chunks: Iterable[int] | None = None, batch_size: int = 4096,
          seed: int = 0, device: str = "cpu") -> FeatureTracker:
     """One pass over ``chunks`` (default: all) of ``store`` through ``model`` (deterministic path).
-    "Active" is ``codes != 0`` for side-"high" dictionaries, the Otsu mask of the activity otherwise."""
+    "Active" is the Otsu mask of the activity (``metrics.active_mask``), as for AD: for an SAE its nonzero
+    codes on a row with at least one exact zero."""
     from actdict.analyze.metrics import active_mask
 
     tracker = FeatureTracker(model.k, top_k, samples, seed, device)

@@ -40,6 +40,7 @@ import zarr
 from zarr.codecs import Crc32cCodec
 
 from actdict.errors import ActdictError
+from actdict.files import write_atomic
 
 FORMAT_VERSION = 3  # 3: shard crc32c in the done-record; 2: shard sha256, crc32c per chunk, bfloat16;
 READ_VERSIONS = (1, 2, 3)  # 1: no per-chunk checksum
@@ -93,10 +94,7 @@ def write_json(fs, p: str, obj: dict) -> None:
     """Write JSON, atomically on local disks (temp file + rename); one PUT on object stores."""
     blob = json.dumps(obj, indent=2, sort_keys=True, default=str)
     if is_local(fs):
-        tmp = f"{p}.tmp-{uuid.uuid4().hex[:8]}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(blob)
-        os.replace(tmp, p)
+        write_atomic(p, blob)
     else:
         fs.pipe_file(p, blob.encode())
 

@@ -111,9 +111,9 @@ class ActivationStore:
                 break
             try:
                 out.append((n, int(self._check(n)["n_rows"])))
-            except StoreError:
-                if complete:
-                    raise
+            except StoreError as e:
+                if complete:  # a damaged shard (e.g. an emptied zarr.json): the fix, as for the others
+                    raise StoreError(f"{e}; restore the shard from a copy, or {self._fix}") from e
                 break  # a harvest in progress (or killed) is writing it
         return out
 

@@ -227,3 +227,20 @@ def test_exponents_without_a_dot_are_numbers_in_files_and_overrides(tmp_path):
     assert (train.eta_min, train.grad_clip, train.dicts[0].lr) == (1e-7, 1.0, 1e-3)
     assert train.dicts[0].params == {"lam1": 0.02, "lam2": -0.5}
     assert load_experiment(p, ["run_dir=1e3x", "store='1e3'"])["store"] == "1e3"  # quoted: a string
+
+
+def test_the_variant_field_lists_every_registered_variant():
+    """DictConfig.variant's docstring (what a reader of train/config.py sees) names every registered variant;
+    it listed five of the twelve."""
+    import ast
+    import re
+
+    import actdict.train.config as train_config
+    from actdict.train.protocol import registry
+
+    tree = ast.parse(Path(train_config.__file__).read_text())
+    body = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "DictConfig").body
+    i = next(i for i, n in enumerate(body) if isinstance(n, ast.AnnAssign) and n.target.id == "variant")
+    doc = body[i + 1].value.value
+    listed = set(re.findall(r"\b(?:vae|vaease|lse|sosae|sae_\w+)\b", doc))
+    assert listed == set(registry()) and len(listed) == 12, sorted(set(registry()) ^ listed)

@@ -2,6 +2,7 @@
 token's features are exactly its active latents (the ones AD / L0 count), largest |code| first."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -176,6 +177,56 @@ def test_labels_of_another_training_are_not_used(run, tmp_path, capsys):
     assert main([str(cfg_path), text, "--json", str(tmp_path / "ok.json")]) == 0
     ok = json.loads((tmp_path / "ok.json").read_text())["dicts"]
     assert all(r["labels_note"] == "" for r in ok.values())
+
+
+def test_a_damaged_features_file_is_one_line_saying_to_rerun_analyze(run, tmp_path, capsys):
+    """A truncated features file (an analysis killed while writing it) stops the lens with one line naming
+    the file and the fix, not a JSONDecodeError traceback; summary.json, which the lens does not read, may be
+    damaged without harm."""
+    import shutil
+
+    cfg_path, run_dir = run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    (copy / "summary.json").write_text('{"version": 2, "mod')
+    over = ["--set", f"run_dir={copy}"]
+    assert main([str(cfg_path), "The ferry.", *over]) == 0
+    capsys.readouterr()
+    path = copy / "features" / "vaease.json"
+    path.write_bytes(path.read_bytes()[:1000])
+    assert main([str(cfg_path), "The ferry.", *over]) == 2
+    err = capsys.readouterr().err
+    said = rf"actdict lens: OutputError: {re.escape(str(path))} is truncated or corrupt \(not valid JSON: "
+    line = err.split("\n")[-2]  # the last line; the model's load draws progress bars before it
+    assert re.fullmatch(said + r"\w.* \(char 1000\)\): rerun `actdict analyze` to rewrite it", line), err
+    assert err.endswith(line + "\n") and "Traceback" not in err
+
+
+def test_folders_in_dicts_that_hold_no_dictionary_are_named(run, tmp_path, capsys):
+    """A dicts/ folder with no finished checkpoint and a SAELens export put in dicts/ are each named in a note
+    on stderr (stdout is the lens) and skipped; the lens reads the dictionaries beside them."""
+    import shutil
+
+    from actdict.train.export import export_saelens
+
+    cfg_path, run_dir = run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    (copy / "dicts" / "half").mkdir()
+    export_saelens(copy / "dicts" / "sae", copy / "dicts" / "sae_export")
+    res = tmp_path / "l.json"
+    assert main([str(cfg_path), "The ferry.", "--set", f"run_dir={copy}", "--json", str(res)]) == 0
+    assert list(json.loads(res.read_text())["dicts"]) == ["sae", "vaease"]
+    out, err = capsys.readouterr()
+    notes = [line for line in err.split("\n") if "note:" in line]
+    dicts = copy / "dicts"
+    assert notes == [f"actdict lens: note: skipped {dicts / 'half'}: it has no finished checkpoint (no "
+                     "cfg.json: its training stopped before its first save); rerun actdict train to finish "
+                     "it, or remove the folder",
+                     f"actdict lens: note: skipped {dicts / 'sae_export'}: it holds a SAELens export "
+                     "(sae_weights.safetensors + cfg.json, made by actdict export), not a checkpoint of this "
+                     "run: it does not belong in dicts/; export into a folder outside it"]
+    assert "note:" not in out
 
 
 @pytest.fixture(scope="module")

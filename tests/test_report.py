@@ -66,6 +66,22 @@ def test_names_and_numbers_present(tmp_path):
     assert "L0 counts exact nonzero codes, which a VAE's never are: a VAE's sparsity is its AD." in page
 
 
+def test_overview_columns_in_the_order_analyze_prints_them():
+    """The report's table has RE det. before RE of one sample, then AD, L0, EV and dead, as the table analyze
+    prints at its end (summary_lines); it had the two REs the other way round."""
+    import re
+
+    from actdict.analyze.run import summary_lines
+
+    page = render(_summary())
+    heads = re.findall(r'<th title="[^"]*">([^<]*)</th>', page)
+    assert heads[2:6] == ["RE (det.)", "RE (1 sample)", "AD", "L0"]
+    assert heads.index("L0") < heads.index("EV") < heads.index("dead")
+    assert "<tr><td>sae_alpha</td><td>sae_l1</td><td>64</td><td>11</td><td>12.35</td><td>7.5</td>" in page
+    printed = summary_lines(_summary() | {"ce": None, "d": 4})[1].split()
+    assert printed == ["model", "RE", "det", "RE", "1-sample", "AD", "L0", "EV", "dead"]
+
+
 def test_self_contained_file(tmp_path):
     path = write_report(_summary(), tmp_path / "report.html")
     page = path.read_text(encoding="utf-8")
@@ -217,6 +233,22 @@ def test_masked_curve_axis_labels_zero_kept():
     assert "0 drawn at 0.5" in ax.title.text and "squared error" in curve.layout.yaxis.title.text
     assert [t for _, t in _kept_ticks(384)] == ["0", "1", "2", "5", "10", "20", "50", "100", "200", "384"]
     assert [t for _, t in _kept_ticks(250)][-2:] == ["100", "250"]  # 200 would overlap 250
+
+
+def test_masked_curve_re_on_a_log_axis():
+    """The masked curve's RE axis is logarithmic, so a diverged dictionary (RE in the thousands) does not
+    flatten the others' curves; an RE of 0 or null, which a log axis cannot show, is left out of the line."""
+    from actdict.analyze.report import _figures
+
+    s = _summary()
+    s["models"]["sae_alpha"]["masked_curve"] = {"kept": [0, 1, 2, 8], "re": [5000.0, 3000, 0.0, None],
+                                                "rows": 8, "sample": True}
+    s["models"]["vaease_beta"]["masked_curve"] = {"kept": [0, 1, 2, 8], "re": [9.0, 4.5, 2.0, 0.5],
+                                                  "rows": 8, "sample": True}
+    curve = _figures(s["models"])[2]
+    assert curve.layout.yaxis.type == "log" and "log scale" in curve.layout.yaxis.title.text
+    assert list(curve.data[0].y) == [5000, 3000, None, None] and list(curve.data[1].y) == [9, 4.5, 2, 0.5]
+    assert _figures(s["models"])[0].layout.yaxis.type is None  # the histograms keep their linear axes
 
 
 def test_summary_lines_print_null_numbers_as_na():

@@ -228,6 +228,35 @@ def test_embedded_rows_show_their_text(chromium, tmp_path):
     assert "data-pwned=" not in dom and '<img src="x"' not in dom
 
 
+def test_a_store_of_vectors_speaks_of_no_tokens(chromium, tmp_path):
+    """A store of vectors (imported, or embeddings whose texts could not be read: token id -1 on every row,
+    analyze.context 0) gets no "up to 0 tokens of context" heading, no empty top-tokens column and no
+    top-token search; its rows are shown by doc and pos. A token store analysed with context 0 keeps its
+    column and says only that the row's token is highlighted."""
+    from actdict.analyze.report_features import page_index, write_feature_page
+
+    f = {"i": 0, "fires": 2, "density": 0.5, "max": 2.0, "min": 0.5, "hist": {"pos": [[32, 2]], "neg": []},
+         "top": [[2.0, 7, 7, 0, [-1], 0], [1.5, 9, 9, 0, [-1], 0]], "bottom": [], "quantiles": []}
+    data = {"version": 1, "name": "vec", "k": 1, "n_rows": 4, "window": 0, "hist_edges": list(range(-4, 5)),
+            "tokens": {"-1": ""}, "wordpiece": False, "features": [f]}
+    assert page_index(data)["has_tokens"] is False and page_index(data)["has_texts"] is False
+    page = write_feature_page(data, "vec", {"variant": "sae_l1"}, {"hook": "vectors"}, tmp_path / "vec.html")
+    dom = _dump(*chromium, page.as_uri() + "#f=0")
+    panel = dom[dom.index('id="panel"'):dom.index('<script type="application/json"')]
+    assert "<h3>Top activations</h3>" in panel and '<span class="where">doc 7, pos 0</span>' in panel
+    assert "tokens of context" not in panel and "highlighted" not in panel
+    assert '<th class="lab">' not in dom and '<td class="lab">' not in dom  # no top-tokens column
+    assert "<th>feature</th><th>density</th><th>max</th></tr>" in dom and dom.count(" data-i=") == 1
+    assert '<div id="qbox" hidden="">' in dom  # no top-token search
+    tokens = data | {"tokens": {"3": "harbor"}, "features": [f | {"top": [[2.0, 7, 1, 4, [3], 0]]}]}
+    assert page_index(tokens)["has_tokens"] is True
+    page = write_feature_page(tokens, "tok", {"variant": "sae_l1"}, {"hook": "h"}, tmp_path / "tok.html")
+    dom = _dump(*chromium, page.as_uri() + "#f=0")
+    assert '<p class="note">highlighted: the token of the row</p>' in dom
+    assert '<th class="lab">top tokens</th>' in dom and '<td class="lab">harbor</td>' in dom
+    assert '<div id="qbox">' in dom
+
+
 _HIST_PROBE = """<script>window.addEventListener("load", () => setTimeout(() => {
   const svg = document.querySelector("#hist svg.main-svg"), panel = document.getElementById("panel");
   document.body.setAttribute("data-hist", Math.round(svg.getBoundingClientRect().width) + "/" +

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -154,6 +155,21 @@ def test_truncated_shard_is_named(tmp_path):
     chunk.write_bytes(chunk.read_bytes()[:-5])
     with pytest.raises(StoreError, match=r"shards/00001.*truncated"):
         open_store(str(tmp_path))
+
+
+@pytest.mark.parametrize("damage", ["emptied", "garbled"])
+def test_unreadable_shard_metadata_is_named_with_the_repair(tmp_path, damage):
+    """A shard whose zarr.json is emptied or corrupt is named, and the message says how to fix it (restore,
+    or actdict store PATH --repair and the harvest again) as the missing-shard and checksum messages do."""
+    _write(tmp_path)
+    meta = tmp_path / "blocks.0.hook_resid_post" / "shards" / "00001" / "zarr.json"
+    meta.write_text("" if damage == "emptied" else meta.read_text()[:-7])
+    with pytest.raises(StoreError) as e:
+        open_store(str(tmp_path))
+    said = str(e.value)
+    assert re.search(r"shards/00001 is unreadable or incomplete \(\w+: ", said), said
+    assert said.endswith(f"; restore the shard from a copy, or run `actdict store {tmp_path} --repair` and "
+                         "the harvest command that made the store again (it writes only the damaged shards)")
 
 
 def test_missing_done_record_is_named(tmp_path):

@@ -25,7 +25,9 @@ class DictConfig:
     name: str
     """Folder name under ``<run_dir>/dicts/`` (unique within the run)."""
     variant: str
-    """Registered variant: vaease, vae, sae_l1, sae_log, sae_topk (``actdict.train.protocol.registry``)."""
+    """Registered variant (``actdict.train.protocol.registry()``): vaease, vae, sae_l1, sae_log, sae_topk,
+    sae_topk_auxk, sae_batchtopk, sae_jumprelu, sae_l1_decnorm, sae_kl, sosae, lse; their formulas and
+    ``params`` in docs/variants.md."""
     k: int = 300
     """Dictionary size (number of latents); paper LLM: 300."""
     lr: float = 0.005

@@ -4,7 +4,8 @@
   decoder Linear(k, d) with bias.
 * loss = batch mean of [ sum_d (x - x_hat)^2 + lam1 * h(z) ] + lam2 * (||W_dec||^2 + ||b_dec||^2)
   (eq. 1: theta = the decoder's weight and bias, as in the official code; the encoder is not penalised).
-* ``Forward.codes`` = z; ``Forward.activity`` = log|z| (exact zeros give -inf, so the Otsu split counts L0),
+* ``Forward.codes`` = z; ``Forward.activity`` = log|z| (exact zeros give -inf, so on a row with at least one
+  exact zero the Otsu split counts its L0; a row with every code nonzero is split among its values),
   computed only when read (training never reads it; the log of a mostly-zero [4096, k] z took ~0.2 s at
   k = 4096 and ~0.85 s at k = 16384 per step on 2 CPU cores); ``active_side = "high"``.
 * Synthetic sets (App. D.2): ``encoder`` "mlp" (4 Swish-joined Linear layers, hidden 2k) or "resmlp"

@@ -112,7 +112,7 @@ class TiedSAE(Dictionary):
         return {"architecture": architecture, "apply_b_dec_to_input": self.apply_b_dec_to_input, **t, **extra}
 
 
-def sparse_codes(z: Tensor) -> Tensor:  # [B, k] -> log|z| (exact zeros -> -inf: the Otsu split counts L0)
+def sparse_codes(z: Tensor) -> Tensor:  # [B, k] -> log|z| (exact zeros -> -inf: on their rows AD counts L0)
     return z.abs().log()
 
 

@@ -18,9 +18,10 @@ Principles", arXiv 2601.06478; official code alanoursland/implicit_em_in_neural_
   ``decode(codes) = codes @ W``. Nothing is trained through x_hat. Open choice: analysis reports RE as for
   every variant, the per-row sum of squared error; the official metric is the mean over elements (RE / d).
 * ``Forward.codes`` = E, ``activity`` = log|E| (exact zeros of the ReLU -> -inf), ``active_side = "high"``:
-  analysis counts nonzero energies as active (L0, and AD by the Otsu split), as for every SAE. Open choice:
-  the official ``sparsity_l0`` counts |E| > 0.01, so its L0 is at most ours. (In the mixture reading a low
-  energy is a good match; both count large energies as active.)
+  analysis counts nonzero energies (L0) and the Otsu split's active ones (AD: the nonzero ones on a row with
+  an exact zero), as for every SAE. Open choice: the official ``sparsity_l0`` counts |E| > 0.01, so its L0
+  is at most ours. (In the mixture reading a low energy is a good match; both count large energies as
+  active.)
 * Exports to SAELens "standard" (relu only): W_enc = W^T, b_enc = b, W_dec = W, b_dec = 0.
 """
 

@@ -1,0 +1,44 @@
+"""Atomic writes of local files: whoever reads a file (or a kill in the middle of writing it) sees the whole
+old file or the whole new one, never a truncated one.
+
+Used by the store's JSON on local disks (``harvest.layout.write_json``) and by every output of the analysis
+(``summary.json``, ``features/<name>.json``, the report pages). Object stores need none of this: one PUT is
+atomic there.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+
+def temp_name(path: Path) -> Path:
+    """A hidden, unique temporary name beside ``path``: the same folder, so that the rename is atomic (one
+    file system), and unique, so that two writers never share one."""
+    return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+
+
+def write_atomic(path: str | Path, data: str | bytes, encoding: str = "utf-8") -> Path:
+    """Write ``data`` (text is encoded with ``encoding``) to ``path`` through a temporary file in the same
+    folder and ``os.replace``: a kill part way leaves the previous file, or none, and a temporary file that
+    nothing reads; a failure removes the temporary file. Returns ``path``."""
+    p = Path(path)
+    tmp = temp_name(p)
+    blob = data.encode(encoding) if isinstance(data, str) else data
+    try:
+        with open(tmp, "xb") as f:  # a new file: the permissions any file gets here (umask)
+            f.write(blob)
+        os.replace(tmp, p)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return p
+
+
+def remove_temps(folder: Path, pattern: str = "*") -> None:
+    """Remove the temporary files a killed :func:`write_atomic` left in ``folder`` for the files matching
+    ``pattern`` (a glob of their final names). Only where no other writer can be at work (under the folder's
+    lock): another writer's temporary file would go too."""
+    for tmp in folder.glob(f".{pattern}.tmp-*"):
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,31 @@
+"""Reading back what ``actdict analyze`` wrote (``summary.json``, ``features/<name>.json``).
+
+A damaged file (an analysis killed while writing one before they were written atomically, a disk full, a
+hand edit) is one clear error naming the file and the command that rewrites it, not a JSONDecodeError
+traceback.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from actdict.errors import ActdictError
+
+
+class OutputError(ActdictError, ValueError):
+    """An analysis output that cannot be read: rerunning ``actdict analyze`` rewrites it."""
+
+
+def read_output(path: Path) -> dict:
+    """The JSON object in the analysis output ``path``; OutputError when it is truncated, corrupt or not an
+    object (what every reader of these files expects)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise OutputError(f"{path} is truncated or corrupt (not valid JSON: {e}): rerun `actdict analyze` to "
+                          "rewrite it") from e
+    if not isinstance(data, dict):
+        raise OutputError(f"{path} is corrupt (a JSON {type(data).__name__}, not the object analyze writes): "
+                          "rerun `actdict analyze` to rewrite it")
+    return data

@@ -1,0 +1,129 @@
+"""The analysis outputs on disk: each is written whole or not at all (a temporary file, then a rename), so a
+kill leaves no truncated file; the ones the lens reads back give one clear error when damaged."""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from actdict.analyze import run
+from actdict.analyze.config import AnalyzeConfig
+from actdict.config import Common
+from actdict.files import write_atomic
+from actdict.harvest.store import StoreWriter
+from actdict.train.checkpoint import save
+from actdict.train.protocol import make
+
+
+def _run_dir(tmp_path: Path, monkeypatch) -> Path:
+    """A tiny trained run: a 96-row store of 6 chunks, split.json, one dictionary ``sae`` (sae_l1, k = 8)
+    saved as training saves it."""
+    g = np.random.default_rng(0)
+    n, d = 96, 5
+    acts = g.standard_normal((n, d)).astype(np.float32)
+    with StoreWriter(str(tmp_path / "store"), {"hook": "h"}, d, "float32", 32, 16) as w:
+        w.append(acts, np.arange(n), np.arange(n) // 8, np.arange(n) % 8)
+    (tmp_path / "split.json").write_text(json.dumps({"train_chunks": [0, 1, 2, 3], "test_chunks": [4, 5]}))
+    save(tmp_path / "dicts" / "sae", make("sae_l1", d, 8, seed=0), {})
+    monkeypatch.setattr(run, "resolve_decoder", lambda m: lambda ids: [f"t{i}" for i in ids])
+    return tmp_path
+
+
+def test_every_output_is_written_through_a_temporary_file(tmp_path, monkeypatch):
+    """summary.json, features/<name>.json, report.html and the feature page (with its parts and plotly.js)
+    are each renamed into place from a hidden temporary file of the same folder; the temporary files a
+    killed analysis left are removed, other hidden files are not."""
+    run_dir = _run_dir(tmp_path, monkeypatch)
+    (run_dir / "features").mkdir()
+    (run_dir / "features" / ".sae.json.tmp-0badf00d").write_text('{"trunc')  # a killed analysis's
+    (run_dir / "features" / ".keep").write_text("")
+    moves, real = [], os.replace
+
+    def replace(src, dst):
+        moves.append((Path(src), Path(dst)))
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(device="cpu", n_features=2, top_k=2, context=1))
+    done = {dst.relative_to(run_dir).as_posix() for _, dst in moves if run_dir in dst.parents}
+    assert {"summary.json", "features/sae.json", "report.html", "report/sae.html", "report/plotly.min.js",
+            "report/sae.parts/00000.js"} <= done
+    assert all(src.parent == dst.parent and src.name.startswith(f".{dst.name}.tmp-") for src, dst in moves
+               if run_dir in dst.parents)
+    assert not list(run_dir.rglob(".*.tmp-*")) and (run_dir / "features" / ".keep").is_file()
+    assert json.loads((run_dir / "summary.json").read_text())["models"]["sae"]["k"] == 8
+
+
+def test_a_write_killed_before_its_rename_leaves_the_previous_file(tmp_path, monkeypatch):
+    p = write_atomic(tmp_path / "summary.json", '{"old": 1}\n')
+    assert p.read_text() == '{"old": 1}\n'
+
+    def killed(src, dst):  # the process dies after writing the temporary file, before the rename
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        write_atomic(p, '{"new": 2}\n' * 1000)
+    assert p.read_text() == '{"old": 1}\n' and os.listdir(tmp_path) == ["summary.json"]
+    monkeypatch.undo()
+    assert write_atomic(p, b"\xe2\x80\xa6").read_text(encoding="utf-8") == "\u2026"  # bytes as they are
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "not utf-8", "a list"])
+def test_a_damaged_features_file_is_one_clear_error(tmp_path, monkeypatch, damage):
+    """The lens's readers of features/<name>.json and the report's give an ActdictError (the command line's
+    one line) naming the file and saying to rerun analyze, not a JSONDecodeError."""
+    from actdict.analyze.lens import dict_labels, feature_labels
+    from actdict.analyze.outputs import OutputError
+    from actdict.analyze.report import write_report
+    from actdict.errors import ActdictError
+
+    run_dir = _run_dir(tmp_path, monkeypatch)
+    run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(device="cpu", n_features=2, top_k=2, context=1))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    path = run_dir / "features" / "sae.json"
+    assert set(feature_labels(path)) == set(range(8))  # intact: every feature labelled
+    blob = path.read_bytes()
+    path.write_bytes({"truncated": blob[: len(blob) // 2], "empty": b"", "not utf-8": b'{"k": "\xff"}',
+                      "a list": b"[8]"}[damage])
+    for read in (lambda: feature_labels(path), lambda: dict_labels(run_dir, "sae", 8),
+                 lambda: write_report(summary, run_dir)):
+        with pytest.raises(OutputError) as e:
+            read()
+        assert isinstance(e.value, ActdictError)
+        said = str(e.value)
+        assert said.startswith(f"{path} is ") and said.endswith("rerun `actdict analyze` to rewrite it")
+        assert ("truncated or corrupt (not valid JSON: " in said) == (damage != "a list")
+
+
+def test_folders_in_dicts_that_hold_no_dictionary_are_named_and_skipped(tmp_path, monkeypatch, capsys):
+    """A folder of dicts/ whose training was killed before its first save (weights, no cfg.json) and a
+    SAELens export put there (cfg.json + sae_weights.safetensors) are each named in one note and skipped,
+    the dictionaries beside them analysed; named in analyze.dicts, they are refused, saying what they are."""
+    import shutil
+
+    from actdict.train.export import export_saelens
+
+    run_dir = _run_dir(tmp_path, monkeypatch)
+    dicts = run_dir / "dicts"
+    (dicts / "half").mkdir()
+    shutil.copy(dicts / "sae" / "model.safetensors", dicts / "half")
+    export_saelens(dicts / "sae", dicts / "sae_saelens")
+    (dicts / ".trash").mkdir()  # hidden: nobody's dictionary, not worth a note
+    run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(device="cpu", n_features=2, top_k=2, context=1))
+    notes = [line for line in capsys.readouterr().out.splitlines() if "note:" in line]
+    assert notes == [
+        f"analyze: note: skipped {dicts / 'half'}: it has no finished checkpoint (no cfg.json: its training "
+        "stopped before its first save); rerun actdict train to finish it, or remove the folder",
+        f"analyze: note: skipped {dicts / 'sae_saelens'}: it holds a SAELens export (sae_weights.safetensors "
+        "+ cfg.json, made by actdict export), not a checkpoint of this run: it does not belong in dicts/; "
+        "export into a folder outside it"]
+    assert list(json.loads((run_dir / "summary.json").read_text())["models"]) == ["sae"]
+    with pytest.raises(run.AnalyzeError, match=r"dicts/sae_saelens holds a SAELens export \(sae_weights"):
+        run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(device="cpu", dicts=["sae", "sae_saelens"]))
+    with pytest.raises(run.AnalyzeError, match=r"dicts/half has no finished checkpoint"):
+        run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(device="cpu", dicts=["half"]))
+    run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(device="cpu", dicts=["sae"]))  # named: no notes
+    assert "note:" not in capsys.readouterr().out
