@@ -12,6 +12,13 @@ import os
 import uuid
 from pathlib import Path
 
+from actdict.errors import ActdictError
+
+
+class WriteError(ActdictError, OSError):
+    """A file could not be written (a full disk, a read-only folder): one line naming it, not a traceback;
+    the file is as it was."""
+
 
 def temp_name(path: Path) -> Path:
     """A hidden, unique temporary name beside ``path``: the same folder, so that the rename is atomic (one
@@ -22,7 +29,8 @@ def temp_name(path: Path) -> Path:
 def write_atomic(path: str | Path, data: str | bytes, encoding: str = "utf-8") -> Path:
     """Write ``data`` (text is encoded with ``encoding``) to ``path`` through a temporary file in the same
     folder and ``os.replace``: a kill part way leaves the previous file, or none, and a temporary file that
-    nothing reads; a failure removes the temporary file. Returns ``path``."""
+    nothing reads; a failure removes the temporary file (an OSError becomes a ``WriteError``). Returns
+    ``path``."""
     p = Path(path)
     tmp = temp_name(p)
     blob = data.encode(encoding) if isinstance(data, str) else data
@@ -30,8 +38,10 @@ def write_atomic(path: str | Path, data: str | bytes, encoding: str = "utf-8") -
         with open(tmp, "xb") as f:  # a new file: the permissions any file gets here (umask)
             f.write(blob)
         os.replace(tmp, p)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and not isinstance(e, WriteError):
+            raise WriteError(f"could not write {p}: {e.strerror or e} ({p} is as it was)") from e
         raise
     return p
 

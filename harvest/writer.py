@@ -99,6 +99,8 @@ def default_layout(n: int | None, chunk_rows: int = 0, shard_rows: int = 0) -> t
     if not chunk_rows:
         fit = n and (not shard_rows or n < 8 * CHUNK_ROWS)
         chunk_rows = chunk_rows_for(n, shard_rows or SHARD_ROWS) if fit else CHUNK_ROWS
+        if fit and shard_rows and n > 1024 * chunk_rows:  # the shard size allows only tiny chunks: keep
+            chunk_rows = chunk_rows_for(n, SHARD_ROWS)  # the natural ones (and new_manifest refuses the pair)
     return chunk_rows, shard_rows or 16 * chunk_rows
 
 

@@ -110,7 +110,8 @@ def test_folders_in_dicts_that_hold_no_dictionary_are_named_and_skipped(tmp_path
     dicts = run_dir / "dicts"
     (dicts / "half").mkdir()
     shutil.copy(dicts / "sae" / "model.safetensors", dicts / "half")
-    export_saelens(dicts / "sae", dicts / "sae_saelens")
+    export_saelens(dicts / "sae", tmp_path / "export")  # refused inside dicts/; a user may move it there
+    (tmp_path / "export").rename(dicts / "sae_saelens")
     (dicts / ".trash").mkdir()  # hidden: nobody's dictionary, not worth a note
     run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(device="cpu", n_features=2, top_k=2, context=1))
     notes = [line for line in capsys.readouterr().out.splitlines() if "note:" in line]

@@ -149,7 +149,7 @@ def test_an_export_never_lands_on_a_checkpoint_or_in_dicts_or_over_files(tmp_pat
         checkpoint.save(dicts / name, make("sae_l1", D, K, lam1=0.1 if name == "a" else 0.2), {})
     before = {p: p.read_bytes() for p in dicts.rglob("*") if p.is_file()}
     held = "holds an actdict checkpoint"
-    for out, why in ((dicts / "a", held), (dicts / "b", held), (dicts / "a2", "in the run's dicts")):
+    for out, why in ((dicts / "a", held), (dicts / "b", held), (dicts / "a2", "in a run's dicts")):
         assert main([str(dicts / "a"), str(out)]) == 2 and why in capsys.readouterr().err
     assert {p: p.read_bytes() for p in dicts.rglob("*") if p.is_file()} == before
     assert not (dicts / "a2").exists()
@@ -159,6 +159,12 @@ def test_an_export_never_lands_on_a_checkpoint_or_in_dicts_or_over_files(tmp_pat
     assert json.loads((tmp_path / "sl" / "cfg.json").read_text())["metadata"]["actdict_params"]["lam1"] == 0.1
     assert main([str(dicts / "b"), str(tmp_path / "sl"), "--overwrite"]) == 0
     assert json.loads((tmp_path / "sl" / "cfg.json").read_text())["metadata"]["actdict_params"]["lam1"] == 0.2
+    (tmp_path / "sl" / ".cfg.json.tmp-1234abcd").write_text("{")  # a killed export's leftover: no matter
+    other = tmp_path / "run2" / "dicts"  # another run's dicts folder
+    checkpoint.save(other / "x", make("sae_l1", D, K), {})
+    assert main([str(dicts / "a"), str(other / "a_export")]) == 2
+    assert "in a run's dicts folder" in capsys.readouterr().err
+    assert main([str(dicts / "b"), str(tmp_path / "sl"), "--overwrite"]) == 0
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "todo.txt").write_text("mine")
     assert main([str(dicts / "b"), str(tmp_path / "notes"), "--overwrite"]) == 2

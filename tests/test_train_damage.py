@@ -34,14 +34,19 @@ def test_a_kill_inside_a_save_never_pairs_new_weights_with_the_old_record(tmp_pa
     checkpoint.save(tmp_path / "d", make("sae_l1", 3, 4, lam1=0.1), {"finished": True, "config_hash": "old"})
     assert is_finished(tmp_path / "d", "old")
 
-    def dies(*a, **k):  # the weights are in place, the record not yet written
-        raise OSError(28, "No space left on device")
+    real = checkpoint.os.replace
 
-    monkeypatch.setattr(checkpoint.Path, "write_text", dies)
+    def full_at_the_record(src, dst):  # the weights are in place, the record cannot be written
+        if str(dst).endswith("cfg.json"):
+            raise OSError(28, "No space left on device")
+        real(src, dst)
+
+    monkeypatch.setattr(checkpoint.os, "replace", full_at_the_record)
     with pytest.raises(checkpoint.WriteError, match=r"could not write .*cfg\.json: .*No space left"):
         checkpoint.save(tmp_path / "d", make("sae_l1", 3, 4), {"finished": True, "config_hash": "new"})
     monkeypatch.undo()
     assert not is_finished(tmp_path / "d", "old") and not (tmp_path / "d" / "cfg.json").exists()
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["model.safetensors"]  # no temporaries
     with pytest.raises(checkpoint.CheckpointError, match="has no cfg.json"):
         checkpoint.load(tmp_path / "d")
 
@@ -49,6 +54,7 @@ def test_a_kill_inside_a_save_never_pairs_new_weights_with_the_old_record(tmp_pa
 def test_a_full_disk_is_one_line_and_leaves_the_old_file(tmp_path, monkeypatch):
     path = tmp_path / "w.safetensors"
     checkpoint.write_safetensors({"a": torch.ones(2)}, path)
+    checkpoint.save(tmp_path / "d", make("sae_l1", 3, 4), {"finished": True, "config_hash": "h"})
 
     def full(tensors, filename, metadata=None):
         open(filename, "wb").write(b"partial")
@@ -57,7 +63,12 @@ def test_a_full_disk_is_one_line_and_leaves_the_old_file(tmp_path, monkeypatch):
     monkeypatch.setattr(checkpoint, "save_file", full)
     with pytest.raises(checkpoint.WriteError, match=r"w\.safetensors: .*No space left.* is as it was"):
         checkpoint.write_safetensors({"a": torch.zeros(2)}, path)
-    assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"] and checkpoint.weights_readable(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "w.safetensors"]
+    assert checkpoint.weights_readable(path)
+    with pytest.raises(checkpoint.WriteError):  # the weights cannot be written: the old checkpoint stays
+        checkpoint.save(tmp_path / "d", make("sae_l1", 3, 4), {"finished": True, "config_hash": "x"})
+    assert is_finished(tmp_path / "d", "h") and sorted(p.name for p in (tmp_path / "d").iterdir()) == [
+        "cfg.json", "model.safetensors"]
 
 
 def test_damaged_checkpoints_are_named_and_trained_again(store, tmp_path, capsys):
@@ -119,6 +130,9 @@ def test_stale_and_damaged_states_are_set_aside_with_a_note(store, tmp_path, cap
     out = capsys.readouterr().out
     assert f"{tmp_path / 'r2' / STATE} is damaged or not a resume state" in out
     assert json.loads((tmp_path / "r2" / "dicts" / "b" / "cfg.json").read_text())["resumed_at_step"] is None
+    (tmp_path / "r2" / STATE).write_bytes(b"\x08garbage")  # damaged, and nothing left to train: removed
+    main(Common(run_dir=str(tmp_path / "r2"), seed=0, store=store.path), cfg(b))
+    assert "removed" in capsys.readouterr().out and not (tmp_path / "r2" / STATE).exists()
 
 
 @pytest.mark.parametrize("name", ["", ".", "..", ".hidden", "a/b", "a\0b", "x" * 201])

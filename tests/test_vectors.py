@@ -373,6 +373,7 @@ def test_small_files_and_arrays_get_chunks_to_hold_out(tmp_path):
     assert (open_store(str(tmp_path / "d")).chunk_rows, open_store(str(tmp_path / "d")).num_chunks) == (8, 75)
     assert default_layout(600, shard_rows=1000) == (8, 1000) and default_layout(None) == (4096, 65536)
     assert default_layout(10**6, shard_rows=8192) == (4096, 8192)  # a large set keeps 4,096-row chunks
+    assert default_layout(30000, shard_rows=1001) == (2048, 1001)  # not 30,000 chunks of 1 (refused later)
 
 
 def test_harvest_of_a_config_without_a_harvest_section_says_so(tmp_path, capsys):

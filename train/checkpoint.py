@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from actdict.errors import ActdictError
+from actdict.files import WriteError, remove_temps, write_atomic
 from actdict.train.protocol import Dictionary, Forward, make
 
 WEIGHTS, CFG = "model.safetensors", "cfg.json"
@@ -60,14 +61,16 @@ class CheckpointError(ActdictError, FileNotFoundError):
     """A dictionary folder without a finished checkpoint, or with a damaged one."""
 
 
-class WriteError(ActdictError):
-    """A file could not be written (a full disk, a read-only folder): one line, not a traceback."""
-
-
 def write_safetensors(tensors: dict[str, Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
     """Write ``tensors`` to ``path`` atomically (a temporary file, then a rename), with the permissions any
     new file gets here (safetensors creates its files with mode 0600, unreadable to the rest of a group).
-    A failed write leaves ``path`` as it was and no temporary file."""
+    A failed write leaves ``path`` as it was and no temporary file (``WriteError``)."""
+    os.replace(safetensors_temp(tensors, path, metadata), path)
+
+
+def safetensors_temp(tensors: dict[str, Tensor], path: Path, metadata: dict[str, str] | None = None) -> Path:
+    """``tensors`` written whole to a temporary file beside ``path``, to be renamed to it; returns it. One
+    name per file (one writer per folder: the run folder's lock), so a killed write's leftover is reused."""
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         save_file(tensors, str(tmp), metadata=metadata)
@@ -78,7 +81,7 @@ def write_safetensors(tensors: dict[str, Tensor], path: Path, metadata: dict[str
         os.chmod(tmp, 0o666 & ~_UMASK)
     except OSError:  # a file system without modes (some CIFS / FUSE mounts): keep what it gave
         pass
-    os.replace(tmp, path)
+    return tmp
 
 
 def _read_umask() -> int:
@@ -99,22 +102,20 @@ _UMASK = _read_umask()
 
 
 def save(dir: str | Path, model: Dictionary, cfg_dict: dict[str, Any]) -> Path:
-    """Write weights then cfg.json (variant, d, k, params + ``cfg_dict``) into ``dir``. An older cfg.json
-    goes first: a kill in between leaves a folder with no cfg.json (unfinished: train trains it again),
-    never new weights under an old record."""
+    """Write weights then cfg.json (variant, d, k, params + ``cfg_dict``) into ``dir``. The new weights are
+    written whole to a temporary file, then an older cfg.json goes, then the weights are renamed into place
+    and the record written: a kill in between leaves a folder with no cfg.json (unfinished: train trains it
+    again), never new weights under an old record; a failed write (a full disk) leaves the old checkpoint."""
     out = Path(dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tmp = safetensors_temp(state, out / WEIGHTS)
     (out / CFG).unlink(missing_ok=True)
-    write_safetensors(state, out / WEIGHTS)
+    os.replace(tmp, out / WEIGHTS)
     cfg = dict(cfg_dict) | {"variant": model.variant, "d": model.d, "k": model.k, "params": model.params,
                             "normalized": isinstance(model, Normalized)}
-    try:
-        (out / f".{CFG}.tmp").write_text(json.dumps(cfg, indent=1, default=str))
-        os.replace(out / f".{CFG}.tmp", out / CFG)
-    except OSError as e:
-        (out / f".{CFG}.tmp").unlink(missing_ok=True)
-        raise WriteError(f"could not write {out / CFG}: {e}") from e
+    write_atomic(out / CFG, json.dumps(cfg, indent=1, default=str))
+    remove_temps(out, CFG)  # a killed save's (one writer: the run folder's lock)
     return out
 
 

@@ -27,6 +27,7 @@ import torch
 
 from actdict.config import ConfigError
 from actdict.errors import ActdictError
+from actdict.files import write_atomic
 
 
 class SplitError(ActdictError, ValueError):
@@ -70,10 +71,7 @@ def write_split(run_dir: str | Path, split: dict) -> Path:
     """``<run_dir>/split.json``, written whole or not at all (a temporary file, then a rename)."""
     path = Path(run_dir) / "split.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(".split.json.tmp")
-    tmp.write_text(json.dumps(split, indent=1))
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, json.dumps(split, indent=1))
 
 
 def split_readable(run_dir: str | Path) -> bool:

@@ -26,13 +26,13 @@ input) or b_enc' = b_enc - (m / s) @ W_enc, b_dec' = m + s b_dec (when it is not
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
 
 from actdict.errors import ActdictError
+from actdict.files import write_atomic
 from actdict.train import checkpoint
 from actdict.train.protocol import Dictionary
 
@@ -123,8 +123,7 @@ def write_saelens(view: dict[str, Any], out: str | Path, meta: dict[str, Any] | 
     if arch == "topk":
         cfg |= {"k": int(view["k"]), "rescale_acts_by_decoder_norm": False}
     checkpoint.write_safetensors(tensors, out / WEIGHTS)
-    (out / f".{CFG}.tmp").write_text(json.dumps(cfg, indent=1, default=str))
-    os.replace(out / f".{CFG}.tmp", out / CFG)
+    write_atomic(out / CFG, json.dumps(cfg, indent=1, default=str))
     return out
 
 
@@ -145,10 +144,11 @@ def check_out(dict_dir: Path, out: Path, overwrite: bool) -> None:
     if (out / checkpoint.WEIGHTS).exists() or out.resolve() == dict_dir.resolve():
         raise ExportError(f"{out} holds an actdict checkpoint ({checkpoint.WEIGHTS}): an export there would "
                           "replace its cfg.json; pass another folder")
-    if out.resolve().parent == dict_dir.resolve().parent and dict_dir.resolve().parent.name == "dicts":
-        raise ExportError(f"{out} is in the run's dicts folder, where analysis takes every folder for a "
+    parent = out.resolve().parent
+    if parent.name == "dicts" and any((p / checkpoint.WEIGHTS).is_file() for p in parent.iterdir()):
+        raise ExportError(f"{out} is in a run's dicts folder, where analysis takes every folder for a "
                           "trained dictionary; pass a folder outside it")
-    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    held = sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) if out.is_dir() else []
     if held and not (overwrite and set(held) <= {CFG, WEIGHTS}):
         what = "an export already" if set(held) <= {CFG, WEIGHTS} else f"other files: {held[:5]}"
         raise ExportError(f"{out} holds {what}; pass another folder"
@@ -158,11 +158,11 @@ def check_out(dict_dir: Path, out: Path, overwrite: bool) -> None:
 def export_saelens(dict_dir: str | Path, out: str | Path, overwrite: bool = False) -> Path:
     """Export the checkpoint in ``dict_dir`` (``<run_dir>/dicts/<name>``) to SAELens files in ``out``
     (a new or empty folder, or one holding an export when ``overwrite``: ``check_out``)."""
-    check_out(Path(dict_dir), Path(out), overwrite)
     try:
         model, cfg = checkpoint.load(dict_dir)
     except checkpoint.CheckpointError as e:
         raise ExportError(f"{e}{_checkpoints_near(Path(dict_dir))}") from e
+    check_out(Path(dict_dir), Path(out), overwrite)
     return write_saelens(saelens_view(model), out, _metadata(cfg))
 
 

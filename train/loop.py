@@ -42,7 +42,8 @@ class Interrupted(ActdictError):
     """The run was asked to stop (SIGTERM); its resume state was saved."""
 
 
-LEARNED_NOTHING = 0.95  # ``Member.diverged``: a last-epoch SSE over this fraction of the batch-mean baseline
+LEARNED_NOTHING = 0.95  # ``Member.diverged``: a recent SSE over this fraction of the rows' spread
+RECENT = 0.02  # weight of each step in ``Member.recent``, the moving average of the SSE (~50 steps)
 
 
 @dataclass
@@ -57,28 +58,44 @@ class Member:
     sums: dict[str, float] = field(default_factory=dict)  # loss-term sums of the current epoch
     baseline: float | None = None  # the last epoch's mean SSE of predicting each batch's mean (this process)
     spread: float | None = None  # the last epoch's mean SSE of predicting every row by the epoch's mean row
+    ema: tuple[float, float] = (0.0, 0.0)  # the SSE's moving sums (value, weight) since a (re)start
+
+    @property
+    def recent(self) -> float | None:
+        """The SSE's moving average over the last ~50 steps (bias-corrected, as Adam's moments)."""
+        return self.ema[0] / self.ema[1] if self.ema[1] else None
+
+    def record(self, key: str, value: float) -> None:
+        """Add one step's value of a loss term to the epoch's sums (and the SSE to ``recent``)."""
+        self.sums[key] = self.sums.get(key, 0.0) + value
+        if key == "sse":
+            self.ema = ((1 - RECENT) * self.ema[0] + RECENT * value, (1 - RECENT) * self.ema[1] + RECENT)
 
     def diverged(self) -> str | None:
         """A warning when the last epoch's reconstruction error is over 100x that of predicting each batch's
-        mean row (a finite loss, so the run went on, but the dictionary blew up: too high an lr), or over
-        ``LEARNED_NOTHING`` x that of predicting every row by the epoch's mean row (an explained variance
-        near 0 or below: e.g. a sparsity penalty too strong for the inputs' scale). Variants that do not
-        train a reconstruction (``lse``) get neither."""
+        mean row (a finite loss, so the run went on, but the dictionary blew up: too high an lr), or when its
+        SSE over the last ~50 steps (``recent``) is over ``LEARNED_NOTHING`` x that of predicting every row by
+        the epoch's mean row (an explained variance near 0 or below at the end of training: e.g. a sparsity
+        penalty too strong for the inputs' scale). Variants that do not train a reconstruction (``lse``) get
+        neither."""
         sse = self.history[-1].get("sse") if self.history else None
         if sse is None or not getattr(self.model, "trains_reconstruction", True):
             return None
         scale = getattr(self.model, "norm_scale", None)  # train.normalize: the loss is in normalised units
         units = 1.0 / float(scale) ** 2 if scale is not None else 1.0
         base, spread = (v * units if v else None for v in (self.baseline, self.spread))
-        said = f"{self.name}: its last epoch's reconstruction error {sse:.4g} is"
         if base and sse > 100 * base:
-            return (f"{said} {sse / base:,.0f}x that of predicting each batch's mean row ({base:.4g}): it "
-                    "diverged; lower its lr (or set train.grad_clip)")
-        if spread and sse > LEARNED_NOTHING * spread:
-            return (f"{said} {sse / spread:.3g}x that of predicting every row by the mean row ({spread:.4g}; "
-                    "explained variance "
-                    f"{1 - sse / spread:.2f}): it has learned almost nothing (too few steps, or a sparsity "
-                    "penalty too strong for the inputs' scale: see train.normalize in docs/training.md)")
+            return (f"{self.name}: its last epoch's reconstruction error {sse:.4g} is {sse / base:,.0f}x "
+                    f"that of predicting each batch's mean row ({base:.4g}): it diverged; lower its lr (or "
+                    "set train.grad_clip)")
+        recent = self.recent if self.recent is not None else sse
+        if spread and recent > LEARNED_NOTHING * spread:
+            cause = ("" if scale is not None else ", or inputs whose scale the penalty does not suit: see "
+                     "train.normalize in docs/training.md")
+            return (f"{self.name}: its reconstruction error over its last steps {recent:.4g} is "
+                    f"{recent / spread:.3g}x that of predicting every row by the mean row ({spread:.4g}; "
+                    f"explained variance {1 - recent / spread:.2f}): it has learned almost nothing (too few "
+                    f"steps, dead latents, a sparsity penalty too strong{cause})")
         return None
 
     def setup(self, device: torch.device) -> None:
@@ -91,12 +108,12 @@ class Spread:
     """Sums of an epoch's rows and of their squares, on the device (no sync until the epoch ends)."""
 
     def __init__(self) -> None:
-        self.sums: torch.Tensor | None = None  # [d + 2] float64: sum of rows, sum of squares, rows
+        self.sums: torch.Tensor | None = None  # [d + 2]: sum of rows, sum of squares, rows (float64 but MPS)
 
-    def add(self, x: torch.Tensor) -> None:  # x: [b, d], this process's rows of the batch
-        v = torch.cat([x.sum(0, dtype=torch.float64), x.pow(2).sum(dtype=torch.float64)[None],
-                       torch.full((1,), len(x), dtype=torch.float64, device=x.device)])
-        self.sums = v if self.sums is None else self.sums + v
+    def add(self, x: torch.Tensor) -> None:  # x: [b, d] float32, this process's rows of the batch
+        wide = torch.float64 if x.device.type in ("cpu", "cuda") else torch.float32  # MPS has no float64
+        v = torch.cat([x.sum(0), (x * x).sum()[None], torch.full((1,), float(len(x)), device=x.device)])
+        self.sums = v.to(wide) if self.sums is None else self.sums + v.to(wide)  # [d + 2]
 
     def end(self, d: dist_.Dist) -> float | None:
         """The mean SSE of predicting each of the epoch's rows (every rank's) by their mean row; resets."""
@@ -249,7 +266,7 @@ def train(members: list[Member], epoch_batches: Callable[..., Iterable], cfg: Tr
                 at = 1
                 for m, ks in zip(members, keys, strict=True):
                     for k, v in zip(ks, vals[at:at + len(ks)], strict=True):
-                        m.sums[k] = m.sums.get(k, 0.0) + v
+                        m.record(k, v)
                     at += len(ks)
                 base_sum, base_n = base_sum + vals[-2], base_n + 1
                 pos.step += 1

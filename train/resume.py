@@ -193,14 +193,13 @@ def stale_state(run_dir: Path, state_path: Path) -> bool:
                               for n, m in meta["members"].items())
 
 
-def remove_stale(state_path: Path, say: Callable[[str], None]) -> None:
+def remove_stale(state_path: Path, why: str, say: Callable[[str], None]) -> None:
+    """Remove a resume state nothing will resume, saying ``why``."""
     try:
         state_path.unlink()
-        say(f"train: removed {state_path}: a resume state whose dictionaries all finished after it (a kill "
-            "between the last checkpoint and its removal)")
+        say(f"train: removed {state_path}: {why}")
     except OSError as e:
-        say(f"train: note: {state_path} is a stale resume state (its dictionaries all finished) that cannot "
-            f"be removed ({e.strerror})")
+        say(f"train: note: {state_path} is {why}, but cannot be removed ({e.strerror})")
 
 
 def resume_state(run_dir: Path, cfg: TrainConfig, hashes: dict[str, str], legacy: dict[str, str],

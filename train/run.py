@@ -53,6 +53,7 @@ from actdict.train.resume import (
     resume_state,
     save_state,
     stale_state,
+    unreadable,
 )
 
 _UNHASHED = ("dicts", "device", "checkpoint_every", "resume", "resume_drop",  # no change to the result,
@@ -268,7 +269,11 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
         write_split(run_dir, split)  # then it is the finished dictionaries' (analyze reads their test rows)
     state_path = run_dir / STATE
     if d.main and stale_state(run_dir, state_path):
-        remove_stale(state_path, say)
+        remove_stale(state_path, "a resume state whose dictionaries all finished after it (a kill between "
+                     "the last checkpoint and its removal)", say)
+    elif d.main and not todo and unreadable(state_path):
+        remove_stale(state_path, "a damaged resume state (a full disk, a copy cut short?), and every "
+                     "dictionary is finished", say)
     dist_.barrier(d)
     if not todo:
         return
