@@ -63,6 +63,7 @@ from actdict.analyze.toptokens import resolve_decoder
 from actdict.config import Common
 from actdict.errors import ActdictError
 from actdict.files import remove_temps, write_atomic
+from actdict.lock import check_writable
 from actdict.train.loop import check_device, resolve_device
 
 SUMMARY_VERSION = 2
@@ -104,6 +105,11 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
                            "held-out chunks): analysis would score them on rows they learned; retrain them "
                            "with this run's settings, or leave them out (analyze.dicts)")
     models = load_models(run_dir, cfg.dicts, store.d)
+    check_writable([run_dir, *(p for p in (run_dir / "features", run_dir / "report") if p.is_dir())],
+                   "the summary, feature files and report")  # before the pass, not after it
+    if dropped := sorted(set(previous_models(run_dir)) - set(models)):
+        print(f"analyze: note: summary.json and the report will hold {sorted(models)} only, not {dropped} "
+              "(analyze.dicts); run without analyze.dicts to report every dictionary")
     labels, classes = read_labels(cfg.labels, len(store))
     evals = {name: ModelEval(m, cfg, common.seed, device, len(classes)) for name, m in models.items()}
 
@@ -172,6 +178,14 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
     write_report(summary, run_dir)
     print("\n".join(summary_lines(summary)))
     print(f"analyze: wrote {run_dir / 'summary.json'}, {run_dir / 'report.html'} and {run_dir / 'report'}/")
+
+
+def previous_models(run_dir: Path) -> list[str]:
+    """The dictionaries of the summary.json this analysis replaces ([] if none, or unreadable)."""
+    try:
+        return list(json.loads((run_dir / "summary.json").read_text())["models"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
 
 
 def _remove_temps(run_dir: Path) -> None:
