@@ -133,6 +133,15 @@ def test_stale_and_damaged_states_are_set_aside_with_a_note(store, tmp_path, cap
     (tmp_path / "r2" / STATE).write_bytes(b"\x08garbage")  # damaged, and nothing left to train: removed
     main(Common(run_dir=str(tmp_path / "r2"), seed=0, store=store.path), cfg(b))
     assert "removed" in capsys.readouterr().out and not (tmp_path / "r2" / STATE).exists()
+    from dataclasses import replace
+
+    monkeypatch.setattr(run, "sigterm_flag", stop_at_step_3)  # b to 4 epochs, stopped: its state stays
+    with pytest.raises(ActdictError, match="stopped at step 3"):
+        main(Common(run_dir=str(tmp_path / "r2"), seed=0, store=store.path), replace(cfg(b), epochs=4))
+    monkeypatch.undo()
+    main(Common(run_dir=str(tmp_path / "r2"), seed=0, store=store.path), cfg(b))  # 2 epochs: finished
+    assert "holds the unfinished run of ['b'] (at step 3), another config than this one's: it is kept" in (
+        capsys.readouterr().out) and (tmp_path / "r2" / STATE).exists()
 
 
 @pytest.mark.parametrize("name", ["", ".", "..", ".hidden", "a/b", "a\0b", "x" * 201])

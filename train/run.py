@@ -49,6 +49,7 @@ from actdict.train.resume import (
     STATE,
     kept_states,
     load_state,
+    read_meta,
     remove_stale,
     resume_state,
     save_state,
@@ -274,6 +275,10 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
     elif d.main and not todo and unreadable(state_path):
         remove_stale(state_path, "a damaged resume state (a full disk, a copy cut short?), and every "
                      "dictionary is finished", say)
+    elif not todo and (other := read_meta(state_path)):
+        say(f"train: note: {state_path} holds the unfinished run of {sorted(other['members'])} (at step "
+            f"{other['position']['step']}), another config than this one's: it is kept; that run's command "
+            "continues it")
     dist_.barrier(d)
     if not todo:
         return
