@@ -34,6 +34,7 @@ table.overview { border-collapse: collapse; font-variant-numeric: tabular-nums; 
 .act { display: inline-block; min-width: 6em; color: #666; }
 .hl { background: #ffd54f; font-weight: bold; } .dim { color: #555; } .note { color: #666; font-size: 90%; }
 .txt { font-family: system-ui, sans-serif; } .where { color: #888; font-size: 85%; margin-left: 1em; }
+.warn { color: #a00; }
 """
 _COLUMNS = [  # (summary key, header, tooltip); in the order of the table analyze prints (run.summary_lines)
     ("variant", "variant", ""), ("k", "k", "latents"),
@@ -185,6 +186,8 @@ def render(summary: dict, pages: dict[str, str] | None = None) -> str:
     figs = [fig.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(_figures(models))]
     body = [f"<h1>actdict report: {esc(summary.get('run_dir', ''))}</h1>", f"<p>{info}</p>",
             "<h2>Overview</h2>", _overview(models, pages), _ce_line(summary.get("ce")),
+            *(f'<p class="warn">{esc(name)}: training warned: {esc(m["training_warning"])}</p>'
+              for name, m in models.items() if m.get("training_warning")),
             '<p class="note">Hover a column header for its definition. AD, dead/dense latents and density '
             "use the per-row Otsu active mask of each model's activity. L0 counts exact nonzero codes, which "
             "a VAE's never are: a VAE's sparsity is its AD.</p>",

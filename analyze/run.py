@@ -26,6 +26,7 @@ summary.json (version 2 = version 1 plus keys; floats rounded to 6 significant d
         "masked_curve": {"kept": [int], "re": [float], "rows": int, "sample": bool},  # paper Fig. 4 (v2)
         "ad_class": [{"label", "n", "ad", "ad_of_mean"}],  # only with analyze.labels (v2)
         "ce": float, "kl": float, "ce_recovered": float,   # only with analyze.ce_loss (v2)
+        "training_warning": str | null,  # the warning its training saved (diverged, learned almost nothing)
         "features_file": str,  # features/<name>.json, relative to run_dir (v2)
         "wordpiece": bool,     # WordPiece token strings ("##" continuations): how contexts are joined (v2)
         "features": [{"index": int, "fires": int, "density": float,  # the n_features most active
@@ -161,6 +162,7 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
         if texts:
             data["texts"] = {str(r): texts[r] for r, _, _ in sorted(keys[name]) if r in texts}
         m = ev.summary(n, sum_x, sum_x2, classes)
+        m["training_warning"] = records.get(name, {}).get("warning")  # diverged / learned almost nothing
         if ce is not None:
             m |= ce["models"][name]
         fires = ev.fire.cpu().numpy()
@@ -208,8 +210,10 @@ def summary_lines(summary: dict) -> list[str]:
                 f"{_cell(m['ad'], '>7.2f')} {_cell(m['l0'], '>7.2f')} {_cell(m['ev'], '>6.3f')} {dead:>11}")
         lines.append(line + (f" {_cell(m.get('ce_recovered'), '>7.3f')} {_cell(m.get('kl'), '>7.4f')}"
                              if ce else ""))
+    warned = [f"analyze: warning: {name} was saved with a training warning: {m['training_warning']}"
+              for name, m in summary["models"].items() if m.get("training_warning")]
     return lines + ["(AD: active dimensions per row, the paper's Otsu split; L0: exact nonzeros, which a "
-                    "VAE's codes never are; docs/analyze.md)"]
+                    "VAE's codes never are; docs/analyze.md)"] + warned
 
 
 def _cell(v: float | None, spec: str) -> str:

@@ -158,3 +158,14 @@ def test_a_narrowed_or_unwritable_analysis_says_so_before_its_pass(tmp_path, mon
     with pytest.raises(lock.FolderNotWritable, match=r"cannot write in .*features \(Permission denied\)"):
         run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(**cfg))
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+
+
+def test_a_training_warning_reaches_the_summary_the_table_and_the_report(tmp_path, monkeypatch, capsys):
+    run_dir = _run_dir(tmp_path, monkeypatch)
+    warning = "sae: its reconstruction error over its last steps 9 is 1.2x ... <b>learned</b> almost nothing"
+    save(run_dir / "dicts" / "sae", make("sae_l1", 5, 8, seed=0), {"warning": warning})
+    run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(device="cpu", n_features=2, top_k=2, context=1))
+    assert json.loads((run_dir / "summary.json").read_text())["models"]["sae"]["training_warning"] == warning
+    assert f"analyze: warning: sae was saved with a training warning: {warning}" in capsys.readouterr().out
+    html = (run_dir / "report.html").read_text()
+    assert "training warned: sae: its reconstruction error" in html and "&lt;b&gt;learned&lt;/b&gt;" in html
