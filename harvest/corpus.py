@@ -352,7 +352,28 @@ def devil_docs(dict_text: str, index_text: str) -> list[dict]:
     return _group([e for e in entries if e.strip()], "devil")
 
 
-if __name__ == "__main__":
-    path = ensure_debian_corpus(sys.argv[1] if len(sys.argv) > 1 else None)
+def main(argv: list[str] | None = None) -> int:
+    """``python -m actdict.harvest.corpus [--rebuild] [CACHE_DIR]``: build (or find) the corpus, print its
+    path and record."""
+    import argparse
+    import shutil
+
+    p = argparse.ArgumentParser(prog="python -m actdict.harvest.corpus",
+                                description="build the offline demo corpus from Debian packages (cached)")
+    p.add_argument("cache_dir", nargs="?", help="default: $ACTDICT_CACHE/corpus or ~/.cache/actdict/corpus")
+    p.add_argument("--rebuild", action="store_true", help="delete the cached corpus and build it again")
+    args = p.parse_args(argv)
+    root = corpus_dir(args.cache_dir)
+    if args.rebuild:
+        for f in (root / f"{NAME}.jsonl", root / f"{NAME}.json"):
+            f.unlink(missing_ok=True)
+        for tmp in root.glob(".build-*"):
+            shutil.rmtree(tmp, ignore_errors=True)
+    path = ensure_debian_corpus(args.cache_dir)
     print(path)
     print(json.dumps(corpus_info(path.parent), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -15,6 +15,8 @@ is the only list column), or, with no list column, every column one dimension (a
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,6 +27,7 @@ import numpy as np
 
 from actdict.config import ConfigError
 from actdict.errors import ActdictError
+from actdict.lock import LOCK_FILE
 
 FORMATS = (".npy", ".safetensors", ".parquet")
 
@@ -288,6 +291,7 @@ def cli(argv: list[str] | None = None) -> int:
     from actdict.harvest.writer import default_layout, new_manifest
 
     chunk_rows, shard_rows = default_layout(vector_rows(a.file, a.key), a.chunk_rows, a.shard_rows)
+    made = not os.path.exists(a.store)  # a folder this import makes goes again if the import fails
     try:  # the arguments and the file's first row checked before the lock makes the store's folder
         new_manifest({"hook": a.hook}, 1, a.dtype, shard_rows, chunk_rows)
         next(vector_blocks(a.file, a.key, 1), None)
@@ -295,6 +299,8 @@ def cli(argv: list[str] | None = None) -> int:
             s = import_vectors(a.file, a.store, key=a.key, hook=a.hook, dtype=a.dtype, overwrite=a.overwrite,
                                chunk_rows=chunk_rows, shard_rows=shard_rows)
     except ActdictError as e:
+        if made and os.path.isdir(a.store) and set(os.listdir(a.store)) <= {LOCK_FILE}:
+            shutil.rmtree(a.store, ignore_errors=True)  # only the lock file in it: nothing of anyone's
         print(f"import: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     print(f"imported {len(s):,} vectors (d={s.d}) into {s.dir}")

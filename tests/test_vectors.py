@@ -129,6 +129,8 @@ def test_bad_inputs(tmp_path):
     with pytest.raises(VectorsError, match="does not exist"):
         import_vectors(tmp_path / "missing.npy", str(tmp_path / "s"))
     assert not (tmp_path / "s" / "vectors").exists()  # a rejected file leaves no half-written hook behind
+    assert cli([str(tmp_path / "nan.npy"), str(tmp_path / "s2")]) == 2  # row 13, past the first row checked
+    assert not (tmp_path / "s2").exists()  # the folder the command made (with its lock file) goes too
 
 
 def test_bad_parquet(tmp_path):
