@@ -92,3 +92,54 @@ def test_torchrun_two_ranks_match_one_process(tmp_path):
         moved = max(float((v.double() - init[k].double()).abs().max()) for k, v in a.state_dict().items())
         pairs = zip(a.state_dict().values(), b.state_dict().values(), strict=True)
         assert moved > 100 * max(float((va.double() - vb.double()).abs().max()) for va, vb in pairs)
+
+
+def test_a_rank_with_no_rows_of_a_short_last_batch(tmp_path):
+    """497 train rows = 15 x 33 + 2: the last batch of each epoch has 2 rows, so on 3 ranks one rank's part
+    of it is empty (its means are 0/0): it weighs 0, the run matches one process. (A last batch of one
+    row is not made at all: ``data.last_batches``.)"""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip("torchrun not installed next to the interpreter")
+    x = np.random.default_rng(3).standard_normal((625, 8)).astype(np.float32)
+    store = write_vectors(str(tmp_path / "store"), x, shard_rows=512, chunk_rows=64).path
+    names = ("l1", "vaease", "lse", "kl")
+
+    def config(run: str) -> Path:
+        cfg = tmp_path / f"{run}.yaml"
+        cfg.write_text(f"""
+run_dir: {tmp_path / run}
+seed: 1
+store: {store}
+train:
+  epochs: 2
+  batch_size: 33
+  test_fraction: 0.2
+  device: cpu
+  dicts:
+    - {{name: l1, variant: sae_l1, k: 16, lr: 0.01, params: {{lam1: 0.05, lam2: 0.001}}}}
+    - {{name: vaease, variant: vaease, k: 16, lr: 0.01}}
+    - {{name: lse, variant: lse, k: 16, lr: 0.01}}
+    - {{name: kl, variant: sae_kl, k: 16, lr: 0.01, params: {{beta: 3.0}}}}
+""")
+        return cfg
+
+    single = load_experiment(config("single"))
+    main(common_of(single), section(single, "train", TrainConfig))
+    cmd = [str(torchrun), "--standalone", "--nproc-per-node", "3", "-m", "actdict.cli", "train",
+           str(config("ddp"))]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env=os.environ | {"OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in names:
+        a, ma = checkpoint.load(tmp_path / "single" / "dicts" / name)
+        b, mb = checkpoint.load(tmp_path / "ddp" / "dicts" / name)
+        assert mb["world_size"] == 3 and ma["steps"] == mb["steps"] == 32  # 16 batches per epoch
+        for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+            torch.testing.assert_close(vb, va, rtol=1e-4, atol=1e-5, msg=f"{name}.{k}")
+
+
+def test_a_lone_last_row_waits_for_the_next_epoch():
+    from actdict.train.data import last_batches
+
+    assert [last_batches(n, 33) for n in (1, 32, 33, 34, 35, 66, 67)] == [1, 1, 1, 1, 2, 2, 2]

@@ -109,14 +109,21 @@ def epoch_plan(store, chunks: Sequence[int], batch_size: int, buffer_chunks: int
         perm = rng.permutation(len(rows))
         rows = rows[perm]
         last = gi + buffer_chunks >= len(order)
-        n = -(-len(rows) // batch_size) if last else len(rows) // batch_size
+        n = last_batches(len(rows), batch_size) if last else len(rows) // batch_size
         yield GroupPlan(group, left, perm, rows, first, n)
         left = rows[n * batch_size:]
         first += n
 
 
+def last_batches(rows: int, batch_size: int) -> int:
+    """Batches of an epoch's last ``rows``: a short last batch too, unless it would hold one row alone (a
+    batch of one row has no batch statistics: lse's variance, the spread; that row waits for the next
+    epoch's shuffle)."""
+    return -(-rows // batch_size) if rows % batch_size != 1 or rows == 1 else rows // batch_size
+
+
 def steps_in_epoch(store, chunks: Sequence[int], batch_size: int) -> int:
-    return -(-sum(b - a for a, b in map(store.chunk_bounds, chunks)) // batch_size)
+    return last_batches(sum(b - a for a, b in map(store.chunk_bounds, chunks)), batch_size)
 
 
 def rank_slice(n: int, part: tuple[int, int]) -> slice:

@@ -124,6 +124,8 @@ def global_mean(local: Tensor, rows: int) -> Tensor:  # local: [...] a mean over
     each mean's row terms do not depend on another global statistic with a gradient (detach those)."""
     if _ROWS is None or group_size() == 1:
         return local
+    if not rows:  # this rank's part of a short last batch is empty: its mean is 0/0, it adds nothing
+        return reduce_(torch.zeros_like(local.detach())) / _ROWS[1]  # (and it has no rows to send grads to)
     total = reduce_(local.detach() * rows) / _ROWS[1]
     return local + (total - local.detach())
 

@@ -181,7 +181,8 @@ def step(m: Member, x: Tensor, lr: float, amp, weight: float | None, clip: float
         out = m.model(x, sample=True)
         terms = m.model.loss_terms(x, out.float())  # float32 losses; matmuls inside stay autocast
     m.opt.zero_grad(set_to_none=True)
-    terms["loss"].backward()
+    if len(x):  # an empty part of a short last batch (fewer rows than ranks) has no gradient to add
+        terms["loss"].backward()
     if weight is not None:
         dist_.average_grads(m.model, weight)
     if clip > 0:
@@ -256,6 +257,8 @@ def train(members: list[Member], epoch_batches: Callable[..., Iterable], cfg: Tr
                 base = (x - x.mean(0)).pow(2).sum(-1).mean()  # SSE of the batch mean row (``diverged``)
                 spread.add(x)
                 vec = torch.stack([bad_x, *(v for t in terms for v in t.values()), base])
+                if not len(x):  # a short last batch, fewer rows than ranks: this rank's means are 0/0
+                    vec = torch.nan_to_num(vec, nan=0.0)  # and weigh 0 (its gradients are zeros)
                 vec[1:] *= len(x) / n_all
                 flag = [float(stop())]  # ranks must agree on stopping: under torchrun it is reduced too
                 if d.on:
