@@ -106,7 +106,32 @@ def set_threads(n: int) -> None:
         torch.set_num_threads(n)
 
 
+_REMOTE = ("botocore", "aiobotocore", "s3fs", "gcsfs", "adlfs", "google.auth", "azure")  # fsspec backends
+
+
+def remote_error(e: BaseException) -> ActdictError | None:
+    """An object store's failure (no credentials, no endpoint, a refused request), found in ``e``'s chain,
+    as one line naming what to check; None for anything else (a bug keeps its traceback)."""
+    seen = e
+    while seen is not None:
+        if type(seen).__module__.startswith(_REMOTE):
+            return ActdictError(f"the object store failed: {type(seen).__name__}: {seen}; check its "
+                                "credentials and endpoint (S3: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+                                "AWS_ENDPOINT_URL) and the bucket's name (docs/harvest.md)")
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except Exception as e:
+        if (remote := remote_error(e)) is None:
+            raise
+        return print_error("actdict", remote)
+
+
+def _main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in _TOOLS:  # tools with their own arguments (see the module doc)
         try:

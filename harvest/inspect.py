@@ -35,10 +35,13 @@ def describe(store: ActivationStore) -> dict:
 
 def line(info: dict) -> str:
     state = "complete" if info["complete"] else "INCOMPLETE (harvest not finished; complete shards only)"
-    if info["on_disk"] > info["shards"]:  # rows are read in order: a gap hides the whole shards after it
+    if info["on_disk"] > info["shards"] and info["missing"]:  # rows are read in order: a gap hides the
         gaps = ", ".join(map(str, info["missing"][:8])) + (", ..." if len(info["missing"]) > 8 else "")
         state += (f"; {info['on_disk']} whole shards on disk, shard(s) {gaps} missing: the rows above are "
                   "those before the first gap, and the harvest command writes the missing ones")
+    elif info["on_disk"] > info["shards"]:  # object stores write shards in place: some are not whole yet
+        state += (f"; {info['on_disk'] - info['shards']} more shard folder(s) on disk without a whole shard "
+                  "in the first (being written, or cut short by a kill): the harvest command rewrites them")
     return (f"{info['hook']}: {info['rows']:,} rows x d={info['d']} {info['dtype']}, "
             f"{info['shards']} shards, {info['chunks']} chunks of {info['chunk_rows']}, "
             f"{human_size(info['bytes'])}; {state}\n"

@@ -71,6 +71,17 @@ def is_local(fs) -> bool:
     return "file" in fs.protocol if isinstance(fs.protocol, tuple) else fs.protocol == "file"
 
 
+def check_bucket(fs, p: str) -> None:
+    """On an object store, the bucket of ``p`` must exist: creating folders there would create it, and a
+    misspelt name would then hold a new store (local folders are made as usual)."""
+    if is_local(fs) or "/" not in p:
+        return
+    bucket = p.split("/", 1)[0]
+    if not fs.exists(bucket):
+        raise StoreError(f"{fs.unstrip_protocol(bucket)} does not exist: create the bucket first (actdict "
+                         "makes no buckets: a misspelt name would make one), or check the store's URL")
+
+
 def zarr_url(fs, p: str) -> str:
     """What zarr is given: a plain path for local folders, a full URL otherwise."""
     return p if is_local(fs) else fs.unstrip_protocol(p)

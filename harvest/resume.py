@@ -24,6 +24,7 @@ from actdict.harvest.layout import (
     SHARDS,
     TMP_PREFIX,
     StoreError,
+    check_bucket,
     check_shard,
     fs_of,
     is_local,
@@ -146,6 +147,7 @@ def reopen(path: str, hook: str, chash: str, harvest_cfg: dict) -> None:
 def start_manifest(path: str, hook: str, manifest: dict) -> None:
     """Write a hook's manifest (incomplete) if it has none yet."""
     fs, d = hook_dir(path, hook)
+    check_bucket(fs, d)
     fs.makedirs(f"{d}/{SHARDS}", exist_ok=True)
     if not fs.isfile(f"{d}/{MANIFEST}"):
         write_json(fs, f"{d}/{MANIFEST}", manifest)
@@ -188,9 +190,9 @@ def repair(path: str, hook: str, m: dict | None = None) -> dict[str, str]:
     bit for bit). Returns {shard name: what was wrong}, missing shards of a complete hook included; {}
     leaves the hook untouched. Each shard is first renamed to a temporary name (atomic on local disks:
     a kill leaves no half-deleted shard under its own name; the harvest removes temporary ones), then
-    removed; the manifest is written last: a kill before it leaves a complete manifest with missing
-    shards, which the next repair marks unfinished. ``m``: the hook's manifest (``repair_manifest``) when
-    already read."""
+    removed (object stores: its done-record first, then the rest); the manifest is written last: a kill
+    before it leaves a complete manifest with missing shards, which the next repair marks unfinished.
+    ``m``: the hook's manifest (``repair_manifest``) when already read."""
     m = repair_manifest(path, hook) if m is None else m
     fs, d = hook_dir(path, hook)
     names = whole_shards(fs, d)
@@ -201,10 +203,16 @@ def repair(path: str, hook: str, m: dict | None = None) -> dict[str, str]:
         bad |= {shard_name(i): "missing" for i in range(listed) if i not in have}
         bad |= {n: f"not in the manifest (it lists {listed})" for n in names if int(n) >= listed}
     for n, why in bad.items():
-        if why != "missing":
+        if why == "missing":
+            continue
+        where = f"{d}/{SHARDS}/{n}"
+        if is_local(fs):
             gone = f"{d}/{SHARDS}/{TMP_PREFIX}repair-{n}"
-            fs.mv(f"{d}/{SHARDS}/{n}", gone, recursive=True)
+            fs.mv(where, gone, recursive=True)
             fs.rm(gone, recursive=True)
+        else:  # an object store has no atomic rename (s3fs' mv of a prefix copies, then fails): its
+            fs.rm(f"{where}/zarr.json")  # done-record goes first, so a kill leaves no shard taken for whole
+            fs.rm(where, recursive=True)
     if bad and m.get("complete"):
         write_json(fs, f"{d}/{MANIFEST}", m | {"complete": False})
     return dict(sorted(bad.items()))

@@ -22,6 +22,7 @@ from actdict.harvest.layout import (
     META_DTYPES,
     SHARDS,
     StoreError,
+    check_bucket,
     decode_acts,
     encode_acts,
     fs_of,
@@ -133,6 +134,7 @@ class StoreWriter:
         self.fs, root = fs_of(path)
         self.hook = self.manifest["hook"]
         self.dir = f"{root}/{self.hook}"
+        check_bucket(self.fs, self.dir)
         if self.fs.exists(self.dir):
             if not overwrite:
                 raise StoreError(f"{self.dir} already exists: delete it, choose another store, "

@@ -244,3 +244,28 @@ def test_the_variant_field_lists_every_registered_variant():
     doc = body[i + 1].value.value
     listed = set(re.findall(r"\b(?:vae|vaease|lse|sosae|sae_\w+)\b", doc))
     assert listed == set(registry()) and len(listed) == 12, sorted(set(registry()) ^ listed)
+
+
+def test_an_object_store_failure_is_one_line(monkeypatch, capsys):
+    """No credentials (a botocore error, here a stand-in from its module) deep in a stage's chain: one line
+    naming what to check, exit status 2; any other exception keeps its traceback."""
+    from actdict import cli
+
+    creds = type("NoCredentialsError", (Exception,), {"__module__": "botocore.exceptions"})
+
+    def fails(argv):
+        try:
+            raise creds("Unable to locate credentials")
+        except Exception as e:
+            raise OSError("listing s3://bucket/store failed") from e
+
+    tool = type("tool", (), {"main": staticmethod(fails)})
+    monkeypatch.setattr(cli.importlib, "import_module", lambda name: tool)
+    assert cli.main(["store", "s3://bucket/store"]) == 2
+    err = capsys.readouterr().err
+    assert "the object store failed: NoCredentialsError: Unable to locate credentials; check" in err
+    assert "AWS_ENDPOINT_URL" in err
+    monkeypatch.setattr(cli.importlib, "import_module",
+                        lambda name: type("m", (), {"main": staticmethod(lambda a: 1 / 0)}))
+    with pytest.raises(ZeroDivisionError):
+        cli.main(["store", "x"])

@@ -91,3 +91,41 @@ def test_killed_remote_shard_is_rewritten(tmp_path, s3):
     fs.invalidate_cache()
     after = {p: fs.cat_file(p) for p in fs.find(root)}
     assert sorted(after) == sorted(before) and all(after[p] == before[p] for p in before)
+
+
+def test_repair_of_a_remote_store(tmp_path, s3, capsys):
+    """--repair on S3 removes a corrupted shard (its done-record first: s3fs cannot rename a prefix) and
+    marks the hook unfinished; the harvest rewrites it, and the store is as it was."""
+    import s3fs
+
+    url = f"{s3}/store3"
+    cfg = config(tmp_path / "s3", url)
+    assert cli(["harvest", cfg]) == 0
+    fs = s3fs.S3FileSystem()
+    root = "actdict-test/store3/blocks.1.hook_resid_post"
+    before = {p: fs.cat_file(p) for p in fs.find(root)}
+    chunk = f"{root}/shards/00002/acts/c/1/0"
+    blob = bytearray(before[chunk])
+    blob[5] ^= 0xFF
+    fs.pipe_file(chunk, bytes(blob))
+    fs.invalidate_cache()
+    capsys.readouterr()
+    assert cli(["store", url, "--verify"]) == 2 and "00002 is corrupted" in capsys.readouterr().out
+    assert cli(["store", url, "--repair"]) == 0
+    fs.invalidate_cache()
+    assert not fs.exists(f"{root}/shards/00002") and not [p for p in fs.find(root) if ".tmp" in p]
+    capsys.readouterr()
+    assert cli(["store", url]) == 0 and "INCOMPLETE" in capsys.readouterr().out
+    assert cli(["harvest", cfg]) == 0
+    fs.invalidate_cache()
+    after = {p: fs.cat_file(p) for p in fs.find(root)}
+    assert sorted(after) == sorted(before) and all(after[p] == before[p] for p in before)
+
+
+def test_a_misspelt_bucket_is_refused_not_made(tmp_path, s3, capsys):
+    import s3fs
+
+    assert cli(["harvest", config(tmp_path / "s3", "s3://actdict-tset/store")]) == 2
+    assert "s3://actdict-tset does not exist: create the bucket first" in capsys.readouterr().err
+    s3fs.S3FileSystem.clear_instance_cache()
+    assert not s3fs.S3FileSystem().exists("actdict-tset")
