@@ -122,13 +122,25 @@ def remote_error(e: BaseException) -> ActdictError | None:
     return None
 
 
+def peer_error(e: BaseException) -> ActdictError | None:
+    """Under torchrun, a collective that failed because another rank died (killed, out of memory), as one
+    line; None for anything else."""
+    said = str(e)
+    if isinstance(e, RuntimeError) and int(os.environ.get("WORLD_SIZE", 1)) > 1 and any(
+            s in said for s in ("Connection closed by peer", "Connection reset by peer")):
+        return ActdictError(f"another rank of this torchrun run failed ({said.splitlines()[0][:200]}): see "
+                            "its own message above; the last resume state or whole shards are kept, and the "
+                            "same command continues from them")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         return _main(argv)
     except Exception as e:
-        if (remote := remote_error(e)) is None:
+        if (one_line := remote_error(e) or peer_error(e)) is None:
             raise
-        return print_error("actdict", remote)
+        return print_error("actdict", one_line)
 
 
 def _main(argv: list[str] | None = None) -> int:

@@ -358,7 +358,8 @@ class _Progress:
         self.first = True
 
     def __call__(self, n: int) -> None:
-        self.bar.update(n * self.world)  # the other ranks go at about the same pace
+        step = n * self.world  # the other ranks go at about the same pace (an estimate: kept <= planned)
+        self.bar.update(min(step, max(self.planned - self.bar.n, 0)) if self.planned else step)
         if self.first:
             self.first = False
             rate = n * self.world / max(time.perf_counter() - self.t0, 1e-9)

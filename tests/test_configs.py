@@ -269,3 +269,19 @@ def test_an_object_store_failure_is_one_line(monkeypatch, capsys):
                         lambda name: type("m", (), {"main": staticmethod(lambda a: 1 / 0)}))
     with pytest.raises(ZeroDivisionError):
         cli.main(["store", "x"])
+
+
+def test_a_rank_that_lost_its_peer_says_so_in_one_line(monkeypatch, capsys):
+    from actdict import cli
+
+    def peer_died(argv):
+        raise RuntimeError("[../gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:43671: Connection "
+                           "reset by peer\nmore lines")
+
+    monkeypatch.setattr(cli.importlib, "import_module", lambda name: type("t", (), {"main": peer_died}))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert cli.main(["store", "x"]) == 2
+    assert "another rank of this torchrun run failed ([../gloo/" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "1")  # one process: not a peer's death, the traceback stays
+    with pytest.raises(RuntimeError):
+        cli.main(["store", "x"])
