@@ -43,7 +43,7 @@ from actdict.config import safe_yaml
 from actdict.harvest.store import open_store
 from actdict.harvest.synthetic import mlp_manifolds, union_of_subspaces
 from actdict.train.config import TrainConfig
-from actdict.train.data import iter_batches, make_split, norm_stats
+from actdict.train.data import iter_batches, last_batches, make_split, norm_stats
 from actdict.train.loop import Interrupted, Member, Position, train
 from actdict.train.protocol import make
 from actdict.train.resume import load_state, save_state
@@ -137,7 +137,7 @@ def memory_batches(x: torch.Tensor, batch: int, seed: int):
     """epoch -> the rows of x [n, d] in a seeded permutation, cut into batches [<= batch, d]."""
     def epoch(e: int, start: int = 0):
         perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed * 100_003 + e))
-        return x[perm].split(batch)[start:]
+        return x[perm].split(batch)[:last_batches(len(x), batch)][start:]  # no lone last row, as the store
     return epoch
 
 
@@ -290,7 +290,7 @@ def run_synthetic(name: str, spec: SetSpec, seed: int, opts: RunOpts = RunOpts()
                                init=spec.data.get("init", "randn"))
         n = len(x) - n_test
     x_train, x_test, lab_test = torch.from_numpy(x[:n]), torch.from_numpy(x[n:]), lab[n:]
-    steps = -(-n // spec.batch)
+    steps = last_batches(n, spec.batch)
     batches = memory_batches(x_train.to(opts.device), spec.batch, seed)
     models, done = fit(spec, x.shape[1], batches, steps, seed, opts)
     rows = {}
@@ -311,7 +311,7 @@ def run_store(spec: SetSpec, seed: int, root: Path, opts: RunOpts = RunOpts()) -
     x_test = torch.from_numpy(np.concatenate([np.asarray(store.read_chunk(c).acts, np.float32)
                                               for c in split["test_chunks"]]))  # [n_test, d]
     n_train = len(store) - len(x_test)
-    steps = -(-n_train // spec.batch)
+    steps = last_batches(n_train, spec.batch)
     x_sq = float(x_test.pow(2).sum(1).mean())
     mean, scale = torch.zeros(store.d), 1.0
     if spec.data.get("normalize"):  # TrainConfig.normalize="mean_scale": (x - mean) / scale, one scalar scale

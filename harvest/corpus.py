@@ -356,7 +356,6 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m actdict.harvest.corpus [--rebuild] [CACHE_DIR]``: build (or find) the corpus, print its
     path and record."""
     import argparse
-    import shutil
 
     p = argparse.ArgumentParser(prog="python -m actdict.harvest.corpus",
                                 description="build the offline demo corpus from Debian packages (cached)")
@@ -364,12 +363,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rebuild", action="store_true", help="delete the cached corpus and build it again")
     args = p.parse_args(argv)
     root = corpus_dir(args.cache_dir)
-    if args.rebuild:
-        for f in (root / f"{NAME}.jsonl", root / f"{NAME}.json"):
-            f.unlink(missing_ok=True)
-        for tmp in root.glob(".build-*"):
-            shutil.rmtree(tmp, ignore_errors=True)
-    path = ensure_debian_corpus(args.cache_dir)
+    cached = [f for f in (root / f"{NAME}.jsonl", root / f"{NAME}.json") if f.is_file()]
+    if args.rebuild:  # set aside, not deleted: a failed build (offline?) puts them back
+        for f in cached:
+            f.rename(f.with_name(f".{f.name}.old"))
+    try:
+        path = ensure_debian_corpus(args.cache_dir)
+    except (ActdictError, OSError) as e:
+        for f in cached if args.rebuild else []:
+            f.with_name(f".{f.name}.old").rename(f)
+        print(f"corpus: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    for f in cached if args.rebuild else []:
+        f.with_name(f".{f.name}.old").unlink(missing_ok=True)
     print(path)
     print(json.dumps(corpus_info(path.parent), indent=2))
     return 0

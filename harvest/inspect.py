@@ -40,8 +40,8 @@ def line(info: dict) -> str:
         state += (f"; {info['on_disk']} whole shards on disk, shard(s) {gaps} missing: the rows above are "
                   "those before the first gap, and the harvest command writes the missing ones")
     elif info["on_disk"] > info["shards"]:  # object stores write shards in place: some are not whole yet
-        state += (f"; {info['on_disk'] - info['shards']} more shard folder(s) on disk without a whole shard "
-                  "in the first (being written, or cut short by a kill): the harvest command rewrites them")
+        state += (f"; {info['on_disk'] - info['shards']} more shard folder(s) on disk are not whole (being "
+                  "written, or cut short by a kill): the harvest command rewrites them")
     return (f"{info['hook']}: {info['rows']:,} rows x d={info['d']} {info['dtype']}, "
             f"{info['shards']} shards, {info['chunks']} chunks of {info['chunk_rows']}, "
             f"{human_size(info['bytes'])}; {state}\n"

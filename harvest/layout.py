@@ -71,15 +71,12 @@ def is_local(fs) -> bool:
     return "file" in fs.protocol if isinstance(fs.protocol, tuple) else fs.protocol == "file"
 
 
-def check_bucket(fs, p: str) -> None:
-    """On an object store, the bucket of ``p`` must exist: creating folders there would create it, and a
-    misspelt name would then hold a new store (local folders are made as usual)."""
-    if is_local(fs) or "/" not in p:
-        return
-    bucket = p.split("/", 1)[0]
-    if not fs.exists(bucket):
-        raise StoreError(f"{fs.unstrip_protocol(bucket)} does not exist: create the bucket first (actdict "
-                         "makes no buckets: a misspelt name would make one), or check the store's URL")
+def make_dirs(fs, p: str) -> None:
+    """Make the folder ``p`` on a local disk. Object stores have no folders, and their ``makedirs`` would
+    make the bucket when it is missing (a misspelt name then holds a new store): there writes go to the
+    existing bucket, and a missing one fails as the backend says (one line: ``actdict.cli.remote_error``)."""
+    if is_local(fs):
+        fs.makedirs(p, exist_ok=True)
 
 
 def zarr_url(fs, p: str) -> str:

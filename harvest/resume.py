@@ -24,10 +24,10 @@ from actdict.harvest.layout import (
     SHARDS,
     TMP_PREFIX,
     StoreError,
-    check_bucket,
     check_shard,
     fs_of,
     is_local,
+    make_dirs,
     read_json,
     shard_entries,
     shard_name,
@@ -147,8 +147,7 @@ def reopen(path: str, hook: str, chash: str, harvest_cfg: dict) -> None:
 def start_manifest(path: str, hook: str, manifest: dict) -> None:
     """Write a hook's manifest (incomplete) if it has none yet."""
     fs, d = hook_dir(path, hook)
-    check_bucket(fs, d)
-    fs.makedirs(f"{d}/{SHARDS}", exist_ok=True)
+    make_dirs(fs, f"{d}/{SHARDS}")
     if not fs.isfile(f"{d}/{MANIFEST}"):
         write_json(fs, f"{d}/{MANIFEST}", manifest)
 

@@ -298,9 +298,11 @@ def cli(argv: list[str] | None = None) -> int:
         with store_lock(a.store):  # one writer per store, as `actdict harvest`
             s = import_vectors(a.file, a.store, key=a.key, hook=a.hook, dtype=a.dtype, overwrite=a.overwrite,
                                chunk_rows=chunk_rows, shard_rows=shard_rows)
-    except ActdictError as e:
+    except BaseException as e:  # a bad file, a full disk, Ctrl-C: a store folder this import made goes
         if made and os.path.isdir(a.store) and set(os.listdir(a.store)) <= {LOCK_FILE}:
             shutil.rmtree(a.store, ignore_errors=True)  # only the lock file in it: nothing of anyone's
+        if not isinstance(e, ActdictError):
+            raise
         print(f"import: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     print(f"imported {len(s):,} vectors (d={s.d}) into {s.dir}")

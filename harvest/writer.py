@@ -22,10 +22,10 @@ from actdict.harvest.layout import (
     META_DTYPES,
     SHARDS,
     StoreError,
-    check_bucket,
     decode_acts,
     encode_acts,
     fs_of,
+    make_dirs,
     write_json,
     write_shard,
 )
@@ -134,13 +134,12 @@ class StoreWriter:
         self.fs, root = fs_of(path)
         self.hook = self.manifest["hook"]
         self.dir = f"{root}/{self.hook}"
-        check_bucket(self.fs, self.dir)
         if self.fs.exists(self.dir):
             if not overwrite:
                 raise StoreError(f"{self.dir} already exists: delete it, choose another store, "
                                  "or replace it (overwrite=True; --overwrite on the command line)")
             self.fs.rm(self.dir, recursive=True)
-        self.fs.makedirs(f"{self.dir}/{SHARDS}", exist_ok=True)
+        make_dirs(self.fs, f"{self.dir}/{SHARDS}")
         self.d, self.dtype_name, self.dtype = int(d), dtype, ACT_DTYPES[dtype]
         self.shard_rows, self.chunk_rows = int(shard_rows), int(chunk_rows)
         write_json(self.fs, f"{self.dir}/{MANIFEST}", self.manifest)

@@ -126,6 +126,16 @@ def test_steps_in_epoch_counts_the_short_last_batch(store):
     assert steps_in_epoch(store, chunks, 48) == 21 == len(list(iter_batches(store, chunks, 48, 2, 0, 0)))
     assert steps_in_epoch(store, chunks, 100) == 10
     assert steps_in_epoch(store, [15], 10) == 4  # the last chunk: rows 960..999
+    assert steps_in_epoch(store, chunks, 37) == 27  # 1000 = 27 x 37 + 1: no batch of one lone row
+    for epoch in range(6):
+        for buffer in (1, 2, 16):  # whichever buffer the lone row falls in
+            sizes = [len(b) for b in iter_batches(store, chunks, 37, buffer, 0, epoch)]
+            assert len(sizes) == 27 and min(sizes) >= 2 and sum(sizes) == 999
+    x = np.random.default_rng(1).standard_normal((257, 3)).astype(np.float32)  # chunk 4 holds 1 row
+    small = write_vectors(str(store.path) + "-257", x, shard_rows=256, chunk_rows=64)
+    for epoch in range(8):  # the 1-row chunk is alone in the last buffer in some epochs (256 = 8 x 32)
+        sizes = [len(b) for b in iter_batches(small, range(5), 32, 1, 0, epoch)]
+        assert sizes == [32] * 8 == [32] * steps_in_epoch(small, range(5), 32)
 
 
 def test_norm_stats(store):

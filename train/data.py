@@ -2,9 +2,9 @@
 
 Per epoch: the train chunks are permuted (seed, epoch), read ``buffer_chunks`` at a time into RAM (the next
 group is read by a background thread while the current one is consumed), the rows of the buffer (plus the
-leftover of the previous group) are permuted and cut into batches. Every train row is yielded exactly once
-per epoch (the last batch of an epoch may be short). At most two groups plus one batch of rows are in RAM,
-whatever the size of the store.
+leftover of the previous group) are permuted and cut into batches. Every train row is yielded once per
+epoch (the last batch of an epoch may be short), but a lone last row (``last_batches``). At most two
+groups plus one batch of rows are in RAM, whatever the size of the store.
 
 The order is planned on global row indices before any data is read (:func:`epoch_plan`), so batch ``i`` of
 epoch ``e`` is a pure function of (chunk sizes, seed, e, i): a resumed run skips to batch ``i`` without
@@ -101,6 +101,7 @@ def epoch_plan(store, chunks: Sequence[int], batch_size: int, buffer_chunks: int
         raise ConfigError(f"batch_size ({batch_size}) and buffer_chunks ({buffer_chunks}) must be >= 1")
     rng = np.random.default_rng([seed, epoch])
     order = [int(c) for c in rng.permutation(np.asarray(chunks, dtype=np.int64))]
+    total = last_batches(sum(b - a for a, b in map(store.chunk_bounds, order)), batch_size)  # the epoch's
     left = np.empty(0, np.int64)
     first = 0
     for gi in range(0, len(order), buffer_chunks):
@@ -109,16 +110,16 @@ def epoch_plan(store, chunks: Sequence[int], batch_size: int, buffer_chunks: int
         perm = rng.permutation(len(rows))
         rows = rows[perm]
         last = gi + buffer_chunks >= len(order)
-        n = last_batches(len(rows), batch_size) if last else len(rows) // batch_size
+        n = total - first if last else len(rows) // batch_size
         yield GroupPlan(group, left, perm, rows, first, n)
         left = rows[n * batch_size:]
         first += n
 
 
 def last_batches(rows: int, batch_size: int) -> int:
-    """Batches of an epoch's last ``rows``: a short last batch too, unless it would hold one row alone (a
-    batch of one row has no batch statistics: lse's variance, the spread; that row waits for the next
-    epoch's shuffle)."""
+    """Batches of an epoch of ``rows`` rows: a short last batch too, unless it would hold one row alone (a
+    batch of one row has no batch statistics: lse's variance, the spread; that row sits this epoch out,
+    and the next epoch's shuffle puts another row last)."""
     return -(-rows // batch_size) if rows % batch_size != 1 or rows == 1 else rows // batch_size
 
 
