@@ -250,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unrecognized arguments: {' '.join(extra)}")
     if (a.text is None) == (a.file is None):
         ap.error("give the text or --file (one of the two)")
+    if a.json and not (a.json.parent.is_dir() and not a.json.is_dir()):  # said before the model loads
+        ap.error(f"--json {a.json}: not a file in an existing folder")
     try:
         text = a.text if a.file is None else (sys.stdin.read() if str(a.file) == "-" else
                                               a.file.read_text(encoding="utf-8", errors="replace"))

@@ -50,8 +50,9 @@ _COLUMNS = [  # (summary key, header, tooltip); in the order of the table analyz
 ]
 
 
-def esc(x: Any) -> str:
-    return html.escape(str(x), quote=True)
+def esc(x: Any, quote: bool = True) -> str:
+    """``x`` as HTML text; ``quote=False`` for plotly's labels, which escape no quotes of their own."""
+    return html.escape(str(x), quote=quote)
 
 
 def _num(v: Any) -> str:
@@ -89,7 +90,7 @@ def _figures(models: dict[str, dict]) -> list[go.Figure]:
     ticks = _kept_ticks(kmax)
     curve = go.Figure(layout=lay | {"title": "RE vs latents kept per row (paper Fig. 4)",
                                     "xaxis_title": "latents kept per row (log scale; 0 drawn at 0.5)",
-                                    "yaxis_title": "RE (mean per-row sum of squared errors, log scale)",
+                                    "yaxis_title": "RE (per-row SSE, log scale)",
                                     "yaxis": {"type": "log"},  # one diverged model would flatten the others
                                     "xaxis": {"type": "log", "tickvals": [t for t, _ in ticks],
                                               "ticktext": [s for _, s in ticks]}})
@@ -105,12 +106,12 @@ def _figures(models: dict[str, dict]) -> list[go.Figure]:
             curve.add_scatter(x=[k if k > 0 else 0.5 for k in c["kept"]], y=_log_values(c["re"]),
                               mode="lines+markers", name=esc(name))
     if any(m.get("ad_class") for m in models.values()):
-        cls = go.Figure(layout=lay | {"title": "AD per class (bars: mean per row; markers: split of the "
-                                      "class-mean activity)", "xaxis_title": "class", "yaxis_title": "AD"})
+        cls = go.Figure(layout=lay | {"title": "AD per class (bars: per row; markers: of the class mean)",
+                                      "xaxis_title": "class", "yaxis_title": "AD"})
         for name, m in models.items():
             rows = m.get("ad_class") or []
-            labels = [esc(r["label"]) for r in rows]
-            cls.add_bar(x=labels, y=[r["ad"] for r in rows], name=esc(name))
+            labels = [esc(r["label"], quote=False) for r in rows]  # plotly shows &quot; as it is
+            cls.add_bar(x=labels, y=[r["ad"] for r in rows], name=esc(name), opacity=0.6)
             cls.add_scatter(x=labels, y=[r["ad_of_mean"] for r in rows], mode="markers",
                             name=f"{esc(name)} (of mean)")
         figs.append(cls)

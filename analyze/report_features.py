@@ -185,14 +185,18 @@ async function renderFeature(i) {
   }
   if (current !== i) return;  // another feature was asked for meanwhile
   p.replaceChildren();
-  if (!f) { p.appendChild(el('p', '', 'no feature ' + i)); return; }
+  if (!f) {
+    p.appendChild(el('p', '', 'no feature ' + i + ' (features 0..' + (D.k - 1) + ')'));
+    renderList();
+    return;
+  }
   p.appendChild(el('h2', '', 'Feature ' + f.i));
   p.appendChild(el('p', 'stats', 'active on ' + f.fires + ' of ' + D.n_rows + ' test rows (density ' +
     fmt(f.density) + '); max ' + fmt(f.max) + ', min ' + fmt(f.min)));
   if (!f.fires) {  // a dead latent: its largest codes are those of rows where it is not active
     p.appendChild(el('p', 'note', 'dead latent: never active on the test rows, so no histogram; the ' +
       'codes below are its largest and most negative ones, all on rows where it is inactive'));
-    p.appendChild(section('Largest codes (inactive rows)', f.top, false));
+    if (f.top.length) p.appendChild(section('Largest codes (inactive rows)', f.top, false));
     if (f.bottom.length) p.appendChild(section('Most negative codes (inactive rows)', f.bottom, true));
     renderList();
     return;

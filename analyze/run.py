@@ -248,7 +248,13 @@ def read_labels(path: str, n_rows: int) -> tuple[np.ndarray | None, list]:
     p = Path(path)
     if not p.is_file():
         raise AnalyzeError(f"analyze.labels: {p} not found (a .npy file with one label per store row)")
-    lab = np.load(p, allow_pickle=False)
+    try:
+        lab = np.load(p, allow_pickle=False)  # never pickle: numbers or fixed-width strings only
+    except (ValueError, OSError) as e:
+        raise AnalyzeError(f"analyze.labels: {p} is not a .npy array of numbers or strings ({e}); save one "
+                           "with np.save(path, labels) where labels is a 1-D int or str array") from e
+    if not isinstance(lab, np.ndarray):  # an .npz archive
+        raise AnalyzeError(f"analyze.labels: {p} is an .npz archive; save the labels alone with np.save")
     if lab.shape != (n_rows,):
         raise AnalyzeError(f"analyze.labels: {p} has shape {lab.shape}, the store has {n_rows} rows")
     classes, idx = np.unique(lab, return_inverse=True)
@@ -260,7 +266,10 @@ def read_test_chunks(run_dir: Path) -> list[int]:
     path = run_dir / "split.json"
     if not path.is_file():
         raise AnalyzeError(f"{path} not found: run the train stage first")
-    chunks = json.loads(path.read_text()).get("test_chunks")
+    try:
+        chunks = json.loads(path.read_text()).get("test_chunks")
+    except (ValueError, AttributeError) as e:
+        raise AnalyzeError(f"{path} is damaged ({e}): rerun the train stage, which writes it again") from e
     if not chunks:
         raise AnalyzeError(f"{path} has no test_chunks (trained with train.test_fraction=0): analyze "
                            "evaluates held-out rows only; retrain with test_fraction > 0")

@@ -169,3 +169,17 @@ def test_a_training_warning_reaches_the_summary_the_table_and_the_report(tmp_pat
     assert f"analyze: warning: sae was saved with a training warning: {warning}" in capsys.readouterr().out
     html = (run_dir / "report.html").read_text()
     assert "training warned: sae: its reconstruction error" in html and "&lt;b&gt;learned&lt;/b&gt;" in html
+
+
+@pytest.mark.parametrize("kind", ["object", "npz", "text"])
+def test_labels_that_are_no_plain_array_are_one_line(tmp_path, monkeypatch, kind):
+    run_dir = _run_dir(tmp_path, monkeypatch)
+    path = run_dir / ("labels.npz" if kind == "npz" else "labels.npy")
+    if kind == "object":
+        np.save(path, np.array([{"a": 1}] * 96, dtype=object), allow_pickle=True)
+    elif kind == "npz":
+        np.savez(path, labels=np.arange(96))
+    else:
+        path.write_text("a\nb\n")
+    with pytest.raises(run.AnalyzeError, match="analyze.labels: .* (is not a .npy array|is an .npz archive)"):
+        run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(device="cpu", labels=str(path)))

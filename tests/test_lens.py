@@ -304,3 +304,13 @@ def test_labels_skip_rows_without_a_string(tmp_path):
     assert feature_labels(tmp_path / "f.json") == {0: ([], [])}
     (tmp_path / "f.json").write_text(json.dumps(data | {"texts": {"8": "A quiet harbor at dawn, " * 3}}))
     assert feature_labels(tmp_path / "f.json") == {0: (["A quiet harbor at dawn, A quiet\u2026"], [])}
+
+
+def test_a_json_path_that_cannot_be_written_is_refused_first(tmp_path, capsys):
+    from actdict.analyze.lens import main as lens_main
+
+    for bad in (tmp_path / "no-such-folder" / "x.json", tmp_path):  # a missing folder; a folder itself
+        with pytest.raises(SystemExit) as e:
+            lens_main(["configs/demo.yaml", "hi", "--json", str(bad)])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and f"--json {bad}: not a file in an existing folder" in err

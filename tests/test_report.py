@@ -230,7 +230,7 @@ def test_masked_curve_axis_labels_zero_kept():
     ax = curve.layout.xaxis
     assert ax.type == "log" and list(ax.tickvals) == [0.5, 1, 2, 5, 10, 20, 64]
     assert list(ax.ticktext) == ["0", "1", "2", "5", "10", "20", "64"]
-    assert "0 drawn at 0.5" in ax.title.text and "squared error" in curve.layout.yaxis.title.text
+    assert "0 drawn at 0.5" in ax.title.text and "per-row SSE, log scale" in curve.layout.yaxis.title.text
     assert [t for _, t in _kept_ticks(384)] == ["0", "1", "2", "5", "10", "20", "50", "100", "200", "384"]
     assert [t for _, t in _kept_ticks(250)][-2:] == ["100", "250"]  # 200 would overlap 250
 
