@@ -31,7 +31,6 @@ from torch import Tensor
 from actdict.analyze.metrics import active_mask
 from actdict.analyze.outputs import read_output
 from actdict.analyze.texts import clip
-from actdict.analyze.toptokens import display_strings
 from actdict.config import Common, common_of, load_experiment, section
 from actdict.errors import ActdictError, print_error
 
@@ -210,7 +209,7 @@ def format_lens(res: dict) -> str:
     """The lens as text: per dictionary, one line per token (token, active count, features)."""
     unit = res.get("unit", "token")
     if unit == "token":
-        shown = [repr(s.strip()) for s in display_strings(res["tokens"])]
+        shown = [repr(s) for s in res["tokens"]]  # as the labels and --json: '##en' is a continuation
         what = "tokens in the corpus"
     else:
         shown = [repr(clip(s, 40)) for s in res["tokens"]]
