@@ -117,7 +117,8 @@ def remote_error(e: BaseException) -> ActdictError | None:
         if type(seen).__module__.startswith(_REMOTE):
             return ActdictError(f"the object store failed: {type(seen).__name__}: {seen}; check its "
                                 "credentials and endpoint (S3: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
-                                "AWS_ENDPOINT_URL) and the bucket's name (docs/harvest.md)")
+                                "AWS_ENDPOINT_URL; other backends: their own settings) and the bucket's name "
+                                "(docs/harvest.md)")
         seen = seen.__cause__ or (None if seen.__suppress_context__ else seen.__context__)
     return None
 

@@ -38,7 +38,8 @@ table.overview { border-collapse: collapse; font-variant-numeric: tabular-nums; 
 """
 _COLUMNS = [  # (summary key, header, tooltip); in the order of the table analyze prints (run.summary_lines)
     ("variant", "variant", ""), ("k", "k", "latents"),
-    ("re_det", "RE (det.)", "deterministic path, whole test set: mean per-row sum of squared error"),
+    ("re_det", "RE (det.)", "deterministic path, every evaluated test row (all, or analyze.max_test_rows): "
+     "mean per-row sum of squared error"),
     ("re_sample", "RE (1 sample)", "paper protocol: one stochastic forward of the first test batch"),
     ("ad", "AD", "mean active dimensions per row (Otsu split of the activity)"),
     ("l0", "L0", "mean non-zero codes per row"), ("ev", "EV", "explained variance = 1 - FVU"),

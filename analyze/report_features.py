@@ -144,7 +144,7 @@ function renderList() {
   }
   const more = document.getElementById('more');
   more.style.display = fs.length > shown ? '' : 'none';
-  document.getElementById('count').textContent = fs.length + ' features';
+  document.getElementById('count').textContent = fs.length + (fs.length === 1 ? ' feature' : ' features');
 }
 function histogram(f, parent) {  // drawn once in the page, so that plotly sizes it to the panel's width
   const mids = EDGES.slice(0, -1).map((e, i) => (e + EDGES[i + 1]) / 2);
@@ -159,7 +159,10 @@ function histogram(f, parent) {  // drawn once in the page, so that plotly sizes
   }
   const layout = {height: 250, margin: {t: 30, l: 50, r: 10, b: 40}, barmode: 'overlay',
     title: {text: 'activation histogram (rows where the feature is active)', font: {size: 13}},
-    xaxis: {title: {text: 'log10 |code|'}}, yaxis: {title: {text: 'rows'}}, showlegend: traces.length > 1};
+    xaxis: {title: {text: 'log10 |code|'}}, showlegend: traces.length > 1,
+    yaxis: {title: {text: 'rows'}, rangemode: 'tozero'}};
+  const most = Math.max(0, ...traces.flatMap(t => t.y));
+  if (most < 10) layout.yaxis.dtick = 1;  // whole rows: no 0.2 ticks for a feature active on a few
   const div = parent.appendChild(el('div'));
   div.id = 'hist';
   if (window.Plotly) Plotly.newPlot(div, traces, layout, {displayModeBar: false, responsive: true});
