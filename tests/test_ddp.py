@@ -23,46 +23,64 @@ from actdict.train.config import TrainConfig
 from actdict.train.protocol import make, registry
 from actdict.train.run import main
 
-DICTS = ("l1", "topk", "batchtopk", "auxk", "vae", "vaease", "kl", "lse", "log", "jumprelu", "decnorm",
-         "sosae")
+ENTRIES = {  # name -> its train.dicts entry
+    "l1": "{name: l1, variant: sae_l1, k: 16, lr: 0.01, params: {lam1: 0.05, lam2: 0.001}}",
+    "topk": "{name: topk, variant: sae_topk, k: 16, lr: 0.01, params: {topk: 4}}",
+    "batchtopk": "{name: batchtopk, variant: sae_batchtopk, k: 16, lr: 0.01, "
+                 "params: {topk: 1, n_batches_to_dead: 1, k_aux: 4}}",
+    "auxk": "{name: auxk, variant: sae_topk_auxk, k: 16, lr: 0.01, "
+            "params: {topk: 2, k_aux: 4, dead_tokens: 66}}",
+    "vae": "{name: vae, variant: vae, k: 16, lr: 0.01}",
+    "vaease": "{name: vaease, variant: vaease, k: 16, lr: 0.01}",
+    "kl": "{name: kl, variant: sae_kl, k: 16, lr: 0.01, params: {beta: 3.0}}",
+    "lse": "{name: lse, variant: lse, k: 16, lr: 0.01}",
+    # eps 0.1: with the default 1e-4, the 1/(|z| + eps) gradient of near-zero codes magnifies the float32
+    # summation-order difference of the two ranks' averaged gradients to ~50% in 60 steps (0.1: 2e-6)
+    "log": "{name: log, variant: sae_log, k: 16, lr: 0.01, params: {eps: 0.1}}",
+    "jumprelu": "{name: jumprelu, variant: sae_jumprelu, k: 16, lr: 0.01}",
+    "decnorm": "{name: decnorm, variant: sae_l1_decnorm, k: 16, lr: 0.01}",
+    "sosae": "{name: sosae, variant: sosae, k: 16, lr: 0.01}",
+}
+DICTS = tuple(ENTRIES)
 
 
-def _config(tmp_path: Path, store: str, run: str) -> Path:
+def _config(tmp_path: Path, store: str, run: str, names: tuple[str, ...] = DICTS,
+            buffer_chunks: int | None = 2) -> Path:
+    """The two runs' config: ``names`` of ``ENTRIES``; ``buffer_chunks`` None: train's default."""
     cfg = tmp_path / f"{run}.yaml"
+    dicts = "".join(f"    - {ENTRIES[n]}\n" for n in names)
+    buffer = f"\n  buffer_chunks: {buffer_chunks}" if buffer_chunks else ""
     cfg.write_text(f"""
 run_dir: {tmp_path / run}
 seed: 1
 store: {store}
 train:
   epochs: 2
-  batch_size: 33      # odd: the ranks get 16 and 17 rows; the epoch's last batch is short
-  buffer_chunks: 2
+  batch_size: 33      # odd: the ranks get 16 and 17 rows; the epoch's last batch is short{buffer}
   test_fraction: 0.2
   device: cpu
   dicts:
-    - {{name: l1, variant: sae_l1, k: 16, lr: 0.01, params: {{lam1: 0.05, lam2: 0.001}}}}
-    - {{name: topk, variant: sae_topk, k: 16, lr: 0.01, params: {{topk: 4}}}}
-    - {{name: batchtopk, variant: sae_batchtopk, k: 16, lr: 0.01,
-        params: {{topk: 1, n_batches_to_dead: 1, k_aux: 4}}}}
-    - {{name: auxk, variant: sae_topk_auxk, k: 16, lr: 0.01, params: {{topk: 2, k_aux: 4, dead_tokens: 66}}}}
-    - {{name: vae, variant: vae, k: 16, lr: 0.01}}
-    - {{name: vaease, variant: vaease, k: 16, lr: 0.01}}
-    - {{name: kl, variant: sae_kl, k: 16, lr: 0.01, params: {{beta: 3.0}}}}
-    - {{name: lse, variant: lse, k: 16, lr: 0.01}}
-    # eps 0.1: with the default 1e-4, the 1/(|z| + eps) gradient of near-zero codes magnifies the float32
-    # summation-order difference of the two ranks' averaged gradients to ~50% in 60 steps (0.1: 2e-6)
-    - {{name: log, variant: sae_log, k: 16, lr: 0.01, params: {{eps: 0.1}}}}
-    - {{name: jumprelu, variant: sae_jumprelu, k: 16, lr: 0.01}}
-    - {{name: decnorm, variant: sae_l1_decnorm, k: 16, lr: 0.01}}
-    - {{name: sosae, variant: sosae, k: 16, lr: 0.01}}
-""")
+{dicts}""")
     return cfg
 
 
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+needs_torchrun = pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed next to the "
+                                    "interpreter")
+
+
+def _torchrun(cfg: Path, ranks: int) -> str:
+    """``actdict train cfg`` under torchrun on ``ranks`` CPU ranks; its stdout (it must succeed)."""
+    cmd = [str(TORCHRUN), "--standalone", "--nproc-per-node", str(ranks), "-m", "actdict.cli", "train",
+           str(cfg)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env=os.environ | {"OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+@needs_torchrun
 def test_torchrun_two_ranks_match_one_process(tmp_path):
-    torchrun = Path(sys.executable).with_name("torchrun")
-    if not torchrun.exists():
-        pytest.skip("torchrun not installed next to the interpreter")
     x = np.random.default_rng(3).standard_normal((1200, 8)).astype(np.float32)
     store = write_vectors(str(tmp_path / "store"), x, shard_rows=512, chunk_rows=64).path
     single = load_experiment(_config(tmp_path, store, "single"))
@@ -70,12 +88,7 @@ def test_torchrun_two_ranks_match_one_process(tmp_path):
     assert {dc.variant for dc in cfg.dicts} == set(registry())  # a new variant must join this test
     main(common_of(single), cfg)
 
-    cmd = [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "actdict.cli", "train",
-           str(_config(tmp_path, store, "ddp"))]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                          env=os.environ | {"OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("train: saved") == len(DICTS)  # rank 0 alone writes
+    assert _torchrun(_config(tmp_path, store, "ddp"), 2).count("train: saved") == len(DICTS)  # rank 0 writes
     for name in DICTS:
         a, ma = checkpoint.load(tmp_path / "single" / "dicts" / name)
         b, mb = checkpoint.load(tmp_path / "ddp" / "dicts" / name)
@@ -94,43 +107,17 @@ def test_torchrun_two_ranks_match_one_process(tmp_path):
         assert moved > 100 * max(float((va.double() - vb.double()).abs().max()) for va, vb in pairs)
 
 
+@needs_torchrun
 def test_a_rank_with_no_rows_of_a_short_last_batch(tmp_path):
     """497 train rows = 15 x 33 + 2: the last batch of each epoch has 2 rows, so on 3 ranks one rank's part
     of it is empty (its means are 0/0): it weighs 0, the run matches one process. (A last batch of one
     row is not made at all: ``data.last_batches``.)"""
-    torchrun = Path(sys.executable).with_name("torchrun")
-    if not torchrun.exists():
-        pytest.skip("torchrun not installed next to the interpreter")
     x = np.random.default_rng(3).standard_normal((625, 8)).astype(np.float32)
     store = write_vectors(str(tmp_path / "store"), x, shard_rows=512, chunk_rows=64).path
     names = ("l1", "vaease", "lse", "kl")
-
-    def config(run: str) -> Path:
-        cfg = tmp_path / f"{run}.yaml"
-        cfg.write_text(f"""
-run_dir: {tmp_path / run}
-seed: 1
-store: {store}
-train:
-  epochs: 2
-  batch_size: 33
-  test_fraction: 0.2
-  device: cpu
-  dicts:
-    - {{name: l1, variant: sae_l1, k: 16, lr: 0.01, params: {{lam1: 0.05, lam2: 0.001}}}}
-    - {{name: vaease, variant: vaease, k: 16, lr: 0.01}}
-    - {{name: lse, variant: lse, k: 16, lr: 0.01}}
-    - {{name: kl, variant: sae_kl, k: 16, lr: 0.01, params: {{beta: 3.0}}}}
-""")
-        return cfg
-
-    single = load_experiment(config("single"))
+    single = load_experiment(_config(tmp_path, store, "single", names, buffer_chunks=None))
     main(common_of(single), section(single, "train", TrainConfig))
-    cmd = [str(torchrun), "--standalone", "--nproc-per-node", "3", "-m", "actdict.cli", "train",
-           str(config("ddp"))]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                          env=os.environ | {"OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    _torchrun(_config(tmp_path, store, "ddp", names, buffer_chunks=None), 3)
     for name in names:
         a, ma = checkpoint.load(tmp_path / "single" / "dicts" / name)
         b, mb = checkpoint.load(tmp_path / "ddp" / "dicts" / name)
