@@ -67,17 +67,28 @@ def test_harvest_to_s3_then_train_from_it(tmp_path, s3):
     assert (tmp_path / "s3" / "run" / "dicts" / "sae" / "model.safetensors").is_file()
 
 
-def test_killed_remote_shard_is_rewritten(tmp_path, s3):
-    """On S3 a shard is written in place, its done-record last: one cut short by a kill (here: its
-    done-record and a chunk removed) is invisible to readers and rewritten by the rerun."""
+def harvested(tmp_path, s3: str, name: str):
+    """A harvest into ``s3``/``name``: (its URL, its config, the S3 file system, its hook's folder there,
+    the bytes of every file under it)."""
     import s3fs
 
-    url = f"{s3}/store2"
+    url = f"{s3}/{name}"
     cfg = config(tmp_path / "s3", url)
     assert cli(["harvest", cfg]) == 0
     fs = s3fs.S3FileSystem()
-    root = "actdict-test/store2/blocks.1.hook_resid_post"
-    before = {p: fs.cat_file(p) for p in fs.find(root)}
+    root = f"actdict-test/{name}/blocks.1.hook_resid_post"
+    return url, cfg, fs, root, contents(fs, root)
+
+
+def contents(fs, root: str) -> dict[str, bytes]:
+    fs.invalidate_cache()
+    return {p: fs.cat_file(p) for p in fs.find(root)}
+
+
+def test_killed_remote_shard_is_rewritten(tmp_path, s3):
+    """On S3 a shard is written in place, its done-record last: one cut short by a kill (here: its
+    done-record and a chunk removed) is invisible to readers and rewritten by the rerun."""
+    url, cfg, fs, root, before = harvested(tmp_path, s3, "store2")
     meta = f"{root}/shards/00002/zarr.json"
     blob = json.loads(fs.cat_file(meta))
     blob["attributes"] = {}
@@ -88,22 +99,13 @@ def test_killed_remote_shard_is_rewritten(tmp_path, s3):
     fs.invalidate_cache()
     assert len(open_store(url, allow_partial=True)) == 128  # shards 0, 1 only
     assert cli(["harvest", cfg]) == 0
-    fs.invalidate_cache()
-    after = {p: fs.cat_file(p) for p in fs.find(root)}
-    assert sorted(after) == sorted(before) and all(after[p] == before[p] for p in before)
+    assert contents(fs, root) == before  # the same files, the same bytes
 
 
 def test_repair_of_a_remote_store(tmp_path, s3, capsys):
     """--repair on S3 removes a corrupted shard (its done-record first: s3fs cannot rename a prefix) and
     marks the hook unfinished; the harvest rewrites it, and the store is as it was."""
-    import s3fs
-
-    url = f"{s3}/store3"
-    cfg = config(tmp_path / "s3", url)
-    assert cli(["harvest", cfg]) == 0
-    fs = s3fs.S3FileSystem()
-    root = "actdict-test/store3/blocks.1.hook_resid_post"
-    before = {p: fs.cat_file(p) for p in fs.find(root)}
+    url, cfg, fs, root, before = harvested(tmp_path, s3, "store3")
     chunk = f"{root}/shards/00002/acts/c/1/0"
     blob = bytearray(before[chunk])
     blob[5] ^= 0xFF
@@ -117,9 +119,7 @@ def test_repair_of_a_remote_store(tmp_path, s3, capsys):
     capsys.readouterr()
     assert cli(["store", url]) == 0 and "INCOMPLETE" in capsys.readouterr().out
     assert cli(["harvest", cfg]) == 0
-    fs.invalidate_cache()
-    after = {p: fs.cat_file(p) for p in fs.find(root)}
-    assert sorted(after) == sorted(before) and all(after[p] == before[p] for p in before)
+    assert contents(fs, root) == before
 
 
 def test_a_misspelt_bucket_is_refused_not_made(tmp_path, s3, capsys):
