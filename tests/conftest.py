@@ -25,3 +25,25 @@ def device() -> str:
     with itself: they still run end to end, so they work when a session has a GPU
     (``benchmarks/gpu_session.sh`` runs them there)."""
     return os.environ.get("ACTDICT_TEST_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.fixture
+def read_only(monkeypatch):
+    """``read_only(suffix)``: folders whose path ends with ``suffix`` refuse new files to
+    ``actdict.lock.check_writable``, as a folder chmod'ed a-w does for a user without root's override
+    (these tests run as root too)."""
+    import errno
+
+    from actdict import lock
+
+    real = lock.tempfile.mkstemp
+
+    def refuse(suffix: str) -> None:
+        def mkstemp(dir, prefix):
+            if str(dir).endswith(suffix):
+                raise PermissionError(errno.EACCES, "Permission denied")
+            return real(dir=dir, prefix=prefix)
+
+        monkeypatch.setattr(lock.tempfile, "mkstemp", mkstemp)
+
+    return refuse

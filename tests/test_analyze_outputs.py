@@ -130,11 +130,9 @@ def test_folders_in_dicts_that_hold_no_dictionary_are_named_and_skipped(tmp_path
     assert "note:" not in capsys.readouterr().out
 
 
-def test_a_narrowed_or_unwritable_analysis_says_so_before_its_pass(tmp_path, monkeypatch, capsys):
+def test_a_narrowed_or_unwritable_analysis_says_so_before_its_pass(tmp_path, monkeypatch, capsys, read_only):
     """analyze.dicts drops the other dictionaries from summary.json: a note names them. A run folder that
     cannot be written is refused before the pass over the store, with nothing written."""
-    import errno
-
     from actdict import lock
 
     run_dir = _run_dir(tmp_path, monkeypatch)
@@ -146,14 +144,7 @@ def test_a_narrowed_or_unwritable_analysis_says_so_before_its_pass(tmp_path, mon
     assert ("analyze: note: summary.json and the report will hold ['sae'] only, not ['other'] (analyze.dicts)"
             in capsys.readouterr().out)
     before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
-    real = lock.tempfile.mkstemp
-
-    def read_only_features(dir, prefix):  # as a folder chmod'ed a-w for a user without root's override
-        if str(dir).endswith("features"):
-            raise PermissionError(errno.EACCES, "Permission denied")
-        return real(dir=dir, prefix=prefix)
-
-    monkeypatch.setattr(lock.tempfile, "mkstemp", read_only_features)
+    read_only("features")
     monkeypatch.setattr(run, "ModelEval", None)  # the pass would fail at its first use: it is never reached
     with pytest.raises(lock.FolderNotWritable, match=r"cannot write in .*features \(Permission denied\)"):
         run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(**cfg))

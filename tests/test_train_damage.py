@@ -151,9 +151,7 @@ def test_names_that_cannot_be_folders_are_refused(name):
 
 
 def test_a_read_only_run_folder_and_a_cut_split_are_said_before_training(store, tmp_path, capsys,
-                                                                          monkeypatch):
-    import errno
-
+                                                                          read_only):
     from actdict import lock
 
     common = Common(run_dir=str(tmp_path / "run"), seed=0, store=store.path)
@@ -162,14 +160,7 @@ def test_a_read_only_run_folder_and_a_cut_split_are_said_before_training(store, 
     (tmp_path / "run" / "split.json").write_text(split[:30])  # a kill mid-write, before it was atomic
     main(common, cfg())  # all finished: skipped, and the split is whole again
     assert (tmp_path / "run" / "split.json").read_text() == split
-    real = lock.tempfile.mkstemp
-
-    def read_only_a(dir, prefix):  # as a folder chmod'ed a-w for a user without root's override
-        if str(dir).endswith("dicts/a"):
-            raise PermissionError(errno.EACCES, "Permission denied")
-        return real(dir=dir, prefix=prefix)
-
-    monkeypatch.setattr(lock.tempfile, "mkstemp", read_only_a)
+    read_only("dicts/a")
     capsys.readouterr()
     with pytest.raises(lock.FolderNotWritable, match=r"cannot write in .*dicts/a \(Permission denied\)"):
         main(common, cfg(DictConfig("a", "sae_topk", k=4, lr=0.02, params={"topk": 2})))
