@@ -149,10 +149,11 @@ def check_out(dict_dir: Path, out: Path, overwrite: bool) -> None:
         raise ExportError(f"{out} is in a run's dicts folder, where analysis takes every folder for a "
                           "trained dictionary; pass a folder outside it")
     held = sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) if out.is_dir() else []
-    if held and not (overwrite and set(held) <= {CFG, WEIGHTS}):
-        what = "an export already" if set(held) <= {CFG, WEIGHTS} else f"other files: {held[:5]}"
-        raise ExportError(f"{out} holds {what}; pass another folder"
-                          + (", or --overwrite to replace it" if set(held) <= {CFG, WEIGHTS} else ""))
+    export = set(held) <= {CFG, WEIGHTS}  # (hidden files: a killed export's temporaries)
+    if held and not (overwrite and export):
+        raise ExportError(f"{out} holds " + ("an export already; pass another folder, or --overwrite to "
+                                             "replace it" if export else f"other files: {held[:5]}; pass "
+                                             "another folder"))
 
 
 def export_saelens(dict_dir: str | Path, out: str | Path, overwrite: bool = False) -> Path:

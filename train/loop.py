@@ -112,8 +112,9 @@ class Spread:
 
     def add(self, x: torch.Tensor) -> None:  # x: [b, d] float32, this process's rows of the batch
         wide = torch.float64 if x.device.type in ("cpu", "cuda") else torch.float32  # MPS has no float64
-        v = torch.cat([x.sum(0), (x * x).sum()[None], torch.full((1,), float(len(x)), device=x.device)])
-        self.sums = v.to(wide) if self.sums is None else self.sums + v.to(wide)  # [d + 2]
+        rows = torch.full((1,), float(len(x)), device=x.device)
+        v = torch.cat([x.sum(0), (x * x).sum()[None], rows]).to(wide)  # [d + 2]
+        self.sums = v if self.sums is None else self.sums + v  # [d + 2]
 
     def end(self, d: dist_.Dist) -> float | None:
         """The mean SSE of predicting each of the epoch's rows (every rank's) by their mean row; resets."""

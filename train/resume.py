@@ -185,12 +185,12 @@ def _match_layout(opt: torch.optim.Optimizer) -> None:
                 st[key] = like_param(p, v)
 
 
-def stale_state(run_dir: Path, state_path: Path) -> bool:
-    """The resume state holds only dictionaries that have finished checkpoints of the state's own configs:
-    what a kill after the final saves, before the state's removal, leaves. Nothing in it is to resume."""
-    meta = read_meta(state_path)
-    return bool(meta) and all(checkpoint.is_finished(run_dir / "dicts" / n, m["config_hash"])
-                              for n, m in meta["members"].items())
+def stale_state(run_dir: Path, meta: dict) -> bool:
+    """The resume state (``read_meta``) holds only dictionaries that have finished checkpoints of the
+    state's own configs: what a kill after the final saves, before the state's removal, leaves. Nothing in
+    it is to resume."""
+    return all(checkpoint.is_finished(run_dir / "dicts" / n, m["config_hash"])
+               for n, m in meta["members"].items())
 
 
 def remove_stale(state_path: Path, why: str, say: Callable[[str], None]) -> None:

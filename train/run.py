@@ -54,7 +54,6 @@ from actdict.train.resume import (
     resume_state,
     save_state,
     stale_state,
-    unreadable,
 )
 
 _UNHASHED = ("dicts", "device", "checkpoint_every", "resume", "resume_drop",  # no change to the result,
@@ -269,15 +268,16 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
     if d.main and not split_readable(run_dir):  # another split is written with the checkpoints: until
         write_split(run_dir, split)  # then it is the finished dictionaries' (analyze reads their test rows)
     state_path = run_dir / STATE
-    if d.main and stale_state(run_dir, state_path):
+    held = read_meta(state_path) if d.main else None  # the state there now (None: none, or unreadable)
+    if held and stale_state(run_dir, held):
         remove_stale(state_path, "a resume state whose dictionaries all finished after it (a kill between "
                      "the last checkpoint and its removal)", say)
-    elif d.main and not todo and unreadable(state_path):
+    elif d.main and not todo and held is None and state_path.is_file():
         remove_stale(state_path, "a damaged resume state (a full disk, a copy cut short?), and every "
                      "dictionary is finished", say)
-    elif not todo and (other := read_meta(state_path)):
-        say(f"train: note: {state_path} holds the unfinished run of {sorted(other['members'])} (at step "
-            f"{other['position']['step']}), another config than this one's: it is kept; that run's command "
+    elif held and not todo:
+        say(f"train: note: {state_path} holds the unfinished run of {sorted(held['members'])} (at step "
+            f"{held['position']['step']}), another config than this one's: it is kept; that run's command "
             "continues it")
     dist_.barrier(d)
     if not todo:
