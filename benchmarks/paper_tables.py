@@ -126,6 +126,22 @@ def override(spec: SetSpec, n_train: int = 0, hidden: int = 0, lr: float = 0, ex
     return replace(spec, models=models, data=data)
 
 
+# --official: the authors' bodies (models.py) for the synthetic sets: Linear_Encoder / MLP_Encoder with the
+# clipped log variance for the VAEs, MLP_Encoder_SAE, FCNDecoder (width 2d); the widths are their defaults
+OFFICIAL = {"linear": {"encoder": "mlp"}, "mlp": {"encoder": "resmlp_bn", "decoder": "mlp"}}
+
+
+def official(spec: SetSpec, name: str) -> SetSpec:
+    """``spec`` (a synthetic set) with the authors' bodies in every model (``OFFICIAL``)."""
+    if name not in OFFICIAL:
+        raise SystemExit(f"--official applies to the synthetic sets {sorted(OFFICIAL)}, not {name!r}")
+    arch = OFFICIAL[name] | ({"decoder_hidden": 2 * spec.data["d"]} if "decoder" in OFFICIAL[name] else {})
+    models = {row: (v, lr, {key: p for key, p in params.items() if key not in ("hidden", "decoder_hidden")}
+                    | arch | ({"head": "clip"} if v in ("vae", "vaease") else {}))
+              for row, (v, lr, params) in spec.models.items()}
+    return replace(spec, models=models)
+
+
 def _key_value(text: str) -> tuple[str, object]:
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -347,6 +363,8 @@ def set_spec(name: str, a: argparse.Namespace, params: dict) -> SetSpec:
         spec = replace(spec, models={k: v for k, v in spec.models.items() if k in a.models})
     if a.max_steps:
         spec = replace(spec, epochs=10**6, max_steps=a.max_steps)
+    if a.official:
+        spec = official(spec, name)
     spec = override(spec, a.n_train, a.hidden, a.lr, params)
     if a.schedule:
         spec = replace(spec, schedule=a.schedule)
@@ -374,6 +392,8 @@ def main(argv: list[str] | None = None) -> dict:
                     help="train exactly this many steps (epochs unbounded); 0 = the set's own setting")
     ap.add_argument("--n-train", type=int, default=0, help="synthetic sets: this many training points")
     ap.add_argument("--hidden", type=int, default=0, help="hidden width of every model's MLP encoder/decoder")
+    ap.add_argument("--official", action="store_true", help="synthetic sets: the authors' encoder and "
+                    "decoder bodies and clipped log-variance head (models.py; BatchNorm in the MLP set)")
     ap.add_argument("--lr", type=float, default=0, help="one learning rate for every model")
     ap.add_argument("--schedule", default="", help="learning-rate schedule (default: the paper's cosine "
                     "warm restarts), e.g. warmup_cosine: one decay over the run")

@@ -97,6 +97,24 @@ def test_override_sets_size_width_and_lr_of_every_model():
         P._key_value("head")
 
 
+def test_official_puts_the_authors_bodies_in_every_model_of_a_synthetic_set():
+    mlp = P.official(P.SETS["mlp"], "mlp")
+    assert set(mlp.models) == set(P.SETS["mlp"].models) and mlp.data == P.SETS["mlp"].data
+    for name, (variant, lr, params) in mlp.models.items():
+        old_variant, old_lr, old = P.SETS["mlp"].models[name]
+        rest = {k: v for k, v in old.items() if k not in ("encoder", "decoder", "hidden", "decoder_hidden")}
+        arch = {"encoder": "resmlp_bn", "decoder": "mlp", "decoder_hidden": 200}  # FCNDecoder: 2d, d = 100
+        assert (variant, lr) == (old_variant, old_lr)
+        assert params == rest | arch | ({"head": "clip"} if variant.startswith("vae") else {})
+        model = P.make(variant, 100, mlp.k, **params)  # the stream is 2k wide by default
+        assert model.encoder[0].out_features == 2 * mlp.k
+    lin = P.official(P.SETS["linear"], "linear")
+    assert lin.models["vae"][2] == P.SETS["linear"].models["vae"][2] | {"head": "clip"}
+    assert lin.models["sae_l1"] == P.SETS["linear"].models["sae_l1"]  # Sparse_Encoder's body (+ our ReLU)
+    with pytest.raises(SystemExit, match="synthetic sets"):
+        P.official(P.SETS["llm"], "llm")
+
+
 def _tiny(max_steps: int, **kw) -> P.SetSpec:
     spec = replace(P.SETS["linear"], k=6, epochs=10**6, batch=64, max_steps=max_steps,
                    data={"n_train": 300, "n_test": 100, "d": 8, "dims": (2, 2)},

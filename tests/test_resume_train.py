@@ -23,7 +23,7 @@ from actdict.train.config import TrainConfig
 from actdict.train.resume import STATE, ResumeConflict, read_meta
 from actdict.train.run import main
 
-DICTS = ("vaease", "topk")
+DICTS = ("vaease", "topk", "official")  # official: the authors' BatchNorm body (running statistics)
 
 
 def _config(tmp_path: Path, store: str, run: str, device: str) -> Path:
@@ -44,6 +44,8 @@ train:
   dicts:
     - {{name: vaease, variant: vaease, k: 12, lr: 0.01, params: {{loggamma_init: -1}}}}
     - {{name: topk, variant: sae_topk, k: 12, lr: 0.01, params: {{topk: 3}}}}
+    - {{name: official, variant: vaease, k: 12, lr: 0.01, params: {{loggamma_init: -1, encoder: resmlp_bn,
+        decoder: mlp, decoder_hidden: 12, head: clip}}}}
 """)
     return cfg
 
@@ -108,7 +110,8 @@ def test_killed_and_terminated_run_resumes_bit_exactly(tmp_path, device):
     stopped = int(re.search(r"Interrupted: stopped at step (\d+)", err).group(1))
     assert read_meta(state)["position"]["step"] == stopped > killed_at
     other = load_experiment(cfg, ["train.epochs=9"])
-    with pytest.raises(ResumeConflict, match=r"another run \(dictionaries \['topk', 'vaease'\] at step "):
+    conflict = r"another run \(dictionaries \['official', 'topk', 'vaease'\] at step "
+    with pytest.raises(ResumeConflict, match=conflict):
         main(common_of(other), section(other, "train", TrainConfig))  # not resumed, not dropped
     assert read_meta(state)["position"]["step"] == stopped
 
@@ -135,3 +138,5 @@ def test_killed_and_terminated_run_resumes_bit_exactly(tmp_path, device):
         ref, run = (json.loads((tmp_path / r / "dicts" / name / "cfg.json").read_text())
                     for r in ("ref", "run"))
         assert len(ref["history"]) == 8 and run["history"] == ref["history"]
+    # the BatchNorm running statistics are weights too: moved once per training step, resumed with the rest
+    assert int(a["encoder.1.num_batches_tracked"]) == ref["steps"] and a["encoder.1.running_var"].ne(1).all()

@@ -1,4 +1,4 @@
-"""The App. D.2 bodies (``encoder: mlp | resmlp``, ``decoder: mlp``) of SAE and VAE variants."""
+"""The App. D.2 bodies (``encoder: mlp | resmlp | resmlp_bn``, ``decoder: mlp``) of SAE and VAE variants."""
 
 import pytest
 import torch
@@ -6,7 +6,7 @@ from torch import nn
 
 from actdict.config import ConfigError
 from actdict.train.protocol import make
-from actdict.train.variants._nets import ResBlock, res_mlp
+from actdict.train.variants._nets import BNResBlock, ResBlock, res_mlp
 
 
 def test_resblock_is_identity_plus_three_layer_body():
@@ -79,3 +79,57 @@ def test_arch_keys_are_optional_and_checked():
         with pytest.raises(ConfigError, match=r"decoder_hidden must be an integer >= 0"):
             make(variant, 8, 4, decoder="mlp", decoder_hidden=-1)
     assert make("sae_l1", 8, 4, encoder="mlp", hidden=6.0).encoder[0].out_features == 6
+
+
+def test_resmlp_bn_is_the_authors_mlp_encoder():
+    """``resmlp_bn`` = models.py's MLP_Encoder: Linear(d, 2k), BN, Swish, 3 x ResMLP(2k, 2k) with inner width
+    4 x 2k = 8k, Linear(2k, 2k) (VAE) or Linear(2k, k) + the SAE's ReLU (MLP_Encoder_SAE)."""
+    d, k = 12, 6
+    vae = make("vaease", d, k, seed=0, encoder="resmlp_bn", decoder="mlp", decoder_hidden=2 * d, head="clip")
+    body = vae.encoder
+    assert [type(m) for m in body[:3]] == [nn.Linear, nn.BatchNorm1d, nn.SiLU]
+    assert body[0].out_features == 2 * k and body[-1].out_features == 2 * k
+    blocks = [m for m in body if isinstance(m, BNResBlock)]
+    assert len(blocks) == 3 and len(body) == 7
+    assert [m.out_features for m in blocks[0].body if isinstance(m, nn.Linear)] == [8 * k, 8 * k, 2 * k]
+    assert [m.num_features for m in blocks[0].body if isinstance(m, nn.BatchNorm1d)] == [8 * k, 2 * k]
+    assert [m.out_features for m in vae.decoder if isinstance(m, nn.Linear)] == [2 * d, d]  # FCNDecoder
+    h = torch.randn(5, 2 * k)
+    with torch.no_grad():  # the block's last BatchNorm at 0: Swish(0) = 0, the block is the identity
+        blocks[0].body[-2].weight.zero_()
+        blocks[0].body[-2].bias.zero_()
+    assert torch.equal(blocks[0](h), h)
+    sae = make("sae_l1", d, k, seed=0, encoder="resmlp_bn", hidden=10)
+    assert sae.encoder[0].out_features == 10 and sae.encoder[-1].out_features == k
+    assert (sae(torch.randn(4, d)).codes >= 0).all()
+
+
+def test_clip_head_is_the_clipped_encoder_output():
+    """head="clip" (models.py's Linear_Encoder / MLP_Encoder): log var = min(s, 0) of the encoder's second
+    half, no Linear(k, k) on it, no lower bound."""
+    m = make("vae", 5, 4, seed=1, encoder="mlp", head="clip")
+    assert not hasattr(m, "var_head")
+    x = torch.randn(64, 5)
+    for shift in (0.0, -50.0):  # -50: s far below any floor (the logvar head's default -20)
+        with torch.no_grad():
+            m.encoder[-1].bias[4:] += shift
+            mu, s = m.encoder(x).chunk(2, dim=-1)
+            got_mu, var, logvar = m.encode(x)
+        assert torch.equal(got_mu, mu) and torch.equal(logvar, torch.minimum(s, torch.zeros(())))
+        assert torch.equal(var, logvar.exp())
+        assert ((s > 0).any() and (s < 0).any()) if shift == 0 else logvar.max() < -40
+
+
+def test_batchnorm_bodies_are_refused_under_torchrun(monkeypatch):
+    from actdict.config import Common
+    from actdict.train.config import DictConfig, TrainConfig
+    from actdict.train.run import check
+
+    official = DictConfig("v", "vaease", k=4, params={"encoder": "resmlp_bn", "head": "clip"})
+    cfg = TrainConfig(dicts=[DictConfig("s", "sae_l1", k=4, params={"encoder": "resmlp"}), official])
+    check(Common(), cfg)  # one process: fine
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match=r"train.dicts\[v\]: its encoder normalises with batch statistics "
+                                          r"\(BatchNorm, encoder: resmlp_bn\) and trains in one process"):
+        check(Common(), cfg)
+    check(Common(), TrainConfig(dicts=cfg.dicts[:1]))  # resmlp has no BatchNorm: torchrun is fine

@@ -160,6 +160,14 @@ def global_kth_largest(values: torch.Tensor, n: int) -> torch.Tensor:
     return top[-1]
 
 
+def batch_statistics(model: nn.Module) -> bool:
+    """Whether a training forward normalises with its batch's statistics (BatchNorm: ``encoder:
+    resmlp_bn``). Such a model trains in one process only: each rank would normalise its own slice of the
+    batch, and torch's SyncBatchNorm runs on GPUs only and expects DDP-wrapped models, which the loop does not
+    use (module doc)."""
+    return any(isinstance(m, nn.BatchNorm1d) for m in model.modules())
+
+
 def barrier(d: Dist) -> None:
     if d.on:
         tdist.barrier()

@@ -177,12 +177,18 @@ def check(common: Common, cfg: TrainConfig) -> None:
     if len(set(names)) != len(names) or not names:
         raise ConfigError(f"train.dicts needs at least one dictionary and unique names, got {names}")
     check_device(cfg.device, "train.device")
+    world = dist_.from_env().world
     for dc in cfg.dicts:
         try:
             with torch.device("meta"):
-                make(dc.variant, _STAND_IN_D, dc.k, **dc.params)
+                model = make(dc.variant, _STAND_IN_D, dc.k, **dc.params)
         except ConfigError as e:
             raise ConfigError(f"train.dicts[{dc.name}]: {e}") from e
+        if world > 1 and dist_.batch_statistics(model):
+            raise ConfigError(f"train.dicts[{dc.name}]: its encoder normalises with batch statistics "
+                              f"(BatchNorm, encoder: {dc.params.get('encoder')}) and trains in one process "
+                              f"only, not under torchrun ({world} ranks): run it without torchrun, or use "
+                              "encoder: resmlp")
 
 
 def open_hook(path: str, hook: str):

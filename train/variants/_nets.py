@@ -5,6 +5,9 @@
 * :func:`res_mlp` (``encoder="resmlp"``, the MLP-manifold set): "3 residual blocks, each of 3 linear layers,
   hidden 8k". Our reading (the text gives no more): Linear(d, H); 3 x [h + L3(s(L2(s(L1(s(h))))))] with
   s = Swish and every L a Linear(H, H); then Swish, Linear(H, out).
+* :func:`res_mlp_bn` (``encoder="resmlp_bn"``): the authors' ``MLP_Encoder`` of ``models.py`` (below), for
+  reproducing their MLP-manifold runs exactly; ``hidden`` is its stream width (default 2k, so the blocks'
+  inner width is 8k). Trains in one process only (``dist.batch_statistics``).
 * :func:`leaky_mlp` (``decoder="mlp"``, the MLP-manifold set): "2 layer MLPs activated by leaky ReLU with
   slope 0.2": Linear(k, H), LeakyReLU(0.2), Linear(H, d). The hidden width is not stated: ours is
   ``decoder_hidden``, else ``hidden``, else 8k (:func:`make_decoder`).
@@ -17,7 +20,10 @@ these were written; docs/results.md's Table 2 was made with ours, and meets the 
   BatchNorm, Swish, then 3 ``ResMLP`` blocks (Linear(2k, 8k), Swish, Linear(8k, 8k), BatchNorm, Swish,
   Linear(8k, 2k), BatchNorm, Swish, plus the identity), then Linear(2k, out). Ours has no BatchNorm (batch
   statistics would differ between one process and torchrun ranks, and between train and eval mode) and a
-  stream of width 8k.
+  stream of width 8k. ``resmlp_bn`` is the official body; its BatchNorm layers are torch's defaults
+  (momentum 0.1, eps 1e-5), normalise with the batch's statistics in training and the running ones in
+  evaluation (analysis, export, ``actdict lens``). The official evaluation scripts never call ``.eval()``,
+  so their test numbers use the test batch's own statistics: an open difference, ours is torch's convention.
 * the MLP decoder: the official ``FCNDecoder`` is Linear(k, 2d), LeakyReLU(0.2), Linear(2d, d): width 2d
   (pass ``decoder_hidden`` = 2d for it); ours defaults to 8k.
 """
@@ -30,7 +36,7 @@ from torch import Tensor, nn
 
 from actdict.config import ConfigError
 
-ENCODERS = ("linear", "mlp", "resmlp")
+ENCODERS = ("linear", "mlp", "resmlp", "resmlp_bn")
 DECODERS = ("linear", "mlp")
 ARCH = {"encoder": "linear", "decoder": "linear", "hidden": 0, "decoder_hidden": 0}  # widths: 0 = default
 
@@ -48,8 +54,9 @@ def check_arch(variant: str, encoder: str, decoder: str, hidden: int, decoder_hi
 
 
 def default_hidden(encoder: str, k: int) -> int:
-    """The paper's hidden width of an encoder body: 2k for ``mlp``, 8k for ``resmlp``."""
-    return 2 * k if encoder == "mlp" else 8 * k
+    """The paper's hidden width of an encoder body: 2k for ``mlp`` and ``resmlp_bn`` (its stream), 8k for
+    ``resmlp``."""
+    return 8 * k if encoder == "resmlp" else 2 * k
 
 
 DECODER_HIDDEN = 8  # the MLP decoder's default width, in units of k (not stated by the paper: ours)
@@ -76,13 +83,36 @@ def res_mlp(d_in: int, d_out: int, hidden: int, blocks: int = 3) -> nn.Sequentia
                          nn.SiLU(), nn.Linear(hidden, d_out))
 
 
+class BNResBlock(nn.Module):
+    """The official ``ResMLP(w, w)`` block: h + Swish(BN(Linear(4w, w)(Swish(BN(Linear(4w, 4w)(Swish(
+    Linear(w, 4w)(h))))))))."""
+
+    def __init__(self, width: int, extension: int = 4) -> None:
+        super().__init__()
+        inner = extension * width
+        self.body = nn.Sequential(nn.Linear(width, inner), nn.SiLU(), nn.Linear(inner, inner),
+                                  nn.BatchNorm1d(inner), nn.SiLU(), nn.Linear(inner, width),
+                                  nn.BatchNorm1d(width), nn.SiLU())
+
+    def forward(self, h: Tensor) -> Tensor:  # h: [B, width]
+        return h + self.body(h)
+
+
+def res_mlp_bn(d_in: int, d_out: int, width: int, blocks: int = 3) -> nn.Sequential:
+    """The official ``MLP_Encoder`` body: Linear(d_in, w), BN, Swish, 3 ``BNResBlock``, Linear(w, d_out)."""
+    return nn.Sequential(nn.Linear(d_in, width), nn.BatchNorm1d(width), nn.SiLU(),
+                         *(BNResBlock(width) for _ in range(blocks)), nn.Linear(width, d_out))
+
+
 def leaky_mlp(d_in: int, d_out: int, hidden: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(d_in, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, d_out))
 
 
 def deep_encoder(kind: str, d_in: int, d_out: int, hidden: int) -> nn.Sequential:
-    """``mlp`` or ``resmlp`` body mapping [B, d_in] -> [B, d_out] (``hidden`` must be resolved, > 0)."""
-    return swish_mlp(d_in, d_out, hidden) if kind == "mlp" else res_mlp(d_in, d_out, hidden)
+    """``mlp``, ``resmlp`` or ``resmlp_bn`` body mapping [B, d_in] -> [B, d_out] (``hidden`` must be
+    resolved, > 0)."""
+    body = {"mlp": swish_mlp, "resmlp": res_mlp, "resmlp_bn": res_mlp_bn}[kind]
+    return body(d_in, d_out, hidden)
 
 
 def make_decoder(kind: str, k: int, d: int, hidden: int = 0, decoder_hidden: int = 0) -> nn.Module:

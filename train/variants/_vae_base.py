@@ -15,8 +15,9 @@ Paper Sec. 2.2-3 and DESIGN "The paper's exact recipe" (official code, LLM/Yelp 
 * variance head (``head="sigmoid"``, official): var = clamp(sigmoid(Linear(k, k)(s)), min=var_min);
   (``head="logvar"``, our clipped log-variance head for synthetic data, an open choice of this repo):
   log var = clamp(Linear(k, k)(s), logvar_min, 0), so var in [exp(logvar_min), 1] (1 = the prior's variance).
-  The official synthetic encoders (``Linear_Encoder``, ``MLP_Encoder``) clip s itself, log var =
-  clamp(s, max=0), with no Linear(k, k) and no lower bound; see ``_nets`` for the bodies.
+  (``head="clip"``, the official synthetic encoders ``Linear_Encoder`` and ``MLP_Encoder``): log var =
+  clamp(s, max=0), s itself, with no Linear(k, k) and no lower bound. See ``_nets`` for the bodies; with
+  ``encoder="mlp"`` or ``"resmlp_bn"`` and ``head="clip"`` the encoder is the official one.
 * z = mu + sqrt(var) * eps (``sample=True``) or mu (``sample=False``); decoder Linear(k, d) with bias.
 * loss per sample = sum_d (x - x_hat)^2 / exp(loggamma) + d * loggamma + d * log(2 pi)
                     + sum_k (var + mu^2 - log var) - k,
@@ -45,6 +46,8 @@ from actdict.train.variants._nets import (
     make_decoder,
 )
 
+HEADS = ("sigmoid", "logvar", "clip")
+
 
 class VAEBase(Dictionary):
     active_side = "low"
@@ -58,8 +61,8 @@ class VAEBase(Dictionary):
             raise ConfigError(f"{self.variant}: unknown params {sorted(extra)}; valid: loggamma_init, "
                              "encoder, head, var_min, logvar_min, decoder, hidden, decoder_hidden")
         check_arch(self.variant, encoder, decoder, hidden, decoder_hidden)
-        if head not in ("sigmoid", "logvar"):
-            raise ConfigError(f"{self.variant}: head must be 'sigmoid' or 'logvar', got {head!r}")
+        if head not in HEADS:
+            raise ConfigError(f"{self.variant}: head must be one of {HEADS}, got {head!r}")
         super().__init__(d, k, loggamma_init=float(loggamma_init), encoder=encoder, head=head,
                          var_min=float(var_min), logvar_min=float(logvar_min), decoder=decoder,
                          hidden=int(hidden), decoder_hidden=int(decoder_hidden))
@@ -67,20 +70,23 @@ class VAEBase(Dictionary):
             self.encoder = nn.Sequential(nn.Linear(d, 2 * k), nn.SiLU())
         else:
             self.encoder = deep_encoder(encoder, d, 2 * k, int(hidden) or default_hidden(encoder, k))
-        self.var_head = nn.Linear(k, k)
+        if head != "clip":
+            self.var_head = nn.Linear(k, k)
         self.decoder = make_decoder(decoder, k, d, hidden, decoder_hidden)
         self.loggamma = nn.Parameter(torch.tensor(float(loggamma_init)))
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # x: [B, d]
         """-> mu [B, k], var [B, k], log var [B, k]."""
         mu, s = self.encoder(x).chunk(2, dim=-1)  # [B, k] each
-        if self.params["head"] == "sigmoid":
+        head = self.params["head"]
+        if head == "sigmoid":
             var = torch.sigmoid(self.var_head(s)).clamp(min=self.params["var_min"])  # [B, k]
-            logvar = var.log()
-        else:
+            return mu, var, var.log()
+        if head == "logvar":
             logvar = self.var_head(s).clamp(self.params["logvar_min"], 0.0)  # [B, k]
-            var = logvar.exp()
-        return mu, var, logvar
+        else:  # "clip"
+            logvar = s.clamp(max=0.0)  # [B, k]
+        return mu, logvar.exp(), logvar
 
     def forward(self, x: Tensor, sample: bool = True) -> Forward:  # x: [B, d]
         mu, var, logvar = self.encode(x)
