@@ -102,6 +102,8 @@ def test_resmlp_bn_is_the_authors_mlp_encoder():
     sae = make("sae_l1", d, k, seed=0, encoder="resmlp_bn", hidden=10)
     assert sae.encoder[0].out_features == 10 and sae.encoder[-1].out_features == k
     assert (sae(torch.randn(4, d)).codes >= 0).all()
+    with pytest.raises(ConfigError, match="head 'clip' reads log var off the encoder's output"):
+        make("vae", d, k, head="clip")  # the linear encoder's Swish output is >= -0.28: var >= 0.76
 
 
 def test_clip_head_is_the_clipped_encoder_output():

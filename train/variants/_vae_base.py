@@ -63,6 +63,10 @@ class VAEBase(Dictionary):
         check_arch(self.variant, encoder, decoder, hidden, decoder_hidden)
         if head not in HEADS:
             raise ConfigError(f"{self.variant}: head must be one of {HEADS}, got {head!r}")
+        if head == "clip" and encoder == "linear":  # Swish(.) >= -0.28: var >= 0.76, never an active latent
+            raise ConfigError(f"{self.variant}: head 'clip' reads log var off the encoder's output, which "
+                              "the linear encoder's Swish bounds below by -0.28: use it with encoder mlp, "
+                              "resmlp or resmlp_bn (the authors' synthetic models), or head 'sigmoid'")
         super().__init__(d, k, loggamma_init=float(loggamma_init), encoder=encoder, head=head,
                          var_min=float(var_min), logvar_min=float(logvar_min), decoder=decoder,
                          hidden=int(hidden), decoder_hidden=int(decoder_hidden))
