@@ -107,8 +107,10 @@ def _figures(models: dict[str, dict]) -> list[go.Figure]:
             curve.add_scatter(x=[k if k > 0 else 0.5 for k in c["kept"]], y=_log_values(c["re"]),
                               mode="lines+markers", name=esc(name))
     if any(m.get("ad_class") for m in models.values()):
-        cls = go.Figure(layout=lay | {"title": "AD per class (bars: per row; markers: of the class mean)",
-                                      "xaxis_title": "class", "yaxis_title": "AD"})
+        left = max(m.get("ad_class_unlabelled") or 0 for m in models.values())  # the same rows for all
+        title = "AD per class (bars: per row; markers: of the class mean)" + (
+            f"; {left:,} rows without a label left out" if left else "")
+        cls = go.Figure(layout=lay | {"title": title, "xaxis_title": "class", "yaxis_title": "AD"})
         for name, m in models.items():
             rows = m.get("ad_class") or []
             labels = [esc(r["label"], quote=False) for r in rows]  # plotly shows &quot; as it is

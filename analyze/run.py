@@ -25,6 +25,7 @@ summary.json (version 2 = version 1 plus keys; floats rounded to 6 significant d
         "density_hist": {"edges": [float], "counts": [int], "dead": int},  # log10 fraction active
         "masked_curve": {"kept": [int], "re": [float], "rows": int, "sample": bool},  # paper Fig. 4 (v2)
         "ad_class": [{"label", "n", "ad", "ad_of_mean"}],  # only with analyze.labels (v2)
+        "ad_class_unlabelled": int,  # with ad_class: evaluated rows without a label (NaN, ""), left out
         "ce": float, "kl": float, "ce_recovered": float,   # only with analyze.ce_loss (v2)
         "training_warning": str | null,  # the warning its training saved (diverged, learned almost nothing)
         "features_file": str,  # features/<name>.json, relative to run_dir (v2)
@@ -176,6 +177,9 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
                           "top": summary_hits(data, f)} for f in shown]
         summary["models"][name] = m
     summary = _clean(summary)
+    if left := next(iter(summary["models"].values())).get("ad_class_unlabelled"):
+        print(f"analyze: note: {left:,} of the {n:,} evaluated rows have no label (NaN or empty) in "
+              f"{cfg.labels}: they are left out of the per-class AD (ad_class_unlabelled in summary.json)")
     write_atomic(run_dir / "summary.json", json.dumps(summary, indent=1, allow_nan=False) + "\n")
     write_report(summary, run_dir)
     print("\n".join(summary_lines(summary)))
@@ -257,8 +261,24 @@ def read_labels(path: str, n_rows: int) -> tuple[np.ndarray | None, list]:
         raise AnalyzeError(f"analyze.labels: {p} is an .npz archive; save the labels alone with np.save")
     if lab.shape != (n_rows,):
         raise AnalyzeError(f"analyze.labels: {p} has shape {lab.shape}, the store has {n_rows} rows")
-    classes, idx = np.unique(lab, return_inverse=True)
-    return idx.astype(np.int64), [c.item() for c in classes]
+    missing = missing_labels(lab)  # [n_rows]
+    if missing.all():
+        raise AnalyzeError(f"analyze.labels: every label in {p} is missing (NaN or empty): there is no class "
+                           "to report AD of")
+    classes, idx = np.unique(lab[~missing], return_inverse=True)
+    out = np.full(n_rows, -1, np.int64)  # [n_rows] -1: no label, left out of the per-class AD
+    out[~missing] = idx
+    return out, [c.item() for c in classes]
+
+
+def missing_labels(lab: np.ndarray) -> np.ndarray:
+    """[n] bool: the labels that are missing, NaN (a float array) or an empty or blank string; numbers and
+    other strings are classes (a .npy of labels holds no None: object arrays are refused)."""
+    if lab.dtype.kind in "fc":
+        return np.isnan(lab)
+    if lab.dtype.kind in "US":
+        return np.char.strip(lab) == lab.dtype.type()
+    return np.zeros(lab.shape, bool)
 
 
 def read_test_chunks(run_dir: Path) -> list[int]:

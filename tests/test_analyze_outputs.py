@@ -162,6 +162,44 @@ def test_a_training_warning_reaches_the_summary_the_table_and_the_report(tmp_pat
     assert "training warned: sae: its reconstruction error" in html and "&lt;b&gt;learned&lt;/b&gt;" in html
 
 
+@pytest.mark.parametrize("kind", ["float", "str"])
+def test_rows_without_a_label_are_left_out_of_the_per_class_ad(tmp_path, monkeypatch, capsys, kind):
+    """NaN (a float array) or an empty / blank string is no class: those rows are in no ad_class entry, their
+    count is ad_class_unlabelled and one note; the other classes' numbers are those of a file where the same
+    rows carry a class of their own."""
+    run_dir = _run_dir(tmp_path, monkeypatch)
+    rows = np.arange(96)
+    if kind == "float":
+        gone = rows % 3 == 0  # [96] the rows without a label
+        missing = np.where(gone, np.nan, (rows % 3).astype(float))
+        own, expect = np.where(gone, 9.0, missing), [1.0, 2.0]
+    else:
+        gone = np.isin(rows % 4, [0, 3])
+        missing = np.array(["", "one", "two", " "])[rows % 4]  # "" and " ": no label
+        own, expect = np.where(gone, "zz", missing), ["one", "two"]
+    cfg = {"device": "cpu", "n_features": 2, "top_k": 2, "context": 1}
+    np.save(run_dir / "own.npy", own)
+    run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(**cfg, labels=str(run_dir / "own.npy")))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    ref = {c["label"]: c for c in summary["models"]["sae"]["ad_class"]}
+    capsys.readouterr()
+    np.save(run_dir / "labels.npy", missing)
+    run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(**cfg, labels=str(run_dir / "labels.npy")))
+    m = json.loads((run_dir / "summary.json").read_text())["models"]["sae"]
+    left = int(gone[64:].sum())  # the test rows: chunks 4 and 5
+    assert [c["label"] for c in m["ad_class"]] == expect and m["ad_class_unlabelled"] == left > 0
+    assert sum(c["n"] for c in m["ad_class"]) + left == 32
+    assert m["ad_class"] == [ref[label] for label in expect]
+    notes = [line for line in capsys.readouterr().out.splitlines() if "no label" in line]
+    assert notes == [f"analyze: note: {left} of the 32 evaluated rows have no label (NaN or empty) in "
+                     f"{run_dir / 'labels.npy'}: they are left out of the per-class AD "
+                     "(ad_class_unlabelled in summary.json)"]
+    assert f"{left} rows without a label left out" in (run_dir / "report.html").read_text()
+    np.save(run_dir / "none.npy", np.full(96, np.nan))
+    with pytest.raises(run.AnalyzeError, match=r"every label in .*none.npy is missing \(NaN or empty\)"):
+        run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(**cfg, labels=str(run_dir / "none.npy")))
+
+
 @pytest.mark.parametrize("kind", ["object", "npz", "text"])
 def test_labels_that_are_no_plain_array_are_one_line(tmp_path, monkeypatch, kind):
     run_dir = _run_dir(tmp_path, monkeypatch)
