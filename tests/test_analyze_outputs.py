@@ -3,6 +3,7 @@ kill leaves no truncated file; the ones the lens reads back give one clear error
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,49 @@ def test_every_output_is_written_through_a_temporary_file(tmp_path, monkeypatch)
                if run_dir in dst.parents)
     assert not list(run_dir.rglob(".*.tmp-*")) and (run_dir / "features" / ".keep").is_file()
     assert json.loads((run_dir / "summary.json").read_text())["models"]["sae"]["k"] == 8
+
+
+def _run_ids(run_dir: Path) -> dict:
+    """The analysis run id each output of dictionary ``sae`` carries (the parts: the set of theirs)."""
+    page = (run_dir / "report" / "sae.html").read_text()
+    meta = page.split('id="page-meta">', 1)[1].split("</script>", 1)[0]
+    parts = sorted((run_dir / "report" / "sae.parts").glob("*.js"))
+    overview = (run_dir / "report.html").read_text()
+    return {"summary": json.loads((run_dir / "summary.json").read_text())["run_id"],
+            "features": json.loads((run_dir / "features" / "sae.json").read_text())["run_id"],
+            "overview": set(re.findall(r'href="report/sae\.html\?run=([\w-]+)', overview)),
+            "page": json.loads(meta)["run"],
+            "parts": {json.loads(p.read_text().rsplit(",", 1)[1].removesuffix(");\n")) for p in parts}}
+
+
+def test_every_output_carries_the_run_id_and_a_stopped_analysis_shows_in_its_pages(tmp_path, monkeypatch):
+    """summary.json's run_id is in the features file, the overview's links to the feature page, the page and
+    each of its parts, and summary.json is written last: an analysis stopped while writing the overview
+    leaves the previous summary.json and overview, whose links name a run the new feature page is not of
+    (the page says so: test_report_browser)."""
+    from actdict.analyze import report
+
+    run_dir = _run_dir(tmp_path, monkeypatch)
+    cfg = AnalyzeConfig(device="cpu", n_features=2, top_k=2, context=1)
+    run.main(Common(run_dir=str(run_dir)), cfg)
+    first = _run_ids(run_dir)
+    old = first["summary"]
+    assert re.fullmatch(r"\d{8}-\d{6}-[0-9a-f]{6}", old)
+    assert first == {"summary": old, "features": old, "overview": {old}, "page": old, "parts": {old}}
+    real = report.write_atomic
+
+    def stopped(path, data, *a, **kw):
+        if Path(path).name == "report.html":
+            raise KeyboardInterrupt  # a kill (Ctrl-C) as the overview is written
+        return real(path, data, *a, **kw)
+
+    monkeypatch.setattr(report, "write_atomic", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        run.main(Common(run_dir=str(run_dir)), cfg)
+    then = _run_ids(run_dir)
+    new = then["page"]
+    assert new != old and then == {"summary": old, "features": new, "overview": {old}, "page": new,
+                                   "parts": {new}}
 
 
 def test_a_write_killed_before_its_rename_leaves_the_previous_file(tmp_path, monkeypatch):
