@@ -35,7 +35,8 @@ class AnalyzeConfig:
     """A latent active on more than this fraction of the test rows counts as dense."""
     labels: str = ""
     """Optional .npy file with one label per store row (e.g. the manifold of synthetic data): AD is then
-    also reported per class (mean per-row AD, and the paper's Table 2 split of the class-mean activity)."""
+    also reported per class (mean per-row AD, and the paper's Table 2 split of the class-mean activity).
+    Rows whose label is missing (NaN, an empty string) are left out of it and counted apart."""
     mask_curve_points: int = 40
     """Points of the masked-dimensions RE curve (paper Fig. 4), geometrically spaced in 1..k, plus 0."""
     mask_curve_rows: int = 2048

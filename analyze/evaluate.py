@@ -34,7 +34,8 @@ class ModelEval:
 
     @torch.no_grad()
     def update(self, x: torch.Tensor, rows: torch.Tensor, cls: torch.Tensor | None = None) -> None:
-        """x [B, d] float32, rows [B] global store rows, cls [B] class index of each row (or None)."""
+        """x [B, d] float32, rows [B] global store rows, cls [B] class index of each row, -1 for a row
+        without a label (or None)."""
         m = self.model
         out = m(x, sample=False)
         if self.re_sample is None:  # paper protocol: one stochastic sample on the first test batch
@@ -47,9 +48,10 @@ class ModelEval:
         mask = M.active_mask(out.activity, m.active_side)  # [B, k]
         self.ad.append(mask.sum(1).cpu())
         self.fire += mask.sum(0)
-        if cls is not None and len(self.class_n):
-            self.class_act.index_add_(0, cls, self._class_stat(out))
-            self.class_n += torch.bincount(cls, minlength=len(self.class_n))
+        if cls is not None and len(self.class_n):  # class -1: no label, counted in no class
+            has = cls >= 0  # [B]
+            self.class_act.index_add_(0, cls[has], self._class_stat(out)[has])
+            self.class_n += torch.bincount(cls[has], minlength=len(self.class_n))
             self.cls.append(cls.cpu())
         self.tracker.update(out.codes, mask, rows)
 
@@ -102,7 +104,9 @@ class ModelEval:
             if m.active_side == "high":
                 mean_act = mean_act.log()  # log of the mean |z|
             group_ad = M.active_dims(mean_act, m.active_side).tolist() if have else []
-            per_row = M.ad_per_class(ad, torch.cat(self.cls).numpy())
+            cls = torch.cat(self.cls).numpy()  # [n] class of each row, -1: no label
+            per_row = M.ad_per_class(ad, cls)
             out["ad_class"] = [{"label": classes[c], "n": int(cn[c]), "ad": per_row.get(c),
                                 "ad_of_mean": g} for c, g in zip(have, group_ad, strict=True)]
+            out["ad_class_unlabelled"] = int((cls < 0).sum())
         return out

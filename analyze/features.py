@@ -4,6 +4,7 @@ Schema of ``<run_dir>/features/<name>.json`` (what the report's feature pages re
 
     {"version": 1, "name": str, "k": int, "n_rows": int, "window": int,
      "config_hash": str | null,           # the checkpoint's cfg.json config_hash (which training of `name`)
+     "run_id": str,                       # the analysis that wrote it (summary.json's run_id)
      "hist_edges": [float],               # log10 |code| bin edges shared by every feature
      "tokens": {"<id>": str},             # decoded string of every token id used below
      "wordpiece": bool,                   # "##" continuations: show " " + token, "##x" as "x"

@@ -107,8 +107,10 @@ def _figures(models: dict[str, dict]) -> list[go.Figure]:
             curve.add_scatter(x=[k if k > 0 else 0.5 for k in c["kept"]], y=_log_values(c["re"]),
                               mode="lines+markers", name=esc(name))
     if any(m.get("ad_class") for m in models.values()):
-        cls = go.Figure(layout=lay | {"title": "AD per class (bars: per row; markers: of the class mean)",
-                                      "xaxis_title": "class", "yaxis_title": "AD"})
+        left = max(m.get("ad_class_unlabelled") or 0 for m in models.values())  # the same rows for all
+        title = "AD per class (bars: per row; markers: of the class mean)" + (
+            f"; {left:,} rows without a label left out" if left else "")
+        cls = go.Figure(layout=lay | {"title": title, "xaxis_title": "class", "yaxis_title": "AD"})
         for name, m in models.items():
             rows = m.get("ad_class") or []
             labels = [esc(r["label"], quote=False) for r in rows]  # plotly shows &quot; as it is
@@ -183,8 +185,8 @@ def _ce_line(ce: dict | None) -> str:
 def render(summary: dict, pages: dict[str, str] | None = None) -> str:
     """The overview page for ``summary``; ``pages`` maps model names to their feature-page links."""
     models, pages = summary.get("models", {}), pages or {}
-    info = ", ".join(f"{esc(k)}: {_num(summary.get(k))}" for k in ("store", "hook", "d", "n_test_rows")
-                     if k in summary)
+    info = ", ".join(f"{esc(k)}: {_num(summary.get(k))}" for k in ("store", "hook", "d", "n_test_rows",
+                                                                     "run_id") if k in summary)
     figs = [fig.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(_figures(models))]
     body = [f"<h1>actdict report: {esc(summary.get('run_dir', ''))}</h1>", f"<p>{info}</p>",
             "<h2>Overview</h2>", _overview(models, pages), _ce_line(summary.get("ce")),
@@ -211,6 +213,7 @@ def write_report(summary: dict, path: str | Path) -> Path:
         if rel and (root / rel).is_file():
             data = read_output(root / rel)
             write_feature_page(data, name, m, summary, root / _page_name(name))
-            pages[name] = _page_name(name)
+            run = summary.get("run_id")  # the page checks that it is of this run (a kill part way: not)
+            pages[name] = _page_name(name) + (f"?run={quote(run, safe='')}" if run else "")
     write_atomic(p, render(summary, pages))
     return p

@@ -9,7 +9,9 @@ page, ``report/<name>.parts/00000.js`` ..., each a script that hands its JSON to
 the part of the feature shown (a ``<script src>``, which works from disk, unlike ``fetch``), so a
 dictionary of 16,384 or 65,536 features opens as fast as one of 384. Every corpus string is inserted with
 ``textContent`` (never ``innerHTML``), so it is shown, not run. plotly.js is written once next to the
-pages (``report/plotly.min.js``) and loaded by a relative path.
+pages (``report/plotly.min.js``) and loaded by a relative path. The page and each part carry the analysis's
+``run_id``: a part, or the overview that linked here (``?run=``), of another run is reported on the page
+(an analysis stopped part way through writing the report).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ main { display: grid; grid-template-columns: min(440px, 40vw) 1fr; height: calc(
 .act { display: inline-block; min-width: 5.5em; color: #666; text-align: right; margin-right: 1em; }
 .hl { background: #ffd54f; font-weight: bold; border-radius: 2px; } .neg .hl { background: #90caf9; }
 .dim { color: #555; } h3 { margin: 1em 0 0.3em; } .note { color: #777; font-size: 90%; }
+#mixed { color: #a00; font-weight: bold; margin: 0; padding: 8px 16px; }
 .txt { font-family: system-ui, sans-serif; } .where { color: #888; font-size: 85%; margin-left: 1em; }
 """
 
@@ -51,7 +54,15 @@ const TOK = D.tokens, LABT = D.label_texts || {}, F = D.features, EDGES = D.hist
 const LABELS = D.has_tokens || D.has_texts;  // a store of vectors (token ids -1, no texts): nothing to list
 const TEXTS = {}, PARTS = {}, WAITING = {};  // texts of the rows of the parts loaded so far; parts by number
 let shown = PAGE, current = null;
-window.actdictPart = (n, data) => { if (WAITING[n]) WAITING[n](data); };
+window.actdictPart = (n, data, run) => { if (WAITING[n]) WAITING[n]([data, run]); };
+const RUN = new URLSearchParams(location.search).get('run');  // the run of the overview that linked here
+if (RUN && META.run && RUN !== META.run) mixed('the overview that linked here is of run ' + RUN);
+function mixed(what) {  // outputs of two analyses side by side: a later one was stopped part way
+  const b = document.getElementById('mixed');
+  b.hidden = false;
+  b.textContent = 'This page is of analysis run ' + META.run + ', but ' + what + ': an analysis was ' +
+    'stopped before it rewrote every file of the report. Rerun actdict analyze.';
+}
 function partFile(n) { return encodeURIComponent(META.parts) + '/' + String(n).padStart(5, '0') + '.js'; }
 function loadPart(n) {  // a <script src> beside the page: allowed from disk, where fetch() is not
   if (!PARTS[n]) PARTS[n] = new Promise((resolve, reject) => {
@@ -65,7 +76,11 @@ function loadPart(n) {  // a <script src> beside the page: allowed from disk, wh
 }
 async function feature(i) {  // the full record of feature i (its part loaded once)
   if (!Number.isInteger(i) || i < 0 || i >= F.length) return null;
-  const part = await loadPart(Math.floor(i / D.part));
+  const [part, run] = await loadPart(Math.floor(i / D.part));
+  if (META.run && run !== META.run) {
+    mixed('its part ' + partFile(Math.floor(i / D.part)) + ' is of run ' + run);
+    throw Object.assign(new Error('its part is of another analysis run (see above)'), {mixed: true});
+  }
   Object.assign(TEXTS, part.texts || {});
   return part.features[i % D.part];
 }
@@ -182,8 +197,8 @@ async function renderFeature(i) {
   try {
     f = await feature(i);
   } catch (e) {
-    p.replaceChildren(el('p', '', 'feature ' + i + ': its part ' + e.message + ' did not load (the page ' +
-      'needs the folder ' + META.parts + ' beside it)'));
+    p.replaceChildren(el('p', '', 'feature ' + i + ': ' + (e.mixed ? e.message : 'its part ' + e.message +
+      ' did not load (the page needs the folder ' + META.parts + ' beside it)')));
     return;
   }
   if (current !== i) return;  // another feature was asked for meanwhile
@@ -280,13 +295,14 @@ def page_parts(data: dict) -> list[dict]:
 
 def render_feature_page(data: dict, name: str, model: dict, summary: dict, parts: str) -> str:
     """The page's HTML; ``parts``: the name of the folder beside it holding its part files."""
-    meta = {"name": name, "variant": model.get("variant", ""), "parts": parts}
+    meta = {"name": name, "variant": model.get("variant", ""), "parts": parts, "run": summary.get("run_id")}
     stats = html.escape(_stats(model))
     return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>{html.escape(name)}: features</title><style>{_CSS}</style>
 <script src="plotly.min.js"></script></head><body>
 <header><a href="../report.html">&larr; overview</a><b id="title"></b>
  <span class="stats">{stats}; hook {html.escape(str(summary.get("hook", "")))}</span></header>
+<p id="mixed" class="warn" hidden></p>
 <main><div id="side">
  <div>feature # <input id="go" type="number" min="0" max="{int(data.get("k", 0)) - 1}"
   style="width:6em"></div>
@@ -319,8 +335,10 @@ def write_feature_page(data: dict, name: str, model: dict, summary: dict, path: 
     for old in folder.glob("*.js"):
         old.unlink(missing_ok=True)
     remove_temps(folder, "*.js")  # of a killed analysis
+    run = json.dumps(summary.get("run_id"))  # which analysis wrote the part: the page checks it
     for n, part in enumerate(page_parts(data)):  # JSON is a JS expression; ensure_ascii: no U+2028 in it
         blob = json.dumps(part, separators=(",", ":"), allow_nan=False)
-        write_atomic(folder / f"{n:05d}.js", f"actdictPart({n},{blob});\n", encoding="ascii")
+        code = f"actdictPart({n},{blob},{run});\n"
+        write_atomic(folder / f"{n:05d}.js", code, encoding="ascii")
     write_atomic(path, render_feature_page(data, name, model, summary, folder.name))
     return path

@@ -3,11 +3,13 @@
 One pass over the test chunks (``<run_dir>/split.json``) feeds every dictionary, so the store is
 read once; every per-feature statistic is streamed in the same pass (``toptokens``). Outputs
 ``<run_dir>/summary.json``, ``<run_dir>/features/<name>.json`` (every feature's contexts, schema in
-``actdict.analyze.features``), ``<run_dir>/report.html`` and ``<run_dir>/report/<name>.html``.
+``actdict.analyze.features``), ``<run_dir>/report.html`` and ``<run_dir>/report/<name>.html``, each carrying
+the analysis's ``run_id``; summary.json is written last.
 
 summary.json (version 2 = version 1 plus keys; floats rounded to 6 significant digits, non-finite -> null)::
 
     {"version": 2, "run_dir": str, "store": str, "hook": str | null, "d": int,
+     "run_id": str,        # this analysis (time + random): every other output carries it (v2)
      "test_chunks": [int], "n_test_rows": int,          # rows evaluated (after max_test_rows)
      "ce": null | {"ce_clean": float, "ce_zero": float, "n_tokens": int, "windows": int, "ctx": int},
      "labels": null | str,                              # the labels file of the per-class AD
@@ -25,6 +27,7 @@ summary.json (version 2 = version 1 plus keys; floats rounded to 6 significant d
         "density_hist": {"edges": [float], "counts": [int], "dead": int},  # log10 fraction active
         "masked_curve": {"kept": [int], "re": [float], "rows": int, "sample": bool},  # paper Fig. 4 (v2)
         "ad_class": [{"label", "n", "ad", "ad_of_mean"}],  # only with analyze.labels (v2)
+        "ad_class_unlabelled": int,  # with ad_class: evaluated rows without a label (NaN, ""), left out
         "ce": float, "kl": float, "ce_recovered": float,   # only with analyze.ce_loss (v2)
         "training_warning": str | null,  # the warning its training saved (diverged, learned almost nothing)
         "features_file": str,  # features/<name>.json, relative to run_dir (v2)
@@ -48,6 +51,8 @@ from __future__ import annotations
 
 import json
 import math
+import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -141,8 +146,10 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
 
     ce = splice_models(common, cfg, store, test_chunks, models, device) if cfg.ce_loss else None
     decode = resolve_decoder(store.manifest)
+    run_id = new_run_id()
     summary = {"version": SUMMARY_VERSION, "run_dir": str(run_dir), "store": common.store_path,
-               "hook": store.manifest.get("hook"), "d": d, "test_chunks": test_chunks, "n_test_rows": n,
+               "hook": store.manifest.get("hook"), "d": d, "run_id": run_id, "test_chunks": test_chunks,
+               "n_test_rows": n,
                "labels": cfg.labels or None,
                "ce": None if ce is None else {k: v for k, v in ce.items() if k != "models"}, "models": {}}
     (run_dir / "features").mkdir(exist_ok=True)
@@ -153,6 +160,7 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
                                     cfg.quantiles)
         data["name"] = name
         data["config_hash"] = records.get(name, {}).get("config_hash")  # which training of `name` it is
+        data["run_id"] = run_id  # which analysis wrote it
         datas[name] = data
     keys = {name: hit_keys(data) for name, data in datas.items()}  # (row, doc, pos) of the rows shown
     # an embeddings store keeps no tokens: the texts of the rows shown, read again from the source (one pass)
@@ -176,10 +184,18 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
                           "top": summary_hits(data, f)} for f in shown]
         summary["models"][name] = m
     summary = _clean(summary)
-    write_atomic(run_dir / "summary.json", json.dumps(summary, indent=1, allow_nan=False) + "\n")
-    write_report(summary, run_dir)
+    if left := next(iter(summary["models"].values())).get("ad_class_unlabelled"):
+        print(f"analyze: note: {left:,} of the {n:,} evaluated rows have no label (NaN or empty) in "
+              f"{cfg.labels}: they are left out of the per-class AD (ad_class_unlabelled in summary.json)")
+    write_report(summary, run_dir)  # the pages carry run_id and check it: a kill part way is seen there
+    write_atomic(run_dir / "summary.json", json.dumps(summary, indent=1, allow_nan=False) + "\n")  # last
     print("\n".join(summary_lines(summary)))
     print(f"analyze: wrote {run_dir / 'summary.json'}, {run_dir / 'report.html'} and {run_dir / 'report'}/")
+
+
+def new_run_id() -> str:
+    """An analysis run's id, e.g. '20261205-135210-3f9a1c': its start time (UTC) and 6 random hex digits."""
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
 
 
 def previous_models(run_dir: Path) -> list[str]:
@@ -257,8 +273,24 @@ def read_labels(path: str, n_rows: int) -> tuple[np.ndarray | None, list]:
         raise AnalyzeError(f"analyze.labels: {p} is an .npz archive; save the labels alone with np.save")
     if lab.shape != (n_rows,):
         raise AnalyzeError(f"analyze.labels: {p} has shape {lab.shape}, the store has {n_rows} rows")
-    classes, idx = np.unique(lab, return_inverse=True)
-    return idx.astype(np.int64), [c.item() for c in classes]
+    missing = missing_labels(lab)  # [n_rows]
+    if missing.all():
+        raise AnalyzeError(f"analyze.labels: every label in {p} is missing (NaN or empty): there is no class "
+                           "to report AD of")
+    classes, idx = np.unique(lab[~missing], return_inverse=True)
+    out = np.full(n_rows, -1, np.int64)  # [n_rows] -1: no label, left out of the per-class AD
+    out[~missing] = idx
+    return out, [c.item() for c in classes]
+
+
+def missing_labels(lab: np.ndarray) -> np.ndarray:
+    """[n] bool: the labels that are missing, NaN (a float array) or an empty or blank string; numbers and
+    other strings are classes (a .npy of labels holds no None: object arrays are refused)."""
+    if lab.dtype.kind in "fc":
+        return np.isnan(lab)
+    if lab.dtype.kind in "US":
+        return np.char.strip(lab) == lab.dtype.type()
+    return np.zeros(lab.shape, bool)
 
 
 def read_test_chunks(run_dir: Path) -> list[int]:

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     out, bad = [], 0
     try:
-        hooks = a.hook or list_hooks(a.path)
+        hooks = list(dict.fromkeys(a.hook)) if a.hook else list_hooks(a.path)  # each hook once, in order
         if not hooks:
             raise StoreError(f"no activation store at {a.path} (no <hook>/manifest.json found)")
         if a.repair:

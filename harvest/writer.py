@@ -8,6 +8,8 @@ one-process writers (embeddings, imported vectors, tests). Import both from ``ac
 from __future__ import annotations
 
 import hashlib
+import os
+import posixpath
 from collections.abc import Iterator
 from itertools import chain
 
@@ -25,6 +27,7 @@ from actdict.harvest.layout import (
     decode_acts,
     encode_acts,
     fs_of,
+    is_local,
     make_dirs,
     write_json,
     write_shard,
@@ -215,7 +218,8 @@ def write_vectors(path: str, x, manifest: dict | None = None, hook: str = "vecto
     shard at a time) or an iterator of [b, d] blocks (streamed: one block at a time is held in memory).
     ``kw`` goes to StoreWriter (dtype defaults to float32: kept exactly; the layout to ``default_layout``
     of the array's rows). A failure part way (a non-finite row, an error of the iterator, an interrupt)
-    removes the hook it began."""
+    removes the hook it began and the folders it made for it (the store folder, its missing parents), never
+    a folder that existed before or one that holds something else."""
     from actdict.harvest.store import open_store
 
     if isinstance(x, Iterator):
@@ -235,8 +239,11 @@ def write_vectors(path: str, x, manifest: dict | None = None, hook: str = "vecto
     m = {"model": None, "numerics": f"user vectors ({first.dtype}), stored {kw['dtype']}"}
     m |= dict(manifest or {})
     m["hook"] = hook
-    w = StoreWriter(path, m, d=first.shape[1], **kw)
+    fs, root = fs_of(path)
+    made = missing_dirs(fs, f"{root}/{hook}")  # what this call creates: the only folders it may remove
+    w = None
     try:
+        w = StoreWriter(path, m, d=first.shape[1], **kw)
         n = 0
         for block in chain([first], blocks):  # [b, d] each
             rows = np.arange(n, n + len(block), dtype=np.int64)  # [b]
@@ -244,6 +251,29 @@ def write_vectors(path: str, x, manifest: dict | None = None, hook: str = "vecto
             n += len(rows)
         w.close()
     except BaseException:  # a bad row further on, an interrupt: nothing half-written is left
-        w.fs.rm(w.dir, recursive=True)
+        began = w is not None or f"{root}/{hook}" in made  # the hook this call began, never an existing one
+        if began and fs.exists(f"{root}/{hook}"):
+            fs.rm(f"{root}/{hook}", recursive=True)
+        remove_empty(made)  # and the store folder (and its parents) made for it, when nothing else is there
         raise
     return open_store(path, hook)
+
+
+def missing_dirs(fs, p: str) -> list[str]:
+    """The folders of the local path ``p`` that do not exist yet, ``p`` first and then each missing parent:
+    what making ``p`` creates (none for an object store, which has no folders)."""
+    out: list[str] = []
+    while is_local(fs) and not fs.exists(p) and p not in out:
+        out.append(p)
+        p = posixpath.dirname(p)
+    return out
+
+
+def remove_empty(folders: list[str]) -> None:
+    """Remove each of ``folders`` (deepest first) that exists and is empty: an ``os.rmdir``, which never
+    removes a folder something was put in meanwhile."""
+    for p in folders:
+        try:
+            os.rmdir(p)
+        except OSError:  # missing, or not empty: left as it is
+            pass

@@ -3,6 +3,7 @@ kill leaves no truncated file; the ones the lens reads back give one clear error
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,49 @@ def test_every_output_is_written_through_a_temporary_file(tmp_path, monkeypatch)
                if run_dir in dst.parents)
     assert not list(run_dir.rglob(".*.tmp-*")) and (run_dir / "features" / ".keep").is_file()
     assert json.loads((run_dir / "summary.json").read_text())["models"]["sae"]["k"] == 8
+
+
+def _run_ids(run_dir: Path) -> dict:
+    """The analysis run id each output of dictionary ``sae`` carries (the parts: the set of theirs)."""
+    page = (run_dir / "report" / "sae.html").read_text()
+    meta = page.split('id="page-meta">', 1)[1].split("</script>", 1)[0]
+    parts = sorted((run_dir / "report" / "sae.parts").glob("*.js"))
+    overview = (run_dir / "report.html").read_text()
+    return {"summary": json.loads((run_dir / "summary.json").read_text())["run_id"],
+            "features": json.loads((run_dir / "features" / "sae.json").read_text())["run_id"],
+            "overview": set(re.findall(r'href="report/sae\.html\?run=([\w-]+)', overview)),
+            "page": json.loads(meta)["run"],
+            "parts": {json.loads(p.read_text().rsplit(",", 1)[1].removesuffix(");\n")) for p in parts}}
+
+
+def test_every_output_carries_the_run_id_and_a_stopped_analysis_shows_in_its_pages(tmp_path, monkeypatch):
+    """summary.json's run_id is in the features file, the overview's links to the feature page, the page and
+    each of its parts, and summary.json is written last: an analysis stopped while writing the overview
+    leaves the previous summary.json and overview, whose links name a run the new feature page is not of
+    (the page says so: test_report_browser)."""
+    from actdict.analyze import report
+
+    run_dir = _run_dir(tmp_path, monkeypatch)
+    cfg = AnalyzeConfig(device="cpu", n_features=2, top_k=2, context=1)
+    run.main(Common(run_dir=str(run_dir)), cfg)
+    first = _run_ids(run_dir)
+    old = first["summary"]
+    assert re.fullmatch(r"\d{8}-\d{6}-[0-9a-f]{6}", old)
+    assert first == {"summary": old, "features": old, "overview": {old}, "page": old, "parts": {old}}
+    real = report.write_atomic
+
+    def stopped(path, data, *a, **kw):
+        if Path(path).name == "report.html":
+            raise KeyboardInterrupt  # a kill (Ctrl-C) as the overview is written
+        return real(path, data, *a, **kw)
+
+    monkeypatch.setattr(report, "write_atomic", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        run.main(Common(run_dir=str(run_dir)), cfg)
+    then = _run_ids(run_dir)
+    new = then["page"]
+    assert new != old and then == {"summary": old, "features": new, "overview": {old}, "page": new,
+                                   "parts": {new}}
 
 
 def test_a_write_killed_before_its_rename_leaves_the_previous_file(tmp_path, monkeypatch):
@@ -160,6 +204,44 @@ def test_a_training_warning_reaches_the_summary_the_table_and_the_report(tmp_pat
     assert f"analyze: warning: sae was saved with a training warning: {warning}" in capsys.readouterr().out
     html = (run_dir / "report.html").read_text()
     assert "training warned: sae: its reconstruction error" in html and "&lt;b&gt;learned&lt;/b&gt;" in html
+
+
+@pytest.mark.parametrize("kind", ["float", "str"])
+def test_rows_without_a_label_are_left_out_of_the_per_class_ad(tmp_path, monkeypatch, capsys, kind):
+    """NaN (a float array) or an empty / blank string is no class: those rows are in no ad_class entry, their
+    count is ad_class_unlabelled and one note; the other classes' numbers are those of a file where the same
+    rows carry a class of their own."""
+    run_dir = _run_dir(tmp_path, monkeypatch)
+    rows = np.arange(96)
+    if kind == "float":
+        gone = rows % 3 == 0  # [96] the rows without a label
+        missing = np.where(gone, np.nan, (rows % 3).astype(float))
+        own, expect = np.where(gone, 9.0, missing), [1.0, 2.0]
+    else:
+        gone = np.isin(rows % 4, [0, 3])
+        missing = np.array(["", "one", "two", " "])[rows % 4]  # "" and " ": no label
+        own, expect = np.where(gone, "zz", missing), ["one", "two"]
+    cfg = {"device": "cpu", "n_features": 2, "top_k": 2, "context": 1}
+    np.save(run_dir / "own.npy", own)
+    run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(**cfg, labels=str(run_dir / "own.npy")))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    ref = {c["label"]: c for c in summary["models"]["sae"]["ad_class"]}
+    capsys.readouterr()
+    np.save(run_dir / "labels.npy", missing)
+    run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(**cfg, labels=str(run_dir / "labels.npy")))
+    m = json.loads((run_dir / "summary.json").read_text())["models"]["sae"]
+    left = int(gone[64:].sum())  # the test rows: chunks 4 and 5
+    assert [c["label"] for c in m["ad_class"]] == expect and m["ad_class_unlabelled"] == left > 0
+    assert sum(c["n"] for c in m["ad_class"]) + left == 32
+    assert m["ad_class"] == [ref[label] for label in expect]
+    notes = [line for line in capsys.readouterr().out.splitlines() if "no label" in line]
+    assert notes == [f"analyze: note: {left} of the 32 evaluated rows have no label (NaN or empty) in "
+                     f"{run_dir / 'labels.npy'}: they are left out of the per-class AD "
+                     "(ad_class_unlabelled in summary.json)"]
+    assert f"{left} rows without a label left out" in (run_dir / "report.html").read_text()
+    np.save(run_dir / "none.npy", np.full(96, np.nan))
+    with pytest.raises(run.AnalyzeError, match=r"every label in .*none.npy is missing \(NaN or empty\)"):
+        run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(**cfg, labels=str(run_dir / "none.npy")))
 
 
 @pytest.mark.parametrize("kind", ["object", "npz", "text"])

@@ -352,3 +352,27 @@ def test_feature_page_loads_the_part_of_the_feature_shown(chromium, tmp_path):
         p.unlink()
     dom = _dump(*chromium, page.as_uri() + f"#f={i}")
     assert "its part big.parts/00002.js did not load (the page needs the folder big.parts beside it)" in dom
+
+
+def test_a_feature_page_of_another_run_than_its_overview_or_its_parts_says_so(chromium, run, tmp_path):
+    """The page opened from the overview's link (?run=) of another analysis run, or a part of another run
+    than the page's (an analysis stopped part way through the report), shows a banner saying so and to rerun
+    actdict analyze, and a part of another run is not shown; of the same run, no banner."""
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    run_id = json.loads((copy / "summary.json").read_text())["run_id"]
+    feats = json.loads((copy / "features/relu.json").read_text())
+    f = max(feats["features"], key=lambda r: r["fires"])
+    page = (copy / "report/relu.html").as_uri()
+    dom = _dump(*chromium, f"{page}?run={run_id}#f={f['i']}")
+    assert '<p id="mixed" class="warn" hidden="">' in dom and f"<h2>Feature {f['i']}</h2>" in dom
+    dom = _dump(*chromium, f"{page}?run=20000101-000000-abcdef#f={f['i']}")
+    assert (f"This page is of analysis run {run_id}, but the overview that linked here is of run "
+            "20000101-000000-abcdef: an analysis was stopped before it rewrote every file of the report. "
+            "Rerun actdict analyze.") in dom and f"<h2>Feature {f['i']}</h2>" in dom
+    part = copy / "report/relu.parts/00000.js"
+    part.write_text(part.read_text().replace(f'"{run_id}");', '"20000101-000000-abcdef");'))
+    dom = _dump(*chromium, f"{page}#f={f['i']}")
+    assert "but its part relu.parts/00000.js is of run 20000101-000000-abcdef" in dom
+    assert f"<p>feature {f['i']}: its part is of another analysis run (see above)</p>" in dom
+    assert f"<h2>Feature {f['i']}</h2>" not in dom

@@ -369,6 +369,26 @@ def test_store_command_describes_and_verifies(tmp_path, capsys):
     assert "no activation store" in capsys.readouterr().out
 
 
+def test_store_command_lists_each_hook_and_its_shards_once(tmp_path, capsys):
+    """Every hook, named by --hook (even twice) or found in the store, is described (and verified, and
+    repaired) once, with the shard count of its folders."""
+    from actdict.cli import main
+
+    _write(tmp_path, hook="a")
+    _write(tmp_path, hook="b")
+    shards = len(list((tmp_path / "a" / "shards").iterdir()))
+    for args in ([], ["--hook", "a", "--hook", "b", "--hook", "a"]):
+        assert main(["store", str(tmp_path), "--verify", *args]) == 0
+        out = capsys.readouterr().out.splitlines()
+        heads = [line.split(":")[0] for line in out if not line.startswith(" ")]
+        assert heads == ["a", "b"] and sum(line == "  verify: ok" for line in out) == 2
+        assert all(f", {shards} shards, " in line for line in out if not line.startswith(" "))
+        assert main(["store", str(tmp_path), "--json", *args]) == 0
+        assert [h["shards"] for h in json.loads(capsys.readouterr().out)] == [shards, shards]
+    assert main(["store", str(tmp_path), "--repair", "--hook", "b", "--hook", "b"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["b: intact"]
+
+
 def test_store_command_describes_an_unfinished_harvest(tmp_path, capsys):
     from actdict.cli import main
 

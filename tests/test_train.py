@@ -592,3 +592,59 @@ def test_a_dictionary_that_learned_nothing_is_named_in_its_own_units(store, tmp_
     assert "its last epoch's reconstruction error 51 is 102x that of predicting each batch's" in m.diverged()
     lse = Member("e", make("lse", 3, 2), 0.01, history=[{"sse": 1e9}], baseline=1.0, spread=1.0)
     assert lse.diverged() is None  # lse trains no reconstruction: its x_hat may be anything
+
+
+def test_a_resume_reads_its_state_header_once(store, tmp_path, monkeypatch):
+    """A run resumed from its state on disk reads the state's JSON header once (the stale, damaged and
+    other-run checks and the load share that read) and opens the file once more for its tensors; it resumes
+    at the step saved."""
+    from contextlib import contextmanager
+
+    from actdict.errors import ActdictError
+    from actdict.train import resume, run
+    from actdict.train.resume import STATE
+    from actdict.train.run import main
+
+    cfg = TrainConfig(dicts=[DictConfig("a", "sae_topk", k=4, lr=0.01, params={"topk": 2})], epochs=2,
+                      batch_size=100, test_fraction=0.2, device="cpu", checkpoint_every=3)
+    common = Common(run_dir=str(tmp_path / "run"), seed=3, store=store.path)
+    calls = iter(range(100))
+
+    @contextmanager
+    def sigterm_at_step_6(sigint=False):
+        yield lambda: next(calls) >= 5  # asked once per step: stop (saving the state) after step 6
+
+    monkeypatch.setattr(run, "sigterm_flag", sigterm_at_step_6)
+    with pytest.raises(ActdictError, match="stopped at step 6"):
+        main(common, cfg)
+    monkeypatch.undo()
+    seen, real = [], resume.safe_open
+
+    class Counted:  # safe_open, recording each open and each header read of a file
+        def __init__(self, path, *a, **kw):
+            self.path, self.inner = path, real(path, *a, **kw)
+            seen.append((path, "open"))
+
+        def __enter__(self):
+            self.f = self.inner.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.inner.__exit__(*exc)
+
+        def metadata(self):
+            seen.append((self.path, "header"))
+            return self.f.metadata()
+
+        def keys(self):
+            return self.f.keys()
+
+        def get_tensor(self, k):
+            return self.f.get_tensor(k)
+
+    monkeypatch.setattr(resume, "safe_open", Counted)
+    main(common, cfg)
+    state = str(tmp_path / "run" / STATE)
+    assert [what for path, what in seen if path == state] == ["open", "header", "open"]
+    _, meta = checkpoint.load(tmp_path / "run" / "dicts" / "a")
+    assert meta["resumed_at_step"] == 6 and meta["steps"] == 18

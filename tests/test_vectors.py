@@ -359,6 +359,44 @@ def test_write_vectors_from_python_names_a_bad_row_and_leaves_nothing(tmp_path):
     _check_store(write_vectors(str(tmp_path / "s"), x, **SMALL), x)
 
 
+def test_a_failed_write_from_python_removes_the_folders_it_made_and_only_those(tmp_path):
+    """write_vectors / import_vectors failing part way (a block generator that raises, a block of the wrong
+    width, a NaN row in the file's third block) remove the store folder they made and its missing parents;
+    a folder that existed before stays, and so do the other hooks of a store."""
+    x = _x(2)
+
+    def raising():  # two good blocks, then the source fails
+        yield x[:16]
+        yield x[16:32]
+        raise OSError("the source went away")
+
+    deep = tmp_path / "new" / "deeper" / "s"
+    with pytest.raises(OSError, match="went away"):
+        write_vectors(str(deep), raising(), **SMALL)
+    assert not (tmp_path / "new").exists()
+    wide = iter([x[:16], np.zeros((16, D + 1), np.float32)])  # the second block is one column wider
+    with pytest.raises(ValueError, match=rf"shape \[n, {D}\]"):
+        write_vectors(str(tmp_path / "w"), wide, **SMALL)
+    assert not (tmp_path / "w").exists()
+    x_nan = x.copy()
+    x_nan[25, 1] = np.nan  # in the third block of 10 rows
+    np.save(tmp_path / "nan.npy", x_nan)
+    with pytest.raises(VectorsError, match="row 25 holds NaN"):
+        import_vectors(tmp_path / "nan.npy", str(tmp_path / "i" / "s"), block_rows=10, **SMALL)
+    assert not (tmp_path / "i").exists()
+
+    (tmp_path / "kept").mkdir()  # existed before: stays, empty as it was
+    with pytest.raises(OSError, match="went away"):
+        write_vectors(str(tmp_path / "kept" / "s"), raising(), **SMALL)
+    assert (tmp_path / "kept").is_dir() and list((tmp_path / "kept").iterdir()) == []
+    store = tmp_path / "two"
+    write_vectors(str(store), x, hook="a", **SMALL)
+    with pytest.raises(OSError, match="went away"):
+        write_vectors(str(store), raising(), hook="b", **SMALL)
+    assert sorted(q.name for q in store.iterdir()) == ["a"]
+    _check_store(open_store(str(store), "a"), x)
+
+
 def test_small_files_and_arrays_get_chunks_to_hold_out(tmp_path):
     """Without chunk_rows, an import (Python or command line) or an array written from Python is cut into
     8 chunks or more (the unit of train's split), up to 4,096 rows each."""

@@ -148,12 +148,14 @@ def conflict(meta: dict, hashes: dict[str, str], configs: dict[str, dict], ignor
 
 
 def load_state(path: str | Path, members: list[Member], hashes: dict[str, str],
-               legacy: dict[str, str] | None = None, finished: set[str] = frozenset()) -> Position | None:
+               legacy: dict[str, str] | None = None, finished: set[str] = frozenset(),
+               meta: dict | None = None) -> Position | None:
     """Load the state into ``members`` (models and optimizers already built and set up); returns the
     position to continue from, or None (nothing loaded) when the file is absent or belongs to another run
     (its members' config hashes are neither ``hashes`` nor ``legacy``, the same run's older hashes).
-    ``finished``: members of the state that have since been saved as finished (ignored)."""
-    meta = read_meta(path)
+    ``finished``: members of the state that have since been saved as finished (ignored). ``meta``: the
+    file's ``read_meta`` when the caller has it (not read again), else read here."""
+    meta = read_meta(path) if meta is None else meta
     if meta is None or not state_matches(meta, hashes, legacy, finished):
         return None
     with safe_open(str(path), "pt") as f:
@@ -203,21 +205,23 @@ def remove_stale(state_path: Path, why: str, say: Callable[[str], None]) -> None
 
 
 def resume_state(run_dir: Path, cfg: TrainConfig, hashes: dict[str, str], legacy: dict[str, str],
-                 configs: dict[str, dict], say: Callable[[str], None]) -> tuple[dict | None, set[str]]:
-    """The run folder's resume state when this run continues it -> (its meta or None, the state's members
-    to ignore: finished since, or dropped by ``train.resume_drop``); ResumeConflict when it is another
-    run's. Damaged states and kept states are named."""
+                 configs: dict[str, dict], say: Callable[[str], None],
+                 meta: dict | None) -> tuple[dict | None, set[str]]:
+    """The run folder's resume state (``meta``: its ``read_meta``, None when there is none or it is
+    unreadable) when this run continues it -> (its meta or None, the state's members to ignore: finished
+    since, or dropped by ``train.resume_drop``); ResumeConflict when it is another run's. Damaged states and
+    kept states are named."""
     state_path = run_dir / STATE
-    for path in [state_path, *(run_dir / "dicts" / n / KEPT for n in hashes)]:
-        if unreadable(path):
-            say(f"train: note: {path} is damaged or not a resume state (a full disk, a copy cut short?): it "
-                "is not used, and this run replaces or removes it")
+    damaged = [state_path] if meta is None and unreadable(state_path) else []  # read again only then
+    for path in damaged + [p for n in hashes if unreadable(p := run_dir / "dicts" / n / KEPT)]:
+        say(f"train: note: {path} is damaged or not a resume state (a full disk, a copy cut short?): it "
+            "is not used, and this run replaces or removes it")
     if not cfg.resume:
-        if old := read_meta(state_path):
-            say(f"train: train.resume=false: the resume state {state_path} (step {old['position']['step']} "
-                f"of {sorted(old['members'])}) is not used, and this run's replaces it")
+        if meta:
+            say(f"train: train.resume=false: the resume state {state_path} (step {meta['position']['step']} "
+                f"of {sorted(meta['members'])}) is not used, and this run's replaces it")
         return None, set()
-    if (meta := read_meta(state_path)) is None:
+    if meta is None:
         return None, set()
     done = {n for n, m in meta["members"].items()  # a kill between the final saves leaves finished members
             if n not in hashes and checkpoint.is_finished(run_dir / "dicts" / n, m["config_hash"])}

@@ -274,14 +274,16 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
     if d.main and not split_readable(run_dir):  # another split is written with the checkpoints: until
         write_split(run_dir, split)  # then it is the finished dictionaries' (analyze reads their test rows)
     state_path = run_dir / STATE
-    held = read_meta(state_path) if d.main else None  # the state there now (None: none, or unreadable)
+    held = read_meta(state_path)  # the state there now (None: none, or unreadable), read once: passed on
     if held and stale_state(run_dir, held):
-        remove_stale(state_path, "a resume state whose dictionaries all finished after it (a kill between "
-                     "the last checkpoint and its removal)", say)
+        if d.main:
+            remove_stale(state_path, "a resume state whose dictionaries all finished after it (a kill "
+                         "between the last checkpoint and its removal)", say)
+        held = None  # on every rank: nothing to resume
     elif d.main and not todo and held is None and state_path.is_file():
         remove_stale(state_path, "a damaged resume state (a full disk, a copy cut short?), and every "
                      "dictionary is finished", say)
-    elif held and not todo:
+    elif d.main and held and not todo:
         say(f"train: note: {state_path} holds the unfinished run of {sorted(held['members'])} (at step "
             f"{held['position']['step']}), another config than this one's: it is kept; that run's command "
             "continues it")
@@ -295,16 +297,16 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
     todo_hashes = {dc.name: hashes[dc.name] for dc in todo}
     todo_legacy = {dc.name: legacy[dc.name] for dc in todo}
     configs = {dc.name: identity(dc, cfg, seeds[dc.name], store_id) for dc in todo}
-    meta, done = resume_state(run_dir, cfg, todo_hashes, todo_legacy, configs, say)
+    meta, done = resume_state(run_dir, cfg, todo_hashes, todo_legacy, configs, say, held)
     kept, kept_hashes = kept_states(run_dir, cfg, todo_hashes, configs, say) if meta is None else ({}, None)
     chunks = split["train_chunks"]
     train_rows = sum(b - a for a, b in map(store.chunk_bounds, chunks))
     norm = norm_stats(store, chunks, cfg.norm_chunks, common.seed) if cfg.normalize == "mean_scale" else None
     members = [member(dc, store.d, seeds[dc.name], norm, device) for dc in todo]
-    start = load_state(state_path, members, todo_hashes, todo_legacy, done) if meta is not None else None
+    start = None if meta is None else load_state(state_path, members, todo_hashes, todo_legacy, done, meta)
     if kept_hashes:  # each from its own file; extension() checked they stand at the same position
-        start = [load_state(run_dir / "dicts" / m.name / KEPT, [m], {m.name: kept_hashes[m.name]})
-                 for m in members][0]
+        start = [load_state(run_dir / "dicts" / m.name / KEPT, [m], {m.name: kept_hashes[m.name]},
+                            meta=kept[m.name]) for m in members][0]
     prior = (meta or next(iter(kept.values()), {}) if start else {}).get("segments", [])  # earlier segments
     world = f" x {d.world} ranks" if d.on else ""
     say(f"train: {[m.name for m in members]} on {train_rows} rows ({len(chunks)} chunks, d={store.d}) for "
