@@ -16,7 +16,7 @@ import json
 from actdict.errors import ActdictError
 from actdict.harvest.layout import StoreError, human_size, list_hooks, whole_shards
 from actdict.harvest.resume import repair, repair_manifest, store_lock
-from actdict.harvest.store import ActivationStore, open_store
+from actdict.harvest.store import ActivationStore, hook_folder, open_store
 
 
 def describe(store: ActivationStore) -> dict:
@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     out, bad = [], 0
     try:
         hooks = list(dict.fromkeys(a.hook)) if a.hook else list_hooks(a.path)  # each hook once, in order
+        if not hooks and (own := hook_folder(a.path)):
+            a.path, hooks = own[0], [own[1]]  # a hook's own folder: that hook of its store
         if not hooks:
             raise StoreError(f"no activation store at {a.path} (no <hook>/manifest.json found)")
         if a.repair:

@@ -269,7 +269,7 @@ def open_store(path: str, hook: str | None = None, allow_partial: bool = False,
     may also be the hook's own folder); ``hooks``: the store's hooks when the caller has listed them
     already (``list_hooks``)."""
     hooks = list_hooks(path) if hooks is None else hooks
-    if not hooks and (own := _hook_folder(path)) and hook in (None, own[1]):
+    if not hooks and (own := hook_folder(path)) and hook in (None, own[1]):
         return open_store(*own, allow_partial)  # a hook's own folder, as ActivationStore shows it
     if not hooks:
         where = path if "://" in str(path) else f"{path} ({os.path.abspath(path)})"  # relative to the cwd
@@ -284,7 +284,7 @@ def open_store(path: str, hook: str | None = None, allow_partial: bool = False,
     return ActivationStore(path, hook, allow_partial=allow_partial)
 
 
-def _hook_folder(path: str) -> tuple[str, str] | None:
+def hook_folder(path: str) -> tuple[str, str] | None:
     """(store, hook) when ``path`` is a hook's own folder (``<store>/<hook>``), else None."""
     where = str(path).rstrip("/")
     if "://" in where:

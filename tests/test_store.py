@@ -387,6 +387,10 @@ def test_store_command_lists_each_hook_and_its_shards_once(tmp_path, capsys):
         assert [h["shards"] for h in json.loads(capsys.readouterr().out)] == [shards, shards]
     assert main(["store", str(tmp_path), "--repair", "--hook", "b", "--hook", "b"]) == 0
     assert capsys.readouterr().out.splitlines() == ["b: intact"]
+    assert main(["store", str(tmp_path / "b"), "--verify"]) == 0  # a hook's own folder: that hook
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"b: 45 rows x d={D} ")  # _write: 7 + 20 + 18 rows
+    assert out[-1] == "  verify: ok" and len(out) == 4
 
 
 def test_store_command_describes_an_unfinished_harvest(tmp_path, capsys):
