@@ -13,17 +13,20 @@
   ``decoder_hidden``, else ``hidden``, else 8k (:func:`make_decoder`).
 
 Where these differ from the authors' code (``models.py`` of github.com/vegetablest-dog/VAEase, read after
-these were written; docs/results.md's Table 2 was made with ours, and meets the paper's targets):
+these were written; docs/results.md's Table 2 was made with ours, and meets the paper's targets;
+``resmlp_bn``, ``decoder_hidden`` = 2d and ``head="clip"`` give theirs):
 
-* ``mlp`` matches ``Linear_Encoder`` / ``Sparse_Encoder`` (4 Linear layers, width 2k, Swish).
+* ``mlp`` matches ``Linear_Encoder`` / ``Sparse_Encoder`` (4 Linear layers, width 2k, Swish); with the
+  VAEs' ``head="clip"`` it is ``Linear_Encoder`` exactly (the SAEs add their ReLU after it, ``_sae``).
 * ``resmlp``: the official ``MLP_Encoder`` keeps a residual stream of width 2k, not 8k: Linear(d, 2k),
   BatchNorm, Swish, then 3 ``ResMLP`` blocks (Linear(2k, 8k), Swish, Linear(8k, 8k), BatchNorm, Swish,
   Linear(8k, 2k), BatchNorm, Swish, plus the identity), then Linear(2k, out). Ours has no BatchNorm (batch
   statistics would differ between one process and torchrun ranks, and between train and eval mode) and a
   stream of width 8k. ``resmlp_bn`` is the official body; its BatchNorm layers are torch's defaults
   (momentum 0.1, eps 1e-5), normalise with the batch's statistics in training and the running ones in
-  evaluation (analysis, export, ``actdict lens``). The official evaluation scripts never call ``.eval()``,
-  so their test numbers use the test batch's own statistics: an open difference, ours is torch's convention.
+  evaluation (analysis, export, ``actdict lens``). The one official synthetic script we could read
+  (``sync_vaep_linear.py``, a body without BatchNorm) evaluates without ``.eval()``; done so with a
+  BatchNorm body, a test batch would be normalised by its own statistics. Ours is torch's convention.
 * the MLP decoder: the official ``FCNDecoder`` is Linear(k, 2d), LeakyReLU(0.2), Linear(2d, d): width 2d
   (pass ``decoder_hidden`` = 2d for it); ours defaults to 8k.
 """
