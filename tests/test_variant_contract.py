@@ -78,6 +78,18 @@ def test_loss_finite_and_gradients_reach_every_parameter(variant):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
+def test_the_logged_sse_is_the_batch_mean_of_the_rows_squared_error(variant):
+    """terms["sse"] is what the loop's diverged / learned-nothing warnings compare with the batch's spread:
+    for every variant, whatever its loss's own scaling (1/2 SSE, nmse, a mean over elements), the per-row
+    sum of squared error over d of the forward's x_hat, averaged over the batch."""
+    m = build(variant)
+    x = torch.randn(6, 7, generator=torch.Generator().manual_seed(4)) * 2
+    out = m(x)
+    want = ((x - out.x_hat.detach()) ** 2).sum(1).mean()
+    assert m.loss_terms(x, out)["sse"].item() == pytest.approx(want.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_gradients_reach_the_input_and_the_codes(variant):
     """A loaded (eval) dictionary differentiated with respect to its input (attribution, splicing into a
     model): x_hat's and the codes' gradients match finite differences (float64 gradcheck), whatever path

@@ -79,6 +79,51 @@ def test_logvar_head_clamps_to_the_prior_variance(variant):
     torch.testing.assert_close(out.extras["var"], want.exp())
 
 
+@pytest.mark.parametrize("variant", ["vaease", "vae"])
+def test_sigmoid_head_floors_the_variance_at_var_min(variant):
+    """head="sigmoid": var = clamp(sigmoid(Linear(k, k)(s)), min=var_min): a head driven to sigmoid = 0
+    (float32) gives var_min and log(var_min), so the KL term's -log var stays finite."""
+    m = make(variant, 3, 4, var_min=1e-5)
+    with torch.no_grad():
+        m.var_head.weight.zero_()
+        m.var_head.bias.copy_(torch.tensor([-200.0, 0.0, -200.0, 3.0]))
+    x = torch.randn(2, 3, generator=torch.Generator().manual_seed(0))
+    out = m(x)
+    want = torch.tensor([1e-5, 0.5, 1e-5, 1 / (1 + math.exp(-3.0))]).expand(2, 4)
+    torch.testing.assert_close(out.extras["var"], want)
+    torch.testing.assert_close(out.activity, want.log())
+    assert torch.isfinite(m.loss_terms(x, out)["loss"])
+
+
+@pytest.mark.parametrize("variant", ["vaease", "vae"])
+def test_vae_gradients_are_those_of_the_documented_loss(variant, monkeypatch):
+    """Every parameter's gradient equals autograd's on the module docstring's 2 x negative ELBO written out
+    here in float64 from the model's weights (the loss value alone would not see a term whose gradient is
+    lost, e.g. a detached log var in the KL)."""
+    import torch.nn.functional as F
+
+    d, k, B = 5, 4, 6
+    m = make(variant, d, k, seed=11, loggamma_init=-0.5)
+    x = torch.randn(B, d, generator=torch.Generator().manual_seed(12))
+    eps = torch.randn(B, k, generator=torch.Generator().manual_seed(13))
+    monkeypatch.setattr(torch, "randn_like", lambda t, *a, **kw: eps.to(t.dtype))  # fixed eps
+    m.loss_terms(x, m(x, sample=True))["loss"].backward()
+    p = {n: t.detach().double().requires_grad_() for n, t in m.named_parameters()}
+    xd = x.double()
+    h = F.silu(xd @ p["encoder.0.weight"].T + p["encoder.0.bias"])
+    mu, s = h[:, :k], h[:, k:]
+    var = torch.sigmoid(s @ p["var_head.weight"].T + p["var_head.bias"]).clamp(min=1e-7)
+    z = mu + var.sqrt() * eps.double()
+    dec_in = (1 - var.sqrt()) * z if variant == "vaease" else z
+    x_hat = dec_in @ p["decoder.weight"].T + p["decoder.bias"]
+    lg = p["loggamma"]
+    loss = (((xd - x_hat) ** 2).sum(1) / lg.exp() + d * lg + d * math.log(2 * math.pi)
+            + (var + mu**2 - var.log()).sum(1) - k).mean()
+    loss.backward()
+    for n, t in m.named_parameters():
+        torch.testing.assert_close(t.grad.double(), p[n].grad, rtol=1e-4, atol=1e-6, msg=n)
+
+
 def test_sae_losses_by_hand():
     torch.manual_seed(0)
     x = torch.randn(4, 6)  # [B, d]
@@ -96,6 +141,48 @@ def test_sae_losses_by_hand():
     assert ((z != 0).sum(1) <= 2).all()
     full = torch.relu(m.encoder(x))
     assert torch.allclose(z.sum(1), full.topk(2, dim=1).values.sum(1))
+
+
+def test_sae_penalty_gradients_are_those_of_the_documented_loss():
+    """sae_l1 / sae_log: the gradients of the fused or sparse training step equal autograd's on eq. 1
+    written out here (float64): SSE + lam1 h(z) + lam2 (||W_dec||^2 + ||b_dec||^2), h = sum |z| or
+    sum log(|z| + eps)."""
+    x = torch.randn(8, 6, generator=torch.Generator().manual_seed(3)) * 2
+    for variant, lam1 in (("sae_l1", 0.7), ("sae_log", 0.3)):
+        m = make(variant, 6, 5, seed=4, lam1=lam1, lam2=0.1)
+        m.loss_terms(x, m(x))["loss"].backward()
+        p = {n: t.detach().double().requires_grad_() for n, t in m.named_parameters()}
+        z = torch.relu(x.double() @ p["encoder.weight"].T + p["encoder.bias"])
+        h = z.abs().sum(1) if variant == "sae_l1" else (z.abs() + 1e-4).log().sum(1)
+        x_hat = z @ p["decoder.weight"].T + p["decoder.bias"]
+        wd = p["decoder.weight"].pow(2).sum() + p["decoder.bias"].pow(2).sum()
+        (((x.double() - x_hat) ** 2).sum(1).mean() + lam1 * h.mean() + 0.1 * wd).backward()
+        for n, t in m.named_parameters():
+            torch.testing.assert_close(t.grad.double(), p[n].grad, rtol=1e-4, atol=1e-5, msg=f"{variant} {n}")
+
+
+def test_sae_topk_by_hand_on_rows_with_fewer_positive_codes_than_topk(xb):
+    """sae_topk: z = the topk largest of relu(pre) per row, and at the default lam2 = 0 the loss is the SSE
+    alone (no decoder penalty, penalty 0). Every row here has fewer than topk = 4 positive pre-activations,
+    so a negative pre-activation kept without its relu would show, on the training (sparse) path and on
+    the dense one (an input that wants its gradient)."""
+    m = make("sae_topk", 6, 10, seed=9, topk=4)
+    with torch.no_grad():
+        m.encoder.bias.copy_(torch.tensor([0.5, 0.5] + [-20.0] * 8))  # at most 2 positive per row
+        m.decoder.bias.copy_(torch.linspace(-1, 1, 6))
+    x, We, be = _np(xb), _np(m.encoder.weight), _np(m.encoder.bias)
+    Wd, bd = _np(m.decoder.weight), _np(m.decoder.bias)
+    pre = x @ We.T + be
+    assert ((pre > 0).sum(1) <= 2).all() and (pre > 0).sum() > 4
+    z = _topk_rows(_relu(pre), 4)
+    x_hat = z @ Wd.T + bd
+    for inp in (xb, xb.clone().requires_grad_()):
+        out = m(inp)
+        terms = m.loss_terms(inp, out)
+        np.testing.assert_allclose(_np(out.codes), z, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(_np(out.x_hat), x_hat, rtol=1e-5, atol=1e-5)
+        assert terms["loss"].item() == pytest.approx(((x - x_hat) ** 2).sum(1).mean(), rel=1e-5)
+        assert terms["penalty"].item() == 0
 
 
 def test_normalized_wrapper_round_trip(tmp_path):
@@ -361,13 +448,19 @@ def test_batchtopk_threshold_is_the_smallest_positive_kept_value(xb):
     positive = acts[acts > 0]
     assert 0 < len(positive) < 16
     assert m.threshold.item() == pytest.approx(positive.min().item(), rel=1e-6)
+    # the top k*B also kept zeros (of latents that cannot fire); only a positive kept value is a firing
+    # (official: acts_topk.sum(0) > 0), so every latent without a positive activation waited one batch more
+    fired = (acts > 0).any(0)
+    assert torch.equal(m.dead.since, torch.where(fired, 0, 1)) and fired.sum() <= 2
 
 
 def test_jumprelu_loss_and_ste_by_hand(xb):
     eps, lam = 0.8, 0.3
     m = make("sae_jumprelu", 6, 10, seed=4, lam=lam, bandwidth=eps, threshold_init=0.4)
+    torch.testing.assert_close(m.log_threshold.exp(), torch.full((10,), 0.4))  # theta_0 = threshold_init
     with torch.no_grad():
         m.log_threshold.add_(torch.linspace(-0.5, 0.5, 10))
+        m.b_dec.copy_(torch.linspace(-0.3, 0.3, 6))  # decodes only: pre = x W_enc + b_enc (the pseudo-code)
     out = m(xb)
     terms = m.loss_terms(xb, out)
     x, We, be, Wd, bd = _np(xb), _np(m.W_enc), _np(m.b_enc), _np(m.W_dec), _np(m.b_dec)
@@ -430,6 +523,28 @@ def test_kl_sparsity_by_hand(xb):
     assert m.encoder.weight.abs().max() <= r and m.encoder.bias.abs().sum() == 0
 
 
+def test_kl_sparsity_clamps_rho_hat_and_decays_weights_not_biases(xb):
+    """rho_hat is clamped to [1e-6, 1 - 1e-6] (a unit on, or off, on every row gives a large finite KL), and
+    the weight decay is (lam / 2)(||W1||^2 + ||W2||^2): the biases are not decayed."""
+    m = make("sae_kl", 6, 4, seed=6, rho=0.1, beta=1.0, lam=0.5)
+    with torch.no_grad():
+        m.encoder.weight.zero_()
+        m.encoder.bias.copy_(torch.tensor([100.0, -100.0, 0.0, 0.0]))  # h = 1, ~0, 1/2, 1/2 on every row
+        m.decoder.bias.copy_(torch.linspace(-2, 2, 6))
+    terms = m.loss_terms(xb, m(xb))
+
+    def kl(q):
+        return 0.1 * math.log(0.1 / q) + 0.9 * math.log(0.9 / (1 - q))
+
+    high = float(np.float32(1 - 1e-6))  # the clamp's upper bound as a float32
+    assert terms["kl"].item() == pytest.approx(kl(high) + kl(1e-6) + 2 * kl(0.5), rel=1e-4)
+    W2, b2 = _np(m.decoder.weight), _np(m.decoder.bias)
+    x_hat = np.array([1.0, 0.0, 0.5, 0.5]) @ W2.T + b2  # the same h on every row
+    assert terms["weight_sq"].item() == pytest.approx((W2**2).sum(), rel=1e-6)
+    expected = 0.5 * ((_np(xb) - x_hat) ** 2).sum(1).mean() + 0.25 * (W2**2).sum() + terms["kl"].item()
+    assert terms["loss"].item() == pytest.approx(expected, rel=1e-5)
+
+
 def test_sosae_push_loss_and_truncation(xb):
     from actdict.train.variants.sosae import active_length, truncate
 
@@ -456,6 +571,22 @@ def test_sosae_push_loss_and_truncation(xb):
     torch.testing.assert_close(short(xb).x_hat, wrapped(xb).x_hat)
     with pytest.raises(ValueError, match="alpha"):
         make("sosae", 6, 100_000, alpha=0.01)
+
+
+def test_sosae_gradients_are_those_of_the_documented_loss(xb):
+    """Gradients equal autograd's on the docstring's loss written out here (float64): SSE + lam_push
+    sum_j (1 + alpha)^j h_j + lam_jac sum_j 1[h_j > 0] ||W_enc[:, j]||^2 (the Jacobian term trains W_enc
+    too)."""
+    m = make("sosae", 6, 10, seed=7, alpha=0.5, lam_push=0.1, lam_jac=0.05)
+    m.loss_terms(xb, m(xb))["loss"].backward()
+    p = {n: t.detach().double().requires_grad_() for n, t in m.named_parameters()}
+    h = torch.relu(xb.double() @ p["W_enc"] + p["b_enc"])  # [B, k]
+    x_hat = h @ p["W_dec"] + p["b_dec"]
+    push = (h * 1.5 ** torch.arange(10, dtype=torch.float64)).sum(1).mean()
+    jac = ((h > 0).double() * p["W_enc"].pow(2).sum(0)).sum(1).mean()
+    (((xb.double() - x_hat) ** 2).sum(1).mean() + 0.1 * push + 0.05 * jac).backward()
+    for n, t in m.named_parameters():
+        torch.testing.assert_close(t.grad.double(), p[n].grad, rtol=1e-4, atol=1e-6, msg=n)
 
 
 def test_lse_loss_is_finite_with_a_dead_latent(xb):
