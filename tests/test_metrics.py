@@ -59,6 +59,27 @@ def test_batched_equals_1d_and_brute_force():
     assert M.otsu_split_batched(x.numpy()).tolist() == batched.tolist()  # numpy input too
 
 
+@pytest.mark.parametrize("n", [3, 5, 7, 9])
+def test_otsu_exact_ties_of_equally_spaced_values_take_the_first_split(n):
+    """n equally spaced values (n odd): the splits (n - 1) / 2 and (n + 1) / 2 cost the same by symmetry, so
+    the first minimum leaves (n - 1) / 2 values low, whatever rounding makes of the two costs (the near-tie
+    tolerance; a plain argmin of the float costs picks the second on some of these rows)."""
+    for a in (0.0, -3.7, 1e3):
+        for h in (0.1, 0.3, 1.7, 1e-3):
+            assert M.otsu_split([a + j * h for j in range(n)]) == (n - 1) // 2, (a, h)
+
+
+def test_otsu_split_is_shift_invariant():
+    """A split depends on the values' spread, not their offset: rows moved by 1e4 split as the brute force
+    splits them (the cumulative sums of squares about a far-away origin would cancel catastrophically)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(100, 13, generator=g, dtype=torch.float64)
+    x[50:, :5] += 6.0  # clearly bimodal rows
+    shifted = x + 1e4
+    assert M.otsu_split_batched(shifted).tolist() == [brute_low_count(r.numpy()) for r in shifted]
+    assert M.otsu_split_batched(shifted).tolist() == M.otsu_split_batched(x).tolist()
+
+
 def test_neg_inf_gives_exactly_l0():
     codes = torch.tensor(
         [
@@ -99,6 +120,10 @@ def test_ad_per_group():
     act = torch.tensor([[-10.0, 0, 0, 0], [-8.0, 0, 0, 0], [-9.0, -9, -9, 0], [-9.0, -9, -9, 0]])
     assert M.ad_per_group(act, "low", ["a", "a", "b", "b"]) == {"a": 1, "b": 3}
     assert M.ad_per_group(act, "low", np.array([1, 1, 2, 2])) == {1: 1, 2: 3}
+    # the group's mean row, not a per-latent median: rows [-9, -9, 0, 0] and [-9, -9, -9, -9] average to
+    # [-9, -9, -4.5, -4.5] (2 active); their lower median [-9, -9, -9, -9] would be one level (all 4 "active")
+    two = torch.tensor([[-9.0, -9, 0, 0], [-9.0, -9, -9, -9]])
+    assert M.ad_per_group(two, "low", ["g", "g"]) == {"g": 2}
 
 
 def test_re_l0_ev_hand_computed():

@@ -432,6 +432,10 @@ def test_read_acts_names_a_flipped_bit_and_reads_remote_stores(tmp_path):
     with pytest.raises(StoreError, match=r"shards/00001 is corrupted.*rows 8\.\.12.*checksum"):
         s.read_acts(6, out=np.empty((4, D), np.float32))  # read straight into out: checked all the same
     np.testing.assert_array_equal(s.read_acts(5), _data()[0][20:24])
+    other = chunk.parent.parent / "1" / "0"  # chunk 5: bytes appended after its crc32c, which still matches
+    other.write_bytes(other.read_bytes() + b"\0\0")
+    with pytest.raises(StoreError, match=r"shards/00001 is corrupted.*rows 4\.\.8.*expected"):
+        s.read_acts(5)
     x = np.arange(40, dtype=np.float32).reshape(20, 2)
     remote = write_vectors("memory://ra/store", x, shard_rows=8, chunk_rows=4)  # no local file: zarr's path
     np.testing.assert_array_equal(np.concatenate([remote.read_acts(i) for i in range(remote.num_chunks)]), x)

@@ -136,6 +136,9 @@ def test_steps_in_epoch_counts_the_short_last_batch(store):
     for epoch in range(8):  # the 1-row chunk is alone in the last buffer in some epochs (256 = 8 x 32)
         sizes = [len(b) for b in iter_batches(small, range(5), 32, 1, 0, epoch)]
         assert sizes == [32] * 8 == [32] * steps_in_epoch(small, range(5), 32)
+    # an epoch of that one row alone is one batch of it (not 0 steps: a lone row sits out only beside others)
+    lone = [len(b) for b in iter_batches(small, [4], 32, 1, 0, 0)]
+    assert lone == [1] == [1] * steps_in_epoch(small, [4], 32)
 
 
 def test_norm_stats(store):
@@ -143,6 +146,21 @@ def test_norm_stats(store):
     x = store.read_rows(0, len(store)).acts.astype(np.float64)
     np.testing.assert_allclose(mean, x.mean(0), rtol=1e-5)
     assert scale == pytest.approx(np.sqrt(((x - x.mean(0)) ** 2).sum(1).mean() / 3), rel=1e-6)
+
+
+def test_norm_stats_reads_n_chunks_picked_by_the_seed(store):
+    """n_chunks < the chunks given: the statistics are those of n_chunks whole chunks of the list (row i has
+    x[:, 0] == i, so the mean of x[:, 0] over chunks a and b of 64 rows is 32 (a + b) + 31.5), and the seed
+    picks which (not always the first ones)."""
+    chunks = [1, 4, 7, 9, 12]
+    sums = {a + b for a in chunks for b in chunks if a < b}
+    picked = set()
+    for seed in range(6):
+        mean, _ = norm_stats(store, chunks, n_chunks=2, seed=seed)
+        pair = (float(mean[0]) - 31.5) / 32
+        assert pair == pytest.approx(round(pair), abs=1e-4) and round(pair) in sums
+        picked.add(round(pair))
+    assert len(picked) > 1
 
 
 def test_loop_reduces_loss_and_stops_on_nan():
@@ -472,6 +490,15 @@ def test_loop_sets_each_steps_lr_seed_and_averages_the_epoch_history(monkeypatch
     assert lrs == pytest.approx([0.5 * (1 + np.cos(np.pi * s / 8)) / 2 for s in range(8)], rel=1e-12)
     assert list(seeds) == [step_seed(9, s, "a") for s in range(8)] and len(set(seeds)) == 8
     assert m.history == [{"loss": 1.5, "sse": 2.0, "epoch": 0}, {"loss": 5.5, "sse": 2.0, "epoch": 1}]
+
+
+def test_schedules_end_at_eta_min_and_stay_there():
+    """warmup_cosine and linear_decay go from lr to eta_min (> 0 here) over the run, halfway at its middle,
+    and a step past the planned end (a run given more epochs on resume) keeps eta_min: no cosine climbing
+    back, no negative rate."""
+    for sched in ("warmup_cosine", "linear_decay"):
+        got = [lr_at(s, 1.0, sched, 100, eta_min=0.1) for s in (0, 50, 100, 130, 250)]
+        assert got == pytest.approx([1.0, 0.55, 0.1, 0.1, 0.1]), sched
 
 
 def test_schedule_warmup_shifts_every_schedule():
