@@ -122,6 +122,7 @@ def test_analyze_main_end_to_end(tmp_path, monkeypatch):
     n, d, k = 200, 4, 6
     acts = g.standard_normal((n, d)).astype(np.float32)
     W = g.standard_normal((d, k)).astype(np.float32)
+    W[:, 4] = 0.0  # latent 4 never fires: one dead latent
     with StoreWriter(str(tmp_path / "store"), {"hook": "h"}, d, "float32", 64, 32) as w:
         w.append(acts, np.arange(n), np.arange(n) // 10, np.arange(n) % 10)
     (tmp_path / "split.json").write_text(json.dumps({"train_chunks": [0, 1, 2], "test_chunks": [5, 3, 6]}))
@@ -129,7 +130,8 @@ def test_analyze_main_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setattr(run, "resolve_decoder", lambda m: lambda ids: [f"<{i}>" for i in ids])
     np.save(tmp_path / "labels.npy", np.array(["even", "odd"])[np.arange(n) % 2])
     run.main(Common(run_dir=str(tmp_path)), AnalyzeConfig(n_features=2, top_k=3, context=2, batch_size=7,
-                                                          device="cpu", labels=str(tmp_path / "labels.npy")))
+                                                          device="cpu", labels=str(tmp_path / "labels.npy"),
+                                                          mask_curve_rows=5))
 
     s = json.loads((tmp_path / "summary.json").read_text())
     rows = np.r_[160:192, 96:128, 192:200]  # chunks 5, 3, 6 (the last one short)
@@ -143,7 +145,7 @@ def test_analyze_main_end_to_end(tmp_path, monkeypatch):
     assert m["ad"] == m["l0"] == pytest.approx((z > 0).sum(1).mean(), rel=1e-5)
     assert m["ev"] == pytest.approx(1 - err.sum() / ((x - x.mean(0)) ** 2).sum(), rel=1e-4)
     fires = (z > 0).sum(0)
-    assert m["dead"] == int((fires == 0).sum())
+    assert m["dead"] == int((fires == 0).sum()) == 1 and m["dead_frac"] == pytest.approx(1 / k, rel=1e-5)
     assert [f["index"] for f in m["features"]] == list(np.argsort(-fires, kind="stable")[:2])
     top = m["features"][0]["top"][0]
     assert top["row"] == rows[np.argmax(z[:, m["features"][0]["index"]])]
@@ -156,14 +158,14 @@ def test_analyze_main_end_to_end(tmp_path, monkeypatch):
     cos = (x * x_hat).sum(1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(x_hat, axis=1))
     assert m["cos"] == pytest.approx(cos.mean(), rel=1e-4)
     assert m["dense"] == int((fires / len(rows) > 0.1).sum())
-    curve = m["masked_curve"]  # first batch (7 rows): keep the m largest codes of each row
-    assert curve["rows"] == 7 and curve["kept"][0] == 0 and curve["kept"][-1] == k
-    zb, xb = z[:7], x[:7]
+    curve = m["masked_curve"]  # the first mask_curve_rows = 5 rows: keep the m largest codes of each row
+    assert curve["rows"] == 5 and curve["kept"][0] == 0 and curve["kept"][-1] == k
+    zb, xb = z[:5], x[:5]
     for kept, re in zip(curve["kept"], curve["re"], strict=True):
-        thr = -np.sort(-zb, axis=1)[:, kept - 1 : kept] if kept else np.full((7, 1), np.inf)
+        thr = -np.sort(-zb, axis=1)[:, kept - 1 : kept] if kept else np.full((5, 1), np.inf)
         zm = np.where(zb >= thr, zb, 0)
         assert re == pytest.approx(((xb - zm @ W.T) ** 2).sum(1).mean(), rel=1e-4)
-    assert curve["re"][-1] == pytest.approx(err[:7].mean(), rel=1e-5)
+    assert curve["re"][-1] == pytest.approx(err[:5].mean(), rel=1e-5)
     feats = json.loads((tmp_path / m["features_file"]).read_text())
     assert len(feats["features"]) == k and (tmp_path / "report" / "relu%20%3Cb%3E.html").is_file()
     assert [f["fires"] for f in feats["features"]] == fires.tolist()
