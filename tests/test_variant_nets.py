@@ -120,6 +120,12 @@ def test_clip_head_is_the_clipped_encoder_output():
         assert torch.equal(got_mu, mu) and torch.equal(logvar, torch.minimum(s, torch.zeros(())))
         assert torch.equal(var, logvar.exp())
         assert ((s > 0).any() and (s < 0).any()) if shift == 0 else logvar.max() < -40
+    with torch.no_grad():  # far below: var underflows to 0 in float32, the loss's gradient stays finite
+        m.encoder[-1].bias[4:] -= 300
+    terms = m.loss_terms(x, out := m(x))
+    terms["loss"].backward()
+    assert (out.extras["var"] == 0).all() and torch.isfinite(terms["loss"])
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters())
 
 
 def test_batchnorm_bodies_are_refused_under_torchrun(monkeypatch):

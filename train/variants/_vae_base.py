@@ -94,7 +94,9 @@ class VAEBase(Dictionary):
 
     def forward(self, x: Tensor, sample: bool = True) -> Forward:  # x: [B, d]
         mu, var, logvar = self.encode(x)
-        std = var.sqrt()  # [B, k]
+        # [B, k]; the clip head has no floor: var underflows to 0 below log var -103, where sqrt has an
+        # infinite gradient; exp(log var / 2) (the official code's) has none
+        std = (0.5 * logvar).exp() if self.params["head"] == "clip" else var.sqrt()
         z = mu + std * dist_.noise_like(mu) if sample else mu  # [B, k]
         gate = (1.0 - std) if self.gate_decoder_input else torch.ones_like(std)  # [B, k]
         dec_in = gate * z  # [B, k]
