@@ -302,7 +302,7 @@ def render_feature_page(data: dict, name: str, model: dict, summary: dict, parts
 <script src="plotly.min.js"></script></head><body>
 <header><a href="../report.html">&larr; overview</a><b id="title"></b>
  <span class="stats">{stats}; hook {html.escape(str(summary.get("hook", "")))}</span></header>
-<p id="mixed" class="warn" hidden></p>
+<p id="mixed" hidden></p>
 <main><div id="side">
  <div>feature # <input id="go" type="number" min="0" max="{int(data.get("k", 0)) - 1}"
   style="width:6em"></div>

@@ -99,6 +99,7 @@ def main(common: Common, cfg: AnalyzeConfig) -> None:
 def _main(common: Common, cfg: AnalyzeConfig) -> None:
     from actdict.harvest.store import open_store
 
+    run_id = new_run_id()  # at the start: its time is when this analysis began
     run_dir = Path(common.run_dir)
     device = resolve_device(cfg.device)
     for note in skipped_notes(run_dir, cfg.dicts):
@@ -146,7 +147,6 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
 
     ce = splice_models(common, cfg, store, test_chunks, models, device) if cfg.ce_loss else None
     decode = resolve_decoder(store.manifest)
-    run_id = new_run_id()
     summary = {"version": SUMMARY_VERSION, "run_dir": str(run_dir), "store": common.store_path,
                "hook": store.manifest.get("hook"), "d": d, "run_id": run_id, "test_chunks": test_chunks,
                "n_test_rows": n,

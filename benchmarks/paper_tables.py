@@ -417,6 +417,9 @@ def main(argv: list[str] | None = None) -> dict:
                     "outputs are restarts (--seed) on one --data-seed; list them by held-out loss and print "
                     "the table of each model's lowest-loss restart (the ground truth plays no part in it)")
     a = ap.parse_args(argv)
+    if a.official and (bad := sorted(set(a.sets) - set(OFFICIAL))):  # before any set trains
+        ap.error(f"--official applies to the synthetic sets {sorted(OFFICIAL)} only, not {bad}: add --sets "
+                 + " ".join(OFFICIAL))
     if a.json:  # made now: a run of an hour must not lose its result to a missing folder at the end
         a.json.parent.mkdir(parents=True, exist_ok=True)
     if a.restarts:

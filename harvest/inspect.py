@@ -60,9 +60,14 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     out, bad = [], 0
     try:
-        hooks = list(dict.fromkeys(a.hook)) if a.hook else list_hooks(a.path)  # each hook once, in order
-        if not hooks and (own := hook_folder(a.path)):
-            a.path, hooks = own[0], [own[1]]  # a hook's own folder: that hook of its store
+        hooks = list_hooks(a.path)
+        if not hooks and (own := hook_folder(a.path)):  # a hook's own folder: that hook of its store
+            if a.hook and set(a.hook) != {own[1]}:
+                raise StoreError(f"{a.path} is the folder of hook {own[1]!r} alone, not of "
+                                 f"{sorted(set(a.hook))}")
+            a.path, hooks = own[0], [own[1]]
+        elif a.hook:
+            hooks = list(dict.fromkeys(a.hook))  # each hook once, in the order given
         if not hooks:
             raise StoreError(f"no activation store at {a.path} (no <hook>/manifest.json found)")
         if a.repair:

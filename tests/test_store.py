@@ -391,6 +391,11 @@ def test_store_command_lists_each_hook_and_its_shards_once(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith(f"b: 45 rows x d={D} ")  # _write: 7 + 20 + 18 rows
     assert out[-1] == "  verify: ok" and len(out) == 4
+    assert main(["store", str(tmp_path / "b"), "--hook", "b", "--repair"]) == 0  # named too: the same
+    assert capsys.readouterr().out.splitlines() == ["b: intact"]
+    assert not (tmp_path / "b" / ".actdict-lock").exists()  # the lock is the store's, not inside the hook
+    assert main(["store", str(tmp_path / "b"), "--hook", "a"]) == 2
+    assert "is the folder of hook 'b' alone, not of ['a']" in capsys.readouterr().out
 
 
 def test_store_command_describes_an_unfinished_harvest(tmp_path, capsys):

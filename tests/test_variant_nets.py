@@ -79,6 +79,10 @@ def test_arch_keys_are_optional_and_checked():
         with pytest.raises(ConfigError, match=r"decoder_hidden must be an integer >= 0"):
             make(variant, 8, 4, decoder="mlp", decoder_hidden=-1)
     assert make("sae_l1", 8, 4, encoder="mlp", hidden=6.0).encoder[0].out_features == 6
+    with pytest.raises(ConfigError, match="decoder_hidden sets the MLP decoder's width, and the decoder is"):
+        make("vaease", 8, 4, encoder="resmlp_bn", decoder_hidden=16)  # would build Linear(4, 8) silently
+    with pytest.raises(ConfigError, match="hidden sets the width of an MLP encoder or decoder, and both are"):
+        make("sae_topk", 8, 4, topk=2, hidden=16)
 
 
 def test_resmlp_bn_is_the_authors_mlp_encoder():
@@ -102,6 +106,10 @@ def test_resmlp_bn_is_the_authors_mlp_encoder():
     sae = make("sae_l1", d, k, seed=0, encoder="resmlp_bn", hidden=10)
     assert sae.encoder[0].out_features == 10 and sae.encoder[-1].out_features == k
     assert (sae(torch.randn(4, d)).codes >= 0).all()
+    with pytest.raises(ConfigError, match="var_min is the floor of head 'sigmoid', and the head is 'clip'"):
+        make("vaease", d, k, encoder="mlp", head="clip", var_min=1e-20)
+    with pytest.raises(ConfigError, match="logvar_min is the floor of head 'logvar', and the head is 'sigm"):
+        make("vae", d, k, logvar_min=-5)
     with pytest.raises(ConfigError, match="head 'clip' reads log var off the encoder's output"):
         make("vae", d, k, head="clip")  # the linear encoder's Swish output is >= -0.28: var >= 0.76
 
@@ -126,6 +134,12 @@ def test_clip_head_is_the_clipped_encoder_output():
     terms["loss"].backward()
     assert (out.extras["var"] == 0).all() and torch.isfinite(terms["loss"])
     assert all(torch.isfinite(p.grad).all() for p in m.parameters())
+    m = make("vae", 5, 4, seed=1, head="logvar", logvar_min=-300)  # a floor set as low: the same
+    with torch.no_grad():
+        m.var_head.bias.fill_(-150)
+    terms = m.loss_terms(x, out := m(x))
+    terms["loss"].backward()
+    assert (out.extras["var"] == 0).all() and all(torch.isfinite(p.grad).all() for p in m.parameters())
 
 
 def test_batchnorm_bodies_are_refused_under_torchrun(monkeypatch):
@@ -141,3 +155,6 @@ def test_batchnorm_bodies_are_refused_under_torchrun(monkeypatch):
                                           r"\(BatchNorm, encoder: resmlp_bn\) and trains in one process"):
         check(Common(), cfg)
     check(Common(), TrainConfig(dicts=cfg.dicts[:1]))  # resmlp has no BatchNorm: torchrun is fine
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    with pytest.raises(ConfigError, match=r"train.dicts\[v\]: .* which a batch of 1 row has not"):
+        check(Common(), TrainConfig(dicts=[official], batch_size=1))

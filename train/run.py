@@ -184,6 +184,10 @@ def check(common: Common, cfg: TrainConfig) -> None:
                 model = make(dc.variant, _STAND_IN_D, dc.k, **dc.params)
         except ConfigError as e:
             raise ConfigError(f"train.dicts[{dc.name}]: {e}") from e
+        if dist_.batch_statistics(model) and cfg.batch_size < 2:
+            raise ConfigError(f"train.dicts[{dc.name}]: its encoder normalises with batch statistics "
+                              f"(BatchNorm), which a batch of {cfg.batch_size} row has not: set "
+                              "train.batch_size >= 2")
         if world > 1 and dist_.batch_statistics(model):
             raise ConfigError(f"train.dicts[{dc.name}]: its encoder normalises with batch statistics "
                               f"(BatchNorm, encoder: {dc.params.get('encoder')}) and trains in one process "

@@ -14,7 +14,7 @@
 
 Where these differ from the authors' code (``models.py`` of github.com/vegetablest-dog/VAEase, read after
 these were written; docs/results.md's Table 2 was made with ours, and meets the paper's targets;
-``resmlp_bn``, ``decoder_hidden`` = 2d and ``head="clip"`` give theirs):
+``encoder="resmlp_bn"``, ``decoder="mlp"`` with ``decoder_hidden`` = 2d, and ``head="clip"`` give theirs):
 
 * ``mlp`` matches ``Linear_Encoder`` / ``Sparse_Encoder`` (4 Linear layers, width 2k, Swish); with the
   VAEs' ``head="clip"`` it is ``Linear_Encoder`` exactly (the SAEs add their ReLU after it, ``_sae``).
@@ -45,7 +45,8 @@ ARCH = {"encoder": "linear", "decoder": "linear", "hidden": 0, "decoder_hidden":
 
 
 def check_arch(variant: str, encoder: str, decoder: str, hidden: int, decoder_hidden: int) -> None:
-    """The architecture keys of a variant's params (``ARCH``) name known bodies and whole widths >= 0."""
+    """The architecture keys of a variant's params (``ARCH``) name known bodies and whole widths >= 0, and
+    a width is given only to a body that has it."""
     if encoder not in ENCODERS or decoder not in DECODERS:
         raise ConfigError(f"{variant}: encoder must be one of {ENCODERS} and decoder one of {DECODERS}, got "
                           f"{encoder!r}, {decoder!r}")
@@ -54,6 +55,12 @@ def check_arch(variant: str, encoder: str, decoder: str, hidden: int, decoder_hi
         if not (whole and width >= 0):
             raise ConfigError(f"{variant}: {name} must be an integer >= 0 (0 = the default width), got "
                               f"{width!r}")
+    if decoder_hidden and decoder == "linear":
+        raise ConfigError(f"{variant}: decoder_hidden sets the MLP decoder's width, and the decoder is "
+                          "'linear': add decoder: mlp, or leave decoder_hidden out")
+    if hidden and encoder == decoder == "linear":
+        raise ConfigError(f"{variant}: hidden sets the width of an MLP encoder or decoder, and both are "
+                          "'linear': add encoder: mlp | resmlp | resmlp_bn or decoder: mlp, or leave it out")
 
 
 def default_hidden(encoder: str, k: int) -> int:

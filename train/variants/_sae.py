@@ -8,12 +8,13 @@
   exact zero the Otsu split counts its L0; a row with every code nonzero is split among its values),
   computed only when read (training never reads it; the log of a mostly-zero [4096, k] z took ~0.2 s at
   k = 4096 and ~0.85 s at k = 16384 per step on 2 CPU cores); ``active_side = "high"``.
-* Synthetic sets (App. D.2): ``encoder`` "mlp" (4 Swish-joined Linear layers, hidden 2k) or "resmlp"
-  (3 residual blocks, hidden 8k) before the ReLU, ``decoder`` "mlp" (2-layer leaky-ReLU MLP); ``hidden``
-  sets their width (0 = the paper's), ``decoder_hidden`` the MLP decoder's alone (0 = as ``hidden``).
-  See ``_nets``. With an MLP decoder lam2 penalises all its weights
-  and biases. These keys are stored in ``params`` only when given. The ReLU follows every encoder body:
-  the official ``MLP_Encoder_SAE`` ends in one too, its ``Sparse_Encoder`` (4 Linear layers) does not.
+* Synthetic sets (App. D.2): ``encoder`` "mlp" (4 Swish-joined Linear layers, hidden 2k), "resmlp"
+  (3 residual blocks, hidden 8k) or "resmlp_bn" (the authors' BatchNorm body, a 2k stream) before the
+  ReLU, ``decoder`` "mlp" (2-layer leaky-ReLU MLP); ``hidden`` sets their width (0 = the paper's),
+  ``decoder_hidden`` the MLP decoder's alone (0 = as ``hidden``). See ``_nets``. With an MLP decoder lam2
+  penalises all its weights and biases. These keys are stored in ``params`` only when given. The ReLU
+  follows every encoder body: the official ``MLP_Encoder_SAE`` ends in one too, its ``Sparse_Encoder`` (4
+  Linear layers) does not.
 * No decoder renormalisation, no tied init, no AuxK: ``after_step`` does nothing (the paper relies on lam2).
 * ``loss_terms`` takes h from ``extras["h"]`` [B] when the forward computed it (``sae_l1``'s fused step;
   ``sae_topk``'s sparse path: zeros), else h(``extras["z"]``).

@@ -10,7 +10,8 @@ Paper Sec. 2.2-3 and DESIGN "The paper's exact recipe" (official code, LLM/Yelp 
   does not say whether the last layer is activated; we leave it linear so mu is unconstrained.)
 * encoder ``"resmlp"`` (App. D.2 MLP-manifold data: 3 residual blocks of 3 Linear layers, hidden 8k) and
   decoder ``"mlp"`` (2-layer leaky-ReLU(0.2) MLP) instead of the linear decoder: see ``_nets``; ``hidden``
-  sets their width (0 = the paper's: 2k for ``mlp``, 8k for ``resmlp`` and the MLP decoder);
+  sets their width (0 = the paper's: 2k for ``mlp``, 8k for ``resmlp`` and the MLP decoder; ``resmlp_bn``, the
+  authors' BatchNorm body, has a 2k stream);
   ``decoder_hidden`` (0 = as ``hidden``) sets the MLP decoder's alone (the paper does not state it).
 * variance head (``head="sigmoid"``, official): var = clamp(sigmoid(Linear(k, k)(s)), min=var_min);
   (``head="logvar"``, our clipped log-variance head for synthetic data, an open choice of this repo):
@@ -63,6 +64,11 @@ class VAEBase(Dictionary):
         check_arch(self.variant, encoder, decoder, hidden, decoder_hidden)
         if head not in HEADS:
             raise ConfigError(f"{self.variant}: head must be one of {HEADS}, got {head!r}")
+        for name, value, default, used_by in (("var_min", var_min, 1e-7, "sigmoid"),
+                                              ("logvar_min", logvar_min, -20.0, "logvar")):
+            if value != default and head != used_by:  # it would be ignored without a word
+                raise ConfigError(f"{self.variant}: {name} is the floor of head {used_by!r}, and the head is "
+                                  f"{head!r}: leave {name} out")
         if head == "clip" and encoder == "linear":  # Swish(.) >= -0.28: var >= 0.76, never an active latent
             raise ConfigError(f"{self.variant}: head 'clip' reads log var off the encoder's output, which "
                               "the linear encoder's Swish bounds below by -0.28: use it with encoder mlp, "
@@ -94,9 +100,10 @@ class VAEBase(Dictionary):
 
     def forward(self, x: Tensor, sample: bool = True) -> Forward:  # x: [B, d]
         mu, var, logvar = self.encode(x)
-        # [B, k]; the clip head has no floor: var underflows to 0 below log var -103, where sqrt has an
-        # infinite gradient; exp(log var / 2) (the official code's) has none
-        std = (0.5 * logvar).exp() if self.params["head"] == "clip" else var.sqrt()
+        # [B, k]; a log-variance head's var underflows to 0 below log var -103 (clip has no floor, logvar_min
+        # may be set that low), where sqrt has an infinite gradient; exp(log var / 2) (the official code's)
+        # has none. The sigmoid head's var >= var_min keeps sqrt (its numbers stay as they were)
+        std = var.sqrt() if self.params["head"] == "sigmoid" else (0.5 * logvar).exp()
         z = mu + std * dist_.noise_like(mu) if sample else mu  # [B, k]
         gate = (1.0 - std) if self.gate_decoder_input else torch.ones_like(std)  # [B, k]
         dec_in = gate * z  # [B, k]
