@@ -2,7 +2,10 @@
 
 Both return ``(x [n, d] float32, label [n] int64)`` where ``label`` is the manifold of each row; the
 ground-truth active dimension count of manifold i is ``dims[i]``. Feed them to the pipeline with
-``actdict.harvest.store.write_vectors``.
+``actdict.harvest.store.write_vectors``, or write them as files for a config (``harvest.mode: vectors``,
+``analyze.labels``; ``configs/table2_linear.yaml``)::
+
+    python -m actdict.harvest.synthetic linear runs/table2_linear/data   # x.npy [n, d], labels.npy [n]
 
 Choices the paper leaves open (ours): latent coordinates are standard normal; rows are assigned to manifolds
 uniformly at random (union of subspaces) or in equal blocks (MLP manifolds, as the paper's "200k per
@@ -15,7 +18,10 @@ says only "passing random noise through different MLP networks", which a randoml
 
 from __future__ import annotations
 
+import argparse
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -67,3 +73,47 @@ def mlp_manifolds(n_per: int, d: int = 100, dims: Sequence[int] = (5, 5, 10, 10)
         labels.append(np.full(n_per, i, np.int64))
     perm = rng.permutation(n_per * len(dims))
     return np.concatenate(xs)[perm].astype(np.float32), np.concatenate(labels)[perm]
+
+
+SETS = {"linear": 56_000, "mlp": 48_000}  # default rows: paper_tables' train + test sizes of each set
+
+
+def write_set(name: str, out: str | Path, n: int = 0, seed: int = 0, init: str = "randn"
+              ) -> tuple[Path, Path]:
+    """Write set ``name`` (the paper's dims and d; ``n`` rows, 0 = ``SETS[name]``; mlp: n // 4 per manifold)
+    as ``out/x.npy`` [n, d] float32 and ``out/labels.npy`` [n] int64, each whole or not at all."""
+    n = n or SETS[name]
+    x, label = union_of_subspaces(n, seed=seed) if name == "linear" else mlp_manifolds(n // 4, seed=seed,
+                                                                                        init=init)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = out / "x.npy", out / "labels.npy"
+    for path, arr in zip(paths, (x, label), strict=True):
+        tmp = path.with_name(f".tmp-{path.name}")
+        np.save(tmp, arr)
+        os.replace(tmp, path)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m actdict.harvest.synthetic", description=(
+        "Write the paper's synthetic data (Table 2) as x.npy and labels.npy, for harvest.mode: vectors and "
+        "analyze.labels"))
+    ap.add_argument("set", choices=sorted(SETS), help="linear: 3 random 4-dim subspaces of R^40; mlp: MLP "
+                    "manifolds of dims 5, 5, 10, 10 in R^100")
+    ap.add_argument("out", help="folder to write x.npy and labels.npy to")
+    ap.add_argument("--n", type=int, default=0, help="rows (default: linear 56,000, mlp 48,000)")
+    ap.add_argument("--seed", type=int, default=0, help="draws the manifolds and the points")
+    ap.add_argument("--init", choices=["randn", "torch"], default="randn", help="mlp: how the random MLPs' "
+                    "weights are drawn")
+    a = ap.parse_args(argv)
+    if a.n < 0 or (a.set == "mlp" and 0 < a.n < 4):
+        ap.error(f"--n must be a positive number of rows (mlp: at least 4), got {a.n}")
+    x_path, label_path = write_set(a.set, a.out, a.n, a.seed, a.init)
+    rows = len(np.load(label_path, mmap_mode="r"))
+    print(f"wrote {x_path} and {label_path} ({rows:,} rows of the {a.set} set, seed {a.seed})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

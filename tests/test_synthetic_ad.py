@@ -65,3 +65,39 @@ def test_vaease_recovers_manifold_dims(seed):
         out = model(x_test, sample=False)
     assert (x_test - out.x_hat).pow(2).sum(1).mean() < 0.05 * x_test.pow(2).sum(1).mean()
     assert ad_per_group(out.activity, model.active_side, lab_test) == {0: r, 1: r, 2: r}
+
+
+def test_synthetic_files_run_the_table2_config_with_an_ad_per_manifold(tmp_path):
+    """``python -m actdict.harvest.synthetic`` writes the seeded set as x.npy / labels.npy, and the shipped
+    configs/table2_linear.yaml (shrunk) imports, trains its five models and reports AD per manifold over
+    exactly the held-out rows."""
+    import json
+    from pathlib import Path
+
+    from actdict.cli import main as actdict_main
+    from actdict.harvest.synthetic import main
+
+    data = tmp_path / "data"
+    assert main(["linear", str(data), "--n", "3000", "--seed", "1"]) == 0
+    x, label = union_of_subspaces(3000, seed=1)
+    np.testing.assert_array_equal(np.load(data / "x.npy"), x)
+    np.testing.assert_array_equal(np.load(data / "labels.npy"), label)
+    assert main(["mlp", str(tmp_path / "mlp"), "--n", "40"]) == 0
+    assert np.load(tmp_path / "mlp" / "x.npy").shape == (40, 100)
+    assert np.bincount(np.load(tmp_path / "mlp" / "labels.npy")).tolist() == [10] * 4
+    with pytest.raises(SystemExit):
+        main(["mlp", str(tmp_path / "mlp"), "--n", "3"])
+
+    config = Path(__file__).parents[1] / "configs" / "table2_linear.yaml"
+    shrunk = [f"run_dir={tmp_path / 'run'}", f"harvest.vectors.path={data}/x.npy",
+              f"analyze.labels={data}/labels.npy", "harvest.chunk_rows=250", "harvest.shard_rows=1000",
+              "train.max_steps=30", "analyze.n_features=2"]
+    assert actdict_main(["run", str(config), *shrunk]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    test_rows = json.loads((tmp_path / "run" / "split.json").read_text())["test_chunks"]
+    held = np.concatenate([label[c * 250:(c + 1) * 250] for c in test_rows])  # the rows analysed
+    assert summary["n_test_rows"] == len(held) and sorted(summary["models"]) == [
+        "sae_l1", "sae_log", "sae_topk", "vae", "vaease"]
+    for m in summary["models"].values():
+        assert [(c["label"], c["n"]) for c in m["ad_class"]] == list(enumerate(np.bincount(held).tolist()))
+        assert all(0 <= c["ad_of_mean"] <= 20 for c in m["ad_class"])
