@@ -47,3 +47,28 @@ def read_only(monkeypatch):
         monkeypatch.setattr(lock.tempfile, "mkstemp", mkstemp)
 
     return refuse
+
+
+@pytest.fixture
+def stop_training(monkeypatch):
+    """``stop_training(common, cfg, step)``: the train stage run as a SIGTERM during step ``step`` stops it:
+    it finishes that step, saves its resume state and raises "stopped at step {step}" (checked here)."""
+    import itertools
+    from contextlib import contextmanager
+
+    from actdict.errors import ActdictError
+    from actdict.train import run
+
+    def stopped(common, cfg, step: int) -> None:
+        asked = itertools.count()  # the flag is asked once per step
+
+        @contextmanager
+        def sigterm_flag(sigint=False):
+            yield lambda: next(asked) >= step - 1
+
+        with monkeypatch.context() as m:
+            m.setattr(run, "sigterm_flag", sigterm_flag)
+            with pytest.raises(ActdictError, match=f"stopped at step {step}"):
+                run.main(common, cfg)
+
+    return stopped

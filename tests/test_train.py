@@ -287,14 +287,11 @@ def test_a_kill_between_the_final_saves_resumes(store, tmp_path, monkeypatch):
     assert meta["finished"] and meta["resumed_at_step"] == meta["steps"] == 9
 
 
-def test_a_refused_resume_says_what_changed_and_resume_drop_resumes_the_rest(store, tmp_path, monkeypatch):
+def test_a_refused_resume_says_what_changed_and_resume_drop_resumes_the_rest(store, tmp_path, stop_training):
     """A sweep killed with its state on disk: a changed dictionary is named with what changed; leaving one
     out is refused until train.resume_drop names it, and then the others finish as if never interrupted."""
-    from contextlib import contextmanager
     from dataclasses import replace
 
-    from actdict.errors import ActdictError
-    from actdict.train import run
     from actdict.train.resume import STATE, ResumeConflict, read_meta
     from actdict.train.run import main
 
@@ -306,16 +303,7 @@ def test_a_refused_resume_says_what_changed_and_resume_drop_resumes_the_rest(sto
     b = DictConfig("b", "sae_topk", k=4, lr=0.02, params={"topk": 2})
     main(Common(run_dir=str(tmp_path / "ref"), seed=3, store=store.path), cfg(a))  # a alone, uninterrupted
     common = Common(run_dir=str(tmp_path / "run"), seed=3, store=store.path)
-    calls = iter(range(100))
-
-    @contextmanager
-    def sigterm_at_step_6(sigint=False):
-        yield lambda: next(calls) >= 5  # asked once per step: stop (saving the state) after step 6
-
-    monkeypatch.setattr(run, "sigterm_flag", sigterm_at_step_6)
-    with pytest.raises(ActdictError, match="stopped at step 6"):
-        main(common, cfg(a, b))  # as a SIGTERM: the state of step 6 holds a and b
-    monkeypatch.undo()
+    stop_training(common, cfg(a, b), 6)  # as a SIGTERM: the state of step 6 holds a and b
     state = tmp_path / "run" / STATE
     assert read_meta(state)["position"]["step"] == 6
     with pytest.raises(ResumeConflict, match=r"at step 6; b: dict\.lr: 0\.02 -> 0\.03\): rerun that run"):
@@ -336,12 +324,10 @@ def test_a_refused_resume_says_what_changed_and_resume_drop_resumes_the_rest(sto
 
 
 def test_an_interrupted_run_of_another_split_leaves_the_finished_dictionaries_split(store, tmp_path,
-                                                                                    monkeypatch):
+                                                                                    stop_training):
     """analyze reads <run_dir>/split.json: a run with another split (test_fraction, seed) stopped before its
     checkpoints must not leave the finished dictionaries evaluated on rows they were trained on."""
-    from contextlib import contextmanager
 
-    from actdict.errors import ActdictError
     from actdict.train import run
 
     common = Common(run_dir=str(tmp_path / "run"), seed=3, store=store.path)
@@ -353,16 +339,9 @@ def test_an_interrupted_run_of_another_split_leaves_the_finished_dictionaries_sp
     assert json.loads((tmp_path / "run" / "dicts" / "a" / "cfg.json").read_text())["test_chunks"] == first[
         "test_chunks"] and len(first["test_chunks"]) == 3
 
-    @contextmanager
-    def sigterm_at_once(sigint=False):
-        yield lambda: True
-
-    monkeypatch.setattr(run, "sigterm_flag", sigterm_at_once)
     other = TrainConfig(**{**vars(cfg), "test_fraction": 0.5})
-    with pytest.raises(ActdictError, match="stopped at step 1"):
-        run.main(common, other)
+    stop_training(common, other, 1)
     assert json.loads(split.read_text()) == first  # still the finished dictionary's split
-    monkeypatch.undo()
     run.main(common, other)  # resumed and finished: its split goes with its checkpoint
     assert len(json.loads(split.read_text())["test_chunks"]) == 8 == len(json.loads(
         (tmp_path / "run" / "dicts" / "a" / "cfg.json").read_text())["test_chunks"])
@@ -621,30 +600,19 @@ def test_a_dictionary_that_learned_nothing_is_named_in_its_own_units(store, tmp_
     assert lse.diverged() is None  # lse trains no reconstruction: its x_hat may be anything
 
 
-def test_a_resume_reads_its_state_header_once(store, tmp_path, monkeypatch):
+def test_a_resume_reads_its_state_header_once(store, tmp_path, monkeypatch, stop_training):
     """A run resumed from its state on disk reads the state's JSON header once (the stale, damaged and
     other-run checks and the load share that read) and opens the file once more for its tensors; it resumes
     at the step saved."""
-    from contextlib import contextmanager
 
-    from actdict.errors import ActdictError
-    from actdict.train import resume, run
+    from actdict.train import resume
     from actdict.train.resume import STATE
     from actdict.train.run import main
 
     cfg = TrainConfig(dicts=[DictConfig("a", "sae_topk", k=4, lr=0.01, params={"topk": 2})], epochs=2,
                       batch_size=100, test_fraction=0.2, device="cpu", checkpoint_every=3)
     common = Common(run_dir=str(tmp_path / "run"), seed=3, store=store.path)
-    calls = iter(range(100))
-
-    @contextmanager
-    def sigterm_at_step_6(sigint=False):
-        yield lambda: next(calls) >= 5  # asked once per step: stop (saving the state) after step 6
-
-    monkeypatch.setattr(run, "sigterm_flag", sigterm_at_step_6)
-    with pytest.raises(ActdictError, match="stopped at step 6"):
-        main(common, cfg)
-    monkeypatch.undo()
+    stop_training(common, cfg, 6)
     seen, real = [], resume.safe_open
 
     class Counted:  # safe_open, recording each open and each header read of a file

@@ -2,16 +2,14 @@
 unreadable ends in a traceback, and stale or damaged states are named and set aside."""
 
 import json
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
 import torch
 
 from actdict.config import Common, ConfigError
-from actdict.errors import ActdictError
 from actdict.harvest.store import write_vectors
-from actdict.train import checkpoint, run
+from actdict.train import checkpoint
 from actdict.train.checkpoint import is_finished
 from actdict.train.config import DictConfig, TrainConfig
 from actdict.train.protocol import make
@@ -92,7 +90,8 @@ def test_damaged_checkpoints_are_named_and_trained_again(store, tmp_path, capsys
         checkpoint.load(folder)
 
 
-def test_stale_and_damaged_states_are_set_aside_with_a_note(store, tmp_path, capsys, monkeypatch):
+def test_stale_and_damaged_states_are_set_aside_with_a_note(store, tmp_path, capsys, monkeypatch,
+                                                             stop_training):
     common = Common(run_dir=str(tmp_path / "run"), seed=0, store=store.path)
     state = tmp_path / "run" / STATE
     real_unlink = checkpoint.Path.unlink
@@ -112,15 +111,8 @@ def test_stale_and_damaged_states_are_set_aside_with_a_note(store, tmp_path, cap
     record = json.loads((tmp_path / "run" / "dicts" / "a" / "cfg.json").read_text())
     assert record["dict_config"]["lr"] == 0.02
 
-    @contextmanager
-    def stop_at_step_3(sigint=False):
-        yield iter([False, False, True]).__next__
-
-    monkeypatch.setattr(run, "sigterm_flag", stop_at_step_3)
     b = DictConfig("b", "sae_topk", k=4, lr=0.01, params={"topk": 2})
-    with pytest.raises(ActdictError, match="stopped at step 3"):
-        main(Common(run_dir=str(tmp_path / "r2"), seed=0, store=store.path), cfg(b))
-    monkeypatch.undo()
+    stop_training(Common(run_dir=str(tmp_path / "r2"), seed=0, store=store.path), cfg(b), 3)
     c = DictConfig("c", "sae_topk", k=4, lr=0.01, params={"topk": 2})
     with pytest.raises(ResumeConflict, match=r"c: not in the state\): dictionaries join a run only at its "
                                              r"start: finish this one first \(leave \['c'\] out"):
@@ -135,10 +127,8 @@ def test_stale_and_damaged_states_are_set_aside_with_a_note(store, tmp_path, cap
     assert "removed" in capsys.readouterr().out and not (tmp_path / "r2" / STATE).exists()
     from dataclasses import replace
 
-    monkeypatch.setattr(run, "sigterm_flag", stop_at_step_3)  # b to 4 epochs, stopped: its state stays
-    with pytest.raises(ActdictError, match="stopped at step 3"):
-        main(Common(run_dir=str(tmp_path / "r2"), seed=0, store=store.path), replace(cfg(b), epochs=4))
-    monkeypatch.undo()
+    stop_training(Common(run_dir=str(tmp_path / "r2"), seed=0, store=store.path), replace(cfg(b), epochs=4),
+                  3)  # b to 4 epochs, stopped: its state stays
     main(Common(run_dir=str(tmp_path / "r2"), seed=0, store=store.path), cfg(b))  # 2 epochs: finished
     assert "holds the unfinished run of ['b'] (at step 3), another config than this one's: it is kept" in (
         capsys.readouterr().out) and (tmp_path / "r2" / STATE).exists()
