@@ -184,15 +184,19 @@ def check(common: Common, cfg: TrainConfig) -> None:
                 model = make(dc.variant, _STAND_IN_D, dc.k, **dc.params)
         except ConfigError as e:
             raise ConfigError(f"train.dicts[{dc.name}]: {e}") from e
-        if dist_.batch_statistics(model) and cfg.batch_size < 2:
-            raise ConfigError(f"train.dicts[{dc.name}]: its encoder normalises with batch statistics "
-                              f"(BatchNorm), which a batch of {cfg.batch_size} row has not: set "
-                              "train.batch_size >= 2")
-        if world > 1 and dist_.batch_statistics(model):
-            raise ConfigError(f"train.dicts[{dc.name}]: its encoder normalises with batch statistics "
-                              f"(BatchNorm, encoder: {dc.params.get('encoder')}) and trains in one process "
-                              f"only, not under torchrun ({world} ranks): run it without torchrun, or use "
-                              "encoder: resmlp")
+        if dist_.batch_statistics(model):
+            check_batch_norm(dc, cfg.batch_size, world)
+
+
+def check_batch_norm(dc: DictConfig, batch_size: int, world: int) -> None:
+    """A dictionary whose encoder normalises with batch statistics (BatchNorm) needs batches of 2 rows or
+    more, and one process (``dist.batch_statistics``)."""
+    said = f"train.dicts[{dc.name}]: its encoder normalises with batch statistics (BatchNorm"
+    if batch_size < 2:
+        raise ConfigError(f"{said}), which a batch of {batch_size} row has not: set train.batch_size >= 2")
+    if world > 1:
+        raise ConfigError(f"{said}, encoder: {dc.params.get('encoder')}) and trains in one process only, not "
+                          f"under torchrun ({world} ranks): run it without torchrun, or use encoder: resmlp")
 
 
 def open_hook(path: str, hook: str):
