@@ -158,3 +158,14 @@ def test_batchnorm_bodies_are_refused_under_torchrun(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "1")
     with pytest.raises(ConfigError, match=r"train.dicts\[v\]: .* which a batch of 1 row has not"):
         check(Common(), TrainConfig(dicts=[official], batch_size=1))
+
+
+def test_batch_statistics_sees_every_batchnorm_kind():
+    """Any torch BatchNorm (1d, 2d, Sync) normalises with its batch: all count, LayerNorm does not."""
+    from actdict.train.dist import batch_statistics
+
+    assert not batch_statistics(make("vaease", 8, 4, seed=0, encoder="resmlp"))
+    assert batch_statistics(make("vaease", 8, 4, seed=0, encoder="resmlp_bn"))
+    for norm in (nn.BatchNorm2d(3), nn.SyncBatchNorm(3)):
+        assert batch_statistics(nn.Sequential(nn.Linear(3, 3), norm))
+    assert not batch_statistics(nn.Sequential(nn.Linear(3, 3), nn.LayerNorm(3)))

@@ -165,7 +165,7 @@ def batch_statistics(model: nn.Module) -> bool:
     resmlp_bn``). Such a model trains in one process only: each rank would normalise its own slice of the
     batch, and torch's SyncBatchNorm runs on GPUs only and expects DDP-wrapped models, which the loop does not
     use (module doc)."""
-    return any(isinstance(m, nn.BatchNorm1d) for m in model.modules())
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 def barrier(d: Dist) -> None:
