@@ -151,8 +151,7 @@ def forward(lm: LoadedModel, batch: list[Window], hooks: list[str], stop: int | 
     if lm.kind == "encoder":  # bidirectional: padding must be masked out
         mask = np.ones(tokens.shape, np.int64)  # [B, ctx]
         for b, w in enumerate(batch):
-            last = int(np.flatnonzero(w.keep)[-1]) if w.keep.any() else -1
-            mask[b, last + 2:] = 0  # after the last document token and its [SEP]
+            mask[b, len(w.tokens) - w.n_pad:] = 0  # the padding only (a body may end in a separator)
         if not mask.all():
             kw["attention_mask"] = torch.from_numpy(mask).to(lm.device)
     with torch.inference_mode():

@@ -259,6 +259,9 @@ class Window:
     doc: np.ndarray  # [ctx] int64 document index in iteration order (-1 for specials/pad)
     pos: np.ndarray  # [ctx] int32 index of the token within its document (-1 for specials/pad)
     keep: np.ndarray  # [ctx] bool rows to store (False for prefix/suffix/sep/pad)
+    n_pad: int = 0
+    """Padding tokens at the end (only the stream's or a document's last window has any): an encoder's
+    attention mask hides exactly these."""
     start: tuple[int, int] = (0, 0)
     """Stream cursor of its first body token: (document index, offset in it); a negative offset is a
     separator token before that document. ``token_windows(..., start=w.start)`` resumes at this window."""
@@ -334,4 +337,5 @@ def _cut(pieces, body: int, special, pad_id: int) -> Iterator[Window]:
             pos=np.concatenate([np.full(head, -1, np.int32), p, np.full(tail, -1, np.int32)]),
             keep=np.concatenate([np.zeros(head, bool), d >= 0, np.zeros(tail, bool)]),
             start=(int(cdoc[a]), int(coff[a])),
+            n_pad=body - len(t),
         )

@@ -40,7 +40,7 @@ def reference(run, tok, cfg, prefix, suffix, sep, pad_id, trim):
     out = {"tokens": [], "doc": [], "pos": [], "hs": []}
     for w in token_windows(docs, cfg.ctx, cfg.window_mode, prefix, suffix, sep, pad_id):
         keep = np.flatnonzero(w.keep)  # [k] window positions of document tokens
-        n = int(keep[-1]) + 1 + len(suffix) if trim else cfg.ctx  # encoders: unpadded input
+        n = int(np.flatnonzero(w.tokens != pad_id)[-1]) + 1 if trim else cfg.ctx  # encoders: unpadded input
         with torch.no_grad():
             hs = run(torch.from_numpy(w.tokens[None, :n]))  # tuple of [1, n, d]
         out["hs"].append(torch.stack(hs)[:, 0, keep].numpy())  # [n_layers+1, k, d]
@@ -307,6 +307,29 @@ def test_pad_and_separator_settings():
     enc = SimpleNamespace(kind="encoder", bos_id=None, eos_id=None, pad_id=0, cls_id=101, sep_id=102,
                           name="e")
     assert window_specials(enc, cfg)["pad_id"] == 7 and window_specials(enc, cfg)["sep"] == (102,)
+
+
+def test_an_encoder_masks_the_padding_only():
+    """A concat window whose body ends in the separator between two documents ([CLS] a b c [SEP] [SEP]) is
+    full: the encoder sees every token; a padded last window masks exactly its padding."""
+    from types import SimpleNamespace
+
+    from actdict.harvest.run import forward
+
+    seen = []
+
+    def run_with_cache(tokens, **kw):  # tokens [B, ctx]
+        seen.append(kw.get("attention_mask"))
+        return None, {"h": torch.zeros(*tokens.shape, 2)}
+
+    lm = SimpleNamespace(kind="encoder", device="cpu", bridge=SimpleNamespace(run_with_cache=run_with_cache))
+    windows = list(token_windows([[5, 6, 7], [8, 9, 10, 11], [12]], 6, "concat", (101,), (102,), (102,), 0))
+    assert windows[0].tokens.tolist() == [101, 5, 6, 7, 102, 102] and not windows[0].keep[4:].any()
+    assert windows[2].tokens.tolist() == [101, 102, 12, 102, 0, 0]
+    forward(lm, windows[:2], ["h"], None)
+    assert seen[-1] is None  # nothing to hide
+    forward(lm, windows, ["h"], None)
+    assert seen[-1].tolist() == [[1] * 6, [1] * 6, [1, 1, 1, 1, 0, 0]]
 
 
 def test_stored_rows_cast_like_the_writer_and_refuse_overflow():
