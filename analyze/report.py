@@ -65,7 +65,15 @@ def _num(v: Any) -> str:
 
 
 def _page_name(name: str) -> str:
-    return "report/" + quote(name, safe="") + ".html"
+    """The feature page's file, relative to the overview: the dictionary's name as it is (its link quotes
+    it: ``_page_link``)."""
+    return f"report/{name}.html"
+
+
+def _page_link(name: str, run: str | None) -> str:
+    """The overview's link to the feature page: the file name percent-encoded (a space, '#', '?', '%' or
+    non-ASCII in a dictionary's name would otherwise break it), with the run id it checks."""
+    return "report/" + quote(name + ".html", safe="") + (f"?run={quote(run, safe='')}" if run else "")
 
 
 def _overview(models: dict[str, dict], pages: dict[str, str]) -> str:
@@ -213,7 +221,6 @@ def write_report(summary: dict, path: str | Path) -> Path:
         if rel and (root / rel).is_file():
             data = read_output(root / rel)
             write_feature_page(data, name, m, summary, root / _page_name(name))
-            run = summary.get("run_id")  # the page checks that it is of this run (a kill part way: not)
-            pages[name] = _page_name(name) + (f"?run={quote(run, safe='')}" if run else "")
+            pages[name] = _page_link(name, summary.get("run_id"))  # the page checks the run (a kill part way)
     write_atomic(p, render(summary, pages))
     return p

@@ -1,5 +1,9 @@
 """The HTML report renders the summary's numbers and names, escapes corpus strings, and is self-contained."""
 
+import html
+import re
+from urllib.parse import unquote, urlsplit
+
 import pytest
 
 from actdict.analyze.report import render, write_report
@@ -69,8 +73,6 @@ def test_names_and_numbers_present(tmp_path):
 def test_overview_columns_in_the_order_analyze_prints_them():
     """The report's table has RE det. before RE of one sample, then AD, L0, EV and dead, as the table analyze
     prints at its end (summary_lines); it had the two REs the other way round."""
-    import re
-
     from actdict.analyze.run import summary_lines
 
     page = render(_summary())
@@ -161,13 +163,16 @@ def test_analyze_main_end_to_end(tmp_path, monkeypatch):
     curve = m["masked_curve"]  # the first mask_curve_rows = 5 rows: keep the m largest codes of each row
     assert curve["rows"] == 5 and curve["kept"][0] == 0 and curve["kept"][-1] == k
     zb, xb = z[:5], x[:5]
-    for kept, re in zip(curve["kept"], curve["re"], strict=True):
+    for kept, re_kept in zip(curve["kept"], curve["re"], strict=True):
         thr = -np.sort(-zb, axis=1)[:, kept - 1 : kept] if kept else np.full((5, 1), np.inf)
         zm = np.where(zb >= thr, zb, 0)
-        assert re == pytest.approx(((xb - zm @ W.T) ** 2).sum(1).mean(), rel=1e-4)
+        assert re_kept == pytest.approx(((xb - zm @ W.T) ** 2).sum(1).mean(), rel=1e-4)
     assert curve["re"][-1] == pytest.approx(err[:5].mean(), rel=1e-5)
     feats = json.loads((tmp_path / m["features_file"]).read_text())
-    assert len(feats["features"]) == k and (tmp_path / "report" / "relu%20%3Cb%3E.html").is_file()
+    assert len(feats["features"]) == k and (tmp_path / "report" / "relu <b>.html").is_file()
+    # the overview's link, as a browser resolves it, finds the page
+    links = re.findall(r'href="(report/[^"]*)">features', (tmp_path / "report.html").read_text())
+    assert [unquote(urlsplit(html.unescape(a)).path) for a in links] == ["report/relu <b>.html"]
     assert [f["fires"] for f in feats["features"]] == fires.tolist()
     # per-class AD: rows of even index are class "even"
     from actdict.analyze.metrics import active_dims
