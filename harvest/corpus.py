@@ -126,7 +126,7 @@ def build_docs(x: Path) -> list[dict]:
     jargon = gzip.decompress((x / "usr/share/doc/jargon-text/jargon.txt.gz").read_bytes())
     docs += jargon_docs(jargon.decode("utf-8", errors="replace"))
     ddir = x / "usr/share/dictd"
-    devil = gzip.decompress((ddir / "devil.dict.dz").read_bytes()).decode("utf-8", errors="replace")
+    devil = gzip.decompress((ddir / "devil.dict.dz").read_bytes())
     docs += devil_docs(devil, (ddir / "devil.index").read_text(encoding="utf-8", errors="replace"))
     return docs
 
@@ -339,16 +339,17 @@ def _b64(s: str) -> int:
     return v
 
 
-def devil_docs(dict_text: str, index_text: str) -> list[dict]:
-    """Devil's Dictionary entries (dictd: index lines ``word<TAB>offset<TAB>length`` in base64), in file
-    order, database info entries skipped, grouped."""
+def devil_docs(dict_bytes: bytes, index_text: str) -> list[dict]:
+    """Devil's Dictionary entries (dictd: index lines ``word<TAB>offset<TAB>length`` in base64, byte offsets
+    into the uncompressed file: each entry is cut from the bytes, then decoded), in file order, database info
+    entries skipped, grouped."""
     spans = []
     for line in index_text.splitlines():
         parts = line.split("\t")
         if len(parts) == 3 and not parts[0].startswith("00database"):
             spans.append((_b64(parts[1]), _b64(parts[2])))
-    entries = ["\n".join(ln.rstrip() for ln in dict_text[o:o + n].strip("\n").splitlines())
-               for o, n in sorted(set(spans))]
+    texts = [dict_bytes[o:o + n].decode("utf-8", errors="replace") for o, n in sorted(set(spans))]
+    entries = ["\n".join(ln.rstrip() for ln in t.strip("\n").splitlines()) for t in texts]
     return _group([e for e in entries if e.strip()], "devil")
 
 

@@ -240,19 +240,21 @@ def test_jargon_entries_without_tables_of_contents(monkeypatch):
 
 def test_devil_entries_from_dictd_index(monkeypatch):
     monkeypatch.setattr(corpus, "GROUP_WORDS", 1000)
-    entries = ["00-database-info\nabout this file\n", "ANT, n.  A small worker.\n\n",
-               "BEE, n.  A buzzing\nworker.   \n\n"]
-    body = "".join(entries)
-    offs = np.cumsum([0] + [len(e) for e in entries])
+    entries = ["00-database-info\nabout this file\n", "ANT, n.  A small worker \u2013 caf\u00e9.\n\n",
+               "BEE, n.  A buzzing\nworker.   \n\n"]  # offsets and lengths in bytes: the dash is 3, \u00e9 2
+    body = "".join(entries).encode()
+    offs = np.cumsum([0] + [len(e.encode()) for e in entries])
 
     def b64(v):
         return corpus.B64[v // 64] + corpus.B64[v % 64] if v >= 64 else corpus.B64[v]
 
-    index = "\n".join(f"{w}\t{b64(int(o))}\t{b64(len(e))}" for w, o, e in
-                      zip(["00databaseinfo", "ant", "bee"], offs, entries, strict=False))
+    sizes = [len(e.encode()) for e in entries]
+    index = "\n".join(f"{w}\t{b64(int(o))}\t{b64(n)}" for w, o, n in
+                      zip(["00databaseinfo", "ant", "bee"], offs, sizes, strict=False))
     assert corpus._b64("BV") == 85 and corpus._b64("6") == 58
     assert corpus.devil_docs(body, index) == [
-        {"text": "ANT, n.  A small worker.\n\nBEE, n.  A buzzing\nworker.", "source": "devil:0"}]
+        {"text": "ANT, n.  A small worker \u2013 caf\u00e9.\n\nBEE, n.  A buzzing\nworker.",
+         "source": "devil:0"}]
 
 
 def test_cached_corpus_is_returned_without_download(monkeypatch, tmp_path):
