@@ -251,9 +251,11 @@ def splice_models(common: Common, cfg: AnalyzeConfig, store, test_chunks: list[i
     if lm.kind != "causal":
         raise AnalyzeError(f"analyze.ce_loss needs a causal language model; {lm.name} is an encoder: set "
                            "analyze.ce_loss=false")
-    windows = heldout_windows(store, test_chunks, cfg.ce_windows, cfg.ce_ctx, lm.bos_id)
-    res = splice_eval(lm.bridge, windows, man["hook"], models, cfg.ce_batch_size,
-                      skip=int(lm.bos_id is not None))
+    made = man.get("harvest", {})  # how the harvest joined documents (stores of format 1 do not say)
+    sep = lm.eos_id if made.get("join_with_eos", True) else None
+    windows, spliced = heldout_windows(store, test_chunks, cfg.ce_windows, cfg.ce_ctx, lm.bos_id, sep,
+                                       join_docs=made.get("window_mode", "concat") == "concat")
+    res = splice_eval(lm.bridge, windows, man["hook"], models, cfg.ce_batch_size, spliced)
     return res | {"windows": len(windows), "ctx": cfg.ce_ctx}
 
 

@@ -10,8 +10,10 @@ so they are the rows the dictionaries were not trained on). Three runs per batch
 * CE recovered = (CE_zero - CE_spliced) / (CE_zero - CE_clean): 1 = as good as the model, 0 = as bad as
   zero-ablating the hook.
 
-When a BOS token is prepended (the harvest does not store its row, so no dictionary has seen it), the BOS
-position is left untouched in every run; every other position is replaced. Shapes: W = windows, T = tokens
+The windows are the test split's text as the harvest fed it to the model (``heldout_windows``: never across
+a jump between non-adjacent test chunks, the harvest's document separator put back). The BOS token
+prepended to each window and those separators are left untouched in every run (the harvest stores neither,
+so no dictionary has seen their rows); every other position is replaced. Shapes: W = windows, T = tokens
 per window, V = vocabulary.
 """
 
@@ -30,24 +32,61 @@ class SpliceError(ActdictError, ValueError):
     """The CE/KL evaluation cannot run on this store or model (the message says what to change)."""
 
 
-def heldout_windows(store, chunks: Sequence[int], n_windows: int, ctx: int, bos_id: int | None) -> Tensor:
-    """[W, ctx (+1 with BOS)] int64 windows cut from the token ids of ``chunks`` (in order), BOS first."""
-    need, got = n_windows * ctx, []
+def heldout_windows(store, chunks: Sequence[int], n_windows: int, ctx: int, bos_id: int | None,
+                    sep_id: int | None = None, join_docs: bool = True) -> tuple[Tensor, Tensor]:
+    """Windows of the test split's text as the harvest fed it to the model -> (tokens [W, T], spliced [W, T]
+    bool: the positions whose activation a dictionary replaces), T = ctx (+ 1 with a BOS first).
+
+    The stored rows of adjacent chunks are the harvest's token stream (without its window prefixes and
+    separators, which are not stored); a window never spans two chunks that are not adjacent (their join is
+    no text the model read: what is left of a stretch, less than ctx tokens, is dropped). Between two
+    documents inside a stretch the harvest's separator ``sep_id`` (its ``join_with_eos``) is put back, not
+    spliced, as the BOS is not: no dictionary has seen their rows. ``join_docs`` False (a ``per_doc``
+    harvest, whose windows never joined documents): a window never spans two documents either. Rows without
+    a token id (vectors) are left out."""
+    out, stretch = [], ([], [])  # windows (tokens [ctx], spliced [ctx]); the stretch's pieces
+    last = (None, None)  # (chunk, doc) of the stretch's last row
+
+    def cut() -> None:  # the stretch's whole windows into out
+        toks, flags = (np.concatenate(p) if p else np.empty(0, t) for p, t in zip(stretch, (np.int64, bool),
+                                                                                   strict=True))
+        w = min(len(toks) // ctx, n_windows - len(out))
+        out.extend((toks[i * ctx:(i + 1) * ctx], flags[i * ctx:(i + 1) * ctx]) for i in range(w))
+        stretch[0].clear(), stretch[1].clear()
+
     for c in chunks:
-        ids = store.read_chunk(c, raw=True).token_ids
-        got.append(ids[ids >= 0])
-        if sum(len(g) for g in got) >= need:
+        if len(out) == n_windows:
             break
-    ids = np.concatenate(got) if got else np.empty(0, np.int64)
-    w = min(n_windows, len(ids) // ctx)
-    if w == 0:
-        raise SpliceError(f"the test chunks hold {len(ids)} tokens, fewer than one window of {ctx} "
-                          "(store rows without token ids cannot be spliced): lower analyze.ce_ctx or set "
-                          "analyze.ce_loss=false")
-    win = torch.as_tensor(ids[: w * ctx].astype(np.int64)).reshape(w, ctx)
+        rows = store.read_chunk(c, raw=True)
+        has = rows.token_ids >= 0
+        ids, doc = rows.token_ids[has].astype(np.int64), rows.doc[has]  # [n]
+        if not len(ids):
+            continue
+        if last[0] is None or c != last[0] + 1:  # a jump: a new stretch
+            cut()
+            last = (c, None)
+        new_doc = np.flatnonzero(np.diff(np.concatenate([[doc[0] if last[1] is None else last[1]], doc])))
+        starts = np.union1d([0], new_doc)  # [s] rows where a piece of one document starts
+        for a, b in zip(starts, np.append(starts[1:], len(ids)), strict=True):
+            if a in new_doc:  # a document starts at row a
+                if not join_docs:
+                    cut()
+                elif sep_id is not None:
+                    stretch[0].append(np.array([sep_id], np.int64)), stretch[1].append(np.zeros(1, bool))
+            stretch[0].append(ids[a:b]), stretch[1].append(np.ones(b - a, bool))
+        last = (c, int(doc[-1]))
+        if sum(len(t) for t in stretch[0]) >= (n_windows - len(out)) * ctx:
+            cut()
+    cut()
+    if not out:
+        raise SpliceError(f"the test chunks hold no stretch of {ctx} consecutive tokens (store rows without "
+                          "token ids cannot be spliced): lower analyze.ce_ctx or set analyze.ce_loss=false")
+    win = torch.as_tensor(np.stack([t for t, _ in out]))  # [W, ctx]
+    spliced = torch.as_tensor(np.stack([f for _, f in out]))  # [W, ctx]
     if bos_id is not None:
-        win = torch.cat([torch.full((w, 1), int(bos_id), dtype=torch.long), win], dim=1)
-    return win
+        win = torch.cat([torch.full((len(win), 1), int(bos_id), dtype=torch.long), win], dim=1)
+        spliced = torch.cat([torch.zeros(len(win), 1, dtype=torch.bool), spliced], dim=1)
+    return win, spliced
 
 
 def next_token_ce(logits: Tensor, tokens: Tensor) -> Tensor:
@@ -69,13 +108,14 @@ def ce_recovered(ce_clean: float, ce_zero: float, ce_spliced: float) -> float:
     return (ce_zero - ce_spliced) / den if den != 0 else float("nan")
 
 
-def _replace_hook(f: Callable[[Tensor], Tensor], skip: int):
-    """A forward hook that replaces positions skip: of the activation [W, T, ...] by f(activation)."""
+def _replace_hook(f: Callable[[Tensor], Tensor], where: Tensor):
+    """A forward hook that replaces the positions ``where`` [W, T] bool of the activation [W, T, ...] by
+    f(activation)."""
 
     def hook(act: Tensor, hook=None) -> Tensor:
         out = act.clone()
-        x = act[:, skip:]
-        out[:, skip:] = f(x.reshape(x.shape[0] * x.shape[1], -1)).reshape(x.shape).to(act.dtype)  # [n, d]
+        x = act[where]  # [n, ...]
+        out[where] = f(x.reshape(len(x), -1)).reshape(x.shape).to(act.dtype)  # f: [n, d] -> [n, d]
         return out
 
     return hook
@@ -93,8 +133,9 @@ def dictionary_fn(model) -> Callable[[Tensor], Tensor]:
 
 @torch.no_grad()
 def splice_eval(bridge, windows: Tensor, hook: str, models: dict[str, object], batch_size: int = 4,
-                skip: int = 0) -> dict:
-    """Clean, zero-ablation and spliced CE (and KL to clean) of ``models`` at ``hook`` over ``windows``.
+                spliced: Tensor | None = None) -> dict:
+    """Clean, zero-ablation and spliced CE (and KL to clean) of ``models`` at ``hook`` over ``windows`` [W, T]
+    (``heldout_windows``), replacing the positions ``spliced`` [W, T] bool (None: every one).
 
     -> {"ce_clean": float, "ce_zero": float, "n_tokens": int,
         "models": {name: {"ce": float, "kl": float, "ce_recovered": float}}}"""
@@ -103,15 +144,17 @@ def splice_eval(bridge, windows: Tensor, hook: str, models: dict[str, object], b
     sums = {"clean": 0.0, "zero": 0.0} | {n: 0.0 for n in fns}
     kls = {n: 0.0 for n in fns}
     count = 0
+    spliced = torch.ones(windows.shape, dtype=torch.bool) if spliced is None else spliced
     for s in range(0, len(windows), batch_size):
         tok = windows[s : s + batch_size].to(dev)  # [W, T]
+        where = spliced[s : s + batch_size].to(dev)  # [W, T]
         clean = bridge.run_with_hooks(tok, fwd_hooks=[], return_type="logits")  # [W, T, V]
         sums["clean"] += float(next_token_ce(clean, tok).double().sum())
-        zero = bridge.run_with_hooks(tok, fwd_hooks=[(hook, _replace_hook(torch.zeros_like, skip))],
+        zero = bridge.run_with_hooks(tok, fwd_hooks=[(hook, _replace_hook(torch.zeros_like, where))],
                                      return_type="logits")
         sums["zero"] += float(next_token_ce(zero, tok).double().sum())
         for name, f in fns.items():
-            logits = bridge.run_with_hooks(tok, fwd_hooks=[(hook, _replace_hook(f, skip))],
+            logits = bridge.run_with_hooks(tok, fwd_hooks=[(hook, _replace_hook(f, where))],
                                            return_type="logits")
             sums[name] += float(next_token_ce(logits, tok).double().sum())
             kls[name] += float(kl_per_position(clean, logits).double().sum())

@@ -49,13 +49,25 @@ def store(tmp_path_factory):
 
 
 def test_heldout_windows(store):
+    """Windows are the harvest's text: stretches of adjacent chunks (64 rows each; the store's documents are
+    50 rows long), the harvest's separator back between documents and left unspliced, as the BOS is."""
     st, ids = store
-    win = heldout_windows(st, [2, 0], n_windows=3, ctx=10, bos_id=7)
-    # chunk 2 (rows 128..191) first, then chunk 0 (rows 0..63 without the 7 id-less rows)
-    expected = np.concatenate([ids[128:192], ids[7:64]])[:30].reshape(3, 10)
-    assert win.shape == (3, 11) and (win[:, 0] == 7).all()
-    assert win[:, 1:].tolist() == expected.tolist()
-    assert heldout_windows(st, [0], n_windows=100, ctx=10, bos_id=None).shape == (5, 10)  # 57 tokens
+    sep = np.array([99])
+    win, spliced = heldout_windows(st, [2, 0], n_windows=3, ctx=10, bos_id=7)  # chunk 2 (rows 128..191)
+    assert win.shape == spliced.shape == (3, 11) and (win[:, 0] == 7).all() and not spliced[:, 0].any()
+    assert win[:, 1:].tolist() == ids[128:158].reshape(3, 10).tolist() and spliced[:, 1:].all()
+    win, spliced = heldout_windows(st, [2], n_windows=3, ctx=10, bos_id=7, sep_id=99)  # doc 3 at row 150
+    assert win[:, 1:].flatten().tolist() == np.concatenate([ids[128:150], sep, ids[150:157]]).tolist()
+    assert (~spliced).flatten().nonzero()[:, 0].tolist() == [0, 11, 22, 25]  # 3 BOS, the separator
+    # adjacent chunks 0 and 1 are one stretch (rows 0..6 have no token id): documents break at rows 50, 100
+    win, spliced = heldout_windows(st, [0, 1], n_windows=100, ctx=10, bos_id=None, sep_id=99)
+    stream = np.concatenate([ids[7:50], sep, ids[50:100], sep, ids[100:128]])  # 123 tokens: 12 windows
+    assert win.flatten().tolist() == stream[:120].tolist() and (~spliced).sum() == 2
+    # chunks 0 and 2 are not adjacent: no window joins them; what is left of chunk 0 (7 of 57) is dropped
+    win, _ = heldout_windows(st, [0, 2], n_windows=100, ctx=10, bos_id=None)
+    assert win.tolist() == [*ids[7:57].reshape(5, 10).tolist(), *ids[128:188].reshape(6, 10).tolist()]
+    win, _ = heldout_windows(st, [0, 1], n_windows=100, ctx=10, bos_id=None, join_docs=False)  # per_doc
+    assert win.tolist() == [ids[a:a + 10].tolist() for a in (7, 17, 27, 37, 50, 60, 70, 80, 90, 100, 110)]
     with pytest.raises(SpliceError, match="ce_ctx"):
         heldout_windows(st, [0], n_windows=1, ctx=1000, bos_id=None)
 
@@ -74,8 +86,10 @@ def test_identity_zero_and_real_dictionary(lm):
     windows = torch.cat([torch.full((2, 1), lm.bos_id), torch.randint(0, 50000, (2, 16), generator=g)], 1)
     d = lm.d_model
     real = make("sae_l1", d, 64, seed=0)
+    spliced = torch.ones(windows.shape, dtype=torch.bool)
+    spliced[:, 0] = False  # the BOS
     res = splice_eval(lm.bridge, windows, HOOK, {"id": Identity(d, d), "zero": Zero(d, d), "sae": real},
-                      batch_size=1, skip=1)
+                      batch_size=1, spliced=spliced)
     assert res["n_tokens"] == 2 * 16
     assert res["ce_zero"] != res["ce_clean"]
     m = res["models"]
