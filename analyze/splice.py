@@ -42,10 +42,10 @@ def heldout_windows(store, chunks: Sequence[int], n_windows: int, ctx: int, bos_
     no text the model read: what is left of a stretch, less than ctx tokens, is dropped). Between two
     documents inside a stretch the harvest's separator ``sep_id`` (its ``join_with_eos``) is put back, not
     spliced, as the BOS is not: no dictionary has seen their rows. ``join_docs`` False (a ``per_doc``
-    harvest, whose windows never joined documents): a window never spans two documents either. Rows without
-    a token id (vectors) are left out."""
+    harvest, whose windows never joined documents): a window never spans two documents either, nor a row the
+    harvest left out (a gap in a document's positions). Rows without a token id (vectors) are left out."""
     out, stretch = [], ([], [])  # windows (tokens [ctx], spliced [ctx]); the stretch's pieces
-    last = (None, None)  # (chunk, doc) of the stretch's last row
+    last = (None, 0, 0)  # (chunk, doc, pos) of the stretch's last row
 
     def cut() -> None:  # the stretch's whole windows into out
         toks, flags = (np.concatenate(p) if p else np.empty(0, t) for p, t in zip(stretch, (np.int64, bool),
@@ -59,22 +59,23 @@ def heldout_windows(store, chunks: Sequence[int], n_windows: int, ctx: int, bos_
             break
         rows = store.read_chunk(c, raw=True)
         has = rows.token_ids >= 0
-        ids, doc = rows.token_ids[has].astype(np.int64), rows.doc[has]  # [n]
+        ids, doc, pos = rows.token_ids[has].astype(np.int64), rows.doc[has], rows.pos[has]  # [n]
         if not len(ids):
             continue
         if last[0] is None or c != last[0] + 1:  # a jump: a new stretch
             cut()
-            last = (c, None)
-        new_doc = np.flatnonzero(np.diff(np.concatenate([[doc[0] if last[1] is None else last[1]], doc])))
-        starts = np.union1d([0], new_doc)  # [s] rows where a piece of one document starts
+            last = (c, doc[0], pos[0] - 1)
+        doc_before, pos_before = np.append(last[1], doc[:-1]), np.append(last[2], pos[:-1])  # [n]
+        new_doc = doc != doc_before  # [n]
+        gap = ~new_doc & (pos != pos_before + 1)  # a row left out (harvest.skip_special)
+        starts = np.union1d([0], np.flatnonzero(new_doc | gap))  # [s] rows where a piece of the stream starts
         for a, b in zip(starts, np.append(starts[1:], len(ids)), strict=True):
-            if a in new_doc:  # a document starts at row a
-                if not join_docs:
-                    cut()
-                elif sep_id is not None:
-                    stretch[0].append(np.array([sep_id], np.int64)), stretch[1].append(np.zeros(1, bool))
+            if gap[a] or new_doc[a] and not join_docs:
+                cut()
+            elif new_doc[a] and sep_id is not None:
+                stretch[0].append(np.array([sep_id], np.int64)), stretch[1].append(np.zeros(1, bool))
             stretch[0].append(ids[a:b]), stretch[1].append(np.ones(b - a, bool))
-        last = (c, int(doc[-1]))
+        last = (c, doc[-1], pos[-1])
         if sum(len(t) for t in stretch[0]) >= (n_windows - len(out)) * ctx:
             cut()
     cut()

@@ -136,3 +136,40 @@ def test_ce_loss_refuses_an_encoder(tmp_path, monkeypatch):
 
     with pytest.raises(AnalyzeError, match="encoder.*ce_loss=false"):
         _run_main(tmp_path, monkeypatch, "all-MiniLM-L6-v2", 384, {"id": Identity(384, 384)})
+
+
+def test_windows_are_the_text_the_harvest_fed(lm, tmp_path):
+    """A real harvest (random Pythia, documents joined with EOS, one literal <|endoftext|> in a text whose
+    row skip_special leaves out): the CE windows over every chunk are the harvest's token stream, its window
+    bodies one after the other (BOS prefixes and padding off), cut at the left-out token."""
+    import json
+
+    from actdict.config import Common, build
+    from actdict.harvest.config import HarvestConfig
+    from actdict.harvest.run import main as harvest
+    from actdict.harvest.sources import iter_documents, token_windows
+
+    texts = ["The ferry leaves at nine, rain or shine, and the gulls follow it out.", "Owls are quiet at "
+             "night <|endoftext|> and loud at dawn in the old barn.", "A tidy kitchen makes a calm cook; "
+             "the orchard is full of apples.", "Rain again: the river rises over the low road by noon."]
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    cfg = build(HarvestConfig, {"model": str(lm.path), "hooks": [HOOK], "ctx": 12, "chunk_rows": 16,
+                                "shard_rows": 32, "max_tokens": None, "device": "cpu",
+                                "store_dtype": "float32",
+                                "source": {"kind": "files", "path": str(tmp_path / "docs.jsonl")}})
+    common = Common(run_dir=str(tmp_path / "run"))
+    harvest(common, cfg)
+    st = open_store(common.store_path)
+    docs = [lm.tokenizer(t, add_special_tokens=False)["input_ids"] for t in iter_documents(cfg.source)]
+    eos = lm.eos_id
+    stream = np.concatenate([w.tokens[1:len(w.tokens) - w.n_pad]  # the body the model read after its BOS
+                             for w in token_windows(docs, 12, "concat", (eos,), (), (eos,), eos)])
+    cut_at = int(np.flatnonzero(stream == eos)[1])  # EOS 0, 2 and 3 separate the documents, 1 is the literal
+    assert (stream == eos).sum() == 4 and cut_at < len(stream)
+    ctx = 5
+    win, spliced = heldout_windows(st, range(st.num_chunks), 100, ctx, eos, eos)
+    before, after = stream[:cut_at], stream[cut_at + 1:]
+    whole = [s[:len(s) // ctx * ctx] for s in (before, after)]  # each stretch's whole windows
+    want = np.concatenate(whole).reshape(-1, ctx)
+    assert st.num_chunks > 2 and win[:, 1:].tolist() == want.tolist()
+    assert spliced[:, 1:].tolist() == (want != eos).tolist() and (want == eos).sum() == 3  # the separators
