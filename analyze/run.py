@@ -66,11 +66,12 @@ from actdict.analyze.report import write_report
 from actdict.analyze.splice import heldout_windows, splice_eval
 from actdict.analyze.texts import row_texts
 from actdict.analyze.toptokens import resolve_decoder
-from actdict.config import Common
+from actdict.config import Common, config_changes
 from actdict.errors import ActdictError
 from actdict.files import remove_temps, write_atomic
 from actdict.lock import check_writable
 from actdict.train.loop import check_device, resolve_device
+from actdict.train.run import describe_store, store_key
 
 SUMMARY_VERSION = 2
 
@@ -106,6 +107,12 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
         print(f"analyze: note: {note}")
     records = trained_records(run_dir, cfg.dicts)  # each dictionary's cfg.json
     store = open_store(common.store_path, trained_hook(records))
+    if changed := other_store(records, describe_store(store, common.store_path)):
+        raise AnalyzeError(f"the store {store.path} is not the one {sorted(changed)} learned ("
+                           + "; ".join(f"{n}: {', '.join(c[:4])}" for n, c in sorted(changed.items()))
+                           + "): its held-out chunks are not theirs, and analysis could score them on rows "
+                           "they learned; point `store` at the store they learned, or retrain them on this "
+                           "one (actdict train: it notices the change)")
     test_chunks = read_test_chunks(run_dir)
     if bad := other_split(records, test_chunks):
         raise AnalyzeError(f"{bad} were trained with another split than {run_dir / 'split.json'} (other "
@@ -365,6 +372,19 @@ def other_split(records: dict[str, dict], test_chunks: list[int]) -> list[str]:
     another split: analysis would score them on rows they learned). Checkpoints that record none pass."""
     return sorted(n for n, r in records.items()
                   if r.get("test_chunks") is not None and sorted(r["test_chunks"]) != sorted(test_chunks))
+
+
+def other_store(records: dict[str, dict], store_id: dict) -> dict[str, list[str]]:
+    """The dictionaries whose cfg.json records another store than ``store_id`` (``describe_store`` of the
+    store analysed), compared as training compares them (``store_key``) -> {name: what differs}. What a
+    record leaves unset (older checkpoints: no ``content``) is not compared, nor the path: the rows'
+    identity (``config_hash`` or ``content``, rows, d) says whether they are the same wherever they lie."""
+    now, out = store_key(store_id), {}
+    for name, r in records.items():
+        was = {k: v for k, v in store_key(r.get("store") or {}).items() if v is not None and k != "path"}
+        if changes := config_changes(was, {k: now.get(k) for k in was}, "store."):
+            out[name] = changes
+    return out
 
 
 def load_models(run_dir: Path, names: list[str], d: int) -> dict:

@@ -233,6 +233,32 @@ analyze: {{n_features: 3, top_k: 2, context: 0}}
     assert chunk_rows_for(1000, 96) == 32 and chunk_rows_for(5, 4096) == 1
 
 
+def test_analyze_refuses_a_store_its_dictionaries_did_not_learn(tmp_path, capsys):
+    """Other vectors written over the store after training (its test chunks are then other rows, or out of
+    range): analysis stops with one line naming what changed; the same vectors written again pass."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1024, 8)).astype(np.float32)
+    store = str(tmp_path / "store")
+    write_vectors(store, x, chunk_rows=128, shard_rows=512)
+    cfg = tmp_path / "v.yaml"
+    cfg.write_text(f"""
+run_dir: {tmp_path / 'run'}
+store: {store}
+threads: 1
+train: {{epochs: 1, batch_size: 128, test_fraction: 0.25, dicts: [{{name: l1, variant: sae_l1, k: 8}}]}}
+analyze: {{n_features: 2, top_k: 1, context: 0}}
+""")
+    assert actdict_main(["train", str(cfg)]) == 0
+    write_vectors(store, x, chunk_rows=128, shard_rows=512, overwrite=True)  # the same rows: analysed
+    assert actdict_main(["analyze", str(cfg)]) == 0
+    capsys.readouterr()
+    write_vectors(store, x[:512], chunk_rows=64, shard_rows=512, overwrite=True)  # other rows, other chunks
+    assert actdict_main(["analyze", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert f"the store {store} is not the one ['l1'] learned (l1: store.content: " in err
+    assert "store.rows: 1024 -> 512" in err and "point `store` at the store they learned" in err
+
+
 def test_vector_rows_reads_headers_only(tmp_path):
     x = _x()
     np.save(tmp_path / "a.npy", x)
