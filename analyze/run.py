@@ -53,6 +53,7 @@ import json
 import math
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -131,24 +132,16 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
     sum_x = torch.zeros(d, dtype=torch.float64, device=device)  # [d]
     sum_x2 = torch.zeros(d, dtype=torch.float64, device=device)  # [d]
     n = 0
-    limit = cfg.max_test_rows
-    for c in tqdm(test_chunks, desc="analyze", unit="chunk"):
-        start, _ = store.chunk_bounds(c)
-        acts = store.read_chunk(c).acts  # [rows, d]
-        if limit is not None:
-            acts = acts[: limit - n]
-        for s in range(0, len(acts), cfg.batch_size):
-            x = torch.as_tensor(acts[s : s + cfg.batch_size]).to(device, torch.float32)  # [B, d]
-            x64 = x.to(torch.float64)
-            sum_x += x64.sum(0)
-            sum_x2 += (x64 * x64).sum(0)
-            rows = torch.arange(len(x), device=device) + (start + s)  # [B] global rows
-            cls = None if labels is None else torch.as_tensor(labels[rows.cpu().numpy()], device=device)
-            for ev in evals.values():
-                ev.update(x, rows, cls)
-            n += len(x)
-        if limit is not None and n >= limit:
-            break
+    for acts, rows_np in test_batches(store, test_chunks, cfg.batch_size, cfg.max_test_rows):
+        x = torch.as_tensor(acts).to(device, torch.float32)  # [B, d]
+        x64 = x.to(torch.float64)
+        sum_x += x64.sum(0)
+        sum_x2 += (x64 * x64).sum(0)
+        rows = torch.as_tensor(rows_np, device=device)  # [B] global rows
+        cls = None if labels is None else torch.as_tensor(labels[rows_np], device=device)
+        for ev in evals.values():
+            ev.update(x, rows, cls)
+        n += len(x)
     if n == 0:
         raise AnalyzeError(f"no test rows to evaluate (test chunks {test_chunks})")
 
@@ -372,6 +365,27 @@ def other_split(records: dict[str, dict], test_chunks: list[int]) -> list[str]:
     another split: analysis would score them on rows they learned). Checkpoints that record none pass."""
     return sorted(n for n, r in records.items()
                   if r.get("test_chunks") is not None and sorted(r["test_chunks"]) != sorted(test_chunks))
+
+
+def test_batches(store, test_chunks: list[int], batch_size: int, limit: int | None = None
+                 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The test rows in chunk order, in batches of ``batch_size`` that run across chunks (only the last is
+    short), at most ``limit`` rows: (acts [B, d] float32, their global store rows [B] int64). The first batch
+    is the paper's "first test batch" (RE of one sample, the masked-dimensions curve)."""
+    buf, rows, held, seen = [], [], 0, 0
+    for c in tqdm(test_chunks, desc="analyze", unit="chunk"):
+        start, stop = store.chunk_bounds(c)
+        take = stop - start if limit is None else min(stop - start, limit - seen)
+        buf.append(store.read_chunk(c).acts[:take])  # [take, d]
+        rows.append(np.arange(start, start + take))
+        held, seen = held + take, seen + take
+        while held >= batch_size or held and (seen == limit or c == test_chunks[-1]):
+            acts, idx = np.concatenate(buf), np.concatenate(rows)
+            yield acts[:batch_size], idx[:batch_size]
+            buf, rows = [acts[batch_size:]], [idx[batch_size:]]
+            held = len(idx) - min(batch_size, len(idx))
+        if seen == limit:
+            return
 
 
 def other_store(records: dict[str, dict], store_id: dict) -> dict[str, list[str]]:

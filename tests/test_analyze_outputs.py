@@ -256,3 +256,22 @@ def test_labels_that_are_no_plain_array_are_one_line(tmp_path, monkeypatch, kind
         path.write_text("a\nb\n")
     with pytest.raises(run.AnalyzeError, match="analyze.labels: .* (is not a .npy array|is an .npz archive)"):
         run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(device="cpu", labels=str(path)))
+
+
+def test_test_batches_run_across_chunks(tmp_path):
+    """Batches of the test rows fill across chunks (16 rows each here), so the first batch, the paper's
+    "first test batch" of RE 1-sample and the masked curve, has analyze.batch_size rows, not one chunk's."""
+    from actdict.harvest.store import open_store
+
+    acts = np.random.default_rng(0).standard_normal((96, 5)).astype(np.float32)
+    with StoreWriter(str(tmp_path / "store"), {"hook": "h"}, 5, "float32", 32, 16) as w:
+        w.append(acts, np.arange(96), np.zeros(96), np.arange(96))
+    store = open_store(str(tmp_path / "store"))
+    want = np.r_[0:16, 32:64, 80:96]  # chunks 0, 2, 3, 5
+    for batch, limit, sizes in ((20, None, [20, 20, 20, 4]), (64, None, [64]), (20, 45, [20, 20, 5]),
+                                (100, None, [64]), (16, 16, [16])):
+        got = list(run.test_batches(store, [0, 2, 3, 5], batch, limit))
+        assert [len(r) for _, r in got] == sizes
+        rows = np.concatenate([r for _, r in got])
+        assert rows.tolist() == want[:sum(sizes)].tolist()
+        np.testing.assert_array_equal(np.concatenate([a for a, _ in got]), acts[rows])
