@@ -169,3 +169,29 @@ def test_batch_statistics_sees_every_batchnorm_kind():
     for norm in (nn.BatchNorm2d(3), nn.SyncBatchNorm(3)):
         assert batch_statistics(nn.Sequential(nn.Linear(3, 3), norm))
     assert not batch_statistics(nn.Sequential(nn.Linear(3, 3), nn.LayerNorm(3)))
+
+
+def test_batch_loss_needs_two_rows(tmp_path, capsys):
+    """lse's loss is made of batch statistics: a batch_size of 1 is refused up front, and so is a train
+    split of one row (257 rows in chunks of 256: seed 0 holds the big chunk out), which gave one-row batches
+    and a ZeroDivisionError; a variant without batch statistics trains on it."""
+    from actdict.cli import main as actdict_main
+    from actdict.config import Common
+    from actdict.harvest.store import write_vectors
+    from actdict.train.config import DictConfig, TrainConfig
+    from actdict.train.run import check
+
+    lse = DictConfig("e", "lse", k=4)
+    with pytest.raises(ConfigError, match=r"train.dicts\[e\]: its loss \(lse\) uses statistics across a "
+                                          r"batch's rows, which a batch of 1 row has not"):
+        check(Common(), TrainConfig(dicts=[lse], batch_size=1))
+    check(Common(), TrainConfig(dicts=[lse], batch_size=2))
+    write_vectors(str(tmp_path / "store"), torch.randn(257, 6, generator=torch.Generator().manual_seed(0)
+                                                       ).numpy(), chunk_rows=256, shard_rows=512)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"run_dir: {tmp_path / 'run'}\nstore: {tmp_path / 'store'}\nthreads: 1\n"
+                   "train: {epochs: 1, batch_size: 8, test_fraction: 0.1,\n"
+                   "        dicts: [{name: e, variant: lse, k: 4}]}\n")
+    assert actdict_main(["train", str(cfg)]) == 2
+    assert "the train split holds 1 row, and ['e'] train on batches of 2 rows" in capsys.readouterr().err
+    assert actdict_main(["train", str(cfg), "train.dicts.e.variant=sae_l1"]) == 0

@@ -38,6 +38,7 @@ class Normalized(Dictionary):
         self.inner = inner
         self.variant, self.active_side = inner.variant, inner.active_side  # type: ignore[misc]
         self.trains_reconstruction = inner.trains_reconstruction  # type: ignore[misc]
+        self.batch_loss = inner.batch_loss  # type: ignore[misc]
         self.register_buffer("norm_mean", torch.as_tensor(mean, dtype=torch.float32).reshape(inner.d))
         self.register_buffer("norm_scale", torch.tensor(float(scale)))
 

@@ -111,6 +111,8 @@ class Dictionary(nn.Module):
     autocast_note: ClassVar[str] = ""  # why bf16 autocast hurts this variant's training ('' = it does not)
     positive: ClassVar[tuple[str, ...]] = ()  # params that must be > 0 (``check_params``)
     trains_reconstruction: ClassVar[bool] = True  # False: x_hat is a by-product, not trained (``lse``)
+    batch_loss: ClassVar[bool] = False  # True: the loss uses statistics across the batch's rows (``lse``'s
+    # variance and covariance), so a batch needs 2 rows or more
 
     def __init__(self, d: int, k: int, **params: Any) -> None:
         super().__init__()

@@ -184,17 +184,27 @@ def check(common: Common, cfg: TrainConfig) -> None:
                 model = make(dc.variant, _STAND_IN_D, dc.k, **dc.params)
         except ConfigError as e:
             raise ConfigError(f"train.dicts[{dc.name}]: {e}") from e
-        if dist_.batch_statistics(model):
-            check_batch_norm(dc, cfg.batch_size, world)
+        check_batch_rows(dc, model, cfg.batch_size, world)
 
 
-def check_batch_norm(dc: DictConfig, batch_size: int, world: int) -> None:
-    """A dictionary whose encoder normalises with batch statistics (BatchNorm) needs batches of 2 rows or
-    more, and one process (``dist.batch_statistics``)."""
+def batch_rows_needed(model) -> str:
+    """Why ``model`` needs batches of 2 rows or more ('' = it does not): its loss's batch statistics
+    (``Dictionary.batch_loss``) or its encoder's BatchNorm (``dist.batch_statistics``)."""
+    if dist_.batch_statistics(model):
+        return "its encoder normalises with batch statistics (BatchNorm)"
+    if model.batch_loss:
+        return f"its loss ({model.variant}) uses statistics across a batch's rows"
+    return ""
+
+
+def check_batch_rows(dc: DictConfig, model, batch_size: int, world: int) -> None:
+    """A dictionary whose training uses batch statistics needs batches of 2 rows or more
+    (``batch_rows_needed``); one whose encoder has BatchNorm also one process (``dist.batch_statistics``)."""
+    if (why := batch_rows_needed(model)) and batch_size < 2:
+        raise ConfigError(f"train.dicts[{dc.name}]: {why}, which a batch of {batch_size} row has not: set "
+                          "train.batch_size >= 2")
     said = f"train.dicts[{dc.name}]: its encoder normalises with batch statistics (BatchNorm"
-    if batch_size < 2:
-        raise ConfigError(f"{said}), which a batch of {batch_size} row has not: set train.batch_size >= 2")
-    if world > 1:
+    if dist_.batch_statistics(model) and world > 1:
         raise ConfigError(f"{said}, encoder: {dc.params.get('encoder')}) and trains in one process only, not "
                           f"under torchrun ({world} ranks): run it without torchrun, or use encoder: resmlp")
 
@@ -311,6 +321,10 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
     train_rows = sum(b - a for a, b in map(store.chunk_bounds, chunks))
     norm = norm_stats(store, chunks, cfg.norm_chunks, common.seed) if cfg.normalize == "mean_scale" else None
     members = [member(dc, store.d, seeds[dc.name], norm, device) for dc in todo]
+    if train_rows < 2 and (needy := [m.name for m in members if batch_rows_needed(m.model)]):
+        raise ConfigError(f"the train split holds {train_rows} row, and {needy} train on batches of 2 "
+                          "rows or more (batch statistics): give the store more rows, or lower "
+                          "train.test_fraction")
     start = None if meta is None else load_state(state_path, members, todo_hashes, todo_legacy, done, meta)
     if kept_hashes:  # each from its own file; extension() checked they stand at the same position
         start = [load_state(run_dir / "dicts" / m.name / KEPT, [m], {m.name: kept_hashes[m.name]},

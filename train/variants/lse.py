@@ -66,6 +66,7 @@ def weight_redundancy(w: Tensor) -> Tensor:  # w: [k, d]
 class LSE(Dictionary):
     variant = "lse"
     trains_reconstruction = False  # x_hat = E @ W is a by-product: training's divergence warning ignores it
+    batch_loss = True  # batch variance and covariance (batch_moments): a batch of 1 row has none
     default_params = _DEFAULTS  # the kinds and ranges ``protocol.check_params`` checks
     positive = ("var_eps",)
     active_side = "high"
