@@ -148,6 +148,15 @@ def test_norm_stats(store):
     assert scale == pytest.approx(np.sqrt(((x - x.mean(0)) ** 2).sum(1).mean() / 3), rel=1e-6)
 
 
+def test_norm_stats_of_constant_rows_is_a_config_error(tmp_path):
+    from actdict.config import ConfigError
+
+    const = write_vectors(str(tmp_path / "c"), np.ones((64, 3), np.float32), chunk_rows=16, shard_rows=64)
+    with pytest.raises(ConfigError, match=r"the 32 rows of train chunks \[1, 2\] have scale 0.0 .* "
+                                          r"set train.normalize=none"):
+        norm_stats(const, [1, 2], n_chunks=4, seed=0)
+
+
 def test_norm_stats_reads_n_chunks_picked_by_the_seed(store):
     """n_chunks < the chunks given: the statistics are those of n_chunks whole chunks of the list (row i has
     x[:, 0] == i, so the mean of x[:, 0] over chunks a and b of 64 rows is 32 (a + b) + 31.5), and the seed

@@ -226,5 +226,7 @@ def norm_stats(store, chunks: Sequence[int], n_chunks: int, seed: int) -> tuple[
     mean = x.mean(0)
     scale = float(np.sqrt(((x - mean) ** 2).sum(1).mean() / x.shape[1]))
     if not np.isfinite(scale) or scale <= 0:
-        raise ValueError(f"cannot normalise: the sampled rows have scale {scale}")
+        raise ConfigError(f"train.normalize: mean_scale cannot normalise this store: the {len(x)} rows of "
+                          f"train chunks {sorted(int(c) for c in pick)} have scale {scale} (every row the "
+                          "same?): set train.normalize=none, or raise train.norm_chunks")
     return mean.astype(np.float32), scale
