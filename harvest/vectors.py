@@ -122,6 +122,8 @@ def _list_values(col, where: str) -> np.ndarray:
         bad = int(np.flatnonzero(lengths != lengths[0])[0])
         raise VectorsError(f"{where}: rows have different lengths ({lengths[0]} and {lengths[bad]})")
     d = int(lengths[0]) if len(lengths) else 0
+    if len(lengths) and d == 0:
+        raise VectorsError(f"{where}: its lists are empty (d = 0): it holds no vectors")
     return col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), d)
 
 

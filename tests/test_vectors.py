@@ -149,6 +149,11 @@ def test_bad_parquet(tmp_path):
     pq.write_table(pa.table({"u": two, "v": two}), tmp_path / "two.parquet")
     with pytest.raises(VectorsError, match=r"several list columns \['u', 'v'\]"):
         import_vectors(tmp_path / "two.parquet", str(tmp_path / "s"))
+    empty = pa.array([[]] * 3, type=pa.list_(pa.float64()))  # d = 0, as .npy of shape (3, 0) is refused
+    pq.write_table(pa.table({"v": empty}), tmp_path / "e.parquet")
+    with pytest.raises(VectorsError, match=r"column 'v': its lists are empty \(d = 0\): it holds no vectors"):
+        import_vectors(tmp_path / "e.parquet", str(tmp_path / "s"))
+    assert not (tmp_path / "s").exists()
 
 
 def test_cli(tmp_path, capsys):
