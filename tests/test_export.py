@@ -170,3 +170,7 @@ def test_an_export_never_lands_on_a_checkpoint_or_in_dicts_or_over_files(tmp_pat
     assert main([str(dicts / "b"), str(tmp_path / "notes"), "--overwrite"]) == 2
     assert "holds other files: ['todo.txt']" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "notes").iterdir()) == ["todo.txt"]
+    for flag in ([], ["--overwrite"]):  # a file where the folder should be: one line, the file kept
+        assert main([str(dicts / "b"), str(tmp_path / "notes" / "todo.txt"), *flag]) == 2
+        assert "todo.txt is a file, not a folder" in capsys.readouterr().err
+    assert (tmp_path / "notes" / "todo.txt").read_text() == "mine"

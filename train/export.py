@@ -141,6 +141,8 @@ def check_out(dict_dir: Path, out: Path, overwrite: bool) -> None:
     """Refuse an output folder that would damage a run (a checkpoint's folder, a run's dicts/, where
     analysis takes every folder for a dictionary) or lose files (a non-empty folder, unless ``overwrite``
     and it holds an export)."""
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"{out} is a file, not a folder: pass a new or empty folder for the export")
     if (out / checkpoint.WEIGHTS).exists() or out.resolve() == dict_dir.resolve():
         raise ExportError(f"{out} holds an actdict checkpoint ({checkpoint.WEIGHTS}): an export there would "
                           "replace its cfg.json; pass another folder")
