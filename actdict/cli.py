@@ -56,10 +56,15 @@ def prepare(stage: str, data: dict) -> tuple[Any, Callable[[], None]]:
 
 
 def check_run(data: dict, cfgs: dict[str, Any]) -> None:
-    """What only ``run`` can check before it starts: a vectors file to import has more than one chunk of
-    rows when train holds chunks out; ``train.hook`` picks one hook of a harvest of several; every
-    dictionary ``analyze.dicts`` names is trained by this run or already in ``<run_dir>/dicts``."""
+    """What only ``run`` can check before it starts: train holds chunks out when analyze scores them; a
+    vectors file to import has more than one chunk of rows when train holds chunks out; ``train.hook`` picks
+    one hook of a harvest of several; every dictionary ``analyze.dicts`` names is trained by this run or
+    already in ``<run_dir>/dicts``."""
     harvest, train = cfgs.get("harvest"), cfgs.get("train")
+    if train is not None and "analyze" in cfgs and train.test_fraction == 0:
+        raise ConfigError("train.test_fraction=0 holds no chunks out, and the analysis scores the held-out "
+                          "ones: set train.test_fraction > 0 (e.g. 0.1), or run the stages without analyze "
+                          "(actdict harvest, actdict train)")
     if harvest is not None and train is not None and harvest.mode == "vectors" and train.test_fraction > 0:
         from actdict.harvest.vectors import vector_rows
         from actdict.harvest.writer import chunk_rows_for
@@ -70,7 +75,7 @@ def check_run(data: dict, cfgs: dict[str, Any]) -> None:
                 f"{harvest.vectors.path} holds {n} vectors: one chunk of harvest.chunk_rows="
                 f"{harvest.chunk_rows}, and train holds whole chunks out for testing (train.test_fraction="
                 f"{train.test_fraction}); set harvest.chunk_rows={chunk_rows_for(n, harvest.shard_rows)} "
-                "(8 chunks or more), or train.test_fraction=0")
+                "(8 chunks or more)" + ("" if "analyze" in cfgs else ", or train.test_fraction=0"))
     if harvest is not None and train is not None and harvest.mode == "tokens":
         check_train_hook(list(harvest.hooks), train.hook)
     if "analyze" not in cfgs or "train" not in cfgs:

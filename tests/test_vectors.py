@@ -234,6 +234,9 @@ analyze: {{n_features: 3, top_k: 2, context: 0}}
     capsys.readouterr()
     assert actdict_main(["run", str(cfg), *fresh, "harvest.chunk_rows=2048"]) == 2  # one chunk: refused
     assert "holds 2048 vectors" in capsys.readouterr().err and not (tmp_path / "run2").exists()  # before
+    assert actdict_main(["run", str(cfg), *fresh, "train.test_fraction=0"]) == 2  # analysis would find none
+    assert "train.test_fraction=0 holds no chunks out, and the analysis" in capsys.readouterr().err
+    assert not (tmp_path / "run2").exists()
     assert chunk_rows_for(2048, 2048) == 256 and chunk_rows_for(1000, 65536) == 64  # the import, not after
     assert chunk_rows_for(1000, 96) == 32 and chunk_rows_for(5, 4096) == 1
 
