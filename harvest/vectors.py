@@ -303,6 +303,9 @@ def cli(argv: list[str] | None = None) -> int:
     except BaseException as e:  # a bad file, a full disk, Ctrl-C: a store folder this import made goes
         if made and os.path.isdir(a.store) and set(os.listdir(a.store)) <= {LOCK_FILE}:
             shutil.rmtree(a.store, ignore_errors=True)  # only the lock file in it: nothing of anyone's
+        if isinstance(e, KeyboardInterrupt):
+            print("import: interrupted; the hook it began is removed", file=sys.stderr)
+            return 130
         if not isinstance(e, ActdictError):
             raise
         print(f"import: {type(e).__name__}: {e}", file=sys.stderr)

@@ -184,6 +184,23 @@ def test_cli(tmp_path, capsys):
     assert capsys.readouterr().out.splitlines()[1].startswith("  model - (no model: imported vectors); ")
 
 
+def test_cli_interrupted(tmp_path, capsys, monkeypatch):
+    """Ctrl-C during an import: one line, status 130, and the store folder it made is gone."""
+    from actdict.harvest import vectors
+
+    np.save(tmp_path / "v.npy", _x(8))
+
+    def interrupted(*a, **kw):
+        (tmp_path / "s" / "vectors").mkdir(parents=True)  # as far as the import got (write_vectors removes
+        shutil.rmtree(tmp_path / "s" / "vectors")  # the hook it began when interrupted)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(vectors, "import_vectors", interrupted)
+    assert cli([str(tmp_path / "v.npy"), str(tmp_path / "s")]) == 130
+    assert capsys.readouterr().err == "import: interrupted; the hook it began is removed\n"
+    assert not (tmp_path / "s").exists()
+
+
 def test_config_mode_vectors_runs_train_and_analyze(tmp_path, capsys):
     rng = np.random.default_rng(0)
     basis = rng.standard_normal((4, 24)).astype(np.float32)  # vectors on a 4-dim subspace of R^24
