@@ -64,7 +64,8 @@ def complete_for(path: str, hooks: list[str], cfg: HarvestConfig,
                     "harvest section describes: run actdict train and actdict analyze on it (or leave the "
                     "harvest section out of the config: actdict run then skips the harvest), or set "
                     "run_dir / store to another folder for this config's harvest")
-            changes = config_changes(old, cfg_json) if isinstance(old, dict) else []
+            changes = (config_changes(rows_view(old), rows_view(cfg_json)) or config_changes(old, cfg_json)
+                       ) if isinstance(old, dict) else []
             what = "; ".join(changes[:8]) or f"config_hash {m.get('config_hash')}, this config {chash}"
             raise HarvestError(
                 f"store {path} holds a harvest with another config (hook {h!r}: {what}); delete {path}, or "
@@ -98,10 +99,34 @@ whatever they were (its manifest's ``numerics`` still says where it ran). An unf
 with the same ones (a resumed store is the uninterrupted run's, bit for bit)."""
 
 
+_READS = {"vectors": ("mode", "vectors", "store_dtype", "shard_rows", "chunk_rows")}
+"""The harvest keys a mode reads (a mode not listed reads all but those ``_UNREAD`` names)."""
+_UNREAD = {"tokens": ("embed", "vectors"),
+           "embeddings": ("hooks", "ctx", "window_mode", "skip_special", "prepend_bos", "join_with_eos",
+                          "pad_id", "vectors")}
+_RUN_SUBKEYS = {"vectors": ("vectors", "block_rows"), "embeddings": ("embed", "group")}
+"""Per mode, a (section, key) that says how the rows were read or grouped for the forward, not which
+they are: a run key, as ``RUN_KEYS``."""
+
+
+def rows_view(harvest_cfg: dict, also: tuple[str, ...] = ()) -> dict:
+    """What of a harvest config (as JSON) decides its rows: the keys its ``mode`` reads (``vectors`` reads
+    neither ``model`` nor ``ctx`` nor ``max_tokens``: every row of the file is imported; ``embeddings`` no
+    window setting), without ``RUN_KEYS``, the mode's run sub-key and ``also``."""
+    mode = harvest_cfg.get("mode", "tokens")
+    drop = {*RUN_KEYS, *also, *_UNREAD.get(mode, ())}
+    view = {k: v for k, v in harvest_cfg.items() if k not in drop and k in _READS.get(mode, harvest_cfg)}
+    if (sub := _RUN_SUBKEYS.get(mode)) and isinstance(view.get(sub[0]), dict):
+        view[sub[0]] = {k: v for k, v in view[sub[0]].items() if k != sub[1]}
+    return view
+
+
 def same_rows(manifest: dict, harvest_cfg: dict, also: tuple[str, ...] = ()) -> bool:
-    """``manifest`` is a complete harvest of ``harvest_cfg`` (as JSON) but for ``RUN_KEYS`` and ``also``."""
-    old, skip = manifest.get("harvest"), dict.fromkeys(RUN_KEYS + also)
-    return bool(manifest.get("complete")) and isinstance(old, dict) and old | skip == harvest_cfg | skip
+    """``manifest`` is a complete harvest of ``harvest_cfg`` (as JSON) but for what does not decide its rows
+    (``rows_view``: ``RUN_KEYS``, settings its mode does not read) and ``also``."""
+    old = manifest.get("harvest")
+    return bool(manifest.get("complete")) and isinstance(old, dict) and (
+        rows_view(old, also) == rows_view(harvest_cfg, also))
 
 
 def set_back(manifest: dict, new: dict) -> str:

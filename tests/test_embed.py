@@ -11,6 +11,7 @@ import pytest
 from actdict.config import Common, build, common_of, load_experiment, section
 from actdict.harvest.config import HarvestConfig
 from actdict.harvest.models import ModelError
+from actdict.harvest.run import HarvestError
 from actdict.harvest.run import main as harvest_main
 from actdict.harvest.sources import iter_documents
 from actdict.harvest.store import open_store
@@ -98,7 +99,8 @@ def test_paragraph_units(tmp_path, reference):
     docs = ["First para of one.\n\nSecond para of one,\nwrapped.", "Only para of two.",
             "  \n\nA.\n \n\nB is here.\n\n"]
     (tmp_path / "d.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
-    cfg = _cfg({"kind": "files", "path": str(tmp_path / "d.jsonl")}, embed={"unit": "paragraph"})
+    src = {"kind": "files", "path": str(tmp_path / "d.jsonl")}
+    cfg = _cfg(src, embed={"unit": "paragraph"})
     harvest_main(Common(run_dir=str(tmp_path / "run")), cfg)
     store = open_store(str(tmp_path / "run" / "store"), "embedding")
     rows = store.read_rows(0, len(store))
@@ -107,6 +109,15 @@ def test_paragraph_units(tmp_path, reference):
     np.testing.assert_array_equal(rows.doc, [0, 0, 1, 2, 2])
     np.testing.assert_array_equal(rows.pos, [0, 1, 0, 0, 1])
     np.testing.assert_allclose(rows.acts, reference.encode(paras), atol=2e-5, rtol=0)
+    # settings an embeddings harvest does not read, and its grouping, leave the store this config's
+    before = {p: p.read_bytes() for p in (tmp_path / "run" / "store").rglob("*") if p.is_file()}
+    unread = {"embed": {"unit": "paragraph", "group": 7}, "ctx": 64, "window_mode": "per_doc",
+              "prepend_bos": False, "hooks": ["x"], "vectors": {"path": "v.npy"}}
+    harvest_main(Common(run_dir=str(tmp_path / "run")), _cfg(src, **unread))
+    assert before == {p: p.read_bytes() for p in (tmp_path / "run" / "store").rglob("*") if p.is_file()}
+    with pytest.raises(HarvestError, match=r"another config \(hook 'embedding': embed.prompt: '' -> 'q: '\)"):
+        harvest_main(Common(run_dir=str(tmp_path / "run")),
+                     _cfg(src, **unread | {"embed": {"unit": "paragraph", "prompt": "q: "}}))
 
 
 def test_hub_embedder_fails_fast_offline(tmp_path, monkeypatch):

@@ -109,9 +109,10 @@ def test_max_tokens_rerun_and_conflict(tmp_path, minilm_hf, capsys):
     manifest.write_text(json.dumps(done))
     with pytest.raises(HarvestError, match=r"growing this store needs those .*: add 'harvest.batch_size=3' "):
         harvest(tmp_path / "run", max_tokens=60, batch_size=5)
-    for other in ({"max_tokens": 40, "batch_size": 5}, {"batch_size": 5, "ctx": 17}):  # not a growth: refused
-        with pytest.raises(HarvestError, match=r"another config .*batch_size: 3 -> 5.*delete"):
-            harvest(tmp_path / "run", **({"max_tokens": 50} | other))
+    for other, why in (({"max_tokens": 40, "batch_size": 5}, "max_tokens: 50 -> 40"),
+                       ({"batch_size": 5, "ctx": 17}, "ctx: 16 -> 17")):  # not a growth: refused, naming
+        with pytest.raises(HarvestError, match=rf"another config \(hook '[^']*': {why}\); delete"):
+            harvest(tmp_path / "run", **({"max_tokens": 50} | other))  # what decides the rows only
     with pytest.raises(HarvestError, match="another config.*ctx: 16 -> 20.*delete") as e:
         harvest(tmp_path / "run", max_tokens=50, ctx=20)
     assert "(hook 'blocks.3.hook_resid_post': ctx: 16 -> 20);" in str(e.value)  # only the keys that differ

@@ -233,6 +233,10 @@ analyze: {{n_features: 3, top_k: 2, context: 0}}
     assert actdict_main(["lens", str(demo), "x", "--set", f"run_dir={tmp_path / 'run'}"]) == 2
     assert "holds vectors of no model: the store holds vectors brought" in capsys.readouterr().err
     assert actdict_main(["harvest", str(cfg)]) == 0  # same config again: complete, skipped
+    unread = ["harvest.ctx=7", "harvest.model=x", "harvest.max_tokens=5", "harvest.vectors.block_rows=100",
+              "harvest.window_mode=per_doc", "harvest.embed.unit=paragraph"]  # no vectors import reads them
+    capsys.readouterr()
+    assert actdict_main(["harvest", str(cfg), *unread]) == 0 and "already complete" in capsys.readouterr().out
     assert actdict_main(["harvest", str(cfg), "harvest.vectors.key=x"]) == 2  # another config: refused
     with pytest.MonkeyPatch.context() as mp:  # under torchrun every rank would write the whole hook
         mp.setenv("WORLD_SIZE", "2")
