@@ -132,7 +132,7 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
     sum_x = torch.zeros(d, dtype=torch.float64, device=device)  # [d]
     sum_x2 = torch.zeros(d, dtype=torch.float64, device=device)  # [d]
     n = 0
-    for acts, rows_np in test_batches(store, test_chunks, cfg.batch_size, cfg.max_test_rows):
+    for acts, rows_np in held_out_batches(store, test_chunks, cfg.batch_size, cfg.max_test_rows):
         x = torch.as_tensor(acts).to(device, torch.float32)  # [B, d]
         x64 = x.to(torch.float64)
         sum_x += x64.sum(0)
@@ -367,24 +367,24 @@ def other_split(records: dict[str, dict], test_chunks: list[int]) -> list[str]:
                   if r.get("test_chunks") is not None and sorted(r["test_chunks"]) != sorted(test_chunks))
 
 
-def test_batches(store, test_chunks: list[int], batch_size: int, limit: int | None = None
-                 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def held_out_batches(store, test_chunks: list[int], batch_size: int, limit: int | None = None
+                     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """The test rows in chunk order, in batches of ``batch_size`` that run across chunks (only the last is
     short), at most ``limit`` rows: (acts [B, d] float32, their global store rows [B] int64). The first batch
     is the paper's "first test batch" (RE of one sample, the masked-dimensions curve)."""
-    buf, rows, held, seen = [], [], 0, 0
+    acts, rows, seen = np.empty((0, store.d), np.float32), np.empty(0, np.int64), 0  # rows not yet yielded
     for c in tqdm(test_chunks, desc="analyze", unit="chunk"):
         start, stop = store.chunk_bounds(c)
         take = stop - start if limit is None else min(stop - start, limit - seen)
-        buf.append(store.read_chunk(c).acts[:take])  # [take, d]
-        rows.append(np.arange(start, start + take))
-        held, seen = held + take, seen + take
-        while held >= batch_size or held and (seen == limit or c == test_chunks[-1]):
-            acts, idx = np.concatenate(buf), np.concatenate(rows)
-            yield acts[:batch_size], idx[:batch_size]
-            buf, rows = [acts[batch_size:]], [idx[batch_size:]]
-            held = len(idx) - min(batch_size, len(idx))
-        if seen == limit:
+        acts = np.concatenate([acts, store.read_chunk(c).acts[:take]])  # [held, d]
+        rows = np.concatenate([rows, np.arange(start, start + take)])  # [held]
+        seen += take
+        last = seen == limit or c == test_chunks[-1]
+        full = len(rows) if last else len(rows) // batch_size * batch_size  # rows to yield now
+        for a in range(0, full, batch_size):
+            yield acts[a:a + batch_size], rows[a:a + batch_size]
+        acts, rows = acts[full:], rows[full:]
+        if last:
             return
 
 

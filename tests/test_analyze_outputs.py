@@ -258,7 +258,7 @@ def test_labels_that_are_no_plain_array_are_one_line(tmp_path, monkeypatch, kind
         run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(device="cpu", labels=str(path)))
 
 
-def test_test_batches_run_across_chunks(tmp_path):
+def test_held_out_batches_run_across_chunks(tmp_path):
     """Batches of the test rows fill across chunks (16 rows each here), so the first batch, the paper's
     "first test batch" of RE 1-sample and the masked curve, has analyze.batch_size rows, not one chunk's."""
     from actdict.harvest.store import open_store
@@ -270,7 +270,7 @@ def test_test_batches_run_across_chunks(tmp_path):
     want = np.r_[0:16, 32:64, 80:96]  # chunks 0, 2, 3, 5
     for batch, limit, sizes in ((20, None, [20, 20, 20, 4]), (64, None, [64]), (20, 45, [20, 20, 5]),
                                 (100, None, [64]), (16, 16, [16])):
-        got = list(run.test_batches(store, [0, 2, 3, 5], batch, limit))
+        got = list(run.held_out_batches(store, [0, 2, 3, 5], batch, limit))
         assert [len(r) for _, r in got] == sizes
         rows = np.concatenate([r for _, r in got])
         assert rows.tolist() == want[:sum(sizes)].tolist()
