@@ -145,6 +145,7 @@ def test_analyze_main_end_to_end(tmp_path, monkeypatch):
     assert m["re_det"] == pytest.approx(err.mean(), rel=1e-5)
     assert m["re_sample"] == pytest.approx(err[:7].mean(), rel=1e-5)  # the first batch only
     assert m["ad"] == m["l0"] == pytest.approx((z > 0).sum(1).mean(), rel=1e-5)
+    assert m["ad_std"] == pytest.approx((z > 0).sum(1).std(), rel=1e-5)  # population std (ddof 0)
     assert m["ev"] == pytest.approx(1 - err.sum() / ((x - x.mean(0)) ** 2).sum(), rel=1e-4)
     fires = (z > 0).sum(0)
     assert m["dead"] == int((fires == 0).sum()) == 1 and m["dead_frac"] == pytest.approx(1 / k, rel=1e-5)
