@@ -7,6 +7,7 @@ with ``dpkg-deb -x`` into ``$ACTDICT_CACHE/chromium`` (default ``~/.cache/actdic
 once). The test is skipped, saying why, only when none of these works.
 """
 
+import html
 import json
 import os
 import re
@@ -90,6 +91,12 @@ def _dump(argv, env, url: str, *extra: str) -> str:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """run.main on a tiny store whose token strings include the payloads."""
+    return _analysed(tmp_path_factory.mktemp("run"), "relu")
+
+
+def _analysed(path: Path, name: str) -> Path:
+    """run.main in ``path`` on a tiny store whose token strings include the payloads; one dictionary,
+    ``name``."""
     from actdict.analyze import run
     from actdict.analyze.config import AnalyzeConfig
     from actdict.config import Common
@@ -110,7 +117,6 @@ def run(tmp_path_factory):
         def decode(self, codes):
             return codes @ self.W.T
 
-    path = tmp_path_factory.mktemp("run")
     g = np.random.default_rng(2)
     n, d, k = 256, 4, 6
     acts = g.standard_normal((n, d)).astype(np.float32)
@@ -123,7 +129,7 @@ def run(tmp_path_factory):
         return [PAYLOAD_SCRIPT if i % 3 == 0 else PAYLOAD_IMG if i % 3 == 1 else f" w{i}" for i in ids]
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(run, "load_models", lambda *a: {"relu": ReluLinear(d, k, W)})
+    mp.setattr(run, "load_models", lambda *a: {name: ReluLinear(d, k, W)})
     mp.setattr(run, "resolve_decoder", lambda m: decoder)
     run.main(Common(run_dir=str(path)), AnalyzeConfig(n_features=3, top_k=4, context=3, device="cpu"))
     mp.undo()
@@ -146,6 +152,18 @@ _PROBE = """<script>window.addEventListener("load", () => setTimeout(() => {
   document.body.setAttribute("data-fit", cells.map(c => Math.round(
     c.querySelector("svg.main-svg").getBoundingClientRect().width) + "/" + c.clientWidth).join(","));
 }, 500));</script>"""
+
+
+def test_overview_links_open_the_feature_page_of_an_odd_name(chromium, tmp_path):
+    """A dictionary name with a space, '#', '%' and non-ASCII: the overview's link, followed as a browser
+    follows it, opens its feature page, and the page loads its parts (the contexts render)."""
+    from urllib.parse import urljoin
+
+    run_dir = _analysed(tmp_path, "sae l1 #2 50% é")
+    overview = (run_dir / "report.html").read_text()
+    href = html.unescape(re.search(r'<a href="(report/[^"]+)">features', overview).group(1))
+    dom = _dump(*chromium, urljoin((run_dir / "report.html").as_uri(), href) + "#f=0")
+    assert "<h2>Feature 0</h2>" in dom and dom.count('class="ctx"') >= 3  # contexts: from its parts
 
 
 def test_figures_fit_their_grid_cells(chromium, run):
