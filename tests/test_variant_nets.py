@@ -186,6 +186,9 @@ def test_batch_loss_needs_two_rows(tmp_path, capsys):
                                           r"batch's rows, which a batch of 1 row has not"):
         check(Common(), TrainConfig(dicts=[lse], batch_size=1))
     check(Common(), TrainConfig(dicts=[lse], batch_size=2))
+    with pytest.raises(ConfigError, match=r"its loss \(sae_topk_auxk\) uses statistics"):  # the spread
+        check(Common(), TrainConfig(dicts=[DictConfig("t", "sae_topk_auxk", k=8, params={"topk": 2})],
+                                    batch_size=1))
     write_vectors(str(tmp_path / "store"), torch.randn(257, 6, generator=torch.Generator().manual_seed(0)
                                                        ).numpy(), chunk_rows=256, shard_rows=512)
     cfg = tmp_path / "c.yaml"
@@ -194,4 +197,6 @@ def test_batch_loss_needs_two_rows(tmp_path, capsys):
                    "        dicts: [{name: e, variant: lse, k: 4}]}\n")
     assert actdict_main(["train", str(cfg)]) == 2
     assert "the train split holds 1 row, and ['e'] train on batches of 2 rows" in capsys.readouterr().err
+    assert actdict_main(["train", str(cfg), "train.normalize=mean_scale"]) == 2  # before the statistics
+    assert "the train split holds 1 row" in capsys.readouterr().err
     assert actdict_main(["train", str(cfg), "train.dicts.e.variant=sae_l1"]) == 0

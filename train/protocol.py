@@ -112,7 +112,7 @@ class Dictionary(nn.Module):
     positive: ClassVar[tuple[str, ...]] = ()  # params that must be > 0 (``check_params``)
     trains_reconstruction: ClassVar[bool] = True  # False: x_hat is a by-product, not trained (``lse``)
     batch_loss: ClassVar[bool] = False  # True: the loss uses statistics across the batch's rows (``lse``'s
-    # variance and covariance), so a batch needs 2 rows or more
+    # variance and covariance, ``sae_topk_auxk``'s spread), so a batch needs 2 rows or more
 
     def __init__(self, d: int, k: int, **params: Any) -> None:
         super().__init__()

@@ -179,12 +179,17 @@ def check(common: Common, cfg: TrainConfig) -> None:
     check_device(cfg.device, "train.device")
     world = dist_.from_env().world
     for dc in cfg.dicts:
-        try:
-            with torch.device("meta"):
-                model = make(dc.variant, _STAND_IN_D, dc.k, **dc.params)
-        except ConfigError as e:
-            raise ConfigError(f"train.dicts[{dc.name}]: {e}") from e
-        check_batch_rows(dc, model, cfg.batch_size, world)
+        check_batch_rows(dc, meta_model(dc), cfg.batch_size, world)
+
+
+def meta_model(dc: DictConfig):
+    """``dc``'s dictionary built on the meta device (no memory, no values) with a stand-in width; its config
+    errors named after it."""
+    try:
+        with torch.device("meta"):
+            return make(dc.variant, _STAND_IN_D, dc.k, **dc.params)
+    except ConfigError as e:
+        raise ConfigError(f"train.dicts[{dc.name}]: {e}") from e
 
 
 def batch_rows_needed(model) -> str:
@@ -319,12 +324,12 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
     kept, kept_hashes = kept_states(run_dir, cfg, todo_hashes, configs, say) if meta is None else ({}, None)
     chunks = split["train_chunks"]
     train_rows = sum(b - a for a, b in map(store.chunk_bounds, chunks))
-    norm = norm_stats(store, chunks, cfg.norm_chunks, common.seed) if cfg.normalize == "mean_scale" else None
-    members = [member(dc, store.d, seeds[dc.name], norm, device) for dc in todo]
-    if train_rows < 2 and (needy := [m.name for m in members if batch_rows_needed(m.model)]):
+    if train_rows < 2 and (needy := [dc.name for dc in todo if batch_rows_needed(meta_model(dc))]):
         raise ConfigError(f"the train split holds {train_rows} row, and {needy} train on batches of 2 "
                           "rows or more (batch statistics): give the store more rows, or lower "
                           "train.test_fraction")
+    norm = norm_stats(store, chunks, cfg.norm_chunks, common.seed) if cfg.normalize == "mean_scale" else None
+    members = [member(dc, store.d, seeds[dc.name], norm, device) for dc in todo]
     start = None if meta is None else load_state(state_path, members, todo_hashes, todo_legacy, done, meta)
     if kept_hashes:  # each from its own file; extension() checked they stand at the same position
         start = [load_state(run_dir / "dicts" / m.name / KEPT, [m], {m.name: kept_hashes[m.name]},

@@ -58,6 +58,7 @@ class SAETopKAuxK(TiedSAE):
     autocast_note = "bf16 pre-activations change which dead latents AuxK picks (22% off in the contract test)"
     default_params = {"topk": 32, "k_aux": 256, "auxk_coef": 1 / 32, "dead_tokens": 10_000_000}
     positive = ("k_aux", "dead_tokens")
+    batch_loss = True  # nmse divides by the batch's spread around its mean: a batch of 1 row has none
 
     def __init__(self, d: int, k: int, **params) -> None:
         super().__init__(d, k, **params)
