@@ -88,3 +88,31 @@ def hook_pattern(entry: str) -> str | None:
     if entry == "all":
         return "blocks.*.hook_resid_post"
     return entry if any(c in entry for c in "*?[") else None
+
+
+RUN_KEYS = ("batch_size", "device")
+"""Harvest keys that say how the forward ran, not which rows it makes: a complete store is this config's
+whatever they were (its manifest's ``numerics`` still says where it ran). An unfinished one resumes only
+with the same ones (a resumed store is the uninterrupted run's, bit for bit)."""
+
+
+_READS = {"vectors": ("mode", "vectors", "store_dtype", "shard_rows", "chunk_rows")}
+"""The harvest keys a mode reads (a mode not listed reads all but those ``_UNREAD`` names)."""
+_UNREAD = {"tokens": ("embed", "vectors"),
+           "embeddings": ("hooks", "ctx", "window_mode", "skip_special", "prepend_bos", "join_with_eos",
+                          "pad_id", "vectors")}
+_RUN_SUBKEYS = {"vectors": ("vectors", "block_rows"), "embeddings": ("embed", "group")}
+"""Per mode, a (section, key) that says how the rows were read or grouped for the forward, not which
+they are: a run key, as ``RUN_KEYS``."""
+
+
+def rows_view(harvest_cfg: dict, also: tuple[str, ...] = ()) -> dict:
+    """What of a harvest config (as JSON) decides its rows: the keys its ``mode`` reads (``vectors`` reads
+    neither ``model`` nor ``ctx`` nor ``max_tokens``: every row of the file is imported; ``embeddings`` no
+    window setting), without ``RUN_KEYS``, the mode's run sub-key and ``also``."""
+    mode = harvest_cfg.get("mode", "tokens")
+    drop = {*RUN_KEYS, *also, *_UNREAD.get(mode, ())}
+    view = {k: v for k, v in harvest_cfg.items() if k not in drop and k in _READS.get(mode, harvest_cfg)}
+    if (sub := _RUN_SUBKEYS.get(mode)) and isinstance(view.get(sub[0]), dict):
+        view[sub[0]] = {k: v for k, v in view[sub[0]].items() if k != sub[1]}
+    return view

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 import zarr
 
 from actdict.errors import ActdictError
+from actdict.harvest.config import RUN_KEYS, rows_view
 from actdict.harvest.layout import (
     ACT_DTYPES,
     DONE_KEY,
@@ -116,7 +117,8 @@ def growable(manifests: dict[str, dict], harvest_cfg: dict) -> bool:
         old = m.get("harvest")
         if not (m.get("complete") and m.get("format_version") == FORMAT_VERSION and isinstance(old, dict)):
             return False
-        return old | {"max_tokens": 0} == harvest_cfg | {"max_tokens": 0}
+        return rows_view(old, ("max_tokens",)) == rows_view(harvest_cfg, ("max_tokens",)) and all(
+            old.get(k) == harvest_cfg.get(k) for k in RUN_KEYS)  # settings its mode does not read aside
 
     if not all(same(m) for m in manifests.values()):
         return False

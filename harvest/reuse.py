@@ -14,7 +14,7 @@ import json
 from collections.abc import Callable
 
 from actdict.config import config_changes, config_hash, to_dict
-from actdict.harvest.config import HarvestConfig, hook_pattern
+from actdict.harvest.config import RUN_KEYS, HarvestConfig, hook_pattern, rows_view
 from actdict.harvest.layout import shard_problem, whole_shards
 from actdict.harvest.resume import HarvestError, hook_dir, read_manifest
 from actdict.harvest.sources import files_changed
@@ -93,34 +93,6 @@ def holds_hooks(manifests: dict[str, dict], hooks: list[str], harvest_cfg: dict)
     return all(m and same_rows(m, harvest_cfg, ("hooks",)) for m in found)
 
 
-RUN_KEYS = ("batch_size", "device")
-"""Harvest keys that say how the forward ran, not which rows it makes: a complete store is this config's
-whatever they were (its manifest's ``numerics`` still says where it ran). An unfinished one resumes only
-with the same ones (a resumed store is the uninterrupted run's, bit for bit)."""
-
-
-_READS = {"vectors": ("mode", "vectors", "store_dtype", "shard_rows", "chunk_rows")}
-"""The harvest keys a mode reads (a mode not listed reads all but those ``_UNREAD`` names)."""
-_UNREAD = {"tokens": ("embed", "vectors"),
-           "embeddings": ("hooks", "ctx", "window_mode", "skip_special", "prepend_bos", "join_with_eos",
-                          "pad_id", "vectors")}
-_RUN_SUBKEYS = {"vectors": ("vectors", "block_rows"), "embeddings": ("embed", "group")}
-"""Per mode, a (section, key) that says how the rows were read or grouped for the forward, not which
-they are: a run key, as ``RUN_KEYS``."""
-
-
-def rows_view(harvest_cfg: dict, also: tuple[str, ...] = ()) -> dict:
-    """What of a harvest config (as JSON) decides its rows: the keys its ``mode`` reads (``vectors`` reads
-    neither ``model`` nor ``ctx`` nor ``max_tokens``: every row of the file is imported; ``embeddings`` no
-    window setting), without ``RUN_KEYS``, the mode's run sub-key and ``also``."""
-    mode = harvest_cfg.get("mode", "tokens")
-    drop = {*RUN_KEYS, *also, *_UNREAD.get(mode, ())}
-    view = {k: v for k, v in harvest_cfg.items() if k not in drop and k in _READS.get(mode, harvest_cfg)}
-    if (sub := _RUN_SUBKEYS.get(mode)) and isinstance(view.get(sub[0]), dict):
-        view[sub[0]] = {k: v for k, v in view[sub[0]].items() if k != sub[1]}
-    return view
-
-
 def same_rows(manifest: dict, harvest_cfg: dict, also: tuple[str, ...] = ()) -> bool:
     """``manifest`` is a complete harvest of ``harvest_cfg`` (as JSON) but for what does not decide its rows
     (``rows_view``: ``RUN_KEYS``, settings its mode does not read) and ``also``."""
@@ -137,7 +109,9 @@ def set_back(manifest: dict, new: dict) -> str:
     old = manifest.get("harvest")
     if not isinstance(old, dict):
         return ""
-    keys = {k for k in set(old) | set(new) if old.get(k) != new.get(k)}
+    a, b = (old, new) if not manifest.get("complete") else (  # growing: settings it does not read aside
+        rows_view(h) | {k: h.get(k) for k in RUN_KEYS} for h in (old, new))
+    keys = {k for k in set(a) | set(b) if a.get(k) != b.get(k)}
     if manifest.get("complete"):  # growing: max_tokens larger, run keys to set back
         grows = "max_tokens" in keys and (new["max_tokens"] is None or (
             old.get("max_tokens") is not None and new["max_tokens"] > old["max_tokens"]))

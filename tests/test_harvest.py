@@ -137,6 +137,9 @@ def test_raising_max_tokens_grows_the_store_into_a_fresh_harvest(tmp_path, first
     assert (tree(shard0) == before) == (first == 64)  # a whole first shard was not written again
     with pytest.raises(HarvestError, match=r"holds the first 90 rows.*smaller max_tokens \(70\)"):
         harvest(tmp_path / "grown", max_tokens=70)
+    unread = {"embed": {"prompt": "q: "}, "vectors": {"path": "x.npy"}}  # a token harvest reads neither
+    harvest(tmp_path / "grown", max_tokens=None, **unread)  # grows to every row all the same
+    assert "growing" in capsys.readouterr().out and len(open_store(common.store_path)) == 95
 
 
 def test_growing_resumes_after_a_kill_between_its_steps(tmp_path):
