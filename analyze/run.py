@@ -126,6 +126,7 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
         print(f"analyze: note: summary.json and the report will hold {sorted(models)} only, not {dropped} "
               "(analyze.dicts); run without analyze.dicts to report every dictionary")
     labels, classes = read_labels(cfg.labels, len(store))
+    splicing = splice_setup(cfg, store, test_chunks, device) if cfg.ce_loss else None  # before the pass
     evals = {name: ModelEval(m, cfg, common.seed, device, len(classes)) for name, m in models.items()}
 
     d = store.d
@@ -145,7 +146,7 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
     if n == 0:
         raise AnalyzeError(f"no test rows to evaluate (test chunks {test_chunks})")
 
-    ce = splice_models(common, cfg, store, test_chunks, models, device) if cfg.ce_loss else None
+    ce = splice_models(*splicing, store.manifest["hook"], cfg, models) if splicing else None
     decode = resolve_decoder(store.manifest)
     summary = {"version": SUMMARY_VERSION, "run_dir": str(run_dir), "store": common.store_path,
                "hook": store.manifest.get("hook"), "d": d, "run_id": run_id, "test_chunks": test_chunks,
@@ -238,10 +239,15 @@ def _cell(v: float | None, spec: str) -> str:
     return format(v, spec) if v is not None else format("n/a", spec.rstrip("efg").split(".")[0])
 
 
-def splice_models(common: Common, cfg: AnalyzeConfig, store, test_chunks: list[int], models: dict,
-                  device: torch.device) -> dict:
-    """CE/KL of every dictionary spliced into the store's language model (see ``analyze.splice``)."""
+def splice_setup(cfg: AnalyzeConfig, store, test_chunks: list[int], device: torch.device):
+    """The store's causal language model and its held-out windows for the CE/KL evaluation (see
+    ``analyze.splice``), made before the analysis pass so that what stops it stops it first: (model,
+    windows). The windows begin and join documents as the store's harvest did (its manifest's settings)."""
+    from types import SimpleNamespace
+
+    from actdict.harvest.config import HarvestConfig
     from actdict.harvest.models import load_model
+    from actdict.harvest.run import window_specials
 
     man = store.manifest
     if not man.get("model") or not man.get("hook"):
@@ -251,11 +257,18 @@ def splice_models(common: Common, cfg: AnalyzeConfig, store, test_chunks: list[i
     if lm.kind != "causal":
         raise AnalyzeError(f"analyze.ce_loss needs a causal language model; {lm.name} is an encoder: set "
                            "analyze.ce_loss=false")
-    made = man.get("harvest", {})  # how the harvest joined documents (stores of format 1 do not say)
-    sep = lm.eos_id if made.get("join_with_eos", True) else None
-    windows, spliced = heldout_windows(store, test_chunks, cfg.ce_windows, cfg.ce_ctx, lm.bos_id, sep,
-                                       join_docs=made.get("window_mode", "concat") == "concat")
-    res = splice_eval(lm.bridge, windows, man["hook"], models, cfg.ce_batch_size, spliced)
+    made, default = man.get("harvest") or {}, HarvestConfig()  # stores of format 1 record no harvest config
+    how = SimpleNamespace(**{k: made.get(k, getattr(default, k)) for k in ("prepend_bos", "join_with_eos",
+                                                                             "pad_id", "window_mode")})
+    spec = window_specials(lm, how)
+    windows = heldout_windows(store, test_chunks, cfg.ce_windows, cfg.ce_ctx, spec["prefix"], spec["sep"],
+                              join_docs=how.window_mode == "concat", pad_id=spec["pad_id"])
+    return lm, windows
+
+
+def splice_models(lm, windows, hook: str, cfg: AnalyzeConfig, models: dict) -> dict:
+    """CE/KL of every dictionary spliced into the store's language model (``splice_setup``)."""
+    res = splice_eval(lm.bridge, windows, hook, models, cfg.ce_batch_size)
     return res | {"windows": len(windows), "ctx": cfg.ce_ctx}
 
 

@@ -10,16 +10,18 @@ so they are the rows the dictionaries were not trained on). Three runs per batch
 * CE recovered = (CE_zero - CE_spliced) / (CE_zero - CE_clean): 1 = as good as the model, 0 = as bad as
   zero-ablating the hook.
 
-The windows are the test split's text as the harvest fed it to the model (``heldout_windows``: never across
-a jump between non-adjacent test chunks, the harvest's document separator put back). The BOS token
-prepended to each window and those separators are left untouched in every run (the harvest stores neither,
-so no dictionary has seen their rows); every other position is replaced. Shapes: W = windows, T = tokens
-per window, V = vocabulary.
+The windows are the test split's text as the harvest fed it to the model (``heldout_windows``: its window
+prefix (BOS) first, never across a jump between non-adjacent test chunks, the harvest's document separator
+put back, the end of a stretch in a shorter, right-padded window). The prefix and those separators are left
+untouched in every run (the harvest stores neither, so no dictionary has seen their rows); every other real
+position is replaced, and every prediction of a real token counts. Shapes: W = windows, T = tokens per
+window, V = vocabulary.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -32,30 +34,46 @@ class SpliceError(ActdictError, ValueError):
     """The CE/KL evaluation cannot run on this store or model (the message says what to change)."""
 
 
-def heldout_windows(store, chunks: Sequence[int], n_windows: int, ctx: int, bos_id: int | None,
-                    sep_id: int | None = None, join_docs: bool = True) -> tuple[Tensor, Tensor]:
-    """Windows of the test split's text as the harvest fed it to the model -> (tokens [W, T], spliced [W, T]
-    bool: the positions whose activation a dictionary replaces), T = ctx (+ 1 with a BOS first).
+@dataclass(frozen=True)
+class Windows:
+    """Held-out windows [W, T] of token ids, right-padded: ``spliced`` marks the positions whose activation a
+    dictionary replaces (document tokens), ``real`` every position that is not padding."""
+
+    tokens: Tensor  # [W, T] int64
+    spliced: Tensor  # [W, T] bool
+    real: Tensor  # [W, T] bool
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+def heldout_windows(store, chunks: Sequence[int], n_windows: int, ctx: int, prefix: Sequence[int] = (),
+                    sep: Sequence[int] = (), join_docs: bool = True, pad_id: int = 0) -> Windows:
+    """Up to ``n_windows`` windows of the test split's text as the harvest fed it to the model: ``prefix``
+    (its BOS) then ``ctx`` tokens (T = len(prefix) + ctx).
 
     The stored rows of adjacent chunks are the harvest's token stream (without its window prefixes and
-    separators, which are not stored); a window never spans two chunks that are not adjacent (their join is
-    no text the model read: what is left of a stretch, less than ctx tokens, is dropped). Between two
-    documents inside a stretch the harvest's separator ``sep_id`` (its ``join_with_eos``) is put back, not
-    spliced, as the BOS is not: no dictionary has seen their rows. ``join_docs`` False (a ``per_doc``
-    harvest, whose windows never joined documents): a window never spans two documents either, nor a row the
-    harvest left out (a gap in a document's positions). Rows without a token id (vectors) are left out."""
-    out, stretch = [], ([], [])  # windows (tokens [ctx], spliced [ctx]); the stretch's pieces
+    separators, which are not stored): a window never spans two chunks that are not adjacent, a row the
+    harvest left out (a gap in a document's positions: ``harvest.skip_special``; a document left out whole),
+    nor, when not ``join_docs`` (a ``per_doc`` harvest), two documents. Between two documents of a stretch
+    the harvest's separator ``sep`` (its ``join_with_eos``) is put back. Each stretch gives windows of ctx
+    tokens and, for what is left, one shorter window padded with ``pad_id`` (not ``real``: a causal model's
+    earlier positions do not see it). Prefix and separators are not ``spliced``: no dictionary has seen their
+    rows. Rows without a token id (vectors) are left out."""
+    out, stretch = [], ([], [])  # windows (tokens [n], spliced [n], n <= ctx); the stretch's pieces
     last = (None, 0, 0)  # (chunk, doc, pos) of the stretch's last row
+    sep_ids = np.asarray(sep, np.int64)
 
-    def cut() -> None:  # the stretch's whole windows into out
+    def cut() -> None:  # the stretch's windows into out
         toks, flags = (np.concatenate(p) if p else np.empty(0, t) for p, t in zip(stretch, (np.int64, bool),
                                                                                    strict=True))
-        w = min(len(toks) // ctx, n_windows - len(out))
-        out.extend((toks[i * ctx:(i + 1) * ctx], flags[i * ctx:(i + 1) * ctx]) for i in range(w))
+        for a in range(0, len(toks), ctx):
+            if len(out) < n_windows and len(prefix) + len(toks[a:a + ctx]) >= 2:  # one prediction at least
+                out.append((toks[a:a + ctx], flags[a:a + ctx]))
         stretch[0].clear(), stretch[1].clear()
 
     for c in chunks:
-        if len(out) == n_windows:
+        if len(out) >= n_windows:
             break
         rows = store.read_chunk(c, raw=True)
         has = rows.token_ids >= 0
@@ -67,27 +85,32 @@ def heldout_windows(store, chunks: Sequence[int], n_windows: int, ctx: int, bos_
             last = (c, doc[0], pos[0] - 1)
         doc_before, pos_before = np.append(last[1], doc[:-1]), np.append(last[2], pos[:-1])  # [n]
         new_doc = doc != doc_before  # [n]
-        gap = ~new_doc & (pos != pos_before + 1)  # a row left out (harvest.skip_special)
+        gap = np.where(new_doc, (doc != doc_before + 1) | (pos != 0), pos != pos_before + 1)  # a row left out
         starts = np.union1d([0], np.flatnonzero(new_doc | gap))  # [s] rows where a piece of the stream starts
         for a, b in zip(starts, np.append(starts[1:], len(ids)), strict=True):
             if gap[a] or new_doc[a] and not join_docs:
                 cut()
-            elif new_doc[a] and sep_id is not None:
-                stretch[0].append(np.array([sep_id], np.int64)), stretch[1].append(np.zeros(1, bool))
+            elif new_doc[a] and len(sep_ids):
+                stretch[0].append(sep_ids), stretch[1].append(np.zeros(len(sep_ids), bool))
             stretch[0].append(ids[a:b]), stretch[1].append(np.ones(b - a, bool))
         last = (c, doc[-1], pos[-1])
         if sum(len(t) for t in stretch[0]) >= (n_windows - len(out)) * ctx:
             cut()
     cut()
     if not out:
-        raise SpliceError(f"the test chunks hold no stretch of {ctx} consecutive tokens (store rows without "
-                          "token ids cannot be spliced): lower analyze.ce_ctx or set analyze.ce_loss=false")
-    win = torch.as_tensor(np.stack([t for t, _ in out]))  # [W, ctx]
-    spliced = torch.as_tensor(np.stack([f for _, f in out]))  # [W, ctx]
-    if bos_id is not None:
-        win = torch.cat([torch.full((len(win), 1), int(bos_id), dtype=torch.long), win], dim=1)
-        spliced = torch.cat([torch.zeros(len(win), 1, dtype=torch.bool), spliced], dim=1)
-    return win, spliced
+        raise SpliceError("the test chunks hold no token ids to make a window of (store rows without token "
+                          "ids cannot be spliced): set analyze.ce_loss=false")
+    w, head = len(out), len(prefix)
+    tokens = torch.full((w, head + ctx), int(pad_id), dtype=torch.long)  # [W, T]
+    spliced = torch.zeros(w, head + ctx, dtype=torch.bool)  # [W, T]
+    real = torch.zeros(w, head + ctx, dtype=torch.bool)  # [W, T]
+    tokens[:, :head] = torch.as_tensor(np.asarray(prefix, np.int64))
+    real[:, :head] = True
+    for i, (t, f) in enumerate(out):
+        tokens[i, head:head + len(t)] = torch.as_tensor(t)
+        spliced[i, head:head + len(t)] = torch.as_tensor(f)
+        real[i, head:head + len(t)] = True
+    return Windows(tokens, spliced, real)
 
 
 def next_token_ce(logits: Tensor, tokens: Tensor) -> Tensor:
@@ -133,10 +156,10 @@ def dictionary_fn(model) -> Callable[[Tensor], Tensor]:
 
 
 @torch.no_grad()
-def splice_eval(bridge, windows: Tensor, hook: str, models: dict[str, object], batch_size: int = 4,
-                spliced: Tensor | None = None) -> dict:
-    """Clean, zero-ablation and spliced CE (and KL to clean) of ``models`` at ``hook`` over ``windows`` [W, T]
-    (``heldout_windows``), replacing the positions ``spliced`` [W, T] bool (None: every one).
+def splice_eval(bridge, windows: Windows, hook: str, models: dict[str, object], batch_size: int = 4) -> dict:
+    """Clean, zero-ablation and spliced CE (and KL to clean) of ``models`` at ``hook`` over ``windows``
+    (``heldout_windows``), replacing the positions ``windows.spliced``; every prediction of a real token
+    counts (not those of padding).
 
     -> {"ce_clean": float, "ce_zero": float, "n_tokens": int,
         "models": {name: {"ce": float, "kl": float, "ce_recovered": float}}}"""
@@ -145,21 +168,25 @@ def splice_eval(bridge, windows: Tensor, hook: str, models: dict[str, object], b
     sums = {"clean": 0.0, "zero": 0.0} | {n: 0.0 for n in fns}
     kls = {n: 0.0 for n in fns}
     count = 0
-    spliced = torch.ones(windows.shape, dtype=torch.bool) if spliced is None else spliced
     for s in range(0, len(windows), batch_size):
-        tok = windows[s : s + batch_size].to(dev)  # [W, T]
-        where = spliced[s : s + batch_size].to(dev)  # [W, T]
+        tok = windows.tokens[s : s + batch_size].to(dev)  # [W, T]
+        where = windows.spliced[s : s + batch_size].to(dev)  # [W, T]
+        counted = windows.real[s : s + batch_size, 1:].to(dev)  # [W, T-1] predictions of real tokens
+
+        def total(per_position: Tensor, counted: Tensor = counted) -> float:  # [W, T-1] -> counted sum
+            return float(per_position.double()[counted].sum())
+
         clean = bridge.run_with_hooks(tok, fwd_hooks=[], return_type="logits")  # [W, T, V]
-        sums["clean"] += float(next_token_ce(clean, tok).double().sum())
+        sums["clean"] += total(next_token_ce(clean, tok))
         zero = bridge.run_with_hooks(tok, fwd_hooks=[(hook, _replace_hook(torch.zeros_like, where))],
                                      return_type="logits")
-        sums["zero"] += float(next_token_ce(zero, tok).double().sum())
+        sums["zero"] += total(next_token_ce(zero, tok))
         for name, f in fns.items():
             logits = bridge.run_with_hooks(tok, fwd_hooks=[(hook, _replace_hook(f, where))],
                                            return_type="logits")
-            sums[name] += float(next_token_ce(logits, tok).double().sum())
-            kls[name] += float(kl_per_position(clean, logits).double().sum())
-        count += tok.shape[0] * (tok.shape[1] - 1)
+            sums[name] += total(next_token_ce(logits, tok))
+            kls[name] += total(kl_per_position(clean, logits))
+        count += int(counted.sum())
     ce_clean, ce_zero = sums["clean"] / count, sums["zero"] / count
     return {"ce_clean": ce_clean, "ce_zero": ce_zero, "n_tokens": count,
             "models": {n: {"ce": sums[n] / count, "kl": kls[n] / count,

@@ -5,7 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-from actdict.analyze.splice import SpliceError, ce_recovered, heldout_windows, next_token_ce, splice_eval
+from actdict.analyze.splice import (
+    SpliceError,
+    Windows,
+    ce_recovered,
+    heldout_windows,
+    next_token_ce,
+    splice_eval,
+)
 from actdict.harvest.store import StoreWriter, open_store
 from actdict.train.protocol import Dictionary, Forward, make
 
@@ -50,26 +57,53 @@ def store(tmp_path_factory):
 
 def test_heldout_windows(store):
     """Windows are the harvest's text: stretches of adjacent chunks (64 rows each; the store's documents are
-    50 rows long), the harvest's separator back between documents and left unspliced, as the BOS is."""
+    50 rows long), the harvest's separator back between documents and left unspliced, as the BOS is, and
+    the end of each stretch in a right-padded window."""
     st, ids = store
     sep = np.array([99])
-    win, spliced = heldout_windows(st, [2, 0], n_windows=3, ctx=10, bos_id=7)  # chunk 2 (rows 128..191)
-    assert win.shape == spliced.shape == (3, 11) and (win[:, 0] == 7).all() and not spliced[:, 0].any()
-    assert win[:, 1:].tolist() == ids[128:158].reshape(3, 10).tolist() and spliced[:, 1:].all()
-    win, spliced = heldout_windows(st, [2], n_windows=3, ctx=10, bos_id=7, sep_id=99)  # doc 3 at row 150
-    assert win[:, 1:].flatten().tolist() == np.concatenate([ids[128:150], sep, ids[150:157]]).tolist()
-    assert (~spliced).flatten().nonzero()[:, 0].tolist() == [0, 11, 22, 25]  # 3 BOS, the separator
+    w = heldout_windows(st, [2, 0], n_windows=3, ctx=10, prefix=(7,))  # chunk 2 (rows 128..191)
+    assert w.tokens.shape == w.spliced.shape == w.real.shape == (3, 11) and len(w) == 3
+    assert (w.tokens[:, 0] == 7).all() and not w.spliced[:, 0].any() and w.real.all()
+    assert w.tokens[:, 1:].tolist() == ids[128:158].reshape(3, 10).tolist() and w.spliced[:, 1:].all()
+    w = heldout_windows(st, [2], n_windows=3, ctx=10, prefix=(7,), sep=(99,))  # doc 3 begins at row 150
+    assert w.tokens[:, 1:].flatten().tolist() == np.concatenate([ids[128:150], sep, ids[150:157]]).tolist()
+    assert (~w.spliced).flatten().nonzero()[:, 0].tolist() == [0, 11, 22, 25]  # 3 BOS, the separator
     # adjacent chunks 0 and 1 are one stretch (rows 0..6 have no token id): documents break at rows 50, 100
-    win, spliced = heldout_windows(st, [0, 1], n_windows=100, ctx=10, bos_id=None, sep_id=99)
-    stream = np.concatenate([ids[7:50], sep, ids[50:100], sep, ids[100:128]])  # 123 tokens: 12 windows
-    assert win.flatten().tolist() == stream[:120].tolist() and (~spliced).sum() == 2
-    # chunks 0 and 2 are not adjacent: no window joins them; what is left of chunk 0 (7 of 57) is dropped
-    win, _ = heldout_windows(st, [0, 2], n_windows=100, ctx=10, bos_id=None)
-    assert win.tolist() == [*ids[7:57].reshape(5, 10).tolist(), *ids[128:188].reshape(6, 10).tolist()]
-    win, _ = heldout_windows(st, [0, 1], n_windows=100, ctx=10, bos_id=None, join_docs=False)  # per_doc
-    assert win.tolist() == [ids[a:a + 10].tolist() for a in (7, 17, 27, 37, 50, 60, 70, 80, 90, 100, 110)]
-    with pytest.raises(SpliceError, match="ce_ctx"):
-        heldout_windows(st, [0], n_windows=1, ctx=1000, bos_id=None)
+    w = heldout_windows(st, [0, 1], n_windows=100, ctx=10, sep=(99,), pad_id=5)
+    stream = np.concatenate([ids[7:50], sep, ids[50:100], sep, ids[100:128]])  # 123 tokens: 12 windows + 3
+    assert len(w) == 13 and w.tokens[:12].flatten().tolist() == stream[:120].tolist()
+    assert w.tokens[12].tolist() == [*stream[120:], *[5] * 7]  # padded with pad_id
+    assert w.real[12].tolist() == [True] * 3 + [False] * 7
+    assert (w.real & ~w.spliced).sum() == 2 and w.real[:12].all()  # the two separators
+    # chunks 0 and 2 are not adjacent: no window joins them; each stretch ends in a padded window
+    w = heldout_windows(st, [0, 2], n_windows=100, ctx=10)
+    assert [int(r.sum()) for r in w.real] == [10] * 5 + [7] + [10] * 6 + [4]
+    assert w.tokens[5, :7].tolist() == ids[57:64].tolist() and w.tokens[6].tolist() == ids[128:138].tolist()
+    w = heldout_windows(st, [0, 1], n_windows=100, ctx=10, join_docs=False)  # per_doc: one document each
+    starts = [(a, min(10, b - a)) for lo, hi in ((7, 50), (50, 100), (100, 128)) for a in range(lo, hi, 10)
+              for b in [hi]]
+    assert [w.tokens[i, :n].tolist() for i, (a, n) in enumerate(starts)] == [ids[a:a + n].tolist()
+                                                                              for a, n in starts]
+    assert len(w) == len(starts) == 13
+
+
+def test_heldout_windows_cut_where_the_harvest_left_rows_out(tmp_path):
+    """A gap in a document's positions (a skipped special token), a document missing whole, a document not
+    starting at position 0: no window spans them; a real document boundary gets the separator."""
+    docs = [(0, range(0, 10)), (0, range(11, 20)), (2, range(0, 10)), (3, range(3, 10)), (4, range(0, 5))]
+    doc = np.concatenate([[d] * len(p) for d, p in docs])
+    pos = np.concatenate([list(p) for _, p in docs])
+    ids = np.arange(len(doc)) + 1000
+    with StoreWriter(str(tmp_path / "s"), {"hook": HOOK}, 2, "float32", 64, 64) as wr:
+        wr.append(np.zeros((len(doc), 2), np.float32), ids, doc, pos)
+    w = heldout_windows(open_store(str(tmp_path / "s")), [0], n_windows=100, ctx=20, sep=(99,))
+    got = [w.tokens[i][w.real[i]].tolist() for i in range(len(w))]
+    assert got == [ids[0:10].tolist(), ids[10:19].tolist(), ids[19:29].tolist(),
+                   [*ids[29:36], 99, *ids[36:41]]]
+    with StoreWriter(str(tmp_path / "v"), {"hook": HOOK}, 2, "float32", 64, 64) as wr:
+        wr.append(np.zeros((8, 2), np.float32), np.full(8, -1), np.arange(8), np.zeros(8))
+    with pytest.raises(SpliceError, match="no token ids"):
+        heldout_windows(open_store(str(tmp_path / "v")), [0], n_windows=1, ctx=4)
 
 
 def test_ce_by_hand():
@@ -88,8 +122,9 @@ def test_identity_zero_and_real_dictionary(lm):
     real = make("sae_l1", d, 64, seed=0)
     spliced = torch.ones(windows.shape, dtype=torch.bool)
     spliced[:, 0] = False  # the BOS
-    res = splice_eval(lm.bridge, windows, HOOK, {"id": Identity(d, d), "zero": Zero(d, d), "sae": real},
-                      batch_size=1, spliced=spliced)
+    win = Windows(windows, spliced, torch.ones(windows.shape, dtype=torch.bool))
+    res = splice_eval(lm.bridge, win, HOOK, {"id": Identity(d, d), "zero": Zero(d, d), "sae": real},
+                      batch_size=1)
     assert res["n_tokens"] == 2 * 16
     assert res["ce_zero"] != res["ce_clean"]
     m = res["models"]
@@ -99,7 +134,14 @@ def test_identity_zero_and_real_dictionary(lm):
     # the clean CE equals the bridge's own loss on the same windows
     with torch.no_grad():
         loss = lm.bridge(windows, return_type="loss")
-    assert res["ce_clean"] == pytest.approx(float(loss), rel=1e-5)
+        assert res["ce_clean"] == pytest.approx(float(loss), rel=1e-5)
+        # padding (window 1 ends after 12 tokens) is in no prediction: the CE of the unpadded texts
+        real = torch.ones(windows.shape, dtype=torch.bool)
+        real[1, 12:] = False
+        res = splice_eval(lm.bridge, Windows(windows, spliced & real, real), HOOK, {"id": Identity(d, d)})
+        short = [float(lm.bridge(t, return_type="loss")) for t in (windows[:1], windows[1:, :12])]
+        assert res["n_tokens"] == 16 + 11 and res["models"]["id"]["ce_recovered"] == 1.0
+        assert res["ce_clean"] == pytest.approx((16 * short[0] + 11 * short[1]) / 27, rel=1e-5)
 
 
 def _run_main(tmp_path, monkeypatch, model_name, d, models):
@@ -138,16 +180,22 @@ def test_ce_loss_refuses_an_encoder(tmp_path, monkeypatch):
         _run_main(tmp_path, monkeypatch, "all-MiniLM-L6-v2", 384, {"id": Identity(384, 384)})
 
 
-def test_windows_are_the_text_the_harvest_fed(lm, tmp_path):
-    """A real harvest (random Pythia, documents joined with EOS, one literal <|endoftext|> in a text whose
-    row skip_special leaves out): the CE windows over every chunk are the harvest's token stream, its window
-    bodies one after the other (BOS prefixes and padding off), cut at the left-out token."""
+@pytest.mark.parametrize("made", [{}, {"join_with_eos": False}, {"prepend_bos": False},
+                                  {"window_mode": "per_doc"}])
+def test_windows_are_the_text_the_harvest_fed(lm, tmp_path, made):
+    """A real harvest (random Pythia; one literal <|endoftext|> in a text, whose row skip_special leaves out)
+    under each way of joining and starting windows: the CE windows of the analysis (``splice_setup``, which
+    reads the store's manifest) are its documents as the harvest fed them: the window prefix (BOS) as the
+    harvest's, the separator between documents when it joined them with one, cut at the left-out token and,
+    per_doc, at every document, each stretch's end in a padded window."""
     import json
 
+    from actdict.analyze.config import AnalyzeConfig
+    from actdict.analyze.run import splice_setup
     from actdict.config import Common, build
     from actdict.harvest.config import HarvestConfig
     from actdict.harvest.run import main as harvest
-    from actdict.harvest.sources import iter_documents, token_windows
+    from actdict.harvest.sources import iter_documents
 
     texts = ["The ferry leaves at nine, rain or shine, and the gulls follow it out.", "Owls are quiet at "
              "night <|endoftext|> and loud at dawn in the old barn.", "A tidy kitchen makes a calm cook; "
@@ -156,20 +204,20 @@ def test_windows_are_the_text_the_harvest_fed(lm, tmp_path):
     cfg = build(HarvestConfig, {"model": str(lm.path), "hooks": [HOOK], "ctx": 12, "chunk_rows": 16,
                                 "shard_rows": 32, "max_tokens": None, "device": "cpu",
                                 "store_dtype": "float32",
-                                "source": {"kind": "files", "path": str(tmp_path / "docs.jsonl")}})
+                                "source": {"kind": "files", "path": str(tmp_path / "docs.jsonl")}} | made)
     common = Common(run_dir=str(tmp_path / "run"))
     harvest(common, cfg)
     st = open_store(common.store_path)
+    eos = lm.eos_id  # Pythia: BOS = EOS = <|endoftext|>
     docs = [lm.tokenizer(t, add_special_tokens=False)["input_ids"] for t in iter_documents(cfg.source)]
-    eos = lm.eos_id
-    stream = np.concatenate([w.tokens[1:len(w.tokens) - w.n_pad]  # the body the model read after its BOS
-                             for w in token_windows(docs, 12, "concat", (eos,), (), (eos,), eos)])
-    cut_at = int(np.flatnonzero(stream == eos)[1])  # EOS 0, 2 and 3 separate the documents, 1 is the literal
-    assert (stream == eos).sum() == 4 and cut_at < len(stream)
+    cut = docs[1].index(eos)  # the literal, left out of the store
+    d0, d1a, d1b, d2, d3 = docs[0], docs[1][:cut], docs[1][cut + 1:], docs[2], docs[3]
+    prefix, sep = [eos] if cfg.prepend_bos else [], [eos] if cfg.join_with_eos else []
+    stretches = [d0, d1a, d1b, d2, d3] if cfg.window_mode == "per_doc" else [d0 + sep + d1a,
+                                                                                d1b + sep + d2 + sep + d3]
     ctx = 5
-    win, spliced = heldout_windows(st, range(st.num_chunks), 100, ctx, eos, eos)
-    before, after = stream[:cut_at], stream[cut_at + 1:]
-    whole = [s[:len(s) // ctx * ctx] for s in (before, after)]  # each stretch's whole windows
-    want = np.concatenate(whole).reshape(-1, ctx)
-    assert st.num_chunks > 2 and win[:, 1:].tolist() == want.tolist()
-    assert spliced[:, 1:].tolist() == (want != eos).tolist() and (want == eos).sum() == 3  # the separators
+    want = [prefix + t[a:a + ctx] for t in stretches for a in range(0, len(t), ctx)]
+    _, w = splice_setup(AnalyzeConfig(ce_windows=100, ce_ctx=ctx), st, list(range(st.num_chunks)), "cpu")
+    assert st.num_chunks > 2 and [w.tokens[i][w.real[i]].tolist() for i in range(len(w))] == want
+    held = w.tokens[w.real & ~w.spliced]  # the prefixes and the separators: never spliced; every EOS is one
+    assert held.tolist() == [eos] * int((w.tokens[w.real] == eos).sum()) and len(held) >= len(prefix) * len(w)
