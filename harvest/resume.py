@@ -103,8 +103,8 @@ def check_manifest(found: dict, expected: dict, where: str) -> None:
     if keys:
         diff = "; ".join(f"{k}: store {found.get(k)!r}, this run {expected.get(k)!r}" for k in keys[:4])
         raise HarvestError(f"{where} does not match this harvest ({diff}): the model, its files or the "
-                           "source files changed since the store was started; delete the store to harvest "
-                           "again, or set store / run_dir to another folder")
+                           "source files changed since the store was started, or an earlier actdict began "
+                           "it; delete the store to harvest again, or set store / run_dir to another folder")
 
 
 def growable(manifests: dict[str, dict], harvest_cfg: dict) -> bool:

@@ -296,6 +296,8 @@ def harvest(common: Common, cfg: HarvestConfig, ranks: Ranks, grow: bool = False
             "numerics": f"forward {cfg.dtype} on {device}, stored {cfg.store_dtype}",
             "corpus": describe_source(cfg.source), "source_fingerprint": source_fingerprint(cfg.source),
             "kind": lm.kind, "harvest": to_dict(cfg)}
+    if lm.kind == "encoder":  # what its attention mask hides: stores begun before 2026-12-06 hid a window's
+        base["attention_mask"] = "padding"  # final [SEP] after a separator, so they neither resume nor grow
     want = {h: new_manifest(base | {"hook": h}, dims[h], cfg.store_dtype, cfg.shard_rows, cfg.chunk_rows)
             for h in hooks}
     if ranks.rank == 0:

@@ -274,6 +274,12 @@ def test_store_from_another_model_or_corpus_is_refused(tmp_path):
     manifest.write_text(json.dumps(m | {"d": 512, "complete": False}))  # as if another model's width
     with pytest.raises(HarvestError, match=r"does not match this harvest \(d: store 512, this run 384\)"):
         harvest(tmp_path / "run", source=src, max_tokens=12)
+    assert m["attention_mask"] == "padding"  # an encoder's; a store begun before it recorded none:
+    old = {k: v for k, v in m.items() if k != "attention_mask"} | {"complete": False}
+    manifest.write_text(json.dumps(old))
+    with pytest.raises(HarvestError, match=r"\(attention_mask: store None, this run 'padding'\).*or an "
+                                           "earlier actdict began it"):
+        harvest(tmp_path / "run", source=src, max_tokens=12)
     manifest.write_text(json.dumps(m | {"complete": False}))
     docs.write_text(docs.read_text() + '{"text": "A new document."}\n')  # the corpus changed
     with pytest.raises(HarvestError, match="source_fingerprint.*source files changed"):
