@@ -288,6 +288,11 @@ def read_labels(path: str, n_rows: int) -> tuple[np.ndarray | None, list]:
         raise AnalyzeError(f"analyze.labels: {p} is an .npz archive; save the labels alone with np.save")
     if lab.shape != (n_rows,):
         raise AnalyzeError(f"analyze.labels: {p} has shape {lab.shape}, the store has {n_rows} rows")
+    if lab.dtype.kind == "S":  # bytes: the labels as text (summary.json holds them)
+        lab = np.char.decode(lab, "utf-8", errors="replace")
+    if lab.dtype.kind not in "biufU":
+        raise AnalyzeError(f"analyze.labels: {p} holds {lab.dtype} values; labels are integers, floats, "
+                           "booleans or strings")
     missing = missing_labels(lab)  # [n_rows]
     if missing.all():
         raise AnalyzeError(f"analyze.labels: every label in {p} is missing (NaN or empty): there is no class "
@@ -301,7 +306,7 @@ def read_labels(path: str, n_rows: int) -> tuple[np.ndarray | None, list]:
 def missing_labels(lab: np.ndarray) -> np.ndarray:
     """[n] bool: the labels that are missing, NaN (a float array) or an empty or blank string; numbers and
     other strings are classes (a .npy of labels holds no None: object arrays are refused)."""
-    if lab.dtype.kind in "fc":
+    if lab.dtype.kind == "f":
         return np.isnan(lab)
     if lab.dtype.kind in "US":
         return np.char.strip(lab) == lab.dtype.type()

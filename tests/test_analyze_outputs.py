@@ -206,7 +206,7 @@ def test_a_training_warning_reaches_the_summary_the_table_and_the_report(tmp_pat
     assert "training warned: sae: its reconstruction error" in html and "&lt;b&gt;learned&lt;/b&gt;" in html
 
 
-@pytest.mark.parametrize("kind", ["float", "str"])
+@pytest.mark.parametrize("kind", ["float", "str", "bytes"])
 def test_rows_without_a_label_are_left_out_of_the_per_class_ad(tmp_path, monkeypatch, capsys, kind):
     """NaN (a float array) or an empty / blank string is no class: those rows are in no ad_class entry, their
     count is ad_class_unlabelled and one note; the other classes' numbers are those of a file where the same
@@ -217,10 +217,12 @@ def test_rows_without_a_label_are_left_out_of_the_per_class_ad(tmp_path, monkeyp
         gone = rows % 3 == 0  # [96] the rows without a label
         missing = np.where(gone, np.nan, (rows % 3).astype(float))
         own, expect = np.where(gone, 9.0, missing), [1.0, 2.0]
-    else:
+    else:  # bytes labels are read as UTF-8 text
         gone = np.isin(rows % 4, [0, 3])
-        missing = np.array(["", "one", "two", " "])[rows % 4]  # "" and " ": no label
-        own, expect = np.where(gone, "zz", missing), ["one", "two"]
+        missing = np.array(["", "one", "t\u00e9", " "])[rows % 4]  # "" and " ": no label
+        own, expect = np.where(gone, "zz", missing), ["one", "t\u00e9"]
+        if kind == "bytes":
+            missing = np.char.encode(missing, "utf-8")
     cfg = {"device": "cpu", "n_features": 2, "top_k": 2, "context": 1}
     np.save(run_dir / "own.npy", own)
     run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(**cfg, labels=str(run_dir / "own.npy")))
@@ -244,10 +246,16 @@ def test_rows_without_a_label_are_left_out_of_the_per_class_ad(tmp_path, monkeyp
         run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(**cfg, labels=str(run_dir / "none.npy")))
 
 
-@pytest.mark.parametrize("kind", ["object", "npz", "text"])
+@pytest.mark.parametrize("kind", ["object", "npz", "text", "complex"])
 def test_labels_that_are_no_plain_array_are_one_line(tmp_path, monkeypatch, kind):
     run_dir = _run_dir(tmp_path, monkeypatch)
     path = run_dir / ("labels.npz" if kind == "npz" else "labels.npy")
+    if kind == "complex":  # before the pass, not when summary.json is written
+        np.save(path, np.arange(96) * 1j)
+        with pytest.raises(run.AnalyzeError, match="holds complex128 values; labels are integers"):
+            run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(device="cpu", labels=str(path)))
+        assert not (run_dir / "summary.json").exists()
+        return
     if kind == "object":
         np.save(path, np.array([{"a": 1}] * 96, dtype=object), allow_pickle=True)
     elif kind == "npz":
