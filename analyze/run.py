@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -91,9 +92,12 @@ def check(common: Common, cfg: AnalyzeConfig) -> None:
 
 def main(common: Common, cfg: AnalyzeConfig) -> None:
     """Analyse the run's dictionaries, holding the run folder's analysis lock (two analyses of one folder
-    would write the same report files; a training may run beside it)."""
+    would write the same report files; a training may run beside it). Under torchrun only rank 0 analyses
+    (the others return at once: the analysis is one process's work)."""
     from actdict.lock import ANALYZE_LOCK, folder_lock
 
+    if int(os.environ.get("RANK", 0)) > 0:  # under torchrun (`actdict run` after a DDP training): one writer
+        return
     with folder_lock(common.run_dir, f"run folder {common.run_dir} (analysis)", name=ANALYZE_LOCK):
         _main(common, cfg)
 

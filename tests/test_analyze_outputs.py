@@ -283,3 +283,15 @@ def test_held_out_batches_run_across_chunks(tmp_path):
         rows = np.concatenate([r for _, r in got])
         assert rows.tolist() == want[:sum(sizes)].tolist()
         np.testing.assert_array_equal(np.concatenate([a for a, _ in got]), acts[rows])
+
+
+def test_under_torchrun_only_rank_0_analyses(tmp_path, monkeypatch):
+    """`torchrun ... actdict run`: the analysis after the DDP training is rank 0's alone."""
+    run_dir = _run_dir(tmp_path, monkeypatch)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(device="cpu", n_features=2))
+    assert not (run_dir / "summary.json").exists() and not (run_dir / "report.html").exists()
+    monkeypatch.setenv("RANK", "0")
+    run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(device="cpu", n_features=2))
+    assert (run_dir / "summary.json").is_file()
