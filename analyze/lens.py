@@ -258,8 +258,12 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--file {a.file}: {e.strerror or e}")
     try:
         data = load_experiment(a.config, a.overrides)
+        from actdict.analyze.config import AnalyzeConfig
         from actdict.harvest.config import HarvestConfig
+        from actdict.train.config import TrainConfig
 
+        for name, cls in (("train", TrainConfig), ("analyze", AnalyzeConfig)):
+            section(data, name, cls)  # unread here, but checked as the stages check them: a typo is refused
         res = lens(common_of(data), section(data, "harvest", HarvestConfig), text, a.dicts, a.top, a.hook)
     except ActdictError as e:  # ConfigError included
         return print_error("actdict lens", e)

@@ -138,6 +138,9 @@ def test_cli_errors_name_the_problem(run, capsys):
     assert main([str(bad), "x"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("actdict lens: config error:") and "ctxx" in err
+    for typo in ("train.epochss=3", "analyze.topk=3"):  # sections the lens does not read: checked alike
+        assert main([str(cfg_path), "x", "--set", typo]) == 2
+        assert typo.split("=")[0].split(".")[1] in capsys.readouterr().err
     hint = "overrides go after --set here: --set run_dir=/a"
     for args, said in ((["--file", "/nonexistent/text.txt"], "--file /nonexistent/text.txt: No such file"),
                        (["x", "run_dir=/a"], hint), (["run_dir=/a", "x"], hint),
