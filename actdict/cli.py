@@ -48,9 +48,9 @@ def prepare(stage: str, data: dict) -> tuple[Any, Callable[[], None]]:
     if hasattr(module, "check"):
         module.check(common, cfg)
 
-    def go() -> None:
+    def go(**kw: Any) -> None:
         set_threads(common.threads)
-        module.main(common, cfg)
+        module.main(common, cfg, **kw)
 
     return cfg, go
 
@@ -99,6 +99,14 @@ def check_train_hook(hooks: list[str], hook: str) -> None:
                           "train.hook=HOOK")
     if hook and not any(fnmatch.fnmatchcase(hook, hook_pattern(h) or h) for h in hooks):
         raise ConfigError(f"train.hook={hook!r} is not among the hooks the harvest writes ({hooks})")
+
+
+def check_trained_hook(hooks: list[str], hook: str) -> None:
+    """``train.hook`` is one of the hooks the harvest writes, as the model expands ``harvest.hooks`` (called
+    by the harvest of ``run`` before its first forward: a block the model lacks stops it there)."""
+    if hook not in hooks:
+        raise ConfigError(f"train.hook={hook!r} is not among the hooks the harvest writes for this model "
+                          f"({hooks})")
 
 
 def set_threads(n: int) -> None:
@@ -171,10 +179,13 @@ def _main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"{args.config} has no harvest section: nothing to harvest (its store is "
                               "used as it is by train and analyze)")
         prepared = {stage: prepare(stage, data) for stage in stages}
+        extra: dict[str, dict] = {}
         if args.stage == "run":
             check_run(data, {stage: cfg for stage, (cfg, _) in prepared.items()})
-        for _, go in prepared.values():
-            go()
+            if "harvest" in prepared and (hook := prepared["train"][0].hook):  # once the model named them
+                extra["harvest"] = {"on_hooks": lambda hooks: check_trained_hook(hooks, hook)}
+        for stage, (_, go) in prepared.items():
+            go(**extra.get(stage, {}))
     except ActdictError as e:  # ConfigError included
         return print_error("actdict", e)
     except KeyboardInterrupt:

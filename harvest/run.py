@@ -214,11 +214,12 @@ def shard_rows_of(lm: LoadedModel, work: ShardWork, hooks: list[str], stop: int 
     return out
 
 
-def main(common: Common, cfg: HarvestConfig) -> None:
+def main(common: Common, cfg: HarvestConfig, on_hooks: Callable[[list[str]], None] | None = None) -> None:
     """Harvest ``cfg.hooks`` of ``cfg.model`` on ``cfg.source`` into ``common.store_path``, holding the
-    store's lock (``store_lock``) throughout."""
+    store's lock (``store_lock``) throughout. ``on_hooks``: called with the hook names once the model has
+    expanded ``cfg.hooks``, before anything is computed (it may raise to stop the harvest)."""
     with store_lock(common.store_path):
-        _main(common, cfg)
+        _main(common, cfg, on_hooks)
 
 
 def one_process(cfg: HarvestConfig) -> None:
@@ -230,7 +231,7 @@ def one_process(cfg: HarvestConfig) -> None:
                           "skipped under torchrun too)")
 
 
-def _main(common: Common, cfg: HarvestConfig) -> None:
+def _main(common: Common, cfg: HarvestConfig, on_hooks: Callable[[list[str]], None] | None = None) -> None:
     if cfg.mode != "tokens":  # one row per document (harvest/embed.py) or your own vectors (vectors.py)
         import importlib
 
@@ -245,12 +246,13 @@ def _main(common: Common, cfg: HarvestConfig) -> None:
         return
     ranks = init_ranks()
     try:
-        harvest(common, cfg, ranks, grow)
+        harvest(common, cfg, ranks, grow, on_hooks)
     finally:
         ranks.close()
 
 
-def harvest(common: Common, cfg: HarvestConfig, ranks: Ranks, grow: bool = False) -> None:
+def harvest(common: Common, cfg: HarvestConfig, ranks: Ranks, grow: bool = False,
+            on_hooks: Callable[[list[str]], None] | None = None) -> None:
     """The token harvest of one rank (see module doc). ``grow``: the store is complete with a smaller
     max_tokens; rank 0 reopens it first (``resume.reopen``) and the harvest continues it."""
     from tqdm import tqdm
@@ -263,6 +265,8 @@ def harvest(common: Common, cfg: HarvestConfig, ranks: Ranks, grow: bool = False
     np.random.seed(common.seed)
     torch.manual_seed(common.seed)
     hooks = expand_hooks(lm, cfg.hooks)
+    if on_hooks is not None:
+        on_hooks(hooks)
     if not grow and spelled_otherwise(path, hooks, cfg, say):
         return
     stop = lm.stop_at_layer(hooks)

@@ -185,6 +185,22 @@ def test_pythia_code_path_offline(tmp_path):
     check_aligned(store.read_rows(0, len(store)), ref, docs, 2, rtol=1e-4, atol=1e-5, mask=~special)
 
 
+def test_run_stops_at_a_train_hook_the_model_lacks(tmp_path, capsys):
+    """`actdict run` with hooks [all] and a train.hook past the model's last block: refused once the model has
+    named its hooks, before any row is harvested (it used to harvest every hook, then refuse)."""
+    from actdict.cli import main as actdict_main
+
+    path = make_random_pythia(tmp_path / "pythia")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"run_dir: {tmp_path / 'run'}\nthreads: 1\nharvest: {{model: {path}, hooks: [all], "
+                   f"ctx: 12, max_tokens: 64, device: cpu, source: {{kind: files, path: {TEXTS}}}}}\n"
+                   "train: {hook: blocks.9.hook_resid_post, dicts: [{name: a, variant: sae_l1, k: 8}]}\n")
+    assert actdict_main(["run", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "train.hook='blocks.9.hook_resid_post' is not among the hooks the harvest writes for this" in err
+    assert "'blocks.5.hook_resid_post']" in err and not list((tmp_path / "run").rglob("shards/*"))
+
+
 def test_pythia_config_fails_fast_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf"))  # empty cache
