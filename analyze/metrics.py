@@ -19,8 +19,9 @@ Conventions beyond the paper (no NaN ever comes out):
   split among its nonzero values like any row (AD < L0 = k): an SAE's AD is at most its L0, equal when
   every row has an exact zero.
 * A degenerate row (all values equal, or k == 1) has no split: everything is in the low group
-  (threshold = the common value): AD = k for side "low", 0 for side "high". An all-zero SAE code
-  (all -inf) is such a row: AD = 0 = L0.
+  (threshold = the common value), and ``active_mask`` counts every latent of it active on either side
+  (AD = k: for an SAE, equal nonzero codes, e.g. the one code of a k = 1 dictionary, are all active, as
+  their L0 says), but for a row of -inf alone: an all-zero SAE code has AD = 0 = L0.
 * NaN or +inf activity is an error.
 Near-ties between split costs (relative to the row's total sum of squares, 1e-10) count as ties, so
 floating-point rounding does not change which minimum is "first".
@@ -103,12 +104,16 @@ def otsu_split(values) -> int:
 
 
 def active_mask(activity, side: Side) -> Tensor:
-    """[n, k] bool: which latents are active per sample (side "low": low group, "high": high group)."""
+    """[n, k] bool: which latents are active per sample (side "low": low group, "high": high group; a
+    degenerate row, all of it: module doc)."""
     a = _tensor(activity)
     if side not in ("low", "high"):
         raise ValueError(f"side must be 'low' or 'high', got {side!r}")
     low = a <= otsu_thresholds(a).to(a.dtype)[:, None]  # thresholds are member values: exact cast
-    return low if side == "low" else ~low
+    if side == "low":
+        return low
+    flat = (a == a[:, :1]).all(1) & torch.isfinite(a[:, 0])  # [n] degenerate rows: every latent active
+    return ~low | flat[:, None]
 
 
 def active_dims(activity, side: Side) -> Tensor:

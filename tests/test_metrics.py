@@ -44,7 +44,11 @@ def test_otsu_degenerate_rows():
     assert M.otsu_split([2.5, 2.5, 2.5]) == 3  # all equal: everything in the low group
     assert M.otsu_split([7.0]) == 1
     assert M.active_dims(torch.full((2, 4), 1.0), "low").tolist() == [4, 4]
-    assert M.active_dims(torch.full((2, 4), 1.0), "high").tolist() == [0, 0]
+    assert M.active_dims(torch.full((2, 4), 1.0), "high").tolist() == [4, 4]  # equal nonzero codes: all
+    one = torch.tensor([[-1.2], [-torch.inf]])  # log|z| of a k = 1 SAE: z = 0.3 and z = 0
+    assert M.active_dims(one, "high").tolist() == [1, 0]  # k = 1: a nonzero code is active, a zero is not
+    assert M.active_dims(one, "low").tolist() == [1, 1]
+    assert M.active_dims(torch.full((2, 4), -torch.inf), "high").tolist() == [0, 0]  # all-zero codes
 
 
 def test_batched_equals_1d_and_brute_force():
