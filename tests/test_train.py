@@ -317,6 +317,12 @@ def test_a_refused_resume_says_what_changed_and_resume_drop_resumes_the_rest(sto
     assert read_meta(state)["position"]["step"] == 6
     with pytest.raises(ResumeConflict, match=r"at step 6; b: dict\.lr: 0\.02 -> 0\.03\): rerun that run"):
         main(common, cfg(a, replace(b, lr=0.03)))
+    other = store.read_rows(0, len(store)).acts + 1  # other vectors, the same layout
+    moved = Common(run_dir=common.run_dir, seed=3, store=write_vectors(
+        str(tmp_path / "other"), other, shard_rows=256, chunk_rows=64).path)
+    with pytest.raises(ResumeConflict, match=r"a: store\.content: .*the store changed since that run began "
+                                             r"\(grown, or written again\), so it cannot continue"):
+        main(moved, cfg(a, b))
     with pytest.raises(ResumeConflict, match=r"b: in the state, not in train\.dicts\): to resume \['a'\] and "
                                              r"drop the progress of \['b'\], set train\.resume_drop=\[b\]"):
         main(common, cfg(a))

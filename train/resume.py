@@ -126,14 +126,19 @@ def conflict(meta: dict, hashes: dict[str, str], configs: dict[str, dict], ignor
     extra = sorted(set(held) - set(hashes))
     why = [f"{n}: in the state, not in train.dicts" for n in extra]
     why += [f"{n}: not in the state" for n in sorted(set(hashes) - set(held))]
+    store_only = True  # every change recorded is the store's
     for n in sorted(set(hashes) & set(held)):
         if held[n]["config_hash"] != hashes[n]:
             old = held[n].get("config")
-            what = "; ".join(config_changes(old, configs[n])[:4]) if old else ""
-            why.append(f"{n}: {what or 'another config or store'}")
+            changes = config_changes(old, configs[n]) if old else []
+            store_only = store_only and bool(changes) and all(c.startswith("store.") for c in changes)
+            why.append(f"{n}: {'; '.join(changes[:4]) or 'another config or store'}")
     added = sorted(set(hashes) - set(held))
     changed = why[len(extra) + len(added):]
-    if extra and set(hashes) <= set(held) and not changed:
+    if changed and store_only and not extra and not added:
+        todo = ("the store changed since that run began (grown, or written again), so it cannot continue: "
+                "point `store` at the store it trained on, if you have it")
+    elif extra and set(hashes) <= set(held) and not changed:
         todo = (f"to resume {sorted(hashes)} and drop the progress of {extra}, set "
                 f"train.resume_drop=[{','.join(extra)}]; to continue all, rerun that run's command")
     elif added and not extra and not changed:
