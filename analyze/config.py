@@ -21,7 +21,8 @@ class AnalyzeConfig:
     context: int = 8
     """Tokens of context shown on each side of a top-activating token (never crossing its document)."""
     batch_size: int = 4096
-    """Rows per forward pass during evaluation."""
+    """Rows per forward pass during evaluation, filled across test chunks (the first batch is the paper's
+    "first test batch" of RE 1-sample); memory grows with it ([batch_size, k] codes per dictionary)."""
     max_test_rows: int | None = None
     """Evaluate on at most this many test rows (in test-chunk order); null means the whole test split."""
     density_bins: int = 40

@@ -304,7 +304,7 @@ def cli(argv: list[str] | None = None) -> int:
         if made and os.path.isdir(a.store) and set(os.listdir(a.store)) <= {LOCK_FILE}:
             shutil.rmtree(a.store, ignore_errors=True)  # only the lock file in it: nothing of anyone's
         if isinstance(e, KeyboardInterrupt):
-            print("import: interrupted; the hook it began is removed", file=sys.stderr)
+            print("import: interrupted (an unfinished hook is not kept)", file=sys.stderr)
             return 130
         if not isinstance(e, ActdictError):
             raise

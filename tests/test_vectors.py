@@ -185,20 +185,26 @@ def test_cli(tmp_path, capsys):
 
 
 def test_cli_interrupted(tmp_path, capsys, monkeypatch):
-    """Ctrl-C during an import: one line, status 130, and the store folder it made is gone."""
-    from actdict.harvest import vectors
+    """Ctrl-C part way through an import (after its first block is written): one line, status 130, and
+    neither the hook nor the store folder the import made is left."""
+    from actdict.harvest import store as store_mod
 
     np.save(tmp_path / "v.npy", _x(8))
+    real = store_mod.write_vectors
+    seen = []
 
-    def interrupted(*a, **kw):
-        (tmp_path / "s" / "vectors").mkdir(parents=True)  # as far as the import got (write_vectors removes
-        shutil.rmtree(tmp_path / "s" / "vectors")  # the hook it began when interrupted)
-        raise KeyboardInterrupt
+    def interrupted_after_a_block(path, x, **kw):  # the real writer, fed one block and then a Ctrl-C
+        def blocks():
+            first = next(x)
+            seen.append(len(first))
+            yield first
+            raise KeyboardInterrupt
+        return real(path, blocks(), **kw | {"shard_rows": 4, "chunk_rows": 4})
 
-    monkeypatch.setattr(vectors, "import_vectors", interrupted)
+    monkeypatch.setattr(store_mod, "write_vectors", interrupted_after_a_block)
     assert cli([str(tmp_path / "v.npy"), str(tmp_path / "s")]) == 130
-    assert capsys.readouterr().err == "import: interrupted; the hook it began is removed\n"
-    assert not (tmp_path / "s").exists()
+    assert capsys.readouterr().err == "import: interrupted (an unfinished hook is not kept)\n"
+    assert seen and not (tmp_path / "s").exists()
 
 
 def test_config_mode_vectors_runs_train_and_analyze(tmp_path, capsys):
