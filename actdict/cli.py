@@ -1,7 +1,8 @@
 """Command line: ``actdict {harvest,train,analyze,run} CONFIG [key.sub=value ...]``.
 
 ``actdict export RUN_DIR/dicts/NAME OUT`` writes a trained SAE as SAELens files (``actdict.train.export``);
-``actdict store PATH [--verify]`` describes a store and checks its shards (``actdict.harvest.inspect``);
+``actdict store PATH [--verify | --repair]`` describes a store, checks its shards, drops damaged ones
+(``actdict.harvest.inspect``);
 ``actdict lens CONFIG TEXT`` lists the features each token of a text fires (``actdict.analyze.lens``).
 
 Each stage reads its own section of the experiment YAML; ``run`` runs the three in order.
@@ -32,8 +33,8 @@ _STAGES = {
 _TOOLS = {"export": "actdict.train.export", "store": "actdict.harvest.inspect",
           "lens": "actdict.analyze.lens"}
 _EPILOG = ("also: actdict export RUN_DIR/dicts/NAME OUT (an SAE in SAELens' format); actdict store PATH "
-           "[--verify] (what a store holds; checks every shard); actdict lens CONFIG TEXT (the features each "
-           "token of a text fires). Each takes --help.")
+           "[--verify | --repair] (what a store holds; checks every shard; drops damaged ones); actdict "
+           "lens CONFIG TEXT (the features each token of a text fires). Each takes --help.")
 
 
 def prepare(stage: str, data: dict) -> tuple[Any, Callable[[], None]]:

@@ -202,7 +202,7 @@ def render(summary: dict, pages: dict[str, str] | None = None) -> str:
               for name, m in models.items() if m.get("training_warning")),
             '<p class="note">Hover a column header for its definition. AD, dead/dense latents and density '
             "use the per-row Otsu active mask of each model's activity. L0 counts exact nonzero codes, which "
-            "a VAE's never are: a VAE's sparsity is its AD.</p>",
+            "a VAE's rarely are: a VAE's sparsity is its AD.</p>",
             "<h2>Distributions</h2>", '<div class="figs">', *(f"<div>{f}</div>" for f in figs), "</div>",
             "<h2>Most frequent features: top-activating contexts</h2>",
             *(_features(n, m, pages.get(n)) for n, m in models.items())]

@@ -233,8 +233,8 @@ def summary_lines(summary: dict) -> list[str]:
                              if ce else ""))
     warned = [f"analyze: warning: {name} was saved with a training warning: {m['training_warning']}"
               for name, m in summary["models"].items() if m.get("training_warning")]
-    return lines + ["(AD: active dimensions per row, the paper's Otsu split; L0: exact nonzeros, which a "
-                    "VAE's codes never are; docs/analyze.md)"] + warned
+    return lines + ["(AD: active dimensions per row, the paper's Otsu split; L0: exact nonzeros, not a "
+                    "VAE's sparsity measure; docs/analyze.md)"] + warned
 
 
 def _cell(v: float | None, spec: str) -> str:

@@ -67,7 +67,7 @@ def test_names_and_numbers_present(tmp_path):
     for text in ["sae_alpha", "vaease_beta", "sae_l1", "12.35", "0.9321", "22.5", "8.76", "feature 42",
                  "0.125", "3.25", "1234", "blocks.0.hook_resid_post"]:
         assert text in page, text
-    assert "L0 counts exact nonzero codes, which a VAE's never are: a VAE's sparsity is its AD." in page
+    assert "L0 counts exact nonzero codes, which a VAE's rarely are: a VAE's sparsity is its AD." in page
 
 
 def test_overview_columns_in_the_order_analyze_prints_them():

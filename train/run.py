@@ -239,6 +239,8 @@ def describe_store(store, path: str) -> dict:
 
 
 def replace_note(name: str, what: str, keep_state: bool) -> str:
+    """The line saying that ``name``'s finished checkpoint will be replaced; when its epochs changed and no
+    state is kept (``keep_state`` False: neither asked for nor left by an earlier run), how to keep one."""
     hint = ("; train.keep_state=true keeps a finished run's state, so that raising epochs continues it"
             if "train.epochs:" in what and not keep_state else "")
     return (f"train: {name}: its finished checkpoint will be replaced (it was trained with another config: "
@@ -283,7 +285,8 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
         if dc not in todo:
             say(f"train: {dc.name}: finished checkpoint with the same config exists, skipped")
         elif what := replaced(run_dir / "dicts" / dc.name, dc, cfg, seeds[dc.name], store_id):
-            say(replace_note(dc.name, what, cfg.keep_state))
+            kept = (run_dir / "dicts" / dc.name / KEPT).is_file()  # it may continue that run (kept_states)
+            say(replace_note(dc.name, what, cfg.keep_state or kept))
     if todo and (others := other_split(run_dir, {dc.name for dc in cfg.dicts}, split)):
         raise ConfigError(
             f"{run_dir} holds finished dictionaries {others} trained with other held-out chunks than this "
