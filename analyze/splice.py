@@ -165,8 +165,8 @@ def splice_eval(bridge, windows: Windows, hook: str, models: dict[str, object], 
         "models": {name: {"ce": float, "kl": float, "ce_recovered": float}}}"""
     dev = next(bridge.parameters()).device
     fns = {name: dictionary_fn(m.to(dev).eval()) for name, m in models.items()}
-    sums = {"clean": 0.0, "zero": 0.0} | {n: 0.0 for n in fns}
-    kls = {n: 0.0 for n in fns}
+    base = {"clean": 0.0, "zero": 0.0}  # the baselines, apart from any dictionary's name
+    sums, kls = {n: 0.0 for n in fns}, {n: 0.0 for n in fns}
     count = 0
     for s in range(0, len(windows), batch_size):
         tok = windows.tokens[s : s + batch_size].to(dev)  # [W, T]
@@ -177,17 +177,17 @@ def splice_eval(bridge, windows: Windows, hook: str, models: dict[str, object], 
             return float(per_position.double()[counted].sum())
 
         clean = bridge.run_with_hooks(tok, fwd_hooks=[], return_type="logits")  # [W, T, V]
-        sums["clean"] += total(next_token_ce(clean, tok))
+        base["clean"] += total(next_token_ce(clean, tok))
         zero = bridge.run_with_hooks(tok, fwd_hooks=[(hook, _replace_hook(torch.zeros_like, where))],
                                      return_type="logits")
-        sums["zero"] += total(next_token_ce(zero, tok))
+        base["zero"] += total(next_token_ce(zero, tok))
         for name, f in fns.items():
             logits = bridge.run_with_hooks(tok, fwd_hooks=[(hook, _replace_hook(f, where))],
                                            return_type="logits")
             sums[name] += total(next_token_ce(logits, tok))
             kls[name] += total(kl_per_position(clean, logits))
         count += int(counted.sum())
-    ce_clean, ce_zero = sums["clean"] / count, sums["zero"] / count
+    ce_clean, ce_zero = base["clean"] / count, base["zero"] / count
     return {"ce_clean": ce_clean, "ce_zero": ce_zero, "n_tokens": count,
             "models": {n: {"ce": sums[n] / count, "kl": kls[n] / count,
                            "ce_recovered": ce_recovered(ce_clean, ce_zero, sums[n] / count)} for n in fns}}

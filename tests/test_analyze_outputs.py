@@ -295,3 +295,12 @@ def test_under_torchrun_only_rank_0_analyses(tmp_path, monkeypatch):
     monkeypatch.setenv("RANK", "0")
     run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(device="cpu", n_features=2))
     assert (run_dir / "summary.json").is_file()
+
+
+def test_max_test_rows_limits_the_rows_analysed(tmp_path, monkeypatch, capsys):
+    """analyze.max_test_rows: the first rows of the test chunks only (20 of 32 here, in batches of 8)."""
+    run_dir = _run_dir(tmp_path, monkeypatch)
+    run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(device="cpu", n_features=2, max_test_rows=20,
+                                                         batch_size=8))
+    assert json.loads((run_dir / "summary.json").read_text())["n_test_rows"] == 20
+    assert "analyze: 20 held-out rows of h" in capsys.readouterr().out

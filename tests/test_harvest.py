@@ -106,9 +106,14 @@ def test_max_tokens_rerun_and_conflict(tmp_path, minilm_hf, capsys):
                                            r"'harvest.batch_size=3' 'harvest.device=cpu' "
                                            r"'harvest.max_tokens=50' to the command"):
         harvest(tmp_path / "run", max_tokens=60, batch_size=5, device="auto")
+    with pytest.raises(HarvestError, match=r"resuming this unfinished harvest needs those .*: add "
+                                           r"'harvest.batch_size=3' to the command"):  # a run key alone
+        harvest(tmp_path / "run", max_tokens=50, batch_size=5)
     manifest.write_text(json.dumps(done))
     with pytest.raises(HarvestError, match=r"growing this store needs those .*: add 'harvest.batch_size=3' "):
         harvest(tmp_path / "run", max_tokens=60, batch_size=5)
+    with pytest.raises(HarvestError, match=r"growing this store needs those .*: add 'harvest.batch_size=3' "):
+        harvest(tmp_path / "run", max_tokens=60, batch_size=5, embed={"prompt": "q: "})  # unread: no matter
     for other, why in (({"max_tokens": 40, "batch_size": 5}, "max_tokens: 50 -> 40"),
                        ({"batch_size": 5, "ctx": 17}, "ctx: 16 -> 17")):  # not a growth: refused, naming
         with pytest.raises(HarvestError, match=rf"another config \(hook '[^']*': {why}\); delete"):

@@ -79,7 +79,10 @@ def test_a_dictionary_added_later_keeps_the_others_states(store, tmp_path, capsy
     for name in ("vaease", "l1", "topk"):
         ref, got = trained(tmp_path / "ref", name)[0], trained(tmp_path / "run", name)[0]
         assert all(torch.equal(ref[k], got[k]) for k in ref)
+    capsys.readouterr()
     run(store, tmp_path / "run", epochs=4, dicts=[DICTS[0], extra])  # keep_state off: each kept one removed
+    out = capsys.readouterr().out  # a kept state continues: no hint to keep one
+    assert "its finished checkpoint will be replaced" in out and "train.keep_state=true keeps" not in out
     assert not (tmp_path / "run" / "dicts" / "vaease" / KEPT).exists()
     assert (tmp_path / "run" / "dicts" / "l1" / KEPT).exists()  # not trained this time: untouched
 

@@ -100,6 +100,11 @@ def test_heldout_windows_cut_where_the_harvest_left_rows_out(tmp_path):
     got = [w.tokens[i][w.real[i]].tolist() for i in range(len(w))]
     assert got == [ids[0:10].tolist(), ids[10:19].tolist(), ids[19:29].tolist(),
                    [*ids[29:36], 99, *ids[36:41]]]
+    # a stretch's last token alone predicts nothing: it makes no window, unless a prefix comes before it
+    w = heldout_windows(open_store(str(tmp_path / "s")), [0], n_windows=100, ctx=9, sep=(99,))
+    assert [int(r.sum()) for r in w.real] == [9, 9, 9, 9, 4]  # stretches of 10, 9, 10, 13 tokens
+    w = heldout_windows(open_store(str(tmp_path / "s")), [0], n_windows=100, ctx=9, prefix=(7,), sep=(99,))
+    assert [int(r.sum()) for r in w.real] == [10, 2, 10, 10, 2, 10, 5]
     with StoreWriter(str(tmp_path / "v"), {"hook": HOOK}, 2, "float32", 64, 64) as wr:
         wr.append(np.zeros((8, 2), np.float32), np.full(8, -1), np.arange(8), np.zeros(8))
     with pytest.raises(SpliceError, match="no token ids"):
@@ -142,6 +147,53 @@ def test_identity_zero_and_real_dictionary(lm):
         short = [float(lm.bridge(t, return_type="loss")) for t in (windows[:1], windows[1:, :12])]
         assert res["n_tokens"] == 16 + 11 and res["models"]["id"]["ce_recovered"] == 1.0
         assert res["ce_clean"] == pytest.approx((16 * short[0] + 11 * short[1]) / 27, rel=1e-5)
+
+
+def test_a_dictionary_named_zero_or_clean_leaves_the_baselines_alone(lm):
+    """The dictionaries' sums are kept apart from the clean and zero-ablation runs' (a dictionary named
+    "zero" added its CE into the zero ablation's)."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.cat([torch.full((2, 1), lm.bos_id), torch.randint(0, 50000, (2, 16), generator=g)], 1)
+    spliced = torch.ones(w.shape, dtype=torch.bool)
+    spliced[:, 0] = False
+    win, d = Windows(w, spliced, torch.ones(w.shape, dtype=torch.bool)), lm.d_model
+    base = splice_eval(lm.bridge, win, HOOK, {})
+    for name in ("zero", "clean"):
+        res = splice_eval(lm.bridge, win, HOOK, {name: Identity(d, d)})
+        assert (res["ce_clean"], res["ce_zero"]) == (base["ce_clean"], base["ce_zero"])
+        assert res["models"][name]["ce"] == base["ce_clean"] and res["models"][name]["ce_recovered"] == 1.0
+
+
+def test_padding_and_unspliced_positions_count_in_no_number(lm):
+    """A dictionary of zeros (named apart from the clean and zero runs) is the zero ablation exactly: both
+    replace the spliced positions only, the BOS kept. With window 1 padded after 12 tokens, every number,
+    the KL included, is that of the unpadded texts evaluated one by one (weighted by their predictions)."""
+    g = torch.Generator().manual_seed(1)
+    windows = torch.cat([torch.full((2, 1), lm.bos_id), torch.randint(0, 50000, (2, 16), generator=g)], 1)
+    d = lm.d_model
+    real = torch.ones(windows.shape, dtype=torch.bool)
+    real[1, 12:] = False
+    spliced = real.clone()
+    spliced[:, 0] = False  # the BOS
+    models = {"zeros": Zero(d, d), "sae": make("sae_l1", d, 64, seed=0)}
+    res = splice_eval(lm.bridge, Windows(windows, spliced, real), HOOK, models)
+    assert res["models"]["zeros"]["ce"] == pytest.approx(res["ce_zero"], abs=1e-9)
+    assert res["models"]["zeros"]["ce_recovered"] == pytest.approx(0.0, abs=1e-9)
+    parts = [splice_eval(lm.bridge, Windows(t, s, torch.ones(t.shape, dtype=torch.bool)), HOOK, models)
+             for t, s in ((windows[:1], spliced[:1]), (windows[1:, :12], spliced[1:, :12]))]
+    n = [p["n_tokens"] for p in parts]
+    assert n == [16, 11] and res["n_tokens"] == 27
+
+    def weighted(first: float, second: float) -> float:
+        return (n[0] * first + n[1] * second) / 27
+
+    for key in ("ce_clean", "ce_zero"):
+        assert res[key] == pytest.approx(weighted(parts[0][key], parts[1][key]), rel=1e-5)
+    for name in models:
+        for key in ("ce", "kl"):
+            one, two = (p["models"][name][key] for p in parts)
+            assert res["models"][name][key] == pytest.approx(weighted(one, two), rel=1e-4)
+    assert res["models"]["sae"]["kl"] > 0 and res["models"]["zeros"]["kl"] > 0
 
 
 def _run_main(tmp_path, monkeypatch, model_name, d, models):

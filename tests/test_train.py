@@ -658,3 +658,30 @@ def test_a_resume_reads_its_state_header_once(store, tmp_path, monkeypatch, stop
     assert [what for path, what in seen if path == state] == ["open", "header", "open"]
     _, meta = checkpoint.load(tmp_path / "run" / "dicts" / "a")
     assert meta["resumed_at_step"] == 6 and meta["steps"] == 18
+
+
+def test_replace_note_hints_keep_state_for_more_epochs_only():
+    from actdict.train.run import replace_note
+
+    hint = "train.keep_state=true keeps a finished run's state"
+    assert hint in replace_note("a", "train.epochs: 2 -> 3", keep_state=False)
+    assert hint not in replace_note("a", "train.epochs: 2 -> 3", keep_state=True)  # asked for, or left
+    assert hint not in replace_note("a", "dict.lr: 0.005 -> 0.01", keep_state=False)  # not a longer run
+
+
+def test_a_resume_conflict_blames_the_store_only_when_only_the_store_changed():
+    """The store-only advice needs every recorded change under store., a recorded config to compare, and the
+    same members; anything else gets the general advice."""
+    from actdict.train.resume import conflict
+
+    said = "the store changed since that run began"
+    old = {"store": {"content": "x1", "rows": 10}, "dict": {"lr": 0.01}}
+    moved = old | {"store": {"content": "x2", "rows": 10}}
+
+    def why(members, new=moved):
+        return conflict({"members": members, "position": {"step": 6}}, {"a": "h2"}, {"a": new}, set())
+
+    assert said in why({"a": {"config_hash": "h1", "config": old}})
+    assert said not in why({"a": {"config_hash": "h1", "config": old}}, moved | {"dict": {"lr": 0.02}})
+    assert said not in why({"a": {"config_hash": "h1"}})  # an older state: no config recorded
+    assert said not in why({"a": {"config_hash": "h1", "config": old}, "b": {"config_hash": "h3"}})

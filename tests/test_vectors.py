@@ -244,6 +244,8 @@ analyze: {{n_features: 3, top_k: 2, context: 0}}
     capsys.readouterr()
     assert actdict_main(["harvest", str(cfg), *unread]) == 0 and "already complete" in capsys.readouterr().out
     assert actdict_main(["harvest", str(cfg), "harvest.vectors.key=x"]) == 2  # another config: refused
+    for other in ("harvest.chunk_rows=64", "harvest.store_dtype=float16"):  # what the import does read
+        assert actdict_main(["harvest", str(cfg), other]) == 2 and "another config" in capsys.readouterr().err
     with pytest.MonkeyPatch.context() as mp:  # under torchrun every rank would write the whole hook
         mp.setenv("WORLD_SIZE", "2")
         mp.setenv("RANK", "0")
@@ -286,6 +288,8 @@ analyze: {{n_features: 2, top_k: 1, context: 0}}
     assert actdict_main(["train", str(cfg)]) == 0
     write_vectors(store, x, chunk_rows=128, shard_rows=512, overwrite=True)  # the same rows: analysed
     assert actdict_main(["analyze", str(cfg)]) == 0
+    shutil.copytree(store, tmp_path / "moved")  # the same rows in another folder: its path is not compared
+    assert actdict_main(["analyze", str(cfg), f"store={tmp_path / 'moved'}"]) == 0
     capsys.readouterr()
     write_vectors(store, x[:512], chunk_rows=64, shard_rows=512, overwrite=True)  # other rows, other chunks
     assert actdict_main(["analyze", str(cfg)]) == 2
