@@ -219,7 +219,9 @@ def write_vectors(path: str, x, manifest: dict | None = None, hook: str = "vecto
     ``kw`` goes to StoreWriter (dtype defaults to float32: kept exactly; the layout to ``default_layout``
     of the array's rows). A failure part way (a non-finite row, an error of the iterator, an interrupt)
     removes the hook it began and the folders it made for it (the store folder, its missing parents), never
-    a folder that existed before or one that holds something else."""
+    a folder that existed before or one that holds something else. Replacing a hook (``overwrite``) writes
+    the new one beside it (``<path>/.replacing-<hook>/``) and swaps it in only once it is whole: a failed
+    replacement leaves the old hook as it was."""
     from actdict.harvest.store import open_store
 
     if isinstance(x, Iterator):
@@ -240,22 +242,57 @@ def write_vectors(path: str, x, manifest: dict | None = None, hook: str = "vecto
     m |= dict(manifest or {})
     m["hook"] = hook
     fs, root = fs_of(path)
+    if kw.get("overwrite") and fs.exists(f"{root}/{hook}"):  # written beside it, then swapped in
+        return _replace_hook(path, hook, m, first, blocks, kw)
     made = missing_dirs(fs, f"{root}/{hook}")  # what this call creates: the only folders it may remove
     w = None
     try:
         w = StoreWriter(path, m, d=first.shape[1], **kw)
-        n = 0
-        for block in chain([first], blocks):  # [b, d] each
-            rows = np.arange(n, n + len(block), dtype=np.int64)  # [b]
-            w.append(block, np.full(len(rows), -1, np.int32), rows, np.zeros(len(rows), np.int32))
-            n += len(rows)
-        w.close()
+        _write_rows(w, chain([first], blocks))
     except BaseException:  # a bad row further on, an interrupt: nothing half-written is left
         began = w is not None or f"{root}/{hook}" in made  # the hook this call began, never an existing one
         if began and fs.exists(f"{root}/{hook}"):
             fs.rm(f"{root}/{hook}", recursive=True)
         remove_empty(made)  # and the store folder (and its parents) made for it, when nothing else is there
         raise
+    return open_store(path, hook)
+
+
+def _write_rows(w: StoreWriter, blocks: Iterator[np.ndarray]) -> None:
+    """Append the vectors' blocks [b, d] (token_ids -1, doc = row index, pos 0) and close ``w``."""
+    n = 0
+    for block in blocks:  # [b, d] each
+        rows = np.arange(n, n + len(block), dtype=np.int64)  # [b]
+        w.append(block, np.full(len(rows), -1, np.int32), rows, np.zeros(len(rows), np.int32))
+        n += len(rows)
+    w.close()
+
+
+def _replace_hook(path: str, hook: str, manifest: dict, first: np.ndarray, blocks: Iterator[np.ndarray],
+                  kw: dict):
+    """``write_vectors`` over an existing hook: the new one is written whole in ``<path>/.replacing-<hook>/``
+    first, then the old one is removed and the new one moved into its place; a failure before the swap
+    removes only the staging folder."""
+    from actdict.harvest.store import open_store
+
+    fs, root = fs_of(path)
+    staging = f"{path.rstrip('/')}/.replacing-{hook}"
+    sfs, sroot = fs_of(staging)
+    try:
+        _write_rows(StoreWriter(staging, manifest, d=first.shape[1], **kw), chain([first], blocks))
+    except BaseException:
+        if sfs.exists(sroot):
+            sfs.rm(sroot, recursive=True)
+        raise
+    fs.rm(f"{root}/{hook}", recursive=True)
+    if is_local(fs):
+        fs.mv(f"{sroot}/{hook}", f"{root}/{hook}", recursive=True)  # a rename
+    else:  # an object store has no folders to rename: each object copied
+        fs.invalidate_cache()
+        for obj in fs.find(f"{sroot}/{hook}"):
+            fs.copy(obj, f"{root}/{hook}{obj[len(f'{sroot}/{hook}'):]}")
+    fs.rm(sroot, recursive=True)
+    fs.invalidate_cache()
     return open_store(path, hook)
 
 

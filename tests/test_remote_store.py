@@ -130,3 +130,33 @@ def test_a_misspelt_bucket_is_refused_not_made(tmp_path, s3, capsys):
     assert "the object store failed" in err and "bucket's name" in err, err
     s3fs.S3FileSystem.clear_instance_cache()
     assert not s3fs.S3FileSystem().exists("actdict-tset")
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_failed_replacement_leaves_the_old_hook(tmp_path, s3, where):
+    """write_vectors(overwrite=True) writes the new hook beside the old one and swaps it in only once whole:
+    a NaN row part way leaves the old hook's rows (and no staging folder); a whole one replaces them."""
+    from actdict.harvest.store import write_vectors
+
+    url = f"{s3}/replace" if where == "s3" else str(tmp_path / "replace")
+    old = np.arange(40 * 3, dtype=np.float32).reshape(40, 3)
+    write_vectors(url, old, chunk_rows=8, shard_rows=16)
+    bad = old + 1
+    bad[35, 1] = np.nan  # in the third shard: the first two are written before it is seen
+    with pytest.raises(ValueError, match="row 35"):
+        write_vectors(url, bad, chunk_rows=8, shard_rows=16, overwrite=True)
+    s = open_store(url)
+    np.testing.assert_array_equal(s.read_rows(0, len(s)).acts, old)
+    assert list_hooks(url) == ["vectors"] and not any(".replacing" in p for p in _names(url))
+    new = write_vectors(url, old * 2, chunk_rows=8, shard_rows=16, overwrite=True)
+    np.testing.assert_array_equal(new.read_rows(0, 40).acts, old * 2)
+    np.testing.assert_array_equal(open_store(url).read_rows(0, 40).acts, old * 2)
+    assert not any(".replacing" in p for p in _names(url))
+
+
+def _names(url: str) -> list[str]:
+    from actdict.harvest.layout import fs_of
+
+    fs, root = fs_of(url)
+    fs.invalidate_cache()
+    return fs.find(root, withdirs=True)
