@@ -307,7 +307,10 @@ def cli(argv: list[str] | None = None) -> int:
             print("import: interrupted (an unfinished hook is not kept)", file=sys.stderr)
             return 130
         if not isinstance(e, ActdictError):
-            raise
+            from actdict.cli import remote_error
+
+            if (e := remote_error(e)) is None:  # an object store's failure is one line too
+                raise
         print(f"import: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     print(f"imported {len(s):,} vectors (d={s.d}) into {s.dir}")

@@ -130,6 +130,12 @@ def test_a_misspelt_bucket_is_refused_not_made(tmp_path, s3, capsys):
     assert "the object store failed" in err and "bucket's name" in err, err
     s3fs.S3FileSystem.clear_instance_cache()
     assert not s3fs.S3FileSystem().exists("actdict-tset")
+    from actdict.harvest.vectors import cli as import_cli  # the import command: one line too
+
+    np.save(tmp_path / "v.npy", np.ones((16, 2), np.float32))
+    assert import_cli([str(tmp_path / "v.npy"), "s3://actdict-tset/imp"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("import: ActdictError: the object store failed") and len(err.splitlines()) == 1
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])

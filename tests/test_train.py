@@ -271,6 +271,8 @@ def test_store_identity_in_the_hash():
     assert store_key(bare | {"model": None}) == store_key(bare)
     assert store_key(bare)["path"] == os.path.realpath("x/store") and store_key(sid) == {
         k: v for k, v in sid.items() if k != "path"}
+    remote = {"path": "s3://b/v1", "rows": 10, "content": "c"}  # a URL: one spelling, trailing '/' or not
+    assert store_key(remote | {"path": "s3://b/v1/"}) == store_key(remote) == remote
 
 
 def test_a_kill_between_the_final_saves_resumes(store, tmp_path, monkeypatch):

@@ -92,7 +92,9 @@ def store_key(store_id: dict) -> dict:
     if store_id.get("config_hash"):
         return {k: v for k, v in store_id.items() if k != "path"}
     path = store_id.get("path")
-    return store_id if path is None or "://" in path else store_id | {"path": os.path.realpath(path)}
+    if path is None:
+        return store_id
+    return store_id | {"path": path.rstrip("/") if "://" in path else os.path.realpath(path)}  # one spelling
 
 
 def other_split(run_dir: Path, names: set[str], split: dict) -> list[str]:
