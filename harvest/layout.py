@@ -94,8 +94,12 @@ def human_size(n_bytes: float) -> str:
 
 
 def read_json(fs, p: str) -> dict:
+    """A JSON object (a manifest, a shard's record); ValueError for anything else."""
     with fs.open(p, "r") as f:
-        return json.load(f)
+        obj = json.load(f)
+    if not isinstance(obj, dict):
+        raise ValueError(f"{p} holds a JSON {type(obj).__name__}, not an object")
+    return obj
 
 
 def write_json(fs, p: str, obj: dict) -> None:

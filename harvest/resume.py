@@ -228,4 +228,7 @@ def repair_manifest(path: str, hook: str) -> dict:
                          f"{e}); a hook cannot be repaired without it: harvest it again") from e
     if m is None:
         raise StoreError(f"store {path} has no hook {hook!r}")
+    if missing := [k for k in ("d", "dtype", "chunk_rows") if k not in m]:
+        raise StoreError(f"store {path}, hook {hook!r}: its {MANIFEST} lacks {missing}; a hook cannot be "
+                         "repaired without them: harvest it again")
     return m

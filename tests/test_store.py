@@ -505,3 +505,17 @@ def test_shard_and_config_problems_are_named():
     new = {"ctx": 16, "source": {"path": "b", "kind": "files"}}
     assert config_changes(old, new | {"seed": 3}) == ["seed: unset -> 3", "source.path: 'a' -> 'b'"]
     assert config_changes(None, new) == [f"config: None -> {new!r}"] and config_changes(new, new) == []
+
+
+@pytest.mark.parametrize("manifest", ["[]", '"x"', '{"hook": "h"}'])
+def test_a_manifest_of_the_wrong_shape_is_one_line(tmp_path, capsys, manifest):
+    """A hand-made manifest.json that is valid JSON but no manifest (not an object, or lacking the keys a
+    repair needs): `actdict store`, --verify and --repair answer in one line, status 2."""
+    from actdict.cli import main as cli
+
+    (tmp_path / "s" / "h").mkdir(parents=True)
+    (tmp_path / "s" / "h" / "manifest.json").write_text(manifest)
+    for flag in ([], ["--verify"], ["--repair"]):
+        assert cli(["store", str(tmp_path / "s"), *flag]) == 2, flag
+        said = "".join(capsys.readouterr())  # stdout and stderr
+        assert said.count("\n") == 1 and said.startswith("actdict store: "), (flag, said)
