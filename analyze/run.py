@@ -247,7 +247,7 @@ def splice_setup(cfg: AnalyzeConfig, store, test_chunks: list[int], device: torc
     """The store's causal language model and its held-out windows for the CE/KL evaluation (see
     ``analyze.splice``), made before the analysis pass so that what stops it stops it first: (model,
     windows). The windows begin and join documents as the store's harvest did (its manifest's settings)."""
-    from types import SimpleNamespace
+    from dataclasses import replace
 
     from actdict.harvest.config import HarvestConfig
     from actdict.harvest.models import load_model
@@ -261,9 +261,9 @@ def splice_setup(cfg: AnalyzeConfig, store, test_chunks: list[int], device: torc
     if lm.kind != "causal":
         raise AnalyzeError(f"analyze.ce_loss needs a causal language model; {lm.name} is an encoder: set "
                            "analyze.ce_loss=false")
-    made, default = man.get("harvest") or {}, HarvestConfig()  # stores of format 1 record no harvest config
-    how = SimpleNamespace(**{k: made.get(k, getattr(default, k)) for k in ("prepend_bos", "join_with_eos",
-                                                                             "pad_id", "window_mode")})
+    made = man.get("harvest") or {}  # stores of format 1 record no harvest config: the defaults then
+    how = replace(HarvestConfig(), **{k: made[k] for k in ("prepend_bos", "join_with_eos", "pad_id",
+                                                            "window_mode") if k in made})
     spec = window_specials(lm, how)
     windows = heldout_windows(store, test_chunks, cfg.ce_windows, cfg.ce_ctx, spec["prefix"], spec["sep"],
                               join_docs=how.window_mode == "concat", pad_id=spec["pad_id"])

@@ -60,17 +60,24 @@ def heldout_windows(store, chunks: Sequence[int], n_windows: int, ctx: int, pref
     tokens and, for what is left, one shorter window padded with ``pad_id`` (not ``real``: a causal model's
     earlier positions do not see it). Prefix and separators are not ``spliced``: no dictionary has seen their
     rows. Rows without a token id (vectors) are left out."""
-    out, stretch = [], ([], [])  # windows (tokens [n], spliced [n], n <= ctx); the stretch's pieces
+    out = []  # windows (tokens [n], spliced [n], n <= ctx)
+    pieces: list[np.ndarray] = []  # the stretch's tokens, piece by piece
+    flags: list[np.ndarray] = []  # and whether each is spliced
     last = (None, 0, 0)  # (chunk, doc, pos) of the stretch's last row
     sep_ids = np.asarray(sep, np.int64)
 
+    def add(tokens: np.ndarray, splice: bool) -> None:
+        pieces.append(tokens)
+        flags.append(np.full(len(tokens), splice))
+
     def cut() -> None:  # the stretch's windows into out
-        toks, flags = (np.concatenate(p) if p else np.empty(0, t) for p, t in zip(stretch, (np.int64, bool),
-                                                                                   strict=True))
+        toks = np.concatenate(pieces) if pieces else np.empty(0, np.int64)
+        spl = np.concatenate(flags) if flags else np.empty(0, bool)
         for a in range(0, len(toks), ctx):
             if len(out) < n_windows and len(prefix) + len(toks[a:a + ctx]) >= 2:  # one prediction at least
-                out.append((toks[a:a + ctx], flags[a:a + ctx]))
-        stretch[0].clear(), stretch[1].clear()
+                out.append((toks[a:a + ctx], spl[a:a + ctx]))
+        pieces.clear()
+        flags.clear()
 
     for c in chunks:
         if len(out) >= n_windows:
@@ -91,10 +98,10 @@ def heldout_windows(store, chunks: Sequence[int], n_windows: int, ctx: int, pref
             if gap[a] or new_doc[a] and not join_docs:
                 cut()
             elif new_doc[a] and len(sep_ids):
-                stretch[0].append(sep_ids), stretch[1].append(np.zeros(len(sep_ids), bool))
-            stretch[0].append(ids[a:b]), stretch[1].append(np.ones(b - a, bool))
+                add(sep_ids, False)
+            add(ids[a:b], True)
         last = (c, doc[-1], pos[-1])
-        if sum(len(t) for t in stretch[0]) >= (n_windows - len(out)) * ctx:
+        if sum(map(len, pieces)) >= (n_windows - len(out)) * ctx:
             cut()
     cut()
     if not out:
@@ -155,6 +162,11 @@ def dictionary_fn(model) -> Callable[[Tensor], Tensor]:
     return f
 
 
+def _sum_at(per_position: Tensor, counted: Tensor) -> float:
+    """The float64 sum of ``per_position`` [W, T-1] where ``counted`` [W, T-1] is True."""
+    return float(per_position.double()[counted].sum())
+
+
 @torch.no_grad()
 def splice_eval(bridge, windows: Windows, hook: str, models: dict[str, object], batch_size: int = 4) -> dict:
     """Clean, zero-ablation and spliced CE (and KL to clean) of ``models`` at ``hook`` over ``windows``
@@ -172,20 +184,16 @@ def splice_eval(bridge, windows: Windows, hook: str, models: dict[str, object], 
         tok = windows.tokens[s : s + batch_size].to(dev)  # [W, T]
         where = windows.spliced[s : s + batch_size].to(dev)  # [W, T]
         counted = windows.real[s : s + batch_size, 1:].to(dev)  # [W, T-1] predictions of real tokens
-
-        def total(per_position: Tensor, counted: Tensor = counted) -> float:  # [W, T-1] -> counted sum
-            return float(per_position.double()[counted].sum())
-
         clean = bridge.run_with_hooks(tok, fwd_hooks=[], return_type="logits")  # [W, T, V]
-        base["clean"] += total(next_token_ce(clean, tok))
+        base["clean"] += _sum_at(next_token_ce(clean, tok), counted)
         zero = bridge.run_with_hooks(tok, fwd_hooks=[(hook, _replace_hook(torch.zeros_like, where))],
                                      return_type="logits")
-        base["zero"] += total(next_token_ce(zero, tok))
+        base["zero"] += _sum_at(next_token_ce(zero, tok), counted)
         for name, f in fns.items():
             logits = bridge.run_with_hooks(tok, fwd_hooks=[(hook, _replace_hook(f, where))],
                                            return_type="logits")
-            sums[name] += total(next_token_ce(logits, tok))
-            kls[name] += total(kl_per_position(clean, logits))
+            sums[name] += _sum_at(next_token_ce(logits, tok), counted)
+            kls[name] += _sum_at(kl_per_position(clean, logits), counted)
         count += int(counted.sum())
     ce_clean, ce_zero = base["clean"] / count, base["zero"] / count
     return {"ce_clean": ce_clean, "ce_zero": ce_zero, "n_tokens": count,

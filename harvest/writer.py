@@ -276,13 +276,12 @@ def _replace_hook(path: str, hook: str, manifest: dict, first: np.ndarray, block
     from actdict.harvest.store import open_store
 
     fs, root = fs_of(path)
-    staging = f"{path.rstrip('/')}/.replacing-{hook}"
-    sfs, sroot = fs_of(staging)
+    staging, sroot = f"{path.rstrip('/')}/.replacing-{hook}", f"{root}/.replacing-{hook}"  # as given; in fs
     try:
         _write_rows(StoreWriter(staging, manifest, d=first.shape[1], **kw), chain([first], blocks))
     except BaseException:
-        if sfs.exists(sroot):
-            sfs.rm(sroot, recursive=True)
+        if fs.exists(sroot):
+            fs.rm(sroot, recursive=True)
         raise
     fs.rm(f"{root}/{hook}", recursive=True)
     if is_local(fs):

@@ -210,10 +210,10 @@ def check_batch_rows(dc: DictConfig, model, batch_size: int, world: int) -> None
     if (why := batch_rows_needed(model)) and batch_size < 2:
         raise ConfigError(f"train.dicts[{dc.name}]: {why}, which a batch of {batch_size} row has not: set "
                           "train.batch_size >= 2")
-    said = f"train.dicts[{dc.name}]: its encoder normalises with batch statistics (BatchNorm"
-    if dist_.batch_statistics(model) and world > 1:
-        raise ConfigError(f"{said}, encoder: {dc.params.get('encoder')}) and trains in one process only, not "
-                          f"under torchrun ({world} ranks): run it without torchrun, or use encoder: resmlp")
+    if world > 1 and dist_.batch_statistics(model):
+        raise ConfigError(f"train.dicts[{dc.name}]: its encoder normalises with batch statistics (BatchNorm, "
+                          f"encoder: {dc.params.get('encoder')}) and trains in one process only, not under "
+                          f"torchrun ({world} ranks): run it without torchrun, or use encoder: resmlp")
 
 
 def open_hook(path: str, hook: str):
