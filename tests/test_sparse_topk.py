@@ -53,11 +53,11 @@ def ref_auxk(m, x, since):
     fired[top.indices[v > 1e-3]] = True
     dead = ~fired & (since + len(x) > p["dead_tokens"])
     x_hat = z @ m.W_dec + m.b_dec
-    aux = torch.zeros((), dtype=x.dtype)
+    z_aux = torch.zeros_like(pre)  # no dead latent: the official decode of nothing is b_pre alone
     if dead.any():
         a = (pre * dead).topk(min(int(p["k_aux"]), K), dim=-1)
         z_aux = _scatter(pre, a.indices, torch.relu(a.values))
-        aux = nmse(z_aux @ m.W_dec, x - x_hat.detach())
+    aux = nmse(z_aux @ m.W_dec + m.b_dec, x - x_hat.detach() + m.b_dec.detach())  # official train.py
     return z, x_hat, nmse(x_hat, x) + p["auxk_coef"] * aux, dead
 
 
@@ -73,7 +73,7 @@ def ref_batchtopk(m, x, since):
     if dead.any():
         a = acts[:, dead]
         ta = a.topk(min(int(p["k_aux"]), int(dead.sum())), dim=-1)
-        x_aux = _scatter(a, ta.indices, ta.values) @ m.W_dec[dead] + m.b_dec
+        x_aux = _scatter(a, ta.indices, ta.values) @ m.W_dec[dead]  # official sae.py (b454c16): no b_dec
         aux = p["aux_penalty"] * (x_aux - (x - x_hat)).pow(2).mean()
     return z, x_hat, (x_hat - x).pow(2).mean() + aux, dead
 
@@ -123,6 +123,10 @@ def test_sae_topk_auxk_sparse_equals_dense(dtype):
     assert 0 < dead.sum() < K // 2  # the AuxK term is exercised
     _compare(m, x, z, x_hat, loss, dtype)
     assert torch.equal(m.dead.dead(100), dead)
+    m.dead.since.zero_()  # and with no latent dead
+    z, x_hat, loss, dead = ref_auxk(m, x, m.dead.since.clone())
+    assert not dead.any()
+    _compare(m, x, z, x_hat, loss, dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -360,6 +360,7 @@ def test_batchtopk_by_hand(xb):
     m = make("sae_batchtopk", 6, 30, seed=3, topk=2, n_batches_to_dead=2, k_aux=3, threshold_beta=0.9)
     with torch.no_grad():
         m.b_enc.fill_(0.1)
+        m.b_dec.copy_(torch.linspace(-0.3, 0.3, 6))
         m.dead.since.copy_(since)
     m.train()
     out = m(xb)
@@ -376,7 +377,7 @@ def test_batchtopk_by_hand(xb):
     dead = ~fired & (since.numpy() + 1 >= 2)
     assert 3 < dead.sum() < 20
     a = acts[:, dead]
-    x_aux = _topk_rows(a, min(3, dead.sum())) @ Wd[dead] + bd
+    x_aux = _topk_rows(a, min(3, dead.sum())) @ Wd[dead]  # no b_dec (official sae.py at b454c16)
     expected = ((x_hat - x) ** 2).mean() + ((x_aux - (x - x_hat)) ** 2).mean() / 32
     assert m.loss_terms(xb, out)["loss"].item() == pytest.approx(expected, rel=1e-5)
     theta1 = z[z > 0].min()
@@ -403,8 +404,34 @@ def test_topk_auxk_dead_means_more_than_dead_tokens_rows(xb):
     assert m.loss_terms(xb, out)["dead"].item() == (idle & (m.dead.since == 101)).sum().item() > 0
     dead = _np(idle & (m.dead.since == 101)).astype(bool)  # AuxK reads exactly these latents
     pre = (_np(xb) - _np(m.b_dec)) @ _np(m.W_enc) + _np(m.b_enc)
-    np.testing.assert_allclose(_np(out.extras["e_hat"]), _relu(_topk_rows(pre * dead, 4)) @ _np(m.W_dec),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(_np(out.extras["e_hat"]),  # the official decode: with b_pre
+                               _relu(_topk_rows(pre * dead, 4)) @ _np(m.W_dec) + _np(m.b_dec), rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_topk_auxk_moves_b_pre_as_the_official_loss(xb):
+    """openai/sparse_autoencoder's AuxK is nmse(z_aux @ W_dec + b_pre, e + sg(b_pre)), e = x - sg(x_hat), on
+    every step: with no latent dead (z_aux = 0) it still adds -2/(d S) mean_rows(e) / 32 to b_pre's gradient
+    (S = the spread of e around its batch mean), and nothing to any other parameter."""
+    grads, terms = {}, {}
+    for coef in (1 / 32, 0.0):
+        m = make("sae_topk_auxk", 6, 12, seed=1, topk=2, auxk_coef=coef)
+        with torch.no_grad():
+            m.b_dec.copy_(torch.linspace(-0.5, 0.5, 6))
+        m.train()
+        out = m(xb)
+        terms[coef] = m.loss_terms(xb, out)
+        terms[coef]["loss"].backward()
+        grads[coef] = {n: p.grad.clone() for n, p in m.named_parameters()}
+        e = _np(xb) - _np(out.x_hat)
+    assert terms[1 / 32]["dead"].item() == 0
+    spread = ((e.mean(0) - e) ** 2).mean()
+    assert terms[1 / 32]["auxk"].item() == pytest.approx((e ** 2).mean() / spread, rel=1e-5)
+    np.testing.assert_allclose(_np(grads[1 / 32]["b_dec"] - grads[0.0]["b_dec"]),
+                               -2 / (6 * spread) * e.mean(0) / 32, rtol=1e-4, atol=1e-7)
+    for n in grads[0.0]:
+        if n != "b_dec":
+            torch.testing.assert_close(grads[1 / 32][n], grads[0.0][n])
 
 
 def test_topk_auxk_a_kept_latent_at_or_below_1e_3_has_not_fired(xb):

@@ -14,8 +14,11 @@ bartbussmann/BatchTopK ``sae.py``).
 * x_hat = z @ W_dec + b_dec.
 * loss (official): l2 = mean_elems (x_hat - x)^2 + aux, aux = ``aux_penalty`` * mean_elems (x_aux - r)^2 with
   r = x - x_hat (not detached, as official), x_aux = TopK_{min(k_aux, n_dead)}(acts[:, dead]) @ W_dec[dead]
-  + b_dec (the official code adds b_dec here too; kept as is), dead = not fired in any of the last
-  ``n_batches_to_dead`` batches. aux = 0 when no latent is dead. No L1 term (official l1_coeff = 0).
+  (no bias: the official ``sae.py`` at b454c16, the revision whose config gives the defaults below; an
+  earlier one added b_dec), dead = not fired in any of the last ``n_batches_to_dead`` batches. aux = 0 when
+  no latent is dead. No L1 term (official l1_coeff = 0).
+* Encoder bias: the paper's formula has b_enc, the official ``BatchTopKSAE`` (b454c16) none; we keep it,
+  initialised at 0 (so the two start equal).
 * unit-norm decoder rows + gradient projection, encoder init = decoder^T, biases 0 (see ``_tied``).
 * ``Forward.codes`` = z, ``activity`` = log|z| (``activity``, and in training also ``codes``, built only when
   read); ``active_side = "high"``.
@@ -86,7 +89,7 @@ class SAEBatchTopK(TiedSAE):
                 top_aux = acts[:, dead].topk(min(int(self.params["k_aux"]), len(dead_ids)), dim=-1)
             aux = Pattern.from_topk(dead_ids[top_aux.indices], self.k)
             aux_vals = torch.relu(self.gather_pre(x, pre, aux))  # [B * min(k_aux, n_dead)]
-            extras["x_aux"] = sparse_decode(aux_vals, self.W_dec, aux) + self.b_dec  # [B, d]
+            extras["x_aux"] = sparse_decode(aux_vals, self.W_dec, aux)  # [B, d], no bias (official)
         return self.sparse_forward(vals, pat, extras)
 
     def _select(self, acts: Tensor) -> tuple[Pattern, Tensor | None]:

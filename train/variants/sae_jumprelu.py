@@ -9,6 +9,11 @@ Sparse Autoencoders", the paper's pseudo-code, App. J).
     d JumpReLU / d pre = H(pre - theta)      d JumpReLU / d theta = -(theta / eps) K((pre - theta) / eps)
     d H / d pre        = 0                   d H / d theta        = -(1 / eps) K((pre - theta) / eps)
   so theta only learns from pre-activations within eps/2 of it; the encoder learns from reconstruction.
+* The L0 term's step reads the pre-activation, as the paper's equation (L0 = sum_j H(pi_j(x) - theta_j))
+  and SAELens do. The paper's pseudo-code (App. J) writes ``step(feature_magnitudes, threshold)``, i.e.
+  H(z - theta): the same value, but a pre-activation in (theta - eps/2, theta] has z = 0 there and gives
+  theta no gradient (once theta >= eps/2), so the pseudo-code's threshold gradient is the one-sided half of
+  the kernel estimate, about half of ours. Open choice; we follow the equation.
 * Defaults (our reading of the paper for inputs normalised to E||x||^2 = d, which the loop's ``normalize``
   provides): ``bandwidth`` eps = 0.001, ``threshold_init`` theta_0 = 0.001, ``lam`` (sparsity coefficient)
   = 1.0 (SAELens' default ``l0_coefficient``; the paper sweeps it to set L0). Decoder rows are kept at unit

@@ -5,15 +5,18 @@ openai/sparse_autoencoder ``train.py``).
   z = relu(TopK_k(pre)) (the k largest pre-activations of each row, then ReLU); x_hat = z @ W_dec + b_pre.
 * dead latents: a latent is dead when it has not fired (z > 1e-3, the official test) for more than
   ``dead_tokens`` training tokens (official: 10M tokens, counted in steps of the batch size; we count rows).
-* AuxK: e = x - x_hat (detached), z_aux = relu(TopK_{k_aux}(pre * dead_mask)) (the official code zeroes the
-  live latents' pre-activations, then takes the top k_aux), e_hat = z_aux @ W_dec (no bias);
-  L_aux = nmse(e_hat, e).
+* AuxK, as the official training loss: z_aux = relu(TopK_{k_aux}(pre * dead_mask)) (the live latents'
+  pre-activations zeroed, then the top k_aux), decoded with the bias as every official decode is:
+  L_aux = nmse(z_aux @ W_dec + b_pre, x - x_hat + b_pre), x_hat and the target's b_pre detached. Its value
+  is the paper's nmse(z_aux @ W_dec, e), e = x - x_hat; the bias adds a gradient on b_pre (pulling it
+  towards the batch's mean residual), and the term is computed on every training step: with no dead latent
+  z_aux = 0 and L_aux = nmse(b_pre, e + b_pre) still moves b_pre (the paper's e_hat = W_dec z has no bias,
+  hence no such gradient; we follow the code).
 * loss = nmse(x_hat, x) + alpha * L_aux, alpha = ``auxk_coef`` = 1/32, with the official normalised MSE
   nmse(r, t) = mean_elems (r - t)^2 / mean_elems (mean_batch(t) - t)^2. (Official: the main term is
   mse * a fixed ``mse_scale`` computed once from a data sample = 1/var of the data; we use the same quantity
   estimated on each batch, an open choice that only rescales the step; under torchrun on the global batch,
-  every rank's rows, so that the ranks' averaged gradient is the one process's.) When no latent is dead
-  L_aux is 0 (the official code then adds a constant with zero gradient).
+  every rank's rows, so that the ranks' averaged gradient is the one process's.)
 * unit-norm decoder rows with gradient projection; encoder init = decoder^T; b_enc = b_pre = 0 (``_tied``).
 * ``Forward.codes`` = z, ``activity`` = log|z| (both dense [B, k], no grad, built only when read);
   ``active_side = "high"``.
@@ -89,14 +92,16 @@ class SAETopKAuxK(TiedSAE):
                     aux = Pattern.from_topk((pre * dead).topk(k_aux, dim=-1).indices, self.k)
                 aux_pre = self.gather_pre(x, pre, aux)  # [B * k_aux]
                 aux_vals = torch.relu(aux_pre * dead[aux.cols].to(pre.dtype))
-                extras["e_hat"] = sparse_decode(aux_vals, self.W_dec, aux)  # z_aux @ W_dec, [B, d]
+                extras["e_hat"] = sparse_decode(aux_vals, self.W_dec, aux) + self.b_dec  # [B, d]
+            else:  # z_aux = 0: the official decode is b_pre alone
+                extras["e_hat"] = self.b_dec.expand_as(x)  # [B, d]
         return self.sparse_forward(vals, pat, extras)
 
     def loss_terms(self, x: Tensor, out: Forward) -> dict[str, Tensor]:
         main = nmse(out.x_hat, x)
-        if "e_hat" in out.extras:
-            aux = nmse(out.extras["e_hat"], x - out.x_hat.detach())
-        else:
+        if "e_hat" in out.extras:  # training: the target e + b_pre, as the official loss
+            aux = nmse(out.extras["e_hat"], x - out.x_hat.detach() + self.b_dec.detach())
+        else:  # eval
             aux = torch.zeros((), device=x.device)
         sse = (x - out.x_hat).pow(2).sum(-1).mean().detach()
         return {"loss": main + self.params["auxk_coef"] * aux, "nmse": main.detach(), "auxk": aux.detach(),
