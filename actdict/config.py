@@ -52,6 +52,10 @@ class Common:
     jobs, fewer threads than cores avoids oversubscription (two 2-thread jobs on 2 cores slowed the demo's
     training ~8x here)."""
 
+    def __post_init__(self) -> None:
+        if isinstance(self.seed, int) and not 0 <= self.seed < 2**63:  # numpy's generators take no negative
+            raise ConfigError(f"seed must be an integer in [0, 2**63), got {self.seed}")  # torch: < 2**64
+
     @property
     def store_path(self) -> str:
         return self.store or str(Path(self.run_dir) / "store")
@@ -65,6 +69,9 @@ class _Loader(yaml.SafeLoader):
 _Loader.add_implicit_resolver(  # tried after the YAML 1.1 resolvers of the same first characters
     "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
     list("-+0123456789"))
+_Loader.yaml_implicit_resolvers = {  # and no timestamps: `run_dir: 2026-12-05` is a folder name, not a date
+    c: [(tag, rx) for tag, rx in rs if tag != "tag:yaml.org,2002:timestamp"]
+    for c, rs in _Loader.yaml_implicit_resolvers.items()}
 
 
 def safe_yaml(text: str) -> Any:
@@ -97,7 +104,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         parts = key.strip().split(".")
         node = out
         for i, part in enumerate(parts[:-1]):
-            nxt = _list_item(node, part, item) if isinstance(node, list) else node.setdefault(part, {})
+            if isinstance(node, list):
+                nxt = _list_item(node, part, item)
+            elif (nxt := node.get(part)) is None:  # absent, or an empty section (`analyze:` in the YAML)
+                nxt = node[part] = {}
             if not isinstance(nxt, dict | list):
                 raise ConfigError(f"override {item!r}: {'.'.join(parts[:i + 1])!r} is not a section")
             node = nxt

@@ -285,3 +285,21 @@ def test_a_rank_that_lost_its_peer_says_so_in_one_line(monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "1")  # one process: not a peer's death, the traceback stays
     with pytest.raises(RuntimeError):
         cli.main(["store", "x"])
+
+
+def test_dates_empty_sections_and_seeds_are_read_as_meant(tmp_path):
+    """A date-like value (`run_dir: 2026-12-05`) is a string, not a datetime that crashed the overrides' copy
+    with a TypeError; an empty section (`analyze:`) takes dotted overrides like an absent one; a seed
+    numpy or torch cannot take (negative, >= 2**63) is a config error, not a traceback in the train stage."""
+    p = tmp_path / "c.yaml"
+    p.write_text("run_dir: 2026-12-05\nanalyze:\ntrain:\n  dicts: [{name: 2026-12-06, variant: sae_l1}]\n")
+    data = load_experiment(p, ["analyze.context=0", "store=2026-12-07"])
+    assert (common_of(data).run_dir, common_of(data).store) == ("2026-12-05", "2026-12-07")
+    assert section(data, "analyze", _stage_cls("analyze")).context == 0
+    assert section(data, "train", _stage_cls("train")).dicts[0].name == "2026-12-06"
+    for bad in ("seed=-1", f"seed={2**63}"):
+        with pytest.raises(ConfigError, match=r"seed must be an integer in \[0, 2\*\*63\)"):
+            common_of(load_experiment(p, [bad]))
+    for bad in ("train.dicts.0.seed=-1", f"train.dicts.0.seed={2**64}"):
+        with pytest.raises(ConfigError, match=r"train.dicts\[2026-12-06\].seed must be an integer in \[0, 2"):
+            section(load_experiment(p, [bad]), "train", _stage_cls("train"))

@@ -112,8 +112,9 @@ class Spread:
 
     def add(self, x: torch.Tensor) -> None:  # x: [b, d] float32, this process's rows of the batch
         wide = torch.float64 if x.device.type in ("cpu", "cuda") else torch.float32  # MPS has no float64
-        rows = torch.full((1,), float(len(x)), device=x.device)
-        v = torch.cat([x.sum(0), (x * x).sum()[None], rows]).to(wide)  # [d + 2]
+        xw = x.to(wide)  # summed wide: float32 sums of rows far from 0 lose the spread (E|x|^2 - |mean|^2)
+        rows = torch.full((1,), float(len(x)), device=x.device, dtype=wide)
+        v = torch.cat([xw.sum(0), (xw * xw).sum()[None], rows])  # [d + 2]
         self.sums = v if self.sums is None else self.sums + v  # [d + 2]
 
     def end(self, d: dist_.Dist) -> float | None:
