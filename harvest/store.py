@@ -81,9 +81,13 @@ class ActivationStore:
             raise StoreError(f"{self.dir}: format_version {m.get('format_version')} (this code reads "
                              f"{list(READ_VERSIONS)})")
         if not m.get("complete") and not allow_partial:
-            raise StoreError(f"{self.dir}: incomplete store (the harvest did not finish); re-run the same "
-                             "harvest command to resume it, or open with allow_partial=True to read its "
-                             "complete shards")
+            # no config_hash: vectors imported from Python or the vectors command (and since repaired)
+            how = ("re-run the same harvest command to resume it" if m.get("config_hash") else
+                   "import the vectors again in the same layout: python -m actdict.harvest.vectors FILE "
+                   f"{path} --hook {hook} --dtype {m.get('dtype')} --shard-rows {m.get('shard_rows')} "
+                   f"--chunk-rows {m.get('chunk_rows')} --overwrite")
+            raise StoreError(f"{self.dir}: incomplete store (the harvest did not finish); {how}, or open "
+                             "with allow_partial=True to read its complete shards")
         self.d, self.chunk_rows = int(m["d"]), int(m["chunk_rows"])
         self.dtype_name = m["dtype"]
         self.dtype = ACT_DTYPES[self.dtype_name]  # as stored (bfloat16: its raw bits, uint16)

@@ -194,6 +194,17 @@ def vector_rows(path: str | Path, key: str = "") -> int | None:
         return None
 
 
+def _is_bf16(p: Path, key: str) -> bool:
+    """Whether ``p`` is a safetensors file whose tensor ``key`` (or only tensor) is bfloat16, which numpy
+    lacks: its blocks arrive as float32 (exactly), and the manifest names the file's own dtype."""
+    if _format(p)[1] is not _safetensors_rows:
+        return False
+    from safetensors import safe_open
+
+    with safe_open(str(p), framework="pt") as f:
+        return f.get_slice(key or next(iter(f.keys()))).get_dtype() == "BF16"
+
+
 def _npy_rows(p: Path, key: str) -> int:
     return int(np.load(p, mmap_mode="r", allow_pickle=False).shape[0])
 
@@ -238,8 +249,10 @@ def import_vectors(path: str | Path, store: str, key: str = "", hook: str = "vec
     first = next(blocks, None)  # checks the file before the store is created
     if first is None:
         raise VectorsError(f"{path}: holds no vectors")
+    src = "bfloat16" if _is_bf16(Path(path).expanduser(), key) else str(first.dtype)  # bf16 blocks: float32
     m = {"corpus": f"vectors file {Path(path).expanduser().resolve()}", "kind": "vectors",
-         "vectors": {"file": str(path), "key": key, "dtype": str(first.dtype)}} | dict(manifest or {})
+         "numerics": f"user vectors ({src}), stored {kw.get('dtype', 'float32')}",
+         "vectors": {"file": str(path), "key": key, "dtype": src}} | dict(manifest or {})
     return write_vectors(store, chain([first], blocks), manifest=m, hook=hook, **kw)  # removed on failure
 
 

@@ -13,7 +13,7 @@ import torch
 from safetensors.numpy import save_file
 
 from actdict.cli import main as actdict_main
-from actdict.harvest.store import open_store, write_vectors
+from actdict.harvest.store import StoreError, open_store, write_vectors
 from actdict.harvest.vectors import VectorsError, cli, import_vectors, vector_blocks, vector_rows
 from actdict.harvest.writer import chunk_rows_for, default_layout
 
@@ -84,6 +84,13 @@ def test_safetensors_bfloat16(tmp_path):
     save_pt({"x": t}, tmp_path / "b.safetensors")
     s = import_vectors(tmp_path / "b.safetensors", str(tmp_path / "s"), **SMALL)  # the only tensor
     np.testing.assert_array_equal(s.read_rows(0, N).acts, t.float().numpy())
+    # the manifest names the file's dtype, not the float32 its blocks arrive in
+    assert s.manifest["vectors"]["dtype"] == "bfloat16"
+    assert s.manifest["numerics"] == "user vectors (bfloat16), stored float32"
+    np.save(tmp_path / "v.npy", _x(3).astype(np.float16))
+    f16 = import_vectors(tmp_path / "v.npy", str(tmp_path / "s16"), **SMALL)
+    assert (f16.manifest["vectors"]["dtype"], f16.manifest["numerics"]) == (
+        "float16", "user vectors (float16), stored float32")
 
 
 def test_parquet_list_column_round_trip(tmp_path):
@@ -389,6 +396,11 @@ def test_repair_of_imported_vectors_says_how_to_import_them_again(tmp_path, caps
     assert (f"python -m actdict.harvest.vectors FILE {tmp_path / 'st'} --hook vectors --dtype float16 "
             "--shard-rows 128 --chunk-rows 64 --overwrite") in out  # the same layout: the same split
     assert "run the harvest command that made it" not in out
+    with pytest.raises(StoreError, match="incomplete store") as e:  # what training then says: the same
+        open_store(str(tmp_path / "st"))
+    assert "harvest command" not in str(e.value)
+    assert (f"python -m actdict.harvest.vectors FILE {tmp_path / 'st'} --hook vectors --dtype float16 "
+            "--shard-rows 128 --chunk-rows 64 --overwrite") in str(e.value)
 
 
 def test_a_float16_overflow_is_one_line_and_leaves_nothing(tmp_path, capsys):
