@@ -19,7 +19,7 @@ from urllib.parse import quote
 import plotly.graph_objects as go
 
 from actdict.analyze.outputs import read_output
-from actdict.analyze.report_features import write_feature_page
+from actdict.analyze.report_features import shown, write_feature_page
 from actdict.analyze.toptokens import display_strings, is_wordpiece
 from actdict.files import write_atomic
 
@@ -60,7 +60,7 @@ def _num(v: Any) -> str:
     if v is None:
         return "&ndash;"
     if isinstance(v, float):
-        return f"{v:.4g}"
+        return shown(v)
     return esc(v)
 
 

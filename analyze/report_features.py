@@ -259,10 +259,17 @@ def embed_json(obj) -> str:
     return s.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
+def shown(v: float) -> str:
+    """A float as the reports print it: 4 significant digits, and 2 decimals kept from 100 up (an L0 of
+    383.98 of 384 latents is not shown as 384)."""
+    whole = len(str(int(abs(v)))) if abs(v) < 1e15 else 4  # digits before the point
+    return f"{v:.{max(4, whole + 2)}g}"
+
+
 def _stats(m: dict) -> str:
     keys = [("re_det", "RE"), ("ad", "AD"), ("l0", "L0"), ("ev", "EV"), ("cos", "cos"), ("dead", "dead"),
             ("dense", "dense")]
-    return ", ".join(f"{k2} {m[k]:.4g}" if isinstance(m[k], float) else f"{k2} {m[k]}"
+    return ", ".join(f"{k2} {shown(m[k])}" if isinstance(m[k], float) else f"{k2} {m[k]}"
                      for k, k2 in keys if m.get(k) is not None)
 
 

@@ -7,6 +7,8 @@ from urllib.parse import unquote, urlsplit
 import pytest
 
 from actdict.analyze.report import render, write_report
+from actdict.analyze.report_features import _stats as page_stats
+from actdict.analyze.report_features import shown
 
 EVIL = "<script>alert(1)</script>"
 
@@ -30,7 +32,7 @@ def _summary():
             },
             "vaease_beta": {
                 "variant": "vaease", "k": 64, "re_sample": 9.87, "re_det": 8.76, "ad": 22.5,
-                "l0": 64.0, "ev": 0.5, "dead": 0, "ad_hist": {"values": [22], "counts": [5]},
+                "l0": 63.98, "ev": 0.5, "dead": 0, "ad_hist": {"values": [22], "counts": [5]},
                 "density_hist": {"edges": [], "counts": [], "dead": 0}, "features": [],
             },
         },
@@ -65,8 +67,13 @@ def test_wordpiece_contexts_keep_their_spaces():
 def test_names_and_numbers_present(tmp_path):
     page = render(_summary())
     for text in ["sae_alpha", "vaease_beta", "sae_l1", "12.35", "0.9321", "22.5", "8.76", "feature 42",
-                 "0.125", "3.25", "1234", "blocks.0.hook_resid_post"]:
+                 "0.125", "3.25", "1234", "blocks.0.hook_resid_post", "<td>63.98</td>"]:
         assert text in page, text
+    # 4 significant digits, but 2 decimals from 100 up: an L0 of 383.98 of 384 latents is not "384"
+    assert [shown(v) for v in (383.98, 384.0, 0.000123456, 12345.678, float("nan"))] == [
+        "383.98", "384", "0.0001235", "12345.68", "nan"]
+    stats = page_stats({"re_det": 27.0812, "ad": 21.78, "l0": 383.98, "ev": 0.82064, "dead": 23})
+    assert stats == "RE 27.08, AD 21.78, L0 383.98, EV 0.8206, dead 23"
     assert "L0 counts exact nonzero codes, which a VAE's rarely are: a VAE's sparsity is its AD." in page
 
 
