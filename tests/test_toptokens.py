@@ -177,3 +177,22 @@ def test_display_strings():
     assert display_strings([" the", "ory"]) == [" the", "ory"]
     assert display_strings(["the", "world"], wordpiece=True) == [" the", " world"]  # no "##" in this list
     assert display_strings(["##s", "x"], wordpiece=False) == ["##s", "x"]
+
+
+def test_reservoir_of_a_rarely_active_feature_holds_only_its_active_rows():
+    """A feature active on fewer rows than the sample size: its sample is exactly those rows (any batching),
+    the other slots unfilled (row -1); a feature never active has no row at all."""
+    from actdict.analyze.streaming import Reservoir
+
+    codes = torch.arange(1.0, 19.0).reshape(6, 3)  # [6 rows, 3 features]
+    active = torch.zeros(6, 3, dtype=torch.bool)
+    active[[1, 4], 0] = True  # feature 0: 2 active rows of 6; feature 1: all 6; feature 2: none
+    active[:, 1] = True
+    r = Reservoir(3, 4, seed=0)
+    r.update(codes[:3], active[:3], torch.arange(100, 103))
+    r.update(codes[3:], active[3:], torch.arange(103, 106))
+    rows, values = r.result()
+    assert sorted(rows[0][rows[0] >= 0].tolist()) == [101, 104] and (rows[0] == -1).sum() == 2
+    assert sorted(values[0][rows[0] >= 0].tolist()) == [4.0, 13.0]  # codes[1, 0], codes[4, 0]
+    assert len(set(rows[1].tolist())) == 4 and set(rows[1].tolist()) <= set(range(100, 106))
+    assert (rows[2] == -1).all()

@@ -200,3 +200,18 @@ def test_batch_loss_needs_two_rows(tmp_path, capsys):
     assert actdict_main(["train", str(cfg), "train.normalize=mean_scale"]) == 2  # before the statistics
     assert "the train split holds 1 row" in capsys.readouterr().err
     assert actdict_main(["train", str(cfg), "train.dicts.e.variant=sae_l1"]) == 0
+
+
+def test_res_mlp_is_linear_three_blocks_swish_linear():
+    """``resmlp``: Linear(d, H); 3 residual blocks; then Swish and Linear(H, out) (the module docstring)."""
+    net = res_mlp(10, 4, 16)
+    h = torch.randn(5, 10, generator=torch.Generator().manual_seed(0))
+    blocks = [m for m in net if isinstance(m, ResBlock)]
+    first, last = net[0], net[-1]
+    assert isinstance(first, nn.Linear) and isinstance(last, nn.Linear) and len(blocks) == 3
+    with torch.no_grad():
+        a = first(h)
+        for blk in blocks:
+            a = blk(a)
+        want = (a * torch.sigmoid(a)) @ last.weight.T + last.bias  # Swish(a) = a sigmoid(a)
+        torch.testing.assert_close(net(h), want)

@@ -656,3 +656,92 @@ def test_lse_loss_by_hand(xb):
     E = torch.tensor(e, requires_grad=True)
     (-torch.logsumexp(-E, 1).sum()).backward()
     np.testing.assert_allclose(E.grad.numpy(), np.exp(-e) / np.exp(-e).sum(1, keepdims=True), rtol=1e-10)
+
+
+def test_sae_topk_dense_path_keeps_topk_codes_per_row(xb):
+    """The dense composition (an input that wants its gradient; a deep encoder) keeps the topk largest of
+    relu(pre) per row, as the sparse training path does. Every row here has more than topk = 3 positive
+    pre-activations, so keeping one code more or fewer would show."""
+    m = make("sae_topk", 6, 10, seed=9, topk=3)
+    with torch.no_grad():
+        m.encoder.bias.fill_(1.0)
+    x, We, be = _np(xb), _np(m.encoder.weight), _np(m.encoder.bias)
+    pre = x @ We.T + be
+    assert ((pre > 0).sum(1) > 3).all()
+    z = _topk_rows(_relu(pre), 3)
+    x_hat = z @ _np(m.decoder.weight).T + _np(m.decoder.bias)
+    for inp in (xb, xb.clone().requires_grad_()):  # the sparse path, then the dense one
+        out = m(inp)
+        np.testing.assert_allclose(_np(out.codes), z, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(_np(out.x_hat), x_hat, rtol=1e-5, atol=1e-5)
+    deep = make("sae_topk", 6, 10, seed=9, topk=3, encoder="mlp", hidden=8)
+    with torch.no_grad():
+        deep.encoder[-1].bias.fill_(5.0)  # every code positive: the top 3 of 10 are kept
+        full = _relu(_np(deep.encoder(xb)))  # the body's output, then the documented relu and top 3
+    assert ((full > 0).sum(1) > 3).all()
+    np.testing.assert_allclose(_np(deep(xb).codes), _topk_rows(full, 3), rtol=1e-6, atol=1e-7)
+
+
+def test_batchtopk_inference_keeps_only_activations_above_theta(xb):
+    """Eval mode: z = acts * (acts > theta), strictly (the official code; the exported JumpReLU's test too):
+    an activation equal to theta is off. Here acts = relu(b_enc) on every row."""
+    m = make("sae_batchtopk", 6, 4, seed=3, topk=1)
+    with torch.no_grad():
+        m.W_enc.zero_()
+        m.b_enc.copy_(torch.tensor([0.25, 0.5, 0.75, -1.0]))
+        m.b_dec.copy_(torch.linspace(-0.5, 0.5, 6))
+        m.threshold.fill_(0.5)
+    m.eval()
+    out = m(xb)
+    z = np.array([0.0, 0.0, 0.75, 0.0])
+    np.testing.assert_array_equal(_np(out.codes), np.broadcast_to(z, (8, 4)))
+    x_hat = z @ _np(m.W_dec) + _np(m.b_dec)
+    np.testing.assert_allclose(_np(out.x_hat), np.broadcast_to(x_hat, (8, 6)), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("head", ["logvar", "clip"])
+@pytest.mark.parametrize("variant", ["vaease", "vae"])
+def test_log_variance_heads_sample_and_gate_with_the_standard_deviation(variant, head, monkeypatch):
+    """The log-variance heads: std = exp(log var / 2) scales the noise, z = mu + std eps, and is VAEase's
+    gate, decoder input (1 - std) z and codes (1 - std) mu; not var = exp(log var)."""
+    d, k = 3, 4
+    m = make(variant, d, k, seed=0, head=head, **({"encoder": "mlp", "hidden": 5} if head == "clip" else {}))
+    if head == "logvar":
+        with torch.no_grad():
+            m.var_head.weight.zero_()
+            m.var_head.bias.copy_(torch.tensor([-4.0, -1.0, 0.0, -2.0]))
+    x = torch.randn(2, d, generator=torch.Generator().manual_seed(1))
+    eps = torch.randn(2, k, generator=torch.Generator().manual_seed(2))
+    monkeypatch.setattr(torch, "randn_like", lambda t, *a, **kw: eps.to(t.dtype))  # fixed eps
+    with torch.no_grad():
+        mu, s = (_np(t) for t in m.encoder(x).chunk(2, dim=-1))  # the body's output, split as documented
+    logvar = np.broadcast_to([-4.0, -1.0, 0.0, -2.0], (2, k)) if head == "logvar" else np.minimum(s, 0.0)
+    std = np.exp(logvar / 2)
+    assert (std < 0.99).any()  # some latent's std differs from its var
+    gate = 1 - std if variant == "vaease" else np.ones_like(std)
+    dec_in = gate * (mu + std * _np(eps))
+    out = m(x, sample=True)
+    np.testing.assert_allclose(_np(out.extras["dec_in"]), dec_in, rtol=1e-5, atol=1e-6)
+    Wd, bd = _np(m.decoder.weight), _np(m.decoder.bias)
+    np.testing.assert_allclose(_np(out.x_hat), dec_in @ Wd.T + bd, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(_np(out.codes), gate * mu, rtol=1e-5, atol=1e-6)
+    det = m(x, sample=False)
+    np.testing.assert_allclose(_np(det.x_hat), (gate * mu) @ Wd.T + bd, rtol=1e-5, atol=1e-6)
+
+
+def test_topk_auxk_attribution_path_applies_relu_to_the_kept_pre_activations(xb):
+    """Eval mode with an input that wants its gradient (attribution) runs the dense composition: z =
+    relu(TopK(pre)). Rows here have fewer positive pre-activations than topk = 4, so a kept negative one
+    would show; the codes and x_hat equal those of the no-grad forward."""
+    m = make("sae_topk_auxk", 6, 10, seed=1, topk=4).eval()
+    with torch.no_grad():
+        m.b_enc.copy_(torch.tensor([0.5, 0.5] + [-3.0] * 8))
+        m.b_dec.copy_(torch.linspace(-0.5, 0.5, 6))
+    x, We, be, Wd, bd = _np(xb), _np(m.W_enc), _np(m.b_enc), _np(m.W_dec), _np(m.b_dec)
+    pre = (x - bd) @ We + be
+    assert ((pre > 0).sum(1) < 4).any()
+    z = _relu(_topk_rows(pre, 4))
+    for inp in (xb, xb.clone().requires_grad_()):
+        out = m(inp)
+        np.testing.assert_allclose(_np(out.codes), z, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(_np(out.x_hat), z @ Wd + bd, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,43 @@
+"""ModelEval (``analyze/evaluate.py``): the summary numbers of a VAE-like dictionary (active side "low",
+signed codes that are never exactly zero) against hand arithmetic."""
+
+import pytest
+import torch
+
+from actdict.analyze.config import AnalyzeConfig
+from actdict.analyze.evaluate import ModelEval
+from actdict.train.protocol import Dictionary, Forward
+
+
+class LowSide(Dictionary):
+    """The input row is the activity (log posterior variance), as a VAE's; codes = (1 + x) * [1, -1, 1, -1]:
+    signed and nonzero wherever x != -1; x_hat = x / 2."""
+
+    variant = "test_low_side"
+    active_side = "low"
+
+    def forward(self, x, sample=True):
+        codes = (1 + x) * torch.tensor([1.0, -1.0, 1.0, -1.0])
+        return Forward(x / 2, codes, x, {})
+
+
+def test_vae_summary_counts_nonzero_codes_and_fires_by_the_otsu_mask():
+    """L0 counts every nonzero code, negative ones too; a latent fires (dead, density) where it is in the Otsu
+    active group, not where its code is nonzero; a class's AD splits the mean log variance of its rows."""
+    x = torch.tensor([[-9.0, -2, 0, 0], [-9.0, -2, 0, 0], [0.0, 0, -9, -9], [0.0, 0, -9, -9]])  # [n, k]
+    # Otsu on [-9, -2, 0, 0]: split 1 costs 0 + SS(-2, 0, 0) = 8/3, split 2 costs SS(-9, -2) = 24.5, split 3
+    #   SS(-9, -2, 0) > 24.5: 1 low (active) latent, latent 0. [0, 0, -9, -9]: split 2 costs 0: latents 2, 3.
+    ev = ModelEval(LowSide(4, 4), AnalyzeConfig(top_k=2, quantiles=1, quantile_samples=1), seed=0,
+                   device=torch.device("cpu"), n_classes=2)
+    ev.update(x, torch.arange(4), torch.tensor([0, 0, 1, 1]))
+    s = ev.summary(4, x.sum(0), (x * x).sum(0), classes=["a", "b"])
+    assert s["l0"] == 4.0  # codes (1 + x) * signs: -8, -1, 1, -1 and 1, -1, -8, 8: all nonzero, half negative
+    assert s["ad"] == pytest.approx(1.5) and s["ad_std"] == pytest.approx(0.5)
+    assert s["dead"] == 1 and s["dead_frac"] == pytest.approx(0.25)  # latent 1 is in no row's active group
+    assert s["dense"] == 3  # latents 0, 2, 3 fire on half the rows, more than dense_threshold = 0.1
+    assert s["density_hist"]["dead"] == 1
+    assert s["re_det"] == pytest.approx(float((x / 2).pow(2).sum(1).mean()))
+    # class "a": mean log var [-9, -2, 0, 0] -> 1 active. (The mean variance [1.2e-4, 0.135, 1, 1] would
+    # split after 0.135: 2.)  Class "b": [0, 0, -9, -9] -> 2.
+    assert [(c["label"], c["n"], c["ad"], c["ad_of_mean"]) for c in s["ad_class"]] == [
+        ("a", 2, 1.0, 1), ("b", 2, 2.0, 2)]
