@@ -130,3 +130,29 @@ def test_a_lone_last_row_waits_for_the_next_epoch():
     from actdict.train.data import last_batches
 
     assert [last_batches(n, 33) for n in (1, 32, 33, 34, 35, 66, 67)] == [1, 1, 1, 1, 2, 2, 2]
+
+
+def test_average_grads_weighs_by_rows_and_keeps_missing_grads_missing(tmp_path):
+    """``dist.average_grads`` in a process group of one rank (gloo): the all-reduce is the identity, so each
+    gradient comes back times this rank's weight (its share of the global batch), in its parameter's memory
+    layout (a transposed weight stays transposed), and a parameter no rank has a gradient for keeps None."""
+    import torch.distributed as tdist
+
+    from actdict.train.dist import average_grads
+
+    model = torch.nn.Linear(3, 4)
+    model.weight = torch.nn.Parameter(torch.randn(3, 4).T)  # [4, 3] a transposed view (sae_topk's decoder)
+    spare = torch.nn.Parameter(torch.ones(2))
+    model.register_parameter("spare", spare)  # no gradient on any rank
+    model(torch.randn(5, 3)).pow(2).sum().backward()
+    want = {n: p.grad.clone() * 0.25 for n, p in model.named_parameters() if p.grad is not None}
+    tdist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        average_grads(model, 0.25)
+    finally:
+        tdist.destroy_process_group()
+    assert model.spare.grad is None and set(want) == {"weight", "bias"}
+    for n, p in model.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(p.grad, want[n], rtol=0, atol=0)
+            assert p.grad.stride() == p.stride()

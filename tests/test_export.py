@@ -174,3 +174,21 @@ def test_an_export_never_lands_on_a_checkpoint_or_in_dicts_or_over_files(tmp_pat
         assert main([str(dicts / "b"), str(tmp_path / "notes" / "todo.txt"), *flag]) == 2
         assert "todo.txt is a file, not a folder" in capsys.readouterr().err
     assert (tmp_path / "notes" / "todo.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("variant", ["sae_l1", "sae_topk", "sae_jumprelu"])
+def test_export_cfg_asks_saelens_for_no_other_transformation(variant, tmp_path):
+    """The cfg fields that would make SAELens compute something other than ``saelens_forward`` are off
+    (input normalisation, reshaping, TopK's rescaling by decoder norms), and SAELens <= 5's activation keys
+    name the same activation (TopK with its k) as the 6.x architecture."""
+    params, arch = CASES[variant]
+    checkpoint.save(tmp_path / "dict", make(variant, D, K, **params), {})
+    cfg = json.loads((export_saelens(tmp_path / "dict", tmp_path / "sl") / "cfg.json").read_text())
+    assert (cfg["normalize_activations"], cfg["reshape_activations"]) == ("none", "none")
+    assert cfg["dtype"] == "float32"
+    assert cfg["activation_fn"] == ("topk" if arch == "topk" else "relu")
+    if arch == "topk":
+        assert cfg["rescale_acts_by_decoder_norm"] is False
+        assert cfg["activation_fn_kwargs"] == {"k": params["topk"]} and cfg["k"] == params["topk"]
+    else:
+        assert cfg["activation_fn_kwargs"] == {} and "rescale_acts_by_decoder_norm" not in cfg

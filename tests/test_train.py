@@ -704,3 +704,263 @@ def test_the_epoch_spread_is_exact_for_rows_far_from_zero():
     x64 = x.double()
     want = float((x64 - x64.mean(0)).pow(2).sum(1).mean())  # ~64
     assert abs(s.end(Dist()) - want) < 1e-6 * want
+
+
+def test_member_trains_with_plain_adam_over_many_steps():
+    """``Member``'s optimizer is Adam with the usual constants (beta1 0.9, beta2 0.999, eps 1e-8), checked
+    against Adam's update written out by hand over 30 steps (two steps cannot tell beta2 0.999 from 0.99:
+    the first update is the gradient's sign whatever the betas)."""
+    from contextlib import nullcontext
+
+    from actdict.train.loop import step
+
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(16, 5, generator=g) * (1 + i % 3) for i in range(30)]  # [B, d] each
+    a = Member("a", make("sae_l1", 5, 8, seed=1), 0.01)
+    a.setup(torch.device("cpu"))
+    b = make("sae_l1", 5, 8, seed=1)
+    params = list(b.parameters())
+    m1 = [torch.zeros_like(p) for p in params]
+    m2 = [torch.zeros_like(p) for p in params]
+    for t, x in enumerate(xs, start=1):
+        step(a, x, 0.01, nullcontext(), None)
+        grads = torch.autograd.grad(b.loss_terms(x, b(x))["loss"], params)
+        with torch.no_grad():
+            for p, gr, u, v in zip(params, grads, m1, m2, strict=True):
+                u.mul_(0.9).add_(0.1 * gr)
+                v.mul_(0.999).add_(0.001 * gr * gr)
+                p -= 0.01 * (u / (1 - 0.9**t)) / ((v / (1 - 0.999**t)).sqrt() + 1e-8)
+    for (name, p), q in zip(a.model.named_parameters(), params, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_loop_hands_each_step_the_runs_schedule_clip_and_autocast(monkeypatch):
+    """Every train setting that shapes a step reaches it: cosine_restarts after a 2-step warmup with t0=2 and
+    eta_min=0.1 (by hand: warmup lr/2, lr; then cycles of 2 and 4 steps), grad_clip, bf16 autocast; each
+    dictionary draws from its own seed. Under max_steps, warmup_cosine decays over the steps run (6), not
+    over the epochs asked for."""
+    from actdict.train import loop
+    from actdict.train.loop import step_seed
+
+    seen = []
+
+    def fake_step(m, x, lr, amp, weight, clip=0.0):  # records what the loop asks of the step
+        seen.append((m.name, lr, clip, amp, torch.initial_seed()))
+        return {"loss": torch.tensor(1.0), "sse": torch.tensor(1.0)}
+
+    monkeypatch.setattr(loop, "step", fake_step)
+    x = torch.zeros(8, 3)
+    cfg = TrainConfig(dicts=[], epochs=2, schedule="cosine_restarts", warmup_steps=2, t0=2, eta_min=0.1,
+                      grad_clip=0.7, autocast=True)
+    members = [Member("a", make("sae_l1", 3, 4), 1.0), Member("b", make("sae_l1", 3, 4), 1.0)]
+    assert train(members, lambda e: x.split(2), cfg, torch.device("cpu"), steps_per_epoch=4, seed=9) == 8
+    a = [s for s in seen if s[0] == "a"]
+    c = np.cos(np.pi / 4)
+    want = [0.5, 1.0, 1.0, 0.55, 1.0, 0.1 + 0.9 * (1 + c) / 2, 0.55, 0.1 + 0.9 * (1 - c) / 2]
+    assert [lr for _, lr, *_ in a] == pytest.approx(want, rel=1e-12)
+    assert {clip for _, _, clip, *_ in seen} == {0.7}
+    assert all(isinstance(amp, torch.autocast) and amp.fast_dtype == torch.bfloat16 for *_, amp, _ in seen)
+    seeds = {name: [s for n, *_, s in seen if n == name] for name in ("a", "b")}
+    assert seeds["a"] == [step_seed(9, s, "a") for s in range(8)]
+    assert all(sa != sb for sa, sb in zip(seeds["a"], seeds["b"], strict=True))  # not one noise for all
+    seen.clear()
+    cfg = TrainConfig(dicts=[], epochs=4, schedule="warmup_cosine", eta_min=0.0, max_steps=6)
+    assert train(members[:1], lambda e: x.split(2), cfg, torch.device("cpu"), steps_per_epoch=4) == 6
+    assert [lr for _, lr, *_ in seen] == pytest.approx([(1 + np.cos(np.pi * s / 6)) / 2 for s in range(6)])
+    assert all(amp is not None and not isinstance(amp, torch.autocast) for *_, amp, _ in seen)
+    cfg = TrainConfig(dicts=[], epochs=1, max_steps=100)  # max_steps only cuts a run short
+    assert train(members[:1], lambda e: x.split(2), cfg, torch.device("cpu"), steps_per_epoch=4) == 4
+
+
+def test_loop_saves_every_checkpoint_every_steps_and_keeps_the_last_epochs_baselines(monkeypatch):
+    """The resume state is saved after steps 3 and 6 of 8 (checkpoint_every=3) at the position after that
+    step; the ``diverged`` baselines are the last epoch's alone, computed by hand: the mean over its batches
+    of the SSE of each batch's mean row, and the SSE of the epoch's mean row over all its rows."""
+    from dataclasses import replace
+
+    from actdict.train import loop
+
+    monkeypatch.setattr(loop, "step", lambda m, x, *a, **k: {"loss": torch.tensor(0.0)})
+    g = torch.Generator().manual_seed(0)
+    data = [torch.randn(8, 3, generator=g, dtype=torch.float64).float(),  # [8, d] per epoch, epoch 1
+            (torch.randn(8, 3, generator=g, dtype=torch.float64) * 3 + 5).float()]  # far from epoch 0's
+    saved = []
+    m = Member("a", make("sae_l1", 3, 4), 0.1)
+    cfg = TrainConfig(dicts=[], epochs=2, checkpoint_every=3)
+    assert train([m], lambda e: data[e].split(4), cfg, torch.device("cpu"), steps_per_epoch=2,
+                 save=lambda pos: saved.append(replace(pos))) == 4
+    assert [vars(p) for p in saved] == [{"epoch": 1, "batch": 1, "step": 3}]
+    x = data[1].double().numpy()
+    halves = [((b - b.mean(0)) ** 2).sum(1).mean() for b in (x[:4], x[4:])]
+    assert m.baseline == pytest.approx(np.mean(halves), rel=1e-6)
+    assert m.spread == pytest.approx(((x - x.mean(0)) ** 2).sum(1).mean(), rel=1e-6)
+    saved.clear()
+    cfg = TrainConfig(dicts=[], epochs=2, checkpoint_every=3)
+    train([Member("b", make("sae_l1", 3, 4), 0.1)], lambda e: data[e].split(2), cfg, torch.device("cpu"),
+          steps_per_epoch=4, save=lambda pos: saved.append(replace(pos)))
+    assert [vars(p) for p in saved] == [{"epoch": 0, "batch": 3, "step": 3},
+                                        {"epoch": 1, "batch": 2, "step": 6}]
+
+
+def test_split_note_allows_exactly_a_tenth_off():
+    """The note is for a held-out share more than 0.1 from test_fraction: 20% of the rows held out for
+    test_fraction=0.1 is within it, 30% is not."""
+    from actdict.train.data import split_note
+
+    assert split_note([10] * 10, {"test_chunks": [0, 1]}, 0.1) is None
+    assert split_note([10] * 10, {"test_chunks": [0, 1, 2]}, 0.1).startswith("the held-out chunks [0, 1, 2] "
+                                                                            "hold 30% of the rows")
+
+
+def test_kept_states_continue_only_from_the_end_of_their_last_epoch_at_one_step():
+    """``resume.extension``: kept states continue a longer run only when each stands at the end of the epochs
+    it was configured for (epoch = its epochs, batch 0), all at the same step, under a schedule whose rate at
+    a step does not depend on the run's length (a decay to eta_min over more steps is another run)."""
+    from actdict.train.resume import extension
+
+    def kept(name, epochs, epoch, batch, step, schedule="constant"):
+        config = {"train": {"epochs": epochs, "schedule": schedule}, "dict": {"k": 4}}
+        return {"position": {"epoch": epoch, "batch": batch, "step": step},
+                "members": {name: {"config_hash": f"h-{name}", "config": config}}}
+
+    def new(schedule="constant"):
+        return {n: {"train": {"epochs": 3, "schedule": schedule}, "dict": {"k": 4}} for n in "ab"}
+
+    hashes = {"a": "h2-a", "b": "h2-b"}
+    for schedule in ("constant", "cosine_restarts"):
+        assert extension({n: kept(n, 2, 2, 0, 24, schedule) for n in "ab"}, hashes, new(schedule)) == (
+            {"a": "h-a", "b": "h-b"}, "")
+    for schedule in ("warmup_cosine", "linear_decay"):
+        got = extension({n: kept(n, 2, 2, 0, 24, schedule) for n in "ab"}, hashes, new(schedule))
+        assert got[0] is None and got[1].startswith(f"a: schedule {schedule} decays over the whole run")
+    assert extension({"a": kept("a", 2, 2, 0, 24), "b": kept("b", 2, 2, 0, 23)}, hashes, new()) == (
+        None, "the kept states stand at different steps")
+    for epoch, batch in ((1, 0), (2, 5), (1, 11)):  # a state inside the run, not at its end
+        got = extension({n: kept(n, 2, epoch, batch, 24) for n in "ab"}, hashes, new())
+        assert got == (None, f"a: train.epochs 2 -> 3, the state at epoch {epoch}")
+
+
+def test_normalized_wrapper_reads_and_rebuilds_raw_rows():
+    """``checkpoint.Normalized`` = the inner model on (x - mean) / scale, its reconstructions (forward and
+    decode) mapped back by * scale + mean, its loss the inner one in normalised units; it passes on what the
+    loop and analysis ask of the inner variant (no reconstruction to train, batch statistics, active side)."""
+    inner = make("sae_l1", 3, 4, seed=1)
+    mean, scale = torch.tensor([1.0, -2.0, 30.0]), 2.5
+    m = checkpoint.Normalized(inner, mean, scale)
+    x = torch.randn(6, 3, generator=torch.Generator().manual_seed(0)) * 4 + mean  # [B, d] raw
+    out, ref = m(x, sample=False), inner((x - mean) / scale, sample=False)
+    torch.testing.assert_close(out.codes, ref.codes)
+    torch.testing.assert_close(out.x_hat, ref.x_hat * scale + mean)
+    torch.testing.assert_close(m.decode(out.codes), inner.decode(ref.codes) * scale + mean)
+    loss = inner.loss_terms((x - mean) / scale, ref)["loss"]
+    torch.testing.assert_close(m.loss_terms(x, out)["loss"], loss)
+    lse, vae = (checkpoint.Normalized(make(v, 3, 4), mean, scale) for v in ("lse", "vae"))
+    assert (lse.trains_reconstruction, lse.batch_loss, vae.active_side) == (False, True, "low")
+    assert (m.trains_reconstruction, m.batch_loss, m.active_side) == (True, False, "high")
+
+
+def test_a_checkpoint_is_finished_only_with_the_flag_its_hash_and_whole_weights(tmp_path):
+    """``checkpoint.is_finished``: a cfg.json saying ``finished`` with one of the hashes asked for, beside a
+    readable weights file; a record without the flag (not the train stage's final save) is not finished."""
+    model = make("sae_l1", 3, 4)
+    checkpoint.save(tmp_path / "draft", model, {"config_hash": "h1"})
+    checkpoint.save(tmp_path / "done", model, {"config_hash": "h1", "finished": True})
+    assert not checkpoint.is_finished(tmp_path / "draft", "h1") and checkpoint.finished_record(
+        tmp_path / "draft") is None
+    assert checkpoint.is_finished(tmp_path / "done", "h0", "h1") and not checkpoint.is_finished(
+        tmp_path / "done", "h2")
+    weights = tmp_path / "done" / checkpoint.WEIGHTS
+    weights.write_bytes(weights.read_bytes()[:-8])  # cut short
+    assert not checkpoint.is_finished(tmp_path / "done", "h1")
+
+
+def test_each_epoch_reads_the_chunks_in_its_own_seeded_order(store):
+    """Buffers of one chunk: the chunks are read in a permutation of (seed, epoch), not in store order, and
+    another epoch reads them in another order (not only the rows inside a buffer are shuffled)."""
+
+    class Recording(CountingStore):
+        def read_acts(self, i, out=None):
+            self.order.append(int(i))
+            return self.inner.read_acts(i, out)
+
+    def order(seed, epoch):
+        s = Recording(store)
+        s.order = []
+        list(iter_batches(s, list(range(16)), 32, 1, seed=seed, epoch=epoch))
+        return s.order
+
+    orders = [order(0, e) for e in range(3)]
+    assert all(sorted(o) == list(range(16)) for o in orders) and order(0, 1) == orders[1]
+    assert orders[0] != list(range(16)) and len({tuple(o) for o in orders}) == 3
+
+
+def test_the_hash_covers_what_changes_a_trained_dictionary_and_nothing_else():
+    """``dict_hash`` changes with the seed, the train chunks and every train setting that changes the batches
+    or the steps (a finished checkpoint of another one is retrained), and not with where or how often the
+    run saves or which device it runs on."""
+    from actdict.train.run import dict_hash
+
+    common, dc = Common(run_dir="r", seed=0, store="s"), DictConfig("v", "vaease")
+    sid, split = {"rows": 10, "config_hash": "c"}, {"train_chunks": [0, 1]}
+    base = dict_hash(dc, TrainConfig(), common, sid, split)
+    changed = [dict_hash(dc, TrainConfig(), Common(run_dir="r", seed=1, store="s"), sid, split),
+               dict_hash(dc, TrainConfig(), common, sid, {"train_chunks": [0, 2]}),
+               *(dict_hash(dc, TrainConfig(**{k: v}), common, sid, split) for k, v in (
+                   ("buffer_chunks", 3), ("batch_size", 7), ("epochs", 2), ("warmup_steps", 1), ("t0", 6),
+                   ("normalize", "mean_scale"), ("max_steps", 5)))]
+    assert base not in changed and len(set(changed)) == len(changed)
+    for k, v in (("device", "cpu"), ("checkpoint_every", 7), ("resume", False), ("keep_state", True)):
+        assert dict_hash(dc, TrainConfig(**{k: v}), common, sid, split) == base, k
+    assert dict_hash(dc, TrainConfig(), Common(run_dir="elsewhere", seed=0, store="s"), sid, split) == base
+
+
+def test_train_stage_draws_each_steps_noise_from_the_experiments_seed(store, tmp_path, monkeypatch):
+    """The train stage seeds the loop's per-step draws (VAE noise) with the experiment's seed, so that runs
+    of another seed draw other noise; it trains on the split's train chunks for the epochs asked."""
+    from actdict.train import loop
+    from actdict.train.run import main
+
+    seeds = []
+    real = loop.seed_step
+    monkeypatch.setattr(loop, "seed_step", lambda s, device: (seeds.append(s), real(s, device)))
+
+    common = Common(run_dir=str(tmp_path / "run"), seed=11, store=store.path)
+    main(common, TrainConfig(dicts=[DictConfig("a", "sae_l1", k=4, seed=2)], epochs=2, batch_size=100,
+                             test_fraction=0.25, device="cpu"))
+    assert seeds == [loop.step_seed(11, s, "a") for s in range(16)]  # 12 train chunks: 8 batches an epoch
+
+
+def test_a_train_split_of_one_row_is_refused_only_for_batch_statistics(tmp_path):
+    """65 rows in chunks of 64: the split of seed 0 trains on the 1-row chunk. lse (batch variance) cannot
+    learn from it and is refused before training; sae_l1 trains on it."""
+    from actdict.config import ConfigError
+    from actdict.train.run import main
+
+    x = np.random.default_rng(0).standard_normal((65, 3)).astype(np.float32)
+    one = write_vectors(str(tmp_path / "s"), x, shard_rows=128, chunk_rows=64)
+    assert make_split(one.num_chunks, 0.5, 0)["train_chunks"] == [1] and one.chunk_bounds(1) == (64, 65)
+
+    def cfg(variant):
+        return TrainConfig(dicts=[DictConfig("a", variant, k=4)], epochs=1, test_fraction=0.5, device="cpu")
+
+    with pytest.raises(ConfigError, match=r"the train split holds 1 row, and \['a'\] train on batches of 2"):
+        main(Common(run_dir=str(tmp_path / "r1"), seed=0, store=one.path), cfg("lse"))
+    assert not (tmp_path / "r1" / "dicts").exists()
+    main(Common(run_dir=str(tmp_path / "r2"), seed=0, store=one.path), cfg("sae_l1"))
+    assert checkpoint.load(tmp_path / "r2" / "dicts" / "a")[1]["steps"] == 1
+
+
+def test_resume_drop_naming_a_dictionary_still_trained_resumes_it(store, tmp_path, stop_training):
+    """train.resume_drop drops only dictionaries the run leaves out of train.dicts: one it still trains is
+    resumed from the state with the others (not refused, not started over)."""
+    from actdict.train.run import main
+
+    cfg = TrainConfig(dicts=[DictConfig("a", "sae_topk", k=4, lr=0.01, params={"topk": 2}),
+                             DictConfig("b", "sae_topk", k=4, lr=0.02, params={"topk": 2})],
+                      epochs=1, batch_size=100, test_fraction=0.2, device="cpu", checkpoint_every=0)
+    common = Common(run_dir=str(tmp_path / "run"), seed=3, store=store.path)
+    stop_training(common, cfg, 4)
+    main(common, TrainConfig(**{**vars(cfg), "resume_drop": ["b"]}))
+    for name in ("a", "b"):
+        meta = checkpoint.load(tmp_path / "run" / "dicts" / name)[1]
+        assert (meta["resumed_at_step"], meta["steps"]) == (4, 9)
