@@ -145,3 +145,12 @@ def test_shipped_embedding_configs():
     demo = load_experiment(ROOT / "configs" / "demo_embeddings.yaml")
     assert section(demo, "harvest", HarvestConfig).mode == "embeddings"
     assert common_of(demo).run_dir
+
+
+def test_paragraphs_split_at_blank_lines_holding_whitespace():
+    from actdict.harvest.embed import text_units
+
+    docs = ["A.\n \nB, still\nB.\n\t\n\nC.", "  ", "Only."]
+    assert list(text_units(docs, "paragraph")) == [(0, 0, "A."), (0, 1, "B, still\nB."), (0, 2, "C."),
+                                                   (2, 0, "Only.")]
+    assert list(text_units(docs, "document")) == [(0, 0, docs[0]), (1, 0, "  "), (2, 0, "Only.")]

@@ -226,6 +226,37 @@ def test_shards_hold_consecutive_rows_and_split_by_rank():
     assert spans(0, 32, 16) == [(0, 0, 16), (1, 16, 32)] and spans(20, 32, 16) == [(1, 0, 12)]
 
 
+def test_row_stream_stops_at_a_limit_inside_a_window():
+    """max_tokens falling inside a window: exactly that many rows, and the stream reads only one window past
+    it (a small max_tokens on a large corpus ends at once instead of tokenizing all of it)."""
+    seen = []
+
+    def windows():
+        for w in token_windows(([10 + i] * 5 for i in range(1000)), ctx=4, prefix=(1,)):
+            seen.append(w)
+            yield w
+
+    stream = RowStream(windows(), lambda w: np.flatnonzero(w.keep), limit=7)  # 3 rows per window
+    items = list(stream)
+    assert [len(it.rows) for it in items] == [3, 3, 1] and [it.row for it in items] == [0, 3, 6]
+    assert stream.end_row == 7 and len(seen) == 4
+
+
+def test_a_shard_cursor_inside_a_separator_resumes_the_same_windows():
+    """A shard whose first window begins inside the separator between two documents records a negative
+    offset; resuming there gives the windows of the uninterrupted stream, separator included."""
+    docs = [[11, 12, 13], [21, 22, 23, 24], [31, 32, 33, 34, 35]]
+    kw = {"ctx": 4, "prefix": (1,), "sep": (7, 8)}  # stream 11 12 13 7 8 21 22 23 24 7 8 31 ..: bodies of 3
+    full = list(token_windows(docs, **kw))
+    cursors = [it.cursor for it in RowStream(full, lambda w: np.flatnonzero(w.keep))]
+    inside = [c for c in cursors if c["offset"] < 0]
+    assert [c["offset"] for c in inside] == [-2, -2]
+    for c in inside:
+        again = list(token_windows(docs[c["doc"]:], start=(c["doc"], c["offset"]), **kw))
+        assert [w.tokens.tolist() for w in again] == [w.tokens.tolist() for w in full[c["window"]:]]
+        assert again[0].tokens.tolist()[:3] == [1, 7, 8]
+
+
 def test_finish_refuses_shards_whose_rows_disagree_with_the_stream(tmp_path):
     """The last step of a harvest marks the hook complete only when its shards hold the stream's rows."""
     from actdict.harvest.resume import HarvestError, finish
@@ -266,3 +297,23 @@ def test_resume_reads_but_does_not_tokenize_earlier_documents(corpus):
     again = list(model_windows(lm, cfg, w.start))
     assert seen == docs[w.start[0]:]  # the documents before the cursor were never tokenized
     assert [a.tokens.tolist() for a in again] == [b.tokens.tolist() for b in full[len(full) // 2:]]
+
+
+@pytest.mark.parametrize("new, grows", [(51, True), (None, True), (50, False), (49, None), (1, None)])
+def test_only_a_larger_max_tokens_grows_a_complete_store(new, grows):
+    """growable: a complete store of the same config grows to a larger max_tokens (or to the whole source);
+    the same max_tokens is not growth; any smaller one is refused (the store already holds more rows)."""
+    from actdict.config import build
+    from actdict.harvest.config import HarvestConfig
+    from actdict.harvest.layout import FORMAT_VERSION
+    from actdict.harvest.resume import HarvestError, growable
+    from actdict.harvest.reuse import as_json
+
+    old = as_json(build(HarvestConfig, {"max_tokens": 50}))
+    manifests = {"h": {"complete": True, "format_version": FORMAT_VERSION, "harvest": old}}
+    cfg = as_json(build(HarvestConfig, {"max_tokens": new}))
+    if grows is None:
+        with pytest.raises(HarvestError, match="smaller max_tokens"):
+            growable(manifests, cfg)
+    else:
+        assert growable(manifests, cfg) is grows

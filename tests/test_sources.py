@@ -73,6 +73,14 @@ def test_window_dtypes_and_long_stream():
     assert sum(len(d) for d in docs) + 49 <= 64 * len(ws) < sum(len(d) for d in docs) + 49 + 64
 
 
+def test_empty_documents_add_no_separator():
+    """A document without tokens (a text its tokenizer drops) neither starts the stream with a separator nor
+    doubles the one between its neighbours; the others keep their indices."""
+    got = _rows(token_windows([[], [1, 2], [], [3]], ctx=3, prefix=[100], sep=[9], pad_id=0))
+    assert got == [([100, 1, 2], [-1, 1, 1], [-1, 0, 1], [False, True, True]),
+                   ([100, 9, 3], [-1, -1, 3], [-1, -1, 0], [False, False, True])]
+
+
 def test_window_errors():
     with pytest.raises(ValueError, match="no room"):
         list(token_windows([[1]], ctx=2, prefix=[1], suffix=[2]))
@@ -327,3 +335,14 @@ def test_source_fingerprint_sees_a_same_size_edit(tmp_path):
     st = f.stat()
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # a later write, whatever the clock
     assert f.stat().st_size == 24 and source_fingerprint(cfg) != before
+
+
+def test_documents_are_stripped_and_blank_ones_skipped(tmp_path, monkeypatch):
+    """Surrounding whitespace is not part of a document (a BPE tokenizer would make tokens of it); a
+    blank document is skipped and does not count towards max_docs, whatever the source."""
+    rows = [{"text": "  padded text\n"}, {"text": " \n\t"}, {"text": "b"}]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    src = SourceConfig(kind="files", path=str(tmp_path / "d.jsonl"))
+    assert list(iter_documents(src)) == ["padded text", "b"]
+    monkeypatch.setattr(sources, "_debian_texts", lambda: iter(["a", " \n ", "", "c", "d"]))
+    assert list(iter_documents(SourceConfig(kind="debian", max_docs=2))) == ["a", "c"]

@@ -273,3 +273,25 @@ def test_windows_are_the_text_the_harvest_fed(lm, tmp_path, made):
     assert st.num_chunks > 2 and [w.tokens[i][w.real[i]].tolist() for i in range(len(w))] == want
     held = w.tokens[w.real & ~w.spliced]  # the prefixes and the separators: never spliced; every EOS is one
     assert held.tolist() == [eos] * int((w.tokens[w.real] == eos).sum()) and len(held) >= len(prefix) * len(w)
+
+
+def test_heldout_windows_keep_token_id_0_and_see_documents_at_chunk_edges(tmp_path):
+    """Token id 0 is a real token (GPT-2's "!"), only -1 marks a row without one; a document that begins
+    exactly at a chunk boundary still gets the separator, and one missing whole there still cuts."""
+    doc = np.repeat([0, 1, 3], 8)  # 3 documents of 8 rows = chunks 0, 1, 2; document 2 left out whole
+    ids = np.arange(24) % 12  # ids 0 at rows 0 and 12
+    with StoreWriter(str(tmp_path / "s"), {"hook": HOOK}, 2, "float32", 64, 8) as wr:
+        wr.append(np.zeros((24, 2), np.float32), ids, doc, np.tile(np.arange(8), 3))
+    w = heldout_windows(open_store(str(tmp_path / "s")), [0, 1, 2], n_windows=10, ctx=40, sep=(99,))
+    got = [w.tokens[i][w.real[i]].tolist() for i in range(len(w))]
+    assert got == [[*ids[:8], 99, *ids[8:16]], ids[16:].tolist()]
+
+
+def test_kl_is_clean_to_spliced_by_hand():
+    from actdict.analyze.splice import kl_per_position
+
+    g = torch.Generator().manual_seed(0)
+    clean, other = torch.randn(2, 3, 5, generator=g), 3 * torch.randn(2, 3, 5, generator=g)  # [W, T, V]
+    p, q = clean[:, :-1].softmax(-1).double(), other[:, :-1].softmax(-1).double()
+    want = (p * (p / q).log()).sum(-1)  # KL(p_clean || p_spliced) [W, T-1]
+    torch.testing.assert_close(kl_per_position(clean, other).double(), want, rtol=1e-5, atol=1e-6)

@@ -519,3 +519,53 @@ def test_a_manifest_of_the_wrong_shape_is_one_line(tmp_path, capsys, manifest):
         assert cli(["store", str(tmp_path / "s"), *flag]) == 2, flag
         said = "".join(capsys.readouterr())  # stdout and stderr
         assert said.count("\n") == 1 and said.startswith("actdict store: "), (flag, said)
+
+
+def test_a_truncated_last_short_chunk_is_named(tmp_path):
+    """The last chunk of a shard holds fewer rows (13 = 3 x 4 + 1) but its file is a whole padded chunk: a
+    truncated one is found when the store is opened, like any other chunk."""
+    _write(tmp_path)
+    chunk = tmp_path / "blocks.0.hook_resid_post" / "shards" / "00002" / "acts" / "c" / "3" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:-5])
+    with pytest.raises(StoreError, match=r"shards/00002.*acts chunk 3"):
+        open_store(str(tmp_path))
+
+
+def test_float64_vectors_round_once_to_float16(tmp_path):
+    """float64 input is rounded to float16 directly, as numpy's cast does: not through float32 (a double
+    rounding that turns 1 + 2**-11 + 2**-40 into 1.0 instead of 1 + 2**-10)."""
+    x = np.array([[1 + 2**-11 + 2**-40, -(1 + 2**-11 + 2**-40), 3.0]])
+    r = write_vectors(str(tmp_path), x, dtype="float16").read_rows(0, 1)
+    np.testing.assert_array_equal(r.acts, x.astype(np.float16).astype(np.float32))
+    assert r.acts[0, 0] == 1 + 2**-10
+
+
+def test_non_finite_rows_are_refused_in_every_dtype_by_their_global_row(tmp_path):
+    """A NaN or inf row is refused whatever the stored dtype (bfloat16 is stored as uint16 bits, which are
+    always "finite"), and the error names the row's index in the whole store."""
+    for dtype in ("float16", "float32", "bfloat16"):
+        w = StoreWriter(str(tmp_path / dtype), {"hook": "h"}, d=2, dtype=dtype, shard_rows=8, chunk_rows=4)
+        w.append(np.ones((10, 2)), np.zeros(10), np.zeros(10), np.zeros(10))  # a whole shard and 2 rows
+        for bad in (float("nan"), float("inf")):
+            x = np.ones((3, 2))
+            x[1, 0] = bad
+            with pytest.raises(ValueError, match=r"row 11 holds NaN or inf"):
+                w.append(x, np.zeros(3), np.zeros(3), np.zeros(3))
+
+
+def test_write_vectors_keeps_the_last_row_alone_in_its_shard(tmp_path):
+    x = np.arange(18, dtype=np.float32).reshape(9, 2)  # two shards of 4 rows and one of 1
+    s = write_vectors(str(tmp_path), x, shard_rows=4, chunk_rows=2)
+    assert len(s) == 9 and s.num_shards == 3
+    np.testing.assert_array_equal(s.read_rows(0, 9).acts, x)
+    np.testing.assert_array_equal(s.read_rows(0, 9).doc, np.arange(9))
+
+
+def test_read_rows_refuses_rows_past_the_end(tmp_path):
+    _write(tmp_path)
+    s = open_store(str(tmp_path))
+    assert len(s.read_rows(45, 45)) == 0 and len(s.read_rows(40, 45)) == 5
+    for start, stop in ((0, 46), (44, 46), (46, 46), (-1, 3), (5, 4)):
+        with pytest.raises(IndexError, match="out of range"):
+            s.read_rows(start, stop)
+

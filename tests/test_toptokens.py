@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from actdict.analyze.features import build_features
+from actdict.analyze.features import build_features, hit_keys, summary_hits
 from actdict.analyze.metrics import active_mask
 from actdict.analyze.streaming import LogHistogram, TopRows, sample_keys
 from actdict.analyze.toptokens import FeatureTracker, display_strings, read_contexts, scan
@@ -196,3 +196,40 @@ def test_reservoir_of_a_rarely_active_feature_holds_only_its_active_rows():
     assert sorted(values[0][rows[0] >= 0].tolist()) == [4.0, 13.0]  # codes[1, 0], codes[4, 0]
     assert len(set(rows[1].tolist())) == 4 and set(rows[1].tolist()) <= set(range(100, 106))
     assert (rows[2] == -1).all()
+
+
+def test_a_silent_feature_has_no_hits_and_densities_are_per_row(data):
+    """A feature whose code is exactly 0 on every row has no top hits (a zero code is no activation), and
+    each feature's density is its active rows over all the rows."""
+    store, acts, _, W = data
+    W = W.copy()
+    W[:, 0] = 0  # feature 0: relu(0) = 0 everywhere
+    tr = scan(store, ReluDict(D, K, W), 3, 8, batch_size=50)
+    fires = active_mask(torch.relu(torch.as_tensor(acts) @ torch.as_tensor(W)).log(), "high").sum(0).numpy()
+    out, _, _ = build_features(tr, fires, N, store, 2, decode, quantiles=4)
+    silent = out["features"][0]
+    assert silent["fires"] == 0 and silent["top"] == [] and silent["quantiles"] == []
+    assert [f["density"] for f in out["features"]] == [float(f"{x / N:.5g}") for x in fires]
+
+
+def test_summary_hits_and_hit_keys_by_hand():
+    data = {"tokens": {"5": "a", "6": "b", "7": "c"},
+            "features": [{"top": [[1.5, 10, 3, 2, [5, 6, 7], 1]], "bottom": [[-0.5, 12, 4, 9, [7], 0]],
+                          "quantiles": [{"hits": [[0.5, 11, 3, 4, [6, 7], 0]]}]}]}
+    assert summary_hits(data, 0) == [{"act": 1.5, "row": 10, "doc": 3, "pos": 2, "token_id": 6, "token": "b",
+                                      "before": ["a"], "after": ["c"]}]
+    assert hit_keys(data) == {(10, 3, 2), (12, 4, 9), (11, 3, 4)}
+
+
+def test_contexts_inside_one_long_document(tmp_path):
+    """Rows far apart (read in separate spans) in one document: each context is the 2w+1 rows around its row,
+    whole, and carries the row's own document and position."""
+    n, w = 256, 4
+    pos = np.arange(n, dtype=np.int32) + 3
+    with StoreWriter(str(tmp_path / "s"), {"hook": "h"}, 2, "float32", 128, 32) as wr:
+        wr.append(np.zeros((n, 2), np.float32), np.arange(n) + 5, np.full(n, 7), pos)
+    rows = np.array([40, 120, 200, 127, 128])
+    ctx = read_contexts(open_store(str(tmp_path / "s")), rows, w)
+    for h, r in enumerate(rows):
+        assert ctx.row(h) == ([j + 5 for j in range(r - w, r + w + 1)], w)
+        assert (ctx.doc[h], ctx.pos[h]) == (7, pos[r])
