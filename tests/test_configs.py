@@ -166,6 +166,8 @@ _SAE_TOPK = "[{name: a, variant: sae_topk, k: 8, params: {topk: %s}}]"
     ("[{name: a, variant: vae}]", ["train.grad_clip=-1"], r"train.grad_clip must be a number >= 0"),
     ("[{name: a, variant: vae, k: 0}]", [], r"train.dicts\[a\].k must be >= 1, got 0"),
     ("[{name: a, variant: vae, lr: -0.1}]", [], r"train.dicts\[a\].lr must be a number >= 0"),
+    ("[{name: a, variant: vae}]", ["train.hook=blocks.2.hook_resid_post"],
+     r"train.hook='blocks.2.hook_resid_post' is not among the hooks the harvest writes \(\['blocks.3"),
 ])
 def test_run_rejects_a_bad_section_before_the_harvest(tmp_path, capsys, dicts, more, message):
     """`actdict run` checks every stage's section first: a bad dictionary or analysis setting stops it
@@ -303,3 +305,116 @@ def test_dates_empty_sections_and_seeds_are_read_as_meant(tmp_path):
     for bad in ("train.dicts.0.seed=-1", f"train.dicts.0.seed={2**64}"):
         with pytest.raises(ConfigError, match=r"train.dicts\[2026-12-06\].seed must be an integer in \[0, 2"):
             section(load_experiment(p, [bad]), "train", _stage_cls("train"))
+
+
+def test_override_values_edge_cases_and_list_bounds(tmp_path):
+    """The value is everything after the first '=' (parsed as YAML; nothing after it is the empty string); an
+    index one past the end of a list is a config error naming the valid ones, not an IndexError; the data
+    given to ``apply_overrides`` is left as it was (a copy is returned); an empty file is all defaults."""
+    from actdict.config import apply_overrides
+
+    p = tmp_path / "c.yaml"
+    p.write_text("run_dir: x\nstore: s\n")
+    assert common_of(load_experiment(p, ["store=s3://b/acts?v=1"])).store == "s3://b/acts?v=1"
+    assert common_of(load_experiment(p, ["store="])).store_path == "x/store"  # '' is the default, not null
+    demo = Path(__file__).parents[1] / "configs" / "demo.yaml"
+    with pytest.raises(ConfigError, match=r"no list item '2' \(give an index < 2"):
+        load_experiment(demo, ["train.dicts.2.k=1"])
+    data = {"train": {"dicts": [{"name": "a", "k": 1}]}}
+    out = apply_overrides(data, ["train.dicts.a.k=2", "seed=3"])
+    assert out == {"train": {"dicts": [{"name": "a", "k": 2}]}, "seed": 3}
+    assert data == {"train": {"dicts": [{"name": "a", "k": 1}]}}
+    p.write_text("")
+    assert common_of(load_experiment(p)) == common_of({})
+    p.write_text("42\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping, got int"):
+        load_experiment(p)
+
+
+def test_types_are_checked_strictly(tmp_path):
+    """true/false is no integer and no number; a Literal takes only its values; a tuple field gets a tuple."""
+    from dataclasses import dataclass
+    from typing import Literal
+
+    @dataclass(frozen=True)
+    class Typed:
+        n: int = 0
+        x: float = 0.0
+        mode: Literal["a", "b"] = "a"
+        pair: tuple[int, ...] = ()
+
+    assert build(Typed, {"n": 2, "x": 1, "mode": "b", "pair": [1, 2]}) == Typed(2, 1.0, "b", (1, 2))
+    for bad, message in (({"n": True}, "Typed.n: expected an integer"),
+                         ({"x": False}, "Typed.x: expected a number"),
+                         ({"mode": "c"}, r"Typed.mode: 'c' is not one of \['a', 'b'\]")):
+        with pytest.raises(ConfigError, match=message):
+            build(Typed, bad)
+    p = tmp_path / "c.yaml"
+    p.write_text("run_dir: x\n")
+    with pytest.raises(ConfigError, match="seed: expected an integer, got True"):
+        common_of(load_experiment(p, ["seed=true"]))
+    with pytest.raises(ConfigError, match="harvest.mode: 'token' is not one of"):
+        section(load_experiment(p, ["harvest.mode=token"]), "harvest", _stage_cls("harvest"))
+    with pytest.raises(ConfigError, match="harvest: expected a mapping, got int"):
+        section(load_experiment(p, ["harvest=3"]), "harvest", _stage_cls("harvest"))
+
+
+def test_run_checks_the_split_the_vectors_and_the_dictionaries_it_analyzes(tmp_path):
+    """What only `run` checks: a vectors file of one chunk (n == chunk_rows) has none to hold out; a run
+    without analysis may hold none out (test_fraction=0); analysis may name a dictionary this run does not
+    train when the run folder already holds it."""
+    import numpy as np
+
+    from actdict.cli import check_run
+    from actdict.config import STAGES
+
+    np.save(tmp_path / "v.npy", np.zeros((64, 3), np.float32))
+    p = tmp_path / "c.yaml"
+    p.write_text(f"run_dir: {tmp_path / 'run'}\n"
+                 f"harvest: {{mode: vectors, vectors: {{path: {tmp_path / 'v.npy'}}}, chunk_rows: 64, "
+                 "shard_rows: 64}\ntrain: {test_fraction: 0.25, dicts: [{name: a, variant: vae}]}\n"
+                 "analyze: {}\n")
+
+    def check(*overrides, drop=()):
+        data = {k: v for k, v in load_experiment(p, list(overrides)).items() if k not in drop}
+        check_run(data, {s: section(data, s, _stage_cls(s)) for s in STAGES if s in data})
+
+    with pytest.raises(ConfigError, match=r"holds 64 vectors: one chunk of harvest.chunk_rows=64.*=8 "):
+        check()
+    check("harvest.chunk_rows=32", "harvest.shard_rows=32")  # 2 chunks: one can be held out
+    with pytest.raises(ConfigError, match="train.test_fraction=0 holds no chunks out, and the analysis"):
+        check("train.test_fraction=0")
+    check("train.test_fraction=0", drop=("analyze",))  # nothing to score: nothing to hold out
+    with pytest.raises(ConfigError, match=r"analyze.dicts names \['b'\], which train.dicts does not make"):
+        check("harvest.chunk_rows=32", "harvest.shard_rows=32", "analyze.dicts=[a, b]")
+    (tmp_path / "run" / "dicts" / "b").mkdir(parents=True)  # trained by an earlier run
+    check("harvest.chunk_rows=32", "harvest.shard_rows=32", "analyze.dicts=[a, b]")
+
+
+def test_an_interrupted_stage_exits_130_and_keeps_its_work(tmp_path, monkeypatch, capsys):
+    from actdict import cli
+
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "load_experiment", interrupted)
+    assert cli.main(["train", str(tmp_path / "c.yaml")]) == 130
+    assert capsys.readouterr().err == "actdict: interrupted (completed shards and checkpoints are kept)\n"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("harvest.hooks=[]", r"harvest.hooks must name at least one hook"),
+    ("harvest.hooks=[a, b, a]", r"harvest.hooks has duplicates: \['a', 'b', 'a'\]"),
+    ("harvest.ctx=2", r"harvest.ctx must be >= 3 \(room for special tokens\), got 2"),
+    ("harvest.batch_size=0", r"harvest.batch_size must be >= 1, got 0"),
+    ("harvest.shard_rows=100", r"harvest.shard_rows \(100\) must be a multiple of harvest.chunk_rows \(4"),
+    ("harvest.max_tokens=0", r"harvest.max_tokens must be >= 1 or null, got 0"),
+])
+def test_a_bad_harvest_section_is_a_config_error(tmp_path, override, message):
+    p = tmp_path / "c.yaml"
+    p.write_text("run_dir: x\nharvest: {}\n")
+    harvest_cls = _stage_cls("harvest")
+    with pytest.raises(ConfigError, match=message):
+        section(load_experiment(p, [override]), "harvest", harvest_cls)
+    smallest = section(load_experiment(p, ["harvest.ctx=3", "harvest.max_tokens=1"]), "harvest", harvest_cls)
+    assert (smallest.ctx, smallest.max_tokens) == (3, 1)

@@ -317,3 +317,67 @@ def test_only_a_larger_max_tokens_grows_a_complete_store(new, grows):
             growable(manifests, cfg)
     else:
         assert growable(manifests, cfg) is grows
+
+
+def test_set_back_names_the_overrides_that_resume_or_grow_a_store_and_nothing_else():
+    """An unfinished harvest resumes only with the hooks, run keys and max_tokens it began with: those that
+    differ are named as overrides (JSON values: null, ["..."]); a complete store grows to a larger max_tokens
+    only with its run keys; anything else that decides the rows (ctx) is no resume and no growth ('')."""
+    from actdict.config import build
+    from actdict.harvest.config import HarvestConfig
+    from actdict.harvest.reuse import as_json, set_back
+
+    def cfg(**kw):
+        return as_json(build(HarvestConfig, {"max_tokens": 50, "batch_size": 3, "device": "cpu"} | kw))
+
+    unfinished = {"complete": False, "harvest": cfg(hooks=["blocks.1.hook_resid_post"])}
+    assert set_back(unfinished, cfg()) == """'harvest.hooks=["blocks.1.hook_resid_post"]'"""
+    assert set_back(unfinished | {"harvest": cfg(max_tokens=None)}, cfg(batch_size=5)) == (
+        "'harvest.batch_size=3' 'harvest.max_tokens=null'")
+    assert set_back(unfinished, cfg(hooks=["blocks.1.hook_resid_post"], ctx=17)) == ""
+    complete = {"complete": True, "harvest": cfg()}
+    assert set_back(complete, cfg(max_tokens=60, batch_size=5)) == "'harvest.batch_size=3'"
+    assert set_back(complete, cfg(max_tokens=None, device="auto")) == "'harvest.device=cpu'"
+    assert set_back(complete, cfg(max_tokens=40, batch_size=5)) == ""  # smaller: not a growth
+    assert set_back(complete, cfg(max_tokens=60, batch_size=5, ctx=17)) == ""  # other rows: not a growth
+
+
+def test_a_store_lacking_one_of_the_hooks_is_not_complete(tmp_path):
+    """complete_for: every hook the config names must be in the store, complete; a hook folder removed from
+    a complete store of this config makes it incomplete (harvested again), not "already complete"."""
+    from actdict.config import build, config_hash
+    from actdict.harvest.config import HarvestConfig
+    from actdict.harvest.reuse import as_json, complete_for
+    from actdict.harvest.store import write_vectors
+
+    cfg = build(HarvestConfig, {"mode": "vectors", "shard_rows": 8, "chunk_rows": 4})
+    store = tmp_path / "store"
+    for hook in ("a", "b"):
+        write_vectors(str(store), np.ones((16, 3), np.float32), hook=hook, shard_rows=8, chunk_rows=4)
+        manifest = store / hook / "manifest.json"
+        manifest.write_text(json.dumps(json.loads(manifest.read_text()) | {
+            "config_hash": config_hash(cfg), "harvest": as_json(cfg)}))
+    assert complete_for(str(store), ["a", "b"], cfg) and complete_for(str(store), ["a"], cfg)
+    assert complete_for(str(store), ["[ab]"], cfg)  # a pattern, of this very config: complete as well
+    shutil.rmtree(store / "b")
+    assert complete_for(str(store), ["a"], cfg) and not complete_for(str(store), ["a", "b"], cfg)
+
+
+def test_rows_view_keeps_only_what_decides_a_modes_rows():
+    """rows_view: the run keys (batch size, device, the block_rows / group a mode reads with) and the keys a
+    mode does not read are left out (a store differing only in them is reused); the rest is kept."""
+    from actdict.config import build
+    from actdict.harvest.config import HarvestConfig, rows_view
+    from actdict.harvest.reuse import as_json
+
+    def view(**kw):
+        return rows_view(as_json(build(HarvestConfig, kw)))
+
+    assert set(view(mode="vectors")) == {"mode", "vectors", "store_dtype", "shard_rows", "chunk_rows"}
+    assert view(mode="vectors", vectors={"block_rows": 5}, model="m", ctx=9) == view(mode="vectors")
+    assert view(mode="vectors", vectors={"key": "x"}) != view(mode="vectors")
+    embeddings = view(mode="embeddings")
+    assert view(mode="embeddings", ctx=9, hooks=["h"], embed={"group": 3}, batch_size=2) == embeddings
+    assert view(mode="embeddings", embed={"prompt": "q: "}) != embeddings
+    assert view(embed={"prompt": "q: "}, vectors={"key": "x"}, device="cpu") == view()
+    assert view(ctx=9) != view() and "hooks" in view()

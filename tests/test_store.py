@@ -569,3 +569,35 @@ def test_read_rows_refuses_rows_past_the_end(tmp_path):
         with pytest.raises(IndexError, match="out of range"):
             s.read_rows(start, stop)
 
+
+
+def test_store_command_names_shard_folders_not_yet_whole(tmp_path, capsys):
+    """An object store writes a shard in place: a shard folder without its done record is not counted, and
+    the listing says it is not whole yet (not that a shard below it is missing)."""
+    from actdict.cli import main
+
+    x, tok, doc, pos = _data()
+    w = StoreWriter(str(tmp_path), MANIFEST | {"hook": "h"}, d=D, shard_rows=SHARD, chunk_rows=CHUNK)
+    w.append(x[:40], tok[:40], doc[:40], pos[:40])  # 2 full shards written, never closed
+    (tmp_path / "h" / "shards" / "00002").mkdir()  # begun in place, its done-record not written yet
+    assert main(["store", str(tmp_path)]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("h: 32 rows x d=3 float16, 2 shards") and "missing" not in first
+    assert first.endswith("; 1 more shard folder(s) on disk are not whole (being written, or cut short by a "
+                          "kill): the harvest command rewrites them")
+
+
+def test_repair_reads_every_manifest_before_it_changes_anything(tmp_path, capsys):
+    from actdict.cli import main
+
+    _write(tmp_path, hook="a")
+    _write(tmp_path, hook="b")
+    chunk = tmp_path / "a" / "shards" / "00001" / "acts" / "c" / "2" / "0"
+    blob = bytearray(chunk.read_bytes())
+    blob[1] ^= 0xFF
+    chunk.write_bytes(bytes(blob))
+    (tmp_path / "b" / "manifest.json").write_text("{")
+    before = {p: p.read_bytes() for p in (tmp_path / "a").rglob("*") if p.is_file()}
+    assert main(["store", str(tmp_path), "--repair"]) == 2
+    assert "manifest.json is unreadable" in capsys.readouterr().out
+    assert {p: p.read_bytes() for p in (tmp_path / "a").rglob("*") if p.is_file()} == before  # a: untouched

@@ -73,6 +73,8 @@ def test_train_names_the_hook_and_analysis_follows_it(two_hooks, tmp_path, capsy
     (["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"], "", False),
     (["all"], "", False),
     (["blocks.*.hook_resid_post"], "", False),
+    (["blocks.?.hook_resid_post"], "", False),  # a glob of ? or [...] is a pattern too
+    (["blocks.[12].hook_resid_post"], "", False),
     (["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"], "blocks.1.hook_resid_post", True),
     (["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"], "blocks.2.hook_resid_post", False),
     (["blocks.*.hook_resid_post"], "blocks.2.hook_resid_post", True),
@@ -113,3 +115,19 @@ def test_analysis_refuses_dictionaries_of_another_split(two_hooks, tmp_path, cap
     assert "['s'] were trained with another split" in capsys.readouterr().err
     assert main(["analyze", cfg_s, "seed=1", "analyze.dicts=[t]"]) == 0
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["test_chunks"] == split_t
+
+
+def test_run_of_a_config_without_a_harvest_section_trains_and_analyzes_its_store(two_hooks, tmp_path,
+                                                                                   monkeypatch):
+    """Bring-your-own vectors: `actdict run` skips the harvest it has no section for (a default harvest
+    would refuse the store of vectors written without a config)."""
+    from actdict import cli
+
+    ran, prepare = [], cli.prepare
+
+    def recorded(stage, data):
+        cfg, _ = prepare(stage, data)
+        return cfg, lambda **kw: ran.append(stage)
+
+    monkeypatch.setattr(cli, "prepare", recorded)
+    assert main(["run", _config(tmp_path, two_hooks, hook="h.a")]) == 0 and ran == ["train", "analyze"]
