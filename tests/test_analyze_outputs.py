@@ -304,3 +304,56 @@ def test_max_test_rows_limits_the_rows_analysed(tmp_path, monkeypatch, capsys):
                                                          batch_size=8))
     assert json.loads((run_dir / "summary.json").read_text())["n_test_rows"] == 20
     assert "analyze: 20 held-out rows of h" in capsys.readouterr().out
+
+
+def test_summary_holds_the_live_features_by_density_and_rounded_numbers(tmp_path, monkeypatch):
+    """summary.json: the n_features most active latents with fires > 0 only (a dead latent is not among
+    them), each density = fires / n_test_rows; floats at 6 significant digits; labels null without
+    analyze.labels."""
+    import torch
+
+    run_dir = _run_dir(tmp_path, monkeypatch)
+    model = make("sae_l1", 5, 8, seed=0)
+    with torch.no_grad():  # latent 3: a zero encoder row and a negative bias, so its ReLU code is always 0
+        model.encoder.weight[3] = 0.0
+        model.encoder.bias[3] = -1.0
+    save(run_dir / "dicts" / "sae", model, {})
+    run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(device="cpu", n_features=8, top_k=2, context=1))
+    s = json.loads((run_dir / "summary.json").read_text())
+    m = s["models"]["sae"]
+    fires = [f["fires"] for f in json.loads((run_dir / "features" / "sae.json").read_text())["features"]]
+    assert fires[3] == 0 and m["dead"] >= 1
+    live = sorted((i for i in range(8) if fires[i] > 0), key=lambda i: (-fires[i], i))
+    assert [f["index"] for f in m["features"]] == live and 3 not in live
+    assert s["n_test_rows"] == 32 and s["labels"] is None
+    for f in m["features"]:
+        assert f["fires"] == fires[f["index"]] and f["density"] == pytest.approx(f["fires"] / 32, rel=1e-5)
+
+    def floats(x):
+        if isinstance(x, dict):
+            return [v for y in x.values() for v in floats(y)]
+        if isinstance(x, list):
+            return [v for y in x for v in floats(y)]
+        return [x] if isinstance(x, float) else []
+
+    assert floats(s) and all(float(f"{v:.6g}") == v for v in floats(s))
+
+
+def test_a_dictionary_of_another_width_than_the_store_is_refused(tmp_path, monkeypatch):
+    """A checkpoint of d = 4 beside a store of d = 5: one AnalyzeError naming both widths."""
+    run_dir = _run_dir(tmp_path, monkeypatch)
+    save(run_dir / "dicts" / "sae", make("sae_l1", 4, 8, seed=0), {})
+    with pytest.raises(run.AnalyzeError, match="dictionary sae has d=4 but the store has d=5"):
+        run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(device="cpu"))
+
+
+def test_what_a_record_leaves_unset_is_not_compared():
+    """other_store compares only what a dictionary's cfg.json records (None or absent: unset, an older
+    checkpoint), and never the path; trained_hook ignores records of no hook."""
+    now = {"path": "/else/store", "hook": "h", "rows": 96, "d": 5, "revision": "abc", "content": "c1"}
+    old = {"path": "/old/store", "hook": "h", "rows": 96, "d": 5, "revision": None}
+    assert run.other_store({"a": {"store": old}, "b": {}}, now) == {}
+    assert list(run.other_store({"a": {"store": old | {"rows": 95}}}, now)) == ["a"]
+    assert run.trained_hook({"a": {"store": {"hook": "h"}}, "b": {"store": {}}, "c": {}}) == "h"
+    records = {"a": {"test_chunks": [4, 5]}, "b": {"test_chunks": [3, 5]}, "c": {}}
+    assert run.other_split(records, [5, 4]) == ["b"]  # every record checked, in any chunk order

@@ -97,3 +97,27 @@ def test_unreadable_source_warns_and_shows_rows_without_text(embedded, monkeypat
     assert "texts" not in feats and any(f["top"] for f in feats["features"])
     page = (root / "report.html").read_text()
     assert '<div class="ctx txt"><span class="act">' in page and '<span class="where">doc ' in page
+
+
+def test_unit_texts_stops_after_the_last_wanted_document():
+    """The source is read up to the last document wanted, not to its end."""
+    def units():
+        yield from [(0, 0, "a"), (1, 0, "b"), (1, 1, "c"), (2, 0, "d")]
+        raise AssertionError("read past the last wanted document")
+
+    assert unit_texts(units(), {(1, 1)}) == {(1, 1): "c"}
+
+
+def test_texts_are_read_for_embedding_stores_only_and_a_broken_source_warns(embedded, tmp_path):
+    """A store whose manifest records a readable harvest source but whose rows are not embeddings gets no
+    texts; an embeddings store whose source no longer parses (a broken JSON line) warns and gets none."""
+    root, docs = embedded
+    manifest = json.loads((root / "store" / "embedding" / "manifest.json").read_text())
+    first = " ".join(docs[0].split("\n\n")[0].split())
+    assert row_texts(manifest, [(5, 0, 0)]) == {5: first}
+    assert row_texts(manifest | {"kind": "tokens"}, [(5, 0, 0)]) == {}
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "a"}\n{"text": \n')
+    broken = manifest | {"harvest": manifest["harvest"] | {"source": {"kind": "files", "path": str(bad)}}}
+    with pytest.warns(UserWarning, match="could not be read from the harvest's source"):
+        assert row_texts(broken, [(5, 0, 0)]) == {}

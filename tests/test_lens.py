@@ -317,3 +317,47 @@ def test_a_json_path_that_cannot_be_written_is_refused_first(tmp_path, capsys):
             lens_main(["configs/demo.yaml", "hi", "--json", str(bad)])
         err = capsys.readouterr().err
         assert e.value.code == 2 and f"--json {bad}: not a file in an existing folder" in err
+
+
+def test_labels_are_the_first_distinct_tokens_of_each_side(tmp_path):
+    """A feature's labels: the first n distinct (stripped) token strings of its top hits, strongest first,
+    and apart those of its most negative ones; a token id missing from the strings is shown as #id."""
+    def hit(act, tok):  # [act, row, doc, pos, token ids, index of the row's token]
+        return [act, 0, 0, 1, [9, tok], 1]
+
+    top = [hit(5.0, 1), hit(4.0, 2), hit(3.0, 1), hit(2.0, 3), hit(1.5, 7), hit(1.0, 4)]
+    data = {"k": 2, "tokens": {"1": " the", "2": "the ", "3": " cat", "4": " dog", "9": "x"},
+            "features": [{"i": 1, "top": top, "bottom": [hit(-2.0, 7), hit(-1.0, 3)]}]}
+    (tmp_path / "f.json").write_text(json.dumps(data))
+    assert feature_labels(tmp_path / "f.json") == {1: (["the", "cat", "#7"], ["#7", "cat"])}
+    assert feature_labels(tmp_path / "f.json", n=1) == {1: (["the"], ["#7"])}
+
+
+def test_labels_of_a_features_file_of_another_k_are_not_used(tmp_path):
+    """A features file whose k is not the checkpoint's is of another dictionary, even when neither records
+    a config_hash (an older analysis): no labels, a note naming both."""
+    from actdict.analyze.lens import dict_labels
+
+    (tmp_path / "features").mkdir()
+    hits = [[1.0, 0, 0, 0, [1], 0]]
+    data = {"k": 8, "tokens": {"1": "a"}, "features": [{"i": 0, "top": hits, "bottom": []}]}
+    (tmp_path / "features" / "d.json").write_text(json.dumps(data))
+    assert dict_labels(tmp_path, "d", 8) == ({0: (["a"], [])}, "")
+    labels, note = dict_labels(tmp_path, "d", 16)
+    assert labels == {} and "another training of d" in note and "k 8" in note and "k 16" in note
+
+
+def test_every_active_latent_is_listed_with_top_k_and_another_hook_is_refused(run, tmp_path, capsys):
+    """With --top k each token lists all its active latents, latent 0 included (the padding -1 is what is
+    left out, not index 0); --hook naming another hook than the dictionaries learned is refused."""
+    cfg_path, _ = run
+    text = "The ferry leaves at nine, rain or shine."
+    assert main([str(cfg_path), text, "--top", "24", "--json", str(tmp_path / "l.json")]) == 0
+    res = json.loads((tmp_path / "l.json").read_text())
+    for r in res["dicts"].values():
+        assert [len(f) for f in r["features"]] == r["active"]
+    assert any(f["i"] == 0 for r in res["dicts"].values() for feats in r["features"] for f in feats)
+    capsys.readouterr()
+    assert main([str(cfg_path), text, "--hook", "blocks.0.hook_resid_post"]) == 2
+    err = capsys.readouterr().err
+    assert f"--hook blocks.0.hook_resid_post: the dictionaries were trained on {HOOK}" in err

@@ -294,3 +294,86 @@ def test_feature_page_brings_the_installed_plotly(tmp_path):
     js.write_text("/* plotly.js v1.0.0, stale */")
     page = write_feature_page(data, "v", {"variant": "sae_l1"}, {"hook": "h"}, tmp_path / "report" / "v.html")
     assert js.read_bytes() == get_plotlyjs().encode() and page.read_text().count('src="plotly.min.js"') == 1
+
+
+def test_names_and_class_labels_escaped_and_page_links_quoted():
+    """The run folder, a dictionary's name and the class labels are the user's: escaped in the heading, the
+    overview's row and the figures (plotly draws tags in labels); the feature page's link percent-encodes
+    the name; the run id is shown."""
+    from actdict.analyze.report import _page_link
+
+    s = _summary()
+    s["run_dir"], s["run_id"] = "runs/<u>x", "20261205-000000-abcdef"
+    s["models"] = {"x<b>y": s["models"]["sae_alpha"] | {
+        "ad_class": [{"label": "<i>c", "n": 3, "ad": 2.0, "ad_of_mean": 2}]}}
+    page = render(s, {"x<b>y": "report/x%3Cb%3Ey.html"})
+    assert "x<b>y" not in page and "<tr><td>x&lt;b&gt;y</td>" in page
+    assert "<i>c" not in page and '"&lt;i&gt;c"' in page
+    assert "<h1>actdict report: runs/&lt;u&gt;x</h1>" in page and "run_id: 20261205-000000-abcdef" in page
+    assert '<a href="report/x%3Cb%3Ey.html#f=42">feature 42</a>' in page  # the feature, on its page
+    assert "x&lt;b&gt;y (dead: 3)" in page  # the density figure's legend
+    s["models"]["x<b>y"]["features"] = [{"index": 1, "density": 0.5, "top": [
+        {"act": 1.0, "row": 0, "doc": 2, "pos": 1, "token_id": -1, "text": "<u>para</u>"}]}]
+    assert "&lt;u&gt;para&lt;/u&gt;<span class=\"where\">doc 2 pos 1</span>" in render(s)  # an embedded row
+    assert _page_link("a b#?%\u00e9", "r 1") == "report/a%20b%23%3F%25%C3%A9.html?run=r%201"
+
+
+def test_a_column_any_model_has_is_shown_with_a_dash_for_the_others():
+    """The overview shows each column that some dictionary has (an older summary's models lack the v2 keys):
+    a dash for a dictionary without it."""
+    s = _summary()
+    s["models"]["vaease_beta"]["cos"] = 0.75
+    page = render(s)
+    assert re.findall(r'<th title="[^"]*">([^<]*)</th>', page).count("cos") == 1
+    assert "<td>0.5</td><td>0.75</td><td>0</td>" in page
+    assert "<td>0.9321</td><td>&ndash;</td><td>3</td>" in page
+
+
+def test_a_model_without_its_features_file_gets_no_page(tmp_path):
+    """write_report links a feature page for the models whose features file is there only."""
+    s = _summary()
+    s["models"]["sae_alpha"]["features_file"] = "features/sae_alpha.json"  # never written
+    page = write_report(s, tmp_path).read_text()
+    assert "features &rarr;" not in page and not (tmp_path / "report").exists()
+
+
+def test_the_ce_line_names_each_number():
+    s = _summary() | {"ce": {"ce_clean": 3.5, "ce_zero": 7.25, "n_tokens": 90, "windows": 6, "ctx": 16}}
+    assert ("on 6 held-out windows of 16 tokens (90 predictions): clean CE 3.5, zero-ablation CE 7.25."
+            in render(s))
+
+
+def test_feature_page_json_closes_no_element_and_its_stats_keep_zeros():
+    """The page's embedded JSON writes <, > and & as unicode escapes (no corpus string can close its script
+    element) and reads back unchanged; the header's stats keep a count of 0 (no dead latent)."""
+    import json
+
+    from actdict.analyze.report_features import embed_json
+
+    obj = {"tokens": {"1": "</script><script>alert(1)</script>", "2": "a & b > c"}}
+    s = embed_json(obj)
+    assert not {"<", ">", "&"} & set(s) and json.loads(s) == obj
+    assert page_stats({"re_det": 2.5, "dead": 0, "dense": 0}) == "RE 2.5, dead 0, dense 0"
+
+
+def test_feature_page_index_and_parts():
+    """page_index: each top hit's (row, token id), a store with token id 0 has tokens, label texts cut to
+    label_chars; page_parts: PART features a part, none lost; the page's title escapes the name."""
+    from actdict.analyze.report_features import PART, page_index, page_parts, render_feature_page
+
+    def feat(i):
+        return {"i": i, "fires": 1, "density": 0.5, "max": 1.0, "min": 0.0, "bottom": [], "quantiles": [],
+                "top": [[1.0, i, 0, 1, [5, 0], 1]], "hist": {"pos": [], "neg": []}}
+
+    n = 2 * PART + 1
+    data = {"k": n, "tokens": {"0": "a"}, "features": [feat(i) for i in range(n)],
+            "texts": {"3": "x" * 40}}
+    idx = page_index(data, label_chars=8)
+    assert idx["has_tokens"] and idx["features"][3]["tops"] == [[3, 0]]
+    assert idx["label_texts"] == {"3": "x" * 8}
+    parts = page_parts(data)
+    assert [[f["i"] for f in p["features"]] for p in parts] == [list(range(PART)), list(range(PART, n - 1)),
+                                                                  [n - 1]]
+    page = render_feature_page(data, "n<i>", {"variant": "sae_l1"}, {"hook": "h<q>"}, "n.parts")
+    assert "<title>n&lt;i&gt;: features</title>" in page and "hook h&lt;q&gt;" in page
+    assert f'type="number" min="0" max="{n - 1}"' in page  # the last feature's index
