@@ -377,3 +377,15 @@ def test_feature_page_index_and_parts():
     page = render_feature_page(data, "n<i>", {"variant": "sae_l1"}, {"hook": "h<q>"}, "n.parts")
     assert "<title>n&lt;i&gt;: features</title>" in page and "hook h&lt;q&gt;" in page
     assert f'type="number" min="0" max="{n - 1}"' in page  # the last feature's index
+
+
+def test_feature_page_parts_carry_the_texts_of_every_hit():
+    """On an embeddings store each part carries the texts of all its features' hits (top, bottom and quantile
+    samples, which the page shows), and only those."""
+    from actdict.analyze.report_features import page_parts
+
+    f = {"i": 0, "fires": 3, "density": 0.5, "max": 1.0, "min": -1.0, "hist": {"pos": [], "neg": []},
+         "top": [[1.0, 10, 10, 0, [-1], 0]], "bottom": [[-1.0, 11, 11, 0, [-1], 0]],
+         "quantiles": [{"lo": 0.0, "hi": 1.0, "hits": [[0.5, 12, 12, 0, [-1], 0]]}]}
+    data = {"k": 1, "tokens": {}, "features": [f], "texts": {str(r): f"text {r}" for r in (10, 11, 12, 13)}}
+    assert page_parts(data)[0]["texts"] == {"10": "text 10", "11": "text 11", "12": "text 12"}
