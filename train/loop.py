@@ -105,17 +105,27 @@ class Member:
 
 
 class Spread:
-    """Sums of an epoch's rows and of their squares, on the device (no sync until the epoch ends)."""
+    """An epoch's rows as parallel variances: per batch its row count, mean and squared deviations around
+    that mean (each batch centred on its own mean in float32, so rows far from 0 lose nothing to rounding),
+    summed on the device in float64 (no sync until the epoch ends)."""
 
     def __init__(self) -> None:
-        self.sums: torch.Tensor | None = None  # [d + 2]: sum of rows, sum of squares, rows (float64 but MPS)
+        self.sums: torch.Tensor | None = None  # [d + 3]: sum n m, sum n |m|^2, squared deviations, rows
 
-    def add(self, x: torch.Tensor) -> None:  # x: [b, d] float32, this process's rows of the batch
+    def add(self, x: torch.Tensor) -> torch.Tensor:
+        """Add the batch x [b, d] float32 (this process's rows); -> the mean SSE of predicting each of its
+        rows by its mean row (the ``diverged`` baseline; NaN for an empty batch)."""
         wide = torch.float64 if x.device.type in ("cpu", "cuda") else torch.float32  # MPS has no float64
-        xw = x.to(wide)  # summed wide: float32 sums of rows far from 0 lose the spread (E|x|^2 - |mean|^2)
-        rows = torch.full((1,), float(len(x)), device=x.device, dtype=wide)
-        v = torch.cat([xw.sum(0), (xw * xw).sum()[None], rows])  # [d + 2]
-        self.sums = v if self.sums is None else self.sums + v  # [d + 2]
+        mu = x.mean(0)  # [d]
+        c = x - mu  # [b, d]
+        sq = c.pow(2).sum(-1)  # [b]
+        shift = c.mean(0).to(wide)  # [d] float32's rounding of mu: the exact mean is mu + shift
+        m = mu.to(wide) + shift  # [d]
+        n = torch.full((1,), float(len(x)), device=x.device, dtype=wide)
+        dev = sq.sum().to(wide) - n * shift.pow(2).sum()  # [1] sum over rows of |x - m|^2
+        v = torch.nan_to_num(torch.cat([m * n, m.pow(2).sum() * n, dev, n]))  # [d + 3]; an empty batch: 0
+        self.sums = v if self.sums is None else self.sums + v  # [d + 3]
+        return sq.mean()
 
     def end(self, d: dist_.Dist) -> float | None:
         """The mean SSE of predicting each of the epoch's rows (every rank's) by their mean row; resets."""
@@ -125,7 +135,8 @@ class Spread:
         if d.on:
             dist_.reduce_(v)
         n = v[-1]
-        return float(v[-2] / n - (v[:-2] / n).pow(2).sum())
+        mean = v[:-3] / n  # [d]
+        return float((v[-2] + v[-3] - n * mean.pow(2).sum()) / n)  # within batches + between them
 
 
 @dataclass
@@ -256,8 +267,7 @@ def train(members: list[Member], epoch_batches: Callable[..., Iterable], cfg: Tr
                         terms.append(step(m, x, lr, amp, len(x) / n_all if d.on else None, cfg.grad_clip))
                 keys = [list(t) for t in terms]
                 bad_x = (~torch.isfinite(x)).any().float()
-                base = (x - x.mean(0)).pow(2).sum(-1).mean()  # SSE of the batch mean row (``diverged``)
-                spread.add(x)
+                base = spread.add(x)  # SSE of the batch mean row (``diverged``); the epoch's moments
                 vec = torch.stack([bad_x, *(v for t in terms for v in t.values()), base])
                 if not len(x):  # a short last batch, fewer rows than ranks: this rank's means are 0/0
                     vec = torch.nan_to_num(vec, nan=0.0)  # and weigh 0 (its gradients are zeros)
