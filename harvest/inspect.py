@@ -16,7 +16,7 @@ import json
 from actdict.errors import ActdictError
 from actdict.harvest.layout import StoreError, human_size, list_hooks, whole_shards
 from actdict.harvest.resume import repair, repair_manifest, store_lock
-from actdict.harvest.store import ActivationStore, hook_folder, open_store
+from actdict.harvest.store import ActivationStore, hook_folder, open_store, reimport_command
 
 
 def describe(store: ActivationStore) -> dict:
@@ -109,7 +109,5 @@ def repair_hooks(path: str, hooks: list[str]) -> int:
     for h, bad in removed.items():
         if bad and not (m := manifests[h]).get("config_hash"):  # write_vectors / the vectors module
             print(f"{h}: vectors written from Python or by `python -m actdict.harvest.vectors` have no "
-                  "harvest to rerun: import them again in the same layout: python -m actdict.harvest.vectors "
-                  f"FILE {path} --hook {h} --dtype {m['dtype']} --shard-rows {m['shard_rows']} --chunk-rows "
-                  f"{m['chunk_rows']} --overwrite")
+                  f"harvest to rerun: import them again in the same layout: {reimport_command(path, h, m)}")
     return 0

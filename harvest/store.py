@@ -65,6 +65,14 @@ class Rows:
         return len(self.token_ids)
 
 
+def reimport_command(path: str, hook: str, manifest: dict) -> str:
+    """The command that imports vectors again into ``hook`` of the store ``path`` in the layout its
+    ``manifest`` records (the same chunks: the same train/test split), over what is there."""
+    m = manifest
+    return (f"python -m actdict.harvest.vectors FILE {path} --hook {hook} --dtype {m.get('dtype')} "
+            f"--shard-rows {m.get('shard_rows')} --chunk-rows {m.get('chunk_rows')} --overwrite")
+
+
 class ActivationStore:
     """Read access to one hook of a store. Rows are numbered 0..len-1 in harvest order across shards;
     chunk i is the i-th zarr chunk over all shards (the last chunk of a shard may be short)."""
@@ -83,9 +91,7 @@ class ActivationStore:
         if not m.get("complete") and not allow_partial:
             # no config_hash: vectors imported from Python or the vectors command (and since repaired)
             how = ("re-run the same harvest command to resume it" if m.get("config_hash") else
-                   "import the vectors again in the same layout: python -m actdict.harvest.vectors FILE "
-                   f"{path} --hook {hook} --dtype {m.get('dtype')} --shard-rows {m.get('shard_rows')} "
-                   f"--chunk-rows {m.get('chunk_rows')} --overwrite")
+                   f"import the vectors again in the same layout: {reimport_command(path, hook, m)}")
             raise StoreError(f"{self.dir}: incomplete store (the harvest did not finish); {how}, or open "
                              "with allow_partial=True to read its complete shards")
         self.d, self.chunk_rows = int(m["d"]), int(m["chunk_rows"])
