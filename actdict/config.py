@@ -37,6 +37,13 @@ class ConfigError(ActdictError, ValueError):
     """A config file or override that does not describe a valid experiment."""
 
 
+def check_seed(seed: object, name: str) -> None:
+    """A seed numpy's and torch's generators both take: an integer in [0, 2**63) (numpy takes no negative,
+    torch nothing from 2**64); ConfigError naming ``name`` otherwise (a non-integer is the type check's)."""
+    if isinstance(seed, int) and not 0 <= seed < 2**63:
+        raise ConfigError(f"{name} must be an integer in [0, 2**63), got {seed}")
+
+
 @dataclasses.dataclass(frozen=True)
 class Common:
     """Top-level keys shared by every stage."""
@@ -53,8 +60,7 @@ class Common:
     training ~8x here)."""
 
     def __post_init__(self) -> None:
-        if isinstance(self.seed, int) and not 0 <= self.seed < 2**63:  # numpy's generators take no negative
-            raise ConfigError(f"seed must be an integer in [0, 2**63), got {self.seed}")  # torch: < 2**64
+        check_seed(self.seed, "seed")
 
     @property
     def store_path(self) -> str:

@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from actdict.config import ConfigError
+from actdict.config import ConfigError, check_seed
 
 
 @dataclass(frozen=True)
@@ -47,9 +47,7 @@ class DictConfig:
             raise ConfigError(f"train.dicts[{self.name}].k must be >= 1, got {self.k}")
         if not (math.isfinite(self.lr) and self.lr >= 0):  # 0 keeps the initialisation
             raise ConfigError(f"train.dicts[{self.name}].lr must be a number >= 0, got {self.lr}")
-        if isinstance(self.seed, int) and not 0 <= self.seed < 2**63:  # as the experiment's seed
-            raise ConfigError(f"train.dicts[{self.name}].seed must be an integer in [0, 2**63), got "
-                              f"{self.seed}")
+        check_seed(self.seed, f"train.dicts[{self.name}].seed")
 
 
 @dataclass(frozen=True)
