@@ -164,7 +164,8 @@ def encode_acts(acts: np.ndarray, dtype: str) -> np.ndarray:
     if dtype != "bfloat16":
         with np.errstate(over="ignore", invalid="ignore"):
             return acts.astype(ACT_DTYPES[dtype], copy=False)
-    u = np.ascontiguousarray(acts, dtype=np.float32).view(np.uint32)  # [n, d]
+    with np.errstate(over="ignore", invalid="ignore"):  # float64 beyond float32's range: inf, refused later
+        u = np.ascontiguousarray(acts, dtype=np.float32).view(np.uint32)  # [n, d]
     return ((u + (((u >> 16) & 1) + 0x7FFF)) >> 16).astype(np.uint16)  # [n, d]
 
 

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from actdict.harvest.store import (
     open_store,
     write_vectors,
 )
+from actdict.harvest.writer import NonFiniteError
 
 N, D, SHARD, CHUNK = 45, 3, 16, 4  # 3 shards of 16, 16, 13 rows; chunks of 4 rows (the last ones short)
 MANIFEST = {"model": "toy", "revision": "r1", "numerics": "float32 forward", "tokenizer": "toy-tok",
@@ -601,3 +603,15 @@ def test_repair_reads_every_manifest_before_it_changes_anything(tmp_path, capsys
     assert main(["store", str(tmp_path), "--repair"]) == 2
     assert "manifest.json is unreadable" in capsys.readouterr().out
     assert {p: p.read_bytes() for p in (tmp_path / "a").rglob("*") if p.is_file()} == before  # a: untouched
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_float64_beyond_float32_is_refused_without_a_numpy_warning(tmp_path, dtype):
+    """float64 rows past float32's range are one clear error naming the row (the cast's overflow is the
+    check's business, not a RuntimeWarning printed beside it)."""
+    x = np.ones((6, 3))
+    x[4, 1] = 1e300
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(NonFiniteError, match=rf"row 4 has values beyond {dtype}'s range"):
+            write_vectors(str(tmp_path), x, dtype=dtype, shard_rows=4, chunk_rows=2)
