@@ -389,3 +389,22 @@ def test_feature_page_parts_carry_the_texts_of_every_hit():
          "quantiles": [{"lo": 0.0, "hi": 1.0, "hits": [[0.5, 12, 12, 0, [-1], 0]]}]}
     data = {"k": 1, "tokens": {}, "features": [f], "texts": {str(r): f"text {r}" for r in (10, 11, 12, 13)}}
     assert page_parts(data)[0]["texts"] == {"10": "text 10", "11": "text 11", "12": "text 12"}
+
+
+def test_a_feature_page_written_again_drops_the_parts_it_no_longer_has(tmp_path):
+    """Rewriting a page (a smaller dictionary analysed under the same name) leaves only its own parts: a
+    stale part of the earlier run would otherwise still be served for the features past the new end."""
+    from actdict.analyze.report_features import PART, write_feature_page
+
+    def data(n):
+        feats = [{"i": i, "fires": 1, "density": 0.5, "max": 1.0, "min": 0.0, "bottom": [], "quantiles": [],
+                  "top": [[1.0, i, 0, 1, [5, 0], 1]], "hist": {"pos": [], "neg": []}} for i in range(n)]
+        return {"k": n, "tokens": {"5": "a", "0": "b"}, "features": feats}
+
+    page = tmp_path / "report" / "d.html"
+    write_feature_page(data(2 * PART + 1), "d", {"variant": "sae_l1"}, {"run_id": "r1"}, page)
+    assert sorted(p.name for p in (tmp_path / "report" / "d.parts").iterdir()) == ["00000.js", "00001.js",
+                                                                                   "00002.js"]
+    write_feature_page(data(PART), "d", {"variant": "sae_l1"}, {"run_id": "r2"}, page)
+    parts = sorted((tmp_path / "report" / "d.parts").iterdir())
+    assert [p.name for p in parts] == ["00000.js"] and parts[0].read_text().endswith(',"r2");\n')
