@@ -45,15 +45,20 @@ def embedded(tmp_path_factory):
     return root, docs
 
 
-def _analyze(root, monkeypatch):
+def _analyze(root, monkeypatch, name="sae", extra=None):
     from actdict.analyze import run
     from actdict.analyze.config import AnalyzeConfig
     from actdict.train.protocol import make
 
-    model = make("sae_l1", 384, 6, seed=1)
-    monkeypatch.setattr(run, "load_models", lambda *a: {"sae": model})
+    models = {"sae": make("sae_l1", 384, 6, seed=1)} | (extra or {})
+    monkeypatch.setattr(run, "load_models", lambda *a: models)
     run.main(Common(run_dir=str(root)), AnalyzeConfig(n_features=3, top_k=3, context=0, device="cpu"))
-    return json.loads((root / "features" / "sae.json").read_text())
+    return json.loads((root / "features" / f"{name}.json").read_text())
+
+
+def _shown(feats):
+    return {h[1] for f in feats["features"] for h in [*f["top"], *f["bottom"],
+                                                      *(h for q in f["quantiles"] for h in q["hits"])]}
 
 
 def test_shown_rows_carry_the_text_they_embed(embedded, monkeypatch):
@@ -62,8 +67,7 @@ def test_shown_rows_carry_the_text_they_embed(embedded, monkeypatch):
     store = open_store(str(root / "store"), "embedding")
     rows = store.read_rows(0, len(store))
     paras = [[p.strip() for p in d.split("\n\n")] for d in docs]
-    shown = {h[1] for f in feats["features"] for h in [*f["top"], *f["bottom"],
-                                                       *(h for q in f["quantiles"] for h in q["hits"])]}
+    shown = _shown(feats)
     assert len(shown) > 3 and set(map(int, feats["texts"])) == shown  # every row shown, and only those
     for r in shown:
         assert feats["texts"][str(r)] == paras[rows.doc[r]][rows.pos[r]]
@@ -81,6 +85,18 @@ def test_shown_rows_carry_the_text_they_embed(embedded, monkeypatch):
     assert all(f'{h["text"]}<span class="where">doc {h["doc"]} pos {h["pos"]}</span>' in page
                for h in hits if "<" not in h["text"])
     assert "<b>bold</b>" not in page and "<b>bold</b>" not in (root / "report" / "sae.html").read_text()
+
+
+def test_each_dictionary_carries_the_texts_of_its_own_rows(embedded, monkeypatch):
+    """Two dictionaries analysed together: the texts are read once for the rows either shows, and each
+    features file keeps those of its own rows only."""
+    from actdict.train.protocol import make
+
+    root, _ = embedded
+    one = _analyze(root, monkeypatch, "one", {"one": make("sae_l1", 384, 1, seed=2)})
+    sae = json.loads((root / "features" / "sae.json").read_text())
+    assert set(map(int, one["texts"])) == _shown(one) and set(map(int, sae["texts"])) == _shown(sae)
+    assert _shown(sae) - _shown(one)  # the rows differ, so a file holding both sets would show it
 
 
 def test_unreadable_source_warns_and_shows_rows_without_text(embedded, monkeypatch, tmp_path):

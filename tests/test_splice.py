@@ -220,6 +220,7 @@ def test_analyze_stage_reports_ce(lm, tmp_path, monkeypatch):
     d = lm.d_model
     s = _run_main(tmp_path, monkeypatch, str(lm.path), d, {"id": Identity(d, d), "zero": Zero(d, d)})
     assert s["ce"]["windows"] == 3 and s["ce"]["n_tokens"] == 3 * 12  # BOS + 12 tokens: 12 predictions
+    assert "models" not in s["ce"]  # each model's CE is in its own entry, not twice
     assert s["models"]["id"]["ce_recovered"] == 1.0 and s["models"]["id"]["kl"] == 0.0
     assert s["models"]["zero"]["ce_recovered"] == pytest.approx(0.0, abs=1e-6)
     assert s["models"]["zero"]["ce"] == pytest.approx(s["ce"]["ce_zero"], rel=1e-6)
