@@ -122,9 +122,14 @@ def growable(manifests: dict[str, dict], harvest_cfg: dict) -> bool:
 
     if not all(same(m) for m in manifests.values()):
         return False
-    old, new = next(iter(manifests.values()))["harvest"]["max_tokens"], harvest_cfg["max_tokens"]
+    first = next(iter(manifests.values()))
+    old, new = first["harvest"]["max_tokens"], harvest_cfg["max_tokens"]
     if old == new:
         return False
+    held = int(first.get("n_rows", 0))
+    if old is None and harvest_cfg.get("mode") == "tokens" and new >= held:  # max_tokens counts rows there
+        raise HarvestError(f"this store holds every row of the source ({held:,}, max_tokens null): "
+                           f"max_tokens {new} would hold the same rows; set harvest.max_tokens=null (use it)")
     if old is None or (new is not None and new < old):
         held = "every row" if old is None else f"the first {old} rows"
         raise HarvestError(f"this store holds {held} of the source (max_tokens {old}); a smaller max_tokens "

@@ -319,6 +319,23 @@ def test_only_a_larger_max_tokens_grows_a_complete_store(new, grows):
         assert growable(manifests, cfg) is grows
 
 
+@pytest.mark.parametrize("new, says", [(80, "would hold the same rows"), (70, "would hold the same rows"),
+                                       (69, "smaller max_tokens")])
+def test_a_number_at_or_above_a_whole_source_store_says_it_holds_the_same_rows(new, says):
+    """A store of the whole source (max_tokens null, 70 rows) asked for max_tokens >= 70 holds exactly those
+    rows already: the error says to keep null, not that the number is "smaller"; below 70 it is smaller."""
+    from actdict.config import build
+    from actdict.harvest.config import HarvestConfig
+    from actdict.harvest.layout import FORMAT_VERSION
+    from actdict.harvest.resume import HarvestError, growable
+    from actdict.harvest.reuse import as_json
+
+    old = as_json(build(HarvestConfig, {"max_tokens": None}))
+    manifests = {"h": {"complete": True, "format_version": FORMAT_VERSION, "harvest": old, "n_rows": 70}}
+    with pytest.raises(HarvestError, match=says):
+        growable(manifests, as_json(build(HarvestConfig, {"max_tokens": new})))
+
+
 def test_set_back_names_the_overrides_that_resume_or_grow_a_store_and_nothing_else():
     """An unfinished harvest resumes only with the hooks, run keys and max_tokens it began with: those that
     differ are named as overrides (JSON values: null, ["..."]); a complete store grows to a larger max_tokens
