@@ -126,10 +126,10 @@ def growable(manifests: dict[str, dict], harvest_cfg: dict) -> bool:
     old, new = first["harvest"]["max_tokens"], harvest_cfg["max_tokens"]
     if old == new:
         return False
-    held = int(first.get("n_rows", 0))
-    if old is None and harvest_cfg.get("mode") == "tokens" and new >= held:  # max_tokens counts rows there
-        raise HarvestError(f"this store holds every row of the source ({held:,}, max_tokens null): "
-                           f"max_tokens {new} would hold the same rows; set harvest.max_tokens=null (use it)")
+    n = int(first.get("n_rows", 0))
+    if old is None and harvest_cfg.get("mode") == "tokens" and new >= n:  # max_tokens counts rows there
+        raise HarvestError(f"this store holds every row of the source ({n:,}, max_tokens null): max_tokens "
+                           f"{new} would hold the same rows; set harvest.max_tokens=null to use it")
     if old is None or (new is not None and new < old):
         held = "every row" if old is None else f"the first {old} rows"
         raise HarvestError(f"this store holds {held} of the source (max_tokens {old}); a smaller max_tokens "
