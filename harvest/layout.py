@@ -5,7 +5,8 @@
 <store>/<hook>/shards/00000/        one zarr v3 group per shard: acts [n, d], token_ids [n] int32,
                                     doc [n] int64, pos [n] int32; every chunk ends with a crc32c
 ```
-Only this module, ``store`` (reader) and ``writer`` know it; everything else goes through ``store``.
+Only the harvest package uses it (the reader ``store``, the writers, resume and repair); the train and
+analyze stages go through ``store``.
 
 A shard is complete when its group attributes hold the done-record ``{"n_rows", "crc32c", ...}`` (crc32c
 of the stored little-endian bytes, arrays in the order acts, token_ids, doc, pos; format 2 recorded a

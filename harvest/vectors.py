@@ -297,8 +297,8 @@ def cli(argv: list[str] | None = None) -> int:
                     help="stored dtype (default float32: kept exactly)")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing hook of that name")
     ap.add_argument("--chunk-rows", type=int, default=0, help="rows per chunk, the unit of the train/test "
-                    "split (default: 4096, or, without --shard-rows, fewer for a file of fewer than 32,768 "
-                    "rows: 8 chunks or more)")
+                    "split (default: 4096, or fewer for a file of fewer than 32,768 rows: 8 chunks or "
+                    "more)")
     ap.add_argument("--shard-rows", type=int, default=0, help="rows per shard, a multiple of --chunk-rows "
                     "(default: 16 chunks)")
     a = ap.parse_args(argv)
