@@ -3,7 +3,7 @@
 cfg.json holds at least ``variant``, ``d``, ``k``, ``params`` (the variant's keyword args) and whatever the
 caller adds (the training record, ``finished``, ``config_hash``). It is written last, so a folder with a
 cfg.json has whole weights. A model trained on normalised inputs (:class:`Normalized`) also stores
-``norm.mean`` / ``norm.scale`` tensors and ``"normalized": true``; ``load`` rebuilds the wrapper, so callers
+``norm_mean`` / ``norm_scale`` tensors and ``"normalized": true``; ``load`` rebuilds the wrapper, so callers
 always feed raw rows.
 """
 

@@ -5,8 +5,8 @@ sweep); each has its own optimizer and scheduler. Defaults follow the paper's LL
 (App. D.3: Adam, lr 0.005, batch 2048, 35 epochs, CosineAnnealingWarmRestarts T_0=5, k=300).
 
 A run writes a resume state every ``checkpoint_every`` steps and on SIGTERM; rerunning the same command
-continues it (same batches, optimizer state and random numbers). ``torchrun --nproc-per-node N actdict train``
-splits every global batch between the N ranks.
+continues it (same batches, optimizer state and random numbers). ``torchrun --nproc-per-node N -m actdict.cli
+train CONFIG`` splits every global batch between the N ranks.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ class TrainConfig:
     autocast: bool = False
     """bf16 autocast of the forward pass (its matmuls) on CUDA or CPU; the loss is computed on the forward's
     outputs upcast to float32 and the weights stay float32. Fast on GPUs and on CPUs with AMX / AVX512-BF16;
-    ``sae_log``'s gradient suffers (docs/training.md, "bf16 autocast")."""
+    ``sae_log``'s and ``sae_topk_auxk``'s gradients suffer (docs/training.md, "bf16 autocast")."""
     grad_clip: float = 0.0
     """Clip every dictionary's gradient to this global L2 norm before its Adam step (0 = off, the paper).
     Damps the loss spikes of VAE/VAEase at high learning rates (docs/results.md); under torchrun the norm is
