@@ -51,7 +51,7 @@ class AnalyzeConfig:
     ce_windows: int = 16
     """Held-out windows for the CE/KL evaluation."""
     ce_ctx: int = 128
-    """Tokens per held-out window (a BOS token is prepended when the model has one)."""
+    """Tokens per held-out window (a BOS token is prepended when the store's harvest prepended one)."""
     ce_batch_size: int = 4
     """Windows per language-model forward pass in the CE/KL evaluation."""
     device: str = "auto"
