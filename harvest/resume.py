@@ -4,7 +4,7 @@ A harvest killed at any moment leaves: manifests with ``complete: false``, whole
 done-record), maybe hidden ``.tmp-*`` shards (local disks) or half-written shards without a done-record
 (object stores). ``clean`` removes the last two; ``done_shards`` lists the whole ones, which a rerun of
 the same command skips; the done-record's ``start`` cursor says where the document stream of that shard
-began, so the rerun does not even re-tokenize the documents before the first missing shard's predecessor.
+began, so the rerun does not even re-tokenize the documents before the shard ahead of the first missing one.
 """
 
 from __future__ import annotations
