@@ -16,8 +16,8 @@ Conventions beyond the paper (no NaN ever comes out):
 * ``-inf`` values (log|z| of exact zeros) form exactly the low group of their row: this is the limit
   of replacing -inf by -M, M -> inf. So for an SAE, a row with at least one exact zero has AD == its L0
   (its active latents are its nonzero codes), but a row whose k codes are all nonzero has no -inf and is
-  split among its nonzero values like any row (AD < L0 = k): an SAE's AD is at most its L0, equal when
-  every row has an exact zero.
+  split among its nonzero values like any row (AD < L0 = k, unless they are all equal: below): an SAE's AD is
+  at most its L0, equal when every row has an exact zero or equal codes.
 * A degenerate row (all values equal, or k == 1) has no split: everything is in the low group
   (threshold = the common value), and ``active_mask`` counts every latent of it active on either side
   (AD = k: for an SAE, equal nonzero codes, e.g. the one code of a k = 1 dictionary, are all active, as

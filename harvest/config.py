@@ -44,10 +44,12 @@ class HarvestConfig:
     """Stop after this many stored rows (per hook); null: the whole source. Raising it on a complete store
     grows the store (the rows so far are kept: docs/harvest.md, "Growing a store")."""
     dtype: Literal["float32", "bfloat16"] = "float32"
-    """Dtype of the forward pass (bfloat16 is ~2x faster on CPU, less exact)."""
+    """Dtype of the forward pass (bfloat16: faster on CPUs with bf16 instructions, 1.3-3x on the machines
+    here by CPU model, and less exact)."""
     store_dtype: Literal["float16", "bfloat16", "float32"] = "float16"
     """Dtype of the stored activations (2, 2, 4 bytes a value; bfloat16 keeps float32's range with 8
-    mantissa bits, float16 has 11 bits but overflows beyond 65504); readers always get float32."""
+    mantissa bits, float16 has 11 bits but overflows beyond 65504); readers get float32 (but ``raw=True``
+    reads and the training stream: float16 as stored)."""
     shard_rows: int = 65536
     """Rows per store shard (a multiple of chunk_rows)."""
     chunk_rows: int = 4096
@@ -64,7 +66,7 @@ class HarvestConfig:
     Encoders always join with [SEP]."""
     pad_id: int | None = None
     """Token id that pads the short last window (per_doc: of each document); null: the tokenizer's pad
-    token, else EOS, else 0. Padding is never stored (and masked out for encoders)."""
+    token, else EOS (causal LMs), else 0. Padding is never stored (and masked out for encoders)."""
 
     def __post_init__(self) -> None:
         if not self.hooks:

@@ -1,11 +1,11 @@
-"""``torchrun --nproc-per-node 2 actdict train`` on 2 CPU ranks (gloo) ends where a single process does: the
-ranks split every global batch and average their gradients weighted by rows, so only the summation order
-differs (float32 rounding, hence a tolerance rather than bit equality). BatchTopK selects over the global
-batch and keeps global dead counts and threshold (train/dist.py), so it matches too, its aux loss included;
-TopK+AuxK normalises its MSEs by the global batch's spread. The VAEs' noise is the global batch's, each
-rank keeping its rows (train/dist.py ``noise_like``); sae_kl's rho_hat is the global batch mean, and
-lse's batch variance, correlation and summed LSE term are the global batch's. Every registered variant
-is trained."""
+"""``torchrun --nproc-per-node 2 -m actdict.cli train`` on 2 CPU ranks (gloo) ends where a single process
+does: the ranks split every global batch and average their gradients weighted by rows, so only the
+summation order differs (float32 rounding, hence a tolerance rather than bit equality). BatchTopK selects
+over the global batch and keeps global dead counts and threshold (train/dist.py), so it matches too, its
+aux loss included; TopK+AuxK normalises its MSEs by the global batch's spread. The VAEs' noise is the
+global batch's, each rank keeping its rows (train/dist.py ``noise_like``); sae_kl's rho_hat is the global
+batch mean, and lse's batch variance, correlation and summed LSE term are the global batch's. Every
+registered variant is trained."""
 
 import os
 import subprocess
