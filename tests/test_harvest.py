@@ -389,6 +389,14 @@ def test_stored_rows_cast_like_the_writer_and_refuse_overflow():
     big[0, 0, 0] = float("inf")
     with pytest.raises(ValueError, match="float32"):
         store_rows(big, flat, np.empty((5, 7), np.float32), "h")
+    huge = acts.clone()
+    huge[0, 3, :2] = 3e38  # finite in bfloat16 (float32's range), but two of them overflow a float32 sum
+    out = np.empty((5, 7), np.uint16)
+    store_rows(huge, flat, out, "h")
+    np.testing.assert_array_equal(out, encode_acts(huge.reshape(-1, 7).numpy()[flat], "bfloat16"))
+    huge[1, 4, 6] = float("-inf")
+    with pytest.raises(ValueError, match="holds NaN or inf"):
+        store_rows(huge, flat, out, "h")
 
 
 def test_a_resumed_harvest_restarts_the_document_stream_at_its_last_whole_shard(tmp_path, monkeypatch):
