@@ -8,7 +8,7 @@ minimising ``i * var(left) + (k - i) * var(right)`` (population variances, i.e. 
 of squares), taking the FIRST minimum. This is the official code's ``find_optimal_threshold_torch``; the
 paper's words ("the average variance above ... and below the threshold is minimum") read literally as an
 unweighted mean of the two variances, which picks another split on many rows: we follow the code, with
-which the paper's numbers were made (DESIGN.md). The threshold is the largest value of the left (low)
+which the paper's numbers were made. The threshold is the largest value of the left (low)
 group and the low group is every value ``<= threshold``. VAE models (activity = log posterior variance) count
 the low group as active, SAE models (activity = log|z|) the high group.
 

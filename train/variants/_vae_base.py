@@ -1,6 +1,6 @@
 """Shared VAE machinery of ``vae`` and ``vaease`` (the two differ only in what the decoder receives).
 
-Paper Sec. 2.2-3 and DESIGN "The paper's exact recipe" (official code, LLM/Yelp setting):
+Paper Sec. 2.2-3 and the official code (LLM/Yelp setting; README, "VAEase: the formulas"):
 
 * encoder (``encoder="linear"``, the official LLM/Yelp model ``Simple_Linear_Encoder``): h = Swish(Linear(d,
   2k)(x)); mu, s = h.chunk(2). (App. D.3's text says "one linear layer and a ReLU layer"; we follow the
