@@ -745,3 +745,19 @@ def test_topk_auxk_attribution_path_applies_relu_to_the_kept_pre_activations(xb)
         out = m(inp)
         np.testing.assert_allclose(_np(out.codes), z, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(_np(out.x_hat), z @ Wd + bd, rtol=1e-5, atol=1e-5)
+
+
+def test_lse_gradient_is_finite_when_the_batch_rows_are_all_alike():
+    """Rows all alike (an all-zero batch, duplicated vectors): every energy is constant over the batch, its
+    variance 0 (or rounding's). The loss is finite, and so must its gradient be: sqrt's at 0 was inf, times
+    a zero upstream gradient NaN, and training stopped one step later with a non-finite loss."""
+    for x in (torch.zeros(8, 4), torch.tensor([[0.5, -1.0, 2.0, 0.1]]).repeat(8, 1)):
+        m = make("lse", 4, 6, seed=0)
+        opt = torch.optim.Adam(m.parameters(), lr=0.005)
+        for _ in range(3):
+            opt.zero_grad()
+            terms = m.loss_terms(x, m(x))
+            assert all(torch.isfinite(t).all() for t in terms.values())
+            terms["loss"].backward()
+            assert all(torch.isfinite(p.grad).all() for p in m.parameters())
+            opt.step()

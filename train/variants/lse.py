@@ -51,7 +51,10 @@ def batch_moments(e: Tensor) -> tuple[Tensor, Tensor]:  # e: [b, k] -> (var [k],
 
 
 def correlation_penalty(var: Tensor, cov: Tensor) -> Tensor:  # [k], [k, k] -> sum of squared off-diag corr
-    std = var.sqrt() + 1e-8  # [k] (the official code: e.std(0) + 1e-8)
+    # [k] (the official code: e.std(0) + 1e-8). The clamp keeps sqrt's gradient finite where a latent's energy
+    # is the same on every row of the batch (var 0: all rows alike, an all-zero batch), where 1 / (2 sqrt 0)
+    # times a zero upstream gradient would be NaN and poison the weights; above 1e-38 it changes nothing
+    std = var.clamp_min(torch.finfo(var.dtype).tiny).sqrt() + 1e-8
     corr = cov / (std[:, None] * std[None, :])
     off = corr - torch.eye(len(var), device=var.device, dtype=var.dtype)
     return off.pow(2).sum() - off.diagonal().pow(2).sum()
