@@ -13,6 +13,7 @@ from actdict.harvest.store import write_vectors
 from actdict.train import checkpoint
 from actdict.train.config import DictConfig, TrainConfig
 from actdict.train.data import iter_batches, iter_rows, make_split, norm_stats
+from actdict.train.dist import Dist
 from actdict.train.loop import Member, TrainingError, train
 from actdict.train.protocol import make
 from actdict.train.schedule import lr_at
@@ -615,6 +616,37 @@ def test_a_dictionary_that_learned_nothing_is_named_in_its_own_units(store, tmp_
     assert "its last epoch's reconstruction error 51 is 102x that of predicting each batch's" in m.diverged()
     lse = Member("e", make("lse", 3, 2), 0.01, history=[{"sse": 1e9}], baseline=1.0, spread=1.0)
     assert lse.diverged() is None  # lse trains no reconstruction: its x_hat may be anything
+
+
+def test_rows_far_from_zero_are_told_to_normalise_not_to_lower_the_lr(tmp_path, capsys):
+    """Rows of mean 1e4 and spread 0.01: a fresh SAE's x_hat is near 0, its SSE that of predicting 0 (~d e8),
+    ~1e12 x the batch-mean baseline, and it was told "it diverged; lower its lr", which cannot help (the
+    decoder bias would need ~1e6 Adam steps to reach the mean). Its SSE is no worse than predicting 0, so
+    the warning says the rows sit far from 0 and to set train.normalize; a real divergence (SSE far over
+    predicting 0) keeps the old warning."""
+    from actdict.train.loop import Spread
+    from actdict.train.run import main
+
+    x = (1e4 + 0.01 * np.random.default_rng(0).standard_normal((512, 4))).astype(np.float32)  # [n, d]
+    store = write_vectors(str(tmp_path / "store"), x, chunk_rows=64)
+    main(Common(run_dir=str(tmp_path / "run"), seed=0, store=store.path),
+         TrainConfig(dicts=[DictConfig("far", "sae_l1", k=4)], epochs=1, batch_size=64, test_fraction=0.2,
+                     device="cpu"))
+    out = capsys.readouterr().out
+    assert "train: warning: far: its last epoch's reconstruction error" in out
+    assert "about that of predicting 0 for every row" in out and "set train.normalize: mean_scale" in out
+    assert "it diverged" not in out
+    s = Spread()
+    for b in torch.from_numpy(x).split(100):
+        s.add(b)
+    s.end(Dist())
+    assert s.norm2 == pytest.approx(float((x.astype(np.float64) ** 2).sum(1).mean()), rel=1e-9)
+    m = Member("m", make("sae_l1", 3, 2), 0.01, history=[{"sse": 5e8}], baseline=1e-4, spread=3e-4, norm2=4e8)
+    assert "predicting 0 for every row (4e+08)" in m.diverged()
+    m.history = [{"sse": 1e9}]  # over twice the SSE of x_hat = 0: it blew up
+    assert "it diverged; lower its lr" in m.diverged()
+    m = Member("c", make("sae_l1", 3, 2), 0.01, history=[{"sse": 5e3}], baseline=1.0, spread=3.0, norm2=3.0)
+    assert "it diverged; lower its lr" in m.diverged()  # rows about 0: as before
 
 
 def test_a_resume_reads_its_state_header_once(store, tmp_path, monkeypatch, stop_training):

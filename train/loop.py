@@ -58,6 +58,7 @@ class Member:
     sums: dict[str, float] = field(default_factory=dict)  # loss-term sums of the current epoch
     baseline: float | None = None  # the last epoch's mean SSE of predicting each batch's mean (this process)
     spread: float | None = None  # the last epoch's mean SSE of predicting every row by the epoch's mean row
+    norm2: float | None = None  # the last epoch's mean squared norm of the rows (the SSE of predicting 0)
     ema: tuple[float, float] = (0.0, 0.0)  # the SSE's moving sums (value, weight) since a (re)start
 
     @property
@@ -85,6 +86,14 @@ class Member:
         units = 1.0 / float(scale) ** 2 if scale is not None else 1.0
         base, spread = (v * units if v else None for v in (self.baseline, self.spread))
         if base and sse > 100 * base:
+            if scale is None and self.norm2 and spread is not None and sse <= 2 * self.norm2:
+                # no worse than x_hat = 0: not blown up, but rows far from 0 whose offset it has not learned
+                return (f"{self.name}: its last epoch's reconstruction error {sse:.4g} is {sse / base:,.0f}x "
+                        f"that of predicting each batch's mean row ({base:.4g}) but about that of predicting "
+                        f"0 for every row ({self.norm2:.4g}): the rows sit far from 0 (their mean row's "
+                        f"squared norm {self.norm2 - spread:.4g}, their spread about it {spread:.4g}) and it "
+                        "has not learned their offset; set train.normalize: mean_scale (docs/training.md), "
+                        "a lower lr would not help")
             return (f"{self.name}: its last epoch's reconstruction error {sse:.4g} is {sse / base:,.0f}x "
                     f"that of predicting each batch's mean row ({base:.4g}): it diverged; lower its lr (or "
                     "set train.grad_clip)")
@@ -111,6 +120,7 @@ class Spread:
 
     def __init__(self) -> None:
         self.sums: torch.Tensor | None = None  # [d + 3]: sum n m, sum n |m|^2, squared deviations, rows
+        self.norm2: float | None = None  # set by ``end``: the ended epoch's mean squared row norm
 
     def add(self, x: torch.Tensor) -> torch.Tensor:
         """Add the batch x [b, d] float32 (this process's rows); -> the mean SSE of predicting each of its
@@ -136,6 +146,7 @@ class Spread:
             dist_.reduce_(v)
         n = v[-1]
         mean = v[:-3] / n  # [d]
+        self.norm2 = float((v[-2] + v[-3]) / n)  # sum |x|^2 = deviations + sum n |m|^2, over the rows
         return float((v[-2] + v[-3] - n * mean.pow(2).sum()) / n)  # within batches + between them
 
 
@@ -302,6 +313,7 @@ def train(members: list[Member], epoch_batches: Callable[..., Iterable], cfg: Tr
                     m.history.append({k: v / pos.batch for k, v in m.sums.items()} | {"epoch": pos.epoch})
                 m.sums, m.baseline = {}, base_sum / base_n if base_n else m.baseline
                 m.spread = epoch_spread if epoch_spread is not None else m.spread
+                m.norm2 = spread.norm2 if epoch_spread is not None else m.norm2
             base_sum, base_n = 0.0, 0
             if cfg.max_steps and pos.step >= cfg.max_steps:
                 break
