@@ -277,11 +277,13 @@ def masked_re_curve(x, codes, activity, side: Side, decode, kept: Sequence[int])
     the other entries of ``codes`` [n, k] (the decoder input), decode with ``decode`` ([n, k] -> [n, d])
     and return the RE (batch mean of per-sample sum of squared error) against x [n, d]."""
     c = _tensor(codes)
-    xt = _tensor(x).to(c.dtype)  # per-row sums in the codes' precision, the mean in float64
+    xt = _tensor(x).to(c.dtype)  # differences in the codes' precision, their squares summed in float64
     ranks = activity_rank(activity, side, tiebreak=c)  # [n, k]; equal activity: larger |code| first
     out = []
     with torch.no_grad():
         for m in kept:
             x_hat = decode(torch.where(ranks < m, c, torch.zeros_like(c)))  # [n, d]
-            out.append(float((xt - x_hat).pow(2).sum(-1).to(torch.float64).mean()))
+            # squared in float64: float32 squares of rows beyond ~1e19 (a bfloat16 store holds up to 3e38)
+            # overflow to inf, and the curve came out all null while re_det, in float64, was finite
+            out.append(float((xt - x_hat).to(torch.float64).pow(2).sum(-1).mean()))
     return out

@@ -205,3 +205,21 @@ def test_masked_re_curve_brute_force(side, ties):
             ref.append(float(((x[i] - decode(c)) ** 2).sum()))
         assert re == pytest.approx(np.mean(ref), rel=1e-5)
     assert got[-1] == pytest.approx(M.reconstruction_error(x, decode(codes)), rel=1e-6)  # all kept
+
+
+def test_masked_re_curve_of_rows_beyond_float32_squares():
+    """Rows of norm ~1e20 (finite in float32 and bfloat16, their squares are not): the curve is summed in
+    float64 and equals the RE computed in float64, as re_det is, instead of inf (null in summary.json)."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(5, 3, generator=g) * 1e20  # [n, d] float32
+    W = torch.randn(2, 3, generator=g) * 1e20
+
+    def decode(c):
+        return c @ W
+
+    codes = torch.tensor([[1.0, 0.0]] * 5)  # [n, k]
+    act = codes.abs().log()  # an SAE's activity: log|z|, -inf for the zero code
+    got = M.masked_re_curve(x, codes, act, "high", decode, [0, 1, 2])
+    assert all(np.isfinite(got))
+    assert got[0] == pytest.approx(M.reconstruction_error(x, torch.zeros_like(x)), rel=1e-6)
+    assert got[-1] == pytest.approx(M.reconstruction_error(x, decode(codes)), rel=1e-6)
