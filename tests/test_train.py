@@ -198,6 +198,22 @@ def test_loop_reduces_loss_and_stops_on_nan():
         train([broken], lambda e: x.split(64), cfg, torch.device("cpu"))
 
 
+def test_rows_too_large_for_float32_squares_say_so():
+    """Finite rows of size ~1e20 (a float32 or bfloat16 store holds them): the SSE overflows at step 0,
+    before any lr acted, so "lower its lr" is no advice; the error says the rows are too large for float32
+    and to normalise them. A non-finite loss on ordinary rows keeps the lr advice."""
+    x = torch.randn(64, 4, generator=torch.Generator().manual_seed(0)) * 1e20  # [n, d]
+    cfg = TrainConfig(dicts=[], epochs=1)
+    with pytest.raises(TrainingError, match=r"not finite at step 0 .* too large for float32 arithmetic .* "
+                                            r"set train.normalize: mean_scale"):
+        train([Member("a", make("sae_l1", 4, 6), 0.01)], lambda e: x.split(32), cfg, torch.device("cpu"))
+    broken = Member("b", make("sae_l1", 4, 6), 0.01)
+    with torch.no_grad():
+        broken.model.decoder.bias[2] = float("inf")
+    with pytest.raises(TrainingError, match=r"Lower its lr"):
+        train([broken], lambda e: (x / 1e20).split(32), cfg, torch.device("cpu"))
+
+
 def test_grad_clip_bounds_the_gradient_norm_and_keeps_old_hashes():
     from actdict.train.loop import step
     from actdict.train.run import dict_hash

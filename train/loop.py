@@ -228,10 +228,13 @@ def _check(members: list[Member], keys: list[list[str]], vals: list[float], pos:
         t = dict(zip(ks, vals[at:at + len(ks)], strict=True))
         at += len(ks)
         if bad := [k for k, v in t.items() if not np.isfinite(v)]:
+            why = ("Lower its lr, or check the input rows and the variant's params." if np.isfinite(vals[-2])
+                   else "The batch's rows are finite, but too large for float32 arithmetic (their squared "
+                   "deviations from the batch mean overflow: values beyond ~1e19): set train.normalize: "
+                   "mean_scale, or scale the vectors down.")  # vals[-2]: the batch's own spread (Spread.add)
             raise TrainingError(
                 f"dictionary {m.name!r} ({m.model.variant}): {', '.join(bad)} not finite at step {pos.step} "
-                f"(epoch {pos.epoch}, batch {pos.batch}); terms {t}. Lower its lr, or check the input rows "
-                "and the variant's params.")
+                f"(epoch {pos.epoch}, batch {pos.batch}); terms {t}. {why}")
 
 
 def train(members: list[Member], epoch_batches: Callable[..., Iterable], cfg: TrainConfig,
