@@ -60,6 +60,10 @@ class NonFiniteError(ActdictError, ValueError):
     """A row that is not finite once cast to the store's dtype (every writer raises this one)."""
 
 
+class UnderflowError(NonFiniteError):
+    """A nonzero row that float16 stores below its normal range (subnormal or 0: few digits kept, or none)."""
+
+
 def non_finite(where: str, dtype: str, row: int | None = None, nan: bool | None = None,
                forward: str = "") -> NonFiniteError:
     """The error of a non-finite stored value; ``row`` (global) and ``nan`` (the input itself was not
@@ -89,6 +93,16 @@ def encode_checked(acts: np.ndarray, dtype: str, where: str, first_row: int = 0)
     if not ok.all():
         r = int(np.argmin(ok))
         raise non_finite(where, dtype, first_row + r, nan=not np.isfinite(acts[r]).all())
+    if dtype == "float16" and len(cast):  # the other end of float16's range: rows it flushes to (near) 0
+        tiny = np.finfo(np.float16).tiny  # 6.1e-05, the smallest normal float16
+        low = np.flatnonzero(np.abs(cast).max(axis=1) < tiny)  # [m] rows stored subnormal or 0 throughout
+        if len(low) and (big := np.abs(acts[low]).max(axis=1)).any():  # not all-zero rows (stored exactly)
+            i = int(np.flatnonzero(big)[0])
+            raise UnderflowError(
+                f"{where}: row {first_row + int(low[i]):,} lies below float16's normal range (its largest "
+                f"|x| is {float(big[i]):.3g} < {float(tiny):.2g}): float16 keeps few of its digits or none "
+                "(values under 6e-08 become 0); store the rows as float32 or bfloat16 (harvest.store_dtype; "
+                "--dtype of python -m actdict.harvest.vectors), or scale them up")
     return cast
 
 

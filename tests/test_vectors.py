@@ -418,6 +418,35 @@ def test_a_float16_overflow_is_one_line_and_leaves_nothing(tmp_path, capsys):
     np.testing.assert_array_equal(open_store(str(tmp_path / "s"), "vectors").read_rows(0, 600).acts, x)
 
 
+def test_vectors_below_float16s_normal_range_are_refused_not_flushed_to_zero(tmp_path, capsys):
+    """Vectors of scale 1e-8 stored as float16 (a config's default store_dtype) came out subnormal or 0
+    (254 of 256 values 0, the rest 93% off) with no word, while an overflow is refused. Now a nonzero row
+    whose largest |x| is under float16's smallest normal (6.1e-05) is refused the same way; all-zero rows,
+    small values beside large ones, and float32 keep going through."""
+    from actdict.harvest.writer import UnderflowError
+
+    x = np.random.default_rng(3).standard_normal((64, D)).astype(np.float32)  # [64, D]
+    x[::5] = 0  # all-zero rows: exact in float16
+    tiny = x * 1e-8
+    np.save(tmp_path / "v.npy", tiny)
+    args = [str(tmp_path / "v.npy"), str(tmp_path / "s"), "--chunk-rows", "8"]
+    assert cli([*args, "--dtype", "float16"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "row 1 lies below float16's normal range" in err[0] and "float32" in err[0]
+    assert not (tmp_path / "s" / "vectors").exists()
+    assert cli(args) == 0  # float32 keeps them exactly
+    np.testing.assert_array_equal(open_store(str(tmp_path / "s"), "vectors").read_rows(0, 64).acts, tiny)
+    late = x.copy()
+    late[41] *= 1e-7
+    with pytest.raises(UnderflowError, match=r"row 41 lies below float16's normal range"):
+        write_vectors(str(tmp_path / "t"), late, dtype="float16", **SMALL)
+    assert not (tmp_path / "t" / "vectors").exists()
+    mixed = x.copy()
+    mixed[:, 0] *= 1e-9  # tiny values beside normal ones in every row: their row keeps its digits
+    s = write_vectors(str(tmp_path / "t"), mixed, dtype="float16", **SMALL)
+    np.testing.assert_array_equal(s.read_rows(0, 64).acts, mixed.astype(np.float16).astype(np.float32))
+
+
 def test_write_vectors_from_python_names_a_bad_row_and_leaves_nothing(tmp_path):
     """write_vectors (the Python entry, no file reader in front) on a NaN row or a float16 overflow: the
     error names the global row, and the hook it began is removed, so the corrected call goes through."""
