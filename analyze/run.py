@@ -297,6 +297,9 @@ def read_labels(path: str, n_rows: int) -> tuple[np.ndarray | None, list]:
     if lab.dtype.kind not in "biufU":
         raise AnalyzeError(f"analyze.labels: {p} holds {lab.dtype} values; labels are integers, floats, "
                            "booleans or strings")
+    if lab.dtype.kind == "f" and np.isinf(lab).any():  # summary.json (strict JSON) would write the class null
+        raise AnalyzeError(f"analyze.labels: {p} holds inf at row {int(np.argmax(np.isinf(lab))):,}: a label "
+                           "names a class (an integer, a string, a finite number; NaN for none)")
     missing = missing_labels(lab)  # [n_rows]
     if missing.all():
         raise AnalyzeError(f"analyze.labels: every label in {p} is missing (NaN or empty): there is no class "

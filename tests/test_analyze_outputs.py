@@ -241,6 +241,13 @@ def test_rows_without_a_label_are_left_out_of_the_per_class_ad(tmp_path, monkeyp
                      f"{run_dir / 'labels.npy'}: they are left out of the per-class AD "
                      "(ad_class_unlabelled in summary.json)"]
     assert f"{left} rows without a label left out" in (run_dir / "report.html").read_text()
+    if kind == "float":  # inf: a class summary.json would write as null (+inf and -inf: two nulls)
+        np.save(run_dir / "inf.npy", np.where(rows == 70, np.inf, own))
+        with pytest.raises(run.AnalyzeError, match=r"inf.npy holds inf at row 70: a label names a class"):
+            run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(**cfg, labels=str(run_dir / "inf.npy")))
+    else:  # the string "inf" is a class like any other
+        np.save(run_dir / "inf.npy", np.where(rows == 70, "inf", own))
+        run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(**cfg, labels=str(run_dir / "inf.npy")))
     np.save(run_dir / "none.npy", np.full(96, np.nan))
     with pytest.raises(run.AnalyzeError, match=r"every label in .*none.npy is missing \(NaN or empty\)"):
         run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(**cfg, labels=str(run_dir / "none.npy")))
