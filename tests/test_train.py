@@ -665,6 +665,32 @@ def test_rows_far_from_zero_are_told_to_normalise_not_to_lower_the_lr(tmp_path, 
     assert "it diverged; lower its lr" in m.diverged()  # rows about 0: as before
 
 
+def test_a_fresh_dictionary_far_from_trained_is_not_called_diverged(tmp_path, capsys):
+    """JumpReLU with k = 80 latents on d = 2 (decoder rows of unit norm, W_enc = W_dec^T: a fresh one
+    reconstructs x with ~k / 2d times its norm) starts ~300x the batch-mean baseline and comes down steadily;
+    after two epochs it was told "it diverged; lower its lr", which only slows it. Its SSE is below its
+    first step's, so the warning says it is far from trained; one whose SSE rose past its first step's
+    (lr far too high) is still called diverged."""
+    from actdict.train.run import main
+
+    x = np.random.default_rng(0).standard_normal((64, 2)).astype(np.float32)  # [n, d]
+    store = write_vectors(str(tmp_path / "store"), x, chunk_rows=8)
+    main(Common(run_dir=str(tmp_path / "run"), seed=0, store=store.path),
+         TrainConfig(dicts=[DictConfig("j", "sae_jumprelu", k=80)], epochs=2, batch_size=8, device="cpu",
+                     normalize="mean_scale", test_fraction=0.25))
+    out = capsys.readouterr().out
+    _, meta = checkpoint.load(tmp_path / "run" / "dicts" / "j")
+    sse = [h["sse"] for h in meta["history"]]
+    assert sse[-1] < sse[0] and "is still" in meta["warning"] and "far from trained, not diverged" in out
+    assert "it diverged" not in out
+    m = Member("m", make("sae_l1", 3, 2), 0.01, history=[{"sse": 500.0}], baseline=1.0, first=600.0)
+    assert "down from 600 at its first step: it is far from trained" in m.diverged()
+    m.first = 400.0  # worse than it started: blown up
+    assert "it diverged; lower its lr" in m.diverged()
+    m.first = None  # not known (a state saved before it was recorded): as before
+    assert "it diverged; lower its lr" in m.diverged()
+
+
 def test_a_resume_reads_its_state_header_once(store, tmp_path, monkeypatch, stop_training):
     """A run resumed from its state on disk reads the state's JSON header once (the stale, damaged and
     other-run checks and the load share that read) and opens the file once more for its tensors; it resumes

@@ -59,6 +59,7 @@ class Member:
     baseline: float | None = None  # the last epoch's mean SSE of predicting each batch's mean (this process)
     spread: float | None = None  # the last epoch's mean SSE of predicting every row by the epoch's mean row
     norm2: float | None = None  # the last epoch's mean squared norm of the rows (the SSE of predicting 0)
+    first: float | None = None  # the SSE of its first step (its initialisation's); a resume state keeps it
     ema: tuple[float, float] = (0.0, 0.0)  # the SSE's moving sums (value, weight) since a (re)start
 
     @property
@@ -94,6 +95,12 @@ class Member:
                         f"squared norm {self.norm2 - spread:.4g}, their spread about it {spread:.4g}) and it "
                         "has not learned their offset; set train.normalize: mean_scale (docs/training.md), "
                         "a lower lr would not help")
+            if self.first is not None and sse < self.first:  # below its first step's: nothing blew up
+                return (f"{self.name}: its last epoch's reconstruction error {sse:.4g} is still "
+                        f"{sse / base:,.0f}x that of predicting each batch's mean row ({base:.4g}), down "
+                        f"from {self.first:.4g} at its first step: it is far from trained, not diverged (a "
+                        "fresh dictionary can start far off, e.g. with many more latents than input "
+                        "dimensions); train it longer")
             return (f"{self.name}: its last epoch's reconstruction error {sse:.4g} is {sse / base:,.0f}x "
                     f"that of predicting each batch's mean row ({base:.4g}): it diverged; lower its lr (or "
                     "set train.grad_clip)")
@@ -296,6 +303,8 @@ def train(members: list[Member], epoch_batches: Callable[..., Iterable], cfg: Tr
                 for m, ks in zip(members, keys, strict=True):
                     for k, v in zip(ks, vals[at:at + len(ks)], strict=True):
                         m.record(k, v)
+                        if k == "sse" and pos.step == 0:
+                            m.first = v  # the fresh dictionary's SSE: ``diverged`` compares with it
                     at += len(ks)
                 base_sum, base_n = base_sum + vals[-2], base_n + 1
                 pos.step += 1

@@ -53,7 +53,8 @@ def save_state(path: str | Path, members: list[Member], hashes: dict[str, str], 
                 else:
                     scalars.setdefault(str(pid), {})[k] = v
         meta["members"][m.name] = {"config_hash": hashes[m.name], "param_groups": opt["param_groups"],
-                                   "opt_scalars": scalars, "history": m.history, "sums": m.sums}
+                                   "opt_scalars": scalars, "history": m.history, "sums": m.sums,
+                                   "first_sse": m.first}
         if configs is not None:
             meta["members"][m.name]["config"] = configs[m.name]
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}  # own copies: no sharing
@@ -178,7 +179,7 @@ def load_state(path: str | Path, members: list[Member], hashes: dict[str, str],
             state.setdefault(int(pid), {}).update(sc)
         m.opt.load_state_dict({"state": state, "param_groups": mm["param_groups"]})
         _match_layout(m.opt)
-        m.history, m.sums = mm["history"], mm["sums"]
+        m.history, m.sums, m.first = mm["history"], mm["sums"], mm.get("first_sse")
     torch.set_rng_state(tensors["rng/torch"])
     return Position(**meta["position"])
 
