@@ -111,12 +111,14 @@ def _safetensors_blocks(path: Path, key: str, block: int) -> Iterator[np.ndarray
             yield (t.float() if t.dtype == torch.bfloat16 else t).numpy()
 
 
-def _list_values(col, where: str) -> np.ndarray:
-    """[n, d] numbers of a parquet list column (every row the same length, no null rows)."""
+def _list_values(col, where: str, first_row: int = 0) -> np.ndarray:
+    """[n, d] numbers of a parquet list column (every row the same length, no null rows); ``first_row``: the
+    file's row of its first, for the error naming a null row."""
     import pyarrow.compute as pc
 
     if col.null_count:
-        raise VectorsError(f"{where}: {col.null_count} rows are null")
+        at = first_row + int(np.argmax(col.is_null().to_numpy(zero_copy_only=False)))
+        raise VectorsError(f"{where}: row {at:,} is null ({col.null_count} in this block of rows)")
     lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)  # [n]
     if len(lengths) and (lengths != lengths[0]).any():
         bad = int(np.flatnonzero(lengths != lengths[0])[0])
@@ -154,11 +156,13 @@ def _parquet_blocks(path: Path, key: str, block: int) -> Iterator[np.ndarray]:
                                f"vectors with key (harvest.vectors.key / --key); columns: {schema.names}")
     if pf.metadata.num_rows == 0:
         raise VectorsError(f"{path}: holds no vectors")
+    at = 0  # the file's row of the batch's first
     for batch in pf.iter_batches(batch_size=block, columns=cols):
         if key and is_list[key]:
-            yield _list_values(batch.column(0), f"{path} column {key!r}")  # [b, d]
+            yield _list_values(batch.column(0), f"{path} column {key!r}", at)  # [b, d]
         else:
             yield np.column_stack([c.to_numpy(zero_copy_only=False) for c in batch.columns])  # [b, d]
+        at += batch.num_rows
 
 
 def vector_blocks(path: str | Path, key: str = "", block_rows: int = 16384) -> Iterator[np.ndarray]:
@@ -305,9 +309,9 @@ def cli(argv: list[str] | None = None) -> int:
     from actdict.harvest.resume import store_lock
     from actdict.harvest.writer import default_layout, new_manifest
 
-    chunk_rows, shard_rows = default_layout(vector_rows(a.file, a.key), a.chunk_rows, a.shard_rows)
     made = not os.path.exists(a.store)  # a folder this import makes goes again if the import fails
     try:  # the arguments and the file's first row checked before the lock makes the store's folder
+        chunk_rows, shard_rows = default_layout(vector_rows(a.file, a.key), a.chunk_rows, a.shard_rows)
         new_manifest({"hook": a.hook}, 1, a.dtype, shard_rows, chunk_rows)
         next(vector_blocks(a.file, a.key, 1), None)
         with store_lock(a.store):  # one writer per store, as `actdict harvest`

@@ -114,6 +114,9 @@ def default_layout(n: int | None, chunk_rows: int = 0, shard_rows: int = 0) -> t
     are kept (``new_manifest`` checks them); a missing chunk_rows is ``CHUNK_ROWS``, or, when n is known and
     shard_rows is missing too or n is under 8 such chunks, ``chunk_rows_for(n, shard_rows)``: a small set
     still has chunks to hold out. A missing shard_rows is 16 chunks."""
+    if chunk_rows < 0 or shard_rows < 0:  # before a default made from them hides what was given
+        raise ConfigError(f"chunk_rows ({chunk_rows}) and shard_rows ({shard_rows}) must be positive (or 0 / "
+                          "left out: the default)")
     if not chunk_rows:
         fit = n and (not shard_rows or n < 8 * CHUNK_ROWS)
         chunk_rows = chunk_rows_for(n, shard_rows or SHARD_ROWS) if fit else CHUNK_ROWS

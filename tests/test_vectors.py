@@ -13,6 +13,7 @@ import torch
 from safetensors.numpy import save_file
 
 from actdict.cli import main as actdict_main
+from actdict.config import ConfigError
 from actdict.harvest.store import StoreError, open_store, write_vectors
 from actdict.harvest.vectors import VectorsError, cli, import_vectors, vector_blocks, vector_rows
 from actdict.harvest.writer import chunk_rows_for, default_layout
@@ -160,6 +161,11 @@ def test_bad_parquet(tmp_path):
     pq.write_table(pa.table({"v": empty}), tmp_path / "e.parquet")
     with pytest.raises(VectorsError, match=r"column 'v': its lists are empty \(d = 0\): it holds no vectors"):
         import_vectors(tmp_path / "e.parquet", str(tmp_path / "s"))
+    rows = [[float(i), 1.0] for i in range(40)]
+    rows[37] = rows[39] = None  # in the third block of 16 rows: named by its row in the file
+    pq.write_table(pa.table({"v": pa.array(rows, type=pa.list_(pa.float64()))}), tmp_path / "n.parquet")
+    with pytest.raises(VectorsError, match=r"column 'v': row 37 is null \(2 in this block of rows\)"):
+        import_vectors(tmp_path / "n.parquet", str(tmp_path / "s"), block_rows=16)
     assert not (tmp_path / "s").exists()
 
 
@@ -520,6 +526,19 @@ def test_small_files_and_arrays_get_chunks_to_hold_out(tmp_path):
     assert default_layout(600, shard_rows=1000) == (8, 1000) and default_layout(None) == (4096, 65536)
     assert default_layout(10**6, shard_rows=8192) == (4096, 8192)  # a large set keeps 4,096-row chunks
     assert default_layout(30000, shard_rows=1001) == (2048, 1001)  # not 30,000 chunks of 1 (refused later)
+    for bad in ({"chunk_rows": -3}, {"shard_rows": -8}):  # named as given, not as a default made from them
+        with pytest.raises(ConfigError, match=rf"chunk_rows \({bad.get('chunk_rows', 0)}\) and shard_rows "
+                                              rf"\({bad.get('shard_rows', 0)}\) must be positive"):
+            default_layout(600, **bad)
+
+
+def test_a_negative_chunk_size_is_one_line_naming_it(tmp_path, capsys):
+    np.save(tmp_path / "v.npy", _x(0))
+    assert cli([str(tmp_path / "v.npy"), str(tmp_path / "s"), "--chunk-rows", "-3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("import: ConfigError: chunk_rows (-3) and shard_rows (0) must be positive (or 0 / left "
+                   "out: the default)")
+    assert not (tmp_path / "s").exists()
 
 
 def test_harvest_of_a_config_without_a_harvest_section_says_so(tmp_path, capsys):
