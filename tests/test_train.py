@@ -1038,3 +1038,25 @@ def test_resume_drop_naming_a_dictionary_still_trained_resumes_it(store, tmp_pat
     for name in ("a", "b"):
         meta = checkpoint.load(tmp_path / "run" / "dicts" / name)[1]
         assert (meta["resumed_at_step"], meta["steps"]) == (4, 9)
+
+
+def test_a_resumed_run_warns_as_the_uninterrupted_one(store, tmp_path, stop_training):
+    """The training warning (``Member.diverged``: the SSE's moving average, the last epoch's baseline and
+    spread) of a run stopped inside its last epoch and resumed is the uninterrupted run's, word for word and
+    number for number: the resume state carries them, not only the weights."""
+    from actdict.train.run import main
+
+    cfg = TrainConfig(dicts=[DictConfig("flat", "sae_l1", k=16, lr=0.05, params={"lam1": 1e4})], epochs=4,
+                      batch_size=100, test_fraction=0.2, device="cpu", checkpoint_every=0)
+    runs = {}
+    for name, stop in (("whole", None), ("resumed", 30), ("early", 3)):
+        common = Common(run_dir=str(tmp_path / name), seed=0, store=store.path)
+        if stop:
+            stop_training(common, cfg, stop)  # 8 steps an epoch: step 30 is in the last one
+        main(common, cfg)
+        runs[name] = checkpoint.load(tmp_path / name / "dicts" / "flat")[1]
+    assert "it has learned almost nothing" in runs["whole"]["warning"]
+    for name in ("resumed", "early"):
+        assert runs[name]["resumed_at_step"] == {"resumed": 30, "early": 3}[name]
+        assert runs[name]["warning"] == runs["whole"]["warning"]
+        assert runs[name]["history"] == runs["whole"]["history"]

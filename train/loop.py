@@ -60,7 +60,8 @@ class Member:
     spread: float | None = None  # the last epoch's mean SSE of predicting every row by the epoch's mean row
     norm2: float | None = None  # the last epoch's mean squared norm of the rows (the SSE of predicting 0)
     first: float | None = None  # the SSE of its first step (its initialisation's); a resume state keeps it
-    ema: tuple[float, float] = (0.0, 0.0)  # the SSE's moving sums (value, weight) since a (re)start
+    ema: tuple[float, float] = (0.0, 0.0)  # the SSE's moving sums (value, weight), carried by a resume
+    epoch_acc: dict | None = None  # the current epoch's baseline sums and spread at the last save (``train``)
 
     @property
     def recent(self) -> float | None:
@@ -155,6 +156,22 @@ class Spread:
         mean = v[:-3] / n  # [d]
         self.norm2 = float((v[-2] + v[-3]) / n)  # sum |x|^2 = deviations + sum n |m|^2, over the rows
         return float((v[-2] + v[-3] - n * mean.pow(2).sum()) / n)  # within batches + between them
+
+    def state(self, d: dist_.Dist) -> list[float] | None:
+        """The sums so far, every rank's (a collective under torchrun), as floats (exact in JSON)."""
+        if self.sums is None:
+            return None
+        v = self.sums.clone()
+        if d.on:
+            dist_.reduce_(v)
+        return v.tolist()
+
+    def restore(self, sums: list[float] | None, device: torch.device, main: bool = True) -> None:
+        """Continue from ``state``'s sums: the main process holds them, the other ranks start from 0."""
+        if sums is not None:
+            wide = torch.float64 if device.type in ("cpu", "cuda") else torch.float32
+            v = torch.tensor(sums, dtype=wide, device=device)
+            self.sums = v if main else torch.zeros_like(v)
 
 
 @dataclass
@@ -267,8 +284,11 @@ def train(members: list[Member], epoch_batches: Callable[..., Iterable], cfg: Tr
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.autocast else nullcontext()
     bar = tqdm(total=total or None, initial=pos.step, desc="train", unit="step", dynamic_ncols=True,
                disable=not (d.main and progress), **bar_timing())
-    base_sum, base_n = 0.0, 0  # this epoch's baseline SSE sum and steps (since a resume, if any)
-    spread = Spread()  # and its rows' moments
+    base_sum, base_n = 0.0, 0  # this epoch's baseline SSE sum and steps
+    spread = Spread()  # and its rows' moments; a run resumed inside an epoch continues the saved ones
+    if start is not None and start.batch and members and (acc := members[0].epoch_acc):
+        base_sum, base_n = acc["base_sum"], acc["base_n"]
+        spread.restore(acc["spread"], device, d.main)
     try:
         while pos.epoch < cfg.epochs and not (cfg.max_steps and pos.step >= cfg.max_steps):
             batches = epoch_batches(pos.epoch, pos.batch) if pos.batch else epoch_batches(pos.epoch)
@@ -314,6 +334,9 @@ def train(members: list[Member], epoch_batches: Callable[..., Iterable], cfg: Tr
                                  for i, m in enumerate(members)}, refresh=False)
                 if vals[-1] > 0 or (cfg.checkpoint_every and pos.step % cfg.checkpoint_every == 0):
                     if save is not None:
+                        acc = {"base_sum": base_sum, "base_n": base_n, "spread": spread.state(d)}
+                        for m in members:
+                            m.epoch_acc = acc
                         save(pos)
                     if vals[-1] > 0:
                         raise Interrupted(f"stopped at step {pos.step} (epoch {pos.epoch}, batch "
@@ -323,7 +346,7 @@ def train(members: list[Member], epoch_batches: Callable[..., Iterable], cfg: Tr
             for m in members:  # the epoch (or the run, at max_steps) is over
                 if pos.batch:
                     m.history.append({k: v / pos.batch for k, v in m.sums.items()} | {"epoch": pos.epoch})
-                m.sums, m.baseline = {}, base_sum / base_n if base_n else m.baseline
+                m.sums, m.baseline, m.epoch_acc = {}, base_sum / base_n if base_n else m.baseline, None
                 m.spread = epoch_spread if epoch_spread is not None else m.spread
                 m.norm2 = spread.norm2 if epoch_spread is not None else m.norm2
             base_sum, base_n = 0.0, 0

@@ -5,8 +5,11 @@ Tensors: every dictionary's weights (``<name>/model/<key>``) and Adam state (``<
 and the torch CPU random state (``rng/torch``; the loop reseeds every step from (seed, step), so this is
 only a record). The safetensors metadata holds one JSON document: the batch position (epoch, batch, step),
 the run's segments so far (one per process start: steps from and to, ranks, wall seconds), per dictionary
-its config hash, Adam's param groups and scalar state, the epoch history and the running sums of the
-current epoch. A state is used only when the set of dictionaries and their config hashes match.
+its config hash, Adam's param groups and scalar state, the epoch history and the running sums of the current
+epoch, and what its training warning reads (``Member.diverged``: the SSE's moving average, its first step's
+SSE, the last epoch's baseline, spread and mean squared row norm, the current epoch's baseline sums and row
+moments), so that a resumed run warns as the uninterrupted one. A state is used only when the set of
+dictionaries and their config hashes match.
 """
 
 from __future__ import annotations
@@ -54,7 +57,8 @@ def save_state(path: str | Path, members: list[Member], hashes: dict[str, str], 
                     scalars.setdefault(str(pid), {})[k] = v
         meta["members"][m.name] = {"config_hash": hashes[m.name], "param_groups": opt["param_groups"],
                                    "opt_scalars": scalars, "history": m.history, "sums": m.sums,
-                                   "first_sse": m.first}
+                                   "ema": list(m.ema), "baseline": m.baseline, "spread": m.spread,
+                                   "norm2": m.norm2, "first_sse": m.first, "epoch_acc": m.epoch_acc}
         if configs is not None:
             meta["members"][m.name]["config"] = configs[m.name]
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}  # own copies: no sharing
@@ -179,7 +183,10 @@ def load_state(path: str | Path, members: list[Member], hashes: dict[str, str],
             state.setdefault(int(pid), {}).update(sc)
         m.opt.load_state_dict({"state": state, "param_groups": mm["param_groups"]})
         _match_layout(m.opt)
-        m.history, m.sums, m.first = mm["history"], mm["sums"], mm.get("first_sse")
+        m.history, m.sums = mm["history"], mm["sums"]
+        # what the training warning reads (states written before 2026-12-05 lack them: it restarts them)
+        m.ema, m.baseline, m.spread = tuple(mm.get("ema", (0.0, 0.0))), mm.get("baseline"), mm.get("spread")
+        m.norm2, m.first, m.epoch_acc = mm.get("norm2"), mm.get("first_sse"), mm.get("epoch_acc")
     torch.set_rng_state(tensors["rng/torch"])
     return Position(**meta["position"])
 
