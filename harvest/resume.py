@@ -2,7 +2,8 @@
 
 A harvest killed at any moment leaves: manifests with ``complete: false``, whole shards (each with its
 done-record), maybe hidden ``.tmp-*`` shards (local disks) or half-written shards without a done-record
-(object stores). ``clean`` removes the last two; ``done_shards`` lists the whole ones, which a rerun of
+(object stores), maybe a manifest's temporary file (``.manifest.json.tmp-*``, local disks). ``clean``
+removes the last three; ``done_shards`` lists the whole ones, which a rerun of
 the same command skips; the done-record's ``start`` cursor says where the document stream of that shard
 began, so the rerun does not even re-tokenize the documents before the shard ahead of the first missing one.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import zarr
 
@@ -57,11 +59,15 @@ def read_manifest(path: str, hook: str) -> dict | None:
 
 
 def clean(path: str, hook: str) -> list[str]:
-    """Remove the temporary and the damaged (half-written) shards of a hook; returns what was removed.
-    Only rank 0 calls it, before any rank writes."""
+    """Remove the temporary and the damaged (half-written) shards of a hook, and the temporary file of a
+    manifest write a kill cut short (local disks: ``write_atomic``); returns what was removed. Only rank 0
+    calls it, before any rank writes."""
     m = read_manifest(path, hook)
     fs, d = hook_dir(path, hook)
     removed = []
+    for tmp in Path(d).glob(f".{MANIFEST}.tmp-*") if is_local(fs) else ():
+        tmp.unlink(missing_ok=True)
+        removed.append(str(tmp))
     for name in shard_entries(fs, d):
         where = f"{d}/{SHARDS}/{name}"
         if name.startswith(TMP_PREFIX):

@@ -123,6 +123,27 @@ def test_sigkill_then_rerun_is_byte_identical(tmp_path, reference, corpus):
         assert len(s) == s.manifest["n_rows"] > 0
 
 
+def test_a_manifest_write_cut_short_by_a_kill_leaves_no_file_behind(reference, tmp_path):
+    """SIGKILL between a manifest's temporary file and its rename (``write_atomic``: the first manifest, or
+    the last one, which marks the hook complete) leaves ``.manifest.json.tmp-*`` beside it; the rerun
+    removes it with the temporary shards, so that the finished store is the uninterrupted one's, file for
+    file."""
+    store = tmp_path / "store"
+    shutil.copytree(reference, store)
+    cfg = tmp_path / "h.yaml"  # the reference's harvest config, with this store
+    cfg.write_text(json.dumps(json.loads((reference.parent / "h.yaml").read_text()) | {"store": str(store)}))
+    for h in HOOKS:  # what a kill at the last manifest write leaves: the old manifest and the new one's temp
+        m = json.loads((store / h / "manifest.json").read_text())
+        unfinished = json.dumps(m | {"complete": False}, indent=2, sort_keys=True)
+        (store / h / "manifest.json").write_text(unfinished)
+        (store / h / ".manifest.json.tmp-0badf00d").write_text(json.dumps(m, indent=2)[:100])
+    proc = cli(cfg)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and "resuming" in out, out
+    assert ".manifest.json.tmp-0badf00d (left by a killed" in out
+    assert tree(store) == tree(reference)
+
+
 def test_rerun_of_a_complete_store_changes_nothing(reference, tmp_path):
     before = tree(reference)
     proc = cli(reference.parent / "h.yaml")
