@@ -1060,3 +1060,24 @@ def test_a_resumed_run_warns_as_the_uninterrupted_one(store, tmp_path, stop_trai
         assert runs[name]["resumed_at_step"] == {"resumed": 30, "early": 3}[name]
         assert runs[name]["warning"] == runs["whole"]["warning"]
         assert runs[name]["history"] == runs["whole"]["history"]
+
+
+def test_a_rerun_removes_the_temporary_files_a_killed_write_left(store, tmp_path, stop_training):
+    """A kill inside the split's or the resume state's write (temporary file, then rename) leaves the
+    temporary file in the run folder: the rerun that finishes the run removes it, so that the finished
+    folder holds what an uninterrupted run's does."""
+    from actdict.train.resume import STATE
+    from actdict.train.run import main
+
+    cfg = TrainConfig(dicts=[DictConfig("a", "sae_l1", k=4, lr=0.01)], epochs=2, batch_size=100,
+                      test_fraction=0.2, device="cpu", checkpoint_every=0)
+    files = {}
+    for name in ("whole", "killed"):
+        common = Common(run_dir=str(tmp_path / name), seed=0, store=store.path)
+        if name == "killed":
+            stop_training(common, cfg, 5)  # a SIGTERM's state, then a kill inside the writes that follow
+            (tmp_path / name / ".split.json.tmp-0badf00d").write_text('{"train_ch')
+            (tmp_path / name / f".{STATE}.tmp").write_bytes(b"\x08\x00")
+        main(common, cfg)
+        files[name] = sorted(str(p.relative_to(tmp_path / name)) for p in (tmp_path / name).rglob("*"))
+    assert files["killed"] == files["whole"]

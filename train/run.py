@@ -22,12 +22,13 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
 
 import torch
 
 from actdict.config import Common, ConfigError, config_changes, to_dict
+from actdict.files import remove_temps
 from actdict.harvest.store import list_hooks, open_store
 from actdict.lock import check_writable, folder_lock
 from actdict.train import checkpoint
@@ -299,6 +300,10 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
     if todo and d.main:  # before the work, not when its results are saved
         inner = [run_dir / "dicts", *(run_dir / "dicts" / dc.name for dc in todo)]
         check_writable([run_dir, *(p for p in inner if p.is_dir())], "the checkpoints and resume states")
+    if d.main:  # the temporary files of a split or resume state whose write a kill cut short (our lock)
+        with suppress(OSError):  # a read-only folder keeps them (and says so when it matters, above)
+            remove_temps(run_dir, "split.json")
+            (run_dir / f".{STATE}.tmp").unlink(missing_ok=True)  # checkpoint.safetensors_temp's name
     if d.main and not split_readable(run_dir):  # another split is written with the checkpoints: until
         write_split(run_dir, split)  # then it is the finished dictionaries' (analyze reads their test rows)
     state_path = run_dir / STATE
