@@ -238,7 +238,8 @@ def write_vectors(path: str, x, manifest: dict | None = None, hook: str = "vecto
     removes the hook it began and the folders it made for it (the store folder, its missing parents), never
     a folder that existed before or one that holds something else. Replacing a hook (``overwrite``) writes
     the new one beside it (``<path>/.replacing-<hook>/``) and swaps it in only once it is whole: a failed
-    replacement leaves the old hook as it was."""
+    replacement leaves the old hook as it was. What a killed replacement left in that folder is removed
+    first (a kill between the old hook's removal and the swap left the new one only there)."""
     from actdict.harvest.store import open_store
 
     if isinstance(x, Iterator):
@@ -259,6 +260,8 @@ def write_vectors(path: str, x, manifest: dict | None = None, hook: str = "vecto
     m |= dict(manifest or {})
     m["hook"] = hook
     fs, root = fs_of(path)
+    if fs.exists(staged := f"{root}/.replacing-{hook}"):  # a replacement a kill stopped before it was swapped
+        fs.rm(staged, recursive=True)  # in or cleared away: this call writes the hook anew
     if kw.get("overwrite") and fs.exists(f"{root}/{hook}"):  # written beside it, then swapped in
         return _replace_hook(path, hook, m, first, blocks, kw)
     made = missing_dirs(fs, f"{root}/{hook}")  # what this call creates: the only folders it may remove

@@ -374,6 +374,28 @@ harvest: {{mode: vectors, vectors: {{path: {tmp_path / 'v.npy'}}}, store_dtype: 
     assert s.manifest["source_fingerprint"] and s.manifest["n_rows"] == N
 
 
+def test_a_replacement_stopped_by_a_kill_leaves_no_staging_folder(tmp_path):
+    """A vectors import over an existing hook stages the new one in ``.replacing-<hook>/`` and swaps it in;
+    SIGKILL between the old hook's removal and the swap leaves the store with the staged hook only. The
+    rerun imports it again and removes the staging folder: the store is the uninterrupted one, file for
+    file (before, a whole copy of the hook stayed there for good)."""
+    np.save(tmp_path / "v.npy", _x(1))
+    cfg = tmp_path / "v.yaml"
+    cfg.write_text(f"""
+run_dir: {tmp_path / 'run'}
+harvest: {{mode: vectors, vectors: {{path: {tmp_path / 'v.npy'}}}, store_dtype: float32, shard_rows: 16,
+          chunk_rows: 8}}
+""")
+    assert actdict_main(["harvest", str(cfg)]) == 0
+    store = tmp_path / "run" / "store"
+    before = {str(p.relative_to(store)): p.read_bytes() for p in store.rglob("*") if p.is_file()}
+    (store / ".replacing-vectors").mkdir()
+    (store / "vectors").rename(store / ".replacing-vectors" / "vectors")  # the kill's moment
+    assert actdict_main(["harvest", str(cfg)]) == 0
+    assert not (store / ".replacing-vectors").exists()
+    assert {str(p.relative_to(store)): p.read_bytes() for p in store.rglob("*") if p.is_file()} == before
+
+
 def test_store_listing_piped_into_head_exits_quietly(tmp_path):
     """`actdict store PATH | head -1`: the reader leaves early; no BrokenPipeError traceback on stderr."""
     import subprocess
