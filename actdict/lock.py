@@ -25,6 +25,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from actdict.errors import ActdictError
 
@@ -88,13 +89,18 @@ class FolderNotWritable(ActdictError):
     """A folder a stage must write in cannot be written: said before the work, not after it."""
 
 
-def check_writable(folders: list[str | os.PathLike], what: str) -> None:
+def check_writable(folders: list[str | os.PathLike], what: str, owner: str = "") -> None:
     """Create (when missing) and write a test file in each folder, or raise FolderNotWritable naming it: a
-    read-only run folder would otherwise fail only when ``what`` is saved, after all the work."""
+    read-only run folder would otherwise fail only when ``what`` is saved, after all the work. ``owner``
+    ('train', 'analyze': one of each per folder at a time, their locks) names the test files, and the ones
+    of that owner that a kill left (between making one and removing it) are removed first."""
+    prefix = f".actdict-write-check-{owner}-" if owner else ".actdict-write-check-"
     for folder in folders:
         try:
             os.makedirs(folder, exist_ok=True)
-            fd, probe = tempfile.mkstemp(dir=folder, prefix=".actdict-write-check-")
+            for left in Path(folder).glob(f"{prefix}*") if owner else ():
+                left.unlink(missing_ok=True)
+            fd, probe = tempfile.mkstemp(dir=folder, prefix=prefix)
             os.close(fd)
             os.unlink(probe)
         except OSError as e:

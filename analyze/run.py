@@ -125,7 +125,7 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
                            "with this run's settings, or leave them out (analyze.dicts)")
     models = load_models(run_dir, cfg.dicts, store.d)
     check_writable([run_dir, *(p for p in (run_dir / "features", run_dir / "report") if p.is_dir())],
-                   "the summary, feature files and report")  # before the pass, not after it
+                   "the summary, feature files and report", owner="analyze")  # before the pass, not after it
     if dropped := sorted(set(previous_models(run_dir)) - set(models)):
         print(f"analyze: note: summary.json and the report will hold {sorted(models)} only, not {dropped} "
               "(analyze.dicts); run without analyze.dicts to report every dictionary")

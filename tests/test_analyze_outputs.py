@@ -195,6 +195,21 @@ def test_a_narrowed_or_unwritable_analysis_says_so_before_its_pass(tmp_path, mon
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
 
 
+def test_a_write_check_cut_short_by_a_kill_is_removed_by_the_rerun(tmp_path, monkeypatch):
+    """SIGKILL between the test file of ``check_writable`` and its removal leaves it in the folder: the next
+    analysis removes its own kind (and only that: a training may be checking the same folder beside it)."""
+    run_dir = _run_dir(tmp_path, monkeypatch)
+    cfg = AnalyzeConfig(device="cpu", n_features=2, top_k=2, context=1)
+    run.main(Common(run_dir=str(run_dir)), cfg)
+    files = sorted(p for p in run_dir.rglob("*") if p.is_file())
+    for folder in (run_dir, run_dir / "features", run_dir / "report"):  # what a kill there leaves
+        (folder / ".actdict-write-check-analyze-k1ll3d").write_bytes(b"")
+    (run_dir / ".actdict-write-check-train-b3s1de").write_bytes(b"")  # a training's, checking meanwhile
+    run.main(Common(run_dir=str(run_dir)), cfg)
+    assert sorted(p for p in run_dir.rglob("*") if p.is_file()) == sorted(
+        [*files, run_dir / ".actdict-write-check-train-b3s1de"])
+
+
 def test_a_training_warning_reaches_the_summary_the_table_and_the_report(tmp_path, monkeypatch, capsys):
     run_dir = _run_dir(tmp_path, monkeypatch)
     warning = "sae: its reconstruction error over its last steps 9 is 1.2x ... <b>learned</b> almost nothing"

@@ -299,7 +299,8 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
             "these settings too (add them to train.dicts)")
     if todo and d.main:  # before the work, not when its results are saved
         inner = [run_dir / "dicts", *(run_dir / "dicts" / dc.name for dc in todo)]
-        check_writable([run_dir, *(p for p in inner if p.is_dir())], "the checkpoints and resume states")
+        check_writable([run_dir, *(p for p in inner if p.is_dir())], "the checkpoints and resume states",
+                       owner="train")
     if d.main:  # the temporary files of a split or resume state whose write a kill cut short (our lock)
         with suppress(OSError):  # a read-only folder keeps them (and says so when it matters, above)
             remove_temps(run_dir, "split.json")
