@@ -58,6 +58,7 @@ train:
   epochs: 2
   batch_size: 33      # odd: the ranks get 16 and 17 rows; the epoch's last batch is short{buffer}
   test_fraction: 0.2
+  checkpoint_every: 10  # resume states are written on the way (a collective of the ranks' row moments)
   device: cpu
   dicts:
 {dicts}""")
