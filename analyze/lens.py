@@ -127,7 +127,8 @@ def feature_labels(path: Path, n: int = 3) -> Labels:
 def dict_labels(run_dir: Path, name: str, k: int, n: int = 3) -> tuple[Labels, str]:
     """(labels of dictionary ``name`` as :func:`feature_labels` reads them, "") or ({}, why there are none):
     no features file yet, or one computed from another training of ``name`` (its ``config_hash`` or ``k``
-    differs from the checkpoint's), whose labels would name other features."""
+    differs from the checkpoint's), whose labels would name other features, or one of an older analysis that
+    recorded no ``config_hash`` beside a checkpoint that records one (it cannot tell which training it is)."""
     from actdict.analyze.run import trained_records
 
     path = run_dir / "features" / f"{name}.json"
@@ -139,6 +140,10 @@ def dict_labels(run_dir: Path, name: str, k: int, n: int = 3) -> tuple[Labels, s
         return {}, (f"no corpus labels: {path} was computed from another training of {name} "
                     f"(k {data.get('k')}, config_hash {have}; the checkpoint: k {k}, {want}): rerun "
                     "actdict analyze")
+    if want and not have:  # written before features files recorded it: this training's or an earlier one's
+        return {}, (f"no corpus labels: {path} was written by an older actdict, which did not record "
+                    f"which training of {name} it describes (the checkpoint may have been retrained since): "
+                    "rerun actdict analyze")
     return _labels_of(data, n), ""
 
 

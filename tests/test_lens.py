@@ -361,3 +361,23 @@ def test_every_active_latent_is_listed_with_top_k_and_another_hook_is_refused(ru
     assert main([str(cfg_path), text, "--hook", "blocks.0.hook_resid_post"]) == 2
     err = capsys.readouterr().err
     assert f"--hook blocks.0.hook_resid_post: the dictionaries were trained on {HOOK}" in err
+
+
+def test_labels_of_an_older_features_file_without_config_hash_are_not_used_for_a_hashed_checkpoint(tmp_path):
+    """A features file of an analysis before features files recorded the checkpoint's config_hash (same k),
+    beside a checkpoint that records one: the checkpoint may have been retrained since (a changed config
+    retrains without analysing), so its labels would name another training's features. No labels, a note
+    saying it is from an older actdict and to rerun analyze (they were used in silence)."""
+    from actdict.analyze.lens import dict_labels
+
+    (tmp_path / "features").mkdir()
+    (tmp_path / "dicts" / "d").mkdir(parents=True)
+    (tmp_path / "dicts" / "d" / "cfg.json").write_text(json.dumps({"finished": True, "k": 8,
+                                                                   "config_hash": "0123456789abcdef"}))
+    hits = [[1.0, 0, 0, 0, [1], 0]]
+    data = {"k": 8, "tokens": {"1": "a"}, "features": [{"i": 0, "top": hits, "bottom": []}]}  # no config_hash
+    (tmp_path / "features" / "d.json").write_text(json.dumps(data))
+    labels, note = dict_labels(tmp_path, "d", 8)
+    assert labels == {} and "older actdict" in note and "rerun actdict analyze" in note
+    (tmp_path / "features" / "d.json").write_text(json.dumps(data | {"config_hash": "0123456789abcdef"}))
+    assert dict_labels(tmp_path, "d", 8) == ({0: (["a"], [])}, "")
