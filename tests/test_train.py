@@ -1081,3 +1081,39 @@ def test_a_rerun_removes_the_temporary_files_a_killed_write_left(store, tmp_path
         main(common, cfg)
         files[name] = sorted(str(p.relative_to(tmp_path / name)) for p in (tmp_path / name).rglob("*"))
     assert files["killed"] == files["whole"]
+
+
+def test_a_moved_run_of_a_checkpoint_from_before_2026_12_05_is_not_retrained(tmp_path, capsys):
+    """A checkpoint made before 2026-12-05 hashed its harvested store's path as spelled; its run folder (or
+    store) moved since: the same harvest (config_hash), rows and config still count as finished, as a newer
+    checkpoint's do, instead of a retraining that blamed the store's revision and fingerprint (which such
+    records lack) and threw the finished dictionary away."""
+    import shutil
+
+    from actdict.train.run import dict_hash, main
+
+    x = np.random.default_rng(0).standard_normal((512, 3)).astype(np.float32)
+    write_vectors(str(tmp_path / "a" / "store"), x, shard_rows=256, chunk_rows=64)
+    man = next((tmp_path / "a" / "store").glob("*/manifest.json"))
+    m = {k: v for k, v in json.loads(man.read_text()).items() if k != "content"}
+    man.write_text(json.dumps(m | {"config_hash": "8d26385831054abc", "revision": "r1",  # a harvested store:
+                                   "source_fingerprint": "f1"}))  # its harvest's config_hash identifies it
+    cfg = TrainConfig(dicts=[DictConfig("s", "sae_topk", k=4, lr=0.01, params={"topk": 2})], epochs=1,
+                      batch_size=100, test_fraction=0.25, device="cpu")
+    old = Common(run_dir=str(tmp_path / "a" / "run"), seed=3, store=str(tmp_path / "a" / "store"))
+    main(old, cfg)
+    record = tmp_path / "a" / "run" / "dicts" / "s" / checkpoint.CFG  # as an actdict of before 2026-12-05
+    meta = json.loads(record.read_text())  # wrote it: the store's path, hook, rows, d and config_hash
+    meta["store"] = {k: meta["store"][k] for k in ("path", "hook", "rows", "d", "config_hash")}
+    split = json.loads((tmp_path / "a" / "run" / "split.json").read_text())
+    meta["config_hash"] = dict_hash(cfg.dicts[0], cfg, old, meta["store"], split, legacy=True)
+    record.write_text(json.dumps(meta))
+    main(old, cfg)  # where it was made: finished
+    assert "skipped" in capsys.readouterr().out
+    shutil.move(tmp_path / "a", tmp_path / "b")  # the whole experiment moved
+    moved = Common(run_dir=str(tmp_path / "b" / "run"), seed=3, store=str(tmp_path / "b" / "store"))
+    before = (tmp_path / "b" / "run" / "dicts" / "s" / checkpoint.WEIGHTS).read_bytes()
+    main(moved, cfg)
+    out = capsys.readouterr().out
+    assert "s: finished checkpoint with the same config exists, skipped" in out and "replaced" not in out
+    assert (tmp_path / "b" / "run" / "dicts" / "s" / checkpoint.WEIGHTS).read_bytes() == before

@@ -83,6 +83,17 @@ def _hashed(settings: dict) -> dict:
 _LEGACY_STORE = ("path", "hook", "rows", "d", "config_hash")  # the store's part of the pre-2026-12-05 hash
 
 
+def legacy_store(folder: Path, store_id: dict) -> dict:
+    """``store_id`` as a checkpoint in ``folder`` made before 2026-12-05 hashed it: with the path its record
+    spells when it learned this same harvested store (the config_hash, which identifies the rows, is
+    the same), so that a run folder or store moved since (or spelled otherwise) still counts as finished and
+    is not retrained, as a newer checkpoint is not (the path is no part of a harvested store's identity)."""
+    old = (checkpoint.finished_record(folder) or {}).get("store") or {}
+    if store_id.get("config_hash") and old.get("config_hash") == store_id["config_hash"] and old.get("path"):
+        return store_id | {"path": old["path"]}
+    return store_id
+
+
 def store_key(store_id: dict) -> dict:
     """What identifies a store's rows: its harvest's config_hash, hook, rows, d, source fingerprint and model
     revision; and, for a store with no config_hash (``write_vectors`` from Python, the vectors import), its
@@ -280,7 +291,8 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
         say(f"train: note: {note}")
     store_id = describe_store(store, common.store_path)
     hashes = {dc.name: dict_hash(dc, cfg, common, store_id, split) for dc in cfg.dicts}
-    legacy = {dc.name: dict_hash(dc, cfg, common, store_id, split, legacy=True) for dc in cfg.dicts}
+    legacy = {dc.name: dict_hash(dc, cfg, common, legacy_store(run_dir / "dicts" / dc.name, store_id), split,
+                                 legacy=True) for dc in cfg.dicts}
     todo = [dc for dc in cfg.dicts
             if not checkpoint.is_finished(run_dir / "dicts" / dc.name, hashes[dc.name], legacy[dc.name])]
     seeds = {dc.name: common.seed if dc.seed is None else dc.seed for dc in cfg.dicts}
