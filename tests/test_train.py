@@ -1117,3 +1117,31 @@ def test_a_moved_run_of_a_checkpoint_from_before_2026_12_05_is_not_retrained(tmp
     out = capsys.readouterr().out
     assert "s: finished checkpoint with the same config exists, skipped" in out and "replaced" not in out
     assert (tmp_path / "b" / "run" / "dicts" / "s" / checkpoint.WEIGHTS).read_bytes() == before
+
+
+def test_a_checkpoint_from_before_2026_12_05_replaced_by_a_changed_config_is_told_what_changed(tmp_path,
+                                                                                               capsys):
+    """Retraining a checkpoint whose record predates the store's revision and source fingerprint (made
+    before 2026-12-05) names what the config changed, not 'store.revision: unset -> ...' for what the old
+    record simply lacks (which read as though the model or the corpus had changed)."""
+    from actdict.train.run import main
+
+    x = np.random.default_rng(0).standard_normal((512, 3)).astype(np.float32)
+    write_vectors(str(tmp_path / "store"), x, shard_rows=256, chunk_rows=64)
+    man = next((tmp_path / "store").glob("*/manifest.json"))
+    m = {k: v for k, v in json.loads(man.read_text()).items() if k != "content"}
+    man.write_text(json.dumps(m | {"config_hash": "8d26385831054abc", "revision": "r1",  # a harvested store
+                                   "source_fingerprint": "f1"}))
+    common = Common(run_dir=str(tmp_path / "run"), seed=3, store=str(tmp_path / "store"))
+    dc = DictConfig("s", "sae_topk", k=4, lr=0.01, params={"topk": 2})
+    cfg = TrainConfig(dicts=[dc], epochs=1, batch_size=100, test_fraction=0.25, device="cpu")
+    main(common, cfg)
+    record = tmp_path / "run" / "dicts" / "s" / checkpoint.CFG  # as an actdict of before 2026-12-05 wrote it
+    meta = json.loads(record.read_text())
+    meta["store"] = {k: meta["store"][k] for k in ("path", "hook", "rows", "d", "config_hash")}
+    record.write_text(json.dumps(meta))
+    capsys.readouterr()
+    main(common, TrainConfig(dicts=[DictConfig("s", "sae_topk", k=4, lr=0.02, params={"topk": 2})], epochs=1,
+                             batch_size=100, test_fraction=0.25, device="cpu"))
+    out = capsys.readouterr().out
+    assert "(it was trained with another config: dict.lr: 0.01 -> 0.02)" in out and "store." not in out

@@ -81,6 +81,7 @@ def _hashed(settings: dict) -> dict:
 
 
 _LEGACY_STORE = ("path", "hook", "rows", "d", "config_hash")  # the store's part of the pre-2026-12-05 hash
+_RECORDED_LATER = ("revision", "source_fingerprint", "content")  # store keys checkpoints record since then
 
 
 def legacy_store(folder: Path, store_id: dict) -> dict:
@@ -129,8 +130,9 @@ def replaced(path: Path, dc: DictConfig, cfg: TrainConfig, seed: int, store_id: 
     if (old := checkpoint.finished_record(path)) is None:
         return None
     new = identity(dc, cfg, seed, store_id)
-    was = {"dict": old.get("dict_config"), "seed": old.get("seed"),
-           "store": store_key(old.get("store") or {}),
+    recorded = old.get("store") or {}  # what an older actdict did not record is not a change
+    new["store"] = {k: v for k, v in new["store"].items() if k in recorded or k not in _RECORDED_LATER}
+    was = {"dict": old.get("dict_config"), "seed": old.get("seed"), "store": store_key(recorded),
            "train": _hashed(old.get("train_config") or {})}
     return "; ".join(config_changes(was, new)[:6]) or "the split, or its weights file is missing or damaged"
 
