@@ -113,6 +113,26 @@ def check_manifest(found: dict, expected: dict, where: str) -> None:
                            "it; delete the store to harvest again, or set store / run_dir to another folder")
 
 
+def check_growth(found: dict, expected: dict, where: str) -> None:
+    """Before a complete store is reopened to grow: what the larger harvest's manifest would record besides
+    its config (``expected``: the model's revision, the source files' fingerprint, an encoder's attention
+    mask) must be the store's. Otherwise HarvestError, and the store is left complete, as it was (reopened
+    first, it was refused only afterwards by ``check_manifest``: incomplete, a short last shard removed,
+    neither resumable nor usable)."""
+    keys = sorted(k for k in expected if found.get(k) != expected[k])
+    if not keys:
+        return
+    diff = "; ".join(f"{k}: store {found.get(k)!r}, this run {expected.get(k)!r}" for k in keys[:4])
+    why = ("an earlier actdict harvested it (its attention mask also hid a window's final [SEP] after a "
+           "separator), so a larger harvest's rows would differ" if keys == ["attention_mask"] and
+           found.get("attention_mask") is None else
+           "the model, its files or the source files changed since it was harvested")
+    old = (found.get("harvest") or {}).get("max_tokens")
+    raise HarvestError(f"{where} cannot grow ({diff}): {why}; it is left complete as it was: use it with "
+                       f"harvest.max_tokens={old}, or set store / run_dir to another folder to harvest more "
+                       "rows")
+
+
 def growable(manifests: dict[str, dict], harvest_cfg: dict) -> bool:
     """True when every hook's manifest is a complete harvest of ``harvest_cfg`` (the config as
     ``to_dict``/JSON) with a smaller ``max_tokens``: raising max_tokens grows such a store (``reopen``) into

@@ -31,6 +31,7 @@ from actdict.harvest.pipeline import Behind, Prefetch
 from actdict.harvest.plan import RowStream, ShardWork, owner, shard_work, stored_positions
 from actdict.harvest.resume import (
     HarvestError,
+    check_growth,
     check_manifest,
     clean,
     done_shards,
@@ -270,6 +271,11 @@ def harvest(common: Common, cfg: HarvestConfig, ranks: Ranks, grow: bool = False
     if not grow and spelled_otherwise(path, hooks, cfg, say):
         return
     stop = lm.stop_at_layer(hooks)
+    if grow:  # on every rank, before rank 0 reopens: a store that cannot grow stays complete
+        same = {"revision": lm.revision, "source_fingerprint": source_fingerprint(cfg.source)}
+        same |= {"attention_mask": "padding"} if lm.kind == "encoder" else {}  # as ``base`` below
+        for h in hooks:
+            check_growth(read_manifest(path, h), same, f"store {path} hook {h!r}")
     if ranks.rank == 0:
         for h in hooks:
             if grow:

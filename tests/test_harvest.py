@@ -422,3 +422,27 @@ def test_a_resumed_harvest_restarts_the_document_stream_at_its_last_whole_shard(
     monkeypatch.setattr(run_mod, "tokenized", real)
     fresh, _ = harvest(tmp_path / "fresh", max_tokens=90, **small)
     assert tree(Path(common.store_path)) == tree(Path(fresh.store_path))
+
+
+def test_a_store_that_cannot_grow_is_refused_before_it_is_reopened(tmp_path):
+    """A complete encoder store harvested before 2026-12-06 (its manifest records no attention_mask), asked
+    for a larger max_tokens: refused with one line saying an earlier actdict harvested it and how to use it,
+    and left complete, byte for byte (it was reopened first and refused after: incomplete, its short last
+    shard removed, and neither the resume nor the growth it was told to run could continue it). So is a store
+    whose source files changed since."""
+    common, _ = harvest(tmp_path / "run", max_tokens=40)
+    store = Path(common.store_path)
+    manifest = next(store.rglob("manifest.json"))
+    m = json.loads(manifest.read_text())
+    assert m["complete"] and m["attention_mask"] == "padding"
+    manifest.write_text(json.dumps({k: v for k, v in m.items() if k != "attention_mask"}))  # as then
+    before = tree(store)
+    with pytest.raises(HarvestError, match=r"cannot grow \(attention_mask: store None, this run 'padding'\): "
+                                           r"an earlier actdict harvested it.*harvest\.max_tokens=40"):
+        harvest(tmp_path / "run", max_tokens=60)
+    assert tree(store) == before and len(open_store(common.store_path)) == 40
+    manifest.write_text(json.dumps(m | {"source_fingerprint": "0123456789abcdef"}))  # the corpus changed
+    before = tree(store)
+    with pytest.raises(HarvestError, match=r"cannot grow \(source_fingerprint: .*source files changed"):
+        harvest(tmp_path / "run", max_tokens=60)
+    assert tree(store) == before and len(open_store(common.store_path)) == 40
