@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from actdict.config import config_changes, config_hash, to_dict
 from actdict.harvest.config import RUN_KEYS, HarvestConfig, hook_pattern, rows_view
-from actdict.harvest.layout import shard_problem, whole_shards
+from actdict.harvest.layout import FORMAT_VERSION, shard_problem, whole_shards
 from actdict.harvest.resume import HarvestError, hook_dir, read_manifest
 from actdict.harvest.sources import files_changed
 from actdict.harvest.store import list_hooks
@@ -64,6 +64,13 @@ def complete_for(path: str, hooks: list[str], cfg: HarvestConfig,
                     "harvest section describes: run actdict train and actdict analyze on it (or leave the "
                     "harvest section out of the config: actdict run then skips the harvest), or set "
                     "run_dir / store to another folder for this config's harvest")
+            if m.get("format_version", 1) < FORMAT_VERSION and same_rows(m, cfg_json, ("max_tokens",)):
+                was, fmt = old.get("max_tokens"), m.get("format_version", 1)  # growth reopens only stores
+                raise HarvestError(  # of this format (``growable``)
+                    f"store {path} (hook {h!r}) is a complete harvest of this config but for max_tokens "
+                    f"({was} -> {cfg_json.get('max_tokens')}), written by an earlier actdict (format {fmt}), "
+                    f"which cannot grow: use it with harvest.max_tokens={was}, or set run_dir / store to "
+                    "another folder to harvest more rows")
             changes = (config_changes(rows_view(old), rows_view(cfg_json)) or config_changes(old, cfg_json)
                        ) if isinstance(old, dict) else []
             what = "; ".join(changes[:8]) or f"config_hash {m.get('config_hash')}, this config {chash}"

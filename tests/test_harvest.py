@@ -446,3 +446,19 @@ def test_a_store_that_cannot_grow_is_refused_before_it_is_reopened(tmp_path):
     with pytest.raises(HarvestError, match=r"cannot grow \(source_fingerprint: .*source files changed"):
         harvest(tmp_path / "run", max_tokens=60)
     assert tree(store) == before and len(open_store(common.store_path)) == 40
+
+
+def test_a_complete_store_of_an_older_format_asked_to_grow_says_why_it_cannot(tmp_path):
+    """Raising max_tokens grows a format-3 store; one of an earlier format (2: a sha256 per shard) is not
+    reopened, and the refusal says it was written by an earlier actdict and how to use it, not only 'holds a
+    harvest with another config (max_tokens: 40 -> 60); delete' (as though growth were not a thing)."""
+    common, _ = harvest(tmp_path / "run", max_tokens=40)
+    store = Path(common.store_path)
+    manifest = next(store.rglob("manifest.json"))
+    manifest.write_text(json.dumps(json.loads(manifest.read_text()) | {"format_version": 2}))
+    before = tree(store)
+    with pytest.raises(HarvestError, match=r"but for max_tokens \(40 -> 60\), written by an earlier "
+                                           r"actdict \(format 2\), which cannot grow: use it with "
+                                           r"harvest\.max_tokens=40"):
+        harvest(tmp_path / "run", max_tokens=60)
+    assert tree(store) == before
