@@ -1145,3 +1145,45 @@ def test_a_checkpoint_from_before_2026_12_05_replaced_by_a_changed_config_is_tol
                              batch_size=100, test_fraction=0.25, device="cpu"))
     out = capsys.readouterr().out
     assert "(it was trained with another config: dict.lr: 0.01 -> 0.02)" in out and "store." not in out
+
+
+def test_a_resume_state_from_before_2026_12_05_refused_for_its_store_path_says_how_to_resume(tmp_path,
+                                                                                            stop_training):
+    """A resume state written before 2026-12-05 records no config and hashed the store's path as spelled:
+    after the store moved, the same command is refused, and the refusal says the state is an older actdict's
+    and to spell the store as then (it said 'another config or store: rerun that run's command', which is
+    the command just run); a symlink at the old path then resumes it."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from actdict.harvest.store import open_store
+    from actdict.train.resume import STATE, ResumeConflict
+    from actdict.train.run import describe_store, dict_hash, main
+
+    x = np.random.default_rng(0).standard_normal((512, 3)).astype(np.float32)
+    write_vectors(str(tmp_path / "old" / "store"), x, shard_rows=256, chunk_rows=64)
+    dc = DictConfig("a", "sae_topk", k=4, lr=0.01, params={"topk": 2})
+    cfg = TrainConfig(dicts=[dc], epochs=2, batch_size=100, test_fraction=0.25, device="cpu")
+    then = Common(run_dir=str(tmp_path / "run"), seed=3, store=str(tmp_path / "old" / "store"))
+    stop_training(then, cfg, 3)
+    state = tmp_path / "run" / STATE  # as an actdict of before 2026-12-05 wrote it
+    with safe_open(str(state), "pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        meta = json.loads(f.metadata()["actdict_train_state"])
+    old_store = describe_store(open_store(then.store), then.store)
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    meta.pop("segments", None)
+    meta["members"]["a"].pop("config")
+    meta["members"]["a"]["config_hash"] = dict_hash(dc, cfg, then, old_store, split, legacy=True)
+    save_file(tensors, str(state), metadata={"actdict_train_state": json.dumps(meta)})
+    (tmp_path / "old").rename(tmp_path / "new")  # the store moved
+    moved = Common(run_dir=then.run_dir, seed=3, store=str(tmp_path / "new" / "store"))
+    with pytest.raises(ResumeConflict, match=r"a: another config or store\): rerun that run's command, with "
+                                             r"`store` spelled as it was then \(an actdict of before "
+                                             r"2026-12-05 wrote this state"):
+        main(moved, cfg)
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "store").symlink_to(tmp_path / "new" / "store")
+    main(then, cfg)  # spelled as then: it resumes
+    _, record = checkpoint.load(tmp_path / "run" / "dicts" / "a")
+    assert record["resumed_at_step"] == 3 and record["finished"]

@@ -132,9 +132,11 @@ def conflict(meta: dict, hashes: dict[str, str], configs: dict[str, dict], ignor
     why = [f"{n}: in the state, not in train.dicts" for n in extra]
     why += [f"{n}: not in the state" for n in sorted(set(hashes) - set(held))]
     store_only = True  # every change recorded is the store's
+    unrecorded = False  # a changed member whose config the state lacks (an actdict of before 2026-12-05)
     for n in sorted(set(hashes) & set(held)):
         if held[n]["config_hash"] != hashes[n]:
             old = held[n].get("config")
+            unrecorded = unrecorded or not old
             changes = config_changes(old, configs[n]) if old else []
             store_only = store_only and bool(changes) and all(c.startswith("store.") for c in changes)
             why.append(f"{n}: {'; '.join(changes[:4]) or 'another config or store'}")
@@ -150,7 +152,10 @@ def conflict(meta: dict, hashes: dict[str, str], configs: dict[str, dict], ignor
         todo = (f"dictionaries join a run only at its start: finish this one first (leave {added} out of "
                 "train.dicts for that run, then add them: they train on their own)")
     else:
-        todo = ("rerun that run's command to continue it (or leave the changed dictionaries out of "
+        then = (", with `store` spelled as it was then (an actdict of before 2026-12-05 wrote this state: it "
+                "records no config, and hashed the store's path as spelled; a moved store resumes through a "
+                "symlink at its old path)" if unrecorded else "")
+        todo = (f"rerun that run's command{then} to continue it (or leave the changed dictionaries out of "
                 "train.dicts and name them in train.resume_drop to resume the rest)")
     return (f"holds the resume state of another run (dictionaries {sorted(meta['members'])} at step "
             f"{meta['position']['step']}; {'; '.join(why) or 'another config or store'}): {todo}, or set "
