@@ -76,11 +76,12 @@ class Member:
 
     def diverged(self) -> str | None:
         """A warning when the last epoch's reconstruction error is over 100x that of predicting each batch's
-        mean row (a finite loss, so the run went on, but the dictionary blew up: too high an lr), or when its
-        SSE over the last ~50 steps (``recent``) is over ``LEARNED_NOTHING`` x that of predicting every row by
-        the epoch's mean row (an explained variance near 0 or below at the end of training: e.g. a sparsity
-        penalty too strong for the inputs' scale). Variants that do not train a reconstruction (``lse``) get
-        neither."""
+        mean row (a finite loss, so the run went on, but the dictionary blew up: too high an lr; said
+        otherwise when that SSE is no worse than predicting 0, rows far from 0 not normalised, or below its
+        first step's, a fresh dictionary far from trained), or when its SSE over the last ~50 steps
+        (``recent``) is over ``LEARNED_NOTHING`` x that of predicting every row by the epoch's mean row (an
+        explained variance near 0 or below at the end of training: e.g. a sparsity penalty too strong for the
+        inputs' scale). Variants that do not train a reconstruction (``lse``) get neither."""
         sse = self.history[-1].get("sse") if self.history else None
         if sse is None or not getattr(self.model, "trains_reconstruction", True):
             return None
