@@ -26,6 +26,7 @@ from actdict.files import write_atomic
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; padding: 0 1em; }
 table.overview { border-collapse: collapse; font-variant-numeric: tabular-nums; }
+.scroll { overflow-x: auto; }
 .overview td, .overview th { border: 1px solid #ccc; padding: 4px 10px; text-align: right; }
 .overview td:first-child, .overview th:first-child { text-align: left; } .overview th { background: #f4f4f4; }
 .figs { display: grid; grid-template-columns: repeat(auto-fill, minmax(520px, 1fr)); gap: 8px; }
@@ -84,8 +85,9 @@ def _overview(models: dict[str, dict], pages: dict[str, str]) -> str:
         link = f'<a href="{esc(pages[name])}">features &rarr;</a>' if name in pages else ""
         cells = "".join(f"<td>{_num(m.get(key))}</td>" for key, _, _ in cols)
         rows.append(f"<tr><td>{esc(name)}</td>{cells}<td>{link}</td></tr>")
-    return (f'<table class="overview" id="overview"><tr><th>model</th>{head}<th></th></tr>{"".join(rows)}'
-            "</table>")
+    return ('<div class="scroll">'  # a narrow window scrolls the table, not the page
+            f'<table class="overview" id="overview"><tr><th>model</th>{head}<th></th></tr>{"".join(rows)}'
+            "</table></div>")
 
 
 def _figures(models: dict[str, dict]) -> list[go.Figure]:

@@ -177,6 +177,22 @@ def test_figures_fit_their_grid_cells(chromium, run):
     assert all(svg <= cell for svg, cell in fit), fit
 
 
+_WIDTH_PROBE = """<script>window.addEventListener("load", () => setTimeout(() => {
+  const de = document.documentElement;
+  document.body.setAttribute("data-width", de.scrollWidth + "/" + de.clientWidth);
+}, 500));</script>"""
+
+
+def test_overview_table_scrolls_on_its_own_in_a_narrow_window(chromium, run):
+    """On a narrow window (800 px) the overview's wide table scrolls inside its own box: the page itself gets
+    no horizontal scroll bar (the table ran past the right edge, its last columns and links cut off)."""
+    probe = run / "report_width.html"
+    probe.write_text((run / "report.html").read_text().replace("</body>", _WIDTH_PROBE + "</body>"))
+    dom = _dump(*chromium, probe.as_uri(), "--window-size=800,700")
+    scroll, width = map(int, dom.split('data-width="')[1].split('"')[0].split("/"))
+    assert scroll == width, (scroll, width)
+
+
 def test_feature_page_renders_contexts_and_runs_nothing(chromium, run):
     feats = json.loads((run / "features/relu.json").read_text())
     f = max(feats["features"], key=lambda r: r["fires"])
