@@ -35,8 +35,8 @@ main { display: grid; grid-template-columns: min(440px, 40vw) 1fr; height: calc(
 #side input, #side select { margin: 2px 0; } #list { width: 100%; border-collapse: collapse; font-size: 90%; }
 #list td, #list th { padding: 2px 6px; text-align: right; } #list tr { cursor: pointer; }
 #list tr:hover { background: #eef; } #list tr.sel { background: #dde6ff; }
-#list .lab { text-align: left; max-width: 12em; overflow: hidden; text-overflow: ellipsis;
-  white-space: nowrap; }
+#list td { white-space: nowrap; }
+#list .lab { text-align: left; width: 100%; max-width: 0; overflow: hidden; text-overflow: ellipsis; }
 #panel { overflow-y: auto; padding: 8px 20px; }
 .ctx { font-family: ui-monospace, monospace; white-space: pre-wrap; overflow-wrap: anywhere; margin: 1px 0;
   padding: 1px 0; border-bottom: 1px solid #f0f0f0; }

@@ -311,6 +311,25 @@ def test_feature_histogram_fits_a_narrow_panel(chromium, run):
     assert 300 < width < 500 and svg <= width and scroll == width, (svg, width, scroll)
 
 
+_SIDE_PROBE = """<script>window.addEventListener("load", () => setTimeout(() => {
+  const side = document.getElementById("side"), lab = document.querySelector("#list td.lab");
+  document.body.setAttribute("data-side", [side.scrollWidth, side.clientWidth, lab.scrollWidth,
+    lab.clientWidth, Math.round(lab.getBoundingClientRect().right)].join("/"));
+}, 500));</script>"""
+
+
+def test_feature_list_fits_a_narrow_side_panel(chromium, run):
+    """On a narrow window the feature list fits its side panel: the top-tokens column takes the width left
+    and ends its long labels with an ellipsis (they were cut at the panel's edge, which scrolled sideways)."""
+    probe = run / "report" / "relu_side.html"
+    probe.write_text((run / "report/relu.html").read_text().replace("</body>", _SIDE_PROBE + "</body>"))
+    dom = _dump(*chromium, probe.as_uri(), "--window-size=800,700")
+    got = dom.split('data-side="')[1].split('"')[0]
+    scroll, width, lab_scroll, lab_width, lab_right = map(int, got.split("/"))
+    assert scroll == width and lab_right <= width, (scroll, width, lab_right)
+    assert lab_scroll > lab_width > 40  # a payload label, clipped with an ellipsis but not to nothing
+
+
 _QUERY_PROBE = """<script>window.addEventListener("load", () => setTimeout(() => {
   const q = document.getElementById("q");
   q.value = "COMP";
