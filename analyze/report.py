@@ -161,8 +161,9 @@ def _snippet(hit: dict, wordpiece: bool = False) -> str:
     before = "".join(_tok(t) for t in display_strings(hit.get("before", []), wordpiece))
     after = "".join(_tok(t) for t in display_strings(hit.get("after", []), wordpiece))
     token = display_strings([hit.get("token", "")], wordpiece)[0]
+    lead = token[:len(token) - len(token.lstrip(" "))] if token.strip() else ""  # " of": highlight "of"
     return (f'<div class="ctx"><span class="act" title="{where}">{_num(hit.get("act"))}</span>'
-            f'<span class="dim">{before}</span><span class="hl">{_tok(token)}</span>'
+            f'<span class="dim">{before}{_tok(lead)}</span><span class="hl">{_tok(token[len(lead):])}</span>'
             f'<span class="dim">{after}</span></div>')
 
 

@@ -113,8 +113,9 @@ function ctxLine(hit, neg) {
     d.appendChild(el('span', 'where', 'doc ' + doc + ', pos ' + pos));
     return d;
   }
-  d.appendChild(el('span', 'dim', ids.slice(0, c).map(tokStr).join('')));
-  d.appendChild(el('span', 'hl', tokStr(ids[c])));
+  const tok = tokStr(ids[c]), lead = tok.trim() ? /^ */.exec(tok)[0] : '';  // ' of': highlight 'of'
+  d.appendChild(el('span', 'dim', ids.slice(0, c).map(tokStr).join('') + lead));
+  d.appendChild(el('span', 'hl', tok.slice(lead.length)));
   d.appendChild(el('span', 'dim', ids.slice(c + 1).map(tokStr).join('')));
   return d;
 }

@@ -366,6 +366,22 @@ def test_feature_list_shows_and_searches_top_tokens(chromium, tmp_path):
     assert 'data-found="0"' in _dump(*chromium, probe.as_uri())
 
 
+def test_the_highlight_leaves_the_token_s_leading_space_outside(chromium, tmp_path):
+    """A context's highlighted span holds its token without the space before it (WordPiece words are shown
+    as " word", BPE tokens carry their space): the blank sits in the context before it; a token that is
+    only a space stays highlighted."""
+    from actdict.analyze.report_features import write_feature_page
+
+    f = {"i": 0, "fires": 2, "density": 0.5, "max": 2.0, "min": 0.0, "hist": {"pos": [[32, 2]], "neg": []},
+         "top": [[2.0, 1, 0, 1, [1, 2, 3], 1], [1.0, 2, 0, 2, [1, 4, 3], 1]], "bottom": [], "quantiles": []}
+    data = {"version": 1, "name": "v", "k": 1, "n_rows": 4, "window": 1, "hist_edges": list(range(-4, 5)),
+            "tokens": {"1": "shards", "2": " of", "3": " the", "4": " "}, "wordpiece": False, "features": [f]}
+    page = write_feature_page(data, "v", {"variant": "sae_l1"}, {"hook": "h"}, tmp_path / "v.html")
+    dom = _dump(*chromium, page.as_uri() + "#f=0")
+    assert '<span class="dim">shards </span><span class="hl">of</span><span class="dim"> the</span>' in dom
+    assert '<span class="dim">shards</span><span class="hl"> </span><span class="dim"> the</span>' in dom
+
+
 def _many_features(n: int) -> dict:
     """A features file of n live features; feature i's top context is tokens (i, 10**6 + i)."""
     feats = [{"i": i, "fires": 1 + i % 7, "density": (1 + i % 7) / 100, "max": 1.0 + i, "min": 0.0,
