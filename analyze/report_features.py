@@ -145,7 +145,7 @@ function renderList() {
   tb.replaceChildren();
   const hd = el('tr');
   for (const h of ['feature', 'density', 'max']) hd.appendChild(el('th', '', h));
-  if (LABELS) hd.appendChild(el('th', 'lab', 'top tokens'));
+  if (LABELS) hd.appendChild(el('th', 'lab', D.has_texts ? 'top texts' : 'top tokens'));
   tb.appendChild(hd);
   const fs = sorted();
   for (const f of fs.slice(0, shown)) {
@@ -246,6 +246,10 @@ document.getElementById('sort').onchange = () => { shown = PAGE; renderList(); }
 document.getElementById('mind').oninput = () => { shown = PAGE; renderList(); };
 document.getElementById('q').oninput = () => { shown = PAGE; renderList(); };
 document.getElementById('qbox').hidden = !LABELS;  // no top tokens to search
+if (D.has_texts) {  // embedded rows: the list shows the start of their texts
+  document.getElementById('qlabel').textContent = 'top text';
+  document.getElementById('q').placeholder = 'e.g. kernel';
+}
 document.getElementById('more').onclick = () => { shown += PAGE; renderList(); };
 document.getElementById('go').onchange = e => { location.hash = 'f=' + e.target.value; };
 window.addEventListener('hashchange', route);
@@ -277,9 +281,9 @@ def _stats(m: dict) -> str:
 def page_index(data: dict, label_chars: int = 24) -> dict:
     """What the page embeds of the features file ``data``: everything but the features' details, and per
     feature its counts and ``tops``, the (row, token id) of each top hit (the list's labels); for embedded
-    rows ``label_texts``, the start of the texts of those rows, and ``has_texts``; ``has_tokens``: whether the
-    store has tokens (a store of vectors, imported or embedded, has token id -1 on every row): without tokens
-    or texts the page lists no top tokens and speaks of no token context."""
+    rows ``label_texts``, the start of the texts of those rows (an ellipsis where cut), and ``has_texts``;
+    ``has_tokens``: whether the store has tokens (a store of vectors, imported or embedded, has token id -1
+    on every row): without tokens or texts the page lists no top tokens and speaks of no token context."""
     texts = data.get("texts") or {}
     feats = [{"i": f["i"], "fires": f["fires"], "density": f["density"], "max": f["max"], "min": f["min"],
               "tops": [[hit[1], hit[4][hit[5]]] for hit in f["top"]]} for f in data["features"]]
@@ -287,7 +291,8 @@ def page_index(data: dict, label_chars: int = 24) -> dict:
     return {k: v for k, v in data.items() if k not in ("features", "texts")} | {
         "part": PART, "features": feats, "has_texts": bool(texts),
         "has_tokens": any(int(i) >= 0 for i in data.get("tokens", {})),
-        "label_texts": {r: texts[r][:label_chars] for r in sorted(rows) if r in texts}}
+        "label_texts": {r: texts[r][:label_chars] + ("\u2026" if len(texts[r]) > label_chars else "")
+                        for r in sorted(rows) if r in texts}}
 
 
 def page_parts(data: dict) -> list[dict]:
@@ -316,7 +321,8 @@ def render_feature_page(data: dict, name: str, model: dict, summary: dict, parts
   style="width:6em"></div>
  <div>sort <select id="sort"><option value="fires">most active</option><option value="max">max activation
  </option><option value="index">index</option><option value="density">least active</option></select></div>
- <div id="qbox">top token <input id="q" type="search" placeholder="e.g. computer" style="width:10em"></div>
+ <div id="qbox"><span id="qlabel">top token</span>
+  <input id="q" type="search" placeholder="e.g. computer" style="width:10em"></div>
  <div>min density <input id="mind" type="number" step="any" value="0" style="width:6em">
  <span id="count" class="note"></span></div>
  <table id="list"></table><button id="more">more</button>

@@ -372,7 +372,8 @@ def test_feature_page_json_closes_no_element_and_its_stats_keep_zeros():
 
 def test_feature_page_index_and_parts():
     """page_index: each top hit's (row, token id), a store with token id 0 has tokens, label texts cut to
-    label_chars; page_parts: PART features a part, none lost; the page's title escapes the name."""
+    label_chars (an ellipsis marks the cut); page_parts: PART features a part, none lost; the page's title
+    escapes the name."""
     from actdict.analyze.report_features import PART, page_index, page_parts, render_feature_page
 
     def feat(i):
@@ -384,7 +385,8 @@ def test_feature_page_index_and_parts():
             "texts": {"3": "x" * 40}}
     idx = page_index(data, label_chars=8)
     assert idx["has_tokens"] and idx["features"][3]["tops"] == [[3, 0]]
-    assert idx["label_texts"] == {"3": "x" * 8}
+    assert idx["label_texts"] == {"3": "x" * 8 + "\u2026"}  # cut: an ellipsis says so
+    assert page_index(data, label_chars=40)["label_texts"] == {"3": "x" * 40}  # whole: none
     parts = page_parts(data)
     assert [[f["i"] for f in p["features"]] for p in parts] == [list(range(PART)), list(range(PART, n - 1)),
                                                                   [n - 1]]

@@ -259,6 +259,10 @@ def test_embedded_rows_show_their_text(chromium, tmp_path):
             'at dawn. &lt;img src=x onerror=') in panel
     assert '<span class="where">doc 3, pos 1</span>' in panel and "the text each row embeds" in panel
     assert '<span class="act">1.5</span><span class="where">doc 4, pos 0</span>' in panel  # no text: where
+    # the list: the start of the top texts, cut with an ellipsis, under a heading that says texts
+    assert '<th class="lab">top texts</th>' in dom
+    assert '<td class="lab">A quiet harbor at dawn. \u2026</td>' in dom
+    assert '<span id="qlabel">top text</span>' in dom
     assert "data-pwned=" not in dom and '<img src="x"' not in dom
 
 
