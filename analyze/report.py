@@ -32,7 +32,8 @@ table.overview { border-collapse: collapse; font-variant-numeric: tabular-nums; 
 .figs { display: grid; grid-template-columns: repeat(auto-fill, minmax(520px, 1fr)); gap: 8px; }
 .figs > div { min-width: 0; }
 .feature { margin: 1em 0; } .ctx { font-family: monospace; white-space: pre-wrap; margin: 2px 0; }
-.act { display: inline-block; min-width: 6em; color: #666; }
+.ctx { padding-left: 6em; text-indent: -6em; }  /* a wrapped context continues right of the codes */
+.act { display: inline-block; min-width: 6em; color: #666; text-indent: 0; }
 .hl { background: #ffd54f; font-weight: bold; } .dim { color: #555; } .note { color: #666; font-size: 90%; }
 .txt { font-family: system-ui, sans-serif; } .where { color: #888; font-size: 85%; margin-left: 1em; }
 .warn { color: #a00; }

@@ -334,6 +334,31 @@ def test_feature_list_fits_a_narrow_side_panel(chromium, run):
     assert lab_scroll > lab_width > 40  # a payload label, clipped with an ellipsis but not to nothing
 
 
+_WRAP_PROBE = """<script>window.addEventListener("load", () => setTimeout(() => {
+  let lines = 0, under = 0;  // wrapped context lines; fragments of context left of the code column
+  for (const ctx of document.querySelectorAll(".ctx")) {
+    const right = ctx.querySelector(".act").getBoundingClientRect().right;
+    const rects = [...ctx.querySelectorAll(".act ~ span")].flatMap(s => [...s.getClientRects()]);
+    lines += new Set(rects.map(r => Math.round(r.top))).size > 1;
+    under += rects.filter(r => r.width > 0 && r.left < right - 1).length;
+  }
+  document.body.setAttribute("data-wrap", lines + "/" + under);
+}, 500));</script>"""
+
+
+@pytest.mark.parametrize("page", ["report.html", "report/relu.html"])
+def test_a_wrapped_context_continues_right_of_its_code(chromium, run, page):
+    """On a narrow window a context longer than a line wraps under its own start, right of the column of
+    codes (its second line used to start at the left edge, under the code, breaking the column)."""
+    probe = run / page.replace(".html", "_wrap.html")
+    probe.write_text((run / page).read_text().replace("</body>", _WRAP_PROBE + "</body>"))
+    feats = json.loads((run / "features/relu.json").read_text())
+    f = max(feats["features"], key=lambda r: r["fires"])
+    dom = _dump(*chromium, probe.as_uri() + f"#f={f['i']}", "--window-size=800,700")
+    lines, under = map(int, dom.split('data-wrap="')[1].split('"')[0].split("/"))
+    assert lines >= 2 and under == 0, (lines, under)
+
+
 _QUERY_PROBE = """<script>window.addEventListener("load", () => setTimeout(() => {
   const q = document.getElementById("q");
   q.value = "COMP";
