@@ -34,6 +34,7 @@ table.overview { border-collapse: collapse; font-variant-numeric: tabular-nums; 
 .feature { margin: 1em 0; } .ctx { font-family: monospace; white-space: pre-wrap; margin: 2px 0; }
 .ctx { padding-left: 6em; text-indent: -6em; }  /* a wrapped context continues right of the codes */
 .act { display: inline-block; min-width: 6em; color: #666; text-indent: 0; }
+.ctx span { unicode-bidi: isolate; }  /* a corpus string's bidi control reorders only itself */
 .hl { background: #ffd54f; font-weight: bold; } .dim { color: #555; } .note { color: #666; font-size: 90%; }
 .txt { font-family: system-ui, sans-serif; } .where { color: #888; font-size: 85%; margin-left: 1em; }
 .warn { color: #a00; }
@@ -158,7 +159,7 @@ def _snippet(hit: dict, wordpiece: bool = False) -> str:
     where = f"doc {_num(hit.get('doc'))} pos {_num(hit.get('pos'))}"
     if "text" in hit or (hit.get("token_id") or 0) < 0:  # an embedded document / paragraph: its text
         return (f'<div class="ctx txt"><span class="act">{_num(hit.get("act"))}</span>'
-                f'{esc(hit.get("text", ""))}<span class="where">{where}</span></div>')
+                f'<span>{esc(hit.get("text", ""))}</span><span class="where">{where}</span></div>')
     before = "".join(_tok(t) for t in display_strings(hit.get("before", []), wordpiece))
     after = "".join(_tok(t) for t in display_strings(hit.get("after", []), wordpiece))
     token = display_strings([hit.get("token", "")], wordpiece)[0]

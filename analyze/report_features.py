@@ -43,6 +43,7 @@ main { display: grid; grid-template-columns: min(440px, 40vw) 1fr; height: calc(
 .ctx { padding-left: 6.5em; text-indent: -6.5em; }  /* a wrapped context continues right of the codes */
 .act { display: inline-block; min-width: 5.5em; color: #666; text-align: right; margin-right: 1em;
   text-indent: 0; }
+.ctx span { unicode-bidi: isolate; }  /* a corpus string's bidi control reorders only itself */
 .hl { background: #ffd54f; font-weight: bold; border-radius: 2px; } .neg .hl { background: #90caf9; }
 .dim { color: #555; } h3 { margin: 1em 0 0.3em; } .note { color: #777; font-size: 90%; }
 #mixed { color: #a00; font-weight: bold; margin: 0; padding: 8px 16px; }

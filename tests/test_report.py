@@ -328,7 +328,7 @@ def test_names_and_class_labels_escaped_and_page_links_quoted():
     assert "x&lt;b&gt;y (dead: 3)" in page  # the density figure's legend
     s["models"]["x<b>y"]["features"] = [{"index": 1, "density": 0.5, "top": [
         {"act": 1.0, "row": 0, "doc": 2, "pos": 1, "token_id": -1, "text": "<u>para</u>"}]}]
-    assert "&lt;u&gt;para&lt;/u&gt;<span class=\"where\">doc 2 pos 1</span>" in render(s)  # an embedded row
+    assert "<span>&lt;u&gt;para&lt;/u&gt;</span><span class=\"where\">doc 2 pos 1</span>" in render(s)
     assert _page_link("a b#?%\u00e9", "r 1") == "report/a%20b%23%3F%25%C3%A9.html?run=r%201"
 
 

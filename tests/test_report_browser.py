@@ -266,6 +266,37 @@ def test_embedded_rows_show_their_text(chromium, tmp_path):
     assert "data-pwned=" not in dom and '<img src="x"' not in dom
 
 
+_BIDI_PROBE = """<script>window.addEventListener("load", () => setTimeout(() => {
+  const order = [...document.querySelectorAll("#panel .ctx, .feature .ctx")].map(ctx => {
+    const [text, where] = [...ctx.querySelectorAll(".act ~ span")].map(s => s.getBoundingClientRect());
+    return where.left >= text.right - 1 ? "ltr" : "reversed";
+  });
+  document.body.setAttribute("data-order", order.join(","));
+}, 500));</script>"""
+
+
+def test_a_bidi_control_in_a_text_does_not_reorder_the_line(chromium, tmp_path):
+    """A corpus text whose right-to-left override (U+202E) is not closed (a text clipped between it and its
+    U+202C, as analyze clips texts) reverses only itself: its "doc, pos" label stays after it, on its right,
+    in the feature page and in the overview (the override ran on to the end of the line)."""
+    from actdict.analyze.report import render
+    from actdict.analyze.report_features import write_feature_page
+
+    text = "evil \u202edoc 1, pos 2 tail"
+    f = {"i": 0, "fires": 1, "density": 0.5, "max": 2.0, "min": 0.5, "hist": {"pos": [[32, 1]], "neg": []},
+         "top": [[2.0, 7, 3, 1, [-1], 0]], "bottom": [], "quantiles": []}
+    data = {"version": 1, "name": "e", "k": 1, "n_rows": 2, "window": 0, "hist_edges": list(range(-4, 5)),
+            "tokens": {"-1": ""}, "wordpiece": False, "features": [f], "texts": {"7": text}}
+    page = write_feature_page(data, "e", {"variant": "sae_l1"}, {"hook": "embedding"}, tmp_path / "e.html")
+    page.write_text(page.read_text().replace("</body>", _BIDI_PROBE + "</body>"))
+    assert 'data-order="ltr"' in _dump(*chromium, page.as_uri() + "#f=0")
+    hit = {"act": 2.0, "row": 7, "doc": 3, "pos": 1, "token_id": -1, "text": text}
+    model = {"variant": "sae_l1", "k": 1, "features": [{"index": 0, "density": 0.5, "top": [hit]}]}
+    overview = tmp_path / "report.html"
+    overview.write_text(render({"models": {"e": model}}).replace("</body>", _BIDI_PROBE + "</body>"))
+    assert 'data-order="ltr"' in _dump(*chromium, overview.as_uri())
+
+
 def test_a_store_of_vectors_speaks_of_no_tokens(chromium, tmp_path):
     """A store of vectors (imported, or embeddings whose texts could not be read: token id -1 on every row,
     analyze.context 0) gets no "up to 0 tokens of context" heading, no empty top-tokens column and no
