@@ -165,6 +165,11 @@ function renderList() {
   more.style.display = fs.length > shown ? '' : 'none';
   document.getElementById('count').textContent = fs.length + (fs.length === 1 ? ' feature' : ' features');
 }
+function listSelected() {  // the list, scrolled to the feature shown when it is among the rows listed
+  renderList();
+  const tr = document.querySelector('#list tr.sel');
+  if (tr) tr.scrollIntoView({block: 'nearest'});
+}
 function histogram(f, parent) {  // drawn once in the page, so that plotly sizes it to the panel's width
   const mids = EDGES.slice(0, -1).map((e, i) => (e + EDGES[i + 1]) / 2);
   const w = EDGES[1] - EDGES[0], traces = [];
@@ -209,7 +214,7 @@ async function renderFeature(i) {
   p.replaceChildren();
   if (!f) {
     p.appendChild(el('p', '', 'no feature ' + i + ' (features 0..' + (D.k - 1) + ')'));
-    renderList();
+    listSelected();
     return;
   }
   p.appendChild(el('h2', '', 'Feature ' + f.i));
@@ -220,7 +225,7 @@ async function renderFeature(i) {
       'codes below are its largest and most negative ones, all on rows where it is inactive'));
     if (f.top.length) p.appendChild(section('Largest codes (inactive rows)', f.top, false));
     if (f.bottom.length) p.appendChild(section('Most negative codes (inactive rows)', f.bottom, true));
-    renderList();
+    listSelected();
     return;
   }
   histogram(f, p);
@@ -239,7 +244,7 @@ async function renderFeature(i) {
     p.appendChild(section('Quantile ' + Math.round(q.lo * 100) + '\u2013' + Math.round(q.hi * 100) +
       '% of active rows (codes ' + fmt(q.vmin) + ' .. ' + fmt(q.vmax) + ')', q.hits, false));
   }
-  renderList();
+  listSelected();
 }
 function route() {
   const m = /f=(\d+)/.exec(location.hash);

@@ -454,6 +454,30 @@ def _many_features(n: int) -> dict:
             "tokens": tokens, "wordpiece": False, "features": feats}
 
 
+_SEL_PROBE = """<script>window.addEventListener("load", () => setTimeout(() => {
+  const side = document.getElementById("side").getBoundingClientRect();
+  const sel = document.querySelector("#list tr.sel").getBoundingClientRect();
+  document.body.setAttribute("data-sel", (sel.top >= side.top && sel.bottom <= side.bottom) + "/" +
+                             document.getElementById("side").scrollTop);
+}, 500));</script>"""
+
+
+def test_the_list_shows_the_feature_opened(chromium, tmp_path):
+    """A feature opened by its link (#f=N, from the overview) whose row is far down the list is scrolled into
+    the side panel's view, marked as selected (it was listed, but out of sight)."""
+    from actdict.analyze.report_features import write_feature_page
+
+    data = _many_features(150)
+    for f in data["features"]:
+        f["fires"] = 200 - f["i"]  # the list's default order (most active first) is the index order
+    page = write_feature_page(data, "big", {"variant": "sae_l1"}, {"hook": "h"}, tmp_path / "big.html")
+    page.write_text(page.read_text().replace("</body>", _SEL_PROBE + "</body>"))
+    dom = _dump(*chromium, page.as_uri() + "#f=140", "--window-size=1000,700")
+    assert '<tr class="sel" data-i="140">' in dom
+    visible, top = dom.split('data-sel="')[1].split('"')[0].split("/")
+    assert visible == "true" and int(top) > 0, (visible, top)
+
+
 def test_feature_page_loads_the_part_of_the_feature_shown(chromium, tmp_path):
     """The page embeds only the list's index; a feature's contexts come from its part file beside the page,
     loaded when the feature is shown (here one in the third part); without the parts the page says which
