@@ -31,7 +31,8 @@ table.overview { border-collapse: collapse; font-variant-numeric: tabular-nums; 
 .overview td:first-child, .overview th:first-child { text-align: left; } .overview th { background: #f4f4f4; }
 .figs { display: grid; grid-template-columns: repeat(auto-fill, minmax(520px, 1fr)); gap: 8px; }
 .figs > div { min-width: 0; }
-.feature { margin: 1em 0; } .ctx { font-family: monospace; white-space: pre-wrap; margin: 2px 0; }
+.feature { margin: 1em 0; } .ctx { font-family: monospace; white-space: pre-wrap; margin: 2px 0;
+  overflow-wrap: anywhere; }  /* a long unbroken string (a URL, base64) breaks instead of widening the page */
 .ctx { padding-left: 6em; text-indent: -6em; }  /* a wrapped context continues right of the codes */
 .act { display: inline-block; min-width: 6em; color: #666; text-indent: 0; }
 .ctx span { unicode-bidi: isolate; }  /* a corpus string's bidi control reorders only itself */

@@ -193,6 +193,23 @@ def test_overview_table_scrolls_on_its_own_in_a_narrow_window(chromium, run):
     assert scroll == width, (scroll, width)
 
 
+def test_a_long_unbroken_context_does_not_widen_the_overview(chromium, tmp_path):
+    """A context with a long unbroken string (a URL, base64; here a 300-character text of an embedded row
+    and a 300-character token) breaks inside the overview's width: the page gets no horizontal scroll bar
+    (the feature page already broke such strings)."""
+    from actdict.analyze.report import render
+
+    long = "https://example.org/" + "a" * 280
+    hits = [{"act": 2.0, "row": 7, "doc": 3, "pos": 1, "token_id": -1, "text": long},
+            {"act": 1.0, "row": 8, "doc": 3, "pos": 2, "token": long, "before": ["x"], "after": ["y"]}]
+    model = {"variant": "sae_l1", "k": 1, "features": [{"index": 0, "density": 0.5, "top": hits}]}
+    page = tmp_path / "report.html"
+    page.write_text(render({"models": {"e": model}}).replace("</body>", _WIDTH_PROBE + "</body>"))
+    dom = _dump(*chromium, page.as_uri(), "--window-size=800,700")
+    scroll, width = map(int, dom.split('data-width="')[1].split('"')[0].split("/"))
+    assert scroll == width, (scroll, width)
+
+
 def test_feature_page_renders_contexts_and_runs_nothing(chromium, run):
     feats = json.loads((run / "features/relu.json").read_text())
     f = max(feats["features"], key=lambda r: r["fires"])
