@@ -82,6 +82,10 @@ def _page_link(name: str, run: str | None) -> str:
 
 def _overview(models: dict[str, dict], pages: dict[str, str]) -> str:
     cols = [c for c in _COLUMNS if any(c[0] in m for m in models.values())]
+    dense = {m.get("dense_threshold") for m in models.values()} - {None}
+    if len(dense) == 1:  # the threshold the dense column counts with (one analysis: the same for all)
+        cols = [(k, h, f"latents active on more than {_num(dense.pop())} of the test rows (dense_threshold)")
+                if k == "dense" else (k, h, t) for k, h, t in cols]
     head = "".join(f'<th title="{esc(t)}">{esc(h)}</th>' for _, h, t in cols)
     rows = []
     for name, m in models.items():

@@ -343,6 +343,18 @@ def test_a_column_any_model_has_is_shown_with_a_dash_for_the_others():
     assert "<td>0.9321</td><td>&ndash;</td><td>3</td>" in page
 
 
+def test_the_dense_column_says_its_threshold():
+    """The dense column's tooltip gives the fraction of rows it counts from (summary's dense_threshold): "the
+    dense threshold" alone left a reader to guess whether 381 dense latents meant 1% or 50% of the rows."""
+    s = _summary()
+    for m in s["models"].values():
+        m |= {"dense": 2, "dense_threshold": 0.1}
+    page = render(s)
+    assert '<th title="latents active on more than 0.1 of the test rows (dense_threshold)">dense</th>' in page
+    del s["models"]["sae_alpha"]["dense_threshold"], s["models"]["vaease_beta"]["dense_threshold"]
+    assert '<th title="latents active on more than the dense threshold of the rows">dense</th>' in render(s)
+
+
 def test_a_model_without_its_features_file_gets_no_page(tmp_path):
     """write_report links a feature page for the models whose features file is there only."""
     s = _summary()
