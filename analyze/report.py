@@ -215,6 +215,9 @@ def render(summary: dict, pages: dict[str, str] | None = None) -> str:
             "a VAE's rarely are: a VAE's sparsity is its AD.</p>",
             "<h2>Distributions</h2>", '<div class="figs">', *(f"<div>{f}</div>" for f in figs), "</div>",
             "<h2>Most frequent features: top-activating contexts</h2>",
+            '<p class="note">Each dictionary\'s features active on the most test rows (density: the '
+            "fraction of rows), each with its top rows: the feature's code on the row, then the row's token "
+            "highlighted among its neighbours (an embedded row: the text it embeds, its doc and pos).</p>",
             *(_features(n, m, pages.get(n)) for n, m in models.items())]
     return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>actdict report</title>"
             f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")

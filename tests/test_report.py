@@ -89,6 +89,8 @@ def test_names_and_numbers_present(tmp_path):
     stats = page_stats({"re_det": 27.0812, "ad": 21.78, "l0": 383.98, "ev": 0.82064, "dead": 23})
     assert stats == "RE 27.08, AD 21.78, L0 383.98, EV 0.8206, dead 23"
     assert "L0 counts exact nonzero codes, which a VAE's rarely are: a VAE's sparsity is its AD." in page
+    # the contexts' numbers and highlight are explained, as on the feature pages
+    assert "(density: the fraction of rows), each with its top rows: the feature's code on the row" in page
 
 
 def test_overview_columns_in_the_order_analyze_prints_them():
