@@ -82,7 +82,7 @@ def test_shown_rows_carry_the_text_they_embed(embedded, monkeypatch):
     hits = [h for f in s["models"]["sae"]["features"] for h in f["top"]]
     assert hits and all(h["text"] == feats["texts"][str(h["row"])] for h in hits)
     page = (root / "report.html").read_text()
-    assert all(f'{h["text"]}<span class="where">doc {h["doc"]} pos {h["pos"]}</span>' in page
+    assert all(f'<span>{h["text"]}</span><span class="where">doc {h["doc"]} pos {h["pos"]}</span>' in page
                for h in hits if "<" not in h["text"])
     assert "<b>bold</b>" not in page and "<b>bold</b>" not in (root / "report" / "sae.html").read_text()
 
