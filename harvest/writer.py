@@ -95,7 +95,8 @@ def encode_checked(acts: np.ndarray, dtype: str, where: str, first_row: int = 0)
         raise non_finite(where, dtype, first_row + r, nan=not np.isfinite(acts[r]).all())
     if dtype == "float16" and len(cast):  # the other end of float16's range: rows it flushes to (near) 0
         tiny = np.finfo(np.float16).tiny  # 6.1e-05, the smallest normal float16
-        low = np.flatnonzero(np.abs(cast).max(axis=1) < tiny)  # [m] rows stored subnormal or 0 throughout
+        mag = cast.view(np.uint16) & 0x7FFF  # [n, d] |x|'s bits: ordered as the (finite) values, integer
+        low = np.flatnonzero(mag.max(axis=1) < 0x0400)  # [m] rows stored subnormal or 0 throughout (< tiny)
         if len(low) and (big := np.abs(acts[low]).max(axis=1)).any():  # not all-zero rows (stored exactly)
             i = int(np.flatnonzero(big)[0])
             raise UnderflowError(
