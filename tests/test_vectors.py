@@ -355,7 +355,9 @@ def test_vectors_imported_over_a_store_retrain_its_dictionaries(tmp_path, capsys
     assert contents[0] == contents[1] != contents[2]
 
 
-def test_config_mode_vectors_reimports_a_changed_file(tmp_path, capsys):
+def _vectors_config(tmp_path: Path) -> Path:
+    """A config importing ``tmp_path/v.npy`` (written: ``_x(1)``) as ``harvest.mode: vectors`` into
+    ``tmp_path/run/store`` (float32, shards of 16 rows, chunks of 8)."""
     np.save(tmp_path / "v.npy", _x(1))
     cfg = tmp_path / "v.yaml"
     cfg.write_text(f"""
@@ -363,6 +365,11 @@ run_dir: {tmp_path / 'run'}
 harvest: {{mode: vectors, vectors: {{path: {tmp_path / 'v.npy'}}}, store_dtype: float32, shard_rows: 16,
           chunk_rows: 8}}
 """)
+    return cfg
+
+
+def test_config_mode_vectors_reimports_a_changed_file(tmp_path, capsys):
+    cfg = _vectors_config(tmp_path)
     assert actdict_main(["harvest", str(cfg)]) == 0
     assert actdict_main(["harvest", str(cfg)]) == 0
     assert "already complete" in capsys.readouterr().out
@@ -379,13 +386,7 @@ def test_a_replacement_stopped_by_a_kill_leaves_no_staging_folder(tmp_path):
     SIGKILL between the old hook's removal and the swap leaves the store with the staged hook only. The
     rerun imports it again and removes the staging folder: the store is the uninterrupted one, file for
     file (before, a whole copy of the hook stayed there for good)."""
-    np.save(tmp_path / "v.npy", _x(1))
-    cfg = tmp_path / "v.yaml"
-    cfg.write_text(f"""
-run_dir: {tmp_path / 'run'}
-harvest: {{mode: vectors, vectors: {{path: {tmp_path / 'v.npy'}}}, store_dtype: float32, shard_rows: 16,
-          chunk_rows: 8}}
-""")
+    cfg = _vectors_config(tmp_path)
     assert actdict_main(["harvest", str(cfg)]) == 0
     store = tmp_path / "run" / "store"
     before = {str(p.relative_to(store)): p.read_bytes() for p in store.rglob("*") if p.is_file()}
