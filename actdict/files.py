@@ -46,9 +46,11 @@ def write_atomic(path: str | Path, data: str | bytes, encoding: str = "utf-8") -
     return p
 
 
-def remove_temps(folder: Path, pattern: str = "*") -> None:
+def remove_temps(folder: Path, pattern: str = "*") -> list[Path]:
     """Remove the temporary files a killed :func:`write_atomic` left in ``folder`` for the files matching
-    ``pattern`` (a glob of their final names). Only where no other writer can be at work (under the folder's
-    lock): another writer's temporary file would go too."""
-    for tmp in folder.glob(f".{pattern}.tmp-*"):
+    ``pattern`` (a glob of their final names); returns them. Only where no other writer can be at work (under
+    the folder's lock): another writer's temporary file would go too."""
+    removed = list(folder.glob(f".{pattern}.tmp-*"))
+    for tmp in removed:
         tmp.unlink(missing_ok=True)
+    return removed

@@ -18,6 +18,7 @@ from pathlib import Path
 import zarr
 
 from actdict.errors import ActdictError
+from actdict.files import remove_temps
 from actdict.harvest.config import RUN_KEYS, rows_view
 from actdict.harvest.layout import (
     ACT_DTYPES,
@@ -64,10 +65,7 @@ def clean(path: str, hook: str) -> list[str]:
     calls it, before any rank writes."""
     m = read_manifest(path, hook)
     fs, d = hook_dir(path, hook)
-    removed = []
-    for tmp in Path(d).glob(f".{MANIFEST}.tmp-*") if is_local(fs) else ():
-        tmp.unlink(missing_ok=True)
-        removed.append(str(tmp))
+    removed = [str(tmp) for tmp in remove_temps(Path(d), MANIFEST)] if is_local(fs) else []
     for name in shard_entries(fs, d):
         where = f"{d}/{SHARDS}/{name}"
         if name.startswith(TMP_PREFIX):

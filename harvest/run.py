@@ -162,6 +162,14 @@ def forward(lm: LoadedModel, batch: list[Window], hooks: list[str], stop: int | 
         return acts if on_device else {h: a.cpu() for h, a in acts.items()}
 
 
+def rows_identity(lm: LoadedModel, cfg: HarvestConfig) -> dict:
+    """What a hook's manifest records of where its rows came from beyond the config: the model's revision,
+    the source files' fingerprint and, for an encoder, what its attention mask hides (stores begun before
+    2026-12-06 hid a window's final [SEP] after a separator, so they neither resume nor grow)."""
+    ident = {"revision": lm.revision, "source_fingerprint": source_fingerprint(cfg.source)}
+    return ident | ({"attention_mask": "padding"} if lm.kind == "encoder" else {})
+
+
 def store_rows(acts, flat: np.ndarray, out: np.ndarray, where: str) -> None:
     """Write the rows ``flat`` of acts [B, ctx, d] (torch) into ``out`` [m, d] as stored: float16 | float32
     | bfloat16 bits (uint16, ``layout.ACT_DTYPES``); torch rounds to nearest even, as
@@ -271,9 +279,8 @@ def harvest(common: Common, cfg: HarvestConfig, ranks: Ranks, grow: bool = False
     if not grow and spelled_otherwise(path, hooks, cfg, say):
         return
     stop = lm.stop_at_layer(hooks)
+    same = rows_identity(lm, cfg)  # what the manifest records of the rows besides the config
     if grow:  # on every rank, before rank 0 reopens: a store that cannot grow stays complete
-        same = {"revision": lm.revision, "source_fingerprint": source_fingerprint(cfg.source)}
-        same |= {"attention_mask": "padding"} if lm.kind == "encoder" else {}  # as ``base`` below
         for h in hooks:
             check_growth(read_manifest(path, h), same, f"store {path} hook {h!r}")
     if ranks.rank == 0:
@@ -302,12 +309,9 @@ def harvest(common: Common, cfg: HarvestConfig, ranks: Ranks, grow: bool = False
     else:  # everything was harvested before a crash: only the manifests are left to write
         dims = {h: int(m["d"]) for h, m in manifests.items()}
     device = lm.device.split(":")[0]
-    base = {"model": lm.name, "revision": lm.revision, "tokenizer": lm.name, "config_hash": chash,
+    base = {"model": lm.name, "tokenizer": lm.name, "config_hash": chash,
             "numerics": f"forward {cfg.dtype} on {device}, stored {cfg.store_dtype}",
-            "corpus": describe_source(cfg.source), "source_fingerprint": source_fingerprint(cfg.source),
-            "kind": lm.kind, "harvest": to_dict(cfg)}
-    if lm.kind == "encoder":  # what its attention mask hides: stores begun before 2026-12-06 hid a window's
-        base["attention_mask"] = "padding"  # final [SEP] after a separator, so they neither resume nor grow
+            "corpus": describe_source(cfg.source), "kind": lm.kind, "harvest": to_dict(cfg)} | same
     want = {h: new_manifest(base | {"hook": h}, dims[h], cfg.store_dtype, cfg.shard_rows, cfg.chunk_rows)
             for h in hooks}
     if ranks.rank == 0:

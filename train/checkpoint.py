@@ -69,10 +69,16 @@ def write_safetensors(tensors: dict[str, Tensor], path: Path, metadata: dict[str
     os.replace(safetensors_temp(tensors, path, metadata), path)
 
 
+def temp_path(path: Path) -> Path:
+    """The one temporary name of a safetensors file ``path`` (one writer per folder: the run folder's lock),
+    so a killed write's leftover is reused, or removed by name."""
+    return path.with_name(f".{path.name}.tmp")
+
+
 def safetensors_temp(tensors: dict[str, Tensor], path: Path, metadata: dict[str, str] | None = None) -> Path:
-    """``tensors`` written whole to a temporary file beside ``path``, to be renamed to it; returns it. One
-    name per file (one writer per folder: the run folder's lock), so a killed write's leftover is reused."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    """``tensors`` written whole to a temporary file beside ``path`` (``temp_path``), to be renamed to it;
+    returns it."""
+    tmp = temp_path(path)
     try:
         save_file(tensors, str(tmp), metadata=metadata)
     except (SafetensorError, OSError) as e:

@@ -131,10 +131,15 @@ class Spread:
         self.sums: torch.Tensor | None = None  # [d + 3]: sum n m, sum n |m|^2, squared deviations, rows
         self.norm2: float | None = None  # set by ``end``: the ended epoch's mean squared row norm
 
+    @staticmethod
+    def wide(device: torch.device) -> torch.dtype:
+        """The dtype the sums are kept in on ``device``: float64, but float32 on MPS (no float64 there)."""
+        return torch.float64 if device.type in ("cpu", "cuda") else torch.float32
+
     def add(self, x: torch.Tensor) -> torch.Tensor:
         """Add the batch x [b, d] float32 (this process's rows); -> the mean SSE of predicting each of its
         rows by its mean row (the ``diverged`` baseline; NaN for an empty batch)."""
-        wide = torch.float64 if x.device.type in ("cpu", "cuda") else torch.float32  # MPS has no float64
+        wide = self.wide(x.device)
         mu = x.mean(0)  # [d]
         c = x - mu  # [b, d]
         sq = c.pow(2).sum(-1)  # [b]
@@ -170,8 +175,7 @@ class Spread:
     def restore(self, sums: list[float] | None, device: torch.device, main: bool = True) -> None:
         """Continue from ``state``'s sums: the main process holds them, the other ranks start from 0."""
         if sums is not None:
-            wide = torch.float64 if device.type in ("cpu", "cuda") else torch.float32
-            v = torch.tensor(sums, dtype=wide, device=device)
+            v = torch.tensor(sums, dtype=self.wide(device), device=device)
             self.sums = v if main else torch.zeros_like(v)
 
 

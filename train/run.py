@@ -318,7 +318,7 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
     if d.main:  # the temporary files of a split or resume state whose write a kill cut short (our lock)
         with suppress(OSError):  # a read-only folder keeps them (and says so when it matters, above)
             remove_temps(run_dir, "split.json")
-            (run_dir / f".{STATE}.tmp").unlink(missing_ok=True)  # checkpoint.safetensors_temp's name
+            checkpoint.temp_path(run_dir / STATE).unlink(missing_ok=True)
     if d.main and not split_readable(run_dir):  # another split is written with the checkpoints: until
         write_split(run_dir, split)  # then it is the finished dictionaries' (analyze reads their test rows)
     state_path = run_dir / STATE
