@@ -232,8 +232,8 @@ def content_digest(shards: list[str]) -> str:
 
 def write_vectors(path: str, x, manifest: dict | None = None, hook: str = "vectors", **kw):
     """Store the user's own vectors as a hook (token_ids=-1, doc=row index, pos=0); returns the opened
-    ``ActivationStore``. ``x`` is an array [n, d] (a ``np.load(..., mmap_mode="r")`` memmap is read one
-    shard at a time) or an iterator of [b, d] blocks (streamed: one block at a time is held in memory).
+    ``ActivationStore``. ``x`` is an array or torch tensor [n, d] (a ``np.load(..., mmap_mode="r")`` memmap
+    is read one shard at a time) or an iterator of [b, d] blocks (streamed: one block at a time in memory).
     ``kw`` goes to StoreWriter (dtype defaults to float32: kept exactly; the layout to ``default_layout``
     of the array's rows). A failure part way (a non-finite row, an error of the iterator, an interrupt)
     removes the hook it began and the folders it made for it (the store folder, its missing parents), never
@@ -244,9 +244,9 @@ def write_vectors(path: str, x, manifest: dict | None = None, hook: str = "vecto
     from actdict.harvest.store import open_store
 
     if isinstance(x, Iterator):
-        blocks = x
+        blocks = map(_as_numpy, x)
     else:
-        x = np.asarray(x)
+        x = _as_numpy(x)
         if x.ndim != 2:
             raise ValueError(f"vectors must have shape [n, d], got {x.shape}")
         kw["chunk_rows"], kw["shard_rows"] = default_layout(len(x), kw.get("chunk_rows", 0),
@@ -277,6 +277,15 @@ def write_vectors(path: str, x, manifest: dict | None = None, hook: str = "vecto
         remove_empty(made)  # and the store folder (and its parents) made for it, when nothing else is there
         raise
     return open_store(path, hook)
+
+
+def _as_numpy(x) -> np.ndarray:
+    """``x`` as a numpy array: a torch tensor (on any device, with grad, bfloat16 widened to float32 exactly)
+    or anything ``np.asarray`` takes; a memmap stays a memmap."""
+    if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch.Tensor, without importing torch for numpy input
+        x = x.detach().cpu()
+        return (x.float() if str(x.dtype) == "torch.bfloat16" else x).numpy()
+    return np.asarray(x)
 
 
 def _write_rows(w: StoreWriter, blocks: Iterator[np.ndarray]) -> None:

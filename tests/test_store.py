@@ -311,6 +311,18 @@ def test_write_vectors(tmp_path):
     assert s.num_chunks == 5
 
 
+def test_write_vectors_takes_torch_tensors(tmp_path):
+    """A bfloat16 tensor that requires grad (numpy refuses both) and an iterator of tensor blocks."""
+    import torch
+
+    x = torch.randn(10, 5, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16).requires_grad_()
+    s = write_vectors(str(tmp_path / "a"), x, shard_rows=4, chunk_rows=2)
+    np.testing.assert_array_equal(s.read_rows(0, 10).acts, x.detach().float().numpy())
+    assert "user vectors (float32)" in s.manifest["numerics"]
+    s = write_vectors(str(tmp_path / "b"), iter(x.detach().float().split(4)), shard_rows=4, chunk_rows=2)
+    np.testing.assert_array_equal(s.read_rows(0, 10).acts, x.detach().float().numpy())
+
+
 def test_fsspec_url(tmp_path):
     url = f"memory://actdict-test-{tmp_path.name}"  # any fsspec filesystem; memory needs no setup
     x = np.arange(20, dtype=np.float32).reshape(10, 2)
