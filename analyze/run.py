@@ -233,8 +233,11 @@ def summary_lines(summary: dict) -> list[str]:
                              if ce else ""))
     warned = [f"analyze: warning: {name} was saved with a training warning: {m['training_warning']}"
               for name, m in summary["models"].items() if m.get("training_warning")]
+    why = [f"(EV n/a: the {summary['n_test_rows']:,} held-out row(s) do not vary, so there is no variance "
+           "to explain; more test rows: analyze.max_test_rows, train.test_fraction)"]
+    why = why if any(m["ev"] is None for m in summary["models"].values()) else []
     return lines + ["(AD: active dimensions per row, the paper's Otsu split; L0: exact nonzeros, not a "
-                    "VAE's sparsity measure; docs/analyze.md)"] + warned
+                    "VAE's sparsity measure; docs/analyze.md)"] + why + warned
 
 
 def _cell(v: float | None, spec: str) -> str:

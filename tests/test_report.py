@@ -295,6 +295,9 @@ def test_summary_lines_print_null_numbers_as_na():
     assert lines[2] == f"{'a':<16} {2.5:>9.4g} {'n/a':>11} {1.0:>7.2f} {2.0:>7.2f} {'n/a':>6} {'3/8':>11} " \
                        f"{'n/a':>7} {0.25:>7.4f}"
     assert len(lines[2]) == len(lines[1])  # the columns stay aligned under the header
+    assert lines[4].startswith("(EV n/a: the 1 held-out row(s) do not vary")
+    m["ev"] = 0.5
+    assert not any(line.startswith("(EV n/a") for line in summary_lines(summary))
 
 
 def test_feature_page_brings_the_installed_plotly(tmp_path):
