@@ -151,19 +151,26 @@ function renderList() {
   if (LABELS) hd.appendChild(el('th', 'lab', D.has_texts ? 'top texts' : 'top tokens'));
   tb.appendChild(hd);
   const fs = sorted();
-  for (const f of fs.slice(0, shown)) {
-    const tr = el('tr', current === f.i ? 'sel' : '');
-    tr.dataset.i = f.i;
-    tr.appendChild(el('td', '', '#' + f.i));
-    tr.appendChild(el('td', '', fmt(f.density)));
-    tr.appendChild(el('td', '', fmt(f.max)));
-    if (LABELS) tr.appendChild(el('td', 'lab', topTokens(f).slice(0, 3).join(', ')));
-    tr.onclick = () => { location.hash = 'f=' + f.i; };
-    tb.appendChild(tr);
+  for (const f of fs.slice(0, shown)) tb.appendChild(listRow(f));
+  const at = fs.findIndex(f => f.i === current);
+  if (at >= shown) {  // the feature shown lies further down: listed after a gap, with its place
+    const gap = tb.appendChild(el('tr', 'note'));
+    gap.appendChild(el('td', '', '\u22ee')).colSpan = LABELS ? 4 : 3;
+    tb.appendChild(listRow(fs[at])).title = 'number ' + (at + 1) + ' of ' + fs.length + ' in this order';
   }
   const more = document.getElementById('more');
   more.style.display = fs.length > shown ? '' : 'none';
   document.getElementById('count').textContent = fs.length + (fs.length === 1 ? ' feature' : ' features');
+}
+function listRow(f) {
+  const tr = el('tr', current === f.i ? 'sel' : '');
+  tr.dataset.i = f.i;
+  tr.appendChild(el('td', '', '#' + f.i));
+  tr.appendChild(el('td', '', fmt(f.density)));
+  tr.appendChild(el('td', '', fmt(f.max)));
+  if (LABELS) tr.appendChild(el('td', 'lab', topTokens(f).slice(0, 3).join(', ')));
+  tr.onclick = () => { location.hash = 'f=' + f.i; };
+  return tr;
 }
 function listSelected() {  // the list, scrolled to the feature shown when it is among the rows listed
   renderList();
@@ -202,6 +209,7 @@ function section(title, hits, neg, note) {
 async function renderFeature(i) {
   const p = document.getElementById('panel');
   current = i;
+  document.getElementById('go').value = i;  // the number box names the feature shown
   let f;
   try {
     f = await feature(i);

@@ -495,6 +495,26 @@ def test_the_list_shows_the_feature_opened(chromium, tmp_path):
     assert visible == "true" and int(top) > 0, (visible, top)
 
 
+def test_a_feature_beyond_the_listed_rows_is_listed_after_a_gap(chromium, tmp_path):
+    """A feature opened by its link whose place in the list's order is past the rows listed (200, then "more")
+    is listed after a gap row, selected, with its place; the number box names it. It was not listed at all,
+    and the box kept what was typed last."""
+    from actdict.analyze.report_features import write_feature_page
+
+    data = _many_features(300)
+    for f in data["features"]:
+        f["fires"] = 400 - f["i"]  # the list's default order (most active first) is the index order
+    page = write_feature_page(data, "big", {"variant": "sae_l1"}, {"hook": "h"}, tmp_path / "big.html")
+    probe = """<script>window.addEventListener("load", () => setTimeout(() => document.body.setAttribute(
+      "data-go", document.getElementById("go").value), 500));</script>"""
+    page.write_text(page.read_text().replace("</body>", probe + "</body>"))
+    dom = _dump(*chromium, page.as_uri() + "#f=280", "--window-size=1000,700")
+    rows = re.findall(r'<tr[^>]*data-i="(\d+)"', dom)
+    assert rows == [str(i) for i in range(200)] + ["280"]
+    assert re.search(r'<tr class="sel" data-i="280" title="number 281 of 300 in this order">', dom)
+    assert '<td colspan="4">\u22ee</td>' in dom and 'data-go="280"' in dom
+
+
 def test_feature_page_loads_the_part_of_the_feature_shown(chromium, tmp_path):
     """The page embeds only the list's index; a feature's contexts come from its part file beside the page,
     loaded when the feature is shown (here one in the third part); without the parts the page says which
