@@ -98,15 +98,15 @@ def _overview(models: dict[str, dict], pages: dict[str, str]) -> str:
 
 
 def _figures(models: dict[str, dict]) -> list[go.Figure]:
-    lay = {"barmode": "overlay", "height": 380, "margin": {"t": 50, "l": 60, "r": 20, "b": 50},
+    lay = {"barmode": "overlay", "height": 390, "margin": {"t": 60, "l": 60, "r": 20, "b": 50},
            "legend": {"orientation": "h", "y": -0.2}}
-    ad = go.Figure(layout=lay | {"title": "Active dimensions per test row", "xaxis_title": "AD",
+    ad = go.Figure(layout=lay | {"title": _title("Active dimensions per test row"), "xaxis_title": "AD",
                                  "yaxis_title": "test rows"})
-    dens = go.Figure(layout=lay | {"title": "Feature density", "xaxis_title": "log10 fraction of rows active",
-                                   "yaxis_title": "latents"})
+    dens = go.Figure(layout=lay | {"title": _title("Feature density"),
+                                   "xaxis_title": "log10 fraction of rows active", "yaxis_title": "latents"})
     kmax = max([max(m["masked_curve"]["kept"]) for m in models.values() if m.get("masked_curve")] or [1])
     ticks = _kept_ticks(kmax)
-    curve = go.Figure(layout=lay | {"title": "RE vs latents kept per row (paper Fig. 4)",
+    curve = go.Figure(layout=lay | {"title": _title("RE vs latents kept per row (paper Fig. 4)"),
                                     "xaxis_title": "latents kept per row (log scale; 0 drawn at 0.5)",
                                     "yaxis_title": "RE (per-row SSE, log scale)",
                                     "yaxis": {"type": "log"},  # one diverged model would flatten the others
@@ -127,7 +127,7 @@ def _figures(models: dict[str, dict]) -> list[go.Figure]:
         left = max(m.get("ad_class_unlabelled") or 0 for m in models.values())  # the same rows for all
         title = "AD per class (bars: per row; markers: of the class mean)" + (
             f"; {left:,} rows without a label left out" if left else "")
-        cls = go.Figure(layout=lay | {"title": title, "xaxis_title": "class", "yaxis_title": "AD"})
+        cls = go.Figure(layout=lay | {"title": _title(title), "xaxis_title": "class", "yaxis_title": "AD"})
         for name, m in models.items():
             rows = m.get("ad_class") or []
             labels = [esc(r["label"], quote=False) for r in rows]  # plotly shows &quot; as it is
@@ -136,6 +136,12 @@ def _figures(models: dict[str, dict]) -> list[go.Figure]:
                             name=f"{esc(name)} (of mean)")
         figs.append(cls)
     return figs
+
+
+def _title(text: str) -> dict:
+    """A figure's title, set just above its plot (in the top margin's lower half): at the top of the
+    figure, plotly's mode bar (shown on hover, top right) covered the end of a long title."""
+    return {"text": text, "y": 1, "yref": "paper", "yanchor": "bottom", "pad": {"b": 12}}
 
 
 def _log_values(values: list) -> list:

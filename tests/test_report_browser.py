@@ -177,6 +177,29 @@ def test_figures_fit_their_grid_cells(chromium, run):
     assert all(svg <= cell for svg, cell in fit), fit
 
 
+_TITLE_PROBE = """<script>window.addEventListener("load", () => setTimeout(() => {
+  const boxes = [...document.querySelectorAll(".figs > div")].map(c => [".modebar", ".gtitle"].map(s => {
+    const r = c.querySelector(s).getBoundingClientRect();
+    return [r.left, r.top, r.right, r.bottom].map(Math.round).join(" ");
+  }).join("/"));
+  document.body.setAttribute("data-boxes", boxes.join(";"));
+}, 500));</script>"""
+
+
+def test_the_mode_bar_does_not_cover_a_figure_title(chromium, run):
+    """plotly's mode bar (shown on hover at a figure's top right) lies above each title, not over it: the
+    masked curve's title ran under it in a 1300 px window (title to x 415, mode bar from x 341)."""
+    probe = run / "report_titles.html"
+    probe.write_text((run / "report.html").read_text().replace("</body>", _TITLE_PROBE + "</body>"))
+    dom = _dump(*chromium, probe.as_uri(), "--window-size=1300,900")
+    boxes = dom.split('data-boxes="')[1].split('"')[0]
+    figs = [[list(map(int, b.split())) for b in f.split("/")] for f in boxes.split(";")]
+    assert len(figs) == 3
+    for (ml, mt, mr, mb), (tl, tt, tr, tb) in figs:
+        assert tr > tl and mr > ml  # both drawn
+        assert mb <= tt or tr <= ml, ((ml, mt, mr, mb), (tl, tt, tr, tb))  # above the title or right of it
+
+
 _WIDTH_PROBE = """<script>window.addEventListener("load", () => setTimeout(() => {
   const de = document.documentElement;
   document.body.setAttribute("data-width", de.scrollWidth + "/" + de.clientWidth);
@@ -537,7 +560,7 @@ def test_feature_page_loads_the_part_of_the_feature_shown(chromium, tmp_path):
     assert f"<h2>Feature {i}</h2>" in panel
     assert f'<span class="dim">tok{i}</span><span class="hl">tok{10**6 + i}</span>' in panel  # top context
     assert f'<span class="hl">tok{2 * 10**6 + i}</span>' in panel  # its quantile sample
-    assert dom.count(" data-i=") == 200  # the list's first page, from the index
+    assert dom.count(" data-i=") == 201  # the list's first page, from the index, and the feature shown
     for p in parts:
         p.unlink()
     dom = _dump(*chromium, page.as_uri() + f"#f={i}")
