@@ -347,6 +347,15 @@ def test_bfloat16_is_torch_rounding_and_keeps_range(tmp_path):
     s.verify()
 
 
+def test_bfloat16_refuses_every_nan(tmp_path):
+    for bits in (0x7FFFFFFF, 0xFFFFFFFF):  # NaNs whose rounding carried into the sign (-0.0) or out (0.0)
+        x = np.ones((3, 2), np.float32)
+        x.view(np.uint32)[1, 1] = bits
+        with pytest.raises(NonFiniteError, match="row 1 holds NaN or inf"):
+            write_vectors(str(tmp_path), x, dtype="bfloat16")
+        assert not (tmp_path / "vectors").exists()
+
+
 def test_corrupt_chunk_fails_the_read_by_name(tmp_path):
     _write(tmp_path)
     chunk = tmp_path / "blocks.0.hook_resid_post" / "shards" / "00001" / "acts" / "c" / "1" / "0"
