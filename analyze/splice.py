@@ -65,6 +65,7 @@ def heldout_windows(store, chunks: Sequence[int], n_windows: int, ctx: int, pref
     flags: list[np.ndarray] = []  # and whether each is spliced
     last = (None, 0, 0)  # (chunk, doc, pos) of the stretch's last row
     sep_ids = np.asarray(sep, np.int64)
+    seen = False  # whether any row had a token id
 
     def add(tokens: np.ndarray, splice: bool) -> None:
         pieces.append(tokens)
@@ -87,6 +88,7 @@ def heldout_windows(store, chunks: Sequence[int], n_windows: int, ctx: int, pref
         ids, doc, pos = rows.token_ids[has].astype(np.int64), rows.doc[has], rows.pos[has]  # [n]
         if not len(ids):
             continue
+        seen = True
         if last[0] is None or c != last[0] + 1:  # a jump: a new stretch
             cut()
             last = (c, doc[0], pos[0] - 1)
@@ -104,6 +106,10 @@ def heldout_windows(store, chunks: Sequence[int], n_windows: int, ctx: int, pref
         if sum(map(len, pieces)) >= (n_windows - len(out)) * ctx:
             cut()
     cut()
+    if not out and seen:
+        bos = "" if len(prefix) else ", no BOS before them"
+        raise SpliceError(f"no window of the test chunks' tokens holds two tokens to predict one from "
+                          f"(analyze.ce_ctx={ctx}{bos}): raise analyze.ce_ctx, or set analyze.ce_loss=false")
     if not out:
         raise SpliceError("the test chunks hold no token ids to make a window of (store rows without token "
                           "ids cannot be spliced): set analyze.ce_loss=false")

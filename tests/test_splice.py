@@ -109,6 +109,8 @@ def test_heldout_windows_cut_where_the_harvest_left_rows_out(tmp_path):
         wr.append(np.zeros((8, 2), np.float32), np.full(8, -1), np.arange(8), np.zeros(8))
     with pytest.raises(SpliceError, match="no token ids"):
         heldout_windows(open_store(str(tmp_path / "v")), [0], n_windows=1, ctx=4)
+    with pytest.raises(SpliceError, match=r"two tokens .*ce_ctx=1, no BOS before them\): raise analyze"):
+        heldout_windows(open_store(str(tmp_path / "s")), [0], n_windows=1, ctx=1)  # one token a window
 
 
 def test_ce_by_hand():
