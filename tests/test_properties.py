@@ -14,9 +14,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from actdict.analyze import metrics as M
+from actdict.analyze.config import AnalyzeConfig
+from actdict.analyze.evaluate import ModelEval
 from actdict.analyze.run import held_out_batches
 from actdict.analyze.splice import SpliceError, heldout_windows
-from actdict.analyze.streaming import LogHistogram, Reservoir, TopRows
+from actdict.analyze.streaming import LogHistogram, Reservoir, TopRows, pair_keys
 from actdict.analyze.toptokens import read_contexts
 from actdict.harvest.layout import decode_acts, encode_acts
 from actdict.harvest.plan import RowStream, shard_work, stored_positions
@@ -25,6 +27,7 @@ from actdict.harvest.store import Rows, StoreWriter, open_store
 from actdict.harvest.vectors import import_vectors
 from actdict.harvest.writer import CHUNK_ROWS, default_layout
 from actdict.train.data import SplitError, iter_rows, last_batches, make_split, steps_in_epoch
+from actdict.train.protocol import make
 
 FEW = settings(max_examples=30, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 SOME = settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
@@ -294,6 +297,38 @@ def test_sae_metrics_equal_numpy(rows, seed):
         assert np.isnan(M.fvu(x, x_hat))
 
 
+@FEW
+@given(st.sampled_from(["sae_l1", "sae_topk", "vaease"]), st.integers(1, 40), st.integers(1, 8),
+       st.integers(0, 99), st.data())
+def test_model_summary_is_batch_independent_and_direct(variant, n, k, seed, data):
+    model = make(variant, 3, k, seed, **({"topk": min(2, k)} if variant == "sae_topk" else {}))
+    x = torch.tensor(np.random.default_rng(seed).standard_normal((n, 3)) * 3, dtype=torch.float32)  # [n, 3]
+    cfg = AnalyzeConfig(top_k=2, quantiles=1, quantile_samples=2)
+    ev = ModelEval(model, cfg, seed, torch.device("cpu"))
+    cuts = sorted(data.draw(st.lists(st.integers(1, n), max_size=3)))
+    for a, b in zip([0, *cuts], [*cuts, n], strict=True):
+        if b > a:
+            ev.update(x[a:b], torch.arange(a, b))
+    x64 = x.double()
+    got = ev.summary(n, x64.sum(0), (x64 * x64).sum(0))
+    with torch.no_grad():
+        out = model.eval()(x, sample=False)
+    mask = M.active_mask(out.activity, model.active_side).numpy()  # [n, k]
+    err = ((x64 - out.x_hat.double()) ** 2).sum(1).numpy()
+    ad = mask.sum(1)
+    assert got["re_det"] == pytest.approx(err.mean()) and got["l0"] == pytest.approx((out.codes != 0).sum(1)
+                                                                                     .double().mean())
+    assert got["ad"] == pytest.approx(ad.mean()) and got["ad_std"] == pytest.approx(ad.std(), abs=1e-12)
+    assert got["dead"] == int((mask.sum(0) == 0).sum()) and ev.fire.tolist() == mask.sum(0).tolist()
+    assert got["dense"] == int((mask.mean(0) > cfg.dense_threshold).sum())
+    var = ((x64 - x64.mean(0)) ** 2).sum().item()
+    if n > 1:  # (x_hat of other batch shapes: float32 rounding apart)
+        assert got["ev"] == pytest.approx(1 - err.sum() / var, rel=1e-5, abs=1e-5)
+    else:
+        assert np.isnan(got["ev"]) and np.isnan(got["fvu"])
+    assert sum(got["ad_hist"]["counts"]) == n
+
+
 @SOME
 @given(st.integers(1, 30), st.integers(1, 6), st.integers(1, 5), st.integers(0, 2**16), st.data())
 def test_trackers_are_batch_independent_and_exact(n, k, t, seed, data):
@@ -319,7 +354,19 @@ def test_trackers_are_batch_independent_and_exact(n, k, t, seed, data):
     assert all(active[x - 100, f] for f, x in got)
     assert [len([1 for g, _ in got if g == f]) for f in range(k)] == [min(t, int(active[:, f].sum()))
                                                                         for f in range(k)]
+    keys = pair_keys(rows[:, None], torch.arange(k)[None], seed).numpy()  # [n, k]: the R largest active keys
+    for f in range(k):
+        act = np.flatnonzero(active[:, f].numpy())
+        kept = res.result()[0][f]
+        assert sorted(kept[kept >= 0]) == sorted(act[np.argsort(-keys[act, f])[:t]] + 100)
     assert hist.counts.sum(dim=(1, 2)).tolist() == active.sum(0).tolist()
+    b, f = np.nonzero(active.numpy())
+    v = codes.numpy()[b, f].astype(np.float64)
+    with np.errstate(divide="ignore"):  # a code 0 goes to bin 0
+        bins = np.clip(np.floor((np.log10(np.abs(v)) + 4) * 8), 0, 63).astype(int)  # 8 a decade from 1e-4
+    want = np.zeros((k, 2, 64), int)
+    np.add.at(want, (f, (v < 0).astype(int), bins), 1)
+    assert np.array_equal(hist.counts.numpy(), want)
 
 
 @SOME
