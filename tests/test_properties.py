@@ -73,12 +73,13 @@ def _write_store(path, x, tok, doc, pos, dtype, chunk, shard, pieces):
 
 
 @FEW
-@given(layouts(), st.data())
-def test_store_round_trip(layout, data):
+@given(layouts(), st.booleans(), st.data())
+def test_store_round_trip(layout, remote, data):
     n, d, dtype, chunk, shard, pieces, seed = layout
     x, tok, doc, pos = _store_data(n, d, seed)
     with tempfile.TemporaryDirectory(dir=SCRATCH) as tmp:
-        s = _write_store(tmp, x, tok, doc, pos, dtype, chunk, shard, pieces)
+        where = f"memory://{tmp}" if remote else tmp  # an fsspec store: zarr reads, no direct chunk files
+        s = _write_store(where, x, tok, doc, pos, dtype, chunk, shard, pieces)
         want = decode_acts(encode_acts(x, dtype), dtype)  # [n, d] float32
         if dtype == "bfloat16":  # the bits are torch's round to nearest even
             assert np.array_equal(want, torch.from_numpy(x).to(torch.bfloat16).float().numpy())
@@ -100,6 +101,12 @@ def test_store_round_trip(layout, data):
         assert len(part) == hi - lo and np.array_equal(part.acts.astype(np.float32), want[lo:hi])
         assert np.array_equal(part.token_ids, tok[lo:hi]) and np.array_equal(part.pos, pos[lo:hi])
         s.verify()
+        bs, buf = data.draw(st.integers(1, 9)), data.draw(st.integers(1, 3))
+        for x_b, r_b in iter_rows(s, range(s.num_chunks), bs, buf, seed, 0):  # the stream's reads: its rows
+            assert x_b.dtype == torch.from_numpy(want[:0].astype(s.acts_dtype)).dtype
+            assert np.array_equal(x_b.float().numpy(), want[r_b])
+        if remote:
+            s.fs.rm(f"{tmp}/h", recursive=True)
 
 
 @SOME
