@@ -16,10 +16,11 @@ from hypothesis import strategies as st
 from actdict.analyze import metrics as M
 from actdict.analyze.config import AnalyzeConfig
 from actdict.analyze.evaluate import ModelEval
+from actdict.analyze.features import build_features
 from actdict.analyze.run import held_out_batches
 from actdict.analyze.splice import SpliceError, heldout_windows
 from actdict.analyze.streaming import LogHistogram, Reservoir, TopRows, pair_keys
-from actdict.analyze.toptokens import read_contexts
+from actdict.analyze.toptokens import FeatureTracker, read_contexts
 from actdict.harvest.layout import decode_acts, encode_acts
 from actdict.harvest.plan import RowStream, shard_work, stored_positions
 from actdict.harvest.sources import buffer_shuffle, token_windows
@@ -565,3 +566,37 @@ def test_contexts_centre_on_the_row_and_stop_at_documents(lens, w, chunk, data):
         ids, c = ctx.row(h)
         assert ids == tok[want].tolist() and ids[c] == tok[r] and (ctx.doc[h], ctx.pos[h]) == (doc[r], pos[r])
 
+
+
+@FEW
+@given(st.lists(st.integers(1, 9), min_size=1, max_size=10), st.integers(1, 5), st.integers(1, 4),
+       st.integers(0, 3), st.integers(1, 4), st.integers(0, 2**16))
+def test_feature_hits_are_their_rows_in_context(lens, k, t, w, quantiles, seed):
+    n = sum(lens)
+    x, tok, doc, pos = _store_data(n, 2, 0, doc_runs=lens)
+    rng = np.random.default_rng(seed)
+    codes = torch.tensor(rng.standard_normal((n, k)) * (rng.random((n, k)) < 0.7), dtype=torch.float32)
+    active = codes != 0
+    tracker = FeatureTracker(k, t, 2 * t, seed)
+    for a in range(0, n, 5):
+        tracker.update(codes[a:a + 5], active[a:a + 5], torch.arange(a, min(a + 5, n)))
+    with tempfile.TemporaryDirectory(dir=SCRATCH) as tmp:
+        store = _write_store(tmp, x, tok, doc, pos, "float32", 4, 8, [n])
+        data, _, _ = build_features(tracker, active.sum(0).numpy(), n, store, w,
+                                    lambda ids: [f"t{i}" for i in ids], quantiles)
+    for f, rec in enumerate(data["features"]):
+        c = codes[:, f].numpy()
+        top, bottom = [h[0] for h in rec["top"]], [h[0] for h in rec["bottom"]]
+        assert top == sorted(top, reverse=True) and bottom == sorted(bottom)
+        assert len(top) == min(t, int((c > 0).sum())) and len(bottom) == min(t, int((c < 0).sum()))
+        if top:
+            assert top[0] == pytest.approx(c.max(), rel=1e-4)
+        hits = [*rec["top"], *rec["bottom"], *(h for q in rec["quantiles"] for h in q["hits"])]
+        for act, row, d, p, ids, i in hits:  # the context's centre is the row's own token, in its document
+            assert ids[i] == tok[row] and (d, p) == (doc[row], pos[row])
+            assert act == pytest.approx(c[row], rel=1e-4)
+            assert ids == tok[max(row - i, 0):row - i + len(ids)].tolist() and len(ids) <= 2 * w + 1
+            assert (doc[row - i:row - i + len(ids)] == doc[row]).all()
+            assert data["tokens"][str(ids[i])] == f"t{tok[row]}"
+        sampled = [h[1] for q in rec["quantiles"] for h in q["hits"]]
+        assert len(sampled) == len(set(sampled)) == min(2 * t, int(active[:, f].sum()))
