@@ -3,7 +3,9 @@ batch stream, the split, the metrics and the analysis' streaming statistics, the
 they store, the CE evaluation's held-out windows and the analysis' contexts, each against a direct
 recomputation on random inputs.
 
-Small example counts (``FEW``/``SOME``) keep the whole file under ~40 s on one core."""
+Small example counts (``FEW``/``SOME``) keep the whole file under ~40 s on one core. The examples are the
+same on every run (``derandomize``: CI passes or fails on the code, not on the draw); to explore further,
+``ACTDICT_EXPLORE=N`` draws N fresh random examples per test."""
 
 import os
 import tempfile
@@ -32,8 +34,11 @@ from actdict.harvest.writer import CHUNK_ROWS, default_layout
 from actdict.train.data import SplitError, iter_rows, last_batches, make_split, steps_in_epoch
 from actdict.train.protocol import make
 
-FEW = settings(max_examples=30, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
-SOME = settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+EXPLORE = int(os.environ.get("ACTDICT_EXPLORE", 0))  # > 0: that many random examples per test
+_ALL = {"deadline": None, "database": None, "suppress_health_check": [HealthCheck.too_slow],
+        "derandomize": not EXPLORE}
+FEW = settings(max_examples=EXPLORE or 30, **_ALL)
+SOME = settings(max_examples=EXPLORE or 60, **_ALL)
 MANIFEST = {"model": "toy", "hook": "h", "config_hash": "x"}
 SCRATCH = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None  # tmpfs: a shard's fsync costs nothing
 
