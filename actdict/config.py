@@ -61,6 +61,9 @@ class Common:
 
     def __post_init__(self) -> None:
         check_seed(self.seed, "seed")
+        if "://" in str(self.run_dir):  # Path() would make 's3://b/x' the local folder 's3:/b/x'
+            raise ConfigError(f"run_dir must be a local folder (checkpoints, reports and locks are written "
+                              f"there), got {self.run_dir!r}: only the store may be a URL (store=URL)")
 
     @property
     def store_path(self) -> str:

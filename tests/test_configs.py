@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from actdict.cli import _STAGES
@@ -418,3 +419,16 @@ def test_a_bad_harvest_section_is_a_config_error(tmp_path, override, message):
         section(load_experiment(p, [override]), "harvest", harvest_cls)
     smallest = section(load_experiment(p, ["harvest.ctx=3", "harvest.max_tokens=1"]), "harvest", harvest_cls)
     assert (smallest.ctx, smallest.max_tokens) == (3, 1)
+
+
+def test_a_url_run_dir_is_a_config_error(tmp_path, monkeypatch, capsys):
+    """run_dir is a local folder: `run_dir=s3://b/run` stops with one line; before, Path() made it the local
+    folder 's3:/b/run' and the harvest wrote the store there (only ``store`` may be an fsspec URL)."""
+    from actdict.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    np.save(tmp_path / "v.npy", np.ones((16, 4), np.float32))
+    (tmp_path / "v.yaml").write_text("harvest: {mode: vectors, vectors: {path: v.npy}}\n")
+    assert main(["harvest", "v.yaml", "run_dir=s3://my-bucket/run"]) == 2
+    assert "run_dir must be a local folder" in capsys.readouterr().err
+    assert not (tmp_path / "s3:").exists()
