@@ -166,7 +166,8 @@ def _main(argv: list[str] | None = None) -> int:
         except BrokenPipeError:  # `actdict store PATH | head`: the reader left; no traceback
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's exit flush: silent
             return 141  # as a shell reports a process killed by SIGPIPE
-    parser = argparse.ArgumentParser(prog="actdict", description=__doc__.splitlines()[0], epilog=_EPILOG)
+    parser = argparse.ArgumentParser(prog="actdict", description=(__doc__ or "").split("\n")[0],  # -OO: None
+                                     epilog=_EPILOG)
     parser.add_argument("stage", choices=[*_STAGES, "run"], help="stage to run; 'run' = all three")
     parser.add_argument("config", help="experiment YAML, e.g. configs/demo.yaml")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=2")

@@ -234,7 +234,7 @@ def format_lens(res: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="actdict lens", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="actdict lens", description=(__doc__ or "").split("\n")[0])
     ap.add_argument("config", help="the experiment YAML whose store and dictionaries to read")
     ap.add_argument("text", nargs="?", help="the text (or use --file)")
     ap.add_argument("--file", type=Path, help="read the text from this file ('-': standard input)")

@@ -50,7 +50,7 @@ def line(info: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="actdict store", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="actdict store", description=(__doc__ or "").split("\n")[0])
     ap.add_argument("path", help="store root (folder or fsspec URL)")
     ap.add_argument("--hook", action="append", help="only this hook (repeatable); default every hook")
     ap.add_argument("--verify", action="store_true", help="re-read every shard and check its checksums")

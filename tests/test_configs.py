@@ -432,3 +432,17 @@ def test_a_url_run_dir_is_a_config_error(tmp_path, monkeypatch, capsys):
     assert main(["harvest", "v.yaml", "run_dir=s3://my-bucket/run"]) == 2
     assert "run_dir must be a local folder" in capsys.readouterr().err
     assert not (tmp_path / "s3:").exists()
+
+
+@pytest.mark.parametrize("argv", [["harvest", "missing.yaml"], ["store", "missing"],
+                                  ["lens", "missing.yaml", "x"]])
+def test_the_command_line_runs_under_python_oo(tmp_path, argv):
+    """Under ``python -OO`` (PYTHONOPTIMIZE=2) docstrings are None: the parsers' descriptions, taken from the
+    module docstrings, crashed every command with an AttributeError before it read its arguments."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-OO", "-m", "actdict.cli", *argv], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=300)
+    assert (r.returncode, "Traceback" in r.stderr) == (2, False), r.stderr
+    assert "missing" in r.stdout + r.stderr  # (actdict store says it on stdout)
