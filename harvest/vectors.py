@@ -51,8 +51,9 @@ class VectorsConfig:
     """Rows read at a time (memory held: one block)."""
 
     def __post_init__(self) -> None:
-        if not self.hook or "/" in self.hook:
-            raise ConfigError(f"harvest.vectors.hook must be a non-empty name without '/', got {self.hook!r}")
+        if not self.hook or "/" in self.hook or self.hook.startswith("."):  # '..': <store>/.. is no hook
+            raise ConfigError(f"harvest.vectors.hook must be a non-empty name without '/', not starting with "
+                              f"'.', got {self.hook!r}")
         if self.block_rows < 1:
             raise ConfigError(f"harvest.vectors.block_rows must be >= 1, got {self.block_rows}")
 

@@ -572,3 +572,24 @@ def test_harvest_of_a_config_without_a_harvest_section_says_so(tmp_path, capsys)
     assert actdict_main(["harvest", str(cfg)]) == 2
     assert "has no harvest section: nothing to harvest" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_hook_named_dot_dot_is_refused_before_anything_is_removed(tmp_path, capsys):
+    """A hook names one folder of the store: `harvest.vectors.hook=..` replaced '<store>/..', the run folder,
+    removing everything in it (trained dictionaries included) before a FileNotFoundError traceback, and
+    `--hook ../x` wrote the vectors beside the store. Both are refused in one line; nothing is touched."""
+    cfg = _vectors_config(tmp_path)
+    kept = tmp_path / "run" / "dicts" / "sae" / "model.safetensors"
+    kept.parent.mkdir(parents=True)
+    kept.write_bytes(b"trained")
+    for hook in ("..", "."):
+        assert actdict_main(["harvest", str(cfg), f"harvest.vectors.hook={hook}"]) == 2
+        assert "harvest.vectors.hook must be a non-empty name without '/', not starting with '.'" in (
+            capsys.readouterr().err)
+    assert kept.read_bytes() == b"trained"
+    assert cli([str(tmp_path / "v.npy"), str(tmp_path / "s"), "--hook", "../x", "--overwrite"]) == 2
+    assert "hook '../x' cannot name a folder of the store" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "s").exists()
+    with pytest.raises(ConfigError, match="cannot name a folder of the store"):
+        write_vectors(str(tmp_path / "run" / "store"), _x(), hook="..", overwrite=True)
+    assert kept.read_bytes() == b"trained"
