@@ -446,3 +446,22 @@ def test_the_command_line_runs_under_python_oo(tmp_path, argv):
                        text=True, timeout=300)
     assert (r.returncode, "Traceback" in r.stderr) == (2, False), r.stderr
     assert "missing" in r.stdout + r.stderr  # (actdict store says it on stdout)
+
+
+def test_a_run_dir_in_the_home_folder_holds_the_whole_run(tmp_path, monkeypatch):
+    """`run_dir: ~/runs/t` is one folder for every stage: the store went to $HOME/runs/t/store (fsspec
+    expands '~') while the checkpoints, split, summary and report went to a literal './~/runs/t' (pathlib
+    does not), so analyze and train saw one run in two places."""
+    from actdict.cli import main
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    np.save(tmp_path / "v.npy", np.random.default_rng(0).standard_normal((64, 4)).astype(np.float32))
+    (tmp_path / "v.yaml").write_text("run_dir: ~/runs/t\nharvest: {mode: vectors, vectors: {path: v.npy}, "
+                                     "chunk_rows: 8}\ntrain: {epochs: 1, dicts: [{name: a, variant: sae_l1, "
+                                     "k: 8}]}\nanalyze: {device: cpu}\n")
+    assert common_of(load_experiment(tmp_path / "v.yaml")).run_dir == str(tmp_path / "home" / "runs" / "t")
+    assert main(["run", "v.yaml"]) == 0
+    run = tmp_path / "home" / "runs" / "t"
+    assert {p.name for p in run.iterdir()} >= {"store", "dicts", "split.json", "summary.json", "report.html"}
+    assert not (tmp_path / "~").exists()
