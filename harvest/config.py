@@ -81,6 +81,8 @@ class HarvestConfig:
         if self.shard_rows % self.chunk_rows:
             raise ConfigError(f"harvest.shard_rows ({self.shard_rows}) must be a multiple of "
                               f"harvest.chunk_rows ({self.chunk_rows})")
+        if self.pad_id is not None and self.pad_id < 0:
+            raise ConfigError(f"harvest.pad_id must be a token id >= 0 or null, got {self.pad_id}")
         if self.max_tokens is not None and self.max_tokens < 1:
             raise ConfigError(f"harvest.max_tokens must be >= 1 or null, got {self.max_tokens}")
 

@@ -100,6 +100,7 @@ class LoadedModel:
     n_layers: int
     d_model: int
     n_ctx: int
+    n_vocab: int  # token ids 0..n_vocab-1 (the embedding's rows; may exceed the tokenizer's)
     kind: Literal["causal", "encoder"]
     bos_id: int | None
     eos_id: int | None
@@ -172,6 +173,7 @@ def load_model(name_or_path: str, device: str = "cpu", dtype: str = "float32") -
     return LoadedModel(
         bridge=bridge, tokenizer=tok, name=name, revision=_revision(where, hf_cfg),
         n_layers=int(cfg.n_layers), d_model=int(cfg.d_model), n_ctx=int(cfg.n_ctx),
+        n_vocab=int(cfg.d_vocab),
         kind="encoder" if encoder else "causal",
         bos_id=ids["bos"], eos_id=ids["eos"], cls_id=ids["cls"], sep_id=ids["sep"], pad_id=ids["pad"],
         special_ids=frozenset(int(i) for i in special), device=device, dtype=dtype,

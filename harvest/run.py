@@ -60,6 +60,9 @@ META_BYTES = 4 + 8 + 4  # token_ids int32 + doc int64 + pos int32, per row
 
 def window_specials(lm: LoadedModel, cfg: HarvestConfig) -> dict:
     """prefix/suffix/sep/pad_id for ``token_windows`` of this model."""
+    if cfg.pad_id is not None and cfg.pad_id >= lm.n_vocab:  # else an IndexError deep in the forward
+        raise HarvestError(f"harvest.pad_id {cfg.pad_id} is no token of {lm.name}: its ids are 0.."
+                           f"{lm.n_vocab - 1} (null: the tokenizer's pad token, else EOS)")
     if lm.kind == "encoder":
         if lm.cls_id is None or lm.sep_id is None:
             raise HarvestError(f"encoder {lm.name} has no [CLS]/[SEP] token")

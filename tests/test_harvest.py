@@ -14,7 +14,7 @@ import pytest
 import torch
 from test_resume import tree
 
-from actdict.config import Common, build, common_of, load_experiment, section
+from actdict.config import Common, ConfigError, build, common_of, load_experiment, section
 from actdict.harvest.config import HarvestConfig
 from actdict.harvest.models import HookError, ModelError, make_random_pythia, resolve_model
 from actdict.harvest.run import HarvestError, main
@@ -328,7 +328,8 @@ def test_pad_and_separator_settings():
 
     from actdict.harvest.run import window_specials
 
-    lm = SimpleNamespace(kind="causal", bos_id=0, eos_id=2, pad_id=None, cls_id=None, sep_id=None, name="m")
+    lm = SimpleNamespace(kind="causal", bos_id=0, eos_id=2, pad_id=None, cls_id=None, sep_id=None, name="m",
+                         n_vocab=200)
     cfg = build(HarvestConfig, {})
     assert window_specials(lm, cfg) == {"prefix": (0,), "suffix": (), "sep": (2,), "pad_id": 2}
     no_bos = SimpleNamespace(**vars(lm) | {"bos_id": None})  # a causal LM without BOS: EOS starts windows
@@ -336,8 +337,25 @@ def test_pad_and_separator_settings():
     cfg = build(HarvestConfig, {"prepend_bos": False, "join_with_eos": False, "pad_id": 7})
     assert window_specials(lm, cfg) == {"prefix": (), "suffix": (), "sep": (), "pad_id": 7}
     enc = SimpleNamespace(kind="encoder", bos_id=None, eos_id=None, pad_id=0, cls_id=101, sep_id=102,
-                          name="e")
+                          name="e", n_vocab=200)
     assert window_specials(enc, cfg)["pad_id"] == 7 and window_specials(enc, cfg)["sep"] == (102,)
+
+
+def test_a_pad_id_outside_the_vocabulary_is_one_line():
+    """harvest.pad_id = -1 or an id past the model's vocabulary was an IndexError traceback from inside the
+    model's embedding, at the first forward; now the config (negative) or the model (too large) refuses it
+    in one line, naming the valid ids."""
+    from types import SimpleNamespace
+
+    from actdict.harvest.run import HarvestError, window_specials
+
+    with pytest.raises(ConfigError, match=r"harvest.pad_id must be a token id >= 0 or null, got -1"):
+        build(HarvestConfig, {"pad_id": -1})
+    lm = SimpleNamespace(kind="causal", bos_id=0, eos_id=2, pad_id=None, cls_id=None, sep_id=None, name="m",
+                         n_vocab=200)
+    assert window_specials(lm, build(HarvestConfig, {"pad_id": 199}))["pad_id"] == 199
+    with pytest.raises(HarvestError, match=r"harvest.pad_id 200 is no token of m: its ids are 0..199"):
+        window_specials(lm, build(HarvestConfig, {"pad_id": 200}))
 
 
 def test_an_encoder_masks_the_padding_only():
