@@ -282,7 +282,7 @@ def open_store(path: str, hook: str | None = None, allow_partial: bool = False,
     if not hooks and (own := hook_folder(path)) and hook in (None, own[1]):
         return open_store(*own, allow_partial)  # a hook's own folder, as ActivationStore shows it
     if not hooks:
-        where = path if "://" in str(path) else f"{path} ({os.path.abspath(path)})"  # relative to the cwd
+        where = path if "://" in str(path) else f"{path} ({os.path.abspath(os.path.expanduser(path))})"
         raise StoreError(f"no activation store at {where} (no <hook>/{MANIFEST} found): run the harvest "
                          "first, or run from the folder the config's paths are relative to")
     if hook is None:
@@ -300,5 +300,6 @@ def hook_folder(path: str) -> tuple[str, str] | None:
     if "://" in where:
         parent, _, name = where.rpartition("/")
     else:
-        parent, name = os.path.dirname(os.path.abspath(where)), os.path.basename(where)
+        local = os.path.abspath(os.path.expanduser(where))  # '~/s/h': fsspec reads the store there too
+        parent, name = os.path.dirname(local), os.path.basename(local)
     return (parent, name) if parent and name in list_hooks(parent) else None

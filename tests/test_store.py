@@ -636,3 +636,17 @@ def test_float64_beyond_float32_is_refused_without_a_numpy_warning(tmp_path, dty
         warnings.simplefilter("error")
         with pytest.raises(NonFiniteError, match=rf"row 4 has values beyond {dtype}'s range"):
             write_vectors(str(tmp_path), x, dtype=dtype, shard_rows=4, chunk_rows=2)
+
+
+def test_a_hook_folder_in_the_home_folder_opens(tmp_path, monkeypatch):
+    """`~/s/b`, a hook's own folder, opens as `~/s` with hook b does: fsspec reads '~' as the home folder,
+    and the hook-folder lookup (os.path) took it for a folder named '~' under the current one, so a store
+    that opened by its root was 'no activation store at ~/s/b'."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path / "home" / "s", hook="b")
+    assert len(open_store("~/s", "b")) == 45
+    s = open_store("~/s/b")
+    assert (s.hook, len(s)) == ("b", 45)
+    with pytest.raises(StoreError, match=re.escape(f"no activation store at ~/t ({tmp_path}/home/t)")):
+        open_store("~/t")
