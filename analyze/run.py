@@ -85,7 +85,7 @@ class AnalyzeError(ActdictError, ValueError):
 def check(common: Common, cfg: AnalyzeConfig) -> None:
     """What can be checked before any stage runs: the labels file exists, the device is there."""
     check_device(cfg.device, "analyze.device")
-    if cfg.labels and not Path(cfg.labels).is_file():
+    if cfg.labels and not Path(cfg.labels).expanduser().is_file():
         raise AnalyzeError(f"analyze.labels: {cfg.labels} not found (a .npy file with one label per store "
                            "row)")
 
@@ -283,7 +283,7 @@ def read_labels(path: str, n_rows: int) -> tuple[np.ndarray | None, list]:
     """(class index of every store row [n_rows] or None, class labels) from a .npy file of labels."""
     if not path:
         return None, []
-    p = Path(path)
+    p = Path(path).expanduser()  # '~/labels.npy', as the harvest's source and vectors paths
     if not p.is_file():
         raise AnalyzeError(f"analyze.labels: {p} not found (a .npy file with one label per store row)")
     try:

@@ -379,3 +379,17 @@ def test_what_a_record_leaves_unset_is_not_compared():
     assert run.trained_hook({"a": {"store": {"hook": "h"}}, "b": {"store": {}}, "c": {}}) == "h"
     records = {"a": {"test_chunks": [4, 5]}, "b": {"test_chunks": [3, 5]}, "c": {}}
     assert run.other_split(records, [5, 4]) == ["b"]  # every record checked, in any chunk order
+
+
+def test_labels_in_the_home_folder_are_read(tmp_path, monkeypatch):
+    """analyze.labels: ~/labels.npy is the home folder's file, as the harvest's source and vectors paths are
+    (it was 'not found': '~' was taken for a folder of the current one)."""
+    run_dir = _run_dir(tmp_path, monkeypatch)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    np.save(tmp_path / "home" / "labels.npy", np.arange(96) % 2)
+    cfg = AnalyzeConfig(device="cpu", n_features=2, top_k=2, context=1, labels="~/labels.npy")
+    run.check(Common(run_dir=str(run_dir)), cfg)
+    run.main(Common(run_dir=str(run_dir)), cfg)
+    ad = json.loads((run_dir / "summary.json").read_text())["models"]["sae"]["ad_class"]
+    assert [c["label"] for c in ad] == [0, 1]
