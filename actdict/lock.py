@@ -10,7 +10,10 @@ would decide what to do without waiting.
 
 The lock is ``flock`` on an empty file in the folder (``.actdict-lock``; analysis, which may run beside a
 training, has its own): the kernel releases it when its holder exits, however it exits (SIGKILL
-included), so a killed run never leaves a stale lock. The file is made with the umask's permissions (a
+included), so a killed run never leaves a stale lock. A store has a second one, ``.actdict-readers``:
+trainings and analyses hold it shared while they read the store, and a harvest or import takes it
+exclusively before its first change to the store (a growth, a re-import, a repair), so that a reader never
+meets a half-changed store: each waits for the other. The file is made with the umask's permissions (a
 group-writable store gets a group-writable lock file) and is locked through a read-only descriptor when
 it cannot be opened for writing. Local folders only: a store on an fsspec URL (S3, ...) is not locked
 (docs/harvest.md says so), nor is a folder where the file can be neither made nor opened (a read-only
@@ -31,6 +34,7 @@ from actdict.errors import ActdictError
 
 LOCK_FILE = ".actdict-lock"
 ANALYZE_LOCK = ".actdict-analyze-lock"  # analysis writes the report; a training may run beside it
+READERS = ".actdict-readers"  # a store's: shared by its trainings and analyses, exclusive while it changes
 
 
 class FolderInUse(ActdictError):
@@ -43,14 +47,14 @@ def _say(text: str) -> None:
 
 @contextmanager
 def folder_lock(folder: str, what: str, say: Callable[[str], None] = _say, wait: bool = True,
-                name: str = LOCK_FILE) -> Iterator[None]:
-    """Hold the lock ``name`` of the local ``folder`` (created if missing) for the ``with`` block; while
-    another process holds it, ``say`` that ``what`` (e.g. "store runs/x/store") is in use and wait, or
-    raise FolderInUse when not ``wait``."""
+                name: str = LOCK_FILE, shared: bool = False) -> Iterator[None]:
+    """Hold the lock ``name`` of the local ``folder`` (created if missing) for the ``with`` block (``shared``:
+    along with other shared holders); while another process holds it so that this one cannot, ``say`` that
+    ``what`` (e.g. "store runs/x/store") is in use and wait, or raise FolderInUse when not ``wait``."""
     fd = _open(folder, name, say)
     try:
         if fd is not None:
-            _take(fd, os.path.join(folder, name), what, say, wait)
+            _take(fd, os.path.join(folder, name), what, say, wait, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         yield
     finally:
         if fd is not None:
@@ -71,16 +75,16 @@ def _open(folder: str, name: str, say: Callable[[str], None]) -> int | None:
             return None
 
 
-def _take(fd: int, path: str, what: str, say: Callable[[str], None], wait: bool) -> None:
+def _take(fd: int, path: str, what: str, say: Callable[[str], None], wait: bool, mode: int) -> None:
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
     except BlockingIOError:
         busy = f"{what} is in use by another actdict process (it holds {path})"
         if not wait:
             raise FolderInUse(f"{busy}; under torchrun the ranks cannot wait for it together: start this "
                               "run when the other one is done") from None
         say(f"{busy}; waiting for it to finish (Ctrl-C stops this one)")
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.flock(fd, mode)
     except OSError as e:  # a file system without flock (some network mounts): the folder goes unguarded
         say(f"note: {path} cannot be locked here ({e.strerror}); going on without the lock")
 

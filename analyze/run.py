@@ -94,11 +94,13 @@ def main(common: Common, cfg: AnalyzeConfig) -> None:
     """Analyse the run's dictionaries, holding the run folder's analysis lock (two analyses of one folder
     would write the same report files; a training may run beside it). Under torchrun only rank 0 analyses
     (the others return at once: the analysis is one process's work)."""
+    from actdict.harvest.store import read_lock
     from actdict.lock import ANALYZE_LOCK, folder_lock
 
     if int(os.environ.get("RANK", 0)) > 0:  # under torchrun (`actdict run` after a DDP training): one writer
         return
-    with folder_lock(common.run_dir, f"run folder {common.run_dir} (analysis)", name=ANALYZE_LOCK):
+    with folder_lock(common.run_dir, f"run folder {common.run_dir} (analysis)", name=ANALYZE_LOCK), \
+            read_lock(common.store_path):  # a harvest or import that changes the store waits, and vice versa
         _main(common, cfg)
 
 

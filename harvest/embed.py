@@ -134,8 +134,9 @@ def embedding_blocks(enc: Encoder, units: Iterable[tuple[int, int, str]], cfg: E
                np.array(pos, np.int32))
 
 
-def main(common, cfg) -> None:
-    """``harvest.mode: embeddings``: embed every document of ``cfg.source`` into ``common.store_path``."""
+def main(common, cfg, writing=lambda: None) -> None:
+    """``harvest.mode: embeddings``: embed every document of ``cfg.source`` into ``common.store_path``;
+    ``writing``: called before the store is changed (``resume.store_lock``)."""
     from tqdm import tqdm
 
     from actdict.config import config_hash, to_dict
@@ -149,6 +150,7 @@ def main(common, cfg) -> None:
         print(f"harvest: store {path} is already complete for this config ({chash}); skipping")
         return
     one_process(cfg)
+    writing()
     enc = load_encoder(cfg.model, device=cfg.device, dtype=cfg.dtype, max_seq_length=ecfg.max_seq_length)
     import torch
 

@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
 def repair_hooks(path: str, hooks: list[str]) -> int:
     """``--repair``: each hook's damaged shards removed, holding the store's lock; every hook's manifest is
     read first, so that a bad one stops the command before anything is changed. Exit status 0."""
-    with store_lock(path):
+    with store_lock(path) as writing:
+        writing()  # a training or analysis reading the store finishes first
         manifests = {hook: repair_manifest(path, hook) for hook in hooks}
         removed = {}
         for hook in hooks:

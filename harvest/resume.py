@@ -11,8 +11,8 @@ began, so the rerun does not even re-tokenize the documents before the shard ahe
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import zarr
@@ -40,7 +40,7 @@ from actdict.harvest.layout import (
     zarr_url,
 )
 from actdict.harvest.store import shard_damage
-from actdict.lock import folder_lock
+from actdict.lock import READERS, folder_lock
 
 PROGRESS_KEYS = ("complete", "n_rows", "n_shards")  # the manifest keys that change while harvesting
 
@@ -201,16 +201,26 @@ def finish(path: str, hook: str, manifest: dict, n_rows: int, shard_rows: int) -
 
 
 @contextmanager
-def store_lock(path: str) -> Iterator[None]:
+def store_lock(path: str) -> Iterator[Callable[[], None]]:
     """``actdict.lock.folder_lock`` of a local store, for a harvest or a repair; under torchrun rank 0 takes
     it for all ranks (they are one writer) and a busy store is an error. A store on an fsspec URL is not
-    locked."""
+    locked. Yields ``writing``, to call before the first change to the store: it waits until no training or
+    analysis reads the store (they hold its ``READERS`` lock shared: ``store.read_lock``) and keeps new ones
+    waiting until the ``with`` block ends; a harvest that finds its store complete never calls it."""
     fs, root = fs_of(path)
     if not is_local(fs) or int(os.environ.get("RANK", 0)):
-        yield
+        yield lambda: None
         return
-    with folder_lock(root, f"store {path}", wait=int(os.environ.get("WORLD_SIZE", 1)) == 1):
-        yield
+    wait = int(os.environ.get("WORLD_SIZE", 1)) == 1
+    with folder_lock(root, f"store {path}", wait=wait), ExitStack() as held:
+        def writing() -> None:
+            if not taken:
+                held.enter_context(folder_lock(root, f"store {path} (a training or an analysis reads it)",
+                                               wait=wait, name=READERS))
+                taken.append(True)
+
+        taken: list[bool] = []
+        yield writing
 
 
 def repair(path: str, hook: str, m: dict | None = None) -> dict[str, str]:

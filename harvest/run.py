@@ -230,8 +230,8 @@ def main(common: Common, cfg: HarvestConfig, on_hooks: Callable[[list[str]], Non
     """Harvest ``cfg.hooks`` of ``cfg.model`` on ``cfg.source`` into ``common.store_path``, holding the
     store's lock (``store_lock``) throughout. ``on_hooks``: called with the hook names once the model has
     expanded ``cfg.hooks``, before anything is computed (it may raise to stop the harvest)."""
-    with store_lock(common.store_path):
-        _main(common, cfg, on_hooks)
+    with store_lock(common.store_path) as writing:
+        _main(common, cfg, on_hooks, writing)
 
 
 def one_process(cfg: HarvestConfig) -> None:
@@ -243,12 +243,13 @@ def one_process(cfg: HarvestConfig) -> None:
                           "skipped under torchrun too)")
 
 
-def _main(common: Common, cfg: HarvestConfig, on_hooks: Callable[[list[str]], None] | None = None) -> None:
+def _main(common: Common, cfg: HarvestConfig, on_hooks: Callable[[list[str]], None] | None = None,
+          writing: Callable[[], None] = lambda: None) -> None:
     if cfg.mode != "tokens":  # one row per document (harvest/embed.py) or your own vectors (vectors.py)
         import importlib
 
-        return importlib.import_module({"embeddings": "actdict.harvest.embed",
-                                        "vectors": "actdict.harvest.vectors"}[cfg.mode]).main(common, cfg)
+        return importlib.import_module({"embeddings": "actdict.harvest.embed", "vectors":
+                                        "actdict.harvest.vectors"}[cfg.mode]).main(common, cfg, writing)
     path, chash = common.store_path, config_hash(cfg)
     manifests = hook_manifests(path)
     grow = growable(manifests, as_json(cfg))  # a larger max_tokens: continue the store
@@ -258,15 +259,17 @@ def _main(common: Common, cfg: HarvestConfig, on_hooks: Callable[[list[str]], No
         return
     ranks = init_ranks()
     try:
-        harvest(common, cfg, ranks, grow, on_hooks)
+        harvest(common, cfg, ranks, grow, on_hooks, writing)
     finally:
         ranks.close()
 
 
 def harvest(common: Common, cfg: HarvestConfig, ranks: Ranks, grow: bool = False,
-            on_hooks: Callable[[list[str]], None] | None = None) -> None:
+            on_hooks: Callable[[list[str]], None] | None = None, writing: Callable[[], None] = lambda: None
+            ) -> None:
     """The token harvest of one rank (see module doc). ``grow``: the store is complete with a smaller
-    max_tokens; rank 0 reopens it first (``resume.reopen``) and the harvest continues it."""
+    max_tokens; rank 0 reopens it first (``resume.reopen``) and the harvest continues it. ``writing``: rank 0
+    calls it before its first change to the store (``resume.store_lock``)."""
     from tqdm import tqdm
 
     path, chash, say = common.store_path, config_hash(cfg), print if ranks.rank == 0 else _quiet
@@ -287,6 +290,7 @@ def harvest(common: Common, cfg: HarvestConfig, ranks: Ranks, grow: bool = False
         for h in hooks:
             check_growth(read_manifest(path, h), same, f"store {path} hook {h!r}")
     if ranks.rank == 0:
+        writing()  # no training or analysis reads the store from here on
         for h in hooks:
             if grow:
                 reopen(path, h, chash, as_json(cfg))

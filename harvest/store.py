@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +49,7 @@ from actdict.harvest.layout import (
     zarr_url,
 )
 from actdict.harvest.writer import StoreWriter, write_vectors
+from actdict.lock import READERS, folder_lock
 
 __all__ = ["ActivationStore", "Rows", "StoreError", "StoreWriter", "list_hooks", "open_store",
            "write_vectors"]
@@ -71,6 +74,23 @@ def reimport_command(path: str, hook: str, manifest: dict) -> str:
     m = manifest
     return (f"python -m actdict.harvest.vectors FILE {path} --hook {hook} --dtype {m.get('dtype')} "
             f"--shard-rows {m.get('shard_rows')} --chunk-rows {m.get('chunk_rows')} --overwrite")
+
+
+@contextmanager
+def read_lock(path: str, wait: bool = True) -> Iterator[None]:
+    """Hold the local store ``path``'s ``READERS`` lock shared for the ``with`` block (a training, an
+    analysis): a harvest or import that changes the store (a growth, a re-import of vectors, a repair) waits
+    for the block to end, and the block waits for such a change to finish (``resume.store_lock``). Not
+    ``wait`` (torchrun): FolderInUse instead. A missing store or one on an fsspec URL is not locked. A hook's
+    own folder (``open_store`` reads it) takes its store's lock."""
+    if not list_hooks(path) and (own := hook_folder(path)):
+        path = own[0]
+    fs, root = fs_of(path)
+    if not is_local(fs) or not os.path.isdir(root):
+        yield
+        return
+    with folder_lock(root, f"store {path}", wait=wait, name=READERS, shared=True):
+        yield
 
 
 class ActivationStore:

@@ -27,7 +27,7 @@ import numpy as np
 
 from actdict.config import ConfigError
 from actdict.errors import ActdictError
-from actdict.lock import LOCK_FILE
+from actdict.lock import LOCK_FILE, READERS
 
 FORMATS = (".npy", ".safetensors", ".parquet")
 
@@ -261,8 +261,9 @@ def import_vectors(path: str | Path, store: str, key: str = "", hook: str = "vec
     return write_vectors(store, chain([first], blocks), manifest=m, hook=hook, **kw)  # removed on failure
 
 
-def main(common, cfg) -> None:
-    """``harvest.mode: vectors``: import ``cfg.vectors.path`` into ``common.store_path``."""
+def main(common, cfg, writing=lambda: None) -> None:
+    """``harvest.mode: vectors``: import ``cfg.vectors.path`` into ``common.store_path``; ``writing``: called
+    before the import (``resume.store_lock``)."""
     from actdict.config import config_hash, to_dict
     from actdict.harvest.resume import read_manifest
     from actdict.harvest.reuse import complete_for
@@ -283,6 +284,7 @@ def main(common, cfg) -> None:
         print(f"harvest: {vcfg.path} changed since it was imported (source_fingerprint {old} -> "
               f"{fingerprint}); importing it again")
     one_process(cfg)
+    writing()
     s = import_vectors(vcfg.path, path, key=vcfg.key, hook=vcfg.hook, block_rows=vcfg.block_rows,
                        manifest={"config_hash": chash, "source_fingerprint": fingerprint,
                                  "harvest": to_dict(cfg)}, dtype=cfg.store_dtype,
@@ -315,12 +317,13 @@ def cli(argv: list[str] | None = None) -> int:
         chunk_rows, shard_rows = default_layout(vector_rows(a.file, a.key), a.chunk_rows, a.shard_rows)
         new_manifest({"hook": a.hook}, 1, a.dtype, shard_rows, chunk_rows)
         next(vector_blocks(a.file, a.key, 1), None)
-        with store_lock(a.store):  # one writer per store, as `actdict harvest`
+        with store_lock(a.store) as writing:  # one writer per store, as `actdict harvest`
+            writing()
             s = import_vectors(a.file, a.store, key=a.key, hook=a.hook, dtype=a.dtype, overwrite=a.overwrite,
                                chunk_rows=chunk_rows, shard_rows=shard_rows)
     except BaseException as e:  # a bad file, a full disk, Ctrl-C: a store folder this import made goes
-        if made and os.path.isdir(a.store) and set(os.listdir(a.store)) <= {LOCK_FILE}:
-            shutil.rmtree(a.store, ignore_errors=True)  # only the lock file in it: nothing of anyone's
+        if made and os.path.isdir(a.store) and set(os.listdir(a.store)) <= {LOCK_FILE, READERS}:
+            shutil.rmtree(a.store, ignore_errors=True)  # only the lock files in it: nothing of anyone's
         if isinstance(e, KeyboardInterrupt):
             print("import: interrupted (an unfinished hook is not kept)", file=sys.stderr)
             return 130

@@ -168,3 +168,55 @@ def test_the_vectors_import_waits_for_the_store(tmp_path, capsys):
         assert w.is_alive() and not (store / "vectors").exists()  # nothing written while waiting
     w.join(120)
     assert w.result == 0 and (store / "vectors" / "manifest.json").is_file()
+
+
+def test_a_store_changes_only_while_no_training_or_analysis_reads_it(tmp_path, capsys):
+    """A vectors import over a hook that a training reads (its store's readers lock, held shared) waits for
+    it, instead of pulling the shards from under it; a harvest that finds its store complete does not."""
+    import numpy as np
+
+    from actdict.harvest.store import open_store, read_lock
+    from actdict.harvest.vectors import cli
+
+    store = tmp_path / "store"
+    np.save(tmp_path / "v.npy", np.arange(24, dtype=np.float32).reshape(8, 3))  # [n, d]
+    assert cli([str(tmp_path / "v.npy"), str(store), "--chunk-rows", "4"]) == 0
+    np.save(tmp_path / "v.npy", -np.arange(24, dtype=np.float32).reshape(8, 3))
+    capsys.readouterr()
+    with read_lock(str(store)), read_lock(str(store)):  # two readers share it
+        w = Waiter(lambda: cli([str(tmp_path / "v.npy"), str(store), "--chunk-rows", "4", "--overwrite"]))
+        w.start()
+        wait_for(lambda: "(a training or an analysis reads it) is in use by another actdict process"
+                 in capsys.readouterr().out)
+        time.sleep(0.2)
+        assert w.is_alive() and open_store(str(store)).read_rows(0, 8).acts[1, 0] == 3  # the old rows
+    w.join(120)
+    assert w.result == 0 and open_store(str(store)).read_rows(0, 8).acts[1, 0] == -3
+    cfg = _config(tmp_path)
+    assert main(["harvest", str(cfg)]) == 0
+    capsys.readouterr()
+    with read_lock(str(tmp_path / "run" / "store")):
+        assert main(["harvest", str(cfg)]) == 0  # complete: skipped at once, beside the reader
+    assert "already complete" in capsys.readouterr().out
+
+
+def test_a_training_waits_while_its_store_is_changed(tmp_path, capsys):
+    from actdict.harvest.resume import store_lock
+    from actdict.harvest.store import read_lock
+
+    cfg = _config(tmp_path)
+    assert main(["harvest", str(cfg)]) == 0
+    capsys.readouterr()
+    with store_lock(str(tmp_path / "run" / "store")) as writing:
+        writing()  # a harvest growing the store, an import replacing a hook
+        with pytest.raises(FolderInUse, match="/run/store/.actdict-readers"):  # its hook's own folder too
+            with read_lock(str(tmp_path / "run" / "store" / "blocks.3.hook_resid_post"), wait=False):
+                pass
+        w = Waiter(lambda: main(["train", str(cfg)]))
+        w.start()
+        wait_for(lambda: f"store {tmp_path}/run/store is in use by another actdict process (it holds "
+                 f"{tmp_path}/run/store/.actdict-readers); waiting" in capsys.readouterr().out)
+        time.sleep(0.2)
+        assert w.is_alive() and not (tmp_path / "run" / "dicts").exists()
+    w.join(300)
+    assert w.result == 0 and (tmp_path / "run" / "dicts" / "s" / "cfg.json").is_file()

@@ -29,7 +29,7 @@ import torch
 
 from actdict.config import Common, ConfigError, config_changes, to_dict
 from actdict.files import remove_temps
-from actdict.harvest.store import list_hooks, open_store
+from actdict.harvest.store import list_hooks, open_store, read_lock
 from actdict.lock import check_writable, folder_lock
 from actdict.train import checkpoint
 from actdict.train import dist as dist_
@@ -173,10 +173,11 @@ def main(common: Common, cfg: TrainConfig) -> None:
     device = resolve_device(cfg.device, d.local_rank)
     dist_.init(d, device)
     try:
-        # rank 0 holds the run folder's lock for all ranks: a second training there would spoil train_state
+        # rank 0 holds the run folder's lock for all ranks: a second training there would spoil train_state;
+        # and the store's readers lock: a harvest growing the store, or vectors imported over it, waits
         lock = folder_lock(common.run_dir, f"run folder {common.run_dir}", wait=not d.on) if d.main else (
             nullcontext())
-        with lock:
+        with lock, read_lock(common.store_path, wait=not d.on) if d.main else nullcontext():
             _main(common, cfg, d, device)
     finally:
         dist_.close(d)
