@@ -257,6 +257,8 @@ def _main(common: Common, cfg: HarvestConfig, on_hooks: Callable[[list[str]], No
         how = how_held(manifests, as_json(cfg))
         print(f"harvest: store {path} is already complete for this config ({chash}{how}); skipping")
         return
+    if not any(m.get("complete") for m in manifests.values()):
+        writing()  # a new or unfinished store: a training started while the model loads waits for it
     ranks = init_ranks()
     try:
         harvest(common, cfg, ranks, grow, on_hooks, writing)

@@ -220,3 +220,30 @@ def test_a_training_waits_while_its_store_is_changed(tmp_path, capsys):
         assert w.is_alive() and not (tmp_path / "run" / "dicts").exists()
     w.join(300)
     assert w.result == 0 and (tmp_path / "run" / "dicts" / "s" / "cfg.json").is_file()
+
+
+def test_a_training_started_while_the_harvest_loads_its_model_waits_for_it(tmp_path, monkeypatch):
+    """The store is being made from the harvest's start on, not from its first shard: a training started
+    while the model loads waits (here: its lock, not taken) instead of finding no store."""
+    import actdict.harvest.run as hrun
+    from actdict.harvest.store import read_lock
+
+    cfg, loading, go, real = _config(tmp_path), threading.Event(), threading.Event(), hrun.load_model
+
+    def slow(*a, **k):
+        loading.set()
+        go.wait(60)
+        return real(*a, **k)
+
+    monkeypatch.setattr(hrun, "load_model", slow)
+    w = Waiter(lambda: main(["harvest", str(cfg)]))
+    w.start()
+    try:
+        assert loading.wait(60)
+        with pytest.raises(FolderInUse, match=f"store {tmp_path}/run/store is in use .*/.actdict-readers"):
+            with read_lock(str(tmp_path / "run" / "store"), wait=False):
+                pass
+    finally:
+        go.set()
+    w.join(300)
+    assert w.result == 0
