@@ -55,6 +55,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import suppress
 from pathlib import Path
 
 import numpy as np
@@ -125,7 +126,7 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
         raise AnalyzeError(f"{bad} were trained with another split than {run_dir / 'split.json'} (other "
                            "held-out chunks): analysis would score them on rows they learned; retrain them "
                            "with this run's settings, or leave them out (analyze.dicts)")
-    models = load_models(run_dir, cfg.dicts, store.d)
+    models = load_models(run_dir, cfg.dicts, store.d, records)
     check_writable([run_dir, *(p for p in (run_dir / "features", run_dir / "report") if p.is_dir())],
                    "the summary, feature files and report", owner="analyze")  # before the pass, not after it
     if dropped := sorted(set(previous_models(run_dir)) - set(models)):
@@ -377,7 +378,11 @@ def trained_records(run_dir: Path, names: list[str]) -> dict[str, dict]:
     """name -> cfg.json of the dictionaries ``names`` (all in ``<run_dir>/dicts`` when empty) found there."""
     root = run_dir / "dicts"
     paths = [root / n / "cfg.json" for n in names or dict_folders(root)[0]]
-    return {p.parent.name: json.loads(p.read_text()) for p in paths if p.is_file()}
+    out = {}
+    for p in paths:
+        with suppress(FileNotFoundError):  # gone: a training saving it now (load_models says so)
+            out[p.parent.name] = json.loads(p.read_text())
+    return out
 
 
 def trained_hook(records: dict[str, dict]) -> str | None:
@@ -431,8 +436,10 @@ def other_store(records: dict[str, dict], store_id: dict) -> dict[str, list[str]
     return out
 
 
-def load_models(run_dir: Path, names: list[str], d: int) -> dict:
-    """Load ``<run_dir>/dicts/<name>`` for each name (all found there when ``names`` is empty)."""
+def load_models(run_dir: Path, names: list[str], d: int, records: dict[str, dict] | None = None) -> dict:
+    """Load ``<run_dir>/dicts/<name>`` for each name (all found there when ``names`` is empty); with
+    ``records`` (``trained_records``, read earlier), one whose cfg.json a training replaced since is refused:
+    the checks made on its record would not be its own."""
     from actdict.train.checkpoint import load
 
     root = run_dir / "dicts"
@@ -444,7 +451,10 @@ def load_models(run_dir: Path, names: list[str], d: int) -> dict:
         raise AnalyzeError(f"dictionaries {missing or '(any)'} not found in {root}; available: {found}")
     models = {}
     for name in names or found:
-        model, _ = load(root / name)
+        model, record = load(root / name)
+        if records is not None and record != records.get(name):
+            raise AnalyzeError(f"dictionary {name} ({root / name}) was saved again by a training while this "
+                               "analysis started: rerun actdict analyze (when that training is done)")
         if model.d != d:
             raise AnalyzeError(f"dictionary {name} has d={model.d} but the store has d={d}")
         models[name] = model

@@ -393,3 +393,20 @@ def test_labels_in_the_home_folder_are_read(tmp_path, monkeypatch):
     run.main(Common(run_dir=str(run_dir)), cfg)
     ad = json.loads((run_dir / "summary.json").read_text())["models"]["sae"]["ad_class"]
     assert [c["label"] for c in ad] == [0, 1]
+
+
+def test_a_dictionary_saved_again_while_the_analysis_starts_is_refused(tmp_path, monkeypatch):
+    """A training beside the analysis saves ``sae`` again after the analysis read its record (and checked
+    its store and split against it) but before it loaded the weights: refused, since the summary would give
+    the old record's config_hash to the new weights."""
+    run_dir, real = _run_dir(tmp_path, monkeypatch), run.read_test_chunks
+
+    def saved_meanwhile(*a):
+        save(run_dir / "dicts" / "sae", make("sae_l1", 5, 8, seed=1), {"config_hash": "new"})
+        return real(*a)
+
+    monkeypatch.setattr(run, "read_test_chunks", saved_meanwhile)
+    with pytest.raises(run.AnalyzeError, match=r"dictionary sae \(.*\) was saved again by a training while "
+                       "this analysis started: rerun actdict analyze"):
+        run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(device="cpu", n_features=2, top_k=2, context=1))
+    assert not (run_dir / "summary.json").exists()

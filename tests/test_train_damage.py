@@ -157,3 +157,24 @@ def test_a_read_only_run_folder_and_a_cut_split_are_said_before_training(store, 
     assert "train: 100%" not in capsys.readouterr().err  # refused before the first step
     record = json.loads((tmp_path / "run" / "dicts" / "a" / "cfg.json").read_text())
     assert record["dict_config"]["lr"] == 0.01  # the finished checkpoint is untouched
+
+
+def test_a_checkpoint_saved_while_it_is_read_is_read_whole(tmp_path, monkeypatch):
+    """An analysis beside a training: the training saves the checkpoint again between the reads of its
+    record and of its weights. The load reads it again: the new record with the new weights, never the old
+    record with the new weights."""
+    old, new = make("sae_l1", 3, 4), make("sae_l1", 3, 4)
+    for m, v in ((old, 1.0), (new, 2.0)):
+        for p in m.parameters():
+            torch.nn.init.constant_(p, v)
+    checkpoint.save(tmp_path / "d", old, {"finished": True, "config_hash": "old"})
+    real, saved = checkpoint.load_file, []
+
+    def save_meanwhile(path, *a, **k):
+        if not saved:
+            saved.append(checkpoint.save(tmp_path / "d", new, {"finished": True, "config_hash": "new"}))
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(checkpoint, "load_file", save_meanwhile)
+    model, record = checkpoint.load(tmp_path / "d")
+    assert saved and record["config_hash"] == "new" and all(bool((p == 2).all()) for p in model.parameters())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -135,16 +136,40 @@ def weights_readable(path: Path) -> bool:
         return False
 
 
-def load(dir: str | Path, device: str | torch.device = "cpu") -> tuple[Dictionary, dict[str, Any]]:
-    """Rebuild the model saved in ``dir`` (eval mode, on ``device``) -> (model, cfg dict)."""
-    d = Path(dir)
-    if not (d / CFG).is_file() or not (d / WEIGHTS).is_file():
-        raise CheckpointError(f"{d} has no {CFG} + {WEIGHTS}: not a (finished) checkpoint")
-    damaged = f"{d} holds a damaged checkpoint: rerun actdict train, which trains it again ("
+def _read(d: Path) -> tuple[str, dict[str, Tensor]] | None:
+    """cfg.json's text and the weights of the checkpoint in ``d``, read as one: None when a training saved
+    it meanwhile (cfg.json is held open while the weights are read; ``save`` replaces the weights only after
+    removing it, so a cfg.json still in place afterwards names the weights read)."""
     try:
-        cfg = json.loads((d / CFG).read_text())
-        state = load_file(str(d / WEIGHTS))
-    except (ValueError, SafetensorError) as e:
+        with open(d / CFG, encoding="utf-8") as f:
+            text, state = f.read(), load_file(str(d / WEIGHTS))
+            now = os.stat(d / CFG)
+            same = (now.st_ino, now.st_dev) == (os.fstat(f.fileno()).st_ino, os.fstat(f.fileno()).st_dev)
+    except FileNotFoundError:  # removed by a save in progress
+        return None
+    return (text, state) if same else None
+
+
+def load(dir: str | Path, device: str | torch.device = "cpu") -> tuple[Dictionary, dict[str, Any]]:
+    """Rebuild the model saved in ``dir`` (eval mode, on ``device``) -> (model, cfg dict). A checkpoint that
+    a training saves while it is read is read again once it is whole (an analysis beside a training)."""
+    d = Path(dir)
+    damaged = f"{d} holds a damaged checkpoint: rerun actdict train, which trains it again ("
+    for _ in range(50):
+        if not (d / CFG).is_file() or not (d / WEIGHTS).is_file():
+            raise CheckpointError(f"{d} has no {CFG} + {WEIGHTS}: not a (finished) checkpoint")
+        try:
+            if got := _read(d):
+                break
+        except (UnicodeDecodeError, SafetensorError) as e:
+            raise CheckpointError(f"{damaged}{e})") from e
+        time.sleep(0.1)
+    else:
+        raise CheckpointError(f"{d} was saved again and again while it was read (a training writing it?): "
+                              "rerun when that training is done")
+    try:
+        cfg, state = json.loads(got[0]), got[1]
+    except ValueError as e:
         raise CheckpointError(f"{damaged}{e})") from e
     if not isinstance(cfg, dict) or not {"variant", "d", "k", "params"} <= set(cfg):
         raise CheckpointError(f"{damaged}its {CFG} is not an actdict checkpoint's record)")
