@@ -55,7 +55,6 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import suppress
 from pathlib import Path
 
 import numpy as np
@@ -380,8 +379,13 @@ def trained_records(run_dir: Path, names: list[str]) -> dict[str, dict]:
     paths = [root / n / "cfg.json" for n in names or dict_folders(root)[0]]
     out = {}
     for p in paths:
-        with suppress(FileNotFoundError):  # gone: a training saving it now (load_models says so)
+        try:
             out[p.parent.name] = json.loads(p.read_text())
+        except FileNotFoundError:  # gone: a training saving it now (load_models says so)
+            pass
+        except ValueError as e:  # a cut copy, an edit: as checkpoint.load says it
+            raise AnalyzeError(f"{p.parent} holds a damaged checkpoint: rerun actdict train, which trains it "
+                               f"again ({p.name}: {e})") from e
     return out
 
 

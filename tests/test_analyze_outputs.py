@@ -410,3 +410,11 @@ def test_a_dictionary_saved_again_while_the_analysis_starts_is_refused(tmp_path,
                        "this analysis started: rerun actdict analyze"):
         run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(device="cpu", n_features=2, top_k=2, context=1))
     assert not (run_dir / "summary.json").exists()
+
+
+def test_a_damaged_record_is_one_line(tmp_path, monkeypatch):
+    run_dir = _run_dir(tmp_path, monkeypatch)
+    (run_dir / "dicts" / "sae" / "cfg.json").write_text('{"variant": ')  # a copy cut short
+    with pytest.raises(run.AnalyzeError, match=r"dicts/sae holds a damaged checkpoint: rerun actdict train, "
+                       r"which trains it again \(cfg.json: Expecting value"):
+        run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(device="cpu", n_features=2, top_k=2, context=1))
