@@ -15,19 +15,26 @@ trainings and analyses hold it shared while they read the store, and a harvest o
 exclusively before its first change to the store (a growth, a re-import, a repair), so that a reader never
 meets a half-changed store: each waits for the other. The file is made with the umask's permissions (a
 group-writable store gets a group-writable lock file) and is locked through a read-only descriptor when
-it cannot be opened for writing. Local folders only: a store on an fsspec URL (S3, ...) is not locked
-(docs/harvest.md says so), nor is a folder where the file can be neither made nor opened (a read-only
-shared store that is only read), nor one on a file system without ``flock`` (a note says so).
+it cannot be opened for writing. A folder where the file can be neither made nor opened (a read-only
+shared store that is only read) is not locked, nor one on a file system without ``flock`` (a note says so).
+
+A store on an fsspec URL (S3, ...) has no flock: its harvest makes the object ``.actdict-lock.json`` in it,
+only if there is none (a conditional PUT), naming its process, and removes it when done (``remote_lock``).
+A second harvest meanwhile stops with one line naming that process; a lock that a killed process of this
+host left (its pid gone, or now another process's) is taken over, saying so.
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
+import socket
 import tempfile
+import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from actdict.errors import ActdictError
@@ -87,6 +94,65 @@ def _take(fd: int, path: str, what: str, say: Callable[[str], None], wait: bool,
         fcntl.flock(fd, mode)
     except OSError as e:  # a file system without flock (some network mounts): the folder goes unguarded
         say(f"note: {path} cannot be locked here ({e.strerror}); going on without the lock")
+
+
+REMOTE_LOCK = ".actdict-lock.json"  # an object store's: no flock there
+
+
+def _started(pid: int) -> str | None:
+    """When process ``pid`` of this host started (clock ticks since boot, /proc), None when there is no
+    such process (or no /proc): a pid used again by another process starts at another time."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _gone(holder: dict) -> bool:
+    """The process a lock object names is known to have ended: of this host, and its pid is free or another
+    process's. A process of another host may be alive: never taken for gone."""
+    if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
+        return False
+    now = _started(holder["pid"])
+    return now is None or (holder.get("started") is not None and now != holder["started"])
+
+
+@contextmanager
+def remote_lock(fs, path: str, url: str, what: str, say: Callable[[str], None] = _say) -> Iterator[None]:
+    """Hold the lock object ``path`` (``url`` as the user spells it) of an fsspec file system ``fs`` for the
+    ``with`` block: made only if absent, naming this process; FolderInUse (one line: which process, what to
+    do) while another holds it; one of a killed process of this host is replaced, saying so. A file system
+    without conditional writes goes unlocked, with a note; a store we may not write in (a harvest that will
+    only find it complete), without one."""
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "started": _started(os.getpid()),
+          "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    for attempt in range(2):
+        try:
+            fs.pipe_file(path, json.dumps(me).encode(), mode="create")
+            break
+        except FileExistsError:
+            try:
+                holder = json.loads(fs.cat_file(path))
+            except (OSError, ValueError):
+                holder = {}
+            if attempt or not _gone(holder):
+                raise FolderInUse(f"{what} is in use by actdict process {holder.get('pid')} on host "
+                                  f"{holder.get('host')} (since {holder.get('since')}; its lock {url}): "
+                                  f"start this run when that one is done, or delete {url} if that process "
+                                  "is gone") from None
+            say(f"{what}: removing {url}, the lock of actdict process {holder['pid']}, which ended without "
+                "removing it (killed?)")
+            fs.rm_file(path)
+        except (NotImplementedError, TypeError, ValueError, PermissionError) as e:
+            if not isinstance(e, PermissionError):  # a store we may only read is read unlocked, as a folder
+                say(f"note: {url} cannot be made only-if-absent here ({e}); going on without the lock")
+            yield
+            return
+    try:
+        yield
+    finally:
+        with suppress(OSError):
+            fs.rm_file(path)
 
 
 class FolderNotWritable(ActdictError):

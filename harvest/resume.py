@@ -40,7 +40,7 @@ from actdict.harvest.layout import (
     zarr_url,
 )
 from actdict.harvest.store import shard_damage
-from actdict.lock import READERS, folder_lock
+from actdict.lock import READERS, REMOTE_LOCK, folder_lock, remote_lock
 
 PROGRESS_KEYS = ("complete", "n_rows", "n_shards")  # the manifest keys that change while harvesting
 
@@ -203,13 +203,18 @@ def finish(path: str, hook: str, manifest: dict, n_rows: int, shard_rows: int) -
 @contextmanager
 def store_lock(path: str) -> Iterator[Callable[[], None]]:
     """``actdict.lock.folder_lock`` of a local store, for a harvest or a repair; under torchrun rank 0 takes
-    it for all ranks (they are one writer) and a busy store is an error. A store on an fsspec URL is not
-    locked. Yields ``writing``, to call before the first change to the store: it waits until no training or
-    analysis reads the store (they hold its ``READERS`` lock shared: ``store.read_lock``) and keeps new ones
-    waiting until the ``with`` block ends; a harvest that finds its store complete never calls it."""
+    it for all ranks (they are one writer) and a busy store is an error. A store on an fsspec URL gets a
+    lock object instead (``remote_lock``: a busy one is an error). Yields ``writing``, to call before the
+    first change to the store: it waits until no training or analysis reads the store (they hold its
+    ``READERS`` lock shared: ``store.read_lock``) and keeps new ones waiting until the ``with`` block ends;
+    a harvest that finds its store complete never calls it."""
     fs, root = fs_of(path)
-    if not is_local(fs) or int(os.environ.get("RANK", 0)):
+    if int(os.environ.get("RANK", 0)):
         yield lambda: None
+        return
+    if not is_local(fs):  # no flock there: a lock object, and no readers lock (trainings are not locked out)
+        with remote_lock(fs, f"{root}/{REMOTE_LOCK}", f"{path.rstrip('/')}/{REMOTE_LOCK}", f"store {path}"):
+            yield lambda: None
         return
     wait = int(os.environ.get("WORLD_SIZE", 1)) == 1
     with folder_lock(root, f"store {path}", wait=wait), ExitStack() as held:

@@ -166,3 +166,40 @@ def _names(url: str) -> list[str]:
     fs, root = fs_of(url)
     fs.invalidate_cache()
     return fs.find(root, withdirs=True)
+
+
+@pytest.mark.parametrize("holder", ["alive", "other host", "dead", "pid reused"])
+def test_a_remote_store_has_a_lock_object(tmp_path, s3, capsys, holder):
+    """No flock on S3: a harvest makes <store>/.actdict-lock.json only if there is none. Another live
+    process's (or any of another host, which cannot be checked) stops a second harvest with one line; one a
+    killed process of this host left (its pid free, or now another process's) is taken over, saying so."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    import s3fs
+
+    from actdict.lock import _started
+
+    url, fs = f"{s3}/locked-{holder.replace(' ', '-')}", s3fs.S3FileSystem()
+    lock = f"{url[len('s3://'):]}/.actdict-lock.json"
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "started": _started(os.getpid()), "since": "then"}
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                           text=True).stdout.strip()
+    fs.pipe_file(lock, json.dumps(me | {"alive": me, "other host": {"host": "elsewhere"},
+                                        "dead": {"pid": int(ended)}, "pid reused": {"started": "1"}}[holder]
+                                  ).encode())
+    code = cli(["harvest", config(tmp_path / "s3", url)])
+    said = capsys.readouterr()
+    if holder in ("alive", "other host"):
+        host = "elsewhere" if holder == "other host" else socket.gethostname()
+        assert code == 2 and (f"store {url} is in use by actdict process {os.getpid()} on host {host} (since "
+                              f"then; its lock {url}/.actdict-lock.json): start this run when that one is "
+                              f"done, or delete {url}/.actdict-lock.json if that process is gone") in said.err
+        assert fs.exists(lock) and list_hooks(url) == []  # nothing written, the other one's lock kept
+    else:
+        assert code == 0 and list_hooks(url) == ["blocks.1.hook_resid_post"] and not fs.exists(lock)
+        pid = ended if holder == "dead" else os.getpid()
+        assert (f"store {url}: removing {url}/.actdict-lock.json, the lock of actdict process {pid}, which "
+                "ended without removing it (killed?)") in said.out
