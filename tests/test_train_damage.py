@@ -178,3 +178,25 @@ def test_a_checkpoint_saved_while_it_is_read_is_read_whole(tmp_path, monkeypatch
     monkeypatch.setattr(checkpoint, "load_file", save_meanwhile)
     model, record = checkpoint.load(tmp_path / "d")
     assert saved and record["config_hash"] == "new" and all(bool((p == 2).all()) for p in model.parameters())
+
+
+def test_a_record_missing_for_a_moment_while_a_save_runs_is_waited_for(tmp_path, monkeypatch):
+    """A save that begins between the load's check and its read (cfg.json removed for the moment the new
+    weights take its place): the load waits for the new record rather than calling the checkpoint
+    unfinished."""
+    import threading
+
+    model = make("sae_l1", 3, 4)
+    checkpoint.save(tmp_path / "d", model, {"finished": True, "config_hash": "h"})
+    cfg = tmp_path / "d" / "cfg.json"
+    real, text, began = checkpoint._read, cfg.read_text(), []
+
+    def save_begins(d):
+        if not began:
+            began.append(cfg.unlink())
+            threading.Timer(0.25, lambda: cfg.write_text(text)).start()
+        return real(d)
+
+    monkeypatch.setattr(checkpoint, "_read", save_begins)
+    _, record = checkpoint.load(tmp_path / "d")
+    assert record["config_hash"] == "h"

@@ -155,9 +155,9 @@ def load(dir: str | Path, device: str | torch.device = "cpu") -> tuple[Dictionar
     a training saves while it is read is read again once it is whole (an analysis beside a training)."""
     d = Path(dir)
     damaged = f"{d} holds a damaged checkpoint: rerun actdict train, which trains it again ("
-    for _ in range(50):
-        if not (d / CFG).is_file() or not (d / WEIGHTS).is_file():
-            raise CheckpointError(f"{d} has no {CFG} + {WEIGHTS}: not a (finished) checkpoint")
+    if not (d / CFG).is_file() or not (d / WEIGHTS).is_file():
+        raise CheckpointError(f"{d} has no {CFG} + {WEIGHTS}: not a (finished) checkpoint")
+    for _ in range(50):  # a save between the check and the read: its cfg.json is back within ~1 ms
         try:
             if got := _read(d):
                 break
@@ -165,6 +165,8 @@ def load(dir: str | Path, device: str | torch.device = "cpu") -> tuple[Dictionar
             raise CheckpointError(f"{damaged}{e})") from e
         time.sleep(0.1)
     else:
+        if not (d / CFG).is_file() or not (d / WEIGHTS).is_file():  # a save killed part way
+            raise CheckpointError(f"{d} has no {CFG} + {WEIGHTS}: not a (finished) checkpoint")
         raise CheckpointError(f"{d} was saved again and again while it was read (a training writing it?): "
                               "rerun when that training is done")
     try:
