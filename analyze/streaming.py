@@ -4,7 +4,8 @@ Every tracker is updated batch by batch with the codes of all k features and nev
 fixed number of entries per feature, whatever the number of rows:
 
 * :class:`TopRows`: the t rows with the largest score per feature (``torch.topk`` merge per batch);
-  with score = code it gives the top-activating rows, with score = -code the most negative ones.
+  with score = code it gives the top-activating rows, with score = -code the most negative ones. Equal
+  scores go to the smaller row, so the rows kept do not depend on the batching.
 * :class:`Reservoir`: a uniform random sample (without replacement) of R of the rows on which each
   feature is active. Each (row, feature) gets a pseudo-random key that is a hash of (row, feature, seed),
   and the R largest keys are kept (a bottom-k / priority sample). Keys do not depend on batching or on
@@ -25,14 +26,38 @@ from torch import Tensor
 _M32 = 0xFFFFFFFF
 
 
+def top_first(score: Tensor, t: int, floor: float | None = None) -> Tensor:
+    """[B, k] -> [min(t, B), k] row indices of the t largest scores of each column, ties going to the first
+    rows: the same set whatever other rows share the threshold's value (``torch.topk`` picks any of them).
+    Ties at or below ``floor`` (scores never reported) are left to ``torch.topk``."""
+    if score.shape[0] <= t:
+        return torch.arange(score.shape[0], device=score.device)[:, None].expand_as(score)
+    top = score.topk(t + 1, dim=0)  # one more: is the t-th score tied with a row left out?
+    thr = top.values[t - 1]  # [k] the t-th largest score
+    cut = (top.values[t] == thr) & ~top.values.isnan().any(0)  # [k] ties at thr run past the kept t
+    if floor is not None:
+        cut &= thr > floor
+    idx = top.indices[:t]
+    if not bool(cut.any()):
+        return idx
+    sub = score[:, cut]  # [B, c]
+    e = sub == thr[cut]
+    need = t - (top.values[:t, cut] > thr[cut]).sum(0)  # [c] tied rows to keep
+    keep = (sub > thr[cut]) | (e & (e.cumsum(0) <= need))  # exactly t per column
+    idx = idx.clone()
+    idx[:, cut] = keep.T.nonzero()[:, 1].view(-1, t).T  # [t, c] ascending rows
+    return idx
+
+
 class TopRows:
-    """Running top-``t`` (score, global row, value) per feature column."""
+    """Running top-``t`` (score, global row, value) per feature column; equal scores above ``floor`` go to
+    the smaller row (those at or below it, which the caller never reports, to any)."""
 
     def __init__(self, n_features: int, t: int, dtype: torch.dtype = torch.float32,
-                 device: str | torch.device = "cpu") -> None:
+                 device: str | torch.device = "cpu", floor: float | None = None) -> None:
         if t < 1:
             raise ValueError(f"t must be >= 1, got {t}")
-        self.t = t
+        self.t, self.floor = t, floor
         self.score = torch.empty((0, n_features), dtype=dtype, device=device)  # [<=t, k]
         self.rows = torch.empty((0, n_features), dtype=torch.long, device=device)  # [<=t, k]
         self.value = torch.empty((0, n_features), dtype=torch.float32, device=device)  # [<=t, k]
@@ -44,12 +69,17 @@ class TopRows:
             raise ValueError(f"score {tuple(score.shape)} / rows {tuple(rows.shape)} do not match "
                              f"{k} features")
         value = score if value is None else value
-        top = score.detach().to(self.score.dtype).topk(min(self.t, score.shape[0]), dim=0)  # [<=t, k]
-        s = torch.cat([self.score, top.values])  # [<=2t, k]
-        r = torch.cat([self.rows, rows.to(self.rows)[top.indices]])
-        v = torch.cat([self.value, value.detach().to(self.value).gather(0, top.indices)])
-        best = s.topk(min(self.t, s.shape[0]), dim=0)  # sorted, largest first
-        self.score, self.rows, self.value = best.values, r.gather(0, best.indices), v.gather(0, best.indices)
+        score, rows = score.detach().to(self.score.dtype), rows.to(self.rows)
+        if len(rows) > 1 and not bool((rows[1:] > rows[:-1]).all()):  # ties go to the smaller row
+            order = rows.argsort()
+            score, rows, value = score[order], rows[order], value[order]
+        top = top_first(score, self.t, self.floor)  # [<=t, k]
+        s = torch.cat([self.score, score.gather(0, top)])  # [<=2t, k]
+        r = torch.cat([self.rows, rows[top]])
+        v = torch.cat([self.value, value.detach().to(self.value).gather(0, top)])
+        by_row = r.argsort(dim=0, stable=True)
+        best = by_row.gather(0, s.gather(0, by_row).argsort(dim=0, descending=True, stable=True))[: self.t]
+        self.score, self.rows, self.value = s.gather(0, best), r.gather(0, best), v.gather(0, best)
 
     def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(score [k, t'], rows [k, t'], value [k, t']) on CPU, best first."""
@@ -87,7 +117,7 @@ class Reservoir:
 
     def __init__(self, n_features: int, size: int, seed: int, device: str | torch.device = "cpu") -> None:
         self.k, self.seed = n_features, seed
-        self.top = TopRows(n_features, size, torch.long, device)
+        self.top = TopRows(n_features, size, torch.long, device, floor=-1)  # -1: not active
 
     def update(self, codes: Tensor, active: Tensor, rows: Tensor) -> None:
         """codes [B, k], active [B, k] bool, rows [B]."""

@@ -30,8 +30,8 @@ class FeatureTracker:
     """Streaming top / bottom rows, active-row sample and activation histogram of all k features."""
 
     def __init__(self, k: int, top_k: int, samples: int, seed: int, device: str | torch.device = "cpu"):
-        self.top = TopRows(k, top_k, device=device)
-        self.bottom = TopRows(k, top_k, device=device)
+        self.top = TopRows(k, top_k, device=device, floor=0.0)  # only codes > 0 are shown (and < 0 below)
+        self.bottom = TopRows(k, top_k, device=device, floor=0.0)
         self.sample = Reservoir(k, samples, seed, device)
         self.hist = LogHistogram(k, device=device)
 

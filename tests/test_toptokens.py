@@ -30,6 +30,14 @@ class ReluDict(Dictionary):
         return Forward(z @ self.W.T, z, z.abs().log(), {})
 
 
+class LinearDict(ReluDict):
+    """codes = x @ W: signed, so the bottom rows are the most negative codes."""
+
+    def forward(self, x, sample=True):
+        z = x @ self.W
+        return Forward(z @ self.W.T, z, z.abs().log(), {})
+
+
 def make_store(path, n, seed=0):
     g = np.random.default_rng(seed)
     acts = g.standard_normal((n, D)).astype(np.float32)
@@ -85,6 +93,30 @@ def test_every_feature_equals_brute_force(data, chunks, batch):
         near_edge = int((np.abs(logv[:, None] - edges[None]) < 1e-5).sum())  # float32 rounding may move
         assert counts[f, 0].sum() == len(active) and np.abs(counts[f, 0] - ref_h).sum() <= 2 * near_edge
         assert counts[f, 1].sum() == 0
+
+
+def test_tied_codes_keep_the_first_rows_whatever_the_batch(tmp_path):
+    """Rows repeated in the store (duplicate vectors) give equal codes: the rows kept are the smallest of a
+    tie, the same for every analyze.batch_size (torch.topk alone kept another set per batching)."""
+    g = np.random.default_rng(2)
+    acts = g.standard_normal((12, D)).astype(np.float32)[g.integers(0, 12, N)]  # 12 distinct rows
+    meta = {"hook": "blocks.0.hook_test", "model": "none"}
+    w = StoreWriter(str(tmp_path / "s"), meta, D, "float32", 64, 32)
+    w.append(acts, np.arange(N, dtype=np.int32), np.arange(N, dtype=np.int64), np.zeros(N, np.int32))
+    w.close()
+    W = np.random.default_rng(1).standard_normal((D, K)).astype(np.float32)
+    codes = (torch.as_tensor(acts) @ torch.as_tensor(W)).numpy()  # [N, K] signed
+    for batch in (7, 64, 1000):
+        tr = scan(open_store(str(tmp_path / "s")), LinearDict(D, K, W), 5, 4, batch_size=batch)
+        _, top_r, top_v = tr.top.result()
+        _, bot_r, _ = tr.bottom.result()
+        for f in range(K):  # (value, row) order: the largest code first, ties by row
+            assert top_r[f].tolist() == sorted(range(N), key=lambda r: (-codes[r, f], r))[:5]
+            assert bot_r[f].tolist() == sorted(range(N), key=lambda r: (codes[r, f], r))[:5]
+            assert (top_v[f][:-1] == top_v[f][1:]).any()  # ties among the kept rows
+    nan = TopRows(1, 3, floor=0.0)  # NaN codes (topk's largest) beside a tie: that column is topk's alone
+    nan.update(torch.tensor([[float("nan")], [float("nan")], [1.0], [1.0], [0.5]]), torch.arange(5))
+    assert nan.result()[1].tolist() == [[0, 1, 2]]
 
 
 def test_sample_is_uniform_and_batch_independent():
