@@ -1004,6 +1004,34 @@ def test_train_stage_draws_each_steps_noise_from_the_experiments_seed(store, tmp
     assert seeds == [loop.step_seed(11, s, "a") for s in range(16)]  # 12 train chunks: 8 batches an epoch
 
 
+def test_a_sweep_in_any_order_trains_each_dictionary_as_it_trains_alone(store, tmp_path):
+    """docs/training.md, "Reproducibility": the dictionaries of a sweep, listed in either order, end with the
+    weights each gets trained alone, bit for bit (VAE noise, dead-latent tracking and normalisation
+    included); another ``buffer_chunks`` is another batch order, so other weights."""
+    from safetensors.torch import load_file
+
+    from actdict.train.run import main
+
+    dicts = [DictConfig("v", "vaease", k=6, lr=0.01), DictConfig("l", "sae_l1", k=6, lr=0.01),
+             DictConfig("b", "sae_batchtopk", k=6, params={"topk": 2})]
+
+    def run(name, ds, **kw):
+        main(Common(run_dir=str(tmp_path / name), seed=5, store=store.path),
+             TrainConfig(dicts=ds, epochs=2, batch_size=64, test_fraction=0.2, device="cpu",
+                         normalize="mean_scale", **kw))
+        return {d.name: load_file(tmp_path / name / "dicts" / d.name / "model.safetensors") for d in ds}
+
+    def same(a, b):
+        return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    sweep, backwards = run("sweep", dicts), run("backwards", dicts[::-1])
+    for d in dicts:
+        alone = run(f"alone_{d.name}", [d])[d.name]
+        assert same(sweep[d.name], alone) and same(backwards[d.name], alone)
+    other = run("buffer2", dicts, buffer_chunks=2)
+    assert not any(same(other[d.name], sweep[d.name]) for d in dicts)
+
+
 def test_a_train_split_of_one_row_is_refused_only_for_batch_statistics(tmp_path):
     """65 rows in chunks of 64: the split of seed 0 trains on the 1-row chunk. lse (batch variance) cannot
     learn from it and is refused before training; sae_l1 trains on it."""
