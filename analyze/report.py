@@ -211,7 +211,8 @@ def render(summary: dict, pages: dict[str, str] | None = None) -> str:
     models, pages = summary.get("models", {}), pages or {}
     info = ", ".join(f"{esc(k)}: {_num(summary.get(k))}" for k in ("store", "hook", "d", "n_test_rows",
                                                                      "run_id") if k in summary)
-    figs = [fig.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(_figures(models))]
+    figs = [fig.to_html(full_html=False, include_plotlyjs=(i == 0), div_id=f"figure-{i}")  # not a random id:
+            for i, fig in enumerate(_figures(models))]  # the same summary renders the same bytes
     body = [f"<h1>actdict report: {esc(summary.get('run_dir', ''))}</h1>", f"<p>{info}</p>",
             "<h2>Overview</h2>", _overview(models, pages), _ce_line(summary.get("ce")),
             *(f'<p class="warn">{esc(name)}: training warned: {esc(m["training_warning"])}</p>'

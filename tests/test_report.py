@@ -93,6 +93,13 @@ def test_names_and_numbers_present(tmp_path):
     assert "(density: the fraction of rows), each with its top rows: the feature's code on the row" in page
 
 
+def test_the_same_summary_renders_the_same_bytes():
+    """A rerun's report differs from the first only where its summary does (plotly named every figure's
+    div with a random uuid, so two renders of one summary differed)."""
+    page = render(_summary())
+    assert page == render(_summary()) and page.count('<div id="figure-') == 3
+
+
 def test_overview_columns_in_the_order_analyze_prints_them():
     """The report's table has RE det. before RE of one sample, then AD, L0, EV and dead, as the table analyze
     prints at its end (summary_lines); it had the two REs the other way round."""
