@@ -5,7 +5,7 @@ fixed number of entries per feature, whatever the number of rows:
 
 * :class:`TopRows`: the t rows with the largest score per feature (``torch.topk`` merge per batch);
   with score = code it gives the top-activating rows, with score = -code the most negative ones. Equal
-  scores go to the smaller row, so the rows kept do not depend on the batching.
+  scores go to the smaller row, so batching does not choose among them.
 * :class:`Reservoir`: a uniform random sample (without replacement) of R of the rows on which each
   feature is active. Each (row, feature) gets a pseudo-random key that is a hash of (row, feature, seed),
   and the R largest keys are kept (a bottom-k / priority sample). Keys do not depend on batching or on

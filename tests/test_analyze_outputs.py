@@ -307,6 +307,20 @@ def test_held_out_batches_run_across_chunks(tmp_path):
         np.testing.assert_array_equal(np.concatenate([a for a, _ in got]), acts[rows])
 
 
+def test_analyze_batch_size_changes_only_the_first_batch_numbers(tmp_path, monkeypatch):
+    """docs/analyze.md, "Reproducibility": every number but the first batch's (re_sample, the masked curve)
+    and every feature's hits are the same for any batch_size."""
+    run_dir = _run_dir(tmp_path, monkeypatch)
+    outs = []
+    for batch in (5, 16, 32):
+        run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(device="cpu", top_k=4, batch_size=batch))
+        summary = json.loads((run_dir / "summary.json").read_text())
+        m = {k: v for k, v in summary["models"]["sae"].items() if k not in ("re_sample", "masked_curve")}
+        outs.append((m, json.loads((run_dir / "features" / "sae.json").read_text())["features"]))
+    assert outs[0] == outs[1] == outs[2]
+    assert summary["models"]["sae"]["masked_curve"]["rows"] == 32
+
+
 def test_under_torchrun_only_rank_0_analyses(tmp_path, monkeypatch):
     """`torchrun ... actdict run`: the analysis after the DDP training is rank 0's alone."""
     run_dir = _run_dir(tmp_path, monkeypatch)

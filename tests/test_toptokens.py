@@ -96,8 +96,9 @@ def test_every_feature_equals_brute_force(data, chunks, batch):
 
 
 def test_tied_codes_keep_the_first_rows_whatever_the_batch(tmp_path):
-    """Rows repeated in the store (duplicate vectors) give equal codes: the rows kept are the smallest of a
-    tie, the same for every analyze.batch_size (torch.topk alone kept another set per batching)."""
+    """Rows repeated in the store give equal codes here (x @ W, exactly equal on every row): the rows kept
+    are the smallest of a tie, the same for every analyze.batch_size (torch.topk alone kept another set per
+    batching)."""
     g = np.random.default_rng(2)
     acts = g.standard_normal((12, D)).astype(np.float32)[g.integers(0, 12, N)]  # 12 distinct rows
     meta = {"hook": "blocks.0.hook_test", "model": "none"}
