@@ -134,7 +134,7 @@ def embedding_blocks(enc: Encoder, units: Iterable[tuple[int, int, str]], cfg: E
                np.array(pos, np.int32))
 
 
-def main(common, cfg, writing=lambda: None) -> None:
+def main(common, cfg, writing=lambda hooks=None: None) -> None:
     """``harvest.mode: embeddings``: embed every document of ``cfg.source`` into ``common.store_path``;
     ``writing``: called before the store is changed (``resume.store_lock``)."""
     from tqdm import tqdm
@@ -150,7 +150,7 @@ def main(common, cfg, writing=lambda: None) -> None:
         print(f"harvest: store {path} is already complete for this config ({chash}); skipping")
         return
     one_process(cfg)
-    writing()
+    writing([ecfg.hook])
     enc = load_encoder(cfg.model, device=cfg.device, dtype=cfg.dtype, max_seq_length=ecfg.max_seq_length)
     import torch
 

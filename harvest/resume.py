@@ -201,31 +201,45 @@ def finish(path: str, hook: str, manifest: dict, n_rows: int, shard_rows: int) -
 
 
 @contextmanager
-def store_lock(path: str) -> Iterator[Callable[[], None]]:
+def store_lock(path: str) -> Iterator[Callable[..., None]]:
     """``actdict.lock.folder_lock`` of a local store, for a harvest or a repair; under torchrun rank 0 takes
     it for all ranks (they are one writer) and a busy store is an error. A store on an fsspec URL gets a
     lock object instead (``remote_lock``: a busy one is an error). Yields ``writing``, to call before the
     first change to the store: it waits until no training or analysis reads the store (they hold its
     ``READERS`` lock shared: ``store.read_lock``) and keeps new ones waiting until the ``with`` block ends;
-    a harvest that finds its store complete never calls it."""
+    a harvest that finds its store complete never calls it. ``writing(hooks)``, for a change of those hooks
+    only, does not wait when they are new in a store that has a complete hook (``only_new_hooks``): what
+    the readers read is left as it is."""
     fs, root = fs_of(path)
     if int(os.environ.get("RANK", 0)):
-        yield lambda: None
+        yield lambda hooks=None: None
         return
     if not is_local(fs):  # no flock there: a lock object, and no readers lock (trainings are not locked out)
         with remote_lock(fs, f"{root}/{REMOTE_LOCK}", f"{path.rstrip('/')}/{REMOTE_LOCK}", f"store {path}"):
-            yield lambda: None
+            yield lambda hooks=None: None
         return
     wait = int(os.environ.get("WORLD_SIZE", 1)) == 1
     with folder_lock(root, f"store {path}", wait=wait), ExitStack() as held:
-        def writing() -> None:
-            if not taken:
+        def writing(hooks: list[str] | None = None) -> None:
+            if not taken and not (hooks is not None and only_new_hooks(root, hooks)):
                 held.enter_context(folder_lock(root, f"store {path} (a training or an analysis reads it)",
                                                wait=wait, name=READERS))
                 taken.append(True)
 
         taken: list[bool] = []
         yield writing
+
+
+def only_new_hooks(root: str, hooks: list[str]) -> bool:
+    """The local store ``root`` has a complete hook and none of ``hooks`` (nor a staged replacement of one):
+    writing them changes nothing that a training or analysis of the store may be reading."""
+    names = os.listdir(root) if os.path.isdir(root) else []
+    if any(h in names or f".replacing-{h}" in names for h in hooks):
+        return False
+    try:
+        return any((read_manifest(root, h) or {}).get("complete") for h in names if not h.startswith("."))
+    except (OSError, ValueError):  # a damaged manifest: the writer waits for the readers, to be safe
+        return False
 
 
 def repair(path: str, hook: str, m: dict | None = None) -> dict[str, str]:

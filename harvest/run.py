@@ -244,7 +244,7 @@ def one_process(cfg: HarvestConfig) -> None:
 
 
 def _main(common: Common, cfg: HarvestConfig, on_hooks: Callable[[list[str]], None] | None = None,
-          writing: Callable[[], None] = lambda: None) -> None:
+          writing: Callable[..., None] = lambda hooks=None: None) -> None:
     if cfg.mode != "tokens":  # one row per document (harvest/embed.py) or your own vectors (vectors.py)
         import importlib
 
@@ -267,8 +267,8 @@ def _main(common: Common, cfg: HarvestConfig, on_hooks: Callable[[list[str]], No
 
 
 def harvest(common: Common, cfg: HarvestConfig, ranks: Ranks, grow: bool = False,
-            on_hooks: Callable[[list[str]], None] | None = None, writing: Callable[[], None] = lambda: None
-            ) -> None:
+            on_hooks: Callable[[list[str]], None] | None = None,
+            writing: Callable[..., None] = lambda hooks=None: None) -> None:
     """The token harvest of one rank (see module doc). ``grow``: the store is complete with a smaller
     max_tokens; rank 0 reopens it first (``resume.reopen``) and the harvest continues it. ``writing``: rank 0
     calls it before its first change to the store (``resume.store_lock``)."""
@@ -292,7 +292,7 @@ def harvest(common: Common, cfg: HarvestConfig, ranks: Ranks, grow: bool = False
         for h in hooks:
             check_growth(read_manifest(path, h), same, f"store {path} hook {h!r}")
     if ranks.rank == 0:
-        writing()  # no training or analysis reads the store from here on
+        writing(hooks)  # from here on no training or analysis reads the store (but for new hooks only)
         for h in hooks:
             if grow:
                 reopen(path, h, chash, as_json(cfg))

@@ -261,7 +261,7 @@ def import_vectors(path: str | Path, store: str, key: str = "", hook: str = "vec
     return write_vectors(store, chain([first], blocks), manifest=m, hook=hook, **kw)  # removed on failure
 
 
-def main(common, cfg, writing=lambda: None) -> None:
+def main(common, cfg, writing=lambda hooks=None: None) -> None:
     """``harvest.mode: vectors``: import ``cfg.vectors.path`` into ``common.store_path``; ``writing``: called
     before the import (``resume.store_lock``)."""
     from actdict.config import config_hash, to_dict
@@ -284,7 +284,7 @@ def main(common, cfg, writing=lambda: None) -> None:
         print(f"harvest: {vcfg.path} changed since it was imported (source_fingerprint {old} -> "
               f"{fingerprint}); importing it again")
     one_process(cfg)
-    writing()
+    writing([vcfg.hook])
     s = import_vectors(vcfg.path, path, key=vcfg.key, hook=vcfg.hook, block_rows=vcfg.block_rows,
                        manifest={"config_hash": chash, "source_fingerprint": fingerprint,
                                  "harvest": to_dict(cfg)}, dtype=cfg.store_dtype,
@@ -318,7 +318,7 @@ def cli(argv: list[str] | None = None) -> int:
         new_manifest({"hook": a.hook}, 1, a.dtype, shard_rows, chunk_rows)
         next(vector_blocks(a.file, a.key, 1), None)
         with store_lock(a.store) as writing:  # one writer per store, as `actdict harvest`
-            writing()
+            writing([a.hook])
             s = import_vectors(a.file, a.store, key=a.key, hook=a.hook, dtype=a.dtype, overwrite=a.overwrite,
                                chunk_rows=chunk_rows, shard_rows=shard_rows)
     except BaseException as e:  # a bad file, a full disk, Ctrl-C: a store folder this import made goes

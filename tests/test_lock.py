@@ -200,6 +200,34 @@ def test_a_store_changes_only_while_no_training_or_analysis_reads_it(tmp_path, c
     assert "already complete" in capsys.readouterr().out
 
 
+def test_a_new_hook_is_written_beside_a_training_of_another(tmp_path, capsys):
+    """A new hook imported into a store that a training reads (another, complete hook) changes nothing the
+    training reads: it is written at once instead of waiting hours for the training to end. A new hook in a
+    store with no complete one still waits (the training would find no store)."""
+    import numpy as np
+
+    from actdict.harvest.store import list_hooks, read_lock
+    from actdict.harvest.vectors import cli
+
+    store = tmp_path / "store"
+    np.save(tmp_path / "v.npy", np.arange(24, dtype=np.float32).reshape(8, 3))  # [n, d]
+    assert cli([str(tmp_path / "v.npy"), str(store), "--chunk-rows", "4"]) == 0
+    with read_lock(str(store)):
+        w = Waiter(lambda: cli([str(tmp_path / "v.npy"), str(store), "--chunk-rows", "4", "--hook", "other"]))
+        w.start()
+        w.join(60)
+        assert not w.is_alive() and w.result == 0 and list_hooks(str(store)) == ["other", "vectors"]
+        assert "is in use" not in capsys.readouterr().out
+    (tmp_path / "empty").mkdir()
+    with read_lock(str(tmp_path / "empty")):
+        w = Waiter(lambda: cli([str(tmp_path / "v.npy"), str(tmp_path / "empty"), "--chunk-rows", "4"]))
+        w.start()
+        wait_for(lambda: "(a training or an analysis reads it) is in use" in capsys.readouterr().out)
+        assert w.is_alive()
+    w.join(60)
+    assert w.result == 0
+
+
 def test_a_training_waits_while_its_store_is_changed(tmp_path, capsys):
     from actdict.harvest.resume import store_lock
     from actdict.harvest.store import read_lock
