@@ -101,6 +101,8 @@ def pair_keys(rows: Tensor, feats: Tensor, seed: int) -> Tensor:
     pseudo-random function of (row, feature, seed)."""
     r, f = rows.to(torch.long), feats.to(torch.long)
     a = _mix32((r & _M32) ^ (int(seed) & _M32))
+    if high := (int(seed) >> 32) & _M32:  # seeds past 32 bits (those below keep the keys they always had)
+        a = _mix32(a ^ high ^ 0x27D4EB2F)
     a = _mix32(a ^ ((r >> 32) & _M32) ^ 0x9E3779B9)
     h1 = _mix32(a ^ f)
     h2 = _mix32(h1 ^ 0x85EBCA6B)

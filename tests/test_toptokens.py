@@ -126,6 +126,7 @@ def test_sample_is_uniform_and_batch_independent():
     assert keys.min() >= 0 and keys.max() < 2**62 and len(torch.unique(keys[:, 0])) == 20000
     assert not torch.equal(keys[:, 0], keys[:, 1]) and not torch.equal(keys, sample_keys(rows, 3, seed=1))
     assert torch.equal(keys[5:9], sample_keys(rows[5:9], 3, seed=0))  # a function of (row, feature, seed)
+    assert not torch.equal(keys, sample_keys(rows, 3, seed=2**32))  # every bit of the seed counts
     top = keys[:, 0].topk(2000).indices  # the sample of 2,000 rows out of 20,000: roughly uniform
     assert abs(float((top < 10000).float().mean()) - 0.5) < 0.05
 
