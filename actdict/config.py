@@ -63,6 +63,8 @@ class Common:
         check_seed(self.seed, "seed")
         # '~/x' is the home folder's x for every file of the run, as for fsspec, which opens the store there
         object.__setattr__(self, "run_dir", os.path.expanduser(self.run_dir))
+        if "://" not in self.store:  # a local store's too (its locks; a store known by its path to training)
+            object.__setattr__(self, "store", os.path.expanduser(self.store))
         if "://" in str(self.run_dir):  # Path() would make 's3://b/x' the local folder 's3:/b/x'
             raise ConfigError(f"run_dir must be a local folder (checkpoints, reports and locks are written "
                               f"there), got {self.run_dir!r}: only the store may be a URL (store=URL)")

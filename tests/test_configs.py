@@ -465,3 +465,23 @@ def test_a_run_dir_in_the_home_folder_holds_the_whole_run(tmp_path, monkeypatch)
     run = tmp_path / "home" / "runs" / "t"
     assert {p.name for p in run.iterdir()} >= {"store", "dicts", "split.json", "summary.json", "report.html"}
     assert not (tmp_path / "~").exists()
+
+
+def test_a_store_in_the_home_folder_is_one_store_from_any_folder(tmp_path, monkeypatch, capsys):
+    """`store: ~/s` (vectors written from Python: no config hash, so the store is known by its path) is the
+    home folder's s wherever the command runs: its path was resolved against the current folder ('./~/s'),
+    so a training run from another folder took it for another store and trained its dictionaries again."""
+    from actdict.cli import main
+    from actdict.harvest.store import write_vectors
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    x = np.random.default_rng(0).standard_normal((64, 4))  # [n, d]
+    write_vectors(str(tmp_path / "home" / "s"), x, chunk_rows=8)
+    (tmp_path / "t.yaml").write_text(f"run_dir: {tmp_path / 'run'}\nstore: ~/s\ntrain: {{epochs: 1, dicts: "
+                                     "[{name: a, variant: sae_l1, k: 8}]}\n")
+    assert common_of(load_experiment(tmp_path / "t.yaml")).store_path == str(tmp_path / "home" / "s")
+    for cwd in ("a", "b"):
+        (tmp_path / cwd).mkdir()
+        monkeypatch.chdir(tmp_path / cwd)
+        assert main(["train", str(tmp_path / "t.yaml")]) == 0
+    assert "a: finished checkpoint with the same config exists, skipped" in capsys.readouterr().out
