@@ -11,6 +11,7 @@ began, so the rerun does not even re-tokenize the documents before the shard ahe
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -40,7 +41,7 @@ from actdict.harvest.layout import (
     zarr_url,
 )
 from actdict.harvest.store import shard_damage
-from actdict.lock import READERS, REMOTE_LOCK, folder_lock, remote_lock
+from actdict.lock import LOCK_FILE, READERS, REMOTE_LOCK, folder_lock, remote_lock
 
 PROGRESS_KEYS = ("complete", "n_rows", "n_shards")  # the manifest keys that change while harvesting
 
@@ -218,7 +219,7 @@ def store_lock(path: str) -> Iterator[Callable[..., None]]:
         with remote_lock(fs, f"{root}/{REMOTE_LOCK}", f"{path.rstrip('/')}/{REMOTE_LOCK}", f"store {path}"):
             yield lambda hooks=None: None
         return
-    wait = int(os.environ.get("WORLD_SIZE", 1)) == 1
+    wait, made = int(os.environ.get("WORLD_SIZE", 1)) == 1, not os.path.exists(root)
     with folder_lock(root, f"store {path}", wait=wait), ExitStack() as held:
         def writing(hooks: list[str] | None = None) -> None:
             if not taken and not (hooks is not None and only_new_hooks(root, hooks)):
@@ -227,7 +228,12 @@ def store_lock(path: str) -> Iterator[Callable[..., None]]:
                 taken.append(True)
 
         taken: list[bool] = []
-        yield writing
+        try:
+            yield writing
+        except BaseException:  # a model not found, a bad file, Ctrl-C: a store folder the lock made goes
+            if made and set(os.listdir(root)) <= {LOCK_FILE, READERS}:  # with nothing but the lock files
+                shutil.rmtree(root, ignore_errors=True)
+            raise
 
 
 def only_new_hooks(root: str, hooks: list[str]) -> bool:

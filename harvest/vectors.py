@@ -15,8 +15,6 @@ is the only list column), or, with no list column, every column one dimension (a
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,7 +25,6 @@ import numpy as np
 
 from actdict.config import ConfigError
 from actdict.errors import ActdictError
-from actdict.lock import LOCK_FILE, READERS
 
 FORMATS = (".npy", ".safetensors", ".parquet")
 
@@ -312,7 +309,6 @@ def cli(argv: list[str] | None = None) -> int:
     from actdict.harvest.resume import store_lock
     from actdict.harvest.writer import default_layout, new_manifest
 
-    made = not os.path.exists(a.store)  # a folder this import makes goes again if the import fails
     try:  # the arguments and the file's first row checked before the lock makes the store's folder
         chunk_rows, shard_rows = default_layout(vector_rows(a.file, a.key), a.chunk_rows, a.shard_rows)
         new_manifest({"hook": a.hook}, 1, a.dtype, shard_rows, chunk_rows)
@@ -321,9 +317,7 @@ def cli(argv: list[str] | None = None) -> int:
             writing([a.hook])
             s = import_vectors(a.file, a.store, key=a.key, hook=a.hook, dtype=a.dtype, overwrite=a.overwrite,
                                chunk_rows=chunk_rows, shard_rows=shard_rows)
-    except BaseException as e:  # a bad file, a full disk, Ctrl-C: a store folder this import made goes
-        if made and os.path.isdir(a.store) and set(os.listdir(a.store)) <= {LOCK_FILE, READERS}:
-            shutil.rmtree(a.store, ignore_errors=True)  # only the lock files in it: nothing of anyone's
+    except BaseException as e:  # a bad file, a full disk, Ctrl-C (a store folder the lock made is gone)
         if isinstance(e, KeyboardInterrupt):
             print("import: interrupted (an unfinished hook is not kept)", file=sys.stderr)
             return 130

@@ -275,3 +275,15 @@ def test_a_training_started_while_the_harvest_loads_its_model_waits_for_it(tmp_p
         go.set()
     w.join(300)
     assert w.result == 0
+
+
+def test_a_harvest_that_fails_leaves_no_store_folder_of_lock_files(tmp_path, capsys):
+    """A harvest that stops before its first shard (here a model path that does not exist; a bad vectors
+    file alike) takes away the store folder its lock made: it held only the lock files, and looked like a
+    store to the next command."""
+    cfg = _config(tmp_path)
+    assert main(["harvest", str(cfg), f"harvest.model={tmp_path / 'no-model'}"]) == 2
+    assert "no-model" in capsys.readouterr().err and not (tmp_path / "run" / "store").exists()
+    (tmp_path / "run" / "store").mkdir(parents=True)  # a folder of the user's own stays
+    assert main(["harvest", str(cfg), f"harvest.model={tmp_path / 'no-model'}"]) == 2
+    assert (tmp_path / "run" / "store").is_dir()
