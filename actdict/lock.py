@@ -133,6 +133,10 @@ def remote_lock(fs, path: str, url: str, what: str, say: Callable[[str], None] =
         except FileExistsError:
             try:
                 holder = json.loads(fs.cat_file(path))
+            except FileNotFoundError:  # its holder ended meanwhile: make it again
+                if not attempt:
+                    continue
+                holder = {}
             except (OSError, ValueError):
                 holder = {}
             if attempt or not _gone(holder):
@@ -142,7 +146,8 @@ def remote_lock(fs, path: str, url: str, what: str, say: Callable[[str], None] =
                                   "is gone") from None
             say(f"{what}: removing {url}, the lock of actdict process {holder['pid']}, which ended without "
                 "removing it (killed?)")
-            fs.rm_file(path)
+            with suppress(FileNotFoundError):  # another run taking it over removed it first
+                fs.rm_file(path)
         except (NotImplementedError, TypeError, ValueError, PermissionError) as e:
             if not isinstance(e, PermissionError):  # a store we may only read is read unlocked, as a folder
                 say(f"note: {url} cannot be made only-if-absent here ({e}); going on without the lock")

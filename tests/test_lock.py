@@ -1,8 +1,10 @@
 """One writer per folder: a harvest locks its store, a training its run folder; a second one waits, saying
 so, and then looks again; a killed holder frees the lock at once."""
 
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -287,3 +289,35 @@ def test_a_harvest_that_fails_leaves_no_store_folder_of_lock_files(tmp_path, cap
     (tmp_path / "run" / "store").mkdir(parents=True)  # a folder of the user's own stays
     assert main(["harvest", str(cfg), f"harvest.model={tmp_path / 'no-model'}"]) == 2
     assert (tmp_path / "run" / "store").is_dir()
+
+
+def test_a_remote_lock_removed_as_it_is_read_is_made_again(monkeypatch):
+    """A remote store's lock object that its harvest removes (it ended) between this run's conditional write
+    and its read of the holder: the lock is made again, not 'in use by actdict process None on host None'."""
+    import fsspec
+
+    from actdict.lock import REMOTE_LOCK, remote_lock
+
+    fs, path = fsspec.filesystem("memory"), f"/racy-store/{REMOTE_LOCK}"
+    fs.pipe_file(path, b'{"host": "elsewhere", "pid": 7}')  # another host's harvest, ending right now
+    real = fs.cat_file
+
+    def ends_first(p, *a, **k):
+        fs.rm_file(p)
+        return real(p, *a, **k)
+
+    monkeypatch.setattr(fs, "cat_file", ends_first)
+    with remote_lock(fs, path, f"memory:/{path}", "store memory://racy-store", print):
+        assert json.loads(real(path))["pid"] == os.getpid()
+    assert not fs.exists(path)
+    monkeypatch.undo()  # a killed run's lock (no such pid here) that another run takes over just before us
+    fs.pipe_file(path, json.dumps({"host": socket.gethostname(), "pid": 2**22 + 1}).encode())
+    rm = fs.rm_file
+
+    def taken_over(p, *a, **k):
+        rm(p)
+        raise FileNotFoundError(p)
+
+    monkeypatch.setattr(fs, "rm_file", taken_over)
+    with remote_lock(fs, path, f"memory:/{path}", "store memory://racy-store", print):
+        assert json.loads(fs.cat_file(path))["pid"] == os.getpid()
