@@ -246,9 +246,10 @@ def write_vectors(path: str, x, manifest: dict | None = None, hook: str = "vecto
     from actdict.harvest.store import open_store
 
     if isinstance(x, Iterator):
-        blocks = map(_as_numpy, x)
+        head = next(x, np.empty((0, 0)))
+        src, blocks = _tensor_dtype(head), map(_as_numpy, chain([head], x))
     else:
-        x = _as_numpy(x)
+        src, x = _tensor_dtype(x), _as_numpy(x)
         if x.ndim != 2:
             raise ValueError(f"vectors must have shape [n, d], got {x.shape}")
         kw["chunk_rows"], kw["shard_rows"] = default_layout(len(x), kw.get("chunk_rows", 0),
@@ -259,7 +260,7 @@ def write_vectors(path: str, x, manifest: dict | None = None, hook: str = "vecto
     if first.ndim != 2:
         raise ValueError(f"vectors must have shape [n, d], got a block of shape {first.shape}")
     kw.setdefault("dtype", "float32")
-    m = {"model": None, "numerics": f"user vectors ({first.dtype}), stored {kw['dtype']}"}
+    m = {"model": None, "numerics": f"user vectors ({src or first.dtype}), stored {kw['dtype']}"}
     m |= dict(manifest or {})
     m["hook"] = hook
     fs, root = fs_of(path)
@@ -281,10 +282,19 @@ def write_vectors(path: str, x, manifest: dict | None = None, hook: str = "vecto
     return open_store(path, hook)
 
 
+def _is_tensor(x) -> bool:
+    return hasattr(x, "detach") and hasattr(x, "cpu")  # torch.Tensor, without importing torch for numpy input
+
+
+def _tensor_dtype(x) -> str | None:
+    """A torch tensor's dtype as the manifest names it ('bfloat16', which ``_as_numpy`` widens), else None."""
+    return str(x.dtype).removeprefix("torch.") if _is_tensor(x) else None
+
+
 def _as_numpy(x) -> np.ndarray:
     """``x`` as a numpy array: a torch tensor (on any device, with grad, bfloat16 widened to float32 exactly)
     or anything ``np.asarray`` takes; a memmap stays a memmap."""
-    if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch.Tensor, without importing torch for numpy input
+    if _is_tensor(x):
         x = x.detach().cpu()
         return (x.float() if str(x.dtype) == "torch.bfloat16" else x).numpy()
     return np.asarray(x)

@@ -318,9 +318,12 @@ def test_write_vectors_takes_torch_tensors(tmp_path):
     x = torch.randn(10, 5, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16).requires_grad_()
     s = write_vectors(str(tmp_path / "a"), x, shard_rows=4, chunk_rows=2)
     np.testing.assert_array_equal(s.read_rows(0, 10).acts, x.detach().float().numpy())
-    assert "user vectors (float32)" in s.manifest["numerics"]
-    s = write_vectors(str(tmp_path / "b"), iter(x.detach().float().split(4)), shard_rows=4, chunk_rows=2)
+    assert s.manifest["numerics"] == "user vectors (bfloat16), stored float32"  # as the file import says
+    s = write_vectors(str(tmp_path / "b"), iter(x.detach().split(4)), shard_rows=4, chunk_rows=2)
     np.testing.assert_array_equal(s.read_rows(0, 10).acts, x.detach().float().numpy())
+    assert s.manifest["numerics"] == "user vectors (bfloat16), stored float32"
+    s = write_vectors(str(tmp_path / "c"), iter(x.detach().half().split(4)), shard_rows=4, chunk_rows=2)
+    assert s.manifest["numerics"] == "user vectors (float16), stored float32"
 
 
 def test_fsspec_url(tmp_path):
