@@ -21,7 +21,7 @@ shared store that is only read) is not locked, nor one on a file system without 
 A store on an fsspec URL (S3, ...) has no flock: its harvest makes the object ``.actdict-lock.json`` in it,
 only if there is none (a conditional PUT), naming its process, and removes it when done (``remote_lock``).
 A second harvest meanwhile stops with one line naming that process; a lock that a killed process of this
-host left (its pid gone, or now another process's) is taken over, saying so.
+host and pid namespace left (its pid gone, or now another process's) is taken over, saying so.
 """
 
 from __future__ import annotations
@@ -108,13 +108,31 @@ def _started(pid: int) -> str | None:
         return None
 
 
+def _pid_space() -> str | None:
+    """This process's pid namespace (a container on this host has its own pids), None without /proc."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
 def _gone(holder: dict) -> bool:
-    """The process a lock object names is known to have ended: of this host, and its pid is free or another
-    process's. A process of another host may be alive: never taken for gone."""
-    if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
+    """The process a lock object names is known to have ended: of this host and pid namespace, and its pid
+    is free or another process's. A process of another host or container may be alive, and without /proc
+    nothing tells: never taken for gone."""
+    pid, space = holder.get("pid"), _pid_space()
+    if (holder.get("host"), holder.get("pids")) != (socket.gethostname(), space) or space is None or (
+            not isinstance(pid, int)):
         return False
-    now = _started(holder["pid"])
-    return now is None or (holder.get("started") is not None and now != holder["started"])
+    if (now := _started(pid)) is not None:
+        return holder.get("started") is not None and now != holder["started"]
+    try:
+        os.kill(pid, 0)  # no /proc entry: no such process, or one /proc hides (hidepid: another user's)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        pass
+    return False
 
 
 @contextmanager
@@ -124,8 +142,8 @@ def remote_lock(fs, path: str, url: str, what: str, say: Callable[[str], None] =
     do) while another holds it; one of a killed process of this host is replaced, saying so. A file system
     without conditional writes goes unlocked, with a note; a store we may not write in (a harvest that will
     only find it complete), without one."""
-    me = {"host": socket.gethostname(), "pid": os.getpid(), "started": _started(os.getpid()),
-          "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    me = {"host": socket.gethostname(), "pids": _pid_space(), "pid": os.getpid(),
+          "started": _started(os.getpid()), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
     for attempt in range(2):
         try:
             fs.pipe_file(path, json.dumps(me).encode(), mode="create")

@@ -311,7 +311,8 @@ def test_a_remote_lock_removed_as_it_is_read_is_made_again(monkeypatch):
         assert json.loads(real(path))["pid"] == os.getpid()
     assert not fs.exists(path)
     monkeypatch.undo()  # a killed run's lock (no such pid here) that another run takes over just before us
-    fs.pipe_file(path, json.dumps({"host": socket.gethostname(), "pid": 2**22 + 1}).encode())
+    fs.pipe_file(path, json.dumps({"host": socket.gethostname(), "pids": os.readlink("/proc/self/ns/pid"),
+                                   "pid": 2**22 + 1}).encode())
     rm = fs.rm_file
 
     def taken_over(p, *a, **k):
@@ -321,3 +322,20 @@ def test_a_remote_lock_removed_as_it_is_read_is_made_again(monkeypatch):
     monkeypatch.setattr(fs, "rm_file", taken_over)
     with remote_lock(fs, path, f"memory:/{path}", "store memory://racy-store", print):
         assert json.loads(fs.cat_file(path))["pid"] == os.getpid()
+
+
+def test_a_remote_lock_is_taken_for_dead_only_where_this_host_can_tell(monkeypatch):
+    """A lock object's process is taken for ended only when it is of this host and pid namespace and its pid
+    is free: a harvest in a container on this host (same host name, its own pids: its pid here is free or
+    another process's) or on a system without /proc was taken for dead, its lock removed, and the two
+    harvests ran together."""
+    import actdict.lock as lk
+
+    ended = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                               text=True).stdout)
+    here = {"host": socket.gethostname(), "pids": os.readlink("/proc/self/ns/pid")}
+    assert lk._gone(here | {"pid": ended}) and not lk._gone(here | {"pid": os.getpid()})
+    assert not lk._gone(here | {"pids": "pid:[1]", "pid": ended})  # another container's: may be alive
+    monkeypatch.setattr(lk, "_started", lambda pid: None)  # no /proc here
+    monkeypatch.setattr(lk, "_pid_space", lambda: None, raising=False)
+    assert not lk._gone({"host": socket.gethostname(), "pids": None, "pid": os.getpid()})

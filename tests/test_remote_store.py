@@ -180,11 +180,12 @@ def test_a_remote_store_has_a_lock_object(tmp_path, s3, capsys, holder):
 
     import s3fs
 
-    from actdict.lock import _started
+    from actdict.lock import _pid_space, _started
 
     url, fs = f"{s3}/locked-{holder.replace(' ', '-')}", s3fs.S3FileSystem()
     lock = f"{url[len('s3://'):]}/.actdict-lock.json"
-    me = {"host": socket.gethostname(), "pid": os.getpid(), "started": _started(os.getpid()), "since": "then"}
+    me = {"host": socket.gethostname(), "pids": _pid_space(), "pid": os.getpid(),
+          "started": _started(os.getpid()), "since": "then"}
     ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                            text=True).stdout.strip()
     fs.pipe_file(lock, json.dumps(me | {"alive": me, "other host": {"host": "elsewhere"},
