@@ -454,7 +454,7 @@ def load_models(run_dir: Path, names: list[str], d: int, records: dict[str, dict
     if missing or not found:
         raise AnalyzeError(f"dictionaries {missing or '(any)'} not found in {root}; available: {found}")
     models = {}
-    for name in names or found:
+    for name in names or [n for n in found if records is None or n in records]:  # a newcomer: next time
         model, record = load(root / name)
         if records is not None and record != records.get(name):
             raise AnalyzeError(f"dictionary {name} ({root / name}) was saved again by a training while this "

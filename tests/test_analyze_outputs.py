@@ -426,6 +426,22 @@ def test_a_dictionary_saved_again_while_the_analysis_starts_is_refused(tmp_path,
     assert not (run_dir / "summary.json").exists()
 
 
+def test_a_dictionary_finished_while_the_analysis_starts_waits_for_the_next_one(tmp_path, monkeypatch):
+    """A training beside the analysis finishes a new dictionary after the analysis read the records of
+    those in the run folder: the analysis goes on with the ones it checked (the newcomer was refused as
+    'saved again')."""
+    run_dir, real = _run_dir(tmp_path, monkeypatch), run.read_test_chunks
+    record = json.loads((run_dir / "dicts" / "sae" / "cfg.json").read_text())
+
+    def finished_meanwhile(*a):
+        save(run_dir / "dicts" / "new", make("sae_l1", 5, 8, seed=1), record)
+        return real(*a)
+
+    monkeypatch.setattr(run, "read_test_chunks", finished_meanwhile)
+    run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(device="cpu", n_features=2, top_k=2, context=1))
+    assert list(json.loads((run_dir / "summary.json").read_text())["models"]) == ["sae"]
+
+
 def test_a_damaged_record_is_one_line(tmp_path, monkeypatch):
     run_dir = _run_dir(tmp_path, monkeypatch)
     (run_dir / "dicts" / "sae" / "cfg.json").write_text('{"variant": ')  # a copy cut short
