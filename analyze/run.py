@@ -237,7 +237,7 @@ def summary_lines(summary: dict) -> list[str]:
               for name, m in summary["models"].items() if m.get("training_warning")]
     why = [f"(EV n/a: the {summary['n_test_rows']:,} held-out row(s) do not vary, so there is no variance "
            "to explain; more test rows: analyze.max_test_rows, train.test_fraction)"]
-    why = why if any(m["ev"] is None for m in summary["models"].values()) else []
+    why = why if any(m["ev"] is None and m["re_det"] is not None for m in summary["models"].values()) else []
     return lines + ["(AD: active dimensions per row, the paper's Otsu split; L0: exact nonzeros, not a "
                     "VAE's sparsity measure; docs/analyze.md)"] + why + warned
 

@@ -303,8 +303,8 @@ def test_summary_lines_print_null_numbers_as_na():
                        f"{'n/a':>7} {0.25:>7.4f}"
     assert len(lines[2]) == len(lines[1])  # the columns stay aligned under the header
     assert lines[4].startswith("(EV n/a: the 1 held-out row(s) do not vary")
-    m["ev"] = 0.5
-    assert not any(line.startswith("(EV n/a") for line in summary_lines(summary))
+    for m["ev"], m["re_det"] in ((0.5, 2.5), (None, None)):  # EV known; or n/a as RE is (not finite)
+        assert not any(line.startswith("(EV n/a") for line in summary_lines(summary))
 
 
 def test_feature_page_brings_the_installed_plotly(tmp_path):
