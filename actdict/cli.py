@@ -91,7 +91,8 @@ def check_run(data: dict, cfgs: dict[str, Any]) -> None:
 
 def check_train_hook(hooks: list[str], hook: str) -> None:
     """``train.hook`` picks one of the hooks the harvest writes (``harvest.hooks``): a name listed, or one
-    that a pattern matches (``all``: ``blocks.N.hook_resid_post``; the model decides which N exist)."""
+    that a pattern matches (``all``: ``blocks.N.hook_resid_post``; the model decides which N exist). ``run``
+    checks it again with the hooks as the model expands them, before the harvest's first forward."""
     from actdict.harvest.config import hook_pattern
 
     patterns = [p for h in hooks if (p := hook_pattern(h))]
@@ -100,14 +101,6 @@ def check_train_hook(hooks: list[str], hook: str) -> None:
                           "train.hook=HOOK")
     if hook and not any(fnmatch.fnmatchcase(hook, hook_pattern(h) or h) for h in hooks):
         raise ConfigError(f"train.hook={hook!r} is not among the hooks the harvest writes ({hooks})")
-
-
-def check_trained_hook(hooks: list[str], hook: str) -> None:
-    """``train.hook`` is one of the hooks the harvest writes, as the model expands ``harvest.hooks`` (called
-    by the harvest of ``run`` before its first forward: a block the model lacks stops it there)."""
-    if hook not in hooks:
-        raise ConfigError(f"train.hook={hook!r} is not among the hooks the harvest writes for this model "
-                          f"({hooks})")
 
 
 def set_threads(n: int) -> None:
@@ -185,7 +178,7 @@ def _main(argv: list[str] | None = None) -> int:
         if args.stage == "run":
             check_run(data, {stage: cfg for stage, (cfg, _) in prepared.items()})
             if "harvest" in prepared and (hook := prepared["train"][0].hook):  # once the model named them
-                extra["harvest"] = {"on_hooks": lambda hooks: check_trained_hook(hooks, hook)}
+                extra["harvest"] = {"on_hooks": lambda hooks: check_train_hook(hooks, hook)}
         for stage, (_, go) in prepared.items():
             go(**extra.get(stage, {}))
     except ActdictError as e:  # ConfigError included

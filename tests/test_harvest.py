@@ -202,7 +202,7 @@ def test_run_stops_at_a_train_hook_the_model_lacks(tmp_path, capsys):
                    "train: {hook: blocks.9.hook_resid_post, dicts: [{name: a, variant: sae_l1, k: 8}]}\n")
     assert actdict_main(["run", str(cfg)]) == 2
     err = capsys.readouterr().err
-    assert "train.hook='blocks.9.hook_resid_post' is not among the hooks the harvest writes for this" in err
+    assert "train.hook='blocks.9.hook_resid_post' is not among the hooks the harvest writes ([" in err
     assert "'blocks.5.hook_resid_post']" in err and not list((tmp_path / "run").rglob("shards/*"))
 
 
