@@ -40,12 +40,32 @@ def top_first(score: Tensor, t: int, floor: float | None = None) -> Tensor:
     idx = top.indices[:t]
     if not bool(cut.any()):
         return idx
-    sub = score[:, cut]  # [B, c]
-    e = sub == thr[cut]
-    need = t - (top.values[:t, cut] > thr[cut]).sum(0)  # [c] tied rows to keep
-    keep = (sub > thr[cut]) | (e & (e.cumsum(0) <= need))  # exactly t per column
+    cols = cut.nonzero()[:, 0]  # [c]
+    first = torch.arange(score.shape[0], 0, -1, dtype=torch.int32, device=score.device)[:, None]  # [B, 1]
+    tied = ((score.index_select(1, cols) == thr[cols]) * first).topk(t, dim=0).indices  # [t, c] first ties
+    above = (top.values[:t, cols] > thr[cols]).sum(0)  # [c] kept rows above the threshold: topk's first
+    at = torch.arange(t, device=score.device)[:, None]  # [t, 1]
+    idx = idx.clone()  # the rows above the threshold, then the first tied rows
+    idx[:, cols] = torch.where(at < above, idx[:, cols], tied.gather(0, (at - above).clamp(min=0)))
+    return idx
+
+
+def best_first(score: Tensor, rows: Tensor, t: int, floor: float | None = None) -> Tensor:
+    """[n, k] scores and their rows -> [min(t, n), k] indices of each column's t largest scores, largest
+    first, equal scores by the smaller row (those at or below ``floor`` in any order). Only columns with
+    such ties (or a NaN) are sorted by (score, row): ``torch.topk`` orders the others, ~10x faster."""
+    top = score.topk(min(t + 1, len(score)), dim=0)  # one more: a tie at the t-th score
+    v = top.values
+    tie = (v[1:] == v[:-1]) if floor is None else (v[1:] == v[:-1]) & (v[1:] > floor)
+    tie = tie.any(0) | v.isnan().any(0)  # [k]
+    idx = top.indices[:t]
+    if not bool(tie.any()):
+        return idx
+    cols = tie.nonzero()[:, 0]  # [c]
+    by_row = rows[:, cols].argsort(dim=0, stable=True)  # [n, c]
+    by_score = score[:, cols].gather(0, by_row).argsort(dim=0, descending=True, stable=True)
     idx = idx.clone()
-    idx[:, cut] = keep.T.nonzero()[:, 1].view(-1, t).T  # [t, c] ascending rows
+    idx[:, cols] = by_row.gather(0, by_score)[:t]
     return idx
 
 
@@ -77,8 +97,7 @@ class TopRows:
         s = torch.cat([self.score, score.gather(0, top)])  # [<=2t, k]
         r = torch.cat([self.rows, rows[top]])
         v = torch.cat([self.value, value.detach().to(self.value).gather(0, top)])
-        by_row = r.argsort(dim=0, stable=True)
-        best = by_row.gather(0, s.gather(0, by_row).argsort(dim=0, descending=True, stable=True))[: self.t]
+        best = best_first(s, r, self.t, self.floor)
         self.score, self.rows, self.value = s.gather(0, best), r.gather(0, best), v.gather(0, best)
 
     def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
