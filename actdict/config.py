@@ -44,6 +44,18 @@ def check_seed(seed: object, name: str) -> None:
         raise ConfigError(f"{name} must be an integer in [0, 2**63), got {seed}")
 
 
+def is_hook_name(hook: str) -> bool:
+    """``hook`` can name one folder of a store: not empty, no '/', not starting with '.' ('..' would be the
+    store's parent, '.' the store itself; dot names are the store's own files)."""
+    return bool(hook) and "/" not in hook and not hook.startswith(".")
+
+
+def check_hook_name(hook: str, name: str) -> None:
+    """ConfigError naming the field ``name`` unless ``is_hook_name(hook)``."""
+    if not is_hook_name(hook):
+        raise ConfigError(f"{name} must be a non-empty name without '/', not starting with '.', got {hook!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class Common:
     """Top-level keys shared by every stage."""

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from actdict.config import ConfigError, bar_timing
+from actdict.config import ConfigError, bar_timing, check_hook_name
 
 
 @dataclass(frozen=True)
@@ -46,9 +46,7 @@ class EmbedConfig:
     """Documents handed to ``encode`` at once; it sorts them by length inside the group (less padding)."""
 
     def __post_init__(self) -> None:
-        if not self.hook or "/" in self.hook or self.hook.startswith("."):  # '..': <store>/.. is no hook
-            raise ConfigError(f"harvest.embed.hook must be a non-empty name without '/', not starting with "
-                              f"'.', got {self.hook!r}")
+        check_hook_name(self.hook, "harvest.embed.hook")
         if self.max_seq_length is not None and self.max_seq_length < 1:
             raise ConfigError(f"harvest.embed.max_seq_length must be >= 1 or null, got {self.max_seq_length}")
         if self.group < 1:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from actdict.config import ConfigError
+from actdict.config import ConfigError, check_hook_name
 from actdict.errors import ActdictError
 
 FORMATS = (".npy", ".safetensors", ".parquet")
@@ -48,9 +48,7 @@ class VectorsConfig:
     """Rows read at a time (memory held: one block)."""
 
     def __post_init__(self) -> None:
-        if not self.hook or "/" in self.hook or self.hook.startswith("."):  # '..': <store>/.. is no hook
-            raise ConfigError(f"harvest.vectors.hook must be a non-empty name without '/', not starting with "
-                              f"'.', got {self.hook!r}")
+        check_hook_name(self.hook, "harvest.vectors.hook")
         if self.block_rows < 1:
             raise ConfigError(f"harvest.vectors.block_rows must be >= 1, got {self.block_rows}")
 

@@ -15,7 +15,7 @@ from itertools import chain
 
 import numpy as np
 
-from actdict.config import ConfigError
+from actdict.config import ConfigError, is_hook_name
 from actdict.errors import ActdictError
 from actdict.harvest.layout import (
     ACT_DTYPES,
@@ -41,7 +41,7 @@ def new_manifest(manifest: dict, d: int, dtype: str, shard_rows: int, chunk_rows
     ValueError, for bad arguments: the command lines print it as one line)."""
     if not manifest.get("hook"):
         raise ConfigError("manifest must name the 'hook'")
-    if "/" in (hook := str(manifest["hook"])) or hook.startswith("."):  # '..': the store's parent folder
+    if not is_hook_name(hook := str(manifest["hook"])):  # '..': the store's parent folder
         raise ConfigError(f"hook {hook!r} cannot name a folder of the store: no '/', not starting with '.'")
     if dtype not in ACT_DTYPES:
         raise ConfigError(f"dtype must be one of {sorted(ACT_DTYPES)}, got {dtype!r}")
