@@ -72,6 +72,7 @@ from actdict.config import Common, config_changes
 from actdict.errors import ActdictError
 from actdict.files import remove_temps, write_atomic
 from actdict.lock import check_writable
+from actdict.train import checkpoint
 from actdict.train.loop import check_device, resolve_device
 from actdict.train.run import describe_store, store_key
 
@@ -343,7 +344,7 @@ def read_test_chunks(run_dir: Path) -> list[int]:
 def not_a_dictionary(folder: Path) -> str | None:
     """Why the folder ``folder`` of ``<run_dir>/dicts`` holds no dictionary to load, in words; None when it
     holds a finished checkpoint (training writes the weights, then cfg.json)."""
-    from actdict.train import checkpoint, export
+    from actdict.train import export
 
     if (folder / checkpoint.CFG).is_file() and (folder / checkpoint.WEIGHTS).is_file():
         return None
@@ -384,8 +385,7 @@ def trained_records(run_dir: Path, names: list[str]) -> dict[str, dict]:
         except FileNotFoundError:  # gone: a training saving it now (load_models says so)
             pass
         except ValueError as e:  # a cut copy, an edit: as checkpoint.load says it
-            raise AnalyzeError(f"{p.parent} holds a damaged checkpoint: rerun actdict train, which trains it "
-                               f"again ({p.name}: {e})") from e
+            raise AnalyzeError(checkpoint.damaged(p.parent, f"{p.name}: {e}")) from e
     return out
 
 
@@ -444,8 +444,6 @@ def load_models(run_dir: Path, names: list[str], d: int, records: dict[str, dict
     """Load ``<run_dir>/dicts/<name>`` for each name (all found there when ``names`` is empty); with
     ``records`` (``trained_records``, read earlier), one whose cfg.json a training replaced since is refused:
     the checks made on its record would not be its own."""
-    from actdict.train.checkpoint import load
-
     root = run_dir / "dicts"
     found, skipped = dict_folders(root)
     if named := [n for n in names if n in skipped]:
@@ -455,7 +453,7 @@ def load_models(run_dir: Path, names: list[str], d: int, records: dict[str, dict
         raise AnalyzeError(f"dictionaries {missing or '(any)'} not found in {root}; available: {found}")
     models = {}
     for name in names or [n for n in found if records is None or n in records]:  # a newcomer: next time
-        model, record = load(root / name)
+        model, record = checkpoint.load(root / name)
         if records is not None and record != records.get(name):
             raise AnalyzeError(f"dictionary {name} ({root / name}) was saved again by a training while this "
                                "analysis started: rerun actdict analyze (when that training is done)")

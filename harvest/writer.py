@@ -293,7 +293,7 @@ def _tensor_dtype(x) -> str | None:
 
 def _as_numpy(x) -> np.ndarray:
     """``x`` as a numpy array: a torch tensor (on any device, with grad, bfloat16 widened to float32 exactly)
-    or anything ``np.asarray`` takes; a memmap stays a memmap."""
+    or anything ``np.asarray`` takes (a memmap: a view of the map, not read here)."""
     if _is_tensor(x):
         x = x.detach().cpu()
         return (x.float() if str(x.dtype) == "torch.bfloat16" else x).numpy()

@@ -150,31 +150,38 @@ def _read(d: Path) -> tuple[str, dict[str, Tensor]] | None:
     return (text, state) if same else None
 
 
+def damaged(d: Path, why: object) -> str:
+    """What a checkpoint folder ``d`` whose files cannot be read is told (``why``: what was wrong)."""
+    return f"{d} holds a damaged checkpoint: rerun actdict train, which trains it again ({why})"
+
+
+def _check_whole(d: Path) -> None:
+    if not (d / CFG).is_file() or not (d / WEIGHTS).is_file():
+        raise CheckpointError(f"{d} has no {CFG} + {WEIGHTS}: not a (finished) checkpoint")
+
+
 def load(dir: str | Path, device: str | torch.device = "cpu") -> tuple[Dictionary, dict[str, Any]]:
     """Rebuild the model saved in ``dir`` (eval mode, on ``device``) -> (model, cfg dict). A checkpoint that
     a training saves while it is read is read again once it is whole (an analysis beside a training)."""
     d = Path(dir)
-    damaged = f"{d} holds a damaged checkpoint: rerun actdict train, which trains it again ("
-    if not (d / CFG).is_file() or not (d / WEIGHTS).is_file():
-        raise CheckpointError(f"{d} has no {CFG} + {WEIGHTS}: not a (finished) checkpoint")
+    _check_whole(d)
     for _ in range(50):  # a save between the check and the read: its cfg.json is back within ~1 ms
         try:
             if got := _read(d):
                 break
         except (UnicodeDecodeError, SafetensorError) as e:
-            raise CheckpointError(f"{damaged}{e})") from e
+            raise CheckpointError(damaged(d, e)) from e
         time.sleep(0.1)
     else:
-        if not (d / CFG).is_file() or not (d / WEIGHTS).is_file():  # a save killed part way
-            raise CheckpointError(f"{d} has no {CFG} + {WEIGHTS}: not a (finished) checkpoint")
+        _check_whole(d)  # a save killed part way
         raise CheckpointError(f"{d} was saved again and again while it was read (a training writing it?): "
                               "rerun when that training is done")
     try:
         cfg, state = json.loads(got[0]), got[1]
     except ValueError as e:
-        raise CheckpointError(f"{damaged}{e})") from e
+        raise CheckpointError(damaged(d, e)) from e
     if not isinstance(cfg, dict) or not {"variant", "d", "k", "params"} <= set(cfg):
-        raise CheckpointError(f"{damaged}its {CFG} is not an actdict checkpoint's record)")
+        raise CheckpointError(damaged(d, f"its {CFG} is not an actdict checkpoint's record"))
     model: Dictionary = make(cfg["variant"], int(cfg["d"]), int(cfg["k"]), **cfg["params"])
     if cfg.get("normalized"):
         model = Normalized(model, state["norm_mean"], float(state["norm_scale"]))
