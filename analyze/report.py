@@ -97,9 +97,12 @@ def _overview(models: dict[str, dict], pages: dict[str, str]) -> str:
             "</table></div>")
 
 
-def _figures(models: dict[str, dict]) -> list[go.Figure]:
-    lay = {"barmode": "overlay", "height": 390, "margin": {"t": 60, "l": 60, "r": 20, "b": 50},
+_LAYOUT = {"barmode": "overlay", "height": 390, "margin": {"t": 60, "l": 60, "r": 20, "b": 50},
            "legend": {"orientation": "h", "y": -0.2}}
+
+
+def _figures(models: dict[str, dict]) -> list[go.Figure]:
+    lay = _LAYOUT
     ad = go.Figure(layout=lay | {"title": _title("Active dimensions per test row"), "xaxis_title": "AD",
                                  "yaxis_title": "test rows"})
     dens = go.Figure(layout=lay | {"title": _title("Feature density"),
@@ -135,6 +138,28 @@ def _figures(models: dict[str, dict]) -> list[go.Figure]:
             cls.add_scatter(x=labels, y=[r["ad_of_mean"] for r in rows], mode="markers",
                             name=f"{esc(name)} (of mean)")
         figs.append(cls)
+    return figs
+
+
+def _training_figures(models: dict[str, dict]) -> list[go.Figure]:
+    """The loss curves of the dictionaries with a training log: the reconstruction term (sse) on a log axis,
+    and the objective (log axis when every value is > 0: a VAE's -ELBO can be negative)."""
+    logs = {name: m["training_log"] for name, m in models.items() if m.get("training_log")}
+    figs = []
+    for term, title in (("sse", "Training: reconstruction error (sse per row)"),
+                        ("loss", "Training: the objective (loss)")):
+        curves = {name: c for name, c in logs.items() if term in c}
+        if not curves:
+            continue
+        vals = [v for c in curves.values() for v in c[term] if v is not None]
+        log_y = term == "sse" or (vals and min(vals) > 0)
+        fig = go.Figure(layout=_LAYOUT | {"title": _title(title), "xaxis_title": "training step",
+                                      "yaxis_title": term + (" (log scale)" if log_y else ""),
+                                      "yaxis": {"type": "log" if log_y else "linear"}})
+        for name, c in curves.items():
+            fig.add_scatter(x=c["step"], y=_log_values(c[term]) if log_y else c[term], mode="lines",
+                            name=esc(name))
+        figs.append(fig)
     return figs
 
 
@@ -211,8 +236,10 @@ def render(summary: dict, pages: dict[str, str] | None = None) -> str:
     models, pages = summary.get("models", {}), pages or {}
     info = ", ".join(f"{esc(k)}: {_num(summary.get(k))}" for k in ("store", "hook", "d", "n_test_rows",
                                                                      "run_id") if k in summary)
+    dist, training = _figures(models), _training_figures(models)
     figs = [fig.to_html(full_html=False, include_plotlyjs=(i == 0), div_id=f"figure-{i}")  # not a random id:
-            for i, fig in enumerate(_figures(models))]  # the same summary renders the same bytes
+            for i, fig in enumerate(dist + training)]  # the same summary renders the same bytes
+    figs, training_figs = figs[:len(dist)], figs[len(dist):]
     body = [f"<h1>actdict report: {esc(summary.get('run_dir', ''))}</h1>", f"<p>{info}</p>",
             "<h2>Overview</h2>", _overview(models, pages), _ce_line(summary.get("ce")),
             *(f'<p class="warn">{esc(name)}: training warned: {esc(m["training_warning"])}</p>'
@@ -221,6 +248,10 @@ def render(summary: dict, pages: dict[str, str] | None = None) -> str:
             "use the per-row Otsu active mask of each model's activity. L0 counts exact nonzero codes, which "
             "a VAE's rarely are: a VAE's sparsity is its AD.</p>",
             "<h2>Distributions</h2>", '<div class="figs">', *(f"<div>{f}</div>" for f in figs), "</div>",
+            *(["<h2>Training</h2>", '<p class="note">Each dictionary\'s loss terms over its training, means '
+               "over the intervals of its log (train.log_every steps; logs/&lt;name&gt;.jsonl).</p>",
+               '<div class="figs">', *(f"<div>{f}</div>" for f in training_figs), "</div>"]
+              if training_figs else []),
             "<h2>Most frequent features: top-activating contexts</h2>",
             '<p class="note">Each dictionary\'s features active on the most test rows (density: the '
             "fraction of rows), each with its top rows: the feature's code on the row, then the row's token "

@@ -30,6 +30,8 @@ summary.json (version 2 = version 1 plus keys; floats rounded to 6 significant d
         "ad_class_unlabelled": int,  # with ad_class: evaluated rows without a label (NaN, ""), left out
         "ce": float, "kl": float, "ce_recovered": float,   # only with analyze.ce_loss (v2)
         "training_warning": str | null,  # the warning its training saved (diverged, learned almost nothing)
+        "training_log": null | {"step": [int], "epoch": [int], "lr": [float], "<term>": [float | null]},
+                              # its loss terms over training (logs/<name>.jsonl, <= 1000 points: train.log)
         "features_file": str,  # features/<name>.json, relative to run_dir (v2)
         "wordpiece": bool,     # WordPiece token strings ("##" continuations): how contexts are joined (v2)
         "features": [{"index": int, "fires": int, "density": float,  # the n_features most active
@@ -73,6 +75,7 @@ from actdict.errors import ActdictError
 from actdict.files import remove_temps, write_atomic
 from actdict.lock import check_writable
 from actdict.train import checkpoint
+from actdict.train.log import trained_curve
 from actdict.train.loop import check_device, resolve_device
 from actdict.train.run import describe_store, store_key
 
@@ -179,6 +182,7 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
             data["texts"] = {str(r): texts[r] for r, _, _ in sorted(keys[name]) if r in texts}
         m = ev.summary(n, sum_x, sum_x2, classes)
         m["training_warning"] = records.get(name, {}).get("warning")  # diverged / learned almost nothing
+        m["training_log"] = trained_curve(run_dir, name, records.get(name, {}).get("config_hash"))
         if ce is not None:
             m |= ce["models"][name]
         fires = ev.fire.cpu().numpy()

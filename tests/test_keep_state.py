@@ -9,6 +9,7 @@ from actdict.config import Common
 from actdict.harvest.store import write_vectors
 from actdict.train import checkpoint
 from actdict.train.config import DictConfig, TrainConfig
+from actdict.train.log import log_path, read_log
 from actdict.train.resume import KEPT, STATE, read_meta
 from actdict.train.run import main
 
@@ -23,7 +24,7 @@ def store(tmp_path_factory):
 
 def cfg(**kw) -> TrainConfig:
     return TrainConfig(**{"dicts": DICTS, "epochs": 2, "batch_size": 50, "device": "cpu",
-                          "checkpoint_every": 0} | kw)
+                          "checkpoint_every": 0, "log_every": 5} | kw)
 
 
 def run(store, folder, **kw) -> Common:
@@ -57,6 +58,11 @@ def test_more_epochs_continue_the_kept_state_bit_exactly(store, tmp_path, capsys
         assert [(g["from_step"], g["to_step"], g["world_size"]) for g in meta["segments"]] == [(0, 24, 1),
                                                                                               (24, 36, 1)]
         assert meta["wall_s"] == pytest.approx(sum(g["wall_s"] for g in meta["segments"]), abs=2e-3)
+        (ref_head, ref_log), (head, log) = (read_log(log_path(tmp_path / f, name)) for f in ("ref", "run"))
+        assert head == ref_head and head["config_hash"] == meta["config_hash"]  # the extended run's log
+        assert [r["step"] for r in log] == [5, 10, 12, 15, 20, 24, 25, 30, 35, 36]  # steps 5k, epoch ends
+        assert [{k: v for k, v in r.items() if k != "time"} for r in log] == [
+            {k: v for k, v in r.items() if k != "time"} for r in ref_log]  # the first run's records kept
     assert read_meta(kept)["position"]["epoch"] == 3  # kept again: 4 epochs would continue it too
     for steps, kept_too in ((24, True), (23, False)):  # max_steps at the end of the last epoch, or inside it
         run(store, tmp_path / f"max{steps}", keep_state=True, max_steps=steps)

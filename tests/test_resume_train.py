@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from actdict.config import common_of, load_experiment, section
 from actdict.harvest.store import write_vectors
 from actdict.train.config import TrainConfig
+from actdict.train.log import log_path, read_log
 from actdict.train.resume import STATE, ResumeConflict, read_meta
 from actdict.train.run import main
 
@@ -39,6 +40,7 @@ train:
   test_fraction: 0.1
   device: {device}
   checkpoint_every: 20
+  log_every: 7  # the training log's intervals cross the resume states' steps
   schedule: warmup_cosine
   warmup_steps: 30
   dicts:
@@ -138,6 +140,15 @@ def test_killed_and_terminated_run_resumes_bit_exactly(tmp_path, device):
         ref, run = (json.loads((tmp_path / r / "dicts" / name / "cfg.json").read_text())
                     for r in ("ref", "run"))
         assert len(ref["history"]) == 8 and run["history"] == ref["history"]
+        # and the training log: the records a kill left past the resume state dropped, the open interval's
+        # sums resumed, so that every record equals the uninterrupted run's but for its time
+        (ref_head, ref_log), (head, got) = (read_log(log_path(tmp_path / r, name)) for r in ("ref", "run"))
+        assert head == ref_head == {"config_hash": ref["config_hash"], "dict": name, "variant": "vaease"
+                                    if name != "topk" else "sae_topk"}
+        (per, left), n = divmod(ref["steps"], 8), ref["steps"] + 1
+        assert not left and [r["step"] for r in ref_log] == sorted({*range(7, n, 7), *range(per, n, per)})
+        assert [{k: v for k, v in r.items() if k != "time"} for r in got] == [
+            {k: v for k, v in r.items() if k != "time"} for r in ref_log]
     # the BatchNorm running statistics are weights too: moved once per training step, resumed with the rest
     official = load_file(tmp_path / "run" / "dicts" / "official" / "model.safetensors")
     steps = json.loads((tmp_path / "ref" / "dicts" / "official" / "cfg.json").read_text())["steps"]

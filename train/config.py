@@ -91,6 +91,10 @@ class TrainConfig:
     checkpoint_every: int = 500
     """Write the resume state (weights, Adam state, batch position, epoch records) every this many steps
     (0 = only on SIGTERM). Not part of the config hash: it may change between a run and its resumption."""
+    log_every: int = 100
+    """Append each dictionary's loss terms, averaged over every this many steps (and over the rest of each
+    epoch), to ``<run_dir>/logs/<name>.jsonl`` (0 = once per epoch; ``actdict.train.log``): the loss curves
+    of the report. Not part of the config hash."""
     resume: bool = True
     """Continue from ``<run_dir>/train_state.safetensors`` when it belongs to the same configuration."""
     keep_state: bool = False
@@ -118,7 +122,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         least_of = {"epochs": 1, "batch_size": 1, "buffer_chunks": 1, "t0": 1, "norm_chunks": 1,
-                    "warmup_steps": 0, "checkpoint_every": 0, "max_steps": 0}
+                    "warmup_steps": 0, "checkpoint_every": 0, "log_every": 0, "max_steps": 0}
         for name, least in least_of.items():
             if getattr(self, name) < least:
                 raise ConfigError(f"train.{name} must be >= {least}, got {getattr(self, name)}")

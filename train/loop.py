@@ -62,6 +62,8 @@ class Member:
     first: float | None = None  # the SSE of its first step (its initialisation's); a resume state keeps it
     ema: tuple[float, float] = (0.0, 0.0)  # the SSE's moving sums (value, weight), carried by a resume
     epoch_acc: dict | None = None  # the current epoch's baseline sums and spread at the last save (``train``)
+    window: dict[str, float] = field(default_factory=dict)  # loss-term sums of the open log interval
+    window_n: int = 0  # its steps
 
     @property
     def recent(self) -> float | None:
@@ -71,8 +73,16 @@ class Member:
     def record(self, key: str, value: float) -> None:
         """Add one step's value of a loss term to the epoch's sums (and the SSE to ``recent``)."""
         self.sums[key] = self.sums.get(key, 0.0) + value
+        self.window[key] = self.window.get(key, 0.0) + value
         if key == "sse":
             self.ema = ((1 - RECENT) * self.ema[0] + RECENT * value, (1 - RECENT) * self.ema[1] + RECENT)
+
+    def close_window(self, pos: Position, lr: float) -> dict[str, float | int]:
+        """The open log interval's record (``actdict.train.log``: means of its terms), and a new interval."""
+        n, sums = self.window_n, self.window
+        self.window, self.window_n = {}, 0
+        means = {k: v / n for k, v in sums.items()}
+        return {"step": pos.step, "epoch": pos.epoch, "steps": n, "lr": lr} | means
 
     def diverged(self) -> str | None:
         """A warning when the last epoch's reconstruction error is over 100x that of predicting each batch's
@@ -270,13 +280,16 @@ def train(members: list[Member], epoch_batches: Callable[..., Iterable], cfg: Tr
           device: torch.device, steps_per_epoch: int | None = None, seed: int = 0,
           start: Position | None = None, save: Callable[[Position], None] | None = None,
           stop: Callable[[], bool] = lambda: False, dist: dist_.Dist | None = None,
-          progress: bool = True) -> int:
+          progress: bool = True, log: Callable[[dict[str, dict]], None] | None = None) -> int:
     """Train ``members`` for ``cfg.epochs`` epochs (or ``cfg.max_steps`` steps); returns the steps taken.
 
     ``epoch_batches(epoch)`` (or ``epoch_batches(epoch, start)`` when resuming mid-epoch) yields the batches
     [B, d] of one epoch, or (batch, store row index [B]) pairs. ``start``: the position of a resumed run
     (members already hold its weights, ``opt`` state, history and sums). ``save(position)`` writes the resume
-    state: every ``cfg.checkpoint_every`` steps and when ``stop()`` turns true.
+    state: every ``cfg.checkpoint_every`` steps and when ``stop()`` turns true. ``log(records)`` gets each
+    member's record of a log interval (``Member.close_window``; name -> record) every ``cfg.log_every`` steps
+    and at the end of each epoch, before a resume state is saved at that step (every rank closes its
+    intervals alike; the caller writes them once).
     """
     d = dist or dist_.Dist()
     pos = Position(**vars(start)) if start else Position()
@@ -291,6 +304,13 @@ def train(members: list[Member], epoch_batches: Callable[..., Iterable], cfg: Tr
                disable=not (d.main and progress), **bar_timing())
     base_sum, base_n = 0.0, 0  # this epoch's baseline SSE sum and steps
     spread = Spread()  # and its rows' moments; a run resumed inside an epoch continues the saved ones
+
+    def close_windows() -> None:  # the open log intervals, at their last step's learning rate
+        recs = {m.name: m.close_window(pos, lr_at(pos.step - 1, m.lr, cfg.schedule, total, cfg.warmup_steps,
+                                                  cfg.eta_min, cfg.t0)) for m in members if m.window_n}
+        if recs and log is not None:
+            log(recs)
+
     if start is not None and start.batch and members and (acc := members[0].epoch_acc):
         base_sum, base_n = acc["base_sum"], acc["base_n"]
         spread.restore(acc["spread"], device, d.main)
@@ -330,6 +350,7 @@ def train(members: list[Member], epoch_batches: Callable[..., Iterable], cfg: Tr
                         m.record(k, v)
                         if k == "sse" and pos.step == 0:
                             m.first = v  # the fresh dictionary's SSE: ``diverged`` compares with it
+                    m.window_n += 1
                     at += len(ks)
                 base_sum, base_n = base_sum + vals[-2], base_n + 1
                 pos.step += 1
@@ -337,6 +358,8 @@ def train(members: list[Member], epoch_batches: Callable[..., Iterable], cfg: Tr
                 bar.update(1)
                 bar.set_postfix({m.name: f"{vals[1 + sum(map(len, keys[:i]))]:.4g}"
                                  for i, m in enumerate(members)}, refresh=False)
+                if cfg.log_every and pos.step % cfg.log_every == 0:
+                    close_windows()
                 if vals[-1] > 0 or (cfg.checkpoint_every and pos.step % cfg.checkpoint_every == 0):
                     if save is not None:
                         acc = {"base_sum": base_sum, "base_n": base_n, "spread": spread.state(d)}
@@ -348,6 +371,7 @@ def train(members: list[Member], epoch_batches: Callable[..., Iterable], cfg: Tr
                                           f"{pos.batch}); resume state saved: rerun the same command "
                                           "to continue")
             epoch_spread = spread.end(d)  # (a collective under torchrun: every rank ends its epoch here)
+            close_windows()
             for m in members:  # the epoch (or the run, at max_steps) is over
                 if pos.batch:
                     m.history.append({k: v / pos.batch for k, v in m.sums.items()} | {"epoch": pos.epoch})

@@ -58,7 +58,8 @@ def save_state(path: str | Path, members: list[Member], hashes: dict[str, str], 
         meta["members"][m.name] = {"config_hash": hashes[m.name], "param_groups": opt["param_groups"],
                                    "opt_scalars": scalars, "history": m.history, "sums": m.sums,
                                    "ema": list(m.ema), "baseline": m.baseline, "spread": m.spread,
-                                   "norm2": m.norm2, "first_sse": m.first, "epoch_acc": m.epoch_acc}
+                                   "norm2": m.norm2, "first_sse": m.first, "epoch_acc": m.epoch_acc,
+                                   "window": m.window, "window_n": m.window_n}
         if configs is not None:
             meta["members"][m.name]["config"] = configs[m.name]
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}  # own copies: no sharing
@@ -192,6 +193,7 @@ def load_state(path: str | Path, members: list[Member], hashes: dict[str, str],
         # what the training warning reads (states written before 2026-12-05 lack them: it restarts them)
         m.ema, m.baseline, m.spread = tuple(mm.get("ema", (0.0, 0.0))), mm.get("baseline"), mm.get("spread")
         m.norm2, m.first, m.epoch_acc = mm.get("norm2"), mm.get("first_sse"), mm.get("epoch_acc")
+        m.window, m.window_n = mm.get("window", {}), mm.get("window_n", 0)  # the open log interval (12-06)
     torch.set_rng_state(tensors["rng/torch"])
     return Position(**meta["position"])
 

@@ -3,8 +3,9 @@
 Writes ``<run_dir>/split.json`` (seeded chunk split; one that differs from the split on disk only with the
 final checkpoints, so that an interrupted run leaves the finished dictionaries' split for analyze),
 ``<run_dir>/train_state.safetensors`` (the resume state, every ``checkpoint_every`` steps, on SIGTERM and
-on a first Ctrl-C; removed when the run ends) and ``<run_dir>/dicts/<name>/`` (final checkpoint, its
-``cfg.json`` recording the test chunks). A dictionary whose finished checkpoint has the same
+on a first Ctrl-C; removed when the run ends), ``<run_dir>/logs/<name>.jsonl`` (the loss terms every
+``log_every`` steps, as they are trained: ``actdict.train.log``) and ``<run_dir>/dicts/<name>/`` (final
+checkpoint, its ``cfg.json`` recording the test chunks). A dictionary whose finished checkpoint has the same
 ``config_hash`` (its DictConfig, the training settings, the seed, the store's identity (``store_key``:
 not how its path is spelled) and the split) is skipped; the others are
 (re)trained together (a finished checkpoint they replace is announced, with what differs), continuing
@@ -43,6 +44,7 @@ from actdict.train.data import (
     steps_in_epoch,
     write_split,
 )
+from actdict.train.log import append_record, log_path, start_log
 from actdict.train.loop import Member, Position, check_device, resolve_device, train
 from actdict.train.protocol import make, registry
 from actdict.train.resume import (
@@ -57,8 +59,8 @@ from actdict.train.resume import (
     stale_state,
 )
 
-_UNHASHED = ("dicts", "device", "checkpoint_every", "resume", "resume_drop",  # no change to the result,
-             "keep_state", "hook")  # or that the store's identity holds (its hook)
+_UNHASHED = ("dicts", "device", "checkpoint_every", "log_every", "resume",  # no change to the result,
+             "resume_drop", "keep_state", "hook")  # or that the store's identity holds (its hook)
 _LATER = {"grad_clip": 0.0}  # settings added after the first release: hashed only when not at their default,
 # so runs made before them keep their hashes (and resume / count as finished)
 
@@ -283,6 +285,32 @@ def save_finished(folder: Path, m: Member, record: dict, say: Callable[[str], No
         say(f"train: warning: {warning}")
 
 
+def start_logs(run_dir: Path, todo: list[DictConfig], hashes: dict[str, str], from_hashes: dict[str, str],
+               start: Position | None, say: Callable[[str], None]) -> Callable[[dict[str, dict]], None]:
+    """Start the training logs of ``todo`` (``actdict.train.log``; a resumed run keeps the records up to its
+    step) -> the loop's ``log``, which appends each record. A log that cannot be written is said once and
+    no longer written: the training goes on."""
+    step = start.step if start else 0
+    for dc in todo:
+        header = {"config_hash": hashes[dc.name], "dict": dc.name, "variant": dc.variant}
+        start_log(log_path(run_dir, dc.name), header, step, from_hashes.get(dc.name))
+    failed: list[str] = []
+
+    def log(records: dict[str, dict]) -> None:
+        now = round(time.time(), 3)
+        for name, rec in records.items():
+            if failed:
+                return
+            try:
+                append_record(log_path(run_dir, name), rec | {"time": now})
+            except OSError as e:
+                failed.append(name)
+                say(f"train: warning: could not append to {log_path(run_dir, name)} ({e.strerror or e}): the "
+                    "training logs are no longer written in this run; the training goes on")
+
+    return log
+
+
 def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device) -> None:
     say = print if d.main else (lambda *a, **k: None)
     check(common, cfg)
@@ -361,6 +389,7 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
         start = [load_state(run_dir / "dicts" / m.name / KEPT, [m], {m.name: kept_hashes[m.name]},
                             meta=kept[m.name]) for m in members][0]
     prior = (meta or next(iter(kept.values()), {}) if start else {}).get("segments", [])  # earlier segments
+    log = start_logs(run_dir, todo, hashes, kept_hashes or todo_hashes, start, say) if d.main else None
     world = f" x {d.world} ranks" if d.on else ""
     say(f"train: {[m.name for m in members]} on {train_rows} rows ({len(chunks)} chunks, d={store.d}) for "
         f"{cfg.epochs} epoch(s)" + (f", stopping at step {cfg.max_steps} (train.max_steps)" if cfg.max_steps
@@ -386,7 +415,7 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
     with sigterm_flag(sigint=True) as stop:
         per_epoch = steps_in_epoch(store, chunks, cfg.batch_size)
         steps = train(members, batches, cfg, device, per_epoch,
-                      seed=common.seed, start=start, save=save, stop=stop, dist=d)
+                      seed=common.seed, start=start, save=save, stop=stop, dist=d, log=log)
     segs = segments(steps)
     if d.main:
         write_split(run_dir, split)

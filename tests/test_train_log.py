@@ -1,0 +1,120 @@
+"""The training log (``actdict.train.log``): interval means of every loss term, written as the run goes,
+cut back to the resumed step, tied to the training that wrote it, and drawn in the report."""
+
+import json
+
+import numpy as np
+import pytest
+
+from actdict.analyze.report import render
+from actdict.config import Common
+from actdict.harvest.store import write_vectors
+from actdict.train import run as train_run
+from actdict.train.config import DictConfig, TrainConfig
+from actdict.train.log import append_record, curve, log_path, read_log, start_log, trained_curve
+from actdict.train.run import main
+from actdict.train.schedule import lr_at
+
+DICTS = [DictConfig(name="vaease", variant="vaease", k=8, lr=0.01),
+         DictConfig(name="l1", variant="sae_l1", k=8, lr=0.01)]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    x = np.random.default_rng(3).standard_normal((700, 5)).astype(np.float32)
+    return write_vectors(str(tmp_path_factory.mktemp("s") / "store"), x, shard_rows=200, chunk_rows=50)
+
+
+def _train(store, folder, **kw) -> Common:
+    common = Common(run_dir=str(folder), seed=2, store=store.path)
+    main(common, TrainConfig(**{"dicts": DICTS, "epochs": 3, "batch_size": 40, "device": "cpu",
+                                "log_every": 7, "checkpoint_every": 0} | kw))
+    return common
+
+
+def test_records_are_the_interval_means_of_the_epoch_history(store, tmp_path):
+    _train(store, tmp_path)
+    for dc in DICTS:
+        cfg = json.loads((tmp_path / "dicts" / dc.name / "cfg.json").read_text())
+        head, records = read_log(log_path(tmp_path, dc.name))
+        assert head == {"config_hash": cfg["config_hash"], "dict": dc.name, "variant": dc.variant}
+        total, per = cfg["steps"], cfg["steps"] // 3
+        assert [r["step"] for r in records] == sorted({*range(7, total + 1, 7), per, 2 * per, total})
+        assert sum(r["steps"] for r in records) == total  # every step in exactly one interval
+        assert [r["epoch"] for r in records] == [(r["step"] - 1) // per for r in records]
+        t = TrainConfig()
+        for r in records:  # the learning rate of the interval's last step (cosine restarts)
+            want = lr_at(r["step"] - 1, dc.lr, t.schedule, total, t.warmup_steps, t.eta_min, t.t0)
+            assert r["lr"] == pytest.approx(want)
+        for e, epoch in enumerate(cfg["history"]):  # weighted by their steps, an epoch's records: its means
+            rs = [r for r in records if r["epoch"] == e]
+            for term, mean in epoch.items():
+                if term != "epoch":
+                    got = sum(r[term] * r["steps"] for r in rs) / sum(r["steps"] for r in rs)
+                    assert got == pytest.approx(mean, rel=1e-9, abs=1e-12), (dc.name, e, term)
+        assert records[0]["sse"] > records[-1]["sse"]  # it learned
+
+
+def test_start_log_keeps_the_records_of_the_resumed_training_up_to_its_step(tmp_path):
+    path = tmp_path / "logs" / "a.jsonl"
+    start_log(path, {"config_hash": "h1", "dict": "a", "variant": "sae_l1"})
+    for step in (5, 10, 15):
+        append_record(path, {"step": step, "epoch": 0, "steps": 5, "lr": 0.1, "loss": step / 10})
+    with open(path, "a") as f:
+        f.write('{"step": 20, "epo')  # a kill in the middle of a record
+    head, records = read_log(path)
+    assert head["config_hash"] == "h1" and [r["step"] for r in records] == [5, 10, 15]
+    start_log(path, {"config_hash": "h1", "dict": "a", "variant": "sae_l1"}, 10, "h1")  # resumed at step 10
+    assert [r["step"] for r in read_log(path)[1]] == [5, 10]
+    append_record(path, {"step": 15, "epoch": 0, "steps": 5, "lr": 0.1, "loss": float("nan")})
+    assert read_log(path)[1][-1]["loss"] is None  # JSON has no NaN
+    start_log(path, {"config_hash": "h2", "dict": "a", "variant": "sae_l1"}, 15, "h1")  # extends h1's run
+    head, records = read_log(path)
+    assert head["config_hash"] == "h2" and [r["step"] for r in records] == [5, 10, 15]
+    start_log(path, {"config_hash": "h3", "dict": "a", "variant": "sae_l1"}, 15, "h9")  # another's state
+    assert read_log(path) == ({"config_hash": "h3", "dict": "a", "variant": "sae_l1"}, [])
+    start_log(path, {"config_hash": "h3", "dict": "a", "variant": "sae_l1"})  # from the start
+    assert read_log(path)[1] == []
+    path.write_text("not json\n")
+    assert read_log(path) == (None, []) and read_log(tmp_path / "none.jsonl") == (None, [])
+
+
+def test_curve_merges_records_into_step_weighted_groups():
+    records = [{"step": 3 * i + 3, "epoch": i // 2, "steps": 3 if i else 1, "lr": 1 / (i + 1),
+                "sse": float(i), "time": 0.0} for i in range(5)]
+    records[3]["aux"] = 1.0
+    c = curve(records, points=2)  # groups of 3: records 0-2, 3-4
+    assert c["step"] == [9, 15] and c["epoch"] == [1, 2] and c["lr"] == [1 / 3, 1 / 5]
+    assert c["sse"] == [pytest.approx((0 * 1 + 1 * 3 + 2 * 3) / 7), pytest.approx((3 * 3 + 4 * 3) / 6)]
+    assert c["aux"] == [None, None] and "time" not in c and "steps" not in c
+    assert curve(records, points=1000)["sse"] == [0.0, 1.0, 2.0, 3.0, 4.0] and curve([]) == {}
+
+
+def test_analysis_draws_the_log_of_the_checkpoints_training_only(store, tmp_path):
+    _train(store, tmp_path, epochs=1, log_every=2)
+    cfg = json.loads((tmp_path / "dicts" / "l1" / "cfg.json").read_text())
+    c = trained_curve(tmp_path, "l1", cfg["config_hash"])
+    assert c["step"] == list(range(2, cfg["steps"] + 1, 2)) + ([cfg["steps"]] if cfg["steps"] % 2 else [])
+    assert set(c) == {"step", "epoch", "lr", "loss", "sse", "penalty", "decoder_sq_norm"}
+    assert trained_curve(tmp_path, "l1", "another hash") is None  # a training started since: not this one
+    models = {"l1": {"k": 8, "training_log": c},
+              "vaease": {"k": 8, "training_log": {"step": [1, 2], "loss": [-3.0, -4.0], "sse": [0.0, 2.0]}}}
+    html = render({"models": models})
+    training = html.split("<h2>Training</h2>")[1]  # after the distributions (and plotly.js, in the first)
+    assert training.count("Plotly.newPlot") == 2  # sse and loss, each with a line per dictionary
+    assert training.count('"name":"l1"') == training.count('"name":"vaease"') == 2
+    assert '"type":"log"' in training and '"type":"linear"' in training  # a negative -ELBO: loss linear
+    assert "<h2>Training</h2>" not in render({"models": {"l1": {"k": 8, "training_log": None}}})
+
+
+def test_a_log_that_cannot_be_written_is_said_once_and_training_goes_on(store, tmp_path, monkeypatch,
+                                                                       capsys):
+    def full_disk(path, record):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(train_run, "append_record", full_disk)
+    _train(store, tmp_path, epochs=1)
+    out = capsys.readouterr().out
+    assert out.count("could not append to") == 1 and "No space left on device" in out
+    assert (tmp_path / "dicts" / "l1" / "model.safetensors").is_file()
+    assert read_log(log_path(tmp_path, "l1"))[1] == []  # the header only

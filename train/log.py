@@ -1,0 +1,103 @@
+"""The training log: each dictionary's loss terms, averaged over every ``train.log_every`` steps, as they are
+trained, in ``<run_dir>/logs/<name>.jsonl`` (the loss curves of ``report.html``).
+
+One JSON object per line. The first names the training it logs::
+
+    {"config_hash": str, "dict": str, "variant": str}
+
+then one per interval, appended (and flushed) as it ends: every ``log_every`` steps, and at the end of each
+epoch (a shorter interval when ``log_every`` does not divide the epoch; 0 = once per epoch)::
+
+    {"step": int, "epoch": int, "steps": int, "lr": float, "time": float, "<term>": float, ...}
+
+``step``: the steps done at its end; ``steps``: how many it averages (the terms are means over them, of
+what the progress bar shows per step); ``lr``: its last step's learning rate; ``time``: Unix time at its end.
+A resumed run first drops the records after the step it resumes from (a kill between an interval's record
+and the next resume state leaves some; the resume state carries the open interval's sums), so the log of an
+interrupted run equals an uninterrupted run's but for ``time``. A training that starts over (another
+config, or no resume state) starts the file over.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from actdict.files import write_atomic
+
+LOGS = "logs"
+
+
+def log_path(run_dir: str | Path, name: str) -> Path:
+    return Path(run_dir) / LOGS / f"{name}.jsonl"
+
+
+def read_log(path: str | Path) -> tuple[dict | None, list[dict]]:
+    """(the header, the records) of a log; (None, []) when there is none. A line a kill cut short (not
+    JSON, or not an object), the last one, is left out."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return None, []
+    objs = []
+    for line in lines:
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            break
+        if not isinstance(obj, dict):
+            break
+        objs.append(obj)
+    if not objs or "config_hash" not in objs[0]:
+        return None, []
+    return objs[0], [o for o in objs[1:] if isinstance(o.get("step"), int)]
+
+
+def start_log(path: Path, header: dict, from_step: int = 0, from_hash: str | None = None) -> None:
+    """Make ``path`` the log of the training ``header`` names, which resumes at ``from_step`` a state written
+    by the training of config hash ``from_hash`` (its own, or a finished run's kept state that it extends):
+    the records up to that step are kept when the file logs that training; everything else goes."""
+    old, records = read_log(path)
+    same = old is not None and from_step > 0 and old["config_hash"] == from_hash
+    kept = [r for r in records if r["step"] <= from_step] if same else []
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, "".join(json.dumps(o, allow_nan=False) + "\n" for o in [header, *kept]))
+
+
+def append_record(path: Path, record: dict) -> None:
+    """One interval's record (non-finite values as null), appended and flushed."""
+    clean = {k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in record.items()}
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(clean, allow_nan=False) + "\n")
+
+
+def curve(records: list[dict], points: int = 1000) -> dict[str, list]:
+    """The records merged into at most ``points`` consecutive groups (each term: the step-weighted mean of
+    its group; step, epoch, lr: the group's last) as columns: {"step": [...], "epoch": [...], "lr": [...],
+    "<term>": [...]} (a term a record lacks, or null: null for the group)."""
+    if not records:
+        return {}
+    g = math.ceil(len(records) / points)
+    terms = sorted({k for r in records for k in r} - {"step", "epoch", "steps", "lr", "time"})
+    out: dict[str, list] = {k: [] for k in ("step", "epoch", "lr", *terms)}
+    for i in range(0, len(records), g):
+        group = records[i:i + g]
+        for k in ("step", "epoch", "lr"):
+            out[k].append(group[-1].get(k))
+        for k in terms:
+            vals = [(r.get(k), r.get("steps", 1)) for r in group]
+            if any(v is None for v, _ in vals):
+                out[k].append(None)
+            else:
+                out[k].append(sum(v * n for v, n in vals) / sum(n for _, n in vals))
+    return out
+
+
+def trained_curve(run_dir: str | Path, name: str, config_hash: str | None, points: int = 1000) -> dict | None:
+    """``curve`` of the log of the training whose checkpoint has ``config_hash``; None when there is no log,
+    or it logs another training of ``name`` (one started since, or a checkpoint older than logs)."""
+    head, records = read_log(log_path(run_dir, name))
+    if head is None or config_hash is None or head["config_hash"] != config_hash:
+        return None
+    return curve(records, points) or None
