@@ -1,8 +1,9 @@
 """Render the analysis (summary.json, schema in ``actdict.analyze.run``) as HTML files that open from disk.
 
 Nothing is computed here: the pages only show what ``summary`` and the features files hold.
-* ``report.html``: overview table, AD / density histograms, the masked-dimensions RE curve, per-class AD,
-  and the most frequent features' top contexts. plotly.js is inlined once: one self-contained file.
+* ``report.html``: overview table, shared directions, AD / density histograms, the masked-dimensions RE
+  curve, per-class AD, the training curves, and the most frequent features' top contexts (with each one's
+  nearest feature in the other dictionaries). plotly.js is inlined once: one self-contained file.
 * ``report/<name>.html`` (one per dictionary, see ``report_features``): a browser over every feature.
 
 Every string that comes from the corpus or the user (tokens, model names, paths) goes through
@@ -50,6 +51,8 @@ _COLUMNS = [  # (summary key, header, tooltip); in the order of the table analyz
     ("cos", "cos", "mean cosine similarity of x and x_hat"),
     ("dead", "dead", "latents never active on the test rows"),
     ("dense", "dense", "latents active on more than the dense threshold of the rows"),
+    ("null_decoder", "null dec.", "latents whose decoder column is at most 1e-6 times the largest: whether "
+     "active or not, they change no reconstruction"),
     ("ce_recovered", "CE rec.", "(CE_zero - CE_spliced) / (CE_zero - CE_clean)"),
     ("kl", "KL", "mean KL(clean || spliced) per token, nats"),
 ]
@@ -99,6 +102,28 @@ def _overview(models: dict[str, dict], pages: dict[str, str]) -> str:
 
 _LAYOUT = {"barmode": "overlay", "height": 390, "margin": {"t": 60, "l": 60, "r": 20, "b": 50},
            "legend": {"orientation": "h", "y": -0.2}}
+
+
+def _similar(models: dict[str, dict]) -> str:
+    """The table of shared decoder directions (``similar``): row A, column B, A's live features' mean max
+    cosine in B and the fraction matched at 0.9; '' for fewer than two dictionaries."""
+    names = [n for n, m in models.items() if m.get("similar")]
+    if len(names) < 2:
+        return ""
+
+    def cell(a: str, b: str) -> str:
+        p = models[a]["similar"].get(b)
+        if not p or p.get("matched") is None:
+            return "<td>&ndash;</td>"
+        return f'<td>{_num(p.get("mmcs"))} ({p["matched"]:.0%})</td>'
+
+    head = "".join(f"<th>{esc(b)}</th>" for b in names)
+    rows = "".join(f"<tr><td>{esc(a)}</td>{''.join(cell(a, b) for b in names)}</tr>" for a in names)
+    return ("<h3>Shared directions</h3>"
+            '<p class="note">Row A, column B: the mean over A\'s live features (active on a test row, with a '
+            "decoder column) of the largest cosine between its decoder direction and those of B's live "
+            "features (MMCS), and in brackets the share of them with a cosine of 0.9 or more.</p>"
+            f'<div class="scroll"><table class="overview"><tr><th>A \\ B</th>{head}</tr>{rows}</table></div>')
 
 
 def _figures(models: dict[str, dict]) -> list[go.Figure]:
@@ -217,7 +242,9 @@ def _features(name: str, m: dict, page: str | None) -> str:
         title = f'feature {_num(f.get("index"))}'
         if page:
             title = f'<a href="{esc(page)}#f={_num(f.get("index"))}">{title}</a>'
-        parts.append(f'<div class="feature"><b>{title}</b> (density {_num(f.get("density"))})')
+        near = "".join(f"; nearest in {esc(b)}: feature {_num(n.get('feature'))} (cos {_num(n.get('cos'))})"
+                       for b, n in (f.get("nearest") or {}).items())
+        parts.append(f'<div class="feature"><b>{title}</b> (density {_num(f.get("density"))}{near})')
         parts.extend(_snippet(h, wordpiece) for h in f.get("top", []))
         parts.append("</div>")
     return "\n".join(parts)
@@ -246,7 +273,7 @@ def render(summary: dict, pages: dict[str, str] | None = None) -> str:
               for name, m in models.items() if m.get("training_warning")),
             '<p class="note">Hover a column header for its definition. AD, dead/dense latents and density '
             "use the per-row Otsu active mask of each model's activity. L0 counts exact nonzero codes, which "
-            "a VAE's rarely are: a VAE's sparsity is its AD.</p>",
+            "a VAE's rarely are: a VAE's sparsity is its AD.</p>", _similar(models),
             "<h2>Distributions</h2>", '<div class="figs">', *(f"<div>{f}</div>" for f in figs), "</div>",
             *(["<h2>Training</h2>", '<p class="note">Each dictionary\'s loss terms over its training, means '
                "over the intervals of its log (train.log_every steps; logs/&lt;name&gt;.jsonl).</p>",

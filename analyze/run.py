@@ -34,7 +34,11 @@ summary.json (version 2 = version 1 plus keys; floats rounded to 6 significant d
                               # its loss terms over training (logs/<name>.jsonl, <= 1000 points: train.log)
         "features_file": str,  # features/<name>.json, relative to run_dir (v2)
         "wordpiece": bool,     # WordPiece token strings ("##" continuations): how contexts are joined (v2)
+        "null_decoder": int,  # features whose decoder column is <= 1e-6 x the largest (analyze.compare)
+        "similar": {"<other>": {"mmcs": float | null, "matched": float | null, "live": int}},
+                              # decoder directions shared with each other dictionary (analyze.compare)
         "features": [{"index": int, "fires": int, "density": float,  # the n_features most active
+                      "nearest": {"<other>": {"feature": int, "cos": float}},  # its closest there
                       "top": [{"act": float, "row": int, "doc": int, "pos": int, "token_id": int,
                                "token": str, "before": [str], "after": [str],
                                "text": str}]}]}}}  # text: embeddings stores only (analyze.texts)
@@ -63,6 +67,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from actdict.analyze.compare import NULL, directions, live, similarity
 from actdict.analyze.config import AnalyzeConfig
 from actdict.analyze.evaluate import ModelEval
 from actdict.analyze.features import build_features, hit_keys, summary_hits
@@ -173,6 +178,9 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
         data["config_hash"] = records.get(name, {}).get("config_hash")  # which training of `name` it is
         data["run_id"] = run_id  # which analysis wrote it
         datas[name] = data
+    dirs = {name: directions(ev.model, ev.model.k, d, device) for name, ev in evals.items()}  # [k, d], [k]
+    alive = {name: live(evals[name].fire, norm) for name, (_, norm) in dirs.items()}
+    similar, pairs = similarity({name: u for name, (u, _) in dirs.items()}, alive)
     keys = {name: hit_keys(data) for name, data in datas.items()}  # (row, doc, pos) of the rows shown
     # an embeddings store keeps no tokens: the texts of the rows shown, read again from the source (one pass)
     texts = row_texts(store.manifest, set().union(*keys.values()))
@@ -193,7 +201,10 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
         m["features_file"] = rel
         m["wordpiece"] = data["wordpiece"]  # how the report joins the context tokens
         m["features"] = [{"index": f, "fires": int(fires[f]), "density": float(fires[f] / n),
-                          "top": summary_hits(data, f)} for f in shown]
+                          "nearest": shown_nearest(pairs, name, f), "top": summary_hits(data, f)}
+                         for f in shown]
+        m["similar"] = similar.get(name, {})
+        m["null_decoder"] = int((dirs[name][1] <= NULL * dirs[name][1].max()).sum())
         summary["models"][name] = m
     summary = _clean(summary)
     if left := next(iter(summary["models"].values())).get("ad_class_unlabelled"):
@@ -203,6 +214,16 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
     write_atomic(run_dir / "summary.json", json.dumps(summary, indent=1, allow_nan=False) + "\n")  # last
     print("\n".join(summary_lines(summary)))
     print(f"analyze: wrote {run_dir / 'summary.json'}, {run_dir / 'report.html'} and {run_dir / 'report'}/")
+
+
+def shown_nearest(pairs: dict, name: str, f: int) -> dict[str, dict]:
+    """Feature ``f`` of ``name``'s nearest live feature in each other dictionary (``compare.similarity``'s
+    pairs): other -> {"feature": int, "cos": float}; an other without one is left out."""
+    out = {}
+    for (a, b), (best, arg) in pairs.items():
+        if a == name and int(arg[f]) >= 0:
+            out[b] = {"feature": int(arg[f]), "cos": float(best[f])}
+    return out
 
 
 def new_run_id() -> str:
