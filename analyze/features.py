@@ -12,9 +12,12 @@ Schema of ``<run_dir>/features/<name>.json`` (what the report's feature pages re
      "features": [{"i": int, "fires": int, "density": float, "max": float | null, "min": float | null,
                    "hist": {"pos": [[bin, count]], "neg": [[bin, count]]},   # sparse, active rows only
                    "top": [HIT], "bottom": [HIT],   # bottom: most negative codes (signed codes only)
-                   "quantiles": [{"lo": float, "hi": float, "vmin": float, "vmax": float, "hits": [HIT]}]}]}
+                   "quantiles": [{"lo": float, "hi": float, "vmin": float, "vmax": float, "hits": [HIT]}],
+                   "nearest": {"<other>": {"feature": int, "cos": float}}}]}  # analyze.compare; optional
     HIT = [act, row, doc, pos, [token ids of the context], index of the row's token in that list]
 
+``nearest``: the feature's closest live feature (by decoder direction) in each other dictionary of the
+analysis, where it has a direction and that one has a live feature (written by ``analyze.run``).
 Quantile ``lo``/``hi`` are fractions (0..1) of the feature's sampled active rows, ordered by code.
 """
 

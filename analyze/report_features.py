@@ -228,6 +228,16 @@ async function renderFeature(i) {
   p.appendChild(el('h2', '', 'Feature ' + f.i));
   p.appendChild(el('p', 'stats', 'active on ' + f.fires + ' of ' + D.n_rows + ' test rows (density ' +
     fmt(f.density) + '); max ' + fmt(f.max) + ', min ' + fmt(f.min)));
+  const near = Object.entries(f.nearest || {});
+  if (near.length) {  // its closest feature in each other dictionary's page (the same folder)
+    const q = p.appendChild(el('p', 'stats', 'nearest by decoder direction: '));
+    near.forEach(([other, n], j) => {
+      const a = el('a', '', other + ' #' + n.feature);
+      const run = META.run ? '?run=' + encodeURIComponent(META.run) : '';
+      a.href = encodeURIComponent(other + '.html') + run + '#f=' + n.feature;
+      q.append(j ? ', ' : '', a, ' (cos ' + fmt(n.cos) + ')');
+    });
+  }
   if (!f.fires) {  // a dead latent: its largest codes are those of rows where it is not active
     p.appendChild(el('p', 'note', 'dead latent: never active on the test rows, so no histogram; the ' +
       'codes below are its largest and most negative ones, all on rows where it is inactive'));

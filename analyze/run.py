@@ -181,6 +181,10 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
     dirs = {name: directions(ev.model, ev.model.k, d, device) for name, ev in evals.items()}  # [k, d], [k]
     alive = {name: live(evals[name].fire, norm) for name, (_, norm) in dirs.items()}
     similar, pairs = similarity({name: u for name, (u, _) in dirs.items()}, alive)
+    for (a, b), (best, arg) in pairs.items():  # each feature's nearest live feature in every other one
+        for f, j, c in zip(range(len(arg)), arg.tolist(), best.tolist(), strict=True):
+            if j >= 0:
+                datas[a]["features"][f].setdefault("nearest", {})[b] = {"feature": j, "cos": c}
     keys = {name: hit_keys(data) for name, data in datas.items()}  # (row, doc, pos) of the rows shown
     # an embeddings store keeps no tokens: the texts of the rows shown, read again from the source (one pass)
     texts = row_texts(store.manifest, set().union(*keys.values()))
@@ -201,7 +205,7 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
         m["features_file"] = rel
         m["wordpiece"] = data["wordpiece"]  # how the report joins the context tokens
         m["features"] = [{"index": f, "fires": int(fires[f]), "density": float(fires[f] / n),
-                          "nearest": shown_nearest(pairs, name, f), "top": summary_hits(data, f)}
+                          "nearest": data["features"][f].get("nearest", {}), "top": summary_hits(data, f)}
                          for f in shown]
         m["similar"] = similar.get(name, {})
         m["null_decoder"] = int((dirs[name][1] <= NULL * dirs[name][1].max()).sum())
@@ -214,16 +218,6 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
     write_atomic(run_dir / "summary.json", json.dumps(summary, indent=1, allow_nan=False) + "\n")  # last
     print("\n".join(summary_lines(summary)))
     print(f"analyze: wrote {run_dir / 'summary.json'}, {run_dir / 'report.html'} and {run_dir / 'report'}/")
-
-
-def shown_nearest(pairs: dict, name: str, f: int) -> dict[str, dict]:
-    """Feature ``f`` of ``name``'s nearest live feature in each other dictionary (``compare.similarity``'s
-    pairs): other -> {"feature": int, "cos": float}; an other without one is left out."""
-    out = {}
-    for (a, b), (best, arg) in pairs.items():
-        if a == name and int(arg[f]) >= 0:
-            out[b] = {"feature": int(arg[f]), "cos": float(best[f])}
-    return out
 
 
 def new_run_id() -> str:

@@ -589,3 +589,39 @@ def test_a_feature_page_of_another_run_than_its_overview_or_its_parts_says_so(ch
     assert "but its part relu.parts/00000.js is of run 20000101-000000-abcdef" in dom
     assert f"<p>feature {f['i']}: its part is of another analysis run (see above)</p>" in dom
     assert f"<h2>Feature {f['i']}</h2>" not in dom
+
+
+def test_a_feature_links_its_nearest_features_in_the_other_pages(chromium, tmp_path):
+    """A feature's nearest features in the other dictionaries (features file ``nearest``) are links to those
+    features in their pages (a name with a space, '#' and a payload: shown as text, the link still opens the
+    page), with the run id; the page without ``nearest`` shows no such line."""
+    from urllib.parse import urljoin
+
+    from actdict.analyze.report_features import write_feature_page
+
+    def data(name, nearest):
+        hit = [2.0, 1, 0, 1, [1, 2], 1]
+        feats = [{"i": i, "fires": 2, "density": 0.5, "max": 2.0, "min": 0.5, "bottom": [], "quantiles": [],
+                  "hist": {"pos": [[32, 2]], "neg": []}, "top": [hit]} for i in range(2)]
+        if nearest:
+            feats[0]["nearest"] = nearest
+        return {"version": 1, "name": name, "k": 2, "n_rows": 4, "window": 1, "features": feats,
+                "hist_edges": list(range(-4, 5)), "tokens": {"1": "a", "2": "b"}, "wordpiece": False}
+
+    other = "b #" + PAYLOAD_IMG
+    summary = {"hook": "h", "run_id": "R1"}
+    page = write_feature_page(data("a", {other: {"feature": 1, "cos": 0.93125}}), "a", {"variant": "sae_l1"},
+                              summary, tmp_path / "report" / "a.html")
+    write_feature_page(data(other, {}), other, {"variant": "vaease"}, summary,
+                       tmp_path / "report" / f"{other}.html")
+    dom = _dump(*chromium, page.as_uri() + "#f=0")
+    panel = dom[dom.index('id="panel"'):dom.index('<script type="application/json"')]
+    link = re.search(r'nearest by decoder direction: <a href="([^"]+)">([^<]*)</a> \(cos 0\.9313\)', panel)
+    assert link and link.group(2) == html.escape(other, quote=False) + " #1"
+    assert "data-pwned=" not in dom and '<img src="x"' not in dom
+    href = html.unescape(link.group(1))
+    assert href.endswith("?run=R1#f=1")
+    dom = _dump(*chromium, urljoin(page.as_uri(), href))  # followed as a browser follows it
+    panel = dom[dom.index('id="panel"'):dom.index('<script type="application/json"')]
+    assert "<h2>Feature 1</h2>" in panel and "nearest by decoder" not in panel
+    assert '<p id="mixed" hidden="">' in dom  # the run id passed on matches the page's
