@@ -44,7 +44,7 @@ def directions(model, k: int, d: int, device: torch.device) -> tuple[Tensor, Ten
 
 
 @torch.no_grad()
-def nearest(a: Tensor, b: Tensor, live_b: Tensor, chunk: int = 4096) -> tuple[Tensor, Tensor]:
+def nearest(a: Tensor, b: Tensor, live_b: Tensor, chunk: int = 1024) -> tuple[Tensor, Tensor]:
     """For each row of a [ka, d]: (the largest cosine [ka] with a row of b [kb, d] where ``live_b`` [kb] is
     True, that row's index [ka]); -inf and -1 where there is none (no live row of b, or a NaN row of a)."""
     ok = live_b & ~b.isnan().any(1)  # [kb]
