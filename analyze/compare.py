@@ -30,13 +30,17 @@ def live(fires: Tensor, norm: Tensor) -> Tensor:
     return (fires > 0) & (norm > NULL * norm.max())
 
 
-def directions(model, k: int, d: int, device: torch.device) -> tuple[Tensor, Tensor]:
+def directions(model, k: int, d: int, device: torch.device) -> tuple[Tensor, Tensor] | None:
     """(the unit decoder direction of each feature [k, d], its norm [k]): the Jacobian of ``decode`` at the
     zero code, one column per feature (a feature whose column is 0: a row of NaN). One forward of a batch of
-    d zero codes and one backward: row b's gradient of output b is the Jacobian's row b."""
+    d zero codes and one backward: row b's gradient of output b is the Jacobian's row b. None for a
+    dictionary without ``decode``."""
     z = torch.zeros(d, k, device=device, requires_grad=True)  # [d, k]
     with torch.enable_grad():
-        out = model.decode(z).float()  # [d, d]
+        try:
+            out = model.decode(z).float()  # [d, d]
+        except NotImplementedError:
+            return None
         (jac,) = torch.autograd.grad(out.diagonal().sum(), z)  # [d, k]: d x_hat_b / d z
     cols = jac.T.detach()  # [k, d]
     norm = cols.norm(dim=1)  # [k]

@@ -34,7 +34,8 @@ summary.json (version 2 = version 1 plus keys; floats rounded to 6 significant d
                               # its loss terms over training (logs/<name>.jsonl, <= 1000 points: train.log)
         "features_file": str,  # features/<name>.json, relative to run_dir (v2)
         "wordpiece": bool,     # WordPiece token strings ("##" continuations): how contexts are joined (v2)
-        "null_decoder": int,  # features whose decoder column is <= 1e-6 x the largest (analyze.compare)
+        "null_decoder": int | null,  # latents whose decoder column is <= 1e-6 x the largest (analyze.compare;
+                              # null: a dictionary without Dictionary.decode)
         "similar": {"<other>": {"mmcs": float | null, "matched": float | null, "live": int}},
                               # decoder directions shared with each other dictionary (analyze.compare)
         "features": [{"index": int, "fires": int, "density": float,  # the n_features most active
@@ -178,7 +179,8 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
         data["config_hash"] = records.get(name, {}).get("config_hash")  # which training of `name` it is
         data["run_id"] = run_id  # which analysis wrote it
         datas[name] = data
-    dirs = {name: directions(ev.model, ev.model.k, d, device) for name, ev in evals.items()}  # [k, d], [k]
+    dirs = {name: dn for name, ev in evals.items()  # [k, d], [k]; none without Dictionary.decode
+            if (dn := directions(ev.model, ev.model.k, d, device)) is not None}
     alive = {name: live(evals[name].fire, norm) for name, (_, norm) in dirs.items()}
     similar, pairs = similarity({name: u for name, (u, _) in dirs.items()}, alive)
     for (a, b), (best, arg) in pairs.items():  # each feature's nearest live feature in every other one
@@ -208,7 +210,7 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
                           "nearest": data["features"][f].get("nearest", {}), "top": summary_hits(data, f)}
                          for f in shown]
         m["similar"] = similar.get(name, {})
-        m["null_decoder"] = int((dirs[name][1] <= NULL * dirs[name][1].max()).sum())
+        m["null_decoder"] = int((dirs[name][1] <= NULL * dirs[name][1].max()).sum()) if name in dirs else None
         summary["models"][name] = m
     summary = _clean(summary)
     if left := next(iter(summary["models"].values())).get("ad_class_unlabelled"):

@@ -105,3 +105,12 @@ def test_analysis_reports_shared_directions(tmp_path, monkeypatch):
     html = (tmp_path / "report.html").read_text()
     assert "<h3>Shared directions</h3>" in html and "nearest in same: feature" in html
     assert html.count(" (100%)</td>") == 2  # sae in same, same in sae: MMCS 1, every live feature matched
+
+
+def test_a_dictionary_without_decode_has_no_directions():
+    from actdict.train.protocol import Dictionary
+
+    class NoDecode(Dictionary):
+        variant = "test_no_decode"
+
+    assert directions(NoDecode(4, 3), 3, 4, CPU) is None
