@@ -66,10 +66,25 @@ class Encoder:
     def describe(self) -> dict:
         """Pooling / normalisation / truncation of the model, for the manifest."""
         mods = [type(m).__name__ for m in self.model]
-        pooling = next((m.get_config_dict().get("pooling_mode") for m in self.model
+        pooling = next((pooling_mode(m.get_config_dict()) for m in self.model
                         if type(m).__name__ == "Pooling"), None)
         return {"modules": mods, "pooling": pooling, "model_normalizes": "Normalize" in mods,
                 "max_seq_length": int(self.model.max_seq_length)}
+
+
+# sentence-transformers 5 writes one flag per mode ("pooling_mode_mean_tokens": true, ...), 6 "pooling_mode"
+_POOLING_FLAGS = {"pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max",
+                  "pooling_mode_mean_tokens": "mean",
+                  "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+                  "pooling_mode_weightedmean_tokens": "weightedmean", "pooling_mode_lasttoken": "lasttoken"}
+
+
+def pooling_mode(config: dict) -> str | list[str] | None:
+    """A Pooling module's mode from its config: "mean", ..., a list of modes, or None if it names none."""
+    if "pooling_mode" in config:
+        return config["pooling_mode"]
+    modes = [mode for key, mode in _POOLING_FLAGS.items() if config.get(key)]
+    return modes[0] if len(modes) == 1 else modes or None
 
 
 def load_encoder(name_or_path: str, device: str = "cpu", dtype: str = "float32",

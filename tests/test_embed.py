@@ -154,3 +154,34 @@ def test_paragraphs_split_at_blank_lines_holding_whitespace():
     assert list(text_units(docs, "paragraph")) == [(0, 0, "A."), (0, 1, "B, still\nB."), (0, 2, "C."),
                                                    (2, 0, "Only.")]
     assert list(text_units(docs, "document")) == [(0, 0, docs[0]), (1, 0, "  "), (2, 0, "Only.")]
+
+
+class Pooling:  # a sentence-transformers Pooling module, as type(m).__name__ names it
+    def __init__(self, config: dict):
+        self.config = config
+
+    def get_config_dict(self) -> dict:
+        return self.config
+
+
+class Normalize:
+    pass
+
+
+class _Model(list):
+    max_seq_length = 256
+
+
+@pytest.mark.parametrize("config, want", [
+    ({"embedding_dimension": 384, "pooling_mode": "mean", "include_prompt": True}, "mean"),  # 6 on
+    ({"word_embedding_dimension": 384, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True,
+      "pooling_mode_max_tokens": False, "pooling_mode_lasttoken": False}, "mean"),  # 5: one flag per mode
+    ({"pooling_mode_cls_token": True, "pooling_mode_max_tokens": True}, ["cls", "max"]),
+    ({"pooling_mode_mean_tokens": False}, None),
+])
+def test_manifest_names_the_pooling_of_either_sentence_transformers(config, want):
+    from actdict.harvest.embed import Encoder
+
+    enc = Encoder(_Model([Pooling(config), Normalize()]), "m", None, 384, "cpu")
+    assert enc.describe() == {"modules": ["Pooling", "Normalize"], "pooling": want, "model_normalizes": True,
+                              "max_seq_length": 256}
