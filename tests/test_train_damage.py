@@ -200,3 +200,18 @@ def test_a_record_missing_for_a_moment_while_a_save_runs_is_waited_for(tmp_path,
     monkeypatch.setattr(checkpoint, "_read", save_begins)
     _, record = checkpoint.load(tmp_path / "d")
     assert record["config_hash"] == "h"
+
+
+@pytest.mark.parametrize(("edit", "said"), [
+    ({"k": 10**12}, r"does not hold the tensors its cfg.json describes \(sae_l1, d=3, k=1000000000000\): "
+                    r"decoder.weight \[3, 4\] \(the record's: \[3, 1000000000000\]\)"),
+    ({"d": "3x"}, r"its cfg.json records d='3x', k=4: not whole numbers >= 1"),
+    ({"params": [1]}, r"its cfg.json records params \[1\]: not a mapping"),
+    ({"normalized": True}, r"decoder.bias \[3\] \(the record's: none\)"),
+])
+def test_a_record_that_does_not_describe_its_weights_is_damaged_before_any_allocation(tmp_path, edit, said):
+    checkpoint.save(tmp_path / "d", make("sae_l1", 3, 4), {"finished": True})
+    record = json.loads((tmp_path / "d" / "cfg.json").read_text())
+    (tmp_path / "d" / "cfg.json").write_text(json.dumps(record | edit))  # a shared run folder's, edited
+    with pytest.raises(checkpoint.CheckpointError, match=r"holds a damaged checkpoint: .*" + said):
+        checkpoint.load(tmp_path / "d")

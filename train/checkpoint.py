@@ -182,11 +182,36 @@ def load(dir: str | Path, device: str | torch.device = "cpu") -> tuple[Dictionar
         raise CheckpointError(damaged(d, e)) from e
     if not isinstance(cfg, dict) or not {"variant", "d", "k", "params"} <= set(cfg):
         raise CheckpointError(damaged(d, f"its {CFG} is not an actdict checkpoint's record"))
-    model: Dictionary = make(cfg["variant"], int(cfg["d"]), int(cfg["k"]), **cfg["params"])
+    if why := other_shapes(cfg, state):
+        raise CheckpointError(damaged(d, why))
+    model: Dictionary = make(cfg["variant"], cfg["d"], cfg["k"], **cfg["params"])
     if cfg.get("normalized"):
         model = Normalized(model, state["norm_mean"], float(state["norm_scale"]))
     model.load_state_dict(state, strict=True)
     return model.to(device).eval(), cfg
+
+
+def other_shapes(cfg: dict[str, Any], state: dict[str, Tensor]) -> str | None:
+    """How the model that ``cfg`` (a cfg.json record) describes differs from the weights ``state``, in words:
+    its d, k or params are not numbers and a mapping, or its tensors' names and shapes (built on the meta
+    device: nothing allocated) are not the weights'; None when they match. A record edited or taken from
+    another checkpoint (k = 10**9 beside weights of k = 384) is named before any memory is taken for it."""
+    if not all(isinstance(cfg[n], int) and not isinstance(cfg[n], bool) and cfg[n] >= 1 for n in ("d", "k")):
+        return f"its {CFG} records d={cfg['d']!r}, k={cfg['k']!r}: not whole numbers >= 1"
+    if not isinstance(cfg["params"], dict):
+        return f"its {CFG} records params {cfg['params']!r}: not a mapping"
+    with torch.device("meta"):
+        model: Dictionary = make(cfg["variant"], cfg["d"], cfg["k"], **cfg["params"])
+        if cfg.get("normalized"):
+            model = Normalized(model, torch.zeros(cfg["d"]), 1.0)
+        want = {k: list(v.shape) for k, v in model.state_dict().items()}
+    got = {k: list(v.shape) for k, v in state.items()}
+    if diff := sorted(k for k in want.keys() | got.keys() if want.get(k) != got.get(k)):
+        said = ", ".join(f"{k} {got.get(k, 'missing')} (the record's: {want.get(k, 'none')})"
+                         for k in diff[:3])
+        return (f"its {WEIGHTS} does not hold the tensors its {CFG} describes ({cfg['variant']}, "
+                f"d={cfg['d']}, k={cfg['k']}): {said}")
+    return None
 
 
 def finished_record(path: Path) -> dict | None:
