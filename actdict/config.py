@@ -99,17 +99,60 @@ _Loader.yaml_implicit_resolvers = {  # and no timestamps: `run_dir: 2026-12-05` 
     for c, rs in _Loader.yaml_implicit_resolvers.items()}
 
 
-def safe_yaml(text: str) -> Any:
-    """``yaml.safe_load`` of ``text``, reading ``1e-3`` as a float (``_Loader``)."""
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader)
+MAX_YAML_VALUES = 100_000
+"""The most values a config may hold once its aliases are expanded (a real one holds a few hundred)."""
+
+
+def safe_yaml(text: str, where: str = "YAML") -> Any:
+    """``yaml.safe_load`` of ``text``, reading ``1e-3`` as a float (``_Loader``). Invalid YAML, a nesting
+    deeper than Python's recursion limit, an alias inside itself (``&a [*a]``) and aliases that expand to
+    more than ``MAX_YAML_VALUES`` values ("billion laughs": every later step copies the data expanded) are
+    ConfigErrors naming ``where``."""
+    try:
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader)
+        expanded_size(data)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(f"{where} is not valid YAML: {e.problem or e.context}{at}") from e
+    except RecursionError as e:
+        raise ConfigError(f"{where} is nested too deeply to be a config") from e
+    except (yaml.YAMLError, ValueError) as e:
+        raise ConfigError(f"{where} is not a config: {e}") from e
+    return data
+
+
+def expanded_size(data: Any) -> int:
+    """How many values ``data`` (loaded YAML) holds with its aliases expanded, counted without expanding
+    them; ValueError for an alias that contains itself or more than ``MAX_YAML_VALUES`` values."""
+    sizes: dict[int, int] = {}  # id of a list or mapping -> its size; -1 while it is being counted
+
+    def size(x: Any) -> int:
+        if not isinstance(x, dict | list):
+            return 1
+        if sizes.get(id(x)) == -1:
+            raise ValueError("an alias refers to a value that contains it (a loop)")
+        if id(x) not in sizes:
+            sizes[id(x)] = -1
+            sizes[id(x)] = 1 + sum(size(v) for v in (x.values() if isinstance(x, dict) else x))
+            if sizes[id(x)] > MAX_YAML_VALUES:
+                raise ValueError(f"its aliases expand to more than {MAX_YAML_VALUES:,} values")
+        return sizes[id(x)]
+
+    return size(data)
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Load a YAML mapping with ``safe_yaml``; a missing file or a non-mapping is a ConfigError."""
+    """Load a YAML mapping with ``safe_yaml``; a missing file, one that is not UTF-8 text or not YAML, or a
+    non-mapping is a ConfigError."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
-    data = safe_yaml(p.read_text(encoding="utf-8"))
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p} is not UTF-8 text ({e})") from e
+    data = safe_yaml(text, str(p))
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -139,7 +182,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if isinstance(node, list):
             raise ConfigError(f"override {item!r}: set a field of a list item ({key}.FIELD=...), or the "
                               f"whole list ({'.'.join(parts[:-1])}=[...])")
-        node[parts[-1]] = safe_yaml(raw) if raw.strip() else ""
+        node[parts[-1]] = safe_yaml(raw, f"override {item!r}") if raw.strip() else ""
     return out
 
 

@@ -485,3 +485,28 @@ def test_a_store_in_the_home_folder_is_one_store_from_any_folder(tmp_path, monke
         monkeypatch.chdir(tmp_path / cwd)
         assert main(["train", str(tmp_path / "t.yaml")]) == 0
     assert "a: finished checkpoint with the same config exists, skipped" in capsys.readouterr().out
+
+
+LAUGHS = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(  # 10**6 values
+    f"{c}: &{c} [{', '.join([f'*{p}'] * 10)}]\n" for p, c in zip("abcde", "bcdef", strict=True))
+
+
+@pytest.mark.parametrize(("text", "override", "message"), [
+    (LAUGHS, None, r"c.yaml is not a config: its aliases expand to more than 100,000 values"),
+    ("run_dir: &x [*x]\n", None, r"c.yaml is not a config: an alias refers to a value that contains it"),
+    ("run_dir: " + "[" * 5000 + "]" * 5000 + "\n", None, r"c.yaml is nested too deeply to be a config"),
+    ("run_dir: [\n", None, r"c.yaml is not valid YAML: expected the node content, but found '<stream end>' "
+                           r"\(line 2, column 1\)"),
+    ("seed: 1\n", "train.dicts=&d [*d]", r"override 'train.dicts=&d \[\*d\]' is not a config: an alias"),
+    ("seed: 1\n", "seed=[", r"override 'seed=\[' is not valid YAML"),
+])
+def test_a_hostile_or_broken_yaml_is_a_config_error_before_any_copy(tmp_path, text, override, message):
+    (tmp_path / "c.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_experiment(tmp_path / "c.yaml", [override] if override else [])
+
+
+def test_a_config_that_is_not_utf8_is_a_config_error(tmp_path):
+    (tmp_path / "c.yaml").write_bytes(b"run_dir: \xff\xfe\n")
+    with pytest.raises(ConfigError, match=r"c.yaml is not UTF-8 text"):
+        load_experiment(tmp_path / "c.yaml")
