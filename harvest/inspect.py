@@ -14,7 +14,7 @@ import argparse
 import json
 
 from actdict.errors import ActdictError
-from actdict.harvest.layout import StoreError, human_size, list_hooks, whole_shards
+from actdict.harvest.layout import StoreError, human_size, list_hooks, shard_gaps, whole_shards
 from actdict.harvest.resume import repair, repair_manifest, store_lock
 from actdict.harvest.store import ActivationStore, hook_folder, open_store, reimport_command
 
@@ -22,10 +22,11 @@ from actdict.harvest.store import ActivationStore, hook_folder, open_store, reim
 def describe(store: ActivationStore) -> dict:
     """The summary of one opened hook: layout, size and provenance (no activation is read). ``rows``,
     ``shards`` and ``chunks`` count what can be read: an unfinished hook's whole shards 0, 1, ... up to
-    the first gap; ``on_disk`` counts every whole shard there, ``missing`` the gaps below the last one."""
+    the first gap; ``on_disk`` counts every whole shard there, ``missing`` the gaps below the last one (the
+    first 1,000: a stray folder may be named 10**12)."""
     m = store.manifest
     on_disk = sorted(int(n) for n in whole_shards(store.fs, store.dir))
-    missing = sorted(set(range(on_disk[-1] + 1)) - set(on_disk)) if on_disk else []
+    missing = shard_gaps(set(on_disk), on_disk[-1] + 1, 1000)[0] if on_disk else []  # a folder 10**12
     return {"hook": store.hook, "complete": bool(m.get("complete")), "rows": len(store), "d": store.d,
             "dtype": store.dtype_name, "shards": store.num_shards, "chunks": store.num_chunks,
             "chunk_rows": store.chunk_rows, "bytes": int(store.fs.du(store.dir)), "on_disk": len(on_disk),

@@ -134,23 +134,44 @@ def shard_entries(fs, hook_dir: str) -> list[str]:
     return sorted(e.rstrip("/").rsplit("/", 1)[-1] for e in fs.ls(f"{hook_dir}/{SHARDS}", detail=False))
 
 
+def is_shard_name(name: str) -> bool:
+    """``name`` is a whole shard's folder: ASCII digits (``str.isdigit`` also takes '²' and '１')."""
+    return name.isascii() and name.isdigit()
+
+
 def whole_shards(fs, hook_dir: str) -> list[str]:
     """The whole shards' folder names (5 digits), sorted; those being written (``.tmp-*``) are invisible."""
-    return [n for n in shard_entries(fs, hook_dir) if n.isdigit()]
+    return [n for n in shard_entries(fs, hook_dir) if is_shard_name(n)]
 
 
 def shard_name(i: int) -> str:
     return f"{i:05d}"
 
 
+def shard_gaps(have: set[int], n: int, most: int = 8) -> tuple[list[int], int]:
+    """(the first ``most`` numbers of 0 .. n - 1 that ``have`` lacks, ascending; how many it lacks), found
+    without walking 0 .. n - 1: ``n`` comes from a manifest or a folder's name, and may be 10**12."""
+    inside = sorted(i for i in have if 0 <= i < n)
+    first: list[int] = []
+    i = 0
+    for h in [*inside, n]:
+        first += range(i, min(h, i + most - len(first)))
+        i = h + 1
+    return first, n - len(inside)
+
+
 def shard_problem(names: list[str], n_shards: int) -> str | None:
     """What is wrong with a complete hook's shard folders ``names`` (its 5-digit ones) when its manifest lists
-    ``n_shards``, in words naming the shards; None when they are exactly 0 .. n_shards - 1."""
-    have, want = {int(n) for n in names}, set(range(n_shards))
-    if have == want:
+    ``n_shards``, in words naming the shards (the first 8 missing ones and their count); None when they are
+    exactly 0 .. n_shards - 1."""
+    have = {int(n) for n in names}
+    missing, n_missing = shard_gaps(have, n_shards)
+    extra = sorted(i for i in have if i >= n_shards)
+    if not n_missing and not extra:
         return None
-    said = [f"{what} {', '.join(map(shard_name, ids))}" for what, ids in
-            (("missing shard(s)", sorted(want - have)), ("unexpected shard(s)", sorted(have - want))) if ids]
+    more = f", ... ({n_missing:,} in all)" if n_missing > len(missing) else ""
+    said = [f"{what} {', '.join(map(shard_name, ids))}{end}" for what, ids, end in
+            (("missing shard(s)", missing, more), ("unexpected shard(s)", extra, "")) if ids]
     listed = f"{shard_name(0)}..{shard_name(n_shards - 1)}" if n_shards else "none"
     return (f"{'; '.join(said)} (the manifest lists {n_shards}: {listed}); the store is damaged: restore "
             "those shards from a copy, or run `actdict store STORE --repair` and the harvest command "

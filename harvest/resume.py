@@ -32,9 +32,11 @@ from actdict.harvest.layout import (
     check_shard,
     fs_of,
     is_local,
+    is_shard_name,
     make_dirs,
     read_json,
     shard_entries,
+    shard_gaps,
     shard_name,
     whole_shards,
     write_json,
@@ -72,7 +74,7 @@ def clean(path: str, hook: str) -> list[str]:
         if name.startswith(TMP_PREFIX):
             fs.rm(where, recursive=True)
             removed.append(where)
-        elif name.isdigit() and m is not None:
+        elif is_shard_name(name) and m is not None:
             try:
                 check_shard(fs, where, int(m["d"]), ACT_DTYPES[m["dtype"]], int(m["chunk_rows"]),
                             crc=m.get("format_version", 1) >= 2)
@@ -265,10 +267,13 @@ def repair(path: str, hook: str, m: dict | None = None) -> dict[str, str]:
     bad = {n: why for n in names if (why := shard_damage(fs, f"{d}/{SHARDS}/{n}", *args))}
     if m.get("complete"):
         listed, have = int(m["n_shards"]), {int(n) for n in names}
-        bad |= {shard_name(i): "missing" for i in range(listed) if i not in have}
+        missing, n_missing = shard_gaps(have, listed)  # the first 8: a manifest may list 10**12
+        bad |= {shard_name(i): "missing" for i in missing}
+        if n_missing > len(missing):
+            bad[shard_name(missing[-1])] = f"missing, and {n_missing - len(missing):,} more after it"
         bad |= {n: f"not in the manifest (it lists {listed})" for n in names if int(n) >= listed}
     for n, why in bad.items():
-        if why == "missing":
+        if why.startswith("missing"):
             continue
         where = f"{d}/{SHARDS}/{n}"
         if is_local(fs):

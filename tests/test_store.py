@@ -653,3 +653,29 @@ def test_a_hook_folder_in_the_home_folder_opens(tmp_path, monkeypatch):
     assert (s.hook, len(s)) == ("b", 45)
     with pytest.raises(StoreError, match=re.escape(f"no activation store at ~/t ({tmp_path}/home/t)")):
         open_store("~/t")
+
+
+def test_shard_numbers_from_a_manifest_or_a_folder_name_are_never_walked(tmp_path, capsys):
+    """A shared store's manifest may list 10**12 shards and a stray folder be named '²³' or 10**14: the
+    first missing shards are named with their count, found without walking 0 .. n - 1, and a folder that
+    is not ASCII digits is no shard."""
+    from actdict.cli import main as cli
+    from actdict.harvest.layout import shard_gaps
+
+    assert shard_gaps({0, 2, 4}, 6) == ([1, 3, 5], 3)
+    assert shard_gaps(set(range(5)), 10**12) == (list(range(5, 13)), 10**12 - 5)
+    assert shard_problem(["00000", "00002", "00030"], 20).startswith(
+        "missing shard(s) 00001, 00003, 00004, 00005, 00006, 00007, 00008, 00009, ... (18 in all); "
+        "unexpected shard(s) 00030 (the manifest lists 20: 00000..00019)")
+    _write(tmp_path)  # 45 rows: shards 00000..00002
+    (tmp_path / "blocks.0.hook_resid_post" / "shards" / "²³").mkdir()
+    assert cli(["store", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.startswith("blocks.0.hook_resid_post: 45 rows x d=3 float32, 3 shards")
+    manifest = tmp_path / "blocks.0.hook_resid_post" / "manifest.json"
+    manifest.write_text(json.dumps(json.loads(manifest.read_text()) | {"n_shards": 20}))
+    assert cli(["store", str(tmp_path), "--repair"]) == 0
+    assert capsys.readouterr().out.startswith(
+        "blocks.0.hook_resid_post: 8 shard(s) to write again (00003: missing; 00004: missing; 00005: "
+        "missing; 00006: missing; 00007: missing; 00008: missing; 00009: missing; 00010: missing, and 9 more "
+        "after it)")
+    assert sorted(os.listdir(manifest.parent / "shards")) == ["00000", "00001", "00002", "²³"]
