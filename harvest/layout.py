@@ -103,6 +103,19 @@ def read_json(fs, p: str) -> dict:
     return obj
 
 
+def manifest_problem(m: dict) -> str | None:
+    """What in a manifest's layout keys cannot describe a store, in words (a hand edit, a file from elsewhere:
+    read as they are, they were tracebacks or a division by zero); None when ``d`` and ``chunk_rows`` are
+    whole numbers >= 1, ``dtype`` is one a store holds, and ``shard_rows``, ``n_rows`` and ``n_shards``,
+    where present, whole numbers (>= 1, >= 0, >= 0)."""
+    least = {"d": 1, "chunk_rows": 1, "shard_rows": 1, "n_rows": 0, "n_shards": 0}
+    bad = [f"{k} {m.get(k)!r}" for k, n in least.items() if (k in m or k in ("d", "chunk_rows")) and not (
+        type(m.get(k)) is int and m[k] >= n)]
+    if m.get("dtype") not in ACT_DTYPES:
+        bad.append(f"dtype {m.get('dtype')!r} (not one of {sorted(ACT_DTYPES)})")
+    return f"its {MANIFEST} is damaged: {', '.join(bad)}" if bad else None
+
+
 def write_json(fs, p: str, obj: dict) -> None:
     """Write JSON, atomically on local disks (temp file + rename); one PUT on object stores."""
     blob = json.dumps(obj, indent=2, sort_keys=True, default=str)

@@ -34,6 +34,7 @@ from actdict.harvest.layout import (
     is_local,
     is_shard_name,
     make_dirs,
+    manifest_problem,
     read_json,
     shard_entries,
     shard_gaps,
@@ -300,4 +301,7 @@ def repair_manifest(path: str, hook: str) -> dict:
     if missing := [k for k in ("d", "dtype", "chunk_rows") if k not in m]:
         raise StoreError(f"store {path}, hook {hook!r}: its {MANIFEST} lacks {missing}; a hook cannot be "
                          "repaired without them: harvest it again")
+    if problem := manifest_problem(m):
+        raise StoreError(f"store {path}, hook {hook!r}: {problem}; a hook cannot be repaired with it: "
+                         "restore it from a copy of the store, or harvest it again")
     return m

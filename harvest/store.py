@@ -42,6 +42,7 @@ from actdict.harvest.layout import (
     fs_of,
     is_local,
     list_hooks,
+    manifest_problem,
     read_chunk_file,
     read_json,
     shard_problem,
@@ -108,6 +109,8 @@ class ActivationStore:
         if m.get("format_version") not in READ_VERSIONS:
             raise StoreError(f"{self.dir}: format_version {m.get('format_version')} (this code reads "
                              f"{list(READ_VERSIONS)})")
+        if problem := manifest_problem(m):
+            raise StoreError(f"{self.dir}: {problem}; restore it from a copy of the store")
         if not m.get("complete") and not allow_partial:
             # no config_hash: vectors imported from Python or the vectors command (and since repaired)
             how = ("re-run the same harvest command to resume it" if m.get("config_hash") else

@@ -679,3 +679,25 @@ def test_shard_numbers_from_a_manifest_or_a_folder_name_are_never_walked(tmp_pat
         "missing; 00006: missing; 00007: missing; 00008: missing; 00009: missing; 00010: missing, and 9 more "
         "after it)")
     assert sorted(os.listdir(manifest.parent / "shards")) == ["00000", "00001", "00002", "²³"]
+
+
+@pytest.mark.parametrize(("edit", "said"), [({"d": "3x"}, "d '3x'"), ({"chunk_rows": 0}, "chunk_rows 0"),
+                                            ({"dtype": "int64"}, "dtype 'int64' (not one of"),
+                                            ({"n_rows": None, "d": None}, "d None, n_rows None")])
+def test_a_manifest_with_layout_values_of_the_wrong_kind_is_one_line_and_repairs_nothing(
+        tmp_path, capsys, edit, said):
+    """A shared store's manifest.json edited by hand: its layout values were read as they are (a ValueError,
+    KeyError or ZeroDivisionError traceback); now every command says which are damaged, and --repair
+    removes no shard."""
+    from actdict.cli import main as cli
+
+    _write(tmp_path)
+    manifest = tmp_path / "blocks.0.hook_resid_post" / "manifest.json"
+    manifest.write_text(json.dumps(json.loads(manifest.read_text()) | edit))
+    with pytest.raises(StoreError, match=re.escape(f"its manifest.json is damaged: {said}")):
+        open_store(str(tmp_path))
+    for flag in ([], ["--verify"], ["--repair"]):
+        assert cli(["store", str(tmp_path), *flag]) == 2, flag
+        out = "".join(capsys.readouterr())
+        assert out.count("\n") == 1 and f"its manifest.json is damaged: {said}" in out, (flag, out)
+    assert sorted(os.listdir(manifest.parent / "shards")) == ["00000", "00001", "00002"]
