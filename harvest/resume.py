@@ -304,4 +304,24 @@ def repair_manifest(path: str, hook: str) -> dict:
     if problem := manifest_problem(m):
         raise StoreError(f"store {path}, hook {hook!r}: {problem}; a hook cannot be repaired with it: "
                          "restore it from a copy of the store, or harvest it again")
+    if differs := other_layout(*hook_dir(path, hook), m):
+        raise StoreError(f"store {path}, hook {hook!r}: its {MANIFEST} does not describe its shards "
+                         f"({differs}): the manifest is damaged or from another store, not the shards; "
+                         "nothing removed: restore the manifest from a copy of the store")
     return m
+
+
+def other_layout(fs, d: str, m: dict) -> str | None:
+    """How the layout that the manifest ``m`` records (d, stored dtype, chunk_rows) differs from the one the
+    shards of the hook folder ``d`` record in their own metadata (the first shard's acts array that opens),
+    in words; None when they agree or no shard's metadata can be read."""
+    names = {str(dt): n for n, dt in ACT_DTYPES.items()}  # stored dtype -> the manifest's name of it
+    for shard in whole_shards(fs, d):
+        try:
+            acts = zarr.open_array(zarr_url(fs, f"{d}/{SHARDS}/{shard}/acts"), mode="r")
+            have = {"d": acts.shape[1], "dtype": names.get(str(acts.dtype), str(acts.dtype)),
+                    "chunk_rows": acts.chunks[0]}
+        except Exception:  # a damaged shard: the next one's metadata, or none to compare with
+            continue
+        return "; ".join(f"{k} {m[k]}, its shards' {have[k]}" for k in have if m[k] != have[k]) or None
+    return None

@@ -701,3 +701,21 @@ def test_a_manifest_with_layout_values_of_the_wrong_kind_is_one_line_and_repairs
         out = "".join(capsys.readouterr())
         assert out.count("\n") == 1 and f"its manifest.json is damaged: {said}" in out, (flag, out)
     assert sorted(os.listdir(manifest.parent / "shards")) == ["00000", "00001", "00002"]
+
+
+@pytest.mark.parametrize(("edit", "said"), [({"d": 4}, "d 4, its shards' 3"),
+                                            ({"chunk_rows": 2}, "chunk_rows 2, its shards' 4"),
+                                            ({"dtype": "bfloat16"}, "dtype bfloat16, its shards' float32")])
+def test_repair_removes_no_shard_when_the_manifest_is_what_disagrees(tmp_path, capsys, edit, said):
+    """A manifest of another layout than its shards' own metadata (edited, or copied from another store) made
+    every shard fail its check, and --repair removed them all; it now names the manifest and removes none."""
+    from actdict.cli import main as cli
+
+    _write(tmp_path)
+    manifest = tmp_path / "blocks.0.hook_resid_post" / "manifest.json"
+    manifest.write_text(json.dumps(json.loads(manifest.read_text()) | edit))
+    assert cli(["store", str(tmp_path), "--repair"]) == 2
+    out = capsys.readouterr().out
+    assert f"its manifest.json does not describe its shards ({said}): the manifest is damaged" in out
+    assert "nothing removed" in out and sorted(os.listdir(manifest.parent / "shards")) == ["00000", "00001",
+                                                                                           "00002"]
