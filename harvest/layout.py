@@ -360,12 +360,18 @@ def check_shard(fs, where: str, d: int, dtype: np.dtype, chunk_rows: int, crc: b
         record = dict(group.attrs[DONE_KEY])
         n = int(record["n_rows"])
         shapes = {k: group[k].shape for k in ARRAYS}
+        stored = np.dtype(str(group["acts"].dtype))
         files = fs.find(where, detail=True)
     except Exception as e:  # any failure to read it means a damaged (or half-written) shard
         raise StoreError(f"shard {where} is unreadable or incomplete ({type(e).__name__}: {e})") from e
     want = {"acts": (n, d)} | {k: (n,) for k in META_DTYPES}
     if shapes != want:
         raise StoreError(f"shard {where} is truncated or damaged: shapes {shapes}, expected {want}")
+    if stored != dtype:
+        names = {dt: name for name, dt in ACT_DTYPES.items()}
+        raise StoreError(f"shard {where} does not hold what its manifest says: its acts are "
+                         f"{names.get(stored, stored)}, the manifest's {names.get(dtype, dtype)} (read as "
+                         "the manifest says, every value would be another number)")
     itemsizes = {"acts": dtype.itemsize * d} | {k: dt.itemsize for k, dt in META_DTYPES.items()}
     for arr, item in itemsizes.items():
         want_size = chunk_rows * item + (CRC_BYTES if crc else 0)

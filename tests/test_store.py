@@ -719,3 +719,15 @@ def test_repair_removes_no_shard_when_the_manifest_is_what_disagrees(tmp_path, c
     assert f"its manifest.json does not describe its shards ({said}): the manifest is damaged" in out
     assert "nothing removed" in out and sorted(os.listdir(manifest.parent / "shards")) == ["00000", "00001",
                                                                                            "00002"]
+
+
+def test_a_manifest_naming_another_16_bit_dtype_than_its_shards_is_not_read(tmp_path):
+    """float16 and bfloat16 shards have the same sizes: a manifest saying float16 over bfloat16 bits passed
+    every check and --verify, and the store read 15956.0 for 0.2067; the shards' own dtype is now checked."""
+    x = np.random.default_rng(0).standard_normal((64, 3)).astype(np.float32)  # [64, 3]
+    write_vectors(str(tmp_path), x, shard_rows=32, chunk_rows=8, dtype="bfloat16")
+    manifest = next(tmp_path.glob("*/manifest.json"))
+    manifest.write_text(json.dumps(json.loads(manifest.read_text()) | {"dtype": "float16"}))
+    with pytest.raises(StoreError, match=r"shards/00000 does not hold what its manifest says: its acts are "
+                                         r"bfloat16, the manifest's float16"):
+        open_store(str(tmp_path))
