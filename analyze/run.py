@@ -310,8 +310,8 @@ def read_labels(path: str, n_rows: int) -> tuple[np.ndarray | None, list]:
     p = Path(path).expanduser()  # '~/labels.npy', as the harvest's source and vectors paths
     if not p.is_file():
         raise AnalyzeError(f"analyze.labels: {p} not found (a .npy file with one label per store row)")
-    try:
-        lab = np.load(p, allow_pickle=False)  # never pickle: numbers or fixed-width strings only
+    try:  # never pickle: numbers or fixed-width strings only; mapped: the header's shape is checked first
+        lab = np.load(p, mmap_mode="r", allow_pickle=False)  # (a damaged one may claim 10**11 rows)
     except (ValueError, OSError) as e:
         raise AnalyzeError(f"analyze.labels: {p} is not a .npy array of numbers or strings ({e}); save one "
                            "with np.save(path, labels) where labels is a 1-D int or str array") from e
@@ -319,6 +319,7 @@ def read_labels(path: str, n_rows: int) -> tuple[np.ndarray | None, list]:
         raise AnalyzeError(f"analyze.labels: {p} is an .npz archive; save the labels alone with np.save")
     if lab.shape != (n_rows,):
         raise AnalyzeError(f"analyze.labels: {p} has shape {lab.shape}, the store has {n_rows} rows")
+    lab = np.array(lab)  # read into memory, no longer a view of the file
     if lab.dtype.kind == "S":  # bytes: the labels as text (summary.json holds them)
         lab = np.char.decode(lab, "utf-8", errors="replace")
     if lab.dtype.kind not in "biufU":

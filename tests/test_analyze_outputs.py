@@ -448,3 +448,18 @@ def test_a_damaged_record_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(run.AnalyzeError, match=r"dicts/sae holds a damaged checkpoint: rerun actdict train, "
                        r"which trains it again \(cfg.json: Expecting value"):
         run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(device="cpu", n_features=2, top_k=2, context=1))
+
+
+def test_labels_whose_header_claims_more_rows_than_the_file_holds_are_one_line(tmp_path):
+    """A damaged .npy header claiming 10**11 rows was read as it says: a 745 GiB allocation (a MemoryError
+    traceback, or the machine's memory); the header's shape is now checked against the file first."""
+    from numpy.lib import format as npy
+
+    with open(tmp_path / "labels.npy", "wb") as f:
+        npy.write_array_header_1_0(f, {"descr": "<i8", "fortran_order": False, "shape": (10**11,)})
+        f.write(bytes(800))  # 100 labels
+    with pytest.raises(run.AnalyzeError, match=r"labels.npy is not a .npy array of numbers or strings"):
+        run.read_labels(str(tmp_path / "labels.npy"), 100)
+    np.save(tmp_path / "labels.npy", np.arange(100) % 3)
+    rows, classes = run.read_labels(str(tmp_path / "labels.npy"), 100)
+    assert classes == [0, 1, 2] and type(rows) is np.ndarray and rows[:4].tolist() == [0, 1, 2, 0]
