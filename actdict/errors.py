@@ -9,6 +9,17 @@ class ActdictError(Exception):
     """An expected failure whose message says what went wrong and what to do."""
 
 
+_CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)] if chr(c) not in "\n\t"}
+
+
+def printable(text: object) -> str:
+    """``text`` as it is safe to print on a terminal: its control characters but newline and tab (ESC, BEL,
+    CR, C1 codes) written as escapes (``\\x1b``). A store's manifest, a checkpoint's record or a corpus token
+    comes from someone else, and printed as it is, ESC ] 52 sets the terminal's clipboard, ESC ] 0 its
+    title, ESC [ 2J clears the screen (and CR overwrites the line shown)."""
+    return str(text).translate(_CONTROLS)
+
+
 def print_error(prog: str, e: ActdictError) -> int:
     """Print ``e`` as the command line's one line on stderr ("PROG: config error: ..." for a bad config,
     "PROG: ErrorClass: ..." otherwise) and return the exit status, 2. Under torchrun (WORLD_SIZE > 1) a
@@ -23,5 +34,5 @@ def print_error(prog: str, e: ActdictError) -> int:
     if world > 1 and config and int(os.environ.get("LOCAL_RANK", rank)):
         return 2
     where = f" (rank {rank} of {world})" if world > 1 and not config else ""
-    print(f"{prog}{where}: {kind}: {e}", file=sys.stderr)
+    print(printable(f"{prog}{where}: {kind}: {e}"), file=sys.stderr)
     return 2

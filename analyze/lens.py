@@ -32,7 +32,7 @@ from actdict.analyze.metrics import active_mask
 from actdict.analyze.outputs import read_output
 from actdict.analyze.texts import clip
 from actdict.config import Common, common_of, load_experiment, section
-from actdict.errors import ActdictError, print_error
+from actdict.errors import ActdictError, print_error, printable
 
 
 class LensError(ActdictError, ValueError):
@@ -230,7 +230,7 @@ def format_lens(res: dict) -> str:
             fs = "  ".join(f"#{f['i']} {f['code']:.3g}" + (f" [{', '.join(f['top_tokens'])}]"
                                                           if f["top_tokens"] else "") for f in feats)
             lines.append(f"  {s:<{width}} {n:>4}  {fs}")
-    return "\n".join(lines)
+    return printable("\n".join(lines))  # corpus tokens, a store's hook and model: no terminal control codes
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -77,7 +77,7 @@ from actdict.analyze.splice import heldout_windows, splice_eval
 from actdict.analyze.texts import row_texts
 from actdict.analyze.toptokens import resolve_decoder
 from actdict.config import Common, config_changes
-from actdict.errors import ActdictError
+from actdict.errors import ActdictError, printable
 from actdict.files import remove_temps, write_atomic
 from actdict.lock import check_writable
 from actdict.train import checkpoint
@@ -260,8 +260,9 @@ def summary_lines(summary: dict) -> list[str]:
     why = [f"(EV n/a: the {summary['n_test_rows']:,} held-out row(s) do not vary, so there is no variance "
            "to explain; more test rows: analyze.max_test_rows, train.test_fraction)"]
     why = why if any(m["ev"] is None and m["re_det"] is not None for m in summary["models"].values()) else []
-    return lines + ["(AD: active dimensions per row, the paper's Otsu split; L0: exact nonzeros, not a "
-                    "VAE's sparsity measure; docs/analyze.md)"] + why + warned
+    note = ("(AD: active dimensions per row, the paper's Otsu split; L0: exact nonzeros, not a VAE's "
+            "sparsity measure; docs/analyze.md)")
+    return [printable(s) for s in [*lines, note, *why, *warned]]  # names, warnings: no terminal control codes
 
 
 def _cell(v: float | None, spec: str) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from actdict.errors import ActdictError
+from actdict.errors import ActdictError, printable
 from actdict.harvest.layout import StoreError, human_size, list_hooks, shard_gaps, whole_shards
 from actdict.harvest.resume import repair, repair_manifest, store_lock
 from actdict.harvest.store import ActivationStore, hook_folder, open_store, reimport_command
@@ -43,11 +43,11 @@ def line(info: dict) -> str:
     elif info["on_disk"] > info["shards"]:  # object stores write shards in place: some are not whole yet
         state += (f"; {info['on_disk'] - info['shards']} more shard folder(s) on disk are not whole (being "
                   "written, or cut short by a kill): the harvest command rewrites them")
-    return (f"{info['hook']}: {info['rows']:,} rows x d={info['d']} {info['dtype']}, "
-            f"{info['shards']} shards, {info['chunks']} chunks of {info['chunk_rows']}, "
-            f"{human_size(info['bytes'])}; {state}\n"
-            f"  model {info['model'] or '- (no model: imported vectors)'}; {info['numerics']}\n"
-            f"  corpus {info['corpus']}")
+    return printable(f"{info['hook']}: {info['rows']:,} rows x d={info['d']} {info['dtype']}, "
+                     f"{info['shards']} shards, {info['chunks']} chunks of {info['chunk_rows']}, "
+                     f"{human_size(info['bytes'])}; {state}\n"
+                     f"  model {info['model'] or '- (no model: imported vectors)'}; {info['numerics']}\n"
+                     f"  corpus {info['corpus']}")  # a shared store's manifest: no terminal control codes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,9 +84,10 @@ def main(argv: list[str] | None = None) -> int:
                     info["verified"], bad = str(e), bad + 1
             out.append(info)
             if not a.json:
-                print(line(info) + (f"\n  verify: {info['verified']}" if a.verify else ""), flush=True)
+                verified = printable(f"\n  verify: {info['verified']}") if a.verify else ""
+                print(line(info) + verified, flush=True)
     except ActdictError as e:  # StoreError, FolderInUse
-        print(f"actdict store: {e}")
+        print(printable(f"actdict store: {e}"))
         return 2
     if a.json:
         print(json.dumps(out, indent=1, default=str))
@@ -103,8 +104,8 @@ def repair_hooks(path: str, hooks: list[str]) -> int:
         for hook in hooks:
             removed[hook] = bad = repair(path, hook, manifests[hook])
             said = "; ".join(f"{name}: {why}" for name, why in bad.items())
-            print(f"{hook}: " + (f"{len(bad)} shard(s) to write again ({said})" if bad else "intact"),
-                  flush=True)
+            state = f"{len(bad)} shard(s) to write again ({said})" if bad else "intact"
+            print(printable(f"{hook}: {state}"), flush=True)
     if any(bad and manifests[h].get("config_hash") for h, bad in removed.items()):
         print(f"the store is now unfinished: run the harvest command that made it (the same config and store "
               f"{path}) to write those shards again; a token harvest computes only them")

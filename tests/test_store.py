@@ -731,3 +731,33 @@ def test_a_manifest_naming_another_16_bit_dtype_than_its_shards_is_not_read(tmp_
     with pytest.raises(StoreError, match=r"shards/00000 does not hold what its manifest says: its acts are "
                                          r"bfloat16, the manifest's float16"):
         open_store(str(tmp_path))
+
+
+def test_strings_from_shared_files_reach_the_terminal_without_control_codes(tmp_path, capsys):
+    """A store's manifest, a checkpoint's name or warning and a corpus token come from someone else: their
+    ESC / BEL / CR were printed as they are (ESC ] 52 sets a terminal's clipboard, ESC [ 2J clears it); they
+    are now printed as escapes, newlines and tabs of the output kept."""
+    from actdict.analyze.lens import format_lens
+    from actdict.analyze.run import summary_lines
+    from actdict.cli import main as cli
+    from actdict.errors import ActdictError, print_error
+
+    evil = "web\x1b]52;c;ZWNobyBwd25lZA==\x07\x1b[2J\r\x9b"
+    _write(tmp_path)
+    manifest = tmp_path / "blocks.0.hook_resid_post" / "manifest.json"
+    manifest.write_text(json.dumps(json.loads(manifest.read_text()) | {"corpus": evil}))
+    assert cli(["store", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "  corpus web\\x1b]52;c;ZWNobyBwd25lZA==\\x07\\x1b[2J\\x0d\\x9b\n" in out and out.count("\n") == 3
+    m = {"k": 8, "dead": 3, "re_det": 2.5, "re_sample": 2.5, "ad": 1.0, "l0": 2.0, "ev": 0.5,
+         "training_warning": evil}
+    lines = summary_lines({"n_test_rows": 1, "hook": "h", "d": 4, "ce": None, "models": {evil: m}})
+    assert not any(c in "".join(lines) for c in "\x1b\x07\r\x9b") and "\\x1b]52" in lines[-1]
+    feats = [[{"i": 3, "code": 1.5, "top_tokens": [evil]}]]
+    res = {"model": "m", "hook": "h", "tokens": [" a"],
+           "dicts": {"d": {"variant": "sae_l1", "k": 8, "active": [1], "features": feats}}}
+    said = format_lens(res)
+    assert "#3 1.5 [web\\x1b]52;c;" in said and not any(c in said for c in "\x1b\x07\r\x9b")
+    assert print_error("actdict", ActdictError(f"hook {evil}")) == 2
+    assert capsys.readouterr().err == ("actdict: ActdictError: hook web\\x1b]52;c;ZWNobyBwd25lZA==\\x07"
+                                       "\\x1b[2J\\x0d\\x9b\n")
