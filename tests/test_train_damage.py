@@ -215,3 +215,18 @@ def test_a_record_that_does_not_describe_its_weights_is_damaged_before_any_alloc
     (tmp_path / "d" / "cfg.json").write_text(json.dumps(record | edit))  # a shared run folder's, edited
     with pytest.raises(checkpoint.CheckpointError, match=r"holds a damaged checkpoint: .*" + said):
         checkpoint.load(tmp_path / "d")
+
+
+@pytest.mark.parametrize("meta", ['{"members": {"a": {}}, "position": {}}', "[1]",
+                                  '{"members": [], "position": 3}'])
+def test_a_state_file_whose_json_is_not_a_states_is_set_aside_with_a_note(store, tmp_path, capsys, meta):
+    """A resume state whose metadata is JSON but not a state's (another program's, an edit) was a KeyError or
+    TypeError traceback in train; it is now named as damaged and replaced, as an unreadable one is."""
+    from safetensors.torch import save_file
+
+    (tmp_path / "run").mkdir()
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "run" / STATE), metadata={"actdict_train_state": meta})
+    assert read_meta(tmp_path / "run" / STATE) is None
+    main(Common(run_dir=str(tmp_path / "run"), seed=0, store=store.path), cfg())
+    assert f"{tmp_path / 'run' / STATE} is damaged or not a resume state" in capsys.readouterr().out
+    assert json.loads((tmp_path / "run" / "dicts" / "a" / "cfg.json").read_text())["finished"]

@@ -73,12 +73,18 @@ class ResumeConflict(ActdictError):
 
 
 def read_meta(path: str | Path) -> dict | None:
-    """The JSON part of a state file, or None if there is none (or it is unreadable: ``unreadable``)."""
+    """The JSON part of a state file, or None if there is none (or it is unreadable: ``unreadable``, or not a
+    state's: its ``members`` not a mapping of names to records with a ``config_hash``, or no ``position``)."""
     try:
         with safe_open(str(path), "pt") as f:
-            return json.loads(f.metadata()[_KEY])
+            meta = json.loads(f.metadata()[_KEY])
     except (OSError, KeyError, ValueError, TypeError, SafetensorError):
         return None
+    members = meta.get("members") if isinstance(meta, dict) else None
+    if not (isinstance(members, dict) and isinstance(meta.get("position"), dict) and all(
+            isinstance(m, dict) and isinstance(m.get("config_hash"), str) for m in members.values())):
+        return None  # another program's JSON, an edit: a traceback wherever it was read
+    return meta
 
 
 def unreadable(path: Path) -> bool:
