@@ -5,7 +5,8 @@ harvest's source, ``doc`` being the document's index in the source's (determinis
 paragraph's index in it. The analysis reads the texts of the rows it shows again from the source the
 manifest records, through the harvest's own ``iter_documents`` and ``text_units``, up to the last document
 needed; the model is not run. When the source cannot be read any more (a hub dataset offline, moved files)
-the report shows the rows without text, as before, and a warning says why.
+or its files changed since the harvest (the manifest's ``source_fingerprint``: the same doc and pos would
+name other texts), the report shows the rows without text, as before, and a warning says why.
 """
 
 from __future__ import annotations
@@ -53,11 +54,13 @@ def row_texts(manifest: dict, hits: Iterable[tuple[int, int, int]],
     from actdict.config import build
     from actdict.harvest.config import HarvestConfig
     from actdict.harvest.embed import text_units
-    from actdict.harvest.sources import iter_documents
+    from actdict.harvest.sources import files_changed, iter_documents
 
     hits = list(hits)
     try:
         cfg = build(HarvestConfig, manifest["harvest"], "the store manifest's harvest")
+        if changed := files_changed(manifest, cfg.source):  # other texts at the same (doc, pos): not theirs
+            raise ValueError(f"{changed} since the harvest")
         found = unit_texts(text_units(iter_documents(cfg.source), cfg.embed.unit),
                            {(d, p) for _, d, p in hits}, max_chars)
     except (ActdictError, OSError, ValueError, KeyError, ImportError) as e:

@@ -137,3 +137,22 @@ def test_texts_are_read_for_embedding_stores_only_and_a_broken_source_warns(embe
     broken = manifest | {"harvest": manifest["harvest"] | {"source": {"kind": "files", "path": str(bad)}}}
     with pytest.warns(UserWarning, match="could not be read from the harvest's source"):
         assert row_texts(broken, [(5, 0, 0)]) == {}
+
+
+def test_texts_of_a_source_changed_since_the_harvest_are_not_shown_as_the_rows(embedded, tmp_path):
+    """The rows name their texts by (doc, pos) in the source: after the source files changed (edited,
+    replaced by another corpus at the same path), those pairs name other texts, which were shown beside the
+    rows as theirs. The manifest's source_fingerprint is now compared first: a warning, and no texts."""
+    from actdict.harvest.sources import files_fingerprint
+
+    root, docs = embedded
+    manifest = json.loads((root / "store" / "embedding" / "manifest.json").read_text())
+    src = tmp_path / "d.jsonl"
+    src.write_bytes((root / "d.jsonl").read_bytes())
+    here = manifest | {"source_fingerprint": files_fingerprint([src]),
+                       "harvest": manifest["harvest"] | {"source": {"kind": "files", "path": str(src)}}}
+    assert row_texts(here, [(5, 0, 0)]) == {5: " ".join(docs[0].split("\n\n")[0].split())}
+    src.write_text("".join(json.dumps({"text": f"another corpus {i}"}) + "\n" for i in range(12)))
+    with pytest.warns(UserWarning, match=r"source files at .*d.jsonl' changed .* since the harvest\); the "
+                                         r"report shows their doc and pos only"):
+        assert row_texts(here, [(5, 0, 0)]) == {}
