@@ -141,14 +141,18 @@ def _file_texts(cfg: SourceConfig) -> Iterator[str]:
         if builder == "text":
             kw = {"sample_by": "document" if cfg.txt_docs == "file" else "paragraph",
                   "encoding_errors": "replace"}
-        ds = datasets.load_dataset(builder, data_files=data_files, split="train", streaming=True, **kw)
         field = "text" if builder == "text" else cfg.text_field
-        try:
+        try:  # the JSON reader parses the first lines when the dataset is made
+            ds = datasets.load_dataset(builder, data_files=data_files, split="train", streaming=True, **kw)
             yield from _field(ds, field, where=f"{len(data_files)} {builder} file(s) at {cfg.path}")
         except UnicodeDecodeError as e:
             raise SourceError(f"{_not_utf8(data_files) or cfg.path} is not valid UTF-8 ({e}); re-encode it "
                               "(e.g. `iconv -f latin1 -t utf-8`), or give the text as .txt files, whose "
                               "invalid bytes are replaced by U+FFFD") from e
+        except ValueError as e:  # a line that is no JSON, a lone surrogate escape (pyarrow's ArrowInvalid)
+            raise SourceError(f"{_bad_json_line(data_files) or cfg.path} cannot be read as {builder} "
+                              f"({type(e).__name__}: {e}); fix or drop that record, or leave the file out of "
+                              "source.path") from e
 
 
 def _not_utf8(files: list[str]) -> str | None:
@@ -159,6 +163,20 @@ def _not_utf8(files: list[str]) -> str | None:
                 try:
                     line.decode("utf-8")
                 except UnicodeDecodeError:
+                    return f"{f}, line {n}"
+    return None
+
+
+def _bad_json_line(files: list[str]) -> str | None:
+    """'file, line n' of the first line of a .jsonl file that is not one JSON value of valid Unicode (a lone
+    surrogate escape such as \\ud800 parses in Python, not in the reader); None when none is found."""
+    for f in (f for f in files if f.lower().endswith(".jsonl")):
+        with open(f, encoding="utf-8", errors="replace") as fh:
+            for n, line in enumerate(fh, start=1):
+                try:
+                    if line.strip():
+                        json.dumps(json.loads(line), ensure_ascii=False).encode("utf-8")
+                except (ValueError, UnicodeEncodeError):
                     return f"{f}, line {n}"
     return None
 

@@ -346,3 +346,15 @@ def test_documents_are_stripped_and_blank_ones_skipped(tmp_path, monkeypatch):
     assert list(iter_documents(src)) == ["padded text", "b"]
     monkeypatch.setattr(sources, "_debian_texts", lambda: iter(["a", " \n ", "", "c", "d"]))
     assert list(iter_documents(SourceConfig(kind="debian", max_docs=2))) == ["a", "c"]
+
+
+@pytest.mark.parametrize(("line", "said"), [('{"text": \n', r"ValueError: Expected object or value"),
+                                            ('{"text": "a \\ud800 b"}\n', r"ArrowInvalid: JSON parse error: "
+                                                                          r"The surrogate pair in string")])
+def test_a_broken_jsonl_record_is_named_by_file_and_line(tmp_path, line, said):
+    """A web corpus' JSON Lines file with a cut record or a lone surrogate escape (valid for Python's json,
+    not for the reader) ended the harvest in a ValueError / ArrowInvalid traceback; now one line names the
+    file and the line."""
+    (tmp_path / "c.jsonl").write_text('{"text": "first"}\n{"text": "second"}\n' + line + '{"text": "last"}\n')
+    with pytest.raises(SourceError, match=rf"c.jsonl, line 3 cannot be read as json \({said}"):
+        list(iter_documents(SourceConfig(kind="files", path=str(tmp_path / "c.jsonl"))))
