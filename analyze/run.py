@@ -130,7 +130,7 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
                            + "): its held-out chunks are not theirs, and analysis could score them on rows "
                            "they learned; point `store` at the store they learned, or retrain them on this "
                            "one (actdict train: it notices the change)")
-    test_chunks = read_test_chunks(run_dir)
+    test_chunks = read_test_chunks(run_dir, store.num_chunks)
     if bad := other_split(records, test_chunks):
         raise AnalyzeError(f"{bad} were trained with another split than {run_dir / 'split.json'} (other "
                            "held-out chunks): analysis would score them on rows they learned; retrain them "
@@ -349,8 +349,9 @@ def missing_labels(lab: np.ndarray) -> np.ndarray:
     return np.zeros(lab.shape, bool)
 
 
-def read_test_chunks(run_dir: Path) -> list[int]:
-    """``test_chunks`` of ``<run_dir>/split.json`` (written by the train stage)."""
+def read_test_chunks(run_dir: Path, n_chunks: int | None = None) -> list[int]:
+    """``test_chunks`` of ``<run_dir>/split.json`` (written by the train stage): chunk numbers, below
+    ``n_chunks`` (the store's) when given."""
     path = run_dir / "split.json"
     if not path.is_file():
         raise AnalyzeError(f"{path} not found: run the train stage first")
@@ -361,7 +362,12 @@ def read_test_chunks(run_dir: Path) -> list[int]:
     if not chunks:
         raise AnalyzeError(f"{path} has no test_chunks (trained with train.test_fraction=0): analyze "
                            "evaluates held-out rows only; retrain with test_fraction > 0")
-    return [int(c) for c in chunks]
+    top = n_chunks or math.inf
+    if not (isinstance(chunks, list) and all(type(c) is int and 0 <= c < top for c in chunks)):
+        within = f" of the store's {n_chunks}" if n_chunks else ""
+        raise AnalyzeError(f"{path} is damaged (test_chunks {str(chunks)[:80]} are not chunk numbers"
+                           f"{within}): rerun the train stage, which writes it again")
+    return chunks
 
 
 def not_a_dictionary(folder: Path) -> str | None:

@@ -463,3 +463,14 @@ def test_labels_whose_header_claims_more_rows_than_the_file_holds_are_one_line(t
     np.save(tmp_path / "labels.npy", np.arange(100) % 3)
     rows, classes = run.read_labels(str(tmp_path / "labels.npy"), 100)
     assert classes == [0, 1, 2] and type(rows) is np.ndarray and rows[:4].tolist() == [0, 1, 2, 0]
+
+
+@pytest.mark.parametrize("chunks", [["x"], 4, [6], [-1], [4.5]])
+def test_a_split_whose_test_chunks_are_no_chunks_of_the_store_is_one_line(tmp_path, monkeypatch, chunks):
+    """A split.json edited or from another run folder ("x", a number, chunks the 6-chunk store lacks) was a
+    ValueError, TypeError or IndexError traceback, or 4.5 read as chunk 4; now it is named as damaged."""
+    run_dir = _run_dir(tmp_path, monkeypatch)
+    (run_dir / "split.json").write_text(json.dumps({"train_chunks": [0], "test_chunks": chunks}))
+    said = f"split.json is damaged (test_chunks {chunks} are not chunk numbers of the store's 6)"
+    with pytest.raises(run.AnalyzeError, match=re.escape(said)):
+        run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(device="cpu", n_features=2, top_k=2, context=1))
