@@ -45,7 +45,7 @@ class VectorsConfig:
     hook: str = "vectors"
     """Name of the store folder (and manifest ``hook``) the vectors go to."""
     block_rows: int = 16384
-    """Rows read at a time (memory held: one block)."""
+    """Rows read at a time (memory held: one block; for parquet, one row group of the file)."""
 
     def __post_init__(self) -> None:
         check_hook_name(self.hook, "harvest.vectors.hook")
@@ -153,7 +153,11 @@ def _parquet_blocks(path: Path, key: str, block: int) -> Iterator[np.ndarray]:
     if pf.metadata.num_rows == 0:
         raise VectorsError(f"{path}: holds no vectors")
     at = 0  # the file's row of the batch's first
-    for batch in pf.iter_batches(batch_size=block, columns=cols):
+    # one row group at a time: pyarrow's iter_batches over the whole file keeps every row group it has
+    # decoded until the iterator ends (an 800 MB file held ~1 GB), over one group it holds that group only
+    groups = (pf.iter_batches(batch_size=block, columns=cols, row_groups=[g])
+              for g in range(pf.num_row_groups))
+    for batch in chain.from_iterable(groups):
         if key and is_list[key]:
             yield _list_values(batch.column(0), f"{path} column {key!r}", at)  # [b, d]
         else:

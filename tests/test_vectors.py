@@ -106,6 +106,20 @@ def test_parquet_list_column_round_trip(tmp_path):
     _check_store(import_vectors(tmp_path / "f.parquet", str(tmp_path / "s3"), **SMALL), x)
 
 
+def test_parquet_is_read_one_row_group_at_a_time(tmp_path):
+    """pyarrow's iter_batches over a whole file kept every decoded row group until the end (an 800 MB file
+    of 100k-row groups held ~1 GB): the import holds about one row group, not the file."""
+    x = np.random.default_rng(7).standard_normal((32_000, 32)).astype(np.float32)  # 32 row groups, 4 MB
+    pq.write_table(pa.table({"vec": pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), 32)}),
+                   tmp_path / "v.parquet", row_group_size=1000)
+    base, peak, got = pa.total_allocated_bytes(), 0, []
+    for b in vector_blocks(tmp_path / "v.parquet", block_rows=250):
+        peak = max(peak, pa.total_allocated_bytes() - base)  # bytes arrow holds now
+        got.append(b.copy())
+    np.testing.assert_array_equal(np.concatenate(got), x)
+    assert peak < x.nbytes / 4  # the file decoded whole was held before; now a few row groups (1/32 each)
+
+
 def test_parquet_scalar_columns_round_trip(tmp_path):
     x = _x(5)
     pq.write_table(pa.table({f"d{j}": x[:, j] for j in range(D)}), tmp_path / "v.parquet", row_group_size=9)
