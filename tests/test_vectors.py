@@ -53,6 +53,21 @@ def test_npy_round_trip_streamed(tmp_path):
     _check_store(import_vectors(tmp_path / "v.npy", str(tmp_path / "s"), block_rows=7, **SMALL), x)
 
 
+@pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="needs /proc/self/maps (Linux)")
+def test_npy_blocks_are_read_not_mapped(tmp_path):
+    """Every page of a memmap that the import read stayed in its RSS (a 2 GB .npy: 2 GB at the end); the
+    blocks are now read from the file, which is never mapped while they are; Fortran order too, exactly."""
+    x = _x(3)
+    np.save(tmp_path / "v.npy", x)
+    np.save(tmp_path / "f.npy", np.asfortranarray(x))
+    got = []
+    for b in vector_blocks(tmp_path / "v.npy", block_rows=10):
+        assert str(tmp_path / "v.npy") not in Path("/proc/self/maps").read_text()
+        got.append(b)
+    np.testing.assert_array_equal(np.concatenate(got), x)
+    np.testing.assert_array_equal(np.concatenate(list(vector_blocks(tmp_path / "f.npy", block_rows=10))), x)
+
+
 def test_npy_float64_and_int(tmp_path):
     x = _x(1, np.float64)
     np.save(tmp_path / "v.npy", x)
