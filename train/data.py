@@ -183,19 +183,21 @@ def iter_rows(store, chunks: Sequence[int], batch_size: int, buffer_chunks: int,
 
     def shuffled(p: GroupPlan, left: np.ndarray) -> torch.Tensor:  # -> [n, d] the shuffled buffer of p
         sizes = np.asarray([b - a for a, b in map(store.chunk_bounds, p.chunks)])  # [n_chunks] rows each
-        ends = len(left) + np.cumsum(sizes)  # [n_chunks] end of each chunk's rows in the buffer
-        cat = np.empty((int(ends[-1]), store.d), store.acts_dtype)  # [n, d] in plan order
-        cat[:len(left)] = left
-        list(readers.map(lambda c, a, b: store.read_acts(c, out=cat[a:b]), p.chunks, ends - sizes, ends))
-        out = torch.empty(cat.shape, dtype=torch.from_numpy(cat[:0]).dtype, pin_memory=pin)  # [n, d]
-        dst, cuts = out.numpy(), np.linspace(0, len(cat), n_threads + 1).astype(int)
-        # the gather, in parallel slices ("clip": no buffered copy; perm is a permutation)
-        list(readers.map(lambda a, b: np.take(cat, p.perm[a:b], axis=0, out=dst[a:b], mode="clip"),
-                         cuts[:-1], cuts[1:]))
+        ends = len(left) + np.cumsum(sizes)  # [n_chunks] end of each chunk's rows in plan order
+        dtype = torch.from_numpy(np.empty(0, store.acts_dtype)).dtype
+        out = torch.empty((int(ends[-1]), store.d), dtype=dtype, pin_memory=pin)  # [n, d]
+        dst, to = out.numpy(), np.empty_like(p.perm)
+        to[p.perm] = np.arange(len(to))  # [n] the shuffled position of each row in plan order
+        dst[to[:len(left)]] = left
+
+        def put(c: int, a: int, b: int) -> None:  # chunk c, rows a..b in plan order, to their positions
+            dst[to[a:b]] = store.read_acts(c)  # one chunk at a time: no second buffer in plan order
+
+        list(readers.map(put, p.chunks, ends - sizes, ends))
         return out
 
     # the read and the shuffle of the next buffer run in a background thread while this one is consumed;
-    # the chunks of a buffer are read, and its rows gathered, by ``readers`` concurrently
+    # the chunks of a buffer are read, and each scattered to its rows' places, by ``readers`` concurrently
     # (``pool`` exits first: a pending shuffle finishes before its readers shut down)
     with ThreadPoolExecutor(n_threads) as readers, ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(shuffled, plan, _gather(store, chunks, plan.left))
