@@ -141,7 +141,8 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
     if dropped := sorted(set(previous_models(run_dir)) - set(models)):
         print(f"analyze: note: summary.json and the report will hold {sorted(models)} only, not {dropped} "
               "(analyze.dicts); run without analyze.dicts to report every dictionary")
-    labels, classes = read_labels(cfg.labels, len(store))
+    evaluated = evaluated_rows(store, test_chunks, cfg.max_test_rows)  # [n] global rows, in the pass's order
+    labels, classes = read_labels(cfg.labels, len(store), evaluated)
     splicing = splice_setup(cfg, store, test_chunks, device) if cfg.ce_loss else None  # before the pass
     evals = {name: ModelEval(m, cfg, common.seed, device, len(classes)) for name, m in models.items()}
 
@@ -155,7 +156,7 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
         sum_x += x64.sum(0)
         sum_x2 += (x64 * x64).sum(0)
         rows = torch.as_tensor(rows_np, device=device)  # [B] global rows
-        cls = None if labels is None else torch.as_tensor(labels[rows_np], device=device)
+        cls = None if labels is None else torch.as_tensor(labels[n:n + len(x)], device=device)
         for ev in evals.values():
             ev.update(x, rows, cls)
         n += len(x)
@@ -304,8 +305,15 @@ def splice_models(lm, windows, hook: str, cfg: AnalyzeConfig, models: dict) -> d
     return res | {"windows": len(windows), "ctx": cfg.ce_ctx}
 
 
-def read_labels(path: str, n_rows: int) -> tuple[np.ndarray | None, list]:
-    """(class index of every store row [n_rows] or None, class labels) from a .npy file of labels."""
+def evaluated_rows(store, test_chunks: list[int], limit: int | None = None) -> np.ndarray:
+    """[n] the global rows ``held_out_batches`` yields, in its order."""
+    rows = np.concatenate([np.arange(*store.chunk_bounds(c)) for c in test_chunks] or [np.empty(0, np.int64)])
+    return rows[:limit]
+
+
+def read_labels(path: str, n_rows: int, rows: np.ndarray) -> tuple[np.ndarray | None, list]:
+    """(class index of each of the evaluated store rows ``rows`` [n] or None, class labels) from a .npy
+    file of one label per store row [n_rows]; only those rows' labels are read (the file is mapped)."""
     if not path:
         return None, []
     p = Path(path).expanduser()  # '~/labels.npy', as the harvest's source and vectors paths
@@ -320,21 +328,22 @@ def read_labels(path: str, n_rows: int) -> tuple[np.ndarray | None, list]:
         raise AnalyzeError(f"analyze.labels: {p} is an .npz archive; save the labels alone with np.save")
     if lab.shape != (n_rows,):
         raise AnalyzeError(f"analyze.labels: {p} has shape {lab.shape}, the store has {n_rows} rows")
-    lab = np.array(lab)  # read into memory, no longer a view of the file
+    lab = np.asarray(lab[rows])  # [n] the evaluated rows' labels only, not the whole store's
     if lab.dtype.kind == "S":  # bytes: the labels as text (summary.json holds them)
         lab = np.char.decode(lab, "utf-8", errors="replace")
     if lab.dtype.kind not in "biufU":
         raise AnalyzeError(f"analyze.labels: {p} holds {lab.dtype} values; labels are integers, floats, "
                            "booleans or strings")
     if lab.dtype.kind == "f" and np.isinf(lab).any():  # summary.json (strict JSON) would write the class null
-        raise AnalyzeError(f"analyze.labels: {p} holds inf at row {int(np.argmax(np.isinf(lab))):,}: a label "
-                           "names a class (an integer, a string, a finite number; NaN for none)")
-    missing = missing_labels(lab)  # [n_rows]
+        at = int(rows[np.argmax(np.isinf(lab))])
+        raise AnalyzeError(f"analyze.labels: {p} holds inf at row {at:,}: a label names a class (an integer, "
+                           "a string, a finite number; NaN for none)")
+    missing = missing_labels(lab)  # [n]
     if missing.all():
-        raise AnalyzeError(f"analyze.labels: every label in {p} is missing (NaN or empty): there is no class "
-                           "to report AD of")
+        raise AnalyzeError(f"analyze.labels: every label in {p} is missing (NaN or empty) on the "
+                           f"{len(lab):,} held-out rows analyze evaluates: there is no class to report AD of")
     classes, idx = np.unique(lab[~missing], return_inverse=True)
-    out = np.full(n_rows, -1, np.int64)  # [n_rows] -1: no label, left out of the per-class AD
+    out = np.full(len(lab), -1, np.int64)  # [n] -1: no label, left out of the per-class AD
     out[~missing] = idx
     return out, [c.item() for c in classes]
 
