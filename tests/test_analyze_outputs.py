@@ -480,9 +480,9 @@ def test_labels_whose_header_claims_more_rows_than_the_file_holds_are_one_line(t
         npy.write_array_header_1_0(f, {"descr": "<i8", "fortran_order": False, "shape": (10**11,)})
         f.write(bytes(800))  # 100 labels
     with pytest.raises(run.AnalyzeError, match=r"labels.npy is not a .npy array of numbers or strings"):
-        run.read_labels(str(tmp_path / "labels.npy"), 100)
+        run.read_labels(str(tmp_path / "labels.npy"), 100, np.arange(100))
     np.save(tmp_path / "labels.npy", np.arange(100) % 3)
-    rows, classes = run.read_labels(str(tmp_path / "labels.npy"), 100)
+    rows, classes = run.read_labels(str(tmp_path / "labels.npy"), 100, np.arange(100))
     assert classes == [0, 1, 2] and type(rows) is np.ndarray and rows[:4].tolist() == [0, 1, 2, 0]
 
 
