@@ -54,6 +54,10 @@ class AnalyzeConfig:
     """Tokens per held-out window (a BOS token is prepended when the store's harvest prepended one)."""
     ce_batch_size: int = 4
     """Windows per language-model forward pass in the CE/KL evaluation."""
+    logit_effects: int = 0
+    """Tokens per feature whose next-token logits its decoder direction raises most, and as many it lowers
+    most, read through the store's (causal) language model's final norm and unembedding: the direct path
+    of a residual-stream hook (``analyze.logits``). 0 = off. Needs the model offline, as ``ce_loss``."""
     device: str = "auto"
     """Torch device for evaluation: ``auto`` (cuda when available, else cpu), ``cpu``, ``cuda:1``..."""
 
@@ -62,6 +66,8 @@ class AnalyzeConfig:
                      "mask_curve_points", "mask_curve_rows", "ce_windows", "ce_ctx", "ce_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"analyze.{name} must be >= 1, got {getattr(self, name)}")
+        if self.logit_effects < 0:
+            raise ConfigError(f"analyze.logit_effects must be >= 0, got {self.logit_effects}")
         if self.context < 0:
             raise ConfigError(f"analyze.context must be >= 0, got {self.context}")
         if self.max_test_rows is not None and self.max_test_rows < 1:

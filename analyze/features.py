@@ -13,7 +13,9 @@ Schema of ``<run_dir>/features/<name>.json`` (what the report's feature pages re
                    "hist": {"pos": [[bin, count]], "neg": [[bin, count]]},   # sparse, active rows only
                    "top": [HIT], "bottom": [HIT],   # bottom: most negative codes (signed codes only)
                    "quantiles": [{"lo": float, "hi": float, "vmin": float, "vmax": float, "hits": [HIT]}],
-                   "nearest": {"<other>": {"feature": int, "cos": float}}}]}  # analyze.compare; optional
+                   "nearest": {"<other>": {"feature": int, "cos": float}},  # analyze.compare; optional
+                   "logits": {"up": [[token id, float]], "down": [[token id, float]]}}]}  # analyze.logits;
+                                                                     # only with analyze.logit_effects
     HIT = [act, row, doc, pos, [token ids of the context], index of the row's token in that list]
 
 ``nearest``: the feature's closest live feature (by decoder direction) in each other dictionary of the

@@ -39,7 +39,7 @@ table.overview { border-collapse: collapse; font-variant-numeric: tabular-nums; 
 .ctx span { unicode-bidi: isolate; }  /* a corpus string's bidi control reorders only itself */
 .hl { background: #ffd54f; font-weight: bold; } .dim { color: #555; } .note { color: #666; font-size: 90%; }
 .txt { font-family: system-ui, sans-serif; } .where { color: #888; font-size: 85%; margin-left: 1em; }
-.warn { color: #a00; }
+.warn { color: #a00; } .tok { font-family: monospace; background: #f0f0f0; white-space: pre; }
 """
 _COLUMNS = [  # (summary key, header, tooltip); in the order of the table analyze prints (run.summary_lines)
     ("variant", "variant", ""), ("k", "k", "latents"),
@@ -245,9 +245,20 @@ def _features(name: str, m: dict, page: str | None) -> str:
         near = "".join(f"; nearest in {esc(b)}: feature {_num(n.get('feature'))} (cos {_num(n.get('cos'))})"
                        for b, n in (f.get("nearest") or {}).items())
         parts.append(f'<div class="feature"><b>{title}</b> (density {_num(f.get("density"))}{near})')
+        if f.get("logits"):
+            parts.append(_logit_line(f["logits"]))
         parts.extend(_snippet(h, wordpiece) for h in f.get("top", []))
         parts.append("</div>")
     return "\n".join(parts)
+
+
+def _logit_line(lg: dict) -> str:
+    """A feature's direct logit effects (``analyze.logits``): the tokens it raises and lowers most."""
+    words = (("up", "raises the logits of"), ("down", "lowers"))
+    sides = [(word, lg[side]) for side, word in words if lg.get(side)]
+    return '<div class="note">' + "; ".join(
+        f"{word}: " + ", ".join(f'<span class="tok">{_tok(t)}</span> {_num(v)}' for t, v in pairs)
+        for word, pairs in sides) + "</div>"
 
 
 def _ce_line(ce: dict | None) -> str:

@@ -48,6 +48,7 @@ main { display: grid; grid-template-columns: min(440px, 40vw) 1fr; height: calc(
 .dim { color: #555; } h3 { margin: 1em 0 0.3em; } .note { color: #777; font-size: 90%; }
 #mixed { color: #a00; font-weight: bold; margin: 0; padding: 8px 16px; }
 .txt { font-family: system-ui, sans-serif; } .where { color: #888; font-size: 85%; margin-left: 1em; }
+.tok { font-family: ui-monospace, monospace; background: #f0f0f0; white-space: pre; }
 """
 
 _JS = r"""
@@ -237,6 +238,12 @@ async function renderFeature(i) {
       a.href = encodeURIComponent(other + '.html') + run + '#f=' + n.feature;
       q.append(j ? ', ' : '', a, ' (cos ' + fmt(n.cos) + ')');
     });
+  }
+  for (const [side, word] of [['up', 'raises the logits of'], ['down', 'lowers the logits of']]) {
+    const pairs = (f.logits || {})[side] || [];  // direct logit effects (analyze.logit_effects)
+    if (!pairs.length) continue;
+    const q = p.appendChild(el('p', 'stats', word + ': '));
+    pairs.forEach(([id, v], j) => q.append(j ? ', ' : '', el('span', 'tok', tokStr(id)), ' ' + fmt(v)));
   }
   if (!f.fires) {  // a dead latent: its largest codes are those of rows where it is not active
     p.appendChild(el('p', 'note', 'dead latent: never active on the test rows, so no histogram; the ' +

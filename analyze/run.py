@@ -40,6 +40,8 @@ summary.json (version 2 = version 1 plus keys; floats rounded to 6 significant d
                               # decoder directions shared with each other dictionary (analyze.compare)
         "features": [{"index": int, "fires": int, "density": float,  # the n_features most active
                       "nearest": {"<other>": {"feature": int, "cos": float}},  # its closest there
+                      "logits": {"up": [[str, float]], "down": [[str, float]]},  # analyze.logit_effects:
+                              # the tokens whose logits its direction raises / lowers most, and by how much
                       "top": [{"act": float, "row": int, "doc": int, "pos": int, "token_id": int,
                                "token": str, "before": [str], "after": [str],
                                "text": str}]}]}}}  # text: embeddings stores only (analyze.texts)
@@ -143,7 +145,8 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
               "(analyze.dicts); run without analyze.dicts to report every dictionary")
     evaluated = evaluated_rows(store, test_chunks, cfg.max_test_rows)  # [n] global rows, in the pass's order
     labels, classes = read_labels(cfg.labels, len(store), evaluated)
-    splicing = splice_setup(cfg, store, test_chunks, device) if cfg.ce_loss else None  # before the pass
+    lm = causal_lm(store, device, cfg) if cfg.ce_loss or cfg.logit_effects else None  # before the pass
+    splicing = splice_setup(lm, cfg, store, test_chunks) if cfg.ce_loss else None
     evals = {name: ModelEval(m, cfg, common.seed, device, len(classes)) for name, m in models.items()}
 
     d = store.d
@@ -188,6 +191,8 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
         for f, j, c in zip(range(len(arg)), arg.tolist(), best.tolist(), strict=True):
             if j >= 0:
                 datas[a]["features"][f].setdefault("nearest", {})[b] = {"feature": j, "cos": c}
+    if lm is not None and cfg.logit_effects:
+        add_logit_effects(datas, dirs, lm, cfg.logit_effects, decode)
     keys = {name: hit_keys(data) for name, data in datas.items()}  # (row, doc, pos) of the rows shown
     # an embeddings store keeps no tokens: the texts of the rows shown, read again from the source (one pass)
     texts = row_texts(store.manifest, set().union(*keys.values()))
@@ -209,6 +214,8 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
         m["wordpiece"] = data["wordpiece"]  # how the report joins the context tokens
         m["features"] = [{"index": f, "fires": int(fires[f]), "density": float(fires[f] / n),
                           "nearest": data["features"][f].get("nearest", {}), "top": summary_hits(data, f)}
+                         | ({"logits": named(lg, data["tokens"])} if (lg := data["features"][f].get("logits"))
+                            else {})
                          for f in shown]
         m["similar"] = similar.get(name, {})
         m["null_decoder"] = int((dirs[name][1] <= NULL * dirs[name][1].max()).sum()) if name in dirs else None
@@ -221,6 +228,27 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
     write_atomic(run_dir / "summary.json", json.dumps(summary, indent=1, allow_nan=False) + "\n")  # last
     print("\n".join(summary_lines(summary)))
     print(f"analyze: wrote {run_dir / 'summary.json'}, {run_dir / 'report.html'} and {run_dir / 'report'}/")
+
+
+def add_logit_effects(datas: dict[str, dict], dirs: dict, lm, n: int, decode) -> None:
+    """Each feature's direct logit effects (``analyze.logits``: the n tokens it raises and lowers most) into
+    its record of ``datas`` (``logits``), their strings into the features file's ``tokens``."""
+    from actdict.analyze.logits import logit_effects, records, unembedding
+
+    w_u, g, centre = unembedding(lm.bridge)
+    for name, (unit, _) in dirs.items():
+        feats, tokens = datas[name]["features"], datas[name]["tokens"]
+        for f, rec in enumerate(records(*logit_effects(unit, w_u, g, centre, n))):
+            if rec is not None:
+                feats[f]["logits"] = rec
+        ids = sorted({i for f in feats for side in (f.get("logits") or {}).values() for i, _ in side} -
+                     {int(t) for t in tokens})
+        tokens.update({str(i): s for i, s in zip(ids, decode(ids) if ids else [], strict=True)})
+
+
+def named(logits: dict, tokens: dict[str, str]) -> dict:
+    """A feature's ``logits`` record with each token id replaced by its string (summary.json's form)."""
+    return {side: [[tokens.get(str(i), f"#{i}"), v] for i, v in pairs] for side, pairs in logits.items()}
 
 
 def new_run_id() -> str:
@@ -272,24 +300,37 @@ def _cell(v: float | None, spec: str) -> str:
     return format(v, spec) if v is not None else format("n/a", spec.rstrip("efg").split(".")[0])
 
 
-def splice_setup(cfg: AnalyzeConfig, store, test_chunks: list[int], device: torch.device):
-    """The store's causal language model and its held-out windows for the CE/KL evaluation (see
-    ``analyze.splice``), made before the analysis pass so that what stops it stops it first: (model,
-    windows). The windows begin and join documents as the store's harvest did (its manifest's settings)."""
+def causal_lm(store, device: torch.device, cfg: AnalyzeConfig):
+    """The store's causal language model (float32, offline), for ``ce_loss`` and ``logit_effects``, loaded
+    before the analysis pass so that what stops it stops it first."""
+    from actdict.analyze.logits import not_residual, unembedding
+    from actdict.harvest.models import load_model
+
+    asks = " and ".join(f"analyze.{k}" for k in ("ce_loss", "logit_effects") if getattr(cfg, k))
+    off = " and ".join(f"analyze.{k}={v}" for k, v in (("ce_loss", "false"), ("logit_effects", 0))
+                       if getattr(cfg, k))
+    man = store.manifest
+    if not man.get("model") or not man.get("hook"):
+        raise AnalyzeError(f"{asks} needs a store harvested from a language model (its manifest has no "
+                           f"model/hook): set {off}")
+    lm = load_model(man["model"], device=str(device), dtype="float32")
+    if lm.kind != "causal":
+        raise AnalyzeError(f"{asks} needs a causal language model; {lm.name} is an encoder: set {off}")
+    if cfg.logit_effects and (why := not_residual(man["hook"], store.d, unembedding(lm.bridge)[0].shape[0])):
+        raise AnalyzeError(f"analyze.logit_effects: {why}: set analyze.logit_effects=0")
+    return lm
+
+
+def splice_setup(lm, cfg: AnalyzeConfig, store, test_chunks: list[int]):
+    """The store's causal language model ``lm`` and its held-out windows for the CE/KL evaluation (see
+    ``analyze.splice``), made before the analysis pass: (model, windows). The windows begin and join
+    documents as the store's harvest did (its manifest's settings)."""
     from dataclasses import replace
 
     from actdict.harvest.config import HarvestConfig
-    from actdict.harvest.models import load_model
     from actdict.harvest.run import window_specials
 
     man = store.manifest
-    if not man.get("model") or not man.get("hook"):
-        raise AnalyzeError("analyze.ce_loss needs a store harvested from a language model (its manifest has "
-                           "no model/hook): set analyze.ce_loss=false")
-    lm = load_model(man["model"], device=str(device), dtype="float32")
-    if lm.kind != "causal":
-        raise AnalyzeError(f"analyze.ce_loss needs a causal language model; {lm.name} is an encoder: set "
-                           "analyze.ce_loss=false")
     made = man.get("harvest") or {}  # stores of format 1 record no harvest config: the defaults then
     how = replace(HarvestConfig(), **{k: made[k] for k in ("prepend_bos", "join_with_eos", "pad_id",
                                                             "window_mode") if k in made})

@@ -592,9 +592,10 @@ def test_a_feature_page_of_another_run_than_its_overview_or_its_parts_says_so(ch
 
 
 def test_a_feature_links_its_nearest_features_in_the_other_pages(chromium, tmp_path):
-    """A feature's nearest features in the other dictionaries (features file ``nearest``) are links to those
-    features in their pages (a name with a space, '#' and a payload: shown as text, the link still opens the
-    page), with the run id; the page without ``nearest`` shows no such line."""
+    """A feature's direct logit effects are listed as tokens (a payload shown as text). Its nearest features
+    in the other dictionaries (features file ``nearest``) are links to those features in their pages (a name
+    with a space, '#' and a payload: shown as text, the link still opens the page), with the run id; the
+    page without ``nearest`` shows no such line."""
     from urllib.parse import urljoin
 
     from actdict.analyze.report_features import write_feature_page
@@ -605,8 +606,10 @@ def test_a_feature_links_its_nearest_features_in_the_other_pages(chromium, tmp_p
                   "hist": {"pos": [[32, 2]], "neg": []}, "top": [hit]} for i in range(2)]
         if nearest:
             feats[0]["nearest"] = nearest
+            feats[0]["logits"] = {"up": [[7, 2.5], [1, 1.25]], "down": [[8, -3.0]]}  # analyze.logit_effects
         return {"version": 1, "name": name, "k": 2, "n_rows": 4, "window": 1, "features": feats,
-                "hist_edges": list(range(-4, 5)), "tokens": {"1": "a", "2": "b"}, "wordpiece": False}
+                "hist_edges": list(range(-4, 5)), "wordpiece": False,
+                "tokens": {"1": "a", "2": "b", "7": " up" + PAYLOAD_SCRIPT, "8": " down"}}
 
     other = "b #" + PAYLOAD_IMG
     summary = {"hook": "h", "run_id": "R1"}
@@ -619,6 +622,9 @@ def test_a_feature_links_its_nearest_features_in_the_other_pages(chromium, tmp_p
     link = re.search(r'nearest by decoder direction: <a href="([^"]+)">([^<]*)</a> \(cos 0\.9313\)', panel)
     assert link and link.group(2) == html.escape(other, quote=False) + " #1"
     assert "data-pwned=" not in dom and '<img src="x"' not in dom
+    assert ('raises the logits of: <span class="tok"> up&lt;script&gt;' in panel
+            and '</span> 2.5, <span class="tok">a</span> 1.25</p>' in panel)
+    assert '<p class="stats">lowers the logits of: <span class="tok"> down</span> -3</p>' in panel
     href = html.unescape(link.group(1))
     assert href.endswith("?run=R1#f=1")
     dom = _dump(*chromium, urljoin(page.as_uri(), href))  # followed as a browser follows it

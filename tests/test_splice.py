@@ -246,7 +246,7 @@ def test_windows_are_the_text_the_harvest_fed(lm, tmp_path, made):
     import json
 
     from actdict.analyze.config import AnalyzeConfig
-    from actdict.analyze.run import splice_setup
+    from actdict.analyze.run import causal_lm, splice_setup
     from actdict.config import Common, build
     from actdict.harvest.config import HarvestConfig
     from actdict.harvest.run import main as harvest
@@ -272,7 +272,8 @@ def test_windows_are_the_text_the_harvest_fed(lm, tmp_path, made):
                                                                                 d1b + sep + d2 + sep + d3]
     ctx = 5
     want = [prefix + t[a:a + ctx] for t in stretches for a in range(0, len(t), ctx)]
-    _, w = splice_setup(AnalyzeConfig(ce_windows=100, ce_ctx=ctx), st, list(range(st.num_chunks)), "cpu")
+    acfg = AnalyzeConfig(ce_windows=100, ce_ctx=ctx, ce_loss=True)
+    _, w = splice_setup(causal_lm(st, torch.device("cpu"), acfg), acfg, st, list(range(st.num_chunks)))
     assert st.num_chunks > 2 and [w.tokens[i][w.real[i]].tolist() for i in range(len(w))] == want
     held = w.tokens[w.real & ~w.spliced]  # the prefixes and the separators: never spliced; every EOS is one
     assert held.tolist() == [eos] * int((w.tokens[w.real] == eos).sum()) and len(held) >= len(prefix) * len(w)

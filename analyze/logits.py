@@ -1,0 +1,76 @@
+"""What each feature writes to the next-token logits directly (``analyze.logit_effects``): its decoder
+direction read through the language model's final norm and unembedding, the "logit lens" of a feature.
+
+For a feature of unit direction u [d] (``analyze.compare.directions``) at a residual-stream hook of a causal
+LM, the effect on the logits is ``W_U^T (g * c(u))`` [vocab]: ``c`` centres u when the final norm is a
+LayerNorm (which subtracts the mean over d; an RMSNorm does not), ``g`` is that norm's weight, and the
+norm's division by the residual's scale is left out, as it is the same for every token (it scales the
+effect, it does not reorder it). This is the direct path only: what the feature adds to the residual at the
+hook, read as if it reached the unembedding unchanged. At the last layer that is exact up to that scale;
+at earlier ones the later blocks also read the direction, and the effects are a first look, as in the
+logit lens. The ``n`` tokens each feature raises most and the ``n`` it lowers most are reported with their
+effects (in logits per unit of the residual's scale). Shapes: k features, d model width, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+RESIDUAL = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post")
+
+
+def not_residual(hook: str, d: int, d_model: int) -> str | None:
+    """Why the store's hook ``hook`` of width ``d`` has no direct logit effects, in words; None when it is
+    a residual-stream hook of the model's width ``d_model``."""
+    if not hook.endswith(RESIDUAL):
+        return (f"its hook {hook} is not in the residual stream (one of {', '.join(RESIDUAL)}), so its "
+                "directions do not reach the unembedding directly")
+    if d != d_model:
+        return f"its rows have d = {d}, the model's residual stream d_model = {d_model}"
+    return None
+
+
+def unembedding(bridge) -> tuple[Tensor, Tensor | None, bool]:
+    """(W_U [d, V], the final norm's weight [d] or None, whether that norm centres: a LayerNorm) of a
+    TransformerBridge."""
+    norm = getattr(getattr(bridge, "ln_final", None), "_original_component", None)
+    weight = getattr(norm, "weight", None)
+    return bridge.W_U.detach().float(), None if weight is None else weight.detach().float(), \
+        isinstance(norm, torch.nn.LayerNorm)
+
+
+@torch.no_grad()
+def logit_effects(unit: Tensor, w_u: Tensor, g: Tensor | None, centre: bool, n: int, chunk: int = 256
+                  ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """unit [k, d] directions (a NaN row: a feature without one) -> (ids [k, n] of the tokens each raises
+    most, their effects [k, n], ids [k, n] of those it lowers most, their effects [k, n], most negative
+    first); -1 and NaN on the rows of features without a direction."""
+    k, n = len(unit), min(n, w_u.shape[1])
+    w_u = w_u.to(unit.device)
+    out = [torch.full((k, n), -1, dtype=torch.long, device=unit.device), torch.full((k, n), torch.nan),
+           torch.full((k, n), -1, dtype=torch.long, device=unit.device), torch.full((k, n), torch.nan)]
+    out[1], out[3] = out[1].to(unit.device), out[3].to(unit.device)
+    for a in range(0, k, chunk):
+        u = unit[a:a + chunk]  # [c, d]
+        ok = ~u.isnan().any(1)  # [c]
+        u = torch.nan_to_num(u)
+        if centre:
+            u = u - u.mean(1, keepdim=True)
+        if g is not None:
+            u = u * g.to(u.device)
+        eff = u @ w_u  # [c, V]
+        up, down = eff.topk(n, dim=1), eff.topk(n, dim=1, largest=False)
+        for slot, (vals, ids) in ((0, (up.values, up.indices)), (2, (down.values, down.indices))):
+            out[slot][a:a + chunk] = torch.where(ok[:, None], ids, -1)
+            out[slot + 1][a:a + chunk] = torch.where(ok[:, None], vals, torch.nan)
+    return out[0], out[1], out[2], out[3]
+
+
+def records(up_ids: Tensor, up: Tensor, down_ids: Tensor, down: Tensor) -> list[dict | None]:
+    """Per feature {"up": [[token id, effect]], "down": [[token id, effect]]} (JSON-ready), None for a
+    feature without a direction."""
+    rows = zip(up_ids.tolist(), up.tolist(), down_ids.tolist(), down.tolist(), strict=True)
+    return [{"up": [[i, v] for i, v in zip(ui, uv, strict=True)],
+             "down": [[i, v] for i, v in zip(di, dv, strict=True)]} if ui and ui[0] >= 0 else None
+            for ui, uv, di, dv in rows]

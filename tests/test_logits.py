@@ -1,0 +1,101 @@
+"""Direct logit effects of features (``analyze.logit_effects``, ``actdict.analyze.logits``): the decoder
+direction through the final norm and the unembedding, the tokens raised and lowered most, in the features
+file, summary.json and the report; refused, before the pass, where they do not apply."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from actdict.analyze import run
+from actdict.analyze.config import AnalyzeConfig
+from actdict.analyze.logits import logit_effects, not_residual, records, unembedding
+from actdict.config import Common
+from actdict.harvest.store import StoreWriter
+from actdict.train.protocol import make
+
+HOOK = "blocks.1.hook_resid_post"
+
+
+@pytest.fixture(scope="module")
+def lm(tmp_path_factory):
+    from actdict.harvest.models import load_model, make_random_pythia
+
+    path = make_random_pythia(tmp_path_factory.mktemp("pythia") / "rand", seed=0)
+    lm = load_model(str(path))
+    lm.path = path
+    return lm
+
+
+def test_effects_are_the_centred_scaled_direction_through_the_unembedding():
+    g = torch.Generator().manual_seed(0)
+    unit = torch.nn.functional.normalize(torch.randn(5, 6, generator=g), dim=1)  # [k, d]
+    unit[3] = torch.nan  # a feature without a direction
+    w_u, gain = torch.randn(6, 30, generator=g), torch.rand(6, generator=g) + 0.5
+    up_ids, up, down_ids, down = logit_effects(unit, w_u, gain, True, 4, chunk=2)
+    for f in (0, 1, 2, 4):
+        eff = ((unit[f] - unit[f].mean()) * gain) @ w_u  # [V]
+        order = eff.argsort(descending=True)
+        assert up_ids[f].tolist() == order[:4].tolist() and down_ids[f].tolist() == order.flip(0)[:4].tolist()
+        torch.testing.assert_close(up[f], eff[order[:4]])
+        torch.testing.assert_close(down[f], eff[order.flip(0)[:4]])
+    assert up_ids[3].tolist() == [-1] * 4 and down[3].isnan().all()
+    plain = logit_effects(unit, w_u, None, False, 2)[0]  # an RMSNorm without weight: u @ W_U as it is
+    assert plain[0].tolist() == (unit[0] @ w_u).topk(2).indices.tolist()
+    recs = records(up_ids, up, down_ids, down)
+    assert recs[3] is None and recs[0]["up"][0] == [up_ids[0, 0].item(), pytest.approx(up[0, 0].item())]
+
+
+def test_only_residual_hooks_of_the_models_width_have_effects():
+    assert not_residual("blocks.3.hook_resid_post", 512, 512) is None
+    assert not_residual("blocks.0.hook_resid_pre", 512, 512) is None
+    assert "not in the residual stream" in not_residual("blocks.3.mlp.hook_post", 2048, 512)
+    assert "d = 384" in not_residual("blocks.3.hook_resid_post", 384, 512)
+
+
+def _store(tmp_path, model: str, hook: str, d: int) -> None:
+    g = np.random.default_rng(1)
+    n = 256
+    with StoreWriter(str(tmp_path / "store"), {"hook": hook, "model": model}, d, "float32", 64, 64) as w:
+        w.append(g.standard_normal((n, d)).astype(np.float32), g.integers(0, 50000, n), np.zeros(n),
+                 np.arange(n))
+    (tmp_path / "split.json").write_text(json.dumps({"train_chunks": [0, 1], "test_chunks": [2, 3]}))
+
+
+def test_analysis_reports_each_features_logit_effects(lm, tmp_path, monkeypatch):
+    d = lm.d_model
+    _store(tmp_path, str(lm.path), HOOK, d)
+    sae = make("sae_l1", d, 6, seed=0)
+    monkeypatch.setattr(run, "load_models", lambda *a: {"sae": sae})
+    monkeypatch.setattr(run, "resolve_decoder", lambda m: lambda ids: [f"<t{i}>" for i in ids])
+    run.main(Common(run_dir=str(tmp_path)), AnalyzeConfig(logit_effects=3, n_features=2, device="cpu"))
+    w_u, gain, centre = unembedding(lm.bridge)
+    assert centre and gain is not None and w_u.shape == (d, 50304)  # Pythia's final LayerNorm
+    col = sae.decoder.weight.detach().T  # [k, d]
+    feats = json.loads((tmp_path / "features" / "sae.json").read_text())
+    for f in feats["features"]:
+        u = col[f["i"]] / col[f["i"]].norm()
+        eff = ((u - u.mean()) * gain) @ w_u
+        top, bottom = eff.topk(3), eff.topk(3, largest=False)
+        assert [i for i, _ in f["logits"]["up"]] == top.indices.tolist()
+        assert [i for i, _ in f["logits"]["down"]] == bottom.indices.tolist()
+        assert [v for _, v in f["logits"]["up"]] == pytest.approx(top.values.tolist(), rel=1e-4)
+        assert all(feats["tokens"][str(i)] == f"<t{i}>" for i, _ in f["logits"]["up"] + f["logits"]["down"])
+    listed = json.loads((tmp_path / "summary.json").read_text())["models"]["sae"]["features"]
+    first = feats["features"][listed[0]["index"]]["logits"]
+    assert listed[0]["logits"]["up"][0] == [f"<t{first['up'][0][0]}>", pytest.approx(first["up"][0][1])]
+    html = (tmp_path / "report.html").read_text()
+    assert "raises the logits of: <span class=\"tok\">&lt;t" in html  # token strings escaped
+
+
+@pytest.mark.parametrize("model, hook, d, match", [
+    ("all-MiniLM-L6-v2", "blocks.3.hook_resid_post", 384, "encoder: set analyze.logit_effects=0"),
+    (None, "blocks.1.mlp.hook_post", 2048, "not in the residual stream.*logit_effects=0")])
+def test_logit_effects_are_refused_before_the_pass_where_they_do_not_apply(lm, tmp_path, monkeypatch, model,
+                                                                          hook, d, match):
+    _store(tmp_path, model or str(lm.path), hook, d)
+    monkeypatch.setattr(run, "load_models", lambda *a: {"sae": make("sae_l1", d, 4, seed=0)})
+    monkeypatch.setattr(run, "ModelEval", None)  # the pass never starts
+    with pytest.raises(run.AnalyzeError, match=match):
+        run.main(Common(run_dir=str(tmp_path)), AnalyzeConfig(logit_effects=3, device="cpu"))
