@@ -291,7 +291,12 @@ def summary_lines(summary: dict) -> list[str]:
     why = why if any(m["ev"] is None and m["re_det"] is not None for m in summary["models"].values()) else []
     note = ("(AD: active dimensions per row, the paper's Otsu split; L0: exact nonzeros, not a VAE's "
             "sparsity measure; docs/analyze.md)")
-    return [printable(s) for s in [*lines, note, *why, *warned]]  # names, warnings: no terminal control codes
+    pairs = [f"{a} in {b} {_cell(p['mmcs'], '.3f')} ({p['matched']:.0%})"
+             for a, m in summary["models"].items() for b, p in (m.get("similar") or {}).items()
+             if p.get("matched") is not None]
+    shared = ["analyze: shared decoder directions (MMCS; share of live features within cosine 0.9): "
+              + "; ".join(pairs)] if pairs else []
+    return [printable(s) for s in [*lines, note, *shared, *why, *warned]]  # no terminal control codes
 
 
 def _cell(v: float | None, spec: str) -> str:

@@ -103,6 +103,11 @@ def test_printed_summary_table_holds_the_summary_numbers(run):
         cells = line.split()
         assert cells[0] == name and float(cells[1]) == pytest.approx(m["re_det"], rel=1e-3)
         assert float(cells[3]) == pytest.approx(m["ad"], abs=0.006) and cells[6] == f"{m['dead']}/64"
+    sim = {(a, b): p for a, m in s["models"].items() for b, p in m["similar"].items()}
+    pair = [f"{a} in {b} {sim[a, b]['mmcs']:.3f} ({sim[a, b]['matched']:.0%})"
+            for a, b in (("sae_l1", "vaease"), ("vaease", "sae_l1"))]  # in summary.json's order
+    head = "analyze: shared decoder directions (MMCS; share of live features within cosine 0.9): "
+    assert lines[5] == head + "; ".join(pair)
     with_ce = s | {"ce": {"ce_clean": 3.0}, "models": {"x": s["models"]["sae_l1"] | {"ce_recovered": 0.8766,
                                                                                       "kl": 0.01234}}}
     lines = summary_lines(with_ce)
