@@ -46,6 +46,17 @@ def write_atomic(path: str | Path, data: str | bytes, encoding: str = "utf-8") -
     return p
 
 
+def check_not_linked(folders: list[Path], what: str) -> None:
+    """``WriteError`` for the first of ``folders`` (folders inside a run folder, which itself may be a link)
+    that is a symbolic link: ``what`` is written there and older files removed, and a run folder shared by
+    someone else can point such a link at any folder of the reader's (its cfg.json, its .js files)."""
+    for p in map(Path, folders):
+        if p.is_symlink():
+            raise WriteError(f"{p} is a symbolic link (to {os.readlink(p)}), where {what} would be written "
+                             f"and older files removed: replace it by a folder of its own (rm {p}; it is "
+                             "made again), or link the whole run folder instead")
+
+
 def remove_temps(folder: Path, pattern: str = "*") -> list[Path]:
     """Remove the temporary files a killed :func:`write_atomic` left in ``folder`` for the files matching
     ``pattern`` (a glob of their final names); returns them. Only where no other writer can be at work (under

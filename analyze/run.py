@@ -80,7 +80,7 @@ from actdict.analyze.texts import row_texts
 from actdict.analyze.toptokens import resolve_decoder
 from actdict.config import Common, config_changes
 from actdict.errors import ActdictError, printable
-from actdict.files import remove_temps, write_atomic
+from actdict.files import check_not_linked, remove_temps, write_atomic
 from actdict.lock import check_writable
 from actdict.train import checkpoint
 from actdict.train.log import trained_curve
@@ -138,6 +138,8 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
                            "held-out chunks): analysis would score them on rows they learned; retrain them "
                            "with this run's settings, or leave them out (analyze.dicts)")
     models = load_models(run_dir, cfg.dicts, store.d, records)
+    parts = [run_dir / "report" / f"{n}.parts" for n in models]  # whose .js files a new analysis removes
+    check_not_linked([run_dir / "features", run_dir / "report", *parts], "the feature files and report pages")
     check_writable([run_dir, *(p for p in (run_dir / "features", run_dir / "report") if p.is_dir())],
                    "the summary, feature files and report", owner="analyze")  # before the pass, not after it
     if dropped := sorted(set(previous_models(run_dir)) - set(models)):

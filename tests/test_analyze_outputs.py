@@ -495,3 +495,30 @@ def test_a_split_whose_test_chunks_are_no_chunks_of_the_store_is_one_line(tmp_pa
     said = f"split.json is damaged (test_chunks {chunks} are not chunk numbers of the store's 6)"
     with pytest.raises(run.AnalyzeError, match=re.escape(said)):
         run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(device="cpu", n_features=2, top_k=2, context=1))
+
+
+def test_links_in_a_shared_run_folder_lead_no_write_or_removal_outside_it(tmp_path, monkeypatch):
+    """A run folder from someone else may hold links: report/<name>.parts to a folder of the reader's made
+    analyze remove every .js file there, dicts/<name> made train replace a cfg.json there. Both refuse now,
+    naming the link, and leave the folder pointed at as it was."""
+    from actdict.files import WriteError
+    from actdict.train.config import DictConfig, TrainConfig
+    from actdict.train.run import main as train
+
+    run_dir = _run_dir(tmp_path / "run", monkeypatch)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "app.js").write_text("precious")
+    (mine / "cfg.json").write_text('{"mine": 1}')
+    (run_dir / "report").mkdir()
+    (run_dir / "report" / "sae.parts").symlink_to(mine)
+    with pytest.raises(WriteError, match=r"report/sae.parts is a symbolic link \(to .*mine\), where the "
+                                         r"feature files and report pages would be written and older files"):
+        run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(device="cpu", n_features=2, top_k=2, context=1))
+    (run_dir / "dicts" / "b").symlink_to(mine)
+    cfg = TrainConfig(dicts=[DictConfig("b", "sae_l1", k=4)], epochs=1, batch_size=16, test_fraction=0.3,
+                      device="cpu")
+    with pytest.raises(WriteError, match=r"dicts/b is a symbolic link \(to .*mine\), where the checkpoints"):
+        train(Common(run_dir=str(run_dir), store=str(run_dir / "store")), cfg)
+    assert sorted(p.name for p in mine.iterdir()) == ["app.js", "cfg.json"]
+    assert (mine / "cfg.json").read_text() == '{"mine": 1}' and (mine / "app.js").read_text() == "precious"

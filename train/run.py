@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from actdict.config import Common, ConfigError, config_changes, to_dict
-from actdict.files import remove_temps
+from actdict.files import check_not_linked, remove_temps
 from actdict.harvest.store import list_hooks, open_store, read_lock
 from actdict.lock import check_writable, folder_lock
 from actdict.train import checkpoint
@@ -342,6 +342,7 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
             "these settings too (add them to train.dicts)")
     if todo and d.main:  # before the work, not when its results are saved
         inner = [run_dir / "dicts", *(run_dir / "dicts" / dc.name for dc in todo)]
+        check_not_linked(inner, "the checkpoints and kept states")
         check_writable([run_dir, *(p for p in inner if p.is_dir())], "the checkpoints and resume states",
                        owner="train")
     if d.main:  # the temporary files of a split or resume state whose write a kill cut short (our lock)
