@@ -192,3 +192,18 @@ def test_export_cfg_asks_saelens_for_no_other_transformation(variant, tmp_path):
         assert cfg["activation_fn_kwargs"] == {"k": params["topk"]} and cfg["k"] == params["topk"]
     else:
         assert cfg["activation_fn_kwargs"] == {} and "rescale_acts_by_decoder_norm" not in cfg
+
+
+def test_export_opens_no_store_url_that_a_checkpoint_names(tmp_path):
+    """A checkpoint from someone else may name any URL as its store (http://their-host/..., s3://...): looking
+    a model name up there made `actdict export` send requests to it (with the reader's credentials, for an
+    object store). Only a local store is looked at; the URL is recorded as it is."""
+    from actdict.harvest.store import write_vectors
+
+    write_vectors("memory://exp/store", torch.ones(16, D), manifest={"model": "their-model"},
+                  shard_rows=8, chunk_rows=4)
+    store = {"path": "memory://exp/store", "hook": "vectors"}
+    checkpoint.save(tmp_path / "dict", make("sae_l1", D, K), {"store": store})
+    assert main([str(tmp_path / "dict"), str(tmp_path / "sl")]) == 0
+    meta = json.loads((tmp_path / "sl" / "cfg.json").read_text())["metadata"]
+    assert meta["model_name"] is None and meta["actdict_store"] == "memory://exp/store"

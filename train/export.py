@@ -94,7 +94,8 @@ def _metadata(cfg: dict[str, Any]) -> dict[str, Any]:
     store = cfg.get("store") or {}
     meta = {"hook_name": store.get("hook"), "model_name": store.get("model"), "actdict_variant":
             cfg.get("variant"), "actdict_params": cfg.get("params"), "actdict_store": store.get("path")}
-    if store.get("path") and not meta["model_name"]:  # checkpoints from before 2026-12-05 do not record it
+    local = store.get("path") and "://" not in str(store["path"])  # a URL in a shared cfg.json: no request
+    if local and not meta["model_name"]:  # checkpoints from before 2026-12-05 do not record it
         try:
             from actdict.harvest.store import open_store
 
