@@ -59,6 +59,9 @@ def row_texts(manifest: dict, hits: Iterable[tuple[int, int, int]],
     hits = list(hits)
     try:
         cfg = build(HarvestConfig, manifest["harvest"], "the store manifest's harvest")
+        if cfg.source.kind == "files" and not manifest.get("source_fingerprint"):  # a hand-made manifest's
+            raise ValueError(f"the manifest records no source_fingerprint of the files at "
+                             f"{cfg.source.path!r}, so they cannot be told to be the harvest's")  # any files
         if changed := files_changed(manifest, cfg.source):  # other texts at the same (doc, pos): not theirs
             raise ValueError(f"{changed} since the harvest")
         found = unit_texts(text_units(iter_documents(cfg.source), cfg.embed.unit),

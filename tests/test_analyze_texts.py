@@ -156,3 +156,17 @@ def test_texts_of_a_source_changed_since_the_harvest_are_not_shown_as_the_rows(e
     with pytest.warns(UserWarning, match=r"source files at .*d.jsonl' changed .* since the harvest\); the "
                                          r"report shows their doc and pos only"):
         assert row_texts(here, [(5, 0, 0)]) == {}
+
+
+def test_a_manifest_without_the_sources_fingerprint_reads_no_files(embedded, tmp_path):
+    """A shared store's manifest may name any folder of the reader's as its source and leave out the
+    fingerprint that says which files the harvest read: their texts went into the report (and out with it,
+    when the report is shared back). Without a fingerprint no file is read."""
+    root, _ = embedded
+    manifest = json.loads((root / "store" / "embedding" / "manifest.json").read_text())
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "private.txt").write_text("my private note\n\nsecond paragraph\n")
+    theirs = {k: v for k, v in manifest.items() if k != "source_fingerprint"} | {
+        "harvest": manifest["harvest"] | {"source": {"kind": "files", "path": str(tmp_path / "notes")}}}
+    with pytest.warns(UserWarning, match=r"records no source_fingerprint of the files at .*notes'"):
+        assert row_texts(theirs, [(5, 0, 0)]) == {}
