@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from actdict.analyze.metrics import active_mask
-from actdict.analyze.outputs import read_output
+from actdict.analyze.outputs import OutputError, read_output
 from actdict.analyze.texts import clip
 from actdict.config import Common, common_of, load_experiment, section
 from actdict.errors import ActdictError, print_error, printable
@@ -110,18 +110,24 @@ def _tokens_of(hits: list, strings: dict, n: int, texts: dict | None = None) -> 
 Labels = dict[int, tuple[list[str], list[str]]]
 
 
-def _labels_of(data: dict, n: int) -> Labels:
+def _labels_of(data: dict, n: int, path: Path) -> Labels:
+    """The labels of the features file ``data`` (read from ``path``); OutputError when its records are not
+    a features file's (an edit, another program's JSON: an IndexError or KeyError traceback otherwise)."""
     strings, texts = data.get("tokens", {}), data.get("texts")
-    return {int(f["i"]): (_tokens_of(f.get("top", []), strings, n, texts),
-                          _tokens_of(f.get("bottom", []), strings, n, texts))
-            for f in data.get("features", [])}
+    try:
+        return {int(f["i"]): (_tokens_of(f.get("top", []), strings, n, texts),
+                              _tokens_of(f.get("bottom", []), strings, n, texts))
+                for f in data.get("features", [])}
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
+        raise OutputError(f"{path} is corrupt (its features are not analyze's records: {type(e).__name__}: "
+                          f"{e}): rerun `actdict analyze` to rewrite it") from e
 
 
 def feature_labels(path: Path, n: int = 3) -> Labels:
     """feature -> (the ``n`` distinct tokens of its largest codes in the corpus, those of its most negative
     codes), from an analyze features file (``analyze.features``); {} when analyze has not written it
     (OutputError when it is damaged)."""
-    return _labels_of(read_output(path), n) if path.is_file() else {}
+    return _labels_of(read_output(path), n, path) if path.is_file() else {}
 
 
 def dict_labels(run_dir: Path, name: str, k: int, n: int = 3) -> tuple[Labels, str]:
@@ -144,7 +150,7 @@ def dict_labels(run_dir: Path, name: str, k: int, n: int = 3) -> tuple[Labels, s
         return {}, (f"no corpus labels: {path} was written by an older actdict, which did not record "
                     f"which training of {name} it describes (the checkpoint may have been retrained since): "
                     "rerun actdict analyze")
-    return _labels_of(data, n), ""
+    return _labels_of(data, n, path), ""
 
 
 def _label(labels: dict, f: int, code: float) -> list[str]:

@@ -381,3 +381,15 @@ def test_labels_of_an_older_features_file_without_config_hash_are_not_used_for_a
     assert labels == {} and "older actdict" in note and "rerun actdict analyze" in note
     (tmp_path / "features" / "d.json").write_text(json.dumps(data | {"config_hash": "0123456789abcdef"}))
     assert dict_labels(tmp_path, "d", 8) == ({0: (["a"], [])}, "")
+
+
+@pytest.mark.parametrize("features", [[{"i": 0, "top": [[1, 2]]}], [{"top": []}], 5,
+                                      [{"i": 0, "top": [[1.0, 0, 0, 0, [5], 0]]}]])
+def test_a_features_file_whose_records_are_not_analyzes_is_one_error(tmp_path, features):
+    """A features file of a shared run folder that is JSON but not analyze's records (an edit, another
+    program's) was an IndexError, KeyError, TypeError or AttributeError traceback in actdict lens."""
+    from actdict.analyze.outputs import OutputError
+
+    (tmp_path / "f.json").write_text(json.dumps({"k": 1, "tokens": [], "features": features}))
+    with pytest.raises(OutputError, match=r"f.json is corrupt \(its features are not analyze's records: "):
+        feature_labels(tmp_path / "f.json")
