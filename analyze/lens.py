@@ -177,7 +177,7 @@ def lens(common: Common, cfg, text: str, names: list[str], top: int = 5, hook: s
         raise LensError(f"--top must be >= 1, got {top}")
     run_dir = Path(common.run_dir)
     for note in skipped_notes(run_dir, names):  # on stderr: stdout is the lens
-        print(f"actdict lens: note: {note}", file=sys.stderr)
+        print(printable(f"actdict lens: note: {note}"), file=sys.stderr)
     trained = trained_hook(trained_records(run_dir, names))
     if hook and trained and hook != trained:
         raise LensError(f"--hook {hook}: the dictionaries were trained on {trained}")

@@ -123,7 +123,7 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
     run_dir = Path(common.run_dir)
     device = resolve_device(cfg.device)
     for note in skipped_notes(run_dir, cfg.dicts):
-        print(f"analyze: note: {note}")
+        print(printable(f"analyze: note: {note}"))  # folder names of a shared run folder
     records = trained_records(run_dir, cfg.dicts)  # each dictionary's cfg.json
     store = open_store(common.store_path, trained_hook(records))
     if changed := other_store(records, describe_store(store, common.store_path)):

@@ -522,3 +522,13 @@ def test_links_in_a_shared_run_folder_lead_no_write_or_removal_outside_it(tmp_pa
         train(Common(run_dir=str(run_dir), store=str(run_dir / "store")), cfg)
     assert sorted(p.name for p in mine.iterdir()) == ["app.js", "cfg.json"]
     assert (mine / "cfg.json").read_text() == '{"mine": 1}' and (mine / "app.js").read_text() == "precious"
+
+
+def test_a_folder_name_with_control_codes_is_noted_without_them(tmp_path, monkeypatch, capsys):
+    """A shared run folder's dicts/ may hold a folder named with ESC sequences: analyze's note that skips it
+    printed the name as it is (ESC ] 0 retitles the terminal); it prints the escapes now."""
+    run_dir = _run_dir(tmp_path, monkeypatch)
+    (run_dir / "dicts" / "x\x1b]0;pwned\x07").mkdir()
+    run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(device="cpu", n_features=2, top_k=2, context=1))
+    out = capsys.readouterr().out
+    assert "x\\x1b]0;pwned\\x07: it has no finished checkpoint" in out and "\x1b" not in out
