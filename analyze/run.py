@@ -88,6 +88,8 @@ from actdict.train.loop import check_device, resolve_device
 from actdict.train.run import describe_store, store_key
 
 SUMMARY_VERSION = 2
+MAX_CLASSES = 10_000
+"""The most distinct labels ``analyze.labels`` may hold (each dictionary keeps a sum per class and latent)."""
 
 
 class AnalyzeError(ActdictError, ValueError):
@@ -391,6 +393,11 @@ def read_labels(path: str, n_rows: int, rows: np.ndarray) -> tuple[np.ndarray | 
         raise AnalyzeError(f"analyze.labels: every label in {p} is missing (NaN or empty) on the "
                            f"{len(lab):,} held-out rows analyze evaluates: there is no class to report AD of")
     classes, idx = np.unique(lab[~missing], return_inverse=True)
+    if len(classes) > MAX_CLASSES:  # a per-row value (an id, a regression target): [classes, k] per model
+        raise AnalyzeError(f"analyze.labels: {p} holds {len(classes):,} distinct labels, more than "
+                           f"{MAX_CLASSES:,}: a label names a class of rows (a manifold, a category), and AD "
+                           "is reported per class (each class's sums kept for every latent, a bar each in "
+                           "the report); bin a per-row value into classes first")
     out = np.full(len(lab), -1, np.int64)  # [n] -1: no label, left out of the per-class AD
     out[~missing] = idx
     return out, [c.item() for c in classes]

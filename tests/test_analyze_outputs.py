@@ -532,3 +532,15 @@ def test_a_folder_name_with_control_codes_is_noted_without_them(tmp_path, monkey
     run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(device="cpu", n_features=2, top_k=2, context=1))
     out = capsys.readouterr().out
     assert "x\\x1b]0;pwned\\x07: it has no finished checkpoint" in out and "\x1b" not in out
+
+
+def test_labels_with_a_value_per_row_are_refused_before_per_class_sums(tmp_path, monkeypatch):
+    """Labels that are a per-row value (ids, a continuous target: 2M distinct floats) made one class per
+    row: [classes, k] float64 sums per dictionary (65 GB for 2M rows and k = 4,096) and a bar each in the
+    report. More than MAX_CLASSES distinct labels are one line instead."""
+    monkeypatch.setattr(run, "MAX_CLASSES", 50)
+    np.save(tmp_path / "target.npy", np.random.default_rng(0).standard_normal(96))  # [96] distinct floats
+    with pytest.raises(run.AnalyzeError, match=r"holds 96 distinct labels, more than 50: a label names a"):
+        run.read_labels(str(tmp_path / "target.npy"), 96)
+    np.save(tmp_path / "classes.npy", np.arange(96) % 50)
+    assert len(run.read_labels(str(tmp_path / "classes.npy"), 96)[1]) == 50
