@@ -47,14 +47,15 @@ def write_atomic(path: str | Path, data: str | bytes, encoding: str = "utf-8") -
 
 
 def check_not_linked(folders: list[Path], what: str) -> None:
-    """``WriteError`` for the first of ``folders`` (folders inside a run folder, which itself may be a link)
-    that is a symbolic link: ``what`` is written there and older files removed, and a run folder shared by
-    someone else can point such a link at any folder of the reader's (its cfg.json, its .js files)."""
+    """``WriteError`` for the first of ``folders`` (folders inside a run folder or a store, which itself may
+    be a link) that is a symbolic link: ``what`` is written there and older files removed, and a run folder
+    or store shared by someone else can point such a link at any folder of the reader's (its cfg.json, its
+    .js files)."""
     for p in map(Path, folders):
         if p.is_symlink():
             raise WriteError(f"{p} is a symbolic link (to {os.readlink(p)}), where {what} would be written "
                              f"and older files removed: replace it by a folder of its own (rm {p}; it is "
-                             "made again), or link the whole run folder instead")
+                             "made again), or link the whole run folder or store instead")
 
 
 def remove_temps(folder: Path, pattern: str = "*") -> list[Path]:

@@ -12,9 +12,20 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from actdict.errors import ActdictError, printable
-from actdict.harvest.layout import StoreError, human_size, list_hooks, shard_gaps, whole_shards
+from actdict.files import check_not_linked
+from actdict.harvest.layout import (
+    SHARDS,
+    StoreError,
+    fs_of,
+    human_size,
+    is_local,
+    list_hooks,
+    shard_gaps,
+    whole_shards,
+)
 from actdict.harvest.resume import repair, repair_manifest, store_lock
 from actdict.harvest.store import ActivationStore, hook_folder, open_store, reimport_command
 
@@ -99,6 +110,10 @@ def repair_hooks(path: str, hooks: list[str]) -> int:
     read first, so that a bad one stops the command before anything is changed. Exit status 0."""
     with store_lock(path) as writing:
         writing()  # a training or analysis reading the store finishes first
+        if is_local(fs_of(path)[0]):  # a shared store's link would lead the removals out of it
+            root = fs_of(path)[1]
+            check_not_linked([p for h in hooks for p in (Path(root, h), Path(root, h, SHARDS))],
+                             "the repaired hook's files")
         manifests = {hook: repair_manifest(path, hook) for hook in hooks}
         removed = {}
         for hook in hooks:

@@ -19,7 +19,7 @@ from pathlib import Path
 import zarr
 
 from actdict.errors import ActdictError
-from actdict.files import remove_temps
+from actdict.files import check_not_linked, remove_temps
 from actdict.harvest.config import RUN_KEYS, rows_view
 from actdict.harvest.layout import (
     ACT_DTYPES,
@@ -225,6 +225,8 @@ def store_lock(path: str) -> Iterator[Callable[..., None]]:
     wait, made = int(os.environ.get("WORLD_SIZE", 1)) == 1, not os.path.exists(root)
     with folder_lock(root, f"store {path}", wait=wait), ExitStack() as held:
         def writing(hooks: list[str] | None = None) -> None:
+            check_not_linked([p for h in hooks or () for p in (Path(root, h), Path(root, h, SHARDS))],
+                             "the hook's manifest and shards")  # a shared store's link: out of the store
             if not taken and not (hooks is not None and only_new_hooks(root, hooks)):
                 held.enter_context(folder_lock(root, f"store {path} (a training or an analysis reads it)",
                                                wait=wait, name=READERS))

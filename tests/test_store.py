@@ -761,3 +761,27 @@ def test_strings_from_shared_files_reach_the_terminal_without_control_codes(tmp_
     assert print_error("actdict", ActdictError(f"hook {evil}")) == 2
     assert capsys.readouterr().err == ("actdict: ActdictError: hook web\\x1b]52;c;ZWNobyBwd25lZA==\\x07"
                                        "\\x1b[2J\\x0d\\x9b\n")
+
+
+def test_a_store_whose_hook_or_shards_are_links_is_not_written_through_them(tmp_path, capsys):
+    """A shared store may hold <hook> or <hook>/shards as links to a folder of the reader's: a harvest wrote
+    its manifest and shards there (seen with a token harvest), a repair would remove what fails its check
+    there. Writing a hook (the harvests, the vectors command) and --repair refuse such a link in one line."""
+    from actdict.cli import main as cli
+    from actdict.harvest.vectors import cli as vectors
+
+    mine = tmp_path / "mine"
+    (mine / "00007").mkdir(parents=True)  # a folder of the reader's that a repair took for a damaged shard
+    (mine / "00007" / "notes.txt").write_text("mine")
+    np.save(tmp_path / "v.npy", np.ones((16, 3), np.float32))
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "vectors").symlink_to(mine)
+    assert vectors([str(tmp_path / "v.npy"), str(tmp_path / "s"), "--chunk-rows", "4"]) == 2
+    assert "s/vectors is a symbolic link (to " in capsys.readouterr().err
+    _write(tmp_path / "t")
+    hook = tmp_path / "t" / "blocks.0.hook_resid_post"
+    (hook / "shards").rename(tmp_path / "real")
+    (hook / "shards").symlink_to(mine)
+    assert cli(["store", str(tmp_path / "t"), "--repair"]) == 2
+    assert "shards is a symbolic link (to " in capsys.readouterr().out
+    assert [p.name for p in mine.rglob("*")] == ["00007", "notes.txt"]
