@@ -541,6 +541,6 @@ def test_labels_with_a_value_per_row_are_refused_before_per_class_sums(tmp_path,
     monkeypatch.setattr(run, "MAX_CLASSES", 50)
     np.save(tmp_path / "target.npy", np.random.default_rng(0).standard_normal(96))  # [96] distinct floats
     with pytest.raises(run.AnalyzeError, match=r"holds 96 distinct labels, more than 50: a label names a"):
-        run.read_labels(str(tmp_path / "target.npy"), 96)
+        run.read_labels(str(tmp_path / "target.npy"), 96, np.arange(96))
     np.save(tmp_path / "classes.npy", np.arange(96) % 50)
-    assert len(run.read_labels(str(tmp_path / "classes.npy"), 96)[1]) == 50
+    assert len(run.read_labels(str(tmp_path / "classes.npy"), 96, np.arange(96))[1]) == 50
