@@ -1,9 +1,9 @@
 """Streaming evaluation of one dictionary over the test rows (the accumulators behind summary.json).
 
-:class:`ModelEval` is fed every test batch once; it keeps sums and per-row counts (RE, cosine, L0, AD,
-fire counts, per-class sums of |z| or log var), the paper-protocol figures of the first test batch (one
-stochastic RE, the masked-dimensions curve) and a :class:`~actdict.analyze.toptokens.FeatureTracker` for
-all features.
+:class:`ModelEval` is fed every test batch once; it keeps sums and counts, none per row (RE, cosine, L0,
+how many rows have each AD, fire counts, per-class sums of |z| or log var and of AD), the paper-protocol
+figures of the first test batch (one stochastic RE, the masked-dimensions curve) and a
+:class:`~actdict.analyze.toptokens.FeatureTracker` for all features.
 :meth:`ModelEval.summary` turns them into the model's summary.json entry (metrics from ``metrics.py``).
 """
 
@@ -24,11 +24,11 @@ class ModelEval:
         self.sse, self.cos_sum, self.l0_sum = 0.0, 0.0, 0
         self.re_sample: float | None = None
         self.curve: dict | None = None
-        self.ad: list[torch.Tensor] = []  # [B] per batch, on CPU
+        self.ad = torch.zeros(model.k + 1, dtype=torch.long, device=device)  # [k + 1] rows of each AD
         self.fire = torch.zeros(model.k, dtype=torch.long, device=device)  # [k]
         self.class_act = torch.zeros(n_classes, model.k, dtype=torch.float64, device=device)  # [C, k]
         self.class_n = torch.zeros(n_classes, dtype=torch.long, device=device)  # [C]
-        self.cls: list[torch.Tensor] = []  # [B] class index per row, per batch, on CPU
+        self.class_ad = torch.zeros(n_classes, dtype=torch.long, device=device)  # [C] sum of AD
         samples = cfg.quantiles * cfg.quantile_samples
         self.tracker = FeatureTracker(model.k, cfg.top_k, samples, seed, device)
 
@@ -46,13 +46,14 @@ class ModelEval:
         self.cos_sum += float(M.cosine_similarity(x, out.x_hat).sum())
         self.l0_sum += int((out.codes != 0).sum())
         mask = M.active_mask(out.activity, m.active_side)  # [B, k]
-        self.ad.append(mask.sum(1).cpu())
+        ad = mask.sum(1)  # [B]
+        self.ad += torch.bincount(ad, minlength=len(self.ad))
         self.fire += mask.sum(0)
         if cls is not None and len(self.class_n):  # class -1: no label, counted in no class
             has = cls >= 0  # [B]
             self.class_act.index_add_(0, cls[has], self._class_stat(out)[has])
             self.class_n += torch.bincount(cls[has], minlength=len(self.class_n))
-            self.cls.append(cls.cpu())
+            self.class_ad.index_add_(0, cls[has], ad[has])
         self.tracker.update(out.codes, mask, rows)
 
     def _class_stat(self, out) -> torch.Tensor:
@@ -81,7 +82,10 @@ class ModelEval:
     def summary(self, n: int, sum_x, sum_x2, classes: list | None = None) -> dict:
         """The model's entry of summary.json (see ``actdict.analyze.run``), without its feature lists."""
         cfg, m = self.cfg, self.model
-        ad = torch.cat(self.ad).to(torch.float64)  # [n]
+        counts = self.ad.cpu()  # [k + 1] rows of each AD
+        values = torch.arange(len(counts), dtype=torch.float64)
+        ad_mean = float((values * counts).sum()) / n
+        ad_std = float(((values - ad_mean) ** 2 * counts).sum()) / n
         fire = self.fire.cpu()
         density = M.feature_density(fire, n)
         fvu = M.fvu_from_moments(self.sse, sum_x, sum_x2, n)
@@ -89,11 +93,11 @@ class ModelEval:
         out = {
             "variant": m.variant, "k": m.k, "active_side": m.active_side,
             "re_sample": self.re_sample, "re_det": self.sse / n,
-            "ad": float(ad.mean()), "ad_std": float(ad.std(correction=0)), "l0": self.l0_sum / n,
+            "ad": ad_mean, "ad_std": ad_std ** 0.5, "l0": self.l0_sum / n,
             "ev": 1.0 - fvu, "fvu": fvu, "cos": self.cos_sum / n,
             "dead": dead, "dead_frac": dead / m.k,
             "dense": M.dense_latents(density, cfg.dense_threshold), "dense_threshold": cfg.dense_threshold,
-            "ad_hist": M.count_histogram(ad),
+            "ad_hist": {"values": counts.nonzero()[:, 0].tolist(), "counts": counts[counts > 0].tolist()},
             "density_hist": M.log_density_histogram(density, cfg.density_bins),
             "masked_curve": self.curve,
         }
@@ -104,9 +108,8 @@ class ModelEval:
             if m.active_side == "high":
                 mean_act = mean_act.log()  # log of the mean |z|
             group_ad = M.active_dims(mean_act, m.active_side).tolist() if have else []
-            cls = torch.cat(self.cls).numpy()  # [n] class of each row, -1: no label
-            per_row = M.ad_per_class(ad, cls)
-            out["ad_class"] = [{"label": classes[c], "n": int(cn[c]), "ad": per_row.get(c),
+            ad_sum = self.class_ad.cpu()  # [C]
+            out["ad_class"] = [{"label": classes[c], "n": int(cn[c]), "ad": int(ad_sum[c]) / int(cn[c]),
                                 "ad_of_mean": g} for c, g in zip(have, group_ad, strict=True)]
-            out["ad_class_unlabelled"] = int((cls < 0).sum())
+            out["ad_class_unlabelled"] = n - int(cn.sum())
         return out

@@ -41,3 +41,27 @@ def test_vae_summary_counts_nonzero_codes_and_fires_by_the_otsu_mask():
     # split after 0.135: 2.)  Class "b": [0, 0, -9, -9] -> 2.
     assert [(c["label"], c["n"], c["ad"], c["ad_of_mean"]) for c in s["ad_class"]] == [
         ("a", 2, 1.0, 1), ("b", 2, 2.0, 2)]
+
+
+def _held(ev) -> int:
+    """Elements of the tensors ModelEval holds itself (its attributes, lists of tensors included)."""
+    items = [v for a in vars(ev).values() for v in (a if isinstance(a, list) else [a])]
+    return sum(v.numel() for v in items if isinstance(v, torch.Tensor))
+
+
+def test_memory_does_not_grow_with_the_rows():
+    """It kept every row's AD and class index (8 bytes each per dictionary, 16 with labels: 160 MB for 10M
+    held-out rows): how many rows have each AD and each class's AD sum now give the same numbers."""
+    x = torch.tensor([[-9.0, -2, 0, 0], [-9.0, -2, 0, 0], [0.0, 0, -9, -9], [0.0, 0, -9, -9]])  # [4, k]
+    ev = ModelEval(LowSide(4, 4), AnalyzeConfig(top_k=2, quantiles=1, quantile_samples=1), seed=0,
+                   device=torch.device("cpu"), n_classes=2)
+    ev.update(x, torch.arange(4), torch.tensor([0, 0, 1, -1]))
+    held = _held(ev)
+    for b in range(1, 50):
+        ev.update(x, torch.arange(4) + 4 * b, torch.tensor([0, 0, 1, -1]))
+    assert _held(ev) == held
+    s = ev.summary(200, 50 * x.sum(0), 50 * (x * x).sum(0), classes=["a", "b"])
+    assert s["ad"] == pytest.approx(1.5) and s["ad_std"] == pytest.approx(0.5)
+    assert s["ad_hist"] == {"values": [1, 2], "counts": [100, 100]}
+    assert [(c["label"], c["n"], c["ad"]) for c in s["ad_class"]] == [("a", 100, 1.0), ("b", 50, 2.0)]
+    assert s["ad_class_unlabelled"] == 50
