@@ -89,13 +89,16 @@ class Contexts:
 def read_contexts(store, rows: np.ndarray, window: int) -> Contexts:
     """Token ids of rows [r - window, r + window] of each r in ``rows`` [H], cut at document edges.
 
-    The needed rows are read in contiguous spans (windows closer than one chunk are merged), metadata only
-    in effect (activations are read raw and dropped)."""
+    The needed rows are read in contiguous spans (windows closer than one chunk are merged), at most a chunk
+    at a time, and only the needed rows' metadata is kept (activations are read raw and dropped): memory
+    O(rows x window + one chunk), not O(the spans), which cover every held-out row when the hits are many."""
     rows = np.asarray(rows, dtype=np.int64)
     n, w = len(store), window
     uniq = np.unique(rows)
+    need = np.unique(np.clip(uniq[:, None] + np.arange(-w, w + 1)[None], 0, max(n - 1, 0)))  # [m] sorted
     span_rows, ids, docs, poss = [], [], [], []
-    gap = max(getattr(store, "chunk_rows", 1), 2 * w + 1)
+    step = max(getattr(store, "chunk_rows", 1), 1)
+    gap = max(step, 2 * w + 1)
     lo_all, hi_all = np.maximum(uniq - w, 0), np.minimum(uniq + w + 1, n)
     i = 0
     while i < len(uniq):
@@ -103,9 +106,14 @@ def read_contexts(store, rows: np.ndarray, window: int) -> Contexts:
         while i + 1 < len(uniq) and lo_all[i + 1] <= hi + gap:
             i += 1
             hi = max(hi, int(hi_all[i]))
-        got = store.read_rows(lo, hi, raw=True)
-        span_rows.append(np.arange(lo, hi))
-        ids.append(got.token_ids), docs.append(got.doc), poss.append(got.pos)
+        cuts = [lo, *range(lo - lo % step + step, hi, step), hi]  # pieces within one chunk each
+        for a, b in zip(cuts[:-1], cuts[1:], strict=True):
+            keep = need[np.searchsorted(need, a):np.searchsorted(need, b)]  # [<= b - a] the rows needed
+            if not len(keep):  # a chunk between two windows of the span: not read
+                continue
+            got, at = store.read_rows(a, b, raw=True), keep - a
+            span_rows.append(keep)
+            ids.append(got.token_ids[at]), docs.append(got.doc[at]), poss.append(got.pos[at])
         i += 1
     all_rows = np.concatenate(span_rows) if span_rows else np.empty(0, np.int64)
     all_ids = np.concatenate(ids) if ids else np.empty(0, np.int32)

@@ -267,3 +267,25 @@ def test_contexts_inside_one_long_document(tmp_path):
     for h, r in enumerate(rows):
         assert ctx.row(h) == ([j + 5 for j in range(r - w, r + w + 1)], w)
         assert (ctx.doc[h], ctx.pos[h]) == (7, pos[r])
+
+
+def test_contexts_read_a_chunk_at_a_time_and_keep_only_the_windows(tmp_path):
+    """Hits closer than a chunk merge into one span; a span was read whole (activations included) and its
+    rows' metadata all kept: with many features' hits the spans cover every held-out row. Now each span is
+    read a chunk at a time and only the windows' rows are kept: numpy's peak stays well under the span."""
+    import tracemalloc
+
+    n, w, d = 20480, 2, 64  # 320 chunks of 64 rows, d = 64 float32: 5 MiB of acts, one span
+    with StoreWriter(str(tmp_path / "s"), {"hook": "h"}, d, "float32", 4096, 64) as wr:
+        wr.append(np.zeros((n, d), np.float32), np.arange(n) + 5, np.zeros(n, np.int64), np.arange(n))
+    store, rows = open_store(str(tmp_path / "s")), np.arange(30, n, 40)  # 512 hits, 40 rows apart
+    read_contexts(store, rows, w)  # the first call opens the shards (zarr's objects, kept)
+    tracemalloc.start()
+    try:
+        ctx = read_contexts(store, rows, w)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    want = [([r + 5 + i for i in range(-w, w + 1)], w) for r in rows]  # token ids are row + 5
+    assert [ctx.row(h) for h in range(len(rows))] == want
+    assert peak < n * d * 4 / 8  # the whole span, 5 MiB of acts, was read at once before
