@@ -230,3 +230,39 @@ def test_a_state_file_whose_json_is_not_a_states_is_set_aside_with_a_note(store,
     main(Common(run_dir=str(tmp_path / "run"), seed=0, store=store.path), cfg())
     assert f"{tmp_path / 'run' / STATE} is damaged or not a resume state" in capsys.readouterr().out
     assert json.loads((tmp_path / "run" / "dicts" / "a" / "cfg.json").read_text())["finished"]
+
+
+def test_a_state_whose_tensors_do_not_fit_its_dictionaries_is_one_line(store, tmp_path):
+    """A resume state whose metadata matches the run (its config hashes) but whose tensors do not fit the
+    dictionaries (hand-made, or written over by another program) was a load_state_dict traceback."""
+    from safetensors.torch import load_file, save_file
+
+    import actdict.train.run as train_run
+
+    common, t, state = Common(run_dir=str(tmp_path), seed=0, store=store.path), cfg(), tmp_path / STATE
+    real = train_run.train
+
+    def stop_after_first_save(*a, **kw):
+        saved = kw["save"]
+
+        def save_then_stop(pos):
+            saved(pos)
+            raise KeyboardInterrupt
+
+        return real(*a, **(kw | {"save": save_then_stop}))
+
+    train_run.train = stop_after_first_save
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            main(common, t)
+    finally:
+        train_run.train = real
+    meta = read_meta(state)
+    tensors = load_file(state)
+    key = next(k for k in tensors if k.startswith("a/model/"))
+    tensors[key] = torch.zeros(7, 7)  # another shape than the dictionary's
+    save_file(tensors, state, metadata={"actdict_train_state": json.dumps(meta)})
+    with pytest.raises(ResumeConflict, match=r"holds a state of a that does not fit its dictionary \(.*"
+                                             r"\): it is damaged or not this run's; remove it, or set "
+                                             r"train\.resume=false"):
+        main(common, t)

@@ -184,17 +184,13 @@ def load_state(path: str | Path, members: list[Member], hashes: dict[str, str],
         tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
     for m in members:
         mm = meta["members"][m.name]
-        model_sd = {k.split("/", 2)[2]: v for k, v in tensors.items() if k.startswith(f"{m.name}/model/")}
-        m.model.load_state_dict(model_sd, strict=True)
-        state: dict[int, dict] = {}
-        for k, v in tensors.items():
-            if k.startswith(f"{m.name}/opt/"):
-                pid, key = k.split("/", 3)[2:]
-                state.setdefault(int(pid), {})[key] = v
-        for pid, sc in mm["opt_scalars"].items():
-            state.setdefault(int(pid), {}).update(sc)
-        m.opt.load_state_dict({"state": state, "param_groups": mm["param_groups"]})
-        _match_layout(m.opt)
+        try:
+            _load_member(m, mm, tensors)
+        except (RuntimeError, KeyError, ValueError, TypeError) as e:  # a hand-made or damaged file
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ResumeConflict(f"{path} holds a state of {m.name} that does not fit its dictionary "
+                                 f"({first}): it is damaged or not this run's; remove it, or set "
+                                 "train.resume=false to start over") from e
         m.history, m.sums = mm["history"], mm["sums"]
         # what the training warning reads (states written before 2026-12-05 lack them: it restarts them)
         m.ema, m.baseline, m.spread = tuple(mm.get("ema", (0.0, 0.0))), mm.get("baseline"), mm.get("spread")
@@ -202,6 +198,21 @@ def load_state(path: str | Path, members: list[Member], hashes: dict[str, str],
         m.window, m.window_n = mm.get("window", {}), mm.get("window_n", 0)  # the open log interval (12-06)
     torch.set_rng_state(tensors["rng/torch"])
     return Position(**meta["position"])
+
+
+def _load_member(m: Member, mm: dict, tensors: dict[str, torch.Tensor]) -> None:
+    """Member ``m``'s weights and Adam state from the state's tensors and its metadata ``mm``."""
+    model_sd = {k.split("/", 2)[2]: v for k, v in tensors.items() if k.startswith(f"{m.name}/model/")}
+    m.model.load_state_dict(model_sd, strict=True)
+    state: dict[int, dict] = {}
+    for k, v in tensors.items():
+        if k.startswith(f"{m.name}/opt/"):
+            pid, key = k.split("/", 3)[2:]
+            state.setdefault(int(pid), {})[key] = v
+    for pid, sc in mm["opt_scalars"].items():
+        state.setdefault(int(pid), {}).update(sc)
+    m.opt.load_state_dict({"state": state, "param_groups": mm["param_groups"]})
+    _match_layout(m.opt)
 
 
 def _match_layout(opt: torch.optim.Optimizer) -> None:
