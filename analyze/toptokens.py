@@ -90,8 +90,9 @@ def read_contexts(store, rows: np.ndarray, window: int) -> Contexts:
     """Token ids of rows [r - window, r + window] of each r in ``rows`` [H], cut at document edges.
 
     The needed rows are read in contiguous spans (windows closer than one chunk are merged), at most a chunk
-    at a time, and only the needed rows' metadata is kept (activations are read raw and dropped): memory
-    O(rows x window + one chunk), not O(the spans), which cover every held-out row when the hits are many."""
+    at a time, and only the needed rows' metadata is kept (their activations are not read: ``read_meta``):
+    memory O(rows x window + one chunk), not O(the spans), which cover every held-out row when the hits are
+    many."""
     rows = np.asarray(rows, dtype=np.int64)
     n, w = len(store), window
     uniq = np.unique(rows)
@@ -111,9 +112,9 @@ def read_contexts(store, rows: np.ndarray, window: int) -> Contexts:
             keep = need[np.searchsorted(need, a):np.searchsorted(need, b)]  # [<= b - a] the rows needed
             if not len(keep):  # a chunk between two windows of the span: not read
                 continue
-            got, at = store.read_rows(a, b, raw=True), keep - a
+            (tok, doc, pos), at = store.read_meta(a, b), keep - a
             span_rows.append(keep)
-            ids.append(got.token_ids[at]), docs.append(got.doc[at]), poss.append(got.pos[at])
+            ids.append(tok[at]), docs.append(doc[at]), poss.append(pos[at])
         i += 1
     all_rows = np.concatenate(span_rows) if span_rows else np.empty(0, np.int64)
     all_ids = np.concatenate(ids) if ids else np.empty(0, np.int32)

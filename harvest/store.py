@@ -234,17 +234,31 @@ class ActivationStore:
         """Rows [start, stop) (may span shards); acts as float32, or as stored (``self.dtype``) if ``raw``
         (the float16 -> float32 cast costs more than the read: a GPU can do it instead); bfloat16
         stores always give float32."""
+        out = self._read(start, stop, ARRAYS)
+        acts = out["acts"] if raw and self.dtype_name != "bfloat16" else decode_acts(out["acts"],
+                                                                                        self.dtype_name)
+        return Rows(acts=acts, token_ids=out["token_ids"].astype(np.int32),
+                    doc=out["doc"].astype(np.int64), pos=out["pos"].astype(np.int32))
+
+    def read_meta(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(token_ids [n] int32, doc [n] int64, pos [n] int32) of rows [start, stop), their activations not
+        read: 16 bytes a row instead of 16 + d x 2 or 4 (the contexts analysis shows)."""
+        out = self._read(start, stop, tuple(META_DTYPES))
+        return out["token_ids"].astype(np.int32), out["doc"].astype(np.int64), out["pos"].astype(np.int32)
+
+    def _read(self, start: int, stop: int, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """The arrays ``keys`` (of ``ARRAYS``) of rows [start, stop), as stored (checksums checked)."""
         n = len(self)
         if not 0 <= start <= stop <= n:
             raise IndexError(f"rows [{start}, {stop}) out of range [0, {n})")
-        parts: dict[str, list[np.ndarray]] = {k: [] for k in ARRAYS}
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
         s = int(np.searchsorted(self._offsets, start, side="right")) - 1
         while start < stop:
             base = int(self._offsets[s])
             lo, hi = start - base, min(stop, int(self._offsets[s + 1])) - base
             g = self._group(s)
             try:
-                for k in ARRAYS:
+                for k in keys:
                     parts[k].append(g[k][lo:hi])
             except Exception as e:  # crc32c mismatch, missing or short chunk file
                 raise StoreError(f"shard {self.dir}/{SHARDS}/{self._shards[s][0]} is corrupted or "
@@ -256,10 +270,7 @@ class ActivationStore:
         if not out:  # empty range
             out = {"acts": np.empty((0, self.d), self.dtype)}
             out |= {k: np.empty(0, dt) for k, dt in META_DTYPES.items()}
-        acts = out["acts"] if raw and self.dtype_name != "bfloat16" else decode_acts(out["acts"],
-                                                                                        self.dtype_name)
-        return Rows(acts=acts, token_ids=out["token_ids"].astype(np.int32),
-                    doc=out["doc"].astype(np.int64), pos=out["pos"].astype(np.int32))
+        return out
 
     def verify(self) -> None:
         """Re-read every shard, check its chunks' crc32c and its done-record checksum (crc32c, or sha256 in

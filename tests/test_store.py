@@ -785,3 +785,29 @@ def test_a_store_whose_hook_or_shards_are_links_is_not_written_through_them(tmp_
     assert cli(["store", str(tmp_path / "t"), "--repair"]) == 2
     assert "shards is a symbolic link (to " in capsys.readouterr().out
     assert [p.name for p in mine.rglob("*")] == ["00007", "notes.txt"]
+
+
+def test_read_meta_is_read_rows_without_the_activations(tmp_path, monkeypatch):
+    """read_meta gives read_rows' token ids, docs and positions (across shards, float16 and bfloat16) and
+    opens no activation array: analysis reads the contexts of its hits with it."""
+    g = np.random.default_rng(0)
+    for dtype in ("float16", "bfloat16"):
+        n = 300
+        with StoreWriter(str(tmp_path / dtype), {"hook": "h"}, 4, dtype, 128, 64) as w:
+            w.append(g.standard_normal((n, 4)).astype(np.float32), g.integers(0, 999, n), np.arange(n) // 7,
+                     np.arange(n) % 7)
+        s = open_store(str(tmp_path / dtype))
+        rows = s.read_rows(100, 290)
+        opened, real = [], s._group
+
+        class Spy(dict):  # a shard's open arrays, recording which are read
+            def __getitem__(self, key, opened=opened):
+                opened.append(key)
+                return super().__getitem__(key)
+
+        monkeypatch.setattr(s, "_group", lambda i, real=real: Spy(real(i)))
+        tok, doc, pos = s.read_meta(100, 290)  # shards 0, 1 and 2
+        assert tok.dtype == np.int32 and doc.dtype == np.int64 and pos.dtype == np.int32
+        assert tok.tolist() == rows.token_ids.tolist() and doc.tolist() == rows.doc.tolist()
+        assert pos.tolist() == rows.pos.tolist() and opened and "acts" not in opened
+        assert [len(a) for a in s.read_meta(5, 5)] == [0, 0, 0]
