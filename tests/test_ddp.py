@@ -20,6 +20,7 @@ from actdict.config import common_of, load_experiment, section
 from actdict.harvest.store import write_vectors
 from actdict.train import checkpoint
 from actdict.train.config import TrainConfig
+from actdict.train.log import log_path, read_log
 from actdict.train.protocol import make, registry
 from actdict.train.run import main
 
@@ -97,6 +98,9 @@ def test_torchrun_two_ranks_match_one_process(tmp_path):
         for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
             torch.testing.assert_close(vb, va, rtol=1e-4, atol=1e-5, msg=f"{name}.{k}")
         assert mb["history"][-1]["loss"] == pytest.approx(ma["history"][-1]["loss"], rel=1e-4)
+        (ha, la), (hb, lb) = (read_log(log_path(tmp_path / r, name)) for r in ("single", "ddp"))
+        assert hb == ha and [r["step"] for r in lb] == [r["step"] for r in la]  # rank 0 wrote it, once
+        assert [r["loss"] for r in lb] == pytest.approx([r["loss"] for r in la], rel=1e-4)
         if name == "batchtopk":  # the aux loss ran (dead latents) and theta moved, the same on both
             theta = next(v for k, v in b.state_dict().items() if k.endswith("threshold"))
             assert max(h["aux"] for h in ma["history"]) > 0 and float(theta) > 0
