@@ -79,16 +79,21 @@ def _npy_blocks(path: Path, key: str, block: int) -> Iterator[np.ndarray]:
         raise VectorsError(f"{path}: not a numeric .npy array ({e})") from e
     _check_shape(x.shape, str(path))
     _check_dtype(x.dtype, str(path))
-    if x.flags.f_contiguous and not x.flags.c_contiguous:  # Fortran order: a block's rows are strided
-        for a in range(0, len(x), block):
-            yield np.array(x[a:a + block])  # [b, d]
-        return
+    fortran = x.flags.f_contiguous and not x.flags.c_contiguous  # a column after another on disk
     (n, d), dtype, offset = x.shape, x.dtype, x.offset
     del x  # read, not mapped: each page of a mapping read stays in the process's RSS, the file's by the end
     with open(path, "rb") as f:
         f.seek(offset)
         for a in range(0, n, block):
-            yield np.fromfile(f, dtype, count=min(block, n - a) * d).reshape(-1, d)  # [b, d]
+            b = min(block, n - a)
+            if not fortran:
+                yield np.fromfile(f, dtype, count=b * d).reshape(-1, d)  # [b, d]
+                continue
+            out = np.empty((d, b), dtype)  # [d, b]: each column's rows a..a + b, one read each
+            for j in range(d):
+                f.seek(offset + (j * n + a) * dtype.itemsize)
+                out[j] = np.fromfile(f, dtype, count=b)
+            yield np.ascontiguousarray(out.T)  # [b, d]
 
 
 def _safetensors_blocks(path: Path, key: str, block: int) -> Iterator[np.ndarray]:

@@ -56,7 +56,8 @@ def test_npy_round_trip_streamed(tmp_path):
 @pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="needs /proc/self/maps (Linux)")
 def test_npy_blocks_are_read_not_mapped(tmp_path):
     """Every page of a memmap that the import read stayed in its RSS (a 2 GB .npy: 2 GB at the end); the
-    blocks are now read from the file, which is never mapped while they are; Fortran order too, exactly."""
+    blocks are now read from the file, which is never mapped while they are; Fortran order too (a column at
+    a time), exactly."""
     x = _x(3)
     np.save(tmp_path / "v.npy", x)
     np.save(tmp_path / "f.npy", np.asfortranarray(x))
@@ -65,7 +66,13 @@ def test_npy_blocks_are_read_not_mapped(tmp_path):
         assert str(tmp_path / "v.npy") not in Path("/proc/self/maps").read_text()
         got.append(b)
     np.testing.assert_array_equal(np.concatenate(got), x)
-    np.testing.assert_array_equal(np.concatenate(list(vector_blocks(tmp_path / "f.npy", block_rows=10))), x)
+    got = []
+    for b in vector_blocks(tmp_path / "f.npy", block_rows=10):  # column by column: no longer mapped either
+        assert str(tmp_path / "f.npy") not in Path("/proc/self/maps").read_text() and b.flags.c_contiguous
+        got.append(b)
+    assert [len(b) for b in got] == [10] * (N // 10) + ([N % 10] if N % 10 else [])
+    np.testing.assert_array_equal(np.concatenate(got), x)
+    _check_store(import_vectors(tmp_path / "f.npy", str(tmp_path / "s"), block_rows=7, **SMALL), x)
 
 
 def test_npy_float64_and_int(tmp_path):
