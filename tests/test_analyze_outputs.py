@@ -520,8 +520,15 @@ def test_links_in_a_shared_run_folder_lead_no_write_or_removal_outside_it(tmp_pa
                       device="cpu")
     with pytest.raises(WriteError, match=r"dicts/b is a symbolic link \(to .*mine\), where the checkpoints"):
         train(Common(run_dir=str(run_dir), store=str(run_dir / "store")), cfg)
-    assert sorted(p.name for p in mine.iterdir()) == ["app.js", "cfg.json"]
+    (run_dir / "dicts" / "b").unlink()
+    (run_dir / "logs").symlink_to(mine)  # the training logs (logs/<name>.jsonl) likewise
+    (mine / "b.jsonl").write_text("my notes\n")
+    said = r"logs is a symbolic link \(to .*mine\), where the checkpoints, kept states and training logs"
+    with pytest.raises(WriteError, match=said):
+        train(Common(run_dir=str(run_dir), store=str(run_dir / "store")), cfg)
+    assert sorted(p.name for p in mine.iterdir()) == ["app.js", "b.jsonl", "cfg.json"]
     assert (mine / "cfg.json").read_text() == '{"mine": 1}' and (mine / "app.js").read_text() == "precious"
+    assert (mine / "b.jsonl").read_text() == "my notes\n"
 
 
 def test_a_folder_name_with_control_codes_is_noted_without_them(tmp_path, monkeypatch, capsys):

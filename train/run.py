@@ -44,7 +44,7 @@ from actdict.train.data import (
     steps_in_epoch,
     write_split,
 )
-from actdict.train.log import append_record, log_path, start_log
+from actdict.train.log import LOGS, append_record, log_path, start_log
 from actdict.train.loop import Member, Position, check_device, resolve_device, train
 from actdict.train.protocol import make, registry
 from actdict.train.resume import (
@@ -341,10 +341,10 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
             "per run folder: give this run its own run_dir (store= keeps the store), or train those with "
             "these settings too (add them to train.dicts)")
     if todo and d.main:  # before the work, not when its results are saved
-        inner = [run_dir / "dicts", *(run_dir / "dicts" / dc.name for dc in todo)]
-        check_not_linked(inner, "the checkpoints and kept states")
-        check_writable([run_dir, *(p for p in inner if p.is_dir())], "the checkpoints and resume states",
-                       owner="train")
+        inner = [run_dir / "dicts", *(run_dir / "dicts" / dc.name for dc in todo), run_dir / LOGS]
+        check_not_linked(inner, "the checkpoints, kept states and training logs")
+        check_writable([run_dir, *(p for p in inner if p.is_dir())], "the checkpoints, resume states and "
+                       "training logs", owner="train")
     if d.main:  # the temporary files of a split or resume state whose write a kill cut short (our lock)
         with suppress(OSError):  # a read-only folder keeps them (and says so when it matters, above)
             remove_temps(run_dir, "split.json")
