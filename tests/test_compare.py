@@ -105,6 +105,11 @@ def test_analysis_reports_shared_directions(tmp_path, monkeypatch):
     html = (tmp_path / "report.html").read_text()
     assert "<h3>Shared directions</h3>" in html and "nearest in same: feature" in html
     assert html.count(" (100%)</td>") == 2  # sae in same, same in sae: MMCS 1, every live feature matched
+    run.main(Common(run_dir=str(tmp_path)), AnalyzeConfig(device="cpu", n_features=3, top_k=2, context=1,
+                                                           shared_directions=False))
+    s = json.loads((tmp_path / "summary.json").read_text())["models"]
+    assert s["sae"]["similar"] == {} and all(f["nearest"] == {} for f in s["sae"]["features"])
+    assert s["sae"]["null_decoder"] == 1 and "Shared directions" not in (tmp_path / "report.html").read_text()
 
 
 def test_a_dictionary_without_decode_has_no_directions():
