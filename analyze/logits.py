@@ -46,11 +46,10 @@ def logit_effects(unit: Tensor, w_u: Tensor, g: Tensor | None, centre: bool, n: 
     """unit [k, d] directions (a NaN row: a feature without one) -> (ids [k, n] of the tokens each raises
     most, their effects [k, n], ids [k, n] of those it lowers most, their effects [k, n], most negative
     first); -1 and NaN on the rows of features without a direction."""
-    k, n = len(unit), min(n, w_u.shape[1])
-    w_u = w_u.to(unit.device)
-    out = [torch.full((k, n), -1, dtype=torch.long, device=unit.device), torch.full((k, n), torch.nan),
-           torch.full((k, n), -1, dtype=torch.long, device=unit.device), torch.full((k, n), torch.nan)]
-    out[1], out[3] = out[1].to(unit.device), out[3].to(unit.device)
+    k, n, dev = len(unit), min(n, w_u.shape[1]), unit.device
+    w_u = w_u.to(dev)
+    none, nan = torch.full((k, n), -1, device=dev), torch.full((k, n), torch.nan, device=dev)  # int64, float
+    out = [none, nan, none.clone(), nan.clone()]  # up ids [k, n], their effects, down ids, their effects
     for a in range(0, k, chunk):
         u = unit[a:a + chunk]  # [c, d]
         ok = ~u.isnan().any(1)  # [c]
