@@ -72,3 +72,37 @@ def stop_training(monkeypatch):
                 run.main(common, cfg)
 
     return stopped
+
+
+@pytest.fixture(scope="session")
+def lm(tmp_path_factory):
+    """A random-init Pythia-70m-shaped causal LM, written to disk and loaded offline (``.path``: its folder);
+    read, never changed, by the tests of the stages that load the store's model (splice, logit effects)."""
+    from actdict.harvest.models import load_model, make_random_pythia
+
+    path = make_random_pythia(tmp_path_factory.mktemp("pythia") / "rand", seed=0)
+    model = load_model(str(path))
+    model.path = path
+    return model
+
+
+@pytest.fixture
+def lm_run(tmp_path):
+    """``make(model, hook, d) -> tmp_path``: a run folder holding a 256-row store of ``model`` at ``hook``
+    (random rows of width d, token ids, one document) and a split.json that holds out chunks 2 and 3."""
+    import json
+
+    import numpy as np
+
+    from actdict.harvest.store import StoreWriter
+
+    def make(model: str, hook: str, d: int):
+        g = np.random.default_rng(1)
+        n = 256
+        with StoreWriter(str(tmp_path / "store"), {"hook": hook, "model": model}, d, "float32", 64, 64) as w:
+            w.append(g.standard_normal((n, d)).astype(np.float32), g.integers(0, 50000, n), np.zeros(n),
+                     np.arange(n))
+        (tmp_path / "split.json").write_text(json.dumps({"train_chunks": [0, 1], "test_chunks": [2, 3]}))
+        return tmp_path
+
+    return make

@@ -4,7 +4,6 @@ file, summary.json and the report; refused, before the pass, where they do not a
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
@@ -12,20 +11,9 @@ from actdict.analyze import run
 from actdict.analyze.config import AnalyzeConfig
 from actdict.analyze.logits import logit_effects, not_residual, records, unembedding
 from actdict.config import Common
-from actdict.harvest.store import StoreWriter
 from actdict.train.protocol import make
 
 HOOK = "blocks.1.hook_resid_post"
-
-
-@pytest.fixture(scope="module")
-def lm(tmp_path_factory):
-    from actdict.harvest.models import load_model, make_random_pythia
-
-    path = make_random_pythia(tmp_path_factory.mktemp("pythia") / "rand", seed=0)
-    lm = load_model(str(path))
-    lm.path = path
-    return lm
 
 
 def test_effects_are_the_centred_scaled_direction_through_the_unembedding():
@@ -54,18 +42,9 @@ def test_only_residual_hooks_of_the_models_width_have_effects():
     assert "d = 384" in not_residual("blocks.3.hook_resid_post", 384, 512)
 
 
-def _store(tmp_path, model: str, hook: str, d: int) -> None:
-    g = np.random.default_rng(1)
-    n = 256
-    with StoreWriter(str(tmp_path / "store"), {"hook": hook, "model": model}, d, "float32", 64, 64) as w:
-        w.append(g.standard_normal((n, d)).astype(np.float32), g.integers(0, 50000, n), np.zeros(n),
-                 np.arange(n))
-    (tmp_path / "split.json").write_text(json.dumps({"train_chunks": [0, 1], "test_chunks": [2, 3]}))
-
-
-def test_analysis_reports_each_features_logit_effects(lm, tmp_path, monkeypatch):
+def test_analysis_reports_each_features_logit_effects(lm, lm_run, monkeypatch):
     d = lm.d_model
-    _store(tmp_path, str(lm.path), HOOK, d)
+    tmp_path = lm_run(str(lm.path), HOOK, d)
     sae = make("sae_l1", d, 6, seed=0)
     monkeypatch.setattr(run, "load_models", lambda *a: {"sae": sae})
     monkeypatch.setattr(run, "resolve_decoder", lambda m: lambda ids: [f"<t{i}>" for i in ids])
@@ -92,9 +71,9 @@ def test_analysis_reports_each_features_logit_effects(lm, tmp_path, monkeypatch)
 @pytest.mark.parametrize("model, hook, d, match", [
     ("all-MiniLM-L6-v2", "blocks.3.hook_resid_post", 384, "encoder: set analyze.logit_effects=0"),
     (None, "blocks.1.mlp.hook_post", 2048, "not in the residual stream.*logit_effects=0")])
-def test_logit_effects_are_refused_before_the_pass_where_they_do_not_apply(lm, tmp_path, monkeypatch, model,
+def test_logit_effects_are_refused_before_the_pass_where_they_do_not_apply(lm, lm_run, monkeypatch, model,
                                                                           hook, d, match):
-    _store(tmp_path, model or str(lm.path), hook, d)
+    tmp_path = lm_run(model or str(lm.path), hook, d)
     monkeypatch.setattr(run, "load_models", lambda *a: {"sae": make("sae_l1", d, 4, seed=0)})
     monkeypatch.setattr(run, "ModelEval", None)  # the pass never starts
     with pytest.raises(run.AnalyzeError, match=match):

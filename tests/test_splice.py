@@ -34,16 +34,6 @@ class Zero(Dictionary):
 
 
 @pytest.fixture(scope="module")
-def lm(tmp_path_factory):
-    from actdict.harvest.models import load_model, make_random_pythia
-
-    path = make_random_pythia(tmp_path_factory.mktemp("pythia") / "rand", seed=0)
-    lm = load_model(str(path))
-    lm.path = path
-    return lm
-
-
-@pytest.fixture(scope="module")
 def store(tmp_path_factory):
     g = np.random.default_rng(0)
     n = 300
@@ -198,29 +188,23 @@ def test_padding_and_unspliced_positions_count_in_no_number(lm):
     assert res["models"]["sae"]["kl"] > 0 and res["models"]["zeros"]["kl"] > 0
 
 
-def _run_main(tmp_path, monkeypatch, model_name, d, models):
+def _run_main(run_dir, monkeypatch, models):
     import json
 
     from actdict.analyze import run
     from actdict.analyze.config import AnalyzeConfig
     from actdict.config import Common
 
-    g = np.random.default_rng(1)
-    n = 256
-    with StoreWriter(str(tmp_path / "store"), {"hook": HOOK, "model": model_name}, d, "float32", 64, 64) as w:
-        w.append(g.standard_normal((n, d)).astype(np.float32), g.integers(0, 50000, n), np.zeros(n),
-                 np.arange(n))
-    (tmp_path / "split.json").write_text(json.dumps({"train_chunks": [0, 1], "test_chunks": [2, 3]}))
     monkeypatch.setattr(run, "load_models", lambda *a: models)
     monkeypatch.setattr(run, "resolve_decoder", lambda m: lambda ids: [str(i) for i in ids])
     cfg = AnalyzeConfig(ce_loss=True, ce_windows=3, ce_ctx=12, ce_batch_size=2, device="cpu")
-    run.main(Common(run_dir=str(tmp_path)), cfg)
-    return json.loads((tmp_path / "summary.json").read_text())
+    run.main(Common(run_dir=str(run_dir)), cfg)
+    return json.loads((run_dir / "summary.json").read_text())
 
 
-def test_analyze_stage_reports_ce(lm, tmp_path, monkeypatch):
+def test_analyze_stage_reports_ce(lm, lm_run, monkeypatch):
     d = lm.d_model
-    s = _run_main(tmp_path, monkeypatch, str(lm.path), d, {"id": Identity(d, d), "zero": Zero(d, d)})
+    s = _run_main(lm_run(str(lm.path), HOOK, d), monkeypatch, {"id": Identity(d, d), "zero": Zero(d, d)})
     assert s["ce"]["windows"] == 3 and s["ce"]["n_tokens"] == 3 * 12  # BOS + 12 tokens: 12 predictions
     assert "models" not in s["ce"]  # each model's CE is in its own entry, not twice
     assert s["models"]["id"]["ce_recovered"] == 1.0 and s["models"]["id"]["kl"] == 0.0
@@ -228,11 +212,11 @@ def test_analyze_stage_reports_ce(lm, tmp_path, monkeypatch):
     assert s["models"]["zero"]["ce"] == pytest.approx(s["ce"]["ce_zero"], rel=1e-6)
 
 
-def test_ce_loss_refuses_an_encoder(tmp_path, monkeypatch):
+def test_ce_loss_refuses_an_encoder(lm_run, monkeypatch):
     from actdict.analyze.run import AnalyzeError
 
     with pytest.raises(AnalyzeError, match="encoder.*ce_loss=false"):
-        _run_main(tmp_path, monkeypatch, "all-MiniLM-L6-v2", 384, {"id": Identity(384, 384)})
+        _run_main(lm_run("all-MiniLM-L6-v2", HOOK, 384), monkeypatch, {"id": Identity(384, 384)})
 
 
 @pytest.mark.parametrize("made", [{}, {"join_with_eos": False}, {"prepend_bos": False},
