@@ -24,10 +24,15 @@ MATCHED = 0.9
 NULL = 1e-6
 
 
+def null_columns(norm: Tensor) -> Tensor:
+    """[k] bool: the decoder column's norm (``norm`` [k], ``directions``) is at most ``NULL`` times the
+    largest (the latent changes no reconstruction: ``null_decoder``)."""
+    return norm <= NULL * norm.max()
+
+
 def live(fires: Tensor, norm: Tensor) -> Tensor:
-    """[k] bool: active on some row (``fires`` [k] > 0) with a decoder column (``norm`` [k], ``directions``)
-    over ``NULL`` times the largest."""
-    return (fires > 0) & (norm > NULL * norm.max())
+    """[k] bool: active on some row (``fires`` [k] > 0) with a decoder column that is not null."""
+    return (fires > 0) & ~null_columns(norm)
 
 
 def directions(model, k: int, d: int, device: torch.device) -> tuple[Tensor, Tensor] | None:

@@ -70,7 +70,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from actdict.analyze.compare import NULL, directions, live, similarity
+from actdict.analyze.compare import directions, live, null_columns, similarity
 from actdict.analyze.config import AnalyzeConfig
 from actdict.analyze.evaluate import ModelEval
 from actdict.analyze.features import build_features, hit_keys, summary_hits
@@ -223,7 +223,7 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
                             else {})
                          for f in shown]
         m["similar"] = similar.get(name, {})
-        m["null_decoder"] = int((dirs[name][1] <= NULL * dirs[name][1].max()).sum()) if name in dirs else None
+        m["null_decoder"] = int(null_columns(dirs[name][1]).sum()) if name in dirs else None
         summary["models"][name] = m
     summary = _clean(summary)
     if left := next(iter(summary["models"].values())).get("ad_class_unlabelled"):
