@@ -313,7 +313,7 @@ def _cell(v: float | None, spec: str) -> str:
 def causal_lm(store, device: torch.device, cfg: AnalyzeConfig):
     """The store's causal language model (float32, offline), for ``ce_loss`` and ``logit_effects``, loaded
     before the analysis pass so that what stops it stops it first."""
-    from actdict.analyze.logits import not_residual, unembedding
+    from actdict.analyze.logits import not_residual
     from actdict.harvest.models import load_model
 
     asks = " and ".join(f"analyze.{k}" for k in ("ce_loss", "logit_effects") if getattr(cfg, k))
@@ -326,7 +326,7 @@ def causal_lm(store, device: torch.device, cfg: AnalyzeConfig):
     lm = load_model(man["model"], device=str(device), dtype="float32")
     if lm.kind != "causal":
         raise AnalyzeError(f"{asks} needs a causal language model; {lm.name} is an encoder: set {off}")
-    if cfg.logit_effects and (why := not_residual(man["hook"], store.d, unembedding(lm.bridge)[0].shape[0])):
+    if cfg.logit_effects and (why := not_residual(man["hook"], store.d, lm.d_model)):
         raise AnalyzeError(f"analyze.logit_effects: {why}: set analyze.logit_effects=0")
     return lm
 
