@@ -167,17 +167,21 @@ def _figures(models: dict[str, dict]) -> list[go.Figure]:
 
 
 def _training_figures(models: dict[str, dict]) -> list[go.Figure]:
-    """The loss curves of the dictionaries with a training log: the reconstruction term (sse) on a log axis,
-    and the objective (log axis when every value is > 0: a VAE's -ELBO can be negative)."""
+    """The training curves of the dictionaries with a training log: the reconstruction term (sse) on a log
+    axis, the objective (log axis when every value is > 0: a VAE's -ELBO can be negative), then what the log
+    measured on each interval's last batch (``actdict.train.probe``): AD, explained variance, live latents."""
     logs = {name: m["training_log"] for name, m in models.items() if m.get("training_log")}
     figs = []
     for term, title in (("sse", "Training: reconstruction error (sse per row)"),
-                        ("loss", "Training: the objective (loss)")):
+                        ("loss", "Training: the objective (loss)"),
+                        ("eval_ad", "Training: active dimensions per row (AD) on each interval's last batch"),
+                        ("eval_ev", "Training: explained variance, on each interval's last batch"),
+                        ("eval_live", "Training: share of latents active on each interval's last batch")):
         curves = {name: c for name, c in logs.items() if term in c}
         if not curves:
             continue
         vals = [v for c in curves.values() for v in c[term] if v is not None]
-        log_y = term == "sse" or (vals and min(vals) > 0)
+        log_y = term == "sse" or (term == "loss" and vals and min(vals) > 0)
         fig = go.Figure(layout=_LAYOUT | {"title": _title(title), "xaxis_title": "training step",
                                       "yaxis_title": term + (" (log scale)" if log_y else ""),
                                       "yaxis": {"type": "log" if log_y else "linear"}})

@@ -32,6 +32,7 @@ summary.json (version 2 = version 1 plus keys; floats rounded to 6 significant d
         "training_warning": str | null,  # the warning its training saved (diverged, learned almost nothing)
         "training_log": null | {"step": [int], "epoch": [int], "lr": [float], "<term>": [float | null]},
                               # its loss terms over training (logs/<name>.jsonl, <= 1000 points: train.log)
+                              # and eval_ad, eval_l0, eval_ev, eval_live of each interval's last batch
         "features_file": str,  # features/<name>.json, relative to run_dir (v2)
         "wordpiece": bool,     # WordPiece token strings ("##" continuations): how contexts are joined (v2)
         "null_decoder": int | null,  # latents whose decoder column is <= 1e-6 x the largest (analyze.compare;

@@ -101,6 +101,8 @@ def test_torchrun_two_ranks_match_one_process(tmp_path):
         (ha, la), (hb, lb) = (read_log(log_path(tmp_path / r, name)) for r in ("single", "ddp"))
         assert hb == ha and [r["step"] for r in lb] == [r["step"] for r in la]  # rank 0 wrote it, once
         assert [r["loss"] for r in lb] == pytest.approx([r["loss"] for r in la], rel=1e-4)
+        for key in ("eval_ev", "eval_l0", "eval_ad", "eval_live"):  # the global batch's, summed over ranks
+            assert [r[key] for r in lb] == pytest.approx([r[key] for r in la], rel=1e-3, abs=0.02), key
         if name == "batchtopk":  # the aux loss ran (dead latents) and theta moved, the same on both
             theta = next(v for k, v in b.state_dict().items() if k.endswith("threshold"))
             assert max(h["aux"] for h in ma["history"]) > 0 and float(theta) > 0

@@ -94,7 +94,8 @@ class TrainConfig:
     log_every: int = 100
     """Append each dictionary's loss terms, averaged over every this many steps (and over the rest of each
     epoch), to ``<run_dir>/logs/<name>.jsonl`` (0 = once per epoch; ``actdict.train.log``): the loss curves
-    of the report. Not part of the config hash."""
+    of the report; with them its AD, L0, explained variance and live latents on each interval's last batch
+    (``actdict.train.probe``: one no-grad forward per interval). Not part of the config hash."""
     resume: bool = True
     """Continue from ``<run_dir>/train_state.safetensors`` when it belongs to the same configuration."""
     keep_state: bool = False

@@ -8,10 +8,13 @@ One JSON object per line. The first names the training it logs::
 then one per interval, appended (and flushed) as it ends: every ``log_every`` steps, and at the end of each
 epoch (a shorter interval when ``log_every`` does not divide the epoch; 0 = once per epoch)::
 
-    {"step": int, "epoch": int, "steps": int, "lr": float, "time": float, "<term>": float, ...}
+    {"step": int, "epoch": int, "steps": int, "lr": float, "time": float, "<term>": float, ...,
+     "eval_ad": float, "eval_l0": float, "eval_ev": float, "eval_live": float}
 
 ``step``: the steps done at its end; ``steps``: how many it averages (the terms are means over them, of
-what the progress bar shows per step); ``lr``: its last step's learning rate; ``time``: Unix time at its end.
+what the progress bar shows per step); ``lr``: its last step's learning rate; ``time``: Unix time at its end;
+``eval_*``: the dictionary's sparsity and fit on the interval's last batch, as analysis measures them
+(``actdict.train.probe``; values of that one batch, not means over the interval).
 A resumed run first drops the records after the step it resumes from (a kill between an interval's record
 and the next resume state leaves some; the resume state carries the open interval's sums), so the log of an
 interrupted run equals an uninterrupted run's but for ``time``. A training that starts over (another

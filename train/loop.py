@@ -28,6 +28,7 @@ from tqdm import tqdm
 from actdict.config import ConfigError, bar_timing
 from actdict.errors import ActdictError
 from actdict.train import dist as dist_
+from actdict.train import probe as probe_
 from actdict.train.config import TrainConfig
 from actdict.train.data import rank_slice
 from actdict.train.protocol import Dictionary
@@ -280,7 +281,8 @@ def train(members: list[Member], epoch_batches: Callable[..., Iterable], cfg: Tr
           device: torch.device, steps_per_epoch: int | None = None, seed: int = 0,
           start: Position | None = None, save: Callable[[Position], None] | None = None,
           stop: Callable[[], bool] = lambda: False, dist: dist_.Dist | None = None,
-          progress: bool = True, log: Callable[[dict[str, dict]], None] | None = None) -> int:
+          progress: bool = True, log: Callable[[dict[str, dict]], None] | None = None,
+          probe: bool = False) -> int:
     """Train ``members`` for ``cfg.epochs`` epochs (or ``cfg.max_steps`` steps); returns the steps taken.
 
     ``epoch_batches(epoch)`` (or ``epoch_batches(epoch, start)`` when resuming mid-epoch) yields the batches
@@ -289,7 +291,9 @@ def train(members: list[Member], epoch_batches: Callable[..., Iterable], cfg: Tr
     state: every ``cfg.checkpoint_every`` steps and when ``stop()`` turns true. ``log(records)`` gets each
     member's record of a log interval (``Member.close_window``; name -> record) every ``cfg.log_every`` steps
     and at the end of each epoch, before a resume state is saved at that step (every rank closes its
-    intervals alike; the caller writes them once).
+    intervals alike; the caller writes them once). ``probe``: each record also holds the dictionary's
+    sparsity and fit on the interval's last batch (``actdict.train.probe``: eval_ad, eval_l0, eval_ev,
+    eval_live; under torchrun every rank must pass the same ``probe``).
     """
     d = dist or dist_.Dist()
     pos = Position(**vars(start)) if start else Position()
@@ -305,9 +309,14 @@ def train(members: list[Member], epoch_batches: Callable[..., Iterable], cfg: Tr
     base_sum, base_n = 0.0, 0  # this epoch's baseline SSE sum and steps
     spread = Spread()  # and its rows' moments; a run resumed inside an epoch continues the saved ones
 
+    last: list[Tensor] = []  # the last batch [b, d] (``probe``)
+
     def close_windows() -> None:  # the open log intervals, at their last step's learning rate
         recs = {m.name: m.close_window(pos, lr_at(pos.step - 1, m.lr, cfg.schedule, total, cfg.warmup_steps,
                                                   cfg.eta_min, cfg.t0)) for m in members if m.window_n}
+        if recs and probe and last:
+            evals = probe_.measure({m.name: m.model for m in members if m.name in recs}, last[0], d.on)
+            recs = {name: rec | evals[name] for name, rec in recs.items()}
         if recs and log is not None:
             log(recs)
 
@@ -322,6 +331,7 @@ def train(members: list[Member], epoch_batches: Callable[..., Iterable], cfg: Tr
                     break
                 x, rows = item if isinstance(item, tuple) else (item, None)
                 x = x.to(device, non_blocking=True).float()  # [b, d] (this rank's part of the batch)
+                last[:] = [x]
                 n_all = float(len(x))
                 if d.on:  # the global batch size (a tensor from host values syncs on CUDA: only here)
                     n_all = float(dist_.reduce_(torch.tensor([n_all], device=device)).item())

@@ -416,7 +416,7 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
     with sigterm_flag(sigint=True) as stop:
         per_epoch = steps_in_epoch(store, chunks, cfg.batch_size)
         steps = train(members, batches, cfg, device, per_epoch,
-                      seed=common.seed, start=start, save=save, stop=stop, dist=d, log=log)
+                      seed=common.seed, start=start, save=save, stop=stop, dist=d, log=log, probe=True)
     segs = segments(steps)
     if d.main:
         write_split(run_dir, split)

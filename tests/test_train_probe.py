@@ -1,0 +1,87 @@
+"""The training log's measurements of each dictionary on an interval's last batch (``actdict.train.probe``):
+the analysis' own metrics of that batch at that step, and nothing of the training changed by taking them."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from actdict.analyze import metrics as M
+from actdict.train.config import TrainConfig
+from actdict.train.loop import Member, train
+from actdict.train.probe import measure
+from actdict.train.protocol import make, registry
+from tests.test_variant_contract import ARCHS, variant_params
+
+CASES = sorted(registry()) + sorted(ARCHS)
+
+
+def _batches(n=6, b=32, d=7, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(b, d, generator=g) * torch.linspace(0.2, 2.0, d) + 0.5 for _ in range(n)]
+
+
+def _members(case, k=16):
+    variant, params = variant_params(case)
+    return [Member(name="m", model=make(variant, 7, k, seed=1, **params), lr=0.01)]
+
+
+def _expected(model, x):  # what the analysis reports of the batch x, with its own functions
+    model.eval()
+    with torch.no_grad():
+        out = model(x, sample=False)
+    model.train()
+    mask = M.active_mask(out.activity, model.active_side)  # [b, k]
+    return {"eval_ad": float(M.active_dims(out.activity, model.active_side).double().mean()),
+            "eval_l0": M.l0(out.codes), "eval_ev": M.explained_variance(x, out.x_hat),
+            "eval_live": float(mask.any(0).double().mean())}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_each_record_holds_the_analysis_metrics_of_the_intervals_last_batch_at_that_step(case):
+    batches = _batches()
+    members, got, want = _members(case), [], []
+
+    def log(recs):  # called at the step that closes the interval: the model is as it was then
+        got.append(recs["m"])
+        want.append(_expected(members[0].model, batches[(recs["m"]["step"] - 1) % len(batches)]))
+
+    cfg = TrainConfig(epochs=2, log_every=4, device="cpu")
+    train(members, lambda e, s=0: iter(batches[s:]), cfg, torch.device("cpu"), len(batches), seed=0,
+          progress=False, log=log, probe=True)
+    assert [r["step"] for r in got] == [4, 6, 8, 12]  # every 4 steps and each epoch's end
+    for r, w in zip(got, want, strict=True):
+        assert {k: r[k] for k in w} == pytest.approx(w, rel=1e-6, abs=1e-9), (case, r["step"])
+        assert 0 <= r["eval_ad"] <= 16 and 0 < r["eval_live"] <= 1 and r["eval_ev"] <= 1
+    assert got[0]["eval_ev"] != got[2]["eval_ev"]  # measured as the model moved (step 8 sees step 4's batch)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_measuring_changes_nothing_of_the_training(case):
+    runs = []
+    for probe in (False, True):
+        members = _members(case)
+        train(members, lambda e, s=0: iter(_batches()[s:]), TrainConfig(epochs=2, log_every=2, device="cpu"),
+              torch.device("cpu"), 6, seed=0, progress=False, log=lambda recs: None, probe=probe)
+        runs.append(members[0])
+    a, b = runs
+    assert b.model.training  # left in training mode
+    for (k, va), vb in zip(a.model.state_dict().items(), b.model.state_dict().values(), strict=True):
+        assert torch.equal(va, vb), (case, k)  # buffers too: BatchTopK's threshold, dead counters, BatchNorm
+    sa, sb = a.opt.state_dict()["state"], b.opt.state_dict()["state"]
+    assert all(torch.equal(sa[i][key], sb[i][key]) for i in sa for key in sa[i])
+    assert a.history == b.history
+
+
+def test_a_batch_whose_latents_never_fire_counts_them_dead_and_an_empty_part_adds_nothing():
+    m = make("sae_l1", 4, 6, seed=0)
+    with torch.no_grad():
+        m.encoder.weight[3:] = 0.0  # latents 3-5: pre-activation = bias
+        m.encoder.bias[3:] = -1.0  # always negative: never fire
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((50, 4)).astype(np.float32))
+    rec = measure({"m": m}, x, on=False)["m"]
+    assert rec["eval_live"] <= 0.5 and rec == pytest.approx(_expected(m, x))
+    assert measure({"m": m}, x[:0], on=False) == {"m": {}}
+    m2 = copy.deepcopy(m).eval()
+    assert measure({"m": m2}, x, on=False)["m"] == rec and not m2.training  # mode kept
