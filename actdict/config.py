@@ -205,6 +205,8 @@ def build(cls: type[T], data: Any, where: str = "") -> T:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    if (prepare := getattr(cls, "prepare", None)) is not None:  # a class's own rewriting of its data first
+        data = prepare(data, where)  # (TrainConfig: each dictionary's ``sweep`` expanded)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:

@@ -126,6 +126,28 @@ def _similar(models: dict[str, dict]) -> str:
             f'<div class="scroll"><table class="overview"><tr><th>A \\ B</th>{head}</tr>{rows}</table></div>')
 
 
+def _frontier(models: dict[str, dict]) -> list[go.Figure]:
+    """Sparsity vs reconstruction, one marker per dictionary (one trace per variant, each marker labelled
+    with its dictionary's name): AD (log axis) against explained variance, and against CE recovered when the
+    analysis measured it: a sweep's frontier (up and to the left is better). None for one dictionary."""
+    figs = []
+    for key, label in (("ev", "explained variance"), ("ce_recovered", "CE recovered")):
+        have = {n: m for n, m in models.items() if (m.get("ad") or 0) > 0 and m.get(key) is not None}
+        if len(have) < 2:
+            continue
+        fig = go.Figure(layout=_LAYOUT | {"title": _title(f"Sparsity vs reconstruction: AD and {label} per "
+                                                          "dictionary"),
+                                          "xaxis_title": "AD per test row (log scale)", "yaxis_title": label,
+                                          "xaxis": {"type": "log"}})
+        for variant in dict.fromkeys(m.get("variant", "") for m in have.values()):
+            names = [n for n, m in have.items() if m.get("variant", "") == variant]
+            fig.add_scatter(x=[have[n]["ad"] for n in names], y=[have[n][key] for n in names],
+                            mode="markers+text", text=[esc(n) for n in names], textposition="top center",
+                            name=esc(variant))
+        figs.append(fig)
+    return figs
+
+
 def _figures(models: dict[str, dict]) -> list[go.Figure]:
     lay = _LAYOUT
     ad = go.Figure(layout=lay | {"title": _title("Active dimensions per test row"), "xaxis_title": "AD",
@@ -140,7 +162,7 @@ def _figures(models: dict[str, dict]) -> list[go.Figure]:
                                     "yaxis": {"type": "log"},  # one diverged model would flatten the others
                                     "xaxis": {"type": "log", "tickvals": [t for t, _ in ticks],
                                               "ticktext": [s for _, s in ticks]}})
-    figs = [ad, dens, curve]
+    figs = [*_frontier(models), ad, dens, curve]
     for name, m in models.items():
         h = m.get("ad_hist") or {"values": [], "counts": []}
         ad.add_bar(x=h["values"], y=h["counts"], name=esc(name), opacity=0.6)

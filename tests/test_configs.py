@@ -167,6 +167,10 @@ _SAE_TOPK = "[{name: a, variant: sae_topk, k: 8, params: {topk: %s}}]"
     ("[{name: a, variant: vae}]", ["train.grad_clip=-1"], r"train.grad_clip must be a number >= 0"),
     ("[{name: a, variant: vae, k: 0}]", [], r"train.dicts\[a\].k must be >= 1, got 0"),
     ("[{name: a, variant: vae, lr: -0.1}]", [], r"train.dicts\[a\].lr must be a number >= 0"),
+    ("[{name: a_k-8, variant: vae}, {name: a, variant: vae, sweep: {k: [8, 9]}}]", [],
+     r"unique names, got \['a_k-8', 'a_k-8', 'a_k-9'\]"),  # a sweep's name taken by another dictionary
+    ("[{name: a, variant: sae_l1, sweep: {params: {lam1: [0.1, -1]}}}]", [],
+     r"sae_l1: lam1 is a loss weight and must be a finite number >= 0, got -1"),  # each swept dict checked
     ("[{name: a, variant: vae}]", ["train.hook=blocks.2.hook_resid_post"],
      r"train.hook='blocks.2.hook_resid_post' is not among the hooks the harvest writes \(\['blocks.3"),
 ])
@@ -510,3 +514,45 @@ def test_a_config_that_is_not_utf8_is_a_config_error(tmp_path):
     (tmp_path / "c.yaml").write_bytes(b"run_dir: \xff\xfe\n")
     with pytest.raises(ConfigError, match=r"c.yaml is not UTF-8 text"):
         load_experiment(tmp_path / "c.yaml")
+
+
+def test_a_sweep_expands_into_one_dictionary_per_combination_named_by_its_values(tmp_path):
+    from actdict.train.config import TrainConfig
+
+    cfg = tmp_path / "sweep.yaml"
+    cfg.write_text("train:\n  dicts:\n"
+                   "    - {name: l1, variant: sae_l1, k: 64, params: {lam2: 0.2},\n"
+                   "       sweep: {lr: [0.001, 3.0e-3], params: {lam1: [0.1, 1.0e-5]}}}\n"
+                   "    - {name: v, variant: vaease, k: 32}\n"
+                   "    - {name: t, variant: sae_topk, sweep: {seed: [0, 1, 2], k: [16]}}\n")
+    dicts = section(load_experiment(cfg, ["train.dicts.l1.k=48"]), "train", TrainConfig).dicts
+    assert [d.name for d in dicts] == ["l1_lr-0.001_lam1-0.1", "l1_lr-0.001_lam1-1e-05",
+                                       "l1_lr-0.003_lam1-0.1", "l1_lr-0.003_lam1-1e-05", "v",
+                                       "t_seed-0_k-16", "t_seed-1_k-16", "t_seed-2_k-16"]
+    assert [(d.lr, d.params, d.k) for d in dicts[:4]] == [
+        (lr, {"lam2": 0.2, "lam1": lam1}, 48)  # the override of the base item reaches every swept one
+        for lr in (0.001, 0.003) for lam1 in (0.1, 1e-5)]
+    assert [(d.seed, d.k, d.variant) for d in dicts[5:]] == [(s, 16, "sae_topk") for s in (0, 1, 2)]
+    assert dicts[4] == build(TrainConfig, {"dicts": [{"name": "v", "variant": "vaease", "k": 32}]}).dicts[0]
+
+
+@pytest.mark.parametrize("sweep, message", [
+    ("{variant: [vae, sae_l1]}", r"dicts\[a\].sweep: cannot sweep 'variant'; valid: \['k', 'lr', 'seed'\]"),
+    ("{k: 8}", r"train.dicts\[a\].sweep.k: expected a non-empty list of values, got 8"),
+    ("{params: {lam1: []}}", r"sweep.params.lam1: expected a non-empty list"),
+    ("{lr: [0.1, 0.1]}", r"sweep.lr: a value is listed twice"),
+    ("{k: [8, 16]}", r"sweep.k: also set outside the sweep \(4\)"),
+    ("{params: {lam1: [1, 2]}}", r"sweep.params.lam1: also set outside the sweep \(0.5\)"),
+    ("[1, 2]", r"train.dicts\[a\].sweep: expected a mapping"),
+    ("{params: [1, 2]}", r"cannot sweep 'params'"),
+    (f"{{lr: {list(range(1, 11))}, seed: {list(range(10))}, params: {{lam2: {list(range(11))}}}}}",
+     r"10 x 10 x 11 combinations; at most 1000 dictionaries per sweep"),  # checked before expanding
+])
+def test_a_bad_sweep_is_a_config_error_naming_it(tmp_path, sweep, message):
+    from actdict.train.config import TrainConfig
+
+    cfg = tmp_path / "sweep.yaml"
+    item = f"{{name: a, variant: sae_l1, k: 4, params: {{lam1: 0.5}}, sweep: {sweep}}}"
+    cfg.write_text(f"train:\n  dicts:\n    - {item}\n")
+    with pytest.raises(ConfigError, match=message):
+        section(load_experiment(cfg), "train", TrainConfig)

@@ -97,7 +97,7 @@ def test_the_same_summary_renders_the_same_bytes():
     """A rerun's report differs from the first only where its summary does (plotly named every figure's
     div with a random uuid, so two renders of one summary differed)."""
     page = render(_summary())
-    assert page == render(_summary()) and page.count('<div id="figure-') == 3
+    assert page == render(_summary()) and page.count('<div id="figure-') == 4
 
 
 def test_overview_columns_in_the_order_analyze_prints_them():
@@ -122,7 +122,7 @@ def test_self_contained_file(tmp_path):
     from plotly.offline import get_plotlyjs
 
     calls = page.count("Plotly.newPlot") - get_plotlyjs().count("Plotly.newPlot")  # plotly 5's bundle: 1
-    assert calls == 3  # AD, density and masked-curve figures, one plotly.js bundle
+    assert calls == 4  # frontier, AD, density and masked-curve figures, one plotly.js bundle
     assert page.count("plotly.js v") == 1  # the bundle's banner: inlined once, not per figure
 
 
@@ -266,7 +266,7 @@ def test_masked_curve_axis_labels_zero_kept():
     s = _summary()
     s["models"]["sae_alpha"]["masked_curve"] = {"kept": [0, 1, 2, 4, 16, 64], "re": [9.0, 5, 4, 3, 2, 1],
                                                 "rows": 8, "sample": True}
-    curve = _figures(s["models"])[2]
+    curve = _figures(s["models"])[3]  # after the frontier, the AD and density histograms
     assert list(curve.data[0].x) == [0.5, 1, 2, 4, 16, 64] and list(curve.data[0].y) == [9, 5, 4, 3, 2, 1]
     ax = curve.layout.xaxis
     assert ax.type == "log" and list(ax.tickvals) == [0.5, 1, 2, 5, 10, 20, 64]
@@ -286,10 +286,30 @@ def test_masked_curve_re_on_a_log_axis():
                                                 "rows": 8, "sample": True}
     s["models"]["vaease_beta"]["masked_curve"] = {"kept": [0, 1, 2, 8], "re": [9.0, 4.5, 2.0, 0.5],
                                                   "rows": 8, "sample": True}
-    curve = _figures(s["models"])[2]
+    figs = {f.layout.title.text: f for f in _figures(s["models"])}
+    curve = figs["RE vs latents kept per row (paper Fig. 4)"]
     assert curve.layout.yaxis.type == "log" and "log scale" in curve.layout.yaxis.title.text
     assert list(curve.data[0].y) == [5000, 3000, None, None] and list(curve.data[1].y) == [9, 4.5, 2, 0.5]
-    assert _figures(s["models"])[0].layout.yaxis.type is None  # the histograms keep their linear axes
+    assert figs["Active dimensions per test row"].layout.yaxis.type is None  # histograms: linear axes
+
+
+def test_the_sparsity_frontier_has_a_marker_per_dictionary_grouped_by_variant():
+    from actdict.analyze.report import _frontier
+
+    s = _summary()
+    s["models"]["sae_gamma"] = s["models"]["sae_alpha"] | {"ad": 30.0, "ev": 0.97, "ce_recovered": 0.8}
+    s["models"]["<dead>"] = s["models"]["sae_alpha"] | {"ad": 0.0}  # all dead: no place on a log axis
+    (ev,) = _frontier(s["models"])  # CE recovered: one dictionary has it, no figure
+    assert ev.layout.xaxis.type == "log" and ev.layout.yaxis.title.text == "explained variance"
+    assert [(t.name, list(t.x), list(t.y), list(t.text)) for t in ev.data] == [
+        ("sae_l1", [7.5, 30.0], [0.9321, 0.97], ["sae_alpha", "sae_gamma"]),
+        ("vaease", [22.5], [0.5], ["vaease_beta"])]
+    s["models"]["vaease_beta"]["ce_recovered"] = 0.5
+    assert [(t.name, list(t.y)) for t in _frontier(s["models"])[1].data] == [("vaease", [0.5]),
+                                                                              ("sae_l1", [0.8])]
+    assert _frontier({"one": s["models"]["sae_alpha"]}) == []
+    s["models"]["<b>x</b>"] = s["models"]["sae_alpha"] | {"variant": "<i>v</i>"}
+    assert "<b>" not in render(s).split("Sparsity vs reconstruction")[1].split("</script>")[0]  # escaped
 
 
 def test_summary_lines_print_null_numbers_as_na():

@@ -1236,3 +1236,25 @@ def test_a_resume_state_from_before_2026_12_05_refused_for_its_store_path_says_h
     main(then, cfg)  # spelled as then: it resumes
     _, record = checkpoint.load(tmp_path / "run" / "dicts" / "a")
     assert record["resumed_at_step"] == 3 and record["finished"]
+
+
+def test_a_sweep_trains_what_its_dictionaries_written_out_train(store, tmp_path):
+    from actdict.config import build
+    from actdict.train.run import main
+
+    base = {"epochs": 1, "batch_size": 100, "test_fraction": 0.2, "device": "cpu"}
+    item = {"name": "t", "variant": "sae_topk", "k": 4, "params": {"topk": 2}}
+    swept = build(TrainConfig, base | {"dicts": [item | {"sweep": {"lr": [0.01, 0.02], "seed": [5, 6]}}]})
+    main(Common(run_dir=str(tmp_path / "sweep"), seed=3, store=store.path), swept)
+    names = [f"t_lr-{lr}_seed-{s}" for lr in (0.01, 0.02) for s in (5, 6)]
+    by_hand = TrainConfig(dicts=[DictConfig(f"t_lr-{lr}_seed-{s}", "sae_topk", k=4, lr=lr, params={"topk": 2},
+                                            seed=s) for lr in (0.01, 0.02) for s in (5, 6)], **base)
+    main(Common(run_dir=str(tmp_path / "hand"), seed=3, store=store.path), by_hand)
+    assert sorted(p.name for p in (tmp_path / "sweep" / "dicts").iterdir()) == sorted(names)
+    weights = []
+    for name in names:
+        (a, ma), (b, mb) = (checkpoint.load(tmp_path / run / "dicts" / name) for run in ("sweep", "hand"))
+        assert ma["config_hash"] == mb["config_hash"]
+        assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+        weights.append(a.encoder.weight)
+    assert not torch.equal(weights[0], weights[1]) and not torch.equal(weights[0], weights[2])  # all differ

@@ -11,6 +11,8 @@ train CONFIG`` splits every global batch between the N ranks.
 
 from __future__ import annotations
 
+import itertools
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -123,6 +125,13 @@ class TrainConfig:
     once in float64: about 3 x norm_chunks x chunk_rows x d x 8 bytes at the start (~1.5 GB at d = 4096
     with the defaults and 4,096-row chunks)."""
 
+    @staticmethod
+    def prepare(data: dict, where: str) -> dict:
+        """The section's data with each dictionary's ``sweep`` expanded (``expand_sweeps``)."""
+        if isinstance(data.get("dicts"), list):
+            data = data | {"dicts": expand_sweeps(data["dicts"], f"{where}.dicts")}
+        return data
+
     def __post_init__(self) -> None:
         least_of = {"epochs": 1, "batch_size": 1, "buffer_chunks": 1, "t0": 1, "norm_chunks": 1,
                     "warmup_steps": 0, "checkpoint_every": 0, "log_every": 0, "max_steps": 0}
@@ -134,3 +143,70 @@ class TrainConfig:
         for name in ("eta_min", "grad_clip"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
                 raise ConfigError(f"train.{name} must be a number >= 0, got {getattr(self, name)}")
+
+
+SWEPT = ("k", "lr", "seed")  # the fields of a dictionary a ``sweep`` may vary, beside its ``params``
+MAX_SWEEP = 1000  # dictionaries one sweep may expand into
+
+
+def expand_sweeps(items: list, where: str = "train.dicts") -> list:
+    """``train.dicts`` with every item that has a ``sweep`` replaced by one item per combination of its values
+    (the product, in the order written), each named ``<name>_<key>-<value>...``::
+
+        {name: l1, variant: sae_l1, k: 4096, sweep: {lr: [0.001, 0.003], params: {lam1: [0.1, 0.3]}}}
+        -> l1_lr-0.001_lam1-0.1, l1_lr-0.001_lam1-0.3, l1_lr-0.003_lam1-0.1, l1_lr-0.003_lam1-0.3
+
+    ``sweep`` maps ``k``, ``lr``, ``seed`` and ``params`` (a mapping of params) to lists of values; a swept
+    key must not also be set outside the sweep. Values in names: numbers as JSON writes them (0.001, 1e-05),
+    strings as they are. Items without a sweep pass through unchanged (the data is plain YAML).
+    """
+    out: list = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or "sweep" not in item:
+            out.append(item)
+            continue
+        at = f"{where}[{item.get('name', i)}].sweep"
+        base = {k: v for k, v in item.items() if k != "sweep"}
+        axes = _sweep_axes(item["sweep"], base, at)
+        if math.prod(len(v) for _, v in axes) > MAX_SWEEP:
+            raise ConfigError(f"{at}: {' x '.join(str(len(v)) for _, v in axes)} combinations; at most "
+                              f"{MAX_SWEEP} dictionaries per sweep")
+        for combo in itertools.product(*(v for _, v in axes)):
+            new = json.loads(json.dumps(base))  # a copy of plain YAML data
+            labels = []
+            for (path, _), value in zip(axes, combo, strict=True):
+                if path[0] == "params":
+                    new.setdefault("params", {})[path[1]] = value
+                else:
+                    new[path[0]] = value
+                labels.append(f"{path[-1]}-{value if isinstance(value, str) else json.dumps(value)}")
+            if isinstance(new.get("name"), str):
+                new["name"] = "_".join([new["name"], *labels])
+            out.append(new)
+    return out
+
+
+def _sweep_axes(sweep: Any, base: dict, at: str) -> list[tuple[tuple[str, ...], list]]:
+    """A dictionary's ``sweep`` as ((field,) or ("params", name), values) pairs, checked."""
+    if not isinstance(sweep, dict) or not sweep:
+        raise ConfigError(f"{at}: expected a mapping of {list(SWEPT)} and params to lists of values, "
+                          f"got {sweep!r}")
+    axes: list[tuple[tuple[str, ...], list]] = []
+    for key, values in sweep.items():
+        if key == "params" and isinstance(values, dict) and values:
+            axes += [(("params", str(p)), v) for p, v in values.items()]
+        elif key in SWEPT:
+            axes.append(((key,), values))
+        else:
+            raise ConfigError(f"{at}: cannot sweep {key!r}; valid: {list(SWEPT)} and params: {{NAME: [...]}}")
+    for path, values in axes:
+        name = ".".join(path)
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{at}.{name}: expected a non-empty list of values, got {values!r}")
+        if len({json.dumps(v, sort_keys=True) for v in values}) < len(values):
+            raise ConfigError(f"{at}.{name}: a value is listed twice: {values}")
+        fixed = base.get("params") if path[0] == "params" else base
+        if isinstance(fixed, dict) and path[-1] in fixed:
+            raise ConfigError(f"{at}.{name}: also set outside the sweep ({fixed[path[-1]]!r}); set it in one "
+                              "place")
+    return axes
