@@ -1,6 +1,8 @@
 """Command line: ``actdict {harvest,train,analyze,run} CONFIG [key.sub=value ...]``.
 
 ``actdict export RUN_DIR/dicts/NAME OUT`` writes a trained SAE as SAELens files (``actdict.train.export``);
+``actdict import SAELENS_DIR RUN_DIR/dicts/NAME`` reads one into a run folder
+(``actdict.train.saelens_import``);
 ``actdict store PATH [--verify | --repair]`` describes a store, checks its shards, drops damaged ones
 (``actdict.harvest.inspect``);
 ``actdict lens CONFIG TEXT`` lists the features each token of a text fires (``actdict.analyze.lens``).
@@ -30,9 +32,10 @@ _STAGES = {
     "analyze": ("actdict.analyze.run", "actdict.analyze.config", "AnalyzeConfig"),
 }
 
-_TOOLS = {"export": "actdict.train.export", "store": "actdict.harvest.inspect",
-          "lens": "actdict.analyze.lens"}
-_EPILOG = ("also: actdict export RUN_DIR/dicts/NAME OUT (an SAE in SAELens' format); actdict store PATH "
+_TOOLS = {"export": "actdict.train.export", "import": "actdict.train.saelens_import",
+          "store": "actdict.harvest.inspect", "lens": "actdict.analyze.lens"}
+_EPILOG = ("also: actdict export RUN_DIR/dicts/NAME OUT (an SAE in SAELens' format); actdict import "
+           "SAELENS_DIR RUN_DIR/dicts/NAME (an SAELens SAE as a dictionary of a run); actdict store PATH "
            "[--verify | --repair] (what a store holds; checks every shard; drops damaged ones); actdict "
            "lens CONFIG TEXT (the features each token of a text fires). Each takes --help.")
 

@@ -1,0 +1,172 @@
+"""SAELens import (``actdict import``): an SAE in SAELens' files becomes a dictionary of a run folder that
+computes what SAELens computes (its formulas written out in tests/test_export.py), and analysis reads it."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from actdict.train import checkpoint
+from actdict.train.export import export_saelens
+from actdict.train.saelens_import import NotImportable, import_saelens, main
+from tests.test_export import CASES, D, K, saelens_forward, trained_model
+
+
+def _x():
+    return torch.randn(40, D, generator=torch.Generator().manual_seed(1)) * 2 + 0.5  # [B, d] raw rows
+
+
+def _write(folder, cfg, tensors):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / "sae_weights.safetensors"))
+    return folder
+
+
+def _saelens(arch="standard", b_dec_in=True, dtype=torch.float32, **cfg):
+    g = torch.Generator().manual_seed(3)
+    t = {"W_enc": torch.randn(D, K, generator=g), "b_enc": torch.randn(K, generator=g) * 0.3,
+         "W_dec": torch.randn(K, D, generator=g), "b_dec": torch.randn(D, generator=g)}
+    if arch == "jumprelu":
+        t["threshold"] = torch.linspace(-0.5, 1.5, K)  # some <= 0: z = relu(p) there
+    base = {"d_in": D, "d_sae": K, "architecture": arch, "normalize_activations": "none",
+            "apply_b_dec_to_input": b_dec_in, "metadata": {"hook_name": "blocks.1.hook_resid_post"}}
+    return base | cfg, {k: v.to(dtype) for k, v in t.items()}
+
+
+def _same(folder, model, x, atol=1e-5):
+    cfg, w, run = saelens_forward(folder)
+    z, x_hat = run(x)
+    with torch.no_grad():
+        out = model(x, sample=False)
+    torch.testing.assert_close(out.codes, z, atol=atol, rtol=1e-5)
+    torch.testing.assert_close(out.x_hat, x_hat, atol=atol, rtol=1e-5)
+    return z
+
+
+@pytest.mark.parametrize("normalized", [False, True])
+@pytest.mark.parametrize("variant", sorted(CASES))
+def test_an_export_imported_back_computes_what_the_exported_one_computed(variant, normalized, tmp_path):
+    params, arch = CASES[variant]
+    x = _x()
+    m = trained_model(variant, params, x)
+    if normalized:
+        m = checkpoint.Normalized(m, torch.linspace(-1.0, 2.0, D), 1.7)
+    checkpoint.save(tmp_path / "run" / "dicts" / "orig", m, {"finished": True})
+    export_saelens(tmp_path / "run" / "dicts" / "orig", tmp_path / "export")
+    dest, record = import_saelens(tmp_path / "export", tmp_path / "run2" / "dicts" / "back")
+    back, rec = checkpoint.load(dest)
+    assert rec == record and rec["imported"]["architecture"] == arch and rec["finished"]
+    assert rec["variant"] == {"standard": "sae_l1", "topk": "sae_topk", "jumprelu": "sae_jumprelu"}[arch]
+    with torch.no_grad():
+        want, got = m(x, sample=False), back(x, sample=False)
+    torch.testing.assert_close(got.x_hat, want.x_hat, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(got.codes, want.codes, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["standard", "topk", "jumprelu"])
+@pytest.mark.parametrize("b_dec_in", [True, False])
+def test_an_saelens_sae_is_read_as_saelens_computes_it(arch, b_dec_in, tmp_path):
+    cfg, t = _saelens(arch, b_dec_in, **({"k": 4} if arch == "topk" else {}))
+    src = _write(tmp_path / "sae", cfg, t)
+    dest, rec = import_saelens(src, tmp_path / "run" / "dicts" / "pre")
+    z = _same(src, checkpoint.load(dest)[0], _x())
+    assert (z > 0).any() and (z == 0).any()  # both sides of every gate exercised
+    if arch == "jumprelu":  # the thresholds <= 0 passed every positive pre-activation
+        assert rec["imported"]["apply_b_dec_to_input"] is b_dec_in
+    assert rec["store"] == {"hook": "blocks.1.hook_resid_post"}
+    assert rec["imported"]["from"] == str(src.resolve())
+
+
+def test_older_layouts_and_bf16_weights_import(tmp_path):
+    cfg, t = _saelens("topk", dtype=torch.bfloat16)
+    ref = _write(tmp_path / "ref", cfg | {"k": 3}, {k: v.float() for k, v in t.items()})  # for the formulas
+    for key in ("architecture", "metadata"):  # SAELens <= 5: activation_fn and a top-level hook_name
+        cfg.pop(key)
+    cfg |= {"activation_fn": "topk", "activation_fn_kwargs": {"k": 3}, "hook_name": "blocks.0.hook_mlp_out",
+            "dtype": "bfloat16"}
+    src = _write(tmp_path / "old", cfg, t)
+    dest, rec = import_saelens(src, tmp_path / "run" / "dicts" / "old")
+    assert rec["params"]["topk"] == 3 and rec["store"] == {"hook": "blocks.0.hook_mlp_out"}
+    _same(ref, checkpoint.load(dest)[0], _x())  # the bf16 weights, read as float32
+    cfg.pop("hook_name")
+    cfg.pop("activation_fn")
+    cfg.pop("activation_fn_kwargs")
+    _, rec = import_saelens(_write(tmp_path / "std", cfg, t), tmp_path / "run" / "dicts" / "std")
+    assert rec["imported"]["architecture"] == "standard" and "store" not in rec  # no hook: none recorded
+    assert rec["imported"]["apply_b_dec_to_input"] is True  # SAELens' default
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"architecture": "gated"}, r"architecture 'gated' has no actdict variant"),
+    ({"normalize_activations": "expected_average_only_in"}, r"its scale is computed from data at run time"),
+    ({"architecture": "topk", "k": 3, "rescale_acts_by_decoder_norm": True}, r"rescale_acts_by_decoder_norm"),
+    ({"architecture": "topk"}, r"a topk SAE needs an integer k in its cfg, got None"),
+    ({"d_in": D + 1}, r"do not match d_in=8, d_sae=12"),
+    ({"architecture": "jumprelu"}, r"'threshold': None"),  # a jumprelu cfg without its thresholds
+])
+def test_what_does_not_map_is_refused_saying_why(change, message, tmp_path):
+    cfg, t = _saelens()
+    with pytest.raises(NotImportable, match=message):
+        import_saelens(_write(tmp_path / "sae", cfg | change, t), tmp_path / "run" / "dicts" / "a")
+    assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_bad_files_and_places_are_refused(tmp_path, capsys):
+    cfg, t = _saelens()
+    src = _write(tmp_path / "sae", cfg, t)
+    with pytest.raises(NotImportable, match="holds no SAELens SAE"):
+        import_saelens(tmp_path / "none", tmp_path / "run" / "dicts" / "a")
+    with pytest.raises(NotImportable, match="NaN or infinite"):
+        import_saelens(_write(tmp_path / "nan", cfg, t | {"b_dec": torch.full((D,), float("nan"))}),
+                       tmp_path / "run" / "dicts" / "a")
+    with pytest.raises(NotImportable, match=r"import into a run folder's dicts/"):
+        import_saelens(src, tmp_path / "run" / "a")
+    assert main([str(src), str(tmp_path / "run" / "dicts" / "a")]) == 0
+    assert "standard SAE as sae_l1 (d 7, k 12, hook blocks.1.hook_resid_post)" in capsys.readouterr().out
+    assert main([str(src), str(tmp_path / "run" / "dicts" / "a")]) == 2
+    assert "an imported SAE already: pass --overwrite" in capsys.readouterr().err
+    from actdict.cli import main as actdict
+
+    assert actdict(["import", str(src), str(tmp_path / "run" / "dicts" / "a"), "--overwrite"]) == 0
+    own = checkpoint.load(tmp_path / "run" / "dicts" / "a")[0]
+    checkpoint.save(tmp_path / "run" / "dicts" / "trained", own, {"finished": True, "config_hash": "abc"})
+    assert main([str(src), str(tmp_path / "run" / "dicts" / "trained"), "--overwrite"]) == 2  # a run's own
+    assert "pass a new name" in capsys.readouterr().err
+
+
+def test_analysis_reads_an_imported_sae_beside_the_runs_own_and_checks_its_hook(tmp_path):
+    from actdict.analyze.config import AnalyzeConfig
+    from actdict.analyze.run import AnalyzeError
+    from actdict.analyze.run import main as analyze
+    from actdict.config import Common
+    from actdict.errors import ActdictError
+    from actdict.harvest.store import write_vectors
+    from actdict.train.config import DictConfig, TrainConfig
+    from actdict.train.run import main as train
+
+    x = np.random.default_rng(0).standard_normal((1024, D)).astype(np.float32)
+    store = write_vectors(str(tmp_path / "store"), x, shard_rows=512, chunk_rows=64)
+    common = Common(run_dir=str(tmp_path / "run"), seed=0, store=store.path)
+    train(common, TrainConfig(dicts=[DictConfig("own", "sae_l1", k=K)], epochs=1, batch_size=128,
+                              device="cpu"))
+    cfg, t = _saelens(metadata={"hook_name": store.hook})
+    src = _write(tmp_path / "sae", cfg, t)
+    import_saelens(src, tmp_path / "run" / "dicts" / "pre")
+    analyze(common, AnalyzeConfig(device="cpu", n_features=2))
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    pre = summary["models"]["pre"]
+    rows = json.loads((tmp_path / "run" / "split.json").read_text())["test_chunks"]
+    test = torch.from_numpy(np.concatenate([store.read_chunk(c).acts for c in rows]))
+    z, x_hat = saelens_forward(src)[2](test)
+    assert pre["variant"] == "sae_l1" and pre["l0"] == pytest.approx(float((z != 0).sum(1).double().mean()))
+    assert pre["re_det"] == pytest.approx(float((test - x_hat).pow(2).sum(1).double().mean()), rel=1e-5)
+    assert set(pre["similar"]) == {"own"}  # compared with the run's own dictionary
+    _write(src, cfg | {"metadata": {"hook_name": "blocks.9.hook_resid_post"}}, t)
+    import_saelens(src, tmp_path / "run" / "dicts" / "pre", overwrite=True)
+    with pytest.raises(AnalyzeError, match=r"different hooks \(\{'own': 'vectors', 'pre': 'blocks.9"):
+        analyze(common, AnalyzeConfig(device="cpu"))
+    with pytest.raises(ActdictError, match=r"no hook 'blocks.9.hook_resid_post'; valid hooks: \['vectors"):
+        analyze(common, AnalyzeConfig(device="cpu", dicts=["pre"]))

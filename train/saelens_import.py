@@ -1,0 +1,170 @@
+"""Import an SAE saved in SAELens' on-disk format (``cfg.json`` + ``sae_weights.safetensors``: what
+``SAE.save_model`` writes, what a pretrained release holds, what ``actdict export`` writes) as a checkpoint
+of a run folder, ``<run_dir>/dicts/<name>/``, so that ``actdict analyze``, its report and ``actdict lens``
+read it beside the run's own dictionaries, on the same held-out rows.
+
+What maps, and how (the inverse of ``actdict.train.export``; SAELens' formulas are in its docstring):
+
+- ``standard``: z = relu(x' W_enc + b_enc) -> ``sae_l1`` (linear encoder and decoder);
+- ``topk``: the ``k`` largest of x' W_enc + b_enc, through a ReLU -> ``sae_topk`` with ``topk = k``;
+- ``jumprelu``: z = relu(p) (p > threshold) -> ``sae_jumprelu`` with log_threshold = log(threshold) (a
+  threshold <= 0 is log 0 = -inf: z = relu(p), as SAELens computes it then).
+
+where x' = x - b_dec when ``apply_b_dec_to_input`` (SAELens' default when the cfg does not say), which is
+folded into the encoder bias (b_enc - b_dec W_enc), so the imported model computes the same codes and
+reconstructions from raw rows. Tensors of any float dtype are read as float32. Refused, with the reason:
+another architecture (gated, transcoders, ...), ``normalize_activations`` other than none (its scale is
+computed from data at run time, not saved), topk's ``rescale_acts_by_decoder_norm``, tensors whose shapes
+do not match ``d_in`` / ``d_sae``. The variant's training params (``lam1``, ...) are its defaults: they
+describe no training of this SAE; cfg.json's ``imported`` records where it came from and how it was read,
+and ``store.hook`` the hook its cfg names, which analysis checks against the store's.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import Tensor
+
+from actdict.errors import ActdictError
+from actdict.files import check_not_linked
+from actdict.lock import folder_lock
+from actdict.train import checkpoint
+from actdict.train.protocol import Dictionary, make
+
+WEIGHTS, CFG = "sae_weights.safetensors", "cfg.json"
+VARIANTS = {"standard": "sae_l1", "topk": "sae_topk", "jumprelu": "sae_jumprelu"}
+
+
+class NotImportable(ActdictError, ValueError):
+    """The folder holds no SAELens SAE that maps onto a variant (the message says why)."""
+
+
+def read_saelens(folder: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """(cfg.json, tensors as float32) of the SAELens SAE in ``folder``."""
+    f = Path(folder)
+    try:
+        cfg = json.loads((f / CFG).read_text(encoding="utf-8"))
+        tensors = load_file(str(f / WEIGHTS))
+    except FileNotFoundError as e:
+        raise NotImportable(f"{f} holds no SAELens SAE ({CFG} + {WEIGHTS}): {e.filename} is missing") from e
+    except (ValueError, UnicodeDecodeError, SafetensorError, OSError) as e:
+        raise NotImportable(f"{f}: cannot read its SAELens files ({e})") from e
+    if not isinstance(cfg, dict):
+        raise NotImportable(f"{f / CFG}: not a JSON object")
+    return cfg, {k: v.float() for k, v in tensors.items()}
+
+
+def architecture(cfg: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(SAELens architecture, our variant's params) of a SAELens cfg (v6, or the older layouts' keys)."""
+    arch = cfg.get("architecture") or ("topk" if cfg.get("activation_fn") == "topk" else "standard")
+    if arch not in VARIANTS:
+        raise NotImportable(f"SAELens architecture {arch!r} has no actdict variant (importable: "
+                            f"{list(VARIANTS)})")
+    if (norm := cfg.get("normalize_activations") or "none") != "none":
+        raise NotImportable(f"normalize_activations={norm!r}: its scale is computed from data at run time "
+                            "and not saved with the SAE, so it cannot be read here (only 'none' imports)")
+    if arch != "topk":
+        return arch, {}
+    if cfg.get("rescale_acts_by_decoder_norm"):
+        raise NotImportable("topk with rescale_acts_by_decoder_norm: not importable (sae_topk selects on "
+                            "the raw pre-activations)")
+    k = cfg.get("k", (cfg.get("activation_fn_kwargs") or {}).get("k"))
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise NotImportable(f"a topk SAE needs an integer k in its cfg, got {k!r}")
+    return arch, {"topk": k}
+
+
+def to_model(cfg: dict[str, Any], tensors: dict[str, Tensor]) -> Dictionary:
+    """The actdict dictionary computing what the SAELens SAE (``read_saelens``) computes, in eval mode."""
+    arch, params = architecture(cfg)
+    d, k = cfg.get("d_in"), cfg.get("d_sae")
+    want = {"W_enc": (d, k), "b_enc": (k,), "W_dec": (k, d), "b_dec": (d,)} | (
+        {"threshold": (k,)} if arch == "jumprelu" else {})
+    got = {name: tuple(tensors[name].shape) if name in tensors else None for name in want}
+    if not (isinstance(d, int) and isinstance(k, int) and d > 0 and k > 0) or got != want:
+        raise NotImportable(f"tensors {got} do not match d_in={d!r}, d_sae={k!r} (wanted {want})")
+    w_enc, b_enc, w_dec, b_dec = (tensors[n] for n in ("W_enc", "b_enc", "W_dec", "b_dec"))
+    if cfg.get("apply_b_dec_to_input", True):  # (x - b_dec) W_enc + b_enc = x W_enc + (b_enc - b_dec W_enc)
+        b_enc = b_enc - b_dec @ w_enc  # [k]
+    if not all(bool(torch.isfinite(t).all()) for t in (w_enc, b_enc, w_dec, b_dec)):
+        raise NotImportable("its weights hold NaN or infinite values")
+    model = make(VARIANTS[arch], d, k, **params)
+    if arch == "jumprelu":
+        state = {"W_enc": w_enc, "b_enc": b_enc, "W_dec": w_dec, "b_dec": b_dec,
+                 "log_threshold": tensors["threshold"].clamp_min(0).log()}
+    else:
+        state = {"encoder.weight": w_enc.T, "encoder.bias": b_enc, "decoder.weight": w_dec.T,
+                 "decoder.bias": b_dec}
+    model.load_state_dict({name: t.contiguous() for name, t in state.items()})
+    return model.eval()
+
+
+def import_saelens(src: str | Path, dest: str | Path, overwrite: bool = False) -> tuple[Path, dict[str, Any]]:
+    """Write the SAELens SAE in ``src`` as the checkpoint folder ``dest`` (``<run_dir>/dicts/<name>``: new, or
+    an earlier import of it when ``overwrite``) -> (dest, its cfg.json record)."""
+    src, dest = Path(src), Path(dest)
+    cfg, tensors = read_saelens(src)
+    model = to_model(cfg, tensors)
+    if dest.parent.name != "dicts":
+        raise NotImportable(f"{dest}: import into a run folder's dicts/ (RUN_DIR/dicts/NAME), where analysis "
+                           "finds dictionaries")
+    run_dir = dest.parent.parent
+    check_not_linked([run_dir / "dicts", dest], "the imported SAE")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with folder_lock(str(run_dir), f"run folder {run_dir}"):  # as a training of the run folder: one writer
+        return _write(src, dest, cfg, model, overwrite)
+
+
+def _write(src: Path, dest: Path, cfg: dict[str, Any], model: Dictionary, overwrite: bool
+           ) -> tuple[Path, dict[str, Any]]:
+    if dest.exists():
+        old = checkpoint.finished_record(dest) if (dest / checkpoint.CFG).is_file() else None
+        held = [p.name for p in dest.iterdir()] if dest.is_dir() else [dest.name]
+        if not (overwrite and old is not None and "imported" in old) and held:
+            again = old is not None and "imported" in old
+            raise NotImportable(f"{dest} holds " + ("an imported SAE already: pass --overwrite to replace "
+                                                    "it" if again else f"{held[:5]}: pass a new name"))
+    meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
+    hook = meta.get("hook_name") or cfg.get("hook_name") or None
+    record = {"finished": True, "imported": {
+        "from": str(src.resolve()), "format": "saelens", "architecture": architecture(cfg)[0],
+        "apply_b_dec_to_input": bool(cfg.get("apply_b_dec_to_input", True)),
+        "sae_lens_version": meta.get("sae_lens_version"), "model_name": meta.get("model_name") or
+        cfg.get("model_name"), "hook_name": hook, "dtype": cfg.get("dtype")}}
+    if isinstance(hook, str):
+        record["store"] = {"hook": hook}
+    checkpoint.save(dest, model, record)
+    return dest, json.loads((dest / checkpoint.CFG).read_text())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``actdict import SAELENS_DIR RUN_DIR/dicts/NAME`` (also ``python -m actdict.train.saelens_import``)."""
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(prog="actdict import", description="import an SAE in SAELens' on-disk format "
+                                "as a dictionary of a run folder, for actdict analyze and actdict lens")
+    p.add_argument("src", help="a folder with cfg.json + sae_weights.safetensors (SAELens SAE.save_model)")
+    p.add_argument("dest", help="RUN_DIR/dicts/NAME: the dictionary's new folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier import in DEST")
+    a = p.parse_args(argv)
+    try:
+        dest, record = import_saelens(a.src, a.dest, a.overwrite)
+    except ActdictError as e:
+        print(f"actdict: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    imp = record["imported"]
+    hook = f", hook {imp['hook_name']}" if imp["hook_name"] else ", no hook named"
+    print(f"imported {a.src} -> {dest}: {imp['architecture']} SAE as {record['variant']} (d {record['d']}, "
+          f"k {record['k']}{hook})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
