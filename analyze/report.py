@@ -135,8 +135,7 @@ def _frontier(models: dict[str, dict]) -> list[go.Figure]:
         have = {n: m for n, m in models.items() if (m.get("ad") or 0) > 0 and m.get(key) is not None}
         if len(have) < 2:
             continue
-        fig = go.Figure(layout=_LAYOUT | {"title": _title(f"Sparsity vs reconstruction: AD and {label} per "
-                                                          "dictionary"),
+        fig = go.Figure(layout=_LAYOUT | {"title": _title(f"Sparsity vs reconstruction (AD, {label})"),
                                           "xaxis_title": "AD per test row (log scale)", "yaxis_title": label,
                                           "xaxis": {"type": "log"}})
         for variant in dict.fromkeys(m.get("variant", "") for m in have.values()):
@@ -196,9 +195,9 @@ def _training_figures(models: dict[str, dict]) -> list[go.Figure]:
     figs = []
     for term, title in (("sse", "Training: reconstruction error (sse per row)"),
                         ("loss", "Training: the objective (loss)"),
-                        ("eval_ad", "Training: active dimensions per row (AD) on each interval's last batch"),
-                        ("eval_ev", "Training: explained variance, on each interval's last batch"),
-                        ("eval_live", "Training: share of latents active on each interval's last batch")):
+                        ("eval_ad", "Training: AD per row (each interval's last batch)"),
+                        ("eval_ev", "Training: explained variance (last batches)"),
+                        ("eval_live", "Training: share of latents active (last batches)")):
         curves = {name: c for name, c in logs.items() if term in c}
         if not curves:
             continue
@@ -313,7 +312,9 @@ def render(summary: dict, pages: dict[str, str] | None = None) -> str:
             "a VAE's rarely are: a VAE's sparsity is its AD.</p>", _similar(models),
             "<h2>Distributions</h2>", '<div class="figs">', *(f"<div>{f}</div>" for f in figs), "</div>",
             *(["<h2>Training</h2>", '<p class="note">Each dictionary\'s loss terms over its training, means '
-               "over the intervals of its log (train.log_every steps; logs/&lt;name&gt;.jsonl).</p>",
+               "over the intervals of its log (train.log_every steps; logs/&lt;name&gt;.jsonl), then its AD, "
+               "explained variance and share of latents active as measured on each interval's last batch "
+               "(the analysis' measures, on one training batch: not the held-out rows above).</p>",
                '<div class="figs">', *(f"<div>{f}</div>" for f in training_figs), "</div>"]
               if training_figs else []),
             "<h2>Most frequent features: top-activating contexts</h2>",
