@@ -119,3 +119,26 @@ def test_a_log_that_cannot_be_written_is_said_once_and_training_goes_on(store, t
     assert out.count("could not append to") == 1 and "No space left on device" in out
     assert (tmp_path / "dicts" / "l1" / "model.safetensors").is_file()
     assert read_log(log_path(tmp_path, "l1"))[1] == []  # the header only
+
+
+@pytest.mark.parametrize("stop_at, kw", [(6, {"max_steps": 6}), (7, {"epochs": 2}), (14, {"epochs": 2})])
+def test_a_run_stopped_at_its_epochs_or_its_own_last_step_resumes_to_the_same_history_and_log(
+        store, tmp_path, stop_training, stop_at, kw):
+    """Stopped (SIGTERM) at the last step of an epoch (7 of 7), of the run (14) or at max_steps (6, in epoch),
+    the resumed run ends the epoch as the uninterrupted one did: the same history entry (a run resumed at
+    max_steps skipped it, and its last log record) and the same last record, eval_* included (measured on
+    that epoch's last batch, read again: the resumed run never saw it)."""
+    cfg = TrainConfig(dicts=DICTS, batch_size=80, test_fraction=0.2, device="cpu", log_every=4,
+                      **({"epochs": 3} | kw))
+    main(Common(run_dir=str(tmp_path / "ref"), seed=1, store=store.path), cfg)
+    common = Common(run_dir=str(tmp_path / "run"), seed=1, store=store.path)
+    stop_training(common, cfg, stop_at)
+    main(common, cfg)
+    for dc in DICTS:
+        ref, got = (json.loads((tmp_path / r / "dicts" / dc.name / "cfg.json").read_text())
+                    for r in ("ref", "run"))
+        assert got["steps"] == ref["steps"] and got["history"] == ref["history"] and ref["history"]
+        want, have = (read_log(log_path(tmp_path / r, dc.name))[1] for r in ("ref", "run"))
+        assert [{k: v for k, v in r.items() if k != "time"} for r in have] == [
+            {k: v for k, v in r.items() if k != "time"} for r in want]
+        assert "eval_ad" in have[-1] and have[-1]["step"] == ref["steps"]

@@ -314,7 +314,10 @@ def train(members: list[Member], epoch_batches: Callable[..., Iterable], cfg: Tr
     def close_windows() -> None:  # the open log intervals, at their last step's learning rate
         recs = {m.name: m.close_window(pos, lr_at(pos.step - 1, m.lr, cfg.schedule, total, cfg.warmup_steps,
                                                   cfg.eta_min, cfg.t0)) for m in members if m.window_n}
-        if recs and probe and last:
+        if recs and probe:
+            if not last:  # resumed at its epoch's (or the run's) end: the interval's last batch, read again
+                item = next(iter(epoch_batches(pos.epoch, pos.batch - 1)))
+                last[:] = [(item[0] if isinstance(item, tuple) else item).to(device).float()]
             evals = probe_.measure({m.name: m.model for m in members if m.name in recs}, last[0], d.on)
             recs = {name: rec | evals[name] for name, rec in recs.items()}
         if recs and log is not None:
@@ -324,7 +327,8 @@ def train(members: list[Member], epoch_batches: Callable[..., Iterable], cfg: Tr
         base_sum, base_n = acc["base_sum"], acc["base_n"]
         spread.restore(acc["spread"], device, d.main)
     try:
-        while pos.epoch < cfg.epochs and not (cfg.max_steps and pos.step >= cfg.max_steps):
+        # (a run resumed at max_steps still ends its open epoch: its history entry and last log record)
+        while pos.epoch < cfg.epochs and (not (cfg.max_steps and pos.step >= cfg.max_steps) or pos.batch):
             batches = epoch_batches(pos.epoch, pos.batch) if pos.batch else epoch_batches(pos.epoch)
             for item in batches:
                 if cfg.max_steps and pos.step >= cfg.max_steps:
