@@ -52,7 +52,7 @@ torch.cuda.is_available(), 'transformers', transformers.__version__, 'actdict fr
 if step tests; then  # every variant, the three stages and SIGKILL/SIGTERM resume, on cuda against the CPU
   log "tests"
   timeout ${TESTS_S:-240} $PY -m pytest -q -p no:cacheprovider tests/test_device_stages.py tests/test_variant_contract.py \
-    tests/test_resume_train.py 2>&1 | tee "$OUT/tests.log" | tail -40
+    tests/test_resume_train.py tests/test_train_probe.py 2>&1 | tee "$OUT/tests.log" | tail -40
 fi
 if step train; then  # samples/s and % of the bf16/float32 matmul roofline (issue #4)
   log "train benchmark, float32"

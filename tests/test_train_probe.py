@@ -85,3 +85,15 @@ def test_a_batch_whose_latents_never_fire_counts_them_dead_and_an_empty_part_add
     assert measure({"m": m}, x[:0], on=False) == {"m": {}}
     m2 = copy.deepcopy(m).eval()
     assert measure({"m": m2}, x, on=False)["m"] == rec and not m2.training  # mode kept
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_the_measurements_on_the_device_match_the_cpus(case, device):
+    """On a GPU machine (the ``device`` fixture; the CPU against itself elsewhere): the same values, up to
+    float32 rounding of the forward (AD and L0 are counts; a code at the edge of a split may move one)."""
+    x = _batches(n=1, b=64)[0]
+    cpu = measure({"m": _members(case)[0].model}, x, on=False)["m"]
+    on = measure({"m": _members(case)[0].model.to(device)}, x.to(device), on=False)["m"]
+    assert on["eval_ev"] == pytest.approx(cpu["eval_ev"], abs=1e-4)
+    for key in ("eval_ad", "eval_l0", "eval_live"):
+        assert on[key] == pytest.approx(cpu[key], abs=0.05), key
