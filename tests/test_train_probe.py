@@ -9,7 +9,8 @@ import torch
 
 from actdict.analyze import metrics as M
 from actdict.train.config import TrainConfig
-from actdict.train.loop import Member, train
+from actdict.train.log import append_record, read_log, start_log
+from actdict.train.loop import Interrupted, Member, Position, train
 from actdict.train.probe import measure
 from actdict.train.protocol import make, registry
 from tests.test_variant_contract import ARCHS, variant_params
@@ -97,3 +98,39 @@ def test_the_measurements_on_the_device_match_the_cpus(case, device):
     assert on["eval_ev"] == pytest.approx(cpu["eval_ev"], abs=1e-4)
     for key in ("eval_ad", "eval_l0", "eval_live"):
         assert on[key] == pytest.approx(cpu[key], abs=0.05), key
+
+
+class _Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("stop_at,kill_at,max_steps", [(6, 0, 0), (0, 8, 0), (5, 0, 5)])
+def test_a_run_stopped_at_an_epochs_last_batch_or_at_max_steps_resumes_to_the_same_log(tmp_path, stop_at,
+                                                                                        kill_at, max_steps):
+    cfg = TrainConfig(epochs=2, log_every=4, checkpoint_every=6, max_steps=max_steps, device="cpu")
+    path, saved = tmp_path / "m.jsonl", {}
+
+    def run(members, start=None, stop=lambda: False):
+        start_log(path, {"config_hash": "h"}, start.step if start else 0, "h")
+
+        def save(pos):  # the resume state: a copy of the members (weights, Adam, open interval) and position
+            saved.update(members=copy.deepcopy(members), pos=Position(**vars(pos)))
+        train(members, lambda e, s=0: iter(_batches()[s:]), cfg, torch.device("cpu"), 6, seed=0, start=start,
+              save=save, stop=stop, progress=False, probe=True,
+              log=lambda recs: append_record(path, recs["m"]))
+        return read_log(path)[1]
+
+    full = run(_members("sae_l1"))
+    calls = iter(range(1, 100))
+
+    def stop():  # SIGTERM at step stop_at (a resume state saved); a SIGKILL at step kill_at (none saved)
+        n = next(calls)
+        if n == kill_at:
+            raise _Killed
+        return n == stop_at
+    with pytest.raises((Interrupted, _Killed)):
+        run(_members("sae_l1"), stop=stop)
+    assert saved["pos"].step == (6 if kill_at else stop_at)  # a checkpoint at the epoch's last batch
+    resumed = run(saved["members"], start=saved["pos"])
+    assert [r["step"] for r in full] == ([4, 5] if max_steps else [4, 6, 8, 12])
+    assert resumed == full and all("eval_ad" in r for r in resumed)  # no record lost, doubled or unmeasured

@@ -372,8 +372,9 @@ def train(members: list[Member], epoch_batches: Callable[..., Iterable], cfg: Tr
                 bar.update(1)
                 bar.set_postfix({m.name: f"{vals[1 + sum(map(len, keys[:i]))]:.4g}"
                                  for i, m in enumerate(members)}, refresh=False)
-                if cfg.log_every and pos.step % cfg.log_every == 0:
-                    close_windows()
+                if ((cfg.log_every and pos.step % cfg.log_every == 0) or pos.batch == steps_per_epoch
+                        or pos.step == cfg.max_steps):  # an interval ends: closed before a save at this step
+                    close_windows()  # (a run resumed from it has no batch of the interval to measure)
                 if vals[-1] > 0 or (cfg.checkpoint_every and pos.step % cfg.checkpoint_every == 0):
                     if save is not None:
                         acc = {"base_sum": base_sum, "base_n": base_n, "spread": spread.state(d)}
