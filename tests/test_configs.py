@@ -556,3 +556,16 @@ def test_a_bad_sweep_is_a_config_error_naming_it(tmp_path, sweep, message):
     cfg.write_text(f"train:\n  dicts:\n    - {item}\n")
     with pytest.raises(ConfigError, match=message):
         section(load_experiment(cfg), "train", TrainConfig)
+
+
+
+@pytest.mark.parametrize("params", ["null", "[1, 2]", "x"])
+def test_a_sweep_of_params_beside_params_that_are_no_mapping_is_a_config_error(tmp_path, params):
+    from actdict.train.config import TrainConfig
+
+    cfg = tmp_path / "sweep.yaml"
+    cfg.write_text(f"train:\n  dicts:\n    - {{name: a, variant: sae_l1, params: {params}, "
+                   "sweep: {params: {lam1: [0.1, 1]}}}\n")
+    with pytest.raises(ConfigError, match=r"^train.dicts\[a\].params: expected a mapping of the variant's "
+                       r"params \(the sweep adds its own to it\), got (None|\[1, 2\]|'x')$"):
+        section(load_experiment(cfg), "train", TrainConfig)

@@ -199,6 +199,9 @@ def _sweep_axes(sweep: Any, base: dict, at: str) -> list[tuple[tuple[str, ...], 
             axes.append(((key,), values))
         else:
             raise ConfigError(f"{at}: cannot sweep {key!r}; valid: {list(SWEPT)} and params: {{NAME: [...]}}")
+    if any(p[0] == "params" for p, _ in axes) and not isinstance(base.get("params", {}), dict):
+        raise ConfigError(f"{at.removesuffix('.sweep')}.params: expected a mapping of the variant's params "
+                          f"(the sweep adds its own to it), got {base['params']!r}")
     for path, values in axes:
         name = ".".join(path)
         if not isinstance(values, list) or not values:
