@@ -569,3 +569,18 @@ def test_a_sweep_of_params_beside_params_that_are_no_mapping_is_a_config_error(t
     with pytest.raises(ConfigError, match=r"^train.dicts\[a\].params: expected a mapping of the variant's "
                        r"params \(the sweep adds its own to it\), got (None|\[1, 2\]|'x')$"):
         section(load_experiment(cfg), "train", TrainConfig)
+
+
+def test_a_swept_key_set_in_the_yaml_is_swept_from_the_command_line_once_an_override_unsets_it(tmp_path):
+    from actdict.train.config import TrainConfig
+
+    cfg = tmp_path / "sweep.yaml"
+    cfg.write_text("train:\n  dicts:\n    - {name: a, variant: sae_topk, k: 4, params: {topk: 2}}\n")
+    sweep = "train.dicts.a.sweep={k: [8, 16], params: {topk: [1, 3]}}"
+    with pytest.raises(ConfigError, match=r"sweep.k: also set outside the sweep \(4\); set it in one place "
+                       r"\(an override train.dicts.a.k=null unsets it\)$"):
+        section(load_experiment(cfg, [sweep]), "train", TrainConfig)
+    data = load_experiment(cfg, [sweep, "train.dicts.a.k=null", "train.dicts.a.params.topk=null"])
+    assert [(d.name, d.k, d.params) for d in section(data, "train", TrainConfig).dicts] == [
+        ("a_k-8_topk-1", 8, {"topk": 1}), ("a_k-8_topk-3", 8, {"topk": 3}),
+        ("a_k-16_topk-1", 16, {"topk": 1}), ("a_k-16_topk-3", 16, {"topk": 3})]

@@ -157,8 +157,9 @@ def expand_sweeps(items: list, where: str = "train.dicts") -> list:
         -> l1_lr-0.001_lam1-0.1, l1_lr-0.001_lam1-0.3, l1_lr-0.003_lam1-0.1, l1_lr-0.003_lam1-0.3
 
     ``sweep`` maps ``k``, ``lr``, ``seed`` and ``params`` (a mapping of params) to lists of values; a swept
-    key must not also be set outside the sweep. Values in names: numbers as JSON writes them (0.001, 1e-05),
-    strings as they are. Items without a sweep pass through unchanged (the data is plain YAML).
+    key must not also be set outside the sweep (null there counts as unset: an override cannot delete a key).
+    Values in names: numbers as JSON writes them (0.001, 1e-05), strings as they are. Items without a sweep
+    pass through unchanged (the data is plain YAML).
     """
     out: list = []
     for i, item in enumerate(items):
@@ -209,7 +210,8 @@ def _sweep_axes(sweep: Any, base: dict, at: str) -> list[tuple[tuple[str, ...], 
         if len({json.dumps(v, sort_keys=True) for v in values}) < len(values):
             raise ConfigError(f"{at}.{name}: a value is listed twice: {values}")
         fixed = base.get("params") if path[0] == "params" else base
-        if isinstance(fixed, dict) and path[-1] in fixed:
+        if isinstance(fixed, dict) and fixed.get(path[-1]) is not None:  # null: unset (an override's way)
+            unset = f"{at.split('[')[0]}.{base.get('name')}.{name}=null"
             raise ConfigError(f"{at}.{name}: also set outside the sweep ({fixed[path[-1]]!r}); set it in one "
-                              "place")
+                              f"place (an override {unset} unsets it)")
     return axes
