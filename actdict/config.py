@@ -222,6 +222,12 @@ def build(cls: type[T], data: Any, where: str = "") -> T:
     return cls(**kwargs)
 
 
+def _item_label(value: Any, i: int) -> str | int:
+    """How an error names a list item: by its ``name`` (train.dicts, whose sweeps renumber the items), else
+    by its index."""
+    return value["name"] if isinstance(value, dict) and isinstance(value.get("name"), str) else i
+
+
 def _coerce(tp: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -245,7 +251,7 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         item_tp = args[0] if args else Any
-        items = [_coerce(item_tp, v, f"{where}[{i}]") for i, v in enumerate(value)]
+        items = [_coerce(item_tp, v, f"{where}[{_item_label(v, i)}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(value, dict):

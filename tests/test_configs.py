@@ -584,3 +584,13 @@ def test_a_swept_key_set_in_the_yaml_is_swept_from_the_command_line_once_an_over
     assert [(d.name, d.k, d.params) for d in section(data, "train", TrainConfig).dicts] == [
         ("a_k-8_topk-1", 8, {"topk": 1}), ("a_k-8_topk-3", 8, {"topk": 3}),
         ("a_k-16_topk-1", 16, {"topk": 1}), ("a_k-16_topk-3", 16, {"topk": 3})]
+
+
+def test_an_error_in_a_dictionary_after_a_sweep_names_it_not_its_index_in_the_expanded_list(tmp_path):
+    from actdict.train.config import TrainConfig
+
+    cfg = tmp_path / "sweep.yaml"
+    cfg.write_text("train:\n  dicts:\n    - {name: a, variant: sae_l1, sweep: {seed: [0, 1, 2]}}\n"
+                   "    - {name: b, variant: sae_topk, params: null}\n")  # the YAML's item 1, the list's 3
+    with pytest.raises(ConfigError, match=r"^train.dicts\[b\].params: expected a mapping, got None$"):
+        section(load_experiment(cfg), "train", TrainConfig)
