@@ -99,6 +99,21 @@ def test_older_layouts_and_bf16_weights_import(tmp_path):
     assert rec["imported"]["apply_b_dec_to_input"] is True  # SAELens' default
 
 
+def test_a_saelens_5_topk_sae_saved_as_standard_with_a_topk_activation_imports_as_topk(tmp_path):
+    cfg, t = _saelens("topk")
+    ref = _write(tmp_path / "ref", cfg | {"k": 3}, t)  # SAELens 6's spelling, for the formulas
+    old = cfg | {"architecture": "standard", "activation_fn_str": "topk", "activation_fn_kwargs": {"k": 3}}
+    dest, rec = import_saelens(_write(tmp_path / "old", old, t), tmp_path / "run" / "dicts" / "old")
+    assert rec["variant"] == "sae_topk" and rec["params"]["topk"] == 3
+    assert rec["imported"]["architecture"] == "topk"
+    z = _same(ref, checkpoint.load(dest)[0], _x())
+    assert ((z != 0).sum(1) == 3).all()
+    with pytest.raises(NotImportable, match=r"activation function 'tanh-relu': no actdict variant computes"):
+        import_saelens(_write(tmp_path / "tanh", cfg | {"architecture": "standard",
+                                                        "activation_fn_str": "tanh-relu"}, t),
+                       tmp_path / "run" / "dicts" / "tanh")
+
+
 @pytest.mark.parametrize("change, message", [
     ({"architecture": "gated"}, r"architecture 'gated' has no actdict variant"),
     ({"normalize_activations": "expected_average_only_in"}, r"its scale is computed from data at run time"),

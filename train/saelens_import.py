@@ -6,18 +6,20 @@ read it beside the run's own dictionaries, on the same held-out rows.
 What maps, and how (the inverse of ``actdict.train.export``; SAELens' formulas are in its docstring):
 
 - ``standard``: z = relu(x' W_enc + b_enc) -> ``sae_l1`` (linear encoder and decoder);
-- ``topk``: the ``k`` largest of x' W_enc + b_enc, through a ReLU -> ``sae_topk`` with ``topk = k``;
+- ``topk``: the ``k`` largest of x' W_enc + b_enc, through a ReLU -> ``sae_topk`` with ``topk = k`` (SAELens
+  <= 5 saved it as ``standard`` with the activation function ``topk``);
 - ``jumprelu``: z = relu(p) (p > threshold) -> ``sae_jumprelu`` with log_threshold = log(threshold) (a
   threshold <= 0 is log 0 = -inf: z = relu(p), as SAELens computes it then).
 
 where x' = x - b_dec when ``apply_b_dec_to_input`` (SAELens' default when the cfg does not say), which is
 folded into the encoder bias (b_enc - b_dec W_enc), so the imported model computes the same codes and
 reconstructions from raw rows. Tensors of any float dtype are read as float32. Refused, with the reason:
-another architecture (gated, transcoders, ...), ``normalize_activations`` other than none (its scale is
-computed from data at run time, not saved), topk's ``rescale_acts_by_decoder_norm``, tensors whose shapes
-do not match ``d_in`` / ``d_sae``. The variant's training params (``lam1``, ...) are its defaults: they
-describe no training of this SAE; cfg.json's ``imported`` records where it came from and how it was read,
-and ``store.hook`` the hook its cfg names, which analysis checks against the store's.
+another architecture (gated, transcoders, ...) or activation function (tanh-relu), ``normalize_activations``
+other than none (its scale is computed from data at run time, not saved), topk's
+``rescale_acts_by_decoder_norm``, tensors whose shapes do not match ``d_in`` / ``d_sae``. The variant's
+training params (``lam1``, ...) are its defaults: they describe no training of this SAE; cfg.json's
+``imported`` records where it came from and how it was read, and ``store.hook`` the hook its cfg names,
+which analysis checks against the store's.
 """
 
 from __future__ import annotations
@@ -62,10 +64,16 @@ def read_saelens(folder: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]
 
 def architecture(cfg: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """(SAELens architecture, our variant's params) of a SAELens cfg (v6, or the older layouts' keys)."""
-    arch = cfg.get("architecture") or ("topk" if cfg.get("activation_fn") == "topk" else "standard")
+    act = cfg.get("activation_fn") or cfg.get("activation_fn_str") or "relu"  # the latter: SAELens <= 5
+    arch = cfg.get("architecture") or "standard"
+    if arch == "standard" and act == "topk":  # SAELens <= 5 saved a TopK SAE as standard + a topk activation
+        arch = "topk"
     if arch not in VARIANTS:
         raise NotImportable(f"SAELens architecture {arch!r} has no actdict variant (importable: "
                             f"{list(VARIANTS)})")
+    if act not in ("relu", "topk" if arch == "topk" else "relu"):  # a topk cfg may name no activation (relu)
+        raise NotImportable(f"a {arch} SAE with the activation function {act!r}: no actdict variant computes "
+                            "it (importable: relu, and topk)")
     if (norm := cfg.get("normalize_activations") or "none") != "none":
         raise NotImportable(f"normalize_activations={norm!r}: its scale is computed from data at run time "
                             "and not saved with the SAE, so it cannot be read here (only 'none' imports)")
