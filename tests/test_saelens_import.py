@@ -114,6 +114,23 @@ def test_a_saelens_5_topk_sae_saved_as_standard_with_a_topk_activation_imports_a
                        tmp_path / "run" / "dicts" / "tanh")
 
 
+def test_a_finetuning_scaling_factor_is_applied_to_the_codes_before_decoding_as_saelens_5_did(tmp_path):
+    cfg, t = _saelens()
+    scale = torch.linspace(0.5, 2.0, K)
+    ref = _write(tmp_path / "ref", cfg, t | {"W_dec": t["W_dec"] * scale[:, None]})  # the same SAE, folded
+    for name in ("finetuning_scaling_factor", "scaling_factor"):  # as save_model wrote it; an older spelling
+        src = _write(tmp_path / name, cfg | {"finetuning_scaling_factor": True}, t | {name: scale})
+        dest, _ = import_saelens(src, tmp_path / "run" / "dicts" / name)
+        _same(ref, checkpoint.load(dest)[0], _x())  # SAELens' codes, and x_hat = (z * scale) W_dec + b_dec
+    ones = _write(tmp_path / "ones", cfg, t | {"scaling_factor": torch.ones(K)})  # SAELens drops ones
+    dest, _ = import_saelens(ones, tmp_path / "run" / "dicts" / "ones")
+    _same(_write(tmp_path / "plain", cfg, t), checkpoint.load(dest)[0], _x())
+    for c, extra, message in ((cfg, {"scaling_factor": scale}, r"hold scaling_factor, which its cfg does"),
+                              (cfg | {"finetuning_scaling_factor": True}, {}, r"no finite scaling factor")):
+        with pytest.raises(NotImportable, match=message):
+            import_saelens(_write(tmp_path / "bad", c, t | extra), tmp_path / "run" / "dicts" / "bad")
+
+
 @pytest.mark.parametrize("change, message", [
     ({"architecture": "gated"}, r"architecture 'gated' has no actdict variant"),
     ({"normalize_activations": "expected_average_only_in"}, r"its scale is computed from data at run time"),

@@ -9,7 +9,8 @@ What maps, and how (the inverse of ``actdict.train.export``; SAELens' formulas a
 - ``topk``: the ``k`` largest of x' W_enc + b_enc, through a ReLU -> ``sae_topk`` with ``topk = k`` (SAELens
   <= 5 saved it as ``standard`` with the activation function ``topk``);
 - ``jumprelu``: z = relu(p) (p > threshold) -> ``sae_jumprelu`` with log_threshold = log(threshold) (a
-  threshold <= 0 is log 0 = -inf: z = relu(p), as SAELens computes it then).
+  threshold <= 0 is log 0 = -inf: z = relu(p), as SAELens computes it then);
+- SAELens <= 5's ``finetuning_scaling_factor`` (decode: (z * scale) W_dec) is folded into the decoder rows.
 
 where x' = x - b_dec when ``apply_b_dec_to_input`` (SAELens' default when the cfg does not say), which is
 folded into the encoder bias (b_enc - b_dec W_enc), so the imported model computes the same codes and
@@ -100,6 +101,8 @@ def to_model(cfg: dict[str, Any], tensors: dict[str, Tensor]) -> Dictionary:
     w_enc, b_enc, w_dec, b_dec = (tensors[n] for n in ("W_enc", "b_enc", "W_dec", "b_dec"))
     if cfg.get("apply_b_dec_to_input", True):  # (x - b_dec) W_enc + b_enc = x W_enc + (b_enc - b_dec W_enc)
         b_enc = b_enc - b_dec @ w_enc  # [k]
+    if (scale := decoder_scale(cfg, tensors, k)) is not None:  # (z * scale) W_dec = z (scale W_dec)
+        w_dec = w_dec * scale[:, None]  # [k, d]
     if not all(bool(torch.isfinite(t).all()) for t in (w_enc, b_enc, w_dec, b_dec)):
         raise NotImportable("its weights hold NaN or infinite values")
     model = make(VARIANTS[arch], d, k, **params)
@@ -111,6 +114,24 @@ def to_model(cfg: dict[str, Any], tensors: dict[str, Tensor]) -> Dictionary:
                  "decoder.bias": b_dec}
     model.load_state_dict({name: t.contiguous() for name, t in state.items()})
     return model.eval()
+
+
+def decoder_scale(cfg: dict[str, Any], tensors: dict[str, Tensor], k: int) -> Tensor | None:
+    """SAELens <= 5's ``finetuning_scaling_factor`` [k] (saved as that or as ``scaling_factor``), by which its
+    decode multiplies the codes when the cfg's ``finetuning_scaling_factor`` is true; None when there is none
+    (or, as SAELens reads it, a ``scaling_factor`` of ones that the cfg does not apply)."""
+    name = next((n for n in ("finetuning_scaling_factor", "scaling_factor") if n in tensors), None)
+    scale = tensors.get(name) if name else None
+    if not cfg.get("finetuning_scaling_factor"):
+        if scale is not None and not (name == "scaling_factor" and bool((scale == 1).all())):
+            raise NotImportable(f"its weights hold {name}, which its cfg does not apply "
+                                "(finetuning_scaling_factor false): not importable")
+        return None
+    if scale is None or tuple(scale.shape) != (k,) or not bool(torch.isfinite(scale).all()):
+        got = None if scale is None else tuple(scale.shape)
+        raise NotImportable(f"finetuning_scaling_factor true, but its weights hold no finite scaling factor "
+                            f"of d_sae={k} values (got {got})")
+    return scale
 
 
 def import_saelens(src: str | Path, dest: str | Path, overwrite: bool = False) -> tuple[Path, dict[str, Any]]:
