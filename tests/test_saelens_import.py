@@ -202,3 +202,21 @@ def test_analysis_reads_an_imported_sae_beside_the_runs_own_and_checks_its_hook(
         analyze(common, AnalyzeConfig(device="cpu"))
     with pytest.raises(ActdictError, match=r"no hook 'blocks.9.hook_resid_post'; valid hooks: \['vectors"):
         analyze(common, AnalyzeConfig(device="cpu", dicts=["pre"]))
+
+
+def test_a_training_that_replaces_an_imported_sae_says_so(tmp_path, capsys):
+    from actdict.config import Common
+    from actdict.harvest.store import write_vectors
+    from actdict.train.config import DictConfig, TrainConfig
+    from actdict.train.run import main as train
+
+    x = np.random.default_rng(0).standard_normal((512, D)).astype(np.float32)
+    store = write_vectors(str(tmp_path / "store"), x, shard_rows=256, chunk_rows=64)
+    src = _write(tmp_path / "sae", *_saelens(metadata={"hook_name": store.hook}))
+    import_saelens(src, tmp_path / "run" / "dicts" / "pre")
+    train(Common(run_dir=str(tmp_path / "run"), seed=0, store=store.path),
+          TrainConfig(dicts=[DictConfig("pre", "sae_l1", k=K)], epochs=1, batch_size=128, device="cpu"))
+    want = (f"train: pre: its finished checkpoint will be replaced (it holds an SAE imported from "
+            f"{src.resolve()} (actdict import)); set run_dir, or rename the dictionary, to keep both")
+    assert want in capsys.readouterr().out
+    assert "imported" not in checkpoint.load(tmp_path / "run" / "dicts" / "pre")[1]

@@ -131,6 +131,8 @@ def replaced(path: Path, dc: DictConfig, cfg: TrainConfig, seed: int, store_id: 
     """When ``path`` holds a finished checkpoint that this run will overwrite: what differs, in words."""
     if (old := checkpoint.finished_record(path)) is None:
         return None
+    if isinstance(imported := old.get("imported"), dict):  # no training to compare with
+        return f"an SAE imported from {imported.get('from')} (actdict import)"
     new = identity(dc, cfg, seed, store_id)
     recorded = old.get("store") or {}  # what an older actdict did not record is not a change
     new["store"] = {k: v for k, v in new["store"].items() if k in recorded or k not in _RECORDED_LATER}
@@ -262,8 +264,10 @@ def replace_note(name: str, what: str, keep_state: bool) -> str:
     state is kept (``keep_state`` False: neither asked for nor left by an earlier run), how to keep one."""
     hint = ("; train.keep_state=true keeps a finished run's state, so that raising epochs continues it"
             if "train.epochs:" in what and not keep_state else "")
-    return (f"train: {name}: its finished checkpoint will be replaced (it was trained with another config: "
-            f"{what}); set run_dir, or rename the dictionary, to keep both{hint}")
+    why = (f"it holds {what}" if what.startswith("an SAE imported")
+           else f"it was trained with another config: {what}")
+    return (f"train: {name}: its finished checkpoint will be replaced ({why}); set run_dir, or rename the "
+            f"dictionary, to keep both{hint}")
 
 
 def member(dc: DictConfig, d: int, seed: int, norm: tuple | None, device: torch.device) -> Member:
