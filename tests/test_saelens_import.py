@@ -220,3 +220,11 @@ def test_a_training_that_replaces_an_imported_sae_says_so(tmp_path, capsys):
             f"{src.resolve()} (actdict import)); set run_dir, or rename the dictionary, to keep both")
     assert want in capsys.readouterr().out
     assert "imported" not in checkpoint.load(tmp_path / "run" / "dicts" / "pre")[1]
+
+
+@pytest.mark.parametrize("name", [".hidden", "n" * 201])
+def test_a_name_that_train_refuses_is_refused_before_anything_is_written(name, tmp_path):
+    src = _write(tmp_path / "sae", *_saelens())
+    with pytest.raises(NotImportable, match=r"cannot name a dictionary: .*at most 200 bytes"):
+        import_saelens(src, tmp_path / "run" / "dicts" / name)  # analysis skips it, or its pages' names fail
+    assert not (tmp_path / "run").exists()

@@ -20,6 +20,14 @@ from typing import Any, Literal
 from actdict.config import ConfigError, check_seed
 
 
+def bad_name(name: str) -> str | None:
+    """Why ``name`` cannot name a dictionary (a trained or an imported one), or None."""
+    if name.startswith(".") or not name or any(c in name for c in "/\0") or len(name.encode()) > 200:
+        return (f"{name!r} cannot name a dictionary: it names its folder (dicts/<name>) and files "
+                "(features/<name>.json): not empty, not starting with '.', no '/' or NUL, at most 200 bytes")
+    return None
+
+
 @dataclass(frozen=True)
 class DictConfig:
     """One dictionary to train."""
@@ -40,11 +48,8 @@ class DictConfig:
     """Initialisation seed; None = the experiment seed."""
 
     def __post_init__(self) -> None:
-        name = self.name
-        if name.startswith(".") or not name or any(c in name for c in "/\0") or len(name.encode()) > 200:
-            raise ConfigError(f"train.dicts: {name!r} cannot name a dictionary: it names its folder "
-                              "(dicts/<name>) and files (features/<name>.json): not empty, not starting "
-                              "with '.', no '/' or NUL, at most 200 bytes")
+        if why := bad_name(self.name):
+            raise ConfigError(f"train.dicts: {why}")
         if self.k < 1:
             raise ConfigError(f"train.dicts[{self.name}].k must be >= 1, got {self.k}")
         if not (math.isfinite(self.lr) and self.lr >= 0):  # 0 keeps the initialisation

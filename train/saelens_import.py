@@ -38,6 +38,7 @@ from actdict.errors import ActdictError
 from actdict.files import check_not_linked
 from actdict.lock import folder_lock
 from actdict.train import checkpoint
+from actdict.train.config import bad_name
 from actdict.train.protocol import Dictionary, make
 
 WEIGHTS, CFG = "sae_weights.safetensors", "cfg.json"
@@ -143,6 +144,8 @@ def import_saelens(src: str | Path, dest: str | Path, overwrite: bool = False) -
     if dest.parent.name != "dicts":
         raise NotImportable(f"{dest}: import into a run folder's dicts/ (RUN_DIR/dicts/NAME), where analysis "
                            "finds dictionaries")
+    if why := bad_name(dest.name):
+        raise NotImportable(f"{dest}: {why}")
     run_dir = dest.parent.parent
     check_not_linked([run_dir / "dicts", dest], "the imported SAE")
     run_dir.mkdir(parents=True, exist_ok=True)
