@@ -544,7 +544,9 @@ def test_a_sweep_expands_into_one_dictionary_per_combination_named_by_its_values
     ("{k: [8, 16]}", r"sweep.k: also set outside the sweep \(4\)"),
     ("{params: {lam1: [1, 2]}}", r"sweep.params.lam1: also set outside the sweep \(0.5\)"),
     ("[1, 2]", r"train.dicts\[a\].sweep: expected a mapping"),
-    ("{params: [1, 2]}", r"cannot sweep 'params'"),
+    ("{params: [1, 2]}", r"sweep.params: expected a mapping of the variant's params to lists of values "
+                         r"\(\{lam1: \[0.1, 0.3\]\}\), got \[1, 2\]"),
+    ("{params: {}}", r"sweep.params: expected a mapping of the variant's params .*, got \{\}"),
     (f"{{lr: {list(range(1, 11))}, seed: {list(range(10))}, params: {{lam2: {list(range(11))}}}}}",
      r"10 x 10 x 11 combinations; at most 1000 dictionaries per sweep"),  # checked before expanding
 ])

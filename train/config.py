@@ -199,7 +199,10 @@ def _sweep_axes(sweep: Any, base: dict, at: str) -> list[tuple[tuple[str, ...], 
                           f"got {sweep!r}")
     axes: list[tuple[tuple[str, ...], list]] = []
     for key, values in sweep.items():
-        if key == "params" and isinstance(values, dict) and values:
+        if key == "params":
+            if not (isinstance(values, dict) and values):
+                raise ConfigError(f"{at}.params: expected a mapping of the variant's params to lists of "
+                                  f"values ({{lam1: [0.1, 0.3]}}), got {values!r}")
             axes += [(("params", str(p)), v) for p, v in values.items()]
         elif key in SWEPT:
             axes.append(((key,), values))
