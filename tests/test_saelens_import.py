@@ -131,6 +131,15 @@ def test_a_finetuning_scaling_factor_is_applied_to_the_codes_before_decoding_as_
             import_saelens(_write(tmp_path / "bad", c, t | extra), tmp_path / "run" / "dicts" / "bad")
 
 
+def test_the_hook_of_an_early_saelens_cfg_hook_point_is_recorded_for_analysis_to_check(tmp_path):
+    cfg, t = _saelens()
+    cfg.pop("metadata")  # as early SAELens wrote it (gpt2-small-res-jb's cfg.json): hook_point, no hook_name
+    cfg |= {"hook_point": "blocks.8.hook_resid_pre", "hook_point_layer": 8}
+    _, rec = import_saelens(_write(tmp_path / "old", cfg, t), tmp_path / "run" / "dicts" / "old")
+    assert rec["store"] == {"hook": "blocks.8.hook_resid_pre"}
+    assert rec["imported"]["hook_name"] == "blocks.8.hook_resid_pre"
+
+
 @pytest.mark.parametrize("change, message", [
     ({"architecture": "gated"}, r"architecture 'gated' has no actdict variant"),
     ({"normalize_activations": "expected_average_only_in"}, r"its scale is computed from data at run time"),

@@ -163,7 +163,7 @@ def _write(src: Path, dest: Path, cfg: dict[str, Any], model: Dictionary, overwr
             raise NotImportable(f"{dest} holds " + ("an imported SAE already: pass --overwrite to replace "
                                                     "it" if again else f"{held[:5]}: pass a new name"))
     meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
-    hook = meta.get("hook_name") or cfg.get("hook_name") or None
+    hook = meta.get("hook_name") or cfg.get("hook_name") or cfg.get("hook_point") or None  # hook_point: older
     record = {"finished": True, "imported": {
         "from": str(src.resolve()), "format": "saelens", "architecture": architecture(cfg)[0],
         "apply_b_dec_to_input": bool(cfg.get("apply_b_dec_to_input", True)),
