@@ -596,3 +596,12 @@ def test_an_error_in_a_dictionary_after_a_sweep_names_it_not_its_index_in_the_ex
                    "    - {name: b, variant: sae_topk, params: null}\n")  # the YAML's item 1, the list's 3
     with pytest.raises(ConfigError, match=r"^train.dicts\[b\].params: expected a mapping, got None$"):
         section(load_experiment(cfg), "train", TrainConfig)
+
+
+def test_a_sweep_set_to_null_from_the_command_line_trains_the_one_dictionary_its_item_describes(tmp_path):
+    from actdict.train.config import TrainConfig
+
+    cfg = tmp_path / "sweep.yaml"
+    cfg.write_text("train:\n  dicts:\n    - {name: a, variant: sae_l1, k: 4, sweep: {seed: [0, 1]}}\n")
+    dicts = section(load_experiment(cfg, ["train.dicts.a.sweep=null"]), "train", TrainConfig).dicts
+    assert [(d.name, d.k, d.seed) for d in dicts] == [("a", 4, None)]

@@ -162,7 +162,8 @@ def expand_sweeps(items: list, where: str = "train.dicts") -> list:
         -> l1_lr-0.001_lam1-0.1, l1_lr-0.001_lam1-0.3, l1_lr-0.003_lam1-0.1, l1_lr-0.003_lam1-0.3
 
     ``sweep`` maps ``k``, ``lr``, ``seed`` and ``params`` (a mapping of params) to lists of values; a swept
-    key must not also be set outside the sweep (null there counts as unset: an override cannot delete a key).
+    key must not also be set outside the sweep (null there counts as unset: an override cannot delete a key);
+    ``sweep: null`` is no sweep.
     Values in names: numbers as JSON writes them (0.001, 1e-05), strings as they are. Items without a sweep
     pass through unchanged (the data is plain YAML).
     """
@@ -170,6 +171,9 @@ def expand_sweeps(items: list, where: str = "train.dicts") -> list:
     for i, item in enumerate(items):
         if not isinstance(item, dict) or "sweep" not in item:
             out.append(item)
+            continue
+        if item["sweep"] is None:  # no sweep (an override cannot delete the key: train.dicts.NAME.sweep=null)
+            out.append({k: v for k, v in item.items() if k != "sweep"})
             continue
         at = f"{where}[{item.get('name', i)}].sweep"
         base = {k: v for k, v in item.items() if k != "sweep"}
