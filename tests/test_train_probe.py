@@ -48,7 +48,7 @@ def test_each_record_holds_the_analysis_metrics_of_the_intervals_last_batch_at_t
         got.append(recs["m"])
         want.append(_expected(members[0].model, batches[(recs["m"]["step"] - 1) % len(batches)]))
 
-    cfg = TrainConfig(epochs=2, log_every=4, device="cpu")
+    cfg = TrainConfig(epochs=2, log_every=4, batch_size=32, device="cpu")
     train(members, lambda e, s=0: iter(batches[s:]), cfg, torch.device("cpu"), len(batches), seed=0,
           progress=False, log=log, probe=True)
     assert [r["step"] for r in got] == [4, 6, 8, 12]  # every 4 steps and each epoch's end
@@ -63,7 +63,8 @@ def test_measuring_changes_nothing_of_the_training(case):
     runs = []
     for probe in (False, True):
         members = _members(case)
-        train(members, lambda e, s=0: iter(_batches()[s:]), TrainConfig(epochs=2, log_every=2, device="cpu"),
+        train(members, lambda e, s=0: iter(_batches()[s:]), TrainConfig(epochs=2, log_every=2, batch_size=32,
+                                                                                 device="cpu"),
               torch.device("cpu"), 6, seed=0, progress=False, log=lambda recs: None, probe=probe)
         runs.append(members[0])
     a, b = runs
@@ -107,7 +108,8 @@ class _Killed(Exception):
 @pytest.mark.parametrize("stop_at,kill_at,max_steps", [(6, 0, 0), (0, 8, 0), (5, 0, 5)])
 def test_a_run_stopped_at_an_epochs_last_batch_or_at_max_steps_resumes_to_the_same_log(tmp_path, stop_at,
                                                                                         kill_at, max_steps):
-    cfg = TrainConfig(epochs=2, log_every=4, checkpoint_every=6, max_steps=max_steps, device="cpu")
+    cfg = TrainConfig(epochs=2, log_every=4, checkpoint_every=6, max_steps=max_steps, batch_size=32,
+                      device="cpu")
     path, saved = tmp_path / "m.jsonl", {}
 
     def run(members, start=None, stop=lambda: False):
@@ -134,3 +136,16 @@ def test_a_run_stopped_at_an_epochs_last_batch_or_at_max_steps_resumes_to_the_sa
     resumed = run(saved["members"], start=saved["pos"])
     assert [r["step"] for r in full] == ([4, 5] if max_steps else [4, 6, 8, 12])
     assert resumed == full and all("eval_ad" in r for r in resumed)  # no record lost, doubled or unmeasured
+
+
+def test_an_epochs_short_last_batch_is_not_measured():
+    """An interval ending on an epoch's last batch of fewer than half a batch's rows (15 of 32) has no eval_*:
+    a few rows measure nothing (1 row: no variance to explain); one of half a batch or more is measured."""
+    for last, measured in ((15, False), (16, True)):
+        batches = _batches(n=3)[:2] + [_batches(n=1, b=last, seed=9)[0]]
+        got = []
+        cfg = TrainConfig(epochs=1, log_every=2, batch_size=32, device="cpu")
+        train(_members("sae_l1"), lambda e, s=0, b=batches: iter(b[s:]), cfg, torch.device("cpu"), 3, seed=0,
+              progress=False, log=lambda recs, g=got: g.append(recs["m"]), probe=True)
+        assert [r["step"] for r in got] == [2, 3] and "eval_ad" in got[0]
+        assert ("eval_ad" in got[1]) is measured and got[1]["steps"] == 1

@@ -293,7 +293,8 @@ def train(members: list[Member], epoch_batches: Callable[..., Iterable], cfg: Tr
     and at the end of each epoch, before a resume state is saved at that step (every rank closes its
     intervals alike; the caller writes them once). ``probe``: each record also holds the dictionary's
     sparsity and fit on the interval's last batch (``actdict.train.probe``: eval_ad, eval_l0, eval_ev,
-    eval_live; under torchrun every rank must pass the same ``probe``).
+    eval_live; under torchrun every rank must pass the same ``probe``), unless that batch holds fewer than
+    half of ``cfg.batch_size`` rows (an epoch's short last batch: a few rows measure nothing).
     """
     d = dist or dist_.Dist()
     pos = Position(**vars(start)) if start else Position()
@@ -309,15 +310,12 @@ def train(members: list[Member], epoch_batches: Callable[..., Iterable], cfg: Tr
     base_sum, base_n = 0.0, 0  # this epoch's baseline SSE sum and steps
     spread = Spread()  # and its rows' moments; a run resumed inside an epoch continues the saved ones
 
-    last: list[Tensor] = []  # the last batch [b, d] (``probe``)
+    last: list = []  # the last batch [b, d] and the global batch's rows (``probe``)
 
     def close_windows() -> None:  # the open log intervals, at their last step's learning rate
         recs = {m.name: m.close_window(pos, lr_at(pos.step - 1, m.lr, cfg.schedule, total, cfg.warmup_steps,
                                                   cfg.eta_min, cfg.t0)) for m in members if m.window_n}
-        if recs and probe:
-            if not last:  # resumed at its epoch's (or the run's) end: the interval's last batch, read again
-                item = next(iter(epoch_batches(pos.epoch, pos.batch - 1)))
-                last[:] = [(item[0] if isinstance(item, tuple) else item).to(device).float()]
+        if recs and probe and last and 2 * last[1] >= cfg.batch_size:  # not an epoch's short last batch
             evals = probe_.measure({m.name: m.model for m in members if m.name in recs}, last[0], d.on)
             recs = {name: rec | evals[name] for name, rec in recs.items()}
         if recs and log is not None:
@@ -335,10 +333,10 @@ def train(members: list[Member], epoch_batches: Callable[..., Iterable], cfg: Tr
                     break
                 x, rows = item if isinstance(item, tuple) else (item, None)
                 x = x.to(device, non_blocking=True).float()  # [b, d] (this rank's part of the batch)
-                last[:] = [x]
                 n_all = float(len(x))
                 if d.on:  # the global batch size (a tensor from host values syncs on CUDA: only here)
                     n_all = float(dist_.reduce_(torch.tensor([n_all], device=device)).item())
+                last[:] = [x, n_all]
                 terms = []
                 with dist_.batch_rows(rank_slice(int(n_all), (d.rank, d.world)).start, int(n_all)):
                     for m in members:
