@@ -281,12 +281,13 @@ def _remove_temps(run_dir: Path) -> None:
 def summary_lines(summary: dict) -> list[str]:
     """The headline numbers of ``summary.json`` as a text table, one line per dictionary."""
     ce = summary["ce"] is not None
-    head = f"{'model':<16} {'RE det':>9} {'RE 1-sample':>11} {'AD':>7} {'L0':>7} {'EV':>6} {'dead':>11}"
+    w = max([16, *map(len, summary["models"])])  # a sweep's names (l1_lam1-0.03_seed-0) are longer than 16
+    head = f"{'model':<{w}} {'RE det':>9} {'RE 1-sample':>11} {'AD':>7} {'L0':>7} {'EV':>6} {'dead':>11}"
     lines = [f"analyze: {summary['n_test_rows']:,} held-out rows of {summary['hook']} (d = {summary['d']})",
              head + (f" {'CE rec.':>7} {'KL':>7}" if ce else "")]
     for name, m in summary["models"].items():
         dead = f"{m['dead']}/{m['k']}"
-        line = (f"{name:<16} {_cell(m['re_det'], '>9.4g')} {_cell(m['re_sample'], '>11.4g')} "
+        line = (f"{name:<{w}} {_cell(m['re_det'], '>9.4g')} {_cell(m['re_sample'], '>11.4g')} "
                 f"{_cell(m['ad'], '>7.2f')} {_cell(m['l0'], '>7.2f')} {_cell(m['ev'], '>6.3f')} {dead:>11}")
         lines.append(line + (f" {_cell(m.get('ce_recovered'), '>7.3f')} {_cell(m.get('kl'), '>7.4f')}"
                              if ce else ""))

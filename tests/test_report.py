@@ -330,6 +330,22 @@ def test_summary_lines_print_null_numbers_as_na():
         assert not any(line.startswith("(EV n/a") for line in summary_lines(summary))
 
 
+def test_summary_lines_fit_a_sweeps_long_names():
+    """A sweep's names (``l1_lam1-0.03_seed-0``, 19 characters) are longer than the 16 the model column had:
+    their rows were pushed right of the header, each by its own amount. The column is now as wide as the
+    longest name, so every row keeps its numbers under the header."""
+    from actdict.analyze.run import summary_lines
+
+    m = {"k": 8, "dead": 3, "re_det": 2.5, "re_sample": 2.5, "ad": 1.0, "l0": 2.0, "ev": 0.5}
+    names = ["l1_lam1-0.03_seed-0", "l1_lam1-10_seed-1", "vaease"]
+    summary = {"n_test_rows": 9, "hook": "h", "d": 4, "ce": None, "models": dict.fromkeys(names, m)}
+    lines = summary_lines(summary)
+    assert [len(line) for line in lines[1:5]] == [len(lines[1])] * 4
+    ends = [line.index("2.5") + 3 for line in lines[2:5]]
+    assert ends == [lines[1].index("RE det") + 6] * 3  # right-aligned under the header
+    assert lines[2].startswith("l1_lam1-0.03_seed-0 ") and lines[4].startswith("vaease" + " " * 14)
+
+
 def test_feature_page_brings_the_installed_plotly(tmp_path):
     """report/plotly.min.js is the installed plotly's: one left by another plotly version is replaced."""
     from plotly.offline import get_plotlyjs
