@@ -278,6 +278,10 @@ def _remove_temps(run_dir: Path) -> None:
         remove_temps(folder, pattern)
 
 
+MAX_PAIRS = 6
+"""The printed MMCS line lists every ordered pair of up to 3 dictionaries; beyond, the 3 highest."""
+
+
 def summary_lines(summary: dict) -> list[str]:
     """The headline numbers of ``summary.json`` as a text table, one line per dictionary."""
     ce = summary["ce"] is not None
@@ -298,11 +302,14 @@ def summary_lines(summary: dict) -> list[str]:
     why = why if any(m["ev"] is None and m["re_det"] is not None for m in summary["models"].values()) else []
     note = ("(AD: active dimensions per row, the paper's Otsu split; L0: exact nonzeros, not a VAE's "
             "sparsity measure; docs/analyze.md)")
-    pairs = [f"{a} in {b} {_cell(p['mmcs'], '.3f')} ({p['matched']:.0%})"
+    pairs = [(p["mmcs"], f"{a} in {b} {_cell(p['mmcs'], '.3f')} ({p['matched']:.0%})")
              for a, m in summary["models"].items() for b, p in (m.get("similar") or {}).items()
              if p.get("matched") is not None]
-    shared = ["analyze: shared decoder directions (MMCS; share of live features within cosine 0.9): "
-              + "; ".join(pairs)] if pairs else []
+    head = "analyze: shared decoder directions (MMCS; share of live features within cosine 0.9)"
+    if len(pairs) > MAX_PAIRS:  # a sweep of 20 dictionaries: 380 pairs, a line of 16,000 characters
+        head += f" of {len(pairs)} pairs, all in report.html and summary.json (similar); the highest"
+        pairs = sorted(pairs, key=lambda p: -p[0])[:3]
+    shared = [f"{head}: " + "; ".join(text for _, text in pairs)] if pairs else []
     return [printable(s) for s in [*lines, note, *shared, *why, *warned]]  # no terminal control codes
 
 

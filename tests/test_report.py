@@ -346,6 +346,31 @@ def test_summary_lines_fit_a_sweeps_long_names():
     assert lines[2].startswith("l1_lam1-0.03_seed-0 ") and lines[4].startswith("vaease" + " " * 14)
 
 
+def test_summary_lines_shorten_a_sweeps_shared_directions():
+    """The MMCS line listed every ordered pair: 380 for a sweep of 20 dictionaries, one printed line of 16,000
+    characters. Up to 3 dictionaries (6 pairs) it still does; beyond, it says how many pairs there are, where
+    they all are, and prints the 3 with the highest MMCS."""
+    from actdict.analyze.run import summary_lines
+
+    def summary(n: int) -> dict:
+        names = [f"l1_seed-{i}" for i in range(n)]
+        sim = {a: {b: {"mmcs": (i * n + j) / 100, "matched": 0.5, "live": 8} for j, b in enumerate(names)
+                   if b != a} for i, a in enumerate(names)}
+        m = {"k": 8, "dead": 3, "re_det": 2.5, "re_sample": 2.5, "ad": 1.0, "l0": 2.0, "ev": 0.5}
+        return {"n_test_rows": 9, "hook": "h", "d": 4, "ce": None,
+                "models": {a: m | {"similar": sim[a]} for a in names}}
+
+    head = "analyze: shared decoder directions (MMCS; share of live features within cosine 0.9)"
+    every = [f"l1_seed-{a} in l1_seed-{b} {(a * 3 + b) / 100:.3f} (50%)" for a in range(3) for b in range(3)
+             if a != b]
+    assert summary_lines(summary(3))[-1] == head + ": " + "; ".join(every)
+    lines = summary_lines(summary(20))
+    assert lines[-1] == (head + " of 380 pairs, all in report.html and summary.json (similar); the highest: "
+                         "l1_seed-19 in l1_seed-18 3.980 (50%); l1_seed-19 in l1_seed-17 3.970 (50%); "
+                         "l1_seed-19 in l1_seed-16 3.960 (50%)")
+    assert len(lines) == 2 + 20 + 2
+
+
 def test_feature_page_brings_the_installed_plotly(tmp_path):
     """report/plotly.min.js is the installed plotly's: one left by another plotly version is replaced."""
     from plotly.offline import get_plotlyjs
