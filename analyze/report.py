@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import quote
 
 import plotly.graph_objects as go
+from plotly.colors import qualitative
 
 from actdict.analyze.outputs import read_output
 from actdict.analyze.report_features import shown, write_feature_page
@@ -104,6 +105,21 @@ _LAYOUT = {"barmode": "overlay", "height": 390, "margin": {"t": 60, "l": 60, "r"
            "legend": {"orientation": "h", "y": -0.2}}
 
 
+MANY = 8
+"""A figure with more legend entries than this (a sweep's dictionaries) lists them in a column right of the
+plot, which scrolls when longer than the plot, in 24 colours, not in rows below it (for 20 dictionaries 10
+rows of 10 colours left ~50 px of a 390 px figure, and colours repeated); the frontier names its markers on
+hover."""
+
+
+def _many(fig: go.Figure) -> go.Figure:
+    """``fig`` with its legend to the right and 24 colours when it has more than ``MANY`` entries."""
+    if sum(t.showlegend is not False for t in fig.data) > MANY:
+        fig.update_layout(legend={"orientation": "v", "x": 1.02, "y": 1, "yanchor": "top",
+                                  "font": {"size": 10}}, colorway=qualitative.Dark24, margin_r=10)
+    return fig
+
+
 def _similar(models: dict[str, dict]) -> str:
     """The table of shared decoder directions (``similar``): row A, column B, A's live features' mean max
     cosine in B and the fraction matched at 0.9; '' for fewer than two dictionaries."""
@@ -138,10 +154,11 @@ def _frontier(models: dict[str, dict]) -> list[go.Figure]:
         fig = go.Figure(layout=_LAYOUT | {"title": _title(f"Sparsity vs reconstruction (AD, {label})"),
                                           "xaxis_title": "AD per test row (log scale)", "yaxis_title": label,
                                           "xaxis": {"type": "log"}})
+        mode = "markers+text" if len(have) <= MANY else "markers"  # a sweep's names would overlap: on hover
         for variant in dict.fromkeys(m.get("variant", "") for m in have.values()):
             names = [n for n, m in have.items() if m.get("variant", "") == variant]
             fig.add_scatter(x=[have[n]["ad"] for n in names], y=[have[n][key] for n in names],
-                            mode="markers+text", text=[esc(n) for n in names], textposition="top center",
+                            mode=mode, text=[esc(n) for n in names], textposition="top center",
                             name=esc(variant))
         figs.append(fig)
     return figs
@@ -299,7 +316,7 @@ def render(summary: dict, pages: dict[str, str] | None = None) -> str:
     models, pages = summary.get("models", {}), pages or {}
     info = ", ".join(f"{esc(k)}: {_num(summary.get(k))}" for k in ("store", "hook", "d", "n_test_rows",
                                                                      "run_id") if k in summary)
-    dist, training = _figures(models), _training_figures(models)
+    dist, training = [_many(f) for f in _figures(models)], [_many(f) for f in _training_figures(models)]
     figs = [fig.to_html(full_html=False, include_plotlyjs=(i == 0), div_id=f"figure-{i}")  # not a random id:
             for i, fig in enumerate(dist + training)]  # the same summary renders the same bytes
     figs, training_figs = figs[:len(dist)], figs[len(dist):]

@@ -5,6 +5,7 @@ import re
 from urllib.parse import unquote, urlsplit
 
 import pytest
+from plotly.colors import qualitative
 
 from actdict.analyze.report import render, write_report
 from actdict.analyze.report_features import _stats as page_stats
@@ -310,6 +311,27 @@ def test_the_sparsity_frontier_has_a_marker_per_dictionary_grouped_by_variant():
     assert _frontier({"one": s["models"]["sae_alpha"]}) == []
     s["models"]["<b>x</b>"] = s["models"]["sae_alpha"] | {"variant": "<i>v</i>"}
     assert "<b>" not in render(s).split("Sparsity vs reconstruction")[1].split("</script>")[0]  # escaped
+
+
+def test_a_sweeps_figures_keep_their_plot_and_name_markers_on_hover():
+    """A sweep of 20 dictionaries: each figure's legend of 20 names sat in rows below the plot, which took all
+    but ~50 px of the 390 px figure, in plotly's 10 colours (repeated), and the frontier wrote 20 names over
+    its markers, one on another. Beyond 8 entries the legend is a column right of the plot in 24 colours, and
+    the frontier's names show on hover; 2 dictionaries keep the rows below and the names on the markers."""
+    from actdict.analyze.report import _figures, _frontier, _many
+
+    base = _summary()["models"]["sae_alpha"] | {"masked_curve": {"kept": [0, 1, 64], "re": [9.0, 5.0, 1.0]}}
+    models = {f"l1_lam1-{i / 10}_seed-0": base | {"ad": 1.0 + i, "ev": 0.5 + i / 50} for i in range(20)}
+    figs = [_many(f) for f in _figures(models)]
+    assert [len(f.data) for f in figs] == [1, 20, 20, 20]  # frontier (one variant), AD, density, masked curve
+    assert [f.layout.legend.orientation for f in figs] == ["h", "v", "v", "v"]
+    assert list(figs[1].layout.colorway) == list(qualitative.Dark24) and len(set(qualitative.Dark24)) == 24
+    assert figs[0].data[0].mode == "markers" and len(figs[0].data[0].text) == 20  # the names: on hover
+    page = render(_summary() | {"models": models})
+    assert page.count('"orientation":"v"') == 3 and '"mode":"markers+text"' not in page
+    two = dict(list(models.items())[:2])
+    assert [_many(f).layout.legend.orientation for f in _figures(two)] == ["h"] * 4
+    assert _frontier(two)[0].data[0].mode == "markers+text"
 
 
 def test_summary_lines_print_null_numbers_as_na():
