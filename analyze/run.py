@@ -191,8 +191,8 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
     dirs = {name: dn for name, ev in evals.items()  # [k, d], [k]; none without Dictionary.decode
             if (dn := directions(ev.model, ev.model.k, d, device)) is not None}
     alive = {name: live(evals[name].fire, norm) for name, (_, norm) in dirs.items()}
-    similar, pairs = similarity({name: u for name, (u, _) in dirs.items()}, alive) if cfg.shared_directions \
-        else ({}, {})
+    units = {name: u for name, (u, _) in dirs.items()}
+    similar, pairs = similarity(units, alive, progress=True) if cfg.shared_directions else ({}, {})
     for (a, b), (best, arg) in pairs.items():  # each feature's nearest live feature in every other one
         for f, j, c in zip(range(len(arg)), arg.tolist(), best.tolist(), strict=True):
             if j >= 0:
