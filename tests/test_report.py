@@ -334,6 +334,24 @@ def test_a_sweeps_figures_keep_their_plot_and_name_markers_on_hover():
     assert _frontier(two)[0].data[0].mode == "markers+text"
 
 
+def test_a_listed_feature_shows_its_nearest_in_at_most_three_others():
+    """Each listed feature named its nearest feature in every other dictionary: 19 for a sweep of 20, on each
+    of its 24 x 20 listed features (~0.7 MB of report.html). Beyond 3 others it names the 3 with the highest
+    cosine and how many more its feature page holds; up to 3 others, all of them in the summary's order."""
+    s = _summary()
+    cos = {"b": 0.5, "c": 0.9, "d": None, "e": 0.95, "f": 0.2}
+    near = {b: {"feature": i, "cos": c} for i, (b, c) in enumerate(cos.items())}
+    s["models"]["sae_alpha"]["features"][0]["nearest"] = near
+    head = render(s).split('<div class="feature">')[1].split("\n")[0]
+    assert head.endswith("(density 0.125; nearest in e: feature 3 (cos 0.95); nearest in c: feature 1 "
+                         "(cos 0.9); nearest in b: feature 0 (cos 0.5); 2 more dictionaries on its feature "
+                         "page)")
+    s["models"]["sae_alpha"]["features"][0]["nearest"] = {b: near[b] for b in "fbd"}
+    head = render(s).split('<div class="feature">')[1].split("\n")[0]
+    assert head.endswith("(density 0.125; nearest in f: feature 4 (cos 0.2); nearest in b: feature 0 "
+                         "(cos 0.5); nearest in d: feature 2 (cos &ndash;))")
+
+
 def test_summary_lines_print_null_numbers_as_na():
     """A number summary.json holds as null (EV of a single test row: its variance is 0; CE recovered when the
     zero ablation costs nothing) is printed as n/a in its column; it used to stop analyze with a TypeError
