@@ -360,8 +360,8 @@ def test_a_refused_resume_says_what_changed_and_resume_drop_resumes_the_rest(sto
     other = store.read_rows(0, len(store)).acts + 1  # other vectors, the same layout
     moved = Common(run_dir=common.run_dir, seed=3, store=write_vectors(
         str(tmp_path / "other"), other, shard_rows=256, chunk_rows=64).path)
-    with pytest.raises(ResumeConflict, match=r"a: store\.content: .*the store changed since that run began "
-                                             r"\(grown, or written again\), so it cannot continue"):
+    with pytest.raises(ResumeConflict, match=r"a, b: store\.content: .*the store changed since that run "
+                                             r"began \(grown, or written again\), so it cannot continue"):
         main(moved, cfg(a, b))
     with pytest.raises(ResumeConflict, match=r"b: in the state, not in train\.dicts\): to resume \['a'\] and "
                                              r"drop the progress of \['b'\], set train\.resume_drop=\[b\]"):
@@ -782,6 +782,27 @@ def test_a_resume_conflict_blames_the_store_only_when_only_the_store_changed():
     assert said not in why({"a": {"config_hash": "h1", "config": old}}, moved | {"dict": {"lr": 0.02}})
     assert said not in why({"a": {"config_hash": "h1"}})  # an older state: no config recorded
     assert said not in why({"a": {"config_hash": "h1", "config": old}, "b": {"config_hash": "h3"}})
+
+
+def test_a_resume_conflict_of_a_sweep_names_each_change_once():
+    """A sweep of 16 whose lr changed after a kill: the refusal listed the 16 names, then each name again with
+    the same 'dict.lr: 0.005 -> 0.001' (1,900 characters). Dictionaries with the same change are now named
+    together, more than 3 by their number, first and last; 3 or fewer are named as before."""
+    from actdict.train.resume import conflict
+
+    names = [f"l1_lam1-{v}_seed-{s}" for v in (0.01, 0.1, 1.0) for s in range(6)]  # 18, sorted
+    old, new = {"dict": {"lr": 0.005}}, {"dict": {"lr": 0.001}}
+    members = {n: {"config_hash": "h1", "config": old} for n in names}
+    hashes = {n: "h2" for n in names[:16]} | {"l1_lam1-2.0_seed-0": "h2"}
+    said = conflict({"members": members, "position": {"step": 5}}, hashes, dict.fromkeys(hashes, new), set())
+    assert said.startswith("holds the resume state of another run (18 dictionaries l1_lam1-0.01_seed-0 ... "
+                           "l1_lam1-1.0_seed-5 at step 5; l1_lam1-1.0_seed-4, l1_lam1-1.0_seed-5: in the "
+                           "state, not in train.dicts; l1_lam1-2.0_seed-0: not in the state; 16 dictionaries "
+                           "l1_lam1-0.01_seed-0 ... l1_lam1-1.0_seed-3: dict.lr: 0.005 -> 0.001): rerun")
+    two = conflict({"members": dict(list(members.items())[:2]), "position": {"step": 5}},
+                   dict.fromkeys(names[:2], "h2"), dict.fromkeys(names[:2], new), set())
+    assert two.startswith(f"holds the resume state of another run (dictionaries {names[:2]} at step 5; "
+                          f"{names[0]}, {names[1]}: dict.lr: 0.005 -> 0.001): rerun")
 
 
 def test_the_epoch_spread_is_exact_for_rows_far_from_zero():

@@ -136,8 +136,8 @@ def conflict(meta: dict, hashes: dict[str, str], configs: dict[str, dict], ignor
     state recorded them, as states do since 2026-12-05)."""
     held = {n: m for n, m in meta["members"].items() if n not in ignored}
     extra = sorted(set(held) - set(hashes))
-    why = [f"{n}: in the state, not in train.dicts" for n in extra]
-    why += [f"{n}: not in the state" for n in sorted(set(hashes) - set(held))]
+    why = [(n, "in the state, not in train.dicts") for n in extra]
+    why += [(n, "not in the state") for n in sorted(set(hashes) - set(held))]
     store_only = True  # every change recorded is the store's
     unrecorded = False  # a changed member whose config the state lacks (an actdict of before 2026-12-05)
     for n in sorted(set(hashes) & set(held)):
@@ -146,7 +146,7 @@ def conflict(meta: dict, hashes: dict[str, str], configs: dict[str, dict], ignor
             unrecorded = unrecorded or not old
             changes = config_changes(old, configs[n]) if old else []
             store_only = store_only and bool(changes) and all(c.startswith("store.") for c in changes)
-            why.append(f"{n}: {'; '.join(changes[:4]) or 'another config or store'}")
+            why.append((n, "; ".join(changes[:4]) or "another config or store"))
     added = sorted(set(hashes) - set(held))
     changed = why[len(extra) + len(added):]
     if changed and store_only and not extra and not added:
@@ -164,9 +164,18 @@ def conflict(meta: dict, hashes: dict[str, str], configs: dict[str, dict], ignor
                 "symlink at its old path)" if unrecorded else "")
         todo = (f"rerun that run's command{then} to continue it (or leave the changed dictionaries out of "
                 "train.dicts and name them in train.resume_drop to resume the rest)")
-    return (f"holds the resume state of another run (dictionaries {sorted(meta['members'])} at step "
-            f"{meta['position']['step']}; {'; '.join(why) or 'another config or store'}): {todo}, or set "
+    reasons = {r: [n for n, r2 in why if r2 == r] for _, r in why}  # a sweep's dictionaries change alike
+    listed = "; ".join(f"{_names(ns)}: {r}" for r, ns in reasons.items())
+    state = sorted(meta["members"])
+    state = _names(state) if len(state) > 3 else f"dictionaries {state}"
+    return (f"holds the resume state of another run ({state} at step "
+            f"{meta['position']['step']}; {listed or 'another config or store'}): {todo}, or set "
             "train.resume=false to start this one over (the state is then replaced)")
+
+
+def _names(names: list[str]) -> str:
+    """Dictionaries in a message: up to 3 by name, more (a sweep's) by their number, first and last."""
+    return ", ".join(names) if len(names) <= 3 else f"{len(names)} dictionaries {names[0]} ... {names[-1]}"
 
 
 def load_state(path: str | Path, members: list[Member], hashes: dict[str, str],
