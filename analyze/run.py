@@ -62,6 +62,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -462,12 +463,22 @@ def not_a_dictionary(folder: Path) -> str | None:
 
 def dict_folders(root: Path) -> tuple[list[str], dict[str, str]]:
     """(the names of the dictionaries in ``root``, ``<run_dir>/dicts``: its folders holding a finished
-    checkpoint, sorted; every other folder's name -> why it is not one, ``not_a_dictionary``). Hidden
-    folders are nobody's dictionary and left out of both."""
+    checkpoint, in ``name_order``; every other folder's name -> why it is not one, ``not_a_dictionary``).
+    Hidden folders are nobody's dictionary and left out of both."""
     if not root.is_dir():
         return [], {}
-    why = {p.name: not_a_dictionary(p) for p in sorted(root.iterdir()) if p.is_dir() and p.name[0] != "."}
+    names = sorted((p.name for p in root.iterdir() if p.is_dir() and p.name[0] != "."), key=name_order)
+    why = {n: not_a_dictionary(root / n) for n in names}
     return [n for n, w in why.items() if w is None], {n: w for n, w in why.items() if w is not None}
+
+
+def name_order(name: str) -> tuple:
+    """The sort key of a dictionary's name: its numbers by value, the rest as text, so that a sweep's names
+    come in the order of what they vary (l1big_k-768 before l1big_k-1536, lr-1e-05 before lr-0.001, lam1-2
+    before lam1-10), not as strings."""
+    parts = re.split(r"(\d+(?:\.\d+)?(?:e[-+]?\d+)?)", name)  # text, number, text, ...
+    key = tuple((1, p, 0.0) if i % 2 == 0 else (1, "", float(p)) for i, p in enumerate(parts))
+    return (*key, (0, name, 0.0))  # a name before its longer ones (a, a1); a01 and a1 as strings
 
 
 def skipped_notes(run_dir: Path, names: list[str]) -> list[str]:

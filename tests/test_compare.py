@@ -132,6 +132,18 @@ def test_analysis_reports_shared_directions(tmp_path, monkeypatch):
     assert s["sae"]["null_decoder"] == 1 and "Shared directions" not in (tmp_path / "report.html").read_text()
 
 
+def test_a_sweeps_dictionaries_are_analysed_in_the_order_of_their_values(tmp_path):
+    """Analysis listed a run's dictionaries as sorted strings, so a sweep's came out of the order of what
+    they vary: l1big_k-1536 before l1big_k-768, lam1-10 before lam1-2.0, lr-0.001 before lr-1e-05, in the
+    printed table, summary.json and the report. Numbers in the names now sort by value."""
+    sae = make("sae_l1", 4, 6, seed=0)
+    names = ["l1_lam1-2.0", "l1_lam1-10", "l1big_k-768", "l1big_k-1536", "lr-1e-05", "lr-0.001", "vaease"]
+    for name in reversed(names):
+        save(tmp_path / "dicts" / name, sae, {})
+    assert list(run.load_models(tmp_path, [], 4)) == names
+    assert run.dict_folders(tmp_path / "dicts")[0] == names
+
+
 def test_a_dictionary_without_decode_has_no_directions():
     from actdict.train.protocol import Dictionary
 
