@@ -19,7 +19,8 @@ Schema of ``<run_dir>/features/<name>.json`` (what the report's feature pages re
     HIT = [act, row, doc, pos, [token ids of the context], index of the row's token in that list]
 
 ``nearest``: the feature's closest live feature (by decoder direction) in each other dictionary of the
-analysis, where it has a direction and that one has a live feature (written by ``analyze.run``).
+analysis, where it has a direction and that one has a live feature (written by ``analyze.run``; beyond
+``KEEP_NEAREST`` = 8 others, in the 8 of highest cosine).
 Quantile ``lo``/``hi`` are fractions (0..1) of the feature's sampled active rows, ordered by code.
 """
 

@@ -287,7 +287,7 @@ def _features(name: str, m: dict, page: str | None) -> str:
         near = "".join(f"; nearest in {esc(b)}: feature {_num(n.get('feature'))} (cos {_num(n.get('cos'))})"
                        for b, n in _nearest(f.get("nearest") or {}))
         if len(f.get("nearest") or {}) > NEAREST:
-            near += f"; {len(f['nearest']) - NEAREST} more dictionaries on its feature page"
+            near += f"; {len(f['nearest']) - NEAREST} more on its feature page"
         parts.append(f'<div class="feature"><b>{title}</b> (density {_num(f.get("density"))}{near})')
         if f.get("logits"):
             parts.append(_logit_line(f["logits"]))

@@ -98,6 +98,12 @@ class AnalyzeError(ActdictError, ValueError):
     """Nothing (or something inconsistent) to analyze; the message says which stage to run."""
 
 
+KEEP_NEAREST = 8
+"""A feature's ``nearest`` names its nearest feature in at most this many other dictionaries, those of highest
+cosine: in every other one, a run's features files held n(n - 1) k of them (a sweep of 20 at k = 384: 0.4 MB
+of each 1.9 MB file, as much again in the report's parts; of 48 at k = 4,096, ~1 GB)."""
+
+
 def check(common: Common, cfg: AnalyzeConfig) -> None:
     """What can be checked before any stage runs: the labels file exists, the device is there."""
     check_device(cfg.device, "analyze.device")
@@ -198,6 +204,9 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
         for f, j, c in zip(range(len(arg)), arg.tolist(), best.tolist(), strict=True):
             if j >= 0:
                 datas[a]["features"][f].setdefault("nearest", {})[b] = {"feature": j, "cos": c}
+    for rec in (rec for data in datas.values() for rec in data["features"]):  # a sweep's: the closest only
+        if len(near := rec.get("nearest", {})) > KEEP_NEAREST:
+            rec["nearest"] = dict(sorted(near.items(), key=lambda bn: -bn[1]["cos"])[:KEEP_NEAREST])
     if lm is not None and cfg.logit_effects:
         add_logit_effects(datas, dirs, lm, cfg.logit_effects, decode)
     keys = {name: hit_keys(data) for name, data in datas.items()}  # (row, doc, pos) of the rows shown

@@ -132,6 +132,32 @@ def test_analysis_reports_shared_directions(tmp_path, monkeypatch):
     assert s["sae"]["null_decoder"] == 1 and "Shared directions" not in (tmp_path / "report.html").read_text()
 
 
+def test_a_sweeps_features_keep_their_nearest_in_the_eight_closest_dictionaries(tmp_path, monkeypatch):
+    """Each feature's ``nearest`` named its nearest feature in every other dictionary: n(n - 1) k entries in a
+    run's features files (and the report's parts), 0.4 MB of each 1.9 MB file for a sweep of 20 at k = 384.
+    Beyond 8 others it now keeps the 8 of highest cosine; the pairs' MMCS still cover every other one."""
+    g = np.random.default_rng(0)
+    n, d = 96, 5
+    with StoreWriter(str(tmp_path / "store"), {"hook": "h"}, d, "float32", 32, 16) as w:
+        rows = np.arange(n)
+        w.append(g.standard_normal((n, d)).astype(np.float32), rows, rows // 8, rows % 8)
+    (tmp_path / "split.json").write_text(json.dumps({"train_chunks": [0, 1, 2, 3], "test_chunks": [4, 5]}))
+    for i in range(10):
+        save(tmp_path / "dicts" / f"l1_seed-{i}", make("sae_l1", d, 8, seed=i), {})
+    monkeypatch.setattr(run, "resolve_decoder", lambda m: lambda ids: [f"t{i}" for i in ids])
+    run.main(Common(run_dir=str(tmp_path)), AnalyzeConfig(device="cpu", n_features=3, top_k=2, context=1))
+    s = json.loads((tmp_path / "summary.json").read_text())["models"]
+    assert all(len(m["similar"]) == 9 for m in s.values())
+    feats = {a: json.loads((tmp_path / "features" / f"{a}.json").read_text())["features"] for a in s}
+    units = {a: directions(make("sae_l1", d, 8, seed=int(a[-1])), 8, d, CPU)[0] for a in s}
+    _, pairs = similarity(units, {a: torch.tensor([f["fires"] > 0 for f in fs]) for a, fs in feats.items()})
+    for f, rec in enumerate(feats["l1_seed-0"]):  # the 8 of highest cosine among the 9, by cosine
+        every = sorted(((float(pairs["l1_seed-0", b][0][f]), b) for b in s if b != "l1_seed-0"), reverse=True)
+        assert list(rec["nearest"]) == [b for _, b in every[:8]]
+        cos = [v["cos"] for v in rec["nearest"].values()]
+        assert cos == pytest.approx([c for c, _ in every[:8]], abs=1e-5)
+
+
 def test_a_sweeps_dictionaries_are_analysed_in_the_order_of_their_values(tmp_path):
     """Analysis listed a run's dictionaries as sorted strings, so a sweep's came out of the order of what
     they vary: l1big_k-1536 before l1big_k-768, lam1-10 before lam1-2.0, lr-0.001 before lr-1e-05, in the

@@ -344,8 +344,7 @@ def test_a_listed_feature_shows_its_nearest_in_at_most_three_others():
     s["models"]["sae_alpha"]["features"][0]["nearest"] = near
     head = render(s).split('<div class="feature">')[1].split("\n")[0]
     assert head.endswith("(density 0.125; nearest in e: feature 3 (cos 0.95); nearest in c: feature 1 "
-                         "(cos 0.9); nearest in b: feature 0 (cos 0.5); 2 more dictionaries on its feature "
-                         "page)")
+                         "(cos 0.9); nearest in b: feature 0 (cos 0.5); 2 more on its feature page)")
     s["models"]["sae_alpha"]["features"][0]["nearest"] = {b: near[b] for b in "fbd"}
     head = render(s).split('<div class="feature">')[1].split("\n")[0]
     assert head.endswith("(density 0.125; nearest in f: feature 4 (cos 0.2); nearest in b: feature 0 "
