@@ -806,6 +806,43 @@ def test_a_resume_conflict_blames_the_store_only_when_only_the_store_changed():
     assert said not in why({"a": {"config_hash": "h1", "config": old}, "b": {"config_hash": "h3"}})
 
 
+def test_a_resume_state_is_written_from_the_dictionaries_own_memory(tmp_path, monkeypatch):
+    """Each checkpoint copied every dictionary's weights and Adam state before writing them: a sweep's
+    whole state twice in memory at once (+271 MiB for 20 sae_l1 of k = 1,536 at d = 384). Tensors are now
+    written from their own memory, and copied only where two share a storage (safetensors refuses that);
+    the state reads back the same."""
+    from contextlib import nullcontext
+
+    from actdict.train import resume
+    from actdict.train.loop import Position, step
+
+    members = [Member(f"l1_{i}", make("sae_l1", 4, 6, seed=i), 0.01) for i in range(2)]
+    for m in members:
+        m.setup(torch.device("cpu"))
+        step(m, torch.randn(16, 4), 0.01, nullcontext(), None)
+    written, real, hashes = {}, resume.write_safetensors, {"l1_0": "h", "l1_1": "h"}
+
+    def write(tensors, *a, **kw):  # what is handed to safetensors
+        written.update(tensors)
+        real(tensors, *a, **kw)
+
+    monkeypatch.setattr(resume, "write_safetensors", write)
+    path = resume.save_state(tmp_path / "state.safetensors", members, hashes, Position(0, 1, 1))
+    for m in members:
+        mine = {f"{m.name}/model/{k}": v for k, v in m.model.state_dict().items()}
+        mine |= {f"{m.name}/opt/{p}/exp_avg": st["exp_avg"] for p, st in m.opt.state_dict()["state"].items()}
+        assert all(written[k].data_ptr() == v.data_ptr() for k, v in mine.items())  # no copy
+    tied = torch.zeros(3)
+    both = resume.unshared({"a": tied, "b": tied, "c": torch.ones(2)})
+    assert both["a"].data_ptr() == tied.data_ptr() != both["b"].data_ptr() and both["b"].equal(tied)
+    fresh = [Member(f"l1_{i}", make("sae_l1", 4, 6, seed=9), 0.01) for i in range(2)]
+    for m in fresh:
+        m.setup(torch.device("cpu"))
+    resume.load_state(path, fresh, hashes)
+    for m, f in zip(members, fresh, strict=True):
+        assert all(v.equal(f.model.state_dict()[k]) for k, v in m.model.state_dict().items())
+
+
 def test_a_resume_conflict_of_a_sweep_names_each_change_once():
     """A sweep of 16 whose lr changed after a kill: the refusal listed the 16 names, then each name again with
     the same 'dict.lr: 0.005 -> 0.001' (1,900 characters). Dictionaries with the same change are now named

@@ -62,9 +62,21 @@ def save_state(path: str | Path, members: list[Member], hashes: dict[str, str], 
                                    "window": m.window, "window_n": m.window_n}
         if configs is not None:
             meta["members"][m.name]["config"] = configs[m.name]
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}  # own copies: no sharing
-    write_safetensors(tensors, path, metadata={_KEY: json.dumps(meta)})
+    write_safetensors(unshared(tensors), path, metadata={_KEY: json.dumps(meta)})
     return path
+
+
+def unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``tensors`` on the CPU, contiguous, each with memory of its own, as safetensors needs: a copy only of
+    one whose storage an earlier one uses. (A copy of each doubled the memory of every dictionary's weights
+    and Adam state at each checkpoint: +271 MiB for 20 sae_l1 of k = 1,536 at d = 384.)"""
+    out, seen = {}, set()
+    for k, v in tensors.items():
+        v = v.detach().cpu().contiguous()
+        ptr = v.untyped_storage().data_ptr()
+        out[k] = v.clone() if ptr in seen else v
+        seen.add(ptr)
+    return out
 
 
 class ResumeConflict(ActdictError):
