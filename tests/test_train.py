@@ -806,6 +806,19 @@ def test_a_resume_conflict_blames_the_store_only_when_only_the_store_changed():
     assert said not in why({"a": {"config_hash": "h1", "config": old}, "b": {"config_hash": "h3"}})
 
 
+def test_a_sweeps_training_names_its_dictionaries_in_one_short_line(store, tmp_path, capsys):
+    """Training began by printing the list of its dictionaries' names: 600 characters for a sweep of 20, 1,300
+    for 48. More than 3 are now named by their number, first and last; up to 3 as before."""
+    from actdict.train.run import main
+
+    sweep = [DictConfig(f"l1_lam1-{v}", "sae_l1", k=4, lr=0.01, params={"lam1": v}) for v in (0.1, 0.2, 1, 9)]
+    for dicts, said in ((sweep, "4 dictionaries l1_lam1-0.1 ... l1_lam1-9 on 808 rows"),
+                        (sweep[:2], "['l1_lam1-0.1', 'l1_lam1-0.2'] on 808 rows")):
+        main(Common(run_dir=str(tmp_path / str(len(dicts))), seed=0, store=store.path),
+             TrainConfig(dicts=dicts, epochs=1, batch_size=100, test_fraction=0.2, device="cpu"))
+        assert f"train: {said} (" in capsys.readouterr().out
+
+
 def test_a_resume_state_is_written_from_the_dictionaries_own_memory(tmp_path, monkeypatch):
     """Each checkpoint copied every dictionary's weights and Adam state before writing them: a sweep's
     whole state twice in memory at once (+271 MiB for 20 sae_l1 of k = 1,536 at d = 384). Tensors are now

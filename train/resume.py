@@ -177,15 +177,15 @@ def conflict(meta: dict, hashes: dict[str, str], configs: dict[str, dict], ignor
         todo = (f"rerun that run's command{then} to continue it (or leave the changed dictionaries out of "
                 "train.dicts and name them in train.resume_drop to resume the rest)")
     reasons = {r: [n for n, r2 in why if r2 == r] for _, r in why}  # a sweep's dictionaries change alike
-    listed = "; ".join(f"{_names(ns)}: {r}" for r, ns in reasons.items())
+    said = "; ".join(f"{listed(ns)}: {r}" for r, ns in reasons.items())
     state = sorted(meta["members"])
-    state = _names(state) if len(state) > 3 else f"dictionaries {state}"
+    state = listed(state) if len(state) > 3 else f"dictionaries {state}"
     return (f"holds the resume state of another run ({state} at step "
-            f"{meta['position']['step']}; {listed or 'another config or store'}): {todo}, or set "
+            f"{meta['position']['step']}; {said or 'another config or store'}): {todo}, or set "
             "train.resume=false to start this one over (the state is then replaced)")
 
 
-def _names(names: list[str]) -> str:
+def listed(names: list[str]) -> str:
     """Dictionaries in a message: up to 3 by name, more (a sweep's) by their number, first and last."""
     return ", ".join(names) if len(names) <= 3 else f"{len(names)} dictionaries {names[0]} ... {names[-1]}"
 

@@ -51,6 +51,7 @@ from actdict.train.resume import (
     KEPT,
     STATE,
     kept_states,
+    listed,
     load_state,
     read_meta,
     remove_stale,
@@ -396,7 +397,9 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
     prior = (meta or next(iter(kept.values()), {}) if start else {}).get("segments", [])  # earlier segments
     log = start_logs(run_dir, todo, hashes, kept_hashes or todo_hashes, start, say) if d.main else None
     world = f" x {d.world} ranks" if d.on else ""
-    say(f"train: {[m.name for m in members]} on {train_rows} rows ({len(chunks)} chunks, d={store.d}) for "
+    names = [m.name for m in members]
+    names = names if len(names) <= 3 else listed(names)  # a sweep's: their number, first and last
+    say(f"train: {names} on {train_rows} rows ({len(chunks)} chunks, d={store.d}) for "
         f"{cfg.epochs} epoch(s)" + (f", stopping at step {cfg.max_steps} (train.max_steps)" if cfg.max_steps
                                      else "") + f" on {device}{world}"
         + (f"; resumed at step {start.step}" if start else "")
