@@ -808,7 +808,8 @@ def test_a_resume_conflict_blames_the_store_only_when_only_the_store_changed():
 
 def test_a_sweeps_training_names_its_dictionaries_in_one_short_line(store, tmp_path, capsys):
     """Training began by printing the list of its dictionaries' names: 600 characters for a sweep of 20, 1,300
-    for 48. More than 3 are now named by their number, first and last; up to 3 as before."""
+    for 48; a rerun said each finished one was skipped, one line each. More than 3 are now named by their
+    number, first and last, in one line; up to 3 as before."""
     from actdict.train.run import main
 
     sweep = [DictConfig(f"l1_lam1-{v}", "sae_l1", k=4, lr=0.01, params={"lam1": v}) for v in (0.1, 0.2, 1, 9)]
@@ -817,6 +818,10 @@ def test_a_sweeps_training_names_its_dictionaries_in_one_short_line(store, tmp_p
         main(Common(run_dir=str(tmp_path / str(len(dicts))), seed=0, store=store.path),
              TrainConfig(dicts=dicts, epochs=1, batch_size=100, test_fraction=0.2, device="cpu"))
         assert f"train: {said} (" in capsys.readouterr().out
+    main(Common(run_dir=str(tmp_path / "4"), seed=0, store=store.path),  # again: all finished, one line
+         TrainConfig(dicts=sweep, epochs=1, batch_size=100, test_fraction=0.2, device="cpu"))
+    said = "train: 4 dictionaries l1_lam1-0.1 ... l1_lam1-9: finished checkpoints with the same config exist"
+    assert capsys.readouterr().out.splitlines() == [said + ", skipped"]
 
 
 def test_a_resume_state_is_written_from_the_dictionaries_own_memory(tmp_path, monkeypatch):

@@ -332,10 +332,12 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
     todo = [dc for dc in cfg.dicts
             if not checkpoint.is_finished(run_dir / "dicts" / dc.name, hashes[dc.name], legacy[dc.name])]
     seeds = {dc.name: common.seed if dc.seed is None else dc.seed for dc in cfg.dicts}
-    for dc in cfg.dicts:
-        if dc not in todo:
-            say(f"train: {dc.name}: finished checkpoint with the same config exists, skipped")
-        elif what := replaced(run_dir / "dicts" / dc.name, dc, cfg, seeds[dc.name], store_id):
+    done = [dc.name for dc in cfg.dicts if dc not in todo]
+    for names in [listed(done)] if len(done) > 3 else done:  # a sweep's: one line
+        say(f"train: {names}: finished checkpoint{'s' * (len(done) > 3)} with the same config "
+            f"exist{'s' * (len(done) <= 3)}, skipped")
+    for dc in todo:
+        if what := replaced(run_dir / "dicts" / dc.name, dc, cfg, seeds[dc.name], store_id):
             kept = (run_dir / "dicts" / dc.name / KEPT).is_file()  # it may continue that run (kept_states)
             say(replace_note(dc.name, what, cfg.keep_state or kept))
     if todo and (others := other_split(run_dir, {dc.name for dc in cfg.dicts}, split)):
