@@ -194,8 +194,12 @@ def _list_item(items: list, part: str, item: str) -> Any:
         if isinstance(x, dict) and x.get("name") == part:
             return x
     names = [x.get("name") for x in items if isinstance(x, dict)]
+    swept = [n for x in items if isinstance(x, dict) and x.get("sweep")
+             and isinstance(n := x.get("name"), str) and part.startswith(f"{n}_")]  # cut at a value's '.'
+    hint = (f"; the dictionaries of a sweep are set through its item (train.dicts.{swept[0]}.FIELD=...) or "
+            "its sweep" if swept else "")
     raise ConfigError(f"override {item!r}: no list item {part!r} (give an index < {len(items)} or a name: "
-                      f"{names})")
+                      f"{names}){hint}")
 
 
 def build(cls: type[T], data: Any, where: str = "") -> T:

@@ -525,6 +525,9 @@ def test_a_sweep_expands_into_one_dictionary_per_combination_named_by_its_values
                    "       sweep: {lr: [0.001, 3.0e-3], params: {lam1: [0.1, 1.0e-5]}}}\n"
                    "    - {name: v, variant: vaease, k: 32}\n"
                    "    - {name: t, variant: sae_topk, sweep: {seed: [0, 1, 2], k: [16]}}\n")
+    with pytest.raises(ConfigError, match=r"no list item 'l1_lr-0' .*; the dictionaries of a sweep are set "
+                                          r"through its item \(train.dicts.l1.FIELD=...\) or its sweep"):
+        load_experiment(cfg, ["train.dicts.l1_lr-0.001_lam1-0.1.k=48"])  # a swept name: '.' cuts it
     dicts = section(load_experiment(cfg, ["train.dicts.l1.k=48"]), "train", TrainConfig).dicts
     assert [d.name for d in dicts] == ["l1_lr-0.001_lam1-0.1", "l1_lr-0.001_lam1-1e-05",
                                        "l1_lr-0.003_lam1-0.1", "l1_lr-0.003_lam1-1e-05", "v",

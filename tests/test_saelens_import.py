@@ -163,6 +163,9 @@ def test_bad_files_and_places_are_refused(tmp_path, capsys):
     with pytest.raises(NotImportable, match="NaN or infinite"):
         import_saelens(_write(tmp_path / "nan", cfg, t | {"b_dec": torch.full((D,), float("nan"))}),
                        tmp_path / "run" / "dicts" / "a")
+    with pytest.raises(NotImportable, match=r"W_enc \(int8\) not floating point \(quantised weights"):
+        import_saelens(_write(tmp_path / "int8", cfg, t | {"W_enc": t["W_enc"].to(torch.int8)}),
+                       tmp_path / "run" / "dicts" / "a")
     with pytest.raises(NotImportable, match=r"import into a run folder's dicts/"):
         import_saelens(src, tmp_path / "run" / "a")
     assert main([str(src), str(tmp_path / "run" / "dicts" / "a")]) == 0

@@ -61,6 +61,10 @@ def read_saelens(folder: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]
         raise NotImportable(f"{f}: cannot read its SAELens files ({e})") from e
     if not isinstance(cfg, dict):
         raise NotImportable(f"{f / CFG}: not a JSON object")
+    if ints := sorted(f"{k} ({str(v.dtype).removeprefix('torch.')})" for k, v in tensors.items()
+                      if not v.is_floating_point()):  # quantised weights: their scales are not in these files
+        raise NotImportable(f"{f / WEIGHTS}: {', '.join(ints)} not floating point (quantised weights do not "
+                            "import; save the SAE in float32, float16 or bfloat16)")
     return cfg, {k: v.float() for k, v in tensors.items()}
 
 
