@@ -142,7 +142,7 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
                            + "): its held-out chunks are not theirs, and analysis could score them on rows "
                            "they learned; point `store` at the store they learned, or retrain them on this "
                            "one (actdict train: it notices the change)")
-    test_chunks = read_test_chunks(run_dir, store.num_chunks)
+    test_chunks = held_out_chunks(run_dir, store.num_chunks, records, common.seed)
     if bad := other_split(records, test_chunks):
         raise AnalyzeError(f"{bad} were trained with another split than {run_dir / 'split.json'} (other "
                            "held-out chunks): analysis would score them on rows they learned; retrain them "
@@ -431,6 +431,25 @@ def missing_labels(lab: np.ndarray) -> np.ndarray:
     if lab.dtype.kind in "US":
         return np.char.strip(lab) == lab.dtype.type()
     return np.zeros(lab.shape, bool)
+
+
+def held_out_chunks(run_dir: Path, n_chunks: int, records: dict[str, dict], seed: int) -> list[int]:
+    """The chunks analysis evaluates: ``read_test_chunks``; for a run folder without a split.json whose
+    dictionaries are all imported (``actdict import``: none learned any of these rows), the split the train
+    stage would make (``train.data.make_split`` at train.test_fraction's default and the experiment seed),
+    computed, not written: a training in the folder writes its own, which analysis then reads."""
+    imported = records and all("imported" in r for r in records.values())
+    if (run_dir / "split.json").is_file() or not imported:
+        return read_test_chunks(run_dir, n_chunks)
+    from actdict.train.config import TrainConfig
+    from actdict.train.data import make_split
+
+    fraction = TrainConfig.__dataclass_fields__["test_fraction"].default
+    chunks = make_split(n_chunks, fraction, seed)["test_chunks"]
+    print(f"analyze: note: no split.json in {run_dir} and only imported dictionaries: evaluating the "
+          f"{len(chunks)} of {n_chunks} chunks that training would hold out (test_fraction {fraction}, seed "
+          f"{seed})")
+    return chunks
 
 
 def read_test_chunks(run_dir: Path, n_chunks: int | None = None) -> list[int]:

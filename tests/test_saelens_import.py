@@ -189,10 +189,18 @@ def test_analysis_reads_an_imported_sae_beside_the_runs_own_and_checks_its_hook(
     from actdict.errors import ActdictError
     from actdict.harvest.store import write_vectors
     from actdict.train.config import DictConfig, TrainConfig
+    from actdict.train.data import make_split
     from actdict.train.run import main as train
 
     x = np.random.default_rng(0).standard_normal((1024, D)).astype(np.float32)
     store = write_vectors(str(tmp_path / "store"), x, shard_rows=512, chunk_rows=64)
+    alone = Common(run_dir=str(tmp_path / "alone"), seed=3, store=store.path)  # imported SAEs only: no split
+    cfg, t = _saelens(metadata={"hook_name": store.hook})
+    import_saelens(_write(tmp_path / "sae0", cfg, t), tmp_path / "alone" / "dicts" / "pre")
+    analyze(alone, AnalyzeConfig(device="cpu", n_features=2))
+    want = make_split(store.num_chunks, TrainConfig().test_fraction, 3)["test_chunks"]
+    assert json.loads((tmp_path / "alone" / "summary.json").read_text())["test_chunks"] == want
+    assert not (tmp_path / "alone" / "split.json").exists()  # computed, not written
     common = Common(run_dir=str(tmp_path / "run"), seed=0, store=store.path)
     train(common, TrainConfig(dicts=[DictConfig("own", "sae_l1", k=K)], epochs=1, batch_size=128,
                               device="cpu"))
