@@ -29,8 +29,11 @@ _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; padding: 0 1em; }
 table.overview { border-collapse: collapse; font-variant-numeric: tabular-nums; }
 .scroll { overflow-x: auto; }
-.overview td, .overview th { border: 1px solid #ccc; padding: 4px 10px; text-align: right; }
+.overview td, .overview th { border: 1px solid #ccc; padding: 4px 10px; text-align: right;
+  white-space: nowrap; }  /* a sweep's names and 'mmcs (share)' cells stay on one line: the table scrolls */
 .overview td:first-child, .overview th:first-child { text-align: left; } .overview th { background: #f4f4f4; }
+.overview td:first-child { position: sticky; left: 0; background: #fff; }  /* the names stay in view when */
+.overview th:first-child { position: sticky; left: 0; }  /* a wide table (a sweep's n x n) scrolls sideways */
 .figs { display: grid; grid-template-columns: repeat(auto-fill, minmax(520px, 1fr)); gap: 8px; }
 .figs > div { min-width: 0; }
 .feature { margin: 1em 0; } .ctx { font-family: monospace; white-space: pre-wrap; margin: 2px 0;
@@ -164,6 +167,15 @@ def _frontier(models: dict[str, dict]) -> list[go.Figure]:
     return figs
 
 
+def _hist(fig: go.Figure, x: list, y: list, name: str, many: bool) -> None:
+    """One dictionary's histogram in ``fig``: translucent bars, or for more than ``MANY`` dictionaries a step
+    line (twenty overlaid bar sets read as one blur; twenty outlines can still be told apart)."""
+    if many:
+        fig.add_scatter(x=x, y=y, name=name, mode="lines", line={"shape": "hvh", "width": 1.5})
+    else:
+        fig.add_bar(x=x, y=y, name=name, opacity=0.6)
+
+
 def _figures(models: dict[str, dict]) -> list[go.Figure]:
     lay = _LAYOUT
     ad = go.Figure(layout=lay | {"title": _title("Active dimensions per test row"), "xaxis_title": "AD",
@@ -181,10 +193,10 @@ def _figures(models: dict[str, dict]) -> list[go.Figure]:
     figs = [*_frontier(models), ad, dens, curve]
     for name, m in models.items():
         h = m.get("ad_hist") or {"values": [], "counts": []}
-        ad.add_bar(x=h["values"], y=h["counts"], name=esc(name), opacity=0.6)
+        _hist(ad, h["values"], h["counts"], esc(name), len(models) > MANY)
         d = m.get("density_hist") or {"edges": [], "counts": []}
         mids = [(a + b) / 2 for a, b in zip(d["edges"][:-1], d["edges"][1:], strict=True)]
-        dens.add_bar(x=mids, y=d["counts"], name=f"{esc(name)} (dead: {_num(d.get('dead'))})", opacity=0.6)
+        _hist(dens, mids, d["counts"], f"{esc(name)} (dead: {_num(d.get('dead'))})", len(models) > MANY)
         c = m.get("masked_curve")
         if c:  # kept = 0 cannot sit on a log axis: it is shown at 0.5
             curve.add_scatter(x=[k if k > 0 else 0.5 for k in c["kept"]], y=_log_values(c["re"]),

@@ -551,3 +551,21 @@ def test_a_feature_page_written_again_drops_the_parts_it_no_longer_has(tmp_path)
     write_feature_page(data(PART), "d", {"variant": "sae_l1"}, {"run_id": "r2"}, page)
     parts = sorted((tmp_path / "report" / "d.parts").iterdir())
     assert [p.name for p in parts] == ["00000.js"] and parts[0].read_text().endswith(',"r2");\n')
+
+
+def test_a_sweeps_histograms_are_step_lines_and_its_tables_keep_their_names_in_view():
+    """Beyond MANY dictionaries the AD and density histograms are outlines (overlaid translucent bars of 20
+    dictionaries read as one blur); the tables' first column (the names) sticks when they scroll sideways."""
+    from actdict.analyze.report import MANY, _figures
+
+    s = _summary()
+    figs = {f.layout.title.text: f for f in _figures(s["models"])}
+    assert {t.type for t in figs["Active dimensions per test row"].data} == {"bar"}  # two: bars, as before
+    many = {f"d{i}": s["models"]["sae_alpha"] | {"ev": 0.5 + i / 100} for i in range(MANY + 1)}
+    figs = {f.layout.title.text: f for f in _figures(many)}
+    for title in ("Active dimensions per test row", "Feature density"):
+        traces = figs[title].data
+        assert len(traces) == MANY + 1 and {(t.type, t.mode, t.line.shape) for t in traces} == {
+            ("scatter", "lines", "hvh")}
+        assert list(traces[0].y) == [1, 2, 3, 4] or list(traces[0].y) == [10, 51]
+    assert "position: sticky; left: 0" in render(s)
