@@ -38,7 +38,8 @@ class AnalyzeConfig:
     """Optional .npy file with one label per store row (e.g. the manifold of synthetic data): AD is then
     also reported per class (mean per-row AD, and the paper's Table 2 split of the class-mean activity).
     Rows whose label is missing (NaN, an empty string) are left out of it and counted apart. At most 10,000
-    distinct labels (``analyze.run.MAX_CLASSES``): a per-row value (an id, a continuous target) is refused."""
+    distinct labels (``analyze.inputs.MAX_CLASSES``): a per-row value (an id, a continuous target) is
+    refused."""
     mask_curve_points: int = 40
     """Points of the masked-dimensions RE curve (paper Fig. 4), geometrically spaced in 1..k, plus 0."""
     mask_curve_rows: int = 2048

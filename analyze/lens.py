@@ -135,7 +135,7 @@ def dict_labels(run_dir: Path, name: str, k: int, n: int = 3) -> tuple[Labels, s
     no features file yet, or one computed from another training of ``name`` (its ``config_hash`` or ``k``
     differs from the checkpoint's), whose labels would name other features, or one of an older analysis that
     recorded no ``config_hash`` beside a checkpoint that records one (it cannot tell which training it is)."""
-    from actdict.analyze.run import trained_records
+    from actdict.analyze.inputs import trained_records
 
     path = run_dir / "features" / f"{name}.json"
     if not path.is_file():
@@ -167,7 +167,7 @@ _NO_MODEL = ("the store holds vectors brought from elsewhere, and there is no mo
 def lens(common: Common, cfg, text: str, names: list[str], top: int = 5, hook: str | None = None) -> dict:
     """The lens of ``text`` for the dictionaries ``names`` (all in ``<run_dir>/dicts`` when empty), as a
     JSON-ready dict: hook, tokens, and per dictionary and token the active count and top features."""
-    from actdict.analyze.run import load_models, skipped_notes, trained_hook, trained_records
+    from actdict.analyze.inputs import load_models, skipped_notes, trained_hook, trained_records
     from actdict.harvest.models import load_model, resolve_device
     from actdict.harvest.store import open_store
 

@@ -62,13 +62,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -76,28 +73,32 @@ from actdict.analyze.compare import directions, live, null_columns, similarity
 from actdict.analyze.config import AnalyzeConfig
 from actdict.analyze.evaluate import ModelEval
 from actdict.analyze.features import build_features, hit_keys, summary_hits
+from actdict.analyze.inputs import (
+    AnalyzeError,
+    evaluated_rows,
+    held_out_batches,
+    held_out_chunks,
+    load_models,
+    other_split,
+    other_store,
+    read_labels,
+    skipped_notes,
+    trained_hook,
+    trained_records,
+)
+from actdict.analyze.lm import add_logit_effects, causal_lm, named, splice_models, splice_setup
 from actdict.analyze.report import write_report
-from actdict.analyze.splice import heldout_windows, splice_eval
 from actdict.analyze.texts import row_texts
 from actdict.analyze.toptokens import resolve_decoder
-from actdict.config import Common, config_changes
-from actdict.errors import ActdictError, printable
+from actdict.config import Common
+from actdict.errors import printable
 from actdict.files import check_not_linked, remove_temps, write_atomic
 from actdict.lock import check_writable
-from actdict.train import checkpoint
 from actdict.train.log import trained_curve
 from actdict.train.loop import check_device, resolve_device
-from actdict.train.run import describe_store, store_key
+from actdict.train.run import describe_store
 
 SUMMARY_VERSION = 2
-MAX_CLASSES = 10_000
-"""The most distinct labels ``analyze.labels`` may hold (each dictionary keeps a sum per class and latent)."""
-
-
-class AnalyzeError(ActdictError, ValueError):
-    """Nothing (or something inconsistent) to analyze; the message says which stage to run."""
-
-
 KEEP_NEAREST = 8
 """A feature's ``nearest`` names its nearest feature in at most this many other dictionaries, those of highest
 cosine: in every other one, a run's features files held n(n - 1) k of them (a sweep of 20 at k = 384: 0.4 MB
@@ -246,27 +247,6 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
     print(f"analyze: wrote {run_dir / 'summary.json'}, {run_dir / 'report.html'} and {run_dir / 'report'}/")
 
 
-def add_logit_effects(datas: dict[str, dict], dirs: dict, lm, n: int, decode) -> None:
-    """Each feature's direct logit effects (``analyze.logits``: the n tokens it raises and lowers most) into
-    its record of ``datas`` (``logits``), their strings into the features file's ``tokens``."""
-    from actdict.analyze.logits import logit_effects, records, unembedding
-
-    w_u, g, centre = unembedding(lm.bridge)
-    for name, (unit, _) in dirs.items():
-        feats, tokens = datas[name]["features"], datas[name]["tokens"]
-        for f, rec in enumerate(records(*logit_effects(unit, w_u, g, centre, n))):
-            if rec is not None:
-                feats[f]["logits"] = rec
-        ids = sorted({i for f in feats for side in (f.get("logits") or {}).values() for i, _ in side} -
-                     {int(t) for t in tokens})
-        tokens.update({str(i): s for i, s in zip(ids, decode(ids) if ids else [], strict=True)})
-
-
-def named(logits: dict, tokens: dict[str, str]) -> dict:
-    """A feature's ``logits`` record with each token id replaced by its string (summary.json's form)."""
-    return {side: [[tokens.get(str(i), f"#{i}"), v] for i, v in pairs] for side, pairs in logits.items()}
-
-
 def new_run_id() -> str:
     """An analysis run's id, e.g. '20261205-135210-3f9a1c': its start time (UTC) and 6 random hex digits."""
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
@@ -327,282 +307,6 @@ def _cell(v: float | None, spec: str) -> str:
     """``v`` formatted with ``spec``; "n/a" (same width) for a number summary.json holds as null (non-finite:
     e.g. EV of a single row, whose variance is 0)."""
     return format(v, spec) if v is not None else format("n/a", spec.rstrip("efg").split(".")[0])
-
-
-def causal_lm(store, device: torch.device, cfg: AnalyzeConfig):
-    """The store's causal language model (float32, offline), for ``ce_loss`` and ``logit_effects``, loaded
-    before the analysis pass so that what stops it stops it first."""
-    from actdict.analyze.logits import not_residual
-    from actdict.harvest.models import load_model
-
-    asks = " and ".join(f"analyze.{k}" for k in ("ce_loss", "logit_effects") if getattr(cfg, k))
-    off = " and ".join(f"analyze.{k}={v}" for k, v in (("ce_loss", "false"), ("logit_effects", 0))
-                       if getattr(cfg, k))
-    man = store.manifest
-    if not man.get("model") or not man.get("hook"):
-        raise AnalyzeError(f"{asks} needs a store harvested from a language model (its manifest has no "
-                           f"model/hook): set {off}")
-    lm = load_model(man["model"], device=str(device), dtype="float32")
-    if lm.kind != "causal":
-        raise AnalyzeError(f"{asks} needs a causal language model; {lm.name} is an encoder: set {off}")
-    if cfg.logit_effects and (why := not_residual(man["hook"], store.d, lm.d_model)):
-        raise AnalyzeError(f"analyze.logit_effects: {why}: set analyze.logit_effects=0")
-    return lm
-
-
-def splice_setup(lm, cfg: AnalyzeConfig, store, test_chunks: list[int]):
-    """The store's causal language model ``lm`` and its held-out windows for the CE/KL evaluation (see
-    ``analyze.splice``), made before the analysis pass: (model, windows). The windows begin and join
-    documents as the store's harvest did (its manifest's settings)."""
-    from dataclasses import replace
-
-    from actdict.harvest.config import HarvestConfig
-    from actdict.harvest.run import window_specials
-
-    man = store.manifest
-    made = man.get("harvest") or {}  # stores of format 1 record no harvest config: the defaults then
-    how = replace(HarvestConfig(), **{k: made[k] for k in ("prepend_bos", "join_with_eos", "pad_id",
-                                                            "window_mode") if k in made})
-    spec = window_specials(lm, how)
-    windows = heldout_windows(store, test_chunks, cfg.ce_windows, cfg.ce_ctx, spec["prefix"], spec["sep"],
-                              join_docs=how.window_mode == "concat", pad_id=spec["pad_id"])
-    return lm, windows
-
-
-def splice_models(lm, windows, hook: str, cfg: AnalyzeConfig, models: dict) -> dict:
-    """CE/KL of every dictionary spliced into the store's language model (``splice_setup``)."""
-    res = splice_eval(lm.bridge, windows, hook, models, cfg.ce_batch_size)
-    return res | {"windows": len(windows), "ctx": cfg.ce_ctx}
-
-
-def evaluated_rows(store, test_chunks: list[int], limit: int | None = None) -> np.ndarray:
-    """[n] the global rows ``held_out_batches`` yields, in its order."""
-    rows = np.concatenate([np.arange(*store.chunk_bounds(c)) for c in test_chunks] or [np.empty(0, np.int64)])
-    return rows[:limit]
-
-
-def read_labels(path: str, n_rows: int, rows: np.ndarray) -> tuple[np.ndarray | None, list]:
-    """(class index of each of the evaluated store rows ``rows`` [n] or None, class labels) from a .npy
-    file of one label per store row [n_rows]; only those rows' labels are read (the file is mapped)."""
-    if not path:
-        return None, []
-    p = Path(path).expanduser()  # '~/labels.npy', as the harvest's source and vectors paths
-    if not p.is_file():
-        raise AnalyzeError(f"analyze.labels: {p} not found (a .npy file with one label per store row)")
-    try:  # never pickle: numbers or fixed-width strings only; mapped: the header's shape is checked first
-        lab = np.load(p, mmap_mode="r", allow_pickle=False)  # (a damaged one may claim 10**11 rows)
-    except (ValueError, OSError) as e:
-        raise AnalyzeError(f"analyze.labels: {p} is not a .npy array of numbers or strings ({e}); save one "
-                           "with np.save(path, labels) where labels is a 1-D int or str array") from e
-    if not isinstance(lab, np.ndarray):  # an .npz archive
-        raise AnalyzeError(f"analyze.labels: {p} is an .npz archive; save the labels alone with np.save")
-    if lab.shape != (n_rows,):
-        raise AnalyzeError(f"analyze.labels: {p} has shape {lab.shape}, the store has {n_rows} rows")
-    lab = np.asarray(lab[rows])  # [n] the evaluated rows' labels only, not the whole store's
-    if lab.dtype.kind == "S":  # bytes: the labels as text (summary.json holds them)
-        lab = np.char.decode(lab, "utf-8", errors="replace")
-    if lab.dtype.kind not in "biufU":
-        raise AnalyzeError(f"analyze.labels: {p} holds {lab.dtype} values; labels are integers, floats, "
-                           "booleans or strings")
-    if lab.dtype.kind == "f" and np.isinf(lab).any():  # summary.json (strict JSON) would write the class null
-        at = int(rows[np.argmax(np.isinf(lab))])
-        raise AnalyzeError(f"analyze.labels: {p} holds inf at row {at:,}: a label names a class (an integer, "
-                           "a string, a finite number; NaN for none)")
-    missing = missing_labels(lab)  # [n]
-    if missing.all():
-        raise AnalyzeError(f"analyze.labels: every label in {p} is missing (NaN or empty) on the "
-                           f"{len(lab):,} held-out rows analyze evaluates: there is no class to report AD of")
-    classes, idx = np.unique(lab[~missing], return_inverse=True)
-    if len(classes) > MAX_CLASSES:  # a per-row value (an id, a regression target): [classes, k] per model
-        raise AnalyzeError(f"analyze.labels: {p} holds {len(classes):,} distinct labels, more than "
-                           f"{MAX_CLASSES:,}: a label names a class of rows (a manifold, a category), and AD "
-                           "is reported per class (each class's sums kept for every latent, a bar each in "
-                           "the report); bin a per-row value into classes first")
-    out = np.full(len(lab), -1, np.int64)  # [n] -1: no label, left out of the per-class AD
-    out[~missing] = idx
-    return out, [c.item() for c in classes]
-
-
-def missing_labels(lab: np.ndarray) -> np.ndarray:
-    """[n] bool: the labels that are missing, NaN (a float array) or an empty or blank string; numbers and
-    other strings are classes (a .npy of labels holds no None: object arrays are refused)."""
-    if lab.dtype.kind == "f":
-        return np.isnan(lab)
-    if lab.dtype.kind in "US":
-        return np.char.strip(lab) == lab.dtype.type()
-    return np.zeros(lab.shape, bool)
-
-
-def held_out_chunks(run_dir: Path, n_chunks: int, records: dict[str, dict], seed: int) -> list[int]:
-    """The chunks analysis evaluates: ``read_test_chunks``; for a run folder without a split.json whose
-    dictionaries are all imported (``actdict import``: none learned any of these rows), the split the train
-    stage would make (``train.data.make_split`` at train.test_fraction's default and the experiment seed),
-    computed, not written: a training in the folder writes its own, which analysis then reads."""
-    imported = records and all("imported" in r for r in records.values())
-    if (run_dir / "split.json").is_file() or not imported:
-        return read_test_chunks(run_dir, n_chunks)
-    from actdict.train.config import TrainConfig
-    from actdict.train.data import make_split
-
-    fraction = TrainConfig.__dataclass_fields__["test_fraction"].default
-    chunks = make_split(n_chunks, fraction, seed)["test_chunks"]
-    print(f"analyze: note: no split.json in {run_dir} and only imported dictionaries: evaluating the "
-          f"{len(chunks)} of {n_chunks} chunks that training would hold out (test_fraction {fraction}, seed "
-          f"{seed})")
-    return chunks
-
-
-def read_test_chunks(run_dir: Path, n_chunks: int | None = None) -> list[int]:
-    """``test_chunks`` of ``<run_dir>/split.json`` (written by the train stage): chunk numbers, below
-    ``n_chunks`` (the store's) when given."""
-    path = run_dir / "split.json"
-    if not path.is_file():
-        raise AnalyzeError(f"{path} not found: run the train stage first")
-    try:
-        chunks = json.loads(path.read_text()).get("test_chunks")
-    except (ValueError, AttributeError) as e:
-        raise AnalyzeError(f"{path} is damaged ({e}): rerun the train stage, which writes it again") from e
-    if not chunks:
-        raise AnalyzeError(f"{path} has no test_chunks (trained with train.test_fraction=0): analyze "
-                           "evaluates held-out rows only; retrain with test_fraction > 0")
-    top = n_chunks or math.inf
-    if not (isinstance(chunks, list) and all(type(c) is int and 0 <= c < top for c in chunks)):
-        within = f" of the store's {n_chunks}" if n_chunks else ""
-        raise AnalyzeError(f"{path} is damaged (test_chunks {str(chunks)[:80]} are not chunk numbers"
-                           f"{within}): rerun the train stage, which writes it again")
-    return chunks
-
-
-def not_a_dictionary(folder: Path) -> str | None:
-    """Why the folder ``folder`` of ``<run_dir>/dicts`` holds no dictionary to load, in words; None when it
-    holds a finished checkpoint (training writes the weights, then cfg.json)."""
-    from actdict.train import export
-
-    if (folder / checkpoint.CFG).is_file() and (folder / checkpoint.WEIGHTS).is_file():
-        return None
-    if (folder / export.WEIGHTS).is_file():
-        return (f"holds a SAELens export ({export.WEIGHTS} + {export.CFG}, made by actdict export), not a "
-                "checkpoint of this run: it does not belong in dicts/; export into a folder outside it")
-    if not (folder / checkpoint.CFG).is_file():
-        return (f"has no finished checkpoint (no {checkpoint.CFG}: its training stopped before its first "
-                "save); rerun actdict train to finish it, or remove the folder")
-    return f"has a {checkpoint.CFG} but no {checkpoint.WEIGHTS}: not a finished checkpoint"
-
-
-def dict_folders(root: Path) -> tuple[list[str], dict[str, str]]:
-    """(the names of the dictionaries in ``root``, ``<run_dir>/dicts``: its folders holding a finished
-    checkpoint, in ``name_order``; every other folder's name -> why it is not one, ``not_a_dictionary``).
-    Hidden folders are nobody's dictionary and left out of both."""
-    if not root.is_dir():
-        return [], {}
-    names = sorted((p.name for p in root.iterdir() if p.is_dir() and p.name[0] != "."), key=name_order)
-    why = {n: not_a_dictionary(root / n) for n in names}
-    return [n for n, w in why.items() if w is None], {n: w for n, w in why.items() if w is not None}
-
-
-def name_order(name: str) -> tuple:
-    """The sort key of a dictionary's name: its numbers by value, the rest as text, so that a sweep's names
-    come in the order of what they vary (l1big_k-768 before l1big_k-1536, lr-1e-05 before lr-0.001, lam1-2
-    before lam1-10), not as strings."""
-    parts = re.split(r"(\d+(?:\.\d+)?(?:e[-+]?\d+)?)", name)  # text, number, text, ...
-    key = tuple((1, p, 0.0) if i % 2 == 0 else (1, "", float(p)) for i, p in enumerate(parts))
-    return (*key, (0, name, 0.0))  # a name before its longer ones (a, a1); a01 and a1 as strings
-
-
-def skipped_notes(run_dir: Path, names: list[str]) -> list[str]:
-    """One line per folder of ``<run_dir>/dicts`` that is not a dictionary, naming it and saying why, when
-    every dictionary is read (``names`` empty): said, not skipped in silence."""
-    root = run_dir / "dicts"
-    return [] if names else [f"skipped {root / n}: it {why}" for n, why in dict_folders(root)[1].items()]
-
-
-def trained_records(run_dir: Path, names: list[str]) -> dict[str, dict]:
-    """name -> cfg.json of the dictionaries ``names`` (all in ``<run_dir>/dicts`` when empty) found there."""
-    root = run_dir / "dicts"
-    paths = [root / n / "cfg.json" for n in names or dict_folders(root)[0]]
-    out = {}
-    for p in paths:
-        try:
-            out[p.parent.name] = json.loads(p.read_text())
-        except FileNotFoundError:  # gone: a training saving it now (load_models says so)
-            pass
-        except ValueError as e:  # a cut copy, an edit: as checkpoint.load says it
-            raise AnalyzeError(checkpoint.damaged(p.parent, f"{p.name}: {e}")) from e
-    return out
-
-
-def trained_hook(records: dict[str, dict]) -> str | None:
-    """The store hook the dictionaries of ``records`` (``trained_records``) were trained on, as their cfg.json
-    records it (None: none recorded); raises when they were trained on different hooks."""
-    hooks = {n: (r.get("store") or {}).get("hook") for n, r in records.items()}
-    if len(set(hooks.values()) - {None}) > 1:
-        raise AnalyzeError(f"the dictionaries were trained on different hooks ({hooks}); analyze one hook's "
-                           "at a time (analyze.dicts), or train each hook in its own run_dir")
-    return next((h for h in hooks.values() if h is not None), None)
-
-
-def other_split(records: dict[str, dict], test_chunks: list[int]) -> list[str]:
-    """The dictionaries whose cfg.json records held-out chunks other than ``test_chunks`` (trained with
-    another split: analysis would score them on rows they learned). Checkpoints that record none pass."""
-    return sorted(n for n, r in records.items()
-                  if r.get("test_chunks") is not None and sorted(r["test_chunks"]) != sorted(test_chunks))
-
-
-def held_out_batches(store, test_chunks: list[int], batch_size: int, limit: int | None = None
-                     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """The test rows in chunk order, in batches of ``batch_size`` that run across chunks (only the last is
-    short), at most ``limit`` rows: (acts [B, d] float32, their global store rows [B] int64). The first batch
-    is the paper's "first test batch" (RE of one sample, the masked-dimensions curve)."""
-    acts, rows, seen = np.empty((0, store.d), np.float32), np.empty(0, np.int64), 0  # rows not yet yielded
-    for c in tqdm(test_chunks, desc="analyze", unit="chunk"):
-        start, stop = store.chunk_bounds(c)
-        take = stop - start if limit is None else min(stop - start, limit - seen)
-        acts = np.concatenate([acts, store.read_chunk(c).acts[:take]])  # [held, d]
-        rows = np.concatenate([rows, np.arange(start, start + take)])  # [held]
-        seen += take
-        last = seen == limit or c == test_chunks[-1]
-        full = len(rows) if last else len(rows) // batch_size * batch_size  # rows to yield now
-        for a in range(0, full, batch_size):
-            yield acts[a:a + batch_size], rows[a:a + batch_size]
-        acts, rows = acts[full:], rows[full:]
-        if last:
-            return
-
-
-def other_store(records: dict[str, dict], store_id: dict) -> dict[str, list[str]]:
-    """The dictionaries whose cfg.json records another store than ``store_id`` (``describe_store`` of the
-    store analysed), compared as training compares them (``store_key``) -> {name: what differs}. What a
-    record leaves unset (older checkpoints: no ``content``) is not compared, nor the path: the rows'
-    identity (``config_hash`` or ``content``, rows, d) says whether they are the same wherever they lie."""
-    now, out = store_key(store_id), {}
-    for name, r in records.items():
-        was = {k: v for k, v in store_key(r.get("store") or {}).items() if v is not None and k != "path"}
-        if changes := config_changes(was, {k: now.get(k) for k in was}, "store."):
-            out[name] = changes
-    return out
-
-
-def load_models(run_dir: Path, names: list[str], d: int, records: dict[str, dict] | None = None) -> dict:
-    """Load ``<run_dir>/dicts/<name>`` for each name (all found there when ``names`` is empty); with
-    ``records`` (``trained_records``, read earlier), one whose cfg.json a training replaced since is refused:
-    the checks made on its record would not be its own."""
-    root = run_dir / "dicts"
-    found, skipped = dict_folders(root)
-    if named := [n for n in names if n in skipped]:
-        raise AnalyzeError("; ".join(f"dictionary folder {root / n} {skipped[n]}" for n in named))
-    missing = [n for n in names if n not in found]
-    if missing or not found:
-        raise AnalyzeError(f"dictionaries {missing or '(any)'} not found in {root}; available: {found}")
-    models = {}
-    for name in names or [n for n in found if records is None or n in records]:  # a newcomer: next time
-        model, record = checkpoint.load(root / name)
-        if records is not None and record != records.get(name):
-            raise AnalyzeError(f"dictionary {name} ({root / name}) was saved again by a training while this "
-                               "analysis started: rerun actdict analyze (when that training is done)")
-        if model.d != d:
-            raise AnalyzeError(f"dictionary {name} has d={model.d} but the store has d={d}")
-        models[name] = model
-    return models
 
 
 def _clean(x):

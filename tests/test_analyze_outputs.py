@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from actdict.analyze import run
+from actdict.analyze import inputs, run
 from actdict.analyze.config import AnalyzeConfig
 from actdict.config import Common
 from actdict.files import write_atomic
@@ -434,13 +434,13 @@ def test_a_dictionary_saved_again_while_the_analysis_starts_is_refused(tmp_path,
     """A training beside the analysis saves ``sae`` again after the analysis read its record (and checked
     its store and split against it) but before it loaded the weights: refused, since the summary would give
     the old record's config_hash to the new weights."""
-    run_dir, real = _run_dir(tmp_path, monkeypatch), run.read_test_chunks
+    run_dir, real = _run_dir(tmp_path, monkeypatch), inputs.read_test_chunks
 
     def saved_meanwhile(*a):
         save(run_dir / "dicts" / "sae", make("sae_l1", 5, 8, seed=1), {"config_hash": "new"})
         return real(*a)
 
-    monkeypatch.setattr(run, "read_test_chunks", saved_meanwhile)
+    monkeypatch.setattr(inputs, "read_test_chunks", saved_meanwhile)
     with pytest.raises(run.AnalyzeError, match=r"dictionary sae \(.*\) was saved again by a training while "
                        "this analysis started: rerun actdict analyze"):
         run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(device="cpu", n_features=2, top_k=2, context=1))
@@ -451,14 +451,14 @@ def test_a_dictionary_finished_while_the_analysis_starts_waits_for_the_next_one(
     """A training beside the analysis finishes a new dictionary after the analysis read the records of
     those in the run folder: the analysis goes on with the ones it checked (the newcomer was refused as
     'saved again')."""
-    run_dir, real = _run_dir(tmp_path, monkeypatch), run.read_test_chunks
+    run_dir, real = _run_dir(tmp_path, monkeypatch), inputs.read_test_chunks
     record = json.loads((run_dir / "dicts" / "sae" / "cfg.json").read_text())
 
     def finished_meanwhile(*a):
         save(run_dir / "dicts" / "new", make("sae_l1", 5, 8, seed=1), record)
         return real(*a)
 
-    monkeypatch.setattr(run, "read_test_chunks", finished_meanwhile)
+    monkeypatch.setattr(inputs, "read_test_chunks", finished_meanwhile)
     run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(device="cpu", n_features=2, top_k=2, context=1))
     assert list(json.loads((run_dir / "summary.json").read_text())["models"]) == ["sae"]
 
@@ -545,9 +545,9 @@ def test_labels_with_a_value_per_row_are_refused_before_per_class_sums(tmp_path,
     """Labels that are a per-row value (ids, a continuous target: 2M distinct floats) made one class per
     row: [classes, k] float64 sums per dictionary (65 GB for 2M rows and k = 4,096) and a bar each in the
     report. More than MAX_CLASSES distinct labels are one line instead."""
-    monkeypatch.setattr(run, "MAX_CLASSES", 50)
+    monkeypatch.setattr(inputs, "MAX_CLASSES", 50)
     np.save(tmp_path / "target.npy", np.random.default_rng(0).standard_normal(96))  # [96] distinct floats
     with pytest.raises(run.AnalyzeError, match=r"holds 96 distinct labels, more than 50: a label names a"):
-        run.read_labels(str(tmp_path / "target.npy"), 96, np.arange(96))
+        inputs.read_labels(str(tmp_path / "target.npy"), 96, np.arange(96))
     np.save(tmp_path / "classes.npy", np.arange(96) % 50)
-    assert len(run.read_labels(str(tmp_path / "classes.npy"), 96, np.arange(96))[1]) == 50
+    assert len(inputs.read_labels(str(tmp_path / "classes.npy"), 96, np.arange(96))[1]) == 50

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from actdict.analyze import run
+from actdict.analyze import inputs, run
 from actdict.analyze.compare import directions, live, nearest, similarity
 from actdict.analyze.config import AnalyzeConfig
 from actdict.config import Common
@@ -166,8 +166,8 @@ def test_a_sweeps_dictionaries_are_analysed_in_the_order_of_their_values(tmp_pat
     names = ["l1_lam1-2.0", "l1_lam1-10", "l1big_k-768", "l1big_k-1536", "lr-1e-05", "lr-0.001", "vaease"]
     for name in reversed(names):
         save(tmp_path / "dicts" / name, sae, {})
-    assert list(run.load_models(tmp_path, [], 4)) == names
-    assert run.dict_folders(tmp_path / "dicts")[0] == names
+    assert list(inputs.load_models(tmp_path, [], 4)) == names
+    assert inputs.dict_folders(tmp_path / "dicts")[0] == names
 
 
 def test_a_dictionary_without_decode_has_no_directions():

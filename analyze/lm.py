@@ -1,0 +1,80 @@
+"""The store's language model in the ``analyze`` stage (``analyze.run``), set up before the pass so that what
+stops it stops it first: loaded once (``causal_lm``) for CE recovered (``splice_setup``, ``splice_models``:
+``analyze.splice``) and for each feature's direct logit effects (``add_logit_effects``, ``named``:
+``analyze.logits``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from actdict.analyze.config import AnalyzeConfig
+from actdict.analyze.inputs import AnalyzeError
+from actdict.analyze.splice import heldout_windows, splice_eval
+
+
+def causal_lm(store, device: torch.device, cfg: AnalyzeConfig):
+    """The store's causal language model (float32, offline), for ``ce_loss`` and ``logit_effects``, loaded
+    before the analysis pass so that what stops it stops it first."""
+    from actdict.analyze.logits import not_residual
+    from actdict.harvest.models import load_model
+
+    asks = " and ".join(f"analyze.{k}" for k in ("ce_loss", "logit_effects") if getattr(cfg, k))
+    off = " and ".join(f"analyze.{k}={v}" for k, v in (("ce_loss", "false"), ("logit_effects", 0))
+                       if getattr(cfg, k))
+    man = store.manifest
+    if not man.get("model") or not man.get("hook"):
+        raise AnalyzeError(f"{asks} needs a store harvested from a language model (its manifest has no "
+                           f"model/hook): set {off}")
+    lm = load_model(man["model"], device=str(device), dtype="float32")
+    if lm.kind != "causal":
+        raise AnalyzeError(f"{asks} needs a causal language model; {lm.name} is an encoder: set {off}")
+    if cfg.logit_effects and (why := not_residual(man["hook"], store.d, lm.d_model)):
+        raise AnalyzeError(f"analyze.logit_effects: {why}: set analyze.logit_effects=0")
+    return lm
+
+
+def splice_setup(lm, cfg: AnalyzeConfig, store, test_chunks: list[int]):
+    """The store's causal language model ``lm`` and its held-out windows for the CE/KL evaluation (see
+    ``analyze.splice``), made before the analysis pass: (model, windows). The windows begin and join
+    documents as the store's harvest did (its manifest's settings)."""
+    from dataclasses import replace
+
+    from actdict.harvest.config import HarvestConfig
+    from actdict.harvest.run import window_specials
+
+    man = store.manifest
+    made = man.get("harvest") or {}  # stores of format 1 record no harvest config: the defaults then
+    how = replace(HarvestConfig(), **{k: made[k] for k in ("prepend_bos", "join_with_eos", "pad_id",
+                                                            "window_mode") if k in made})
+    spec = window_specials(lm, how)
+    windows = heldout_windows(store, test_chunks, cfg.ce_windows, cfg.ce_ctx, spec["prefix"], spec["sep"],
+                              join_docs=how.window_mode == "concat", pad_id=spec["pad_id"])
+    return lm, windows
+
+
+def splice_models(lm, windows, hook: str, cfg: AnalyzeConfig, models: dict) -> dict:
+    """CE/KL of every dictionary spliced into the store's language model (``splice_setup``)."""
+    res = splice_eval(lm.bridge, windows, hook, models, cfg.ce_batch_size)
+    return res | {"windows": len(windows), "ctx": cfg.ce_ctx}
+
+
+def add_logit_effects(datas: dict[str, dict], dirs: dict, lm, n: int, decode) -> None:
+    """Each feature's direct logit effects (``analyze.logits``: the n tokens it raises and lowers most) into
+    its record of ``datas`` (``logits``), their strings into the features file's ``tokens``."""
+    from actdict.analyze.logits import logit_effects, records, unembedding
+
+    w_u, g, centre = unembedding(lm.bridge)
+    for name, (unit, _) in dirs.items():
+        feats, tokens = datas[name]["features"], datas[name]["tokens"]
+        for f, rec in enumerate(records(*logit_effects(unit, w_u, g, centre, n))):
+            if rec is not None:
+                feats[f]["logits"] = rec
+        ids = sorted({i for f in feats for side in (f.get("logits") or {}).values() for i, _ in side} -
+                     {int(t) for t in tokens})
+        tokens.update({str(i): s for i, s in zip(ids, decode(ids) if ids else [], strict=True)})
+
+
+def named(logits: dict, tokens: dict[str, str]) -> dict:
+    """A feature's ``logits`` record with each token id replaced by its string (summary.json's form)."""
+    return {side: [[tokens.get(str(i), f"#{i}"), v] for i, v in pairs] for side, pairs in logits.items()}
