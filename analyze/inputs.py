@@ -18,7 +18,7 @@ from tqdm import tqdm
 from actdict.config import config_changes
 from actdict.errors import ActdictError
 from actdict.train import checkpoint
-from actdict.train.run import store_key
+from actdict.train.identity import store_key
 
 
 class AnalyzeError(ActdictError, ValueError):

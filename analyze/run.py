@@ -94,9 +94,9 @@ from actdict.config import Common
 from actdict.errors import printable
 from actdict.files import check_not_linked, remove_temps, write_atomic
 from actdict.lock import check_writable
+from actdict.train.identity import describe_store
 from actdict.train.log import trained_curve
 from actdict.train.loop import check_device, resolve_device
-from actdict.train.run import describe_store
 
 SUMMARY_VERSION = 2
 KEEP_NEAREST = 8

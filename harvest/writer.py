@@ -145,7 +145,7 @@ class StoreWriter:
     Used as a context manager, an exception leaves the store incomplete (not closed). A store whose
     manifest has no ``config_hash`` (vectors written from Python or ``python -m actdict.harvest.vectors``)
     gets a ``content`` key instead, a digest of its shards' checksums: what identifies its rows to training
-    (``train.run.store_key``), so that other vectors written over it are not taken for the old ones.
+    (``train.identity.store_key``), so that other vectors written over it are not taken for the old ones.
     """
 
     def __init__(self, path: str, manifest: dict, d: int, dtype: str = "float16",

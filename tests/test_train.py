@@ -312,7 +312,7 @@ def test_step_is_one_adam_step_on_fresh_gradients_then_after_step():
 
 
 def test_store_identity_in_the_hash():
-    from actdict.train.run import dict_hash, store_key
+    from actdict.train.identity import dict_hash, store_key
 
     common, dc = Common(run_dir="r", seed=0, store="s"), DictConfig("v", "vaease")
     split = {"train_chunks": [0, 1]}
