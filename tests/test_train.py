@@ -1356,3 +1356,18 @@ def test_a_sweep_trains_what_its_dictionaries_written_out_train(store, tmp_path)
         assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
         weights.append(a.encoder.weight)
     assert not torch.equal(weights[0], weights[1]) and not torch.equal(weights[0], weights[2])  # all differ
+
+
+def test_a_run_ending_just_after_a_warm_restart_is_told_so():
+    """The demo's 1,408 steps end 133 steps after cosine_restarts' restart at step 1,275 (lr still 97 % of
+    its maximum: docs/results.md E31); ending at the cycle's low point or late in a cycle is not noted."""
+    from actdict.train.schedule import lr_at, restart_note
+
+    note = restart_note(1408, "cosine_restarts", 5)
+    assert "restarts at step 1,275 and the run ends 133 steps later, in a 1,280-step cycle" in note
+    assert "still 97% of lr" in note and "train.max_steps=1275" in note and "2555 at the next" in note
+    assert round(lr_at(1407, 1.0, "cosine_restarts", 1408, 0, 0.0, 5), 2) == 0.97
+    assert [restart_note(t, "cosine_restarts", 5) is None for t in (1275, 1276, 1595, 1596, 2000, 99)] == [
+        True, False, False, True, True, True]
+    assert restart_note(1408, "constant", 5) is None and restart_note(1408, "warmup_cosine", 5) is None
+    assert "restarts at step 1,285" in restart_note(1418, "cosine_restarts", 5, warmup_steps=10)

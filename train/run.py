@@ -66,6 +66,7 @@ from actdict.train.resume import (
     save_state,
     stale_state,
 )
+from actdict.train.schedule import restart_note
 
 
 @contextmanager
@@ -325,6 +326,9 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
     t0 = time.time()
     with sigterm_flag(sigint=True) as stop:
         per_epoch = steps_in_epoch(store, chunks, cfg.batch_size)
+        total = min(per_epoch * cfg.epochs, cfg.max_steps or per_epoch * cfg.epochs)
+        if note := restart_note(total, cfg.schedule, cfg.t0, cfg.warmup_steps):
+            say(f"train: note: {note}")
         steps = train(members, batches, cfg, device, per_epoch,
                       seed=common.seed, start=start, save=save, stop=stop, dist=d, log=log, probe=True)
     segs = segments(steps)

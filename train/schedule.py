@@ -41,3 +41,26 @@ def lr_at(step: int, lr: float, schedule: Schedule, total_steps: int, warmup_ste
     if schedule == "linear_decay":
         return eta_min + (lr - eta_min) * max(1.0 - t / span, 0.0)
     raise ValueError(f"unknown schedule {schedule!r}")
+
+
+def restart_note(total_steps: int, schedule: Schedule, t0: int = 5, warmup_steps: int = 0) -> str | None:
+    """For ``cosine_restarts``: a note when the run's last step falls in the first quarter of a cosine cycle
+    after a warm restart, where the learning rate is still near its maximum, so the final dictionaries are
+    measured just after the restart threw them off (docs/results.md, E31); None otherwise, and for runs of
+    under 100 steps."""
+    t = total_steps - warmup_steps  # the schedule proper's steps 0 .. t - 1
+    if schedule != "cosine_restarts" or t < 100:  # (a shorter run is a smoke test)
+        return None
+    start, length = 0, t0
+    while start + length < t:  # the cycle holding the last step, t - 1
+        start, length = start + length, 2 * length
+    done = t - start
+    if 4 * done > length:
+        return None
+    share = (1 + math.cos(math.pi * (done - 1) / length)) / 2
+    at = warmup_steps + start
+    return (f"the cosine_restarts schedule (T_0 {t0}, T_mult 2) restarts at step {at:,} and the run ends "
+            f"{done:,} steps later, in a {length:,}-step cycle, its learning rate still {share:.0%} of lr: "
+            "the final dictionaries are measured just after a warm restart, which can undo much of the fit "
+            f"(docs/results.md, E31); train.max_steps={at} ends the run at the previous cycle's low point, "
+            f"{at + length} at the next one's")
