@@ -8,8 +8,8 @@ mlp``) the direction it starts in, not its only one. (A derivative, not decode(e
 shrunk to 1e-12 by a decoder penalty vanishes beside the bias in that difference.) A feature is live when
 it is active on some test row (analysis's ``fires`` > 0) and its column's norm is over ``NULL`` (1e-6)
 times the dictionary's largest: ``sae_l1``'s lam2 penalty shrinks the columns of rarely used features to
-1e-10 and below (135 of the demo's 384, 120 of them still active on a few rows), whose directions are
-rounding noise. For dictionary A against B: each live feature of A is matched to the live feature of B
+1e-10 and below (133 of the demo's 384 under ``NULL``, 119 still active on a few rows): their directions
+are rounding noise. For dictionary A against B: each live feature of A is matched to the live feature of B
 whose direction has the largest cosine with its own; ``mmcs`` is the mean of those
 cosines over A's live features and ``matched`` the fraction with a cosine of at least ``MATCHED`` (0.9).
 The pair is not symmetric (A's features in B, not B's in A). Shapes: k features, d input dims.
