@@ -96,7 +96,7 @@ SETS = {
                    data={"n_train": 40_000, "n_test": 8000, "d": 100, "dims": (5, 5, 10, 10)},
                    models=_synthetic({"encoder": "resmlp", "decoder": "mlp", "hidden": 120}, 0.005, 0.005,
                                      (5e-4, 1e-5), (5e-6, 1e-5), 10, -2.0)),
-    "llm": SetSpec("store", k=384, epochs=8, batch=2048, t0=5,
+    "llm": SetSpec("store", k=384, epochs=8, batch=2048, t0=5, max_steps=635,  # 5 (2^7 - 1): a cycle's end
                    data={"path": "runs/demo/store", "test_fraction": 0.1},
                    models=_store(0.005, [(0.32, 0.2), (0.12, 0.2)], [(0.01, 0.2), (0.003, 0.2)], [30, 20],
                                  -3.0)),
