@@ -102,13 +102,20 @@ def test_similarity_of_a_sweep_shows_its_progress_and_cost(capsys, monkeypatch):
     assert capsys.readouterr().err == ""  # 2 pairs: no bar
 
 
-def test_analysis_reports_shared_directions(tmp_path, monkeypatch):
+def _run_folder(tmp_path) -> int:
+    """A run folder with a store of 96 random rows (d = 5, six chunks of 16) and a split holding out chunks
+    4 and 5; returns d."""
     g = np.random.default_rng(0)
     n, d = 96, 5
     with StoreWriter(str(tmp_path / "store"), {"hook": "h"}, d, "float32", 32, 16) as w:
         rows = np.arange(n)
         w.append(g.standard_normal((n, d)).astype(np.float32), rows, rows // 8, rows % 8)
     (tmp_path / "split.json").write_text(json.dumps({"train_chunks": [0, 1, 2, 3], "test_chunks": [4, 5]}))
+    return d
+
+
+def test_analysis_reports_shared_directions(tmp_path, monkeypatch):
+    d = _run_folder(tmp_path)
     sae = make("sae_l1", d, 8, seed=0)
     with torch.no_grad():
         sae.decoder.weight[:, 2] = 0.0  # a null decoder column
@@ -136,12 +143,7 @@ def test_a_sweeps_features_keep_their_nearest_in_the_eight_closest_dictionaries(
     """Each feature's ``nearest`` named its nearest feature in every other dictionary: n(n - 1) k entries in a
     run's features files (and the report's parts), 0.4 MB of each 1.9 MB file for a sweep of 20 at k = 384.
     Beyond 8 others it now keeps the 8 of highest cosine; the pairs' MMCS still cover every other one."""
-    g = np.random.default_rng(0)
-    n, d = 96, 5
-    with StoreWriter(str(tmp_path / "store"), {"hook": "h"}, d, "float32", 32, 16) as w:
-        rows = np.arange(n)
-        w.append(g.standard_normal((n, d)).astype(np.float32), rows, rows // 8, rows % 8)
-    (tmp_path / "split.json").write_text(json.dumps({"train_chunks": [0, 1, 2, 3], "test_chunks": [4, 5]}))
+    d = _run_folder(tmp_path)
     for i in range(10):
         save(tmp_path / "dicts" / f"l1_seed-{i}", make("sae_l1", d, 8, seed=i), {})
     monkeypatch.setattr(run, "resolve_decoder", lambda m: lambda ids: [f"t{i}" for i in ids])
