@@ -172,11 +172,11 @@ def expand_sweeps(items: list, where: str = "train.dicts") -> list:
         if not isinstance(item, dict) or "sweep" not in item:
             out.append(item)
             continue
+        base = {k: v for k, v in item.items() if k != "sweep"}
         if item["sweep"] is None:  # no sweep (an override cannot delete the key: train.dicts.NAME.sweep=null)
-            out.append({k: v for k, v in item.items() if k != "sweep"})
+            out.append(base)
             continue
         at = f"{where}[{item.get('name', i)}].sweep"
-        base = {k: v for k, v in item.items() if k != "sweep"}
         axes = _sweep_axes(item["sweep"], base, at)
         if math.prod(len(v) for _, v in axes) > MAX_SWEEP:
             raise ConfigError(f"{at}: {' x '.join(str(len(v)) for _, v in axes)} combinations; at most "

@@ -142,15 +142,10 @@ class Spread:
         self.sums: torch.Tensor | None = None  # [d + 3]: sum n m, sum n |m|^2, squared deviations, rows
         self.norm2: float | None = None  # set by ``end``: the ended epoch's mean squared row norm
 
-    @staticmethod
-    def wide(device: torch.device) -> torch.dtype:
-        """The dtype the sums are kept in on ``device``: float64, but float32 on MPS (no float64 there)."""
-        return torch.float64 if device.type in ("cpu", "cuda") else torch.float32
-
     def add(self, x: torch.Tensor) -> torch.Tensor:
         """Add the batch x [b, d] float32 (this process's rows); -> the mean SSE of predicting each of its
         rows by its mean row (the ``diverged`` baseline; NaN for an empty batch)."""
-        wide = self.wide(x.device)
+        wide = probe_.wide(x.device)
         mu = x.mean(0)  # [d]
         c = x - mu  # [b, d]
         sq = c.pow(2).sum(-1)  # [b]
@@ -186,7 +181,7 @@ class Spread:
     def restore(self, sums: list[float] | None, device: torch.device, main: bool = True) -> None:
         """Continue from ``state``'s sums: the main process holds them, the other ranks start from 0."""
         if sums is not None:
-            v = torch.tensor(sums, dtype=self.wide(device), device=device)
+            v = torch.tensor(sums, dtype=probe_.wide(device), device=device)
             self.sums = v if main else torch.zeros_like(v)
 
 
@@ -290,6 +285,13 @@ def postfix(losses: dict[str, float]) -> dict[str, str]:
     return {f"loss of {len(losses)} dicts": f"{min(losses.values()):.4g}..{max(losses.values()):.4g}"}
 
 
+def total_steps(steps_per_epoch: int | None, cfg: TrainConfig) -> int:
+    """The steps a run takes: its epochs' (when ``steps_per_epoch`` is known), at most ``cfg.max_steps``
+    (0: unknown, no max_steps and no epoch length)."""
+    total = steps_per_epoch * cfg.epochs if steps_per_epoch else 0
+    return min(total, cfg.max_steps) if total and cfg.max_steps else total or cfg.max_steps
+
+
 def train(members: list[Member], epoch_batches: Callable[..., Iterable], cfg: TrainConfig,
           device: torch.device, steps_per_epoch: int | None = None, seed: int = 0,
           start: Position | None = None, save: Callable[[Position], None] | None = None,
@@ -315,8 +317,7 @@ def train(members: list[Member], epoch_batches: Callable[..., Iterable], cfg: Tr
         if not hasattr(m, "opt"):
             m.model.to(device).train()
             m.setup(device)
-    total = steps_per_epoch * cfg.epochs if steps_per_epoch else 0
-    total = min(total, cfg.max_steps) if total and cfg.max_steps else total or cfg.max_steps
+    total = total_steps(steps_per_epoch, cfg)
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.autocast else nullcontext()
     bar = tqdm(total=total or None, initial=pos.step, desc="train", unit="step", dynamic_ncols=True,
                disable=not (d.main and progress), **bar_timing())

@@ -52,7 +52,7 @@ from actdict.train.identity import (
     replaced,
 )
 from actdict.train.log import LOGS, append_record, log_path, start_log
-from actdict.train.loop import Member, Position, check_device, resolve_device, train
+from actdict.train.loop import Member, Position, check_device, resolve_device, total_steps, train
 from actdict.train.protocol import make, registry
 from actdict.train.resume import (
     KEPT,
@@ -326,8 +326,7 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
     t0 = time.time()
     with sigterm_flag(sigint=True) as stop:
         per_epoch = steps_in_epoch(store, chunks, cfg.batch_size)
-        total = min(per_epoch * cfg.epochs, cfg.max_steps or per_epoch * cfg.epochs)
-        if note := restart_note(total, cfg.schedule, cfg.t0, cfg.warmup_steps):
+        if note := restart_note(total_steps(per_epoch, cfg), cfg.schedule, cfg.t0, cfg.warmup_steps):
             say(f"train: note: {note}")
         steps = train(members, batches, cfg, device, per_epoch,
                       seed=common.seed, start=start, save=save, stop=stop, dist=d, log=log, probe=True)

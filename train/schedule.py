@@ -15,13 +15,19 @@ from typing import Literal
 Schedule = Literal["cosine_restarts", "constant", "warmup_cosine", "linear_decay"]
 
 
-def _cosine_restarts(t: int, lr: float, eta_min: float, t0: int, t_mult: int = 2) -> float:
+def _cycle(t: int, t0: int, t_mult: int = 2) -> tuple[int, int]:
+    """(steps into its cosine cycle, that cycle's length) of schedule step t."""
     if t0 < 1:  # the loop below would never end
         raise ValueError(f"t0 must be >= 1, got {t0}")
     t_cur, t_i = t, t0
     while t_cur >= t_i:  # the same integer bookkeeping as torch's scheduler
         t_cur -= t_i
         t_i *= t_mult
+    return t_cur, t_i
+
+
+def _cosine_restarts(t: int, lr: float, eta_min: float, t0: int) -> float:
+    t_cur, t_i = _cycle(t, t0)
     return eta_min + (lr - eta_min) * (1 + math.cos(math.pi * t_cur / t_i)) / 2
 
 
@@ -51,14 +57,12 @@ def restart_note(total_steps: int, schedule: Schedule, t0: int = 5, warmup_steps
     t = total_steps - warmup_steps  # the schedule proper's steps 0 .. t - 1
     if schedule != "cosine_restarts" or t < 100:  # (a shorter run is a smoke test)
         return None
-    start, length = 0, t0
-    while start + length < t:  # the cycle holding the last step, t - 1
-        start, length = start + length, 2 * length
-    done = t - start
+    into, length = _cycle(t - 1, t0)  # the last step's place in its cycle
+    done = into + 1
     if 4 * done > length:
         return None
-    share = (1 + math.cos(math.pi * (done - 1) / length)) / 2
-    at = warmup_steps + start
+    share = _cosine_restarts(t - 1, 1.0, 0.0, t0)
+    at = warmup_steps + t - done
     return (f"the cosine_restarts schedule (T_0 {t0}, T_mult 2) restarts at step {at:,} and the run ends "
             f"{done:,} steps later, in a {length:,}-step cycle, its learning rate still {share:.0%} of lr: "
             "the final dictionaries are measured just after a warm restart, which can undo much of the fit "
