@@ -179,15 +179,20 @@ def conflict(meta: dict, hashes: dict[str, str], configs: dict[str, dict], ignor
     reasons = {r: [n for n, r2 in why if r2 == r] for _, r in why}  # a sweep's dictionaries change alike
     said = "; ".join(f"{listed(ns)}: {r}" for r, ns in reasons.items())
     state = sorted(meta["members"])
-    state = listed(state) if len(state) > 3 else f"dictionaries {state}"
+    state = listed(state) if len(state) > LISTED else f"dictionaries {state}"
     return (f"holds the resume state of another run ({state} at step "
             f"{meta['position']['step']}; {said or 'another config or store'}): {todo}, or set "
             "train.resume=false to start this one over (the state is then replaced)")
 
 
+LISTED = 3  # dictionaries a message names one by one; more (a sweep's): ``listed``
+
+
 def listed(names: list[str]) -> str:
-    """Dictionaries in a message: up to 3 by name, more (a sweep's) by their number, first and last."""
-    return ", ".join(names) if len(names) <= 3 else f"{len(names)} dictionaries {names[0]} ... {names[-1]}"
+    """Dictionaries in a message: up to ``LISTED`` by name, more (a sweep's) by number, first and last."""
+    if len(names) <= LISTED:
+        return ", ".join(names)
+    return f"{len(names)} dictionaries {names[0]} ... {names[-1]}"
 
 
 def load_state(path: str | Path, members: list[Member], hashes: dict[str, str],

@@ -56,6 +56,7 @@ from actdict.train.loop import Member, Position, check_device, resolve_device, t
 from actdict.train.protocol import make, registry
 from actdict.train.resume import (
     KEPT,
+    LISTED,
     STATE,
     kept_states,
     listed,
@@ -235,9 +236,10 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
             if not checkpoint.is_finished(run_dir / "dicts" / dc.name, hashes[dc.name], legacy[dc.name])]
     seeds = {dc.name: common.seed if dc.seed is None else dc.seed for dc in cfg.dicts}
     done = [dc.name for dc in cfg.dicts if dc not in todo]
-    for names in [listed(done)] if len(done) > 3 else done:  # a sweep's: one line
-        say(f"train: {names}: finished checkpoint{'s' * (len(done) > 3)} with the same config "
-            f"exist{'s' * (len(done) <= 3)}, skipped")
+    many = len(done) > LISTED  # a sweep's: one line
+    for names in [listed(done)] if many else done:
+        say(f"train: {names}: finished checkpoint{'s' * many} with the same config exist{'s' * (not many)}, "
+            "skipped")
     for dc in todo:
         if what := replaced(run_dir / "dicts" / dc.name, dc, cfg, seeds[dc.name], store_id):
             kept = (run_dir / "dicts" / dc.name / KEPT).is_file()  # it may continue that run (kept_states)
@@ -302,7 +304,7 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
     log = start_logs(run_dir, todo, hashes, kept_hashes or todo_hashes, start, say) if d.main else None
     world = f" x {d.world} ranks" if d.on else ""
     names = [m.name for m in members]
-    names = names if len(names) <= 3 else listed(names)  # a sweep's: their number, first and last
+    names = names if len(names) <= LISTED else listed(names)  # a sweep's: their number, first and last
     say(f"train: {names} on {train_rows} rows ({len(chunks)} chunks, d={store.d}) for "
         f"{cfg.epochs} epoch(s)" + (f", stopping at step {cfg.max_steps} (train.max_steps)" if cfg.max_steps
                                      else "") + f" on {device}{world}"

@@ -162,8 +162,8 @@ def _write(src: Path, dest: Path, cfg: dict[str, Any], model: Dictionary, overwr
     if dest.exists():
         old = checkpoint.finished_record(dest) if (dest / checkpoint.CFG).is_file() else None
         held = [p.name for p in dest.iterdir()] if dest.is_dir() else [dest.name]
-        if not (overwrite and old is not None and "imported" in old) and held:
-            again = old is not None and "imported" in old
+        again = old is not None and "imported" in old  # an earlier import, which --overwrite replaces
+        if held and not (overwrite and again):
             raise NotImportable(f"{dest} holds " + ("an imported SAE already: pass --overwrite to replace "
                                                     "it" if again else f"{held[:5]}: pass a new name"))
     meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
