@@ -97,7 +97,7 @@ class ModelEval:
             "ev": 1.0 - fvu, "fvu": fvu, "cos": self.cos_sum / n,
             "dead": dead, "dead_frac": dead / m.k,
             "dense": M.dense_latents(density, cfg.dense_threshold), "dense_threshold": cfg.dense_threshold,
-            "ad_hist": {"values": counts.nonzero()[:, 0].tolist(), "counts": counts[counts > 0].tolist()},
+            "ad_hist": M.bincount_histogram(counts),
             "density_hist": M.log_density_histogram(density, cfg.density_bins),
             "masked_curve": self.curve,
         }

@@ -94,12 +94,12 @@ def feature_density(fire_counts, n_rows: int) -> Tensor:
     return _tensor(fire_counts).to(torch.float64) / n_rows
 
 
-def count_histogram(counts) -> dict[str, list[int]]:
-    """Histogram of non-negative integers (e.g. per-sample AD): {"values": [...], "counts": [...]},
-    only the values that occur, ascending."""
-    c = _tensor(counts).long().flatten().cpu()
-    values, freq = torch.unique(c, return_counts=True)
-    return {"values": values.tolist(), "counts": freq.tolist()}
+def bincount_histogram(freq) -> dict[str, list[int]]:
+    """The values that occur in a bincount: freq [m] (freq[v] = how many rows have value v, e.g. per-row AD)
+    -> {"values": [...], "counts": [...]}, ascending, zero-frequency values left out."""
+    f = _tensor(freq).long().flatten().cpu()
+    values = f.nonzero()[:, 0]
+    return {"values": values.tolist(), "counts": f[values].tolist()}
 
 
 def log_density_histogram(density, bins: int) -> dict[str, list | int]:
@@ -130,15 +130,6 @@ def cosine_similarity(x, x_hat) -> Tensor:
 def dense_latents(density, threshold: float) -> int:
     """Number of latents active on more than ``threshold`` (a fraction) of the rows: density [k]."""
     return int((_tensor(density) > threshold).sum())
-
-
-def ad_per_class(ad, labels) -> dict[Hashable, float]:
-    """Mean per-sample active dimensions of each class: ad [n], labels [n] -> {label: mean AD}."""
-    a = _tensor(ad).to(torch.float64).cpu().numpy()
-    lab = np.asarray(labels)
-    if lab.shape != a.shape:
-        raise ValueError(f"labels must have shape {a.shape}, got {lab.shape}")
-    return {(g.item() if hasattr(g, "item") else g): float(a[lab == g].mean()) for g in np.unique(lab)}
 
 
 def kept_grid(k: int, points: int) -> list[int]:

@@ -6,8 +6,8 @@ final checkpoints, so that an interrupted run leaves the finished dictionaries' 
 on a first Ctrl-C; removed when the run ends), ``<run_dir>/logs/<name>.jsonl`` (the loss terms every
 ``log_every`` steps, as they are trained: ``actdict.train.log``) and ``<run_dir>/dicts/<name>/`` (final
 checkpoint, its ``cfg.json`` recording the test chunks). A dictionary whose finished checkpoint has the same
-``config_hash`` (its DictConfig, the training settings, the seed, the store's identity (``store_key``:
-not how its path is spelled) and the split) is skipped; the others are
+``config_hash`` (its DictConfig, the training settings, the seed, the store's identity, not how its path
+is spelled, and the split: ``actdict.train.identity``) is skipped; the others are
 (re)trained together (a finished checkpoint they replace is announced, with what differs), continuing
 from the resume state when it belongs to the same set; a resume state of another run is refused, not
 silently dropped (``train.resume=false`` starts over).
