@@ -64,6 +64,12 @@ class AnalyzeConfig:
     """Tokens per feature whose next-token logits its decoder direction raises most, and as many it lowers
     most, read through the store's (causal) language model's final norm and unembedding: the direct path
     of a residual-stream hook (``analyze.logits``). 0 = off. Needs the model offline, as ``ce_loss``."""
+    cofire: int = 8
+    """Features listed per feature as firing on the same rows (Jaccard similarity of their active rows,
+    ``analyze/cofire.py``), from exact counts of every pair over the test rows; 0 = off."""
+    cofire_max_k: int = 8192
+    """Count co-activations only for dictionaries of at most this many features: the counts take k^2 x 4
+    bytes per dictionary (256 MiB at 8,192, 1 GiB at 16,384)."""
     device: str = "auto"
     """Torch device for evaluation: ``auto`` (cuda when available, else cpu), ``cpu``, ``cuda:1``..."""
 
@@ -72,8 +78,9 @@ class AnalyzeConfig:
                      "mask_curve_points", "mask_curve_rows", "ce_windows", "ce_ctx", "ce_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"analyze.{name} must be >= 1, got {getattr(self, name)}")
-        if self.logit_effects < 0:
-            raise ConfigError(f"analyze.logit_effects must be >= 0, got {self.logit_effects}")
+        for name in ("logit_effects", "cofire", "cofire_max_k"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"analyze.{name} must be >= 0, got {getattr(self, name)}")
         if self.context < 0:
             raise ConfigError(f"analyze.context must be >= 0, got {self.context}")
         if self.max_test_rows is not None and self.max_test_rows < 1:

@@ -30,7 +30,8 @@ class ModelEval:
         self.class_n = torch.zeros(n_classes, dtype=torch.long, device=device)  # [C]
         self.class_ad = torch.zeros(n_classes, dtype=torch.long, device=device)  # [C] sum of AD
         samples = cfg.quantiles * cfg.quantile_samples
-        self.tracker = FeatureTracker(model.k, cfg.top_k, samples, seed, device)
+        self.tracker = FeatureTracker(model.k, cfg.top_k, samples, seed, device,
+                                      cofire=0 < cfg.cofire and model.k <= cfg.cofire_max_k)
 
     @torch.no_grad()
     def update(self, x: torch.Tensor, rows: torch.Tensor, cls: torch.Tensor | None = None) -> None:

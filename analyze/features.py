@@ -14,6 +14,7 @@ Schema of ``<run_dir>/features/<name>.json`` (what the report's feature pages re
                    "top": [HIT], "bottom": [HIT],   # bottom: most negative codes (signed codes only)
                    "quantiles": [{"lo": float, "hi": float, "vmin": float, "vmax": float, "hits": [HIT]}],
                    "nearest": {"<other>": {"feature": int, "cos": float}},  # analyze.compare; optional
+                   "fires_with": [[feature, rows both fire]],   # analyze.cofire; optional, see below
                    "logits": {"up": [[token id, float]], "down": [[token id, float]]}}]}  # analyze.logits;
                                                                      # only with analyze.logit_effects
     HIT = [act, row, doc, pos, [token ids of the context], index of the row's token in that list]
@@ -21,6 +22,8 @@ Schema of ``<run_dir>/features/<name>.json`` (what the report's feature pages re
 ``nearest``: the feature's closest live feature (by decoder direction) in each other dictionary of the
 analysis, where it has a direction and that one has a live feature (written by ``analyze.run``; beyond
 ``KEEP_NEAREST`` = 8 others, in the 8 of highest cosine).
+``fires_with``: the features that fire on the same rows, by Jaccard similarity of their active rows, best
+first (``analyze.cofire``; present when ``analyze.cofire`` > 0 and k <= ``analyze.cofire_max_k``).
 Quantile ``lo``/``hi`` are fractions (0..1) of the feature's sampled active rows, ordered by code.
 """
 
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from actdict.analyze.cofire import partners
 from actdict.analyze.toptokens import Contexts, Decoder, FeatureTracker, is_wordpiece, read_contexts
 
 FEATURES_VERSION = 1
@@ -43,8 +47,9 @@ def _f(v: float) -> float:
 
 
 def build_features(tracker: FeatureTracker, fires: np.ndarray, n_rows: int, store, window: int,
-                   decode: Decoder, quantiles: int) -> tuple[dict, Contexts, dict[int, int]]:
-    """(feature records as above, the contexts read, row -> index into them). fires [k] active-row counts."""
+                   decode: Decoder, quantiles: int, cofire: int = 0) -> tuple[dict, Contexts, dict[int, int]]:
+    """(feature records as above, the contexts read, row -> index into them). fires [k] active-row counts;
+    ``cofire``: partners listed per feature when the tracker counted co-activations."""
     _, top_r, top_v = tracker.top.result()  # [k, t]
     _, bot_r, bot_v = tracker.bottom.result()
     smp_r, smp_v = tracker.sample.result()  # [k, R]
@@ -66,6 +71,8 @@ def build_features(tracker: FeatureTracker, fires: np.ndarray, n_rows: int, stor
         return [_f(act), *cache[h]]
 
     counts = tracker.hist.counts.cpu().numpy()  # [k, 2, nb]
+    with_j, with_c = (None, None) if tracker.cofire is None or cofire < 1 else \
+        (x.numpy() for x in partners(tracker.cofire.counts, cofire))  # [k, n] each
     feats = []
     for f in range(len(fires)):
         t = [hit(v, r) for v, r, ok in zip(top_v[f], top_r[f], top_ok[f], strict=True) if ok]
@@ -85,6 +92,9 @@ def build_features(tracker: FeatureTracker, fires: np.ndarray, n_rows: int, stor
                       "min": _f(bot_v[f, 0]) if bot_v.shape[1] else None,
                       "hist": {"pos": _sparse(counts[f, 0]), "neg": _sparse(counts[f, 1])},
                       "top": t, "bottom": b, "quantiles": groups[::-1]})
+        if with_j is not None:
+            feats[-1]["fires_with"] = [[int(j), int(c)] for j, c in zip(with_j[f], with_c[f], strict=True)
+                                       if j >= 0]
     data = {"version": FEATURES_VERSION, "k": len(fires), "n_rows": int(n_rows), "window": window,
             "hist_edges": [_f(e) for e in tracker.hist.edges],
             "wordpiece": is_wordpiece(strings),

@@ -49,6 +49,9 @@ main { display: grid; grid-template-columns: min(440px, 40vw) 1fr; height: calc(
 #mixed { color: #a00; font-weight: bold; margin: 0; padding: 8px 16px; }
 .txt { font-family: system-ui, sans-serif; } .where { color: #888; font-size: 85%; margin-left: 1em; }
 .tok { font-family: ui-monospace, monospace; background: #f0f0f0; white-space: pre; }
+table.with { border-collapse: collapse; font-size: 90%; color: #555; margin: -0.6em 0 0.8em; }
+table.with td, table.with th { padding: 1px 8px; text-align: left; overflow-wrap: anywhere; }
+table.with td.num { text-align: right; white-space: nowrap; }
 """
 
 _JS = r"""
@@ -238,6 +241,24 @@ async function renderFeature(i) {
       a.href = encodeURIComponent(other + '.html') + run + '#f=' + n.feature;
       q.append(j ? ', ' : '', a, ' (cos ' + fmt(n.cos) + ')');
     });
+  }
+  const withs = f.fires_with || [];
+  if (withs.length) {  // the features active on the same rows (analyze.cofire), by Jaccard similarity
+    p.appendChild(el('p', 'stats', 'fires with (most similar sets of active rows):'));
+    const t = p.appendChild(el('table', 'with'));
+    const hd = t.appendChild(el('tr'));
+    for (const h of ['feature', 'its top tokens', 'of these rows', 'of its rows']) {
+      hd.appendChild(el('th', '', h));
+    }
+    const pct = v => Math.round(100 * v) + '%';
+    for (const [j, both] of withs) {
+      const tr = t.appendChild(el('tr'));
+      const a = tr.appendChild(el('td')).appendChild(el('a', '', '#' + j));
+      a.href = '#f=' + j;
+      tr.appendChild(el('td', '', LABELS && F[j] ? topTokens(F[j]).slice(0, 3).join(', ') : ''));
+      tr.appendChild(el('td', 'num', pct(both / f.fires)));
+      tr.appendChild(el('td', 'num', F[j] ? pct(both / F[j].fires) : ''));
+    }
   }
   for (const [side, word] of [['up', 'raises the logits of'], ['down', 'lowers the logits of']]) {
     const pairs = (f.logits || {})[side] || [];  // direct logit effects (analyze.logit_effects)

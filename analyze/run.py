@@ -191,7 +191,7 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
     datas = {}
     for name, ev in tqdm(evals.items(), desc="features", unit="dict"):
         data, _, _ = build_features(ev.tracker, ev.fire.cpu().numpy(), n, store, cfg.context, decode,
-                                    cfg.quantiles)
+                                    cfg.quantiles, cfg.cofire)
         data["name"] = name
         data["config_hash"] = records.get(name, {}).get("config_hash")  # which training of `name` it is
         data["run_id"] = run_id  # which analysis wrote it

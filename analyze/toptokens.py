@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from actdict.analyze.cofire import CoFire
 from actdict.analyze.streaming import LogHistogram, Reservoir, TopRows
 
 Decoder = Callable[[Sequence[int]], list[str]]
@@ -29,7 +30,9 @@ Decoder = Callable[[Sequence[int]], list[str]]
 class FeatureTracker:
     """Streaming top / bottom rows, active-row sample and activation histogram of all k features."""
 
-    def __init__(self, k: int, top_k: int, samples: int, seed: int, device: str | torch.device = "cpu"):
+    def __init__(self, k: int, top_k: int, samples: int, seed: int, device: str | torch.device = "cpu",
+                 cofire: bool = False):
+        self.cofire = CoFire(k, device) if cofire else None  # which features fire together: k^2 counts
         self.top = TopRows(k, top_k, device=device, floor=0.0)  # only codes > 0 are shown (and < 0 below)
         self.bottom = TopRows(k, top_k, device=device, floor=0.0)
         self.sample = Reservoir(k, samples, seed, device)
@@ -42,10 +45,13 @@ class FeatureTracker:
         self.bottom.update(-codes, rows, codes)
         self.sample.update(codes, active, rows)
         self.hist.update(codes, active)
+        if self.cofire is not None:
+            self.cofire.update(active)
 
     def nbytes(self) -> int:
         """Bytes held by the trackers (independent of the number of rows seen)."""
-        return self.top.nbytes() + self.bottom.nbytes() + self.sample.nbytes() + self.hist.nbytes()
+        co = 0 if self.cofire is None else self.cofire.nbytes()
+        return self.top.nbytes() + self.bottom.nbytes() + self.sample.nbytes() + self.hist.nbytes() + co
 
 
 def scan(store, model, top_k: int, samples: int, chunks: Iterable[int] | None = None, batch_size: int = 4096,

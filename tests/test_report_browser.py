@@ -466,6 +466,33 @@ def test_feature_list_shows_and_searches_top_tokens(chromium, tmp_path):
     assert 'data-found="0"' in _dump(*chromium, probe.as_uri())
 
 
+def test_fires_with_lists_partners_with_their_tokens_and_shares(chromium, tmp_path):
+    """A feature's ``fires_with`` (analyze/cofire.py) renders as a table: each partner linked to its own
+    page, its top tokens, and the rows both fire on as a share of each one's fires."""
+    from actdict.analyze.report_features import write_feature_page
+
+    def feature(i, fires, top, withs=None):
+        f = {"i": i, "fires": fires, "density": fires / 10, "max": 2.0, "min": 0.0,
+             "hist": {"pos": [[32, fires]], "neg": []}, "top": top, "bottom": [], "quantiles": []}
+        return f | ({"fires_with": withs} if withs else {})
+
+    tops = [[[3.0, 1, 0, 1, [1, 2], 1]], [[2.0, 4, 0, 4, [1, 5], 1]], [[2.0, 5, 0, 5, [3, 4], 0]]]
+    data = {"version": 1, "name": "v", "k": 3, "n_rows": 10, "window": 1, "hist_edges": list(range(-4, 5)),
+            "tokens": {"1": "the", "2": "computer", "3": "<b>bold</b>", "4": "a", "5": "harbor"},
+            "wordpiece": False,
+            "features": [feature(0, 4, tops[0], [[2, 3], [1, 1]]), feature(1, 2, tops[1]),
+                         feature(2, 6, tops[2])]}
+    page = write_feature_page(data, "v", {"variant": "vaease"}, {"hook": "h"}, tmp_path / "r" / "v.html")
+    dom = _dump(*chromium, page.as_uri() + "#f=0")
+    table = dom[dom.index('<table class="with">'):]
+    table = table[:table.index("</table>")]
+    assert table.count('<a href="#f=') == 2 and table.index('#f=2') < table.index('#f=1')
+    assert '<td>&lt;b&gt;bold&lt;/b&gt;</td><td class="num">75%</td><td class="num">50%</td>' in table
+    assert '<td>harbor</td><td class="num">25%</td><td class="num">50%</td>' in table
+    assert "<b>bold" not in dom
+    assert '<table class="with">' not in _dump(*chromium, page.as_uri() + "#f=1")  # none listed: no table
+
+
 def test_the_highlight_leaves_the_token_s_leading_space_outside(chromium, tmp_path):
     """A context's highlighted span holds its token without the space before it (WordPiece words are shown
     as " word", BPE tokens carry their space): the blank sits in the context before it; a token that is

@@ -1,0 +1,105 @@
+"""Co-activation counts (analyze/cofire.py): both counting paths equal A^T A, the partners' Jaccard ranking,
+and the features file's ``fires_with`` against a brute-force count over the analysed rows."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from actdict.analyze import cofire, metrics, run
+from actdict.analyze.config import AnalyzeConfig
+from actdict.config import Common
+from actdict.harvest.store import open_store
+from actdict.train.checkpoint import load
+from tests.test_analyze_outputs import _run_dir
+
+
+def _pattern(rows: int, k: int, p: float, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    active = torch.rand(rows, k, generator=g) < p  # [B, k]
+    active[0] = False  # a row with nothing active
+    active[1] = True  # a row with everything active
+    return active
+
+
+@pytest.mark.parametrize("k,p", [(6, 0.5), (200, 0.02), (200, 0.3)])
+def test_both_paths_count_every_pair_exactly(k, p, monkeypatch):
+    """The dense matmul and the pairs path (forced by DENSE_RATIO) both give A^T A, over several batches."""
+    batches = [_pattern(b, k, p, s) for s, b in enumerate((37, 5, 64))]
+    a = torch.cat(batches).to(torch.int64)
+    want = a.T @ a  # [k, k]
+    got = {}
+    for ratio in (1e9, 0.0):  # every update dense, then every update by pairs
+        monkeypatch.setattr(cofire, "DENSE_RATIO", ratio)
+        c = cofire.CoFire(k)
+        for b in batches:
+            c.update(b)
+        got[ratio] = c.counts
+    assert torch.equal(got[1e9].long(), want) and torch.equal(got[0.0].long(), want)
+    assert got[0.0].dtype == torch.int32 and c.nbytes() == k * k * 4
+
+
+def test_pairs_of_one_row_are_every_ordered_pair_of_its_features():
+    active = torch.tensor([[True, False, True, True], [False, False, False, False],
+                           [False, True, False, False]])
+    keys = sorted(cofire.active_pairs(active).tolist())
+    want = sorted(i * 4 + j for i in (0, 2, 3) for j in (0, 2, 3)) + [1 * 4 + 1]
+    assert keys == sorted(want)
+
+
+def test_partners_rank_by_jaccard_ties_by_index_never_self_or_strangers():
+    # fires: 0:10, 1:10, 2:4, 3:10, 4:0; both: (0,1) 5, (0,2) 4, (0,3) 5
+    c = torch.zeros(5, 5, dtype=torch.int32)
+    for i, f in enumerate((10, 10, 4, 10, 0)):
+        c[i, i] = f
+    for i, j, n in ((0, 1, 5), (0, 2, 4), (0, 3, 5)):
+        c[i, j] = c[j, i] = n
+    feats, both = cofire.partners(c, 3, block=2)  # blocks of 2 rows: the block edges too
+    # 0: J(0,2) = 4/10 = .4 first (2 is rare: P(2|0) is only .4 but P(0|2) is 1), then 1 and 3 (5/15 each,
+    # tied: the smaller index first)
+    assert feats[0].tolist() == [2, 1, 3] and both[0].tolist() == [4, 5, 5]
+    assert feats[1].tolist() == [0, -1, -1] and both[1].tolist() == [5, 0, 0]
+    assert feats[4].tolist() == [-1, -1, -1]  # a dead feature fires with nothing
+    assert feats[2].tolist() == [0, -1, -1]
+
+
+def test_the_features_file_lists_partners_counted_over_the_analysed_rows(tmp_path, monkeypatch):
+    """fires_with of every feature = the top Jaccard partners of a brute-force A^T A of the test rows'
+    active split; the counts are the rows both fire on (so at most each one's fires); 0 turns it off."""
+    run_dir = _run_dir(tmp_path, monkeypatch)
+    run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(device="cpu", top_k=2, context=1, cofire=3))
+    data = json.loads((run_dir / "features" / "sae.json").read_text())
+    model = load(run_dir / "dicts" / "sae")[0].eval()
+    store = open_store(str(run_dir / "store"))
+    x = torch.as_tensor(np.concatenate([store.read_chunk(c).acts for c in (4, 5)]))  # the test rows
+    with torch.no_grad():
+        act = metrics.active_mask(model(x, sample=False).activity, model.active_side).long()  # [32, 8]
+    brute = act.T @ act
+    feats, both = cofire.partners(brute, 3)
+    fires = [f["fires"] for f in data["features"]]
+    assert fires == brute.diagonal().tolist()
+    listed = 0
+    for f, rec in enumerate(data["features"]):
+        want = [[j, c] for j, c in zip(feats[f].tolist(), both[f].tolist(), strict=True) if j >= 0]
+        assert rec["fires_with"] == want
+        assert all(0 < c <= min(fires[f], fires[j]) and j != f for j, c in rec["fires_with"])
+        listed += len(want)
+    assert listed > 0
+    run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(device="cpu", top_k=2, context=1, cofire=0))
+    data = json.loads((run_dir / "features" / "sae.json").read_text())
+    assert all("fires_with" not in rec for rec in data["features"])
+
+
+def test_dictionaries_beyond_cofire_max_k_are_not_counted(tmp_path, monkeypatch):
+    run_dir = _run_dir(tmp_path, monkeypatch)
+    run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(device="cpu", top_k=2, context=1, cofire_max_k=7))
+    data = json.loads((run_dir / "features" / "sae.json").read_text())
+    assert all("fires_with" not in rec for rec in data["features"])  # k = 8 > 7
+
+
+def test_negative_settings_are_refused():
+    from actdict.config import ConfigError
+
+    with pytest.raises(ConfigError, match="analyze.cofire must be >= 0"):
+        AnalyzeConfig(cofire=-1)
