@@ -233,6 +233,7 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
                           "nearest": data["features"][f].get("nearest", {}), "top": summary_hits(data, f)}
                          | ({"logits": named(lg, data["tokens"])} if (lg := data["features"][f].get("logits"))
                             else {})
+                         | ({"fires_with": w} if (w := data["features"][f].get("fires_with")) else {})
                          for f in shown]
         m["similar"] = similar.get(name, {})
         m["null_decoder"] = int(null_columns(dirs[name][1]).sum()) if name in dirs else None

@@ -86,6 +86,9 @@ def test_the_features_file_lists_partners_counted_over_the_analysed_rows(tmp_pat
         assert all(0 < c <= min(fires[f], fires[j]) and j != f for j, c in rec["fires_with"])
         listed += len(want)
     assert listed > 0
+    summary = json.loads((run_dir / "summary.json").read_text())["models"]["sae"]["features"]
+    assert summary and all(f["fires_with"] == data["features"][f["index"]]["fires_with"] for f in summary
+                           if data["features"][f["index"]]["fires_with"])
     run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(device="cpu", top_k=2, context=1, cofire=0))
     data = json.loads((run_dir / "features" / "sae.json").read_text())
     assert all("fires_with" not in rec for rec in data["features"])
