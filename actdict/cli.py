@@ -5,7 +5,9 @@
 (``actdict.train.saelens_import``);
 ``actdict store PATH [--verify | --repair]`` describes a store, checks its shards, drops damaged ones
 (``actdict.harvest.inspect``);
-``actdict lens CONFIG TEXT`` lists the features each token of a text fires (``actdict.analyze.lens``).
+``actdict lens CONFIG TEXT`` lists the features each token of a text fires (``actdict.analyze.lens``);
+``actdict compare DICT_A DICT_B`` matches two dictionaries' features across run folders (layers, seeds,
+sizes: ``actdict.analyze.pair``).
 
 Each stage reads its own section of the experiment YAML; ``run`` runs the three in order.
 Stages are imported lazily so that ``actdict harvest`` never imports the training code.
@@ -33,11 +35,13 @@ _STAGES = {
 }
 
 _TOOLS = {"export": "actdict.train.export", "import": "actdict.train.saelens_import",
-          "store": "actdict.harvest.inspect", "lens": "actdict.analyze.lens"}
+          "store": "actdict.harvest.inspect", "lens": "actdict.analyze.lens",
+          "compare": "actdict.analyze.pair"}
 _EPILOG = ("also: actdict export RUN_DIR/dicts/NAME OUT (an SAE in SAELens' format); actdict import "
            "SAELENS_DIR RUN_DIR/dicts/NAME (an SAELens SAE as a dictionary of a run); actdict store PATH "
            "[--verify | --repair] (what a store holds; checks every shard; drops damaged ones); actdict "
-           "lens CONFIG TEXT (the features each token of a text fires). Each takes --help.")
+           "lens CONFIG TEXT (the features each token of a text fires); actdict compare DICT_A DICT_B (which "
+           "features of two dictionaries, e.g. two layers', are the same). Each takes --help.")
 
 
 def prepare(stage: str, data: dict) -> tuple[Any, Callable[[], None]]:

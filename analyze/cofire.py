@@ -26,59 +26,76 @@ from torch import Tensor
 DENSE_RATIO = 20.0  # the pairs path when k > 20 x the rows' RMS active count (CPU; measured: see docs)
 
 
-def active_pairs(active: Tensor) -> Tensor:
-    """[B, k] bool -> [P] int64 flat pair keys i * k + j of every ordered pair (i, j) of features both
-    active on one row (i == j included), P = sum over rows of AD^2."""
-    b, j = active.nonzero(as_tuple=True)  # [m] row-major: each row's features contiguous
-    c = active.sum(1)  # [B] active per row
-    rep = c[b]  # [m] partners of each entry (its row's count)
+def active_pairs(active: Tensor, other: Tensor | None = None) -> Tensor:
+    """[B, k] bool (and [B, k2] bool, default ``active`` itself) -> [P] int64 flat keys i * k2 + j of every
+    pair (i, j) of a feature i active on a row and a feature j of ``other`` active on the same row (i == j
+    included when ``other`` is ``active``), P = sum over rows of AD x AD2."""
+    other = active if other is None else other
+    b, i = active.nonzero(as_tuple=True)  # [m] row-major
+    j = other.nonzero(as_tuple=True)[1]  # [m2] row-major: each row's features contiguous
+    c = other.sum(1)  # [B] other's active per row
+    rep = c[b]  # [m] partners of each entry of active (its row's count in other)
     first = torch.cumsum(c, 0) - c  # [B] where each row's entries start in j
-    e = torch.repeat_interleave(torch.arange(len(j), device=j.device), rep)  # [P] the entry of each pair
-    nth = torch.arange(len(e), device=j.device) - torch.repeat_interleave(torch.cumsum(rep, 0) - rep, rep)
-    partner = j[first[b[e]] + nth]  # [P] the nth feature of the entry's row
-    return j[e] * active.shape[1] + partner
+    e = torch.repeat_interleave(torch.arange(len(i), device=i.device), rep)  # [P] the entry of each pair
+    nth = torch.arange(len(e), device=i.device) - torch.repeat_interleave(torch.cumsum(rep, 0) - rep, rep)
+    return i[e] * other.shape[1] + j[first[b[e]] + nth]  # the nth feature of other on the entry's row
 
 
 class CoFire:
-    """Running co-activation counts C [k, k] of all feature pairs."""
+    """Running co-activation counts C [k, k2] of every feature of one dictionary with every feature of a
+    second (``k2``; default: itself, C [k, k])."""
 
-    def __init__(self, k: int, device: str | torch.device = "cpu") -> None:
-        self.k = k
-        self.counts = torch.zeros((k, k), dtype=torch.int32, device=device)  # [k, k]
+    def __init__(self, k: int, device: str | torch.device = "cpu", k2: int | None = None) -> None:
+        self.k, self.k2 = k, k if k2 is None else k2
+        self.counts = torch.zeros((k, self.k2), dtype=torch.int32, device=device)  # [k, k2]
 
-    def update(self, active: Tensor) -> None:
-        """active [B, k] bool: the features active on each row."""
+    def update(self, active: Tensor, other: Tensor | None = None) -> None:
+        """active [B, k] bool: the features active on each row; ``other`` [B, k2] bool, the second
+        dictionary's on the same rows (None: the counts are of ``active`` with itself)."""
         active = active.to(self.counts.device)
-        c = active.sum(1, dtype=torch.float64)  # [B]
-        rms = float((c * c).mean()) ** 0.5 if len(c) else 0.0
-        if self.counts.is_cuda or self.k <= DENSE_RATIO * rms:
+        other = active if other is None else other.to(self.counts.device)
+        c = active.sum(1, dtype=torch.float64) * other.sum(1, dtype=torch.float64)  # [B] pairs per row
+        rms = float(c.mean()) ** 0.5 if len(c) else 0.0
+        if self.counts.is_cuda or (self.k * self.k2) ** 0.5 <= DENSE_RATIO * rms:
             for s in range(0, len(active), 1 << 23):  # float32 counts exact below 2^24 rows
                 a = active[s : s + (1 << 23)].to(torch.float32)  # [B', k]
-                self.counts += (a.T @ a).to(torch.int32)
+                self.counts += (a.T @ other[s : s + (1 << 23)].to(torch.float32)).to(torch.int32)
             return
-        keys, n = torch.unique(active_pairs(active), return_counts=True)  # [u] sorted: few cache misses
+        keys, n = torch.unique(active_pairs(active, other), return_counts=True)  # [u] sorted: few misses
         self.counts.view(-1).index_add_(0, keys, n.to(torch.int32))
 
     def nbytes(self) -> int:
         return self.counts.numel() * self.counts.element_size()
 
 
-def partners(counts: Tensor, n: int, block: int = 1024) -> tuple[Tensor, Tensor]:
-    """Each feature's n partners of highest Jaccard similarity: counts [k, k] -> (features [k, n] int64,
-    rows both fire [k, n] int64), best first, equal similarity by the smaller index; -1 / 0 where a
-    feature has fewer than n partners (never itself, never one it does not fire with)."""
-    k = counts.shape[0]
-    fires = counts.diagonal().to(torch.float64)  # [k]
+def partners(counts: Tensor, n: int, fires: tuple[Tensor, Tensor] | None = None, block: int = 1024
+             ) -> tuple[Tensor, Tensor]:
+    """Each feature's n partners of highest Jaccard similarity: counts [k, k2] -> (features [k, n] int64,
+    rows both fire [k, n] int64), best first, equal similarity by the smaller index; -1 / 0 where a feature
+    has fewer than n partners (never one it does not fire with). ``fires``: (the k features' fire counts,
+    the k2 partners'), for the counts of two dictionaries; None: ``counts`` is one dictionary's with itself
+    (fires on its diagonal), and a feature is never its own partner."""
+    k, k2 = counts.shape
+    fa, fb = (counts.diagonal(), counts.diagonal()) if fires is None else fires
+    fa, fb = fa.to(counts.device, torch.float64), fb.to(counts.device, torch.float64)  # [k], [k2]
     out_j = torch.full((k, n), -1, dtype=torch.long)
     out_c = torch.zeros((k, n), dtype=torch.long)
     for s in range(0, k, block):
-        c = counts[s : s + block].to(torch.float64)  # [b, k]
-        union = fires[s : s + block, None] + fires[None] - c  # [b, k]
-        jac = torch.where(c > 0, c / union.clamp_min(1.0), torch.zeros_like(c))  # [b, k]
-        rows = torch.arange(len(c), device=c.device)
-        jac[rows, rows + s] = 0.0  # never itself
+        c = counts[s : s + block].to(torch.float64)  # [b, k2]
+        union = fa[s : s + block, None] + fb[None] - c  # [b, k2]
+        jac = torch.where(c > 0, c / union.clamp_min(1.0), torch.zeros_like(c))  # [b, k2]
+        if fires is None:
+            rows = torch.arange(len(c), device=c.device)
+            jac[rows, rows + s] = 0.0  # never itself
         order = jac.argsort(dim=1, descending=True, stable=True)[:, :n]  # [b, n'] ties: smaller index
         keep = jac.gather(1, order) > 0
         out_j[s : s + block, : order.shape[1]] = torch.where(keep, order, -1).cpu()
         out_c[s : s + block, : order.shape[1]] = torch.where(keep, c.gather(1, order), 0).long().cpu()
     return out_j, out_c
+
+
+def jaccard(counts: Tensor, fires_a: Tensor, fires_b: Tensor, feats: Tensor) -> Tensor:
+    """[k, n] Jaccard similarity of each feature with its partners ``feats`` [k, n] (``partners``; -1: 0)."""
+    c = counts.to(torch.float64).gather(1, feats.clamp(min=0).to(counts.device))  # [k, n]
+    union = fires_a.to(c)[:, None] + fires_b.to(c)[feats.clamp(min=0)] - c
+    return torch.where(feats.to(c.device) >= 0, c / union.clamp_min(1.0), torch.zeros_like(c)).cpu()

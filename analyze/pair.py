@@ -1,0 +1,254 @@
+"""``actdict compare A B``: which features of two dictionaries are the same, across run folders: the layers
+of one harvest (a feature at layer 2 and the one at layer 3 that fires on the same tokens), seeds, sizes.
+
+Two measures, each of A's features against all of B's and B's against A's:
+
+* by **co-activation**, when A and B were trained on the same rows (one harvest: the same store, any two of
+  its hooks, whose rows are the same tokens; or one store of vectors): one pass over the rows both held out
+  (their ``test_chunks`` in common, at most ``--rows``), both dictionaries' active splits (as analysis'
+  AD), and exact counts of the rows each pair of features fires on together (``cofire.CoFire``). A
+  feature's best partner is the one of highest Jaccard similarity of their active rows; ``mean_jaccard`` is
+  the mean of that best value over the features active on some row, ``matched`` the share of them whose
+  best is at least ``MATCHED`` (0.5: more rows shared than not; an open choice);
+* by **decoder direction**, when both have one d (analysis' ``compare``: the same directions, live
+  features, MMCS and its ``matched`` at cosine 0.9). Across layers the residual stream's basis drifts, so
+  directions can differ where the activations agree: the co-activation is the measure of "the same
+  feature" there, the directions say whether it is written the same way.
+
+Prints both summaries and a table of A's most active features beside their best partners in B (with each
+one's top tokens from its run folder's ``features/<name>.json`` when analysis wrote one); ``--json`` writes
+every feature's partners. Shapes: B = rows, ka / kb = features, n = partners kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from actdict.analyze.cofire import CoFire, jaccard, partners
+from actdict.analyze.compare import directions, live, similarity
+from actdict.analyze.inputs import AnalyzeError
+from actdict.analyze.metrics import active_mask
+from actdict.errors import ActdictError
+from actdict.files import write_atomic
+from actdict.harvest.store import open_store
+from actdict.train import checkpoint
+from actdict.train.identity import store_key
+
+MATCHED = 0.5
+
+
+def same_rows(a: dict, b: dict) -> str | None:
+    """Why the stores two checkpoints record (cfg.json ``store``) do not hold the same rows, or None when
+    they do: the same harvest (config_hash, rows, source, revision; any hooks), or one store of vectors."""
+    ka, kb = (store_key(s or {}) | {"hook": None} for s in (a, b))
+    if not (a or {}).get("hook") or not (b or {}).get("hook"):
+        return "a checkpoint records no store hook"
+    diff = sorted(k for k in set(ka) | set(kb) if ka.get(k) != kb.get(k))
+    return f"they were trained on different stores ({', '.join(diff)} differ)" if diff else None
+
+
+def common_rows(rec_a: dict, rec_b: dict, n_chunks: int) -> list[int]:
+    """The chunks both dictionaries held out (their cfg.json ``test_chunks``), ascending; one that records
+    none (an import: its training rows are unknown) leaves the other's, and two such leave every chunk."""
+    held = [set(r["test_chunks"]) for r in (rec_a, rec_b) if r.get("test_chunks") is not None]
+    return sorted(set.intersection(*held) if held else set(range(n_chunks)))
+
+
+@torch.no_grad()
+def count(models: tuple, stores: tuple, chunks: list[int], limit: int, batch: int, device: str
+          ) -> tuple[CoFire, torch.Tensor, torch.Tensor, int]:
+    """(co-activation counts [ka, kb], fires of A [ka], of B [kb], rows) over ``chunks`` (at most ``limit``
+    rows) of the two hooks' stores, each row through both dictionaries' deterministic forward."""
+    (ma, mb), (sa, sb) = models, stores
+    co = CoFire(ma.k, device, k2=mb.k)
+    fa = torch.zeros(ma.k, dtype=torch.long, device=device)
+    fb = torch.zeros(mb.k, dtype=torch.long, device=device)
+    n = 0
+    for c in chunks:
+        xa = sa.read_chunk(c).acts[: limit - n]
+        xb = xa if sb is sa else sb.read_chunk(c).acts[: limit - n]
+        for s in range(0, len(xa), batch):
+            acts = []
+            for m, x in ((ma, xa), (mb, xb)):
+                out = m(torch.as_tensor(x[s : s + batch], device=device), sample=False)
+                acts.append(active_mask(out.activity, m.active_side))  # [B, k]
+            co.update(*acts)
+            fa += acts[0].sum(0)
+            fb += acts[1].sum(0)
+        n += len(xa)
+        if n >= limit:
+            break
+    return co, fa, fb, n
+
+
+def side(counts, fires_a, fires_b, n: int) -> tuple[dict, list]:
+    """(summary of A's features against B: mean best Jaccard, matched share, live; per feature of A its n
+    best partners [[j, jaccard, rows both]])."""
+    feats, both = partners(counts, n, fires=(fires_a, fires_b))  # [ka, n]
+    jac = jaccard(counts, fires_a, fires_b, feats)  # [ka, n]
+    on = fires_a.cpu() > 0
+    best = jac[:, 0][on]
+    out = {"mean_jaccard": float(best.mean()) if len(best) else None,
+           "matched": float((best >= MATCHED).double().mean()) if len(best) else None, "live": int(on.sum())}
+    per = [[[int(j), round(float(v), 4), int(c)] for j, v, c in zip(fj, fv, fc, strict=True) if j >= 0]
+           for fj, fv, fc in zip(feats.tolist(), jac.tolist(), both.tolist(), strict=True)]
+    return out, per
+
+
+def token_labels(dict_dir: Path, config_hash: str | None) -> dict[int, str]:
+    """feature -> its first 3 distinct top tokens, from the run folder's features file of this training
+    (same config_hash); {} when there is none."""
+    path = dict_dir.parent.parent / "features" / f"{dict_dir.name}.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if data.get("config_hash") != config_hash:
+        return {}
+    tok, out = data.get("tokens", {}), {}
+    for f in data.get("features", []):
+        seen: list[str] = []
+        for hit in f.get("top", []):
+            s = tok.get(str(hit[4][hit[5]]), "").strip()
+            if s and s not in seen:
+                seen.append(s)
+        out[int(f["i"])] = ", ".join(seen[:3])
+    return out
+
+
+def compare(dir_a: str, dir_b: str, store: str | None = None, limit: int = 65536, n: int = 3,
+            batch: int = 4096, device: str = "cpu") -> dict:
+    """Everything ``actdict compare`` reports (and ``--json`` writes) of dictionaries ``dir_a``, ``dir_b``."""
+    (ma, ra), (mb, rb) = (checkpoint.load(d, device) for d in (dir_a, dir_b))
+    ma, mb = ma.eval(), mb.eval()
+    out: dict = {"a": _about(dir_a, ma, ra), "b": _about(dir_b, mb, rb), "cofire": None, "directions": None,
+                 "notes": []}
+    why = None if store else same_rows(ra.get("store"), rb.get("store"))
+    fires = None
+    if why:
+        out["notes"].append(f"no co-activation: {why}")
+    else:
+        path = store or ra["store"]["path"]
+        hooks = [(r.get("store") or {}).get("hook") for r in (ra, rb)]
+        if None in hooks:
+            raise AnalyzeError(f"{dir_a if hooks[0] is None else dir_b} records no store hook: it cannot be "
+                               "read from a store")
+        sa = open_store(path, hooks[0])
+        sb = sa if hooks[1] == hooks[0] else open_store(path, hooks[1])
+        for s_, m in ((sa, ma), (sb, mb)):
+            if s_.d != m.d:
+                raise AnalyzeError(f"store {path} hook {s_.hook} has d={s_.d}, its dictionary d={m.d}")
+        chunks = common_rows(ra, rb, sa.num_chunks)
+        if not chunks:
+            out["notes"].append("no co-activation: the two held out no chunk in common (different splits)")
+        else:
+            co, fa, fb, rows = count((ma, mb), (sa, sb), chunks, limit, batch, device)
+            fires = (fa, fb)
+            sum_a, per_a = side(co.counts, fa, fb, n)
+            sum_b, per_b = side(co.counts.T, fb, fa, n)
+            out["cofire"] = {"store": path, "rows": rows, "chunks": chunks, "a_in_b": sum_a, "b_in_a": sum_b}
+            out["a"] |= {"fires": fa.tolist(), "cofire": per_a}
+            out["b"] |= {"fires": fb.tolist(), "cofire": per_b}
+    if ma.d == mb.d:
+        out["directions"] = _directions(ma, mb, fires, out, device)
+    else:
+        out["notes"].append(f"no decoder directions compared: d {ma.d} and {mb.d}")
+    return out
+
+
+def _about(path: str, model, record: dict) -> dict:
+    return {"path": str(path), "variant": model.variant, "k": model.k, "d": model.d,
+            "hook": (record.get("store") or {}).get("hook"), "config_hash": record.get("config_hash")}
+
+
+def _directions(ma, mb, fires, out: dict, device: str) -> dict | None:
+    """MMCS both ways (analysis' ``similarity``), and each feature's nearest direction [j, cos] in the other;
+    live by co-activation fires when counted, else every feature with a decoder column."""
+    dirs = {"a": directions(ma, ma.k, ma.d, device), "b": directions(mb, mb.k, mb.d, device)}
+    if None in dirs.values():
+        out["notes"].append("no decoder directions compared: a dictionary has no decode")
+        return None
+    f = dict(zip("ab", fires, strict=True)) if fires else {"a": torch.ones(ma.k), "b": torch.ones(mb.k)}
+    alive = {x: live(f[x].to(dirs[x][1].device), dirs[x][1]) for x in "ab"}
+    sim, pairs = similarity({x: u for x, (u, _) in dirs.items()}, alive)
+    for x, y in (("a", "b"), ("b", "a")):
+        best, arg = pairs[x, y]
+        out[x]["direction"] = [[int(j), round(float(c), 4)] if j >= 0 else None
+                               for j, c in zip(arg.tolist(), best.tolist(), strict=True)]
+    return {"a_in_b": sim["a"]["b"], "b_in_a": sim["b"]["a"]}
+
+
+def report_lines(out: dict, top: int, labels: tuple[dict, dict]) -> list[str]:
+    """The printed summary: both measures both ways, then A's ``top`` most active features (by fires when
+    co-activation was counted, else by index) beside their best partner in B by each measure."""
+    a = out["a"]
+    name = {x: f"{Path(out[x]['path']).name} ({out[x]['variant']}, k {out[x]['k']}, {out[x]['hook']})"
+            for x in "ab"}
+    lines = [f"compare: A = {out['a']['path']}: {name['a']}", f"compare: B = {out['b']['path']}: {name['b']}"]
+    if co := out["cofire"]:
+        lines.append(f"co-activation on {co['rows']:,} rows both held out: best partner's Jaccard, mean "
+                     f"(share >= {MATCHED}): A in B {_num(co['a_in_b'])}; B in A {_num(co['b_in_a'])}")
+    if dr := out["directions"]:
+        lines.append(f"decoder directions, MMCS (share >= 0.9): A in B {_num(dr['a_in_b'], 'mmcs')}; "
+                     f"B in A {_num(dr['b_in_a'], 'mmcs')}")
+    lines += [f"compare: note: {note}" for note in out["notes"]]
+    order = (sorted(range(a["k"]), key=lambda i: (-a["fires"][i], i)) if co else range(a["k"]))
+    shown = [i for i in order if not co or a["fires"][i] > 0][:top]
+    if not shown:
+        return lines
+    la, lb = labels
+    lines.append(f"{'A':>6} {'fires':>7}  {'tokens':<24} {'B (co-act.)':>11} {'Jacc.':>6}  {'tokens':<24} "
+                 f"{'B (dir.)':>8} {'cos':>6}")
+    for i in shown:
+        best = (a.get("cofire") or [[]] * a["k"])[i][:1]  # [[j, jaccard, rows]] or []
+        bj, jac = ("#" + str(best[0][0]), f"{best[0][1]:.3f}") if best else ("", "")
+        near = (a.get("direction") or [None] * a["k"])[i]  # [j, cos] or None
+        dj, cos = ("#" + str(near[0]), f"{near[1]:.3f}") if near else ("", "")
+        lines.append(f"{'#' + str(i):>6} {a['fires'][i] if co else '':>7}  {la.get(i, '')[:24]:<24} "
+                     f"{bj:>11} {jac:>6}  {lb.get(best[0][0], '') if best else '':<24.24} {dj:>8} {cos:>6}")
+    return lines
+
+
+def _num(s: dict, key: str = "mean_jaccard") -> str:
+    if s.get(key) is None:
+        return "none live"
+    return f"{s[key]:.3f} ({s['matched']:.1%} of {s['live']:,} live)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``actdict compare DICT_A DICT_B`` (``python -m actdict.analyze.pair``)."""
+    p = argparse.ArgumentParser(prog="actdict compare", description="which features of two dictionaries "
+                                "(two layers of one harvest, two seeds, two sizes) are the same: by "
+                                "co-activation on the rows both held out, and by decoder direction")
+    p.add_argument("a", help="a trained dictionary: RUN_DIR/dicts/NAME")
+    p.add_argument("b", help="another one (e.g. the next layer's run folder)")
+    p.add_argument("--store", help="the store to read (default: the one A's cfg.json records); naming it "
+                   "also skips the check that both were trained on its rows (an import records none)")
+    p.add_argument("--rows", type=int, default=65536, help="at most this many held-out rows (default 65536)")
+    p.add_argument("--partners", type=int, default=3, help="partners kept per feature in --json (default 3)")
+    p.add_argument("--top", type=int, default=12, help="A's most active features printed (default 12)")
+    p.add_argument("--json", help="write every feature's partners here")
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args(argv)
+    if min(args.rows, args.partners) < 1 or args.top < 0:
+        p.error("--rows and --partners must be >= 1, --top >= 0")
+    try:
+        out = compare(args.a, args.b, args.store, args.rows, args.partners, device=args.device)
+        labels = tuple(token_labels(Path(out[x]["path"]), out[x]["config_hash"]) for x in "ab")
+    except ActdictError as e:
+        print(f"actdict: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    print("\n".join(report_lines(out, args.top, labels)))
+    if args.json:
+        write_atomic(Path(args.json), json.dumps(out, separators=(",", ":"), allow_nan=False))
+        print(f"compare: wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,114 @@
+"""``actdict compare`` (analyze/pair.py): two dictionaries' features matched by co-activation on the rows
+both held out and by decoder direction, across two hooks of one store."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from actdict.analyze import pair
+from actdict.cli import main as cli
+from actdict.harvest.store import StoreWriter
+from actdict.train.checkpoint import load, save
+from actdict.train.protocol import make
+
+N, D, K = 128, 6, 10
+
+
+def _store(path, hooks=("blocks.0.h", "blocks.1.h"), config_hash="harvest-1"):
+    """One harvest's store: ``hooks`` over the same 128 rows (4 chunks of 32); hook 1's rows are hook 0's
+    times 2 (so a dictionary of hook 0 scaled fits hook 1 exactly)."""
+    x = np.random.default_rng(0).standard_normal((N, D)).astype(np.float32)
+    for h, scale in zip(hooks, (1.0, 2.0), strict=False):
+        with StoreWriter(str(path), {"hook": h, "config_hash": config_hash}, D, "float32", 64, 32) as w:
+            w.append(x * scale, np.arange(N), np.arange(N) // 16, np.arange(N) % 16)
+    return x
+
+
+def _record(path, hook, test_chunks, config_hash="harvest-1"):
+    return {"config_hash": f"dict-{hook}", "test_chunks": test_chunks,
+            "store": {"path": str(path), "hook": hook, "rows": N, "d": D, "config_hash": config_hash}}
+
+
+def _pair(tmp_path, perm, chunks_a=(2, 3), chunks_b=(2, 3), hash_b="harvest-1"):
+    """Dictionary A (sae_l1, hook 0) and B = A with its features permuted by ``perm`` and its encoder halved
+    (hook 1's rows are twice hook 0's: B fires on exactly A's rows, its feature perm[i] where A's i)."""
+    _store(tmp_path / "store")
+    a = make("sae_l1", D, K, seed=3)
+    b = make("sae_l1", D, K, seed=3)
+    with torch.no_grad():
+        b.encoder.weight.copy_(a.encoder.weight[np.argsort(perm)] / 2)
+        b.encoder.bias.copy_(a.encoder.bias[np.argsort(perm)])
+        b.decoder.weight.copy_(a.decoder.weight[:, np.argsort(perm)] * 2)
+    save(tmp_path / "ra" / "dicts" / "a", a, _record(tmp_path / "store", "blocks.0.h", list(chunks_a)))
+    save(tmp_path / "rb" / "dicts" / "b", b,
+         _record(tmp_path / "store", "blocks.1.h", list(chunks_b), hash_b) | {"config_hash": "dict-b"})
+    return str(tmp_path / "ra" / "dicts" / "a"), str(tmp_path / "rb" / "dicts" / "b")
+
+
+def test_a_permuted_copy_on_the_next_hook_is_matched_feature_for_feature(tmp_path):
+    perm = np.random.default_rng(1).permutation(K)
+    da, db = _pair(tmp_path, perm)
+    out = pair.compare(da, db, n=2)
+    co = out["cofire"]
+    assert co["rows"] == 64 and co["chunks"] == [2, 3]
+    live_a = [i for i in range(K) if out["a"]["fires"][i] > 0]
+    assert live_a and co["a_in_b"] == {"mean_jaccard": 1.0, "matched": 1.0, "live": len(live_a)}
+    for i in live_a:
+        j, jac, both = out["a"]["cofire"][i][0]
+        assert (j, jac, both) == (perm[i], 1.0, out["a"]["fires"][i])
+        assert out["b"]["fires"][perm[i]] == out["a"]["fires"][i]
+        j, cos = out["a"]["direction"][i]
+        assert j == perm[i] and cos == pytest.approx(1, abs=1e-5)
+    assert out["directions"]["a_in_b"]["mmcs"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_the_counts_equal_a_brute_force_count_of_both_active_splits(tmp_path):
+    """Two unrelated dictionaries: each feature's partners and Jaccard equal a brute-force computation."""
+    from actdict.analyze.metrics import active_mask
+    from actdict.harvest.store import open_store
+
+    da, db = _pair(tmp_path, np.arange(K))
+    save(db, make("sae_l1", D, K, seed=9), _record(tmp_path / "store", "blocks.1.h", [2, 3]))
+    out = pair.compare(da, db, n=3)
+    ma, mb = load(da)[0].eval(), load(db)[0].eval()
+    st = [open_store(str(tmp_path / "store"), h) for h in ("blocks.0.h", "blocks.1.h")]
+    act = []
+    for m, s in zip((ma, mb), st, strict=True):
+        x = torch.as_tensor(np.concatenate([s.read_chunk(c).acts for c in (2, 3)]))  # the held-out rows
+        with torch.no_grad():
+            act.append(active_mask(m(x, sample=False).activity, m.active_side).double())  # [64, K]
+    both = act[0].T @ act[1]  # [ka, kb]
+    fa, fb = act[0].sum(0), act[1].sum(0)
+    jac = both / (fa[:, None] + fb[None] - both).clamp(min=1)
+    for i in range(K):
+        got = out["a"]["cofire"][i]
+        want = sorted((j for j in range(K) if both[i, j] > 0), key=lambda j: (-float(jac[i, j]), j))[:3]
+        assert [g[0] for g in got] == want
+        assert [g[1] for g in got] == pytest.approx([float(jac[i, j]) for j in want], abs=1e-4)
+        assert [g[2] for g in got] == [int(both[i, j]) for j in want]
+
+
+def test_other_rows_or_no_common_held_out_chunk_skip_the_co_activation(tmp_path):
+    da, db = _pair(tmp_path, np.arange(K), hash_b="another-harvest")
+    out = pair.compare(da, db)
+    assert out["cofire"] is None and "trained on different stores (config_hash differ)" in out["notes"][0]
+    assert out["directions"]["a_in_b"]["mmcs"] == pytest.approx(1.0, abs=1e-5)  # directions still compared
+    da, db = _pair(tmp_path / "2", np.arange(K), chunks_a=(0,), chunks_b=(3,))
+    out = pair.compare(da, db)
+    assert out["cofire"] is None and "no chunk in common" in out["notes"][0]
+
+
+def test_the_command_prints_the_table_and_writes_every_partner(tmp_path, capsys):
+    perm = np.roll(np.arange(K), 1)
+    da, db = _pair(tmp_path, perm)
+    assert cli(["compare", da, db, "--top", "3", "--json", str(tmp_path / "c.json")]) == 0
+    text = capsys.readouterr().out
+    assert "co-activation on 64 rows both held out" in text and "A in B 1.000 (100.0% of" in text
+    rows = [line.split() for line in text.splitlines() if line.lstrip().startswith("#")]
+    assert len(rows) == 3 and all(r[2] == f"#{perm[int(r[0][1:])]}" and r[3] == "1.000" for r in rows)
+    saved = json.loads((tmp_path / "c.json").read_text())
+    assert saved["a"]["cofire"] == [[[int(j), float(v), c] for j, v, c in f] for f in saved["a"]["cofire"]]
+    assert cli(["compare", da, str(tmp_path / "nothing")]) == 2
+    assert "nothing" in capsys.readouterr().err
