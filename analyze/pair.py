@@ -45,9 +45,9 @@ MATCHED = 0.5
 def same_rows(a: dict, b: dict) -> str | None:
     """Why the stores two checkpoints record (cfg.json ``store``) do not hold the same rows, or None when
     they do: the same harvest (config_hash, rows, source, revision; any hooks), or one store of vectors."""
-    ka, kb = (store_key(s or {}) | {"hook": None} for s in (a, b))
-    if not (a or {}).get("hook") or not (b or {}).get("hook"):
-        return "a checkpoint records no store hook"
+    if not all((s or {}).get("rows") for s in (a, b)):  # an import records a hook at most
+        return "a dictionary records no store it was trained on (an import?): name one with --store"
+    ka, kb = (store_key(s) | {"hook": None} for s in (a, b))
     diff = sorted(k for k in set(ka) | set(kb) if ka.get(k) != kb.get(k))
     return f"they were trained on different stores ({', '.join(diff)} differ)" if diff else None
 
@@ -75,7 +75,7 @@ def count(models: tuple, stores: tuple, chunks: list[int], limit: int, batch: in
         for s in range(0, len(xa), batch):
             acts = []
             for m, x in ((ma, xa), (mb, xb)):
-                out = m(torch.as_tensor(x[s : s + batch], device=device), sample=False)
+                out = m(torch.as_tensor(x[s : s + batch], dtype=torch.float32, device=device), sample=False)
                 acts.append(active_mask(out.activity, m.active_side))  # [B, k]
             co.update(*acts)
             fa += acts[0].sum(0)

@@ -95,6 +95,11 @@ def test_other_rows_or_no_common_held_out_chunk_skip_the_co_activation(tmp_path)
     out = pair.compare(da, db)
     assert out["cofire"] is None and "trained on different stores (config_hash differ)" in out["notes"][0]
     assert out["directions"]["a_in_b"]["mmcs"] == pytest.approx(1.0, abs=1e-5)  # directions still compared
+    save(db, load(db)[0], {"store": {"hook": "blocks.1.h"}})  # as an import records it: a hook at most
+    assert "records no store it was trained on (an import?): name one with --store" in \
+        pair.compare(da, db)["notes"][0]
+    out = pair.compare(da, db, store=str(tmp_path / "store"))  # named: every chunk but A's training rows
+    assert out["cofire"]["chunks"] == [2, 3] and out["cofire"]["a_in_b"]["mean_jaccard"] == 1.0
     da, db = _pair(tmp_path / "2", np.arange(K), chunks_a=(0,), chunks_b=(3,))
     out = pair.compare(da, db)
     assert out["cofire"] is None and "no chunk in common" in out["notes"][0]
