@@ -100,7 +100,7 @@ SETS = {
                    data={"path": "runs/demo/store", "test_fraction": 0.1},
                    models=_store(0.005, [(0.32, 0.2), (0.12, 0.2)], [(0.01, 0.2), (0.003, 0.2)], [30, 20],
                                  -3.0)),
-    "emb": SetSpec("store", k=384, epochs=75, batch=256, t0=10,
+    "emb": SetSpec("store", k=384, epochs=92, batch=256, t0=10, max_steps=5_110,  # 10 (2^9 - 1): cycle end
                    data={"path": "runs/demo_embeddings/store", "test_fraction": 0.125, "normalize": True},
                    models=_store(0.003, [(0.32, 0.2), (1.0, 0.2), (1.2, 0.2), (1.5, 0.2), (3.0, 0.2)],
                                  [(0.01, 0.2), (0.1, 0.2), (0.12, 0.2), (0.15, 0.2), (0.3, 0.2)], [30, 20],
