@@ -236,17 +236,28 @@ def other_store(records: dict[str, dict], store_id: dict) -> dict[str, list[str]
     return out
 
 
+def found_dicts(run_dir: Path, names: list[str]) -> list[str]:
+    """The finished dictionaries of ``<run_dir>/dicts`` (``dict_folders``); raises when one of ``names`` is
+    not one of them, or when there is none. Checked before the store is opened: a store of several hooks
+    would otherwise ask which hook to read, where the run folder has nothing to analyse."""
+    root = run_dir / "dicts"
+    found, skipped = dict_folders(root)
+    if named := [n for n in names if n in skipped]:
+        raise AnalyzeError("; ".join(f"dictionary folder {root / n} {skipped[n]}" for n in named))
+    if not found:
+        raise AnalyzeError(f"no trained dictionaries in {root}: run actdict train first, or set run_dir to "
+                           "the run folder that holds them")
+    if missing := [n for n in names if n not in found]:
+        raise AnalyzeError(f"dictionaries {missing} not found in {root}; available: {found}")
+    return found
+
+
 def load_models(run_dir: Path, names: list[str], d: int, records: dict[str, dict] | None = None) -> dict:
     """Load ``<run_dir>/dicts/<name>`` for each name (all found there when ``names`` is empty); with
     ``records`` (``trained_records``, read earlier), one whose cfg.json a training replaced since is refused:
     the checks made on its record would not be its own."""
     root = run_dir / "dicts"
-    found, skipped = dict_folders(root)
-    if named := [n for n in names if n in skipped]:
-        raise AnalyzeError("; ".join(f"dictionary folder {root / n} {skipped[n]}" for n in named))
-    missing = [n for n in names if n not in found]
-    if missing or not found:
-        raise AnalyzeError(f"dictionaries {missing or '(any)'} not found in {root}; available: {found}")
+    found = found_dicts(run_dir, names)
     models = {}
     for name in names or [n for n in found if records is None or n in records]:  # a newcomer: next time
         model, record = checkpoint.load(root / name)

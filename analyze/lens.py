@@ -167,9 +167,9 @@ _NO_MODEL = ("the store holds vectors brought from elsewhere, and there is no mo
 def lens(common: Common, cfg, text: str, names: list[str], top: int = 5, hook: str | None = None) -> dict:
     """The lens of ``text`` for the dictionaries ``names`` (all in ``<run_dir>/dicts`` when empty), as a
     JSON-ready dict: hook, tokens, and per dictionary and token the active count and top features."""
-    from actdict.analyze.inputs import load_models, skipped_notes, trained_hook, trained_records
+    from actdict.analyze.inputs import found_dicts, load_models, skipped_notes, trained_hook, trained_records
     from actdict.harvest.models import load_model, resolve_device
-    from actdict.harvest.store import open_store
+    from actdict.harvest.store import StoreError, open_store
 
     if cfg.mode == "vectors":
         raise LensError(f"harvest.mode is 'vectors': {_NO_MODEL}")
@@ -178,11 +178,17 @@ def lens(common: Common, cfg, text: str, names: list[str], top: int = 5, hook: s
     run_dir = Path(common.run_dir)
     for note in skipped_notes(run_dir, names):  # on stderr: stdout is the lens
         print(printable(f"actdict lens: note: {note}"), file=sys.stderr)
-    trained = trained_hook(trained_records(run_dir, names))
+    records = trained_records(run_dir, names)
+    trained = trained_hook(records)
     if hook and trained and hook != trained:
         raise LensError(f"--hook {hook}: the dictionaries were trained on {trained}")
-    store = open_store(common.store_path, hook or trained or (cfg.embed.hook if cfg.mode == "embeddings"
-                                                             else None))
+    try:
+        store = open_store(common.store_path, hook or trained or (cfg.embed.hook if cfg.mode == "embeddings"
+                                                                 else None))
+    except StoreError:
+        if not records:  # no dictionaries to choose the hook: say that, not the store's hooks
+            found_dicts(run_dir, names)
+        raise
     if store.manifest.get("kind") == "vectors" or store.manifest.get("model") is None:  # before a model loads
         raise LensError(f"the store at {common.store_path} holds vectors of no model: {_NO_MODEL}")
     models = load_models(run_dir, names, store.d)

@@ -76,6 +76,7 @@ from actdict.analyze.features import build_features, hit_keys, summary_hits
 from actdict.analyze.inputs import (
     AnalyzeError,
     evaluated_rows,
+    found_dicts,
     held_out_batches,
     held_out_chunks,
     load_models,
@@ -128,7 +129,7 @@ def main(common: Common, cfg: AnalyzeConfig) -> None:
 
 
 def _main(common: Common, cfg: AnalyzeConfig) -> None:
-    from actdict.harvest.store import open_store
+    from actdict.harvest.store import StoreError, open_store
 
     run_id = new_run_id()  # at the start: its time is when this analysis began
     run_dir = Path(common.run_dir)
@@ -136,7 +137,12 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
     for note in skipped_notes(run_dir, cfg.dicts):
         print(printable(f"analyze: note: {note}"))  # folder names of a shared run folder
     records = trained_records(run_dir, cfg.dicts)  # each dictionary's cfg.json
-    store = open_store(common.store_path, trained_hook(records))
+    try:
+        store = open_store(common.store_path, trained_hook(records))
+    except StoreError:
+        if not records:  # no dictionaries to choose the hook: say that, not the store's hooks
+            found_dicts(run_dir, cfg.dicts)
+        raise
     if changed := other_store(records, describe_store(store, common.store_path)):
         raise AnalyzeError(f"the store {store.path} is not the one {sorted(changed)} learned ("
                            + "; ".join(f"{n}: {', '.join(c[:4])}" for n, c in sorted(changed.items()))

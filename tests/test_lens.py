@@ -132,7 +132,7 @@ def test_cli_errors_name_the_problem(run, capsys):
     err = capsys.readouterr().err
     assert "nope" in err and "available: ['sae', 'vaease']" in err
     assert main([str(cfg_path), "x", "--set", "run_dir=/nonexistent/elsewhere"]) == 2  # overrides apply
-    assert "/nonexistent/elsewhere/store" in capsys.readouterr().err
+    assert "no trained dictionaries in /nonexistent/elsewhere/dicts" in capsys.readouterr().err
     bad = cfg_path.with_name("bad.yaml")
     bad.write_text(cfg_path.read_text().replace("  ctx: 16", "  ctx: 16\n  ctxx: 3"))
     assert main([str(bad), "x"]) == 2

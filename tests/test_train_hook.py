@@ -92,6 +92,21 @@ def test_run_checks_train_hook_against_the_harvest(hooks, hook, ok):
             check_train_hook(hooks, hook)
 
 
+def test_a_run_folder_without_dictionaries_says_so_not_which_hook(two_hooks, tmp_path, capsys):
+    """Analysis (and the lens) of a run folder that holds no dictionary yet, on a store of two hooks: the
+    missing dictionaries are named, not the store's hooks (which the dictionaries would have chosen)."""
+    cfg = _config(tmp_path, two_hooks, hook="h.b")
+    assert main(["analyze", cfg]) == 2
+    err = capsys.readouterr().err
+    assert f"no trained dictionaries in {tmp_path / 'run' / 'dicts'}: run actdict train first" in err
+    assert "name one of" not in err
+    assert main(["train", cfg]) == 0
+    capsys.readouterr()
+    assert main(["analyze", cfg, "analyze.dicts=[t]"]) == 2  # a name the folder lacks: the names it has
+    err = capsys.readouterr().err
+    assert "dictionaries ['t'] not found in" in err and "available: ['s']" in err
+
+
 def test_analysis_refuses_dictionaries_of_another_split(two_hooks, tmp_path, capsys):
     """A run with another seed in a folder of finished dictionaries is refused before it trains; a folder
     holding dictionaries of two splits all the same (made by hand, or before that refusal): analysis refuses
