@@ -21,7 +21,7 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 
 from actdict.analyze.outputs import read_output
-from actdict.analyze.report_features import shown, write_feature_page
+from actdict.analyze.report_features import run_label, shown, write_feature_page
 from actdict.analyze.toptokens import display_strings, is_wordpiece
 from actdict.files import write_atomic
 
@@ -366,8 +366,9 @@ def render(summary: dict, pages: dict[str, str] | None = None) -> str:
             "fraction of rows), each with its top rows: the feature's code on the row, then the row's token "
             "highlighted among its neighbours (an embedded row: the text it embeds, its doc and pos).</p>",
             *(_features(n, m, pages.get(n)) for n, m in models.items())]
-    return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>actdict report</title>"
-            f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+    return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
+            f"<title>{esc(run_label(summary))}: actdict report</title><style>{_CSS}</style></head><body>\n"
+            + "\n".join(body) + "\n</body></html>\n")
 
 
 def write_report(summary: dict, path: str | Path) -> Path:

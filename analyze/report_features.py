@@ -360,12 +360,19 @@ def page_parts(data: dict) -> list[dict]:
     return parts
 
 
+def run_label(summary: dict) -> str:
+    """The run folder and hook of ``summary`` (``runs/layer2 (blocks.2.hook_resid_post)``): the pages' titles
+    start with it, so that the tabs of several runs (one per layer) tell themselves apart."""
+    hook = summary.get("hook")
+    return f"{summary.get('run_dir', '')}" + (f" ({hook})" if hook else "")
+
+
 def render_feature_page(data: dict, name: str, model: dict, summary: dict, parts: str) -> str:
     """The page's HTML; ``parts``: the name of the folder beside it holding its part files."""
     meta = {"name": name, "variant": model.get("variant", ""), "parts": parts, "run": summary.get("run_id")}
-    stats = html.escape(_stats(model))
+    stats, title = html.escape(_stats(model)), html.escape(f"{name}, {run_label(summary)}: features")
     return f"""<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>{html.escape(name)}: features</title><style>{_CSS}</style>
+<html><head><meta charset="utf-8"><title>{title}</title><style>{_CSS}</style>
 <script src="plotly.min.js"></script></head><body>
 <header><a href="../report.html">&larr; overview</a><b id="title"></b>
  <span class="stats">{stats}; hook {html.escape(str(summary.get("hook", "")))}</span></header>

@@ -94,6 +94,12 @@ def test_names_and_numbers_present(tmp_path):
     assert "(density: the fraction of rows), each with its top rows: the feature's code on the row" in page
 
 
+def test_the_title_names_the_run_and_hook():
+    """The overview's tab title names its run folder and hook (one report per layer: six tabs apart)."""
+    assert "<title>runs/test (blocks.0.hook_resid_post): actdict report</title>" in render(_summary())
+    assert "<title>runs/x: actdict report</title>" in render({"run_dir": "runs/x", "models": {}})
+
+
 def test_the_same_summary_renders_the_same_bytes():
     """A rerun's report differs from the first only where its summary does (plotly named every figure's
     div with a random uuid, so two renders of one summary differed)."""
@@ -517,8 +523,9 @@ def test_feature_page_index_and_parts():
     parts = page_parts(data)
     assert [[f["i"] for f in p["features"]] for p in parts] == [list(range(PART)), list(range(PART, n - 1)),
                                                                   [n - 1]]
-    page = render_feature_page(data, "n<i>", {"variant": "sae_l1"}, {"hook": "h<q>"}, "n.parts")
-    assert "<title>n&lt;i&gt;: features</title>" in page and "hook h&lt;q&gt;" in page
+    page = render_feature_page(data, "n<i>", {"variant": "sae_l1"}, {"hook": "h<q>", "run_dir": "runs/l2"},
+                               "n.parts")
+    assert "<title>n&lt;i&gt;, runs/l2 (h&lt;q&gt;): features</title>" in page and "hook h&lt;q&gt;" in page
     assert f'type="number" min="0" max="{n - 1}"' in page  # the last feature's index
 
 
