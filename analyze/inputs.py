@@ -19,6 +19,7 @@ from actdict.config import config_changes
 from actdict.errors import ActdictError
 from actdict.train import checkpoint
 from actdict.train.identity import store_key
+from actdict.train.resume import STATE, read_meta
 
 
 class AnalyzeError(ActdictError, ValueError):
@@ -193,6 +194,20 @@ def trained_hook(records: dict[str, dict]) -> str | None:
         raise AnalyzeError(f"the dictionaries were trained on different hooks ({hooks}); analyze one hook's "
                            "at a time (analyze.dicts), or train each hook in its own run_dir")
     return next((h for h in hooks.values() if h is not None), None)
+
+
+def retraining(run_dir: Path, records: dict[str, dict]) -> str | None:
+    """A line naming the dictionaries of ``records`` that the run folder's resume state is training again with
+    another config (a retraining interrupted: Ctrl-C, SIGTERM): their checkpoints are the earlier config's,
+    which analysis reads. None when there are none."""
+    meta = read_meta(run_dir / STATE)
+    older = sorted(n for n, m in (meta or {}).get("members", {}).items()
+                   if n in records and records[n].get("config_hash") != m["config_hash"])
+    if not older:
+        return None
+    return (f"{run_dir / STATE} holds an unfinished training of {older} with another config (step "
+            f"{meta['position']['step']}); this analysis reads their earlier, finished checkpoints: rerun "
+            "actdict train to finish it, then analyze")
 
 
 def other_split(records: dict[str, dict], test_chunks: list[int]) -> list[str]:

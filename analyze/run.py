@@ -83,6 +83,7 @@ from actdict.analyze.inputs import (
     other_split,
     other_store,
     read_labels,
+    retraining,
     skipped_notes,
     trained_hook,
     trained_records,
@@ -137,6 +138,8 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
     for note in skipped_notes(run_dir, cfg.dicts):
         print(printable(f"analyze: note: {note}"))  # folder names of a shared run folder
     records = trained_records(run_dir, cfg.dicts)  # each dictionary's cfg.json
+    if note := retraining(run_dir, records):
+        print(printable(f"analyze: note: {note}"))
     try:
         store = open_store(common.store_path, trained_hook(records))
     except StoreError:

@@ -146,3 +146,26 @@ def test_run_of_a_config_without_a_harvest_section_trains_and_analyzes_its_store
 
     monkeypatch.setattr(cli, "prepare", recorded)
     assert main(["run", _config(tmp_path, two_hooks, hook="h.a")]) == 0 and ran == ["train", "analyze"]
+
+
+def test_analysis_names_dictionaries_an_unfinished_retraining_holds(two_hooks, tmp_path, capsys):
+    """A retraining with another config, interrupted (its resume state in the run folder), leaves the earlier
+    finished checkpoint, which analysis reads: it says so, naming the dictionary and the state's step; a
+    state of the checkpoint's own config (a kill after the final saves) says nothing."""
+    import torch
+    from safetensors.torch import save_file
+
+    cfg = _config(tmp_path, two_hooks, hook="h.a")
+    assert main(["train", cfg]) == 0
+    run = tmp_path / "run"
+    done = json.loads((run / "dicts" / "s" / "cfg.json").read_text())["config_hash"]
+    for hash_, said in (("0123456789abcdef", True), (done, False)):
+        meta = {"members": {"s": {"config_hash": hash_}}, "position": {"epoch": 0, "batch": 3, "step": 3}}
+        save_file({"x": torch.zeros(1)}, str(run / "train_state.safetensors"),
+                  metadata={"actdict_train_state": json.dumps(meta)})
+        capsys.readouterr()
+        assert main(["analyze", cfg]) == 0
+        out = capsys.readouterr().out
+        note = (f"analyze: note: {run / 'train_state.safetensors'} holds an unfinished training of ['s'] "
+                "with another config (step 3); this analysis reads their earlier, finished checkpoints")
+        assert (note in out) == said, out
