@@ -248,3 +248,18 @@ def test_a_name_that_train_refuses_is_refused_before_anything_is_written(name, t
     with pytest.raises(NotImportable, match=r"cannot name a dictionary: .*at most 200 bytes"):
         import_saelens(src, tmp_path / "run" / "dicts" / name)  # analysis skips it, or its pages' names fail
     assert not (tmp_path / "run").exists()
+
+
+def test_an_imported_sae_exported_again_keeps_its_model_and_hook(tmp_path):
+    """export -> import -> export: the second export names the model and hook the first did (the import
+    records them; the re-export wrote model_name "" and null, so SAELens lost which model it reads)."""
+    params, _ = CASES["sae_topk"]
+    m = trained_model("sae_topk", params, _x())
+    record = {"finished": True, "store": {"hook": "blocks.1.hook_resid_post", "model": "tiny-model"}}
+    checkpoint.save(tmp_path / "run" / "dicts" / "orig", m, record)
+    export_saelens(tmp_path / "run" / "dicts" / "orig", tmp_path / "e1")
+    import_saelens(tmp_path / "e1", tmp_path / "run2" / "dicts" / "back")
+    export_saelens(tmp_path / "run2" / "dicts" / "back", tmp_path / "e2")
+    first, again = (json.loads((tmp_path / e / "cfg.json").read_text()) for e in ("e1", "e2"))
+    assert first["model_name"] == again["model_name"] == again["metadata"]["model_name"] == "tiny-model"
+    assert again["hook_name"] == again["metadata"]["hook_name"] == "blocks.1.hook_resid_post"

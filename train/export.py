@@ -91,9 +91,10 @@ def saelens_view(model: Dictionary) -> dict[str, Any]:
 
 
 def _metadata(cfg: dict[str, Any]) -> dict[str, Any]:
-    store = cfg.get("store") or {}
-    meta = {"hook_name": store.get("hook"), "model_name": store.get("model"), "actdict_variant":
-            cfg.get("variant"), "actdict_params": cfg.get("params"), "actdict_store": store.get("path")}
+    store, imported = cfg.get("store") or {}, cfg.get("imported") or {}  # an import records its SAE's model
+    meta = {"hook_name": store.get("hook"), "model_name": store.get("model") or imported.get("model_name"),
+            "actdict_variant": cfg.get("variant"), "actdict_params": cfg.get("params"),
+            "actdict_store": store.get("path")}
     local = store.get("path") and "://" not in str(store["path"])  # a URL in a shared cfg.json: no request
     if local and not meta["model_name"]:  # checkpoints from before 2026-12-05 do not record it
         try:
