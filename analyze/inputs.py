@@ -251,6 +251,23 @@ def other_store(records: dict[str, dict], store_id: dict) -> dict[str, list[str]
     return out
 
 
+def other_model(records: dict[str, dict], model: str | None) -> list[str]:
+    """One note per imported dictionary whose SAE names another model than ``model`` (the store's), by the
+    name after any ``org/`` prefix, case aside (SAELens says ``pythia-70m-deduped`` where a store records
+    ``EleutherAI/pythia-70m-deduped``). A note, not a refusal: the name is the SAE author's spelling (a hook
+    name alone matches across models, and so may the width)."""
+    def short(name: str) -> str:
+        return str(name).rsplit("/", 1)[-1].lower()
+
+    out = []
+    for name, r in records.items():
+        was = (r.get("imported") or {}).get("model_name")
+        if was and model and short(was) != short(model):
+            out.append(f"{name} was imported from an SAE of {was!r} (its cfg.json), but the store holds "
+                       f"activations of {model!r}: its numbers mean something only if they are one model")
+    return out
+
+
 def found_dicts(run_dir: Path, names: list[str]) -> list[str]:
     """The finished dictionaries of ``<run_dir>/dicts`` (``dict_folders``); raises when one of ``names`` is
     not one of them, or when there is none. Checked before the store is opened: a store of several hooks

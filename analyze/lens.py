@@ -167,7 +167,14 @@ _NO_MODEL = ("the store holds vectors brought from elsewhere, and there is no mo
 def lens(common: Common, cfg, text: str, names: list[str], top: int = 5, hook: str | None = None) -> dict:
     """The lens of ``text`` for the dictionaries ``names`` (all in ``<run_dir>/dicts`` when empty), as a
     JSON-ready dict: hook, tokens, and per dictionary and token the active count and top features."""
-    from actdict.analyze.inputs import found_dicts, load_models, skipped_notes, trained_hook, trained_records
+    from actdict.analyze.inputs import (
+        found_dicts,
+        load_models,
+        other_model,
+        skipped_notes,
+        trained_hook,
+        trained_records,
+    )
     from actdict.harvest.models import load_model, resolve_device
     from actdict.harvest.store import StoreError, open_store
 
@@ -191,6 +198,8 @@ def lens(common: Common, cfg, text: str, names: list[str], top: int = 5, hook: s
         raise
     if store.manifest.get("kind") == "vectors" or store.manifest.get("model") is None:  # before a model loads
         raise LensError(f"the store at {common.store_path} holds vectors of no model: {_NO_MODEL}")
+    for note in other_model(records, store.manifest.get("model")):  # an imported SAE of another model
+        print(printable(f"actdict lens: note: {note}"), file=sys.stderr)
     models = load_models(run_dir, names, store.d)
 
     def same_model(model_name: str) -> None:  # else the dictionaries would read another model's activations

@@ -80,6 +80,7 @@ from actdict.analyze.inputs import (
     held_out_batches,
     held_out_chunks,
     load_models,
+    other_model,
     other_split,
     other_store,
     read_labels,
@@ -152,6 +153,8 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
                            + "): its held-out chunks are not theirs, and analysis could score them on rows "
                            "they learned; point `store` at the store they learned, or retrain them on this "
                            "one (actdict train: it notices the change)")
+    for note in other_model(records, store.manifest.get("model")):
+        print(printable(f"analyze: note: {note}"))
     test_chunks = held_out_chunks(run_dir, store.num_chunks, records, common.seed)
     if bad := other_split(records, test_chunks):
         raise AnalyzeError(f"{bad} were trained with another split than {run_dir / 'split.json'} (other "

@@ -263,3 +263,27 @@ def test_an_imported_sae_exported_again_keeps_its_model_and_hook(tmp_path):
     first, again = (json.loads((tmp_path / e / "cfg.json").read_text()) for e in ("e1", "e2"))
     assert first["model_name"] == again["model_name"] == again["metadata"]["model_name"] == "tiny-model"
     assert again["hook_name"] == again["metadata"]["hook_name"] == "blocks.1.hook_resid_post"
+
+
+def test_analysis_notes_an_imported_sae_of_another_model(tmp_path, capsys, monkeypatch):
+    """An SAELens SAE of another model than the store's, with the same hook name and width (a hook name is
+    every TransformerLens model's), is analysed with a note naming both models; the same model spelled with
+    its organisation (the store's) or without (SAELens') gets none."""
+    from actdict.analyze import run
+    from actdict.analyze.config import AnalyzeConfig
+    from actdict.config import Common
+    from actdict.harvest.store import write_vectors
+
+    monkeypatch.setattr(run, "resolve_decoder", lambda m: lambda ids: [str(i) for i in ids])  # no tokenizer
+    x = np.random.default_rng(0).standard_normal((512, D)).astype(np.float32)
+    store = write_vectors(str(tmp_path / "store"), x, {"model": "EleutherAI/pythia-70m-deduped"},
+                          hook="blocks.1.hook_resid_post", shard_rows=512, chunk_rows=64)
+    common = Common(run_dir=str(tmp_path / "run"), store=store.path)
+    for sae_model, said in (("gpt2-small", True), ("pythia-70m-deduped", False)):
+        cfg, t = _saelens(metadata={"hook_name": store.hook, "model_name": sae_model})
+        import_saelens(_write(tmp_path / "sae", cfg, t), tmp_path / "run" / "dicts" / "pre", overwrite=True)
+        capsys.readouterr()
+        run.main(common, AnalyzeConfig(device="cpu", n_features=2))
+        note = ("analyze: note: pre was imported from an SAE of 'gpt2-small' (its cfg.json), but the store "
+                "holds activations of 'EleutherAI/pythia-70m-deduped'")
+        assert (note in capsys.readouterr().out) == said
