@@ -192,7 +192,8 @@ def trained_hook(records: dict[str, dict]) -> str | None:
     hooks = {n: (r.get("store") or {}).get("hook") for n, r in records.items()}
     if len(set(hooks.values()) - {None}) > 1:
         raise AnalyzeError(f"the dictionaries were trained on different hooks ({hooks}); analyze one hook's "
-                           "at a time (analyze.dicts), or train each hook in its own run_dir")
+                           "at a time (analyze.dicts), or train each hook in its own run_dir (comparing "
+                           "layers: docs/harvest.md, below the per-layer loop)")
     return next((h for h in hooks.values() if h is not None), None)
 
 
