@@ -299,6 +299,9 @@ def harvest(common: Common, cfg: HarvestConfig, ranks: Ranks, grow: bool = False
                 say(f"harvest: growing {path} hook {h!r} to max_tokens={cfg.max_tokens}")
             for where in clean(path, h):
                 say(f"harvest: removed {where} (left by a killed run; it is written again)")
+        if grow:  # a shared store (one per layer's run folder) changes under every run that learned it
+            say(f"harvest: note: dictionaries trained on {path} before it grew, in any run folder, learned "
+                "another store: actdict train retrains them, actdict analyze refuses them")
     ranks.barrier()
     done = {h: done_shards(path, h) for h in hooks}
     done_all = set.intersection(*done.values())

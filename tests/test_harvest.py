@@ -135,7 +135,8 @@ def test_raising_max_tokens_grows_the_store_into_a_fresh_harvest(tmp_path, first
     shard0 = next(store.rglob("shards/00000*"))
     before = tree(shard0)
     harvest(tmp_path / "grown", max_tokens=90)  # the test corpus has 95 rows
-    assert "growing" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "growing" in out and "before it grew, in any run folder, learned another store" in out
     fresh, _ = harvest(tmp_path / "fresh", max_tokens=90)
     assert tree(store) == tree(Path(fresh.store_path))  # every byte, manifests included
     assert len(open_store(common.store_path)) == 90
