@@ -98,6 +98,11 @@ def test_analysis_draws_the_log_of_the_checkpoints_training_only(store, tmp_path
     assert set(c) == {"step", "epoch", "lr", "loss", "sse", "penalty", "decoder_sq_norm",  # the terms, and
                       "eval_ad", "eval_l0", "eval_ev", "eval_live"}  # what each last batch measured
     assert trained_curve(tmp_path, "l1", "another hash") is None  # a training started since: not this one
+    # a retraining with another config starts its log over, and is interrupted: the checkpoint in dicts/l1
+    # is still the first training's, and so are the curves analysis draws for it
+    start_log(log_path(tmp_path, "l1"), {"config_hash": "another hash", "dict": "l1", "variant": "sae_l1"})
+    assert read_log(log_path(tmp_path, "l1"))[0]["config_hash"] == "another hash"
+    assert trained_curve(tmp_path, "l1", cfg["config_hash"]) == c
     models = {"l1": {"k": 8, "training_log": c},
               "vaease": {"k": 8, "training_log": {"step": [1, 2], "loss": [-3.0, -4.0], "sse": [0.0, 2.0]}}}
     html = render({"models": models})

@@ -18,13 +18,16 @@ what the progress bar shows per step); ``lr``: its last step's learning rate; ``
 A resumed run first drops the records after the step it resumes from (a kill between an interval's record
 and the next resume state leaves some; the resume state carries the open interval's sums), so the log of an
 interrupted run equals an uninterrupted run's but for ``time``. A training that starts over (another
-config, or no resume state) starts the file over.
+config, or no resume state) starts the file over; the log of another config it replaces is kept as
+``logs/.previous/<name>.jsonl`` (``previous_path``), since that config's checkpoint stays in ``dicts/<name>``
+until the new training finishes, and analysis still draws its curves when that training is interrupted.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 from actdict.files import write_atomic
@@ -34,6 +37,12 @@ LOGS = "logs"
 
 def log_path(run_dir: str | Path, name: str) -> Path:
     return Path(run_dir) / LOGS / f"{name}.jsonl"
+
+
+def previous_path(path: Path) -> Path:
+    """Where ``start_log`` keeps the log of another config that it replaces: a hidden folder, which no
+    dictionary's name can be (names never start with ``.``)."""
+    return path.parent / ".previous" / path.name
 
 
 def read_log(path: str | Path) -> tuple[dict | None, list[dict]]:
@@ -65,6 +74,10 @@ def start_log(path: Path, header: dict, from_step: int = 0, from_hash: str | Non
     same = old is not None and from_step > 0 and old["config_hash"] == from_hash
     kept = [r for r in records if r["step"] <= from_step] if same else []
     path.parent.mkdir(parents=True, exist_ok=True)
+    keep = previous_path(path)
+    if old is not None and old["config_hash"] != header["config_hash"] and not keep.parent.is_symlink():
+        keep.parent.mkdir(exist_ok=True)  # its checkpoint may stay: keep its log (never through a link)
+        os.replace(path, keep)
     write_atomic(path, "".join(json.dumps(o, allow_nan=False) + "\n" for o in [header, *kept]))
 
 
@@ -98,9 +111,11 @@ def curve(records: list[dict], points: int = 1000) -> dict[str, list]:
 
 
 def trained_curve(run_dir: str | Path, name: str, config_hash: str | None, points: int = 1000) -> dict | None:
-    """``curve`` of the log of the training whose checkpoint has ``config_hash``; None when there is no log,
-    or it logs another training of ``name`` (one started since, or a checkpoint older than logs)."""
-    head, records = read_log(log_path(run_dir, name))
-    if head is None or config_hash is None or head["config_hash"] != config_hash:
-        return None
-    return curve(records, points) or None
+    """``curve`` of the log of the training whose checkpoint has ``config_hash`` (``logs/<name>.jsonl``, or
+    the one a retraining with another config, started since, replaced: ``previous_path``); None when neither
+    logs it (a checkpoint older than logs)."""
+    for path in (log_path(run_dir, name), previous_path(log_path(run_dir, name))):
+        head, records = read_log(path)
+        if head is not None and config_hash is not None and head["config_hash"] == config_hash:
+            return curve(records, points) or None
+    return None
