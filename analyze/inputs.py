@@ -193,7 +193,7 @@ def trained_hook(records: dict[str, dict]) -> str | None:
     if len(set(hooks.values()) - {None}) > 1:
         raise AnalyzeError(f"the dictionaries were trained on different hooks ({hooks}); analyze one hook's "
                            "at a time (analyze.dicts), or train each hook in its own run_dir (comparing "
-                           "layers: docs/harvest.md, below the per-layer loop)")
+                           "layers: actdict compare RUN_A/dicts/NAME RUN_B/dicts/NAME)")
     return next((h for h in hooks.values() if h is not None), None)
 
 

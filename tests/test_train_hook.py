@@ -62,7 +62,7 @@ def test_train_names_the_hook_and_analysis_follows_it(two_hooks, tmp_path, capsy
     run = tmp_path / "run"
     assert trained_hook(trained_records(run, ["t"])) == "h.a"
     assert trained_hook(trained_records(run, ["s"])) == "h.b"
-    with pytest.raises(AnalyzeError, match="different hooks.*comparing layers: docs/harvest.md"):
+    with pytest.raises(AnalyzeError, match="different hooks.*comparing layers: actdict compare"):
         trained_hook(trained_records(run, []))
     assert main(["analyze", cfg, "analyze.dicts=[t]"]) == 0
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["d"] == 6
