@@ -6,7 +6,8 @@ are encoded by each dictionary of ``<run_dir>/dicts``. A token's features are it
 ones AD counts (SAEs: its nonzero codes, the ones L0 counts, when at least one code is exactly zero; VAE /
 VAEase: the per-sample Otsu split of the posterior log variance), listed by |code|. Where ``actdict
 analyze`` has written ``<run_dir>/features/<name>.json``, each feature is labelled with the tokens it fires
-on most in the corpus (its top contexts).
+on most in the corpus (its top contexts). ``--feature I`` follows chosen features of one dictionary
+instead: each one's code on every token, and where it is active.
 
 With ``harvest.mode: embeddings`` the text is embedded as the harvest embedded its documents (the same
 sentence-transformers model, prompt and truncation; one row for the text, or one per paragraph with
@@ -164,9 +165,12 @@ _NO_MODEL = ("the store holds vectors brought from elsewhere, and there is no mo
              "(docs/architecture.md, 'Using a trained dictionary')")
 
 
-def lens(common: Common, cfg, text: str, names: list[str], top: int = 5, hook: str | None = None) -> dict:
+def lens(common: Common, cfg, text: str, names: list[str], top: int = 5, hook: str | None = None,
+         follow: list[int] | None = None) -> dict:
     """The lens of ``text`` for the dictionaries ``names`` (all in ``<run_dir>/dicts`` when empty), as a
-    JSON-ready dict: hook, tokens, and per dictionary and token the active count and top features."""
+    JSON-ready dict: hook, tokens, and per dictionary and token the active count and top features; with
+    ``follow`` (feature indices of the one dictionary), also each one's code and active flag on every token
+    (``followed``)."""
     from actdict.analyze.inputs import (
         found_dicts,
         load_models,
@@ -201,6 +205,8 @@ def lens(common: Common, cfg, text: str, names: list[str], top: int = 5, hook: s
     for note in other_model(records, store.manifest.get("model")):  # an imported SAE of another model
         print(printable(f"actdict lens: note: {note}"), file=sys.stderr)
     models = load_models(run_dir, names, store.d)
+    if follow:
+        check_follow(follow, models)
 
     def same_model(model_name: str) -> None:  # else the dictionaries would read another model's activations
         if store.manifest.get("model") != model_name:
@@ -228,7 +234,29 @@ def lens(common: Common, cfg, text: str, names: list[str], top: int = 5, hook: s
             "features": [[{"i": f, "code": round(c, 4), "top_tokens": _label(labels, f, c)}
                           for f, c in zip(fr.tolist(), cr.tolist(), strict=True) if f >= 0]
                          for fr, cr in zip(feats, codes, strict=True)]}
+        if follow:
+            out["dicts"][name]["followed"] = followed(model, x, follow, labels)
     return out
+
+
+def check_follow(follow: list[int], models: dict) -> None:
+    """``--feature`` indices name features of one dictionary: refused with several or out of range."""
+    if len(models) != 1:
+        raise LensError(f"--feature follows features of one dictionary; {len(models)} are read "
+                        f"({', '.join(models)}): name one with --dict")
+    k = next(iter(models.values())).k
+    if bad := [f for f in follow if not 0 <= f < k]:
+        raise LensError(f"--feature {bad[0]}: the dictionary has features 0..{k - 1}")
+
+
+def followed(model, x: Tensor, follow: list[int], labels: Labels) -> list[dict]:
+    """Per followed feature: its code on every row of x [n, d] (deterministic path), whether it is active
+    there (the active split of AD), its corpus labels: [{"i", "codes" [n], "active" [n], "top_tokens"}]."""
+    with torch.no_grad():
+        out = model(x, sample=False)
+    active = active_mask(out.activity, model.active_side)  # [n, k]
+    return [{"i": f, "codes": [round(c, 4) for c in out.codes[:, f].tolist()],
+             "active": active[:, f].tolist(), "top_tokens": _label(labels, f, 1.0)} for f in follow]
 
 
 def format_lens(res: dict) -> str:
@@ -243,15 +271,37 @@ def format_lens(res: dict) -> str:
     width = min(18 if unit == "token" else 44, max(len(s) for s in shown))
     lines = [f"{res['model']} {res['hook']}: {len(shown)} {unit}{'' if len(shown) == 1 else 's'}"]
     for name, r in res["dicts"].items():
-        lines.append(f"\n{name} ({r['variant']}, k={r['k']}): {unit}, active latents, top features "
-                     f"(#latent code [its top {what}])")
+        cols = f"{unit}, active latents, top features (#latent code [its top {what}])"
+        if r.get("followed"):
+            cols = f"{unit}, each followed feature's code (* active; bar: share of the largest active code)"
+        lines.append(f"\n{name} ({r['variant']}, k={r['k']}): {cols}")
         if r.get("labels_note"):
             lines.append(f"  ({r['labels_note']})")
+        if r.get("followed"):
+            lines += _follow_lines(shown, width, r["followed"])
+            continue
         for s, n, feats in zip(shown, r["active"], r["features"], strict=True):
             fs = "  ".join(f"#{f['i']} {f['code']:.3g}" + (f" [{', '.join(f['top_tokens'])}]"
                                                           if f["top_tokens"] else "") for f in feats)
             lines.append(f"  {s:<{width}} {n:>4}  {fs}")
     return printable("\n".join(lines))  # corpus tokens, a store's hook and model: no terminal control codes
+
+
+def _follow_lines(shown: list[str], width: int, follow: list[dict]) -> list[str]:
+    """One column per followed feature: its code on each token, * where active, and on active tokens a bar
+    of the code's share of the largest active |code| in the text."""
+    lines = ["  followed: " + "; ".join(f"#{f['i']} [{', '.join(f['top_tokens'])}]" for f in follow)]
+    lines.append((f"  {'':<{width}} " + " ".join(f"{'#' + str(f['i']):>8}{'':10}" for f in follow)).rstrip())
+    most = [max((abs(c) for c, a in zip(f["codes"], f["active"], strict=True) if a), default=0.0) or 1.0
+            for f in follow]
+    def cell(f: dict, t: int, m: float) -> str:
+        bar = f"*{'#' * round(8 * abs(f['codes'][t]) / m):<9}" if f["active"][t] else " " * 10
+        return f"{f['codes'][t]:>8.3g}{bar}"
+
+    for t, s in enumerate(shown):
+        cells = [cell(f, t, m) for f, m in zip(follow, most, strict=True)]
+        lines.append(f"  {s:<{width}} " + " ".join(cells).rstrip())
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -263,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="only this dictionary (repeatable); default every one in <run_dir>/dicts")
     ap.add_argument("--top", type=int, default=5, help="features shown per token (default 5)")
     ap.add_argument("--hook", help="the store's hook (default: the one the dictionaries were trained on)")
+    ap.add_argument("--feature", action="append", type=int, default=[], metavar="I", dest="follow",
+                    help="follow feature I of the dictionary (--dict, when the run has several) over the "
+                         "text: its code on every token (repeatable)")
     ap.add_argument("--json", type=Path, help="also write the result here")
     ap.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
                     help="a dotted override of the config, as the stages take them (repeatable), e.g. "
@@ -290,7 +343,8 @@ def main(argv: list[str] | None = None) -> int:
 
         for name, cls in (("train", TrainConfig), ("analyze", AnalyzeConfig)):
             section(data, name, cls)  # unread here, but checked as the stages check them: a typo is refused
-        res = lens(common_of(data), section(data, "harvest", HarvestConfig), text, a.dicts, a.top, a.hook)
+        res = lens(common_of(data), section(data, "harvest", HarvestConfig), text, a.dicts, a.top, a.hook,
+                   a.follow)
     except ActdictError as e:  # ConfigError included
         return print_error("actdict lens", e)
     print(format_lens(res))

@@ -124,6 +124,37 @@ def test_cli_prints_and_writes_each_tokens_features(run, tmp_path, capsys):
     assert list(json.loads((tmp_path / "v.json").read_text())["dicts"]) == ["vaease"]
 
 
+def test_followed_features_give_their_code_and_active_flag_on_every_token(run, tmp_path, capsys):
+    """--feature I (repeatable) follows features of one dictionary over the text: the code and active flag
+    of each on every token are the dictionary's own on the rows the harvest would store; several
+    dictionaries without --dict, or an index beyond k, are refused with one line."""
+    cfg_path, run_dir = run
+    text = "The ferry leaves at nine, rain or shine."
+    store = open_store(str(run_dir / "store"))
+    model = load_models(run_dir, ["sae"], store.d)["sae"].eval()
+    _, x = text_rows(load_model("all-MiniLM-L6-v2"), _harvest_cfg(cfg_path), HOOK, text)
+    with torch.no_grad():
+        out = model(x, sample=False)
+    active = active_mask(out.activity, model.active_side)  # [n, k]
+    a, b = active.sum(0).argsort(descending=True, stable=True)[:2].tolist()  # the text's most active two
+    assert main([str(cfg_path), text, "--dict", "sae", "--feature", str(a), "--feature", str(b),
+                 "--json", str(tmp_path / "f.json")]) == 0
+    res = json.loads((tmp_path / "f.json").read_text())
+    got = res["dicts"]["sae"]["followed"]
+    assert [f["i"] for f in got] == [a, b] and active[:, a].any()
+    for f in got:
+        assert f["codes"] == pytest.approx(out.codes[:, f["i"]].tolist(), abs=1e-4)
+        assert f["active"] == active[:, f["i"]].tolist()
+    printed = capsys.readouterr().out
+    rows = [line for line in printed.splitlines() if line.startswith("  '")]
+    assert len(rows) == len(res["tokens"]) and f"followed: #{a}" in printed
+    assert sum(line.count("*") for line in rows) == int(active[:, [a, b]].sum())
+    assert main([str(cfg_path), text, "--feature", "3"]) == 2
+    assert "one dictionary; 2 are read (sae, vaease): name one with --dict" in capsys.readouterr().err
+    assert main([str(cfg_path), text, "--dict", "sae", "--feature", "24"]) == 2
+    assert "--feature 24: the dictionary has features 0..23" in capsys.readouterr().err
+
+
 def test_cli_errors_name_the_problem(run, capsys):
     cfg_path, _ = run
     assert main([str(cfg_path), "   "]) == 2
