@@ -333,10 +333,9 @@ def harvest(common: Common, cfg: HarvestConfig, ranks: Ranks, grow: bool = False
     for h in hooks:
         check_manifest(read_manifest(path, h), want[h], f"store {path} hook {h!r}")
     per_row = sum(d * ACT_DTYPES[cfg.store_dtype].itemsize + META_BYTES for d in dims.values())
-    planned = "the whole source" if cfg.max_tokens is None else f"{cfg.max_tokens:,} rows per hook"
-    disk = "" if cfg.max_tokens is None else f", ~{human_size(cfg.max_tokens * per_row)} on disk"
     say(f"harvest: {lm.name} ({lm.kind}, {lm.device}, {cfg.dtype}) hooks {dims} stop_at_layer={stop}; "
-        f"{planned}{disk} ({per_row} bytes/row, shard buffer {human_size(cfg.shard_rows * per_row)}); "
+        f"{planned(cfg.max_tokens, cfg.source.max_docs, per_row)} ({per_row} bytes/row, shard buffer "
+        f"{human_size(cfg.shard_rows * per_row)}); "
         f"source: "
         f"{describe_source(cfg.source)} -> {path}" + (f"; {ranks.world} ranks" if ranks.world > 1 else ""))
     if any(done.values()):
@@ -375,6 +374,15 @@ def _write(fs, root: str, work: ShardWork, data: dict, hooks: list[str], done: d
         if work.index not in done[h]:
             write_shard(fs, f"{root}/{h}", work.index, meta | {"acts": data[h]}, chunk_rows,
                         record={"start": work.pieces[0][0].cursor})
+
+
+def planned(max_tokens: int | None, max_docs: int | None, per_row: int) -> str:
+    """What the start line says the harvest will write: the rows per hook and their size on disk, an upper
+    bound when ``source.max_docs`` may end the source first (20 documents are far fewer than 100,000 rows)."""
+    if max_tokens is None:
+        return "the whole source" + ("" if max_docs is None else f" ({max_docs:,} documents)")
+    size = f"{max_tokens:,} rows per hook, ~{human_size(max_tokens * per_row)} on disk"
+    return size if max_docs is None else f"at most {size} (fewer if its {max_docs:,} documents end first)"
 
 
 class _Progress:

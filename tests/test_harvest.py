@@ -481,3 +481,15 @@ def test_a_complete_store_of_an_older_format_asked_to_grow_says_why_it_cannot(tm
                                            r"harvest\.max_tokens=40"):
         harvest(tmp_path / "run", max_tokens=60)
     assert tree(store) == before
+
+
+def test_the_start_line_bounds_the_rows_when_max_docs_may_end_the_source_first():
+    """hdog: harvest.source.max_docs=20 printed "100,000 rows per hook, ~470 MB on disk", then wrote 15,843
+    rows: with max_docs the rows and size are an upper bound, and say so."""
+    from actdict.harvest.run import planned
+
+    assert planned(100_000, None, 4704) == "100,000 rows per hook, ~470.4 MB on disk"
+    assert planned(100_000, 20, 4704) == ("at most 100,000 rows per hook, ~470.4 MB on disk (fewer if its 20 "
+                                          "documents end first)")
+    assert planned(None, None, 4704) == "the whole source"
+    assert planned(None, 1500, 4704) == "the whole source (1,500 documents)"
