@@ -222,6 +222,12 @@ def test_analysis_reads_an_imported_sae_beside_the_runs_own_and_checks_its_hook(
         analyze(common, AnalyzeConfig(device="cpu"))
     with pytest.raises(ActdictError, match=r"no hook 'blocks.9.hook_resid_post'; valid hooks: \['vectors"):
         analyze(common, AnalyzeConfig(device="cpu", dicts=["pre"]))
+    assert main([str(src), str(tmp_path / "run" / "dicts" / "pre"), "--overwrite", "--hook", store.hook]) == 0
+    analyze(common, AnalyzeConfig(device="cpu"))  # --hook: read from the store's name for those activations
+    again = json.loads((tmp_path / "run" / "summary.json").read_text())["models"]["pre"]
+    assert again["re_det"] == pytest.approx(pre["re_det"], rel=1e-6)
+    rec = checkpoint.finished_record(tmp_path / "run" / "dicts" / "pre")
+    assert rec["store"] == {"hook": store.hook} and rec["imported"]["hook_name"] == "blocks.9.hook_resid_post"
 
 
 def test_a_training_that_replaces_an_imported_sae_says_so(tmp_path, capsys):

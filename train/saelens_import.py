@@ -139,9 +139,12 @@ def decoder_scale(cfg: dict[str, Any], tensors: dict[str, Tensor], k: int) -> Te
     return scale
 
 
-def import_saelens(src: str | Path, dest: str | Path, overwrite: bool = False) -> tuple[Path, dict[str, Any]]:
+def import_saelens(src: str | Path, dest: str | Path, overwrite: bool = False, hook: str | None = None
+                   ) -> tuple[Path, dict[str, Any]]:
     """Write the SAELens SAE in ``src`` as the checkpoint folder ``dest`` (``<run_dir>/dicts/<name>``: new, or
-    an earlier import of it when ``overwrite``) -> (dest, its cfg.json record)."""
+    an earlier import of it when ``overwrite``) -> (dest, its cfg.json record). ``hook``: the store hook it
+    reads, in place of the one its cfg.json names (another name for the same activations, e.g. an SAE of
+    ``blocks.1.hook_resid_pre`` on a store of ``blocks.0.hook_resid_post``)."""
     src, dest = Path(src), Path(dest)
     cfg, tensors = read_saelens(src)
     model = to_model(cfg, tensors)
@@ -154,11 +157,11 @@ def import_saelens(src: str | Path, dest: str | Path, overwrite: bool = False) -
     check_not_linked([run_dir / "dicts", dest], "the imported SAE")
     run_dir.mkdir(parents=True, exist_ok=True)
     with folder_lock(str(run_dir), f"run folder {run_dir}"):  # as a training of the run folder: one writer
-        return _write(src, dest, cfg, model, overwrite)
+        return _write(src, dest, cfg, model, overwrite, hook)
 
 
-def _write(src: Path, dest: Path, cfg: dict[str, Any], model: Dictionary, overwrite: bool
-           ) -> tuple[Path, dict[str, Any]]:
+def _write(src: Path, dest: Path, cfg: dict[str, Any], model: Dictionary, overwrite: bool,
+           store_hook: str | None = None) -> tuple[Path, dict[str, Any]]:
     if dest.exists():
         old = checkpoint.finished_record(dest) if (dest / checkpoint.CFG).is_file() else None
         held = [p.name for p in dest.iterdir()] if dest.is_dir() else [dest.name]
@@ -173,7 +176,9 @@ def _write(src: Path, dest: Path, cfg: dict[str, Any], model: Dictionary, overwr
         "apply_b_dec_to_input": bool(cfg.get("apply_b_dec_to_input", True)),
         "sae_lens_version": meta.get("sae_lens_version"), "model_name": meta.get("model_name") or
         cfg.get("model_name"), "hook_name": hook, "dtype": cfg.get("dtype")}}
-    if isinstance(hook, str):
+    if store_hook:  # the store's name for it, given on the command line: the SAE's own stays in imported
+        record["store"] = {"hook": store_hook}
+    elif isinstance(hook, str):
         record["store"] = {"hook": hook}
     checkpoint.save(dest, model, record)
     return dest, json.loads((dest / checkpoint.CFG).read_text())
@@ -189,14 +194,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("src", help="a folder with cfg.json + sae_weights.safetensors (SAELens SAE.save_model)")
     p.add_argument("dest", help="RUN_DIR/dicts/NAME: the dictionary's new folder")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier import in DEST")
+    p.add_argument("--hook", help="the store hook it reads, in place of its cfg.json's hook_name (another "
+                   "name for the same activations: blocks.1.hook_resid_pre is blocks.0.hook_resid_post)")
     a = p.parse_args(argv)
     try:
-        dest, record = import_saelens(a.src, a.dest, a.overwrite)
+        dest, record = import_saelens(a.src, a.dest, a.overwrite, a.hook)
     except ActdictError as e:
         print(f"actdict: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     imp = record["imported"]
     hook = f", hook {imp['hook_name']}" if imp["hook_name"] else ", no hook named"
+    if a.hook:
+        hook += f", read from the store's {a.hook}"
     print(f"imported {a.src} -> {dest}: {imp['architecture']} SAE as {record['variant']} (d {record['d']}, "
           f"k {record['k']}{hook})")
     return 0
