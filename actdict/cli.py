@@ -7,7 +7,8 @@
 (``actdict.harvest.inspect``);
 ``actdict lens CONFIG TEXT`` lists the features each token of a text fires (``actdict.analyze.lens``);
 ``actdict compare DICT_A DICT_B`` matches two dictionaries' features across run folders (layers, seeds,
-sizes: ``actdict.analyze.pair``).
+sizes: ``actdict.analyze.pair``); ``actdict summary RUN_DIR...`` puts analysed run folders' numbers in one
+table (``actdict.analyze.runs``).
 
 Each stage reads its own section of the experiment YAML; ``run`` runs the three in order.
 Stages are imported lazily so that ``actdict harvest`` never imports the training code.
@@ -36,12 +37,13 @@ _STAGES = {
 
 _TOOLS = {"export": "actdict.train.export", "import": "actdict.train.saelens_import",
           "store": "actdict.harvest.inspect", "lens": "actdict.analyze.lens",
-          "compare": "actdict.analyze.pair"}
+          "compare": "actdict.analyze.pair", "summary": "actdict.analyze.runs"}
 _EPILOG = ("also: actdict export RUN_DIR/dicts/NAME OUT (an SAE in SAELens' format); actdict import "
            "SAELENS_DIR RUN_DIR/dicts/NAME (an SAELens SAE as a dictionary of a run); actdict store PATH "
            "[--verify | --repair] (what a store holds; checks every shard; drops damaged ones); actdict "
            "lens CONFIG TEXT (the features each token of a text fires); actdict compare DICT_A DICT_B (which "
-           "features of two dictionaries, e.g. two layers', are the same). Each takes --help.")
+           "features of two dictionaries, e.g. two layers', are the same); actdict summary RUN_DIR... "
+           "(several analysed run folders in one table). Each takes --help.")
 
 
 def prepare(stage: str, data: dict) -> tuple[Any, Callable[[], None]]:

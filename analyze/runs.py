@@ -1,0 +1,65 @@
+"""``actdict summary RUN_DIR [RUN_DIR ...]``: the headline numbers of several analysed run folders in one
+table (the layers of configs/layers.yaml, a sweep over run folders), one line per dictionary, read from each
+folder's ``summary.json``: run, hook, dictionary, RE det, RE 1-sample, AD, L0, EV, dead; ``--json`` writes the
+same rows. A folder that has not been analysed is named, not skipped silently."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from actdict.analyze.outputs import OutputError, read_output
+from actdict.analyze.run import _cell
+from actdict.errors import ActdictError, printable
+
+KEYS = ("re_det", "re_sample", "ad", "l0", "ev", "dead", "k")
+
+
+def rows(run_dirs: list[str]) -> list[dict]:
+    """One record per dictionary of each run folder's summary.json, in the order given."""
+    out = []
+    for run in run_dirs:
+        path = Path(run) / "summary.json"
+        if not path.is_file():
+            raise OutputError(f"{path} not found: run actdict analyze on {run} first")
+        summary = read_output(path)
+        for name, m in summary["models"].items():
+            out.append({"run": run, "hook": summary.get("hook"), "dict": name, "variant": m.get("variant")}
+                       | {k: m.get(k) for k in KEYS})
+    return out
+
+
+def table(records: list[dict]) -> list[str]:
+    """The records as text, columns wide enough for their run, hook and dictionary names."""
+    w = {c: max([len(c), *(len(str(r[c])) for r in records)]) for c in ("run", "hook", "dict")}
+    lines = [f"{'run':<{w['run']}} {'hook':<{w['hook']}} {'dict':<{w['dict']}} {'RE det':>9} "
+             f"{'RE 1-sample':>11} {'AD':>7} {'L0':>7} {'EV':>6} {'dead':>11}"]
+    for r in records:
+        dead = f"{r['dead']}/{r['k']}"
+        nums = (f"{_cell(r['re_det'], '>9.4g')} {_cell(r['re_sample'], '>11.4g')} {_cell(r['ad'], '>7.2f')} "
+                f"{_cell(r['l0'], '>7.2f')} {_cell(r['ev'], '>6.3f')} {dead:>11}")
+        lines.append(f"{r['run']:<{w['run']}} {str(r['hook']):<{w['hook']}} {r['dict']:<{w['dict']}} {nums}")
+    return [printable(s) for s in lines]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``actdict summary RUN_DIR [RUN_DIR ...]`` (``python -m actdict.analyze.runs``)."""
+    p = argparse.ArgumentParser(prog="actdict summary", description=(__doc__ or "").split("\n")[0])
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="analysed run folders (each has summary.json)")
+    p.add_argument("--json", help="also write the rows here")
+    a = p.parse_args(argv)
+    try:
+        records = rows(a.runs)
+    except ActdictError as e:
+        print(f"actdict: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    print("\n".join(table(records)))
+    if a.json:
+        Path(a.json).write_text(json.dumps(records, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,37 @@
+"""``actdict summary RUN_DIR...`` (analyze/runs.py): several analysed run folders' numbers in one table."""
+
+import json
+import shutil
+
+from actdict.analyze import run
+from actdict.analyze.config import AnalyzeConfig
+from actdict.cli import main as cli
+from actdict.config import Common
+from actdict.train.checkpoint import save
+from actdict.train.protocol import make
+from tests.test_analyze_outputs import _run_dir
+
+
+def test_the_table_holds_every_dictionary_of_every_run_as_its_summary_has_it(tmp_path, monkeypatch, capsys):
+    one = _run_dir(tmp_path / "one", monkeypatch)
+    save(one / "dicts" / "topk", make("sae_topk", 5, 6, seed=1, topk=2), {})
+    run.main(Common(run_dir=str(one)), AnalyzeConfig(device="cpu", top_k=2, context=1))
+    two = tmp_path / "a_longer_run_name"
+    shutil.copytree(one, two)
+    (two / "dicts" / "sae").rename(two / "dicts" / "renamed")
+    run.main(Common(run_dir=str(two)), AnalyzeConfig(device="cpu", top_k=2, context=1))
+    capsys.readouterr()  # the analyses' own output
+    assert cli(["summary", str(one), str(two), "--json", str(tmp_path / "t.json")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    saved = json.loads((tmp_path / "t.json").read_text())
+    assert [(r["run"], r["dict"]) for r in saved] == [(str(one), "sae"), (str(one), "topk"),
+                                                     (str(two), "renamed"), (str(two), "topk")]
+    for r, line in zip(saved, lines[1:], strict=True):
+        m = json.loads((tmp_path / r["run"] / "summary.json").read_text())["models"][r["dict"]]
+        assert r["ad"] == m["ad"] and r["re_det"] == m["re_det"] and r["dead"] == m["dead"]
+        cells = line.split()
+        assert cells[:3] == [r["run"], "h", r["dict"]] and cells[5] == f"{m['ad']:.2f}"
+        assert cells[-1] == f"{m['dead']}/{m['k']}"
+    assert 0 < saved[1]["ad"] <= 2  # topk 2: at most two active per row
+    assert cli(["summary", str(one), str(tmp_path / "none")]) == 2
+    assert "none/summary.json not found: run actdict analyze on" in capsys.readouterr().err
