@@ -379,6 +379,7 @@ def check_shard(fs, where: str, d: int, dtype: np.dtype, chunk_rows: int, crc: b
             key = f"{where}/{arr}/{chunk_key(c, 2 if arr == 'acts' else 1)}"
             size = files.get(key, {}).get("size")
             if size != want_size:
-                raise StoreError(f"shard {where} is truncated or damaged: {arr} chunk {c} has "
-                                 f"{size} bytes, expected {want_size}")
+                got = (f"is missing (file {key.removeprefix(where + '/')})" if size is None else
+                       f"has {size} bytes, expected {want_size}")
+                raise StoreError(f"shard {where} is truncated or damaged: {arr} chunk {c} {got}")
     return record

@@ -557,6 +557,15 @@ def test_a_truncated_last_short_chunk_is_named(tmp_path):
         open_store(str(tmp_path))
 
 
+def test_a_deleted_chunk_file_is_named_missing(tmp_path):
+    """A chunk file that is gone is said to be missing, with its file (it read "has None bytes")."""
+    _write(tmp_path)
+    (tmp_path / "blocks.0.hook_resid_post" / "shards" / "00001" / "pos" / "c" / "0").unlink()
+    with pytest.raises(StoreError, match=r"shards/00001 is truncated or damaged: pos chunk 0 is missing "
+                       r"\(file pos/c/0\); restore"):
+        open_store(str(tmp_path))
+
+
 def test_float64_vectors_round_once_to_float16(tmp_path):
     """float64 input is rounded to float16 directly, as numpy's cast does: not through float32 (a double
     rounding that turns 1 + 2**-11 + 2**-40 into 1.0 instead of 1 + 2**-10)."""
