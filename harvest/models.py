@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from actdict.config import ConfigError
 from actdict.errors import ActdictError
 
 MINILM = "all-MiniLM-L6-v2"
@@ -82,10 +83,16 @@ def _check_hub(repo: str) -> None:
 
 
 def resolve_device(device: str) -> str:
+    """The harvest's torch device (``harvest.device``): ``auto`` is cuda where this torch sees a GPU, else
+    cpu; a cuda device it cannot see is a ConfigError (the model's load failed there, as "check that the
+    folder holds an HF model")."""
     import torch
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.split(":")[0] == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"harvest.device={device}, but this torch ({torch.__version__}) sees no CUDA "
+                          "device; use 'auto' or 'cpu'")
     return device
 
 

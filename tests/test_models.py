@@ -62,6 +62,22 @@ def test_hub_unreachable_fails_fast(monkeypatch):
     assert time.perf_counter() - t < 5
 
 
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+def test_a_cuda_device_without_one_is_a_config_error(monkeypatch, device):
+    """harvest.device=cuda where torch sees no GPU names the setting, for the harvest's model and the
+    embeddings' encoder (the load failed as "could not load model ...; check that the folder holds an HF
+    model"); auto and cpu load on the CPU."""
+    from actdict.config import ConfigError
+    from actdict.harvest.embed import load_encoder
+
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    want = rf"harvest.device={device}, but this torch \(.*\) sees no CUDA device; use 'auto' or 'cpu'"
+    for load in (load_model, load_encoder):
+        with pytest.raises(ConfigError, match=want):
+            load("all-MiniLM-L6-v2", device=device)
+    assert [models.resolve_device(d) for d in ("auto", "cpu")] == ["cpu", "cpu"]
+
+
 def test_resolve_names(tmp_path):
     assert models.resolve_model("pythia-70m-deduped")[:2] == ("hub", "EleutherAI/pythia-70m-deduped")
     minilm = models.resolve_model("sentence-transformers/all-MiniLM-L6-v2")
