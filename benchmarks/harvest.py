@@ -209,6 +209,8 @@ def main() -> None:
                     help="where the stores are written (default: the system's temporary folder); a RAM "
                          "folder such as /dev/shm takes the disk out and leaves the harvest loop's own ratio")
     args = ap.parse_args()
+    if args.tmp is not None and not Path(args.tmp).is_dir():
+        ap.error(f"--tmp {args.tmp}: no such folder")
     torch.manual_seed(0)
     print(f"torch threads {torch.get_num_threads()}, {args.device}, dtype {args.dtype}, "
           f"batch {args.batch_size}, "
