@@ -2,8 +2,8 @@
 
 :class:`CoFire` keeps C [k, k] int32, C[i, j] = the rows on which features i and j are both active (the
 analysis' active split, as for AD and density), so C[i, i] is feature i's fire count. Memory k^2 x 4 bytes
-(64 MiB at k 4,096, 1 GiB at 16,384): ``analyze.cofire_max_k`` bounds it. Each batch adds its active
-pattern's pair counts, by whichever of two exact paths is cheaper:
+(64 MiB at k 4,096, 1 GiB at 16,384): ``analyze.cofire_max_mib`` bounds it for all dictionaries together.
+Each batch adds its active pattern's pair counts, by whichever of two exact paths is cheaper:
 
 * dense: A^T A of the [B, k] 0/1 matrix (float32 matmul, exact below 2^24 rows per batch): B k^2 work,
   fast for small k and on a GPU;

@@ -67,9 +67,10 @@ class AnalyzeConfig:
     cofire: int = 8
     """Features listed per feature as firing on the same rows (Jaccard similarity of their active rows,
     ``analyze/cofire.py``), from exact counts of every pair over the test rows; 0 = off."""
-    cofire_max_k: int = 8192
-    """Count co-activations only for dictionaries of at most this many features: the counts take k^2 x 4
-    bytes per dictionary (256 MiB at 8,192, 1 GiB at 16,384)."""
+    cofire_max_mib: int = 2048
+    """Memory for the co-activation counts of all analysed dictionaries together: k^2 x 4 bytes each (256
+    MiB at k 8,192, 1 GiB at 16,384, 4 GiB at 32,768); the dictionaries that would pass it, largest first,
+    list no ``fires_with`` (a note names them)."""
     device: str = "auto"
     """Torch device for evaluation: ``auto`` (cuda when available, else cpu), ``cpu``, ``cuda:1``..."""
 
@@ -78,7 +79,7 @@ class AnalyzeConfig:
                      "mask_curve_points", "mask_curve_rows", "ce_windows", "ce_ctx", "ce_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"analyze.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("logit_effects", "cofire", "cofire_max_k"):
+        for name in ("logit_effects", "cofire", "cofire_max_mib"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"analyze.{name} must be >= 0, got {getattr(self, name)}")
         if self.context < 0:

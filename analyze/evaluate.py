@@ -19,7 +19,8 @@ from actdict.analyze.toptokens import FeatureTracker
 class ModelEval:
     """Accumulators of one dictionary over the evaluated rows."""
 
-    def __init__(self, model, cfg: AnalyzeConfig, seed: int, device: torch.device, n_classes: int = 0):
+    def __init__(self, model, cfg: AnalyzeConfig, seed: int, device: torch.device, n_classes: int = 0,
+                 cofire: bool = False):
         self.model, self.seed, self.cfg = model.to(device).eval(), seed, cfg
         self.sse, self.cos_sum, self.l0_sum = 0.0, 0.0, 0
         self.re_sample: float | None = None
@@ -30,8 +31,7 @@ class ModelEval:
         self.class_n = torch.zeros(n_classes, dtype=torch.long, device=device)  # [C]
         self.class_ad = torch.zeros(n_classes, dtype=torch.long, device=device)  # [C] sum of AD
         samples = cfg.quantiles * cfg.quantile_samples
-        self.tracker = FeatureTracker(model.k, cfg.top_k, samples, seed, device,
-                                      cofire=0 < cfg.cofire and model.k <= cfg.cofire_max_k)
+        self.tracker = FeatureTracker(model.k, cfg.top_k, samples, seed, device, cofire=cofire)
 
     @torch.no_grad()
     def update(self, x: torch.Tensor, rows: torch.Tensor, cls: torch.Tensor | None = None) -> None:

@@ -23,7 +23,7 @@ Schema of ``<run_dir>/features/<name>.json`` (what the report's feature pages re
 analysis, where it has a direction and that one has a live feature (written by ``analyze.run``; beyond
 ``KEEP_NEAREST`` = 8 others, in the 8 of highest cosine).
 ``fires_with``: the features that fire on the same rows, by Jaccard similarity of their active rows, best
-first (``analyze.cofire``; present when ``analyze.cofire`` > 0 and k <= ``analyze.cofire_max_k``).
+first (present when ``analyze.cofire`` > 0 and ``analyze.cofire_max_mib`` held its counts).
 Quantile ``lo``/``hi`` are fractions (0..1) of the feature's sampled active rows, ordered by code.
 """
 

@@ -100,6 +100,7 @@ from actdict.lock import check_writable
 from actdict.train.identity import describe_store
 from actdict.train.log import trained_curve
 from actdict.train.loop import check_device, resolve_device
+from actdict.train.resume import listed
 
 SUMMARY_VERSION = 2
 KEEP_NEAREST = 8
@@ -172,7 +173,9 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
     labels, classes = read_labels(cfg.labels, len(store), evaluated)
     lm = causal_lm(store, device, cfg) if cfg.ce_loss or cfg.logit_effects else None  # before the pass
     splicing = splice_setup(lm, cfg, store, test_chunks) if cfg.ce_loss else None
-    evals = {name: ModelEval(m, cfg, common.seed, device, len(classes)) for name, m in models.items()}
+    counted = cofire_within(models, cfg)
+    evals = {name: ModelEval(m, cfg, common.seed, device, len(classes), name in counted)
+             for name, m in models.items()}
 
     d = store.d
     sum_x = torch.zeros(d, dtype=torch.float64, device=device)  # [d]
@@ -258,6 +261,22 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
     write_atomic(run_dir / "summary.json", json.dumps(summary, indent=1, allow_nan=False) + "\n")  # last
     print("\n".join(summary_lines(summary)))
     print(f"analyze: wrote {run_dir / 'summary.json'}, {run_dir / 'report.html'} and {run_dir / 'report'}/")
+
+
+def cofire_within(models: dict, cfg: AnalyzeConfig) -> set[str]:
+    """The dictionaries whose co-activations are counted (``analyze.cofire`` > 0): smallest k first, as many
+    as ``analyze.cofire_max_mib`` holds (k^2 int32 each); a note names the others."""
+    if cfg.cofire < 1:
+        return set()
+    budget, counted = cfg.cofire_max_mib * 2**20, set()
+    for name in sorted(models, key=lambda n: (models[n].k, n)):
+        if (need := models[name].k ** 2 * 4) <= budget:
+            counted.add(name)
+            budget -= need
+    if left := sorted(set(models) - counted):
+        print(f"analyze: note: no fires_with for {listed(left)}: their co-activation counts (k^2 x 4 bytes "
+              f"each) would pass analyze.cofire_max_mib={cfg.cofire_max_mib}")
+    return counted
 
 
 def new_run_id() -> str:

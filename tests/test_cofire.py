@@ -94,11 +94,20 @@ def test_the_features_file_lists_partners_counted_over_the_analysed_rows(tmp_pat
     assert all("fires_with" not in rec for rec in data["features"])
 
 
-def test_dictionaries_beyond_cofire_max_k_are_not_counted(tmp_path, monkeypatch):
+def test_dictionaries_beyond_the_memory_budget_are_not_counted_largest_first(tmp_path, monkeypatch, capsys):
+    """cofire_max_mib bounds every dictionary's k^2 int32 counts together: smallest k first; a note names
+    the others, which list no fires_with."""
+    from types import SimpleNamespace as NS
+
+    models = {"big": NS(k=1024), "small": NS(k=512), "mid": NS(k=724)}  # 4, 1 and ~2 MiB
+    assert run.cofire_within(models, AnalyzeConfig(cofire_max_mib=3)) == {"small", "mid"}
+    assert "no fires_with for big: " in capsys.readouterr().out
+    assert run.cofire_within(models, AnalyzeConfig(cofire_max_mib=7)) == {"small", "mid", "big"}
+    assert run.cofire_within(models, AnalyzeConfig(cofire=0)) == set()
     run_dir = _run_dir(tmp_path, monkeypatch)
-    run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(device="cpu", top_k=2, context=1, cofire_max_k=7))
+    run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(device="cpu", top_k=2, context=1, cofire_max_mib=0))
     data = json.loads((run_dir / "features" / "sae.json").read_text())
-    assert all("fires_with" not in rec for rec in data["features"])  # k = 8 > 7
+    assert all("fires_with" not in rec for rec in data["features"])  # 8^2 x 4 bytes > 0
 
 
 def test_negative_settings_are_refused():
