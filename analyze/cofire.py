@@ -74,8 +74,9 @@ def partners(counts: Tensor, n: int, fires: tuple[Tensor, Tensor] | None = None,
     rows both fire [k, n] int64), best first, equal similarity by the smaller index; -1 / 0 where a feature
     has fewer than n partners (never one it does not fire with). ``fires``: (the k features' fire counts,
     the k2 partners'), for the counts of two dictionaries; None: ``counts`` is one dictionary's with itself
-    (fires on its diagonal), and a feature is never its own partner."""
+    (fires on its diagonal), and a feature is never its own partner. n beyond k2 is read as k2."""
     k, k2 = counts.shape
+    n = min(n, k2)  # no more partners than features (analyze.cofire or --partners can be any size)
     fa, fb = (counts.diagonal(), counts.diagonal()) if fires is None else fires
     fa, fb = fa.to(counts.device, torch.float64), fb.to(counts.device, torch.float64)  # [k], [k2]
     out_j = torch.full((k, n), -1, dtype=torch.long)

@@ -64,6 +64,13 @@ def test_partners_rank_by_jaccard_ties_by_index_never_self_or_strangers():
     assert feats[2].tolist() == [0, -1, -1]
 
 
+def test_partners_beyond_the_features_are_as_many_as_there_are():
+    """analyze.cofire (or compare --partners) of 1e13 allocated k x 1e13 partners (a memory error)."""
+    c = torch.tensor([[3, 2, 0], [2, 2, 0], [0, 0, 1]], dtype=torch.int32)
+    feats, both = cofire.partners(c, 10**13)
+    assert feats.tolist() == [[1, -1, -1], [0, -1, -1], [-1, -1, -1]] and both.shape == (3, 3)
+
+
 def test_the_features_file_lists_partners_counted_over_the_analysed_rows(tmp_path, monkeypatch):
     """fires_with of every feature = the top Jaccard partners of a brute-force A^T A of the test rows'
     active split; the counts are the rows both fire on (so at most each one's fires); 0 turns it off."""
