@@ -25,7 +25,12 @@ def rows(run_dirs: list[str]) -> list[dict]:
         if not path.is_file():
             raise OutputError(f"{path} not found: run actdict analyze on {run} first")
         summary = read_output(path)
-        for name, m in summary["models"].items():
+        models = summary.get("models")
+        if not (isinstance(models, dict) and all(isinstance(m, dict) and all(
+                isinstance(m.get(k), int | float | None) for k in KEYS) for m in models.values())):
+            raise OutputError(f"{path} is corrupt (its models are not analyze's records): rerun `actdict "
+                              "analyze` to rewrite it")
+        for name, m in models.items():
             out.append({"run": run, "hook": summary.get("hook"), "dict": name, "variant": m.get("variant")}
                        | {k: m.get(k) for k in KEYS})
     return out

@@ -35,3 +35,16 @@ def test_the_table_holds_every_dictionary_of_every_run_as_its_summary_has_it(tmp
     assert 0 < saved[1]["ad"] <= 2  # topk 2: at most two active per row
     assert cli(["summary", str(one), str(tmp_path / "none")]) == 2
     assert "none/summary.json not found: run actdict analyze on" in capsys.readouterr().err
+
+
+def test_a_summary_of_other_records_is_named_not_a_traceback(tmp_path, capsys):
+    """Valid JSON that is not analyze's summary (an edit, an older file): an AttributeError traceback."""
+    for i, body in enumerate(({"models": 5}, {"hook": "h", "models": {"x": 5}}, {"hook": "h"},
+                              {"models": {"x": {"ad": "1.5"}}})):
+        (tmp_path / str(i)).mkdir()
+        (tmp_path / str(i) / "summary.json").write_text(json.dumps(body))
+        assert cli(["summary", str(tmp_path / str(i))]) == 2
+        err = capsys.readouterr().err
+        path = tmp_path / str(i) / "summary.json"
+        assert err == (f"actdict: OutputError: {path} is corrupt (its models are not analyze's records): "
+                       "rerun `actdict analyze` to rewrite it\n")
