@@ -237,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if min(args.rows, args.partners) < 1 or args.top < 0:
         p.error("--rows and --partners must be >= 1, --top >= 0")
+    if args.json and not (Path(args.json).parent.is_dir() and not Path(args.json).is_dir()):
+        p.error(f"--json {args.json}: not a file in an existing folder")
     try:
         out = compare(args.a, args.b, args.store, args.rows, args.partners, device=args.device)
         labels = tuple(token_labels(Path(out[x]["path"]), out[x]["config_hash"]) for x in "ab")

@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="analysed run folders (each has summary.json)")
     p.add_argument("--json", help="also write the rows here")
     a = p.parse_args(argv)
+    if a.json and not (Path(a.json).parent.is_dir() and not Path(a.json).is_dir()):
+        p.error(f"--json {a.json}: not a file in an existing folder")
     try:
         records = rows(a.runs)
     except ActdictError as e:

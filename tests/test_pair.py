@@ -117,3 +117,15 @@ def test_the_command_prints_the_table_and_writes_every_partner(tmp_path, capsys)
     assert saved["a"]["cofire"] == [[[int(j), float(v), c] for j, v, c in f] for f in saved["a"]["cofire"]]
     assert cli(["compare", da, str(tmp_path / "nothing")]) == 2
     assert "nothing" in capsys.readouterr().err
+
+
+def test_json_in_a_missing_folder_is_refused_before_the_pass(tmp_path, capsys):
+    """compare and summary wrote --json after their work: a WriteError / FileNotFoundError traceback."""
+    da, db = _pair(tmp_path, np.arange(K))
+    for argv in (["compare", da, db], ["summary", str(tmp_path)]):
+        with pytest.raises(SystemExit) as e:
+            cli([*argv, "--json", str(tmp_path / "no" / "c.json")])
+        assert e.value.code == 2
+        err = capsys.readouterr().err.splitlines()
+        assert err[-1].endswith(f"error: --json {tmp_path / 'no' / 'c.json'}: not a file in an existing folder")
+    assert not (tmp_path / "no").exists()
