@@ -84,12 +84,16 @@ def _check_hub(repo: str) -> None:
 
 def resolve_device(device: str) -> str:
     """The harvest's torch device (``harvest.device``): ``auto`` is cuda where this torch sees a GPU, else
-    cpu; a cuda device it cannot see is a ConfigError (the model's load failed there, as "check that the
-    folder holds an HF model")."""
+    cpu; a cuda device it cannot see, or a string that names no device, is a ConfigError (the model's load
+    failed there, as "check that the folder holds an HF model")."""
     import torch
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        torch.device(device)
+    except RuntimeError as e:  # 'gpu', 'cuda:x': as train.device and analyze.device say it
+        raise ConfigError(f"harvest.device: not a torch device: {device!r} ({e})") from e
     if device.split(":")[0] == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"harvest.device={device}, but this torch ({torch.__version__}) sees no CUDA "
                           "device; use 'auto' or 'cpu'")

@@ -78,6 +78,18 @@ def test_a_cuda_device_without_one_is_a_config_error(monkeypatch, device):
     assert [models.resolve_device(d) for d in ("auto", "cpu")] == ["cpu", "cpu"]
 
 
+@pytest.mark.parametrize("device", ["gpu", "cuda:x"])
+def test_a_string_that_names_no_device_is_a_config_error(device):
+    """harvest.device=gpu failed at the load as 'could not load model ...; check that the folder holds an HF
+    model'; train.device and analyze.device say 'not a torch device'."""
+    from actdict.config import ConfigError
+    from actdict.harvest.embed import load_encoder
+
+    for load in (load_model, load_encoder):
+        with pytest.raises(ConfigError, match=rf"^harvest.device: not a torch device: '{device}' \("):
+            load("all-MiniLM-L6-v2", device=device)
+
+
 def test_resolve_names(tmp_path):
     assert models.resolve_model("pythia-70m-deduped")[:2] == ("hub", "EleutherAI/pythia-70m-deduped")
     minilm = models.resolve_model("sentence-transformers/all-MiniLM-L6-v2")
