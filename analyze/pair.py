@@ -33,7 +33,7 @@ from actdict.analyze.cofire import CoFire, jaccard, partners
 from actdict.analyze.compare import directions, live, similarity
 from actdict.analyze.inputs import AnalyzeError
 from actdict.analyze.metrics import active_mask
-from actdict.errors import ActdictError
+from actdict.errors import ActdictError, printable
 from actdict.files import write_atomic
 from actdict.harvest.store import open_store
 from actdict.train import checkpoint
@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     except ActdictError as e:
         print(f"actdict: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
-    print("\n".join(report_lines(out, args.top, labels)))
+    print(printable("\n".join(report_lines(out, args.top, labels))))  # tokens, hooks: no control codes
     if args.json:
         write_atomic(Path(args.json), json.dumps(out, separators=(",", ":"), allow_nan=False))
         print(f"compare: wrote {args.json}")

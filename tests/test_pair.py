@@ -129,3 +129,17 @@ def test_json_in_a_missing_folder_is_refused_before_the_pass(tmp_path, capsys):
         err = capsys.readouterr().err.splitlines()
         assert err[-1].endswith(f"error: --json {tmp_path / 'no' / 'c.json'}: not a file in an existing folder")
     assert not (tmp_path / "no").exists()
+
+
+def test_the_table_prints_no_terminal_control_codes(tmp_path, capsys):
+    """A corpus token of the features file (or an imported SAE's hook) printed as it is: ESC ] 0 sets the
+    terminal's title, as actdict lens and summary do not let it."""
+    da, db = _pair(tmp_path, np.arange(K))
+    hits = [[1.0, 0, 0, 0, [7], 0]]
+    (tmp_path / "ra" / "features").mkdir()
+    (tmp_path / "ra" / "features" / "a.json").write_text(json.dumps(
+        {"config_hash": "dict-blocks.0.h", "tokens": {"7": "\x1b]0;title\x07x"},
+         "features": [{"i": i, "top": hits} for i in range(K)]}))
+    assert cli(["compare", da, db, "--top", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\\x1b]0;title\\x07x" in out
