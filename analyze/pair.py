@@ -101,24 +101,19 @@ def side(counts, fires_a, fires_b, n: int) -> tuple[dict, list]:
 
 
 def token_labels(dict_dir: Path, config_hash: str | None) -> dict[int, str]:
-    """feature -> its first 3 distinct top tokens, from the run folder's features file of this training
-    (same config_hash); {} when there is none."""
+    """feature -> its first 3 distinct top tokens (of an embeddings run: the first words of its top texts),
+    read as actdict lens reads them from the run folder's features file of this training (same
+    config_hash); {} when there is none, OutputError when it is damaged."""
+    from actdict.analyze.lens import _labels_of
+
     path = dict_dir.parent.parent / "features" / f"{dict_dir.name}.json"
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-    if data.get("config_hash") != config_hash:
+    if not isinstance(data, dict) or data.get("config_hash") != config_hash:
         return {}
-    tok, out = data.get("tokens", {}), {}
-    for f in data.get("features", []):
-        seen: list[str] = []
-        for hit in f.get("top", []):
-            s = tok.get(str(hit[4][hit[5]]), "").strip()
-            if s and s not in seen:
-                seen.append(s)
-        out[int(f["i"])] = ", ".join(seen[:3])
-    return out
+    return {i: ", ".join(top) for i, (top, _) in _labels_of(data, 3, path).items()}
 
 
 def compare(dir_a: str, dir_b: str, store: str | None = None, limit: int = 65536, n: int = 3,

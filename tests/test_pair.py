@@ -143,3 +143,22 @@ def test_the_table_prints_no_terminal_control_codes(tmp_path, capsys):
     assert cli(["compare", da, db, "--top", "2"]) == 0
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\\x1b]0;title\\x07x" in out
+
+
+def test_the_table_labels_an_embeddings_run_by_its_texts_and_names_a_damaged_file(tmp_path, capsys):
+    """An embeddings run's features file has token ids -1 and the rows' texts: the tokens column was empty.
+    A damaged one (a hit cut short) stopped with an IndexError traceback."""
+    da, db = _pair(tmp_path, np.arange(K))
+    (tmp_path / "ra" / "features").mkdir()
+    path = tmp_path / "ra" / "features" / "a.json"
+    data = {"config_hash": "dict-blocks.0.h", "tokens": {}, "texts": {"5": "Kernel panics at boot"},
+            "features": [{"i": i, "top": [[1.0, 5, 0, 0, [-1], 0]]} for i in range(K)]}
+    path.write_text(json.dumps(data))
+    assert cli(["compare", da, db, "--top", "2"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.lstrip().startswith("#")]
+    assert len(rows) == 2 and all("Kernel panics at boot" in r for r in rows)
+    data["features"][0]["top"] = [[1.0, 5]]
+    path.write_text(json.dumps(data))
+    assert cli(["compare", da, db]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"actdict: OutputError: {path} is corrupt") and "Traceback" not in err
