@@ -346,7 +346,7 @@ def harvest(common: Common, cfg: HarvestConfig, ranks: Ranks, grow: bool = False
     fs, root = fs_of(path)
     with tqdm(total=cfg.max_tokens, initial=cursor["row"], unit="tok", unit_scale=True, desc="harvest",
               disable=ranks.rank != 0, **bar_timing()) as bar:
-        progress = _Progress(bar, ranks.world, cfg.max_tokens)
+        progress = _Progress(bar, ranks.world, cfg.max_tokens, cfg.source.max_docs is not None)
         # tokenising ahead of the forward (docs/harvest.md, "Throughput"), up to two rounds of shards (rows):
         # under torchrun every rank tokenises a share of every window, also of the shards it skips
         ahead = Prefetch(items, depth=2 * ranks.world * cfg.shard_rows, cost=lambda it: max(1, len(it.rows)))
@@ -388,8 +388,9 @@ def planned(max_tokens: int | None, max_docs: int | None, per_row: int) -> str:
 class _Progress:
     """Advances the bar after each batch; after the first one, prints the measured rate and the ETA."""
 
-    def __init__(self, bar, world: int, planned: int | None):
+    def __init__(self, bar, world: int, planned: int | None, bound: bool = False):
         self.bar, self.world, self.planned, self.t0 = bar, world, planned, time.perf_counter()
+        self.bound = bound  # source.max_docs may end the source before ``planned`` rows: the ETA is a bound
         self.first = True
 
     def __call__(self, n: int) -> None:
@@ -398,7 +399,8 @@ class _Progress:
         if self.first:
             self.first = False
             rate = n * self.world / max(time.perf_counter() - self.t0, 1e-9)
-            eta = f", ~{(self.planned - self.bar.n) / rate:,.0f} s to go" if self.planned else ""
+            eta = (f", {'at most ' if self.bound else ''}~{(self.planned - self.bar.n) / rate:,.0f} s to go"
+                   if self.planned else "")
             self.bar.write(f"harvest: first batch: ~{rate:,.0f} rows/s (first batches are slower){eta}")
 
 

@@ -493,3 +493,24 @@ def test_the_start_line_bounds_the_rows_when_max_docs_may_end_the_source_first()
                                           "documents end first)")
     assert planned(None, None, 4704) == "the whole source"
     assert planned(None, 1500, 4704) == "the whole source (1,500 documents)"
+
+
+def test_the_first_batch_eta_is_a_bound_when_max_docs_may_end_the_source_first():
+    """max_docs=20 of a 200,000-row harvest printed '~30 s to go', then ended after 15,843 rows (2 s)."""
+    from actdict.harvest.run import _Progress
+
+    class Bar:
+        def __init__(self):
+            self.n, self.lines = 0, []
+
+        def update(self, n):
+            self.n += n
+
+        def write(self, s):
+            self.lines.append(s)
+
+    for bound, want in ((False, "slower), ~"), (True, "slower), at most ~")):
+        bar = Bar()
+        _Progress(bar, 1, 200_000, bound)(1000)
+        assert bar.n == 1000 and want in bar.lines[0] and bar.lines[0].endswith(" s to go")
+        assert ("at most" in bar.lines[0]) == bound
