@@ -247,7 +247,8 @@ async function renderFeature(i) {
     p.appendChild(el('p', 'stats', 'fires with (most similar sets of active rows):'));
     const t = p.appendChild(el('table', 'with'));
     const hd = t.appendChild(el('tr'));
-    for (const h of ['feature', 'its top tokens', 'of these rows', 'of its rows']) {
+    const lab = D.has_texts ? 'its top texts' : 'its top tokens';  // as the list's column
+    for (const h of ['feature', lab, 'of these rows', 'of its rows']) {
       hd.appendChild(el('th', '', h));
     }
     const pct = v => Math.round(100 * v) + '%';

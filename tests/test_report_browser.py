@@ -493,6 +493,26 @@ def test_fires_with_lists_partners_with_their_tokens_and_shares(chromium, tmp_pa
     assert '<table class="with">' not in _dump(*chromium, page.as_uri() + "#f=1")  # none listed: no table
 
 
+def test_fires_with_of_an_embeddings_run_heads_its_column_texts(chromium, tmp_path):
+    """The partners' labels of an embeddings run are the first words of their top texts (as the list's
+    'top texts' column): the table's heading said 'its top tokens'."""
+    from actdict.analyze.report_features import write_feature_page
+
+    feats = [{"i": i, "fires": 2, "density": 0.5, "max": 2.0, "min": 0.5, "hist": {"pos": [[32, 2]]},
+              "top": [[2.0, 7 + i, 3, 1, [-1], 0]], "bottom": [], "quantiles": [], "fires_with": [[1 - i, 1]]}
+             for i in range(2)]
+    for f in feats:
+        f["hist"]["neg"] = []
+    data = {"version": 1, "name": "e", "k": 2, "n_rows": 4, "window": 0, "hist_edges": list(range(-4, 5)),
+            "tokens": {"-1": ""}, "wordpiece": False, "features": feats,
+            "texts": {"7": "A quiet harbor at dawn.", "8": "Kernel panics at boot."}}
+    page = write_feature_page(data, "e", {"variant": "sae_l1"}, {"hook": "embedding"}, tmp_path / "e.html")
+    dom = _dump(*chromium, page.as_uri() + "#f=0")
+    table = dom[dom.index('<table class="with">'):]
+    table = table[:table.index("</table>")]
+    assert "<th>its top texts</th>" in table and "tokens" not in table and "Kernel panics at boot." in table
+
+
 def test_the_highlight_leaves_the_token_s_leading_space_outside(chromium, tmp_path):
     """A context's highlighted span holds its token without the space before it (WordPiece words are shown
     as " word", BPE tokens carry their space): the blank sits in the context before it; a token that is
