@@ -38,6 +38,7 @@ from actdict.files import write_atomic
 from actdict.harvest.store import open_store
 from actdict.train import checkpoint
 from actdict.train.identity import store_key
+from actdict.train.loop import check_device, resolve_device
 
 MATCHED = 0.5
 
@@ -228,14 +229,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--partners", type=int, default=3, help="partners kept per feature in --json (default 3)")
     p.add_argument("--top", type=int, default=12, help="A's most active features printed (default 12)")
     p.add_argument("--json", help="write every feature's partners here")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, cuda:1...")
     args = p.parse_args(argv)
     if min(args.rows, args.partners) < 1 or args.top < 0:
         p.error("--rows and --partners must be >= 1, --top >= 0")
     if args.json and not (Path(args.json).parent.is_dir() and not Path(args.json).is_dir()):
         p.error(f"--json {args.json}: not a file in an existing folder")
     try:
-        out = compare(args.a, args.b, args.store, args.rows, args.partners, device=args.device)
+        check_device(args.device, "--device")  # 'gpu', or cuda where torch sees none: one line, as train's
+        device = str(resolve_device(args.device))
+        out = compare(args.a, args.b, args.store, args.rows, args.partners, device=device)
         labels = tuple(token_labels(Path(out[x]["path"]), out[x]["config_hash"]) for x in "ab")
     except ActdictError as e:
         print(f"actdict: {type(e).__name__}: {e}", file=sys.stderr)

@@ -162,3 +162,15 @@ def test_the_table_labels_an_embeddings_run_by_its_texts_and_names_a_damaged_fil
     assert cli(["compare", da, db]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"actdict: OutputError: {path} is corrupt") and "Traceback" not in err
+
+
+def test_a_device_torch_cannot_use_is_one_line(tmp_path, capsys, monkeypatch):
+    """--device gpu, auto (as every stage's device takes it) and cuda without a GPU were tracebacks."""
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    da, db = _pair(tmp_path, np.arange(K))
+    assert cli(["compare", da, db, "--device", "gpu"]) == 2
+    assert capsys.readouterr().err.startswith("actdict: ConfigError: --device: not a torch device: 'gpu' (")
+    assert cli(["compare", da, db, "--device", "cuda"]) == 2
+    assert capsys.readouterr().err.startswith("actdict: ConfigError: --device=cuda, but this torch (")
+    assert cli(["compare", da, db, "--device", "auto"]) == 0
+    assert "co-activation on 64 rows" in capsys.readouterr().out
