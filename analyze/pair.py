@@ -35,7 +35,7 @@ from actdict.analyze.inputs import AnalyzeError
 from actdict.analyze.metrics import active_mask
 from actdict.errors import ActdictError, printable
 from actdict.files import write_atomic
-from actdict.harvest.store import open_store
+from actdict.harvest.store import StoreError, open_store
 from actdict.train import checkpoint
 from actdict.train.identity import store_key
 from actdict.train.loop import check_device, resolve_device
@@ -134,8 +134,14 @@ def compare(dir_a: str, dir_b: str, store: str | None = None, limit: int = 65536
         if None in hooks:
             raise AnalyzeError(f"{dir_a if hooks[0] is None else dir_b} records no store hook: it cannot be "
                                "read from a store")
-        sa = open_store(path, hooks[0])
-        sb = sa if hooks[1] == hooks[0] else open_store(path, hooks[1])
+        try:
+            sa = open_store(path, hooks[0])
+            sb = sa if hooks[1] == hooks[0] else open_store(path, hooks[1])
+        except StoreError as e:  # a path relative to where A was trained, read from elsewhere
+            if store:
+                raise
+            raise StoreError(f"{e} (the store {Path(dir_a) / 'cfg.json'} records; name another with --store)"
+                             ) from e
         for s_, m in ((sa, ma), (sb, mb)):
             if s_.d != m.d:
                 raise AnalyzeError(f"store {path} hook {s_.hook} has d={s_.d}, its dictionary d={m.d}")

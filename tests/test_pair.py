@@ -174,3 +174,19 @@ def test_a_device_torch_cannot_use_is_one_line(tmp_path, capsys, monkeypatch):
     assert capsys.readouterr().err.startswith("actdict: ConfigError: --device=cuda, but this torch (")
     assert cli(["compare", da, db, "--device", "auto"]) == 0
     assert "co-activation on 64 rows" in capsys.readouterr().out
+
+
+def test_a_store_path_relative_to_another_folder_names_where_it_comes_from(tmp_path, capsys, monkeypatch):
+    """Run from another folder than the training, the cfg.json's relative store path is not found: the line
+    said 'run the harvest first', of a path the command line never named."""
+    monkeypatch.chdir(tmp_path)
+    da, db = _pair(tmp_path, np.arange(K))
+    for d, hook in ((da, "blocks.0.h"), (db, "blocks.1.h")):
+        save(d, load(d)[0], _record("store", hook, [2, 3]))  # the path as a run from tmp_path records it
+    assert cli(["compare", da, db]) == 0
+    monkeypatch.chdir(tmp_path / "ra")
+    assert cli(["compare", da, db]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("actdict: StoreError: no activation store at store")
+    assert err.endswith(f"(the store {da}/cfg.json records; name another with --store)\n")
+    assert cli(["compare", da, db, "--store", str(tmp_path / "store")]) == 0
