@@ -1,7 +1,8 @@
 """``actdict summary RUN_DIR [RUN_DIR ...]``: the headline numbers of several analysed run folders in one
 table (the layers of configs/layers.yaml, a sweep over run folders), one line per dictionary, read from each
-folder's ``summary.json``: run, hook, dictionary, RE det, RE 1-sample, AD, L0, EV, dead; ``--json`` writes the
-same rows. A folder that has not been analysed is named, not skipped silently."""
+folder's ``summary.json``: run, hook, dictionary, RE det, RE 1-sample, AD, L0, EV, dead (and CE recovered, KL
+when measured); ``--json`` writes the same rows. A folder that has not been analysed is named, not skipped
+silently."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from actdict.analyze.outputs import OutputError, read_output
 from actdict.analyze.run import _cell
 from actdict.errors import ActdictError, printable
 
-KEYS = ("re_det", "re_sample", "ad", "l0", "ev", "dead", "k")
+KEYS = ("re_det", "re_sample", "ad", "l0", "ev", "dead", "k", "ce_recovered", "kl")
 
 
 def rows(run_dirs: list[str]) -> list[dict]:
@@ -37,14 +38,18 @@ def rows(run_dirs: list[str]) -> list[dict]:
 
 
 def table(records: list[dict]) -> list[str]:
-    """The records as text, columns wide enough for their run, hook and dictionary names."""
+    """The records as text, columns wide enough for their run, hook and dictionary names; CE recovered and
+    KL (as analyze's table) when some run measured them (analyze.ce_loss)."""
     w = {c: max([len(c), *(len(str(r[c])) for r in records)]) for c in ("run", "hook", "dict")}
+    ce = any(r["ce_recovered"] is not None for r in records)
     lines = [f"{'run':<{w['run']}} {'hook':<{w['hook']}} {'dict':<{w['dict']}} {'RE det':>9} "
-             f"{'RE 1-sample':>11} {'AD':>7} {'L0':>7} {'EV':>6} {'dead':>11}"]
+             f"{'RE 1-sample':>11} {'AD':>7} {'L0':>7} {'EV':>6} {'dead':>11}" + (f" {'CE rec.':>7} {'KL':>7}"
+                                                                                   if ce else "")]
     for r in records:
         dead = f"{r['dead']}/{r['k']}"
         nums = (f"{_cell(r['re_det'], '>9.4g')} {_cell(r['re_sample'], '>11.4g')} {_cell(r['ad'], '>7.2f')} "
-                f"{_cell(r['l0'], '>7.2f')} {_cell(r['ev'], '>6.3f')} {dead:>11}")
+                f"{_cell(r['l0'], '>7.2f')} {_cell(r['ev'], '>6.3f')} {dead:>11}"
+                + (f" {_cell(r['ce_recovered'], '>7.3f')} {_cell(r['kl'], '>7.4f')}" if ce else ""))
         lines.append(f"{r['run']:<{w['run']}} {str(r['hook']):<{w['hook']}} {r['dict']:<{w['dict']}} {nums}")
     return [printable(s) for s in lines]
 

@@ -48,3 +48,15 @@ def test_a_summary_of_other_records_is_named_not_a_traceback(tmp_path, capsys):
         path = tmp_path / str(i) / "summary.json"
         assert err == (f"actdict: OutputError: {path} is corrupt (its models are not analyze's records): "
                        "rerun `actdict analyze` to rewrite it\n")
+
+
+def test_runs_that_measured_ce_show_its_columns(tmp_path, capsys):
+    """analyze.ce_loss: analyze's table has CE rec. and KL, and summary dropped them (a layer's headline)."""
+    m = {"re_det": 30.05, "re_sample": 31.5, "ad": 32.0, "l0": 32.0, "ev": 0.773, "dead": 3, "k": 64}
+    for name, ce in (("a", {"ce_recovered": 0.912, "kl": 0.0431}), ("b", {})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(json.dumps({"hook": "h", "models": {"x": m | ce}}))
+    assert cli(["summary", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    head, a, b = capsys.readouterr().out.splitlines()
+    assert head.split()[-3:] == ["CE", "rec.", "KL"]
+    assert a.split()[-3:] == ["3/64", "0.912", "0.0431"] and b.split()[-3:] == ["3/64", "n/a", "n/a"]
