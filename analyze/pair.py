@@ -133,7 +133,8 @@ def compare(dir_a: str, dir_b: str, store: str | None = None, limit: int = 65536
         hooks = [(r.get("store") or {}).get("hook") for r in (ra, rb)]
         if None in hooks:
             raise AnalyzeError(f"{dir_a if hooks[0] is None else dir_b} records no store hook: it cannot be "
-                               "read from a store")
+                               "read from a store (an import: 'actdict import --overwrite --hook HOOK' names "
+                               "it)")
         try:
             sa = open_store(path, hooks[0])
             sb = sa if hooks[1] == hooks[0] else open_store(path, hooks[1])

@@ -190,3 +190,15 @@ def test_a_store_path_relative_to_another_folder_names_where_it_comes_from(tmp_p
     assert err.startswith("actdict: StoreError: no activation store at store")
     assert err.endswith(f"(the store {da}/cfg.json records; name another with --store)\n")
     assert cli(["compare", da, db, "--store", str(tmp_path / "store")]) == 0
+
+
+def test_an_import_without_a_hook_is_told_how_to_name_one(tmp_path):
+    """An SAELens cfg.json without hook_name imports with no store hook: compare --store refused it with no
+    way on; 'actdict import --hook' is the one."""
+    from actdict.analyze.inputs import AnalyzeError
+
+    da, db = _pair(tmp_path, np.arange(K))
+    save(db, load(db)[0], {})  # as an import of an SAE that names no hook records it
+    with pytest.raises(AnalyzeError, match=r"b records no store hook: it cannot be read from a store \(an "
+                                           r"import: 'actdict import --overwrite --hook HOOK' names it\)$"):
+        pair.compare(da, db, store=str(tmp_path / "store"))
