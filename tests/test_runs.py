@@ -60,3 +60,14 @@ def test_runs_that_measured_ce_show_its_columns(tmp_path, capsys):
     head, a, b = capsys.readouterr().out.splitlines()
     assert head.split()[-3:] == ["CE", "rec.", "KL"]
     assert a.split()[-3:] == ["3/64", "0.912", "0.0431"] and b.split()[-3:] == ["3/64", "n/a", "n/a"]
+
+
+def test_a_summary_json_given_for_its_folder_is_read(tmp_path, capsys):
+    """actdict summary runs/*/summary.json said 'runs/a/summary.json/summary.json not found: run actdict
+    analyze on runs/a/summary.json first', of an analysed folder."""
+    m = {"re_det": 30.05, "re_sample": 31.5, "ad": 32.0, "l0": 32.0, "ev": 0.773, "dead": 3, "k": 64}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "summary.json").write_text(json.dumps({"hook": "h", "models": {"x": m}}))
+    assert cli(["summary", str(tmp_path / "a" / "summary.json"), "--json", str(tmp_path / "t.json")]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[:3] == [str(tmp_path / "a"), "h", "x"]
+    assert json.loads((tmp_path / "t.json").read_text())[0]["run"] == str(tmp_path / "a")
