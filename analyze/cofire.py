@@ -9,7 +9,8 @@ Each batch adds its active pattern's pair counts, by whichever of two exact path
   fast for small k and on a GPU;
 * pairs: every (i, j) pair of each row's active features, counted with one sort (``torch.unique``): sum over
   rows of AD^2 work, the cheaper path for a large k with few active features per row (a TopK SAE of 16,384
-  with AD 32: ~40x less work than the matmul on a CPU).
+  with AD 32: ~40x less work than the matmul on a CPU); above ``MAX_PAIRS`` pairs in a batch (a few rows of
+  thousands active among sparse ones), the rows in halves, each counted by its own cheaper path.
 
 :func:`partners` ranks each feature's partners by Jaccard similarity C_ij / (C_ii + C_jj - C_ij) (rows where
 both fire over rows where either fires), which neither rewards a partner for being dense (as P(j | i) does)
@@ -24,6 +25,7 @@ import torch
 from torch import Tensor
 
 DENSE_RATIO = 20.0  # the pairs path when k > 20 x the rows' RMS active count (CPU; measured: see docs)
+MAX_PAIRS = 1 << 24  # pairs counted at once (~0.7 GB of int64 keys and indices); more: the rows in halves
 
 
 def active_pairs(active: Tensor, other: Tensor | None = None) -> Tensor:
@@ -60,6 +62,11 @@ class CoFire:
             for s in range(0, len(active), 1 << 23):  # float32 counts exact below 2^24 rows
                 a = active[s : s + (1 << 23)].to(torch.float32)  # [B', k]
                 self.counts += (a.T @ other[s : s + (1 << 23)].to(torch.float32)).to(torch.int32)
+            return
+        if float(c.sum()) > MAX_PAIRS and len(active) > 1:  # a few dense rows ([CLS]): halves, each its path
+            h = len(active) // 2
+            for part in (slice(0, h), slice(h, None)):
+                self.update(active[part], None if other is active else other[part])
             return
         keys, n = torch.unique(active_pairs(active, other), return_counts=True)  # [u] sorted: few misses
         self.counts.view(-1).index_add_(0, keys, n.to(torch.int32))
