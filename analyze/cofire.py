@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-DENSE_RATIO = 20.0  # the pairs path when k > 20 x the rows' RMS active count (CPU; measured: see docs)
+DENSE_RATIO = 64.0  # the pairs path when k > 64 x the rows' RMS active count (CPU; measured: see docs)
 MAX_PAIRS = 1 << 24  # pairs counted at once (~0.7 GB of int64 keys and indices); more: the rows in halves
 
 
