@@ -127,7 +127,8 @@ def test_json_in_a_missing_folder_is_refused_before_the_pass(tmp_path, capsys):
             cli([*argv, "--json", str(tmp_path / "no" / "c.json")])
         assert e.value.code == 2
         err = capsys.readouterr().err.splitlines()
-        assert err[-1].endswith(f"error: --json {tmp_path / 'no' / 'c.json'}: not a file in an existing folder")
+        path = tmp_path / "no" / "c.json"
+        assert err[-1].endswith(f"error: --json {path}: not a file in an existing folder")
     assert not (tmp_path / "no").exists()
 
 
