@@ -118,13 +118,16 @@ def token_labels(dict_dir: Path, config_hash: str | None) -> dict[int, str]:
 
 
 def compare(dir_a: str, dir_b: str, store: str | None = None, limit: int = 65536, n: int = 3,
-            batch: int = 4096, device: str = "cpu") -> dict:
+            batch: int = 4096, device: str = "cpu", max_mib: float = 4096) -> dict:
     """Everything ``actdict compare`` reports (and ``--json`` writes) of dictionaries ``dir_a``, ``dir_b``."""
     (ma, ra), (mb, rb) = (checkpoint.load(d, device) for d in (dir_a, dir_b))
     ma, mb = ma.eval(), mb.eval()
     out: dict = {"a": _about(dir_a, ma, ra), "b": _about(dir_b, mb, rb), "cofire": None, "directions": None,
                  "notes": []}
     why = None if store else same_rows(ra.get("store"), rb.get("store"))
+    if not why and (need := ma.k * mb.k * 4 / 2**20) > max_mib:
+        why = (f"its counts ({ma.k:,} x {mb.k:,} int32, {need:,.0f} MiB) would pass --max-mib {max_mib:,}: "
+               "raise it where the memory is there")
     fires = None
     if why:
         out["notes"].append(f"no co-activation: {why}")
@@ -237,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top", type=int, default=12, help="A's most active features printed (default 12)")
     p.add_argument("--json", help="write every feature's partners here")
     p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, cuda:1...")
+    p.add_argument("--max-mib", type=float, default=4096, help="memory for the co-activation counts, k_A x "
+                   "k_B x 4 bytes (default 4096: two dictionaries of 32,768); beyond it they are not counted")
     args = p.parse_args(argv)
     if min(args.rows, args.partners) < 1 or args.top < 0:
         p.error("--rows and --partners must be >= 1, --top >= 0")
@@ -245,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_device(args.device, "--device")  # 'gpu', or cuda where torch sees none: one line, as train's
         device = str(resolve_device(args.device))
-        out = compare(args.a, args.b, args.store, args.rows, args.partners, device=device)
+        out = compare(args.a, args.b, args.store, args.rows, args.partners, device=device,
+                      max_mib=args.max_mib)
         labels = tuple(token_labels(Path(out[x]["path"]), out[x]["config_hash"]) for x in "ab")
     except ActdictError as e:
         print(f"actdict: {type(e).__name__}: {e}", file=sys.stderr)

@@ -100,6 +100,10 @@ def test_other_rows_or_no_common_held_out_chunk_skip_the_co_activation(tmp_path)
         pair.compare(da, db)["notes"][0]
     out = pair.compare(da, db, store=str(tmp_path / "store"))  # named: every chunk but A's training rows
     assert out["cofire"]["chunks"] == [2, 3] and out["cofire"]["a_in_b"]["mean_jaccard"] == 1.0
+    da2, db2 = _pair(tmp_path / "3", np.arange(K))
+    out = pair.compare(da2, db2, max_mib=K * K * 4 / 2**20 / 2)  # half what the counts need
+    assert out["cofire"] is None and "would pass --max-mib" in out["notes"][0]
+    assert out["directions"]["a_in_b"]["mmcs"] == pytest.approx(1.0, abs=1e-5)
     da, db = _pair(tmp_path / "2", np.arange(K), chunks_a=(0,), chunks_b=(3,))
     out = pair.compare(da, db)
     assert out["cofire"] is None and "no chunk in common" in out["notes"][0]
