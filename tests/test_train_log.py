@@ -100,8 +100,12 @@ def test_analysis_draws_the_log_of_the_checkpoints_training_only(store, tmp_path
     assert trained_curve(tmp_path, "l1", "another hash") is None  # a training started since: not this one
     # a retraining with another config starts its log over, and is interrupted: the checkpoint in dicts/l1
     # is still the first training's, and so are the curves analysis draws for it
-    start_log(log_path(tmp_path, "l1"), {"config_hash": "another hash", "dict": "l1", "variant": "sae_l1"})
+    header = {"dict": "l1", "variant": "sae_l1"}
+    start_log(log_path(tmp_path, "l1"), header | {"config_hash": "another hash"}, keep=cfg["config_hash"])
     assert read_log(log_path(tmp_path, "l1"))[0]["config_hash"] == "another hash"
+    assert trained_curve(tmp_path, "l1", cfg["config_hash"]) == c
+    # and a third config, started after that one was interrupted too: the checkpoint is still the first's
+    start_log(log_path(tmp_path, "l1"), header | {"config_hash": "a third"}, keep=cfg["config_hash"])
     assert trained_curve(tmp_path, "l1", cfg["config_hash"]) == c
     models = {"l1": {"k": 8, "training_log": c},
               "vaease": {"k": 8, "training_log": {"step": [1, 2], "loss": [-3.0, -4.0], "sse": [0.0, 2.0]}}}

@@ -66,18 +66,23 @@ def read_log(path: str | Path) -> tuple[dict | None, list[dict]]:
     return objs[0], [o for o in objs[1:] if isinstance(o.get("step"), int)]
 
 
-def start_log(path: Path, header: dict, from_step: int = 0, from_hash: str | None = None) -> None:
+def start_log(path: Path, header: dict, from_step: int = 0, from_hash: str | None = None,
+              keep: str | None = None) -> None:
     """Make ``path`` the log of the training ``header`` names, which resumes at ``from_step`` a state written
     by the training of config hash ``from_hash`` (its own, or a finished run's kept state that it extends):
-    the records up to that step are kept when the file logs that training; everything else goes."""
+    the records up to that step are kept when the file logs that training; everything else goes, but for a
+    log of ``keep`` (the config hash of the finished checkpoint in ``dicts/<name>``, which stays there until
+    this training's replaces it), which moves to ``previous_path``. A log of another training (one replaced
+    and interrupted before) is not kept: it would push out the finished checkpoint's."""
     old, records = read_log(path)
     same = old is not None and from_step > 0 and old["config_hash"] == from_hash
     kept = [r for r in records if r["step"] <= from_step] if same else []
     path.parent.mkdir(parents=True, exist_ok=True)
-    keep = previous_path(path)
-    if old is not None and old["config_hash"] != header["config_hash"] and not keep.parent.is_symlink():
-        keep.parent.mkdir(exist_ok=True)  # its checkpoint may stay: keep its log (never through a link)
-        os.replace(path, keep)
+    previous = previous_path(path)
+    if old is not None and old["config_hash"] not in (header["config_hash"], None) and \
+            old["config_hash"] == keep and not previous.parent.is_symlink():
+        previous.parent.mkdir(exist_ok=True)  # its checkpoint stays until this one's: keep its log
+        os.replace(path, previous)  # (not through a link)
     write_atomic(path, "".join(json.dumps(o, allow_nan=False) + "\n" for o in [header, *kept]))
 
 

@@ -201,7 +201,8 @@ def start_logs(run_dir: Path, todo: list[DictConfig], hashes: dict[str, str], fr
     step = start.step if start else 0
     for dc in todo:
         header = {"config_hash": hashes[dc.name], "dict": dc.name, "variant": dc.variant}
-        start_log(log_path(run_dir, dc.name), header, step, from_hashes.get(dc.name))
+        finished = (checkpoint.finished_record(run_dir / "dicts" / dc.name) or {}).get("config_hash")
+        start_log(log_path(run_dir, dc.name), header, step, from_hashes.get(dc.name), finished)
     failed: list[str] = []
 
     def log(records: dict[str, dict]) -> None:
