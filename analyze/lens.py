@@ -255,8 +255,17 @@ def followed(model, x: Tensor, follow: list[int], labels: Labels) -> list[dict]:
     with torch.no_grad():
         out = model(x, sample=False)
     active = active_mask(out.activity, model.active_side)  # [n, k]
-    return [{"i": f, "codes": [round(c, 4) for c in out.codes[:, f].tolist()],
-             "active": active[:, f].tolist(), "top_tokens": _label(labels, f, 1.0)} for f in follow]
+    codes = out.codes  # [n, k]
+    return [{"i": f, "codes": [round(c, 4) for c in codes[:, f].tolist()], "active": active[:, f].tolist(),
+             "top_tokens": _label(labels, f, side(codes[:, f], active[:, f]))} for f in follow]
+
+
+def side(codes: Tensor, active: Tensor) -> float:
+    """The sign of a followed feature's largest active |code| in the text ([n] codes, [n] active), whose
+    corpus side labels it (a VAE's signed codes: its bottom contexts when that code is negative); 1 when it
+    is active nowhere."""
+    mag = codes.abs().masked_fill(~active, -1.0)  # [n]
+    return float(codes[mag.argmax()]) if len(codes) and bool(active.any()) else 1.0
 
 
 def format_lens(res: dict) -> str:

@@ -424,3 +424,15 @@ def test_a_features_file_whose_records_are_not_analyzes_is_one_error(tmp_path, f
     (tmp_path / "f.json").write_text(json.dumps({"k": 1, "tokens": [], "features": features}))
     with pytest.raises(OutputError, match=r"f.json is corrupt \(its features are not analyze's records: "):
         feature_labels(tmp_path / "f.json")
+
+
+def test_a_followed_feature_is_labelled_on_the_side_of_its_largest_active_code():
+    """--feature's labels: the corpus side of the feature's largest active |code| in the text (a VAE's signed
+    codes: its most negative contexts when that code is negative), the top side when it is active nowhere."""
+    from actdict.analyze.lens import side
+
+    codes = torch.tensor([0.5, -2.0, 3.0, 1.0])
+    assert side(codes, torch.tensor([True, True, False, False])) == -2.0  # 3.0 is not active
+    assert side(codes, torch.tensor([False, True, True, False])) == 3.0
+    assert side(codes, torch.zeros(4, dtype=torch.bool)) == 1.0
+    assert side(torch.zeros(0), torch.zeros(0, dtype=torch.bool)) == 1.0
