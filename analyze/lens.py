@@ -111,7 +111,7 @@ def _tokens_of(hits: list, strings: dict, n: int, texts: dict | None = None) -> 
 Labels = dict[int, tuple[list[str], list[str]]]
 
 
-def _labels_of(data: dict, n: int, path: Path) -> Labels:
+def labels_of(data: dict, n: int, path: Path) -> Labels:
     """The labels of the features file ``data`` (read from ``path``); OutputError when its records are not
     a features file's (an edit, another program's JSON: an IndexError or KeyError traceback otherwise)."""
     strings, texts = data.get("tokens", {}), data.get("texts")
@@ -128,7 +128,7 @@ def feature_labels(path: Path, n: int = 3) -> Labels:
     """feature -> (the ``n`` distinct tokens of its largest codes in the corpus, those of its most negative
     codes), from an analyze features file (``analyze.features``); {} when analyze has not written it
     (OutputError when it is damaged)."""
-    return _labels_of(read_output(path), n, path) if path.is_file() else {}
+    return labels_of(read_output(path), n, path) if path.is_file() else {}
 
 
 def dict_labels(run_dir: Path, name: str, k: int, n: int = 3) -> tuple[Labels, str]:
@@ -151,7 +151,7 @@ def dict_labels(run_dir: Path, name: str, k: int, n: int = 3) -> tuple[Labels, s
         return {}, (f"no corpus labels: {path} was written by an older actdict, which did not record "
                     f"which training of {name} it describes (the checkpoint may have been retrained since): "
                     "rerun actdict analyze")
-    return _labels_of(data, n, path), ""
+    return labels_of(data, n, path), ""
 
 
 def _label(labels: dict, f: int, code: float) -> list[str]:

@@ -105,7 +105,7 @@ def token_labels(dict_dir: Path, config_hash: str | None) -> dict[int, str]:
     """feature -> its first 3 distinct top tokens (of an embeddings run: the first words of its top texts),
     read as actdict lens reads them from the run folder's features file of this training (same
     config_hash); {} when there is none, OutputError when it is damaged."""
-    from actdict.analyze.lens import _labels_of
+    from actdict.analyze.lens import labels_of
 
     path = dict_dir.parent.parent / "features" / f"{dict_dir.name}.json"
     try:
@@ -114,7 +114,7 @@ def token_labels(dict_dir: Path, config_hash: str | None) -> dict[int, str]:
         return {}
     if not isinstance(data, dict) or data.get("config_hash") != config_hash:
         return {}
-    return {i: ", ".join(top) for i, (top, _) in _labels_of(data, 3, path).items()}
+    return {i: ", ".join(top) for i, (top, _) in labels_of(data, 3, path).items()}
 
 
 def compare(dir_a: str, dir_b: str, store: str | None = None, limit: int = 65536, n: int = 3,
