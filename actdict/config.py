@@ -37,6 +37,22 @@ class ConfigError(ActdictError, ValueError):
     """A config file or override that does not describe a valid experiment."""
 
 
+def check_device(name: str, where: str) -> None:
+    """A config's device string names a device this torch can use ('auto' always can): ConfigError naming
+    ``where`` (``train.device``, ``harvest.device``...) otherwise. Every stage's check."""
+    if name == "auto":
+        return
+    import torch  # here, not at the top: a config loads without torch
+
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise ConfigError(f"{where}: not a torch device: {name!r} ({e})") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{where}={name}, but this torch ({torch.__version__}) sees no CUDA device; use "
+                          "'auto' or 'cpu'")
+
+
 def check_seed(seed: object, name: str) -> None:
     """A seed numpy's and torch's generators both take: an integer in [0, 2**63) (numpy takes no negative,
     torch nothing from 2**64); ConfigError naming ``name`` otherwise (a non-integer is the type check's)."""

@@ -33,12 +33,13 @@ from actdict.analyze.cofire import CoFire, jaccard, partners
 from actdict.analyze.compare import directions, live, similarity
 from actdict.analyze.inputs import AnalyzeError
 from actdict.analyze.metrics import active_mask
+from actdict.config import check_device
 from actdict.errors import ActdictError, printable
 from actdict.files import write_atomic
 from actdict.harvest.store import StoreError, open_store
 from actdict.train import checkpoint
 from actdict.train.identity import store_key
-from actdict.train.loop import check_device, resolve_device
+from actdict.train.loop import resolve_device
 
 MATCHED = 0.5
 

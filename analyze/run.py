@@ -93,13 +93,13 @@ from actdict.analyze.lm import add_logit_effects, causal_lm, named, splice_model
 from actdict.analyze.report import write_report
 from actdict.analyze.texts import row_texts
 from actdict.analyze.toptokens import resolve_decoder
-from actdict.config import Common
+from actdict.config import Common, check_device
 from actdict.errors import printable
 from actdict.files import check_not_linked, remove_temps, write_atomic
 from actdict.lock import check_writable
 from actdict.train.identity import describe_store
 from actdict.train.log import trained_curve
-from actdict.train.loop import check_device, resolve_device
+from actdict.train.loop import resolve_device
 from actdict.train.resume import listed
 
 SUMMARY_VERSION = 2

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from actdict.config import ConfigError
+from actdict.config import check_device
 from actdict.errors import ActdictError
 
 MINILM = "all-MiniLM-L6-v2"
@@ -90,13 +90,7 @@ def resolve_device(device: str) -> str:
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        torch.device(device)
-    except RuntimeError as e:  # 'gpu', 'cuda:x': as train.device and analyze.device say it
-        raise ConfigError(f"harvest.device: not a torch device: {device!r} ({e})") from e
-    if device.split(":")[0] == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"harvest.device={device}, but this torch ({torch.__version__}) sees no CUDA "
-                          "device; use 'auto' or 'cpu'")
+    check_device(device, "harvest.device")  # 'gpu', 'cuda:x', cuda unseen: as train.device says it
     return device
 
 

@@ -194,7 +194,7 @@ def test_run_rejects_a_bad_section_before_the_harvest(tmp_path, capsys, dicts, m
 def test_a_cuda_device_without_cuda_is_a_config_error():
     import torch
 
-    from actdict.train.loop import check_device
+    from actdict.config import check_device
 
     check_device("cpu", "train.device")
     check_device("auto", "train.device")

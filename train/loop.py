@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from actdict.config import ConfigError, bar_timing
+from actdict.config import bar_timing
 from actdict.errors import ActdictError
 from actdict.train import dist as dist_
 from actdict.train import probe as probe_
@@ -192,19 +192,6 @@ class Position:
     epoch: int = 0
     batch: int = 0
     step: int = 0
-
-
-def check_device(name: str, where: str) -> None:
-    """A config's device string names a device this torch can use ('auto' always can)."""
-    if name == "auto":
-        return
-    try:
-        dev = torch.device(name)
-    except RuntimeError as e:
-        raise ConfigError(f"{where}: not a torch device: {name!r} ({e})") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"{where}={name}, but this torch ({torch.__version__}) sees no CUDA device; use "
-                          "'auto' or 'cpu'")
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:

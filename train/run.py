@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from actdict.config import Common, ConfigError, to_dict
+from actdict.config import Common, ConfigError, check_device, to_dict
 from actdict.files import check_not_linked, remove_temps
 from actdict.harvest.store import list_hooks, open_store, read_lock
 from actdict.lock import check_writable, folder_lock
@@ -52,7 +52,7 @@ from actdict.train.identity import (
     replaced,
 )
 from actdict.train.log import LOGS, append_record, log_path, start_log
-from actdict.train.loop import Member, Position, check_device, resolve_device, total_steps, train
+from actdict.train.loop import Member, Position, resolve_device, total_steps, train
 from actdict.train.protocol import make, registry
 from actdict.train.resume import (
     KEPT,
