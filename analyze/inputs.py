@@ -285,6 +285,20 @@ def found_dicts(run_dir: Path, names: list[str]) -> list[str]:
     return found
 
 
+def open_trained_store(path: str, hook: str | None, run_dir: Path, names: list[str], records: dict):
+    """``open_store(path, hook)`` for the dictionaries of ``records``; when it fails and the run folder holds
+    none, ``found_dicts``' error says that (a store of several hooks asks which to read: the dictionaries
+    choose it, and there are none)."""
+    from actdict.harvest.store import StoreError, open_store
+
+    try:
+        return open_store(path, hook)
+    except StoreError:
+        if not records:
+            found_dicts(run_dir, names)
+        raise
+
+
 def load_models(run_dir: Path, names: list[str], d: int, records: dict[str, dict] | None = None) -> dict:
     """Load ``<run_dir>/dicts/<name>`` for each name (all found there when ``names`` is empty); with
     ``records`` (``trained_records``, read earlier), one whose cfg.json a training replaced since is refused:

@@ -172,15 +172,14 @@ def lens(common: Common, cfg, text: str, names: list[str], top: int = 5, hook: s
     ``follow`` (feature indices of the one dictionary), also each one's code and active flag on every token
     (``followed``)."""
     from actdict.analyze.inputs import (
-        found_dicts,
         load_models,
+        open_trained_store,
         other_model,
         skipped_notes,
         trained_hook,
         trained_records,
     )
     from actdict.harvest.models import load_model, resolve_device
-    from actdict.harvest.store import StoreError, open_store
 
     if cfg.mode == "vectors":
         raise LensError(f"harvest.mode is 'vectors': {_NO_MODEL}")
@@ -193,13 +192,8 @@ def lens(common: Common, cfg, text: str, names: list[str], top: int = 5, hook: s
     trained = trained_hook(records)
     if hook and trained and hook != trained:
         raise LensError(f"--hook {hook}: the dictionaries were trained on {trained}")
-    try:
-        store = open_store(common.store_path, hook or trained or (cfg.embed.hook if cfg.mode == "embeddings"
-                                                                 else None))
-    except StoreError:
-        if not records:  # no dictionaries to choose the hook: say that, not the store's hooks
-            found_dicts(run_dir, names)
-        raise
+    read = hook or trained or (cfg.embed.hook if cfg.mode == "embeddings" else None)
+    store = open_trained_store(common.store_path, read, run_dir, names, records)
     if store.manifest.get("kind") == "vectors" or store.manifest.get("model") is None:  # before a model loads
         raise LensError(f"the store at {common.store_path} holds vectors of no model: {_NO_MODEL}")
     for note in other_model(records, store.manifest.get("model")):  # an imported SAE of another model

@@ -76,10 +76,10 @@ from actdict.analyze.features import build_features, hit_keys, summary_hits
 from actdict.analyze.inputs import (
     AnalyzeError,
     evaluated_rows,
-    found_dicts,
     held_out_batches,
     held_out_chunks,
     load_models,
+    open_trained_store,
     other_model,
     other_split,
     other_store,
@@ -132,7 +132,6 @@ def main(common: Common, cfg: AnalyzeConfig) -> None:
 
 
 def _main(common: Common, cfg: AnalyzeConfig) -> None:
-    from actdict.harvest.store import StoreError, open_store
 
     run_id = new_run_id()  # at the start: its time is when this analysis began
     run_dir = Path(common.run_dir)
@@ -142,12 +141,7 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
     records = trained_records(run_dir, cfg.dicts)  # each dictionary's cfg.json
     if note := retraining(run_dir, records):
         print(printable(f"analyze: note: {note}"))
-    try:
-        store = open_store(common.store_path, trained_hook(records))
-    except StoreError:
-        if not records:  # no dictionaries to choose the hook: say that, not the store's hooks
-            found_dicts(run_dir, cfg.dicts)
-        raise
+    store = open_trained_store(common.store_path, trained_hook(records), run_dir, cfg.dicts, records)
     if changed := other_store(records, describe_store(store, common.store_path)):
         raise AnalyzeError(f"the store {store.path} is not the one {sorted(changed)} learned ("
                            + "; ".join(f"{n}: {', '.join(c[:4])}" for n, c in sorted(changed.items()))
