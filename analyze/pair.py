@@ -31,14 +31,14 @@ import torch
 
 from actdict.analyze.cofire import CoFire, jaccard, partners
 from actdict.analyze.compare import directions, live, similarity
-from actdict.analyze.inputs import AnalyzeError
+from actdict.analyze.inputs import AnalyzeError, other_store
 from actdict.analyze.metrics import active_mask
 from actdict.config import check_device
 from actdict.errors import ActdictError, printable
 from actdict.files import write_atomic
 from actdict.harvest.store import StoreError, open_store
 from actdict.train import checkpoint
-from actdict.train.identity import store_key
+from actdict.train.identity import describe_store, store_key
 from actdict.train.loop import resolve_device
 
 MATCHED = 0.5
@@ -150,6 +150,8 @@ def compare(dir_a: str, dir_b: str, store: str | None = None, limit: int = 65536
         for s_, m in ((sa, ma), (sb, mb)):
             if s_.d != m.d:
                 raise AnalyzeError(f"store {path} hook {s_.hook} has d={s_.d}, its dictionary d={m.d}")
+        sides = (("A", sa, ra), ("B", sb, rb))
+        out["notes"] += [note for x in sides if (note := changed(*x, path))]
         chunks = common_rows(ra, rb, sa.num_chunks)
         if not chunks:
             out["notes"].append("no co-activation: the two held out no chunk in common (different splits)")
@@ -166,6 +168,18 @@ def compare(dir_a: str, dir_b: str, store: str | None = None, limit: int = 65536
     else:
         out["notes"].append(f"no decoder directions compared: d {ma.d} and {mb.d}")
     return out
+
+
+def changed(side_: str, store, record: dict, path: str) -> str | None:
+    """A note when the store read for ``side_`` is not the one its ``record`` learned (as analysis tells it:
+    ``other_store``): re-harvested since at that path, or grown (a larger max_tokens keeps the rows held
+    out; anything else may put rows it learned into its held-out chunks). Counted all the same: both
+    dictionaries read the same rows, which is what co-activation needs."""
+    if not (diff := other_store({side_: record}, describe_store(store, path)).get(side_)):
+        return None
+    return (f"the store {path} hook {store.hook} is not the one {side_} learned ({', '.join(diff[:4])}): "
+            "if it grew since (a larger harvest.max_tokens), its held-out chunks hold the same rows; "
+            f"otherwise they may hold rows {side_} learned")
 
 
 def _about(path: str, model, record: dict) -> dict:

@@ -207,3 +207,18 @@ def test_an_import_without_a_hook_is_told_how_to_name_one(tmp_path):
     with pytest.raises(AnalyzeError, match=r"b records no store hook: it cannot be read from a store \(an "
                                            r"import: 'actdict import --overwrite --hook HOOK' names it\)$"):
         pair.compare(da, db, store=str(tmp_path / "store"))
+
+
+def test_a_store_harvested_again_at_the_recorded_path_is_noted_and_still_counted(tmp_path):
+    """Another harvest written over the store both learned: co-activation is counted on its rows (both read
+    the same ones) with a note per side naming what changed; the store they learned gives no note."""
+    da, db = _pair(tmp_path, np.arange(K))
+    assert not [n for n in pair.compare(da, db)["notes"] if "is not the one" in n]
+    import shutil
+    shutil.rmtree(tmp_path / "store")
+    _store(tmp_path / "store", config_hash="harvest-2")
+    out = pair.compare(da, db)
+    notes = [n for n in out["notes"] if "is not the one" in n]
+    assert len(notes) == 2 and out["cofire"]["a_in_b"]["mean_jaccard"] == 1.0
+    assert "hook blocks.0.h is not the one A learned (store.config_hash: 'harvest-1' -> 'harvest-2')" in notes[0]
+    assert "hook blocks.1.h is not the one B learned" in notes[1] and "max_tokens" in notes[1]
