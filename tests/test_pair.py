@@ -220,5 +220,5 @@ def test_a_store_harvested_again_at_the_recorded_path_is_noted_and_still_counted
     out = pair.compare(da, db)
     notes = [n for n in out["notes"] if "is not the one" in n]
     assert len(notes) == 2 and out["cofire"]["a_in_b"]["mean_jaccard"] == 1.0
-    assert "hook blocks.0.h is not the one A learned (store.config_hash: 'harvest-1' -> 'harvest-2')" in notes[0]
+    assert "blocks.0.h is not the one A learned (store.config_hash: 'harvest-1' -> 'harvest-2')" in notes[0]
     assert "hook blocks.1.h is not the one B learned" in notes[1] and "max_tokens" in notes[1]
