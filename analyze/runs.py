@@ -20,11 +20,14 @@ KEYS = ("re_det", "re_sample", "ad", "l0", "ev", "dead", "k", "ce_recovered", "k
 
 def rows(run_dirs: list[str]) -> list[dict]:
     """One record per dictionary of each run folder's summary.json, in the order given (a summary.json
-    given in place of its folder: that folder)."""
-    out = []
+    given in place of its folder: that folder; a folder given twice, however spelled: once)."""
+    out, seen = [], set()
     for run in run_dirs:
         if Path(run).name == "summary.json" and Path(run).is_file():  # runs/*/summary.json: its folder
             run = str(Path(run).parent)
+        if (real := Path(run).resolve()) in seen:
+            continue
+        seen.add(real)
         path = Path(run) / "summary.json"
         if not path.is_file():
             raise OutputError(f"{path} not found: run actdict analyze on {run} first")

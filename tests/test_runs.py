@@ -71,3 +71,15 @@ def test_a_summary_json_given_for_its_folder_is_read(tmp_path, capsys):
     assert cli(["summary", str(tmp_path / "a" / "summary.json"), "--json", str(tmp_path / "t.json")]) == 0
     assert capsys.readouterr().out.splitlines()[1].split()[:3] == [str(tmp_path / "a"), "h", "x"]
     assert json.loads((tmp_path / "t.json").read_text())[0]["run"] == str(tmp_path / "a")
+
+
+def test_a_folder_given_twice_however_spelled_is_one_set_of_rows(tmp_path, capsys):
+    """runs/a runs/a/ runs/a/summary.json printed runs/a's rows three times."""
+    m = {"re_det": 30.05, "re_sample": 31.5, "ad": 32.0, "l0": 32.0, "ev": 0.773, "dead": 3, "k": 64}
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(json.dumps({"hook": "h", "models": {"x": m}}))
+    a = tmp_path / "a"
+    assert cli(["summary", str(a), f"{a}/", str(a / "summary.json"), str(tmp_path / "b"), str(a)]) == 0
+    runs = [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]]
+    assert runs == [str(a), str(tmp_path / "b")]
