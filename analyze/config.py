@@ -40,6 +40,11 @@ class AnalyzeConfig:
     Rows whose label is missing (NaN, an empty string) are left out of it and counted apart. At most 10,000
     distinct labels (``analyze.inputs.MAX_CLASSES``): a per-row value (an id, a continuous target) is
     refused."""
+    texts: str = ""
+    """Optional file of one text per store row, in row order (.parquet with a ``text`` column, .jsonl, .txt,
+    .npy of strings; ``analyze/textfile.py``): the report and features files show each shown row's text, as
+    for an embeddings harvest. For a store of your own vectors (an embeddings harvest's texts are read
+    again from its source without it)."""
     mask_curve_points: int = 40
     """Points of the masked-dimensions RE curve (paper Fig. 4), geometrically spaced in 1..k, plus 0."""
     mask_curve_rows: int = 2048

@@ -91,6 +91,7 @@ from actdict.analyze.inputs import (
 )
 from actdict.analyze.lm import add_logit_effects, causal_lm, named, splice_models, splice_setup
 from actdict.analyze.report import write_report
+from actdict.analyze.textfile import check_texts, read_texts
 from actdict.analyze.texts import row_texts
 from actdict.analyze.toptokens import resolve_decoder
 from actdict.config import Common, check_device
@@ -165,6 +166,7 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
               "(analyze.dicts); run without analyze.dicts to report every dictionary")
     evaluated = evaluated_rows(store, test_chunks, cfg.max_test_rows)  # [n] global rows, in the pass's order
     labels, classes = read_labels(cfg.labels, len(store), evaluated)
+    text_file = check_texts(cfg.texts, len(store)) if cfg.texts else None  # before the pass, not after it
     lm = causal_lm(store, device, cfg) if cfg.ce_loss or cfg.logit_effects else None  # before the pass
     splicing = splice_setup(lm, cfg, store, test_chunks) if cfg.ce_loss else None
     counted = cofire_within(models, cfg)
@@ -220,8 +222,10 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
     if lm is not None and cfg.logit_effects:
         add_logit_effects(datas, dirs, lm, cfg.logit_effects, decode)
     keys = {name: hit_keys(data) for name, data in datas.items()}  # (row, doc, pos) of the rows shown
-    # an embeddings store keeps no tokens: the texts of the rows shown, read again from the source (one pass)
-    texts = row_texts(store.manifest, set().union(*keys.values()))
+    # an embeddings store keeps no tokens: the texts of the rows shown, from analyze.texts or else read again
+    shown = set().union(*keys.values())  # from the harvest's source (one pass)
+    texts = (read_texts(text_file, {r for r, _, _ in shown}) if text_file
+             else row_texts(store.manifest, shown))
     for name, ev in evals.items():
         data = datas[name]
         if texts:

@@ -1,0 +1,143 @@
+"""The texts of a store's rows from a file beside it (``analyze.texts``): one text per store row, in row
+order.
+
+A store of your own vectors (``harvest.mode: vectors``, ``actdict import``) keeps no text, and an embeddings
+harvest's texts are read again from its source, which may be out of reach (a hub dataset offline, files
+moved). With ``analyze.texts`` naming a file of the rows' texts, the report and ``features/<name>.json``
+show each shown row's text as they do an embeddings harvest's (``texts``: row -> text, the first
+``MAX_CHARS``).
+
+Formats, by suffix (row i of the store is the file's i-th text):
+
+* ``.parquet``: the string column ``text``, or the file's only string column (the file a vectors import read
+  its list column from can serve as is); read one row group at a time;
+* ``.jsonl``: one JSON value per line, a string or an object with a string ``text``;
+* ``.txt``: one text per line (a text with line breaks needs another format);
+* ``.npy``: a 1-D array of strings (``np.save``; bytes are decoded as UTF-8), mapped.
+
+The file is checked before the pass over the rows (it exists, holds texts, as many as the store has rows),
+so a wrong one costs nothing; only the rows shown are kept in memory.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from actdict.analyze.inputs import AnalyzeError
+from actdict.analyze.texts import MAX_CHARS, clip
+
+FORMATS = (".parquet", ".jsonl", ".txt", ".npy")
+
+
+def check_texts(path: str, n_rows: int) -> Path:
+    """``path`` expanded, once it is a file of ``n_rows`` texts in one of ``FORMATS`` (AnalyzeError saying
+    what is wrong otherwise)."""
+    p = Path(path).expanduser()
+    if p.suffix not in FORMATS:
+        raise AnalyzeError(f"analyze.texts: {p} is not one of {', '.join(FORMATS)} (one text per store row)")
+    if not p.is_file():
+        raise AnalyzeError(f"analyze.texts: {p} not found (a file of one text per store row)")
+    if (n := count(p)) != n_rows:
+        raise AnalyzeError(f"analyze.texts: {p} holds {n:,} texts, the store has {n_rows:,} rows (one text "
+                           "per row, in the store's row order)")
+    return p
+
+
+def count(p: Path) -> int:
+    """How many texts ``p`` holds (its format checked as far as that needs)."""
+    if p.suffix == ".npy":
+        return len(_npy(p))
+    if p.suffix == ".parquet":
+        f = _parquet(p)
+        _column(f.schema_arrow, p)
+        return f.metadata.num_rows
+    if p.suffix == ".jsonl":  # each line parsed: a bad one is named now, not after the pass
+        return sum(1 for r, line in enumerate(_lines(p)) if _jsonl_text(line, p, r) is not None)
+    with p.open("rb") as f:  # lines: a last one without its line break counts
+        n, last = 0, b"\n"
+        for block in iter(lambda: f.read(1 << 20), b""):
+            n, last = n + block.count(b"\n"), block[-1:]
+    return n + (last != b"\n")
+
+
+def read_texts(p: Path, rows: set[int], max_chars: int = MAX_CHARS) -> dict[int, str]:
+    """row -> its text (clipped to ``max_chars``) for each of ``rows`` (store rows), from ``p`` as
+    ``check_texts`` accepted it."""
+    out: dict[int, str] = {}
+    if not rows:
+        return out
+    if p.suffix == ".npy":
+        arr = _npy(p)
+        for r in sorted(rows):
+            v = arr[r]
+            out[r] = clip(v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v), max_chars)
+        return out
+    last = max(rows)
+    for r, text in enumerate(_parquet_texts(p) if p.suffix == ".parquet" else _lines(p)):
+        if r in rows:
+            out[r] = clip(_jsonl_text(text, p, r) if p.suffix == ".jsonl" else text, max_chars)
+        if r >= last:
+            break
+    return out
+
+
+def _npy(p: Path) -> np.ndarray:
+    try:  # never pickle; mapped
+        arr = np.load(p, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise AnalyzeError(f"analyze.texts: {p} is not a .npy array of strings ({e})") from e
+    if not isinstance(arr, np.ndarray) or arr.ndim != 1 or arr.dtype.kind not in "US":
+        what = f"shape {arr.shape}, dtype {arr.dtype}" if isinstance(arr, np.ndarray) else "an .npz archive"
+        raise AnalyzeError(f"analyze.texts: {p} holds {what}: save a 1-D array of strings with np.save")
+    return arr
+
+
+def _parquet(p: Path):
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(p)
+    except Exception as e:  # pyarrow's ArrowInvalid and kin: not a parquet file
+        raise AnalyzeError(f"analyze.texts: {p} cannot be read as parquet ({e})") from e
+
+
+def _column(schema, p: Path) -> str:
+    """The text column of a parquet file: ``text``, or its only string column."""
+    import pyarrow as pa
+
+    strings = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+    if "text" in strings or len(strings) == 1:
+        return "text" if "text" in strings else strings[0]
+    raise AnalyzeError(f"analyze.texts: {p} has " + (f"string columns {strings} and none named 'text'"
+                       if strings else f"no string column (its columns: {schema.names})")
+                       + ": name the texts' column 'text'")
+
+
+def _parquet_texts(p: Path) -> Iterator[str]:
+    f = _parquet(p)
+    col = _column(f.schema_arrow, p)
+    for batch in f.iter_batches(columns=[col]):
+        yield from ("" if t is None else t for t in batch.column(0).to_pylist())
+
+
+def _lines(p: Path) -> Iterator[str]:
+    with p.open("rb") as f:
+        for line in f:
+            yield line.rstrip(b"\n").rstrip(b"\r").decode("utf-8", "replace")
+
+
+def _jsonl_text(line: str, p: Path, row: int) -> str:
+    try:
+        v = json.loads(line)
+    except ValueError as e:
+        raise AnalyzeError(f"analyze.texts: {p} line {row + 1} is not JSON ({e})") from e
+    if isinstance(v, dict):
+        v = v.get("text")
+    if not isinstance(v, str):
+        raise AnalyzeError(f"analyze.texts: {p} line {row + 1} is neither a string nor an object with a "
+                           "string 'text'")
+    return v

@@ -1,0 +1,94 @@
+"""``analyze.texts`` (analyze/textfile.py): a store of your own vectors, analysed with a file of one text per
+row, shows each shown row's text in the features file, summary.json and the report (escaped), whatever the
+file's format; a wrong file is refused in one line before the pass."""
+
+import html
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from actdict.analyze.textfile import check_texts, read_texts
+from actdict.cli import main as actdict_main
+from actdict.harvest.writer import write_vectors
+
+N = 512
+TEXTS = [f"review {i}: " + ("<b>great</b> & cheap" if i % 7 == 0 else "so-so service") for i in range(N)]
+
+
+def _write(path, fmt, texts=TEXTS):
+    """``texts`` in format ``fmt`` at ``path`` (suffix added); returns the file."""
+    p = path.with_suffix(fmt)
+    if fmt == ".parquet":  # beside a list column of vectors and an int column, as a vectors import reads one
+        pq.write_table(pa.table({"emb": [[0.0, 1.0]] * len(texts), "stars": list(range(len(texts))),
+                                 "text": texts}), p, row_group_size=100)
+    elif fmt == ".jsonl":
+        p.write_text("".join(json.dumps({"text": t} if i % 2 else t) + "\n" for i, t in enumerate(texts)))
+    elif fmt == ".txt":
+        p.write_text("\n".join(texts))  # no line break after the last
+    else:
+        np.save(p, np.array(texts))
+    return p
+
+
+@pytest.mark.parametrize("fmt", [".parquet", ".jsonl", ".txt", ".npy"])
+def test_each_format_gives_the_rows_texts(tmp_path, fmt):
+    p = check_texts(str(_write(tmp_path / "t", fmt)), N)
+    rows = {0, 7, 100, 101, 511}
+    assert read_texts(p, rows) == {r: TEXTS[r] for r in rows}
+    assert read_texts(p, {3}, max_chars=8) == {3: "review \u2026"}
+
+
+def test_a_wrong_file_is_refused_in_one_line(tmp_path):
+    def refused(path, n=N):
+        with pytest.raises(ValueError) as e:
+            check_texts(str(path), n)
+        return str(e.value)
+
+    assert "holds 512 texts, the store has 600 rows" in refused(_write(tmp_path / "a", ".txt"), 600)
+    assert "holds 511 texts, the store has 512 rows" in refused(_write(tmp_path / "b", ".jsonl", TEXTS[:-1]))
+    assert "not one of .parquet, .jsonl, .txt, .npy" in refused(tmp_path / "t.csv")
+    assert "not found" in refused(tmp_path / "none.txt")
+    np.save(tmp_path / "ints.npy", np.arange(N))
+    assert "holds shape (512,), dtype int64: save a 1-D array of strings" in refused(tmp_path / "ints.npy")
+    pq.write_table(pa.table({"title": TEXTS, "body": TEXTS}), tmp_path / "two.parquet")
+    assert "string columns ['title', 'body'] and none named 'text'" in refused(tmp_path / "two.parquet")
+    (tmp_path / "bad.jsonl").write_text('"a"\n{"text": 5}\n')
+    assert "bad.jsonl line 2 is neither a string nor an object with a string 'text'" in refused(
+        tmp_path / "bad.jsonl", 2)
+    (tmp_path / "x.parquet").write_text("not parquet")
+    assert "cannot be read as parquet" in refused(tmp_path / "x.parquet")
+
+
+def test_an_analysis_of_own_vectors_shows_the_texts_escaped(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    store = str(tmp_path / "store")
+    write_vectors(store, rng.standard_normal((N, 8)).astype(np.float32), chunk_rows=64, shard_rows=256)
+    texts = _write(tmp_path / "reviews", ".parquet")
+    cfg = tmp_path / "v.yaml"
+    cfg.write_text(f"""
+run_dir: {tmp_path / 'run'}
+store: {store}
+threads: 1
+train: {{epochs: 1, batch_size: 64, test_fraction: 0.25, dicts: [{{name: l1, variant: sae_l1, k: 8}}]}}
+analyze: {{n_features: 3, top_k: 2, context: 0, device: cpu, texts: {texts}}}
+""")
+    assert actdict_main(["train", str(cfg)]) == 0
+    assert actdict_main(["analyze", str(cfg), "analyze.texts=" + str(tmp_path / "short.txt")]) == 2
+    assert "short.txt not found" in capsys.readouterr().err  # before the pass: nothing written
+    assert not (tmp_path / "run" / "summary.json").exists()
+    assert actdict_main(["analyze", str(cfg)]) == 0
+    feats = json.loads((tmp_path / "run" / "features" / "l1.json").read_text())
+    shown = {h[1] for f in feats["features"]
+             for h in [*f["top"], *f["bottom"], *(h for q in f["quantiles"] for h in q["hits"])]}
+    assert shown and {int(r) for r in feats["texts"]} == shown  # every row shown, and only those
+    assert all(feats["texts"][str(r)] == TEXTS[r] for r in shown)
+    hits = [h for f in json.loads((tmp_path / "run" / "summary.json").read_text())["models"]["l1"]["features"]
+            for h in f["top"]]
+    assert hits and all(h["text"] == TEXTS[h["row"]] for h in hits)
+    page = (tmp_path / "run" / "report.html").read_text()
+    assert all(f"<span>{html.escape(TEXTS[h['row']])}</span>" in page for h in hits)
+    assert any("<" in TEXTS[r] for r in shown) and "<b>great</b>" not in page
+    assert "<b>great</b>" not in (tmp_path / "run" / "report" / "l1.html").read_text()
