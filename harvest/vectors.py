@@ -242,6 +242,24 @@ def _parquet_rows(p: Path, key: str) -> int:
     return int(pq.ParquetFile(p).metadata.num_rows)
 
 
+def texts_hint(path: str | Path) -> str:
+    """' (its texts, ...: analyze.texts=FILE shows them in the report)' for a parquet file that also holds a
+    string column ``text``, or one string column (analysis reads the same file's texts there:
+    ``analyze/textfile.py``); '' otherwise."""
+    p = Path(path).expanduser()
+    if p.suffix.lower() != ".parquet":
+        return ""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pq.ParquetFile(p).schema_arrow
+    strings = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+    if "text" not in strings and len(strings) != 1:
+        return ""
+    col = "text" if "text" in strings else strings[0]
+    return f" (its texts, column {col!r}: analyze.texts={path} shows them in the report)"
+
+
 def _format(p: Path) -> tuple[Callable, Callable]:
     """(blocks reader, header row counter) of the vectors file ``p`` by its suffix."""
     readers = {".npy": (_npy_blocks, _npy_rows), ".safetensors": (_safetensors_blocks, _safetensors_rows),
@@ -301,7 +319,8 @@ def main(common, cfg, writing=lambda hooks=None: None) -> None:
                        manifest={"config_hash": chash, "source_fingerprint": fingerprint,
                                  "harvest": to_dict(cfg)}, dtype=cfg.store_dtype,
                        shard_rows=cfg.shard_rows, chunk_rows=cfg.chunk_rows, overwrite=True)
-    print(f"harvest: imported {len(s):,} vectors (d={s.d}) from {vcfg.path} into {path}/{vcfg.hook}")
+    print(f"harvest: imported {len(s):,} vectors (d={s.d}) from {vcfg.path} into {path}/{vcfg.hook}"
+          + texts_hint(vcfg.path))
 
 
 def cli(argv: list[str] | None = None) -> int:
@@ -343,7 +362,7 @@ def cli(argv: list[str] | None = None) -> int:
                 raise
         print(f"import: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
-    print(f"imported {len(s):,} vectors (d={s.d}) into {s.dir}")
+    print(f"imported {len(s):,} vectors (d={s.d}) into {s.dir}{texts_hint(a.file)}")
     return 0
 
 

@@ -92,3 +92,22 @@ analyze: {{n_features: 3, top_k: 2, context: 0, device: cpu, texts: {texts}}}
     assert all(f"<span>{html.escape(TEXTS[h['row']])}</span>" in page for h in hits)
     assert any("<" in TEXTS[r] for r in shown) and "<b>great</b>" not in page
     assert "<b>great</b>" not in (tmp_path / "run" / "report" / "l1.html").read_text()
+
+
+def test_the_import_of_a_parquet_file_with_texts_names_analyze_texts(tmp_path, capsys):
+    """A parquet file of vectors and texts: the import says analyze.texts=FILE shows them, and that file
+    passes analyze.texts' check as is; a file of vectors only, or of two unnamed string columns, says
+    nothing."""
+    from actdict.harvest.vectors import cli
+
+    p = _write(tmp_path / "reviews", ".parquet")
+    assert cli([str(p), str(tmp_path / "store")]) == 0
+    out = capsys.readouterr().out
+    assert out.endswith(f"(its texts, column 'text': analyze.texts={p} shows them in the report)\n")
+    assert check_texts(str(p), N) == p
+    pq.write_table(pa.table({"emb": [[0.0, 1.0]] * 9}), tmp_path / "bare.parquet")
+    two = pa.table({"emb": [[0.0, 1.0]] * 9, "a": ["x"] * 9, "b": ["y"] * 9})
+    pq.write_table(two, tmp_path / "two.parquet")
+    for f in ("bare", "two"):
+        assert cli([str(tmp_path / f"{f}.parquet"), str(tmp_path / f"s_{f}")]) == 0
+        assert "analyze.texts" not in capsys.readouterr().out
