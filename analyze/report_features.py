@@ -278,7 +278,8 @@ async function renderFeature(i) {
   histogram(f, p);
   p.appendChild(section('Top activations', f.top, false,
     !f.top.length ? 'no positive activation on the test rows'
-      : D.has_texts ? 'the text each row embeds (doc: its document, pos: its paragraph in the harvest)'
+      : D.has_texts ? 'the text of each row (doc: its document, pos: its paragraph in the harvest; '
+                      + 'imported vectors: doc is the row)'
       : !D.has_tokens ? undefined  // vectors: each row by its doc and pos, no token to highlight
       : 'highlighted: the token of the row' + (D.window > 0 ? '; up to ' + D.window +
                                                 ' tokens of context each side' : '')));

@@ -297,7 +297,8 @@ def test_embedded_rows_show_their_text(chromium, tmp_path):
     panel = dom[dom.index('id="panel"'):dom.index('<script type="application/json"')]
     assert ('<div class="ctx txt" title="row 7, doc 3, pos 1"><span class="act">2</span><span>A quiet harbor '
             'at dawn. &lt;img src=x onerror=') in panel
-    assert '<span class="where">doc 3, pos 1</span>' in panel and "the text each row embeds" in panel
+    assert '<span class="where">doc 3, pos 1</span>' in panel
+    assert "the text of each row (doc: its document" in panel
     assert '<span class="act">1.5</span><span class="where">doc 4, pos 0</span>' in panel  # no text: where
     # the list: the start of the top texts, cut with an ellipsis, under a heading that says texts
     assert '<th class="lab">top texts</th>' in dom
