@@ -68,6 +68,7 @@ def row_texts(manifest: dict, hits: Iterable[tuple[int, int, int]],
                            {(d, p) for _, d, p in hits}, max_chars)
     except (ActdictError, OSError, ValueError, KeyError, ImportError) as e:
         warnings.warn(f"the texts of the embedded rows could not be read from the harvest's source ({e}); "
-                      "the report shows their doc and pos only", stacklevel=2)
+                      "the report shows their doc and pos only (analyze.texts can name a file of the rows' "
+                      "texts, one per row)", stacklevel=2)
         return {}
     return {r: found[(d, p)] for r, d, p in hits if (d, p) in found}
