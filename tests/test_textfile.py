@@ -111,3 +111,16 @@ def test_the_import_of_a_parquet_file_with_texts_names_analyze_texts(tmp_path, c
     for f in ("bare", "two"):
         assert cli([str(tmp_path / f"{f}.parquet"), str(tmp_path / f"s_{f}")]) == 0
         assert "analyze.texts" not in capsys.readouterr().out
+
+
+def test_line_ends_nulls_and_the_text_column_among_others(tmp_path):
+    """A .txt with CRLF line ends and a final line break holds as many texts as lines, without the '\\r';
+    a parquet file's missing text is ''; of several string columns, 'text' is read; more texts than rows
+    is refused as fewer is."""
+    (tmp_path / "crlf.txt").write_bytes(b"first\r\nsecond\r\n")
+    p = check_texts(str(tmp_path / "crlf.txt"), 2)
+    assert read_texts(p, {0, 1}) == {0: "first", 1: "second"}
+    pq.write_table(pa.table({"title": ["t0", "t1", "t2"], "text": ["a", None, "c"]}), tmp_path / "n.parquet")
+    assert read_texts(check_texts(str(tmp_path / "n.parquet"), 3), {0, 1, 2}) == {0: "a", 1: "", 2: "c"}
+    with pytest.raises(ValueError, match="holds 3 texts, the store has 2 rows"):
+        check_texts(str(tmp_path / "n.parquet"), 2)
