@@ -127,7 +127,7 @@ def _parquet_texts(p: Path) -> Iterator[str]:
 def _lines(p: Path) -> Iterator[str]:
     with p.open("rb") as f:
         for line in f:
-            yield line.rstrip(b"\n").decode("utf-8", "replace")  # a "\\r" left goes in clip()
+            yield line.rstrip(b"\n").decode("utf-8", "replace")  # a CR left goes in clip()
 
 
 def _jsonl_text(line: str, p: Path, row: int) -> str:
