@@ -62,6 +62,9 @@ def test_partners_rank_by_jaccard_ties_by_index_never_self_or_strangers():
     assert feats[1].tolist() == [0, -1, -1] and both[1].tolist() == [5, 0, 0]
     assert feats[4].tolist() == [-1, -1, -1]  # a dead feature fires with nothing
     assert feats[2].tolist() == [0, -1, -1]
+    jac = cofire.jaccard(c, c.diagonal(), c.diagonal(), feats)  # the values of that ranking; -1: 0
+    assert jac[0].tolist() == pytest.approx([0.4, 1 / 3, 1 / 3]) and jac[1].tolist() == [1 / 3, 0.0, 0.0]
+    assert jac[4].tolist() == [0.0, 0.0, 0.0]
 
 
 def test_a_few_dense_rows_are_counted_in_bounded_pieces(monkeypatch):
