@@ -222,3 +222,51 @@ def test_a_store_harvested_again_at_the_recorded_path_is_noted_and_still_counted
     assert len(notes) == 2 and out["cofire"]["a_in_b"]["mean_jaccard"] == 1.0
     assert "blocks.0.h is not the one A learned (store.config_hash: 'harvest-1' -> 'harvest-2')" in notes[0]
     assert "hook blocks.1.h is not the one B learned" in notes[1] and "max_tokens" in notes[1]
+
+
+def test_rows_limit_dead_features_and_other_widths(tmp_path):
+    """--rows bounds the rows counted (both hooks cut alike); a dead feature is not live; two widths compare
+    no directions, saying so."""
+    da, db = _pair(tmp_path, np.arange(K))
+    b = load(db)[0]
+    with torch.no_grad():
+        b.encoder.bias[4] = -1e6  # feature 4 of B never fires
+    save(db, b, _record(tmp_path / "store", "blocks.1.h", [2, 3]) | {"config_hash": "dict-b"})
+    out = pair.compare(da, db, limit=40, batch=16)
+    assert out["cofire"]["rows"] == 40 and out["cofire"]["chunks"] == [2, 3]
+    from actdict.analyze.metrics import active_mask
+    from actdict.harvest.store import open_store
+
+    st = open_store(str(tmp_path / "store"), "blocks.0.h")
+    x = torch.as_tensor(np.concatenate([st.read_chunk(c).acts for c in (2, 3)])[:40])  # the first 40 held out
+    with torch.no_grad():
+        want = active_mask(load(da)[0].eval()(x, sample=False).activity, "high").sum(0)  # [K]
+    assert out["a"]["fires"] == want.tolist()
+    assert sum(out["a"]["fires"]) < sum(pair.compare(da, db)["a"]["fires"])  # every held-out row: more
+    live_b = sum(f > 0 for f in out["b"]["fires"])
+    assert out["b"]["fires"][4] == 0 and out["cofire"]["b_in_a"]["live"] == live_b < K
+    other = make("sae_l1", D + 1, K, seed=3)
+    save(tmp_path / "rc" / "dicts" / "c", other, {"store": {"path": "elsewhere", "hook": "h", "rows": 5,
+                                                            "d": D + 1, "config_hash": "x"}})
+    out = pair.compare(da, str(tmp_path / "rc" / "dicts" / "c"))
+    assert out["directions"] is None and f"no decoder directions compared: d {D} and {D + 1}" in out["notes"]
+
+
+def test_a_side_keeps_real_partners_and_matches_at_one_half():
+    """side(): partners -1 are left out of each feature's list; a best Jaccard of exactly 0.5 is matched."""
+    counts = torch.tensor([[2, 0], [0, 0]], dtype=torch.int32)  # A0 and B0 share 2 rows
+    fa, fb = torch.tensor([2, 3]), torch.tensor([4, 1])  # J(A0, B0) = 2 / (2 + 4 - 2) = 0.5
+    summary, per = pair.side(counts, fa, fb, 2)
+    assert per == [[[0, 0.5, 2]], []]
+    assert summary == {"mean_jaccard": 0.25, "matched": 0.5, "live": 2}  # A1 fires with nothing: 0
+
+
+def test_the_table_lists_the_most_active_live_features_first():
+    out = {"a": {"path": "r/dicts/a", "variant": "v", "k": 4, "hook": "h", "fires": [3, 0, 9, 3],
+                 "cofire": [[[1, 0.5, 2]], [], [[0, 1.0, 9]], [[2, 0.25, 1]]]},
+           "b": {"path": "r/dicts/b", "variant": "v", "k": 4, "hook": "h"},
+           "cofire": {"rows": 10, "a_in_b": {}, "b_in_a": {}}, "directions": None, "notes": []}
+    rows = [line.split() for line in pair.report_lines(out, 3, ({}, {})) if line.lstrip().startswith("#")]
+    assert [r[:4] for r in rows] == [["#2", "9", "#0", "1.000"], ["#0", "3", "#1", "0.500"],
+                                     ["#3", "3", "#2", "0.250"]]  # dead #1 not listed
+    assert len(pair.report_lines(out, 9, ({}, {}))) == len(pair.report_lines(out, 3, ({}, {})))
