@@ -219,7 +219,8 @@ def _figures(models: dict[str, dict]) -> list[go.Figure]:
 def _training_figures(models: dict[str, dict]) -> list[go.Figure]:
     """The training curves of the dictionaries with a training log: the reconstruction term (sse) on a log
     axis, the objective (log axis when every value is > 0: a VAE's -ELBO can be negative), then what the log
-    measured on each interval's last batch (``actdict.train.probe``): AD, explained variance, live latents."""
+    measured on each interval's last batch (``actdict.train.probe``): AD, explained variance, live latents,
+    each with the same measure of ``train.probe_rows``' held-out rows (``held_*``), dashed, where logged."""
     logs = {name: m["training_log"] for name, m in models.items() if m.get("training_log")}
     figs = []
     for term, title in (("sse", "Training: reconstruction error (sse per row)"),
@@ -227,17 +228,26 @@ def _training_figures(models: dict[str, dict]) -> list[go.Figure]:
                         ("eval_ad", "Training: AD per row (each interval's last batch)"),
                         ("eval_ev", "Training: explained variance (last batches)"),
                         ("eval_live", "Training: share of latents active (last batches)")):
-        curves = {name: c for name, c in logs.items() if term in c}
+        held = "held" + term[4:] if term.startswith("eval_") else None  # eval_ev -> held_ev
+        curves = {name: c for name, c in logs.items() if term in c or held in c}
         if not curves:
             continue
+        if has_held := any(held in c for c in curves.values()):
+            title = title.split(" (")[0] + " (solid: each interval's last batch; dashed: held-out rows)"
         vals = [v for c in curves.values() for v in c[term] if v is not None]
         log_y = term == "sse" or (term == "loss" and vals and min(vals) > 0)
         fig = go.Figure(layout=_LAYOUT | {"title": _title(title), "xaxis_title": "training step",
                                       "yaxis_title": term + (" (log scale)" if log_y else ""),
                                       "yaxis": {"type": "log" if log_y else "linear"}})
-        for name, c in curves.items():
-            fig.add_scatter(x=c["step"], y=_log_values(c[term]) if log_y else c[term], mode="lines",
-                            name=esc(name))
+        palette = qualitative.Dark24 if len(curves) > MANY else qualitative.Plotly  # as _many's colorway
+        for i, (name, c) in enumerate(curves.items()):
+            pair = {"legendgroup": esc(name), "line_color": palette[i % len(palette)]} if has_held else {}
+            if term in c:
+                fig.add_scatter(x=c["step"], y=_log_values(c[term]) if log_y else c[term], mode="lines",
+                                name=esc(name), **pair)
+            if held in c:  # the same measure of train.probe_rows' held-out rows: its colour, dashed
+                fig.add_scatter(x=c["step"], y=c[held], mode="lines", line_dash="dash", showlegend=False,
+                                name=esc(name) + " (held-out)", **pair)
         figs.append(fig)
     return figs
 
@@ -358,7 +368,8 @@ def render(summary: dict, pages: dict[str, str] | None = None) -> str:
             *(["<h2>Training</h2>", '<p class="note">Each dictionary\'s loss terms over its training, means '
                "over the intervals of its log (train.log_every steps; logs/&lt;name&gt;.jsonl), then its AD, "
                "explained variance and share of latents active as measured on each interval's last batch "
-               "(the analysis' measures, on one training batch: not the held-out rows above).</p>",
+               "(the analysis' measures, on one training batch: not the held-out rows above; dashed, where "
+               "train.probe_rows was set: on that many held-out rows, the same ones every interval).</p>",
                '<div class="figs">', *(f"<div>{f}</div>" for f in training_figs), "</div>"]
               if training_figs else []),
             "<h2>Most frequent features: top-activating contexts</h2>",

@@ -61,6 +61,7 @@ train:
   test_fraction: 0.2
   checkpoint_every: 10  # resume states are written on the way (a collective of the ranks' row moments)
   log_every: 7  # log records inside the epochs too (measured: eval_*), not only at their short last batch
+  probe_rows: 101  # held-out rows measured every interval (held_*): 50 on one rank, 51 on the other
   device: cpu
   dicts:
 {dicts}""")
@@ -103,7 +104,9 @@ def test_torchrun_two_ranks_match_one_process(tmp_path):
         assert hb == ha and [r["step"] for r in lb] == [r["step"] for r in la]  # rank 0 wrote it, once
         assert [r["loss"] for r in lb] == pytest.approx([r["loss"] for r in la], rel=1e-4)
         assert [("eval_ev" in r) for r in lb] == [("eval_ev" in r) for r in la] and "eval_ev" in la[0]
-        for key in ("eval_ev", "eval_l0", "eval_ad", "eval_live"):  # the global batch's, summed over ranks
+        assert all("held_ev" in r for r in la + lb)
+        for key in ("eval_ev", "eval_l0", "eval_ad", "eval_live",  # the global batch's, summed over ranks
+                    "held_ev", "held_l0", "held_ad", "held_live"):  # and the 101 held-out rows', alike
             got, want = ([r[key] for r in rs if key in r] for rs in (lb, la))
             assert got == pytest.approx(want, rel=1e-3, abs=0.02), key
         if name == "batchtopk":  # the aux loss ran (dead latents) and theta moved, the same on both

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+from plotly.colors import qualitative
 
 from actdict.analyze.report import render
 from actdict.config import Common
@@ -151,3 +152,37 @@ def test_a_run_stopped_at_its_epochs_or_its_own_last_step_resumes_to_the_same_hi
         assert [{k: v for k, v in r.items() if k != "time"} for r in have] == [
             {k: v for k, v in r.items() if k != "time"} for r in want]
         assert "eval_ad" in have[-1] and have[-1]["step"] == ref["steps"]
+
+
+def test_held_out_rows_measured_at_the_end_are_what_analysis_reports_of_them(store, tmp_path, capsys):
+    """train.probe_rows: the last record's held_* are the analysis' EV, AD, L0 and live share of the same
+    first held-out rows (analyze.max_test_rows); changing probe_rows retrains nothing; with no held-out
+    rows it is refused before anything runs."""
+    from actdict.analyze import run as analyze_run
+    from actdict.analyze.config import AnalyzeConfig
+    from actdict.config import ConfigError
+
+    common = _train(store, tmp_path, probe_rows=30)  # of the 50 held out (one chunk)
+    analyze_run.main(common, AnalyzeConfig(device="cpu", max_test_rows=30, n_features=1, top_k=1, context=0))
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    for dc in DICTS:
+        _, records = read_log(log_path(tmp_path, dc.name))
+        assert all({"held_ad", "held_l0", "held_ev", "held_live"} <= set(r) for r in records)  # every one,
+        assert any("eval_ev" in r for r in records)  # beside the last batches' (not an epoch's short one)
+        last, m = records[-1], summary["models"][dc.name]
+        assert last["held_ev"] == pytest.approx(m["ev"], abs=1e-5), dc.name
+        assert last["held_ad"] == pytest.approx(m["ad"], abs=1e-6)
+        assert last["held_l0"] == pytest.approx(m["l0"])
+        assert last["held_live"] == pytest.approx(1 - m["dead"] / m["k"])
+    assert len({r["held_ev"] for r in records}) > 1  # a curve, not one value
+    training = render(summary).split("<h2>Training</h2>")[1]  # each measure: its held-out curve dashed
+    assert training.count('"dash":"dash"') == 3 * len(DICTS) and "dashed: held-out rows" in training
+    for i, name in enumerate(summary["models"]):  # in its dictionary's colour, one legend entry for both
+        assert training.count(f'"legendgroup":"{name}","line":{{"color":"{qualitative.Plotly[i]}"') == 6
+    capsys.readouterr()
+    _train(store, tmp_path, probe_rows=60)
+    assert "finished checkpoint with the same config exists, skipped" in capsys.readouterr().out
+    _train(store, tmp_path / "more", probe_rows=60, epochs=1)  # more than are held out: all, and a note
+    assert "train.probe_rows=60: the held-out chunks hold 50 rows, all measured" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="probe_rows=60 measures held-out rows, and train.test_fraction is"):
+        TrainConfig(probe_rows=60, test_fraction=0.0)

@@ -149,3 +149,31 @@ def test_an_epochs_short_last_batch_is_not_measured():
               progress=False, log=lambda recs, g=got: g.append(recs["m"]), probe=True)
         assert [r["step"] for r in got] == [2, 3] and "eval_ad" in got[0]
         assert ("eval_ad" in got[1]) is measured and got[1]["steps"] == 1
+
+
+@pytest.mark.parametrize("case", ["sae_topk", "vaease", "sae_batchtopk"])
+def test_held_out_rows_are_measured_every_interval_and_change_nothing(case):
+    """``held`` (train.probe_rows' rows): each record's held_* are the analysis' metrics of those rows at
+    that step, beside the last batch's eval_*; the weights end as without them."""
+    batches, held = _batches(), _batches(n=1, b=50, seed=9)[0]
+    runs = []
+    for rows in (None, held):
+        members, got, want = _members(case), [], []
+
+        def log(recs, members=members, got=got, want=want):
+            got.append(recs["m"])
+            want.append({"held" + k[4:]: v for k, v in _expected(members[0].model, held).items()})
+
+        cfg = TrainConfig(epochs=2, log_every=4, batch_size=32, device="cpu")
+        train(members, lambda e, s=0: iter(batches[s:]), cfg, torch.device("cpu"), len(batches), seed=0,
+              progress=False, log=log, probe=True, held=rows)
+        runs.append(members[0])
+        if rows is None:
+            assert not any(k.startswith("held_") for r in got for k in r)
+            continue
+        assert [r["step"] for r in got] == [4, 6, 8, 12]
+        for r, w in zip(got, want, strict=True):
+            assert {k: r[k] for k in w} == pytest.approx(w, rel=1e-6, abs=1e-9), (case, r["step"])
+            assert "eval_ev" in r and r["held_ev"] != r["eval_ev"]
+    for va, vb in zip(runs[0].model.state_dict().values(), runs[1].model.state_dict().values(), strict=True):
+        assert torch.equal(va, vb)

@@ -103,6 +103,12 @@ class TrainConfig:
     epoch), to ``<run_dir>/logs/<name>.jsonl`` (0 = once per epoch; ``actdict.train.log``): the loss curves
     of the report; with them its AD, L0, explained variance and live latents on each interval's last batch
     (``actdict.train.probe``: one no-grad forward per interval). Not part of the config hash."""
+    probe_rows: int = 0
+    """Held-out rows (the first this many of the test chunks, in the order analysis reads them; read once at
+    the start) each log interval also measures every dictionary on: ``held_ad``, ``held_l0``, ``held_ev``,
+    ``held_live`` in the log beside the last batch's ``eval_*``, the same rows every interval (a curve of
+    held-out fit and sparsity, free of one batch's noise; one no-grad forward of these rows per interval). 0
+    = off. Needs ``test_fraction`` > 0. Not part of the config hash."""
     resume: bool = True
     """Continue from ``<run_dir>/train_state.safetensors`` when it belongs to the same configuration."""
     keep_state: bool = False
@@ -139,12 +145,16 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         least_of = {"epochs": 1, "batch_size": 1, "buffer_chunks": 1, "t0": 1, "norm_chunks": 1,
-                    "warmup_steps": 0, "checkpoint_every": 0, "log_every": 0, "max_steps": 0}
+                    "warmup_steps": 0, "checkpoint_every": 0, "log_every": 0, "max_steps": 0, "probe_rows": 0}
         for name, least in least_of.items():
             if getattr(self, name) < least:
                 raise ConfigError(f"train.{name} must be >= {least}, got {getattr(self, name)}")
         if not 0 <= self.test_fraction < 1:
             raise ConfigError(f"train.test_fraction must be in [0, 1), got {self.test_fraction}")
+        if self.probe_rows and not self.test_fraction:
+            raise ConfigError(f"train.probe_rows={self.probe_rows} measures held-out rows, and "
+                              "train.test_fraction is 0: there are none (set test_fraction > 0, or "
+                              "probe_rows 0)")
         for name in ("eta_min", "grad_clip"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
                 raise ConfigError(f"train.{name} must be a number >= 0, got {getattr(self, name)}")

@@ -133,6 +133,19 @@ def rank_slice(n: int, part: tuple[int, int]) -> slice:
     return slice(n * rank // world, n * (rank + 1) // world)
 
 
+def held_out_rows(store, test_chunks: Sequence[int], n: int, part: tuple[int, int] = (0, 1)) -> np.ndarray:
+    """The first ``n`` rows of ``test_chunks`` in that order (the rows analysis evaluates first) -> this
+    rank's part of them (``rank_slice``) [m, d] float32: ``train.probe_rows``' rows, read once."""
+    out, got = [], 0
+    for c in test_chunks:
+        if got >= n:
+            break
+        out.append(store.read_acts(c)[: n - got])  # [<= n - got, d] as stored
+        got += len(out[-1])
+    x = np.concatenate(out) if out else np.empty((0, store.d), np.float32)  # [<= n, d]
+    return np.asarray(x[rank_slice(len(x), part)], dtype=np.float32)
+
+
 def _gather(store, chunks: Sequence[int], rows: np.ndarray) -> np.ndarray:
     """Rows [n] (global indices inside ``chunks``) read chunk by chunk -> [n, d] as stored (see ``_read``).
     Used once on resume, for the rows a buffer carries over from the previous one (fewer than one batch)."""

@@ -17,7 +17,7 @@ from actdict.train import checkpoint
 from actdict.train.config import DictConfig, TrainConfig
 
 _UNHASHED = ("dicts", "device", "checkpoint_every", "log_every", "resume",  # no change to the result,
-             "resume_drop", "keep_state", "hook")  # or that the store's identity holds (its hook)
+             "resume_drop", "keep_state", "hook", "probe_rows")  # or that the store's identity holds (hook)
 _LATER = {"grad_clip": 0.0}  # settings added after the first release: hashed only when not at their default,
 # so runs made before them keep their hashes (and resume / count as finished)
 

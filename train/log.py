@@ -9,12 +9,14 @@ then one per interval, appended (and flushed) as it ends: every ``log_every`` st
 epoch (a shorter interval when ``log_every`` does not divide the epoch; 0 = once per epoch)::
 
     {"step": int, "epoch": int, "steps": int, "lr": float, "time": float, "<term>": float, ...,
-     "eval_ad": float, "eval_l0": float, "eval_ev": float, "eval_live": float}
+     "eval_ad": float, "eval_l0": float, "eval_ev": float, "eval_live": float,
+     "held_ad": float, "held_l0": float, "held_ev": float, "held_live": float}   # held_*: train.probe_rows
 
 ``step``: the steps done at its end; ``steps``: how many it averages (the terms are means over them, of
 what the progress bar shows per step); ``lr``: its last step's learning rate; ``time``: Unix time at its end;
 ``eval_*``: the dictionary's sparsity and fit on the interval's last batch, as analysis measures them
-(``actdict.train.probe``; values of that one batch, not means over the interval).
+(``actdict.train.probe``; values of that one batch, not means over the interval); ``held_*``: the same of
+``train.probe_rows`` held-out rows, the same rows every interval (with that setting only).
 A resumed run first drops the records after the step it resumes from (a kill between an interval's record
 and the next resume state leaves some; the resume state carries the open interval's sums), so the log of an
 interrupted run equals an uninterrupted run's but for ``time``. A training that starts over (another

@@ -284,7 +284,7 @@ def train(members: list[Member], epoch_batches: Callable[..., Iterable], cfg: Tr
           start: Position | None = None, save: Callable[[Position], None] | None = None,
           stop: Callable[[], bool] = lambda: False, dist: dist_.Dist | None = None,
           progress: bool = True, log: Callable[[dict[str, dict]], None] | None = None,
-          probe: bool = False) -> int:
+          probe: bool = False, held: Tensor | None = None) -> int:
     """Train ``members`` for ``cfg.epochs`` epochs (or ``cfg.max_steps`` steps); returns the steps taken.
 
     ``epoch_batches(epoch)`` (or ``epoch_batches(epoch, start)`` when resuming mid-epoch) yields the batches
@@ -296,7 +296,9 @@ def train(members: list[Member], epoch_batches: Callable[..., Iterable], cfg: Tr
     intervals alike; the caller writes them once). ``probe``: each record also holds the dictionary's
     sparsity and fit on the interval's last batch (``actdict.train.probe``: eval_ad, eval_l0, eval_ev,
     eval_live; under torchrun every rank must pass the same ``probe``), unless that batch holds fewer than
-    half of ``cfg.batch_size`` rows (an epoch's short last batch: a few rows measure nothing).
+    half of ``cfg.batch_size`` rows (an epoch's short last batch: a few rows measure nothing). ``held``
+    [n, d] float32 on ``device``: held-out rows (this rank's part) every record also measures, as
+    ``held_ad``, ``held_l0``, ``held_ev``, ``held_live`` (``train.probe_rows``; every rank must pass some).
     """
     d = dist or dist_.Dist()
     pos = Position(**vars(start)) if start else Position()
@@ -319,6 +321,10 @@ def train(members: list[Member], epoch_batches: Callable[..., Iterable], cfg: Tr
         if recs and probe and last and 2 * last[1] >= cfg.batch_size:  # not an epoch's short last batch
             evals = probe_.measure({m.name: m.model for m in members if m.name in recs}, last[0], d.on)
             recs = {name: rec | evals[name] for name, rec in recs.items()}
+        if recs and held is not None:  # the same held-out rows every interval
+            evals = probe_.measure({m.name: m.model for m in members if m.name in recs}, held, d.on)
+            recs = {name: rec | {"held" + k[4:]: v for k, v in evals[name].items()}  # eval_ad -> held_ad
+                    for name, rec in recs.items()}
         if recs and log is not None:
             log(recs)
 

@@ -34,6 +34,7 @@ from actdict.train import checkpoint
 from actdict.train import dist as dist_
 from actdict.train.config import DictConfig, TrainConfig
 from actdict.train.data import (
+    held_out_rows,
     iter_rows,
     make_split,
     norm_stats,
@@ -298,6 +299,13 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
     norm = norm_stats(store, chunks, cfg.norm_chunks, common.seed) if cfg.normalize == "mean_scale" else None
     members = [member(dc, store.d, seeds[dc.name], norm, device) for dc in todo]
     start = None if meta is None else load_state(state_path, members, todo_hashes, todo_legacy, done, meta)
+    probe_x = None  # [m, d] train.probe_rows' held-out rows (this rank's part) on the device
+    if cfg.probe_rows:
+        probe_x = torch.from_numpy(held_out_rows(store, split["test_chunks"], cfg.probe_rows,
+                                                 (d.rank, d.world))).to(device)
+        if (n := sum(b - a for a, b in map(store.chunk_bounds, split["test_chunks"]))) < cfg.probe_rows:
+            say(f"train: note: train.probe_rows={cfg.probe_rows}: the held-out chunks hold {n:,} rows, all "
+                "measured")
     if kept_hashes:  # each from its own file; extension() checked they stand at the same position
         start = [load_state(run_dir / "dicts" / m.name / KEPT, [m], {m.name: kept_hashes[m.name]},
                             meta=kept[m.name]) for m in members][0]
@@ -332,7 +340,8 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
         if note := restart_note(total_steps(per_epoch, cfg), cfg.schedule, cfg.t0, cfg.warmup_steps):
             say(f"train: note: {note}")
         steps = train(members, batches, cfg, device, per_epoch,
-                      seed=common.seed, start=start, save=save, stop=stop, dist=d, log=log, probe=True)
+                      seed=common.seed, start=start, save=save, stop=stop, dist=d, log=log, probe=True,
+                      held=probe_x)
     segs = segments(steps)
     if d.main:
         write_split(run_dir, split)
