@@ -45,6 +45,9 @@ class AnalyzeConfig:
     .npy of strings; ``analyze/textfile.py``): the report and features files show each shown row's text, as
     for an embeddings harvest. For a store of your own vectors (an embeddings harvest's texts are read
     again from its source without it)."""
+    texts_column: str = ""
+    """The texts' column of a .parquet ``texts`` file, or their key in a .jsonl file's objects; empty: a
+    column named ``text``, or the file's only string column (a .jsonl object's ``text``)."""
     mask_curve_points: int = 40
     """Points of the masked-dimensions RE curve (paper Fig. 4), geometrically spaced in 1..k, plus 0."""
     mask_curve_rows: int = 2048

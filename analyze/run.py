@@ -45,7 +45,7 @@ summary.json (version 2 = version 1 plus keys; floats rounded to 6 significant d
                               # the tokens whose logits its direction raises / lowers most, and by how much
                       "top": [{"act": float, "row": int, "doc": int, "pos": int, "token_id": int,
                                "token": str, "before": [str], "after": [str],
-                               "text": str}]}]}}}  # text: embeddings stores only (analyze.texts)
+                               "text": str}]}]}}}  # text: embeddings stores, or with analyze.texts
 
 "Active" (for AD, dead/dense latents, density, the sampled contexts) is the per-row Otsu active mask of
 ``Forward.activity`` on the model's ``active_side``; for an SAE this is ``codes != 0`` on every row with at
@@ -111,11 +111,14 @@ of each 1.9 MB file, as much again in the report's parts; of 48 at k = 4,096, ~1
 
 
 def check(common: Common, cfg: AnalyzeConfig) -> None:
-    """What can be checked before any stage runs: the labels file exists, the device is there."""
+    """What can be checked before any stage runs: the labels and texts files exist (the texts' format too),
+    the device is there."""
     check_device(cfg.device, "analyze.device")
     if cfg.labels and not Path(cfg.labels).expanduser().is_file():
         raise AnalyzeError(f"analyze.labels: {cfg.labels} not found (a .npy file with one label per store "
                            "row)")
+    if cfg.texts:  # its count against the store's rows once the store is there (``check_texts``)
+        check_texts(cfg.texts, None, cfg.texts_column)
 
 
 def main(common: Common, cfg: AnalyzeConfig) -> None:
@@ -166,7 +169,7 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
               "(analyze.dicts); run without analyze.dicts to report every dictionary")
     evaluated = evaluated_rows(store, test_chunks, cfg.max_test_rows)  # [n] global rows, in the pass's order
     labels, classes = read_labels(cfg.labels, len(store), evaluated)
-    text_file = check_texts(cfg.texts, len(store)) if cfg.texts else None  # before the pass, not after it
+    text_file = check_texts(cfg.texts, len(store), cfg.texts_column) if cfg.texts else None  # before the pass
     lm = causal_lm(store, device, cfg) if cfg.ce_loss or cfg.logit_effects else None  # before the pass
     splicing = splice_setup(lm, cfg, store, test_chunks) if cfg.ce_loss else None
     counted = cofire_within(models, cfg)
@@ -224,7 +227,7 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
     keys = {name: hit_keys(data) for name, data in datas.items()}  # (row, doc, pos) of the rows shown
     # an embeddings store keeps no tokens: the texts of the rows shown, from analyze.texts or else read again
     shown = set().union(*keys.values())  # from the harvest's source (one pass)
-    texts = (read_texts(text_file, {r for r, _, _ in shown}) if text_file
+    texts = (read_texts(text_file, {r for r, _, _ in shown}, cfg.texts_column) if text_file
              else row_texts(store.manifest, shown))
     for name, ev in evals.items():
         data = datas[name]

@@ -9,9 +9,9 @@ show each shown row's text as they do an embeddings harvest's (``texts``: row ->
 
 Formats, by suffix (row i of the store is the file's i-th text):
 
-* ``.parquet``: the string column ``text``, or the file's only string column (the file a vectors import read
-  its list column from can serve as is); read one row group at a time;
-* ``.jsonl``: one JSON value per line, a string or an object with a string ``text``;
+* ``.parquet``: the string column ``analyze.texts_column``, or else ``text``, or else the file's only string
+  column (the file a vectors import read its list column from can serve as is); one row group at a time;
+* ``.jsonl``: one JSON value per line, a string or an object with a string ``text`` (or ``texts_column``);
 * ``.txt``: one text per line (a text with line breaks needs another format);
 * ``.npy``: a 1-D array of strings (``np.save``; bytes are decoded as UTF-8), mapped.
 
@@ -33,30 +33,35 @@ from actdict.analyze.texts import MAX_CHARS, clip
 FORMATS = (".parquet", ".jsonl", ".txt", ".npy")
 
 
-def check_texts(path: str, n_rows: int) -> Path:
+def check_texts(path: str, n_rows: int | None, column: str = "") -> Path:
     """``path`` expanded, once it is a file of ``n_rows`` texts in one of ``FORMATS`` (AnalyzeError saying
-    what is wrong otherwise)."""
+    what is wrong otherwise; ``column``: ``texts_column``). ``n_rows`` None (before the store exists, as
+    ``actdict run`` checks every stage first): its format only, not its count."""
     p = Path(path).expanduser()
     if p.suffix not in FORMATS:
         raise AnalyzeError(f"analyze.texts: {p} is not one of {', '.join(FORMATS)} (one text per store row)")
     if not p.is_file():
         raise AnalyzeError(f"analyze.texts: {p} not found (a file of one text per store row)")
-    if (n := count(p)) != n_rows:
+    if n_rows is None:
+        if p.suffix in (".npy", ".parquet"):  # their headers: cheap
+            count(p, column)
+        return p
+    if (n := count(p, column)) != n_rows:
         raise AnalyzeError(f"analyze.texts: {p} holds {n:,} texts, the store has {n_rows:,} rows (one text "
                            "per row, in the store's row order)")
     return p
 
 
-def count(p: Path) -> int:
+def count(p: Path, column: str = "") -> int:
     """How many texts ``p`` holds (its format checked as far as that needs)."""
     if p.suffix == ".npy":
         return len(_npy(p))
     if p.suffix == ".parquet":
         f = _parquet(p)
-        _column(f.schema_arrow, p)
+        _column(f.schema_arrow, p, column)
         return f.metadata.num_rows
     if p.suffix == ".jsonl":  # each line parsed: a bad one is named now, not after the pass
-        return sum(1 for r, line in enumerate(_lines(p)) if _jsonl_text(line, p, r) is not None)
+        return sum(1 for r, line in enumerate(_lines(p)) if _jsonl_text(line, p, r, column) is not None)
     with p.open("rb") as f:  # lines: a last one without its line break counts
         n, last = 0, b"\n"
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -64,9 +69,9 @@ def count(p: Path) -> int:
     return n + (last != b"\n")
 
 
-def read_texts(p: Path, rows: set[int], max_chars: int = MAX_CHARS) -> dict[int, str]:
+def read_texts(p: Path, rows: set[int], column: str = "", max_chars: int = MAX_CHARS) -> dict[int, str]:
     """row -> its text (clipped to ``max_chars``) for each of ``rows`` (store rows), from ``p`` as
-    ``check_texts`` accepted it."""
+    ``check_texts`` accepted it (``column``: ``texts_column``)."""
     out: dict[int, str] = {}
     if not rows:
         return out
@@ -77,9 +82,9 @@ def read_texts(p: Path, rows: set[int], max_chars: int = MAX_CHARS) -> dict[int,
             out[r] = clip(v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v), max_chars)
         return out
     last = max(rows)
-    for r, text in enumerate(_parquet_texts(p) if p.suffix == ".parquet" else _lines(p)):
+    for r, text in enumerate(_parquet_texts(p, column) if p.suffix == ".parquet" else _lines(p)):
         if r in rows:
-            out[r] = clip(_jsonl_text(text, p, r) if p.suffix == ".jsonl" else text, max_chars)
+            out[r] = clip(_jsonl_text(text, p, r, column) if p.suffix == ".jsonl" else text, max_chars)
         if r >= last:
             break
     return out
@@ -105,21 +110,24 @@ def _parquet(p: Path):
         raise AnalyzeError(f"analyze.texts: {p} cannot be read as parquet ({e})") from e
 
 
-def _column(schema, p: Path) -> str:
-    """The text column of a parquet file: ``text``, or its only string column."""
+def _column(schema, p: Path, column: str = "") -> str:
+    """The text column of a parquet file: ``column``, or else ``text``, or else its only string column."""
     import pyarrow as pa
 
     strings = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
-    if "text" in strings or len(strings) == 1:
-        return "text" if "text" in strings else strings[0]
+    if column and column not in strings:
+        raise AnalyzeError(f"analyze.texts_column: {p} has no string column {column!r} (its string columns: "
+                           f"{strings}; all its columns: {schema.names})")
+    if column or "text" in strings or len(strings) == 1:
+        return column or ("text" if "text" in strings else strings[0])
     raise AnalyzeError(f"analyze.texts: {p} has " + (f"string columns {strings} and none named 'text'"
                        if strings else f"no string column (its columns: {schema.names})")
-                       + ": name the texts' column 'text'")
+                       + ": name the texts' one with analyze.texts_column")
 
 
-def _parquet_texts(p: Path) -> Iterator[str]:
+def _parquet_texts(p: Path, column: str = "") -> Iterator[str]:
     f = _parquet(p)
-    col = _column(f.schema_arrow, p)
+    col = _column(f.schema_arrow, p, column)
     for batch in f.iter_batches(columns=[col]):
         yield from ("" if t is None else t for t in batch.column(0).to_pylist())
 
@@ -130,14 +138,14 @@ def _lines(p: Path) -> Iterator[str]:
             yield line.rstrip(b"\n").decode("utf-8", "replace")  # a CR left goes in clip()
 
 
-def _jsonl_text(line: str, p: Path, row: int) -> str:
+def _jsonl_text(line: str, p: Path, row: int, key: str = "") -> str:
     try:
         v = json.loads(line)
     except ValueError as e:
         raise AnalyzeError(f"analyze.texts: {p} line {row + 1} is not JSON ({e})") from e
     if isinstance(v, dict):
-        v = v.get("text")
+        v = v.get(key or "text")
     if not isinstance(v, str):
         raise AnalyzeError(f"analyze.texts: {p} line {row + 1} is neither a string nor an object with a "
-                           "string 'text'")
+                           f"string {key or 'text'!r}")
     return v

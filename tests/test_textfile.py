@@ -124,3 +124,27 @@ def test_line_ends_nulls_and_the_text_column_among_others(tmp_path):
     assert read_texts(check_texts(str(tmp_path / "n.parquet"), 3), {0, 1, 2}) == {0: "a", 1: "", 2: "c"}
     with pytest.raises(ValueError, match="holds 3 texts, the store has 2 rows"):
         check_texts(str(tmp_path / "n.parquet"), 2)
+
+
+def test_texts_column_names_the_column_or_key_and_a_run_checks_the_file_before_any_stage(tmp_path, capsys):
+    """analyze.texts_column picks one of several string columns (a .jsonl object's key); a column the file
+    lacks is named with those it has; `actdict run` refuses a missing or malformed texts file before the
+    harvest."""
+    pq.write_table(pa.table({"title": ["t0", "t1"], "body": ["b0", "b1"]}), tmp_path / "two.parquet")
+    assert read_texts(check_texts(str(tmp_path / "two.parquet"), 2, "body"), {1}, "body") == {1: "b1"}
+    with pytest.raises(ValueError, match=r"no string column 'stars' \(its string columns: \['title', 'bo"):
+        check_texts(str(tmp_path / "two.parquet"), 2, "stars")
+    with pytest.raises(ValueError, match="none named 'text': name the texts' one with analyze.texts_column"):
+        check_texts(str(tmp_path / "two.parquet"), 2)
+    (tmp_path / "r.jsonl").write_text('{"review": "good"}\n{"review": "bad"}\n')
+    assert read_texts(check_texts(str(tmp_path / "r.jsonl"), 2, "review"), {0, 1}, "review") == {
+        0: "good", 1: "bad"}
+    np.save(tmp_path / "v.npy", np.zeros((300, 4), np.float32))
+    cfg = tmp_path / "v.yaml"
+    for texts, err in ((tmp_path / "none.txt", "none.txt not found"),
+                       (tmp_path / "two.parquet", "none named 'text'")):
+        cfg.write_text(f"run_dir: {tmp_path / 'run'}\nharvest: {{mode: vectors, vectors: {{path: "
+                       f"{tmp_path / 'v.npy'}}}}}\nanalyze: {{texts: {texts}}}\n")
+        assert actdict_main(["run", str(cfg)]) == 2
+        assert err in capsys.readouterr().err
+        assert not (tmp_path / "run").exists()  # nothing ran
