@@ -41,6 +41,7 @@ train:
   device: {device}
   checkpoint_every: 20
   log_every: 7  # the training log's intervals cross the resume states' steps
+  probe_rows: 40  # and measure held-out rows (held_*): equal too after a resume
   schedule: warmup_cosine
   warmup_steps: 30
   dicts:
@@ -147,6 +148,7 @@ def test_killed_and_terminated_run_resumes_bit_exactly(tmp_path, device):
                                     if name != "topk" else "sae_topk"}
         (per, left), n = divmod(ref["steps"], 8), ref["steps"] + 1
         assert not left and [r["step"] for r in ref_log] == sorted({*range(7, n, 7), *range(per, n, per)})
+        assert all("held_ev" in r for r in got + ref_log)
         assert [{k: v for k, v in r.items() if k != "time"} for r in got] == [
             {k: v for k, v in r.items() if k != "time"} for r in ref_log]
     # the BatchNorm running statistics are weights too: moved once per training step, resumed with the rest
