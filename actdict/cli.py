@@ -37,13 +37,15 @@ _STAGES = {
 
 _TOOLS = {"export": "actdict.train.export", "import": "actdict.train.saelens_import",
           "store": "actdict.harvest.inspect", "lens": "actdict.analyze.lens",
-          "compare": "actdict.analyze.pair", "summary": "actdict.analyze.runs"}
+          "compare": "actdict.analyze.pair", "summary": "actdict.analyze.runs",
+          "feature": "actdict.analyze.show"}
 _EPILOG = ("also: actdict export RUN_DIR/dicts/NAME OUT (an SAE in SAELens' format); actdict import "
            "SAELENS_DIR RUN_DIR/dicts/NAME (an SAELens SAE as a dictionary of a run); actdict store PATH "
            "[--verify | --repair] (what a store holds; checks every shard; drops damaged ones); actdict "
            "lens CONFIG TEXT (the features each token of a text fires); actdict compare DICT_A DICT_B (which "
            "features of two dictionaries, e.g. two layers', are the same); actdict summary RUN_DIR... "
-           "(several analysed run folders in one table). Each takes --help.")
+           "(several analysed run folders in one table); actdict feature RUN_DIR/dicts/NAME [I ...] (a "
+           "dictionary's features, contexts and partners in the terminal). Each takes --help.")
 
 
 def prepare(stage: str, data: dict) -> tuple[Any, Callable[[], None]]:

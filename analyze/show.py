@@ -1,0 +1,136 @@
+"""``actdict feature RUN_DIR/dicts/NAME [I ...]``: a dictionary's features in the terminal, from the features
+file analysis wrote (``features/<name>.json``), for a researcher on a remote machine without a browser.
+
+With feature indices: each one's activity (rows, density, code range), its top-activating contexts with the
+row's token in «», its most negative ones (signed codes, when not negligible: as the feature page), a few
+quantile samples, the features it fires with and its nearest direction in the other dictionaries analysed
+(with their top tokens), and its direct logit effects (``analyze.logit_effects``). Without: the ``--list``
+most active features, one line each with their top tokens. Rows of embedded texts (or ``analyze.texts``)
+show their text; rows of vectors without texts, their row, doc and pos. Every string from the corpus is
+printed with control characters escaped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from actdict.analyze.lens import dict_labels
+from actdict.analyze.outputs import OutputError, read_output
+from actdict.analyze.texts import clip
+from actdict.analyze.toptokens import display_strings
+from actdict.errors import ActdictError, printable
+from actdict.train import checkpoint
+
+
+def read_features(dict_dir: Path) -> tuple[dict, dict]:
+    """(the features file of the dictionary in ``dict_dir`` (RUN_DIR/dicts/NAME), its labels: feature ->
+    (top tokens, bottom tokens)); OutputError when analysis has not written one for this training."""
+    if not (dict_dir / checkpoint.CFG).is_file():
+        raise OutputError(f"{dict_dir}: no trained dictionary there (RUN_DIR/dicts/NAME, with its cfg.json)")
+    run_dir, name = dict_dir.parent.parent, dict_dir.name
+    labels, why = dict_labels(run_dir, name, checkpoint.load(dict_dir)[0].k)  # k: the weights' own
+    if why:  # no features file, or another training's
+        raise OutputError(why.removeprefix("no corpus labels: "))
+    return read_output(run_dir / "features" / f"{name}.json"), labels
+
+
+def context(data: dict, hit: list, width: int = 96) -> str:
+    """One hit [act, row, doc, pos, ids, c] as text: its context with the row's token in «» (or the row's
+    text, or where it lies), about ``width`` characters."""
+    _, row, doc, pos, ids, c = hit
+    if (text := data.get("texts", {}).get(str(row))) is not None:
+        return f"{clip(text, width)}  (doc {doc}, pos {pos})"
+    if ids[c] < 0:  # a store of vectors: no token, no text
+        return f"row {row} (doc {doc}, pos {pos})"
+    s = display_strings([data["tokens"].get(str(i), f"#{i}") for i in ids], data.get("wordpiece"))
+    left, mid, right = "".join(s[:c]), s[c], "".join(s[c + 1:])
+    if mid.startswith(" "):  # a WordPiece word's space stays outside the marks
+        left, mid = left + " ", mid[1:]
+    room = max(8, (width - len(mid)) // 2)
+    left = left if len(left) <= room else "…" + left[-room:]
+    right = right if len(right) <= room else right[:room] + "…"
+    return f"{left}«{mid}»{right}  (doc {doc}, pos {pos})"
+
+
+def _hits(data: dict, hits: list, n: int) -> list[str]:
+    return [f"  {hit[0]:>9.4g}  {context(data, hit)}" for hit in hits[:n]]
+
+
+def feature_lines(data: dict, labels: dict, i: int, top: int) -> list[str]:
+    """The lines ``actdict feature`` prints of feature ``i``."""
+    f = data["features"][i]
+    n = data.get("n_rows") or 0
+    lines = [f"#{i}: active on {f['fires']:,} of {n:,} held-out rows (density {f['density']:.4g})"
+             + (f"; codes {f['min']:.4g} .. {f['max']:.4g}" if f.get("max") is not None else "")]
+    if not f["fires"]:
+        return [*lines, "  dead: active on no held-out row"]
+    lines += ["  top activations:", *_hits(data, f["top"], top)]
+    if f["bottom"] and -(f.get("min") or 0) >= 0.1 * abs(f.get("max") or 0):  # as the feature page
+        lines += ["  most negative:", *_hits(data, f["bottom"], top)]
+    for q in sorted(f.get("quantiles", []), key=lambda q: -q["lo"]):  # one sample each, highest first
+        if q["hits"]:
+            lines.append(f"  quantile {q['lo']:.0%}-{q['hi']:.0%} ({q['vmin']:.3g} .. {q['vmax']:.3g}):")
+            lines += _hits(data, q["hits"], 1)
+    if w := f.get("fires_with"):  # Jaccard of the active rows, from both fire counts
+        fires = {g["i"]: g["fires"] for g in data["features"]}
+        m = 1 if data.get("texts") else 3  # a text's first words, or three tokens
+        lines += ["  fires with (Jaccard, rows both fire, its top tokens):", *(
+            f"  {'#' + str(j):>9}  {both / max(1, f['fires'] + fires[j] - both):.2f}  {both:>7,}  "
+            f"{', '.join(labels.get(j, ([], []))[0][:m])}" for j, both in w[:6])]
+    for other, near in (f.get("nearest") or {}).items():
+        lines.append(f"  nearest direction in {other}: #{near['feature']} (cos {near['cos']:.3f})")
+    if lg := f.get("logits"):
+        tok = data["tokens"]
+        for side in ("up", "down"):
+            lines.append(f"  logits {side}: " + ", ".join(f"{tok.get(str(t), t)!r} {v:+.3g}"
+                                                        for t, v in lg[side]))
+    return lines
+
+
+def list_lines(data: dict, labels: dict, n: int) -> list[str]:
+    """The ``n`` most active features: index, rows, density, largest code, top tokens."""
+    feats = sorted(data["features"], key=lambda f: (-f["fires"], f["i"]))[:n]
+    what = "texts" if data.get("texts") else "tokens"
+    out = [f"{'feature':>8} {'fires':>9} {'density':>9} {'max':>8}  top {what}"]
+    for f in feats:
+        mx = f"{f['max']:.4g}" if f.get("max") is not None else ""
+        out.append(f"{'#' + str(f['i']):>8} {f['fires']:>9,} {f['density']:>9.4g} {mx:>8}  "
+                   + ", ".join(labels.get(f["i"], ([], []))[0][:4]))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``actdict feature DICT [I ...]`` (``python -m actdict.analyze.show``)."""
+    p = argparse.ArgumentParser(prog="actdict feature", description="A dictionary's features in the "
+                                "terminal, from the features file analysis wrote: each chosen feature's "
+                                "contexts, partners and directions, or the most active ones.")
+    p.add_argument("dict", help="a trained and analysed dictionary: RUN_DIR/dicts/NAME")
+    p.add_argument("features", nargs="*", type=int, metavar="I", help="feature indices (none: --list)")
+    p.add_argument("--top", type=int, default=8, help="contexts shown per kind (default 8)")
+    p.add_argument("--list", type=int, default=20, help="features listed without indices (default 20)")
+    a = p.parse_args(argv)
+    if a.top < 1 or a.list < 1:
+        p.error("--top and --list must be >= 1")
+    try:
+        data, labels = read_features(Path(a.dict))
+        k = len(data["features"])
+        if bad := [i for i in a.features if not 0 <= i < k]:
+            raise OutputError(f"{a.dict} has features 0..{k - 1}; no {bad}")
+        lines = [f"{a.dict} ({data.get('name')}, k {k}; {data.get('n_rows', 0):,} held-out rows analysed)"]
+        if a.features:
+            for i in a.features:
+                lines += ["", *feature_lines(data, labels, i, a.top)]
+        else:
+            lines += list_lines(data, labels, a.list)
+    except (ActdictError, KeyError, TypeError, IndexError) as e:  # a features file of other records
+        what = e if isinstance(e, ActdictError) else f"the features file's records are not analyze's ({e!r})"
+        print(f"actdict: {type(e).__name__}: {what}", file=sys.stderr)
+        return 2
+    print(printable("\n".join(lines)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,71 @@
+"""``actdict feature`` (analyze/show.py): a dictionary's features printed from the features file analysis
+wrote: each chosen feature's numbers and contexts as the file has them, the most active ones listed, and one
+line for what it cannot show."""
+
+import json
+
+from actdict.analyze import run
+from actdict.analyze.config import AnalyzeConfig
+from actdict.analyze.show import context
+from actdict.cli import main as cli
+from actdict.config import Common
+from actdict.train.checkpoint import save
+from actdict.train.protocol import make
+from tests.test_analyze_outputs import _run_dir
+
+
+def _analysed(tmp_path, monkeypatch, capsys):
+    run_dir = _run_dir(tmp_path, monkeypatch)  # tokens t0, t1, ... (the decoder is patched)
+    run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(device="cpu", n_features=2, top_k=3, context=2))
+    capsys.readouterr()  # the analysis' own output
+    return run_dir, json.loads((run_dir / "features" / "sae.json").read_text())
+
+
+def test_a_feature_prints_its_numbers_and_contexts_as_the_file_has_them(tmp_path, monkeypatch, capsys):
+    run_dir, data = _analysed(tmp_path, monkeypatch, capsys)
+    f = max(data["features"], key=lambda g: g["fires"])
+    assert cli(["feature", str(run_dir / "dicts" / "sae"), str(f["i"]), "--top", "2"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"{run_dir / 'dicts' / 'sae'} (sae, k 8; {data['n_rows']:,} held-out rows analysed)"
+    assert out[2].startswith(f"#{f['i']}: active on {f['fires']:,} of {data['n_rows']:,} held-out rows")
+    top = out[out.index("  top activations:") + 1:][:2]
+    for line, hit in zip(top, f["top"][:2], strict=True):
+        act, row, doc, pos, ids, c = hit
+        assert float(line.split()[0]) == float(f"{act:.4g}")
+        assert f"«t{ids[c]}»" in line and line.endswith(f"(doc {doc}, pos {pos})")
+    if f.get("fires_with"):
+        j, both = f["fires_with"][0]
+        fj = data["features"][j]["fires"]
+        first = out[out.index("  fires with (Jaccard, rows both fire, its top tokens):") + 1]
+        assert first.split()[:3] == [f"#{j}", f"{both / (f['fires'] + fj - both):.2f}", f"{both:,}"]
+
+
+def test_without_indices_the_most_active_features_are_listed(tmp_path, monkeypatch, capsys):
+    run_dir, data = _analysed(tmp_path, monkeypatch, capsys)
+    assert cli(["feature", str(run_dir / "dicts" / "sae"), "--list", "3"]) == 0
+    rows = capsys.readouterr().out.splitlines()[2:]
+    want = sorted(data["features"], key=lambda g: (-g["fires"], g["i"]))[:3]
+    assert [r.split()[:2] for r in rows] == [[f"#{g['i']}", f"{g['fires']:,}"] for g in want]
+
+
+def test_what_it_cannot_show_is_one_line(tmp_path, monkeypatch, capsys):
+    run_dir, _ = _analysed(tmp_path, monkeypatch, capsys)
+    assert cli(["feature", str(run_dir / "dicts" / "sae"), "8"]) == 2
+    assert capsys.readouterr().err.endswith("has features 0..7; no [8]\n")
+    save(run_dir / "dicts" / "new", make("sae_l1", 5, 8, seed=1), {"config_hash": "new"})
+    assert cli(["feature", str(run_dir / "dicts" / "new"), "0"]) == 2  # trained, not analysed
+    assert "features/new.json not found (run actdict analyze)" in capsys.readouterr().err
+    save(run_dir / "dicts" / "sae", make("sae_l1", 5, 16, seed=2), {})  # retrained, another k
+    assert cli(["feature", str(run_dir / "dicts" / "sae"), "0"]) == 2  # the file is another training's
+    assert "was computed from another training of sae (k 8" in capsys.readouterr().err
+    assert cli(["feature", str(tmp_path / "nowhere"), "0"]) == 2
+    assert "no trained dictionary there" in capsys.readouterr().err
+
+
+def test_a_context_marks_the_rows_token_and_escapes_nothing_it_should_not():
+    data = {"tokens": {"1": "the", "2": "##re", "3": "cat", "4": "\x1b]0;x\x07"}, "wordpiece": True}
+    assert context(data, [1.0, 9, 0, 4, [1, 3, 2], 1]) == " the «cat»re  (doc 0, pos 4)"
+    assert context(data | {"texts": {"9": "A  long\ntext"}}, [1.0, 9, 0, 4, [-1], 0]) == \
+        "A long text  (doc 0, pos 4)"
+    assert context(data, [1.0, 9, 3, 0, [-1], 0]) == "row 9 (doc 3, pos 0)"
+    assert "«\x1b]0;x\x07»" in context(data, [1.0, 9, 0, 0, [1, 4], 1])  # printed through printable()
