@@ -98,9 +98,13 @@ def _npy_blocks(path: Path, key: str, block: int) -> Iterator[np.ndarray]:
 
 def _safetensors_blocks(path: Path, key: str, block: int) -> Iterator[np.ndarray]:
     import torch
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(path), framework="pt") as f:
+    try:
+        opened = safe_open(str(path), framework="pt")
+    except SafetensorError as e:  # an empty, truncated or other file: one line, not the Rust traceback
+        raise VectorsError(f"{path}: not a readable safetensors file ({e})") from e
+    with opened as f:
         keys = list(f.keys())
         if not key:
             if len(keys) != 1:

@@ -172,6 +172,10 @@ def test_bad_inputs(tmp_path):
         import_vectors(tmp_path / "v.csv", str(tmp_path / "s"))
     with pytest.raises(VectorsError, match="does not exist"):
         import_vectors(tmp_path / "missing.npy", str(tmp_path / "s"))
+    for name, data in {"empty.safetensors": b"", "junk.safetensors": b"not a safetensors file"}.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(VectorsError, match=f"{name}: not a readable safetensors file"):
+            import_vectors(tmp_path / name, str(tmp_path / "s"))
     assert not (tmp_path / "s" / "vectors").exists()  # a rejected file leaves no half-written hook behind
     assert cli([str(tmp_path / "nan.npy"), str(tmp_path / "s2")]) == 2  # row 13, past the first row checked
     assert not (tmp_path / "s2").exists()  # the folder the command made (with its lock file) goes too
