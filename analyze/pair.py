@@ -220,7 +220,7 @@ def report_lines(out: dict, top: int, labels: tuple[dict, dict]) -> list[str]:
     lines += [f"compare: note: {note}" for note in out["notes"]]
     order = (sorted(range(a["k"]), key=lambda i: (-a["fires"][i], i)) if co else range(a["k"]))
     shown = [i for i in order if not co or a["fires"][i] > 0][:top]
-    if not shown:
+    if not shown or not (co or out["directions"]):  # neither measure: no table of empty rows
         return lines
     la, lb = labels
     lines.append(f"{'A':>6} {'fires':>7}  {'tokens':<24} {'B (co-act.)':>11} {'Jacc.':>6}  {'tokens':<24} "

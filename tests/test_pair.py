@@ -123,6 +123,17 @@ def test_the_command_prints_the_table_and_writes_every_partner(tmp_path, capsys)
     assert "nothing" in capsys.readouterr().err
 
 
+def test_two_dictionaries_with_nothing_to_compare_print_the_notes_and_no_empty_table(tmp_path, capsys):
+    da, _ = _pair(tmp_path, np.arange(K))
+    other = tmp_path / "rc" / "dicts" / "c"  # another d, another harvest: neither measure applies
+    save(other, make("sae_l1", D + 2, K, seed=0), _record(tmp_path / "store", "blocks.0.h", [2, 3], "h2"))
+    assert cli(["compare", da, str(other)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2:] == ["compare: note: no co-activation: they were trained on different stores "
+                         "(config_hash differ)",
+                         f"compare: note: no decoder directions compared: d {D} and {D + 2}"]
+
+
 def test_json_in_a_missing_folder_is_refused_before_the_pass(tmp_path, capsys):
     """compare and summary wrote --json after their work: a WriteError / FileNotFoundError traceback."""
     da, db = _pair(tmp_path, np.arange(K))
