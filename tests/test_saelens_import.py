@@ -160,6 +160,11 @@ def test_bad_files_and_places_are_refused(tmp_path, capsys):
     src = _write(tmp_path / "sae", cfg, t)
     with pytest.raises(NotImportable, match="holds no SAELens SAE"):
         import_saelens(tmp_path / "none", tmp_path / "run" / "dicts" / "a")
+    np.save(tmp_path / "vectors.npy", np.zeros((4, D), np.float32))  # a newcomer's own vectors
+    assert main([str(tmp_path / "vectors.npy"), str(tmp_path / "run" / "dicts" / "v")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "python -m actdict.harvest.vectors FILE STORE" in err
+    assert "vectors.npy is a file: actdict import reads an SAELens SAE's folder (cfg.json + " in err
     with pytest.raises(NotImportable, match="NaN or infinite"):
         import_saelens(_write(tmp_path / "nan", cfg, t | {"b_dec": torch.full((D,), float("nan"))}),
                        tmp_path / "run" / "dicts" / "a")

@@ -52,6 +52,10 @@ class NotImportable(ActdictError, ValueError):
 def read_saelens(folder: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """(cfg.json, tensors as float32) of the SAELens SAE in ``folder``."""
     f = Path(folder)
+    if f.is_file():  # a vectors file (actdict import is not their import), or the SAE's weights alone
+        raise NotImportable(f"{f} is a file: actdict import reads an SAELens SAE's folder ({CFG} + "
+                            f"{WEIGHTS}); to import vectors (.npy, .safetensors, .parquet) into a store: "
+                            "python -m actdict.harvest.vectors FILE STORE (docs/embeddings.md)")
     try:
         cfg = json.loads((f / CFG).read_text(encoding="utf-8"))
         tensors = load_file(str(f / WEIGHTS))
