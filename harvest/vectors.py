@@ -165,8 +165,14 @@ def _parquet_blocks(path: Path, key: str, block: int) -> Iterator[np.ndarray]:
         t = schema.field(name).type
         elem = t.value_type if is_list[name] else t
         if not (pa.types.is_floating(elem) or pa.types.is_integer(elem)):
-            raise VectorsError(f"{path}: column {name!r} is {t}, not numeric; name the column holding the "
-                               f"vectors with key (harvest.vectors.key / --key); columns: {schema.names}")
+            how = ("name the column holding the vectors with key (harvest.vectors.key / --key)" if key else
+                   "with no list column every column is one dimension: write the file without it (its texts "
+                   "can stay in another file for analyze.texts) or the vectors as one list column")
+            raise VectorsError(f"{path}: column {name!r} is {t}, not numeric; {how}; columns: {schema.names}")
+    if key and not is_list[key]:  # one number per row: d = 1 by a slip, not what key is for
+        raise VectorsError(f"{path}: column {key!r} is {schema.field(key).type}, one number per row: key "
+                           "names the list column holding each row's vector (without key and with no list "
+                           f"column, every column is one dimension); columns: {schema.names}")
     if pf.metadata.num_rows == 0:
         raise VectorsError(f"{path}: holds no vectors")
     at = 0  # the file's row of the batch's first

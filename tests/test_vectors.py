@@ -187,8 +187,11 @@ def test_bad_parquet(tmp_path):
     with pytest.raises(VectorsError, match=r"column 'text' is string, not numeric.*columns: \['text', 'id'"):
         import_vectors(tmp_path / "v.parquet", str(tmp_path / "s"), key="text")
     pq.write_table(pa.table({"a": x[:, 0], "label": [str(i) for i in range(N)]}), tmp_path / "m.parquet")
-    with pytest.raises(VectorsError, match="column 'label' is string, not numeric"):
-        import_vectors(tmp_path / "m.parquet", str(tmp_path / "s"))
+    with pytest.raises(VectorsError, match="column 'label' is string, not numeric; with no list column every "
+                                           "column is one dimension: write the file without it"):
+        import_vectors(tmp_path / "m.parquet", str(tmp_path / "s"))  # key cannot help: no advice to set it
+    with pytest.raises(VectorsError, match=r"column 'a' is float, one number per row: key names the list "):
+        import_vectors(tmp_path / "m.parquet", str(tmp_path / "s"), key="a")  # not vectors of d = 1
     ragged = pa.array([[1.0, 2.0], [3.0], [4.0, 5.0]], type=pa.list_(pa.float64()))
     pq.write_table(pa.table({"v": ragged}), tmp_path / "r.parquet")
     with pytest.raises(VectorsError, match=r"different lengths \(2 and 1\)"):
