@@ -2,7 +2,8 @@
 table (the layers of configs/layers.yaml, a sweep over run folders), one line per dictionary, read from each
 folder's ``summary.json``: run, hook, dictionary, RE det, RE 1-sample, AD, L0, EV, dead (and CE recovered, KL
 when measured); ``--json`` writes the same rows. A folder that has not been analysed is named, not skipped
-silently."""
+silently. A dictionary's folder (``RUN_DIR/dicts/NAME``, as ``actdict compare`` takes them) stands for its
+line of its run folder's table."""
 
 from __future__ import annotations
 
@@ -20,14 +21,19 @@ KEYS = ("re_det", "re_sample", "ad", "l0", "ev", "dead", "k", "ce_recovered", "k
 
 def rows(run_dirs: list[str]) -> list[dict]:
     """One record per dictionary of each run folder's summary.json, in the order given (a summary.json
-    given in place of its folder: that folder; a folder given twice, however spelled: once)."""
+    given in place of its folder: that folder; a dictionary's folder RUN_DIR/dicts/NAME, as actdict compare
+    takes them: that dictionary's record of its run folder; a folder or dictionary given twice, however
+    spelled: once)."""
     out, seen = [], set()
     for run in run_dirs:
+        only = None
         if Path(run).name == "summary.json" and Path(run).is_file():  # runs/*/summary.json: its folder
             run = str(Path(run).parent)
-        if (real := Path(run).resolve()) in seen:
+        elif Path(run).parent.name == "dicts" and (Path(run) / "cfg.json").is_file():  # a dictionary's
+            run, only = str(Path(run).parent.parent), Path(run).name
+        if (key := (Path(run).resolve(), only)) in seen:
             continue
-        seen.add(real)
+        seen.add(key)
         path = Path(run) / "summary.json"
         if not path.is_file():
             raise OutputError(f"{path} not found: run actdict analyze on {run} first")
@@ -37,7 +43,11 @@ def rows(run_dirs: list[str]) -> list[dict]:
                 isinstance(m.get(k), int | float | None) for k in KEYS) for m in models.values())):
             raise OutputError(f"{path} is corrupt (its models are not analyze's records): rerun `actdict "
                               "analyze` to rewrite it")
+        if only is not None and only not in models:
+            raise OutputError(f"{path} holds no {only!r} ({sorted(models)}): run actdict analyze on {run}")
         for name, m in models.items():
+            if only is not None and name != only:
+                continue
             out.append({"run": run, "hook": summary.get("hook"), "dict": name, "variant": m.get("variant")}
                        | {k: m.get(k) for k in KEYS})
     return out
@@ -62,8 +72,10 @@ def table(records: list[dict]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """``actdict summary RUN_DIR [RUN_DIR ...]`` (``python -m actdict.analyze.runs``)."""
-    p = argparse.ArgumentParser(prog="actdict summary", description=(__doc__ or "").split("\n")[0])
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="analysed run folders (each has summary.json)")
+    p = argparse.ArgumentParser(prog="actdict summary", description="the headline numbers of several "
+                                "analysed run folders in one table, one line per dictionary")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="analysed run folders (each has summary.json), "
+                   "or dictionaries RUN_DIR/dicts/NAME (that dictionary's line only)")
     p.add_argument("--json", help="also write the rows here")
     a = p.parse_args(argv)
     if a.json and not (Path(a.json).parent.is_dir() and not Path(a.json).is_dir()):

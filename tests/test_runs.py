@@ -83,3 +83,23 @@ def test_a_folder_given_twice_however_spelled_is_one_set_of_rows(tmp_path, capsy
     assert cli(["summary", str(a), f"{a}/", str(a / "summary.json"), str(tmp_path / "b"), str(a)]) == 0
     runs = [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]]
     assert runs == [str(a), str(tmp_path / "b")]
+
+
+def test_dictionary_folders_as_compare_takes_them_give_their_lines(tmp_path, capsys):
+    """actdict summary runs/a/dicts/vaease runs/a/dicts/sae_topk (the arguments of actdict compare) said
+    'runs/a/dicts/vaease/summary.json not found: run actdict analyze on runs/a/dicts/vaease first', of an
+    analysed run's dictionaries."""
+    m = {"re_det": 30.05, "re_sample": 31.5, "ad": 32.0, "l0": 32.0, "ev": 0.773, "dead": 3, "k": 64}
+    for name in ("x", "y", "z"):
+        (tmp_path / "a" / "dicts" / name).mkdir(parents=True)
+        (tmp_path / "a" / "dicts" / name / "cfg.json").write_text("{}")
+    models = {"x": m, "y": m | {"ad": 7.5}}
+    (tmp_path / "a" / "summary.json").write_text(json.dumps({"hook": "h", "models": models}))
+    dicts = tmp_path / "a" / "dicts"
+    assert cli(["summary", str(dicts / "y"), str(dicts / "x")]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+    assert [r[:3] + [r[5]] for r in rows] == [[str(tmp_path / "a"), "h", "y", "7.50"],
+                                              [str(tmp_path / "a"), "h", "x", "32.00"]]
+    assert cli(["summary", str(dicts / "z")]) == 2  # trained, not analysed
+    assert capsys.readouterr().err == (f"actdict: OutputError: {tmp_path / 'a' / 'summary.json'} holds no "
+                                       f"'z' (['x', 'y']): run actdict analyze on {tmp_path / 'a'}\n")
