@@ -102,20 +102,20 @@ def side(counts, fires_a, fires_b, n: int) -> tuple[dict, list]:
     return out, per
 
 
-def token_labels(dict_dir: Path, config_hash: str | None) -> dict[int, str]:
-    """feature -> its first 3 distinct top tokens (of an embeddings run: the first words of its top texts),
-    read as actdict lens reads them from the run folder's features file of this training (same
-    config_hash); {} when there is none, OutputError when it is damaged."""
+def token_labels(dict_dir: Path, config_hash: str | None) -> tuple[dict[int, str], bool]:
+    """(feature -> its first 3 distinct top tokens (of a run whose rows have texts: the first words of its
+    top texts), whether they are texts), read as actdict lens reads them from the run folder's features file
+    of this training (same config_hash); ({}, False) when there is none, OutputError when it is damaged."""
     from actdict.analyze.lens import labels_of
 
     path = dict_dir.parent.parent / "features" / f"{dict_dir.name}.json"
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
-        return {}
+        return {}, False
     if not isinstance(data, dict) or data.get("config_hash") != config_hash:
-        return {}
-    return {i: ", ".join(top) for i, (top, _) in labels_of(data, 3, path).items()}
+        return {}, False
+    return {i: ", ".join(top) for i, (top, _) in labels_of(data, 3, path).items()}, bool(data.get("texts"))
 
 
 def compare(dir_a: str, dir_b: str, store: str | None = None, limit: int = 65536, n: int = 3,
@@ -204,9 +204,11 @@ def _directions(ma, mb, fires, out: dict, device: str) -> dict | None:
     return {"a_in_b": sim["a"]["b"], "b_in_a": sim["b"]["a"]}
 
 
-def report_lines(out: dict, top: int, labels: tuple[dict, dict]) -> list[str]:
+def report_lines(out: dict, top: int, labels: tuple[dict, dict], what: tuple[str, str] = ("tokens", "tokens")
+                 ) -> list[str]:
     """The printed summary: both measures both ways, then A's ``top`` most active features (by fires when
-    co-activation was counted, else by index) beside their best partner in B by each measure."""
+    co-activation was counted, else by index) beside their best partner in B by each measure, labelled by
+    their top ``what`` (A's, B's: tokens, or texts)."""
     a = out["a"]
     name = {x: f"{Path(out[x]['path']).name} ({out[x]['variant']}, k {out[x]['k']}, {out[x]['hook']})"
             for x in "ab"}
@@ -223,7 +225,7 @@ def report_lines(out: dict, top: int, labels: tuple[dict, dict]) -> list[str]:
     if not shown or not (co or out["directions"]):  # neither measure: no table of empty rows
         return lines
     la, lb = labels
-    lines.append(f"{'A':>6} {'fires':>7}  {'tokens':<24} {'B (co-act.)':>11} {'Jacc.':>6}  {'tokens':<24} "
+    lines.append(f"{'A':>6} {'fires':>7}  {what[0]:<24} {'B (co-act.)':>11} {'Jacc.':>6}  {what[1]:<24} "
                  f"{'B (dir.)':>8} {'cos':>6}")
     for i in shown:
         best = (a.get("cofire") or [[]] * a["k"])[i][:1]  # [[j, jaccard, rows]] or []
@@ -267,11 +269,12 @@ def main(argv: list[str] | None = None) -> int:
         device = str(resolve_device(args.device))
         out = compare(args.a, args.b, args.store, args.rows, args.partners, device=device,
                       max_mib=args.max_mib)
-        labels = tuple(token_labels(Path(out[x]["path"]), out[x]["config_hash"]) for x in "ab")
+        found = [token_labels(Path(out[x]["path"]), out[x]["config_hash"]) for x in "ab"]
     except ActdictError as e:
         print(f"actdict: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
-    print(printable("\n".join(report_lines(out, args.top, labels))))  # tokens, hooks: no control codes
+    labels, what = tuple(lab for lab, _ in found), tuple("texts" if t else "tokens" for _, t in found)
+    print(printable("\n".join(report_lines(out, args.top, labels, what))))  # tokens, hooks: no control codes
     if args.json:
         write_atomic(Path(args.json), json.dumps(out, separators=(",", ":"), allow_nan=False))
         print(f"compare: wrote {args.json}")

@@ -171,8 +171,11 @@ def test_the_table_labels_an_embeddings_run_by_its_texts_and_names_a_damaged_fil
             "features": [{"i": i, "top": [[1.0, 5, 0, 0, [-1], 0]]} for i in range(K)]}
     path.write_text(json.dumps(data))
     assert cli(["compare", da, db, "--top", "2"]) == 0
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.lstrip().startswith("#")]
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line for line in lines if line.lstrip().startswith("#")]
     assert len(rows) == 2 and all("Kernel panics at boot" in r for r in rows)
+    head = next(line for line in lines if line.split()[:2] == ["A", "fires"]).split()
+    assert head[2] == "texts" and head[6] == "tokens"  # A's labels are texts, B has no features file
     data["features"][0]["top"] = [[1.0, 5]]
     path.write_text(json.dumps(data))
     assert cli(["compare", da, db]) == 2
