@@ -222,7 +222,7 @@ def store_lock(path: str) -> Iterator[Callable[..., None]]:
         with remote_lock(fs, f"{root}/{REMOTE_LOCK}", f"{path.rstrip('/')}/{REMOTE_LOCK}", f"store {path}"):
             yield lambda hooks=None: None
         return
-    wait, made = int(os.environ.get("WORLD_SIZE", 1)) == 1, not os.path.exists(root)
+    wait, made = int(os.environ.get("WORLD_SIZE", 1)) == 1, _outermost_missing(root)
     with folder_lock(root, f"store {path}", wait=wait), ExitStack() as held:
         def writing(hooks: list[str] | None = None) -> None:
             check_not_linked([p for h in hooks or () for p in (Path(root, h), Path(root, h, SHARDS))],
@@ -238,7 +238,25 @@ def store_lock(path: str) -> Iterator[Callable[..., None]]:
         except BaseException:  # a model not found, a bad file, Ctrl-C: a store folder the lock made goes
             if made and set(os.listdir(root)) <= {LOCK_FILE, READERS}:  # with nothing but the lock files
                 shutil.rmtree(root, ignore_errors=True)
+                _remove_empty(Path(root).parent, made)  # and the run folder it made for it, if still empty
             raise
+
+
+def _outermost_missing(root: str) -> Path | None:
+    """The outermost folder of ``root`` (itself or a parent) that does not exist yet: the lock makes it."""
+    missing = [p for p in (Path(root), *Path(root).parents) if not p.exists()]
+    return missing[-1] if missing else None
+
+
+def _remove_empty(folder: Path, top: Path) -> None:
+    """Remove ``folder`` and its parents up to ``top`` while they are empty (what the lock made only)."""
+    for p in (folder, *folder.parents):
+        if not p.is_relative_to(top):
+            return
+        try:
+            p.rmdir()
+        except OSError:  # not empty (something else was put there meanwhile), or gone
+            return
 
 
 def only_new_hooks(root: str, hooks: list[str]) -> bool:

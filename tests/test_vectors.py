@@ -636,3 +636,63 @@ def test_a_hook_named_dot_dot_is_refused_before_anything_is_removed(tmp_path, ca
     with pytest.raises(ConfigError, match="cannot name a folder of the store"):
         write_vectors(str(tmp_path / "run" / "store"), _x(), hook="..", overwrite=True)
     assert kept.read_bytes() == b"trained"
+
+
+def test_analyze_texts_shows_each_vectors_row_its_text_from_a_parquet_column(tmp_path, capsys):
+    """A store of your own vectors has no source to read texts from: analyze.texts names a file of one text
+    per row (the parquet the vectors came from), and the features file, summary.json and report show them,
+    HTML-escaped; a file of another row count, column or store is one line, before the pass."""
+    x = np.random.default_rng(0).standard_normal((512, 8)).astype(np.float32)
+    texts = [f"<b>review {i}</b> & more" for i in range(512)]
+    pq.write_table(pa.table({"text": texts, "vec": list(x)}), tmp_path / "v.parquet")
+    (tmp_path / "v.txt").write_text("\n".join(texts) + "\n")
+    cfg = tmp_path / "v.yaml"
+    cfg.write_text(f"""
+run_dir: {tmp_path / 'run'}
+harvest:
+  mode: vectors
+  vectors: {{path: {tmp_path / 'v.parquet'}, key: vec}}
+  store_dtype: float32
+  chunk_rows: 64
+train: {{epochs: 1, batch_size: 64, test_fraction: 0.25, dicts: [{{name: sae_topk, variant: sae_topk, k: 8,
+        params: {{topk: 2}}}}]}}
+analyze: {{n_features: 3, top_k: 2, context: 0, texts: {tmp_path / 'v.parquet'}}}
+""")
+    assert actdict_main(["run", str(cfg)]) == 0
+    run = tmp_path / "run"
+    feats = json.loads((run / "features" / "sae_topk.json").read_text())
+    shown = {h[1] for f in feats["features"] for h in f["top"]}
+    got = {int(r): t for r, t in feats["texts"].items()}  # the rows shown: top, bottom, sampled
+    assert shown and shown <= set(got) and all(t == texts[r] for r, t in got.items())
+    top = json.loads((run / "summary.json").read_text())["models"]["sae_topk"]["features"][0]["top"][0]
+    assert top["text"] == texts[top["row"]]
+    page = (run / "report.html").read_text()  # the overview's top contexts: the texts, escaped
+    assert f"&lt;b&gt;review {top['row']}&lt;/b&gt; &amp; more" in page and "<b>review" not in page
+    assert actdict_main(["analyze", str(cfg), f"analyze.texts={tmp_path / 'v.txt'}"]) == 0
+    assert json.loads((run / "features" / "sae_topk.json").read_text())["texts"] == feats["texts"]
+    pq.write_table(pa.table({"text": texts[:500]}), tmp_path / "short.parquet")
+    capsys.readouterr()
+    short = f"analyze.texts={tmp_path / 'short.parquet'}"
+    for bad, msg in ((short, "holds 500 texts, the store has 512 rows"),
+                     ("analyze.texts_column=vec", "no string column 'vec' (its string columns: ['text']"),
+                     ("analyze.texts_column=body", "no string column 'body' (its string columns: ['text']; "
+                                                   "all its columns: ['text', 'vec'])")):
+        assert actdict_main(["analyze", str(cfg), bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert msg in err and len(err.splitlines()) == 1
+
+
+def test_a_refused_first_import_leaves_no_empty_run_folder(tmp_path, capsys):
+    """The store folder the import's lock made went, but not the run folder made with it: every refused first
+    harvest or import (a NaN row, an unreachable model) left an empty runs/NAME behind."""
+    cfg = _vectors_config(tmp_path)
+    x = _x(1)
+    x[3, 0] = np.nan
+    np.save(tmp_path / "v.npy", x)
+    assert actdict_main(["harvest", str(cfg), f"run_dir={tmp_path / 'new' / 'run'}"]) == 2
+    assert "row 3 holds NaN or inf" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()  # the folders it made, not only the store
+    (tmp_path / "kept").mkdir()
+    assert cli([str(tmp_path / "v.npy"), str(tmp_path / "kept" / "a" / "store")]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept", "v.npy", "v.yaml"]  # kept stays
+    assert list((tmp_path / "kept").iterdir()) == []
