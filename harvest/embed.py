@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from itertools import islice
+from itertools import chain, islice
 from typing import Any, Literal
 
 import numpy as np
@@ -182,6 +182,9 @@ def main(common, cfg, writing=lambda hooks=None: None) -> None:
                 "harvest": to_dict(cfg)}
     n = 0
     units = text_units(iter_documents(cfg.source), ecfg.unit)
+    if (first := next(units, None)) is None:  # before the hook's manifest is written: nothing is left behind
+        raise HarvestError(f"the source ({describe_source(cfg.source)}) gave no documents")
+    units = chain([first], units)
     with StoreWriter(path, manifest, d=enc.d, dtype=cfg.store_dtype, shard_rows=cfg.shard_rows,
                      chunk_rows=cfg.chunk_rows, overwrite=True) as w, \
             tqdm(total=cfg.max_tokens, unit=ecfg.unit[:4], desc="embed", **bar_timing()) as bar:

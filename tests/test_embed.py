@@ -129,6 +129,20 @@ def test_hub_embedder_fails_fast_offline(tmp_path, monkeypatch):
     assert not (tmp_path / "run" / "store" / "embedding").exists()
 
 
+def test_a_source_without_documents_leaves_no_hook_to_refuse_the_corrected_harvest(tmp_path, minilm_path):
+    """A source whose texts are all empty (a wrong column, blank rows) stopped with 'gave no documents' but
+    left the hook's manifest behind, so the corrected harvest was refused as 'another config' until the user
+    deleted the store by hand."""
+    (tmp_path / "blank.jsonl").write_text('{"text": ""}\n{"text": "   "}\n')
+    blank = _cfg({"kind": "files", "path": str(tmp_path / "blank.jsonl")}, model=minilm_path)
+    with pytest.raises(HarvestError, match="gave no documents"):
+        harvest_main(Common(run_dir=str(tmp_path / "run")), blank)
+    assert not (tmp_path / "run" / "store" / "embedding").exists()
+    good = _cfg({"kind": "files", "path": str(_corpus(tmp_path / "docs.jsonl", 4))}, model=minilm_path)
+    harvest_main(Common(run_dir=str(tmp_path / "run")), good)
+    assert len(open_store(str(tmp_path / "run" / "store"), "embedding")) == 4
+
+
 def test_shipped_embedding_configs():
     yelp = load_experiment(ROOT / "configs" / "yelp_modernbert.yaml")
     h = section(yelp, "harvest", HarvestConfig)
