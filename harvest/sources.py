@@ -226,6 +226,9 @@ def _field(rows: Iterable[dict], field: str, where: str) -> Iterator[str]:
             raise SourceError(f"{where}: rows have no field {field!r}; fields: {sorted(row)} "
                               "(set source.text_field)")
         text = row[field]
+        if text is not None and not isinstance(text, str):  # a number, the vectors' list: not the texts
+            raise SourceError(f"{where}: field {field!r} holds {type(text).__name__} values, not text; "
+                              f"fields: {sorted(row)} (set source.text_field)")
         yield text.strip() if isinstance(text, str) else ""
 
 

@@ -128,6 +128,8 @@ def test_file_errors(tmp_path):
         list(iter_documents(SourceConfig(kind="files", path=str(DATA / "notes.jsonl"), text_field="content")))
     with pytest.raises(SourceError, match="source.path"):
         list(iter_documents(SourceConfig(kind="files")))
+    with pytest.raises(SourceError, match=r"field 'id' holds int values, not text; fields: \['id', 'text'\]"):
+        list(iter_documents(SourceConfig(kind="files", path=str(DATA / "notes.jsonl"), text_field="id")))
 
 
 def test_hub_fails_fast_when_unreachable(monkeypatch):
