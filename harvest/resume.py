@@ -222,6 +222,9 @@ def store_lock(path: str) -> Iterator[Callable[..., None]]:
         with remote_lock(fs, f"{root}/{REMOTE_LOCK}", f"{path.rstrip('/')}/{REMOTE_LOCK}", f"store {path}"):
             yield lambda hooks=None: None
         return
+    if file := next((p for p in (Path(root), *Path(root).parents) if p.exists() and not p.is_dir()), None):
+        raise StoreError(f"store {path}: {file} is a file, not a folder: name a folder for the store (store, "
+                         "run_dir)")  # a swapped argument, a store path that is a vectors file
     wait, made = int(os.environ.get("WORLD_SIZE", 1)) == 1, _outermost_missing(root)
     with folder_lock(root, f"store {path}", wait=wait), ExitStack() as held:
         def writing(hooks: list[str] | None = None) -> None:

@@ -696,3 +696,19 @@ def test_a_refused_first_import_leaves_no_empty_run_folder(tmp_path, capsys):
     assert cli([str(tmp_path / "v.npy"), str(tmp_path / "kept" / "a" / "store")]) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kept", "v.npy", "v.yaml"]  # kept stays
     assert list((tmp_path / "kept").iterdir()) == []
+
+
+def test_a_store_path_that_is_a_file_is_one_line_and_the_file_is_kept(tmp_path, capsys):
+    """The two arguments swapped, or a store named by a file: a NotADirectoryError traceback (after notes
+    that the lock could not be made), from the import's command line and from a config's harvest."""
+    np.save(tmp_path / "v.npy", _x(0))
+    (tmp_path / "texts.txt").write_text("a\n")
+    for store in ("texts.txt", "texts.txt/store"):
+        assert cli([str(tmp_path / "v.npy"), str(tmp_path / store)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == (f"import: StoreError: store {tmp_path / store}: {tmp_path / 'texts.txt'} is a file, "
+                       "not a folder: name a folder for the store (store, run_dir)")
+    cfg = _vectors_config(tmp_path)
+    assert actdict_main(["harvest", str(cfg), f"store={tmp_path / 'texts.txt'}"]) == 2
+    assert "texts.txt is a file, not a folder" in capsys.readouterr().err
+    assert (tmp_path / "texts.txt").read_text() == "a\n"
