@@ -194,6 +194,9 @@ def vector_blocks(path: str | Path, key: str = "", block_rows: int = 16384) -> I
     Raises VectorsError for an unknown format, a shape that is not [n, d], non-numeric data, rows of
     different widths, or rows holding NaN/inf (the first such row is named)."""
     p = Path(path).expanduser()
+    if p.is_dir():  # a folder of shards, say: one file is imported
+        raise VectorsError(f"vectors file {str(path)!r} is a folder: name one {', '.join(FORMATS)} file "
+                           "(vectors in several files: write them into one first)")
     if not p.is_file():
         raise VectorsError(f"vectors file {str(path)!r} does not exist")
     blocks = _format(p)[0](p, key, block_rows)

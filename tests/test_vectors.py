@@ -172,6 +172,9 @@ def test_bad_inputs(tmp_path):
         import_vectors(tmp_path / "v.csv", str(tmp_path / "s"))
     with pytest.raises(VectorsError, match="does not exist"):
         import_vectors(tmp_path / "missing.npy", str(tmp_path / "s"))
+    (tmp_path / "shards").mkdir()
+    with pytest.raises(VectorsError, match=r"shards' is a folder: name one .npy, .safetensors, .parquet"):
+        import_vectors(tmp_path / "shards", str(tmp_path / "s"))
     for name, data in {"empty.safetensors": b"", "junk.safetensors": b"not a safetensors file"}.items():
         (tmp_path / name).write_bytes(data)
         with pytest.raises(VectorsError, match=f"{name}: not a readable safetensors file"):
