@@ -49,8 +49,9 @@ class SourceConfig:
     """kind=hub: the split to stream."""
     text_field: str = "text"
     """Field holding the text in json/jsonl/parquet/hub rows."""
-    txt_docs: Literal["file", "paragraph"] = "file"
-    """kind=files, .txt files: one document per file, or one per blank-line-separated block."""
+    txt_docs: Literal["file", "paragraph", "line"] = "file"
+    """kind=files, .txt files: one document per file, one per blank-line-separated block, or one per line
+    (a review per line; empty lines are no document)."""
     max_docs: int | None = None
     """Stop after this many (non-empty) documents; null: all."""
     shuffle_buffer: int = 0
@@ -139,7 +140,7 @@ def _file_texts(cfg: SourceConfig) -> Iterator[str]:
     for builder, data_files in builders.items():
         kw = {}
         if builder == "text":
-            kw = {"sample_by": "document" if cfg.txt_docs == "file" else "paragraph",
+            kw = {"sample_by": {"file": "document"}.get(cfg.txt_docs, cfg.txt_docs),  # paragraph, line
                   "encoding_errors": "replace"}
         field = "text" if builder == "text" else cfg.text_field
         try:  # the JSON reader parses the first lines when the dataset is made

@@ -99,6 +99,13 @@ def test_txt_files_one_doc_per_file_or_per_block():
     assert [b.split()[:2] for b in blocks] == [["The", "lighthouse"], ["When", "the"], ["Every", "autumn"]]
 
 
+def test_txt_files_one_doc_per_line(tmp_path):
+    """txt_docs: line, a review per line: each non-empty line a document, in order."""
+    (tmp_path / "r.txt").write_text("Great pizza.\n\nRude waiter, cold soup.\r\nParking was easy\n")
+    docs = list(iter_documents(SourceConfig(kind="files", path=str(tmp_path / "r.txt"), txt_docs="line")))
+    assert [d.strip() for d in docs] == ["Great pizza.", "Rude waiter, cold soup.", "Parking was easy"]
+
+
 def test_jsonl_skips_empty_docs_and_max_docs():
     cfg = SourceConfig(kind="files", path=str(DATA / "notes.jsonl"))
     assert list(iter_documents(cfg)) == [
