@@ -183,6 +183,7 @@ def test_held_out_rows_measured_at_the_end_are_what_analysis_reports_of_them(sto
     _train(store, tmp_path, probe_rows=60)
     assert "finished checkpoint with the same config exists, skipped" in capsys.readouterr().out
     _train(store, tmp_path / "more", probe_rows=60, epochs=1)  # more than are held out: all, and a note
-    assert "train.probe_rows=60: the held-out chunks hold 50 rows, all measured" in capsys.readouterr().out
+    assert "train.probe_rows=60: the held-out chunks it reads (up to 16) hold 50 rows, all measured" in \
+        capsys.readouterr().out
     with pytest.raises(ConfigError, match="probe_rows=60 measures held-out rows, and train.test_fraction is"):
         TrainConfig(probe_rows=60, test_fraction=0.0)

@@ -177,3 +177,22 @@ def test_held_out_rows_are_measured_every_interval_and_change_nothing(case):
             assert "eval_ev" in r and r["held_ev"] != r["eval_ev"]
     for va, vb in zip(runs[0].model.state_dict().values(), runs[1].model.state_dict().values(), strict=True):
         assert torch.equal(va, vb)
+
+
+def test_probe_rows_are_spread_over_evenly_spaced_held_out_chunks(tmp_path):
+    """train.probe_rows' rows: the first rows of up to 16 test chunks, evenly spaced, first and last among
+    them; fewer where the chunks hold fewer."""
+    from actdict.harvest.store import write_vectors
+    from actdict.train.data import held_out_rows, probe_chunks
+
+    spread = probe_chunks(list(range(0, 80, 2)))  # 40 test chunks: 16, every 2.6th, the ends among them
+    gaps = np.diff(spread)
+    assert len(spread) == 16 and spread[0] == 0 and spread[-1] == 78 and gaps.min() >= 4 and gaps.max() <= 6
+    assert probe_chunks([3, 9]) == [3, 9] and probe_chunks([5]) == [5] and probe_chunks([]) == []
+    x = np.arange(40 * 10 * 2, dtype=np.float32).reshape(400, 2)  # 40 chunks of 10 rows: row r = [2r, 2r+1]
+    store = write_vectors(str(tmp_path / "s"), x, chunk_rows=10, shard_rows=40)
+    test = list(range(0, 40, 2))  # 20 test chunks: 16 read
+    rows = held_out_rows(store, test, 40)  # 3 each (ceil 40 / 16), the first 40
+    want = [10 * c + i for c in probe_chunks(test) for i in range(3)][:40]
+    assert rows.dtype == np.float32 and rows[:, 0].tolist() == [2.0 * r for r in want]
+    assert len(held_out_rows(store, test, 1000)) == 160  # 16 whole chunks of 10: fewer than asked

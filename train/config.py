@@ -104,7 +104,7 @@ class TrainConfig:
     of the report; with them its AD, L0, explained variance and live latents on each interval's last batch
     (``actdict.train.probe``: one no-grad forward per interval). Not part of the config hash."""
     probe_rows: int = 0
-    """Held-out rows (the first this many of the test chunks, in the order analysis reads them; read once at
+    """Held-out rows (spread over up to 16 test chunks, evenly spaced: ``data.held_out_rows``; read once at
     the start) each log interval also measures every dictionary on: ``held_ad``, ``held_l0``, ``held_ev``,
     ``held_live`` in the log beside the last batch's ``eval_*``, the same rows every interval (a curve of
     held-out fit and sparsity, free of one batch's noise; one no-grad forward of these rows per interval). 0

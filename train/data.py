@@ -133,17 +133,25 @@ def rank_slice(n: int, part: tuple[int, int]) -> slice:
     return slice(n * rank // world, n * (rank + 1) // world)
 
 
-def held_out_rows(store, test_chunks: Sequence[int], n: int, part: tuple[int, int] = (0, 1)) -> np.ndarray:
-    """The first ``n`` rows of ``test_chunks`` in that order (the rows analysis evaluates first) -> this
-    rank's part of them (``rank_slice``) [m, d] float32: ``train.probe_rows``' rows, read once."""
-    out, got = [], 0
-    for c in test_chunks:
-        if got >= n:
-            break
-        out.append(store.read_acts(c)[: n - got])  # [<= n - got, d] as stored
-        got += len(out[-1])
-    x = np.concatenate(out) if out else np.empty((0, store.d), np.float32)  # [<= n, d]
-    return np.asarray(x[rank_slice(len(x), part)], dtype=np.float32)
+PROBE_CHUNKS = 16
+"""Held-out chunks ``train.probe_rows``' rows are spread over, at most (evenly spaced among the test chunks):
+a chunk holds neighbouring rows of a few documents, so the rows of one chunk would measure those documents."""
+
+
+def probe_chunks(test_chunks: Sequence[int], most: int = PROBE_CHUNKS) -> list[int]:
+    """Up to ``most`` of ``test_chunks``, evenly spaced (the first and the last among them), ascending."""
+    m = min(most, len(test_chunks))
+    return sorted({test_chunks[round(i * (len(test_chunks) - 1) / max(1, m - 1))] for i in range(m)})
+
+
+def held_out_rows(store, test_chunks: Sequence[int], n: int) -> np.ndarray:
+    """``n`` held-out rows for ``train.probe_rows``, read once: the first rows of each of ``probe_chunks``
+    (ceil(n / their number) each, fewer where a chunk is shorter; at most ``n`` in all) -> [m, d] float32."""
+    chunks = probe_chunks(test_chunks)
+    each = -(-n // max(1, len(chunks)))
+    parts = [store.read_acts(c)[:each] for c in chunks]  # [<= each, d] as stored
+    x = np.concatenate(parts)[:n] if parts else np.empty((0, store.d), np.float32)  # [<= n, d]
+    return np.asarray(x, dtype=np.float32)
 
 
 def _gather(store, chunks: Sequence[int], rows: np.ndarray) -> np.ndarray:

@@ -34,10 +34,12 @@ from actdict.train import checkpoint
 from actdict.train import dist as dist_
 from actdict.train.config import DictConfig, TrainConfig
 from actdict.train.data import (
+    PROBE_CHUNKS,
     held_out_rows,
     iter_rows,
     make_split,
     norm_stats,
+    rank_slice,
     split_note,
     split_readable,
     steps_in_epoch,
@@ -301,11 +303,11 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
     start = None if meta is None else load_state(state_path, members, todo_hashes, todo_legacy, done, meta)
     probe_x = None  # [m, d] train.probe_rows' held-out rows (this rank's part) on the device
     if cfg.probe_rows:
-        probe_x = torch.from_numpy(held_out_rows(store, split["test_chunks"], cfg.probe_rows,
-                                                 (d.rank, d.world))).to(device)
-        if (n := sum(b - a for a, b in map(store.chunk_bounds, split["test_chunks"]))) < cfg.probe_rows:
-            say(f"train: note: train.probe_rows={cfg.probe_rows}: the held-out chunks hold {n:,} rows, all "
-                "measured")
+        rows = held_out_rows(store, split["test_chunks"], cfg.probe_rows)  # [<= probe_rows, d]
+        if len(rows) < cfg.probe_rows:
+            say(f"train: note: train.probe_rows={cfg.probe_rows}: the held-out chunks it reads (up to "
+                f"{PROBE_CHUNKS}) hold {len(rows):,} rows, all measured")
+        probe_x = torch.from_numpy(rows[rank_slice(len(rows), (d.rank, d.world))]).to(device)
     if kept_hashes:  # each from its own file; extension() checked they stand at the same position
         start = [load_state(run_dir / "dicts" / m.name / KEPT, [m], {m.name: kept_hashes[m.name]},
                             meta=kept[m.name]) for m in members][0]
