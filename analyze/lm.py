@@ -26,6 +26,9 @@ def causal_lm(store, device: torch.device, cfg: AnalyzeConfig):
     if not man.get("model") or not man.get("hook"):
         raise AnalyzeError(f"{asks} needs a store harvested from a language model (its manifest has no "
                            f"model/hook): set {off}")
+    if man.get("kind") == "embeddings":  # whatever the model, a pooled embedding is no activation of it
+        raise AnalyzeError(f"{asks} needs a model's activations at a hook; this store's rows are pooled "
+                           f"sentence embeddings of {man['model']}: set {off}")
     lm = load_model(man["model"], device=str(device), dtype="float32")
     if lm.kind != "causal":
         raise AnalyzeError(f"{asks} needs a causal language model; {lm.name} is an encoder: set {off}")

@@ -78,3 +78,20 @@ def test_logit_effects_are_refused_before_the_pass_where_they_do_not_apply(lm, l
     monkeypatch.setattr(run, "ModelEval", None)  # the pass never starts
     with pytest.raises(run.AnalyzeError, match=match):
         run.main(Common(run_dir=str(tmp_path)), AnalyzeConfig(logit_effects=3, device="cpu"))
+
+
+def test_an_embeddings_store_has_no_logit_effects_or_ce_whatever_its_model(monkeypatch):
+    """A store of pooled sentence embeddings (harvest.mode: embeddings) of a causal model's hidden states:
+    its rows are no activation at a hook, so logit effects and CE are refused before the model loads."""
+    from types import SimpleNamespace
+
+    from actdict.analyze import lm as lm_mod
+
+    store = SimpleNamespace(manifest={"kind": "embeddings", "model": "some-decoder-embedder",
+                                      "hook": "blocks.5.hook_resid_post"}, d=8)
+    monkeypatch.setattr("actdict.harvest.models.load_model", None)  # never reached
+    for cfg, off in ((AnalyzeConfig(logit_effects=3), "analyze.logit_effects=0"),
+                     (AnalyzeConfig(ce_loss=True), "analyze.ce_loss=false")):
+        with pytest.raises(run.AnalyzeError, match=f"pooled sentence embeddings of some-decoder-embedder: "
+                                                   f"set {off}"):
+            lm_mod.causal_lm(store, "cpu", cfg)
