@@ -200,3 +200,10 @@ def test_restarts_share_the_data_and_the_lowest_heldout_loss_is_chosen(tmp_path,
     P.main(["--sets", "linear", "--data-seed", "6", "--seed", "3", "--json", str(tmp_path / "other.json")])
     with pytest.raises(SystemExit, match="differ in data"):
         P.main(["--restarts", str(tmp_path / "s0.json"), str(tmp_path / "other.json")])
+
+
+def test_help_describes_the_script_in_a_whole_sentence(capsys):
+    with pytest.raises(SystemExit):
+        P.main(["--help"])
+    said = " ".join(capsys.readouterr().out.split())
+    assert "comparison on offline real activations, our numbers beside the paper's" in said

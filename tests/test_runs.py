@@ -3,6 +3,8 @@
 import json
 import shutil
 
+import pytest
+
 from actdict.analyze import run
 from actdict.analyze.config import AnalyzeConfig
 from actdict.cli import main as cli
@@ -103,3 +105,10 @@ def test_dictionary_folders_as_compare_takes_them_give_their_lines(tmp_path, cap
     assert cli(["summary", str(dicts / "z")]) == 2  # trained, not analysed
     assert capsys.readouterr().err == (f"actdict: OutputError: {tmp_path / 'a' / 'summary.json'} holds no "
                                        f"'z' (['x', 'y']): run actdict analyze on {tmp_path / 'a'}\n")
+
+
+def test_help_says_what_the_command_does_in_a_whole_sentence(capsys):
+    with pytest.raises(SystemExit):
+        cli(["summary", "--help"])
+    said = " ".join(capsys.readouterr().out.split())
+    assert "several analysed run folders in one table" in said
