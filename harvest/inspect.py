@@ -63,7 +63,7 @@ def line(info: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="actdict store", description=(__doc__ or "").split("\n")[0])
-    ap.add_argument("path", help="store root (folder or fsspec URL)")
+    ap.add_argument("path", help="store root, or one hook's folder <store>/<hook> (folder or fsspec URL)")
     ap.add_argument("--hook", action="append", help="only this hook (repeatable); default every hook")
     ap.add_argument("--verify", action="store_true", help="re-read every shard and check its checksums")
     ap.add_argument("--repair", action="store_true", help="re-read every shard, remove the damaged ones and "

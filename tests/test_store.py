@@ -820,3 +820,11 @@ def test_read_meta_is_read_rows_without_the_activations(tmp_path, monkeypatch):
         assert tok.tolist() == rows.token_ids.tolist() and doc.tolist() == rows.doc.tolist()
         assert pos.tolist() == rows.pos.tolist() and opened and "acts" not in opened
         assert [len(a) for a in s.read_meta(5, 5)] == [0, 0, 0]
+
+
+def test_store_help_says_a_hook_folder_is_a_path_too(capsys):
+    from actdict.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["store", "--help"])
+    assert "one hook's folder <store>/<hook>" in " ".join(capsys.readouterr().out.split())
