@@ -1,9 +1,10 @@
-"""``actdict summary RUN_DIR [RUN_DIR ...]``: the headline numbers of several analysed run folders in one
-table (the layers of configs/layers.yaml, a sweep over run folders), one line per dictionary, read from each
-folder's ``summary.json``: run, hook, dictionary, RE det, RE 1-sample, AD, L0, EV, dead (and CE recovered, KL
-when measured); ``--json`` writes the same rows. A folder that has not been analysed is named, not skipped
-silently. A dictionary's folder (``RUN_DIR/dicts/NAME``, as ``actdict compare`` takes them) stands for its
-line of its run folder's table."""
+"""``actdict summary RUN_DIR...``: the headline numbers of several analysed run folders in one table.
+
+The layers of configs/layers.yaml, a sweep over run folders: one line per dictionary, read from each folder's
+``summary.json``: run, hook, dictionary, RE det, RE 1-sample, AD, L0, EV, dead (and CE recovered, KL
+when measured); ``--json`` writes the same rows, ``--sort COLUMN`` lists them all by one column. A folder
+that has not been analysed is named, not skipped silently. A dictionary's folder (``RUN_DIR/dicts/NAME``,
+as ``actdict compare`` takes them) stands for its line of its run folder's table."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from actdict.analyze.run import _cell
 from actdict.errors import ActdictError, printable
 
 KEYS = ("re_det", "re_sample", "ad", "l0", "ev", "dead", "k", "ce_recovered", "kl")
+SORTS = ("re_det", "re_sample", "ad", "l0", "ev", "dead", "ce_recovered", "kl")
 
 
 def rows(run_dirs: list[str]) -> list[dict]:
@@ -53,6 +55,11 @@ def rows(run_dirs: list[str]) -> list[dict]:
     return out
 
 
+def by(records: list[dict], key: str) -> list[dict]:
+    """The records of every run in ascending order of ``key`` (those without it last), ties as given."""
+    return sorted(records, key=lambda r: (r[key] is None, r[key] or 0))
+
+
 def table(records: list[dict]) -> list[str]:
     """The records as text, columns wide enough for their run, hook and dictionary names; CE recovered and
     KL (as analyze's table) when some run measured them (analyze.ce_loss)."""
@@ -77,11 +84,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="analysed run folders (each has summary.json), "
                    "or dictionaries RUN_DIR/dicts/NAME (that dictionary's line only)")
     p.add_argument("--json", help="also write the rows here")
+    p.add_argument("--sort", choices=SORTS, help="list the rows of all runs in ascending order of this "
+                   "column (l0 or ad: along the sparsity axis, to read the EV at a given sparsity); default: "
+                   "each run's in turn")
     a = p.parse_args(argv)
     if a.json and not (Path(a.json).parent.is_dir() and not Path(a.json).is_dir()):
         p.error(f"--json {a.json}: not a file in an existing folder")
     try:
         records = rows(a.runs)
+        records = by(records, a.sort) if a.sort else records
     except ActdictError as e:
         print(f"actdict: {type(e).__name__}: {e}", file=sys.stderr)
         return 2

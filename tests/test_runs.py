@@ -112,3 +112,24 @@ def test_help_says_what_the_command_does_in_a_whole_sentence(capsys):
         cli(["summary", "--help"])
     said = " ".join(capsys.readouterr().out.split())
     assert "several analysed run folders in one table" in said
+
+
+def test_sort_lists_the_rows_of_all_runs_by_one_column(tmp_path, capsys):
+    """Which dictionary has the best EV near L0 32, over two sweeps' run folders: the rows came run by run,
+    in each summary's order, with no way to read them along the sparsity axis."""
+    recs = {"a": {"x": (64.0, 0.75), "y": (16.0, 0.63), "z": (None, None)}, "b": {"x": (32.0, 0.70)}}
+    for folder, models in recs.items():
+        (tmp_path / folder).mkdir()
+        body = {n: {"re_det": 40.0, "re_sample": 41.0, "ad": l0, "l0": l0, "ev": ev, "dead": 3, "k": 64}
+                for n, (l0, ev) in models.items()}
+        (tmp_path / folder / "summary.json").write_text(json.dumps({"hook": "h", "models": body}))
+    runs = [str(tmp_path / "a"), str(tmp_path / "b")]
+    assert cli(["summary", *runs, "--sort", "l0", "--json", str(tmp_path / "t.json")]) == 0
+    lines = capsys.readouterr().out.splitlines()[1:]
+    assert [(c[0][-1], c[2], c[6], c[7]) for c in map(str.split, lines)] == [
+        ("a", "y", "16.00", "0.630"), ("b", "x", "32.00", "0.700"), ("a", "x", "64.00", "0.750"),
+        ("a", "z", "n/a", "n/a")]
+    assert [r["l0"] for r in json.loads((tmp_path / "t.json").read_text())] == [16.0, 32.0, 64.0, None]
+    assert cli(["summary", *runs, "--sort", "ev"]) == 0
+    assert [line.split()[7] for line in capsys.readouterr().out.splitlines()[1:]] == [
+        "0.630", "0.700", "0.750", "n/a"]
