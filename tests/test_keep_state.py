@@ -88,9 +88,26 @@ def test_a_dictionary_added_later_keeps_the_others_states(store, tmp_path, capsy
     capsys.readouterr()
     run(store, tmp_path / "run", epochs=4, dicts=[DICTS[0], extra])  # keep_state off: each kept one removed
     out = capsys.readouterr().out  # a kept state continues: no hint to keep one
-    assert "its finished checkpoint will be replaced" in out and "train.keep_state=true keeps" not in out
+    assert "vaease, topk: their finished checkpoints will be replaced" in out
+    assert "train.keep_state=true keeps" not in out
     assert not (tmp_path / "run" / "dicts" / "vaease" / KEPT).exists()
     assert (tmp_path / "run" / "dicts" / "l1" / KEPT).exists()  # not trained this time: untouched
+
+
+def test_a_sweep_given_more_epochs_says_its_checkpoints_are_replaced_in_one_line(store, tmp_path, capsys):
+    """Raising a sweep's epochs printed 'NAME: its finished checkpoint will be replaced (... train.epochs:
+    2 -> 3) ...' once per dictionary (11 alike lines for a sweep of 11) before 'continuing ...'."""
+    sweep = [DictConfig(name=f"l1_lam1-{lam}", variant="sae_l1", k=12, params={"lam1": lam})
+             for lam in (0.1, 0.3, 1.0, 3.0)]
+    run(store, tmp_path / "run", keep_state=True, dicts=sweep)
+    capsys.readouterr()
+    run(store, tmp_path / "run", keep_state=True, dicts=sweep, epochs=3)
+    out = capsys.readouterr().out.splitlines()
+    assert [line for line in out if "will be replaced" in line] == [
+        "train: 4 dictionaries l1_lam1-0.1 ... l1_lam1-3.0: their finished checkpoints will be replaced "
+        "(they were trained with another config: train.epochs: 2 -> 3); set run_dir, or rename the "
+        "dictionaries, to keep both"]
+    assert "train: continuing the finished run kept at epoch 2 (train.keep_state) to epoch 3" in out
 
 
 def test_what_a_kept_state_does_not_continue_starts_over(store, tmp_path, capsys):
@@ -110,5 +127,5 @@ def test_what_a_kept_state_does_not_continue_starts_over(store, tmp_path, capsys
     run(store, tmp_path / "run3")
     capsys.readouterr()
     run(store, tmp_path / "run3", epochs=3)  # no kept state: replaced, and told how to keep one next time
-    said = "train.epochs: 2 -> 3); set run_dir, or rename the dictionary, to keep both; train.keep_state=true"
+    said = "train.epochs: 2 -> 3); set run_dir, or rename the dictionaries, to keep both; train.keep_state="
     assert said in capsys.readouterr().out

@@ -783,9 +783,9 @@ def test_replace_note_hints_keep_state_for_more_epochs_only():
     from actdict.train.run import replace_note
 
     hint = "train.keep_state=true keeps a finished run's state"
-    assert hint in replace_note("a", "train.epochs: 2 -> 3", keep_state=False)
-    assert hint not in replace_note("a", "train.epochs: 2 -> 3", keep_state=True)  # asked for, or left
-    assert hint not in replace_note("a", "dict.lr: 0.005 -> 0.01", keep_state=False)  # not a longer run
+    assert hint in replace_note(["a"], "train.epochs: 2 -> 3", keep_state=False)
+    assert hint not in replace_note(["a"], "train.epochs: 2 -> 3", keep_state=True)  # asked for, or left
+    assert hint not in replace_note(["a"], "dict.lr: 0.005 -> 0.01", keep_state=False)  # not a longer run
 
 
 def test_a_resume_conflict_blames_the_store_only_when_only_the_store_changed():

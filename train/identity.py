@@ -15,6 +15,7 @@ from pathlib import Path
 from actdict.config import Common, config_changes, to_dict
 from actdict.train import checkpoint
 from actdict.train.config import DictConfig, TrainConfig
+from actdict.train.resume import listed
 
 _UNHASHED = ("dicts", "device", "checkpoint_every", "log_every", "resume",  # no change to the result,
              "resume_drop", "keep_state", "hook", "probe_rows")  # or that the store's identity holds (hook)
@@ -112,12 +113,15 @@ def describe_store(store, path: str) -> dict:
     return store_id
 
 
-def replace_note(name: str, what: str, keep_state: bool) -> str:
-    """The line saying that ``name``'s finished checkpoint will be replaced; when its epochs changed and no
-    state is kept (``keep_state`` False: neither asked for nor left by an earlier run), how to keep one."""
+def replace_note(names: list[str], what: str, keep_state: bool) -> str:
+    """The line saying that the finished checkpoints of ``names`` (which differ alike, as a sweep's do) will
+    be replaced; when their epochs changed and no state is kept (``keep_state`` False: neither asked for
+    nor left by an earlier run), how to keep one."""
     hint = ("; train.keep_state=true keeps a finished run's state, so that raising epochs continues it"
             if "train.epochs:" in what and not keep_state else "")
-    why = (f"it holds {what}" if what.startswith("an SAE imported")
-           else f"it was trained with another config: {what}")
-    return (f"train: {name}: its finished checkpoint will be replaced ({why}); set run_dir, or rename the "
-            f"dictionary, to keep both{hint}")
+    one = len(names) == 1
+    why = (f"{'it holds' if one else 'they hold'} {what}" if what.startswith("an SAE imported")
+           else f"{'it was' if one else 'they were'} trained with another config: {what}")
+    whose = "its finished checkpoint" if one else "their finished checkpoints"
+    return (f"train: {listed(names)}: {whose} will be replaced ({why}); set run_dir, or rename the "
+            f"dictionar{'y' if one else 'ies'}, to keep both{hint}")

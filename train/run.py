@@ -244,10 +244,13 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
     for names in [listed(done)] if many else done:
         say(f"train: {names}: finished checkpoint{'s' * many} with the same config exist{'s' * (not many)}, "
             "skipped")
+    alike: dict[tuple[str, bool], list[str]] = {}  # a sweep's, changed alike (train.epochs): one line
     for dc in todo:
         if what := replaced(run_dir / "dicts" / dc.name, dc, cfg, seeds[dc.name], store_id):
             kept = (run_dir / "dicts" / dc.name / KEPT).is_file()  # it may continue that run (kept_states)
-            say(replace_note(dc.name, what, cfg.keep_state or kept))
+            alike.setdefault((what, cfg.keep_state or kept), []).append(dc.name)
+    for (what, keep), names in alike.items():
+        say(replace_note(names, what, keep))
     if todo and (others := other_split(run_dir, {dc.name for dc in cfg.dicts}, split)):
         raise ConfigError(
             f"{run_dir} holds finished dictionaries {others} trained with other held-out chunks than this "
