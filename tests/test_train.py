@@ -1371,3 +1371,25 @@ def test_a_run_ending_just_after_a_warm_restart_is_told_so():
         True, False, False, True, True, True]
     assert restart_note(1408, "constant", 5) is None and restart_note(1408, "warmup_cosine", 5) is None
     assert "restarts at step 1,285" in restart_note(1418, "cosine_restarts", 5, warmup_steps=10)
+
+
+def test_a_batchtopk_run_too_short_for_its_threshold_is_told_so(store, tmp_path, capsys):
+    """The demo store, 264 steps at the default threshold_beta 0.999: the threshold still held 77 % of the
+    untrained dictionary's first value, and analysis measured L0 10 / 15 at topk 16 / 32 (EV 0.57, below
+    sae_topk's 0.63 / 0.71), with nothing saying why; at threshold_beta 0.9, L0 16 / 32 and EV 0.65 / 0.71."""
+    from actdict.train.run import main
+    from actdict.train.variants.sae_batchtopk import threshold_note
+
+    note = threshold_note(0.999, 264)
+    assert "(threshold_beta 0.999), and at the end of this run's 264 steps" in note
+    assert "still weighs 77% of it" in note and "threshold_beta 0.988 or lower" in note
+    assert 0.988 ** 263 <= 0.05 < 0.989 ** 263  # the beta it suggests is the largest that forgets
+    runs = ((0.999, 2995), (0.999, 3000), (0.9, 264), (0.999, 99))
+    assert [threshold_note(beta, steps) is None for beta, steps in runs] == [False, True, True, True]
+    dicts = [DictConfig(f"b{t}", "sae_batchtopk", k=8, params={"topk": t}) for t in (2, 3)]
+    quick = DictConfig("q", "sae_batchtopk", k=8, params={"topk": 2, "threshold_beta": 0.9})
+    common = Common(run_dir=str(tmp_path / "run"), seed=0, store=store.path)
+    main(common, TrainConfig(dicts=[*dicts, quick], epochs=6, batch_size=50, device="cpu"))  # >= 100 steps
+    notes = [line for line in capsys.readouterr().out.splitlines() if "inference threshold" in line]
+    steps = checkpoint.load(tmp_path / "run" / "dicts" / "b2")[1]["steps"]
+    assert notes == [f"train: note: b2, b3: {threshold_note(0.999, steps)}"] and steps >= 100

@@ -37,6 +37,8 @@ params: ``topk`` (k, default 32), ``k_aux`` (512), ``aux_penalty`` (1/32), ``n_b
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -45,6 +47,23 @@ from actdict.train import dist as dist_
 from actdict.train.protocol import Forward, register
 from actdict.train.variants._sparse import Pattern, sparse_decode
 from actdict.train.variants._tied import DeadTracker, TiedSAE, fired_latents, sparse_codes
+
+FORGOTTEN = 0.05
+"""The weight of the first batch's value in theta at a run's end under which ``threshold_note`` is silent."""
+
+
+def threshold_note(beta: float, steps: int) -> str | None:
+    """For a run of ``steps`` steps (100 or more): a note when theta's first value, the untrained
+    dictionary's, still weighs more than ``FORGOTTEN`` of theta at the end (beta ** (steps - 1)), so that
+    theta, and the L0 that analysis and exports see, lag behind the training; None otherwise."""
+    if steps < 100 or (left := beta ** (steps - 1)) <= FORGOTTEN:
+        return None
+    enough = math.floor(FORGOTTEN ** (1 / (steps - 1)) * 1000) / 1000
+    return (f"the inference threshold (what analysis and exports use) is a running mean of each batch's "
+            f"smallest kept activation (threshold_beta {beta:g}), and at the end of this run's {steps:,} "
+            f"steps the first batch's value, from the untrained dictionary, still weighs {left:.0%} of it, "
+            f"so the L0 at inference can fall below topk: threshold_beta {enough:g} or lower lets this "
+            "run's later batches set it")
 
 
 @register
