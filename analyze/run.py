@@ -34,6 +34,7 @@ summary.json (version 2 = version 1 plus keys; floats rounded to 6 significant d
                               # its loss terms over training (logs/<name>.jsonl, <= 1000 points: train.log)
                               # and eval_ad, eval_l0, eval_ev, eval_live of each interval's last batch
         "features_file": str,  # features/<name>.json, relative to run_dir (v2)
+        "config_hash": str | null,  # its checkpoint's cfg.json config_hash: which training was analysed
         "wordpiece": bool,     # WordPiece token strings ("##" continuations): how contexts are joined (v2)
         "null_decoder": int | null,  # latents whose decoder column is <= 1e-6 x the largest (analyze.compare;
                               # null: a dictionary without Dictionary.decode)
@@ -236,6 +237,7 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
         m = ev.summary(n, sum_x, sum_x2, classes)
         m["training_warning"] = records.get(name, {}).get("warning")  # diverged / learned almost nothing
         m["training_log"] = trained_curve(run_dir, name, records.get(name, {}).get("config_hash"))
+        m["config_hash"] = records.get(name, {}).get("config_hash")  # which training of `name` it is
         if ce is not None:
             m |= ce["models"][name]
         fires = ev.fire.cpu().numpy()

@@ -3,8 +3,9 @@
 The layers of configs/layers.yaml, a sweep over run folders: one line per dictionary, read from each folder's
 ``summary.json``: run, hook, dictionary, RE det, RE 1-sample, AD, L0, EV, dead (and CE recovered, KL
 when measured); ``--json`` writes the same rows, ``--sort COLUMN`` lists them all by one column. A folder
-that has not been analysed is named, not skipped silently. A dictionary's folder (``RUN_DIR/dicts/NAME``,
-as ``actdict compare`` takes them) stands for its line of its run folder's table."""
+that has not been analysed is named, not skipped silently, and so are dictionaries trained again since their
+folder's analysis (``retrained`` in ``--json``), whose rows are the earlier training's. A dictionary's folder
+(``RUN_DIR/dicts/NAME``, as ``actdict compare`` takes them) stands for its line of its run folder's table."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 from actdict.analyze.outputs import OutputError, read_output
 from actdict.analyze.run import _cell
 from actdict.errors import ActdictError, printable
+from actdict.train.resume import listed
 
 KEYS = ("re_det", "re_sample", "ad", "l0", "ev", "dead", "k", "ce_recovered", "kl")
 SORTS = ("re_det", "re_sample", "ad", "l0", "ev", "dead", "ce_recovered", "kl")
@@ -47,11 +49,28 @@ def rows(run_dirs: list[str]) -> list[dict]:
                               "analyze` to rewrite it")
         if only is not None and only not in models:
             raise OutputError(f"{path} holds no {only!r} ({sorted(models)}): run actdict analyze on {run}")
+        again = retrained(run, models)
         for name, m in models.items():
             if only is not None and name != only:
                 continue
             out.append({"run": run, "hook": summary.get("hook"), "dict": name, "variant": m.get("variant")}
-                       | {k: m.get(k) for k in KEYS})
+                       | {k: m.get(k) for k in KEYS} | {"retrained": name in again})
+    return out
+
+
+def retrained(run: str, models: dict) -> list[str]:
+    """The dictionaries of ``run``'s summary whose checkpoint is another training than the one analysed: its
+    cfg.json's config_hash is not the one the analysis recorded (trained again since, to more epochs or with
+    another config). Those with either hash unreadable or missing (an analysis before summary.json recorded
+    it, an import) are left out."""
+    out = []
+    for name, m in models.items():
+        try:
+            now = json.loads((Path(run) / "dicts" / name / "cfg.json").read_text()).get("config_hash")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if m.get("config_hash") and now and m["config_hash"] != now:
+            out.append(name)
     return out
 
 
@@ -97,6 +116,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"actdict: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     print("\n".join(table(records)))
+    for run in dict.fromkeys(r["run"] for r in records):
+        if names := [r["dict"] for r in records if r["run"] == run and r["retrained"]]:
+            print(f"actdict summary: note: {run}: {listed(names)} trained again since its analysis (a "
+                  "checkpoint of another config_hash than the analysed one): their rows are the earlier "
+                  f"training's; rerun actdict analyze on {run}", file=sys.stderr)
     if a.json:
         Path(a.json).write_text(json.dumps(records, indent=1) + "\n")
     return 0

@@ -133,3 +133,24 @@ def test_sort_lists_the_rows_of_all_runs_by_one_column(tmp_path, capsys):
     assert cli(["summary", *runs, "--sort", "ev"]) == 0
     assert [line.split()[7] for line in capsys.readouterr().out.splitlines()[1:]] == [
         "0.630", "0.700", "0.750", "n/a"]
+
+
+def test_rows_of_a_dictionary_trained_again_since_the_analysis_are_named(tmp_path, monkeypatch, capsys):
+    """Training a sweep longer after analysing it (train.keep_state, more epochs) replaced its checkpoints,
+    and summary went on printing the analysed training's numbers, with nothing saying that compare, export
+    and lens now read other weights."""
+    one = _run_dir(tmp_path / "one", monkeypatch)
+    for name, seed in (("sae", 0), ("topk", 1)):
+        save(one / "dicts" / name, make("sae_topk", 5, 6, seed=seed, topk=2), {"config_hash": f"{name}-1"})
+    run.main(Common(run_dir=str(one)), AnalyzeConfig(device="cpu", top_k=2, context=1))
+    capsys.readouterr()
+    assert cli(["summary", str(one)]) == 0 and capsys.readouterr().err == ""
+    save(one / "dicts" / "topk", make("sae_topk", 5, 6, seed=2, topk=2), {"config_hash": "topk-2"})
+    assert cli(["summary", str(one), "--json", str(tmp_path / "t.json")]) == 0
+    out = capsys.readouterr()
+    assert [line.split()[2] for line in out.out.splitlines()[1:]] == ["sae", "topk"]  # the rows as before
+    said = (f"actdict summary: note: {one}: topk trained again since its analysis (a checkpoint of another "
+            "config_hash than the analysed one): their rows are the earlier training's; rerun actdict "
+            f"analyze on {one}\n")
+    assert out.err == said
+    assert [r["retrained"] for r in json.loads((tmp_path / "t.json").read_text())] == [False, True]
