@@ -350,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
                    a.follow)
     except ActdictError as e:  # ConfigError included
         return print_error("actdict lens", e)
-    print(format_lens(res))
-    if a.json:
+    if a.json:  # before the text: a reader closing stdout early (| head) must not lose it
         a.json.write_text(json.dumps(res, indent=1, ensure_ascii=False) + "\n")
+    print(format_lens(res))
     return 0

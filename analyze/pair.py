@@ -274,9 +274,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"actdict: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     labels, what = tuple(lab for lab, _ in found), tuple("texts" if t else "tokens" for _, t in found)
+    if args.json:  # before the table: a reader closing stdout early (| head) must not lose it
+        write_atomic(Path(args.json), json.dumps(out, separators=(",", ":"), allow_nan=False))
     print(printable("\n".join(report_lines(out, args.top, labels, what))))  # tokens, hooks: no control codes
     if args.json:
-        write_atomic(Path(args.json), json.dumps(out, separators=(",", ":"), allow_nan=False))
         print(f"compare: wrote {args.json}")
     return 0
 

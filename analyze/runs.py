@@ -115,14 +115,14 @@ def main(argv: list[str] | None = None) -> int:
     except ActdictError as e:
         print(f"actdict: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
+    if a.json:  # before the table: a reader closing stdout early (| head) must not lose it
+        Path(a.json).write_text(json.dumps(records, indent=1) + "\n")
     print("\n".join(table(records)))
     for run in dict.fromkeys(r["run"] for r in records):
         if names := [r["dict"] for r in records if r["run"] == run and r["retrained"]]:
             print(f"actdict summary: note: {run}: {listed(names)} trained again since its analysis (a "
                   "checkpoint of another config_hash than the analysed one): their rows are the earlier "
                   f"training's; rerun actdict analyze on {run}", file=sys.stderr)
-    if a.json:
-        Path(a.json).write_text(json.dumps(records, indent=1) + "\n")
     return 0
 
 

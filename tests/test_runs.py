@@ -154,3 +154,23 @@ def test_rows_of_a_dictionary_trained_again_since_the_analysis_are_named(tmp_pat
             f"analyze on {one}\n")
     assert out.err == said
     assert [r["retrained"] for r in json.loads((tmp_path / "t.json").read_text())] == [False, True]
+
+
+def test_json_is_written_before_the_table_a_closed_pipe_stops(tmp_path, monkeypatch):
+    """actdict summary ... --json F | head -1: the table's print met a closed pipe (BrokenPipeError, exit
+    141 from the shell) before F was written, so F was lost; compare and lens wrote theirs last too."""
+    import builtins
+
+    m = {"re_det": 30.05, "re_sample": 31.5, "ad": 32.0, "l0": 32.0, "ev": 0.773, "dead": 3, "k": 64}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "summary.json").write_text(json.dumps({"hook": "h", "models": {"x": m}}))
+
+    def closed(*a, **k):
+        raise BrokenPipeError
+
+    from actdict.analyze.runs import main as summary  # the command line turns the error into status 141
+
+    monkeypatch.setattr(builtins, "print", closed)
+    with pytest.raises(BrokenPipeError):
+        summary([str(tmp_path / "a"), "--json", str(tmp_path / "t.json")])
+    assert json.loads((tmp_path / "t.json").read_text())[0]["ad"] == 32.0
