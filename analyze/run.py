@@ -170,7 +170,7 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
               "(analyze.dicts); run without analyze.dicts to report every dictionary")
     evaluated = evaluated_rows(store, test_chunks, cfg.max_test_rows)  # [n] global rows, in the pass's order
     labels, classes = read_labels(cfg.labels, len(store), evaluated)
-    text_file = check_texts(cfg.texts, len(store), cfg.texts_column) if cfg.texts else None  # before the pass
+    text_files = check_texts(cfg.texts, len(store), cfg.texts_column) if cfg.texts else None  # before it
     lm = causal_lm(store, device, cfg) if cfg.ce_loss or cfg.logit_effects else None  # before the pass
     splicing = splice_setup(lm, cfg, store, test_chunks) if cfg.ce_loss else None
     counted = cofire_within(models, cfg)
@@ -228,7 +228,7 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
     keys = {name: hit_keys(data) for name, data in datas.items()}  # (row, doc, pos) of the rows shown
     # an embeddings store keeps no tokens: the texts of the rows shown, from analyze.texts or else read again
     shown = set().union(*keys.values())  # from the harvest's source (one pass)
-    texts = (read_texts(text_file, {r for r, _, _ in shown}, cfg.texts_column) if text_file
+    texts = (read_texts(text_files, {r for r, _, _ in shown}, cfg.texts_column) if text_files
              else row_texts(store.manifest, shown))
     for name, ev in evals.items():
         data = datas[name]

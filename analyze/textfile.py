@@ -15,6 +15,9 @@ Formats, by suffix (row i of the store is the file's i-th text):
 * ``.txt``: one text per line (a text with line breaks needs another format);
 * ``.npy``: a 1-D array of strings (``np.save``; bytes are decoded as UTF-8), mapped.
 
+A folder of such files, or a glob pattern (``texts/part-*.parquet``), is their texts one after the other in
+the sorted order of the paths, as the vectors import reads shards (``harvest.vectors.vector_files``).
+
 The file is checked before the pass over the rows (it exists, holds texts, as many as the store has rows),
 so a wrong one costs nothing; only the rows shown are kept in memory.
 """
@@ -33,23 +36,45 @@ from actdict.analyze.texts import MAX_CHARS, clip
 FORMATS = (".parquet", ".jsonl", ".txt", ".npy")
 
 
-def check_texts(path: str, n_rows: int | None, column: str = "") -> Path:
-    """``path`` expanded, once it is a file of ``n_rows`` texts in one of ``FORMATS`` (AnalyzeError saying
-    what is wrong otherwise; ``column``: ``texts_column``). ``n_rows`` None (before the store exists, as
-    ``actdict run`` checks every stage first): its format only, not its count."""
+def text_files(path: str) -> list[Path]:
+    """The files ``path`` names: itself; a folder's ``FORMATS`` files; a glob pattern's matches; the last
+    two sorted by path, all of one format (AnalyzeError otherwise)."""
     p = Path(path).expanduser()
-    if p.suffix not in FORMATS:
-        raise AnalyzeError(f"analyze.texts: {p} is not one of {', '.join(FORMATS)} (one text per store row)")
-    if not p.is_file():
-        raise AnalyzeError(f"analyze.texts: {p} not found (a file of one text per store row)")
+    if any(c in path for c in "*?["):
+        import glob
+
+        files, where = sorted(Path(f) for f in glob.glob(str(p)) if Path(f).is_file()), f"pattern {path!r}"
+    elif p.is_dir():
+        files, where = sorted(f for f in p.iterdir() if f.is_file() and f.suffix in FORMATS), f"folder {p}"
+    else:
+        return [p]
+    if not files:
+        raise AnalyzeError(f"analyze.texts: {where} names no file ({', '.join(FORMATS)})")
+    if len(kinds := sorted({f.suffix for f in files})) > 1:
+        raise AnalyzeError(f"analyze.texts: {where} names files of several formats {kinds}")
+    return files
+
+
+def check_texts(path: str, n_rows: int | None, column: str = "") -> list[Path]:
+    """The files of ``path`` (``text_files``), once they hold ``n_rows`` texts in one of ``FORMATS``
+    (AnalyzeError saying what is wrong otherwise; ``column``: ``texts_column``). ``n_rows`` None (before the
+    store exists, as ``actdict run`` checks every stage first): their format only, not their count."""
+    files = text_files(path)
+    for p in files:
+        if p.suffix not in FORMATS:
+            raise AnalyzeError(f"analyze.texts: {p} is not one of {', '.join(FORMATS)} (one text per store "
+                               "row)")
+        if not p.is_file():
+            raise AnalyzeError(f"analyze.texts: {p} not found (a file of one text per store row)")
     if n_rows is None:
-        if p.suffix in (".npy", ".parquet"):  # their headers: cheap
+        for p in (p for p in files if p.suffix in (".npy", ".parquet")):  # their headers: cheap
             count(p, column)
-        return p
-    if (n := count(p, column)) != n_rows:
-        raise AnalyzeError(f"analyze.texts: {p} holds {n:,} texts, the store has {n_rows:,} rows (one text "
-                           "per row, in the store's row order)")
-    return p
+        return files
+    if (n := sum(count(p, column) for p in files)) != n_rows:
+        where = files[0] if len(files) == 1 else f"{path} ({len(files)} files)"
+        raise AnalyzeError(f"analyze.texts: {where} holds {n:,} texts, the store has {n_rows:,} rows (one "
+                           "text per row, in the store's row order)")
+    return files
 
 
 def count(p: Path, column: str = "") -> int:
@@ -69,9 +94,24 @@ def count(p: Path, column: str = "") -> int:
     return n + (last != b"\n")
 
 
-def read_texts(p: Path, rows: set[int], column: str = "", max_chars: int = MAX_CHARS) -> dict[int, str]:
-    """row -> its text (clipped to ``max_chars``) for each of ``rows`` (store rows), from ``p`` as
-    ``check_texts`` accepted it (``column``: ``texts_column``)."""
+def read_texts(files: list[Path], rows: set[int], column: str = "", max_chars: int = MAX_CHARS
+               ) -> dict[int, str]:
+    """row -> its text (clipped to ``max_chars``) for each of ``rows`` (store rows), from the ``files``
+    ``check_texts`` accepted (their texts one after the other; ``column``: ``texts_column``)."""
+    out: dict[int, str] = {}
+    start = 0  # the store row of each file's first text
+    for p in files:
+        if not (rows := {r for r in rows if r >= start}):
+            break
+        n = count(p, column) if len(files) > 1 else max(rows) + 1
+        mine = {r - start for r in rows if r < start + n}
+        out |= {r + start: t for r, t in _file_texts(p, mine, column, max_chars).items()}
+        start += n
+    return out
+
+
+def _file_texts(p: Path, rows: set[int], column: str, max_chars: int) -> dict[int, str]:
+    """row -> clipped text of ``rows`` of one file."""
     out: dict[int, str] = {}
     if not rows:
         return out

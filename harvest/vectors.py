@@ -8,6 +8,10 @@ Two entries:
   after the file changed imports it again, and training then retrains);
 * command line: ``python -m actdict.harvest.vectors FILE STORE [--key K] [--hook H] [--dtype D]``.
 
+FILE may also be a folder of files of one format, or a glob pattern (``'emb/part-*.npy'``, quoted): its files
+are imported in the sorted order of their paths as one run of rows (vectors written in shards), each checked
+as one file is and all of one width.
+
 Parquet layouts: one list column holding each row's vector (name it with ``key``; found by itself when it
 is the only list column), or, with no list column, every column one dimension (all numeric).
 """
@@ -38,7 +42,8 @@ class VectorsConfig:
     """Your own vectors (nested as ``harvest.vectors``; used when ``harvest.mode: vectors``)."""
 
     path: str = ""
-    """A ``.npy``, ``.safetensors`` or ``.parquet`` file holding vectors [n, d]."""
+    """A ``.npy``, ``.safetensors`` or ``.parquet`` file holding vectors [n, d]; or a folder of such files, or
+    a glob pattern naming them (``emb/part-*.npy``): their rows in the sorted order of the paths."""
     key: str = ""
     """safetensors: the tensor's name (empty: the file's only tensor); parquet: the list column holding the
     vectors (empty: the only list column, or else every column is one dimension)."""
@@ -188,39 +193,58 @@ def _parquet_blocks(path: Path, key: str, block: int) -> Iterator[np.ndarray]:
         at += batch.num_rows
 
 
+def vector_files(path: str | Path) -> list[Path]:
+    """The files ``path`` names: itself; a folder's ``FORMATS`` files; a glob pattern's matching files
+    (``*``, ``?``, ``[``); the last two sorted by path, all of one format (VectorsError: none, or several
+    formats)."""
+    s = str(path)
+    p = Path(s).expanduser()
+    if any(c in s for c in "*?["):
+        import glob
+
+        files, where = sorted(Path(f) for f in glob.glob(str(p)) if Path(f).is_file()), f"pattern {s!r}"
+    elif p.is_dir():
+        files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in FORMATS)
+        where = f"folder {s!r}"
+    else:
+        return [p]
+    if not files:
+        raise VectorsError(f"vectors {where} names no file ({', '.join(FORMATS)})")
+    if len(kinds := sorted({f.suffix.lower() for f in files})) > 1:
+        raise VectorsError(f"vectors {where} names files of several formats {kinds}: one format, please")
+    return files
+
+
 def vector_blocks(path: str | Path, key: str = "", block_rows: int = 16384) -> Iterator[np.ndarray]:
-    """Checked [b, d] blocks of the vectors in ``path`` (one file), in row order.
+    """Checked [b, d] blocks of the vectors in ``path`` (a file, or the files ``vector_files`` finds, one
+    after the other), in row order.
 
     Raises VectorsError for an unknown format, a shape that is not [n, d], non-numeric data, rows of
-    different widths, or rows holding NaN/inf (the first such row is named)."""
-    p = Path(path).expanduser()
-    if p.is_dir():  # a folder of shards, say: one file is imported
-        raise VectorsError(f"vectors file {str(path)!r} is a folder: name one {', '.join(FORMATS)} file "
-                           "(vectors in several files: write them into one first)")
-    if not p.is_file():
-        raise VectorsError(f"vectors file {str(path)!r} does not exist")
-    blocks = _format(p)[0](p, key, block_rows)
-    n, d = 0, None
-    for x in blocks:  # [b, d]
-        d = x.shape[1] if d is None else d
-        if x.ndim != 2 or x.shape[1] != d:
-            raise VectorsError(f"{p}: rows {n}.. have width {x.shape[1:]}, earlier rows {d}")
-        bad = ~np.isfinite(x).all(axis=1)  # [b]
-        if bad.any():
-            first = n + int(np.flatnonzero(bad)[0])
-            raise VectorsError(f"{p}: row {first} holds NaN or inf ({int(bad.sum())} such rows in rows "
-                               f"{n}..{n + len(x) - 1}); drop or fix them, then import again")
-        n += len(x)
-        yield x
+    different widths (across files too), or rows holding NaN/inf (the first such row of its file is named)."""
+    d = None
+    for p in vector_files(path):
+        if not p.is_file():
+            raise VectorsError(f"vectors file {str(path)!r} does not exist")
+        n = 0  # rows of this file so far
+        for x in _format(p)[0](p, key, block_rows):  # [b, d]
+            d = x.shape[1] if d is None else d
+            if x.ndim != 2 or x.shape[1] != d:
+                raise VectorsError(f"{p}: rows {n}.. have width {x.shape[1:]}, earlier rows {d}")
+            bad = ~np.isfinite(x).all(axis=1)  # [b]
+            if bad.any():
+                first = n + int(np.flatnonzero(bad)[0])
+                raise VectorsError(f"{p}: row {first} holds NaN or inf ({int(bad.sum())} such rows in rows "
+                                   f"{n}..{n + len(x) - 1}); drop or fix them, then import again")
+            n += len(x)
+            yield x
 
 
 def vector_rows(path: str | Path, key: str = "") -> int | None:
-    """How many vectors ``path`` holds, from its header alone (None when it cannot tell: the import then
-    says what is wrong)."""
-    p = Path(path).expanduser()
+    """How many vectors ``path`` holds (its files', added), from their headers alone (None when it cannot
+    tell: the import then says what is wrong)."""
     try:
-        return _format(p)[1](p, key)
-    except Exception:  # noqa: BLE001 (unreadable here: the import names the problem)
+        return sum(_format(p)[1](p, key) for p in vector_files(path))
+    except Exception:  # noqa: BLE001 (unreadable here, or a header without a count: the import says)
         return None
 
 
@@ -259,7 +283,7 @@ def texts_hint(path: str | Path) -> str:
     """' (its texts, ...: analyze.texts=FILE shows them in the report)' for a parquet file that also holds a
     string column ``text``, or one string column (analysis reads the same file's texts there:
     ``analyze/textfile.py``); '' otherwise."""
-    p = Path(path).expanduser()
+    p = vector_files(path)[0]  # shards: the first one's columns
     if p.suffix.lower() != ".parquet":
         return ""
     import pyarrow as pa
@@ -297,8 +321,11 @@ def import_vectors(path: str | Path, store: str, key: str = "", hook: str = "vec
     first = next(blocks, None)  # checks the file before the store is created
     if first is None:
         raise VectorsError(f"{path}: holds no vectors")
-    src = "bfloat16" if _is_bf16(Path(path).expanduser(), key) else str(first.dtype)  # bf16 blocks: float32
-    m = {"corpus": f"vectors file {Path(path).expanduser().resolve()}", "kind": "vectors",
+    files = vector_files(path)
+    src = "bfloat16" if _is_bf16(files[0], key) else str(first.dtype)  # bf16 blocks: float32
+    what = f"vectors file {files[0].resolve()}" if len(files) == 1 else (
+        f"{len(files)} vectors files {Path(path).expanduser().resolve()}")
+    m = {"corpus": what, "kind": "vectors",
          "numerics": f"user vectors ({src}), stored {kw.get('dtype', 'float32')}",
          "vectors": {"file": str(path), "key": key, "dtype": src}} | dict(manifest or {})
     return write_vectors(store, chain([first], blocks), manifest=m, hook=hook, **kw)  # removed on failure
@@ -317,8 +344,8 @@ def main(common, cfg, writing=lambda hooks=None: None) -> None:
     if not vcfg.path:
         raise ConfigError("harvest.mode is 'vectors' but harvest.vectors.path is empty: name a .npy, "
                           ".safetensors or .parquet file")
-    file = Path(vcfg.path).expanduser()
-    fingerprint = files_fingerprint([file]) if file.is_file() else None  # path, size, mtime
+    files = vector_files(vcfg.path)
+    fingerprint = files_fingerprint(files) if all(f.is_file() for f in files) else None  # path, size, mtime
     if complete_for(path, [vcfg.hook], cfg):
         old = (read_manifest(path, vcfg.hook) or {}).get("source_fingerprint")
         if old is None or fingerprint in (None, old):  # unchanged (or unknown: imported before 2026-12-05)
@@ -340,7 +367,8 @@ def cli(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m actdict.harvest.vectors",
                                  description="Import a .npy/.safetensors/.parquet file of [n, d] vectors "
                                              "into an activation store.")
-    ap.add_argument("file", help="vectors file (.npy, .safetensors, .parquet)")
+    ap.add_argument("file", help="vectors file (.npy, .safetensors, .parquet), or a folder of them, or a "
+                    "quoted glob pattern ('emb/part-*.npy'): their rows in the sorted order of the paths")
     ap.add_argument("store", help="store folder or fsspec URL, e.g. runs/yelp/store")
     ap.add_argument("--key", default="", help="safetensors tensor / parquet column holding the vectors")
     ap.add_argument("--hook", default="vectors", help="store folder name of these vectors (default vectors)")

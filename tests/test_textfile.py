@@ -104,7 +104,7 @@ def test_the_import_of_a_parquet_file_with_texts_names_analyze_texts(tmp_path, c
     assert cli([str(p), str(tmp_path / "store")]) == 0
     out = capsys.readouterr().out
     assert out.endswith(f"(its texts, column 'text': analyze.texts={p} shows them in the report)\n")
-    assert check_texts(str(p), N) == p
+    assert check_texts(str(p), N) == [p]
     pq.write_table(pa.table({"emb": [[0.0, 1.0]] * 9}), tmp_path / "bare.parquet")
     two = pa.table({"emb": [[0.0, 1.0]] * 9, "a": ["x"] * 9, "b": ["y"] * 9})
     pq.write_table(two, tmp_path / "two.parquet")
@@ -148,3 +148,20 @@ def test_texts_column_names_the_column_or_key_and_a_run_checks_the_file_before_a
         assert actdict_main(["run", str(cfg)]) == 2
         assert err in capsys.readouterr().err
         assert not (tmp_path / "run").exists()  # nothing ran
+
+
+def test_texts_in_shards_are_one_run_of_texts_as_the_vectors_shards(tmp_path):
+    """analyze.texts as a folder or a glob pattern: the files' texts one after the other in the sorted order
+    of their paths (as the vectors import reads shards); their total against the store's rows."""
+    (tmp_path / "t").mkdir()
+    for i, (a, b) in enumerate(((0, 200), (200, 230), (230, N))):
+        _write(tmp_path / "t" / f"part-{i}", ".parquet", TEXTS[a:b])
+    rows = {0, 199, 200, 229, 230, 511}
+    for path in (str(tmp_path / "t"), str(tmp_path / "t" / "part-*.parquet")):
+        files = check_texts(path, N)
+        assert len(files) == 3 and read_texts(files, rows) == {r: TEXTS[r] for r in rows}
+    with pytest.raises(ValueError, match=r"part-\[01\].parquet \(2 files\) holds 230 texts, the store has"):
+        check_texts(str(tmp_path / "t" / "part-[01].parquet"), N)
+    (tmp_path / "t" / "x.txt").write_text("a\n")
+    with pytest.raises(ValueError, match=r"names files of several formats \['.parquet', '.txt'\]"):
+        check_texts(str(tmp_path / "t"), N)

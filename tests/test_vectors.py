@@ -173,7 +173,7 @@ def test_bad_inputs(tmp_path):
     with pytest.raises(VectorsError, match="does not exist"):
         import_vectors(tmp_path / "missing.npy", str(tmp_path / "s"))
     (tmp_path / "shards").mkdir()
-    with pytest.raises(VectorsError, match=r"shards' is a folder: name one .npy, .safetensors, .parquet"):
+    with pytest.raises(VectorsError, match=r"vectors folder '.*shards' names no file \(.npy, .safetensors, "):
         import_vectors(tmp_path / "shards", str(tmp_path / "s"))
     for name, data in {"empty.safetensors": b"", "junk.safetensors": b"not a safetensors file"}.items():
         (tmp_path / name).write_bytes(data)
@@ -715,3 +715,37 @@ def test_a_store_path_that_is_a_file_is_one_line_and_the_file_is_kept(tmp_path, 
     assert actdict_main(["harvest", str(cfg), f"store={tmp_path / 'texts.txt'}"]) == 2
     assert "texts.txt is a file, not a folder" in capsys.readouterr().err
     assert (tmp_path / "texts.txt").read_text() == "a\n"
+
+
+def test_vectors_in_shards_import_as_one_run_of_rows(tmp_path, capsys):
+    """Embeddings written in parts (a folder, or a glob pattern): their rows one after the other in the sorted
+    order of the paths, as one file of them all would give; another width, another format, nothing matched
+    or a NaN row of a later part is one line naming the file."""
+    x = np.random.default_rng(0).standard_normal((250, 6)).astype(np.float32)
+    (tmp_path / "parts").mkdir()
+    for i, (a, b) in enumerate(((0, 100), (100, 130), (130, 250))):
+        np.save(tmp_path / "parts" / f"part-{i:03d}.npy", x[a:b])
+    (tmp_path / "parts" / "README").write_text("not a vectors file")  # in the folder, not of FORMATS
+    whole = import_vectors(tmp_path / "parts", str(tmp_path / "s1"), block_rows=64)
+    np.testing.assert_array_equal(whole.read_rows(0, 250).acts, x)
+    assert vector_rows(tmp_path / "parts") == 250 and "3 vectors files" in whole.manifest["corpus"]
+    glob = str(tmp_path / "parts" / "part-00[02].npy")  # parts 0 and 2
+    np.testing.assert_array_equal(import_vectors(glob, str(tmp_path / "s2")).read_rows(0, 220).acts,
+                                  np.concatenate([x[:100], x[130:]]))
+    assert cli([str(tmp_path / "parts" / "part-*.npy"), str(tmp_path / "s3")]) == 0
+    assert "imported 250 vectors (d=6)" in capsys.readouterr().out
+    np.save(tmp_path / "parts" / "part-003.npy", np.ones((5, 7), np.float32))
+    with pytest.raises(VectorsError, match=r"part-003.npy: rows 0.. have width \(7,\), earlier rows 6"):
+        import_vectors(tmp_path / "parts", str(tmp_path / "s4"))
+    bad = np.ones((5, 6), np.float32)
+    bad[2, 1] = np.nan
+    np.save(tmp_path / "parts" / "part-003.npy", bad)
+    with pytest.raises(VectorsError, match=r"part-003.npy: row 2 holds NaN or inf"):
+        import_vectors(tmp_path / "parts", str(tmp_path / "s4"))
+    (tmp_path / "parts" / "part-003.npy").unlink()
+    pq.write_table(pa.table({"v": [[1.0] * 6]}), tmp_path / "parts" / "part-004.parquet")
+    with pytest.raises(VectorsError, match=r"names files of several formats \['.npy', '.parquet'\]"):
+        import_vectors(tmp_path / "parts", str(tmp_path / "s4"))
+    with pytest.raises(VectorsError, match=r"vectors pattern '.*nothing-\*.npy' names no file"):
+        import_vectors(str(tmp_path / "nothing-*.npy"), str(tmp_path / "s4"))
+    assert not (tmp_path / "s4").exists()
