@@ -13,6 +13,7 @@ printed with control characters escaped.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -27,10 +28,13 @@ from actdict.train import checkpoint
 def read_features(dict_dir: Path) -> tuple[dict, dict]:
     """(the features file of the dictionary in ``dict_dir`` (RUN_DIR/dicts/NAME), its labels: feature ->
     (top tokens, bottom tokens)); OutputError when analysis has not written one for this training."""
-    if not (dict_dir / checkpoint.CFG).is_file():
-        raise OutputError(f"{dict_dir}: no trained dictionary there (RUN_DIR/dicts/NAME, with its cfg.json)")
+    try:
+        k = json.loads((dict_dir / checkpoint.CFG).read_text())["k"]  # as load reads it; not the weights
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise OutputError(f"{dict_dir}: no trained dictionary there (RUN_DIR/dicts/NAME, with its cfg.json: "
+                          f"{type(e).__name__})") from e
     run_dir, name = dict_dir.parent.parent, dict_dir.name
-    labels, why = dict_labels(run_dir, name, checkpoint.load(dict_dir)[0].k)  # k: the weights' own
+    labels, why = dict_labels(run_dir, name, k)
     if why:  # no features file, or another training's
         raise OutputError(why.removeprefix("no corpus labels: "))
     return read_output(run_dir / "features" / f"{name}.json"), labels
