@@ -69,3 +69,27 @@ def test_a_context_marks_the_rows_token_and_escapes_nothing_it_should_not():
         "A long text  (doc 0, pos 4)"
     assert context(data, [1.0, 9, 3, 0, [-1], 0]) == "row 9 (doc 3, pos 0)"
     assert "«\x1b]0;x\x07»" in context(data, [1.0, 9, 0, 0, [1, 4], 1])  # printed through printable()
+
+
+def test_feature_lines_of_signed_codes_directions_logits_and_a_dead_feature():
+    """A crafted features file: the most negative contexts shown when not negligible, nearest directions,
+    logit effects by token, and a dead feature's one line."""
+    from actdict.analyze.show import feature_lines
+
+    hit = [2.5, 7, 1, 3, [5, 6], 1]
+    neg = [-1.0, 8, 1, 4, [5, 6], 0]
+    feats = [{"i": 0, "fires": 4, "density": 0.4, "max": 2.5, "min": -1.0, "top": [hit], "bottom": [neg],
+              "quantiles": [], "nearest": {"other": {"feature": 3, "cos": 0.91234}},
+              "logits": {"up": [[5, 1.5]], "down": [[6, -0.25]]}},
+             {"i": 1, "fires": 0, "density": 0.0, "max": None, "min": None, "top": [], "bottom": [],
+              "quantiles": []}]
+    data = {"n_rows": 10, "tokens": {"5": "cat", "6": "dog"}, "features": feats}
+    lines = feature_lines(data, {}, 0, 3)
+    assert lines[0] == "#0: active on 4 of 10 held-out rows (density 0.4); codes -1 .. 2.5"
+    assert lines[lines.index("  most negative:") + 1] == "         -1  «cat»dog  (doc 1, pos 4)"
+    assert "  nearest direction in other: #3 (cos 0.912)" in lines
+    assert "  logits up: 'cat' +1.5" in lines and "  logits down: 'dog' -0.25" in lines
+    feats[0]["min"] = -0.2  # under a tenth of the largest: negligible, as on the feature page
+    assert "  most negative:" not in feature_lines(data, {}, 0, 3)
+    assert feature_lines(data, {}, 1, 3) == ["#1: active on 0 of 10 held-out rows (density 0)",
+                                             "  dead: active on no held-out row"]
