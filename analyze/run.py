@@ -165,7 +165,12 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
     check_not_linked([run_dir / "features", run_dir / "report", *parts], "the feature files and report pages")
     check_writable([run_dir, *(p for p in (run_dir / "features", run_dir / "report") if p.is_dir())],
                    "the summary, feature files and report", owner="analyze")  # before the pass, not after it
-    if dropped := sorted(set(previous_models(run_dir)) - set(models)):
+    dropped = sorted(set(previous_models(run_dir)) - set(models))
+    if gone := [n for n in dropped if not (run_dir / "dicts" / n).is_dir()]:  # removed since: not left out
+        print(printable(f"analyze: note: {gone}, in the previous analysis, have no folder in "
+                        f"{run_dir / 'dicts'} any more: their features/<name>.json and report/<name>.html "
+                        "are left from it (remove them, or put the dictionaries back)"))
+    if dropped := [n for n in dropped if n not in gone]:
         print(f"analyze: note: summary.json and the report will hold {sorted(models)} only, not {dropped} "
               "(analyze.dicts); run without analyze.dicts to report every dictionary")
     evaluated = evaluated_rows(store, test_chunks, cfg.max_test_rows)  # [n] global rows, in the pass's order

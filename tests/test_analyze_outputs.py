@@ -4,6 +4,7 @@ kill leaves no truncated file; the ones the lens reads back give one clear error
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -187,6 +188,13 @@ def test_a_narrowed_or_unwritable_analysis_says_so_before_its_pass(tmp_path, mon
     run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(**cfg, dicts=["sae"]))
     assert ("analyze: note: summary.json and the report will hold ['sae'] only, not ['other'] (analyze.dicts)"
             in capsys.readouterr().out)
+    run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(**cfg))  # both again, then 'other' is removed:
+    shutil.rmtree(run_dir / "dicts" / "other")  # its files are left, said so (not '(analyze.dicts)')
+    capsys.readouterr()
+    run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(**cfg))
+    out = capsys.readouterr().out
+    assert f"note: ['other'], in the previous analysis, have no folder in {run_dir / 'dicts'} any more" in out
+    assert "(analyze.dicts)" not in out and (run_dir / "features" / "other.json").is_file()
     before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     read_only("features")
     monkeypatch.setattr(run, "ModelEval", None)  # the pass would fail at its first use: it is never reached
