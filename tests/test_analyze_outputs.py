@@ -147,8 +147,6 @@ def test_folders_in_dicts_that_hold_no_dictionary_are_named_and_skipped(tmp_path
     """A folder of dicts/ whose training was killed before its first save (weights, no cfg.json) and a
     SAELens export put there (cfg.json + sae_weights.safetensors) are each named in one note and skipped,
     the dictionaries beside them analysed; named in analyze.dicts, they are refused, saying what they are."""
-    import shutil
-
     from actdict.train.export import export_saelens
 
     run_dir = _run_dir(tmp_path, monkeypatch)
