@@ -5,9 +5,10 @@ With feature indices: each one's activity (rows, density, code range), its top-a
 row's token in «», its most negative ones (signed codes, when not negligible: as the feature page), a few
 quantile samples, the features it fires with and its nearest direction in the other dictionaries analysed
 (with their top tokens), and its direct logit effects (``analyze.logit_effects``). Without: the ``--list``
-most active features, one line each with their top tokens. Rows of embedded texts (or ``analyze.texts``)
-show their text; rows of vectors without texts, their row, doc and pos. Every string from the corpus is
-printed with control characters escaped.
+most active features, one line each with their top tokens; with ``--search WORD``, the features whose top
+contexts have WORD as their token (a text: hold it), most such contexts first. Rows of embedded texts (or
+``analyze.texts``) show their text; rows of vectors without texts, their row, doc and pos. Every string
+from the corpus is printed with control characters escaped.
 """
 
 from __future__ import annotations
@@ -105,6 +106,32 @@ def list_lines(data: dict, labels: dict, n: int) -> list[str]:
     return out
 
 
+def matches(data: dict, hit: list, word: str) -> bool:
+    """Whether a hit's token is ``word`` (case and a WordPiece '##' aside), or its row's text holds it."""
+    if (text := data.get("texts", {}).get(str(hit[1]))) is not None:
+        return word.lower() in text.lower()
+    ids, c = hit[4], hit[5]
+    token = data["tokens"].get(str(ids[c]), "") if ids[c] >= 0 else ""
+    return token.strip().removeprefix("##").lower() == word.lower() != ""
+
+
+def search_lines(data: dict, labels: dict, word: str, n: int) -> list[str]:
+    """The ``n`` features whose top contexts most often have ``word`` as their token (or in their text): how
+    many of their top hits, the largest such code, their fires and top tokens."""
+    found = []
+    for f in data["features"]:
+        acts = [h[0] for h in f["top"] if matches(data, h, word)]
+        if acts:
+            found.append((-len(acts), -max(acts), f["i"], len(acts), len(f["top"]), max(acts), f["fires"]))
+    if not found:
+        return [f"no feature has {word!r} among its top contexts"]
+    out = [f"{'feature':>8} {'top hits':>9} {'max':>8} {'fires':>9}  top tokens (hits: with {word!r})"]
+    for *_, i, hits, top, mx, fires in sorted(found)[:n]:
+        out.append(f"{'#' + str(i):>8} {f'{hits}/{top}':>9} {mx:>8.4g} {fires:>9,}  "
+                   + ", ".join(labels.get(i, ([], []))[0][:4]))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """``actdict feature DICT [I ...]`` (``python -m actdict.analyze.show``)."""
     p = argparse.ArgumentParser(prog="actdict feature", description="A dictionary's features in the "
@@ -114,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("features", nargs="*", type=int, metavar="I", help="feature indices (none: --list)")
     p.add_argument("--top", type=int, default=8, help="contexts shown per kind (default 8)")
     p.add_argument("--list", type=int, default=20, help="features listed without indices (default 20)")
+    p.add_argument("--search", metavar="WORD", help="list the features whose top contexts have WORD as their "
+                   "token (or, for texts, hold it), most such contexts first")
     a = p.parse_args(argv)
     if a.top < 1 or a.list < 1:
         p.error("--top and --list must be >= 1")
@@ -126,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         if a.features:
             for i in a.features:
                 lines += ["", *feature_lines(data, labels, i, a.top)]
+        elif a.search:
+            lines += search_lines(data, labels, a.search, a.list)
         else:
             lines += list_lines(data, labels, a.list)
     except (ActdictError, KeyError, TypeError, IndexError) as e:  # a features file of other records

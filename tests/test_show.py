@@ -93,3 +93,19 @@ def test_feature_lines_of_signed_codes_directions_logits_and_a_dead_feature():
     assert "  most negative:" not in feature_lines(data, {}, 0, 3)
     assert feature_lines(data, {}, 1, 3) == ["#1: active on 0 of 10 held-out rows (density 0)",
                                              "  dead: active on no held-out row"]
+
+
+def test_search_lists_the_features_whose_top_contexts_have_the_word_as_their_token(tmp_path, monkeypatch,
+                                                                                    capsys):
+    run_dir, data = _analysed(tmp_path, monkeypatch, capsys)
+    f = max(data["features"], key=lambda g: g["fires"])
+    ids, c = f["top"][0][4], f["top"][0][5]
+    word = f"T{ids[c]}"  # the decoder's 't<id>', in another case
+    want = {g["i"]: sum(h[4][h[5]] == ids[c] for h in g["top"]) for g in data["features"]}
+    want = {i: n for i, n in want.items() if n}
+    assert cli(["feature", str(run_dir / "dicts" / "sae"), "--search", word]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
+    assert {int(r[0][1:]): int(r[1].split("/")[0]) for r in rows} == want and f["i"] in want
+    assert [int(r[1].split("/")[0]) for r in rows] == sorted(want.values(), reverse=True)  # most hits first
+    assert cli(["feature", str(run_dir / "dicts" / "sae"), "--search", "no-such"]) == 0
+    assert capsys.readouterr().out.splitlines()[1] == "no feature has 'no-such' among its top contexts"
