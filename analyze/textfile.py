@@ -150,11 +150,23 @@ def _parquet(p: Path):
         raise AnalyzeError(f"analyze.texts: {p} cannot be read as parquet ({e})") from e
 
 
-def _column(schema, p: Path, column: str = "") -> str:
-    """The text column of a parquet file: ``column``, or else ``text``, or else its only string column."""
+def string_columns(schema) -> list[str]:
+    """The names of an arrow schema's text columns: string, large_string, string_view (as Polars writes
+    them) or dictionary-encoded strings (a pandas category)."""
     import pyarrow as pa
 
-    strings = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+    def text(t) -> bool:
+        view = getattr(pa.types, "is_string_view", lambda _: False)  # pyarrow >= 16
+        if pa.types.is_dictionary(t):
+            t = t.value_type
+        return pa.types.is_string(t) or pa.types.is_large_string(t) or view(t)
+
+    return [f.name for f in schema if text(f.type)]
+
+
+def _column(schema, p: Path, column: str = "") -> str:
+    """The text column of a parquet file: ``column``, or else ``text``, or else its only string column."""
+    strings = string_columns(schema)
     if column and column not in strings:
         raise AnalyzeError(f"analyze.texts_column: {p} has no string column {column!r} (its string columns: "
                            f"{strings}; all its columns: {schema.names})")

@@ -286,11 +286,11 @@ def texts_hint(path: str | Path) -> str:
     p = vector_files(path)[0]  # shards: the first one's columns
     if p.suffix.lower() != ".parquet":
         return ""
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = pq.ParquetFile(p).schema_arrow
-    strings = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+    from actdict.analyze.textfile import string_columns
+
+    strings = string_columns(pq.ParquetFile(p).schema_arrow)
     if "text" not in strings and len(strings) != 1:
         return ""
     col = "text" if "text" in strings else strings[0]

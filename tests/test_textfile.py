@@ -165,3 +165,19 @@ def test_texts_in_shards_are_one_run_of_texts_as_the_vectors_shards(tmp_path):
     (tmp_path / "t" / "x.txt").write_text("a\n")
     with pytest.raises(ValueError, match=r"names files of several formats \['.parquet', '.txt'\]"):
         check_texts(str(tmp_path / "t"), N)
+
+
+def test_string_view_and_dictionary_columns_are_text(tmp_path, capsys):
+    """A text column of type string_view (as Polars 1.38 writes parquet) or dictionary-encoded (a pandas
+    category) is read as the texts, and the vectors import names it for analyze.texts."""
+    from actdict.harvest.vectors import cli
+
+    texts = ["good", None, "bad"]
+    for name, col in (("view", pa.array(texts, pa.string_view())),
+                      ("cat", pa.array(texts).dictionary_encode())):
+        p = tmp_path / f"{name}.parquet"
+        pq.write_table(pa.table({"emb": [[0.0, 1.0]] * 3, "text": col}), p)
+        assert read_texts(check_texts(str(p), 3), {0, 1, 2}) == {0: "good", 1: "", 2: "bad"}
+        assert cli([str(p), str(tmp_path / f"s_{name}")]) == 0
+        assert capsys.readouterr().out.endswith(f"(its texts, column 'text': analyze.texts={p} shows them in "
+                                                "the report)\n")
