@@ -12,6 +12,7 @@ Formats, by suffix (row i of the store is the file's i-th text):
 * ``.parquet``: the string column ``analyze.texts_column``, or else ``text``, or else the file's only string
   column (the file a vectors import read its list column from can serve as is); one row group at a time;
 * ``.jsonl``: one JSON value per line, a string or an object with a string ``text`` (or ``texts_column``);
+  null is an empty text, as a parquet file's null;
 * ``.txt``: one text per line (a text with line breaks needs another format);
 * ``.npy``: a 1-D array of strings (``np.save``; bytes are decoded as UTF-8), mapped.
 
@@ -196,7 +197,9 @@ def _jsonl_text(line: str, p: Path, row: int, key: str = "") -> str:
     except ValueError as e:
         raise AnalyzeError(f"analyze.texts: {p} line {row + 1} is not JSON ({e})") from e
     if isinstance(v, dict):
-        v = v.get(key or "text")
+        v = v.get(key or "text", 0)  # a missing key is refused, a null text is '' (as a parquet null)
+    if v is None:
+        return ""
     if not isinstance(v, str):
         raise AnalyzeError(f"analyze.texts: {p} line {row + 1} is neither a string nor an object with a "
                            f"string {key or 'text'!r}")

@@ -181,3 +181,14 @@ def test_string_view_and_dictionary_columns_are_text(tmp_path, capsys):
         assert cli([str(p), str(tmp_path / f"s_{name}")]) == 0
         assert capsys.readouterr().out.endswith(f"(its texts, column 'text': analyze.texts={p} shows them in "
                                                 "the report)\n")
+
+
+def test_a_jsonl_null_text_is_empty_as_a_parquet_one(tmp_path):
+    """pandas' to_json(orient='records', lines=True) writes a missing text as null: '' as in a parquet file;
+    an object without the key is refused."""
+    (tmp_path / "n.jsonl").write_text('{"text": "a"}\n{"text": null}\nnull\n"d"\n')
+    got = read_texts(check_texts(str(tmp_path / "n.jsonl"), 4), {0, 1, 2, 3})
+    assert got == {0: "a", 1: "", 2: "", 3: "d"}
+    (tmp_path / "k.jsonl").write_text('{"text": "a"}\n{"body": "b"}\n')
+    with pytest.raises(ValueError, match="k.jsonl line 2 is neither a string nor an object with a string"):
+        check_texts(str(tmp_path / "k.jsonl"), 2)
