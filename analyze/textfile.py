@@ -187,8 +187,8 @@ def _parquet_texts(p: Path, column: str = "") -> Iterator[str]:
 
 def _lines(p: Path) -> Iterator[str]:
     with p.open("rb") as f:
-        for line in f:
-            yield line.rstrip(b"\n").decode("utf-8", "replace")  # a CR left goes in clip()
+        for r, line in enumerate(f):  # a byte-order mark (Windows' 'UTF-8 with BOM') is no text's
+            yield line.rstrip(b"\n").decode("utf-8-sig" if r == 0 else "utf-8", "replace")  # CR: clip()
 
 
 def _jsonl_text(line: str, p: Path, row: int, key: str = "") -> str:

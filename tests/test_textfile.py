@@ -192,3 +192,11 @@ def test_a_jsonl_null_text_is_empty_as_a_parquet_one(tmp_path):
     (tmp_path / "k.jsonl").write_text('{"text": "a"}\n{"body": "b"}\n')
     with pytest.raises(ValueError, match="k.jsonl line 2 is neither a string nor an object with a string"):
         check_texts(str(tmp_path / "k.jsonl"), 2)
+
+
+@pytest.mark.parametrize("fmt", [".jsonl", ".txt"])
+def test_a_byte_order_mark_is_not_part_of_the_first_text(tmp_path, fmt):
+    """A file saved as 'UTF-8 with BOM' (Windows tools): its first text is read without the mark."""
+    p = _write(tmp_path / "t", fmt, TEXTS[:3])
+    p.write_bytes("\ufeff".encode() + p.read_bytes())
+    assert read_texts(check_texts(str(p), 3), {0, 1, 2}) == dict(enumerate(TEXTS[:3]))
