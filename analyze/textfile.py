@@ -38,15 +38,17 @@ FORMATS = (".parquet", ".jsonl", ".txt", ".npy")
 
 
 def text_files(path: str) -> list[Path]:
-    """The files ``path`` names: itself; a folder's ``FORMATS`` files; a glob pattern's matches; the last
-    two sorted by path, all of one format (AnalyzeError otherwise)."""
+    """The files ``path`` names: itself; a folder's ``FORMATS`` files but hidden ones; a glob pattern's
+    matches; the last two sorted by path, all of one format (AnalyzeError otherwise)."""
     p = Path(path).expanduser()
     if any(c in path for c in "*?["):
         import glob
 
         files, where = sorted(Path(f) for f in glob.glob(str(p)) if Path(f).is_file()), f"pattern {path!r}"
     elif p.is_dir():
-        files, where = sorted(f for f in p.iterdir() if f.is_file() and f.suffix in FORMATS), f"folder {p}"
+        files = sorted(f for f in p.iterdir()  # hidden ones skipped, as a pattern skips them (macOS' ._*)
+                       if f.is_file() and f.suffix in FORMATS and not f.name.startswith("."))
+        where = f"folder {p}"
     else:
         return [p]
     if not files:

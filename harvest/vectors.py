@@ -194,9 +194,9 @@ def _parquet_blocks(path: Path, key: str, block: int) -> Iterator[np.ndarray]:
 
 
 def vector_files(path: str | Path) -> list[Path]:
-    """The files ``path`` names: itself; a folder's ``FORMATS`` files; a glob pattern's matching files
-    (``*``, ``?``, ``[``); the last two sorted by path, all of one format (VectorsError: none, or several
-    formats)."""
+    """The files ``path`` names: itself; a folder's ``FORMATS`` files but hidden ones; a glob pattern's
+    matching files (``*``, ``?``, ``[``); the last two sorted by path, all of one format (VectorsError: none,
+    or several formats)."""
     s = str(path)
     p = Path(s).expanduser()
     if any(c in s for c in "*?["):
@@ -204,7 +204,8 @@ def vector_files(path: str | Path) -> list[Path]:
 
         files, where = sorted(Path(f) for f in glob.glob(str(p)) if Path(f).is_file()), f"pattern {s!r}"
     elif p.is_dir():
-        files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in FORMATS)
+        files = sorted(f for f in p.iterdir()  # hidden ones skipped, as a pattern skips them (macOS' ._*)
+                       if f.is_file() and f.suffix.lower() in FORMATS and not f.name.startswith("."))
         where = f"folder {s!r}"
     else:
         return [p]

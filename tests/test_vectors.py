@@ -749,3 +749,22 @@ def test_vectors_in_shards_import_as_one_run_of_rows(tmp_path, capsys):
     with pytest.raises(VectorsError, match=r"vectors pattern '.*nothing-\*.npy' names no file"):
         import_vectors(str(tmp_path / "nothing-*.npy"), str(tmp_path / "s4"))
     assert not (tmp_path / "s4").exists()
+
+
+def test_hidden_files_of_a_folder_of_parts_are_not_parts(tmp_path):
+    """A folder of parts copied from a Mac holds '._part-000.npy' (AppleDouble metadata, not NumPy): skipped
+    as a glob pattern skips it, for the vectors as for analyze.texts' folder of texts."""
+    from actdict.analyze.textfile import check_texts
+
+    x = np.random.default_rng(0).standard_normal((40, 3)).astype(np.float32)
+    apple = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X"
+    for d in ("parts", "texts"):
+        (tmp_path / d).mkdir()
+    for i in range(2):
+        np.save(tmp_path / "parts" / f"part-{i:03d}.npy", x[20 * i:20 * i + 20])
+        (tmp_path / "texts" / f"part-{i:03d}.txt").write_text("a\nb\n" * 10)
+        for f in (f"parts/._part-{i:03d}.npy", f"texts/._part-{i:03d}.txt"):
+            (tmp_path / f).write_bytes(apple)
+    s = import_vectors(tmp_path / "parts", str(tmp_path / "s"))
+    np.testing.assert_array_equal(s.read_rows(0, 40).acts, x)
+    assert [f.name for f in check_texts(str(tmp_path / "texts"), 40)] == ["part-000.txt", "part-001.txt"]
