@@ -345,8 +345,12 @@ def main(common, cfg, writing=lambda hooks=None: None) -> None:
     if not vcfg.path:
         raise ConfigError("harvest.mode is 'vectors' but harvest.vectors.path is empty: name a .npy, "
                           ".safetensors or .parquet file")
-    files = vector_files(vcfg.path)
-    fingerprint = files_fingerprint(files) if all(f.is_file() for f in files) else None  # path, size, mtime
+    try:
+        files = vector_files(vcfg.path)
+    except VectorsError:  # a folder or pattern of parts gone: a complete store stays usable, as a file's
+        files = []
+    fingerprint = (files_fingerprint(files) if files and all(f.is_file() for f in files)  # path, size, mtime
+                   else None)
     if complete_for(path, [vcfg.hook], cfg):
         old = (read_manifest(path, vcfg.hook) or {}).get("source_fingerprint")
         if old is None or fingerprint in (None, old):  # unchanged (or unknown: imported before 2026-12-05)

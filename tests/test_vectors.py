@@ -768,3 +768,20 @@ def test_hidden_files_of_a_folder_of_parts_are_not_parts(tmp_path):
     s = import_vectors(tmp_path / "parts", str(tmp_path / "s"))
     np.testing.assert_array_equal(s.read_rows(0, 40).acts, x)
     assert [f.name for f in check_texts(str(tmp_path / "texts"), 40)] == ["part-000.txt", "part-001.txt"]
+
+
+def test_a_complete_import_of_parts_since_deleted_stays_usable(tmp_path, capsys):
+    """The parts a pattern or folder named, deleted after their import (disk space), leave the store complete,
+    as a deleted single file does: the harvest skips it instead of stopping at 'names no file'."""
+    cfg = _vectors_config(tmp_path)
+    (tmp_path / "parts").mkdir()
+    for i, path in enumerate((tmp_path / "parts" / "part-*.npy", tmp_path / "parts", tmp_path / "v.npy")):
+        np.save(tmp_path / "parts" / "part-0.npy", _x(1))
+        over = [f"harvest.vectors.path={path}", f"run_dir={tmp_path / f'run{i}'}"]
+        assert actdict_main(["harvest", str(cfg), *over]) == 0
+        for f in (tmp_path / "parts" / "part-0.npy", tmp_path / "v.npy"):
+            f.unlink()
+        capsys.readouterr()
+        assert actdict_main(["harvest", str(cfg), *over]) == 0
+        assert "already complete" in capsys.readouterr().out
+        np.save(tmp_path / "v.npy", _x(1))
