@@ -234,7 +234,7 @@ def _training_figures(models: dict[str, dict]) -> list[go.Figure]:
             continue
         if has_held := any(held in c for c in curves.values()):
             title = title.split(" (")[0] + " (solid: each interval's last batch; dashed: held-out rows)"
-        vals = [v for c in curves.values() for v in c[term] if v is not None]
+        vals = [v for c in curves.values() for v in c.get(term, []) if v is not None]  # held_* only: none
         log_y = term == "sse" or (term == "loss" and vals and min(vals) > 0)
         fig = go.Figure(layout=_LAYOUT | {"title": _title(title), "xaxis_title": "training step",
                                       "yaxis_title": term + (" (log scale)" if log_y else ""),
@@ -246,8 +246,8 @@ def _training_figures(models: dict[str, dict]) -> list[go.Figure]:
                 fig.add_scatter(x=c["step"], y=_log_values(c[term]) if log_y else c[term], mode="lines",
                                 name=esc(name), **pair)
             if held in c:  # the same measure of train.probe_rows' held-out rows: its colour, dashed
-                fig.add_scatter(x=c["step"], y=c[held], mode="lines", line_dash="dash", showlegend=False,
-                                name=esc(name) + " (held-out)", **pair)
+                fig.add_scatter(x=c["step"], y=c[held], mode="lines", line_dash="dash",
+                                showlegend=term not in c, name=esc(name) + " (held-out)", **pair)
         figs.append(fig)
     return figs
 

@@ -187,3 +187,15 @@ def test_held_out_rows_measured_at_the_end_are_what_analysis_reports_of_them(sto
         capsys.readouterr().out
     with pytest.raises(ConfigError, match="probe_rows=60 measures held-out rows, and train.test_fraction is"):
         TrainConfig(probe_rows=60, test_fraction=0.0)
+
+
+def test_a_log_of_held_out_measures_only_draws_its_dashed_curves():
+    """Every batch shorter than half of train.batch_size (900 imported vectors, batch_size 2,048) logs no
+    eval_*, but with train.probe_rows it logs held_*: the report draws them, dashed, instead of stopping with
+    KeyError 'eval_ad'."""
+    log = {"step": [1, 2], "loss": [3.0, 2.0], "sse": [3.0, 2.0], "held_ad": [5.0, 4.0],
+           "held_ev": [0.1, 0.3], "held_live": [1.0, 0.9]}
+    training = render({"models": {"l1": {"k": 8, "training_log": log}}}).split("<h2>Training</h2>")[1]
+    assert training.count("Plotly.newPlot") == 5  # sse, loss, and the three held-out measures
+    assert training.count('"name":"l1 (held-out)"') == 3 and training.count('"dash":"dash"') == 3
+    assert '"showlegend":false' not in training  # the only curve of its figure: named in the legend
