@@ -26,8 +26,8 @@ SORTS = ("re_det", "re_sample", "ad", "l0", "ev", "dead", "ce_recovered", "kl")
 def rows(run_dirs: list[str]) -> list[dict]:
     """One record per dictionary of each run folder's summary.json, in the order given (a summary.json
     given in place of its folder: that folder; a dictionary's folder RUN_DIR/dicts/NAME, as actdict compare
-    takes them: that dictionary's record of its run folder; a folder or dictionary given twice, however
-    spelled: once)."""
+    takes them: that dictionary's record of its run folder; a dictionary given twice, however spelled, by
+    its folder or its run's: once)."""
     out, seen = [], set()
     for run in run_dirs:
         only = None
@@ -35,9 +35,6 @@ def rows(run_dirs: list[str]) -> list[dict]:
             run = str(Path(run).parent)
         elif Path(run).parent.name == "dicts" and (Path(run) / "cfg.json").is_file():  # a dictionary's
             run, only = str(Path(run).parent.parent), Path(run).name
-        if (key := (Path(run).resolve(), only)) in seen:
-            continue
-        seen.add(key)
         path = Path(run) / "summary.json"
         if not path.is_file():
             raise OutputError(f"{path} not found: run actdict analyze on {run} first")
@@ -51,8 +48,9 @@ def rows(run_dirs: list[str]) -> list[dict]:
             raise OutputError(f"{path} holds no {only!r} ({sorted(models)}): run actdict analyze on {run}")
         again = retrained(run, models)
         for name, m in models.items():
-            if only is not None and name != only:
+            if (only is not None and name != only) or (key := (Path(run).resolve(), name)) in seen:
                 continue
+            seen.add(key)  # its folder and the dictionary's both given: its line once
             out.append({"run": run, "hook": summary.get("hook"), "dict": name, "variant": m.get("variant")}
                        | {k: m.get(k) for k in KEYS} | {"retrained": name in again})
     return out

@@ -174,3 +174,16 @@ def test_json_is_written_before_the_table_a_closed_pipe_stops(tmp_path, monkeypa
     with pytest.raises(BrokenPipeError):
         summary([str(tmp_path / "a"), "--json", str(tmp_path / "t.json")])
     assert json.loads((tmp_path / "t.json").read_text())[0]["ad"] == 32.0
+
+
+def test_a_dictionary_given_with_its_run_folder_is_one_line(tmp_path, capsys):
+    """actdict summary runs/a runs/a/dicts/x printed x's line twice (with --sort, one under the other)."""
+    m = {"re_det": 30.05, "re_sample": 31.5, "ad": 32.0, "l0": 32.0, "ev": 0.773, "dead": 3, "k": 64}
+    for name in ("x", "y"):
+        (tmp_path / "a" / "dicts" / name).mkdir(parents=True)
+        (tmp_path / "a" / "dicts" / name / "cfg.json").write_text("{}")
+    (tmp_path / "a" / "summary.json").write_text(json.dumps({"hook": "h", "models": {"x": m, "y": m}}))
+    a = tmp_path / "a"
+    for args in ([a, a / "dicts" / "x"], [a / "dicts" / "x", f"{a}/", a / "dicts" / "y"]):
+        assert cli(["summary", *map(str, args), "--sort", "ev"]) == 0
+        assert [line.split()[2] for line in capsys.readouterr().out.splitlines()[1:]] == ["x", "y"]
