@@ -41,7 +41,7 @@ def text_files(path: str) -> list[Path]:
     """The files ``path`` names: itself; a folder's ``FORMATS`` files but hidden ones; a glob pattern's
     matches; the last two sorted by path, all of one format (AnalyzeError otherwise)."""
     p = Path(path).expanduser()
-    if any(c in path for c in "*?["):
+    if any(c in path for c in "*?[") and not p.exists():  # a file named 'texts[v2].txt' is itself
         import glob
 
         files, where = sorted(Path(f) for f in glob.glob(str(p)) if Path(f).is_file()), f"pattern {path!r}"

@@ -199,7 +199,7 @@ def vector_files(path: str | Path) -> list[Path]:
     or several formats)."""
     s = str(path)
     p = Path(s).expanduser()
-    if any(c in s for c in "*?["):
+    if any(c in s for c in "*?[") and not p.exists():  # a file or folder named 'emb[v2].npy' is itself
         import glob
 
         files, where = sorted(Path(f) for f in glob.glob(str(p)) if Path(f).is_file()), f"pattern {s!r}"

@@ -785,3 +785,20 @@ def test_a_complete_import_of_parts_since_deleted_stays_usable(tmp_path, capsys)
         assert actdict_main(["harvest", str(cfg), *over]) == 0
         assert "already complete" in capsys.readouterr().out
         np.save(tmp_path / "v.npy", _x(1))
+
+
+def test_a_file_or_folder_whose_name_holds_brackets_is_itself_not_a_pattern(tmp_path):
+    """'emb[minilm].npy' was read as a glob pattern (one of m, i, n, l) since paths may be patterns, and an
+    import of that existing file said 'vectors pattern ... names no file'; so did analyze.texts of
+    'texts[v2].txt'. A path that exists is itself; one that does not is a pattern."""
+    from actdict.analyze.textfile import check_texts
+
+    x = _x(1)
+    np.save(tmp_path / "emb[minilm].npy", x)
+    (tmp_path / "parts [v2]").mkdir()
+    np.save(tmp_path / "parts [v2]" / "part-0.npy", x)
+    (tmp_path / "texts[v2].txt").write_text("a\n" * N)
+    for path in (tmp_path / "emb[minilm].npy", tmp_path / "parts [v2]"):
+        s = import_vectors(str(path), str(tmp_path / f"s{path.suffix}"))
+        np.testing.assert_array_equal(s.read_rows(0, N).acts, x)
+    assert check_texts(str(tmp_path / "texts[v2].txt"), N) == [tmp_path / "texts[v2].txt"]
