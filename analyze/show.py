@@ -50,6 +50,7 @@ def context(data: dict, hit: list, width: int = 96) -> str:
     if ids[c] < 0:  # a store of vectors: no token, no text
         return f"row {row} (doc {doc}, pos {pos})"
     s = display_strings([data["tokens"].get(str(i), f"#{i}") for i in ids], data.get("wordpiece"))
+    s = [t.replace("\n", "\u21b5") for t in s]  # a line break token as the report shows it: one line
     left, mid, right = "".join(s[:c]), s[c], "".join(s[c + 1:])
     if mid.startswith(" "):  # a WordPiece word's space stays outside the marks
         left, mid = left + " ", mid[1:]

@@ -109,3 +109,11 @@ def test_search_lists_the_features_whose_top_contexts_have_the_word_as_their_tok
     assert [int(r[1].split("/")[0]) for r in rows] == sorted(want.values(), reverse=True)  # most hits first
     assert cli(["feature", str(run_dir / "dicts" / "sae"), "--search", "no-such"]) == 0
     assert capsys.readouterr().out.splitlines()[1] == "no feature has 'no-such' among its top contexts"
+
+
+def test_a_line_break_token_keeps_the_context_on_its_line():
+    """GPT-2's '\\n\\n' token printed as line breaks cut a context over three lines; it is shown as the
+    report shows it, an arrow."""
+    data = {"tokens": {"1": " end", "2": ".\n\n", "3": "The", "4": " cat"}}
+    assert context(data, [1.0, 9, 0, 4, [1, 2, 3, 4], 2]) == " end.\u21b5\u21b5«The» cat  (doc 0, pos 4)"
+    assert context(data, [1.0, 9, 0, 4, [1, 3, 2], 2]) == " endThe«.\u21b5\u21b5»  (doc 0, pos 4)"
