@@ -196,3 +196,18 @@ def test_probe_rows_are_spread_over_evenly_spaced_held_out_chunks(tmp_path):
     want = [10 * c + i for c in probe_chunks(test) for i in range(3)][:40]
     assert rows.dtype == np.float32 and rows[:, 0].tolist() == [2.0 * r for r in want]
     assert len(held_out_rows(store, test, 1000)) == 160  # 16 whole chunks of 10: fewer than asked
+
+
+def test_a_short_held_out_chunk_leaves_its_share_to_the_others(tmp_path):
+    """The store's last chunk is short (4,100 rows in chunks of 256: 4 rows) and held out: train.probe_rows
+    600 of the 516 held-out rows of chunks 3, 9, 16 read 404 of them (200 + 200 + 4), and its note said the
+    chunks held 404 rows; 500 read 404 too. The other chunks now make up the short one's share."""
+    from actdict.harvest.store import write_vectors
+    from actdict.train.data import held_out_rows
+
+    x = np.arange(4100 * 2, dtype=np.float32).reshape(4100, 2)  # row r = [2r, 2r+1]
+    store = write_vectors(str(tmp_path / "s"), x, chunk_rows=256, shard_rows=1024)
+    assert len(held_out_rows(store, [3, 9, 16], 600)) == 516  # every held-out row
+    rows = held_out_rows(store, [3, 9, 16], 500)  # 248 + 248 + 4, each chunk's first rows
+    want = [*range(768, 768 + 248), *range(2304, 2304 + 248), *range(4096, 4100)]
+    assert rows[:, 0].tolist() == [2.0 * r for r in want]

@@ -146,12 +146,25 @@ def probe_chunks(test_chunks: Sequence[int], most: int = PROBE_CHUNKS) -> list[i
 
 def held_out_rows(store, test_chunks: Sequence[int], n: int) -> np.ndarray:
     """``n`` held-out rows for ``train.probe_rows``, read once: the first rows of each of ``probe_chunks``
-    (ceil(n / their number) each, fewer where a chunk is shorter; at most ``n`` in all) -> [m, d] float32."""
+    (ceil(n / their number) each, the others' share growing where a chunk is shorter: ``shares``; at most
+    ``n`` in all, fewer only when those chunks hold fewer) -> [m, d] float32."""
     chunks = probe_chunks(test_chunks)
-    each = -(-n // max(1, len(chunks)))
-    parts = [store.read_acts(c)[:each] for c in chunks]  # [<= each, d] as stored
-    x = np.concatenate(parts)[:n] if parts else np.empty((0, store.d), np.float32)  # [<= n, d]
+    take = shares([b - a for a, b in map(store.chunk_bounds, chunks)], n)
+    parts = [store.read_acts(c)[:t] for c, t in zip(chunks, take, strict=True) if t]  # [t, d] as stored
+    x = np.concatenate(parts) if parts else np.empty((0, store.d), np.float32)  # [<= n, d]
     return np.asarray(x, dtype=np.float32)
+
+
+def shares(sizes: Sequence[int], n: int) -> list[int]:
+    """Rows to take from each of chunks of ``sizes``, in order: ceil(n / their number) each while rows are
+    left (the last fewer), a short chunk's whole rows and its shortfall taken from the others alike."""
+    take, left = [0] * len(sizes), n
+    while left > 0 and (open_ := [i for i, s in enumerate(sizes) if take[i] < s]):
+        each = -(-left // len(open_))
+        for i in open_:
+            t = min(each, sizes[i] - take[i], left)
+            take[i], left = take[i] + t, left - t
+    return take
 
 
 def _gather(store, chunks: Sequence[int], rows: np.ndarray) -> np.ndarray:
