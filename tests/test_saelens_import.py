@@ -298,3 +298,24 @@ def test_analysis_notes_an_imported_sae_of_another_model(tmp_path, capsys, monke
         note = ("analyze: note: pre was imported from an SAE of 'gpt2-small' (its cfg.json), but the store "
                 "holds activations of 'EleutherAI/pythia-70m-deduped'")
         assert (note in capsys.readouterr().out) == said
+
+
+def test_a_folder_of_vectors_parts_is_pointed_to_the_vectors_import(tmp_path, capsys):
+    """Vectors may come as a folder of parts (python -m actdict.harvest.vectors FOLDER STORE); actdict import
+    of such a folder said only that its cfg.json is missing. It now names the vectors import, as for one
+    vectors file; an SAE's folder without its cfg.json, or a folder of other files, says nothing of it."""
+    (tmp_path / "emb").mkdir()
+    for i in range(2):
+        np.save(tmp_path / "emb" / f"part-{i}.npy", np.zeros((4, D), np.float32))
+    assert main([str(tmp_path / "emb"), str(tmp_path / "run" / "dicts" / "v")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.endswith(
+        "cfg.json is missing; to import the vectors of its .npy files into a store: python -m "
+        "actdict.harvest.vectors FOLDER STORE (docs/embeddings.md)")
+    cfg, t = _saelens()
+    (_write(tmp_path / "sae", cfg, t) / "cfg.json").unlink()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("x")
+    for f in ("sae", "notes"):
+        assert main([str(tmp_path / f), str(tmp_path / "run" / "dicts" / "v")]) == 2
+        assert capsys.readouterr().err.strip().endswith("cfg.json is missing")

@@ -49,6 +49,19 @@ class NotImportable(ActdictError, ValueError):
     """The folder holds no SAELens SAE that maps onto a variant (the message says why)."""
 
 
+def _vectors_hint(folder: Path) -> str:
+    """'; to import the vectors of its .npy files ...' for a folder of vectors files (not an SAE's weights),
+    which the vectors import reads as one run of rows (``harvest.vectors.vector_files``); '' otherwise."""
+    from actdict.harvest.vectors import FORMATS
+
+    kinds = sorted({p.suffix.lower() for p in folder.glob("*")
+                    if p.suffix.lower() in FORMATS and p.is_file() and not p.name.startswith(".")})
+    if not kinds or (folder / WEIGHTS).is_file():
+        return ""
+    return (f"; to import the vectors of its {'/'.join(kinds)} files into a store: python -m "
+            "actdict.harvest.vectors FOLDER STORE (docs/embeddings.md)")
+
+
 def read_saelens(folder: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """(cfg.json, tensors as float32) of the SAELens SAE in ``folder``."""
     f = Path(folder)
@@ -60,7 +73,8 @@ def read_saelens(folder: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]
         cfg = json.loads((f / CFG).read_text(encoding="utf-8"))
         tensors = load_file(str(f / WEIGHTS))
     except FileNotFoundError as e:
-        raise NotImportable(f"{f} holds no SAELens SAE ({CFG} + {WEIGHTS}): {e.filename} is missing") from e
+        raise NotImportable(f"{f} holds no SAELens SAE ({CFG} + {WEIGHTS}): {e.filename} is missing"
+                            + _vectors_hint(f)) from e
     except (ValueError, UnicodeDecodeError, SafetensorError, OSError) as e:
         raise NotImportable(f"{f}: cannot read its SAELens files ({e})") from e
     if not isinstance(cfg, dict):
