@@ -33,6 +33,7 @@ import numpy as np
 
 from actdict.analyze.inputs import AnalyzeError
 from actdict.analyze.texts import MAX_CHARS, clip
+from actdict.harvest.vectors import is_part
 
 FORMATS = (".parquet", ".jsonl", ".txt", ".npy")
 
@@ -44,10 +45,10 @@ def text_files(path: str) -> list[Path]:
     if any(c in path for c in "*?[") and not p.exists():  # a file named 'texts[v2].txt' is itself
         import glob
 
-        files, where = sorted(Path(f) for f in glob.glob(str(p)) if Path(f).is_file()), f"pattern {path!r}"
+        files, where = sorted(Path(f) for f in glob.glob(str(p)) if is_part(Path(f))), f"pattern {path!r}"
     elif p.is_dir():
         files = sorted(f for f in p.iterdir()  # hidden ones skipped, as a pattern skips them (macOS' ._*)
-                       if f.is_file() and f.suffix in FORMATS and not f.name.startswith("."))
+                       if is_part(f) and f.suffix in FORMATS and not f.name.startswith("."))
         where = f"folder {p}"
     else:
         return [p]

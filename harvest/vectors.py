@@ -193,6 +193,12 @@ def _parquet_blocks(path: Path, key: str, block: int) -> Iterator[np.ndarray]:
         at += batch.num_rows
 
 
+def is_part(f: Path) -> bool:
+    """Whether a folder's or pattern's entry ``f`` is one of its files: a file, or a link to one that is gone
+    (then named as missing, not skipped: its rows would be left out without a word)."""
+    return f.is_file() or (f.is_symlink() and not f.exists())
+
+
 def vector_files(path: str | Path) -> list[Path]:
     """The files ``path`` names: itself; a folder's ``FORMATS`` files but hidden ones; a glob pattern's
     matching files (``*``, ``?``, ``[``); the last two sorted by path, all of one format (VectorsError: none,
@@ -202,10 +208,10 @@ def vector_files(path: str | Path) -> list[Path]:
     if any(c in s for c in "*?[") and not p.exists():  # a file or folder named 'emb[v2].npy' is itself
         import glob
 
-        files, where = sorted(Path(f) for f in glob.glob(str(p)) if Path(f).is_file()), f"pattern {s!r}"
+        files, where = sorted(Path(f) for f in glob.glob(str(p)) if is_part(Path(f))), f"pattern {s!r}"
     elif p.is_dir():
         files = sorted(f for f in p.iterdir()  # hidden ones skipped, as a pattern skips them (macOS' ._*)
-                       if f.is_file() and f.suffix.lower() in FORMATS and not f.name.startswith("."))
+                       if is_part(f) and f.suffix.lower() in FORMATS and not f.name.startswith("."))
         where = f"folder {s!r}"
     else:
         return [p]
@@ -225,7 +231,9 @@ def vector_blocks(path: str | Path, key: str = "", block_rows: int = 16384) -> I
     d = None
     for p in vector_files(path):
         if not p.is_file():
-            raise VectorsError(f"vectors file {str(path)!r} does not exist")
+            gone = " (a link to a file that is gone)" if p.is_symlink() else ""
+            raise VectorsError(f"vectors file {str(path) if p == Path(path).expanduser() else str(p)!r} does "
+                               f"not exist{gone}")
         n = 0  # rows of this file so far
         for x in _format(p)[0](p, key, block_rows):  # [b, d]
             d = x.shape[1] if d is None else d

@@ -802,3 +802,26 @@ def test_a_file_or_folder_whose_name_holds_brackets_is_itself_not_a_pattern(tmp_
         s = import_vectors(str(path), str(tmp_path / f"s{path.suffix}"))
         np.testing.assert_array_equal(s.read_rows(0, N).acts, x)
     assert check_texts(str(tmp_path / "texts[v2].txt"), N) == [tmp_path / "texts[v2].txt"]
+
+
+def test_a_part_linked_to_a_file_that_is_gone_is_named_not_skipped(tmp_path):
+    """Parts linked into a folder from scratch space, one of them since cleaned: the folder's (or pattern's)
+    dangling link was skipped as no file, and 20 of 30 rows imported without a word. It is now named."""
+    from actdict.analyze.textfile import check_texts
+
+    (tmp_path / "real").mkdir()
+    (tmp_path / "emb").mkdir()
+    for i in range(3):
+        np.save(tmp_path / "real" / f"part-{i}.npy", np.full((10, 4), i, np.float32))
+        (tmp_path / "emb" / f"part-{i}.npy").symlink_to(tmp_path / "real" / f"part-{i}.npy")
+    (tmp_path / "real" / "part-1.npy").unlink()
+    for path in (tmp_path / "emb", tmp_path / "emb" / "*.npy"):
+        gone = r"vectors file '.*emb/part-1.npy' does not exist \(a link to a file that is gone\)"
+        with pytest.raises(VectorsError, match=gone):
+            import_vectors(str(path), str(tmp_path / "s"))
+        assert not (tmp_path / "s").exists()
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts" / "a.txt").write_text("x\n" * 20)
+    (tmp_path / "texts" / "b.txt").symlink_to(tmp_path / "real" / "gone.txt")
+    with pytest.raises(ValueError, match=r"texts/b.txt not found"):
+        check_texts(str(tmp_path / "texts"), 20)
