@@ -81,8 +81,8 @@ def feature_lines(data: dict, labels: dict, i: int, top: int) -> list[str]:
             lines += _hits(data, q["hits"], 1)
     if w := f.get("fires_with"):  # Jaccard of the active rows, from both fire counts
         fires = {g["i"]: g["fires"] for g in data["features"]}
-        m = 1 if data.get("texts") else 3  # a text's first words, or three tokens
-        lines += ["  fires with (Jaccard, rows both fire, its top tokens):", *(
+        m, what = (1, "text") if data.get("texts") else (3, "tokens")  # a text's first words, or three tokens
+        lines += [f"  fires with (Jaccard, rows both fire, its top {what}):", *(
             f"  {'#' + str(j):>9}  {both / max(1, f['fires'] + fires[j] - both):.2f}  {both:>7,}  "
             f"{', '.join(labels.get(j, ([], []))[0][:m])}" for j, both in w[:6])]
     for other, near in (f.get("nearest") or {}).items():

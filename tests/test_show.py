@@ -6,7 +6,7 @@ import json
 
 from actdict.analyze import run
 from actdict.analyze.config import AnalyzeConfig
-from actdict.analyze.show import context
+from actdict.analyze.show import context, feature_lines
 from actdict.cli import main as cli
 from actdict.config import Common
 from actdict.train.checkpoint import save
@@ -117,3 +117,15 @@ def test_a_line_break_token_keeps_the_context_on_its_line():
     data = {"tokens": {"1": " end", "2": ".\n\n", "3": "The", "4": " cat"}}
     assert context(data, [1.0, 9, 0, 4, [1, 2, 3, 4], 2]) == " end.\u21b5\u21b5«The» cat  (doc 0, pos 4)"
     assert context(data, [1.0, 9, 0, 4, [1, 3, 2], 2]) == " endThe«.\u21b5\u21b5»  (doc 0, pos 4)"
+
+
+def test_partners_of_a_feature_of_texts_are_headed_by_their_top_text():
+    """The fires-with lines of rows with texts (embeddings, analyze.texts) show each partner's top text's
+    first words, and said 'its top tokens' (as compare's columns did)."""
+    hit = [1.0, 0, 0, 0, [-1], 0]
+    feats = [{"i": i, "fires": 4, "density": 0.5, "max": 1.0, "min": 0.0, "top": [hit], "bottom": [],
+              "fires_with": [[1 - i, 2]]} for i in range(2)]
+    data = {"n_rows": 8, "features": feats, "texts": {"0": "great pizza"}}
+    lines = feature_lines(data, {1: (["great pizza"], [])}, 0, 1)
+    assert lines[-2:] == ["  fires with (Jaccard, rows both fire, its top text):",
+                          "         #1  0.33        2  great pizza"]
