@@ -7,7 +7,7 @@ moved). With ``analyze.texts`` naming a file of the rows' texts, the report and 
 show each shown row's text as they do an embeddings harvest's (``texts``: row -> text, the first
 ``MAX_CHARS``).
 
-Formats, by suffix (row i of the store is the file's i-th text):
+Formats, by suffix, in any case (row i of the store is the file's i-th text):
 
 * ``.parquet``: the string column ``analyze.texts_column``, or else ``text``, or else the file's only string
   column (the file a vectors import read its list column from can serve as is); one row group at a time;
@@ -48,13 +48,13 @@ def text_files(path: str) -> list[Path]:
         files, where = sorted(Path(f) for f in glob.glob(str(p)) if is_part(Path(f))), f"pattern {path!r}"
     elif p.is_dir():
         files = sorted(f for f in p.iterdir()  # hidden ones skipped, as a pattern skips them (macOS' ._*)
-                       if is_part(f) and f.suffix in FORMATS and not f.name.startswith("."))
+                       if is_part(f) and f.suffix.lower() in FORMATS and not f.name.startswith("."))
         where = f"folder {p}"
     else:
         return [p]
     if not files:
         raise AnalyzeError(f"analyze.texts: {where} names no file ({', '.join(FORMATS)})")
-    if len(kinds := sorted({f.suffix for f in files})) > 1:
+    if len(kinds := sorted({f.suffix.lower() for f in files})) > 1:
         raise AnalyzeError(f"analyze.texts: {where} names files of several formats {kinds}")
     return files
 
@@ -65,13 +65,13 @@ def check_texts(path: str, n_rows: int | None, column: str = "") -> list[Path]:
     store exists, as ``actdict run`` checks every stage first): their format only, not their count."""
     files = text_files(path)
     for p in files:
-        if p.suffix not in FORMATS:
+        if p.suffix.lower() not in FORMATS:
             raise AnalyzeError(f"analyze.texts: {p} is not one of {', '.join(FORMATS)} (one text per store "
                                "row)")
         if not p.is_file():
             raise AnalyzeError(f"analyze.texts: {p} not found (a file of one text per store row)")
     if n_rows is None:
-        for p in (p for p in files if p.suffix in (".npy", ".parquet")):  # their headers: cheap
+        for p in (p for p in files if p.suffix.lower() in (".npy", ".parquet")):  # their headers: cheap
             count(p, column)
         return files
     if (n := sum(count(p, column) for p in files)) != n_rows:
@@ -83,13 +83,13 @@ def check_texts(path: str, n_rows: int | None, column: str = "") -> list[Path]:
 
 def count(p: Path, column: str = "") -> int:
     """How many texts ``p`` holds (its format checked as far as that needs)."""
-    if p.suffix == ".npy":
+    if p.suffix.lower() == ".npy":
         return len(_npy(p))
-    if p.suffix == ".parquet":
+    if p.suffix.lower() == ".parquet":
         f = _parquet(p)
         _column(f.schema_arrow, p, column)
         return f.metadata.num_rows
-    if p.suffix == ".jsonl":  # each line parsed: a bad one is named now, not after the pass
+    if p.suffix.lower() == ".jsonl":  # each line parsed: a bad one is named now, not after the pass
         return sum(1 for r, line in enumerate(_lines(p)) if _jsonl_text(line, p, r, column) is not None)
     with p.open("rb") as f:  # lines: a last one without its line break counts
         n, last = 0, b"\n"
@@ -119,16 +119,17 @@ def _file_texts(p: Path, rows: set[int], column: str, max_chars: int) -> dict[in
     out: dict[int, str] = {}
     if not rows:
         return out
-    if p.suffix == ".npy":
+    kind = p.suffix.lower()
+    if kind == ".npy":
         arr = _npy(p)
         for r in sorted(rows):
             v = arr[r]
             out[r] = clip(v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v), max_chars)
         return out
     last = max(rows)
-    for r, text in enumerate(_parquet_texts(p, column) if p.suffix == ".parquet" else _lines(p)):
+    for r, text in enumerate(_parquet_texts(p, column) if kind == ".parquet" else _lines(p)):
         if r in rows:
-            out[r] = clip(_jsonl_text(text, p, r, column) if p.suffix == ".jsonl" else text, max_chars)
+            out[r] = clip(_jsonl_text(text, p, r, column) if kind == ".jsonl" else text, max_chars)
         if r >= last:
             break
     return out

@@ -200,3 +200,14 @@ def test_a_byte_order_mark_is_not_part_of_the_first_text(tmp_path, fmt):
     p = _write(tmp_path / "t", fmt, TEXTS[:3])
     p.write_bytes("\ufeff".encode() + p.read_bytes())
     assert read_texts(check_texts(str(p), 3), {0, 1, 2}) == dict(enumerate(TEXTS[:3]))
+
+
+def test_a_suffix_in_capitals_is_its_format(tmp_path):
+    """'TEXTS.TXT' (a Windows export) was refused as 'not one of .parquet, .jsonl, .txt, .npy', and a folder
+    of such files named no file, while the vectors import and the harvest's sources read '.NPY', '.JSONL'."""
+    p = _write(tmp_path / "t", ".jsonl", TEXTS[:3]).rename(tmp_path / "T.JSONL")
+    assert read_texts(check_texts(str(p), 3), {0, 2}) == {0: TEXTS[0], 2: TEXTS[2]}
+    (tmp_path / "parts").mkdir()
+    (tmp_path / "parts" / "A.TXT").write_text("a\n")
+    (tmp_path / "parts" / "b.txt").write_text("b\n")
+    assert read_texts(check_texts(str(tmp_path / "parts"), 2), {0, 1}) == {0: "a", 1: "b"}
