@@ -9,6 +9,7 @@ atomic there.
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from pathlib import Path
 
@@ -66,3 +67,34 @@ def remove_temps(folder: Path, pattern: str = "*") -> list[Path]:
     for tmp in removed:
         tmp.unlink(missing_ok=True)
     return removed
+
+
+def natural_key(path: Path) -> list:
+    """Sort key of a path with its runs of digits read as numbers: part-2 before part-10."""
+    return [int(t) if i % 2 else t for i, t in enumerate(re.split(r"(\d+)", str(path)))]
+
+
+def is_part(f: Path) -> bool:
+    """Whether a folder's or pattern's entry ``f`` is one of its files: a file, or a link to one that is gone
+    (then named as missing, not skipped: its rows would be left out without a word)."""
+    return f.is_file() or (f.is_symlink() and not f.exists())
+
+
+def part_files(path: str | Path, suffixes: tuple[str, ...]) -> tuple[list[Path], str]:
+    """(the files ``path`` names, and where they come from in words) for data written in parts: ``path``
+    itself ([it], ''), or a folder's files with one of ``suffixes`` but hidden ones, or a glob pattern's
+    (``*``, ``?``, ``[``; a path that exists is itself) matching files; these in the natural order of their
+    paths (``natural_key``), which may be none or of several suffixes: the caller says what is wrong."""
+    s = str(path)
+    p = Path(s).expanduser()
+    if any(c in s for c in "*?[") and not p.exists():  # a file or folder named 'emb[v2].npy' is itself
+        import glob
+
+        found, where = [Path(f) for f in glob.glob(str(p)) if is_part(Path(f))], f"pattern {s!r}"
+    elif p.is_dir():  # hidden ones skipped, as a pattern skips them (macOS' ._*)
+        found = [f for f in p.iterdir() if is_part(f) and f.suffix.lower() in suffixes
+                 and not f.name.startswith(".")]
+        where = f"folder {s!r}"
+    else:
+        return [p], ""
+    return sorted(found, key=natural_key), where

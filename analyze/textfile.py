@@ -17,7 +17,8 @@ Formats, by suffix, in any case (row i of the store is the file's i-th text):
 * ``.npy``: a 1-D array of strings (``np.save``; bytes are decoded as UTF-8), mapped.
 
 A folder of such files, or a glob pattern (``texts/part-*.parquet``), is their texts one after the other in
-the sorted order of the paths, as the vectors import reads shards (``harvest.vectors.vector_files``).
+the natural order of the paths (part-2 before part-10), as the vectors import reads shards
+(``actdict.files.part_files``).
 
 The file is checked before the pass over the rows (it exists, holds texts, as many as the store has rows),
 so a wrong one costs nothing; only the rows shown are kept in memory.
@@ -33,25 +34,16 @@ import numpy as np
 
 from actdict.analyze.inputs import AnalyzeError
 from actdict.analyze.texts import MAX_CHARS, clip
-from actdict.harvest.vectors import is_part
+from actdict.files import part_files
 
 FORMATS = (".parquet", ".jsonl", ".txt", ".npy")
 
 
 def text_files(path: str) -> list[Path]:
-    """The files ``path`` names: itself; a folder's ``FORMATS`` files but hidden ones; a glob pattern's
-    matches; the last two sorted by path, all of one format (AnalyzeError otherwise)."""
-    p = Path(path).expanduser()
-    if any(c in path for c in "*?[") and not p.exists():  # a file named 'texts[v2].txt' is itself
-        import glob
-
-        files, where = sorted(Path(f) for f in glob.glob(str(p)) if is_part(Path(f))), f"pattern {path!r}"
-    elif p.is_dir():
-        files = sorted(f for f in p.iterdir()  # hidden ones skipped, as a pattern skips them (macOS' ._*)
-                       if is_part(f) and f.suffix.lower() in FORMATS and not f.name.startswith("."))
-        where = f"folder {p}"
-    else:
-        return [p]
+    """The files ``path`` names (``actdict.files.part_files``, as the vectors import reads parts: itself, a
+    folder's ``FORMATS`` files but hidden ones, a glob pattern's matches; the last two in the natural order of
+    their paths), all of one format (AnalyzeError otherwise)."""
+    files, where = part_files(path, FORMATS)
     if not files:
         raise AnalyzeError(f"analyze.texts: {where} names no file ({', '.join(FORMATS)})")
     if len(kinds := sorted({f.suffix.lower() for f in files})) > 1:

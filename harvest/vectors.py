@@ -9,8 +9,8 @@ Two entries:
 * command line: ``python -m actdict.harvest.vectors FILE STORE [--key K] [--hook H] [--dtype D]``.
 
 FILE may also be a folder of files of one format, or a glob pattern (``'emb/part-*.npy'``, quoted): its files
-are imported in the sorted order of their paths as one run of rows (vectors written in shards), each checked
-as one file is and all of one width.
+are imported in the natural order of their paths (part-2 before part-10) as one run of rows (vectors written
+in shards), each checked as one file is and all of one width.
 
 Parquet layouts: one list column holding each row's vector (name it with ``key``; found by itself when it
 is the only list column), or, with no list column, every column one dimension (all numeric).
@@ -29,6 +29,7 @@ import numpy as np
 
 from actdict.config import ConfigError, check_hook_name
 from actdict.errors import ActdictError
+from actdict.files import part_files
 
 FORMATS = (".npy", ".safetensors", ".parquet")
 
@@ -43,7 +44,8 @@ class VectorsConfig:
 
     path: str = ""
     """A ``.npy``, ``.safetensors`` or ``.parquet`` file holding vectors [n, d]; or a folder of such files, or
-    a glob pattern naming them (``emb/part-*.npy``): their rows in the sorted order of the paths."""
+    a glob pattern naming them (``emb/part-*.npy``): their rows in the natural order of the paths (part-2
+    before part-10)."""
     key: str = ""
     """safetensors: the tensor's name (empty: the file's only tensor); parquet: the list column holding the
     vectors (empty: the only list column, or else every column is one dimension)."""
@@ -193,28 +195,11 @@ def _parquet_blocks(path: Path, key: str, block: int) -> Iterator[np.ndarray]:
         at += batch.num_rows
 
 
-def is_part(f: Path) -> bool:
-    """Whether a folder's or pattern's entry ``f`` is one of its files: a file, or a link to one that is gone
-    (then named as missing, not skipped: its rows would be left out without a word)."""
-    return f.is_file() or (f.is_symlink() and not f.exists())
-
-
 def vector_files(path: str | Path) -> list[Path]:
-    """The files ``path`` names: itself; a folder's ``FORMATS`` files but hidden ones; a glob pattern's
-    matching files (``*``, ``?``, ``[``); the last two sorted by path, all of one format (VectorsError: none,
-    or several formats)."""
-    s = str(path)
-    p = Path(s).expanduser()
-    if any(c in s for c in "*?[") and not p.exists():  # a file or folder named 'emb[v2].npy' is itself
-        import glob
-
-        files, where = sorted(Path(f) for f in glob.glob(str(p)) if is_part(Path(f))), f"pattern {s!r}"
-    elif p.is_dir():
-        files = sorted(f for f in p.iterdir()  # hidden ones skipped, as a pattern skips them (macOS' ._*)
-                       if is_part(f) and f.suffix.lower() in FORMATS and not f.name.startswith("."))
-        where = f"folder {s!r}"
-    else:
-        return [p]
+    """The files ``path`` names (``actdict.files.part_files``: itself; a folder's ``FORMATS`` files but
+    hidden ones; a glob pattern's matching files; the last two in the natural order of their paths, part-2
+    before part-10), all of one format (VectorsError: none, or several formats)."""
+    files, where = part_files(path, FORMATS)
     if not files:
         raise VectorsError(f"vectors {where} names no file ({', '.join(FORMATS)})")
     if len(kinds := sorted({f.suffix.lower() for f in files})) > 1:
@@ -381,7 +366,7 @@ def cli(argv: list[str] | None = None) -> int:
                                  description="Import a .npy/.safetensors/.parquet file of [n, d] vectors "
                                              "into an activation store.")
     ap.add_argument("file", help="vectors file (.npy, .safetensors, .parquet), or a folder of them, or a "
-                    "quoted glob pattern ('emb/part-*.npy'): their rows in the sorted order of the paths")
+                    "quoted glob pattern ('emb/part-*.npy'): their rows in the natural order of the paths")
     ap.add_argument("store", help="store folder or fsspec URL, e.g. runs/yelp/store")
     ap.add_argument("--key", default="", help="safetensors tensor / parquet column holding the vectors")
     ap.add_argument("--hook", default="vectors", help="store folder name of these vectors (default vectors)")

@@ -15,7 +15,14 @@ from safetensors.numpy import save_file
 from actdict.cli import main as actdict_main
 from actdict.config import ConfigError
 from actdict.harvest.store import StoreError, open_store, write_vectors
-from actdict.harvest.vectors import VectorsError, cli, import_vectors, vector_blocks, vector_rows
+from actdict.harvest.vectors import (
+    VectorsError,
+    cli,
+    import_vectors,
+    vector_blocks,
+    vector_files,
+    vector_rows,
+)
 from actdict.harvest.writer import chunk_rows_for, default_layout
 
 N, D = 45, 6
@@ -825,3 +832,20 @@ def test_a_part_linked_to_a_file_that_is_gone_is_named_not_skipped(tmp_path):
     (tmp_path / "texts" / "b.txt").symlink_to(tmp_path / "real" / "gone.txt")
     with pytest.raises(ValueError, match=r"texts/b.txt not found"):
         check_texts(str(tmp_path / "texts"), 20)
+
+
+def test_parts_come_in_the_natural_order_of_their_numbers(tmp_path):
+    """part-2 before part-10 (the parts of np.array_split or a dataframe's partitions, unpadded): a plain
+    sort put part-10 second, and a texts file beside them would have named the wrong rows."""
+    from actdict.files import natural_key
+
+    x = np.arange(12 * 2, dtype=np.float32).reshape(12, 2)
+    (tmp_path / "emb").mkdir()
+    for i in range(12):
+        np.save(tmp_path / "emb" / f"part-{i}.npy", x[i:i + 1])
+    assert [f.name for f in vector_files(tmp_path / "emb")][:4] == ["part-0.npy", "part-1.npy", "part-2.npy",
+                                                                     "part-3.npy"]
+    s = import_vectors(str(tmp_path / "emb" / "part-*.npy"), str(tmp_path / "s"), chunk_rows=2, shard_rows=4)
+    np.testing.assert_array_equal(s.read_rows(0, 12).acts, x)
+    assert sorted(["a10b2", "a2b10", "a2b9", "a10b1"], key=lambda t: natural_key(Path(t))) == [
+        "a2b9", "a2b10", "a10b1", "a10b2"]
