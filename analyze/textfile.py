@@ -82,7 +82,16 @@ def count(p: Path, column: str = "") -> int:
         _column(f.schema_arrow, p, column)
         return f.metadata.num_rows
     if p.suffix.lower() == ".jsonl":  # each line parsed: a bad one is named now, not after the pass
-        return sum(1 for r, line in enumerate(_lines(p)) if _jsonl_text(line, p, r, column) is not None)
+        n, blank = 0, 0  # texts so far, blank lines after them (at the end of a file: no text)
+        for r, line in enumerate(_lines(p)):
+            if not line.strip():
+                blank += 1
+                continue
+            if blank:
+                raise AnalyzeError(f"analyze.texts: {p} line {r} is blank, between texts (a text per line)")
+            _jsonl_text(line, p, r, column)
+            n += 1
+        return n
     with p.open("rb") as f:  # lines: a last one without its line break counts
         n, last = 0, b"\n"
         for block in iter(lambda: f.read(1 << 20), b""):

@@ -211,3 +211,11 @@ def test_a_suffix_in_capitals_is_its_format(tmp_path):
     (tmp_path / "parts" / "A.TXT").write_text("a\n")
     (tmp_path / "parts" / "b.txt").write_text("b\n")
     assert read_texts(check_texts(str(tmp_path / "parts"), 2), {0, 1}) == {0: "a", 1: "b"}
+
+
+def test_a_jsonl_files_blank_lines_at_its_end_are_no_texts_but_between_texts_are_refused(tmp_path):
+    (tmp_path / "t.jsonl").write_text('"a"\n"b"\n\n\n')
+    assert read_texts(check_texts(str(tmp_path / "t.jsonl"), 2), {0, 1}) == {0: "a", 1: "b"}
+    (tmp_path / "u.jsonl").write_text('"a"\n\n"b"\n')
+    with pytest.raises(ValueError, match="u.jsonl line 2 is blank, between texts"):
+        check_texts(str(tmp_path / "u.jsonl"), 2)
