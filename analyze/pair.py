@@ -151,7 +151,7 @@ def compare(dir_a: str, dir_b: str, store: str | None = None, limit: int = 65536
             if s_.d != m.d:
                 raise AnalyzeError(f"store {path} hook {s_.hook} has d={s_.d}, its dictionary d={m.d}")
         sides = (("A", sa, ra), ("B", sb, rb))
-        out["notes"] += [note for x in sides if (note := changed(*x, path))]
+        out["notes"] += changed(sides, path)
         chunks = common_rows(ra, rb, sa.num_chunks)
         if not chunks:
             out["notes"].append("no co-activation: the two held out no chunk in common (different splits)")
@@ -170,16 +170,25 @@ def compare(dir_a: str, dir_b: str, store: str | None = None, limit: int = 65536
     return out
 
 
-def changed(side_: str, store, record: dict, path: str) -> str | None:
-    """A note when the store read for ``side_`` is not the one its ``record`` learned (as analysis tells it:
-    ``other_store``): re-harvested since at that path, or grown (a larger max_tokens keeps the rows held
-    out; anything else may put rows it learned into its held-out chunks). Counted all the same: both
-    dictionaries read the same rows, which is what co-activation needs."""
-    if not (diff := other_store({side_: record}, describe_store(store, path)).get(side_)):
-        return None
-    return (f"the store {path} hook {store.hook} is not the one {side_} learned ({', '.join(diff[:4])}): "
-            "if it grew since (a larger harvest.max_tokens), its held-out chunks hold the same rows; "
-            f"otherwise they may hold rows {side_} learned")
+def changed(sides: tuple, path: str) -> list[str]:
+    """Notes on the stores read for the (name, store, record) ``sides`` that are not the ones their records
+    learned (as analysis tells it: ``other_store``), one per hook and difference (A and B on one hook: one):
+    re-harvested since at that path, or grown (a larger max_tokens keeps the rows held out; anything else may
+    put rows they learned into their held-out chunks). Counted all the same: both dictionaries read the same
+    rows, which is what co-activation needs."""
+    found: dict[tuple, list[str]] = {}
+    for name, store, record in sides:
+        if diff := other_store({name: record}, describe_store(store, path)).get(name):
+            harvested = bool((record.get("store") or {}).get("config_hash"))  # vectors do not grow
+            found.setdefault((store.hook, tuple(diff[:4]), harvested), []).append(name)
+    notes = []
+    for (hook, diff, harvested), names in found.items():
+        who = " and ".join(names)
+        notes.append(f"the store {path} hook {hook} is not the one {who} learned ({', '.join(diff)}): "
+                     + ("if it grew since (a larger harvest.max_tokens), its held-out chunks hold the same "
+                        "rows; otherwise " if harvested else "")
+                     + f"they may hold rows {who} learned")
+    return notes
 
 
 def _about(path: str, model, record: dict) -> dict:

@@ -284,3 +284,20 @@ def test_the_table_lists_the_most_active_live_features_first():
     assert [r[:4] for r in rows] == [["#2", "9", "#0", "1.000"], ["#0", "3", "#1", "0.500"],
                                      ["#3", "3", "#2", "0.250"]]  # dead #1 not listed
     assert len(pair.report_lines(out, 9, ({}, {}))) == len(pair.report_lines(out, 3, ({}, {})))
+
+
+def test_one_note_for_both_sides_on_one_changed_hook_and_none_of_growth_for_vectors(tmp_path):
+    """A compared with itself (or B on A's hook) over a store harvested again: one note for both, not two
+    alike; a store of vectors (no harvest config_hash) does not grow, and its note says nothing of it."""
+    import shutil
+
+    da, _ = _pair(tmp_path, np.arange(K))
+    shutil.rmtree(tmp_path / "store")
+    _store(tmp_path / "store", config_hash="harvest-2")
+    notes = [n for n in pair.compare(da, da)["notes"] if "is not the one" in n]
+    assert len(notes) == 1 and "is not the one A and B learned" in notes[0] and "max_tokens" in notes[0]
+    rec = _record(tmp_path / "store", "blocks.0.h", [2, 3])
+    rec["store"] = {k: v for k, v in rec["store"].items() if k != "config_hash"} | {"content": "old-digest"}
+    save(da, load(da)[0], rec)  # as a vectors import records its store: the rows' digest
+    notes = [n for n in pair.compare(da, da, store=str(tmp_path / "store"))["notes"] if "is not the one" in n]
+    assert len(notes) == 1 and "max_tokens" not in notes[0] and notes[0].endswith("rows A and B learned")
