@@ -213,12 +213,14 @@ def vector_blocks(path: str | Path, key: str = "", block_rows: int = 16384) -> I
 
     Raises VectorsError for an unknown format, a shape that is not [n, d], non-numeric data, rows of
     different widths (across files too), or rows holding NaN/inf (the first such row of its file is named)."""
-    d = None
-    for p in vector_files(path):
+    d, files = None, vector_files(path)
+    for p in files:
         if not p.is_file():
             gone = " (a link to a file that is gone)" if p.is_symlink() else ""
             raise VectorsError(f"vectors file {str(path) if p == Path(path).expanduser() else str(p)!r} does "
                                f"not exist{gone}")
+        if len(files) > 1 and vector_rows(p, key) == 0:  # an empty part (np.array_split's, a partition's)
+            continue  # adds no row; the import of no row at all is refused by its caller
         n = 0  # rows of this file so far
         for x in _format(p)[0](p, key, block_rows):  # [b, d]
             d = x.shape[1] if d is None else d

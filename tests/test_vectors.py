@@ -849,3 +849,19 @@ def test_parts_come_in_the_natural_order_of_their_numbers(tmp_path):
     np.testing.assert_array_equal(s.read_rows(0, 12).acts, x)
     assert sorted(["a10b2", "a2b10", "a2b9", "a10b1"], key=lambda t: natural_key(Path(t))) == [
         "a2b9", "a2b10", "a10b1", "a10b2"]
+
+
+def test_an_empty_part_adds_no_row_and_parts_of_no_row_are_refused(tmp_path):
+    """np.array_split into more parts than rows, or an empty partition: an empty part stopped the whole
+    import ('shape (0, 4) holds no vectors'); it now adds no row, and only an import of no row at all is
+    refused."""
+    (tmp_path / "emb").mkdir()
+    x = np.arange(8 * 4, dtype=np.float32).reshape(8, 4)
+    for i, part in enumerate(np.array_split(x, 10)):  # parts 8 and 9 hold no row
+        np.save(tmp_path / "emb" / f"part-{i}.npy", part)
+    s = import_vectors(tmp_path / "emb", str(tmp_path / "s"), chunk_rows=2, shard_rows=4)
+    np.testing.assert_array_equal(s.read_rows(0, 8).acts, x)
+    for i in range(8):
+        np.save(tmp_path / "emb" / f"part-{i}.npy", np.zeros((0, 4), np.float32))
+    with pytest.raises(VectorsError, match="holds no vectors"):
+        import_vectors(tmp_path / "emb", str(tmp_path / "s2"))
