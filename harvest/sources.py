@@ -114,12 +114,15 @@ def _debian_texts() -> Iterator[str]:
 
 
 def resolve_files(path: str) -> list[Path]:
-    """The readable files named by ``path`` (file, folder searched recursively, or glob), sorted."""
+    """The readable files named by ``path`` (file, folder searched recursively, or glob), sorted. A folder's
+    hidden files and folders are skipped, as a glob skips them: ``.ipynb_checkpoints/*-checkpoint.jsonl``
+    and macOS' ``._*`` copies would have doubled documents or failed the harvest."""
     p = Path(path).expanduser()
     if p.is_file():
         files = [p]
     elif p.is_dir():
-        files = [f for f in p.rglob("*") if f.is_file()]
+        files = [f for f in p.rglob("*")
+                 if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts)]
     else:
         files = [Path(f) for f in glob.glob(str(p), recursive=True)]
     files = sorted(f for f in files if f.suffix.lower() in BUILDERS)

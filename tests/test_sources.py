@@ -367,3 +367,16 @@ def test_a_broken_jsonl_record_is_named_by_file_and_line(tmp_path, line, said):
     (tmp_path / "c.jsonl").write_text('{"text": "first"}\n{"text": "second"}\n' + line + '{"text": "last"}\n')
     with pytest.raises(SourceError, match=rf"c.jsonl, line 3 cannot be read as json \({said}"):
         list(iter_documents(SourceConfig(kind="files", path=str(tmp_path / "c.jsonl"))))
+
+
+def test_a_folders_hidden_files_and_folders_are_no_source(tmp_path):
+    """Jupyter's .ipynb_checkpoints copies and macOS' ._ files in a corpus folder were read as documents
+    (every checkpointed file's documents twice); a glob skipped them."""
+    from actdict.harvest.sources import resolve_files
+
+    (tmp_path / "c" / ".ipynb_checkpoints").mkdir(parents=True)
+    (tmp_path / "c" / "sub").mkdir()
+    for f in ("a.jsonl", "sub/b.txt", ".ipynb_checkpoints/a-checkpoint.jsonl", "._a.jsonl"):
+        (tmp_path / "c" / f).write_text('{"text": "x"}\n' if f.endswith(".jsonl") else "x\n")
+    assert [f.relative_to(tmp_path / "c").as_posix() for f in resolve_files(str(tmp_path / "c"))] == [
+        "a.jsonl", "sub/b.txt"]
