@@ -1,11 +1,11 @@
 """The texts of a store's rows from a file beside it (``analyze.texts``): one text per store row, in row
 order.
 
-A store of your own vectors (``harvest.mode: vectors``, ``actdict import``) keeps no text, and an embeddings
-harvest's texts are read again from its source, which may be out of reach (a hub dataset offline, files
-moved). With ``analyze.texts`` naming a file of the rows' texts, the report and ``features/<name>.json``
-show each shown row's text as they do an embeddings harvest's (``texts``: row -> text, the first
-``MAX_CHARS``).
+A store of your own vectors (``harvest.mode: vectors``, ``python -m actdict.harvest.vectors``) keeps no
+text, and an embeddings harvest's texts are read again from its source, which may be out of reach (a hub
+dataset offline, files moved). With ``analyze.texts`` naming a file of the rows' texts, the report and
+``features/<name>.json`` show each shown row's text as they do an embeddings harvest's (``texts``: row ->
+text, the first ``MAX_CHARS``).
 
 Formats, by suffix, in any case (row i of the store is the file's i-th text):
 
