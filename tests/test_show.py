@@ -129,3 +129,25 @@ def test_partners_of_a_feature_of_texts_are_headed_by_their_top_text():
     lines = feature_lines(data, {1: (["great pizza"], [])}, 0, 1)
     assert lines[-2:] == ["  fires with (Jaccard, rows both fire, its top text):",
                           "         #1  0.33        2  great pizza"]
+
+
+def test_long_contexts_quantile_order_and_search_over_texts_and_repeated_hits():
+    """A long context is cut around the row's token with '…'; quantile samples come highest first; search
+    counts every top hit with the word, and over texts matches them case aside."""
+    from actdict.analyze.show import feature_lines, search_lines
+
+    toks = {str(i): f" w{i}" for i in range(60)}
+    ids = list(range(60))
+    line = context({"tokens": toks}, [1.0, 0, 0, 0, ids, 30], width=40)
+    assert line.startswith("…") and "… " not in line[:2] and "«w30»" in line and "…  (doc 0, pos 0)" in line
+    assert len(line.split("  (doc")[0]) < 60
+    q = [{"lo": lo, "hi": lo + 0.5, "vmin": lo, "vmax": lo + 0.5, "hits": [[lo + 1, 0, 0, 0, [1], 0]]}
+         for lo in (0.0, 0.5)]
+    f = {"i": 0, "fires": 2, "density": 0.2, "max": 2.0, "min": 0.0, "top": [], "bottom": [], "quantiles": q}
+    lines = feature_lines({"n_rows": 10, "tokens": toks, "features": [f]}, {}, 0, 1)
+    assert lines.index("  quantile 50%-100% (0.5 .. 1):") < lines.index("  quantile 0%-50% (0 .. 0.5):")
+    top = [[3.0, r, r, 0, [-1], 0] for r in range(3)]
+    data = {"tokens": {}, "texts": {"0": "Great PIZZA", "1": "pizza again", "2": "rude"},
+            "features": [{"i": 0, "fires": 3, "top": top}, {"i": 1, "fires": 3, "top": top[1:]}]}
+    rows = [r.split() for r in search_lines(data, {}, "Pizza", 5)[1:]]
+    assert [r[:2] for r in rows] == [["#0", "2/3"], ["#1", "1/2"]]
