@@ -192,6 +192,8 @@ def main(common, cfg, writing=lambda hooks=None: None) -> None:
             w.append(x, np.full(len(x), -1, np.int32), doc, pos)
             n += len(x)
             bar.update(len(x))
+        bar.total = n  # a source shorter than max_tokens: the bar ends full, not at 3 %
+        bar.refresh()
         if n == 0:
             raise HarvestError(f"the source ({describe_source(cfg.source)}) gave no documents")
     print(f"harvest: wrote {n:,} {ecfg.unit} embeddings to {path}/{ecfg.hook}")

@@ -199,3 +199,11 @@ def test_manifest_names_the_pooling_of_either_sentence_transformers(config, want
     enc = Encoder(_Model([Pooling(config), Normalize()]), "m", None, 384, "cpu")
     assert enc.describe() == {"modules": ["Pooling", "Normalize"], "pooling": want, "model_normalizes": True,
                               "max_seq_length": 256}
+
+
+def test_the_progress_bar_ends_full_when_the_source_is_shorter_than_max_tokens(tmp_path, minilm_path, capsys):
+    """hemb: 3,000 reviews under max_tokens 100,000 ended the bar at '3000/100000 3%'."""
+    src = {"kind": "files", "path": str(_corpus(tmp_path / "c.jsonl", n=12))}
+    harvest_main(Common(run_dir=str(tmp_path / "run")), _cfg(src, max_tokens=1000, model=str(minilm_path)))
+    last = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert "100%" in last and "12/12" in last
