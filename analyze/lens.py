@@ -133,25 +133,32 @@ def feature_labels(path: Path, n: int = 3) -> Labels:
 
 def dict_labels(run_dir: Path, name: str, k: int, n: int = 3) -> tuple[Labels, str]:
     """(labels of dictionary ``name`` as :func:`feature_labels` reads them, "") or ({}, why there are none):
-    no features file yet, or one computed from another training of ``name`` (its ``config_hash`` or ``k``
+    see :func:`dict_features`."""
+    data, why = dict_features(run_dir, name, k)
+    return (labels_of(data, n, run_dir / "features" / f"{name}.json"), "") if data is not None else ({}, why)
+
+
+def dict_features(run_dir: Path, name: str, k: int) -> tuple[dict | None, str]:
+    """(dictionary ``name``'s features file, read once, "") or (None, why it is not this training's): no
+    features file yet, or one computed from another training of ``name`` (its ``config_hash`` or ``k``
     differs from the checkpoint's), whose labels would name other features, or one of an older analysis that
     recorded no ``config_hash`` beside a checkpoint that records one (it cannot tell which training it is)."""
     from actdict.analyze.inputs import trained_records
 
     path = run_dir / "features" / f"{name}.json"
     if not path.is_file():
-        return {}, f"no corpus labels: {path} not found (run actdict analyze)"
+        return None, f"no corpus labels: {path} not found (run actdict analyze)"
     data = read_output(path)
     have, want = data.get("config_hash"), trained_records(run_dir, [name]).get(name, {}).get("config_hash")
     if data.get("k") != k or (have and want and have != want):
-        return {}, (f"no corpus labels: {path} was computed from another training of {name} "
-                    f"(k {data.get('k')}, config_hash {have}; the checkpoint: k {k}, {want}): rerun "
-                    "actdict analyze")
+        return None, (f"no corpus labels: {path} was computed from another training of {name} "
+                      f"(k {data.get('k')}, config_hash {have}; the checkpoint: k {k}, {want}): rerun "
+                      "actdict analyze")
     if want and not have:  # written before features files recorded it: this training's or an earlier one's
-        return {}, (f"no corpus labels: {path} was written by an older actdict, which did not record "
-                    f"which training of {name} it describes (the checkpoint may have been retrained since): "
-                    "rerun actdict analyze")
-    return labels_of(data, n, path), ""
+        return None, (f"no corpus labels: {path} was written by an older actdict, which did not record "
+                      f"which training of {name} it describes (the checkpoint may have been retrained "
+                      "since): rerun actdict analyze")
+    return data, ""
 
 
 def _label(labels: dict, f: int, code: float) -> list[str]:

@@ -18,8 +18,8 @@ import json
 import sys
 from pathlib import Path
 
-from actdict.analyze.lens import dict_labels
-from actdict.analyze.outputs import OutputError, read_output
+from actdict.analyze.lens import dict_features, labels_of
+from actdict.analyze.outputs import OutputError
 from actdict.analyze.texts import clip
 from actdict.analyze.toptokens import display_strings
 from actdict.errors import ActdictError, printable
@@ -35,10 +35,10 @@ def read_features(dict_dir: Path) -> tuple[dict, dict]:
         raise OutputError(f"{dict_dir}: no trained dictionary there (RUN_DIR/dicts/NAME, with its cfg.json: "
                           f"{type(e).__name__})") from e
     run_dir, name = dict_dir.parent.parent, dict_dir.name
-    labels, why = dict_labels(run_dir, name, k)
-    if why:  # no features file, or another training's
+    data, why = dict_features(run_dir, name, k)
+    if data is None:  # no features file, or another training's
         raise OutputError(why.removeprefix("no corpus labels: "))
-    return read_output(run_dir / "features" / f"{name}.json"), labels
+    return data, labels_of(data, 3, run_dir / "features" / f"{name}.json")
 
 
 def context(data: dict, hit: list, width: int = 96) -> str:
