@@ -81,10 +81,10 @@ def is_part(f: Path) -> bool:
 
 
 def part_files(path: str | Path, suffixes: tuple[str, ...]) -> tuple[list[Path], str]:
-    """(the files ``path`` names, and where they come from in words) for data written in parts: ``path``
-    itself ([it], ''), or a folder's files with one of ``suffixes`` but hidden ones, or a glob pattern's
-    (``*``, ``?``, ``[``; a path that exists is itself) matching files; these in the natural order of their
-    paths (``natural_key``), which may be none or of several suffixes: the caller says what is wrong."""
+    """(the files ``path`` names, '') for data written in parts: ``path`` itself, or a folder's files with
+    one of ``suffixes`` but hidden ones, or a glob pattern's (``*``, ``?``, ``[``; a path that exists is
+    itself) matching files, these in the natural order of their paths (``natural_key``); or (those, what is
+    wrong in words: they are none, or of several suffixes), for the caller's error."""
     s = str(path)
     p = Path(s).expanduser()
     if any(c in s for c in "*?[") and not p.exists():  # a file or folder named 'emb[v2].npy' is itself
@@ -97,4 +97,8 @@ def part_files(path: str | Path, suffixes: tuple[str, ...]) -> tuple[list[Path],
         where = f"folder {s!r}"
     else:
         return [p], ""
-    return sorted(found, key=natural_key), where
+    if not found:
+        return found, f"{where} names no file ({', '.join(suffixes)})"
+    if len(kinds := sorted({f.suffix.lower() for f in found})) > 1:
+        return found, f"{where} names files of several formats {kinds}: one format, please"
+    return sorted(found, key=natural_key), ""

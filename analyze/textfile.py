@@ -43,11 +43,9 @@ def text_files(path: str) -> list[Path]:
     """The files ``path`` names (``actdict.files.part_files``, as the vectors import reads parts: itself, a
     folder's ``FORMATS`` files but hidden ones, a glob pattern's matches; the last two in the natural order of
     their paths), all of one format (AnalyzeError otherwise)."""
-    files, where = part_files(path, FORMATS)
-    if not files:
-        raise AnalyzeError(f"analyze.texts: {where} names no file ({', '.join(FORMATS)})")
-    if len(kinds := sorted({f.suffix.lower() for f in files})) > 1:
-        raise AnalyzeError(f"analyze.texts: {where} names files of several formats {kinds}")
+    files, wrong = part_files(path, FORMATS)
+    if wrong:
+        raise AnalyzeError(f"analyze.texts: {wrong}")
     return files
 
 

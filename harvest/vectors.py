@@ -199,11 +199,9 @@ def vector_files(path: str | Path) -> list[Path]:
     """The files ``path`` names (``actdict.files.part_files``: itself; a folder's ``FORMATS`` files but
     hidden ones; a glob pattern's matching files; the last two in the natural order of their paths, part-2
     before part-10), all of one format (VectorsError: none, or several formats)."""
-    files, where = part_files(path, FORMATS)
-    if not files:
-        raise VectorsError(f"vectors {where} names no file ({', '.join(FORMATS)})")
-    if len(kinds := sorted({f.suffix.lower() for f in files})) > 1:
-        raise VectorsError(f"vectors {where} names files of several formats {kinds}: one format, please")
+    files, wrong = part_files(path, FORMATS)
+    if wrong:
+        raise VectorsError(f"vectors {wrong}")
     return files
 
 
