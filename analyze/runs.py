@@ -1,8 +1,9 @@
 """``actdict summary RUN_DIR...``: the headline numbers of several analysed run folders in one table.
 
 The layers of configs/layers.yaml, a sweep over run folders: one line per dictionary, read from each folder's
-``summary.json``: run, hook, dictionary, RE det, RE 1-sample, AD, L0, EV, dead (and CE recovered, KL
-when measured); ``--json`` writes the same rows, ``--sort COLUMN`` lists them all by one column. A folder
+``summary.json``: run, hook, dictionary (and its variant where a name is not its variant's), RE det, RE
+1-sample, AD, L0, EV, dead (and CE recovered, KL when measured); ``--json`` writes the same rows, ``--sort
+COLUMN`` lists them all by one column. A folder
 that has not been analysed is named, not skipped silently, and so are dictionaries trained again since their
 folder's analysis (``retrained`` in ``--json``), whose rows are the earlier training's. A dictionary's folder
 (``RUN_DIR/dicts/NAME``, as ``actdict compare`` takes them) stands for its line of its run folder's table."""
@@ -78,11 +79,14 @@ def by(records: list[dict], key: str) -> list[dict]:
 
 
 def table(records: list[dict]) -> list[str]:
-    """The records as text, columns wide enough for their run, hook and dictionary names; CE recovered and
-    KL (as analyze's table) when some run measured them (analyze.ce_loss)."""
-    w = {c: max([len(c), *(len(str(r[c])) for r in records)]) for c in ("run", "hook", "dict")}
+    """The records as text, columns wide enough for their run, hook and dictionary names; the variant when
+    some dictionary's name is not its variant's (a sweep's, a renamed one); CE recovered and KL (as
+    analyze's table) when some run measured them (analyze.ce_loss)."""
+    named = [c for c in ("run", "hook", "dict", "variant") if c != "variant" or any(
+        r.get("variant") not in (None, r["dict"]) for r in records)]  # a sweep's sae_l1_lam1_0.1 & co
+    w = {c: max([len(c), *(len(str(r.get(c))) for r in records)]) for c in named}
     ce = any(r["ce_recovered"] is not None for r in records)
-    lines = [f"{'run':<{w['run']}} {'hook':<{w['hook']}} {'dict':<{w['dict']}} {'RE det':>9} "
+    lines = [" ".join(f"{c:<{w[c]}}" for c in named) + f" {'RE det':>9} "
              f"{'RE 1-sample':>11} {'AD':>7} {'L0':>7} {'EV':>6} {'dead':>11}" + (f" {'CE rec.':>7} {'KL':>7}"
                                                                                    if ce else "")]
     for r in records:
@@ -90,7 +94,7 @@ def table(records: list[dict]) -> list[str]:
         nums = (f"{_cell(r['re_det'], '>9.4g')} {_cell(r['re_sample'], '>11.4g')} {_cell(r['ad'], '>7.2f')} "
                 f"{_cell(r['l0'], '>7.2f')} {_cell(r['ev'], '>6.3f')} {dead:>11}"
                 + (f" {_cell(r['ce_recovered'], '>7.3f')} {_cell(r['kl'], '>7.4f')}" if ce else ""))
-        lines.append(f"{r['run']:<{w['run']}} {str(r['hook']):<{w['hook']}} {r['dict']:<{w['dict']}} {nums}")
+        lines.append(" ".join(f"{str(r.get(c)):<{w[c]}}" for c in named) + f" {nums}")
     return [printable(s) for s in lines]
 
 

@@ -32,7 +32,7 @@ def test_the_table_holds_every_dictionary_of_every_run_as_its_summary_has_it(tmp
         m = json.loads((tmp_path / r["run"] / "summary.json").read_text())["models"][r["dict"]]
         assert r["ad"] == m["ad"] and r["re_det"] == m["re_det"] and r["dead"] == m["dead"]
         cells = line.split()
-        assert cells[:3] == [r["run"], "h", r["dict"]] and cells[5] == f"{m['ad']:.2f}"
+        assert cells[:4] == [r["run"], "h", r["dict"], m["variant"]] and cells[6] == f"{m['ad']:.2f}"
         assert cells[-1] == f"{m['dead']}/{m['k']}"
     assert 0 < saved[1]["ad"] <= 2  # topk 2: at most two active per row
     assert cli(["summary", str(one), str(tmp_path / "none")]) == 2
@@ -187,3 +187,22 @@ def test_a_dictionary_given_with_its_run_folder_is_one_line(tmp_path, capsys):
     for args in ([a, a / "dicts" / "x"], [a / "dicts" / "x", f"{a}/", a / "dicts" / "y"]):
         assert cli(["summary", *map(str, args), "--sort", "ev"]) == 0
         assert [line.split()[2] for line in capsys.readouterr().out.splitlines()[1:]] == ["x", "y"]
+
+
+def test_the_variant_is_a_column_where_a_dictionary_is_not_named_after_it(tmp_path, capsys):
+    """A sweep's sae_l1_lam1_0.1 or a dictionary named 'wide' left the reader to guess its variant; a run
+    whose dictionaries are all named after their variants has no such column."""
+    m = {"re_det": 30.05, "re_sample": 31.5, "ad": 32.0, "l0": 32.0, "ev": 0.773, "dead": 3, "k": 64}
+    for folder, models in (("a", {"vaease": m | {"variant": "vaease"}}),
+                        ("b", {"wide": m | {"variant": "sae_topk"}, "sae_l1": m | {"variant": "sae_l1"}})):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "summary.json").write_text(json.dumps({"hook": "h", "models": models}))
+    assert cli(["summary", str(tmp_path / "a")]) == 0
+    head, line = capsys.readouterr().out.splitlines()
+    assert head.split()[:4] == ["run", "hook", "dict", "RE"] and line.split()[2:4] == ["vaease", "30.05"]
+    assert cli(["summary", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    head, *lines = capsys.readouterr().out.splitlines()
+    assert head.split()[:5] == ["run", "hook", "dict", "variant", "RE"]
+    assert [x.split()[2:5] for x in lines] == [["vaease", "vaease", "30.05"], ["wide", "sae_topk", "30.05"],
+                                               ["sae_l1", "sae_l1", "30.05"]]
+    assert {x.index("30.05") + 5 for x in lines} == {head.index("RE det") + 6}  # right-aligned under it
