@@ -194,7 +194,7 @@ def test_the_variant_is_a_column_where_a_dictionary_is_not_named_after_it(tmp_pa
     whose dictionaries are all named after their variants has no such column."""
     m = {"re_det": 30.05, "re_sample": 31.5, "ad": 32.0, "l0": 32.0, "ev": 0.773, "dead": 3, "k": 64}
     for folder, models in (("a", {"vaease": m | {"variant": "vaease"}}),
-                        ("b", {"wide": m | {"variant": "sae_topk"}, "sae_l1": m | {"variant": "sae_l1"}})):
+                           ("b", {"wide": m | {"variant": "sae_topk"}, "sae_l1": m | {"variant": "sae_l1"}})):
         (tmp_path / folder).mkdir()
         (tmp_path / folder / "summary.json").write_text(json.dumps({"hook": "h", "models": models}))
     assert cli(["summary", str(tmp_path / "a")]) == 0
