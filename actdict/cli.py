@@ -10,7 +10,8 @@
 sizes: ``actdict.analyze.pair``); ``actdict summary RUN_DIR...`` puts analysed run folders' numbers in one
 table (``actdict.analyze.runs``).
 
-Each stage reads its own section of the experiment YAML; ``run`` runs the three in order.
+Each stage reads its own section of the experiment YAML; ``run`` runs the three in order; ``--dry-run``
+says what each would do (the store, every dictionary of a sweep, the resume state) and does nothing.
 Stages are imported lazily so that ``actdict harvest`` never imports the training code.
 """
 
@@ -65,6 +66,20 @@ def prepare(stage: str, data: dict) -> tuple[Any, Callable[[], None]]:
         module.main(common, cfg, **kw)
 
     return cfg, go
+
+
+_PLANS = {"harvest": "actdict.harvest.reuse", "train": "actdict.train.plan", "analyze": "actdict.analyze.run"}
+
+
+def dry_run(data: dict, cfgs: dict[str, Any]) -> list[str]:
+    """``--dry-run``: what each stage of ``cfgs`` would do, in order (each module's ``plan``), with nothing
+    run; under ``run``, the analysis counts the dictionaries the training writes."""
+    common, lines = common_of(data), []
+    for stage, cfg in cfgs.items():
+        train = cfgs.get("train") if stage == "analyze" else None
+        coming = {"coming": [dc.name for dc in train.dicts]} if train is not None else {}
+        lines += importlib.import_module(_PLANS[stage]).plan(common, cfg, **coming)
+    return lines
 
 
 def check_run(data: dict, cfgs: dict[str, Any]) -> None:
@@ -175,7 +190,10 @@ def _main(argv: list[str] | None = None) -> int:
     parser.add_argument("stage", choices=[*_STAGES, "run"], help="stage to run; 'run' = all three")
     parser.add_argument("config", help="experiment YAML, e.g. configs/demo.yaml")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=2")
-    args = parser.parse_args(argv)
+    parser.add_argument("--dry-run", action="store_true", help="check the config and say what each stage "
+                        "would do (the store: new, complete, grown or continued; every dictionary, a sweep's "
+                        "expanded: skipped, replaced and why, or new; the resume state), doing none of it")
+    args = parser.parse_intermixed_args(argv)
     try:
         data = load_experiment(args.config, args.overrides)
         stages = list(_STAGES) if args.stage == "run" else [args.stage]
@@ -188,6 +206,10 @@ def _main(argv: list[str] | None = None) -> int:
         extra: dict[str, dict] = {}
         if args.stage == "run":
             check_run(data, {stage: cfg for stage, (cfg, _) in prepared.items()})
+        if args.dry_run:
+            print("\n".join(dry_run(data, {stage: cfg for stage, (cfg, _) in prepared.items()})))
+            return 0
+        if args.stage == "run":
             if "harvest" in prepared and (hook := prepared["train"][0].hook):  # once the model named them
                 extra["harvest"] = {"on_hooks": lambda hooks: check_train_hook(hooks, hook)}
         for stage, (_, go) in prepared.items():

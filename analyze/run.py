@@ -76,6 +76,7 @@ from actdict.analyze.evaluate import ModelEval
 from actdict.analyze.features import build_features, hit_keys, summary_hits
 from actdict.analyze.inputs import (
     AnalyzeError,
+    dict_folders,
     evaluated_rows,
     held_out_batches,
     held_out_chunks,
@@ -120,6 +121,19 @@ def check(common: Common, cfg: AnalyzeConfig) -> None:
                            "row)")
     if cfg.texts:  # its count against the store's rows once the store is there (``check_texts``)
         check_texts(cfg.texts, None, cfg.texts_column)
+
+
+def plan(common: Common, cfg: AnalyzeConfig, coming: list[str] | tuple = ()) -> list[str]:
+    """``actdict analyze CONFIG --dry-run``: which dictionaries the analysis would score (``analyze.dicts``,
+    else every one in ``<run_dir>/dicts`` and ``coming``, those the run's training writes) and where."""
+    run_dir = Path(common.run_dir)
+    names = list(cfg.dicts) or list(dict.fromkeys([*dict_folders(run_dir / "dicts")[0], *coming]))
+    rows = ("every held-out row" if cfg.max_test_rows is None else
+            f"at most {cfg.max_test_rows:,} held-out rows")
+    if not names:
+        return [f"analyze: {run_dir / 'dicts'} holds no dictionary yet: nothing to analyse"]
+    return [f"analyze: {listed(names)} on {rows} -> {run_dir / 'summary.json'}, {run_dir / 'report.html'}, "
+            f"{run_dir / 'report'}/, {run_dir / 'features'}/"]
 
 
 def main(common: Common, cfg: AnalyzeConfig) -> None:

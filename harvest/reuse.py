@@ -164,3 +164,36 @@ def spelled_otherwise(path: str, hooks: list[str], cfg: HarvestConfig, say: Call
     raise HarvestError(f"store {path} holds hooks {sorted(others)}; this config's hooks {list(cfg.hooks)} "
                        f"are {hooks} on this model, and {missing} are not in it: delete {path}, or set "
                        "run_dir / store to another folder")
+
+
+def plan(common, cfg: HarvestConfig) -> list[str]:
+    """``actdict harvest CONFIG --dry-run``: what the harvest would do with the store, decided as it decides
+    before loading the model (skip a complete store, grow one, continue an unfinished one, refuse another
+    harvest's, or begin one), with nothing loaded or written."""
+    from actdict.harvest.resume import growable
+    from actdict.harvest.run import describe_source
+
+    path, chash = common.store_path, config_hash(cfg)
+    tokens = "null (the whole source)" if cfg.max_tokens is None else f"{cfg.max_tokens:,}"
+    source = describe_source(cfg.source)
+    what = {"vectors": f"your own vectors {cfg.vectors.path}",
+            "embeddings": f"{cfg.model} on the {source}, one row per document",
+            "tokens": f"{cfg.model} {list(cfg.hooks)} on the {source}, max_tokens {tokens}"}[cfg.mode]
+    try:
+        manifests = hook_manifests(path)
+        if cfg.mode == "tokens" and growable(manifests, as_json(cfg)):
+            return [f"harvest: grows store {path} to max_tokens {tokens}: {what}"]
+        if cfg.mode == "tokens" and complete_for(path, list(cfg.hooks), cfg, manifests):
+            return [f"harvest: store {path} is already complete for this config ({chash}"
+                    f"{how_held(manifests, as_json(cfg))}): skipped"]
+    except HarvestError as e:  # another harvest's store
+        return [f"harvest: would stop: {e}"]
+    if not manifests:
+        return [f"harvest: a new store {path}: {what}"]
+    held = ", ".join(f"{h} (complete, {m.get('n_rows', 0):,} rows)" if m.get("complete") else
+                     f"{h} (unfinished)" for h, m in manifests.items())
+    if cfg.mode == "tokens":
+        return [f"harvest: continues the unfinished harvest in {path} ({held}; its whole shards are kept): "
+                f"{what}"]
+    return [f"harvest: store {path} holds {held}; the {cfg.mode} harvest checks it against this config, "
+            f"skips it when it is this config's, else says why not: {what}"]

@@ -258,8 +258,8 @@ def test_rows_too_large_for_float32_squares_say_so():
 
 
 def test_grad_clip_bounds_the_gradient_norm_and_keeps_old_hashes():
+    from actdict.train.identity import dict_hash
     from actdict.train.loop import step
-    from actdict.train.run import dict_hash
 
     torch.manual_seed(0)
     x = 5 * torch.randn(64, 4)  # [B, d]
@@ -448,7 +448,8 @@ def test_train_stage_writes_split_checkpoints_and_skips(store, tmp_path, capsys)
     cfg = TrainConfig(dicts=[DictConfig("v", "vaease", k=4, lr=0.01, params={"loggamma_init": 0.0}),
                              DictConfig("s", "sae_topk", k=4, lr=0.01, params={"topk": 2})],
                       epochs=1, batch_size=100, test_fraction=0.2, device="cpu", normalize="mean_scale")
-    from actdict.train.run import dict_hash, main
+    from actdict.train.identity import dict_hash
+    from actdict.train.run import main
     main(common, cfg)
     split = json.loads((tmp_path / "run" / "split.json").read_text())
     assert split == make_split(store.num_chunks, 0.2, 3)
@@ -1091,7 +1092,7 @@ def test_the_hash_covers_what_changes_a_trained_dictionary_and_nothing_else():
     """``dict_hash`` changes with the seed, the train chunks and every train setting that changes the batches
     or the steps (a finished checkpoint of another one is retrained), and not with where or how often the
     run saves or which device it runs on."""
-    from actdict.train.run import dict_hash
+    from actdict.train.identity import dict_hash
 
     common, dc = Common(run_dir="r", seed=0, store="s"), DictConfig("v", "vaease")
     sid, split = {"rows": 10, "config_hash": "c"}, {"train_chunks": [0, 1]}
@@ -1237,7 +1238,8 @@ def test_a_moved_run_of_a_checkpoint_from_before_2026_12_05_is_not_retrained(tmp
     records lack) and threw the finished dictionary away."""
     import shutil
 
-    from actdict.train.run import dict_hash, main
+    from actdict.train.identity import dict_hash
+    from actdict.train.run import main
 
     x = np.random.default_rng(0).standard_normal((512, 3)).astype(np.float32)
     write_vectors(str(tmp_path / "a" / "store"), x, shard_rows=256, chunk_rows=64)
@@ -1304,8 +1306,9 @@ def test_a_resume_state_from_before_2026_12_05_refused_for_its_store_path_says_h
     from safetensors.torch import save_file
 
     from actdict.harvest.store import open_store
+    from actdict.train.identity import describe_store, dict_hash
     from actdict.train.resume import STATE, ResumeConflict
-    from actdict.train.run import describe_store, dict_hash, main
+    from actdict.train.run import main
 
     x = np.random.default_rng(0).standard_normal((512, 3)).astype(np.float32)
     write_vectors(str(tmp_path / "old" / "store"), x, shard_rows=256, chunk_rows=64)

@@ -37,7 +37,6 @@ from actdict.train.data import (
     PROBE_CHUNKS,
     held_out_rows,
     iter_rows,
-    make_split,
     norm_stats,
     rank_slice,
     split_note,
@@ -46,16 +45,13 @@ from actdict.train.data import (
     write_split,
 )
 from actdict.train.identity import (
-    describe_store,
-    dict_hash,
     identity,
-    legacy_store,
     other_split,
     replace_note,
-    replaced,
 )
 from actdict.train.log import LOGS, append_record, log_path, start_log
 from actdict.train.loop import Member, Position, resolve_device, total_steps, train
+from actdict.train.plan import standing
 from actdict.train.protocol import make, registry
 from actdict.train.resume import (
     KEPT,
@@ -240,27 +236,21 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
     check(common, cfg)
     store = open_hook(common.store_path, cfg.hook)
     run_dir = Path(common.run_dir)
-    split = make_split(store.num_chunks, cfg.test_fraction, common.seed)
+    stand = standing(common, cfg, store)
+    split, store_id, hashes, legacy, seeds, todo = (stand.split, stand.store_id, stand.hashes, stand.legacy,
+                                                   stand.seeds, stand.todo)
     if note := split_note([b - a for a, b in map(store.chunk_bounds, range(store.num_chunks))], split,
                           cfg.test_fraction):
         say(f"train: note: {note}")
-    store_id = describe_store(store, common.store_path)
-    hashes = {dc.name: dict_hash(dc, cfg, common, store_id, split) for dc in cfg.dicts}
-    legacy = {dc.name: dict_hash(dc, cfg, common, legacy_store(run_dir / "dicts" / dc.name, store_id), split,
-                                 legacy=True) for dc in cfg.dicts}
-    todo = [dc for dc in cfg.dicts
-            if not checkpoint.is_finished(run_dir / "dicts" / dc.name, hashes[dc.name], legacy[dc.name])]
-    seeds = {dc.name: common.seed if dc.seed is None else dc.seed for dc in cfg.dicts}
     done = [dc.name for dc in cfg.dicts if dc not in todo]
     many = len(done) > LISTED  # a sweep's: one line
     for names in [listed(done)] if many else done:
         say(f"train: {names}: finished checkpoint{'s' * many} with the same config exist{'s' * (not many)}, "
             "skipped")
     alike: dict[tuple[str, bool], list[str]] = {}  # a sweep's, changed alike (train.epochs): one line
-    for dc in todo:
-        if what := replaced(run_dir / "dicts" / dc.name, dc, cfg, seeds[dc.name], store_id):
-            kept = (run_dir / "dicts" / dc.name / KEPT).is_file()  # it may continue that run (kept_states)
-            alike.setdefault((what, cfg.keep_state or kept), []).append(dc.name)
+    for name, what in stand.replaced.items():
+        kept = (run_dir / "dicts" / name / KEPT).is_file()  # it may continue that run (kept_states)
+        alike.setdefault((what, cfg.keep_state or kept), []).append(name)
     for (what, keep), names in alike.items():
         say(replace_note(names, what, keep))
     if todo and (others := other_split(run_dir, {dc.name for dc in cfg.dicts}, split)):

@@ -1,0 +1,152 @@
+"""``actdict STAGE CONFIG --dry-run``: what each stage would do (the store; every dictionary of a sweep,
+skipped, replaced or new; the resume state), with nothing run, written or removed."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from actdict.cli import main as cli
+from actdict.harvest.store import write_vectors
+from actdict.train import run as train_run
+
+
+def _config(tmp_path: Path, lr: float = 0.01, extra: str = "") -> str:
+    cfg = tmp_path / f"exp_{lr}.yaml"
+    cfg.write_text(f"""
+run_dir: {tmp_path / 'run'}
+store: {tmp_path / 'store'}
+seed: 3
+train:
+  epochs: 2
+  batch_size: 32
+  test_fraction: 0.25
+{extra}  dicts:
+    - {{name: vaease, variant: vaease, k: 8, lr: {lr}}}
+    - {{name: l1, variant: sae_l1, k: 8, params: {{lam2: 0.2}}, sweep: {{params: {{lam1: [0.1, 1.0]}}}}}}
+analyze:
+  top_k: 2
+  context: 1
+""")
+    return str(cfg)
+
+
+def _files(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*")} if root.is_dir() else {}
+
+
+def _states(out: str) -> dict[str, str]:
+    """The train plan's rows: name -> its state (the text under the header's 'state')."""
+    lines = [line for line in out.splitlines() if line.startswith("  ")]
+    at = lines[0].index(" state") + 1
+    return {line.split()[0]: line[at:] for line in lines[1:]}
+
+
+def test_the_plan_names_each_dictionary_of_a_sweep_and_what_training_would_do(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = _config(tmp_path)
+    assert cli(["run", cfg, "--dry-run"]) == 0  # no store yet: it is harvested first (here: none to harvest)
+    out = capsys.readouterr().out
+    assert "train: the store cannot be read now (no activation store at" in out
+    assert _states(out) == {n: "to train (once the store is harvested)"
+                            for n in ("vaease", "l1_lam1-0.1", "l1_lam1-1.0")}
+    assert not (tmp_path / "run").exists()
+
+    x = np.random.default_rng(0).standard_normal((512, 6)).astype(np.float32)
+    write_vectors(str(tmp_path / "store"), x, shard_rows=128, chunk_rows=64)
+    assert cli(["train", cfg, "--dry-run"]) == 0
+    head, _, *rows = capsys.readouterr().out.splitlines()
+    assert head == (f"train: 3 dictionaries on 384 rows of vectors (6 of 8 chunks, d=6) in "
+                    f"{tmp_path / 'run'}; 2 epoch(s)")
+    assert [r.split() for r in rows] == [
+        ["vaease", "vaease", "8", "0.01", "-", "new"],
+        ["l1_lam1-0.1", "sae_l1", "8", "0.005", "lam1=0.1,", "lam2=0.2", "new"],
+        ["l1_lam1-1.0", "sae_l1", "8", "0.005", "lam1=1.0,", "lam2=0.2", "new"]]
+    assert not (tmp_path / "run").exists()  # nothing written: no run folder, no split, no lock
+
+    assert cli(["train", cfg]) == 0
+    capsys.readouterr()
+    before = _files(tmp_path / "run")
+    assert cli(["run", _config(tmp_path, lr=0.02), "train.epochs=2", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    skipped = "finished with this config: skipped"
+    assert _states(out) == {"vaease": "replaces its finished checkpoint (dict.lr: 0.01 -> 0.02)",
+                            "l1_lam1-0.1": skipped, "l1_lam1-1.0": skipped}
+    run = tmp_path / "run"
+    assert out.splitlines()[-1] == (f"analyze: l1_lam1-0.1, l1_lam1-1.0, vaease on every held-out row -> "
+                                    f"{run / 'summary.json'}, {run / 'report.html'}, {run / 'report'}/, "
+                                    f"{run / 'features'}/")
+    assert _files(tmp_path / "run") == before  # nothing trained, written or touched
+
+
+def test_the_plan_says_whether_the_resume_state_is_continued(tmp_path, capsys, monkeypatch):
+    """A run stopped after its last step, before its checkpoints, leaves its step-20 state: the same config
+    continues it; another lr is another run's, which training refuses; train.resume=false starts over."""
+    x = np.random.default_rng(1).standard_normal((512, 6)).astype(np.float32)
+    write_vectors(str(tmp_path / "store"), x, shard_rows=128, chunk_rows=64)
+    every = "  checkpoint_every: 10\n"
+    cfg = _config(tmp_path, extra=every)
+
+    def killed(*_a, **_k):
+        raise KeyboardInterrupt  # after the last step, before the first checkpoint: the state stays
+
+    monkeypatch.setattr(train_run, "save_finished", killed)
+    assert cli(["train", cfg]) == 130
+    monkeypatch.undo()
+    state = tmp_path / "run" / "train_state.safetensors"
+    assert state.is_file()
+    capsys.readouterr()
+    held, other = "step 20 of ['l1_lam1-0.1', 'l1_lam1-1.0', 'vaease']", _config(tmp_path, 0.02, every)
+    for argv, said in (([cfg], f"train: continues the resume state {state} at step 20"),
+                       ([other], f"train: the resume state {state} ({held}) is another "
+                        "run's: training stops (ResumeConflict) until its command finishes it, or "
+                        "train.resume=false starts over"),
+                       ([cfg, "train.resume=false"], f"train: the resume state ({held}) is not used "
+                        "(train.resume=false): it starts over")):
+        assert cli(["train", *argv, "--dry-run"]) == 0
+        assert capsys.readouterr().out.splitlines()[-1] == said
+    assert cli(["train", cfg]) == 0  # and training does continue it
+    assert "resumed at step 20" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("then", ["same", "grow", "other"])
+def test_the_harvest_plan_reads_the_store_as_the_harvest_would(tmp_path, capsys, monkeypatch, then):
+    """No store: a new one; the store of this config complete: skipped; a larger max_tokens: grown; another
+    ctx: refused, as the harvest refuses it. The model is not loaded (it is not needed to decide)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    src = tmp_path / "docs"
+    src.mkdir()
+    (src / "a.txt").write_text("the cat sat on the mat. " * 60)
+    cfg = tmp_path / "h.yaml"
+    cfg.write_text(f"""
+run_dir: {tmp_path / 'run'}
+harvest:
+  model: all-MiniLM-L6-v2
+  source: {{kind: files, path: {src}}}
+  ctx: 16
+  max_tokens: 64
+  shard_rows: 64
+  chunk_rows: 16
+  batch_size: 4
+""")
+    assert cli(["harvest", str(cfg), "--dry-run"]) == 0
+    store = tmp_path / "run" / "store"
+    what = f"all-MiniLM-L6-v2 ['blocks.3.hook_resid_post'] on the files {src}"
+    assert capsys.readouterr().out == f"harvest: a new store {store}: {what}, max_tokens 64\n"
+    assert not (tmp_path / "run").exists()
+    assert cli(["harvest", str(cfg)]) == 0
+    capsys.readouterr()
+    override = {"same": [], "grow": ["harvest.max_tokens=96"], "other": ["harvest.ctx=8"]}[then]
+    assert cli(["harvest", str(cfg), *override, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    if then == "other":
+        assert out == (f"harvest: would stop: store {store} holds a harvest with another config (hook "
+                       f"'blocks.3.hook_resid_post': ctx: 16 -> 8); delete {store}, or set run_dir / store "
+                       "to another folder\n")
+    elif then == "grow":
+        assert out == f"harvest: grows store {store} to max_tokens 96: {what}, max_tokens 96\n"
+    else:
+        assert out.startswith(f"harvest: store {store} is already complete for this config (")
+        assert out.endswith("): skipped\n")
+    assert os.listdir(tmp_path / "run" / "store" / "blocks.3.hook_resid_post" / "shards") == ["00000"]

@@ -1,0 +1,121 @@
+"""Where each dictionary of a train section stands in its run folder, and ``actdict train CONFIG --dry-run``.
+
+``standing`` is what ``actdict train`` decides before it trains: which dictionaries have a finished
+checkpoint of this very config (skipped), which replace a finished checkpoint of another (and what
+differs), which are new. ``plan`` prints that, one line per dictionary after a sweep's expansion, with
+the resume state the run would continue, and changes nothing: a researcher reads a sweep's names and
+params, and what an override would retrain, before an hour of training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from actdict.config import Common, ConfigError
+from actdict.errors import printable
+from actdict.harvest.store import StoreError
+from actdict.train import checkpoint
+from actdict.train.config import DictConfig, TrainConfig
+from actdict.train.data import make_split
+from actdict.train.identity import describe_store, dict_hash, legacy_store, replaced
+from actdict.train.resume import STATE, read_meta, stale_state, state_matches
+
+
+@dataclass(frozen=True)
+class Standing:
+    """Where the dictionaries of a train section stand in their run folder: ``todo`` those to train (the
+    others have finished checkpoints of this config), ``replaced`` what differs in the finished checkpoints
+    of ``todo`` that training replaces, by name; the split, the store's identity and each dictionary's
+    config hash (and legacy hash) and seed they were judged by."""
+
+    split: dict
+    store_id: dict
+    hashes: dict[str, str]
+    legacy: dict[str, str]
+    seeds: dict[str, int]
+    todo: list[DictConfig]
+    replaced: dict[str, str]
+
+
+def standing(common: Common, cfg: TrainConfig, store) -> Standing:
+    """The ``Standing`` of ``cfg.dicts`` in ``common.run_dir`` on ``store`` (the opened hook)."""
+    run_dir = Path(common.run_dir)
+    split = make_split(store.num_chunks, cfg.test_fraction, common.seed)
+    store_id = describe_store(store, common.store_path)
+    hashes = {dc.name: dict_hash(dc, cfg, common, store_id, split) for dc in cfg.dicts}
+    legacy = {dc.name: dict_hash(dc, cfg, common, legacy_store(run_dir / "dicts" / dc.name, store_id), split,
+                                 legacy=True) for dc in cfg.dicts}
+    todo = [dc for dc in cfg.dicts
+            if not checkpoint.is_finished(run_dir / "dicts" / dc.name, hashes[dc.name], legacy[dc.name])]
+    seeds = {dc.name: common.seed if dc.seed is None else dc.seed for dc in cfg.dicts}
+    what = {dc.name: w for dc in todo if (w := replaced(run_dir / "dicts" / dc.name, dc, cfg, seeds[dc.name],
+                                                        store_id))}
+    return Standing(split, store_id, hashes, legacy, seeds, todo, what)
+
+
+def params_text(dc: DictConfig) -> str:
+    """A dictionary's params as ``key=value`` pairs in key order ('-' for none)."""
+    return ", ".join(f"{k}={v}" for k, v in sorted(dc.params.items())) or "-"
+
+
+def states(cfg: TrainConfig, stand: Standing | None) -> dict[str, str]:
+    """Each dictionary's state in words: skipped, replaces (what differs), new; without a store to judge
+    by (``stand`` None), to train."""
+    if stand is None:
+        return {dc.name: "to train (once the store is harvested)" for dc in cfg.dicts}
+    todo = {dc.name for dc in stand.todo}
+    return {dc.name: ("finished with this config: skipped" if dc.name not in todo else
+                      f"replaces its finished checkpoint ({stand.replaced[dc.name]})"
+                      if dc.name in stand.replaced else "new") for dc in cfg.dicts}
+
+
+def resume_line(run_dir: Path, cfg: TrainConfig, stand: Standing) -> str | None:
+    """What the run folder's resume state means for this run: continued (from its step), another run's
+    (the training stops: ResumeConflict), or not used (``train.resume=false``); None without one or when
+    every member has finished since (it is removed)."""
+    meta = read_meta(run_dir / STATE)
+    if meta is None or stale_state(run_dir, meta) or not stand.todo:
+        return None
+    step, held = meta["position"]["step"], sorted(meta["members"])
+    names = {dc.name for dc in stand.todo}
+    finished = {n for n, m in meta["members"].items() if n not in names
+                and checkpoint.is_finished(run_dir / "dicts" / n, m["config_hash"])}
+    finished |= {n for n in cfg.resume_drop if n in meta["members"] and n not in names}
+    if not cfg.resume:
+        return f"the resume state (step {step} of {held}) is not used (train.resume=false): it starts over"
+    hashes, legacy = ({n: h[n] for n in names} for h in (stand.hashes, stand.legacy))
+    if state_matches(meta, hashes, legacy, finished):
+        return f"continues the resume state {run_dir / STATE} at step {step}"
+    return (f"the resume state {run_dir / STATE} (step {step} of {held}) is another run's: training stops "
+            "(ResumeConflict) until its command finishes it, or train.resume=false starts over")
+
+
+_COLUMNS = ("dict", "variant", "k", "lr", "params")
+
+
+def plan(common: Common, cfg: TrainConfig) -> list[str]:
+    """``actdict train CONFIG --dry-run``: the lines saying what the stage would do (``standing``), with
+    nothing trained, written or removed."""
+    from actdict.train.run import open_hook  # the stage's own opening of the store
+
+    try:
+        store = open_hook(common.store_path, cfg.hook)
+    except (StoreError, ConfigError) as e:  # not harvested yet (``actdict run`` harvests it first)
+        store, stand, head = None, None, f"train: the store cannot be read now ({e})"
+    else:
+        stand = standing(common, cfg, store)
+        chunks = stand.split["train_chunks"]
+        rows = sum(b - a for a, b in map(store.chunk_bounds, chunks))
+        n = len(cfg.dicts)
+        head = (f"train: {n} dictionar{'y' if n == 1 else 'ies'} on {rows:,} rows of {store.hook} "
+                f"({len(chunks)} of {store.num_chunks} chunks, d={store.d}) in {common.run_dir}")
+    head += f"; {cfg.epochs} epoch(s)" + (f", stopping at step {cfg.max_steps}" if cfg.max_steps else "")
+    cols = [(dc.name, dc.variant, str(dc.k), f"{dc.lr:g}", params_text(dc)) for dc in cfg.dicts]
+    said = states(cfg, stand)
+    w = [max(len(h), *(len(c[i]) for c in cols)) for i, h in enumerate(_COLUMNS)]
+    lines = [head, "  " + " ".join(f"{h:<{w[i]}}" for i, h in enumerate(_COLUMNS)) + " state"]
+    lines += ["  " + " ".join(f"{c[i]:<{w[i]}}" for i in range(5)) + f" {said[c[0]]}" for c in cols]
+    if stand is not None and (line := resume_line(Path(common.run_dir), cfg, stand)):
+        lines.append(f"train: {line}")
+    return [printable(s) for s in lines]
