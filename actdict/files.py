@@ -4,6 +4,9 @@ old file or the whole new one, never a truncated one.
 Used by the store's JSON on local disks (``harvest.layout.write_json``) and by every output of the analysis
 (``summary.json``, ``features/<name>.json``, the report pages). Object stores need none of this: one PUT is
 atomic there.
+
+Also what both the vectors import (harvest) and ``analyze.texts`` read: the files of data written in parts
+(``part_files``) and a parquet schema's text columns (``string_columns``).
 """
 
 from __future__ import annotations
@@ -102,3 +105,17 @@ def part_files(path: str | Path, suffixes: tuple[str, ...]) -> tuple[list[Path],
     if len(kinds := sorted({f.suffix.lower() for f in found})) > 1:
         return found, f"{where} names files of several formats {kinds}: one format, please"
     return sorted(found, key=natural_key), ""
+
+
+def string_columns(schema) -> list[str]:
+    """The names of an arrow schema's text columns: string, large_string, string_view (as Polars writes
+    them) or dictionary-encoded strings (a pandas category)."""
+    import pyarrow as pa
+
+    def text(t) -> bool:
+        view = getattr(pa.types, "is_string_view", lambda _: False)  # pyarrow >= 16
+        if pa.types.is_dictionary(t):
+            t = t.value_type
+        return pa.types.is_string(t) or pa.types.is_large_string(t) or view(t)
+
+    return [f.name for f in schema if text(f.type)]

@@ -34,7 +34,7 @@ import numpy as np
 
 from actdict.analyze.inputs import AnalyzeError
 from actdict.analyze.texts import MAX_CHARS, clip
-from actdict.files import part_files
+from actdict.files import part_files, string_columns
 
 FORMATS = (".parquet", ".jsonl", ".txt", ".npy")
 
@@ -152,20 +152,6 @@ def _parquet(p: Path):
         return pq.ParquetFile(p)
     except Exception as e:  # pyarrow's ArrowInvalid and kin: not a parquet file
         raise AnalyzeError(f"analyze.texts: {p} cannot be read as parquet ({e})") from e
-
-
-def string_columns(schema) -> list[str]:
-    """The names of an arrow schema's text columns: string, large_string, string_view (as Polars writes
-    them) or dictionary-encoded strings (a pandas category)."""
-    import pyarrow as pa
-
-    def text(t) -> bool:
-        view = getattr(pa.types, "is_string_view", lambda _: False)  # pyarrow >= 16
-        if pa.types.is_dictionary(t):
-            t = t.value_type
-        return pa.types.is_string(t) or pa.types.is_large_string(t) or view(t)
-
-    return [f.name for f in schema if text(f.type)]
 
 
 def _column(schema, p: Path, column: str = "") -> str:

@@ -282,7 +282,7 @@ def texts_hint(path: str | Path) -> str:
         return ""
     import pyarrow.parquet as pq
 
-    from actdict.analyze.textfile import string_columns
+    from actdict.files import string_columns
 
     strings = string_columns(pq.ParquetFile(p).schema_arrow)
     if "text" not in strings and len(strings) != 1:

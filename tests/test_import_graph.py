@@ -1,0 +1,66 @@
+"""Imports follow the data (docs/architecture.md): harvest knows nothing of train or analyze, train nothing of
+analyze, and the shared modules of ``actdict/`` none of the stages (but the CLI, which dispatches to them).
+Every import counts, inside functions too, and so does a module named to ``importlib.import_module``."""
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[1]
+STAGES = {"harvest", "train", "analyze"}
+FORBIDDEN = {"harvest": {"train", "analyze"}, "train": {"analyze"}, "actdict": STAGES}
+
+
+def stage_of(name: str) -> str | None:
+    """The stage a module name belongs to: ``actdict.<stage>...`` or a bare ``<stage>...``."""
+    parts = name.split(".")
+    parts = parts[1:] if parts[0] == "actdict" else parts
+    return parts[0] if parts and parts[0] in STAGES else None
+
+
+def imported_stages(path: Path, package: list[str]) -> list[tuple[int, str]]:
+    """(line, stage) of every stage module that ``path`` (a module of ``package``, e.g. ['actdict',
+    'train', 'variants']) imports, relatively too, or names as a string (``importlib.import_module``)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = package[:len(package) - node.level + 1] if node.level else []
+            names = [".".join(base + ([node.module] if node.module else []))]
+            names = [f"{names[0]}.{a.name}" for a in node.names] if not node.module else names
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            names = [node.value] if re.fullmatch(r"actdict(\.\w+)+", node.value) else []
+        else:
+            continue
+        found += [(node.lineno, s) for s in map(stage_of, names) if s]
+    return sorted(found)
+
+
+def package(p: Path) -> list[str]:
+    """The installed package of the repository's module ``p``: harvest/x.py is actdict.harvest's."""
+    parts = list(p.parent.relative_to(ROOT).parts)
+    return parts if parts[0] == "actdict" else ["actdict", *parts]
+
+
+def violations(folder: str) -> list[str]:
+    skip = {"cli.py"} if folder == "actdict" else set()
+    return [f"{p.relative_to(ROOT)}:{line} imports actdict.{stage}"
+            for p in sorted((ROOT / folder).rglob("*.py")) if p.name not in skip
+            for line, stage in imported_stages(p, package(p)) if stage in FORBIDDEN[folder]]
+
+
+@pytest.mark.parametrize("folder", sorted(FORBIDDEN))
+def test_imports_follow_the_data(folder):
+    assert violations(folder) == []
+
+
+def test_the_check_sees_every_form_of_import(tmp_path):
+    p = tmp_path / "m.py"
+    p.write_text("import numpy\nimport train\nfrom .. import analyze\nfrom ..harvest import store\n\n"
+                 "def f():\n    from actdict.train.checkpoint import load\n"
+                 "    import actdict.analyze.metrics\n    return 'actdict.analyze.report'\n")
+    assert imported_stages(p, ["actdict", "harvest"]) == [
+        (2, "train"), (3, "analyze"), (4, "harvest"), (7, "train"), (8, "analyze"), (9, "analyze")]
