@@ -241,6 +241,8 @@ def step(m: Member, x: Tensor, lr: float, amp, weight: float | None, clip: float
 
 
 def _check(members: list[Member], keys: list[list[str]], vals: list[float], pos: Position, rows) -> None:
+    """``TrainingError`` for non-finite input rows (``vals[0]``) or a member's non-finite loss term; ``vals``
+    is the step's reduced vector (``train``: bad_x, the terms in ``keys`` order, base, stop)."""
     if vals[0] > 0:
         bad = f"; store rows {rows[:8].tolist()}..." if rows is not None else ""
         raise TrainingError(f"non-finite values in the input batch at step {pos.step} (epoch {pos.epoch}, "
@@ -353,6 +355,8 @@ def train(members: list[Member], epoch_batches: Callable[..., Iterable], cfg: Tr
                 keys = [list(t) for t in terms]
                 bad_x = (~torch.isfinite(x)).any().float()
                 base = spread.add(x)  # SSE of the batch mean row (``diverged``); the epoch's moments
+                # the step's one vector: [bad_x, every member's terms in ``keys`` order, base], then the stop
+                # flag: vals[0] = bad_x, vals[-2] = base, vals[-1] = stop (``_check`` reads it alike)
                 vec = torch.stack([bad_x, *(v for t in terms for v in t.values()), base])
                 if not len(x):  # a short last batch, fewer rows than ranks: this rank's means are 0/0
                     vec = torch.nan_to_num(vec, nan=0.0)  # and weigh 0 (its gradients are zeros)

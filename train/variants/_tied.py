@@ -116,11 +116,6 @@ def sparse_codes(z: Tensor) -> Tensor:  # [B, k] -> log|z| (exact zeros -> -inf:
     return z.abs().log()
 
 
-def topk_rows(z: Tensor, k: int) -> Tensor:  # [B, k_dict] -> same shape, all but the k largest per row zeroed
-    top = z.topk(k, dim=-1)
-    return torch.zeros_like(z).scatter(-1, top.indices, top.values)
-
-
 def fired_latents(cols: Tensor, hit: Tensor, k: int) -> Tensor:  # cols [N] long, hit [N] bool -> [k] bool
     """Latent j fired iff hit[n] for some n with cols[n] == j: an OR by scatter, which unlike indexing with a
     boolean mask reads no count back from the device (a sync per step on CUDA)."""

@@ -105,7 +105,7 @@ class SAEBatchTopK(TiedSAE):
         if dead.any():
             dead_ids = dead.nonzero()[:, 0]  # [n_dead]
             with torch.no_grad():
-                top_aux = acts[:, dead].topk(min(int(self.params["k_aux"]), len(dead_ids)), dim=-1)
+                top_aux = acts[:, dead].topk(min(int(self.params["k_aux"]), len(dead_ids)), dim=-1)  # [B, m]
             aux = Pattern.from_topk(dead_ids[top_aux.indices], self.k)
             aux_vals = torch.relu(self.gather_pre(x, pre, aux))  # [B * min(k_aux, n_dead)]
             extras["x_aux"] = sparse_decode(aux_vals, self.W_dec, aux)  # [B, d], no bias (official)
@@ -117,7 +117,7 @@ class SAEBatchTopK(TiedSAE):
         (None when nothing is positive), which updates theta."""
         per_row = min(int(self.params["topk"]), self.k)
         if dist_.group_size() == 1:
-            top = acts.flatten().topk(per_row * len(acts))
+            top = acts.flatten().topk(per_row * len(acts))  # [topk * B] of the flattened [B * k]
             pat, kept = Pattern.from_flat(top.indices, len(acts), self.k), top.values
         else:  # ties at the global threshold are all kept (one process keeps torch.topk's pick of them)
             n_rows = int(dist_.reduce_(acts.new_tensor([float(len(acts))])).item())  # the global batch

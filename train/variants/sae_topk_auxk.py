@@ -91,7 +91,7 @@ class SAETopKAuxK(TiedSAE):
                 with torch.no_grad():  # live latents' pre-acts zeroed, as official
                     aux = Pattern.from_topk((pre * dead).topk(k_aux, dim=-1).indices, self.k)
                 aux_pre = self.gather_pre(x, pre, aux)  # [B * k_aux]
-                aux_vals = torch.relu(aux_pre * dead[aux.cols].to(pre.dtype))
+                aux_vals = torch.relu(aux_pre * dead[aux.cols].to(pre.dtype))  # [B * k_aux], 0 at live ones
                 extras["e_hat"] = sparse_decode(aux_vals, self.W_dec, aux) + self.b_dec  # [B, d]
             else:  # z_aux = 0: the official decode is b_pre alone
                 extras["e_hat"] = self.b_dec.expand_as(x)  # [B, d]

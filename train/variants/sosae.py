@@ -57,7 +57,7 @@ class SOSAE(TiedSAE):
 
     def forward(self, x: Tensor, sample: bool = True) -> Forward:  # x: [B, d]; deterministic
         pre = self.pre(x)  # [B, k]
-        h = torch.relu(pre)
+        h = torch.relu(pre)  # [B, k]
         return Forward(x_hat=self.decode(h), codes=h, activity=lambda: sparse_codes(h), extras={"h": h})
 
     def loss_terms(self, x: Tensor, out: Forward) -> dict[str, Tensor]:
