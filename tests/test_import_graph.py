@@ -10,6 +10,7 @@ import pytest
 
 ROOT = Path(__file__).parents[1]
 STAGES = {"harvest", "train", "analyze"}
+VARIANTS = "actdict.train.variants"
 FORBIDDEN = {"harvest": {"train", "analyze"}, "train": {"analyze"}, "actdict": STAGES}
 
 
@@ -20,9 +21,9 @@ def stage_of(name: str) -> str | None:
     return parts[0] if parts and parts[0] in STAGES else None
 
 
-def imported_stages(path: Path, package: list[str]) -> list[tuple[int, str]]:
-    """(line, stage) of every stage module that ``path`` (a module of ``package``, e.g. ['actdict',
-    'train', 'variants']) imports, relatively too, or names as a string (``importlib.import_module``)."""
+def imported_modules(path: Path, package: list[str]) -> list[tuple[int, str]]:
+    """(line, module) of every module that ``path`` (a module of ``package``, e.g. ['actdict', 'train',
+    'variants']) imports, relatively too, or names as a string (``importlib.import_module``)."""
     found = []
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
@@ -35,8 +36,14 @@ def imported_stages(path: Path, package: list[str]) -> list[tuple[int, str]]:
             names = [node.value] if re.fullmatch(r"actdict(\.\w+)+", node.value) else []
         else:
             continue
-        found += [(node.lineno, s) for s in map(stage_of, names) if s]
+        found += [(node.lineno, n) for n in names]
     return sorted(found)
+
+
+def imported_stages(path: Path, package: list[str]) -> list[tuple[int, str]]:
+    """(line, stage) of every stage module ``path`` imports (``imported_modules``)."""
+    stages = [(line, stage_of(name)) for line, name in imported_modules(path, package)]
+    return [(line, stage) for line, stage in stages if stage]
 
 
 def package(p: Path) -> list[str]:
@@ -64,3 +71,15 @@ def test_the_check_sees_every_form_of_import(tmp_path):
                  "    import actdict.analyze.metrics\n    return 'actdict.analyze.report'\n")
     assert imported_stages(p, ["actdict", "harvest"]) == [
         (2, "train"), (3, "analyze"), (4, "harvest"), (7, "train"), (8, "analyze"), (9, "analyze")]
+
+
+
+def test_only_the_registry_imports_the_variants():
+    """A variant is one file behind the protocol: outside ``train/variants/`` only ``train.protocol``'s
+    registry imports the variants, so that no stage special-cases one (a variant's note before a run is
+    ``Dictionary.run_note``)."""
+    outside = [p for folder in FORBIDDEN for p in (ROOT / folder).rglob("*.py")
+               if "variants" not in p.parts and p != ROOT / "train" / "protocol.py"]
+    found = sorted(f"{p.relative_to(ROOT)}:{line} imports {name}" for p in outside
+                   for line, name in imported_modules(p, package(p)) if name.startswith(VARIANTS))
+    assert found == []

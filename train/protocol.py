@@ -143,6 +143,13 @@ class Dictionary(nn.Module):
     def after_step(self) -> None:
         """Hook run after each optimizer step (e.g. decoder renormalisation). Default: nothing."""
 
+    @classmethod
+    def run_note(cls, params: dict[str, Any], steps: int) -> str | None:
+        """What training prints before a run of ``steps`` optimizer steps of this variant with ``params``
+        (as given, without the defaults) when that length leaves something short (BatchTopK's inference
+        threshold); None: nothing to say. Default: None."""
+        return None
+
 
 def wants_input_grad(x: Tensor) -> bool:
     """The forward must differentiate ``x`` (and give codes with a graph): grad mode is on and x requires

@@ -67,7 +67,6 @@ from actdict.train.resume import (
     stale_state,
 )
 from actdict.train.schedule import restart_note
-from actdict.train.variants.sae_batchtopk import threshold_note
 
 
 @contextmanager
@@ -164,13 +163,13 @@ def check_batch_rows(dc: DictConfig, model, batch_size: int, world: int) -> None
                           f"torchrun ({world} ranks): run it without torchrun, or use encoder: resmlp")
 
 
-def threshold_notes(todo: list[DictConfig], steps: int) -> dict[str, list[str]]:
-    """The BatchTopK dictionaries of ``todo`` whose inference threshold a run of ``steps`` steps leaves
-    lagging (``threshold_note``), by note (a sweep's alike: one line)."""
+def run_notes(todo: list[DictConfig], steps: int) -> dict[str, list[str]]:
+    """The dictionaries of ``todo`` whose variant has a note for a run of ``steps`` steps
+    (``Dictionary.run_note``: BatchTopK's lagging inference threshold), by note (a sweep's alike: one
+    line)."""
     notes: dict[str, list[str]] = {}
-    for dc in (dc for dc in todo if dc.variant == "sae_batchtopk"):
-        beta = (registry()[dc.variant].default_params | dc.params)["threshold_beta"]
-        if note := threshold_note(beta, steps):
+    for dc in todo:
+        if note := registry()[dc.variant].run_note(dc.params, steps):
             notes.setdefault(note, []).append(dc.name)
     return notes
 
@@ -346,7 +345,7 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
         per_epoch = steps_in_epoch(store, chunks, cfg.batch_size)
         if note := restart_note(total_steps(per_epoch, cfg), cfg.schedule, cfg.t0, cfg.warmup_steps):
             say(f"train: note: {note}")
-        for note, names in threshold_notes(todo, total_steps(per_epoch, cfg)).items():
+        for note, names in run_notes(todo, total_steps(per_epoch, cfg)).items():
             say(f"train: note: {listed(names)}: {note}")
         steps = train(members, batches, cfg, device, per_epoch,
                       seed=common.seed, start=start, save=save, stop=stop, dist=d, log=log, probe=True,

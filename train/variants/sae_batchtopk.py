@@ -111,6 +111,10 @@ class SAEBatchTopK(TiedSAE):
             extras["x_aux"] = sparse_decode(aux_vals, self.W_dec, aux)  # [B, d], no bias (official)
         return self.sparse_forward(vals, pat, extras)
 
+    @classmethod
+    def run_note(cls, params: dict, steps: int) -> str | None:
+        return threshold_note((cls.default_params | params)["threshold_beta"], steps)
+
     def _select(self, acts: Tensor) -> tuple[Pattern, Tensor | None]:
         """The kept entries of acts [B, k] >= 0: the top k*B of the batch (under torchrun: of the global
         batch, found with one all-gather of each rank's top k*B), and the smallest kept positive value
