@@ -340,9 +340,9 @@ def page_index(data: dict, label_chars: int = 24) -> dict:
     rows ``label_texts``, the start of the texts of those rows (an ellipsis where cut), and ``has_texts``;
     ``has_tokens``: whether the store has tokens (a store of vectors, imported or embedded, has token id -1
     on every row): without tokens or texts the page lists no top tokens and speaks of no token context."""
-    texts = data.get("texts") or {}
+    texts = data.get("texts") or {}  # a hit is [act, row, doc, pos, context ids, its token's index in them]
     feats = [{"i": f["i"], "fires": f["fires"], "density": f["density"], "max": f["max"], "min": f["min"],
-              "tops": [[hit[1], hit[4][hit[5]]] for hit in f["top"]]} for f in data["features"]]
+              "tops": [[hit[1], hit[4][hit[5]]] for hit in f["top"]]} for f in data["features"]]  # (row, id)
     rows = {str(row) for f in feats for row, _ in f["tops"]}
     return {k: v for k, v in data.items() if k not in ("features", "texts")} | {
         "part": PART, "features": feats, "has_texts": bool(texts),

@@ -246,9 +246,10 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
         add_logit_effects(datas, dirs, lm, cfg.logit_effects, decode)
     keys = {name: hit_keys(data) for name, data in datas.items()}  # (row, doc, pos) of the rows shown
     # an embeddings store keeps no tokens: the texts of the rows shown, from analyze.texts or else read again
-    shown = set().union(*keys.values())  # from the harvest's source (one pass)
-    texts = (read_texts(text_files, {r for r, _, _ in shown}, cfg.texts_column) if text_files
-             else row_texts(store.manifest, shown))
+    # from the harvest's source (one pass)
+    rows_shown = set().union(*keys.values())  # (row, doc, pos) of every dictionary's hits
+    texts = (read_texts(text_files, {r for r, _, _ in rows_shown}, cfg.texts_column) if text_files
+             else row_texts(store.manifest, rows_shown))
     for name, ev in evals.items():
         data = datas[name]
         if texts:
@@ -263,7 +264,7 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
         rel = f"features/{name}.json"
         write_atomic(run_dir / rel, json.dumps(_clean(data), separators=(",", ":"), allow_nan=False))
         order = sorted(range(len(fires)), key=lambda i: (-int(fires[i]), i))
-        shown = [i for i in order[: cfg.n_features] if fires[i] > 0]
+        top_features = [i for i in order[: cfg.n_features] if fires[i] > 0]  # the features summary.json lists
         m["features_file"] = rel
         m["wordpiece"] = data["wordpiece"]  # how the report joins the context tokens
         m["features"] = [{"index": f, "fires": int(fires[f]), "density": float(fires[f] / n),
@@ -271,7 +272,7 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
                          | ({"logits": named(lg, data["tokens"])} if (lg := data["features"][f].get("logits"))
                             else {})
                          | ({"fires_with": w} if (w := data["features"][f].get("fires_with")) else {})
-                         for f in shown]
+                         for f in top_features]
         m["similar"] = similar.get(name, {})
         m["null_decoder"] = int(null_columns(dirs[name][1]).sum()) if name in dirs else None
         summary["models"][name] = m
