@@ -1,6 +1,7 @@
 """Imports follow the data (docs/architecture.md): harvest knows nothing of train or analyze, train nothing of
 analyze, and the shared modules of ``actdict/`` none of the stages (but the CLI, which dispatches to them).
-Every import counts, inside functions too, and so does a module named to ``importlib.import_module``."""
+Every import counts, inside functions too, and so does a module named to ``importlib.import_module``. And a
+variant is one file behind the protocol: no other module imports it or tests a variant's name."""
 
 import ast
 import re
@@ -83,3 +84,17 @@ def test_only_the_registry_imports_the_variants():
     found = sorted(f"{p.relative_to(ROOT)}:{line} imports {name}" for p in outside
                    for line, name in imported_modules(p, package(p)) if name.startswith(VARIANTS))
     assert found == []
+
+
+def test_no_stage_compares_a_variant_by_name():
+    """What one variant does differently is its own file's (the protocol's methods and class attributes): no
+    module outside ``train/variants/`` tests a dictionary's variant against a variant's name."""
+    from actdict.train.protocol import registry
+
+    names, found = set(registry()), []
+    for p in (p for folder in FORBIDDEN for p in (ROOT / folder).rglob("*.py") if "variants" not in p.parts):
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.Compare):
+                consts = [c.value for c in ast.walk(node) if isinstance(c, ast.Constant)]
+                found += [f"{p.relative_to(ROOT)}:{node.lineno} {v!r}" for v in consts if v in names]
+    assert sorted(found) == []

@@ -15,8 +15,8 @@ x' = x - b_dec if ``apply_b_dec_to_input`` else x.
 
 What maps (``saelens_view``): every variant with a ``to_saelens()`` method (sae_topk_auxk -> topk,
 sae_batchtopk -> jumprelu with one shared threshold, sae_jumprelu -> jumprelu, sae_l1_decnorm and sosae ->
-standard, lse (relu) -> standard with W_dec = W, b_dec = 0), and the paper SAEs with linear encoder and
-decoder (sae_l1, sae_log -> standard; sae_topk -> topk). VAE/VAEase (stochastic, gated decoder input), sae_kl
+standard, lse (relu) -> standard with W_dec = W, b_dec = 0, and the paper SAEs with linear encoder and
+decoder: sae_l1, sae_log -> standard; sae_topk -> topk). VAE/VAEase (stochastic, gated decoder input), sae_kl
 (sigmoid) and deep-encoder SAEs raise :class:`ExportError`. A model trained on normalised inputs
 (``checkpoint.Normalized``: x_n = (x - m) / s) is folded into raw-space weights, so the export reads raw
 activations: W_enc' = W_enc / s, W_dec' = s W_dec, and b_dec' = m + s b_dec (when b_dec is applied to the
@@ -29,7 +29,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from actdict.errors import ActdictError
 from actdict.files import write_atomic
@@ -43,21 +43,6 @@ SAELENS_FORMAT = "6.0.0"  # metadata.sae_lens_version (older/missing = SAELens r
 
 class ExportError(ActdictError, ValueError):
     """The dictionary has no SAELens architecture (or the folder is not a checkpoint)."""
-
-
-def _paper_sae(model: Dictionary) -> dict[str, Any] | None:
-    """sae_l1 / sae_log / sae_topk with nn.Linear encoder and decoder (``_sae.SAEBase``)."""
-    enc, dec = getattr(model, "encoder", None), getattr(model, "decoder", None)
-    if model.variant not in ("sae_l1", "sae_log", "sae_topk"):
-        return None
-    if not (type(enc) is nn.Linear and type(dec) is nn.Linear):
-        raise ExportError(f"{model.variant} with a deep encoder/decoder has no SAELens architecture "
-                          "(only the linear encoder + linear decoder SAE maps)")
-    view = {"W_enc": enc.weight.T, "b_enc": enc.bias, "W_dec": dec.weight.T, "b_dec": dec.bias,
-            "apply_b_dec_to_input": False, "architecture": "standard"}
-    if model.variant == "sae_topk":
-        view |= {"architecture": "topk", "k": int(model.params["topk"])}
-    return {k: (v.detach().float().cpu().clone() if isinstance(v, Tensor) else v) for k, v in view.items()}
 
 
 def _fold_norm(view: dict[str, Any], mean: Tensor, scale: float) -> dict[str, Any]:
@@ -75,13 +60,11 @@ def _fold_norm(view: dict[str, Any], mean: Tensor, scale: float) -> dict[str, An
 def saelens_view(model: Dictionary) -> dict[str, Any]:
     """-> ``architecture``, ``apply_b_dec_to_input``, tensors (raw input space) and extra cfg fields."""
     inner = model.inner if isinstance(model, checkpoint.Normalized) else model
-    view = _paper_sae(inner)
-    if view is None:
-        to = getattr(inner, "to_saelens", None)
-        try:
-            view = to() if to is not None else None
-        except NotImplementedError as e:
-            raise ExportError(f"{inner.variant}: {e}") from e
+    to = getattr(inner, "to_saelens", None)
+    try:
+        view = to() if to is not None else None
+    except NotImplementedError as e:
+        raise ExportError(f"{inner.variant}: {e}") from e
     if view is None:
         raise ExportError(f"variant {inner.variant!r} has no SAELens architecture (SAELens has standard/"
                           "topk/jumprelu ReLU SAEs; VAEs and sigmoid SAEs do not map): nothing exported")

@@ -79,6 +79,18 @@ class SAEBase(Dictionary):
     def decode(self, codes: Tensor) -> Tensor:  # codes = z: [B, k] -> [B, d]
         return self.decoder(codes)
 
+    def to_saelens(self) -> dict[str, Any]:
+        """The SAELens view (``actdict.train.export``): "standard" with the linear encoder and decoder (a
+        deep body has no SAELens architecture: NotImplementedError)."""
+        enc, dec = self.encoder, self.decoder
+        if not (type(enc) is nn.Linear and type(dec) is nn.Linear):
+            raise NotImplementedError("a deep encoder/decoder has no SAELens architecture (only the linear "
+                                      "encoder + linear decoder SAE maps)")
+        t = {"W_enc": enc.weight.T, "b_enc": enc.bias,  # [d, k], [k]
+             "W_dec": dec.weight.T, "b_dec": dec.bias}  # [k, d], [d]
+        return {"architecture": "standard", "apply_b_dec_to_input": False,
+                **{n: v.detach().float().cpu().clone() for n, v in t.items()}}
+
     def loss_terms(self, x: Tensor, out: Forward) -> dict[str, Tensor]:
         sse = (x - out.x_hat).pow(2).sum(-1).mean()
         h = out.extras["h"] if "h" in out.extras else self.penalty(out.extras["z"])  # [B]

@@ -40,6 +40,9 @@ class SAETopK(SAEBase):
         if type(self.decoder) is nn.Linear:  # [d, k] values in [k, d] storage
             self.decoder.weight = nn.Parameter(self.decoder.weight.detach().t().contiguous().t())
 
+    def to_saelens(self) -> dict:
+        return super().to_saelens() | {"architecture": "topk", "k": int(self.params["topk"])}
+
     def encode(self, x: Tensor) -> Tensor:  # x: [B, d] -> z [B, k]
         z = torch.relu(self.encoder(x))  # [B, k]
         top = z.topk(int(self.params["topk"]), dim=-1)  # values/indices [B, topk]
