@@ -4,6 +4,18 @@ Every dictionary (SAE, VAE, VAEase, ...) is one ``nn.Module`` subclass of :class
 file under ``train/variants/``, registered with :func:`register`. The training loop and the analysis
 only ever call the methods below, so a new variant never touches them.
 
+What a variant provides, all in its own file:
+
+* required: ``variant`` (its registered name), ``forward(x, sample)`` -> :class:`Forward`, ``decode(codes)``,
+  ``loss_terms(x, out)`` (``"loss"`` the total), and ``active_side`` where its activity is a variance;
+* optional class attributes, read by the stages: ``default_params`` (else the constructor's keyword
+  defaults: ``param_defaults``), ``positive`` (params checked > 0), ``autocast_note`` (train warns under
+  bf16 autocast), ``trains_reconstruction`` (False: x_hat is a by-product), ``batch_loss`` (batches of 2
+  rows or more);
+* optional methods: ``after_step()`` (after each optimizer step), ``run_note(params, steps)`` (a line
+  before a run too short for it), ``to_saelens()`` (the SAELens view ``actdict export`` writes; without it
+  the variant is not exported).
+
 Shapes: B = batch, d = input width, k = dictionary size (number of latents).
 """
 
