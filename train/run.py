@@ -51,7 +51,7 @@ from actdict.train.identity import (
 )
 from actdict.train.log import LOGS, append_record, log_path, start_log
 from actdict.train.loop import Member, Position, resolve_device, total_steps, train
-from actdict.train.plan import standing
+from actdict.train.plan import Standing, standing
 from actdict.train.protocol import make, registry
 from actdict.train.resume import (
     KEPT,
@@ -230,6 +230,84 @@ def start_logs(run_dir: Path, todo: list[DictConfig], hashes: dict[str, str], fr
     return log
 
 
+def standing_lines(cfg: TrainConfig, stand: Standing, run_dir: Path) -> list[str]:
+    """What the run says of its dictionaries before it trains: those finished with this config (skipped),
+    those whose finished checkpoints it replaces and why (a sweep's alike in one line)."""
+    done = [dc.name for dc in cfg.dicts if dc not in stand.todo]
+    many = len(done) > LISTED  # a sweep's: one line
+    lines = [f"train: {names}: finished checkpoint{'s' * many} with the same config exist{'s' * (not many)}, "
+             "skipped" for names in ([listed(done)] if many else done)]
+    alike: dict[tuple[str, bool], list[str]] = {}  # a sweep's, changed alike (train.epochs): one line
+    for name, what in stand.replaced.items():
+        kept = (run_dir / "dicts" / name / KEPT).is_file()  # it may continue that run (kept_states)
+        alike.setdefault((what, cfg.keep_state or kept), []).append(name)
+    return lines + [replace_note(names, what, keep) for (what, keep), names in alike.items()]
+
+
+def ready_folder(run_dir: Path, todo: list[DictConfig], split: dict) -> None:
+    """The run folder before the work (rank 0): where ``todo`` will write is writable and not a link
+    (checked now, not when the results are saved); the temporary files of a split or resume state whose
+    write a kill cut short are removed (our lock); the split is written when none is readable there
+    (another one is written with the checkpoints: until then it is the finished dictionaries', whose
+    held-out rows analyze reads)."""
+    if todo:
+        inner = [run_dir / "dicts", *(run_dir / "dicts" / dc.name for dc in todo), run_dir / LOGS]
+        check_not_linked(inner, "the checkpoints, kept states and training logs")
+        check_writable([run_dir, *(p for p in inner if p.is_dir())], "the checkpoints, resume states and "
+                       "training logs", owner="train")
+    with suppress(OSError):  # a read-only folder keeps them (and says so when it matters, above)
+        remove_temps(run_dir, "split.json")
+        checkpoint.temp_path(run_dir / STATE).unlink(missing_ok=True)
+    if not split_readable(run_dir):
+        write_split(run_dir, split)
+
+
+def settled_state(run_dir: Path, todo: bool, main: bool, say: Callable[[str], None]) -> dict | None:
+    """The run folder's resume state (``read_meta``; None: none, unreadable, or stale), once a stale one
+    (every member finished after it: a kill between the last checkpoint and its removal) and, with nothing
+    ``todo``, a damaged one are removed (by the ``main`` rank); a state of another run is kept, and said."""
+    state_path = run_dir / STATE
+    held = read_meta(state_path)
+    if held and stale_state(run_dir, held):
+        if main:
+            remove_stale(state_path, "a resume state whose dictionaries all finished after it (a kill "
+                         "between the last checkpoint and its removal)", say)
+        return None  # on every rank: nothing to resume
+    if main and not todo and held is None and state_path.is_file():
+        remove_stale(state_path, "a damaged resume state (a full disk, a copy cut short?), and every "
+                     "dictionary is finished", say)
+    elif main and held and not todo:
+        say(f"train: note: {state_path} holds the unfinished run of {sorted(held['members'])} (at step "
+            f"{held['position']['step']}), another config than this one's: it is kept; that run's command "
+            "continues it")
+    return held
+
+
+def save_all(run_dir: Path, cfg: TrainConfig, stand: Standing, members: list[Member],
+             configs: dict[str, dict], record: dict, whole: bool, say: Callable[[str], None]) -> None:
+    """The end of a run (rank 0): the split, each dictionary's kept state (``train.keep_state``, when the
+    run ended after its last epoch: ``whole``) then its finished checkpoint (``record`` beside its own
+    config), and the resume state removed."""
+    write_split(run_dir, stand.split)
+    keep = cfg.keep_state and whole
+    if cfg.keep_state and not keep:
+        say("train: train.keep_state: no state kept, since the run stopped at train.max_steps, inside an "
+            "epoch (a longer run continues from the end of an epoch)")
+    hashes = {dc.name: stand.hashes[dc.name] for dc in stand.todo}
+    for dc, m in zip(stand.todo, members, strict=True):
+        kept_path = run_dir / "dicts" / dc.name / KEPT  # before the checkpoint: a kill in between leaves
+        if keep:  # the resume state, from which a rerun finishes both again
+            kept_path.parent.mkdir(parents=True, exist_ok=True)
+            save_state(kept_path, [m], hashes, Position(cfg.epochs, 0, record["steps"]), configs, final=True,
+                       segments=record["segments"])
+        else:  # an older training's kept state goes
+            kept_path.unlink(missing_ok=True)
+        own = {"name": dc.name, "finished": True, "config_hash": stand.hashes[dc.name],
+               "dict_config": to_dict(dc), "seed": stand.seeds[dc.name]}
+        save_finished(run_dir / "dicts" / dc.name, m, own | record, say)
+    (run_dir / STATE).unlink(missing_ok=True)
+
+
 def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device) -> None:
     say = print if d.main else (lambda *a, **k: None)
     check(common, cfg)
@@ -241,17 +319,8 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
     if note := split_note([b - a for a, b in map(store.chunk_bounds, range(store.num_chunks))], split,
                           cfg.test_fraction):
         say(f"train: note: {note}")
-    done = [dc.name for dc in cfg.dicts if dc not in todo]
-    many = len(done) > LISTED  # a sweep's: one line
-    for names in [listed(done)] if many else done:
-        say(f"train: {names}: finished checkpoint{'s' * many} with the same config exist{'s' * (not many)}, "
-            "skipped")
-    alike: dict[tuple[str, bool], list[str]] = {}  # a sweep's, changed alike (train.epochs): one line
-    for name, what in stand.replaced.items():
-        kept = (run_dir / "dicts" / name / KEPT).is_file()  # it may continue that run (kept_states)
-        alike.setdefault((what, cfg.keep_state or kept), []).append(name)
-    for (what, keep), names in alike.items():
-        say(replace_note(names, what, keep))
+    for line in standing_lines(cfg, stand, run_dir):
+        say(line)
     if todo and (others := other_split(run_dir, {dc.name for dc in cfg.dicts}, split)):
         raise ConfigError(
             f"{run_dir} holds finished dictionaries {others} trained with other held-out chunks than this "
@@ -259,31 +328,10 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
             f"{cfg.test_fraction:g} and the store's {store.num_chunks} chunks), and analysis reads one split "
             "per run folder: give this run its own run_dir (store= keeps the store), or train those with "
             "these settings too (add them to train.dicts)")
-    if todo and d.main:  # before the work, not when its results are saved
-        inner = [run_dir / "dicts", *(run_dir / "dicts" / dc.name for dc in todo), run_dir / LOGS]
-        check_not_linked(inner, "the checkpoints, kept states and training logs")
-        check_writable([run_dir, *(p for p in inner if p.is_dir())], "the checkpoints, resume states and "
-                       "training logs", owner="train")
-    if d.main:  # the temporary files of a split or resume state whose write a kill cut short (our lock)
-        with suppress(OSError):  # a read-only folder keeps them (and says so when it matters, above)
-            remove_temps(run_dir, "split.json")
-            checkpoint.temp_path(run_dir / STATE).unlink(missing_ok=True)
-    if d.main and not split_readable(run_dir):  # another split is written with the checkpoints: until
-        write_split(run_dir, split)  # then it is the finished dictionaries' (analyze reads their test rows)
+    if d.main:
+        ready_folder(run_dir, todo, split)
     state_path = run_dir / STATE
-    held = read_meta(state_path)  # the state there now (None: none, or unreadable), read once: passed on
-    if held and stale_state(run_dir, held):
-        if d.main:
-            remove_stale(state_path, "a resume state whose dictionaries all finished after it (a kill "
-                         "between the last checkpoint and its removal)", say)
-        held = None  # on every rank: nothing to resume
-    elif d.main and not todo and held is None and state_path.is_file():
-        remove_stale(state_path, "a damaged resume state (a full disk, a copy cut short?), and every "
-                     "dictionary is finished", say)
-    elif d.main and held and not todo:
-        say(f"train: note: {state_path} holds the unfinished run of {sorted(held['members'])} (at step "
-            f"{held['position']['step']}), another config than this one's: it is kept; that run's command "
-            "continues it")
+    held = settled_state(run_dir, bool(todo), d.main, say)  # read once: passed on
     dist_.barrier(d)
     if not todo:
         return
@@ -352,26 +400,9 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
                       held=probe_x)
     segs = segments(steps)
     if d.main:
-        write_split(run_dir, split)
-        keep = cfg.keep_state and steps >= per_epoch * cfg.epochs  # ended after its last epoch
-        if cfg.keep_state and not keep:
-            say("train: train.keep_state: no state kept, since the run stopped at train.max_steps, inside an "
-                "epoch (a longer run continues from the end of an epoch)")
-        common_record = {"train_config": {k: v for k, v in to_dict(cfg).items() if k != "dicts"},
-                         "store": store_id, "train_rows": train_rows, "test_chunks": split["test_chunks"],
-                         "steps": steps, "world_size": d.world,
-                         "resumed_at_step": start.step if start else None,
-                         "wall_s": round(sum(g["wall_s"] for g in segs), 3), "segments": segs}
-        for dc, m in zip(todo, members, strict=True):
-            kept_path = run_dir / "dicts" / dc.name / KEPT  # before the checkpoint: a kill in between leaves
-            if keep:  # the resume state, from which a rerun finishes both again
-                kept_path.parent.mkdir(parents=True, exist_ok=True)
-                save_state(kept_path, [m], todo_hashes, Position(cfg.epochs, 0, steps), configs, final=True,
-                           segments=segs)
-            else:  # an older training's kept state goes
-                kept_path.unlink(missing_ok=True)
-            save_finished(run_dir / "dicts" / dc.name, m, {
-                "name": dc.name, "finished": True, "config_hash": hashes[dc.name], "dict_config": to_dict(dc),
-                "seed": seeds[dc.name]} | common_record, say)
-        state_path.unlink(missing_ok=True)
+        record = {"train_config": {k: v for k, v in to_dict(cfg).items() if k != "dicts"},
+                  "store": store_id, "train_rows": train_rows, "test_chunks": split["test_chunks"],
+                  "steps": steps, "world_size": d.world, "resumed_at_step": start.step if start else None,
+                  "wall_s": round(sum(g["wall_s"] for g in segs), 3), "segments": segs}
+        save_all(run_dir, cfg, stand, members, configs, record, steps >= per_epoch * cfg.epochs, say)
     dist_.barrier(d)
