@@ -19,7 +19,7 @@ from actdict.train import checkpoint
 from actdict.train.config import DictConfig, TrainConfig
 from actdict.train.data import make_split
 from actdict.train.identity import describe_store, dict_hash, legacy_store, replaced
-from actdict.train.resume import STATE, read_meta, stale_state, state_matches
+from actdict.train.resume import STATE, read_meta, set_aside, stale_state, state_matches
 
 
 @dataclass(frozen=True)
@@ -78,14 +78,10 @@ def resume_line(run_dir: Path, cfg: TrainConfig, stand: Standing) -> str | None:
     if meta is None or stale_state(run_dir, meta) or not stand.todo:
         return None
     step, held = meta["position"]["step"], sorted(meta["members"])
-    names = {dc.name for dc in stand.todo}
-    finished = {n for n, m in meta["members"].items() if n not in names
-                and checkpoint.is_finished(run_dir / "dicts" / n, m["config_hash"])}
-    finished |= {n for n in cfg.resume_drop if n in meta["members"] and n not in names}
     if not cfg.resume:
         return f"the resume state (step {step} of {held}) is not used (train.resume=false): it starts over"
-    hashes, legacy = ({n: h[n] for n in names} for h in (stand.hashes, stand.legacy))
-    if state_matches(meta, hashes, legacy, finished):
+    hashes, legacy = ({dc.name: h[dc.name] for dc in stand.todo} for h in (stand.hashes, stand.legacy))
+    if state_matches(meta, hashes, legacy, set.union(*set_aside(run_dir, cfg, meta, hashes))):
         return f"continues the resume state {run_dir / STATE} at step {step}"
     return (f"the resume state {run_dir / STATE} (step {step} of {held}) is another run's: training stops "
             "(ResumeConflict) until its command finishes it, or train.resume=false starts over")

@@ -267,6 +267,16 @@ def remove_stale(state_path: Path, why: str, say: Callable[[str], None]) -> None
         say(f"train: note: {state_path} is {why}, but cannot be removed ({e.strerror})")
 
 
+def set_aside(run_dir: Path, cfg: TrainConfig, meta: dict,
+              hashes: dict[str, str]) -> tuple[set[str], set[str]]:
+    """The members of the resume state (``read_meta``) that a run of the dictionaries ``hashes`` names
+    leaves aside: (those finished since, a kill between the final saves; those ``train.resume_drop``
+    drops)."""
+    done = {n for n, m in meta["members"].items()  # a kill between the final saves leaves finished members
+            if n not in hashes and checkpoint.is_finished(run_dir / "dicts" / n, m["config_hash"])}
+    return done, {n for n in cfg.resume_drop if n in meta["members"] and n not in hashes} - done
+
+
 def resume_state(run_dir: Path, cfg: TrainConfig, hashes: dict[str, str], legacy: dict[str, str],
                  configs: dict[str, dict], say: Callable[[str], None],
                  meta: dict | None) -> tuple[dict | None, set[str]]:
@@ -286,9 +296,7 @@ def resume_state(run_dir: Path, cfg: TrainConfig, hashes: dict[str, str], legacy
         return None, set()
     if meta is None:
         return None, set()
-    done = {n for n, m in meta["members"].items()  # a kill between the final saves leaves finished members
-            if n not in hashes and checkpoint.is_finished(run_dir / "dicts" / n, m["config_hash"])}
-    drop = {n for n in cfg.resume_drop if n in meta["members"] and n not in hashes} - done
+    done, drop = set_aside(run_dir, cfg, meta, hashes)
     if not state_matches(meta, hashes, legacy, done | drop):  # before the models and stats
         raise ResumeConflict(f"{state_path} " + conflict(meta, hashes, configs, done))
     if drop:
