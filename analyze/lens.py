@@ -78,17 +78,28 @@ def unit_rows(cfg, text: str) -> tuple[str, list[str], Tensor]:
     return enc.name, units, torch.from_numpy(embed_texts(enc, units, cfg.embed, cfg.batch_size))
 
 
-def token_features(model, x: Tensor, top: int) -> tuple[Tensor, Tensor, Tensor]:
-    """x [n, d] -> (features [n, t] int64, codes [n, t], active count [n]): each row's active latents by
-    |code|, largest first (t = min(top, k)); rows with fewer than t active latents are padded with -1 / 0."""
+def deterministic(model, x: Tensor) -> tuple[Tensor, Tensor]:
+    """x [n, d] -> (codes [n, k], active [n, k] bool): the deterministic forward's codes and the active
+    split of AD, the one forward that the features listed and those followed are read from."""
     with torch.no_grad():
         out = model(x, sample=False)
-    active = active_mask(out.activity, model.active_side)  # [n, k]
-    mag = out.codes.abs().masked_fill(~active, -1.0)  # [n, k]; inactive latents sort last
+    return out.codes, active_mask(out.activity, model.active_side)
+
+
+def ranked(all_codes: Tensor, active: Tensor, top: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(codes [n, k], active [n, k]) -> (features [n, t] int64, codes [n, t], active count [n]): each row's
+    active latents by |code|, largest first (t = min(top, k)); rows with fewer than t active latents are
+    padded with -1 / 0."""
+    mag = all_codes.abs().masked_fill(~active, -1.0)  # [n, k]; inactive latents sort last
     val, idx = mag.topk(min(top, mag.shape[1]), dim=1)  # [n, t]
     ok = val >= 0
-    codes = out.codes.gather(1, idx).masked_fill(~ok, 0.0)  # [n, t]
+    codes = all_codes.gather(1, idx).masked_fill(~ok, 0.0)  # [n, t]
     return idx.masked_fill(~ok, -1), codes, active.sum(1)
+
+
+def token_features(model, x: Tensor, top: int) -> tuple[Tensor, Tensor, Tensor]:
+    """x [n, d] -> ``ranked`` of ``model``'s deterministic forward."""
+    return ranked(*deterministic(model, x), top)
 
 
 def _tokens_of(hits: list, strings: dict, n: int, texts: dict | None = None) -> list[str]:
@@ -227,7 +238,8 @@ def lens(common: Common, cfg, text: str, names: list[str], top: int = 5, hook: s
     out = {"text": text, "hook": store.hook, "model": model_name, "unit": unit, "token_ids": ids.tolist(),
            "tokens": strings, "dicts": {}}
     for name, model in models.items():
-        feats, codes, n_active = token_features(model.eval(), x, top)
+        all_codes, active = deterministic(model.eval(), x)  # [n, k] x2: one forward for both
+        feats, codes, n_active = ranked(all_codes, active, top)
         labels, note = dict_labels(run_dir, name, model.k)
         out["dicts"][name] = {
             "variant": model.variant, "k": model.k, "labels_note": note,
@@ -236,7 +248,7 @@ def lens(common: Common, cfg, text: str, names: list[str], top: int = 5, hook: s
                           for f, c in zip(fr.tolist(), cr.tolist(), strict=True) if f >= 0]
                          for fr, cr in zip(feats, codes, strict=True)]}
         if follow:
-            out["dicts"][name]["followed"] = followed(model, x, follow, labels)
+            out["dicts"][name]["followed"] = followed(all_codes, active, follow, labels)
     return out
 
 
@@ -250,13 +262,9 @@ def check_follow(follow: list[int], models: dict) -> None:
         raise LensError(f"--feature {bad[0]}: the dictionary has features 0..{k - 1}")
 
 
-def followed(model, x: Tensor, follow: list[int], labels: Labels) -> list[dict]:
-    """Per followed feature: its code on every row of x [n, d] (deterministic path), whether it is active
-    there (the active split of AD), its corpus labels: [{"i", "codes" [n], "active" [n], "top_tokens"}]."""
-    with torch.no_grad():
-        out = model(x, sample=False)
-    active = active_mask(out.activity, model.active_side)  # [n, k]
-    codes = out.codes  # [n, k]
+def followed(codes: Tensor, active: Tensor, follow: list[int], labels: Labels) -> list[dict]:
+    """Per followed feature: its code on every row (``deterministic``'s codes [n, k]), whether it is active
+    there (active [n, k]), its corpus labels: [{"i", "codes" [n], "active" [n], "top_tokens"}]."""
     return [{"i": f, "codes": [round(c, 4) for c in codes[:, f].tolist()], "active": active[:, f].tolist(),
              "top_tokens": _label(labels, f, side(codes[:, f], active[:, f]))} for f in follow]
 
