@@ -4,9 +4,11 @@ of one harvest (a feature at layer 2 and the one at layer 3 that fires on the sa
 Two measures, each of A's features against all of B's and B's against A's:
 
 * by **co-activation**, when A and B were trained on the same rows (one harvest: the same store, any two of
-  its hooks, whose rows are the same tokens; or one store of vectors): one pass over the rows both held out
-  (their ``test_chunks`` in common, at most ``--rows``), both dictionaries' active splits (as analysis'
-  AD), and exact counts of the rows each pair of features fires on together (``cofire.CoFire``). A
+  its hooks, whose rows are the same tokens; two stores of one harvest but for their hooks, a later layer
+  harvested into a store of its own, every row's token checked as it is read; or one store of vectors):
+  one pass over the rows both held out (their ``test_chunks`` in common, at most ``--rows``), both
+  dictionaries' active splits (as analysis' AD), and exact counts of the rows each pair of features fires
+  on together (``cofire.CoFire``). A
   feature's best partner is the one of highest Jaccard similarity of their active rows; ``mean_jaccard`` is
   the mean of that best value over the features active on some row, ``matched`` the share of them whose
   best is at least ``MATCHED`` (0.5: more rows shared than not; an open choice);
@@ -27,6 +29,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from actdict.analyze.cofire import CoFire, jaccard, partners
@@ -49,9 +52,26 @@ def same_rows(a: dict, b: dict) -> str | None:
     they do: the same harvest (config_hash, rows, source, revision; any hooks), or one store of vectors."""
     if not all((s or {}).get("rows") for s in (a, b)):  # an import records a hook at most
         return "a dictionary records no store it was trained on (an import?): name one with --store"
-    ka, kb = (store_key(s) | {"hook": None} for s in (a, b))
+    ka, kb = (store_key(s) | {"hook": None, "d": None} for s in (a, b))  # per hook: the rows are one
     diff = sorted(k for k in set(ka) | set(kb) if ka.get(k) != kb.get(k))
     return f"they were trained on different stores ({', '.join(diff)} differ)" if diff else None
+
+
+def twin_stores(a: dict, b: dict) -> bool:
+    """The two stores two checkpoints record (cfg.json ``store``) are one harvest's rows written twice: each
+    opens at its recorded path, and their manifests record one harvest but for its hooks (``rows_view``
+    without them; the same rows, source fingerprint and model revision): a later layer harvested into a
+    store of its own (docs/harvest.md). ``count`` then checks every row's token, document and position as
+    it reads them."""
+    from actdict.harvest.config import rows_view
+
+    try:
+        ma, mb = (open_store(s["path"], s["hook"]).manifest for s in (a, b))
+    except (StoreError, KeyError, TypeError):
+        return False
+    ha, hb = (m.get("harvest") for m in (ma, mb))
+    return (isinstance(ha, dict) and isinstance(hb, dict) and rows_view(ha, ("hooks",)) == rows_view(
+        hb, ("hooks",)) and all(ma.get(k) == mb.get(k) for k in ("n_rows", "source_fingerprint", "revision")))
 
 
 def common_rows(rec_a: dict, rec_b: dict, n_chunks: int) -> list[int]:
@@ -72,8 +92,9 @@ def count(models: tuple, stores: tuple, chunks: list[int], limit: int, batch: in
     fb = torch.zeros(mb.k, dtype=torch.long, device=device)
     n = 0
     for c in chunks:
-        xa = sa.read_chunk(c).acts[: limit - n]
-        xb = xa if sb is sa else sb.read_chunk(c).acts[: limit - n]
+        rows_a = sa.read_chunk(c)
+        rows_b = rows_a if sb is sa else same_tokens(rows_a, sb.read_chunk(c), c)
+        xa, xb = rows_a.acts[: limit - n], rows_b.acts[: limit - n]
         for s in range(0, len(xa), batch):
             acts = []
             for m, x in ((ma, xa), (mb, xb)):
@@ -86,6 +107,18 @@ def count(models: tuple, stores: tuple, chunks: list[int], limit: int, batch: in
         if n >= limit:
             break
     return co, fa, fb, n
+
+
+def same_tokens(a, b, chunk: int):
+    """``b`` (``Rows`` of chunk ``chunk`` of B's hook) when its rows are ``a``'s (the same token, document and
+    position on every row), else an AnalyzeError: two stores that claim one harvest's rows and hold others
+    (``twin_stores``), or two hooks of a store whose rows differ (a damaged store)."""
+    if len(a) != len(b) or not all(np.array_equal(x, y) for x, y in ((a.token_ids, b.token_ids),
+                                                                     (a.doc, b.doc), (a.pos, b.pos))):
+        raise AnalyzeError(f"the rows of A's and B's stores differ in chunk {chunk} (tokens, documents or "
+                           "positions): they are not one harvest's rows, and co-activation needs those; name "
+                           "one store with --store")
+    return b
 
 
 def side(counts, fires_a, fires_b, n: int) -> tuple[dict, list]:
@@ -126,6 +159,10 @@ def compare(dir_a: str, dir_b: str, store: str | None = None, limit: int = 65536
     out: dict = {"a": _about(dir_a, ma, ra), "b": _about(dir_b, mb, rb), "cofire": None, "directions": None,
                  "notes": []}
     why = None if store else same_rows(ra.get("store"), rb.get("store"))
+    twins = bool(why) and ra["store"].get("path") != rb["store"].get("path") and twin_stores(
+        ra["store"], rb["store"])  # a later layer's store of its own: its rows checked as they are read
+    why = None if twins else why
+    paths = [ra["store"]["path"], rb["store"]["path"]] if twins else [store or ra["store"]["path"]] * 2
     if not why and (need := ma.k * mb.k * 4 / 2**20) > max_mib:
         why = (f"its counts ({ma.k:,} x {mb.k:,} int32, {need:,.0f} MiB) would pass --max-mib {max_mib:,}: "
                "raise it where the memory is there")
@@ -133,7 +170,7 @@ def compare(dir_a: str, dir_b: str, store: str | None = None, limit: int = 65536
     if why:
         out["notes"].append(f"no co-activation: {why}")
     else:
-        path = store or ra["store"]["path"]
+        path = paths[0]
         hooks = [(r.get("store") or {}).get("hook") for r in (ra, rb)]
         if None in hooks:
             raise AnalyzeError(f"{dir_a if hooks[0] is None else dir_b} records no store hook: it cannot be "
@@ -141,7 +178,7 @@ def compare(dir_a: str, dir_b: str, store: str | None = None, limit: int = 65536
                                "it)")
         try:
             sa = open_store(path, hooks[0])
-            sb = sa if hooks[1] == hooks[0] else open_store(path, hooks[1])
+            sb = sa if (paths[1], hooks[1]) == (path, hooks[0]) else open_store(paths[1], hooks[1])
         except StoreError as e:  # a path relative to where A was trained, read from elsewhere
             if store:
                 raise
@@ -150,8 +187,8 @@ def compare(dir_a: str, dir_b: str, store: str | None = None, limit: int = 65536
         for s_, m in ((sa, ma), (sb, mb)):
             if s_.d != m.d:
                 raise AnalyzeError(f"store {path} hook {s_.hook} has d={s_.d}, its dictionary d={m.d}")
-        sides = (("A", sa, ra), ("B", sb, rb))
-        out["notes"] += changed(sides, path)
+        sides = (("A", sa, ra, path), ("B", sb, rb, paths[1]))
+        out["notes"] += changed(sides)
         chunks = common_rows(ra, rb, sa.num_chunks)
         if not chunks:
             out["notes"].append("no co-activation: the two held out no chunk in common (different splits)")
@@ -160,7 +197,8 @@ def compare(dir_a: str, dir_b: str, store: str | None = None, limit: int = 65536
             fires = (fa, fb)
             sum_a, per_a = side(co.counts, fa, fb, n)
             sum_b, per_b = side(co.counts.T, fb, fa, n)
-            out["cofire"] = {"store": path, "rows": rows, "chunks": chunks, "a_in_b": sum_a, "b_in_a": sum_b}
+            out["cofire"] = {"store": path, **({"store_b": paths[1]} if twins else {}), "rows": rows,
+                             "chunks": chunks, "a_in_b": sum_a, "b_in_a": sum_b}
             out["a"] |= {"fires": fa.tolist(), "cofire": per_a}
             out["b"] |= {"fires": fb.tolist(), "cofire": per_b}
     if ma.d == mb.d:
@@ -170,19 +208,19 @@ def compare(dir_a: str, dir_b: str, store: str | None = None, limit: int = 65536
     return out
 
 
-def changed(sides: tuple, path: str) -> list[str]:
-    """Notes on the stores read for the (name, store, record) ``sides`` that are not the ones their records
-    learned (as analysis tells it: ``other_store``), one per hook and difference (A and B on one hook: one):
-    re-harvested since at that path, or grown (a larger max_tokens keeps the rows held out; anything else may
-    put rows they learned into their held-out chunks). Counted all the same: both dictionaries read the same
-    rows, which is what co-activation needs."""
+def changed(sides: tuple) -> list[str]:
+    """Notes on the stores read for the (name, store, record, path) ``sides`` that are not the ones their
+    records learned (as analysis tells it: ``other_store``), one per hook and difference (A and B on one
+    hook: one): re-harvested since at that path, or grown (a larger max_tokens keeps the rows held out;
+    anything else may put rows they learned into their held-out chunks). Counted all the same: both
+    dictionaries read the same rows, which is what co-activation needs."""
     found: dict[tuple, list[str]] = {}
-    for name, store, record in sides:
+    for name, store, record, path in sides:
         if diff := other_store({name: record}, describe_store(store, path)).get(name):
             harvested = bool((record.get("store") or {}).get("config_hash"))  # vectors do not grow
-            found.setdefault((store.hook, tuple(diff[:4]), harvested), []).append(name)
+            found.setdefault((path, store.hook, tuple(diff[:4]), harvested), []).append(name)
     notes = []
-    for (hook, diff, harvested), names in found.items():
+    for (path, hook, diff, harvested), names in found.items():
         who = " and ".join(names)
         notes.append(f"the store {path} hook {hook} is not the one {who} learned ({', '.join(diff)}): "
                      + ("if it grew since (a larger harvest.max_tokens), its held-out chunks hold the same "

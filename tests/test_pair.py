@@ -301,3 +301,58 @@ def test_one_note_for_both_sides_on_one_changed_hook_and_none_of_growth_for_vect
     save(da, load(da)[0], rec)  # as a vectors import records its store: the rows' digest
     notes = [n for n in pair.compare(da, da, store=str(tmp_path / "store"))["notes"] if "is not the one" in n]
     assert len(notes) == 1 and "max_tokens" not in notes[0] and notes[0].endswith("rows A and B learned")
+
+
+def _harvest(path, hook, config_hash, ctx=16, tokens=None, d=D, scale=1.0):
+    """A store at ``path`` holding ``hook`` of a harvest (its manifest's ``harvest`` config names its hooks:
+    two such stores of one corpus differ in config_hash, and hold the same rows)."""
+    x = np.random.default_rng(0).standard_normal((N, D)).astype(np.float32)[:, :d] * scale
+    harvest = {"mode": "tokens", "model": "m", "hooks": [hook], "ctx": ctx, "max_tokens": N}
+    with StoreWriter(str(path), {"hook": hook, "config_hash": config_hash, "harvest": harvest}, d, "float32",
+                     64, 32) as w:
+        w.append(x, np.arange(N) if tokens is None else tokens, np.arange(N) // 16, np.arange(N) % 16)
+
+
+def test_a_later_layer_in_a_store_of_its_own_is_counted_row_for_row(tmp_path, capsys):
+    """docs/harvest.md advises a later layer its own store: the same rows, another config_hash (its hooks),
+    and compare said 'no co-activation: they were trained on different stores (config_hash differ)'."""
+    perm = np.random.default_rng(1).permutation(K)
+    da, db = _pair(tmp_path, perm)
+    other = np.arange(N)[::-1]  # other tokens
+    for name, hook, ctx, tokens in (("s0", "blocks.0.h", 16, None), ("s1", "blocks.1.h", 16, None),
+                                    ("s2", "blocks.1.h", 8, None), ("s3", "blocks.1.h", 16, other)):
+        _harvest(tmp_path / name, hook, f"harvest-{name}", ctx, tokens, scale=1.0 if name == "s0" else 2.0)
+    ma, ra = load(da)
+    mb, rb = load(db)
+    save(da, ma, {**ra, "store": ra["store"] | {"path": str(tmp_path / "s0"), "config_hash": "harvest-s0"}})
+    for name in ("s1", "s2", "s3"):
+        save(db, mb, {**rb, "store": rb["store"] | {"path": str(tmp_path / name),
+                                                    "config_hash": f"harvest-{name}"}})
+        if name == "s3":  # claims one harvest's rows, holds others: refused, not counted
+            with pytest.raises(pair.AnalyzeError, match=r"the rows of A's and B's stores differ in chunk 2 "):
+                pair.compare(da, db, n=2)
+            continue
+        out = pair.compare(da, db, n=2)
+        if name == "s2":  # another ctx: other rows
+            assert out["cofire"] is None and out["notes"] == [
+                "no co-activation: they were trained on different stores (config_hash differ)"]
+            continue
+        co = out["cofire"]
+        assert (co["store"], co["store_b"]) == (str(tmp_path / "s0"), str(tmp_path / "s1"))
+        assert out["cofire"]["a_in_b"]["matched"] == 1.0 and out["cofire"]["rows"] == 64
+        live = [i for i in range(K) if out["a"]["fires"][i] > 0]
+        assert live and all(out["a"]["cofire"][i][0][:2] == [perm[i], 1.0] for i in live)
+
+
+def test_two_hooks_of_one_store_of_other_widths_are_counted(tmp_path):
+    """A residual hook (d 6) and a narrower one (d 4) of one harvest: compare said 'different stores (d
+    differ)'; the rows are one, so co-activation is counted, and no directions compared."""
+    _harvest(tmp_path / "s", "blocks.0.h", "harvest-1")
+    _harvest(tmp_path / "s", "blocks.0.mlp", "harvest-1", d=4)
+    store = {"path": str(tmp_path / "s"), "rows": N, "config_hash": "harvest-1"}
+    for name, d, hook in (("a", D, "blocks.0.h"), ("b", 4, "blocks.0.mlp")):
+        save(tmp_path / name, make("sae_l1", d, K, seed=d),
+             {"test_chunks": [2, 3], "store": store | {"hook": hook, "d": d}})
+    out = pair.compare(str(tmp_path / "a"), str(tmp_path / "b"), n=2)
+    assert out["cofire"]["rows"] == 64 and out["directions"] is None
+    assert out["notes"] == ["no decoder directions compared: d 6 and 4"]
