@@ -64,6 +64,11 @@ def test_the_plan_names_each_dictionary_of_a_sweep_and_what_training_would_do(tm
         ["l1_lam1-0.1", "sae_l1", "8", "0.005", "lam1=0.1,", "lam2=0.2", "new"],
         ["l1_lam1-1.0", "sae_l1", "8", "0.005", "lam1=1.0,", "lam2=0.2", "new"]]
     assert not (tmp_path / "run").exists()  # nothing written: no run folder, no split, no lock
+    assert cli(["train", cfg, "train.hook=nope", "--dry-run"]) == 0  # the store is there: training stops
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == (f"train: would stop: store {tmp_path / 'store'} has no hook 'nope'; valid "
+                                   "hooks: ['vectors']")
+    assert set(_states(out).values()) == {"not trained: the training stops"}
 
     assert cli(["train", cfg]) == 0
     capsys.readouterr()

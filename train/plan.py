@@ -14,7 +14,7 @@ from pathlib import Path
 
 from actdict.config import Common, ConfigError
 from actdict.errors import printable
-from actdict.harvest.store import StoreError
+from actdict.harvest.store import StoreError, list_hooks
 from actdict.train import checkpoint
 from actdict.train.config import DictConfig, TrainConfig
 from actdict.train.data import make_split
@@ -59,11 +59,13 @@ def params_text(dc: DictConfig) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(dc.params.items())) or "-"
 
 
-def states(cfg: TrainConfig, stand: Standing | None) -> dict[str, str]:
+def states(cfg: TrainConfig, stand: Standing | None, refused: bool = False) -> dict[str, str]:
     """Each dictionary's state in words: skipped, replaces (what differs), new; without a store to judge
-    by (``stand`` None), to train."""
+    by (``stand`` None), to train once it is harvested, or not trained when the training stops (the store
+    is there and ``refused``)."""
     if stand is None:
-        return {dc.name: "to train (once the store is harvested)" for dc in cfg.dicts}
+        said = "not trained: the training stops" if refused else "to train (once the store is harvested)"
+        return {dc.name: said for dc in cfg.dicts}
     todo = {dc.name for dc in stand.todo}
     return {dc.name: ("finished with this config: skipped" if dc.name not in todo else
                       f"replaces its finished checkpoint ({stand.replaced[dc.name]})"
@@ -97,8 +99,10 @@ def plan(common: Common, cfg: TrainConfig) -> list[str]:
 
     try:
         store = open_hook(common.store_path, cfg.hook)
-    except (StoreError, ConfigError) as e:  # not harvested yet (``actdict run`` harvests it first)
-        store, stand, head = None, None, f"train: the store cannot be read now ({e})"
+    except (StoreError, ConfigError) as e:  # not harvested yet (``actdict run`` harvests it first), or
+        store, stand = None, None  # a store the training refuses
+        head = (f"train: would stop: {e}" if list_hooks(common.store_path) else
+                f"train: the store cannot be read now ({e})")
     else:
         stand = standing(common, cfg, store)
         chunks = stand.split["train_chunks"]
@@ -106,9 +110,11 @@ def plan(common: Common, cfg: TrainConfig) -> list[str]:
         n = len(cfg.dicts)
         head = (f"train: {n} dictionar{'y' if n == 1 else 'ies'} on {rows:,} rows of {store.hook} "
                 f"({len(chunks)} of {store.num_chunks} chunks, d={store.d}) in {common.run_dir}")
-    head += f"; {cfg.epochs} epoch(s)" + (f", stopping at step {cfg.max_steps}" if cfg.max_steps else "")
+    refused = head.startswith("train: would stop")
+    head += "" if refused else f"; {cfg.epochs} epoch(s)" + (f", stopping at step {cfg.max_steps}"
+                                                             if cfg.max_steps else "")
     cols = [(dc.name, dc.variant, str(dc.k), f"{dc.lr:g}", params_text(dc)) for dc in cfg.dicts]
-    said = states(cfg, stand)
+    said = states(cfg, stand, refused)
     w = [max(len(h), *(len(c[i]) for c in cols)) for i, h in enumerate(_COLUMNS)]
     lines = [head, "  " + " ".join(f"{h:<{w[i]}}" for i, h in enumerate(_COLUMNS)) + " state"]
     lines += ["  " + " ".join(f"{c[i]:<{w[i]}}" for i in range(5)) + f" {said[c[0]]}" for c in cols]
