@@ -68,6 +68,7 @@ import uuid
 from pathlib import Path
 
 import torch
+from torch import Tensor
 from tqdm import tqdm
 
 from actdict.analyze.compare import directions, live, null_columns, similarity
@@ -150,11 +151,11 @@ def main(common: Common, cfg: AnalyzeConfig) -> None:
         _main(common, cfg)
 
 
-def _main(common: Common, cfg: AnalyzeConfig) -> None:
-
-    run_id = new_run_id()  # at the start: its time is when this analysis began
-    run_dir = Path(common.run_dir)
-    device = resolve_device(cfg.device)
+def checked_inputs(common: Common, cfg: AnalyzeConfig, run_dir: Path) -> tuple[dict, object, list[int], dict]:
+    """What the analysis reads, checked before its pass: (each dictionary's cfg.json record, the store they
+    learned, its held-out chunks, the loaded dictionaries). Refused: a store other than the one they learned,
+    another split than the run folder's, output folders that are links or not writable; noted: folders of
+    the run that are no dictionaries, retrained or removed dictionaries, another model's store."""
     for note in skipped_notes(run_dir, cfg.dicts):
         print(printable(f"analyze: note: {note}"))  # folder names of a shared run folder
     records = trained_records(run_dir, cfg.dicts)  # each dictionary's cfg.json
@@ -187,15 +188,14 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
     if dropped := [n for n in dropped if n not in gone]:
         print(f"analyze: note: summary.json and the report will hold {sorted(models)} only, not {dropped} "
               "(analyze.dicts); run without analyze.dicts to report every dictionary")
-    evaluated = evaluated_rows(store, test_chunks, cfg.max_test_rows)  # [n] global rows, in the pass's order
-    labels, classes = read_labels(cfg.labels, len(store), evaluated)
-    text_files = check_texts(cfg.texts, len(store), cfg.texts_column) if cfg.texts else None  # before it
-    lm = causal_lm(store, device, cfg) if cfg.ce_loss or cfg.logit_effects else None  # before the pass
-    splicing = splice_setup(lm, cfg, store, test_chunks) if cfg.ce_loss else None
-    counted = cofire_within(models, cfg)
-    evals = {name: ModelEval(m, cfg, common.seed, device, len(classes), name in counted)
-             for name, m in models.items()}
+    return records, store, test_chunks, models
 
+
+def one_pass(store, test_chunks: list[int], cfg: AnalyzeConfig, labels, evals: dict,
+             device: torch.device) -> tuple[int, Tensor, Tensor]:
+    """The one pass over the held-out rows (at most ``analyze.max_test_rows``): every dictionary's
+    ``ModelEval`` updated batch by batch (with the rows' class labels, if any) -> (rows, the inputs' sum
+    [d] and sum of squares [d] in float64, for EV's variance)."""
     d = store.d
     sum_x = torch.zeros(d, dtype=torch.float64, device=device)  # [d]
     sum_x2 = torch.zeros(d, dtype=torch.float64, device=device)  # [d]
@@ -212,6 +212,45 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
         n += len(x)
     if n == 0:
         raise AnalyzeError(f"no test rows to evaluate (test chunks {test_chunks})")
+    return n, sum_x, sum_x2
+
+
+def shared(datas: dict, evals: dict, d: int, device: torch.device, on: bool) -> tuple[dict, dict]:
+    """The decoder directions each dictionary has (unit [k, d], norms [k]; none without
+    ``Dictionary.decode``) and, when ``on`` (``analyze.shared_directions``), the share of each one's live
+    features another has within cosine 0.9 (MMCS, by name and other name); each feature's nearest live
+    feature in the others goes into its ``datas`` record (``nearest``: a sweep's closest ``KEEP_NEAREST``)."""
+    dirs = {name: dn for name, ev in evals.items()  # [k, d], [k]
+            if (dn := directions(ev.model, ev.model.k, d, device)) is not None}
+    alive = {name: live(evals[name].fire, norm) for name, (_, norm) in dirs.items()}
+    units = {name: u for name, (u, _) in dirs.items()}
+    similar, pairs = similarity(units, alive, progress=True) if on else ({}, {})
+    for (a, b), (best, arg) in pairs.items():  # each feature's nearest live feature in every other one
+        for f, j, c in zip(range(len(arg)), arg.tolist(), best.tolist(), strict=True):
+            if j >= 0:
+                datas[a]["features"][f].setdefault("nearest", {})[b] = {"feature": j, "cos": c}
+    for rec in (rec for data in datas.values() for rec in data["features"]):  # a sweep's: the closest only
+        if len(near := rec.get("nearest", {})) > KEEP_NEAREST:
+            rec["nearest"] = dict(sorted(near.items(), key=lambda bn: -bn[1]["cos"])[:KEEP_NEAREST])
+    return dirs, similar
+
+
+def _main(common: Common, cfg: AnalyzeConfig) -> None:
+    run_id = new_run_id()  # at the start: its time is when this analysis began
+    run_dir = Path(common.run_dir)
+    device = resolve_device(cfg.device)
+    records, store, test_chunks, models = checked_inputs(common, cfg, run_dir)
+    evaluated = evaluated_rows(store, test_chunks, cfg.max_test_rows)  # [n] global rows, in the pass's order
+    labels, classes = read_labels(cfg.labels, len(store), evaluated)
+    text_files = check_texts(cfg.texts, len(store), cfg.texts_column) if cfg.texts else None  # before it
+    lm = causal_lm(store, device, cfg) if cfg.ce_loss or cfg.logit_effects else None  # before the pass
+    splicing = splice_setup(lm, cfg, store, test_chunks) if cfg.ce_loss else None
+    counted = cofire_within(models, cfg)
+    evals = {name: ModelEval(m, cfg, common.seed, device, len(classes), name in counted)
+             for name, m in models.items()}
+
+    d = store.d
+    n, sum_x, sum_x2 = one_pass(store, test_chunks, cfg, labels, evals, device)
 
     ce = splice_models(*splicing, store.manifest["hook"], cfg, models) if splicing else None
     decode = resolve_decoder(store.manifest)
@@ -230,18 +269,7 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
         data["config_hash"] = records.get(name, {}).get("config_hash")  # which training of `name` it is
         data["run_id"] = run_id  # which analysis wrote it
         datas[name] = data
-    dirs = {name: dn for name, ev in evals.items()  # [k, d], [k]; none without Dictionary.decode
-            if (dn := directions(ev.model, ev.model.k, d, device)) is not None}
-    alive = {name: live(evals[name].fire, norm) for name, (_, norm) in dirs.items()}
-    units = {name: u for name, (u, _) in dirs.items()}
-    similar, pairs = similarity(units, alive, progress=True) if cfg.shared_directions else ({}, {})
-    for (a, b), (best, arg) in pairs.items():  # each feature's nearest live feature in every other one
-        for f, j, c in zip(range(len(arg)), arg.tolist(), best.tolist(), strict=True):
-            if j >= 0:
-                datas[a]["features"][f].setdefault("nearest", {})[b] = {"feature": j, "cos": c}
-    for rec in (rec for data in datas.values() for rec in data["features"]):  # a sweep's: the closest only
-        if len(near := rec.get("nearest", {})) > KEEP_NEAREST:
-            rec["nearest"] = dict(sorted(near.items(), key=lambda bn: -bn[1]["cos"])[:KEEP_NEAREST])
+    dirs, similar = shared(datas, evals, d, device, cfg.shared_directions)
     if lm is not None and cfg.logit_effects:
         add_logit_effects(datas, dirs, lm, cfg.logit_effects, decode)
     keys = {name: hit_keys(data) for name, data in datas.items()}  # (row, doc, pos) of the rows shown
