@@ -65,7 +65,8 @@ def l0(codes) -> float:
 
 def fvu_from_moments(sse: float, sum_x, sum_x2, n: int) -> float:
     """Fraction of variance unexplained from streamed sums: total squared error, per-dim sum of x [d],
-    per-dim sum of x^2 [d], n rows. Variance about the per-dimension mean; nan if x is constant."""
+    per-dim sum of x^2 [d], n rows (of x minus one fixed row, as analysis sums: the variance is the same, and
+    constant rows give exactly 0). Variance about the per-dimension mean; nan if x is constant."""
     s1, s2 = _tensor(sum_x).to(torch.float64), _tensor(sum_x2).to(torch.float64)
     total = float((s2 - s1 * s1 / n).sum())
     return float(sse) / total if total > 0 else float("nan")
@@ -74,7 +75,8 @@ def fvu_from_moments(sse: float, sum_x, sum_x2, n: int) -> float:
 def fvu(x, x_hat) -> float:
     """Fraction of variance unexplained: sum sq err / sum sq of (x - per-dim mean); x [n, d]."""
     x64 = _tensor(x).to(torch.float64)
-    return fvu_from_moments(float(sq_err(x64, x_hat).sum()), x64.sum(0), (x64 * x64).sum(0), x64.shape[0])
+    c = x64 - x64[:1]  # [n, d] about the first row, as analysis sums (rows that do not vary: exactly 0)
+    return fvu_from_moments(float(sq_err(x64, x_hat).sum()), c.sum(0), (c * c).sum(0), x64.shape[0])
 
 
 def explained_variance(x, x_hat) -> float:

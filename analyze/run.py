@@ -199,10 +199,11 @@ def one_pass(store, test_chunks: list[int], cfg: AnalyzeConfig, labels, evals: d
     d = store.d
     sum_x = torch.zeros(d, dtype=torch.float64, device=device)  # [d]
     sum_x2 = torch.zeros(d, dtype=torch.float64, device=device)  # [d]
-    n = 0
+    n, shift = 0, None
     for acts, rows_np in held_out_batches(store, test_chunks, cfg.batch_size, cfg.max_test_rows):
         x = torch.as_tensor(acts).to(device, torch.float32)  # [B, d]
-        x64 = x.to(torch.float64)
+        shift = x[0].to(torch.float64) if shift is None else shift  # [d] the first row: moments about it
+        x64 = x.to(torch.float64) - shift  # (identical rows sum to 0 exactly, not to a rounding residue)
         sum_x += x64.sum(0)
         sum_x2 += (x64 * x64).sum(0)
         rows = torch.as_tensor(rows_np, device=device)  # [B] global rows

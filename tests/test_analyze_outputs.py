@@ -557,3 +557,20 @@ def test_labels_with_a_value_per_row_are_refused_before_per_class_sums(tmp_path,
         inputs.read_labels(str(tmp_path / "target.npy"), 96, np.arange(96))
     np.save(tmp_path / "classes.npy", np.arange(96) % 50)
     assert len(inputs.read_labels(str(tmp_path / "classes.npy"), 96, np.arange(96))[1]) == 50
+
+
+def test_held_out_rows_that_do_not_vary_have_no_ev_whatever_their_value(tmp_path, monkeypatch, capsys):
+    """112 identical held-out rows: their variance is 0, so EV is n/a (null), not 1 - SSE over the rounding
+    residue of sum(x^2) - sum(x)^2 / n (EV was -7e15 here)."""
+    d, n = 3, 224
+    acts = np.tile(np.float32([1000.3, 3.3, -0.7]), (n, 1))  # [n, d]
+    with StoreWriter(str(tmp_path / "store"), {"hook": "h"}, d, "float32", 112, 16) as w:
+        w.append(acts, np.arange(n), np.arange(n) // 8, np.arange(n) % 8)
+    (tmp_path / "split.json").write_text(json.dumps({"train_chunks": list(range(7)),
+                                                     "test_chunks": list(range(7, 14))}))
+    save(tmp_path / "dicts" / "sae", make("sae_l1", d, 8, seed=0), {})
+    monkeypatch.setattr(run, "resolve_decoder", lambda m: lambda ids: [f"t{i}" for i in ids])
+    run.main(Common(run_dir=str(tmp_path)), AnalyzeConfig(device="cpu", n_features=2, top_k=2))
+    m = json.loads((tmp_path / "summary.json").read_text())["models"]["sae"]
+    assert m["ev"] is None and m["fvu"] is None and m["re_det"] > 0
+    assert "(EV n/a: the 112 held-out row(s) do not vary" in capsys.readouterr().out

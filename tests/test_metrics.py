@@ -140,6 +140,8 @@ def test_re_l0_ev_hand_computed():
     assert M.explained_variance(x, x_hat) == pytest.approx(-0.25)
     assert M.explained_variance(x, x) == pytest.approx(1.0)
     assert M.fvu_from_moments(5.0, x.sum(0), (x**2).sum(0), 2) == pytest.approx(1.25)
+    same = np.tile(np.float32([1000.3, 3.3, -0.7]), (112, 1))  # no variance, not a rounding residue's
+    assert np.isnan(M.fvu(same, same + 1))
     assert M.l0(torch.tensor([[0.0, 1.0, -2.0], [0.0, 0.0, 0.0]])) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="shape"):
         M.reconstruction_error(x, x_hat[:, :1])
