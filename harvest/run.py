@@ -18,6 +18,7 @@ import random
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from functools import partial
 from itertools import islice
 
 import numpy as np
@@ -173,13 +174,15 @@ def rows_identity(lm: LoadedModel, cfg: HarvestConfig) -> dict:
     return ident | ({"attention_mask": "padding"} if lm.kind == "encoder" else {})
 
 
-def store_rows(acts, flat: np.ndarray, out: np.ndarray, where: str) -> None:
+def store_rows(acts, flat: np.ndarray, out: np.ndarray, where: str,
+               row_name: Callable[[int], str] | None = None) -> None:
     """Write the rows ``flat`` of acts [B, ctx, d] (torch) into ``out`` [m, d] as stored: float16 | float32
     | bfloat16 bits (uint16, ``layout.ACT_DTYPES``); torch rounds to nearest even, as
     ``layout.encode_acts``. On the CPU one gather and one casting copy, no temporary in the store dtype; on
     an accelerator the rows are gathered and cast there and only they are copied back. ValueError on a
     non-finite stored value: their sum (float64 for float32 rows, else float32) is finite when all are,
-    bar an overflow of finite bfloat16 values near float32's limit, which the exact check then clears."""
+    bar an overflow of finite bfloat16 values near float32's limit, which the exact check then clears; the
+    error names the first such row by ``row_name(i)`` (i: its index in ``out``) when given."""
     import torch
 
     dtype = torch.bfloat16 if out.dtype == np.uint16 else getattr(torch, out.dtype.name)
@@ -196,7 +199,13 @@ def store_rows(acts, flat: np.ndarray, out: np.ndarray, where: str) -> None:
             dst.copy_(stored)  # the device-to-host copy
         if not bool(torch.isfinite(stored.sum(dtype=wide))) and not bool(torch.isfinite(stored).all()):
             name = lambda t: str(t).removeprefix("torch.")  # noqa: E731
-            raise non_finite(where, name(dtype), forward=name(acts.dtype))
+            i = int((~torch.isfinite(stored)).any(1).nonzero()[0, 0])  # the first such row of out
+            raise non_finite(where, name(dtype), row_name(i) if row_name else None, forward=name(acts.dtype))
+
+
+def _row_name(rows: np.ndarray, doc: np.ndarray, pos: np.ndarray, tokens: np.ndarray, i: int) -> str:
+    """Row i of a batch in words: its store row, document, position and token id."""
+    return f"row {int(rows[i]):,} (doc {int(doc[i]):,}, position {int(pos[i]):,}, token id {int(tokens[i])})"
 
 
 def shard_rows_of(lm: LoadedModel, work: ShardWork, hooks: list[str], stop: int | None,
@@ -214,12 +223,14 @@ def shard_rows_of(lm: LoadedModel, work: ShardWork, hooks: list[str], stop: int 
         ctx = len(windows[0].tokens)
         flat = np.concatenate([b * ctx + it.rows[lo:hi] for b, (it, lo, hi) in enumerate(batch)])  # [m]
         m = len(flat)
+        for key, field in (("token_ids", "tokens"), ("doc", "doc"), ("pos", "pos")):
+            out[key][at:at + m] = np.concatenate([getattr(w, field) for w in windows])[flat]  # [m]
+        glob = np.concatenate([it.row + np.arange(lo, hi) for it, lo, hi in batch])  # [m] store rows
+        name = partial(_row_name, glob, out["doc"][at:], out["pos"][at:], out["token_ids"][at:])
         for h in hooks:
             if h not in out:
                 out[h] = np.empty((n, acts[h].shape[-1]), ACT_DTYPES[store_dtype])  # [n, d]
-            store_rows(acts[h], flat, out[h][at:at + m], h)
-        for key, field in (("token_ids", "tokens"), ("doc", "doc"), ("pos", "pos")):
-            out[key][at:at + m] = np.concatenate([getattr(w, field) for w in windows])[flat]  # [m]
+            store_rows(acts[h], flat, out[h][at:at + m], h, name)
         at += m
         if progress is not None:
             progress(m)

@@ -66,11 +66,12 @@ class UnderflowError(NonFiniteError):
     """A nonzero row that float16 stores below its normal range (subnormal or 0: few digits kept, or none)."""
 
 
-def non_finite(where: str, dtype: str, row: int | None = None, nan: bool | None = None,
+def non_finite(where: str, dtype: str, row: int | str | None = None, nan: bool | None = None,
                forward: str = "") -> NonFiniteError:
-    """The error of a non-finite stored value; ``row`` (global) and ``nan`` (the input itself was not
-    finite there) when the writer knows them, ``forward``: the dtype of a model's forward that made it."""
-    at = f"row {row:,}" if row is not None else "some row"
+    """The error of a non-finite stored value; ``row`` (global, or the words naming it) and ``nan`` (the
+    input itself was not finite there) when the writer knows them, ``forward``: the dtype of a model's
+    forward that made it."""
+    at = f"row {row:,}" if isinstance(row, int) else row or "some row"
     if nan:
         return NonFiniteError(f"{where}: {at} holds NaN or inf; drop or fix it (stored rows must be finite)")
     if dtype != "float16" and nan is False:  # float64 input past float32's range

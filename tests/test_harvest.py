@@ -255,6 +255,39 @@ def test_all_hooks_from_one_forward_in_bfloat16(tmp_path, minilm_hf, monkeypatch
         check_aligned(rows, ref, docs, layer, rtol=2**-8, atol=1e-3)
 
 
+def test_a_row_beyond_float16_names_its_store_row_document_and_position(tmp_path, monkeypatch):
+    """A model's row that overflows a float16 store (a massive activation, |x| > 65504) stops the harvest
+    naming that row, its document, position and token (it said 'some row'); the same harvest into float32
+    stores the row there, with that document, position and token."""
+    import re
+
+    import actdict.harvest.run as run
+    from actdict.harvest.writer import NonFiniteError
+
+    real, calls = run.forward, []
+
+    def massive(lm, b, hooks, stop, **kw):
+        acts = {h: a.clone() for h, a in real(lm, b, hooks, stop, **kw).items()}
+        calls.append(1)
+        if len(calls) == 2:  # the first batch (after the probe of the widths): window 0, position 5
+            for h in hooks:
+                acts[h][0, 5, 3] = 1e5
+        return acts
+
+    monkeypatch.setattr(run, "forward", massive)
+    with pytest.raises(NonFiniteError, match="not finite once cast to float16") as e:
+        harvest(tmp_path / "f16", hooks=["blocks.1.hook_resid_post"], store_dtype="float16")
+    named = re.search(r"row ([\d,]+) \(doc (\d+), position (\d+), token id (\d+)\)", str(e.value))
+    assert named, str(e.value)
+    calls.clear()
+    common, _ = harvest(tmp_path / "f32", hooks=["blocks.1.hook_resid_post"], store_dtype="float32")
+    store = open_store(common.store_path, "blocks.1.hook_resid_post")
+    rows = store.read_rows(0, len(store))
+    at = int(np.flatnonzero(rows.acts[:, 3] == 1e5)[0])
+    assert [int(named[1].replace(",", "")), *map(int, named.groups()[1:])] == [
+        at, int(rows.doc[at]), int(rows.pos[at]), int(rows.token_ids[at])]
+
+
 def test_hook_patterns(tmp_path, capsys):
     common, _ = harvest(tmp_path / "run", hooks=["blocks.[13].hook_resid_post", "blocks.3.hook_resid_post"],
                         max_tokens=40)
