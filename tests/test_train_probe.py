@@ -89,6 +89,17 @@ def test_a_batch_whose_latents_never_fire_counts_them_dead_and_an_empty_part_add
     assert measure({"m": m2}, x, on=False)["m"] == rec and not m2.training  # mode kept
 
 
+def test_a_batch_of_identical_rows_has_no_ev_and_shifted_rows_keep_theirs():
+    """eval_ev's spread is summed about the batch's mean row: 112 identical rows give NaN (logged null: no
+    variance to explain), not 1 - SSE over sum(x^2) - sum(x)^2 / n's rounding residue (-7e15 here); a batch
+    moved by a constant keeps its EV (what the analysis reports of it)."""
+    m = make("sae_l1", 3, 8, seed=0)
+    same = torch.tensor([1000.3, 3.3, -0.7]).expand(112, 3).contiguous()  # [112, 3]
+    assert np.isnan(measure({"m": m}, same, on=False)["m"]["eval_ev"])
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((112, 3)).astype(np.float32)) + same
+    assert measure({"m": m}, x, on=False)["m"]["eval_ev"] == pytest.approx(_expected(m, x)["eval_ev"])
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_the_measurements_on_the_device_match_the_cpus(case, device):
     """On a GPU machine (the ``device`` fixture; the CPU against itself elsewhere): the same values, up to

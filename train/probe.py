@@ -12,9 +12,9 @@ ends a log interval, measured as the analysis measures them on held-out rows (``
   held-out row).
 
 These are values of one batch, not means over the interval (the loss terms are). Under torchrun each rank
-measures its rows and the sums are added (one all-reduce), so the values are the global batch's. Nothing of
-the training changes: no parameter, buffer or random number is touched (a resumed run logs what an
-uninterrupted one does).
+measures its rows and the sums are added (an all-reduce, after one of the rows' mean row), so the values
+are the global batch's. Nothing of the training changes: no parameter, buffer or random number is touched
+(a resumed run logs what an uninterrupted one does).
 """
 
 from __future__ import annotations
@@ -36,9 +36,20 @@ def wide(device: torch.device) -> torch.dtype:
 
 
 @torch.no_grad()
-def sums(model: Dictionary, x: Tensor) -> Tensor:
+def center(x: Tensor, on: bool) -> Tensor:
+    """The mean row [d] of the rows x [b, d] of every rank (``on``: under torchrun, one all-reduce), in
+    ``wide``: what ``sums`` sums x about, so that rows that do not vary sum to exactly 0."""
+    w = wide(x.device)
+    v = torch.cat([x.to(w).sum(0), torch.full((1,), float(len(x)), dtype=w, device=x.device)])  # [d + 1]
+    v = dist_.reduce_(v) if on else v
+    return v[:-1] / v[-1].clamp_min(1)
+
+
+@torch.no_grad()
+def sums(model: Dictionary, x: Tensor, mean: Tensor | None = None) -> Tensor:
     """x [b, d] float32 -> [4 + 2d + k]: rows, sum of L0, sum of AD, SSE, sum x [d], sum x^2 [d], the number
-    of rows each latent is active on [k] (the model is left in the mode it was in)."""
+    of rows each latent is active on [k] (the model is left in the mode it was in); the sums of x and x^2 are
+    of x - ``mean`` (``center``) when given (the variance is the same)."""
     d, k = x.shape[1], model.k
     w = wide(x.device)
     if not len(x):  # this rank's part of a short last batch
@@ -52,7 +63,8 @@ def sums(model: Dictionary, x: Tensor) -> Tensor:
         head = torch.stack([torch.tensor(float(len(x)), device=x.device, dtype=w),
                             torch.count_nonzero(out.codes).to(w), torch.count_nonzero(mask).to(w),
                             (xw - out.x_hat.to(w)).pow(2).sum()])  # [4]
-        return torch.cat([head, xw.sum(0), xw.pow(2).sum(0), mask.sum(0).to(w)])
+        c = xw - mean.to(w) if mean is not None else xw  # [b, d]
+        return torch.cat([head, c.sum(0), c.pow(2).sum(0), mask.sum(0).to(w)])
     finally:
         model.train(was_training)
 
@@ -73,8 +85,9 @@ def record(v: Tensor, k: int) -> dict[str, float]:
 
 def measure(models: dict[str, Dictionary], x: Tensor, on: bool) -> dict[str, dict[str, float]]:
     """``record`` of each model on batch x [b, d] (this rank's rows); ``on``: under torchrun (every rank must
-    call this at the same step: one all-reduce of all the models' sums)."""
-    vecs = {name: sums(m, x) for name, m in models.items()}
+    call this at the same step: two all-reduces, of the rows' mean and of all the models' sums)."""
+    mean = center(x, on) if models else None  # [d]
+    vecs = {name: sums(m, x, mean) for name, m in models.items()}
     if on and vecs:
         flat = dist_.reduce_(torch.cat(list(vecs.values())))
         vecs = dict(zip(vecs, flat.split([len(v) for v in vecs.values()]), strict=True))
