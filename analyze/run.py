@@ -195,7 +195,7 @@ def one_pass(store, test_chunks: list[int], cfg: AnalyzeConfig, labels, evals: d
              device: torch.device) -> tuple[int, Tensor, Tensor]:
     """The one pass over the held-out rows (at most ``analyze.max_test_rows``): every dictionary's
     ``ModelEval`` updated batch by batch (with the rows' class labels, if any) -> (rows, the inputs' sum
-    [d] and sum of squares [d] in float64, for EV's variance)."""
+    [d] and sum of squares [d] about the first row, in float64: EV's variance)."""
     d = store.d
     sum_x = torch.zeros(d, dtype=torch.float64, device=device)  # [d]
     sum_x2 = torch.zeros(d, dtype=torch.float64, device=device)  # [d]
