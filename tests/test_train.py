@@ -257,6 +257,18 @@ def test_rows_too_large_for_float32_squares_say_so():
         train([broken], lambda e: (x / 1e20).split(32), cfg, torch.device("cpu"))
 
 
+@pytest.mark.parametrize("variant", ["vae", "vaease"])
+def test_a_step_logs_the_loggamma_its_loss_used_not_the_updated_one(variant):
+    """The loss terms held loggamma as a view of the parameter, so the step's own update showed in its log
+    (the terms of step t carried step t+1's loggamma; hnum's note)."""
+    from actdict.train.loop import step
+
+    m = Member("a", make(variant, 4, 6, seed=1, loggamma_init=-4.0), 0.1)
+    m.setup(torch.device("cpu"))
+    terms = step(m, 5 * torch.randn(64, 4), 0.1, torch.autocast("cpu", enabled=False), None)
+    assert float(terms["loggamma"]) == -4.0 and float(m.model.loggamma) != -4.0
+
+
 def test_grad_clip_bounds_the_gradient_norm_and_keeps_old_hashes():
     from actdict.train.identity import dict_hash
     from actdict.train.loop import step

@@ -119,4 +119,4 @@ class VAEBase(Dictionary):
         rec = sse / self.loggamma.exp() + self.d * (self.loggamma + math.log(2 * math.pi))  # [B]
         kl2 = (var + mu.pow(2) - logvar).sum(-1) - self.k  # [B] = 2 KL(q(z|x) || N(0, I))
         return {"loss": (rec + kl2).mean(), "sse": sse.mean(), "kl": 0.5 * kl2.mean(),
-                "loggamma": self.loggamma.detach()}
+                "loggamma": self.loggamma.detach().clone()}  # not a view: the step updates the parameter
