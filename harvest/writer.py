@@ -63,7 +63,8 @@ class NonFiniteError(ActdictError, ValueError):
 
 
 class UnderflowError(NonFiniteError):
-    """A nonzero row that float16 stores below its normal range (subnormal or 0: few digits kept, or none)."""
+    """A nonzero row that float16 stores below its normal range (subnormal or 0: few digits kept, or none),
+    or that float32 / bfloat16 store as 0 (float64 rows under their range)."""
 
 
 def non_finite(where: str, dtype: str, row: int | str | None = None, nan: bool | None = None,
@@ -107,6 +108,14 @@ def encode_checked(acts: np.ndarray, dtype: str, where: str, first_row: int = 0)
                 f"|x| is {float(big[i]):.3g} < {float(tiny):.2g}): float16 keeps few of its digits or none "
                 "(values under 6e-08 become 0); store the rows as float32 or bfloat16 (harvest.store_dtype; "
                 "--dtype of python -m actdict.harvest.vectors), or scale them up")
+    if dtype != "float16" and acts.dtype == np.float64 and len(cast):  # float64 beyond float32's range
+        kept = decode_acts(cast, dtype) if dtype == "bfloat16" else cast  # [n, d]
+        if len(lost := np.flatnonzero(~kept.any(axis=1) & acts.any(axis=1))):  # nonzero rows stored as 0
+            r = int(lost[0])
+            raise UnderflowError(
+                f"{where}: row {first_row + r:,} becomes 0 in {dtype} (its largest |x| is "
+                f"{float(np.abs(acts[r]).max()):.3g}, under {dtype}'s smallest value, "
+                f"{ {'float32': 1.4e-45, 'bfloat16': 9.2e-41}[dtype]:.2g}): scale the rows up")
     return cast
 
 

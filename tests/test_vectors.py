@@ -529,6 +529,28 @@ def test_vectors_below_float16s_normal_range_are_refused_not_flushed_to_zero(tmp
     np.testing.assert_array_equal(s.read_rows(0, 64).acts, mixed.astype(np.float16).astype(np.float32))
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_float64_vectors_under_the_stored_dtypes_range_are_refused_not_zeros(tmp_path, capsys, dtype):
+    """float64 rows of scale 1e-50 imported as float32 (the default) or bfloat16 became all-zero rows with no
+    word (hnum's note; float16 refused them): refused naming the row; zero rows, and float64 rows in range
+    whose smallest values flush, keep going through."""
+    x = np.random.default_rng(3).standard_normal((64, D))  # [64, D] float64
+    x[::5] = 0
+    x[7] *= 1e-50
+    np.save(tmp_path / "v.npy", x)
+    args = [str(tmp_path / "v.npy"), str(tmp_path / "s"), "--chunk-rows", "8", "--dtype", dtype]
+    assert cli(args) == 2
+    floor = {"float32": "1.4e-45", "bfloat16": "9.2e-41"}[dtype]
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"import: UnderflowError: {tmp_path / 's' / 'vectors'}: row 7 becomes 0 in {dtype} (its largest |x| "
+        f"is {np.abs(x[7]).max():.3g}, under {dtype}'s smallest value, {floor}): scale the rows up")
+    assert not (tmp_path / "s" / "vectors").exists()
+    x[7, 1:] = 1.0  # one value flushes, the row keeps the others
+    x[7, 0] = 1e-50
+    s = write_vectors(str(tmp_path / "t"), x, dtype=dtype, **SMALL)
+    assert s.read_rows(7, 8).acts[0, 0] == 0 and (s.read_rows(7, 8).acts[0, 1:] == 1).all()
+
+
 def test_write_vectors_from_python_names_a_bad_row_and_leaves_nothing(tmp_path):
     """write_vectors (the Python entry, no file reader in front) on a NaN row or a float16 overflow: the
     error names the global row, and the hook it began is removed, so the corrected call goes through."""
