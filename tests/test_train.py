@@ -255,6 +255,11 @@ def test_rows_too_large_for_float32_squares_say_so():
         broken.model.decoder.bias[2] = float("inf")
     with pytest.raises(TrainingError, match=r"Lower its lr"):
         train([broken], lambda e: (x / 1e20).split(32), cfg, torch.device("cpu"))
+    big = x / 1e3  # 1e17: finite squares, but a VAE's 1/gamma-weighted loss overflows at step 0 even at lr 0
+    with pytest.raises(TrainingError, match=r"'v' \(vaease\): .*not finite at step 0 .* far from unit "
+                                            r"scale \(their mean squared deviation from the batch mean is "
+                                            r"\d\.\d+e\+34\).* set train.normalize: mean_scale"):
+        train([Member("v", make("vaease", 4, 6), 0.0)], lambda e: big.split(32), cfg, torch.device("cpu"))
 
 
 @pytest.mark.parametrize("variant", ["vae", "vaease"])

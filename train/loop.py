@@ -240,6 +240,12 @@ def step(m: Member, x: Tensor, lr: float, amp, weight: float | None, clip: float
     return {k: v.detach().float() for k, v in terms.items()}
 
 
+BIG_SPREAD = 1e20
+"""A batch's mean squared deviation from its mean row (``Spread.add``) above which a non-finite loss is
+blamed on the rows' scale, not the lr: rows of norm ~1e10 and more (hnum: VAE/VAEase overflow at step 0
+on 1e15-scale rows even at lr 0; LM activations have norms of 1e0-1e4)."""
+
+
 def _check(members: list[Member], keys: list[list[str]], vals: list[float], pos: Position, rows) -> None:
     """``TrainingError`` for non-finite input rows (``vals[0]``) or a member's non-finite loss term; ``vals``
     is the step's reduced vector (``train``: bad_x, the terms in ``keys`` order, base, stop)."""
@@ -252,10 +258,13 @@ def _check(members: list[Member], keys: list[list[str]], vals: list[float], pos:
         t = dict(zip(ks, vals[at:at + len(ks)], strict=True))
         at += len(ks)
         if bad := [k for k, v in t.items() if not np.isfinite(v)]:
-            why = ("Lower its lr, or check the input rows and the variant's params." if np.isfinite(vals[-2])
-                   else "The batch's rows are finite, but too large for float32 arithmetic (their squared "
+            why = ("The batch's rows are finite, but too large for float32 arithmetic (their squared "
                    "deviations from the batch mean overflow: values beyond ~1e19): set train.normalize: "
-                   "mean_scale, or scale the vectors down.")  # vals[-2]: the batch's own spread (Spread.add)
+                   "mean_scale, or scale the vectors down." if not np.isfinite(vals[-2]) else
+                   f"The batch's rows are far from unit scale (their mean squared deviation from the batch "
+                   f"mean is {vals[-2]:.3g}), where the loss and its gradients overflow whatever the lr: set "
+                   "train.normalize: mean_scale, or scale the vectors down." if vals[-2] > BIG_SPREAD else
+                   "Lower its lr, or check the input rows and the variant's params.")  # vals[-2]: Spread.add
             raise TrainingError(
                 f"dictionary {m.name!r} ({m.model.variant}): {', '.join(bad)} not finite at step {pos.step} "
                 f"(epoch {pos.epoch}, batch {pos.batch}); terms {t}. {why}")
