@@ -74,11 +74,15 @@ _PLANS = {"harvest": "actdict.harvest.reuse", "train": "actdict.train.plan", "an
 def dry_run(data: dict, cfgs: dict[str, Any]) -> list[str]:
     """``--dry-run``: what each stage of ``cfgs`` would do, in order (each module's ``plan``), with nothing
     run; under ``run``, the analysis counts the dictionaries the training writes."""
-    common, lines = common_of(data), []
+    common, lines, writes = common_of(data), [], False
     for stage, cfg in cfgs.items():
         train = cfgs.get("train") if stage == "analyze" else None
-        coming = {"coming": [dc.name for dc in train.dicts]} if train is not None else {}
-        lines += importlib.import_module(_PLANS[stage]).plan(common, cfg, **coming)
+        kw = {"coming": [dc.name for dc in train.dicts]} if train is not None else (
+            {"after_harvest": True} if stage == "train" and writes else {})
+        module = importlib.import_module(_PLANS[stage])
+        said = module.plan(common, cfg, **kw)
+        writes = stage == "harvest" and said[-1].startswith(module.WRITES)  # new, continued or grown
+        lines += said
     return lines
 
 

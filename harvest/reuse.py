@@ -166,6 +166,11 @@ def spelled_otherwise(path: str, hooks: list[str], cfg: HarvestConfig, say: Call
                        "run_dir / store to another folder")
 
 
+WRITES = ("harvest: a new store", "harvest: grows", "harvest: continues")
+"""How ``plan``'s line begins when the harvest writes the store (``actdict run --dry-run``: the training
+is then judged on a store that is not there yet)."""
+
+
 def plan(common, cfg: HarvestConfig) -> list[str]:
     """``actdict harvest CONFIG --dry-run``: what the harvest would do with the store, decided as it decides
     before loading the model (skip a complete store, grow one, continue an unfinished one, refuse another

@@ -134,6 +134,9 @@ harvest:
   shard_rows: 64
   chunk_rows: 16
   batch_size: 4
+train:
+  epochs: 1
+  dicts: [{{name: a, variant: sae_topk, k: 8, params: {{topk: 2}}}}]
 """)
     assert cli(["harvest", str(cfg), "--dry-run"]) == 0
     store = tmp_path / "run" / "store"
@@ -154,4 +157,10 @@ harvest:
     else:
         assert out.startswith(f"harvest: store {store} is already complete for this config (")
         assert out.endswith("): skipped\n")
+    if then != "other":  # under run, the training is judged on the store the harvest leaves
+        assert cli(["run", str(cfg), *override, "--dry-run"]) == 0
+        assert capsys.readouterr().out.splitlines()[1] == (
+            "train: once the harvest above has written the store; 1 epoch(s)" if then == "grow" else
+            f"train: 1 dictionary on 48 rows of blocks.3.hook_resid_post (3 of 4 chunks, d=384) in "
+            f"{tmp_path / 'run'}; 1 epoch(s)")
     assert os.listdir(tmp_path / "run" / "store" / "blocks.3.hook_resid_post" / "shards") == ["00000"]

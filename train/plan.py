@@ -92,19 +92,27 @@ def resume_line(run_dir: Path, cfg: TrainConfig, stand: Standing) -> str | None:
 _COLUMNS = ("dict", "variant", "k", "lr", "params")
 
 
-def plan(common: Common, cfg: TrainConfig) -> list[str]:
-    """``actdict train CONFIG --dry-run``: the lines saying what the stage would do (``standing``), with
-    nothing trained, written or removed."""
+def opened(common: Common, cfg: TrainConfig, after_harvest: bool) -> tuple[object | None, str]:
+    """(the store's hook as the training opens it, or None; the plan's first line): the store not there
+    yet, or written by ``actdict run``'s harvest first (``after_harvest``), or there and refused."""
     from actdict.train.run import open_hook  # the stage's own opening of the store
 
+    if after_harvest:
+        return None, "train: once the harvest above has written the store"
     try:
-        store = open_hook(common.store_path, cfg.hook)
-    except (StoreError, ConfigError) as e:  # not harvested yet (``actdict run`` harvests it first), or
-        store, stand = None, None  # a store the training refuses
-        head = (f"train: would stop: {e}" if list_hooks(common.store_path) else
-                f"train: the store cannot be read now ({e})")
-    else:
-        stand = standing(common, cfg, store)
+        return open_hook(common.store_path, cfg.hook), ""
+    except (StoreError, ConfigError) as e:
+        refused = bool(list_hooks(common.store_path))  # there, and the training stops on it
+        return None, f"train: would stop: {e}" if refused else f"train: the store cannot be read now ({e})"
+
+
+def plan(common: Common, cfg: TrainConfig, after_harvest: bool = False) -> list[str]:
+    """``actdict train CONFIG --dry-run``: the lines saying what the stage would do (``standing``), with
+    nothing trained, written or removed. ``after_harvest``: ``actdict run``'s harvest writes the store first
+    (new, continued or grown), so the store as it is now decides nothing."""
+    store, head = opened(common, cfg, after_harvest)
+    stand = None if store is None else standing(common, cfg, store)
+    if stand is not None:
         chunks = stand.split["train_chunks"]
         rows = sum(b - a for a, b in map(store.chunk_bounds, chunks))
         n = len(cfg.dicts)
