@@ -111,8 +111,16 @@ def test_the_plan_says_whether_the_resume_state_is_continued(tmp_path, capsys, m
                         "(train.resume=false): it starts over")):
         assert cli(["train", *argv, "--dry-run"]) == 0
         assert capsys.readouterr().out.splitlines()[-1] == said
+    kept = state.read_bytes()
     assert cli(["train", cfg]) == 0  # and training does continue it
     assert "resumed at step 20" in capsys.readouterr().out
+    state.write_bytes(kept)  # a kill between the last checkpoint and the state's removal: stale, removed
+    more = "train.dicts.l1.sweep={params: {lam1: [0.1, 1.0, 3.0]}}"  # and one more dictionary to train
+    assert cli(["train", cfg, more, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "resume state" not in out and _states(out) == {
+        "vaease": "finished with this config: skipped", "l1_lam1-0.1": "finished with this config: skipped",
+        "l1_lam1-1.0": "finished with this config: skipped", "l1_lam1-3.0": "new"}
 
 
 @pytest.mark.parametrize("then", ["same", "grow", "other"])
