@@ -303,13 +303,13 @@ def test_one_note_for_both_sides_on_one_changed_hook_and_none_of_growth_for_vect
     assert len(notes) == 1 and "max_tokens" not in notes[0] and notes[0].endswith("rows A and B learned")
 
 
-def _harvest(path, hook, config_hash, ctx=16, tokens=None, d=D, scale=1.0):
+def _harvest(path, hook, config_hash, ctx=16, tokens=None, d=D, scale=1.0, source="f1"):
     """A store at ``path`` holding ``hook`` of a harvest (its manifest's ``harvest`` config names its hooks:
     two such stores of one corpus differ in config_hash, and hold the same rows)."""
     x = np.random.default_rng(0).standard_normal((N, D)).astype(np.float32)[:, :d] * scale
     harvest = {"mode": "tokens", "model": "m", "hooks": [hook], "ctx": ctx, "max_tokens": N}
-    with StoreWriter(str(path), {"hook": hook, "config_hash": config_hash, "harvest": harvest}, d, "float32",
-                     64, 32) as w:
+    extra = {"hook": hook, "config_hash": config_hash, "harvest": harvest, "source_fingerprint": source}
+    with StoreWriter(str(path), extra, d, "float32", 64, 32) as w:
         w.append(x, np.arange(N) if tokens is None else tokens, np.arange(N) // 16, np.arange(N) % 16)
 
 
@@ -320,12 +320,14 @@ def test_a_later_layer_in_a_store_of_its_own_is_counted_row_for_row(tmp_path, ca
     da, db = _pair(tmp_path, perm)
     other = np.arange(N)[::-1]  # other tokens
     for name, hook, ctx, tokens in (("s0", "blocks.0.h", 16, None), ("s1", "blocks.1.h", 16, None),
-                                    ("s2", "blocks.1.h", 8, None), ("s3", "blocks.1.h", 16, other)):
-        _harvest(tmp_path / name, hook, f"harvest-{name}", ctx, tokens, scale=1.0 if name == "s0" else 2.0)
+                                    ("s2", "blocks.1.h", 8, None), ("s3", "blocks.1.h", 16, other),
+                                    ("s4", "blocks.1.h", 16, None)):
+        _harvest(tmp_path / name, hook, f"harvest-{name}", ctx, tokens, scale=1.0 if name == "s0" else 2.0,
+                 source="f2" if name == "s4" else "f1")  # s4: its source files changed since
     ma, ra = load(da)
     mb, rb = load(db)
     save(da, ma, {**ra, "store": ra["store"] | {"path": str(tmp_path / "s0"), "config_hash": "harvest-s0"}})
-    for name in ("s1", "s2", "s3"):
+    for name in ("s1", "s2", "s3", "s4"):
         save(db, mb, {**rb, "store": rb["store"] | {"path": str(tmp_path / name),
                                                     "config_hash": f"harvest-{name}"}})
         if name == "s3":  # claims one harvest's rows, holds others: refused, not counted
@@ -333,7 +335,7 @@ def test_a_later_layer_in_a_store_of_its_own_is_counted_row_for_row(tmp_path, ca
                 pair.compare(da, db, n=2)
             continue
         out = pair.compare(da, db, n=2)
-        if name == "s2":  # another ctx: other rows
+        if name in ("s2", "s4"):  # another ctx, another source: other rows
             assert out["cofire"] is None and out["notes"] == [
                 "no co-activation: they were trained on different stores (config_hash differ)"]
             continue
@@ -342,6 +344,10 @@ def test_a_later_layer_in_a_store_of_its_own_is_counted_row_for_row(tmp_path, ca
         assert out["cofire"]["a_in_b"]["matched"] == 1.0 and out["cofire"]["rows"] == 64
         live = [i for i in range(K) if out["a"]["fires"][i] > 0]
         assert live and all(out["a"]["cofire"][i][0][:2] == [perm[i], 1.0] for i in live)
+    save(db, mb, {**rb, "store": rb["store"] | {"path": str(tmp_path / "s0"), "hook": "blocks.0.h",
+                                                "config_hash": "harvest-old"}})
+    assert pair.compare(da, db, n=2)["notes"][0] == (  # one path, two harvests: the store was made again
+        "no co-activation: they were trained on different stores (config_hash differ)")
 
 
 def test_two_hooks_of_one_store_of_other_widths_are_counted(tmp_path):
