@@ -1,6 +1,7 @@
 """``actdict STAGE CONFIG --dry-run``: what each stage would do (the store; every dictionary of a sweep,
 skipped, replaced or new; the resume state), with nothing run, written or removed."""
 
+import json
 import os
 from pathlib import Path
 
@@ -172,3 +173,11 @@ train:
             f"train: 1 dictionary on 48 rows of blocks.3.hook_resid_post (3 of 4 chunks, d=384) in "
             f"{tmp_path / 'run'}; 1 epoch(s)")
     assert os.listdir(tmp_path / "run" / "store" / "blocks.3.hook_resid_post" / "shards") == ["00000"]
+    if then == "same":  # an unfinished harvest (a kill): continued, its whole shards kept
+        manifest = store / "blocks.3.hook_resid_post" / "manifest.json"
+        manifest.write_text(json.dumps(json.loads(manifest.read_text()) | {"complete": False}))
+        assert cli(["run", str(cfg), "--dry-run"]) == 0
+        assert capsys.readouterr().out.splitlines()[:2] == [
+            f"harvest: continues the unfinished harvest in {store} (blocks.3.hook_resid_post (unfinished); "
+            f"its whole shards are kept): {what}, max_tokens 64",
+            "train: once the harvest above has written the store; 1 epoch(s)"]
