@@ -109,6 +109,11 @@ class TrainConfig:
     ``held_live`` in the log beside the last batch's ``eval_*``, the same rows every interval (a curve of
     held-out fit and sparsity, free of one batch's noise; one no-grad forward of these rows per interval). 0
     = off. Needs ``test_fraction`` > 0. Not part of the config hash."""
+    snapshot_every: int = 0
+    """Also keep every dictionary's weights every this many steps, as
+    ``<run_dir>/dicts/<name>/snapshots/step-NNNNNNN/`` (safetensors + cfg.json, read by ``actdict compare``
+    and ``actdict export`` as a dictionary's folder): how its features form over training. 0 = none. Not
+    part of the config hash (the weights are the same); a retrained dictionary's older snapshots go."""
     resume: bool = True
     """Continue from ``<run_dir>/train_state.safetensors`` when it belongs to the same configuration."""
     keep_state: bool = False
@@ -145,7 +150,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         least_of = {"epochs": 1, "batch_size": 1, "buffer_chunks": 1, "t0": 1, "norm_chunks": 1,
-                    "warmup_steps": 0, "checkpoint_every": 0, "log_every": 0, "max_steps": 0, "probe_rows": 0}
+                    "warmup_steps": 0, "checkpoint_every": 0, "log_every": 0, "max_steps": 0, "probe_rows": 0,
+                    "snapshot_every": 0}
         for name, least in least_of.items():
             if getattr(self, name) < least:
                 raise ConfigError(f"train.{name} must be >= {least}, got {getattr(self, name)}")

@@ -18,7 +18,8 @@ from actdict.train.config import DictConfig, TrainConfig
 from actdict.train.resume import listed
 
 _UNHASHED = ("dicts", "device", "checkpoint_every", "log_every", "resume",  # no change to the result,
-             "resume_drop", "keep_state", "hook", "probe_rows")  # or that the store's identity holds (hook)
+             "resume_drop", "keep_state", "hook", "probe_rows",  # or that the store's identity holds (hook)
+             "snapshot_every")
 _LATER = {"grad_clip": 0.0}  # settings added after the first release: hashed only when not at their default,
 # so runs made before them keep their hashes (and resume / count as finished)
 

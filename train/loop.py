@@ -295,7 +295,8 @@ def train(members: list[Member], epoch_batches: Callable[..., Iterable], cfg: Tr
           start: Position | None = None, save: Callable[[Position], None] | None = None,
           stop: Callable[[], bool] = lambda: False, dist: dist_.Dist | None = None,
           progress: bool = True, log: Callable[[dict[str, dict]], None] | None = None,
-          probe: bool = False, held: Tensor | None = None) -> int:
+          probe: bool = False, held: Tensor | None = None,
+          snapshot: Callable[[Position], None] | None = None) -> int:
     """Train ``members`` for ``cfg.epochs`` epochs (or ``cfg.max_steps`` steps); returns the steps taken.
 
     ``epoch_batches(epoch)`` (or ``epoch_batches(epoch, start)`` when resuming mid-epoch) yields the batches
@@ -310,6 +311,7 @@ def train(members: list[Member], epoch_batches: Callable[..., Iterable], cfg: Tr
     half of ``cfg.batch_size`` rows (an epoch's short last batch: a few rows measure nothing). ``held``
     [n, d] float32 on ``device``: held-out rows (this rank's part) every record also measures, as
     ``held_ad``, ``held_l0``, ``held_ev``, ``held_live`` (``train.probe_rows``; every rank must pass some).
+    ``snapshot(position)`` keeps the weights every ``cfg.snapshot_every`` steps.
     """
     d = dist or dist_.Dist()
     pos = Position(**vars(start)) if start else Position()
@@ -393,6 +395,8 @@ def train(members: list[Member], epoch_batches: Callable[..., Iterable], cfg: Tr
                 if ((cfg.log_every and pos.step % cfg.log_every == 0) or pos.batch == steps_per_epoch
                         or pos.step == cfg.max_steps):  # an interval ends: closed before a save at this step
                     close_windows()  # (a run resumed from it has no batch of the interval to measure)
+                if snapshot is not None and cfg.snapshot_every and pos.step % cfg.snapshot_every == 0:
+                    snapshot(pos)
                 if vals[-1] > 0 or (cfg.checkpoint_every and pos.step % cfg.checkpoint_every == 0):
                     if save is not None:
                         acc = {"base_sum": base_sum, "base_n": base_n, "spread": spread.state(d)}

@@ -16,7 +16,9 @@ Under ``torchrun`` every rank runs this; rank 0 writes.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -244,12 +246,13 @@ def standing_lines(cfg: TrainConfig, stand: Standing, run_dir: Path) -> list[str
     return lines + [replace_note(names, what, keep) for (what, keep), names in alike.items()]
 
 
-def ready_folder(run_dir: Path, todo: list[DictConfig], split: dict) -> None:
+def ready_folder(run_dir: Path, todo: list[DictConfig], split: dict, hashes: dict[str, str]) -> None:
     """The run folder before the work (rank 0): where ``todo`` will write is writable and not a link
     (checked now, not when the results are saved); the temporary files of a split or resume state whose
     write a kill cut short are removed (our lock); the split is written when none is readable there
     (another one is written with the checkpoints: until then it is the finished dictionaries', whose
-    held-out rows analyze reads)."""
+    held-out rows analyze reads); the snapshots of ``todo`` (``hashes``: their config hashes) that another
+    training of theirs kept are removed."""
     if todo:
         inner = [run_dir / "dicts", *(run_dir / "dicts" / dc.name for dc in todo), run_dir / LOGS]
         check_not_linked(inner, "the checkpoints, kept states and training logs")
@@ -260,6 +263,32 @@ def ready_folder(run_dir: Path, todo: list[DictConfig], split: dict) -> None:
         checkpoint.temp_path(run_dir / STATE).unlink(missing_ok=True)
     if not split_readable(run_dir):
         write_split(run_dir, split)
+    for name, h in hashes.items():  # a retrained dictionary's folder: this training's snapshots only
+        for old in other_snapshots(run_dir, name, h):
+            shutil.rmtree(old, ignore_errors=True)
+
+
+SNAPSHOTS = "snapshots"
+
+
+def snapshot_path(run_dir: Path, name: str, step: int) -> Path:
+    """Where ``train.snapshot_every`` keeps dictionary ``name``'s weights at ``step``."""
+    return run_dir / "dicts" / name / SNAPSHOTS / f"step-{step:07d}"
+
+
+def other_snapshots(run_dir: Path, name: str, config_hash: str) -> list[Path]:
+    """The snapshots of dictionary ``name`` that another training of it kept (another config_hash in their
+    cfg.json, or none readable)."""
+    root = run_dir / "dicts" / name / SNAPSHOTS
+    out = []
+    for p in sorted(root.glob("step-*")) if root.is_dir() else []:
+        try:
+            kept = json.loads((p / checkpoint.CFG).read_text()).get("config_hash")
+        except (OSError, ValueError, AttributeError):
+            kept = None
+        if kept != config_hash:
+            out.append(p)
+    return out
 
 
 def settled_state(run_dir: Path, todo: bool, main: bool, say: Callable[[str], None]) -> dict | None:
@@ -329,7 +358,7 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
             "per run folder: give this run its own run_dir (store= keeps the store), or train those with "
             "these settings too (add them to train.dicts)")
     if d.main:
-        ready_folder(run_dir, todo, split)
+        ready_folder(run_dir, todo, split, {dc.name: hashes[dc.name] for dc in todo})
     state_path = run_dir / STATE
     held = settled_state(run_dir, bool(todo), d.main, say)  # read once: passed on
     dist_.barrier(d)
@@ -384,6 +413,14 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
             save_state(state_path, members, todo_hashes, pos, configs, segments=segments(pos.step))
         dist_.barrier(d)
 
+    def snapshot(pos: Position) -> None:  # train.snapshot_every: the weights now, beside the checkpoint
+        if d.main:
+            for dc, m in zip(todo, members, strict=True):
+                checkpoint.save(snapshot_path(run_dir, dc.name, pos.step), m.model, {
+                    "name": dc.name, "snapshot_of": dc.name, "step": pos.step, "epoch": pos.epoch,
+                    "config_hash": hashes[dc.name], "dict_config": to_dict(dc), "seed": seeds[dc.name],
+                    "store": store_id, "train_rows": train_rows, "test_chunks": split["test_chunks"]})
+
     def batches(epoch: int, first: int = 0):
         return iter_rows(store, chunks, cfg.batch_size, cfg.buffer_chunks, common.seed, epoch, first,
                          part=(d.rank, d.world), pin=device.type == "cuda")
@@ -397,7 +434,7 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
             say(f"train: note: {listed(names)}: {note}")
         steps = train(members, batches, cfg, device, per_epoch,
                       seed=common.seed, start=start, save=save, stop=stop, dist=d, log=log, probe=True,
-                      held=probe_x)
+                      held=probe_x, snapshot=snapshot)
     segs = segments(steps)
     if d.main:
         record = {"train_config": {k: v for k, v in to_dict(cfg).items() if k != "dicts"},

@@ -1,0 +1,72 @@
+"""``train.snapshot_every``: every dictionary's weights kept every N steps as a dictionary's folder of its
+own (``dicts/<name>/snapshots/step-NNNNNNN``), equal to a run stopped there, and read by actdict compare."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file
+
+from actdict.analyze import pair
+from actdict.cli import main as cli
+from actdict.harvest.store import write_vectors
+
+
+def _config(tmp_path: Path, run: str, extra: str = "", lr: float = 0.01) -> str:
+    cfg = tmp_path / f"{run}.yaml"
+    cfg.write_text(f"""
+run_dir: {tmp_path / run}
+store: {tmp_path / 'store'}
+seed: 5
+train:
+  epochs: 2
+  batch_size: 32
+  test_fraction: 0.25
+{extra}  dicts:
+    - {{name: vaease, variant: vaease, k: 8, lr: {lr}, params: {{loggamma_init: -1}}}}
+    - {{name: topk, variant: sae_topk, k: 8, lr: 0.01, params: {{topk: 2}}}}
+""")
+    return str(cfg)
+
+
+def _weights(folder: Path) -> dict:
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_snapshots_are_the_weights_of_a_run_stopped_there_and_compare_reads_them(tmp_path, capsys):
+    x = np.random.default_rng(0).standard_normal((512, 6)).astype(np.float32) @ np.diag([3, 2, 1, 1, .5, .1])
+    write_vectors(str(tmp_path / "store"), x.astype(np.float32), shard_rows=128, chunk_rows=64)
+    assert cli(["train", _config(tmp_path, "run", "  snapshot_every: 10\n")]) == 0  # 12 steps an epoch
+    assert cli(["train", _config(tmp_path, "at20", "  max_steps: 20\n")]) == 0
+    capsys.readouterr()
+    for name in ("vaease", "topk"):
+        snaps = tmp_path / "run" / "dicts" / name / "snapshots"
+        assert sorted(p.name for p in snaps.iterdir()) == ["step-0000010", "step-0000020"]
+        rec = json.loads((snaps / "step-0000020" / "cfg.json").read_text())
+        final = json.loads((tmp_path / "run" / "dicts" / name / "cfg.json").read_text())
+        assert (rec["step"], rec["epoch"], rec["snapshot_of"]) == (20, 1, name) and "finished" not in rec
+        assert rec["config_hash"] == final["config_hash"] and rec["test_chunks"] == final["test_chunks"]
+        at20, snap = _weights(tmp_path / "at20" / "dicts" / name), _weights(snaps / "step-0000020")
+        assert sorted(at20) == sorted(snap) and all(np.array_equal(at20[k], snap[k]) for k in at20)
+        assert not all(np.array_equal(snap[k], v) for k, v in _weights(snaps.parent).items())  # 4 steps on
+    out = pair.compare(str(tmp_path / "run" / "dicts" / "topk" / "snapshots" / "step-0000010"),
+                       str(tmp_path / "run" / "dicts" / "topk"))
+    assert out["cofire"]["rows"] == 128 and out["cofire"]["chunks"] == json.loads(
+        (tmp_path / "run" / "dicts" / "topk" / "cfg.json").read_text())["test_chunks"]
+
+
+def test_a_retrained_dictionary_keeps_only_its_own_snapshots_and_the_hash_ignores_them(tmp_path, capsys):
+    x = np.random.default_rng(1).standard_normal((512, 6)).astype(np.float32)
+    write_vectors(str(tmp_path / "store"), x, shard_rows=128, chunk_rows=64)
+    assert cli(["train", _config(tmp_path, "run", "  snapshot_every: 5\n")]) == 0
+    snaps = tmp_path / "run" / "dicts" / "vaease" / "snapshots"
+    first = sorted(p.name for p in snaps.iterdir())
+    assert first == ["step-0000005", "step-0000010", "step-0000015", "step-0000020"]  # of 24 steps
+    capsys.readouterr()
+    assert cli(["train", _config(tmp_path, "run", "  snapshot_every: 6\n")]) == 0  # not hashed: skipped
+    out = capsys.readouterr().out
+    assert "train: vaease: finished checkpoint with the same config exists, skipped" in out
+    assert sorted(p.name for p in snaps.iterdir()) == first  # kept as they were
+    assert cli(["train", _config(tmp_path, "run", "  snapshot_every: 12\n", lr=0.02)]) == 0  # vaease again
+    assert sorted(p.name for p in snaps.iterdir()) == ["step-0000012", "step-0000024"]  # the older ones gone
+    assert len(list((tmp_path / "run" / "dicts" / "topk" / "snapshots").iterdir())) == 4  # topk untouched
