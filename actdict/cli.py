@@ -175,6 +175,9 @@ def peer_error(e: BaseException) -> ActdictError | None:
 def main(argv: list[str] | None = None) -> int:
     try:
         return _main(argv)
+    except BrokenPipeError:  # `actdict store PATH | head`, `actdict run CONFIG --dry-run | head`: the reader
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # left; no traceback, a silent flush
+        return 141  # as a shell reports a process killed by SIGPIPE
     except Exception as e:
         if (one_line := remote_error(e) or peer_error(e)) is None:
             raise
@@ -184,11 +187,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in _TOOLS:  # tools with their own arguments (see the module doc)
-        try:
-            return importlib.import_module(_TOOLS[argv[0]]).main(argv[1:])
-        except BrokenPipeError:  # `actdict store PATH | head`: the reader left; no traceback
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's exit flush: silent
-            return 141  # as a shell reports a process killed by SIGPIPE
+        return importlib.import_module(_TOOLS[argv[0]]).main(argv[1:])  # a closed pipe: main's 141
     parser = argparse.ArgumentParser(prog="actdict", description=(__doc__ or "").split("\n")[0],  # -OO: None
                                      epilog=_EPILOG)
     parser.add_argument("stage", choices=[*_STAGES, "run"], help="stage to run; 'run' = all three")

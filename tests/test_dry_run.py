@@ -59,7 +59,7 @@ def test_the_plan_names_each_dictionary_of_a_sweep_and_what_training_would_do(tm
     assert cli(["train", cfg, "--dry-run"]) == 0
     head, _, *rows = capsys.readouterr().out.splitlines()
     assert head == (f"train: 3 dictionaries on 384 rows of vectors (6 of 8 chunks, d=6) in "
-                    f"{tmp_path / 'run'}; 2 epoch(s)")
+                    f"{tmp_path / 'run'}; 2 epoch(s) of 12 steps (batch 32): 24 steps")
     assert [r.split() for r in rows] == [
         ["vaease", "vaease", "8", "0.01", "-", "new"],
         ["l1_lam1-0.1", "sae_l1", "8", "0.005", "lam1=0.1,", "lam2=0.2", "new"],
@@ -71,6 +71,9 @@ def test_the_plan_names_each_dictionary_of_a_sweep_and_what_training_would_do(tm
                                    "hooks: ['vectors']")
     assert set(_states(out).values()) == {"not trained: the training stops"}
 
+    assert cli(["train", cfg, "train.max_steps=20", "train.snapshot_every=8", "--dry-run"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].endswith(
+        "; 2 epoch(s) of 12 steps (batch 32): 20 steps (train.max_steps); a snapshot every 8 steps")
     assert cli(["train", cfg]) == 0
     capsys.readouterr()
     before = _files(tmp_path / "run")
@@ -171,7 +174,7 @@ train:
         assert capsys.readouterr().out.splitlines()[1] == (
             "train: once the harvest above has written the store; 1 epoch(s)" if then == "grow" else
             f"train: 1 dictionary on 48 rows of blocks.3.hook_resid_post (3 of 4 chunks, d=384) in "
-            f"{tmp_path / 'run'}; 1 epoch(s)")
+            f"{tmp_path / 'run'}; 1 epoch(s) of 1 step (batch 2,048): 1 step")
     assert os.listdir(tmp_path / "run" / "store" / "blocks.3.hook_resid_post" / "shards") == ["00000"]
     if then == "same":  # an unfinished harvest (a kill): continued, its whole shards kept
         manifest = store / "blocks.3.hook_resid_post" / "manifest.json"
@@ -181,3 +184,20 @@ train:
             f"harvest: continues the unfinished harvest in {store} (blocks.3.hook_resid_post (unfinished); "
             f"its whole shards are kept): {what}, max_tokens 64",
             "train: once the harvest above has written the store; 1 epoch(s)"]
+
+
+def test_a_dry_run_piped_into_head_exits_quietly(tmp_path):
+    """`actdict train CONFIG --dry-run | head -1` on a sweep of 900 (more lines than a pipe holds): the
+    reader leaves early: exit 141 and nothing on stderr (a BrokenPipeError traceback, as the tools had before
+    they exited 141 too)."""
+    import subprocess
+    import sys
+
+    cfg = _config(tmp_path)
+    lams = ", ".join(f"{i / 1000:g}" for i in range(1, 901))
+    Path(cfg).write_text(Path(cfg).read_text().replace("lam1: [0.1, 1.0]", f"lam1: [{lams}]"))
+    actdict = Path(sys.executable).parent / "actdict"
+    cmd = f"'{actdict}' train '{cfg}' --dry-run | head -1; echo \"rc ${{PIPESTATUS[0]}}\" >&2"
+    r = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=120)
+    assert r.stdout.startswith("train: the store cannot be read now") and r.stdout.count("\n") == 1
+    assert r.stderr.strip() == "rc 141"

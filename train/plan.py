@@ -17,8 +17,9 @@ from actdict.errors import printable
 from actdict.harvest.store import StoreError, list_hooks
 from actdict.train import checkpoint
 from actdict.train.config import DictConfig, TrainConfig
-from actdict.train.data import make_split
+from actdict.train.data import make_split, steps_in_epoch
 from actdict.train.identity import describe_store, dict_hash, legacy_store, replaced
+from actdict.train.loop import total_steps
 from actdict.train.resume import STATE, read_meta, set_aside, stale_state, state_matches
 
 
@@ -92,6 +93,22 @@ def resume_line(run_dir: Path, cfg: TrainConfig, stand: Standing) -> str | None:
 _COLUMNS = ("dict", "variant", "k", "lr", "params")
 
 
+def steps(n: int) -> str:
+    return f"{n:,} step{'s' * (n != 1)}"
+
+
+def length(cfg: TrainConfig, per_epoch: int | None) -> str:
+    """How long the run is: its epochs, their steps when the store is known (``per_epoch``), the total
+    (``train.max_steps`` may end it first), and the snapshots it keeps."""
+    if per_epoch is None:
+        said = f"{cfg.epochs} epoch(s)" + (f", stopping at step {cfg.max_steps}" if cfg.max_steps else "")
+    else:
+        total = total_steps(per_epoch, cfg)
+        said = (f"{cfg.epochs} epoch(s) of {steps(per_epoch)} (batch {cfg.batch_size:,}): {steps(total)}"
+                + (" (train.max_steps)" if cfg.max_steps and total == cfg.max_steps else ""))
+    return said + (f"; a snapshot every {cfg.snapshot_every:,} steps" if cfg.snapshot_every else "")
+
+
 def opened(common: Common, cfg: TrainConfig, after_harvest: bool) -> tuple[object | None, str]:
     """(the store's hook as the training opens it, or None; the plan's first line): the store not there
     yet, or written by ``actdict run``'s harvest first (``after_harvest``), or there and refused."""
@@ -119,8 +136,8 @@ def plan(common: Common, cfg: TrainConfig, after_harvest: bool = False) -> list[
         head = (f"train: {n} dictionar{'y' if n == 1 else 'ies'} on {rows:,} rows of {store.hook} "
                 f"({len(chunks)} of {store.num_chunks} chunks, d={store.d}) in {common.run_dir}")
     refused = head.startswith("train: would stop")
-    head += "" if refused else f"; {cfg.epochs} epoch(s)" + (f", stopping at step {cfg.max_steps}"
-                                                             if cfg.max_steps else "")
+    head += "" if refused else "; " + length(cfg, None if stand is None else steps_in_epoch(
+        store, stand.split["train_chunks"], cfg.batch_size))
     cols = [(dc.name, dc.variant, str(dc.k), f"{dc.lr:g}", params_text(dc)) for dc in cfg.dicts]
     said = states(cfg, stand, refused)
     w = [max(len(h), *(len(c[i]) for c in cols)) for i, h in enumerate(_COLUMNS)]
