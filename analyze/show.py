@@ -30,10 +30,15 @@ def read_features(dict_dir: Path) -> tuple[dict, dict]:
     """(the features file of the dictionary in ``dict_dir`` (RUN_DIR/dicts/NAME), its labels: feature ->
     (top tokens, bottom tokens)); OutputError when analysis has not written one for this training."""
     try:
-        k = json.loads((dict_dir / checkpoint.CFG).read_text())["k"]  # as load reads it; not the weights
+        record = json.loads((dict_dir / checkpoint.CFG).read_text())
+        k = record["k"]  # as load reads it; not the weights
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise OutputError(f"{dict_dir}: no trained dictionary there (RUN_DIR/dicts/NAME, with its cfg.json: "
                           f"{type(e).__name__})") from e
+    if isinstance(record, dict) and record.get("snapshot_of"):  # train.snapshot_every's: never analysed
+        raise OutputError(f"{dict_dir} is a snapshot of {record['snapshot_of']} at step "
+                          f"{record.get('step')}, which analysis does not read: actdict compare it with the "
+                          f"dictionary ({dict_dir.parent.parent}), or actdict feature that one")
     run_dir, name = dict_dir.parent.parent, dict_dir.name
     data, why = dict_features(run_dir, name, k)
     if data is None:  # no features file, or another training's

@@ -49,10 +49,15 @@ def test_snapshots_are_the_weights_of_a_run_stopped_there_and_compare_reads_them
         at20, snap = _weights(tmp_path / "at20" / "dicts" / name), _weights(snaps / "step-0000020")
         assert sorted(at20) == sorted(snap) and all(np.array_equal(at20[k], snap[k]) for k in at20)
         assert not all(np.array_equal(snap[k], v) for k, v in _weights(snaps.parent).items())  # 4 steps on
-    out = pair.compare(str(tmp_path / "run" / "dicts" / "topk" / "snapshots" / "step-0000010"),
-                       str(tmp_path / "run" / "dicts" / "topk"))
+    final = tmp_path / "run" / "dicts" / "topk"
+    snap = final / "snapshots" / "step-0000010"
+    out = pair.compare(str(snap), str(final))
     assert out["cofire"]["rows"] == 128 and out["cofire"]["chunks"] == json.loads(
-        (tmp_path / "run" / "dicts" / "topk" / "cfg.json").read_text())["test_chunks"]
+        (final / "cfg.json").read_text())["test_chunks"]
+    assert cli(["feature", str(snap)]) == 2  # it has no features file: said, not 'run actdict analyze'
+    assert capsys.readouterr().err == (f"actdict: OutputError: {snap} is a snapshot of topk at step 10, "
+                                       "which analysis does not read: actdict compare it with the "
+                                       f"dictionary ({final}), or actdict feature that one\n")
 
 
 def test_a_retrained_dictionary_keeps_only_its_own_snapshots_and_the_hash_ignores_them(tmp_path, capsys):
