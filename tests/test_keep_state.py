@@ -129,3 +129,18 @@ def test_what_a_kept_state_does_not_continue_starts_over(store, tmp_path, capsys
     run(store, tmp_path / "run3", epochs=3)  # no kept state: replaced, and told how to keep one next time
     said = "train.epochs: 2 -> 3); set run_dir, or rename the dictionaries, to keep both; train.keep_state="
     assert said in capsys.readouterr().out
+
+
+def test_the_dry_run_says_whether_the_kept_states_continue(store, tmp_path):
+    """--dry-run listed the dictionaries of a larger train.epochs as replaced, and said nothing of the kept
+    states the training then continues from."""
+    from actdict.train.plan import plan
+
+    common = run(store, tmp_path / "run", keep_state=True)
+    assert plan(common, cfg(epochs=3, keep_state=True))[-1] == (
+        "train: continues the finished run kept at epoch 2 (train.keep_state) to epoch 3")
+    other = [DictConfig(name="vaease", variant="vaease", k=12, lr=0.02), DICTS[1]]
+    assert plan(common, cfg(epochs=3, dicts=other))[-1].startswith(
+        "train: the kept states of ['l1', 'vaease'] do not continue this run (")
+    assert plan(common, cfg(epochs=3, resume=False))[-1].startswith("  l1 ")  # no state used: no line
+    assert plan(common, cfg())[-1].startswith("  l1 ")  # nothing to train: nothing continued

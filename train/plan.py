@@ -18,9 +18,9 @@ from actdict.harvest.store import StoreError, list_hooks
 from actdict.train import checkpoint
 from actdict.train.config import DictConfig, TrainConfig
 from actdict.train.data import make_split, steps_in_epoch
-from actdict.train.identity import describe_store, dict_hash, legacy_store, replaced
+from actdict.train.identity import describe_store, dict_hash, identity, legacy_store, replaced
 from actdict.train.loop import total_steps
-from actdict.train.resume import STATE, read_meta, set_aside, stale_state, state_matches
+from actdict.train.resume import KEPT, STATE, extension, read_meta, set_aside, stale_state, state_matches
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ def resume_line(run_dir: Path, cfg: TrainConfig, stand: Standing) -> str | None:
     every member has finished since (it is removed)."""
     meta = read_meta(run_dir / STATE)
     if meta is None or stale_state(run_dir, meta) or not stand.todo:
-        return None
+        return kept_line(run_dir, cfg, stand) if stand.todo and cfg.resume else None
     step, held = meta["position"]["step"], sorted(meta["members"])
     if not cfg.resume:
         return f"the resume state (step {step} of {held}) is not used (train.resume=false): it starts over"
@@ -88,6 +88,20 @@ def resume_line(run_dir: Path, cfg: TrainConfig, stand: Standing) -> str | None:
         return f"continues the resume state {run_dir / STATE} at step {step}"
     return (f"the resume state {run_dir / STATE} (step {step} of {held}) is another run's: training stops "
             "(ResumeConflict) until its command finishes it, or train.resume=false starts over")
+
+
+def kept_line(run_dir: Path, cfg: TrainConfig, stand: Standing) -> str | None:
+    """Whether the finished runs' kept states (``train.keep_state``) of the dictionaries to train continue
+    into this run (a larger ``train.epochs``), as ``resume.kept_states`` decides it; None without any."""
+    kept = {dc.name: k for dc in stand.todo if (k := read_meta(run_dir / "dicts" / dc.name / KEPT))}
+    if not kept:
+        return None
+    configs = {dc.name: identity(dc, cfg, stand.seeds[dc.name], stand.store_id) for dc in stand.todo}
+    ours, why = extension(kept, {dc.name: stand.hashes[dc.name] for dc in stand.todo}, configs)
+    epoch = next(iter(kept.values()))["position"]["epoch"]
+    if ours:
+        return f"continues the finished run kept at epoch {epoch} (train.keep_state) to epoch {cfg.epochs}"
+    return f"the kept states of {sorted(kept)} do not continue this run ({why}): every dictionary starts over"
 
 
 _COLUMNS = ("dict", "variant", "k", "lr", "params")
