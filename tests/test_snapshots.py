@@ -75,3 +75,31 @@ def test_a_retrained_dictionary_keeps_only_its_own_snapshots_and_the_hash_ignore
     assert cli(["train", _config(tmp_path, "run", "  snapshot_every: 12\n", lr=0.02)]) == 0  # vaease again
     assert sorted(p.name for p in snaps.iterdir()) == ["step-0000012", "step-0000024"]  # the older ones gone
     assert len(list((tmp_path / "run" / "dicts" / "topk" / "snapshots").iterdir())) == 4  # topk untouched
+
+
+def test_a_refused_resume_leaves_the_stopped_runs_snapshots(tmp_path, capsys, monkeypatch):
+    """A run stopped part way (its resume state and snapshots kept), then the command with another lr: the
+    training refuses to resume another run's state, and must not have removed that run's snapshots, which
+    its own command then continues."""
+    from actdict.train import run as train_run
+
+    x = np.random.default_rng(2).standard_normal((512, 6)).astype(np.float32)
+    write_vectors(str(tmp_path / "store"), x, shard_rows=128, chunk_rows=64)
+    every = "  snapshot_every: 5\n  checkpoint_every: 10\n"
+
+    def killed(*_a, **_k):
+        raise KeyboardInterrupt  # after the last step, before the checkpoints: the step-20 state stays
+
+    monkeypatch.setattr(train_run, "save_finished", killed)
+    assert cli(["train", _config(tmp_path, "run", every)]) == 130
+    monkeypatch.undo()
+    snaps = tmp_path / "run" / "dicts" / "vaease" / "snapshots"
+    made = sorted(p.name for p in snaps.iterdir())
+    assert made == ["step-0000005", "step-0000010", "step-0000015", "step-0000020"]
+    other = tmp_path / "other.yaml"
+    other.write_text(Path(_config(tmp_path, "run", every, lr=0.02)).read_text())
+    assert cli(["train", str(other)]) == 2  # ResumeConflict
+    assert "ResumeConflict" in capsys.readouterr().err
+    assert sorted(p.name for p in snaps.iterdir()) == made
+    assert cli(["train", _config(tmp_path, "run", every)]) == 0  # its own command finishes it
+    assert sorted(p.name for p in snaps.iterdir()) == made

@@ -246,13 +246,12 @@ def standing_lines(cfg: TrainConfig, stand: Standing, run_dir: Path) -> list[str
     return lines + [replace_note(names, what, keep) for (what, keep), names in alike.items()]
 
 
-def ready_folder(run_dir: Path, todo: list[DictConfig], split: dict, hashes: dict[str, str]) -> None:
+def ready_folder(run_dir: Path, todo: list[DictConfig], split: dict) -> None:
     """The run folder before the work (rank 0): where ``todo`` will write is writable and not a link
     (checked now, not when the results are saved); the temporary files of a split or resume state whose
     write a kill cut short are removed (our lock); the split is written when none is readable there
     (another one is written with the checkpoints: until then it is the finished dictionaries', whose
-    held-out rows analyze reads); the snapshots of ``todo`` (``hashes``: their config hashes) that another
-    training of theirs kept are removed."""
+    held-out rows analyze reads)."""
     if todo:
         inner = [run_dir / "dicts", *(run_dir / "dicts" / dc.name for dc in todo), run_dir / LOGS]
         check_not_linked(inner, "the checkpoints, kept states and training logs")
@@ -263,9 +262,6 @@ def ready_folder(run_dir: Path, todo: list[DictConfig], split: dict, hashes: dic
         checkpoint.temp_path(run_dir / STATE).unlink(missing_ok=True)
     if not split_readable(run_dir):
         write_split(run_dir, split)
-    for name, h in hashes.items():  # a retrained dictionary's folder: this training's snapshots only
-        for old in other_snapshots(run_dir, name, h):
-            shutil.rmtree(old, ignore_errors=True)
 
 
 SNAPSHOTS = "snapshots"
@@ -358,7 +354,7 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
             "per run folder: give this run its own run_dir (store= keeps the store), or train those with "
             "these settings too (add them to train.dicts)")
     if d.main:
-        ready_folder(run_dir, todo, split, {dc.name: hashes[dc.name] for dc in todo})
+        ready_folder(run_dir, todo, split)
     state_path = run_dir / STATE
     held = settled_state(run_dir, bool(todo), d.main, say)  # read once: passed on
     dist_.barrier(d)
@@ -373,6 +369,9 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
     configs = {dc.name: identity(dc, cfg, seeds[dc.name], store_id) for dc in todo}
     meta, done = resume_state(run_dir, cfg, todo_hashes, todo_legacy, configs, say, held)
     kept, kept_hashes = kept_states(run_dir, cfg, todo_hashes, configs, say) if meta is None else ({}, None)
+    for name, h in todo_hashes.items() if d.main else ():  # this training's snapshots only, once no resume
+        for old in other_snapshots(run_dir, name, h):  # state of another run stopped it (theirs stay then)
+            shutil.rmtree(old, ignore_errors=True)
     chunks = split["train_chunks"]
     train_rows = sum(b - a for a, b in map(store.chunk_bounds, chunks))
     if train_rows < 2 and (needy := [dc.name for dc in todo if batch_rows_needed(meta_model(dc))]):
