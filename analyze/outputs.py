@@ -29,3 +29,16 @@ def read_output(path: Path) -> dict:
         raise OutputError(f"{path} is corrupt (a JSON {type(data).__name__}, not the object analyze writes): "
                           "rerun `actdict analyze` to rewrite it")
     return data
+
+
+def not_a_snapshot(folder: Path, command: str) -> None:
+    """OutputError when ``folder`` holds a snapshot (``train.snapshot_every``: its cfg.json names what it is
+    a snapshot of), which no analysis reads: ``command`` is for analysed dictionaries."""
+    try:
+        record = json.loads((folder / "cfg.json").read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(record, dict) and record.get("snapshot_of"):
+        raise OutputError(f"{folder} is a snapshot of {record['snapshot_of']} at step {record.get('step')}, "
+                          f"which analysis does not read: actdict compare it with the dictionary "
+                          f"({folder.parent.parent}), or {command} that one")

@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from actdict.analyze.outputs import OutputError, read_output
+from actdict.analyze.outputs import OutputError, not_a_snapshot, read_output
 from actdict.analyze.run import _cell
 from actdict.errors import ActdictError, printable
 from actdict.train.resume import listed
@@ -37,6 +37,7 @@ def rows(run_dirs: list[str]) -> list[dict]:
         elif Path(run).parent.name == "dicts" and (Path(run) / "cfg.json").is_file():  # a dictionary's
             run, only = str(Path(run).parent.parent), Path(run).name
         path = Path(run) / "summary.json"
+        not_a_snapshot(Path(run), "actdict summary")  # train.snapshot_every's folder: never analysed
         if not path.is_file():
             raise OutputError(f"{path} not found: run actdict analyze on {run} first")
         summary = read_output(path)

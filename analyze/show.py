@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from actdict.analyze.lens import dict_features, labels_of
-from actdict.analyze.outputs import OutputError
+from actdict.analyze.outputs import OutputError, not_a_snapshot
 from actdict.analyze.texts import clip
 from actdict.analyze.toptokens import display_strings
 from actdict.errors import ActdictError, printable
@@ -29,16 +29,12 @@ from actdict.train import checkpoint
 def read_features(dict_dir: Path) -> tuple[dict, dict]:
     """(the features file of the dictionary in ``dict_dir`` (RUN_DIR/dicts/NAME), its labels: feature ->
     (top tokens, bottom tokens)); OutputError when analysis has not written one for this training."""
+    not_a_snapshot(dict_dir, "actdict feature")  # train.snapshot_every's: never analysed
     try:
-        record = json.loads((dict_dir / checkpoint.CFG).read_text())
-        k = record["k"]  # as load reads it; not the weights
+        k = json.loads((dict_dir / checkpoint.CFG).read_text())["k"]  # as load reads it; not the weights
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise OutputError(f"{dict_dir}: no trained dictionary there (RUN_DIR/dicts/NAME, with its cfg.json: "
                           f"{type(e).__name__})") from e
-    if isinstance(record, dict) and record.get("snapshot_of"):  # train.snapshot_every's: never analysed
-        raise OutputError(f"{dict_dir} is a snapshot of {record['snapshot_of']} at step "
-                          f"{record.get('step')}, which analysis does not read: actdict compare it with the "
-                          f"dictionary ({dict_dir.parent.parent}), or actdict feature that one")
     run_dir, name = dict_dir.parent.parent, dict_dir.name
     data, why = dict_features(run_dir, name, k)
     if data is None:  # no features file, or another training's

@@ -58,6 +58,8 @@ def test_snapshots_are_the_weights_of_a_run_stopped_there_and_compare_reads_them
     assert capsys.readouterr().err == (f"actdict: OutputError: {snap} is a snapshot of topk at step 10, "
                                        "which analysis does not read: actdict compare it with the "
                                        f"dictionary ({final}), or actdict feature that one\n")
+    assert cli(["summary", str(snap)]) == 2  # said alike, not 'run actdict analyze on it'
+    assert capsys.readouterr().err.endswith(f"dictionary ({final}), or actdict summary that one\n")
 
 
 def test_a_retrained_dictionary_keeps_only_its_own_snapshots_and_the_hash_ignores_them(tmp_path, capsys):
