@@ -199,7 +199,17 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             raise ConfigError(f"override {item!r}: set a field of a list item ({key}.FIELD=...), or the "
                               f"whole list ({'.'.join(parts[:-1])}=[...])")
         node[parts[-1]] = safe_yaml(raw, f"override {item!r}") if raw.strip() else ""
+        if comment := dropped_comment(raw):  # valid YAML (safe_yaml): composes without an error
+            raise ConfigError(f"override {item!r}: YAML reads {comment!r} as a comment and drops it: quote a "
+                              f"value that holds ' #' ({key}='\"{raw.strip()}\"'), or leave the comment out")
     return out
+
+
+def dropped_comment(raw: str) -> str:
+    """The comment YAML would drop from an override's value ('runs/exp #3' is read as 'runs/exp': a ' #'
+    starts one), or ''."""
+    node = yaml.compose(raw, Loader=_Loader)
+    return raw[node.end_mark.index if node is not None else 0:].strip()
 
 
 def _list_item(items: list, part: str, item: str) -> Any:

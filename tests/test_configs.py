@@ -312,6 +312,20 @@ def test_dates_empty_sections_and_seeds_are_read_as_meant(tmp_path):
             section(load_experiment(p, [bad]), "train", _stage_cls("train"))
 
 
+def test_an_override_whose_value_yaml_cuts_at_a_comment_is_refused(tmp_path):
+    """`run_dir="my runs/exp #3"` (the shell drops the quotes) was the folder 'my runs/exp': YAML reads ' #3'
+    as a comment. It is refused, saying how to quote it; '#' inside a word or a quoted value is kept."""
+    p = tmp_path / "c.yaml"
+    p.write_text("run_dir: x\n")
+    said = r"""override 'run_dir=my runs/exp #3': YAML reads '#3' as a comment and drops it: quote a value """
+    with pytest.raises(ConfigError, match=said + r"""that holds ' #' \(run_dir='"my runs/exp #3"'\)"""):
+        load_experiment(p, ["run_dir=my runs/exp #3"])
+    with pytest.raises(ConfigError, match=r"reads '# two' as a comment"):
+        load_experiment(p, ["seed=2 # two"])
+    assert common_of(load_experiment(p, ['run_dir="my runs/exp #3"'])).run_dir == "my runs/exp #3"
+    assert common_of(load_experiment(p, ["run_dir=data#3 "])).run_dir == "data#3"
+
+
 def test_override_values_edge_cases_and_list_bounds(tmp_path):
     """The value is everything after the first '=' (parsed as YAML; nothing after it is the empty string); an
     index one past the end of a list is a config error naming the valid ones, not an IndexError; the data
