@@ -33,6 +33,7 @@ import math
 import os
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import fsspec
 import google_crc32c
@@ -63,7 +64,12 @@ class StoreError(ActdictError, RuntimeError):
 
 
 def fs_of(path: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The fsspec filesystem of a local path or URL, and the path inside it (no trailing slash)."""
+    """The fsspec filesystem of a local path or URL, and the path inside it (no trailing slash). A path
+    without '://' is a local one, whatever it holds: fsspec reads '::' as a chain of URLs ('runs/a::b/store'
+    was the folder 'runs/a')."""
+    if "://" not in str(path):
+        fs = fsspec.filesystem("file")
+        return fs, fs._strip_protocol(str(path)).rstrip("/")
     fs, root = fsspec.core.url_to_fs(str(path))
     return fs, root.rstrip("/")
 
@@ -80,9 +86,10 @@ def make_dirs(fs, p: str) -> None:
         fs.makedirs(p, exist_ok=True)
 
 
-def zarr_url(fs, p: str) -> str:
-    """What zarr is given: a plain path for local folders, a full URL otherwise."""
-    return p if is_local(fs) else fs.unstrip_protocol(p)
+def zarr_url(fs, p: str) -> str | Path:
+    """What zarr is given: a Path for local folders (a string holding '::' is a URL to zarr), a full URL
+    otherwise."""
+    return Path(p) if is_local(fs) else fs.unstrip_protocol(p)
 
 
 def human_size(n_bytes: float) -> str:

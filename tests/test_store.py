@@ -326,6 +326,18 @@ def test_write_vectors_takes_torch_tensors(tmp_path):
     assert s.manifest["numerics"] == "user vectors (float16), stored float32"
 
 
+def test_local_folder_names_that_look_like_urls(tmp_path):
+    """A local path holding '::' (fsspec's chain of URLs) is that folder: it was written to and read from
+    'runs/a' for 'runs/a::b/store'; '#', '?', '%' and ':' stay as they are too."""
+    x = np.arange(20, dtype=np.float32).reshape(10, 2)
+    for name in ("a::b", "c#1", "d?e", "50%", "f:g"):
+        s = write_vectors(str(tmp_path / name / "store"), x, shard_rows=4, chunk_rows=2)
+        assert (tmp_path / name / "store" / "vectors" / "manifest.json").is_file()
+        np.testing.assert_array_equal(open_store(str(tmp_path / name / "store")).read_rows(0, 10).acts, x)
+        s.verify()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["50%", "a::b", "c#1", "d?e", "f:g"]
+
+
 def test_fsspec_url(tmp_path):
     url = f"memory://actdict-test-{tmp_path.name}"  # any fsspec filesystem; memory needs no setup
     x = np.arange(20, dtype=np.float32).reshape(10, 2)
