@@ -146,17 +146,39 @@ def set_threads(n: int) -> None:
 _REMOTE = ("botocore", "aiobotocore", "s3fs", "gcsfs", "adlfs", "google.auth", "azure")  # fsspec backends
 
 
+def _chain(e: BaseException | None):
+    """``e`` and the exceptions it was raised from or during, in turn."""
+    while e is not None:
+        yield e
+        e = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
+
+
 def remote_error(e: BaseException) -> ActdictError | None:
     """An object store's failure (no credentials, no endpoint, a refused request), found in ``e``'s chain,
-    as one line naming what to check; None for anything else (a bug keeps its traceback)."""
-    seen = e
-    while seen is not None:
+    as one line naming what to check, or a path too long for the file system (``long_path_error``); None
+    for anything else (a bug keeps its traceback)."""
+    for seen in _chain(e):
         if type(seen).__module__.startswith(_REMOTE):
             return ActdictError(f"the object store failed: {type(seen).__name__}: {seen}; check its "
                                 "credentials and endpoint (S3: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
                                 "AWS_ENDPOINT_URL; other backends: their own settings) and the bucket's name "
                                 "(docs/harvest.md)")
-        seen = seen.__cause__ or (None if seen.__suppress_context__ else seen.__context__)
+    return long_path_error(e)
+
+
+def long_path_error(e: BaseException) -> ActdictError | None:
+    """A path the file system refuses as too long (ENAMETOOLONG: a folder or file name over 255 bytes, a
+    path over 4,096), found in ``e``'s chain, as one line naming the long part; None for anything else."""
+    import errno
+
+    for seen in _chain(e):
+        if isinstance(seen, OSError) and seen.errno == errno.ENAMETOOLONG:
+            path = os.fsdecode(seen.filename or "")
+            names = [n for n in path.split("/") if len(os.fsencode(n)) > 255]
+            n = len(os.fsencode(names[0] if names else path))
+            what = (f"the name {names[0][:60]!r}... is {n} bytes (at most 255)" if names
+                    else f"the path {path[:60]!r}... is {n} bytes (at most 4,096)")
+            return ActdictError(f"a path is too long for the file system: {what}; shorten it")
     return None
 
 

@@ -887,3 +887,20 @@ def test_an_empty_part_adds_no_row_and_parts_of_no_row_are_refused(tmp_path):
         np.save(tmp_path / "emb" / f"part-{i}.npy", np.zeros((0, 4), np.float32))
     with pytest.raises(VectorsError, match="holds no vectors"):
         import_vectors(tmp_path / "emb", str(tmp_path / "s2"))
+
+
+def test_a_path_too_long_for_the_file_system_is_one_line(tmp_path, capsys):
+    """A folder name over 255 bytes (or a path over 4,096) was an OSError traceback from the first look at
+    the path; each command now says which name is too long (exit status 2)."""
+    np.save(tmp_path / "v.npy", _x())
+    long = tmp_path / ("L" * 256) / "store"
+    assert cli([str(tmp_path / "v.npy"), str(long)]) == 2
+    assert capsys.readouterr().err == ("import: ActdictError: a path is too long for the file system: the "
+                                       f"name '{'L' * 60}'... is 256 bytes (at most 255); shorten it\n")
+    cfg = tmp_path / "v.yaml"
+    cfg.write_text(f"harvest: {{mode: vectors, vectors: {{path: {tmp_path / 'v.npy'}}}}}\n")
+    deep = "/".join(["d" * 200] * 21)
+    assert actdict_main(["harvest", str(cfg), f"run_dir={tmp_path / deep}"]) == 2
+    assert "path is too long for the file system: the path '" in capsys.readouterr().err
+    assert actdict_main(["summary", str(long)]) == 2 and "the name 'LLL" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.npy", "v.yaml"]  # nothing made
