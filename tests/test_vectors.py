@@ -904,3 +904,28 @@ def test_a_path_too_long_for_the_file_system_is_one_line(tmp_path, capsys):
     assert "path is too long for the file system: the path '" in capsys.readouterr().err
     assert actdict_main(["summary", str(long)]) == 2 and "the name 'LLL" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["v.npy", "v.yaml"]  # nothing made
+
+
+def test_a_folder_of_parts_with_names_that_are_not_utf8(tmp_path):
+    """Part files named in Latin-1 (b'caf\\xe9-1.npy': lone surrogates in Python) stopped the config's import
+    with a UnicodeEncodeError traceback from the files' fingerprint; they are imported, and the fingerprint
+    of UTF-8 names is as it was."""
+    import os
+
+    from actdict.harvest.sources import files_fingerprint
+
+    x = _x()
+    (tmp_path / "parts").mkdir()
+    for i, part in enumerate((x[:20], x[20:])):
+        np.save(tmp_path / "parts" / os.fsdecode(b"caf\xe9-%d.npy" % (i + 1)), part)
+    cfg = tmp_path / "v.yaml"
+    cfg.write_text(f"run_dir: {tmp_path / 'run'}\nharvest: {{mode: vectors, store_dtype: float32, "
+                   f"chunk_rows: 8, shard_rows: 16, vectors: {{path: {tmp_path / 'parts'}}}}}\n")
+    assert actdict_main(["harvest", str(cfg)]) == 0
+    np.testing.assert_array_equal(open_store(str(tmp_path / "run" / "store")).read_rows(0, N).acts, x)
+    (tmp_path / "a.txt").write_text("a")
+    st = (tmp_path / "a.txt").stat()
+    import hashlib
+
+    want = hashlib.sha256(f"{tmp_path / 'a.txt'}\0{st.st_size}\0{st.st_mtime_ns}\n".encode()).hexdigest()[:16]
+    assert files_fingerprint([tmp_path / "a.txt"]) == want
