@@ -89,6 +89,9 @@ class Common:
 
     def __post_init__(self) -> None:
         check_seed(self.seed, "seed")
+        if not self.run_dir.strip():  # Path('') is the current folder: the run's files spread over it
+            raise ConfigError(f"run_dir is empty ({self.run_dir!r}; an unset variable in run_dir=$RUN?): "
+                              "name the run's folder, e.g. run_dir=runs/x ('.' for the current folder)")
         # '~/x' is the home folder's x for every file of the run, as for fsspec, which opens the store there
         object.__setattr__(self, "run_dir", os.path.expanduser(self.run_dir))
         if "://" not in self.store:  # a local store's too (its locks; a store known by its path to training)

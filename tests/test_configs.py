@@ -326,6 +326,22 @@ def test_an_override_whose_value_yaml_cuts_at_a_comment_is_refused(tmp_path):
     assert common_of(load_experiment(p, ["run_dir=data#3 "])).run_dir == "data#3"
 
 
+def test_an_empty_run_dir_is_refused(tmp_path, monkeypatch):
+    """`run_dir=$RUN` with RUN unset (or `run_dir: ""`) ran in the current folder: its store, dicts/, logs/,
+    report.html and summary.json spread over it. It is a config error now, before anything is written."""
+    from actdict.cli import main
+
+    p = tmp_path / "c.yaml"
+    p.write_text("run_dir: x\ntrain: {dicts: [{name: a, variant: sae_l1, k: 4}]}\n")
+    for override in ("run_dir=", "run_dir= ", 'run_dir=""'):
+        with pytest.raises(ConfigError, match=r"run_dir is empty \('.*'; an unset variable in run_dir=\$RUN"):
+            common_of(load_experiment(p, [override]))
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", str(p), "run_dir="]) == 2
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["c.yaml"]
+    assert common_of(load_experiment(p, ["run_dir=."])).store_path == "store"
+
+
 def test_override_values_edge_cases_and_list_bounds(tmp_path):
     """The value is everything after the first '=' (parsed as YAML; nothing after it is the empty string); an
     index one past the end of a list is a config error naming the valid ones, not an IndexError; the data
