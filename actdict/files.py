@@ -83,6 +83,20 @@ def is_part(f: Path) -> bool:
     return f.is_file() or (f.is_symlink() and not f.exists())
 
 
+def glob_pattern(pattern: Path, recursive: bool = False) -> list[str]:
+    """``glob.glob`` of ``pattern`` whose longest existing folder is taken as it is named, as an existing path
+    is: 'runs/exp[2]/*.npy' is the files of the folder 'exp[2]', not those of 'runs/exp2'."""
+    import glob
+
+    base = pattern.parent
+    while not base.is_dir() and base != base.parent:
+        base = base.parent
+    if str(base) == ".":  # 'part-*.npy': the matches as glob names them ('part-1.npy', not './part-1.npy')
+        return glob.glob(str(pattern), recursive=recursive)
+    rest = str(pattern.relative_to(base))
+    return glob.glob(os.path.join(glob.escape(str(base)), rest), recursive=recursive)
+
+
 def part_files(path: str | Path, suffixes: tuple[str, ...]) -> tuple[list[Path], str]:
     """(the files ``path`` names, '') for data written in parts: ``path`` itself, or a folder's files with
     one of ``suffixes`` but hidden ones, or a glob pattern's (``*``, ``?``, ``[``; a path that exists is
@@ -91,9 +105,7 @@ def part_files(path: str | Path, suffixes: tuple[str, ...]) -> tuple[list[Path],
     s = str(path)
     p = Path(s).expanduser()
     if any(c in s for c in "*?[") and not p.exists():  # a file or folder named 'emb[v2].npy' is itself
-        import glob
-
-        found, where = [Path(f) for f in glob.glob(str(p)) if is_part(Path(f))], f"pattern {s!r}"
+        found, where = [Path(f) for f in glob_pattern(p) if is_part(Path(f))], f"pattern {s!r}"
     elif p.is_dir():  # hidden ones skipped, as a pattern skips them (macOS' ._*)
         found = [f for f in p.iterdir() if is_part(f) and f.suffix.lower() in suffixes
                  and not f.name.startswith(".")]

@@ -9,7 +9,6 @@ Sources (``SourceConfig.kind``):
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import os
@@ -25,6 +24,7 @@ import numpy as np
 
 from actdict.config import ConfigError
 from actdict.errors import ActdictError
+from actdict.files import glob_pattern
 
 T = TypeVar("T")
 BUILDERS = {".txt": "text", ".text": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
@@ -124,7 +124,7 @@ def resolve_files(path: str) -> list[Path]:
         files = [f for f in p.rglob("*")
                  if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts)]
     else:
-        files = [Path(f) for f in glob.glob(str(p), recursive=True)]
+        files = [Path(f) for f in glob_pattern(p, recursive=True)]
     files = sorted(f for f in files if f.suffix.lower() in BUILDERS)
     if not files:
         raise SourceError(f"no {'/'.join(sorted(BUILDERS))} files at {path!r}")

@@ -833,6 +833,25 @@ def test_a_file_or_folder_whose_name_holds_brackets_is_itself_not_a_pattern(tmp_
     assert check_texts(str(tmp_path / "texts[v2].txt"), N) == [tmp_path / "texts[v2].txt"]
 
 
+def test_a_pattern_inside_a_folder_whose_name_holds_brackets_globs_that_folder(tmp_path):
+    """'runs/exp[2]/*.npy' globbed 'runs/exp2/*.npy' (brackets: one of the characters): the parts of a
+    neighbour folder 'exp2' were imported without a word, or none were ('names no file'); a text harvest's
+    source.path likewise. The pattern's longest existing folder is now taken as it is named."""
+    from actdict.harvest.sources import resolve_files
+
+    x = _x(1)
+    for folder, rows in (("exp[2]", x), ("exp2", x[:5])):
+        (tmp_path / folder).mkdir()
+        np.save(tmp_path / folder / "part-0.npy", rows)
+        (tmp_path / folder / "a.txt").write_text("a")
+    s = import_vectors(str(tmp_path / "exp[2]" / "*.npy"), str(tmp_path / "s"))
+    np.testing.assert_array_equal(s.read_rows(0, len(s)).acts, x)  # 45 rows, not exp2's 5
+    assert resolve_files(str(tmp_path / "exp[2]" / "*.txt")) == [tmp_path / "exp[2]" / "a.txt"]
+    assert vector_files(tmp_path / "exp[[]2]" / "*.npy") == [tmp_path / "exp[2]" / "part-0.npy"]  # escaped
+    both = [tmp_path / d / "part-0.npy" for d in ("exp2", "exp[2]")]
+    assert vector_files(tmp_path / "exp*" / "*.npy") == both
+
+
 def test_a_part_linked_to_a_file_that_is_gone_is_named_not_skipped(tmp_path):
     """Parts linked into a folder from scratch space, one of them since cleaned: the folder's (or pattern's)
     dangling link was skipped as no file, and 20 of 30 rows imported without a word. It is now named."""
