@@ -9,6 +9,7 @@ Sources (``SourceConfig.kind``):
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -146,8 +147,13 @@ def _file_texts(cfg: SourceConfig) -> Iterator[str]:
             kw = {"sample_by": {"file": "document"}.get(cfg.txt_docs, cfg.txt_docs),  # paragraph, line
                   "encoding_errors": "replace"}
         field = "text" if builder == "text" else cfg.text_field
-        try:  # the JSON reader parses the first lines when the dataset is made
-            ds = datasets.load_dataset(builder, data_files=data_files, split="train", streaming=True, **kw)
+        if chained := [f for f in data_files if "::" in f]:
+            raise SourceError(f"{chained[0]}: the reader (Hugging Face datasets) takes '::' in a path for a "
+                              "chain of URLs and cannot open it; rename the folder, or link it under a name "
+                              "without '::'")
+        try:  # the JSON reader parses the first lines when the dataset is made; paths are its glob patterns
+            patterns = [glob.escape(f) for f in data_files]  # 'corpus[1]/a.txt' is no 'corpus1/a.txt'
+            ds = datasets.load_dataset(builder, data_files=patterns, split="train", streaming=True, **kw)
             yield from _field(ds, field, where=f"{len(data_files)} {builder} file(s) at {cfg.path}")
         except UnicodeDecodeError as e:
             raise SourceError(f"{_not_utf8(data_files) or cfg.path} is not valid UTF-8 ({e}); re-encode it "

@@ -106,6 +106,22 @@ def test_txt_files_one_doc_per_line(tmp_path):
     assert [d.strip() for d in docs] == ["Great pizza.", "Rude waiter, cold soup.", "Parking was easy"]
 
 
+def test_files_whose_paths_hold_glob_or_url_characters_are_read_as_named(tmp_path):
+    """The reader (datasets) takes each file's path for a glob pattern: 'corpus[1]/a.txt' read
+    'corpus1/a.txt', another file, and 'g*h/a.txt' read 'gah/a.txt' too, without a word; each file named is
+    now read alone. A path holding '::' (a chain of URLs to the reader) is a SourceError naming it."""
+    for folder, text in (("corpus[1]", "mine"), ("corpus1", "other"), ("g*h", "star"), ("gah", "neighbour"),
+                         ("c#1 50% d?e", "odd")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "a.txt").write_text(text)
+    for folder, text in (("corpus[1]", "mine"), ("g*h", "star"), ("c#1 50% d?e", "odd")):
+        assert list(iter_documents(SourceConfig(kind="files", path=str(tmp_path / folder)))) == [text]
+    (tmp_path / "x::y").mkdir()
+    (tmp_path / "x::y" / "a.txt").write_text("chained")
+    with pytest.raises(SourceError, match=r"x::y/a.txt: the reader \(Hugging Face datasets\) takes '::'"):
+        list(iter_documents(SourceConfig(kind="files", path=str(tmp_path / "x::y"))))
+
+
 def test_jsonl_skips_empty_docs_and_max_docs():
     cfg = SourceConfig(kind="files", path=str(DATA / "notes.jsonl"))
     assert list(iter_documents(cfg)) == [
