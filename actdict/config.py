@@ -305,6 +305,10 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
     if tp is str:
+        if isinstance(value, bool | int | float) or value is None:  # `run_dir: no`, `name: on`, `store: 1e3`
+            raise ConfigError(f"{where}: expected a string, got {value!r}: YAML reads an unquoted yes, no, "
+                              "on, off, true, false, null, ~, nothing or a number as such; quote the text "
+                              "(e.g. \"no\")")
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
         return value

@@ -342,6 +342,21 @@ def test_an_empty_run_dir_is_refused(tmp_path, monkeypatch):
     assert common_of(load_experiment(p, ["run_dir=."])).store_path == "store"
 
 
+@pytest.mark.parametrize("text, got", [("run_dir: no", "False"), ("store: 1e3", "1000.0"),
+                                       ("run_dir: ~", "None"),
+                                       ("train: {dicts: [{name: on, variant: sae_l1}]}", "True")])
+def test_a_string_that_yaml_reads_as_another_type_says_to_quote_it(tmp_path, text, got):
+    """A folder or dictionary named `no`, `on`, `1e3` or `~` was refused as 'expected a string, got False'
+    (the user wrote no false): the error says that YAML read it so and to quote it."""
+    from actdict.train.config import TrainConfig
+
+    (tmp_path / "c.yaml").write_text(text + "\n")
+    said = r"YAML reads an unquoted yes, no, on, off, true, false, null, ~, nothing or a number as such"
+    with pytest.raises(ConfigError, match=rf"expected a string, got {got}: {said}; quote the text"):
+        data = load_experiment(tmp_path / "c.yaml")
+        common_of(data), section(data, "train", TrainConfig)
+
+
 def test_override_values_edge_cases_and_list_bounds(tmp_path):
     """The value is everything after the first '=' (parsed as YAML; nothing after it is the empty string); an
     index one past the end of a list is a config error naming the valid ones, not an IndexError; the data
