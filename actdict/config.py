@@ -143,12 +143,19 @@ def safe_yaml(text: str, where: str = "YAML") -> Any:
 
 def expanded_size(data: Any) -> int:
     """How many values ``data`` (loaded YAML) holds with its aliases expanded, counted without expanding
-    them; ValueError for an alias that contains itself or more than ``MAX_YAML_VALUES`` values."""
+    them; ValueError for an alias that contains itself, more than ``MAX_YAML_VALUES`` values, or a value that
+    is no JSON (bytes, a date, a set: explicit tags)."""
     sizes: dict[int, int] = {}  # id of a list or mapping -> its size; -1 while it is being counted
 
     def size(x: Any) -> int:
         if not isinstance(x, dict | list):
+            if x is not None and not isinstance(x, str | int | float):  # !!binary, !!timestamp, !!set
+                raise ValueError(f"it holds a {type(x).__name__} ({str(x)[:40]!r}: a tag such as !!binary, "
+                                 "!!timestamp, !!set), where a config holds text, numbers, true/false, null, "
+                                 "lists and mappings")
             return 1
+        for k in x if isinstance(x, dict) else ():  # a key too: `!!timestamp 2026-12-05: x`
+            size(k)
         if sizes.get(id(x)) == -1:
             raise ValueError("an alias refers to a value that contains it (a loop)")
         if id(x) not in sizes:

@@ -548,6 +548,9 @@ LAUGHS = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
                            r"\(line 2, column 1\)"),
     ("seed: 1\n", "train.dicts=&d [*d]", r"override 'train.dicts=&d \[\*d\]' is not a config: an alias"),
     ("seed: 1\n", "seed=[", r"override 'seed=\[' is not valid YAML"),
+    ("run_dir: !!binary aGk=\n", None, r"c.yaml is not a config: it holds a bytes \(\"b'hi'\": a tag such "),
+    ("!!timestamp 2026-12-05: x\n", None, r"c.yaml is not a config: it holds a date \('2026-12-05': a tag "),
+    ("seed: 1\n", "run_dir=!!set {a}", r"override 'run_dir=!!set {a}' is not a config: it holds a set"),
 ])
 def test_a_hostile_or_broken_yaml_is_a_config_error_before_any_copy(tmp_path, text, override, message):
     (tmp_path / "c.yaml").write_text(text)
