@@ -39,7 +39,9 @@ class ConfigError(ActdictError, ValueError):
 
 def check_device(name: str, where: str) -> None:
     """A config's device string names a device this torch can use ('auto' always can): ConfigError naming
-    ``where`` (``train.device``, ``harvest.device``...) otherwise. Every stage's check."""
+    ``where`` (``train.device``, ``harvest.device``...) otherwise. Every stage's check. A device type other
+    than cpu and cuda counts where torch's module of that name says it is available (``torch.xpu``,
+    ``torch.mps``); ``meta`` holds no values and never is."""
     if name == "auto":
         return
     import torch  # here, not at the top: a config loads without torch
@@ -51,6 +53,10 @@ def check_device(name: str, where: str) -> None:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"{where}={name}, but this torch ({torch.__version__}) sees no CUDA device; use "
                           "'auto' or 'cpu'")
+    available = getattr(getattr(torch, dev.type, None), "is_available", None)
+    if dev.type not in ("cpu", "cuda") and not (callable(available) and available()):
+        raise ConfigError(f"{where}={name}, but this torch ({torch.__version__}) cannot compute on "
+                          f"{dev.type!r} devices; use 'auto', 'cpu' or 'cuda'")
 
 
 def check_seed(seed: object, name: str) -> None:

@@ -159,6 +159,8 @@ _SAE_TOPK = "[{name: a, variant: sae_topk, k: 8, params: {topk: %s}}]"
     ("[{name: a, variant: vae}]", ["analyze.labels=no.npy"], "analyze.labels: no.npy not found"),
     ("[{name: a, variant: vae}]", ["train.device=gpu"], "train.device: not a torch device: 'gpu'"),
     ("[{name: a, variant: vae}]", ["analyze.device=cuda:x"], "analyze.device: not a torch device"),
+    ("[{name: a, variant: vae}]", ["train.device=meta"], r"train.device=meta, but .* compute on 'meta'"),
+    ("[{name: a, variant: vae}]", ["analyze.device=meta"], r"analyze.device=meta, but .* on 'meta' devices"),
     ("[{name: a, variant: vae}]", ["harvest.source.shuffle_buffer=-5"], r"shuffle_buffer must be >= 0"),
     ("[{name: a, variant: vae}]", ["harvest.source.max_docs=0"], r"max_docs must be >= 1 or null, got 0"),
     ("[{name: a, variant: vae}]", ["train.t0=0"], r"train.t0 must be >= 1, got 0"),  # looped for ever
@@ -192,12 +194,21 @@ def test_run_rejects_a_bad_section_before_the_harvest(tmp_path, capsys, dicts, m
 
 
 def test_a_cuda_device_without_cuda_is_a_config_error():
+    """... and a device torch names but cannot compute on here (meta: no values; mps on Linux) too: it was
+    accepted, and the stage failed with a traceback at its first tensor."""
     import torch
 
     from actdict.config import check_device
 
     check_device("cpu", "train.device")
+    check_device("cpu:0", "train.device")
     check_device("auto", "train.device")
+    with pytest.raises(ConfigError, match=r"^harvest.device=meta, but this torch .* cannot compute on 'meta' "
+                                          r"devices; use 'auto', 'cpu' or 'cuda'$"):
+        check_device("meta", "harvest.device")
+    if not torch.backends.mps.is_available():
+        with pytest.raises(ConfigError, match=r"--device=mps, but .* cannot compute on 'mps' devices"):
+            check_device("mps", "--device")
     if torch.cuda.is_available():
         check_device("cuda:0", "train.device")
     else:
