@@ -345,8 +345,9 @@ def common_of(data: dict[str, Any]) -> Common:
 
 
 def section(data: dict[str, Any], stage: str, cls: type[T]) -> T:
-    """The typed config of one stage (its section may be absent: all defaults)."""
-    return build(cls, data.get(stage) or {}, stage)
+    """The typed config of one stage (its section may be absent or empty: all defaults; anything else but a
+    mapping is refused by ``build``, not read as an empty section)."""
+    return build(cls, data.get(stage), stage)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

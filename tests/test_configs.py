@@ -393,7 +393,8 @@ def test_override_values_edge_cases_and_list_bounds(tmp_path):
 
 
 def test_types_are_checked_strictly(tmp_path):
-    """true/false is no integer and no number; a Literal takes only its values; a tuple field gets a tuple."""
+    """true/false is no integer and no number; a Literal takes only its values; a tuple field gets a tuple; a
+    section that is empty but no mapping (`train: []`) is refused, not read as all defaults."""
     from dataclasses import dataclass
     from typing import Literal
 
@@ -418,6 +419,11 @@ def test_types_are_checked_strictly(tmp_path):
         section(load_experiment(p, ["harvest.mode=token"]), "harvest", _stage_cls("harvest"))
     with pytest.raises(ConfigError, match="harvest: expected a mapping, got int"):
         section(load_experiment(p, ["harvest=3"]), "harvest", _stage_cls("harvest"))
+    for empty, got in (("train=[]", "list"), ("analyze=false", "bool"), ("harvest=", "str")):  # were defaults
+        stage = empty.split("=")[0]
+        with pytest.raises(ConfigError, match=f"^{stage}: expected a mapping, got {got}$"):
+            section(load_experiment(p, [empty]), stage, _stage_cls(stage))
+    assert section(load_experiment(p, ["train=null"]), "train", _stage_cls("train")).epochs == 35
 
 
 def test_run_checks_the_split_the_vectors_and_the_dictionaries_it_analyzes(tmp_path):
