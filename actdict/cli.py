@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from actdict.config import ConfigError, common_of, load_experiment, section
+from actdict.config import ConfigError, check_threads, common_of, load_experiment, section
 from actdict.errors import ActdictError, print_error
 
 # stage -> (module with main(common, cfg), config module, config class)
@@ -135,8 +135,7 @@ def check_train_hook(hooks: list[str], hook: str) -> None:
 
 def set_threads(n: int) -> None:
     """torch's intra-op threads (``threads`` in the config; 0 keeps torch's default)."""
-    if n < 0:
-        raise ConfigError(f"threads must be >= 0 (0 = one per core), got {n}")
+    check_threads(n)
     if n:
         import torch
 

@@ -66,6 +66,17 @@ def check_seed(seed: object, name: str) -> None:
         raise ConfigError(f"{name} must be an integer in [0, 2**63), got {seed}")
 
 
+MAX_THREADS = 1024
+"""The most torch threads a config may ask for (``threads``): more than one machine's cores; far more, torch
+crashes (100,000: a segmentation fault; 2**64: an overflow)."""
+
+
+def check_threads(n: object) -> None:
+    """ConfigError unless ``n`` (``threads``) is in [0, MAX_THREADS] (a non-integer is the type check's)."""
+    if isinstance(n, int) and not 0 <= n <= MAX_THREADS:
+        raise ConfigError(f"threads must be >= 0 (0 = one per core) and at most {MAX_THREADS}, got {n}")
+
+
 def is_hook_name(hook: str) -> bool:
     """``hook`` can name one folder of a store: not empty, no '/', not starting with '.' ('..' would be the
     store's parent, '.' the store itself; dot names are the store's own files)."""
@@ -95,6 +106,7 @@ class Common:
 
     def __post_init__(self) -> None:
         check_seed(self.seed, "seed")
+        check_threads(self.threads)
         if not self.run_dir.strip():  # Path('') is the current folder: the run's files spread over it
             raise ConfigError(f"run_dir is empty ({self.run_dir!r}; an unset variable in run_dir=$RUN?): "
                               "name the run's folder, e.g. run_dir=runs/x ('.' for the current folder)")

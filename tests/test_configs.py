@@ -103,7 +103,8 @@ def test_build_nested_and_missing():
 
 
 def test_threads_key_sets_torch_threads(tmp_path):
-    """``threads: N`` (top level) sets torch's intra-op threads before a stage runs; 0 leaves the default."""
+    """``threads: N`` (top level) sets torch's intra-op threads before a stage runs; 0 leaves the default; a
+    count torch cannot make is refused with the config, before any stage."""
     import torch
 
     from actdict.cli import set_threads
@@ -123,6 +124,10 @@ def test_threads_key_sets_torch_threads(tmp_path):
             set_threads(-1)
     finally:
         torch.set_num_threads(before)
+    for bad in ("threads=-1", "threads=100000", f"threads={2**64}"):  # a segfault, an OverflowError in torch
+        with pytest.raises(ConfigError, match=r"^threads must be >= 0 \(0 = one per core\) and at most 1024"):
+            common_of(load_experiment(p, [bad]))
+    assert common_of(load_experiment(p, ["threads=1024"])).threads == 1024
 
 
 def test_importing_actdict_puts_large_tensors_on_huge_pages():
