@@ -295,11 +295,15 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         if value is None and type(None) in args:
             return None
         errors = []
-        for arg in (a for a in args if a is not type(None)):
+        options = [a for a in args if a is not type(None)]
+        for arg in options:
             try:
                 return _coerce(arg, value, where)
             except ConfigError as e:
                 errors.append(str(e))
+        if len(options) == 1:  # `int | None`: the int's message, with null named beside it
+            said = rf": expected \1{' or null' if type(None) in args else ''}, got "
+            raise ConfigError(re.sub(r": expected (.+?), got ", said, errors[0], count=1))
         raise ConfigError(f"{where}: {value!r} matches none of {args}: {errors}")
     if origin is typing.Literal:
         if value not in args:

@@ -398,8 +398,9 @@ def test_override_values_edge_cases_and_list_bounds(tmp_path):
 
 
 def test_types_are_checked_strictly(tmp_path):
-    """true/false is no integer and no number; a Literal takes only its values; a tuple field gets a tuple; a
-    section that is empty but no mapping (`train: []`) is refused, not read as all defaults."""
+    """true/false is no integer and no number; a Literal takes only its values; a tuple field gets a tuple; an
+    optional field's message names null beside its type; a section that is empty but no mapping (`train:
+    []`) is refused, not read as all defaults."""
     from dataclasses import dataclass
     from typing import Literal
 
@@ -424,6 +425,11 @@ def test_types_are_checked_strictly(tmp_path):
         section(load_experiment(p, ["harvest.mode=token"]), "harvest", _stage_cls("harvest"))
     with pytest.raises(ConfigError, match="harvest: expected a mapping, got int"):
         section(load_experiment(p, ["harvest=3"]), "harvest", _stage_cls("harvest"))
+    with pytest.raises(ConfigError, match=r"^harvest.max_tokens: expected an integer or null, got 100000.0$"):
+        section(load_experiment(p, ["harvest.max_tokens=1e5"]), "harvest", _stage_cls("harvest"))  # was
+    with pytest.raises(ConfigError, match=r"^train.dicts\[a\].seed: expected an integer or null, got 'x'$"):
+        section(load_experiment(p, ["train.dicts=[{name: a, variant: vae, seed: x}]"]), "train",
+                _stage_cls("train"))  # "'x' matches none of (<class 'int'>, <class 'NoneType'>): [...]"
     for empty, got in (("train=[]", "list"), ("analyze=false", "bool"), ("harvest=", "str")):  # were defaults
         stage = empty.split("=")[0]
         with pytest.raises(ConfigError, match=f"^{stage}: expected a mapping, got {got}$"):
