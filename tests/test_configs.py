@@ -167,6 +167,11 @@ _SAE_TOPK = "[{name: a, variant: sae_topk, k: 8, params: {topk: %s}}]"
     ("[{name: a, variant: vae}]", ["train.device=meta"], r"train.device=meta, but .* compute on 'meta'"),
     ("[{name: a, variant: vae}]", ["analyze.device=meta"], r"analyze.device=meta, but .* on 'meta' devices"),
     ("[{name: a, variant: vae}]", ["harvest.source.shuffle_buffer=-5"], r"shuffle_buffer must be >= 0"),
+    ("[{name: a, variant: sae_l1, k: 1000000000000000000}]", [],  # a traceback (RuntimeError), then
+     r"train.dicts\[a\]: sae_l1: a dictionary of k=1000000000000000000 latents is too large to build here \("
+     r"torch: Storage size calculation overflowed"),
+    (f"[{{name: a, variant: vae, k: {10**20}}}]", [],  # 'bad params {}' and torch's C++ stack
+     r"train.dicts\[a\]: vae: a dictionary of k=100000000000000000000 latents is too large to build here"),
     ("[{name: a, variant: vae}]", ["harvest.source.max_docs=0"], r"max_docs must be >= 1 or null, got 0"),
     ("[{name: a, variant: vae}]", ["train.t0=0"], r"train.t0 must be >= 1, got 0"),  # looped for ever
     ("[{name: a, variant: vae}]", ["train.batch_size=0"], r"train.batch_size must be >= 1, got 0"),
@@ -196,6 +201,20 @@ def test_run_rejects_a_bad_section_before_the_harvest(tmp_path, capsys, dicts, m
     err = capsys.readouterr().err
     assert re.search(message, err), err
     assert not run_dir.exists()  # the harvest never started
+
+
+def test_a_dictionary_too_large_for_memory_is_named_when_training_builds_it():
+    """The train stage's own build (the store's d known; check's is on the meta device, which allocates
+    nothing) names the dictionary whose k is beyond memory or torch's sizes, as check does."""
+    import torch
+
+    from actdict.train.config import DictConfig
+    from actdict.train.run import member
+
+    dc = DictConfig(name="big", variant="sae_l1", k=10**18)
+    with pytest.raises(ConfigError, match=r"^train.dicts\[big\]: sae_l1: a dictionary of k=10+ latents is "
+                                          r"too large to build here \(torch: Storage size calculation"):
+        member(dc, 16, 0, None, torch.device("cpu"))
 
 
 def test_a_cuda_device_without_cuda_is_a_config_error():

@@ -247,5 +247,11 @@ def make(variant: str, d: int, k: int, seed: int = 0, **params: Any) -> Dictiona
             return classes[variant](d, k, **params)
         except ConfigError:
             raise
-        except (TypeError, ValueError) as e:  # a param of the wrong type or value, e.g. topk: "ten"
-            raise ConfigError(f"{variant}: bad params {params}: {e}") from e
+        except (TypeError, ValueError, RuntimeError) as e:
+            said = str(e).splitlines()[0][:240]
+            if any(s in said.lower() for s in ("allocate", "overflow")):  # k beyond memory or torch's sizes
+                raise ConfigError(f"{variant}: a dictionary of k={k} latents is too large to build here "
+                                  f"(torch: {said})") from e
+            if isinstance(e, RuntimeError):
+                raise
+            raise ConfigError(f"{variant}: bad params {params}: {e}") from e  # a param's type or value

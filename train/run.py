@@ -188,7 +188,10 @@ def open_hook(path: str, hook: str):
 
 def member(dc: DictConfig, d: int, seed: int, norm: tuple | None, device: torch.device) -> Member:
     """A dictionary to train, built from its seed (wrapped in the normalisation when there is one)."""
-    model = make(dc.variant, d, dc.k, seed=seed, **dc.params)
+    try:
+        model = make(dc.variant, d, dc.k, seed=seed, **dc.params)
+    except ConfigError as e:  # one the meta build of ``check`` could not see (memory), named as check's are
+        raise ConfigError(f"train.dicts[{dc.name}]: {e}") from e
     if norm is not None:
         model = checkpoint.Normalized(model, torch.from_numpy(norm[0]), norm[1])
     m = Member(dc.name, model.to(device).train(), dc.lr)
