@@ -213,7 +213,7 @@ def _main(argv: list[str] | None = None) -> int:
                                      epilog=_EPILOG)
     parser.add_argument("stage", choices=[*_STAGES, "run"], help="stage to run; 'run' = all three")
     parser.add_argument("config", help="experiment YAML, e.g. configs/demo.yaml")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=2")
+    parser.add_argument("overrides", nargs="*", default=[], help="dotted overrides, e.g. train.epochs=2")
     parser.add_argument("--dry-run", action="store_true", help="check the config and say what each stage "
                         "would do (the store: new, complete, grown or continued; every dictionary, a sweep's "
                         "expanded: skipped, replaced and why, or new; the resume state), doing none of it")

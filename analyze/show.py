@@ -140,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
                                 "terminal, from the features file analysis wrote: each chosen feature's "
                                 "contexts, partners and directions, or the most active ones.")
     p.add_argument("dict", help="a trained and analysed dictionary: RUN_DIR/dicts/NAME")
-    p.add_argument("features", nargs="*", type=int, metavar="I", help="feature indices (none: --list)")
+    p.add_argument("features", nargs="*", default=[], type=int, metavar="I",  # default: not named as required
+                   help="feature indices (none: --list)")
     p.add_argument("--top", type=int, default=8, help="contexts shown per kind (default 8)")
     p.add_argument("--list", type=int, default=20, help="features listed without indices (default 20)")
     p.add_argument("--search", metavar="WORD", help="list the features whose top contexts have WORD as their "

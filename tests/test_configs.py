@@ -703,3 +703,17 @@ def test_a_sweep_set_to_null_from_the_command_line_trains_the_one_dictionary_its
     cfg.write_text("train:\n  dicts:\n    - {name: a, variant: sae_l1, k: 4, sweep: {seed: [0, 1]}}\n")
     dicts = section(load_experiment(cfg, ["train.dicts.a.sweep=null"]), "train", TrainConfig).dicts
     assert [(d.name, d.k, d.seed) for d in dicts] == [("a", 4, None)]
+
+
+@pytest.mark.parametrize("argv, required", [(["train"], "config"), ([], "stage, config"),
+                                            (["feature"], "dict")])
+def test_a_missing_argument_names_only_the_required_ones(capsys, argv, required):
+    """The overrides (`actdict run CONFIG [key=value ...]`) and `actdict feature`'s indices may be left out;
+    the usage error named them as required ('the following arguments are required: config, overrides')."""
+    from actdict.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(f"error: the following arguments are required: "
+                                                             f"{required}")
