@@ -125,7 +125,19 @@ class Common:
 
 class _Loader(yaml.SafeLoader):
     """``yaml.safe_load``'s loader (plain data only), with YAML 1.2's floats: PyYAML follows YAML 1.1, where
-    ``1e-3`` (no dot) is the string '1e-3', the way most people write a learning rate or a weight."""
+    ``1e-3`` (no dot) is the string '1e-3', the way most people write a learning rate or a weight; and no
+    key twice in one mapping, which YAML forbids and PyYAML reads as the last one (a second ``train:``
+    section dropped the first's dictionaries). A merge key's (``<<: *base``) are overridden as YAML says."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key, _ in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                if (key.tag, key.value) in seen:
+                    said = f"the key {key.value!r} is given twice in one mapping (the first would be lost)"
+                    raise yaml.constructor.ConstructorError(None, None, said, key.start_mark)
+                seen.add((key.tag, key.value))
+        return super().construct_mapping(node, deep)
 
 
 _Loader.add_implicit_resolver(  # tried after the YAML 1.1 resolvers of the same first characters

@@ -598,11 +598,23 @@ LAUGHS = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
     ("run_dir: !!binary aGk=\n", None, r"c.yaml is not a config: it holds a bytes \(\"b'hi'\": a tag such "),
     ("!!timestamp 2026-12-05: x\n", None, r"c.yaml is not a config: it holds a date \('2026-12-05': a tag "),
     ("seed: 1\n", "run_dir=!!set {a}", r"override 'run_dir=!!set {a}' is not a config: it holds a set"),
+    ("train:\n  dicts: [{name: a, variant: vae}]\ntrain:\n  epochs: 2\n", None,  # was the default dictionary
+     r"/c.yaml is not valid YAML: the key 'train' is given twice in one mapping \(the first would be lost\) "
+     r"\(line 3, column 1\)$"),
+    ("seed: 1\n", "train.dicts=[{name: a, variant: vae, name: b}]", r"^override .* 'name' is given twice"),
 ])
 def test_a_hostile_or_broken_yaml_is_a_config_error_before_any_copy(tmp_path, text, override, message):
     (tmp_path / "c.yaml").write_text(text)
     with pytest.raises(ConfigError, match=message):
         load_experiment(tmp_path / "c.yaml", [override] if override else [])
+
+
+def test_a_merge_key_still_overrides_the_keys_it_brings(tmp_path):
+    """Keys given twice are refused, but a merge key's (`<<: *base`) are the mapping's to override."""
+    (tmp_path / "c.yaml").write_text("train:\n  dicts:\n    - &base {name: a, variant: sae_l1, k: 8}\n"
+                                     "    - {<<: *base, name: b, k: 16}\n")
+    dicts = section(load_experiment(tmp_path / "c.yaml"), "train", _stage_cls("train")).dicts
+    assert [(dc.name, dc.variant, dc.k) for dc in dicts] == [("a", "sae_l1", 8), ("b", "sae_l1", 16)]
 
 
 def test_a_config_that_is_not_utf8_is_a_config_error(tmp_path):
