@@ -90,8 +90,12 @@ def check_run(data: dict, cfgs: dict[str, Any]) -> None:
     """What only ``run`` can check before it starts: train holds chunks out when analyze scores them; a
     vectors file to import has more than one chunk of rows when train holds chunks out; ``train.hook`` picks
     one hook of a harvest of several; every dictionary ``analyze.dicts`` names is trained by this run or
-    already in ``<run_dir>/dicts``."""
+    already in ``<run_dir>/dicts``; ``run_dir`` is no file (train and analyze write there: after the
+    harvest, they found it one)."""
     harvest, train = cfgs.get("harvest"), cfgs.get("train")
+    if (run_dir := Path(common_of(data).run_dir)).is_file():
+        raise ConfigError(f"run_dir {run_dir} is a file, not a folder: set run_dir to a folder for the run's "
+                          "checkpoints, logs and report")
     if train is not None and "analyze" in cfgs and train.test_fraction == 0:
         raise ConfigError("train.test_fraction=0 holds no chunks out, and the analysis scores the held-out "
                           "ones: set train.test_fraction > 0 (e.g. 0.1), or run the stages without analyze "
