@@ -89,9 +89,9 @@ def dry_run(data: dict, cfgs: dict[str, Any]) -> list[str]:
 def check_run(data: dict, cfgs: dict[str, Any]) -> None:
     """What only ``run`` can check before it starts: train holds chunks out when analyze scores them; a
     vectors file to import has more than one chunk of rows when train holds chunks out; ``train.hook`` picks
-    one hook of a harvest of several; every dictionary ``analyze.dicts`` names is trained by this run or
-    already in ``<run_dir>/dicts``; ``run_dir`` is no file (train and analyze write there: after the
-    harvest, they found it one)."""
+    one hook of a harvest of several (or names the one of a vectors or embeddings harvest); every dictionary
+    ``analyze.dicts`` names is trained by this run or already in ``<run_dir>/dicts``; ``run_dir`` is no file
+    (train and analyze write there: after the harvest, they found it one)."""
     harvest, train = cfgs.get("harvest"), cfgs.get("train")
     if (run_dir := Path(common_of(data).run_dir)).is_file():
         raise ConfigError(f"run_dir {run_dir} is a file, not a folder: set run_dir to a folder for the run's "
@@ -111,8 +111,10 @@ def check_run(data: dict, cfgs: dict[str, Any]) -> None:
                 f"{harvest.chunk_rows}, and train holds whole chunks out for testing (train.test_fraction="
                 f"{train.test_fraction}); set harvest.chunk_rows={chunk_rows_for(n, harvest.shard_rows)} "
                 "(8 chunks or more)" + ("" if "analyze" in cfgs else ", or train.test_fraction=0"))
-    if harvest is not None and train is not None and harvest.mode == "tokens":
-        check_train_hook(list(harvest.hooks), train.hook)
+    if harvest is not None and train is not None:  # the hook each mode writes
+        writes = {"tokens": list(harvest.hooks), "vectors": [harvest.vectors.hook],
+                  "embeddings": [harvest.embed.hook]}
+        check_train_hook(writes[harvest.mode], train.hook)
     if "analyze" not in cfgs or "train" not in cfgs:
         return
     made = {dc.name for dc in cfgs["train"].dicts}

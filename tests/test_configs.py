@@ -459,7 +459,8 @@ def test_types_are_checked_strictly(tmp_path):
 def test_run_checks_the_split_the_vectors_and_the_dictionaries_it_analyzes(tmp_path):
     """What only `run` checks: a vectors file of one chunk (n == chunk_rows) has none to hold out; a run
     without analysis may hold none out (test_fraction=0); analysis may name a dictionary this run does not
-    train when the run folder already holds it; a run_dir that is a file is refused before the harvest."""
+    train when the run folder already holds it; a run_dir that is a file, and a train.hook a vectors harvest
+    does not write, are refused before the harvest."""
     import numpy as np
 
     from actdict.cli import check_run
@@ -486,6 +487,11 @@ def test_run_checks_the_split_the_vectors_and_the_dictionaries_it_analyzes(tmp_p
         check("harvest.chunk_rows=32", "harvest.shard_rows=32", "analyze.dicts=[a, b]")
     (tmp_path / "run" / "dicts" / "b").mkdir(parents=True)  # trained by an earlier run
     check("harvest.chunk_rows=32", "harvest.shard_rows=32", "analyze.dicts=[a, b]")
+    ok = ("harvest.chunk_rows=32", "harvest.shard_rows=32")
+    check(*ok, "train.hook=vectors")  # the hook a vectors harvest writes; another was found after the import
+    with pytest.raises(ConfigError, match=r"^train.hook='emb' is not among the hooks the harvest writes"):
+        check(*ok, "train.hook=emb")
+    check(*ok, "train.hook=emb", "harvest.vectors.hook=emb")
     (tmp_path / "file").write_text("")  # the harvest ran, then training found no folder to write in
     with pytest.raises(ConfigError, match=r"^run_dir .*/file is a file, not a folder: set run_dir"):
         check("harvest.chunk_rows=32", "harvest.shard_rows=32", f"run_dir={tmp_path / 'file'}")
