@@ -66,11 +66,16 @@ class StoreError(ActdictError, RuntimeError):
 def fs_of(path: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """The fsspec filesystem of a local path or URL, and the path inside it (no trailing slash). A path
     without '://' is a local one, whatever it holds: fsspec reads '::' as a chain of URLs ('runs/a::b/store'
-    was the folder 'runs/a')."""
+    was the folder 'runs/a'). A URL whose protocol fsspec does not know (``foo://``), or whose backend is
+    not installed (``gs://`` without gcsfs), is a StoreError."""
     if "://" not in str(path):
         fs = fsspec.filesystem("file")
         return fs, fs._strip_protocol(str(path)).rstrip("/")
-    fs, root = fsspec.core.url_to_fs(str(path))
+    try:
+        fs, root = fsspec.core.url_to_fs(str(path))
+    except (ValueError, ImportError) as e:  # 'Protocol not known: foo'; 'Please install gcsfs to access ...'
+        raise StoreError(f"store {path} cannot be opened: {e} (a local folder, or a URL of an fsspec "
+                         "protocol whose package is installed: s3:// with s3fs, gs:// with gcsfs...)") from e
     return fs, root.rstrip("/")
 
 

@@ -840,3 +840,23 @@ def test_store_help_says_a_hook_folder_is_a_path_too(capsys):
     with pytest.raises(SystemExit):
         main(["store", "--help"])
     assert "one hook's folder <store>/<hook>" in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_store_url_fsspec_cannot_open_is_one_line(tmp_path, capsys):
+    """A protocol fsspec does not know (a typo: `s4://`), or one whose package is missing (gs:// without
+    gcsfs), was a traceback (ValueError: Protocol not known; ImportError) from every stage and tool."""
+    import importlib.util
+
+    from actdict.cli import main
+    from actdict.harvest.layout import StoreError, fs_of
+
+    with pytest.raises(StoreError, match=r"^store s4://b/acts cannot be opened: Protocol not known: s4 \("):
+        fs_of("s4://b/acts")
+    (tmp_path / "c.yaml").write_text(f"run_dir: {tmp_path / 'run'}\nstore: s4://b/acts\n")
+    assert main(["train", str(tmp_path / "c.yaml")]) == 2
+    assert capsys.readouterr().err.startswith("actdict: StoreError: store s4://b/acts cannot be opened: ")
+    assert main(["store", "s4://b/acts"]) == 2
+    assert "store s4://b/acts cannot be opened" in "".join(capsys.readouterr())
+    if importlib.util.find_spec("gcsfs") is None:
+        with pytest.raises(StoreError, match=r"^store gs://b/acts cannot be opened: .*install gcsfs"):
+            fs_of("gs://b/acts")
