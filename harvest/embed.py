@@ -107,13 +107,26 @@ def load_encoder(name_or_path: str, device: str = "cpu", dtype: str = "float32",
     model.eval()
     if dtype != "float32":
         model.to(getattr(torch, dtype))
+    hf_model = getattr(model[0], "auto_model", None)  # the transformers model inside (None: another backend)
+    if max_seq_length is not None and max_seq_length > (limit := position_limit(hf_model) or max_seq_length):
+        raise ConfigError(f"harvest.embed.max_seq_length={max_seq_length} exceeds the context of {name} "
+                          f"({limit} positions): set it to {limit} or less, or null (the model's own limit, "
+                          f"{model.max_seq_length})")
     if max_seq_length is not None:
         model.max_seq_length = max_seq_length
-    hf_model = getattr(model[0], "auto_model", None)  # the transformers model inside (None: another backend)
     revision = _revision(where, hf_model.config) if hf_model is not None else None
     dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
     return Encoder(model=model, name=name, revision=revision,
                    d=int(dim()), device=device)
+
+
+def position_limit(hf_model: Any) -> int | None:
+    """The most tokens a transformers model's table of learned positions holds (RoBERTa's and MPNet's start
+    after their padding index), or None: no such table (rotary positions, ModernBERT) or no such model."""
+    table = getattr(getattr(hf_model, "embeddings", None), "position_embeddings", None)
+    if not isinstance(getattr(table, "num_embeddings", None), int):
+        return None
+    return table.num_embeddings - (0 if table.padding_idx is None else table.padding_idx + 1)
 
 
 def embed_texts(enc: Encoder, texts: list[str], cfg: EmbedConfig, batch_size: int) -> np.ndarray:

@@ -207,3 +207,21 @@ def test_the_progress_bar_ends_full_when_the_source_is_shorter_than_max_tokens(t
     harvest_main(Common(run_dir=str(tmp_path / "run")), _cfg(src, max_tokens=1000, model=str(minilm_path)))
     last = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
     assert "100%" in last and "12/12" in last
+
+
+def test_a_truncation_beyond_the_models_positions_is_refused_before_any_row(tmp_path):
+    """embed.max_seq_length above the model's table of positions (MiniLM: 512) was taken, and the first
+    document that long died in the model's forward (RuntimeError: The size of tensor a (1000) must match the
+    size of tensor b (512)), maybe hours into the harvest; the model's own limit is still taken."""
+    from actdict.config import ConfigError
+
+    long_doc = tmp_path / "long.txt"
+    long_doc.write_text(" ".join(["lantern"] * 700) + "\n\nA short one.\n")
+    src = {"kind": "files", "path": str(long_doc), "txt_docs": "paragraph"}
+    run = Common(run_dir=str(tmp_path / "run"))
+    with pytest.raises(ConfigError, match=r"^harvest.embed.max_seq_length=1000 exceeds the context of "
+                                          r"all-MiniLM-L6-v2 \(512 positions\): set it to 512 or less"):
+        harvest_main(run, _cfg(src, embed={"max_seq_length": 1000}))
+    assert not (tmp_path / "run" / "store" / "embedding" / "shards").exists()
+    harvest_main(run, _cfg(src, embed={"max_seq_length": 512}))
+    assert len(open_store(str(tmp_path / "run" / "store"), "embedding")) == 2
