@@ -40,7 +40,8 @@ def causal_lm(store, device: torch.device, cfg: AnalyzeConfig):
 def splice_setup(lm, cfg: AnalyzeConfig, store, test_chunks: list[int]):
     """The store's causal language model ``lm`` and its held-out windows for the CE/KL evaluation (see
     ``analyze.splice``), made before the analysis pass: (model, windows). The windows begin and join
-    documents as the store's harvest did (its manifest's settings)."""
+    documents as the store's harvest did (its manifest's settings); a window longer than the model's context
+    is refused."""
     from dataclasses import replace
 
     from actdict.harvest.config import HarvestConfig
@@ -51,6 +52,10 @@ def splice_setup(lm, cfg: AnalyzeConfig, store, test_chunks: list[int]):
     how = replace(HarvestConfig(), **{k: made[k] for k in ("prepend_bos", "join_with_eos", "pad_id",
                                                             "window_mode") if k in made})
     spec = window_specials(lm, how)
+    if (n := cfg.ce_ctx + len(spec["prefix"])) > lm.n_ctx:  # rotary models read on, past what they learned
+        bos = f" (+ {len(spec['prefix'])} BOS: windows of {n} tokens)" if len(spec["prefix"]) else ""
+        raise AnalyzeError(f"analyze.ce_ctx={cfg.ce_ctx}{bos} exceeds the context of {lm.name} ({lm.n_ctx} "
+                           f"tokens): set analyze.ce_ctx={lm.n_ctx - len(spec['prefix'])} or less")
     windows = heldout_windows(store, test_chunks, cfg.ce_windows, cfg.ce_ctx, spec["prefix"], spec["sep"],
                               join_docs=how.window_mode == "concat", pad_id=spec["pad_id"])
     return lm, windows

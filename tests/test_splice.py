@@ -283,3 +283,21 @@ def test_kl_is_clean_to_spliced_by_hand():
     p, q = clean[:, :-1].softmax(-1).double(), other[:, :-1].softmax(-1).double()
     want = (p * (p / q).log()).sum(-1)  # KL(p_clean || p_spliced) [W, T-1]
     torch.testing.assert_close(kl_per_position(clean, other).double(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_window_longer_than_the_models_context_is_refused(lm, lm_run):
+    """analyze.ce_ctx past the model's context (with the BOS before each window) was taken: a rotary model
+    (Pythia) read on past what it learned and the CE was reported as if it had not, a model of learned
+    positions died in its forward. The windows now fit, or the analysis says what fits."""
+    from actdict.analyze.config import AnalyzeConfig
+    from actdict.analyze.run import AnalyzeError, splice_setup
+
+    st = open_store(str(lm_run(str(lm.path), HOOK, lm.d_model) / "store"))
+    assert lm.n_ctx == 2048
+    for ctx in (2048, 3000):
+        said = (rf"^analyze.ce_ctx={ctx} \(\+ 1 BOS: windows of {ctx + 1} tokens\) exceeds the context of .* "
+                r"\(2048 tokens\): set analyze.ce_ctx=2047 or less$")
+        with pytest.raises(AnalyzeError, match=said):
+            splice_setup(lm, AnalyzeConfig(ce_loss=True, ce_ctx=ctx), st, [2, 3])
+    _, windows = splice_setup(lm, AnalyzeConfig(ce_loss=True, ce_ctx=2047), st, [2, 3])
+    assert windows.tokens.shape == (1, 2048)  # BOS + the 128 test rows, padded to the window
