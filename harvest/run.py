@@ -49,6 +49,7 @@ from actdict.harvest.reuse import as_json, complete_for, hook_manifests, how_hel
 from actdict.harvest.sources import (
     SourceConfig,
     Window,
+    check_source,
     iter_documents,
     source_fingerprint,
     token_windows,
@@ -235,6 +236,13 @@ def shard_rows_of(lm: LoadedModel, work: ShardWork, hooks: list[str], stop: int 
         if progress is not None:
             progress(m)
     return out
+
+
+def check(common: Common, cfg: HarvestConfig) -> None:
+    """Reject a harvest section that reads other text than it names, before anything runs (``actdict run``
+    calls it with the other stages' checks): a source field its kind does not read (``check_source``)."""
+    if cfg.mode != "vectors":  # a vectors import reads no source
+        check_source(cfg.source)
 
 
 def main(common: Common, cfg: HarvestConfig, on_hooks: Callable[[list[str]], None] | None = None) -> None:

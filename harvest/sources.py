@@ -69,6 +69,21 @@ class SourceConfig:
                               f"{self.shuffle_buffer}")
 
 
+_READERS = {"path": ("files",), "txt_docs": ("files",), "name": ("hub",), "split": ("hub",),
+            "text_field": ("files", "hub")}
+"""The source kinds that read each field (the others read every kind)."""
+
+
+def check_source(cfg: SourceConfig) -> None:
+    """ConfigError for a field set away from its default that ``cfg.kind`` does not read: ``path: corpus/``
+    without ``kind: files`` harvested the Debian demo corpus (the default kind) in its place."""
+    for name, kinds in _READERS.items():
+        if cfg.kind not in kinds and (value := getattr(cfg, name)) != getattr(SourceConfig, name):
+            readers = " or ".join(kinds)
+            raise ConfigError(f"harvest.source.{name} is set ({value!r}) but source.kind={cfg.kind!r} does "
+                              f"not read it: set harvest.source.kind={readers}, or leave {name} out")
+
+
 def iter_documents(cfg: SourceConfig) -> Iterator[str]:
     """The non-empty documents of ``cfg``, in a deterministic order, at most ``cfg.max_docs``."""
     if cfg.kind == "debian":

@@ -167,6 +167,9 @@ _SAE_TOPK = "[{name: a, variant: sae_topk, k: 8, params: {topk: %s}}]"
     ("[{name: a, variant: vae}]", ["train.device=meta"], r"train.device=meta, but .* compute on 'meta'"),
     ("[{name: a, variant: vae}]", ["analyze.device=meta"], r"analyze.device=meta, but .* on 'meta' devices"),
     ("[{name: a, variant: vae}]", ["harvest.source.shuffle_buffer=-5"], r"shuffle_buffer must be >= 0"),
+    ("[{name: a, variant: vae}]", ["harvest.source.path=corpus/"],  # was the demo corpus, harvested
+     r"harvest.source.path is set \('corpus/'\) but source.kind='debian' does not read it: set harvest.source"
+     r".kind=files, or leave path out"),
     ("[{name: a, variant: sae_l1, k: 1000000000000000000}]", [],  # a traceback (RuntimeError), then
      r"train.dicts\[a\]: sae_l1: a dictionary of k=1000000000000000000 latents is too large to build here \("
      r"torch: Storage size calculation overflowed"),
