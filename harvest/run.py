@@ -239,10 +239,18 @@ def shard_rows_of(lm: LoadedModel, work: ShardWork, hooks: list[str], stop: int 
 
 
 def check(common: Common, cfg: HarvestConfig) -> None:
-    """Reject a harvest section that reads other text than it names, before anything runs (``actdict run``
-    calls it with the other stages' checks): a source field its kind does not read (``check_source``)."""
+    """Reject a harvest section that reads other data than it names, before anything runs (``actdict run``
+    calls it with the other stages' checks): a source field its kind does not read (``check_source``); an
+    ``embed`` or ``vectors`` section set for a token harvest, the default mode (``vectors: {path: x.npy}``
+    without ``mode: vectors`` harvested the demo corpus; a mode named is taken as meant)."""
     if cfg.mode != "vectors":  # a vectors import reads no source
         check_source(cfg.source)
+    for name, mode in (("embed", "embeddings"), ("vectors", "vectors")):
+        sub = getattr(cfg, name)
+        given = {k: v for k, v in vars(sub).items() if v != getattr(type(sub), k)}
+        if cfg.mode == "tokens" and given:
+            raise ConfigError(f"harvest.{name} is set ({given}) but harvest.mode='tokens' does not read it: "
+                              f"set harvest.mode={mode}, or leave {name} out")
 
 
 def main(common: Common, cfg: HarvestConfig, on_hooks: Callable[[list[str]], None] | None = None) -> None:

@@ -170,6 +170,9 @@ _SAE_TOPK = "[{name: a, variant: sae_topk, k: 8, params: {topk: %s}}]"
     ("[{name: a, variant: vae}]", ["harvest.source.path=corpus/"],  # was the demo corpus, harvested
      r"harvest.source.path is set \('corpus/'\) but source.kind='debian' does not read it: set harvest.source"
      r".kind=files, or leave path out"),
+    ("[{name: a, variant: vae}]", ["harvest.vectors.path=x.npy"],  # was the demo corpus too
+     r"harvest.vectors is set \(\{'path': 'x.npy'\}\) but harvest.mode='tokens' does not read it: set "
+     r"harvest.mode=vectors, or leave vectors out"),
     ("[{name: a, variant: sae_l1, k: 1000000000000000000}]", [],  # a traceback (RuntimeError), then
      r"train.dicts\[a\]: sae_l1: a dictionary of k=1000000000000000000 latents is too large to build here \("
      r"torch: Storage size calculation overflowed"),
