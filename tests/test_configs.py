@@ -666,6 +666,7 @@ def test_a_sweep_expands_into_one_dictionary_per_combination_named_by_its_values
     ("{k: 8}", r"train.dicts\[a\].sweep.k: expected a non-empty list of values, got 8"),
     ("{params: {lam1: []}}", r"sweep.params.lam1: expected a non-empty list"),
     ("{lr: [0.1, 0.1]}", r"sweep.lr: a value is listed twice"),
+    ("{params: {lam2: [1, 2, 1.0]}}", r"sweep.params.lam2: a value is listed twice: \[1, 2, 1.0\]"),
     ("{k: [8, 16]}", r"sweep.k: also set outside the sweep \(4\)"),
     ("{params: {lam1: [1, 2]}}", r"sweep.params.lam1: also set outside the sweep \(0.5\)"),
     ("[1, 2]", r"train.dicts\[a\].sweep: expected a mapping"),

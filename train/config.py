@@ -212,6 +212,11 @@ def expand_sweeps(items: list, where: str = "train.dicts") -> list:
     return out
 
 
+def _as_number(value: Any) -> Any:
+    """``value`` with an integer or float as a float (1 and 1.0: one value of a param), the rest as is."""
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+
+
 def _sweep_axes(sweep: Any, base: dict, at: str) -> list[tuple[tuple[str, ...], list]]:
     """A dictionary's ``sweep`` as ((field,) or ("params", name), values) pairs, checked."""
     if not isinstance(sweep, dict) or not sweep:
@@ -235,7 +240,7 @@ def _sweep_axes(sweep: Any, base: dict, at: str) -> list[tuple[tuple[str, ...], 
         name = ".".join(path)
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{at}.{name}: expected a non-empty list of values, got {values!r}")
-        if len({json.dumps(v, sort_keys=True) for v in values}) < len(values):
+        if len({json.dumps(_as_number(v), sort_keys=True) for v in values}) < len(values):  # 1 and 1.0 too
             raise ConfigError(f"{at}.{name}: a value is listed twice: {values}")
         fixed = base.get("params") if path[0] == "params" else base
         if isinstance(fixed, dict) and fixed.get(path[-1]) is not None:  # null: unset (an override's way)
