@@ -173,6 +173,10 @@ def test_bad_files_and_places_are_refused(tmp_path, capsys):
                        tmp_path / "run" / "dicts" / "a")
     with pytest.raises(NotImportable, match=r"import into a run folder's dicts/"):
         import_saelens(src, tmp_path / "run" / "a")
+    for hook in ("", "blocks.1/hook_resid_post", ".."):  # was recorded, and analysis found no such hook
+        with pytest.raises(NotImportable, match=rf"^--hook '{hook}' cannot name a store's hook"):
+            import_saelens(src, tmp_path / "run" / "dicts" / "a", hook=hook)
+    assert not (tmp_path / "run").exists()
     assert main([str(src), str(tmp_path / "run" / "dicts" / "a")]) == 0
     assert "standard SAE as sae_l1 (d 7, k 12, hook blocks.1.hook_resid_post)" in capsys.readouterr().out
     assert main([str(src), str(tmp_path / "run" / "dicts" / "a")]) == 2

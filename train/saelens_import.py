@@ -34,6 +34,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor
 
+from actdict.config import is_hook_name
 from actdict.errors import ActdictError
 from actdict.files import check_not_linked
 from actdict.lock import folder_lock
@@ -171,6 +172,9 @@ def import_saelens(src: str | Path, dest: str | Path, overwrite: bool = False, h
                            "finds dictionaries")
     if why := bad_name(dest.name):
         raise NotImportable(f"{dest}: {why}")
+    if hook is not None and not is_hook_name(hook):  # no store can hold it: analysis would refuse it late
+        raise NotImportable(f"--hook {hook!r} cannot name a store's hook (a non-empty name without '/', not "
+                            "starting with '.')")
     run_dir = dest.parent.parent
     check_not_linked([run_dir / "dicts", dest], "the imported SAE")
     run_dir.mkdir(parents=True, exist_ok=True)
