@@ -183,6 +183,9 @@ _SAE_TOPK = "[{name: a, variant: sae_topk, k: 8, params: {topk: %s}}]"
     ("[{name: a, variant: vae}]", ["train.batch_size=0"], r"train.batch_size must be >= 1, got 0"),
     ("[{name: a, variant: vae}]", ["train.test_fraction=1"], r"train.test_fraction must be in \[0, 1\)"),
     ("[{name: a, variant: vae}]", ["train.grad_clip=-1"], r"train.grad_clip must be a number >= 0"),
+    ("[{name: a, variant: vae}, {name: b, variant: vae, lr: 0}]", ["train.eta_min=0.5"],  # lr rose to 0.5
+     r"train.eta_min=0.5 is above the lr of \['a'\]: the cosine_restarts schedule would raise their learning "
+     r"rate to it, not decay it; set train.eta_min below every lr"),
     ("[{name: a, variant: vae, k: 0}]", [], r"train.dicts\[a\].k must be >= 1, got 0"),
     ("[{name: a, variant: vae, lr: -0.1}]", [], r"train.dicts\[a\].lr must be a number >= 0"),
     ("[{name: a_k-8, variant: vae}, {name: a, variant: vae, sweep: {k: [8, 9]}}]", [],

@@ -164,6 +164,11 @@ class TrainConfig:
         for name in ("eta_min", "grad_clip"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
                 raise ConfigError(f"train.{name} must be a number >= 0, got {getattr(self, name)}")
+        under = [dc.name for dc in self.dicts if 0 < dc.lr < self.eta_min]  # (lr 0: no steps to decay)
+        if under and self.schedule != "constant":
+            raise ConfigError(f"train.eta_min={self.eta_min} is above the lr of {under}: the {self.schedule} "
+                              "schedule would raise their learning rate to it, not decay it; set "
+                              "train.eta_min below every lr (default 1e-06)")
 
 
 SWEPT = ("k", "lr", "seed")  # the fields of a dictionary a ``sweep`` may vary, beside its ``params``
