@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from actdict.errors import ActdictError, printable
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                 verified = printable(f"\n  verify: {info['verified']}") if a.verify else ""
                 print(line(info) + verified, flush=True)
     except ActdictError as e:  # StoreError, FolderInUse
-        print(printable(f"actdict store: {e}"))
+        print(printable(f"actdict store: {e}"), file=sys.stderr)  # not in the report (--json) on stdout
         return 2
     if a.json:
         print(json.dumps(out, indent=1, default=str))

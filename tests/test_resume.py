@@ -194,7 +194,7 @@ def test_repair_removes_damaged_shards_and_the_harvest_writes_only_them_again(re
     assert {p: p.stat().st_mtime_ns for p in kept} == kept  # the intact shards were not written again
     (store / HOOKS[1] / "manifest.json").write_text("{")
     assert store_cli([str(store), "--repair"]) == 2  # the bad manifest stops it before anything changes
-    assert "manifest.json is unreadable (JSONDecodeError" in capsys.readouterr().out
+    assert "manifest.json is unreadable (JSONDecodeError" in capsys.readouterr().err
     assert {k: v for k, v in tree(store).items() if k != f"{HOOKS[1]}/manifest.json"} == {
         k: v for k, v in ref.items() if k != f"{HOOKS[1]}/manifest.json"}
 

@@ -455,7 +455,8 @@ def test_store_command_describes_and_verifies(tmp_path, capsys):
     files = (tmp_path / "blocks.3.hook_resid_post").rglob("*")
     assert info[0]["bytes"] == sum(f.stat().st_size for f in files if f.is_file())
     assert main(["store", str(tmp_path / "nothing")]) == 2
-    assert "no activation store" in capsys.readouterr().out
+    said = capsys.readouterr()  # the error on stderr: stdout holds the report (--json: a JSON document)
+    assert "no activation store" in said.err and said.out == ""
 
 
 def test_store_command_lists_each_hook_and_its_shards_once(tmp_path, capsys):
@@ -484,7 +485,7 @@ def test_store_command_lists_each_hook_and_its_shards_once(tmp_path, capsys):
     assert capsys.readouterr().out.splitlines() == ["b: intact"]
     assert not (tmp_path / "b" / ".actdict-lock").exists()  # the lock is the store's, not inside the hook
     assert main(["store", str(tmp_path / "b"), "--hook", "a"]) == 2
-    assert "is the folder of hook 'b' alone, not of ['a']" in capsys.readouterr().out
+    assert "is the folder of hook 'b' alone, not of ['a']" in capsys.readouterr().err
 
 
 def test_store_command_describes_an_unfinished_harvest(tmp_path, capsys):
@@ -646,7 +647,7 @@ def test_repair_reads_every_manifest_before_it_changes_anything(tmp_path, capsys
     (tmp_path / "b" / "manifest.json").write_text("{")
     before = {p: p.read_bytes() for p in (tmp_path / "a").rglob("*") if p.is_file()}
     assert main(["store", str(tmp_path), "--repair"]) == 2
-    assert "manifest.json is unreadable" in capsys.readouterr().out
+    assert "manifest.json is unreadable" in capsys.readouterr().err
     assert {p: p.read_bytes() for p in (tmp_path / "a").rglob("*") if p.is_file()} == before  # a: untouched
 
 
@@ -736,7 +737,7 @@ def test_repair_removes_no_shard_when_the_manifest_is_what_disagrees(tmp_path, c
     manifest = tmp_path / "blocks.0.hook_resid_post" / "manifest.json"
     manifest.write_text(json.dumps(json.loads(manifest.read_text()) | edit))
     assert cli(["store", str(tmp_path), "--repair"]) == 2
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert f"its manifest.json does not describe its shards ({said}): the manifest is damaged" in out
     assert "nothing removed" in out and sorted(os.listdir(manifest.parent / "shards")) == ["00000", "00001",
                                                                                            "00002"]
@@ -804,7 +805,7 @@ def test_a_store_whose_hook_or_shards_are_links_is_not_written_through_them(tmp_
     (hook / "shards").rename(tmp_path / "real")
     (hook / "shards").symlink_to(mine)
     assert cli(["store", str(tmp_path / "t"), "--repair"]) == 2
-    assert "shards is a symbolic link (to " in capsys.readouterr().out
+    assert "shards is a symbolic link (to " in capsys.readouterr().err
     assert [p.name for p in mine.rglob("*")] == ["00007", "notes.txt"]
 
 
