@@ -38,6 +38,8 @@ def rows(run_dirs: list[str]) -> list[dict]:
             run, only = str(Path(run).parent.parent), Path(run).name
         path = Path(run) / "summary.json"
         not_a_snapshot(Path(run), "actdict summary")  # train.snapshot_every's folder: never analysed
+        if not path.is_file() and Path(run).parent.name == "dicts":  # RUN_DIR/dicts/NAME, no dictionary there
+            raise OutputError(f"{run}: no trained dictionary there (RUN_DIR/dicts/NAME, with its cfg.json)")
         if not path.is_file():
             raise OutputError(f"{path} not found: run actdict analyze on {run} first")
         summary = read_output(path)

@@ -105,6 +105,9 @@ def test_dictionary_folders_as_compare_takes_them_give_their_lines(tmp_path, cap
     assert cli(["summary", str(dicts / "z")]) == 2  # trained, not analysed
     assert capsys.readouterr().err == (f"actdict: OutputError: {tmp_path / 'a' / 'summary.json'} holds no "
                                        f"'z' (['x', 'y']): run actdict analyze on {tmp_path / 'a'}\n")
+    assert cli(["summary", str(dicts / "w")]) == 2  # misspelt: was 'dicts/w/summary.json not found'
+    assert capsys.readouterr().err == (f"actdict: OutputError: {dicts / 'w'}: no trained dictionary there "
+                                       "(RUN_DIR/dicts/NAME, with its cfg.json)\n")
 
 
 def test_help_says_what_the_command_does_in_a_whole_sentence(capsys):
