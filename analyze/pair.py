@@ -307,8 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-mib", type=float, default=4096, help="memory for the co-activation counts, k_A x "
                    "k_B x 4 bytes (default 4096: two dictionaries of 32,768); beyond it they are not counted")
     args = p.parse_args(argv)
-    if min(args.rows, args.partners) < 1 or args.top < 0:
-        p.error("--rows and --partners must be >= 1, --top >= 0")
+    if min(args.rows, args.partners) < 1 or args.top < 0 or not args.max_mib >= 0:  # (nan: counted always)
+        p.error("--rows and --partners must be >= 1, --top and --max-mib >= 0")
     if args.json and not (Path(args.json).parent.is_dir() and not Path(args.json).is_dir()):
         p.error(f"--json {args.json}: not a file in an existing folder")
     try:

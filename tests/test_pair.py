@@ -362,3 +362,16 @@ def test_two_hooks_of_one_store_of_other_widths_are_counted(tmp_path):
     out = pair.compare(str(tmp_path / "a"), str(tmp_path / "b"), n=2)
     assert out["cofire"]["rows"] == 64 and out["directions"] is None
     assert out["notes"] == ["no decoder directions compared: d 6 and 4"]
+
+
+@pytest.mark.parametrize("bad", [["--max-mib", "-1"], ["--max-mib", "nan"], ["--rows", "0"], ["--top", "-1"]])
+def test_a_bad_number_on_the_command_line_is_a_usage_error(capsys, bad):
+    """--max-mib -1 (or nan) was taken: a note that the counts 'would pass --max-mib -1', or, nan, the counts
+    made whatever their size; now a usage error, as --rows 0 is (before any dictionary is read)."""
+    from actdict.analyze.pair import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["runs/none/dicts/a", "runs/none/dicts/b", *bad])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith("--rows and --partners must be >= 1, --top and "
+                                                             "--max-mib >= 0")
