@@ -149,6 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.top < 1 or a.list < 1:
         p.error("--top and --list must be >= 1")
+    if a.search is not None and not a.search.strip():  # '' was the plain list, as if no --search
+        p.error("--search needs a word (a token of the contexts)")
+    if a.search is not None and a.features:  # the indices were shown and the search dropped
+        p.error("give feature indices or --search WORD, not both")
     try:
         data, labels = read_features(Path(a.dict))
         k = len(data["features"])

@@ -4,6 +4,8 @@ line for what it cannot show."""
 
 import json
 
+import pytest
+
 from actdict.analyze import run
 from actdict.analyze.config import AnalyzeConfig
 from actdict.analyze.show import context, feature_lines
@@ -151,3 +153,16 @@ def test_long_contexts_quantile_order_and_search_over_texts_and_repeated_hits():
             "features": [{"i": 0, "fires": 3, "top": top}, {"i": 1, "fires": 3, "top": top[1:]}]}
     rows = [r.split() for r in search_lines(data, {}, "Pizza", 5)[1:]]
     assert [r[:2] for r in rows] == [["#0", "2/3"], ["#1", "1/2"]]
+
+
+@pytest.mark.parametrize("argv, said", [(["--search", ""], "--search needs a word"),
+                                        (["--search", "  "], "--search needs a word"),
+                                        (["3", "--search", "the"], "give feature indices or --search WORD")])
+def test_a_search_that_would_be_ignored_is_a_usage_error(capsys, argv, said):
+    """--search '' printed the plain list, and indices with --search printed the features, the search
+    dropped without a word; both stop before any file is read."""
+    from actdict.analyze.show import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["runs/none/dicts/a", *argv])
+    assert e.value.code == 2 and said in capsys.readouterr().err
