@@ -76,7 +76,15 @@ def _check_shape(shape: tuple, where: str) -> None:
         raise VectorsError(f"{where}: shape {tuple(shape)} holds no vectors")
 
 
+def _no_key(path: Path, key: str) -> None:
+    """A .npy file holds one array: a ``key`` given for it names nothing (an .npz's, a safetensors' name)."""
+    if key:
+        raise VectorsError(f"{path}: a .npy file holds one array, and key ({key!r}) names a safetensors "
+                           "tensor or a parquet column: leave key out")
+
+
 def _npy_blocks(path: Path, key: str, block: int) -> Iterator[np.ndarray]:
+    _no_key(path, key)
     with open(path, "rb") as f:
         if f.read(6) != b"\x93NUMPY":  # numpy would try pickle on anything else, and say so
             raise VectorsError(f"{path}: not a .npy file (no NumPy header); save vectors with np.save")

@@ -948,3 +948,14 @@ def test_a_folder_of_parts_with_names_that_are_not_utf8(tmp_path):
 
     want = hashlib.sha256(f"{tmp_path / 'a.txt'}\0{st.st_size}\0{st.st_mtime_ns}\n".encode()).hexdigest()[:16]
     assert files_fingerprint([tmp_path / "a.txt"]) == want
+
+
+def test_a_key_given_for_a_npy_file_is_refused_not_ignored(tmp_path):
+    """A .npy file holds one array: key (meant for an .npz, or a safetensors file converted since) was
+    ignored and the array imported; now the import names it and writes nothing."""
+    np.save(tmp_path / "v.npy", np.ones((64, 3), np.float32))
+    said = r"v.npy: a .npy file holds one array, and key \('emb'\) names a safetensors tensor"
+    with pytest.raises(VectorsError, match=said):
+        import_vectors(tmp_path / "v.npy", str(tmp_path / "s"), key="emb")
+    assert not (tmp_path / "s" / "vectors" / "manifest.json").exists()
+    assert import_vectors(tmp_path / "v.npy", str(tmp_path / "s"))  # without the key
