@@ -235,6 +235,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             if not isinstance(nxt, dict | list):
                 raise ConfigError(f"override {item!r}: {'.'.join(parts[:i + 1])!r} is not a section")
             node = nxt
+        if isinstance(node, list) and not any(isinstance(x, dict) for x in node):  # a list of values
+            raise ConfigError(f"override {item!r}: {'.'.join(parts[:-1])} is a list of values: set the whole "
+                              f"list ({'.'.join(parts[:-1])}=[...])")
         if isinstance(node, list):
             raise ConfigError(f"override {item!r}: set a field of a list item ({key}.FIELD=...), or the "
                               f"whole list ({'.'.join(parts[:-1])}=[...])")

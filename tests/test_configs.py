@@ -414,6 +414,9 @@ def test_override_values_edge_cases_and_list_bounds(tmp_path):
     demo = Path(__file__).parents[1] / "configs" / "demo.yaml"
     with pytest.raises(ConfigError, match=r"no list item '2' \(give an index < 2"):
         load_experiment(demo, ["train.dicts.2.k=1"])
+    said = r"^override 'harvest.hooks.0=x': harvest.hooks is a list of values: set the whole list \(harvest"
+    with pytest.raises(ConfigError, match=said):  # was: '... (harvest.hooks.0.FIELD=...)'
+        load_experiment(demo, ["harvest.hooks.0=x"])
     data = {"train": {"dicts": [{"name": "a", "k": 1}]}}
     out = apply_overrides(data, ["train.dicts.a.k=2", "seed=3"])
     assert out == {"train": {"dicts": [{"name": "a", "k": 2}]}, "seed": 3}
