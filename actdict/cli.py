@@ -115,6 +115,13 @@ def check_run(data: dict, cfgs: dict[str, Any]) -> None:
         writes = {"tokens": list(harvest.hooks), "vectors": [harvest.vectors.hook],
                   "embeddings": [harvest.embed.hook]}
         check_train_hook(writes[harvest.mode], train.hook)
+    if harvest is not None and harvest.mode != "tokens" and (analyze := cfgs.get("analyze")) is not None:
+        asks = [f"analyze.{k}" for k in ("ce_loss", "logit_effects") if getattr(analyze, k)]
+        rows = "pooled sentence embeddings" if harvest.mode == "embeddings" else "vectors of no model"
+        if asks:  # else found by the analysis, after the harvest and the training
+            raise ConfigError(f"{' and '.join(asks)} needs a language model's activations at a hook; a "
+                              f"harvest of mode {harvest.mode} stores {rows}: set analyze.ce_loss=false and "
+                              "analyze.logit_effects=0")
     if "analyze" not in cfgs or "train" not in cfgs:
         return
     made = {dc.name for dc in cfgs["train"].dicts}

@@ -504,6 +504,9 @@ def test_run_checks_the_split_the_vectors_and_the_dictionaries_it_analyzes(tmp_p
     with pytest.raises(ConfigError, match=r"^train.hook='emb' is not among the hooks the harvest writes"):
         check(*ok, "train.hook=emb")
     check(*ok, "train.hook=emb", "harvest.vectors.hook=emb")
+    said = r"^analyze.ce_loss needs a language model's activations at a hook; a harvest of mode vectors"
+    with pytest.raises(ConfigError, match=said):
+        check(*ok, "analyze.ce_loss=true")  # was found by the analysis, after the import and the training
     (tmp_path / "file").write_text("")  # the harvest ran, then training found no folder to write in
     with pytest.raises(ConfigError, match=r"^run_dir .*/file is a file, not a folder: set run_dir"):
         check("harvest.chunk_rows=32", "harvest.shard_rows=32", f"run_dir={tmp_path / 'file'}")
