@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from actdict.config import ConfigError
+from actdict.config import ConfigError, check_seed
 from actdict.errors import ActdictError
 from actdict.files import glob_pattern
 
@@ -67,6 +67,7 @@ class SourceConfig:
         if self.shuffle_buffer < 0:
             raise ConfigError(f"harvest.source.shuffle_buffer must be >= 0 (0: source order), got "
                               f"{self.shuffle_buffer}")
+        check_seed(self.shuffle_seed, "harvest.source.shuffle_seed")  # Python's random: -1 is 1's order
 
 
 _READERS = {"path": ("files",), "txt_docs": ("files",), "name": ("hub",), "split": ("hub",),

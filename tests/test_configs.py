@@ -351,6 +351,9 @@ def test_dates_empty_sections_and_seeds_are_read_as_meant(tmp_path):
     for bad in ("seed=-1", f"seed={2**63}"):
         with pytest.raises(ConfigError, match=r"seed must be an integer in \[0, 2\*\*63\)"):
             common_of(load_experiment(p, [bad]))
+    for bad in ("harvest.source.shuffle_seed=-1", f"harvest.source.shuffle_seed={2**64}"):  # -1: 1's order
+        with pytest.raises(ConfigError, match=r"^harvest.source.shuffle_seed must be an integer in \[0, "):
+            section(load_experiment(p, [bad]), "harvest", _stage_cls("harvest"))
     for bad in ("train.dicts.0.seed=-1", f"train.dicts.0.seed={2**64}"):
         with pytest.raises(ConfigError, match=r"train.dicts\[2026-12-06\].seed must be an integer in \[0, 2"):
             section(load_experiment(p, [bad]), "train", _stage_cls("train"))
