@@ -88,7 +88,8 @@ def dry_run(data: dict, cfgs: dict[str, Any]) -> list[str]:
 
 def check_run(data: dict, cfgs: dict[str, Any]) -> None:
     """What only ``run`` can check before it starts: train holds chunks out when analyze scores them; a
-    vectors file to import has more than one chunk of rows when train holds chunks out; ``train.hook`` picks
+    vectors file to import, or a token harvest's max_tokens, has more than one chunk of rows when train holds
+    chunks out; ``train.hook`` picks
     one hook of a harvest of several (or names the one of a vectors or embeddings harvest); every dictionary
     ``analyze.dicts`` names is trained by this run or already in ``<run_dir>/dicts``; ``run_dir`` is no file
     (train and analyze write there: after the harvest, they found it one)."""
@@ -111,6 +112,12 @@ def check_run(data: dict, cfgs: dict[str, Any]) -> None:
                 f"{harvest.chunk_rows}, and train holds whole chunks out for testing (train.test_fraction="
                 f"{train.test_fraction}); set harvest.chunk_rows={chunk_rows_for(n, harvest.shard_rows)} "
                 "(8 chunks or more)" + ("" if "analyze" in cfgs else ", or train.test_fraction=0"))
+    if (harvest is not None and train is not None and harvest.mode == "tokens" and train.test_fraction > 0
+            and harvest.max_tokens is not None and harvest.max_tokens <= harvest.chunk_rows):
+        raise ConfigError(  # a store of one chunk: the training's split would fail after the whole harvest
+            f"harvest.max_tokens={harvest.max_tokens} rows fit in one chunk of harvest.chunk_rows="
+            f"{harvest.chunk_rows}, and train holds whole chunks out for testing (train.test_fraction="
+            f"{train.test_fraction}): raise max_tokens, or lower chunk_rows (8 chunks or more)")
     if harvest is not None and train is not None:  # the hook each mode writes
         writes = {"tokens": list(harvest.hooks), "vectors": [harvest.vectors.hook],
                   "embeddings": [harvest.embed.hook]}

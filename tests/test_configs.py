@@ -513,6 +513,12 @@ def test_run_checks_the_split_the_vectors_and_the_dictionaries_it_analyzes(tmp_p
     (tmp_path / "file").write_text("")  # the harvest ran, then training found no folder to write in
     with pytest.raises(ConfigError, match=r"^run_dir .*/file is a file, not a folder: set run_dir"):
         check("harvest.chunk_rows=32", "harvest.shard_rows=32", f"run_dir={tmp_path / 'file'}")
+    tokens = ("harvest.mode=tokens", "harvest.max_tokens=64")  # one chunk of 64: found after the harvest
+    with pytest.raises(ConfigError, match=r"^harvest.max_tokens=64 rows fit in one chunk of harvest."
+                                          r"chunk_rows=64, and train holds whole chunks out .* \(8 chunks "
+                                          r"or more\)$"):
+        check(*tokens, "harvest.vectors=null")
+    check(*tokens, "harvest.vectors=null", *ok)  # 2 chunks
 
 
 def test_an_interrupted_stage_exits_130_and_keeps_its_work(tmp_path, monkeypatch, capsys):
