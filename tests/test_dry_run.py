@@ -74,6 +74,9 @@ def test_the_plan_names_each_dictionary_of_a_sweep_and_what_training_would_do(tm
     assert cli(["train", cfg, "train.max_steps=20", "train.snapshot_every=8", "--dry-run"]) == 0
     assert capsys.readouterr().out.splitlines()[0].endswith(
         "; 2 epoch(s) of 12 steps (batch 32): 20 steps (train.max_steps); a snapshot every 8 steps")
+    assert cli(["train", cfg, "train.batch_size=400", "run_dir=" + str(tmp_path / "big")]) == 0
+    assert ("train: note: train.batch_size=400 exceeds the train split's 384 rows: each epoch is one step of "
+            "them all (2 steps in all)") in capsys.readouterr().out  # it said only 'learned almost nothing'
     assert cli(["train", cfg]) == 0
     capsys.readouterr()
     before = _files(tmp_path / "run")

@@ -381,6 +381,9 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
         raise ConfigError(f"the train split holds {train_rows} row, and {needy} train on batches of 2 "
                           "rows or more (batch statistics): give the store more rows, or lower "
                           "train.test_fraction")
+    if cfg.batch_size > train_rows:  # one step an epoch: the run is far shorter than its epochs suggest
+        say(f"train: note: train.batch_size={cfg.batch_size:,} exceeds the train split's {train_rows:,} "
+            f"rows: each epoch is one step of them all ({total_steps(1, cfg)} steps in all)")
     norm = norm_stats(store, chunks, cfg.norm_chunks, common.seed) if cfg.normalize == "mean_scale" else None
     members = [member(dc, store.d, seeds[dc.name], norm, device) for dc in todo]
     start = None if meta is None else load_state(state_path, members, todo_hashes, todo_legacy, done, meta)
