@@ -362,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, cls in (("train", TrainConfig), ("analyze", AnalyzeConfig)):
             section(data, name, cls)  # unread here, but checked as the stages check them: a typo is refused
         res = lens(common_of(data), section(data, "harvest", HarvestConfig), text, a.dicts, a.top, a.hook,
-                   a.follow)
+                   list(dict.fromkeys(a.follow)))  # a feature named twice: one column
     except ActdictError as e:  # ConfigError included
         return print_error("actdict lens", e)
     if a.json:  # before the text: a reader closing stdout early (| head) must not lose it

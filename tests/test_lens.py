@@ -138,7 +138,7 @@ def test_followed_features_give_their_code_and_active_flag_on_every_token(run, t
     active = active_mask(out.activity, model.active_side)  # [n, k]
     a, b = active.sum(0).argsort(descending=True, stable=True)[:2].tolist()  # the text's most active two
     assert main([str(cfg_path), text, "--dict", "sae", "--feature", str(a), "--feature", str(b),
-                 "--json", str(tmp_path / "f.json")]) == 0
+                 "--feature", str(a), "--json", str(tmp_path / "f.json")]) == 0  # a named twice: once
     res = json.loads((tmp_path / "f.json").read_text())
     got = res["dicts"]["sae"]["followed"]
     assert [f["i"] for f in got] == [a, b] and active[:, a].any()
