@@ -6,6 +6,9 @@ from dataclasses import dataclass, field
 
 from actdict.config import ConfigError
 
+MAX_CONTEXT = 512  # tokens each side: a window of 1,025, more than a page; 10**9 ended in a MemoryError
+MAX_DENSITY_BINS = 10_000
+
 
 @dataclass(frozen=True)
 class AnalyzeConfig:
@@ -90,8 +93,12 @@ class AnalyzeConfig:
         for name in ("logit_effects", "cofire", "cofire_max_mib"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"analyze.{name} must be >= 0, got {getattr(self, name)}")
-        if self.context < 0:
-            raise ConfigError(f"analyze.context must be >= 0, got {self.context}")
+        if not 0 <= self.context <= MAX_CONTEXT:  # every feature's top rows keep 2 * context + 1 token ids
+            raise ConfigError(f"analyze.context must be in [0, {MAX_CONTEXT}] (tokens on each side of a top "
+                              f"token), got {self.context}")
+        if self.density_bins > MAX_DENSITY_BINS:  # 10**9 filled the memory
+            raise ConfigError(f"analyze.density_bins must be at most {MAX_DENSITY_BINS:,}, got "
+                              f"{self.density_bins:,}")
         if self.max_test_rows is not None and self.max_test_rows < 1:
             raise ConfigError(f"analyze.max_test_rows must be >= 1 or null, got {self.max_test_rows}")
         if not 0.0 <= self.dense_threshold <= 1.0:

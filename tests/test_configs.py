@@ -550,6 +550,24 @@ def test_a_bad_harvest_section_is_a_config_error(tmp_path, override, message):
     assert (smallest.ctx, smallest.max_tokens) == (3, 1)
 
 
+@pytest.mark.parametrize("override, message", [
+    ("analyze.context=1000000000", r"^analyze.context must be in \[0, 512\] \(tokens on each side of a top "
+                                   r"token\), got 1000000000$"),  # was a MemoryError after the pass
+    ("analyze.context=-1", r"^analyze.context must be in \[0, 512\]"),
+    ("analyze.density_bins=1000000000", r"^analyze.density_bins must be at most 10,000, got 1,000,000,000$"),
+])
+def test_an_analyze_size_beyond_memory_is_a_config_error(tmp_path, override, message):
+    """hcfg: analyze.context=10**9 ended in an ArrayMemoryError traceback, density_bins=10**9 was killed for
+    memory; the largest allowed values are taken."""
+    p = tmp_path / "c.yaml"
+    p.write_text("run_dir: x\nanalyze: {}\n")
+    with pytest.raises(ConfigError, match=message):
+        section(load_experiment(p, [override]), "analyze", _stage_cls("analyze"))
+    top = section(load_experiment(p, ["analyze.context=512", "analyze.density_bins=10000"]), "analyze",
+                  _stage_cls("analyze"))
+    assert (top.context, top.density_bins) == (512, 10000)
+
+
 def test_a_url_run_dir_is_a_config_error(tmp_path, monkeypatch, capsys):
     """run_dir is a local folder: `run_dir=s3://b/run` stops with one line; before, Path() made it the local
     folder 's3:/b/run' and the harvest wrote the store there (only ``store`` may be an fsspec URL)."""
