@@ -254,7 +254,8 @@ def test_bad_params_are_errors():
             ("vaease", {"loggamma_init": float("inf")}, "loggamma_init must be a finite number"),
             ("vae", {"var_min": 0.0}, "var_min must be > 0"),
             ("lse", {"var_eps": -1.0}, "var_eps must be > 0"), ("lse", {"var_eps": "x"}, "finite number"),
-            ("sae_kl", {"rho": "x"}, "rho must be a finite number")):
+            ("sae_kl", {"rho": "x"}, "rho must be a finite number"),
+            ("sae_l1_decnorm", {"lam_warmup_steps": -5}, "lam_warmup_steps counts steps and must be >= 0")):
         with pytest.raises(ValueError, match=said):
             make(variant, 4, 3, **params)
     make("sae_jumprelu", 4, 3, bandwidth=1)  # an integer where a float is the default: a number

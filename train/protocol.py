@@ -199,8 +199,8 @@ def param_defaults(cls: type[Dictionary]) -> dict[str, Any]:
 
 def check_params(cls: type[Dictionary], params: dict[str, Any]) -> None:
     """Each given param that the variant has a default for (``param_defaults``) has its default's kind (an
-    integer for an integer, not 8.7, "8" or true; a finite number for a float), and those in ``positive``
-    are > 0."""
+    integer for an integer, not 8.7, "8" or true; a finite number for a float), those in ``positive`` are
+    > 0, and counts of steps (``*_steps``) >= 0."""
     defaults = param_defaults(cls)
     for name, value in params.items():
         if name not in defaults or isinstance(defaults[name], bool | str):
@@ -212,6 +212,8 @@ def check_params(cls: type[Dictionary], params: dict[str, Any]) -> None:
             raise ConfigError(f"{cls.variant}: {name} must be a finite number, got {value!r}")
         if name in cls.positive and not value > 0:
             raise ConfigError(f"{cls.variant}: {name} must be > 0, got {value!r}")
+        if name.endswith("_steps") and value < 0:  # a count of steps (sae_l1_decnorm's lam_warmup_steps)
+            raise ConfigError(f"{cls.variant}: {name} counts steps and must be >= 0, got {value!r}")
 
 
 _REGISTRY: dict[str, type[Dictionary]] = {}
