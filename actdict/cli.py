@@ -112,12 +112,6 @@ def check_run(data: dict, cfgs: dict[str, Any]) -> None:
                 f"{harvest.chunk_rows}, and train holds whole chunks out for testing (train.test_fraction="
                 f"{train.test_fraction}); set harvest.chunk_rows={chunk_rows_for(n, harvest.shard_rows)} "
                 "(8 chunks or more)" + ("" if "analyze" in cfgs else ", or train.test_fraction=0"))
-    if (harvest is not None and train is not None and harvest.mode == "tokens" and train.test_fraction > 0
-            and harvest.max_tokens is not None and harvest.max_tokens <= harvest.chunk_rows):
-        raise ConfigError(  # a store of one chunk: the training's split would fail after the whole harvest
-            f"harvest.max_tokens={harvest.max_tokens} rows fit in one chunk of harvest.chunk_rows="
-            f"{harvest.chunk_rows}, and train holds whole chunks out for testing (train.test_fraction="
-            f"{train.test_fraction}): raise max_tokens, or lower chunk_rows (8 chunks or more)")
     if harvest is not None and train is not None:  # the hook each mode writes
         writes = {"tokens": list(harvest.hooks), "vectors": [harvest.vectors.hook],
                   "embeddings": [harvest.embed.hook]}
@@ -137,6 +131,12 @@ def check_run(data: dict, cfgs: dict[str, Any]) -> None:
     if missing:
         raise ConfigError(f"analyze.dicts names {missing}, which train.dicts does not make ({sorted(made)}) "
                           f"and {root} does not hold")
+    if (harvest is not None and train is not None and harvest.mode == "tokens" and train.test_fraction > 0
+            and harvest.max_tokens is not None and harvest.max_tokens <= harvest.chunk_rows):
+        raise ConfigError(  # a store of one chunk: the training's split would fail after the whole harvest
+            f"harvest.max_tokens={harvest.max_tokens} rows fit in one chunk of harvest.chunk_rows="
+            f"{harvest.chunk_rows}, and train holds whole chunks out for testing (train.test_fraction="
+            f"{train.test_fraction}): raise max_tokens, or lower chunk_rows (8 chunks or more)")
 
 
 def check_train_hook(hooks: list[str], hook: str) -> None:

@@ -130,6 +130,10 @@ def default_layout(n: int | None, chunk_rows: int = 0, shard_rows: int = 0) -> t
     if chunk_rows < 0 or shard_rows < 0:  # before a default made from them hides what was given
         raise ConfigError(f"chunk_rows ({chunk_rows}) and shard_rows ({shard_rows}) must be positive (or 0 / "
                           "left out: the default)")
+    if n and chunk_rows > max(n, CHUNK_ROWS):  # the one chunk is written whole: 1e8 rows for 8,192 vectors
+        raise ConfigError(f"chunk_rows {chunk_rows:,} is more than the {n:,} rows to write (and the default "
+                          f"{CHUNK_ROWS:,}), and a chunk is stored whole, padded: leave chunk_rows out for "
+                          "the default, or give at most the rows")
     if not chunk_rows:
         fit = n and (not shard_rows or n < 8 * CHUNK_ROWS)
         chunk_rows = chunk_rows_for(n, shard_rows or SHARD_ROWS) if fit else CHUNK_ROWS

@@ -246,6 +246,13 @@ def test_cli(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "ConfigError: shard_rows (20) must be a positive multiple of chunk_rows (8)" in err
     assert not (tmp_path / "s5").exists()  # refused before anything is written
+    assert cli([v, str(tmp_path / "s6"), "--chunk-rows", "100000000"]) == 2  # was a 1e8-row chunk on disk
+    assert capsys.readouterr().err.strip().endswith(
+        f"chunk_rows 100,000,000 is more than the {N:,} rows to write (and the default 4,096), and a chunk "
+        "is stored whole, padded: leave chunk_rows out for the default, or give at most the rows")
+    assert not (tmp_path / "s6").exists()
+    assert cli([v, str(tmp_path / "s7"), "--chunk-rows", "4096"]) == 0  # the default's size: fine
+    capsys.readouterr()
     assert actdict_main(["store", str(tmp_path / "s")]) == 0
     assert capsys.readouterr().out.splitlines()[1].startswith("  model - (no model: imported vectors); ")
 
