@@ -199,7 +199,8 @@ def test_run_stops_at_a_train_hook_the_model_lacks(tmp_path, capsys):
     path = make_random_pythia(tmp_path / "pythia")
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"run_dir: {tmp_path / 'run'}\nthreads: 1\nharvest: {{model: {path}, hooks: [all], "
-                   f"ctx: 12, max_tokens: 64, device: cpu, source: {{kind: files, path: {TEXTS}}}}}\n"
+                   f"ctx: 12, max_tokens: 64, chunk_rows: 8, shard_rows: 64, device: cpu, source: {{kind: "
+                   f"files, path: {TEXTS}}}}}\n"
                    "train: {hook: blocks.9.hook_resid_post, dicts: [{name: a, variant: sae_l1, k: 8}]}\n")
     assert actdict_main(["run", str(cfg)]) == 2
     err = capsys.readouterr().err
