@@ -16,9 +16,7 @@ Under ``torchrun`` every rank runs this; rank 0 writes.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import signal
 import threading
 import time
@@ -69,6 +67,7 @@ from actdict.train.resume import (
     stale_state,
 )
 from actdict.train.schedule import restart_note
+from actdict.train.snapshot import drop_other_snapshots, snapshot_path
 
 
 @contextmanager
@@ -267,29 +266,6 @@ def ready_folder(run_dir: Path, todo: list[DictConfig], split: dict) -> None:
         write_split(run_dir, split)
 
 
-SNAPSHOTS = "snapshots"
-
-
-def snapshot_path(run_dir: Path, name: str, step: int) -> Path:
-    """Where ``train.snapshot_every`` keeps dictionary ``name``'s weights at ``step``."""
-    return run_dir / "dicts" / name / SNAPSHOTS / f"step-{step:07d}"
-
-
-def other_snapshots(run_dir: Path, name: str, config_hash: str) -> list[Path]:
-    """The snapshots of dictionary ``name`` that another training of it kept (another config_hash in their
-    cfg.json, or none readable)."""
-    root = run_dir / "dicts" / name / SNAPSHOTS
-    out = []
-    for p in sorted(root.glob("step-*")) if root.is_dir() else []:
-        try:
-            kept = json.loads((p / checkpoint.CFG).read_text()).get("config_hash")
-        except (OSError, ValueError, AttributeError):
-            kept = None
-        if kept != config_hash:
-            out.append(p)
-    return out
-
-
 def settled_state(run_dir: Path, todo: bool, main: bool, say: Callable[[str], None]) -> dict | None:
     """The run folder's resume state (``read_meta``; None: none, unreadable, or stale), once a stale one
     (every member finished after it: a kill between the last checkpoint and its removal) and, with nothing
@@ -373,8 +349,7 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
     meta, done = resume_state(run_dir, cfg, todo_hashes, todo_legacy, configs, say, held)
     kept, kept_hashes = kept_states(run_dir, cfg, todo_hashes, configs, say) if meta is None else ({}, None)
     for name, h in todo_hashes.items() if d.main else ():  # this training's snapshots only, once no resume
-        for old in other_snapshots(run_dir, name, h):  # state of another run stopped it (theirs stay then)
-            shutil.rmtree(old, ignore_errors=True)
+        drop_other_snapshots(run_dir, name, h)  # state of another run stopped it (theirs stay then)
     chunks = split["train_chunks"]
     train_rows = sum(b - a for a, b in map(store.chunk_bounds, chunks))
     if train_rows < 2 and (needy := [dc.name for dc in todo if batch_rows_needed(meta_model(dc))]):
