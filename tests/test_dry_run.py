@@ -204,3 +204,22 @@ def test_a_dry_run_piped_into_head_exits_quietly(tmp_path):
     r = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=120)
     assert r.stdout.startswith("train: the store cannot be read now") and r.stdout.count("\n") == 1
     assert r.stderr.strip() == "rc 141"
+
+
+def test_the_plan_says_the_training_stops_on_another_split_of_the_run_folder(tmp_path, capsys):
+    """A finished dictionary left out of train.dicts, held out other chunks than a new seed's split: the
+    training refuses the run (one split per run folder), and the plan says so instead of 'replaces'."""
+    x = np.random.default_rng(0).standard_normal((512, 6)).astype(np.float32)
+    write_vectors(str(tmp_path / "store"), x, shard_rows=128, chunk_rows=64)
+    cfg = _config(tmp_path)
+    assert cli(["train", cfg, "train.epochs=1"]) == 0
+    one = ["train.dicts=[{name: vaease, variant: vaease, k: 8, lr: 0.01}]", "seed=4"]
+    capsys.readouterr()
+    assert cli(["train", cfg, *one, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith(f"train: would stop: {tmp_path / 'run'} holds finished "
+                                          "dictionaries ['l1_lam1-0.1', 'l1_lam1-1.0'] trained with other "
+                                          "held-out chunks")
+    assert _states(out) == {"vaease": "not trained: the training stops"}
+    assert cli(["train", cfg, *one]) == 2  # as the training does
+    assert "holds finished dictionaries ['l1_lam1-0.1', 'l1_lam1-1.0']" in capsys.readouterr().err

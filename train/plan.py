@@ -18,7 +18,7 @@ from actdict.harvest.store import StoreError, list_hooks
 from actdict.train import checkpoint
 from actdict.train.config import DictConfig, TrainConfig
 from actdict.train.data import make_split, steps_in_epoch
-from actdict.train.identity import describe_store, dict_hash, identity, legacy_store, replaced
+from actdict.train.identity import describe_store, dict_hash, identity, legacy_store, other_split, replaced
 from actdict.train.loop import total_steps
 from actdict.train.resume import KEPT, STATE, extension, read_meta, set_aside, stale_state, state_matches
 
@@ -53,6 +53,20 @@ def standing(common: Common, cfg: TrainConfig, store) -> Standing:
     what = {dc.name: w for dc in todo if (w := replaced(run_dir / "dicts" / dc.name, dc, cfg, seeds[dc.name],
                                                         store_id))}
     return Standing(split, store_id, hashes, legacy, seeds, todo, what)
+
+
+def split_refusal(common: Common, cfg: TrainConfig, store, stand: Standing) -> str | None:
+    """Why the training stops before it trains (the run folder's other finished dictionaries were held out
+    other chunks than this run's split), or None."""
+    run_dir = Path(common.run_dir)
+    if not stand.todo or not (others := other_split(run_dir, {dc.name for dc in cfg.dicts}, stand.split)):
+        return None
+    tests = len(stand.split["test_chunks"])
+    return (f"{run_dir} holds finished dictionaries {others} trained with other held-out chunks than this "
+            f"run's ({tests} test chunks from seed {common.seed}, train.test_fraction={cfg.test_fraction:g} "
+            f"and the store's {store.num_chunks} chunks), and analysis reads one split per run folder: give "
+            "this run its own run_dir (store= keeps the store), or train those with these settings too (add "
+            "them to train.dicts)")
 
 
 def params_text(dc: DictConfig) -> str:
@@ -143,6 +157,8 @@ def plan(common: Common, cfg: TrainConfig, after_harvest: bool = False) -> list[
     (new, continued or grown), so the store as it is now decides nothing."""
     store, head = opened(common, cfg, after_harvest)
     stand = None if store is None else standing(common, cfg, store)
+    if stand is not None and (why := split_refusal(common, cfg, store, stand)):
+        stand, head = None, f"train: would stop: {why}"
     if stand is not None:
         chunks = stand.split["train_chunks"]
         rows = sum(b - a for a, b in map(store.chunk_bounds, chunks))

@@ -46,12 +46,11 @@ from actdict.train.data import (
 )
 from actdict.train.identity import (
     identity,
-    other_split,
     replace_note,
 )
 from actdict.train.log import LOGS, append_record, log_path, start_log
 from actdict.train.loop import Member, Position, resolve_device, total_steps, train
-from actdict.train.plan import Standing, standing
+from actdict.train.plan import Standing, split_refusal, standing
 from actdict.train.protocol import make, registry
 from actdict.train.resume import (
     KEPT,
@@ -325,13 +324,8 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
         say(f"train: note: {note}")
     for line in standing_lines(cfg, stand, run_dir):
         say(line)
-    if todo and (others := other_split(run_dir, {dc.name for dc in cfg.dicts}, split)):
-        raise ConfigError(
-            f"{run_dir} holds finished dictionaries {others} trained with other held-out chunks than this "
-            f"run's ({len(split['test_chunks'])} test chunks from seed {common.seed}, train.test_fraction="
-            f"{cfg.test_fraction:g} and the store's {store.num_chunks} chunks), and analysis reads one split "
-            "per run folder: give this run its own run_dir (store= keeps the store), or train those with "
-            "these settings too (add them to train.dicts)")
+    if why := split_refusal(common, cfg, store, stand):
+        raise ConfigError(why)
     if d.main:
         ready_folder(run_dir, todo, split)
     state_path = run_dir / STATE
