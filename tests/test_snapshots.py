@@ -105,3 +105,24 @@ def test_a_refused_resume_leaves_the_stopped_runs_snapshots(tmp_path, capsys, mo
     assert sorted(p.name for p in snaps.iterdir()) == made
     assert cli(["train", _config(tmp_path, "run", every)]) == 0  # its own command finishes it
     assert sorted(p.name for p in snaps.iterdir()) == made
+
+
+def test_a_keep_state_extension_keeps_the_snapshots_of_the_run_it_continues(tmp_path, capsys):
+    """2 epochs kept (train.keep_state), then 3: the snapshots of steps 10 and 20 are the longer run's first
+    ones, as an uninterrupted 3-epoch run's (the extension used to remove them as another training's)."""
+    x = np.random.default_rng(0).standard_normal((512, 6)).astype(np.float32)
+    write_vectors(str(tmp_path / "store"), x, shard_rows=128, chunk_rows=64)
+    extra = "  snapshot_every: 10\n  keep_state: true\n  schedule: constant\n"
+    assert cli(["train", _config(tmp_path, "run", extra)]) == 0
+    assert cli(["train", _config(tmp_path, "run", extra), "train.epochs=3"]) == 0
+    assert cli(["train", _config(tmp_path, "whole", extra), "train.epochs=3"]) == 0
+    assert "continuing the finished run kept at epoch 2" in capsys.readouterr().out
+    for name in ("vaease", "topk"):
+        snaps, whole = (tmp_path / run / "dicts" / name / "snapshots" for run in ("run", "whole"))
+        steps = ["step-0000010", "step-0000020", "step-0000030"]
+        assert sorted(p.name for p in snaps.iterdir()) == sorted(p.name for p in whole.iterdir()) == steps
+        final = json.loads((snaps.parent / "cfg.json").read_text())["config_hash"]
+        for step in steps:
+            assert json.loads((snaps / step / "cfg.json").read_text())["config_hash"] == final
+            a, b = _weights(snaps / step), _weights(whole / step)
+            assert all(np.array_equal(a[k], b[k]) for k in a)

@@ -342,8 +342,9 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
     configs = {dc.name: identity(dc, cfg, seeds[dc.name], store_id) for dc in todo}
     meta, done = resume_state(run_dir, cfg, todo_hashes, todo_legacy, configs, say, held)
     kept, kept_hashes = kept_states(run_dir, cfg, todo_hashes, configs, say) if meta is None else ({}, None)
-    for name, h in todo_hashes.items() if d.main else ():  # this training's snapshots only, once no resume
-        drop_other_snapshots(run_dir, name, h)  # state of another run stopped it (theirs stay then)
+    for name, h in todo_hashes.items() if d.main else ():  # this training's snapshots only (an extended
+        drop_other_snapshots(run_dir, name, h, (kept_hashes or {}).get(name))  # run's too), once no resume
+        # state of another run stopped it (theirs stay then)
     chunks = split["train_chunks"]
     train_rows = sum(b - a for a, b in map(store.chunk_bounds, chunks))
     if train_rows < 2 and (needy := [dc.name for dc in todo if batch_rows_needed(meta_model(dc))]):
