@@ -166,7 +166,7 @@ def spelled_otherwise(path: str, hooks: list[str], cfg: HarvestConfig, say: Call
                        "run_dir / store to another folder")
 
 
-WRITES = ("harvest: a new store", "harvest: grows", "harvest: continues")
+WRITES = ("harvest: a new store", "harvest: grows", "harvest: continues", "harvest: writes")
 """How ``plan``'s line begins when the harvest writes the store (``actdict run --dry-run``: the training
 is then judged on a store that is not there yet)."""
 
@@ -177,6 +177,7 @@ def plan(common, cfg: HarvestConfig) -> list[str]:
     harvest's, or begin one), with nothing loaded or written."""
     from actdict.harvest.resume import growable
     from actdict.harvest.run import describe_source
+    from actdict.harvest.vectors import source_change
 
     path, chash = common.store_path, config_hash(cfg)
     tokens = "null (the whole source)" if cfg.max_tokens is None else f"{cfg.max_tokens:,}"
@@ -184,13 +185,17 @@ def plan(common, cfg: HarvestConfig) -> list[str]:
     what = {"vectors": f"your own vectors {cfg.vectors.path}",
             "embeddings": f"{cfg.model} on the {source}, one row per document",
             "tokens": f"{cfg.model} {list(cfg.hooks)} on the {source}, max_tokens {tokens}"}[cfg.mode]
+    hook = {"vectors": cfg.vectors.hook, "embeddings": cfg.embed.hook}.get(cfg.mode)
     try:
         manifests = hook_manifests(path)
         if cfg.mode == "tokens" and growable(manifests, as_json(cfg)):
             return [f"harvest: grows store {path} to max_tokens {tokens}: {what}"]
-        if cfg.mode == "tokens" and complete_for(path, list(cfg.hooks), cfg, manifests):
+        if complete_for(path, list(cfg.hooks) if hook is None else [hook], cfg, manifests):
+            if cfg.mode == "vectors" and (change := source_change(path, cfg.vectors)):
+                return [f"harvest: writes store {path} again ({cfg.vectors.path} changed since it was "
+                        f"imported: {change}): {what}"]
             return [f"harvest: store {path} is already complete for this config ({chash}"
-                    f"{how_held(manifests, as_json(cfg))}): skipped"]
+                    f"{how_held(manifests, as_json(cfg)) if hook is None else ''}): skipped"]
     except HarvestError as e:  # another harvest's store
         return [f"harvest: would stop: {e}"]
     if not manifests:
@@ -200,5 +205,4 @@ def plan(common, cfg: HarvestConfig) -> list[str]:
     if cfg.mode == "tokens":
         return [f"harvest: continues the unfinished harvest in {path} ({held}; its whole shards are kept): "
                 f"{what}"]
-    return [f"harvest: store {path} holds {held}; the {cfg.mode} harvest checks it against this config, "
-            f"skips it when it is this config's, else says why not: {what}"]
+    return [f"harvest: writes store {path} again ({held}): {what}"]

@@ -333,36 +333,46 @@ def import_vectors(path: str | Path, store: str, key: str = "", hook: str = "vec
     return write_vectors(store, chain([first], blocks), manifest=m, hook=hook, **kw)  # removed on failure
 
 
+def fingerprint(path: str) -> str | None:
+    """The vectors file's (or parts') fingerprint (path, size, mtime); None when they are not all there."""
+    from actdict.harvest.sources import files_fingerprint
+
+    try:
+        files = vector_files(path)
+    except VectorsError:  # a folder or pattern of parts gone: a complete store stays usable, as a file's
+        return None
+    return files_fingerprint(files) if files and all(f.is_file() for f in files) else None
+
+
+def source_change(store: str, vcfg: VectorsConfig) -> str | None:
+    """How the vectors file changed since the store's complete import of it ('source_fingerprint OLD ->
+    NEW': it is imported again), or None: unchanged, gone, or unknown (imported before 2026-12-05)."""
+    from actdict.harvest.resume import read_manifest
+
+    old, now = (read_manifest(store, vcfg.hook) or {}).get("source_fingerprint"), fingerprint(vcfg.path)
+    return None if old is None or now in (None, old) else f"source_fingerprint {old} -> {now}"
+
+
 def main(common, cfg, writing=lambda hooks=None: None) -> None:
     """``harvest.mode: vectors``: import ``cfg.vectors.path`` into ``common.store_path``; ``writing``: called
     before the import (``resume.store_lock``)."""
     from actdict.config import config_hash, to_dict
-    from actdict.harvest.resume import read_manifest
     from actdict.harvest.reuse import complete_for
     from actdict.harvest.run import one_process
-    from actdict.harvest.sources import files_fingerprint
 
     path, vcfg, chash = common.store_path, cfg.vectors, config_hash(cfg)
     if not vcfg.path:
         raise ConfigError("harvest.mode is 'vectors' but harvest.vectors.path is empty: name a .npy, "
                           ".safetensors or .parquet file")
-    try:
-        files = vector_files(vcfg.path)
-    except VectorsError:  # a folder or pattern of parts gone: a complete store stays usable, as a file's
-        files = []
-    fingerprint = (files_fingerprint(files) if files and all(f.is_file() for f in files)  # path, size, mtime
-                   else None)
     if complete_for(path, [vcfg.hook], cfg):
-        old = (read_manifest(path, vcfg.hook) or {}).get("source_fingerprint")
-        if old is None or fingerprint in (None, old):  # unchanged (or unknown: imported before 2026-12-05)
+        if (change := source_change(path, vcfg)) is None:
             print(f"harvest: store {path} is already complete for this config ({chash}); skipping")
             return
-        print(f"harvest: {vcfg.path} changed since it was imported (source_fingerprint {old} -> "
-              f"{fingerprint}); importing it again")
+        print(f"harvest: {vcfg.path} changed since it was imported ({change}); importing it again")
     one_process(cfg)
     writing([vcfg.hook])
     s = import_vectors(vcfg.path, path, key=vcfg.key, hook=vcfg.hook, block_rows=vcfg.block_rows,
-                       manifest={"config_hash": chash, "source_fingerprint": fingerprint,
+                       manifest={"config_hash": chash, "source_fingerprint": fingerprint(vcfg.path),
                                  "harvest": to_dict(cfg)}, dtype=cfg.store_dtype,
                        shard_rows=cfg.shard_rows, chunk_rows=cfg.chunk_rows, overwrite=True)
     print(f"harvest: imported {len(s):,} vectors (d={s.d}) from {vcfg.path} into {path}/{vcfg.hook}"

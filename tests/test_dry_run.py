@@ -223,3 +223,43 @@ def test_the_plan_says_the_training_stops_on_another_split_of_the_run_folder(tmp
     assert _states(out) == {"vaease": "not trained: the training stops"}
     assert cli(["train", cfg, *one]) == 2  # as the training does
     assert "holds finished dictionaries ['l1_lam1-0.1', 'l1_lam1-1.0']" in capsys.readouterr().err
+
+
+def test_the_plan_of_a_vectors_import_says_whether_it_is_skipped_imported_again_or_refused(tmp_path, capsys):
+    """harvest.mode: vectors: the store of this file, unchanged: skipped; the file changed since (its
+    fingerprint): imported again, and the training judged after it; another file: refused, as the import
+    does (the plan said only that the import 'checks it against this config')."""
+    rng = np.random.default_rng(0)
+    for name in ("v1", "v2"):
+        np.save(tmp_path / f"{name}.npy", rng.standard_normal((512, 6)).astype(np.float32))
+    cfg = tmp_path / "v.yaml"
+    cfg.write_text(f"""
+run_dir: {tmp_path / 'run'}
+harvest: {{mode: vectors, vectors: {{path: {tmp_path / 'v1.npy'}}}, shard_rows: 128, chunk_rows: 64}}
+train:
+  epochs: 1
+  batch_size: 32
+  dicts: [{{name: a, variant: sae_topk, k: 8, params: {{topk: 2}}}}]
+""")
+    assert cli(["run", str(cfg), "analyze.ce_loss=false", "analyze.logit_effects=0"]) == 0
+    store = tmp_path / "run" / "store"
+    capsys.readouterr()
+    assert cli(["run", str(cfg), "--dry-run"]) == 0
+    head, train, *_ = capsys.readouterr().out.splitlines()
+    assert head.startswith(f"harvest: store {store} is already complete for this config (") and head.endswith(
+        "): skipped") and train.startswith("train: 1 dictionary on 448 rows")
+    assert cli(["harvest", str(cfg), "harvest.vectors.path=" + str(tmp_path / "v2.npy"), "--dry-run"]) == 0
+    assert capsys.readouterr().out.startswith(f"harvest: would stop: store {store} holds a harvest with "
+                                              "another config (hook 'vectors': vectors.path: ")
+    os.utime(tmp_path / "v1.npy", ns=(1, 1))  # the file changed since its import
+    before = _files(tmp_path / "run")
+    assert cli(["run", str(cfg), "--dry-run"]) == 0
+    head, train, _, row, *_ = capsys.readouterr().out.splitlines()
+    assert row.endswith(" to train (once the store is harvested)")
+    assert head.startswith(f"harvest: writes store {store} again ({tmp_path / 'v1.npy'} changed since it was "
+                           "imported: source_fingerprint ")
+    assert train == "train: once the harvest above has written the store; 1 epoch(s)"
+    assert _files(tmp_path / "run") == before
+    assert cli(["run", str(cfg), "analyze.ce_loss=false", "analyze.logit_effects=0"]) == 0
+    out = capsys.readouterr().out
+    assert "changed since it was imported" in out and "its finished checkpoint will be replaced" in out
