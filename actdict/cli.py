@@ -74,14 +74,18 @@ _PLANS = {"harvest": "actdict.harvest.reuse", "train": "actdict.train.plan", "an
 def dry_run(data: dict, cfgs: dict[str, Any]) -> list[str]:
     """``--dry-run``: what each stage of ``cfgs`` would do, in order (each module's ``plan``), with nothing
     run; under ``run``, the analysis counts the dictionaries the training writes."""
-    common, lines, writes = common_of(data), [], False
+    common, lines, writes, stops = common_of(data), [], False, None
     for stage, cfg in cfgs.items():
+        if stops:  # ``run`` goes no further than a stage that stops
+            lines.append(f"{stage}: not run: the {stops} above stops")
+            continue
         train = cfgs.get("train") if stage == "analyze" else None
         kw = {"coming": [dc.name for dc in train.dicts]} if train is not None else (
             {"after_harvest": True} if stage == "train" and writes else {})
         module = importlib.import_module(_PLANS[stage])
         said = module.plan(common, cfg, **kw)
         writes = stage == "harvest" and said[-1].startswith(module.WRITES)  # new, continued or grown
+        stops = stage if said[0].startswith(f"{stage}: would stop") else None
         lines += said
     return lines
 

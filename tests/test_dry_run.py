@@ -251,6 +251,9 @@ train:
     assert cli(["harvest", str(cfg), "harvest.vectors.path=" + str(tmp_path / "v2.npy"), "--dry-run"]) == 0
     assert capsys.readouterr().out.startswith(f"harvest: would stop: store {store} holds a harvest with "
                                               "another config (hook 'vectors': vectors.path: ")
+    assert cli(["run", str(cfg), "harvest.vectors.path=" + str(tmp_path / "v2.npy"), "--dry-run"]) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == [  # run stops there: nothing trained or analysed
+        "train: not run: the harvest above stops", "analyze: not run: the harvest above stops"]
     os.utime(tmp_path / "v1.npy", ns=(1, 1))  # the file changed since its import
     before = _files(tmp_path / "run")
     assert cli(["run", str(cfg), "--dry-run"]) == 0
