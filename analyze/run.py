@@ -98,7 +98,7 @@ from actdict.analyze.textfile import check_texts, read_texts
 from actdict.analyze.texts import row_texts
 from actdict.analyze.toptokens import resolve_decoder
 from actdict.config import Common, check_device
-from actdict.errors import printable
+from actdict.errors import ActdictError, printable
 from actdict.files import check_not_linked, remove_temps, write_atomic
 from actdict.lock import check_writable
 from actdict.train.identity import describe_store
@@ -133,6 +133,11 @@ def plan(common: Common, cfg: AnalyzeConfig, coming: list[str] | tuple = ()) -> 
             f"at most {cfg.max_test_rows:,} held-out rows")
     if not names:
         return [f"analyze: {run_dir / 'dicts'} holds no dictionary yet: nothing to analyse"]
+    if not coming:  # the dictionaries as they are now: the analysis refuses a store they did not learn
+        try:
+            learned_store(common, cfg, run_dir, trained_records(run_dir, cfg.dicts))
+        except ActdictError as e:
+            return [f"analyze: would stop: {e}"]
     return [f"analyze: {listed(names)} on {rows} -> {run_dir / 'summary.json'}, {run_dir / 'report.html'}, "
             f"{run_dir / 'report'}/, {run_dir / 'features'}/"]
 
@@ -151,6 +156,19 @@ def main(common: Common, cfg: AnalyzeConfig) -> None:
         _main(common, cfg)
 
 
+def learned_store(common: Common, cfg: AnalyzeConfig, run_dir: Path, records: dict[str, dict]):
+    """The store the dictionaries (``records``: their cfg.json) learned, opened; AnalyzeError when
+    ``common.store_path`` is another (rewritten, grown, or another harvest)."""
+    store = open_trained_store(common.store_path, trained_hook(records), run_dir, cfg.dicts, records)
+    if changed := other_store(records, describe_store(store, common.store_path)):
+        raise AnalyzeError(f"the store {store.path} is not the one {sorted(changed)} learned ("
+                           + "; ".join(f"{n}: {', '.join(c[:4])}" for n, c in sorted(changed.items()))
+                           + "): its held-out chunks are not theirs, and analysis could score them on rows "
+                           "they learned; point `store` at the store they learned, or retrain them on this "
+                           "one (actdict train: it notices the change)")
+    return store
+
+
 def checked_inputs(common: Common, cfg: AnalyzeConfig, run_dir: Path) -> tuple[dict, object, list[int], dict]:
     """What the analysis reads, checked before its pass: (each dictionary's cfg.json record, the store they
     learned, its held-out chunks, the loaded dictionaries). Refused: a store other than the one they learned,
@@ -161,13 +179,7 @@ def checked_inputs(common: Common, cfg: AnalyzeConfig, run_dir: Path) -> tuple[d
     records = trained_records(run_dir, cfg.dicts)  # each dictionary's cfg.json
     if note := retraining(run_dir, records):
         print(printable(f"analyze: note: {note}"))
-    store = open_trained_store(common.store_path, trained_hook(records), run_dir, cfg.dicts, records)
-    if changed := other_store(records, describe_store(store, common.store_path)):
-        raise AnalyzeError(f"the store {store.path} is not the one {sorted(changed)} learned ("
-                           + "; ".join(f"{n}: {', '.join(c[:4])}" for n, c in sorted(changed.items()))
-                           + "): its held-out chunks are not theirs, and analysis could score them on rows "
-                           "they learned; point `store` at the store they learned, or retrain them on this "
-                           "one (actdict train: it notices the change)")
+    store = learned_store(common, cfg, run_dir, records)
     for note in other_model(records, store.manifest.get("model")):
         print(printable(f"analyze: note: {note}"))
     test_chunks = held_out_chunks(run_dir, store.num_chunks, records, common.seed)

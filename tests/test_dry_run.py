@@ -266,3 +266,23 @@ train:
     assert cli(["run", str(cfg), "analyze.ce_loss=false", "analyze.logit_effects=0"]) == 0
     out = capsys.readouterr().out
     assert "changed since it was imported" in out and "its finished checkpoint will be replaced" in out
+
+
+def test_the_analysis_plan_says_it_stops_on_a_store_the_dictionaries_did_not_learn(tmp_path, capsys):
+    """actdict analyze --dry-run with store= another store (rewritten, or another harvest's): the analysis
+    refuses it, and its plan said it would score them."""
+    rng = np.random.default_rng(0)
+    for name in ("store", "other"):
+        write_vectors(str(tmp_path / name), rng.standard_normal((512, 6)).astype(np.float32), shard_rows=128,
+                      chunk_rows=64)
+    cfg = _config(tmp_path)
+    assert cli(["train", cfg, "train.epochs=1"]) == 0
+    capsys.readouterr()
+    assert cli(["analyze", cfg, "--dry-run"]) == 0
+    assert capsys.readouterr().out.startswith("analyze: l1_lam1-0.1, l1_lam1-1.0, vaease on every held-out")
+    assert cli(["analyze", cfg, f"store={tmp_path / 'other'}", "--dry-run"]) == 0
+    said = capsys.readouterr().out
+    assert said.startswith(f"analyze: would stop: the store {tmp_path / 'other'} is not the one "
+                           "['l1_lam1-0.1', 'l1_lam1-1.0', 'vaease'] learned (l1_lam1-0.1: store.content: ")
+    assert cli(["analyze", cfg, f"store={tmp_path / 'other'}"]) == 2
+    assert capsys.readouterr().err.split(": ", 2)[2] == said.split(": ", 2)[2]
