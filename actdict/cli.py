@@ -255,7 +255,9 @@ def _main(argv: list[str] | None = None) -> int:
         if args.stage == "run":
             check_run(data, {stage: cfg for stage, (cfg, _) in prepared.items()})
         if args.dry_run:
-            print("\n".join(dry_run(data, {stage: cfg for stage, (cfg, _) in prepared.items()})))
+            said = dry_run(data, {stage: cfg for stage, (cfg, _) in prepared.items()})
+            if int(os.environ.get("RANK", 0)) == 0:  # under torchrun: once, as the stages say what they do
+                print("\n".join(said))
             return 0
         if args.stage == "run":
             if "harvest" in prepared and (hook := prepared["train"][0].hook):  # once the model named them

@@ -286,3 +286,13 @@ def test_the_analysis_plan_says_it_stops_on_a_store_the_dictionaries_did_not_lea
                            "['l1_lam1-0.1', 'l1_lam1-1.0', 'vaease'] learned (l1_lam1-0.1: store.content: ")
     assert cli(["analyze", cfg, f"store={tmp_path / 'other'}"]) == 2
     assert capsys.readouterr().err.split(": ", 2)[2] == said.split(": ", 2)[2]
+
+
+def test_a_dry_run_under_torchrun_says_its_plan_once(tmp_path, capsys, monkeypatch):
+    """torchrun starts the command once per rank: rank 0 says the plan, as the training's rank 0 alone says
+    what it does (every rank printed it: the plan twice on 2 ranks)."""
+    cfg = _config(tmp_path)
+    for rank, lines in (("0", 6), ("1", 0)):
+        monkeypatch.setenv("RANK", rank)
+        assert cli(["run", cfg, "--dry-run"]) == 0
+        assert len(capsys.readouterr().out.splitlines()) == lines
