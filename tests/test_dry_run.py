@@ -296,3 +296,28 @@ def test_a_dry_run_under_torchrun_says_its_plan_once(tmp_path, capsys, monkeypat
         monkeypatch.setenv("RANK", rank)
         assert cli(["run", cfg, "--dry-run"]) == 0
         assert len(capsys.readouterr().out.splitlines()) == lines
+
+
+def test_the_plan_names_the_dictionaries_whose_progress_resume_drop_drops(tmp_path, capsys, monkeypatch):
+    """A run stopped at step 20, continued without two of its dictionaries (train.resume_drop): the plan
+    says their progress goes, as the training says it (it said only 'continues the resume state')."""
+    x = np.random.default_rng(1).standard_normal((512, 6)).astype(np.float32)
+    write_vectors(str(tmp_path / "store"), x, shard_rows=128, chunk_rows=64)
+    cfg = _config(tmp_path, extra="  checkpoint_every: 10\n")
+
+    def killed(*_a, **_k):
+        raise KeyboardInterrupt  # after the last step, before the first checkpoint: the state stays
+
+    monkeypatch.setattr(train_run, "save_finished", killed)
+    assert cli(["train", cfg]) == 130
+    monkeypatch.undo()
+    capsys.readouterr()
+    one = ["train.dicts=[{name: vaease, variant: vaease, k: 8, lr: 0.01}]",
+           "train.resume_drop=[l1_lam1-0.1, l1_lam1-1.0]"]
+    assert cli(["train", cfg, *one, "--dry-run"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"train: continues the resume state {tmp_path / 'run' / 'train_state.safetensors'} at step 20 "
+        "without ['l1_lam1-0.1', 'l1_lam1-1.0'] (train.resume_drop): their progress in it is dropped")
+    assert cli(["train", cfg, *one]) == 0
+    assert ("train: resuming without ['l1_lam1-0.1', 'l1_lam1-1.0'] (train.resume_drop): their progress in "
+            "the resume state is dropped") in capsys.readouterr().out

@@ -98,8 +98,10 @@ def resume_line(run_dir: Path, cfg: TrainConfig, stand: Standing) -> str | None:
     if not cfg.resume:
         return f"the resume state (step {step} of {held}) is not used (train.resume=false): it starts over"
     hashes, legacy = ({dc.name: h[dc.name] for dc in stand.todo} for h in (stand.hashes, stand.legacy))
-    if state_matches(meta, hashes, legacy, set.union(*set_aside(run_dir, cfg, meta, hashes))):
-        return f"continues the resume state {run_dir / STATE} at step {step}"
+    done, drop = set_aside(run_dir, cfg, meta, hashes)
+    if state_matches(meta, hashes, legacy, done | drop):
+        return f"continues the resume state {run_dir / STATE} at step {step}" + (
+            f" without {sorted(drop)} (train.resume_drop): their progress in it is dropped" if drop else "")
     return (f"the resume state {run_dir / STATE} (step {step} of {held}) is another run's: training stops "
             "(ResumeConflict) until its command finishes it, or train.resume=false starts over")
 
