@@ -74,6 +74,19 @@ def twin_stores(a: dict, b: dict) -> bool:
         hb, ("hooks",)) and all(ma.get(k) == mb.get(k) for k in ("n_rows", "source_fingerprint", "revision")))
 
 
+def unopened(a: dict, b: dict) -> str | None:
+    """Why ``twin_stores`` could not tell whether the two recorded stores (at different paths) are one
+    harvest's: one does not open at its recorded path (a path relative to where it was trained), else None."""
+    for name, s in (("A", a), ("B", b)):
+        try:
+            open_store(s["path"], s["hook"])
+        except (StoreError, KeyError, TypeError):
+            return (f"{name}'s store {s.get('path')} does not open from this folder, so "
+                    "whether the two hold one harvest's rows (a later layer in a store of its own) is not "
+                    "known: run actdict compare from the folder they were trained in")
+    return None
+
+
 def common_rows(rec_a: dict, rec_b: dict, n_chunks: int) -> list[int]:
     """The chunks both dictionaries held out (their cfg.json ``test_chunks``), ascending; one that records
     none (an import: its training rows are unknown) leaves the other's, and two such leave every chunk."""
@@ -161,6 +174,9 @@ def compare(dir_a: str, dir_b: str, store: str | None = None, limit: int = 65536
     why = None if store else same_rows(ra.get("store"), rb.get("store"))
     twins = bool(why) and ra["store"].get("path") != rb["store"].get("path") and twin_stores(
         ra["store"], rb["store"])  # a later layer's store of its own: its rows checked as they are read
+    if why and not twins and all("rows" in (r.get("store") or {}) for r in (ra, rb)) and (
+            lost := unopened(ra["store"], rb["store"])):
+        why += f"; {lost}"
     why = None if twins else why
     paths = [ra["store"]["path"], rb["store"]["path"]] if twins else [store or ra["store"]["path"]] * 2
     if not why and (need := ma.k * mb.k * 4 / 2**20) > max_mib:

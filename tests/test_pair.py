@@ -375,3 +375,24 @@ def test_a_bad_number_on_the_command_line_is_a_usage_error(capsys, bad):
     assert e.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1].endswith("--rows and --partners must be >= 1, --top and "
                                                              "--max-mib >= 0")
+
+
+def test_a_later_layer_in_a_store_of_its_own_recorded_relative_to_another_folder_is_named(tmp_path,
+                                                                                           monkeypatch):
+    """Two stores of one harvest recorded as relative paths, compared from another folder: neither opens,
+    and the note said only 'trained on different stores (config_hash differ)', of twins it counts where
+    they were trained."""
+    da, db = _pair(tmp_path, np.arange(K))
+    monkeypatch.chdir(tmp_path)
+    for name, hook in (("s0", "blocks.0.h"), ("s1", "blocks.1.h")):
+        _harvest(tmp_path / name, hook, f"harvest-{name}", scale=1.0 if name == "s0" else 2.0)
+    for d, name in ((da, "s0"), (db, "s1")):
+        m, r = load(d)
+        save(d, m, {**r, "store": r["store"] | {"path": name, "config_hash": f"harvest-{name}"}})
+    assert pair.compare(da, db, n=2)["cofire"]["rows"] == 64  # where they were trained: counted
+    monkeypatch.chdir(tmp_path / "ra")
+    out = pair.compare(da, db, n=2)
+    assert out["cofire"] is None and out["notes"][0] == (
+        "no co-activation: they were trained on different stores (config_hash differ); A's store s0 does not "
+        "open from this folder, so whether the two hold one harvest's rows (a later layer in a store of its "
+        "own) is not known: run actdict compare from the folder they were trained in")
