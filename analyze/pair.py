@@ -172,13 +172,13 @@ def compare(dir_a: str, dir_b: str, store: str | None = None, limit: int = 65536
     out: dict = {"a": _about(dir_a, ma, ra), "b": _about(dir_b, mb, rb), "cofire": None, "directions": None,
                  "notes": []}
     why = None if store else same_rows(ra.get("store"), rb.get("store"))
-    twins = bool(why) and ra["store"].get("path") != rb["store"].get("path") and twin_stores(
-        ra["store"], rb["store"])  # a later layer's store of its own: its rows checked as they are read
-    if why and not twins and all("rows" in (r.get("store") or {}) for r in (ra, rb)) and (
-            lost := unopened(ra["store"], rb["store"])):
+    sa_, sb_ = (r.get("store") or {} for r in (ra, rb))  # an import may record no store, or a hook only
+    apart = bool(why) and bool(sa_.get("rows") and sb_.get("rows")) and sa_.get("path") != sb_.get("path")
+    twins = apart and twin_stores(sa_, sb_)  # a later layer's store of its own: its rows checked as read
+    if apart and not twins and (lost := unopened(sa_, sb_)):
         why += f"; {lost}"
     why = None if twins else why
-    paths = [ra["store"]["path"], rb["store"]["path"]] if twins else [store or ra["store"]["path"]] * 2
+    paths = [sa_["path"], sb_["path"]] if twins else [store or sa_.get("path")] * 2
     if not why and (need := ma.k * mb.k * 4 / 2**20) > max_mib:
         why = (f"its counts ({ma.k:,} x {mb.k:,} int32, {need:,.0f} MiB) would pass --max-mib {max_mib:,}: "
                "raise it where the memory is there")

@@ -221,6 +221,9 @@ def test_an_import_without_a_hook_is_told_how_to_name_one(tmp_path):
     with pytest.raises(AnalyzeError, match=r"b records no store hook: it cannot be read from a store \(an "
                                            r"import: 'actdict import --overwrite --hook HOOK' names it\)$"):
         pair.compare(da, db, store=str(tmp_path / "store"))
+    for x, y in ((da, db), (db, da)):  # without --store: the note, no KeyError traceback (either side)
+        assert pair.compare(x, y)["notes"][0] == ("no co-activation: a dictionary records no store it was "
+                                                  "trained on (an import?): name one with --store")
 
 
 def test_a_store_harvested_again_at_the_recorded_path_is_noted_and_still_counted(tmp_path):
