@@ -166,6 +166,15 @@ def spelled_otherwise(path: str, hooks: list[str], cfg: HarvestConfig, say: Call
                        "run_dir / store to another folder")
 
 
+def patterned(manifests: dict[str, dict], cfg: HarvestConfig) -> bool:
+    """``cfg.hooks`` holds patterns (``all``, ``blocks.*...``) and the store is a complete harvest of ``cfg``
+    but for its hooks: ``spelled_otherwise`` decides it once the model has expanded them (skipped or refused;
+    never continued or written)."""
+    cfg_json = as_json(cfg)
+    return any(hook_pattern(h) for h in cfg.hooks) and all(
+        same_rows(m, cfg_json, ("hooks",)) for m in manifests.values())
+
+
 WRITES = ("harvest: a new store", "harvest: grows", "harvest: continues", "harvest: writes")
 """How ``plan``'s line begins when the harvest writes the store (``actdict run --dry-run``: the training
 is then judged on a store that is not there yet)."""
@@ -200,6 +209,10 @@ def plan(common, cfg: HarvestConfig) -> list[str]:
         return [f"harvest: would stop: {e}"]
     if not manifests:
         return [f"harvest: a new store {path}: {what}"]
+    if cfg.mode == "tokens" and patterned(manifests, cfg):
+        return [f"harvest: store {path} is a complete harvest of this config with hooks {sorted(manifests)}: "
+                f"skipped if it holds every hook {list(cfg.hooks)} names on {cfg.model} (decided once the "
+                f"model is loaded), else refused: {what}"]
     held = ", ".join(f"{h} (complete, {m.get('n_rows', 0):,} rows)" if m.get("complete") else
                      f"{h} (unfinished)" for h, m in manifests.items())
     if cfg.mode == "tokens":

@@ -179,6 +179,15 @@ train:
             f"train: 1 dictionary on 48 rows of blocks.3.hook_resid_post (3 of 4 chunks, d=384) in "
             f"{tmp_path / 'run'}; 1 epoch(s) of 1 step (batch 2,048): 1 step")
     assert os.listdir(tmp_path / "run" / "store" / "blocks.3.hook_resid_post" / "shards") == ["00000"]
+    if then == "same":  # its hook spelled as a pattern: the model decides (it skips), nothing is continued
+        pattern = "harvest.hooks=['blocks.[3].hook_resid_post']"
+        assert cli(["harvest", str(cfg), pattern, "--dry-run"]) == 0
+        assert capsys.readouterr().out.startswith(
+            f"harvest: store {store} is a complete harvest of this config with hooks "
+            "['blocks.3.hook_resid_post']: skipped if it holds every hook ['blocks.[3].hook_resid_post'] "
+            "names on all-MiniLM-L6-v2")
+        assert cli(["harvest", str(cfg), pattern]) == 0
+        assert capsys.readouterr().out.startswith(f"harvest: store {store} is already complete for this")
     if then == "same":  # an unfinished harvest (a kill): continued, its whole shards kept
         manifest = store / "blocks.3.hook_resid_post" / "manifest.json"
         manifest.write_text(json.dumps(json.loads(manifest.read_text()) | {"complete": False}))
