@@ -192,7 +192,7 @@ def plan(common, cfg: HarvestConfig) -> list[str]:
     tokens = "null (the whole source)" if cfg.max_tokens is None else f"{cfg.max_tokens:,}"
     source = describe_source(cfg.source)
     what = {"vectors": f"your own vectors {cfg.vectors.path}",
-            "embeddings": f"{cfg.model} on the {source}, one row per document",
+            "embeddings": f"{cfg.model} on the {source}, one row per {cfg.embed.unit}",
             "tokens": f"{cfg.model} {list(cfg.hooks)} on the {source}, max_tokens {tokens}"}[cfg.mode]
     hook = {"vectors": cfg.vectors.hook, "embeddings": cfg.embed.hook}.get(cfg.mode)
     try:

@@ -330,3 +330,16 @@ def test_the_plan_names_the_dictionaries_whose_progress_resume_drop_drops(tmp_pa
     assert cli(["train", cfg, *one]) == 0
     assert ("train: resuming without ['l1_lam1-0.1', 'l1_lam1-1.0'] (train.resume_drop): their progress in "
             "the resume state is dropped") in capsys.readouterr().out
+
+
+def test_the_plan_of_an_embeddings_harvest_names_its_unit(tmp_path, capsys):
+    """harvest.embed.unit: paragraph embeds one row per paragraph; the plan said 'one row per document'."""
+    (tmp_path / "docs").mkdir()
+    cfg = tmp_path / "e.yaml"
+    cfg.write_text(f"""
+run_dir: {tmp_path / 'run'}
+harvest: {{mode: embeddings, source: {{kind: files, path: {tmp_path / 'docs'}}}, embed: {{unit: paragraph}}}}
+""")
+    assert cli(["harvest", str(cfg), "--dry-run"]) == 0
+    assert capsys.readouterr().out == (f"harvest: a new store {tmp_path / 'run' / 'store'}: all-MiniLM-L6-v2 "
+                                       f"on the files {tmp_path / 'docs'}, one row per paragraph\n")
