@@ -93,10 +93,10 @@ def dry_run(data: dict, cfgs: dict[str, Any]) -> list[str]:
 def check_run(data: dict, cfgs: dict[str, Any]) -> None:
     """What only ``run`` can check before it starts: train holds chunks out when analyze scores them; a
     vectors file to import, or a token harvest's max_tokens, has more than one chunk of rows when train holds
-    chunks out; ``train.hook`` picks
-    one hook of a harvest of several (or names the one of a vectors or embeddings harvest); every dictionary
-    ``analyze.dicts`` names is trained by this run or already in ``<run_dir>/dicts``; ``run_dir`` is no file
-    (train and analyze write there: after the harvest, they found it one)."""
+    chunks out; ``train.hook`` picks one hook of a harvest of several (or names the one of a vectors or
+    embeddings harvest); every dictionary ``analyze.dicts`` names is trained by this run or already in
+    ``<run_dir>/dicts``; ``run_dir`` is no file (train and analyze write there: after the harvest, they
+    found it one)."""
     harvest, train = cfgs.get("harvest"), cfgs.get("train")
     if (run_dir := Path(common_of(data).run_dir)).is_file():
         raise ConfigError(f"run_dir {run_dir} is a file, not a folder: set run_dir to a folder for the run's "
