@@ -202,15 +202,12 @@ def test_a_dry_run_piped_into_head_exits_quietly(tmp_path):
     """`actdict train CONFIG --dry-run | head -1` on a sweep of 900 (more lines than a pipe holds): the
     reader leaves early: exit 141 and nothing on stderr (a BrokenPipeError traceback, as the tools had before
     they exited 141 too)."""
-    import subprocess
-    import sys
+    from tests.pipes import into_head
 
     cfg = _config(tmp_path)
     lams = ", ".join(f"{i / 1000:g}" for i in range(1, 901))
     Path(cfg).write_text(Path(cfg).read_text().replace("lam1: [0.1, 1.0]", f"lam1: [{lams}]"))
-    actdict = Path(sys.executable).parent / "actdict"
-    cmd = f"'{actdict}' train '{cfg}' --dry-run | head -1; echo \"rc ${{PIPESTATUS[0]}}\" >&2"
-    r = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=120)
+    r = into_head("train", cfg, "--dry-run")
     assert r.stdout.startswith("train: the store cannot be read now") and r.stdout.count("\n") == 1
     assert r.stderr.strip() == "rc 141"
 

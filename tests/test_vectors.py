@@ -459,16 +459,12 @@ def test_a_replacement_stopped_by_a_kill_leaves_no_staging_folder(tmp_path):
 
 def test_store_listing_piped_into_head_exits_quietly(tmp_path):
     """`actdict store PATH | head -1`: the reader leaves early; no BrokenPipeError traceback on stderr."""
-    import subprocess
-    import sys
-    from pathlib import Path
+    from tests.pipes import into_head
 
     np.save(tmp_path / "v.npy", _x())
     for h in range(40):  # --verify: still listing when head has left
         import_vectors(tmp_path / "v.npy", str(tmp_path / "s"), hook=f"h{h:02d}", **SMALL)
-    actdict = Path(sys.executable).parent / "actdict"
-    cmd = f"'{actdict}' store '{tmp_path / 's'}' --verify | head -1; echo \"rc ${{PIPESTATUS[0]}}\" >&2"
-    r = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=120)
+    r = into_head("store", str(tmp_path / "s"), "--verify")
     assert r.stdout.startswith("h00: 45 rows x d=6 float32") and r.stdout.count("\n") == 1
     assert r.stderr.strip() == "rc 141"
 
