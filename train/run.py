@@ -66,7 +66,7 @@ from actdict.train.resume import (
     stale_state,
 )
 from actdict.train.schedule import restart_note
-from actdict.train.snapshot import drop_other_snapshots, snapshot_path
+from actdict.train.snapshot import settle_snapshots, snapshot_path
 
 
 @contextmanager
@@ -343,7 +343,7 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
     meta, done = resume_state(run_dir, cfg, todo_hashes, todo_legacy, configs, say, held)
     kept, kept_hashes = kept_states(run_dir, cfg, todo_hashes, configs, say) if meta is None else ({}, None)
     for name, h in todo_hashes.items() if d.main else ():  # this training's snapshots only (an extended
-        drop_other_snapshots(run_dir, name, h, (kept_hashes or {}).get(name))  # run's too), once no resume
+        settle_snapshots(run_dir, name, h, (kept_hashes or {}).get(name))  # run's too), once no resume
         # state of another run stopped it (theirs stay then)
     chunks = split["train_chunks"]
     train_rows = sum(b - a for a, b in map(store.chunk_bounds, chunks))

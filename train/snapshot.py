@@ -20,12 +20,12 @@ def snapshot_path(run_dir: Path, name: str, step: int) -> Path:
     return run_dir / "dicts" / name / SNAPSHOTS / f"step-{step:07d}"
 
 
-def other_snapshots(run_dir: Path, name: str, config_hash: str, continued: str | None = None) -> list[Path]:
-    """The snapshots of dictionary ``name`` that another training of it kept (another config_hash in their
-    cfg.json, or none readable). Those of the finished run this one continues (``continued``: its config
-    hash, a ``train.keep_state`` extension) are this run's first steps: they take ``config_hash`` and stay."""
+def settle_snapshots(run_dir: Path, name: str, config_hash: str, continued: str | None = None) -> None:
+    """Keep only this training's snapshots of dictionary ``name``: those of the finished run it continues
+    (``continued``: its config hash, a ``train.keep_state`` extension) are its first steps and take
+    ``config_hash``; those another training kept (another config_hash in their cfg.json, or none readable)
+    are removed."""
     root = run_dir / "dicts" / name / SNAPSHOTS
-    out = []
     for p in sorted(root.glob("step-*")) if root.is_dir() else []:
         try:
             rec = json.loads((p / checkpoint.CFG).read_text())
@@ -35,11 +35,4 @@ def other_snapshots(run_dir: Path, name: str, config_hash: str, continued: str |
         if continued is not None and kept == continued:
             write_atomic(p / checkpoint.CFG, json.dumps(rec | {"config_hash": config_hash}, indent=1))
         elif kept != config_hash:
-            out.append(p)
-    return out
-
-
-def drop_other_snapshots(run_dir: Path, name: str, config_hash: str, continued: str | None = None) -> None:
-    """Remove the snapshots of dictionary ``name`` that another training of it kept (``other_snapshots``)."""
-    for old in other_snapshots(run_dir, name, config_hash, continued):
-        shutil.rmtree(old, ignore_errors=True)
+            shutil.rmtree(p, ignore_errors=True)
