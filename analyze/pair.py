@@ -57,34 +57,28 @@ def same_rows(a: dict, b: dict) -> str | None:
     return f"they were trained on different stores ({', '.join(diff)} differ)" if diff else None
 
 
-def twin_stores(a: dict, b: dict) -> bool:
-    """The two stores two checkpoints record (cfg.json ``store``) are one harvest's rows written twice: each
-    opens at its recorded path, and their manifests record one harvest but for its hooks (``rows_view``
-    without them; the same rows, source fingerprint and model revision): a later layer harvested into a
-    store of its own (docs/harvest.md). ``count`` then checks every row's token, document and position as
-    it reads them."""
+def twin_stores(a: dict, b: dict) -> tuple[tuple | None, str | None]:
+    """Whether the two stores two checkpoints record (cfg.json ``store``, at different paths) are one
+    harvest's rows written twice: (the two hooks, opened, when each opens at its recorded path and their
+    manifests record one harvest but for its hooks (``rows_view`` without them; the same rows, source
+    fingerprint and model revision): a later layer harvested into a store of its own (docs/harvest.md), else
+    None; why it is not known, when one does not open (a path relative to where it was trained), else
+    None). ``count`` then checks every row's token, document and position as it reads them."""
     from actdict.harvest.config import rows_view
 
-    try:
-        ma, mb = (open_store(s["path"], s["hook"]).manifest for s in (a, b))
-    except (StoreError, KeyError, TypeError):
-        return False
-    ha, hb = (m.get("harvest") for m in (ma, mb))
-    return (isinstance(ha, dict) and isinstance(hb, dict) and rows_view(ha, ("hooks",)) == rows_view(
-        hb, ("hooks",)) and all(ma.get(k) == mb.get(k) for k in ("n_rows", "source_fingerprint", "revision")))
-
-
-def unopened(a: dict, b: dict) -> str | None:
-    """Why ``twin_stores`` could not tell whether the two recorded stores (at different paths) are one
-    harvest's: one does not open at its recorded path (a path relative to where it was trained), else None."""
+    stores = []
     for name, s in (("A", a), ("B", b)):
         try:
-            open_store(s["path"], s["hook"])
+            stores.append(open_store(s["path"], s["hook"]))
         except (StoreError, KeyError, TypeError):
-            return (f"{name}'s store {s.get('path')} does not open from this folder, so "
-                    "whether the two hold one harvest's rows (a later layer in a store of its own) is not "
-                    "known: run actdict compare from the folder they were trained in")
-    return None
+            return None, (f"{name}'s store {s.get('path')} does not open from this folder, so whether the "
+                          "two hold one harvest's rows (a later layer in a store of its own) is not known: "
+                          "run actdict compare from the folder they were trained in")
+    ma, mb = (st.manifest for st in stores)
+    ha, hb = (m.get("harvest") for m in (ma, mb))
+    same = (isinstance(ha, dict) and isinstance(hb, dict) and rows_view(ha, ("hooks",)) == rows_view(
+        hb, ("hooks",)) and all(ma.get(k) == mb.get(k) for k in ("n_rows", "source_fingerprint", "revision")))
+    return (tuple(stores) if same else None), None
 
 
 def common_rows(rec_a: dict, rec_b: dict, n_chunks: int) -> list[int]:
@@ -174,8 +168,8 @@ def compare(dir_a: str, dir_b: str, store: str | None = None, limit: int = 65536
     why = None if store else same_rows(ra.get("store"), rb.get("store"))
     sa_, sb_ = (r.get("store") or {} for r in (ra, rb))  # an import may record no store, or a hook only
     apart = bool(why) and bool(sa_.get("rows") and sb_.get("rows")) and sa_.get("path") != sb_.get("path")
-    twins = apart and twin_stores(sa_, sb_)  # a later layer's store of its own: its rows checked as read
-    if apart and not twins and (lost := unopened(sa_, sb_)):
+    twins, lost = twin_stores(sa_, sb_) if apart else (None, None)  # a later layer's store of its own: its
+    if lost:  # rows are checked as they are read
         why += f"; {lost}"
     why = None if twins else why
     paths = [sa_["path"], sb_["path"]] if twins else [store or sa_.get("path")] * 2
@@ -193,8 +187,8 @@ def compare(dir_a: str, dir_b: str, store: str | None = None, limit: int = 65536
                                "read from a store (an import: 'actdict import --overwrite --hook HOOK' names "
                                "it)")
         try:
-            sa = open_store(path, hooks[0])
-            sb = sa if (paths[1], hooks[1]) == (path, hooks[0]) else open_store(paths[1], hooks[1])
+            sa = twins[0] if twins else open_store(path, hooks[0])  # twins: opened once, by twin_stores
+            sb = twins[1] if twins else sa if hooks[1] == hooks[0] else open_store(path, hooks[1])
         except StoreError as e:  # a path relative to where A was trained, read from elsewhere
             if store:
                 raise
