@@ -82,11 +82,9 @@ def dry_run(data: dict, cfgs: dict[str, Any]) -> list[str]:
         train = cfgs.get("train") if stage == "analyze" else None
         kw = {"coming": [dc.name for dc in train.dicts]} if train is not None else (
             {"after_harvest": True} if stage == "train" and writes else {})
-        module = importlib.import_module(_PLANS[stage])
-        said = module.plan(common, cfg, **kw)
-        writes = stage == "harvest" and said[-1].startswith(module.WRITES)  # new, continued or grown
-        stops = stage if said[0].startswith(f"{stage}: would stop") else None
-        lines += said
+        said = importlib.import_module(_PLANS[stage]).plan(common, cfg, **kw)
+        writes, stops = writes or said.writes, stage if said.stops else None
+        lines += said.lines
     return lines
 
 

@@ -98,6 +98,7 @@ from actdict.analyze.textfile import check_texts, read_texts
 from actdict.analyze.texts import row_texts
 from actdict.analyze.toptokens import resolve_decoder
 from actdict.config import Common, check_device
+from actdict.dryrun import StagePlan
 from actdict.errors import ActdictError, printable
 from actdict.files import check_not_linked, remove_temps, write_atomic
 from actdict.lock import check_writable
@@ -124,7 +125,7 @@ def check(common: Common, cfg: AnalyzeConfig) -> None:
         check_texts(cfg.texts, None, cfg.texts_column)
 
 
-def plan(common: Common, cfg: AnalyzeConfig, coming: list[str] | tuple = ()) -> list[str]:
+def plan(common: Common, cfg: AnalyzeConfig, coming: list[str] | tuple = ()) -> StagePlan:
     """``actdict analyze CONFIG --dry-run``: which dictionaries the analysis would score (``analyze.dicts``,
     else every one in ``<run_dir>/dicts`` and ``coming``, those the run's training writes) and where."""
     run_dir = Path(common.run_dir)
@@ -132,14 +133,14 @@ def plan(common: Common, cfg: AnalyzeConfig, coming: list[str] | tuple = ()) -> 
     rows = ("every held-out row" if cfg.max_test_rows is None else
             f"at most {cfg.max_test_rows:,} held-out rows")
     if not names:
-        return [f"analyze: {run_dir / 'dicts'} holds no dictionary yet: nothing to analyse"]
+        return StagePlan([f"analyze: {run_dir / 'dicts'} holds no dictionary yet: nothing to analyse"])
     if not coming:  # the dictionaries as they are now: the analysis refuses a store they did not learn
         try:
             learned_store(common, cfg, run_dir, trained_records(run_dir, cfg.dicts))
         except ActdictError as e:
-            return [f"analyze: would stop: {e}"]
-    return [f"analyze: {listed(names)} on {rows} -> {run_dir / 'summary.json'}, {run_dir / 'report.html'}, "
-            f"{run_dir / 'report'}/, {run_dir / 'features'}/"]
+            return StagePlan([f"analyze: would stop: {e}"], stops=True)
+    return StagePlan([f"analyze: {listed(names)} on {rows} -> {run_dir / 'summary.json'}, "
+                      f"{run_dir / 'report.html'}, {run_dir / 'report'}/, {run_dir / 'features'}/"])
 
 
 def main(common: Common, cfg: AnalyzeConfig) -> None:

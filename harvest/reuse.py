@@ -14,6 +14,7 @@ import json
 from collections.abc import Callable
 
 from actdict.config import config_changes, config_hash, to_dict
+from actdict.dryrun import StagePlan
 from actdict.harvest.config import RUN_KEYS, HarvestConfig, hook_pattern, rows_view
 from actdict.harvest.layout import FORMAT_VERSION, shard_problem, whole_shards
 from actdict.harvest.resume import HarvestError, hook_dir, read_manifest
@@ -175,12 +176,7 @@ def patterned(manifests: dict[str, dict], cfg: HarvestConfig) -> bool:
         same_rows(m, cfg_json, ("hooks",)) for m in manifests.values())
 
 
-WRITES = ("harvest: a new store", "harvest: grows", "harvest: continues", "harvest: writes")
-"""How ``plan``'s line begins when the harvest writes the store (``actdict run --dry-run``: the training
-is then judged on a store that is not there yet)."""
-
-
-def plan(common, cfg: HarvestConfig) -> list[str]:
+def plan(common, cfg: HarvestConfig) -> StagePlan:
     """``actdict harvest CONFIG --dry-run``: what the harvest would do with the store, decided as it decides
     before loading the model (skip a complete store, grow one, continue an unfinished one, refuse another
     harvest's, or begin one), with nothing loaded or written."""
@@ -198,24 +194,24 @@ def plan(common, cfg: HarvestConfig) -> list[str]:
     try:
         manifests = hook_manifests(path)
         if cfg.mode == "tokens" and growable(manifests, as_json(cfg)):
-            return [f"harvest: grows store {path} to max_tokens {tokens}: {what}"]
+            return StagePlan([f"harvest: grows store {path} to max_tokens {tokens}: {what}"], writes=True)
         if complete_for(path, list(cfg.hooks) if hook is None else [hook], cfg, manifests):
             if cfg.mode == "vectors" and (change := source_change(path, cfg.vectors)):
-                return [f"harvest: writes store {path} again ({cfg.vectors.path} changed since it was "
-                        f"imported: {change}): {what}"]
-            return [f"harvest: store {path} is already complete for this config ({chash}"
-                    f"{how_held(manifests, as_json(cfg)) if hook is None else ''}): skipped"]
+                return StagePlan([f"harvest: writes store {path} again ({cfg.vectors.path} changed since it "
+                                  f"was imported: {change}): {what}"], writes=True)
+            return StagePlan([f"harvest: store {path} is already complete for this config ({chash}"
+                              f"{how_held(manifests, as_json(cfg)) if hook is None else ''}): skipped"])
     except HarvestError as e:  # another harvest's store
-        return [f"harvest: would stop: {e}"]
+        return StagePlan([f"harvest: would stop: {e}"], stops=True)
     if not manifests:
-        return [f"harvest: a new store {path}: {what}"]
+        return StagePlan([f"harvest: a new store {path}: {what}"], writes=True)
     if cfg.mode == "tokens" and patterned(manifests, cfg):
-        return [f"harvest: store {path} is a complete harvest of this config with hooks {sorted(manifests)}: "
-                f"skipped if it holds every hook {list(cfg.hooks)} names on {cfg.model} (decided once the "
-                f"model is loaded), else refused: {what}"]
+        return StagePlan([f"harvest: store {path} is a complete harvest of this config with hooks "
+                          f"{sorted(manifests)}: skipped if it holds every hook {list(cfg.hooks)} names on "
+                          f"{cfg.model} (decided once the model is loaded), else refused: {what}"])
     held = ", ".join(f"{h} (complete, {m.get('n_rows', 0):,} rows)" if m.get("complete") else
                      f"{h} (unfinished)" for h, m in manifests.items())
     if cfg.mode == "tokens":
-        return [f"harvest: continues the unfinished harvest in {path} ({held}; its whole shards are kept): "
-                f"{what}"]
-    return [f"harvest: writes store {path} again ({held}): {what}"]
+        return StagePlan([f"harvest: continues the unfinished harvest in {path} ({held}; its whole shards "
+                          f"are kept): {what}"], writes=True)
+    return StagePlan([f"harvest: writes store {path} again ({held}): {what}"], writes=True)

@@ -229,6 +229,8 @@ def test_the_plan_says_the_training_stops_on_another_split_of_the_run_folder(tmp
     assert _states(out) == {"vaease": "not trained: the training stops"}
     assert cli(["train", cfg, *one]) == 2  # as the training does
     assert "holds finished dictionaries ['l1_lam1-0.1', 'l1_lam1-1.0']" in capsys.readouterr().err
+    assert cli(["run", cfg, *one, "--dry-run"]) == 0  # run goes no further than the training that stops
+    assert capsys.readouterr().out.splitlines()[-1] == "analyze: not run: the train above stops"
 
 
 def test_the_plan_of_a_vectors_import_says_whether_it_is_skipped_imported_again_or_refused(tmp_path, capsys):

@@ -137,10 +137,10 @@ def test_the_dry_run_says_whether_the_kept_states_continue(store, tmp_path):
     from actdict.train.plan import plan
 
     common = run(store, tmp_path / "run", keep_state=True)
-    assert plan(common, cfg(epochs=3, keep_state=True))[-1] == (
+    assert plan(common, cfg(epochs=3, keep_state=True)).lines[-1] == (
         "train: continues the finished run kept at epoch 2 (train.keep_state) to epoch 3")
     other = [DictConfig(name="vaease", variant="vaease", k=12, lr=0.02), DICTS[1]]
-    assert plan(common, cfg(epochs=3, dicts=other))[-1].startswith(
+    assert plan(common, cfg(epochs=3, dicts=other)).lines[-1].startswith(
         "train: the kept states of ['l1', 'vaease'] do not continue this run (")
-    assert plan(common, cfg(epochs=3, resume=False))[-1].startswith("  l1 ")  # no state used: no line
-    assert plan(common, cfg())[-1].startswith("  l1 ")  # nothing to train: nothing continued
+    assert plan(common, cfg(epochs=3, resume=False)).lines[-1].startswith("  l1 ")  # no state used: no line
+    assert plan(common, cfg()).lines[-1].startswith("  l1 ")  # nothing to train: nothing continued

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from actdict.config import Common, ConfigError
-from actdict.errors import printable
+from actdict.dryrun import StagePlan
 from actdict.harvest.store import StoreError, list_hooks
 from actdict.train import checkpoint
 from actdict.train.config import DictConfig, TrainConfig
@@ -139,35 +139,36 @@ def length(cfg: TrainConfig, per_epoch: int | None) -> str:
     return said + (f"; a snapshot every {cfg.snapshot_every:,} steps" if cfg.snapshot_every else "")
 
 
-def opened(common: Common, cfg: TrainConfig, after_harvest: bool) -> tuple[object | None, str]:
-    """(the store's hook as the training opens it, or None; the plan's first line): the store not there
-    yet, or written by ``actdict run``'s harvest first (``after_harvest``), or there and refused."""
+def opened(common: Common, cfg: TrainConfig, after_harvest: bool) -> tuple[object | None, str, bool]:
+    """(the store's hook as the training opens it, or None; the plan's first line; whether the training
+    stops): the store not there yet, or written by ``actdict run``'s harvest first (``after_harvest``), or
+    there and refused."""
     from actdict.train.run import open_hook  # the stage's own opening of the store
 
     if after_harvest:
-        return None, "train: once the harvest above has written the store"
+        return None, "train: once the harvest above has written the store", False
     try:
-        return open_hook(common.store_path, cfg.hook), ""
+        return open_hook(common.store_path, cfg.hook), "", False
     except (StoreError, ConfigError) as e:
-        refused = bool(list_hooks(common.store_path))  # there, and the training stops on it
-        return None, f"train: would stop: {e}" if refused else f"train: the store cannot be read now ({e})"
+        if list_hooks(common.store_path):  # there, and the training stops on it
+            return None, f"train: would stop: {e}", True
+        return None, f"train: the store cannot be read now ({e})", False
 
 
-def plan(common: Common, cfg: TrainConfig, after_harvest: bool = False) -> list[str]:
+def plan(common: Common, cfg: TrainConfig, after_harvest: bool = False) -> StagePlan:
     """``actdict train CONFIG --dry-run``: the lines saying what the stage would do (``standing``), with
     nothing trained, written or removed. ``after_harvest``: ``actdict run``'s harvest writes the store first
     (new, continued or grown), so the store as it is now decides nothing."""
-    store, head = opened(common, cfg, after_harvest)
+    store, head, refused = opened(common, cfg, after_harvest)
     stand = None if store is None else standing(common, cfg, store)
     if stand is not None and (why := split_refusal(common, cfg, store, stand)):
-        stand, head = None, f"train: would stop: {why}"
+        stand, head, refused = None, f"train: would stop: {why}", True
     if stand is not None:
         chunks = stand.split["train_chunks"]
         rows = sum(b - a for a, b in map(store.chunk_bounds, chunks))
         n = len(cfg.dicts)
         head = (f"train: {n} dictionar{'y' if n == 1 else 'ies'} on {rows:,} rows of {store.hook} "
                 f"({len(chunks)} of {store.num_chunks} chunks, d={store.d}) in {common.run_dir}")
-    refused = head.startswith("train: would stop")
     head += "" if refused else "; " + length(cfg, None if stand is None else steps_in_epoch(
         store, stand.split["train_chunks"], cfg.batch_size))
     cols = [(dc.name, dc.variant, str(dc.k), f"{dc.lr:g}", params_text(dc)) for dc in cfg.dicts]
@@ -177,4 +178,4 @@ def plan(common: Common, cfg: TrainConfig, after_harvest: bool = False) -> list[
     lines += ["  " + " ".join(f"{c[i]:<{w[i]}}" for i in range(5)) + f" {said[c[0]]}" for c in cols]
     if stand is not None and (line := resume_line(Path(common.run_dir), cfg, stand)):
         lines.append(f"train: {line}")
-    return [printable(s) for s in lines]
+    return StagePlan(lines, stops=refused)

@@ -1,0 +1,22 @@
+"""What ``--dry-run`` hears from each stage: its ``plan`` returns a ``StagePlan``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from actdict.errors import printable
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """What a stage would do, with nothing run: the ``lines`` to print, whether it would stop on an error
+    (``stops``: ``actdict run`` goes no further), and, for a harvest, whether it writes the store
+    (``writes``: a new store, or one continued, grown or written again), which the training's plan then must
+    not judge on the store as it is now."""
+
+    lines: list[str]
+    stops: bool = False
+    writes: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "lines", [printable(s) for s in self.lines])
