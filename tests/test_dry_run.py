@@ -342,3 +342,27 @@ harvest: {{mode: embeddings, source: {{kind: files, path: {tmp_path / 'docs'}}},
     assert cli(["harvest", str(cfg), "--dry-run"]) == 0
     assert capsys.readouterr().out == (f"harvest: a new store {tmp_path / 'run' / 'store'}: all-MiniLM-L6-v2 "
                                        f"on the files {tmp_path / 'docs'}, one row per paragraph\n")
+
+
+def test_the_plans_escape_terminal_control_codes(tmp_path, capsys):
+    """A folder name holding ESC [ 2J (clear the screen) is printed escaped by every stage's plan (the
+    harvest's and the analysis' lines were printed as they were)."""
+    odd = tmp_path / "a\x1b[2Jb"
+    odd.mkdir()
+    np.save(odd / "v.npy", np.random.default_rng(0).standard_normal((512, 6)).astype(np.float32))
+    cfg = tmp_path / "v.yaml"
+    cfg.write_text(f"""
+run_dir: {json.dumps(str(odd / 'run'))}
+harvest:
+  mode: vectors
+  vectors: {{path: {json.dumps(str(odd / 'v.npy'))}}}
+  shard_rows: 128
+  chunk_rows: 64
+train:
+  dicts: [{{name: a, variant: sae_topk, k: 8, params: {{topk: 2}}}}]
+""")
+    assert cli(["run", str(cfg), "--dry-run"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    heads = [line.split(":")[0] for line in out if not line.startswith("  ")]
+    assert heads == ["harvest", "train", "analyze"]
+    assert "\x1b" not in "".join(out) and all("a\\x1b[2Jb" in out[i] for i in (0, len(out) - 1))
