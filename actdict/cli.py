@@ -91,10 +91,10 @@ def dry_run(data: dict, cfgs: dict[str, Any]) -> list[str]:
 def check_run(data: dict, cfgs: dict[str, Any]) -> None:
     """What only ``run`` can check before it starts: train holds chunks out when analyze scores them; a
     vectors file to import, or a token harvest's max_tokens, has more than one chunk of rows when train holds
-    chunks out; ``train.hook`` picks one hook of a harvest of several (or names the one of a vectors or
-    embeddings harvest); every dictionary ``analyze.dicts`` names is trained by this run or already in
-    ``<run_dir>/dicts``; ``run_dir`` is no file (train and analyze write there: after the harvest, they
-    found it one)."""
+    chunks out (``check_chunks``); ``train.hook`` picks one hook of a harvest of several (or names the one
+    of a vectors or embeddings harvest); every dictionary ``analyze.dicts`` names is trained by this run or
+    already in ``<run_dir>/dicts``; ``run_dir`` is no file (train and analyze write there: after the
+    harvest, they found it one)."""
     harvest, train = cfgs.get("harvest"), cfgs.get("train")
     if (run_dir := Path(common_of(data).run_dir)).is_file():
         raise ConfigError(f"run_dir {run_dir} is a file, not a folder: set run_dir to a folder for the run's "
@@ -103,17 +103,6 @@ def check_run(data: dict, cfgs: dict[str, Any]) -> None:
         raise ConfigError("train.test_fraction=0 holds no chunks out, and the analysis scores the held-out "
                           "ones: set train.test_fraction > 0 (e.g. 0.1), or run the stages without analyze "
                           "(actdict harvest, actdict train)")
-    if harvest is not None and train is not None and harvest.mode == "vectors" and train.test_fraction > 0:
-        from actdict.harvest.vectors import vector_rows
-        from actdict.harvest.writer import chunk_rows_for
-
-        n = vector_rows(harvest.vectors.path, harvest.vectors.key)
-        if n is not None and n <= harvest.chunk_rows:
-            raise ConfigError(
-                f"{harvest.vectors.path} holds {n} vectors: one chunk of harvest.chunk_rows="
-                f"{harvest.chunk_rows}, and train holds whole chunks out for testing (train.test_fraction="
-                f"{train.test_fraction}); set harvest.chunk_rows={chunk_rows_for(n, harvest.shard_rows)} "
-                "(8 chunks or more)" + ("" if "analyze" in cfgs else ", or train.test_fraction=0"))
     if harvest is not None and train is not None:  # the hook each mode writes
         writes = {"tokens": list(harvest.hooks), "vectors": [harvest.vectors.hook],
                   "embeddings": [harvest.embed.hook]}
@@ -125,20 +114,35 @@ def check_run(data: dict, cfgs: dict[str, Any]) -> None:
             raise ConfigError(f"{' and '.join(asks)} needs a language model's activations at a hook; a "
                               f"harvest of mode {harvest.mode} stores {rows}: set analyze.ce_loss=false and "
                               "analyze.logit_effects=0")
-    if "analyze" not in cfgs or "train" not in cfgs:
-        return
-    made = {dc.name for dc in cfgs["train"].dicts}
-    root = Path(common_of(data).run_dir) / "dicts"
-    missing = [n for n in cfgs["analyze"].dicts if n not in made and not (root / n).is_dir()]
-    if missing:
-        raise ConfigError(f"analyze.dicts names {missing}, which train.dicts does not make ({sorted(made)}) "
-                          f"and {root} does not hold")
-    if (harvest is not None and train is not None and harvest.mode == "tokens" and train.test_fraction > 0
-            and harvest.max_tokens is not None and harvest.max_tokens <= harvest.chunk_rows):
-        raise ConfigError(  # a store of one chunk: the training's split would fail after the whole harvest
-            f"harvest.max_tokens={harvest.max_tokens} rows fit in one chunk of harvest.chunk_rows="
-            f"{harvest.chunk_rows}, and train holds whole chunks out for testing (train.test_fraction="
-            f"{train.test_fraction}): raise max_tokens, or lower chunk_rows (8 chunks or more)")
+    if "analyze" in cfgs and train is not None:
+        made = {dc.name for dc in train.dicts}
+        root = Path(common_of(data).run_dir) / "dicts"
+        if missing := [n for n in cfgs["analyze"].dicts if n not in made and not (root / n).is_dir()]:
+            raise ConfigError(f"analyze.dicts names {missing}, which train.dicts does not make "
+                              f"({sorted(made)}) and {root} does not hold")
+    if harvest is not None and train is not None and train.test_fraction > 0:
+        check_chunks(harvest, train, "analyze" in cfgs)
+
+
+def check_chunks(harvest, train, analyzing: bool) -> None:
+    """The rows a vectors file or a token harvest's max_tokens gives fit in more than one chunk: train holds
+    whole chunks out for testing, and the split of a one-chunk store fails after the whole harvest."""
+    from actdict.harvest.vectors import vector_rows
+    from actdict.harvest.writer import chunk_rows_for
+
+    n, what = None, ""  # embeddings: one row per document, counted as the documents are read
+    if harvest.mode == "vectors":
+        n = vector_rows(harvest.vectors.path, harvest.vectors.key)
+        what = f"{harvest.vectors.path} holds {n} vectors"
+    elif harvest.mode == "tokens":
+        n, what = harvest.max_tokens, f"harvest.max_tokens={harvest.max_tokens} rows"
+    if n is not None and n <= harvest.chunk_rows:
+        raise ConfigError(
+            f"{what}: one chunk of harvest.chunk_rows={harvest.chunk_rows}, and train holds whole chunks out "
+            f"for testing (train.test_fraction={train.test_fraction}); set harvest.chunk_rows="
+            f"{chunk_rows_for(n, harvest.shard_rows)} (8 chunks or more)"
+            + (", or raise harvest.max_tokens" if harvest.mode == "tokens" else "")
+            + ("" if analyzing else ", or train.test_fraction=0"))
 
 
 def check_train_hook(hooks: list[str], hook: str) -> None:

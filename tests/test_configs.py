@@ -514,9 +514,9 @@ def test_run_checks_the_split_the_vectors_and_the_dictionaries_it_analyzes(tmp_p
     with pytest.raises(ConfigError, match=r"^run_dir .*/file is a file, not a folder: set run_dir"):
         check("harvest.chunk_rows=32", "harvest.shard_rows=32", f"run_dir={tmp_path / 'file'}")
     tokens = ("harvest.mode=tokens", "harvest.max_tokens=64")  # one chunk of 64: found after the harvest
-    with pytest.raises(ConfigError, match=r"^harvest.max_tokens=64 rows fit in one chunk of harvest."
-                                          r"chunk_rows=64, and train holds whole chunks out .* \(8 chunks "
-                                          r"or more\)$"):
+    with pytest.raises(ConfigError, match=r"^harvest.max_tokens=64 rows: one chunk of harvest.chunk_rows="
+                                          r"64, and train holds whole chunks out .*; set harvest.chunk_rows="
+                                          r"8 \(8 chunks or more\), or raise harvest.max_tokens$"):
         check(*tokens, "harvest.vectors=null")
     check(*tokens, "harvest.vectors=null", *ok)  # 2 chunks
 
