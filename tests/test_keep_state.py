@@ -49,7 +49,7 @@ def test_more_epochs_continue_the_kept_state_bit_exactly(store, tmp_path, capsys
     capsys.readouterr()
     run(store, tmp_path / "run", epochs=3, keep_state=True)
     out = capsys.readouterr().out
-    assert "continuing the finished run kept at epoch 2 (train.keep_state) to epoch 3" in out
+    assert "continues the finished run kept at epoch 2 (train.keep_state) to epoch 3" in out
     for name in ("vaease", "l1"):
         (ref, ref_meta), (got, meta) = trained(tmp_path / "ref", name), trained(tmp_path / "run", name)
         assert all(torch.equal(ref[k], got[k]) for k in ref)
@@ -81,7 +81,7 @@ def test_a_dictionary_added_later_keeps_the_others_states(store, tmp_path, capsy
             ("vaease", "l1", "topk")] == [24, 24, 24]
     capsys.readouterr()
     run(store, tmp_path / "run", epochs=3, keep_state=True, dicts=[*DICTS, extra])
-    assert "continuing the finished run kept at epoch 2" in capsys.readouterr().out
+    assert "continues the finished run kept at epoch 2" in capsys.readouterr().out
     for name in ("vaease", "l1", "topk"):
         ref, got = trained(tmp_path / "ref", name)[0], trained(tmp_path / "run", name)[0]
         assert all(torch.equal(ref[k], got[k]) for k in ref)
@@ -107,7 +107,7 @@ def test_a_sweep_given_more_epochs_says_its_checkpoints_are_replaced_in_one_line
         "train: 4 dictionaries l1_lam1-0.1 ... l1_lam1-3.0: their finished checkpoints will be replaced "
         "(they were trained with another config: train.epochs: 2 -> 3); set run_dir, or rename the "
         "dictionaries, to keep both"]
-    assert "train: continuing the finished run kept at epoch 2 (train.keep_state) to epoch 3" in out
+    assert "train: continues the finished run kept at epoch 2 (train.keep_state) to epoch 3" in out
 
 
 def test_what_a_kept_state_does_not_continue_starts_over(store, tmp_path, capsys):
@@ -131,16 +131,22 @@ def test_what_a_kept_state_does_not_continue_starts_over(store, tmp_path, capsys
     assert said in capsys.readouterr().out
 
 
-def test_the_dry_run_says_whether_the_kept_states_continue(store, tmp_path):
+def test_the_dry_run_says_whether_the_kept_states_continue(store, tmp_path, capsys):
     """--dry-run listed the dictionaries of a larger train.epochs as replaced, and said nothing of the kept
-    states the training then continues from."""
+    states the training then continues from; it says what the training then says (and, under
+    train.resume=false, that they are not used, where it said nothing)."""
     from actdict.train.plan import plan
 
     common = run(store, tmp_path / "run", keep_state=True)
     assert plan(common, cfg(epochs=3, keep_state=True)).lines[-1] == (
         "train: continues the finished run kept at epoch 2 (train.keep_state) to epoch 3")
     other = [DictConfig(name="vaease", variant="vaease", k=12, lr=0.02), DICTS[1]]
-    assert plan(common, cfg(epochs=3, dicts=other)).lines[-1].startswith(
-        "train: the kept states of ['l1', 'vaease'] do not continue this run (")
-    assert plan(common, cfg(epochs=3, resume=False)).lines[-1].startswith("  l1 ")  # no state used: no line
+    said = plan(common, cfg(epochs=3, dicts=other)).lines[-1]
+    assert said.startswith("train: the kept states of ['l1', 'vaease'] do not continue this run (vaease: "
+                           "dict.lr: ") and said.endswith("removed when it ends (train.keep_state is off)")
+    assert plan(common, cfg(epochs=3, resume=False)).lines[-1] == (
+        "train: train.resume=false: the kept states of ['l1', 'vaease'] are not used")
     assert plan(common, cfg()).lines[-1].startswith("  l1 ")  # nothing to train: nothing continued
+    capsys.readouterr()
+    main(common, cfg(epochs=3, dicts=other))
+    assert said in capsys.readouterr().out.splitlines()  # the training's own words

@@ -116,7 +116,7 @@ def test_a_keep_state_extension_keeps_the_snapshots_of_the_run_it_continues(tmp_
     assert cli(["train", _config(tmp_path, "run", extra)]) == 0
     assert cli(["train", _config(tmp_path, "run", extra), "train.epochs=3"]) == 0
     assert cli(["train", _config(tmp_path, "whole", extra), "train.epochs=3"]) == 0
-    assert "continuing the finished run kept at epoch 2" in capsys.readouterr().out
+    assert "continues the finished run kept at epoch 2" in capsys.readouterr().out
     for name in ("vaease", "topk"):
         snaps, whole = (tmp_path / run / "dicts" / name / "snapshots" for run in ("run", "whole"))
         steps = ["step-0000010", "step-0000020", "step-0000030"]

@@ -20,7 +20,7 @@ from actdict.train.config import DictConfig, TrainConfig
 from actdict.train.data import make_split, steps_in_epoch
 from actdict.train.identity import describe_store, dict_hash, identity, legacy_store, other_split, replaced
 from actdict.train.loop import total_steps
-from actdict.train.resume import KEPT, STATE, extension, read_meta, set_aside, stale_state, state_matches
+from actdict.train.resume import STATE, kept_states, read_meta, set_aside, stale_state, state_matches
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ def resume_line(run_dir: Path, cfg: TrainConfig, stand: Standing) -> str | None:
     every member has finished since (it is removed)."""
     meta = read_meta(run_dir / STATE)
     if meta is None or stale_state(run_dir, meta) or not stand.todo:
-        return kept_line(run_dir, cfg, stand) if stand.todo and cfg.resume else None
+        return kept_line(run_dir, cfg, stand) if stand.todo else None
     step, held = meta["position"]["step"], sorted(meta["members"])
     if not cfg.resume:
         return f"the resume state (step {step} of {held}) is not used (train.resume=false): it starts over"
@@ -108,16 +108,10 @@ def resume_line(run_dir: Path, cfg: TrainConfig, stand: Standing) -> str | None:
 
 def kept_line(run_dir: Path, cfg: TrainConfig, stand: Standing) -> str | None:
     """Whether the finished runs' kept states (``train.keep_state``) of the dictionaries to train continue
-    into this run (a larger ``train.epochs``), as ``resume.kept_states`` decides it; None without any."""
-    kept = {dc.name: k for dc in stand.todo if (k := read_meta(run_dir / "dicts" / dc.name / KEPT))}
-    if not kept:
-        return None
+    into this run (a larger ``train.epochs``), in the training's own words (``resume.kept_states``); None
+    without any."""
     configs = {dc.name: identity(dc, cfg, stand.seeds[dc.name], stand.store_id) for dc in stand.todo}
-    ours, why = extension(kept, {dc.name: stand.hashes[dc.name] for dc in stand.todo}, configs)
-    epoch = next(iter(kept.values()))["position"]["epoch"]
-    if ours:
-        return f"continues the finished run kept at epoch {epoch} (train.keep_state) to epoch {cfg.epochs}"
-    return f"the kept states of {sorted(kept)} do not continue this run ({why}): every dictionary starts over"
+    return kept_states(run_dir, cfg, {dc.name: stand.hashes[dc.name] for dc in stand.todo}, configs)[2]
 
 
 _COLUMNS = ("dict", "variant", "k", "lr", "params")

@@ -305,21 +305,21 @@ def resume_state(run_dir: Path, cfg: TrainConfig, hashes: dict[str, str], legacy
     return meta, done | drop
 
 
-def kept_states(run_dir: Path, cfg: TrainConfig, hashes: dict[str, str], configs: dict[str, dict],
-                say: Callable[[str], None]) -> tuple[dict[str, dict], dict[str, str] | None]:
+def kept_states(run_dir: Path, cfg: TrainConfig, hashes: dict[str, str],
+                configs: dict[str, dict]) -> tuple[dict[str, dict], dict[str, str] | None, str | None]:
     """Finished runs' states (``train.keep_state``) of the dictionaries to train -> (their metas, the hashes
-    to load them with when they continue this run, else None)."""
+    to load them with when they continue this run, else None; what that means for the run, None without any
+    kept state: the training says it, and ``actdict train --dry-run`` says it first)."""
     kept = {n: k for n in hashes if (k := read_meta(run_dir / "dicts" / n / KEPT))}
     if kept and not cfg.resume:
-        say(f"train: train.resume=false: the kept states of {sorted(kept)} are not used")
-        return {}, None
+        return {}, None, f"train.resume=false: the kept states of {sorted(kept)} are not used"
     if not kept:
-        return {}, None
+        return {}, None, None
     kept_hashes, why = extension(kept, hashes, configs)
     epoch = next(iter(kept.values()))["position"]["epoch"]
-    say(f"train: continuing the finished run kept at epoch {epoch} (train.keep_state) to epoch {cfg.epochs}"
-        if kept_hashes else f"train: the kept states of {sorted(kept)} do not continue this run ({why}); "
-        "every dictionary starts over, and the kept states are "
-        + ("replaced when it ends (stop it now to keep them)" if cfg.keep_state else
-           "removed when it ends (train.keep_state is off)"))
-    return kept, kept_hashes
+    line = (f"continues the finished run kept at epoch {epoch} (train.keep_state) to epoch {cfg.epochs}"
+            if kept_hashes else f"the kept states of {sorted(kept)} do not continue this run ({why}); every "
+            "dictionary starts over, and the kept states are " + (
+                "replaced when it ends (stop it now to keep them)" if cfg.keep_state else
+                "removed when it ends (train.keep_state is off)"))
+    return kept, kept_hashes, line

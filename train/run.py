@@ -341,7 +341,10 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
     todo_legacy = {dc.name: legacy[dc.name] for dc in todo}
     configs = {dc.name: identity(dc, cfg, seeds[dc.name], store_id) for dc in todo}
     meta, done = resume_state(run_dir, cfg, todo_hashes, todo_legacy, configs, say, held)
-    kept, kept_hashes = kept_states(run_dir, cfg, todo_hashes, configs, say) if meta is None else ({}, None)
+    kept, kept_hashes, line = ({}, None, None) if meta is not None else kept_states(run_dir, cfg, todo_hashes,
+                                                                                    configs)
+    if line:
+        say(f"train: {line}")
     for name, h in todo_hashes.items() if d.main else ():  # this training's snapshots only (an extended
         settle_snapshots(run_dir, name, h, (kept_hashes or {}).get(name))  # run's too), once no resume
         # state of another run stopped it (theirs stay then)
