@@ -17,6 +17,10 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 import pytest  # noqa: E402  (after the environment above: torch reads it when it loads)
 import torch  # noqa: E402
 
+# shared test helpers with asserts of their own: rewritten, so that a failing one shows its values as a
+# test file's assert does (pytest rewrites only test_*.py and conftest.py by itself)
+pytest.register_assert_rewrite("tests.vectors_helpers")
+
 
 @pytest.fixture(scope="session")
 def device() -> str:
