@@ -1,0 +1,123 @@
+"""The command line around the configs: one-line failures, exit statuses, progress bars, -OO, THP."""
+
+import pytest
+
+
+def test_importing_actdict_puts_large_tensors_on_huge_pages():
+    """``import actdict`` before torch turns on torch's THP allocations (page-aligned, madvise'd large
+    tensors); the user's THP_MEM_ALLOC_ENABLE=0 wins. Checked in fresh interpreters, where the allocator has
+    not yet read the variable."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import actdict, torch; xs = [torch.empty(8 << 20, dtype=torch.uint8) for _ in range(3)]; "
+            "print(*[x.data_ptr() % 4096 for x in xs])")
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+
+    def offsets(extra: dict) -> list[int]:
+        out = subprocess.run([sys.executable, "-c", code], env=env | extra, capture_output=True, text=True,
+                             check=True).stdout
+        return [int(v) for v in out.split()]
+
+    assert offsets({}) == [0, 0, 0]
+    assert any(offsets({"THP_MEM_ALLOC_ENABLE": "0"}))  # torch's default 64-byte alignment
+
+
+def test_progress_bars_redraw_rarely_into_a_log_file(monkeypatch):
+    import io
+    import sys
+
+    from actdict.config import LOG_BAR_INTERVAL, bar_timing
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.delenv("TQDM_MININTERVAL", raising=False)
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # a log file: every 30 s, not ten times a second
+    assert bar_timing() == {"mininterval": 30.0, "maxinterval": 30.0} and LOG_BAR_INTERVAL == 30.0
+    monkeypatch.setattr(sys, "stderr", Tty())
+    assert bar_timing() == {"mininterval": 0.1, "maxinterval": 10.0}  # tqdm's defaults
+    monkeypatch.setenv("TQDM_MININTERVAL", "2")
+    assert bar_timing() == {"mininterval": 2.0, "maxinterval": 10.0}
+
+
+def test_an_object_store_failure_is_one_line(monkeypatch, capsys):
+    """No credentials (a botocore error, here a stand-in from its module) deep in a stage's chain: one line
+    naming what to check, exit status 2; any other exception keeps its traceback."""
+    from actdict import cli
+
+    creds = type("NoCredentialsError", (Exception,), {"__module__": "botocore.exceptions"})
+
+    def fails(argv):
+        try:
+            raise creds("Unable to locate credentials")
+        except Exception as e:
+            raise OSError("listing s3://bucket/store failed") from e
+
+    tool = type("tool", (), {"main": staticmethod(fails)})
+    monkeypatch.setattr(cli.importlib, "import_module", lambda name: tool)
+    assert cli.main(["store", "s3://bucket/store"]) == 2
+    err = capsys.readouterr().err
+    assert "the object store failed: NoCredentialsError: Unable to locate credentials; check" in err
+    assert "AWS_ENDPOINT_URL" in err
+    monkeypatch.setattr(cli.importlib, "import_module",
+                        lambda name: type("m", (), {"main": staticmethod(lambda a: 1 / 0)}))
+    with pytest.raises(ZeroDivisionError):
+        cli.main(["store", "x"])
+
+
+def test_a_rank_that_lost_its_peer_says_so_in_one_line(monkeypatch, capsys):
+    from actdict import cli
+
+    def peer_died(argv):
+        raise RuntimeError("[../gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:43671: Connection "
+                           "reset by peer\nmore lines")
+
+    monkeypatch.setattr(cli.importlib, "import_module", lambda name: type("t", (), {"main": peer_died}))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert cli.main(["store", "x"]) == 2
+    assert "another rank of this torchrun run failed ([../gloo/" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "1")  # one process: not a peer's death, the traceback stays
+    with pytest.raises(RuntimeError):
+        cli.main(["store", "x"])
+
+
+def test_an_interrupted_stage_exits_130_and_keeps_its_work(tmp_path, monkeypatch, capsys):
+    from actdict import cli
+
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "load_experiment", interrupted)
+    assert cli.main(["train", str(tmp_path / "c.yaml")]) == 130
+    assert capsys.readouterr().err == "actdict: interrupted (completed shards and checkpoints are kept)\n"
+
+
+@pytest.mark.parametrize("argv", [["harvest", "missing.yaml"], ["store", "missing"],
+                                  ["lens", "missing.yaml", "x"]])
+def test_the_command_line_runs_under_python_oo(tmp_path, argv):
+    """Under ``python -OO`` (PYTHONOPTIMIZE=2) docstrings are None: the parsers' descriptions, taken from the
+    module docstrings, crashed every command with an AttributeError before it read its arguments."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-OO", "-m", "actdict.cli", *argv], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=300)
+    assert (r.returncode, "Traceback" in r.stderr) == (2, False), r.stderr
+    assert "missing" in r.stdout + r.stderr  # (actdict store says it on stdout)
+
+
+@pytest.mark.parametrize("argv, required", [(["train"], "config"), ([], "stage, config"),
+                                            (["feature"], "dict")])
+def test_a_missing_argument_names_only_the_required_ones(capsys, argv, required):
+    """The overrides (`actdict run CONFIG [key=value ...]`) and `actdict feature`'s indices may be left out;
+    the usage error named them as required ('the following arguments are required: config, overrides')."""
+    from actdict.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(f"error: the following arguments are required: "
+                                                             f"{required}")
