@@ -1,0 +1,272 @@
+"""A feature page in headless Chromium: contexts, texts, dead latents, the list and its search, partners."""
+
+import json
+
+from tests import browser
+from tests.browser import PAYLOAD_IMG, _dump
+
+chromium = browser.chromium  # a fixture: the tests below take it as an argument
+run = browser.run  # a fixture: the tests below take it as an argument
+
+
+def test_feature_page_renders_contexts_and_runs_nothing(chromium, run):
+    feats = json.loads((run / "features/relu.json").read_text())
+    f = max(feats["features"], key=lambda r: r["fires"])
+    dom = _dump(*chromium, (run / "report/relu.html").as_uri() + f"#f={f['i']}")
+    assert f"<h2>Feature {f['i']}</h2>" in dom  # rendered by the page's script from the embedded JSON
+    assert dom.count('class="ctx"') >= len(f["top"]) + sum(len(q["hits"]) for q in f["quantiles"])
+    assert dom.count(" data-i=") == len(feats["features"])  # the feature list
+    assert f'<tr class="sel" data-i="{f["i"]}">' in dom
+    assert 'class="main-svg"' in dom  # the activation histogram (plotly.min.js loaded from report/)
+    assert '<span class="hl">&lt;script&gt;' in dom or '<span class="hl">&lt;img' in dom
+    assert "data-pwned=" not in dom and '<img src="x"' not in dom
+
+
+def test_dead_feature_says_so_instead_of_showing_top_activations(chromium, tmp_path):
+    """A dead latent (never active; a VAE's gated codes are then tiny but nonzero) is not presented as having
+    top activations or an (empty) histogram: the page says it is dead and labels its largest codes as those of
+    inactive rows; a live feature next to it renders as before. Tiny codes are printed as 1.715e-6."""
+    from actdict.analyze.report_features import write_feature_page
+
+    hit = [1.7147e-06, 5, 0, 5, [1, 2, 3], 1]
+    live = {"i": 0, "fires": 3, "density": 0.3, "max": 2.0, "min": 0.5, "hist": {"pos": [[32, 3]], "neg": []},
+            "top": [[2.0, 1, 0, 1, [1, 2], 1]], "bottom": [], "quantiles": []}
+    dead = {"i": 1, "fires": 0, "density": 0.0, "max": 1.7147e-06, "min": -5.04e-07,
+            "hist": {"pos": [], "neg": []}, "top": [hit], "bottom": [[-5.04e-07, 6, 0, 6, [2, 3], 0]],
+            "quantiles": []}
+    data = {"version": 1, "name": "v", "k": 2, "n_rows": 10, "window": 2, "hist_edges": list(range(-4, 5)),
+            "tokens": {"1": "a", "2": "b", "3": "c"}, "wordpiece": False, "features": [live, dead]}
+    page = write_feature_page(data, "v", {"variant": "vaease"}, {"hook": "h"}, tmp_path / "report" / "v.html")
+    dom = _dump(*chromium, page.as_uri() + "#f=1")
+    panel = dom[dom.index('id="panel"'):dom.index('<script type="application/json"')]  # not the script
+    assert "<h2>Feature 1</h2>" in panel and "dead latent: never active on the test rows" in panel
+    assert "Top activations" not in panel and "main-svg" not in panel  # no top section, no empty plot
+    assert "<h3>Largest codes (inactive rows)</h3>" in panel
+    assert "<h3>Most negative codes (inactive rows)</h3>" in panel
+    assert '<span class="act">1.715e-6</span>' in panel and '<span class="act">-5.04e-7</span>' in panel
+    dom = _dump(*chromium, page.as_uri() + "#f=0")
+    panel = dom[dom.index('id="panel"'):dom.index('<script type="application/json"')]  # not the script
+    assert "<h3>Top activations</h3>" in panel and "main-svg" in panel and "dead latent" not in panel
+
+
+def test_embedded_rows_show_their_text(chromium, tmp_path):
+    """Rows of an embeddings store (no tokens: token id -1) show the text they embed, with doc and pos, and a
+    payload in that text is shown, not run; a row without its text still shows where it is."""
+    from actdict.analyze.report_features import write_feature_page
+
+    f = {"i": 0, "fires": 2, "density": 0.5, "max": 2.0, "min": 0.5, "hist": {"pos": [[32, 2]], "neg": []},
+         "top": [[2.0, 7, 3, 1, [-1], 0], [1.5, 9, 4, 0, [-1], 0]], "bottom": [], "quantiles": []}
+    data = {"version": 1, "name": "e", "k": 1, "n_rows": 4, "window": 0, "hist_edges": list(range(-4, 5)),
+            "tokens": {"-1": ""}, "wordpiece": False, "features": [f],
+            "texts": {"7": "A quiet harbor at dawn. " + PAYLOAD_IMG}}
+    page = write_feature_page(data, "e", {"variant": "sae_l1"}, {"hook": "embedding"}, tmp_path / "e.html")
+    dom = _dump(*chromium, page.as_uri() + "#f=0")
+    panel = dom[dom.index('id="panel"'):dom.index('<script type="application/json"')]
+    assert ('<div class="ctx txt" title="row 7, doc 3, pos 1"><span class="act">2</span><span>A quiet harbor '
+            'at dawn. &lt;img src=x onerror=') in panel
+    assert '<span class="where">doc 3, pos 1</span>' in panel
+    assert "the text of each row (doc: its document" in panel
+    assert '<span class="act">1.5</span><span class="where">doc 4, pos 0</span>' in panel  # no text: where
+    # the list: the start of the top texts, cut with an ellipsis, under a heading that says texts
+    assert '<th class="lab">top texts</th>' in dom
+    assert '<td class="lab">A quiet harbor at dawn. \u2026</td>' in dom
+    assert '<span id="qlabel">top text</span>' in dom
+    assert "data-pwned=" not in dom and '<img src="x"' not in dom
+
+
+_BIDI_PROBE = """<script>window.addEventListener("load", () => setTimeout(() => {
+  const order = [...document.querySelectorAll("#panel .ctx, .feature .ctx")].map(ctx => {
+    const [text, where] = [...ctx.querySelectorAll(".act ~ span")].map(s => s.getBoundingClientRect());
+    return where.left >= text.right - 1 ? "ltr" : "reversed";
+  });
+  document.body.setAttribute("data-order", order.join(","));
+}, 500));</script>"""
+
+
+def test_a_bidi_control_in_a_text_does_not_reorder_the_line(chromium, tmp_path):
+    """A corpus text whose right-to-left override (U+202E) is not closed (a text clipped between it and its
+    U+202C, as analyze clips texts) reverses only itself: its "doc, pos" label stays after it, on its right,
+    in the feature page and in the overview (the override ran on to the end of the line)."""
+    from actdict.analyze.report import render
+    from actdict.analyze.report_features import write_feature_page
+
+    text = "evil \u202edoc 1, pos 2 tail"
+    f = {"i": 0, "fires": 1, "density": 0.5, "max": 2.0, "min": 0.5, "hist": {"pos": [[32, 1]], "neg": []},
+         "top": [[2.0, 7, 3, 1, [-1], 0]], "bottom": [], "quantiles": []}
+    data = {"version": 1, "name": "e", "k": 1, "n_rows": 2, "window": 0, "hist_edges": list(range(-4, 5)),
+            "tokens": {"-1": ""}, "wordpiece": False, "features": [f], "texts": {"7": text}}
+    page = write_feature_page(data, "e", {"variant": "sae_l1"}, {"hook": "embedding"}, tmp_path / "e.html")
+    page.write_text(page.read_text().replace("</body>", _BIDI_PROBE + "</body>"))
+    assert 'data-order="ltr"' in _dump(*chromium, page.as_uri() + "#f=0")
+    hit = {"act": 2.0, "row": 7, "doc": 3, "pos": 1, "token_id": -1, "text": text}
+    model = {"variant": "sae_l1", "k": 1, "features": [{"index": 0, "density": 0.5, "top": [hit]}]}
+    overview = tmp_path / "report.html"
+    overview.write_text(render({"models": {"e": model}}).replace("</body>", _BIDI_PROBE + "</body>"))
+    assert 'data-order="ltr"' in _dump(*chromium, overview.as_uri())
+
+
+def test_a_store_of_vectors_speaks_of_no_tokens(chromium, tmp_path):
+    """A store of vectors (imported, or embeddings whose texts could not be read: token id -1 on every row,
+    analyze.context 0) gets no "up to 0 tokens of context" heading, no empty top-tokens column and no
+    top-token search; its rows are shown by doc and pos. A token store analysed with context 0 keeps its
+    column and says only that the row's token is highlighted."""
+    from actdict.analyze.report_features import page_index, write_feature_page
+
+    f = {"i": 0, "fires": 2, "density": 0.5, "max": 2.0, "min": 0.5, "hist": {"pos": [[32, 2]], "neg": []},
+         "top": [[2.0, 7, 7, 0, [-1], 0], [1.5, 9, 9, 0, [-1], 0]], "bottom": [], "quantiles": []}
+    data = {"version": 1, "name": "vec", "k": 1, "n_rows": 4, "window": 0, "hist_edges": list(range(-4, 5)),
+            "tokens": {"-1": ""}, "wordpiece": False, "features": [f]}
+    assert page_index(data)["has_tokens"] is False and page_index(data)["has_texts"] is False
+    page = write_feature_page(data, "vec", {"variant": "sae_l1"}, {"hook": "vectors"}, tmp_path / "vec.html")
+    dom = _dump(*chromium, page.as_uri() + "#f=0")
+    panel = dom[dom.index('id="panel"'):dom.index('<script type="application/json"')]
+    assert "<h3>Top activations</h3>" in panel and '<span class="where">doc 7, pos 0</span>' in panel
+    assert "tokens of context" not in panel and "highlighted" not in panel
+    assert '<th class="lab">' not in dom and '<td class="lab">' not in dom  # no top-tokens column
+    assert "<th>feature</th><th>density</th><th>max</th></tr>" in dom and dom.count(" data-i=") == 1
+    assert '<div id="qbox" hidden="">' in dom  # no top-token search
+    tokens = data | {"tokens": {"3": "harbor"}, "features": [f | {"top": [[2.0, 7, 1, 4, [3], 0]]}]}
+    assert page_index(tokens)["has_tokens"] is True
+    page = write_feature_page(tokens, "tok", {"variant": "sae_l1"}, {"hook": "h"}, tmp_path / "tok.html")
+    dom = _dump(*chromium, page.as_uri() + "#f=0")
+    assert '<p class="note">highlighted: the token of the row</p>' in dom
+    assert '<th class="lab">top tokens</th>' in dom and '<td class="lab">harbor</td>' in dom
+    assert '<div id="qbox">' in dom
+
+
+_HIST_PROBE = """<script>window.addEventListener("load", () => setTimeout(() => {
+  const svg = document.querySelector("#hist svg.main-svg"), panel = document.getElementById("panel");
+  document.body.setAttribute("data-hist", Math.round(svg.getBoundingClientRect().width) + "/" +
+                             panel.clientWidth + "/" + panel.scrollWidth);
+}, 500));</script>"""
+
+
+def test_feature_histogram_fits_a_narrow_panel(chromium, run):
+    """On a narrow window the activation histogram is drawn at the panel's width (it was drawn before being
+    put in the page, at plotly's default 700 px, and was cut off, with a horizontal scroll bar), and no
+    context line overflows the panel (the fixture's tokens are long unbroken payload strings)."""
+    feats = json.loads((run / "features/relu.json").read_text())
+    f = max(feats["features"], key=lambda r: r["fires"])
+    probe = run / "report" / "relu_probe.html"
+    probe.write_text((run / "report/relu.html").read_text().replace("</body>", _HIST_PROBE + "</body>"))
+    dom = _dump(*chromium, probe.as_uri() + f"#f={f['i']}", "--window-size=800,700")
+    svg, width, scroll = map(int, dom.split('data-hist="')[1].split('"')[0].split("/"))
+    assert 300 < width < 500 and svg <= width and scroll == width, (svg, width, scroll)
+
+
+_SIDE_PROBE = """<script>window.addEventListener("load", () => setTimeout(() => {
+  const side = document.getElementById("side"), lab = document.querySelector("#list td.lab");
+  document.body.setAttribute("data-side", [side.scrollWidth, side.clientWidth, lab.scrollWidth,
+    lab.clientWidth, Math.round(lab.getBoundingClientRect().right)].join("/"));
+}, 500));</script>"""
+
+
+def test_feature_list_fits_a_narrow_side_panel(chromium, run):
+    """On a narrow window the feature list fits its side panel: the top-tokens column takes the width left
+    and ends its long labels with an ellipsis (they were cut at the panel's edge, which scrolled sideways)."""
+    probe = run / "report" / "relu_side.html"
+    probe.write_text((run / "report/relu.html").read_text().replace("</body>", _SIDE_PROBE + "</body>"))
+    dom = _dump(*chromium, probe.as_uri(), "--window-size=800,700")
+    got = dom.split('data-side="')[1].split('"')[0]
+    scroll, width, lab_scroll, lab_width, lab_right = map(int, got.split("/"))
+    assert scroll == width and lab_right <= width, (scroll, width, lab_right)
+    assert lab_scroll > lab_width > 40  # a payload label, clipped with an ellipsis but not to nothing
+
+
+_QUERY_PROBE = """<script>window.addEventListener("load", () => setTimeout(() => {
+  const q = document.getElementById("q");
+  q.value = "COMP";
+  q.dispatchEvent(new Event("input"));
+  document.body.setAttribute("data-found", [...document.querySelectorAll("#list tr[data-i]")]
+    .map(tr => tr.dataset.i).join(","));
+}, 300));</script>"""
+
+
+def test_feature_list_shows_and_searches_top_tokens(chromium, tmp_path):
+    """The feature list shows each live feature's first distinct top tokens, and the "top token" box keeps
+    the features whose top tokens contain the query (case-insensitive); a dead latent has no label (its
+    largest codes are on inactive rows) and is not found."""
+    from actdict.analyze.report_features import write_feature_page
+
+    def feature(i, fires, top):
+        return {"i": i, "fires": fires, "density": fires / 10, "max": 2.0, "min": 0.0,
+                "hist": {"pos": [[32, fires]] if fires else [], "neg": []}, "top": top, "bottom": [],
+                "quantiles": []}
+
+    tops = {0: [[3.0, 1, 0, 1, [1, 2], 1], [2.0, 2, 0, 2, [2, 3], 1], [1.0, 3, 0, 3, [4, 2], 1]],
+            1: [[2.0, 4, 0, 4, [1, 5], 1]], 2: [[1e-6, 5, 0, 5, [1, 2], 1]]}
+    data = {"version": 1, "name": "v", "k": 3, "n_rows": 10, "window": 1, "hist_edges": list(range(-4, 5)),
+            "tokens": {"1": "the", "2": "computer", "3": "computers", "4": "a", "5": "harbor"},
+            "wordpiece": False, "features": [feature(i, fires, tops[i]) for i, fires in enumerate([3, 2, 0])]}
+    page = write_feature_page(data, "v", {"variant": "vaease"}, {"hook": "h"}, tmp_path / "r" / "v.html")
+    dom = _dump(*chromium, page.as_uri())
+    assert '<th class="lab">top tokens</th>' in dom
+    assert '<td>#0</td><td>0.3</td><td>2</td><td class="lab">computer, computers</td></tr>' in dom
+    assert '<td class="lab">harbor</td>' in dom
+    assert '<td>#2</td><td>0</td><td>2</td><td class="lab"></td>' in dom  # dead: no label
+    probe = page.with_name("probe.html")
+    probe.write_text(page.read_text().replace("</body>", _QUERY_PROBE + "</body>"))
+    assert 'data-found="0"' in _dump(*chromium, probe.as_uri())
+
+
+def test_fires_with_lists_partners_with_their_tokens_and_shares(chromium, tmp_path):
+    """A feature's ``fires_with`` (analyze/cofire.py) renders as a table: each partner linked to its own
+    page, its top tokens, and the rows both fire on as a share of each one's fires."""
+    from actdict.analyze.report_features import write_feature_page
+
+    def feature(i, fires, top, withs=None):
+        f = {"i": i, "fires": fires, "density": fires / 10, "max": 2.0, "min": 0.0,
+             "hist": {"pos": [[32, fires]], "neg": []}, "top": top, "bottom": [], "quantiles": []}
+        return f | ({"fires_with": withs} if withs else {})
+
+    tops = [[[3.0, 1, 0, 1, [1, 2], 1]], [[2.0, 4, 0, 4, [1, 5], 1]], [[2.0, 5, 0, 5, [3, 4], 0]]]
+    data = {"version": 1, "name": "v", "k": 3, "n_rows": 10, "window": 1, "hist_edges": list(range(-4, 5)),
+            "tokens": {"1": "the", "2": "computer", "3": "<b>bold</b>", "4": "a", "5": "harbor"},
+            "wordpiece": False,
+            "features": [feature(0, 4, tops[0], [[2, 3], [1, 1]]), feature(1, 2, tops[1]),
+                         feature(2, 6, tops[2])]}
+    page = write_feature_page(data, "v", {"variant": "vaease"}, {"hook": "h"}, tmp_path / "r" / "v.html")
+    dom = _dump(*chromium, page.as_uri() + "#f=0")
+    table = dom[dom.index('<table class="with">'):]
+    table = table[:table.index("</table>")]
+    assert table.count('<a href="#f=') == 2 and table.index('#f=2') < table.index('#f=1')
+    assert '<td>&lt;b&gt;bold&lt;/b&gt;</td><td class="num">75%</td><td class="num">50%</td>' in table
+    assert '<td>harbor</td><td class="num">25%</td><td class="num">50%</td>' in table
+    assert "<b>bold" not in dom
+    assert '<table class="with">' not in _dump(*chromium, page.as_uri() + "#f=1")  # none listed: no table
+
+
+def test_fires_with_of_an_embeddings_run_heads_its_column_texts(chromium, tmp_path):
+    """The partners' labels of an embeddings run are the first words of their top texts (as the list's
+    'top texts' column): the table's heading said 'its top tokens'."""
+    from actdict.analyze.report_features import write_feature_page
+
+    feats = [{"i": i, "fires": 2, "density": 0.5, "max": 2.0, "min": 0.5, "hist": {"pos": [[32, 2]]},
+              "top": [[2.0, 7 + i, 3, 1, [-1], 0]], "bottom": [], "quantiles": [], "fires_with": [[1 - i, 1]]}
+             for i in range(2)]
+    for f in feats:
+        f["hist"]["neg"] = []
+    data = {"version": 1, "name": "e", "k": 2, "n_rows": 4, "window": 0, "hist_edges": list(range(-4, 5)),
+            "tokens": {"-1": ""}, "wordpiece": False, "features": feats,
+            "texts": {"7": "A quiet harbor at dawn.", "8": "Kernel panics at boot."}}
+    page = write_feature_page(data, "e", {"variant": "sae_l1"}, {"hook": "embedding"}, tmp_path / "e.html")
+    dom = _dump(*chromium, page.as_uri() + "#f=0")
+    table = dom[dom.index('<table class="with">'):]
+    table = table[:table.index("</table>")]
+    assert "<th>its top texts</th>" in table and "tokens" not in table and "Kernel panics at boot." in table
+
+
+def test_the_highlight_leaves_the_token_s_leading_space_outside(chromium, tmp_path):
+    """A context's highlighted span holds its token without the space before it (WordPiece words are shown
+    as " word", BPE tokens carry their space): the blank sits in the context before it; a token that is
+    only a space stays highlighted."""
+    from actdict.analyze.report_features import write_feature_page
+
+    f = {"i": 0, "fires": 2, "density": 0.5, "max": 2.0, "min": 0.0, "hist": {"pos": [[32, 2]], "neg": []},
+         "top": [[2.0, 1, 0, 1, [1, 2, 3], 1], [1.0, 2, 0, 2, [1, 4, 3], 1]], "bottom": [], "quantiles": []}
+    data = {"version": 1, "name": "v", "k": 1, "n_rows": 4, "window": 1, "hist_edges": list(range(-4, 5)),
+            "tokens": {"1": "shards", "2": " of", "3": " the", "4": " "}, "wordpiece": False, "features": [f]}
+    page = write_feature_page(data, "v", {"variant": "sae_l1"}, {"hook": "h"}, tmp_path / "v.html")
+    dom = _dump(*chromium, page.as_uri() + "#f=0")
+    assert '<span class="dim">shards </span><span class="hl">of</span><span class="dim"> the</span>' in dom
+    assert '<span class="dim">shards</span><span class="hl"> </span><span class="dim"> the</span>' in dom
