@@ -218,13 +218,15 @@ def _figures(models: dict[str, dict]) -> list[go.Figure]:
 
 def _training_figures(models: dict[str, dict]) -> list[go.Figure]:
     """The training curves of the dictionaries with a training log: the reconstruction term (sse) on a log
-    axis, the objective (log axis when every value is > 0: a VAE's -ELBO can be negative), then what the log
-    measured on each interval's last batch (``actdict.train.probe``): AD, explained variance, live latents,
-    each with the same measure of ``train.probe_rows``' held-out rows (``held_*``), dashed, where logged."""
+    axis, the objective (log axis when every value is > 0: a VAE's -ELBO can be negative), the gradient's
+    norm (log axis; a log written before it was logged has none), then what the log measured on each
+    interval's last batch (``actdict.train.probe``): AD, explained variance, live latents, each with the
+    same measure of ``train.probe_rows``' held-out rows (``held_*``), dashed, where logged."""
     logs = {name: m["training_log"] for name, m in models.items() if m.get("training_log")}
     figs = []
     for term, title in (("sse", "Training: reconstruction error (sse per row)"),
                         ("loss", "Training: the objective (loss)"),
+                        ("grad_norm", "Training: the gradient's L2 norm (before train.grad_clip)"),
                         ("eval_ad", "Training: AD per row (each interval's last batch)"),
                         ("eval_ev", "Training: explained variance (last batches)"),
                         ("eval_live", "Training: share of latents active (last batches)")):
@@ -235,7 +237,7 @@ def _training_figures(models: dict[str, dict]) -> list[go.Figure]:
         if has_held := any(held in c for c in curves.values()):
             title = title.split(" (")[0] + " (solid: each interval's last batch; dashed: held-out rows)"
         vals = [v for c in curves.values() for v in c.get(term, []) if v is not None]  # held_* only: none
-        log_y = term == "sse" or (term == "loss" and vals and min(vals) > 0)
+        log_y = term in ("sse", "grad_norm") or (term == "loss" and vals and min(vals) > 0)
         fig = go.Figure(layout=_LAYOUT | {"title": _title(title), "xaxis_title": "training step",
                                       "yaxis_title": term + (" (log scale)" if log_y else ""),
                                       "yaxis": {"type": "log" if log_y else "linear"}})

@@ -96,8 +96,9 @@ def test_analysis_draws_the_log_of_the_checkpoints_training_only(store, tmp_path
     cfg = json.loads((tmp_path / "dicts" / "l1" / "cfg.json").read_text())
     c = trained_curve(tmp_path, "l1", cfg["config_hash"])
     assert c["step"] == list(range(2, cfg["steps"] + 1, 2)) + ([cfg["steps"]] if cfg["steps"] % 2 else [])
-    assert set(c) == {"step", "epoch", "lr", "loss", "sse", "penalty", "decoder_sq_norm",  # the terms, and
-                      "eval_ad", "eval_l0", "eval_ev", "eval_live"}  # what each last batch measured
+    assert set(c) == {"step", "epoch", "lr", "loss", "sse", "penalty", "decoder_sq_norm",  # the terms,
+                      "grad_norm",  # the gradient's norm, and what each last batch measured:
+                      "eval_ad", "eval_l0", "eval_ev", "eval_live"}
     assert trained_curve(tmp_path, "l1", "another hash") is None  # a training started since: not this one
     # a retraining with another config starts its log over, and is interrupted: the checkpoint in dicts/l1
     # is still the first training's, and so are the curves analysis draws for it
@@ -112,8 +113,9 @@ def test_analysis_draws_the_log_of_the_checkpoints_training_only(store, tmp_path
               "vaease": {"k": 8, "training_log": {"step": [1, 2], "loss": [-3.0, -4.0], "sse": [0.0, 2.0]}}}
     html = render({"models": models})
     training = html.split("<h2>Training</h2>")[1]  # after the distributions (and plotly.js, in the first)
-    assert training.count("Plotly.newPlot") == 5  # sse, loss, eval_ad, eval_ev, eval_live
-    assert training.count('"name":"l1"') == 5 and training.count('"name":"vaease"') == 2  # vaease: no eval_*
+    assert training.count("Plotly.newPlot") == 6  # sse, loss, grad_norm, eval_ad, eval_ev, eval_live
+    assert training.count('"name":"l1"') == 6 and training.count('"name":"vaease"') == 2  # vaease: sse, loss
+    assert "Training: the gradient's L2 norm (before train.grad_clip)" in training
     assert '"type":"log"' in training and '"type":"linear"' in training  # a negative -ELBO: loss linear
     assert "<h2>Training</h2>" not in render({"models": {"l1": {"k": 8, "training_log": None}}})
 

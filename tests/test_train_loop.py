@@ -59,6 +59,34 @@ def test_loop_reduces_loss_and_stops_on_nan():
         train([broken], lambda e: x.split(64), cfg, torch.device("cpu"))
 
 
+def test_a_gradient_that_overflows_is_named_at_its_step():
+    """A finite loss whose gradient overflows float32 (a latent of 1e22 times a residual of 1e18): its update
+    made the weights NaN, and the error named the next step; the step's grad_norm names this one."""
+    x = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))  # [n, d]
+    broken = Member("a", make("sae_l1", 4, 6), 0.01)
+    with torch.no_grad():
+        broken.model.encoder.bias[0], broken.model.decoder.bias[:] = 1e22, -1e18
+        broken.model.decoder.weight[:, 0] = 0.0  # latent 0 adds nothing to the loss: it stays finite
+    with pytest.raises(TrainingError, match=r"^dictionary 'a' \(sae_l1\): grad_norm not finite at step 0 "
+                                            r"\(epoch 0, batch 0\); terms \{'loss': 4\.8\d*e\+36, .* Its "
+                                            r"loss is finite, but its gradient overflows float32\. Lower"):
+        train([broken], lambda e: x.split(32), TrainConfig(dicts=[], epochs=1), torch.device("cpu"))
+
+
+def test_gradients_beyond_float32_squares_train_and_log_their_norm():
+    """Rows of scale 1e9: gradient entries near 1e19, whose squares pass float32's range; Adam trains on them
+    (it is scale-free), and the logged grad_norm is their norm (summed in float64), not inf. Under
+    train.grad_clip, torch's clipping scaled them by clip / inf = 0, silently: that stops the run."""
+    x = torch.randn(256, 16, generator=torch.Generator().manual_seed(0)) * 1e9  # [n, d]
+    m = Member("a", make("sae_jumprelu", 16, 32, seed=0), 0.01)
+    train([m], lambda e: x.split(32), TrainConfig(dicts=[], epochs=2), torch.device("cpu"))
+    assert 1e18 < m.history[-1]["grad_norm"] < 1e20 and m.history[-1]["loss"] < m.history[0]["loss"]
+    clipped = Member("a", make("sae_jumprelu", 16, 32, seed=0), 0.01)
+    with pytest.raises(TrainingError, match=r"grad_norm not finite at step 0 .* gradient overflows float32"):
+        train([clipped], lambda e: x.split(32), TrainConfig(dicts=[], epochs=2, grad_clip=1.0),
+              torch.device("cpu"))
+
+
 def test_rows_too_large_for_float32_squares_say_so():
     """Finite rows of size ~1e20 (a float32 or bfloat16 store holds them): the SSE overflows at step 0,
     before any lr acted, so "lower its lr" is no advice; the error says the rows are too large for float32
@@ -104,14 +132,18 @@ def test_grad_clip_bounds_the_gradient_norm_and_keeps_old_hashes():
         m.setup(torch.device("cpu"))
         before = [p.detach().clone() for p in m.model.parameters()]
         torch.manual_seed(2)  # the same noise draw for every call
-        step(m, x, 0.01, torch.autocast("cpu", enabled=False), None, clip)
+        terms = step(m, x, 0.01, torch.autocast("cpu", enabled=False), None, clip)
         assert any(not torch.equal(a, p) for a, p in zip(before, m.model.parameters(), strict=True))
+        logged.append(float(terms["grad_norm"]))  # the gradient's norm before clipping
         return float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in m.model.parameters()])))
 
+    logged = []
     free = grad_norm(0.0)
+    assert logged == [pytest.approx(free, rel=1e-6)]
     assert free > 10  # 1/gamma-weighted reconstruction: a large gradient
     assert grad_norm(1.0) == pytest.approx(1.0, rel=1e-5)
     assert grad_norm(10 * free) == pytest.approx(free, rel=1e-6)  # above the norm: untouched
+    assert logged == [pytest.approx(free, rel=1e-6)] * 3
     common, dc = Common(run_dir="r", seed=0, store="s"), DictConfig("v", "vaease")
     args = ({"rows": 1}, {"train_chunks": [0]})
     h = {c: dict_hash(dc, TrainConfig(grad_clip=c), common, *args) for c in (0.0, 1.0)}

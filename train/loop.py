@@ -218,7 +218,10 @@ def seed_step(s: int, device: torch.device) -> None:
 
 
 def step(m: Member, x: Tensor, lr: float, amp, weight: float | None, clip: float = 0.0) -> dict[str, Tensor]:
-    """One optimizer step of one dictionary on batch x [B, d]; returns its detached loss terms.
+    """One optimizer step of one dictionary on batch x [B, d]; returns its detached loss terms and
+    ``grad_norm``, the global L2 norm of its (averaged) gradient before any clipping (the training log's
+    curve; a gradient that overflows is named at this step, not when its update reaches the next loss;
+    float32: ``exact_grad_norms`` mends its false infs).
 
     ``weight``: under torchrun, this rank's share of the global batch (gradients are averaged across ranks).
     ``clip`` > 0: the (averaged) gradient is scaled down to at most this global L2 norm before Adam.
@@ -231,13 +234,37 @@ def step(m: Member, x: Tensor, lr: float, amp, weight: float | None, clip: float
         terms["loss"].backward()
     if weight is not None:
         dist_.average_grads(m.model, weight)
+    grads = [p.grad for p in m.model.parameters() if p.grad is not None]
     if clip > 0:
-        torch.nn.utils.clip_grad_norm_(m.model.parameters(), clip, foreach=True)
+        norm = torch.nn.utils.clip_grad_norm_(m.model.parameters(), clip, foreach=True)  # [] before clipping
+    elif grads:
+        norm = torch.nn.utils.get_total_norm(grads, foreach=True)
+    else:  # no gradient: a rank's empty part of a short last batch, which weighs 0
+        norm = torch.zeros((), device=x.device)
     for g in m.opt.param_groups:
         g["lr"] = lr
     m.opt.step()
     m.model.after_step()
-    return {k: v.detach().float() for k, v in terms.items()}
+    return {k: v.detach().float() for k, v in terms.items()} | {"grad_norm": norm.detach().float()}
+
+
+def exact_grad_norms(members: list[Member], keys: list[list[str]], vals: list[float],
+                     clip: float) -> list[float]:
+    """``vals`` (the step's reduced vector, as ``_check`` reads it) with each non-finite ``grad_norm`` of
+    finite gradients replaced by their norm summed in float64: gradient entries past ~1e19, on which Adam
+    trains as on any (it is scale-free), square past float32's range, and their float32 norm is inf, a
+    false alarm. Under ``train.grad_clip`` the clipping has scaled such gradients to 0 (torch's
+    ``clip_grad_norm_``): their inf stands. Computed only then, on the host (the gradients are still there;
+    under torchrun every rank holds the same averaged ones)."""
+    at, out = 1, list(vals)
+    for m, ks in zip(members, keys, strict=True):
+        i = at + ks.index("grad_norm") if "grad_norm" in ks else None
+        if i is not None and not np.isfinite(out[i]) and clip == 0:
+            norms = [torch.linalg.vector_norm(p.grad, dtype=torch.float64) for p in m.model.parameters()
+                     if p.grad is not None]
+            out[i] = float(torch.linalg.vector_norm(torch.stack(norms)))  # inf or nan when one is
+        at += len(ks)
+    return out
 
 
 BIG_SPREAD = 1e20
@@ -265,6 +292,8 @@ def _check(members: list[Member], keys: list[list[str]], vals: list[float], pos:
                    f"mean is {vals[-2]:.3g}), where the loss and its gradients overflow whatever the lr: set "
                    "train.normalize: mean_scale, or scale the vectors down." if vals[-2] > BIG_SPREAD else
                    "Lower its lr, or check the input rows and the variant's params.")  # vals[-2]: Spread.add
+            if bad == ["grad_norm"]:  # (its update is made: nothing of this step is saved)
+                why = f"Its loss is finite, but its gradient overflows float32. {why}"
             raise TrainingError(
                 f"dictionary {m.name!r} ({m.model.variant}): {', '.join(bad)} not finite at step {pos.step} "
                 f"(epoch {pos.epoch}, batch {pos.batch}); terms {t}. {why}")
@@ -377,6 +406,7 @@ def train(members: list[Member], epoch_batches: Callable[..., Iterable], cfg: Tr
                     vals = dist_.reduce_(torch.cat([vec, torch.tensor(flag, device=device)])).tolist()
                 else:
                     vals = vec.tolist() + flag  # the one sync of the step
+                vals = exact_grad_norms(members, keys, vals, cfg.grad_clip)  # (float32's false infs)
                 _check(members, keys, vals, pos, rows)
                 at = 1
                 for m, ks in zip(members, keys, strict=True):
