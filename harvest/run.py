@@ -54,7 +54,7 @@ from actdict.harvest.sources import (
     source_fingerprint,
     token_windows,
 )
-from actdict.harvest.writer import new_manifest, non_finite
+from actdict.harvest.writer import CHUNK_ROWS, new_manifest, non_finite
 
 __all__ = ["HarvestError", "main", "describe_source", "expand_hooks", "forward", "model_windows"]
 META_BYTES = 4 + 8 + 4  # token_ids int32 + doc int64 + pos int32, per row
@@ -242,9 +242,16 @@ def check(common: Common, cfg: HarvestConfig) -> None:
     """Reject a harvest section that reads other data than it names, before anything runs (``actdict run``
     calls it with the other stages' checks): a source field its kind does not read (``check_source``); an
     ``embed`` or ``vectors`` section set for a token harvest, the default mode (``vectors: {path: x.npy}``
-    without ``mode: vectors`` harvested the demo corpus; a mode named is taken as meant)."""
+    without ``mode: vectors`` harvested the demo corpus; a mode named is taken as meant); a chunk_rows above
+    both max_tokens and the default (its one chunk is stored whole, padded)."""
     if cfg.mode != "vectors":  # a vectors import reads no source
         check_source(cfg.source)
+        if cfg.max_tokens is not None and cfg.chunk_rows > max(cfg.max_tokens, CHUNK_ROWS):
+            raise ConfigError(  # as an import's (writer.default_layout): 13 GB for 5,000 rows of d=384
+                f"harvest.chunk_rows {cfg.chunk_rows:,} is more than the max_tokens={cfg.max_tokens:,} rows "
+                f"to write (and the default {CHUNK_ROWS:,}), and a chunk is stored whole, padded: leave "
+                f"harvest.chunk_rows out for the default, or give at most "
+                f"{max(cfg.max_tokens, CHUNK_ROWS):,}")
     for name, mode in (("embed", "embeddings"), ("vectors", "vectors")):
         sub = getattr(cfg, name)
         given = {k: v for k, v in vars(sub).items() if v != getattr(type(sub), k)}

@@ -80,6 +80,11 @@ _SAE_TOPK = "[{name: a, variant: sae_topk, k: 8, params: {topk: %s}}]"
      r"sae_l1: lam1 is a loss weight and must be a finite number >= 0, got -1"),  # each swept dict checked
     ("[{name: a, variant: vae}]", ["train.hook=blocks.2.hook_resid_post"],
      r"train.hook='blocks.2.hook_resid_post' is not among the hooks the harvest writes \(\['blocks.3"),
+    ("[{name: a, variant: vae}]", ["harvest.max_tokens=5000", "harvest.chunk_rows=16777216",
+                                   "harvest.shard_rows=16777216"],  # 13 GB written for 5,000 rows
+     r"harvest.chunk_rows 16,777,216 is more than the max_tokens=5,000 rows to write \(and the default 4,096"
+     r"\), and a chunk is stored whole, padded: leave harvest.chunk_rows out for the default, or give at "
+     r"most 5,000"),
 ])
 def test_run_rejects_a_bad_section_before_the_harvest(tmp_path, capsys, dicts, more, message):
     """`actdict run` checks every stage's section first: a bad dictionary or analysis setting stops it
