@@ -369,19 +369,32 @@ MAX_PAIRS = 6
 """The printed MMCS line lists every ordered pair of up to 3 dictionaries; beyond, the 3 highest."""
 
 
+NUMBERS = (("RE det", "re_det", 9, ".4g"), ("RE 1-sample", "re_sample", 11, ".4g"), ("AD", "ad", 7, ".2f"),
+           ("L0", "l0", 7, ".2f"), ("EV", "ev", 6, ".3f"), ("dead", "dead", 11, ""),
+           ("CE rec.", "ce_recovered", 7, ".3f"), ("KL", "kl", 7, ".4f"))
+"""The headline columns of the text tables (``summary_lines``, ``actdict summary``): header, summary.json
+key, least width, format; CE rec. and KL only when measured."""
+
+
+def number_table(names: list[tuple[str, int]], rows: list[tuple[list[str], dict]], ce: bool) -> list[str]:
+    """The header and one line per (name cells, summary.json record) of ``rows``: the name columns
+    (``names``: header, least width) left-aligned, then the headline numbers right-aligned, each column as
+    wide as its least width or its widest cell (an EV of -123456.789 pushed the rest of its row right)."""
+    cols = NUMBERS if ce else NUMBERS[:6]
+    head = [h for h, _ in names] + [h for h, *_ in cols]
+    cells = [[*named, *(f"{m['dead']}/{m['k']}" if key == "dead" else _cell(m.get(key), spec)
+                        for _, key, _, spec in cols)] for named, m in rows]
+    least = [w for _, w in names] + [w for _, _, w, _ in cols]
+    w = [max(least[i], *(len(c[i]) for c in [head, *cells])) for i in range(len(head))]
+    return [" ".join(f"{c:<{w[i]}}" if i < len(names) else f"{c:>{w[i]}}" for i, c in enumerate(line))
+            for line in [head, *cells]]
+
+
 def summary_lines(summary: dict) -> list[str]:
     """The headline numbers of ``summary.json`` as a text table, one line per dictionary."""
     ce = summary["ce"] is not None
-    w = max([16, *map(len, summary["models"])])  # a sweep's names (l1_lam1-0.03_seed-0) are longer than 16
-    head = f"{'model':<{w}} {'RE det':>9} {'RE 1-sample':>11} {'AD':>7} {'L0':>7} {'EV':>6} {'dead':>11}"
     lines = [f"analyze: {summary['n_test_rows']:,} held-out rows of {summary['hook']} (d = {summary['d']})",
-             head + (f" {'CE rec.':>7} {'KL':>7}" if ce else "")]
-    for name, m in summary["models"].items():
-        dead = f"{m['dead']}/{m['k']}"
-        line = (f"{name:<{w}} {_cell(m['re_det'], '>9.4g')} {_cell(m['re_sample'], '>11.4g')} "
-                f"{_cell(m['ad'], '>7.2f')} {_cell(m['l0'], '>7.2f')} {_cell(m['ev'], '>6.3f')} {dead:>11}")
-        lines.append(line + (f" {_cell(m.get('ce_recovered'), '>7.3f')} {_cell(m.get('kl'), '>7.4f')}"
-                             if ce else ""))
+             *number_table([("model", 16)], [([name], m) for name, m in summary["models"].items()], ce)]
     warned = [f"analyze: warning: {name} was saved with a training warning: {m['training_warning']}"
               for name, m in summary["models"].items() if m.get("training_warning")]
     why = [f"(EV n/a: the {summary['n_test_rows']:,} held-out row(s) do not vary, so there is no variance "

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from actdict.analyze.outputs import OutputError, not_a_snapshot, read_output
-from actdict.analyze.run import _cell
+from actdict.analyze.run import number_table
 from actdict.errors import ActdictError, printable
 from actdict.train.resume import listed
 
@@ -87,17 +87,8 @@ def table(records: list[dict]) -> list[str]:
     analyze's table) when some run measured them (analyze.ce_loss)."""
     named = [c for c in ("run", "hook", "dict", "variant") if c != "variant" or any(
         r.get("variant") not in (None, r["dict"]) for r in records)]  # a sweep's sae_l1_lam1_0.1 & co
-    w = {c: max([len(c), *(len(str(r.get(c))) for r in records)]) for c in named}
     ce = any(r["ce_recovered"] is not None for r in records)
-    lines = [" ".join(f"{c:<{w[c]}}" for c in named) + f" {'RE det':>9} "
-             f"{'RE 1-sample':>11} {'AD':>7} {'L0':>7} {'EV':>6} {'dead':>11}" + (f" {'CE rec.':>7} {'KL':>7}"
-                                                                                   if ce else "")]
-    for r in records:
-        dead = f"{r['dead']}/{r['k']}"
-        nums = (f"{_cell(r['re_det'], '>9.4g')} {_cell(r['re_sample'], '>11.4g')} {_cell(r['ad'], '>7.2f')} "
-                f"{_cell(r['l0'], '>7.2f')} {_cell(r['ev'], '>6.3f')} {dead:>11}"
-                + (f" {_cell(r['ce_recovered'], '>7.3f')} {_cell(r['kl'], '>7.4f')}" if ce else ""))
-        lines.append(" ".join(f"{str(r.get(c)):<{w[c]}}" for c in named) + f" {nums}")
+    lines = number_table([(c, 0) for c in named], [([str(r.get(c)) for c in named], r) for r in records], ce)
     return [printable(s) for s in lines]
 
 

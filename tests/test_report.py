@@ -389,6 +389,11 @@ def test_summary_lines_fit_a_sweeps_long_names():
     ends = [line.index("2.5") + 3 for line in lines[2:5]]
     assert ends == [lines[1].index("RE det") + 6] * 3  # right-aligned under the header
     assert lines[2].startswith("l1_lam1-0.03_seed-0 ") and lines[4].startswith("vaease" + " " * 14)
+    wide = m | {"ev": -123456.789, "ad": 16384.0, "re_det": None}  # a diverged dictionary's numbers
+    lines = summary_lines(summary | {"models": {"a": m, "b": wide}})[1:4]
+    assert [len(line) for line in lines] == [len(lines[0])] * 3  # every column as wide as its widest cell
+    assert {line.index("/8") for line in lines[1:]} == {lines[0].index("dead") + 2}
+    assert lines[2].split() == ["b", "n/a", "2.5", "16384.00", "2.00", "-123456.789", "3/8"]
 
 
 def test_summary_lines_shorten_a_sweeps_shared_directions():
