@@ -265,8 +265,11 @@ def _list_item(items: list, part: str, item: str) -> Any:
     names = [x.get("name") for x in items if isinstance(x, dict)]
     swept = [n for x in items if isinstance(x, dict) and x.get("sweep")
              and isinstance(n := x.get("name"), str) and part.startswith(f"{n}_")]  # cut at a value's '.'
+    dotted = [i for i, x in enumerate(items) if isinstance(x, dict) and isinstance(n := x.get("name"), str)
+              and n.startswith(f"{part}.")]  # the override's key was cut at the name's '.'
     hint = (f"; the dictionaries of a sweep are set through its item (train.dicts.{swept[0]}.FIELD=...) or "
-            "its sweep" if swept else "")
+            "its sweep" if swept else f"; a name holding '.' is set by its index ({dotted[0]})" if dotted
+            else "")
     raise ConfigError(f"override {item!r}: no list item {part!r} (give an index < {len(items)} or a name: "
                       f"{names}){hint}")
 

@@ -186,6 +186,12 @@ def test_override_values_edge_cases_and_list_bounds(tmp_path):
     demo = Path(__file__).parents[1] / "configs" / "demo.yaml"
     with pytest.raises(ConfigError, match=r"no list item '2' \(give an index < 2"):
         load_experiment(demo, ["train.dicts.2.k=1"])
+    dotted = {"train": {"dicts": [{"name": "a"}, {"name": "l1.v2"}]}}  # the key is cut at the name's '.'
+    with pytest.raises(ConfigError, match=r"no list item 'l1' .*\['a', 'l1.v2'\]\); a name holding '.' is "
+                                          r"set by its index \(1\)$"):
+        apply_overrides(dotted, ["train.dicts.l1.v2.lr=0.1"])
+    by_index = apply_overrides(dotted, ["train.dicts.1.lr=0.1"])["train"]["dicts"]
+    assert by_index[1] == {"name": "l1.v2", "lr": 0.1}
     said = r"^override 'harvest.hooks.0=x': harvest.hooks is a list of values: set the whole list \(harvest"
     with pytest.raises(ConfigError, match=said):  # was: '... (harvest.hooks.0.FIELD=...)'
         load_experiment(demo, ["harvest.hooks.0=x"])
