@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 PAYLOAD_SCRIPT = "<script>document.body.setAttribute('data-pwned','script')</script>"
 PAYLOAD_IMG = "<img src=x onerror=\"document.body.setAttribute('data-pwned','img')\">"
@@ -100,21 +99,7 @@ def _analysed(path: Path, name: str) -> Path:
     from actdict.analyze.config import AnalyzeConfig
     from actdict.config import Common
     from actdict.harvest.store import StoreWriter
-    from actdict.train.protocol import Dictionary, Forward
-
-    class ReluLinear(Dictionary):
-        variant = "test_relu_linear"
-
-        def __init__(self, d, k, W):
-            super().__init__(d, k)
-            self.register_buffer("W", torch.as_tensor(W))
-
-        def forward(self, x, sample=True):
-            z = torch.relu(x @ self.W)
-            return Forward(z @ self.W.T, z, z.abs().log(), {})
-
-        def decode(self, codes):
-            return codes @ self.W.T
+    from tests.relu_linear import ReluLinear
 
     g = np.random.default_rng(2)
     n, d, k = 256, 4, 6

@@ -144,21 +144,7 @@ def test_analyze_main_end_to_end(tmp_path, monkeypatch):
     from actdict.analyze.config import AnalyzeConfig
     from actdict.config import Common
     from actdict.harvest.store import StoreWriter
-    from actdict.train.protocol import Dictionary, Forward
-
-    class ReluLinear(Dictionary):
-        variant = "test_relu_linear"
-
-        def __init__(self, d, k, W):
-            super().__init__(d, k)
-            self.register_buffer("W", torch.as_tensor(W))
-
-        def forward(self, x, sample=True):
-            z = torch.relu(x @ self.W)
-            return Forward(z @ self.W.T, z, z.abs().log(), {})
-
-        def decode(self, codes):
-            return codes @ self.W.T
+    from tests.relu_linear import ReluLinear
 
     g = np.random.default_rng(1)
     n, d, k = 200, 4, 6
