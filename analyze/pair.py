@@ -142,19 +142,17 @@ def side(counts, fires_a, fires_b, n: int) -> tuple[dict, list]:
     return out, per
 
 
-def token_labels(dict_dir: Path, config_hash: str | None) -> tuple[dict[int, str], bool]:
+def token_labels(dict_dir: Path, k: int) -> tuple[dict[int, str], bool]:
     """(feature -> its first 3 distinct top tokens (of a run whose rows have texts: the first words of its
-    top texts), whether they are texts), read as actdict lens reads them from the run folder's features file
-    of this training (same config_hash); ({}, False) when there is none, OutputError when it is damaged."""
-    from actdict.analyze.lens import labels_of
+    top texts), whether they are texts), read as actdict lens reads them (``lens.dict_features``: the run
+    folder's features file of this training of the dictionary in ``dict_dir``); ({}, False) when there is
+    none (a snapshot's, another training's), OutputError when it is damaged."""
+    from actdict.analyze.lens import dict_features, labels_of
 
+    data, _ = dict_features(dict_dir.parent.parent, dict_dir.name, k)
+    if data is None:
+        return {}, False
     path = dict_dir.parent.parent / "features" / f"{dict_dir.name}.json"
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}, False
-    if not isinstance(data, dict) or data.get("config_hash") != config_hash:
-        return {}, False
     return {i: ", ".join(top) for i, (top, _) in labels_of(data, 3, path).items()}, bool(data.get("texts"))
 
 
@@ -326,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         device = str(resolve_device(args.device))
         out = compare(args.a, args.b, args.store, args.rows, args.partners, device=device,
                       max_mib=args.max_mib)
-        found = [token_labels(Path(out[x]["path"]), out[x]["config_hash"]) for x in "ab"]
+        found = [token_labels(Path(out[x]["path"]), out[x]["k"]) for x in "ab"]
     except ActdictError as e:
         print(f"actdict: {type(e).__name__}: {e}", file=sys.stderr)
         return 2

@@ -154,11 +154,15 @@ def test_the_table_prints_no_terminal_control_codes(tmp_path, capsys):
     hits = [[1.0, 0, 0, 0, [7], 0]]
     (tmp_path / "ra" / "features").mkdir()
     (tmp_path / "ra" / "features" / "a.json").write_text(json.dumps(
-        {"config_hash": "dict-blocks.0.h", "tokens": {"7": "\x1b]0;title\x07x"},
+        {"config_hash": "dict-blocks.0.h", "k": K, "tokens": {"7": "\x1b]0;title\x07x"},
          "features": [{"i": i, "top": hits} for i in range(K)]}))
     assert cli(["compare", da, db, "--top", "2"]) == 0
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\\x1b]0;title\\x07x" in out
+    features = tmp_path / "ra" / "features" / "a.json"  # another training's (k 5): its labels name others
+    features.write_text(json.dumps(json.loads(features.read_text()) | {"k": K + 1}))
+    assert cli(["compare", da, db, "--top", "2"]) == 0
+    assert "title" not in capsys.readouterr().out
 
 
 def test_the_table_labels_an_embeddings_run_by_its_texts_and_names_a_damaged_file(tmp_path, capsys):
@@ -167,7 +171,7 @@ def test_the_table_labels_an_embeddings_run_by_its_texts_and_names_a_damaged_fil
     da, db = _pair(tmp_path, np.arange(K))
     (tmp_path / "ra" / "features").mkdir()
     path = tmp_path / "ra" / "features" / "a.json"
-    data = {"config_hash": "dict-blocks.0.h", "tokens": {}, "texts": {"5": "Kernel panics at boot"},
+    data = {"config_hash": "dict-blocks.0.h", "k": K, "tokens": {}, "texts": {"5": "Kernel panics at boot"},
             "features": [{"i": i, "top": [[1.0, 5, 0, 0, [-1], 0]]} for i in range(K)]}
     path.write_text(json.dumps(data))
     assert cli(["compare", da, db, "--top", "2"]) == 0
