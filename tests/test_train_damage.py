@@ -270,12 +270,13 @@ def test_a_state_whose_tensors_do_not_fit_its_dictionaries_is_one_line(store, tm
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_weights_with_nan_or_inf_are_named_at_load(tmp_path, bad):
-    """A checkpoint whose weights hold NaN or inf (an edit, a broken copy: a training saves none) stopped
-    the analysis with a traceback from the Otsu split ('activity contains NaN'); load names it."""
+    """A checkpoint whose weights hold NaN or +inf (an edit, a broken copy: a training saves none) stopped
+    the analysis with a traceback from the Otsu split ('activity contains NaN'); load names it. (-inf is
+    a log of 0: an imported JumpReLU's threshold of 0, test_saelens_import.)"""
     m = make("sae_l1", 3, 4)
     with torch.no_grad():
         m.decoder.weight[1, 2] = bad
     checkpoint.save(tmp_path / "d", m, {"finished": True})
-    with pytest.raises(checkpoint.CheckpointError, match=r"d holds weights with NaN or inf values "
+    with pytest.raises(checkpoint.CheckpointError, match=r"d holds weights with NaN or \+inf values "
                                                          r"\(decoder.weight; .*delete the folder and rerun"):
         checkpoint.load(tmp_path / "d")

@@ -184,10 +184,10 @@ def load(dir: str | Path, device: str | torch.device = "cpu") -> tuple[Dictionar
         raise CheckpointError(damaged(d, f"its {CFG} is not an actdict checkpoint's record"))
     if why := other_shapes(cfg, state):
         raise CheckpointError(damaged(d, why))
-    if bad := [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]:
-        raise CheckpointError(f"{d} holds weights with NaN or inf values ({', '.join(bad[:3])}; a training "
+    if bad := [k for k, v in state.items() if v.is_floating_point() and (v.isnan() | v.isposinf()).any()]:
+        raise CheckpointError(f"{d} holds weights with NaN or +inf values ({', '.join(bad[:3])}; a training "
                               "saves none: an edit or a broken copy): delete the folder and rerun actdict "
-                              "train, which trains it again")
+                              "train, which trains it again")  # (-inf: the log of 0, a JumpReLU threshold)
     model: Dictionary = make(cfg["variant"], cfg["d"], cfg["k"], **cfg["params"])
     if cfg.get("normalized"):
         model = Normalized(model, state["norm_mean"], float(state["norm_scale"]))
