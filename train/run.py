@@ -375,7 +375,7 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
     world = f" x {d.world} ranks" if d.on else ""
     names = [m.name for m in members]
     names = names if len(names) <= LISTED else listed(names)  # a sweep's: their number, first and last
-    say(f"train: {names} on {train_rows} rows ({len(chunks)} chunks, d={store.d}) for "
+    say(f"train: {names} on {train_rows:,} rows ({len(chunks)} chunks, d={store.d}) for "
         f"{cfg.epochs} epoch(s)" + (f", stopping at step {cfg.max_steps} (train.max_steps)" if cfg.max_steps
                                      else "") + f" on {device}{world}"
         + (f"; resumed at step {start.step}" if start else "")
