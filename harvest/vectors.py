@@ -311,8 +311,9 @@ def _format(p: Path) -> tuple[Callable, Callable]:
 def import_vectors(path: str | Path, store: str, key: str = "", hook: str = "vectors",
                    block_rows: int = 16384, manifest: dict | None = None, **kw):
     """Import the vectors file ``path`` as hook ``hook`` of ``store``; ``kw`` goes to ``write_vectors``
-    (dtype float32 by default: the numbers are kept exactly; the layout to ``default_layout`` of the rows
-    the file's header tells). Returns the opened ActivationStore."""
+    (dtype float32 by default: the numbers of float32, float16, bfloat16 and small-integer files are kept
+    exactly, float64 ones rounded; the layout to ``default_layout`` of the rows the file's header tells).
+    Returns the opened ActivationStore."""
     from actdict.harvest.store import write_vectors
     from actdict.harvest.writer import default_layout
 
