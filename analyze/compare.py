@@ -94,10 +94,16 @@ def similarity(dirs: dict[str, Tensor], live: dict[str, Tensor], progress: bool 
     for a, b in tqdm(todo, desc="shared directions", unit="pair", disable=not progress or len(todo) <= 2,
                      **bar_timing()):
         best, arg = pairs[a, b] = nearest(dirs[a], dirs[b], live[b])
-        mine = live[a] & ~dirs[a].isnan().any(1) & torch.isfinite(best)  # [ka] A's live features with a match
-        n = int(mine.sum())
-        cos = best[mine]
-        out.setdefault(a, {})[b] = {"mmcs": float(cos.mean()) if n else None,
-                                    "matched": float((cos >= MATCHED).float().mean()) if n else None,
-                                    "live": n}
+        out.setdefault(a, {})[b] = shared_share(dirs[a], live[a], best)
     return out, pairs
+
+
+def shared_share(units: Tensor, alive: Tensor, best: Tensor) -> dict:
+    """{"mmcs", "matched", "live"} of dictionary A's live features (``alive`` [ka]) with a direction
+    (``units`` [ka, d]) and a match in B (``best`` [ka], ``nearest``'s cosines): their mean best cosine, the
+    share within cosine ``MATCHED``, how many; mmcs and matched None when there is none."""
+    mine = alive & ~units.isnan().any(1) & torch.isfinite(best)  # [ka]
+    n = int(mine.sum())
+    cos = best[mine]
+    return {"mmcs": float(cos.mean()) if n else None,
+            "matched": float((cos >= MATCHED).float().mean()) if n else None, "live": n}

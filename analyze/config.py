@@ -69,8 +69,9 @@ class AnalyzeConfig:
     """Windows per language-model forward pass in the CE/KL evaluation."""
     shared_directions: bool = True
     """Compare the decoder directions of every ordered pair of the analysed dictionaries (``analyze.compare``:
-    MMCS, each feature's nearest feature in the others). One k_A x k_B x d product per pair: 8 s for two
-    dictionaries of 16,384 at d = 512 on one CPU core, 90 pairs for a sweep of 10; false skips it."""
+    MMCS, each feature's nearest feature in the others), and each one's with its snapshots'
+    (``train.snapshot_every``: ``formation``). One k_A x k_B x d product per pair: 8 s for two
+    dictionaries of 16,384 at d = 512 on one CPU core, 90 pairs for a sweep of 10; false skips them."""
     logit_effects: int = 0
     """Tokens per feature whose next-token logits its decoder direction raises most, and as many it lowers
     most, read through the store's (causal) language model's final norm and unembedding: the direct path

@@ -251,7 +251,26 @@ def _training_figures(models: dict[str, dict]) -> list[go.Figure]:
                 fig.add_scatter(x=c["step"], y=c[held], mode="lines", line_dash="dash",
                                 showlegend=term not in c, name=esc(name) + " (held-out)", **pair)
         figs.append(fig)
-    return figs
+    return figs + _formation_figure(models)
+
+
+def _formation_figure(models: dict[str, dict]) -> list[go.Figure]:
+    """[the figure] of the dictionaries whose snapshots were read (``formation``): at each snapshot's step,
+    the final dictionary's live features found among the snapshot's decoder directions, MMCS solid and the
+    share within cosine 0.9 dashed, in one colour per dictionary; [] without any."""
+    forming = {name: f for name, m in models.items() if (f := m.get("formation"))}
+    if not forming:
+        return []
+    title = "Feature formation: the final features found in each snapshot (solid: MMCS; dashed: share >= 0.9)"
+    fig = go.Figure(layout=_LAYOUT | {"title": _title(title), "xaxis_title": "training step (snapshot)",
+                                      "yaxis_title": "cosine / share"})
+    palette = qualitative.Dark24 if len(forming) > MANY else qualitative.Plotly
+    for i, (name, f) in enumerate(forming.items()):
+        pair = {"legendgroup": esc(name), "line_color": palette[i % len(palette)], "mode": "lines+markers"}
+        fig.add_scatter(x=f["step"], y=f["mmcs"], name=esc(name), **pair)
+        fig.add_scatter(x=f["step"], y=f["matched"], line_dash="dash", showlegend=False,
+                        name=esc(name) + " (share within cos 0.9)", **pair)
+    return [fig]
 
 
 def _title(text: str) -> dict:
@@ -371,7 +390,9 @@ def render(summary: dict, pages: dict[str, str] | None = None) -> str:
                "over the intervals of its log (train.log_every steps; logs/&lt;name&gt;.jsonl), then its AD, "
                "explained variance and share of latents active as measured on each interval's last batch "
                "(the analysis' measures, on one training batch: not the held-out rows above; dashed, where "
-               "train.probe_rows was set: on that many held-out rows, the same ones every interval).</p>",
+               "train.probe_rows was set: on that many held-out rows, the same ones every interval). With "
+               "train.snapshot_every, the last figure finds the final dictionary's live features among each "
+               "snapshot's decoder directions: when the features the run ends with formed.</p>",
                '<div class="figs">', *(f"<div>{f}</div>" for f in training_figs), "</div>"]
               if training_figs else []),
             "<h2>Most frequent features: top-activating contexts</h2>",

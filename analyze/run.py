@@ -40,6 +40,9 @@ summary.json (version 2 = version 1 plus keys; floats rounded to 6 significant d
                               # null: a dictionary without Dictionary.decode)
         "similar": {"<other>": {"mmcs": float | null, "matched": float | null, "live": int}},
                               # decoder directions shared with each other dictionary (analyze.compare)
+        "formation": null | {"step": [int], "mmcs": [float | null], "matched": [float | null]},
+                              # its live features found among each snapshot's directions
+                              # (train.snapshot_every; analyze.formation)
         "features": [{"index": int, "fires": int, "density": float,  # the n_features most active
                       "nearest": {"<other>": {"feature": int, "cos": float}},  # its closest there
                       "logits": {"up": [[str, float]], "down": [[str, float]]},  # analyze.logit_effects:
@@ -75,6 +78,7 @@ from actdict.analyze.compare import directions, live, null_columns, similarity
 from actdict.analyze.config import AnalyzeConfig
 from actdict.analyze.evaluate import ModelEval
 from actdict.analyze.features import build_features, hit_keys, summary_hits
+from actdict.analyze.formation import formation
 from actdict.analyze.inputs import (
     AnalyzeError,
     dict_folders,
@@ -317,6 +321,8 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
                          for f in top_features]
         m["similar"] = similar.get(name, {})
         m["null_decoder"] = int(null_columns(dirs[name][1]).sum()) if name in dirs else None
+        m["formation"] = None if name not in dirs or not cfg.shared_directions else formation(
+            run_dir, name, m["config_hash"], dirs[name][0], live(ev.fire, dirs[name][1]), device)
         summary["models"][name] = m
     summary = _clean(summary)
     if left := next(iter(summary["models"].values())).get("ad_class_unlabelled"):

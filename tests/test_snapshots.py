@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from safetensors.numpy import load_file
 
 from actdict.analyze import pair
@@ -126,3 +127,32 @@ def test_a_keep_state_extension_keeps_the_snapshots_of_the_run_it_continues(tmp_
             assert json.loads((snaps / step / "cfg.json").read_text())["config_hash"] == final
             a, b = _weights(snaps / step), _weights(whole / step)
             assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_analysis_finds_the_final_features_in_each_snapshot(tmp_path, capsys):
+    """analyze reads the training's snapshots (summary.json formation, a report figure): at each snapshot's
+    step, the final dictionary's live features' mean best cosine among the snapshot's decoder columns and
+    the share within 0.9; the snapshot at the last step is the dictionary itself (1 and 1)."""
+    x = np.random.default_rng(0).standard_normal((512, 6)).astype(np.float32) @ np.diag([3, 2, 1, 1, .5, .1])
+    write_vectors(str(tmp_path / "store"), x.astype(np.float32), shard_rows=128, chunk_rows=64)
+    cfg = _config(tmp_path, "run", "  snapshot_every: 12\n")  # 12 steps an epoch: steps 12 and 24 (the end)
+    wide = ("train.dicts=[{name: vaease, variant: vaease, k: 8}, "
+            "{name: topk, variant: sae_topk, k: 512, params: {topk: 1}}]")
+    assert cli(["train", cfg, wide]) == 0 and cli(["analyze", cfg, wide, "analyze.top_k=1"]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    run = tmp_path / "run"
+    for name in ("vaease", "topk"):
+        f = summary["models"][name]["formation"]
+        assert f["step"] == [12, 24] and f["mmcs"][1] == pytest.approx(1.0) and f["matched"][1] == 1.0
+    feats = json.loads((run / "features" / "topk.json").read_text())["features"]
+    fires = np.array([r["fires"] for r in feats])  # [k] on the held-out rows
+    unit = [w / np.linalg.norm(w, axis=0) for w in (_weights(p)["decoder.weight"] for p in (  # [d, k] columns
+        run / "dicts" / "topk", run / "dicts" / "topk" / "snapshots" / "step-0000012"))]
+    assert 0 < (fires > 0).sum() < 128  # one feature per held-out row: the dead ones are not looked for
+    best = (unit[0].T @ unit[1]).max(1)[fires > 0]  # each live final feature's best cosine in the snapshot
+    f = summary["models"]["topk"]["formation"]
+    assert f["mmcs"][0] == pytest.approx(best.mean(), abs=1e-5) and f["mmcs"][0] < 0.999
+    assert f["matched"][0] == pytest.approx((best >= 0.9).mean())
+    assert "Feature formation: the final features found in each snapshot" in (run / "report.html").read_text()
+    assert cli(["analyze", cfg, wide, "analyze.top_k=1", "analyze.shared_directions=false"]) == 0  # skips it
+    assert json.loads((run / "summary.json").read_text())["models"]["topk"]["formation"] is None

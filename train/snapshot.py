@@ -36,3 +36,19 @@ def settle_snapshots(run_dir: Path, name: str, config_hash: str, continued: str 
             write_atomic(p / checkpoint.CFG, json.dumps(rec | {"config_hash": config_hash}, indent=1))
         elif kept != config_hash:
             shutil.rmtree(p, ignore_errors=True)
+
+
+def snapshots_of(run_dir: Path, name: str, config_hash: str | None) -> list[tuple[int, Path]]:
+    """(step, folder) of the snapshots that the training of dictionary ``name`` with ``config_hash`` kept, by
+    step: the ones whose cfg.json says so (a folder without a readable one, or another training's, left
+    out); [] without a config_hash to match."""
+    root, out = run_dir / "dicts" / name / SNAPSHOTS, []
+    for p in sorted(root.glob("step-*")) if root.is_dir() and config_hash else []:
+        try:
+            rec = json.loads((p / checkpoint.CFG).read_text())
+        except (OSError, ValueError):
+            continue
+        ours = isinstance(rec, dict) and rec.get("config_hash") == config_hash
+        if ours and isinstance(step := rec.get("step"), int):
+            out.append((step, p))
+    return sorted(out)

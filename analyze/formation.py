@@ -1,0 +1,45 @@
+"""How a dictionary's features formed over its training, read from ``train.snapshot_every``'s snapshots.
+
+For each snapshot of the training analysed (``train.snapshot.snapshots_of``: its cfg.json names this
+training's config hash), the final dictionary's live features (active on some held-out row, with a decoder
+column) are looked for among the snapshot's decoder directions, as ``actdict compare`` and the shared
+directions look for one dictionary's features in another's: their mean best cosine (MMCS) and the share
+within cosine 0.9 (``compare.MATCHED``). Every feature of the snapshot with a decoder column counts (no pass
+over the rows for it), so a snapshot at the last step finds every live feature: MMCS 1. Steps where MMCS is
+still low are those where the directions the run ends with were not there yet (docs/results.md, E32, reads
+the same snapshots with ``actdict compare``, co-activation too).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from actdict.analyze.compare import directions, nearest, null_columns, shared_share
+from actdict.train import checkpoint
+from actdict.train.snapshot import snapshots_of
+
+
+def formation(run_dir: Path, name: str, config_hash: str | None, units: Tensor, alive: Tensor,
+              device: torch.device) -> dict | None:
+    """{"step": [...], "mmcs": [...], "matched": [...]} of dictionary ``name``'s snapshots of the training
+    with ``config_hash``, by step, against the final dictionary's unit directions ``units`` [k, d] and live
+    features ``alive`` [k]; None without snapshots."""
+    snaps = snapshots_of(run_dir, name, config_hash)
+    if not snaps:
+        return None
+    out: dict[str, list] = {"step": [], "mmcs": [], "matched": []}
+    for step, folder in tqdm(snaps, desc=f"formation {name}", unit="snapshot", leave=False):
+        model, _ = checkpoint.load(folder, device)
+        found = directions(model, model.k, model.d, device)
+        if found is None:  # (a snapshot is its dictionary's variant: it has a decode when the final one has)
+            return None
+        snap_units, norm = found  # [k, d], [k]
+        best, _ = nearest(units, snap_units, ~null_columns(norm))  # [k] each final feature's best cosine
+        shared = shared_share(units, alive, best)
+        for key, value in (("step", step), ("mmcs", shared["mmcs"]), ("matched", shared["matched"])):
+            out[key].append(value)
+    return out
