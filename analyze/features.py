@@ -9,12 +9,14 @@ Schema of ``<run_dir>/features/<name>.json`` (what the report's feature pages re
      "tokens": {"<id>": str},             # decoded string of every token id used below
      "wordpiece": bool,                   # "##" continuations: show " " + token, "##x" as "x"
      "texts": {"<row>": str},             # embeddings stores only: the text each hit's row embeds (clipped)
+     "formation_steps": [int],            # train.snapshot_every: its training's snapshots (analyze.formation)
      "features": [{"i": int, "fires": int, "density": float, "max": float | null, "min": float | null,
                    "hist": {"pos": [[bin, count]], "neg": [[bin, count]]},   # sparse, active rows only
                    "top": [HIT], "bottom": [HIT],   # bottom: most negative codes (signed codes only)
                    "quantiles": [{"lo": float, "hi": float, "vmin": float, "vmax": float, "hits": [HIT]}],
                    "nearest": {"<other>": {"feature": int, "cos": float}},  # analyze.compare; optional
                    "fires_with": [[feature, rows both fire]],   # analyze.cofire; optional, see below
+                   "formed": [float | null],   # its best cosine among each snapshot's decoder columns
                    "logits": {"up": [[token id, float]], "down": [[token id, float]]}}]}  # analyze.logits;
                                                                      # only with analyze.logit_effects
     HIT = [act, row, doc, pos, [token ids of the context], index of the row's token in that list]

@@ -7,11 +7,13 @@ directions look for one dictionary's features in another's: their mean best cosi
 within cosine 0.9 (``compare.MATCHED``). Every feature of the snapshot with a decoder column counts (no pass
 over the rows for it), so a snapshot at the last step finds every live feature: MMCS 1. Steps where MMCS is
 still low are those where the directions the run ends with were not there yet (docs/results.md, E32, reads
-the same snapshots with ``actdict compare``, co-activation too).
+the same snapshots with ``actdict compare``, co-activation too). Each feature's page shows its own best
+cosine in each snapshot: when its direction formed.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -24,14 +26,16 @@ from actdict.train.snapshot import snapshots_of
 
 
 def formation(run_dir: Path, name: str, config_hash: str | None, units: Tensor, alive: Tensor,
-              device: torch.device) -> dict | None:
-    """{"step": [...], "mmcs": [...], "matched": [...]} of dictionary ``name``'s snapshots of the training
-    with ``config_hash``, by step, against the final dictionary's unit directions ``units`` [k, d] and live
+              device: torch.device) -> tuple[dict, Tensor] | None:
+    """({"step": [...], "mmcs": [...], "matched": [...]}, each feature's best cosine in each snapshot
+    [s, k] (-inf: a feature without a direction)) of dictionary ``name``'s snapshots of the training with
+    ``config_hash``, by step, against the final dictionary's unit directions ``units`` [k, d] and live
     features ``alive`` [k]; None without snapshots."""
     snaps = snapshots_of(run_dir, name, config_hash)
     if not snaps:
         return None
     out: dict[str, list] = {"step": [], "mmcs": [], "matched": []}
+    cosines = []
     for step, folder in tqdm(snaps, desc=f"formation {name}", unit="snapshot", leave=False):
         model, _ = checkpoint.load(folder, device)
         found = directions(model, model.k, model.d, device)
@@ -42,4 +46,11 @@ def formation(run_dir: Path, name: str, config_hash: str | None, units: Tensor, 
         shared = shared_share(units, alive, best)
         for key, value in (("step", step), ("mmcs", shared["mmcs"]), ("matched", shared["matched"])):
             out[key].append(value)
-    return out
+        cosines.append(best.cpu())
+    return out, torch.stack(cosines)  # [s, k]
+
+
+def feature_cosines(cosines: Tensor) -> list[list[float | None]]:
+    """[k] lists of each feature's best cosine in each snapshot (``formation``'s [s, k]), 4 decimals, None
+    where it has no direction: what a feature page shows."""
+    return [[round(c, 4) if math.isfinite(c) else None for c in col] for col in cosines.T.tolist()]

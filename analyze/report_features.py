@@ -242,6 +242,14 @@ async function renderFeature(i) {
       q.append(j ? ', ' : '', a, ' (cos ' + fmt(n.cos) + ')');
     });
   }
+  const formed = f.formed || [];
+  if (formed.length) {  // its best cosine among each snapshot's decoder columns (train.snapshot_every)
+    const every = Math.ceil(formed.length / 12);  // about 12 of them at most, and the last
+    const at = formed.map((c, j) => D.formation_steps[j] + ': ' + fmt(c))
+      .filter((_, j) => j % every === 0 || j === formed.length - 1);
+    p.appendChild(el('p', 'stats', 'its direction in the snapshots (best cosine, by step): ' +
+                     at.join(', ')));
+  }
   const withs = f.fires_with || [];
   if (withs.length) {  // the features active on the same rows (analyze.cofire), by Jaccard similarity
     p.appendChild(el('p', 'stats', 'fires with (most similar sets of active rows):'));

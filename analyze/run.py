@@ -78,7 +78,7 @@ from actdict.analyze.compare import directions, live, null_columns, similarity
 from actdict.analyze.config import AnalyzeConfig
 from actdict.analyze.evaluate import ModelEval
 from actdict.analyze.features import build_features, hit_keys, summary_hits
-from actdict.analyze.formation import formation
+from actdict.analyze.formation import feature_cosines, formation
 from actdict.analyze.inputs import (
     AnalyzeError,
     dict_folders,
@@ -306,6 +306,13 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
         m["config_hash"] = records.get(name, {}).get("config_hash")  # which training of `name` it is
         if ce is not None:
             m |= ce["models"][name]
+        formed = None if name not in dirs or not cfg.shared_directions else formation(
+            run_dir, name, m["config_hash"], dirs[name][0], live(ev.fire, dirs[name][1]), device)
+        m["formation"] = formed[0] if formed else None
+        if formed:  # each feature's best cosine in each snapshot, for its page
+            data["formation_steps"] = formed[0]["step"]
+            for rec, cos in zip(data["features"], feature_cosines(formed[1]), strict=True):
+                rec["formed"] = cos
         fires = ev.fire.cpu().numpy()
         rel = f"features/{name}.json"
         write_atomic(run_dir / rel, json.dumps(_clean(data), separators=(",", ":"), allow_nan=False))
@@ -321,8 +328,6 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
                          for f in top_features]
         m["similar"] = similar.get(name, {})
         m["null_decoder"] = int(null_columns(dirs[name][1]).sum()) if name in dirs else None
-        m["formation"] = None if name not in dirs or not cfg.shared_directions else formation(
-            run_dir, name, m["config_hash"], dirs[name][0], live(ev.fire, dirs[name][1]), device)
         summary["models"][name] = m
     summary = _clean(summary)
     if left := next(iter(summary["models"].values())).get("ad_class_unlabelled"):

@@ -270,3 +270,24 @@ def test_the_highlight_leaves_the_token_s_leading_space_outside(chromium, tmp_pa
     dom = _dump(*chromium, page.as_uri() + "#f=0")
     assert '<span class="dim">shards </span><span class="hl">of</span><span class="dim"> the</span>' in dom
     assert '<span class="dim">shards</span><span class="hl"> </span><span class="dim"> the</span>' in dom
+
+
+def test_a_feature_page_shows_its_direction_in_each_snapshot(chromium, tmp_path):
+    """With train.snapshot_every, a feature's page says its best cosine among each snapshot's decoder
+    columns by step (analysis' formation): about 12 of many, the last always; none without snapshots."""
+    from actdict.analyze.report_features import write_feature_page
+
+    f = {"i": 0, "fires": 3, "density": 0.3, "max": 2.0, "min": 0.5, "hist": {"pos": [[32, 3]], "neg": []},
+         "top": [[2.0, 1, 0, 1, [1, 2], 1]], "bottom": [], "quantiles": []}
+    steps = list(range(10, 260, 10))  # 25 snapshots
+    data = {"version": 1, "name": "v", "k": 2, "n_rows": 10, "window": 2, "hist_edges": list(range(-4, 5)),
+            "tokens": {"1": "a", "2": "b"}, "wordpiece": False, "formation_steps": steps,
+            "features": [f | {"formed": [round(s / 250, 4) for s in steps]}, f | {"i": 1}]}
+    page = write_feature_page(data, "v", {"variant": "sae_topk"}, {"hook": "h"}, tmp_path / "v.html")
+    dom = _dump(*chromium, page.as_uri() + "#f=0")
+    panel = dom[dom.index('id="panel"'):dom.index('<script type="application/json"')]
+    assert ("its direction in the snapshots (best cosine, by step): 10: 0.04, 40: 0.16, 70: 0.28, 100: 0.4, "
+            "130: 0.52, 160: 0.64, 190: 0.76, 220: 0.88, 250: 1") in panel
+    dom = _dump(*chromium, page.as_uri() + "#f=1")
+    panel = dom[dom.index('id="panel"'):dom.index('<script type="application/json"')]
+    assert "<h2>Feature 1</h2>" in panel and "its direction in the snapshots" not in panel

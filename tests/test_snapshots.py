@@ -144,7 +144,8 @@ def test_analysis_finds_the_final_features_in_each_snapshot(tmp_path, capsys):
     for name in ("vaease", "topk"):
         f = summary["models"][name]["formation"]
         assert f["step"] == [12, 24] and f["mmcs"][1] == pytest.approx(1.0) and f["matched"][1] == 1.0
-    feats = json.loads((run / "features" / "topk.json").read_text())["features"]
+    file = json.loads((run / "features" / "topk.json").read_text())
+    feats = file["features"]
     fires = np.array([r["fires"] for r in feats])  # [k] on the held-out rows
     unit = [w / np.linalg.norm(w, axis=0) for w in (_weights(p)["decoder.weight"] for p in (  # [d, k] columns
         run / "dicts" / "topk", run / "dicts" / "topk" / "snapshots" / "step-0000012"))]
@@ -153,6 +154,10 @@ def test_analysis_finds_the_final_features_in_each_snapshot(tmp_path, capsys):
     f = summary["models"]["topk"]["formation"]
     assert f["mmcs"][0] == pytest.approx(best.mean(), abs=1e-5) and f["mmcs"][0] < 0.999
     assert f["matched"][0] == pytest.approx((best >= 0.9).mean())
+    every = (unit[0].T @ unit[1]).max(1)  # [k] every final feature's, for its page
+    assert file["formation_steps"] == [12, 24]
+    assert [r["formed"][0] for r in feats] == pytest.approx(every, abs=1e-4)
+    assert all(r["formed"][1] == pytest.approx(1.0) for r in feats)
     assert "Feature formation: the final features found in each snapshot" in (run / "report.html").read_text()
     assert cli(["analyze", cfg, wide, "analyze.top_k=1", "analyze.shared_directions=false"]) == 0  # skips it
     assert json.loads((run / "summary.json").read_text())["models"]["topk"]["formation"] is None
