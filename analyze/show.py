@@ -88,6 +88,11 @@ def feature_lines(data: dict, labels: dict, i: int, top: int) -> list[str]:
             f"{', '.join(labels.get(j, ([], []))[0][:m])}" for j, both in w[:6])]
     for other, near in (f.get("nearest") or {}).items():
         lines.append(f"  nearest direction in {other}: #{near['feature']} (cos {near['cos']:.3f})")
+    if formed := f.get("formed"):  # train.snapshot_every: its best cosine in each snapshot, as its page
+        every, last = -(-len(formed) // 12), len(formed) - 1  # about 12 of them at most, and the last
+        at = [f"{step}: " + ("n/a" if c is None else f"{c:.3g}") for j, (step, c) in
+              enumerate(zip(data["formation_steps"], formed, strict=True)) if j % every == 0 or j == last]
+        lines.append("  its direction in the snapshots (best cosine, by step): " + ", ".join(at))
     if lg := f.get("logits"):
         tok = data["tokens"]
         for side in ("up", "down"):

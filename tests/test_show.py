@@ -91,6 +91,9 @@ def test_feature_lines_of_signed_codes_directions_logits_and_a_dead_feature():
     assert lines[lines.index("  most negative:") + 1] == "         -1  «cat»dog  (doc 1, pos 4)"
     assert "  nearest direction in other: #3 (cos 0.912)" in lines
     assert "  logits up: 'cat' +1.5" in lines and "  logits down: 'dog' -0.25" in lines
+    data["formation_steps"], feats[0]["formed"] = [10, 20, 30], [0.41234, None, 1.0]  # train.snapshot_every
+    assert "  its direction in the snapshots (best cosine, by step): 10: 0.412, 20: n/a, 30: 1" in (
+        feature_lines(data, {}, 0, 3))
     feats[0]["min"] = -0.2  # under a tenth of the largest: negligible, as on the feature page
     assert "  most negative:" not in feature_lines(data, {}, 0, 3)
     assert feature_lines(data, {}, 1, 3) == ["#1: active on 0 of 10 held-out rows (density 0)",
