@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from actdict.config import config_changes
+from actdict.config import bar_timing, config_changes
 from actdict.errors import ActdictError
 from actdict.train import checkpoint
 from actdict.train.identity import store_key
@@ -224,19 +224,20 @@ def held_out_batches(store, test_chunks: list[int], batch_size: int, limit: int 
     short), at most ``limit`` rows: (acts [B, d] float32, their global store rows [B] int64). The first batch
     is the paper's "first test batch" (RE of one sample, the masked-dimensions curve)."""
     acts, rows, seen = np.empty((0, store.d), np.float32), np.empty(0, np.int64), 0  # rows not yet yielded
-    for c in tqdm(test_chunks, desc="analyze", unit="chunk"):
+    if limit is not None:  # the chunks holding the first ``limit`` rows: the bar's total, and the loop's end
+        held = np.cumsum([stop - start for start, stop in map(store.chunk_bounds, test_chunks)])  # [chunks]
+        test_chunks = test_chunks[:int(np.searchsorted(held, limit)) + 1]
+    for i, c in enumerate(tqdm(test_chunks, desc="analyze", unit="chunk", **bar_timing())):
         start, stop = store.chunk_bounds(c)
         take = stop - start if limit is None else min(stop - start, limit - seen)
         acts = np.concatenate([acts, store.read_chunk(c).acts[:take]])  # [held, d]
         rows = np.concatenate([rows, np.arange(start, start + take)])  # [held]
         seen += take
-        last = seen == limit or c == test_chunks[-1]
+        last = i == len(test_chunks) - 1
         full = len(rows) if last else len(rows) // batch_size * batch_size  # rows to yield now
         for a in range(0, full, batch_size):
             yield acts[a:a + batch_size], rows[a:a + batch_size]
         acts, rows = acts[full:], rows[full:]
-        if last:
-            return
 
 
 def other_store(records: dict[str, dict], store_id: dict) -> dict[str, list[str]]:

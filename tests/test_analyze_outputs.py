@@ -334,6 +334,20 @@ def test_held_out_batches_run_across_chunks(tmp_path):
         np.testing.assert_array_equal(np.concatenate([a for a, _ in got]), acts[rows])
 
 
+def test_the_analysis_bars_end_full_and_redraw_at_the_stages_pace(tmp_path, monkeypatch, capsys):
+    """The held-out pass's bar stopped one chunk short ('analyze: 50%| 1/2' at the end of every analysis,
+    the demo's '80% 4/5'), and with max_test_rows counted chunks it never reads; both bars redraw at
+    bar_timing's pace (in a log: every 30 s), here only when they start and end."""
+    run_dir = _run_dir(tmp_path, monkeypatch)
+    monkeypatch.setenv("TQDM_MININTERVAL", "1000")
+    for limit, chunks in ((None, "2/2"), (20, "2/2"), (16, "1/1")):
+        cfg = AnalyzeConfig(device="cpu", n_features=2, top_k=2, context=1, batch_size=8, max_test_rows=limit)
+        run.main(Common(run_dir=str(run_dir)), cfg)
+        draws = [f for f in capsys.readouterr().err.split("\r") if f.startswith(("analyze:", "features:"))]
+        assert [f.split(":")[0] for f in draws] == ["analyze", "analyze", "features", "features"]
+        assert f"100%|██████████| {chunks} " in draws[1] and "| 1/1 " in draws[3]
+
+
 def test_analyze_batch_size_changes_only_the_first_batch_numbers(tmp_path, monkeypatch):
     """docs/analyze.md, "Reproducibility": every number but the first batch's (re_sample, the masked curve)
     and every feature's hits are the same for any batch_size."""
