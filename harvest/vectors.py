@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from actdict.config import ConfigError, check_hook_name
+from actdict.config import ConfigError, bar_timing, check_hook_name
 from actdict.errors import ActdictError
 from actdict.files import part_files
 
@@ -331,7 +331,19 @@ def import_vectors(path: str | Path, store: str, key: str = "", hook: str = "vec
     m = {"corpus": what, "kind": "vectors",
          "numerics": f"user vectors ({src}), stored {kw.get('dtype', 'float32')}",
          "vectors": {"file": str(path), "key": key, "dtype": src}} | dict(manifest or {})
-    return write_vectors(store, chain([first], blocks), manifest=m, hook=hook, **kw)  # removed on failure
+    blocks = _shown(chain([first], blocks), vector_rows(path, key))
+    return write_vectors(store, blocks, manifest=m, hook=hook, **kw)  # removed on failure
+
+
+def _shown(blocks: Iterator[np.ndarray], total: int | None) -> Iterator[np.ndarray]:
+    """``blocks``, counted on a progress bar of rows written (on a terminal only: a log file gets the line
+    that ends the import)."""
+    from tqdm import tqdm
+
+    with tqdm(total=total, desc="import", unit="row", unit_scale=True, disable=None, **bar_timing()) as bar:
+        for x in blocks:
+            yield x
+            bar.update(len(x))
 
 
 def fingerprint(path: str) -> str | None:

@@ -48,6 +48,25 @@ def test_cli(tmp_path, capsys):
     assert capsys.readouterr().out.splitlines()[1].startswith("  model - (no model: imported vectors); ")
 
 
+def test_an_import_shows_its_rows_on_a_terminal_only(tmp_path, capsys, monkeypatch):
+    """An import (a Yelp-sized file: a minute or more) was silent until its last line; a terminal now sees a
+    bar of the rows written, over blocks of 16 here; a log file only that last line."""
+    import io
+    import sys
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    np.save(tmp_path / "v.npy", _x())
+    assert cli([str(tmp_path / "v.npy"), str(tmp_path / "s")]) == 0
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(sys, "stderr", tty := Tty())
+    assert len(import_vectors(tmp_path / "v.npy", str(tmp_path / "s2"), block_rows=16)) == N
+    last = tty.getvalue().split("\r")[-1]
+    assert last.startswith("import: 100%|") and f"| {N}.0/{N}.0 [" in last  # rows, unit_scale'd
+
+
 def test_cli_interrupted(tmp_path, capsys, monkeypatch):
     """Ctrl-C part way through an import (after its first block is written): one line, status 130, and
     neither the hook nor the store folder the import made is left."""
