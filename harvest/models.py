@@ -62,9 +62,9 @@ def resolve_model(name_or_path: str) -> tuple[Literal["local", "package", "hub"]
 
 
 def _what_to_do(repo: str) -> str:
-    return (f"download {repo!r} on a machine with hub access (e.g. `huggingface-cli download {repo} "
-            "--local-dir DIR`) and set harvest.model to that local folder, or fill the Hugging Face cache "
-            "(HF_HOME) with it and set HF_HUB_OFFLINE=1; for an offline run use all-MiniLM-L6-v2")
+    return (f"download {repo!r} on a machine with hub access (e.g. `hf download {repo} --local-dir DIR`) "
+            "and set harvest.model to that local folder, or fill the Hugging Face cache (HF_HOME) with it "
+            "and set HF_HUB_OFFLINE=1; for an offline run use all-MiniLM-L6-v2")
 
 
 def _check_hub(repo: str) -> None:

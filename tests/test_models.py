@@ -63,6 +63,11 @@ def test_hub_name_fails_fast_offline(monkeypatch, tmp_path):
     msg = str(e.value)
     assert "EleutherAI/pythia-70m-deduped" in msg and "not in the local Hugging Face cache" in msg
     assert "local folder" in msg and "HF_HOME" in msg
+    # the command it names is one huggingface_hub installs (`huggingface-cli` is gone since its 1.0)
+    from importlib.metadata import entry_points
+
+    hub = {e.name for e in entry_points(group="console_scripts") if e.value.startswith("huggingface_hub.")}
+    assert "`hf download EleutherAI/pythia-70m-deduped --local-dir DIR`" in msg and "hf" in hub
 
 
 def test_hub_unreachable_fails_fast(monkeypatch):
