@@ -23,6 +23,7 @@ from torch import Tensor
 
 from actdict.analyze.cofire import CoFire
 from actdict.analyze.streaming import LogHistogram, Reservoir, TopRows
+from actdict.errors import ActdictError
 
 Decoder = Callable[[Sequence[int]], list[str]]
 
@@ -160,6 +161,6 @@ def resolve_decoder(manifest: dict) -> Decoder:
         from actdict.harvest.models import token_decoder
 
         return token_decoder(manifest)
-    except (ImportError, KeyError, OSError, ValueError) as e:
+    except (ActdictError, ImportError, KeyError, OSError, ValueError) as e:  # ModelError: gone, not cached
         warnings.warn(f"no token decoder for this store ({e}); showing token ids", stacklevel=2)
         return lambda ids: [f"#{i}" for i in ids]

@@ -9,7 +9,7 @@ import torch
 from actdict.analyze.features import build_features, hit_keys, summary_hits
 from actdict.analyze.metrics import active_mask
 from actdict.analyze.streaming import LogHistogram, TopRows, sample_keys
-from actdict.analyze.toptokens import FeatureTracker, display_strings, read_contexts, scan
+from actdict.analyze.toptokens import FeatureTracker, display_strings, read_contexts, resolve_decoder, scan
 from actdict.harvest.store import StoreWriter, open_store
 from actdict.train.protocol import Dictionary, Forward
 
@@ -211,6 +211,16 @@ def test_display_strings():
     assert display_strings([" the", "ory"]) == [" the", "ory"]
     assert display_strings(["the", "world"], wordpiece=True) == [" the", " world"]  # no "##" in this list
     assert display_strings(["##s", "x"], wordpiece=False) == ["##s", "x"]
+
+
+def test_a_store_whose_tokenizer_cannot_be_had_shows_token_ids(tmp_path):
+    """A store harvested from a model folder since moved (or a hub model not in this machine's cache): the
+    analysis ran its whole pass, then stopped at 'ModelError: model folder ... does not exist' instead of
+    showing token ids, as resolve_decoder says it does."""
+    with pytest.warns(UserWarning, match=r"no token decoder for this store \(model folder '.*gone' does not "
+                      r"exist\); showing token ids"):
+        decode = resolve_decoder({"model": str(tmp_path / "gone"), "hook": "h"})
+    assert decode([5, 7]) == ["#5", "#7"]
 
 
 def test_reservoir_of_a_rarely_active_feature_holds_only_its_active_rows():
