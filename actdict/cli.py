@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from actdict.config import ConfigError, check_threads, common_of, load_experiment, section
-from actdict.errors import ActdictError, print_error
+from actdict.errors import ActdictError, one_line_warnings, print_error
 
 # stage -> (module with main(common, cfg), config module, config class)
 _STAGES = {
@@ -220,6 +220,7 @@ def peer_error(e: BaseException) -> ActdictError | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    one_line_warnings()
     try:
         return _main(argv)
     except BrokenPipeError:  # `actdict store PATH | head`, `actdict run CONFIG --dry-run | head`: the reader

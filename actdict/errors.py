@@ -5,8 +5,29 @@ bug and keeps its traceback.
 """
 
 
+import warnings
+
+
 class ActdictError(Exception):
     """An expected failure whose message says what went wrong and what to do."""
+
+
+class ActdictWarning(UserWarning):
+    """Something a stage goes on without (a store's tokenizer, an embedding store's texts); the command line
+    shows it as one line (``one_line_warnings``)."""
+
+
+def _one_line(message, category, filename, lineno, line=None, _python=warnings.formatwarning) -> str:
+    if issubclass(category, ActdictWarning):
+        return printable(f"actdict: warning: {message}") + "\n"
+    return _python(message, category, filename, lineno, line)
+
+
+def one_line_warnings() -> None:
+    """Show an ``ActdictWarning`` as 'actdict: warning: ...' from now on, instead of Python's
+    'FILE:LINE: UserWarning: ...' followed by the line of our source that called it; other warnings as
+    Python shows them."""
+    warnings.formatwarning = _one_line
 
 
 _CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)] if chr(c) not in "\n\t"}

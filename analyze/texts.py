@@ -14,7 +14,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterable
 
-from actdict.errors import ActdictError
+from actdict.errors import ActdictError, ActdictWarning
 
 MAX_CHARS = 400
 """Characters kept of each text (longer ones end with an ellipsis)."""
@@ -69,6 +69,6 @@ def row_texts(manifest: dict, hits: Iterable[tuple[int, int, int]],
     except (ActdictError, OSError, ValueError, KeyError, ImportError) as e:
         warnings.warn(f"the texts of the embedded rows could not be read from the harvest's source ({e}); "
                       "the report shows their doc and pos only (analyze.texts can name a file of the rows' "
-                      "texts, one per row)", stacklevel=2)
+                      "texts, one per row)", ActdictWarning, stacklevel=2)
         return {}
     return {r: found[(d, p)] for r, d, p in hits if (d, p) in found}

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from actdict.analyze.cofire import CoFire
 from actdict.analyze.streaming import LogHistogram, Reservoir, TopRows
-from actdict.errors import ActdictError
+from actdict.errors import ActdictError, ActdictWarning
 
 Decoder = Callable[[Sequence[int]], list[str]]
 
@@ -162,5 +162,6 @@ def resolve_decoder(manifest: dict) -> Decoder:
 
         return token_decoder(manifest)
     except (ActdictError, ImportError, KeyError, OSError, ValueError) as e:  # ModelError: gone, not cached
-        warnings.warn(f"no token decoder for this store ({e}); showing token ids", stacklevel=2)
+        warnings.warn(f"no token decoder for this store ({e}); showing token ids", ActdictWarning,
+                      stacklevel=2)
         return lambda ids: [f"#{i}" for i in ids]

@@ -334,6 +334,26 @@ def test_held_out_batches_run_across_chunks(tmp_path):
         np.testing.assert_array_equal(np.concatenate([a for a, _ in got]), acts[rows])
 
 
+def test_a_warning_of_the_analysis_is_one_line_on_the_command_line(tmp_path):
+    """A store whose tokenizer is gone: `actdict analyze` printed '/path/to/analyze/run.py:269: UserWarning:
+    no token decoder ...' and then that line of our source ('  decode = resolve_decoder(store.manifest)');
+    now one line of ours."""
+    import subprocess
+    import sys
+
+    g = np.random.default_rng(0)
+    gone = tmp_path / "gone"  # the model folder the store was harvested from
+    with StoreWriter(str(tmp_path / "store"), {"hook": "h", "model": str(gone)}, 5, "float32", 32, 16) as w:
+        w.append(g.standard_normal((64, 5)).astype(np.float32), np.arange(64), np.zeros(64), np.arange(64))
+    (tmp_path / "split.json").write_text(json.dumps({"train_chunks": [0, 1], "test_chunks": [2, 3]}))
+    save(tmp_path / "dicts" / "sae", make("sae_l1", 5, 8, seed=0), {})
+    (tmp_path / "cfg.yaml").write_text(json.dumps({"run_dir": str(tmp_path), "analyze": {"n_features": 2}}))
+    r = subprocess.run([sys.executable, "-m", "actdict.cli", "analyze", str(tmp_path / "cfg.yaml")],
+                       capture_output=True, text=True, timeout=300, env=os.environ | {"TQDM_DISABLE": "1"})
+    assert r.returncode == 0 and r.stderr == (f"actdict: warning: no token decoder for this store (model "
+                                              f"folder '{gone}' does not exist); showing token ids\n")
+
+
 def test_the_analysis_bars_end_full_and_redraw_at_the_stages_pace(tmp_path, monkeypatch, capsys):
     """The held-out pass's bar stopped one chunk short ('analyze: 50%| 1/2' at the end of every analysis,
     the demo's '80% 4/5'), and with max_test_rows counted chunks it never reads; both bars redraw at
