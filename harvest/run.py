@@ -430,7 +430,7 @@ class _Progress:
     def __call__(self, n: int) -> None:
         step = n * self.world  # the other ranks go at about the same pace (an estimate: kept <= planned)
         self.bar.update(min(step, max(self.planned - self.bar.n, 0)) if self.planned else step)
-        if self.first:
+        if self.first and not self.bar.disable:  # rank 0's bar only (tqdm.write prints whatever the bar)
             self.first = False
             rate = n * self.world / max(time.perf_counter() - self.t0, 1e-9)
             eta = (f", {'at most ' if self.bound else ''}~{(self.planned - self.bar.n) / rate:,.0f} s to go"

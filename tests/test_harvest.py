@@ -534,6 +534,8 @@ def test_the_first_batch_eta_is_a_bound_when_max_docs_may_end_the_source_first()
     from actdict.harvest.run import _Progress
 
     class Bar:
+        disable = False
+
         def __init__(self):
             self.n, self.lines = 0, []
 
@@ -548,3 +550,17 @@ def test_the_first_batch_eta_is_a_bound_when_max_docs_may_end_the_source_first()
         _Progress(bar, 1, 200_000, bound)(1000)
         assert bar.n == 1000 and want in bar.lines[0] and bar.lines[0].endswith(" s to go")
         assert ("at most" in bar.lines[0]) == bound
+
+
+def test_under_torchrun_only_rank_0_says_how_fast_the_first_batch_went(capsys):
+    """Every rank printed 'harvest: first batch: ~N rows/s ...' (tqdm.write prints also for a disabled bar):
+    one line per rank, each with its own rate and ETA; now only the rank whose bar is shown."""
+    from tqdm import tqdm
+
+    from actdict.harvest.run import _Progress
+
+    for rank in (1, 0):
+        with tqdm(total=4000, disable=rank != 0, mininterval=1000) as bar:
+            _Progress(bar, 2, 4000)(1000)
+            assert bar.n == (2000 if rank == 0 else 0)  # a disabled bar counts nothing
+        assert capsys.readouterr().out.count("harvest: first batch: ~") == (rank == 0)
