@@ -169,3 +169,45 @@ def test_average_grads_weighs_by_rows_and_keeps_missing_grads_missing(tmp_path):
         if p.grad is not None:
             torch.testing.assert_close(p.grad, want[n], rtol=0, atol=0)
             assert p.grad.stride() == p.stride()
+
+
+REINIT = """
+import time
+
+import torch
+
+from actdict.harvest.dist import init_ranks
+from actdict.train import dist
+
+ranks = init_ranks()  # the harvest's group, as in `actdict run`, then its end
+ranks.barrier()
+ranks.close()
+if ranks.rank == 0:
+    time.sleep(3)  # rank 1 makes the training's group first
+d = dist.from_env()
+dist.init(d, torch.device("cpu"))
+dist.barrier(d)
+print("barrier passed", flush=True)
+dist.close(d)
+"""
+
+
+@needs_torchrun
+def test_the_training_group_after_a_harvest_group_does_not_hang(tmp_path):
+    """`torchrun ... -m actdict.cli run` hung after 'harvest: wrote ...' about one run in three: the
+    training's group, made after the harvest's was destroyed, took the same names in torchrun's store, so a
+    rank that came first read the other's old address and waited at the first barrier forever (here: every
+    time)."""
+    import signal
+
+    (tmp_path / "reinit.py").write_text(REINIT)
+    cmd = [str(TORCHRUN), "--standalone", "--nproc-per-node", "2", str(tmp_path / "reinit.py")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, env=os.environ | {"OMP_NUM_THREADS": "1"})
+    try:
+        out, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both ranks
+        proc.communicate()
+        pytest.fail("the training's process group hung at its first barrier")
+    assert proc.returncode == 0 and out.count("barrier passed") == 2, err[-3000:]

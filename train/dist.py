@@ -58,8 +58,14 @@ def from_env() -> Dist:
 
 
 def init(d: Dist, device: torch.device) -> None:
+    """The training's process group, its keys in torchrun's store under a prefix of their own: after a
+    harvest's group in the same process (``actdict run``), torch names the new default group as it named the
+    old one, so its rendezvous read the old keys, another rank's address of then, and the first barrier hung
+    (one run in three on 2 CPU ranks)."""
     if d.on and not tdist.is_initialized():
-        tdist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=WAIT)
+        store, _, _ = next(tdist.rendezvous("env://", d.rank, d.world, timeout=WAIT))
+        tdist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=WAIT, rank=d.rank,
+                                 world_size=d.world, store=tdist.PrefixStore("actdict-train", store))
 
 
 def average_grads(model: nn.Module, weight: float) -> None:
