@@ -112,6 +112,10 @@ def load_encoder(name_or_path: str, device: str = "cpu", dtype: str = "float32",
     except Exception as e:  # OSError / ValueError / hub errors: all mean "cannot load"
         raise ModelError(f"could not load sentence-transformers model {name!r} ({type(e).__name__}: {e}); "
                          "check the name, or give a local sentence-transformers folder") from e
+    if getattr(getattr(model, "tokenizer", None), "pad_token", "") is None:  # else a traceback at batch 1
+        raise ModelError(f"the tokenizer of {name!r} has no padding token, which batched encoding needs "
+                         "(a causal LM rather than a sentence-embedding model?): use a sentence-transformers "
+                         "model, or set pad_token in its folder's tokenizer_config.json")
     model.eval()
     if dtype != "float32":
         model.to(getattr(torch, dtype))

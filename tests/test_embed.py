@@ -129,6 +129,17 @@ def test_hub_embedder_fails_fast_offline(tmp_path, monkeypatch):
     assert not (tmp_path / "run" / "store" / "embedding").exists()
 
 
+def test_a_model_whose_tokenizer_cannot_pad_is_refused_in_one_line(tmp_path, lm):
+    """A causal LM's folder as the embedding model (Pythia: no pad token) loaded, then died at its first
+    batch in a 40-line ValueError traceback ('Asking to pad but the tokenizer does not have a padding
+    token'); it is now a ModelError, before any row."""
+    src = {"kind": "files", "path": str(ROOT / "tests" / "data" / "texts")}
+    with pytest.raises(ModelError, match=r"has no padding token, which batched encoding needs .* set "
+                       r"pad_token in its folder's tokenizer_config.json"):
+        harvest_main(Common(run_dir=str(tmp_path / "run")), _cfg(src, model=str(lm.path)))
+    assert not (tmp_path / "run" / "store" / "embedding").exists()
+
+
 def test_a_source_without_documents_leaves_no_hook_to_refuse_the_corrected_harvest(tmp_path, minilm_path):
     """A source whose texts are all empty (a wrong column, blank rows) stopped with 'gave no documents' but
     left the hook's manifest behind, so the corrected harvest was refused as 'another config' until the user
