@@ -118,6 +118,8 @@ def test_the_plan_says_whether_the_resume_state_is_continued(tmp_path, capsys, m
                         "(train.resume=false): it starts over")):
         assert cli(["train", *argv, "--dry-run"]) == 0
         assert capsys.readouterr().out.splitlines()[-1] == said
+    assert cli(["run", other, "--dry-run"]) == 0  # run goes no further than the training that stops
+    assert capsys.readouterr().out.splitlines()[-1] == "analyze: not run: the train above stops"
     kept = state.read_bytes()
     assert cli(["train", cfg]) == 0  # and training does continue it
     assert "resumed at step 20" in capsys.readouterr().out
