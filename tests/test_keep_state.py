@@ -150,3 +150,29 @@ def test_the_dry_run_says_whether_the_kept_states_continue(store, tmp_path, caps
     capsys.readouterr()
     main(common, cfg(epochs=3, dicts=other))
     assert said in capsys.readouterr().out.splitlines()  # the training's own words
+
+
+def test_under_resume_false_the_dry_run_says_the_resume_state_and_the_kept_states_are_not_used(
+        store, tmp_path, capsys, monkeypatch):
+    """A resume state beside the kept states: train.resume=false uses neither, and the training says both;
+    the dry run said only the resume state's line."""
+    from actdict.train import run as train_run
+    from actdict.train.plan import plan
+
+    common = run(store, tmp_path / "run", keep_state=True)
+
+    def killed(*_a, **_k):
+        raise KeyboardInterrupt  # after the last step, before the checkpoints: the resume state stays
+
+    monkeypatch.setattr(train_run, "save_finished", killed)
+    with pytest.raises(KeyboardInterrupt):
+        main(common, cfg(epochs=3, keep_state=True, checkpoint_every=6))
+    monkeypatch.undo()
+    assert (tmp_path / "run" / STATE).is_file()
+    kept = "train: train.resume=false: the kept states of ['l1', 'vaease'] are not used"
+    assert plan(common, cfg(epochs=3, resume=False)).lines[-2:] == [
+        "train: the resume state (step 36 of ['l1', 'vaease']) is not used (train.resume=false): it starts "
+        "over", kept]
+    capsys.readouterr()
+    main(common, cfg(epochs=3, resume=False))
+    assert kept in capsys.readouterr().out.splitlines()  # the training's own words

@@ -87,25 +87,26 @@ def states(cfg: TrainConfig, stand: Standing | None, refused: bool = False) -> d
                       if dc.name in stand.replaced else "new") for dc in cfg.dicts}
 
 
-def resume_line(run_dir: Path, cfg: TrainConfig, stand: Standing) -> tuple[str | None, bool]:
+def resume_lines(run_dir: Path, cfg: TrainConfig, stand: Standing) -> tuple[list[str], bool]:
     """What the run folder's resume state means for this run: continued (from its step), another run's
-    (the training stops: ResumeConflict), or not used (``train.resume=false``); None without one or when
-    every member has finished since (it is removed); and whether the training stops on it."""
+    (the training stops: ResumeConflict), or not used (``train.resume=false``, nor are the kept states);
+    without one, or when every member has finished since (it is removed), what the kept states mean
+    (``kept_line``); and whether the training stops on it."""
     meta = read_meta(run_dir / STATE)
+    kept = [line] if stand.todo and (line := kept_line(run_dir, cfg, stand)) else []
     if meta is None or stale_state(run_dir, meta) or not stand.todo:
-        return (kept_line(run_dir, cfg, stand) if stand.todo else None), False
+        return kept, False
     step, held = meta["position"]["step"], sorted(meta["members"])
     if not cfg.resume:
-        return f"the resume state (step {step} of {held}) is not used (train.resume=false): it starts over", \
-            False
+        return [f"the resume state (step {step} of {held}) is not used (train.resume=false): it starts over",
+                *kept], False
     hashes, legacy = ({dc.name: h[dc.name] for dc in stand.todo} for h in (stand.hashes, stand.legacy))
     done, drop = set_aside(run_dir, cfg, meta, hashes)
     if state_matches(meta, hashes, legacy, done | drop):
-        return f"continues the resume state {run_dir / STATE} at step {step}" + (
-            f" without {sorted(drop)} (train.resume_drop): their progress in it is dropped" if drop else
-            ""), False
-    return (f"the resume state {run_dir / STATE} (step {step} of {held}) is another run's: training stops "
-            "(ResumeConflict) until its command finishes it, or train.resume=false starts over"), True
+        dropped = f" without {sorted(drop)} (train.resume_drop): their progress in it is dropped" * bool(drop)
+        return [f"continues the resume state {run_dir / STATE} at step {step}{dropped}"], False
+    return [f"the resume state {run_dir / STATE} (step {step} of {held}) is another run's: training stops "
+            "(ResumeConflict) until its command finishes it, or train.resume=false starts over"], True
 
 
 def kept_line(run_dir: Path, cfg: TrainConfig, stand: Standing) -> str | None:
@@ -172,7 +173,5 @@ def plan(common: Common, cfg: TrainConfig, after_harvest: bool = False) -> Stage
     w = [max(len(h), *(len(c[i]) for c in cols)) for i, h in enumerate(_COLUMNS)]
     lines = [head, "  " + " ".join(f"{h:<{w[i]}}" for i, h in enumerate(_COLUMNS)) + " state"]
     lines += ["  " + " ".join(f"{c[i]:<{w[i]}}" for i in range(5)) + f" {said[c[0]]}" for c in cols]
-    line, conflict = (None, False) if stand is None else resume_line(Path(common.run_dir), cfg, stand)
-    if line:
-        lines.append(f"train: {line}")
-    return StagePlan(lines, stops=refused or conflict)
+    said, conflict = ([], False) if stand is None else resume_lines(Path(common.run_dir), cfg, stand)
+    return StagePlan(lines + [f"train: {line}" for line in said], stops=refused or conflict)
