@@ -47,11 +47,14 @@ def _states(out: str) -> dict[str, str]:
 def test_the_plan_names_each_dictionary_of_a_sweep_and_what_training_would_do(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = _config(tmp_path)
-    assert cli(["run", cfg, "--dry-run"]) == 0  # no store yet: it is harvested first (here: none to harvest)
+    assert cli(["run", cfg, "--dry-run"]) == 0  # no store, and no harvest section to write it
     out = capsys.readouterr().out
-    assert "train: the store cannot be read now (no activation store at" in out
-    assert _states(out) == {n: "to train (once the store is harvested)"
+    assert "train: would stop: no activation store at" in out
+    assert _states(out) == {n: "not trained: the training stops"
                             for n in ("vaease", "l1_lam1-0.1", "l1_lam1-1.0")}
+    assert out.splitlines()[-1] == "analyze: not run: the train above stops"  # as run stops at the training
+    assert cli(["run", cfg, f"run_dir={tmp_path / 'real'}"]) == 2  # and it does
+    assert "no activation store at" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
     x = np.random.default_rng(0).standard_normal((512, 6)).astype(np.float32)
@@ -210,7 +213,7 @@ def test_a_dry_run_piped_into_head_exits_quietly(tmp_path):
     lams = ", ".join(f"{i / 1000:g}" for i in range(1, 901))
     Path(cfg).write_text(Path(cfg).read_text().replace("lam1: [0.1, 1.0]", f"lam1: [{lams}]"))
     r = into_head("train", cfg, "--dry-run")
-    assert r.stdout.startswith("train: the store cannot be read now") and r.stdout.count("\n") == 1
+    assert r.stdout.startswith("train: would stop: no activation store") and r.stdout.count("\n") == 1
     assert r.stderr.strip() == "rc 141"
 
 

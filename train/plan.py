@@ -14,7 +14,7 @@ from pathlib import Path
 
 from actdict.config import Common, ConfigError
 from actdict.dryrun import StagePlan
-from actdict.harvest.store import StoreError, list_hooks
+from actdict.harvest.store import StoreError
 from actdict.train import checkpoint
 from actdict.train.config import DictConfig, TrainConfig
 from actdict.train.data import make_split, steps_in_epoch
@@ -138,8 +138,8 @@ def length(cfg: TrainConfig, per_epoch: int | None) -> str:
 
 def opened(common: Common, cfg: TrainConfig, after_harvest: bool) -> tuple[object | None, str, bool]:
     """(the store's hook as the training opens it, or None; the plan's first line; whether the training
-    stops): the store not there yet, or written by ``actdict run``'s harvest first (``after_harvest``), or
-    there and refused."""
+    stops): written by ``actdict run``'s harvest first (``after_harvest``), or refused (not there: the
+    training stops on that too, and so does ``actdict run`` without a harvest section)."""
     from actdict.train.run import open_hook  # the stage's own opening of the store
 
     if after_harvest:
@@ -147,9 +147,7 @@ def opened(common: Common, cfg: TrainConfig, after_harvest: bool) -> tuple[objec
     try:
         return open_hook(common.store_path, cfg.hook), "", False
     except (StoreError, ConfigError) as e:
-        if list_hooks(common.store_path):  # there, and the training stops on it
-            return None, f"train: would stop: {e}", True
-        return None, f"train: the store cannot be read now ({e})", False
+        return None, f"train: would stop: {e}", True
 
 
 def plan(common: Common, cfg: TrainConfig, after_harvest: bool = False) -> StagePlan:
