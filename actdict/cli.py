@@ -137,12 +137,14 @@ def check_chunks(harvest, train, analyzing: bool) -> None:
     elif harvest.mode == "tokens":
         n, what = harvest.max_tokens, f"harvest.max_tokens={harvest.max_tokens} rows"
     if n is not None and n <= harvest.chunk_rows:
+        c = chunk_rows_for(n, harvest.shard_rows)  # one row is one chunk whatever chunk_rows says
+        fixes = [f"set harvest.chunk_rows={c} ({-(-n // c)} chunks)"] if n > 1 else []
+        fixes += (["raise harvest.max_tokens"] if harvest.mode == "tokens" else
+                  [] if n > 1 else ["import more than one vector"])
         raise ConfigError(
             f"{what}: one chunk of harvest.chunk_rows={harvest.chunk_rows}, and train holds whole chunks out "
-            f"for testing (train.test_fraction={train.test_fraction}); set harvest.chunk_rows="
-            f"{chunk_rows_for(n, harvest.shard_rows)} (8 chunks or more)"
-            + (", or raise harvest.max_tokens" if harvest.mode == "tokens" else "")
-            + ("" if analyzing else ", or train.test_fraction=0"))
+            f"for testing (train.test_fraction={train.test_fraction}); "
+            + ", or ".join(fixes + ([] if analyzing else ["train.test_fraction=0"])))
 
 
 def check_train_hook(hooks: list[str], hook: str) -> None:

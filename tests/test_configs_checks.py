@@ -202,9 +202,27 @@ def test_run_checks_the_split_the_vectors_and_the_dictionaries_it_analyzes(tmp_p
     tokens = ("harvest.mode=tokens", "harvest.max_tokens=64")  # one chunk of 64: found after the harvest
     with pytest.raises(ConfigError, match=r"^harvest.max_tokens=64 rows: one chunk of harvest.chunk_rows="
                                           r"64, and train holds whole chunks out .*; set harvest.chunk_rows="
-                                          r"8 \(8 chunks or more\), or raise harvest.max_tokens$"):
+                                          r"8 \(8 chunks\), or raise harvest.max_tokens$"):
         check(*tokens, "harvest.vectors=null")
     check(*tokens, "harvest.vectors=null", *ok)  # 2 chunks
+
+
+@pytest.mark.parametrize("rows, said", [
+    (5, r"holds 5 vectors: one chunk .*; set harvest.chunk_rows=1 \(5 chunks\)$"),  # said: 8 chunks or more
+    (1, r"holds 1 vectors: one chunk of harvest.chunk_rows=1, .*; import more than one vector$"),  # set 1
+])
+def test_the_chunk_rows_a_small_vectors_file_is_told_to_set_is_one_that_splits_it(tmp_path, rows, said):
+    from actdict.cli import check_run
+    from actdict.config import STAGES
+
+    np.save(tmp_path / "v.npy", np.zeros((rows, 3), np.float32))
+    p = tmp_path / "c.yaml"
+    p.write_text(f"run_dir: {tmp_path / 'run'}\nharvest: {{mode: vectors, vectors: {{path: "
+                 f"{tmp_path / 'v.npy'}}}, chunk_rows: {rows}, shard_rows: 60}}\n"
+                 "train: {dicts: [{name: a, variant: vae}]}\nanalyze: {}\n")
+    data = load_experiment(p, [])
+    with pytest.raises(ConfigError, match=said):
+        check_run(data, {s: section(data, s, _stage_cls(s)) for s in STAGES if s in data})
 
 
 @pytest.mark.parametrize("override, message", [
