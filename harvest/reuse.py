@@ -179,7 +179,18 @@ def patterned(manifests: dict[str, dict], cfg: HarvestConfig) -> bool:
 def plan(common, cfg: HarvestConfig) -> StagePlan:
     """``actdict harvest CONFIG --dry-run``: what the harvest would do with the store, decided as it decides
     before loading the model (skip a complete store, grow one, continue an unfinished one, refuse another
-    harvest's, or begin one), with nothing loaded or written."""
+    harvest's, or begin one), with nothing loaded or written; an import that writes the store stops at once
+    on a vectors file that it cannot read (missing, of no known format: ``unreadable``)."""
+    from actdict.harvest.vectors import unreadable
+
+    said = store_plan(common, cfg)
+    if said.writes and cfg.mode == "vectors" and (why := unreadable(cfg.vectors.path, cfg.vectors.key)):
+        return StagePlan([f"harvest: would stop: {why}"], stops=True)
+    return said
+
+
+def store_plan(common, cfg: HarvestConfig) -> StagePlan:
+    """What the harvest would do with the store (``plan``), its input unread."""
     from actdict.harvest.resume import growable
     from actdict.harvest.run import describe_source
     from actdict.harvest.vectors import source_change

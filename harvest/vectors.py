@@ -213,6 +213,16 @@ def vector_files(path: str | Path) -> list[Path]:
     return files
 
 
+def unreadable(path: str | Path, key: str = "") -> str | None:
+    """Why an import of ``path`` would stop on its first rows (a file missing, of no known format, ...: the
+    VectorsError of ``vector_blocks``), or None; reads one row."""
+    try:
+        next(vector_blocks(path, key, block_rows=1), None)
+    except VectorsError as e:
+        return str(e)
+    return None
+
+
 def vector_blocks(path: str | Path, key: str = "", block_rows: int = 16384) -> Iterator[np.ndarray]:
     """Checked [b, d] blocks of the vectors in ``path`` (a file, or the files ``vector_files`` finds, one
     after the other), in row order.

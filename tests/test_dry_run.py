@@ -281,6 +281,28 @@ train:
     assert "changed since it was imported" in out and "its finished checkpoint will be replaced" in out
 
 
+def test_the_plan_of_an_import_of_a_missing_or_unknown_vectors_file_says_it_stops(tmp_path, capsys):
+    """The import stops at once on a vectors file that is not there, or of no known format; the plan said
+    'a new store ...: your own vectors' and went on to the training and the analysis."""
+    cfg = tmp_path / "v.yaml"
+    cfg.write_text(f"""
+run_dir: {tmp_path / 'run'}
+harvest: {{mode: vectors, vectors: {{path: {tmp_path / 'gone.npy'}}}, shard_rows: 128, chunk_rows: 64}}
+train: {{epochs: 1, dicts: [{{name: a, variant: sae_l1, k: 8}}]}}
+""")
+    assert cli(["run", str(cfg), "--dry-run"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"harvest: would stop: vectors file '{tmp_path / 'gone.npy'}' does not exist",
+        "train: not run: the harvest above stops", "analyze: not run: the harvest above stops"]
+    assert cli(["run", str(cfg)]) == 2  # as the import does
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "v.txt").write_text("1 2 3\n")
+    assert cli(["harvest", str(cfg), f"harvest.vectors.path={tmp_path / 'v.txt'}", "--dry-run"]) == 0
+    assert capsys.readouterr().out.startswith(f"harvest: would stop: {tmp_path / 'v.txt'}: unknown vectors "
+                                              "format '.txt'")
+    assert not (tmp_path / "run").exists()
+
+
 def test_the_analysis_plan_says_it_stops_on_a_store_the_dictionaries_did_not_learn(tmp_path, capsys):
     """actdict analyze --dry-run with store= another store (rewritten, or another harvest's): the analysis
     refuses it, and its plan said it would score them."""
