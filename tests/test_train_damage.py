@@ -280,3 +280,63 @@ def test_weights_with_nan_or_inf_are_named_at_load(tmp_path, bad):
     with pytest.raises(checkpoint.CheckpointError, match=r"d holds weights with NaN or \+inf values "
                                                          r"\(decoder.weight; .*delete the folder and rerun"):
         checkpoint.load(tmp_path / "d")
+
+
+@pytest.mark.parametrize("normalized", [False, True])
+def test_a_jumprelu_threshold_of_minus_inf_loads_and_nan_or_plus_inf_does_not(tmp_path, normalized):
+    """An SAELens JumpReLU threshold <= 0 imports as log_threshold -inf (z = relu(p)); load refused it."""
+    m = make("sae_jumprelu", 3, 4)
+    with torch.no_grad():
+        m.log_threshold[1] = -torch.inf
+    w = checkpoint.Normalized(m, torch.zeros(3), 1.0) if normalized else m
+    checkpoint.save(tmp_path / "d", w, {"finished": True})
+    back, _ = checkpoint.load(tmp_path / "d")
+    assert back.state_dict()[("inner." if normalized else "") + "log_threshold"][1] == -torch.inf
+    for bad in (float("nan"), float("inf")):
+        with torch.no_grad():
+            m.log_threshold[1] = bad
+        checkpoint.save(tmp_path / "e", w, {"finished": True})
+        said = r"NaN or \+inf values \((inner\.)?log_threshold;"
+        with pytest.raises(checkpoint.CheckpointError, match=said):
+            checkpoint.load(tmp_path / "e")
+
+
+def test_a_state_saved_before_grad_norm_was_logged_leaves_it_out_of_its_epoch_and_interval(store, tmp_path):
+    """A run stopped mid-epoch by a version that logged no grad_norm and resumed by this one: the epoch's
+    mean and the open interval's summed the gradient norm over the resumed steps only and divided by all
+    of them (too low by the share of steps before the stop); they leave it out, and the next ones have it."""
+    from safetensors.torch import load_file, save_file
+
+    import actdict.train.run as train_run
+    from actdict.train.log import log_path, read_log
+
+    common, t = Common(run_dir=str(tmp_path), seed=0, store=store.path), cfg(log_every=2)
+    state = tmp_path / STATE
+    real = train_run.train
+
+    def stop_after_first_save(*a, **kw):
+        saved = kw["save"]
+
+        def save_then_stop(pos):
+            saved(pos)
+            raise KeyboardInterrupt
+
+        return real(*a, **(kw | {"save": save_then_stop}))
+
+    train_run.train = stop_after_first_save
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            main(common, t)
+    finally:
+        train_run.train = real
+    meta = read_meta(state)
+    assert meta["position"] == {"epoch": 0, "batch": 3, "step": 3}
+    for part in ("sums", "window"):  # as the older version saved them
+        del meta["members"]["a"][part]["grad_norm"]
+    save_file(load_file(state), str(state), metadata={"actdict_train_state": json.dumps(meta)})
+    main(common, t)
+    _, rec = checkpoint.load(tmp_path / "dicts" / "a")
+    assert ["grad_norm" in h for h in rec["history"]] == [False, True]
+    records = read_log(log_path(tmp_path, "a"))[1]
+    assert [(r["step"], "grad_norm" in r) for r in records[:4]] == [(2, True), (4, False), (6, True),
+                                                                     (8, True)]

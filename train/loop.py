@@ -65,6 +65,7 @@ class Member:
     epoch_acc: dict | None = None  # the current epoch's baseline sums and spread at the last save (``train``)
     window: dict[str, float] = field(default_factory=dict)  # loss-term sums of the open log interval
     window_n: int = 0  # its steps
+    resumed: tuple[set | None, set | None] = (None, None)  # the terms of the resumed epoch's sums and window
 
     @property
     def recent(self) -> float | None:
@@ -72,16 +73,20 @@ class Member:
         return self.ema[0] / self.ema[1] if self.ema[1] else None
 
     def record(self, key: str, value: float) -> None:
-        """Add one step's value of a loss term to the epoch's sums (and the SSE to ``recent``)."""
-        self.sums[key] = self.sums.get(key, 0.0) + value
-        self.window[key] = self.window.get(key, 0.0) + value
+        """Add one step's value of a loss term to the epoch's sums (and the SSE to ``recent``); a term that a
+        resumed epoch's sums (or interval's) lack, its resume state written before the term was logged
+        (``grad_norm``, 2026-12-06), is left out of that epoch (interval): its mean would miss those steps."""
+        if self.resumed[0] is None or key in self.resumed[0]:
+            self.sums[key] = self.sums.get(key, 0.0) + value
+        if self.resumed[1] is None or key in self.resumed[1]:
+            self.window[key] = self.window.get(key, 0.0) + value
         if key == "sse":
             self.ema = ((1 - RECENT) * self.ema[0] + RECENT * value, (1 - RECENT) * self.ema[1] + RECENT)
 
     def close_window(self, pos: Position, lr: float) -> dict[str, float | int]:
         """The open log interval's record (``actdict.train.log``: means of its terms), and a new interval."""
         n, sums = self.window_n, self.window
-        self.window, self.window_n = {}, 0
+        self.window, self.window_n, self.resumed = {}, 0, (self.resumed[0], None)
         means = {k: v / n for k, v in sums.items()}
         return {"step": pos.step, "epoch": pos.epoch, "steps": n, "lr": lr} | means
 
@@ -443,6 +448,7 @@ def train(members: list[Member], epoch_batches: Callable[..., Iterable], cfg: Tr
                 if pos.batch:
                     m.history.append({k: v / pos.batch for k, v in m.sums.items()} | {"epoch": pos.epoch})
                 m.sums, m.baseline, m.epoch_acc = {}, base_sum / base_n if base_n else m.baseline, None
+                m.resumed = (None, m.resumed[1])
                 m.spread = epoch_spread if epoch_spread is not None else m.spread
                 m.norm2 = spread.norm2 if epoch_spread is not None else m.norm2
             base_sum, base_n = 0.0, 0

@@ -222,6 +222,7 @@ def load_state(path: str | Path, members: list[Member], hashes: dict[str, str],
         m.ema, m.baseline, m.spread = tuple(mm.get("ema", (0.0, 0.0))), mm.get("baseline"), mm.get("spread")
         m.norm2, m.first, m.epoch_acc = mm.get("norm2"), mm.get("first_sse"), mm.get("epoch_acc")
         m.window, m.window_n = mm.get("window", {}), mm.get("window_n", 0)  # the open log interval (12-06)
+        m.resumed = (set(m.sums) if m.sums else None, set(m.window) if m.window_n else None)
     torch.set_rng_state(tensors["rng/torch"])
     return Position(**meta["position"])
 
