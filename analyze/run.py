@@ -83,6 +83,7 @@ from actdict.analyze.inputs import (
     AnalyzeError,
     dict_folders,
     evaluated_rows,
+    found_dicts,
     held_out_batches,
     held_out_chunks,
     load_models,
@@ -136,8 +137,11 @@ def plan(common: Common, cfg: AnalyzeConfig, coming: list[str] | tuple = ()) -> 
     names = list(cfg.dicts) or list(dict.fromkeys([*dict_folders(run_dir / "dicts")[0], *coming]))
     rows = ("every held-out row" if cfg.max_test_rows is None else
             f"at most {cfg.max_test_rows:,} held-out rows")
-    if not names:
-        return StagePlan([f"analyze: {run_dir / 'dicts'} holds no dictionary yet: nothing to analyse"])
+    if not names:  # none there, none coming: the analysis stops on it
+        try:
+            found_dicts(run_dir, [])
+        except AnalyzeError as e:
+            return StagePlan([f"analyze: would stop: {e}"], stops=True)
     if not coming:  # the dictionaries as they are now: the analysis refuses a store they did not learn
         try:
             learned_store(common, cfg, run_dir, trained_records(run_dir, cfg.dicts))

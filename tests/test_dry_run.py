@@ -323,6 +323,22 @@ def test_the_analysis_plan_says_it_stops_on_a_store_the_dictionaries_did_not_lea
     assert capsys.readouterr().err.split(": ", 2)[2] == said.split(": ", 2)[2]
 
 
+def test_the_analysis_plan_of_a_run_folder_without_dictionaries_says_it_stops(tmp_path, capsys):
+    """actdict analyze with no dictionary trained (none in <run_dir>/dicts) stops with an error (exit 2);
+    its plan said 'holds no dictionary yet: nothing to analyse', as if it had nothing to do."""
+    x = np.random.default_rng(0).standard_normal((512, 6)).astype(np.float32)
+    write_vectors(str(tmp_path / "store"), x, shard_rows=128, chunk_rows=64)
+    cfg = _config(tmp_path)
+    (tmp_path / "run" / "dicts").mkdir(parents=True)
+    assert cli(["analyze", cfg, "--dry-run"]) == 0
+    said = capsys.readouterr().out
+    assert said == (f"analyze: would stop: no trained dictionaries in {tmp_path / 'run' / 'dicts'}: run "
+                    "actdict train first, or set run_dir to the run folder that holds them\n")
+    (tmp_path / "run" / "split.json").write_text(json.dumps({"test_chunks": [0]}))
+    assert cli(["analyze", cfg]) == 2
+    assert capsys.readouterr().err.split(": ", 2)[2] == said.split(": ", 2)[2]
+
+
 def test_a_dry_run_under_torchrun_says_its_plan_once(tmp_path, capsys, monkeypatch):
     """torchrun starts the command once per rank: rank 0 says the plan, as the training's rank 0 alone says
     what it does (every rank printed it: the plan twice on 2 ranks)."""
