@@ -117,8 +117,8 @@ def test_the_plan_says_whether_the_resume_state_is_continued(tmp_path, capsys, m
                        ([other], f"train: the resume state {state} ({held}) is another "
                         "run's: training stops (ResumeConflict) until its command finishes it, or "
                         "train.resume=false starts over"),
-                       ([cfg, "train.resume=false"], f"train: the resume state ({held}) is not used "
-                        "(train.resume=false): it starts over")):
+                       ([cfg, "train.resume=false"], f"train: train.resume=false: the resume state "
+                        f"{state} ({held}) is not used, and this run's replaces it")):
         assert cli(["train", *argv, "--dry-run"]) == 0
         assert capsys.readouterr().out.splitlines()[-1] == said
     assert cli(["run", other, "--dry-run"]) == 0  # run goes no further than the training that stops

@@ -171,8 +171,9 @@ def test_under_resume_false_the_dry_run_says_the_resume_state_and_the_kept_state
     assert (tmp_path / "run" / STATE).is_file()
     kept = "train: train.resume=false: the kept states of ['l1', 'vaease'] are not used"
     assert plan(common, cfg(epochs=3, resume=False)).lines[-2:] == [
-        "train: the resume state (step 36 of ['l1', 'vaease']) is not used (train.resume=false): it starts "
-        "over", kept]
+        f"train: train.resume=false: the resume state {tmp_path / 'run' / STATE} (step 36 of ['l1', "
+        "'vaease']) is not used, and this run's replaces it", kept]
     capsys.readouterr()
+    said = plan(common, cfg(epochs=3, resume=False)).lines[-2:]
     main(common, cfg(epochs=3, resume=False))
-    assert kept in capsys.readouterr().out.splitlines()  # the training's own words
+    assert set(said) <= set(capsys.readouterr().out.splitlines())  # the training's own words

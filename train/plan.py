@@ -20,7 +20,15 @@ from actdict.train.config import DictConfig, TrainConfig
 from actdict.train.data import make_split, steps_in_epoch
 from actdict.train.identity import describe_store, dict_hash, identity, legacy_store, other_split, replaced
 from actdict.train.loop import total_steps
-from actdict.train.resume import STATE, kept_states, read_meta, set_aside, stale_state, state_matches
+from actdict.train.resume import (
+    STATE,
+    kept_states,
+    read_meta,
+    set_aside,
+    stale_state,
+    state_matches,
+    unused_line,
+)
 
 
 @dataclass(frozen=True)
@@ -98,8 +106,7 @@ def resume_lines(run_dir: Path, cfg: TrainConfig, stand: Standing) -> tuple[list
         return kept, False
     step, held = meta["position"]["step"], sorted(meta["members"])
     if not cfg.resume:
-        return [f"the resume state (step {step} of {held}) is not used (train.resume=false): it starts over",
-                *kept], False
+        return [unused_line(run_dir / STATE, meta), *kept], False
     hashes, legacy = ({dc.name: h[dc.name] for dc in stand.todo} for h in (stand.hashes, stand.legacy))
     done, drop = set_aside(run_dir, cfg, meta, hashes)
     if state_matches(meta, hashes, legacy, done | drop):

@@ -278,6 +278,13 @@ def set_aside(run_dir: Path, cfg: TrainConfig, meta: dict,
     return done, {n for n in cfg.resume_drop if n in meta["members"] and n not in hashes} - done
 
 
+def unused_line(state_path: Path, meta: dict) -> str:
+    """What ``train.resume=false`` does with the resume state ``meta`` at ``state_path`` (the training says
+    it, and ``actdict train --dry-run`` first)."""
+    return (f"train.resume=false: the resume state {state_path} (step {meta['position']['step']} of "
+            f"{sorted(meta['members'])}) is not used, and this run's replaces it")
+
+
 def resume_state(run_dir: Path, cfg: TrainConfig, hashes: dict[str, str], legacy: dict[str, str],
                  configs: dict[str, dict], say: Callable[[str], None],
                  meta: dict | None) -> tuple[dict | None, set[str]]:
@@ -292,8 +299,7 @@ def resume_state(run_dir: Path, cfg: TrainConfig, hashes: dict[str, str], legacy
             "is not used, and this run replaces or removes it")
     if not cfg.resume:
         if meta:
-            say(f"train: train.resume=false: the resume state {state_path} (step {meta['position']['step']} "
-                f"of {sorted(meta['members'])}) is not used, and this run's replaces it")
+            say(f"train: {unused_line(state_path, meta)}")
         return None, set()
     if meta is None:
         return None, set()
