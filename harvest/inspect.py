@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             info = describe(store)
             if a.verify:
                 try:
-                    store.verify()
+                    store.verify(progress=True)  # (on a terminal only)
                     info["verified"] = "ok"
                 except StoreError as e:
                     info["verified"], bad = str(e), bad + 1

@@ -37,6 +37,27 @@ def test_store_command_describes_and_verifies(tmp_path, capsys):
     assert "no activation store" in said.err and said.out == ""
 
 
+def test_verify_shows_its_shards_on_a_terminal_only(tmp_path, capsys, monkeypatch):
+    """--verify re-reads every shard (~15 s a GB) in silence; a terminal now sees a bar of the shards, a log
+    file nothing more than before."""
+    import io
+    import sys
+
+    from actdict.cli import main
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    _write(tmp_path)
+    assert main(["store", str(tmp_path), "--verify"]) == 0 and capsys.readouterr().err == ""
+    monkeypatch.setattr(sys, "stderr", tty := Tty())
+    assert main(["store", str(tmp_path), "--verify"]) == 0
+    drawn = tty.getvalue().split("\r")  # the bar over the 3 shards, cleared when done (the report follows)
+    assert drawn[1].startswith("verify blocks.0.hook_resid_post: ") and "/3 [" in drawn[1]
+    assert not drawn[-1].strip()
+
+
 def test_store_command_lists_each_hook_and_its_shards_once(tmp_path, capsys):
     """Every hook, named by --hook (even twice) or found in the store, is described (and verified, and
     repaired) once, with the shard count of its folders."""
