@@ -14,6 +14,7 @@ cosine in each snapshot: when its direction formed.
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import torch
@@ -21,6 +22,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from actdict.analyze.compare import directions, nearest, null_columns, shared_share
+from actdict.errors import ActdictWarning
 from actdict.train import checkpoint
 from actdict.train.snapshot import snapshots_of
 
@@ -30,14 +32,19 @@ def formation(run_dir: Path, name: str, config_hash: str | None, units: Tensor, 
     """({"step": [...], "mmcs": [...], "matched": [...]}, each feature's best cosine in each snapshot
     [s, k] (-inf: a feature without a direction)) of dictionary ``name``'s snapshots of the training with
     ``config_hash``, by step, against the final dictionary's unit directions ``units`` [k, d] and live
-    features ``alive`` [k]; None without snapshots."""
+    features ``alive`` [k]; None without snapshots. A snapshot that cannot be read (a damaged copy) is left
+    out with a warning: the analysis does not stop for it."""
     snaps = snapshots_of(run_dir, name, config_hash)
     if not snaps:
         return None
     out: dict[str, list] = {"step": [], "mmcs": [], "matched": []}
-    cosines = []
+    cosines, unread = [], []
     for step, folder in tqdm(snaps, desc=f"formation {name}", unit="snapshot", leave=False):
-        model, _ = checkpoint.load(folder, device)
+        try:
+            model, _ = checkpoint.load(folder, device)
+        except checkpoint.CheckpointError as e:
+            unread.append(f"{name}'s formation leaves out its snapshot at step {step}: {e}")
+            continue
         found = directions(model, model.k, model.d, device)
         if found is None:  # (a snapshot is its dictionary's variant: it has a decode when the final one has)
             return None
@@ -47,7 +54,9 @@ def formation(run_dir: Path, name: str, config_hash: str | None, units: Tensor, 
         for key, value in (("step", step), ("mmcs", shared["mmcs"]), ("matched", shared["matched"])):
             out[key].append(value)
         cosines.append(best.cpu())
-    return out, torch.stack(cosines)  # [s, k]
+    for why in unread:  # once the bar is gone: not on its line
+        warnings.warn(why, ActdictWarning, stacklevel=2)
+    return (out, torch.stack(cosines)) if cosines else None  # [s, k]
 
 
 def feature_cosines(cosines: Tensor) -> list[list[float | None]]:

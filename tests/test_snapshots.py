@@ -161,3 +161,22 @@ def test_analysis_finds_the_final_features_in_each_snapshot(tmp_path, capsys):
     assert "Feature formation: the final features found in each snapshot" in (run / "report.html").read_text()
     assert cli(["analyze", cfg, wide, "analyze.top_k=1", "analyze.shared_directions=false"]) == 0  # skips it
     assert json.loads((run / "summary.json").read_text())["models"]["topk"]["formation"] is None
+
+
+def test_a_damaged_snapshot_is_left_out_of_the_formation_with_a_warning(tmp_path, capsys):
+    """A snapshot whose weights are cut short (a broken copy) used to stop the analysis after its whole
+    pass, telling the user to rerun actdict train, which skips the finished dictionary and leaves it so."""
+    from actdict.errors import ActdictWarning
+
+    x = np.random.default_rng(0).standard_normal((512, 6)).astype(np.float32)
+    write_vectors(str(tmp_path / "store"), x, shard_rows=128, chunk_rows=64)
+    cfg = _config(tmp_path, "run", "  snapshot_every: 10\n")
+    assert cli(["train", cfg]) == 0
+    bad = tmp_path / "run" / "dicts" / "topk" / "snapshots" / "step-0000010"
+    (bad / "model.safetensors").write_bytes((bad / "model.safetensors").read_bytes()[:100])
+    with pytest.warns(ActdictWarning, match=r"topk's formation leaves out its snapshot at step 10: .*"
+                                            r"step-0000010 holds a damaged snapshot: delete it, no training"):
+        assert cli(["analyze", cfg]) == 0
+    models = json.loads((tmp_path / "run" / "summary.json").read_text())["models"]
+    assert models["topk"]["formation"]["step"] == [20] and models["vaease"]["formation"]["step"] == [10, 20]
+    assert json.loads((tmp_path / "run" / "features" / "topk.json").read_text())["formation_steps"] == [20]

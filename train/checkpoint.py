@@ -151,7 +151,10 @@ def _read(d: Path) -> tuple[str, dict[str, Tensor]] | None:
 
 
 def damaged(d: Path, why: object) -> str:
-    """What a checkpoint folder ``d`` whose files cannot be read is told (``why``: what was wrong)."""
+    """What a checkpoint folder ``d`` whose files cannot be read is told (``why``: what was wrong). A
+    snapshot (train.snapshot_every) is not written again by a training that finds its dictionary done."""
+    if d.parent.name == "snapshots":
+        return f"{d} holds a damaged snapshot: delete it, no training writes it again ({why})"
     return f"{d} holds a damaged checkpoint: rerun actdict train, which trains it again ({why})"
 
 
