@@ -142,9 +142,10 @@ def plan(common: Common, cfg: AnalyzeConfig, coming: list[str] | tuple = ()) -> 
             found_dicts(run_dir, [])
         except AnalyzeError as e:
             return StagePlan([f"analyze: would stop: {e}"], stops=True)
-    if not coming:  # the dictionaries as they are now: the analysis refuses a store they did not learn
-        try:
+    if not coming:  # the dictionaries as they are now: the analysis refuses a store they did not learn, and
+        try:  # stops where analyze.dicts names one that is not there (finished)
             learned_store(common, cfg, run_dir, trained_records(run_dir, cfg.dicts))
+            found_dicts(run_dir, list(cfg.dicts))
         except ActdictError as e:
             return StagePlan([f"analyze: would stop: {e}"], stops=True)
     return StagePlan([f"analyze: {listed(names)} on {rows} -> {run_dir / 'summary.json'}, "

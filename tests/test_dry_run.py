@@ -409,3 +409,22 @@ train:
     heads = [line.split(":")[0] for line in out if not line.startswith("  ")]
     assert heads == ["harvest", "train", "analyze"]
     assert "\x1b" not in "".join(out) and all("a\\x1b[2Jb" in out[i] for i in (0, len(out) - 1))
+
+
+def test_the_analysis_plan_says_it_stops_on_a_dictionary_analyze_dicts_names_that_is_not_there(tmp_path,
+                                                                                               capsys):
+    """actdict analyze with analyze.dicts naming a dictionary not trained stops (exit 2, 'dictionaries
+    ['nope'] not found ...'); its plan said 'analyze: nope on every held-out row -> ...'."""
+    x = np.random.default_rng(0).standard_normal((512, 6)).astype(np.float32)
+    write_vectors(str(tmp_path / "store"), x, shard_rows=128, chunk_rows=64)
+    cfg = _config(tmp_path)
+    assert cli(["train", cfg, "train.epochs=1"]) == 0
+    capsys.readouterr()
+    assert cli(["analyze", cfg, "analyze.dicts=[vaease, nope]", "--dry-run"]) == 0
+    said = capsys.readouterr().out
+    assert said == (f"analyze: would stop: dictionaries ['nope'] not found in {tmp_path / 'run' / 'dicts'}; "
+                    "available: ['l1_lam1-0.1', 'l1_lam1-1.0', 'vaease']\n")
+    assert cli(["analyze", cfg, "analyze.dicts=[vaease, nope]"]) == 2
+    assert capsys.readouterr().err.split(": ", 2)[2] == said.split(": ", 2)[2]
+    assert cli(["analyze", cfg, "analyze.dicts=[vaease]", "--dry-run"]) == 0
+    assert capsys.readouterr().out.startswith("analyze: vaease on every held-out row -> ")
