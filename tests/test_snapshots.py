@@ -2,6 +2,7 @@
 own (``dicts/<name>/snapshots/step-NNNNNNN``), equal to a run stopped there, and read by actdict compare."""
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -180,3 +181,21 @@ def test_a_damaged_snapshot_is_left_out_of_the_formation_with_a_warning(tmp_path
     models = json.loads((tmp_path / "run" / "summary.json").read_text())["models"]
     assert models["topk"]["formation"]["step"] == [20] and models["vaease"]["formation"]["step"] == [10, 20]
     assert json.loads((tmp_path / "run" / "features" / "topk.json").read_text())["formation_steps"] == [20]
+
+
+def test_the_formation_bar_redraws_at_the_stages_pace(tmp_path, capsys, monkeypatch):
+    """The analysis' bars redraw at bar_timing's pace (in a log file: every 30 s); the formation bar, over
+    the snapshots, drew at tqdm's 0.1 s whatever the log: here a snapshot takes 0.2 s to read."""
+    from actdict.analyze import formation
+
+    x = np.random.default_rng(0).standard_normal((512, 6)).astype(np.float32)
+    write_vectors(str(tmp_path / "store"), x, shard_rows=128, chunk_rows=64)
+    cfg = _config(tmp_path, "run", "  snapshot_every: 6\n")
+    assert cli(["train", cfg]) == 0
+    load = formation.checkpoint.load
+    monkeypatch.setattr(formation.checkpoint, "load", lambda *a: (time.sleep(0.2), load(*a))[1])
+    monkeypatch.setenv("TQDM_MININTERVAL", "1000")
+    capsys.readouterr()
+    assert cli(["analyze", cfg]) == 0
+    draws = [f.split("|")[0] for f in capsys.readouterr().err.split("\r") if f.startswith("formation")]
+    assert draws == ["formation topk:   0%", "formation vaease:   0%"]  # then cleared (leave=False)
