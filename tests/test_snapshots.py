@@ -199,3 +199,25 @@ def test_the_formation_bar_redraws_at_the_stages_pace(tmp_path, capsys, monkeypa
     assert cli(["analyze", cfg]) == 0
     draws = [f.split("|")[0] for f in capsys.readouterr().err.split("\r") if f.startswith("formation")]
     assert draws == ["formation topk:   0%", "formation vaease:   0%"]  # then cleared (leave=False)
+
+
+def test_the_finished_run_a_keep_state_extension_continues_keeps_its_snapshots_in_the_analysis(
+        tmp_path, capsys, monkeypatch):
+    """2 epochs kept (train.keep_state), then an extension to 3 stopped before its end: the analysis reads
+    the 2-epoch dictionaries, and found none of their snapshots, which the extension had given its own
+    config hash."""
+    from actdict.train import run as train_run
+
+    x = np.random.default_rng(0).standard_normal((512, 6)).astype(np.float32)
+    write_vectors(str(tmp_path / "store"), x, shard_rows=128, chunk_rows=64)
+    cfg = _config(tmp_path, "run", "  snapshot_every: 10\n  keep_state: true\n  schedule: constant\n")
+    assert cli(["train", cfg]) == 0
+    monkeypatch.setattr(train_run, "save_finished", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert cli(["train", cfg, "train.epochs=3"]) == 130  # stopped after step 36, its resume state kept
+    monkeypatch.undo()
+    assert cli(["analyze", cfg]) == 0
+    models = json.loads((tmp_path / "run" / "summary.json").read_text())["models"]
+    assert [models[n]["formation"]["step"] for n in ("topk", "vaease")] == [[10, 20], [10, 20]]
+    assert cli(["train", cfg, "train.epochs=3"]) == 0 and cli(["analyze", cfg, "train.epochs=3"]) == 0
+    models = json.loads((tmp_path / "run" / "summary.json").read_text())["models"]
+    assert [models[n]["formation"]["step"] for n in ("topk", "vaease")] == [[10, 20, 30]] * 2

@@ -23,8 +23,9 @@ def snapshot_path(run_dir: Path, name: str, step: int) -> Path:
 def settle_snapshots(run_dir: Path, name: str, config_hash: str, continued: str | None = None) -> None:
     """Keep only this training's snapshots of dictionary ``name``: those of the finished run it continues
     (``continued``: its config hash, a ``train.keep_state`` extension) are its first steps and take
-    ``config_hash``; those another training kept (another config_hash in their cfg.json, or none readable)
-    are removed."""
+    ``config_hash``, the hashes they had kept in ``continued_from`` (until the extension is done, its
+    finished run is the one analysed); those another training kept (another config_hash in their cfg.json,
+    or none readable) are removed."""
     root = run_dir / "dicts" / name / SNAPSHOTS
     for p in sorted(root.glob("step-*")) if root.is_dir() else []:
         try:
@@ -33,22 +34,26 @@ def settle_snapshots(run_dir: Path, name: str, config_hash: str, continued: str 
         except (OSError, ValueError, AttributeError):
             kept = None
         if continued is not None and kept == continued:
-            write_atomic(p / checkpoint.CFG, json.dumps(rec | {"config_hash": config_hash}, indent=1))
+            was = {"config_hash": config_hash, "continued_from": [*rec.get("continued_from", []), continued]}
+            write_atomic(p / checkpoint.CFG, json.dumps(rec | was, indent=1))
         elif kept != config_hash:
             shutil.rmtree(p, ignore_errors=True)
 
 
 def snapshots_of(run_dir: Path, name: str, config_hash: str | None) -> list[tuple[int, Path]]:
     """(step, folder) of the snapshots that the training of dictionary ``name`` with ``config_hash`` kept, by
-    step: the ones whose cfg.json says so (a folder without a readable one, or another training's, left
-    out); [] without a config_hash to match."""
+    step: the ones whose cfg.json says so, as its config_hash or one of its ``continued_from`` (a
+    ``train.keep_state`` extension of it, unfinished or not, took them); a folder without a readable one,
+    or another training's, left out; [] without a config_hash to match."""
     root, out = run_dir / "dicts" / name / SNAPSHOTS, []
     for p in sorted(root.glob("step-*")) if root.is_dir() and config_hash else []:
         try:
             rec = json.loads((p / checkpoint.CFG).read_text())
         except (OSError, ValueError):
             continue
-        ours = isinstance(rec, dict) and rec.get("config_hash") == config_hash
+        ours = isinstance(rec, dict) and (rec.get("config_hash") == config_hash
+                                          or config_hash in (c if isinstance(c := rec.get("continued_from"),
+                                                                             list) else ()))
         if ours and isinstance(step := rec.get("step"), int):
             out.append((step, p))
     return sorted(out)
