@@ -180,12 +180,19 @@ def plan(common, cfg: HarvestConfig) -> StagePlan:
     """``actdict harvest CONFIG --dry-run``: what the harvest would do with the store, decided as it decides
     before loading the model (skip a complete store, grow one, continue an unfinished one, refuse another
     harvest's, or begin one), with nothing loaded or written; an import that writes the store stops at once
-    on a vectors file that it cannot read (missing, of no known format: ``unreadable``)."""
+    on a vectors file that it cannot read (missing, of no known format: ``unreadable``), a harvest that
+    writes it on a model folder that is not there (``resolve_model``)."""
+    from actdict.harvest.models import ModelError, resolve_model
     from actdict.harvest.vectors import unreadable
 
     said = store_plan(common, cfg)
     if said.writes and cfg.mode == "vectors" and (why := unreadable(cfg.vectors.path, cfg.vectors.key)):
         return StagePlan([f"harvest: would stop: {why}"], stops=True)
+    try:
+        if said.writes and cfg.mode != "vectors":
+            resolve_model(cfg.model)
+    except ModelError as e:
+        return StagePlan([f"harvest: would stop: {e}"], stops=True)
     return said
 
 

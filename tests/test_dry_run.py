@@ -428,3 +428,24 @@ def test_the_analysis_plan_says_it_stops_on_a_dictionary_analyze_dicts_names_tha
     assert capsys.readouterr().err.split(": ", 2)[2] == said.split(": ", 2)[2]
     assert cli(["analyze", cfg, "analyze.dicts=[vaease]", "--dry-run"]) == 0
     assert capsys.readouterr().out.startswith("analyze: vaease on every held-out row -> ")
+
+
+@pytest.mark.parametrize("mode", ["tokens", "embeddings"])
+def test_the_plan_of_a_harvest_whose_model_folder_is_gone_says_it_stops(tmp_path, capsys, mode):
+    """A harvest (or embedding) of a model folder that is not there stops at once ('ModelError: model folder
+    ... does not exist'); the plan said 'a new store ...' and went on to the training and the analysis."""
+    (tmp_path / "docs.jsonl").write_text('{"text": "a b c"}\n')
+    cfg = tmp_path / "h.yaml"
+    cfg.write_text(f"""
+run_dir: {tmp_path / 'run'}
+harvest: {{mode: {mode}, model: {tmp_path / 'gone'}, hooks: [blocks.0.hook_resid_post],
+           source: {{kind: files, path: {tmp_path / 'docs.jsonl'}}}}}
+train: {{epochs: 1, dicts: [{{name: a, variant: sae_l1, k: 8}}]}}
+""")
+    assert cli(["run", str(cfg), "--dry-run"]) == 0
+    said = capsys.readouterr().out
+    assert said.splitlines() == [f"harvest: would stop: model folder '{tmp_path / 'gone'}' does not exist",
+                                 "train: not run: the harvest above stops",
+                                 "analyze: not run: the harvest above stops"]
+    assert cli(["run", str(cfg)]) == 2  # as the harvest does
+    assert capsys.readouterr().err.split(": ", 2)[2] == said.splitlines()[0].split(": ", 2)[2] + "\n"
