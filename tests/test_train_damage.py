@@ -28,6 +28,29 @@ def cfg(*dicts, **kw):
                        epochs=2, batch_size=100, test_fraction=0.2, device="cpu", checkpoint_every=3, **kw)
 
 
+def stopped_at_first_save(common: Common, t: TrainConfig) -> None:
+    """Train until the first resume state is saved, then stop there (as a kill would): the state stays."""
+    import actdict.train.run as train_run
+
+    real = train_run.train
+
+    def stop_after_first_save(*a, **kw):
+        saved = kw["save"]
+
+        def save_then_stop(pos):
+            saved(pos)
+            raise KeyboardInterrupt
+
+        return real(*a, **(kw | {"save": save_then_stop}))
+
+    train_run.train = stop_after_first_save
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            main(common, t)
+    finally:
+        train_run.train = real
+
+
 def test_a_kill_inside_a_save_never_pairs_new_weights_with_the_old_record(tmp_path, monkeypatch):
     checkpoint.save(tmp_path / "d", make("sae_l1", 3, 4, lam1=0.1), {"finished": True, "config_hash": "old"})
     assert is_finished(tmp_path / "d", "old")
@@ -237,26 +260,9 @@ def test_a_state_whose_tensors_do_not_fit_its_dictionaries_is_one_line(store, tm
     dictionaries (hand-made, or written over by another program) was a load_state_dict traceback."""
     from safetensors.torch import load_file, save_file
 
-    import actdict.train.run as train_run
 
     common, t, state = Common(run_dir=str(tmp_path), seed=0, store=store.path), cfg(), tmp_path / STATE
-    real = train_run.train
-
-    def stop_after_first_save(*a, **kw):
-        saved = kw["save"]
-
-        def save_then_stop(pos):
-            saved(pos)
-            raise KeyboardInterrupt
-
-        return real(*a, **(kw | {"save": save_then_stop}))
-
-    train_run.train = stop_after_first_save
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            main(common, t)
-    finally:
-        train_run.train = real
+    stopped_at_first_save(common, t)
     meta = read_meta(state)
     tensors = load_file(state)
     key = next(k for k in tensors if k.startswith("a/model/"))
@@ -307,28 +313,11 @@ def test_a_state_saved_before_grad_norm_was_logged_leaves_it_out_of_its_epoch_an
     of them (too low by the share of steps before the stop); they leave it out, and the next ones have it."""
     from safetensors.torch import load_file, save_file
 
-    import actdict.train.run as train_run
     from actdict.train.log import log_path, read_log
 
     common, t = Common(run_dir=str(tmp_path), seed=0, store=store.path), cfg(log_every=2)
     state = tmp_path / STATE
-    real = train_run.train
-
-    def stop_after_first_save(*a, **kw):
-        saved = kw["save"]
-
-        def save_then_stop(pos):
-            saved(pos)
-            raise KeyboardInterrupt
-
-        return real(*a, **(kw | {"save": save_then_stop}))
-
-    train_run.train = stop_after_first_save
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            main(common, t)
-    finally:
-        train_run.train = real
+    stopped_at_first_save(common, t)
     meta = read_meta(state)
     assert meta["position"] == {"epoch": 0, "batch": 3, "step": 3}
     for part in ("sums", "window"):  # as the older version saved them
