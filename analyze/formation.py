@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from actdict.analyze.compare import directions, nearest, null_columns, shared_share
+from actdict.analyze.compare import NOTE_MACS, directions, nearest, null_columns, shared_share
 from actdict.config import bar_timing
 from actdict.errors import ActdictWarning
 from actdict.train import checkpoint
@@ -38,6 +38,9 @@ def formation(run_dir: Path, name: str, config_hash: str | None, units: Tensor, 
     snaps = snapshots_of(run_dir, name, config_hash)
     if not snaps:
         return None
+    if (macs := len(snaps) * units.shape[0] ** 2 * units.shape[1]) > NOTE_MACS:  # as the shared directions
+        print(f"analyze: {name}'s formation: {len(snaps):,} snapshots, {macs:.2g} multiply-adds "
+              "(analyze.shared_directions=false skips them)")
     out: dict[str, list] = {"step": [], "mmcs": [], "matched": []}
     cosines, unread = [], []
     for step, folder in tqdm(snaps, desc=f"formation {name}", unit="snapshot", leave=False,

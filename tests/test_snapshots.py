@@ -130,7 +130,7 @@ def test_a_keep_state_extension_keeps_the_snapshots_of_the_run_it_continues(tmp_
             assert all(np.array_equal(a[k], b[k]) for k in a)
 
 
-def test_analysis_finds_the_final_features_in_each_snapshot(tmp_path, capsys):
+def test_analysis_finds_the_final_features_in_each_snapshot(tmp_path, capsys, monkeypatch):
     """analyze reads the training's snapshots (summary.json formation, a report figure): at each snapshot's
     step, the final dictionary's live features' mean best cosine among the snapshot's decoder columns and
     the share within 0.9; the snapshot at the last step is the dictionary itself (1 and 1)."""
@@ -139,7 +139,13 @@ def test_analysis_finds_the_final_features_in_each_snapshot(tmp_path, capsys):
     cfg = _config(tmp_path, "run", "  snapshot_every: 12\n")  # 12 steps an epoch: steps 12 and 24 (the end)
     wide = ("train.dicts=[{name: vaease, variant: vaease, k: 8}, "
             "{name: topk, variant: sae_topk, k: 512, params: {topk: 1}}]")
-    assert cli(["train", cfg, wide]) == 0 and cli(["analyze", cfg, wide, "analyze.top_k=1"]) == 0
+    assert cli(["train", cfg, wide]) == 0
+    monkeypatch.setattr("actdict.analyze.formation.NOTE_MACS", 2 * 512 ** 2 * 6 - 1)  # topk's is above it
+    capsys.readouterr()
+    assert cli(["analyze", cfg, wide, "analyze.top_k=1"]) == 0
+    noted = [line for line in capsys.readouterr().out.splitlines() if "formation:" in line]
+    assert noted == ["analyze: topk's formation: 2 snapshots, 3.1e+06 multiply-adds "
+                     "(analyze.shared_directions=false skips them)"]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     run = tmp_path / "run"
     for name in ("vaease", "topk"):
