@@ -71,9 +71,10 @@ def prepare(stage: str, data: dict) -> tuple[Any, Callable[[], None]]:
 _PLANS = {"harvest": "actdict.harvest.reuse", "train": "actdict.train.plan", "analyze": "actdict.analyze.run"}
 
 
-def dry_run(data: dict, cfgs: dict[str, Any]) -> list[str]:
-    """``--dry-run``: what each stage of ``cfgs`` would do, in order (each module's ``plan``), with nothing
-    run; under ``run``, the analysis counts the dictionaries the training writes."""
+def dry_run(data: dict, cfgs: dict[str, Any]) -> tuple[list[str], bool]:
+    """``--dry-run``: (what each stage of ``cfgs`` would do, in order (each module's ``plan``), with nothing
+    run; whether a stage would stop); under ``run``, the analysis counts the dictionaries the training
+    writes."""
     common, lines, writes, stops = common_of(data), [], False, None
     for stage, cfg in cfgs.items():
         if stops:  # ``run`` goes no further than a stage that stops
@@ -85,7 +86,7 @@ def dry_run(data: dict, cfgs: dict[str, Any]) -> list[str]:
         said = importlib.import_module(_PLANS[stage]).plan(common, cfg, **kw)
         writes, stops = writes or said.writes, stage if said.stops else None
         lines += said.lines
-    return lines
+    return lines, stops is not None
 
 
 def check_run(data: dict, cfgs: dict[str, Any]) -> None:
@@ -260,10 +261,10 @@ def _main(argv: list[str] | None = None) -> int:
         if args.stage == "run":
             check_run(data, {stage: cfg for stage, (cfg, _) in prepared.items()})
         if args.dry_run:
-            said = dry_run(data, {stage: cfg for stage, (cfg, _) in prepared.items()})
+            said, stops = dry_run(data, {stage: cfg for stage, (cfg, _) in prepared.items()})
             if int(os.environ.get("RANK", 0)) == 0:  # under torchrun: once, as the stages say what they do
                 print("\n".join(said))
-            return 0
+            return 2 if stops else 0  # as the command would end: `--dry-run && actdict run` goes no further
         if args.stage == "run":
             if "harvest" in prepared and (hook := prepared["train"][0].hook):  # once the model named them
                 extra["harvest"] = {"on_hooks": lambda hooks: check_train_hook(hooks, hook)}

@@ -47,7 +47,7 @@ def _states(out: str) -> dict[str, str]:
 def test_the_plan_names_each_dictionary_of_a_sweep_and_what_training_would_do(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = _config(tmp_path)
-    assert cli(["run", cfg, "--dry-run"]) == 0  # no store, and no harvest section to write it
+    assert cli(["run", cfg, "--dry-run"]) == 2  # no store, and no harvest section to write it
     out = capsys.readouterr().out
     assert "train: would stop: no activation store at" in out
     assert _states(out) == {n: "not trained: the training stops"
@@ -68,7 +68,7 @@ def test_the_plan_names_each_dictionary_of_a_sweep_and_what_training_would_do(tm
         ["l1_lam1-0.1", "sae_l1", "8", "0.005", "lam1=0.1,", "lam2=0.2", "new"],
         ["l1_lam1-1.0", "sae_l1", "8", "0.005", "lam1=1.0,", "lam2=0.2", "new"]]
     assert not (tmp_path / "run").exists()  # nothing written: no run folder, no split, no lock
-    assert cli(["train", cfg, "train.hook=nope", "--dry-run"]) == 0  # the store is there: training stops
+    assert cli(["train", cfg, "train.hook=nope", "--dry-run"]) == 2  # the store is there: training stops
     out = capsys.readouterr().out
     assert out.splitlines()[0] == (f"train: would stop: store {tmp_path / 'store'} has no hook 'nope'; valid "
                                    "hooks: ['vectors']")
@@ -119,9 +119,9 @@ def test_the_plan_says_whether_the_resume_state_is_continued(tmp_path, capsys, m
                         "train.resume=false starts over"),
                        ([cfg, "train.resume=false"], f"train: train.resume=false: the resume state "
                         f"{state} ({held}) is not used, and this run's replaces it")):
-        assert cli(["train", *argv, "--dry-run"]) == 0
+        assert cli(["train", *argv, "--dry-run"]) == (2 if argv == [other] else 0)  # it stops on another's
         assert capsys.readouterr().out.splitlines()[-1] == said
-    assert cli(["run", other, "--dry-run"]) == 0  # run goes no further than the training that stops
+    assert cli(["run", other, "--dry-run"]) == 2  # run goes no further than the training that stops
     assert capsys.readouterr().out.splitlines()[-1] == "analyze: not run: the train above stops"
     kept = state.read_bytes()
     assert cli(["train", cfg]) == 0  # and training does continue it
@@ -166,7 +166,7 @@ train:
     assert cli(["harvest", str(cfg)]) == 0
     capsys.readouterr()
     override = {"same": [], "grow": ["harvest.max_tokens=96"], "other": ["harvest.ctx=8"]}[then]
-    assert cli(["harvest", str(cfg), *override, "--dry-run"]) == 0
+    assert cli(["harvest", str(cfg), *override, "--dry-run"]) == (2 if then == "other" else 0)
     out = capsys.readouterr().out
     if then == "other":
         assert out == (f"harvest: would stop: store {store} holds a harvest with another config (hook "
@@ -226,7 +226,7 @@ def test_the_plan_says_the_training_stops_on_another_split_of_the_run_folder(tmp
     assert cli(["train", cfg, "train.epochs=1"]) == 0
     one = ["train.dicts=[{name: vaease, variant: vaease, k: 8, lr: 0.01}]", "seed=4"]
     capsys.readouterr()
-    assert cli(["train", cfg, *one, "--dry-run"]) == 0
+    assert cli(["train", cfg, *one, "--dry-run"]) == 2
     out = capsys.readouterr().out
     assert out.splitlines()[0].startswith(f"train: would stop: {tmp_path / 'run'} holds finished "
                                           "dictionaries ['l1_lam1-0.1', 'l1_lam1-1.0'] trained with other "
@@ -234,7 +234,7 @@ def test_the_plan_says_the_training_stops_on_another_split_of_the_run_folder(tmp
     assert _states(out) == {"vaease": "not trained: the training stops"}
     assert cli(["train", cfg, *one]) == 2  # as the training does
     assert "holds finished dictionaries ['l1_lam1-0.1', 'l1_lam1-1.0']" in capsys.readouterr().err
-    assert cli(["run", cfg, *one, "--dry-run"]) == 0  # run goes no further than the training that stops
+    assert cli(["run", cfg, *one, "--dry-run"]) == 2  # run goes no further than the training that stops
     assert capsys.readouterr().out.splitlines()[-1] == "analyze: not run: the train above stops"
 
 
@@ -261,10 +261,10 @@ train:
     head, train, *_ = capsys.readouterr().out.splitlines()
     assert head.startswith(f"harvest: store {store} is already complete for this config (") and head.endswith(
         "): skipped") and train.startswith("train: 1 dictionary on 448 rows")
-    assert cli(["harvest", str(cfg), "harvest.vectors.path=" + str(tmp_path / "v2.npy"), "--dry-run"]) == 0
+    assert cli(["harvest", str(cfg), "harvest.vectors.path=" + str(tmp_path / "v2.npy"), "--dry-run"]) == 2
     assert capsys.readouterr().out.startswith(f"harvest: would stop: store {store} holds a harvest with "
                                               "another config (hook 'vectors': vectors.path: ")
-    assert cli(["run", str(cfg), "harvest.vectors.path=" + str(tmp_path / "v2.npy"), "--dry-run"]) == 0
+    assert cli(["run", str(cfg), "harvest.vectors.path=" + str(tmp_path / "v2.npy"), "--dry-run"]) == 2
     assert capsys.readouterr().out.splitlines()[1:] == [  # run stops there: nothing trained or analysed
         "train: not run: the harvest above stops", "analyze: not run: the harvest above stops"]
     os.utime(tmp_path / "v1.npy", ns=(1, 1))  # the file changed since its import
@@ -290,14 +290,14 @@ run_dir: {tmp_path / 'run'}
 harvest: {{mode: vectors, vectors: {{path: {tmp_path / 'gone.npy'}}}, shard_rows: 128, chunk_rows: 64}}
 train: {{epochs: 1, dicts: [{{name: a, variant: sae_l1, k: 8}}]}}
 """)
-    assert cli(["run", str(cfg), "--dry-run"]) == 0
+    assert cli(["run", str(cfg), "--dry-run"]) == 2
     assert capsys.readouterr().out.splitlines() == [
         f"harvest: would stop: vectors file '{tmp_path / 'gone.npy'}' does not exist",
         "train: not run: the harvest above stops", "analyze: not run: the harvest above stops"]
     assert cli(["run", str(cfg)]) == 2  # as the import does
     assert "does not exist" in capsys.readouterr().err
     (tmp_path / "v.txt").write_text("1 2 3\n")
-    assert cli(["harvest", str(cfg), f"harvest.vectors.path={tmp_path / 'v.txt'}", "--dry-run"]) == 0
+    assert cli(["harvest", str(cfg), f"harvest.vectors.path={tmp_path / 'v.txt'}", "--dry-run"]) == 2
     assert capsys.readouterr().out.startswith(f"harvest: would stop: {tmp_path / 'v.txt'}: unknown vectors "
                                               "format '.txt'")
     assert not (tmp_path / "run").exists()
@@ -315,7 +315,7 @@ def test_the_analysis_plan_says_it_stops_on_a_store_the_dictionaries_did_not_lea
     capsys.readouterr()
     assert cli(["analyze", cfg, "--dry-run"]) == 0
     assert capsys.readouterr().out.startswith("analyze: l1_lam1-0.1, l1_lam1-1.0, vaease on every held-out")
-    assert cli(["analyze", cfg, f"store={tmp_path / 'other'}", "--dry-run"]) == 0
+    assert cli(["analyze", cfg, f"store={tmp_path / 'other'}", "--dry-run"]) == 2
     said = capsys.readouterr().out
     assert said.startswith(f"analyze: would stop: the store {tmp_path / 'other'} is not the one "
                            "['l1_lam1-0.1', 'l1_lam1-1.0', 'vaease'] learned (l1_lam1-0.1: store.content: ")
@@ -330,7 +330,7 @@ def test_the_analysis_plan_of_a_run_folder_without_dictionaries_says_it_stops(tm
     write_vectors(str(tmp_path / "store"), x, shard_rows=128, chunk_rows=64)
     cfg = _config(tmp_path)
     (tmp_path / "run" / "dicts").mkdir(parents=True)
-    assert cli(["analyze", cfg, "--dry-run"]) == 0
+    assert cli(["analyze", cfg, "--dry-run"]) == 2
     said = capsys.readouterr().out
     assert said == (f"analyze: would stop: no trained dictionaries in {tmp_path / 'run' / 'dicts'}: run "
                     "actdict train first, or set run_dir to the run folder that holds them\n")
@@ -345,7 +345,7 @@ def test_a_dry_run_under_torchrun_says_its_plan_once(tmp_path, capsys, monkeypat
     cfg = _config(tmp_path)
     for rank, lines in (("0", 6), ("1", 0)):
         monkeypatch.setenv("RANK", rank)
-        assert cli(["run", cfg, "--dry-run"]) == 0
+        assert cli(["run", cfg, "--dry-run"]) == 2
         assert len(capsys.readouterr().out.splitlines()) == lines
 
 
@@ -420,7 +420,7 @@ def test_the_analysis_plan_says_it_stops_on_a_dictionary_analyze_dicts_names_tha
     cfg = _config(tmp_path)
     assert cli(["train", cfg, "train.epochs=1"]) == 0
     capsys.readouterr()
-    assert cli(["analyze", cfg, "analyze.dicts=[vaease, nope]", "--dry-run"]) == 0
+    assert cli(["analyze", cfg, "analyze.dicts=[vaease, nope]", "--dry-run"]) == 2
     said = capsys.readouterr().out
     assert said == (f"analyze: would stop: dictionaries ['nope'] not found in {tmp_path / 'run' / 'dicts'}; "
                     "available: ['l1_lam1-0.1', 'l1_lam1-1.0', 'vaease']\n")
@@ -442,7 +442,7 @@ harvest: {{mode: {mode}, model: {tmp_path / 'gone'}, hooks: [blocks.0.hook_resid
            source: {{kind: files, path: {tmp_path / 'docs.jsonl'}}}}}
 train: {{epochs: 1, dicts: [{{name: a, variant: sae_l1, k: 8}}]}}
 """)
-    assert cli(["run", str(cfg), "--dry-run"]) == 0
+    assert cli(["run", str(cfg), "--dry-run"]) == 2
     said = capsys.readouterr().out
     assert said.splitlines() == [f"harvest: would stop: model folder '{tmp_path / 'gone'}' does not exist",
                                  "train: not run: the harvest above stops",
