@@ -90,18 +90,9 @@ def pooling_mode(config: dict) -> str | list[str] | None:
 def load_encoder(name_or_path: str, device: str = "cpu", dtype: str = "float32",
                  max_seq_length: int | None = None) -> Encoder:
     """Load a sentence-transformers model offline-safely (a hub name that cannot be had fails at once)."""
-    from actdict.harvest.models import (
-        ModelError,
-        _check_hub,
-        _revision,
-        no_loading_bar,
-        resolve_device,
-        resolve_model,
-    )
+    from actdict.harvest.models import ModelError, _revision, available, no_loading_bar, resolve_device
 
-    where, name, target = resolve_model(name_or_path)
-    if where == "hub":
-        _check_hub(name)  # before the slow imports: fail fast, saying what to do
+    where, name, target = available(name_or_path)  # before the slow imports: fail fast, saying what to do
     import torch
     from sentence_transformers import SentenceTransformer
 

@@ -83,6 +83,16 @@ def _check_hub(repo: str) -> None:
                          f"{_what_to_do(repo)}")
 
 
+def available(name_or_path: str) -> tuple[Literal["local", "package", "hub"], str, str]:
+    """``resolve_model``, and for a hub model ``_check_hub``: ModelError when the model cannot be had here
+    (a folder that is not there, offline and not cached, the hub unreachable), found before the slow imports
+    of a load, and by ``--dry-run``, which loads nothing."""
+    where, name, target = resolve_model(name_or_path)
+    if where == "hub":
+        _check_hub(name)
+    return where, name, target
+
+
 def resolve_device(device: str) -> str:
     """The harvest's torch device (``harvest.device``): ``auto`` is cuda where this torch sees a GPU, else
     cpu; a cuda device it cannot see, or a string that names no device, is a ConfigError (the model's load
@@ -152,9 +162,7 @@ class LoadedModel:
 
 def load_model(name_or_path: str, device: str = "cpu", dtype: str = "float32") -> LoadedModel:
     """Boot ``name_or_path`` (see module doc) with ``boot_transformers`` on ``device`` in ``dtype``."""
-    where, name, target = resolve_model(name_or_path)
-    if where == "hub":
-        _check_hub(name)  # before the slow imports: fail fast
+    where, name, target = available(name_or_path)  # before the slow imports: fail fast
     import torch
     from transformer_lens.model_bridge import TransformerBridge
 

@@ -181,8 +181,9 @@ def plan(common, cfg: HarvestConfig) -> StagePlan:
     before loading the model (skip a complete store, grow one, continue an unfinished one, refuse another
     harvest's, or begin one), with nothing loaded or written; an import that writes the store stops at once
     on a vectors file that it cannot read (missing, of no known format: ``unreadable``), a harvest that
-    writes it on a model folder that is not there (``resolve_model``)."""
-    from actdict.harvest.models import ModelError, resolve_model
+    writes it on a model it cannot have (``models.available``: a folder not there, a hub model offline and
+    not cached, the hub unreachable)."""
+    from actdict.harvest.models import ModelError, available
     from actdict.harvest.vectors import unreadable
 
     said = store_plan(common, cfg)
@@ -190,7 +191,7 @@ def plan(common, cfg: HarvestConfig) -> StagePlan:
         return StagePlan([f"harvest: would stop: {why}"], stops=True)
     try:
         if said.writes and cfg.mode != "vectors":
-            resolve_model(cfg.model)
+            available(cfg.model)  # (a hub model: its cache offline, else one probe of the hub)
     except ModelError as e:
         return StagePlan([f"harvest: would stop: {e}"], stops=True)
     return said

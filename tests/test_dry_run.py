@@ -449,3 +449,24 @@ train: {{epochs: 1, dicts: [{{name: a, variant: sae_l1, k: 8}}]}}
                                  "analyze: not run: the harvest above stops"]
     assert cli(["run", str(cfg)]) == 2  # as the harvest does
     assert capsys.readouterr().err.split(": ", 2)[2] == said.splitlines()[0].split(": ", 2)[2] + "\n"
+
+
+def test_the_plan_of_a_harvest_of_a_hub_model_not_cached_offline_says_it_stops(tmp_path, capsys, monkeypatch):
+    """HF_HUB_OFFLINE and a hub model not in the local cache: the harvest stops at once (ModelError), and
+    the plan said 'a new store ...' and went on to the training and the analysis."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
+    (tmp_path / "docs.jsonl").write_text('{"text": "a b c"}\n')
+    cfg = tmp_path / "h.yaml"
+    cfg.write_text(f"""
+run_dir: {tmp_path / 'run'}
+harvest: {{model: pythia-70m-deduped, source: {{kind: files, path: {tmp_path / 'docs.jsonl'}}}}}
+train: {{epochs: 1, dicts: [{{name: a, variant: sae_l1, k: 8}}]}}
+""")
+    assert cli(["run", str(cfg), "--dry-run"]) == 2
+    said = capsys.readouterr().out.splitlines()
+    assert said[0].startswith("harvest: would stop: model 'EleutherAI/pythia-70m-deduped': HF_HUB_OFFLINE is "
+                              "set and it is not in the local Hugging Face cache; ")
+    assert said[1:] == [f"{s}: not run: the harvest above stops" for s in ("train", "analyze")]
+    assert cli(["run", str(cfg)]) == 2  # as the harvest does
+    assert capsys.readouterr().err.split(": ", 2)[2] == said[0].split(": ", 2)[2] + "\n"
