@@ -182,8 +182,9 @@ def plan(common, cfg: HarvestConfig) -> StagePlan:
     harvest's, or begin one), with nothing loaded or written; an import that writes the store stops at once
     on a vectors file that it cannot read (missing, of no known format: ``unreadable``), a harvest that
     writes it on a model it cannot have (``models.available``: a folder not there, a hub model offline and
-    not cached, the hub unreachable)."""
+    not cached, the hub unreachable) or a source it cannot read (``sources.unavailable``)."""
     from actdict.harvest.models import ModelError, available
+    from actdict.harvest.sources import unavailable
     from actdict.harvest.vectors import unreadable
 
     said = store_plan(common, cfg)
@@ -194,6 +195,8 @@ def plan(common, cfg: HarvestConfig) -> StagePlan:
             available(cfg.model)  # (a hub model: its cache offline, else one probe of the hub)
     except ModelError as e:
         return StagePlan([f"harvest: would stop: {e}"], stops=True)
+    if said.writes and cfg.mode != "vectors" and (why := unavailable(cfg.source)):
+        return StagePlan([f"harvest: would stop: {why}"], stops=True)
     return said
 
 

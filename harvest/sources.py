@@ -148,10 +148,29 @@ def resolve_files(path: str) -> list[Path]:
     return files
 
 
-def _file_texts(cfg: SourceConfig) -> Iterator[str]:
+def _source_files(cfg: SourceConfig) -> list:
+    """The files of a ``files`` source (``resolve_files``); SourceError when there are none."""
     if not cfg.path:
         raise SourceError("source kind 'files' needs source.path (a file, folder or glob)")
-    files = resolve_files(cfg.path)
+    return resolve_files(cfg.path)
+
+
+def unavailable(cfg: SourceConfig) -> str | None:
+    """Why the harvest could not read source ``cfg`` here, found without reading it (``--dry-run``): no files
+    at a ``files`` source's path, the hub unreachable for a ``hub`` dataset (offline, only the harvest reads
+    the cache); None otherwise."""
+    try:
+        if cfg.kind == "files":
+            _source_files(cfg)
+        elif cfg.kind == "hub":
+            _check_hub_source(cfg)
+    except SourceError as e:
+        return str(e)
+    return None
+
+
+def _file_texts(cfg: SourceConfig) -> Iterator[str]:
+    files = _source_files(cfg)
     builders: dict[str, list[str]] = {}  # builder -> files, in order of first appearance
     for f in files:
         builders.setdefault(BUILDERS[f.suffix.lower()], []).append(str(f))
@@ -273,13 +292,24 @@ def hub_reachable(timeout: float = PROBE_TIMEOUT_S) -> bool:
         return False
 
 
+_HUB_WHAT_TO_DO = ("point the source at local files (source.kind=files, source.path=...), use source.kind="
+                   "debian for the offline demo corpus, or run on a machine with access to the hub or with a "
+                   "filled Hugging Face cache (HF_DATASETS_OFFLINE=1 then reads only the cache)")
+
+
+def _hub_offline() -> bool:
+    return _truthy("HF_DATASETS_OFFLINE") or _truthy("HF_HUB_OFFLINE")
+
+
+def _check_hub_source(cfg: SourceConfig) -> None:
+    """SourceError when the hub is to be read (not offline) and is unreachable: at once, no retries."""
+    if not _hub_offline() and not hub_reachable():
+        raise SourceError(f"hub dataset {cfg.name!r}: huggingface.co:443 is unreachable; {_HUB_WHAT_TO_DO}")
+
+
 def _hub_texts(cfg: SourceConfig) -> Iterator[str]:
-    what_to_do = ("point the source at local files (source.kind=files, source.path=...), use source.kind="
-                  "debian for the offline demo corpus, or run on a machine with access to the hub or with a "
-                  "filled Hugging Face cache (HF_DATASETS_OFFLINE=1 then reads only the cache)")
-    offline = _truthy("HF_DATASETS_OFFLINE") or _truthy("HF_HUB_OFFLINE")
-    if not offline and not hub_reachable():
-        raise SourceError(f"hub dataset {cfg.name!r}: huggingface.co:443 is unreachable; {what_to_do}")
+    what_to_do, offline = _HUB_WHAT_TO_DO, _hub_offline()
+    _check_hub_source(cfg)
     import datasets
 
     try:

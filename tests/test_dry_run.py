@@ -377,6 +377,7 @@ def test_the_plan_names_the_dictionaries_whose_progress_resume_drop_drops(tmp_pa
 def test_the_plan_of_an_embeddings_harvest_names_its_unit(tmp_path, capsys):
     """harvest.embed.unit: paragraph embeds one row per paragraph; the plan said 'one row per document'."""
     (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text("One paragraph.\n\nAnother.\n")
     cfg = tmp_path / "e.yaml"
     cfg.write_text(f"""
 run_dir: {tmp_path / 'run'}
@@ -470,3 +471,32 @@ train: {{epochs: 1, dicts: [{{name: a, variant: sae_l1, k: 8}}]}}
     assert said[1:] == [f"{s}: not run: the harvest above stops" for s in ("train", "analyze")]
     assert cli(["run", str(cfg)]) == 2  # as the harvest does
     assert capsys.readouterr().err.split(": ", 2)[2] == said[0].split(": ", 2)[2] + "\n"
+
+
+def test_the_plan_of_a_harvest_whose_source_cannot_be_read_says_it_stops(tmp_path, capsys, monkeypatch):
+    """No files at the source's path, or a hub dataset with the hub unreachable: the harvest stops at once
+    (SourceError), and the plan said 'a new store ...' and went on to the training and the analysis."""
+    from actdict.harvest import sources
+
+    cfg = tmp_path / "h.yaml"
+    cfg.write_text(f"""
+run_dir: {tmp_path / 'run'}
+harvest: {{source: {{kind: files, path: {tmp_path / 'nothere'}}}}}
+train: {{epochs: 1, dicts: [{{name: a, variant: sae_l1, k: 8}}]}}
+""")
+    assert cli(["run", str(cfg), "--dry-run"]) == 2
+    said = capsys.readouterr().out.splitlines()
+    where = tmp_path / "nothere"
+    assert said[0] == f"harvest: would stop: no .json/.jsonl/.parquet/.text/.txt files at '{where}'"
+    assert said[1:] == [f"{s}: not run: the harvest above stops" for s in ("train", "analyze")]
+    assert cli(["run", str(cfg)]) == 2  # as the harvest does
+    assert capsys.readouterr().err.split(": ", 2)[2] == said[0].split(": ", 2)[2] + "\n"
+    monkeypatch.setattr(sources, "hub_reachable", lambda: False)
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):  # online: the hub is probed
+        monkeypatch.delenv(var, raising=False)
+    hub = ["harvest.source={kind: hub, name: NeelNanda/pile-10k}"]
+    assert cli(["harvest", str(cfg), *hub, "--dry-run"]) == 2
+    assert capsys.readouterr().out.startswith("harvest: would stop: hub dataset 'NeelNanda/pile-10k': "
+                                              "huggingface.co:443 is unreachable; point the source at")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")  # the cache is read by the harvest alone
+    assert cli(["harvest", str(cfg), *hub, "--dry-run"]) == 0
