@@ -183,21 +183,26 @@ def plan(common, cfg: HarvestConfig) -> StagePlan:
     on a vectors file that it cannot read (missing, of no known format: ``unreadable``), a harvest that
     writes it on a model it cannot have (``models.available``: a folder not there, a hub model offline and
     not cached, the hub unreachable) or a source it cannot read (``sources.unavailable``)."""
+    said = store_plan(common, cfg)
+    if said.writes and (why := input_problem(cfg)):
+        return StagePlan([f"harvest: would stop: {why}"], stops=True)
+    return said
+
+
+def input_problem(cfg: HarvestConfig) -> str | None:
+    """Why the harvest could not read its input here, found without reading it (None: none found): a vectors
+    file missing or of no known format, else a model it cannot have, then a source it cannot read."""
     from actdict.harvest.models import ModelError, available
     from actdict.harvest.sources import unavailable
     from actdict.harvest.vectors import unreadable
 
-    said = store_plan(common, cfg)
-    if said.writes and cfg.mode == "vectors" and (why := unreadable(cfg.vectors.path, cfg.vectors.key)):
-        return StagePlan([f"harvest: would stop: {why}"], stops=True)
+    if cfg.mode == "vectors":
+        return unreadable(cfg.vectors.path, cfg.vectors.key)
     try:
-        if said.writes and cfg.mode != "vectors":
-            available(cfg.model)  # (a hub model: its cache offline, else one probe of the hub)
+        available(cfg.model)  # (a hub model: its cache offline, else one probe of the hub)
     except ModelError as e:
-        return StagePlan([f"harvest: would stop: {e}"], stops=True)
-    if said.writes and cfg.mode != "vectors" and (why := unavailable(cfg.source)):
-        return StagePlan([f"harvest: would stop: {why}"], stops=True)
-    return said
+        return str(e)
+    return unavailable(cfg.source)
 
 
 def store_plan(common, cfg: HarvestConfig) -> StagePlan:
