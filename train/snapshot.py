@@ -26,13 +26,8 @@ def settle_snapshots(run_dir: Path, name: str, config_hash: str, continued: str 
     ``config_hash``, the hashes they had kept in ``continued_from`` (until the extension is done, its
     finished run is the one analysed); those another training kept (another config_hash in their cfg.json,
     or none readable) are removed."""
-    root = run_dir / "dicts" / name / SNAPSHOTS
-    for p in sorted(root.glob("step-*")) if root.is_dir() else []:
-        try:
-            rec = json.loads((p / checkpoint.CFG).read_text())
-            kept = rec.get("config_hash")
-        except (OSError, ValueError, AttributeError):
-            kept = None
+    for p, rec in _records(run_dir, name):
+        kept = rec.get("config_hash") if rec else None
         if continued is not None and kept == continued:
             was = {"config_hash": config_hash, "continued_from": [*rec.get("continued_from", []), continued]}
             write_atomic(p / checkpoint.CFG, json.dumps(rec | was, indent=1))
@@ -40,20 +35,30 @@ def settle_snapshots(run_dir: Path, name: str, config_hash: str, continued: str 
             shutil.rmtree(p, ignore_errors=True)
 
 
+def _records(run_dir: Path, name: str) -> list[tuple[Path, dict | None]]:
+    """Each snapshot folder of dictionary ``name``, by name (step), with its cfg.json record (None: none
+    readable, or not a mapping)."""
+    root, out = run_dir / "dicts" / name / SNAPSHOTS, []
+    for p in sorted(root.glob("step-*")) if root.is_dir() else []:
+        try:
+            rec = json.loads((p / checkpoint.CFG).read_text())
+        except (OSError, ValueError):
+            rec = None
+        out.append((p, rec if isinstance(rec, dict) else None))
+    return out
+
+
 def snapshots_of(run_dir: Path, name: str, config_hash: str | None) -> list[tuple[int, Path]]:
     """(step, folder) of the snapshots that the training of dictionary ``name`` with ``config_hash`` kept, by
     step: the ones whose cfg.json says so, as its config_hash or one of its ``continued_from`` (a
     ``train.keep_state`` extension of it, unfinished or not, took them); a folder without a readable one,
     or another training's, left out; [] without a config_hash to match."""
-    root, out = run_dir / "dicts" / name / SNAPSHOTS, []
-    for p in sorted(root.glob("step-*")) if root.is_dir() and config_hash else []:
-        try:
-            rec = json.loads((p / checkpoint.CFG).read_text())
-        except (OSError, ValueError):
+    out = []
+    for p, rec in _records(run_dir, name) if config_hash else []:
+        if rec is None:
             continue
-        ours = isinstance(rec, dict) and (rec.get("config_hash") == config_hash
-                                          or config_hash in (c if isinstance(c := rec.get("continued_from"),
-                                                                             list) else ()))
-        if ours and isinstance(step := rec.get("step"), int):
+        continued = rec.get("continued_from")
+        hashes = [rec.get("config_hash"), *(continued if isinstance(continued, list) else [])]
+        if config_hash in hashes and isinstance(step := rec.get("step"), int):
             out.append((step, p))
     return sorted(out)
