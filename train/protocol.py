@@ -224,23 +224,38 @@ def register(cls: type[Dictionary]) -> type[Dictionary]:
     if not cls.variant:
         raise ValueError(f"{cls.__name__} has no variant name")
     if cls.variant in _REGISTRY and _REGISTRY[cls.variant] is not cls:
-        raise ValueError(f"variant {cls.variant!r} registered twice")
+        raise ValueError(f"variant {cls.variant!r} registered twice ({_REGISTRY[cls.variant].__module__} "
+                         f"and {cls.__module__})")
     _REGISTRY[cls.variant] = cls
     return cls
 
 
 def registry() -> dict[str, type[Dictionary]]:
-    """All registered variants, by name (importing the variants package fills it)."""
+    """All registered variants, by name: actdict's own (importing the variants package registers them),
+    then those of installed plugins (``train.plugins``: entry points of group ``actdict.variants``)."""
     import actdict.train.variants  # noqa: F401  (registers every variant)
+    from actdict.train import plugins
 
+    plugins.load(_REGISTRY)
     return dict(_REGISTRY)
+
+
+def _plugin_hint() -> str:
+    """What an unknown variant's error adds: the plugins left out and why (a variant of another package
+    needs that package installed, with its entry point; docs/variants.md)."""
+    from actdict.train import plugins
+
+    failed = plugins.failures()
+    said = "; ".join(f"{k}: {v}" for k, v in failed.items())
+    return f"; variant plugins left out: {said}" if failed else ""
 
 
 def make(variant: str, d: int, k: int, seed: int = 0, **params: Any) -> Dictionary:
     """Build a registered variant with a seeded initialisation."""
     classes = registry()
     if variant not in classes:
-        raise ConfigError(f"unknown dictionary variant {variant!r}; registered: {sorted(classes)}")
+        raise ConfigError(f"unknown dictionary variant {variant!r}; registered: {sorted(classes)}"
+                          f"{_plugin_hint()}")
     check_coefficients(variant, params)  # as given (a variant may convert them before its base sees them)
     check_params(classes[variant], params)
     with torch.random.fork_rng(devices=[]):

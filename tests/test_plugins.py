@@ -1,0 +1,145 @@
+"""Variants of other packages (entry points of group ``actdict.variants``): docs/variants.md's example
+installed as a plugin trains and is analysed through ``actdict run``; broken and clashing plugins are left
+out whole, with a warning, and a config naming their variant says why."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from actdict.cli import main as actdict_main
+from actdict.config import ConfigError
+from actdict.errors import ActdictWarning
+from actdict.train import checkpoint, plugins, protocol
+from actdict.train.protocol import make, registry
+
+DOCS = Path(__file__).parents[1] / "docs" / "variants.md"
+
+
+def _docs_example() -> str:
+    """The plugin module docs/variants.md shows (its one python block)."""
+    blocks = re.findall(r"```python\n(.*?)```", DOCS.read_text(), re.S)
+    assert len(blocks) == 1 and "tied_relu" in blocks[0]
+    return blocks[0]
+
+
+@pytest.fixture
+def install(tmp_path, monkeypatch):
+    """install({module: source}, {entry name: value}): the modules and a distribution declaring the entry
+    points, on sys.path; the registry as it was, and no plugin loaded, afterwards."""
+    kept, added = registry(), []  # actdict's own (imported now, so that they are kept)
+    site = tmp_path / "site"
+
+    def go(modules: dict[str, str], entries: dict[str, str]) -> None:
+        dist = site / "my_dicts-0.1.dist-info"
+        dist.mkdir(parents=True)
+        (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-dicts\nVersion: 0.1\n")
+        (dist / "entry_points.txt").write_text(
+            f"[{plugins.GROUP}]\n" + "".join(f"{k} = {v}\n" for k, v in entries.items()))
+        for name, source in modules.items():
+            (site / f"{name}.py").write_text(source)
+            added.append(name)
+        monkeypatch.syspath_prepend(str(site))
+        plugins.reset()
+
+    yield go
+    protocol._REGISTRY.clear()
+    protocol._REGISTRY.update(kept)
+    plugins.reset()
+    for name in added:
+        sys.modules.pop(name, None)
+
+
+def test_docs_example_plugin_trains_and_is_analysed(tmp_path, install, capsys):
+    install({"tied_relu": _docs_example()}, {"tied_relu": "tied_relu"})
+    assert registry()["tied_relu"].__module__ == "tied_relu" and "sae_l1" in registry()
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((1024, 4)) @ rng.standard_normal((4, 12))).astype(np.float32)  # [1024, 12]
+    np.save(tmp_path / "v.npy", x)
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text(f"""
+run_dir: {tmp_path / 'run'}
+harvest:
+  {{mode: vectors, vectors: {{path: {tmp_path / 'v.npy'}, hook: emb}}, shard_rows: 512, chunk_rows: 128}}
+train:
+  epochs: 10
+  batch_size: 128
+  dicts: [{{name: t, variant: tied_relu, k: 16, params: {{lam: 0.01}}}}, {{name: l1, variant: sae_l1, k: 16}}]
+analyze: {{n_features: 2, top_k: 2, context: 0}}
+""")
+    assert actdict_main(["run", str(cfg)]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())["models"]
+    assert set(summary) == {"t", "l1"}
+    t = summary["t"]
+    assert 0 < t["l0"] <= 16 and 0.5 < t["ev"] <= 1, t  # rank-4 data, 16 tied latents
+    model, cfg_json = checkpoint.load(tmp_path / "run" / "dicts" / "t")
+    assert type(model).__name__ == "TiedReLU" and cfg_json["params"] == {"lam": 0.01}
+    z = torch.relu((torch.from_numpy(x[:8]) - model.b_dec) @ model.W.T + model.b_enc)  # [8, 16]
+    torch.testing.assert_close(model(torch.from_numpy(x[:8]), sample=False).x_hat, z @ model.W + model.b_dec)
+    log = [json.loads(line) for line in (tmp_path / "run" / "logs" / "t.jsonl").read_text().splitlines()]
+    steps = [r for r in log if "sse" in r]
+    assert steps and steps[-1]["sse"] < steps[0]["sse"] / 2  # it learned
+    capsys.readouterr()
+    assert actdict_main(["export", str(tmp_path / "run" / "dicts" / "t"), str(tmp_path / "out")]) == 2
+    assert "tied_relu" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+BROKEN = "raise ImportError('needs a library not installed here')\n"
+CLASH = """
+from torch import nn
+from actdict.train.protocol import Dictionary, register
+@register
+class Fine(Dictionary):
+    variant = "fine_one"
+@register
+class Clash(Dictionary):
+    variant = "sae_l1"
+"""
+CLASS_ONLY = """
+from actdict.train.protocol import Dictionary
+class Unregistered(Dictionary):
+    variant = "by_class"
+"""
+
+
+def test_broken_and_clashing_plugins_are_left_out_with_a_warning(install):
+    own = registry()
+    install({"broken": BROKEN, "clash": CLASH, "by_class": CLASS_ONLY},
+            {"a_broken": "broken", "b_clash": "clash", "c_class": "by_class:Unregistered",
+             "d_value": "json:dumps"})
+    with pytest.warns(ActdictWarning) as said:
+        got = registry()
+    lines = sorted(str(w.message) for w in said)
+    assert len(lines) == 3, lines
+    assert lines[0] == ("variant plugin a_broken (broken) left out: ImportError: needs a library not "
+                        "installed here")
+    assert lines[1].startswith("variant plugin b_clash (clash) left out: ValueError: variant 'sae_l1' "
+                               "registered twice (actdict.train.variants.sae_l1 and clash)")
+    assert lines[2] == ("variant plugin d_value (json:dumps) left out: TypeError: it names a function, not a "
+                        "module or a Dictionary class")
+    assert set(got) == set(own) | {"by_class"}  # fine_one undone with its module's clash
+    assert got["sae_l1"] is own["sae_l1"] and got["by_class"].__name__ == "Unregistered"
+    with pytest.raises(ConfigError, match=r"unknown dictionary variant 'fine_one'; .*variant plugins left "
+                                          r"out: a_broken \(broken\): ImportError: needs a library"):
+        make("fine_one", 4, 8)
+    registry()  # loaded once: no second warning, same table
+    assert set(registry()) == set(got)
+
+
+def test_contract_tests_take_the_installed_plugin(tmp_path, install):
+    """tests/test_variant_contract.py checks every registered variant: an installed plugin's too (a plugin's
+    author runs it on theirs), here docs/variants.md's example, in a process of its own."""
+    install({"tied_relu": _docs_example()}, {"tied_relu": "tied_relu"})
+    root = Path(__file__).parents[1]
+    path = os.pathsep.join([str(tmp_path / "site"), str(root)])
+    env = os.environ | {"PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
+                           str(root / "tests" / "test_variant_contract.py"), "-k", "tied_relu"],
+                          capture_output=True, text=True, env=env, cwd=root, timeout=600)
+    assert done.returncode == 0 and re.search(r"\b([5-9]|\d\d+) passed", done.stdout), done.stdout[-2000:]

@@ -1,0 +1,70 @@
+"""Variants from other packages: the entry points of group ``actdict.variants``.
+
+A package that declares, in its ``pyproject.toml``::
+
+    [project.entry-points."actdict.variants"]
+    tied_relu = "my_dicts.tied_relu"
+
+has its module imported by :func:`actdict.train.protocol.registry` (once per process), after actdict's own
+variants; the module registers its classes with ``@register`` as ours do (an entry point may also name a
+:class:`~actdict.train.protocol.Dictionary` subclass, ``"my_dicts.tied_relu:TiedReLU"``, which is then
+registered if it is not yet). Its variants are then named in ``train.dicts`` like any other, and every stage
+(training, torchrun ranks, analysis, the lens, export) finds them: nothing is named in the config.
+
+A plugin that fails to import, or registers a name already taken, is left out whole (whatever it
+registered before failing is undone) with one warning; actdict's own variants are never replaced. The
+failures are kept (:func:`failures`) so that a config naming such a variant is told why it is missing.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import warnings
+
+from actdict.errors import ActdictWarning
+
+GROUP = "actdict.variants"
+
+_FAILED: dict[str, str] | None = None  # "name (value)" -> why it was left out; None: not yet loaded
+
+
+def load(registry: dict[str, type]) -> None:
+    """Import every installed plugin once (``registry``: the name -> class table ``register`` fills)."""
+    global _FAILED
+    if _FAILED is not None:
+        return
+    _FAILED = {}  # set first: a plugin that asks for the registry while it imports sees actdict's own
+    for ep in sorted(importlib.metadata.entry_points(group=GROUP), key=lambda e: (e.name, e.value)):
+        if why := _load_one(ep, registry):
+            _FAILED[f"{ep.name} ({ep.value})"] = why
+            warnings.warn(f"variant plugin {ep.name} ({ep.value}) left out: {why}", ActdictWarning,
+                          stacklevel=2)
+
+
+def _load_one(ep: importlib.metadata.EntryPoint, registry: dict[str, type]) -> str:
+    """Import one entry point; '' when it loaded, else why not (with the registry as it was before)."""
+    from actdict.train.protocol import Dictionary, register
+
+    before = dict(registry)
+    try:
+        obj = ep.load()
+        if isinstance(obj, type) and issubclass(obj, Dictionary) and registry.get(obj.variant) is not obj:
+            register(obj)
+        elif not (isinstance(obj, type) or hasattr(obj, "__path__") or hasattr(obj, "__file__")):
+            raise TypeError(f"it names a {type(obj).__name__}, not a module or a Dictionary class")
+    except Exception as e:  # noqa: BLE001 - a broken plugin must not stop actdict's own variants
+        registry.clear()
+        registry.update(before)
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+    return ""
+
+
+def failures() -> dict[str, str]:
+    """The plugins left out, with why ("name (value)" -> reason); empty before :func:`load`."""
+    return dict(_FAILED or {})
+
+
+def reset() -> None:
+    """Forget what was loaded (tests: the next ``registry()`` looks for plugins again)."""
+    global _FAILED
+    _FAILED = None
