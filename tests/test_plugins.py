@@ -88,6 +88,12 @@ analyze: {{n_features: 2, top_k: 2, context: 0}}
     capsys.readouterr()
     assert actdict_main(["export", str(tmp_path / "run" / "dicts" / "t"), str(tmp_path / "out")]) == 2
     assert "tied_relu" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    records = {n: json.loads((tmp_path / "run" / "dicts" / n / "cfg.json").read_text()) for n in ("t", "l1")}
+    assert records["t"]["plugin"] == "tied_relu" and "plugin" not in records["l1"]
+    del protocol._REGISTRY["tied_relu"]  # the plugin's package uninstalled: analysis names what is missing
+    assert actdict_main(["analyze", str(cfg)]) == 2
+    assert ("dicts/t: its variant 'tied_relu' is provided by no package installed here (it was trained with "
+            "module 'tied_relu', a plugin): install the package") in capsys.readouterr().err
 
 
 BROKEN = "raise ImportError('needs a library not installed here')\n"

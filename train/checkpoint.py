@@ -22,7 +22,7 @@ from torch import Tensor
 
 from actdict.errors import ActdictError
 from actdict.files import WriteError, remove_temps, write_atomic
-from actdict.train.protocol import Dictionary, Forward, make
+from actdict.train.protocol import Dictionary, Forward, make, plugin_hint, registry
 
 WEIGHTS, CFG = "model.safetensors", "cfg.json"
 
@@ -121,10 +121,28 @@ def save(dir: str | Path, model: Dictionary, cfg_dict: dict[str, Any]) -> Path:
     (out / CFG).unlink(missing_ok=True)
     os.replace(tmp, out / WEIGHTS)
     cfg = dict(cfg_dict) | {"variant": model.variant, "d": model.d, "k": model.k, "params": model.params,
-                            "normalized": isinstance(model, Normalized)}
+                            "normalized": isinstance(model, Normalized)} | plugin_of(model)
     write_atomic(out / CFG, json.dumps(cfg, indent=1, default=str))
     remove_temps(out, CFG)  # a killed save's (one writer: the run folder's lock)
     return out
+
+
+def plugin_of(model: Dictionary) -> dict[str, str]:
+    """``{"plugin": module}`` for a variant of another package (``train.plugins``), so that a folder read
+    where that package is missing names it; {} for actdict's own."""
+    module = type(model.inner if isinstance(model, Normalized) else model).__module__
+    return {} if module.startswith("actdict.") else {"plugin": module}
+
+
+def unknown_variant(cfg: dict[str, Any]) -> str | None:
+    """Why no class here builds the variant a cfg.json record names (None: one does)."""
+    classes = registry()
+    if cfg["variant"] in classes:
+        return None
+    made = f" (it was trained with module {cfg['plugin']!r}, a plugin)" if cfg.get("plugin") else ""
+    return (f"its variant {cfg['variant']!r} is provided by no package installed here{made}: install the "
+            f"package that provides it (docs/variants.md, 'Your own variant'); registered: "
+            f"{', '.join(sorted(classes))}{plugin_hint()}")
 
 
 def weights_readable(path: Path) -> bool:
@@ -185,6 +203,8 @@ def load(dir: str | Path, device: str | torch.device = "cpu") -> tuple[Dictionar
         raise CheckpointError(damaged(d, e)) from e
     if not isinstance(cfg, dict) or not {"variant", "d", "k", "params"} <= set(cfg):
         raise CheckpointError(damaged(d, f"its {CFG} is not an actdict checkpoint's record"))
+    if why := unknown_variant(cfg):
+        raise CheckpointError(f"{d}: {why}")
     if why := other_shapes(cfg, state):
         raise CheckpointError(damaged(d, why))
     if bad := [k for k, v in state.items() if v.is_floating_point() and (v.isnan() | v.isposinf()).any()]:

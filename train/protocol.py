@@ -240,7 +240,7 @@ def registry() -> dict[str, type[Dictionary]]:
     return dict(_REGISTRY)
 
 
-def _plugin_hint() -> str:
+def plugin_hint() -> str:
     """What an unknown variant's error adds: the plugins left out and why (a variant of another package
     needs that package installed, with its entry point; docs/variants.md)."""
     from actdict.train import plugins
@@ -255,7 +255,7 @@ def make(variant: str, d: int, k: int, seed: int = 0, **params: Any) -> Dictiona
     classes = registry()
     if variant not in classes:
         raise ConfigError(f"unknown dictionary variant {variant!r}; registered: {sorted(classes)}"
-                          f"{_plugin_hint()}")
+                          f"{plugin_hint()}")
     check_coefficients(variant, params)  # as given (a variant may convert them before its base sees them)
     check_params(classes[variant], params)
     with torch.random.fork_rng(devices=[]):
