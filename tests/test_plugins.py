@@ -59,6 +59,8 @@ def install(tmp_path, monkeypatch):
 def test_docs_example_plugin_trains_and_is_analysed(tmp_path, install, capsys):
     install({"tied_relu": _docs_example()}, {"tied_relu": "tied_relu"})
     assert registry()["tied_relu"].__module__ == "tied_relu" and "sae_l1" in registry()
+    assert actdict_main(["variants"]) == 0
+    assert "\ntied_relu (plugin tied_relu)\n  A tied-weights ReLU SAE: z = relu(" in capsys.readouterr().out
     rng = np.random.default_rng(0)
     x = (rng.standard_normal((1024, 4)) @ rng.standard_normal((4, 12))).astype(np.float32)  # [1024, 12]
     np.save(tmp_path / "v.npy", x)

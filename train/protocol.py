@@ -9,9 +9,10 @@ What a variant provides, all in its own file:
 * required: ``variant`` (its registered name), ``forward(x, sample)`` -> :class:`Forward`, ``decode(codes)``,
   ``loss_terms(x, out)`` (``"loss"`` the total), and ``active_side`` where its activity is a variance;
 * optional class attributes, read by the stages: ``default_params`` (else the constructor's keyword
-  defaults: ``param_defaults``), ``positive`` (params checked > 0), ``autocast_note`` (train warns under
-  bf16 autocast), ``trains_reconstruction`` (False: x_hat is a by-product), ``batch_loss`` (batches of 2
-  rows or more);
+  defaults: ``param_defaults``), ``optional_params`` (params also accepted, with their meaning when not
+  given, but stored only when given: the SAEs' deep-body keys; listed by ``actdict variants``),
+  ``positive`` (params checked > 0), ``autocast_note`` (train warns under bf16 autocast),
+  ``trains_reconstruction`` (False: x_hat is a by-product), ``batch_loss`` (batches of 2 rows or more);
 * optional methods: ``after_step()`` (after each optimizer step), ``run_note(params, steps)`` (a line
   before a run too short for it), ``to_saelens()`` (the SAELens view ``actdict export`` writes; without it
   the variant is not exported).

@@ -42,6 +42,7 @@ from actdict.train.variants._sparse import Pattern, gather_linear, sparse_forwar
 class SAEBase(Dictionary):
     active_side = "high"
     default_params: dict[str, Any] = {}
+    optional_params: dict[str, Any] = ARCH  # the deep bodies' keys, stored in params only when given
 
     def __init__(self, d: int, k: int, **params: Any) -> None:
         unknown = sorted(set(params) - set(self.default_params) - set(ARCH))
