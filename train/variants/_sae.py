@@ -45,9 +45,9 @@ class SAEBase(Dictionary):
     optional_params: dict[str, Any] = ARCH  # the deep bodies' keys, stored in params only when given
 
     def __init__(self, d: int, k: int, **params: Any) -> None:
-        unknown = sorted(set(params) - set(self.default_params) - set(ARCH))
+        unknown = sorted(set(params) - set(self.default_params) - set(self.optional_params))
         if unknown:
-            valid = sorted([*self.default_params, *ARCH])
+            valid = sorted([*self.default_params, *self.optional_params])
             raise ConfigError(f"{self.variant}: unknown params {unknown}; valid: {valid}")
         enc, dec, hidden, dec_hidden = (params.get(key, ARCH[key]) for key in ARCH)
         check_arch(self.variant, enc, dec, hidden, dec_hidden)
