@@ -39,6 +39,7 @@ ENTRIES = {  # name -> its train.dicts entry
     # summation-order difference of the two ranks' averaged gradients to ~50% in 60 steps (0.1: 2e-6)
     "log": "{name: log, variant: sae_log, k: 16, lr: 0.01, params: {eps: 0.1}}",
     "jumprelu": "{name: jumprelu, variant: sae_jumprelu, k: 16, lr: 0.01}",
+    "gated": "{name: gated, variant: sae_gated, k: 16, lr: 0.01}",
     "decnorm": "{name: decnorm, variant: sae_l1_decnorm, k: 16, lr: 0.01}",
     "sosae": "{name: sosae, variant: sosae, k: 16, lr: 0.01}",
 }

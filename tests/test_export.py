@@ -15,17 +15,21 @@ CASES = {  # variant -> (params, SAELens architecture)
     "sae_l1": ({}, "standard"), "sae_log": ({}, "standard"), "sae_topk": ({"topk": 3}, "topk"),
     "sae_topk_auxk": ({"topk": 3}, "topk"), "sae_batchtopk": ({"topk": 3}, "jumprelu"),
     "sae_jumprelu": ({"threshold_init": 0.3}, "jumprelu"), "sae_l1_decnorm": ({}, "standard"),
-    "sosae": ({}, "standard"), "lse": ({}, "standard"),
+    "sosae": ({}, "standard"), "lse": ({}, "standard"), "sae_gated": ({}, "gated"),
 }
 
 
 def saelens_forward(folder):
-    """SAELens' encode/decode for the three architectures, written from its documented semantics."""
+    """SAELens' encode/decode for its four ReLU architectures, written from its documented semantics."""
     cfg = json.loads((folder / "cfg.json").read_text())
     w = load_file(str(folder / "sae_weights.safetensors"))
 
     def run(x):  # x: [B, d_in]
         xin = x - w["b_dec"] if cfg["apply_b_dec_to_input"] else x
+        if cfg["architecture"] == "gated":  # GatedSAE.encode: a gate, and magnitudes through W_enc exp(r_mag)
+            mag = xin @ (w["W_enc"] * w["r_mag"].exp()) + w["b_mag"]  # [B, d_sae]
+            z = (xin @ w["W_enc"] + w["b_gate"] > 0) * torch.relu(mag)
+            return z, z @ w["W_dec"] + w["b_dec"]
         pre = xin @ w["W_enc"] + w["b_enc"]  # [B, d_sae]
         if cfg["architecture"] == "standard":
             z = torch.relu(pre)
@@ -43,7 +47,7 @@ def trained_model(variant, params, x):
     m = make(variant, D, K, seed=2, **params)
     with torch.no_grad():  # move the biases off zero so every term of the mapping is exercised
         for name, p in m.named_parameters():
-            if name.split(".")[-1] in ("b_enc", "b_dec", "bias"):
+            if name.split(".")[-1] in ("b_enc", "b_dec", "bias", "r_mag", "b_mag"):
                 p.add_(torch.linspace(-0.3, 0.3, p.numel()).reshape(p.shape))
     m.train()
     m(x)  # BatchTopK: one training batch sets its inference threshold
@@ -64,8 +68,10 @@ def test_export_reproduces_encode_decode(variant, normalized, tmp_path):
     assert cfg["architecture"] == arch and (cfg["d_in"], cfg["d_sae"]) == (D, K)
     assert cfg["metadata"]["hook_name"] == "blocks.0.hook_resid_post"
     assert cfg["metadata"]["sae_lens_version"] >= "6"  # else SAELens reads it as the pre-6 layout
-    assert w["W_enc"].shape == (D, K) and w["W_dec"].shape == (K, D) and w["b_enc"].shape == (K,)
-    assert w["b_dec"].shape == (D,) and ("threshold" in w) == (arch == "jumprelu")
+    biases = ("b_gate", "r_mag", "b_mag") if arch == "gated" else ("b_enc",)  # SAELens' GatedSAE: no b_enc
+    assert w["W_enc"].shape == (D, K) and w["W_dec"].shape == (K, D) and w["b_dec"].shape == (D,)
+    assert set(w) == {"W_enc", "W_dec", "b_dec", *biases, *(["threshold"] if arch == "jumprelu" else [])}
+    assert all(w[b].shape == (K,) for b in biases)
     if arch == "topk":
         assert cfg["k"] == params["topk"]
     with torch.no_grad():

@@ -31,6 +31,9 @@ def _saelens(arch="standard", b_dec_in=True, dtype=torch.float32, **cfg):
          "W_dec": torch.randn(K, D, generator=g), "b_dec": torch.randn(D, generator=g)}
     if arch == "jumprelu":
         t["threshold"] = torch.linspace(-0.5, 1.5, K)  # some <= 0: z = relu(p) there
+    if arch == "gated":  # no b_enc: a gate bias and the magnitude path's scale and bias
+        t |= {"b_gate": t.pop("b_enc"), "r_mag": torch.linspace(-0.5, 0.5, K),
+              "b_mag": torch.linspace(-1, 1, K)}
     base = {"d_in": D, "d_sae": K, "architecture": arch, "normalize_activations": "none",
             "apply_b_dec_to_input": b_dec_in, "metadata": {"hook_name": "blocks.1.hook_resid_post"}}
     return base | cfg, {k: v.to(dtype) for k, v in t.items()}
@@ -59,14 +62,15 @@ def test_an_export_imported_back_computes_what_the_exported_one_computed(variant
     dest, record = import_saelens(tmp_path / "export", tmp_path / "run2" / "dicts" / "back")
     back, rec = checkpoint.load(dest)
     assert rec == record and rec["imported"]["architecture"] == arch and rec["finished"]
-    assert rec["variant"] == {"standard": "sae_l1", "topk": "sae_topk", "jumprelu": "sae_jumprelu"}[arch]
+    assert rec["variant"] == {"standard": "sae_l1", "topk": "sae_topk", "jumprelu": "sae_jumprelu",
+                              "gated": "sae_gated"}[arch]
     with torch.no_grad():
         want, got = m(x, sample=False), back(x, sample=False)
     torch.testing.assert_close(got.x_hat, want.x_hat, atol=2e-5, rtol=1e-5)
     torch.testing.assert_close(got.codes, want.codes, atol=2e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("arch", ["standard", "topk", "jumprelu"])
+@pytest.mark.parametrize("arch", ["standard", "topk", "jumprelu", "gated"])
 @pytest.mark.parametrize("b_dec_in", [True, False])
 def test_an_saelens_sae_is_read_as_saelens_computes_it(arch, b_dec_in, tmp_path):
     cfg, t = _saelens(arch, b_dec_in, **({"k": 4} if arch == "topk" else {}))
@@ -141,7 +145,7 @@ def test_the_hook_of_an_early_saelens_cfg_hook_point_is_recorded_for_analysis_to
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"architecture": "gated"}, r"architecture 'gated' has no actdict variant"),
+    ({"architecture": "transcoder"}, r"architecture 'transcoder' has no actdict variant"),
     ({"normalize_activations": "expected_average_only_in"}, r"its scale is computed from data at run time"),
     ({"architecture": "topk", "k": 3, "rescale_acts_by_decoder_norm": True}, r"rescale_acts_by_decoder_norm"),
     ({"architecture": "topk"}, r"a topk SAE needs an integer k in its cfg, got None"),

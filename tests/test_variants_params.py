@@ -9,7 +9,7 @@ from actdict.train.protocol import is_loss_weight, make, registry
 
 def test_all_models_registered():
     assert {"vaease", "vae", "sae_l1", "sae_log", "sae_topk", "sae_topk_auxk", "sae_batchtopk",
-            "sae_jumprelu", "sae_l1_decnorm", "sae_kl", "sosae", "lse"} <= set(registry())
+            "sae_jumprelu", "sae_gated", "sae_l1_decnorm", "sae_kl", "sosae", "lse"} <= set(registry())
 
 
 def test_normalized_wrapper_round_trip(tmp_path):
@@ -46,6 +46,7 @@ DOCUMENTED_DEFAULTS = {
     "sae_batchtopk": {"topk": 32, "k_aux": 512, "aux_penalty": 1 / 32, "n_batches_to_dead": 5,
                       "threshold_beta": 0.999},
     "sae_jumprelu": {"lam": 1.0, "bandwidth": 1e-3, "threshold_init": 1e-3},
+    "sae_gated": {"lam": 1.0},
     "sae_l1_decnorm": {"lam": 5.0, "lam_warmup_steps": 0, "dec_init_norm": 0.1},
     "sae_kl": {"rho": 0.05, "beta": 3.0, "lam": 1e-4},
     "sosae": {"alpha": 1e-3, "lam_push": 1e-3, "lam_jac": 0.0},

@@ -36,8 +36,8 @@ class DictConfig:
     """Folder name under ``<run_dir>/dicts/`` (unique within the run)."""
     variant: str
     """Registered variant (``actdict.train.protocol.registry()``): vaease, vae, sae_l1, sae_log, sae_topk,
-    sae_topk_auxk, sae_batchtopk, sae_jumprelu, sae_l1_decnorm, sae_kl, sosae, lse; their formulas and
-    ``params`` in docs/variants.md."""
+    sae_topk_auxk, sae_batchtopk, sae_jumprelu, sae_gated, sae_l1_decnorm, sae_kl, sosae, lse (and installed
+    plugins'); their formulas and ``params`` in docs/variants.md and ``actdict variants``."""
     k: int = 300
     """Dictionary size (number of latents); paper LLM: 300."""
     lr: float = 0.005

@@ -1,20 +1,23 @@
 """Export a trained SAE to the SAELens on-disk format: ``<out>/cfg.json`` + ``<out>/sae_weights.safetensors``.
 
 The format (SAELens 6.x, ``SAE.save_model`` / ``SAE.load_from_disk``): tensors ``W_enc`` [d_in, d_sae],
-``b_enc`` [d_sae], ``W_dec`` [d_sae, d_in], ``b_dec`` [d_in] and, for ``jumprelu``, ``threshold`` [d_sae];
+``b_enc`` [d_sae], ``W_dec`` [d_sae, d_in], ``b_dec`` [d_in] and, for ``jumprelu``, ``threshold`` [d_sae]
+(``gated``: ``b_gate``, ``r_mag``, ``b_mag`` [d_sae] instead of ``b_enc``);
 cfg fields ``d_in``, ``d_sae``, ``dtype``, ``device``, ``apply_b_dec_to_input``, ``normalize_activations``,
-``reshape_activations``, ``architecture`` ("standard" | "topk" | "jumprelu"), ``k`` and
+``reshape_activations``, ``architecture`` ("standard" | "topk" | "jumprelu" | "gated"), ``k`` and
 ``rescale_acts_by_decoder_norm`` for topk, and ``metadata`` (``sae_lens_version`` "6.0.0": without it
 SAELens converts the cfg as a pre-6 one; ``hook_name``, ``model_name``, ...). We also write the older
 (SAELens <= 5) keys ``activation_fn`` / ``activation_fn_kwargs`` / ``hook_name`` / ``model_name``, which
 SAELens 6 ignores.
 
 SAELens computes: standard  z = relu(x' @ W_enc + b_enc);  topk  z = relu(TopK_k(x' @ W_enc + b_enc));
-jumprelu  z = relu(p) * (p > threshold), p = x' @ W_enc + b_enc;  x_hat = z @ W_dec + b_dec, where
-x' = x - b_dec if ``apply_b_dec_to_input`` else x.
+jumprelu  z = relu(p) * (p > threshold), p = x' @ W_enc + b_enc;  gated  z = (x' W_enc + b_gate > 0) *
+relu(x' (W_enc exp(r_mag)) + b_mag);  x_hat = z @ W_dec + b_dec, where x' = x - b_dec if
+``apply_b_dec_to_input`` else x.
 
 What maps (``saelens_view``): every variant with a ``to_saelens()`` method (sae_topk_auxk -> topk,
-sae_batchtopk -> jumprelu with one shared threshold, sae_jumprelu -> jumprelu, sae_l1_decnorm and sosae ->
+sae_batchtopk -> jumprelu with one shared threshold, sae_jumprelu -> jumprelu, sae_gated -> gated,
+sae_l1_decnorm and sosae ->
 standard, lse (relu) -> standard with W_dec = W, b_dec = 0, and the paper SAEs with linear encoder and
 decoder: sae_l1, sae_log -> standard; sae_topk -> topk). VAE/VAEase (stochastic, gated decoder input), sae_kl
 (sigmoid) and deep-encoder SAEs raise :class:`ExportError`. A model trained on normalised inputs
@@ -37,7 +40,7 @@ from actdict.train import checkpoint
 from actdict.train.protocol import Dictionary
 
 WEIGHTS, CFG = "sae_weights.safetensors", "cfg.json"
-TENSORS = ("W_enc", "b_enc", "W_dec", "b_dec", "threshold")
+TENSORS = ("W_enc", "b_enc", "W_dec", "b_dec", "threshold", "b_gate", "r_mag", "b_mag")  # b_enc: not gated
 SAELENS_FORMAT = "6.0.0"  # metadata.sae_lens_version (older/missing = SAELens reads the pre-6 layout)
 
 
@@ -67,7 +70,8 @@ def saelens_view(model: Dictionary) -> dict[str, Any]:
         raise ExportError(f"{inner.variant}: {e}") from e
     if view is None:
         raise ExportError(f"variant {inner.variant!r} has no SAELens architecture (SAELens has standard/"
-                          "topk/jumprelu ReLU SAEs; VAEs and sigmoid SAEs do not map): nothing exported")
+                          "topk/jumprelu/gated ReLU SAEs; VAEs and sigmoid SAEs do not map): nothing "
+                          "exported")
     if isinstance(model, checkpoint.Normalized):
         view = _fold_norm(view, model.norm_mean, float(model.norm_scale))
     return view

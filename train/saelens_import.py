@@ -10,13 +10,16 @@ What maps, and how (the inverse of ``actdict.train.export``; SAELens' formulas a
   <= 5 saved it as ``standard`` with the activation function ``topk``);
 - ``jumprelu``: z = relu(p) (p > threshold) -> ``sae_jumprelu`` with log_threshold = log(threshold) (a
   threshold <= 0 is log 0 = -inf: z = relu(p), as SAELens computes it then);
+- ``gated``: z = (x' W_enc + b_gate > 0) relu(x' W_enc exp(r_mag) + b_mag) -> ``sae_gated`` (the same
+  tensors, b_gate as its ``b_enc``; it always subtracts b_dec, so a cfg with ``apply_b_dec_to_input`` false
+  has b_dec W_enc added to b_gate, and b_dec W_enc exp(r_mag) to b_mag);
 - SAELens <= 5's ``finetuning_scaling_factor`` (decode: (z * scale) W_dec) is folded into the decoder rows.
 
 where x' = x - b_dec when ``apply_b_dec_to_input`` (SAELens' default when the cfg does not say), which is
-folded into the encoder bias (b_enc - b_dec W_enc), so the imported model computes the same codes and
-reconstructions from raw rows. Tensors of any float dtype are read as float32. Refused, with the reason:
-another architecture (gated, transcoders, ...) or activation function (tanh-relu), ``normalize_activations``
-other than none (its scale is computed from data at run time, not saved), topk's
+folded into the encoder bias (b_enc - b_dec W_enc; ``gated``: above), so the imported model computes the
+same codes and reconstructions from raw rows. Tensors of any float dtype are read as float32. Refused, with
+the reason: another architecture (transcoders, ...) or activation function (tanh-relu),
+``normalize_activations`` other than none (its scale is computed from data at run time, not saved), topk's
 ``rescale_acts_by_decoder_norm``, tensors whose shapes do not match ``d_in`` / ``d_sae``. The variant's
 training params (``lam1``, ...) are its defaults: they describe no training of this SAE; cfg.json's
 ``imported`` records where it came from and how it was read, and ``store.hook`` the hook its cfg names,
@@ -43,7 +46,8 @@ from actdict.train.config import bad_name
 from actdict.train.protocol import Dictionary, make
 
 WEIGHTS, CFG = "sae_weights.safetensors", "cfg.json"
-VARIANTS = {"standard": "sae_l1", "topk": "sae_topk", "jumprelu": "sae_jumprelu"}
+VARIANTS = {"standard": "sae_l1", "topk": "sae_topk", "jumprelu": "sae_jumprelu", "gated": "sae_gated"}
+GATED = ("b_gate", "r_mag", "b_mag")  # a gated SAE's encoder tensors in place of b_enc
 
 
 class NotImportable(ActdictError, ValueError):
@@ -117,27 +121,41 @@ def to_model(cfg: dict[str, Any], tensors: dict[str, Tensor]) -> Dictionary:
     """The actdict dictionary computing what the SAELens SAE (``read_saelens``) computes, in eval mode."""
     arch, params = architecture(cfg)
     d, k = cfg.get("d_in"), cfg.get("d_sae")
-    want = {"W_enc": (d, k), "b_enc": (k,), "W_dec": (k, d), "b_dec": (d,)} | (
+    biases = GATED if arch == "gated" else ("b_enc",)  # the encoder's per-latent tensors [k]
+    want = {"W_enc": (d, k), **{b: (k,) for b in biases}, "W_dec": (k, d), "b_dec": (d,)} | (
         {"threshold": (k,)} if arch == "jumprelu" else {})
     got = {name: tuple(tensors[name].shape) if name in tensors else None for name in want}
     if not (isinstance(d, int) and isinstance(k, int) and d > 0 and k > 0) or got != want:
         raise NotImportable(f"tensors {got} do not match d_in={d!r}, d_sae={k!r} (wanted {want})")
-    w_enc, b_enc, w_dec, b_dec = (tensors[n] for n in ("W_enc", "b_enc", "W_dec", "b_dec"))
-    if cfg.get("apply_b_dec_to_input", True):  # (x - b_dec) W_enc + b_enc = x W_enc + (b_enc - b_dec W_enc)
-        b_enc = b_enc - b_dec @ w_enc  # [k]
+    w_enc, w_dec, b_dec = tensors["W_enc"], tensors["W_dec"], tensors["b_dec"]
     if (scale := decoder_scale(cfg, tensors, k)) is not None:  # (z * scale) W_dec = z (scale W_dec)
         w_dec = w_dec * scale[:, None]  # [k, d]
-    if not all(bool(torch.isfinite(t).all()) for t in (w_enc, b_enc, w_dec, b_dec)):
-        raise NotImportable("its weights hold NaN or infinite values")
-    model = make(VARIANTS[arch], d, k, **params)
-    if arch == "jumprelu":
-        state = {"W_enc": w_enc, "b_enc": b_enc, "W_dec": w_dec, "b_dec": b_dec,
-                 "log_threshold": tensors["threshold"].clamp_min(0).log()}
+    if arch == "gated":
+        state = _gated_state(cfg, tensors, w_dec)
     else:
+        b_enc = tensors["b_enc"]
+        if cfg.get("apply_b_dec_to_input", True):  # (x - b_dec) W + b_enc = x W + (b_enc - b_dec W)
+            b_enc = b_enc - b_dec @ w_enc  # [k]
         state = {"encoder.weight": w_enc.T, "encoder.bias": b_enc, "decoder.weight": w_dec.T,
                  "decoder.bias": b_dec}
+        if arch == "jumprelu":
+            state = {"W_enc": w_enc, "b_enc": b_enc, "W_dec": w_dec, "b_dec": b_dec,
+                     "log_threshold": tensors["threshold"].clamp_min(0).log()}
+    if not all(bool(torch.isfinite(t).all()) for n, t in state.items() if n != "log_threshold"):
+        raise NotImportable("its weights hold NaN or infinite values")
+    model = make(VARIANTS[arch], d, k, **params)
     model.load_state_dict({name: t.contiguous() for name, t in state.items()})
     return model.eval()
+
+
+def _gated_state(cfg: dict[str, Any], tensors: dict[str, Tensor], w_dec: Tensor) -> dict[str, Tensor]:
+    """``sae_gated``'s weights from a SAELens gated SAE's. Ours always subtracts b_dec from x; a cfg
+    without ``apply_b_dec_to_input`` adds b_dec W_enc back into both paths' biases: x W = (x - b_dec) W +
+    b_dec W, and the magnitude path scales it by exp(r_mag)."""
+    w_enc, b_dec, r_mag = tensors["W_enc"], tensors["b_dec"], tensors["r_mag"]
+    back = torch.zeros_like(r_mag) if cfg.get("apply_b_dec_to_input", True) else b_dec @ w_enc  # [k]
+    return {"W_enc": w_enc, "b_enc": tensors["b_gate"] + back, "W_dec": w_dec, "b_dec": b_dec,
+            "r_mag": r_mag, "b_mag": tensors["b_mag"] + back * r_mag.exp()}
 
 
 def decoder_scale(cfg: dict[str, Any], tensors: dict[str, Tensor], k: int) -> Tensor | None:

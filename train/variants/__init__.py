@@ -3,6 +3,7 @@
 from actdict.train.variants import (  # noqa: F401
     lse,
     sae_batchtopk,
+    sae_gated,
     sae_jumprelu,
     sae_kl,
     sae_l1,
