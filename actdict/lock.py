@@ -17,6 +17,8 @@ meets a half-changed store: each waits for the other. The file is made with the 
 group-writable store gets a group-writable lock file) and is locked through a read-only descriptor when
 it cannot be opened for writing. A folder where the file can be neither made nor opened (a read-only
 shared store that is only read) is not locked, nor one on a file system without ``flock`` (a note says so).
+A folder the lock made goes again, with its lock file, when the work in it fails before writing anything
+(a missing store): a process waiting for that lock then locks the path anew, not the removed file.
 
 A store on an fsspec URL (S3, ...) has no flock: its harvest makes the object ``.actdict-lock.json`` in it,
 only if there is none (a conditional PUT), naming its process, and removes it when done (``remote_lock``).
@@ -57,15 +59,56 @@ def folder_lock(folder: str, what: str, say: Callable[[str], None] = _say, wait:
                 name: str = LOCK_FILE, shared: bool = False) -> Iterator[None]:
     """Hold the lock ``name`` of the local ``folder`` (created if missing) for the ``with`` block (``shared``:
     along with other shared holders); while another process holds it so that this one cannot, ``say`` that
-    ``what`` (e.g. "store runs/x/store") is in use and wait, or raise FolderInUse when not ``wait``."""
+    ``what`` (e.g. "store runs/x/store") is in use and wait, or raise FolderInUse when not ``wait``. A
+    block that fails takes away the folders the lock made when they hold nothing but its lock file."""
+    path, made = os.path.join(folder, name), outermost_missing(folder)
     fd = _open(folder, name, say)
+    while fd is not None:
+        try:
+            _take(fd, path, what, say, wait, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        except BaseException:  # FolderInUse, Ctrl-C while waiting
+            os.close(fd)
+            raise
+        if _same_file(fd, path):
+            break
+        os.close(fd)  # its holder failed and removed it with the folder it made: lock the path anew
+        fd = _open(folder, name, say)
     try:
-        if fd is not None:
-            _take(fd, os.path.join(folder, name), what, say, wait, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         yield
+    except BaseException:  # a missing store, a bad config, Ctrl-C: no new folder of a lock file is left
+        with suppress(OSError):
+            if made is not None and fd is not None and set(os.listdir(folder)) <= {name}:
+                os.unlink(path)
+                remove_empty(Path(folder), made)
+        raise
     finally:
         if fd is not None:
             os.close(fd)  # releases the lock
+
+
+def _same_file(fd: int, path: str) -> bool:
+    """The lock file ``fd`` is still the one at ``path`` (not removed by a holder that made it)."""
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except OSError:
+        return False
+
+
+def outermost_missing(folder: str | os.PathLike) -> Path | None:
+    """The outermost folder of ``folder`` (itself or a parent) that does not exist yet: the lock makes it."""
+    missing = [p for p in (Path(folder), *Path(folder).parents) if not p.exists()]
+    return missing[-1] if missing else None
+
+
+def remove_empty(folder: Path, top: Path) -> None:
+    """Remove ``folder`` and its parents up to ``top`` while they are empty (what the lock made only)."""
+    for p in (folder, *folder.parents):
+        if not p.is_relative_to(top):
+            return
+        try:
+            p.rmdir()
+        except OSError:  # not empty (something else was put there meanwhile), or gone
+            return
 
 
 def _open(folder: str, name: str, say: Callable[[str], None]) -> int | None:

@@ -44,7 +44,15 @@ from actdict.harvest.layout import (
     zarr_url,
 )
 from actdict.harvest.store import shard_damage
-from actdict.lock import LOCK_FILE, READERS, REMOTE_LOCK, folder_lock, remote_lock
+from actdict.lock import (
+    LOCK_FILE,
+    READERS,
+    REMOTE_LOCK,
+    folder_lock,
+    outermost_missing,
+    remote_lock,
+    remove_empty,
+)
 
 PROGRESS_KEYS = ("complete", "n_rows", "n_shards")  # the manifest keys that change while harvesting
 
@@ -225,7 +233,7 @@ def store_lock(path: str) -> Iterator[Callable[..., None]]:
     if file := next((p for p in (Path(root), *Path(root).parents) if p.exists() and not p.is_dir()), None):
         raise StoreError(f"store {path}: {file} is a file, not a folder: name a folder for the store (store, "
                          "run_dir)")  # a swapped argument, a store path that is a vectors file
-    wait, made = int(os.environ.get("WORLD_SIZE", 1)) == 1, _outermost_missing(root)
+    wait, made = int(os.environ.get("WORLD_SIZE", 1)) == 1, outermost_missing(root)
     with folder_lock(root, f"store {path}", wait=wait), ExitStack() as held:
         def writing(hooks: list[str] | None = None) -> None:
             check_not_linked([p for h in hooks or () for p in (Path(root, h), Path(root, h, SHARDS))],
@@ -241,25 +249,8 @@ def store_lock(path: str) -> Iterator[Callable[..., None]]:
         except BaseException:  # a model not found, a bad file, Ctrl-C: a store folder the lock made goes
             if made and set(os.listdir(root)) <= {LOCK_FILE, READERS}:  # with nothing but the lock files
                 shutil.rmtree(root, ignore_errors=True)
-                _remove_empty(Path(root).parent, made)  # and the run folder it made for it, if still empty
+                remove_empty(Path(root).parent, made)  # and the run folder it made for it, if still empty
             raise
-
-
-def _outermost_missing(root: str) -> Path | None:
-    """The outermost folder of ``root`` (itself or a parent) that does not exist yet: the lock makes it."""
-    missing = [p for p in (Path(root), *Path(root).parents) if not p.exists()]
-    return missing[-1] if missing else None
-
-
-def _remove_empty(folder: Path, top: Path) -> None:
-    """Remove ``folder`` and its parents up to ``top`` while they are empty (what the lock made only)."""
-    for p in (folder, *folder.parents):
-        if not p.is_relative_to(top):
-            return
-        try:
-            p.rmdir()
-        except OSError:  # not empty (something else was put there meanwhile), or gone
-            return
 
 
 def only_new_hooks(root: str, hooks: list[str]) -> bool:

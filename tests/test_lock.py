@@ -291,6 +291,43 @@ def test_a_harvest_that_fails_leaves_no_store_folder_of_lock_files(tmp_path, cap
     assert (tmp_path / "run" / "store").is_dir()
 
 
+@pytest.mark.parametrize("stage", ["train", "run", "analyze"])
+def test_a_stage_that_fails_leaves_no_run_folder_of_a_lock_file(tmp_path, capsys, stage):
+    """A training whose store is missing (an analysis with no dictionaries) stopped after its lock had made
+    the run folder (and its parents): the folders it made go again; a run folder that was there stays."""
+    cfg = _config(tmp_path)
+    over = [f"run_dir={tmp_path / 'runs' / 'x'}", f"store={tmp_path / 'no-store'}", "train.test_fraction=0.5"]
+    cfg.write_text("\n".join(line for line in cfg.read_text().splitlines() if not line.startswith("harvest"))
+                   + "\nanalyze: {}\n")
+    assert main([stage, str(cfg), *over]) == 2
+    err = capsys.readouterr().err
+    assert ("no trained dictionaries" if stage == "analyze" else "no-store") in err
+    assert not (tmp_path / "runs").exists()
+    (tmp_path / "runs" / "x").mkdir(parents=True)  # a folder of the user's own stays
+    assert main([stage, str(cfg), *over]) == 2
+    assert (tmp_path / "runs" / "x").is_dir()
+
+
+def test_a_waiter_locks_the_file_again_when_its_holder_removed_it(tmp_path):
+    """A harvest failed and took away the store folder its lock made; a second one, waiting for it, then
+    locks the lock file at the path, not the removed one (which a third harvest would not see)."""
+    from actdict.harvest.resume import store_lock
+
+    store, said, seen = tmp_path / "run" / "store", [], []
+
+    def second():
+        with folder_lock(str(store), "store s", said.append):
+            seen.append((store / LOCK_FILE).exists())
+
+    with pytest.raises(RuntimeError, match="failed"), store_lock(str(store)):
+        w = Waiter(second)
+        w.start()
+        wait_for(lambda: said)
+        raise RuntimeError("failed")
+    w.join(10)
+    assert seen == [True]
+
+
 def test_a_remote_lock_removed_as_it_is_read_is_made_again(monkeypatch):
     """A remote store's lock object that its harvest removes (it ended) between this run's conditional write
     and its read of the holder: the lock is made again, not 'in use by actdict process None on host None'."""
