@@ -10,7 +10,7 @@ Two entries:
 
 FILE may also be a folder of files of one format, or a glob pattern (``'emb/part-*.npy'``, quoted): its files
 are imported in the natural order of their paths (part-2 before part-10) as one run of rows (vectors written
-in shards), each checked as one file is and all of one width.
+in shards), each checked as one file is and all of one width; of mixed dtypes, the manifest names each.
 
 Parquet layouts: one list column holding each row's vector (name it with ``key``; found by itself when it
 is the only list column), or, with no list column, every column one dimension (all numeric).
@@ -271,6 +271,13 @@ def _is_bf16(p: Path, key: str) -> bool:
         return f.get_slice(key or next(iter(f.keys()))).get_dtype() == "BF16"
 
 
+def _file_dtype(p: Path, key: str) -> str:
+    """The dtype of the vectors file ``p`` as the manifest names it (bfloat16 included), from its first row
+    (checked as the import checks it: VectorsError)."""
+    first = next(vector_blocks(p, key, 1))
+    return "bfloat16" if _is_bf16(p, key) else str(first.dtype)
+
+
 def _npy_rows(p: Path, key: str) -> int:
     return int(np.load(p, mmap_mode="r", allow_pickle=False).shape[0])
 
@@ -336,6 +343,8 @@ def import_vectors(path: str | Path, store: str, key: str = "", hook: str = "vec
         raise VectorsError(f"{path}: holds no vectors")
     files = vector_files(path)
     src = "bfloat16" if _is_bf16(files[0], key) else str(first.dtype)  # bf16 blocks: float32
+    if len(files) > 1:  # parts may differ: each dtype named, in the order of the parts
+        src = "+".join(dict.fromkeys(_file_dtype(p, key) for p in files if vector_rows(p, key) != 0))
     what = f"vectors file {files[0].resolve()}" if len(files) == 1 else (
         f"{len(files)} vectors files {Path(path).expanduser().resolve()}")
     m = {"corpus": what, "kind": "vectors",

@@ -198,3 +198,29 @@ def test_a_folder_of_parts_with_names_that_are_not_utf8(tmp_path):
 
     want = hashlib.sha256(f"{tmp_path / 'a.txt'}\0{st.st_size}\0{st.st_mtime_ns}\n".encode()).hexdigest()[:16]
     assert files_fingerprint([tmp_path / "a.txt"]) == want
+
+
+def test_parts_of_several_dtypes_are_each_named_in_the_manifest(tmp_path):
+    """Parts of mixed dtypes (float32, then float16 and int16; bfloat16 and float16) are one run of rows, each
+    block stored in the store's dtype; the manifest named the first part's dtype only. It names each part's
+    dtype, in the order of the parts; parts of one dtype keep the one name."""
+    import torch
+    from safetensors.torch import save_file
+
+    (tmp_path / "npy").mkdir()
+    r = np.random.default_rng(0)
+    for i, dt in enumerate(("float32", "float16", "int16", "float16")):
+        np.save(tmp_path / "npy" / f"part-{i}.npy", r.integers(-3, 3, (8, 4)).astype(dt))
+    np.save(tmp_path / "npy" / "part-9.npy", np.zeros((0, 4), np.float64))  # no row: no dtype of its own
+    m = import_vectors(tmp_path / "npy", str(tmp_path / "s1")).manifest
+    assert m["vectors"]["dtype"] == "float32+float16+int16"
+    assert m["numerics"] == "user vectors (float32+float16+int16), stored float32"
+    (tmp_path / "st").mkdir()
+    for i, dt in enumerate((torch.bfloat16, torch.float16)):
+        save_file({"x": torch.ones(8, 4, dtype=dt)}, tmp_path / "st" / f"part-{i}.safetensors")
+    assert import_vectors(tmp_path / "st", str(tmp_path / "s2")).manifest["vectors"]["dtype"] == (
+        "bfloat16+float16")
+    np.save(tmp_path / "npy" / "part-1.npy", np.ones((8, 4), np.float32))
+    np.save(tmp_path / "npy" / "part-2.npy", np.ones((8, 4), np.float32))
+    np.save(tmp_path / "npy" / "part-3.npy", np.ones((8, 4), np.float32))
+    assert import_vectors(tmp_path / "npy", str(tmp_path / "s3")).manifest["vectors"]["dtype"] == "float32"
