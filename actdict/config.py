@@ -392,16 +392,34 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 LOG_BAR_INTERVAL = 30.0  # seconds between progress-bar redraws when stderr is a file, not a terminal
 
 
-def bar_timing() -> dict[str, float]:
+def bar_timing() -> dict[str, Any]:
     """tqdm's redraw intervals for the stages' progress bars: ``mininterval`` is ``TQDM_MININTERVAL`` when
     set, else 0.1 s on a terminal and ``LOG_BAR_INTERVAL`` when stderr goes to a file (ten redraws a second
     fill a long run's log with ~100 MB a day); ``maxinterval`` (tqdm's monitor thread forces a redraw after
-    it, 10 s by default) is raised to match."""
+    it, 10 s by default) is raised to match. A file also gets ``file``: stderr, each redraw a line of its own
+    (``LogLines``)."""
+    tty = sys.stderr.isatty()
     if env := os.environ.get("TQDM_MININTERVAL"):
         every = float(env)
     else:
-        every = 0.1 if sys.stderr.isatty() else LOG_BAR_INTERVAL
-    return {"mininterval": every, "maxinterval": max(10.0, every)}
+        every = 0.1 if tty else LOG_BAR_INTERVAL
+    return {"mininterval": every, "maxinterval": max(10.0, every)} | ({} if tty else {"file": LogLines()})
+
+
+class LogLines:
+    """stderr as a log file for a progress bar: tqdm's redraws ('\\r' + bar) become whole lines, and its
+    clearing of the bar (blanks between '\\r's, the last '\\n') writes nothing: no '\\r' in the log."""
+
+    def __init__(self) -> None:
+        self.file = sys.stderr
+
+    def write(self, s: str) -> int:
+        if text := s.replace("\r", "").rstrip():
+            self.file.write(text + "\n")
+        return len(s)
+
+    def __getattr__(self, name: str) -> Any:  # flush, isatty, fileno, encoding: the file's
+        return getattr(self.file, name)
 
 
 def config_hash(cfg: Any) -> str:

@@ -363,7 +363,8 @@ def test_the_analysis_bars_end_full_and_redraw_at_the_stages_pace(tmp_path, monk
     for limit, chunks in ((None, "2/2"), (20, "2/2"), (16, "1/1")):
         cfg = AnalyzeConfig(device="cpu", n_features=2, top_k=2, context=1, batch_size=8, max_test_rows=limit)
         run.main(Common(run_dir=str(run_dir)), cfg)
-        draws = [f for f in capsys.readouterr().err.split("\r") if f.startswith(("analyze:", "features:"))]
+        err = capsys.readouterr().err  # a log's lines (LogLines), a terminal's redraws
+        draws = [f for f in err.replace("\r", "\n").split("\n") if f.startswith(("analyze:", "features:"))]
         assert [f.split(":")[0] for f in draws] == ["analyze", "analyze", "features", "features"]
         assert f"100%|██████████| {chunks} " in draws[1] and "| 1/1 " in draws[3]
 

@@ -36,11 +36,38 @@ def test_progress_bars_redraw_rarely_into_a_log_file(monkeypatch):
 
     monkeypatch.delenv("TQDM_MININTERVAL", raising=False)
     monkeypatch.setattr(sys, "stderr", io.StringIO())  # a log file: every 30 s, not ten times a second
-    assert bar_timing() == {"mininterval": 30.0, "maxinterval": 30.0} and LOG_BAR_INTERVAL == 30.0
+    timing = bar_timing()
+    assert timing.pop("file").file is sys.stderr  # each redraw a line (LogLines)
+    assert timing == {"mininterval": 30.0, "maxinterval": 30.0} and LOG_BAR_INTERVAL == 30.0
     monkeypatch.setattr(sys, "stderr", Tty())
     assert bar_timing() == {"mininterval": 0.1, "maxinterval": 10.0}  # tqdm's defaults
     monkeypatch.setenv("TQDM_MININTERVAL", "2")
     assert bar_timing() == {"mininterval": 2.0, "maxinterval": 10.0}
+
+
+def test_a_progress_bar_into_a_log_file_writes_whole_lines(monkeypatch):
+    """stderr a file (`2> log`), stdout anything: tqdm redrew its bar after a '\\r' and cleared it with blanks
+    between '\\r's around a message (tqdm.write), so the log held one long line of '^M' fragments; each redraw
+    is now a line of its own, the clearing writes nothing, and the message goes to stdout alone."""
+    import io
+    import sys
+
+    from tqdm import tqdm
+
+    from actdict.config import bar_timing
+
+    monkeypatch.setenv("TQDM_MININTERVAL", "0")  # every update redrawn
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    with tqdm(total=3, desc="harvest", unit="tok", **bar_timing()) as bar:
+        bar.update(1)
+        bar.write("harvest: first batch")
+        bar.update(2)
+    log = sys.stderr.getvalue()
+    assert "\r" not in log and sys.stdout.getvalue() == "harvest: first batch\n"
+    lines = log.splitlines()  # the last state twice: the update's redraw, then the close's
+    assert list(dict.fromkeys(line.split("|")[0] for line in lines)) == [
+        "harvest:   0%", "harvest:  33%", "harvest: 100%"] and "3/3" in lines[-1]
 
 
 def test_an_object_store_failure_is_one_line(monkeypatch, capsys):

@@ -203,7 +203,8 @@ def test_the_formation_bar_redraws_at_the_stages_pace(tmp_path, capsys, monkeypa
     monkeypatch.setenv("TQDM_MININTERVAL", "1000")
     capsys.readouterr()
     assert cli(["analyze", cfg]) == 0
-    draws = [f.split("|")[0] for f in capsys.readouterr().err.split("\r") if f.startswith("formation")]
+    err = capsys.readouterr().err.replace("\r", "\n")  # a log's lines (LogLines), a terminal's redraws
+    draws = [f.split("|")[0] for f in err.split("\n") if f.startswith("formation")]
     assert draws == ["formation topk:   0%", "formation vaease:   0%"]  # then cleared (leave=False)
 
 
