@@ -3,9 +3,10 @@
 A complete store is used as it is by any config that would write the same rows: the same harvest but for
 how the forward ran (``RUN_KEYS``: batch size, device), or naming some of the hooks of a harvest of more
 (``holds_hooks``), or spelling the same hooks as patterns (``spelled_otherwise``, decided once the model has
-expanded them). Anything else is another harvest, and is refused naming the keys that differ, or, where
-only run settings stand in the way of resuming or growing it, naming the overrides that set them back
-(``set_back``). Nothing here reads a shard's data.
+expanded them; patterns the store's manifests spell the same way stand for the store's hooks). Anything
+else is another harvest, and is refused naming the keys that differ, or, where only run settings stand in
+the way of resuming or growing it, naming the overrides that set them back (``set_back``). Nothing here
+reads a shard's data.
 """
 
 from __future__ import annotations
@@ -38,8 +39,10 @@ def complete_for(path: str, hooks: list[str], cfg: HarvestConfig,
     """True when the store is complete for ``cfg``; raise when it holds another harvest (naming the config
     keys that differ), when a complete hook's shards are not all there (naming them), or when the local
     source files changed since a complete hook was harvested (their fingerprint: path, size, mtime).
-    ``hooks`` may hold patterns (``all``, ``blocks.*...``): then every hook found must be complete. Names
-    only: a complete store of the same config with more hooks (``holds_hooks``) is this config's.
+    ``hooks`` may hold patterns (``all``, ``blocks.*...``): then every hook found must be complete, and a
+    store whose manifests name other hooks is decided once the model has expanded them (the same patterns
+    expanded to the store's hooks: decided here, without the model). Names only: a complete store of the
+    same config with more hooks (``holds_hooks``) is this config's.
     ``manifests``: those of ``hook_manifests(path)`` when already read."""
     manifests = hook_manifests(path) if manifests is None else manifests
     chash, cfg_json = config_hash(cfg), as_json(cfg)
@@ -47,9 +50,10 @@ def complete_for(path: str, hooks: list[str], cfg: HarvestConfig,
     if len(literal) == len(hooks) and holds_hooks(manifests, literal, cfg_json):
         manifests = {h: manifests[h] | {"config_hash": chash} for h in literal}  # those of this config
     spelled = len(literal) < len(hooks)  # patterns: a store whose hooks were spelled otherwise is decided
-    deferred = False  # by harvest(), once the model has expanded them (``spelled_otherwise``)
-    for h, m in manifests.items():
-        if spelled and m.get("config_hash") != chash and same_rows(m, cfg_json, ("hooks",)):
+    deferred = False  # by harvest(), once the model has expanded them (``spelled_otherwise``); spelled the
+    for h, m in manifests.items():  # same (another batch_size), its hooks are what they expand to
+        if spelled and m.get("config_hash") != chash and same_rows(m, cfg_json, ("hooks",)) and not (
+                same_rows(m, cfg_json)):
             deferred = True
         elif m.get("config_hash") != chash and not same_rows(m, cfg_json):
             old = m.get("harvest")
@@ -182,7 +186,8 @@ def plan(common, cfg: HarvestConfig) -> StagePlan:
     harvest's, or begin one), with nothing loaded or written; an import that writes the store stops at once
     on a vectors file that it cannot read (missing, of no known format: ``unreadable``), a harvest that
     writes it on a model it cannot have (``models.available``: a folder not there, a hub model offline and
-    not cached, the hub unreachable) or a source it cannot read (``sources.unavailable``)."""
+    not cached, the hub unreachable) or a source it cannot read (``sources.unavailable``), and a harvest whose
+    patterns only the model can weigh against the store on a model it cannot have."""
     said = store_plan(common, cfg)
     if said.writes and (why := input_problem(cfg)):
         return StagePlan([f"harvest: would stop: {why}"], stops=True)
@@ -192,17 +197,24 @@ def plan(common, cfg: HarvestConfig) -> StagePlan:
 def input_problem(cfg: HarvestConfig) -> str | None:
     """Why the harvest could not read its input here, found without reading it (None: none found): a vectors
     file missing or of no known format, else a model it cannot have, then a source it cannot read."""
-    from actdict.harvest.models import ModelError, available
     from actdict.harvest.sources import unavailable
     from actdict.harvest.vectors import unreadable
 
     if cfg.mode == "vectors":
         return unreadable(cfg.vectors.path, cfg.vectors.key)
+    return model_problem(cfg) or unavailable(cfg.source)
+
+
+def model_problem(cfg: HarvestConfig) -> str | None:
+    """Why the harvest could not load its model here (``models.available``: a hub model's cache offline,
+    else one probe of the hub), or None."""
+    from actdict.harvest.models import ModelError, available
+
     try:
-        available(cfg.model)  # (a hub model: its cache offline, else one probe of the hub)
+        available(cfg.model)
     except ModelError as e:
         return str(e)
-    return unavailable(cfg.source)
+    return None
 
 
 def store_plan(common, cfg: HarvestConfig) -> StagePlan:
@@ -233,6 +245,8 @@ def store_plan(common, cfg: HarvestConfig) -> StagePlan:
     if not manifests:
         return StagePlan([f"harvest: a new store {path}: {what}"], writes=True)
     if cfg.mode == "tokens" and patterned(manifests, cfg):
+        if why := model_problem(cfg):  # the model expands the patterns: the harvest loads it first
+            return StagePlan([f"harvest: would stop: {why}"], stops=True)
         return StagePlan([f"harvest: store {path} is a complete harvest of this config with hooks "
                           f"{sorted(manifests)}: skipped if it holds every hook {list(cfg.hooks)} names on "
                           f"{cfg.model} (decided once the model is loaded), else refused: {what}"])

@@ -500,3 +500,38 @@ train: {{epochs: 1, dicts: [{{name: a, variant: sae_l1, k: 8}}]}}
                                               "huggingface.co:443 is unreachable; point the source at")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")  # the cache is read by the harvest alone
     assert cli(["harvest", str(cfg), *hub, "--dry-run"]) == 0
+
+
+def test_the_plan_of_hook_patterns_over_a_complete_store_whose_model_is_gone(tmp_path, capsys):
+    """A complete store of hooks: [all] and another batch_size, its model folder since gone: the plan said
+    'decided once the model is loaded' and the harvest stopped on the missing model; the store's manifests
+    spell the same patterns, so both skip it without the model. Patterns spelled otherwise still need the
+    model to expand them: the plan says the harvest stops, as it does."""
+    from actdict.harvest.models import resolve_model
+
+    (tmp_path / "model").symlink_to(resolve_model("all-MiniLM-L6-v2")[2])
+    (tmp_path / "a.txt").write_text("the cat sat on the mat. " * 40)
+    cfg = tmp_path / "h.yaml"
+    cfg.write_text(f"""
+run_dir: {tmp_path / 'run'}
+harvest: {{model: {tmp_path / 'model'}, hooks: [all], source: {{kind: files, path: {tmp_path / 'a.txt'}}},
+           ctx: 16, max_tokens: 32, shard_rows: 32, chunk_rows: 8, batch_size: 4}}
+train: {{hook: blocks.2.hook_resid_post, epochs: 1, dicts: [{{name: a, variant: sae_l1, k: 8}}]}}
+""")
+    assert cli(["harvest", str(cfg)]) == 0
+    (tmp_path / "model").unlink()
+    capsys.readouterr()
+    store = tmp_path / "run" / "store"
+    assert cli(["run", str(cfg), "harvest.batch_size=8", "--dry-run"]) == 0
+    said = capsys.readouterr().out.splitlines()[0]
+    assert said.startswith(f"harvest: store {store} is already complete for this config (")
+    assert said.endswith("; it was harvested with batch_size 4): skipped")
+    assert cli(["harvest", str(cfg), "harvest.batch_size=8"]) == 0  # as the harvest does
+    assert "; it was harvested with batch_size 4); skipping" in capsys.readouterr().out
+    other = "harvest.hooks=['blocks.[0-5].hook_resid_post']"
+    assert cli(["run", str(cfg), other, "--dry-run"]) == 2
+    said = capsys.readouterr().out.splitlines()
+    assert said == [f"harvest: would stop: model folder '{tmp_path / 'model'}' does not exist",
+                    "train: not run: the harvest above stops", "analyze: not run: the harvest above stops"]
+    assert cli(["harvest", str(cfg), other]) == 2
+    assert capsys.readouterr().err.split(": ", 2)[2] == said[0].split(": ", 2)[2] + "\n"
