@@ -4,7 +4,8 @@ Sources (``SourceConfig.kind``):
 * ``debian``: the offline demo corpus built from Debian packages (``actdict.harvest.corpus``),
 * ``files``: local ``.txt`` / ``.jsonl`` / ``.json`` / ``.parquet`` files (a file, a folder or a glob),
   read with Hugging Face ``datasets`` streaming (works offline),
-* ``hub``: a Hugging Face hub dataset by name, streamed; fails fast when the hub cannot be reached.
+* ``hub``: a Hugging Face hub dataset by name, streamed; fails fast when the hub cannot be reached, or,
+  offline, when no cache folder can hold it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import socket
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -157,8 +159,8 @@ def _source_files(cfg: SourceConfig) -> list:
 
 def unavailable(cfg: SourceConfig) -> str | None:
     """Why the harvest could not read source ``cfg`` here, found without reading it (``--dry-run``): no files
-    at a ``files`` source's path, the hub unreachable for a ``hub`` dataset (offline, only the harvest reads
-    the cache); None otherwise."""
+    at a ``files`` source's path, the hub unreachable for a ``hub`` dataset (offline: no cache that could
+    hold it); None otherwise."""
     try:
         if cfg.kind == "files":
             _source_files(cfg)
@@ -302,9 +304,35 @@ def _hub_offline() -> bool:
 
 
 def _check_hub_source(cfg: SourceConfig) -> None:
-    """SourceError when the hub is to be read (not offline) and is unreachable: at once, no retries."""
-    if not _hub_offline() and not hub_reachable():
+    """SourceError at once, no retries, when the hub is to be read (not offline) and is unreachable, or when
+    offline the local caches surely lack the dataset (``hub_cache_lacks``)."""
+    if _hub_offline():
+        if where := hub_cache_lacks(cfg.name):
+            raise SourceError(f"hub dataset {cfg.name!r} (offline mode, not in the local cache: {where}); "
+                              f"{_HUB_WHAT_TO_DO}")
+    elif not hub_reachable():
         raise SourceError(f"hub dataset {cfg.name!r}: huggingface.co:443 is unreachable; {_HUB_WHAT_TO_DO}")
+
+
+def hub_cache_lacks(name: str) -> str | None:
+    """'none of FOLDERS exists' when no cache that ``datasets`` reads offline can hold the hub dataset
+    ``name`` (its prepared datasets ``HF_DATASETS_CACHE/<owner>___<name>``, its modules cache, the hub's
+    ``datasets--<owner>--<name>``; HF_HOME and the like honoured, ``datasets`` not imported); None when
+    one may, or ``name`` is a local path or no hub name."""
+    if Path(name).expanduser().exists() or name.count("/") > 1 or not name.strip("/"):
+        return None
+    env = os.environ.get
+    home = Path(env("HF_HOME") or Path(env("XDG_CACHE_HOME") or "~/.cache") / "huggingface").expanduser()
+    *owner, last = name.split("/")
+    snake = re.sub(r"([a-z\d])([A-Z])", r"\1_\2", re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", last)).lower()
+    prepared = Path(env("HF_DATASETS_CACHE") or home / "datasets").expanduser()
+    hub = Path(env("HF_HUB_CACHE") or env("HUGGINGFACE_HUB_CACHE") or home / "hub").expanduser()
+    modules = Path(env("HF_MODULES_CACHE") or home / "modules").expanduser() / "datasets_modules" / "datasets"
+    folders = [prepared / "___".join([*owner, n]) for n in dict.fromkeys((snake, last))]
+    folders += [modules / name.replace("/", "--"), hub / f"datasets--{name.replace('/', '--')}"]
+    if any(f.exists() for f in folders):
+        return None
+    return f"none of {', '.join(map(str, folders))} exists"
 
 
 def _hub_texts(cfg: SourceConfig) -> Iterator[str]:

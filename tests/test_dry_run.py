@@ -498,8 +498,42 @@ train: {{epochs: 1, dicts: [{{name: a, variant: sae_l1, k: 8}}]}}
     assert cli(["harvest", str(cfg), *hub, "--dry-run"]) == 2
     assert capsys.readouterr().out.startswith("harvest: would stop: hub dataset 'NeelNanda/pile-10k': "
                                               "huggingface.co:443 is unreachable; point the source at")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")  # the cache is read by the harvest alone
-    assert cli(["harvest", str(cfg), *hub, "--dry-run"]) == 0
+
+
+@pytest.mark.parametrize("where", ["datasets/NeelNanda___pile-10k/default/0.0.0/abc",
+                                   "hub/datasets--NeelNanda--pile-10k/snapshots",
+                                   "modules/datasets_modules/datasets/NeelNanda--pile-10k"])
+def test_the_plan_of_a_hub_dataset_offline_looks_for_it_in_the_caches(tmp_path, capsys, monkeypatch, where):
+    """HF_DATASETS_OFFLINE and a hub dataset no cache holds: the harvest stopped ('offline mode, not in the
+    local cache') and the plan said 'a new store ...'. The plan now says so in the harvest's words, both
+    from the cache folders of HF_HOME (datasets not imported); a folder that may hold it (the datasets
+    cache's, the hub's, the modules') leaves it to the harvest."""
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    for var in ("HF_DATASETS_CACHE", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_MODULES_CACHE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    cfg = tmp_path / "h.yaml"
+    cfg.write_text(f"""
+run_dir: {tmp_path / 'run'}
+harvest: {{source: {{kind: hub, name: NeelNanda/pile-10k}}, max_tokens: 64, chunk_rows: 8}}
+train: {{epochs: 1, dicts: [{{name: a, variant: sae_l1, k: 8}}]}}
+""")
+    assert cli(["run", str(cfg), "--dry-run"]) == 2
+    said = capsys.readouterr().out.splitlines()
+    hf = tmp_path / "hf"
+    assert said[0] == (
+        "harvest: would stop: hub dataset 'NeelNanda/pile-10k' (offline mode, not in the local cache: none "
+        f"of {hf}/datasets/NeelNanda___pile-10k, {hf}/modules/datasets_modules/datasets/NeelNanda--pile-10k, "
+        f"{hf}/hub/datasets--NeelNanda--pile-10k exists); point the source at local files (source.kind="
+        "files, source.path=...), use source.kind=debian for the offline demo corpus, or run on a machine "
+        "with access to the hub or with a filled Hugging Face cache (HF_DATASETS_OFFLINE=1 then reads only "
+        "the cache)")
+    assert said[1:] == [f"{s}: not run: the harvest above stops" for s in ("train", "analyze")]
+    assert cli(["harvest", str(cfg)]) == 2  # as the harvest does
+    assert capsys.readouterr().err.split(": ", 2)[2] == said[0].split(": ", 2)[2] + "\n"
+    (hf / where).mkdir(parents=True)
+    assert cli(["harvest", str(cfg), "--dry-run"]) == 0
+    assert capsys.readouterr().out.startswith(f"harvest: a new store {tmp_path / 'run' / 'store'}: ")
 
 
 def test_the_plan_of_hook_patterns_over_a_complete_store_whose_model_is_gone(tmp_path, capsys):
