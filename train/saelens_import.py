@@ -136,11 +136,12 @@ def to_model(cfg: dict[str, Any], tensors: dict[str, Tensor]) -> Dictionary:
         b_enc = tensors["b_enc"]
         if cfg.get("apply_b_dec_to_input", True):  # (x - b_dec) W + b_enc = x W + (b_enc - b_dec W)
             b_enc = b_enc - b_dec @ w_enc  # [k]
-        state = {"encoder.weight": w_enc.T, "encoder.bias": b_enc, "decoder.weight": w_dec.T,
-                 "decoder.bias": b_dec}
         if arch == "jumprelu":
             state = {"W_enc": w_enc, "b_enc": b_enc, "W_dec": w_dec, "b_dec": b_dec,
                      "log_threshold": tensors["threshold"].clamp_min(0).log()}
+        else:
+            state = {"encoder.weight": w_enc.T, "encoder.bias": b_enc, "decoder.weight": w_dec.T,
+                     "decoder.bias": b_dec}
     if not all(bool(torch.isfinite(t).all()) for n, t in state.items() if n != "log_threshold"):
         raise NotImportable("its weights hold NaN or infinite values")
     model = make(VARIANTS[arch], d, k, **params)
