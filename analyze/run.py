@@ -148,8 +148,23 @@ def plan(common: Common, cfg: AnalyzeConfig, coming: list[str] | tuple = ()) -> 
             found_dicts(run_dir, list(cfg.dicts))
         except ActdictError as e:
             return StagePlan([f"analyze: would stop: {e}"], stops=True)
+    if why := unbuilt(run_dir, [n for n in names if n not in coming]):  # those the training leaves as is
+        return StagePlan([f"analyze: would stop: {why}"], stops=True)
     return StagePlan([f"analyze: {listed(names)} on {rows} -> {run_dir / 'summary.json'}, "
                       f"{run_dir / 'report.html'}, {run_dir / 'report'}/, {run_dir / 'features'}/"])
+
+
+def unbuilt(run_dir: Path, names: list[str]) -> str | None:
+    """Why ``checkpoint.load`` would refuse one of the dictionaries ``names`` of the run folder (its variant's
+    plugin is not installed here), as it says it; None when every variant is registered (or none is read)."""
+    from actdict.train.checkpoint import unknown_variant
+
+    try:
+        records = trained_records(run_dir, names) if names else {}
+    except ActdictError:  # a damaged cfg.json: the analysis says so where it reads it
+        return None
+    why = {n: unknown_variant(r) for n, r in records.items() if isinstance(r, dict) and "variant" in r}
+    return next((f"{run_dir / 'dicts' / n}: {w}" for n, w in sorted(why.items()) if w), None)
 
 
 def main(common: Common, cfg: AnalyzeConfig) -> None:

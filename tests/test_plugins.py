@@ -93,9 +93,18 @@ analyze: {{n_features: 2, top_k: 2, context: 0}}
     records = {n: json.loads((tmp_path / "run" / "dicts" / n / "cfg.json").read_text()) for n in ("t", "l1")}
     assert records["t"]["plugin"] == "tied_relu" and "plugin" not in records["l1"]
     del protocol._REGISTRY["tied_relu"]  # the plugin's package uninstalled: analysis names what is missing
+    said = ("dicts/t: its variant 'tied_relu' is provided by no package installed here (it was trained with "
+            "module 'tied_relu', a plugin): install the package")
     assert actdict_main(["analyze", str(cfg)]) == 2
-    assert ("dicts/t: its variant 'tied_relu' is provided by no package installed here (it was trained with "
-            "module 'tied_relu', a plugin): install the package") in capsys.readouterr().err
+    assert said in capsys.readouterr().err
+    assert actdict_main(["analyze", "--dry-run", str(cfg)]) == 2  # its plan says so too
+    out = capsys.readouterr().out
+    assert out.startswith("analyze: would stop: ") and said in out, out
+    only_l1 = tmp_path / "l1.yaml"  # a run that trains l1 and analyses the folder, t included
+    only_l1.write_text(re.sub(r"\{name: t, [^}]*\}\}, ", "", cfg.read_text()))
+    assert actdict_main(["run", "--dry-run", str(only_l1)]) == 2
+    out = capsys.readouterr().out
+    assert "l1   sae_l1" in out and f"analyze: would stop: {tmp_path}/run/{said}" in out, out
 
 
 BROKEN = "raise ImportError('needs a library not installed here')\n"
