@@ -149,6 +149,19 @@ def test_broken_and_clashing_plugins_are_left_out_with_a_warning(install):
     assert set(registry()) == set(got)
 
 
+
+def test_a_plugin_imported_by_a_broken_one_is_not_lost(install):
+    """A broken plugin (a_fancy) that imports another entry point's module (b_base) on its way: b_base's
+    variant stays, registered by its own entry point, not left out with a_fancy's import."""
+    base = _docs_example().replace("tied_relu", "base_relu").replace("TiedReLU", "BaseReLU")
+    install({"base_dicts": base, "fancy": "import base_dicts  # noqa\nimport not_installed_lib  # noqa\n"},
+            {"a_fancy": "fancy", "b_base": "base_dicts"})
+    with pytest.warns(ActdictWarning) as said:
+        got = registry()
+    assert [str(w.message) for w in said] == ["variant plugin a_fancy (fancy) left out: ModuleNotFoundError: "
+                                              "No module named 'not_installed_lib'"]
+    assert got["base_relu"].__module__ == "base_dicts" and make("base_relu", 4, 8).k == 8
+
 def test_contract_tests_take_the_installed_plugin(tmp_path, install):
     """tests/test_variant_contract.py checks every registered variant: an installed plugin's too (a plugin's
     author runs it on theirs), here docs/variants.md's example, in a process of its own."""

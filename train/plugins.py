@@ -12,13 +12,15 @@ registered if it is not yet). Its variants are then named in ``train.dicts`` lik
 (training, torchrun ranks, analysis, the lens, export) finds them: nothing is named in the config.
 
 A plugin that fails to import, or registers a name already taken, is left out whole (whatever it
-registered before failing is undone) with one warning; actdict's own variants are never replaced. The
+registered before failing is undone, and a module it imported that registered variants is imported anew by
+its own entry point) with one warning; actdict's own variants are never replaced. The
 failures are kept (:func:`failures`) so that a config naming such a variant is told why it is missing.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import sys
 import warnings
 
 from actdict.errors import ActdictWarning
@@ -53,6 +55,8 @@ def _load_one(ep: importlib.metadata.EntryPoint, registry: dict[str, type]) -> s
         elif not (isinstance(obj, type) or hasattr(obj, "__path__") or hasattr(obj, "__file__")):
             raise TypeError(f"it names a {type(obj).__name__}, not a module or a Dictionary class")
     except Exception as e:  # noqa: BLE001 - a broken plugin must not stop actdict's own variants
+        for module in {cls.__module__ for name, cls in registry.items() if before.get(name) is not cls}:
+            sys.modules.pop(module, None)  # another entry point's, imported on its way: imported anew
         registry.clear()
         registry.update(before)
         return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
