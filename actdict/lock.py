@@ -60,7 +60,10 @@ def folder_lock(folder: str, what: str, say: Callable[[str], None] = _say, wait:
     """Hold the lock ``name`` of the local ``folder`` (created if missing) for the ``with`` block (``shared``:
     along with other shared holders); while another process holds it so that this one cannot, ``say`` that
     ``what`` (e.g. "store runs/x/store") is in use and wait, or raise FolderInUse when not ``wait``. A
-    block that fails takes away the folders the lock made when they hold nothing but its lock file."""
+    block that fails takes away the folders the lock made when they hold nothing but its lock file. A
+    ``folder`` (or parent) that is a link to nothing is FolderNotWritable: nothing can be made there."""
+    if why := dangling_link(folder):
+        raise FolderNotWritable(f"{what}: {why}: make that folder, or name another")
     path, made = os.path.join(folder, name), outermost_missing(folder)
     fd = _open(folder, name, say)
     while fd is not None:
@@ -92,6 +95,15 @@ def _same_file(fd: int, path: str) -> bool:
         return os.path.samestat(os.fstat(fd), os.stat(path))
     except OSError:
         return False
+
+
+def dangling_link(folder: str | os.PathLike) -> str | None:
+    """'P is a symbolic link to T, which does not exist' for ``folder`` or its first parent that is one;
+    None when none is (os.makedirs stops there with 'File exists')."""
+    for p in (Path(folder), *Path(folder).parents):
+        if p.is_symlink() and not p.exists():
+            return f"{p} is a symbolic link to {os.readlink(p)}, which does not exist"
+    return None
 
 
 def outermost_missing(folder: str | os.PathLike) -> Path | None:

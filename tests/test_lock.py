@@ -376,3 +376,25 @@ def test_a_remote_lock_is_taken_for_dead_only_where_this_host_can_tell(monkeypat
     monkeypatch.setattr(lk, "_started", lambda pid: None)  # no /proc here
     monkeypatch.setattr(lk, "_pid_space", lambda: None, raising=False)
     assert not lk._gone({"host": socket.gethostname(), "pids": None, "pid": os.getpid()})
+
+
+def test_a_folder_that_links_to_nothing_is_said_in_one_line(tmp_path, capsys):
+    """A run_dir (and so its store) that is a symbolic link to a folder that does not exist: os.makedirs
+    stopped on it ('File exists'), the harvest and the import with a traceback, the training telling to make
+    the folder writable; now each stage names the link, before anything is made."""
+    import torch
+    from safetensors.torch import save_file
+
+    cfg, sae = _config(tmp_path), tmp_path / "sae"
+    sae.mkdir()
+    (sae / "cfg.json").write_text(json.dumps({"d_in": 2, "d_sae": 3, "architecture": "standard"}))
+    save_file({"W_enc": torch.ones(2, 3), "b_enc": torch.zeros(3), "W_dec": torch.ones(3, 2),
+               "b_dec": torch.zeros(2)}, sae / "sae_weights.safetensors")
+    (tmp_path / "run").symlink_to(tmp_path / "gone" / "run")
+    said = f"{tmp_path / 'run'} is a symbolic link to {tmp_path / 'gone' / 'run'}, which does not exist: make"
+    for args in (["harvest", str(cfg)], ["train", str(cfg)], ["analyze", str(cfg)],
+                 ["import", str(sae), str(tmp_path / "run" / "dicts" / "s")]):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("actdict: FolderNotWritable: ") and said in err and "Traceback" not in err, err
+    assert not (tmp_path / "gone").exists()

@@ -196,8 +196,7 @@ def import_saelens(src: str | Path, dest: str | Path, overwrite: bool = False, h
                             "starting with '.')")
     run_dir = dest.parent.parent
     check_not_linked([run_dir / "dicts", dest], "the imported SAE")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with folder_lock(str(run_dir), f"run folder {run_dir}"):  # as a training of the run folder: one writer
+    with folder_lock(str(run_dir), f"run folder {run_dir}"):  # made if missing; one writer, as a training
         return _write(src, dest, cfg, model, overwrite, hook)
 
 
