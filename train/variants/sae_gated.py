@@ -19,7 +19,8 @@ Open choices (the paper's text; where it is silent, said so):
   W_dec up): the gradient component along each row is projected out and the rows renormalised after each
   step (``_tied``). SAELens' training of this architecture drops the constraint and weights the L1 by the
   decoder rows' norms, with an unfrozen auxiliary decoder (the authors' later variant); we follow the paper.
-* no resampling of dead latents (the paper resamples; no other variant here does either).
+* no resampling of dead latents (the original training resampled them, as the authors wrote when they
+  proposed the later variant without it; no other variant here resamples either).
 * init (the paper does not fix one that we follow): W_dec rows uniform on the sphere, W_enc = W_dec^T,
   b_gate = b_mag = r_mag = 0, b_dec = 0 (``_tied.init_tied``); SAELens starts r_mag, b_gate, b_mag at 0 too.
 * ``lam`` default 1.0 (SAELens' default ``l1_coefficient``; the paper sweeps it to set L0, on inputs
