@@ -31,6 +31,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -42,7 +43,7 @@ import zarr
 from zarr.codecs import Crc32cCodec
 
 from actdict.errors import ActdictError
-from actdict.files import write_atomic
+from actdict.files import WriteError, write_atomic
 
 FORMAT_VERSION = 3  # 3: shard crc32c in the done-record; 2: shard sha256, crc32c per chunk, bfloat16;
 READ_VERSIONS = (1, 2, 3)  # 1: no per-chunk checksum
@@ -271,6 +272,26 @@ def write_shard(fs, hook_dir: str, index: int, data: dict[str, np.ndarray], chun
     final = f"{hook_dir}/{SHARDS}/{shard_name(index)}"
     local = is_local(fs)
     where = f"{hook_dir}/{SHARDS}/{TMP_PREFIX}{shard_name(index)}-{uuid.uuid4().hex[:8]}" if local else final
+    done = {"n_rows": len(data["token_ids"])} | digest_of(data) | (record or {})
+    try:
+        _write_group(fs, where, data, chunk_rows, done)
+    except OSError as e:  # a full disk, a read-only folder: one line, and no half shard left taking space
+        if not local:
+            raise
+        shutil.rmtree(where, ignore_errors=True)
+        raise WriteError(f"could not write shard {final}: {e.strerror or e} (nothing of it is kept)") from e
+    if local:
+        try:
+            os.rename(where, final)
+        except OSError as e:
+            fs.rm(where, recursive=True)
+            raise StoreError(f"shard {final} exists already: two writers on one shard? ({e})") from e
+    return done
+
+
+def _write_group(fs, where: str, data: dict[str, np.ndarray], chunk_rows: int, done: dict) -> None:
+    """The zarr group of one shard's arrays at ``where``, its done-record last."""
+    local = is_local(fs)
     group = zarr.open_group(zarr_url(fs, where), mode="w", zarr_format=3)
     opened: list = []  # local chunk files written, flushed to the disk together below
     try:
@@ -283,15 +304,7 @@ def write_shard(fs, hook_dir: str, index: int, data: dict[str, np.ndarray], chun
     finally:
         for f in opened:
             f.close()
-    done = {"n_rows": len(data["token_ids"])} | digest_of(data) | (record or {})
     group.attrs[DONE_KEY] = done
-    if local:
-        try:
-            os.rename(where, final)
-        except OSError as e:
-            fs.rm(where, recursive=True)
-            raise StoreError(f"shard {final} exists already: two writers on one shard? ({e})") from e
-    return done
 
 
 def chunk_key(c: int, ndim: int) -> str:

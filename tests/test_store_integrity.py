@@ -247,3 +247,34 @@ def test_a_manifest_naming_another_16_bit_dtype_than_its_shards_is_not_read(tmp_
     with pytest.raises(StoreError, match=r"shards/00000 does not hold what its manifest says: its acts are "
                                          r"bfloat16, the manifest's float16"):
         open_store(str(tmp_path))
+
+
+def test_a_full_disk_mid_shard_is_one_line_and_leaves_no_half_shard(tmp_path, monkeypatch):
+    """ENOSPC part way through a shard (a real harvest on a 3 MB tmpfs ended in an OSError traceback and
+    left its hidden temporary shard taking the space): WriteError naming the shard, its temporary folder
+    removed, the whole shards as they were."""
+    import errno
+    import os
+
+    from actdict.files import WriteError
+    from actdict.harvest import layout
+
+    x, tok, doc, pos = _write(tmp_path)
+    real = layout.write_chunks
+
+    def full(fs, array_dir, *a, **k):
+        if array_dir.endswith("/doc"):  # acts and token_ids are written, then the disk is full
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fs, array_dir, *a, **k)
+
+    monkeypatch.setattr(layout, "write_chunks", full)
+    hook = tmp_path / "blocks.0.hook_resid_post"
+    fs, root = layout.fs_of(str(hook))
+    said = f"could not write shard {hook}/shards/00003: No space left on device (nothing of it is kept)"
+    with pytest.raises(WriteError, match=re.escape(said)):
+        layout.write_shard(fs, root, 3, {"acts": x[:4], "token_ids": tok[:4], "doc": doc[:4], "pos": pos[:4]},
+                           4)
+    assert sorted(os.listdir(hook / "shards")) == ["00000", "00001", "00002"]
+    s = open_store(str(tmp_path))
+    s.verify()
+    np.testing.assert_array_equal(s.read_rows(0, N).acts, x)
