@@ -215,7 +215,7 @@ def checked_inputs(common: Common, cfg: AnalyzeConfig, run_dir: Path) -> tuple[d
     models = load_models(run_dir, cfg.dicts, store.d, records)
     parts = [run_dir / "report" / f"{n}.parts" for n in models]  # whose .js files a new analysis removes
     check_not_linked([run_dir / "features", run_dir / "report", *parts], "the feature files and report pages")
-    check_writable([run_dir, *(p for p in (run_dir / "features", run_dir / "report") if p.is_dir())],
+    check_writable([run_dir, *(p for p in (run_dir / "features", run_dir / "report", *parts) if p.is_dir())],
                    "the summary, feature files and report", owner="analyze")  # before the pass, not after it
     dropped = sorted(set(previous_models(run_dir)) - set(models))
     if gone := [n for n in dropped if not (run_dir / "dicts" / n).is_dir()]:  # removed since: not left out

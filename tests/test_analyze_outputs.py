@@ -199,6 +199,10 @@ def test_a_narrowed_or_unwritable_analysis_says_so_before_its_pass(tmp_path, mon
     with pytest.raises(lock.FolderNotWritable, match=r"cannot write in .*features \(Permission denied\)"):
         run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(**cfg))
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+    read_only("report/sae.parts")  # its part files are removed and written again: a PermissionError there
+    with pytest.raises(lock.FolderNotWritable, match=r"cannot write in .*report/sae\.parts \(Permission de"):
+        run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(**cfg))
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
 
 
 def test_a_write_check_cut_short_by_a_kill_is_removed_by_the_rerun(tmp_path, monkeypatch):
