@@ -237,11 +237,13 @@ class FolderNotWritable(ActdictError):
     """A folder a stage must write in cannot be written: said before the work, not after it."""
 
 
-def check_writable(folders: list[str | os.PathLike], what: str, owner: str = "") -> None:
+def check_writable(folders: list[str | os.PathLike], what: str, owner: str = "",
+                   elsewhere: str = "set run_dir to another folder") -> None:
     """Create (when missing) and write a test file in each folder, or raise FolderNotWritable naming it: a
     read-only run folder would otherwise fail only when ``what`` is saved, after all the work. ``owner``
-    ('train', 'analyze': one of each per folder at a time, their locks) names the test files, and the ones
-    of that owner that a kill left (between making one and removing it) are removed first."""
+    ('train', 'analyze', 'harvest': one of each per folder at a time, their locks) names the test files, and
+    the ones of that owner that a kill left (between making one and removing it) are removed first;
+    ``elsewhere``: the message's other way out."""
     prefix = f".actdict-write-check-{owner}-" if owner else ".actdict-write-check-"
     for folder in folders:
         try:
@@ -253,4 +255,4 @@ def check_writable(folders: list[str | os.PathLike], what: str, owner: str = "")
             os.unlink(probe)
         except OSError as e:
             raise FolderNotWritable(f"cannot write in {folder} ({e.strerror}), where {what} go: make it "
-                                    "writable, or set run_dir to another folder") from e
+                                    f"writable, or {elsewhere}") from e

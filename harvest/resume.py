@@ -48,6 +48,7 @@ from actdict.lock import (
     LOCK_FILE,
     READERS,
     REMOTE_LOCK,
+    check_writable,
     folder_lock,
     outermost_missing,
     remote_lock,
@@ -238,6 +239,10 @@ def store_lock(path: str) -> Iterator[Callable[..., None]]:
         def writing(hooks: list[str] | None = None) -> None:
             check_not_linked([p for h in hooks or () for p in (Path(root, h), Path(root, h, SHARDS))],
                              "the hook's manifest and shards")  # a shared store's link: out of the store
+            names = hooks or [n for n in (os.listdir(root) if os.path.isdir(root) else []) if n[:1] != "."]
+            check_writable([root, *(p for h in names for p in (Path(root, h), Path(root, h, SHARDS))
+                                    if p.is_dir())], "the store's manifests and shards", owner="harvest",
+                           elsewhere="set store to another folder")  # before the model loads, not after
             if not taken and not (hooks is not None and only_new_hooks(root, hooks)):
                 held.enter_context(folder_lock(root, f"store {path} (a training or an analysis reads it)",
                                                wait=wait, name=READERS))
@@ -247,7 +252,8 @@ def store_lock(path: str) -> Iterator[Callable[..., None]]:
         try:
             yield writing
         except BaseException:  # a model not found, a bad file, Ctrl-C: a store folder the lock made goes
-            if made and set(os.listdir(root)) <= {LOCK_FILE, READERS}:  # with nothing but the lock files
+            left = os.listdir(root) if os.path.isdir(root) else []  # none: the folder could not be made
+            if made and set(left) <= {LOCK_FILE, READERS}:  # with nothing but the lock files
                 shutil.rmtree(root, ignore_errors=True)
                 remove_empty(Path(root).parent, made)  # and the run folder it made for it, if still empty
             raise

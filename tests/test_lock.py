@@ -398,3 +398,42 @@ def test_a_folder_that_links_to_nothing_is_said_in_one_line(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith("actdict: FolderNotWritable: ") and said in err and "Traceback" not in err, err
     assert not (tmp_path / "gone").exists()
+
+
+def test_a_store_that_cannot_be_written_is_refused_before_the_model_loads(tmp_path, capsys, monkeypatch,
+                                                                           read_only):
+    """A store folder that refuses new files (chmod a-w, another user's: a harvest loaded its model,
+    computed a whole shard and then ended in a PermissionError; --repair of a damaged shard there alike) is
+    named before anything is loaded or changed."""
+    import numpy as np
+
+    import actdict.harvest.run as hrun
+    from actdict.harvest.vectors import cli
+
+    cfg = _config(tmp_path)
+    read_only("run/store")
+    monkeypatch.setattr(hrun, "load_model", None)  # never reached
+    assert main(["harvest", str(cfg)]) == 2
+    assert capsys.readouterr().err == (
+        f"actdict: FolderNotWritable: cannot write in {tmp_path}/run/store (Permission denied), where the "
+        "store's manifests and shards go: make it writable, or set store to another folder\n")
+    assert not (tmp_path / "run" / "store").exists()  # the folder the lock made for it is gone again
+    np.save(tmp_path / "v.npy", np.arange(24, dtype=np.float32).reshape(8, 3))  # [n, d]
+    assert cli([str(tmp_path / "v.npy"), str(tmp_path / "vs"), "--chunk-rows", "4"]) == 0
+    before = {p: p.read_bytes() for p in (tmp_path / "vs").rglob("*") if p.is_file()}
+    read_only("vs/vectors/shards")
+    assert main(["store", str(tmp_path / "vs"), "--repair"]) == 2
+    assert f"cannot write in {tmp_path}/vs/vectors/shards (Permission denied)" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in (tmp_path / "vs").rglob("*") if p.is_file()} == before
+
+
+def test_a_store_folder_that_cannot_be_made_fails_with_its_own_error(tmp_path, monkeypatch):
+    """Under a read-only folder the lock makes no store folder (and takes no lock): the harvest's own error
+    is raised, not a FileNotFoundError of the clean-up that looks for the folder to remove."""
+    from contextlib import nullcontext
+
+    from actdict.harvest import resume
+
+    monkeypatch.setattr(resume, "folder_lock", lambda *a, **k: nullcontext())
+    with pytest.raises(ValueError, match="the harvest's own"), resume.store_lock(str(tmp_path / "ro" / "s")):
+        raise ValueError("the harvest's own")
