@@ -293,17 +293,13 @@ def _write_group(fs, where: str, data: dict[str, np.ndarray], chunk_rows: int, d
     """The zarr group of one shard's arrays at ``where``, its done-record last."""
     local = is_local(fs)
     group = zarr.open_group(zarr_url(fs, where), mode="w", zarr_format=3)
-    opened: list = []  # local chunk files written, flushed to the disk together below
-    try:
-        for name in ARRAYS:
-            arr = data[name]
-            group.create_array(name, shape=arr.shape, chunks=(chunk_rows, *arr.shape[1:]), dtype=arr.dtype,
-                               compressors=[Crc32cCodec()], fill_value=0, config={"write_empty_chunks": True})
-            write_chunks(fs, f"{where}/{name}", arr, chunk_rows, opened if local else None)
-        release_all(opened)
-    finally:
-        for f in opened:
-            f.close()
+    written: list[str] = []  # local chunk files written (and closed), flushed to the disk together below
+    for name in ARRAYS:
+        arr = data[name]
+        group.create_array(name, shape=arr.shape, chunks=(chunk_rows, *arr.shape[1:]), dtype=arr.dtype,
+                           compressors=[Crc32cCodec()], fill_value=0, config={"write_empty_chunks": True})
+        write_chunks(fs, f"{where}/{name}", arr, chunk_rows, written if local else None)
+    release_all(written)
     group.attrs[DONE_KEY] = done
 
 
@@ -312,52 +308,53 @@ def chunk_key(c: int, ndim: int) -> str:
     return f"c/{c}" + "/0" * (ndim - 1)
 
 
-def release(fd: int) -> None:
-    """Flush a written file to the disk and drop it from the page cache (Linux; elsewhere only flush)."""
-    (os.fdatasync if hasattr(os, "fdatasync") else os.fsync)(fd)
-    if hasattr(os, "posix_fadvise"):
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+def release(path: str) -> None:
+    """Flush a written file to the disk and drop it from the page cache (Linux; elsewhere only flush),
+    through a descriptor of its own: the writer closed it, so that a shard of many chunks holds no more
+    files open than ``release_all``'s threads (a shard of 2,048 chunk files under a limit of 1,024)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        (os.fdatasync if hasattr(os, "fdatasync") else os.fsync)(fd)
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
 
 
-def release_all(files: list, threads: int = 4) -> None:
-    """``release`` open files, a few at a time: the disk gets several flushes queued instead of one after
+def release_all(paths: list[str], threads: int = 4) -> None:
+    """``release`` written files, a few at a time: the disk gets several flushes queued instead of one after
     the other (1.1-1.35x the rate of flushing one at a time, on the disks measured: docs/harvest.md)."""
-    if files:
-        with ThreadPoolExecutor(min(threads, len(files))) as pool:
-            list(pool.map(lambda f: release(f.fileno()), files))
+    if paths:
+        with ThreadPoolExecutor(min(threads, len(paths))) as pool:
+            list(pool.map(release, paths))
 
 
-def write_chunks(fs, array_dir: str, arr: np.ndarray, chunk_rows: int, opened: list | None = None) -> None:
+def write_chunks(fs, array_dir: str, arr: np.ndarray, chunk_rows: int, written: list | None = None) -> None:
     """The chunk files of ``arr`` [n, ...] (little-endian dtype) as zarr v3 writes them with the codecs
     bytes(little) + crc32c: each chunk's bytes, the last one padded with the fill value 0 to whole
     ``chunk_rows``, then their crc32c as a little-endian uint32. On a local disk the files are flushed and
-    released together (``release_all``) before this returns, or, given ``opened``, appended to it still
-    open for the caller to release and close (a shard releases all its arrays' files at once)."""
+    released together (``release_all``) before this returns, or, given ``written``, their paths appended to
+    it for the caller to release (a shard releases all its arrays' files at once)."""
     local = is_local(fs)
-    files = [] if opened is None else opened
-    try:
-        for c, a in enumerate(range(0, len(arr), chunk_rows)):
-            block = np.ascontiguousarray(arr[a:a + chunk_rows])  # [<= chunk_rows, ...]
-            if len(block) < chunk_rows:
-                pad = np.zeros((chunk_rows - len(block), *arr.shape[1:]), arr.dtype)
-                block = np.concatenate([block, pad])
-            raw = block.reshape(-1).view(np.uint8)
-            crc = np.array([google_crc32c.value(raw)], "<u4").tobytes()
-            path = f"{array_dir}/{chunk_key(c, arr.ndim)}"
-            if local:  # two writes, no joined copy
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                files.append(f := open(path, "wb"))  # noqa: SIM115 (closed below or by the caller)
+    files = [] if written is None else written
+    for c, a in enumerate(range(0, len(arr), chunk_rows)):
+        block = np.ascontiguousarray(arr[a:a + chunk_rows])  # [<= chunk_rows, ...]
+        if len(block) < chunk_rows:
+            pad = np.zeros((chunk_rows - len(block), *arr.shape[1:]), arr.dtype)
+            block = np.concatenate([block, pad])
+        raw = block.reshape(-1).view(np.uint8)
+        crc = np.array([google_crc32c.value(raw)], "<u4").tobytes()
+        path = f"{array_dir}/{chunk_key(c, arr.ndim)}"
+        if local:  # two writes, no joined copy
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as f:
                 f.write(raw.data)
                 f.write(crc)
-                f.flush()
-            else:
-                fs.pipe_file(path, raw.tobytes() + crc)
-        if opened is None:
-            release_all(files)
-    finally:
-        if opened is None:
-            for f in files:
-                f.close()
+            files.append(path)
+        else:
+            fs.pipe_file(path, raw.tobytes() + crc)
+    if written is None:
+        release_all(files)
 
 
 def read_chunk_file(path: str, nbytes: int, out: np.ndarray | None = None) -> np.ndarray:

@@ -278,3 +278,32 @@ def test_a_full_disk_mid_shard_is_one_line_and_leaves_no_half_shard(tmp_path, mo
     s = open_store(str(tmp_path))
     s.verify()
     np.testing.assert_array_equal(s.read_rows(0, N).acts, x)
+
+
+def test_a_shard_of_many_chunks_holds_few_files_open(tmp_path):
+    """A shard's chunk files are closed as they are written and flushed by their paths: one of 64 chunks
+    (256 files) is written under a limit of 32 more open files than the test holds (a harvest of
+    shard_rows=65536, chunk_rows=128 could write no shard under Linux's default limit of 1,024: 'Too many
+    open files')."""
+    import os
+
+    resource = pytest.importorskip("resource")
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("counts its open files in /proc")
+    from actdict.harvest import layout
+
+    n = 256
+    x = np.arange(n * D, dtype=np.float32).reshape(n, D)  # [n, D]
+    meta = {"token_ids": np.arange(n), "doc": np.arange(n), "pos": np.arange(n)}
+    _write(tmp_path)
+    fs, root = layout.fs_of(str(tmp_path / "blocks.0.hook_resid_post"))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 32, hard))
+    try:
+        done = layout.write_shard(fs, root, 3, {"acts": x} | meta, 4)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert done["n_rows"] == n
+    shard = tmp_path / "blocks.0.hook_resid_post" / "shards" / "00003"
+    assert len(list((shard / "acts" / "c").iterdir())) == 64
+    assert layout.check_shard(fs, str(shard), D, np.dtype("<f4"), 4, crc=True)["n_rows"] == n
