@@ -231,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `actdict store PATH | head`, `actdict run CONFIG --dry-run | head`: the reader
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # left; no traceback, a silent flush
         return 141  # as a shell reports a process killed by SIGPIPE
+    except KeyboardInterrupt:  # Ctrl-C in a tool (store --verify, lens's model load, compare's pass); the
+        print("actdict: interrupted", file=sys.stderr)  # stages say what they keep (_main)
+        return 130
     except Exception as e:
         if (one_line := remote_error(e) or peer_error(e)) is None:
             raise

@@ -120,6 +120,13 @@ def test_an_interrupted_stage_exits_130_and_keeps_its_work(tmp_path, monkeypatch
     monkeypatch.setattr(cli, "load_experiment", interrupted)
     assert cli.main(["train", str(tmp_path / "c.yaml")]) == 130
     assert capsys.readouterr().err == "actdict: interrupted (completed shards and checkpoints are kept)\n"
+    monkeypatch.setattr("actdict.harvest.inspect.list_hooks", interrupted)  # Ctrl-C in a tool: store --verify
+    try:
+        status = cli.main(["store", str(tmp_path / "s"), "--verify"])
+    except KeyboardInterrupt:  # not caught: a traceback (and it must not stop the test session)
+        status = "traceback"
+    assert status == 130
+    assert capsys.readouterr().err == "actdict: interrupted\n"
 
 
 @pytest.mark.parametrize("argv", [["harvest", "missing.yaml"], ["store", "missing"],
