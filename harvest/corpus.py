@@ -10,6 +10,7 @@ Jargon File entries, blocks of Devil's Dictionary entries. The result is cached 
 
 from __future__ import annotations
 
+import errno
 import gzip
 import json
 import os
@@ -53,28 +54,47 @@ def ensure_debian_corpus(cache_dir: str | Path | None = None) -> Path:
     out, info = root / f"{NAME}.jsonl", root / f"{NAME}.json"
     if out.is_file() and info.is_file():
         return out
-    root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=root, prefix=".build-") as work:
-        work = Path(work)
-        versions = _download(work)
-        docs = build_docs(work / "x")
-        _log(f"writing {len(docs)} documents to {out}")
-        tmp = work / "corpus.jsonl"
-        with open(tmp, "w", encoding="utf-8") as f:
-            for d in docs:
-                f.write(json.dumps(d, ensure_ascii=False) + "\n")
-        per_source: dict[str, int] = {}
-        for d in docs:
-            kind = d["source"].split(":", 1)[0]
-            per_source[kind] = per_source.get(kind, 0) + 1
-        sidecar = {"name": NAME, "format": FORMAT, "packages": versions, "n_docs": len(docs),
-                   "n_words": sum(len(d["text"].split()) for d in docs), "n_bytes": tmp.stat().st_size,
-                   "docs_per_source": per_source}
-        (work / "info.json").write_text(json.dumps(sidecar, indent=2, sort_keys=True))
-        os.replace(work / "info.json", info)
-        os.replace(tmp, out)  # last: the JSONL's presence means the build finished
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=root, prefix=".build-") as work:
+            sidecar = _build(Path(work), out, info)
+    except (OSError, subprocess.CalledProcessError) as e:  # a full disk, a read-only cache folder
+        raise CorpusError(f"cannot build the demo corpus in {root} ({_why(e)}): the build "
+                          "needs about 30 MB there (13 MB kept); free space or make it writable, or set "
+                          "ACTDICT_CACHE to another folder") from e
     _log(f"done: {sidecar['n_docs']} documents, {sidecar['n_words']:,} words")
     return out
+
+
+def _why(e: OSError | subprocess.CalledProcessError) -> str:
+    """Why a step of the build failed, in one line: a full disk as such, else the OS's or the tool's words."""
+    if not isinstance(e, subprocess.CalledProcessError):
+        return e.strerror or str(e)
+    said, full = (e.stderr or "").strip(), os.strerror(errno.ENOSPC)
+    return full if full in said else (said.splitlines() or [str(e)])[-1]
+
+
+def _build(work: Path, out: Path, info: Path) -> dict:
+    """Download, extract and write the corpus in the build folder ``work``, then move its JSONL to ``out``
+    and its record to ``info``; returns the record."""
+    versions = _download(work)
+    docs = build_docs(work / "x")
+    _log(f"writing {len(docs)} documents to {out}")
+    tmp = work / "corpus.jsonl"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for d in docs:
+            f.write(json.dumps(d, ensure_ascii=False) + "\n")
+    per_source: dict[str, int] = {}
+    for d in docs:
+        kind = d["source"].split(":", 1)[0]
+        per_source[kind] = per_source.get(kind, 0) + 1
+    sidecar = {"name": NAME, "format": FORMAT, "packages": versions, "n_docs": len(docs),
+               "n_words": sum(len(d["text"].split()) for d in docs), "n_bytes": tmp.stat().st_size,
+               "docs_per_source": per_source}
+    (work / "info.json").write_text(json.dumps(sidecar, indent=2, sort_keys=True))
+    os.replace(work / "info.json", info)
+    os.replace(tmp, out)  # last: the JSONL's presence means the build finished
+    return sidecar
 
 
 def corpus_info(cache_dir: str | Path | None = None) -> dict:
@@ -94,6 +114,8 @@ def _download(work: Path) -> dict[str, str]:
     _log(f"apt-get download {' '.join(PACKAGES)}")
     cmd = ["apt-get", "download", *PACKAGES]
     res = subprocess.run(cmd, cwd=work, capture_output=True, text=True)
+    if res.returncode != 0 and "No space left on device" in res.stderr:  # not the package lists: say so
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     if res.returncode != 0 and hasattr(os, "geteuid") and os.geteuid() == 0:
         _log("download failed; running apt-get update once and retrying")
         subprocess.run(["apt-get", "update"], capture_output=True, text=True)
@@ -107,7 +129,8 @@ def _download(work: Path) -> dict[str, str]:
                                 text=True, check=True).stdout
         meta = dict(line.split(": ", 1) for line in fields.strip().splitlines())
         versions[meta["Package"]] = meta["Version"]
-        subprocess.run(["dpkg-deb", "-x", str(deb), str(work / "x")], check=True)
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(work / "x")], check=True, capture_output=True,
+                       text=True)  # its stderr: why it failed (a full disk), for the CorpusError
     missing = sorted(set(PACKAGES) - set(versions))
     if missing:
         raise CorpusError(f"apt-get download did not fetch {missing}")

@@ -1,6 +1,8 @@
 """Text sources (local files, hub fail-fast) and the pure windowing function, on hand-made inputs."""
 
 import json
+import re
+import subprocess
 import time
 from pathlib import Path
 
@@ -309,6 +311,27 @@ def test_missing_apt_says_what_to_do(monkeypatch, tmp_path):
     with pytest.raises(corpus.CorpusError, match="apt-get not found.*source.kind=files"):
         corpus.ensure_debian_corpus(tmp_path)
     assert not (tmp_path / f"{corpus.NAME}.jsonl").exists()
+
+
+@pytest.mark.parametrize("fails", [
+    subprocess.CalledProcessError(2, ["dpkg-deb", "-x"], stderr="tar: ./a: Cannot write: No space left on "
+                                  "device\ndpkg-deb: error: tar subprocess returned error exit status 2\n"),
+    OSError(28, "No space left on device")])
+def test_a_corpus_build_on_a_full_disk_is_one_line(monkeypatch, tmp_path, fails):
+    """The build (~30 MB) in a cache folder whose disk fills: dpkg-deb's extraction or the JSONL's write
+    ended the demo's harvest in a CalledProcessError or OSError traceback; a CorpusError names the folder
+    and the full disk, and the build folder is gone."""
+    def download(work):
+        (work / "part.deb").write_bytes(b"x")
+        raise fails
+
+    monkeypatch.setattr(corpus, "_download", download)
+    said = (f"cannot build the demo corpus in {tmp_path / 'corpus'} (No space left on device): the build "
+            "needs about 30 MB there (13 MB kept); free space or make it writable, or set ACTDICT_CACHE to "
+            "another folder")
+    with pytest.raises(corpus.CorpusError, match=re.escape(said)):
+        corpus.ensure_debian_corpus(tmp_path / "corpus")
+    assert list((tmp_path / "corpus").iterdir()) == []
 
 
 @pytest.mark.slow
