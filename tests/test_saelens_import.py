@@ -327,3 +327,24 @@ def test_a_folder_of_vectors_parts_is_pointed_to_the_vectors_import(tmp_path, ca
     for f in ("sae", "notes"):
         assert main([str(tmp_path / f), str(tmp_path / "run" / "dicts" / "v")]) == 2
         assert capsys.readouterr().err.strip().endswith("cfg.json is missing")
+
+
+def test_an_export_or_import_into_a_folder_it_cannot_write_is_one_line(tmp_path, capsys, read_only):
+    """A folder that refuses new files (chmod a-w, another user's) ended actdict export and actdict import
+    in a PermissionError traceback from their mkdir; each now says which folder, exit status 2."""
+    from actdict.cli import main as actdict
+    from actdict.train.protocol import make
+
+    checkpoint.save(tmp_path / "run" / "dicts" / "sae", make("sae_l1", D, K), {})
+    read_only("ro/out")
+    assert actdict(["export", str(tmp_path / "run" / "dicts" / "sae"), str(tmp_path / "ro" / "out")]) == 2
+    assert capsys.readouterr().err == (f"actdict: FolderNotWritable: cannot write in {tmp_path}/ro/out "
+                                       "(Permission denied), where the SAELens files go: make it writable, "
+                                       "or pass another folder\n")
+    assert actdict(["export", str(tmp_path / "run" / "dicts" / "sae"), str(tmp_path / "sl")]) == 0
+    read_only("run/dicts")
+    assert actdict(["import", str(tmp_path / "sl"), str(tmp_path / "run" / "dicts" / "b")]) == 2
+    assert capsys.readouterr().err == (f"actdict: FolderNotWritable: cannot write in {tmp_path}/run/dicts "
+                                       "(Permission denied), where the imported SAE's files go: make it "
+                                       "writable, or import it into another run folder\n")
+    assert not (tmp_path / "run" / "dicts" / "b").exists()

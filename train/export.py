@@ -36,6 +36,7 @@ from torch import Tensor
 
 from actdict.errors import ActdictError
 from actdict.files import write_atomic
+from actdict.lock import check_writable
 from actdict.train import checkpoint
 from actdict.train.protocol import Dictionary
 
@@ -155,7 +156,9 @@ def export_saelens(dict_dir: str | Path, out: str | Path, overwrite: bool = Fals
     except checkpoint.CheckpointError as e:
         raise ExportError(f"{e}{_checkpoints_near(Path(dict_dir))}") from e
     check_out(Path(dict_dir), Path(out), overwrite)
-    return write_saelens(saelens_view(model), out, _metadata(cfg))
+    view = saelens_view(model)  # ExportError for a variant SAELens has no architecture for
+    check_writable([out], "the SAELens files", elsewhere="pass another folder")  # one line, not a traceback
+    return write_saelens(view, out, _metadata(cfg))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,7 +40,7 @@ from torch import Tensor
 from actdict.config import is_hook_name
 from actdict.errors import ActdictError
 from actdict.files import check_not_linked
-from actdict.lock import folder_lock
+from actdict.lock import check_writable, folder_lock
 from actdict.train import checkpoint
 from actdict.train.config import bad_name
 from actdict.train.protocol import Dictionary, make
@@ -197,6 +197,8 @@ def import_saelens(src: str | Path, dest: str | Path, overwrite: bool = False, h
     run_dir = dest.parent.parent
     check_not_linked([run_dir / "dicts", dest], "the imported SAE")
     with folder_lock(str(run_dir), f"run folder {run_dir}"):  # made if missing; one writer, as a training
+        check_writable([run_dir / "dicts"], "the imported SAE's files",
+                       elsewhere="import it into another run folder")  # made here when missing
         return _write(src, dest, cfg, model, overwrite, hook)
 
 
