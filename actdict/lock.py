@@ -16,7 +16,9 @@ exclusively before its first change to the store (a growth, a re-import, a repai
 meets a half-changed store: each waits for the other. The file is made with the umask's permissions (a
 group-writable store gets a group-writable lock file) and is locked through a read-only descriptor when
 it cannot be opened for writing. A folder where the file can be neither made nor opened (a read-only
-shared store that is only read) is not locked, nor one on a file system without ``flock`` (a note says so).
+shared store that is only read) is not locked, nor one on a file system without ``flock`` (a note says so);
+in a folder this process may write in, a lock file it cannot open (another user's, made under umask 077)
+stops the run (``FolderNotLockable``): it cannot tell whether that user's run is at work there.
 A folder the lock made goes again, with its lock file, when the work in it fails before writing anything
 (a missing store): a process waiting for that lock then locks the path anew, not the removed file.
 
@@ -132,9 +134,30 @@ def _open(folder: str, name: str, say: Callable[[str], None]) -> int | None:
         try:
             return os.open(path, os.O_RDONLY)  # another user's lock file: flock needs no write access
         except OSError as e:  # none there and none can be made: a read-only folder, nothing is written there
+            if e.errno == errno.EACCES and os.path.isfile(path) and os.access(folder, os.W_OK):
+                raise FolderNotLockable(unreadable_lock(path, folder)) from e
             if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT):
                 say(f"note: {path} cannot be made ({e.strerror}); going on without the lock")
             return None
+
+
+class FolderNotLockable(ActdictError):
+    """A folder this process may write in whose lock file it may not open: another user's, made private."""
+
+
+def unreadable_lock(path: str, folder: str) -> str:
+    """Why the lock file ``path`` of the writable ``folder`` stops this run, and what to do."""
+    st = os.stat(path)
+    try:
+        import pwd
+
+        owner = pwd.getpwuid(st.st_uid).pw_name
+    except (ImportError, KeyError):
+        owner = f"uid {st.st_uid}"
+    return (f"cannot open the lock file {path} (Permission denied: {owner}'s, mode {st.st_mode & 0o777:03o}, "
+            f"made under a private umask), so whether {owner}'s actdict is at work in {folder} cannot be "
+            f"told: ask them to make it readable (chmod a+r {path}), or remove it if no actdict process "
+            "uses the folder")
 
 
 def _take(fd: int, path: str, what: str, say: Callable[[str], None], wait: bool, mode: int) -> None:

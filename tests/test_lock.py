@@ -3,6 +3,7 @@ so, and then looks again; a killed holder frees the lock at once."""
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -101,6 +102,37 @@ def test_the_lock_file_follows_the_umask_and_a_read_only_one_still_locks(tmp_pat
         os.open = real_open
     w.join(10)
     assert not w.is_alive()
+
+
+def test_a_lock_file_another_user_made_private_stops_a_run_in_a_folder_it_shares(tmp_path, monkeypatch):
+    """A shared, writable folder whose lock file another user made under umask 077 (mode 600): the run could
+    open it neither way and went on unlocked, silently, beside that user's training in the same run folder;
+    it now stops, naming the file, its owner and what to do. A read-only folder still goes unlocked."""
+    import pwd
+
+    from actdict import lock
+
+    with folder_lock(str(tmp_path), "run folder r"):
+        pass
+    (tmp_path / LOCK_FILE).chmod(0o600)
+    real_open = os.open
+
+    def private(path, flags, *a):  # root's tests open any file: refuse the lock file as to another user
+        if str(path).endswith(LOCK_FILE):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, flags, *a)
+
+    monkeypatch.setattr(lock.os, "open", private)
+    me, path = pwd.getpwuid(os.getuid()).pw_name, tmp_path / LOCK_FILE
+    with pytest.raises(lock.FolderNotLockable, match=re.escape(
+            f"cannot open the lock file {path} (Permission denied: {me}'s, mode 600, made under a private "
+            f"umask), so whether {me}'s actdict is at work in {tmp_path} cannot be told: ask them to make it "
+            f"readable (chmod a+r {path}), or remove it if no actdict process uses the folder")):
+        with folder_lock(str(tmp_path), "run folder r"):
+            pass
+    monkeypatch.setattr(lock.os, "access", lambda *a: False)  # a folder it may not write in: only read
+    with folder_lock(str(tmp_path), "run folder r"):
+        pass
 
 
 def test_a_read_only_folder_is_read_unlocked(tmp_path, monkeypatch):
