@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from actdict.files import WriteError
 
 
 def union_of_subspaces(n: int, d: int = 40, dims: Sequence[int] = (4, 4, 4),
@@ -86,13 +89,31 @@ def write_set(name: str, out: str | Path, n: int = 0, seed: int = 0, init: str =
     x, label = union_of_subspaces(n, seed=seed) if name == "linear" else mlp_manifolds(n // 4, seed=seed,
                                                                                         init=init)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a read-only folder
+        raise WriteError(f"could not make {out}: {e.strerror or e}") from e
     paths = out / "x.npy", out / "labels.npy"
     for path, arr in zip(paths, (x, label), strict=True):
         tmp = path.with_name(f".tmp-{path.name}")
-        np.save(tmp, arr)
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as f:
+                np.save(_Pieces(f), arr)
+            os.replace(tmp, path)
+        except BaseException as e:  # a full disk, Ctrl-C: no half file left taking the space
+            tmp.unlink(missing_ok=True)
+            if isinstance(e, OSError):
+                raise WriteError(f"could not write {path}: {e.strerror or e} ({path} is as it was)") from e
+            raise
     return paths
+
+
+class _Pieces:
+    """A file that numpy writes to in 16 MB pieces (``f.write``): a full disk is then an OSError saying so,
+    where numpy's ``tofile`` of a real file says only '2240000 requested and 786400 written'."""
+
+    def __init__(self, f) -> None:
+        self.write = f.write
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,7 +130,14 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.n < 0 or (a.set == "mlp" and 0 < a.n < 4):
         ap.error(f"--n must be a positive number of rows (mlp: at least 4), got {a.n}")
-    x_path, label_path = write_set(a.set, a.out, a.n, a.seed, a.init)
+    try:
+        x_path, label_path = write_set(a.set, a.out, a.n, a.seed, a.init)
+    except WriteError as e:
+        print(f"synthetic: WriteError: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("synthetic: interrupted (no half-written file is kept)", file=sys.stderr)
+        return 130
     rows = len(np.load(label_path, mmap_mode="r"))
     print(f"wrote {x_path} and {label_path} ({rows:,} rows of the {a.set} set, seed {a.seed})")
     return 0

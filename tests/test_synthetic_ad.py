@@ -101,3 +101,34 @@ def test_synthetic_files_run_the_table2_config_with_an_ad_per_manifold(tmp_path)
     for m in summary["models"].values():
         assert [(c["label"], c["n"]) for c in m["ad_class"]] == list(enumerate(np.bincount(held).tolist()))
         assert all(0 <= c["ad_of_mean"] <= 20 for c in m["ad_class"])
+
+
+def test_synthetic_files_on_a_full_disk_are_one_line_and_leave_no_half_file(tmp_path, monkeypatch, capsys):
+    """A disk that fills while x.npy is written (a 3 MB tmpfs: numpy's 'OSError: 2240000 requested and
+    786400 written' traceback, the 3 MB temporary file left taking the space): one line naming the file and
+    the full disk, exit 2, nothing left; the files written through it are np.save's bytes."""
+    import builtins
+    import errno
+    import io
+    import os
+
+    from actdict.harvest import synthetic
+
+    assert synthetic.main(["linear", str(tmp_path / "ok"), "--n", "300"]) == 0
+    x, label = union_of_subspaces(300)
+    for name, arr in (("x.npy", x), ("labels.npy", label)):
+        np.save(buf := io.BytesIO(), arr)
+        assert (tmp_path / "ok" / name).read_bytes() == buf.getvalue()
+    real_open = builtins.open
+
+    class Full(io.FileIO):
+        def write(self, b):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(synthetic, "open", lambda p, mode: Full(p, "wb") if "tmp-x" in str(p) else
+                        real_open(p, mode), raising=False)
+    assert synthetic.main(["linear", str(tmp_path / "full"), "--n", "300"]) == 2
+    path = tmp_path / "full" / "x.npy"
+    assert capsys.readouterr().err == (f"synthetic: WriteError: could not write {path}: No space left on "
+                                       f"device ({path} is as it was)\n")
+    assert list((tmp_path / "full").iterdir()) == []
