@@ -393,9 +393,12 @@ def main(argv: list[str] | None = None) -> int:
             f.rename(f.with_name(f".{f.name}.old"))
     try:
         path = ensure_debian_corpus(args.cache_dir)
-    except (ActdictError, OSError) as e:
+    except (ActdictError, OSError, KeyboardInterrupt) as e:  # Ctrl-C too: the set-aside corpus comes back
         for f in cached if args.rebuild else []:
             f.with_name(f".{f.name}.old").rename(f)
+        if isinstance(e, KeyboardInterrupt):
+            print("corpus: interrupted" + (" (the cached corpus is kept)" if cached else ""), file=sys.stderr)
+            return 130
         print(f"corpus: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     for f in cached if args.rebuild else []:

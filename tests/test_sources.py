@@ -334,6 +334,27 @@ def test_a_corpus_build_on_a_full_disk_is_one_line(monkeypatch, tmp_path, fails)
     assert list((tmp_path / "corpus").iterdir()) == []
 
 
+def test_an_interrupted_rebuild_puts_the_cached_corpus_back(monkeypatch, tmp_path, capsys):
+    """--rebuild sets the cached corpus aside (hidden .old files) and a failed build puts it back; Ctrl-C
+    during the build left it set aside (a KeyboardInterrupt traceback), so the next harvest downloaded and
+    built it again."""
+    cached = {f"{corpus.NAME}.jsonl": '{"text": "Kept.", "source": "t:0"}\n', f"{corpus.NAME}.json": "{}"}
+    for name, text in cached.items():
+        (tmp_path / name).write_text(text)
+
+    def interrupted(cache_dir):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(corpus, "ensure_debian_corpus", interrupted)
+    try:
+        status = corpus.main(["--rebuild", str(tmp_path)])
+    except KeyboardInterrupt:  # not caught: must not stop the test session
+        status = "traceback"
+    assert status == 130
+    assert capsys.readouterr().err == "corpus: interrupted (the cached corpus is kept)\n"
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == cached
+
+
 @pytest.mark.slow
 def test_real_debian_corpus(tmp_path):
     """Downloads ~6 MB of Debian packages (needs apt sources) and converts them (~5 s)."""
