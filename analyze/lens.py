@@ -34,6 +34,7 @@ from actdict.analyze.outputs import OutputError, read_output
 from actdict.analyze.texts import clip
 from actdict.config import Common, common_of, load_experiment, section
 from actdict.errors import ActdictError, print_error, printable
+from actdict.files import write_atomic
 
 
 class LensError(ActdictError, ValueError):
@@ -363,9 +364,9 @@ def main(argv: list[str] | None = None) -> int:
             section(data, name, cls)  # unread here, but checked as the stages check them: a typo is refused
         res = lens(common_of(data), section(data, "harvest", HarvestConfig), text, a.dicts, a.top, a.hook,
                    list(dict.fromkeys(a.follow)))  # a feature named twice: one column
+        if a.json:  # before the text: a reader closing stdout early (| head) must not lose it
+            write_atomic(a.json, json.dumps(res, indent=1, ensure_ascii=False) + "\n")  # full disk: one line
     except ActdictError as e:  # ConfigError included
         return print_error("actdict lens", e)
-    if a.json:  # before the text: a reader closing stdout early (| head) must not lose it
-        a.json.write_text(json.dumps(res, indent=1, ensure_ascii=False) + "\n")
     print(format_lens(res))
     return 0

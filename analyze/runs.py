@@ -18,6 +18,7 @@ from pathlib import Path
 from actdict.analyze.outputs import OutputError, not_a_snapshot, read_output
 from actdict.analyze.run import number_table
 from actdict.errors import ActdictError, printable
+from actdict.files import write_atomic
 from actdict.train.resume import listed
 
 KEYS = ("re_det", "re_sample", "ad", "l0", "ev", "dead", "k", "ce_recovered", "kl")
@@ -108,11 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         records = rows(a.runs)
         records = by(records, a.sort) if a.sort else records
+        if a.json:  # before the table: a reader closing stdout early (| head) must not lose it
+            write_atomic(a.json, json.dumps(records, indent=1) + "\n")  # a full disk: WriteError, one line
     except ActdictError as e:
         print(f"actdict: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
-    if a.json:  # before the table: a reader closing stdout early (| head) must not lose it
-        Path(a.json).write_text(json.dumps(records, indent=1) + "\n")
     print("\n".join(table(records)))
     for run in dict.fromkeys(r["run"] for r in records):
         if names := [r["dict"] for r in records if r["run"] == run and r["retrained"]]:
