@@ -180,6 +180,11 @@ def test_a_read_only_run_folder_and_a_cut_split_are_said_before_training(store, 
     assert "train: 100%" not in capsys.readouterr().err  # refused before the first step
     record = json.loads((tmp_path / "run" / "dicts" / "a" / "cfg.json").read_text())
     assert record["dict_config"]["lr"] == 0.01  # the finished checkpoint is untouched
+    (tmp_path / "run" / "dicts" / "a" / "snapshots").mkdir()  # another user's, or copied read-only: a
+    read_only("dicts/a/snapshots")  # snapshot there was a PermissionError traceback after the steps before it
+    with pytest.raises(lock.FolderNotWritable, match=r"cannot write in .*dicts/a/snapshots \(Permission de"):
+        main(common, cfg(DictConfig("a", "sae_topk", k=4, lr=0.02, params={"topk": 2})))
+    assert "train: 100%" not in capsys.readouterr().err
 
 
 def test_a_checkpoint_saved_while_it_is_read_is_read_whole(tmp_path, monkeypatch):
