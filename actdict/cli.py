@@ -212,6 +212,18 @@ def long_path_error(e: BaseException) -> ActdictError | None:
     return None
 
 
+def full_disk_error(e: BaseException) -> ActdictError | None:
+    """A write the disk or the user's quota had no room for (ENOSPC, EDQUOT), found in ``e``'s chain, as one
+    line naming the file where the error does (a redirected stdout: none); None for anything else."""
+    import errno
+
+    for seen in _chain(e):
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            where = f" writing {os.fsdecode(seen.filename)}" if seen.filename else ""
+            return ActdictError(f"{seen.strerror}{where}: free some space and run the command again")
+    return None
+
+
 def peer_error(e: BaseException) -> ActdictError | None:
     """Under torchrun, a collective that failed because another rank died (killed, out of memory), as one
     line; None for anything else."""
@@ -235,9 +247,16 @@ def main(argv: list[str] | None = None) -> int:
         print("actdict: interrupted", file=sys.stderr)  # stages say what they keep (_main)
         return 130
     except Exception as e:
-        if (one_line := remote_error(e) or peer_error(e)) is None:
+        if isinstance(e, ActdictError):  # a tool's own one-line error that it let through (compare's --json)
+            return print_error("actdict", e)
+        if (one_line := remote_error(e) or peer_error(e) or full_disk_error(e)) is None:
             raise
-        return print_error("actdict", one_line)
+        status = print_error("actdict", one_line)
+        try:
+            sys.stdout.flush()
+        except OSError:  # stdout itself is on the full disk: nothing more is written there, no exit traceback
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return status
 
 
 def _main(argv: list[str] | None = None) -> int:

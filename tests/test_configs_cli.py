@@ -129,6 +129,31 @@ def test_an_interrupted_stage_exits_130_and_keeps_its_work(tmp_path, monkeypatch
     assert capsys.readouterr().err == "actdict: interrupted\n"
 
 
+def test_a_full_disk_anywhere_is_one_line(tmp_path, monkeypatch, capsys):
+    """`actdict store S --json > F` with F on a full disk (the print's flush) ended in an OSError traceback;
+    any ENOSPC or EDQUOT that reaches the command line is one line, exit 2, naming the file where known."""
+    import errno
+    import os
+
+    from actdict import cli
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("actdict.harvest.inspect.list_hooks", full)
+    assert cli.main(["store", str(tmp_path / "s")]) == 2
+    assert capsys.readouterr().err == ("actdict: ActdictError: No space left on device: free some space and "
+                                       "run the command again\n")
+
+    def quota(*a, **k):
+        raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT), str(tmp_path / "s" / "x"))
+
+    monkeypatch.setattr("actdict.harvest.inspect.list_hooks", quota)
+    assert cli.main(["store", str(tmp_path / "s")]) == 2
+    assert capsys.readouterr().err == (f"actdict: ActdictError: Disk quota exceeded writing {tmp_path}/s/x: "
+                                       "free some space and run the command again\n")
+
+
 @pytest.mark.parametrize("argv", [["harvest", "missing.yaml"], ["store", "missing"],
                                   ["lens", "missing.yaml", "x"]])
 def test_the_command_line_runs_under_python_oo(tmp_path, argv):

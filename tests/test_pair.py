@@ -109,7 +109,9 @@ def test_other_rows_or_no_common_held_out_chunk_skip_the_co_activation(tmp_path)
     assert out["cofire"] is None and "no chunk in common" in out["notes"][0]
 
 
-def test_the_command_prints_the_table_and_writes_every_partner(tmp_path, capsys):
+def test_the_command_prints_the_table_and_writes_every_partner(tmp_path, capsys, monkeypatch):
+    from actdict.files import WriteError
+
     perm = np.roll(np.arange(K), 1)
     da, db = _pair(tmp_path, perm)
     assert cli(["compare", da, db, "--top", "3", "--json", str(tmp_path / "c.json")]) == 0
@@ -121,6 +123,14 @@ def test_the_command_prints_the_table_and_writes_every_partner(tmp_path, capsys)
     assert saved["a"]["cofire"] == [[[int(j), float(v), c] for j, v, c in f] for f in saved["a"]["cofire"]]
     assert cli(["compare", da, str(tmp_path / "nothing")]) == 2
     assert "nothing" in capsys.readouterr().err
+
+    def full(path, text):  # a full disk where --json goes: a WriteError traceback after the whole pass
+        raise WriteError(f"could not write {path}: No space left on device ({path} is as it was)")
+
+    monkeypatch.setattr(pair, "write_atomic", full)
+    assert cli(["compare", da, db, "--json", str(tmp_path / "c2.json")]) == 2
+    assert capsys.readouterr().err == (f"actdict: WriteError: could not write {tmp_path}/c2.json: No space "
+                                       f"left on device ({tmp_path}/c2.json is as it was)\n")
 
 
 def test_two_dictionaries_with_nothing_to_compare_print_the_notes_and_no_empty_table(tmp_path, capsys):
