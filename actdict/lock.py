@@ -260,6 +260,22 @@ class FolderNotWritable(ActdictError):
     """A folder a stage must write in cannot be written: said before the work, not after it."""
 
 
+def write_problem(folders: list[str | os.PathLike], what: str,
+                  elsewhere: str = "set run_dir to another folder") -> str | None:
+    """``check_writable``'s refusal, found without writing anything (a dry run): the first of ``folders``
+    that this process may not write in (a missing one: its nearest existing parent), by ``os.access`` or a
+    read-only file system, in the words ``check_writable`` raises; None when there is none."""
+    for folder in map(Path, folders):
+        near = next((p for p in (folder, *folder.parents) if p.exists()), None)
+        if near is None or not near.is_dir():  # a file in the way: the stage's own check says it
+            continue
+        read_only = bool(os.statvfs(near).f_flag & os.ST_RDONLY)
+        if read_only or not os.access(near, os.W_OK | os.X_OK):
+            why = "Read-only file system" if read_only else "Permission denied"
+            return f"cannot write in {folder} ({why}), where {what} go: make it writable, or {elsewhere}"
+    return None
+
+
 def check_writable(folders: list[str | os.PathLike], what: str, owner: str = "",
                    elsewhere: str = "set run_dir to another folder") -> None:
     """Create (when missing) and write a test file in each folder, or raise FolderNotWritable naming it: a

@@ -106,7 +106,7 @@ from actdict.config import Common, bar_timing, check_device
 from actdict.dryrun import StagePlan
 from actdict.errors import ActdictError, printable
 from actdict.files import check_not_linked, remove_temps, write_atomic
-from actdict.lock import check_writable
+from actdict.lock import check_writable, write_problem
 from actdict.train.identity import describe_store
 from actdict.train.log import trained_curve
 from actdict.train.loop import resolve_device
@@ -150,8 +150,20 @@ def plan(common: Common, cfg: AnalyzeConfig, coming: list[str] | tuple = ()) -> 
             return StagePlan([f"analyze: would stop: {e}"], stops=True)
     if why := unbuilt(run_dir, [n for n in names if n not in coming]):  # those the training leaves as is
         return StagePlan([f"analyze: would stop: {why}"], stops=True)
+    if why := write_problem(written_folders(run_dir, names), WRITES):
+        return StagePlan([f"analyze: would stop: {why}"], stops=True)
     return StagePlan([f"analyze: {listed(names)} on {rows} -> {run_dir / 'summary.json'}, "
                       f"{run_dir / 'report.html'}, {run_dir / 'report'}/, {run_dir / 'features'}/"])
+
+
+WRITES = "the summary, feature files and report"  # what an analysis writes in its run folder
+
+
+def written_folders(run_dir: Path, names: list[str]) -> list[Path]:
+    """The run folder and those of its folders an analysis of ``names`` writes in that exist now (its
+    report's parts folders: a new analysis removes their .js files)."""
+    parts = [run_dir / "report" / f"{n}.parts" for n in names]
+    return [run_dir, *(p for p in (run_dir / "features", run_dir / "report", *parts) if p.is_dir())]
 
 
 def unbuilt(run_dir: Path, names: list[str]) -> str | None:
@@ -215,8 +227,7 @@ def checked_inputs(common: Common, cfg: AnalyzeConfig, run_dir: Path) -> tuple[d
     models = load_models(run_dir, cfg.dicts, store.d, records)
     parts = [run_dir / "report" / f"{n}.parts" for n in models]  # whose .js files a new analysis removes
     check_not_linked([run_dir / "features", run_dir / "report", *parts], "the feature files and report pages")
-    check_writable([run_dir, *(p for p in (run_dir / "features", run_dir / "report", *parts) if p.is_dir())],
-                   "the summary, feature files and report", owner="analyze")  # before the pass, not after it
+    check_writable(written_folders(run_dir, list(models)), WRITES, owner="analyze")  # before the pass
     dropped = sorted(set(previous_models(run_dir)) - set(models))
     if gone := [n for n in dropped if not (run_dir / "dicts" / n).is_dir()]:  # removed since: not left out
         print(printable(f"analyze: note: {gone}, in the previous analysis, have no folder in "

@@ -12,12 +12,14 @@ reads a shard's data.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
+from pathlib import Path
 
 from actdict.config import config_changes, config_hash, to_dict
 from actdict.dryrun import StagePlan
 from actdict.harvest.config import RUN_KEYS, HarvestConfig, hook_pattern, rows_view
-from actdict.harvest.layout import FORMAT_VERSION, shard_problem, whole_shards
+from actdict.harvest.layout import FORMAT_VERSION, SHARDS, shard_problem, whole_shards
 from actdict.harvest.resume import HarvestError, hook_dir, read_manifest
 from actdict.harvest.sources import files_changed
 from actdict.harvest.store import list_hooks
@@ -187,11 +189,24 @@ def plan(common, cfg: HarvestConfig) -> StagePlan:
     on a vectors file that it cannot read (missing, of no known format: ``unreadable``), a harvest that
     writes it on a model it cannot have (``models.available``: a folder not there, a hub model offline and
     not cached, the hub unreachable) or a source it cannot read (``sources.unavailable``), and a harvest whose
-    patterns only the model can weigh against the store on a model it cannot have."""
+    patterns only the model can weigh against the store on a model it cannot have; before those, any that
+    writes on a store folder it may not write in (``store_write_problem``), as the harvest checks first."""
     said = store_plan(common, cfg)
-    if said.writes and (why := input_problem(cfg)):
+    if said.writes and (why := store_write_problem(common.store_path) or input_problem(cfg)):
         return StagePlan([f"harvest: would stop: {why}"], stops=True)
     return said
+
+
+def store_write_problem(path: str) -> str | None:
+    """Why the harvest could not write the local store ``path`` (its folder, its hooks' folders and their
+    shards: what ``resume.store_lock``'s check asks before the model loads), found without writing."""
+    from actdict.lock import write_problem
+
+    if "://" in path:
+        return None
+    names = [n for n in (os.listdir(path) if os.path.isdir(path) else []) if n[:1] != "."]
+    folders = [path, *(p for h in names for p in (Path(path, h), Path(path, h, SHARDS)) if p.is_dir())]
+    return write_problem(folders, "the store's manifests and shards", elsewhere="set store to another folder")
 
 
 def input_problem(cfg: HarvestConfig) -> str | None:

@@ -34,13 +34,15 @@ def device() -> str:
 @pytest.fixture
 def read_only(monkeypatch):
     """``read_only(suffix)``: folders whose path ends with ``suffix`` refuse new files to
-    ``actdict.lock.check_writable``, as a folder chmod'ed a-w does for a user without root's override
-    (these tests run as root too)."""
+    ``actdict.lock.check_writable`` and are not writable to ``os.access`` (the dry runs'
+    ``lock.write_problem``), as a folder chmod'ed a-w does for a user without root's override (these tests
+    run as root too)."""
     import errno
+    import os
 
     from actdict import lock
 
-    real = lock.tempfile.mkstemp
+    real, real_access = lock.tempfile.mkstemp, os.access
 
     def refuse(suffix: str) -> None:
         def mkstemp(dir, prefix):
@@ -48,7 +50,11 @@ def read_only(monkeypatch):
                 raise PermissionError(errno.EACCES, "Permission denied")
             return real(dir=dir, prefix=prefix)
 
+        def access(path, mode, **kw):
+            return not (str(path).endswith(suffix) and mode & os.W_OK) and real_access(path, mode, **kw)
+
         monkeypatch.setattr(lock.tempfile, "mkstemp", mkstemp)
+        monkeypatch.setattr(os, "access", access)
 
     return refuse
 

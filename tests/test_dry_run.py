@@ -569,3 +569,43 @@ train: {{hook: blocks.2.hook_resid_post, epochs: 1, dicts: [{{name: a, variant: 
                     "train: not run: the harvest above stops", "analyze: not run: the harvest above stops"]
     assert cli(["harvest", str(cfg), other]) == 2
     assert capsys.readouterr().err.split(": ", 2)[2] == said[0].split(": ", 2)[2] + "\n"
+
+
+def test_each_plan_stops_where_its_stage_cannot_write(tmp_path, capsys, read_only):
+    """A store or run folder this user may not write in (chmod a-w, another user's): each stage refuses it
+    before its work ('FolderNotWritable: cannot write in ...'), and its --dry-run planned the work and exited
+    0; now it says 'would stop' in the stage's words, found without writing anything."""
+    np.save(tmp_path / "v.npy", np.random.default_rng(0).standard_normal((256, 6)).astype(np.float32))
+    cfg = tmp_path / "v.yaml"
+    cfg.write_text(f"""
+run_dir: {tmp_path / 'run'}
+harvest: {{mode: vectors, vectors: {{path: {tmp_path / 'v.npy'}}}, shard_rows: 128, chunk_rows: 64}}
+train: {{epochs: 1, batch_size: 32, dicts: [{{name: a, variant: sae_l1, k: 8}}]}}
+""")
+    (tmp_path / "run" / "store").mkdir(parents=True)
+    read_only("run/store")
+
+    def both(stage: str, *overrides: str) -> tuple[str, str]:
+        assert cli([stage, str(cfg), *overrides, "--dry-run"]) == 2
+        planned = capsys.readouterr().out.splitlines()[0]
+        assert cli([stage, str(cfg), *overrides]) == 2
+        return planned, capsys.readouterr().err.strip()
+
+    planned, said = both("harvest")
+    why = (f"cannot write in {tmp_path / 'run' / 'store'} (Permission denied), where the store's manifests "
+           "and shards go: make it writable, or set store to another folder")
+    assert planned == f"harvest: would stop: {why}" and said == f"actdict: FolderNotWritable: {why}"
+    read_only("nothing")  # the store is imported and the dictionary trained; then the run folder is closed
+    assert cli(["run", str(cfg)]) == 0
+    read_only(str(tmp_path / "run"))
+    capsys.readouterr()
+    planned, said = both("analyze")
+    why = (f"cannot write in {tmp_path / 'run'} (Permission denied), where the summary, feature files and "
+           "report go: make it writable, or set run_dir to another folder")
+    assert planned == f"analyze: would stop: {why}" and said == f"actdict: FolderNotWritable: {why}"
+    assert cli(["train", str(cfg), "--dry-run"]) == 0  # finished: skipped, nothing to write
+    assert "finished with this config: skipped" in capsys.readouterr().out
+    planned, said = both("train", "train.epochs=2")  # another config: it would be trained again
+    why = (f"cannot write in {tmp_path / 'run'} (Permission denied), where the checkpoints, resume states "
+           "and training logs go: make it writable, or set run_dir to another folder")
+    assert planned == f"train: would stop: {why}" and said == f"actdict: FolderNotWritable: {why}"

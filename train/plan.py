@@ -15,10 +15,12 @@ from pathlib import Path
 from actdict.config import Common, ConfigError
 from actdict.dryrun import StagePlan
 from actdict.harvest.store import StoreError
+from actdict.lock import write_problem
 from actdict.train import checkpoint
 from actdict.train.config import DictConfig, TrainConfig
 from actdict.train.data import make_split, steps_in_epoch
 from actdict.train.identity import describe_store, dict_hash, identity, legacy_store, other_split, replaced
+from actdict.train.log import LOGS
 from actdict.train.loop import total_steps
 from actdict.train.resume import (
     STATE,
@@ -29,6 +31,7 @@ from actdict.train.resume import (
     state_matches,
     unused_line,
 )
+from actdict.train.snapshot import SNAPSHOTS
 
 
 @dataclass(frozen=True)
@@ -157,6 +160,17 @@ def opened(common: Common, cfg: TrainConfig, after_harvest: bool) -> tuple[objec
         return None, f"train: would stop: {e}", True
 
 
+WRITES = "the checkpoints, resume states and training logs"  # what a training writes in its run folder
+
+
+def written_folders(run_dir: Path, todo: list[DictConfig]) -> list[Path]:
+    """The folders a training of ``todo`` writes in that exist now, and the run folder itself (made if
+    missing): what ``run.ready_folder`` checks before the first step."""
+    names = [run_dir / "dicts" / dc.name for dc in todo]
+    inner = [run_dir / "dicts", *names, run_dir / LOGS, *(p / SNAPSHOTS for p in names)]
+    return [run_dir, *(p for p in inner if p.is_dir())]
+
+
 def plan(common: Common, cfg: TrainConfig, after_harvest: bool = False) -> StagePlan:
     """``actdict train CONFIG --dry-run``: the lines saying what the stage would do (``standing``), with
     nothing trained, written or removed. ``after_harvest``: ``actdict run``'s harvest writes the store first
@@ -164,6 +178,9 @@ def plan(common: Common, cfg: TrainConfig, after_harvest: bool = False) -> Stage
     store, head, refused = opened(common, cfg, after_harvest)
     stand = None if store is None else standing(common, cfg, store)
     if stand is not None and (why := split_refusal(common, cfg, store, stand)):
+        stand, head, refused = None, f"train: would stop: {why}", True
+    todo = cfg.dicts if stand is None else stand.todo
+    if not refused and todo and (why := write_problem(written_folders(Path(common.run_dir), todo), WRITES)):
         stand, head, refused = None, f"train: would stop: {why}", True
     if stand is not None:
         chunks = stand.split["train_chunks"]

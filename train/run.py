@@ -50,7 +50,7 @@ from actdict.train.identity import (
 )
 from actdict.train.log import LOGS, append_record, log_path, start_log
 from actdict.train.loop import Member, Position, resolve_device, total_steps, train
-from actdict.train.plan import Standing, split_refusal, standing
+from actdict.train.plan import WRITES, Standing, split_refusal, standing, written_folders
 from actdict.train.protocol import make, registry
 from actdict.train.resume import (
     KEPT,
@@ -66,7 +66,7 @@ from actdict.train.resume import (
     stale_state,
 )
 from actdict.train.schedule import restart_note
-from actdict.train.snapshot import SNAPSHOTS, settle_snapshots, snapshot_path
+from actdict.train.snapshot import settle_snapshots, snapshot_path
 
 
 @contextmanager
@@ -256,9 +256,7 @@ def ready_folder(run_dir: Path, todo: list[DictConfig], split: dict) -> None:
     if todo:
         inner = [run_dir / "dicts", *(run_dir / "dicts" / dc.name for dc in todo), run_dir / LOGS]
         check_not_linked(inner, "the checkpoints, kept states and training logs")
-        snaps = [run_dir / "dicts" / dc.name / SNAPSHOTS for dc in todo]  # train.snapshot_every's, if any
-        check_writable([run_dir, *(p for p in inner + snaps if p.is_dir())], "the checkpoints, resume states "
-                       "and training logs", owner="train")
+        check_writable(written_folders(run_dir, todo), WRITES, owner="train")
     with suppress(OSError):  # a read-only folder keeps them (and says so when it matters, above)
         remove_temps(run_dir, "split.json")
         checkpoint.temp_path(run_dir / STATE).unlink(missing_ok=True)
