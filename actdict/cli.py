@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from actdict.config import ConfigError, check_threads, common_of, load_experiment, section
-from actdict.errors import ActdictError, one_line_warnings, print_error
+from actdict.errors import ActdictError, one_line_warnings, open_files_hint, print_error
 
 # stage -> (module with main(common, cfg), config module, config class)
 _STAGES = {
@@ -212,15 +212,21 @@ def long_path_error(e: BaseException) -> ActdictError | None:
     return None
 
 
-def full_disk_error(e: BaseException) -> ActdictError | None:
-    """A write the disk or the user's quota had no room for (ENOSPC, EDQUOT), found in ``e``'s chain, as one
-    line naming the file where the error does (a redirected stdout: none); None for anything else."""
+def exhausted_error(e: BaseException) -> ActdictError | None:
+    """A write the disk or the user's quota had no room for (ENOSPC, EDQUOT), or a file this process could
+    not open for its limit of open files (EMFILE, ENFILE), found in ``e``'s chain, as one line naming the
+    file where the error does (a redirected stdout: none) and what to do; None for anything else."""
     import errno
 
     for seen in _chain(e):
-        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
-            where = f" writing {os.fsdecode(seen.filename)}" if seen.filename else ""
+        if not isinstance(seen, OSError):
+            continue
+        name = os.fsdecode(seen.filename) if seen.filename else ""
+        if seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            where = f" writing {name}" if name else ""
             return ActdictError(f"{seen.strerror}{where}: free some space and run the command again")
+        if seen.errno in (errno.EMFILE, errno.ENFILE):
+            return ActdictError(f"{seen.strerror}{f' opening {name}' if name else ''}{open_files_hint(seen)}")
     return None
 
 
@@ -249,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         if isinstance(e, ActdictError):  # a tool's own one-line error that it let through (compare's --json)
             return print_error("actdict", e)
-        if (one_line := remote_error(e) or peer_error(e) or full_disk_error(e)) is None:
+        if (one_line := remote_error(e) or peer_error(e) or exhausted_error(e)) is None:
             raise
         status = print_error("actdict", one_line)
         try:

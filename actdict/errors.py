@@ -55,5 +55,27 @@ def print_error(prog: str, e: ActdictError) -> int:
     if world > 1 and config and int(os.environ.get("LOCAL_RANK", rank)):
         return 2
     where = f" (rank {rank} of {world})" if world > 1 and not config else ""
-    print(printable(f"{prog}{where}: {kind}: {e}"), file=sys.stderr)
+    print(printable(f"{prog}{where}: {kind}: {e}{open_files_hint(e)}"), file=sys.stderr)
     return 2
+
+
+def open_files_hint(e: BaseException) -> str:
+    """What to do when ``e``, or what it was raised from, is 'Too many open files' (EMFILE: this process'
+    limit, named; ENFILE: the system's), as '; ...' to add to its line; '' for anything else."""
+    import errno
+    import resource
+
+    seen: BaseException | None = e
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno == errno.ENFILE:
+            return "; the system's table of open files is full: close other programs, or raise fs.file-max"
+        if isinstance(seen, OSError) and seen.errno == errno.EMFILE:
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            if hard != resource.RLIM_INFINITY and hard <= soft:  # ulimit -n sets both: none left to raise
+                return (f"; this process may hold {soft:,} files open at once, its hard limit too (ulimit "
+                        "-Hn): run it from a shell with a higher limit (limits.conf, systemd's LimitNOFILE)")
+            up = 4096 if hard == resource.RLIM_INFINITY else min(hard, max(4096, 4 * soft))
+            return (f"; this process may hold {soft:,} files open at once (ulimit -n): raise the limit "
+                    f"(ulimit -n {up}) and run the command again")
+        seen = seen.__cause__ or (None if seen.__suppress_context__ else seen.__context__)
+    return ""

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from actdict.config import ConfigError, bar_timing, check_hook_name
-from actdict.errors import ActdictError
+from actdict.errors import ActdictError, open_files_hint
 from actdict.files import part_files
 
 FORMATS = (".npy", ".safetensors", ".parquet")
@@ -445,11 +445,11 @@ def cli(argv: list[str] | None = None) -> int:
             print("import: interrupted (an unfinished hook is not kept)", file=sys.stderr)
             return 130
         if not isinstance(e, ActdictError):
-            from actdict.cli import remote_error
+            from actdict.cli import exhausted_error, remote_error
 
-            if (e := remote_error(e)) is None:  # an object store's failure is one line too
-                raise
-        print(f"import: {type(e).__name__}: {e}", file=sys.stderr)
+            if (e := remote_error(e) or exhausted_error(e)) is None:  # an object store's failure, a full
+                raise  # disk, too many open files: one line too
+        print(f"import: {type(e).__name__}: {e}{open_files_hint(e)}", file=sys.stderr)
         return 2
     print(f"imported {len(s):,} vectors (d={s.d}) into {s.dir}{texts_hint(a.file)}")
     return 0

@@ -180,3 +180,28 @@ def test_a_missing_argument_names_only_the_required_ones(capsys, argv, required)
     assert e.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1].endswith(f"error: the following arguments are required: "
                                                              f"{required}")
+
+
+def test_too_many_open_files_names_the_limit_and_how_to_raise_it(capsys, monkeypatch):
+    """A write refused for 'Too many open files' (a harvest under ulimit -n 12: one WriteError line) said
+    nothing of the limit: the line now names this process' limit and the command that raises it."""
+    import errno
+    import resource
+
+    from actdict.errors import print_error
+    from actdict.files import WriteError
+
+    monkeypatch.setattr(resource, "getrlimit", lambda what: (1024, 65536))  # a soft limit below the hard
+    try:
+        try:
+            raise OSError(errno.EMFILE, "Too many open files")
+        except OSError as e:
+            raise WriteError("could not write shard s/h/shards/00001: Too many open files") from e
+    except WriteError as e:
+        assert print_error("actdict", e) == 2
+    assert capsys.readouterr().err == (
+        "actdict: WriteError: could not write shard s/h/shards/00001: Too many open files; this process may "
+        "hold 1,024 files open at once (ulimit -n): raise the limit (ulimit -n 4096) and run the command "
+        "again\n")
+    assert print_error("actdict", WriteError("could not write x: No space left on device")) == 2
+    assert capsys.readouterr().err == "actdict: WriteError: could not write x: No space left on device\n"

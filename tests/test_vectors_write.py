@@ -343,3 +343,21 @@ def test_a_path_too_long_for_the_file_system_is_one_line(tmp_path, capsys):
     assert "path is too long for the file system: the path '" in capsys.readouterr().err
     assert actdict_main(["summary", str(long)]) == 2 and "the name 'LLL" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["v.npy", "v.yaml"]  # nothing made
+
+
+def test_an_import_out_of_open_files_is_one_line_naming_the_limit(tmp_path):
+    """python -m actdict.harvest.vectors under a low limit of open files (ulimit -n 12) ended in an
+    'OSError: [Errno 24] Too many open files' traceback: one line now, naming the limit and what to do."""
+    import subprocess
+    import sys
+
+    np.save(tmp_path / "v.npy", np.ones((4096, 8), np.float32))
+    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (12, 12)); "
+            "from actdict.harvest.vectors import cli; sys.exit(cli(sys.argv[1:]))")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "v.npy"), str(tmp_path / "s"),
+                        "--chunk-rows", "64"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert r.stderr.startswith("import: ActdictError: Too many open files opening ")
+    assert r.stderr.rstrip().endswith("this process may hold 12 files open at once, its hard limit too "
+                                      "(ulimit -Hn): run it from a shell with a higher limit (limits.conf, "
+                                      "systemd's LimitNOFILE)")
