@@ -214,7 +214,7 @@ def finish(path: str, hook: str, manifest: dict, n_rows: int, shard_rows: int) -
 
 
 @contextmanager
-def store_lock(path: str) -> Iterator[Callable[..., None]]:
+def store_lock(path: str, elsewhere: str = "set store to another folder") -> Iterator[Callable[..., None]]:
     """``actdict.lock.folder_lock`` of a local store, for a harvest or a repair; under torchrun rank 0 takes
     it for all ranks (they are one writer) and a busy store is an error. A store on an fsspec URL gets a
     lock object instead (``remote_lock``: a busy one is an error). Yields ``writing``, to call before the
@@ -222,7 +222,7 @@ def store_lock(path: str) -> Iterator[Callable[..., None]]:
     ``READERS`` lock shared: ``store.read_lock``) and keeps new ones waiting until the ``with`` block ends;
     a harvest that finds its store complete never calls it. ``writing(hooks)``, for a change of those hooks
     only, does not wait when they are new in a store that has a complete hook (``only_new_hooks``): what
-    the readers read is left as it is."""
+    the readers read is left as it is. ``elsewhere``: the way out a store that cannot be written names."""
     fs, root = fs_of(path)
     if int(os.environ.get("RANK", 0)):
         yield lambda hooks=None: None
@@ -242,7 +242,7 @@ def store_lock(path: str) -> Iterator[Callable[..., None]]:
             names = hooks or [n for n in (os.listdir(root) if os.path.isdir(root) else []) if n[:1] != "."]
             check_writable([root, *(p for h in names for p in (Path(root, h), Path(root, h, SHARDS))
                                     if p.is_dir())], "the store's manifests and shards", owner="harvest",
-                           elsewhere="set store to another folder")  # before the model loads, not after
+                           elsewhere=elsewhere)  # before the model loads, not after
             if not taken and not (hooks is not None and only_new_hooks(root, hooks)):
                 held.enter_context(folder_lock(root, f"store {path} (a training or an analysis reads it)",
                                                wait=wait, name=READERS))

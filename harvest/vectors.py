@@ -436,7 +436,7 @@ def cli(argv: list[str] | None = None) -> int:
         chunk_rows, shard_rows = default_layout(vector_rows(a.file, a.key), a.chunk_rows, a.shard_rows)
         new_manifest({"hook": a.hook}, 1, a.dtype, shard_rows, chunk_rows)
         next(vector_blocks(a.file, a.key, 1), None)
-        with store_lock(a.store) as writing:  # one writer per store, as `actdict harvest`
+        with store_lock(a.store, "pass another STORE") as writing:  # one writer per store, as a harvest
             writing([a.hook])
             s = import_vectors(a.file, a.store, key=a.key, hook=a.hook, dtype=a.dtype, overwrite=a.overwrite,
                                chunk_rows=chunk_rows, shard_rows=shard_rows)

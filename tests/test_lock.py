@@ -457,6 +457,11 @@ def test_a_store_that_cannot_be_written_is_refused_before_the_model_loads(tmp_pa
     assert main(["store", str(tmp_path / "vs"), "--repair"]) == 2
     assert f"cannot write in {tmp_path}/vs/vectors/shards (Permission denied)" in capsys.readouterr().err
     assert {p: p.read_bytes() for p in (tmp_path / "vs").rglob("*") if p.is_file()} == before
+    read_only("ro_vs")  # python -m actdict.harvest.vectors takes the store as an argument: no 'set store'
+    assert cli([str(tmp_path / "v.npy"), str(tmp_path / "ro_vs")]) == 2
+    assert capsys.readouterr().err.endswith(f"cannot write in {tmp_path}/ro_vs (Permission denied), where "
+                                            "the store's manifests and shards go: make it writable, or pass "
+                                            "another STORE\n")
 
 
 def test_a_store_folder_that_cannot_be_made_fails_with_its_own_error(tmp_path, monkeypatch):
