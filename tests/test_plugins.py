@@ -173,3 +173,20 @@ def test_contract_tests_take_the_installed_plugin(tmp_path, install):
                            str(root / "tests" / "test_variant_contract.py"), "-k", "tied_relu"],
                           capture_output=True, text=True, env=env, cwd=root, timeout=600)
     assert done.returncode == 0 and re.search(r"\b([5-9]|\d\d+) passed", done.stdout), done.stdout[-2000:]
+
+
+LIST_PARAM = _docs_example().replace('"tied_relu"', '"tied_listed"').replace(
+    'default_params = {"lam": 0.1}', 'default_params = {"lam": 0.1, "prefixes": [0.25, 1.0]}').replace(
+    "lam: float = 0.1) -> None:\n        super().__init__(d, k, lam=lam)",
+    "lam: float = 0.1, prefixes: tuple = (0.25, 1.0)) -> None:\n        super().__init__(d, k, lam=lam, "
+    "prefixes=list(prefixes))")
+
+
+def test_a_plugin_param_whose_default_is_a_list_takes_a_list(install):
+    """A list default (nested prefixes of the dictionary): the config's list is that param's kind, and the
+    whole params (defaults included), as analysis and checkpoint.load rebuild a model from, are accepted."""
+    install({"tied_listed": LIST_PARAM}, {"tied_listed": "tied_listed"})
+    assert make("tied_listed", 4, 8).params == {"lam": 0.1, "prefixes": [0.25, 1.0]}
+    assert make("tied_listed", 4, 8, lam=0.1, prefixes=[0.5, 1.0]).params["prefixes"] == [0.5, 1.0]
+    with pytest.raises(ConfigError, match=r"^tied_listed: prefixes must be a list, got 0.5$"):
+        make("tied_listed", 4, 8, prefixes=0.5)

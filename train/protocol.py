@@ -200,11 +200,15 @@ def param_defaults(cls: type[Dictionary]) -> dict[str, Any]:
 
 def check_params(cls: type[Dictionary], params: dict[str, Any]) -> None:
     """Each given param that the variant has a default for (``param_defaults``) has its default's kind (an
-    integer for an integer, not 8.7, "8" or true; a finite number for a float), those in ``positive`` are
-    > 0, and counts of steps (``*_steps``) >= 0."""
+    integer for an integer, not 8.7, "8" or true; a finite number for a float; a list for a list or tuple,
+    whose items are the variant's to check), those in ``positive`` are > 0, and counts of steps
+    (``*_steps``) >= 0."""
     defaults = param_defaults(cls)
     for name, value in params.items():
-        if name not in defaults or isinstance(defaults[name], bool | str):
+        listed = isinstance(defaults.get(name), list | tuple)
+        if listed and not isinstance(value, list | tuple):
+            raise ConfigError(f"{cls.variant}: {name} must be a list, got {value!r}")
+        if name not in defaults or isinstance(defaults[name], bool | str | list | tuple | dict):
             continue
         number = isinstance(value, numbers.Real) and not isinstance(value, bool)
         if isinstance(defaults[name], int) and not (number and float(value).is_integer()):
