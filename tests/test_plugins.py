@@ -190,3 +190,21 @@ def test_a_plugin_param_whose_default_is_a_list_takes_a_list(install):
     assert make("tied_listed", 4, 8, lam=0.1, prefixes=[0.5, 1.0]).params["prefixes"] == [0.5, 1.0]
     with pytest.raises(ConfigError, match=r"^tied_listed: prefixes must be a list, got 0.5$"):
         make("tied_listed", 4, 8, prefixes=0.5)
+
+
+def test_a_module_that_registers_nothing_is_said(install):
+    """An entry point naming a module whose class lacks @register (or a class that is no Dictionary) loads
+    without error but provides nothing: a warning says so, and a config naming the variant is told why."""
+    install({"forgot": CLASS_ONLY.replace("by_class", "forgot_it")},
+            {"forgot": "forgot", "json": "json:JSONDecoder"})
+    with pytest.warns(ActdictWarning) as said:
+        got = registry()
+    assert sorted(str(w.message) for w in said) == [
+        "variant plugin forgot (forgot) left out: LookupError: its module registered no variant (its "
+        "Dictionary subclass needs @register)",
+        "variant plugin json (json:JSONDecoder) left out: TypeError: it names a class of no Dictionary, not "
+        "a module or a Dictionary class"]
+    assert "forgot_it" not in got
+    with pytest.raises(ConfigError, match=r"unknown dictionary variant 'forgot_it'; .*left out: forgot "
+                                          r"\(forgot\): LookupError: its module registered no variant"):
+        make("forgot_it", 4, 8)

@@ -11,10 +11,11 @@ variants; the module registers its classes with ``@register`` as ours do (an ent
 registered if it is not yet). Its variants are then named in ``train.dicts`` like any other, and every stage
 (training, torchrun ranks, analysis, the lens, export) finds them: nothing is named in the config.
 
-A plugin that fails to import, or registers a name already taken, is left out whole (whatever it
-registered before failing is undone, and a module it imported that registered variants is imported anew by
-its own entry point) with one warning; actdict's own variants are never replaced. The
-failures are kept (:func:`failures`) so that a config naming such a variant is told why it is missing.
+A plugin that fails to import, registers no variant (its class lacks ``@register``), or registers a name
+already taken, is left out whole (whatever it registered before failing is undone, and a module it imported
+that registered variants is imported anew by its own entry point) with one warning; actdict's own variants
+are never replaced. The failures are kept (:func:`failures`) so that a config naming such a variant is told
+why it is missing.
 """
 
 from __future__ import annotations
@@ -50,10 +51,14 @@ def _load_one(ep: importlib.metadata.EntryPoint, registry: dict[str, type]) -> s
     before = dict(registry)
     try:
         obj = ep.load()
-        if isinstance(obj, type) and issubclass(obj, Dictionary) and registry.get(obj.variant) is not obj:
-            register(obj)
-        elif not (isinstance(obj, type) or hasattr(obj, "__path__") or hasattr(obj, "__file__")):
-            raise TypeError(f"it names a {type(obj).__name__}, not a module or a Dictionary class")
+        if isinstance(obj, type) and issubclass(obj, Dictionary):
+            if registry.get(obj.variant) is not obj:
+                register(obj)
+        elif isinstance(obj, type) or not (hasattr(obj, "__path__") or hasattr(obj, "__file__")):
+            kind = "class of no Dictionary" if isinstance(obj, type) else type(obj).__name__
+            raise TypeError(f"it names a {kind}, not a module or a Dictionary class")
+        elif not _registers(obj.__name__, registry):
+            raise LookupError("its module registered no variant (its Dictionary subclass needs @register)")
     except Exception as e:  # noqa: BLE001 - a broken plugin must not stop actdict's own variants
         for module in {cls.__module__ for name, cls in registry.items() if before.get(name) is not cls}:
             sys.modules.pop(module, None)  # another entry point's, imported on its way: imported anew
@@ -61,6 +66,11 @@ def _load_one(ep: importlib.metadata.EntryPoint, registry: dict[str, type]) -> s
         registry.update(before)
         return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
     return ""
+
+
+def _registers(module: str, registry: dict[str, type]) -> bool:
+    """Some registered class comes from ``module`` or a module inside it (its entry point did its work)."""
+    return any(c.__module__ == module or c.__module__.startswith(module + ".") for c in registry.values())
 
 
 def failures() -> dict[str, str]:
