@@ -208,3 +208,28 @@ def test_a_module_that_registers_nothing_is_said(install):
     with pytest.raises(ConfigError, match=r"unknown dictionary variant 'forgot_it'; .*left out: forgot "
                                           r"\(forgot\): LookupError: its module registered no variant"):
         make("forgot_it", 4, 8)
+
+
+@pytest.mark.parametrize("returned, said", [
+    ('{"sse": sse}', "the keys ['sse']"),
+    ('{"loss": sse, "l1": out.codes.sum(-1)}', "'l1' of shape [128]"),
+    ('{"loss": sse, "lam": 0.1}', "'lam' a float"),
+    ("sse", "a Tensor")])
+def test_loss_terms_off_the_protocol_are_one_line(tmp_path, install, capsys, returned, said):
+    """A plugin's loss_terms without "loss", with a term that is no scalar tensor, or not a dict: the training
+    stops at its first step with one line naming the dictionary, the variant and what it returned."""
+    source = _docs_example().replace('"tied_relu"', '"tied_bad"').replace(
+        'return {"loss": sse + self.params["lam"] * l1, "sse": sse, "l1": l1}', f"return {returned}")
+    install({"tied_bad": source}, {"tied_bad": "tied_bad"})
+    np.save(tmp_path / "v.npy", np.random.default_rng(0).standard_normal((512, 6)).astype(np.float32))
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text(f"""
+run_dir: {tmp_path / 'run'}
+harvest:
+  {{mode: vectors, vectors: {{path: {tmp_path / 'v.npy'}, hook: emb}}, shard_rows: 256, chunk_rows: 128}}
+train: {{epochs: 1, batch_size: 128, dicts: [{{name: t, variant: tied_bad, k: 8}}]}}
+""")
+    assert actdict_main(["run", str(cfg)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == ("actdict: TrainingError: t: loss_terms of variant 'tied_bad' must return a dict of scalar "
+                   f"tensors with the total under 'loss' (docs/variants.md); it returned {said}")

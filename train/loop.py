@@ -222,6 +222,23 @@ def seed_step(s: int, device: torch.device) -> None:
         torch.cuda.manual_seed_all(s)
 
 
+def check_terms(m: Member, terms: object) -> None:
+    """``loss_terms`` kept the protocol: a dict of scalar tensors, the total under ``"loss"`` (a plugin's
+    slip is one line naming it, not a KeyError at the backward or a failed stack of the step's terms)."""
+    if not isinstance(terms, dict):
+        said = f"a {type(terms).__name__}"
+    elif "loss" not in terms:
+        said = f"the keys {list(terms)}"
+    else:
+        bad = [(k, v) for k, v in terms.items() if not (isinstance(v, Tensor) and v.dim() == 0)]
+        if not bad:
+            return
+        k, v = bad[0]
+        said = f"{k!r} of shape {list(v.shape)}" if isinstance(v, Tensor) else f"{k!r} a {type(v).__name__}"
+    raise TrainingError(f"{m.name}: loss_terms of variant {m.model.variant!r} must return a dict of scalar "
+                        f"tensors with the total under 'loss' (docs/variants.md); it returned {said}")
+
+
 def step(m: Member, x: Tensor, lr: float, amp, weight: float | None, clip: float = 0.0) -> dict[str, Tensor]:
     """One optimizer step of one dictionary on batch x [B, d]; returns its detached loss terms and
     ``grad_norm``, the global L2 norm of its (averaged) gradient before any clipping (the training log's
@@ -234,6 +251,7 @@ def step(m: Member, x: Tensor, lr: float, amp, weight: float | None, clip: float
     with amp:  # bf16 autocast (train.autocast) or nothing
         out = m.model(x, sample=True)
         terms = m.model.loss_terms(x, out.float())  # float32 losses; matmuls inside stay autocast
+    check_terms(m, terms)
     m.opt.zero_grad(set_to_none=True)
     if len(x):  # an empty part of a short last batch (fewer rows than ranks) has no gradient to add
         terms["loss"].backward()
