@@ -16,7 +16,8 @@ import torch
 from actdict.cli import main as actdict_main
 from actdict.config import ConfigError
 from actdict.errors import ActdictWarning
-from actdict.train import checkpoint, plugins, protocol
+from actdict.train import checkpoint, export, plugins, protocol
+from actdict.train.export import ExportError
 from actdict.train.protocol import make, registry
 
 DOCS = Path(__file__).parents[1] / "docs" / "variants.md"
@@ -233,3 +234,27 @@ train: {{epochs: 1, batch_size: 128, dicts: [{{name: t, variant: tied_bad, k: 8}
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err == ("actdict: TrainingError: t: loss_terms of variant 'tied_bad' must return a dict of scalar "
                    f"tensors with the total under 'loss' (docs/variants.md); it returned {said}")
+
+
+@pytest.mark.parametrize("view, said", [
+    ('{"architecture": "standard", "apply_b_dec_to_input": True, "W_enc": self.W, "b_enc": self.b_enc, '
+     '"W_dec": self.W, "b_dec": self.b_dec}', "gave W_enc of shape [8, 4], not [4, 8] (d 4, k 8)"),
+    ('{"architecture": "standard", "W_enc": self.W.T, "b_enc": self.b_enc, "W_dec": self.W, '
+     '"b_dec": self.b_dec}', "gave no apply_b_dec_to_input (True or False)"),
+    ('{"architecture": "jumprelu", "apply_b_dec_to_input": True, "W_enc": self.W.T, "b_enc": self.b_enc, '
+     '"W_dec": self.W, "b_dec": self.b_dec}', "gave no tensor threshold, not [8] (d 4, k 8)"),
+    ('{"architecture": "relu", "apply_b_dec_to_input": True}',
+     "gave architecture 'relu', not one of ['gated', 'jumprelu', 'standard', 'topk']"),
+    ('{"architecture": "topk", "apply_b_dec_to_input": True, "W_enc": self.W.T, "b_enc": self.b_enc, '
+     '"W_dec": self.W, "b_dec": self.b_dec}', "of a topk SAE gave k None, not 1 to 8")])
+def test_a_plugin_export_view_off_the_format_is_refused(install, view, said):
+    """A plugin's to_saelens() with transposed weights, a missing key or an unknown architecture: export
+    says what is wrong and writes nothing (before: a transposed W_enc was written as d_in = k, d_sae = d;
+    a missing key was a KeyError)."""
+    source = _docs_example().replace('"tied_relu"', '"tied_export"') + (
+        "\n    def to_saelens(self):\n        return {k: v.detach() if isinstance(v, torch.Tensor) else v "
+        f"for k, v in {view}.items()}}\n")
+    install({"tied_export": source}, {"tied_export": "tied_export"})
+    with pytest.raises(ExportError) as e:
+        export.saelens_view(make("tied_export", 4, 8))
+    assert str(e.value) == f"tied_export: to_saelens() {said}: nothing exported"

@@ -61,6 +61,31 @@ def _fold_norm(view: dict[str, Any], mean: Tensor, scale: float) -> dict[str, An
     return v
 
 
+_NEEDS = {"standard": ("b_enc",), "topk": ("b_enc",), "jumprelu": ("b_enc", "threshold"),
+          "gated": ("b_gate", "r_mag", "b_mag")}  # besides W_enc, W_dec, b_dec
+
+
+def check_view(view: dict[str, Any], variant: str, d: int, k: int) -> None:
+    """A variant's ``to_saelens()`` view is one ``write_saelens`` can write: a known architecture, its
+    tensors of shapes [d, k] (W_enc), [k, d] (W_dec), [d] (b_dec), [k] (the rest), ``apply_b_dec_to_input``,
+    and topk's ``k`` (a plugin's slip is said, never written as a SAELens file of other shapes)."""
+    arch, no = view.get("architecture"), "nothing exported"
+    if arch not in _NEEDS:
+        raise ExportError(f"{variant}: to_saelens() gave architecture {arch!r}, not one of "
+                          f"{sorted(_NEEDS)}: {no}")
+    shapes = {"W_enc": [d, k], "W_dec": [k, d], "b_dec": [d]} | {n: [k] for n in _NEEDS[arch]}
+    for name, shape in shapes.items():
+        got = view.get(name)
+        if not isinstance(got, Tensor) or list(got.shape) != shape:
+            said = (f"{name} of shape {list(got.shape)}" if isinstance(got, Tensor) else f"no tensor {name}")
+            raise ExportError(f"{variant}: to_saelens() gave {said}, not {shape} (d {d}, k {k}): {no}")
+    if not isinstance(view.get("apply_b_dec_to_input"), bool):
+        raise ExportError(f"{variant}: to_saelens() gave no apply_b_dec_to_input (True or False): {no}")
+    if arch == "topk" and not (isinstance(view.get("k"), int) and 0 < view["k"] <= k):
+        raise ExportError(f"{variant}: to_saelens() of a topk SAE gave k {view.get('k')!r}, not 1 to {k}: "
+                          f"{no}")
+
+
 def saelens_view(model: Dictionary) -> dict[str, Any]:
     """-> ``architecture``, ``apply_b_dec_to_input``, tensors (raw input space) and extra cfg fields."""
     inner = model.inner if isinstance(model, checkpoint.Normalized) else model
@@ -73,6 +98,7 @@ def saelens_view(model: Dictionary) -> dict[str, Any]:
         raise ExportError(f"variant {inner.variant!r} has no SAELens architecture (SAELens has standard/"
                           "topk/jumprelu/gated ReLU SAEs; VAEs and sigmoid SAEs do not map): nothing "
                           "exported")
+    check_view(view, inner.variant, inner.d, inner.k)
     if isinstance(model, checkpoint.Normalized):
         view = _fold_norm(view, model.norm_mean, float(model.norm_scale))
     return view
