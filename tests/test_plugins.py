@@ -258,3 +258,30 @@ def test_a_plugin_export_view_off_the_format_is_refused(install, view, said):
     with pytest.raises(ExportError) as e:
         export.saelens_view(make("tied_export", 4, 8))
     assert str(e.value) == f"tied_export: to_saelens() {said}: nothing exported"
+
+
+@pytest.mark.parametrize("edit, said", [
+    (("self.W", "self.W_tied"), "W [8, 4] (the record's: none), W_tied missing (the record's: [8, 4])"),
+    (('{"lam": 0.1}', "{}"), "its cfg.json records params the variant refuses: tied_relu: bad params")])
+def test_a_checkpoint_of_a_plugin_changed_since_says_so(tmp_path, install, capsys, edit, said):
+    """The plugin's code changed after the training (a parameter renamed, a param dropped): reading the
+    checkpoint says the installed plugin no longer builds it, not that the folder is damaged and that a
+    rerun of the training (which skips it as finished) trains it again, nor a 'config error'."""
+    install({"tied_relu": _docs_example()}, {"tied_relu": "tied_relu"})
+    checkpoint.save(tmp_path / "dicts" / "t", make("tied_relu", 4, 8), {"finished": True})
+    source = _docs_example().replace(*edit)
+    if edit[1] == "{}":  # no lam any more
+        source = source.replace("lam: float = 0.1) -> None:\n        super().__init__(d, k, lam=lam)",
+                                ") -> None:\n        super().__init__(d, k)")
+    (tmp_path / "site" / "tied_relu.py").write_text(source)
+    del protocol._REGISTRY["tied_relu"], sys.modules["tied_relu"]
+    plugins.reset()
+    with pytest.raises(checkpoint.CheckpointError) as e:
+        checkpoint.load(tmp_path / "dicts" / "t")
+    assert str(e.value).startswith(
+        f"{tmp_path / 'dicts' / 't'}: variant 'tied_relu' of module 'tied_relu' (a plugin), as installed "
+        "here, does not build the model saved there: its code changed since the training? Install the "
+        "version it was trained with, or delete the folder and rerun actdict train (")
+    assert said in str(e.value)
+    assert actdict_main(["export", str(tmp_path / "dicts" / "t"), str(tmp_path / "out")]) == 2
+    assert "its code changed since the training?" in capsys.readouterr().err

@@ -20,6 +20,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from actdict.config import ConfigError
 from actdict.errors import ActdictError
 from actdict.files import WriteError, remove_temps, write_atomic
 from actdict.train.protocol import Dictionary, Forward, make, plugin_hint, registry
@@ -176,6 +177,14 @@ def damaged(d: Path, why: object) -> str:
     return f"{d} holds a damaged checkpoint: rerun actdict train, which trains it again ({why})"
 
 
+def changed(d: Path, cfg: dict[str, Any], why: object) -> str:
+    """What a checkpoint folder ``d`` of a plugin's variant is told when that variant's code, as installed
+    now, builds another model than the weights saved there (a parameter renamed or dropped since)."""
+    return (f"{d}: variant {cfg['variant']!r} of module {cfg['plugin']!r} (a plugin), as installed here, "
+            "does not build the model saved there: its code changed since the training? Install the version "
+            f"it was trained with, or delete the folder and rerun actdict train ({why})")
+
+
 def _check_whole(d: Path) -> None:
     if not (d / CFG).is_file() or not (d / WEIGHTS).is_file():
         raise CheckpointError(f"{d} has no {CFG} + {WEIGHTS}: not a (finished) checkpoint")
@@ -205,8 +214,12 @@ def load(dir: str | Path, device: str | torch.device = "cpu") -> tuple[Dictionar
         raise CheckpointError(damaged(d, f"its {CFG} is not an actdict checkpoint's record"))
     if why := unknown_variant(cfg):
         raise CheckpointError(f"{d}: {why}")
-    if why := other_shapes(cfg, state):
-        raise CheckpointError(damaged(d, why))
+    try:
+        why = other_shapes(cfg, state)
+    except ConfigError as e:  # the record's params, refused by the variant's code
+        why = f"its {CFG} records params the variant refuses: {e}"
+    if why:
+        raise CheckpointError(changed(d, cfg, why) if cfg.get("plugin") else damaged(d, why))
     if bad := [k for k, v in state.items() if v.is_floating_point() and (v.isnan() | v.isposinf()).any()]:
         raise CheckpointError(f"{d} holds weights with NaN or +inf values ({', '.join(bad[:3])}; a training "
                               "saves none: an edit or a broken copy): delete the folder and rerun actdict "
