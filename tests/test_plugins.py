@@ -285,3 +285,33 @@ def test_a_checkpoint_of_a_plugin_changed_since_says_so(tmp_path, install, capsy
     assert said in str(e.value)
     assert actdict_main(["export", str(tmp_path / "dicts" / "t"), str(tmp_path / "out")]) == 2
     assert "its code changed since the training?" in capsys.readouterr().err
+
+
+def test_a_plugin_reading_a_tensor_value_in_its_constructor_is_checked_and_read(tmp_path, install, capsys):
+    """A constructor that reads a value of its weights (float(t), .item(): fine on any real device) cannot
+    run on the meta device, where the config check and a checkpoint's shape check build models: those
+    build it for real instead, so --dry-run plans it, and the run trains and analyses it (before: a
+    RuntimeError traceback from the config check, and from every reader of its checkpoint)."""
+    source = _docs_example().replace('"tied_relu"', '"tied_norm"').replace(
+        "self.b_dec = nn.Parameter(torch.zeros(d))",
+        "self.b_dec = nn.Parameter(torch.zeros(d))\n        self.init_norm = float(self.W.detach().norm())")
+    install({"tied_norm": source}, {"tied_norm": "tied_norm"})
+    x = np.random.default_rng(0).standard_normal((512, 6)).astype(np.float32)
+    np.save(tmp_path / "v.npy", x)
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text(f"""
+run_dir: {tmp_path / 'run'}
+harvest:
+  {{mode: vectors, vectors: {{path: {tmp_path / 'v.npy'}, hook: emb}}, shard_rows: 256, chunk_rows: 128}}
+train: {{epochs: 1, batch_size: 128, dicts: [{{name: t, variant: tied_norm, k: 8}}]}}
+analyze: {{n_features: 2, top_k: 2, context: 0}}
+""")
+    assert actdict_main(["run", str(cfg), "--dry-run"]) == 0
+    assert re.search(r"\n +t +tied_norm +8 .* to train ", capsys.readouterr().out)
+    assert actdict_main(["run", str(cfg)]) == 0
+    model, _ = checkpoint.load(tmp_path / "run" / "dicts" / "t")
+    assert model.init_norm > 0 and model.W.shape == (8, 6)
+    assert set(json.loads((tmp_path / "run" / "summary.json").read_text())["models"]) == {"t"}
+    capsys.readouterr()
+    assert actdict_main(["run", str(cfg), "train.dicts.t.params.lamb=1", "--dry-run"]) == 2  # still checked
+    assert "config error: train.dicts[t]: tied_norm: bad params {'lamb': 1}" in capsys.readouterr().err

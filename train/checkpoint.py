@@ -23,7 +23,7 @@ from torch import Tensor
 from actdict.config import ConfigError
 from actdict.errors import ActdictError
 from actdict.files import WriteError, remove_temps, write_atomic
-from actdict.train.protocol import Dictionary, Forward, make, plugin_hint, registry
+from actdict.train.protocol import Dictionary, Forward, make, make_meta, plugin_hint, registry
 
 WEIGHTS, CFG = "model.safetensors", "cfg.json"
 
@@ -240,11 +240,12 @@ def other_shapes(cfg: dict[str, Any], state: dict[str, Tensor]) -> str | None:
         return f"its {CFG} records d={cfg['d']!r}, k={cfg['k']!r}: not whole numbers >= 1"
     if not isinstance(cfg["params"], dict):
         return f"its {CFG} records params {cfg['params']!r}: not a mapping"
-    with torch.device("meta"):
-        model: Dictionary = make(cfg["variant"], cfg["d"], cfg["k"], **cfg["params"])
-        if cfg.get("normalized"):
+    model = make_meta(cfg["variant"], cfg["d"], cfg["k"], **cfg["params"])  # None: a plugin's that cannot
+    model = model or make(cfg["variant"], cfg["d"], cfg["k"], **cfg["params"])  # run there, built for real
+    if cfg.get("normalized"):
+        with torch.device("meta"):
             model = Normalized(model, torch.zeros(cfg["d"]), 1.0)
-        want = {k: list(v.shape) for k, v in model.state_dict().items()}
+    want = {k: list(v.shape) for k, v in model.state_dict().items()}
     got = {k: list(v.shape) for k, v in state.items()}
     if diff := sorted(k for k in want.keys() | got.keys() if want.get(k) != got.get(k)):
         said = ", ".join(f"{k} {got.get(k, 'missing')} (the record's: {want.get(k, 'none')})"

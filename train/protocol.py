@@ -277,3 +277,16 @@ def make(variant: str, d: int, k: int, seed: int = 0, **params: Any) -> Dictiona
             if isinstance(e, RuntimeError):
                 raise
             raise ConfigError(f"{variant}: bad params {params}: {e}") from e  # a param's type or value
+
+
+def make_meta(variant: str, d: int, k: int, **params: Any) -> Dictionary | None:
+    """``make`` on the meta device (no memory, no values: the checks of a config and of a checkpoint's
+    shapes); None when the variant's constructor cannot run there (a plugin's that reads a tensor's value:
+    ``.item()``, ``float(t)``, numpy), so that the caller builds it for real instead. Config errors raise."""
+    try:
+        with torch.device("meta"):
+            return make(variant, d, k, **params)
+    except (ConfigError, RuntimeError, TypeError, NotImplementedError) as e:
+        if "meta" not in str(e.__cause__ if isinstance(e, ConfigError) and e.__cause__ else e).lower():
+            raise
+        return None

@@ -51,7 +51,7 @@ from actdict.train.identity import (
 from actdict.train.log import LOGS, append_record, log_path, start_log
 from actdict.train.loop import Member, Position, resolve_device, total_steps, train
 from actdict.train.plan import WRITES, Standing, split_refusal, standing, written_folders
-from actdict.train.protocol import make, registry
+from actdict.train.protocol import make, make_meta, registry
 from actdict.train.resume import (
     KEPT,
     LISTED,
@@ -133,17 +133,18 @@ def check(common: Common, cfg: TrainConfig) -> None:
 
 def meta_model(dc: DictConfig):
     """``dc``'s dictionary built on the meta device (no memory, no values) with a stand-in width; its config
-    errors named after it."""
+    errors named after it. None: a plugin's that cannot be built there (``make_meta``), left to its build."""
     try:
-        with torch.device("meta"):
-            return make(dc.variant, _STAND_IN_D, dc.k, **dc.params)
+        return make_meta(dc.variant, _STAND_IN_D, dc.k, **dc.params)
     except ConfigError as e:
         raise ConfigError(f"train.dicts[{dc.name}]: {e}") from e
 
 
 def batch_rows_needed(model) -> str:
     """Why ``model`` needs batches of 2 rows or more ('' = it does not): its loss's batch statistics
-    (``Dictionary.batch_loss``) or its encoder's BatchNorm (``dist.batch_statistics``)."""
+    (``Dictionary.batch_loss``) or its encoder's BatchNorm (``dist.batch_statistics``); '' for None."""
+    if model is None:  # not built on the meta device (``meta_model``)
+        return ""
     if dist_.batch_statistics(model):
         return "its encoder normalises with batch statistics (BatchNorm)"
     if model.batch_loss:
@@ -157,7 +158,7 @@ def check_batch_rows(dc: DictConfig, model, batch_size: int, world: int) -> None
     if (why := batch_rows_needed(model)) and batch_size < 2:
         raise ConfigError(f"train.dicts[{dc.name}]: {why}, which a batch of {batch_size} row has not: set "
                           "train.batch_size >= 2")
-    if world > 1 and dist_.batch_statistics(model):
+    if world > 1 and model is not None and dist_.batch_statistics(model):
         raise ConfigError(f"train.dicts[{dc.name}]: its encoder normalises with batch statistics (BatchNorm, "
                           f"encoder: {dc.params.get('encoder')}) and trains in one process only, not under "
                           f"torchrun ({world} ranks): run it without torchrun, or use encoder: resmlp")
