@@ -262,7 +262,8 @@ def test_a_plugin_export_view_off_the_format_is_refused(install, view, said):
 
 @pytest.mark.parametrize("edit, said", [
     (("self.W", "self.W_tied"), "W [8, 4] (the record's: none), W_tied missing (the record's: [8, 4])"),
-    (('{"lam": 0.1}', "{}"), "its cfg.json records params the variant refuses: tied_relu: bad params")])
+    (('{"lam": 0.1}', "{}"),
+     "its cfg.json records params the variant refuses: tied_relu: unknown params ['lam']; valid: []")])
 def test_a_checkpoint_of_a_plugin_changed_since_says_so(tmp_path, install, capsys, edit, said):
     """The plugin's code changed after the training (a parameter renamed, a param dropped): reading the
     checkpoint says the installed plugin no longer builds it, not that the folder is damaged and that a
@@ -314,4 +315,32 @@ analyze: {{n_features: 2, top_k: 2, context: 0}}
     assert set(json.loads((tmp_path / "run" / "summary.json").read_text())["models"]) == {"t"}
     capsys.readouterr()
     assert actdict_main(["run", str(cfg), "train.dicts.t.params.lamb=1", "--dry-run"]) == 2  # still checked
-    assert "config error: train.dicts[t]: tied_norm: bad params {'lamb': 1}" in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert "config error: train.dicts[t]: tied_norm: unknown params ['lamb']; valid: ['lam']" in said
+
+
+KWARGS = """
+import torch
+from torch import nn
+from actdict.train.protocol import Dictionary, Forward, register
+@register
+class Kw(Dictionary):
+    variant = "kw_relu"
+    default_params = {"lam": 0.1}
+    optional_params = {"init": "randn"}
+    def __init__(self, d, k, **params):  # as actdict's own SAEs take their params
+        super().__init__(d, k, **(self.default_params | params))
+        self.W = nn.Parameter(torch.randn(k, d))
+"""
+
+
+def test_a_plugin_taking_any_params_has_a_misspelt_one_refused(install, capsys):
+    """A plugin whose constructor takes **params (as our SAEs' do) and declares default_params: a param
+    it does not declare (a typo, lamm for lam) is a config error naming the valid ones, as for ours (before:
+    stored and trained with lam at its default); optional_params are accepted."""
+    install({"kw_relu": KWARGS}, {"kw_relu": "kw_relu"})
+    with pytest.raises(ConfigError, match=r"^kw_relu: unknown params \['lamm'\]; valid: \['init', 'lam'\]$"):
+        make("kw_relu", 4, 8, lamm=0.3)
+    assert make("kw_relu", 4, 8, lam=0.3, init="zeros").params == {"lam": 0.3, "init": "zeros"}
+    assert actdict_main(["variants", "kw_relu"]) == 0
+    assert "params: lam=0.1; also: init='randn'" in capsys.readouterr().out

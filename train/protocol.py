@@ -198,11 +198,25 @@ def param_defaults(cls: type[Dictionary]) -> dict[str, Any]:
             if p.default is not inspect.Parameter.empty}
 
 
+def known_params(cls: type[Dictionary]) -> set[str] | None:
+    """The params a config may give a variant: its ``default_params`` and ``optional_params``, or else its
+    constructor's keywords; None when it declares none and takes any (``**params``: its own check)."""
+    if hasattr(cls, "default_params"):
+        return set(cls.default_params) | set(getattr(cls, "optional_params", {}))
+    names = inspect.signature(cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in names.values()):
+        return None
+    return set(names) - {"self", "d", "k"}
+
+
 def check_params(cls: type[Dictionary], params: dict[str, Any]) -> None:
-    """Each given param that the variant has a default for (``param_defaults``) has its default's kind (an
-    integer for an integer, not 8.7, "8" or true; a finite number for a float; a list for a list or tuple,
-    whose items are the variant's to check), those in ``positive`` are > 0, and counts of steps
-    (``*_steps``) >= 0."""
+    """Each given param is one the variant knows (``known_params``); each it has a default for
+    (``param_defaults``) has its default's kind (an integer for an integer, not 8.7, "8" or true; a finite
+    number for a float; a list for a list or tuple, whose items are the variant's to check), those in
+    ``positive`` are > 0, and counts of steps (``*_steps``) >= 0."""
+    known = known_params(cls)
+    if known is not None and (unknown := sorted(set(params) - known)):
+        raise ConfigError(f"{cls.variant}: unknown params {unknown}; valid: {sorted(known)}")
     defaults = param_defaults(cls)
     for name, value in params.items():
         listed = isinstance(defaults.get(name), list | tuple)
