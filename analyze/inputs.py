@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -300,15 +300,30 @@ def open_trained_store(path: str, hook: str | None, run_dir: Path, names: list[s
         raise
 
 
-def load_models(run_dir: Path, names: list[str], d: int, records: dict[str, dict] | None = None) -> dict:
+def readable_variant(folder: Path) -> bool:
+    """The checkpoint in ``folder`` names a variant an installed package provides (a plugin's may not)."""
+    record = checkpoint.finished_record(folder)
+    return bool(record) and "variant" in record and checkpoint.unknown_variant(record) is None
+
+
+def load_models(run_dir: Path, names: list[str], d: int, records: dict[str, dict] | None = None,
+                select: Callable[[list[str]], str] = lambda ns: f"analyze.dicts=[{', '.join(ns)}]") -> dict:
     """Load ``<run_dir>/dicts/<name>`` for each name (all found there when ``names`` is empty); with
     ``records`` (``trained_records``, read earlier), one whose cfg.json a training replaced since is refused:
-    the checks made on its record would not be its own."""
+    the checks made on its record would not be its own. A plugin's dictionary that cannot be read here
+    (its package missing or changed) names, after why, how to read the others (``select``)."""
     root = run_dir / "dicts"
     found = found_dicts(run_dir, names)
     models = {}
     for name in names or [n for n in found if records is None or n in records]:  # a newcomer: next time
-        model, record = checkpoint.load(root / name)
+        try:
+            model, record = checkpoint.load(root / name)
+        except checkpoint.CheckpointError as e:
+            if names or not (checkpoint.finished_record(root / name) or {}).get("plugin"):
+                raise
+            if not (others := [n for n in found if n != name and readable_variant(root / n)]):
+                raise
+            raise checkpoint.CheckpointError(f"{e}; or read the others without it: {select(others)}") from e
         if records is not None and record != records.get(name):
             raise AnalyzeError(f"dictionary {name} ({root / name}) was saved again by a training while this "
                                "analysis started: rerun actdict analyze (when that training is done)")

@@ -217,7 +217,8 @@ def lens(common: Common, cfg, text: str, names: list[str], top: int = 5, hook: s
         raise LensError(f"the store at {common.store_path} holds vectors of no model: {_NO_MODEL}")
     for note in other_model(records, store.manifest.get("model")):  # an imported SAE of another model
         print(printable(f"actdict lens: note: {note}"), file=sys.stderr)
-    models = load_models(run_dir, names, store.d)
+    models = load_models(run_dir, names, store.d,
+                         select=lambda ns: " ".join(f"--dict {n}" for n in ns))
     if follow:
         check_follow(follow, models)
 

@@ -92,6 +92,7 @@ from actdict.analyze.inputs import (
     other_split,
     other_store,
     read_labels,
+    readable_variant,
     retraining,
     skipped_notes,
     trained_hook,
@@ -148,8 +149,8 @@ def plan(common: Common, cfg: AnalyzeConfig, coming: list[str] | tuple = ()) -> 
             found_dicts(run_dir, list(cfg.dicts))
         except ActdictError as e:
             return StagePlan([f"analyze: would stop: {e}"], stops=True)
-    if why := unbuilt(run_dir, [n for n in names if n not in coming]):  # those the training leaves as is
-        return StagePlan([f"analyze: would stop: {why}"], stops=True)
+    if why := unbuilt(run_dir, [n for n in names if n not in coming], names if not cfg.dicts else []):
+        return StagePlan([f"analyze: would stop: {why}"], stops=True)  # (those the training leaves as is)
     if why := write_problem(written_folders(run_dir, names), WRITES):
         return StagePlan([f"analyze: would stop: {why}"], stops=True)
     return StagePlan([f"analyze: {listed(names)} on {rows} -> {run_dir / 'summary.json'}, "
@@ -166,9 +167,11 @@ def written_folders(run_dir: Path, names: list[str]) -> list[Path]:
     return [run_dir, *(p for p in (run_dir / "features", run_dir / "report", *parts) if p.is_dir())]
 
 
-def unbuilt(run_dir: Path, names: list[str]) -> str | None:
+def unbuilt(run_dir: Path, names: list[str], every: list[str] = ()) -> str | None:
     """Why ``checkpoint.load`` would refuse one of the dictionaries ``names`` of the run folder (its variant's
-    plugin is not installed here), as it says it; None when every variant is registered (or none is read)."""
+    plugin is not installed here), as ``inputs.load_models`` says it: when the analysis reads ``every``
+    dictionary (no analyze.dicts), a plugin's adds how to read the others. None when every variant is
+    registered (or none is read)."""
     from actdict.train.checkpoint import unknown_variant
 
     try:
@@ -176,7 +179,13 @@ def unbuilt(run_dir: Path, names: list[str]) -> str | None:
     except ActdictError:  # a damaged cfg.json: the analysis says so where it reads it
         return None
     why = {n: unknown_variant(r) for n, r in records.items() if isinstance(r, dict) and "variant" in r}
-    return next((f"{run_dir / 'dicts' / n}: {w}" for n, w in sorted(why.items()) if w), None)
+    name = next((n for n, w in sorted(why.items()) if w), None)
+    if name is None:
+        return None
+    others = [n for n in every if n != name and (n not in names or readable_variant(run_dir / "dicts" / n))]
+    hint = f"; or read the others without it: analyze.dicts=[{', '.join(others)}]" * bool(
+        others and records[name].get("plugin"))
+    return f"{run_dir / 'dicts' / name}: {why[name]}{hint}"
 
 
 def main(common: Common, cfg: AnalyzeConfig) -> None:

@@ -97,15 +97,18 @@ analyze: {{n_features: 2, top_k: 2, context: 0}}
     said = ("dicts/t: its variant 'tied_relu' is provided by no package installed here (it was trained with "
             "module 'tied_relu', a plugin): install the package")
     assert actdict_main(["analyze", str(cfg)]) == 2
-    assert said in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert said in err and err.rstrip().endswith("; or read the others without it: analyze.dicts=[l1]")
     assert actdict_main(["analyze", "--dry-run", str(cfg)]) == 2  # its plan says so too
     out = capsys.readouterr().out
     assert out.startswith("analyze: would stop: ") and said in out, out
+    assert out.rstrip().endswith("; or read the others without it: analyze.dicts=[l1]")
     only_l1 = tmp_path / "l1.yaml"  # a run that trains l1 and analyses the folder, t included
     only_l1.write_text(re.sub(r"\{name: t, [^}]*\}\}, ", "", cfg.read_text()))
     assert actdict_main(["run", "--dry-run", str(only_l1)]) == 2
     out = capsys.readouterr().out
     assert "l1   sae_l1" in out and f"analyze: would stop: {tmp_path}/run/{said}" in out, out
+    assert actdict_main(["analyze", str(cfg), "analyze.dicts=[l1]"]) == 0
 
 
 BROKEN = "raise ImportError('needs a library not installed here')\n"
