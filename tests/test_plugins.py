@@ -347,3 +347,14 @@ def test_a_plugin_taking_any_params_has_a_misspelt_one_refused(install, capsys):
     assert make("kw_relu", 4, 8, lam=0.3, init="zeros").params == {"lam": 0.3, "init": "zeros"}
     assert actdict_main(["variants", "kw_relu"]) == 0
     assert "params: lam=0.1; also: init='randn'" in capsys.readouterr().out
+
+
+def test_an_unknown_variant_points_to_plugins(install):
+    """A config naming a variant no installed package provides (its plugin uninstalled, or never installed
+    here) is told that another package's variant needs that package, not only the registered names."""
+    install({}, {})
+    with pytest.raises(ConfigError) as e:
+        make("matryoshka_relu_", 4, 8)
+    assert str(e.value).startswith("unknown dictionary variant 'matryoshka_relu_'; registered: ['lse', ")
+    assert str(e.value).endswith("] (a variant of another package needs that package installed: "
+                                 "docs/variants.md, 'Your own variant')")

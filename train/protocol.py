@@ -273,8 +273,9 @@ def make(variant: str, d: int, k: int, seed: int = 0, **params: Any) -> Dictiona
     """Build a registered variant with a seeded initialisation."""
     classes = registry()
     if variant not in classes:
-        raise ConfigError(f"unknown dictionary variant {variant!r}; registered: {sorted(classes)}"
-                          f"{plugin_hint()}")
+        raise ConfigError(f"unknown dictionary variant {variant!r}; registered: {sorted(classes)} (a variant "
+                          "of another package needs that package installed: docs/variants.md, 'Your own "
+                          f"variant'){plugin_hint()}")
     check_coefficients(variant, params)  # as given (a variant may convert them before its base sees them)
     check_params(classes[variant], params)
     with torch.random.fork_rng(devices=[]):
