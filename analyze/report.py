@@ -244,11 +244,12 @@ def _training_figures(models: dict[str, dict]) -> list[go.Figure]:
         palette = qualitative.Dark24 if len(curves) > MANY else qualitative.Plotly  # as _many's colorway
         for i, (name, c) in enumerate(curves.items()):
             pair = {"legendgroup": esc(name), "line_color": palette[i % len(palette)]} if has_held else {}
+            mode = "lines" if len(c["step"]) > 1 else "markers"  # one record (a run under log_every steps)
             if term in c:
-                fig.add_scatter(x=c["step"], y=_log_values(c[term]) if log_y else c[term], mode="lines",
+                fig.add_scatter(x=c["step"], y=_log_values(c[term]) if log_y else c[term], mode=mode,
                                 name=esc(name), **pair)
             if held in c:  # the same measure of train.probe_rows' held-out rows: its colour, dashed
-                fig.add_scatter(x=c["step"], y=c[held], mode="lines", line_dash="dash",
+                fig.add_scatter(x=c["step"], y=c[held], mode=mode, line_dash="dash",
                                 showlegend=term not in c, name=esc(name) + " (held-out)", **pair)
         figs.append(fig)
     return figs + _formation_figure(models)

@@ -201,3 +201,14 @@ def test_a_log_of_held_out_measures_only_draws_its_dashed_curves():
     assert training.count("Plotly.newPlot") == 5  # sse, loss, and the three held-out measures
     assert training.count('"name":"l1 (held-out)"') == 3 and training.count('"dash":"dash"') == 3
     assert '"showlegend":false' not in training  # the only curve of its figure: named in the legend
+
+
+def test_a_log_of_one_record_is_drawn_as_points():
+    """A run shorter than train.log_every logs one record (at its last step): a one-point line draws
+    nothing, so every training figure was an empty frame; one record is drawn as markers."""
+    one = {"step": [88], "loss": [185.8], "sse": [157.6], "eval_ad": [99.0], "eval_ev": [0.75],
+           "eval_live": [0.8], "held_ev": [0.74]}
+    two = {"step": [50, 88], "loss": [300.0, 185.8], "sse": [250.0, 157.6]}
+    training = render({"models": {"one": {"k": 8, "training_log": one}, "two": {"k": 8, "training_log": two}}}
+                      ).split("<h2>Training</h2>")[1]
+    assert training.count('"mode":"markers"') == 6 and training.count('"mode":"lines"') == 2  # held_ev too
