@@ -223,6 +223,7 @@ def _training_figures(models: dict[str, dict]) -> list[go.Figure]:
     interval's last batch (``actdict.train.probe``): AD, explained variance, live latents, each with the
     same measure of ``train.probe_rows``' held-out rows (``held_*``), dashed, where logged."""
     logs = {name: m["training_log"] for name, m in models.items() if m.get("training_log")}
+    order = {name: i for i, name in enumerate(models)}
     figs = []
     for term, title in (("sse", "Training: reconstruction error (sse per row)"),
                         ("loss", "Training: the objective (loss)"),
@@ -241,9 +242,13 @@ def _training_figures(models: dict[str, dict]) -> list[go.Figure]:
         fig = go.Figure(layout=_LAYOUT | {"title": _title(title), "xaxis_title": "training step",
                                       "yaxis_title": term + (" (log scale)" if log_y else ""),
                                       "yaxis": {"type": "log" if log_y else "linear"}})
-        palette = qualitative.Dark24 if len(curves) > MANY else qualitative.Plotly  # as _many's colorway
-        for i, (name, c) in enumerate(curves.items()):
-            pair = {"legendgroup": esc(name), "line_color": palette[i % len(palette)]} if has_held else {}
+        fig.update_layout(showlegend=True)  # also for one curve: which dictionary's it is
+        palette = qualitative.Dark24 if len(models) > MANY else qualitative.Plotly  # as _many's colorway
+        for name, c in curves.items():
+            colour = palette[order[name] % len(palette)]  # each dictionary's in every figure (the
+            # distributions' order), also where another one logs no such term (a plugin's without sse)
+            pair = {"line_color": colour, "marker_color": colour}
+            pair |= {"legendgroup": esc(name)} if has_held else {}
             mode = "lines" if len(c["step"]) > 1 else "markers"  # one record (a run under log_every steps)
             if term in c:
                 fig.add_scatter(x=c["step"], y=_log_values(c[term]) if log_y else c[term], mode=mode,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from plotly.colors import qualitative
 
-from actdict.analyze.report import render
+from actdict.analyze.report import _training_figures, render
 from actdict.config import Common
 from actdict.harvest.store import write_vectors
 from actdict.train import run as train_run
@@ -212,3 +212,18 @@ def test_a_log_of_one_record_is_drawn_as_points():
     training = render({"models": {"one": {"k": 8, "training_log": one}, "two": {"k": 8, "training_log": two}}}
                       ).split("<h2>Training</h2>")[1]
     assert training.count('"mode":"markers"') == 6 and training.count('"mode":"lines"') == 2  # held_ev too
+
+
+def test_each_dictionary_keeps_its_colour_and_name_in_every_training_figure():
+    """A dictionary whose log lacks a term (a plugin's loss_terms without sse) left the other one alone in
+    that figure, drawn in the first dictionary's colour and without a legend (plotly shows none for one
+    curve), so it read as the first one's curve. Each keeps its colour (the distributions' order) and the
+    legend is shown."""
+    a = {"step": [1, 2], "loss": [3.0, 2.0]}
+    b = {"step": [1, 2], "loss": [5.0, 4.0], "sse": [4.0, 3.0]}
+    models = {"a": {"training_log": a}, "b": {"training_log": b}}
+    figs = {f.layout.title.text: f for f in _training_figures(models)}
+    sse, loss = figs["Training: reconstruction error (sse per row)"], figs["Training: the objective (loss)"]
+    assert [t.name for t in sse.data] == ["b"] and sse.layout.showlegend is True
+    assert sse.data[0].line.color == loss.data[1].line.color == qualitative.Plotly[1]
+    assert loss.data[0].line.color == qualitative.Plotly[0]
