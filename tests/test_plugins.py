@@ -358,3 +358,20 @@ def test_an_unknown_variant_points_to_plugins(install):
     assert str(e.value).startswith("unknown dictionary variant 'matryoshka_relu_'; registered: ['lse', ")
     assert str(e.value).endswith("] (a variant of another package needs that package installed: "
                                  "docs/variants.md, 'Your own variant')")
+
+
+def test_an_integer_param_given_as_a_whole_float_reaches_the_plugin_as_an_int(install):
+    """check_params takes 2.0 for an integer param (its default 2): the constructor gets 2, so a plugin's
+    torch.randn(n_heads, k, d) builds (before: 'bad params {'n_heads': 2.0}: randn() received an invalid
+    combination of arguments', over several lines); 2.5 is still refused."""
+    source = _docs_example().replace('"tied_relu"', '"tied_heads"').replace(
+        'default_params = {"lam": 0.1}', 'default_params = {"lam": 0.1, "n_heads": 2}').replace(
+        "lam: float = 0.1) -> None:\n        super().__init__(d, k, lam=lam)",
+        "lam: float = 0.1, n_heads: int = 2) -> None:\n        super().__init__(d, k, lam=lam, "
+        "n_heads=n_heads)\n        self.heads = nn.Parameter(torch.zeros(n_heads, d))")
+    install({"tied_heads": source}, {"tied_heads": "tied_heads"})
+    m = make("tied_heads", 4, 8, n_heads=3.0, lam=1)
+    assert m.heads.shape == (3, 4) and m.params == {"lam": 1, "n_heads": 3}
+    assert type(m.params["n_heads"]) is int and type(m.params["lam"]) is int  # a float param: as given
+    with pytest.raises(ConfigError, match=r"^tied_heads: n_heads must be an integer, got 2.5$"):
+        make("tied_heads", 4, 8, n_heads=2.5)

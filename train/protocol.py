@@ -235,6 +235,14 @@ def check_params(cls: type[Dictionary], params: dict[str, Any]) -> None:
             raise ConfigError(f"{cls.variant}: {name} counts steps and must be >= 0, got {value!r}")
 
 
+def as_defaults_kind(cls: type[Dictionary], params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` (checked) with an integer param given as a whole float (8.0, which ``check_params`` takes
+    for 8) made an int: a constructor gets its default's kind (a plugin's torch.randn(n, k, d), range(n))."""
+    defaults = param_defaults(cls)
+    whole = lambda n, v: isinstance(v, float) and type(defaults.get(n)) is int  # noqa: E731
+    return {n: int(v) if whole(n, v) else v for n, v in params.items()}
+
+
 _REGISTRY: dict[str, type[Dictionary]] = {}
 
 
@@ -278,6 +286,7 @@ def make(variant: str, d: int, k: int, seed: int = 0, **params: Any) -> Dictiona
                           f"variant'){plugin_hint()}")
     check_coefficients(variant, params)  # as given (a variant may convert them before its base sees them)
     check_params(classes[variant], params)
+    params = as_defaults_kind(classes[variant], params)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         try:
@@ -291,7 +300,7 @@ def make(variant: str, d: int, k: int, seed: int = 0, **params: Any) -> Dictiona
                                   f"(torch: {said})") from e
             if isinstance(e, RuntimeError):
                 raise
-            raise ConfigError(f"{variant}: bad params {params}: {e}") from e  # a param's type or value
+            raise ConfigError(f"{variant}: bad params {params}: {said}") from e  # a param's type or value
 
 
 def make_meta(variant: str, d: int, k: int, **params: Any) -> Dictionary | None:
