@@ -375,3 +375,16 @@ def test_an_integer_param_given_as_a_whole_float_reaches_the_plugin_as_an_int(in
     assert type(m.params["n_heads"]) is int and type(m.params["lam"]) is int  # a float param: as given
     with pytest.raises(ConfigError, match=r"^tied_heads: n_heads must be an integer, got 2.5$"):
         make("tied_heads", 4, 8, n_heads=2.5)
+
+
+def test_make_meta_passes_on_a_plugins_own_config_error(install):
+    """make_meta leaves to the real build only failures of the meta device itself: a plugin's own
+    ConfigError whose words happen to say 'meta' (a param named metadata) is still the config check's."""
+    source = _docs_example().replace('"tied_relu"', '"tied_meta"').replace(
+        "super().__init__(d, k, lam=lam)", "super().__init__(d, k, lam=lam)\n        if lam > 1:\n"
+        "            raise ConfigError('lam > 1 needs metadata')").replace(
+        "import torch\n", "import torch\nfrom actdict.config import ConfigError\n", 1)
+    install({"tied_meta": source}, {"tied_meta": "tied_meta"})
+    assert protocol.make_meta("tied_meta", 4, 8, lam=0.5).W.is_meta
+    with pytest.raises(ConfigError, match="^lam > 1 needs metadata$"):
+        protocol.make_meta("tied_meta", 4, 8, lam=2)

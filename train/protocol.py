@@ -311,6 +311,7 @@ def make_meta(variant: str, d: int, k: int, **params: Any) -> Dictionary | None:
         with torch.device("meta"):
             return make(variant, d, k, **params)
     except (ConfigError, RuntimeError, TypeError, NotImplementedError) as e:
-        if "meta" not in str(e.__cause__ if isinstance(e, ConfigError) and e.__cause__ else e).lower():
+        said = str(e.__cause__ if isinstance(e, ConfigError) and e.__cause__ else e).lower()
+        if not any(s in said for s in ("meta tensor", "meta device", "'meta' backend")):
             raise
         return None
