@@ -388,3 +388,17 @@ def test_make_meta_passes_on_a_plugins_own_config_error(install):
     assert protocol.make_meta("tied_meta", 4, 8, lam=0.5).W.is_meta
     with pytest.raises(ConfigError, match="^lam > 1 needs metadata$"):
         protocol.make_meta("tied_meta", 4, 8, lam=2)
+
+
+@pytest.mark.parametrize("positive, said", [
+    ('"lam"', "got 'lam'"),  # ("lam") is a string: 'must be > 0: l, a, m', checked by substring
+    ('("lamb",)', "got ('lamb',)")])  # a name that is no param: never checked
+def test_a_plugin_whose_positive_is_not_its_params_names_is_left_out(install, positive, said):
+    source = _docs_example().replace('"tied_relu"', '"tied_pos"').replace(
+        'default_params = {"lam": 0.1}', f'default_params = {{"lam": 0.1}}\n    positive = {positive}')
+    install({"tied_pos": source}, {"tied_pos": "tied_pos"})
+    with pytest.warns(ActdictWarning) as warned:
+        assert "tied_pos" not in registry()
+    assert [str(w.message) for w in warned] == [
+        "variant plugin tied_pos (tied_pos) left out: ValueError: variant 'tied_pos': positive must be a "
+        f"tuple of its params' names ['lam'], {said}"]

@@ -250,6 +250,10 @@ def register(cls: type[Dictionary]) -> type[Dictionary]:
     """Class decorator: make a variant constructible by its ``variant`` name."""
     if not cls.variant:
         raise ValueError(f"{cls.__name__} has no variant name")
+    params = set(param_defaults(cls)) | set(getattr(cls, "optional_params", {}))
+    if not isinstance(cls.positive, tuple | list) or not set(cls.positive) <= params:
+        raise ValueError(f"variant {cls.variant!r}: positive must be a tuple of its params' names "
+                         f"{sorted(params)}, got {cls.positive!r}")
     if cls.variant in _REGISTRY and _REGISTRY[cls.variant] is not cls:
         raise ValueError(f"variant {cls.variant!r} registered twice ({_REGISTRY[cls.variant].__module__} "
                          f"and {cls.__module__})")
