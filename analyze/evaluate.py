@@ -9,11 +9,14 @@ figures of the first test batch (one stochastic RE, the masked-dimensions curve)
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from actdict.analyze import metrics as M
 from actdict.analyze.config import AnalyzeConfig
 from actdict.analyze.toptokens import FeatureTracker
+from actdict.errors import ActdictWarning
 
 
 class ModelEval:
@@ -74,7 +77,9 @@ class ModelEval:
         dec_in = out.extras.get("dec_in", out.codes) if sample else out.codes  # [n, k]
         try:
             m.decode(dec_in[:1])
-        except NotImplementedError:  # a variant without Dictionary.decode: no curve
+        except NotImplementedError:  # a variant without Dictionary.decode (a plugin's): no curve, said once
+            warnings.warn(f"{m.variant} has no decode(): no masked-dimensions curve (summary.json "
+                          "masked_curve null)", ActdictWarning, stacklevel=2)
             return None
         kept = M.kept_grid(m.k, self.cfg.mask_curve_points)
         re = M.masked_re_curve(x, dec_in, out.activity, m.active_side, m.decode, kept)
