@@ -270,9 +270,13 @@ def _formation_figure(models: dict[str, dict]) -> list[go.Figure]:
     title = "Feature formation: the final features found in each snapshot (solid: MMCS; dashed: share >= 0.9)"
     fig = go.Figure(layout=_LAYOUT | {"title": _title(title), "xaxis_title": "training step (snapshot)",
                                       "yaxis_title": "cosine / share"})
-    palette = qualitative.Dark24 if len(forming) > MANY else qualitative.Plotly
-    for i, (name, f) in enumerate(forming.items()):
-        pair = {"legendgroup": esc(name), "line_color": palette[i % len(palette)], "mode": "lines+markers"}
+    fig.update_layout(showlegend=True)  # also for one dictionary: which one's it is
+    palette = qualitative.Dark24 if len(models) > MANY else qualitative.Plotly  # as _training_figures
+    order = {name: i for i, name in enumerate(models)}  # each dictionary's colour in every figure
+    for name, f in forming.items():
+        colour = palette[order[name] % len(palette)]
+        pair = {"legendgroup": esc(name), "line_color": colour, "marker_color": colour,
+                "mode": "lines+markers"}
         fig.add_scatter(x=f["step"], y=f["mmcs"], name=esc(name), **pair)
         fig.add_scatter(x=f["step"], y=f["matched"], line_dash="dash", showlegend=False,
                         name=esc(name) + " (share within cos 0.9)", **pair)

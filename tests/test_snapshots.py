@@ -228,3 +228,18 @@ def test_the_finished_run_a_keep_state_extension_continues_keeps_its_snapshots_i
     assert cli(["train", cfg, "train.epochs=3"]) == 0 and cli(["analyze", cfg, "train.epochs=3"]) == 0
     models = json.loads((tmp_path / "run" / "summary.json").read_text())["models"]
     assert [models[n]["formation"]["step"] for n in ("topk", "vaease")] == [[10, 20, 30]] * 2
+
+
+def test_the_formation_figure_keeps_each_dictionarys_colour_and_name():
+    """The formation figure coloured its dictionaries by their place among those with snapshots, so where
+    the first dictionary has none the second took the first one's colour of every other figure, and one
+    dictionary's lines showed no legend: each now keeps the report's colour (the training figures' rule) and
+    the legend is shown."""
+    from plotly.colors import qualitative
+
+    from actdict.analyze.report import _formation_figure
+
+    f = {"step": [10, 20], "mmcs": [0.5, 1.0], "matched": [0.1, 1.0]}
+    (fig,) = _formation_figure({"a": {"formation": None}, "b": {"formation": f}})
+    assert [t.name for t in fig.data] == ["b", "b (share within cos 0.9)"] and fig.layout.showlegend is True
+    assert fig.data[0].line.color == fig.data[1].line.color == qualitative.Plotly[1]
