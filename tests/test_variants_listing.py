@@ -49,3 +49,59 @@ def test_listed_params_are_what_a_config_may_set(variant, capsys):
 def test_unknown_variant_is_named(capsys):
     assert main(["variants", "vaease", "vaeaes"]) == 2
     assert capsys.readouterr().err.startswith("actdict variants: unknown variant 'vaeaes'; registered: lse, ")
+
+
+SMALL = {"sae_topk": {"topk": 2}, "sae_topk_auxk": {"topk": 2, "k_aux": 3},
+         "sae_batchtopk": {"topk": 2, "k_aux": 3},
+         "sae_jumprelu": {"bandwidth": 2.0, "threshold_init": 0.5}}  # params that fit k = 16
+
+
+@pytest.mark.parametrize("variant", sorted(registry()))
+def test_the_shipped_contract_passes_every_variant(variant):
+    from actdict.train.contract import check
+
+    assert check(variant, SMALL.get(variant)) == {c: [] for c in ("shapes", "loss", "gradients", "round_trip",
+                                                                   "training")}
+
+
+BROKEN = '''
+import torch
+from torch import nn
+from actdict.train.protocol import Dictionary, Forward, register
+@register
+class Broken(Dictionary):
+    variant = "broken_contract"
+    def __init__(self, d, k):
+        super().__init__(d, k)
+        self.enc, self.dec, self.unused = nn.Linear(d, k), nn.Linear(k, d), nn.Parameter(torch.zeros(3))
+    def forward(self, x, sample=True):
+        z = torch.relu(self.enc(x))
+        return Forward(self.dec(z) + 0.1 * sample, codes=z, activity=z.log(), extras={})
+    def decode(self, codes):
+        return self.dec(codes)
+    def loss_terms(self, x, out):
+        sse = (out.x_hat - x).pow(2).mean()  # a mean over elements, not each row's sum
+        return {"loss": sse, "sse": sse}
+'''
+
+
+def test_check_names_what_a_broken_variant_gets_wrong(capsys, tmp_path, monkeypatch):
+    """actdict variants NAME --check: a plugin author checks a variant with actdict installed, without its
+    tests; each broken rule is named, the exit status 1; a params set that cannot build the variant is 2."""
+    from actdict.train import protocol
+
+    (tmp_path / "broken_contract.py").write_text(BROKEN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(protocol, "_REGISTRY", dict(registry()))
+    __import__("broken_contract")
+    assert main(["variants", "broken_contract", "--check"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "broken_contract: the protocol's contract (k 16)"
+    assert lines[1] == "  shapes     ok"
+    assert lines[2].startswith("  loss       FAILED: 'sse' is ") and "row's summed squared error" in lines[2]
+    assert lines[3] == "  gradients  FAILED: no gradient reaches unused"
+    assert lines[4] == "  round_trip ok"
+    assert main(["variants", "sae_topk", "--check"]) == 2  # topk 30 > k 16
+    assert capsys.readouterr().err.startswith("actdict variants: sae_topk cannot be built at k=16 with its "
+                                              "defaults (sae_topk: topk must be in 1..k=16, got 30)")
+    assert main(["variants", "sae_topk", "--check", "--set", "topk=4"]) == 0

@@ -3,7 +3,9 @@ included (``train.plugins``), with their params and defaults.
 
 Without names, each variant's first paragraph of its module docstring (what it is, where from) and its
 params; with names, each one's whole docstring (formulas, defaults, every open choice), its params and
-which must be > 0. What a config may set in ``train.dicts[].params`` is exactly what is listed."""
+which must be > 0. What a config may set in ``train.dicts[].params`` is exactly what is listed.
+``--check`` runs the protocol's contract checks on the named variants (``train.contract``: a plugin's
+author needs no copy of actdict's tests), with ``--set PARAM=VALUE`` and ``--k N``; exit 1 when one fails."""
 
 from __future__ import annotations
 
@@ -11,8 +13,10 @@ import argparse
 import sys
 import textwrap
 
+import yaml
+
 from actdict.errors import printable
-from actdict.train.protocol import Dictionary, param_defaults, plugin_hint, registry
+from actdict.train.protocol import Dictionary, make, param_defaults, plugin_hint, registry
 
 
 def module_doc(cls: type[Dictionary]) -> str:
@@ -50,18 +54,51 @@ def full(name: str, cls: type[Dictionary]) -> list[str]:
             *([positive] if positive else [])]
 
 
+def checked(names: list[str], params: dict, k: int) -> int:
+    """``--check``: each variant's contract checks (``train.contract``), one line each; 0 when all pass,
+    1 when one fails, 2 when a variant cannot be built with these params and k (a param tied to k)."""
+    from actdict.config import ConfigError
+    from actdict.train.contract import check
+
+    status = 0
+    for name in names:
+        try:
+            make(name, 7, k, **params)
+        except ConfigError as e:
+            given = params or "its defaults"
+            print(printable(f"actdict variants: {name} cannot be built at k={k} with {given} ({e}): give "
+                            "--set PARAM=VALUE or --k N"), file=sys.stderr)
+            status = 2
+            continue
+        print(printable(f"{name}: the protocol's contract (k {k}{f', params {params}' if params else ''})"))
+        for what, bad in check(name, params, k).items():
+            status = max(status, int(bool(bad)))
+            print(printable(f"  {what:<10} {'ok' if not bad else 'FAILED: ' + '; '.join(bad)}"))
+    return status
+
+
 def main(argv: list[str] | None = None) -> int:
     """``actdict variants [NAME ...]`` (``python -m actdict.train.listing``)."""
     p = argparse.ArgumentParser(prog="actdict variants", description="the dictionary variants this "
                                 "installation can train (plugins included), their params and defaults")
     p.add_argument("names", nargs="*", metavar="NAME", help="show these variants in full (their module's "
                    "docstring: formulas, defaults, open choices)")
+    p.add_argument("--check", action="store_true", help="run the protocol's contract checks on the named "
+                   "variants (shapes, loss terms, gradients, save/load, a short training; train/contract.py)")
+    p.add_argument("--set", action="append", default=[], metavar="PARAM=VALUE", help="with --check: a param "
+                   "of the variants checked (a value read as YAML), e.g. --set topk=4")
+    p.add_argument("--k", type=int, default=16, help="with --check: latents of the dictionaries built (16)")
     a = p.parse_args(argv)
     classes = registry()
     if unknown := [n for n in a.names if n not in classes]:
         print(printable(f"actdict variants: unknown variant {', '.join(map(repr, unknown))}; registered: "
                         f"{', '.join(sorted(classes))}{plugin_hint()}"), file=sys.stderr)
         return 2
+    if a.check or a.set:
+        if not a.check or not a.names or a.k < 1 or any("=" not in s for s in a.set):
+            p.error("--check needs variant names; --set takes PARAM=VALUE, --k a number >= 1")
+        params = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in a.set)}
+        return checked([n for n in dict.fromkeys(a.names)], params, a.k)
     if a.names:
         blocks = [full(n, classes[n]) for n in dict.fromkeys(a.names)]
     else:
