@@ -3,12 +3,10 @@ the CPU and on the accelerator of the ``device`` fixture (conftest.py)."""
 
 import copy
 
-import numpy as np
 import pytest
 import torch
 
-from actdict.harvest.synthetic import union_of_subspaces
-from actdict.train import checkpoint
+from actdict.train import checkpoint, contract
 from actdict.train.protocol import Forward, make, registry
 
 # params valid at k = 5 (and at k = 16 for the training run); sae_jumprelu: a bandwidth wide enough that a
@@ -136,31 +134,11 @@ def test_save_load_round_trip(variant, tmp_path):
         assert torch.equal(getattr(a, f), getattr(b, f)), f
 
 
-@pytest.fixture(scope="module")
-def synthetic():
-    x, _ = union_of_subspaces(4096, d=20, dims=(3, 3, 3), seed=0)  # [n, 20], 3 manifolds of dim 3
-    return torch.from_numpy(x / x.std())
-
-
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_short_training_lowers_the_loss(variant, synthetic):
-    torch.manual_seed(0)
-    m = build(variant, 20, 16, seed=0)
-    m.train()
-    opt = torch.optim.Adam(m.parameters(), lr=3e-3)
-    gen = torch.Generator().manual_seed(0)
-    losses = []
-    for _ in range(150):
-        x = synthetic[torch.randint(0, len(synthetic), (128,), generator=gen)]  # [128, 20]
-        loss = m.loss_terms(x, m(x))["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        m.after_step()
-        losses.append(loss.item())
-    first, last = np.mean(losses[:15]), np.mean(losses[-15:])
-    assert np.isfinite(losses).all()
-    assert last < first - 0.05 * abs(first), f"{variant}: loss {first:.4g} -> {last:.4g}"
+def test_short_training_lowers_the_loss(variant):
+    """train/contract.py's check (150 Adam steps on three 3-dim subspaces of R^20 lower the loss by 5 %), the
+    one `actdict variants NAME --check` runs, on every variant and the official bodies."""
+    assert contract.training(lambda d: build(variant, d, 16, seed=0)) == []
 
 
 # bf16 pre-activations (8-bit mantissa) move codes near 0: the log penalty's gradient 1/(|z| + 1e-4) and

@@ -8,6 +8,7 @@ from actdict.cli import main
 from actdict.config import ConfigError
 from actdict.train.listing import module_doc
 from actdict.train.protocol import make, param_defaults, registry
+from tests.test_plugins import NODECODE
 
 
 def _listing(capsys, *names):
@@ -64,25 +65,11 @@ def test_the_shipped_contract_passes_every_variant(variant):
                                                                    "training")}
 
 
-BROKEN = '''
-import torch
-from torch import nn
-from actdict.train.protocol import Dictionary, Forward, register
-@register
-class Broken(Dictionary):
-    variant = "broken_contract"
-    def __init__(self, d, k):
-        super().__init__(d, k)
-        self.enc, self.dec, self.unused = nn.Linear(d, k), nn.Linear(k, d), nn.Parameter(torch.zeros(3))
-    def forward(self, x, sample=True):
-        z = torch.relu(self.enc(x))
-        return Forward(self.dec(z) + 0.1 * sample, codes=z, activity=z.log(), extras={})
-    def decode(self, codes):
-        return self.dec(codes)
-    def loss_terms(self, x, out):
-        sse = (out.x_hat - x).pow(2).mean()  # a mean over elements, not each row's sum
-        return {"loss": sse, "sse": sse}
-'''
+UNUSED = "\n        self.unused = nn.Parameter(torch.zeros(3))\n"
+BROKEN = (NODECODE.replace('"no_decode"', '"broken_contract"')  # test_plugins' variant, with a decode,
+          .replace("nn.Linear(k, d)\n", "nn.Linear(k, d)" + UNUSED)
+          .replace(".sum(-1).mean()", ".mean()  # a mean over elements, not each row's sum")  # a parameter
+          + "    def decode(self, codes):\n        return self.dec(codes)\n")  # no loss reaches, a wrong sse
 
 
 def test_check_names_what_a_broken_variant_gets_wrong(capsys, tmp_path, monkeypatch):
