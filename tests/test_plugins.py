@@ -109,6 +109,12 @@ analyze: {{n_features: 2, top_k: 2, context: 0}}
     out = capsys.readouterr().out
     assert "l1   sae_l1" in out and f"analyze: would stop: {tmp_path}/run/{said}" in out, out
     assert actdict_main(["analyze", str(cfg), "analyze.dicts=[l1]"]) == 0
+    capsys.readouterr()
+    assert actdict_main(["train", str(cfg)]) == 2  # the config names it: the run folder says where it's from
+    assert capsys.readouterr().err.strip() == (
+        "actdict: config error: train.dicts[t]: unknown dictionary variant 'tied_relu': "
+        f"{tmp_path}/run/dicts/t was trained with it from module 'tied_relu', a plugin: install the package "
+        "that provides it here (docs/variants.md, 'Your own variant')")
 
 
 BROKEN = "raise ImportError('needs a library not installed here')\n"

@@ -16,6 +16,7 @@ Under ``torchrun`` every rank runs this; rank 0 writes.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -128,7 +129,23 @@ def check(common: Common, cfg: TrainConfig) -> None:
     check_device(cfg.device, "train.device")
     world = dist_.from_env().world
     for dc in cfg.dicts:
+        if dc.variant not in registry() and (trained := plugin_trained(Path(common.run_dir), dc.variant)):
+            raise ConfigError(f"train.dicts[{dc.name}]: unknown dictionary variant {dc.variant!r}: {trained}")
         check_batch_rows(dc, meta_model(dc), cfg.batch_size, world)
+
+
+def plugin_trained(run_dir: Path, variant: str) -> str:
+    """Where the run folder says a plugin's ``variant`` came from (a dictionary of it trained there, its
+    cfg.json's ``plugin`` module), as the words of an error; '' when none says so."""
+    for record in sorted((run_dir / "dicts").glob("*/" + checkpoint.CFG)):
+        try:
+            said = json.loads(record.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(said, dict) and said.get("variant") == variant and said.get("plugin"):
+            return (f"{record.parent} was trained with it from module {said['plugin']!r}, a plugin: install "
+                    "the package that provides it here (docs/variants.md, 'Your own variant')")
+    return ""
 
 
 def meta_model(dc: DictConfig):
