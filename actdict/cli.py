@@ -8,8 +8,8 @@
 ``actdict lens CONFIG TEXT`` lists the features each token of a text fires (``actdict.analyze.lens``);
 ``actdict compare DICT_A DICT_B`` matches two dictionaries' features across run folders (layers, seeds,
 sizes: ``actdict.analyze.pair``); ``actdict summary RUN_DIR...`` puts analysed run folders' numbers in one
-table (``actdict.analyze.runs``); ``actdict variants [NAME ...]`` lists the dictionary variants and their
-params (``actdict.train.listing``).
+table (``actdict.analyze.runs``); ``actdict variants [NAME ...] [--check]`` lists the dictionary variants
+and their params, or checks their contract (``actdict.train.listing``).
 
 Each stage reads its own section of the experiment YAML; ``run`` runs the three in order; ``--dry-run``
 says what each would do (the store, every dictionary of a sweep, the resume state) and does nothing.
@@ -47,8 +47,9 @@ _EPILOG = ("also: actdict export RUN_DIR/dicts/NAME OUT (an SAE in SAELens' form
            "lens CONFIG TEXT (the features each token of a text fires); actdict compare DICT_A DICT_B (which "
            "features of two dictionaries, e.g. two layers', are the same); actdict summary RUN_DIR... "
            "(several analysed run folders in one table); actdict feature RUN_DIR/dicts/NAME [I ...] (a "
-           "dictionary's features, contexts and partners in the terminal); actdict variants [NAME ...] (the "
-           "dictionary variants, plugins' included, and their params). Each takes --help.")
+           "dictionary's features, contexts and partners in the terminal); actdict variants [NAME ...] "
+           "[--check] (the dictionary variants, plugins' included, and their params; --check: their "
+           "contract). Each takes --help.")
 
 
 def prepare(stage: str, data: dict) -> tuple[Any, Callable[[], None]]:
