@@ -240,8 +240,9 @@ def other_shapes(cfg: dict[str, Any], state: dict[str, Tensor]) -> str | None:
         return f"its {CFG} records d={cfg['d']!r}, k={cfg['k']!r}: not whole numbers >= 1"
     if not isinstance(cfg["params"], dict):
         return f"its {CFG} records params {cfg['params']!r}: not a mapping"
-    model = make_meta(cfg["variant"], cfg["d"], cfg["k"], **cfg["params"])  # None: a plugin's that cannot
-    model = model or make(cfg["variant"], cfg["d"], cfg["k"], **cfg["params"])  # run there, built for real
+    model = make_meta(cfg["variant"], cfg["d"], cfg["k"], **cfg["params"])
+    if model is None:  # a plugin's that cannot be built on the meta device: built for real
+        model = make(cfg["variant"], cfg["d"], cfg["k"], **cfg["params"])
     if cfg.get("normalized"):
         with torch.device("meta"):
             model = Normalized(model, torch.zeros(cfg["d"]), 1.0)
