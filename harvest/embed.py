@@ -171,7 +171,7 @@ def main(common, cfg, writing=lambda hooks=None: None) -> None:
     from actdict.config import config_hash, to_dict
     from actdict.harvest.reuse import complete_for
     from actdict.harvest.run import HarvestError, describe_source, one_process
-    from actdict.harvest.sources import iter_documents, source_fingerprint
+    from actdict.harvest.sources import iter_documents, require_readable, source_fingerprint
     from actdict.harvest.store import StoreWriter
 
     path, ecfg, chash = common.store_path, cfg.embed, config_hash(cfg)
@@ -180,6 +180,7 @@ def main(common, cfg, writing=lambda hooks=None: None) -> None:
         return
     one_process(cfg)
     writing([ecfg.hook])
+    require_readable(cfg.source)  # before the model loads
     enc = load_encoder(cfg.model, device=cfg.device, dtype=cfg.dtype, max_seq_length=ecfg.max_seq_length)
     import torch
 

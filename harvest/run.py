@@ -51,6 +51,7 @@ from actdict.harvest.sources import (
     Window,
     check_source,
     iter_documents,
+    require_readable,
     source_fingerprint,
     token_windows,
 )
@@ -293,6 +294,7 @@ def _main(common: Common, cfg: HarvestConfig, on_hooks: Callable[[list[str]], No
         return
     if not any(m.get("complete") for m in manifests.values()):
         writing()  # a new or unfinished store: a training started while the model loads waits for it
+    require_readable(cfg.source)  # before the model loads
     ranks = init_ranks()
     try:
         harvest(common, cfg, ranks, grow, on_hooks, writing)

@@ -171,6 +171,13 @@ def unavailable(cfg: SourceConfig) -> str | None:
     return None
 
 
+def require_readable(cfg: SourceConfig) -> None:
+    """SourceError when ``unavailable`` finds why source ``cfg`` cannot be read here: the harvest asks it
+    before it loads its model, not after (the model of a harvest with a mistyped path took ~10 s for it)."""
+    if why := unavailable(cfg):
+        raise SourceError(why)
+
+
 def _file_texts(cfg: SourceConfig) -> Iterator[str]:
     files = _source_files(cfg)
     builders: dict[str, list[str]] = {}  # builder -> files, in order of first appearance

@@ -489,7 +489,15 @@ train: {{epochs: 1, dicts: [{{name: a, variant: sae_l1, k: 8}}]}}
     where = tmp_path / "nothere"
     assert said[0] == f"harvest: would stop: no .json/.jsonl/.parquet/.text/.txt files at '{where}'"
     assert said[1:] == [f"{s}: not run: the harvest above stops" for s in ("train", "analyze")]
+
+    def loaded(*a, **k):
+        raise AssertionError("the model was loaded before the source was found unreadable")
+
+    monkeypatch.setattr("actdict.harvest.run.load_model", loaded)  # the harvest asks the source first (it
+    monkeypatch.setattr("actdict.harvest.embed.load_encoder", loaded)  # loaded the model, ~10 s, before)
     assert cli(["run", str(cfg)]) == 2  # as the harvest does
+    assert capsys.readouterr().err.split(": ", 2)[2] == said[0].split(": ", 2)[2] + "\n"
+    assert cli(["harvest", str(cfg), "harvest.mode=embeddings"]) == 2  # and the embeddings harvest
     assert capsys.readouterr().err.split(": ", 2)[2] == said[0].split(": ", 2)[2] + "\n"
     monkeypatch.setattr(sources, "hub_reachable", lambda: False)
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):  # online: the hub is probed
