@@ -169,6 +169,7 @@ def main(common, cfg, writing=lambda hooks=None: None) -> None:
     from tqdm import tqdm
 
     from actdict.config import config_hash, to_dict
+    from actdict.harvest.models import available
     from actdict.harvest.reuse import complete_for
     from actdict.harvest.run import HarvestError, describe_source, one_process
     from actdict.harvest.sources import iter_documents, require_readable, source_fingerprint
@@ -180,7 +181,8 @@ def main(common, cfg, writing=lambda hooks=None: None) -> None:
         return
     one_process(cfg)
     writing([ecfg.hook])
-    require_readable(cfg.source)  # before the model loads
+    available(cfg.model)  # a model that cannot be had stops first, then a source that cannot be read: both
+    require_readable(cfg.source)  # before the model loads (as the plan says them)
     enc = load_encoder(cfg.model, device=cfg.device, dtype=cfg.dtype, max_seq_length=ecfg.max_seq_length)
     import torch
 

@@ -211,13 +211,13 @@ def store_write_problem(path: str) -> str | None:
 
 def input_problem(cfg: HarvestConfig) -> str | None:
     """Why the harvest could not read its input here, found without reading it (None: none found): a vectors
-    file missing or of no known format, else a source it cannot read, then a model it cannot have."""
+    file missing or of no known format, else a model it cannot have, then a source it cannot read."""
     from actdict.harvest.sources import unavailable
     from actdict.harvest.vectors import unreadable
 
     if cfg.mode == "vectors":
         return unreadable(cfg.vectors.path, cfg.vectors.key)
-    return unavailable(cfg.source) or model_problem(cfg)  # the harvest's order: the source before the model
+    return model_problem(cfg) or unavailable(cfg.source)  # the harvest's order
 
 
 def model_problem(cfg: HarvestConfig) -> str | None:

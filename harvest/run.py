@@ -27,7 +27,7 @@ from actdict.config import Common, ConfigError, bar_timing, config_hash, to_dict
 from actdict.harvest.config import HarvestConfig, hook_pattern
 from actdict.harvest.dist import Ranks, init_ranks, rank_device
 from actdict.harvest.layout import ACT_DTYPES, fs_of, human_size, write_shard
-from actdict.harvest.models import LoadedModel, load_model
+from actdict.harvest.models import LoadedModel, available, load_model
 from actdict.harvest.pipeline import Behind, Prefetch
 from actdict.harvest.plan import RowStream, ShardWork, owner, shard_work, stored_positions
 from actdict.harvest.resume import (
@@ -294,7 +294,8 @@ def _main(common: Common, cfg: HarvestConfig, on_hooks: Callable[[list[str]], No
         return
     if not any(m.get("complete") for m in manifests.values()):
         writing()  # a new or unfinished store: a training started while the model loads waits for it
-    require_readable(cfg.source)  # before the model loads
+    available(cfg.model)  # a model that cannot be had stops first, as the plan says (load_model asks it too),
+    require_readable(cfg.source)  # then a source that cannot be read: both before the model loads
     ranks = init_ranks()
     try:
         harvest(common, cfg, ranks, grow, on_hooks, writing)
