@@ -32,6 +32,33 @@ def device() -> str:
 
 
 @pytest.fixture
+def full_disk(monkeypatch):
+    """``full_disk(under="")``: from now on a file opened for writing under ``under`` (anywhere when empty)
+    is made, then refused with ENOSPC, as on a disk that filled; through builtins.open, io.open
+    (Path.write_text's) and actdict.files."""
+    import builtins
+    import errno
+    import os
+
+    from actdict import files
+
+    real_open = builtins.open
+
+    def cover(under: str = "") -> None:
+        def full(path, mode="r", *a, **k):
+            if str(path).startswith(under) and ("w" in mode or "x" in mode):
+                real_open(path, mode, *a, **k).close()  # made, then the disk is full
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return real_open(path, mode, *a, **k)
+
+        monkeypatch.setattr("builtins.open", full)
+        monkeypatch.setattr("io.open", full)
+        monkeypatch.setattr(files, "open", full, raising=False)
+
+    return cover
+
+
+@pytest.fixture
 def read_only(monkeypatch):
     """``read_only(suffix)``: folders whose path ends with ``suffix`` refuse new files to
     ``actdict.lock.check_writable`` and are not writable to ``os.access`` (the dry runs'

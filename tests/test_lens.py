@@ -438,25 +438,10 @@ def test_a_followed_feature_is_labelled_on_the_side_of_its_largest_active_code()
     assert side(torch.zeros(0), torch.zeros(0, dtype=torch.bool)) == 1.0
 
 
-def test_a_json_that_cannot_be_written_is_one_line(run, tmp_path, monkeypatch, capsys):
+def test_a_json_that_cannot_be_written_is_one_line(run, tmp_path, full_disk, capsys):
     """lens --json F on a full disk ended in an OSError traceback and left F empty: one WriteError line."""
-    import errno
-    import os
-
-    from actdict import files
-
     cfg_path, _ = run
-    real_open = open
-
-    def full(path, mode="r", *a, **k):
-        if str(path).startswith(str(tmp_path)) and ("w" in mode or "x" in mode):
-            real_open(path, mode, *a, **k).close()  # made, then the disk is full
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real_open(path, mode, *a, **k)
-
-    monkeypatch.setattr("builtins.open", full)
-    monkeypatch.setattr("io.open", full)  # Path.write_text's
-    monkeypatch.setattr(files, "open", full, raising=False)
+    full_disk(str(tmp_path))
     out = tmp_path / "l.json"
     assert main([str(cfg_path), "The ferry.", "--json", str(out)]) == 2
     assert capsys.readouterr().err == (f"actdict lens: WriteError: could not write {out}: No space left on "

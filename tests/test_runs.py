@@ -211,28 +211,13 @@ def test_the_variant_is_a_column_where_a_dictionary_is_not_named_after_it(tmp_pa
     assert {x.index("30.05") + 5 for x in lines} == {head.index("RE det") + 6}  # right-aligned under it
 
 
-def test_a_json_that_cannot_be_written_is_one_line_and_leaves_no_empty_file(tmp_path, monkeypatch, capsys):
+def test_a_json_that_cannot_be_written_is_one_line_and_leaves_no_empty_file(tmp_path, full_disk, capsys):
     """actdict summary --json F on a full disk (or in a read-only folder) ended in an OSError traceback and
     left F empty; lens --json alike (test_lens). A WriteError names F, exit 2, and F is not made."""
-    import errno
-    import os
-
-    from actdict import files
-
     m = {"re_det": 30.05, "re_sample": 31.5, "ad": 32.0, "l0": 32.0, "ev": 0.773, "dead": 3, "k": 64}
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "summary.json").write_text(json.dumps({"hook": "h", "models": {"x": m}}))
-    real_open = open
-
-    def full(path, mode="r", *a, **k):
-        if "w" in mode or "x" in mode:
-            real_open(path, mode, *a, **k).close()  # made, then the disk is full
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real_open(path, mode, *a, **k)
-
-    monkeypatch.setattr("builtins.open", full)
-    monkeypatch.setattr("io.open", full)  # Path.write_text's
-    monkeypatch.setattr(files, "open", full, raising=False)
+    full_disk()
     out = tmp_path / "t.json"
     assert cli(["summary", str(tmp_path / "a"), "--json", str(out)]) == 2
     assert capsys.readouterr().err == (f"actdict: WriteError: could not write {out}: No space left on device "
