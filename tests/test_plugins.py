@@ -57,6 +57,23 @@ def install(tmp_path, monkeypatch):
         sys.modules.pop(name, None)
 
 
+def _vectors_run(tmp_path: Path, x: np.ndarray, train: str, shard_rows: int = 256, chunk_rows: int = 128,
+                 hook: str = ", hook: emb", analyze: bool = True) -> Path:
+    """A config (returned) importing ``x`` [n, d], saved as tmp_path/v.npy, into tmp_path/run's store and
+    training its ``train`` section there, analysed in brief when ``analyze``."""
+    np.save(tmp_path / "v.npy", x)
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text(f"""
+run_dir: {tmp_path / 'run'}
+harvest:
+  {{mode: vectors, vectors: {{path: {tmp_path / 'v.npy'}{hook}}}, shard_rows: {shard_rows},
+   chunk_rows: {chunk_rows}}}
+train:
+{train}
+""" + ("analyze: {n_features: 2, top_k: 2, context: 0}\n" if analyze else ""))
+    return cfg
+
+
 def test_docs_example_plugin_trains_and_is_analysed(tmp_path, install, capsys):
     install({"tied_relu": _docs_example()}, {"tied_relu": "tied_relu"})
     assert registry()["tied_relu"].__module__ == "tied_relu" and "sae_l1" in registry()
@@ -64,18 +81,10 @@ def test_docs_example_plugin_trains_and_is_analysed(tmp_path, install, capsys):
     assert "\ntied_relu (plugin tied_relu)\n  A tied-weights ReLU SAE: z = relu(" in capsys.readouterr().out
     rng = np.random.default_rng(0)
     x = (rng.standard_normal((1024, 4)) @ rng.standard_normal((4, 12))).astype(np.float32)  # [1024, 12]
-    np.save(tmp_path / "v.npy", x)
-    cfg = tmp_path / "p.yaml"
-    cfg.write_text(f"""
-run_dir: {tmp_path / 'run'}
-harvest:
-  {{mode: vectors, vectors: {{path: {tmp_path / 'v.npy'}, hook: emb}}, shard_rows: 512, chunk_rows: 128}}
-train:
-  epochs: 10
+    cfg = _vectors_run(tmp_path, x, """  epochs: 10
   batch_size: 128
-  dicts: [{{name: t, variant: tied_relu, k: 16, params: {{lam: 0.01}}}}, {{name: l1, variant: sae_l1, k: 16}}]
-analyze: {{n_features: 2, top_k: 2, context: 0}}
-""")
+  dicts: [{name: t, variant: tied_relu, k: 16, params: {lam: 0.01}}, {name: l1, variant: sae_l1, k: 16}]""",
+                       shard_rows=512)
     assert actdict_main(["run", str(cfg)]) == 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())["models"]
     assert set(summary) == {"t", "l1"}
@@ -232,14 +241,9 @@ def test_loss_terms_off_the_protocol_are_one_line(tmp_path, install, capsys, ret
     source = _docs_example().replace('"tied_relu"', '"tied_bad"').replace(
         'return {"loss": sse + self.params["lam"] * l1, "sse": sse, "l1": l1}', f"return {returned}")
     install({"tied_bad": source}, {"tied_bad": "tied_bad"})
-    np.save(tmp_path / "v.npy", np.random.default_rng(0).standard_normal((512, 6)).astype(np.float32))
-    cfg = tmp_path / "p.yaml"
-    cfg.write_text(f"""
-run_dir: {tmp_path / 'run'}
-harvest:
-  {{mode: vectors, vectors: {{path: {tmp_path / 'v.npy'}, hook: emb}}, shard_rows: 256, chunk_rows: 128}}
-train: {{epochs: 1, batch_size: 128, dicts: [{{name: t, variant: tied_bad, k: 8}}]}}
-""")
+    x = np.random.default_rng(0).standard_normal((512, 6)).astype(np.float32)
+    one = "  {epochs: 1, batch_size: 128, dicts: [{name: t, variant: tied_bad, k: 8}]}"
+    cfg = _vectors_run(tmp_path, x, one, analyze=False)
     assert actdict_main(["run", str(cfg)]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err == ("actdict: TrainingError: t: loss_terms of variant 'tied_bad' must return a dict of scalar "
@@ -308,15 +312,8 @@ def test_a_plugin_reading_a_tensor_value_in_its_constructor_is_checked_and_read(
         "self.b_dec = nn.Parameter(torch.zeros(d))\n        self.init_norm = float(self.W.detach().norm())")
     install({"tied_norm": source}, {"tied_norm": "tied_norm"})
     x = np.random.default_rng(0).standard_normal((512, 6)).astype(np.float32)
-    np.save(tmp_path / "v.npy", x)
-    cfg = tmp_path / "p.yaml"
-    cfg.write_text(f"""
-run_dir: {tmp_path / 'run'}
-harvest:
-  {{mode: vectors, vectors: {{path: {tmp_path / 'v.npy'}, hook: emb}}, shard_rows: 256, chunk_rows: 128}}
-train: {{epochs: 1, batch_size: 128, dicts: [{{name: t, variant: tied_norm, k: 8}}]}}
-analyze: {{n_features: 2, top_k: 2, context: 0}}
-""")
+    one = "  {epochs: 1, batch_size: 128, dicts: [{name: t, variant: tied_norm, k: 8}]}"
+    cfg = _vectors_run(tmp_path, x, one)
     assert actdict_main(["run", str(cfg), "--dry-run"]) == 0
     assert re.search(r"\n +t +tied_norm +8 .* to train ", capsys.readouterr().out)
     assert actdict_main(["run", str(cfg)]) == 0
@@ -434,14 +431,9 @@ def test_a_variant_without_decode_is_analysed_without_its_masked_curve_and_says_
     """decode is what the masked-dimensions curve needs: a plugin without one trained and was analysed with
     summary.json's masked_curve null and not a word of why."""
     install({"no_decode": NODECODE}, {"no_decode": "no_decode"})
-    np.save(tmp_path / "v.npy", np.random.default_rng(1).standard_normal((512, 6)).astype(np.float32))
-    cfg = tmp_path / "n.yaml"
-    cfg.write_text(f"""
-run_dir: {tmp_path / 'run'}
-harvest: {{mode: vectors, vectors: {{path: {tmp_path / 'v.npy'}}}, shard_rows: 256, chunk_rows: 64}}
-train: {{epochs: 1, batch_size: 64, dicts: [{{name: n, variant: no_decode, k: 8}}]}}
-analyze: {{n_features: 2, top_k: 2, context: 0}}
-""")
+    x = np.random.default_rng(1).standard_normal((512, 6)).astype(np.float32)
+    one = "  {epochs: 1, batch_size: 64, dicts: [{name: n, variant: no_decode, k: 8}]}"
+    cfg = _vectors_run(tmp_path, x, one, chunk_rows=64, hook="")
     with pytest.warns(ActdictWarning, match=r"^no_decode has no decode\(\): no masked-dimensions curve"):
         assert actdict_main(["run", str(cfg)]) == 0
     model = json.loads((tmp_path / "run" / "summary.json").read_text())["models"]["n"]
