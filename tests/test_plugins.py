@@ -438,3 +438,30 @@ def test_a_variant_without_decode_is_analysed_without_its_masked_curve_and_says_
         assert actdict_main(["run", str(cfg)]) == 0
     model = json.loads((tmp_path / "run" / "summary.json").read_text())["models"]["n"]
     assert model["masked_curve"] is None and 0 < model["l0"] <= 8
+
+
+SQUARED_MEAN = _docs_example().replace('"tied_relu"', '"tied_mean"').replace(
+    "l1 = out.codes.sum(-1).mean()  # codes >= 0", "l1 = MEAN.pow(2).sum()  # the batch's mean code, squared")
+
+
+@pytest.mark.parametrize("mean, ok", [("out.codes.mean(0)", False), ("batch_mean(out.codes)", True)])
+def test_ddp_check_tells_a_rank_local_batch_mean_from_the_global_one(tmp_path, install, monkeypatch, capsys,
+                                                                     mean, ok):
+    """actdict variants NAME --check --ddp trains the plugin on 2 torchrun ranks and in one process (the
+    subprocesses find it through its entry point): a penalty of the batch's mean code taken with .mean(0)
+    is each rank's half-batch's, another loss, and the weights part; dist.batch_mean's is one process's."""
+    imports = "\nimport torch\n\nfrom actdict.train.dist import batch_mean\n"
+    source = SQUARED_MEAN.replace("MEAN", mean).replace("\nimport torch\n", imports, 1)
+    install({"tied_mean": source}, {"tied_mean": "tied_mean"})
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "site"))
+    assert actdict_main(["variants", "tied_mean", "--check", "--ddp"]) == (0 if ok else 1)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:6] == ["tied_mean: the protocol's contract (k 16)", *(
+        f"  {c:<10} ok" for c in ("shapes", "loss", "gradients", "round_trip", "training"))]
+    if ok:
+        assert lines[6:] == ["  ddp        ok"]
+    else:
+        assert lines[6].startswith("  ddp        FAILED: W differs by up to ") and len(lines) == 7
+        assert lines[6].endswith("random noise from dist.noise_like (docs/variants.md, 'Your own variant')")
+        found = float(re.search(r"W differs by up to ([\d.e-]+)", lines[6])[1])
+        assert found > 1e-3  # far outside the float32 tolerance (1e-5 + 1e-4 |w|) that one process is held to

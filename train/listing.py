@@ -5,7 +5,8 @@ Without names, each variant's first paragraph of its module docstring (what it i
 params; with names, each one's whole docstring (formulas, defaults, every open choice), its params and
 which must be > 0. What a config may set in ``train.dicts[].params`` is exactly what is listed.
 ``--check`` runs the protocol's contract checks on the named variants (``train.contract``: a plugin's
-author needs no copy of actdict's tests), with ``--set PARAM=VALUE`` and ``--k N``; exit 1 when one fails."""
+author needs no copy of actdict's tests), with ``--set PARAM=VALUE`` and ``--k N``; exit 1 when one fails;
+``--ddp`` adds a training on 2 torchrun ranks compared with one process's (``train.ddp_check``, ~20 s)."""
 
 from __future__ import annotations
 
@@ -54,10 +55,12 @@ def full(name: str, cls: type[Dictionary]) -> list[str]:
             *([positive] if positive else [])]
 
 
-def checked(names: list[str], params: dict, k: int) -> int:
-    """``--check``: each variant's contract checks (``train.contract``), one line each; 0 when all pass,
-    1 when one fails, 2 when a variant cannot be built with these params and k (a param tied to k)."""
+def checked(names: list[str], params: dict, k: int, ddp: bool = False) -> int:
+    """``--check``: each variant's contract checks (``train.contract``), one line each, and with ``ddp`` its
+    2-rank training against one process's (``train.ddp_check``); 0 when all pass, 1 when one fails, 2 when
+    a variant cannot be built with these params and k (a param tied to k)."""
     from actdict.config import ConfigError
+    from actdict.train import ddp_check
     from actdict.train.contract import check
 
     status = 0
@@ -71,10 +74,21 @@ def checked(names: list[str], params: dict, k: int) -> int:
             status = 2
             continue
         print(printable(f"{name}: the protocol's contract (k {k}{f', params {params}' if params else ''})"))
-        for what, bad in check(name, params, k).items():
+        found = check(name, params, k)
+        if ddp:
+            found["ddp"] = _guarded(ddp_check.check, name, params, k)
+        for what, bad in found.items():
             status = max(status, int(bool(bad)))
             print(printable(f"  {what:<10} {'ok' if not bad else 'FAILED: ' + '; '.join(bad)}"))
     return status
+
+
+def _guarded(run, *args) -> list[str]:
+    """``run(*args)``'s findings, or the exception it raised as one (a training that outlived its timeout)."""
+    try:
+        return run(*args)
+    except Exception as e:  # noqa: BLE001 - a check that breaks is a finding of that check
+        return [f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
                    "variants (shapes, loss terms, gradients, save/load, a short training; train/contract.py)")
     p.add_argument("--set", action="append", default=[], metavar="PARAM=VALUE", help="with --check: a param "
                    "of the variants checked (a value read as YAML), e.g. --set topk=4")
+    p.add_argument("--ddp", action="store_true", help="with --check: also train each variant on 2 torchrun "
+                   "CPU ranks and in one process and compare the two (train/ddp_check.py; ~20 s each)")
     p.add_argument("--k", type=int, default=16, help="with --check: latents of the dictionaries built (16)")
     a = p.parse_args(argv)
     classes = registry()
@@ -94,11 +110,12 @@ def main(argv: list[str] | None = None) -> int:
         print(printable(f"actdict variants: unknown variant {', '.join(map(repr, unknown))}; registered: "
                         f"{', '.join(sorted(classes))}{plugin_hint()}"), file=sys.stderr)
         return 2
-    if a.check or a.set:
+    if a.check or a.set or a.ddp:
         if not a.check or not a.names or a.k < 1 or any("=" not in s for s in a.set):
-            p.error("--check needs variant names; --set takes PARAM=VALUE, --k a number >= 1")
+            p.error("--check needs variant names; --set and --ddp go with --check; --set takes PARAM=VALUE, "
+                    "--k a number >= 1")
         params = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in a.set)}
-        return checked([n for n in dict.fromkeys(a.names)], params, a.k)
+        return checked([n for n in dict.fromkeys(a.names)], params, a.k, a.ddp)
     if a.names:
         blocks = [full(n, classes[n]) for n in dict.fromkeys(a.names)]
     else:

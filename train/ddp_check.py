@@ -1,0 +1,96 @@
+"""``actdict variants NAME --check --ddp``: does a variant train under torchrun as it trains in one process?
+
+Under torchrun each rank computes the loss on its share of every global batch and the loop averages the
+gradients, weighted by rows (``train.dist``): one process's step exactly when the loss is a mean over rows,
+its batch statistics come from ``dist.batch_mean`` / ``global_mean`` and its noise from
+``dist.noise_like``. A variant that takes a batch mean with ``.mean(0)`` or draws ``torch.randn_like`` trains
+something else on 2 ranks, with no error. This check trains it both ways, with actdict's own loop, and
+compares what comes out:
+
+* a store of 1,200 seeded random rows (d = 8) in a temporary folder, split 80/20 by seed;
+* ``actdict train`` in one process, then under ``python -m torch.distributed.run --standalone
+  --nproc-per-node 2`` (gloo, CPU), each a subprocess of this interpreter with one thread, batches of 33 rows
+  (the ranks take 16 and 17) for 2 epochs at lr 0.01, seed 1;
+* every tensor of the two final checkpoints equal within rtol 1e-4, atol 1e-5, and the last logged loss
+  within 1e-4: the float32 difference of summing the ranks' gradients in another order, which
+  ``tests/test_ddp.py`` allows actdict's own variants.
+
+A variant's plugin must be installed where the subprocesses import it (an entry point, as for torchrun). It
+takes about 20 s: the ranks start, import torch and meet; the training itself is short.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+RTOL, ATOL = 1e-4, 1e-5
+HINT = ("a loss of statistics across the batch takes them from actdict.train.dist.batch_mean / global_mean, "
+        "random noise from dist.noise_like (docs/variants.md, 'Your own variant')")
+
+
+def config(root: Path, run: str, store: str, variant: str, params: dict[str, Any], k: int) -> Path:
+    """The YAML of one of the two trainings (``run``: its run folder's name)."""
+    entry = {"name": variant, "variant": variant, "k": k, "lr": 0.01, "params": params}
+    cfg = {"run_dir": str(root / run), "seed": 1, "store": store, "threads": 1,
+           "train": {"epochs": 2, "batch_size": 33, "test_fraction": 0.2, "device": "cpu", "dicts": [entry]}}
+    path = root / f"{run}.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def train(cfg: Path, ranks: int) -> str | None:
+    """``actdict train cfg`` on ``ranks`` processes; None, or why it failed (actdict's first error line, else
+    the last line of stderr)."""
+    launch = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}"] if ranks > 1 else []
+    cmd = [sys.executable, *launch, "-m", "actdict.cli", "train", str(cfg)]
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    if proc.returncode == 0:
+        return None
+    said = [ln for ln in proc.stderr.splitlines() if ln.strip() and "%|" not in ln]  # progress bars aside
+    ours = next((ln for ln in said if ln.startswith("actdict:")), None)  # its own line, not torchrun's
+    return f"exit {proc.returncode}: {(ours or (said[-1] if said else '')).strip()[:300]}"
+
+
+def differences(one: dict[str, torch.Tensor], two: dict[str, torch.Tensor]) -> list[str]:
+    """Each tensor of the 2-rank checkpoint ``two`` that is not the one-process ``one``'s within the
+    tolerance, with its largest difference."""
+    bad = []
+    for name, a in one.items():
+        b = two.get(name)
+        if b is None or b.shape != a.shape:
+            bad.append(f"{name} is missing or of another shape")
+        elif not torch.allclose(b.double(), a.double(), rtol=RTOL, atol=ATOL):
+            gap = float((b.double() - a.double()).abs().max())
+            bad.append(f"{name} differs by up to {gap:.3g} (largest |value| {float(a.abs().max()):.3g})")
+    return bad
+
+
+def check(variant: str, params: dict[str, Any] | None = None, k: int = 16) -> list[str]:
+    """What differs between ``variant`` trained in one process and on 2 ranks ([] when nothing)."""
+    from actdict.harvest.store import write_vectors
+    from actdict.train import checkpoint
+
+    x = np.random.default_rng(3).standard_normal((1200, 8)).astype(np.float32)  # [1200, 8]
+    with tempfile.TemporaryDirectory(prefix="actdict-ddp-check-") as tmp:
+        root = Path(tmp)
+        store = write_vectors(str(root / "store"), x, shard_rows=512, chunk_rows=64).path
+        for run, ranks in (("one", 1), ("two", 2)):
+            if why := train(config(root, run, store, variant, params or {}, k), ranks):
+                where = "in one process" if ranks == 1 else "on 2 ranks"
+                return [f"the training {where} failed ({why})"]
+        (a, ma), (b, mb) = (checkpoint.load(root / run / "dicts" / variant) for run in ("one", "two"))
+        bad = differences(a.state_dict(), b.state_dict())
+        la, lb = ma["history"][-1]["loss"], mb["history"][-1]["loss"]
+        if not np.isclose(lb, la, rtol=RTOL, atol=0):
+            bad.append(f"the last loss is {lb:.6g} on 2 ranks, {la:.6g} in one process")
+    return bad + [HINT] if bad else []
