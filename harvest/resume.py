@@ -20,7 +20,7 @@ import zarr
 
 from actdict.errors import ActdictError
 from actdict.files import check_not_linked, remove_temps
-from actdict.harvest.config import RUN_KEYS, rows_view
+from actdict.harvest.config import RUN_KEYS, hook_pattern, rows_view
 from actdict.harvest.layout import (
     ACT_DTYPES,
     DONE_KEY,
@@ -147,14 +147,20 @@ def check_growth(found: dict, expected: dict, where: str) -> None:
 def growable(manifests: dict[str, dict], harvest_cfg: dict) -> bool:
     """True when every hook's manifest is a complete harvest of ``harvest_cfg`` (the config as
     ``to_dict``/JSON) with a smaller ``max_tokens``: raising max_tokens grows such a store (``reopen``) into
-    the store a harvest with the larger max_tokens makes. Raises when the new max_tokens is smaller."""
+    the store a harvest with the larger max_tokens makes. Raises when the new max_tokens is smaller. A store
+    whose hooks were harvested by configs naming other hooks (a layer added, ``harvest.added``) grows when
+    this config names each of its hooks, and only them: every hook grows, none is left shorter."""
     if not manifests:
         return False
-    def same(m: dict) -> bool:  # a complete harvest of this config but for max_tokens
+    names = harvest_cfg.get("hooks") or []
+    every = set(names) == set(manifests) and not any(hook_pattern(h) for h in names)
+
+    def same(m: dict) -> bool:  # a complete harvest of this config but for max_tokens (and hooks: ``every``)
         old = m.get("harvest")
         if not (m.get("complete") and m.get("format_version") == FORMAT_VERSION and isinstance(old, dict)):
             return False
-        return rows_view(old, ("max_tokens",)) == rows_view(harvest_cfg, ("max_tokens",)) and all(
+        aside = ("max_tokens", "hooks") if every else ("max_tokens",)
+        return rows_view(old, aside) == rows_view(harvest_cfg, aside) and all(
             old.get(k) == harvest_cfg.get(k) for k in RUN_KEYS)  # settings its mode does not read aside
 
     if not all(same(m) for m in manifests.values()):

@@ -1,12 +1,13 @@
 """Is a store already this config's? The manifests of a store's hooks weighed against a harvest config.
 
-A complete store is used as it is by any config that would write the same rows: the same harvest but for
-how the forward ran (``RUN_KEYS``: batch size, device), or naming some of the hooks of a harvest of more
-(``holds_hooks``), or spelling the same hooks as patterns (``spelled_otherwise``, decided once the model has
-expanded them; patterns the store's manifests spell the same way stand for the store's hooks). Anything
-else is another harvest, and is refused naming the keys that differ, or, where only run settings stand in
-the way of resuming or growing it, naming the overrides that set them back (``set_back``). Nothing here
-reads a shard's data.
+A complete store is used as it is by any config that would write the same rows: the same harvest but for how
+the forward ran (``RUN_KEYS``: batch size, device), or naming some of the hooks of a harvest of more
+(``holds_hooks``), or spelling the same hooks as patterns (``to_add``, decided once the model has expanded
+them; patterns the store's manifests spell the same way stand for the store's hooks). A config that names
+hooks the store lacks, and is otherwise its complete hooks' config, keeps those (``held_hooks``) and writes
+the others beside them (``harvest.added``). Anything else is another harvest, and is refused naming the keys
+that differ, or, where only run settings stand in the way of resuming or growing it, naming the overrides
+that set them back (``set_back``). Nothing here reads a shard's data.
 """
 
 from __future__ import annotations
@@ -52,12 +53,13 @@ def complete_for(path: str, hooks: list[str], cfg: HarvestConfig,
     if len(literal) == len(hooks) and holds_hooks(manifests, literal, cfg_json):
         manifests = {h: manifests[h] | {"config_hash": chash} for h in literal}  # those of this config
     spelled = len(literal) < len(hooks)  # patterns: a store whose hooks were spelled otherwise is decided
-    deferred = False  # by harvest(), once the model has expanded them (``spelled_otherwise``); spelled the
+    deferred = False  # by harvest(), once the model has expanded them (``to_add``); spelled the
     for h, m in manifests.items():  # same (another batch_size), its hooks are what they expand to
         if spelled and m.get("config_hash") != chash and same_rows(m, cfg_json, ("hooks",)) and not (
                 same_rows(m, cfg_json)):
             deferred = True
-        elif m.get("config_hash") != chash and not same_rows(m, cfg_json):
+        elif m.get("config_hash") != chash and not same_rows(m, cfg_json) and not (
+                same_rows(m, cfg_json, ("hooks",))):  # such a hook is kept; the harvest adds the others
             old = m.get("harvest")
             if back := set_back(m, cfg_json):
                 how = "resuming this unfinished harvest" if not m.get("complete") else "growing this store"
@@ -155,27 +157,36 @@ def how_held(manifests: dict[str, dict], harvest_cfg: dict) -> str:
     return f"; it was harvested with {'; '.join(said)}" if said else ""
 
 
-def spelled_otherwise(path: str, hooks: list[str], cfg: HarvestConfig, say: Callable[[str], None]) -> bool:
-    """True (and says so) when the store is a complete harvest of ``cfg`` whose hooks were spelled otherwise
-    (``hooks: [all]`` against a store of the same hooks listed by name, which ``complete_for`` leaves to this
-    point): ``hooks``, the config's expanded by the model, are all in it. Raises when some are not."""
+def held_hooks(manifests: dict[str, dict], cfg: HarvestConfig) -> dict[str, dict]:
+    """The store's complete hooks that a harvest of ``cfg`` but for its ``hooks`` wrote (another
+    config_hash): their rows are this config's, so a harvest of it keeps them as they are and writes only
+    the hooks they lack beside them (a layer added to a store), whose rows must then be theirs."""
     chash, cfg_json = config_hash(cfg), as_json(cfg)
-    others = {h: m for h, m in hook_manifests(path).items() if m.get("config_hash") != chash}
-    if not others:
-        return False
-    if holds_hooks(others, hooks, cfg_json):
-        say(f"harvest: store {path} is already complete for this config ({chash}"
-            f"{how_held(others, cfg_json)}); skipping")
-        return True
-    missing = sorted(set(hooks) - set(others))
-    raise HarvestError(f"store {path} holds hooks {sorted(others)}; this config's hooks {list(cfg.hooks)} "
-                       f"are {hooks} on this model, and {missing} are not in it: delete {path}, or set "
-                       "run_dir / store to another folder")
+    return {h: m for h, m in manifests.items()
+            if m.get("config_hash") != chash and same_rows(m, cfg_json, ("hooks",))}
+
+
+def to_add(path: str, hooks: list[str], cfg: HarvestConfig, say: Callable[[str], None]) -> list[str]:
+    """Of ``hooks`` (the config's, expanded by the model), those the harvest writes: all of them, but for
+    the store's ``held_hooks``. [] (and says so) when the store holds them all: a config whose hooks were
+    spelled otherwise than the store's (``hooks: [all]`` against the same hooks listed by name, which
+    ``complete_for`` leaves to this point), or naming some of a larger harvest's."""
+    held = held_hooks(hook_manifests(path), cfg)
+    new = [h for h in hooks if h not in held]
+    if not new:
+        say(f"harvest: store {path} is already complete for this config ({config_hash(cfg)}"
+            f"{how_held(held, as_json(cfg))}); skipping")
+    elif held:
+        rows = f"{int(next(iter(held.values())).get('n_rows', 0)):,}"
+        say(f"harvest: store {path} holds this harvest's {rows} rows in {sorted(held)} (complete"
+            f"{how_held(held, as_json(cfg)).replace('; it was', ',')}): adding {new} beside them, each "
+            "shard's rows checked against theirs")
+    return new
 
 
 def patterned(manifests: dict[str, dict], cfg: HarvestConfig) -> bool:
     """``cfg.hooks`` holds patterns (``all``, ``blocks.*...``) and the store is a complete harvest of ``cfg``
-    but for its hooks: ``spelled_otherwise`` decides it once the model has expanded them (skipped or refused;
+    but for its hooks: ``to_add`` decides it once the model has expanded them (skipped or added to;
     never continued or written)."""
     cfg_json = as_json(cfg)
     return any(hook_pattern(h) for h in cfg.hooks) and all(
@@ -184,13 +195,14 @@ def patterned(manifests: dict[str, dict], cfg: HarvestConfig) -> bool:
 
 def plan(common, cfg: HarvestConfig) -> StagePlan:
     """``actdict harvest CONFIG --dry-run``: what the harvest would do with the store, decided as it decides
-    before loading the model (skip a complete store, grow one, continue an unfinished one, refuse another
-    harvest's, or begin one), with nothing loaded or written; an import that writes the store stops at once
-    on a vectors file that it cannot read (missing, of no known format: ``unreadable``), a harvest that
-    writes it on a model it cannot have (``models.available``: a folder not there, a hub model offline and
-    not cached, the hub unreachable) or a source it cannot read (``sources.unavailable``), and a harvest whose
-    patterns only the model can weigh against the store on a model it cannot have; before those, any that
-    writes on a store folder it may not write in (``store_write_problem``), as the harvest checks first."""
+    before loading the model (skip a complete store, grow one, add hooks to one, continue an unfinished one,
+    refuse another harvest's, or begin one), with nothing loaded or written; an import that writes the store
+    stops at once on a vectors file that it cannot read (missing, of no known format: ``unreadable``), a
+    harvest that writes it on a model it cannot have (``models.available``: a folder not there, a hub model
+    offline and not cached, the hub unreachable) or a source it cannot read (``sources.unavailable``), and a
+    harvest whose patterns only the model can weigh against the store on a model it cannot have; before
+    those, any that writes on a store folder it may not write in (``store_write_problem``), as the harvest
+    checks first."""
     said = store_plan(common, cfg)
     if said.writes and (why := store_write_problem(common.store_path) or input_problem(cfg)):
         return StagePlan([f"harvest: would stop: {why}"], stops=True)
@@ -264,7 +276,13 @@ def store_plan(common, cfg: HarvestConfig) -> StagePlan:
             return StagePlan([f"harvest: would stop: {why}"], stops=True)
         return StagePlan([f"harvest: store {path} is a complete harvest of this config with hooks "
                           f"{sorted(manifests)}: skipped if it holds every hook {list(cfg.hooks)} names on "
-                          f"{cfg.model} (decided once the model is loaded), else refused: {what}"])
+                          f"{cfg.model} (decided once the model is loaded), else the others are added beside "
+                          f"them: {what}"])
+    if cfg.mode == "tokens" and (held := held_hooks(manifests, cfg)):
+        rows = int(next(iter(held.values())).get("n_rows", 0))
+        return StagePlan([f"harvest: adds {[h for h in cfg.hooks if h not in held]} to store {path} beside "
+                          f"{sorted(held)} (complete, this harvest's {rows:,} rows; each added shard's rows "
+                          f"checked against theirs): {what}"], writes=True)
     held = ", ".join(f"{h} (complete, {m.get('n_rows', 0):,} rows)" if m.get("complete") else
                      f"{h} (unfinished)" for h, m in manifests.items())
     if cfg.mode == "tokens":

@@ -24,6 +24,7 @@ from itertools import islice
 import numpy as np
 
 from actdict.config import Common, ConfigError, bar_timing, config_hash, to_dict
+from actdict.harvest.added import check_added, check_count, check_rows
 from actdict.harvest.config import HarvestConfig, hook_pattern
 from actdict.harvest.dist import Ranks, init_ranks, rank_device
 from actdict.harvest.layout import ACT_DTYPES, fs_of, human_size, write_shard
@@ -45,7 +46,7 @@ from actdict.harvest.resume import (
     start_manifest,
     store_lock,
 )
-from actdict.harvest.reuse import as_json, complete_for, hook_manifests, how_held, spelled_otherwise
+from actdict.harvest.reuse import as_json, complete_for, held_hooks, hook_manifests, how_held, to_add
 from actdict.harvest.sources import (
     SourceConfig,
     Window,
@@ -55,6 +56,7 @@ from actdict.harvest.sources import (
     source_fingerprint,
     token_windows,
 )
+from actdict.harvest.store import open_store
 from actdict.harvest.writer import CHUNK_ROWS, new_manifest, non_finite
 
 __all__ = ["HarvestError", "main", "describe_source", "expand_hooks", "forward", "model_windows"]
@@ -321,13 +323,17 @@ def harvest(common: Common, cfg: HarvestConfig, ranks: Ranks, grow: bool = False
     hooks = expand_hooks(lm, cfg.hooks)
     if on_hooks is not None:
         on_hooks(hooks)
-    if not grow and spelled_otherwise(path, hooks, cfg, say):
+    held = {} if grow else held_hooks(hook_manifests(path), cfg)  # complete: their rows are this harvest's
+    if not grow and not (hooks := to_add(path, hooks, cfg, say)):  # the store holds them all
         return
+    same_as = open_store(path, min(held)) if held else None  # the rows each added hook's shard must have
     stop = lm.stop_at_layer(hooks)
     same = rows_identity(lm, cfg)  # what the manifest records of the rows besides the config
     if grow:  # on every rank, before rank 0 reopens: a store that cannot grow stays complete
         for h in hooks:
             check_growth(read_manifest(path, h), same, f"store {path} hook {h!r}")
+    for h, m in held.items():  # hooks added beside them: the same model files and source files
+        check_added(m, same, f"store {path} hook {h!r}", path, hooks)
     if ranks.rank == 0:
         writing(hooks)  # from here on no training or analysis reads the store (but for new hooks only)
         for h in hooks:
@@ -392,11 +398,15 @@ def harvest(common: Common, cfg: HarvestConfig, ranks: Ranks, grow: bool = False
                 for work in shard_work(_chain(first, ahead), cfg.shard_rows,
                                        lambda s: owner(s, ranks.world) == ranks.rank and s not in done_all):
                     data = shard_rows_of(lm, work, hooks, stop, cfg.batch_size, cfg.store_dtype, progress)
+                    if same_as is not None:  # before it is written: an added hook's rows are the store's
+                        check_rows(same_as, work.index * cfg.shard_rows, data, hooks)
                     writer.submit(lambda work=work, data=data: _write(fs, root, work, data, hooks, done,
                                                                       cfg.chunk_rows))
         finally:  # also on an error: the tokenising thread stops instead of waiting on a full queue
             ahead.close()
     ranks.barrier()
+    if same_as is not None:  # the source ended where the store's rows end
+        check_count(same_as, stream.end_row, hooks)
     if ranks.rank == 0:
         for h in hooks:
             finish(path, h, want[h], stream.end_row, cfg.shard_rows)

@@ -304,20 +304,18 @@ def test_hook_patterns(tmp_path, capsys):
     assert "it was harvested with hooks ['blocks.[13].hook_resid_post', 'blocks.3.hook_resid_post']" in (
         capsys.readouterr().out)
     assert tree(Path(common.store_path)) == before
-    with pytest.raises(HarvestError, match=r"another config .*hooks: \['blocks\.\[13\]"):
-        harvest(tmp_path / "run", hooks=["blocks.3.hook_resid_post", "blocks.2.hook_resid_post"],
-                max_tokens=40)
     with pytest.raises(HarvestError, match=r"another config .*ctx: 16 -> 17"):
         harvest(tmp_path / "run", hooks=["blocks.3.hook_resid_post"], max_tokens=40, ctx=17)
     # patterns spelled otherwise than the store's hooks: expanded by the model, then the same store
     harvest(tmp_path / "run", hooks=["blocks.[31].hook_resid_post"], max_tokens=40)
     assert "already complete for this config" in capsys.readouterr().out
     assert tree(Path(common.store_path)) == before
-    with pytest.raises(HarvestError, match=r"are \['blocks.1.hook_resid_post', 'blocks.2.hook_resid_post', "
-                                           r"'blocks.3.hook_resid_post'\] on this model, and "
-                                           r"\['blocks.2.hook_resid_post'\] are not in it"):
-        harvest(tmp_path / "run", hooks=["blocks.[123].hook_resid_post"], max_tokens=40)
-    assert tree(Path(common.store_path)) == before
+    # patterns naming a hook more: that one is added beside the others, which stay as they were
+    harvest(tmp_path / "run", hooks=["blocks.[123].hook_resid_post"], max_tokens=40)
+    assert "adding ['blocks.2.hook_resid_post'] beside them" in capsys.readouterr().out
+    assert {k: v for k, v in tree(Path(common.store_path)).items() if "blocks.2" not in k} == before
+    s2 = open_store(common.store_path, "blocks.2.hook_resid_post")
+    np.testing.assert_array_equal(s2.read_rows(0, 40).token_ids, s3.read_rows(0, 40).token_ids)
 
 
 def test_store_from_another_model_or_corpus_is_refused(tmp_path):

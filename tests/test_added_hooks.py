@@ -1,0 +1,147 @@
+"""A layer added to a complete store (harvest/added.py): the same harvest config but for its hooks keeps the
+store's hooks untouched and writes the hooks it lacks beside them, byte for byte what one harvest of all
+of them writes; rows that are not the store's (a source file edited in place) are refused before the shard
+is written."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_harvest import TEXTS, harvest
+from test_resume import HOOKS, kill_when, n_whole, tree, write_config, write_corpus
+from test_resume import cli as harvest_cli
+
+from actdict.cli import main as cli
+from actdict.harvest.run import HarvestError
+from actdict.harvest.store import open_store
+
+L1, L3 = "blocks.1.hook_resid_post", "blocks.3.hook_resid_post"
+
+
+def _hook_tree(store: str, hook: str) -> dict[str, bytes]:
+    return tree(Path(store) / hook)
+
+
+def test_a_layer_added_later_is_what_one_harvest_of_both_writes(tmp_path, capsys):
+    common, _ = harvest(tmp_path / "a", hooks=[L1])  # the whole source: 95 rows, shards of 64 and 31
+    store, first = common.store_path, _hook_tree(common.store_path, L1)
+    n = len(open_store(store, L1))
+    assert n == 95 and len(list((Path(store) / L1 / "shards").iterdir())) == 2
+    capsys.readouterr()
+    harvest(tmp_path / "a", hooks=[L1, L3])
+    out = capsys.readouterr().out
+    assert (f"harvest: store {store} holds this harvest's 95 rows in ['{L1}'] (complete, harvested with "
+            f"hooks ['{L1}']): adding ['{L3}'] beside them, each shard's rows checked against theirs") in out
+    assert f"hooks {{'{L3}': 384}} stop_at_layer=4" in out  # block 1 is not stored again
+    assert _hook_tree(store, L1) == first  # untouched
+
+    both, _ = harvest(tmp_path / "b", hooks=[L1, L3])  # one harvest of both layers
+    assert _hook_tree(store, L3) == _hook_tree(both.store_path, L3)  # shards and manifest, byte for byte
+    added = json.loads((Path(store) / L3 / "manifest.json").read_text())
+    assert added["complete"] and added["n_rows"] == n and added["harvest"]["hooks"] == [L1, L3]
+
+    a1, a3 = open_store(store, L1), open_store(store, L3)  # rows paired, as training and compare read them
+    np.testing.assert_array_equal(a1.read_meta(0, n)[0], a3.read_meta(0, n)[0])
+    capsys.readouterr()
+    before = tree(Path(store))
+    harvest(tmp_path / "a", hooks=[L1, L3])  # now complete for this config
+    assert "is already complete for this config" in capsys.readouterr().out and tree(Path(store)) == before
+    harvest(tmp_path / "a", hooks=[L3])  # and for each of its hooks alone
+    assert tree(Path(store)) == before
+
+
+def test_the_dry_run_says_which_hooks_it_adds(tmp_path, capsys):
+    cfg = tmp_path / "x.yaml"
+    cfg.write_text(f"run_dir: {tmp_path / 'run'}\nharvest:\n  hooks: [{L1}]\n  max_tokens: 40\n  ctx: 16\n"
+                   f"  source: {{kind: files, path: {TEXTS}}}\n")
+    assert cli(["harvest", str(cfg)]) == 0
+    capsys.readouterr()
+    assert cli(["harvest", str(cfg), f"harvest.hooks=[{L1}, {L3}]", "--dry-run"]) == 0
+    store = tmp_path / "run" / "store"
+    assert capsys.readouterr().out.startswith(
+        f"harvest: adds ['{L3}'] to store {store} beside ['{L1}'] (complete, this harvest's 40 rows; each "
+        "added shard's rows checked against theirs): all-MiniLM-L6-v2")
+    assert not (store / L3).exists()
+
+
+def test_rows_that_are_not_the_stores_are_refused_before_the_shard_is_written(tmp_path):
+    texts = tmp_path / "texts"
+    shutil.copytree(TEXTS, texts)
+    src = {"kind": "files", "path": str(texts)}
+    common, _ = harvest(tmp_path / "run", hooks=[L1], source=src)
+    first = sorted(p for p in texts.iterdir())[0]
+    words = first.read_text()
+    stat = first.stat()
+    edited = words.replace(words.split()[0], "Q" * len(words.split()[0]), 1)  # same size, other tokens
+    assert len(edited.encode()) == len(words.encode()) and edited != words
+    first.write_text(edited)
+    os.utime(first, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # the fingerprint (size, time) as it was
+
+    with pytest.raises(HarvestError) as e:
+        harvest(tmp_path / "run", hooks=[L1, L3], source=src)
+    msg = str(e.value)
+    store = common.store_path
+    assert msg.startswith(f"store {store}: ['{L3}'] cannot be added: its row 0 would be doc 0, position 0, "
+                          "token id ") and f"but hook '{L1}' holds doc 0, position 0, token id" in msg
+    assert msg.endswith(f"delete {store}/{L3} (the hooks being added) and harvest them into another store "
+                        f"(set store / run_dir), or delete {store} to harvest every hook again")
+    assert not any((Path(common.store_path) / L3 / "shards").iterdir())  # its shard 0 was not written
+
+
+def test_an_addition_killed_then_rerun_is_the_store_one_harvest_of_both_writes(tmp_path):
+    """SIGKILL while hook 1 is being added beside hook 0 (test_resume's corpus, shards of 64 rows), then the
+    same command again: the store is byte for byte test_resume's uninterrupted harvest of both, but for
+    hook 0's manifest, which records the config that harvested it (hooks [hook 0])."""
+    corpus = write_corpus(tmp_path / "docs.jsonl")
+    reference = tmp_path / "ref" / "store"
+    reference.parent.mkdir()
+    assert cli(["harvest", str(write_config(tmp_path / "ref", str(reference), corpus))]) == 0
+    store = tmp_path / "store"
+    one = harvest_cli(write_config(tmp_path, str(store), corpus, hooks=HOOKS[:1]))
+    assert one.wait(timeout=300) == 0
+    cfg = write_config(tmp_path, str(store), corpus)  # both hooks
+    killed, out = kill_when(harvest_cli(cfg), lambda: n_whole(store) >= n_whole(reference) // 2 + 3)
+    assert killed, out
+    assert not json.loads((store / HOOKS[1] / "manifest.json").read_text())["complete"]
+    rerun = harvest_cli(cfg)
+    out, _ = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0 and "adding ['blocks.1.hook_resid_post']" in out and "resuming" in out, out
+    got, want = tree(store), tree(reference)
+    assert sorted(got) == sorted(want)
+    assert [k for k in want if got[k] != want[k]] == [f"{HOOKS[0]}/manifest.json"]
+    kept, one = (json.loads(t[f"{HOOKS[0]}/manifest.json"]) for t in (got, want))
+    assert kept["harvest"] == one["harvest"] | {"hooks": HOOKS[:1]}
+    assert {k for k in one if kept[k] != one[k]} == {"harvest", "config_hash"}
+
+
+def test_a_store_with_an_added_layer_grows_into_one_harvest_of_both(tmp_path):
+    """After a layer was added (its hooks' manifests then name other hooks), a larger max_tokens naming
+    every hook of the store grows them all: the store is then byte for byte one harvest of both with the
+    larger max_tokens, manifests included (each takes the growing config)."""
+    common, _ = harvest(tmp_path / "a", hooks=[L1], max_tokens=40)
+    harvest(tmp_path / "a", hooks=[L1, L3], max_tokens=40)
+    with pytest.raises(HarvestError, match="another config"):  # growing one hook would leave the other short
+        harvest(tmp_path / "a", hooks=[L3], max_tokens=80)
+    harvest(tmp_path / "a", hooks=[L1, L3], max_tokens=80)
+    both, _ = harvest(tmp_path / "b", hooks=[L1, L3], max_tokens=80)
+    assert tree(Path(common.store_path)) == tree(Path(both.store_path))
+
+
+def test_a_layer_is_not_added_beside_hooks_of_another_model_revision(tmp_path):
+    """The held hooks' manifests record the model's revision (and the source files' fingerprint): hooks of
+    another revision of the model are not the rows this one computes, and nothing is added."""
+    common, _ = harvest(tmp_path / "a", hooks=[L1], max_tokens=40)
+    manifest = Path(common.store_path) / L1 / "manifest.json"
+    m = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps(m | {"revision": "0123abc"}))
+    with pytest.raises(HarvestError) as e:
+        harvest(tmp_path / "a", hooks=[L1, L3], max_tokens=40)
+    store = common.store_path
+    assert str(e.value) == (
+        f"store {store} hook '{L1}' was harvested from other files (revision: store '0123abc', this run "
+        f"{m['revision']!r}), so ['{L3}'] cannot be added beside it: harvest them into another store (set "
+        f"store / run_dir), or delete {store} to harvest every hook again")
+    assert not (Path(store) / L3).exists()
