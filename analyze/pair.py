@@ -61,7 +61,8 @@ def twin_stores(a: dict, b: dict) -> tuple[tuple | None, str | None]:
     """Whether the two stores two checkpoints record (cfg.json ``store``, at different paths) are one
     harvest's rows written twice: (the two hooks, opened, when each opens at its recorded path and their
     manifests record one harvest but for its hooks (``rows_view`` without them; the same rows, source
-    fingerprint and model revision): a later layer harvested into a store of its own (docs/harvest.md), else
+    fingerprint and model revision): a later layer harvested into a store of its own, or added to the same
+    store (docs/harvest.md, "Adding a layer"; the two hooks' manifests then name other hooks), else
     None; why it is not known, when one does not open (a path relative to where it was trained), else
     None). ``count`` then checks every row's token, document and position as it reads them."""
     from actdict.harvest.config import rows_view
@@ -165,9 +166,10 @@ def compare(dir_a: str, dir_b: str, store: str | None = None, limit: int = 65536
                  "notes": []}
     why = None if store else same_rows(ra.get("store"), rb.get("store"))
     sa_, sb_ = (r.get("store") or {} for r in (ra, rb))  # an import may record no store, or a hook only
-    apart = bool(why) and bool(sa_.get("rows") and sb_.get("rows")) and sa_.get("path") != sb_.get("path")
-    twins, lost = twin_stores(sa_, sb_) if apart else (None, None)  # a later layer's store of its own: its
-    if lost:  # rows are checked as they are read
+    apart = bool(why) and bool(sa_.get("rows") and sb_.get("rows")) and (  # a later layer in a store of its
+        sa_.get("path"), sa_.get("hook")) != (sb_.get("path"), sb_.get("hook"))  # own, or added to this one
+    twins, lost = twin_stores(sa_, sb_) if apart else (None, None)  # (harvest/added.py): its rows are
+    if lost:  # checked as they are read
         why += f"; {lost}"
     why = None if twins else why
     paths = [sa_["path"], sb_["path"]] if twins else [store or sa_.get("path")] * 2
@@ -205,8 +207,9 @@ def compare(dir_a: str, dir_b: str, store: str | None = None, limit: int = 65536
             fires = (fa, fb)
             sum_a, per_a = side(co.counts, fa, fb, n)
             sum_b, per_b = side(co.counts.T, fb, fa, n)
-            out["cofire"] = {"store": path, **({"store_b": paths[1]} if twins else {}), "rows": rows,
-                             "chunks": chunks, "a_in_b": sum_a, "b_in_a": sum_b}
+            b_apart = {"store_b": paths[1]} if paths[1] != path else {}
+            out["cofire"] = {"store": path, **b_apart, "rows": rows, "chunks": chunks, "a_in_b": sum_a,
+                             "b_in_a": sum_b}
             out["a"] |= {"fires": fa.tolist(), "cofire": per_a}
             out["b"] |= {"fires": fb.tolist(), "cofire": per_b}
     if ma.d == mb.d:

@@ -413,3 +413,23 @@ def test_a_later_layer_in_a_store_of_its_own_recorded_relative_to_another_folder
         "no co-activation: they were trained on different stores (config_hash differ); A's store s0 does not "
         "open from this folder, so whether the two hold one harvest's rows (a later layer in a store of its "
         "own) is not known: run actdict compare from the folder they were trained in")
+
+
+def test_a_layer_added_to_the_store_is_counted_row_for_row(tmp_path):
+    """Two hooks of one store whose manifests record two configs of one harvest but for their hooks (a layer
+    added later, harvest/added.py): compare said 'trained on different stores (config_hash differ)'; their
+    rows are one harvest's, and the co-activation is counted (each row's token checked as it is read)."""
+    perm = np.random.default_rng(1).permutation(K)
+    da, db = _pair(tmp_path, perm)
+    _harvest(tmp_path / "s", "blocks.0.h", "harvest-first")
+    _harvest(tmp_path / "s", "blocks.1.h", "harvest-added", scale=2.0)
+    for d, hook, chash in ((da, "blocks.0.h", "harvest-first"), (db, "blocks.1.h", "harvest-added")):
+        m, r = load(d)
+        held = {"path": str(tmp_path / "s"), "hook": hook, "config_hash": chash}
+        save(d, m, {**r, "store": r["store"] | held})
+    out = pair.compare(da, db, n=2)
+    assert out["notes"] == [] and out["cofire"]["store"] == str(tmp_path / "s")
+    assert "store_b" not in out["cofire"]
+    assert out["cofire"]["a_in_b"]["matched"] == 1.0 and out["cofire"]["rows"] == 64
+    live = [i for i in range(K) if out["a"]["fires"][i] > 0]
+    assert live and all(out["a"]["cofire"][i][0][:2] == [perm[i], 1.0] for i in live)
