@@ -16,7 +16,8 @@ exclusively before its first change to the store (a growth, a re-import, a repai
 meets a half-changed store: each waits for the other. The file is made with the umask's permissions (a
 group-writable store gets a group-writable lock file) and is locked through a read-only descriptor when
 it cannot be opened for writing. A folder where the file can be neither made nor opened (a read-only
-shared store that is only read) is not locked, nor one on a file system without ``flock`` (a note says so);
+shared store that is only read) is not locked, nor one on a file system without ``flock`` (a note says so),
+nor any folder on a platform without it (Windows: one note per process, ``NO_FLOCK``);
 in a folder this process may write in, a lock file it cannot open (another user's, made under umask 077)
 stops the run (``FolderNotLockable``): it cannot tell whether that user's run is at work there.
 A folder the lock made goes again, with its lock file, when the work in it fails before writing anything
@@ -31,10 +32,10 @@ host and pid namespace left (its pid gone, or now another process's) is taken ov
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import os
 import socket
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -42,6 +43,11 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from actdict.errors import ActdictError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; the folders go unguarded, with NO_FLOCK said once
+    fcntl = None
 
 LOCK_FILE = ".actdict-lock"
 ANALYZE_LOCK = ".actdict-analyze-lock"  # analysis writes the report; a training may run beside it
@@ -70,7 +76,7 @@ def folder_lock(folder: str, what: str, say: Callable[[str], None] = _say, wait:
     fd = _open(folder, name, say)
     while fd is not None:
         try:
-            _take(fd, path, what, say, wait, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+            _take(fd, path, what, say, wait, shared)
         except BaseException:  # FolderInUse, Ctrl-C while waiting
             os.close(fd)
             raise
@@ -160,7 +166,24 @@ def unreadable_lock(path: str, folder: str) -> str:
             "uses the folder")
 
 
-def _take(fd: int, path: str, what: str, say: Callable[[str], None], wait: bool, mode: int) -> None:
+NO_FLOCK = ("note: this platform ({platform}) has no flock, so actdict locks no folder: run one actdict "
+            "process per store and per run folder at a time (a second one would take the first one's "
+            "unfinished files for a killed run's leftovers)")
+_said: set[str] = set()
+
+
+def _say_once(say: Callable[[str], None], text: str) -> None:
+    """``say(text)`` the first time this process would say it: one note, not one per lock."""
+    if text not in _said:
+        _said.add(text)
+        say(text)
+
+
+def _take(fd: int, path: str, what: str, say: Callable[[str], None], wait: bool, shared: bool) -> None:
+    if fcntl is None:
+        _say_once(say, NO_FLOCK.format(platform=sys.platform))
+        return
+    mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
     try:
         fcntl.flock(fd, mode | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -474,3 +474,29 @@ def test_a_store_folder_that_cannot_be_made_fails_with_its_own_error(tmp_path, m
     monkeypatch.setattr(resume, "folder_lock", lambda *a, **k: nullcontext())
     with pytest.raises(ValueError, match="the harvest's own"), resume.store_lock(str(tmp_path / "ro" / "s")):
         raise ValueError("the harvest's own")
+
+
+def test_without_flock_the_module_loads_and_locks_nothing_saying_so_once(tmp_path, monkeypatch):
+    """Windows has no fcntl: actdict.lock still loads (every stage imports it), and a lock is a note said
+    once per process, the block running unguarded (docs/architecture.md, Platforms)."""
+    import importlib.util
+
+    import actdict.lock
+
+    monkeypatch.setitem(sys.modules, "fcntl", None)  # `import fcntl` raises ImportError, as on Windows
+    spec = importlib.util.spec_from_file_location("lock_without_flock", actdict.lock.__file__)
+    lock = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lock)
+    monkeypatch.setattr(sys, "platform", "win32")
+    said, ran = [], []
+    store = str(tmp_path / "store")
+    with lock.folder_lock(store, "store s", said.append):
+        with lock.folder_lock(store, "store s", said.append, name=lock.READERS, shared=True):
+            ran.append(1)
+    with lock.folder_lock(str(tmp_path / "run"), "run folder r", said.append):
+        ran.append(2)
+    assert ran == [1, 2]
+    assert said == ["note: this platform (win32) has no flock, so actdict locks no folder: run one actdict "
+                    "process per store and per run folder at a time (a second one would take the first one's "
+                    "unfinished files for a killed run's leftovers)"]
+    assert (tmp_path / "store").is_dir() and (tmp_path / "run").is_dir()  # made, as a lock makes them
