@@ -292,11 +292,18 @@ def write_problem(folders: list[str | os.PathLike], what: str,
         near = next((p for p in (folder, *folder.parents) if p.exists()), None)
         if near is None or not near.is_dir():  # a file in the way: the stage's own check says it
             continue
-        read_only = bool(os.statvfs(near).f_flag & os.ST_RDONLY)
+        read_only = read_only_fs(near)
         if read_only or not os.access(near, os.W_OK | os.X_OK):
             why = "Read-only file system" if read_only else "Permission denied"
             return f"cannot write in {folder} ({why}), where {what} go: make it writable, or {elsewhere}"
     return None
+
+
+def read_only_fs(path: Path) -> bool:
+    """Whether ``path`` is on a file system mounted read-only; False where ``os.statvfs`` does not say it
+    (Windows: ``os.access`` then decides alone)."""
+    statvfs = getattr(os, "statvfs", None)
+    return statvfs is not None and bool(statvfs(path).f_flag & getattr(os, "ST_RDONLY", 1))
 
 
 def check_writable(folders: list[str | os.PathLike], what: str, owner: str = "",

@@ -500,3 +500,17 @@ def test_without_flock_the_module_loads_and_locks_nothing_saying_so_once(tmp_pat
                     "process per store and per run folder at a time (a second one would take the first one's "
                     "unfinished files for a killed run's leftovers)"]
     assert (tmp_path / "store").is_dir() and (tmp_path / "run").is_dir()  # made, as a lock makes them
+
+
+def test_where_is_no_statvfs_os_access_alone_says_what_cannot_be_written(tmp_path, monkeypatch, read_only):
+    """Windows has no os.statvfs (nor os.ST_RDONLY): the dry runs' write check still answers, by os.access."""
+    from actdict.lock import write_problem
+
+    monkeypatch.delattr(os, "statvfs")
+    monkeypatch.delattr(os, "ST_RDONLY")
+    (tmp_path / "run").mkdir()
+    assert write_problem([tmp_path / "run" / "dicts"], "dictionaries") is None
+    read_only("run")
+    assert write_problem([tmp_path / "run" / "dicts"], "dictionaries") == (
+        f"cannot write in {tmp_path}/run/dicts (Permission denied), where dictionaries go: make it writable, "
+        "or set run_dir to another folder")
