@@ -63,12 +63,19 @@ def open_files_hint(e: BaseException) -> str:
     """What to do when ``e``, or what it was raised from, is 'Too many open files' (EMFILE: this process'
     limit, named; ENFILE: the system's), as '; ...' to add to its line; '' for anything else."""
     import errno
-    import resource
+    import sys
 
+    try:
+        import resource
+    except ImportError:  # Windows: no ulimit; its C runtime's limit is fixed for the process
+        resource = None
     seen: BaseException | None = e
     while seen is not None:
         if isinstance(seen, OSError) and seen.errno == errno.ENFILE:
             return "; the system's table of open files is full: close other programs, or raise fs.file-max"
+        if isinstance(seen, OSError) and seen.errno == errno.EMFILE and resource is None:
+            return (f"; this process holds as many files open as one process may on this platform "
+                    f"({sys.platform}), a limit no ulimit raises here: report it as an actdict bug")
         if isinstance(seen, OSError) and seen.errno == errno.EMFILE:
             soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
             if hard != resource.RLIM_INFINITY and hard <= soft:  # ulimit -n sets both: none left to raise

@@ -205,3 +205,27 @@ def test_too_many_open_files_names_the_limit_and_how_to_raise_it(capsys, monkeyp
         "again\n")
     assert print_error("actdict", WriteError("could not write x: No space left on device")) == 2
     assert capsys.readouterr().err == "actdict: WriteError: could not write x: No space left on device\n"
+
+
+def test_too_many_open_files_where_there_is_no_ulimit_says_so_in_its_line(capsys, monkeypatch):
+    """Windows has no resource module (no ulimit): the hint for 'Too many open files' was an ImportError
+    raised while printing the error; it is now its line's end, naming the platform."""
+    import errno
+    import sys
+
+    from actdict.errors import print_error
+    from actdict.files import WriteError
+
+    monkeypatch.setitem(sys.modules, "resource", None)  # `import resource` raises ImportError, as on Windows
+    monkeypatch.setattr(sys, "platform", "win32")
+    try:
+        try:
+            raise OSError(errno.EMFILE, "Too many open files")
+        except OSError as e:
+            raise WriteError("could not write shard s/h/shards/00001: Too many open files") from e
+    except WriteError as e:
+        assert print_error("actdict", e) == 2
+    assert capsys.readouterr().err == (
+        "actdict: WriteError: could not write shard s/h/shards/00001: Too many open files; this process "
+        "holds as many files open as one process may on this platform (win32), a limit no ulimit raises "
+        "here: report it as an actdict bug\n")
