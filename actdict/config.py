@@ -83,6 +83,18 @@ def is_hook_name(hook: str) -> bool:
     return bool(hook) and "/" not in hook and not hook.startswith(".")
 
 
+def case_clash(names: list[str]) -> tuple[str, str] | None:
+    """The first two of ``names`` that differ only in case ('SAE', 'sae'), None when none do: on a
+    case-insensitive file system (macOS' and Windows' default) they name one file or folder, and the second
+    would overwrite the first without a word. Refused on every platform: a run folder or store made on Linux
+    is copied to a laptop."""
+    seen: dict[str, str] = {}
+    for n in names:
+        if (first := seen.setdefault(n.casefold(), n)) != n:
+            return first, n
+    return None
+
+
 def check_hook_name(hook: str, name: str) -> None:
     """ConfigError naming the field ``name`` unless ``is_hook_name(hook)``."""
     if not is_hook_name(hook):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from actdict.config import ConfigError
+from actdict.config import ConfigError, case_clash
 from actdict.harvest.embed import EmbedConfig
 from actdict.harvest.sources import SourceConfig
 from actdict.harvest.vectors import VectorsConfig
@@ -73,6 +73,10 @@ class HarvestConfig:
             raise ConfigError("harvest.hooks must name at least one hook, e.g. [blocks.3.hook_resid_post]")
         if len(set(self.hooks)) != len(self.hooks):
             raise ConfigError(f"harvest.hooks has duplicates: {self.hooks}")
+        if clash := case_clash(self.hooks):
+            raise ConfigError(f"harvest.hooks names {clash[0]!r} and {clash[1]!r}, which differ only in "
+                              "case: on a case-insensitive file system (macOS', Windows' default) they are "
+                              "one folder of the store, and one hook's shards would overwrite the other's")
         for name in ("ctx", "batch_size", "shard_rows", "chunk_rows"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"harvest.{name} must be >= 1, got {getattr(self, name)}")

@@ -46,6 +46,10 @@ _SAE_TOPK = "[{name: a, variant: sae_topk, k: 8, params: {topk: %s}}]"
     ("[{name: a, variant: vaease, params: {lam1: 1}}]", [], r"vaease: unknown params \[.lam1.\]"),
     ("[{name: a, variant: vaeaes}]", [], r"train.dicts\[a\]: unknown dictionary variant 'vaeaes'"),
     ("[{name: a, variant: vae}, {name: a, variant: vaease}]", [], "unique names"),
+    ("[{name: SAE, variant: sae_l1}, {name: vae, variant: vae}, {name: sae, variant: sae_l1}]", [],
+     r"train.dicts names 'SAE' and 'sae', which differ only in case: on a case-insensitive file system "
+     r"\(macOS', Windows' default\) they are one folder dicts/SAE, and one dictionary would overwrite the "
+     r"other; rename one$"),  # macOS: one folder, the second dictionary written over the first
     ("[{name: a, variant: vae}]", ["analyze.dicts=[a, b]"], r"analyze.dicts names \['b'\], which"),
     ("[{name: a, variant: vae}]", ["analyze.labels=no.npy"], "analyze.labels: no.npy not found"),
     ("[{name: a, variant: vae}]", ["train.device=gpu"], "train.device: not a torch device: 'gpu'"),
@@ -229,6 +233,10 @@ def test_the_chunk_rows_a_small_vectors_file_is_told_to_set_is_one_that_splits_i
 @pytest.mark.parametrize("override, message", [
     ("harvest.hooks=[]", r"harvest.hooks must name at least one hook"),
     ("harvest.hooks=[a, b, a]", r"harvest.hooks has duplicates: \['a', 'b', 'a'\]"),
+    ("harvest.hooks=[blocks.1.hook_resid_post, Blocks.1.Hook_Resid_Post]",
+     r"^harvest.hooks names 'blocks.1.hook_resid_post' and 'Blocks.1.Hook_Resid_Post', which differ only in "
+     r"case: on a case-insensitive file system \(macOS', Windows' default\) they are one folder of the "
+     r"store, and one hook's shards would overwrite the other's$"),
     ("harvest.ctx=2", r"harvest.ctx must be >= 3 \(room for special tokens\), got 2"),
     ("harvest.batch_size=0", r"harvest.batch_size must be >= 1, got 0"),
     ("harvest.shard_rows=100", r"harvest.shard_rows \(100\) must be a multiple of harvest.chunk_rows \(4"),

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from actdict.config import Common, ConfigError, check_device, to_dict
+from actdict.config import Common, ConfigError, case_clash, check_device, to_dict
 from actdict.files import check_not_linked, remove_temps
 from actdict.harvest.store import list_hooks, open_store, read_lock
 from actdict.lock import check_writable, folder_lock
@@ -126,6 +126,10 @@ def check(common: Common, cfg: TrainConfig) -> None:
     names = [dc.name for dc in cfg.dicts]
     if len(set(names)) != len(names) or not names:
         raise ConfigError(f"train.dicts needs at least one dictionary and unique names, got {names}")
+    if clash := case_clash(names):
+        raise ConfigError(f"train.dicts names {clash[0]!r} and {clash[1]!r}, which differ only in case: on a "
+                          "case-insensitive file system (macOS', Windows' default) they are one folder "
+                          f"dicts/{clash[0]}, and one dictionary would overwrite the other; rename one")
     check_device(cfg.device, "train.device")
     world = dist_.from_env().world
     for dc in cfg.dicts:
