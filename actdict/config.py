@@ -83,6 +83,30 @@ def is_hook_name(hook: str) -> bool:
     return bool(hook) and "/" not in hook and not hook.startswith(".")
 
 
+WINDOWS = os.name == "nt"
+"""Names that become files (dictionaries, hooks) must also be names Windows takes: ``name_problem``."""
+_DEVICES = {"CON", "PRN", "AUX", "NUL", *(f"{d}{i}" for d in ("COM", "LPT") for i in range(1, 10))}
+
+
+def windows_name_problem(name: str) -> str | None:
+    """Why Windows cannot name a file or folder ``name`` (a character it reserves: ``\\`` is its path
+    separator, ``:`` a file's data stream; a device's name; a trailing dot or space, which it drops), or
+    None."""
+    if bad := "".join(sorted({c for c in name if c in '<>:"\\|?*' or ord(c) < 32})):
+        return f"Windows takes none of {bad!r} in a file name"
+    if (stem := name.split(".")[0].rstrip(" ")).upper() in _DEVICES:
+        return f"Windows keeps {stem!r} for a device"
+    if name.endswith((".", " ")):
+        return "Windows drops a file name's trailing dot or space"
+    return None
+
+
+def name_problem(name: str) -> str | None:
+    """Why this platform cannot name a file ``name``, beyond '/' and NUL (Windows': ``windows_name_problem``;
+    POSIX file systems take any other name), or None."""
+    return windows_name_problem(name) if WINDOWS else None
+
+
 def case_clash(names: list[str]) -> tuple[str, str] | None:
     """The first two of ``names`` that differ only in case ('SAE', 'sae'), None when none do: on a
     case-insensitive file system (macOS' and Windows' default) they name one file or folder, and the second
@@ -99,6 +123,8 @@ def check_hook_name(hook: str, name: str) -> None:
     """ConfigError naming the field ``name`` unless ``is_hook_name(hook)``."""
     if not is_hook_name(hook):
         raise ConfigError(f"{name} must be a non-empty name without '/', not starting with '.', got {hook!r}")
+    if why := name_problem(hook):
+        raise ConfigError(f"{name}={hook!r} cannot name a folder of the store here: {why}; rename it")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -320,3 +320,40 @@ def test_a_store_in_the_home_folder_is_one_store_from_any_folder(tmp_path, monke
         monkeypatch.chdir(tmp_path / cwd)
         assert main(["train", str(tmp_path / "t.yaml")]) == 0
     assert "a: finished checkpoint with the same config exists, skipped" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name, why", [
+    ("sae_l1_lam1-0.1_seed-0", None),  # a sweep's name
+    ("blocks.3.hook_resid_post", None),
+    ("lam:0.1", "Windows takes none of ':' in a file name"),  # an NTFS data stream of the file 'lam'
+    ("x\\..\\..\\y", "Windows takes none of '\\\\' in a file name"),  # out of dicts/ on Windows
+    ('sae_l1_p-{"a": 1}', "Windows takes none of '\":' in a file name"),  # a sweep over a mapping
+    ("Com1.json", "Windows keeps 'Com1' for a device"),
+    ("sae.", "Windows drops a file name's trailing dot or space"),
+])
+def test_windows_name_problem_says_what_windows_refuses_in_a_file_name(name, why):
+    from actdict.config import windows_name_problem
+
+    assert windows_name_problem(name) == why
+
+
+def test_on_windows_a_dictionary_or_hook_name_windows_cannot_hold_is_a_config_error(monkeypatch):
+    """A name Windows cannot give a file (':' opens a data stream of another file; '\\' is its separator,
+    so 'x\\..\\..\\y' left dicts/) was taken there: it is refused where the run is on Windows, and a
+    POSIX system keeps taking it (docs/architecture.md, Platforms)."""
+    import actdict.config
+    from actdict.config import check_hook_name
+    from actdict.train.config import DictConfig
+
+    assert DictConfig(name="lam:0.1", variant="vae").name == "lam:0.1"  # Linux, macOS: a file name
+    check_hook_name("con", "harvest.vectors.hook")
+    monkeypatch.setattr(actdict.config, "WINDOWS", True, raising=False)
+    with pytest.raises(ConfigError) as e:
+        DictConfig(name="lam:0.1", variant="vae")
+    assert str(e.value) == ("train.dicts: 'lam:0.1' cannot name a dictionary here (it names its folder "
+                            "dicts/<name>): Windows takes none of ':' in a file name; rename it")
+    with pytest.raises(ConfigError) as e:
+        check_hook_name("con", "harvest.vectors.hook")
+    assert str(e.value) == ("harvest.vectors.hook='con' cannot name a folder of the store here: Windows "
+                            "keeps 'con' for a device; rename it")
+    assert DictConfig(name="sae_l1_lam1-0.1_seed-0", variant="sae_l1").name == "sae_l1_lam1-0.1_seed-0"

@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from actdict.config import ConfigError, check_seed
+from actdict.config import ConfigError, check_seed, name_problem
 
 
 def bad_name(name: str) -> str | None:
@@ -25,6 +25,8 @@ def bad_name(name: str) -> str | None:
     if name.startswith(".") or not name or any(c in name for c in "/\0") or len(name.encode()) > 200:
         return (f"{name!r} cannot name a dictionary: it names its folder (dicts/<name>) and files "
                 "(features/<name>.json): not empty, not starting with '.', no '/' or NUL, at most 200 bytes")
+    if why := name_problem(name):
+        return f"{name!r} cannot name a dictionary here (it names its folder dicts/<name>): {why}; rename it"
     return None
 
 
