@@ -37,11 +37,13 @@ class ConfigError(ActdictError, ValueError):
     """A config file or override that does not describe a valid experiment."""
 
 
-def check_device(name: str, where: str) -> None:
+def check_device(name: str, where: str, float64: bool = False) -> None:
     """A config's device string names a device this torch can use ('auto' always can): ConfigError naming
     ``where`` (``train.device``, ``harvest.device``...) otherwise. Every stage's check. A device type other
     than cpu and cuda counts where torch's module of that name says it is available (``torch.xpu``,
-    ``torch.mps``); ``meta`` holds no values and never is."""
+    ``torch.mps``); ``meta`` holds no values and never is. ``mps`` (Apple's GPUs) is
+    ``torch.backends.mps.is_available()``, and only for a stage that needs no ``float64`` on its device
+    (the harvest; training and analysis keep sums and thresholds in float64, which MPS lacks)."""
     if name == "auto":
         return
     import torch  # here, not at the top: a config loads without torch
@@ -53,10 +55,26 @@ def check_device(name: str, where: str) -> None:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"{where}={name}, but this torch ({torch.__version__}) sees no CUDA device; use "
                           "'auto' or 'cpu'")
+    if dev.type == "mps":
+        return _check_mps(name, where, float64, torch)
     available = getattr(getattr(torch, dev.type, None), "is_available", None)
     if dev.type not in ("cpu", "cuda") and not (callable(available) and available()):
         raise ConfigError(f"{where}={name}, but this torch ({torch.__version__}) cannot compute on "
                           f"{dev.type!r} devices; use 'auto', 'cpu' or 'cuda'")
+
+
+def _check_mps(name: str, where: str, float64: bool, torch) -> None:
+    """``check_device`` for an MPS device: one this torch can use, for a stage that can run there."""
+    mps = torch.backends.mps
+    if not mps.is_available():
+        why = ("it is built without MPS" if not mps.is_built() else
+               "it finds no MPS device: that needs macOS 12.3 or later on Apple silicon or an AMD GPU")
+        raise ConfigError(f"{where}={name}, but this torch ({torch.__version__}) cannot use MPS ({why}); use "
+                          "'auto' or 'cpu'")
+    if float64:
+        raise ConfigError(f"{where}={name}: training and analysis keep sums and thresholds in float64, which "
+                          "MPS devices lack; use 'cpu' here (harvest.device may be mps: the model's forward "
+                          "runs there)")
 
 
 def check_seed(seed: object, name: str) -> None:

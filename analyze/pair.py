@@ -323,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json and not (Path(args.json).parent.is_dir() and not Path(args.json).is_dir()):
         p.error(f"--json {args.json}: not a file in an existing folder")
     try:
-        check_device(args.device, "--device")  # 'gpu', or cuda where torch sees none: one line, as train's
+        check_device(args.device, "--device", float64=True)  # gpu; cuda unseen; mps: one line, as train's
         device = str(resolve_device(args.device))
         out = compare(args.a, args.b, args.store, args.rows, args.partners, device=device,
                       max_mib=args.max_mib)

@@ -123,7 +123,7 @@ of each 1.9 MB file, as much again in the report's parts; of 48 at k = 4,096, ~1
 def check(common: Common, cfg: AnalyzeConfig) -> None:
     """What can be checked before any stage runs: the labels and texts files exist (the texts' format too),
     the device is there."""
-    check_device(cfg.device, "analyze.device")
+    check_device(cfg.device, "analyze.device", float64=True)
     if cfg.labels and not Path(cfg.labels).expanduser().is_file():
         raise AnalyzeError(f"analyze.labels: {cfg.labels} not found (a .npy file with one label per store "
                            "row)")

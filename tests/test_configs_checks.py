@@ -135,13 +135,45 @@ def test_a_cuda_device_without_cuda_is_a_config_error():
                                           r"devices; use 'auto', 'cpu' or 'cuda'$"):
         check_device("meta", "harvest.device")
     if not torch.backends.mps.is_available():
-        with pytest.raises(ConfigError, match=r"--device=mps, but .* cannot compute on 'mps' devices"):
+        with pytest.raises(ConfigError, match=r"--device=mps, but this torch .* cannot use MPS \(it "):
             check_device("mps", "--device")
     if torch.cuda.is_available():
         check_device("cuda:0", "train.device")
     else:
         with pytest.raises(ConfigError, match=r"train.device=cuda:1, but this torch .* sees no CUDA device"):
             check_device("cuda:1", "train.device")
+
+
+@pytest.mark.parametrize("built", [False, True])
+def test_mps_is_a_harvest_device_where_torch_has_it_and_refused_where_float64_is_needed(monkeypatch, built):
+    """Apple's GPUs: ``mps`` was taken by every stage where torch has it, and a training or analysis then
+    stopped with a traceback at its first float64 sum (MPS has none). The harvest may run on it; training
+    and analysis refuse it in one line; where torch has no MPS, each stage says why (docs/architecture.md,
+    Platforms). ``auto`` stays cuda, else cpu."""
+    import torch
+
+    from actdict.config import check_device
+    from actdict.harvest.models import resolve_device
+
+    monkeypatch.setattr(torch.backends.mps, "is_built", lambda: built)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    monkeypatch.setattr(torch.mps, "is_available", lambda: False)
+    why = ("it finds no MPS device: that needs macOS 12.3 or later on Apple silicon or an AMD GPU" if built
+           else "it is built without MPS")
+    with pytest.raises(ConfigError) as e:
+        resolve_device("mps")
+    assert str(e.value) == (f"harvest.device=mps, but this torch ({torch.__version__}) cannot use MPS "
+                            f"({why}); use 'auto' or 'cpu'")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    monkeypatch.setattr(torch.mps, "is_available", lambda: True)
+    assert resolve_device("mps") == "mps"
+    assert resolve_device("auto") == "cpu"  # this machine has no CUDA: auto never picks mps
+    for where in ("train.device", "analyze.device"):
+        with pytest.raises(ConfigError) as e:
+            check_device("mps", where, float64=True)
+        assert str(e.value) == (f"{where}=mps: training and analysis keep sums and thresholds in float64, "
+                                "which MPS devices lack; use 'cpu' here (harvest.device may be mps: the "
+                                "model's forward runs there)")
 
 
 def test_the_variant_field_lists_every_registered_variant():

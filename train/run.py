@@ -130,7 +130,7 @@ def check(common: Common, cfg: TrainConfig) -> None:
         raise ConfigError(f"train.dicts names {clash[0]!r} and {clash[1]!r}, which differ only in case: on a "
                           "case-insensitive file system (macOS', Windows' default) they are one folder "
                           f"dicts/{clash[0]}, and one dictionary would overwrite the other; rename one")
-    check_device(cfg.device, "train.device")
+    check_device(cfg.device, "train.device", float64=True)
     world = dist_.from_env().world
     for dc in cfg.dicts:
         if dc.variant not in registry() and (trained := plugin_trained(Path(common.run_dir), dc.variant)):
