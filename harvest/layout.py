@@ -308,11 +308,16 @@ def chunk_key(c: int, ndim: int) -> str:
     return f"c/{c}" + "/0" * (ndim - 1)
 
 
+FLUSH_NEEDS_WRITE = os.name == "nt"
+"""Windows flushes a file (``os.fsync``: FlushFileBuffers) only through a handle that may write to it: a
+read-only one fails with EBADF. POSIX systems flush through any."""
+
+
 def release(path: str) -> None:
     """Flush a written file to the disk and drop it from the page cache (Linux; elsewhere only flush),
     through a descriptor of its own: the writer closed it, so that a shard of many chunks holds no more
     files open than ``release_all``'s threads (a shard of 2,048 chunk files under a limit of 1,024)."""
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDWR if FLUSH_NEEDS_WRITE else os.O_RDONLY)
     try:
         (os.fdatasync if hasattr(os, "fdatasync") else os.fsync)(fd)
         if hasattr(os, "posix_fadvise"):

@@ -358,3 +358,30 @@ def test_a_store_url_fsspec_cannot_open_is_one_line(tmp_path, capsys):
     if importlib.util.find_spec("gcsfs") is None:
         with pytest.raises(StoreError, match=r"^store gs://b/acts cannot be opened: .*install gcsfs"):
             fs_of("gs://b/acts")
+
+
+def test_a_store_is_written_where_a_flush_needs_a_handle_that_may_write(tmp_path, monkeypatch):
+    """Windows flushes a file only through a handle opened for writing (FlushFileBuffers; its os.fsync of
+    a read-only one fails with EBADF), and has no fdatasync nor posix_fadvise: every shard's flush failed
+    there, so no harvest could write a store. Simulated here with an fsync that refuses read-only fds."""
+    import errno
+
+    from actdict.harvest import layout
+
+    fcntl = pytest.importorskip("fcntl")  # to tell a read-only fd: POSIX systems
+    monkeypatch.setattr(layout, "FLUSH_NEEDS_WRITE", True, raising=False)
+    monkeypatch.delattr(os, "fdatasync")
+    monkeypatch.delattr(os, "posix_fadvise")
+    flushed = []
+
+    def fsync(fd: int) -> None:  # as Windows' _commit
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        flushed.append(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    x = np.arange(20, dtype=np.float32).reshape(10, 2)  # [10, 2]
+    s = write_vectors(str(tmp_path / "s"), x, shard_rows=4, chunk_rows=2)
+    assert (len(s), s.num_shards) == (10, 3)
+    assert s.read_rows(0, 10).acts.tobytes() == x.tobytes()
+    assert len(flushed) == 5 * 4  # every chunk file (2 + 2 + 1 chunks) of acts, token_ids, doc and pos
