@@ -54,6 +54,11 @@ def ensure_debian_corpus(cache_dir: str | Path | None = None) -> Path:
     out, info = root / f"{NAME}.jsonl", root / f"{NAME}.json"
     if out.is_file() and info.is_file():
         return out
+    if tool := next((t for t in ("apt-get", "dpkg-deb") if shutil.which(t) is None), None):  # macOS, Windows
+        raise CorpusError(f"{tool} not found: the demo corpus is built on a Debian/Ubuntu system; elsewhere, "
+                          f"copy {out.name} and {info.name} from one's (or a Debian container's) "
+                          f"~/.cache/actdict/corpus into {root}, or use source.kind=files with your own text "
+                          "files")
     try:
         root.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=root, prefix=".build-") as work:
@@ -106,11 +111,8 @@ def corpus_info(cache_dir: str | Path | None = None) -> dict:
 
 
 def _download(work: Path) -> dict[str, str]:
-    """apt-get download + dpkg-deb -x of PACKAGES into work/x; returns {package: version}."""
-    for tool in ("apt-get", "dpkg-deb"):
-        if shutil.which(tool) is None:
-            raise CorpusError(f"{tool} not found: the demo corpus needs a Debian/Ubuntu system; elsewhere, "
-                              "use source.kind=files with your own text files")
+    """apt-get download + dpkg-deb -x of PACKAGES into work/x (both tools there: ``ensure_debian_corpus``
+    checked); returns {package: version}."""
     _log(f"apt-get download {' '.join(PACKAGES)}")
     cmd = ["apt-get", "download", *PACKAGES]
     res = subprocess.run(cmd, cwd=work, capture_output=True, text=True)
