@@ -385,3 +385,20 @@ def test_a_store_is_written_where_a_flush_needs_a_handle_that_may_write(tmp_path
     assert (len(s), s.num_shards) == (10, 3)
     assert s.read_rows(0, 10).acts.tobytes() == x.tobytes()
     assert len(flushed) == 5 * 4  # every chunk file (2 + 2 + 1 chunks) of acts, token_ids, doc and pos
+
+
+def test_a_store_reads_the_same_rows_in_a_spawned_process(tmp_path):
+    """macOS and Windows start worker processes by spawning (a DataLoader's workers, multiprocessing): the
+    store goes to them pickled, its open arrays left behind (``__getstate__``), and reads the same rows."""
+    import multiprocessing
+
+    x = np.arange(40, dtype=np.float32).reshape(20, 2)  # [20, 2]
+    s = write_vectors(str(tmp_path / "s"), x, shard_rows=4, chunk_rows=2)
+    s.read_rows(0, 9)  # arrays of the first shards opened here
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        acts = pool.apply(_read_acts, (s, 3, 17))
+    assert acts.tobytes() == x[3:17].tobytes()
+
+
+def _read_acts(store, a: int, b: int) -> np.ndarray:  # module level: a spawned process imports it by name
+    return store.read_rows(a, b).acts
