@@ -26,7 +26,8 @@ A folder the lock made goes again, with its lock file, when the work in it fails
 A store on an fsspec URL (S3, ...) has no flock: its harvest makes the object ``.actdict-lock.json`` in it,
 only if there is none (a conditional PUT), naming its process, and removes it when done (``remote_lock``).
 A second harvest meanwhile stops with one line naming that process; a lock that a killed process of this
-host and pid namespace left (its pid gone, or now another process's) is taken over, saying so.
+host and pid namespace left (its pid gone, or now another process's; macOS: its pid gone) is taken over,
+saying so.
 """
 
 from __future__ import annotations
@@ -217,13 +218,18 @@ def _pid_space() -> str | None:
         return None
 
 
+ONE_PID_SPACE = sys.platform == "darwin"
+"""macOS has no pid namespaces and no /proc: a pid of this host's name is this system's, and ``os.kill(pid,
+0)`` tells a free one. (Windows' os.kill ends the process: never asked there.)"""
+
+
 def _gone(holder: dict) -> bool:
     """The process a lock object names is known to have ended: of this host and pid namespace, and its pid
     is free or another process's. A process of another host or container may be alive, and without /proc
-    nothing tells: never taken for gone."""
+    (but on macOS, ``ONE_PID_SPACE``) nothing tells: never taken for gone."""
     pid, space = holder.get("pid"), _pid_space()
-    if (holder.get("host"), holder.get("pids")) != (socket.gethostname(), space) or space is None or (
-            not isinstance(pid, int)):
+    if (holder.get("host"), holder.get("pids")) != (socket.gethostname(), space) or (
+            space is None and not ONE_PID_SPACE) or not isinstance(pid, int):
         return False
     if (now := _started(pid)) is not None:
         return holder.get("started") is not None and now != holder["started"]

@@ -514,3 +514,22 @@ def test_where_is_no_statvfs_os_access_alone_says_what_cannot_be_written(tmp_pat
     assert write_problem([tmp_path / "run" / "dicts"], "dictionaries") == (
         f"cannot write in {tmp_path}/run/dicts (Permission denied), where dictionaries go: make it writable, "
         "or set run_dir to another folder")
+
+
+def test_on_macos_a_remote_lock_of_an_ended_process_of_this_host_is_taken_for_dead(monkeypatch):
+    """macOS has no /proc and no pid namespaces: a lock object that a killed harvest of this Mac left
+    was never taken over (each later harvest stopped until the user deleted it); a free pid of this host
+    now says its process ended. A live pid, or a Linux without /proc (a container's may be hidden), still
+    does not."""
+    import actdict.lock as lk
+
+    ended = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                               text=True).stdout)
+    monkeypatch.setattr(lk, "_started", lambda pid: None)
+    monkeypatch.setattr(lk, "_pid_space", lambda: None)
+    here = {"host": socket.gethostname(), "pids": None}
+    assert not lk._gone(here | {"pid": ended})  # Linux without /proc
+    monkeypatch.setattr(lk, "ONE_PID_SPACE", True, raising=False)
+    assert lk._gone(here | {"pid": ended})
+    assert not lk._gone(here | {"pid": os.getpid()})
+    assert not lk._gone(here | {"host": "another-mac", "pid": ended})
