@@ -178,19 +178,28 @@ def rows_identity(lm: LoadedModel, cfg: HarvestConfig) -> dict:
     return ident | ({"attention_mask": "padding"} if lm.kind == "encoder" else {})
 
 
+def sum_dtype(dtype, device_type: str):
+    """The dtype ``store_rows`` sums rows of ``dtype`` in to find a non-finite one: float64 for float32 rows,
+    but float32 on MPS (Apple's GPUs have no float64; the exact check then clears a float32 overflow of
+    finite rows), and float32 for narrower rows."""
+    import torch
+
+    return torch.float64 if dtype == torch.float32 and device_type != "mps" else torch.float32
+
+
 def store_rows(acts, flat: np.ndarray, out: np.ndarray, where: str,
                row_name: Callable[[int], str] | None = None) -> None:
     """Write the rows ``flat`` of acts [B, ctx, d] (torch) into ``out`` [m, d] as stored: float16 | float32
     | bfloat16 bits (uint16, ``layout.ACT_DTYPES``); torch rounds to nearest even, as
     ``layout.encode_acts``. On the CPU one gather and one casting copy, no temporary in the store dtype; on
     an accelerator the rows are gathered and cast there and only they are copied back. ValueError on a
-    non-finite stored value: their sum (float64 for float32 rows, else float32) is finite when all are,
+    non-finite stored value: their sum (``sum_dtype``: float64 for float32 rows) is finite when all are,
     bar an overflow of finite bfloat16 values near float32's limit, which the exact check then clears; the
     error names the first such row by ``row_name(i)`` (i: its index in ``out``) when given."""
     import torch
 
     dtype = torch.bfloat16 if out.dtype == np.uint16 else getattr(torch, out.dtype.name)
-    wide = torch.float64 if dtype == torch.float32 else torch.float32
+    wide = sum_dtype(dtype, acts.device.type)
     with torch.inference_mode():
         dst = torch.from_numpy(out).view(dtype)  # [m, d], shares out's memory
         idx = torch.from_numpy(flat).to(acts.device, non_blocking=True)  # [m]

@@ -414,6 +414,24 @@ def test_an_encoder_masks_the_padding_only():
     assert seen[-1].tolist() == [[1] * 6, [1] * 6, [1, 1, 1, 1, 0, 0]]
 
 
+def test_stored_rows_are_checked_without_float64_on_mps(monkeypatch):
+    """Apple's GPUs have no float64: store_rows summed float32 rows in it to find a non-finite one, so a
+    harvest on mps with store_dtype float32 stopped at its first batch. There the sum is float32, and the
+    exact check clears the overflow of finite rows near float32's limit (run here on the CPU)."""
+    import actdict.harvest.run as hrun
+
+    assert hrun.sum_dtype(torch.float32, "cpu") == hrun.sum_dtype(torch.float32, "cuda") == torch.float64
+    assert hrun.sum_dtype(torch.float32, "mps") == hrun.sum_dtype(torch.float16, "cuda") == torch.float32
+    monkeypatch.setattr(hrun, "sum_dtype", lambda dtype, device_type: torch.float32)  # as on mps
+    acts = torch.full((1, 4, 3), 3e38)  # [B, ctx, d] finite float32 rows whose float32 sum is inf
+    out = np.empty((4, 3), np.float32)
+    hrun.store_rows(acts, np.arange(4), out, "h")
+    np.testing.assert_array_equal(out, np.full((4, 3), 3e38, np.float32))
+    acts[0, 2, 1] = float("inf")
+    with pytest.raises(ValueError, match="float32"):
+        hrun.store_rows(acts, np.arange(4), out, "h")
+
+
 def test_stored_rows_cast_like_the_writer_and_refuse_overflow():
     """harvest.run.store_rows (torch, per batch, straight into the shard array) selects the rows and rounds
     exactly as layout.encode_acts; a non-finite stored value (overflow, nan, inf) in a selected row raises."""
