@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from actdict.config import ConfigError, check_threads, common_of, load_experiment, section
-from actdict.errors import ActdictError, one_line_warnings, open_files_hint, print_error
+from actdict.errors import ActdictError, one_line_warnings, open_files_hint, print_error, tolerant_stdout
 
 # stage -> (module with main(common, cfg), config module, config class)
 _STAGES = {
@@ -245,6 +245,7 @@ def peer_error(e: BaseException) -> ActdictError | None:
 
 def main(argv: list[str] | None = None) -> int:
     one_line_warnings()
+    tolerant_stdout()
     try:
         return _main(argv)
     except BrokenPipeError:  # `actdict store PATH | head`, `actdict run CONFIG --dry-run | head`: the reader

@@ -30,6 +30,23 @@ def one_line_warnings() -> None:
     warnings.formatwarning = _one_line
 
 
+def tolerant_stdout() -> None:
+    """Make a stdout that cannot encode every character write the others as escapes (``\\u03a9``), as
+    stderr always does, instead of stopping the command with a UnicodeEncodeError: Windows' stdout is its
+    code page (cp1252) when redirected to a file or a pipe, and corpus tokens, hook and dictionary names are
+    any Unicode. A UTF stdout is left as it is."""
+    import codecs
+    import sys
+
+    out = sys.stdout
+    try:
+        utf = codecs.lookup(out.encoding or "ascii").name.startswith("utf")
+    except (AttributeError, LookupError):
+        return
+    if not utf and callable(getattr(out, "reconfigure", None)):
+        out.reconfigure(errors="backslashreplace")
+
+
 _CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)] if chr(c) not in "\n\t"}
 
 

@@ -229,3 +229,22 @@ def test_too_many_open_files_where_there_is_no_ulimit_says_so_in_its_line(capsys
         "actdict: WriteError: could not write shard s/h/shards/00001: Too many open files; this process "
         "holds as many files open as one process may on this platform (win32), a limit no ulimit raises "
         "here: report it as an actdict bug\n")
+
+
+def test_a_stdout_that_cannot_encode_a_name_escapes_it(tmp_path, monkeypatch):
+    """Windows' stdout redirected to a file or pipe is its code page (cp1252): `actdict store` of a hook
+    named 'Ωmega' (any Unicode) stopped with a UnicodeEncodeError traceback; the character is now written
+    as an escape, as stderr writes it, and the command ends as usual."""
+    import io
+    import sys
+
+    import numpy as np
+
+    from actdict.cli import main
+    from actdict.harvest.store import write_vectors
+
+    write_vectors(str(tmp_path / "s"), np.zeros((8, 2), np.float32), hook="Ωmega", shard_rows=4, chunk_rows=2)
+    out = io.BytesIO()
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(out, encoding="cp1252", write_through=True))
+    assert main(["store", str(tmp_path / "s")]) == 0
+    assert out.getvalue().decode("cp1252").startswith("\\u03a9mega: 8 rows")
