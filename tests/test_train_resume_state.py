@@ -364,3 +364,40 @@ def test_a_resume_state_from_before_2026_12_05_refused_for_its_store_path_says_h
     main(then, cfg)  # spelled as then: it resumes
     _, record = checkpoint.load(tmp_path / "run" / "dicts" / "a")
     assert record["resumed_at_step"] == 3 and record["finished"]
+
+
+def test_a_resumed_run_saves_over_the_state_it_resumed_from_where_a_mapped_file_cannot_be_replaced(
+        store, tmp_path, monkeypatch, stop_training):
+    """Windows replaces no file that a process holds mapped, and the tensors of a resume state stay mapped
+    from its file while they live (safetensors): the Adam moments a resumed run kept were the file's, so its
+    next save over that file failed there. Simulated with an os.replace that refuses a file this process
+    has mapped, as Windows' does; the resumed run saves and finishes as the uninterrupted one."""
+    import os
+
+    from actdict.train.run import main
+
+    if not os.path.exists("/proc/self/maps"):
+        pytest.skip("tells a mapped file by /proc/self/maps (Linux)")
+    real = os.replace
+
+    def replace(src, dst, *a, **kw):
+        target = os.path.realpath(dst)
+        with open("/proc/self/maps") as f:
+            if any(line.rstrip("\n").endswith(" " + target) for line in f):
+                raise PermissionError(13, "The requested operation cannot be performed on a file with a "
+                                          "user-mapped section open", str(dst))
+        return real(src, dst, *a, **kw)
+
+    cfg = TrainConfig(dicts=[DictConfig("a", "sae_topk", k=4, lr=0.01, params={"topk": 2})], epochs=2,
+                      batch_size=100, test_fraction=0.2, device="cpu", checkpoint_every=3)
+    runs = {}
+    for name, stop in (("whole", None), ("resumed", 4)):
+        common = Common(run_dir=str(tmp_path / name), seed=3, store=store.path)
+        if stop:
+            stop_training(common, cfg, stop)  # its state saved at step 4, then saved over at 6, 9, ...
+            monkeypatch.setattr(os, "replace", replace)
+        main(common, cfg)
+        runs[name] = checkpoint.load(tmp_path / name / "dicts" / "a")
+    assert runs["resumed"][1]["resumed_at_step"] == 4 and runs["resumed"][1]["steps"] == 18
+    for k, v in runs["whole"][0].state_dict().items():
+        assert torch.equal(runs["resumed"][0].state_dict()[k], v), k

@@ -206,8 +206,10 @@ def load_state(path: str | Path, members: list[Member], hashes: dict[str, str],
     meta = read_meta(path) if meta is None else meta
     if meta is None or not state_matches(meta, hashes, legacy, finished):
         return None
+    # copies: a tensor that safe_open gives keeps the file mapped while it lives (Adam's moments live on),
+    # and Windows replaces no mapped file: the run's next save over this one failed there
     with safe_open(str(path), "pt") as f:
-        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+        tensors = {k: f.get_tensor(k).clone() for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
     for m in members:
         mm = meta["members"][m.name]
         try:
