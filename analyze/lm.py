@@ -63,7 +63,7 @@ def splice_setup(lm, cfg: AnalyzeConfig, store, test_chunks: list[int]):
 
 def splice_models(lm, windows, hook: str, cfg: AnalyzeConfig, models: dict) -> dict:
     """CE/KL of every dictionary spliced into the store's language model (``splice_setup``)."""
-    res = splice_eval(lm.bridge, windows, hook, models, cfg.ce_batch_size)
+    res = splice_eval(lm.bridge, windows, hook, models, cfg.ce_batch_size, progress=True)
     return res | {"windows": len(windows), "ctx": cfg.ce_ctx}
 
 

@@ -26,7 +26,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
+from actdict.config import bar_timing
 from actdict.errors import ActdictError
 
 
@@ -174,10 +176,13 @@ def _sum_at(per_position: Tensor, counted: Tensor) -> float:
 
 
 @torch.no_grad()
-def splice_eval(bridge, windows: Windows, hook: str, models: dict[str, object], batch_size: int = 4) -> dict:
+def splice_eval(bridge, windows: Windows, hook: str, models: dict[str, object], batch_size: int = 4,
+                progress: bool = False) -> dict:
     """Clean, zero-ablation and spliced CE (and KL to clean) of ``models`` at ``hook`` over ``windows``
     (``heldout_windows``), replacing the positions ``windows.spliced``; every prediction of a real token
-    counts (not those of padding).
+    counts (not those of padding). ``progress``: a bar over the windows on stderr (the analysis's), since
+    each window costs 2 + len(models) full forwards with the vocabulary's logits (~75 s for 16 windows of
+    128 tokens, five dictionaries and Pythia-70m on 2 CPU cores, in silence before it had one).
 
     -> {"ce_clean": float, "ce_zero": float, "n_tokens": int,
         "models": {name: {"ce": float, "kl": float, "ce_recovered": float}}}"""
@@ -186,6 +191,7 @@ def splice_eval(bridge, windows: Windows, hook: str, models: dict[str, object], 
     base = {"clean": 0.0, "zero": 0.0}  # the baselines, apart from any dictionary's name
     sums, kls = {n: 0.0 for n in fns}, {n: 0.0 for n in fns}
     count = 0
+    bar = tqdm(total=len(windows), desc="CE/KL", unit="window", disable=not progress, **bar_timing())
     for s in range(0, len(windows), batch_size):
         tok = windows.tokens[s : s + batch_size].to(dev)  # [W, T]
         where = windows.spliced[s : s + batch_size].to(dev)  # [W, T]
@@ -201,6 +207,8 @@ def splice_eval(bridge, windows: Windows, hook: str, models: dict[str, object], 
             sums[name] += _sum_at(next_token_ce(logits, tok), counted)
             kls[name] += _sum_at(kl_per_position(clean, logits), counted)
         count += int(counted.sum())
+        bar.update(len(tok))
+    bar.close()
     ce_clean, ce_zero = base["clean"] / count, base["zero"] / count
     return {"ce_clean": ce_clean, "ce_zero": ce_zero, "n_tokens": count,
             "models": {n: {"ce": sums[n] / count, "kl": kls[n] / count,

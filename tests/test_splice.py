@@ -212,6 +212,15 @@ def test_analyze_stage_reports_ce(lm, lm_run, monkeypatch):
     assert s["models"]["zero"]["ce"] == pytest.approx(s["ce"]["ce_zero"], rel=1e-6)
 
 
+def test_the_ce_evaluation_shows_its_progress(lm, lm_run, monkeypatch, capsys):
+    """The CE/KL runs (2 + one per dictionary full forwards per window) have a bar of their own: after the
+    pass's bar, over a minute of silence for the Pythia config on 2 CPU cores before it had one."""
+    d = lm.d_model
+    _run_main(lm_run(str(lm.path), HOOK, d), monkeypatch, {"id": Identity(d, d)})
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("CE/KL:")]
+    assert lines and "3/3" in lines[-1] and "window" in lines[-1]
+
+
 def test_ce_loss_refuses_an_encoder(lm_run, monkeypatch):
     from actdict.analyze.run import AnalyzeError
 
