@@ -22,6 +22,7 @@ from plotly.colors import qualitative
 
 from actdict.analyze.outputs import read_output
 from actdict.analyze.report_features import run_label, shown, write_feature_page
+from actdict.analyze.splice import ce_caveat
 from actdict.analyze.toptokens import display_strings, is_wordpiece
 from actdict.files import write_atomic
 
@@ -376,7 +377,8 @@ def _ce_line(ce: dict | None) -> str:
         return ""
     return (f'<p class="note">Spliced into the language model on {_num(ce.get("windows"))} held-out windows '
             f'of {_num(ce.get("ctx"))} tokens ({_num(ce.get("n_tokens"))} predictions): clean CE '
-            f'{_num(ce.get("ce_clean"))}, zero-ablation CE {_num(ce.get("ce_zero"))}.</p>')
+            f'{_num(ce.get("ce_clean"))}, zero-ablation CE {_num(ce.get("ce_zero"))}.'
+            + (f" Note: {esc(c)}." if (c := ce_caveat(ce)) else "") + "</p>")
 
 
 def render(summary: dict, pages: dict[str, str] | None = None) -> str:

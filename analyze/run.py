@@ -100,6 +100,7 @@ from actdict.analyze.inputs import (
 )
 from actdict.analyze.lm import add_logit_effects, causal_lm, named, splice_models, splice_setup
 from actdict.analyze.report import write_report
+from actdict.analyze.splice import ce_caveat
 from actdict.analyze.textfile import check_texts, read_texts
 from actdict.analyze.texts import row_texts
 from actdict.analyze.toptokens import resolve_decoder
@@ -451,6 +452,7 @@ def summary_lines(summary: dict) -> list[str]:
     why = [f"(EV n/a: the {summary['n_test_rows']:,} held-out row(s) do not vary, so there is no variance "
            "to explain; more test rows: analyze.max_test_rows, train.test_fraction)"]
     why = why if any(m["ev"] is None and m["re_det"] is not None for m in summary["models"].values()) else []
+    caveat = [f"analyze: note: {c}"] if ce and (c := ce_caveat(summary["ce"], summary.get("hook"))) else []
     note = ("(AD: active dimensions per row, the paper's Otsu split; L0: exact nonzeros, not a VAE's "
             "sparsity measure; docs/analyze.md)")
     pairs = [(p["mmcs"], f"{a} in {b} {_cell(p['mmcs'], '.3f')} ({p['matched']:.0%})")
@@ -461,7 +463,8 @@ def summary_lines(summary: dict) -> list[str]:
         head += f" of {len(pairs)} pairs, all in report.html and summary.json (similar); the highest"
         pairs = sorted(pairs, key=lambda p: -p[0])[:3]
     shared = [f"{head}: " + "; ".join(text for _, text in pairs)] if pairs else []
-    return [printable(s) for s in [*lines, note, *shared, *why, *warned]]  # no terminal control codes
+    out = [*lines, note, *shared, *why, *caveat, *warned]
+    return [printable(s) for s in out]  # no terminal control codes
 
 
 def _cell(v: float | None, spec: str) -> str:

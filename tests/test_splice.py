@@ -8,6 +8,7 @@ import torch
 from actdict.analyze.splice import (
     SpliceError,
     Windows,
+    ce_caveat,
     ce_recovered,
     heldout_windows,
     next_token_ce,
@@ -110,6 +111,32 @@ def test_ce_by_hand():
     assert ce[0].tolist() == pytest.approx([-np.log(0.25), -np.log(0.1)], rel=1e-6)
     assert ce_recovered(2.0, 5.0, 2.0) == 1.0 and ce_recovered(2.0, 5.0, 5.0) == 0.0
     assert ce_recovered(2.0, 5.0, 3.5) == pytest.approx(0.5)
+
+
+def test_ce_recovered_is_flagged_where_zero_ablation_costs_nothing():
+    """A random-init model's residual stream costs ~nothing when zeroed (the Pythia config on a random-init
+    Pythia-70m shape: clean 10.9712, zero ablation 10.9347): CE recovered, 1.15 for a dictionary whose CE
+    is worse than clean, then says nothing, and analyze's table and report say so; a trained model's
+    ablation (nats) gets no note."""
+    from actdict.analyze.report import _ce_line
+    from actdict.analyze.run import summary_lines
+
+    random_init = {"ce_clean": 10.9712, "ce_zero": 10.9347, "n_tokens": 2048, "windows": 16, "ctx": 128}
+    assert ce_recovered(10.9712, 10.9347, 10.9767) == pytest.approx(1.1507, abs=1e-4)  # worse than clean
+    note = ce_caveat(random_init, HOOK)
+    assert note.startswith(f"zero-ablating {HOOK} changes the CE by -0.0365 nats (clean 10.971, zero "
+                           "ablation 10.935), under 1% of the clean CE")
+    assert ce_caveat(random_init | {"ce_zero": 10.98}) is not None  # +0.009 nats: under 1% too
+    assert ce_caveat({"ce_clean": 3.3, "ce_zero": 9.1}) is None and ce_caveat(None) is None
+    assert ce_caveat({"ce_clean": 3.0}) is None
+    m = {"re_det": 1.0, "re_sample": 1.0, "ad": 2.0, "l0": 2.0, "ev": 0.5, "dead": 0, "k": 4,
+         "ce_recovered": 1.1507, "kl": 0.02}
+    summary = {"n_test_rows": 10, "hook": HOOK, "d": 4, "ce": random_init, "models": {"sae": m}}
+    assert f"analyze: note: {note}" in summary_lines(summary)
+    assert not any("note: zero-ablating" in ln
+                   for ln in summary_lines(summary | {"ce": random_init | {"ce_zero": 12.0}}))
+    assert "under 1% of the clean CE" in _ce_line(random_init)
+    assert "Note" not in _ce_line(random_init | {"ce_zero": 12.0})
 
 
 def test_identity_zero_and_real_dictionary(lm):
