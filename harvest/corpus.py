@@ -57,8 +57,8 @@ def ensure_debian_corpus(cache_dir: str | Path | None = None) -> Path:
     if tool := next((t for t in ("apt-get", "dpkg-deb") if shutil.which(t) is None), None):  # macOS, Windows
         raise CorpusError(f"{tool} not found: the demo corpus is built on a Debian/Ubuntu system; elsewhere, "
                           f"copy {out.name} and {info.name} from one's (or a Debian container's) "
-                          f"~/.cache/actdict/corpus into {root}, or use source.kind=files with your own text "
-                          "files")
+                          f"~/.cache/actdict/corpus into {root}, or use harvest.source.kind=files "
+                          "harvest.source.path=PATH with your own text files")
     try:
         root.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=root, prefix=".build-") as work:
@@ -124,7 +124,8 @@ def _download(work: Path) -> dict[str, str]:
         res = subprocess.run(cmd, cwd=work, capture_output=True, text=True)
     if res.returncode != 0:
         raise CorpusError(f"`{' '.join(cmd)}` failed:\n{res.stderr.strip()}\nRun `sudo apt-get update` (the "
-                          "package lists may be missing) and retry, or use source.kind=files with local text")
+                          "package lists may be missing) and retry, or use harvest.source.kind=files "
+                          "harvest.source.path=PATH with local text")
     versions = {}
     for deb in sorted(work.glob("*.deb")):
         fields = subprocess.run(["dpkg-deb", "-f", str(deb), "Package", "Version"], capture_output=True,

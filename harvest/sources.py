@@ -301,9 +301,14 @@ def hub_reachable(timeout: float = PROBE_TIMEOUT_S) -> bool:
         return False
 
 
-_HUB_WHAT_TO_DO = ("point the source at local files (source.kind=files, source.path=...), use source.kind="
-                   "debian for the offline demo corpus, or run on a machine with access to the hub or with a "
-                   "filled Hugging Face cache (HF_DATASETS_OFFLINE=1 then reads only the cache)")
+_HUB_WHAT_TO_DO = (
+    "point the source at local files: add harvest.source.kind=files harvest.source.path=PATH to the command "
+    "(a .jsonl/.json/.parquet file or folder with a `text` field, or .txt; a dataset downloaded elsewhere "
+    "with `hf download NAME --repo-type dataset --local-dir PATH` is such a folder), use "
+    "harvest.source.kind=debian for the offline demo corpus, or run on a machine with access to the hub or "
+    "with a filled Hugging Face cache (HF_DATASETS_OFFLINE=1 then reads only the cache)")
+"""What a hub source that cannot be read should do instead, as overrides the command line takes as written
+(``source.kind=files`` alone is refused there as an unknown top-level key)."""
 
 
 def _hub_offline() -> bool:

@@ -532,10 +532,12 @@ train: {{epochs: 1, dicts: [{{name: a, variant: sae_l1, k: 8}}]}}
     assert said[0] == (
         "harvest: would stop: hub dataset 'NeelNanda/pile-10k' (offline mode, not in the local cache: none "
         f"of {hf}/datasets/NeelNanda___pile-10k, {hf}/modules/datasets_modules/datasets/NeelNanda--pile-10k, "
-        f"{hf}/hub/datasets--NeelNanda--pile-10k exists); point the source at local files (source.kind="
-        "files, source.path=...), use source.kind=debian for the offline demo corpus, or run on a machine "
-        "with access to the hub or with a filled Hugging Face cache (HF_DATASETS_OFFLINE=1 then reads only "
-        "the cache)")
+        f"{hf}/hub/datasets--NeelNanda--pile-10k exists); point the source at local files: add "
+        "harvest.source.kind=files harvest.source.path=PATH to the command (a .jsonl/.json/.parquet file or "
+        "folder with a `text` field, or .txt; a dataset downloaded elsewhere with `hf download NAME "
+        "--repo-type dataset --local-dir PATH` is such a folder), use harvest.source.kind=debian for the "
+        "offline demo corpus, or run on a machine with access to the hub or with a filled Hugging Face cache "
+        "(HF_DATASETS_OFFLINE=1 then reads only the cache)")
     assert said[1:] == [f"{s}: not run: the harvest above stops" for s in ("train", "analyze")]
     assert cli(["harvest", str(cfg)]) == 2  # as the harvest does
     assert capsys.readouterr().err.split(": ", 2)[2] == said[0].split(": ", 2)[2] + "\n"

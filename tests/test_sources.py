@@ -163,7 +163,8 @@ def test_hub_fails_fast_when_unreachable(monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
     t = time.perf_counter()
     assert not sources.hub_reachable()
-    with pytest.raises(SourceError, match=r"unreachable.*source.kind=files"):
+    what = r"add harvest\.source\.kind=files harvest\.source\.path=PATH to the command"  # as overrides are
+    with pytest.raises(SourceError, match=r"unreachable.*" + what):
         list(iter_documents(SourceConfig(kind="hub", name="NeelNanda/pile-10k")))
     assert time.perf_counter() - t < 5
 
@@ -171,7 +172,8 @@ def test_hub_fails_fast_when_unreachable(monkeypatch):
 def test_hub_offline_without_cache_fails_with_advice(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path))  # an empty cache
-    with pytest.raises(SourceError, match=r"offline mode.*source.kind=files"):
+    with pytest.raises(SourceError, match=r"offline mode.*add harvest\.source\.kind=files harvest\.source\."
+                                          r"path=PATH"):
         list(iter_documents(SourceConfig(kind="hub", name="someone/not-cached-here")))
 
 
@@ -315,7 +317,8 @@ def test_missing_apt_says_what_to_do(monkeypatch, tmp_path):
     assert str(e.value) == (
         f"apt-get not found: the demo corpus is built on a Debian/Ubuntu system; elsewhere, copy "
         f"{corpus.NAME}.jsonl and {corpus.NAME}.json from one's (or a Debian container's) ~/.cache/actdict/"
-        f"corpus into {tmp_path / 'cache'}, or use source.kind=files with your own text files")
+        f"corpus into {tmp_path / 'cache'}, or use harvest.source.kind=files harvest.source.path=PATH with "
+        "your own text files")
     assert not (tmp_path / "cache").exists()
 
 
