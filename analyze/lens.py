@@ -103,6 +103,17 @@ def token_features(model, x: Tensor, top: int) -> tuple[Tensor, Tensor, Tensor]:
     return ranked(*deterministic(model, x), top)
 
 
+_WHITESPACE_MARKS = str.maketrans({"\n": "\u21b5", "\t": "\u21e5", " ": "\u2423", "\r": "\u21b5"})
+"""How a token of whitespace alone is shown as a label: newline as the report's mark (↵), tab ⇥, space ␣."""
+
+
+def token_label(s: str) -> str:
+    """A token string as a label: stripped, or, when it is whitespace alone (a newline, a tab, an indent:
+    frequent top tokens on code and prose alike), that whitespace made visible (``_WHITESPACE_MARKS``),
+    where stripping it left an empty label and the feature none at all; "" stays "" (no string)."""
+    return s.strip() or s.translate(_WHITESPACE_MARKS)
+
+
 def _tokens_of(hits: list, strings: dict, n: int, texts: dict | None = None) -> list[str]:
     """The first ``n`` distinct tokens of a features file's hits (strongest first); for an embeddings store
     (``texts``: row -> text), the first words of the hits' texts."""
@@ -112,7 +123,7 @@ def _tokens_of(hits: list, strings: dict, n: int, texts: dict | None = None) -> 
         if texts and str(hit[1]) in texts:
             s = clip(texts[str(hit[1])], 32)
         else:
-            s = strings.get(str(ids[c]), f"#{ids[c]}").strip()
+            s = token_label(strings.get(str(ids[c]), f"#{ids[c]}"))
         if s and s not in seen:  # an embedded row without its text has no token string: no label
             seen.append(s)
         if len(seen) == n:

@@ -340,6 +340,22 @@ def test_labels_skip_rows_without_a_string(tmp_path):
     assert feature_labels(tmp_path / "f.json") == {0: (["A quiet harbor at dawn, A quiet\u2026"], [])}
 
 
+def test_whitespace_tokens_are_labels_made_visible(tmp_path):
+    """A feature whose top tokens are a tab, a newline and an indent (Pythia's tokenizer has whitespace-run
+    tokens) had no label: each was stripped to "" and skipped, so `actdict feature` listed it with a blank
+    'top tokens' column (a random-init Pythia's VAEase #134, whose top hits are tabs); they are now shown
+    with the report's newline mark (↵), ⇥ and ␣. A token with text keeps its stripped string."""
+    def hit(act, tok):  # [act, row, doc, pos, token ids, index of the row's token]
+        return [act, 0, 0, 1, [9, tok], 1]
+
+    data = {"k": 1, "tokens": {"1": "\t", "2": "\n\n", "3": "    ", "4": " the\n", "9": "x"},
+            "features": [{"i": 0, "top": [hit(5.0, 1), hit(4.0, 2), hit(3.0, 3), hit(2.0, 4)],
+                          "bottom": [hit(-1.0, 3)]}]}
+    (tmp_path / "f.json").write_text(json.dumps(data))
+    assert feature_labels(tmp_path / "f.json", n=4) == {
+        0: (["\u21e5", "\u21b5\u21b5", "\u2423" * 4, "the"], ["\u2423" * 4])}
+
+
 def test_a_json_path_that_cannot_be_written_is_refused_first(tmp_path, capsys):
     from actdict.analyze.lens import main as lens_main
 
