@@ -120,7 +120,28 @@ def main(argv: list[str] | None = None) -> int:
             print(f"actdict summary: note: {run}: {listed(names)} trained again since its analysis (a "
                   "checkpoint of another config_hash than the analysed one): their rows are the earlier "
                   f"training's; rerun actdict analyze on {run}", file=sys.stderr)
+    for run, why in ce_caveats(list(dict.fromkeys(r["run"] for r in records))):
+        print(printable(f"actdict summary: note: {run}: {why}"), file=sys.stderr)
     return 0
+
+
+def ce_caveats(runs: list[str]) -> list[tuple[str, str]]:
+    """(run, why its CE recovered says little) for each run folder whose summary.json's CE evaluation has
+    ``analyze.splice.ce_caveat``'s note (zero ablation about free: an untrained model), as analyze printed
+    it; runs without a CE evaluation, or whose summary cannot be read again, have none."""
+    from actdict.analyze.splice import ce_caveat
+
+    out = []
+    for run in runs:
+        try:
+            summary = read_output(Path(run) / "summary.json")
+        except (ActdictError, OSError, ValueError):
+            continue
+        if isinstance(summary, dict) and isinstance(ce := summary.get("ce"), dict) and all(
+                isinstance(ce.get(k), int | float) for k in ("ce_clean", "ce_zero")):
+            if why := ce_caveat(ce, summary.get("hook")):
+                out.append((run, why))
+    return out
 
 
 if __name__ == "__main__":

@@ -64,6 +64,26 @@ def test_runs_that_measured_ce_show_its_columns(tmp_path, capsys):
     assert a.split()[-3:] == ["3/64", "0.912", "0.0431"] and b.split()[-3:] == ["3/64", "n/a", "n/a"]
 
 
+def test_a_run_whose_ce_recovered_divides_by_about_nothing_is_noted(tmp_path, capsys):
+    """A random-init model's zero ablation costs ~nothing (clean 10.9712, zero 10.9347 for the Pythia config
+    on a random-init Pythia-70m): analyze notes that CE recovered says little there, and summary, which
+    printed the ratios (1.152) with no word, now repeats the note for that run alone."""
+    m = {"re_det": 30.05, "re_sample": 31.5, "ad": 32.0, "l0": 32.0, "ev": 0.773, "dead": 3, "k": 64,
+         "ce_recovered": 1.152, "kl": 0.0212}
+    for name, zero in (("random", 10.9347), ("trained", 9.1)):
+        (tmp_path / name).mkdir()
+        ce = {"ce_clean": 10.9712 if name == "random" else 3.3, "ce_zero": zero}
+        (tmp_path / name / "summary.json").write_text(json.dumps({"hook": "blocks.2.hook_resid_post",
+                                                                   "ce": ce, "models": {"x": m}}))
+    assert cli(["summary", str(tmp_path / "random"), str(tmp_path / "trained")]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"actdict summary: note: {tmp_path / 'random'}: zero-ablating blocks.2.hook_resid_post "
+                   "changes the CE by -0.0365 nats (clean 10.971, zero ablation 10.935), under 1% of the "
+                   "clean CE: CE recovered divides by that difference, so it can pass 1 or fall below 0 "
+                   "whatever the reconstruction (an untrained model?); compare the dictionaries' CE and KL "
+                   "instead"]
+
+
 def test_a_summary_json_given_for_its_folder_is_read(tmp_path, capsys):
     """actdict summary runs/*/summary.json said 'runs/a/summary.json/summary.json not found: run actdict
     analyze on runs/a/summary.json first', of an analysed folder."""
