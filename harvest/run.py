@@ -396,7 +396,8 @@ def harvest(common: Common, cfg: HarvestConfig, ranks: Ranks, grow: bool = False
             f"{sum(map(len, done.values()))} in all; the document stream restarts at document "
             f"{cursor['doc']} (row {cursor['row']:,})")
     fs, root = fs_of(path)
-    with tqdm(total=cfg.max_tokens, initial=cursor["row"], unit="tok", unit_scale=True, desc="harvest",
+    skipped = sum(int(record(path, hooks[0], s)["n_rows"]) for s in done_all)  # the bar counts them done
+    with tqdm(total=cfg.max_tokens, initial=skipped, unit="tok", unit_scale=True, desc="harvest",
               disable=ranks.rank != 0, **bar_timing()) as bar:
         progress = _Progress(bar, ranks.world, cfg.max_tokens, cfg.source.max_docs is not None)
         # tokenising ahead of the forward (docs/harvest.md, "Throughput"), up to two rounds of shards (rows):

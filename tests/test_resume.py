@@ -123,6 +123,30 @@ def test_sigkill_then_rerun_is_byte_identical(tmp_path, reference, corpus):
         assert len(s) == s.manifest["n_rows"] > 0
 
 
+def test_a_resumed_harvests_bar_counts_the_whole_shards_it_skips(tmp_path, corpus, capsys):
+    """A resumed harvest's bar began at the cursor of the last whole shard before the first missing one and
+    counted only the rows it computed, so it ended short (the Pythia config killed after 2 of 4 shards:
+    197k/262k, 75%, then 'wrote 262,144 rows') with a to-go time that counted the skipped shard too. It now
+    begins at the rows of the whole shards: here shards 0, 1 and 3 of 8 kept, 5 rewritten, ending at 100%."""
+    from actdict.harvest.inspect import main as store_cli
+
+    store = tmp_path / "store"
+    cfg = write_config(tmp_path, str(store), corpus, max_tokens=512)  # 8 shards of 64 rows
+    out, _ = cli(cfg).communicate(timeout=300)
+    assert "512/512" in out and "100%" in out, out
+    for h in HOOKS:
+        for s in (2, 4, 5, 6, 7):
+            shutil.rmtree(store / h / "shards" / f"{s:05d}")
+    assert store_cli([str(store), "--repair"]) == 0
+    capsys.readouterr()
+    proc = cli(cfg)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and "resuming: 3 shard(s) whole in every hook" in out, out
+    bars = [line for line in out.splitlines() if line.startswith("harvest:") and "%|" in line]
+    assert bars[0].startswith("harvest:  38%|") and "192/512" in bars[0]  # 3 whole shards of 64 rows
+    assert bars[-1].startswith("harvest: 100%|") and "512/512" in bars[-1], out
+
+
 def test_a_manifest_write_cut_short_by_a_kill_leaves_no_file_behind(reference, tmp_path):
     """SIGKILL between a manifest's temporary file and its rename (``write_atomic``: the first manifest, or
     the last one, which marks the hook complete) leaves ``.manifest.json.tmp-*`` beside it; the rerun
