@@ -147,6 +147,28 @@ def test_export_records_where_the_dictionary_came_from(tmp_path):
     assert json.loads((tmp_path / "sl2" / "cfg.json").read_text())["metadata"]["model_name"] == "pythia-70m"
 
 
+def test_an_export_of_a_local_copys_dictionary_says_how_to_name_its_model(tmp_path, capsys):
+    """A store harvested from a local copy (harvest.model=/path/to/pythia-70m-deduped) wrote that folder as
+    the SAELens cfg's model_name, which SAELens cannot load by name, with no word; the export now says so,
+    and --model-name writes the hub name in both places SAELens reads it."""
+    local = tmp_path / "pythia-70m-deduped"
+    local.mkdir()
+    store = {"path": str(tmp_path / "store"), "hook": "blocks.2.hook_resid_post", "model": str(local)}
+    checkpoint.save(tmp_path / "dict", make("sae_l1", D, K), {"store": store})
+    assert main([str(tmp_path / "dict"), str(tmp_path / "sl")]) == 0
+    assert json.loads((tmp_path / "sl" / "cfg.json").read_text())["model_name"] == str(local)
+    assert capsys.readouterr().err == (
+        f"actdict export: note: its model_name is the local folder {str(local)!r} the store was harvested "
+        "from; SAELens loads an SAE's model by its hub name: add --model-name NAME (e.g. "
+        "EleutherAI/pythia-70m-deduped) to write that instead\n")
+    hub = "EleutherAI/pythia-70m-deduped"
+    assert main([str(tmp_path / "dict"), str(tmp_path / "sl2"), "--model-name", hub]) == 0
+    cfg = json.loads((tmp_path / "sl2" / "cfg.json").read_text())
+    assert (cfg["model_name"], cfg["metadata"]["model_name"]) == (hub, hub) and capsys.readouterr().err == ""
+    checkpoint.save(tmp_path / "hub", make("sae_l1", D, K), {"store": store | {"model": hub}})
+    assert main([str(tmp_path / "hub"), str(tmp_path / "sl3")]) == 0 and capsys.readouterr().err == ""
+
+
 def test_an_export_never_lands_on_a_checkpoint_or_in_dicts_or_over_files(tmp_path, capsys):
     """OUT = the checkpoint's folder, another checkpoint, a folder in the run's dicts/ or a non-empty
     folder is refused before anything is written; an existing export is replaced only with --overwrite."""

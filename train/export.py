@@ -174,9 +174,11 @@ def check_out(dict_dir: Path, out: Path, overwrite: bool) -> None:
                                              "another folder"))
 
 
-def export_saelens(dict_dir: str | Path, out: str | Path, overwrite: bool = False) -> Path:
+def export_saelens(dict_dir: str | Path, out: str | Path, overwrite: bool = False,
+                   model_name: str | None = None) -> Path:
     """Export the checkpoint in ``dict_dir`` (``<run_dir>/dicts/<name>``) to SAELens files in ``out``
-    (a new or empty folder, or one holding an export when ``overwrite``: ``check_out``)."""
+    (a new or empty folder, or one holding an export when ``overwrite``: ``check_out``); ``model_name``
+    replaces the store's model in the cfg (a local copy's folder, which SAELens cannot load by name)."""
     try:
         model, cfg = checkpoint.load(dict_dir)
     except checkpoint.CheckpointError as e:
@@ -184,7 +186,14 @@ def export_saelens(dict_dir: str | Path, out: str | Path, overwrite: bool = Fals
     check_out(Path(dict_dir), Path(out), overwrite)
     view = saelens_view(model)  # ExportError for a variant SAELens has no architecture for
     check_writable([out], "the SAELens files", elsewhere="pass another folder")  # one line, not a traceback
-    return write_saelens(view, out, _metadata(cfg))
+    meta = _metadata(cfg)
+    return write_saelens(view, out, meta | ({"model_name": model_name} if model_name else {}))
+
+
+def local_model(name: str | None) -> bool:
+    """Whether a store's model is a local folder (harvest.model=/path/to/copy), not a hub name: SAELens and
+    TransformerLens load the model of an SAE by its hub name (``HookedSAETransformer.from_pretrained``)."""
+    return bool(name) and (Path(name).is_absolute() or Path(name).is_dir())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -196,9 +205,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("dict_dir", help="a trained dictionary: RUN_DIR/dicts/NAME")
     p.add_argument("out", help="output folder (cfg.json + sae_weights.safetensors): new or empty")
     p.add_argument("--overwrite", action="store_true", help="replace the export OUT holds")
+    p.add_argument("--model-name", metavar="NAME", help="the model's name in the SAELens cfg (default: the "
+                   "store's model; a harvest of a local copy records its folder): its hub name, e.g. "
+                   "EleutherAI/pythia-70m-deduped")
     args = p.parse_args(argv)
     try:
-        path = export_saelens(args.dict_dir, args.out, overwrite=args.overwrite)
+        path = export_saelens(args.dict_dir, args.out, overwrite=args.overwrite, model_name=args.model_name)
         warning = json.loads((Path(args.dict_dir) / checkpoint.CFG).read_text()).get("warning")
     except ActdictError as e:
         print(f"actdict: {type(e).__name__}: {e}", file=sys.stderr)
@@ -206,6 +218,11 @@ def main(argv: list[str] | None = None) -> int:
     if warning:  # recorded when it was saved (train.loop.Member.diverged)
         print(f"actdict export: warning: its training warned: {warning}", file=sys.stderr)
     print(f"exported {args.dict_dir} -> {path} (SAE.load_from_disk({str(path)!r}) in sae_lens)")
+    named = json.loads((path / CFG).read_text()).get("model_name")
+    if not args.model_name and local_model(named):
+        print(f"actdict export: note: its model_name is the local folder {named!r} the store was harvested "
+              "from; SAELens loads an SAE's model by its hub name: add --model-name NAME (e.g. "
+              "EleutherAI/pythia-70m-deduped) to write that instead", file=sys.stderr)
     return 0
 
 
