@@ -21,7 +21,9 @@ nor any folder on a platform without it (Windows: one note per process, ``NO_FLO
 in a folder this process may write in, a lock file it cannot open (another user's, made under umask 077)
 stops the run (``FolderNotLockable``): it cannot tell whether that user's run is at work there.
 A folder the lock made goes again, with its lock file, when the work in it fails before writing anything
-(a missing store): a process waiting for that lock then locks the path anew, not the removed file.
+(a missing store): a process waiting for that lock then locks the path anew, not the removed file. The
+lock records each folder as it makes it, so that all of them go, however the path is spelled: a run folder
+spelled new/../run makes new/ too, which is no parent of the path as written.
 
 A store on an fsspec URL (S3, ...) has no flock: its harvest makes the object ``.actdict-lock.json`` in it,
 only if there is none (a conditional PUT), naming its process, and removes it when done (``remote_lock``).
@@ -69,12 +71,13 @@ def folder_lock(folder: str, what: str, say: Callable[[str], None] = _say, wait:
     """Hold the lock ``name`` of the local ``folder`` (created if missing) for the ``with`` block (``shared``:
     along with other shared holders); while another process holds it so that this one cannot, ``say`` that
     ``what`` (e.g. "store runs/x/store") is in use and wait, or raise FolderInUse when not ``wait``. A
-    block that fails takes away the folders the lock made when they hold nothing but its lock file. A
-    ``folder`` (or parent) that is a link to nothing is FolderNotWritable: nothing can be made there."""
+    block that fails takes away the folders the lock made when they hold nothing but its lock file. Yields
+    those folders (``make_folders``), for a caller that removes more than the lock file. A ``folder`` (or
+    parent) that is a link to nothing is FolderNotWritable: nothing can be made there."""
     if why := dangling_link(folder):
         raise FolderNotWritable(f"{what}: {why}: make that folder, or name another")
-    path, made = os.path.join(folder, name), outermost_missing(folder)
-    fd = _open(folder, name, say)
+    path, made = os.path.join(folder, name), []
+    fd = _open(folder, name, say, made)
     while fd is not None:
         try:
             _take(fd, path, what, say, wait, shared)
@@ -84,14 +87,14 @@ def folder_lock(folder: str, what: str, say: Callable[[str], None] = _say, wait:
         if _same_file(fd, path):
             break
         os.close(fd)  # its holder failed and removed it with the folder it made: lock the path anew
-        fd = _open(folder, name, say)
+        fd = _open(folder, name, say, made)
     try:
-        yield
+        yield made
     except BaseException:  # a missing store, a bad config, Ctrl-C: no new folder of a lock file is left
         with suppress(OSError):
-            if made is not None and fd is not None and set(os.listdir(folder)) <= {name}:
+            if made and fd is not None and set(os.listdir(folder)) <= {name}:
                 os.unlink(path)
-                remove_empty(Path(folder), made)
+                remove_made(made)
         raise
     finally:
         if fd is not None:
@@ -115,27 +118,40 @@ def dangling_link(folder: str | os.PathLike) -> str | None:
     return None
 
 
-def outermost_missing(folder: str | os.PathLike) -> Path | None:
-    """The outermost folder of ``folder`` (itself or a parent) that does not exist yet: the lock makes it."""
-    missing = [p for p in (Path(folder), *Path(folder).parents) if not p.exists()]
-    return missing[-1] if missing else None
-
-
-def remove_empty(folder: Path, top: Path) -> None:
-    """Remove ``folder`` and its parents up to ``top`` while they are empty (what the lock made only)."""
-    for p in (folder, *folder.parents):
-        if not p.is_relative_to(top):
-            return
+def make_folders(folder: str | os.PathLike, made: list[str]) -> None:
+    """Make ``folder`` and its missing parents as ``os.makedirs`` does, appending each folder made to
+    ``made`` as the prefix of ``folder`` that names it, outermost first: removed in the reverse order
+    (``remove_made``), those prefixes name exactly the folders made, whatever the spelling (new/../run
+    makes new/, which no parent of ``folder`` as written names, and whose removal Path.parents would miss).
+    A file in the way raises OSError, as os.makedirs does."""
+    path = os.fspath(folder)
+    for end in [i for i, c in enumerate(path) if c == os.sep] + [len(path)]:
+        prefix = path[:end]
+        if os.path.basename(prefix) in ("", os.curdir, os.pardir):  # the root, a//b, '.', '..': made already
+            continue
         try:
-            p.rmdir()
-        except OSError:  # not empty (something else was put there meanwhile), or gone
+            os.mkdir(prefix)
+        except FileExistsError:
+            continue
+        made.append(prefix)
+
+
+def remove_made(made: list[str]) -> None:
+    """Remove the folders ``make_folders`` made, innermost first, while they are empty (one something was
+    put in meanwhile stays, and so do its parents); one already gone (removed with its contents) is passed."""
+    for p in reversed(made):
+        try:
+            os.rmdir(p)
+        except FileNotFoundError:
+            continue
+        except OSError:  # not empty
             return
 
 
-def _open(folder: str, name: str, say: Callable[[str], None]) -> int | None:
+def _open(folder: str, name: str, say: Callable[[str], None], made: list[str]) -> int | None:
     path = os.path.join(folder, name)
     try:
-        os.makedirs(folder, exist_ok=True)
+        make_folders(folder, made)
         return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # the umask decides, as for the shards
     except OSError:
         try:

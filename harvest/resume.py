@@ -50,9 +50,8 @@ from actdict.lock import (
     REMOTE_LOCK,
     check_writable,
     folder_lock,
-    outermost_missing,
     remote_lock,
-    remove_empty,
+    remove_made,
 )
 
 PROGRESS_KEYS = ("complete", "n_rows", "n_shards")  # the manifest keys that change while harvesting
@@ -240,8 +239,8 @@ def store_lock(path: str, elsewhere: str = "set store to another folder") -> Ite
     if file := next((p for p in (Path(root), *Path(root).parents) if p.exists() and not p.is_dir()), None):
         raise StoreError(f"store {path}: {file} is a file, not a folder: name a folder for the store (store, "
                          "run_dir)")  # a swapped argument, a store path that is a vectors file
-    wait, made = int(os.environ.get("WORLD_SIZE", 1)) == 1, outermost_missing(root)
-    with folder_lock(root, f"store {path}", wait=wait), ExitStack() as held:
+    wait = int(os.environ.get("WORLD_SIZE", 1)) == 1
+    with folder_lock(root, f"store {path}", wait=wait) as made, ExitStack() as held:
         def writing(hooks: list[str] | None = None) -> None:
             check_not_linked([p for h in hooks or () for p in (Path(root, h), Path(root, h, SHARDS))],
                              "the hook's manifest and shards")  # a shared store's link: out of the store
@@ -261,7 +260,7 @@ def store_lock(path: str, elsewhere: str = "set store to another folder") -> Ite
             left = os.listdir(root) if os.path.isdir(root) else []  # none: the folder could not be made
             if made and set(left) <= {LOCK_FILE, READERS}:  # with nothing but the lock files
                 shutil.rmtree(root, ignore_errors=True)
-                remove_empty(Path(root).parent, made)  # and the run folder it made for it, if still empty
+                remove_made(made)  # and the run folder it made for it (new/ of new/../run too), if empty
             raise
 
 

@@ -314,21 +314,27 @@ def test_a_training_started_while_the_harvest_loads_its_model_waits_for_it(tmp_p
 def test_a_harvest_that_fails_leaves_no_store_folder_of_lock_files(tmp_path, capsys):
     """A harvest that stops before its first shard (here a model path that does not exist; a bad vectors
     file alike) takes away the store folder its lock made: it held only the lock files, and looked like a
-    store to the next command."""
+    store to the next command. A run folder spelled through '..' (new/../run) leaves no new/ either."""
     cfg = _config(tmp_path)
     assert main(["harvest", str(cfg), f"harvest.model={tmp_path / 'no-model'}"]) == 2
     assert "no-model" in capsys.readouterr().err and not (tmp_path / "run" / "store").exists()
+    assert main(["harvest", str(cfg), f"run_dir={tmp_path / 'new' / '..' / 'run'}",
+                 f"harvest.model={tmp_path / 'no-model'}"]) == 2
+    assert "no-model" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "new").exists()
     (tmp_path / "run" / "store").mkdir(parents=True)  # a folder of the user's own stays
     assert main(["harvest", str(cfg), f"harvest.model={tmp_path / 'no-model'}"]) == 2
     assert (tmp_path / "run" / "store").is_dir()
 
 
+@pytest.mark.parametrize("spelled", ["runs/x", "runs/new/../x"])
 @pytest.mark.parametrize("stage", ["train", "run", "analyze"])
-def test_a_stage_that_fails_leaves_no_run_folder_of_a_lock_file(tmp_path, capsys, stage):
+def test_a_stage_that_fails_leaves_no_run_folder_of_a_lock_file(tmp_path, capsys, stage, spelled):
     """A training whose store is missing (an analysis with no dictionaries) stopped after its lock had made
-    the run folder (and its parents): the folders it made go again; a run folder that was there stays."""
+    the run folder (and its parents): the folders it made go again, however the run folder is spelled (the
+    new/ that runs/new/../x makes too); a run folder that was there stays."""
     cfg = _config(tmp_path)
-    over = [f"run_dir={tmp_path / 'runs' / 'x'}", f"store={tmp_path / 'no-store'}", "train.test_fraction=0.5"]
+    over = [f"run_dir={tmp_path / spelled}", f"store={tmp_path / 'no-store'}", "train.test_fraction=0.5"]
     cfg.write_text("\n".join(line for line in cfg.read_text().splitlines() if not line.startswith("harvest"))
                    + "\nanalyze: {}\n")
     assert main([stage, str(cfg), *over]) == 2
@@ -337,7 +343,7 @@ def test_a_stage_that_fails_leaves_no_run_folder_of_a_lock_file(tmp_path, capsys
     assert not (tmp_path / "runs").exists()
     (tmp_path / "runs" / "x").mkdir(parents=True)  # a folder of the user's own stays
     assert main([stage, str(cfg), *over]) == 2
-    assert (tmp_path / "runs" / "x").is_dir()
+    assert (tmp_path / "runs" / "x").is_dir() and os.listdir(tmp_path / "runs") == ["x"]
 
 
 def test_a_waiter_locks_the_file_again_when_its_holder_removed_it(tmp_path):
