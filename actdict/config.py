@@ -453,13 +453,16 @@ def bar_timing() -> dict[str, Any]:
     set, else 0.1 s on a terminal and ``LOG_BAR_INTERVAL`` when stderr goes to a file (ten redraws a second
     fill a long run's log with ~100 MB a day); ``maxinterval`` (tqdm's monitor thread forces a redraw after
     it, 10 s by default) is raised to match. A file also gets ``file``: stderr, each redraw a line of its own
-    (``LogLines``)."""
+    (``LogLines``), and ``miniters`` 1: the clock is read at every update, and the monitor thread, which
+    forces redraws only of bars that skip updates unread (miniters > 1), leaves the bar alone. Its forced
+    redraw of a stalled bar was followed by the next update's own, two lines a fraction of a second apart."""
     tty = sys.stderr.isatty()
     if env := os.environ.get("TQDM_MININTERVAL"):
         every = float(env)
     else:
         every = 0.1 if tty else LOG_BAR_INTERVAL
-    return {"mininterval": every, "maxinterval": max(10.0, every)} | ({} if tty else {"file": LogLines()})
+    timing = {"mininterval": every, "maxinterval": max(10.0, every)}
+    return timing if tty else timing | {"file": LogLines(), "miniters": 1}
 
 
 class LogLines:

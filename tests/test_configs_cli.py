@@ -38,7 +38,7 @@ def test_progress_bars_redraw_rarely_into_a_log_file(monkeypatch):
     monkeypatch.setattr(sys, "stderr", io.StringIO())  # a log file: every 30 s, not ten times a second
     timing = bar_timing()
     assert timing.pop("file").file is sys.stderr  # each redraw a line (LogLines)
-    assert timing == {"mininterval": 30.0, "maxinterval": 30.0} and LOG_BAR_INTERVAL == 30.0
+    assert timing == {"mininterval": 30.0, "maxinterval": 30.0, "miniters": 1} and LOG_BAR_INTERVAL == 30.0
     monkeypatch.setattr(sys, "stderr", Tty())
     assert bar_timing() == {"mininterval": 0.1, "maxinterval": 10.0}  # tqdm's defaults
     monkeypatch.setenv("TQDM_MININTERVAL", "2")
@@ -68,6 +68,52 @@ def test_a_progress_bar_into_a_log_file_writes_whole_lines(monkeypatch):
     lines = log.splitlines()  # the last state twice: the update's redraw, then the close's
     assert list(dict.fromkeys(line.split("|")[0] for line in lines)) == [
         "harvest:   0%", "harvest:  33%", "harvest: 100%"] and "3/3" in lines[-1]
+
+
+def test_a_progress_bar_in_a_log_file_writes_one_line_per_redraw_when_it_stalls(monkeypatch):
+    """A bar that stalled past maxinterval wrote two lines a fraction of a second apart: tqdm's monitor
+    thread forced a redraw (a bar whose dynamic miniters had grown), and the next update redrew it again,
+    since a forced redraw leaves its last-print time as it was. A log file's bar now checks the clock at
+    every update (miniters 1): the monitor leaves it alone, and the update's redraw is its one line. Here
+    a fake clock, and one pass of tqdm's own monitor loop (TMonitor.run) instead of its thread."""
+    import io
+    import sys
+    import types
+
+    import tqdm.std
+    from tqdm import TMonitor
+    from tqdm import tqdm as bar_of
+
+    from actdict.config import bar_timing
+
+    now = [0.0]
+    monkeypatch.setattr(tqdm.std, "time", lambda: now[0])
+    monkeypatch.setattr(bar_of, "monitor_interval", 0)  # no thread of its own: its pass is run below
+    monkeypatch.delenv("TQDM_MININTERVAL", raising=False)
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # a log file: a line every 30 s
+
+    class OnePass:  # TMonitor's was_killed: it wakes once, then is told to stop
+        waits = 0
+
+        def wait(self, _):
+            self.waits += 1
+
+        def is_set(self):
+            return self.waits > 1
+
+    bar = bar_of(total=1000, desc="train", **bar_timing())
+    for _ in range(310):  # ten updates a second: one line at 30 s
+        now[0] += 0.1
+        bar.update(1)
+    lines = sys.stderr.getvalue().splitlines()
+    now[0] += 31  # a stall: nothing for maxinterval (30 s)
+    TMonitor.run(types.SimpleNamespace(was_killed=OnePass(), sleep_interval=1, _time=lambda: now[0],
+                                       tqdm_cls=bar_of, get_instances=lambda: [bar]))
+    now[0] += 0.1
+    bar.update(1)
+    new = sys.stderr.getvalue().splitlines()[len(lines):]
+    assert [line.split("|")[0] for line in new] == ["train:  31%"] and "311/1000" in new[0]
+    bar.close()
 
 
 def test_an_object_store_failure_is_one_line(monkeypatch, capsys):
