@@ -19,11 +19,14 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import chain, islice
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from actdict.config import ConfigError, bar_timing, check_hook_name
+
+if TYPE_CHECKING:
+    from actdict.harvest.models import Found
 
 
 @dataclass(frozen=True)
@@ -88,11 +91,13 @@ def pooling_mode(config: dict) -> str | list[str] | None:
 
 
 def load_encoder(name_or_path: str, device: str = "cpu", dtype: str = "float32",
-                 max_seq_length: int | None = None) -> Encoder:
-    """Load a sentence-transformers model offline-safely (a hub name that cannot be had fails at once)."""
+                 max_seq_length: int | None = None, found: Found | None = None) -> Encoder:
+    """Load a sentence-transformers model offline-safely (a hub name that cannot be had fails at once).
+    ``found``: ``models.available(name_or_path)``'s answer, when the caller asked it already (the harvest):
+    a hub model is probed once."""
     from actdict.harvest.models import ModelError, _revision, available, no_loading_bar, resolve_device
 
-    where, name, target = available(name_or_path)  # before the slow imports: fail fast, saying what to do
+    where, name, target = found or available(name_or_path)  # before the slow imports: fail fast, saying so
     import torch
     from sentence_transformers import SentenceTransformer
 
@@ -181,9 +186,10 @@ def main(common, cfg, writing=lambda hooks=None: None) -> None:
         return
     one_process(cfg)
     writing([ecfg.hook])
-    available(cfg.model)  # a model that cannot be had stops first, then a source that cannot be read: both
-    require_readable(cfg.source)  # before the model loads (as the plan says them)
-    enc = load_encoder(cfg.model, device=cfg.device, dtype=cfg.dtype, max_seq_length=ecfg.max_seq_length)
+    found = available(cfg.model)  # a model that cannot be had stops first, then a source that cannot be
+    require_readable(cfg.source)  # read: both before the model loads (as the plan says them)
+    enc = load_encoder(cfg.model, device=cfg.device, dtype=cfg.dtype, max_seq_length=ecfg.max_seq_length,
+                       found=found)  # the hub probed once
     import torch
 
     torch.manual_seed(common.seed)

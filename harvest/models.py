@@ -83,7 +83,10 @@ def _check_hub(repo: str) -> None:
                          f"{_what_to_do(repo)}")
 
 
-def available(name_or_path: str) -> tuple[Literal["local", "package", "hub"], str, str]:
+Found = tuple[Literal["local", "package", "hub"], str, str]  # ``available``'s answer
+
+
+def available(name_or_path: str) -> Found:
     """``resolve_model``, and for a hub model ``_check_hub``: ModelError when the model cannot be had here
     (a folder that is not there, offline and not cached, the hub unreachable), found before the slow imports
     of a load, and by ``--dry-run``, which loads nothing."""
@@ -160,9 +163,12 @@ class LoadedModel:
         return stop if stop < self.n_layers else None
 
 
-def load_model(name_or_path: str, device: str = "cpu", dtype: str = "float32") -> LoadedModel:
-    """Boot ``name_or_path`` (see module doc) with ``boot_transformers`` on ``device`` in ``dtype``."""
-    where, name, target = available(name_or_path)  # before the slow imports: fail fast
+def load_model(name_or_path: str, device: str = "cpu", dtype: str = "float32",
+               found: Found | None = None) -> LoadedModel:
+    """Boot ``name_or_path`` (see module doc) with ``boot_transformers`` on ``device`` in ``dtype``.
+    ``found``: ``available(name_or_path)``'s answer, when the caller asked it already (the harvest, before
+    its source check): a hub model is then probed once, not twice."""
+    where, name, target = found or available(name_or_path)  # before the slow imports: fail fast
     import torch
     from transformer_lens.model_bridge import TransformerBridge
 

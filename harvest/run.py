@@ -28,7 +28,7 @@ from actdict.harvest.added import check_added, check_count, check_rows
 from actdict.harvest.config import HarvestConfig, hook_pattern
 from actdict.harvest.dist import Ranks, init_ranks, rank_device
 from actdict.harvest.layout import ACT_DTYPES, fs_of, human_size, write_shard
-from actdict.harvest.models import LoadedModel, available, load_model
+from actdict.harvest.models import Found, LoadedModel, available, load_model
 from actdict.harvest.pipeline import Behind, Prefetch
 from actdict.harvest.plan import RowStream, ShardWork, owner, shard_work, stored_positions
 from actdict.harvest.resume import (
@@ -305,25 +305,26 @@ def _main(common: Common, cfg: HarvestConfig, on_hooks: Callable[[list[str]], No
         return
     if not any(m.get("complete") for m in manifests.values()):
         writing()  # a new or unfinished store: a training started while the model loads waits for it
-    available(cfg.model)  # a model that cannot be had stops first, as the plan says (load_model asks it too),
-    require_readable(cfg.source)  # then a source that cannot be read: both before the model loads
+    found = available(cfg.model)  # a model that cannot be had stops first, as the plan says (load_model
+    require_readable(cfg.source)  # takes the answer), then a source that cannot be read: both before the load
     ranks = init_ranks()
     try:
-        harvest(common, cfg, ranks, grow, on_hooks, writing)
+        harvest(common, cfg, ranks, grow, on_hooks, writing, found)
     finally:
         ranks.close()
 
 
 def harvest(common: Common, cfg: HarvestConfig, ranks: Ranks, grow: bool = False,
             on_hooks: Callable[[list[str]], None] | None = None,
-            writing: Callable[..., None] = lambda hooks=None: None) -> None:
+            writing: Callable[..., None] = lambda hooks=None: None, found: Found | None = None) -> None:
     """The token harvest of one rank (see module doc). ``grow``: the store is complete with a smaller
     max_tokens; rank 0 reopens it first (``resume.reopen``) and the harvest continues it. ``writing``: rank 0
-    calls it before its first change to the store (``resume.store_lock``)."""
+    calls it before its first change to the store (``resume.store_lock``). ``found``: ``available``'s
+    answer for the model, when asked already (``load_model`` then does not probe the hub again)."""
     from tqdm import tqdm
 
     path, chash, say = common.store_path, config_hash(cfg), print if ranks.rank == 0 else _quiet
-    lm = load_model(cfg.model, device=rank_device(cfg.device, ranks), dtype=cfg.dtype)  # missing: fail fast
+    lm = load_model(cfg.model, device=rank_device(cfg.device, ranks), dtype=cfg.dtype, found=found)
     import torch
 
     random.seed(common.seed)

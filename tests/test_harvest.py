@@ -221,6 +221,31 @@ def test_pythia_config_fails_fast_offline(tmp_path, monkeypatch):
     assert time.perf_counter() - t < 5
 
 
+@pytest.mark.parametrize("mode", ["tokens", "embeddings"])
+def test_a_hub_model_is_probed_once(tmp_path, monkeypatch, mode):
+    """The harvest asks whether its model can be had before its source check, and the load asked again: a
+    hub model's probe (a HEAD request to the hub when online) ran twice. The load now takes the first
+    answer. Here a counting stand-in for the probe, and a load that fails after it (no hub here)."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from actdict.harvest import sources
+
+    probes = []
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(sources, "hub_reachable", lambda timeout=2.0: probes.append(1) or True)
+
+    def no_hub(*_, **__):
+        raise OSError("no hub here")
+
+    monkeypatch.setattr(TransformerBridge, "boot_transformers", no_hub)
+    monkeypatch.setattr("sentence_transformers.SentenceTransformer", no_hub)
+    with pytest.raises(ModelError, match=r"could not load (sentence-transformers )?model 'someone/tiny' "
+                                         r"\(OSError: no hub here\)"):
+        harvest(tmp_path / "run", model="someone/tiny", mode=mode, max_tokens=10)
+    assert probes == [1]
+
+
 def test_empty_source_is_a_clear_error(tmp_path):
     (tmp_path / "blank.jsonl").write_text('{"text": ""}\n{"text": "  "}\n')
     with pytest.raises(HarvestError, match="gave no documents"):
