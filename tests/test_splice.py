@@ -230,8 +230,15 @@ def _run_main(run_dir, monkeypatch, models):
 
 
 def test_analyze_stage_reports_ce(lm, lm_run, monkeypatch):
+    """The hand-made variants have no decode(): the analysis says, once each, that they get no curve."""
+    from actdict.errors import ActdictWarning
+
     d = lm.d_model
-    s = _run_main(lm_run(str(lm.path), HOOK, d), monkeypatch, {"id": Identity(d, d), "zero": Zero(d, d)})
+    with pytest.warns(ActdictWarning) as said:
+        s = _run_main(lm_run(str(lm.path), HOOK, d), monkeypatch, {"id": Identity(d, d), "zero": Zero(d, d)})
+    assert sorted(str(w.message) for w in said) == [
+        f"test_{v} has no decode(): no masked-dimensions curve (summary.json masked_curve null)"
+        for v in ("identity", "zero")]
     assert s["ce"]["windows"] == 3 and s["ce"]["n_tokens"] == 3 * 12  # BOS + 12 tokens: 12 predictions
     assert "models" not in s["ce"]  # each model's CE is in its own entry, not twice
     assert s["models"]["id"]["ce_recovered"] == 1.0 and s["models"]["id"]["kl"] == 0.0
