@@ -50,7 +50,7 @@ from actdict.train.identity import (
     replace_note,
 )
 from actdict.train.log import LOGS, append_record, log_path, start_log
-from actdict.train.loop import Member, Position, resolve_device, total_steps, train
+from actdict.train.loop import Interrupted, Member, Position, resolve_device, total_steps, train
 from actdict.train.plan import WRITES, Standing, split_refusal, standing, written_folders
 from actdict.train.protocol import make, make_meta, registry
 from actdict.train.resume import (
@@ -101,19 +101,56 @@ def sigterm_flag(sigint: bool = False) -> Iterator[Callable[[], bool]]:
             signal.signal(sig, signal.SIG_DFL if handler is None else handler)  # None: not set from Python
 
 
-def main(common: Common, cfg: TrainConfig) -> None:
-    d = dist_.from_env()
-    device = resolve_device(cfg.device, d.local_rank)
-    dist_.init(d, device)
+class Terminated(BaseException):
+    """SIGTERM outside the steps and final saves (``sigterm_raises``): raised where the process is, as Ctrl-C
+    raises KeyboardInterrupt, so that no ``except Exception`` takes it for a failure."""
+
+
+STARTING = ("stopped (SIGTERM) before the first step: nothing was trained; rerun the same command to start "
+            "(or continue) the training")
+ENDED = "stopped (SIGTERM) after the final checkpoints were saved: the training is complete"
+
+
+@contextmanager
+def sigterm_raises() -> Iterator[threading.Event]:
+    """While inside (the whole of ``main``), SIGTERM ends the training as it does during its steps
+    (``sigterm_flag``, which holds it from the first step through the final saves): Interrupted, one line,
+    exit status 2, rather than Python's death by signal (-15). Here nothing waits to be saved, and the
+    start may be waiting for a lock: Terminated is raised at once, and said as Interrupted (what a started
+    training writes is atomic, as a SIGKILL needs; the folders its lock made go). Yields ``begun``, set at
+    the first step: a SIGTERM after the steps and saves (releasing the locks) says the training is done."""
+    begun = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield begun
+        return
+
+    def on_term(*_) -> None:
+        raise Terminated
+
+    old = signal.signal(signal.SIGTERM, on_term)
     try:
-        # rank 0 holds the run folder's lock for all ranks: a second training there would spoil train_state;
-        # and the store's readers lock: a harvest growing the store, or vectors imported over it, waits
-        lock = folder_lock(common.run_dir, f"run folder {common.run_dir}", wait=not d.on) if d.main else (
-            nullcontext())
-        with lock, read_lock(common.store_path, wait=not d.on) if d.main else nullcontext():
-            _main(common, cfg, d, device)
+        yield begun
+    except Terminated:
+        raise Interrupted(ENDED if begun.is_set() else STARTING) from None
     finally:
-        dist_.close(d)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if old is None else old)
+
+
+def main(common: Common, cfg: TrainConfig) -> None:
+    with sigterm_raises() as begun:
+        d = dist_.from_env()
+        device = resolve_device(cfg.device, d.local_rank)
+        dist_.init(d, device)
+        try:
+            # rank 0 holds the run folder's lock for all ranks: a second training there would spoil
+            # train_state; and the store's readers lock: a harvest growing the store, or vectors imported over
+            # it, waits
+            lock = folder_lock(common.run_dir, f"run folder {common.run_dir}", wait=not d.on) if d.main else (
+                nullcontext())
+            with lock, read_lock(common.store_path, wait=not d.on) if d.main else nullcontext():
+                _main(common, cfg, d, device, begun)
+        finally:
+            dist_.close(d)
 
 
 _STAND_IN_D = 16  # the width check() builds with: no variant's params are checked against d
@@ -332,7 +369,8 @@ def save_all(run_dir: Path, cfg: TrainConfig, stand: Standing, members: list[Mem
     (run_dir / STATE).unlink(missing_ok=True)
 
 
-def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device) -> None:
+def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device,
+          begun: threading.Event | None = None) -> None:
     say = print if d.main else (lambda *a, **k: None)
     check(common, cfg)
     store = open_hook(common.store_path, cfg.hook)
@@ -425,7 +463,9 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
                          part=(d.rank, d.world), pin=device.type == "cuda")
 
     t0 = time.time()
-    with sigterm_flag(sigint=True) as stop:
+    with sigterm_flag(sigint=True) as stop:  # from here through the final saves: SIGTERM waits for them
+        if begun is not None:
+            begun.set()
         per_epoch = steps_in_epoch(store, chunks, cfg.batch_size)
         if note := restart_note(total_steps(per_epoch, cfg), cfg.schedule, cfg.t0, cfg.warmup_steps):
             say(f"train: note: {note}")
@@ -434,11 +474,14 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device)
         steps = train(members, batches, cfg, device, per_epoch,
                       seed=common.seed, start=start, save=save, stop=stop, dist=d, log=log, probe=True,
                       held=probe_x, snapshot=snapshot)
-    segs = segments(steps)
-    if d.main:
-        record = {"train_config": {k: v for k, v in to_dict(cfg).items() if k != "dicts"},
-                  "store": store_id, "train_rows": train_rows, "test_chunks": split["test_chunks"],
-                  "steps": steps, "world_size": d.world, "resumed_at_step": start.step if start else None,
-                  "wall_s": round(sum(g["wall_s"] for g in segs), 3), "segments": segs}
-        save_all(run_dir, cfg, stand, members, configs, record, steps >= per_epoch * cfg.epochs, say)
-    dist_.barrier(d)
+        segs = segments(steps)
+        if d.main:
+            record = {"train_config": {k: v for k, v in to_dict(cfg).items() if k != "dicts"},
+                      "store": store_id, "train_rows": train_rows, "test_chunks": split["test_chunks"],
+                      "steps": steps, "world_size": d.world, "resumed_at_step": start.step if start else None,
+                      "wall_s": round(sum(g["wall_s"] for g in segs), 3), "segments": segs}
+            save_all(run_dir, cfg, stand, members, configs, record, steps >= per_epoch * cfg.epochs, say)
+        dist_.barrier(d)
+    if stop():  # SIGTERM (or a first Ctrl-C) during the final saves, which went on to their end
+        raise Interrupted(f"stopped at step {steps}, the training's last: its final checkpoints were saved "
+                          f"first ({run_dir / 'dicts'}), so the training is complete")
