@@ -22,6 +22,7 @@ import argparse
 import fnmatch
 import importlib
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -310,5 +311,27 @@ def _main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def entry() -> None:
+    """The ``actdict`` command (and ``python -m actdict.cli``): ``main`` as the process, its status the exit
+    status. Once main has returned (or argparse ended it: --help, a usage error), its work is done and
+    said: what is left is the interpreter's shutdown (threads joined, atexit handlers), where Ctrl-C printed
+    Python's 'Exception ignored ... KeyboardInterrupt' and the shutdown went on. Ctrl-C there now ends the
+    process at once, quietly, with that status (stdout and stderr flushed first). A SIGINT the process was
+    started ignoring (``nohup``, a background job) stays ignored."""
+    try:
+        status = main()
+    except SystemExit as e:
+        status = e.code
+    code = status if isinstance(status, int) else int(status is not None)  # sys.exit('text'): 1
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed, or a reader gone: os._exit loses nothing more
+            pass
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, lambda *_: os._exit(code))
+    sys.exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -294,3 +294,39 @@ def test_a_stdout_that_cannot_encode_a_name_escapes_it(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(out, encoding="cp1252", write_through=True))
     assert main(["store", str(tmp_path / "s")]) == 0
     assert out.getvalue().decode("cp1252").startswith("\\u03a9mega: 8 rows")
+
+
+# `actdict variants` whose interpreter shutdown is slow (an atexit handler, as a thread joined there), and
+# says when it has begun: a Ctrl-C then comes after main has returned
+SLOW_SHUTDOWN = """import atexit, runpy, sys, time
+def slow():
+    print("shutting down", flush=True)
+    time.sleep(120)
+atexit.register(slow)
+sys.argv = ["actdict", "variants", "sae_l1"]
+runpy.run_module("actdict.cli", run_name="__main__")  # python -m actdict.cli, as the actdict command
+"""
+
+
+def test_a_ctrl_c_as_the_command_shuts_down_ends_it_quietly_with_its_status():
+    """Ctrl-C in the last moments of a command, once main has returned (the interpreter joining threads,
+    running atexit handlers), printed Python's 'Exception ignored in atexit callback ... KeyboardInterrupt'
+    and went on with the shutdown; the command's work is done and said, so it now ends at once, quietly,
+    with main's status (here 0). A real subprocess and a real SIGINT."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_SHUTDOWN], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # a terminal's
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line == "shutting down\n":
+            break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and err == "" and out == ""
+    assert lines[0].startswith("sae_l1") and lines[-1] == "shutting down\n"
