@@ -6,6 +6,7 @@ import torch
 
 from actdict.analyze.config import AnalyzeConfig
 from actdict.analyze.evaluate import ModelEval
+from actdict.errors import ActdictWarning
 from actdict.train.protocol import Dictionary, Forward
 
 
@@ -21,6 +22,14 @@ class LowSide(Dictionary):
         return Forward(x / 2, codes, x, {})
 
 
+def _first_update(ev: ModelEval, x: torch.Tensor, classes: torch.Tensor) -> None:
+    """``ev.update`` of the first batch, whose curve LowSide (no decode()) cannot have: said, expected."""
+    with pytest.warns(ActdictWarning) as said:
+        ev.update(x, torch.arange(4), classes)
+    assert [str(w.message) for w in said] == [
+        "test_low_side has no decode(): no masked-dimensions curve (summary.json masked_curve null)"]
+
+
 def test_vae_summary_counts_nonzero_codes_and_fires_by_the_otsu_mask():
     """L0 counts every nonzero code, negative ones too; a latent fires (dead, density) where it is in the Otsu
     active group, not where its code is nonzero; a class's AD splits the mean log variance of its rows."""
@@ -29,7 +38,7 @@ def test_vae_summary_counts_nonzero_codes_and_fires_by_the_otsu_mask():
     #   SS(-9, -2, 0) > 24.5: 1 low (active) latent, latent 0. [0, 0, -9, -9]: split 2 costs 0: latents 2, 3.
     ev = ModelEval(LowSide(4, 4), AnalyzeConfig(top_k=2, quantiles=1, quantile_samples=1), seed=0,
                    device=torch.device("cpu"), n_classes=2)
-    ev.update(x, torch.arange(4), torch.tensor([0, 0, 1, 1]))
+    _first_update(ev, x, torch.tensor([0, 0, 1, 1]))
     s = ev.summary(4, x.sum(0), (x * x).sum(0), classes=["a", "b"])
     assert s["l0"] == 4.0  # codes (1 + x) * signs: -8, -1, 1, -1 and 1, -1, -8, 8: all nonzero, half negative
     assert s["ad"] == pytest.approx(1.5) and s["ad_std"] == pytest.approx(0.5)
@@ -55,7 +64,7 @@ def test_memory_does_not_grow_with_the_rows():
     x = torch.tensor([[-9.0, -2, 0, 0], [-9.0, -2, 0, 0], [0.0, 0, -9, -9], [0.0, 0, -9, -9]])  # [4, k]
     ev = ModelEval(LowSide(4, 4), AnalyzeConfig(top_k=2, quantiles=1, quantile_samples=1), seed=0,
                    device=torch.device("cpu"), n_classes=2)
-    ev.update(x, torch.arange(4), torch.tensor([0, 0, 1, -1]))
+    _first_update(ev, x, torch.tensor([0, 0, 1, -1]))
     held = _held(ev)
     for b in range(1, 50):
         ev.update(x, torch.arange(4) + 4 * b, torch.tensor([0, 0, 1, -1]))
