@@ -8,8 +8,6 @@ one-process writers (embeddings, imported vectors, tests). Import both from ``ac
 from __future__ import annotations
 
 import hashlib
-import os
-import posixpath
 from collections.abc import Iterator
 from itertools import chain
 
@@ -32,6 +30,7 @@ from actdict.harvest.layout import (
     write_json,
     write_shard,
 )
+from actdict.lock import make_folders, remove_made
 
 CALLER_KEYS = ("model", "revision", "numerics", "tokenizer", "corpus", "config_hash")
 
@@ -282,16 +281,19 @@ def write_vectors(path: str, x, manifest: dict | None = None, hook: str = "vecto
         fs.rm(staged, recursive=True)  # in or cleared away: this call writes the hook anew
     if kw.get("overwrite") and fs.exists(f"{root}/{hook}"):  # written beside it, then swapped in
         return _replace_hook(path, hook, m, first, blocks, kw)
-    made = missing_dirs(fs, f"{root}/{hook}")  # what this call creates: the only folders it may remove
+    made: list[str] = []  # the folders this call makes: the only ones it may remove (none on object stores)
+    if is_local(fs):
+        make_folders(root, made)
+    new_hook = not fs.exists(f"{root}/{hook}")  # StoreWriter makes it (and refuses one that is there)
     w = None
     try:
         w = StoreWriter(path, m, d=first.shape[1], **kw)
         _write_rows(w, chain([first], blocks))
     except BaseException:  # a bad row further on, an interrupt: nothing half-written is left
-        began = w is not None or f"{root}/{hook}" in made  # the hook this call began, never an existing one
+        began = w is not None or new_hook  # the hook this call began, never an existing one
         if began and fs.exists(f"{root}/{hook}"):
             fs.rm(f"{root}/{hook}", recursive=True)
-        remove_empty(made)  # and the store folder (and its parents) made for it, when nothing else is there
+        remove_made(made)  # and the store folder (and its parents) made for it, when nothing else is there
         raise
     return open_store(path, hook)
 
@@ -349,23 +351,3 @@ def _replace_hook(path: str, hook: str, manifest: dict, first: np.ndarray, block
     fs.rm(sroot, recursive=True)
     fs.invalidate_cache()
     return open_store(path, hook)
-
-
-def missing_dirs(fs, p: str) -> list[str]:
-    """The folders of the local path ``p`` that do not exist yet, ``p`` first and then each missing parent:
-    what making ``p`` creates (none for an object store, which has no folders)."""
-    out: list[str] = []
-    while is_local(fs) and not fs.exists(p) and p not in out:
-        out.append(p)
-        p = posixpath.dirname(p)
-    return out
-
-
-def remove_empty(folders: list[str]) -> None:
-    """Remove each of ``folders`` (deepest first) that exists and is empty: an ``os.rmdir``, which never
-    removes a folder something was put in meanwhile."""
-    for p in folders:
-        try:
-            os.rmdir(p)
-        except OSError:  # missing, or not empty: left as it is
-            pass

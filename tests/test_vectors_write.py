@@ -361,3 +361,16 @@ def test_an_import_out_of_open_files_is_one_line_naming_the_limit(tmp_path):
     assert r.stderr.rstrip().endswith("this process may hold 12 files open at once, its hard limit too "
                                       "(ulimit -Hn): run it from a shell with a higher limit (limits.conf, "
                                       "systemd's LimitNOFILE)")
+
+
+def test_a_failed_write_spelled_with_dotdot_keeps_an_empty_folder_it_did_not_make(tmp_path):
+    """write_vectors guessed the folders it would make from the path as spelled: 'new/../x/store' with x/
+    already there (empty) listed new/.. and new/../x as missing (new/ was not there to resolve them), and a
+    failed write removed x/, a folder it never made. Now it records each folder it makes."""
+    (tmp_path / "x").mkdir()
+    x = _x(0)
+    x[5, 1] = np.inf
+    with pytest.raises(ValueError, match="row 5"):
+        write_vectors(str(tmp_path / "new" / ".." / "x" / "store"), x)
+    assert (tmp_path / "x").is_dir() and list((tmp_path / "x").iterdir()) == []  # kept, as it was
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x"]  # new/ and the store it made: gone
