@@ -24,7 +24,9 @@ import importlib
 import os
 import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -244,17 +246,55 @@ def peer_error(e: BaseException) -> ActdictError | None:
     return None
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a batch scheduler's time limit, ``kill``), raised where the process is, as Ctrl-C raises
+    KeyboardInterrupt: every stage and tool stops as it does on Ctrl-C (a harvest after the shard being
+    written, whole shards kept), said as terminated, exit status 143 (128 + 15, as a shell reports it).
+    The training holds SIGTERM itself (train.run: its resume state first, exit status 2)."""
+
+
+TERMINATED = 143
+
+
+@contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """While inside, SIGTERM raises ``Terminated`` in the main thread, where the process had Python's
+    default (death by signal, -15: no message, and a harvest's shard being written lost). Not under
+    torchrun: torchrun sends its ranks SIGTERM when one fails, and a rank waiting in a collective would run
+    no handler until the wait ended (torchrun then waits before its SIGKILL)."""
+    if (threading.current_thread() is not threading.main_thread() or int(os.environ.get("WORLD_SIZE", 1)) > 1
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+        yield
+        return
+
+    def on_term(*_) -> None:
+        raise Terminated
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def interrupted(e: KeyboardInterrupt, kept: str = "") -> int:
+    """Say that Ctrl-C (130) or SIGTERM (``Terminated``, 143) stopped the command; its exit status."""
+    how, status = ("terminated (SIGTERM)", TERMINATED) if isinstance(e, Terminated) else ("interrupted", 130)
+    print(f"actdict: {how}{f' ({kept})' if kept else ''}", file=sys.stderr)
+    return status
+
+
 def main(argv: list[str] | None = None) -> int:
     one_line_warnings()
     tolerant_stdout()
     try:
-        return _main(argv)
+        with sigterm_interrupts():
+            return _main(argv)
     except BrokenPipeError:  # `actdict store PATH | head`, `actdict run CONFIG --dry-run | head`: the reader
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # left; no traceback, a silent flush
         return 141  # as a shell reports a process killed by SIGPIPE
-    except KeyboardInterrupt:  # Ctrl-C in a tool (store --verify, lens's model load, compare's pass); the
-        print("actdict: interrupted", file=sys.stderr)  # stages say what they keep (_main)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM in a tool (store --verify, lens's model load,
+        return interrupted(e)  # compare's pass); the stages say what they keep (_main)
     except Exception as e:
         if isinstance(e, ActdictError):  # a tool's own one-line error that it let through (compare's --json)
             return print_error("actdict", e)
@@ -305,9 +345,8 @@ def _main(argv: list[str] | None = None) -> int:
             go(**extra.get(stage, {}))
     except ActdictError as e:  # ConfigError included
         return print_error("actdict", e)
-    except KeyboardInterrupt:
-        print("actdict: interrupted (completed shards and checkpoints are kept)", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        return interrupted(e, "completed shards and checkpoints are kept")
     return 0
 
 

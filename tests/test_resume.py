@@ -123,6 +123,26 @@ def test_sigkill_then_rerun_is_byte_identical(tmp_path, reference, corpus):
         assert len(s) == s.manifest["n_rows"] > 0
 
 
+def test_sigterm_stops_the_harvest_after_its_shard_and_says_so(tmp_path, reference, corpus):
+    """SIGTERM (a scheduler's time limit) killed the harvest as Python's default does (exit -15, no word,
+    the shard being written lost); it now stops as Ctrl-C does: the shard being written is finished, no
+    temporary shard is left, one line says so, exit 143; the same command then finishes the store, byte
+    for byte the uninterrupted one."""
+    store = tmp_path / "store"
+    cfg = write_config(tmp_path, str(store), corpus)
+    proc = cli(cfg)
+    t = time.monotonic()
+    while n_whole(store) < 3 and proc.poll() is None and time.monotonic() - t < 300:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 143, out
+    assert out.rstrip().endswith("actdict: terminated (SIGTERM) (completed shards and checkpoints are kept)")
+    assert "Traceback" not in out and n_tmp(store) == 0 and 3 <= n_whole(store) < n_whole(reference)
+    assert cli(cfg).wait(timeout=300) == 0
+    assert tree(store) == tree(reference)
+
+
 def test_a_resumed_harvests_bar_counts_the_whole_shards_it_skips(tmp_path, corpus, capsys):
     """A resumed harvest's bar began at the cursor of the last whole shard before the first missing one and
     counted only the rows it computed, so it ended short (the Pythia config killed after 2 of 4 shards:
