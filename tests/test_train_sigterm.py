@@ -27,6 +27,15 @@ checkpoint.save = save
 sys.exit(cli.main(["train", sys.argv[1]]))
 """
 
+# the same with one Ctrl-C (SIGINT), at the first final checkpoint only (a second would stop it at once)
+CTRL_C_AT_FINAL_SAVE = AT_FINAL_SAVE.replace("""def save(*a, **k):
+    os.kill(os.getpid(), signal.SIGTERM)
+""", """sent = []
+def save(*a, **k):
+    if not sent:
+        sent.append(os.kill(os.getpid(), signal.SIGINT))
+""")
+
 
 def _config(tmp_path: Path) -> Path:
     x = np.random.default_rng(0).standard_normal((400, 6)).astype(np.float32)
@@ -77,3 +86,18 @@ def test_sigterm_during_the_final_saves_lets_them_finish(tmp_path):
                            text=True, env=os.environ | {"OMP_NUM_THREADS": "1"})
     assert again.returncode == 0 and again.stdout.splitlines() == [
         f"train: {n}: finished checkpoint with the same config exists, skipped" for n in "ab"], again.stderr
+
+
+def test_a_ctrl_c_during_the_final_saves_says_they_finish_first(tmp_path):
+    """A first Ctrl-C there also lets the saves finish (and stops the run after them), but said 'saving a
+    resume state at the end of this step', of a step long gone; it now says what it waits for."""
+    cfg = _config(tmp_path)
+    proc = _run(["-c", CTRL_C_AT_FINAL_SAVE, str(cfg)],
+                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as from a terminal
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err
+    said = [ln for ln in err.splitlines() if ln.startswith("Ctrl-C")]
+    assert said == ["Ctrl-C: the final checkpoints are being saved: they finish first (Ctrl-C again to stop "
+                    "at once)"]
+    for name in ("a", "b"):
+        assert sorted(os.listdir(tmp_path / "run" / "dicts" / name)) == ["cfg.json", "model.safetensors"]

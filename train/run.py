@@ -70,32 +70,44 @@ from actdict.train.schedule import restart_note
 from actdict.train.snapshot import settle_snapshots, snapshot_path
 
 
+class StopFlag:
+    """Called: whether SIGTERM or a first Ctrl-C asked the training to stop (``sigterm_flag``). ``saving``:
+    the steps are over and the final checkpoints are being written, which finish first."""
+
+    def __init__(self) -> None:
+        self.flag, self.saving = threading.Event(), False
+
+    def __call__(self) -> bool:
+        return self.flag.is_set()
+
+
 @contextmanager
-def sigterm_flag(sigint: bool = False) -> Iterator[Callable[[], bool]]:
+def sigterm_flag(sigint: bool = False) -> Iterator[StopFlag]:
     """While inside: SIGTERM only sets a flag (the loop saves its resume state and stops at the end of the
     step). ``sigint``: so does a first Ctrl-C (a second interrupts at once); a SIGINT the process was
     started ignoring (``nohup``, a background job) stays ignored."""
-    flag = threading.Event()
+    stop = StopFlag()
     if threading.current_thread() is not threading.main_thread():
-        yield flag.is_set
+        yield stop
         return
 
     def on_int(*_) -> None:
-        if flag.is_set():
+        if stop.flag.is_set():
             raise KeyboardInterrupt
-        flag.set()
+        stop.flag.set()
+        said = (b"the final checkpoints are being saved: they finish first" if stop.saving else
+                b"saving a resume state at the end of this step")
         if os.environ.get("RANK", "0") == "0":  # one line under torchrun; os.write: no buffered-IO reentry
             try:
-                os.write(2, b"\nCtrl-C: saving a resume state at the end of this step (Ctrl-C again to stop "
-                            b"at once)\n")
+                os.write(2, b"\nCtrl-C: " + said + b" (Ctrl-C again to stop at once)\n")
             except OSError:
                 pass
 
-    old = {signal.SIGTERM: signal.signal(signal.SIGTERM, lambda *_: flag.set())}
+    old = {signal.SIGTERM: signal.signal(signal.SIGTERM, lambda *_: stop.flag.set())}
     if sigint and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
         old[signal.SIGINT] = signal.signal(signal.SIGINT, on_int)
     try:
-        yield flag.is_set
+        yield stop
     finally:
         for sig, handler in old.items():
             signal.signal(sig, signal.SIG_DFL if handler is None else handler)  # None: not set from Python
@@ -474,6 +486,7 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device,
         steps = train(members, batches, cfg, device, per_epoch,
                       seed=common.seed, start=start, save=save, stop=stop, dist=d, log=log, probe=True,
                       held=probe_x, snapshot=snapshot)
+        stop.saving = True
         segs = segments(steps)
         if d.main:
             record = {"train_config": {k: v for k, v in to_dict(cfg).items() if k != "dicts"},
