@@ -228,23 +228,32 @@ def test_a_missing_argument_names_only_the_required_ones(capsys, argv, required)
                                                              f"{required}")
 
 
-def test_too_many_open_files_names_the_limit_and_how_to_raise_it(capsys, monkeypatch):
-    """A write refused for 'Too many open files' (a harvest under ulimit -n 12: one WriteError line) said
-    nothing of the limit: the line now names this process' limit and the command that raises it."""
+def _print_emfile() -> int:
+    """``print_error`` of a shard write refused for 'Too many open files' (EMFILE, its cause); its status."""
     import errno
-    import resource
 
     from actdict.errors import print_error
     from actdict.files import WriteError
 
-    monkeypatch.setattr(resource, "getrlimit", lambda what: (1024, 65536))  # a soft limit below the hard
     try:
         try:
             raise OSError(errno.EMFILE, "Too many open files")
         except OSError as e:
             raise WriteError("could not write shard s/h/shards/00001: Too many open files") from e
     except WriteError as e:
-        assert print_error("actdict", e) == 2
+        return print_error("actdict", e)
+
+
+def test_too_many_open_files_names_the_limit_and_how_to_raise_it(capsys, monkeypatch):
+    """A write refused for 'Too many open files' (a harvest under ulimit -n 12: one WriteError line) said
+    nothing of the limit: the line now names this process' limit and the command that raises it."""
+    import resource
+
+    from actdict.errors import print_error
+    from actdict.files import WriteError
+
+    monkeypatch.setattr(resource, "getrlimit", lambda what: (1024, 65536))  # a soft limit below the hard
+    assert _print_emfile() == 2
     assert capsys.readouterr().err == (
         "actdict: WriteError: could not write shard s/h/shards/00001: Too many open files; this process may "
         "hold 1,024 files open at once (ulimit -n): raise the limit (ulimit -n 4096) and run the command "
@@ -256,21 +265,11 @@ def test_too_many_open_files_names_the_limit_and_how_to_raise_it(capsys, monkeyp
 def test_too_many_open_files_where_there_is_no_ulimit_says_so_in_its_line(capsys, monkeypatch):
     """Windows has no resource module (no ulimit): the hint for 'Too many open files' was an ImportError
     raised while printing the error; it is now its line's end, naming the platform."""
-    import errno
     import sys
-
-    from actdict.errors import print_error
-    from actdict.files import WriteError
 
     monkeypatch.setitem(sys.modules, "resource", None)  # `import resource` raises ImportError, as on Windows
     monkeypatch.setattr(sys, "platform", "win32")
-    try:
-        try:
-            raise OSError(errno.EMFILE, "Too many open files")
-        except OSError as e:
-            raise WriteError("could not write shard s/h/shards/00001: Too many open files") from e
-    except WriteError as e:
-        assert print_error("actdict", e) == 2
+    assert _print_emfile() == 2
     assert capsys.readouterr().err == (
         "actdict: WriteError: could not write shard s/h/shards/00001: Too many open files; this process "
         "holds as many files open as one process may on this platform (win32), a limit no ulimit raises "
