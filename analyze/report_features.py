@@ -131,7 +131,8 @@ function topTokens(f) {  // distinct tokens of a live feature's top contexts (em
     const seen = [];
     for (const [row, id] of (f.fires ? f.tops : [])) {
       const t = LABT[String(row)];
-      const s = (t !== undefined ? t : tokStr(id)).trim();
+      const raw = t !== undefined ? t : tokStr(id);  // whitespace alone (a tab, an indent) made visible, as
+      const s = raw.trim() || raw.replace(/\t/g, '\u21e5').replace(/ /g, '\u2423');  // lens.token_label
       if (s && !seen.includes(s)) seen.push(s);
     }
     f.tokens = seen;

@@ -291,3 +291,23 @@ def test_a_feature_page_shows_its_direction_in_each_snapshot(chromium, tmp_path)
     dom = _dump(*chromium, page.as_uri() + "#f=1")
     panel = dom[dom.index('id="panel"'):dom.index('<script type="application/json"')]
     assert "<h2>Feature 1</h2>" in panel and "its direction in the snapshots" not in panel
+
+
+def test_a_feature_whose_top_tokens_are_whitespace_is_labelled_with_visible_marks(chromium, tmp_path):
+    """A feature firing on tabs and indents (code, poetry) had an empty label in the feature list: each
+    token trimmed to nothing and skipped; it now shows them marked, as actdict feature and lens label them
+    (lens.token_label: tab ⇥, space ␣; newlines are ↵ already)."""
+    from actdict.analyze.report_features import write_feature_page
+
+    def feature(i, top):
+        return {"i": i, "fires": 2, "density": 0.2, "max": 2.0, "min": 0.0, "top": top, "bottom": [],
+                "hist": {"pos": [[32, 2]], "neg": []}, "quantiles": []}
+
+    data = {"version": 1, "name": "v", "k": 2, "n_rows": 10, "window": 1, "hist_edges": list(range(-4, 5)),
+            "tokens": {"1": "\t", "2": "    ", "3": "\n", "4": " of"}, "wordpiece": False,
+            "features": [feature(0, [[3.0, 1, 0, 1, [4, 1], 1], [2.0, 2, 0, 2, [4, 2], 1]]),
+                         feature(1, [[3.0, 3, 0, 3, [4, 3], 1], [2.0, 4, 0, 4, [1, 4], 1]])]}
+    page = write_feature_page(data, "v", {"variant": "vaease"}, {"hook": "h"}, tmp_path / "r" / "v.html")
+    dom = _dump(*chromium, page.as_uri())
+    assert '<td class="lab">\u21e5, \u2423\u2423\u2423\u2423</td>' in dom
+    assert '<td class="lab">\u21b5, of</td>' in dom
