@@ -372,13 +372,13 @@ def _logit_line(lg: dict) -> str:
         for word, pairs in sides) + "</div>"
 
 
-def _ce_line(ce: dict | None) -> str:
+def _ce_line(ce: dict | None, hook: str | None = None) -> str:
     if not ce:
         return ""
     return (f'<p class="note">Spliced into the language model on {_num(ce.get("windows"))} held-out windows '
             f'of {_num(ce.get("ctx"))} tokens ({_num(ce.get("n_tokens"))} predictions): clean CE '
             f'{_num(ce.get("ce_clean"))}, zero-ablation CE {_num(ce.get("ce_zero"))}.'
-            + (f" Note: {esc(c)}." if (c := ce_caveat(ce)) else "") + "</p>")
+            + (f" Note: {esc(c)}." if (c := ce_caveat(ce, hook)) else "") + "</p>")
 
 
 def render(summary: dict, pages: dict[str, str] | None = None) -> str:
@@ -391,7 +391,7 @@ def render(summary: dict, pages: dict[str, str] | None = None) -> str:
             for i, fig in enumerate(dist + training)]  # the same summary renders the same bytes
     figs, training_figs = figs[:len(dist)], figs[len(dist):]
     body = [f"<h1>actdict report: {esc(summary.get('run_dir', ''))}</h1>", f"<p>{info}</p>",
-            "<h2>Overview</h2>", _overview(models, pages), _ce_line(summary.get("ce")),
+            "<h2>Overview</h2>", _overview(models, pages), _ce_line(summary.get("ce"), summary.get("hook")),
             *(f'<p class="warn">{esc(name)}: training warned: {esc(m["training_warning"])}</p>'
               for name, m in models.items() if m.get("training_warning")),
             '<p class="note">Hover a column header for its definition. AD, dead/dense latents and density '

@@ -136,6 +136,7 @@ def test_ce_recovered_is_flagged_where_zero_ablation_costs_nothing():
     assert not any("note: zero-ablating" in ln
                    for ln in summary_lines(summary | {"ce": random_init | {"ce_zero": 12.0}}))
     assert "under 1% of the clean CE" in _ce_line(random_init)
+    assert f"Note: zero-ablating {HOOK} changes" in _ce_line(random_init, HOOK)  # the report names the hook
     assert "Note" not in _ce_line(random_init | {"ce_zero": 12.0})
 
 
