@@ -170,9 +170,12 @@ def to_add(path: str, hooks: list[str], cfg: HarvestConfig, say: Callable[[str],
     """Of ``hooks`` (the config's, expanded by the model), those the harvest writes: all of them, but for
     the store's ``held_hooks``. [] (and says so) when the store holds them all: a config whose hooks were
     spelled otherwise than the store's (``hooks: [all]`` against the same hooks listed by name, which
-    ``complete_for`` leaves to this point), or naming some of a larger harvest's."""
-    held = held_hooks(hook_manifests(path), cfg)
-    new = [h for h in hooks if h not in held]
+    ``complete_for`` leaves to this point), or naming some of a larger harvest's. Hooks this config wrote
+    complete (a pattern that added them before) are not written again either."""
+    manifests, chash = hook_manifests(path), config_hash(cfg)
+    held = held_hooks(manifests, cfg)
+    new = [h for h in hooks if h not in held and not (
+        manifests.get(h, {}).get("complete") and manifests[h].get("config_hash") == chash)]
     if not new:
         say(f"harvest: store {path} is already complete for this config ({config_hash(cfg)}"
             f"{how_held(held, as_json(cfg))}); skipping")

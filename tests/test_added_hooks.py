@@ -145,3 +145,18 @@ def test_a_layer_is_not_added_beside_hooks_of_another_model_revision(tmp_path):
         f"{m['revision']!r}), so ['{L3}'] cannot be added beside it: harvest them into another store (set "
         f"store / run_dir), or delete {store} to harvest every hook again")
     assert not (Path(store) / L3).exists()
+
+
+def test_a_pattern_that_added_hooks_skips_the_store_the_next_time(tmp_path, capsys):
+    """A pattern (``blocks.[13].hook_resid_post``) that added L3 beside a harvest of L1 is complete for the
+    store the next time: skipped as such, not 'adding' and 'resuming' L3 again (which loaded the model, ran
+    a forward and waited for the store's trainings to end, to rewrite the same manifest)."""
+    common, _ = harvest(tmp_path / "a", hooks=[L1], max_tokens=40)
+    harvest(tmp_path / "a", hooks=["blocks.[13].hook_resid_post"], max_tokens=40)
+    before = tree(Path(common.store_path))
+    capsys.readouterr()
+    harvest(tmp_path / "a", hooks=["blocks.[13].hook_resid_post"], max_tokens=40)
+    out = capsys.readouterr().out
+    assert out.startswith(f"harvest: store {common.store_path} is already complete for this config (") and (
+        "skipping" in out and "adding" not in out and "resuming" not in out), out
+    assert tree(Path(common.store_path)) == before
