@@ -148,11 +148,14 @@ def growable(manifests: dict[str, dict], harvest_cfg: dict) -> bool:
     ``to_dict``/JSON) with a smaller ``max_tokens``: raising max_tokens grows such a store (``reopen``) into
     the store a harvest with the larger max_tokens makes. Raises when the new max_tokens is smaller. A store
     whose hooks were harvested by configs naming other hooks (a layer added, ``harvest.added``) grows when
-    this config names each of its hooks, and only them: every hook grows, none is left shorter."""
-    if not manifests:
-        return False
+    this config names each of its hooks, and only them: every hook grows, none is left shorter. Hooks this
+    growth already reopened (unfinished, of this very config: a kill between two hooks' ``reopen``) are
+    reopened again with the others, which are still complete."""
     names = harvest_cfg.get("hooks") or []
     every = set(names) == set(manifests) and not any(hook_pattern(h) for h in names)
+    manifests = {h: m for h, m in manifests.items() if not reopened(m, harvest_cfg)}
+    if not manifests:
+        return False
 
     def same(m: dict) -> bool:  # a complete harvest of this config but for max_tokens (and hooks: ``every``)
         old = m.get("harvest")
@@ -177,6 +180,13 @@ def growable(manifests: dict[str, dict], harvest_cfg: dict) -> bool:
         raise HarvestError(f"this store holds {held} of the source (max_tokens {old}); a smaller max_tokens "
                            f"({new}) needs another store (or train.max_steps, to train on fewer rows)")
     return True
+
+
+def reopened(manifest: dict, harvest_cfg: dict) -> bool:
+    """The hook is unfinished with ``harvest_cfg`` as its config: ``reopen`` done (or a harvest of it begun);
+    beside a complete hook of the same store, only a growth killed between two hooks' reopen leaves that."""
+    return not manifest.get("complete") and manifest.get("harvest") == harvest_cfg and (
+        manifest.get("format_version") == FORMAT_VERSION)
 
 
 def reopen(path: str, hook: str, chash: str, harvest_cfg: dict) -> None:

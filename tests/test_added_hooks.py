@@ -6,6 +6,7 @@ is written."""
 import json
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -160,3 +161,22 @@ def test_a_pattern_that_added_hooks_skips_the_store_the_next_time(tmp_path, caps
     assert out.startswith(f"harvest: store {common.store_path} is already complete for this config (") and (
         "skipping" in out and "adding" not in out and "resuming" not in out), out
     assert tree(Path(common.store_path)) == before
+
+
+@pytest.mark.parametrize("added", [True, False])  # L3 added beside L1, or both harvested at once
+def test_a_growth_killed_between_two_hooks_reopens_grows_on_the_same_command(tmp_path, added):
+    """A growth reopens its hooks one by one (``resume.reopen``); killed after the first, the store held one
+    unfinished hook of the larger config beside a complete one of the smaller, and the same command (and
+    every other) refused it as 'a harvest with another config (max_tokens: 40 -> 80)'. It now reopens the
+    rest and grows into one harvest of both with the larger max_tokens, byte for byte."""
+    from actdict.config import config_hash
+    from actdict.harvest.resume import reopen
+    from actdict.harvest.reuse import as_json
+
+    common, _ = harvest(tmp_path / "a", hooks=[L1] if added else [L1, L3], max_tokens=40)
+    _, cfg = harvest(tmp_path / "a", hooks=[L1, L3], max_tokens=40)
+    grown = replace(cfg, max_tokens=80)
+    reopen(common.store_path, L1, config_hash(grown), as_json(grown))  # then killed before L3's
+    harvest(tmp_path / "a", hooks=[L1, L3], max_tokens=80)
+    both, _ = harvest(tmp_path / "b", hooks=[L1, L3], max_tokens=80)
+    assert tree(Path(common.store_path)) == tree(Path(both.store_path))
