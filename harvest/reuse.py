@@ -52,9 +52,12 @@ def complete_for(path: str, hooks: list[str], cfg: HarvestConfig,
     literal = [h for h in hooks if hook_pattern(h) is None]
     if len(literal) == len(hooks) and holds_hooks(manifests, literal, cfg_json):
         manifests = {h: manifests[h] | {"config_hash": chash} for h in literal}  # those of this config
+    named = len(literal) == len(hooks) and all(h in manifests for h in literal)  # hooks all in the store
     spelled = len(literal) < len(hooks)  # patterns: a store whose hooks were spelled otherwise is decided
     deferred = False  # by harvest(), once the model has expanded them (``to_add``); spelled the
     for h, m in manifests.items():  # same (another batch_size), its hooks are what they expand to
+        if named and h not in literal and unfinished_beside(m, cfg_json):
+            continue  # left to its own harvest's command
         if spelled and m.get("config_hash") != chash and same_rows(m, cfg_json, ("hooks",)) and not (
                 same_rows(m, cfg_json)):
             deferred = True
@@ -99,6 +102,16 @@ def complete_for(path: str, hooks: list[str], cfg: HarvestConfig,
                     "actdict train and actdict analyze instead of actdict run")
     return not deferred and bool(manifests) and all(h in manifests for h in literal) and all(
         m.get("complete") for m in manifests.values())
+
+
+def unfinished_beside(manifest: dict, harvest_cfg: dict) -> bool:
+    """The hook is an unfinished harvest of ``harvest_cfg`` (as JSON) but for its hooks, and one that
+    ``harvest_cfg`` does not name: resumed by its own config, it is left aside by this one, which resumes
+    its own hooks meanwhile. Else a repair (``actdict store --repair``) of both the held and the added hook
+    of a store with an added layer left a store that neither config resumed, each naming the other's."""
+    old = manifest.get("harvest")
+    return not manifest.get("complete") and isinstance(old, dict) and (
+        rows_view(old, ("hooks",)) == rows_view(harvest_cfg, ("hooks",)))
 
 
 def holds_hooks(manifests: dict[str, dict], hooks: list[str], harvest_cfg: dict) -> bool:

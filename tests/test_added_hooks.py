@@ -180,3 +180,30 @@ def test_a_growth_killed_between_two_hooks_reopens_grows_on_the_same_command(tmp
     harvest(tmp_path / "a", hooks=[L1, L3], max_tokens=80)
     both, _ = harvest(tmp_path / "b", hooks=[L1, L3], max_tokens=80)
     assert tree(Path(common.store_path)) == tree(Path(both.store_path))
+
+
+def test_a_repair_of_both_the_held_and_the_added_hook_is_finished_by_their_two_commands(tmp_path, capsys):
+    """``actdict store --repair`` of a damaged shard in L1 (harvested alone) and one in L3 (added beside it)
+    leaves both unfinished, each with its own config. The config of both used to name L1's config for the
+    rerun and L1's config L3's, so no command finished the store: L1's config now resumes L1 and leaves L3
+    to its own, which then resumes L3 beside it; the store is again what it was, byte for byte."""
+    common, _ = harvest(tmp_path / "a", hooks=[L1])  # 95 rows, shards 0 and 1
+    harvest(tmp_path / "a", hooks=[L1, L3])
+    store = Path(common.store_path)
+    before = tree(store)
+    for hook, shard in ((L1, "00000"), (L3, "00001")):
+        shard_dir = store / hook / "shards" / shard / "acts" / "c"
+        chunk = next(p for p in sorted(shard_dir.rglob("*")) if p.is_file())
+        flipped = bytearray(chunk.read_bytes())
+        flipped[10] ^= 0xFF
+        chunk.write_bytes(bytes(flipped))
+    assert cli(["store", str(store), "--repair"]) == 0
+    with pytest.raises(HarvestError, match=r"add 'harvest.hooks=\[\"blocks.1.hook_resid_post\"\]' to the"):
+        harvest(tmp_path / "a", hooks=[L1, L3])
+    capsys.readouterr()
+    harvest(tmp_path / "a", hooks=[L1])
+    assert "resuming: 1 shard(s) whole in every hook" in capsys.readouterr().out
+    assert not json.loads((store / L3 / "manifest.json").read_text())["complete"]  # left to its own config
+    harvest(tmp_path / "a", hooks=[L1, L3])
+    assert f"adding ['{L3}'] beside them" in capsys.readouterr().out
+    assert tree(store) == before
