@@ -52,6 +52,8 @@ def complete_for(path: str, hooks: list[str], cfg: HarvestConfig,
     literal = [h for h in hooks if hook_pattern(h) is None]
     if len(literal) == len(hooks) and holds_hooks(manifests, literal, cfg_json):
         manifests = {h: manifests[h] | {"config_hash": chash} for h in literal}  # those of this config
+    if why := added_growth(path, manifests, cfg_json):
+        raise HarvestError(why)
     named = len(literal) == len(hooks) and all(h in manifests for h in literal)  # hooks all in the store
     spelled = len(literal) < len(hooks)  # patterns: a store whose hooks were spelled otherwise is decided
     deferred = False  # by harvest(), once the model has expanded them (``to_add``); spelled the
@@ -102,6 +104,42 @@ def complete_for(path: str, hooks: list[str], cfg: HarvestConfig,
                     "actdict train and actdict analyze instead of actdict run")
     return not deferred and bool(manifests) and all(h in manifests for h in literal) and all(
         m.get("complete") for m in manifests.values())
+
+
+def added_growth(path: str, manifests: dict[str, dict], harvest_cfg: dict) -> str:
+    """Why ``harvest_cfg`` (as JSON), a larger max_tokens, does not grow a store with an added layer (its
+    complete hooks harvested by configs naming other hooks; ``resume.growable``), as a line that says how it
+    would: '' when the store is no such store or this is no growth of it. Else the refusal named the hooks
+    and max_tokens as 'another config' and said to delete the store."""
+    olds = [m.get("harvest") for m in manifests.values()]
+    if len(olds) < 2 or not all(m.get("complete") and m.get("format_version") == FORMAT_VERSION and
+                                isinstance(o, dict) for m, o in zip(manifests.values(), olds, strict=True)):
+        return ""
+    aside = ("hooks", "max_tokens")
+    if len({json.dumps(o.get("hooks")) for o in olds}) < 2 or any(
+            rows_view(o, aside) != rows_view(harvest_cfg, aside) for o in olds):
+        return ""
+    was, new = olds[0].get("max_tokens"), harvest_cfg.get("max_tokens")
+    if was is None or (new is not None and new <= was):
+        return ""
+    names = sorted(manifests)
+    runs = [k for k in RUN_KEYS if len({json.dumps(o.get(k)) for o in olds}) > 1]
+    if runs:
+        each = "; ".join(f"{h}: " + ", ".join(f"{k} {m['harvest'].get(k)}" for k in runs)
+                         for h, m in manifests.items())
+        return (f"store {path} cannot grow: its hooks were harvested with different {' and '.join(runs)} "
+                f"({each}), and a growth continues every hook with the settings it began with: use it with "
+                f"harvest.max_tokens={was}, or set run_dir / store to another folder to harvest more rows")
+    said = [] if set(harvest_cfg.get("hooks") or []) == set(names) and not any(
+        hook_pattern(h) for h in harvest_cfg.get("hooks") or []) else [f"'harvest.hooks={json.dumps(names)}'"]
+    said += [f"'harvest.{k}={v if isinstance(v := olds[0].get(k), str) else json.dumps(v)}'" for k in RUN_KEYS
+             if olds[0].get(k) != harvest_cfg.get(k)]
+    if not said:  # growable: not refused here
+        return ""
+    return (f"store {path} holds hooks {names} harvested by configs naming other hooks (a layer added): it "
+            f"grows to max_tokens={new} with a config naming each of them by name, and no other, with the "
+            f"settings they began with (add other hooks once it has grown): add {' '.join(said)} to the "
+            "command")
 
 
 def unfinished_beside(manifest: dict, harvest_cfg: dict) -> bool:

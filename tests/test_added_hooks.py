@@ -124,7 +124,8 @@ def test_a_store_with_an_added_layer_grows_into_one_harvest_of_both(tmp_path):
     larger max_tokens, manifests included (each takes the growing config)."""
     common, _ = harvest(tmp_path / "a", hooks=[L1], max_tokens=40)
     harvest(tmp_path / "a", hooks=[L1, L3], max_tokens=40)
-    with pytest.raises(HarvestError, match="another config"):  # growing one hook would leave the other short
+    both = r"add 'harvest.hooks=\[\"blocks.1.hook_resid_post\", \"blocks.3.hook_resid_post\"\]' to the"
+    with pytest.raises(HarvestError, match=both):  # growing one hook would leave the other short
         harvest(tmp_path / "a", hooks=[L3], max_tokens=80)
     harvest(tmp_path / "a", hooks=[L1, L3], max_tokens=80)
     both, _ = harvest(tmp_path / "b", hooks=[L1, L3], max_tokens=80)
@@ -207,3 +208,34 @@ def test_a_repair_of_both_the_held_and_the_added_hook_is_finished_by_their_two_c
     harvest(tmp_path / "a", hooks=[L1, L3])
     assert f"adding ['{L3}'] beside them" in capsys.readouterr().out
     assert tree(store) == before
+
+
+def test_a_store_with_an_added_layer_that_cannot_grow_so_says_and_how_it_would(tmp_path):
+    """A larger max_tokens with hooks [all], or with another batch_size, was refused as 'a harvest with
+    another config (hooks: ... -> ['all']; max_tokens: 40 -> 80); delete' the store: it now names the
+    settings that grow it; hooks added with another batch_size than the held ones' cannot grow, and the
+    refusal says so and how to use the store."""
+    common, _ = harvest(tmp_path / "a", hooks=[L1], max_tokens=40)
+    harvest(tmp_path / "a", hooks=[L1, L3], max_tokens=40)
+    store = common.store_path
+    before = tree(Path(store))
+    how = (f"store {store} holds hooks ['{L1}', '{L3}'] harvested by configs naming other hooks (a layer "
+           "added): it grows to max_tokens=80 with a config naming each of them by name, and no other, with "
+           "the settings they began with (add other hooks once it has grown): add ")
+    with pytest.raises(HarvestError) as e:
+        harvest(tmp_path / "a", hooks=["all"], max_tokens=80)
+    assert str(e.value) == how + f"'harvest.hooks=[\"{L1}\", \"{L3}\"]' to the command"
+    with pytest.raises(HarvestError) as e:
+        harvest(tmp_path / "a", hooks=[L1, L3], max_tokens=80, batch_size=5)
+    assert str(e.value) == how + "'harvest.batch_size=3' to the command"
+    assert tree(Path(store)) == before
+
+    other, _ = harvest(tmp_path / "b", hooks=[L1], max_tokens=40)
+    harvest(tmp_path / "b", hooks=[L1, L3], max_tokens=40, batch_size=5)  # rows as the held hook's
+    with pytest.raises(HarvestError) as e:
+        harvest(tmp_path / "b", hooks=[L1, L3], max_tokens=80)
+    assert str(e.value) == (
+        f"store {other.store_path} cannot grow: its hooks were harvested with different batch_size ({L1}: "
+        f"batch_size 3; {L3}: batch_size 5), and a growth continues every hook with the settings it began "
+        "with: use it with harvest.max_tokens=40, or set run_dir / store to another folder to harvest more "
+        "rows")
