@@ -465,3 +465,67 @@ def test_ddp_check_tells_a_rank_local_batch_mean_from_the_global_one(tmp_path, i
         assert lines[6].endswith("random noise from dist.noise_like (docs/variants.md, 'Your own variant')")
         found = float(re.search(r"W differs by up to ([\d.e-]+)", lines[6])[1])
         assert found > 1e-3  # far outside the float32 tolerance (1e-5 + 1e-4 |w|) that one process is held to
+
+
+def _on_rank_1(what: str) -> str:
+    """The docs' plugin as variant 'tied_rank1', doing ``what`` (Python lines) in its loss on rank 1 only."""
+    lines = "".join(f"            {ln}\n" for ln in what.splitlines())
+    return _docs_example().replace('"tied_relu"', '"tied_rank1"').replace(
+        "        sse = (out.x_hat - x).pow(2).sum(-1).mean()\n",
+        "        import torch.distributed as td\n        if td.is_initialized() and td.get_rank() == 1:\n"
+        f"{lines}        sse = (out.x_hat - x).pow(2).sum(-1).mean()\n")
+
+
+def test_ddp_check_names_the_error_of_a_variant_that_fails_on_2_ranks_only(tmp_path, install, monkeypatch,
+                                                                            capsys):
+    """A variant that raises on rank 1 only: the line used to end with torchrun's summary's last line,
+    'exit 1: =====...', which names no cause; it names the rank's exception."""
+    install({"tied_rank1": _on_rank_1("raise RuntimeError('the probe needs one process')")},
+            {"tied_rank1": "tied_rank1"})
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "site"))
+    assert actdict_main(["variants", "tied_rank1", "--check", "--ddp"]) == 1
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "  ddp        FAILED: the training on 2 ranks failed (exit 1: rank 1: RuntimeError: the probe needs "
+        "one process)")
+
+
+def test_ddp_check_failure_prefers_a_ranks_own_message_to_torchruns_summary():
+    from actdict.train.ddp_check import failure
+
+    peer = ("[rank0]: actdict (rank 0 of 2): ActdictError: another rank of this torchrun run failed "
+            "(Connection reset by peer): see its own message above")
+    summary = "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: \n" + "=" * 60 + "\n"
+    raised = "[rank1]: Traceback (most recent call last):\n[rank1]:   File 'x.py'\n[rank1]: ValueError: k\n"
+    assert failure(peer + "\n" + raised + summary) == "rank 1: ValueError: k"
+    own = "actdict (rank 1 of 2): ConfigError: train.dicts[0].k must be > 0\n"
+    assert failure(peer + "\n" + own + raised + summary) == own.strip()
+    assert failure(peer + "\n" + summary).startswith("rank 0: actdict (rank 0 of 2): ActdictError: another")
+    assert failure("Traceback:\nImportError: no module named x\n") == "ImportError: no module named x"
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="finds the ranks through /proc")
+def test_ddp_check_stops_every_rank_of_a_training_that_hangs(tmp_path, install, monkeypatch, capsys):
+    """A variant whose rank 1 never returns (as one waiting on a collective rank 0 skips): the check's
+    timeout used to kill torchrun only, leaving both ranks running for ever; torchrun is told to stop them
+    and no process of the check's folder is left."""
+    import tempfile
+
+    from actdict.train import ddp_check
+
+    install({"tied_rank1": _on_rank_1("import time\ntime.sleep(3600)")}, {"tied_rank1": "tied_rank1"})
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "site"))
+    monkeypatch.setattr(ddp_check, "TIMEOUT", 15)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the check's folder, in every rank's command
+    assert actdict_main(["variants", "tied_rank1", "--check", "--ddp"]) == 1
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "  ddp        FAILED: the training on 2 ranks failed (it did not end within 15 s, and its processes "
+        "were stopped: a rank that waits on a collective (all_reduce, barrier) that another rank skips waits "
+        "for ever)")
+    left = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if str(tmp_path).encode() in cmdline.read_bytes():
+                left.append(cmdline.parent.name)
+        except OSError:  # ended meanwhile
+            pass
+    assert left == []

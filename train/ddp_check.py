@@ -22,6 +22,7 @@ takes about 20 s: the ranks start, import torch and meet; the training itself is
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -33,6 +34,8 @@ import torch
 import yaml
 
 RTOL, ATOL = 1e-4, 1e-5
+TIMEOUT = 600  # seconds for each training (it takes about 10)
+GRACE = 60  # for torchrun to stop its ranks once told to: it waits 30 s for them before their SIGKILL
 HINT = ("a loss of statistics across the batch takes them from actdict.train.dist.batch_mean / global_mean, "
         "random noise from dist.noise_like (docs/variants.md, 'Your own variant')")
 
@@ -48,17 +51,43 @@ def config(root: Path, run: str, store: str, variant: str, params: dict[str, Any
 
 
 def train(cfg: Path, ranks: int) -> str | None:
-    """``actdict train cfg`` on ``ranks`` processes; None, or why it failed (actdict's first error line, else
-    the last line of stderr)."""
+    """``actdict train cfg`` on ``ranks`` processes; None, or why it failed (``failure``). A training that
+    outlives ``TIMEOUT`` (a rank waiting on a collective another skips) is stopped as torchrun stops its
+    ranks, SIGTERM to it (it passes it on, then kills the ranks after its grace period), then SIGKILL: no
+    rank is left running once the check has returned. Its output goes to files beside the config, which a
+    rank still alive holds open without keeping the check waiting, as a pipe would."""
     launch = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}"] if ranks > 1 else []
     cmd = [sys.executable, *launch, "-m", "actdict.cli", "train", str(cfg)]
     env = os.environ | {"OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
-    if proc.returncode == 0:
-        return None
-    said = [ln for ln in proc.stderr.splitlines() if ln.strip() and "%|" not in ln]  # progress bars aside
-    ours = next((ln for ln in said if ln.startswith("actdict:")), None)  # its own line, not torchrun's
-    return f"exit {proc.returncode}: {(ours or (said[-1] if said else '')).strip()[:300]}"
+    log = cfg.with_suffix(".err")
+    with open(os.devnull, "w") as out, open(log, "w") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
+        try:
+            proc.wait(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            try:
+                proc.wait(timeout=GRACE)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            return (f"it did not end within {TIMEOUT} s, and its processes were stopped: a rank that waits "
+                    "on a collective (all_reduce, barrier) that another rank skips waits for ever")
+    return None if proc.returncode == 0 else f"exit {proc.returncode}: {failure(log.read_text())}"
+
+
+def failure(stderr: str) -> str:
+    """The line of a failed training's stderr that says why: actdict's own line (``actdict: ...``, under
+    torchrun ``actdict (rank R of N): ...``) but for a rank's note that another rank failed, else the
+    exception a rank's traceback ends with (``[rank1]: RuntimeError: ...``), else the last line. torchrun's
+    summary, which ends its stderr, names no cause ('====...', 'traceback : To enable traceback see')."""
+    said = [ln.strip() for ln in stderr.splitlines() if ln.strip() and "%|" not in ln]  # progress bars aside
+    said = [re.sub(r"^\[rank(\d+)\]: ", r"rank \1: ", ln) for ln in said]
+    ours = [ln for ln in said if re.match(r"(rank \d+: )?actdict( \(rank \d+ of \d+\))?: ", ln)]
+    raised = [ln for ln in said if re.match(r"rank \d+: [A-Za-z_][\w.]*(Error|Exception|Interrupt)\b", ln)]
+    own = [ln for ln in ours if "another rank of this torchrun run failed" not in ln]
+    line = next(iter(own + raised + ours), said[-1] if said else "no message")
+    return line[:300]
 
 
 def differences(one: dict[str, torch.Tensor], two: dict[str, torch.Tensor]) -> list[str]:
