@@ -529,3 +529,15 @@ def test_ddp_check_stops_every_rank_of_a_training_that_hangs(tmp_path, install, 
         except OSError:  # ended meanwhile
             pass
     assert left == []
+
+
+def test_ddp_check_says_when_its_trainings_do_not_find_the_plugin(tmp_path, install, capsys):
+    """A variant this process registered (its package on sys.path here only, not on the subprocesses'): the
+    line was the training's config error cut at 300 characters ('... (a variant of another package needs
+    that pack'); it says the subprocesses do not find it and to install its package."""
+    install({"tied_relu": _docs_example()}, {"tied_relu": "tied_relu"})  # no PYTHONPATH: not found there
+    assert actdict_main(["variants", "tied_relu", "--check", "--ddp"]) == 1
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "  ddp        FAILED: the trainings (python -m actdict.cli train, subprocesses) do not find "
+        "'tied_relu': install its package in this environment (pip install -e PATH), with its entry point, "
+        "as torchrun's ranks need it (docs/variants.md)")

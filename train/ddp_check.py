@@ -115,6 +115,10 @@ def check(variant: str, params: dict[str, Any] | None = None, k: int = 16) -> li
         store = write_vectors(str(root / "store"), x, shard_rows=512, chunk_rows=64).path
         for run, ranks in (("one", 1), ("two", 2)):
             if why := train(config(root, run, store, variant, params or {}, k), ranks):
+                if f"unknown dictionary variant {variant!r}" in why:  # registered here, not there
+                    return [f"the trainings (python -m actdict.cli train, subprocesses) do not find "
+                            f"{variant!r}: install its package in this environment (pip install -e PATH), "
+                            "with its entry point, as torchrun's ranks need it (docs/variants.md)"]
                 where = "in one process" if ranks == 1 else "on 2 ranks"
                 return [f"the training {where} failed ({why})"]
         (a, ma), (b, mb) = (checkpoint.load(root / run / "dicts" / variant) for run in ("one", "two"))
