@@ -541,3 +541,19 @@ def test_ddp_check_says_when_its_trainings_do_not_find_the_plugin(tmp_path, inst
         "  ddp        FAILED: the trainings (python -m actdict.cli train, subprocesses) do not find "
         "'tied_relu': install its package in this environment (pip install -e PATH), with its entry point, "
         "as torchrun's ranks need it (docs/variants.md)")
+
+
+def test_ddp_check_on_a_torch_without_distributed_says_so_before_training(monkeypatch, capsys):
+    """A torch built without torch.distributed (or its gloo backend) cannot run torchrun: the check says
+    so in one line, and trains nothing (it used to train in one process, then fail on torchrun's import)."""
+    import torch.distributed as dist
+
+    from actdict.train import ddp_check
+
+    monkeypatch.setattr(dist, "is_available", lambda: False)
+    monkeypatch.setattr(ddp_check, "train", lambda *a: pytest.fail("trained"))
+    assert actdict_main(["variants", "sae_l1", "--check", "--ddp"]) == 1
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"  ddp        FAILED: this torch ({torch.__version__}) was built without torch.distributed, so "
+        "torchrun cannot run: run the check where it has it (Linux and Windows wheels do; its plain --check "
+        "needs none)")

@@ -104,11 +104,28 @@ def differences(one: dict[str, torch.Tensor], two: dict[str, torch.Tensor]) -> l
     return bad
 
 
+def no_torchrun() -> str | None:
+    """Why this torch cannot run the 2-rank training (a build without torch.distributed, or without its
+    gloo backend, which CPU ranks use), found before anything is trained; None when it can."""
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        return (f"this torch ({torch.__version__}) was built without torch.distributed, so torchrun "
+                "cannot run: run the check where it has it (Linux and Windows wheels do; its plain --check "
+                "needs none)")
+    if not dist.is_gloo_available():
+        return (f"this torch ({torch.__version__}) has no gloo backend, which the check's CPU ranks use: run "
+                "it where torch has it (the wheels of pytorch.org do)")
+    return None
+
+
 def check(variant: str, params: dict[str, Any] | None = None, k: int = 16) -> list[str]:
     """What differs between ``variant`` trained in one process and on 2 ranks ([] when nothing)."""
     from actdict.harvest.store import write_vectors
     from actdict.train import checkpoint
 
+    if why := no_torchrun():
+        return [why]
     x = np.random.default_rng(3).standard_normal((1200, 8)).astype(np.float32)  # [1200, 8]
     with tempfile.TemporaryDirectory(prefix="actdict-ddp-check-") as tmp:
         root = Path(tmp)
