@@ -283,6 +283,9 @@ def report_lines(out: dict, top: int, labels: tuple[dict, dict], what: tuple[str
     if not shown or not (co or out["directions"]):  # neither measure: no table of empty rows
         return lines
     la, lb = labels
+    if blank := [x for x, lab in zip("AB", labels, strict=True) if not lab]:  # their columns would be blank
+        lines.append(f"compare: note: no labels for {' and '.join(blank)}: no features file of this training "
+                     "in its run folder (actdict analyze there writes it)")
     lines.append(f"{'A':>6} {'fires':>7}  {what[0]:<24} {'B (co-act.)':>11} {'Jacc.':>6}  {what[1]:<24} "
                  f"{'B (dir.)':>8} {'cos':>6}")
     for i in shown:

@@ -119,6 +119,8 @@ def test_the_command_prints_the_table_and_writes_every_partner(tmp_path, capsys,
     assert "co-activation on 64 rows both held out" in text and "A in B 1.000 (100.0% of" in text
     rows = [line.split() for line in text.splitlines() if line.lstrip().startswith("#")]
     assert len(rows) == 3 and all(r[2] == f"#{perm[int(r[0][1:])]}" and r[3] == "1.000" for r in rows)
+    assert ("compare: note: no labels for A and B: no features file of this training in its run folder "
+            "(actdict analyze there writes it)") in text.splitlines()  # not analysed: the columns are blank
     saved = json.loads((tmp_path / "c.json").read_text())
     assert saved["a"]["cofire"] == [[[int(j), float(v), c] for j, v, c in f] for f in saved["a"]["cofire"]]
     assert cli(["compare", da, str(tmp_path / "nothing")]) == 2
@@ -190,6 +192,9 @@ def test_the_table_labels_an_embeddings_run_by_its_texts_and_names_a_damaged_fil
     assert len(rows) == 2 and all("Kernel panics at boot" in r for r in rows)
     head = next(line for line in lines if line.split()[:2] == ["A", "fires"]).split()
     assert head[2] == "texts" and head[6] == "tokens"  # A's labels are texts, B has no features file
+    assert [ln for ln in lines if "no labels" in ln] == [
+        "compare: note: no labels for B: no features file of this training in its run folder (actdict "
+        "analyze there writes it)"]
     data["features"][0]["top"] = [[1.0, 5]]
     path.write_text(json.dumps(data))
     assert cli(["compare", da, db]) == 2
