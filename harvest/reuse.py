@@ -85,6 +85,8 @@ def complete_for(path: str, hooks: list[str], cfg: HarvestConfig,
                     f"({was} -> {cfg_json.get('max_tokens')}), written by an earlier actdict (format {fmt}), "
                     f"which cannot grow: use it with harvest.max_tokens={was}, or set run_dir / store to "
                     "another folder to harvest more rows")
+            if two := grow_then_add(m, cfg_json):
+                raise HarvestError(f"store {path} (hook {h!r}) {two}")
             changes = (config_changes(rows_view(old), rows_view(cfg_json)) or config_changes(old, cfg_json)
                        ) if isinstance(old, dict) else []
             what = "; ".join(changes[:8]) or f"config_hash {m.get('config_hash')}, this config {chash}"
@@ -140,6 +142,24 @@ def added_growth(path: str, manifests: dict[str, dict], harvest_cfg: dict) -> st
             f"grows to max_tokens={new} with a config naming each of them by name, and no other, with the "
             f"settings they began with (add other hooks once it has grown): add {' '.join(said)} to the "
             "command")
+
+
+def grow_then_add(manifest: dict, harvest_cfg: dict) -> str:
+    """When ``harvest_cfg`` (as JSON) would both grow the complete hook of ``manifest`` (a larger max_tokens)
+    and add hooks beside it, and nothing else differs: how to do it in two harvests ('' otherwise); it was
+    refused as another config, to be deleted."""
+    old = manifest.get("harvest")
+    aside = ("hooks", "max_tokens")
+    if not (manifest.get("complete") and isinstance(old, dict) and rows_view(old, aside) == rows_view(
+            harvest_cfg, aside) and old.get("hooks") != harvest_cfg.get("hooks")):
+        return ""
+    was, new = old.get("max_tokens"), harvest_cfg.get("max_tokens")
+    if was is None or (new is not None and new <= was):
+        return ""
+    hooks = json.dumps(old.get("hooks"))
+    return (f"holds max_tokens={was} of this harvest with hooks {old.get('hooks')}: growing it and adding "
+            f"hooks are two harvests: first grow it, adding 'harvest.hooks={hooks}' to this command, then "
+            "run this command as it is to add the others")
 
 
 def unfinished_beside(manifest: dict, harvest_cfg: dict) -> bool:

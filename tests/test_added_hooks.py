@@ -239,3 +239,19 @@ def test_a_store_with_an_added_layer_that_cannot_grow_so_says_and_how_it_would(t
         f"batch_size 3; {L3}: batch_size 5), and a growth continues every hook with the settings it began "
         "with: use it with harvest.max_tokens=40, or set run_dir / store to another folder to harvest more "
         "rows")
+
+
+def test_adding_and_growing_at_once_says_to_grow_first(tmp_path):
+    """A config naming a hook more and a larger max_tokens was refused as another config, to be deleted; it
+    says how to do it in two harvests, and they give one harvest of both at the larger max_tokens."""
+    common, _ = harvest(tmp_path / "a", hooks=[L1], max_tokens=40)
+    with pytest.raises(HarvestError) as e:
+        harvest(tmp_path / "a", hooks=[L1, L3], max_tokens=80)
+    assert str(e.value) == (
+        f"store {common.store_path} (hook '{L1}') holds max_tokens=40 of this harvest with hooks ['{L1}']: "
+        f"growing it and adding hooks are two harvests: first grow it, adding 'harvest.hooks=[\"{L1}\"]' to "
+        "this command, then run this command as it is to add the others")
+    harvest(tmp_path / "a", hooks=[L1], max_tokens=80)
+    harvest(tmp_path / "a", hooks=[L1, L3], max_tokens=80)
+    both, _ = harvest(tmp_path / "b", hooks=[L1, L3], max_tokens=80)
+    assert _hook_tree(common.store_path, L3) == _hook_tree(both.store_path, L3)
