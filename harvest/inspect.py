@@ -122,9 +122,15 @@ def repair_hooks(path: str, hooks: list[str]) -> int:
             said = "; ".join(f"{name}: {why}" for name, why in bad.items())
             state = f"{len(bad)} shard(s) to write again ({said})" if bad else "intact"
             print(printable(f"{hook}: {state}"), flush=True)
-    if any(bad and manifests[h].get("config_hash") for h, bad in removed.items()):
+    harvested = {h: manifests[h].get("config_hash") for h, bad in removed.items() if bad}
+    if any(harvested.values()):
         print(f"the store is now unfinished: run the harvest command that made it (the same config and store "
               f"{path}) to write those shards again; a token harvest computes only them")
+    if len(set(filter(None, harvested.values()))) > 1:  # a layer added later: two configs, each its hooks
+        names = lambda h: (manifests[h].get("harvest") or {}).get("hooks") or []  # noqa: E731
+        for h in sorted(harvested, key=lambda h: (len(names(h)), h)):  # the config naming fewer hooks first
+            print(printable(f"{h}: written by the config with hooks {json.dumps(names(h))} "
+                            f"({harvested[h]}): run that one for it, those naming fewer hooks first"))
     for h, bad in removed.items():
         if bad and not (m := manifests[h]).get("config_hash"):  # write_vectors / the vectors module
             print(f"{h}: vectors written from Python or by `python -m actdict.harvest.vectors` have no "

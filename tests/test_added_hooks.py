@@ -198,7 +198,15 @@ def test_a_repair_of_both_the_held_and_the_added_hook_is_finished_by_their_two_c
         flipped = bytearray(chunk.read_bytes())
         flipped[10] ^= 0xFF
         chunk.write_bytes(bytes(flipped))
+    capsys.readouterr()
     assert cli(["store", str(store), "--repair"]) == 0
+    said = capsys.readouterr().out.splitlines()
+    l1, l3 = (json.loads((store / h / "manifest.json").read_text())["config_hash"] for h in (L1, L3))
+    assert said[-2:] == [  # which command writes which hook's shards again, in the order that works
+        f'{L1}: written by the config with hooks ["{L1}"] ({l1}): run that one for it, those naming fewer '
+        "hooks first",
+        f'{L3}: written by the config with hooks ["{L1}", "{L3}"] ({l3}): run that one for it, those naming '
+        "fewer hooks first"]
     with pytest.raises(HarvestError, match=r"add 'harvest.hooks=\[\"blocks.1.hook_resid_post\"\]' to the"):
         harvest(tmp_path / "a", hooks=[L1, L3])
     capsys.readouterr()
