@@ -89,6 +89,7 @@ def complete_for(path: str, hooks: list[str], cfg: HarvestConfig,
                 raise HarvestError(f"store {path} (hook {h!r}) {two}")
             changes = (config_changes(rows_view(old), rows_view(cfg_json)) or config_changes(old, cfg_json)
                        ) if isinstance(old, dict) else []
+            changes.sort(key=lambda c: not c.startswith("mode:"))  # another kind of store: said first
             what = "; ".join(changes[:8]) or f"config_hash {m.get('config_hash')}, this config {chash}"
             raise HarvestError(
                 f"store {path} holds a harvest with another config (hook {h!r}: {what}); delete {path}, or "

@@ -263,3 +263,15 @@ def test_adding_and_growing_at_once_says_to_grow_first(tmp_path):
     harvest(tmp_path / "a", hooks=[L1, L3], max_tokens=80)
     both, _ = harvest(tmp_path / "b", hooks=[L1, L3], max_tokens=80)
     assert _hook_tree(common.store_path, L3) == _hook_tree(both.store_path, L3)
+
+
+def test_a_token_harvest_into_a_store_of_imported_vectors_says_the_mode_first(tmp_path):
+    """The refusal listed every differing key in order (ctx, hooks, ..., mode, model, ...), the one that
+    says why buried among them: a store of another kind (mode) is now said first."""
+    np.save(tmp_path / "v.npy", np.random.default_rng(0).standard_normal((64, 4)).astype(np.float32))
+    common, _ = harvest(tmp_path / "a", mode="vectors", vectors={"path": str(tmp_path / "v.npy")})
+    with pytest.raises(HarvestError) as e:
+        harvest(tmp_path / "a", hooks=[L1])
+    assert str(e.value).startswith(f"store {common.store_path} holds a harvest with another config (hook "
+                                   "'vectors': mode: 'vectors' -> 'tokens'; ")
+    assert sorted(p.name for p in Path(common.store_path).iterdir() if p.name[0] != ".") == ["vectors"]
