@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from actdict.harvest.resume import HarvestError
+from actdict.harvest.resume import HarvestError, identity_diff
 
 
 def remove_added(path: str, hooks: list[str]) -> str:
@@ -29,9 +29,8 @@ def check_added(found: dict, expected: dict, where: str, path: str, hooks: list[
     """Before hooks are added beside a held hook (manifest ``found``): what this harvest's manifests would
     record besides its config (``expected``: the model's revision, the source files' fingerprint, an
     encoder's attention mask) must be the held hook's."""
-    keys = sorted(k for k in expected if found.get(k) != expected[k])
+    keys, diff = identity_diff(found, expected)
     if keys:
-        diff = "; ".join(f"{k}: store {found.get(k)!r}, this run {expected.get(k)!r}" for k in keys[:4])
         raise HarvestError(f"{where} was harvested from other files ({diff}), so {hooks} cannot be added "
                            "beside it: harvest them into another store (set store / run_dir), or delete "
                            f"{path} to harvest every hook again")

@@ -123,16 +123,22 @@ def check_manifest(found: dict, expected: dict, where: str) -> None:
                            "it; delete the store to harvest again, or set store / run_dir to another folder")
 
 
+def identity_diff(found: dict, expected: dict) -> tuple[list[str], str]:
+    """The keys of ``expected`` (what a manifest records of the rows besides the config: ``rows_identity``)
+    whose value the manifest ``found`` does not hold, and 'key: store X, this run Y; ...' of the first 4."""
+    keys = sorted(k for k in expected if found.get(k) != expected[k])
+    return keys, "; ".join(f"{k}: store {found.get(k)!r}, this run {expected.get(k)!r}" for k in keys[:4])
+
+
 def check_growth(found: dict, expected: dict, where: str) -> None:
     """Before a complete store is reopened to grow: what the larger harvest's manifest would record besides
     its config (``expected``: the model's revision, the source files' fingerprint, an encoder's attention
     mask) must be the store's. Otherwise HarvestError, and the store is left complete, as it was (reopened
     first, it was refused only afterwards by ``check_manifest``: incomplete, a short last shard removed,
     neither resumable nor usable)."""
-    keys = sorted(k for k in expected if found.get(k) != expected[k])
+    keys, diff = identity_diff(found, expected)
     if not keys:
         return
-    diff = "; ".join(f"{k}: store {found.get(k)!r}, this run {expected.get(k)!r}" for k in keys[:4])
     why = ("an earlier actdict harvested it (its attention mask also hid a window's final [SEP] after a "
            "separator), so a larger harvest's rows would differ" if keys == ["attention_mask"] and
            found.get("attention_mask") is None else

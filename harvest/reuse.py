@@ -123,7 +123,7 @@ def added_growth(path: str, manifests: dict[str, dict], harvest_cfg: dict) -> st
             rows_view(o, aside) != rows_view(harvest_cfg, aside) for o in olds):
         return ""
     was, new = olds[0].get("max_tokens"), harvest_cfg.get("max_tokens")
-    if was is None or (new is not None and new <= was):
+    if not grows_to(was, new):
         return ""
     names = sorted(manifests)
     runs = [k for k in RUN_KEYS if len({json.dumps(o.get(k)) for o in olds}) > 1]
@@ -155,7 +155,7 @@ def grow_then_add(manifest: dict, harvest_cfg: dict) -> str:
             harvest_cfg, aside) and old.get("hooks") != harvest_cfg.get("hooks")):
         return ""
     was, new = old.get("max_tokens"), harvest_cfg.get("max_tokens")
-    if was is None or (new is not None and new <= was):
+    if not grows_to(was, new):
         return ""
     hooks = json.dumps(old.get("hooks"))
     return (f"holds max_tokens={was} of this harvest with hooks {old.get('hooks')}: growing it and adding "
@@ -189,6 +189,11 @@ def same_rows(manifest: dict, harvest_cfg: dict, also: tuple[str, ...] = ()) -> 
         rows_view(old, also) == rows_view(harvest_cfg, also))
 
 
+def grows_to(was: int | None, new: int | None) -> bool:
+    """A harvest of ``new`` max_tokens holds more rows than one of ``was`` (None: the whole source)."""
+    return was is not None and (new is None or new > was)
+
+
 def set_back(manifest: dict, new: dict) -> str:
     """The overrides that give ``new`` (a harvest config as JSON) what a resume or a growth of the hook of
     ``manifest`` needs, when nothing else differs: an unfinished harvest resumes only with the
@@ -201,8 +206,7 @@ def set_back(manifest: dict, new: dict) -> str:
         rows_view(h) | {k: h.get(k) for k in RUN_KEYS} for h in (old, new))
     keys = {k for k in set(a) | set(b) if a.get(k) != b.get(k)}
     if manifest.get("complete"):  # growing: max_tokens larger, run keys to set back
-        grows = "max_tokens" in keys and (new["max_tokens"] is None or (
-            old.get("max_tokens") is not None and new["max_tokens"] > old["max_tokens"]))
+        grows = "max_tokens" in keys and grows_to(old.get("max_tokens"), new["max_tokens"])
         back = set(RUN_KEYS)
         if not grows or keys - back - {"max_tokens"}:
             return ""
@@ -238,18 +242,20 @@ def held_hooks(manifests: dict[str, dict], cfg: HarvestConfig) -> dict[str, dict
             if m.get("config_hash") != chash and same_rows(m, cfg_json, ("hooks",))}
 
 
-def to_add(path: str, hooks: list[str], cfg: HarvestConfig, say: Callable[[str], None]) -> list[str]:
+def to_add(path: str, hooks: list[str], cfg: HarvestConfig, say: Callable[[str], None],
+           manifests: dict[str, dict]) -> list[str]:
     """Of ``hooks`` (the config's, expanded by the model), those the harvest writes: all of them, but for
     the store's ``held_hooks``. [] (and says so) when the store holds them all: a config whose hooks were
     spelled otherwise than the store's (``hooks: [all]`` against the same hooks listed by name, which
     ``complete_for`` leaves to this point), or naming some of a larger harvest's. Hooks this config wrote
-    complete (a pattern that added them before) are not written again either."""
-    manifests, chash = hook_manifests(path), config_hash(cfg)
+    complete (a pattern that added them before) are not written again either. ``manifests``: the store's
+    (``hook_manifests``)."""
+    chash = config_hash(cfg)
     held = held_hooks(manifests, cfg)
     new = [h for h in hooks if h not in held and not (
         manifests.get(h, {}).get("complete") and manifests[h].get("config_hash") == chash)]
     if not new:
-        say(f"harvest: store {path} is already complete for this config ({config_hash(cfg)}"
+        say(f"harvest: store {path} is already complete for this config ({chash}"
             f"{how_held(held, as_json(cfg))}); skipping")
     elif held:
         rows = f"{int(next(iter(held.values())).get('n_rows', 0)):,}"

@@ -333,8 +333,9 @@ def harvest(common: Common, cfg: HarvestConfig, ranks: Ranks, grow: bool = False
     hooks = expand_hooks(lm, cfg.hooks)
     if on_hooks is not None:
         on_hooks(hooks)
-    held = {} if grow else held_hooks(hook_manifests(path), cfg)  # complete: their rows are this harvest's
-    if not grow and not (hooks := to_add(path, hooks, cfg, say)):  # the store holds them all
+    stored = {} if grow else hook_manifests(path)
+    held = held_hooks(stored, cfg)  # complete: their rows are this harvest's
+    if not grow and not (hooks := to_add(path, hooks, cfg, say, stored)):  # the store holds them all
         return
     same_as = open_store(path, min(held)) if held else None  # the rows each added hook's shard must have
     stop = lm.stop_at_layer(hooks)
