@@ -6,6 +6,8 @@ bug and keeps its traceback.
 
 
 import warnings
+from collections.abc import Callable
+from typing import NoReturn
 
 
 class ActdictError(Exception):
@@ -45,6 +47,16 @@ def tolerant_stdout() -> None:
         return
     if not utf and callable(getattr(out, "reconfigure", None)):
         out.reconfigure(errors="backslashreplace")
+
+
+def run_command(main: Callable[[], int | None]) -> NoReturn:
+    """A module's ``python -m`` entry point (``python -m actdict.harvest.vectors``, ``...corpus``...): run
+    ``main`` as the process, its return value the exit status, with the printing the ``actdict`` command
+    sets up first: a stdout that writes what its encoding lacks as escapes (``tolerant_stdout``: Windows'
+    cp1252 stopped these commands on a non-ASCII path or token) and one-line actdict warnings."""
+    one_line_warnings()
+    tolerant_stdout()
+    raise SystemExit(main())
 
 
 _CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)] if chr(c) not in "\n\t"}

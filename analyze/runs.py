@@ -145,4 +145,6 @@ def ce_caveats(runs: list[str]) -> list[tuple[str, str]]:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from actdict.errors import run_command
+
+    run_command(main)

@@ -144,4 +144,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from actdict.errors import run_command
+
+    run_command(main)

@@ -456,4 +456,6 @@ def cli(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli())
+    from actdict.errors import run_command
+
+    run_command(cli)

@@ -295,6 +295,74 @@ def test_a_stdout_that_cannot_encode_a_name_escapes_it(tmp_path, monkeypatch):
     assert out.getvalue().decode("cp1252").startswith("\\u03a9mega: 8 rows")
 
 
+ENTRY_MODULES = ["actdict.harvest.vectors", "actdict.harvest.corpus", "actdict.harvest.synthetic",
+                 "actdict.train.saelens_import", "actdict.train.listing", "actdict.train.export",
+                 "actdict.analyze.runs", "actdict.analyze.show", "actdict.analyze.pair"]
+
+
+def cp1252_stdout(monkeypatch):
+    """Windows' stdout redirected to a file or a pipe: its code page; the bytes written to it."""
+    import io
+    import sys
+
+    out = io.BytesIO()
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(out, encoding="cp1252", write_through=True))
+    return out
+
+
+def run_as_main(module: str, argv: list[str], monkeypatch) -> object:
+    """``python -m MODULE ARGV...`` in this process; its exit status."""
+    import runpy
+    import sys
+    import warnings
+
+    monkeypatch.setattr(sys, "argv", [module, *argv])
+    with warnings.catch_warnings():  # 'found in sys.modules ... prior to execution': imported by the tests
+        warnings.simplefilter("ignore", RuntimeWarning)
+        with pytest.raises(SystemExit) as e:
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
+    return e.value.code
+
+
+def test_every_python_m_entry_point_ends_in_its_package():
+    """ENTRY_MODULES is every module of actdict with a ``python -m`` entry point, so that the test below
+    covers each."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    main = re.compile(r"^if __name__ == .__main__.:", re.M)
+    found = sorted(f"actdict.{d}.{p.stem}" for d in ("harvest", "train", "analyze")
+                   for p in (root / d).glob("*.py") if main.search(p.read_text()))
+    assert found == sorted(ENTRY_MODULES)
+
+
+@pytest.mark.parametrize("module", ENTRY_MODULES)
+def test_every_python_m_entry_point_escapes_what_a_cp1252_stdout_cannot_write(module, monkeypatch):
+    """The ``python -m`` entry points (the import, the corpus build...) did not set up stdout as the
+    ``actdict`` command does, so a cp1252 stdout stopped them on a non-ASCII path or token with a
+    UnicodeEncodeError; each now writes such characters as escapes (its --help run here)."""
+    import sys
+
+    cp1252_stdout(monkeypatch)
+    assert run_as_main(module, ["--help"], monkeypatch) == 0
+    assert sys.stdout.errors == "backslashreplace"
+
+
+def test_python_m_vectors_import_into_a_non_ascii_store_says_where_on_a_cp1252_stdout(tmp_path, monkeypatch):
+    """``python -m actdict.harvest.vectors v.npy Ωstore`` imported the vectors, then stopped with a
+    UnicodeEncodeError traceback printing where; it now says it with the name escaped, and ends with 0."""
+    import numpy as np
+
+    np.save(tmp_path / "v.npy", np.ones((16, 3), np.float32))
+    out = cp1252_stdout(monkeypatch)
+    assert run_as_main("actdict.harvest.vectors", [str(tmp_path / "v.npy"), str(tmp_path / "Ωstore")],
+                       monkeypatch) == 0
+    said = out.getvalue().decode("cp1252")
+    assert said.startswith("imported 16 vectors (d=3) into ") and "\\u03a9store" in said
+    assert (tmp_path / "Ωstore" / "vectors").is_dir()
+
+
 # `actdict variants` whose interpreter shutdown is slow (an atexit handler, as a thread joined there), and
 # says when it has begun: a Ctrl-C then comes after main has returned
 SLOW_SHUTDOWN = """import atexit, runpy, sys, time
