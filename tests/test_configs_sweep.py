@@ -98,3 +98,50 @@ def test_a_sweep_set_to_null_from_the_command_line_trains_the_one_dictionary_its
     cfg.write_text("train:\n  dicts:\n    - {name: a, variant: sae_l1, k: 4, sweep: {seed: [0, 1]}}\n")
     dicts = section(load_experiment(cfg, ["train.dicts.a.sweep=null"]), "train", TrainConfig).dicts
     assert [(d.name, d.k, d.seed) for d in dicts] == [("a", 4, None)]
+
+
+def test_a_swept_value_with_a_slash_is_refused_on_every_platform_naming_the_key_and_an_item_of_its_own(
+        tmp_path):
+    """A sweep over a string holding '/' named a dictionary 'l1_act-relu/2_seed-0' (a nested folder), refused
+    by the dictionary's name check without a word of the sweep, whose names are not the user's to change:
+    the refusal now names the swept key and the item of its own that does the same, which is then taken."""
+    from actdict.train.config import TrainConfig
+
+    cfg = tmp_path / "sweep.yaml"
+    cfg.write_text("train:\n  dicts:\n    - {name: l1, variant: sae_l1, "
+                   "sweep: {params: {act: [relu, relu/2]}, seed: [0, 1]}}\n")
+    with pytest.raises(ConfigError) as e:
+        section(load_experiment(cfg), "train", TrainConfig)
+    assert str(e.value) == (
+        "train.dicts[l1].sweep.params.act: the value 'relu/2' puts '/' into the names of its dictionaries "
+        "(l1_act-relu/2...), which would make a nested folder dicts/<name>/... on every platform: take it "
+        "out of the sweep into an item of train.dicts of its own, which names itself ({name: l1_act-relu-2, "
+        'params: {act: "relu/2"}, ...}, its sweep of the other keys kept)')
+    cfg.write_text("train:\n  dicts:\n    - {name: l1, variant: sae_l1, sweep: {params: {act: [relu]}, "
+                   "seed: [0, 1]}}\n    - {name: l1_act-relu-2, variant: sae_l1, params: {act: \"relu/2\"}, "
+                   "sweep: {seed: [0, 1]}}\n")
+    dicts = section(load_experiment(cfg), "train", TrainConfig).dicts
+    assert [(d.name, d.params["act"]) for d in dicts] == [
+        ("l1_act-relu_seed-0", "relu"), ("l1_act-relu_seed-1", "relu"),
+        ("l1_act-relu-2_seed-0", "relu/2"), ("l1_act-relu-2_seed-1", "relu/2")]
+
+
+def test_on_windows_a_swept_mapping_is_refused_naming_the_key_and_posix_systems_keep_its_names(
+        tmp_path, monkeypatch):
+    """A sweep over mappings names its dictionaries by their JSON ('l1_act-{"a": 1}'), whose ':' and '"'
+    Windows gives no folder: there it was refused as the dictionary name to 'rename', which the user cannot;
+    it now names the swept key and the item of its own. Linux and macOS keep the names they made."""
+    import actdict.config
+    from actdict.train.config import TrainConfig
+
+    cfg = tmp_path / "sweep.yaml"
+    cfg.write_text("train:\n  dicts:\n    - {name: l1, variant: sae_l1, sweep: {params: {act: [{a: 1}]}}}\n")
+    assert [d.name for d in section(load_experiment(cfg), "train", TrainConfig).dicts] == ['l1_act-{"a": 1}']
+    monkeypatch.setattr(actdict.config, "WINDOWS", True, raising=False)
+    with pytest.raises(ConfigError) as e:
+        section(load_experiment(cfg), "train", TrainConfig)
+    assert str(e.value) == (
+        "train.dicts[l1].sweep.params.act: the value {'a': 1} puts '\":' into the names of its dictionaries "
+        "(l1_act-{\"a\": 1}...), which would make a name Windows cannot give a folder (Windows takes none of "
+        "'\":' in a file name): take it out of the sweep into an item of train.dicts of its own, which names "
+        "itself ({name: l1_act-{-a-- 1}, params: {act: {\"a\": 1}}, ...}, its sweep of the other keys kept)")

@@ -213,10 +213,30 @@ def expand_sweeps(items: list, where: str = "train.dicts") -> list:
                 else:
                     new[path[0]] = value
                 labels.append(f"{path[-1]}-{value if isinstance(value, str) else json.dumps(value)}")
+                if isinstance(base.get("name"), str):  # (no name: the item is refused for that)
+                    _check_label(labels[-1], value, path, at, base["name"])
             if isinstance(new.get("name"), str):
                 new["name"] = "_".join([new["name"], *labels])
             out.append(new)
     return out
+
+
+def _check_label(label: str, value: Any, path: tuple[str, ...], at: str, name: str) -> None:
+    """ConfigError naming the swept key (``path``, under the sweep ``at``) when its ``label`` (``act-relu/2``:
+    the key and value, a part of each of its dictionaries' names) holds a character no dictionary name may
+    hold: '/' or NUL on every platform (a nested folder dicts/l1_act-relu/2/), Windows' reserved ones there
+    (a mapping's ``{"a": 1}``). A sweep names its dictionaries by their values, so such a value is taken out
+    of the sweep into an item of its own, which names itself."""
+    if not (bad := "".join(sorted({c for c in label if c in "/\0" or name_problem(f"_{c}_")}))):
+        return
+    why = ("a nested folder dicts/<name>/... on every platform" if "/" in bad or "\0" in bad
+           else f"a name Windows cannot give a folder ({name_problem(f'_{bad}_')})")
+    own = f"{name}_{label}".translate({ord(c): "-" for c in bad})
+    setting = f"{path[0]}: {{{path[1]}: {json.dumps(value)}}}" if path[0] == "params" else f"{path[0]}: ..."
+    raise ConfigError(f"{at}.{'.'.join(path)}: the value {value!r} puts {bad!r} into the names of its "
+                      f"dictionaries ({name}_{label}...), which would make {why}: take it out of the sweep "
+                      f"into an item of train.dicts of its own, which names itself ({{name: {own}, "
+                      f"{setting}, ...}}, its sweep of the other keys kept)")
 
 
 def _as_number(value: Any) -> Any:
