@@ -238,6 +238,35 @@ def test_the_plan_says_the_training_stops_on_another_split_of_the_run_folder(tmp
     assert capsys.readouterr().out.splitlines()[-1] == "analyze: not run: the train above stops"
 
 
+def test_a_dictionary_renamed_in_case_only_stops_the_training_and_its_plan_leaving_the_other(tmp_path,
+                                                                                               capsys):
+    """'SAE' renamed 'sae': on macOS' case-insensitive disk dicts/sae is dicts/SAE, and the plan said the
+    training 'replaces its finished checkpoint (dict.name ...)' and wrote over SAE's files; on Linux it
+    made a run folder with both, which such a disk cannot hold. The plan and the training now stop on every
+    platform in one line saying why and what to do; dicts/SAE is left as it was."""
+    x = np.random.default_rng(0).standard_normal((512, 6)).astype(np.float32)
+    write_vectors(str(tmp_path / "store"), x, shard_rows=128, chunk_rows=64)
+    cfg = _config(tmp_path)
+    one = "train.dicts=[{{name: {}, variant: sae_l1, k: 8, params: {{lam1: 0.1}}}}]"
+    assert cli(["train", cfg, "train.epochs=1", one.format("SAE")]) == 0
+    before = _files(tmp_path / "run" / "dicts")
+    capsys.readouterr()
+    assert cli(["train", cfg, "train.epochs=1", one.format("sae"), "--dry-run"]) == 2
+    out = capsys.readouterr().out
+    why = (f"train.dicts[sae]: {tmp_path / 'run' / 'dicts'} holds 'SAE', a name that differs only in case, "
+           "which a case-insensitive file system (macOS', Windows' default) takes for the same folder: "
+           "training 'sae' would write over the dictionary 'SAE' there. A dictionary's name is part of its "
+           "training, so a rename trains it again: name it 'SAE' as before to keep it, or move "
+           f"{tmp_path / 'run' / 'dicts' / 'SAE'} out of the run folder (or set run_dir) to train 'sae'")
+    assert out.splitlines()[0] == f"train: would stop: {why}"
+    assert _states(out) == {"sae": "not trained: the training stops"}
+    assert cli(["train", cfg, "train.epochs=1", one.format("sae")]) == 2  # as the training does
+    assert capsys.readouterr().err == f"actdict: config error: {why}\n"
+    assert _files(tmp_path / "run" / "dicts") == before
+    assert cli(["train", cfg, "train.epochs=1", one.format("SAE")]) == 0  # its own name: skipped
+    assert "SAE: finished checkpoint with the same config exists, skipped" in capsys.readouterr().out
+
+
 def test_the_plan_of_a_vectors_import_says_whether_it_is_skipped_imported_again_or_refused(tmp_path, capsys):
     """harvest.mode: vectors: the store of this file, unchanged: skipped; the file changed since (its
     fingerprint): imported again, and the training judged after it; another file: refused, as the import

@@ -80,6 +80,28 @@ def split_refusal(common: Common, cfg: TrainConfig, store, stand: Standing) -> s
             "them to train.dicts)")
 
 
+def case_refusal(run_dir: Path, todo: list[DictConfig]) -> str | None:
+    """Why the training stops before it trains (a dictionary to train whose name differs only in case from
+    a folder of ``run_dir``/dicts: 'sae' beside dicts/SAE, a renamed dictionary), or None. On a
+    case-insensitive file system (macOS', Windows' default) the two are one folder, so the training would
+    write over the other dictionary, announced as its replacement; on Linux it would make a run folder
+    that such a file system cannot hold. Refused on every platform, as ``config.case_clash`` refuses such
+    names within one config."""
+    root = run_dir / "dicts"
+    folders = {p.name for p in root.iterdir() if p.is_dir()} if root.is_dir() else set()
+    pairs = [(dc.name, other) for dc in todo if dc.name not in folders
+             for other in sorted(folders) if other.casefold() == dc.name.casefold()]
+    if not pairs:
+        return None
+    (name, other), more = pairs[0], len(pairs) - 1
+    alike = f" (and {more} more dictionar{'y' if more == 1 else 'ies'} alike)" if more else ""
+    return (f"train.dicts[{name}]: {root} holds {other!r}{alike}, a name that differs only in case, which a "
+            f"case-insensitive file system (macOS', Windows' default) takes for the same folder: training "
+            f"{name!r} would write over the dictionary {other!r} there. A dictionary's name is part of its "
+            f"training, so a rename trains it again: name it {other!r} as before to keep it, or move "
+            f"{root / other} out of the run folder (or set run_dir) to train {name!r}")
+
+
 def params_text(dc: DictConfig) -> str:
     """A dictionary's params as ``key=value`` pairs in key order ('-' for none)."""
     return ", ".join(f"{k}={v}" for k, v in sorted(dc.params.items())) or "-"
@@ -178,6 +200,8 @@ def plan(common: Common, cfg: TrainConfig, after_harvest: bool = False) -> Stage
     store, head, refused = opened(common, cfg, after_harvest)
     stand = None if store is None else standing(common, cfg, store)
     if stand is not None and (why := split_refusal(common, cfg, store, stand)):
+        stand, head, refused = None, f"train: would stop: {why}", True
+    if stand is not None and (why := case_refusal(Path(common.run_dir), stand.todo)):
         stand, head, refused = None, f"train: would stop: {why}", True
     todo = cfg.dicts if stand is None else stand.todo
     if not refused and todo and (why := write_problem(written_folders(Path(common.run_dir), todo), WRITES)):

@@ -51,7 +51,7 @@ from actdict.train.identity import (
 )
 from actdict.train.log import LOGS, append_record, log_path, start_log
 from actdict.train.loop import Interrupted, Member, Position, resolve_device, total_steps, train
-from actdict.train.plan import WRITES, Standing, split_refusal, standing, written_folders
+from actdict.train.plan import WRITES, Standing, case_refusal, split_refusal, standing, written_folders
 from actdict.train.protocol import make, make_meta, registry
 from actdict.train.resume import (
     KEPT,
@@ -393,6 +393,8 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device,
     if note := split_note([b - a for a, b in map(store.chunk_bounds, range(store.num_chunks))], split,
                           cfg.test_fraction):
         say(f"train: note: {note}")
+    if why := case_refusal(run_dir, todo):  # before 'replaces', which it would be on macOS
+        raise ConfigError(why)
     for line in standing_lines(cfg, stand, run_dir):
         say(line)
     if why := split_refusal(common, cfg, store, stand):
