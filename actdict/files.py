@@ -62,6 +62,33 @@ def check_not_linked(folders: list[Path], what: str) -> None:
                              "made again), or link the whole run folder or store instead")
 
 
+def disk_path(path: str) -> str:
+    """``path`` resolved (``os.path.realpath``), each name spelled as its folder holds it where the file
+    system takes names in any case: macOS' realpath keeps the case a name was given in, so ``Store`` and
+    ``store``, one folder on its default disk, were two spellings. A name is respelled only where its
+    case swapped names the same file (a probe: one ``stat`` per name, no listing on a case-sensitive disk);
+    a path that is not there is left as spelled. One folder, one spelling: what identifies a store by its
+    path (``train.identity.store_key``)."""
+    real = os.path.realpath(path)
+    head, *names = Path(real).parts
+    out = head
+    for name in names:
+        here, other = os.path.join(out, name), os.path.join(out, name.swapcase())
+        if other != here and _same_file(here, other):  # a case-insensitive folder: its own spelling
+            held = [n for n in os.listdir(out) if n.casefold() == name.casefold()
+                    and not os.path.islink(os.path.join(out, n)) and _same_file(os.path.join(out, n), here)]
+            name = name if name in held or len(held) != 1 else held[0]
+        out = os.path.join(out, name)
+    return out
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # either is not there (or not readable): not known to be one
+        return False
+
+
 def remove_temps(folder: Path, pattern: str = "*") -> list[Path]:
     """Remove the temporary files a killed :func:`write_atomic` left in ``folder`` for the files matching
     ``pattern`` (a glob of their final names); returns them. Only where no other writer can be at work (under

@@ -44,6 +44,55 @@ def test_store_identity_in_the_hash():
     assert store_key(remote | {"path": "s3://b/v1/"}) == store_key(remote) == remote
 
 
+@pytest.fixture
+def case_insensitive(tmp_path, monkeypatch):
+    """tmp_path/store and tmp_path/STORE as macOS' default disk has them: one folder, which it lists by the
+    name it was made with (STORE, a link here, opens it), and whose realpath keeps the case given."""
+    (tmp_path / "store").mkdir()
+    (tmp_path / "STORE").symlink_to("store")
+    real = os.path.realpath
+
+    def kept_case(path, *args, **kwargs):  # no link on macOS: STORE is resolved as it is spelled
+        out = real(path, *args, **kwargs)
+        spelled = "STORE" in str(path)
+        return out.replace(str(tmp_path / "store"), str(tmp_path / "STORE"), 1) if spelled else out
+
+    monkeypatch.setattr(os.path, "realpath", kept_case)
+    return tmp_path
+
+
+def test_a_path_in_another_case_is_spelled_as_its_disk_holds_it_only_where_that_disk_takes_any_case(
+        case_insensitive, tmp_path):
+    from actdict.files import disk_path
+
+    assert disk_path(str(tmp_path / "STORE" / "X")) == str(tmp_path / "store" / "X")  # X: not there
+    assert disk_path(str(tmp_path / "STORE")) == disk_path(str(tmp_path / "store")) == str(tmp_path / "store")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "DATA").mkdir()  # a case-sensitive disk's two folders: each its own spelling
+    assert disk_path(str(tmp_path / "DATA")) == str(tmp_path / "DATA")
+    assert disk_path("no/such") == os.path.realpath("no/such")
+
+
+def test_a_vectors_store_spelled_in_another_case_on_a_case_insensitive_disk_is_the_same_store(
+        case_insensitive, tmp_path, capsys):
+    """A store without a config hash (write_vectors, the vectors import) is identified by its path, and
+    macOS' realpath keeps the case it is given: store=STORE retrained the dictionaries trained on store,
+    one folder there. Its path is now spelled as the disk holds it: they are skipped."""
+    from actdict.train.run import main
+
+    x = np.random.default_rng(0).standard_normal((256, 3)).astype(np.float32)
+    write_vectors(str(tmp_path / "store"), x, shard_rows=128, chunk_rows=32)
+    cfg = TrainConfig(dicts=[DictConfig("s", "sae_topk", k=4, lr=0.01, params={"topk": 2})], epochs=1,
+                      batch_size=64, test_fraction=0.25, device="cpu")
+    main(Common(run_dir=str(tmp_path / "run"), seed=3, store=str(tmp_path / "store")), cfg)
+    capsys.readouterr()
+    main(Common(run_dir=str(tmp_path / "run"), seed=3, store=str(tmp_path / "STORE")), cfg)
+    assert capsys.readouterr().out.startswith("train: s: finished checkpoint with the same config exists, "
+                                              "skipped")
+    record = json.loads((tmp_path / "run" / "dicts" / "s" / checkpoint.CFG).read_text())
+    assert record["store"]["path"] == str(tmp_path / "store")
+
+
 def test_train_stage_writes_split_checkpoints_and_skips(store, tmp_path, capsys):
     common = Common(run_dir=str(tmp_path / "run"), seed=3, store=store.path)
     cfg = TrainConfig(dicts=[DictConfig("v", "vaease", k=4, lr=0.01, params={"loggamma_init": 0.0}),

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 from actdict.config import Common, config_changes, to_dict
+from actdict.files import disk_path
 from actdict.train import checkpoint
 from actdict.train.config import DictConfig, TrainConfig
 from actdict.train.resume import listed
@@ -59,16 +59,17 @@ def legacy_store(folder: Path, store_id: dict) -> dict:
 def store_key(store_id: dict) -> dict:
     """What identifies a store's rows: its harvest's config_hash, hook, rows, d, source fingerprint and model
     revision; and, for a store with no config_hash (``write_vectors`` from Python, the vectors import), its
-    path (a local one resolved: one folder, one key) and the digest of its shards (``content``, recorded by
-    the writer since 2026-12-05), so that other vectors imported over it retrain its dictionaries. Not its
-    model's name: recorded for the exports, implied by the rest."""
+    path (a local one resolved, spelled as its disk holds it: one folder, one key, ``files.disk_path``) and
+    the digest of its shards (``content``, recorded by the writer since 2026-12-05), so that other vectors
+    imported over it retrain its dictionaries. Not its model's name: recorded for the exports, implied by
+    the rest."""
     store_id = {k: v for k, v in store_id.items() if k != "model"}
     if store_id.get("config_hash"):
         return {k: v for k, v in store_id.items() if k != "path"}
     path = store_id.get("path")
     if path is None:
         return store_id
-    return store_id | {"path": path.rstrip("/") if "://" in path else os.path.realpath(path)}  # one spelling
+    return store_id | {"path": path.rstrip("/") if "://" in path else disk_path(path)}  # one spelling
 
 
 def other_split(run_dir: Path, names: set[str], split: dict) -> list[str]:
