@@ -80,6 +80,41 @@ def test_start_log_keeps_the_records_of_the_resumed_training_up_to_its_step(tmp_
     assert read_log(path) == (None, []) and read_log(tmp_path / "none.jsonl") == (None, [])
 
 
+def windows_text_files(monkeypatch) -> None:
+    """open() as on Windows: a file opened to write in text mode (newline unset) ends each line with
+    '\\r\\n'."""
+    import builtins
+
+    real = builtins.open
+
+    def windows_open(file, mode="r", *args, **kwargs):
+        if "b" not in mode and set(mode) & set("wax+") and kwargs.get("newline") is None and len(args) < 3:
+            kwargs["newline"] = "\r\n"
+        return real(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", windows_open)
+
+
+def _logged(path) -> bytes:
+    start_log(path, {"config_hash": "h1", "dict": "a", "variant": "sae_l1"})
+    for step in (5, 10, 15):
+        append_record(path, {"step": step, "epoch": 0, "steps": 5, "lr": 0.1, "loss": step / 10})
+    start_log(path, {"config_hash": "h1", "dict": "a", "variant": "sae_l1"}, 10, "h1")  # resumed at step 10
+    append_record(path, {"step": 15, "epoch": 0, "steps": 5, "lr": 0.1, "loss": 1.5})
+    return path.read_bytes()
+
+
+def test_a_log_written_on_windows_is_the_bytes_linux_writes(tmp_path, monkeypatch):
+    """The records appended through text mode ended with '\\r\\n' on Windows and the header and the lines
+    a resume kept (written as bytes) with '\\n': one file of both endings, unlike Linux's. Every line now
+    ends with '\\n' there too, and the log reads back the same."""
+    linux = _logged(tmp_path / "linux" / "a.jsonl")
+    windows_text_files(monkeypatch)
+    assert _logged(tmp_path / "windows" / "a.jsonl") == linux
+    assert linux.count(b"\n") == 4 and b"\r" not in linux
+    assert [r["step"] for r in read_log(tmp_path / "windows" / "a.jsonl")[1]] == [5, 10, 15]
+
+
 def test_curve_merges_records_into_step_weighted_groups():
     records = [{"step": 3 * i + 3, "epoch": i // 2, "steps": 3 if i else 1, "lr": 1 / (i + 1),
                 "sse": float(i), "time": 0.0} for i in range(5)]

@@ -89,10 +89,12 @@ def start_log(path: Path, header: dict, from_step: int = 0, from_hash: str | Non
 
 
 def append_record(path: Path, record: dict) -> None:
-    """One interval's record (non-finite values as null), appended and flushed."""
+    """One interval's record (non-finite values as null), appended and flushed. Bytes, as ``start_log``
+    writes the lines before it: Windows' text mode ends a line with '\\r\\n', and a log resumed there held
+    lines of both endings, a file unlike the one Linux writes of the same training."""
     clean = {k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in record.items()}
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(clean, allow_nan=False) + "\n")
+    with open(path, "ab") as f:
+        f.write((json.dumps(clean, allow_nan=False) + "\n").encode("utf-8"))
 
 
 def curve(records: list[dict], points: int = 1000) -> dict[str, list]:
