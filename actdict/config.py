@@ -125,6 +125,22 @@ def name_problem(name: str) -> str | None:
     return windows_name_problem(name) if WINDOWS else None
 
 
+WINDOWS_MAX_PATH = 259  # characters: MAX_PATH (260) less its NUL
+
+
+def long_path_problem(path: str, made: str) -> str | None:
+    """Why Windows may fail to write ``path`` (the longest file ``made`` writes), or None: over 259
+    characters, a path its calls refuse unless long paths are enabled on the machine (then Python takes
+    them), a failure deep in a write, hours in. Said only where the run is on Windows."""
+    if not WINDOWS or (over := len(path) - WINDOWS_MAX_PATH) <= 0:
+        return None
+    return (f"{made} writes paths of up to {len(path)} characters ({path}), and Windows takes at most "
+            f"{WINDOWS_MAX_PATH} unless long paths are enabled (LongPathsEnabled=1 in the registry key "
+            "HKLM\\SYSTEM\\CurrentControlSet\\Control\\FileSystem, as an administrator): a write would fail "
+            f"there; set a shorter run_dir or shorter names (by {over} character{'s' * (over > 1)}), or "
+            "enable long paths")
+
+
 def case_clash(names: list[str]) -> tuple[str, str] | None:
     """The first two of ``names`` that differ only in case ('SAE', 'sae'), None when none do: on a
     case-insensitive file system (macOS' and Windows' default) they name one file or folder, and the second

@@ -516,3 +516,46 @@ def test_a_batchtopk_run_too_short_for_its_threshold_is_told_so(store, tmp_path,
     notes = [line for line in capsys.readouterr().out.splitlines() if "inference threshold" in line]
     steps = checkpoint.load(tmp_path / "run" / "dicts" / "b2")[1]["steps"]
     assert notes == [f"train: note: b2, b3: {threshold_note(0.999, steps)}"] and steps >= 100
+
+
+def test_on_windows_a_run_whose_paths_pass_259_characters_is_warned_of_at_its_config_check(store, tmp_path,
+                                                                                           monkeypatch):
+    """A long run_dir and sweep names make paths Windows refuses (over 259 characters, unless long paths
+    are enabled): its write failed deep in the training. The config check (and so the dry run) now warns
+    there, naming the longest path and by how much to shorten it; elsewhere it says nothing. The longest
+    path is a snapshot's temporary cfg.json, longer than any file a training leaves."""
+    import warnings
+
+    import actdict.config
+    from actdict.errors import ActdictWarning
+    from actdict.train.plan import longest_file
+    from actdict.train.run import check, main
+
+    cfg = TrainConfig(dicts=[DictConfig("a", "sae_topk", k=4, params={"topk": 2}), DictConfig(
+        "sae_l1_lam1-0.1_seed-0", "sae_l1", k=4)], max_steps=4, batch_size=100, snapshot_every=2,
+        keep_state=True, device="cpu")
+    main(Common(run_dir=str(tmp_path / "run"), seed=3, store=store.path), cfg)
+    made = max((str(p) for p in (tmp_path / "run").rglob("*")), key=len)
+    assert made == str(tmp_path / "run" / "dicts" / "sae_l1_lam1-0.1_seed-0" / "snapshots" / "step-0000002" /
+                       "model.safetensors")
+    longest = longest_file(str(tmp_path / "run"), cfg)
+    assert longest == os.path.join(os.path.dirname(made), ".cfg.json.tmp-12345678").replace("02/", "00/")
+    assert longest_file(str(tmp_path / "run"), TrainConfig(dicts=cfg.dicts)) == str(
+        tmp_path / "run" / "report" / "sae_l1_lam1-0.1_seed-0.parts" / ".00000.js.tmp-12345678")
+
+    run_dir = str(tmp_path / ("r" * (259 - len(longest) + len("run"))))
+    assert len(longest_file(run_dir, cfg)) == 259
+    over = Common(run_dir=run_dir + "x", store=store.path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check(over, cfg)  # Linux, macOS: no such limit
+        monkeypatch.setattr(actdict.config, "WINDOWS", True, raising=False)
+        check(Common(run_dir=run_dir, store=store.path), cfg)  # 259: taken
+    with pytest.warns(ActdictWarning) as said:
+        check(over, cfg)
+    path = longest_file(over.run_dir, cfg)
+    assert [str(w.message) for w in said] == [
+        f"this training (and its analysis) writes paths of up to 260 characters ({path}), "
+        "and Windows takes at most 259 unless long paths are enabled (LongPathsEnabled=1 in the registry key "
+        "HKLM\\SYSTEM\\CurrentControlSet\\Control\\FileSystem, as an administrator): a write would fail "
+        "there; set a shorter run_dir or shorter names (by 1 character), or enable long paths"]

@@ -9,6 +9,7 @@ params, and what an override would retrain, before an hour of training.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from actdict.train.identity import describe_store, dict_hash, identity, legacy_s
 from actdict.train.log import LOGS
 from actdict.train.loop import total_steps
 from actdict.train.resume import (
+    KEPT,
     STATE,
     kept_states,
     read_meta,
@@ -191,6 +193,21 @@ def written_folders(run_dir: Path, todo: list[DictConfig]) -> list[Path]:
     names = [run_dir / "dicts" / dc.name for dc in todo]
     inner = [run_dir / "dicts", *names, run_dir / LOGS, *(p / SNAPSHOTS for p in names)]
     return [run_dir, *(p for p in inner if p.is_dir())]
+
+
+TEMP = ".cfg.json.tmp-12345678"  # the longest name in a dictionary's folder: write_atomic's cfg.json
+
+
+def longest_file(run_dir: str, cfg: TrainConfig) -> str:
+    """The longest path of a file that a training of ``cfg`` (and the analysis after it) writes in
+    ``run_dir``, made absolute: a snapshot's temporary cfg.json (with ``train.snapshot_every``), else a
+    report part's temporary file (``report/<name>.parts/``) or a kept state's. Windows refuses a path of
+    more than 259 characters (``config.long_path_problem``)."""
+    tails = [("report", "{}.parts", ".00000.js.tmp-12345678"), ("dicts", "{}", f".{KEPT}.tmp")]
+    tails += [("dicts", "{}", SNAPSHOTS, "step-0000000", TEMP)] if cfg.snapshot_every else []
+    root = os.path.abspath(run_dir)
+    return max((os.path.join(root, *(p.format(dc.name) for p in t)) for dc in cfg.dicts for t in tails),
+               key=len)
 
 
 def plan(common: Common, cfg: TrainConfig, after_harvest: bool = False) -> StagePlan:

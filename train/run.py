@@ -21,13 +21,15 @@ import os
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
 
 import torch
 
-from actdict.config import Common, ConfigError, case_clash, check_device, to_dict
+from actdict.config import Common, ConfigError, case_clash, check_device, long_path_problem, to_dict
+from actdict.errors import ActdictWarning
 from actdict.files import check_not_linked, remove_temps
 from actdict.harvest.store import list_hooks, open_store, read_lock
 from actdict.lock import check_writable, folder_lock
@@ -51,7 +53,15 @@ from actdict.train.identity import (
 )
 from actdict.train.log import LOGS, append_record, log_path, start_log
 from actdict.train.loop import Interrupted, Member, Position, resolve_device, total_steps, train
-from actdict.train.plan import WRITES, Standing, case_refusal, split_refusal, standing, written_folders
+from actdict.train.plan import (
+    WRITES,
+    Standing,
+    case_refusal,
+    longest_file,
+    split_refusal,
+    standing,
+    written_folders,
+)
 from actdict.train.protocol import make, make_meta, registry
 from actdict.train.resume import (
     KEPT,
@@ -180,6 +190,8 @@ def check(common: Common, cfg: TrainConfig) -> None:
                           "case-insensitive file system (macOS', Windows' default) they are one folder "
                           f"dicts/{clash[0]}, and one dictionary would overwrite the other; rename one")
     check_device(cfg.device, "train.device", float64=True)
+    if why := long_path_problem(longest_file(common.run_dir, cfg), "this training (and its analysis)"):
+        warnings.warn(why, ActdictWarning, stacklevel=2)
     world = dist_.from_env().world
     for dc in cfg.dicts:
         if dc.variant not in registry() and (trained := plugin_trained(Path(common.run_dir), dc.variant)):
