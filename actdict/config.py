@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.resources
 import json
 import os
 import re
@@ -270,12 +271,31 @@ def expanded_size(data: Any) -> int:
     return size(data)
 
 
+def shipped_config(name: str) -> Path | None:
+    """The config file ``name`` (``demo.yaml``) that ships with actdict (``configs/`` of the repository,
+    installed as the package ``actdict.configs``), or None. An installed actdict has no ``configs/`` folder
+    beside the user's work: a config path not found names this copy."""
+    try:
+        found = importlib.resources.files("actdict.configs") / name
+    except ModuleNotFoundError:  # an editable install made before configs/ became a package
+        return None
+    return Path(str(found)) if name.endswith(".yaml") and found.is_file() else None
+
+
+def missing_config(p: Path) -> str:
+    """The error of a config path ``p`` that is not a file: with the shipped config of that name, if any."""
+    if (shipped := shipped_config(p.name)) is None:
+        return f"config file not found: {p}"
+    return (f"config file not found: {p}; actdict ships {p.name} as {shipped}: give that path (its relative "
+            "paths, such as run_dir, are then under this folder), or copy it here to edit it")
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Load a YAML mapping with ``safe_yaml``; a missing file, one that is not UTF-8 text or not YAML, or a
     non-mapping is a ConfigError."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"config file not found: {p}")
+        raise ConfigError(missing_config(p))
     try:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
