@@ -60,12 +60,15 @@ def test_the_wheel_metadata(built):
     requires = meta.get_all("Requires-Dist")
     assert "torch==2.13.0" in requires and "zarr<4,>=3.1" in requires
     assert "actdict = actdict.cli:entry" in entry
+    assert meta.get_all("License-File") == ["LICENSE"]
+    with zipfile.ZipFile(built[1]) as z:
+        assert z.read("actdict-0.1.0.dist-info/licenses/LICENSE") == (ROOT / "LICENSE").read_bytes()
 
 
 def test_the_sdist_holds_the_tests_docs_and_configs(built):
     with tarfile.open(built[0]) as t:
         names = {n.split("/", 1)[1] for n in t.getnames() if "/" in n}
-    want = set().union(*(files_under(f) for f in (*PACKAGES, *SDIST_EXTRA)), {"README.md", "pyproject.toml"})
+    want = set().union(*(files_under(f) for f in (*PACKAGES, *SDIST_EXTRA)), {"README.md", "LICENSE", "pyproject.toml"})
     assert {"docs/architecture.md", "tests/data/texts/notes.jsonl", "configs/demo.yaml", ".ci/run"} <= want
     assert sorted(want - names) == []
 
