@@ -24,14 +24,13 @@ import importlib
 import os
 import signal
 import sys
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from actdict.config import ConfigError, check_threads, common_of, load_experiment, section
 from actdict.errors import ActdictError, one_line_warnings, open_files_hint, print_error, tolerant_stdout
+from actdict.signals import Terminated, sigterm_raises
 
 # stage -> (module with main(common, cfg), config module, config class)
 _STAGES = {
@@ -246,35 +245,7 @@ def peer_error(e: BaseException) -> ActdictError | None:
     return None
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a batch scheduler's time limit, ``kill``), raised where the process is, as Ctrl-C raises
-    KeyboardInterrupt: every stage and tool stops as it does on Ctrl-C (a harvest after the shard being
-    written, whole shards kept), said as terminated, exit status 143 (128 + 15, as a shell reports it).
-    The training holds SIGTERM itself (train.run: its resume state first, exit status 2)."""
-
-
-TERMINATED = 143
-
-
-@contextmanager
-def sigterm_interrupts() -> Iterator[None]:
-    """While inside, SIGTERM raises ``Terminated`` in the main thread, where the process had Python's
-    default (death by signal, -15: no message, and a harvest's shard being written lost). Not under
-    torchrun: torchrun sends its ranks SIGTERM when one fails, and a rank waiting in a collective would run
-    no handler until the wait ended (torchrun then waits before its SIGKILL)."""
-    if (threading.current_thread() is not threading.main_thread() or int(os.environ.get("WORLD_SIZE", 1)) > 1
-            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
-        yield
-        return
-
-    def on_term(*_) -> None:
-        raise Terminated
-
-    signal.signal(signal.SIGTERM, on_term)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+TERMINATED = 143  # 128 + 15, as a shell reports a process that SIGTERM ended
 
 
 def interrupted(e: KeyboardInterrupt, kept: str = "") -> int:
@@ -288,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     one_line_warnings()
     tolerant_stdout()
     try:
-        with sigterm_interrupts():
+        with sigterm_raises(Terminated, torchrun=False):  # a harvest rank keeps the default: actdict.signals
             return _main(argv)
     except BrokenPipeError:  # `actdict store PATH | head`, `actdict run CONFIG --dry-run | head`: the reader
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # left; no traceback, a silent flush

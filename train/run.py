@@ -33,6 +33,7 @@ from actdict.errors import ActdictWarning
 from actdict.files import check_not_linked, remove_temps
 from actdict.harvest.store import list_hooks, open_store, read_lock
 from actdict.lock import check_writable, folder_lock
+from actdict.signals import sigterm_raises
 from actdict.train import checkpoint
 from actdict.train import dist as dist_
 from actdict.train.config import DictConfig, TrainConfig
@@ -124,8 +125,9 @@ def sigterm_flag(sigint: bool = False) -> Iterator[StopFlag]:
 
 
 class Terminated(BaseException):
-    """SIGTERM outside the steps and final saves (``sigterm_raises``): raised where the process is, as Ctrl-C
-    raises KeyboardInterrupt, so that no ``except Exception`` takes it for a failure."""
+    """SIGTERM outside the steps and final saves (``sigterm_ends``): raised where the process is, as Ctrl-C
+    raises KeyboardInterrupt, so that no ``except Exception`` takes it for a failure; not the command's
+    ``actdict.signals.Terminated`` (a KeyboardInterrupt, said as 'terminated', 143): said as Interrupted."""
 
 
 STARTING = ("stopped (SIGTERM) before the first step: nothing was trained; rerun the same command to start "
@@ -134,32 +136,24 @@ ENDED = "stopped (SIGTERM) after the final checkpoints were saved: the training 
 
 
 @contextmanager
-def sigterm_raises() -> Iterator[threading.Event]:
+def sigterm_ends() -> Iterator[threading.Event]:
     """While inside (the whole of ``main``), SIGTERM ends the training as it does during its steps
     (``sigterm_flag``, which holds it from the first step through the final saves): Interrupted, one line,
     exit status 2, rather than Python's death by signal (-15). Here nothing waits to be saved, and the
-    start may be waiting for a lock: Terminated is raised at once, and said as Interrupted (what a started
-    training writes is atomic, as a SIGKILL needs; the folders its lock made go). Yields ``begun``, set at
-    the first step: a SIGTERM after the steps and saves (releasing the locks) says the training is done."""
+    start may be waiting for a lock: Terminated is raised at once (``actdict.signals.sigterm_raises``, under
+    torchrun too: see its rule), and said as Interrupted (what a started training writes is atomic, as a
+    SIGKILL needs; the folders its lock made go). Yields ``begun``, set at the first step: a SIGTERM after
+    the steps and saves (releasing the locks) says the training is done."""
     begun = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield begun
-        return
-
-    def on_term(*_) -> None:
-        raise Terminated
-
-    old = signal.signal(signal.SIGTERM, on_term)
     try:
-        yield begun
+        with sigterm_raises(Terminated, torchrun=True):
+            yield begun
     except Terminated:
         raise Interrupted(ENDED if begun.is_set() else STARTING) from None
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL if old is None else old)
 
 
 def main(common: Common, cfg: TrainConfig) -> None:
-    with sigterm_raises() as begun:
+    with sigterm_ends() as begun:
         d = dist_.from_env()
         device = resolve_device(cfg.device, d.local_rank)
         dist_.init(d, device)

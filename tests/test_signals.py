@@ -1,0 +1,66 @@
+"""``actdict.signals.sigterm_raises``, the one SIGTERM handler of every command: the command's (cli.main,
+not under torchrun) and the training's inside it (under torchrun too) nest; a handler set by anyone else is
+kept. (Real commands and signals: test_resume, test_train_sigterm, test_train_sigterm_ddp.)"""
+
+import os
+import signal
+import threading
+
+import pytest
+
+from actdict.signals import Terminated, sigterm_raises
+
+
+class Training(BaseException):
+    """The training's own (train.run.Terminated)."""
+
+
+def test_the_training_s_inside_the_command_s_then_the_command_s_again():
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    with pytest.raises(Terminated):
+        with sigterm_raises(Terminated, torchrun=False):
+            with pytest.raises(Training):
+                with sigterm_raises(Training, torchrun=True):
+                    assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL  # else: pytest killed
+                    os.kill(os.getpid(), signal.SIGTERM)
+            assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+            os.kill(os.getpid(), signal.SIGTERM)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert issubclass(Terminated, KeyboardInterrupt)  # every stage stops as on Ctrl-C (said: 143)
+
+
+@pytest.mark.parametrize("torchrun", [False, True])
+def test_under_torchrun_only_where_the_caller_says(monkeypatch, torchrun):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with sigterm_raises(Training, torchrun=torchrun):
+        held = signal.getsignal(signal.SIGTERM)
+    if torchrun:  # the training's
+        with pytest.raises(Training):
+            held()
+    else:  # the command's: a harvest rank keeps Python's default
+        assert held is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_another_s_handler_is_kept_and_no_thread_but_the_main_one_installs():
+    def theirs(*_):  # a program that calls cli.main, with a SIGTERM handler of its own
+        pass
+
+    for other in (theirs, signal.SIG_IGN):
+        old = signal.signal(signal.SIGTERM, other)
+        try:
+            with sigterm_raises(Training, torchrun=True):
+                assert signal.getsignal(signal.SIGTERM) is other
+            assert signal.getsignal(signal.SIGTERM) is other
+        finally:
+            signal.signal(signal.SIGTERM, old)
+    seen = []
+
+    def in_thread() -> None:
+        with sigterm_raises(Training, torchrun=True):
+            seen.append(signal.getsignal(signal.SIGTERM))
+
+    t = threading.Thread(target=in_thread)
+    t.start()
+    t.join()
+    assert seen == [signal.SIG_DFL]
