@@ -21,8 +21,9 @@ starts waits on no sibling:
 - the training does: before its first step the exception leaves at once, entering no collective; during
   the steps the flag is read into the step's all-reduce, so a SIGTERM that reaches every rank (a
   scheduler's) stops them all at the same step with the resume state saved, and one whose sibling died
-  ends in that collective's error. None of it waits on a save of its own (tests/test_train_sigterm_ddp.py:
-  a rank that fails while its sibling holds SIGTERM ends the whole torchrun, the failing rank's error said).
+  ends in that collective's error; after the final saves the ranks decide together
+  (``train.dist.any_rank``). None of it waits on a save of its own (tests/test_train_sigterm_ddp.py: a rank
+  that fails while its sibling holds SIGTERM ends the whole torchrun, the failing rank's error said).
 """
 
 from __future__ import annotations

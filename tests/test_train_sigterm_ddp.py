@@ -1,6 +1,8 @@
-"""SIGTERM and a real ``torchrun --nproc-per-node 2`` training (gloo, CPU ranks; actdict.signals' rule): the
-training's SIGTERM handling, installed under torchrun, never keeps a rank waiting when a sibling fails and
-torchrun sends the others SIGTERM: the whole run ends, the failing rank's error said.
+"""SIGTERM and a real ``torchrun --nproc-per-node 2`` training (gloo, CPU ranks; actdict.signals' rule). The
+ranks take one decision after the final saves (a SIGTERM that reached rank 0 only during them stopped rank 0
+with status 2 and let rank 1 end with 0); and the training's SIGTERM handling, installed under torchrun,
+never keeps a rank waiting when a sibling fails and torchrun sends the others SIGTERM: the whole run ends,
+the failing rank's error said.
 
 Each rank runs RANK_SCRIPT (``cli.main(["train", CONFIG])`` with a hook patched in), writes the status main
 returned to ``rank<R>.exit`` (none: it died by a signal) and its pid to ``rank<R>.pid`` (torchrun starts its
@@ -39,6 +41,18 @@ code = cli.main(["train", sys.argv[1]])
 open(os.path.join(out, f"rank{rank}.exit"), "w").write(str(code))
 sys.exit(code)
 """
+
+# rank 0's first final checkpoint sends SIGTERM (TO), and is written once rank 0 has it; rank 1 waits at
+# the barrier after the saves meanwhile
+AT_FINAL_SAVE = """real, sent = checkpoint.save, []
+def save(*a, **k):
+    if not sent:
+        sent.append(os.kill(TO, signal.SIGTERM))
+        until_sigterm()
+    return real(*a, **k)
+checkpoint.save = save"""
+TO = {"torchrun": "-os.getpgid(os.getppid())",  # torchrun's process group, as a scheduler's time limit
+      "rank 0": "os.getpid()"}  # rank 0 alone (a kill of its pid; or a signal that reaches ranks unevenly)
 
 # rank 1 fails: at its third step, rank 0 there until torchrun's SIGTERM (the steps' flag) reaches it; or
 # before the first step (opening the store), rank 0 there until SIGTERM raises out of its sleep
@@ -79,6 +93,24 @@ def _torchrun(tmp_path: Path, hook: str) -> tuple[subprocess.CompletedProcess, d
         pytest.fail("the torchrun training did not end within 120 s")
     status = {r: int(f.read_text()) if (f := tmp_path / f"rank{r}.exit").exists() else None for r in (0, 1)}
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err), status
+
+
+@needs_torchrun
+@pytest.mark.parametrize("to", list(TO))
+def test_a_sigterm_during_the_final_saves_stops_every_rank(tmp_path, to):
+    """To torchrun's process group (torchrun passes it on to every rank) or to rank 0 alone: every rank
+    stops once the saves are written, with status 2 (rank 1, without a SIGTERM of its own, ended with 0)."""
+    done, status = _torchrun(tmp_path, AT_FINAL_SAVE.replace("TO", TO[to]))
+    assert status == {0: 2, 1: 2}, done.stderr[-3000:]
+    assert done.returncode == 1  # torchrun's: a rank failed, or it was sent SIGTERM itself
+    run = tmp_path / "run"
+    said = [ln for ln in done.stderr.splitlines() if ": Interrupted: " in ln]
+    assert sorted(said) == [
+        f"actdict (rank {r} of 2): Interrupted: stopped at step 24, the training's last: its final "
+        f"checkpoints were saved first ({run / 'dicts'}), so the training is complete" for r in (0, 1)]
+    for name in ("a", "b"):
+        assert sorted(os.listdir(run / "dicts" / name)) == ["cfg.json", "model.safetensors"]
+    assert sorted(os.listdir(run)) == [".actdict-lock", "dicts", "logs", "split.json"]  # the state removed
 
 
 @needs_torchrun

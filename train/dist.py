@@ -174,6 +174,15 @@ def batch_statistics(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
+def any_rank(flag: bool, d: Dist, device: torch.device) -> bool:
+    """Whether ``flag`` holds on any rank: one all-reduce (a tensor on ``device``, as NCCL needs), so every
+    rank takes the same decision from what each saw before it (``flag`` itself in one process). The
+    training's stop after its final saves: a SIGTERM that reached some ranks only stops them all."""
+    if not d.on:
+        return flag
+    return float(reduce_(torch.tensor([float(flag)], device=device)).item()) > 0
+
+
 def barrier(d: Dist) -> None:
     if d.on:
         tdist.barrier()

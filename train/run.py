@@ -502,7 +502,11 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device,
                       "steps": steps, "world_size": d.world, "resumed_at_step": start.step if start else None,
                       "wall_s": round(sum(g["wall_s"] for g in segs), 3), "segments": segs}
             save_all(run_dir, cfg, stand, members, configs, record, steps >= per_epoch * cfg.epochs, say)
-        dist_.barrier(d)
-    if stop():  # SIGTERM (or a first Ctrl-C) during the final saves, which went on to their end
+        dist_.barrier(d)  # rank 0's saves are done: each rank has seen what reached it during them
+        # one decision for every rank (a SIGTERM that reached some ranks stops them all); under torchrun the
+        # flag is not read again, since one set after this would be this rank's alone
+        stopped = dist_.any_rank(stop(), d, device)
+    if stopped or (stop() and not d.on):  # SIGTERM (or a first Ctrl-C) during the final saves, which went
+        # on to their end (one process: the flag as the block ends, as always)
         raise Interrupted(f"stopped at step {steps}, the training's last: its final checkpoints were saved "
                           f"first ({run_dir / 'dicts'}), so the training is complete")
