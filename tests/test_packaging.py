@@ -68,7 +68,8 @@ def test_the_wheel_metadata(built):
 def test_the_sdist_holds_the_tests_docs_and_configs(built):
     with tarfile.open(built[0]) as t:
         names = {n.split("/", 1)[1] for n in t.getnames() if "/" in n}
-    want = set().union(*(files_under(f) for f in (*PACKAGES, *SDIST_EXTRA)), {"README.md", "LICENSE", "pyproject.toml"})
+    top = {"README.md", "LICENSE", "pyproject.toml"}
+    want = set().union(*(files_under(f) for f in (*PACKAGES, *SDIST_EXTRA)), top)
     assert {"docs/architecture.md", "tests/data/texts/notes.jsonl", "configs/demo.yaml", ".ci/run"} <= want
     assert sorted(want - names) == []
 
