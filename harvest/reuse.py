@@ -173,6 +173,26 @@ def unfinished_beside(manifest: dict, harvest_cfg: dict) -> bool:
         rows_view(old, ("hooks",)) == rows_view(harvest_cfg, ("hooks",)))
 
 
+def left_beside(manifests: dict[str, dict], cfg: HarvestConfig) -> dict[str, dict]:
+    """The store's hooks that a harvest of ``cfg`` leaves as they are, unfinished: those ``cfg`` does not
+    name (by name; patterns are decided by the model) that another config of this harvest but for its hooks
+    began (``unfinished_beside``), as ``complete_for`` passes them by. Said by the dry run, which otherwise
+    said it continued them, where only their own config does."""
+    literal = [h for h in cfg.hooks if hook_pattern(h) is None]
+    if len(literal) < len(cfg.hooks) or not all(h in manifests for h in literal):
+        return {}
+    cfg_json = as_json(cfg)
+    return {h: m for h, m in manifests.items() if h not in literal and unfinished_beside(m, cfg_json)}
+
+
+def left_to_theirs(beside: dict[str, dict]) -> str:
+    """'; hook 'X' (unfinished) is left to the config that wrote it (hooks [...], HASH)': what a harvest
+    does with the hooks of ``left_beside`` ('' when none), naming the config to run for each."""
+    return "".join(f"; hook {h!r} (unfinished) is left to the config that wrote it (hooks "
+                   f"{json.dumps(m['harvest'].get('hooks'))}, {m.get('config_hash')}): run that one for it"
+                   for h, m in sorted(beside.items()))
+
+
 def holds_hooks(manifests: dict[str, dict], hooks: list[str], harvest_cfg: dict) -> bool:
     """The store is a complete harvest of ``harvest_cfg`` (as JSON) but for its ``hooks``, and holds every
     one of ``hooks`` (names): a hook's rows do not depend on the other hooks of its forward, so a config
@@ -346,8 +366,11 @@ def store_plan(common, cfg: HarvestConfig) -> StagePlan:
             if cfg.mode == "vectors" and (change := source_change(path, cfg.vectors)):
                 return StagePlan([f"harvest: writes store {path} again ({cfg.vectors.path} changed since it "
                                   f"was imported: {change}): {what}"], writes=True)
+            beside = left_beside(manifests, cfg) if hook is None else {}
+            own = {h: m for h, m in manifests.items() if h not in beside}
             return StagePlan([f"harvest: store {path} is already complete for this config ({chash}"
-                              f"{how_held(manifests, as_json(cfg)) if hook is None else ''}): skipped"])
+                              f"{how_held(own, as_json(cfg)) if hook is None else ''}): skipped"
+                              f"{left_to_theirs(beside)}"])
     except HarvestError as e:  # another harvest's store
         return StagePlan([f"harvest: would stop: {e}"], stops=True)
     if not manifests:
@@ -359,14 +382,17 @@ def store_plan(common, cfg: HarvestConfig) -> StagePlan:
                           f"{sorted(manifests)}: skipped if it holds every hook {list(cfg.hooks)} names on "
                           f"{cfg.model} (decided once the model is loaded), else the others are added beside "
                           f"them: {what}"])
+    beside = left_beside(manifests, cfg) if cfg.mode == "tokens" else {}
+    aside = left_to_theirs(beside)
+    manifests = {h: m for h, m in manifests.items() if h not in beside}  # what this config writes or keeps
     if cfg.mode == "tokens" and (held := held_hooks(manifests, cfg)):
         rows = int(next(iter(held.values())).get("n_rows", 0))
         return StagePlan([f"harvest: adds {[h for h in cfg.hooks if h not in held]} to store {path} beside "
                           f"{sorted(held)} (complete, this harvest's {rows:,} rows; each added shard's rows "
-                          f"checked against theirs): {what}"], writes=True)
+                          f"checked against theirs): {what}{aside}"], writes=True)
     held = ", ".join(f"{h} (complete, {m.get('n_rows', 0):,} rows)" if m.get("complete") else
                      f"{h} (unfinished)" for h, m in manifests.items())
     if cfg.mode == "tokens":
         return StagePlan([f"harvest: continues the unfinished harvest in {path} ({held}; its whole shards "
-                          f"are kept): {what}"], writes=True)
+                          f"are kept): {what}{aside}"], writes=True)
     return StagePlan([f"harvest: writes store {path} again ({held}): {what}"], writes=True)

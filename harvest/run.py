@@ -46,7 +46,16 @@ from actdict.harvest.resume import (
     start_manifest,
     store_lock,
 )
-from actdict.harvest.reuse import as_json, complete_for, held_hooks, hook_manifests, how_held, to_add
+from actdict.harvest.reuse import (
+    as_json,
+    complete_for,
+    held_hooks,
+    hook_manifests,
+    how_held,
+    left_beside,
+    left_to_theirs,
+    to_add,
+)
 from actdict.harvest.sources import (
     SourceConfig,
     Window,
@@ -300,8 +309,10 @@ def _main(common: Common, cfg: HarvestConfig, on_hooks: Callable[[list[str]], No
     manifests = hook_manifests(path)
     grow = growable(manifests, as_json(cfg))  # a larger max_tokens: continue the store
     if not grow and complete_for(path, list(cfg.hooks), cfg, manifests):
-        how = how_held(manifests, as_json(cfg))
-        print(f"harvest: store {path} is already complete for this config ({chash}{how}); skipping")
+        beside = left_beside(manifests, cfg)  # unfinished hooks of another config, left to it
+        how = how_held({h: m for h, m in manifests.items() if h not in beside}, as_json(cfg))
+        print(f"harvest: store {path} is already complete for this config ({chash}{how}); skipping"
+              f"{left_to_theirs(beside)}")
         return
     if not any(m.get("complete") for m in manifests.values()):
         writing()  # a new or unfinished store: a training started while the model loads waits for it

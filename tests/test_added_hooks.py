@@ -218,6 +218,41 @@ def test_a_repair_of_both_the_held_and_the_added_hook_is_finished_by_their_two_c
     assert tree(store) == before
 
 
+def test_the_dry_run_after_a_repair_of_both_hooks_says_which_one_it_continues(tmp_path, capsys):
+    """After ``actdict store --repair`` of both L1 (harvested alone) and L3 (added beside it), L1's config
+    continues L1 only and leaves L3 to the config that wrote it; its dry run said it continued both. Once L1
+    is whole again, the dry run and the harvest said the store was 'harvested with hooks [L1, L3]' (L3's
+    config, not L1's) and nothing of L3: both now name the config L3 is left to."""
+    from actdict.harvest.reuse import plan
+
+    common, one = harvest(tmp_path / "a", hooks=[L1])
+    harvest(tmp_path / "a", hooks=[L1, L3])
+    store = Path(common.store_path)
+    for hook in (L1, L3):
+        shutil.rmtree(store / hook / "shards" / "00001")  # what --repair leaves of a damaged shard
+        m = json.loads((store / hook / "manifest.json").read_text())
+        (store / hook / "manifest.json").write_text(json.dumps(m | {"complete": False}))
+    l3 = json.loads((store / L3 / "manifest.json").read_text())["config_hash"]
+    left = (f"; hook '{L3}' (unfinished) is left to the config that wrote it (hooks "
+            f'["{L1}", "{L3}"], {l3}): run that one for it')
+    what = f"all-MiniLM-L6-v2 ['{L1}'] on the files {TEXTS}, max_tokens null (the whole source)"
+    said = plan(common, one)
+    assert said.lines == [f"harvest: continues the unfinished harvest in {store} ({L1} (unfinished); its "
+                          f"whole shards are kept): {what}{left}"] and said.writes and not said.stops
+    capsys.readouterr()
+    harvest(tmp_path / "a", hooks=[L1])  # as said: L1 continued, L3 left
+    assert "resuming: 1 shard(s) whole in every hook" in capsys.readouterr().out
+    assert json.loads((store / L1 / "manifest.json").read_text())["complete"]
+    assert not json.loads((store / L3 / "manifest.json").read_text())["complete"]
+    l1 = json.loads((store / L1 / "manifest.json").read_text())["config_hash"]
+    said = plan(common, one)
+    assert said.lines == [f"harvest: store {store} is already complete for this config ({l1}): skipped"
+                          f"{left}"] and not said.writes and not said.stops
+    harvest(tmp_path / "a", hooks=[L1])
+    assert f"store {store} is already complete for this config ({l1}); skipping{left}\n" in (
+        capsys.readouterr().out)
+
+
 def test_a_store_with_an_added_layer_that_cannot_grow_so_says_and_how_it_would(tmp_path):
     """A larger max_tokens with hooks [all], or with another batch_size, was refused as 'a harvest with
     another config (hooks: ... -> ['all']; max_tokens: 40 -> 80); delete' the store: it now names the
