@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from actdict.analyze.outputs import OutputError, not_a_snapshot, read_output
@@ -25,12 +26,21 @@ KEYS = ("re_det", "re_sample", "ad", "l0", "ev", "dead", "k", "ce_recovered", "k
 SORTS = ("re_det", "re_sample", "ad", "l0", "ev", "dead", "ce_recovered", "kl")
 
 
-def rows(run_dirs: list[str]) -> list[dict]:
-    """One record per dictionary of each run folder's summary.json, in the order given (a summary.json
-    given in place of its folder: that folder; a dictionary's folder RUN_DIR/dicts/NAME, as actdict compare
-    takes them: that dictionary's record of its run folder; a dictionary given twice, however spelled, by
-    its folder or its run's: once)."""
-    out, seen = [], set()
+@dataclass(frozen=True)
+class Summary:
+    """One argument of the command: the run folder it names, the dictionary it stands for (None: all of the
+    folder's) and the folder's summary.json, read once for the rows and the CE note (``ce_caveats``)."""
+
+    run: str
+    only: str | None
+    summary: dict
+
+
+def read_summaries(run_dirs: list[str]) -> list[Summary]:
+    """Each argument's run folder and summary.json, checked to be analyze's records (a summary.json given in
+    place of its folder: that folder; a dictionary's folder RUN_DIR/dicts/NAME, as actdict compare takes
+    them: that dictionary of its run folder)."""
+    out = []
     for run in run_dirs:
         only = None
         if Path(run).name == "summary.json" and Path(run).is_file():  # runs/*/summary.json: its folder
@@ -51,6 +61,17 @@ def rows(run_dirs: list[str]) -> list[dict]:
                               "analyze` to rewrite it")
         if only is not None and only not in models:
             raise OutputError(f"{path} holds no {only!r} ({sorted(models)}): run actdict analyze on {run}")
+        out.append(Summary(run, only, summary))
+    return out
+
+
+def records(summaries: list[Summary]) -> list[dict]:
+    """One record per dictionary of each summary, in the order given; a dictionary given twice, however
+    spelled, by its folder or its run's: once."""
+    out, seen = [], set()
+    for s in summaries:
+        run, only, summary = s.run, s.only, s.summary
+        models = summary["models"]
         again = retrained(run, models)
         for name, m in models.items():
             if (only is not None and name != only) or (key := (Path(run).resolve(), name)) in seen:
@@ -107,37 +128,35 @@ def main(argv: list[str] | None = None) -> int:
     if a.json and not (Path(a.json).parent.is_dir() and not Path(a.json).is_dir()):
         p.error(f"--json {a.json}: not a file in an existing folder")
     try:
-        records = rows(a.runs)
-        records = by(records, a.sort) if a.sort else records
+        summaries = read_summaries(a.runs)
+        found = records(summaries)
+        found = by(found, a.sort) if a.sort else found
         if a.json:  # before the table: a reader closing stdout early (| head) must not lose it
-            write_atomic(a.json, json.dumps(records, indent=1) + "\n")  # a full disk: WriteError, one line
+            write_atomic(a.json, json.dumps(found, indent=1) + "\n")  # a full disk: WriteError, one line
     except ActdictError as e:
         print(f"actdict: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
-    print("\n".join(table(records)))
-    for run in dict.fromkeys(r["run"] for r in records):
-        if names := [r["dict"] for r in records if r["run"] == run and r["retrained"]]:
+    print("\n".join(table(found)))
+    for run in dict.fromkeys(r["run"] for r in found):
+        if names := [r["dict"] for r in found if r["run"] == run and r["retrained"]]:
             print(f"actdict summary: note: {run}: {listed(names)} trained again since its analysis (a "
                   "checkpoint of another config_hash than the analysed one): their rows are the earlier "
                   f"training's; rerun actdict analyze on {run}", file=sys.stderr)
-    for run, why in ce_caveats(list(dict.fromkeys(r["run"] for r in records))):
+    read = {s.run: s.summary for s in summaries}
+    for run, why in ce_caveats([(run, read[run]) for run in dict.fromkeys(r["run"] for r in found)]):
         print(printable(f"actdict summary: note: {run}: {why}"), file=sys.stderr)
     return 0
 
 
-def ce_caveats(runs: list[str]) -> list[tuple[str, str]]:
-    """(run, why its CE recovered says little) for each run folder whose summary.json's CE evaluation has
-    ``analyze.splice.ce_caveat``'s note (zero ablation about free: an untrained model), as analyze printed
-    it; runs without a CE evaluation, or whose summary cannot be read again, have none."""
+def ce_caveats(summaries: list[tuple[str, dict]]) -> list[tuple[str, str]]:
+    """(run, why its CE recovered says little) for each (run folder, its summary.json) whose CE evaluation
+    has ``analyze.splice.ce_caveat``'s note (zero ablation about free: an untrained model), as analyze
+    printed it; runs without a CE evaluation have none."""
     from actdict.analyze.splice import ce_caveat
 
     out = []
-    for run in runs:
-        try:
-            summary = read_output(Path(run) / "summary.json")
-        except (ActdictError, OSError, ValueError):
-            continue
-        if isinstance(summary, dict) and isinstance(ce := summary.get("ce"), dict) and all(
+    for run, summary in summaries:
+        if isinstance(ce := summary.get("ce"), dict) and all(
                 isinstance(ce.get(k), int | float) for k in ("ce_clean", "ce_zero")):
             if why := ce_caveat(ce, summary.get("hook")):
                 out.append((run, why))

@@ -243,3 +243,31 @@ def test_a_json_that_cannot_be_written_is_one_line_and_leaves_no_empty_file(tmp_
     assert capsys.readouterr().err == (f"actdict: WriteError: could not write {out}: No space left on device "
                                        f"({out} is as it was)\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+
+
+def test_each_summary_is_read_once_and_json_holds_the_same_records(tmp_path, monkeypatch, capsys):
+    """summary.json was read twice per run: for its rows, then again for its CE note. Read once, the
+    --json file is byte for byte what it was, and the note still follows the --sort order of the runs."""
+    from actdict.analyze import runs
+
+    m = {"re_det": 30.05, "re_sample": 31.5, "ad": 32.0, "l0": 32.0, "ev": 0.773, "dead": 3, "k": 64,
+         "ce_recovered": 1.152, "kl": 0.0212}
+    for name, zero, ad in (("random", 10.9347, 32.0), ("trained", 9.1, 4.5)):
+        (tmp_path / name).mkdir()
+        ce = {"ce_clean": 10.9712 if name == "random" else 3.3, "ce_zero": zero}
+        (tmp_path / name / "summary.json").write_text(json.dumps({"hook": "h", "ce": ce, "models": {
+            "x": m | {"ad": ad}, "y": m | {"ad": ad + 1, "variant": "sae"}}}))
+    read = []
+    monkeypatch.setattr(runs, "read_output", lambda p: read.append(str(p)) or json.loads(p.read_text()))
+    monkeypatch.chdir(tmp_path)
+    assert cli(["summary", "random", "trained/summary.json", "--sort", "ad", "--json", "t.json"]) == 0
+    assert sorted(read) == ["random/summary.json", "trained/summary.json"]
+    cols = ('"re_det": 30.05,\n  "re_sample": 31.5,\n  "ad": {},\n  "l0": 32.0,\n  "ev": 0.773,\n'
+            '  "dead": 3,\n')
+    rec = ('{{\n  "run": "{}",\n  "hook": "h",\n  "dict": "{}",\n  "variant": {},\n  ' + cols +
+           '  "k": 64,\n  "ce_recovered": 1.152,\n  "kl": 0.0212,\n  "retrained": false\n }}')
+    want = [("trained", "x", "null", "4.5"), ("trained", "y", '"sae"', "5.5"),
+            ("random", "x", "null", "32.0"), ("random", "y", '"sae"', "33.0")]
+    assert (tmp_path / "t.json").read_text() == "[\n " + ",\n ".join(
+        rec.format(r, d, v, ad) for r, d, v, ad in want) + "\n]\n"
+    assert capsys.readouterr().err.startswith("actdict summary: note: random: zero-ablating h changes")
