@@ -104,6 +104,17 @@ def build_features(tracker: FeatureTracker, fires: np.ndarray, n_rows: int, stor
     return data, ctx, where
 
 
+SHOWN_SNAPSHOTS = 12
+
+
+def shown_snapshots(n: int) -> list[int]:
+    """Which of ``n`` snapshots (``formation_steps``) a feature's formation is shown at, in its page and by
+    ``actdict feature``: every ceil(n / 12)th from the first, so about 12 of them at most, and the last.
+    The page embeds these indices (``report_features.page_index``) rather than choosing them itself."""
+    every = -(-n // SHOWN_SNAPSHOTS)
+    return [j for j in range(n) if j % every == 0 or j == n - 1]
+
+
 def feature_hits(f: dict) -> list:
     """Every hit of one feature of a features file: top, bottom and quantile samples."""
     return [*f["top"], *f["bottom"], *(h for q in f["quantiles"] for h in q["hits"])]

@@ -20,7 +20,7 @@ import html
 import json
 from pathlib import Path
 
-from actdict.analyze.features import feature_hits
+from actdict.analyze.features import feature_hits, shown_snapshots
 from actdict.files import remove_temps, write_atomic
 
 PART = 256
@@ -245,9 +245,7 @@ async function renderFeature(i) {
   }
   const formed = f.formed || [];
   if (formed.length) {  // its best cosine among each snapshot's decoder columns (train.snapshot_every)
-    const every = Math.ceil(formed.length / 12);  // about 12 of them at most, and the last
-    const at = formed.map((c, j) => D.formation_steps[j] + ': ' + fmt(c))
-      .filter((_, j) => j % every === 0 || j === formed.length - 1);
+    const at = (D.formation_shown || []).map(j => D.formation_steps[j] + ': ' + fmt(formed[j]));
     p.appendChild(el('p', 'stats', 'its direction in the snapshots (best cosine, by step): ' +
                      at.join(', ')));
   }
@@ -348,12 +346,16 @@ def page_index(data: dict, label_chars: int = 24) -> dict:
     feature its counts and ``tops``, the (row, token id) of each top hit (the list's labels); for embedded
     rows ``label_texts``, the start of the texts of those rows (an ellipsis where cut), and ``has_texts``;
     ``has_tokens``: whether the store has tokens (a store of vectors, imported or embedded, has token id -1
-    on every row): without tokens or texts the page lists no top tokens and speaks of no token context."""
+    on every row): without tokens or texts the page lists no top tokens and speaks of no token context;
+    with snapshots, ``formation_shown``: the indices of those a feature's formation is shown at
+    (``features.shown_snapshots``, which ``actdict feature`` uses too)."""
     texts = data.get("texts") or {}  # a hit is [act, row, doc, pos, context ids, its token's index in them]
     feats = [{"i": f["i"], "fires": f["fires"], "density": f["density"], "max": f["max"], "min": f["min"],
               "tops": [[hit[1], hit[4][hit[5]]] for hit in f["top"]]} for f in data["features"]]  # (row, id)
     rows = {str(row) for f in feats for row, _ in f["tops"]}
-    return {k: v for k, v in data.items() if k not in ("features", "texts")} | {
+    shown = {"formation_shown": shown_snapshots(len(data["formation_steps"]))} if (
+        "formation_steps" in data) else {}  # which snapshots a feature's formation is shown at
+    return {k: v for k, v in data.items() if k not in ("features", "texts")} | shown | {
         "part": PART, "features": feats, "has_texts": bool(texts),
         "has_tokens": any(int(i) >= 0 for i in data.get("tokens", {})),
         "label_texts": {r: texts[r][:label_chars] + ("\u2026" if len(texts[r]) > label_chars else "")

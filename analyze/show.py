@@ -18,6 +18,7 @@ import json
 import sys
 from pathlib import Path
 
+from actdict.analyze.features import shown_snapshots
 from actdict.analyze.lens import dict_features, labels_of
 from actdict.analyze.outputs import OutputError, not_a_snapshot
 from actdict.analyze.texts import clip
@@ -89,9 +90,9 @@ def feature_lines(data: dict, labels: dict, i: int, top: int) -> list[str]:
     for other, near in (f.get("nearest") or {}).items():
         lines.append(f"  nearest direction in {other}: #{near['feature']} (cos {near['cos']:.3f})")
     if formed := f.get("formed"):  # train.snapshot_every: its best cosine in each snapshot, as its page
-        every, last = -(-len(formed) // 12), len(formed) - 1  # about 12 of them at most, and the last
-        at = [f"{step}: " + ("n/a" if c is None else f"{c:.3g}") for j, (step, c) in
-              enumerate(zip(data["formation_steps"], formed, strict=True)) if j % every == 0 or j == last]
+        by_step = list(zip(data["formation_steps"], formed, strict=True))
+        at = [f"{step}: " + ("n/a" if c is None else f"{c:.3g}")
+              for step, c in (by_step[j] for j in shown_snapshots(len(by_step)))]
         lines.append("  its direction in the snapshots (best cosine, by step): " + ", ".join(at))
     if lg := f.get("logits"):
         tok = data["tokens"]

@@ -293,6 +293,37 @@ def test_a_feature_page_shows_its_direction_in_each_snapshot(chromium, tmp_path)
     assert "<h2>Feature 1</h2>" in panel and "its direction in the snapshots" not in panel
 
 
+def test_the_snapshots_a_page_shows_are_those_python_chose(chromium, tmp_path):
+    """Which snapshots a feature's formation is shown at was computed twice, by the page's script and by
+    actdict feature (show.py), each its own 'about 12'; the page now shows those of the indices Python
+    embeds (features.shown_snapshots), as actdict feature does."""
+    from actdict.analyze.features import shown_snapshots
+    from actdict.analyze.report_features import page_index, write_feature_page
+    from actdict.analyze.show import feature_lines
+
+    assert [shown_snapshots(n) for n in (1, 2, 12)] == [[0], [0, 1], list(range(12))]
+    assert shown_snapshots(14) == [0, 2, 4, 6, 8, 10, 12, 13]
+    assert shown_snapshots(1000)[-3:] == [840, 924, 999]  # every 84th, and the last
+    f = {"i": 0, "fires": 3, "density": 0.3, "max": 2.0, "min": 0.5, "hist": {"pos": [[32, 3]], "neg": []},
+         "top": [[2.0, 1, 0, 1, [1, 2], 1]], "bottom": [], "quantiles": []}
+    for n in (14, 37):
+        steps = list(range(7, 7 * n + 1, 7))
+        formed = [round(j / n, 4) for j in range(n - 1)] + [None]
+        data = {"version": 1, "name": "v", "k": 1, "n_rows": 10, "window": 2,
+                "hist_edges": list(range(-4, 5)), "tokens": {"1": "a", "2": "b"}, "wordpiece": False,
+                "formation_steps": steps,
+                "features": [f | {"formed": formed}]}
+        assert page_index(data)["formation_shown"] == shown_snapshots(n)
+        page = write_feature_page(data, "v", {"variant": "sae_topk"}, {"hook": "h"}, tmp_path / f"{n}.html")
+        dom = _dump(*chromium, page.as_uri() + "#f=0")
+        said = dom.split("its direction in the snapshots (best cosine, by step): ")[1].split("<")[0]
+        at = [int(s.split(":")[0]) for s in said.split(", ")]
+        assert at == [steps[j] for j in shown_snapshots(n)]
+        assert said.endswith(f"{steps[-1]}: \u2013")  # the last, where it has no direction
+        line = next(s for s in feature_lines(data, {}, 0, 1) if "its direction in the snapshots" in s)
+        assert [int(s.split(":")[0]) for s in line.split("by step): ")[1].split(", ")] == at
+
+
 def test_a_feature_whose_top_tokens_are_whitespace_is_labelled_with_visible_marks(chromium, tmp_path):
     """A feature firing on tabs and indents (code, poetry) had an empty label in the feature list: each
     token trimmed to nothing and skipped; it now shows them marked, as actdict feature and lens label them
