@@ -5,7 +5,8 @@ Two measures, each of A's features against all of B's and B's against A's:
 
 * by **co-activation**, when A and B were trained on the same rows (one harvest: the same store, any two of
   its hooks, whose rows are the same tokens; two stores of one harvest but for their hooks, a later layer
-  harvested into a store of its own, every row's token checked as it is read; or one store of vectors):
+  harvested into a store of its own, every row's token checked as it is read, on the rows both hold where
+  one was harvested with a larger max_tokens; or one store of vectors):
   one pass over the rows both held out (their ``test_chunks`` in common, at most ``--rows``), both
   dictionaries' active splits (as analysis' AD), and exact counts of the rows each pair of features fires
   on together (``cofire.CoFire``). A
@@ -62,9 +63,10 @@ def twin_stores(a: dict, b: dict) -> tuple[tuple | None, str | None]:
     harvest's rows written twice: (the two hooks, opened, when each opens at its recorded path and their
     manifests record one harvest but for its hooks (``rows_view`` without them; the same rows, source
     fingerprint and model revision): a later layer harvested into a store of its own, or added to the same
-    store (docs/harvest.md, "Adding a layer"; the two hooks' manifests then name other hooks), else
-    None; why it is not known, when one does not open (a path relative to where it was trained), else
-    None). ``count`` then checks every row's token, document and position as it reads them."""
+    store (docs/harvest.md, "Adding a layer"; the two hooks' manifests then name other hooks), or one of
+    them harvested with a larger max_tokens (or grown since: ``prefix``), else None; why it is not known,
+    when one does not open (a path relative to where it was trained), else None). ``count`` then checks
+    every row's token, document and position as it reads them."""
     from actdict.harvest.config import rows_view
 
     stores = []
@@ -77,9 +79,30 @@ def twin_stores(a: dict, b: dict) -> tuple[tuple | None, str | None]:
                           "run actdict compare from the folder they were trained in")
     ma, mb = (st.manifest for st in stores)
     ha, hb = (m.get("harvest") for m in (ma, mb))
-    same = (isinstance(ha, dict) and isinstance(hb, dict) and rows_view(ha, ("hooks",)) == rows_view(
-        hb, ("hooks",)) and all(ma.get(k) == mb.get(k) for k in ("n_rows", "source_fingerprint", "revision")))
+    same = (isinstance(ha, dict) and isinstance(hb, dict) and all(
+        ma.get(k) == mb.get(k) for k in ("source_fingerprint", "revision")) and (
+        (rows_view(ha, ("hooks",)) == rows_view(hb, ("hooks",)) and ma.get("n_rows") == mb.get("n_rows"))
+        or prefix(ma, mb)))
     return (tuple(stores) if same else None), None
+
+
+def prefix(ma: dict, mb: dict) -> bool:
+    """The manifests ``ma``, ``mb`` record harvests of one config but for their hooks and max_tokens, the
+    one of fewer rows with the smaller max_tokens (or both as many), in one store format: the rows of a
+    harvest are one stream that max_tokens only cuts (harvest/plan.py), so the fewer rows are the first rows
+    of the other (as a growth keeps them), in the same chunks but for the last, which the other holds
+    whole."""
+    from actdict.harvest.config import rows_view
+    from actdict.harvest.reuse import grows_to
+
+    ha, hb = (m.get("harvest") for m in (ma, mb))
+    aside = ("hooks", "max_tokens")
+    if rows_view(ha, aside) != rows_view(hb, aside) or ma.get("format_version") != mb.get("format_version"):
+        return False
+    (small, n), (large, n2) = sorted([(ha, ma.get("n_rows") or 0), (hb, mb.get("n_rows") or 0)],
+                                     key=lambda x: x[1])
+    return n == n2 or small.get("max_tokens") == large.get("max_tokens") or grows_to(
+        small.get("max_tokens"), large.get("max_tokens"))  # equal: both ended with the source
 
 
 def common_rows(rec_a: dict, rec_b: dict, n_chunks: int) -> list[int]:
@@ -90,18 +113,19 @@ def common_rows(rec_a: dict, rec_b: dict, n_chunks: int) -> list[int]:
 
 
 @torch.no_grad()
-def count(models: tuple, stores: tuple, chunks: list[int], limit: int, batch: int, device: str
-          ) -> tuple[CoFire, torch.Tensor, torch.Tensor, int]:
+def count(models: tuple, stores: tuple, chunks: list[int], limit: int, batch: int, device: str,
+          upto: int | None = None) -> tuple[CoFire, torch.Tensor, torch.Tensor, int]:
     """(co-activation counts [ka, kb], fires of A [ka], of B [kb], rows) over ``chunks`` (at most ``limit``
-    rows) of the two hooks' stores, each row through both dictionaries' deterministic forward."""
+    rows) of the two hooks' stores, each row through both dictionaries' deterministic forward. ``upto``:
+    only the rows before it (twin stores of which one holds more: ``prefix``)."""
     (ma, mb), (sa, sb) = models, stores
     co = CoFire(ma.k, device, k2=mb.k)
     fa = torch.zeros(ma.k, dtype=torch.long, device=device)
     fb = torch.zeros(mb.k, dtype=torch.long, device=device)
     n = 0
     for c in chunks:
-        rows_a = sa.read_chunk(c)
-        rows_b = rows_a if sb is sa else same_tokens(rows_a, sb.read_chunk(c), c)
+        rows_a = read_upto(sa, c, upto)
+        rows_b = rows_a if sb is sa else same_tokens(rows_a, read_upto(sb, c, upto), c)
         xa, xb = rows_a.acts[: limit - n], rows_b.acts[: limit - n]
         for s in range(0, len(xa), batch):
             acts = []
@@ -115,6 +139,14 @@ def count(models: tuple, stores: tuple, chunks: list[int], limit: int, batch: in
         if n >= limit:
             break
     return co, fa, fb, n
+
+
+def read_upto(store, chunk: int, upto: int | None):
+    """The rows of ``chunk`` of ``store`` before global row ``upto`` (None: all of them)."""
+    if upto is None:
+        return store.read_chunk(chunk)
+    start, stop = store.chunk_bounds(chunk)
+    return store.read_rows(start, min(stop, upto))
 
 
 def same_tokens(a, b, chunk: int):
@@ -199,11 +231,18 @@ def compare(dir_a: str, dir_b: str, store: str | None = None, limit: int = 65536
                 raise AnalyzeError(f"store {path} hook {s_.hook} has d={s_.d}, its dictionary d={m.d}")
         sides = (("A", sa, ra, path), ("B", sb, rb, paths[1]))
         out["notes"] += changed(sides)
-        chunks = common_rows(ra, rb, sa.num_chunks)
+        upto = min(len(sa), len(sb)) if twins and len(sa) != len(sb) else None  # one of more (``prefix``)
+        if upto is not None:
+            out["notes"].append(
+                f"A's store {path} holds {len(sa):,} rows and B's {paths[1]} {len(sb):,} (one harvest, with "
+                f"a larger max_tokens or grown since): co-activation counted on the first {upto:,}, the rows "
+                "both hold, each row's token checked")
+        n_chunks = min(sa.num_chunks, sb.num_chunks)
+        chunks = [c for c in common_rows(ra, rb, n_chunks) if c < n_chunks]
         if not chunks:
             out["notes"].append("no co-activation: the two held out no chunk in common (different splits)")
         else:
-            co, fa, fb, rows = count((ma, mb), (sa, sb), chunks, limit, batch, device)
+            co, fa, fb, rows = count((ma, mb), (sa, sb), chunks, limit, batch, device, upto)
             fires = (fa, fb)
             sum_a, per_a = side(co.counts, fa, fb, n)
             sum_b, per_b = side(co.counts.T, fb, fa, n)

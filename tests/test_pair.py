@@ -325,14 +325,17 @@ def test_one_note_for_both_sides_on_one_changed_hook_and_none_of_growth_for_vect
     assert len(notes) == 1 and "max_tokens" not in notes[0] and notes[0].endswith("rows A and B learned")
 
 
-def _harvest(path, hook, config_hash, ctx=16, tokens=None, d=D, scale=1.0, source="f1"):
+def _harvest(path, hook, config_hash, ctx=16, tokens=None, d=D, scale=1.0, source="f1", rows=N,
+             max_tokens=None):
     """A store at ``path`` holding ``hook`` of a harvest (its manifest's ``harvest`` config names its hooks:
-    two such stores of one corpus differ in config_hash, and hold the same rows)."""
-    x = np.random.default_rng(0).standard_normal((N, D)).astype(np.float32)[:, :d] * scale
-    harvest = {"mode": "tokens", "model": "m", "hooks": [hook], "ctx": ctx, "max_tokens": N}
+    two such stores of one corpus differ in config_hash, and hold the same rows), of its first ``rows``
+    rows (its max_tokens, unless the source ended before ``max_tokens``)."""
+    x = np.random.default_rng(0).standard_normal((N, D)).astype(np.float32)[:rows, :d] * scale
+    harvest = {"mode": "tokens", "model": "m", "hooks": [hook], "ctx": ctx, "max_tokens": max_tokens or rows}
     extra = {"hook": hook, "config_hash": config_hash, "harvest": harvest, "source_fingerprint": source}
+    tokens = np.arange(N) if tokens is None else tokens
     with StoreWriter(str(path), extra, d, "float32", 64, 32) as w:
-        w.append(x, np.arange(N) if tokens is None else tokens, np.arange(N) // 16, np.arange(N) % 16)
+        w.append(x, tokens[:rows], np.arange(rows) // 16, np.arange(rows) % 16)
 
 
 def test_a_later_layer_in_a_store_of_its_own_is_counted_row_for_row(tmp_path, capsys):
@@ -438,3 +441,39 @@ def test_a_layer_added_to_the_store_is_counted_row_for_row(tmp_path):
     assert out["cofire"]["a_in_b"]["matched"] == 1.0 and out["cofire"]["rows"] == 64
     live = [i for i in range(K) if out["a"]["fires"][i] > 0]
     assert live and all(out["a"]["cofire"][i][0][:2] == [perm[i], 1.0] for i in live)
+
+
+def test_twin_stores_of_which_one_holds_more_rows_are_counted_on_the_rows_both_hold(tmp_path):
+    """A later layer in a store of its own harvested with a larger max_tokens (or grown since): compare
+    said 'no co-activation: they were trained on different stores', though the first rows of the larger
+    are the rows of the smaller; they are counted on those (held out by both), and the note says so."""
+    perm = np.random.default_rng(1).permutation(K)
+    da, db = _pair(tmp_path, perm)
+    _harvest(tmp_path / "s0", "blocks.0.h", "harvest-s0")  # 128 rows: chunks of 32
+    _harvest(tmp_path / "s1", "blocks.1.h", "harvest-s1", scale=2.0, rows=80)  # 64 + 16 rows: chunks 0..2
+    _harvest(tmp_path / "s2", "blocks.1.h", "harvest-s2", scale=2.0, rows=80, ctx=8)  # other rows
+    _harvest(tmp_path / "s3", "blocks.1.h", "harvest-s3", scale=2.0, max_tokens=500)  # the source ended
+    ma, ra = load(da)
+    mb, rb = load(db)
+    save(da, ma, {**ra, "store": ra["store"] | {"path": str(tmp_path / "s0"), "config_hash": "harvest-s0"}})
+    for name in ("s1", "s2", "s3"):
+        rows = 128 if name == "s3" else 80
+        save(db, mb, {**rb, "test_chunks": [1, 2], "store": rb["store"] | {
+            "path": str(tmp_path / name), "rows": rows, "config_hash": f"harvest-{name}"}})
+        out = pair.compare(da, db, n=2)
+        if name == "s3":  # as many rows: all of them, as twins of one max_tokens
+            assert out["notes"] == [] and out["cofire"]["rows"] == 32 and out["cofire"]["chunks"] == [2]
+            continue
+        if name == "s2":
+            assert out["cofire"] is None and out["notes"] == [
+                "no co-activation: they were trained on different stores (config_hash, rows differ)"]
+            continue
+        assert out["notes"] == [
+            f"A's store {tmp_path / 's0'} holds 128 rows and B's {tmp_path / 's1'} 80 (one harvest, with a "
+            "larger max_tokens or grown since): co-activation counted on the first 80, the rows both hold, "
+            "each row's token checked"]
+        co = out["cofire"]
+        assert co["chunks"] == [2] and co["rows"] == 16  # chunk 2: rows 64..79, A's held out and B's
+        assert co["a_in_b"]["matched"] == 1.0 and co["b_in_a"]["matched"] == 1.0
+        live = [i for i in range(K) if out["a"]["fires"][i] > 0]
+        assert live and all(out["a"]["cofire"][i][0][:2] == [perm[i], 1.0] for i in live)
