@@ -244,8 +244,8 @@ async function renderFeature(i) {
     });
   }
   const formed = f.formed || [];
-  if (formed.length) {  // its best cosine among each snapshot's decoder columns (train.snapshot_every)
-    const at = (D.formation_shown || []).map(j => D.formation_steps[j] + ': ' + fmt(formed[j]));
+  if (formed.length) {  // its best cosine among the decoder columns of each snapshot shown (page_parts)
+    const at = (D.formation_shown || []).map((j, m) => D.formation_steps[j] + ': ' + fmt(formed[m]));
     p.appendChild(el('p', 'stats', 'its direction in the snapshots (best cosine, by step): ' +
                      at.join(', ')));
   }
@@ -364,10 +364,14 @@ def page_index(data: dict, label_chars: int = 24) -> dict:
 
 def page_parts(data: dict) -> list[dict]:
     """The features of ``data`` in parts of ``PART``: each part's full records and the texts of their rows
-    (embeddings stores)."""
+    (embeddings stores), but for ``formed``: its values at the snapshots the page shows (``page_index``'s
+    ``formation_shown``), about 12 of many (each value ~8 bytes a feature; the features file keeps all)."""
     texts, parts = data.get("texts") or {}, []
-    for a in range(0, len(data["features"]), PART):
-        feats = data["features"][a:a + PART]
+    shown = shown_snapshots(len(data.get("formation_steps") or []))
+    features = [f | {"formed": [f["formed"][j] for j in shown]} if f.get("formed") else f
+                for f in data["features"]]
+    for a in range(0, len(features), PART):
+        feats = features[a:a + PART]
         rows = {str(h[1]) for f in feats for h in feature_hits(f)}
         parts.append({"features": feats, "texts": {r: texts[r] for r in sorted(rows) if r in texts}})
     return parts

@@ -342,3 +342,27 @@ def test_a_feature_whose_top_tokens_are_whitespace_is_labelled_with_visible_mark
     dom = _dump(*chromium, page.as_uri())
     assert '<td class="lab">\u21e5, \u2423\u2423\u2423\u2423</td>' in dom
     assert '<td class="lab">\u21b5, of</td>' in dom
+
+
+def test_a_pages_parts_carry_only_the_snapshots_it_shows(chromium, tmp_path):
+    """The parts beside a page carried every snapshot's cosine of every feature (~8 bytes each, as many
+    again as the features file), of which the page shows about 12: they carry those, and the page shows the
+    same numbers (the features file keeps them all)."""
+    from actdict.analyze.features import shown_snapshots
+    from actdict.analyze.report_features import page_parts, write_feature_page
+
+    f = {"i": 0, "fires": 3, "density": 0.3, "max": 2.0, "min": 0.5, "hist": {"pos": [[32, 3]], "neg": []},
+         "top": [[2.0, 1, 0, 1, [1, 2], 1]], "bottom": [], "quantiles": []}
+    steps = list(range(5, 505, 5))  # 100 snapshots
+    formed = [round(-0.2 + s / 400, 4) for s in steps]
+    data = {"version": 1, "name": "v", "k": 2, "n_rows": 10, "window": 2, "hist_edges": list(range(-4, 5)),
+            "tokens": {"1": "a", "2": "b"}, "wordpiece": False, "formation_steps": steps,
+            "features": [f | {"formed": formed}, f | {"i": 1}]}
+    kept = page_parts(data)[0]["features"]
+    assert kept[0]["formed"] == [formed[j] for j in shown_snapshots(100)] and len(kept[0]["formed"]) == 12
+    assert "formed" not in kept[1] and len(data["features"][0]["formed"]) == 100  # data itself untouched
+    page = write_feature_page(data, "v", {"variant": "sae_topk"}, {"hook": "h"}, tmp_path / "v.html")
+    dom = _dump(*chromium, page.as_uri() + "#f=0")
+    assert ("its direction in the snapshots (best cosine, by step): 5: -0.1875, 50: -0.075, 95: 0.0375, "
+            "140: 0.15, 185: 0.2625, 230: 0.375, 275: 0.4875, 320: 0.6, 365: 0.7125, 410: 0.825, "
+            "455: 0.9375, 500: 1.05<") in dom
