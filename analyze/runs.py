@@ -19,7 +19,7 @@ from pathlib import Path
 from actdict.analyze.outputs import OutputError, not_a_snapshot, read_output
 from actdict.analyze.run import number_table
 from actdict.errors import ActdictError, printable
-from actdict.files import write_atomic
+from actdict.files import disk_path, write_atomic
 from actdict.train.resume import listed
 
 KEYS = ("re_det", "re_sample", "ad", "l0", "ev", "dead", "k", "ce_recovered", "kl")
@@ -67,14 +67,15 @@ def read_summaries(run_dirs: list[str]) -> list[Summary]:
 
 def records(summaries: list[Summary]) -> list[dict]:
     """One record per dictionary of each summary, in the order given; a dictionary given twice, however
-    spelled, by its folder or its run's: once."""
+    spelled (``Run`` and ``run`` on a case-insensitive disk too: ``files.disk_path``), by its folder or its
+    run's: once."""
     out, seen = [], set()
     for s in summaries:
         run, only, summary = s.run, s.only, s.summary
         models = summary["models"]
         again = retrained(run, models)
         for name, m in models.items():
-            if (only is not None and name != only) or (key := (Path(run).resolve(), name)) in seen:
+            if (only is not None and name != only) or (key := (disk_path(run), name)) in seen:
                 continue
             seen.add(key)  # its folder and the dictionary's both given: its line once
             out.append({"run": run, "hook": summary.get("hook"), "dict": name, "variant": m.get("variant")}

@@ -1,6 +1,7 @@
 """``actdict summary RUN_DIR...`` (analyze/runs.py): several analysed run folders' numbers in one table."""
 
 import json
+import os
 import shutil
 
 import pytest
@@ -105,6 +106,25 @@ def test_a_folder_given_twice_however_spelled_is_one_set_of_rows(tmp_path, capsy
     assert cli(["summary", str(a), f"{a}/", str(a / "summary.json"), str(tmp_path / "b"), str(a)]) == 0
     runs = [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]]
     assert runs == [str(a), str(tmp_path / "b")]
+
+
+def test_a_folder_given_in_another_case_on_a_case_insensitive_disk_is_one_set_of_rows(tmp_path, monkeypatch,
+                                                                                     capsys):
+    """On macOS' default disk runs/a and runs/A are one folder, and os.path.realpath keeps the case given:
+    actdict summary runs/a runs/A printed a's rows twice."""
+    m = {"re_det": 30.05, "re_sample": 31.5, "ad": 32.0, "l0": 32.0, "ev": 0.773, "dead": 3, "k": 64}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "summary.json").write_text(json.dumps({"hook": "h", "models": {"x": m}}))
+    (tmp_path / "A").symlink_to("a")  # one folder, opened by either name, as there
+    real, big = os.path.realpath, str(tmp_path / "A")
+
+    def kept_case(path, *args, **kwargs):  # no link there: A is resolved as it is spelled
+        out = real(path, *args, **kwargs)
+        return out.replace(str(tmp_path / "a"), big, 1) if str(path).startswith(big) else out
+
+    monkeypatch.setattr(os.path, "realpath", kept_case)
+    assert cli(["summary", str(tmp_path / "a"), str(tmp_path / "A")]) == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]] == [str(tmp_path / "a")]
 
 
 def test_dictionary_folders_as_compare_takes_them_give_their_lines(tmp_path, capsys):
