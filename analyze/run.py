@@ -109,6 +109,7 @@ from actdict.dryrun import StagePlan
 from actdict.errors import ActdictError, printable
 from actdict.files import check_not_linked, remove_temps, write_atomic
 from actdict.lock import check_writable, write_problem
+from actdict.rng import kept_rng
 from actdict.train.identity import describe_store
 from actdict.train.log import trained_curve
 from actdict.train.loop import resolve_device
@@ -189,6 +190,7 @@ def unbuilt(run_dir: Path, names: list[str], every: list[str] = ()) -> str | Non
     return f"{run_dir / 'dicts' / name}: {why[name]}{hint}"
 
 
+@kept_rng()
 def main(common: Common, cfg: AnalyzeConfig) -> None:
     """Analyse the run's dictionaries, holding the run folder's analysis lock (two analyses of one folder
     would write the same report files; a training may run beside it). Under torchrun only rank 0 analyses

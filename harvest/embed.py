@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from actdict.config import ConfigError, bar_timing, check_hook_name
+from actdict.rng import kept_rng
 
 if TYPE_CHECKING:
     from actdict.harvest.models import Found
@@ -168,6 +169,7 @@ def embedding_blocks(enc: Encoder, units: Iterable[tuple[int, int, str]], cfg: E
                np.array(pos, np.int32))
 
 
+@kept_rng()
 def main(common, cfg, writing=lambda hooks=None: None) -> None:
     """``harvest.mode: embeddings``: embed every document of ``cfg.source`` into ``common.store_path``;
     ``writing``: called before the store is changed (``resume.store_lock``)."""

@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from actdict.config import check_device
 from actdict.errors import ActdictError
+from actdict.rng import kept_rng
 
 MINILM = "all-MiniLM-L6-v2"
 _MINILM_ALIASES = {MINILM, f"sentence-transformers/{MINILM}"}
@@ -281,6 +282,7 @@ def gpt2_tokenizer() -> Any:
                                    model_max_length=2048)
 
 
+@kept_rng()
 def make_random_pythia(path: str | Path, seed: int = 0) -> Path:
     """Save a random-init model of pythia-70m's exact shape + GPT-2's tokenizer into folder ``path``.
 

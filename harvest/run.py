@@ -67,6 +67,7 @@ from actdict.harvest.sources import (
 )
 from actdict.harvest.store import open_store
 from actdict.harvest.writer import CHUNK_ROWS, new_manifest, non_finite
+from actdict.rng import kept_rng
 
 __all__ = ["HarvestError", "main", "describe_source", "expand_hooks", "forward", "model_windows"]
 META_BYTES = 4 + 8 + 4  # token_ids int32 + doc int64 + pos int32, per row
@@ -281,6 +282,7 @@ def check(common: Common, cfg: HarvestConfig) -> None:
                               f"set harvest.mode={mode}, or leave {name} out")
 
 
+@kept_rng()
 def main(common: Common, cfg: HarvestConfig, on_hooks: Callable[[list[str]], None] | None = None) -> None:
     """Harvest ``cfg.hooks`` of ``cfg.model`` on ``cfg.source`` into ``common.store_path``, holding the
     store's lock (``store_lock``) throughout. ``on_hooks``: called with the hook names once the model has

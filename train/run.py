@@ -33,6 +33,7 @@ from actdict.errors import ActdictWarning
 from actdict.files import check_not_linked, remove_temps
 from actdict.harvest.store import list_hooks, open_store, read_lock
 from actdict.lock import check_writable, folder_lock
+from actdict.rng import kept_rng
 from actdict.signals import sigterm_raises
 from actdict.train import checkpoint
 from actdict.train import dist as dist_
@@ -152,6 +153,7 @@ def sigterm_ends() -> Iterator[threading.Event]:
         raise Interrupted(ENDED if begun.is_set() else STARTING) from None
 
 
+@kept_rng()
 def main(common: Common, cfg: TrainConfig) -> None:
     with sigterm_ends() as begun:
         d = dist_.from_env()

@@ -1,0 +1,90 @@
+"""The stages called from Python (a notebook, a script: pytest's process is such a host) leave the process as
+they found it: its random generators, and, through ``actdict.cli.main``, its warning format, stdout and
+torch's thread count, whether the call returns or raises."""
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from actdict.analyze.config import AnalyzeConfig
+from actdict.config import Common, build
+from actdict.harvest.config import HarvestConfig
+from actdict.train.config import DictConfig, TrainConfig
+from tests import train_store
+
+store = train_store.store  # a fixture: the tests below take it as an argument
+TEXTS = Path(__file__).parent / "data" / "texts"
+
+
+def seeded_state() -> tuple:
+    """Seed the caller's generators with its own seed; their states then (torch's, random's, numpy's)."""
+    torch.manual_seed(1234)
+    random.seed(1234)
+    np.random.seed(1234)
+    return torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy()
+
+
+def assert_state(before: tuple) -> None:
+    assert torch.equal(torch.get_rng_state(), before[0]), "torch's default generator was reseeded"
+    assert random.getstate() == before[1], "random's global generator was reseeded"
+    assert np.array_equal(np.random.get_state()[1], before[2]), "numpy's global generator was reseeded"
+
+
+def _train(store, run_dir: Path, epochs: int = 1) -> tuple[Common, TrainConfig]:
+    from actdict.train.run import main
+
+    common = Common(run_dir=str(run_dir), seed=3, store=store.path)
+    cfg = TrainConfig(dicts=[DictConfig("v", "vaease", k=4, lr=0.01, params={"loggamma_init": 0.0})],
+                      epochs=epochs, batch_size=100, test_fraction=0.2, device="cpu")
+    main(common, cfg)
+    return common, cfg
+
+
+def test_training_and_analysis_leave_the_callers_generators_as_they_were(store, tmp_path):
+    """The training seeds torch's generator at every step and the analysis for its one stochastic sample; the
+    caller's next draw is the one it would have made without them, and a second call gives the same
+    numbers as the first (the stage's own seeding is unchanged)."""
+    from actdict.analyze.run import main as analyze
+
+    before = seeded_state()
+    common, _ = _train(store, tmp_path / "a")
+    assert_state(before)
+    analyze(common, AnalyzeConfig(device="cpu", n_features=2, top_k=2, context=1))
+    assert_state(before)
+    _train(store, tmp_path / "b")  # in the same process, after the caller's draws
+    torch.rand(5)
+    analyze(Common(run_dir=str(tmp_path / "b"), seed=3, store=store.path),
+            AnalyzeConfig(device="cpu", n_features=2, top_k=2, context=1))
+    a, b = (json.loads((tmp_path / r / "summary.json").read_text())["models"]["v"] for r in "ab")
+    assert a["re_sample"] == b["re_sample"] and a["re_det"] == b["re_det"] and a["ad"] == b["ad"]
+
+
+def test_a_stage_that_raises_leaves_the_callers_generators_as_they_were(store, tmp_path, monkeypatch):
+    """A training stopped by an error after it seeded (here: in its first save) restores them too."""
+    from actdict.train import run
+
+    def fail(*a, **k):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(run, "save_all", fail)
+    before = seeded_state()
+    with pytest.raises(OSError, match="disk gone"):
+        _train(store, tmp_path / "run")
+    assert_state(before)
+
+
+def test_a_harvest_leaves_the_callers_generators_as_they_were(tmp_path):
+    """The token harvest seeds torch, random and numpy (its model and corpus); not the caller's, after."""
+    from actdict.harvest.run import main
+
+    cfg = build(HarvestConfig, {"source": {"kind": "files", "path": str(TEXTS)}, "chunk_rows": 32,
+                                "shard_rows": 64, "max_tokens": 64, "device": "cpu", "ctx": 16,
+                                "batch_size": 3})
+    before = seeded_state()
+    main(Common(run_dir=str(tmp_path / "run")), cfg)
+    assert (tmp_path / "run" / "store").is_dir()
+    assert_state(before)
