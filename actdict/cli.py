@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from actdict.config import ConfigError, check_threads, common_of, load_experiment, section
-from actdict.errors import ActdictError, one_line_warnings, open_files_hint, print_error, tolerant_stdout
+from actdict.errors import ActdictError, command_printing, open_files_hint, print_error
 from actdict.signals import Terminated, sigterm_raises
 
 # stage -> (module with main(common, cfg), config module, config class)
@@ -67,8 +67,14 @@ def prepare(stage: str, data: dict) -> tuple[Any, Callable[[], None]]:
         module.check(common, cfg)
 
     def go(**kw: Any) -> None:
+        import torch
+
+        before = torch.get_num_threads()
         set_threads(common.threads)
-        module.main(common, cfg, **kw)
+        try:
+            module.main(common, cfg, **kw)
+        finally:  # the caller's (a notebook's) own count after the stage
+            torch.set_num_threads(before)
 
     return cfg, go
 
@@ -256,8 +262,11 @@ def interrupted(e: KeyboardInterrupt, kept: str = "") -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    one_line_warnings()
-    tolerant_stdout()
+    with command_printing():
+        return _command(argv)
+
+
+def _command(argv: list[str] | None) -> int:
     try:
         with sigterm_raises(Terminated, torchrun=False):  # a harvest rank keeps the default: actdict.signals
             return _main(argv)

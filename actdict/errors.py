@@ -6,7 +6,8 @@ bug and keeps its traceback.
 
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from typing import NoReturn
 
 
@@ -47,6 +48,26 @@ def tolerant_stdout() -> None:
         return
     if not utf and callable(getattr(out, "reconfigure", None)):
         out.reconfigure(errors="backslashreplace")
+
+
+@contextmanager
+def command_printing() -> Iterator[None]:
+    """``one_line_warnings`` and ``tolerant_stdout`` while inside, then the warning format and stdout's
+    error handler as they were: ``actdict.cli.main`` called from a notebook or a script, which shows
+    warnings and writes stdout its own way after the call."""
+    import sys
+
+    shown, out = warnings.formatwarning, sys.stdout
+    errors = getattr(out, "errors", None)
+    one_line_warnings()
+    tolerant_stdout()
+    try:
+        yield
+    finally:
+        warnings.formatwarning = shown
+        if getattr(out, "errors", None) != errors:
+            with suppress(ValueError, OSError):  # closed meanwhile: nothing to give back
+                out.reconfigure(errors=errors)
 
 
 def run_command(main: Callable[[], int | None]) -> NoReturn:

@@ -88,3 +88,28 @@ def test_a_harvest_leaves_the_callers_generators_as_they_were(tmp_path):
     main(Common(run_dir=str(tmp_path / "run")), cfg)
     assert (tmp_path / "run" / "store").is_dir()
     assert_state(before)
+
+
+def test_the_command_called_from_python_gives_back_threads_warning_format_and_stdout(store, tmp_path,
+                                                                                     monkeypatch):
+    """``actdict.cli.main`` sets torch's threads (``threads``), the one-line warning format and a stdout that
+    escapes what its encoding lacks for the command; after it, returning 0 or 2, the caller has its own."""
+    import io
+    import sys
+    import warnings
+
+    from actdict.cli import main
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"run_dir: {tmp_path / 'run'}\nstore: {store.path}\nthreads: 2\nseed: 3\ntrain:\n"
+                   "  epochs: 1\n  batch_size: 100\n  device: cpu\n"
+                   "  dicts: [{name: s, variant: sae_l1, k: 4}]\n")
+    out = io.TextIOWrapper(io.BytesIO(), encoding="ascii")  # Windows' cp1252 stdout, as a pipe
+    monkeypatch.setattr(sys, "stdout", out)
+    shown, threads = warnings.formatwarning, torch.get_num_threads()
+    assert threads != 2
+    assert main(["train", str(cfg)]) == 0
+    assert (tmp_path / "run" / "dicts" / "s" / "cfg.json").is_file()
+    assert (torch.get_num_threads(), warnings.formatwarning, out.errors) == (threads, shown, "strict")
+    assert main(["train", str(tmp_path / "missing.yaml")]) == 2
+    assert (torch.get_num_threads(), warnings.formatwarning, out.errors) == (threads, shown, "strict")
