@@ -481,6 +481,16 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
+def bar_disabled(disable: bool | None = False) -> bool | None:
+    """A progress bar's ``disable``: True where ``TQDM_DISABLE`` is set (1, true, yes or on), else the bar's
+    own (a rank's, a ``progress=False``; None: off when stderr is not a terminal). Read at every bar, so a
+    notebook or a script turns the stages' bars off with ``os.environ["TQDM_DISABLE"] = "1"`` after tqdm
+    was imported too; tqdm reads the variable once, at its import, and never for a bar given ``disable``."""
+    if os.environ.get("TQDM_DISABLE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    return disable
+
+
 LOG_BAR_INTERVAL = 30.0  # seconds between progress-bar redraws when stderr is a file, not a terminal
 
 

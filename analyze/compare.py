@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from actdict.config import bar_timing
+from actdict.config import bar_disabled, bar_timing
 
 MATCHED = 0.9
 NULL = 1e-6
@@ -91,8 +91,8 @@ def similarity(dirs: dict[str, Tensor], live: dict[str, Tensor], progress: bool 
     if progress and macs > NOTE_MACS:
         print(f"analyze: shared directions: {len(todo):,} pairs of dictionaries, {macs:.2g} multiply-adds "
               "(analyze.shared_directions=false skips them)")
-    for a, b in tqdm(todo, desc="shared directions", unit="pair", disable=not progress or len(todo) <= 2,
-                     **bar_timing()):
+    for a, b in tqdm(todo, desc="shared directions", unit="pair",
+                     disable=bar_disabled(not progress or len(todo) <= 2), **bar_timing()):
         best, arg = pairs[a, b] = nearest(dirs[a], dirs[b], live[b])
         out.setdefault(a, {})[b] = shared_share(dirs[a], live[a], best)
     return out, pairs

@@ -22,7 +22,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from actdict.analyze.compare import NOTE_MACS, directions, nearest, null_columns, shared_share
-from actdict.config import bar_timing
+from actdict.config import bar_disabled, bar_timing
 from actdict.errors import ActdictWarning
 from actdict.train import checkpoint
 from actdict.train.snapshot import snapshots_of
@@ -44,7 +44,7 @@ def formation(run_dir: Path, name: str, config_hash: str | None, units: Tensor, 
     out: dict[str, list] = {"step": [], "mmcs": [], "matched": []}
     cosines, unread = [], []
     for step, folder in tqdm(snaps, desc=f"formation {name}", unit="snapshot", leave=False,
-                             **bar_timing()):
+                             disable=bar_disabled(), **bar_timing()):
         try:
             model, _ = checkpoint.load(folder, device)
         except checkpoint.CheckpointError as e:

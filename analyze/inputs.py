@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from actdict.config import bar_timing, config_changes
+from actdict.config import bar_disabled, bar_timing, config_changes
 from actdict.errors import ActdictError
 from actdict.train import checkpoint
 from actdict.train.identity import store_key
@@ -227,7 +227,8 @@ def held_out_batches(store, test_chunks: list[int], batch_size: int, limit: int 
     if limit is not None:  # the chunks holding the first ``limit`` rows: the bar's total, and the loop's end
         held = np.cumsum([stop - start for start, stop in map(store.chunk_bounds, test_chunks)])  # [chunks]
         test_chunks = test_chunks[:int(np.searchsorted(held, limit)) + 1]
-    for i, c in enumerate(tqdm(test_chunks, desc="analyze", unit="chunk", **bar_timing())):
+    for i, c in enumerate(tqdm(test_chunks, desc="analyze", unit="chunk", disable=bar_disabled(),
+                                    **bar_timing())):
         start, stop = store.chunk_bounds(c)
         take = stop - start if limit is None else min(stop - start, limit - seen)
         acts = np.concatenate([acts, store.read_chunk(c).acts[:take]])  # [held, d]

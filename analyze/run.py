@@ -104,7 +104,7 @@ from actdict.analyze.splice import ce_caveat
 from actdict.analyze.textfile import check_texts, read_texts
 from actdict.analyze.texts import row_texts
 from actdict.analyze.toptokens import resolve_decoder
-from actdict.config import Common, bar_timing, check_device
+from actdict.config import Common, bar_disabled, bar_timing, check_device
 from actdict.dryrun import StagePlan
 from actdict.errors import ActdictError, printable
 from actdict.files import check_not_linked, remove_temps, write_atomic
@@ -323,7 +323,8 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
     (run_dir / "features").mkdir(exist_ok=True)
     _remove_temps(run_dir)
     datas = {}
-    for name, ev in tqdm(evals.items(), desc="features", unit="dict", **bar_timing()):
+    for name, ev in tqdm(evals.items(), desc="features", unit="dict", disable=bar_disabled(),
+                         **bar_timing()):
         data, _, _ = build_features(ev.tracker, ev.fire.cpu().numpy(), n, store, cfg.context, decode,
                                     cfg.quantiles, cfg.cofire)
         data["name"] = name

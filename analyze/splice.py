@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from actdict.config import bar_timing
+from actdict.config import bar_disabled, bar_timing
 from actdict.errors import ActdictError
 
 
@@ -210,7 +210,8 @@ def splice_eval(bridge, windows: Windows, hook: str, models: dict[str, object], 
     base = {"clean": 0.0, "zero": 0.0}  # the baselines, apart from any dictionary's name
     sums, kls = {n: 0.0 for n in fns}, {n: 0.0 for n in fns}
     count = 0
-    bar = tqdm(total=len(windows), desc="CE/KL", unit="window", disable=not progress, **bar_timing())
+    bar = tqdm(total=len(windows), desc="CE/KL", unit="window", disable=bar_disabled(not progress),
+               **bar_timing())
     for s in range(0, len(windows), batch_size):
         tok = windows.tokens[s : s + batch_size].to(dev)  # [W, T]
         where = windows.spliced[s : s + batch_size].to(dev)  # [W, T]

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from actdict.config import ConfigError, bar_timing, check_hook_name
+from actdict.config import ConfigError, bar_disabled, bar_timing, check_hook_name
 from actdict.rng import kept_rng
 
 if TYPE_CHECKING:
@@ -214,7 +214,8 @@ def main(common, cfg, writing=lambda hooks=None: None) -> None:
     units = chain([first], units)
     with StoreWriter(path, manifest, d=enc.d, dtype=cfg.store_dtype, shard_rows=cfg.shard_rows,
                      chunk_rows=cfg.chunk_rows, overwrite=True) as w, \
-            tqdm(total=cfg.max_tokens, unit=ecfg.unit[:4], desc="embed", **bar_timing()) as bar:
+            tqdm(total=cfg.max_tokens, unit=ecfg.unit[:4], desc="embed", disable=bar_disabled(),
+                 **bar_timing()) as bar:
         for x, doc, pos in embedding_blocks(enc, units, ecfg, cfg.batch_size, cfg.max_tokens):  # [b, d], [b]
             w.append(x, np.full(len(x), -1, np.int32), doc, pos)
             n += len(x)

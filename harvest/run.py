@@ -23,7 +23,7 @@ from itertools import islice
 
 import numpy as np
 
-from actdict.config import Common, ConfigError, bar_timing, config_hash, to_dict
+from actdict.config import Common, ConfigError, bar_disabled, bar_timing, config_hash, to_dict
 from actdict.harvest.added import check_added, check_count, check_rows
 from actdict.harvest.config import HarvestConfig, hook_pattern
 from actdict.harvest.dist import Ranks, init_ranks, rank_device
@@ -413,7 +413,7 @@ def harvest(common: Common, cfg: HarvestConfig, ranks: Ranks, grow: bool = False
     fs, root = fs_of(path)
     skipped = sum(int(record(path, hooks[0], s)["n_rows"]) for s in done_all)  # the bar counts them done
     with tqdm(total=cfg.max_tokens, initial=skipped, unit="tok", unit_scale=True, desc="harvest",
-              disable=ranks.rank != 0, **bar_timing()) as bar:
+              disable=bar_disabled(ranks.rank != 0), **bar_timing()) as bar:
         progress = _Progress(bar, ranks.world, cfg.max_tokens, cfg.source.max_docs is not None)
         # tokenising ahead of the forward (docs/harvest.md, "Throughput"), up to two rounds of shards (rows):
         # under torchrun every rank tokenises a share of every window, also of the shards it skips

@@ -278,10 +278,10 @@ class ActivationStore:
         (``actdict store --verify``: ~15 s a GB)."""
         from tqdm.auto import tqdm
 
-        from actdict.config import bar_timing
+        from actdict.config import bar_disabled, bar_timing
 
         for name, _ in tqdm(self._shards, desc=f"verify {self.hook}", unit="shard", leave=False,
-                            disable=None if progress else True, **bar_timing()):
+                            disable=bar_disabled(None if progress else True), **bar_timing()):
             where = f"{self.dir}/{SHARDS}/{name}"
             if why := shard_damage(self.fs, where, self.d, self.dtype, self.chunk_rows, self._crc):
                 raise StoreError(f"shard {where} is corrupted: {why}; restore the shard from a copy, or "

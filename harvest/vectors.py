@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from actdict.config import ConfigError, bar_timing, check_hook_name
+from actdict.config import ConfigError, bar_disabled, bar_timing, check_hook_name
 from actdict.errors import ActdictError, open_files_hint
 from actdict.files import part_files
 
@@ -359,7 +359,8 @@ def _shown(blocks: Iterator[np.ndarray], total: int | None) -> Iterator[np.ndarr
     that ends the import)."""
     from tqdm import tqdm
 
-    with tqdm(total=total, desc="import", unit="row", unit_scale=True, disable=None, **bar_timing()) as bar:
+    with tqdm(total=total, desc="import", unit="row", unit_scale=True, disable=bar_disabled(None),
+              **bar_timing()) as bar:
         for x in blocks:
             yield x
             bar.update(len(x))

@@ -113,3 +113,28 @@ def test_the_command_called_from_python_gives_back_threads_warning_format_and_st
     assert (torch.get_num_threads(), warnings.formatwarning, out.errors) == (threads, shown, "strict")
     assert main(["train", str(tmp_path / "missing.yaml")]) == 2
     assert (torch.get_num_threads(), warnings.formatwarning, out.errors) == (threads, shown, "strict")
+
+
+def test_tqdm_disable_set_after_tqdm_was_imported_turns_every_stages_bar_off(store, tmp_path, capsys,
+                                                                            monkeypatch):
+    """A notebook sets ``os.environ["TQDM_DISABLE"] = "1"`` long after tqdm was imported (tqdm reads it
+    once, at its import, and never for a bar given ``disable``: the harvest's and the training's): no
+    stage then draws a bar; the stages' own lines are printed as before. '0' leaves the bars on."""
+    import tqdm  # noqa: F401  (imported before the variable is set, as in a notebook)
+
+    from actdict.analyze.run import main as analyze
+    from actdict.harvest.run import main as harvest
+
+    hcfg = build(HarvestConfig, {"source": {"kind": "files", "path": str(TEXTS)}, "chunk_rows": 32,
+                                 "shard_rows": 64, "max_tokens": 64, "device": "cpu", "ctx": 16,
+                                 "batch_size": 3})
+    monkeypatch.setenv("TQDM_DISABLE", "0")
+    _train(store, tmp_path / "on")
+    assert "step/s" in capsys.readouterr().err
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    harvest(Common(run_dir=str(tmp_path / "h")), hcfg)
+    common, _ = _train(store, tmp_path / "run")
+    analyze(common, AnalyzeConfig(device="cpu", n_features=2, top_k=2, context=1))
+    out, err = capsys.readouterr()
+    assert "harvest: wrote 64 rows" in out and "train: saved" in out and "analyze: wrote" in out
+    assert not [line for line in err.splitlines() if "%|" in line], err

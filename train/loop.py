@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from actdict.config import bar_timing
+from actdict.config import bar_disabled, bar_timing
 from actdict.errors import ActdictError
 from actdict.train import dist as dist_
 from actdict.train import probe as probe_
@@ -374,7 +374,7 @@ def train(members: list[Member], epoch_batches: Callable[..., Iterable], cfg: Tr
     total = total_steps(steps_per_epoch, cfg)
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.autocast else nullcontext()
     bar = tqdm(total=total or None, initial=pos.step, desc="train", unit="step", dynamic_ncols=True,
-               disable=not (d.main and progress), **bar_timing())
+               disable=bar_disabled(not (d.main and progress)), **bar_timing())
     base_sum, base_n = 0.0, 0  # this epoch's baseline SSE sum and steps
     spread = Spread()  # and its rows' moments; a run resumed inside an epoch continues the saved ones
 
