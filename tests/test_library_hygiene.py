@@ -138,3 +138,20 @@ def test_tqdm_disable_set_after_tqdm_was_imported_turns_every_stages_bar_off(sto
     out, err = capsys.readouterr()
     assert "harvest: wrote 64 rows" in out and "train: saved" in out and "analyze: wrote" in out
     assert not [line for line in err.splitlines() if "%|" in line], err
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="the umask is read from /proc (Linux)")
+def test_a_checkpoint_follows_the_umask_the_caller_set_after_the_import(tmp_path):
+    """A notebook that imported actdict, then set ``os.umask(0o077)`` (private files), gets checkpoint
+    weights of mode 600, not those of the umask at import."""
+    import os
+
+    from actdict.train.checkpoint import WEIGHTS, save
+    from actdict.train.protocol import make
+
+    old = os.umask(0o077)
+    try:
+        save(tmp_path / "d", make("sae_l1", 3, 4, seed=0), {})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "d" / WEIGHTS).stat().st_mode & 0o777 == 0o600

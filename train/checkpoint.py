@@ -87,27 +87,41 @@ def safetensors_temp(tensors: dict[str, Tensor], path: Path, metadata: dict[str,
         tmp.unlink(missing_ok=True)
         raise WriteError(f"could not write {path}: {e} ({path} is as it was)") from e
     try:
-        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.chmod(tmp, 0o666 & ~current_umask())
     except OSError:  # a file system without modes (some CIFS / FUSE mounts): keep what it gave
         pass
     return tmp
 
 
-def _read_umask() -> int:
-    """The process's umask, read without changing it where Linux says it (/proc), else set and restored
-    once, at import (before any thread of ours runs)."""
+def _proc_umask() -> int | None:
+    """The process's umask as Linux says it (/proc), read without changing it; None elsewhere."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("Umask:"):
                 return int(line.split()[1], 8)
     except (OSError, ValueError):
         pass
+    return None
+
+
+def _read_umask() -> int:
+    """The process's umask: from /proc where Linux says it, else set and restored, once, at import (before
+    any thread of ours runs: os.umask cannot read without setting)."""
+    if (mask := _proc_umask()) is not None:
+        return mask
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
 
 
 _UMASK = _read_umask()
+
+
+def current_umask() -> int:
+    """The umask now (Linux: read at each save, so that a notebook's ``os.umask`` after the import counts),
+    else the one at import."""
+    mask = _proc_umask()
+    return _UMASK if mask is None else mask
 
 
 def save(dir: str | Path, model: Dictionary, cfg_dict: dict[str, Any]) -> Path:
