@@ -155,3 +155,50 @@ def test_a_checkpoint_follows_the_umask_the_caller_set_after_the_import(tmp_path
     finally:
         os.umask(old)
     assert (tmp_path / "d" / WEIGHTS).stat().st_mode & 0o777 == 0o600
+
+
+def process_state() -> tuple:
+    """What a stage must give back: the signal handlers, open files, actdict's threads (zarr's loop and
+    tqdm's monitor live for the process, by their design), grad mode, default dtype, working directory."""
+    import os
+    import signal
+    import threading
+
+    ours = sorted(t.name for t in threading.enumerate()
+                  if not t.name.startswith(("zarr", "asyncio", "tqdm_monitor")))
+    return (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT),
+            sorted(os.listdir("/proc/self/fd")), ours, torch.is_grad_enabled(), torch.get_default_dtype(),
+            os.getcwd())
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="open files are counted in /proc (Linux)")
+def test_a_stage_stopped_part_way_gives_back_handlers_files_threads_and_locks(store, tmp_path, monkeypatch):
+    """Ctrl-C in the fifth step of a training (its SIGINT handler set, its reader threads and locks held),
+    and an analysis whose report cannot be written: each leaves the process as it found it, and the next
+    call in the same process takes the locks and finishes."""
+    from actdict.analyze import run as analyze
+    from actdict.train import loop
+
+    common, _ = _train(store, tmp_path / "warm")  # imports done, zarr's loop started
+    before, real, steps = process_state(), loop.seed_step, []
+
+    def interrupt(s, device):
+        steps.append(s)
+        if len(steps) == 5:
+            raise KeyboardInterrupt
+        real(s, device)
+
+    monkeypatch.setattr(loop, "seed_step", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        _train(store, tmp_path / "run", epochs=3)
+    assert process_state() == before
+    monkeypatch.setattr(loop, "seed_step", real)
+    common, _ = _train(store, tmp_path / "run", epochs=3)  # the run folder's lock was released
+    monkeypatch.setattr(analyze, "write_report", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        analyze.main(common, AnalyzeConfig(device="cpu", n_features=2, top_k=2, context=1))
+    assert process_state() == before
+    monkeypatch.undo()
+    analyze.main(common, AnalyzeConfig(device="cpu", n_features=2, top_k=2, context=1))
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["models"]["v"]["k"] == 4
+    assert process_state() == before
