@@ -67,19 +67,28 @@ def disk_path(path: str) -> str:
     system takes names in any case: macOS' realpath keeps the case a name was given in, so ``Store`` and
     ``store``, one folder on its default disk, were two spellings. A name is respelled only where its
     case swapped names the same file (a probe: one ``stat`` per name, no listing on a case-sensitive disk);
-    a path that is not there is left as spelled. One folder, one spelling: what identifies a store by its
-    path (``train.identity.store_key``)."""
+    a path that is not there, or in a folder that may be passed through but not listed (mode 0711), is left
+    as spelled. One folder, one spelling: what identifies a store by its path
+    (``train.identity.store_key``)."""
     real = os.path.realpath(path)
     head, *names = Path(real).parts
     out = head
     for name in names:
         here, other = os.path.join(out, name), os.path.join(out, name.swapcase())
         if other != here and _same_file(here, other):  # a case-insensitive folder: its own spelling
-            held = [n for n in os.listdir(out) if n.casefold() == name.casefold()
+            held = [n for n in _names(out) if n.casefold() == name.casefold()
                     and not os.path.islink(os.path.join(out, n)) and _same_file(os.path.join(out, n), here)]
             name = name if name in held or len(held) != 1 else held[0]
         out = os.path.join(out, name)
     return out
+
+
+def _names(folder: str) -> list[str]:
+    """The names ``folder`` lists; none where it cannot be listed (a folder one may pass through only)."""
+    try:
+        return os.listdir(folder)
+    except OSError:
+        return []
 
 
 def _same_file(a: str, b: str) -> bool:

@@ -73,6 +73,24 @@ def test_a_path_in_another_case_is_spelled_as_its_disk_holds_it_only_where_that_
     assert disk_path("no/such") == os.path.realpath("no/such")
 
 
+def test_a_path_through_a_folder_that_cannot_be_listed_is_left_as_spelled(case_insensitive, tmp_path,
+                                                                          monkeypatch):
+    """A folder one may pass through but not list (mode 0711, a shared home): disk_path stopped the training
+    (and actdict summary) with its PermissionError on a case-insensitive disk; the name stays as given."""
+    from actdict.files import disk_path
+
+    listdir = os.listdir
+
+    def refused(folder="."):
+        if os.fspath(folder) == str(tmp_path):
+            raise PermissionError(13, "Permission denied", str(folder))
+        return listdir(folder)
+
+    monkeypatch.setattr(os, "listdir", refused)
+    assert disk_path(str(tmp_path / "STORE" / "X")) == str(tmp_path / "STORE" / "X")
+    assert disk_path(str(tmp_path / "store")) == str(tmp_path / "store")
+
+
 def test_a_vectors_store_spelled_in_another_case_on_a_case_insensitive_disk_is_the_same_store(
         case_insensitive, tmp_path, capsys):
     """A store without a config hash (write_vectors, the vectors import) is identified by its path, and
