@@ -274,7 +274,7 @@ def expanded_size(data: Any) -> int:
 def shipped_config(name: str) -> Path | None:
     """The config file ``name`` (``demo.yaml``) that ships with actdict (``configs/`` of the repository,
     installed as the package ``actdict.configs``), or None. An installed actdict has no ``configs/`` folder
-    beside the user's work: a config path not found names this copy."""
+    beside the user's work: a config path not found, spelled as the README spells these, names this copy."""
     try:
         found = importlib.resources.files("actdict.configs") / name
     except ModuleNotFoundError:  # an editable install made before configs/ became a package
@@ -283,8 +283,10 @@ def shipped_config(name: str) -> Path | None:
 
 
 def missing_config(p: Path) -> str:
-    """The error of a config path ``p`` that is not a file: with the shipped config of that name, if any."""
-    if (shipped := shipped_config(p.name)) is None:
+    """The error of a config path ``p`` that is not a file: with the shipped config of that name, if any,
+    where ``p`` is spelled as the README spells the shipped ones (``configs/demo.yaml``, or a bare name):
+    another folder's ``demo.yaml`` (``/work/exp/demo.yaml``) is the user's own, not actdict's."""
+    if p.parent.name not in ("", "configs") or (shipped := shipped_config(p.name)) is None:
         return f"config file not found: {p}"
     return (f"config file not found: {p}; actdict ships {p.name} as {shipped}: give that path (its relative "
             "paths, such as run_dir, are then under this folder), or copy it here to edit it")

@@ -93,10 +93,22 @@ def test_an_installed_actdict_names_its_configs_outside_the_repository(built, tm
     assert shipped.read_bytes() == (ROOT / "configs" / "demo.yaml").read_bytes()
 
 
-def test_a_config_path_not_found(tmp_path):
+def test_a_config_path_not_found(tmp_path, monkeypatch):
     assert shipped_config("demo.yaml").read_bytes() == (ROOT / "configs" / "demo.yaml").read_bytes()
     assert shipped_config("nope.yaml") is None and shipped_config("__init__.py") is None
     with pytest.raises(ConfigError, match=f"^config file not found: {tmp_path / 'nope.yaml'}$"):
         read_yaml(tmp_path / "nope.yaml")
     with pytest.raises(ConfigError, match=f"actdict ships layers.yaml as {shipped_config('layers.yaml')}:"):
-        read_yaml(tmp_path / "layers.yaml")
+        read_yaml(tmp_path / "configs" / "layers.yaml")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=f"actdict ships demo.yaml as {shipped_config('demo.yaml')}:"):
+        read_yaml("demo.yaml")
+
+
+def test_a_config_path_not_found_in_another_folder_is_the_users_own(tmp_path):
+    """/work/exp/demo.yaml is the user's own config (moved, misspelt): not actdict's demo.yaml, which the
+    message offered to run instead, or to copy 'here'."""
+    for given in (tmp_path / "demo.yaml", tmp_path / "exp" / "layers.yaml", Path("exp") / "demo.yaml"):
+        with pytest.raises(ConfigError) as e:
+            read_yaml(given)
+        assert str(e.value) == f"config file not found: {given}"
