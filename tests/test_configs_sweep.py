@@ -145,3 +145,31 @@ def test_on_windows_a_swept_mapping_is_refused_naming_the_key_and_posix_systems_
         "(l1_act-{\"a\": 1}...), which would make a name Windows cannot give a folder (Windows takes none of "
         "'\":' in a file name): take it out of the sweep into an item of train.dicts of its own, which names "
         "itself ({name: l1_act-{-a-- 1}, params: {act: {\"a\": 1}}, ...}, its sweep of the other keys kept)")
+
+
+def test_on_windows_a_swept_value_that_would_end_the_names_with_a_dot_is_refused_naming_the_key(
+        tmp_path, monkeypatch):
+    """A string value ending in '.' or ' ', swept last, ends its dictionaries' names with it, which Windows
+    drops from a folder's name: it was refused as the dictionary name to 'rename', which a sweep's user
+    cannot; it now names the swept key and the item of its own. Swept before another key, or on Linux and
+    macOS, the names are kept."""
+    import actdict.config
+    from actdict.train.config import TrainConfig
+
+    cfg = tmp_path / "sweep.yaml"
+    item = "train:\n  dicts:\n    - {name: l1, variant: sae_l1, sweep: %s}\n"
+    cfg.write_text(item % "{seed: [0], params: {act: [relu.]}}")
+    names = [d.name for d in section(load_experiment(cfg), "train", TrainConfig).dicts]
+    assert names == ["l1_seed-0_act-relu."]
+    monkeypatch.setattr(actdict.config, "WINDOWS", True, raising=False)
+    with pytest.raises(ConfigError) as e:
+        section(load_experiment(cfg), "train", TrainConfig)
+    assert str(e.value) == (
+        "train.dicts[l1].sweep.params.act: the value 'relu.' ends the names of its dictionaries with '.' "
+        "(l1_act-relu....), which would make a name Windows cannot give a folder (Windows drops a file "
+        "name's trailing dot or space): take it out of the sweep into an item of train.dicts of its own, "
+        'which names itself ({name: l1_act-relu, params: {act: "relu."}, ...}, its sweep of the other keys '
+        "kept)")
+    cfg.write_text(item % "{params: {act: [relu.]}, seed: [0]}")
+    names = [d.name for d in section(load_experiment(cfg), "train", TrainConfig).dicts]
+    assert names == ["l1_act-relu._seed-0"]

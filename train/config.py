@@ -207,34 +207,40 @@ def expand_sweeps(items: list, where: str = "train.dicts") -> list:
         for combo in itertools.product(*(v for _, v in axes)):
             new = json.loads(json.dumps(base))  # a copy of plain YAML data
             labels = []
-            for (path, _), value in zip(axes, combo, strict=True):
+            for j, ((path, _), value) in enumerate(zip(axes, combo, strict=True)):
                 if path[0] == "params":
                     new.setdefault("params", {})[path[1]] = value
                 else:
                     new[path[0]] = value
                 labels.append(f"{path[-1]}-{value if isinstance(value, str) else json.dumps(value)}")
                 if isinstance(base.get("name"), str):  # (no name: the item is refused for that)
-                    _check_label(labels[-1], value, path, at, base["name"])
+                    _check_label(labels[-1], value, path, at, base["name"], last=j == len(axes) - 1)
             if isinstance(new.get("name"), str):
                 new["name"] = "_".join([new["name"], *labels])
             out.append(new)
     return out
 
 
-def _check_label(label: str, value: Any, path: tuple[str, ...], at: str, name: str) -> None:
+def _check_label(label: str, value: Any, path: tuple[str, ...], at: str, name: str, last: bool = False
+                 ) -> None:
     """ConfigError naming the swept key (``path``, under the sweep ``at``) when its ``label`` (``act-relu/2``:
     the key and value, a part of each of its dictionaries' names) holds a character no dictionary name may
     hold: '/' or NUL on every platform (a nested folder dicts/l1_act-relu/2/), Windows' reserved ones there
-    (a mapping's ``{"a": 1}``). A sweep names its dictionaries by their values, so such a value is taken out
-    of the sweep into an item of its own, which names itself."""
-    if not (bad := "".join(sorted({c for c in label if c in "/\0" or name_problem(f"_{c}_")}))):
+    (a mapping's ``{"a": 1}``), and, ``last`` (the label that ends the names), a trailing dot or space there
+    (``relu.``). A sweep names its dictionaries by their values, so such a value is taken out of the sweep
+    into an item of its own, which names itself."""
+    bad = "".join(sorted({c for c in label if c in "/\0" or name_problem(f"_{c}_")}))
+    end = label[-1] if last and label.endswith((".", " ")) and name_problem(f"_{label[-1]}") else ""
+    if not (bad or end):
         return
     why = ("a nested folder dicts/<name>/... on every platform" if "/" in bad or "\0" in bad
-           else f"a name Windows cannot give a folder ({name_problem(f'_{bad}_')})")
-    own = f"{name}_{label}".translate({ord(c): "-" for c in bad})
+           else f"a name Windows cannot give a folder ({name_problem(f'_{bad}_' if bad else f'_{end}')})")
+    puts = (f"puts {bad!r} into the names of its dictionaries" if bad
+            else f"ends the names of its dictionaries with {end!r}")
+    own = f"{name}_{label}".translate({ord(c): "-" for c in bad}).rstrip(". ")
     setting = f"{path[0]}: {{{path[1]}: {json.dumps(value)}}}" if path[0] == "params" else f"{path[0]}: ..."
-    raise ConfigError(f"{at}.{'.'.join(path)}: the value {value!r} puts {bad!r} into the names of its "
-                      f"dictionaries ({name}_{label}...), which would make {why}: take it out of the sweep "
+    raise ConfigError(f"{at}.{'.'.join(path)}: the value {value!r} {puts} "
+                      f"({name}_{label}...), which would make {why}: take it out of the sweep "
                       f"into an item of train.dicts of its own, which names itself ({{name: {own}, "
                       f"{setting}, ...}}, its sweep of the other keys kept)")
 
