@@ -3,6 +3,7 @@ tests, docs, configs and benchmarks; the wheel built from it holds every module 
 ``actdict.configs``), with the metadata pyproject.toml says; and a config path that is not found names the
 installed copy of that config. One build (sdist, then the wheel from it: ``python -m build``, ~10 s)."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -29,17 +30,37 @@ def files_under(folder: str) -> set[str]:
             if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"}
 
 
+def checkout_copy(root: Path, dest: Path) -> None:
+    """``root`` copied to ``dest`` without what builds and installs leave in it (setuptools reads an old
+    ``actdict.egg-info/SOURCES.txt`` back into a new sdist), links copied as links: a user's link to a
+    large or unmounted folder (``data -> /mnt/...``) is neither copied whole nor, dangling, an error."""
+    shutil.copytree(root, dest, symlinks=True, ignore=shutil.ignore_patterns(*LEFT_BY_BUILDS))
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> tuple[Path, Path]:
-    """(the sdist, the wheel built from it), from a copy of the repository without what builds and installs
-    leave in it: setuptools reads an old ``actdict.egg-info/SOURCES.txt`` back into a new sdist."""
+    """(the sdist, the wheel built from it), from a copy of the repository (``checkout_copy``)."""
     src, out = tmp_path_factory.mktemp("src") / "actdict", tmp_path_factory.mktemp("dist")
-    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(*LEFT_BY_BUILDS))
+    checkout_copy(ROOT, src)
     done = subprocess.run([sys.executable, "-m", "build", "--no-isolation", "-o", str(out), str(src)],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     (sdist,), (wheel,) = out.glob("*.tar.gz"), out.glob("*.whl")
     return sdist, wheel
+
+
+def test_the_build_copies_a_checkout_without_its_builds_and_with_a_dangling_link(tmp_path):
+    """A checkout holding a link to a folder that is not there (an unmounted disk) stopped every test here
+    with shutil.Error before the build; a stale build/ and egg-info are left out of the copy."""
+    root = tmp_path / "checkout"
+    for f in ("configs/demo.yaml", "build/lib/actdict/old.py", "actdict.egg-info/SOURCES.txt"):
+        (root / f).parent.mkdir(parents=True, exist_ok=True)
+        (root / f).write_text("x")
+    (root / "data").symlink_to(tmp_path / "unmounted")
+    checkout_copy(root, tmp_path / "copy")
+    assert sorted(p.relative_to(tmp_path / "copy").as_posix() for p in (tmp_path / "copy").rglob("*")) == [
+        "configs", "configs/demo.yaml", "data"]
+    assert os.readlink(tmp_path / "copy" / "data") == str(tmp_path / "unmounted")
 
 
 def test_the_wheel_holds_every_module_and_the_configs(built):
