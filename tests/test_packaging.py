@@ -42,6 +42,9 @@ def built(tmp_path_factory) -> tuple[Path, Path]:
     """(the sdist, the wheel built from it), from a copy of the repository (``checkout_copy``)."""
     src, out = tmp_path_factory.mktemp("src") / "actdict", tmp_path_factory.mktemp("dist")
     checkout_copy(ROOT, src)
+    stray = src / "tests" / "__pycache__" / "plain_store.cpython-311.pyc"  # what a test run leaves
+    stray.parent.mkdir(exist_ok=True)
+    stray.write_bytes(b"\0")
     done = subprocess.run([sys.executable, "-m", "build", "--no-isolation", "-o", str(out), str(src)],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -93,6 +96,7 @@ def test_the_sdist_holds_the_tests_docs_and_configs(built):
     want = set().union(*(files_under(f) for f in (*PACKAGES, *SDIST_EXTRA)), top)
     assert {"docs/architecture.md", "tests/data/texts/notes.jsonl", "configs/demo.yaml", ".ci/run"} <= want
     assert sorted(want - names) == []
+    assert [n for n in names if n.endswith((".pyc", "__pycache__"))] == []  # a test run's bytecode left out
 
 
 def test_an_installed_actdict_names_its_configs_outside_the_repository(built, tmp_path):
