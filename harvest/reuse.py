@@ -193,6 +193,17 @@ def left_to_theirs(beside: dict[str, dict]) -> str:
                    for h, m in sorted(beside.items()))
 
 
+def its_own(manifests: dict[str, dict], cfg: HarvestConfig) -> dict[str, dict]:
+    """The manifests of the store's hooks that a harvest of ``cfg`` found complete uses: the hooks it names,
+    when it names each by name (the others, a layer another config added beside them, complete or left to
+    it, are not what this run skips or reads: ``how_held`` said 'harvested with hooks [L1, L3]', that
+    config's, of a store whose L1 this config wrote); with patterns, every hook (the model decides)."""
+    literal = [h for h in cfg.hooks if hook_pattern(h) is None]
+    if len(literal) < len(cfg.hooks):
+        return manifests
+    return {h: manifests[h] for h in literal if h in manifests}
+
+
 def holds_hooks(manifests: dict[str, dict], hooks: list[str], harvest_cfg: dict) -> bool:
     """The store is a complete harvest of ``harvest_cfg`` (as JSON) but for its ``hooks``, and holds every
     one of ``hooks`` (names): a hook's rows do not depend on the other hooks of its forward, so a config
@@ -367,9 +378,9 @@ def store_plan(common, cfg: HarvestConfig) -> StagePlan:
                 return StagePlan([f"harvest: writes store {path} again ({cfg.vectors.path} changed since it "
                                   f"was imported: {change}): {what}"], writes=True)
             beside = left_beside(manifests, cfg) if hook is None else {}
-            own = {h: m for h, m in manifests.items() if h not in beside}
-            return StagePlan([f"harvest: store {path} is already complete for this config ({chash}"
-                              f"{how_held(own, as_json(cfg)) if hook is None else ''}): skipped"
+            own = how_held(its_own(manifests, cfg), as_json(cfg)) if hook is None else ""
+            return StagePlan([f"harvest: store {path} is already complete for this config ({chash}{own}): "
+                              "skipped"
                               f"{left_to_theirs(beside)}"])
     except HarvestError as e:  # another harvest's store
         return StagePlan([f"harvest: would stop: {e}"], stops=True)

@@ -52,6 +52,7 @@ from actdict.harvest.reuse import (
     held_hooks,
     hook_manifests,
     how_held,
+    its_own,
     left_beside,
     left_to_theirs,
     to_add,
@@ -312,7 +313,7 @@ def _main(common: Common, cfg: HarvestConfig, on_hooks: Callable[[list[str]], No
     grow = growable(manifests, as_json(cfg))  # a larger max_tokens: continue the store
     if not grow and complete_for(path, list(cfg.hooks), cfg, manifests):
         beside = left_beside(manifests, cfg)  # unfinished hooks of another config, left to it
-        how = how_held({h: m for h, m in manifests.items() if h not in beside}, as_json(cfg))
+        how = how_held(its_own(manifests, cfg), as_json(cfg))  # in this config's terms
         print(f"harvest: store {path} is already complete for this config ({chash}{how}); skipping"
               f"{left_to_theirs(beside)}")
         return

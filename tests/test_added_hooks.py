@@ -310,3 +310,28 @@ def test_a_token_harvest_into_a_store_of_imported_vectors_says_the_mode_first(tm
     assert str(e.value).startswith(f"store {common.store_path} holds a harvest with another config (hook "
                                    "'vectors': mode: 'vectors' -> 'tokens'; ")
     assert sorted(p.name for p in Path(common.store_path).iterdir() if p.name[0] != ".") == ["vectors"]
+
+
+def test_the_config_whose_hook_a_layer_was_added_beside_is_told_of_its_own_hook(tmp_path, capsys):
+    """A store of L1 (config A) with L3 added beside it (config B, hooks [L1, L3]), both complete: A's
+    harvest and dry run said the store 'was harvested with hooks [L1, L3]' (B's, the whole store's), where
+    A wrote L1 itself; they say nothing of it now, and a config of L3 alone names the config that wrote L3
+    only."""
+    from actdict.config import config_hash
+    from actdict.harvest.reuse import plan
+
+    common, one = harvest(tmp_path / "a", hooks=[L1], max_tokens=40)
+    harvest(tmp_path / "a", hooks=[L1, L3], max_tokens=40)
+    store = common.store_path
+    said = f"harvest: store {store} is already complete for this config ({config_hash(one)})"
+    assert plan(common, one).lines == [f"{said}: skipped"]
+    capsys.readouterr()
+    harvest(tmp_path / "a", hooks=[L1], max_tokens=40)
+    assert capsys.readouterr().out == f"{said}; skipping\n"
+    three = replace(one, hooks=[L3])
+    how = f"; it was harvested with hooks ['{L1}', '{L3}']"  # L3's config, not L1's too
+    assert plan(common, three).lines == [
+        f"harvest: store {store} is already complete for this config ({config_hash(three)}{how}): skipped"]
+    harvest(tmp_path / "a", hooks=[L3], max_tokens=40)
+    assert capsys.readouterr().out == f"harvest: store {store} is already complete for this config (" \
+                                      f"{config_hash(three)}{how}); skipping\n"
