@@ -531,8 +531,12 @@ class LogLines:
 
 def config_hash(cfg: Any) -> str:
     """Stable short hash of a config dataclass (sorted JSON, sha256, 16 hex chars)."""
-    blob = json.dumps(to_dict(cfg), sort_keys=True).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
+    return data_hash(to_dict(cfg))
+
+
+def data_hash(data: dict) -> str:
+    """``config_hash`` of a config as plain data (a manifest's ``harvest``, as ``to_dict`` wrote it)."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def config_changes(old, new, prefix: str = "") -> list[str]:

@@ -6,7 +6,8 @@ Two measures, each of A's features against all of B's and B's against A's:
 * by **co-activation**, when A and B were trained on the same rows (one harvest: the same store, any two of
   its hooks, whose rows are the same tokens; two stores of one harvest but for their hooks, a later layer
   harvested into a store of its own, every row's token checked as it is read, on the rows both hold where
-  one was harvested with a larger max_tokens; or one store of vectors):
+  one was harvested with a larger max_tokens; one store that grew between the two trainings, on the rows
+  both learned (``grown_store``); or one store of vectors):
   one pass over the rows both held out (their ``test_chunks`` in common, at most ``--rows``), both
   dictionaries' active splits (as analysis' AD), and exact counts of the rows each pair of features fires
   on together (``cofire.CoFire``). A
@@ -56,6 +57,34 @@ def same_rows(a: dict, b: dict) -> str | None:
     ka, kb = (store_key(s) | {"hook": None, "d": None} for s in (a, b))  # per hook: the rows are one
     diff = sorted(k for k in set(ka) | set(kb) if ka.get(k) != kb.get(k))
     return f"they were trained on different stores ({', '.join(diff)} differ)" if diff else None
+
+
+def grown_store(a: dict, b: dict) -> int | None:
+    """The rows both records ``a``, ``b`` (cfg.json ``store``, one path and hook) learned when the store
+    grew between their trainings (a larger harvest.max_tokens, docs/harvest.md), else None. Each record must
+    be the store as it is now or an earlier max_tokens of it: no more rows than it holds, its d, source
+    fingerprint and model revision, and the config_hash of the store's harvest config with max_tokens its
+    rows (a token harvest's max_tokens counts its rows; the manifest keeps only the latest config, so this
+    recovers the earlier one's hash, and with it that nothing but max_tokens changed). A harvest's rows are
+    one stream that max_tokens only cuts (harvest/plan.py), so the fewer rows are the store's first ones;
+    a store harvested again with another config, of vectors, or one that does not open gives None."""
+    from actdict.config import data_hash
+
+    try:
+        st = open_store(a["path"], a["hook"])
+    except (StoreError, KeyError, TypeError):
+        return None
+    m = st.manifest
+    harvest = m.get("harvest")
+    if not isinstance(harvest, dict) or harvest.get("mode", "tokens") != "tokens":
+        return None
+    for r in (a, b):
+        if not (isinstance(r.get("rows"), int) and r["rows"] <= len(st) and r.get("d") == st.d and all(
+                r.get(k) == m.get(k) for k in ("source_fingerprint", "revision"))):
+            return None
+        if r.get("config_hash") not in (m.get("config_hash"), data_hash(harvest | {"max_tokens": r["rows"]})):
+            return None
+    return min(a["rows"], b["rows"])
 
 
 def twin_stores(a: dict, b: dict) -> tuple[tuple | None, str | None]:
@@ -203,7 +232,8 @@ def compare(dir_a: str, dir_b: str, store: str | None = None, limit: int = 65536
     twins, lost = twin_stores(sa_, sb_) if apart else (None, None)  # (harvest/added.py): its rows are
     if lost:  # checked as they are read
         why += f"; {lost}"
-    why = None if twins else why
+    grew = grown_store(sa_, sb_) if why and not apart and sa_.get("rows") and sb_.get("rows") else None
+    why = None if twins or grew else why
     paths = [sa_["path"], sb_["path"]] if twins else [store or sa_.get("path")] * 2
     if not why and (need := ma.k * mb.k * 4 / 2**20) > max_mib:
         why = (f"its counts ({ma.k:,} x {mb.k:,} int32, {need:,.0f} MiB) would pass --max-mib {max_mib:,}: "
@@ -230,15 +260,22 @@ def compare(dir_a: str, dir_b: str, store: str | None = None, limit: int = 65536
             if s_.d != m.d:
                 raise AnalyzeError(f"store {path} hook {s_.hook} has d={s_.d}, its dictionary d={m.d}")
         sides = (("A", sa, ra, path), ("B", sb, rb, paths[1]))
-        out["notes"] += changed(sides)
+        out["notes"] += [] if grew else changed(sides)  # grown: the note below says how it changed
         upto = min(len(sa), len(sb)) if twins and len(sa) != len(sb) else None  # one of more (``prefix``)
-        if upto is not None:
+        if grew:  # the rows both learned: the first of the store
+            upto = grew
+            out["notes"].append(
+                f"the store {path} hook {sa.hook} grew between the two trainings (A learned {sa_['rows']:,} "
+                f"rows, B {sb_['rows']:,}, it holds {len(sa):,}: a larger harvest.max_tokens keeps the first "
+                f"rows): co-activation counted on the first {upto:,}, the rows both learned")
+        elif upto is not None:
             out["notes"].append(
                 f"A's store {path} holds {len(sa):,} rows and B's {paths[1]} {len(sb):,} (one harvest, with "
                 f"a larger max_tokens or grown since): co-activation counted on the first {upto:,}, the rows "
                 "both hold, each row's token checked")
         n_chunks = min(sa.num_chunks, sb.num_chunks)
-        chunks = [c for c in common_rows(ra, rb, n_chunks) if c < n_chunks]
+        chunks = [c for c in common_rows(ra, rb, n_chunks) if c < n_chunks and (
+            upto is None or sa.chunk_bounds(c)[0] < upto)]  # grown: the chunks held before it grew
         if not chunks:
             out["notes"].append("no co-activation: the two held out no chunk in common (different splits)")
         else:

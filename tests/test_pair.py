@@ -477,3 +477,58 @@ def test_twin_stores_of_which_one_holds_more_rows_are_counted_on_the_rows_both_h
         assert co["a_in_b"]["matched"] == 1.0 and co["b_in_a"]["matched"] == 1.0
         live = [i for i in range(K) if out["a"]["fires"][i] > 0]
         assert live and all(out["a"]["cofire"][i][0][:2] == [perm[i], 1.0] for i in live)
+
+
+def test_two_trainings_on_one_store_that_grew_between_them_are_counted_on_the_rows_both_learned(tmp_path):
+    """A trained on a store of 80 rows, B on the same path and hook after it grew to 128 (a larger
+    harvest.max_tokens): compare said 'no co-activation: they were trained on different stores (config_hash,
+    rows differ)'. A's record is the store's config but for max_tokens (its hash recomputed) and its first
+    rows: counted on the first 80, in the chunks both held out (A's chunk 2 was 16 rows, now 32)."""
+    import hashlib
+
+    from actdict.analyze.metrics import active_mask
+    from actdict.harvest.store import open_store
+
+    def data_hash(harvest):  # as config_hash hashes a harvest config
+        return hashlib.sha256(json.dumps(harvest, sort_keys=True).encode()).hexdigest()[:16]
+
+    hook, perm = "blocks.0.h", np.random.default_rng(1).permutation(K)
+    config = {"mode": "tokens", "model": "m", "hooks": [hook], "ctx": 16}
+    now, was = (data_hash(config | {"max_tokens": n}) for n in (N, 80))
+    _harvest(tmp_path / "s", hook, now)  # the store as it is now: 128 rows, chunks of 32
+    a = make("sae_l1", D, K, seed=3)
+    b = make("sae_l1", D, K, seed=3)  # A's features in another order
+    with torch.no_grad():
+        b.encoder.weight.copy_(a.encoder.weight[np.argsort(perm)])
+        b.encoder.bias.copy_(a.encoder.bias[np.argsort(perm)])
+        b.decoder.weight.copy_(a.decoder.weight[:, np.argsort(perm)])
+    store = {"path": str(tmp_path / "s"), "hook": hook, "d": D, "source_fingerprint": "f1"}
+    da, db = str(tmp_path / "ra" / "dicts" / "a"), str(tmp_path / "rb" / "dicts" / "b")
+    earlier = {"config_hash": "dict-a", "test_chunks": [2], "store": store | {"rows": 80, "config_hash": was}}
+    save(da, a, earlier)  # A's split of 3 chunks (its last of 16 rows), B's of 4
+    later = {"config_hash": "dict-b", "test_chunks": [2, 3], "store": store | {"rows": N, "config_hash": now}}
+    save(db, b, later)
+    for x, y, rows in ((da, db, (80, N)), (db, da, (N, 80))):  # either side the earlier
+        out = pair.compare(x, y, n=2)
+        assert out["notes"] == [
+            f"the store {tmp_path / 's'} hook {hook} grew between the two trainings (A learned {rows[0]:,} "
+            f"rows, B {rows[1]:,}, it holds {N}: a larger harvest.max_tokens keeps the first rows): "
+            "co-activation counted on the first 80, the rows both learned"]
+        co = out["cofire"]
+        assert co["chunks"] == [2] and co["rows"] == 16  # rows 64..79: held out by both, not 80..95
+        assert co["a_in_b"]["matched"] == 1.0 and co["b_in_a"]["matched"] == 1.0
+    x = torch.as_tensor(open_store(str(tmp_path / "s"), hook).read_rows(64, 80).acts)
+    with torch.no_grad():
+        want = active_mask(a.eval()(x, sample=False).activity, "high").sum(0)  # [K]
+    out = pair.compare(da, db, n=2)
+    assert out["a"]["fires"] == want.tolist() and sum(want) > 0
+    live = [i for i in range(K) if want[i] > 0]
+    assert all(out["a"]["cofire"][i][0][:2] == [perm[i], 1.0] for i in live)
+
+    for change, differ in (({"config_hash": data_hash(config | {"ctx": 8, "max_tokens": 80})}, ""),  # ctx
+                           ({"source_fingerprint": "f2"}, ", source_fingerprint"),  # other files
+                           ({"rows": 81}, "")):  # more rows than its max_tokens
+        save(da, a, earlier | {"store": earlier["store"] | change})
+        out = pair.compare(da, db, n=2)
+        assert out["cofire"] is None and out["notes"] == [
+            f"no co-activation: they were trained on different stores (config_hash, rows{differ} differ)"]
