@@ -335,3 +335,35 @@ def test_the_config_whose_hook_a_layer_was_added_beside_is_told_of_its_own_hook(
     harvest(tmp_path / "a", hooks=[L3], max_tokens=40)
     assert capsys.readouterr().out == f"harvest: store {store} is already complete for this config (" \
                                       f"{config_hash(three)}{how}); skipping\n"
+
+
+def test_the_first_config_skips_beside_an_unfinished_added_layer_without_the_model(tmp_path, capsys,
+                                                                                     monkeypatch):
+    """L1 (config A) complete and L3 (config B, added beside it) unfinished, as a kill leaves it: A's dry run
+    says 'skipped', and A's harvest skips as it says, before it asks for the model (an unavailable model
+    would stop it, a loaded one cost tens of seconds, for nothing). A guard: it passes before and after."""
+    from actdict.config import config_hash
+    from actdict.harvest import run
+    from actdict.harvest.reuse import plan
+
+    common, one = harvest(tmp_path / "a", hooks=[L1], max_tokens=40)
+    harvest(tmp_path / "a", hooks=[L1, L3], max_tokens=40)
+    store = Path(common.store_path)
+    manifest = store / L3 / "manifest.json"
+    manifest.write_text(json.dumps(json.loads(manifest.read_text()) | {"complete": False}))
+    shutil.rmtree(store / L3 / "shards" / "00000")  # what a kill during the addition leaves
+    said = f"harvest: store {store} is already complete for this config ({config_hash(one)})"
+    left = (f"; hook '{L3}' (unfinished) is left to the config that wrote it (hooks [\"{L1}\", \"{L3}\"], "
+            f"{json.loads(manifest.read_text())['config_hash']}): run that one for it")
+    assert plan(common, one).lines == [f"{said}: skipped{left}"]
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was asked for")
+
+    monkeypatch.setattr(run, "available", no_model)
+    monkeypatch.setattr(run, "load_model", no_model)
+    before = tree(store)
+    capsys.readouterr()
+    harvest(tmp_path / "a", hooks=[L1], max_tokens=40)
+    assert capsys.readouterr().out == f"{said}; skipping{left}\n"
+    assert tree(store) == before
