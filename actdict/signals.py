@@ -53,6 +53,14 @@ class _Raise:
         raise self.exc
 
 
+def replaceable(held) -> bool:
+    """Whether SIGTERM's handler ``held`` is one actdict may replace: Python's default or one of its own
+    (``sigterm_raises``'s, the training's inside the command's). A handler anyone else set (a program that
+    calls ``cli.main``, SIG_IGN a launcher left) is kept, here and by the training's steps' flag
+    (``train.run.sigterm_flag``)."""
+    return held is signal.SIG_DFL or isinstance(held, _Raise)
+
+
 def under_torchrun() -> bool:
     """Whether this process is one rank of several (torchrun sets WORLD_SIZE)."""
     return int(os.environ.get("WORLD_SIZE", 1)) > 1
@@ -67,7 +75,7 @@ def sigterm_raises(exc: type[BaseException], *, torchrun: bool) -> Iterator[None
     under torchrun too (the module doc's rule: only where what the exception starts waits on no rank)."""
     held = signal.getsignal(signal.SIGTERM)
     if (threading.current_thread() is not threading.main_thread() or (under_torchrun() and not torchrun)
-            or not (held is signal.SIG_DFL or isinstance(held, _Raise))):
+            or not replaceable(held)):
         yield
         return
     signal.signal(signal.SIGTERM, _Raise(exc))

@@ -64,3 +64,31 @@ def test_another_s_handler_is_kept_and_no_thread_but_the_main_one_installs():
     t.start()
     t.join()
     assert seen == [signal.SIG_DFL]
+
+
+def test_the_training_s_steps_keep_another_s_handler_too():
+    """train.run.sigterm_flag (the steps' and final saves') replaced any SIGTERM handler, SIG_IGN too: an
+    ignored SIGTERM, ignored before the first step, stopped the training during its steps."""
+    from actdict.train.run import sigterm_flag
+
+    def theirs(*_):
+        pass
+
+    for other in (theirs, signal.SIG_IGN):
+        old = signal.signal(signal.SIGTERM, other)
+        try:
+            with sigterm_flag() as stop:
+                assert signal.getsignal(signal.SIGTERM) is other
+                os.kill(os.getpid(), signal.SIGTERM)
+                assert not stop.flag.is_set()
+            assert signal.getsignal(signal.SIGTERM) is other
+        finally:
+            signal.signal(signal.SIGTERM, old)
+    with sigterm_raises(Training, torchrun=True):  # the training's own (sigterm_ends): the flag replaces it
+        with sigterm_flag() as stop:
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert stop.flag.wait(5)
+    with sigterm_flag() as stop:  # Python's default
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.flag.wait(5)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

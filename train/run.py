@@ -34,7 +34,7 @@ from actdict.files import check_not_linked, remove_temps
 from actdict.harvest.store import list_hooks, open_store, read_lock
 from actdict.lock import check_writable, folder_lock
 from actdict.rng import kept_rng
-from actdict.signals import sigterm_raises
+from actdict.signals import replaceable, sigterm_raises
 from actdict.train import checkpoint
 from actdict.train import dist as dist_
 from actdict.train.config import DictConfig, TrainConfig
@@ -97,7 +97,8 @@ class StopFlag:
 def sigterm_flag(sigint: bool = False) -> Iterator[StopFlag]:
     """While inside: SIGTERM only sets a flag (the loop saves its resume state and stops at the end of the
     step). ``sigint``: so does a first Ctrl-C (a second interrupts at once); a SIGINT the process was
-    started ignoring (``nohup``, a background job) stays ignored."""
+    started ignoring (``nohup``, a background job) stays ignored, and a SIGTERM handler actdict did not
+    set (SIG_IGN, a host program's own: ``actdict.signals.replaceable``) is kept, as before the steps."""
     stop = StopFlag()
     if threading.current_thread() is not threading.main_thread():
         yield stop
@@ -115,7 +116,9 @@ def sigterm_flag(sigint: bool = False) -> Iterator[StopFlag]:
             except OSError:
                 pass
 
-    old = {signal.SIGTERM: signal.signal(signal.SIGTERM, lambda *_: stop.flag.set())}
+    old = {}
+    if replaceable(signal.getsignal(signal.SIGTERM)):
+        old[signal.SIGTERM] = signal.signal(signal.SIGTERM, lambda *_: stop.flag.set())
     if sigint and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
         old[signal.SIGINT] = signal.signal(signal.SIGINT, on_int)
     try:
