@@ -560,6 +560,7 @@ def test_on_windows_a_run_whose_paths_pass_259_characters_is_warned_of_at_its_co
     assert longest == os.path.join(os.path.dirname(made), ".cfg.json.tmp-12345678").replace("02/", "00/")
     assert longest_file(str(tmp_path / "run"), TrainConfig(dicts=cfg.dicts)) == str(
         tmp_path / "run" / "report" / "sae_l1_lam1-0.1_seed-0.parts" / ".00000.js.tmp-12345678")
+    assert longest_file(str(tmp_path / "run"), TrainConfig(dicts=[])) == str(tmp_path / "run")  # max() raised
 
     run_dir = str(tmp_path / ("r" * (259 - len(longest) + len("run"))))
     assert len(longest_file(run_dir, cfg)) == 259

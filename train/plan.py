@@ -207,7 +207,7 @@ def longest_file(run_dir: str, cfg: TrainConfig) -> str:
     tails += [("dicts", "{}", SNAPSHOTS, "step-0000000", TEMP)] if cfg.snapshot_every else []
     root = os.path.abspath(run_dir)
     return max((os.path.join(root, *(p.format(dc.name) for p in t)) for dc in cfg.dicts for t in tails),
-               key=len)
+               key=len, default=root)  # no dictionary (the Python API; a config needs one): the folder
 
 
 def plan(common: Common, cfg: TrainConfig, after_harvest: bool = False) -> StagePlan:
