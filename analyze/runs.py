@@ -73,9 +73,9 @@ def records(summaries: list[Summary]) -> list[dict]:
     for s in summaries:
         run, only, summary = s.run, s.only, s.summary
         models = summary["models"]
-        again = retrained(run, models)
+        again, folder = retrained(run, models), disk_path(run)  # one probe of the folder per run
         for name, m in models.items():
-            if (only is not None and name != only) or (key := (disk_path(run), name)) in seen:
+            if (only is not None and name != only) or (key := (folder, name)) in seen:
                 continue
             seen.add(key)  # its folder and the dictionary's both given: its line once
             out.append({"run": run, "hook": summary.get("hook"), "dict": name, "variant": m.get("variant")}
