@@ -90,6 +90,20 @@ def test_a_harvest_leaves_the_callers_generators_as_they_were(tmp_path):
     assert_state(before)
 
 
+def test_the_variants_contract_check_leaves_the_callers_generators_as_they_were(capsys):
+    """``actdict variants --check`` seeds torch's generator for its training check (torch.manual_seed(0))
+    and draws from it in a sampled forward; called from Python, the caller's next draw is its own."""
+    from actdict.cli import main
+
+    before = seeded_state()
+    assert main(["variants", "--check", "vaease"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    checks = ["shapes", "loss", "gradients", "round_trip", "training"]
+    assert [line.split()[0] for line in lines[1:]] == checks
+    assert all(line.split()[1] == "ok" for line in lines[1:])
+    assert_state(before)
+
+
 def test_the_command_called_from_python_gives_back_threads_warning_format_and_stdout(store, tmp_path,
                                                                                      monkeypatch):
     """``actdict.cli.main`` sets torch's threads (``threads``), the one-line warning format and a stdout that

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from actdict.rng import kept_rng
 from actdict.train import checkpoint
 from actdict.train.protocol import Dictionary, Forward, make
 
@@ -139,9 +140,12 @@ CHECKS = {"shapes": shapes, "loss": loss, "gradients": gradients, "round_trip": 
           "training": training}
 
 
+@kept_rng()
 def check(variant: str, params: dict[str, Any] | None = None, k: int = 16) -> dict[str, list[str]]:
     """Every check of ``variant`` (built with ``params`` and ``k`` latents): name -> what is wrong ([] when
-    nothing). A check that raises reports its exception, and the later ones still run."""
+    nothing). A check that raises reports its exception, and the later ones still run. The checks seed
+    torch's default generator (``training``) and draw from it (a VAE's sampled forward): the caller's is
+    given back after (``actdict variants --check`` called from a notebook, a plugin's tests)."""
     def build(d: int = D) -> Dictionary:
         return make(variant, d, k, seed=3, **(params or {}))
 
