@@ -20,20 +20,24 @@ import numpy as np
 @contextmanager
 def kept_rng() -> Iterator[None]:
     """While inside, the stage seeds and draws as it likes; on the way out (a return or an exception) torch's
-    CPU generator, the CUDA generators (where CUDA was in use on the way in), ``random``'s and numpy's global
-    state are as they were on the way in. A CUDA first used inside keeps the stage's seeding (there was no
-    caller's state to keep)."""
+    CPU generator, the CUDA generators (where CUDA was in use on the way in), the MPS one (a torch built
+    with MPS, as macOS' are: ``torch.manual_seed`` seeds it there whatever the stage's device),
+    ``random``'s and numpy's global state are as they were on the way in. A CUDA first used inside keeps
+    the stage's seeding (there was no caller's state to keep)."""
     import torch
 
     cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
     py, nps = random.getstate(), np.random.get_state()
     cpu = torch.get_rng_state()
     gpus = torch.cuda.get_rng_state_all() if cuda else None
+    mps = torch.mps.get_rng_state() if torch.backends.mps.is_built() else None
     try:
         yield
     finally:
         torch.set_rng_state(cpu)
         if gpus is not None:
             torch.cuda.set_rng_state_all(gpus)
+        if mps is not None:
+            torch.mps.set_rng_state(mps)
         np.random.set_state(nps)
         random.setstate(py)

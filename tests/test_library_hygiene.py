@@ -90,6 +90,24 @@ def test_a_harvest_leaves_the_callers_generators_as_they_were(tmp_path):
     assert_state(before)
 
 
+def test_a_harvest_gives_back_the_mps_generator_where_torch_has_mps(tmp_path, monkeypatch):
+    """A torch built with MPS (macOS') seeds the MPS generator in every ``torch.manual_seed``, the harvest's
+    included, whatever its device: simulated here by a stand-in generator, the caller's state comes back."""
+    from actdict.harvest.run import main
+
+    mps = {"state": torch.tensor([7, 7, 7], dtype=torch.uint8)}  # the caller's MPS generator
+    monkeypatch.setattr(torch.backends.mps, "is_built", lambda: True)
+    monkeypatch.setattr(torch.mps, "manual_seed", lambda s: mps.update(state=torch.tensor([int(s)] * 3)))
+    monkeypatch.setattr(torch.mps, "get_rng_state", lambda device="mps": mps["state"].clone())
+    monkeypatch.setattr(torch.mps, "set_rng_state", lambda st, device="mps": mps.update(state=st.clone()))
+    cfg = build(HarvestConfig, {"source": {"kind": "files", "path": str(TEXTS)}, "chunk_rows": 32,
+                                "shard_rows": 64, "max_tokens": 64, "device": "cpu", "ctx": 16,
+                                "batch_size": 3})
+    main(Common(run_dir=str(tmp_path / "run"), seed=5), cfg)
+    assert (tmp_path / "run" / "store").is_dir()
+    assert mps["state"].tolist() == [7, 7, 7]
+
+
 def test_the_variants_contract_check_leaves_the_callers_generators_as_they_were(capsys):
     """``actdict variants --check`` seeds torch's generator for its training check (torch.manual_seed(0))
     and draws from it in a sampled forward; called from Python, the caller's next draw is its own."""
