@@ -22,11 +22,14 @@ def kept_rng() -> Iterator[None]:
     """While inside, the stage seeds and draws as it likes; on the way out (a return or an exception) torch's
     CPU generator, the CUDA generators (where CUDA was in use on the way in), the MPS one (a torch built
     with MPS, as macOS' are: ``torch.manual_seed`` seeds it there whatever the stage's device),
-    ``random``'s and numpy's global state are as they were on the way in. A CUDA first used inside keeps
-    the stage's seeding (there was no caller's state to keep)."""
+    ``random``'s and numpy's global state are as they were on the way in. A CUDA not yet in use on the way
+    in and still not on the way out gets back the seeding torch queued for its first use (``_queued_seeds``:
+    the caller's ``torch.manual_seed``, or none); one first used inside keeps the stage's seeding."""
     import torch
 
-    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    gpu = torch.cuda.is_available()
+    cuda = gpu and torch.cuda.is_initialized()
+    queued = _queued_seeds(torch) if gpu and not cuda else None
     py, nps = random.getstate(), np.random.get_state()
     cpu = torch.get_rng_state()
     gpus = torch.cuda.get_rng_state_all() if cuda else None
@@ -37,7 +40,22 @@ def kept_rng() -> Iterator[None]:
         torch.set_rng_state(cpu)
         if gpus is not None:
             torch.cuda.set_rng_state_all(gpus)
+        if queued is not None and not torch.cuda.is_initialized():
+            tracker = torch.cuda._lazy_seed_tracker
+            tracker.manual_seed_all_cb, tracker.manual_seed_cb, tracker.call_order = queued
         if mps is not None:
             torch.mps.set_rng_state(mps)
         np.random.set_state(nps)
         random.setstate(py)
+
+
+def _queued_seeds(torch) -> tuple | None:
+    """The seeding torch holds for a CUDA not yet initialised (``torch.manual_seed`` there queues a
+    ``manual_seed_all`` for CUDA's first use; only the latest is kept): a stage on the CPU of a machine
+    with a GPU replaced the caller's with its own, which the caller's first CUDA draw would then use. A
+    private part of torch (``torch.cuda._lazy_seed_tracker``): None where it is not as read here."""
+    tracker = getattr(torch.cuda, "_lazy_seed_tracker", None)
+    fields = ("manual_seed_all_cb", "manual_seed_cb", "call_order")
+    if tracker is None or not all(hasattr(tracker, f) for f in fields):
+        return None
+    return tracker.manual_seed_all_cb, tracker.manual_seed_cb, list(tracker.call_order)

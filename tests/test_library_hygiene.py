@@ -108,6 +108,30 @@ def test_a_harvest_gives_back_the_mps_generator_where_torch_has_mps(tmp_path, mo
     assert mps["state"].tolist() == [7, 7, 7]
 
 
+def test_a_stage_on_the_cpu_gives_back_the_seed_queued_for_cuda(tmp_path, monkeypatch):
+    """On a machine with a GPU that no one has used yet, torch.manual_seed queues CUDA's seeding for its
+    first use; a harvest on the CPU (seed 5) replaced the caller's queued seed (1234), so the caller's first
+    CUDA draw came from the experiment's seed. Simulated: a CUDA said available, never initialised, and
+    what its initialisation would run (the queued calls) run on a stand-in generator."""
+    from actdict.harvest.run import main
+
+    monkeypatch.setattr(torch.cuda, "_lazy_seed_tracker", type(torch.cuda._lazy_seed_tracker)())
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    torch.manual_seed(1234)  # the caller's, queued for CUDA
+    cfg = build(HarvestConfig, {"source": {"kind": "files", "path": str(TEXTS)}, "chunk_rows": 32,
+                                "shard_rows": 64, "max_tokens": 64, "device": "cpu", "ctx": 16,
+                                "batch_size": 3})
+    main(Common(run_dir=str(tmp_path / "run"), seed=5), cfg)
+    assert not torch.cuda.is_initialized()
+    gpu = torch.Generator()  # CUDA's first use: torch.cuda._lazy_init runs the queued calls
+    monkeypatch.setattr(torch.cuda.random, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "default_generators", (gpu,))
+    for call in torch.cuda._lazy_seed_tracker.get_calls():
+        if call:
+            call[0]()
+    assert gpu.initial_seed() == 1234
+
+
 def test_the_variants_contract_check_leaves_the_callers_generators_as_they_were(capsys):
     """``actdict variants --check`` seeds torch's generator for its training check (torch.manual_seed(0))
     and draws from it in a sampled forward; called from Python, the caller's next draw is its own."""
