@@ -132,6 +132,34 @@ def test_a_stage_on_the_cpu_gives_back_the_seed_queued_for_cuda(tmp_path, monkey
     assert gpu.initial_seed() == 1234
 
 
+def test_building_a_dictionary_gives_back_the_mps_and_queued_cuda_seeding(monkeypatch):
+    """``protocol.make`` (``checkpoint.load``'s build, and the training's) seeds with torch.manual_seed, which
+    also seeds the MPS generator (a torch built with MPS) and queues CUDA's seeding (a GPU not yet used);
+    torch.random.fork_rng(devices=[]) gave back the CPU's only. Simulated as in the tests above: both are
+    the caller's after the build, and the build's weights are those of the seed."""
+    from actdict.train.protocol import make
+
+    mps = {"state": torch.tensor([7, 7, 7], dtype=torch.uint8)}
+    monkeypatch.setattr(torch.backends.mps, "is_built", lambda: True)
+    monkeypatch.setattr(torch.mps, "manual_seed", lambda s: mps.update(state=torch.tensor([int(s)] * 3)))
+    monkeypatch.setattr(torch.mps, "get_rng_state", lambda device="mps": mps["state"].clone())
+    monkeypatch.setattr(torch.mps, "set_rng_state", lambda st, device="mps": mps.update(state=st.clone()))
+    monkeypatch.setattr(torch.cuda, "_lazy_seed_tracker", type(torch.cuda._lazy_seed_tracker)())
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    before = seeded_state()  # torch.manual_seed(1234): the MPS stand-in's state [1234] * 3, CUDA's queued
+    a, b = make("sae_l1", 7, 4, seed=3), make("sae_l1", 7, 4, seed=3)
+    assert all(torch.equal(v, b.state_dict()[n]) for n, v in a.state_dict().items())
+    assert_state(before)
+    assert mps["state"].tolist() == [1234] * 3
+    gpu = torch.Generator()
+    monkeypatch.setattr(torch.cuda.random, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "default_generators", (gpu,))
+    for call in torch.cuda._lazy_seed_tracker.get_calls():
+        if call:
+            call[0]()
+    assert gpu.initial_seed() == 1234
+
+
 def test_the_variants_contract_check_leaves_the_callers_generators_as_they_were(capsys):
     """``actdict variants --check`` seeds torch's generator for its training check (torch.manual_seed(0))
     and draws from it in a sampled forward; called from Python, the caller's next draw is its own."""

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from actdict.config import ConfigError
+from actdict.rng import kept_rng
 
 
 class Forward:
@@ -282,7 +283,9 @@ def plugin_hint() -> str:
 
 
 def make(variant: str, d: int, k: int, seed: int = 0, **params: Any) -> Dictionary:
-    """Build a registered variant with a seeded initialisation."""
+    """Build a registered variant with a seeded initialisation. The seeding is the build's own: every
+    generator ``torch.manual_seed`` touches (the CPU's, CUDA's, MPS') is given back after (``kept_rng``), as
+    ``checkpoint.load`` in a notebook must leave the caller's next CUDA draw its own."""
     classes = registry()
     if variant not in classes:
         raise ConfigError(f"unknown dictionary variant {variant!r}; registered: {sorted(classes)} (a variant "
@@ -291,7 +294,7 @@ def make(variant: str, d: int, k: int, seed: int = 0, **params: Any) -> Dictiona
     check_coefficients(variant, params)  # as given (a variant may convert them before its base sees them)
     check_params(classes[variant], params)
     params = as_defaults_kind(classes[variant], params)
-    with torch.random.fork_rng(devices=[]):
+    with kept_rng():
         torch.manual_seed(seed)
         try:
             return classes[variant](d, k, **params)
