@@ -105,7 +105,9 @@ def print_error(prog: str, e: ActdictError) -> int:
     if world > 1 and config and int(os.environ.get("LOCAL_RANK", rank)):
         return 2
     where = f" (rank {rank} of {world})" if world > 1 and not config else ""
-    print(printable(f"{prog}{where}: {kind}: {e}{open_files_hint(e)}"), file=sys.stderr)
+    line = printable(f"{prog}{where}: {kind}: {e}{open_files_hint(e)}") + "\n"
+    sys.stderr.write(line)  # one write: torchrun's ranks run unbuffered (-u) into one stderr, where print's
+    sys.stderr.flush()  # two (the text, then its newline) let two ranks' lines run into one
     return 2
 
 

@@ -397,3 +397,29 @@ def test_a_ctrl_c_as_the_command_shuts_down_ends_it_quietly_with_its_status():
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0 and err == "" and out == ""
     assert lines[0].startswith("sae_l1") and lines[-1] == "shutting down\n"
+
+
+def test_an_error_line_is_one_write(monkeypatch):
+    """Under torchrun the ranks run unbuffered (python -u) into one stderr: print wrote the line, then its
+    newline, so two ranks' lines ran into one ('...completeactdict (rank 1 of 2): ...\\n\\n', seen in a
+    test_train_sigterm_ddp run). print_error writes each line whole, in one write."""
+    import io
+    import sys
+
+    from actdict.errors import ActdictError, print_error
+
+    class Unbuffered(io.StringIO):
+        def __init__(self):
+            super().__init__()
+            self.writes = []
+
+        def write(self, text):
+            self.writes.append(text)
+            return super().write(text)
+
+    err = Unbuffered()
+    monkeypatch.setattr(sys, "stderr", err)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert print_error("actdict", ActdictError("stopped at step 24")) == 2
+    assert err.writes == ["actdict (rank 1 of 2): ActdictError: stopped at step 24\n"]
