@@ -44,6 +44,18 @@ def _train(store, run_dir: Path, epochs: int = 1) -> tuple[Common, TrainConfig]:
     return common, cfg
 
 
+def first_cuda_seed(monkeypatch) -> int:
+    """The seed CUDA's generator would have at its first use: torch.cuda._lazy_init runs the calls torch
+    queued for it (torch.manual_seed before CUDA is used), here on a stand-in generator."""
+    gpu = torch.Generator()
+    monkeypatch.setattr(torch.cuda.random, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "default_generators", (gpu,))
+    for call in torch.cuda._lazy_seed_tracker.get_calls():
+        if call:
+            call[0]()
+    return gpu.initial_seed()
+
+
 def test_training_and_analysis_leave_the_callers_generators_as_they_were(store, tmp_path):
     """The training seeds torch's generator at every step and the analysis for its one stochastic sample; the
     caller's next draw is the one it would have made without them, and a second call gives the same
@@ -123,13 +135,7 @@ def test_a_stage_on_the_cpu_gives_back_the_seed_queued_for_cuda(tmp_path, monkey
                                 "batch_size": 3})
     main(Common(run_dir=str(tmp_path / "run"), seed=5), cfg)
     assert not torch.cuda.is_initialized()
-    gpu = torch.Generator()  # CUDA's first use: torch.cuda._lazy_init runs the queued calls
-    monkeypatch.setattr(torch.cuda.random, "device_count", lambda: 1)
-    monkeypatch.setattr(torch.cuda, "default_generators", (gpu,))
-    for call in torch.cuda._lazy_seed_tracker.get_calls():
-        if call:
-            call[0]()
-    assert gpu.initial_seed() == 1234
+    assert first_cuda_seed(monkeypatch) == 1234
 
 
 def test_building_a_dictionary_gives_back_the_mps_and_queued_cuda_seeding(monkeypatch):
@@ -151,13 +157,7 @@ def test_building_a_dictionary_gives_back_the_mps_and_queued_cuda_seeding(monkey
     assert all(torch.equal(v, b.state_dict()[n]) for n, v in a.state_dict().items())
     assert_state(before)
     assert mps["state"].tolist() == [1234] * 3
-    gpu = torch.Generator()
-    monkeypatch.setattr(torch.cuda.random, "device_count", lambda: 1)
-    monkeypatch.setattr(torch.cuda, "default_generators", (gpu,))
-    for call in torch.cuda._lazy_seed_tracker.get_calls():
-        if call:
-            call[0]()
-    assert gpu.initial_seed() == 1234
+    assert first_cuda_seed(monkeypatch) == 1234
 
 
 def test_the_variants_contract_check_leaves_the_callers_generators_as_they_were(capsys):
