@@ -144,7 +144,9 @@ def test_on_windows_a_swept_mapping_is_refused_naming_the_key_and_posix_systems_
         "train.dicts[l1].sweep.params.act: the value {'a': 1} puts '\":' into the names of its dictionaries "
         "(l1_act-{\"a\": 1}...), which would make a name Windows cannot give a folder (Windows takes none of "
         "'\":' in a file name): take it out of the sweep into an item of train.dicts of its own, which names "
-        "itself ({name: l1_act-{-a-- 1}, params: {act: {\"a\": 1}}, ...}, its sweep of the other keys kept)")
+        "itself ({name: l1_act-a-1, params: {act: {\"a\": 1}}, ...}, its sweep of the other keys kept)")
+    cfg.write_text('train:\n  dicts:\n    - {name: l1_act-a-1, params: {act: {"a": 1}}, variant: sae_l1}\n')
+    assert [d.name for d in section(load_experiment(cfg), "train", TrainConfig).dicts] == ["l1_act-a-1"]
 
 
 def test_on_windows_a_swept_value_that_would_end_the_names_with_a_dot_is_refused_naming_the_key(
@@ -173,3 +175,12 @@ def test_on_windows_a_swept_value_that_would_end_the_names_with_a_dot_is_refused
     cfg.write_text(item % "{params: {act: [relu.]}, seed: [0]}")
     names = [d.name for d in section(load_experiment(cfg), "train", TrainConfig).dicts]
     assert names == ["l1_act-relu._seed-0"]
+
+
+def test_a_swept_value_with_a_nul_is_refused_as_a_name_no_file_system_takes():
+    """A NUL was explained as making 'a nested folder' (only '/' does)."""
+    from actdict.train.config import _check_label
+
+    with pytest.raises(ConfigError, match=r"which would make a name no file system takes \(NUL\): take it .*"
+                                          r"\{name: l1_act-a-b, params: \{act: \"a\\u0000b\"\}"):
+        _check_label("act-a\0b", "a\0b", ("params", "act"), "train.dicts[l1].sweep", "l1")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -221,6 +222,13 @@ def expand_sweeps(items: list, where: str = "train.dicts") -> list:
     return out
 
 
+def own_name(names: str) -> str:
+    """A name for the item of its own that ``_check_label`` suggests: each run of characters but word
+    characters, '.' and '-' as one '-' (``l1_act-{"a": 1}`` -> ``l1_act-a-1``), without a trailing '-', '.'
+    or ' ': a name every platform takes, and plain YAML in the item's flow mapping as printed."""
+    return re.sub(r"-{2,}", "-", re.sub(r"[^\w.-]+", "-", names)).rstrip("-. ")
+
+
 def _check_label(label: str, value: Any, path: tuple[str, ...], at: str, name: str, last: bool = False
                  ) -> None:
     """ConfigError naming the swept key (``path``, under the sweep ``at``) when its ``label`` (``act-relu/2``:
@@ -233,11 +241,12 @@ def _check_label(label: str, value: Any, path: tuple[str, ...], at: str, name: s
     end = label[-1] if last and label.endswith((".", " ")) and name_problem(f"_{label[-1]}") else ""
     if not (bad or end):
         return
-    why = ("a nested folder dicts/<name>/... on every platform" if "/" in bad or "\0" in bad
+    why = ("a nested folder dicts/<name>/... on every platform" if "/" in bad
+           else "a name no file system takes (NUL)" if "\0" in bad
            else f"a name Windows cannot give a folder ({name_problem(f'_{bad}_' if bad else f'_{end}')})")
     puts = (f"puts {bad!r} into the names of its dictionaries" if bad
             else f"ends the names of its dictionaries with {end!r}")
-    own = f"{name}_{label}".translate({ord(c): "-" for c in bad}).rstrip(". ")
+    own = own_name(f"{name}_{label}")
     setting = f"{path[0]}: {{{path[1]}: {json.dumps(value)}}}" if path[0] == "params" else f"{path[0]}: ..."
     raise ConfigError(f"{at}.{'.'.join(path)}: the value {value!r} {puts} "
                       f"({name}_{label}...), which would make {why}: take it out of the sweep "
