@@ -49,17 +49,17 @@ def complete_for(path: str, hooks: list[str], cfg: HarvestConfig,
     ``manifests``: those of ``hook_manifests(path)`` when already read."""
     manifests = hook_manifests(path) if manifests is None else manifests
     chash, cfg_json = config_hash(cfg), as_json(cfg)
-    literal = [h for h in hooks if hook_pattern(h) is None]
-    if len(literal) == len(hooks) and holds_hooks(manifests, literal, cfg_json):
+    literal = by_name(hooks)
+    if literal is not None and holds_hooks(manifests, literal, cfg_json):
         manifests = {h: manifests[h] | {"config_hash": chash} for h in literal}  # those of this config
     if why := added_growth(path, manifests, cfg_json):
         raise HarvestError(why)
-    named = len(literal) == len(hooks) and all(h in manifests for h in literal)  # hooks all in the store
-    spelled = len(literal) < len(hooks)  # patterns: a store whose hooks were spelled otherwise is decided
+    beside = left_beside(manifests, hooks, cfg_json)  # left to their own harvest's command
+    spelled = literal is None  # patterns: a store whose hooks were spelled otherwise is decided
     deferred = False  # by harvest(), once the model has expanded them (``to_add``); spelled the
     for h, m in manifests.items():  # same (another batch_size), its hooks are what they expand to
-        if named and h not in literal and unfinished_beside(m, cfg_json):
-            continue  # left to its own harvest's command
+        if h in beside:
+            continue
         if spelled and m.get("config_hash") != chash and same_rows(m, cfg_json, ("hooks",)) and not (
                 same_rows(m, cfg_json)):
             deferred = True
@@ -105,7 +105,8 @@ def complete_for(path: str, hooks: list[str], cfg: HarvestConfig,
                     f"the old files. Delete {path} to harvest the files again, or set store / run_dir to "
                     "another folder; to use the store as it is (the files were only touched or copied), run "
                     "actdict train and actdict analyze instead of actdict run")
-    return not deferred and bool(manifests) and all(h in manifests for h in literal) and all(
+    return not deferred and bool(manifests) and all(
+        h in manifests for h in hooks if hook_pattern(h) is None) and all(  # the names among patterns too
         m.get("complete") for m in manifests.values())
 
 
@@ -133,8 +134,8 @@ def added_growth(path: str, manifests: dict[str, dict], harvest_cfg: dict) -> st
         return (f"store {path} cannot grow: its hooks were harvested with different {' and '.join(runs)} "
                 f"({each}), and a growth continues every hook with the settings it began with: use it with "
                 f"harvest.max_tokens={was}, or set run_dir / store to another folder to harvest more rows")
-    said = [] if set(harvest_cfg.get("hooks") or []) == set(names) and not any(
-        hook_pattern(h) for h in harvest_cfg.get("hooks") or []) else [f"'harvest.hooks={json.dumps(names)}'"]
+    said = [] if set(harvest_cfg.get("hooks") or []) == set(names) and by_name(
+        harvest_cfg.get("hooks") or []) is not None else [f"'harvest.hooks={json.dumps(names)}'"]
     said += [f"'harvest.{k}={v if isinstance(v := olds[0].get(k), str) else json.dumps(v)}'" for k in RUN_KEYS
              if olds[0].get(k) != harvest_cfg.get(k)]
     if not said:  # growable: not refused here
@@ -173,16 +174,22 @@ def unfinished_beside(manifest: dict, harvest_cfg: dict) -> bool:
         rows_view(old, ("hooks",)) == rows_view(harvest_cfg, ("hooks",)))
 
 
-def left_beside(manifests: dict[str, dict], cfg: HarvestConfig) -> dict[str, dict]:
-    """The store's hooks that a harvest of ``cfg`` leaves as they are, unfinished: those ``cfg`` does not
-    name (by name; patterns are decided by the model) that another config of this harvest but for its hooks
-    began (``unfinished_beside``), as ``complete_for`` passes them by. Said by the dry run, which otherwise
-    said it continued them, where only their own config does."""
-    literal = [h for h in cfg.hooks if hook_pattern(h) is None]
-    if len(literal) < len(cfg.hooks) or not all(h in manifests for h in literal):
+def by_name(hooks: list[str]) -> list[str] | None:
+    """``hooks`` when each is named by name; None where any is a pattern (``all``, ``blocks.*...``), which
+    the model decides."""
+    return None if any(hook_pattern(h) for h in hooks) else list(hooks)
+
+
+def left_beside(manifests: dict[str, dict], hooks: list[str], harvest_cfg: dict) -> dict[str, dict]:
+    """The store's hooks that a harvest of ``hooks`` with ``harvest_cfg`` (as JSON) leaves as they are,
+    unfinished: when it names each of its hooks by name and the store holds them all, those it does not
+    name that another config of this harvest but for its hooks began (``unfinished_beside``). Passed by in
+    ``complete_for``, and said by the dry run and the skip line, which otherwise said it continued them,
+    where only their own config does."""
+    literal = by_name(hooks)
+    if literal is None or not all(h in manifests for h in literal):
         return {}
-    cfg_json = as_json(cfg)
-    return {h: m for h, m in manifests.items() if h not in literal and unfinished_beside(m, cfg_json)}
+    return {h: m for h, m in manifests.items() if h not in literal and unfinished_beside(m, harvest_cfg)}
 
 
 def left_to_theirs(beside: dict[str, dict]) -> str:
@@ -198,10 +205,19 @@ def its_own(manifests: dict[str, dict], cfg: HarvestConfig) -> dict[str, dict]:
     when it names each by name (the others, a layer another config added beside them, complete or left to
     it, are not what this run skips or reads: ``how_held`` said 'harvested with hooks [L1, L3]', that
     config's, of a store whose L1 this config wrote); with patterns, every hook (the model decides)."""
-    literal = [h for h in cfg.hooks if hook_pattern(h) is None]
-    if len(literal) < len(cfg.hooks):
+    literal = by_name(cfg.hooks)
+    if literal is None:
         return manifests
     return {h: manifests[h] for h in literal if h in manifests}
+
+
+def complete_said(manifests: dict[str, dict], cfg: HarvestConfig) -> tuple[str, str]:
+    """What the line saying a store is complete for ``cfg`` (the harvest's skip, its dry run's) adds: how
+    its own hooks were harvested where that differs (``how_held`` of ``its_own``), and the unfinished hooks
+    left to the configs that wrote them (``left_to_theirs``)."""
+    cfg_json = as_json(cfg)
+    return (how_held(its_own(manifests, cfg), cfg_json),
+            left_to_theirs(left_beside(manifests, list(cfg.hooks), cfg_json)))
 
 
 def holds_hooks(manifests: dict[str, dict], hooks: list[str], harvest_cfg: dict) -> bool:
@@ -377,11 +393,9 @@ def store_plan(common, cfg: HarvestConfig) -> StagePlan:
             if cfg.mode == "vectors" and (change := source_change(path, cfg.vectors)):
                 return StagePlan([f"harvest: writes store {path} again ({cfg.vectors.path} changed since it "
                                   f"was imported: {change}): {what}"], writes=True)
-            beside = left_beside(manifests, cfg) if hook is None else {}
-            own = how_held(its_own(manifests, cfg), as_json(cfg)) if hook is None else ""
+            own, aside = complete_said(manifests, cfg) if hook is None else ("", "")
             return StagePlan([f"harvest: store {path} is already complete for this config ({chash}{own}): "
-                              "skipped"
-                              f"{left_to_theirs(beside)}"])
+                              f"skipped{aside}"])
     except HarvestError as e:  # another harvest's store
         return StagePlan([f"harvest: would stop: {e}"], stops=True)
     if not manifests:
@@ -393,7 +407,7 @@ def store_plan(common, cfg: HarvestConfig) -> StagePlan:
                           f"{sorted(manifests)}: skipped if it holds every hook {list(cfg.hooks)} names on "
                           f"{cfg.model} (decided once the model is loaded), else the others are added beside "
                           f"them: {what}"])
-    beside = left_beside(manifests, cfg) if cfg.mode == "tokens" else {}
+    beside = left_beside(manifests, list(cfg.hooks), as_json(cfg)) if cfg.mode == "tokens" else {}
     aside = left_to_theirs(beside)
     manifests = {h: m for h, m in manifests.items() if h not in beside}  # what this config writes or keeps
     if cfg.mode == "tokens" and (held := held_hooks(manifests, cfg)):

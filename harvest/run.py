@@ -49,12 +49,9 @@ from actdict.harvest.resume import (
 from actdict.harvest.reuse import (
     as_json,
     complete_for,
+    complete_said,
     held_hooks,
     hook_manifests,
-    how_held,
-    its_own,
-    left_beside,
-    left_to_theirs,
     to_add,
 )
 from actdict.harvest.sources import (
@@ -312,10 +309,8 @@ def _main(common: Common, cfg: HarvestConfig, on_hooks: Callable[[list[str]], No
     manifests = hook_manifests(path)
     grow = growable(manifests, as_json(cfg))  # a larger max_tokens: continue the store
     if not grow and complete_for(path, list(cfg.hooks), cfg, manifests):
-        beside = left_beside(manifests, cfg)  # unfinished hooks of another config, left to it
-        how = how_held(its_own(manifests, cfg), as_json(cfg))  # in this config's terms
-        print(f"harvest: store {path} is already complete for this config ({chash}{how}); skipping"
-              f"{left_to_theirs(beside)}")
+        how, aside = complete_said(manifests, cfg)  # in this config's terms; hooks left to other configs
+        print(f"harvest: store {path} is already complete for this config ({chash}{how}); skipping{aside}")
         return
     if not any(m.get("complete") for m in manifests.values()):
         writing()  # a new or unfinished store: a training started while the model loads waits for it
