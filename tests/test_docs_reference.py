@@ -1,0 +1,406 @@
+"""The documentation as a reference, checked against the code so that it cannot drift.
+
+* Config keys: every field of every config dataclass, and every variant's params, is named on the page of its
+  section with a default, and each default the page states (a ``| field | default |`` table row, a
+  ``name value`` pair of docs/variants.md's params, "`key` (default X)") is the code's.
+* Cross-references: every "docs/PAGE.md, 'Section'" (or "Section", a results.md entry E31) cited in the code
+  or in the docs, and every [link](PAGE.md#anchor), names a page and a section that exist.
+* Command lines: every flag of every ``actdict`` command and ``python -m actdict...`` entry point appears in
+  the docs (read from the argparse parsers the commands build, so however they are built).
+
+YAML examples in the docs set values other than the defaults on purpose, so they are not read as defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import contextlib
+import dataclasses
+import importlib
+import io
+import math
+import re
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from actdict.analyze.config import AnalyzeConfig
+from actdict.config import Common, safe_yaml
+from actdict.harvest.config import HarvestConfig
+from actdict.harvest.embed import EmbedConfig
+from actdict.harvest.sources import SourceConfig
+from actdict.harvest.vectors import VectorsConfig
+from actdict.train.config import MAX_SWEEP, SWEPT, DictConfig, TrainConfig
+from actdict.train.protocol import param_defaults, registry
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = {p.relative_to(ROOT).as_posix(): p.read_text(encoding="utf-8")
+        for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]}
+
+# each config dataclass -> the page a researcher looks its keys up on, and the heading under which its
+# defaults are stated where one page holds two sections of the same keys (embed's and vectors' `hook`)
+SECTIONS: list[tuple[type, str, str, str]] = [
+    (Common, "top level", "README.md", ""),
+    (HarvestConfig, "harvest", "docs/harvest.md", ""),
+    (SourceConfig, "harvest.source", "docs/harvest.md", "Text sources"),
+    (EmbedConfig, "harvest.embed", "docs/embeddings.md", "harvest.mode: embeddings"),
+    (VectorsConfig, "harvest.vectors", "docs/embeddings.md", "harvest.mode: vectors"),
+    (TrainConfig, "train", "docs/training.md", ""),
+    (DictConfig, "train.dicts[]", "docs/training.md", ""),
+    (AnalyzeConfig, "analyze", "docs/analyze.md", ""),
+]
+
+# fields whose default no page states, each with why (a nested section's default is its own fields')
+NO_DEFAULT_STATED = {
+    ("harvest", "source"): "a section of its own (harvest.source), each field's default on its page",
+    ("harvest", "embed"): "a section of its own (harvest.embed)",
+    ("harvest", "vectors"): "a section of its own (harvest.vectors)",
+}
+
+
+def code_default(f: dataclasses.Field) -> Any:
+    """A dataclass field's default (its factory's value), or MISSING for a required field."""
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
+def words(text: str) -> str:
+    """``text`` with its code spans and code blocks only: where a page names keys."""
+    spans = re.findall(r"```.*?```|`[^`\n]+`", text, flags=re.S)
+    return "\n".join(spans)
+
+
+def named(key: str, text: str) -> bool:
+    """``key`` is named in a code span or block of ``text`` (alone, dotted or as ``key: value``)."""
+    return re.search(rf"(?<![\w-]){re.escape(key)}(?![\w-])", words(text)) is not None
+
+
+def literal(said: str) -> Any:
+    """A default as a page writes it (``4,096``, ``1e-06``, ``null``, ``""``, ``1/32``) as a value."""
+    said = said.strip().strip("`").strip()
+    if re.fullmatch(r"-?\d+/\d+", said):
+        return float(Fraction(said))
+    if re.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?", said):
+        said = said.replace(",", "")
+    return safe_yaml(said, "a default in the docs")
+
+
+def same(doc: Any, code: Any) -> bool:
+    """The page's default is the code's (numbers to 1e-12, a tuple as a list, a dataclass list by name)."""
+    if isinstance(code, bool) or isinstance(doc, bool):
+        return doc is code
+    if isinstance(code, int | float) and isinstance(doc, int | float):
+        return math.isclose(doc, code, rel_tol=1e-12, abs_tol=0)
+    if isinstance(code, tuple | list) and isinstance(doc, list):
+        return len(doc) == len(code) and all(same(d, c) for d, c in zip(doc, code, strict=True))
+    return doc == code
+
+
+def table_defaults(text: str) -> dict[str, list[str]]:
+    """``key -> [default as written, ...]`` from every table of ``text`` with a ``field`` and a ``default``
+    column; a row of several keys (`` `name`, `split` ``) gives each its value (``a, b``) in order."""
+    out: dict[str, list[str]] = {}
+    for table in re.findall(r"(?m)(?:^\|.*\|\n)+", text):
+        rows = [[c.strip() for c in r.strip().strip("|").split("|")] for r in table.splitlines()]
+        head = [c.strip("` ").lower() for c in rows[0]]
+        if "field" not in head or "default" not in head:
+            continue
+        fi, di = head.index("field"), head.index("default")
+        for row in rows[2:]:
+            keys = re.findall(r"`([\w.]+)`", row[fi])
+            values = [row[di]] if len(keys) == 1 else [v.strip() for v in row[di].split(", ")]
+            if len(values) == len(keys):
+                for k, v in zip(keys, values, strict=True):
+                    out.setdefault(k.rsplit(".", 1)[-1], []).append(v)
+    return out
+
+
+def prose_defaults(text: str) -> dict[str, list[str]]:
+    """``key -> [default as written, ...]`` from "`key` (default X" in running text (X a code span or a
+    word), the key possibly dotted (`train.eta_min`)."""
+    out: dict[str, list[str]] = {}
+    for key, value in re.findall(r"`(?:[\w]+\.)*(\w+)` \(default:? (`[^`]*`|[^\s,;:)]+)", text):
+        out.setdefault(key, []).append(value)
+    return out
+
+
+def part(text: str, heading: str) -> str:
+    """The part of a page under its heading that begins ``heading`` (code marks aside), up to the next
+    heading of the same level or above; the whole page for ''."""
+    if not heading:
+        return text
+    heads = list(re.finditer(r"(?m)^(#+) (.+)$", text))
+    start = next(h for h in heads if h.group(2).replace("`", "").startswith(heading))
+    level = len(start.group(1))
+    end = next((h.start() for h in heads if h.start() > start.start() and len(h.group(1)) <= level),
+               len(text))
+    return text[start.start():end]
+
+
+def stated_defaults(text: str) -> dict[str, list[str]]:
+    """``key -> [default as written, ...]`` of the tables and the prose of ``text``."""
+    out: dict[str, list[str]] = {}
+    for found in (table_defaults(text), prose_defaults(text)):
+        for k, vs in found.items():
+            out.setdefault(k, []).extend(vs)
+    return out
+
+
+def config_findings() -> list[str]:
+    """What the pages miss or misstate of the config dataclasses, one line each."""
+    bad = []
+    for cls, section, page, heading in SECTIONS:
+        stated = stated_defaults(part(DOCS[page], heading))
+        pages = (f"{page}, {heading!r}" if heading else page,)
+        for f in dataclasses.fields(cls):
+            default = code_default(f)
+            if not named(f.name, DOCS[page]):
+                bad.append(f"{section}.{f.name}: not named in {page}")
+                continue
+            if default is dataclasses.MISSING or (section, f.name) in NO_DEFAULT_STATED:
+                continue
+            if dataclasses.is_dataclass(default) or (isinstance(default, list) and default
+                                                     and dataclasses.is_dataclass(default[0])):
+                said = stated.get(f.name, [])
+                ok = any(_names_dicts(s, default) for s in said)
+                if not ok:
+                    bad.append(f"{section}.{f.name}: default {default!r} not stated in {', '.join(pages)}")
+                continue
+            said = stated.get(f.name)
+            if not said:
+                bad.append(f"{section}.{f.name}: no default stated in {', '.join(pages)} (code: {default!r})")
+            for s in said or []:
+                try:
+                    value = literal(s)
+                except Exception:  # noqa: BLE001 - a default the page words is a finding, not a crash
+                    bad.append(f"{section}.{f.name}: default {s!r} in the docs is not a value")
+                    continue
+                if not same(value, default):
+                    bad.append(f"{section}.{f.name}: the docs say default {s}, the code {default!r}")
+    return bad
+
+
+def _names_dicts(said: str, default: list) -> bool:
+    """``train.dicts``' default as a page states it: each default dictionary named with its variant."""
+    return all(d.name in said and d.variant in said for d in default)
+
+
+def test_every_config_key_is_documented_with_the_codes_default():
+    assert config_findings() == []
+
+
+def test_sweeps_are_documented_as_the_code_expands_them():
+    text = DOCS["docs/training.md"]
+    sweeps = text[text.index("**Sweeps.**"):text.index("**Before a long run")]
+    assert [k for k in (*SWEPT, "params") if not named(k, sweeps)] == []
+    assert f"at most {MAX_SWEEP:,}" in sweeps
+
+
+def variant_rows(text: str) -> dict[str, str]:
+    """docs/variants.md's params table: ``variant -> the row's params cell`` (rows naming several variants,
+    `` `vaease`, `vae` ``, give each one)."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 2 and cells[0].startswith("`") and cells[1].startswith("params:"):
+            for name in re.findall(r"`(\w+)`", cells[0]):
+                out[name] = cells[1]
+    return out
+
+
+def variant_findings() -> list[str]:
+    """What docs/variants.md misses or misstates of the params ``actdict variants`` lists."""
+    text = DOCS["docs/variants.md"]
+    rows = variant_rows(text)
+    bad = []
+    for name, cls in sorted(registry().items()):
+        if not cls.__module__.startswith("actdict."):
+            continue  # an installed plugin's, not ours to document
+        params = {**param_defaults(cls), **getattr(cls, "optional_params", {})}
+        if name not in rows:
+            bad.append(f"{name}: no row 'params: ...' in docs/variants.md's params table")
+            continue
+        said = dict(re.findall(r"(\w+)=(`[^`]*`|'[^']*'|[^\s,;]+)", rows[name]))
+        for p, default in params.items():
+            if p not in said:
+                bad.append(f"{name}.{p}: not in docs/variants.md's params table (code: {default!r})")
+            elif not same(literal(said[p].strip("'")), default):
+                bad.append(f"{name}.{p}: docs/variants.md says {said[p]}, the code {default!r}")
+        bad += [f"{name}.{p}: in docs/variants.md's params table, not a param"
+                for p in said if p not in params]
+    return bad
+
+
+def test_every_variant_param_is_documented_with_the_codes_default():
+    assert variant_findings() == []
+
+
+# ---- cross-references --------------------------------------------------------------------------------------
+
+CODE_DIRS = ("actdict", "harvest", "train", "analyze", "benchmarks")
+
+
+def code_text(path: Path) -> str:
+    """A source file's text with adjacent string literals joined (``"... 'Your own " "variant'"``) and each
+    line break and its indentation read as one space: a citation wrapped over lines reads as one."""
+    text = path.read_text(encoding="utf-8")
+    text = re.sub(r"(['\"])\s*\n\s*(?:[rf]{0,2})\1", "", text)
+    return re.sub(r"\s*\n\s*(?:#\s*)?", " ", text)
+
+
+def md_text(text: str) -> str:
+    """A page's text with its lines joined (a citation wraps over lines)."""
+    return re.sub(r"\s*\n\s*", " ", text)
+
+
+PAGES = {Path(name).stem for name in DOCS if name.startswith("docs/")}
+CITE = re.compile(r"(?:(?:docs/)?(\w+)\.md|(README))\)?,? (?:\"([^\"]{2,80})\"|'([^']{2,80})'|(E\d+)\b"
+                  r"|([A-Z][\w ,'-]{2,80}?)(?=\)))")  # "PAGE.md, 'S'", "PAGE.md, E31", "(PAGE.md, S)"
+
+
+def sections(text: str) -> list[str]:
+    """A page's headings and its paragraphs' bold titles (``**Sweeps.**``), as written."""
+    heads = re.findall(r"(?m)^#+ (.+)$", text)
+    titles = [t.rstrip(".") for t in re.findall(r"(?m)^\*\*([^*]+)\*\*", text)]
+    return heads + titles
+
+
+def anchor(heading: str) -> str:
+    """GitHub's anchor of a heading: lowercase, code marks and punctuation dropped, spaces as '-'."""
+    return re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+
+
+def cites(section: str, page: str) -> bool:
+    """``section`` is a heading or bold title of ``page`` (or begins one: "On a GPU"), or an entry of
+    docs/results.md's log (E31)."""
+    text = DOCS.get(f"docs/{page}.md") or DOCS.get(f"{page}.md") or ""
+    if not text:
+        return False
+    if re.fullmatch(r"E\d+", section):
+        return re.search(rf"\({section}\b", text) is not None
+    return any(h.replace("`", "").startswith(section.replace("`", "")) for h in sections(text))
+
+
+def citations() -> list[tuple[str, str, str]]:
+    """Every (where, page, section) cited in the code and the docs."""
+    found = []
+    sources = [(p.relative_to(ROOT).as_posix(), code_text(p)) for d in CODE_DIRS
+               for p in sorted((ROOT / d).rglob("*.py"))]
+    sources += [(name, md_text(text)) for name, text in DOCS.items()]
+    for where, text in sources:
+        for m in CITE.finditer(text):
+            page = m.group(1) or m.group(2)
+            section = next(g for g in m.groups()[2:] if g)
+            found.append((where, page, section if page == "README" or page in PAGES else "(no such page)"))
+    return found
+
+
+def test_every_cited_section_exists():
+    bad = [f"{where}: {page}.md, {section!r}" for where, page, section in citations()
+           if not cites(section, page)]
+    assert bad == []
+
+
+def test_the_citations_are_found():
+    """The finder finds the forms the code and the docs use (a finder that finds none passes anything)."""
+    found = {(page, section) for _, page, section in citations()}
+    assert {("variants", "Your own variant"), ("results", "E31"), ("training", "Sweeps"),
+            ("analyze", "Two dictionaries across run folders")} <= found
+
+
+def test_every_link_names_a_file_and_a_heading_that_exist():
+    """Each relative [link](PATH) of the docs names a file of the repository, and a PAGE.md#anchor one of
+    the page's headings (as GitHub makes anchors of them)."""
+    bad = []
+    for where, text in DOCS.items():
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if target.startswith(("http://", "https://", "mailto:", "#")):
+                continue
+            path, _, frag = target.partition("#")
+            page = (ROOT / where).parent / path
+            if not page.exists():
+                bad.append(f"{where}: {target} (no such file)")
+            elif frag and frag not in [anchor(h) for h in re.findall(r"(?m)^#+ (.+)$",
+                                                                     page.read_text(encoding="utf-8"))]:
+                bad.append(f"{where}: {target} (no such heading)")
+    assert bad == []
+
+
+def test_anchors_are_githubs():
+    assert anchor("Several processes (torchrun)") == "several-processes-torchrun"
+    assert anchor("`harvest.mode: vectors` and `python -m actdict.harvest.vectors`") == \
+        "harvestmode-vectors-and-python--m-actdictharvestvectors"
+
+
+# ---- command lines -----------------------------------------------------------------------------------------
+
+def parsers_of(run, argv: list[str], monkeypatch) -> list[argparse.ArgumentParser]:
+    """Every parser ``run(argv + ["--help"])`` builds before its help ends it (a command's, its
+    subcommands', one built once the command is known), however the command builds them."""
+    made = []
+    init = argparse.ArgumentParser.__init__
+
+    def recording(self, *a, **kw):
+        init(self, *a, **kw)
+        made.append(self)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "__init__", recording)
+    with contextlib.redirect_stdout(io.StringIO()), pytest.raises(SystemExit):
+        run([*argv, "--help"])
+    monkeypatch.undo()
+    assert made, f"{argv}: no parser"
+    return made
+
+
+def flags(parser: argparse.ArgumentParser) -> set[str]:
+    """Every option string of ``parser`` and of its subcommands' parsers, but ``-h``/``--help``."""
+    out = set()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                out |= flags(sub)
+        elif not isinstance(action, argparse._HelpAction):
+            out |= {s for s in action.option_strings if s.startswith("--")}
+    return out
+
+
+def entry_points() -> dict[str, Any]:
+    """``python -m MODULE``'s function for every module of actdict that runs as one (``run_command(F)``)."""
+    out = {}
+    for d in ("harvest", "train", "analyze"):
+        for p in sorted((ROOT / d).glob("*.py")):
+            tree = ast.parse(p.read_text(encoding="utf-8"))
+            for node in ast.walk(tree):
+                if (isinstance(node, ast.Call) and getattr(node.func, "id", "") == "run_command"
+                        and node.args and isinstance(node.args[0], ast.Name)):
+                    module = importlib.import_module(f"actdict.{d}.{p.stem}")
+                    out[f"actdict.{d}.{p.stem}"] = getattr(module, node.args[0].id)
+    return out
+
+
+def sections_naming(command: str) -> str:
+    """Every section (a heading's part of a page) of the docs that names ``command`` (``actdict compare``,
+    ``python -m actdict.harvest.vectors``; wrapped over lines or not): where its flags are looked up."""
+    parts = [p for text in DOCS.values() for p in re.split(r"(?m)^(?=#)", text)]
+    return "\n".join(p for p in parts if command in re.sub(r"\s*\n\s*", " ", p))
+
+
+def test_every_flag_is_documented_where_its_command_is(monkeypatch):
+    from actdict import cli
+
+    commands = ["harvest", "train", "analyze", "run", "export", "import", "store", "lens", "compare",
+                "summary", "feature", "variants"]
+    found = {f"actdict {c}": set().union(*map(flags, parsers_of(cli.main, [c], monkeypatch)))
+             for c in commands}
+    for run in entry_points().values():  # each by the name it gives itself: `actdict compare` is analyze.pair
+        made = parsers_of(run, [], monkeypatch)
+        found[made[0].prog] = set().union(*map(flags, made))
+    every = set().union(*found.values())
+    assert len(found) >= 15 and {"--dry-run", "--verify", "--check", "--rebuild"} <= every
+    bad = sorted(f"{c} {f}" for c, fs in found.items() for f in fs
+                 if re.search(rf"{re.escape(f)}(?![\w-])", sections_naming(c)) is None)
+    assert bad == []
