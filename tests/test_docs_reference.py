@@ -389,18 +389,44 @@ def sections_naming(command: str) -> str:
     return "\n".join(p for p in parts if command in re.sub(r"\s*\n\s*", " ", p))
 
 
-def test_every_flag_is_documented_where_its_command_is(monkeypatch):
+def command_parsers(monkeypatch) -> dict[str, list[argparse.ArgumentParser]]:
+    """Each ``actdict`` command and ``python -m`` entry point, by the name it gives itself (``actdict
+    compare`` is analyze.pair's), with the parsers it builds."""
     from actdict import cli
 
     commands = ["harvest", "train", "analyze", "run", "export", "import", "store", "lens", "compare",
                 "summary", "feature", "variants"]
-    found = {f"actdict {c}": set().union(*map(flags, parsers_of(cli.main, [c], monkeypatch)))
-             for c in commands}
-    for run in entry_points().values():  # each by the name it gives itself: `actdict compare` is analyze.pair
+    found = {f"actdict {c}": parsers_of(cli.main, [c], monkeypatch) for c in commands}
+    for run in entry_points().values():
         made = parsers_of(run, [], monkeypatch)
-        found[made[0].prog] = set().union(*map(flags, made))
+        found.setdefault(made[0].prog, made)
+    return found
+
+
+def test_every_flag_is_documented_where_its_command_is(monkeypatch):
+    found = {c: set().union(*map(flags, ps)) for c, ps in command_parsers(monkeypatch).items()}
     every = set().union(*found.values())
     assert len(found) >= 15 and {"--dry-run", "--verify", "--check", "--rebuild"} <= every
     bad = sorted(f"{c} {f}" for c, fs in found.items() for f in fs
                  if re.search(rf"{re.escape(f)}(?![\w-])", sections_naming(c)) is None)
     assert bad == []
+
+
+def flag_default_findings(monkeypatch) -> list[str]:
+    """Each flag default a command's own section states ("`--top` (8)", "`--rows`, 65,536"; the section
+    whose heading names the command: three commands share --top) that is not its parser's."""
+    bad = []
+    for command, parsers in command_parsers(monkeypatch).items():
+        parts = [p for text in DOCS.values() for p in re.split(r"(?m)^(?=#)", text)
+                 if command in p.split("\n", 1)[0]]
+        for action in (a for p in parsers for a in p._actions):
+            for flag in (f for f in action.option_strings if f.startswith("--")):
+                for said in re.findall(rf"`{re.escape(flag)}(?: [A-Z_=]+)?`,? \(?(`[^`]+`|\d[\d,.]*\d|\d)",
+                                       "\n".join(parts)):
+                    if not same(literal(said), action.default):
+                        bad.append(f"{command} {flag}: the docs say {said}, the parser {action.default!r}")
+    return bad
+
+
+def test_flag_defaults_are_the_parsers(monkeypatch):
+    assert flag_default_findings(monkeypatch) == []
