@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from actdict import config as actdict_config
 from actdict.analyze.config import AnalyzeConfig
 from actdict.config import Common, safe_yaml
 from actdict.harvest.config import HarvestConfig
@@ -237,6 +238,28 @@ def variant_findings() -> list[str]:
 
 def test_every_variant_param_is_documented_with_the_codes_default():
     assert variant_findings() == []
+
+
+def yaml_examples() -> list[tuple[str, dict]]:
+    """Every ```yaml block of the docs, as data (a list of dictionaries alone as the train section's)."""
+    out = []
+    for where, text in DOCS.items():
+        for block in re.findall(r"```ya?ml\n(.*?)```", text, flags=re.S):
+            data = safe_yaml(block, where)
+            out.append((where, {"train": data} if set(data) == {"dicts"} else data))
+    return out
+
+
+def test_every_yaml_example_is_a_valid_config():
+    """A reader copies them: each section an example sets is built and checked as a config file's is."""
+    stages = {"harvest": HarvestConfig, "train": TrainConfig, "analyze": AnalyzeConfig}
+    examples = yaml_examples()
+    assert len(examples) >= 4
+    for where, data in examples:
+        assert set(data) <= {f.name for f in dataclasses.fields(Common)} | set(stages), where
+        actdict_config.common_of(data)
+        for stage in set(data) & set(stages):
+            actdict_config.section(data, stage, stages[stage])
 
 
 # ---- cross-references --------------------------------------------------------------------------------------
