@@ -17,6 +17,7 @@ import argparse
 import ast
 import contextlib
 import dataclasses
+import functools
 import importlib
 import io
 import math
@@ -308,6 +309,7 @@ def cites(section: str, page: str) -> bool:
     return any(h.replace("`", "").startswith(section.replace("`", "")) for h in sections(text))
 
 
+@functools.cache
 def citations() -> list[tuple[str, str, str]]:
     """Every (where, page, section) cited in the code and the docs."""
     found = []
@@ -426,23 +428,31 @@ def command_parsers(monkeypatch) -> dict[str, list[argparse.ArgumentParser]]:
     return found
 
 
-def test_every_flag_is_documented_where_its_command_is(monkeypatch):
-    found = {c: set().union(*map(flags, ps)) for c, ps in command_parsers(monkeypatch).items()}
+@pytest.fixture(scope="module")
+def parsers() -> dict[str, list[argparse.ArgumentParser]]:
+    """``command_parsers``, built once for the tests below."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        return command_parsers(monkeypatch)
+
+
+def test_every_flag_is_documented_where_its_command_is(parsers):
+    found = {c: set().union(*map(flags, ps)) for c, ps in parsers.items()}
     every = set().union(*found.values())
     assert len(found) >= 15 and {"--dry-run", "--verify", "--check", "--rebuild"} <= every
+    where = {c: sections_naming(c) for c in found}
     bad = sorted(f"{c} {f}" for c, fs in found.items() for f in fs
-                 if re.search(rf"{re.escape(f)}(?![\w-])", sections_naming(c)) is None)
+                 if re.search(rf"{re.escape(f)}(?![\w-])", where[c]) is None)
     assert bad == []
 
 
-def flag_default_findings(monkeypatch) -> list[str]:
+def flag_default_findings(parsers: dict[str, list[argparse.ArgumentParser]]) -> list[str]:
     """Each flag default a command's own section states ("`--top` (8)", "`--rows`, 65,536"; the section
     whose heading names the command: three commands share --top) that is not its parser's."""
     bad = []
-    for command, parsers in command_parsers(monkeypatch).items():
+    for command, made in parsers.items():
         parts = [p for text in DOCS.values() for p in re.split(r"(?m)^(?=#)", text)
                  if command in p.split("\n", 1)[0]]
-        for action in (a for p in parsers for a in p._actions):
+        for action in (a for p in made for a in p._actions):
             for flag in (f for f in action.option_strings if f.startswith("--")):
                 for said in re.findall(rf"`{re.escape(flag)}(?: [A-Z_=]+)?`,? \(?(`[^`]+`|\d[\d,.]*\d|\d)",
                                        "\n".join(parts)):
@@ -451,5 +461,5 @@ def flag_default_findings(monkeypatch) -> list[str]:
     return bad
 
 
-def test_flag_defaults_are_the_parsers(monkeypatch):
-    assert flag_default_findings(monkeypatch) == []
+def test_flag_defaults_are_the_parsers(parsers):
+    assert flag_default_findings(parsers) == []
