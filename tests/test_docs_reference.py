@@ -6,9 +6,11 @@
 * Cross-references: every "docs/PAGE.md, 'Section'" (or "Section", a results.md entry E31) cited in the code
   or in the docs, and every [link](PAGE.md#anchor), names a page and a section that exist.
 * Command lines: every flag of every ``actdict`` command and ``python -m actdict...`` entry point appears in
-  the docs (read from the argparse parsers the commands build, so however they are built).
+  a docs section naming the command, and a default its own section states is the parser's (read from the
+  argparse parsers the commands build, so however they are built).
 
-YAML examples in the docs set values other than the defaults on purpose, so they are not read as defaults.
+YAML examples in the docs set values other than the defaults on purpose, so they are not read as defaults;
+each is checked as a config instead.
 """
 
 from __future__ import annotations
