@@ -25,7 +25,8 @@ class HarvestConfig:
     PyPI package), ``pythia-70m-deduped`` / ``EleutherAI/...`` (hub or HF cache), or a path."""
     hooks: list[str] = field(default_factory=lambda: ["blocks.3.hook_resid_post"])
     """TransformerBridge hook names to store, one store folder each, all fed by one forward pass that stops
-    after the deepest one; ``blocks.L.hook_resid_post`` is HF ``hidden_states[L+1]``. Entries may be
+    after the deepest one; ``blocks.L.hook_resid_post`` is HF ``hidden_states[L+1]`` (the last block's is
+    the final norm's input, HF's last entry its output). Entries may be
     patterns: ``all`` (every block's hook_resid_post) or fnmatch globs such as ``blocks.*.hook_mlp_out``."""
     source: SourceConfig = field(default_factory=SourceConfig)
     """Where the text comes from (kind debian|files|hub)."""

@@ -7,7 +7,9 @@ Names (``resolve_model``):
 * a local folder in HF format (config, weights, tokenizer files), e.g. one made by ``make_random_pythia``.
 
 Every model goes through ``TransformerBridge.boot_transformers`` (raw HF numerics: hook
-``blocks.L.hook_resid_post`` is HF ``hidden_states[L+1]``); never ``boot_native`` (wrong Pythia graph).
+``blocks.L.hook_resid_post`` is HF ``hidden_states[L+1]``, but for the last block, whose HF entry is after
+the final norm and whose hook before it); never ``boot_native`` (wrong Pythia graph). Families checked:
+docs/harvest.md, "Model families" (``tests/tiny_models.py`` builds them offline).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The harvest loop: every stored row is aligned with the model run directly through HF transformers.
 
 MiniLM (real weights, offline) and a random-init model of pythia-70m's exact shape (the Pythia code path);
-``blocks.L.hook_resid_post`` must equal HF ``hidden_states[L+1]`` at the row's window position.
+``blocks.L.hook_resid_post`` must equal HF ``hidden_states[L+1]`` at the row's window position (other
+families, every block: test_architectures).
 """
 
 import json

