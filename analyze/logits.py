@@ -3,9 +3,10 @@ direction read through the language model's final norm and unembedding, the "log
 
 For a feature of unit direction u [d] (``analyze.compare.directions``) at a residual-stream hook of a causal
 LM, the effect on the logits is ``W_U^T (g * c(u))`` [vocab]: ``c`` centres u when the final norm is a
-LayerNorm (which subtracts the mean over d; an RMSNorm does not), ``g`` is that norm's weight, and the
-norm's division by the residual's scale is left out, as it is the same for every token (it scales the
-effect, it does not reorder it). This is the direct path only: what the feature adds to the residual at the
+LayerNorm (which subtracts the mean over d; an RMSNorm does not), ``g`` is that norm's gain (``rms_gain``:
+Gemma's RMSNorm scales by 1 + weight), and the norm's division by the residual's scale is left out, as it
+is the same for every token (it scales the effect, it does not reorder it); so is Gemma-2's final logit
+softcap, which keeps the order. This is the direct path only: what the feature adds to the residual at the
 hook, read as if it reached the unembedding unchanged. At the last layer that is exact up to that scale;
 at earlier ones the later blocks also read the direction, and the effects are a first look, as in the
 logit lens. The ``n`` tokens each feature raises most and the ``n`` it lowers most are reported with their
@@ -32,12 +33,26 @@ def not_residual(hook: str, d: int, d_model: int) -> str | None:
 
 
 def unembedding(bridge) -> tuple[Tensor, Tensor | None, bool]:
-    """(W_U [d, V], the final norm's weight [d] or None, whether that norm centres: a LayerNorm) of a
-    TransformerBridge."""
+    """(W_U [d, V], the final norm's per-dimension gain [d] or None, whether that norm centres: a LayerNorm)
+    of a TransformerBridge."""
     norm = getattr(getattr(bridge, "ln_final", None), "_original_component", None)
+    w_u = bridge.W_U.detach().float()
+    if isinstance(norm, torch.nn.LayerNorm):
+        return w_u, None if norm.weight is None else norm.weight.detach().float(), True
+    return w_u, rms_gain(norm, w_u.shape[0]), False
+
+
+@torch.no_grad()
+def rms_gain(norm: torch.nn.Module | None, d: int) -> Tensor | None:
+    """The gain [d] of an RMS-type final norm as it acts, whatever it stores: the norm applied to a constant
+    vector of rms 100 (its eps then weighs nothing) gives ``weight`` for Llama's, ``1 + weight`` for Gemma's
+    (whose stored weight is centred on 0: read as the gain, it made a Gemma model's effects noise). None when
+    the norm has no weight (a plain RMSNorm: the gain is 1)."""
     weight = getattr(norm, "weight", None)
-    return bridge.W_U.detach().float(), None if weight is None else weight.detach().float(), \
-        isinstance(norm, torch.nn.LayerNorm)
+    if norm is None or weight is None:
+        return None
+    probe = torch.full((1, d), 100.0, dtype=weight.dtype, device=weight.device)  # [1, d]
+    return norm(probe)[0].float()  # x / rms(x) * gain = gain, up to eps / 2e4
 
 
 @torch.no_grad()

@@ -88,3 +88,47 @@ def test_rows_align_with_hf_at_every_block(tmp_path, tiny, family, mode):
     assert len(set(ref["doc"])) == 3 and np.isin(0 if family == "llama" else 3, ref["tokens"]) == (
         family in ("llama", "gemma2"))  # <unk> stored where it is one token
 
+
+@pytest.mark.filterwarnings("ignore:test_identity has no decode")
+@pytest.mark.parametrize("family", FAMILIES)
+def test_ce_loss_and_logit_effects_on_each_family(tiny, lm_run, monkeypatch, family):
+    """analyze.ce_loss: the clean CE is HF's own next-token loss on the held-out windows (Gemma-2's logits
+    softcapped), an identity splice recovers it all. analyze.logit_effects: each feature's tokens are the
+    ones its direction raises and lowers most through HF's own final norm and unembedding (GPT-2's LayerNorm
+    centres; Gemma's RMSNorm scales by 1 + weight; Gemma and Qwen2 tie the unembedding to the embedding)."""
+    from test_splice import Identity
+    from tiny_models import final_norm
+    from transformers import AutoModelForCausalLM
+
+    from actdict.analyze import run
+    from actdict.analyze.config import AnalyzeConfig
+    from actdict.analyze.lm import splice_setup
+    from actdict.analyze.splice import next_token_ce
+    from actdict.config import Common
+    from actdict.train.protocol import make
+
+    path, d = tiny(family), 64
+    run_dir = lm_run(str(path), "blocks.1.hook_resid_post", d)
+    sae = make("sae_l1", d, 6, seed=0)
+    monkeypatch.setattr(run, "load_models", lambda *a: {"id": Identity(d, d), "sae": sae})
+    monkeypatch.setattr(run, "resolve_decoder", lambda m: lambda ids: [str(i) for i in ids])
+    cfg = AnalyzeConfig(ce_loss=True, ce_windows=2, ce_ctx=12, ce_batch_size=2, logit_effects=3, device="cpu")
+    run.main(Common(run_dir=str(run_dir)), cfg)
+    s = json.loads((run_dir / "summary.json").read_text())
+    hf = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
+    windows = splice_setup(load_model(str(path)), cfg, open_store(str(run_dir / "store")), [2, 3])[1]
+    assert (windows.tokens[:, 0] == SPECIALS[family][0]).all()  # the family's BOS (Qwen2: EOS) first
+    with torch.no_grad():
+        ce = next_token_ce(hf(input_ids=windows.tokens).logits, windows.tokens)[windows.real[:, 1:]]
+        assert s["ce"]["ce_clean"] == pytest.approx(float(ce.double().mean()), rel=1e-5)
+        assert s["models"]["id"]["ce_recovered"] == 1.0 and s["models"]["id"]["kl"] == 0.0
+        col = sae.decoder.weight.detach().T  # [k, d]
+        norm = final_norm(hf)
+        bias = 0 if getattr(norm, "bias", None) is None else norm.bias
+        through = (norm(col / col.norm(dim=1, keepdim=True)) - bias) @ hf.lm_head.weight.T  # [k, V]
+    feats = json.loads((run_dir / "features" / "sae.json").read_text())["features"]
+    assert len(feats) == 6
+    for f in feats:
+        eff = through[f["i"]]  # [V] the feature's effect, up to its positive scale
+        assert [i for i, _ in f["logits"]["up"]] == eff.topk(3).indices.tolist()
+        assert [i for i, _ in f["logits"]["down"]] == eff.topk(3, largest=False).indices.tolist()
