@@ -182,6 +182,8 @@ def load_model(name_or_path: str, device: str = "cpu", dtype: str = "float32",
         with no_loading_bar():
             bridge = TransformerBridge.boot_transformers(target, device=device, dtype=getattr(torch, dtype))
     except Exception as e:  # transformers raises OSError/ValueError/HF errors: all mean "cannot load"
+        if why := unsupported(target):
+            raise ModelError(f"could not load model {name!r}: {why}") from e
         todo = _what_to_do(name) if where == "hub" else "check that the folder holds an HF model"
         raise ModelError(f"could not load model {name!r} ({type(e).__name__}: {e}); {todo}") from e
     bridge.eval()
@@ -202,6 +204,33 @@ def load_model(name_or_path: str, device: str = "cpu", dtype: str = "float32",
         bos_id=ids["bos"], eos_id=ids["eos"], cls_id=ids["cls"], sep_id=ids["sep"], pad_id=ids["pad"],
         special_ids=frozenset(int(i) for i in special), device=device, dtype=dtype,
     )
+
+
+def unsupported(target: str) -> str | None:
+    """Why ``TransformerBridge`` cannot boot the model at ``target`` when its architecture is the reason, in
+    words that list the architectures it supports; None when it has an adapter for it, or when the model's
+    config cannot be read here (offline). Its own error dumped the 162 names unsorted inside a ValueError,
+    and the load then said to check that the folder holds an HF model, which it did."""
+    from importlib.metadata import version
+
+    try:
+        from transformer_lens.factories.architecture_adapter_factory import SUPPORTED_ARCHITECTURES
+        from transformer_lens.model_bridge.sources._hf_format import determine_architecture_from_hf_config
+        from transformers import AutoConfig
+
+        hf_cfg = AutoConfig.from_pretrained(target, local_files_only=True)
+    except Exception:  # an unknown model_type, no config here, another transformer-lens layout
+        return None
+    try:
+        determine_architecture_from_hf_config(hf_cfg)
+        return None
+    except ValueError:
+        pass
+    archs = ", ".join(getattr(hf_cfg, "architectures", None) or []) or "none named"
+    return (f"its architecture ({archs}; model_type {getattr(hf_cfg, 'model_type', None)}) is not one that "
+            f"TransformerLens {version('transformer-lens')}'s TransformerBridge supports: use a model of a "
+            "supported architecture, or a transformer-lens release that supports this one. Supported: "
+            f"{', '.join(sorted(SUPPORTED_ARCHITECTURES, key=str.lower))}")
 
 
 @contextmanager

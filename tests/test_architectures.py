@@ -132,3 +132,27 @@ def test_ce_loss_and_logit_effects_on_each_family(tiny, lm_run, monkeypatch, fam
         eff = through[f["i"]]  # [V] the feature's effect, up to its positive scale
         assert [i for i, _ in f["logits"]["up"]] == eff.topk(3).indices.tolist()
         assert [i for i, _ in f["logits"]["down"]] == eff.topk(3, largest=False).indices.tolist()
+
+
+def test_an_architecture_the_bridge_lacks_is_named_with_the_ones_it_supports(tmp_path):
+    """BioGPT (an HF causal LM that TransformerBridge has no adapter for): the load said 'check that the
+    folder holds an HF model', which it does, after the bridge's unsorted dump of what it supports."""
+    from tiny_models import family_tokenizer
+    from transformers import BioGptConfig, BioGptForCausalLM
+
+    from actdict.harvest.models import ModelError
+
+    tok = family_tokenizer("gpt2")
+    cfg = BioGptConfig(vocab_size=len(tok), hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
+                       intermediate_size=128, max_position_embeddings=128)
+    BioGptForCausalLM(cfg).save_pretrained(tmp_path / "biogpt")
+    tok.save_pretrained(tmp_path / "biogpt")
+    with pytest.raises(ModelError) as e:
+        load_model(str(tmp_path / "biogpt"))
+    said = str(e.value)
+    assert said.startswith(f"could not load model '{tmp_path / 'biogpt'}': its architecture "
+                           "(BioGptForCausalLM; model_type biogpt) is not one that TransformerLens ")
+    assert "TransformerBridge supports: use a model of a supported architecture" in said
+    supported = said.split("Supported: ")[1].split(", ")
+    assert {"GPT2LMHeadModel", "LlamaForCausalLM", "Gemma2ForCausalLM", "Qwen2ForCausalLM"} <= set(supported)
+    assert supported == sorted(supported, key=str.lower) and "check that the folder" not in said
