@@ -47,8 +47,11 @@ def test_each_family_boots_with_its_special_tokens_and_the_usual_hooks(tiny, fam
         lm.check_hooks([f"blocks.0.{h}", f"blocks.{last}.{h}"])
     assert lm.stop_at_layer(["blocks.0.hook_resid_post"]) == 1
     assert lm.stop_at_layer([f"blocks.{last}.hook_resid_post"]) is None
+    ids = torch.tensor([[bos, 100, 200, 300, 400, 500, 600]])
     with torch.no_grad():  # what a block adds to the residual (Gemma-2: after its post-norms)
-        _, c = lm.bridge.run_with_cache(torch.tensor([[bos, 100, 200, 300, 400, 500, 600]]))
+        _, c = lm.bridge.run_with_cache(ids)
+        _, early = lm.bridge.run_with_cache(ids, names_filter=["blocks.0.hook_resid_post"], stop_at_layer=1)
+    assert torch.equal(early["blocks.0.hook_resid_post"], c["blocks.0.hook_resid_post"])  # stopped: the same
     for b in range(lm.n_layers):
         pre, mid, post = (c[f"blocks.{b}.hook_resid_{k}"] for k in ("pre", "mid", "post"))
         torch.testing.assert_close(c[f"blocks.{b}.hook_attn_out"], mid - pre, rtol=0, atol=1e-5)
