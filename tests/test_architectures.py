@@ -84,6 +84,13 @@ def test_rows_align_with_hf_at_every_block(tmp_path, tiny, family, mode):
         store = open_store(common.store_path, f"blocks.{layer}.hook_resid_post")
         rows = store.read_rows(0, len(store))
         check_aligned(rows, ref, docs, layer, rtol=1e-4, atol=1e-5, mask=~literal)
+    if mode == "per_doc":  # actdict lens reads a text as a per_doc harvest stores it
+        from actdict.analyze.lens import text_rows
+
+        ids, x = text_rows(load_model(str(path)), cfg, f"blocks.{layer}.hook_resid_post", texts[1])
+        mine = np.flatnonzero(rows.doc == 1)  # the text with a literal EOS: not read either
+        np.testing.assert_array_equal(ids, rows.token_ids[mine])
+        np.testing.assert_allclose(x.numpy(), rows.acts[mine], rtol=1e-5, atol=1e-6)
     # the last block's rows are its output, not HF's last hidden state (after the final norm)
     normed = reference(lambda ids: model(input_ids=ids, output_hidden_states=True).hidden_states, tok, cfg,
                        (bos,), (), (eos,), pad, trim=False)[0]["hs"][-1][~literal]  # [n, d]
