@@ -288,19 +288,51 @@ def _command(argv: list[str] | None) -> int:
         return status
 
 
-def _main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in _TOOLS:  # tools with their own arguments (see the module doc)
-        return importlib.import_module(_TOOLS[argv[0]]).main(argv[1:])  # a closed pipe: main's 141
-    parser = argparse.ArgumentParser(prog="actdict", description=(__doc__ or "").split("\n")[0],  # -OO: None
-                                     epilog=_EPILOG)
-    parser.add_argument("stage", choices=[*_STAGES, "run"], help="stage to run; 'run' = all three")
+_STAGE_HELP = {
+    "harvest": "run the model over the corpus and store its activations at the hooks (the config's harvest "
+               "section), or import vectors or sentence embeddings as a store",
+    "train": "train the dictionaries of the config's train section on the store's activations",
+    "analyze": "score the trained dictionaries on the held-out chunks and write summary.json, the features "
+               "and the HTML report (the config's analyze section)",
+    "run": "harvest, train and analyze in order, each config section checked before any stage runs",
+}
+
+
+def _run_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The arguments every stage takes (``config``, ``overrides``, ``--dry-run``), added to ``parser``."""
     parser.add_argument("config", help="experiment YAML, e.g. configs/demo.yaml")
     parser.add_argument("overrides", nargs="*", default=[], help="dotted overrides, e.g. train.epochs=2")
     parser.add_argument("--dry-run", action="store_true", help="check the config and say what each stage "
                         "would do (the store: new, complete, grown or continued; every dictionary, a sweep's "
                         "expanded: skipped, replaced and why, or new; the resume state), doing none of it")
-    args = parser.parse_intermixed_args(argv)
+    return parser
+
+
+def general_parser() -> argparse.ArgumentParser:
+    """``actdict``'s own parser: the stage as its first argument; its help lists the stages and, in the
+    epilog, the tools."""
+    parser = argparse.ArgumentParser(prog="actdict", description=(__doc__ or "").split("\n")[0],  # -OO: None
+                                     epilog=_EPILOG)
+    parser.add_argument("stage", choices=[*_STAGES, "run"], help="stage to run; 'run' = all three "
+                        "(actdict STAGE --help: its own usage)")
+    return _run_arguments(parser)
+
+
+def stage_parser(stage: str) -> argparse.ArgumentParser:
+    """The parser of ``actdict STAGE`` (its arguments after the stage), so that ``actdict harvest --help``
+    says what that stage does, not the general help."""
+    return _run_arguments(argparse.ArgumentParser(prog=f"actdict {stage}", description=_STAGE_HELP[stage]))
+
+
+def _main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in _TOOLS:  # tools with their own arguments (see the module doc)
+        return importlib.import_module(_TOOLS[argv[0]]).main(argv[1:])  # a closed pipe: main's 141
+    if argv and argv[0] in _STAGE_HELP:  # `actdict harvest --help`: that stage's own usage
+        args = stage_parser(argv[0]).parse_intermixed_args(argv[1:])
+        args.stage = argv[0]
+    else:  # `actdict --help`, `actdict --dry-run run CONFIG`, a misspelt stage
+        args = general_parser().parse_intermixed_args(argv)
     try:
         data = load_experiment(args.config, args.overrides)
         stages = list(_STAGES) if args.stage == "run" else [args.stage]

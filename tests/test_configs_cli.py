@@ -228,6 +228,42 @@ def test_a_missing_argument_names_only_the_required_ones(capsys, argv, required)
                                                              f"{required}")
 
 
+def _help(capsys, argv: list[str]) -> str:
+    """What ``actdict ARGV`` prints (its --help), in one line; argparse ends it with status 0."""
+    from actdict.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 0
+    return " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("stage, does", [("harvest", "store its activations at the hooks"),
+                                         ("train", "train the dictionaries of the config's train section"),
+                                         ("analyze", "score the trained dictionaries on the held-out chunks"),
+                                         ("run", "harvest, train and analyze in order")])
+def test_a_stage_s_help_is_its_own(capsys, stage, does):
+    """``actdict harvest --help`` (train, analyze, run) printed the general help, the stage a choice among
+    four and the tools' epilog: each stage now says its own usage and what it does."""
+    said = _help(capsys, [stage, "--help"])
+    assert said.startswith(f"usage: actdict {stage} [-h] [--dry-run] config [overrides ...] ")
+    assert does in said
+    assert "{harvest,train,analyze,run}" not in said and "actdict export" not in said
+
+
+def test_a_tool_s_help_shows_its_flags_and_the_general_help_lists_every_command(capsys):
+    """A tool's --help (``actdict store``) shows its own flags, not a stage's; ``actdict --help`` lists the
+    stages and every tool."""
+    store = _help(capsys, ["store", "--help"])
+    assert store.startswith("usage: actdict store [-h] [--hook HOOK] [--verify] [--repair] [--json] path")
+    assert "--dry-run" not in store and "overrides" not in store
+    said = _help(capsys, ["--help"])
+    assert "{harvest,train,analyze,run}" in said and "actdict STAGE --help: its own usage" in said
+    from actdict.cli import _TOOLS
+
+    assert [t for t in _TOOLS if f"actdict {t} " not in said] == []
+
+
 def _print_emfile() -> int:
     """``print_error`` of a shard write refused for 'Too many open files' (EMFILE, its cause); its status."""
     import errno
