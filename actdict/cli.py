@@ -30,7 +30,7 @@ from typing import Any
 
 from actdict.config import ConfigError, check_threads, common_of, load_experiment, section
 from actdict.errors import ActdictError, command_printing, open_files_hint, print_error
-from actdict.signals import Terminated, sigterm_raises
+from actdict.signals import Terminated, sigterm_raises, under_torchrun
 
 # stage -> (module with main(common, cfg), config module, config class)
 _STAGES = {
@@ -243,7 +243,7 @@ def peer_error(e: BaseException) -> ActdictError | None:
     """Under torchrun, a collective that failed because another rank died (killed, out of memory), as one
     line; None for anything else."""
     said = str(e)
-    if isinstance(e, RuntimeError) and int(os.environ.get("WORLD_SIZE", 1)) > 1 and any(
+    if isinstance(e, RuntimeError) and under_torchrun() and any(
             s in said for s in ("Connection closed by peer", "Connection reset by peer")):
         return ActdictError(f"another rank of this torchrun run failed ({said.splitlines()[0][:200]}): see "
                             "its own message above; the last resume state or whole shards are kept, and the "

@@ -62,7 +62,9 @@ def replaceable(held) -> bool:
 
 
 def under_torchrun() -> bool:
-    """Whether this process is one rank of several (torchrun sets WORLD_SIZE)."""
+    """Whether this process is one rank of several (torchrun sets WORLD_SIZE): the one test of it, for the
+    error lines (``errors.print_error``, ``cli.peer_error``) and the harvest (one process per mode, the
+    store lock's wait) as for the handler here."""
     return int(os.environ.get("WORLD_SIZE", 1)) > 1
 
 

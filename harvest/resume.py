@@ -53,6 +53,7 @@ from actdict.lock import (
     remote_lock,
     remove_made,
 )
+from actdict.signals import under_torchrun
 
 PROGRESS_KEYS = ("complete", "n_rows", "n_shards")  # the manifest keys that change while harvesting
 
@@ -255,7 +256,7 @@ def store_lock(path: str, elsewhere: str = "set store to another folder") -> Ite
     if file := next((p for p in (Path(root), *Path(root).parents) if p.exists() and not p.is_dir()), None):
         raise StoreError(f"store {path}: {file} is a file, not a folder: name a folder for the store (store, "
                          "run_dir)")  # a swapped argument, a store path that is a vectors file
-    wait = int(os.environ.get("WORLD_SIZE", 1)) == 1
+    wait = not under_torchrun()
     with folder_lock(root, f"store {path}", wait=wait) as made, ExitStack() as held:
         def writing(hooks: list[str] | None = None) -> None:
             check_not_linked([p for h in hooks or () for p in (Path(root, h), Path(root, h, SHARDS))],

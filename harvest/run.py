@@ -13,7 +13,6 @@ shards it finds (``actdict.harvest.resume``) and ends with the same bytes as an 
 from __future__ import annotations
 
 import fnmatch
-import os
 import random
 import re
 import time
@@ -66,6 +65,7 @@ from actdict.harvest.sources import (
 from actdict.harvest.store import open_store
 from actdict.harvest.writer import CHUNK_ROWS, new_manifest, non_finite
 from actdict.rng import kept_rng
+from actdict.signals import under_torchrun
 
 __all__ = ["HarvestError", "main", "describe_source", "expand_hooks", "forward", "model_windows"]
 META_BYTES = 4 + 8 + 4  # token_ids int32 + doc int64 + pos int32, per row
@@ -292,7 +292,7 @@ def main(common: Common, cfg: HarvestConfig, on_hooks: Callable[[list[str]], Non
 def one_process(cfg: HarvestConfig) -> None:
     """Embeddings and vectors harvests write from one process (under torchrun every rank would write the
     whole hook): a ConfigError there, raised once the store is known to need writing."""
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+    if under_torchrun():
         raise ConfigError(f"harvest.mode {cfg.mode} runs in one process: torchrun splits token harvests "
                           "only; run `actdict harvest` once without torchrun (a complete store is then "
                           "skipped under torchrun too)")
