@@ -50,33 +50,44 @@ def tolerant_stdout() -> None:
         out.reconfigure(errors="backslashreplace")
 
 
-@contextmanager
-def command_printing() -> Iterator[None]:
-    """``one_line_warnings`` and ``tolerant_stdout`` while inside, then the warning format and stdout's
-    error handler as they were: ``actdict.cli.main`` called from a notebook or a script, which shows
-    warnings and writes stdout its own way after the call."""
+def set_up_printing() -> Callable[[], None]:
+    """``one_line_warnings`` and ``tolerant_stdout``, the printing every command sets up; return the call
+    that puts the warning format and stdout's error handler back as they were (``command_printing``)."""
     import sys
 
     shown, out = warnings.formatwarning, sys.stdout
     errors = getattr(out, "errors", None)
     one_line_warnings()
     tolerant_stdout()
-    try:
-        yield
-    finally:
+
+    def give_back() -> None:
         warnings.formatwarning = shown
         if getattr(out, "errors", None) != errors:
             with suppress(ValueError, OSError):  # closed meanwhile: nothing to give back
                 out.reconfigure(errors=errors)
 
+    return give_back
+
+
+@contextmanager
+def command_printing() -> Iterator[None]:
+    """``set_up_printing`` while inside, then the warning format and stdout's error handler as they were:
+    ``actdict.cli.main`` called from a notebook or a script, which shows warnings and writes stdout its own
+    way after the call."""
+    give_back = set_up_printing()
+    try:
+        yield
+    finally:
+        give_back()
+
 
 def run_command(main: Callable[[], int | None]) -> NoReturn:
     """A module's ``python -m`` entry point (``python -m actdict.harvest.vectors``, ``...corpus``...): run
     ``main`` as the process, its return value the exit status, with the printing the ``actdict`` command
-    sets up first: a stdout that writes what its encoding lacks as escapes (``tolerant_stdout``: Windows'
-    cp1252 stopped these commands on a non-ASCII path or token) and one-line actdict warnings."""
-    one_line_warnings()
-    tolerant_stdout()
+    sets up first (``set_up_printing``: a stdout that writes what its encoding lacks as escapes, as Windows'
+    cp1252 stopped these commands on a non-ASCII path or token, and one-line actdict warnings). Kept, not
+    given back: the process ends here, and its flush at exit writes what is left with it."""
+    set_up_printing()
     raise SystemExit(main())
 
 
