@@ -374,3 +374,32 @@ def test_a_failed_write_spelled_with_dotdot_keeps_an_empty_folder_it_did_not_mak
         write_vectors(str(tmp_path / "new" / ".." / "x" / "store"), x)
     assert (tmp_path / "x").is_dir() and list((tmp_path / "x").iterdir()) == []  # kept, as it was
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x"]  # new/ and the store it made: gone
+
+
+def test_the_import_s_lines_print_a_file_name_s_control_characters_as_escapes(tmp_path, capsys):
+    """``python -m actdict.harvest.vectors`` printed the names it was given as they are, so a file or store
+    name holding ESC ] 0 (the terminal's title) or ESC [ 2J (a cleared screen) reached the terminal raw, on
+    stderr in its error line and on stdout in its 'imported' line; each is now written as escapes."""
+    title, clear = "\x1b]0;pwned\x07", "\x1b[2J"
+    np.save(tmp_path / f"cube{title}.npy", np.zeros((2, 2, 2)))
+    assert cli([str(tmp_path / f"cube{title}.npy"), str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("import: VectorsError: ") and "cube\\x1b]0;pwned\\x07.npy" in err
+    assert "\x1b" not in err and "\x07" not in err
+    np.save(tmp_path / f"v{clear}.npy", _x(8))
+    assert cli([str(tmp_path / f"v{clear}.npy"), str(tmp_path / f"s{clear}")]) == 0
+    assert capsys.readouterr().out == f"imported {N:,} vectors (d={D}) into {tmp_path}/s\\x1b[2J/vectors\n"
+
+
+def test_a_vectors_harvest_prints_the_config_s_names_with_escapes(tmp_path, capsys):
+    """The ``harvest.mode: vectors`` stage's lines (imported, skipped) name the config's vectors file and
+    store: a control character in them is written as an escape, not sent to the terminal."""
+    np.save(tmp_path / "v\x1b[2J.npy", _x(1))
+    cfg = tmp_path / "v.yaml"
+    cfg.write_text(f'run_dir: "{tmp_path}/run\\e[2J"\nharvest: {{mode: vectors, vectors: {{path: '
+                   f'"{tmp_path}/v\\e[2J.npy"}}, store_dtype: float32, shard_rows: 16, chunk_rows: 8}}\n')
+    assert actdict_main(["harvest", str(cfg)]) == 0
+    assert actdict_main(["harvest", str(cfg)]) == 0  # complete: skipped
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and out.count("\\x1b[2J") == 3, out
+    assert f"from {tmp_path}/v\\x1b[2J.npy into {tmp_path}/run\\x1b[2J/store/vectors" in out
