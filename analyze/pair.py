@@ -41,7 +41,7 @@ from actdict.analyze.metrics import active_mask
 from actdict.config import check_device
 from actdict.errors import ActdictError, printable
 from actdict.files import write_atomic
-from actdict.harvest.store import StoreError, open_store
+from actdict.harvest.store import ActivationStore, StoreError, open_store
 from actdict.train import checkpoint
 from actdict.train.identity import describe_store, store_key
 from actdict.train.loop import resolve_device
@@ -59,15 +59,16 @@ def same_rows(a: dict, b: dict) -> str | None:
     return f"they were trained on different stores ({', '.join(diff)} differ)" if diff else None
 
 
-def grown_store(a: dict, b: dict) -> int | None:
-    """The rows both records ``a``, ``b`` (cfg.json ``store``, one path and hook) learned when the store
-    grew between their trainings (a larger harvest.max_tokens, docs/harvest.md), else None. Each record must
-    be the store as it is now or an earlier max_tokens of it: no more rows than it holds, its d, source
-    fingerprint and model revision, and the config_hash of the store's harvest config with max_tokens its
-    rows (a token harvest's max_tokens counts its rows; the manifest keeps only the latest config, so this
-    recovers the earlier one's hash, and with it that nothing but max_tokens changed). A harvest's rows are
-    one stream that max_tokens only cuts (harvest/plan.py), so the fewer rows are the store's first ones;
-    a store harvested again with another config, of vectors, or one that does not open gives None."""
+def grown_store(a: dict, b: dict) -> tuple[ActivationStore, int] | None:
+    """(The store's hook, opened, for ``compare`` to read; the rows both records ``a``, ``b`` (cfg.json
+    ``store``, one path and hook) learned) when the store grew between their trainings (a larger
+    harvest.max_tokens, docs/harvest.md), else None. Each record must be the store as it is now or an earlier
+    max_tokens of it: no more rows than it holds, its d, source fingerprint and model revision, and the
+    config_hash of the store's harvest config with max_tokens its rows (a token harvest's max_tokens counts
+    its rows; the manifest keeps only the latest config, so this recovers the earlier one's hash, and with it
+    that nothing but max_tokens changed). A harvest's rows are one stream that max_tokens only cuts
+    (harvest/plan.py), so the fewer rows are the store's first ones; a store harvested again with another
+    config, of vectors, or one that does not open gives None."""
     from actdict.config import data_hash
 
     try:
@@ -84,7 +85,7 @@ def grown_store(a: dict, b: dict) -> int | None:
             return None
         if r.get("config_hash") not in (m.get("config_hash"), data_hash(harvest | {"max_tokens": r["rows"]})):
             return None
-    return min(a["rows"], b["rows"])
+    return st, min(a["rows"], b["rows"])
 
 
 def twin_stores(a: dict, b: dict) -> tuple[tuple | None, str | None]:
@@ -232,7 +233,8 @@ def compare(dir_a: str, dir_b: str, store: str | None = None, limit: int = 65536
     twins, lost = twin_stores(sa_, sb_) if apart else (None, None)  # (harvest/added.py): its rows are
     if lost:  # checked as they are read
         why += f"; {lost}"
-    grew = grown_store(sa_, sb_) if why and not apart and sa_.get("rows") and sb_.get("rows") else None
+    grown = grown_store(sa_, sb_) if why and not apart and sa_.get("rows") and sb_.get("rows") else None
+    grew = grown[1] if grown else None  # one path and hook (not apart): one store, A's and B's
     why = None if twins or grew else why
     paths = [sa_["path"], sb_["path"]] if twins else [store or sa_.get("path")] * 2
     if not why and (need := ma.k * mb.k * 4 / 2**20) > max_mib:
@@ -249,8 +251,8 @@ def compare(dir_a: str, dir_b: str, store: str | None = None, limit: int = 65536
                                "read from a store (an import: 'actdict import --overwrite --hook HOOK' names "
                                "it)")
         try:
-            sa = twins[0] if twins else open_store(path, hooks[0])  # twins: opened once, by twin_stores
-            sb = twins[1] if twins else sa if hooks[1] == hooks[0] else open_store(path, hooks[1])
+            sa = twins[0] if twins else grown[0] if grown else open_store(path, hooks[0])  # opened once,
+            sb = twins[1] if twins else sa if hooks[1] == hooks[0] else open_store(path, hooks[1])  # by them
         except StoreError as e:  # a path relative to where A was trained, read from elsewhere
             if store:
                 raise
