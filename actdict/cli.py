@@ -29,7 +29,14 @@ from pathlib import Path
 from typing import Any
 
 from actdict.config import ConfigError, check_threads, common_of, load_experiment, section
-from actdict.errors import ActdictError, command_printing, open_files_hint, print_error
+from actdict.errors import (
+    ActdictError,
+    command_printing,
+    open_files_hint,
+    print_error,
+    quiet_stdout,
+    stdout_given_back,
+)
 from actdict.signals import Terminated, sigterm_raises, under_torchrun
 
 # stage -> (module with main(common, cfg), config module, config class)
@@ -262,6 +269,15 @@ def interrupted(e: KeyboardInterrupt, kept: str = "") -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``actdict ARGV`` as a call (a notebook's, a host script's): its exit status, with the printing it set
+    up and a stdout it silenced (a reader gone: ``| head``; a full disk) given back on return."""
+    with stdout_given_back():
+        return _printing(argv)
+
+
+def _printing(argv: list[str] | None) -> int:
+    """``actdict ARGV`` with the command's printing; a stdout it silenced stays silenced: ``entry``, the
+    process, whose flush at exit would write to the closed pipe."""
     with command_printing():
         return _command(argv)
 
@@ -271,7 +287,7 @@ def _command(argv: list[str] | None) -> int:
         with sigterm_raises(Terminated, torchrun=False):  # a harvest rank keeps the default: actdict.signals
             return _main(argv)
     except BrokenPipeError:  # `actdict store PATH | head`, `actdict run CONFIG --dry-run | head`: the reader
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # left; no traceback, a silent flush
+        quiet_stdout()  # left; no traceback, a silent flush (``main`` gives it back to a caller)
         return 141  # as a shell reports a process killed by SIGPIPE
     except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM in a tool (store --verify, lens's model load,
         return interrupted(e)  # compare's pass); the stages say what they keep (_main)
@@ -284,7 +300,7 @@ def _command(argv: list[str] | None) -> int:
         try:
             sys.stdout.flush()
         except OSError:  # stdout itself is on the full disk: nothing more is written there, no exit traceback
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            quiet_stdout()
         return status
 
 
@@ -364,13 +380,14 @@ def _main(argv: list[str] | None = None) -> int:
 
 def entry() -> None:
     """The ``actdict`` command (and ``python -m actdict.cli``): ``main`` as the process, its status the exit
-    status. Once main has returned (or argparse ended it: --help, a usage error), its work is done and
-    said: what is left is the interpreter's shutdown (threads joined, atexit handlers), where Ctrl-C printed
-    Python's 'Exception ignored ... KeyboardInterrupt' and the shutdown went on. Ctrl-C there now ends the
-    process at once, quietly, with that status (stdout and stderr flushed first). A SIGINT the process was
-    started ignoring (``nohup``, a background job) stays ignored."""
+    status, a stdout silenced for a reader gone kept silenced (its flush at exit quiet). Once main has
+    returned (or argparse ended it: --help, a usage error), its work is done and said: what is left is the
+    interpreter's shutdown (threads joined, atexit handlers), where Ctrl-C printed Python's 'Exception ignored
+    ... KeyboardInterrupt' and the shutdown went on. Ctrl-C there now ends the process at once, quietly, with
+    that status (stdout and stderr flushed first). A SIGINT the process was started ignoring (``nohup``, a
+    background job) stays ignored."""
     try:
-        status = main()
+        status = _printing(None)  # not main: a stdout silenced for a reader gone stays so until the exit
     except SystemExit as e:
         status = e.code
     code = status if isinstance(status, int) else int(status is not None)  # sys.exit('text'): 1

@@ -81,6 +81,51 @@ def command_printing() -> Iterator[None]:
         give_back()
 
 
+def quiet_stdout() -> None:
+    """Point stdout's file descriptor at /dev/null: a reader that left (``actdict ... | head``) or a full
+    disk takes nothing more, and Python's flush at exit of what stdout still holds would print 'Exception
+    ignored ... BrokenPipeError'. ``stdout_given_back`` undoes it for a caller of ``actdict.cli.main``."""
+    import os
+    import sys
+
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, sys.stdout.fileno())
+    finally:
+        os.close(null)
+
+
+@contextmanager
+def stdout_given_back() -> Iterator[None]:
+    """Stdout's file descriptor as it was on entering, given back on leaving where ``quiet_stdout`` pointed
+    it at /dev/null meanwhile, what stdout held unwritten dropped there first: ``actdict.cli.main`` called
+    from a notebook or a host script, whose own output after the call went to /dev/null for the rest of the
+    process. A stdout of no descriptor (a StringIO, a notebook's stream) is left as it is."""
+    import os
+    import sys
+
+    try:
+        fd = sys.stdout.fileno()
+        saved = os.dup(fd)
+    except (AttributeError, OSError, ValueError):  # none, closed, or no descriptor left to hold it in
+        yield
+        return
+    try:
+        yield
+    finally:
+        try:
+            try:
+                silenced = not os.path.samestat(os.fstat(fd), os.fstat(saved))
+            except OSError:  # closed meanwhile: given back too
+                silenced = True
+            if silenced:
+                with suppress(OSError, ValueError):  # the text the closed pipe did not take: to /dev/null
+                    sys.stdout.flush()
+                os.dup2(saved, fd)
+        finally:
+            os.close(saved)
+
+
 def run_command(main: Callable[[], int | None]) -> NoReturn:
     """A module's ``python -m`` entry point (``python -m actdict.harvest.vectors``, ``...corpus``...): run
     ``main`` as the process, its return value the exit status, with the printing the ``actdict`` command

@@ -459,3 +459,34 @@ def test_an_error_line_is_one_write(monkeypatch):
     monkeypatch.setenv("RANK", "1")
     assert print_error("actdict", ActdictError("stopped at step 24")) == 2
     assert err.writes == ["actdict (rank 1 of 2): ActdictError: stopped at step 24\n"]
+
+
+def test_a_reader_gone_silences_stdout_for_the_call_only(tmp_path, monkeypatch):
+    """After ``actdict ... | head`` met the closed pipe (BrokenPipeError, status 141), ``cli.main`` pointed
+    stdout's descriptor at /dev/null for the rest of the process: a host script or notebook that called it
+    lost all its later output. The call gives it back, dropping only what the closed pipe did not take: a
+    reader that opens the same FIFO after the call reads exactly what is written after it."""
+    import os
+    import sys
+
+    from actdict import cli
+
+    fifo = tmp_path / "out"
+    os.mkfifo(fifo)
+    first = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    out = os.fdopen(os.open(fifo, os.O_WRONLY), "w")
+    os.close(first)  # the reader leaves (head -1 has its line)
+
+    def lists(argv):
+        print("h00: 45 rows\n" * 10_000, flush=True)  # more than a pipe holds
+
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(cli.importlib, "import_module", lambda name: type("t", (), {"main": lists}))
+    assert cli.main(["store", "x"]) == 141
+    later = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # the host's output goes on to a new reader
+    try:
+        print("after the call", file=out, flush=True)
+        assert os.read(later, 1 << 16) == b"after the call\n"
+    finally:
+        os.close(later)
+        out.close()
