@@ -38,7 +38,35 @@ class ModelError(ActdictError, RuntimeError):
 
 
 class HookError(ActdictError, ValueError):
-    """Hook names the model does not have (the message lists the valid ones)."""
+    """Hook names the model does not have (the message lists the valid ones), or hooks that hold no vector
+    per token (the message says what each holds)."""
+
+
+_NOT_PER_TOKEN = {
+    r"(^|\.)attn\.hook_(pattern|attn_scores)$": "attention weights or scores, [batch, heads, query, key]",
+    r"(^|\.)hook_(cos|sin)$": "rotary angles, a function of the position alone, the same in every window",
+    r"^(embed|pos_embed|token_type_embed)\.hook_in$": "the input ids (integers), [batch, ctx]",
+}
+"""Hook names that are no vector per token in every TransformerLens bridge: what ``--dry-run`` and the
+config check can know before the model is loaded (the harvest itself asks the model: ``row_problems``)."""
+ROWS = ("actdict stores one row per token: a hook of shape [batch, ctx, d], or [batch, ctx, heads, d_head] "
+        "stored as heads*d_head (attn.hook_q/k/v/z)")
+
+
+def named_row_problem(hook: str) -> str | None:
+    """Why ``hook`` is, by its name alone, no vector per token (``_NOT_PER_TOKEN``), or None."""
+    return next((f"it holds {what}" for pat, what in _NOT_PER_TOKEN.items() if re.search(pat, hook)), None)
+
+
+def rows_refused(problems: dict[str, str], model: str | None = None) -> HookError:
+    """The HookError for hooks that give no vector per token: each hook, why (its shape), what to do."""
+    on = f" of {model}" if model else ""
+    each = "; ".join(f"{h!r} ({why})" for h, why in problems.items())
+    many = len(problems) > 1
+    return HookError(f"hook{'s' if many else ''} {each}{on} {'are' if many else 'is'} not one vector per "
+                     f"token. {ROWS}: harvest per-token hooks "
+                     "instead (e.g. blocks.L.hook_resid_post, blocks.L.hook_attn_out, blocks.L.attn.hook_z, "
+                     "blocks.L.mlp.hook_post)")
 
 
 def _truthy(var: str) -> bool:
@@ -150,6 +178,40 @@ class LoadedModel:
         raise HookError(f"model {self.name} has no hook {bad}{' (' + hint + ')' if hint else ''}. "
                         f"Valid hooks, L = 0..{self.n_layers - 1}: {usual}all {len(generic)}: "
                         f"{', '.join(generic)}")
+
+    def row_problems(self, hooks: Sequence[str]) -> dict[str, str]:
+        """hook -> why it gives no vector per token (none: every hook does), from two tiny forwards (2
+        windows of 3, then of 4 tokens): a hook actdict can store is a float activation of shape [batch, ctx,
+        ...] whose trailing dims do not change with ctx ([B, ctx, d], or [B, ctx, heads, d_head], which the
+        harvest flattens). Names cannot tell for every model, nor can one shape: an attention pattern [B,
+        heads, q, k] reads as [B, ctx, ...] when heads == ctx, but not at two lengths."""
+        import warnings
+
+        import torch
+
+        seen: dict[str, list[tuple[int, ...]]] = {h: [] for h in hooks}
+        why: dict[str, str] = {}
+        stop = self.stop_at_layer(hooks)
+        for n in (3, 4):
+            ids = torch.zeros((2, n), dtype=torch.long, device=self.device)
+            with torch.inference_mode(), warnings.catch_warnings():  # gated-off hooks: said below
+                warnings.filterwarnings("ignore", "run_with_cache: skipped", UserWarning)
+                _, cache = self.bridge.run_with_cache(ids, names_filter=list(hooks), stop_at_layer=stop,
+                                                      return_cache_object=False)
+            for h in hooks:
+                if h not in cache:
+                    why[h] = "it does not fire in this model's forward: gated off, or never called"
+                elif not cache[h].is_floating_point():
+                    why[h] = f"it holds {str(cache[h].dtype).removeprefix('torch.')} values (token ids)"
+                else:
+                    seen[h].append(tuple(cache[h].shape))
+        for h, (three, four) in ((h, s) for h, s in seen.items() if h not in why):
+            if len(four) < 3 or three[:2] != (2, 3) or four[:2] != (2, 4) or three[2:] != four[2:]:
+                named = named_row_problem(h)
+                why[h] = (f"{named + '; ' if named else ''}its activation for 2 windows of 4 tokens has "
+                          f"shape {list(four)} (of 3 tokens: {list(three)}), not [2, 4, ...] with the same "
+                          "trailing dims at any length")
+        return why
 
     def stop_at_layer(self, hooks: Sequence[str]) -> int | None:
         """The ``stop_at_layer`` that still fires every hook: deepest block + 1 (None: run everything)."""

@@ -27,7 +27,7 @@ from actdict.harvest.added import check_added, check_count, check_rows
 from actdict.harvest.config import HarvestConfig, hook_pattern
 from actdict.harvest.dist import Ranks, init_ranks, rank_device
 from actdict.harvest.layout import ACT_DTYPES, fs_of, human_size, write_shard
-from actdict.harvest.models import Found, LoadedModel, available, load_model
+from actdict.harvest.models import Found, LoadedModel, available, load_model, named_row_problem, rows_refused
 from actdict.harvest.pipeline import Behind, Prefetch
 from actdict.harvest.plan import RowStream, ShardWork, owner, shard_work, stored_positions
 from actdict.harvest.resume import (
@@ -152,6 +152,23 @@ def expand_hooks(lm: LoadedModel, wanted: Iterable[str]) -> list[str]:
     return out
 
 
+def row_hooks(lm: LoadedModel, wanted: Iterable[str], hooks: list[str]) -> tuple[list[str], dict[str, str]]:
+    """(the ``hooks`` that give one vector per token, the others a pattern of ``wanted`` matched: hook ->
+    why). A hook named outright that gives none (``LoadedModel.row_problems``: an attention pattern, a hook
+    that does not fire, token ids) raises HookError before anything is written; a pattern (``blocks.1.*``)
+    asks for every storable hook it matches, so its others are left out, and one that matches no storable
+    hook raises."""
+    problems = lm.row_problems(hooks)
+    named = {w for w in wanted if not hook_pattern(w)}
+    if refused := {h: why for h, why in problems.items() if h in named}:
+        raise rows_refused(refused, lm.name)
+    for w in (w for w in wanted if hook_pattern(w)):
+        matched = [h for h in hooks if fnmatch.fnmatchcase(h, hook_pattern(w))]
+        if matched and all(h in problems for h in matched):
+            raise rows_refused({h: problems[h] for h in matched}, f"{lm.name} (all that {w!r} matches)")
+    return [h for h in hooks if h not in problems], problems
+
+
 def _layer_key(name: str) -> tuple[int, str]:
     m = re.match(r"blocks\.(\d+)\.", name)
     return (int(m.group(1)) if m else -1, name)
@@ -263,7 +280,9 @@ def check(common: Common, cfg: HarvestConfig) -> None:
     calls it with the other stages' checks): a source field its kind does not read (``check_source``); an
     ``embed`` or ``vectors`` section set for a token harvest, the default mode (``vectors: {path: x.npy}``
     without ``mode: vectors`` harvested the demo corpus; a mode named is taken as meant); a chunk_rows above
-    both max_tokens and the default (its one chunk is stored whole, padded)."""
+    both max_tokens and the default (its one chunk is stored whole, padded); a hook named outright that is,
+    by its name, no vector per token (``models.named_row_problem``: an attention pattern; the harvest asks
+    the model of every hook, ``row_hooks``)."""
     if cfg.mode != "vectors":  # a vectors import reads no source
         check_source(cfg.source)
         if cfg.max_tokens is not None and cfg.chunk_rows > max(cfg.max_tokens, CHUNK_ROWS):
@@ -272,6 +291,9 @@ def check(common: Common, cfg: HarvestConfig) -> None:
                 f"to write (and the default {CHUNK_ROWS:,}), and a chunk is stored whole, padded: leave "
                 f"harvest.chunk_rows out for the default, or give at most "
                 f"{max(cfg.max_tokens, CHUNK_ROWS):,}")
+    if cfg.mode == "tokens" and (named := {h: why for h in cfg.hooks if not hook_pattern(h) and
+                                           (why := named_row_problem(h))}):
+        raise rows_refused(named)  # as the harvest would, once the model is loaded: also for --dry-run
     for name, mode in (("embed", "embeddings"), ("vectors", "vectors")):
         sub = getattr(cfg, name)
         given = {k: v for k, v in vars(sub).items() if v != getattr(type(sub), k)}
@@ -339,7 +361,11 @@ def harvest(common: Common, cfg: HarvestConfig, ranks: Ranks, grow: bool = False
     random.seed(common.seed)
     np.random.seed(common.seed)
     torch.manual_seed(common.seed)
-    hooks = expand_hooks(lm, cfg.hooks)
+    hooks, left_out = row_hooks(lm, cfg.hooks, expand_hooks(lm, cfg.hooks))
+    if left_out:
+        each = "; ".join(f"{[h for h in left_out if left_out[h] == why]} ({why})" for why in
+                         dict.fromkeys(left_out.values()))
+        say(f"harvest: left out the hooks the patterns match that are not one vector per token: {each}")
     if on_hooks is not None:
         on_hooks(hooks)
     stored = {} if grow else hook_manifests(path)
