@@ -20,6 +20,7 @@ window, V = vocabulary.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -156,8 +157,13 @@ about nothing, either sign (random-init Pythia-70m shape at blocks.2: clean 10.9
 def ce_caveat(ce: dict | None, hook: str | None = None) -> str | None:
     """Why CE recovered says little for this evaluation (``summary["ce"]``), or None: zero ablation of the
     hook raises the CE by under ``MIN_ABLATION_COST`` of the clean CE (or lowers it), so the ratio divides
-    by that small difference and can pass 1 or fall below 0 whatever the reconstruction."""
+    by that small difference and can pass 1 or fall below 0 whatever the reconstruction; or zero ablation
+    gives no finite CE (summary.json's null: a LayerNorm's ``hook_scale`` divides by the value zeroed), so
+    CE recovered is n/a."""
     clean, zero = (ce or {}).get("ce_clean"), (ce or {}).get("ce_zero")
+    if clean is not None and "ce_zero" in ce and (zero is None or not math.isfinite(zero)):
+        return (f"zero-ablating {hook or 'the hook'} gives no finite CE (a norm's hook_scale is divided by: "
+                "0 is no value it can take), so CE recovered is n/a; compare the dictionaries' CE and KL")
     if clean is None or zero is None or zero - clean >= MIN_ABLATION_COST * abs(clean):
         return None
     return (f"zero-ablating {hook or 'the hook'} changes the CE by {zero - clean:+.4g} nats (clean "

@@ -7,12 +7,17 @@ heads*d_head), and none per token (attn.hook_pattern / hook_attn_scores [B, head
 anything is written.
 """
 
+import math
+
 import pytest
+import torch
 from test_harvest import TEXTS, harvest
 
+from actdict.analyze.splice import Windows, ce_caveat, splice_eval
 from actdict.cli import main as cli
 from actdict.harvest.models import HookError
 from actdict.harvest.store import list_hooks, open_store
+from actdict.train.protocol import Dictionary, Forward
 
 
 def test_an_attention_pattern_is_refused_before_anything_is_written(tmp_path):
@@ -66,3 +71,35 @@ def test_the_dry_run_refuses_a_hook_named_for_no_vector_per_token(tmp_path, caps
         assert ("HookError: hook 'blocks.0.attn.hook_pattern' (it holds attention weights or scores, [batch, "
                 "heads, query, key]) is not one vector per token. actdict stores one row per token") in err
     assert not (tmp_path / "run").exists()
+
+
+class Identity(Dictionary):
+    variant = "test_identity"
+
+    def forward(self, x, sample=True):
+        return Forward(x, x, torch.zeros_like(x), {})
+
+
+@pytest.mark.parametrize("hook, d", [("hook_embed", 512), ("blocks.1.attn.hook_z", 8 * 64),
+                                     ("blocks.1.mlp.hook_post", 2048), ("blocks.1.ln2.hook_scale", 1),
+                                     ("ln_final.hook_normalized", 512)])
+def test_the_splice_puts_each_kind_of_row_back_in_its_own_shape(lm, hook, d):
+    """hook_z's rows are [heads*d_head]: the reconstruction goes back as [heads, d_head] (the identity
+    leaves the logits as they were); zeroing a LayerNorm's scale divides by 0, and CE recovered is then
+    n/a, said so (it was n/a without a word)."""
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.cat([torch.full((2, 1), lm.bos_id), torch.randint(0, 50000, (2, 12), generator=g)], 1)
+    spliced = torch.ones(tokens.shape, dtype=torch.bool)
+    spliced[:, 0] = False
+    res = splice_eval(lm.bridge, Windows(tokens, spliced, torch.ones_like(spliced)), hook,
+                      {"id": Identity(d, d)})
+    assert res["models"]["id"]["ce"] == pytest.approx(res["ce_clean"], abs=1e-5)
+    assert res["models"]["id"]["kl"] == pytest.approx(0.0, abs=1e-6)
+    if hook.endswith("hook_scale"):
+        assert math.isnan(res["ce_zero"]) and math.isnan(res["models"]["id"]["ce_recovered"])
+        for ce in (res, res | {"ce_zero": None}):  # as splice_eval gives it, as summary.json keeps it
+            assert ce_caveat(ce, hook) == (
+                "zero-ablating blocks.1.ln2.hook_scale gives no finite CE (a norm's hook_scale is divided "
+                "by: 0 is no value it can take), so CE recovered is n/a; compare the dictionaries' CE and KL")
+    else:
+        assert math.isfinite(res["ce_zero"]) and res["ce_zero"] != res["ce_clean"]
