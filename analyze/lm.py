@@ -67,12 +67,14 @@ def splice_models(lm, windows, hook: str, cfg: AnalyzeConfig, models: dict) -> d
     return res | {"windows": len(windows), "ctx": cfg.ce_ctx}
 
 
-def add_logit_effects(datas: dict[str, dict], dirs: dict, lm, n: int, decode) -> None:
+def add_logit_effects(datas: dict[str, dict], dirs: dict, lm, n: int, decode, hook: str | None = None
+                      ) -> None:
     """Each feature's direct logit effects (``analyze.logits``: the n tokens it raises and lowers most) into
-    its record of ``datas`` (``logits``), their strings into the features file's ``tokens``."""
+    its record of ``datas`` (``logits``), their strings into the features file's ``tokens``; ``hook``: the
+    store's (after the final norm, directions are not centred)."""
     from actdict.analyze.logits import logit_effects, records, unembedding
 
-    w_u, g, centre = unembedding(lm.bridge)
+    w_u, g, centre = unembedding(lm.bridge, hook)
     for name, (unit, _) in dirs.items():
         feats, tokens = datas[name]["features"], datas[name]["tokens"]
         for f, rec in enumerate(records(*logit_effects(unit, w_u, g, centre, n))):

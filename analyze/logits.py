@@ -2,15 +2,17 @@
 direction read through the language model's final norm and unembedding, the "logit lens" of a feature.
 
 For a feature of unit direction u [d] (``analyze.compare.directions``) at a residual-stream hook of a causal
-LM, the effect on the logits is ``W_U^T (g * c(u))`` [vocab]: ``c`` centres u when the final norm is a
-LayerNorm (which subtracts the mean over d; an RMSNorm does not), ``g`` is that norm's gain (``rms_gain``:
-Gemma's RMSNorm scales by 1 + weight), and the norm's division by the residual's scale is left out, as it
-is the same for every token (it scales the effect, it does not reorder it); so is Gemma-2's final logit
-softcap, which keeps the order. This is the direct path only: what the feature adds to the residual at the
-hook, read as if it reached the unembedding unchanged. At the last layer that is exact up to that scale;
-at earlier ones the later blocks also read the direction, and the effects are a first look, as in the
-logit lens. The ``n`` tokens each feature raises most and the ``n`` it lowers most are reported with their
-effects (in logits per unit of the residual's scale). Shapes: k features, d model width, V vocabulary.
+LM, or one added to it (``ADDED``: an attention's or MLP's output, the embedding), the effect on the logits
+is ``W_U^T (g * c(u))`` [vocab]: ``c`` centres u when the final norm is a LayerNorm (which subtracts the mean
+over d; an RMSNorm does not), ``g`` is that norm's gain (``rms_gain``: Gemma's RMSNorm scales by
+1 + weight), and the norm's division by the residual's scale is left out, as it is the same for every token
+(it scales the effect, it does not reorder it); so is Gemma-2's final logit softcap, which keeps the order.
+This is the direct path only: what the feature adds to the residual at the hook, read as if it reached the
+unembedding unchanged. At the last layer that is exact up to that scale; at earlier ones the later blocks
+also read the direction, and the effects are a first look, as in the logit lens. At the final norm's output
+(``FINAL``) it is ``W_U^T (g * u)``, exact: no centring, no scale. The ``n`` tokens each feature raises most
+and the ``n`` it lowers most are reported with their effects (in logits per unit of the residual's scale).
+Shapes: k features, d model width, V vocabulary.
 """
 
 from __future__ import annotations
@@ -19,26 +21,36 @@ import torch
 from torch import Tensor
 
 RESIDUAL = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post")
+ADDED = ("hook_attn_out", "hook_mlp_out", "hook_embed", "hook_pos_embed")
+"""Hooks whose activation is added to the residual stream as it is (a pre-norm causal LM: Pythia, GPT-2,
+Llama): what a block's attention or MLP, or the embedding, writes; their directions reach the unembedding
+by the same direct path as the residual's (the direct logit attribution of a component's output)."""
+FINAL = "ln_final.hook_normalized"
+"""The final norm's output before its weight: the unembedding reads g * x + b of it, so a direction u there
+has the effect W_U^T (g * u) exactly, neither centred nor divided by a scale."""
 
 
 def not_residual(hook: str, d: int, d_model: int) -> str | None:
     """Why the store's hook ``hook`` of width ``d`` has no direct logit effects, in words; None when it is
-    a residual-stream hook of the model's width ``d_model``."""
-    if not hook.endswith(RESIDUAL):
-        return (f"its hook {hook} is not in the residual stream (one of {', '.join(RESIDUAL)}), so its "
-                "directions do not reach the unembedding directly")
+    a residual-stream hook, one added to it (``ADDED``) or the final norm's output (``FINAL``), of the
+    model's width ``d_model``."""
+    if not (hook.endswith(RESIDUAL + ADDED) or hook == FINAL):
+        return (f"its hook {hook} is neither in the residual stream ({', '.join(RESIDUAL)}) nor added to it "
+                f"({', '.join(ADDED)}) nor the final norm's output ({FINAL}): its directions reach the "
+                "unembedding only through weights in between (an MLP's neurons, the attention heads' "
+                "hook_z, a norm's scale)")
     if d != d_model:
         return f"its rows have d = {d}, the model's residual stream d_model = {d_model}"
     return None
 
 
-def unembedding(bridge) -> tuple[Tensor, Tensor | None, bool]:
-    """(W_U [d, V], the final norm's per-dimension gain [d] or None, whether that norm centres: a LayerNorm)
-    of a TransformerBridge."""
+def unembedding(bridge, hook: str | None = None) -> tuple[Tensor, Tensor | None, bool]:
+    """(W_U [d, V], the final norm's per-dimension gain [d] or None, whether to centre a direction: the norm
+    is a LayerNorm and ``hook`` comes before it, not ``FINAL``) of a TransformerBridge."""
     norm = getattr(getattr(bridge, "ln_final", None), "_original_component", None)
     w_u = bridge.W_U.detach().float()
     if isinstance(norm, torch.nn.LayerNorm):
-        return w_u, None if norm.weight is None else norm.weight.detach().float(), True
+        return w_u, None if norm.weight is None else norm.weight.detach().float(), hook != FINAL
     return w_u, rms_gain(norm, w_u.shape[0]), False
 
 

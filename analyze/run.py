@@ -333,7 +333,7 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
         datas[name] = data
     dirs, similar = shared(datas, evals, d, device, cfg.shared_directions)
     if lm is not None and cfg.logit_effects:
-        add_logit_effects(datas, dirs, lm, cfg.logit_effects, decode)
+        add_logit_effects(datas, dirs, lm, cfg.logit_effects, decode, store.manifest.get("hook"))
     keys = {name: hit_keys(data) for name, data in datas.items()}  # (row, doc, pos) of the rows shown
     # an embeddings store keeps no tokens: the texts of the rows shown, from analyze.texts or else read again
     # from the harvest's source (one pass)

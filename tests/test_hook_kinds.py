@@ -7,17 +7,24 @@ heads*d_head), and none per token (attn.hook_pattern / hook_attn_scores [B, head
 anything is written.
 """
 
+import json
 import math
 
 import pytest
 import torch
 from test_harvest import TEXTS, harvest
 
+from actdict.analyze import run
+from actdict.analyze.config import AnalyzeConfig
+from actdict.analyze.logits import not_residual, unembedding
 from actdict.analyze.splice import Windows, ce_caveat, splice_eval
 from actdict.cli import main as cli
+from actdict.config import Common
 from actdict.harvest.models import HookError
 from actdict.harvest.store import list_hooks, open_store
-from actdict.train.protocol import Dictionary, Forward
+from actdict.train.protocol import Dictionary, Forward, make
+
+FINAL = "ln_final.hook_normalized"  # the final norm's output, before its weight
 
 
 def test_an_attention_pattern_is_refused_before_anything_is_written(tmp_path):
@@ -103,3 +110,41 @@ def test_the_splice_puts_each_kind_of_row_back_in_its_own_shape(lm, hook, d):
                 "by: 0 is no value it can take), so CE recovered is n/a; compare the dictionaries' CE and KL")
     else:
         assert math.isfinite(res["ce_zero"]) and res["ce_zero"] != res["ce_clean"]
+
+
+def test_which_hooks_have_direct_logit_effects():
+    """What a block adds to the residual stream (hook_attn_out, hook_mlp_out, the embedding) reaches the
+    unembedding by the residual's direct path, and was refused as 'not in the residual stream'."""
+    for hook in ("blocks.1.hook_attn_out", "blocks.1.hook_mlp_out", "hook_embed", "ln_final.hook_normalized",
+                 "blocks.1.hook_resid_post"):
+        assert not_residual(hook, 512, 512) is None
+    for hook, d in (("blocks.1.attn.hook_z", 512), ("blocks.1.mlp.hook_post", 2048),
+                    ("blocks.1.ln2.hook_scale", 1), ("blocks.1.ln1.hook_normalized", 512)):
+        assert not_residual(hook, d, 512).startswith(f"its hook {hook} is neither in the residual stream")
+
+
+@pytest.mark.parametrize("hook", ["blocks.1.hook_attn_out", FINAL])
+def test_logit_effects_of_a_blocks_output_and_of_the_final_norms(lm, lm_run, monkeypatch, hook):
+    """At ln_final.hook_normalized the unembedding reads g * x + b: a direction u moves the logits by
+    W_U^T (g * u) exactly (checked through the model), not centred as before the norm."""
+    d = lm.d_model
+    tmp_path = lm_run(str(lm.path), hook, d)
+    sae = make("sae_l1", d, 6, seed=0)
+    monkeypatch.setattr(run, "load_models", lambda *a: {"sae": sae})
+    monkeypatch.setattr(run, "resolve_decoder", lambda m: lambda ids: [f"<t{i}>" for i in ids])
+    run.main(Common(run_dir=str(tmp_path)), AnalyzeConfig(logit_effects=3, n_features=2, device="cpu"))
+    w_u, gain, centre = unembedding(lm.bridge, hook)
+    assert centre == (hook != FINAL)
+    col = sae.decoder.weight.detach().T  # [k, d]
+    for f in json.loads((tmp_path / "features" / "sae.json").read_text())["features"]:
+        u = col[f["i"]] / col[f["i"]].norm()
+        eff = ((u - u.mean() if centre else u) * gain) @ w_u  # [V]
+        assert [i for i, _ in f["logits"]["up"]] == eff.topk(3).indices.tolist()
+        assert [v for _, v in f["logits"]["up"]] == pytest.approx(eff.topk(3).values.tolist(), rel=1e-4)
+    if hook == FINAL:
+        tokens = torch.randint(0, 50000, (1, 6), generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            clean = lm.bridge.run_with_hooks(tokens, return_type="logits")  # [1, 6, V]
+            moved = lm.bridge.run_with_hooks(tokens, return_type="logits",
+                                             fwd_hooks=[(hook, lambda act, hook=None: act + u)])
+        torch.testing.assert_close(moved - clean, eff.expand_as(clean), rtol=1e-4, atol=1e-4)

@@ -38,7 +38,7 @@ def test_effects_are_the_centred_scaled_direction_through_the_unembedding():
 def test_only_residual_hooks_of_the_models_width_have_effects():
     assert not_residual("blocks.3.hook_resid_post", 512, 512) is None
     assert not_residual("blocks.0.hook_resid_pre", 512, 512) is None
-    assert "not in the residual stream" in not_residual("blocks.3.mlp.hook_post", 2048, 512)
+    assert "neither in the residual stream" in not_residual("blocks.3.mlp.hook_post", 2048, 512)
     assert "d = 384" in not_residual("blocks.3.hook_resid_post", 384, 512)
 
 
@@ -70,7 +70,7 @@ def test_analysis_reports_each_features_logit_effects(lm, lm_run, monkeypatch):
 
 @pytest.mark.parametrize("model, hook, d, match", [
     ("all-MiniLM-L6-v2", "blocks.3.hook_resid_post", 384, "encoder: set analyze.logit_effects=0"),
-    (None, "blocks.1.mlp.hook_post", 2048, "not in the residual stream.*logit_effects=0")])
+    (None, "blocks.1.mlp.hook_post", 2048, "neither in the residual stream.*logit_effects=0")])
 def test_logit_effects_are_refused_before_the_pass_where_they_do_not_apply(lm, lm_run, monkeypatch, model,
                                                                           hook, d, match):
     tmp_path = lm_run(model or str(lm.path), hook, d)
