@@ -168,10 +168,16 @@ def check_chunks(harvest, train, analyzing: bool) -> None:
 
 def check_train_hook(hooks: list[str], hook: str) -> None:
     """``train.hook`` picks one of the hooks the harvest writes (``harvest.hooks``): a name listed, or one
-    that a pattern matches (``all``: ``blocks.N.hook_resid_post``; the model decides which N exist). ``run``
-    checks it again with the hooks as the model expands them, before the harvest's first forward."""
+    that a pattern matches (``all``: ``blocks.N.hook_resid_post``; the model decides which N exist), and not
+    one that holds no vector per token by its name (``models.named_row_problem``: the harvest leaves it out
+    of a pattern). ``run`` checks it again with the hooks as the model expands them, before the harvest's
+    first forward."""
     from actdict.harvest.config import hook_pattern
+    from actdict.harvest.models import ROWS, named_row_problem
 
+    if hook and (why := named_row_problem(hook)):  # a pattern's match the harvest leaves out: known by name
+        raise ConfigError(f"train.hook={hook!r} is no hook the harvest writes ({why}; it is not one vector "
+                          f"per token): {ROWS}; name such a hook")
     patterns = [p for h in hooks if (p := hook_pattern(h))]
     if not hook and (len(hooks) > 1 or patterns):
         raise ConfigError(f"harvest.hooks {hooks} writes several hooks; name the one the dictionaries learn: "

@@ -176,3 +176,17 @@ def test_the_lens_reads_each_kind_of_hook_as_the_harvest_stored_it(tmp_path, lm,
         ids, x = text_rows(loaded, cfg, hook, text)
         assert store.d == widths.get(hook, loaded.d_model) == x.shape[1] and len(rows) == len(x) > 15
         assert (ids == rows.token_ids).all() and (x.numpy() == rows.acts).all()
+
+
+def test_a_train_hook_the_harvest_leaves_out_of_its_pattern_stops_the_dry_run(tmp_path, capsys):
+    """harvest.hooks [blocks.0.attn.*] matches attn.hook_pattern, which the harvest leaves out: a train.hook
+    naming it passed --dry-run, and the run stopped only once the model had expanded the pattern."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"run_dir: {tmp_path / 'run'}\nharvest: {{hooks: ['blocks.0.attn.*'], max_tokens: 64, "
+                   f"chunk_rows: 16, source: {{kind: files, path: {TEXTS}}}}}\ntrain: {{hook: "
+                   "blocks.0.attn.hook_pattern, dicts: [{name: a, variant: sae_l1, k: 8}]}\n")
+    assert cli(["run", str(cfg), "--dry-run"]) == 2
+    assert ("train.hook='blocks.0.attn.hook_pattern' is no hook the harvest writes (it holds attention "
+            "weights or scores, [batch, heads, query, key]; it is not one vector per token): actdict stores "
+            "one row per token") in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
