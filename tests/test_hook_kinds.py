@@ -9,6 +9,7 @@ anything is written.
 
 import json
 import math
+import warnings
 
 import pytest
 import torch
@@ -93,13 +94,17 @@ class Identity(Dictionary):
 def test_the_splice_puts_each_kind_of_row_back_in_its_own_shape(lm, hook, d):
     """hook_z's rows are [heads*d_head]: the reconstruction goes back as [heads, d_head] (the identity
     leaves the logits as they were); zeroing a LayerNorm's scale divides by 0, and CE recovered is then
-    n/a, said so (it was n/a without a word)."""
+    n/a, said so (it was n/a without a word). TransformerLens' warning that a hook edited a norm's hook is not
+    passed on (at a norm's hooks a splice is that edit)."""
     g = torch.Generator().manual_seed(0)
     tokens = torch.cat([torch.full((2, 1), lm.bos_id), torch.randint(0, 50000, (2, 12), generator=g)], 1)
     spliced = torch.ones(tokens.shape, dtype=torch.bool)
     spliced[:, 0] = False
-    res = splice_eval(lm.bridge, Windows(tokens, spliced, torch.ones_like(spliced)), hook,
-                      {"id": Identity(d, d)})
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        res = splice_eval(lm.bridge, Windows(tokens, spliced, torch.ones_like(spliced)), hook,
+                          {"id": Identity(d, d)})
+    assert [str(w.message) for w in seen if "hook_normalized" in str(w.message)] == []
     assert res["models"]["id"]["ce"] == pytest.approx(res["ce_clean"], abs=1e-5)
     assert res["models"]["id"]["kl"] == pytest.approx(0.0, abs=1e-6)
     if hook.endswith("hook_scale"):
@@ -123,6 +128,7 @@ def test_which_hooks_have_direct_logit_effects():
         assert not_residual(hook, d, 512).startswith(f"its hook {hook} is neither in the residual stream")
 
 
+@pytest.mark.filterwarnings("ignore:A forward hook edited hook_scale/hook_normalized")  # u is added there
 @pytest.mark.parametrize("hook", ["blocks.1.hook_attn_out", FINAL])
 def test_logit_effects_of_a_blocks_output_and_of_the_final_norms(lm, lm_run, monkeypatch, hook):
     """At ln_final.hook_normalized the unembedding reads g * x + b: a direction u moves the logits by
