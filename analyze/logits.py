@@ -4,9 +4,10 @@ direction read through the language model's final norm and unembedding, the "log
 For a feature of unit direction u [d] (``analyze.compare.directions``) at a residual-stream hook of a causal
 LM, or one added to it (``ADDED``: an attention's or MLP's output, the embedding), the effect on the logits
 is ``W_U^T (g * c(u))`` [vocab]: ``c`` centres u when the final norm is a LayerNorm (which subtracts the mean
-over d; an RMSNorm does not), ``g`` is that norm's gain (``rms_gain``: Gemma's RMSNorm scales by
-1 + weight), and the norm's division by the residual's scale is left out, as it is the same for every token
-(it scales the effect, it does not reorder it); so is Gemma-2's final logit softcap, which keeps the order.
+over d; an RMSNorm does not), ``g`` is that norm's gain (``norm_action`` measures both: Gemma's RMSNorm
+scales by 1 + weight; OLMo's and Cohere's LayerNorms centre), and the norm's division by the residual's
+scale is left out, as it is the same for every token (it scales the effect, it does not reorder it); so
+are Gemma-2's final logit softcap and Cohere's logit_scale (> 0), which keep the order.
 This is the direct path only: what the feature adds to the residual at the hook, read as if it reached the
 unembedding unchanged. At the last layer that is exact up to that scale; at earlier ones the later blocks
 also read the direction, and the effects are a first look, as in the logit lens. At the final norm's output
@@ -46,25 +47,36 @@ def not_residual(hook: str, d: int, d_model: int) -> str | None:
 
 def unembedding(bridge, hook: str | None = None) -> tuple[Tensor, Tensor | None, bool]:
     """(W_U [d, V], the final norm's per-dimension gain [d] or None, whether to centre a direction: the norm
-    is a LayerNorm and ``hook`` comes before it, not ``FINAL``) of a TransformerBridge."""
+    centres and ``hook`` comes before it, not ``FINAL``) of a TransformerBridge, the norm as it acts
+    (``norm_action``), whatever its class."""
     norm = getattr(getattr(bridge, "ln_final", None), "_original_component", None)
     w_u = bridge.W_U.detach().float()
-    if isinstance(norm, torch.nn.LayerNorm):
-        return w_u, None if norm.weight is None else norm.weight.detach().float(), hook != FINAL
-    return w_u, rms_gain(norm, w_u.shape[0]), False
+    gain, centres = norm_action(norm, w_u.shape[0])
+    return w_u, gain, centres and hook != FINAL
 
 
 @torch.no_grad()
-def rms_gain(norm: torch.nn.Module | None, d: int) -> Tensor | None:
-    """The gain [d] of an RMS-type final norm as it acts, whatever it stores: the norm applied to a constant
-    vector of rms 100 (its eps then weighs nothing) gives ``weight`` for Llama's, ``1 + weight`` for Gemma's
-    (whose stored weight is centred on 0: read as the gain, it made a Gemma model's effects noise). None when
-    the norm has no weight (a plain RMSNorm: the gain is 1)."""
-    weight = getattr(norm, "weight", None)
-    if norm is None or weight is None:
-        return None
-    probe = torch.full((1, d), 100.0, dtype=weight.dtype, device=weight.device)  # [1, d]
-    return norm(probe)[0].float()  # x / rms(x) * gain = gain, up to eps / 2e4
+def norm_action(norm: torch.nn.Module | None, d: int) -> tuple[Tensor | None, bool]:
+    """(gain [d], whether it centres) of a final norm as it acts, whatever it stores or subclasses: applied to
+    constant vectors of rms 100 (its eps then weighs nothing), a norm that centres (a LayerNorm) gives its
+    bias whatever the sign, one that does not (an RMSNorm) gives +-gain (+ bias); applied to a vector e of
+    mean 0, rms 100 and no zero entry, it gives gain * e / 100 + bias. So Gemma's RMSNorm has gain
+    1 + weight (its stored weight is centred on 0: read as the gain, it made a Gemma model's effects noise),
+    and OLMo 1's LayerNorm (F.layer_norm without weights) and Cohere's (a weight, no bias), which are no
+    ``torch.nn.LayerNorm``, centre: taken for RMSNorms by their class, OLMo's effects were not centred and
+    Cohere's gain was its output for a constant vector, 0. (None, False) without a final norm."""
+    if norm is None:
+        return None, False
+    p = next(norm.parameters(), None)
+    dtype, dev = (torch.float32, None) if p is None else (p.dtype, p.device)
+    e = torch.arange(d, dtype=torch.float32) % 2 * 2 - 1  # +-1
+    e = e - e.mean()  # mean 0 (d odd: +-1 - 1/d), no zero entry
+    e = e * 100 / e.pow(2).mean().sqrt()
+    probe = torch.stack([torch.full((d,), 100.0), torch.full((d,), -100.0), e])  # [3, d]
+    plus, minus, out = norm(probe.to(dtype=dtype, device=dev)).float().cpu()
+    bias = (plus + minus) / 2
+    centres = bool((plus - minus).abs().max() <= 1e-3 * max(1.0, float(out.abs().max())))
+    return (out - bias) * 100 / e, centres
 
 
 @torch.no_grad()

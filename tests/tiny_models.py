@@ -23,6 +23,12 @@ from typing import Any
 from actdict.rng import kept_rng
 
 FAMILIES = ("gpt2", "llama", "gemma2", "qwen2")
+SHAPES = ("olmo", "cohere", "bloom", "opt_post", "gptj", "phi")
+"""Further HF classes, for the shape of their blocks and norms (``docs/analyze.md``, Direct logit effects),
+all with GPT-2's tokenizer: OLMo 1 (a final LayerNorm without weights, not ``torch.nn.LayerNorm``), Cohere
+(a LayerNorm with a weight and no bias; logit_scale 0.5), BLOOM (a LayerNorm on the embedding), OPT-350m's
+post-LN shape (a norm closing each block, no final norm, the residual projected 64 -> 32 before the
+unembedding), GPT-J and Phi (attention and MLP read one norm and both add to the residual)."""
 EOT = "<|endoftext|>"
 
 
@@ -48,7 +54,7 @@ def bpe_tokenizer(head: list[str], tail: list[str], **roles: str) -> Any:
 
 def family_tokenizer(family: str) -> Any:
     """The offline tokenizer of ``family`` (module doc)."""
-    if family == "gpt2":
+    if family in ("gpt2", *SHAPES):
         return bpe_tokenizer([], [EOT], bos_token=EOT, eos_token=EOT, unk_token=EOT)
     if family == "llama":
         return bpe_tokenizer(["<unk>", "<s>", "</s>"], [], bos_token="<s>", eos_token="</s>",
@@ -78,11 +84,37 @@ def family_config(family: str, tok: Any) -> Any:
                                final_logit_softcapping=3.0, attn_logit_softcapping=5.0, **small)
     if family == "qwen2":
         return tf.Qwen2Config(num_hidden_layers=2, tie_word_embeddings=True, **small)
-    raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+    if family in SHAPES:
+        return shape_config(family, small)
+    raise ValueError(f"family must be one of {FAMILIES + SHAPES}, got {family!r}")
+
+
+def shape_config(family: str, small: dict) -> Any:
+    """A tiny random-init config of a ``SHAPES`` class (``small``: the Llama-style sizes and special ids)."""
+    import transformers as tf
+
+    ids = {k: v for k, v in small.items() if k.endswith("_token_id")}
+    vocab, kv = small["vocab_size"], {k: v for k, v in small.items() if k != "num_key_value_heads"}
+    if family == "olmo":
+        return tf.OlmoConfig(num_hidden_layers=2, **kv)
+    if family == "cohere":
+        return tf.CohereConfig(num_hidden_layers=2, logit_scale=0.5, **kv)
+    if family == "bloom":
+        return tf.BloomConfig(hidden_size=64, n_layer=2, n_head=4, vocab_size=vocab, **ids)
+    if family == "opt_post":
+        return tf.OPTConfig(hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
+                            max_position_embeddings=128, vocab_size=vocab, do_layer_norm_before=False,
+                            word_embed_proj_dim=32, **ids)
+    if family == "gptj":
+        return tf.GPTJConfig(n_embd=64, n_layer=2, n_head=4, rotary_dim=8, n_positions=128, vocab_size=vocab,
+                             **ids)
+    return tf.PhiConfig(num_hidden_layers=2, **kv)
 
 
 MODELS = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "gemma2": "Gemma2ForCausalLM",
-          "qwen2": "Qwen2ForCausalLM"}
+          "qwen2": "Qwen2ForCausalLM", "olmo": "OlmoForCausalLM", "cohere": "CohereForCausalLM",
+          "bloom": "BloomForCausalLM", "opt_post": "OPTForCausalLM", "gptj": "GPTJForCausalLM",
+          "phi": "PhiForCausalLM"}
 
 
 @kept_rng()
@@ -109,9 +141,21 @@ def make_tiny(family: str, path: str | Path, seed: int = 0) -> Path:
 
 
 def final_norm(model: Any) -> Any:
-    """The final norm module of an HF causal LM of ``FAMILIES`` (GPT-2's ``ln_f``, the others' ``norm``)."""
+    """The final norm module of an HF causal LM of ``FAMILIES`` or ``SHAPES`` (GPT-2's ``ln_f``, Phi's
+    ``final_layernorm``, OPT's ``decoder.final_layer_norm``, None in its post-LN shape; the others'
+    ``norm``)."""
     base = model.base_model
-    return base.ln_f if hasattr(base, "ln_f") else base.norm
+    for name in ("ln_f", "final_layernorm", "norm"):
+        if hasattr(base, name):
+            return getattr(base, name)
+    return base.decoder.final_layer_norm
+
+
+def final_input(model: Any) -> Any:
+    """The module whose input is the last block's output: the final norm, or (OPT's post-LN shape, which has
+    none) the projection before the unembedding."""
+    norm = final_norm(model)
+    return norm if norm is not None else model.base_model.decoder.project_out
 
 
 def block_outputs(model: Any) -> Any:
@@ -122,7 +166,7 @@ def block_outputs(model: Any) -> Any:
 
     def run(ids: Any) -> tuple:
         seen = []
-        handle = final_norm(model).register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+        handle = final_input(model).register_forward_pre_hook(lambda _, args: seen.append(args[0]))
         try:
             with torch.no_grad():
                 hs = model(input_ids=ids, output_hidden_states=True).hidden_states
