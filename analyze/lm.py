@@ -16,7 +16,7 @@ from actdict.analyze.splice import heldout_windows, splice_eval
 def causal_lm(store, device: torch.device, cfg: AnalyzeConfig):
     """The store's causal language model (float32, offline), for ``ce_loss`` and ``logit_effects``, loaded
     before the analysis pass so that what stops it stops it first."""
-    from actdict.analyze.logits import not_residual
+    from actdict.analyze.logits import no_direct_path, not_residual
     from actdict.harvest.models import load_model
 
     asks = " and ".join(f"analyze.{k}" for k in ("ce_loss", "logit_effects") if getattr(cfg, k))
@@ -32,7 +32,8 @@ def causal_lm(store, device: torch.device, cfg: AnalyzeConfig):
     lm = load_model(man["model"], device=str(device), dtype="float32")
     if lm.kind != "causal":
         raise AnalyzeError(f"{asks} needs a causal language model; {lm.name} is an encoder: set {off}")
-    if cfg.logit_effects and (why := not_residual(man["hook"], store.d, lm.d_model)):
+    if cfg.logit_effects and (why := not_residual(man["hook"], store.d, lm.d_model)
+                              or no_direct_path(lm.bridge, lm.d_model)):
         raise AnalyzeError(f"analyze.logit_effects: {why}: set analyze.logit_effects=0")
     return lm
 

@@ -62,3 +62,40 @@ def test_effects_rank_tokens_as_hfs_final_norm_and_unembedding(tiny, family):
         through = hf.lm_head(norm(unit) - bias) * getattr(hf, "logit_scale", 1.0)  # [16, V]
     assert torch.equal(up, through.topk(5).indices)
     assert torch.equal(down, through.topk(5, largest=False).indices)
+
+
+@pytest.mark.parametrize("hook", ["blocks.1.hook_resid_post", "blocks.0.hook_attn_out"])
+def test_a_post_ln_model_has_no_logit_effects_and_says_so_before_the_pass(tiny, lm_run, monkeypatch, hook):
+    """OPT-350m's shape (do_layer_norm_before: false, no final norm, project_out 64 -> 32 before the
+    unembedding): each block ends in a LayerNorm, so a direction has no direct path to the logits; the
+    analysis stopped after its pass on a matrix product of widths 64 and 32."""
+    from actdict.analyze import run
+    from actdict.analyze.config import AnalyzeConfig
+    from actdict.config import Common
+    from actdict.train.protocol import make
+
+    path, lm, _ = tiny("opt_post")
+    assert lm.d_model == 64 and lm.bridge.W_U.shape == (32, 50257)
+    run_dir = lm_run(str(path), hook, 64)
+    monkeypatch.setattr(run, "load_models", lambda *a: {"sae": make("sae_l1", 64, 4, seed=0)})
+    monkeypatch.setattr(run, "ModelEval", None)  # the pass never starts
+    with pytest.raises(run.AnalyzeError) as e:
+        run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(logit_effects=3, device="cpu"))
+    assert str(e.value) == (
+        "analyze.logit_effects: its model is post-LN (do_layer_norm_before: false, as OPT-350m): each block "
+        "ends in a LayerNorm, so a direction reaches the unembedding only through every later block's norm, "
+        "and it has no direct logit effect: set analyze.logit_effects=0")
+
+
+def test_every_other_shape_has_a_direct_path(tiny):
+    """Pre-norm models, parallel blocks and an embedding LayerNorm included; the width check on its own."""
+    from types import SimpleNamespace
+
+    from actdict.analyze.logits import no_direct_path
+
+    for family in ("gpt2", "olmo", "cohere", "bloom", "gptj", "phi"):
+        assert no_direct_path(tiny(family)[1].bridge, 64) is None
+    projected = SimpleNamespace(cfg=SimpleNamespace(), W_U=torch.zeros(32, 10))
+    assert no_direct_path(projected, 64) == (
+        "its model's unembedding reads d = 32, not the residual stream's d_model = 64 (a projection in "
+        "between, as OPT-350m's project_out)")
