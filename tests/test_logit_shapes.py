@@ -4,12 +4,16 @@ LayerNorm that is no ``torch.nn.LayerNorm`` (OLMo 1, Cohere), an embedding Layer
 attention and MLP (GPT-J, Phi), a post-LN model with a projection before the unembedding (OPT-350m's
 shape)."""
 
+import json
+
 import pytest
 import torch
-from tiny_models import final_norm, make_tiny
+from test_harvest import check_aligned, harvest, reference
+from tiny_models import SHAPES, block_outputs, final_norm, make_tiny
 
 from actdict.analyze.logits import logit_effects, norm_action, unembedding
 from actdict.harvest.models import load_model
+from actdict.harvest.store import open_store
 
 EOT = 50256  # GPT-2's tokenizer: BOS, EOS and pad
 
@@ -45,6 +49,27 @@ def test_the_final_norm_is_read_as_it_acts(tiny, family, centres, gain):
             "1 + weight": 1 + getattr(norm, "weight", torch.zeros(1))}[gain]
     assert c == centres and g.shape == (lm.d_model,)
     torch.testing.assert_close(g, want.detach().float(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("d", [6, 7])
+def test_norm_action_of_torchs_own_norms_with_and_without_weights(d):
+    """A LayerNorm without elementwise_affine (gain 1), one with a bias (left out: the same for every
+    direction), an RMSNorm with a weight; an odd width (the probe of mean 0 is then +-1 - 1/d)."""
+    g = torch.linspace(0.5, 2.0, d)
+    affine = torch.nn.LayerNorm(d)
+    with torch.no_grad():
+        affine.weight.copy_(g)
+        affine.bias.copy_(torch.linspace(-3.0, 3.0, d))
+    rms = torch.nn.RMSNorm(d)
+    with torch.no_grad():
+        rms.weight.copy_(-g)
+    plain, ones = torch.nn.LayerNorm(d, elementwise_affine=False), torch.ones(d)
+    for norm, want, centres in ((plain, ones, True), (affine, g, True), (rms, -g, False),
+                                (torch.nn.RMSNorm(d), ones, False)):
+        gain, c = norm_action(norm, d)
+        assert c == centres
+        torch.testing.assert_close(gain, want, rtol=1e-4, atol=1e-4)
+    assert norm_action(None, d) == (None, False)
 
 
 @pytest.mark.parametrize("family", ["olmo", "cohere", "bloom", "gptj", "phi"])
@@ -99,3 +124,68 @@ def test_every_other_shape_has_a_direct_path(tiny):
     assert no_direct_path(projected, 64) == (
         "its model's unembedding reads d = 32, not the residual stream's d_model = 64 (a projection in "
         "between, as OPT-350m's project_out)")
+
+
+@pytest.mark.parametrize("family, hook", [
+    ("gptj", "blocks.1.hook_attn_out"), ("gptj", "blocks.1.hook_mlp_out"),
+    ("phi", "blocks.1.hook_attn_out"), ("phi", "blocks.1.hook_mlp_out"), ("olmo", "blocks.1.hook_resid_post"),
+    ("cohere", "blocks.1.hook_mlp_out"), ("bloom", "blocks.1.hook_attn_out")])
+def test_adding_a_direction_at_the_last_blocks_hook_moves_the_logits_as_reported(tiny, family, hook):
+    """Through the model itself: t * u added at the last block's hook (t = 1e6, the residual then u's
+    multiple up to ~1e-4) makes the logits, less what the final norm's bias and lm_head's bias give every
+    token, rank the tokens as the effects do, at every position (up to near ties: the logits at the reported
+    tokens are the 5 highest, and the 5 lowest). GPT-J's and Phi's attention and MLP both
+    read one norm and add to one residual: each one's output reaches the final norm as it is."""
+    _, lm, hf = tiny(family)
+    unit = torch.randn(4, lm.d_model, generator=torch.Generator().manual_seed(1))
+    unit = unit / unit.norm(dim=1, keepdim=True)  # [4, d]
+    up, _, down, _ = logit_effects(unit, *unembedding(lm.bridge, hook), 5)
+    norm, tokens = final_norm(hf), torch.tensor([[EOT, 464, 26450, 5667, 379, 5193]])
+    with torch.no_grad():
+        offset = hf.lm_head(getattr(norm, "bias", None) if getattr(norm, "bias", None) is not None
+                            else torch.zeros(lm.d_model)) * getattr(hf, "logit_scale", 1.0)  # [V]
+        for u, ids_up, ids_down in zip(unit, up, down, strict=True):
+            moved = lm.bridge.run_with_hooks(tokens, return_type="logits", fwd_hooks=[
+                (hook, lambda act, hook=None, u=u: act + 1e6 * u)])[0] - offset  # [6, V]
+            for ids, largest in ((ids_up, True), (ids_down, False)):  # a near tie may swap two: their values
+                top = moved.topk(5, largest=largest).values  # [6, 5]
+                torch.testing.assert_close(moved[:, ids], top, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("family", SHAPES)
+def test_rows_align_with_hf_at_every_block(tmp_path, tiny, family):
+    """Every block's hook_resid_post rows (concat windows of 12: EOS first and between documents) equal
+    HF's own block outputs at the row's window position; the last block's is the input of the final norm
+    (OPT's post-LN shape: of project_out, after the block's own closing LayerNorm)."""
+    from transformers import AutoTokenizer
+
+    path, lm, hf = tiny(family)
+    texts = ["The ferry leaves at nine, rain or shine.", "Owls are quiet at night.",
+             "A tidy kitchen makes a calm cook; the orchard is full of apples this year."]
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    hooks = [f"blocks.{b}.hook_resid_post" for b in range(lm.n_layers)]
+    source = {"kind": "files", "path": str(tmp_path / "docs.jsonl")}
+    common, cfg = harvest(tmp_path / "run", model=str(path), hooks=hooks, window_mode="concat", ctx=12,
+                          source=source, store_dtype="float32")
+    tok = AutoTokenizer.from_pretrained(path)
+    ref, docs = reference(block_outputs(hf), tok, cfg, (EOT,), (), (EOT,), EOT, trim=False)
+    assert len(ref["hs"]) == lm.n_layers + 1 and len(set(ref["doc"])) == 3
+    for layer, hook in enumerate(hooks):
+        store = open_store(common.store_path, hook)
+        check_aligned(store.read_rows(0, len(store)), ref, docs, layer, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["bloom", "gemma2"])
+def test_hook_embed_is_what_the_first_block_reads(tiny, family):
+    """hook_embed's directions reach the residual as they are: BLOOM's is after its embedding LayerNorm,
+    Gemma's after the multiplication by sqrt(d_model), both equal to blocks.0.hook_resid_pre; the raw
+    embedding (BLOOM's embed.hook_out) is not."""
+    _, lm, hf = tiny(family)
+    tokens = torch.tensor([[2, 464, 26450, 5667, 379, 5193]])
+    with torch.no_grad():
+        _, c = lm.bridge.run_with_cache(tokens, names_filter=["hook_embed", "blocks.0.hook_resid_pre"])
+        raw = hf.get_input_embeddings().weight[tokens]  # [1, 6, d] the rows as stored
+    assert torch.equal(c["hook_embed"], c["blocks.0.hook_resid_pre"])
+    assert (c["hook_embed"] - raw).abs().max() > 0.5
+    if family == "gemma2":
+        torch.testing.assert_close(c["hook_embed"], raw * 8.0)  # sqrt(64)
