@@ -48,15 +48,17 @@ def not_residual(hook: str, d: int, d_model: int) -> str | None:
 def no_direct_path(bridge, d_model: int) -> str | None:
     """Why a causal LM's residual stream has no direct path to its unembedding, in words; None for a pre-norm
     model, where every block adds to one residual stream that a final norm reads. A post-LN model (OPT-350m:
-    do_layer_norm_before false; no final norm) closes each block with a LayerNorm, so what a block adds or
-    the residual holds reaches the logits only through every later norm, which centres and rescales each
-    token by its own residual: W_U^T (g * c(u)) is no effect of that model's. An unembedding of another
-    width than the residual (OPT-350m projects 1024 -> 512 before it) stopped the analysis after its pass
-    on a matrix product that did not fit."""
-    if getattr(bridge.cfg, "do_layer_norm_before", True) is False:
-        return ("its model is post-LN (do_layer_norm_before: false, as OPT-350m): each block ends in a "
-                "LayerNorm, so a direction reaches the unembedding only through every later block's norm, "
-                "and it has no direct logit effect")
+    do_layer_norm_before false; GPT-1, whose config has no such flag) closes each block with a LayerNorm
+    and has no final norm, so what a block adds or the residual holds reaches the logits only through every
+    later norm, which centres and rescales each token by its own residual: W_U^T (g * c(u)) is no effect of
+    that model's (GPT-1's were reported as W_U^T u). An unembedding of another width than the residual
+    (OPT-350m projects 1024 -> 512 before it) stopped the analysis after its pass on a matrix product that
+    did not fit."""
+    post_ln = getattr(bridge.cfg, "do_layer_norm_before", True) is False
+    if post_ln or getattr(bridge, "ln_final", None) is None:
+        return ("its model is post-LN (each block ends in a LayerNorm, and no final norm follows the last: "
+                "GPT-1, OPT-350m), so a direction reaches the unembedding only through every later block's "
+                "norm, and it has no direct logit effect")
     if (d := bridge.W_U.shape[0]) != d_model:
         return (f"its model's unembedding reads d = {d}, not the residual stream's d_model = {d_model} (a "
                 "projection in between, as OPT-350m's project_out)")

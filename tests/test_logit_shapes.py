@@ -89,27 +89,31 @@ def test_effects_rank_tokens_as_hfs_final_norm_and_unembedding(tiny, family):
     assert torch.equal(down, through.topk(5, largest=False).indices)
 
 
-@pytest.mark.parametrize("hook", ["blocks.1.hook_resid_post", "blocks.0.hook_attn_out"])
-def test_a_post_ln_model_has_no_logit_effects_and_says_so_before_the_pass(tiny, lm_run, monkeypatch, hook):
-    """OPT-350m's shape (do_layer_norm_before: false, no final norm, project_out 64 -> 32 before the
-    unembedding): each block ends in a LayerNorm, so a direction has no direct path to the logits; the
-    analysis stopped after its pass on a matrix product of widths 64 and 32."""
+@pytest.mark.parametrize("family, hook", [
+    ("opt_post", "blocks.1.hook_resid_post"), ("opt_post", "blocks.0.hook_attn_out"),
+    ("gpt1", "blocks.0.hook_resid_post"), ("gpt1", "blocks.1.hook_mlp_out")])
+def test_a_post_ln_model_has_no_logit_effects_and_says_so_before_the_pass(tiny, lm_run, monkeypatch, family,
+                                                                         hook):
+    """OPT-350m's shape (do_layer_norm_before: false, project_out 64 -> 32 before the unembedding) and GPT-1
+    (whose config has no such flag): each block ends in a LayerNorm and no final norm follows, so a
+    direction has no direct path to the logits. OPT's analysis stopped after its pass on a matrix product
+    of widths 64 and 32; GPT-1's reported W_U^T u, as if the later blocks' norms were not there."""
     from actdict.analyze import run
     from actdict.analyze.config import AnalyzeConfig
     from actdict.config import Common
     from actdict.train.protocol import make
 
-    path, lm, _ = tiny("opt_post")
-    assert lm.d_model == 64 and lm.bridge.W_U.shape == (32, 50257)
+    path, lm, _ = tiny(family)
+    assert lm.d_model == 64 and lm.bridge.W_U.shape == (32 if family == "opt_post" else 64, 50257)
     run_dir = lm_run(str(path), hook, 64)
     monkeypatch.setattr(run, "load_models", lambda *a: {"sae": make("sae_l1", 64, 4, seed=0)})
     monkeypatch.setattr(run, "ModelEval", None)  # the pass never starts
     with pytest.raises(run.AnalyzeError) as e:
         run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(logit_effects=3, device="cpu"))
     assert str(e.value) == (
-        "analyze.logit_effects: its model is post-LN (do_layer_norm_before: false, as OPT-350m): each block "
-        "ends in a LayerNorm, so a direction reaches the unembedding only through every later block's norm, "
-        "and it has no direct logit effect: set analyze.logit_effects=0")
+        "analyze.logit_effects: its model is post-LN (each block ends in a LayerNorm, and no final norm "
+        "follows the last: GPT-1, OPT-350m), so a direction reaches the unembedding only through every later "
+        "block's norm, and it has no direct logit effect: set analyze.logit_effects=0")
 
 
 def test_every_other_shape_has_a_direct_path(tiny):
@@ -120,7 +124,8 @@ def test_every_other_shape_has_a_direct_path(tiny):
 
     for family in ("gpt2", "olmo", "cohere", "bloom", "gptj", "phi"):
         assert no_direct_path(tiny(family)[1].bridge, 64) is None
-    projected = SimpleNamespace(cfg=SimpleNamespace(), W_U=torch.zeros(32, 10))
+    projected = SimpleNamespace(cfg=SimpleNamespace(), ln_final=torch.nn.LayerNorm(64),
+                                W_U=torch.zeros(32, 10))  # [d, V]
     assert no_direct_path(projected, 64) == (
         "its model's unembedding reads d = 32, not the residual stream's d_model = 64 (a projection in "
         "between, as OPT-350m's project_out)")
@@ -156,14 +161,17 @@ def test_adding_a_direction_at_the_last_blocks_hook_moves_the_logits_as_reported
 def test_rows_align_with_hf_at_every_block(tmp_path, tiny, family):
     """Every block's hook_resid_post rows (concat windows of 12: EOS first and between documents) equal
     HF's own block outputs at the row's window position; the last block's is the input of the final norm
-    (OPT's post-LN shape: of project_out, after the block's own closing LayerNorm)."""
+    (OPT's post-LN shape: of project_out, after the block's own closing LayerNorm). GPT-1's hook_resid_post
+    does not fire under the bridge (the harvest refuses it, saying so): its hook_resid_pre rows are HF's
+    embeddings and block outputs instead."""
     from transformers import AutoTokenizer
 
     path, lm, hf = tiny(family)
     texts = ["The ferry leaves at nine, rain or shine.", "Owls are quiet at night.",
              "A tidy kitchen makes a calm cook; the orchard is full of apples this year."]
     (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-    hooks = [f"blocks.{b}.hook_resid_post" for b in range(lm.n_layers)]
+    kind, shift = ("pre", -1) if family == "gpt1" else ("post", 0)  # GPT-1's hook_resid_post never fires
+    hooks = [f"blocks.{b}.hook_resid_{kind}" for b in range(lm.n_layers)]
     source = {"kind": "files", "path": str(tmp_path / "docs.jsonl")}
     common, cfg = harvest(tmp_path / "run", model=str(path), hooks=hooks, window_mode="concat", ctx=12,
                           source=source, store_dtype="float32")
@@ -172,7 +180,7 @@ def test_rows_align_with_hf_at_every_block(tmp_path, tiny, family):
     assert len(ref["hs"]) == lm.n_layers + 1 and len(set(ref["doc"])) == 3
     for layer, hook in enumerate(hooks):
         store = open_store(common.store_path, hook)
-        check_aligned(store.read_rows(0, len(store)), ref, docs, layer, rtol=1e-4, atol=1e-5)
+        check_aligned(store.read_rows(0, len(store)), ref, docs, layer + shift, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("family", ["bloom", "gemma2"])

@@ -23,12 +23,13 @@ from typing import Any
 from actdict.rng import kept_rng
 
 FAMILIES = ("gpt2", "llama", "gemma2", "qwen2")
-SHAPES = ("olmo", "cohere", "bloom", "opt_post", "gptj", "phi")
+SHAPES = ("olmo", "cohere", "bloom", "opt_post", "gpt1", "gptj", "phi")
 """Further HF classes, for the shape of their blocks and norms (``docs/analyze.md``, Direct logit effects),
 all with GPT-2's tokenizer: OLMo 1 (a final LayerNorm without weights, not ``torch.nn.LayerNorm``), Cohere
 (a LayerNorm with a weight and no bias; logit_scale 0.5), BLOOM (a LayerNorm on the embedding), OPT-350m's
 post-LN shape (a norm closing each block, no final norm, the residual projected 64 -> 32 before the
-unembedding), GPT-J and Phi (attention and MLP read one norm and both add to the residual)."""
+unembedding), GPT-1 (post-LN, no final norm, no projection), GPT-J and Phi (attention and MLP read one
+norm and both add to the residual)."""
 EOT = "<|endoftext|>"
 
 
@@ -54,7 +55,7 @@ def bpe_tokenizer(head: list[str], tail: list[str], **roles: str) -> Any:
 
 def family_tokenizer(family: str) -> Any:
     """The offline tokenizer of ``family`` (module doc)."""
-    if family in ("gpt2", *SHAPES):
+    if family in ("gpt2", *SHAPES):  # GPT-1's own is lower-case BPE without specials: GPT-2's does for it
         return bpe_tokenizer([], [EOT], bos_token=EOT, eos_token=EOT, unk_token=EOT)
     if family == "llama":
         return bpe_tokenizer(["<unk>", "<s>", "</s>"], [], bos_token="<s>", eos_token="</s>",
@@ -105,6 +106,8 @@ def shape_config(family: str, small: dict) -> Any:
         return tf.OPTConfig(hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
                             max_position_embeddings=128, vocab_size=vocab, do_layer_norm_before=False,
                             word_embed_proj_dim=32, **ids)
+    if family == "gpt1":
+        return tf.OpenAIGPTConfig(n_embd=64, n_layer=2, n_head=4, n_positions=128, vocab_size=vocab)
     if family == "gptj":
         return tf.GPTJConfig(n_embd=64, n_layer=2, n_head=4, rotary_dim=8, n_positions=128, vocab_size=vocab,
                              **ids)
@@ -113,8 +116,8 @@ def shape_config(family: str, small: dict) -> Any:
 
 MODELS = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "gemma2": "Gemma2ForCausalLM",
           "qwen2": "Qwen2ForCausalLM", "olmo": "OlmoForCausalLM", "cohere": "CohereForCausalLM",
-          "bloom": "BloomForCausalLM", "opt_post": "OPTForCausalLM", "gptj": "GPTJForCausalLM",
-          "phi": "PhiForCausalLM"}
+          "bloom": "BloomForCausalLM", "opt_post": "OPTForCausalLM", "gpt1": "OpenAIGPTLMHeadModel",
+          "gptj": "GPTJForCausalLM", "phi": "PhiForCausalLM"}
 
 
 @kept_rng()
@@ -142,20 +145,23 @@ def make_tiny(family: str, path: str | Path, seed: int = 0) -> Path:
 
 def final_norm(model: Any) -> Any:
     """The final norm module of an HF causal LM of ``FAMILIES`` or ``SHAPES`` (GPT-2's ``ln_f``, Phi's
-    ``final_layernorm``, OPT's ``decoder.final_layer_norm``, None in its post-LN shape; the others'
-    ``norm``)."""
+    ``final_layernorm``, OPT's ``decoder.final_layer_norm``; the others' ``norm``); None in the post-LN
+    shapes (OPT's, GPT-1), which have none."""
     base = model.base_model
     for name in ("ln_f", "final_layernorm", "norm"):
         if hasattr(base, name):
             return getattr(base, name)
-    return base.decoder.final_layer_norm
+    return getattr(getattr(base, "decoder", None), "final_layer_norm", None)
 
 
 def final_input(model: Any) -> Any:
-    """The module whose input is the last block's output: the final norm, or (OPT's post-LN shape, which has
-    none) the projection before the unembedding."""
+    """The module whose input is the last block's output: the final norm, or where there is none (post-LN)
+    OPT's projection before the unembedding, or the unembedding (GPT-1)."""
     norm = final_norm(model)
-    return norm if norm is not None else model.base_model.decoder.project_out
+    if norm is not None:
+        return norm
+    project = getattr(getattr(model.base_model, "decoder", None), "project_out", None)
+    return project if project is not None else model.lm_head
 
 
 def block_outputs(model: Any) -> Any:
