@@ -11,8 +11,9 @@ are Gemma-2's final logit softcap and Cohere's logit_scale (> 0), which keep the
 This is the direct path only: what the feature adds to the residual at the hook, read as if it reached the
 unembedding unchanged. At the last layer that is exact up to that scale; at earlier ones the later blocks
 also read the direction, and the effects are a first look, as in the logit lens. At the final norm's output
-(``FINAL``) it is ``W_U^T (g * u)``, exact: no centring, no scale. The ``n`` tokens each feature raises most
-and the ``n`` it lowers most are reported with their effects (in logits per unit of the residual's scale).
+(``FINAL``) it is ``W_U^T (g * u)``, exact: no centring, no scale (but a logit scale: Cohere's factor). The
+``n`` tokens each feature raises most and the ``n`` it lowers most are reported with their effects (in
+logits per unit of the residual's scale).
 Shapes: k features, d model width, V vocabulary.
 """
 

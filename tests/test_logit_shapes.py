@@ -197,3 +197,22 @@ def test_hook_embed_is_what_the_first_block_reads(tiny, family):
     assert (c["hook_embed"] - raw).abs().max() > 0.5
     if family == "gemma2":
         torch.testing.assert_close(c["hook_embed"], raw * 8.0)  # sqrt(64)
+
+
+@pytest.mark.filterwarnings("ignore:A forward hook edited hook_scale/hook_normalized")  # u is added there
+@pytest.mark.parametrize("family, scale", [("cohere", 0.5), ("gptj", 1.0), ("bloom", 1.0)])
+def test_at_the_final_norms_output_the_effect_is_exact_up_to_a_logit_scale(tiny, family, scale):
+    """u added at ln_final.hook_normalized moves every logit by W_U^T (g * u), times Cohere's logit_scale."""
+    from actdict.analyze.logits import FINAL
+
+    _, lm, _ = tiny(family)
+    w_u, g, centre = unembedding(lm.bridge, FINAL)
+    u = torch.randn(lm.d_model, generator=torch.Generator().manual_seed(3))
+    eff = ((u / u.norm()) * g) @ w_u  # [V]
+    tokens = torch.tensor([[EOT, 464, 26450, 5667, 379, 5193]])
+    with torch.no_grad():
+        clean = lm.bridge.run_with_hooks(tokens, return_type="logits")[0]  # [6, V]
+        moved = lm.bridge.run_with_hooks(tokens, return_type="logits", fwd_hooks=[
+            (FINAL, lambda act, hook=None: act + u / u.norm())])[0]
+    assert not centre
+    torch.testing.assert_close(moved - clean, scale * eff.expand_as(clean), rtol=1e-4, atol=1e-4)
