@@ -155,14 +155,14 @@ def print_error(prog: str, e: ActdictError) -> int:
     import os
     import sys
 
-    from actdict.signals import under_torchrun
+    from actdict.signals import under_torchrun, world_size
 
     config, several = type(e).__name__ == "ConfigError", under_torchrun()
     kind = "config error" if config else type(e).__name__
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    rank = int(os.environ.get("RANK", 0)) if several else 0  # torchrun's: read only under it
     if several and config and int(os.environ.get("LOCAL_RANK", rank)):
         return 2
-    where = f" (rank {rank} of {world})" if several and not config else ""
+    where = f" (rank {rank} of {world_size()})" if several and not config else ""
     line = printable(f"{prog}{where}: {kind}: {e}{open_files_hint(e)}") + "\n"
     sys.stderr.write(line)  # one write: torchrun's ranks run unbuffered (-u) into one stderr, where print's
     sys.stderr.flush()  # two (the text, then its newline) let two ranks' lines run into one

@@ -61,11 +61,20 @@ def replaceable(held) -> bool:
     return held is signal.SIG_DFL or isinstance(held, _Raise)
 
 
+def world_size() -> int:
+    """The processes of this run, as torchrun's WORLD_SIZE says: 1 where it is unset, blank (a script's
+    ``export WORLD_SIZE=$N`` of an unset N) or not a whole number, which torchrun never sets: such a value is
+    another program's leftover, not a torchrun of several ranks. ``int()`` of it was a ValueError traceback
+    from every command (``sigterm_raises`` asks at its start), and from the error line meant to say why."""
+    said = os.environ.get("WORLD_SIZE", "").strip()
+    return int(said) if said.isdecimal() else 1
+
+
 def under_torchrun() -> bool:
-    """Whether this process is one rank of several (torchrun sets WORLD_SIZE): the one test of it, for the
+    """Whether this process is one rank of several (``world_size() > 1``): the one test of it, for the
     error lines (``errors.print_error``, ``cli.peer_error``) and the harvest (one process per mode, the
     store lock's wait) as for the handler here."""
-    return int(os.environ.get("WORLD_SIZE", 1)) > 1
+    return world_size() > 1
 
 
 @contextmanager

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from actdict.signals import world_size
+
 BARRIER_TIMEOUT = timedelta(hours=12)  # ranks finish their last shard at different times
 
 
@@ -67,8 +69,7 @@ class Ranks:
 
 def init_ranks() -> Ranks:
     """This process' rank (from torchrun's environment; 0 of 1 without it)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    if world_size() <= 1:
         return Ranks()
     import torch.distributed as dist
 

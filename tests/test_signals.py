@@ -92,3 +92,29 @@ def test_the_training_s_steps_keep_another_s_handler_too():
         os.kill(os.getpid(), signal.SIGTERM)
         assert stop.flag.wait(5)
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+@pytest.mark.parametrize(("said", "world"), [(None, 1), ("", 1), (" ", 1), ("abc", 1), ("-2", 1), ("0", 0),
+                                             ("1", 1), ("2", 2), (" 4\n", 4)])
+def test_a_world_size_torchrun_never_sets_is_one_process(monkeypatch, capsys, said, world):
+    """WORLD_SIZE blank (a script's ``export WORLD_SIZE=$N`` of an unset N) or not a number: int() of it
+    was a ValueError traceback from every command, before its first line (sigterm_raises asks at the
+    start) and from the error line meant to say why; it is one process, as unset, for the commands, the
+    harvest's ranks and the training's."""
+    from actdict import cli
+    from actdict.harvest.dist import init_ranks
+    from actdict.signals import under_torchrun, world_size
+    from actdict.train.dist import from_env
+
+    if said is None:
+        monkeypatch.delenv("WORLD_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("WORLD_SIZE", said)
+    monkeypatch.setenv("RANK", "")  # a leftover like it: read only under torchrun
+    assert world_size() == world and under_torchrun() is (world > 1)
+    if world > 1:
+        return
+    assert init_ranks().world == 1 and (from_env().world, from_env().rank) == (1, 0)
+    assert cli.main(["store", "/nonexistent/store"]) == 2
+    assert capsys.readouterr().err == ("actdict store: no activation store at /nonexistent/store (no "
+                                       "<hook>/manifest.json found)\n")

@@ -33,6 +33,8 @@ import torch
 import torch.distributed as tdist
 from torch import Tensor, nn
 
+from actdict.signals import world_size
+
 WAIT = timedelta(hours=1)  # the longest a rank waits in a collective (module doc)
 
 
@@ -53,7 +55,9 @@ class Dist:
 
 def from_env() -> Dist:
     """The rank / world size torchrun sets (WORLD_SIZE, RANK, LOCAL_RANK); a single process otherwise."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = world_size()
+    if world <= 1:
+        return Dist()
     return Dist(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
 
 
