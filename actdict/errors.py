@@ -84,13 +84,20 @@ def command_printing() -> Iterator[None]:
 def quiet_stdout() -> None:
     """Point stdout's file descriptor at /dev/null: a reader that left (``actdict ... | head``) or a full
     disk takes nothing more, and Python's flush at exit of what stdout still holds would print 'Exception
-    ignored ... BrokenPipeError'. ``stdout_given_back`` undoes it for a caller of ``actdict.cli.main``."""
+    ignored ... BrokenPipeError'. ``stdout_given_back`` undoes it for a caller of ``actdict.cli.main``. A
+    stdout of no descriptor (a host's tee-like writer over the closed pipe, a StringIO) is left as it is:
+    asking it for one raised AttributeError or io.UnsupportedOperation out of the command, in place of its
+    status 141."""
     import os
     import sys
 
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # none to silence: the host's writer is the host's
+        return
     null = os.open(os.devnull, os.O_WRONLY)
     try:
-        os.dup2(null, sys.stdout.fileno())
+        os.dup2(null, fd)
     finally:
         os.close(null)
 

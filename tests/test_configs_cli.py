@@ -490,3 +490,30 @@ def test_a_reader_gone_silences_stdout_for_the_call_only(tmp_path, monkeypatch):
     finally:
         os.close(later)
         out.close()
+
+
+@pytest.mark.parametrize("kind", ["writer", "stringio"])
+def test_a_reader_gone_behind_a_stdout_of_no_descriptor_is_status_141(monkeypatch, capsys, kind):
+    """A host's stdout with no file descriptor of its own (a tee-like writer whose pipe's reader left, a
+    StringIO subclass): the closed pipe's BrokenPipeError is the command's status 141 and nothing on stderr,
+    as for a real pipe; silencing it asked stdout for its descriptor, and AttributeError (io's
+    UnsupportedOperation for a StringIO) left cli.main with a traceback."""
+    import io
+    import sys
+
+    from actdict import cli
+
+    class Tee:  # a host's writer over a pipe whose reader left: no fileno
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self) -> None:
+            pass
+
+    class Gone(io.StringIO):
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", Tee() if kind == "writer" else Gone())
+    assert cli.main(["variants"]) == 141
+    assert capsys.readouterr().err == ""
