@@ -400,8 +400,8 @@ def entry() -> None:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except (OSError, ValueError):  # closed, or a reader gone: os._exit loses nothing more
-            pass
+        except (OSError, ValueError, AttributeError):  # closed, a reader gone, or None (started closed:
+            pass  # `actdict ... >&-`, whose flush was an AttributeError traceback and status 1)
     if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
         signal.signal(signal.SIGINT, lambda *_: os._exit(code))
     sys.exit(status)

@@ -517,3 +517,19 @@ def test_a_reader_gone_behind_a_stdout_of_no_descriptor_is_status_141(monkeypatc
     monkeypatch.setattr(sys, "stdout", Tee() if kind == "writer" else Gone())
     assert cli.main(["variants"]) == 141
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(("argv", "status"), [(["variants"], 0), (["store", "/nonexistent/store"], 2)])
+def test_a_command_started_with_stdout_closed_ends_with_its_own_status(argv, status):
+    """``actdict ... >&-`` (a service or script that closed stdout): Python starts it with sys.stdout None,
+    which prints nothing, and the command's flush at exit met None: an AttributeError traceback, status 1
+    whatever the command did. It ends with its status, its error line (if any) on stderr."""
+    import os
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "actdict.cli", *argv],
+                       stderr=subprocess.PIPE, text=True, preexec_fn=lambda: os.close(1), timeout=120)
+    assert r.returncode == status
+    assert r.stderr == ("" if status == 0 else "actdict store: no activation store at /nonexistent/store (no "
+                        "<hook>/manifest.json found)\n")
