@@ -95,3 +95,49 @@ def test_an_embeddings_store_has_no_logit_effects_or_ce_whatever_its_model(monke
         with pytest.raises(run.AnalyzeError, match=f"pooled sentence embeddings of some-decoder-embedder: "
                                                    f"set {off}"):
             lm_mod.causal_lm(store, "cpu", cfg)
+
+
+@pytest.mark.parametrize("d", [6, 7])
+def test_each_final_norms_gain_and_centring_are_read_as_it_acts(d):
+    """Whatever a final norm stores, the effects are W_U^T of what it does to the direction, up to a positive
+    scale: Llama's RMSNorm (weight) and Gemma's (1 + weight) do not centre; OLMo's LayerNorm (no weight) and
+    Cohere's (a weight, no bias) do, which, taken for RMSNorms, left OLMo's uncentred and made Cohere's gain
+    0 (its constant probe centred away: every effect 0); Nemotron's LayerNorm1P, a torch LayerNorm that
+    scales by 1 + weight, was read as one that scales by its weight (biased norms: their bias left out); a
+    bfloat16 norm's gain is its weight to bf16's precision. An odd d too (the zero-mean probe's last
+    entries)."""
+    from types import SimpleNamespace
+
+    from transformers.models.cohere.modeling_cohere import CohereLayerNorm
+    from transformers.models.gemma2.modeling_gemma2 import Gemma2RMSNorm
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+    from transformers.models.nemotron.modeling_nemotron import NemotronLayerNorm1P
+    from transformers.models.olmo.modeling_olmo import OlmoLayerNorm
+
+    g = torch.Generator().manual_seed(1)
+    norms = {"llama": (LlamaRMSNorm(d), False), "gemma2": (Gemma2RMSNorm(d), False),
+             "olmo": (OlmoLayerNorm(d), True), "cohere": (CohereLayerNorm(d), True),
+             "nemotron": (NemotronLayerNorm1P(d), True), "layernorm": (torch.nn.LayerNorm(d), True)}
+    one_plus = ("gemma2", "nemotron")  # scale by 1 + weight
+    w_u = torch.randn(d, 40, generator=g)
+    unit = torch.nn.functional.normalize(torch.randn(3, d, generator=g), dim=1)  # [3, d]
+    for name, (norm, centres) in norms.items():
+        with torch.no_grad():
+            for p in norm.parameters():
+                p.copy_(torch.randn(d, generator=g) * 0.5 + (0 if name in one_plus else 1))
+        _, gain, centre = unembedding(SimpleNamespace(ln_final=SimpleNamespace(_original_component=norm),
+                                                      W_U=w_u))
+        assert centre is centres, name
+        want = torch.ones(d) if name == "olmo" else norm.weight.detach() + (1 if name in one_plus else 0)
+        torch.testing.assert_close(gain, want)
+        ids = logit_effects(unit, w_u, gain, centre, 5)
+        with torch.no_grad():
+            through = (norm(unit * 10) - norm(-unit * 10)) @ w_u  # [3, V] its bias, if any, cancelled
+        assert ids[0].tolist() == through.topk(5).indices.tolist(), name
+        assert ids[2].tolist() == through.topk(5, largest=False).indices.tolist(), name
+    half = LlamaRMSNorm(d).to(torch.bfloat16)
+    with torch.no_grad():
+        half.weight.copy_(torch.randn(d, generator=g) + 1)
+    bf = unembedding(SimpleNamespace(ln_final=SimpleNamespace(_original_component=half), W_U=w_u))
+    assert bf[1].dtype == torch.float32 and not bf[2]
+    torch.testing.assert_close(bf[1], half.weight.float(), rtol=1e-2, atol=0)
