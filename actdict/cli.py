@@ -37,7 +37,7 @@ from actdict.errors import (
     quiet_stdout,
     stdout_given_back,
 )
-from actdict.signals import Terminated, sigterm_raises, under_torchrun
+from actdict.signals import Terminated, rank, sigterm_raises, under_torchrun
 
 # stage -> (module with main(common, cfg), config module, config class)
 _STAGES = {
@@ -369,7 +369,7 @@ def _main(argv: list[str] | None = None) -> int:
             check_run(data, {stage: cfg for stage, (cfg, _) in prepared.items()})
         if args.dry_run:
             said, stops = dry_run(data, {stage: cfg for stage, (cfg, _) in prepared.items()})
-            if int(os.environ.get("RANK", 0)) == 0:  # under torchrun: once, as the stages say what they do
+            if rank() == 0:  # under torchrun: once, as the stages say what they do
                 print("\n".join(said))
             return 2 if stops else 0  # as the command would end: `--dry-run && actdict run` goes no further
         if args.stage == "run":

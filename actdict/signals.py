@@ -70,6 +70,14 @@ def world_size() -> int:
     return int(said) if said.isdecimal() else 1
 
 
+def rank() -> int:
+    """This process' rank among torchrun's (RANK), 0 outside torchrun (``under_torchrun``): a RANK left in
+    the environment of one process (a launcher's, a script's export) made ``actdict analyze`` return at once,
+    its work undone and exit status 0, the harvest write without its store lock and a dry run say nothing."""
+    said = os.environ.get("RANK", "").strip()
+    return int(said) if under_torchrun() and said.isdecimal() else 0
+
+
 def under_torchrun() -> bool:
     """Whether this process is one rank of several (``world_size() > 1``): the one test of it, for the
     error lines (``errors.print_error``, ``cli.peer_error``) and the harvest (one process per mode, the

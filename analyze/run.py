@@ -65,7 +65,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 import uuid
 from pathlib import Path
@@ -110,6 +109,7 @@ from actdict.errors import ActdictError, printable
 from actdict.files import check_not_linked, remove_temps, write_atomic
 from actdict.lock import check_writable, write_problem
 from actdict.rng import kept_rng
+from actdict.signals import rank
 from actdict.train.identity import describe_store
 from actdict.train.log import trained_curve
 from actdict.train.loop import resolve_device
@@ -198,7 +198,7 @@ def main(common: Common, cfg: AnalyzeConfig) -> None:
     from actdict.harvest.store import read_lock
     from actdict.lock import ANALYZE_LOCK, folder_lock
 
-    if int(os.environ.get("RANK", 0)) > 0:  # under torchrun (`actdict run` after a DDP training): one writer
+    if rank() > 0:  # under torchrun (`actdict run` after a DDP training): one writer
         return
     with folder_lock(common.run_dir, f"run folder {common.run_dir} (analysis)", name=ANALYZE_LOCK), \
             read_lock(common.store_path):  # a harvest or import that changes the store waits, and vice versa

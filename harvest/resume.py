@@ -53,7 +53,7 @@ from actdict.lock import (
     remote_lock,
     remove_made,
 )
-from actdict.signals import under_torchrun
+from actdict.signals import rank, under_torchrun
 
 PROGRESS_KEYS = ("complete", "n_rows", "n_shards")  # the manifest keys that change while harvesting
 
@@ -246,7 +246,7 @@ def store_lock(path: str, elsewhere: str = "set store to another folder") -> Ite
     only, does not wait when they are new in a store that has a complete hook (``only_new_hooks``): what
     the readers read is left as it is. ``elsewhere``: the way out a store that cannot be written names."""
     fs, root = fs_of(path)
-    if int(os.environ.get("RANK", 0)):
+    if rank():
         yield lambda hooks=None: None
         return
     if not is_local(fs):  # no flock there: a lock object, and no readers lock (trainings are not locked out)

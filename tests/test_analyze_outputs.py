@@ -399,6 +399,16 @@ def test_under_torchrun_only_rank_0_analyses(tmp_path, monkeypatch):
     assert (run_dir / "summary.json").is_file()
 
 
+def test_a_rank_left_in_one_process_environment_analyses(tmp_path, monkeypatch):
+    """RANK=1 without torchrun (no WORLD_SIZE; a launcher's or a script's export left it): the analysis
+    returned at once, nothing written and the command's status 0; RANK is torchrun's only under it."""
+    run_dir = _run_dir(tmp_path, monkeypatch)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setenv("RANK", "1")
+    run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(device="cpu", n_features=2))
+    assert (run_dir / "summary.json").is_file() and (run_dir / "report.html").is_file()
+
+
 def test_max_test_rows_limits_the_rows_analysed(tmp_path, monkeypatch, capsys):
     """analyze.max_test_rows: the first rows of the test chunks only (20 of 32 here, in batches of 8)."""
     run_dir = _run_dir(tmp_path, monkeypatch)

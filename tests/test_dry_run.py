@@ -372,10 +372,14 @@ def test_a_dry_run_under_torchrun_says_its_plan_once(tmp_path, capsys, monkeypat
     """torchrun starts the command once per rank: rank 0 says the plan, as the training's rank 0 alone says
     what it does (every rank printed it: the plan twice on 2 ranks)."""
     cfg = _config(tmp_path)
+    monkeypatch.setenv("WORLD_SIZE", "2")
     for rank, lines in (("0", 6), ("1", 0)):
         monkeypatch.setenv("RANK", rank)
         assert cli(["run", cfg, "--dry-run"]) == 2
         assert len(capsys.readouterr().out.splitlines()) == lines
+    monkeypatch.delenv("WORLD_SIZE")  # one process, a RANK left in its environment: it says its plan
+    assert cli(["run", cfg, "--dry-run"]) == 2
+    assert len(capsys.readouterr().out.splitlines()) == 6
 
 
 def test_the_plan_names_the_dictionaries_whose_progress_resume_drop_drops(tmp_path, capsys, monkeypatch):
