@@ -7,8 +7,8 @@
 * Cross-references: every "docs/PAGE.md, 'Section'" (or "Section", a results.md entry E31) cited in the code
   or in the docs, and every [link](PAGE.md#anchor), names a page and a section that exist.
 * Command lines: every flag of every ``actdict`` command and ``python -m actdict...`` entry point appears in
-  a docs section naming the command, and a default its own section states is the parser's (read from the
-  argparse parsers the commands build, so however they are built).
+  a docs section whose heading names the command or in a paragraph naming it, and a default its own section
+  states is the parser's (read from the argparse parsers the commands build, so however they are built).
 
 YAML examples in the docs set values other than the defaults on purpose, so they are not read as defaults;
 each is checked as a config instead.
@@ -429,11 +429,30 @@ def entry_points() -> dict[str, Any]:
     return out
 
 
+def units(part: str) -> list[str]:
+    """A section's paragraphs (blank-line separated), each table row and code-block line one of its own: a
+    README table or example block names every command, each row or line one."""
+    out = []
+    for para in re.split(r"\n\s*\n", part):
+        lines = para.split("\n")
+        table = all(line.startswith("|") for line in lines if line.strip())
+        out += lines if table or para.lstrip().startswith("```") else [para]
+    return out
+
+
 def sections_naming(command: str) -> str:
-    """Every section (a heading's part of a page) of the docs that names ``command`` (``actdict compare``,
-    ``python -m actdict.harvest.vectors``; wrapped over lines or not): where its flags are looked up."""
-    parts = [p for text in DOCS.values() for p in re.split(r"(?m)^(?=#)", text)]
-    return "\n".join(p for p in parts if command in re.sub(r"\s*\n\s*", " ", p))
+    """Where ``command``'s flags are looked up (``actdict compare``, ``python -m actdict.harvest.vectors``;
+    wrapped over lines or not): every section of the docs whose heading names it, and elsewhere every
+    paragraph (``units``) that does. Every section naming it let a flag pass that only another command's
+    text there named: ``actdict lens --verify`` was documented by README's section of every tool."""
+    out = []
+    for text in DOCS.values():
+        for part in re.split(r"(?m)^(?=#)", text):
+            if command in part.split("\n", 1)[0]:
+                out.append(part)
+            else:
+                out += [u for u in units(part) if command in re.sub(r"\s*\n\s*", " ", u)]
+    return "\n".join(out)
 
 
 def command_parsers(monkeypatch) -> dict[str, list[argparse.ArgumentParser]]:
