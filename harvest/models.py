@@ -256,6 +256,7 @@ def load_model(name_or_path: str, device: str = "cpu", dtype: str = "float32",
     ids = {k: getattr(tok, f"{k}_token_id", None) for k in ("bos", "eos", "cls", "sep", "pad", "unk")}
     if encoder:  # the bridge sets a BERT tokenizer's missing bos/eos to [UNK]: they are not real
         ids |= {k: None for k in ("bos", "eos") if ids[k] == ids["unk"]}
+    ids |= {k: None for k in invented_roles(tok, int(cfg.d_vocab))}
     structural = {ids[k] for k in ("bos", "eos", "cls", "sep", "pad")}
     special = set(tok.all_special_ids) - ({ids["unk"]} - structural)  # [UNK] rows are real text
     return LoadedModel(
@@ -266,6 +267,21 @@ def load_model(name_or_path: str, device: str = "cpu", dtype: str = "float32",
         bos_id=ids["bos"], eos_id=ids["eos"], cls_id=ids["cls"], sep_id=ids["sep"], pad_id=ids["pad"],
         special_ids=frozenset(int(i) for i in special), device=device, dtype=dtype,
     )
+
+
+def invented_roles(tok: Any, n_vocab: int) -> list[str]:
+    """Which of the tokenizer's bos/eos/pad roles hold a token the model does not have: one whose text is
+    not in the vocabulary (it reads as [UNK]) or whose id is past the embedding's ``n_vocab`` rows. The
+    bridge's ``setup_tokenizer`` gives a tokenizer with no EOS the EOS (and pad, and BOS) '<|endoftext|>':
+    a vocabulary with an unknown token then maps it to that token (documents would be joined with <unk>),
+    one without adds it at id len(vocab), past the embedding (an IndexError in the forward)."""
+    vocab = tok.get_vocab()
+    out = []
+    for k in ("bos", "eos", "pad"):
+        text, i = getattr(tok, f"{k}_token", None), getattr(tok, f"{k}_token_id", None)
+        if text is not None and i is not None and (text not in vocab or int(i) >= n_vocab):
+            out.append(k)
+    return out
 
 
 def unsupported(target: str) -> str | None:

@@ -82,8 +82,14 @@ def window_specials(lm: LoadedModel, cfg: HarvestConfig) -> dict:
         pad = cfg.pad_id if cfg.pad_id is not None else lm.pad_id if lm.pad_id is not None else 0
         return {"prefix": (lm.cls_id,), "suffix": (lm.sep_id,), "sep": (lm.sep_id,), "pad_id": pad}
     bos = lm.bos_id if lm.bos_id is not None else lm.eos_id
-    prefix = (bos,) if cfg.prepend_bos and bos is not None else ()
-    sep = (lm.eos_id,) if lm.eos_id is not None and cfg.join_with_eos else ()
+    if cfg.prepend_bos and bos is None:  # else windows would start with no BOS, unannounced
+        raise HarvestError(f"{lm.name}'s tokenizer has no BOS or EOS token to begin each window with: set "
+                           f"harvest.prepend_bos: false (windows start with document text)")
+    if cfg.join_with_eos and cfg.window_mode == "concat" and lm.eos_id is None:
+        raise HarvestError(f"{lm.name}'s tokenizer has no EOS token to join documents with: set harvest."
+                           f"join_with_eos: false (documents run on) or harvest.window_mode: per_doc")
+    prefix = (bos,) if cfg.prepend_bos else ()
+    sep = (lm.eos_id,) if cfg.join_with_eos and lm.eos_id is not None else ()
     pad = next(i for i in (cfg.pad_id, lm.pad_id, lm.eos_id, 0) if i is not None)
     return {"prefix": prefix, "suffix": (), "sep": sep, "pad_id": pad}
 

