@@ -210,6 +210,7 @@ def lens(common: Common, cfg, text: str, names: list[str], top: int = 5, hook: s
         trained_records,
     )
     from actdict.harvest.models import load_model, resolve_device
+    from actdict.harvest.tokentext import token_texts
 
     if cfg.mode == "vectors":
         raise LensError(f"harvest.mode is 'vectors': {_NO_MODEL}")
@@ -247,7 +248,8 @@ def lens(common: Common, cfg, text: str, names: list[str], top: int = 5, hook: s
         model_name, unit = lm.name, "token"
         same_model(model_name)
         ids, x = text_rows(lm, cfg, store.hook, text)  # [n], [n, d]
-        strings = [lm.tokenizer.decode([int(i)], clean_up_tokenization_spaces=False) for i in ids]
+        shown = token_texts(lm.tokenizer)  # as the report and the features files show tokens
+        strings = [shown(int(i)) for i in ids]
     out = {"text": text, "hook": store.hook, "model": model_name, "unit": unit, "token_ids": ids.tolist(),
            "tokens": strings, "dicts": {}}
     for name, model in models.items():

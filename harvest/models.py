@@ -352,9 +352,13 @@ def load_tokenizer(name_or_path: str) -> Any:
 def token_decoder(manifest: dict) -> Callable[[Sequence[int]], list[str]]:
     """``ids -> list[str]``: one display string per token id, from the tokenizer the manifest records.
 
-    -1 ids (user vectors) give ""; a manifest without a tokenizer gives "#id" for other ids."""
+    -1 ids (user vectors) give ""; a manifest without a tokenizer gives "#id" for other ids. Each token's
+    text is ``harvest.tokentext``'s (a partial UTF-8 character's bytes as ``<0xE7>``, not '�')."""
+    from actdict.harvest.tokentext import token_texts
+
     ref = manifest.get("tokenizer") or manifest.get("model")
     tok = load_tokenizer(ref) if ref else None
+    text = token_texts(tok) if tok is not None else None
     cache: dict[int, str] = {-1: ""}
 
     def decode(ids: Sequence[int]) -> list[str]:
@@ -362,10 +366,7 @@ def token_decoder(manifest: dict) -> Callable[[Sequence[int]], list[str]]:
         for i in ids:
             i = int(i)
             if i not in cache:
-                if tok is None or i < 0:
-                    cache[i] = "" if i < 0 else f"#{i}"
-                else:
-                    cache[i] = tok.decode([i], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+                cache[i] = "" if i < 0 else f"#{i}" if text is None else text(i)
             out.append(cache[i])
         return out
 

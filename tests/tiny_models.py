@@ -55,6 +55,37 @@ def bpe_tokenizer(head: list[str], tail: list[str], absent: tuple[str, ...] = ()
     return PreTrainedTokenizerFast(tokenizer_object=tk, model_max_length=128, **roles)
 
 
+SP_TEXT = ["the cat sat on the mat", "the dog ate the cat's food", "café au lait", "a naïve résumé"]
+
+
+def sentencepiece_tokenizer(llama: bool = True) -> Any:
+    """A tiny SentencePiece-style BPE with byte fallback, as Llama-2's and Gemma's HF fast tokenizers are
+    built: '▁' marks a word start, a character outside the vocabulary is spelled as byte tokens ``<0xE7>``
+    (ids 3..258, after ``<unk>`` ``<s>`` ``</s>``), and the decoder replaces '▁' by a space, fuses the bytes
+    and (``llama``: Llama-2's, which also puts '▁' before a text) strips the text's first space. Learned
+    offline from ``SP_TEXT`` (about 100 pieces)."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    meta = pre_tokenizers.Metaspace(prepend_scheme="first" if llama else "never")
+    learner = Tokenizer(models.BPE(unk_token="<unk>"))
+    learner.pre_tokenizer = meta
+    learner.train_from_iterator(SP_TEXT, trainers.BpeTrainer(vocab_size=100, show_progress=False))
+    learned = json.loads(learner.to_str())["model"]
+    head = ["<unk>", "<s>", "</s>", *(f"<0x{b:02X}>" for b in range(256))]
+    vocab = {t: i for i, t in enumerate(head)}
+    for t, _ in sorted(learned["vocab"].items(), key=lambda kv: kv[1]):
+        vocab.setdefault(t, len(vocab))
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in learned["merges"]]
+    tk = Tokenizer(models.BPE(vocab, merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tk.pre_tokenizer = meta
+    steps = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+    tk.decoder = decoders.Sequence(steps + ([decoders.Strip(" ", 1, 0)] if llama else []))
+    tk.add_special_tokens([AddedToken(t, special=True) for t in head[:3]])
+    return PreTrainedTokenizerFast(tokenizer_object=tk, model_max_length=128, unk_token="<unk>",
+                                   bos_token="<s>", eos_token="</s>")
+
+
 def family_tokenizer(family: str) -> Any:
     """The offline tokenizer of ``family`` (module doc)."""
     if family in ("gpt2", *SHAPES):  # GPT-1's own is lower-case BPE without specials: GPT-2's does for it

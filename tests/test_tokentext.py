@@ -1,0 +1,48 @@
+"""How a token reads wherever actdict shows one (``harvest.tokentext``), for each tokenizer family: GPT-2's
+byte-level BPE (Pythia's too), SentencePiece with byte fallback (Llama-2 and Gemma style, a tiny one built
+offline by ``tiny_models.sentencepiece_tokenizer``) and WordPiece (MiniLM)."""
+
+import pytest
+from tiny_models import sentencepiece_tokenizer
+
+from actdict.harvest.models import gpt2_tokenizer, token_decoder
+from actdict.harvest.tokentext import shown_bytes
+
+
+def decoder_of(tok, tmp_path):
+    """``token_decoder`` of a store whose manifest names ``tok`` saved in a folder, and ``tok``'s encode."""
+    tok.save_pretrained(tmp_path)
+    return token_decoder({"tokenizer": str(tmp_path)}), lambda text: tok(text, add_special_tokens=False)[
+        "input_ids"]
+
+
+def test_bytes_that_are_no_character_alone_are_shown_as_bytes():
+    assert shown_bytes("猫".encode()) == "猫"
+    assert shown_bytes(b" \xe7") == " <0xE7>" and shown_bytes(b"\x8c") == "<0x8C>"
+    assert shown_bytes(b"\xc3\xa9\xe2") == "é<0xE2>" and shown_bytes(b"\n") == "\n"
+
+
+def test_gpt2_partial_characters_show_their_bytes_not_a_replacement_character(tmp_path):
+    """'猫' is three GPT-2 tokens: each decoded alone to '�', so that the three looked alike."""
+    decode, encode = decoder_of(gpt2_tokenizer(), tmp_path)
+    ids = encode("héllo 🙂 猫\n")
+    assert ids == [71, 2634, 18798, 32485, 13328, 234, 104, 198]
+    assert decode(ids) == ["h", "é", "llo", " 🙂", " <0xE7>", "<0x8C>", "<0xAB>", "\n"]
+    assert decode(encode("\tx\r a\u200bb   <|endoftext|>")) == [
+        "\t", "x", "\r", " a", "\u200b", "b", " ", " ", " ", "<|endoftext|>"]
+
+
+@pytest.mark.parametrize("llama", [True, False])
+def test_sentencepiece_byte_fallback_tokens_show_their_bytes(tmp_path, llama):
+    """A character outside the vocabulary is spelled in byte tokens; those of a multi-byte character
+    decoded alone to '�' each."""
+    decode, encode = decoder_of(sentencepiece_tokenizer(llama), tmp_path)
+    ids = encode("a\u200bb\n猫")[-8:]  # Llama's begins with '▁a', Gemma's with 'a'
+    assert ids == [229, 131, 142, 101, 13, 234, 143, 174]
+    assert decode(ids) == ["<0xE2>", "<0x80>", "<0x8B>", "b", "\n", "<0xE7>", "<0x8C>", "<0xAB>"]
+    assert decode([0, 1, 2]) == ["<unk>", "<s>", "</s>"]
+
+
+def test_wordpiece_tokens_are_decoded_as_before():
+    decode = token_decoder({"tokenizer": "all-MiniLM-L6-v2"})
+    assert decode([7592, 2088, 2135, 100, 101, -1]) == ["hello", "world", "##ly", "[UNK]", "[CLS]", ""]
