@@ -10,7 +10,9 @@ stands for. ``tokenizer.decode([id])`` is not that for the byte-level families:
   own notation): ``' <0xE7>'``, ``'<0x8C>'``, ``'<0xAB>'``.
 * **SentencePiece with byte fallback** (Llama-2, Gemma, Mistral): a character outside the vocabulary is
   spelled as byte tokens ``<0xE7>``; those that are no character alone are shown so (not '�'), those
-  that are (``<0x0A>``) as their character.
+  that are (``<0x0A>``) as their character. A word starts with '▁', which ``decode`` makes a space but
+  drops at the start of a text (Llama's decoder strips it; so does a ``Metaspace`` decoder): alone,
+  '▁the' decoded to 'the' and '▁' to '', and a context read 'thecatsat'. Here '▁' is always a space.
 
 Other tokenizers (WordPiece, whose ``##`` continuations ``toptokens.display_strings`` joins) and every
 special or added token (``<|endoftext|>``, ``[CLS]``) are shown as ``decode`` gives them.
@@ -47,14 +49,15 @@ def byte_level_chars() -> dict[str, int]:
 
 
 def decoder_steps(tok: Any) -> list[str]:
-    """The types of a fast tokenizer's decoder steps ('ByteLevel'; 'Replace', 'ByteFallback', ...); [] for
-    a slow tokenizer or none."""
+    """The types of a fast tokenizer's decoder steps ('ByteLevel'; 'Replace', 'ByteFallback', ...), a
+    Replace of '▁' by a space as 'Metaspace' (what Metaspace does); [] for a slow tokenizer or none."""
     try:
         spec = json.loads(tok.backend_tokenizer.decoder.__getstate__())
     except (AttributeError, TypeError, ValueError):
         return []
     steps = spec.get("decoders", [spec]) if spec.get("type") == "Sequence" else [spec]
-    return [str(s.get("type")) for s in steps]
+    return ["Metaspace" if s.get("type") == "Replace" and s.get("pattern") == {"String": "▁"}
+            and s.get("content") == " " else str(s.get("type")) for s in steps]
 
 
 def token_texts(tok: Any) -> Callable[[int], str]:
@@ -74,6 +77,8 @@ def token_texts(tok: Any) -> Callable[[int], str]:
             return shown_bytes(bytes(chars[c] for c in piece))
         if "ByteFallback" in steps and (m := BYTE_TOKEN.fullmatch(piece)):
             return shown_bytes(bytes([int(m[1], 16)]))
+        if "Metaspace" in steps:  # decode drops a text's first space: '▁the' alone read 'the', '▁' ''
+            return piece.replace("▁", " ")
         return decoded(i)
 
     return text

@@ -46,3 +46,15 @@ def test_sentencepiece_byte_fallback_tokens_show_their_bytes(tmp_path, llama):
 def test_wordpiece_tokens_are_decoded_as_before():
     decode = token_decoder({"tokenizer": "all-MiniLM-L6-v2"})
     assert decode([7592, 2088, 2135, 100, 101, -1]) == ["hello", "world", "##ly", "[UNK]", "[CLS]", ""]
+
+
+@pytest.mark.parametrize("llama", [True, False])
+def test_sentencepiece_word_starts_keep_their_space(tmp_path, llama):
+    """Llama-2's decoder strips a text's first space, so each '▁word' token decoded alone lost its space
+    ('the', 'cat', 'sat': contexts read 'thecatsat') and a lone '▁' (before a byte-spelled character, in a
+    run of spaces) read ''. Gemma's decoder keeps it: the same strings either way."""
+    decode, encode = decoder_of(sentencepiece_tokenizer(llama), tmp_path)
+    ids = encode("the cat sat x   y")
+    first = " the" if llama else "the"  # Llama's tokenizer puts '▁' before a text, Gemma's does not
+    assert decode(ids) == [first, " cat", " sat", " ", "x", " ", " ", " ", "y"]
+    assert "".join(decode(ids)) == (" " if llama else "") + "the cat sat x   y"
