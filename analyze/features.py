@@ -63,6 +63,8 @@ def build_features(tracker: FeatureTracker, fires: np.ndarray, n_rows: int, stor
     where = {int(r): h for h, r in enumerate(rows.tolist())}
     used = np.unique(ctx.ids[ctx.valid]) if len(rows) else np.empty(0, np.int64)
     strings = decode(used.tolist()) if len(used) else []
+    wordpiece = getattr(decode, "wordpiece", None)  # token_decoder's, told by the tokenizer
+    wordpiece = is_wordpiece(strings) if wordpiece is None else wordpiece  # a plain function's: guessed
     cache: dict[int, list] = {}
 
     def hit(act: float, r: int) -> list:
@@ -99,7 +101,7 @@ def build_features(tracker: FeatureTracker, fires: np.ndarray, n_rows: int, stor
                                        if j >= 0]
     data = {"version": FEATURES_VERSION, "k": len(fires), "n_rows": int(n_rows), "window": window,
             "hist_edges": [_f(e) for e in tracker.hist.edges],
-            "wordpiece": is_wordpiece(strings),
+            "wordpiece": wordpiece,
             "tokens": {str(i): s for i, s in zip(used.tolist(), strings, strict=True)}, "features": feats}
     return data, ctx, where
 

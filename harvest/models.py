@@ -349,28 +349,40 @@ def load_tokenizer(name_or_path: str) -> Any:
                          f"({type(e).__name__}: {e}){todo}") from e
 
 
-def token_decoder(manifest: dict) -> Callable[[Sequence[int]], list[str]]:
-    """``ids -> list[str]``: one display string per token id, from the tokenizer the manifest records.
+@dataclass
+class TokenDecoder:
+    """``ids -> list[str]``: one display string per token id (``token_decoder``). ``wordpiece``: whether the
+    tokenizer is WordPiece, whose ``##`` continuations contexts join into words (None: no tokenizer).
+    Told by the tokenizer, not guessed from the strings: GPT-2's vocabulary has a '##' token (Markdown
+    headings), and one in a context made the report join a GPT-2 dictionary's contexts as WordPiece."""
 
-    -1 ids (user vectors) give ""; a manifest without a tokenizer gives "#id" for other ids. Each token's
-    text is ``harvest.tokentext``'s (a partial UTF-8 character's bytes as ``<0xE7>``, not '�')."""
-    from actdict.harvest.tokentext import token_texts
+    text: Callable[[int], str] | None
+    wordpiece: bool | None
 
-    ref = manifest.get("tokenizer") or manifest.get("model")
-    tok = load_tokenizer(ref) if ref else None
-    text = token_texts(tok) if tok is not None else None
-    cache: dict[int, str] = {-1: ""}
+    def __post_init__(self) -> None:
+        self._cache: dict[int, str] = {-1: ""}
 
-    def decode(ids: Sequence[int]) -> list[str]:
+    def __call__(self, ids: Sequence[int]) -> list[str]:
         out = []
         for i in ids:
             i = int(i)
-            if i not in cache:
-                cache[i] = "" if i < 0 else f"#{i}" if text is None else text(i)
-            out.append(cache[i])
+            if i not in self._cache:
+                self._cache[i] = "" if i < 0 else f"#{i}" if self.text is None else self.text(i)
+            out.append(self._cache[i])
         return out
 
-    return decode
+
+def token_decoder(manifest: dict) -> TokenDecoder:
+    """The ``TokenDecoder`` of the tokenizer the manifest records. -1 ids (user vectors) give ""; a manifest
+    without a tokenizer gives "#id" for other ids. Each token's text is ``harvest.tokentext``'s (a partial
+    UTF-8 character's bytes as ``<0xE7>``, not '�')."""
+    from actdict.harvest.tokentext import is_wordpiece_tokenizer, token_texts
+
+    ref = manifest.get("tokenizer") or manifest.get("model")
+    tok = load_tokenizer(ref) if ref else None
+    if tok is None:
+        return TokenDecoder(None, None)
+    return TokenDecoder(token_texts(tok), is_wordpiece_tokenizer(tok))
 
 
 # ------------------------------------------------------------------------------ offline Pythia stand-in

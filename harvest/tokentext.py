@@ -60,6 +60,11 @@ def decoder_steps(tok: Any) -> list[str]:
             and s.get("content") == " " else str(s.get("type")) for s in steps]
 
 
+def is_wordpiece_tokenizer(tok: Any) -> bool:
+    """Whether ``tok`` is WordPiece (BERT, MiniLM): its decoder's, or a slow tokenizer's, WordPiece."""
+    return "WordPiece" in decoder_steps(tok) or hasattr(tok, "wordpiece_tokenizer")
+
+
 def token_texts(tok: Any) -> Callable[[int], str]:
     """``id -> text`` of one token of ``tok`` (module doc)."""
     steps = decoder_steps(tok)

@@ -299,3 +299,29 @@ def test_contexts_read_a_chunk_at_a_time_and_keep_only_the_windows(tmp_path):
     want = [([r + 5 + i for i in range(-w, w + 1)], w) for r in rows]  # token ids are row + 5
     assert [ctx.row(h) for h in range(len(rows))] == want
     assert peak < n * d * 4 / 8  # the whole span, 5 MiB of acts, was read at once before
+
+
+def test_a_gpt2_hash_token_does_not_make_the_contexts_wordpiece(tmp_path):
+    """GPT-2's vocabulary has '##' (Markdown headings): one in any context made the features file say
+    WordPiece, and every context of the dictionary read '  Install', '  the' (a space added before each
+    token). The tokenizer says which it is: GPT-2's is not, MiniLM's is."""
+    from actdict.harvest.models import gpt2_tokenizer, token_decoder
+
+    tok = gpt2_tokenizer()
+    tok.save_pretrained(tmp_path / "tok")
+    ids = tok("## Install\n\nRun the cat. " * 20, add_special_tokens=False)["input_ids"]
+    assert ids[:7] == [2235, 15545, 198, 198, 10987, 262, 3797]
+    n = len(ids)
+    acts = np.random.default_rng(0).standard_normal((n, D)).astype(np.float32)
+    w = StoreWriter(str(tmp_path / "store"), {"hook": "blocks.0.hook_test", "model": "none"}, D, "float32",
+                    64, 32)
+    w.append(acts, np.asarray(ids, np.int32), np.zeros(n, np.int64), np.arange(n, dtype=np.int32))
+    w.close()
+    store = open_store(str(tmp_path / "store"))
+    W = np.random.default_rng(1).standard_normal((D, K)).astype(np.float32)
+    tr = scan(store, ReluDict(D, K, W), 3, 8, batch_size=50)
+    fires = (torch.relu(torch.as_tensor(acts) @ torch.as_tensor(W)) > 0).sum(0).numpy()
+    decode = token_decoder({"tokenizer": str(tmp_path / "tok")})
+    out, _, _ = build_features(tr, fires, n, store, 10, decode, 4)  # every context holds a '##'
+    assert out["tokens"]["2235"] == "##" and out["tokens"]["262"] == " the" and out["wordpiece"] is False
+    assert token_decoder({"tokenizer": "all-MiniLM-L6-v2"}).wordpiece is True
