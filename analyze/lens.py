@@ -32,6 +32,7 @@ from torch import Tensor
 from actdict.analyze.metrics import active_mask
 from actdict.analyze.outputs import OutputError, read_output
 from actdict.analyze.texts import clip
+from actdict.analyze.toptokens import alone, token_label
 from actdict.config import Common, common_of, load_experiment, section
 from actdict.errors import ActdictError, print_error, printable
 from actdict.files import write_atomic
@@ -101,17 +102,6 @@ def ranked(all_codes: Tensor, active: Tensor, top: int) -> tuple[Tensor, Tensor,
 def token_features(model, x: Tensor, top: int) -> tuple[Tensor, Tensor, Tensor]:
     """x [n, d] -> ``ranked`` of ``model``'s deterministic forward."""
     return ranked(*deterministic(model, x), top)
-
-
-_WHITESPACE_MARKS = str.maketrans({"\n": "\u21b5", "\t": "\u21e5", " ": "\u2423", "\r": "\u21b5"})
-"""How a token of whitespace alone is shown as a label: newline as the report's mark (↵), tab ⇥, space ␣."""
-
-
-def token_label(s: str) -> str:
-    """A token string as a label: stripped, or, when it is whitespace alone (a newline, a tab, an indent:
-    frequent top tokens on code and prose alike), that whitespace made visible (``_WHITESPACE_MARKS``),
-    where stripping it left an empty label and the feature none at all; "" stays "" (no string)."""
-    return s.strip() or s.translate(_WHITESPACE_MARKS)
 
 
 def _tokens_of(hits: list, strings: dict, n: int, texts: dict | None = None) -> list[str]:
@@ -296,7 +286,7 @@ def format_lens(res: dict) -> str:
     """The lens as text: per dictionary, one line per token (token, active count, features)."""
     unit = res.get("unit", "token")
     if unit == "token":
-        shown = [repr(s) for s in res["tokens"]]  # as the labels and --json: '##en' is a continuation
+        shown = [repr(alone(s)) for s in res["tokens"]]  # as the report shows them: '##en' a continuation
         what = "tokens in the corpus"
     else:
         shown = [repr(clip(s, 40)) for s in res["tokens"]]

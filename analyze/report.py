@@ -23,7 +23,7 @@ from plotly.colors import qualitative
 from actdict.analyze.outputs import read_output
 from actdict.analyze.report_features import run_label, shown, write_feature_page
 from actdict.analyze.splice import ce_caveat
-from actdict.analyze.toptokens import display_strings, is_wordpiece
+from actdict.analyze.toptokens import alone, display_strings, is_wordpiece, visible
 from actdict.files import write_atomic
 
 _CSS = """
@@ -308,8 +308,13 @@ def _kept_ticks(k: int) -> list[tuple[float, str]]:
 
 
 def _tok(t: Any) -> str:
-    """An escaped token, newlines shown as a visible mark."""
-    return esc(t).replace("\n", "\u21b5")
+    """An escaped token in a context, its invisible characters shown (``toptokens.visible``: newline ↵)."""
+    return esc(visible(str(t)))
+
+
+def _alone(t: Any) -> str:
+    """An escaped token by itself (highlighted, listed): ``toptokens.alone`` (a space-only token as ␣)."""
+    return esc(alone(str(t)))
 
 
 def _snippet(hit: dict, wordpiece: bool = False) -> str:
@@ -322,7 +327,8 @@ def _snippet(hit: dict, wordpiece: bool = False) -> str:
     token = display_strings([hit.get("token", "")], wordpiece)[0]
     lead = token[:len(token) - len(token.lstrip(" "))] if token.strip() else ""  # " of": highlight "of"
     return (f'<div class="ctx"><span class="act" title="{where}">{_num(hit.get("act"))}</span>'
-            f'<span class="dim">{before}{_tok(lead)}</span><span class="hl">{_tok(token[len(lead):])}</span>'
+            f'<span class="dim">{before}{_tok(lead)}</span>'
+            f'<span class="hl">{_alone(token[len(lead):])}</span>'
             f'<span class="dim">{after}</span></div>')
 
 
@@ -368,7 +374,7 @@ def _logit_line(lg: dict) -> str:
     words = (("up", "raises the logits of"), ("down", "lowers"))
     sides = [(word, lg[side]) for side, word in words if lg.get(side)]
     return '<div class="note">' + "; ".join(
-        f"{word}: " + ", ".join(f'<span class="tok">{_tok(t)}</span> {_num(v)}' for t, v in pairs)
+        f"{word}: " + ", ".join(f'<span class="tok">{_alone(t)}</span> {_num(v)}' for t, v in pairs)
         for word, pairs in sides) + "</div>"
 
 

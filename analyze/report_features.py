@@ -21,6 +21,7 @@ import json
 from pathlib import Path
 
 from actdict.analyze.features import feature_hits, shown_snapshots
+from actdict.analyze.toptokens import visible_js
 from actdict.files import remove_temps, write_atomic
 
 PART = 256
@@ -105,8 +106,7 @@ function fmt(v) {  // 4 significant digits; tiny values as 1.715e-6, not 0.00000
 function tokStr(id) {
   let s = TOK[String(id)];
   s = s === undefined ? '' : s;
-  if (D.wordpiece) s = s.startsWith('##') ? s.slice(2) : ' ' + s;
-  return s.replace(/\n/g, '\u21b5');
+  return D.wordpiece ? (s.startsWith('##') ? s.slice(2) : ' ' + s) : s;
 }
 function ctxLine(hit, neg) {
   const [act, row, doc, pos, ids, c] = hit;
@@ -121,9 +121,10 @@ function ctxLine(hit, neg) {
     return d;
   }
   const tok = tokStr(ids[c]), lead = tok.trim() ? /^ */.exec(tok)[0] : '';  // ' of': highlight 'of'
-  d.appendChild(el('span', 'dim', ids.slice(0, c).map(tokStr).join('') + lead));
-  d.appendChild(el('span', 'hl', tok.slice(lead.length)));
-  d.appendChild(el('span', 'dim', ids.slice(c + 1).map(tokStr).join('')));
+  const ctx = list => visible(list.map(tokStr).join(''));  // toptokens.visible: as the report
+  d.appendChild(el('span', 'dim', ctx(ids.slice(0, c)) + lead));
+  d.appendChild(el('span', 'hl', alone(tok.slice(lead.length))));
+  d.appendChild(el('span', 'dim', ctx(ids.slice(c + 1))));
   return d;
 }
 function topTokens(f) {  // distinct tokens of a live feature's top contexts (embedded rows: their texts)
@@ -131,8 +132,7 @@ function topTokens(f) {  // distinct tokens of a live feature's top contexts (em
     const seen = [];
     for (const [row, id] of (f.fires ? f.tops : [])) {
       const t = LABT[String(row)];
-      const raw = t !== undefined ? t : tokStr(id);  // whitespace alone (a tab, an indent) made visible, as
-      const s = raw.trim() || raw.replace(/\t/g, '\u21e5').replace(/ /g, '\u2423');  // lens.token_label
+      const s = t !== undefined ? t : tokenLabel(tokStr(id));  // toptokens.token_label: an indent as ␣
       if (s && !seen.includes(s)) seen.push(s);
     }
     f.tokens = seen;
@@ -272,7 +272,8 @@ async function renderFeature(i) {
     const pairs = (f.logits || {})[side] || [];  // direct logit effects (analyze.logit_effects)
     if (!pairs.length) continue;
     const q = p.appendChild(el('p', 'stats', word + ': '));
-    pairs.forEach(([id, v], j) => q.append(j ? ', ' : '', el('span', 'tok', tokStr(id)), ' ' + fmt(v)));
+    pairs.forEach(([id, v], j) => q.append(j ? ', ' : '', el('span', 'tok', alone(tokStr(id))),
+                                           ' ' + fmt(v)));
   }
   if (!f.fires) {  // a dead latent: its largest codes are those of rows where it is not active
     p.appendChild(el('p', 'note', 'dead latent: never active on the test rows, so no histogram; the ' +
@@ -407,7 +408,7 @@ def render_feature_page(data: dict, name: str, model: dict, summary: dict, parts
 </div><div id="panel"></div></main>
 <script type="application/json" id="feature-data">{embed_json(page_index(data))}</script>
 <script type="application/json" id="page-meta">{embed_json(meta)}</script>
-<script>{_JS}</script>
+<script>{visible_js()}{_JS}</script>
 </body></html>
 """
 

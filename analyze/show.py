@@ -22,7 +22,7 @@ from actdict.analyze.features import shown_snapshots
 from actdict.analyze.lens import dict_features, labels_of
 from actdict.analyze.outputs import OutputError, not_a_snapshot
 from actdict.analyze.texts import clip
-from actdict.analyze.toptokens import display_strings
+from actdict.analyze.toptokens import alone, display_strings, visible
 from actdict.errors import ActdictError, printable
 from actdict.train import checkpoint
 
@@ -52,10 +52,10 @@ def context(data: dict, hit: list, width: int = 96) -> str:
     if ids[c] < 0:  # a store of vectors: no token, no text
         return f"row {row} (doc {doc}, pos {pos})"
     s = display_strings([data["tokens"].get(str(i), f"#{i}") for i in ids], data.get("wordpiece"))
-    s = [t.replace("\n", "\u21b5") for t in s]  # a line break token as the report shows it: one line
-    left, mid, right = "".join(s[:c]), s[c], "".join(s[c + 1:])
-    if mid.startswith(" "):  # a WordPiece word's space stays outside the marks
+    left, mid, right = "".join(map(visible, s[:c])), s[c], "".join(map(visible, s[c + 1:]))  # as the report
+    if mid.startswith(" ") and mid.strip():  # a word's space stays outside the marks
         left, mid = left + " ", mid[1:]
+    mid = alone(mid)
     room = max(8, (width - len(mid)) // 2)
     left = left if len(left) <= room else "…" + left[-room:]
     right = right if len(right) <= room else right[:room] + "…"
@@ -97,7 +97,7 @@ def feature_lines(data: dict, labels: dict, i: int, top: int) -> list[str]:
     if lg := f.get("logits"):
         tok = data["tokens"]
         for side in ("up", "down"):
-            lines.append(f"  logits {side}: " + ", ".join(f"{tok.get(str(t), t)!r} {v:+.3g}"
+            lines.append(f"  logits {side}: " + ", ".join(f"{alone(tok.get(str(t), str(t)))!r} {v:+.3g}"
                                                         for t, v in lg[side]))
     return lines
 

@@ -13,6 +13,8 @@ Shapes: B = batch rows, k = features, t = top_k, H = hits, w = context window.
 
 from __future__ import annotations
 
+import json
+import unicodedata
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -153,6 +155,57 @@ def display_strings(strings: Sequence[str], wordpiece: bool | None = None) -> li
     if not (is_wordpiece(strings) if wordpiece is None else wordpiece):
         return list(strings)
     return [s[2:] if s.startswith("##") else " " + s for s in strings]
+
+
+MARKS = {"\n": "\u21b5", "\t": "\u21e5", "\r": "\u240d"}
+"""How a newline (↵), a tab (⇥) and a carriage return (␍) in a token are shown: the context stays one line."""
+HIDDEN = ("Cc", "Cf", "Zl", "Zp", "Zs")
+"""Unicode categories of the characters that show nothing (controls, format characters such as a zero-width
+space, a BOM or a bidi control, separators other than the space such as NBSP): shown as ``<U+200B>``."""
+
+
+def visible(s: str) -> str:
+    """A token as a context shows it: ``MARKS`` for newline, tab and CR, ``<U+200B>`` for each other
+    character that shows nothing (``HIDDEN``), spaces as they are (a context reads like the text). The
+    report, the feature pages (``visible_js``), ``actdict feature`` and ``actdict lens`` all show tokens so;
+    summary.json and the features files keep the text itself."""
+    return "".join(MARKS.get(c) or (f"<U+{ord(c):04X}>" if c != " " and unicodedata.category(c) in HIDDEN
+                                    else c) for c in s)
+
+
+def blank(s: str) -> bool:
+    """Whether ``s`` shows nothing by itself: only ``HIDDEN`` characters (spaces, newlines, tabs, zero-width
+    characters), or none."""
+    return all(unicodedata.category(c) in HIDDEN for c in s)
+
+
+def alone(s: str) -> str:
+    """A token shown by itself (the highlighted one of a context, a list of tokens): ``visible``, and when it
+    is ``blank``, its spaces as ␣ too (an indent: a space shows nothing)."""
+    return visible(s).replace(" ", "\u2423") if blank(s) else visible(s)
+
+
+def token_label(s: str) -> str:
+    """A token as a feature's label (its top tokens): stripped and ``visible``, or ``alone`` when it is
+    ``blank`` (a newline, a tab, an indent: frequent top tokens on code and prose alike, which stripping
+    left without a label); "" stays "" (no string)."""
+    return alone(s) if blank(s) else visible(s.strip())
+
+
+def visible_js() -> str:
+    """``visible``, ``blank``, ``alone`` and ``token_label`` in JavaScript, for the feature pages: the same
+    marks for the same characters."""
+    hidden = "".join("\\p{" + c + "}" for c in HIDDEN)  # a JS regular expression's class: \p{Cc}\p{Cf}...
+    return (f"const MARKS = {json.dumps(MARKS)};\n"
+            f"const HIDDEN = /[{hidden}]/gu, BLANK = /^[{hidden}]*$/u;\n"
+            "function visible(s) {\n"
+            "  return s.replace(HIDDEN, c => MARKS[c] || (c === ' ' ? c :\n"
+            "    '<U+' + c.codePointAt(0).toString(16).toUpperCase().padStart(4, '0') + '>'));\n"
+            "}\n"
+            "function alone(s) { return BLANK.test(s) ? visible(s).replace(/ /g, '\\u2423') : visible(s); }\n"
+            "function tokenLabel(s) {\n"
+            "  return BLANK.test(s) ? alone(s) : visible(s.trim());\n"
+            "}\n")
 
 
 def resolve_decoder(manifest: dict) -> Decoder:

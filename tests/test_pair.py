@@ -170,7 +170,7 @@ def test_the_table_prints_no_terminal_control_codes(tmp_path, capsys):
          "features": [{"i": i, "top": hits} for i in range(K)]}))
     assert cli(["compare", da, db, "--top", "2"]) == 0
     out = capsys.readouterr().out
-    assert "\x1b" not in out and "\\x1b]0;title\\x07x" in out
+    assert "\x1b" not in out and "<U+001B>]0;title<U+0007>" in out  # a token's label, as the report's
     features = tmp_path / "ra" / "features" / "a.json"  # another training's (k 5): its labels name others
     features.write_text(json.dumps(json.loads(features.read_text()) | {"k": K + 1}))
     assert cli(["compare", da, db, "--top", "2"]) == 0

@@ -68,7 +68,7 @@ def test_wordpiece_contexts_keep_their_spaces():
 def test_the_highlight_leaves_the_token_s_leading_space_outside():
     """The highlighted span holds the token's text, not the space before it (a WordPiece word or a BPE
     " word"): a highlight box starting with a blank reads as an offset from the word and, wrapped, left a
-    yellow blank at a line's end; a token that is only a space keeps it, so that the row's token shows."""
+    yellow blank at a line's end; a token that is only a space keeps it, shown as ␣."""
     s = _summary()
     hit = {"act": 1.0, "row": 0, "doc": 0, "pos": 1, "token": " of", "before": ["shards"], "after": [" the"]}
     s["models"]["sae_alpha"]["wordpiece"] = False
@@ -76,7 +76,7 @@ def test_the_highlight_leaves_the_token_s_leading_space_outside():
     page = render(s)
     assert '<span class="dim">shards </span><span class="hl">of</span><span class="dim"> the</span>' in page
     s["models"]["sae_alpha"]["features"][0]["top"] = [hit | {"token": " "}]
-    assert '<span class="dim">shards</span><span class="hl"> </span>' in render(s)
+    assert '<span class="dim">shards</span><span class="hl">\u2423</span>' in render(s)
 
 
 def test_names_and_numbers_present(tmp_path):

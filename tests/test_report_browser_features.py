@@ -269,7 +269,30 @@ def test_the_highlight_leaves_the_token_s_leading_space_outside(chromium, tmp_pa
     page = write_feature_page(data, "v", {"variant": "sae_l1"}, {"hook": "h"}, tmp_path / "v.html")
     dom = _dump(*chromium, page.as_uri() + "#f=0")
     assert '<span class="dim">shards </span><span class="hl">of</span><span class="dim"> the</span>' in dom
-    assert '<span class="dim">shards</span><span class="hl"> </span><span class="dim"> the</span>' in dom
+    assert '<span class="dim">shards</span><span class="hl">\u2423</span><span class="dim"> the</span>' in dom
+
+
+def test_invisible_characters_in_tokens_are_shown_as_the_report_shows_them(chromium, tmp_path):
+    """A tab, a carriage return, a zero-width space and an NBSP showed nothing on the page (a CR's context
+    could even break its line), and a label of a CR read as a newline's: each is now shown as
+    ``toptokens.visible`` shows it in the report and in the terminal (⇥, ␍, <U+200B>, <U+00A0>), a token
+    of spaces alone highlighted and listed as ␣."""
+    from actdict.analyze.report_features import write_feature_page
+
+    f = {"i": 0, "fires": 2, "density": 0.5, "max": 2.0, "min": 0.0, "hist": {"pos": [[32, 2]], "neg": []},
+         "top": [[2.0, 1, 0, 1, [1, 2, 3, 4, 5, 6], 3], [1.0, 2, 0, 2, [1, 7, 6], 1]], "bottom": [],
+         "quantiles": [], "logits": {"up": [[7, 0.5]], "down": [[3, -0.5]]}}
+    data = {"version": 1, "name": "v", "k": 1, "n_rows": 4, "window": 2, "hist_edges": list(range(-4, 5)),
+            "tokens": {"1": "x", "2": "\t", "3": "\r", "4": "\u200b", "5": " a\xa0b", "6": " y", "7": "  "},
+            "wordpiece": False, "features": [f]}
+    page = write_feature_page(data, "v", {"variant": "sae_l1"}, {"hook": "h"}, tmp_path / "v.html")
+    dom = _dump(*chromium, page.as_uri() + "#f=0")
+    assert ('<span class="dim">x\u21e5\u240d</span><span class="hl">&lt;U+200B&gt;</span>'
+            '<span class="dim"> a&lt;U+00A0&gt;b y</span>') in dom
+    assert '<span class="dim">x</span><span class="hl">\u2423\u2423</span><span class="dim"> y</span>' in dom
+    assert '<td class="lab">&lt;U+200B&gt;, \u2423\u2423</td>' in dom  # the list's top tokens
+    assert '<span class="tok">\u2423\u2423</span> 0.5' in dom  # the logit effects
+    assert '<span class="tok">\u240d</span> -0.5' in dom
 
 
 def test_a_feature_page_shows_its_direction_in_each_snapshot(chromium, tmp_path):

@@ -70,7 +70,7 @@ def test_a_context_marks_the_rows_token_and_escapes_nothing_it_should_not():
     assert context(data | {"texts": {"9": "A  long\ntext"}}, [1.0, 9, 0, 4, [-1], 0]) == \
         "A long text  (doc 0, pos 4)"
     assert context(data, [1.0, 9, 3, 0, [-1], 0]) == "row 9 (doc 3, pos 0)"
-    assert "«\x1b]0;x\x07»" in context(data, [1.0, 9, 0, 0, [1, 4], 1])  # printed through printable()
+    assert "«<U+001B>]0;x<U+0007>»" in context(data, [1.0, 9, 0, 0, [1, 4], 1])  # as the report shows them
 
 
 def test_feature_lines_of_signed_codes_directions_logits_and_a_dead_feature():

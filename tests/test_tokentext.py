@@ -58,3 +58,29 @@ def test_sentencepiece_word_starts_keep_their_space(tmp_path, llama):
     first = " the" if llama else "the"  # Llama's tokenizer puts '▁' before a text, Gemma's does not
     assert decode(ids) == [first, " cat", " sat", " ", "x", " ", " ", " ", "y"]
     assert "".join(decode(ids)) == (" " if llama else "") + "the cat sat x   y"
+
+
+def test_invisible_characters_are_shown_alike_in_the_report_the_terminal_and_the_lens():
+    """A tab, a carriage return, a zero-width space, an NBSP: the report showed nothing for them (a CR
+    even broke the context's line), `actdict feature` a tab as a tab and a CR as '\\x0d', the lens's labels
+    a CR as a newline (↵). Each surface now shows them as ``toptokens.visible`` does, a token of spaces
+    alone (highlighted, listed, a label) as ␣."""
+    from actdict.analyze.lens import format_lens, token_label
+    from actdict.analyze.report import _snippet
+    from actdict.analyze.show import context
+
+    tokens = {"1": "x", "2": "\t", "3": "\r", "4": "\u200b", "5": " a\xa0b", "6": " y", "7": "  "}
+    data = {"tokens": tokens, "wordpiece": False}
+    assert context(data, [1.0, 9, 0, 3, [1, 2, 3, 4, 5, 6], 3]) == \
+        "x\u21e5\u240d«<U+200B>» a<U+00A0>b y  (doc 0, pos 3)"
+    assert context(data, [1.0, 9, 0, 1, [1, 7, 6], 1]) == "x«\u2423\u2423» y  (doc 0, pos 1)"
+    hit = {"act": 1.0, "doc": 0, "pos": 3, "token": "\u200b", "before": ["x", "\t", "\r"],
+           "after": [" a\xa0b", " y"]}
+    assert ('<span class="dim">x\u21e5\u240d</span><span class="hl">&lt;U+200B&gt;</span>'
+            '<span class="dim"> a&lt;U+00A0&gt;b y</span>') in _snippet(hit)
+    assert [token_label(tokens[i]) for i in "1234567"] == [
+        "x", "\u21e5", "\u240d", "<U+200B>", "a<U+00A0>b", "y", "\u2423\u2423"]
+    res = {"model": "m", "hook": "h", "tokens": ["\t", "\r", "  ", " y"], "dicts": {"d": {
+        "variant": "v", "k": 2, "labels_note": "", "active": [0] * 4, "features": [[]] * 4}}}
+    assert [line[2:6] for line in format_lens(res).splitlines()[-4:]] == [
+        "'\u21e5' ", "'\u240d' ", "'\u2423\u2423'", "' y'"]
