@@ -23,7 +23,7 @@ from plotly.colors import qualitative
 from actdict.analyze.outputs import read_output
 from actdict.analyze.report_features import run_label, shown, write_feature_page
 from actdict.analyze.splice import ce_caveat
-from actdict.analyze.toptokens import alone, display_strings, is_wordpiece, visible
+from actdict.analyze.toptokens import alone, context_text, display_strings, is_wordpiece, visible
 from actdict.files import write_atomic
 
 _CSS = """
@@ -322,8 +322,8 @@ def _snippet(hit: dict, wordpiece: bool = False) -> str:
     if "text" in hit or (hit.get("token_id") or 0) < 0:  # an embedded document / paragraph: its text
         return (f'<div class="ctx txt"><span class="act">{_num(hit.get("act"))}</span>'
                 f'<span>{esc(hit.get("text", ""))}</span><span class="where">{where}</span></div>')
-    before = "".join(_tok(t) for t in display_strings(hit.get("before", []), wordpiece))
-    after = "".join(_tok(t) for t in display_strings(hit.get("after", []), wordpiece))
+    before = esc(context_text(display_strings(hit.get("before", []), wordpiece)))
+    after = esc(context_text(display_strings(hit.get("after", []), wordpiece)))
     token = display_strings([hit.get("token", "")], wordpiece)[0]
     lead = token[:len(token) - len(token.lstrip(" "))] if token.strip() else ""  # " of": highlight "of"
     return (f'<div class="ctx"><span class="act" title="{where}">{_num(hit.get("act"))}</span>'

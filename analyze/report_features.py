@@ -121,7 +121,7 @@ function ctxLine(hit, neg) {
     return d;
   }
   const tok = tokStr(ids[c]), lead = tok.trim() ? /^ */.exec(tok)[0] : '';  // ' of': highlight 'of'
-  const ctx = list => visible(list.map(tokStr).join(''));  // toptokens.visible: as the report
+  const ctx = ids => contextText(ids.map(tokStr));  // as the report
   d.appendChild(el('span', 'dim', ctx(ids.slice(0, c)) + lead));
   d.appendChild(el('span', 'hl', alone(tok.slice(lead.length))));
   d.appendChild(el('span', 'dim', ctx(ids.slice(c + 1))));

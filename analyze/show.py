@@ -22,7 +22,7 @@ from actdict.analyze.features import shown_snapshots
 from actdict.analyze.lens import dict_features, labels_of
 from actdict.analyze.outputs import OutputError, not_a_snapshot
 from actdict.analyze.texts import clip
-from actdict.analyze.toptokens import alone, display_strings, visible
+from actdict.analyze.toptokens import alone, context_text, display_strings
 from actdict.errors import ActdictError, printable
 from actdict.train import checkpoint
 
@@ -52,7 +52,7 @@ def context(data: dict, hit: list, width: int = 96) -> str:
     if ids[c] < 0:  # a store of vectors: no token, no text
         return f"row {row} (doc {doc}, pos {pos})"
     s = display_strings([data["tokens"].get(str(i), f"#{i}") for i in ids], data.get("wordpiece"))
-    left, mid, right = "".join(map(visible, s[:c])), s[c], "".join(map(visible, s[c + 1:]))  # as the report
+    left, mid, right = context_text(s[:c]), s[c], context_text(s[c + 1:])  # as the report
     if mid.startswith(" ") and mid.strip():  # a word's space stays outside the marks
         left, mid = left + " ", mid[1:]
     mid = alone(mid)

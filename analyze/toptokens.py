@@ -14,6 +14,7 @@ Shapes: B = batch rows, k = features, t = top_k, H = hits, w = context window.
 from __future__ import annotations
 
 import json
+import re
 import unicodedata
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -173,6 +174,38 @@ def visible(s: str) -> str:
                                     else c) for c in s)
 
 
+BYTE_RUN = re.compile(r"(?:<0x[0-9A-F]{2}>)+")
+"""A run of the byte marks ``harvest.tokentext`` writes for bytes that are no character alone."""
+
+
+def _spelled(b: bytes) -> str:
+    """``b`` as UTF-8, from the first byte on the longest piece (4..1 bytes) that is a character; a byte
+    that starts none stays a mark. ``visible_js``'s ``spelled`` does the same with a fatal TextDecoder."""
+    out, i = [], 0
+    while i < len(b):
+        for n in (4, 3, 2, 1):
+            if i + n <= len(b):
+                try:
+                    out.append(b[i:i + n].decode("utf-8"))
+                    break
+                except UnicodeDecodeError:
+                    pass
+        else:
+            out.append(f"<0x{b[i]:02X}>")
+            n = 1
+        i += n
+    return "".join(out)
+
+
+def context_text(strings: Sequence[str]) -> str:
+    """Tokens as a context shows them: joined, the byte marks of a character split over tokens (GPT-2's
+    ' <0xE7>' '<0x8C>' '<0xAB>') read as that character (' 猫'), then ``visible``. A character cut by the
+    context's edge or by the highlighted token keeps its marks."""
+    text = BYTE_RUN.sub(lambda m: _spelled(bytes.fromhex(m[0].replace("<0x", "").replace(">", ""))),
+                        "".join(strings))
+    return visible(text)
+
+
 def blank(s: str) -> bool:
     """Whether ``s`` shows nothing by itself: only ``HIDDEN`` characters (spaces, newlines, tabs, zero-width
     characters), or none."""
@@ -201,6 +234,24 @@ def visible_js() -> str:
             "function visible(s) {\n"
             "  return s.replace(HIDDEN, c => MARKS[c] || (c === ' ' ? c :\n"
             "    '<U+' + c.codePointAt(0).toString(16).toUpperCase().padStart(4, '0') + '>'));\n"
+            "}\n"
+            "const UTF8 = new TextDecoder('utf-8', {fatal: true});\n"
+            "function spelled(run) {  // toptokens._spelled of a run of byte marks\n"
+            "  const b = Uint8Array.from(run.match(/[0-9A-F]{2}/g), h => parseInt(h, 16));\n"
+            "  let out = '', i = 0;\n"
+            "  while (i < b.length) {\n"
+            "    let n = 4;\n"
+            "    for (; n > 0; n--) {\n"
+            "      if (i + n > b.length) continue;\n"
+            "      try { out += UTF8.decode(b.subarray(i, i + n)); break; } catch (e) { /* none */ }\n"
+            "    }\n"
+            "    if (n === 0) { out += run.slice(6 * i, 6 * i + 6); n = 1; }\n"
+            "    i += n;\n"
+            "  }\n"
+            "  return out;\n"
+            "}\n"
+            "function contextText(list) {  // toptokens.context_text\n"
+            "  return visible(list.join('').replace(/(?:<0x[0-9A-F]{2}>)+/g, spelled));\n"
             "}\n"
             "function alone(s) { return BLANK.test(s) ? visible(s).replace(/ /g, '\\u2423') : visible(s); }\n"
             "function tokenLabel(s) {\n"

@@ -15,7 +15,9 @@ stands for. ``tokenizer.decode([id])`` is not that for the byte-level families:
   '▁the' decoded to 'the' and '▁' to '', and a context read 'thecatsat'. Here '▁' is always a space.
 
 Other tokenizers (WordPiece, whose ``##`` continuations ``toptokens.display_strings`` joins) and every
-special or added token (``<|endoftext|>``, ``[CLS]``) are shown as ``decode`` gives them.
+special or added token (``<|endoftext|>``, ``[CLS]``) are shown as ``decode`` gives them. These texts are
+what summary.json and the features files hold; how a context and a token are shown from them (a split
+character read whole, invisible characters marked) is ``analyze.toptokens.context_text`` and ``visible``.
 """
 
 from __future__ import annotations

@@ -295,6 +295,25 @@ def test_invisible_characters_in_tokens_are_shown_as_the_report_shows_them(chrom
     assert '<span class="tok">\u240d</span> -0.5' in dom
 
 
+def test_a_character_split_over_tokens_reads_as_itself_in_a_pages_context(chromium, tmp_path):
+    """GPT-2's '猫' in three tokens (' <0xE7>', '<0x8C>', '<0xAB>'): the context reads ' 猫', as in the
+    report (toptokens.context_text); cut by the highlighted token, its bytes stay marks."""
+    from actdict.analyze.report_features import write_feature_page
+
+    f = {"i": 0, "fires": 2, "density": 0.5, "max": 2.0, "min": 0.0, "hist": {"pos": [[32, 2]], "neg": []},
+         "top": [[2.0, 1, 0, 3, [1, 2, 3, 4, 5, 6, 7, 8], 3], [1.0, 2, 0, 1, [1, 2, 3, 4], 1]], "bottom": [],
+         "quantiles": []}
+    data = {"version": 1, "name": "v", "k": 1, "n_rows": 4, "window": 4, "hist_edges": list(range(-4, 5)),
+            "tokens": {"1": " <0xE7>", "2": "<0x8C>", "3": "<0xAB>", "4": " cat", "5": "<0xE2>",
+                       "6": "<0x80>", "7": "<0x8B>", "8": "<0xF0>"}, "wordpiece": False, "features": [f]}
+    page = write_feature_page(data, "v", {"variant": "sae_l1"}, {"hook": "h"}, tmp_path / "v.html")
+    dom = _dump(*chromium, page.as_uri() + "#f=0")
+    assert ('<span class="dim"> \u732b </span><span class="hl">cat</span>'
+            '<span class="dim">&lt;U+200B&gt;&lt;0xF0&gt;</span>') in dom
+    assert ('<span class="dim"> &lt;0xE7&gt;</span><span class="hl">&lt;0x8C&gt;</span>'
+            '<span class="dim">&lt;0xAB&gt; cat</span>') in dom
+
+
 def test_a_feature_page_shows_its_direction_in_each_snapshot(chromium, tmp_path):
     """With train.snapshot_every, a feature's page says its best cosine among each snapshot's decoder
     columns by step (analysis' formation): about 12 of many, the last always; none without snapshots."""

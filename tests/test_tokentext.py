@@ -84,3 +84,22 @@ def test_invisible_characters_are_shown_alike_in_the_report_the_terminal_and_the
         "variant": "v", "k": 2, "labels_note": "", "active": [0] * 4, "features": [[]] * 4}}}
     assert [line[2:6] for line in format_lens(res).splitlines()[-4:]] == [
         "'\u21e5' ", "'\u240d' ", "'\u2423\u2423'", "' y'"]
+
+
+def test_a_character_split_over_tokens_reads_as_itself_in_a_context():
+    """GPT-2's '猫' is three tokens, each shown by its bytes (' <0xE7>', '<0x8C>', '<0xAB>'): a context
+    holding all three read ' <0xE7><0x8C><0xAB> cat'; it reads ' 猫 cat', in the report and in the terminal.
+    A character cut by the highlighted token or the context's edge keeps its marks."""
+    from actdict.analyze.report import _snippet
+    from actdict.analyze.show import context
+
+    tokens = {"1": " <0xE7>", "2": "<0x8C>", "3": "<0xAB>", "4": " cat", "5": "<0xE2>", "6": "<0x80>",
+              "7": "<0x8B>", "8": "<0xF0>"}
+    data = {"tokens": tokens, "wordpiece": False}
+    assert context(data, [1.0, 9, 0, 3, [1, 2, 3, 4], 3]) == " 猫 «cat»  (doc 0, pos 3)"
+    assert context(data, [1.0, 9, 0, 1, [1, 2, 3, 4], 1]) == " <0xE7>«<0x8C>»<0xAB> cat  (doc 0, pos 1)"
+    assert context(data, [1.0, 9, 0, 1, [4, 5, 6, 7, 8, 4], 0]) == " «cat»<U+200B><0xF0> cat  (doc 0, pos 1)"
+    hit = {"act": 1.0, "doc": 0, "pos": 3, "token": " cat", "before": [" <0xE7>", "<0x8C>", "<0xAB>"],
+           "after": ["<0x8C>", "<0xAB>", " cat"]}
+    assert ('<span class="dim"> 猫 </span><span class="hl">cat</span>'
+            '<span class="dim">&lt;0x8C&gt;&lt;0xAB&gt; cat</span>') in _snippet(hit)
