@@ -130,7 +130,23 @@ def model_windows(lm: LoadedModel, cfg: HarvestConfig, start: tuple[int, int] = 
     if cfg.ctx > lm.n_ctx:
         raise HarvestError(f"harvest.ctx={cfg.ctx} exceeds the context of {lm.name} ({lm.n_ctx})")
     docs = tokenized(lm.tokenizer, islice(iter_documents(cfg.source), start[0], None), ranks=ranks)
-    return token_windows(docs, cfg.ctx, mode=cfg.window_mode, start=start, **window_specials(lm, cfg))
+    windows = token_windows(docs, cfg.ctx, mode=cfg.window_mode, start=start, **window_specials(lm, cfg))
+    return in_vocab(windows, lm)
+
+
+def in_vocab(windows: Iterable[Window], lm: LoadedModel) -> Iterator[Window]:
+    """``windows``, refused at the first token id past ``lm``'s embedding, else an IndexError deep in the
+    forward: a tokenizer may hold tokens its model lacks (TransformerBridge adds '<|endoftext|>' to one
+    with neither EOS nor UNK, and a literal one in a text is read as that token)."""
+    for w in windows:
+        if len(w.tokens) and int(w.tokens.max()) >= lm.n_vocab:
+            at = int(np.argmax(w.tokens >= lm.n_vocab))
+            i = int(w.tokens[at])
+            name = lm.tokenizer.convert_ids_to_tokens(i)
+            raise HarvestError(f"document {int(w.doc[at])} holds token {i} ({name!r}), which {lm.name}'s "
+                               f"tokenizer has but its embedding lacks (ids 0..{lm.n_vocab - 1}): remove "
+                               "that text from the source, or give the model a tokenizer without it")
+        yield w
 
 
 def describe_source(src: SourceConfig) -> str:

@@ -197,3 +197,22 @@ def test_a_tokenizer_without_eos_is_refused_not_joined_with_an_invented_token(tm
     rows = store.read_rows(0, len(store))
     ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
     np.testing.assert_array_equal(rows.token_ids, np.concatenate(ids))  # no separator, nothing invented
+
+
+def test_a_token_past_the_embedding_in_a_text_is_refused_naming_it(tmp_path):
+    """The bridge adds '<|endoftext|>' to a tokenizer with neither EOS nor UNK, at id 50257, one past the
+    embedding: a text holding it literally stopped the harvest with an IndexError deep in the forward."""
+    from test_harvest import harvest
+    from tiny_models import EOT, bpe_tokenizer
+
+    from actdict.harvest.run import HarvestError
+
+    tok = bpe_tokenizer(["<s>"], [], absent=(EOT,), bos_token="<s>")
+    path = make_tiny("llama", tmp_path / "m", tok=tok)
+    texts = ["The ferry leaves at nine.", f"Owls {EOT} at night."]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    source = {"kind": "files", "path": str(tmp_path / "d.jsonl")}
+    with pytest.raises(HarvestError, match=r"^document 1 holds token 50257 \('<\|endoftext\|>'\), which "
+                       r".*'s tokenizer has but its embedding lacks \(ids 0\.\.50256\): remove that text"):
+        harvest(tmp_path / "run", model=str(path), ctx=12, join_with_eos=False,
+                hooks=["blocks.0.hook_resid_post"], source=source)

@@ -352,7 +352,7 @@ def test_resume_reads_but_does_not_tokenize_earlier_documents(corpus):
         return {"input_ids": [[10 + len(w) for w in t.split()] for t in batch]}
 
     lm = SimpleNamespace(kind="causal", bos_id=0, eos_id=1, pad_id=None, cls_id=None, sep_id=None,
-                         name="fake", n_ctx=64, tokenizer=tokenizer)
+                         name="fake", n_ctx=64, n_vocab=100, tokenizer=tokenizer)
     cfg = build(HarvestConfig, {"source": {"kind": "files", "path": str(corpus)}, "ctx": 16})
     full = list(model_windows(lm, cfg))
     docs = list(iter_documents(cfg.source))
