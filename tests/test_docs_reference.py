@@ -504,3 +504,26 @@ def flag_default_findings(parsers: dict[str, list[argparse.ArgumentParser]]) -> 
 
 def test_flag_defaults_are_the_parsers(parsers):
     assert flag_default_findings(parsers) == []
+
+
+def layout_findings() -> list[str]:
+    """Each module of actdict/, harvest/, train/, analyze/ and benchmarks/ (and train/variants/ as a whole)
+    not named in the README's Layout block, under its folder's entry: a module added without a word there
+    (files, lock, signals, rng, added, tokentext, ddp_check, the config modules were not)."""
+    block = part(DOCS["README.md"], "Layout").split("```")[1]
+    entries = dict(re.findall(r"(?ms)^(\w+)/ +(.*?)(?=^\w+/ |\Z)", block))
+    bad = []
+    for folder in ("actdict", "harvest", "train", "analyze", "benchmarks"):
+        said = entries.get(folder, "")
+        for f in sorted((ROOT / folder).iterdir()):
+            name = f.name.removesuffix(".py")
+            if name.startswith("__") or not (f.suffix in (".py", ".sh") or f.is_dir() and name == "variants"):
+                continue
+            shown = f.name if f.suffix == ".sh" else name
+            if re.search(rf"(?<![\w.]){re.escape(shown)}(?![\w])", said) is None:
+                bad.append(f"{folder}/{f.name}")
+    return bad
+
+
+def test_every_module_is_named_in_the_readmes_layout():
+    assert layout_findings() == []
