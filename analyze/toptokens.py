@@ -235,7 +235,7 @@ def visible_js() -> str:
             "  return s.replace(HIDDEN, c => MARKS[c] || (c === ' ' ? c :\n"
             "    '<U+' + c.codePointAt(0).toString(16).toUpperCase().padStart(4, '0') + '>'));\n"
             "}\n"
-            "const UTF8 = new TextDecoder('utf-8', {fatal: true});\n"
+            "const UTF8 = new TextDecoder('utf-8', {fatal: true, ignoreBOM: true});  // U+FEFF kept\n"
             "function spelled(run) {  // toptokens._spelled of a run of byte marks\n"
             "  const b = Uint8Array.from(run.match(/[0-9A-F]{2}/g), h => parseInt(h, 16));\n"
             "  let out = '', i = 0;\n"

@@ -408,3 +408,21 @@ def test_a_pages_parts_carry_only_the_snapshots_it_shows(chromium, tmp_path):
     assert ("its direction in the snapshots (best cosine, by step): 5: -0.1875, 50: -0.075, 95: 0.0375, "
             "140: 0.15, 185: 0.2625, 230: 0.375, 275: 0.4875, 320: 0.6, 365: 0.7125, 410: 0.825, "
             "455: 0.9375, 500: 1.05<") in dom
+
+
+def test_a_byte_order_mark_split_over_tokens_is_marked_on_the_page_as_in_the_report(chromium, tmp_path):
+    """A BOM (EF BB BF) split over two GPT-2 tokens ('<0xEF><0xBB>', '<0xBF>Hi'): the report reads
+    '<U+FEFF>Hi', but the page's TextDecoder dropped a leading BOM as it decoded, so the page read 'Hi'."""
+    from actdict.analyze.report_features import write_feature_page
+    from actdict.analyze.toptokens import context_text
+
+    tokens = {"1": " x", "2": "<0xEF><0xBB>", "3": "<0xBF>Hi", "4": " y"}
+    assert context_text([tokens["2"], tokens["3"]]) == "<U+FEFF>Hi"
+    f = {"i": 0, "fires": 1, "density": 0.5, "max": 2.0, "min": 0.0, "hist": {"pos": [[32, 1]], "neg": []},
+         "top": [[2.0, 1, 0, 3, [2, 3, 1, 2, 3], 2]], "bottom": [], "quantiles": []}
+    data = {"version": 1, "name": "v", "k": 1, "n_rows": 4, "window": 4, "hist_edges": list(range(-4, 5)),
+            "tokens": tokens, "wordpiece": False, "features": [f]}
+    page = write_feature_page(data, "v", {"variant": "sae_l1"}, {"hook": "h"}, tmp_path / "v.html")
+    dom = _dump(*chromium, page.as_uri() + "#f=0")
+    assert ('<span class="dim">&lt;U+FEFF&gt;Hi </span><span class="hl">x</span>'
+            '<span class="dim">&lt;U+FEFF&gt;Hi</span>') in dom
