@@ -174,8 +174,9 @@ def visible(s: str) -> str:
                                     else c) for c in s)
 
 
-BYTE_RUN = re.compile(r"(?:<0x[0-9A-F]{2}>)+")
-"""A run of the byte marks ``harvest.tokentext`` writes for bytes that are no character alone."""
+BYTE_RUN = re.compile(r"((?:<0x[89A-F][0-9A-F]>)+)")
+"""A run of the byte marks ``harvest.tokentext`` writes for bytes that are no character alone (0x80-0xFF:
+an ASCII byte is always a character), captured so that ``re.split`` keeps it."""
 
 
 def _spelled(b: bytes) -> str:
@@ -200,10 +201,18 @@ def _spelled(b: bytes) -> str:
 def context_text(strings: Sequence[str]) -> str:
     """Tokens as a context shows them: joined, the byte marks of a character split over tokens (GPT-2's
     ' <0xE7>' '<0x8C>' '<0xAB>') read as that character (' 猫'), then ``visible``. A character cut by the
-    context's edge or by the highlighted token keeps its marks."""
-    text = BYTE_RUN.sub(lambda m: _spelled(bytes.fromhex(m[0].replace("<0x", "").replace(">", ""))),
-                        "".join(strings))
-    return visible(text)
+    context's edge or by the highlighted token keeps its marks. Only a mark that one token's text holds
+    whole is a byte: a document's own '<0x0A>' or '<0xC3><0xA9>', spelled over several tokens ('<', '0x',
+    '0A', '>'), reads as it is written (``visible_js``'s ``contextText`` does the same)."""
+    out, run = [], ""
+    for s in strings:
+        for j, part in enumerate(BYTE_RUN.split(s)):
+            if j % 2:
+                run += part
+            elif part:
+                out += [_spelled(bytes.fromhex(run.replace("<0x", "").replace(">", ""))), part]
+                run = ""
+    return visible("".join(out) + _spelled(bytes.fromhex(run.replace("<0x", "").replace(">", ""))))
 
 
 def blank(s: str) -> bool:
@@ -237,7 +246,7 @@ def visible_js() -> str:
             "}\n"
             "const UTF8 = new TextDecoder('utf-8', {fatal: true, ignoreBOM: true});  // U+FEFF kept\n"
             "function spelled(run) {  // toptokens._spelled of a run of byte marks\n"
-            "  const b = Uint8Array.from(run.match(/[0-9A-F]{2}/g), h => parseInt(h, 16));\n"
+            "  const b = Uint8Array.from(run.match(/[0-9A-F]{2}/g) || [], h => parseInt(h, 16));\n"
             "  let out = '', i = 0;\n"
             "  while (i < b.length) {\n"
             "    let n = 4;\n"
@@ -250,8 +259,17 @@ def visible_js() -> str:
             "  }\n"
             "  return out;\n"
             "}\n"
-            "function contextText(list) {  // toptokens.context_text\n"
-            "  return visible(list.join('').replace(/(?:<0x[0-9A-F]{2}>)+/g, spelled));\n"
+            "const BYTES = /((?:<0x[89A-F][0-9A-F]>)+)/;  // toptokens.BYTE_RUN\n"
+            "function contextText(list) {  // toptokens.context_text: a token's own marks are bytes\n"
+            "  const out = [];\n"
+            "  let run = '';\n"
+            "  for (const s of list) {\n"
+            "    s.split(BYTES).forEach((part, j) => {\n"
+            "      if (j % 2) run += part;\n"
+            "      else if (part) { out.push(spelled(run), part); run = ''; }\n"
+            "    });\n"
+            "  }\n"
+            "  return visible(out.join('') + spelled(run));\n"
             "}\n"
             "function alone(s) { return BLANK.test(s) ? visible(s).replace(/ /g, '\\u2423') : visible(s); }\n"
             "function tokenLabel(s) {\n"

@@ -426,3 +426,20 @@ def test_a_byte_order_mark_split_over_tokens_is_marked_on_the_page_as_in_the_rep
     dom = _dump(*chromium, page.as_uri() + "#f=0")
     assert ('<span class="dim">&lt;U+FEFF&gt;Hi </span><span class="hl">x</span>'
             '<span class="dim">&lt;U+FEFF&gt;Hi</span>') in dom
+
+
+def test_a_documents_own_byte_marks_read_as_written_on_the_page(chromium, tmp_path):
+    """A document's own '<0x0A>' and '<0xC3><0xA9>', each spelled over several tokens, read as a newline (↵)
+    and 'é' on the page, as in the report (test_tokentext); a split '猫' still reads as itself."""
+    from actdict.analyze.report_features import write_feature_page
+
+    tokens = {"1": " <", "2": "0x", "3": "0A", "4": ">", "5": "0xC3", "6": "><", "7": "0xA9", "8": " <0xE7>",
+              "9": "<0x8C>", "10": "<0xAB>", "11": " cat"}
+    f = {"i": 0, "fires": 1, "density": 0.5, "max": 2.0, "min": 0.0, "hist": {"pos": [[32, 1]], "neg": []},
+         "top": [[2.0, 1, 0, 9, [1, 2, 3, 4, 1, 5, 6, 7, 4, 11, 8, 9, 10], 9]], "bottom": [], "quantiles": []}
+    data = {"version": 1, "name": "v", "k": 1, "n_rows": 4, "window": 13, "hist_edges": list(range(-4, 5)),
+            "tokens": tokens, "wordpiece": False, "features": [f]}
+    page = write_feature_page(data, "v", {"variant": "sae_l1"}, {"hook": "h"}, tmp_path / "v.html")
+    dom = _dump(*chromium, page.as_uri() + "#f=0")
+    assert ('<span class="dim"> &lt;0x0A&gt; &lt;0xC3&gt;&lt;0xA9&gt; </span><span class="hl">cat</span>'
+            '<span class="dim"> \u732b</span>') in dom

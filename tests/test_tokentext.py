@@ -103,3 +103,17 @@ def test_a_character_split_over_tokens_reads_as_itself_in_a_context():
            "after": ["<0x8C>", "<0xAB>", " cat"]}
     assert ('<span class="dim"> 猫 </span><span class="hl">cat</span>'
             '<span class="dim">&lt;0x8C&gt;&lt;0xAB&gt; cat</span>') in _snippet(hit)
+
+
+def test_a_documents_own_byte_marks_read_as_written():
+    """A document's own '<0x0A>' or '<0xC3><0xA9>' (a text about Llama's byte tokens), spelled over several
+    tokens, read as the newline (↵) and the 'é' it names in the report and the terminal: only a mark that
+    one token's text holds whole, and only of a byte 0x80-0xFF (harvest.tokentext writes no other), is a
+    byte; a character split over tokens still reads as itself."""
+    from actdict.analyze.toptokens import context_text
+
+    assert context_text(["the token ", "<", "0x", "0A", "> is"]) == "the token <0x0A> is"
+    assert context_text([" <", "0xC3", "><", "0xA9", ">"]) == " <0xC3><0xA9>"
+    assert context_text(["<0x41>"]) == "<0x41>"
+    assert context_text([" <0xE7>", "<0x8C>", "<0xAB>", " cat"]) == " 猫 cat"
+    assert context_text(["a<0xC3>", "<0xA9>b<0xC3>"]) == "aéb<0xC3>"
