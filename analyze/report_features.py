@@ -120,7 +120,7 @@ function ctxLine(hit, neg) {
     d.appendChild(el('span', 'where', 'doc ' + doc + ', pos ' + pos));
     return d;
   }
-  const tok = tokStr(ids[c]), lead = tok.trim() ? /^ */.exec(tok)[0] : '';  // ' of': highlight 'of'
+  const tok = tokStr(ids[c]), lead = strip(tok) ? /^ */.exec(tok)[0] : '';  // ' of': highlight 'of'
   const ctx = ids => contextText(ids.map(tokStr));  // as the report
   d.appendChild(el('span', 'dim', ctx(ids.slice(0, c)) + lead));
   d.appendChild(el('span', 'hl', alone(tok.slice(lead.length))));

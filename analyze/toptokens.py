@@ -234,6 +234,11 @@ def token_label(s: str) -> str:
     return alone(s) if blank(s) else visible(s.strip())
 
 
+SPACES = "".join(c for c in map(chr, range(0x3001)) if c.isspace())
+"""What ``str.strip`` strips (``visible_js``'s ``strip``: JavaScript's ``trim`` strips a BOM and keeps
+U+0085 and U+001C..U+001F, so a label or a highlight would differ between the report and the page)."""
+
+
 def visible_js() -> str:
     """``visible``, ``blank``, ``alone`` and ``token_label`` in JavaScript, for the feature pages: the same
     marks for the same characters."""
@@ -272,8 +277,11 @@ def visible_js() -> str:
             "  return visible(out.join('') + spelled(run));\n"
             "}\n"
             "function alone(s) { return BLANK.test(s) ? visible(s).replace(/ /g, '\\u2423') : visible(s); }\n"
+            f"const SPACES = {json.dumps(SPACES)};  // str.strip's: String.trim strips a BOM, keeps U+0085\n"
+            "const STRIP = new RegExp('^[' + SPACES + ']+|[' + SPACES + ']+$', 'g');\n"
+            "function strip(s) { return s.replace(STRIP, ''); }\n"
             "function tokenLabel(s) {\n"
-            "  return BLANK.test(s) ? alone(s) : visible(s.trim());\n"
+            "  return BLANK.test(s) ? alone(s) : visible(strip(s));\n"
             "}\n")
 
 

@@ -443,3 +443,27 @@ def test_a_documents_own_byte_marks_read_as_written_on_the_page(chromium, tmp_pa
     dom = _dump(*chromium, page.as_uri() + "#f=0")
     assert ('<span class="dim"> &lt;0x0A&gt; &lt;0xC3&gt;&lt;0xA9&gt; </span><span class="hl">cat</span>'
             '<span class="dim"> \u732b</span>') in dom
+
+
+def test_labels_and_highlights_strip_what_the_report_strips(chromium, tmp_path):
+    """The page stripped labels and found a token's leading space with JavaScript's trim, which strips a BOM
+    and keeps U+0085 and U+001C: '\\ufeffHello' was labelled 'Hello', '\\x85a' '<U+0085>a' and ' \\ufeff'
+    highlighted as '␣<U+FEFF>', where the report and the terminal (str.strip) say '<U+FEFF>Hello', 'a' and
+    a space before '<U+FEFF>'."""
+    from actdict.analyze.report import _snippet
+    from actdict.analyze.report_features import write_feature_page
+    from actdict.analyze.toptokens import token_label
+
+    tokens = {"1": "\ufeffHello", "2": "\x85a", "3": " \ufeff", "4": " x"}
+    assert [token_label(tokens[i]) for i in "312"] == ["\u2423<U+FEFF>", "<U+FEFF>Hello", "a"]
+    assert '<span class="dim"> x </span><span class="hl">&lt;U+FEFF&gt;</span>' in _snippet(
+        {"act": 1.0, "doc": 0, "pos": 1, "token": " \ufeff", "before": [" x"], "after": []})
+    f = {"i": 0, "fires": 3, "density": 0.5, "max": 2.0, "min": 0.0, "hist": {"pos": [[32, 3]], "neg": []},
+         "top": [[3.0, 1, 0, 1, [4, 3], 1], [2.0, 2, 0, 0, [1], 0], [1.0, 3, 0, 0, [2], 0]], "bottom": [],
+         "quantiles": []}
+    data = {"version": 1, "name": "v", "k": 1, "n_rows": 4, "window": 2, "hist_edges": list(range(-4, 5)),
+            "tokens": tokens, "wordpiece": False, "features": [f]}
+    page = write_feature_page(data, "v", {"variant": "sae_l1"}, {"hook": "h"}, tmp_path / "v.html")
+    dom = _dump(*chromium, page.as_uri() + "#f=0")
+    assert '<span class="dim"> x </span><span class="hl">&lt;U+FEFF&gt;</span>' in dom
+    assert '<td class="lab">\u2423&lt;U+FEFF&gt;, &lt;U+FEFF&gt;Hello, a</td>' in dom
