@@ -101,3 +101,23 @@ def test_a_ctrl_c_during_the_final_saves_says_they_finish_first(tmp_path):
                     "at once)"]
     for name in ("a", "b"):
         assert sorted(os.listdir(tmp_path / "run" / "dicts" / name)) == ["cfg.json", "model.safetensors"]
+
+
+def test_a_first_ctrl_c_is_said_by_one_process_with_a_stray_rank(monkeypatch, capfd):
+    """A first Ctrl-C says what the training does next on rank 0 only; the rank was read from RANK itself, so
+    one process with a RANK left in its environment (no torchrun: no WORLD_SIZE) said nothing. It is
+    signals.rank, 0 outside torchrun; under torchrun rank 1 still says nothing."""
+    from actdict.train.run import sigterm_flag
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with sigterm_flag(sigint=True) as stop:
+        signal.raise_signal(signal.SIGINT)
+        assert stop()
+    said = "\nCtrl-C: saving a resume state at the end of this step (Ctrl-C again to stop at once)\n"
+    assert capfd.readouterr().err == said
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with sigterm_flag(sigint=True) as stop:
+        signal.raise_signal(signal.SIGINT)
+        assert stop()
+    assert capfd.readouterr().err == ""

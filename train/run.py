@@ -34,7 +34,7 @@ from actdict.files import check_not_linked, remove_temps
 from actdict.harvest.store import list_hooks, open_store, read_lock
 from actdict.lock import check_writable, folder_lock
 from actdict.rng import kept_rng
-from actdict.signals import replaceable, sigterm_raises
+from actdict.signals import rank, replaceable, sigterm_raises
 from actdict.train import checkpoint
 from actdict.train import dist as dist_
 from actdict.train.config import DictConfig, TrainConfig
@@ -110,7 +110,7 @@ def sigterm_flag(sigint: bool = False) -> Iterator[StopFlag]:
         stop.flag.set()
         said = (b"the final checkpoints are being saved: they finish first" if stop.saving else
                 b"saving a resume state at the end of this step")
-        if os.environ.get("RANK", "0") == "0":  # one line under torchrun; os.write: no buffered-IO reentry
+        if rank() == 0:  # one line under torchrun (a stray RANK alone is no rank); os.write: no IO reentry
             try:
                 os.write(2, b"\nCtrl-C: " + said + b" (Ctrl-C again to stop at once)\n")
             except OSError:
