@@ -151,14 +151,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def ce_caveats(summaries: list[tuple[str, dict]]) -> list[tuple[str, str]]:
     """(run, why its CE recovered says little) for each (run folder, its summary.json) whose CE evaluation
-    has ``analyze.splice.ce_caveat``'s note (zero ablation about free: an untrained model), as analyze
-    printed it; runs without a CE evaluation have none."""
+    has ``analyze.splice.ce_caveat``'s note (zero ablation about free: an untrained model; no finite CE
+    under it, summary.json's null: a norm's hook_scale), as analyze printed it; runs without a CE evaluation
+    have none."""
     from actdict.analyze.splice import ce_caveat
 
     out = []
     for run, summary in summaries:
-        if isinstance(ce := summary.get("ce"), dict) and all(
-                isinstance(ce.get(k), int | float) for k in ("ce_clean", "ce_zero")):
+        if isinstance(ce := summary.get("ce"), dict) and isinstance(ce.get("ce_clean"), int | float) and (
+                "ce_zero" in ce and (ce["ce_zero"] is None or isinstance(ce["ce_zero"], int | float))):
             if why := ce_caveat(ce, summary.get("hook")):
                 out.append((run, why))
     return out

@@ -291,3 +291,20 @@ def test_each_summary_is_read_once_and_json_holds_the_same_records(tmp_path, mon
     assert (tmp_path / "t.json").read_text() == "[\n " + ",\n ".join(
         rec.format(r, d, v, ad) for r, d, v, ad in want) + "\n]\n"
     assert capsys.readouterr().err.startswith("actdict summary: note: random: zero-ablating h changes")
+
+
+def test_a_run_whose_zero_ablation_has_no_finite_ce_is_noted(tmp_path, capsys):
+    """At a norm's hook_scale zero ablation divides by 0: summary.json's ce_zero is null and CE recovered
+    n/a; analyze and the report say why (splice.ce_caveat), but summary, which took only a number for
+    ce_zero, said nothing. A run without a CE evaluation (no ce_zero) still has no note."""
+    m = {"re_det": 30.05, "re_sample": 31.5, "ad": 32.0, "l0": 32.0, "ev": 0.773, "dead": 3, "k": 64,
+         "ce_recovered": None, "kl": 0.0212}
+    for name, ce in (("scale", {"ce_clean": 3.3, "ce_zero": None}), ("none", {"ce_clean": 3.3})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(json.dumps({"hook": "blocks.1.ln2.hook_scale",
+                                                                   "ce": ce, "models": {"x": m}}))
+    assert cli(["summary", str(tmp_path / "scale"), str(tmp_path / "none")]) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        f"actdict summary: note: {tmp_path / 'scale'}: zero-ablating blocks.1.ln2.hook_scale gives no finite "
+        "CE (a norm's hook_scale is divided by: 0 is no value it can take), so CE recovered is n/a; compare "
+        "the dictionaries' CE and KL"]
