@@ -50,6 +50,10 @@ def text_rows(lm, cfg, hook: str, text: str) -> tuple[np.ndarray, Tensor]:
     from actdict.harvest.sources import token_windows
 
     ids = next(tokenized(lm.tokenizer, [text]))
+    if past := [int(i) for i in ids if i >= lm.n_vocab][:1]:  # as harvest.run.in_vocab: an IndexError else
+        raise LensError(f"the text holds token {past[0]} ({lm.tokenizer.convert_ids_to_tokens(past[0])!r}), "
+                        f"which {lm.name}'s tokenizer has but its embedding lacks (ids 0..{lm.n_vocab - 1}):"
+                        " leave that text out")
     windows = list(token_windows([ids], cfg.ctx, mode="per_doc", **window_specials(lm, cfg)))
     stop = lm.stop_at_layer([hook])
     tokens, rows = [], []

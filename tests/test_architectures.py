@@ -216,3 +216,26 @@ def test_a_token_past_the_embedding_in_a_text_is_refused_naming_it(tmp_path):
                        r".*'s tokenizer has but its embedding lacks \(ids 0\.\.50256\): remove that text"):
         harvest(tmp_path / "run", model=str(path), ctx=12, join_with_eos=False,
                 hooks=["blocks.0.hook_resid_post"], source=source)
+
+
+def test_a_token_past_the_embedding_in_a_lens_text_is_refused_naming_it(tmp_path):
+    """actdict lens reads its text as the harvest reads a document, but without harvest.run.in_vocab: a text
+    holding the '<|endoftext|>' the bridge added past the embedding stopped with an IndexError deep in the
+    forward, where the harvest names the token; the lens names it too (a LensError: one error line)."""
+    from test_harvest import harvest
+    from tiny_models import EOT, bpe_tokenizer
+
+    from actdict.analyze.lens import LensError, text_rows
+
+    tok = bpe_tokenizer(["<s>"], [], absent=(EOT,), bos_token="<s>")
+    path = make_tiny("llama", tmp_path / "m", tok=tok)
+    (tmp_path / "d.jsonl").write_text(json.dumps({"text": "The ferry leaves at nine."}) + "\n")
+    source = {"kind": "files", "path": str(tmp_path / "d.jsonl")}
+    _, cfg = harvest(tmp_path / "run", model=str(path), ctx=12, join_with_eos=False,
+                     hooks=["blocks.0.hook_resid_post"], source=source)
+    lm = load_model(str(path))
+    ids, _ = text_rows(lm, cfg, "blocks.0.hook_resid_post", "Owls at night.")
+    np.testing.assert_array_equal(ids, tok("Owls at night.", add_special_tokens=False)["input_ids"])
+    with pytest.raises(LensError, match=r"^the text holds token 50257 \('<\|endoftext\|>'\), which .*'s "
+                       r"tokenizer has but its embedding lacks \(ids 0\.\.50256\): leave that text out$"):
+        text_rows(lm, cfg, "blocks.0.hook_resid_post", f"Owls {EOT} at night.")
