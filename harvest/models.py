@@ -58,15 +58,37 @@ def named_row_problem(hook: str) -> str | None:
     return next((f"it holds {what}" for pat, what in _NOT_PER_TOKEN.items() if re.search(pat, hook)), None)
 
 
+NOT_FIRED = "it does not fire in this model's forward: gated off, or never called"
+BRIDGE_FAILS = "TransformerBridge's forward fails when it is hooked"
+"""The starts of ``row_problems``' reasons for hooks that give no rows at all (not a shape of theirs)."""
+
+
 def rows_refused(problems: dict[str, str], model: str | None = None) -> HookError:
-    """The HookError for hooks that give no vector per token: each hook, why (its shape), what to do."""
+    """The HookError for hooks that give no vector per token: each hook, why (its shape; or that it does not
+    fire, or the bridge fails on it: then it is no shape that is wrong), what to do."""
     on = f" of {model}" if model else ""
-    each = "; ".join(f"{h!r} ({why})" for h, why in problems.items())
-    many = len(problems) > 1
-    return HookError(f"hook{'s' if many else ''} {each}{on} {'are' if many else 'is'} not one vector per "
-                     f"token. {ROWS}: harvest per-token hooks "
-                     "instead (e.g. blocks.L.hook_resid_post, blocks.L.hook_attn_out, blocks.L.attn.hook_z, "
-                     "blocks.L.mlp.hook_post)")
+    unrun = {h: why for h, why in problems.items() if why.startswith((NOT_FIRED, BRIDGE_FAILS))}
+    said = []
+    if unrun:
+        each = "; ".join(f"{h!r} ({why})" for h, why in unrun.items())
+        said.append(f"hook{'s' if len(unrun) > 1 else ''} {each}{on} give{'' if len(unrun) > 1 else 's'} no "
+                    f"activations to store under TransformerLens {tl_version()}'s TransformerBridge: harvest "
+                    "another hook that holds the same values (a block's hook_resid_post is the next "
+                    "block's hook_resid_pre), or leave it out")
+    if shaped := {h: why for h, why in problems.items() if h not in unrun}:
+        each = "; ".join(f"{h!r} ({why})" for h, why in shaped.items())
+        many = len(shaped) > 1
+        said.append(f"hook{'s' if many else ''} {each}{on} {'are' if many else 'is'} not one vector per "
+                    f"token. {ROWS}: harvest per-token hooks instead (e.g. blocks.L.hook_resid_post, "
+                    "blocks.L.hook_attn_out, blocks.L.attn.hook_z, blocks.L.mlp.hook_post)")
+    return HookError(". ".join(said))
+
+
+def tl_version() -> str:
+    """The installed transformer-lens version (what a bridge failure depends on)."""
+    from importlib.metadata import version
+
+    return version("transformer-lens")
 
 
 def _truthy(var: str) -> bool:
@@ -200,7 +222,7 @@ class LoadedModel:
                                                       return_cache_object=False)
             for h in hooks:
                 if h not in cache:
-                    why[h] = "it does not fire in this model's forward: gated off, or never called"
+                    why[h] = NOT_FIRED
                 elif not cache[h].is_floating_point():
                     why[h] = f"it holds {str(cache[h].dtype).removeprefix('torch.')} values (token ids)"
                 else:
