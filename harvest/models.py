@@ -91,6 +91,18 @@ def tl_version() -> str:
     return version("transformer-lens")
 
 
+def in_words(e: BaseException, width: int = 200) -> str:
+    """``Type: message``, the message's first line cut to ``width`` characters: an error in a few words."""
+    first = (str(e).strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {first[:width]}{'...' if len(first) > width else ''}"
+
+
+def architecture(hf_cfg: Any) -> str:
+    """An HF config's architectures (e.g. ``CodeGenForCausalLM``) and model_type, in words."""
+    archs = ", ".join(getattr(hf_cfg, "architectures", None) or []) or "none named"
+    return f"{archs}; model_type {getattr(hf_cfg, 'model_type', None)}"
+
+
 def _truthy(var: str) -> bool:
     return os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -206,20 +218,17 @@ class LoadedModel:
         windows of 3, then of 4 tokens): a hook actdict can store is a float activation of shape [batch, ctx,
         ...] whose trailing dims do not change with ctx ([B, ctx, d], or [B, ctx, heads, d_head], which the
         harvest flattens). Names cannot tell for every model, nor can one shape: an attention pattern [B,
-        heads, q, k] reads as [B, ctx, ...] when heads == ctx, but not at two lengths."""
-        import warnings
-
-        import torch
-
+        heads, q, k] reads as [B, ctx, ...] when heads == ctx, but not at two lengths. A model whose forward
+        fails inside the bridge with no hook at all raises ModelError (``forward_failed``)."""
+        stop = self.stop_at_layer(hooks)
+        try:
+            caches = self.probe(hooks, stop)
+        except Exception as e:
+            self.probe([], stop, e)  # raises ModelError when the model itself does not run
+            raise
         seen: dict[str, list[tuple[int, ...]]] = {h: [] for h in hooks}
         why: dict[str, str] = {}
-        stop = self.stop_at_layer(hooks)
-        for n in (3, 4):
-            ids = torch.zeros((2, n), dtype=torch.long, device=self.device)
-            with torch.inference_mode(), warnings.catch_warnings():  # gated-off hooks: said below
-                warnings.filterwarnings("ignore", "run_with_cache: skipped", UserWarning)
-                _, cache = self.bridge.run_with_cache(ids, names_filter=list(hooks), stop_at_layer=stop,
-                                                      return_cache_object=False)
+        for cache in caches:
             for h in hooks:
                 if h not in cache:
                     why[h] = NOT_FIRED
@@ -234,6 +243,38 @@ class LoadedModel:
                           f"shape {list(four)} (of 3 tokens: {list(three)}), not [2, 4, ...] with the same "
                           "trailing dims at any length")
         return why
+
+    def probe(self, hooks: Sequence[str], stop: int | None, failed: Exception | None = None) -> list[dict]:
+        """The caches of ``hooks`` from the two tiny forwards of ``row_problems`` (2 windows of 3, then 4
+        zeros) through block ``stop``. ``failed``: the error a probe with hooks raised; with no ``hooks``,
+        an error here too is the model's, not a hook's: ModelError (``forward_failed``)."""
+        import warnings
+
+        import torch
+
+        caches = []
+        for n in (3, 4):
+            ids = torch.zeros((2, n), dtype=torch.long, device=self.device)
+            with torch.inference_mode(), warnings.catch_warnings():  # gated-off hooks: row_problems says so
+                warnings.filterwarnings("ignore", "run_with_cache: skipped", UserWarning)
+                try:
+                    _, cache = self.bridge.run_with_cache(ids, names_filter=list(hooks), stop_at_layer=stop,
+                                                          return_cache_object=False)
+                except Exception as e:
+                    if hooks:
+                        raise
+                    raise self.forward_failed(e) from failed or e
+            caches.append(cache)
+        return caches
+
+    def forward_failed(self, e: Exception) -> ModelError:
+        """The ModelError for a forward of this model that fails inside the bridge: its architecture, the
+        transformer-lens version, the error in a few words (a traceback from inside the bridge said none)."""
+        arch = architecture(self.bridge.original_model.config)
+        return ModelError(f"the forward of model {self.name} ({arch}) failed inside TransformerLens "
+                          f"{tl_version()}'s TransformerBridge ({in_words(e)}): this architecture does not "
+                          "run under this transformer-lens; use a model of another architecture, or a "
+                          "transformer-lens release that runs this one")
 
     def stop_at_layer(self, hooks: Sequence[str]) -> int | None:
         """The ``stop_at_layer`` that still fires every hook: deepest block + 1 (None: run everything)."""

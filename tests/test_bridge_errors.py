@@ -6,7 +6,7 @@ import pytest
 from test_harvest import harvest
 from tiny_models import make_tiny
 
-from actdict.harvest.models import HookError, tl_version
+from actdict.harvest.models import HookError, ModelError, tl_version
 
 
 @pytest.fixture(scope="module")
@@ -33,3 +33,30 @@ def test_a_hook_that_never_fires_is_refused_as_such(tmp_path, tiny):
                            f"under TransformerLens {tl_version()}'s TransformerBridge: harvest another hook")
     assert "the next block's hook_resid_pre" in said and "not one vector per token" not in said
     assert not (tmp_path / "run").exists()
+
+
+def tiny_codegen(path) -> str:
+    """A tiny random-init CodeGen (CodeGenForCausalLM), GPT-2's tokenizer: TransformerBridge (4.3.0) loads it
+    and then fails in every forward ('CodeGenAttention' object has no attribute 'embed_positions')."""
+    from tiny_models import family_tokenizer
+    from transformers import CodeGenConfig, CodeGenForCausalLM
+
+    tok = family_tokenizer("gpt2")
+    cfg = CodeGenConfig(vocab_size=len(tok), n_embd=64, n_layer=1, n_head=4, rotary_dim=8, n_positions=128,
+                        n_ctx=128)
+    CodeGenForCausalLM(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+def test_a_model_whose_forward_fails_in_the_bridge_stops_at_the_probe(tmp_path):
+    """The harvest's first (probe) forward of a CodeGen model raised the bridge's AttributeError from deep
+    inside it, with no word of the model's architecture or that the bridge was where it failed."""
+    model = tiny_codegen(tmp_path / "codegen")
+    with pytest.raises(ModelError) as e:
+        harvest(tmp_path / "run", model=model, hooks=["blocks.0.hook_resid_post"], max_tokens=40)
+    said = str(e.value)
+    assert said.startswith(f"the forward of model {model} (CodeGenForCausalLM; model_type codegen) failed "
+                           f"inside TransformerLens {tl_version()}'s TransformerBridge (AttributeError: ")
+    assert "embed_positions" in said and "this architecture does not run under this transformer-lens" in said
+    assert isinstance(e.value.__cause__, AttributeError) and not (tmp_path / "run").exists()
