@@ -218,14 +218,20 @@ class LoadedModel:
         windows of 3, then of 4 tokens): a hook actdict can store is a float activation of shape [batch, ctx,
         ...] whose trailing dims do not change with ctx ([B, ctx, d], or [B, ctx, heads, d_head], which the
         harvest flattens). Names cannot tell for every model, nor can one shape: an attention pattern [B,
-        heads, q, k] reads as [B, ctx, ...] when heads == ctx, but not at two lengths. A model whose forward
-        fails inside the bridge with no hook at all raises ModelError (``forward_failed``)."""
+        heads, q, k] reads as [B, ctx, ...] when heads == ctx, but not at two lengths. A hook that makes the
+        bridge's forward fail (``failing_hooks``) is one of them; a model whose forward fails inside the
+        bridge with no hook at all raises ModelError (``forward_failed``)."""
+        if not hooks:
+            return {}
         stop = self.stop_at_layer(hooks)
         try:
             caches = self.probe(hooks, stop)
         except Exception as e:
             self.probe([], stop, e)  # raises ModelError when the model itself does not run
-            raise
+            failed = self.failing_hooks(hooks, stop)
+            if not failed:
+                raise
+            return failed | self.row_problems([h for h in hooks if h not in failed])
         seen: dict[str, list[tuple[int, ...]]] = {h: [] for h in hooks}
         why: dict[str, str] = {}
         for cache in caches:
@@ -266,6 +272,19 @@ class LoadedModel:
                     raise self.forward_failed(e) from failed or e
             caches.append(cache)
         return caches
+
+    def failing_hooks(self, hooks: Sequence[str], stop: int | None) -> dict[str, str]:
+        """hook -> the bridge's error, for each of ``hooks`` whose probe alone (through block ``stop``, as
+        the harvest would run it with the others) fails inside the bridge: ``blocks.L.hook_resid_mid`` of
+        a post-LN OPT (IndexError: OPT's block holds the tokens flattened there). Its traceback stopped
+        the harvest, naming no hook."""
+        failed = {}
+        for h in hooks:
+            try:
+                self.probe([h], stop)
+            except Exception as e:
+                failed[h] = f"{BRIDGE_FAILS} ({in_words(e)})"
+        return failed
 
     def forward_failed(self, e: Exception) -> ModelError:
         """The ModelError for a forward of this model that fails inside the bridge: its architecture, the

@@ -7,6 +7,7 @@ from test_harvest import harvest
 from tiny_models import make_tiny
 
 from actdict.harvest.models import HookError, ModelError, tl_version
+from actdict.harvest.store import list_hooks
 
 
 @pytest.fixture(scope="module")
@@ -60,3 +61,18 @@ def test_a_model_whose_forward_fails_in_the_bridge_stops_at_the_probe(tmp_path):
                            f"inside TransformerLens {tl_version()}'s TransformerBridge (AttributeError: ")
     assert "embed_positions" in said and "this architecture does not run under this transformer-lens" in said
     assert isinstance(e.value.__cause__, AttributeError) and not (tmp_path / "run").exists()
+
+
+def test_a_hook_the_bridge_fails_on_is_refused_by_name(tmp_path, tiny):
+    """blocks.1.hook_resid_mid of a post-LN OPT (do_layer_norm_before false) stopped the harvest inside the
+    bridge with a bare IndexError; a pattern matching it with other hooks lost them all."""
+    model = str(tiny("opt_post"))
+    with pytest.raises(HookError) as e:
+        harvest(tmp_path / "run", model=model, hooks=["blocks.1.hook_resid_mid"], max_tokens=40)
+    assert str(e.value).startswith(
+        f"hook 'blocks.1.hook_resid_mid' (TransformerBridge's forward fails when it is hooked (IndexError: "
+        f"too many indices for tensor of dimension 2)) of {model} gives no activations to store under "
+        f"TransformerLens {tl_version()}'s TransformerBridge: harvest another hook")
+    assert not (tmp_path / "run").exists()
+    common, _ = harvest(tmp_path / "run", model=model, hooks=["blocks.1.hook_resid_*"], max_tokens=40)
+    assert list_hooks(common.store_path) == ["blocks.1.hook_resid_post", "blocks.1.hook_resid_pre"]
