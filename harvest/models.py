@@ -326,7 +326,7 @@ def load_model(name_or_path: str, device: str = "cpu", dtype: str = "float32",
         with no_loading_bar():
             bridge = TransformerBridge.boot_transformers(target, device=device, dtype=getattr(torch, dtype))
     except Exception as e:  # transformers raises OSError/ValueError/HF errors: all mean "cannot load"
-        if why := unsupported(target):
+        if why := unsupported(target) or failed_on_supported(target, e):
             raise ModelError(f"could not load model {name!r}: {why}") from e
         todo = _what_to_do(name) if where == "hub" else "check that the folder holds an HF model"
         raise ModelError(f"could not load model {name!r} ({type(e).__name__}: {e}); {todo}") from e
@@ -371,26 +371,53 @@ def unsupported(target: str) -> str | None:
     words that list the architectures it supports; None when it has an adapter for it, or when the model's
     config cannot be read here (offline). Its own error dumped the 162 names unsorted inside a ValueError,
     and the load then said to check that the folder holds an HF model, which it did."""
-    from importlib.metadata import version
+    if (hf_cfg := _hf_config(target)) is None or _bridge_supports(hf_cfg) is not False:
+        return None
+    from transformer_lens.factories.architecture_adapter_factory import SUPPORTED_ARCHITECTURES
 
+    names = ", ".join(sorted(SUPPORTED_ARCHITECTURES, key=str.lower))
+    return (f"its architecture ({architecture(hf_cfg)}) is not one that TransformerLens {tl_version()}'s "
+            "TransformerBridge supports: use a model of a supported architecture, or a transformer-lens "
+            f"release that supports this one. Supported: {names}")
+
+
+def failed_on_supported(target: str, e: Exception) -> str | None:
+    """Why the load of ``target`` failed when the bridge supports its architecture and still failed on it
+    (a Falcon with new_decoder_architecture and num_kv_heads 2: split_with_sizes), in words that name the
+    architecture, the transformer-lens version and the error in one line; None when the model's config
+    cannot be read here (not an HF model folder) or the bridge lacks its architecture (``unsupported``).
+    The load said to check that the folder holds an HF model, which it did."""
+    if (hf_cfg := _hf_config(target)) is None or not _bridge_supports(hf_cfg):
+        return None
+    return (f"TransformerLens {tl_version()}'s TransformerBridge supports its architecture "
+            f"({architecture(hf_cfg)}) but failed to load this model ({in_words(e)}): where the error "
+            "is the bridge's (a shape, a missing attribute), this configuration is one it does not handle: "
+            "use another model of this architecture, or a transformer-lens release that loads this one; "
+            "where it is about the files, check the model's weight files")
+
+
+def _hf_config(target: str) -> Any:
+    """The HF config at ``target`` (offline), or None: an unknown model_type, no config here."""
     try:
-        from transformer_lens.factories.architecture_adapter_factory import SUPPORTED_ARCHITECTURES
-        from transformer_lens.model_bridge.sources._hf_format import determine_architecture_from_hf_config
         from transformers import AutoConfig
 
-        hf_cfg = AutoConfig.from_pretrained(target, local_files_only=True)
-    except Exception:  # an unknown model_type, no config here, another transformer-lens layout
+        return AutoConfig.from_pretrained(target, local_files_only=True)
+    except Exception:
+        return None
+
+
+def _bridge_supports(hf_cfg: Any) -> bool | None:
+    """Whether TransformerBridge has an adapter for the architecture of ``hf_cfg``; None when this
+    transformer-lens has another layout, and cannot tell."""
+    try:
+        from transformer_lens.model_bridge.sources._hf_format import determine_architecture_from_hf_config
+    except ImportError:
         return None
     try:
         determine_architecture_from_hf_config(hf_cfg)
-        return None
+        return True
     except ValueError:
-        pass
-    archs = ", ".join(getattr(hf_cfg, "architectures", None) or []) or "none named"
-    return (f"its architecture ({archs}; model_type {getattr(hf_cfg, 'model_type', None)}) is not one that "
-            f"TransformerLens {version('transformer-lens')}'s TransformerBridge supports: use a model of a "
-            "supported architecture, or a transformer-lens release that supports this one. Supported: "
-            f"{', '.join(sorted(SUPPORTED_ARCHITECTURES, key=str.lower))}")
+        return False
 
 
 @contextmanager

@@ -6,7 +6,7 @@ import pytest
 from test_harvest import harvest
 from tiny_models import make_tiny
 
-from actdict.harvest.models import HookError, ModelError, tl_version
+from actdict.harvest.models import HookError, ModelError, load_model, tl_version
 from actdict.harvest.store import list_hooks
 
 
@@ -76,3 +76,27 @@ def test_a_hook_the_bridge_fails_on_is_refused_by_name(tmp_path, tiny):
     assert not (tmp_path / "run").exists()
     common, _ = harvest(tmp_path / "run", model=model, hooks=["blocks.1.hook_resid_*"], max_tokens=40)
     assert list_hooks(common.store_path) == ["blocks.1.hook_resid_post", "blocks.1.hook_resid_pre"]
+
+
+def test_a_supported_architecture_the_bridge_fails_to_load_is_named(tmp_path):
+    """A Falcon with new_decoder_architecture and 2 KV heads (an architecture TransformerBridge supports)
+    fails in the bridge's load (split_with_sizes); the load then told the researcher to check that the
+    folder holds an HF model, which it does."""
+    from tiny_models import family_tokenizer
+    from transformers import FalconConfig, FalconForCausalLM
+
+    tok, path = family_tokenizer("gpt2"), tmp_path / "falcon"
+    cfg = FalconConfig(vocab_size=len(tok), hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
+                       new_decoder_architecture=True, num_kv_heads=2)
+    FalconForCausalLM(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    with pytest.raises(ModelError) as e:
+        load_model(str(path))
+    said = str(e.value)
+    assert said.startswith(f"could not load model '{path}': TransformerLens {tl_version()}'s "
+                           "TransformerBridge supports its architecture (FalconForCausalLM; model_type "
+                           "falcon) but failed to load this model (RuntimeError: split_with_sizes expects")
+    assert "check that the folder" not in said and "\n" not in said
+    with pytest.raises(ModelError, match="check that the folder holds an HF model"):  # no HF model there
+        (tmp_path / "empty").mkdir()
+        load_model(str(tmp_path / "empty"))
