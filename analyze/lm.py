@@ -10,7 +10,7 @@ import torch
 
 from actdict.analyze.config import AnalyzeConfig
 from actdict.analyze.inputs import AnalyzeError
-from actdict.analyze.splice import heldout_windows, splice_eval
+from actdict.analyze.splice import heldout_windows, splice_eval, splice_fails
 
 
 def causal_lm(store, device: torch.device, cfg: AnalyzeConfig):
@@ -42,10 +42,13 @@ def splice_setup(lm, cfg: AnalyzeConfig, store, test_chunks: list[int]):
     """The store's causal language model ``lm`` and its held-out windows for the CE/KL evaluation (see
     ``analyze.splice``), made before the analysis pass: (model, windows). The windows begin and join
     documents as the store's harvest did (its manifest's settings); a window longer than the model's context
-    is refused."""
+    is refused, and so is a hook the bridge cannot edit (``splice_fails``: OLMo 1's norms), before the pass:
+    a refusal there loses nothing, where the splice's own failure came after the whole pass, and a CE left
+    out with a note would be missed in a sweep that asked for it."""
     from dataclasses import replace
 
     from actdict.harvest.config import HarvestConfig
+    from actdict.harvest.models import tl_version
     from actdict.harvest.run import window_specials
 
     man = store.manifest
@@ -59,6 +62,12 @@ def splice_setup(lm, cfg: AnalyzeConfig, store, test_chunks: list[int]):
                            f"tokens): set analyze.ce_ctx={lm.n_ctx - len(spec['prefix'])} or less")
     windows = heldout_windows(store, test_chunks, cfg.ce_windows, cfg.ce_ctx, spec["prefix"], spec["sep"],
                               join_docs=how.window_mode == "concat", pad_id=spec["pad_id"])
+    if why := splice_fails(lm.bridge, windows, man["hook"]):  # before the pass: nothing is lost
+        raise AnalyzeError(f"analyze.ce_loss: TransformerLens {tl_version()}'s TransformerBridge cannot "
+                           f"run a forward of {lm.name} that edits its hook {man['hook']} ({why}), so no "
+                           "dictionary can be spliced there: set analyze.ce_loss=false (the rest of the "
+                           "analysis runs as it would; reading the hook, as the harvest and the logit "
+                           "effects do, works)")
     return lm, windows
 
 

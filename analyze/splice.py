@@ -209,6 +209,25 @@ hooks is, so ``splice_eval`` does not pass the warning on (docs/analyze.md, "CE-
 
 
 @torch.no_grad()
+def splice_fails(bridge, windows: Windows, hook: str) -> str | None:
+    """The bridge's error, in a few words, when one forward that edits ``hook`` (an identity splice of the
+    first window's first two tokens, as ``splice_eval`` edits it) fails inside TransformerBridge; None when
+    it runs. OLMo 1's norms have no weight, and a hook that edits their hook_normalized or hook_scale fails
+    in every forward: ``splice_eval`` stopped on it after the whole analysis pass."""
+    from actdict.harvest.models import in_words
+
+    tok = windows.tokens[:1, :2].to(next(bridge.parameters()).device)  # [1, 2]
+    same = _replace_hook(lambda x: x, torch.ones_like(tok, dtype=torch.bool))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", NORM_EDIT, UserWarning)
+        try:
+            bridge.run_with_hooks(tok, fwd_hooks=[(hook, same)], return_type="logits")
+        except Exception as e:
+            return in_words(e)
+    return None
+
+
+@torch.no_grad()
 def splice_eval(bridge, windows: Windows, hook: str, models: dict[str, object], batch_size: int = 4,
                 progress: bool = False) -> dict:
     """Clean, zero-ablation and spliced CE (and KL to clean) of ``models`` at ``hook`` over ``windows``

@@ -100,3 +100,27 @@ def test_a_supported_architecture_the_bridge_fails_to_load_is_named(tmp_path):
     with pytest.raises(ModelError, match="check that the folder holds an HF model"):  # no HF model there
         (tmp_path / "empty").mkdir()
         load_model(str(tmp_path / "empty"))
+
+
+def test_ce_loss_at_a_hook_the_bridge_cannot_edit_is_refused_before_the_pass(tiny, lm_run, monkeypatch):
+    """OLMo 1's norms have no weight: a forward that edits their hook_normalized fails in the bridge, so
+    analyze.ce_loss stopped after the whole analysis pass. It is refused before it now, saying what to set."""
+    from actdict.analyze import run
+    from actdict.analyze.config import AnalyzeConfig
+    from actdict.analyze.inputs import AnalyzeError
+    from actdict.config import Common
+    from actdict.train.protocol import make
+
+    hook = "blocks.1.ln2.hook_normalized"
+    run_dir = lm_run(str(tiny("olmo")), hook, 64)
+    monkeypatch.setattr(run, "load_models", lambda *a: {"sae": make("sae_l1", 64, 6, seed=0)})
+    monkeypatch.setattr(run, "one_pass", None)  # never reached
+    cfg = AnalyzeConfig(ce_loss=True, ce_windows=2, ce_ctx=12, ce_batch_size=2, device="cpu")
+    with pytest.raises(AnalyzeError) as e:
+        run.main(Common(run_dir=str(run_dir)), cfg)
+    assert str(e.value) == (
+        f"analyze.ce_loss: TransformerLens {tl_version()}'s TransformerBridge cannot run a forward of "
+        f"{tiny('olmo')} that edits its hook {hook} (AttributeError: 'NormalizationBridge' object has no "
+        "attribute 'weight'), so no dictionary can be spliced there: set analyze.ce_loss=false (the rest of "
+        "the analysis runs as it would; reading the hook, as the harvest and the logit effects do, works)")
+    assert not (run_dir / "summary.json").exists()
