@@ -44,7 +44,10 @@ class LensError(ActdictError, ValueError):
 
 def text_rows(lm, cfg, hook: str, text: str) -> tuple[np.ndarray, Tensor]:
     """(token ids [n], activations [n, d] float32) of the rows a harvest with ``cfg`` stores for ``text``
-    read alone (``per_doc`` windows of ``cfg.ctx``; special tokens dropped as ``cfg.skip_special`` says)."""
+    read alone (``per_doc`` windows of ``cfg.ctx``; special tokens dropped as ``cfg.skip_special`` says).
+    The harvest's probe of the hook comes first (``LoadedModel.row_problems``), so that a model or hook the
+    bridge fails on is said as the harvest says it, not as the bridge's traceback."""
+    from actdict.harvest.models import rows_refused
     from actdict.harvest.plan import stored_positions
     from actdict.harvest.run import forward, tokenized, window_specials
     from actdict.harvest.sources import token_windows
@@ -55,6 +58,8 @@ def text_rows(lm, cfg, hook: str, text: str) -> tuple[np.ndarray, Tensor]:
                         f"which {lm.name}'s tokenizer has but its embedding lacks (ids 0..{lm.n_vocab - 1}):"
                         " leave that text out")
     windows = list(token_windows([ids], cfg.ctx, mode="per_doc", **window_specials(lm, cfg)))
+    if problems := lm.row_problems([hook]):  # ModelError when no forward runs; HookError for the hook
+        raise rows_refused(problems, lm.name)
     stop = lm.stop_at_layer([hook])
     tokens, rows = [], []
     for s in range(0, len(windows), cfg.batch_size):

@@ -124,3 +124,24 @@ def test_ce_loss_at_a_hook_the_bridge_cannot_edit_is_refused_before_the_pass(tin
         "attribute 'weight'), so no dictionary can be spliced there: set analyze.ce_loss=false (the rest of "
         "the analysis runs as it would; reading the hook, as the harvest and the logit effects do, works)")
     assert not (run_dir / "summary.json").exists()
+
+
+def test_the_lens_says_the_bridges_failures_as_the_harvest_does(tmp_path, tiny):
+    """actdict lens runs the model on its text (``text_rows``): a model whose forward fails in the bridge
+    (CodeGen), or a hook it fails on (post-LN OPT's blocks.1.hook_resid_mid), raised the bridge's error."""
+    from actdict.analyze.lens import text_rows
+    from actdict.config import build
+    from actdict.harvest.config import HarvestConfig
+
+    cfg = build(HarvestConfig, {"ctx": 8, "batch_size": 2})
+    codegen = tiny_codegen(tmp_path / "codegen")
+    with pytest.raises(ModelError, match=rf"^the forward of model {codegen} \(CodeGenForCausalLM; model_type "
+                                         r"codegen\) failed inside TransformerLens .*embed_positions"):
+        text_rows(load_model(codegen), cfg, "blocks.0.hook_resid_post", "Owls are quiet at night.")
+    opt = str(tiny("opt_post"))
+    with pytest.raises(HookError, match=r"^hook 'blocks\.1\.hook_resid_mid' \(TransformerBridge's forward "
+                                        r"fails when it is hooked \(IndexError: too many indices"):
+        text_rows(load_model(opt), cfg, "blocks.1.hook_resid_mid", "Owls are quiet at night.")
+    lm, text = load_model(opt), "Owls are quiet at night."
+    ids, x = text_rows(lm, cfg, "blocks.1.hook_resid_post", text)  # the model runs
+    assert ids.tolist() == lm.tokenizer.encode(text, add_special_tokens=False) and x.shape == (8, 64)
