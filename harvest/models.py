@@ -229,8 +229,11 @@ class LoadedModel:
         except Exception as e:
             self.probe([], stop, e)  # raises ModelError when the model itself does not run
             failed = self.failing_hooks(hooks, stop)
-            if not failed:
-                raise
+            if not failed:  # each alone runs
+                raise ModelError(f"the forward of model {self.name} with the hooks {list(hooks)} together "
+                                 f"failed inside TransformerLens {tl_version()}'s TransformerBridge "
+                                 f"({in_words(e)}), where each hook alone runs: harvest them in separate "
+                                 "runs (harvest.hooks)") from e
             return failed | self.row_problems([h for h in hooks if h not in failed])
         seen: dict[str, list[tuple[int, ...]]] = {h: [] for h in hooks}
         why: dict[str, str] = {}

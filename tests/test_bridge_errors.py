@@ -145,3 +145,25 @@ def test_the_lens_says_the_bridges_failures_as_the_harvest_does(tmp_path, tiny):
     lm, text = load_model(opt), "Owls are quiet at night."
     ids, x = text_rows(lm, cfg, "blocks.1.hook_resid_post", text)  # the model runs
     assert ids.tolist() == lm.tokenizer.encode(text, add_special_tokens=False) and x.shape == (8, 64)
+
+
+def test_hooks_that_fail_only_together_are_named(tiny, monkeypatch):
+    """A bridge whose forward fails with two hooks at once and runs with each alone (no model found here
+    does that: a stand-in) raised its own error, naming no hook."""
+    lm = load_model(str(tiny("gpt2")))
+    real = lm.bridge.run_with_cache
+
+    def fails_with_two(ids, names_filter, **kw):
+        if len(names_filter) > 1:
+            raise IndexError("too many indices for tensor of dimension 2")
+        return real(ids, names_filter=names_filter, **kw)
+
+    monkeypatch.setattr(lm.bridge, "run_with_cache", fails_with_two)
+    hooks = ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
+    with pytest.raises(ModelError) as e:
+        lm.row_problems(hooks)
+    assert str(e.value) == (f"the forward of model {lm.name} with the hooks {hooks} together failed inside "
+                            f"TransformerLens {tl_version()}'s TransformerBridge (IndexError: too many "
+                            "indices for tensor of dimension 2), where each hook alone runs: harvest them in "
+                            "separate runs (harvest.hooks)")
+    assert lm.row_problems(hooks[:1]) == {}
