@@ -47,8 +47,8 @@ def splice_setup(lm, cfg: AnalyzeConfig, store, test_chunks: list[int]):
     out with a note would be missed in a sweep that asked for it."""
     from dataclasses import replace
 
+    from actdict.harvest.bridge import tl_version
     from actdict.harvest.config import HarvestConfig
-    from actdict.harvest.models import tl_version
     from actdict.harvest.run import window_specials
 
     man = store.manifest

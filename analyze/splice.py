@@ -214,7 +214,7 @@ def splice_fails(bridge, windows: Windows, hook: str) -> str | None:
     first window's first two tokens, as ``splice_eval`` edits it) fails inside TransformerBridge; None when
     it runs. OLMo 1's norms have no weight, and a hook that edits their hook_normalized or hook_scale fails
     in every forward: ``splice_eval`` stopped on it after the whole analysis pass."""
-    from actdict.harvest.models import in_words
+    from actdict.harvest.bridge import in_words
 
     tok = windows.tokens[:1, :2].to(next(bridge.parameters()).device)  # [1, 2]
     same = _replace_hook(lambda x: x, torch.ones_like(tok, dtype=torch.bool))

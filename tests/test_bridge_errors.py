@@ -6,7 +6,8 @@ import pytest
 from test_harvest import harvest
 from tiny_models import make_tiny
 
-from actdict.harvest.models import HookError, ModelError, load_model, tl_version
+from actdict.harvest.bridge import tl_version
+from actdict.harvest.models import HookError, ModelError, load_model
 from actdict.harvest.store import list_hooks
 
 

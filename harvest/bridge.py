@@ -1,0 +1,83 @@
+"""What TransformerLens' ``TransformerBridge`` failed on, in words a researcher can act on: the model's
+architecture, the transformer-lens version and the bridge's error in one line (``harvest.models`` raises
+them: a load that fails, a forward or a hook the bridge fails on; ``analyze.splice`` for a splice). A
+traceback from deep inside the bridge named none of these, and the load's hint to check that the folder
+holds an HF model was wrong where it did.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def tl_version() -> str:
+    """The installed transformer-lens version (what a bridge failure depends on)."""
+    from importlib.metadata import version
+
+    return version("transformer-lens")
+
+
+def in_words(e: BaseException, width: int = 200) -> str:
+    """``Type: message``, the message's first line cut to ``width`` characters: an error in a few words."""
+    first = (str(e).strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {first[:width]}{'...' if len(first) > width else ''}"
+
+
+def architecture(hf_cfg: Any) -> str:
+    """An HF config's architectures (e.g. ``CodeGenForCausalLM``) and model_type, in words."""
+    archs = ", ".join(getattr(hf_cfg, "architectures", None) or []) or "none named"
+    return f"{archs}; model_type {getattr(hf_cfg, 'model_type', None)}"
+
+
+def unsupported(target: str) -> str | None:
+    """Why ``TransformerBridge`` cannot boot the model at ``target`` when its architecture is the reason, in
+    words that list the architectures it supports; None when it has an adapter for it, or when the model's
+    config cannot be read here (offline). Its own error dumped the 162 names unsorted inside a ValueError,
+    and the load then said to check that the folder holds an HF model, which it did."""
+    if (hf_cfg := _hf_config(target)) is None or _bridge_supports(hf_cfg) is not False:
+        return None
+    from transformer_lens.factories.architecture_adapter_factory import SUPPORTED_ARCHITECTURES
+
+    names = ", ".join(sorted(SUPPORTED_ARCHITECTURES, key=str.lower))
+    return (f"its architecture ({architecture(hf_cfg)}) is not one that TransformerLens {tl_version()}'s "
+            "TransformerBridge supports: use a model of a supported architecture, or a transformer-lens "
+            f"release that supports this one. Supported: {names}")
+
+
+def failed_on_supported(target: str, e: Exception) -> str | None:
+    """Why the load of ``target`` failed when the bridge supports its architecture and still failed on it
+    (a Falcon with new_decoder_architecture and num_kv_heads 2: split_with_sizes), in words that name the
+    architecture, the transformer-lens version and the error in one line; None when the model's config
+    cannot be read here (not an HF model folder) or the bridge lacks its architecture (``unsupported``).
+    The load said to check that the folder holds an HF model, which it did."""
+    if (hf_cfg := _hf_config(target)) is None or not _bridge_supports(hf_cfg):
+        return None
+    return (f"TransformerLens {tl_version()}'s TransformerBridge supports its architecture "
+            f"({architecture(hf_cfg)}) but failed to load this model ({in_words(e)}): where the error "
+            "is the bridge's (a shape, a missing attribute), this configuration is one it does not handle: "
+            "use another model of this architecture, or a transformer-lens release that loads this one; "
+            "where it is about the files, check the model's weight files")
+
+
+def _hf_config(target: str) -> Any:
+    """The HF config at ``target`` (offline), or None: an unknown model_type, no config here."""
+    try:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(target, local_files_only=True)
+    except Exception:
+        return None
+
+
+def _bridge_supports(hf_cfg: Any) -> bool | None:
+    """Whether TransformerBridge has an adapter for the architecture of ``hf_cfg``; None when this
+    transformer-lens has another layout, and cannot tell."""
+    try:
+        from transformer_lens.model_bridge.sources._hf_format import determine_architecture_from_hf_config
+    except ImportError:
+        return None
+    try:
+        determine_architecture_from_hf_config(hf_cfg)
+        return True
+    except ValueError:
+        return False
