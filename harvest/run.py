@@ -387,7 +387,7 @@ def harvest(common: Common, cfg: HarvestConfig, ranks: Ranks, grow: bool = False
     if left_out:
         each = "; ".join(f"{[h for h in left_out if left_out[h] == why]} ({why})" for why in
                          dict.fromkeys(left_out.values()))
-        say(f"harvest: left out the hooks the patterns match that are not one vector per token: {each}")
+        say(f"harvest: left out the hooks the patterns match that it cannot store (why, for each): {each}")
     if on_hooks is not None:
         on_hooks(hooks)
     stored = {} if grow else hook_manifests(path)

@@ -50,7 +50,7 @@ def test_scores_with_as_many_heads_as_ctx_are_refused_too(tmp_path):
 def test_a_pattern_leaves_out_the_hooks_it_matches_that_are_not_per_token(tmp_path, capsys):
     common, _ = harvest(tmp_path / "run", hooks=["blocks.0.attn.hook_[pz]*"], max_tokens=40)
     out = capsys.readouterr().out
-    assert ("harvest: left out the hooks the patterns match that are not one vector per token: "
+    assert ("harvest: left out the hooks the patterns match that it cannot store (why, for each): "
             "['blocks.0.attn.hook_pattern'] (it holds attention weights") in out
     store = open_store(common.store_path, "blocks.0.attn.hook_z")  # [B, ctx, 12, 32] stored as 12*32
     assert store.d == 384 and len(store) == 40
