@@ -429,8 +429,9 @@ def test_a_byte_order_mark_split_over_tokens_is_marked_on_the_page_as_in_the_rep
 
 
 def test_a_documents_own_byte_marks_read_as_written_on_the_page(chromium, tmp_path):
-    """A document's own '<0x0A>' and '<0xC3><0xA9>', each spelled over several tokens, read as a newline (↵)
-    and 'é' on the page, as in the report (test_tokentext); a split '猫' still reads as itself."""
+    """A document's own '<0x0A>' and '<0xC3><0xA9>', each spelled over several tokens, read as written on
+    the page, as in the report (test_tokentext; they read as a newline (↵) and 'é'); a split '猫' still reads
+    as itself."""
     from actdict.analyze.report_features import write_feature_page
 
     tokens = {"1": " <", "2": "0x", "3": "0A", "4": ">", "5": "0xC3", "6": "><", "7": "0xA9", "8": " <0xE7>",
