@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from test_harvest import check_aligned, harvest, reference
-from tiny_models import FAMILIES, block_outputs, make_tiny
+from tiny_models import FAMILIES, block_outputs, folder_maker, make_tiny
 
 from actdict.harvest.models import load_model
 from actdict.harvest.store import open_store
@@ -25,14 +25,7 @@ SPECIALS = {  # family: (bos, eos, pad, special_ids, EOS as text)
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """family -> its model folder, built once per module on first use."""
-    made = {}
-
-    def get(family: str):
-        if family not in made:
-            made[family] = make_tiny(family, tmp_path_factory.mktemp(family))
-        return made[family]
-
-    return get
+    return folder_maker(tmp_path_factory)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

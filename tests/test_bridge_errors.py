@@ -4,7 +4,7 @@ anything is written (``harvest.models``): found on random-init tiny models (``ti
 
 import pytest
 from test_harvest import harvest
-from tiny_models import make_tiny
+from tiny_models import folder_maker
 
 from actdict.harvest.bridge import tl_version
 from actdict.harvest.models import HookError, ModelError, load_model
@@ -14,14 +14,7 @@ from actdict.harvest.store import list_hooks
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """family -> its model folder, built once per module on first use."""
-    made = {}
-
-    def get(family: str):
-        if family not in made:
-            made[family] = make_tiny(family, tmp_path_factory.mktemp(family))
-        return made[family]
-
-    return get
+    return folder_maker(tmp_path_factory)
 
 
 def test_a_hook_that_never_fires_is_refused_as_such(tmp_path, tiny):

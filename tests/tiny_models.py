@@ -17,6 +17,7 @@ Sizes: 2-3 blocks, d_model 64, about 3.3M parameters (the embedding); a few seco
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +155,18 @@ MODELS = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "gemma2": "Gem
 
 
 @kept_rng()
+def folder_maker(tmp_path_factory) -> Callable[[str], Path]:
+    """``family -> its model folder`` (``make_tiny``'s), each built once on first use: a module fixture's."""
+    made: dict[str, Path] = {}
+
+    def get(family: str) -> Path:
+        if family not in made:
+            made[family] = make_tiny(family, tmp_path_factory.mktemp(family))
+        return made[family]
+
+    return get
+
+
 def make_tiny(family: str, path: str | Path, seed: int = 0, tok: Any = None) -> Path:
     """Save a random-init tiny ``family`` model and its tokenizer (``tok``, else the family's) into folder
     ``path``. The weights are drawn at 10x the usual scale (initializer_range 0.2), so that the blocks and
