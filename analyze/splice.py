@@ -214,7 +214,7 @@ def splice_fails(bridge, windows: Windows, hook: str) -> str | None:
     first window's first two tokens, as ``splice_eval`` edits it) fails inside TransformerBridge; None when
     it runs. OLMo 1's norms have no weight, and a hook that edits their hook_normalized or hook_scale fails
     in every forward: ``splice_eval`` stopped on it after the whole analysis pass."""
-    from actdict.harvest.bridge import in_words
+    from actdict.harvest.bridge import in_words, not_the_bridges
 
     tok = windows.tokens[:1, :2].to(next(bridge.parameters()).device)  # [1, 2]
     same = _replace_hook(lambda x: x, torch.ones_like(tok, dtype=torch.bool))
@@ -223,6 +223,8 @@ def splice_fails(bridge, windows: Windows, hook: str) -> str | None:
         try:
             bridge.run_with_hooks(tok, fwd_hooks=[(hook, same)], return_type="logits")
         except Exception as e:
+            if not_the_bridges(e):  # out of memory, a CUDA error: not a hook the bridge cannot edit
+                raise
             return in_words(e)
     return None
 

@@ -23,6 +23,24 @@ def in_words(e: BaseException, width: int = 200) -> str:
     return f"{type(e).__name__}: {first[:width]}{'...' if len(first) > width else ''}"
 
 
+def not_the_bridges(e: BaseException) -> bool:
+    """Whether ``e`` says the machine ran short, not that the bridge cannot run the model: out of memory (GPU
+    or host), a CUDA or other accelerator error (a device-side assert, a lost device). Such an error from a
+    forward or a load is re-raised as it is: reworded as the architecture's or a hook's failure, it would
+    send the researcher to another model or transformer-lens when a smaller batch, dtype or free GPU is
+    what it takes. (Ctrl-C and SIGTERM are BaseExceptions, never caught as ``Exception`` here.)"""
+    import torch
+
+    if isinstance(e, (MemoryError, torch.OutOfMemoryError, getattr(torch, "AcceleratorError", MemoryError))):
+        return True
+    return isinstance(e, RuntimeError) and str(e).lstrip().startswith(_DEVICE_TROUBLE)
+
+
+_DEVICE_TROUBLE = ("CUDA error", "CUDA out of memory", "CUDA driver error", "cuDNN error", "HIP error",
+                   "MPS backend out of memory")
+"""How torch's RuntimeErrors from a GPU begin (older torch raised them as plain RuntimeErrors)."""
+
+
 def architecture(hf_cfg: Any) -> str:
     """An HF config's architectures (e.g. ``CodeGenForCausalLM``) and model_type, in words."""
     archs = ", ".join(getattr(hf_cfg, "architectures", None) or []) or "none named"

@@ -25,7 +25,14 @@ from typing import Any, Literal
 
 from actdict.config import check_device
 from actdict.errors import ActdictError
-from actdict.harvest.bridge import architecture, failed_on_supported, in_words, tl_version, unsupported
+from actdict.harvest.bridge import (
+    architecture,
+    failed_on_supported,
+    in_words,
+    not_the_bridges,
+    tl_version,
+    unsupported,
+)
 from actdict.rng import kept_rng
 
 MINILM = "all-MiniLM-L6-v2"
@@ -209,6 +216,8 @@ class LoadedModel:
         try:
             caches = self.probe(hooks, stop)
         except Exception as e:
+            if not_the_bridges(e):  # out of memory, a CUDA error: the machine's, not the model's or a hook's
+                raise
             self.probe([], stop, e)  # raises ModelError when the model itself does not run
             failed = self.failing_hooks(hooks, stop)
             if not failed:  # each alone runs
@@ -252,7 +261,7 @@ class LoadedModel:
                     _, cache = self.bridge.run_with_cache(ids, names_filter=list(hooks), stop_at_layer=stop,
                                                           return_cache_object=False)
                 except Exception as e:
-                    if hooks:
+                    if hooks or not_the_bridges(e):
                         raise
                     raise self.forward_failed(e) from failed or e
             caches.append(cache)
@@ -268,6 +277,8 @@ class LoadedModel:
             try:
                 self.probe([h], stop)
             except Exception as e:
+                if not_the_bridges(e):
+                    raise
                 failed[h] = f"{BRIDGE_FAILS} ({in_words(e)})"
         return failed
 
@@ -311,6 +322,8 @@ def load_model(name_or_path: str, device: str = "cpu", dtype: str = "float32",
         with no_loading_bar():
             bridge = TransformerBridge.boot_transformers(target, device=device, dtype=getattr(torch, dtype))
     except Exception as e:  # transformers raises OSError/ValueError/HF errors: all mean "cannot load"
+        if not_the_bridges(e):  # out of memory on the device: not the folder's nor the bridge's fault
+            raise
         if why := unsupported(target) or failed_on_supported(target, e):
             raise ModelError(f"could not load model {name!r}: {why}") from e
         todo = _what_to_do(name) if where == "hub" else "check that the folder holds an HF model"

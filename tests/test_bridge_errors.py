@@ -3,12 +3,14 @@ hook or the model's architecture, the transformer-lens version and the bridge's 
 anything is written (``harvest.models``): found on random-init tiny models (``tiny_models``)."""
 
 import pytest
+import torch
 from test_harvest import harvest
 from tiny_models import folder_maker
 
 from actdict.harvest.bridge import tl_version
 from actdict.harvest.models import HookError, ModelError, load_model
 from actdict.harvest.store import list_hooks
+from actdict.signals import Terminated
 
 
 @pytest.fixture(scope="module")
@@ -161,3 +163,56 @@ def test_hooks_that_fail_only_together_are_named(tiny, monkeypatch):
                             "indices for tensor of dimension 2), where each hook alone runs: harvest them in "
                             "separate runs (harvest.hooks)")
     assert lm.row_problems(hooks[:1]) == {}
+
+
+@pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+                                   RuntimeError("CUDA error: device-side assert triggered"), Terminated()],
+                         ids=["oom", "cuda", "sigterm"])
+@pytest.mark.parametrize("every", [True, False], ids=["every-forward", "first-forward"])
+def test_the_machines_errors_in_the_probe_are_not_the_bridges(tiny, monkeypatch, error, every):
+    """Out of GPU memory or a CUDA error in the probe forward was reworded as the model's ModelError (its
+    architecture 'does not run under this transformer-lens') or, when it passed, as hooks that fail only
+    together: each sent the researcher to another model, where a free GPU or a smaller batch was what it
+    took. The error now reaches them as torch raised it, as Ctrl-C and SIGTERM always did."""
+    lm = load_model(str(tiny("gpt2")))
+    forward, calls = lm.bridge.run_with_cache, []
+
+    def short_of_memory(*a, **kw):
+        calls.append(kw["names_filter"])
+        if every or len(calls) == 1:
+            raise error
+        return forward(*a, **kw)
+
+    monkeypatch.setattr(lm.bridge, "run_with_cache", short_of_memory)
+    with pytest.raises(type(error)) as e:
+        lm.row_problems(["blocks.0.hook_resid_post"])
+    assert e.value is error and calls == [["blocks.0.hook_resid_post"]]  # no second probe tried
+
+
+def test_the_machines_errors_in_the_splice_probe_and_the_load_are_not_the_bridges(tiny, monkeypatch):
+    """The same for analyze.ce_loss' identity splice (it said to set analyze.ce_loss=false) and the model's
+    load (it said the bridge supports the architecture and 'does not handle' this configuration)."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from actdict.analyze.splice import Windows, splice_fails
+
+    lm, oom = load_model(str(tiny("gpt2"))), torch.OutOfMemoryError("CUDA out of memory")
+    every = torch.ones(1, 3, dtype=torch.bool)
+    windows = Windows(torch.tensor([[5, 6, 7]]), every, every)
+    assert splice_fails(lm.bridge, windows, "blocks.0.hook_resid_post") is None
+
+    def fails(error):
+        def run(*a, **kw):
+            raise error
+        return run
+
+    monkeypatch.setattr(lm.bridge, "run_with_hooks", fails(AttributeError("'OlmoLayerNorm' has no 'weight'")))
+    assert splice_fails(lm.bridge, windows, "blocks.0.hook_resid_post") == \
+        "AttributeError: 'OlmoLayerNorm' has no 'weight'"
+    monkeypatch.setattr(lm.bridge, "run_with_hooks", fails(oom))
+    with pytest.raises(torch.OutOfMemoryError):
+        splice_fails(lm.bridge, windows, "blocks.0.hook_resid_post")
+    monkeypatch.setattr(TransformerBridge, "boot_transformers", fails(oom))
+    with pytest.raises(torch.OutOfMemoryError) as e:
+        load_model(str(tiny("gpt2")))
+    assert e.value is oom
