@@ -73,8 +73,29 @@ def failed_on_supported(target: str, e: Exception) -> str | None:
     return (f"TransformerLens {tl_version()}'s TransformerBridge supports its architecture "
             f"({architecture(hf_cfg)}) but failed to load this model ({in_words(e)}): where the error "
             "is the bridge's (a shape, a missing attribute), this configuration is one it does not handle: "
-            "use another model of this architecture, or a transformer-lens release that loads this one; "
-            "where it is about the files, check the model's weight files")
+            "use another model of this architecture, or a transformer-lens release that loads this one")
+
+
+def about_files(e: BaseException) -> bool:
+    """Whether a load's error ``e`` is about the model's files, not the bridge: missing (an OSError: a folder
+    with config.json and no weights; a hub model offline whose weights are not cached), or cut short (a
+    SafetensorError, a pickle's UnpicklingError). ``failed_on_supported`` would call such a model a
+    configuration the bridge does not handle, and the hub's offline advice was lost."""
+    import pickle
+
+    from safetensors import SafetensorError
+
+    return isinstance(e, (OSError, SafetensorError, pickle.UnpicklingError))
+
+
+def weights_missing(target: str) -> str | None:
+    """What to do when a load of the folder ``target`` failed on its files (``about_files``) and an HF config
+    reads there, so that a model folder it is: its weight files are missing or incomplete. None when no
+    config reads (not an HF model folder: the load says so)."""
+    if _hf_config(target) is None:
+        return None
+    return ("its config reads, but its weight files (model.safetensors or pytorch_model.bin, or their shards "
+            "and index) are missing or cut short: copy or download the model again, whole")
 
 
 def _hf_config(target: str) -> Any:

@@ -26,12 +26,14 @@ from typing import Any, Literal
 from actdict.config import check_device
 from actdict.errors import ActdictError
 from actdict.harvest.bridge import (
+    about_files,
     architecture,
     failed_on_supported,
     in_words,
     not_the_bridges,
     tl_version,
     unsupported,
+    weights_missing,
 )
 from actdict.rng import kept_rng
 
@@ -324,9 +326,13 @@ def load_model(name_or_path: str, device: str = "cpu", dtype: str = "float32",
     except Exception as e:  # transformers raises OSError/ValueError/HF errors: all mean "cannot load"
         if not_the_bridges(e):  # out of memory on the device: not the folder's nor the bridge's fault
             raise
-        if why := unsupported(target) or failed_on_supported(target, e):
+        files = about_files(e)  # missing or cut short: not a configuration the bridge cannot handle
+        if why := unsupported(target) or (None if files else failed_on_supported(target, e)):
             raise ModelError(f"could not load model {name!r}: {why}") from e
-        todo = _what_to_do(name) if where == "hub" else "check that the folder holds an HF model"
+        if where == "hub":
+            todo = _what_to_do(name)
+        else:
+            todo = (files and weights_missing(target)) or "check that the folder holds an HF model"
         raise ModelError(f"could not load model {name!r} ({type(e).__name__}: {e}); {todo}") from e
     bridge.eval()
     tok = bridge.tokenizer

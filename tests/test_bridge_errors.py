@@ -216,3 +216,44 @@ def test_the_machines_errors_in_the_splice_probe_and_the_load_are_not_the_bridge
     with pytest.raises(torch.OutOfMemoryError) as e:
         load_model(str(tiny("gpt2")))
     assert e.value is oom
+
+
+def test_a_model_whose_weight_files_are_missing_or_cut_short_is_said_so(tmp_path, tiny, monkeypatch):
+    """A folder with config.json and no weights, or a truncated model.safetensors, was said to be a
+    configuration the bridge 'does not handle' (use another model or transformer-lens); a hub model whose
+    config is cached and whose weights are not lost the load's advice to download it where the hub can be
+    reached. Each now says what is wrong with the files, and a hub model what to do, as before."""
+    import shutil
+
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers import AutoConfig
+
+    from actdict.harvest import bridge
+
+    none, cut = tmp_path / "none", tmp_path / "cut"
+    for path in (none, cut):
+        shutil.copytree(tiny("gpt2"), path)
+    (none / "model.safetensors").unlink()
+    whole = (cut / "model.safetensors").read_bytes()
+    (cut / "model.safetensors").write_bytes(whole[: len(whole) // 2])
+    for path, error in ((none, "OSError: Error no file named model.safetensors"), (cut, "SafetensorError: ")):
+        with pytest.raises(ModelError) as e:
+            load_model(str(path))
+        assert str(e.value).startswith(f"could not load model '{path}' ({error}")
+        assert str(e.value).endswith("; its config reads, but its weight files (model.safetensors or "
+                                     "pytorch_model.bin, or their shards and index) are missing or cut "
+                                     "short: copy or download the model again, whole")
+    repo = "EleutherAI/pythia-70m-deduped"  # its config in the HF cache, its weights not: offline
+    monkeypatch.setattr(bridge, "_hf_config", lambda target: AutoConfig.from_pretrained(tiny("gpt2")))
+
+    def offline(*a, **kw):
+        raise OSError(f"{repo} does not appear to have a file named pytorch_model.bin or model.safetensors.")
+
+    monkeypatch.setattr(TransformerBridge, "boot_transformers", offline)
+    with pytest.raises(ModelError) as e:
+        load_model(repo, found=("hub", repo, repo))
+    assert str(e.value) == (f"could not load model '{repo}' (OSError: {repo} does not appear to have a file "
+                            f"named pytorch_model.bin or model.safetensors.); download '{repo}' on a machine "
+                            f"with hub access (e.g. `hf download {repo} --local-dir DIR`) and set "
+                            "harvest.model to that local folder, or fill the Hugging Face cache (HF_HOME) "
+                            "with it and set HF_HUB_OFFLINE=1; for an offline run use all-MiniLM-L6-v2")
