@@ -213,7 +213,9 @@ def splice_fails(bridge, windows: Windows, hook: str) -> str | None:
     """The bridge's error, in a few words, when one forward that edits ``hook`` (an identity splice of the
     first window's first two tokens, as ``splice_eval`` edits it) fails inside TransformerBridge; None when
     it runs. OLMo 1's norms have no weight, and a hook that edits their hook_normalized or hook_scale fails
-    in every forward: ``splice_eval`` stopped on it after the whole analysis pass."""
+    in every forward: ``splice_eval`` stopped on it after the whole analysis pass. An error that the same
+    forward with no edit raises too (the windows' tokens, the model) is raised as it is: the hook is not
+    at fault, and analyze.ce_loss=false would not be the cure."""
     from actdict.harvest.bridge import in_words, not_the_bridges
 
     tok = windows.tokens[:1, :2].to(next(bridge.parameters()).device)  # [1, 2]
@@ -225,6 +227,7 @@ def splice_fails(bridge, windows: Windows, hook: str) -> str | None:
         except Exception as e:
             if not_the_bridges(e):  # out of memory, a CUDA error: not a hook the bridge cannot edit
                 raise
+            bridge(tok, return_type="logits")  # fails too (a token id past the embedding): not the edit's
             return in_words(e)
     return None
 

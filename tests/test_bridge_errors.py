@@ -257,3 +257,18 @@ def test_a_model_whose_weight_files_are_missing_or_cut_short_is_said_so(tmp_path
                             f"with hub access (e.g. `hf download {repo} --local-dir DIR`) and set "
                             "harvest.model to that local folder, or fill the Hugging Face cache (HF_HOME) "
                             "with it and set HF_HUB_OFFLINE=1; for an offline run use all-MiniLM-L6-v2")
+
+
+def test_a_splice_probe_that_fails_with_no_edit_too_is_not_the_hooks(tiny):
+    """A token id past the embedding in the held-out windows (a store not of this model's harvest) failed
+    the identity splice's forward, and the analysis said the bridge cannot edit the hook: set
+    analyze.ce_loss=false. The forward with no edit fails the same, so the error is raised as it is."""
+    from actdict.analyze.splice import Windows, splice_fails
+
+    lm = load_model(str(tiny("gpt2")))
+    every = torch.ones(1, 3, dtype=torch.bool)
+    past = Windows(torch.tensor([[5, lm.n_vocab + 7, 6]]), every, every)
+    with pytest.raises(IndexError, match="index out of range"):
+        splice_fails(lm.bridge, past, "blocks.0.hook_resid_post")
+    inside = Windows(torch.tensor([[5, 6, 7]]), every, every)
+    assert splice_fails(lm.bridge, inside, "blocks.0.hook_resid_post") is None
