@@ -222,6 +222,8 @@ class LoadedModel:
                 raise
             self.probe([], stop, e)  # raises ModelError when the model itself does not run
             failed = self.failing_hooks(hooks, stop)
+            if not failed and len(hooks) == 1:  # it ran the second time: no failure of the bridge to name
+                raise
             if not failed:  # each alone runs
                 raise ModelError(f"the forward of model {self.name} with the hooks {list(hooks)} together "
                                  f"failed inside TransformerLens {tl_version()}'s TransformerBridge "

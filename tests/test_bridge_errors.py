@@ -272,3 +272,23 @@ def test_a_splice_probe_that_fails_with_no_edit_too_is_not_the_hooks(tiny):
         splice_fails(lm.bridge, past, "blocks.0.hook_resid_post")
     inside = Windows(torch.tensor([[5, 6, 7]]), every, every)
     assert splice_fails(lm.bridge, inside, "blocks.0.hook_resid_post") is None
+
+
+def test_a_probe_error_that_does_not_recur_is_raised_as_it_is(tiny, monkeypatch):
+    """One hook whose first probe failed and whose probe alone then ran (an error that does not recur) was
+    said as 'the hooks [it] together failed ..., where each hook alone runs: harvest them in separate
+    runs', advice that cannot apply to one hook. Its error is raised as it is."""
+    lm = load_model(str(tiny("gpt2")))
+    forward, calls = lm.bridge.run_with_cache, []
+
+    def once(*a, **kw):
+        calls.append(kw["names_filter"])
+        if len(calls) == 1:
+            raise IndexError("index 3 is out of bounds for dimension 0 with size 3")
+        return forward(*a, **kw)
+
+    monkeypatch.setattr(lm.bridge, "run_with_cache", once)
+    with pytest.raises(IndexError, match="^index 3 is out of bounds"):
+        lm.row_problems(["blocks.0.hook_resid_post"])
+    hook = ["blocks.0.hook_resid_post"]
+    assert calls == [hook, [], [], hook, hook]  # the probe; with no hook (2 forwards); the hook alone (2)
