@@ -49,14 +49,12 @@ def text_rows(lm, cfg, hook: str, text: str) -> tuple[np.ndarray, Tensor]:
     bridge fails on is said as the harvest says it, not as the bridge's traceback."""
     from actdict.harvest.models import rows_refused
     from actdict.harvest.plan import stored_positions
-    from actdict.harvest.run import forward, tokenized, window_specials
+    from actdict.harvest.run import forward, past_vocab, tokenized, window_specials
     from actdict.harvest.sources import token_windows
 
     ids = next(tokenized(lm.tokenizer, [text]))
-    if past := [int(i) for i in ids if i >= lm.n_vocab][:1]:  # as harvest.run.in_vocab: an IndexError else
-        raise LensError(f"the text holds token {past[0]} ({lm.tokenizer.convert_ids_to_tokens(past[0])!r}), "
-                        f"which {lm.name}'s tokenizer has but its embedding lacks (ids 0..{lm.n_vocab - 1}):"
-                        " leave that text out")
+    if said := past_vocab(np.asarray(ids), lm):  # as the harvest refuses it (else an IndexError)
+        raise LensError(f"the text holds {said}: leave that text out")
     windows = list(token_windows([ids], cfg.ctx, mode="per_doc", **window_specials(lm, cfg)))
     if problems := lm.row_problems([hook]):  # ModelError when no forward runs; HookError for the hook
         raise rows_refused(problems, lm.name)

@@ -139,14 +139,22 @@ def in_vocab(windows: Iterable[Window], lm: LoadedModel) -> Iterator[Window]:
     forward: a tokenizer may hold tokens its model lacks (TransformerBridge adds '<|endoftext|>' to one
     with neither EOS nor UNK, and a literal one in a text is read as that token)."""
     for w in windows:
-        if len(w.tokens) and int(w.tokens.max()) >= lm.n_vocab:
+        if said := past_vocab(w.tokens, lm):
             at = int(np.argmax(w.tokens >= lm.n_vocab))
-            i = int(w.tokens[at])
-            name = lm.tokenizer.convert_ids_to_tokens(i)
-            raise HarvestError(f"document {int(w.doc[at])} holds token {i} ({name!r}), which {lm.name}'s "
-                               f"tokenizer has but its embedding lacks (ids 0..{lm.n_vocab - 1}): remove "
-                               "that text from the source, or give the model a tokenizer without it")
+            raise HarvestError(f"document {int(w.doc[at])} holds {said}: remove that text from the source, "
+                               "or give the model a tokenizer without it")
         yield w
+
+
+def past_vocab(ids: np.ndarray, lm: LoadedModel) -> str | None:
+    """The first of ``ids`` [n] past ``lm``'s embedding in words ("token 50257 ('<|endoftext|>'), which
+    ...'s tokenizer has but its embedding lacks (ids 0..50256)"), or None: the harvest's refusal
+    (``in_vocab``) and the lens' (``analyze.lens.text_rows``)."""
+    if not len(ids) or int(ids.max()) < lm.n_vocab:
+        return None
+    i = int(ids[int(np.argmax(ids >= lm.n_vocab))])
+    return (f"token {i} ({lm.tokenizer.convert_ids_to_tokens(i)!r}), which {lm.name}'s tokenizer has but its "
+            f"embedding lacks (ids 0..{lm.n_vocab - 1})")
 
 
 def describe_source(src: SourceConfig) -> str:
