@@ -124,11 +124,14 @@ def sparse_l1_state(variant: str, d: int, k: int, l0: int, x: torch.Tensor,
                     params: dict) -> dict[str, torch.Tensor]:
     """A fresh L1 SAE's state with the encoder bias lowered so that ``l0`` of the k codes of an average row
     of x [B, d] are nonzero: the sparsity of a trained L1 dictionary (the weights stay random)."""
+    if not 0 < l0 < k:
+        raise SystemExit(f"--l1-l0 {l0}: give a count of nonzero codes per row below k = {k} (0: not timed)")
     model = build(variant, d, k, params).to(x.device)
     bias, enc = (model.b_enc, model.pre) if hasattr(model, "b_enc") else (model.encoder.bias, model.encoder)
+    rows = x[:512]  # [n, d], n = min(512, B)
     with torch.no_grad():
-        pre = enc(x[:512]).flatten()  # [512 k]
-        bias -= pre.kthvalue(len(pre) - 512 * l0).values  # the (1 - l0 / k) quantile
+        pre = enc(rows).flatten()  # [n k]
+        bias -= pre.kthvalue(len(pre) - len(rows) * l0).values  # the (1 - l0 / k) quantile
     return model.state_dict()
 
 
@@ -173,6 +176,8 @@ def actdict_rate(variant: str, d: int, k: int, batches: list[torch.Tensor], warm
     cycle = lambda e, s=0: it  # noqa: E731
     best = float("inf")
     for i, n in enumerate([warmup] + [steps] * repeats):
+        if n == 0:  # max_steps 0 is no limit: an endless stream would never end
+            continue
         sync(device)
         t = time.perf_counter()
         cfg = TrainConfig(dicts=[], epochs=1, max_steps=n, checkpoint_every=0, autocast=autocast)
@@ -262,6 +267,8 @@ def main() -> None:
     ap.add_argument("--stream-rows", type=int, default=262144)
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:N] (both sides, and the roofline)")
     args = ap.parse_args()
+    if args.steps < 1 or args.repeats < 1 or args.warmup < 0:
+        ap.error("--steps and --repeats take 1 or more, --warmup 0 or more")
     dev = torch.device(args.device)
     torch.manual_seed(0)
     if args.sparse_cuda:

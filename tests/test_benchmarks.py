@@ -1,0 +1,64 @@
+"""benchmarks/*.py at tiny sizes on the CPU, each as its own process (as they are run): every script runs to
+the end and prints the table the README's Benchmarks section reads, with its columns and ratios consistent
+with one another. No timing is asserted: the numbers only have to parse, be positive and agree with each
+other. (paper_tables.py has tests/test_paper_tables.py; gpu_session.sh's CPU rehearsal is in its header.)
+"""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+NUM = r"[\d,]+(?:\.\d+)?"
+
+
+def run(script: str, *args: str) -> str:
+    """The script's stdout; its stderr in the failure message if it did not exit 0."""
+    env = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def num(s: str) -> float:
+    return float(s.replace(",", ""))
+
+
+def test_train_table_and_the_l1_sparse_state_at_a_batch_below_512():
+    out = run("train.py", "--d", "64", "--k", "256", "--batch", "256", "--steps", "2", "--warmup", "1",
+              "--repeats", "1", "--variants", "sae_topk", "sae_l1", "--topk", "4", "--l1-l0", "8",
+              "--no-saelens", "--stream-rows", "2048")
+    disk, ram = re.search(rf"store on disk \(float16\) ({NUM}) rows/s, in-RAM array ({NUM}) rows/s",
+                          out).groups()
+    assert num(disk) > 0 and num(ram) > 0
+    fed = re.search(rf"store stream ({NUM}) samples/s, by in-RAM tensors ({NUM}) samples/s \(ratio ({NUM})\)",
+                    out).groups()
+    assert num(fed[2]) == pytest.approx(num(fed[0]) / num(fed[1]), abs=0.006)
+    row = rf"^(\S+)\s+256\s+({NUM})\s+({NUM})\s+({NUM})%\s+({NUM})%\s+-\s+-$"  # no SAELens column
+    rows = {m[0]: m[1:] for m in re.findall(row, out, re.M)}
+    assert list(rows) == ["sae_topk", "sae_l1", "sae_l1@L0=8"]
+    for rate, _, pct, dense in rows.values():
+        assert num(rate) > 0 and num(pct) > 0 and num(dense) > 0
+    pct, dense = (num(v) for v in rows["sae_l1"][2:])
+    assert pct == pytest.approx(dense, abs=0.11)  # the fused dense step does the dense algorithm's matmuls
+    pct, dense = (num(v) for v in rows["sae_topk"][2:])
+    assert pct < dense  # the sparse decode and encoder gradient count no matmul
+    # the bias lowered for 8 of 256 codes a row from the batch's 256 rows (was: for 512 rows, L0 16)
+    l0 = float(re.search(r"sae_l1@L0=8: mean L0 after the timed steps ([\d.]+) of 256", out)[1])
+    assert l0 == pytest.approx(8, abs=1.5)
+
+
+def test_train_without_warmup_ends_and_refuses_an_l1_l0_not_below_k():
+    # --warmup 0 was a train() of max_steps 0, no limit, on the endless store stream: it never ended
+    proc = subprocess.run([sys.executable, str(BENCH / "train.py"), "--d", "16", "--k", "32", "--batch", "64",
+                           "--variants", "sae_l1", "--l1-l0", "32", "--no-saelens", "--stream-rows", "256",
+                           "--steps", "1", "--warmup", "0", "--repeats", "1"],
+                          capture_output=True, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"},
+                          timeout=120)
+    assert proc.returncode == 1
+    assert "--l1-l0 32: give a count of nonzero codes per row below k = 32" in proc.stderr
