@@ -111,7 +111,8 @@ def bench(name: str, model_path: str, args, tmp: Path) -> dict:
     cfg = build(HarvestConfig, {
         "model": model_path, "hooks": [hook], "source": {"kind": "debian", "shuffle_buffer": 4096},
         "ctx": ctx, "batch_size": args.batch_size, "max_tokens": args.tokens, "dtype": args.dtype,
-        "store_dtype": "float16", "shard_rows": args.shard_rows, "chunk_rows": 4096, "device": args.device})
+        "store_dtype": "float16", "shard_rows": args.shard_rows, "chunk_rows": min(4096, args.shard_rows),
+        "device": args.device})
     lm = load_model(model_path, device=args.device, dtype=args.dtype)
     stop = lm.stop_at_layer([hook])
     windows = _windows(lm, cfg, args.tokens)
@@ -202,7 +203,8 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=262144, help="stored rows per harvest (4 shards)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
-    ap.add_argument("--shard-rows", type=int, default=65536)
+    ap.add_argument("--shard-rows", type=int, default=65536,
+                    help="rows per shard: a multiple of the chunk's 4,096 rows, or fewer (one chunk)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]: the forward's device (both sides)")
     ap.add_argument("--tmp", default=None, metavar="DIR",

@@ -96,10 +96,11 @@ def profile_harvest(lm, model: str, args, bs: int, tmp: Path) -> None:
     pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(25)
     print("\n".join(s.getvalue().splitlines()[:45]))
     tokens = [torch.randint(0, 50000, (bs, 256), device=args.device)
-              for _ in range(args.tokens // (bs * 256))]  # [bs, 256] each
+              for _ in range(max(1, args.tokens // (bs * 256)))]  # [bs, 256] each: --tokens or one batch
+    n = len(tokens) * bs * 256  # the tokens the bare forward runs (not always --tokens)
     for _ in range(2):
         t = hb._timed(hb.bare_forward, lm, tokens, lm.stop_at_layer([HOOK]) - 1)
-        print(f"bare forward, batch {bs}: {args.tokens / t[0]:,.0f} tok/s")
+        print(f"bare forward, batch {bs}: {n:,} tokens, {n / t[0]:,.0f} tok/s")
 
 
 def main() -> None:

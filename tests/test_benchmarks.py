@@ -62,3 +62,37 @@ def test_train_without_warmup_ends_and_refuses_an_l1_l0_not_below_k():
                           timeout=120)
     assert proc.returncode == 1
     assert "--l1-l0 32: give a count of nonzero codes per row below k = 32" in proc.stderr
+
+
+def _harvest_rows(out: str, title: str) -> list[list[str]]:
+    block = out.split(title, 1)[1].split("\n\n", 1)[0].splitlines()[1:]  # below the title's line
+    assert block[0].split()[:3] == ["model", "d", "ctx"]
+    return [line.split() for line in block[1:]]
+
+
+@pytest.mark.slow
+def test_harvest_ratios_are_the_table_rates(tmp_path):
+    out = run("harvest.py", "--models", "pythia", "--tokens", "2048", "--shard-rows", "512",
+              "--batch-size", "4", "--repeats", "1", "--tmp", str(tmp_path))
+    for title in ("tokens/s, wall clock", "tokens per CPU-second"):
+        (row,) = _harvest_rows(out, title)
+        assert row[:3] == ["pythia", "512", "256"] and len(row) == 3 + 6 + 3
+        tps = dict(zip(("tokenise", "bare", "cached", "harvest", "write", "attributed"),
+                       (num(v) for v in row[3:9]), strict=True))
+        assert all(v > 0 for v in tps.values())
+        ratios = [float(v) for v in row[9:]]
+        for r, top in zip(ratios, ("harvest", "attributed", "write"), strict=True):
+            assert r == pytest.approx(tps[top] / tps["bare"], rel=0.01, abs=0.002)
+
+
+@pytest.mark.slow
+def test_harvest_profile_rates_count_the_tokens_it_ran():
+    # 2,500 tokens at batch 4 x 256: the bare forward runs 2 batches, 2,048 tokens, and its rate counts those
+    out = run("harvest_profile.py", "--tokens", "2500", "--batch-size", "4")
+    writes = re.findall(r"^write_shard 65,536 rows x 512 float16 .* flushed ([14]) at a time", out, re.M)
+    assert writes == ["1", "4"] * 3
+    assert len(re.findall(rf"^batch 4, run \d .*: [\d.]+ s, ({NUM}) rows/s$", out, re.M)) == 3
+    for part in ("main: forward", "main: store_rows", "writer: _write", "main: submit"):
+        assert out.count(part) == 3
+    bare = re.findall(rf"^bare forward, batch 4: ({NUM}) tokens, ({NUM}) tok/s$", out, re.M)
+    assert len(bare) == 2 and all(n == "2,048" and num(r) > 0 for n, r in bare)
