@@ -10,7 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from actdict.harvest.store import write_vectors
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 NUM = r"[\d,]+(?:\.\d+)?"
@@ -62,6 +65,52 @@ def test_train_without_warmup_ends_and_refuses_an_l1_l0_not_below_k():
                           timeout=120)
     assert proc.returncode == 1
     assert "--l1-l0 32: give a count of nonzero codes per row below k = 32" in proc.stderr
+
+
+def test_train_profile_rate_matches_its_step_time():
+    out = run("train_profile.py", "--d", "32", "--k", "64", "--batch", "64", "--steps", "2", "--rows", "3",
+              "--topk", "4")
+    head = rf"^(\w+) d=32 k=64 B=64 float32 on cpu: ({NUM}) ms/step, ({NUM}) samples/s"
+    heads = re.findall(head, out, re.M)
+    assert [h[0] for h in heads] == ["sae_topk", "sae_l1"]
+    for _, ms, rate in heads:
+        assert num(rate) == pytest.approx(64 / (num(ms) / 1e3), rel=0.01)
+    assert out.count("Self CPU time total") == 2
+
+
+def test_sparse_ops_times_each_op():
+    out = run("sparse_ops.py", "--B", "64", "--d", "16", "--k", "128", "--topk", "4")
+    ops = re.findall(r"^  (.+?)\s+([\d.]+)$", out, re.M)
+    assert len(ops) == 11 and all(float(ms) > 0 for _, ms in ops)
+    assert sum("(used)" in name for name, _ in ops) == 3
+    assert "k=128 B=64 d=16 topk=4 on cpu (ms per call)" in out
+
+
+def test_cofire_ratios_are_the_times_over_the_forward():
+    out = run("cofire.py", "--ks", "64", "256", "--d", "16", "--ad", "4", "--rows", "128", "--repeats", "1")
+    rows = re.findall(r"^\s*(\d+)\s+([\d.]+)\s+([\d.]+) \(\s*([\d.]+)x\)\s+([\d.]+) \(\s*([\d.]+)x\)"
+                      r"\s+([\d.]+) \(\s*([\d.]+)x\)$", out, re.M)
+    assert [r[0] for r in rows] == ["64", "256"]
+    for r in rows:
+        fwd, cells = float(r[1]), [(float(r[i]), float(r[i + 1])) for i in (2, 4, 6)]
+        assert fwd > 0
+        for t, x in cells:  # times printed to 3 decimals: the ratio of the printed times is off by that
+            assert x == pytest.approx(t / fwd, rel=0.0006 / fwd, abs=0.0006 / fwd + 0.006)
+
+
+def test_l1_run_ours_with_and_without_the_sparse_step_agree(tmp_path):
+    x = np.random.default_rng(0).standard_normal((2048, 16)).astype(np.float32)
+    write_vectors(str(tmp_path / "s"), x, dtype="float16", shard_rows=1024, chunk_rows=512)
+    out = run("l1_run.py", str(tmp_path / "s"), "--k", "64", "--batch", "64", "--steps", "6", "--every", "3",
+              "--lam1", "5", "--no-saelens")
+    trace = re.findall(r"^\s*(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$", out, re.M)
+    assert [t[0] for t in trace] == ["0", "3", "5"]
+    assert all(t[1:3] == t[3:5] for t in trace)  # L0 and loss of the two runs, as printed
+    dense = re.search(rf"^ours, dense only: [\d.]+ s, ({NUM}) samples/s \(0 of 6 steps sparse\); "
+                      rf"ours is ([\d.]+)x faster$", out, re.M)
+    assert dense and num(dense[1]) > 0 and float(dense[2]) > 0
+    assert re.search(r"^ours: [\d.]+ s, [\d,]+ samples/s \(\d of 6 steps sparse\); ours is 1.00x faster$",
+                     out, re.M)
 
 
 def _harvest_rows(out: str, title: str) -> list[list[str]]:
