@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepare, on this (CPU) machine, what benchmarks/gpu_session.sh needs on a lent GPU machine, which reaches no
-# package registry: the wheels its image lacks (.whl, 24 MB; .whl-saelens, 31 MB, for the `saelens` step)
+# package registry: the wheels its image lacks (.whl, 17 MB; .whl-saelens, 31 MB, for the `saelens` step)
 # and the demo corpus (.devcache, 13 MB), in folders git ignores so that the device tool can carry them.
 # Run from the repository root (a venv in .venv for the two sdists); then see gpu_session.sh's header for
 # the calls. Safe to rerun: pip skips what is there.

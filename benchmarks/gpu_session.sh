@@ -13,7 +13,7 @@
 # start with under 4 minutes left), so plan on ONE call, most important first. What is left open (issues #3,
 # #4, 2026-12-05) needs `saelens` (TopK and L1 beside SAELens, float32 and bf16), `harvest` (three runs of
 # 2.6M rows, ~1 min each) and, if time is left, `train` (~2 min);
-# .whl + .whl-saelens + .devcache are 60 MiB with the tree, just inside what one call carries:
+# .whl + .whl-saelens + .devcache are 62 MiB with the tree (2026-12-07), just inside the 64 MiB one call carries:
 #   run(command='STEPS="saelens harvest train" SAELENS_S=150 HARVEST_S=90 TRAIN_S=80 \
 #       bash benchmarks/gpu_session.sh', carry=[".whl", ".whl-saelens", ".devcache"], timeout_s=590)
 # Refused for its size: the same as two calls, saelens first (carry .whl and .whl-saelens), then STEPS="harvest
@@ -26,25 +26,40 @@
 # TESTS_S, TRAIN_S, HARVEST_S, PROFILE_S, SAELENS_S (per precision) bound those steps (seconds). Logs and
 # JSON land in $OUT. MLP_MIN bounds the paper-width MLP run (minutes); its resume state comes back in
 # $OUT/state: copy it to .devcache/state and a later session continues it.
+# Rehearsal on a CPU machine (every step's install, imports and flags; the numbers mean nothing): DEVICE=cpu
+# runs each step there, PY an interpreter with the image's packages (torch, transformers, sentence-transformers),
+# WHL / WHL_SAELENS wheels for that interpreter's Python (gpu_prep.sh fetches cp312 ones), SITE_ROOT a folder
+# of one's own (the installs land in its site, site-saelens and actdict; default /tmp), TRAIN_FLAGS flags
+# appended to every train.py call (the last of a repeated flag wins: small sizes), e.g.
+#   DEVICE=cpu PY=.venv/bin/python SITE_ROOT=/tmp/rehearse OUT=/tmp/rehearse/out WHL=... WHL_SAELENS=... \
+#     STEPS="tests train saelens harvest profile" TESTS_S=300 TRAIN_S=60 SAELENS_S=60 HARVEST_S=60 \
+#     PROFILE_S=30 HARVEST_ROWS=16384 TRAIN_FLAGS="--d 64 --k 256 --batch 256 --steps 2 --stream-rows 8192" \
+#     bash benchmarks/gpu_session.sh
+# (Rehearsed so on 2026-12-07 with Python 3.11: the same wheels, the binary ones as cp311 builds and zarr 3.1.6
+# for 3.4.2, which needs Python 3.12; every step ran, the SAELens child on its --saelens-path included. The
+# cp312 wheels of gpu_prep.sh install --no-deps --target and import under Python 3.12.1.)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_session}
 mkdir -p "$OUT"
 STEPS=${STEPS:-"tests train harvest mlp"}
+DEVICE=${DEVICE:-cuda}  # cpu: a rehearsal (see above)
+T=${SITE_ROOT:-/tmp}  # where the packages are installed
 export PYTHONSAFEPATH=1  # never import ./actdict (a partial tree) in place of the installed package
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=disabled PYTHONUNBUFFERED=1
-export ACTDICT_CACHE=$PWD/.devcache ACTDICT_TEST_DEVICE=${ACTDICT_TEST_DEVICE:-cuda}
+export ACTDICT_CACHE=$PWD/.devcache ACTDICT_TEST_DEVICE=${ACTDICT_TEST_DEVICE:-$DEVICE}
 PY=${PY:-python3}
 
 step() { [[ " $STEPS " == *" $1 "* ]]; }
 log() { echo "== $(date +%T) $*" | tee -a "$OUT/session.log"; }
 
 log "install"
-$PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "${WHL:-.whl}"/*.whl \
+$PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$T/site" "${WHL:-.whl}"/*.whl \
   || exit 1
-$PY -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target /tmp/actdict . || exit 1
-export PYTHONPATH=/tmp/actdict:/tmp/site
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee -a "$OUT/session.log"
+$PY -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target "$T/actdict" . || exit 1
+export PYTHONPATH=$T/actdict:$T/site
+[[ $DEVICE == cuda* ]] && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv \
+  | tee -a "$OUT/session.log"
 $PY -c "import torch, transformers, actdict.train.run as r; print('torch', torch.__version__, 'cuda',
 torch.cuda.is_available(), 'transformers', transformers.__version__, 'actdict from', r.__file__)" \
   | tee -a "$OUT/session.log" || exit 1
@@ -56,28 +71,28 @@ if step tests; then  # every variant, the three stages and SIGKILL/SIGTERM resum
 fi
 if step train; then  # samples/s and % of the bf16/float32 matmul roofline (issue #4)
   log "train benchmark, float32"
-  timeout ${TRAIN_S:-150} $PY benchmarks/train.py --device cuda --no-saelens --steps 20 2>&1 | tee "$OUT/train_fp32.log" \
-    | tail -30
+  timeout ${TRAIN_S:-150} $PY benchmarks/train.py --device "$DEVICE" --no-saelens --steps 20 ${TRAIN_FLAGS:-} 2>&1 \
+    | tee "$OUT/train_fp32.log" | tail -30
   log "train benchmark, bf16 autocast"
-  timeout ${TRAIN_S:-150} $PY benchmarks/train.py --device cuda --no-saelens --steps 20 --autocast 2>&1 \
-    | tee "$OUT/train_bf16.log" | tail -30
+  timeout ${TRAIN_S:-150} $PY benchmarks/train.py --device "$DEVICE" --no-saelens --steps 20 --autocast \
+    ${TRAIN_FLAGS:-} 2>&1 | tee "$OUT/train_bf16.log" | tail -30
   # at B = 4096 a TopK step is CPU-bound on an H200 (~6 ms of Python and launches per step, ~2.6 ms of GPU
   # work, docs/training.md): a larger batch shows where the GPU's share goes
   log "train benchmark, float32, batch 16384, TopK and L1"
-  timeout ${TRAIN_S:-150} $PY benchmarks/train.py --device cuda --no-saelens --steps 10 --batch 16384 \
-    --variants sae_topk sae_l1 2>&1 | tee "$OUT/train_fp32_b16k.log" | tail -8
+  timeout ${TRAIN_S:-150} $PY benchmarks/train.py --device "$DEVICE" --no-saelens --steps 10 --batch 16384 \
+    --variants sae_topk sae_l1 ${TRAIN_FLAGS:-} 2>&1 | tee "$OUT/train_fp32_b16k.log" | tail -8
   # the L1 SAEs' sparse step on CUDA (off as shipped): sae_l1@L0=64 here beside the dense one in train_fp32.log
   log "train benchmark, float32, sae_l1 with the sparse step on CUDA (--sparse-cuda 0.05)"
-  timeout ${TRAIN_S:-150} $PY benchmarks/train.py --device cuda --no-saelens --steps 20 --k 4096 16384 \
-    --variants sae_l1 --sparse-cuda 0.05 2>&1 | tee "$OUT/train_fp32_l1sparse.log" | tail -8
+  timeout ${TRAIN_S:-150} $PY benchmarks/train.py --device "$DEVICE" --no-saelens --steps 20 --k 4096 16384 \
+    --variants sae_l1 --sparse-cuda 0.05 ${TRAIN_FLAGS:-} 2>&1 | tee "$OUT/train_fp32_l1sparse.log" | tail -8
 fi
 if step saelens; then  # x SAELens on the GPU: its packages apart, first on the SAELens child's path only
   log "train benchmark beside SAELens, float32 and bf16"
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site-saelens \
-    .whl-saelens/*.whl || exit 1
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$T/site-saelens" \
+    "${WHL_SAELENS:-.whl-saelens}"/*.whl || exit 1
   for prec in "" "--autocast"; do
-    timeout ${SAELENS_S:-200} $PY benchmarks/train.py --device cuda --steps 20 --variants sae_topk sae_l1 $prec \
-      --saelens-path /tmp/site-saelens:/tmp/site 2>&1 | tee -a "$OUT/train_saelens.log" | tail -8
+    timeout ${SAELENS_S:-200} $PY benchmarks/train.py --device "$DEVICE" --steps 20 --variants sae_topk sae_l1 $prec \
+      --saelens-path "$T/site-saelens:$T/site" ${TRAIN_FLAGS:-} 2>&1 | tee -a "$OUT/train_saelens.log" | tail -8
   done
 fi
 if step harvest; then  # harvest / bare forward on the GPU (issue #3)
@@ -86,14 +101,14 @@ if step harvest; then  # harvest / bare forward on the GPU (issue #3)
   # ~0.3 s on 2026-12-04): 2.6M rows (40 shards; the demo corpus holds ~3.0M) come closer to the steady state
   ROWS=${HARVEST_ROWS:-2621440}
   log "harvest benchmark, $ROWS rows, stores on the disk"
-  timeout ${HARVEST_S:-150} $PY benchmarks/harvest.py --device cuda --models pythia --tokens "$ROWS" --repeats 2 2>&1 \
+  timeout ${HARVEST_S:-150} $PY benchmarks/harvest.py --device "$DEVICE" --models pythia --tokens "$ROWS" --repeats 2 2>&1 \
     | tee "$OUT/harvest.log" | tail -12
   # the same with the stores in RAM: the disk (write/bare 0.28 there on 2026-12-04) taken out, the loop's own ratio
   shm_kb=$(df -k --output=avail /dev/shm 2>/dev/null | tail -1)
   if [ "${shm_kb:-0}" -gt $((ROWS * 3 / 2)) ]; then  # one store of ~1.05 KB a row, with room to spare
     for par in true false; do  # the tokenizer's thread pool on all cores, or one thread
       log "harvest benchmark, stores in /dev/shm, TOKENIZERS_PARALLELISM=$par"
-      TOKENIZERS_PARALLELISM=$par timeout ${HARVEST_S:-150} $PY benchmarks/harvest.py --device cuda --models pythia \
+      TOKENIZERS_PARALLELISM=$par timeout ${HARVEST_S:-150} $PY benchmarks/harvest.py --device "$DEVICE" --models pythia \
         --tokens "$ROWS" --repeats 2 --tmp /dev/shm 2>&1 | tee "$OUT/harvest_shm_tp$par.log" | tail -12
     done
   else
@@ -102,10 +117,10 @@ if step harvest; then  # harvest / bare forward on the GPU (issue #3)
 fi
 if step profile; then  # where the time goes: a training step's operators, the sparse ops, the harvest's threads
   log "profiles"
-  timeout ${PROFILE_S:-120} $PY benchmarks/train_profile.py --device cuda --variants sae_topk sae_l1 --k 4096 \
+  timeout ${PROFILE_S:-120} $PY benchmarks/train_profile.py --device "$DEVICE" --variants sae_topk sae_l1 --k 4096 \
     > "$OUT/train_profile.log" 2>&1
-  timeout ${PROFILE_S:-120} $PY benchmarks/sparse_ops.py --device cuda > "$OUT/sparse_ops.log" 2>&1
-  timeout ${PROFILE_S:-120} $PY benchmarks/harvest_profile.py --device cuda --batch-size 32 128 2>&1 | tr '\r' '\n' \
+  timeout ${PROFILE_S:-120} $PY benchmarks/sparse_ops.py --device "$DEVICE" > "$OUT/sparse_ops.log" 2>&1
+  timeout ${PROFILE_S:-120} $PY benchmarks/harvest_profile.py --device "$DEVICE" --batch-size 32 128 2>&1 | tr '\r' '\n' \
     | grep -v "tok/s\]" > "$OUT/harvest_profile.log"
   grep "ms/step" "$OUT/train_profile.log" | tee -a "$OUT/session.log"
 fi
@@ -114,14 +129,14 @@ if step mlp; then  # the paper's encoder width 8 kappa = 480 on the MLP manifold
   mkdir -p "$OUT/state"
   [ -d .devcache/state ] && cp .devcache/state/* "$OUT/state/"  # a state carried back from an earlier session
   $PY benchmarks/paper_tables.py --sets mlp --models vaease --n-train 800000 --max-steps 163830 --grad-clip 1 \
-    --hidden 480 --device cuda --state "$OUT/state" --budget-min "${MLP_MIN:-4}" --json "$OUT/mlp480.json" 2>&1 \
+    --hidden 480 --device "$DEVICE" --state "$OUT/state" --budget-min "${MLP_MIN:-4}" --json "$OUT/mlp480.json" 2>&1 \
     | tr '\r' '\n' | grep -v "^train:" | tail -30 | tee -a "$OUT/session.log"
 fi
 if step restarts; then  # VAEase restarts on one MLP data set, chosen by held-out loss (issue #5); one process each
   log "MLP restarts ${RESTARTS:-0 1 2 3 4} on data seed ${DATA_SEED:-0}"
   for s in ${RESTARTS:-0 1 2 3 4}; do
     $PY benchmarks/paper_tables.py --sets mlp --models vaease --n-train 800000 --max-steps 163830 --grad-clip 1 \
-      --data-seed "${DATA_SEED:-0}" --seed "$s" --device "${RESTART_DEVICE:-cuda}" --budget-min "${RESTART_MIN:-8}" \
+      --data-seed "${DATA_SEED:-0}" --seed "$s" --device "${RESTART_DEVICE:-$DEVICE}" --budget-min "${RESTART_MIN:-8}" \
       ${RESTART_FLAGS:-} --json "$OUT/restart_s$s.json" > "$OUT/restart_s$s.log" 2>&1 &
   done
   wait
