@@ -145,3 +145,15 @@ def test_harvest_profile_rates_count_the_tokens_it_ran():
         assert out.count(part) == 3
     bare = re.findall(rf"^bare forward, batch 4: ({NUM}) tokens, ({NUM}) tok/s$", out, re.M)
     assert len(bare) == 2 and all(n == "2,048" and num(r) > 0 for n, r in bare)
+
+
+def test_every_benchmark_flag_is_in_the_readme():
+    """The README's Benchmarks section lists each measuring script's flags (paper_tables.py: its --help)."""
+    readme = (BENCH.parent / "README.md").read_text(encoding="utf-8")
+    bullet = r"(?ms)^- `benchmarks/(\w+)\.py[^`]*`: (.*?)(?=^- |^$)"  # up to the next bullet or blank line
+    bullets = dict(re.findall(bullet, readme))
+    scripts = sorted(p.stem for p in BENCH.glob("*.py") if p.stem not in ("paper_tables", "paper_report"))
+    assert sorted(bullets) == scripts
+    for name in scripts:
+        found = set(re.findall(r"add_argument\(\"(--[\w-]+)\"", (BENCH / f"{name}.py").read_text()))
+        assert found and {f for f in found if f"`{f}" not in bullets[name]} == set(), name
