@@ -56,13 +56,18 @@ log() { echo "== $(date +%T) $*" | tee -a "$OUT/session.log"; }
 log "install"
 $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$T/site" "${WHL:-.whl}"/*.whl \
   || exit 1
-$PY -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target "$T/actdict" . || exit 1
+# --upgrade: a second call on a machine still warm replaces the first call's actdict (pip keeps it otherwise)
+$PY -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --upgrade --target "$T/actdict" . \
+  || exit 1
 export PYTHONPATH=$T/actdict:$T/site
 [[ $DEVICE == cuda* ]] && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv \
   | tee -a "$OUT/session.log"
-$PY -c "import torch, transformers, actdict.train.run as r; print('torch', torch.__version__, 'cuda',
-torch.cuda.is_available(), 'transformers', transformers.__version__, 'actdict from', r.__file__)" \
-  | tee -a "$OUT/session.log" || exit 1
+# every package the steps import, now: wheels that do not fit the image end the call here, in seconds
+$PY -c "import torch, transformers, transformer_lens, zarr, datasets, actdict.harvest.run, actdict.train.run as r
+from importlib.metadata import version
+print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'transformers', transformers.__version__,
+      'transformer-lens', version('transformer-lens'), 'zarr', zarr.__version__, 'datasets', datasets.__version__,
+      'actdict from', r.__file__)" 2>&1 | tee -a "$OUT/session.log" || exit 1
 
 if step tests; then  # every variant, the three stages and SIGKILL/SIGTERM resume, on cuda against the CPU
   log "tests"
@@ -88,12 +93,19 @@ if step train; then  # samples/s and % of the bf16/float32 matmul roofline (issu
 fi
 if step saelens; then  # x SAELens on the GPU: its packages apart, first on the SAELens child's path only
   log "train benchmark beside SAELens, float32 and bf16"
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$T/site-saelens" \
-    "${WHL_SAELENS:-.whl-saelens}"/*.whl || exit 1
-  for prec in "" "--autocast"; do
-    timeout ${SAELENS_S:-200} $PY benchmarks/train.py --device "$DEVICE" --steps 20 --variants sae_topk sae_l1 $prec \
-      --saelens-path "$T/site-saelens:$T/site" ${TRAIN_FLAGS:-} 2>&1 | tee -a "$OUT/train_saelens.log" | tail -8
-  done
+  # SAELens's packages must import before the timings start (else every row would time ours, then fail
+  # theirs); if they do not, the step is skipped and the later steps run
+  if $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$T/site-saelens" \
+      "${WHL_SAELENS:-.whl-saelens}"/*.whl && PYTHONPATH=$T/site-saelens:$T/site $PY -c "import sae_lens
+from sae_lens import SAETrainer; print('sae_lens', sae_lens.__version__)" 2>&1 | tee -a "$OUT/session.log"; then
+    for prec in "" "--autocast"; do
+      timeout ${SAELENS_S:-200} $PY benchmarks/train.py --device "$DEVICE" --steps 20 --variants sae_topk sae_l1 \
+        $prec --saelens-path "$T/site-saelens:$T/site" ${TRAIN_FLAGS:-} 2>&1 | tee -a "$OUT/train_saelens.log" \
+        | tail -8
+    done
+  else
+    log "saelens step skipped: SAELens's wheels do not install or import (above)"
+  fi
 fi
 if step harvest; then  # harvest / bare forward on the GPU (issue #3)
   # HARVEST_ROWS rows per timing: 262,144 rows are ~0.16 s of an H200's forward, less than the harvest's fixed
