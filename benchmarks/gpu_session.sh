@@ -13,6 +13,9 @@
 # start with under 4 minutes left), so plan on ONE call, most important first. What is left open (issues #3,
 # #4, 2026-12-05) needs `saelens` (TopK and L1 beside SAELens, float32 and bf16), `harvest` (three runs of
 # 2.6M rows, ~1 min each) and, if time is left, `train` (~2 min);
+# The steps run in the order STEPS names them, so a call its timeout cuts loses the last. Their bounds: saelens
+# 2 x SAELENS_S, harvest 3 x HARVEST_S, train 4 x TRAIN_S (+ ~20 s of install), so the call below is cut, at
+# worst, inside train: its steps take far less than their bounds on an H200 (tests + train + harvest: 223 s).
 # .whl + .whl-saelens + .devcache are 62 MiB with the tree (2026-12-07), just inside the 64 MiB one call carries:
 #   run(command='STEPS="saelens harvest train" SAELENS_S=150 HARVEST_S=90 TRAIN_S=80 \
 #       bash benchmarks/gpu_session.sh', carry=[".whl", ".whl-saelens", ".devcache"], timeout_s=590)
@@ -50,7 +53,6 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=
 export ACTDICT_CACHE=$PWD/.devcache ACTDICT_TEST_DEVICE=${ACTDICT_TEST_DEVICE:-$DEVICE}
 PY=${PY:-python3}
 
-step() { [[ " $STEPS " == *" $1 "* ]]; }
 log() { echo "== $(date +%T) $*" | tee -a "$OUT/session.log"; }
 
 log "install"
@@ -69,12 +71,12 @@ print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'transforme
       'transformer-lens', version('transformer-lens'), 'zarr', zarr.__version__, 'datasets', datasets.__version__,
       'actdict from', r.__file__)" 2>&1 | tee -a "$OUT/session.log" || exit 1
 
-if step tests; then  # every variant, the three stages and SIGKILL/SIGTERM resume, on cuda against the CPU
+run_tests() {  # every variant, the three stages and SIGKILL/SIGTERM resume, on cuda against the CPU
   log "tests"
   timeout ${TESTS_S:-240} $PY -m pytest -q -p no:cacheprovider tests/test_device_stages.py tests/test_variant_contract.py \
     tests/test_resume_train.py tests/test_train_probe.py 2>&1 | tee "$OUT/tests.log" | tail -40
-fi
-if step train; then  # samples/s and % of the bf16/float32 matmul roofline (issue #4)
+}
+run_train() {  # samples/s and % of the bf16/float32 matmul roofline (issue #4)
   log "train benchmark, float32"
   timeout ${TRAIN_S:-150} $PY benchmarks/train.py --device "$DEVICE" --no-saelens --steps 20 ${TRAIN_FLAGS:-} 2>&1 \
     | tee "$OUT/train_fp32.log" | tail -30
@@ -90,8 +92,8 @@ if step train; then  # samples/s and % of the bf16/float32 matmul roofline (issu
   log "train benchmark, float32, sae_l1 with the sparse step on CUDA (--sparse-cuda 0.05)"
   timeout ${TRAIN_S:-150} $PY benchmarks/train.py --device "$DEVICE" --no-saelens --steps 20 --k 4096 16384 \
     --variants sae_l1 --sparse-cuda 0.05 ${TRAIN_FLAGS:-} 2>&1 | tee "$OUT/train_fp32_l1sparse.log" | tail -8
-fi
-if step saelens; then  # x SAELens on the GPU: its packages apart, first on the SAELens child's path only
+}
+run_saelens() {  # x SAELens on the GPU: its packages apart, first on the SAELens child's path only
   log "train benchmark beside SAELens, float32 and bf16"
   # SAELens's packages must import before the timings start (else every row would time ours, then fail
   # theirs); if they do not, the step is skipped and the later steps run
@@ -106,8 +108,8 @@ from sae_lens import SAETrainer; print('sae_lens', sae_lens.__version__)" 2>&1 |
   else
     log "saelens step skipped: SAELens's wheels do not install or import (above)"
   fi
-fi
-if step harvest; then  # harvest / bare forward on the GPU (issue #3)
+}
+run_harvest() {  # harvest / bare forward on the GPU (issue #3)
   # HARVEST_ROWS rows per timing: 262,144 rows are ~0.16 s of an H200's forward, less than the harvest's fixed
   # costs (the first shard tokenised before the first forward, the last shard written after the last one,
   # ~0.3 s on 2026-12-04): 2.6M rows (40 shards; the demo corpus holds ~3.0M) come closer to the steady state
@@ -126,8 +128,8 @@ if step harvest; then  # harvest / bare forward on the GPU (issue #3)
   else
     log "harvest benchmark in /dev/shm skipped: $((shm_kb / 1024)) MB free there, $((ROWS * 3 / 2048)) MB wanted"
   fi
-fi
-if step profile; then  # where the time goes: a training step's operators, the sparse ops, the harvest's threads
+}
+run_profile() {  # where the time goes: a training step's operators, the sparse ops, the harvest's threads
   log "profiles"
   timeout ${PROFILE_S:-120} $PY benchmarks/train_profile.py --device "$DEVICE" --variants sae_topk sae_l1 --k 4096 \
     > "$OUT/train_profile.log" 2>&1
@@ -135,16 +137,16 @@ if step profile; then  # where the time goes: a training step's operators, the s
   timeout ${PROFILE_S:-120} $PY benchmarks/harvest_profile.py --device "$DEVICE" --batch-size 32 128 2>&1 | tr '\r' '\n' \
     | grep -v "tok/s\]" > "$OUT/harvest_profile.log"
   grep "ms/step" "$OUT/train_profile.log" | tee -a "$OUT/session.log"
-fi
-if step mlp; then  # the paper's encoder width 8 kappa = 480 on the MLP manifolds (issue #5); resumable
+}
+run_mlp() {  # the paper's encoder width 8 kappa = 480 on the MLP manifolds (issue #5); resumable
   log "MLP manifolds at H 480"
   mkdir -p "$OUT/state"
   [ -d .devcache/state ] && cp .devcache/state/* "$OUT/state/"  # a state carried back from an earlier session
   $PY benchmarks/paper_tables.py --sets mlp --models vaease --n-train 800000 --max-steps 163830 --grad-clip 1 \
     --hidden 480 --device "$DEVICE" --state "$OUT/state" --budget-min "${MLP_MIN:-4}" --json "$OUT/mlp480.json" 2>&1 \
     | tr '\r' '\n' | grep -v "^train:" | tail -30 | tee -a "$OUT/session.log"
-fi
-if step restarts; then  # VAEase restarts on one MLP data set, chosen by held-out loss (issue #5); one process each
+}
+run_restarts() {  # VAEase restarts on one MLP data set, chosen by held-out loss (issue #5); one process each
   log "MLP restarts ${RESTARTS:-0 1 2 3 4} on data seed ${DATA_SEED:-0}"
   for s in ${RESTARTS:-0 1 2 3 4}; do
     $PY benchmarks/paper_tables.py --sets mlp --models vaease --n-train 800000 --max-steps 163830 --grad-clip 1 \
@@ -153,5 +155,9 @@ if step restarts; then  # VAEase restarts on one MLP data set, chosen by held-ou
   done
   wait
   $PY benchmarks/paper_tables.py --restarts "$OUT"/restart_s*.json 2>&1 | tee -a "$OUT/session.log"
-fi
+}
+# the steps in the order STEPS names them (most important first: a call cut by its timeout loses the last)
+for name in $STEPS; do
+  if declare -F "run_$name" > /dev/null; then "run_$name"; else log "unknown step '$name' skipped"; fi
+done
 log "done"
