@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from actdict.config import ConfigError, bar_disabled, bar_timing, check_hook_name
+from actdict.errors import printable
 from actdict.rng import kept_rng
 
 if TYPE_CHECKING:
@@ -184,7 +185,7 @@ def main(common, cfg, writing=lambda hooks=None: None) -> None:
 
     path, ecfg, chash = common.store_path, cfg.embed, config_hash(cfg)
     if complete_for(path, [ecfg.hook], cfg):
-        print(f"harvest: store {path} is already complete for this config ({chash}); skipping")
+        print(printable(f"harvest: store {path} is already complete for this config ({chash}); skipping"))
         return
     one_process(cfg)
     writing([ecfg.hook])
@@ -196,10 +197,9 @@ def main(common, cfg, writing=lambda hooks=None: None) -> None:
 
     torch.manual_seed(common.seed)
     about = enc.describe() | {"prompt": ecfg.prompt, "extra_normalize": ecfg.normalize}
-    print(f"harvest: {enc.name} sentence embeddings (d={enc.d}, pooling {about['pooling']}, normalised "
-          f"{about['model_normalizes'] or ecfg.normalize}, {enc.device}, {cfg.dtype}); "
-          f"one row per {ecfg.unit}; "
-          f"source: {describe_source(cfg.source)} -> {path}/{ecfg.hook}")
+    print(printable(f"harvest: {enc.name} sentence embeddings (d={enc.d}, pooling {about['pooling']}, "
+                    f"normalised {about['model_normalizes'] or ecfg.normalize}, {enc.device}, {cfg.dtype}); "
+                    f"one row per {ecfg.unit}; source: {describe_source(cfg.source)} -> {path}/{ecfg.hook}"))
     manifest = {"model": enc.name, "revision": enc.revision, "tokenizer": enc.name, "hook": ecfg.hook,
                 "config_hash": chash, "kind": "embeddings", "embedding": about,
                 "rows": (f"one per {ecfg.unit}: token_ids=-1, doc=document index, "
@@ -224,4 +224,4 @@ def main(common, cfg, writing=lambda hooks=None: None) -> None:
         bar.refresh()
         if n == 0:
             raise HarvestError(f"the source ({describe_source(cfg.source)}) gave no documents")
-    print(f"harvest: wrote {n:,} {ecfg.unit} embeddings to {path}/{ecfg.hook}")
+    print(printable(f"harvest: wrote {n:,} {ecfg.unit} embeddings to {path}/{ecfg.hook}"))

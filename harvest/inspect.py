@@ -124,8 +124,8 @@ def repair_hooks(path: str, hooks: list[str]) -> int:
             print(printable(f"{hook}: {state}"), flush=True)
     harvested = {h: manifests[h].get("config_hash") for h, bad in removed.items() if bad}
     if any(harvested.values()):
-        print(f"the store is now unfinished: run the harvest command that made it (the same config and store "
-              f"{path}) to write those shards again; a token harvest computes only them")
+        print(printable(f"the store is now unfinished: run the harvest command that made it (the same config "
+                        f"and store {path}) to write those shards again; a token harvest computes only them"))
     if len(set(filter(None, harvested.values()))) > 1:  # a layer added later: two configs, each its hooks
         names = lambda h: (manifests[h].get("harvest") or {}).get("hooks") or []  # noqa: E731
         for h in sorted(harvested, key=lambda h: (len(names(h)), h)):  # the config naming fewer hooks first
@@ -133,6 +133,7 @@ def repair_hooks(path: str, hooks: list[str]) -> int:
                             f"({harvested[h]}): run that one for it, those naming fewer hooks first"))
     for h, bad in removed.items():
         if bad and not (m := manifests[h]).get("config_hash"):  # write_vectors / the vectors module
-            print(f"{h}: vectors written from Python or by `python -m actdict.harvest.vectors` have no "
-                  f"harvest to rerun: import them again in the same layout: {reimport_command(path, h, m)}")
+            print(printable(f"{h}: vectors written from Python or by `python -m actdict.harvest.vectors` "
+                            f"have no harvest to rerun: import them again in the same layout: "
+                            f"{reimport_command(path, h, m)}"))
     return 0

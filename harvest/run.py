@@ -23,6 +23,7 @@ from itertools import islice
 import numpy as np
 
 from actdict.config import Common, ConfigError, bar_disabled, bar_timing, config_hash, to_dict
+from actdict.errors import printable
 from actdict.harvest.added import check_added, check_count, check_rows
 from actdict.harvest.config import HarvestConfig, hook_pattern
 from actdict.harvest.dist import Ranks, init_ranks, rank_device
@@ -362,7 +363,7 @@ def _main(common: Common, cfg: HarvestConfig, on_hooks: Callable[[list[str]], No
     grow = growable(manifests, as_json(cfg))  # a larger max_tokens: continue the store
     if not grow and complete_for(path, list(cfg.hooks), cfg, manifests):
         how, aside = complete_said(manifests, cfg)  # in this config's terms; hooks left to other configs
-        print(f"harvest: store {path} is already complete for this config ({chash}{how}); skipping{aside}")
+        _say(f"harvest: store {path} is already complete for this config ({chash}{how}); skipping{aside}")
         return
     if not any(m.get("complete") for m in manifests.values()):
         writing()  # a new or unfinished store: a training started while the model loads waits for it
@@ -384,7 +385,7 @@ def harvest(common: Common, cfg: HarvestConfig, ranks: Ranks, grow: bool = False
     answer for the model, when asked already (``load_model`` then does not probe the hub again)."""
     from tqdm import tqdm
 
-    path, chash, say = common.store_path, config_hash(cfg), print if ranks.rank == 0 else _quiet
+    path, chash, say = common.store_path, config_hash(cfg), _say if ranks.rank == 0 else _quiet
     lm = load_model(cfg.model, device=rank_device(cfg.device, ranks), dtype=cfg.dtype, found=found)
     import torch
 
@@ -532,6 +533,12 @@ def _chain(first, rest):
     if first is not None:
         yield first
         yield from rest
+
+
+def _say(text: str) -> None:
+    """Print a line of the harvest's, ``printable``: it names the store path, the model and hooks, which a
+    config or a manifest gives (an ESC in them would act on the terminal)."""
+    print(printable(text))
 
 
 def _quiet(*args, **kwargs) -> None:

