@@ -159,17 +159,15 @@ def print_error(prog: str, e: ActdictError) -> int:
     "PROG: ErrorClass: ..." otherwise) and return the exit status, 2. Under torchrun (WORLD_SIZE > 1) a
     config error, the same on every rank, is printed by the first rank of each node only (LOCAL_RANK 0:
     node-local paths may differ), and other errors name their rank."""
-    import os
     import sys
 
-    from actdict.signals import under_torchrun, world_size
+    from actdict.signals import local_rank, rank, under_torchrun, world_size
 
     config, several = type(e).__name__ == "ConfigError", under_torchrun()
     kind = "config error" if config else type(e).__name__
-    rank = int(os.environ.get("RANK", 0)) if several else 0  # torchrun's: read only under it
-    if several and config and int(os.environ.get("LOCAL_RANK", rank)):
-        return 2
-    where = f" (rank {rank} of {world_size()})" if several and not config else ""
+    if several and config and local_rank():  # a blank RANK / LOCAL_RANK is 0 here: int() of it raised a
+        return 2  # traceback that hid the error (from_env's ConfigError of it among them)
+    where = f" (rank {rank()} of {world_size()})" if several and not config else ""
     line = printable(f"{prog}{where}: {kind}: {e}{open_files_hint(e)}") + "\n"
     sys.stderr.write(line)  # one write: torchrun's ranks run unbuffered (-u) into one stderr, where print's
     sys.stderr.flush()  # two (the text, then its newline) let two ranks' lines run into one

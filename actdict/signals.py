@@ -78,6 +78,30 @@ def rank() -> int:
     return int(said) if under_torchrun() and said.isdecimal() else 0
 
 
+def local_rank() -> int:
+    """This process' rank on its node (LOCAL_RANK, or ``rank`` where it is unset), read as ``rank`` reads
+    RANK: 0 outside torchrun, or where it is blank or not a whole number."""
+    said = os.environ.get("LOCAL_RANK")
+    if said is None:
+        return rank()
+    return int(said.strip()) if under_torchrun() and said.strip().isdecimal() else 0
+
+
+def checked_rank(name: str) -> int:
+    """The environment's ``name`` (RANK, LOCAL_RANK) under torchrun, for the ranks' process groups, which
+    cannot take a guess (two processes taken for rank 0 would both write): 0 where unset; a blank or
+    non-numeric one, which torchrun never sets (a WORLD_SIZE > 1 set by hand), was int()'s ValueError
+    traceback, and is now a ConfigError that names it and what to do."""
+    from actdict.config import ConfigError
+
+    said = os.environ.get(name, "0")
+    if not said.strip().isdecimal():
+        raise ConfigError(f"{name}={said!r} is not a rank number, with WORLD_SIZE={world_size()}: launch the "
+                          f"command with torchrun, which sets RANK, LOCAL_RANK and WORLD_SIZE, or unset "
+                          f"WORLD_SIZE to run it in one process")
+    return int(said.strip())
+
+
 def under_torchrun() -> bool:
     """Whether this process is one rank of several (``world_size() > 1``): the one test of it, for the
     error lines (``errors.print_error``, ``cli.peer_error``) and the harvest (one process per mode, the

@@ -10,7 +10,6 @@ them). The tokenising thread has a process group of its own: two threads never s
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -18,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from actdict.signals import world_size
+from actdict.signals import checked_rank, world_size
 
 BARRIER_TIMEOUT = timedelta(hours=12)  # ranks finish their last shard at different times
 
@@ -68,16 +67,19 @@ class Ranks:
 
 
 def init_ranks() -> Ranks:
-    """This process' rank (from torchrun's environment; 0 of 1 without it)."""
+    """This process' rank (from torchrun's environment; 0 of 1 without it). A RANK / LOCAL_RANK that is no
+    rank number: a ConfigError (``signals.checked_rank``) before torch's rendezvous reads it."""
     if world_size() <= 1:
         return Ranks()
     import torch.distributed as dist
 
+    checked_rank("RANK")  # before torch's rendezvous reads it
+    local_rank = checked_rank("LOCAL_RANK")
     owns = not dist.is_initialized()
     if owns:
         dist.init_process_group("gloo", timeout=BARRIER_TIMEOUT)
     return Ranks(rank=dist.get_rank(), world=dist.get_world_size(),
-                 local_rank=int(os.environ.get("LOCAL_RANK", "0")), owns_group=owns,
+                 local_rank=local_rank, owns_group=owns,
                  tokens_group=dist.new_group(backend="gloo", timeout=BARRIER_TIMEOUT))
 
 

@@ -118,3 +118,32 @@ def test_a_world_size_torchrun_never_sets_is_one_process(monkeypatch, capsys, sa
     assert cli.main(["store", "/nonexistent/store"]) == 2
     assert capsys.readouterr().err == ("actdict store: no activation store at /nonexistent/store (no "
                                        "<hook>/manifest.json found)\n")
+
+
+@pytest.mark.parametrize("said", ["", " ", "abc", "-1"])
+@pytest.mark.parametrize("name", ["RANK", "LOCAL_RANK"])
+def test_a_rank_torchrun_never_sets_is_a_config_error_naming_it(monkeypatch, capsys, name, said):
+    """WORLD_SIZE=2 set by hand beside a blank or non-numeric RANK / LOCAL_RANK: the training's ``from_env``
+    (and the harvest's ranks) raised int()'s ValueError traceback, and ``print_error``, reading them again,
+    raised it over the error line it was printing. The ranks are now a one-line ConfigError naming the
+    variable, and the error line reads them as ``signals.rank`` does (0)."""
+    from actdict.config import ConfigError
+    from actdict.errors import ActdictError, print_error
+    from actdict.harvest.dist import init_ranks
+    from actdict.train.dist import from_env
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv(name, said)
+    want = (f"{name}={said!r} is not a rank number, with WORLD_SIZE=2: launch the command with torchrun, "
+            "which sets RANK, LOCAL_RANK and WORLD_SIZE, or unset WORLD_SIZE to run it in one process")
+    assert print_error("actdict", ActdictError("a rank's own")) == 2
+    rank = 1 if name == "LOCAL_RANK" else 0
+    assert capsys.readouterr().err == f"actdict (rank {rank} of 2): ActdictError: a rank's own\n"
+    for ranks in (from_env, init_ranks):  # the harvest's: before torch's rendezvous reads them
+        with pytest.raises(ConfigError) as e:
+            ranks()
+        assert str(e.value) == want
+    assert print_error("actdict", e.value) == 2  # the first rank of the node says it
+    assert capsys.readouterr().err == ("" if name == "RANK" else f"actdict: config error: {want}\n")

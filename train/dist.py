@@ -23,7 +23,6 @@ system.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ import torch
 import torch.distributed as tdist
 from torch import Tensor, nn
 
-from actdict.signals import world_size
+from actdict.signals import checked_rank, world_size
 
 WAIT = timedelta(hours=1)  # the longest a rank waits in a collective (module doc)
 
@@ -54,11 +53,13 @@ class Dist:
 
 
 def from_env() -> Dist:
-    """The rank / world size torchrun sets (WORLD_SIZE, RANK, LOCAL_RANK); a single process otherwise."""
+    """The rank / world size torchrun sets (WORLD_SIZE, RANK, LOCAL_RANK); a single process otherwise (a
+    WORLD_SIZE unset, 1, blank or not a number: ``signals.world_size``). A RANK / LOCAL_RANK that is no rank
+    number: a ConfigError (``signals.checked_rank``)."""
     world = world_size()
     if world <= 1:
         return Dist()
-    return Dist(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+    return Dist(checked_rank("RANK"), world, checked_rank("LOCAL_RANK"))
 
 
 def init(d: Dist, device: torch.device) -> None:
