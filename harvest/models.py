@@ -15,6 +15,7 @@ docs/harvest.md, "Model families" (``tests/tiny_models.py`` builds them offline)
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -205,15 +206,21 @@ class LoadedModel:
                         f"{', '.join(generic)}")
 
     def row_problems(self, hooks: Sequence[str]) -> dict[str, str]:
-        """hook -> why it gives no vector per token (none: every hook does), from two tiny forwards (2
-        windows of 3, then of 4 tokens): a hook actdict can store is a float activation of shape [batch, ctx,
-        ...] whose trailing dims do not change with ctx ([B, ctx, d], or [B, ctx, heads, d_head], which the
-        harvest flattens). Names cannot tell for every model, nor can one shape: an attention pattern [B,
-        heads, q, k] reads as [B, ctx, ...] when heads == ctx, but not at two lengths. A hook that makes the
-        bridge's forward fail (``failing_hooks``) is one of them; a model whose forward fails inside the
-        bridge with no hook at all raises ModelError (``forward_failed``)."""
+        """hook -> why it gives no vector per token (none: every hook does): ``row_widths``' second part."""
+        return self.row_widths(hooks)[1]
+
+    def row_widths(self, hooks: Sequence[str]) -> tuple[dict[str, int], dict[str, str]]:
+        """(hook -> the width d of its rows, hook -> why it gives no vector per token), each of ``hooks``
+        in one of them, from two tiny forwards (2 windows of 3, then of 4 tokens): a hook actdict can store is
+        a float activation of shape [batch, ctx, ...] whose trailing dims do not change with ctx ([B, ctx, d],
+        or [B, ctx, heads, d_head], which the harvest flattens: d is their product; hook_scale's is 1). The
+        harvest takes its widths from here, with no forward of its own for them. Names cannot tell for every
+        model, nor can one shape: an attention pattern [B, heads, q, k] reads as [B, ctx, ...] when heads ==
+        ctx, but not at two lengths. A hook that makes the bridge's forward fail (``failing_hooks``) is one
+        of them; a model whose forward fails inside the bridge with no hook at all raises ModelError
+        (``forward_failed``)."""
         if not hooks:
-            return {}
+            return {}, {}
         stop = self.stop_at_layer(hooks)
         try:
             caches = self.probe(hooks, stop)
@@ -229,7 +236,8 @@ class LoadedModel:
                                  f"failed inside TransformerLens {tl_version()}'s TransformerBridge "
                                  f"({in_words(e)}), where each hook alone runs: harvest them in separate "
                                  "runs (harvest.hooks)") from e
-            return failed | self.row_problems([h for h in hooks if h not in failed])
+            widths, why = self.row_widths([h for h in hooks if h not in failed])
+            return widths, failed | why
         seen: dict[str, list[tuple[int, ...]]] = {h: [] for h in hooks}
         why: dict[str, str] = {}
         for cache in caches:
@@ -246,7 +254,7 @@ class LoadedModel:
                 why[h] = (f"{named + '; ' if named else ''}its activation for 2 windows of 4 tokens has "
                           f"shape {list(four)} (of 3 tokens: {list(three)}), not [2, 4, ...] with the same "
                           "trailing dims at any length")
-        return why
+        return {h: math.prod(s[1][2:]) for h, s in seen.items() if h not in why}, why
 
     def probe(self, hooks: Sequence[str], stop: int | None, failed: Exception | None = None) -> list[dict]:
         """The caches of ``hooks`` from the two tiny forwards of ``row_problems`` (2 windows of 3, then 4

@@ -183,13 +183,14 @@ def expand_hooks(lm: LoadedModel, wanted: Iterable[str]) -> list[str]:
     return out
 
 
-def row_hooks(lm: LoadedModel, wanted: Iterable[str], hooks: list[str]) -> tuple[list[str], dict[str, str]]:
-    """(the ``hooks`` that give one vector per token, the others a pattern of ``wanted`` matched: hook ->
-    why). A hook named outright that gives none (``LoadedModel.row_problems``: an attention pattern, a hook
-    that does not fire, token ids) raises HookError before anything is written; a pattern (``blocks.1.*``)
-    asks for every storable hook it matches, so its others are left out, and one that matches no storable
-    hook raises."""
-    problems = lm.row_problems(hooks)
+def row_hooks(lm: LoadedModel, wanted: Iterable[str], hooks: list[str]
+              ) -> tuple[dict[str, int], dict[str, str]]:
+    """(the ``hooks`` that give one vector per token: hook -> its width d, the others a pattern of
+    ``wanted`` matched: hook -> why), from ``LoadedModel.row_widths``' probe. A hook named outright that
+    gives none (an attention pattern, a hook that does not fire, token ids) raises HookError before
+    anything is written; a pattern (``blocks.1.*``) asks for every storable hook it matches, so its others
+    are left out, and one that matches no storable hook raises."""
+    widths, problems = lm.row_widths(hooks)
     named = {w for w in wanted if not hook_pattern(w)}
     if refused := {h: why for h, why in problems.items() if h in named}:
         raise rows_refused(refused, lm.name)
@@ -197,7 +198,7 @@ def row_hooks(lm: LoadedModel, wanted: Iterable[str], hooks: list[str]) -> tuple
         matched = [h for h in hooks if fnmatch.fnmatchcase(h, hook_pattern(w))]
         if matched and all(h in problems for h in matched):
             raise rows_refused({h: problems[h] for h in matched}, f"{lm.name} (all that {w!r} matches)")
-    return [h for h in hooks if h not in problems], problems
+    return widths, problems
 
 
 def _layer_key(name: str) -> tuple[int, str]:
@@ -392,7 +393,8 @@ def harvest(common: Common, cfg: HarvestConfig, ranks: Ranks, grow: bool = False
     random.seed(common.seed)
     np.random.seed(common.seed)
     torch.manual_seed(common.seed)
-    hooks, left_out = row_hooks(lm, cfg.hooks, expand_hooks(lm, cfg.hooks))
+    widths, left_out = row_hooks(lm, cfg.hooks, expand_hooks(lm, cfg.hooks))
+    hooks = list(widths)
     if left_out:
         each = "; ".join(f"{[h for h in left_out if left_out[h] == why]} ({why})" for why in
                          dict.fromkeys(left_out.values()))
@@ -436,8 +438,8 @@ def harvest(common: Common, cfg: HarvestConfig, ranks: Ranks, grow: bool = False
     manifests = {h: read_manifest(path, h) for h in hooks}
     if first is None and not any(manifests.values()):
         raise HarvestError(f"the source ({describe_source(cfg.source)}) gave no documents")
-    if first is not None:  # a one-window forward: each hook's width d, and the hooks really fire
-        dims = {h: a.shape[-1] for h, a in forward(lm, [first.window], hooks, stop).items()}
+    if first is not None:  # each hook's width d, as row_hooks' probe saw it (no forward of its own)
+        dims = {h: widths[h] for h in hooks}
     else:  # everything was harvested before a crash: only the manifests are left to write
         dims = {h: int(m["d"]) for h, m in manifests.items()}
     device = lm.device.split(":")[0]

@@ -253,6 +253,44 @@ def test_empty_source_is_a_clear_error(tmp_path):
         harvest(tmp_path / "run", source={"kind": "files", "path": str(tmp_path / "blank.jsonl")})
 
 
+class _FirstShard(Exception):
+    """Raised where a harvest's first shard would be computed: its start is over."""
+
+
+def test_a_harvests_start_makes_only_the_probes_two_forwards(tmp_path, monkeypatch):
+    """A token harvest's start made the two probe forwards of ``LoadedModel.row_widths`` and then one more,
+    of its first window, to find each hook's width d: the probe's shapes tell it (the product of the
+    trailing dims), so the start makes two forwards, and the widths stored are the same."""
+    import actdict.harvest.run as run
+
+    shapes = []
+    real_load = run.load_model
+
+    def counted_load(*a, **kw):
+        lm = real_load(*a, **kw)
+        real = lm.bridge.run_with_cache
+
+        def run_with_cache(ids, **kw):
+            shapes.append(tuple(ids.shape))
+            return real(ids, **kw)
+
+        lm.bridge.run_with_cache = run_with_cache
+        return lm
+
+    def first_shard(*a, **kw):
+        raise _FirstShard
+
+    monkeypatch.setattr(run, "load_model", counted_load)
+    monkeypatch.setattr(run, "shard_rows_of", first_shard)
+    hooks = ["blocks.1.hook_resid_post", "blocks.1.attn.hook_z", "blocks.1.ln1.hook_scale"]
+    with pytest.raises(_FirstShard):
+        harvest(tmp_path / "run", hooks=hooks)
+    assert shapes == [(2, 3), (2, 4)]  # the probe's: 2 windows of 3, then of 4 tokens
+    store = tmp_path / "run" / "store"
+    dims = {h: json.loads((store / h / "manifest.json").read_text())["d"] for h in hooks}
+    assert dims == {hooks[0]: 384, hooks[1]: 384, hooks[2]: 1}  # hook_z: 12 heads x 32
+
+
 def test_all_hooks_from_one_forward_in_bfloat16(tmp_path, minilm_hf, monkeypatch):
     import actdict.harvest.run as run
 
