@@ -103,9 +103,12 @@ function fmt(v) {  // 4 significant digits; tiny values as 1.715e-6, not 0.00000
   return v !== 0 && Math.abs(v) < 1e-3 ? (+v).toExponential(3).replace(/\.?0+e/, 'e')
                                        : String(+(+v).toPrecision(4));
 }
-function tokStr(id) {
-  let s = TOK[String(id)];
-  s = s === undefined ? '' : s;
+function tokRaw(id) {  // the vocabulary's string: a token by itself (a label, a logit) shows it ('##ing')
+  const s = TOK[String(id)];
+  return s === undefined ? '' : s;
+}
+function tokStr(id) {  // toptokens.display_strings: a context's token, joined as text
+  const s = tokRaw(id);
   return D.wordpiece ? (s.startsWith('##') ? s.slice(2) : ' ' + s) : s;
 }
 function ctxLine(hit, neg) {
@@ -132,7 +135,7 @@ function topTokens(f) {  // distinct tokens of a live feature's top contexts (em
     const seen = [];
     for (const [row, id] of (f.fires ? f.tops : [])) {
       const t = LABT[String(row)];
-      const s = t !== undefined ? t : tokenLabel(tokStr(id));  // toptokens.token_label: an indent as ␣
+      const s = t !== undefined ? t : tokenLabel(tokRaw(id));  // toptokens.token_label: an indent as ␣
       if (s && !seen.includes(s)) seen.push(s);
     }
     f.tokens = seen;
@@ -272,7 +275,7 @@ async function renderFeature(i) {
     const pairs = (f.logits || {})[side] || [];  // direct logit effects (analyze.logit_effects)
     if (!pairs.length) continue;
     const q = p.appendChild(el('p', 'stats', word + ': '));
-    pairs.forEach(([id, v], j) => q.append(j ? ', ' : '', el('span', 'tok', alone(tokStr(id))),
+    pairs.forEach(([id, v], j) => q.append(j ? ', ' : '', el('span', 'tok', alone(tokRaw(id))),
                                            ' ' + fmt(v)));
   }
   if (!f.fires) {  // a dead latent: its largest codes are those of rows where it is not active

@@ -230,7 +230,9 @@ def alone(s: str) -> str:
 def token_label(s: str) -> str:
     """A token as a feature's label (its top tokens): stripped and ``visible``, or ``alone`` when it is
     ``blank`` (a newline, a tab, an indent: frequent top tokens on code and prose alike, which stripping
-    left without a label); "" stays "" (no string)."""
+    left without a label); "" stays "" (no string). ``s`` is the vocabulary's string, not its
+    ``display_strings`` form: a WordPiece continuation keeps its ``##`` ('##ing', a word start 'walk'), in
+    the report, the feature pages, ``actdict feature``, lens and compare alike."""
     return alone(s) if blank(s) else visible(s.strip())
 
 

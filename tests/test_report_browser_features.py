@@ -468,3 +468,34 @@ def test_labels_and_highlights_strip_what_the_report_strips(chromium, tmp_path):
     dom = _dump(*chromium, page.as_uri() + "#f=0")
     assert '<span class="dim"> x </span><span class="hl">&lt;U+FEFF&gt;</span>' in dom
     assert '<td class="lab">\u2423&lt;U+FEFF&gt;, &lt;U+FEFF&gt;Hello, a</td>' in dom
+
+
+def test_a_wordpiece_continuation_is_labelled_with_its_hashes_on_every_surface(chromium, tmp_path):
+    """The feature page labelled a WordPiece continuation '##ing' as 'ing' (its top tokens, the tokens of
+    its logit effects: ``display_strings``' form, stripped), where ``actdict lens``, ``compare`` and
+    ``actdict feature`` said '##ing': on the page a continuation read as the word 'ing'. A token by itself
+    is now its vocabulary string everywhere, and a context still joins it into its word."""
+    from actdict.analyze.lens import labels_of
+    from actdict.analyze.report import _logit_line
+    from actdict.analyze.report_features import write_feature_page
+    from actdict.analyze.show import context, feature_lines, list_lines
+
+    f = {"i": 0, "fires": 3, "density": 0.5, "max": 3.0, "min": 0.0, "hist": {"pos": [[32, 3]], "neg": []},
+         "top": [[3.0, 1, 0, 1, [1, 2], 1], [2.0, 2, 0, 2, [4, 3], 1], [1.0, 3, 0, 3, [4, 1], 1]],
+         "bottom": [], "quantiles": [], "logits": {"up": [[2, 0.5]], "down": [[3, -0.5]]}}
+    data = {"version": 1, "name": "v", "k": 1, "n_rows": 4, "window": 1, "hist_edges": list(range(-4, 5)),
+            "tokens": {"1": "walk", "2": "##ing", "3": "ing", "4": "the"}, "wordpiece": True, "features": [f]}
+    labels = labels_of(data, 3, tmp_path / "v.json")  # lens' and compare's (pair.token_labels)
+    assert labels == {0: (["##ing", "ing", "walk"], [])}
+    assert list_lines(data, labels, 1)[1].endswith("  ##ing, ing, walk")  # actdict feature --list
+    logits = feature_lines(data, labels, 0, 3)[-2:]  # actdict feature's
+    assert logits == ["  logits up: '##ing' +0.5", "  logits down: 'ing' -0.5"]
+    assert context(data, f["top"][0]).startswith(" walk«ing»")  # in a context: joined into its word
+    assert context(data, f["top"][1]).startswith(" the «ing»")
+    said = _logit_line({"up": [["##ing", 0.5]], "down": [["ing", -0.5]]})  # the report's
+    assert '<span class="tok">##ing</span> 0.5' in said and '<span class="tok">ing</span> -0.5' in said
+    page = write_feature_page(data, "v", {"variant": "sae_l1"}, {"hook": "h"}, tmp_path / "v.html")
+    dom = _dump(*chromium, page.as_uri() + "#f=0")
+    assert '<td class="lab">##ing, ing, walk</td>' in dom
+    assert '<span class="tok">##ing</span> 0.5' in dom and '<span class="tok">ing</span> -0.5' in dom
+    assert '<span class="dim"> walk</span><span class="hl">ing</span>' in dom  # as actdict feature
