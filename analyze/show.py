@@ -53,8 +53,8 @@ def context(data: dict, hit: list, width: int = 96) -> str:
         return f"row {row} (doc {doc}, pos {pos})"
     s = display_strings([data["tokens"].get(str(i), f"#{i}") for i in ids], data.get("wordpiece"))
     left, mid, right = context_text(s[:c]), s[c], context_text(s[c + 1:])  # as the report
-    if mid.startswith(" ") and mid.strip():  # a word's space stays outside the marks
-        left, mid = left + " ", mid[1:]
+    lead = mid[:len(mid) - len(mid.lstrip(" "))] if mid.strip() else ""  # a word's spaces, all of them,
+    left, mid = left + lead, mid[len(lead):]  # stay outside the marks, as the report and the page leave them
     mid = alone(mid)
     room = max(8, (width - len(mid)) // 2)
     left = left if len(left) <= room else "…" + left[-room:]

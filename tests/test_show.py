@@ -169,3 +169,15 @@ def test_a_search_that_would_be_ignored_is_a_usage_error(capsys, argv, said):
     with pytest.raises(SystemExit) as e:
         main(["runs/none/dicts/a", *argv])
     assert e.value.code == 2 and said in capsys.readouterr().err
+
+
+def test_a_tokens_leading_spaces_all_stay_outside_the_marks_as_in_the_report():
+    """A token of several leading spaces (code's '   if') had one space moved before «», the others kept
+    inside ('x «  if»'), where the report and the feature page leave all of them outside the highlight."""
+    from actdict.analyze.report import _snippet
+
+    data = {"tokens": {"1": "x", "2": "   if", "3": "  "}, "wordpiece": False}
+    assert context(data, [1.0, 9, 0, 4, [1, 2], 1]) == "x   «if»  (doc 0, pos 4)"
+    assert '<span class="dim">x   </span><span class="hl">if</span>' in _snippet(
+        {"act": 1.0, "doc": 0, "pos": 4, "token": "   if", "before": ["x"], "after": []})
+    assert context(data, [1.0, 9, 0, 4, [1, 3], 1]) == "x«\u2423\u2423»  (doc 0, pos 4)"  # only spaces: kept
