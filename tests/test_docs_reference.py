@@ -5,7 +5,8 @@
   ``name value`` pair of docs/variants.md's params, "`key` (default X)") is the code's; a table row of a
   key no dataclass of the page has (a field renamed or removed, its row left) is a finding too.
 * Cross-references: every "docs/PAGE.md, 'Section'" (or "Section", a results.md entry E31) cited in the code
-  or in the docs, and every [link](PAGE.md#anchor), names a page and a section that exist.
+  or in the docs, and every [link](PAGE.md#anchor), names a page and a section that exist; a page's own
+  '"Section" below' (or above) names a section of that page on that side.
 * Command lines: every flag of every ``actdict`` command and ``python -m actdict...`` entry point appears in
   a docs section whose heading names the command or in a paragraph naming it, and a default its own section
   states is the parser's (read from the argparse parsers the commands build, so however they are built).
@@ -357,6 +358,59 @@ def test_the_citations_are_found():
     found = {(page, section) for _, page, section in citations()}
     assert {("variants", "Your own variant"), ("results", "E31"), ("training", "Sweeps"),
             ("analyze", "Two dictionaries across run folders")} <= found
+
+
+IN_PAGE = re.compile(r"""(?:"([^"]{2,80})"|'([^'\s][^']{1,79})'),? (below|above)\b"""
+                     r"""|\b(below|above) \((?:"([^"]{2,80})"|'([^']{2,80})')\)""")
+"""A page's reference to a section of its own: '"Growing a store" below', 'below ("On a GPU")'."""
+
+
+def headed_at(text: str) -> list[tuple[int, str]]:
+    """(offset in ``md_text(text)``, heading or bold title) of each of a page's ``sections``, in order."""
+    found = [(m.start(), m.group(1)) for m in re.finditer(r"(?m)^#+ (.+)$", text)]
+    found += [(m.start(), m.group(1).rstrip(".")) for m in re.finditer(r"(?m)^\*\*([^*]+)\*\*", text)]
+    return sorted((len(md_text(text[:at])), name) for at, name in found)
+
+
+def page_references(text: str) -> list[tuple[str, str, bool | None]]:
+    """Every (section, 'below' / 'above', whether it is there) page ``text`` names with below or above:
+    there, a heading or bold title of the page that begins ``section`` on that side of the reference; None
+    where the page has no such section at all."""
+    heads, found = headed_at(text), []
+    for m in IN_PAGE.finditer(md_text(text)):
+        section = next(g for g in (m.group(1), m.group(2), m.group(5), m.group(6)) if g)
+        way = m.group(3) or m.group(4)
+        at = [a for a, h in heads if h.replace("`", "").startswith(section.replace("`", ""))]
+        found.append((section, way, any(a > m.start() if way == "below" else a < m.start() for a in at)
+                      if at else None))
+    return found
+
+
+@functools.cache
+def in_page_references() -> list[tuple[str, str, str, bool | None]]:
+    """``page_references`` of every page, each with its page."""
+    return [(where, *ref) for where, text in DOCS.items() for ref in page_references(text)]
+
+
+def test_every_section_named_below_or_above_is_there():
+    """A section a page names with 'below' / 'above' is a heading or bold title of that page, on that side:
+    a renamed or moved section left the reference pointing at nothing."""
+    bad = [f"{where}: {section!r} {way} " + ("(no such section on the page)" if there is None else
+                                             f"(it is {'above' if way == 'below' else 'below'})")
+           for where, section, way, there in in_page_references() if not there]
+    assert bad == []
+
+
+def test_the_in_page_references_are_found():
+    """The finder finds both forms the docs use (a finder that finds none passes anything)."""
+    found = {(where, section, way) for where, section, way, _ in in_page_references()}
+    assert {("docs/harvest.md", "Growing a store", "below"), ("docs/training.md", "Sweeps", "above"),
+            ("docs/harvest.md", "On a GPU", "below")} <= found
+    page = ('# Alpha\nsee "Gone" below, "Alpha" below, "Beta" above, below ("Beta").\n\n**Gamma.** x\n'
+            '## Beta\n"Gamma" above')
+    assert page_references(page) == [("Gone", "below", None), ("Alpha", "below", False),  # none; the other
+                                     ("Beta", "above", False), ("Beta", "below", True),  # side; there
+                                     ("Gamma", "above", True)]
 
 
 def test_every_link_names_a_file_and_a_heading_that_exist():
