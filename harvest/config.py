@@ -114,6 +114,9 @@ _UNREAD = {"tokens": ("embed", "vectors"),
 _RUN_SUBKEYS = {"vectors": ("vectors", "block_rows"), "embeddings": ("embed", "group")}
 """Per mode, a (section, key) that says how the rows were read or grouped for the forward, not which
 they are: a run key, as ``RUN_KEYS``."""
+_LATER_KEYS = {("embed", "prompt_name"): ""}
+"""(section, key): default of keys added after stores were harvested without them: at the default they are
+left out of the view, so that such a store (its manifest's config lacks the key) stays its config's."""
 
 
 def rows_view(harvest_cfg: dict, also: tuple[str, ...] = ()) -> dict:
@@ -125,4 +128,7 @@ def rows_view(harvest_cfg: dict, also: tuple[str, ...] = ()) -> dict:
     view = {k: v for k, v in harvest_cfg.items() if k not in drop and k in _READS.get(mode, harvest_cfg)}
     if (sub := _RUN_SUBKEYS.get(mode)) and isinstance(view.get(sub[0]), dict):
         view[sub[0]] = {k: v for k, v in view[sub[0]].items() if k != sub[1]}
+    for (section, key), default in _LATER_KEYS.items():
+        if isinstance(view.get(section), dict) and view[section].get(key, default) == default:
+            view[section] = {k: v for k, v in view[section].items() if k != key}
     return view

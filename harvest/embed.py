@@ -41,7 +41,11 @@ class EmbedConfig:
     """What one row embeds: a whole document (pos = 0), or one blank-line-separated paragraph of it
     (doc = the document's index, pos = the paragraph's index in the document)."""
     prompt: str = ""
-    """Text put before every document (e.g. ``"search_document: "`` for nomic-ai embedders); empty: none."""
+    """Text put before every document (e.g. ``"search_document: "`` for nomic-ai embedders); empty: the
+    prompt ``prompt_name`` names, else the model's default prompt, else none (``applied_prompt``)."""
+    prompt_name: str = ""
+    """The name of one of the model's own prompts (``prompts`` in its config_sentence_transformers.json,
+    e.g. ``document``), used when ``prompt`` is empty; empty: the model's ``default_prompt_name``'s if any."""
     normalize: bool = False
     """L2-normalise the embeddings on top of the model's own modules (a model with a ``Normalize`` module,
     such as all-MiniLM-L6-v2, is normalised either way)."""
@@ -139,12 +143,33 @@ def position_limit(hf_model: Any) -> int | None:
     return table.num_embeddings - (0 if table.padding_idx is None else table.padding_idx + 1)
 
 
+def applied_prompt(model: Any, cfg: EmbedConfig) -> tuple[str, str | None]:
+    """(the text put before every document, the name of the model's prompt it is, or None): ``cfg.prompt``,
+    else the model's prompt named ``cfg.prompt_name``, else its default prompt (what sentence-transformers'
+    ``encode`` puts there when given no prompt: a model such as INSTRUCTOR's or GTE-Qwen's may carry one),
+    else ("", None). An unknown ``prompt_name`` is a ConfigError naming the model's prompts."""
+    prompts = getattr(model, "prompts", None) or {}
+    if cfg.prompt:
+        return cfg.prompt, None
+    if cfg.prompt_name:
+        if cfg.prompt_name not in prompts:
+            have = ", ".join(map(repr, sorted(prompts))) or "it has none"
+            raise ConfigError(f"harvest.embed.prompt_name={cfg.prompt_name!r} is not one of the model's "
+                              f"prompts ({have}): name one of those, or give the text itself as "
+                              "harvest.embed.prompt")
+        return prompts[cfg.prompt_name], cfg.prompt_name
+    name = getattr(model, "default_prompt_name", None)
+    return (prompts[name], name) if name in prompts else ("", None)
+
+
 def embed_texts(enc: Encoder, texts: list[str], cfg: EmbedConfig, batch_size: int) -> np.ndarray:
-    """Sentence embeddings [n, d] float32 of ``texts`` (the model's pooling + normalisation)."""
+    """Sentence embeddings [n, d] float32 of ``texts`` (the model's pooling + normalisation), each after
+    ``applied_prompt``'s text."""
     import torch
 
+    prompt = applied_prompt(enc.model, cfg)[0]  # "" only where the model has no default prompt
     with torch.inference_mode():
-        out = enc.model.encode(texts, prompt=cfg.prompt or None, batch_size=batch_size,
+        out = enc.model.encode(texts, prompt=prompt or None, batch_size=batch_size,
                                convert_to_tensor=True, normalize_embeddings=cfg.normalize,
                                show_progress_bar=False)  # [n, d]
     return out.float().cpu().numpy()
@@ -196,9 +221,11 @@ def main(common, cfg, writing=lambda hooks=None: None) -> None:
     import torch
 
     torch.manual_seed(common.seed)
-    about = enc.describe() | {"prompt": ecfg.prompt, "extra_normalize": ecfg.normalize}
+    prompt, prompt_name = applied_prompt(enc.model, ecfg)  # a prompt_name the model lacks: before any row
+    about = enc.describe() | {"prompt": prompt, "prompt_name": prompt_name, "extra_normalize": ecfg.normalize}
     print(printable(f"harvest: {enc.name} sentence embeddings (d={enc.d}, pooling {about['pooling']}, "
-                    f"normalised {about['model_normalizes'] or ecfg.normalize}, {enc.device}, {cfg.dtype}); "
+                    f"normalised {about['model_normalizes'] or ecfg.normalize}, {enc.device}, {cfg.dtype}"
+                    f"{f', prompt {prompt!r}' if prompt else ''}); "
                     f"one row per {ecfg.unit}; source: {describe_source(cfg.source)} -> {path}/{ecfg.hook}"))
     manifest = {"model": enc.name, "revision": enc.revision, "tokenizer": enc.name, "hook": ecfg.hook,
                 "config_hash": chash, "kind": "embeddings", "embedding": about,
