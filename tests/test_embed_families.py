@@ -1,13 +1,15 @@
 """The text-embedding harvest across encoder families (tests/tiny_encoders.py: random-init tiny
-sentence-transformers folders, offline): the model's own prompts (default, or named by ``prompt_name``) are
-applied and the manifest says which; documents cut at ``max_seq_length`` are counted."""
+sentence-transformers folders, offline): every stored row is sentence-transformers' own ``encode`` of its
+document, whatever the batch it was padded in, for every pooling mode with and without a Normalize module;
+the model's own prompts (default, or named by ``prompt_name``) are applied and the manifest says which;
+documents cut at ``max_seq_length`` are counted."""
 
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny_encoders import WORDS, make_encoder
+from tiny_encoders import FAMILIES, WORDS, make_encoder
 
 from actdict.config import Common, ConfigError, build
 from actdict.harvest.config import HarvestConfig
@@ -68,6 +70,30 @@ def _reference(model: Path):
     from sentence_transformers import SentenceTransformer
 
     return SentenceTransformer(str(model), device="cpu", local_files_only=True)
+
+
+CASES = ([(f, NATURAL[f], f in ("bert", "t5"), "right") for f in FAMILIES]
+         + [("qwen2", "lasttoken", True, "left")]
+         + [("bert", p, n, "right") for p in POOLINGS if p != "mean" for n in (False, True)]
+         + [("modernbert", p, False, "right") for p in ("cls", "max")])
+
+
+@pytest.mark.parametrize("family, pooling, normalize, side", CASES)
+def test_rows_are_sentence_transformers_encode_of_each_document_alone(tmp_path, folders, family, pooling,
+                                                                       normalize, side):
+    model = folders(family, pooling, normalize, side)
+    rows, manifest, texts = _harvest(tmp_path, model)
+    ref = _reference(model)
+    alone = np.stack([ref.encode([t])[0] for t in texts])  # [n, d]: no padding at all
+    assert rows.shape == alone.shape == (7, 24 if family == "t5" else 32)
+    np.testing.assert_allclose(rows, ref.encode(texts), atol=2e-6, rtol=0)  # its own batching
+    np.testing.assert_allclose(rows, alone, atol=2e-6, rtol=0)  # padded beside longer documents
+    assert np.abs(rows).max() > 0.05  # not rows of zeros
+    if normalize:
+        np.testing.assert_allclose(np.linalg.norm(rows, axis=1), 1.0, atol=1e-5)
+    about = manifest["embedding"]
+    assert about["pooling"] == pooling and about["model_normalizes"] is normalize
+    assert about["max_seq_length"] == 64 and about["truncated"] == 1 and about["prompt"] == ""
 
 
 def test_the_models_default_prompt_is_applied_and_the_manifest_says_it(tmp_path, folders):

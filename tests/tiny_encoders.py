@@ -148,3 +148,27 @@ def make_encoder(family: str, path: str | Path, pooling: str = "mean", normalize
                                 default_prompt_name=default_prompt)
     model.save(str(path / "st"))
     return path / "st"
+
+
+MASKED_LM = {"bert": "BertForMaskedLM", "roberta": "RobertaForMaskedLM", "xlmr": "XLMRobertaForMaskedLM",
+             "modernbert": "ModernBertForMaskedLM", "distilbert": "DistilBertForMaskedLM",
+             "mpnet": "MPNetForMaskedLM"}
+
+
+@kept_rng()
+def make_masked_lm(family: str, path: str | Path, seed: int = 0) -> Path:
+    """Save a tiny random-init ``family`` encoder as its masked-LM class (``MASKED_LM``: what a hub
+    checkpoint such as roberta-base names in config.json's ``architectures``), with its tokenizer, into
+    ``path``: the folder a token harvest (``harvest.mode: tokens``) loads through TransformerBridge."""
+    import torch
+    import transformers as tf
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tok = family_tokenizer(family, path)
+    base = family_model(family, tok)
+    torch.manual_seed(seed)
+    model = getattr(tf, MASKED_LM[family])(base.config).eval()
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path

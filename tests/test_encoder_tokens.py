@@ -1,0 +1,93 @@
+"""Token-level harvests (``harvest.mode: tokens``) of encoders beyond MiniLM (test_harvest): a tiny
+random-init RoBERTa (``RobertaForMaskedLM``, byte-level BPE) and BERT (``BertForMaskedLM``, WordPiece) run
+through TransformerBridge store HF's own hidden states, padding masked out, and their tokens read back as
+the text; the encoder classes transformer-lens 4.3.0 has no adapter for are refused saying so."""
+
+import json
+
+import pytest
+import torch
+from test_harvest import check_aligned, harvest, reference
+from tiny_encoders import make_encoder, make_masked_lm
+
+from actdict.analyze.toptokens import context_text, display_strings
+from actdict.harvest.models import ModelError, load_model
+from actdict.harvest.store import open_store
+from actdict.harvest.tokentext import token_texts
+
+DOCS = ["the river stone café, a naïve lantern by the harbor window and the quiet market",
+        "猫 sat on the velvet ladder.", "winter bread engine violin letter garden storm copper orchard"]
+# family: ([CLS], [SEP], pad, special ids as the harvest finds them)
+SPECIALS = {"roberta": (0, 2, 1, {0, 1, 2, 50261}), "bert": (2, 3, 0, {0, 2, 3, 4})}
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> dict:
+    path = tmp_path_factory.mktemp("docs") / "docs.jsonl"
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in DOCS), encoding="utf-8")
+    return {"kind": "files", "path": str(path)}
+
+
+@pytest.mark.parametrize("mode", ["concat", "per_doc"])  # per_doc pads: the attention mask
+@pytest.mark.parametrize("family", ["roberta", "bert"])
+def test_encoder_rows_are_hf_hidden_states(tmp_path, source, family, mode):
+    from transformers import AutoModel
+
+    folder = make_masked_lm(family, tmp_path / "model")
+    lm = load_model(str(folder))
+    cls, sep, pad, special = SPECIALS[family]
+    assert (lm.kind, lm.cls_id, lm.sep_id, lm.pad_id) == ("encoder", cls, sep, pad)
+    assert set(lm.special_ids) == special
+    hooks = ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
+    common, cfg = harvest(tmp_path / "run", model=str(folder), hooks=hooks, window_mode=mode, source=source,
+                          store_dtype="float32")
+    hf = AutoModel.from_pretrained(folder, attn_implementation="eager").eval()
+    with torch.no_grad():
+        ref, docs = reference(lambda ids: hf(input_ids=ids, output_hidden_states=True).hidden_states,
+                              lm.tokenizer, cfg, (cls,), (sep,), (sep,), pad, trim=True)
+    for layer, hook in enumerate(hooks):  # post-LN encoders: the last block's output is HF's last state
+        store = open_store(common.store_path, hook)
+        assert store.manifest["attention_mask"] == "padding"
+        check_aligned(store.read_rows(0, len(store)), ref, docs, layer, rtol=0, atol=2e-6)
+    rows = store.read_rows(0, len(store))
+    text = token_texts(lm.tokenizer)
+    pieces = [[text(int(i)) for i in rows.token_ids[rows.doc == d]] for d in range(len(DOCS))]
+    if family == "roberta":  # byte-level: each document's tokens are its text, '猫' in three bytes
+        assert [context_text(p) for p in pieces] == DOCS
+        assert pieces[1][:3] == ["<0xE7>", "<0x8C>", "<0xAB>"]
+    else:  # WordPiece: lower-cased, accents and spacing as BERT's tokenizer leaves them
+        shown = "".join(display_strings(pieces[0])).strip()
+        assert shown.startswith("the river stone cafe , a naive lantern")
+        assert pieces[1][0] == "[UNK]"
+
+
+@pytest.mark.parametrize("family", ["xlmr", "modernbert", "distilbert", "mpnet"])
+def test_encoders_the_bridge_lacks_are_refused_naming_the_architecture(tmp_path, family):
+    folder = make_masked_lm(family, tmp_path / "model")
+    arch = json.loads((folder / "config.json").read_text())["architectures"][0]
+    with pytest.raises(ModelError, match=rf"its architecture \({arch}; model_type [-a-z]+\) is not one that "
+                                         r"TransformerLens [\d.]+'s TransformerBridge supports: .*Supported: "
+                                         r".*BertForMaskedLM.*RobertaForMaskedLM"):
+        load_model(str(folder))
+
+
+def test_a_sentence_transformers_roberta_folder_is_refused_for_tokens(tmp_path):
+    """A sentence-transformers RoBERTa folder's config.json names RobertaModel, for which transformer-lens
+    4.3.0 has no adapter (its model_type roberta maps to none, where bert maps to BertForMaskedLM): refused,
+    while its embeddings harvest (test_embed_families) runs."""
+    folder = make_encoder("roberta", tmp_path)  # the folder harvest.model names: config.json at its root
+    assert (folder / "modules.json").exists() and (folder / "config.json").exists()
+    with pytest.raises(ModelError, match=r"its architecture \(RobertaModel; model_type roberta\) is not one"):
+        load_model(str(folder))
+
+
+def test_a_t5_encoder_boots_as_seq2seq_and_its_harvest_stops_saying_the_forward_failed(tmp_path, source):
+    """sentence-t5's T5EncoderModel folder: the bridge boots T5ForConditionalGeneration (encoder_blocks.L,
+    decoder_blocks.L hooks), whose forward wants decoder inputs; nothing is stored."""
+    folder = make_encoder("t5", tmp_path / "st")
+    said = (r"\(T5EncoderModel; model_type t5\) failed inside TransformerLens [\d.]+'s TransformerBridge "
+            r"\(ValueError: You must specify exactly one")
+    with pytest.raises(ModelError, match=said):
+        harvest(tmp_path / "run", model=str(folder), hooks=["encoder_blocks.1.hook_resid_post"],
+                source=source)
+    assert not list((tmp_path / "run").rglob("shards/*"))
