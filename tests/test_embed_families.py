@@ -84,6 +84,7 @@ def test_rows_are_sentence_transformers_encode_of_each_document_alone(tmp_path, 
     model = folders(family, pooling, normalize, side)
     rows, manifest, texts = _harvest(tmp_path, model)
     ref = _reference(model)
+    assert ref.tokenizer.padding_side == side
     alone = np.stack([ref.encode([t])[0] for t in texts])  # [n, d]: no padding at all
     assert rows.shape == alone.shape == (7, 24 if family == "t5" else 32)
     np.testing.assert_allclose(rows, ref.encode(texts), atol=2e-6, rtol=0)  # its own batching

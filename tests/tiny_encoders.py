@@ -83,8 +83,8 @@ def family_tokenizer(family: str, work: Path, padding_side: str = "right") -> An
     if family == "qwen2":
         from tiny_models import EOT, bpe_tokenizer
 
-        tok = bpe_tokenizer([], [EOT], eos_token=EOT, pad_token=EOT)
-        tok.model_max_length, tok.padding_side = 64, padding_side
+        tok = bpe_tokenizer([], [EOT], eos_token=EOT, pad_token=EOT, padding_side=padding_side)
+        tok.model_max_length = 64
         return tok
     raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
 
