@@ -152,3 +152,15 @@ def test_a_store_harvested_before_prompt_name_existed_stays_its_configs():
     named = json.loads(json.dumps(new))
     named["embed"]["prompt_name"] = "query"
     assert rows_view(named) != rows_view(new)
+
+
+@pytest.mark.parametrize("family", ["roberta", "xlmr", "mpnet", "distilbert"])
+def test_max_seq_length_is_held_to_the_positions_after_the_padding_index(folders, family):
+    """RoBERTa's, XLM-R's and MPNet's tables of 66 learned positions start after their padding index (1):
+    64 of them hold tokens, as DistilBERT's 64."""
+    from actdict.harvest.embed import load_encoder
+
+    assert load_encoder(str(folders(family)), max_seq_length=64).model.max_seq_length == 64
+    said = r"max_seq_length=65 exceeds the context of .* \(64 positions\): set it to 64 or less"
+    with pytest.raises(ConfigError, match=said):
+        load_encoder(str(folders(family)), max_seq_length=65)
