@@ -62,6 +62,21 @@ def unsupported(target: str) -> str | None:
             f"release that supports this one. Supported: {names}")
 
 
+def masked_lm_for(target: str) -> str | None:
+    """The masked-LM class to boot the bare encoder at ``target`` as, when TransformerBridge has an adapter
+    for it and none for the class its config.json names: a sentence-transformers RoBERTa folder names
+    ``RobertaModel``, which transformer-lens 4.3.0 maps to no adapter, while it has ``RobertaForMaskedLM``
+    (BERT's ``BertModel`` is mapped by its model_type). The encoder's weights load into that class as
+    they are (its masked-LM head, which no harvest reads, is left random); None otherwise."""
+    if (hf_cfg := _hf_config(target)) is None or _bridge_supports(hf_cfg) is not False:
+        return None
+    from transformer_lens.factories.architecture_adapter_factory import SUPPORTED_ARCHITECTURES
+
+    arch = (getattr(hf_cfg, "architectures", None) or [""])[0]
+    masked = f"{arch.removesuffix('Model')}ForMaskedLM"
+    return masked if arch.endswith("Model") and masked in SUPPORTED_ARCHITECTURES else None
+
+
 def failed_on_supported(target: str, e: Exception) -> str | None:
     """Why the load of ``target`` failed when the bridge supports its architecture and still failed on it
     (a Falcon with new_decoder_architecture and num_kv_heads 2: split_with_sizes), in words that name the

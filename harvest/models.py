@@ -31,6 +31,7 @@ from actdict.harvest.bridge import (
     architecture,
     failed_on_supported,
     in_words,
+    masked_lm_for,
     not_the_bridges,
     tl_version,
     unsupported,
@@ -330,9 +331,12 @@ def load_model(name_or_path: str, device: str = "cpu", dtype: str = "float32",
     if dtype not in ("float32", "bfloat16", "float16"):
         raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
     device = resolve_device(device)
+    masked = masked_lm_for(target)  # a sentence-transformers RoBERTa folder: boot it as RobertaForMaskedLM
+    overrides = {"hf_config_overrides": {"architectures": [masked]}} if masked else {}
     try:
         with no_loading_bar():
-            bridge = TransformerBridge.boot_transformers(target, device=device, dtype=getattr(torch, dtype))
+            bridge = TransformerBridge.boot_transformers(target, device=device, dtype=getattr(torch, dtype),
+                                                         **overrides)
     except Exception as e:  # transformers raises OSError/ValueError/HF errors: all mean "cannot load"
         if not_the_bridges(e):  # out of memory on the device: not the folder's nor the bridge's fault
             raise

@@ -1,7 +1,8 @@
 """Token-level harvests (``harvest.mode: tokens``) of encoders beyond MiniLM (test_harvest): a tiny
 random-init RoBERTa (``RobertaForMaskedLM``, byte-level BPE) and BERT (``BertForMaskedLM``, WordPiece) run
 through TransformerBridge store HF's own hidden states, padding masked out, and their tokens read back as
-the text; the encoder classes transformer-lens 4.3.0 has no adapter for are refused saying so."""
+the text, a sentence-transformers RoBERTa folder too; the encoder classes transformer-lens 4.3.0 has no
+adapter for are refused saying so."""
 
 import json
 
@@ -71,14 +72,25 @@ def test_encoders_the_bridge_lacks_are_refused_naming_the_architecture(tmp_path,
         load_model(str(folder))
 
 
-def test_a_sentence_transformers_roberta_folder_is_refused_for_tokens(tmp_path):
+def test_a_sentence_transformers_roberta_folder_is_harvested_as_its_masked_lm(tmp_path, source):
     """A sentence-transformers RoBERTa folder's config.json names RobertaModel, for which transformer-lens
-    4.3.0 has no adapter (its model_type roberta maps to none, where bert maps to BertForMaskedLM): refused,
-    while its embeddings harvest (test_embed_families) runs."""
-    folder = make_encoder("roberta", tmp_path)  # the folder harvest.model names: config.json at its root
-    assert (folder / "modules.json").exists() and (folder / "config.json").exists()
-    with pytest.raises(ModelError, match=r"its architecture \(RobertaModel; model_type roberta\) is not one"):
-        load_model(str(folder))
+    4.3.0 has no adapter (its model_type roberta maps to none, where bert maps to BertForMaskedLM): the load
+    was refused, naming the architecture. It now boots as RobertaForMaskedLM (an adapter the bridge has),
+    and its rows are the folder's own hidden states."""
+    from transformers import AutoModel
+
+    folder = make_encoder("roberta", tmp_path / "st")  # harvest.model names it: config.json at its root
+    assert json.loads((folder / "config.json").read_text())["architectures"] == ["RobertaModel"]
+    lm = load_model(str(folder))
+    assert (lm.kind, lm.cls_id, lm.sep_id, lm.pad_id) == ("encoder", 0, 2, 1)
+    common, cfg = harvest(tmp_path / "run", model=str(folder), hooks=["blocks.1.hook_resid_post"],
+                          window_mode="per_doc", source=source, store_dtype="float32")
+    hf = AutoModel.from_pretrained(folder, attn_implementation="eager").eval()
+    with torch.no_grad():
+        ref, docs = reference(lambda ids: hf(input_ids=ids, output_hidden_states=True).hidden_states,
+                              lm.tokenizer, cfg, (0,), (2,), (2,), 1, trim=True)
+    store = open_store(common.store_path, "blocks.1.hook_resid_post")
+    check_aligned(store.read_rows(0, len(store)), ref, docs, 1, rtol=0, atol=2e-6)
 
 
 def test_a_t5_encoder_boots_as_seq2seq_and_its_harvest_stops_saying_the_forward_failed(tmp_path, source):
