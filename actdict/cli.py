@@ -32,6 +32,7 @@ from actdict.config import ConfigError, check_threads, common_of, load_experimen
 from actdict.errors import (
     ActdictError,
     command_printing,
+    line_buffered_stdout,
     open_files_hint,
     print_error,
     quiet_stdout,
@@ -391,7 +392,9 @@ def entry() -> None:
     interpreter's shutdown (threads joined, atexit handlers), where Ctrl-C printed Python's 'Exception ignored
     ... KeyboardInterrupt' and the shutdown went on. Ctrl-C there now ends the process at once, quietly, with
     that status (stdout and stderr flushed first). A SIGINT the process was started ignoring (``nohup``, a
-    background job) stays ignored."""
+    background job) stays ignored. Its stdout is written a line at a time (``line_buffered_stdout``): a log
+    file keeps every line printed before a SIGKILL, in order with the progress bars' lines on stderr."""
+    line_buffered_stdout()
     try:
         status = _printing(None)  # not main: a stdout silenced for a reader gone stays so until the exit
     except SystemExit as e:

@@ -133,13 +133,29 @@ def stdout_given_back() -> Iterator[None]:
             os.close(saved)
 
 
+def line_buffered_stdout() -> None:
+    """Write stdout a line at a time also when it is a file or a pipe (``nohup``, ``sbatch --output``,
+    ``| tee run.log``), as it is on a terminal: Python holds up to 8 KiB of it there, so a process killed
+    with SIGKILL (the OOM killer, a scheduler's time limit) lost the lines it had printed (the stage's
+    start line, where it resumed), and in ``> log 2>&1`` they came after the progress bars printed
+    since on stderr (line-buffered). The process' stdout only: ``entry`` and ``run_command``, never
+    ``cli.main`` called from a notebook. A stdout of no ``reconfigure`` (None, a host's writer) is left."""
+    import sys
+
+    if callable(getattr(sys.stdout, "reconfigure", None)):
+        with suppress(ValueError, OSError):  # closed, or a reader gone: nothing to write a line to
+            sys.stdout.reconfigure(line_buffering=True)
+
+
 def run_command(main: Callable[[], int | None]) -> NoReturn:
     """A module's ``python -m`` entry point (``python -m actdict.harvest.vectors``, ``...corpus``...): run
     ``main`` as the process, its return value the exit status, with the printing the ``actdict`` command
     sets up first (``set_up_printing``: a stdout that writes what its encoding lacks as escapes, as Windows'
     cp1252 stopped these commands on a non-ASCII path or token, and one-line actdict warnings). Kept, not
-    given back: the process ends here, and its flush at exit writes what is left with it."""
+    given back: the process ends here, and its flush at exit writes what is left with it. Its stdout is
+    written a line at a time (``line_buffered_stdout``)."""
     set_up_printing()
+    line_buffered_stdout()
     raise SystemExit(main())
 
 

@@ -1,0 +1,59 @@
+"""A long run as a researcher reads it: ``actdict`` with stdout and stderr in a log file (``nohup``,
+``sbatch --output``, ``> run.log 2>&1``), not a terminal. What it printed is in the file, in order, also
+after a SIGKILL (the OOM killer, a scheduler's time limit), and a progress bar writes whole lines there."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from actdict.harvest.store import write_vectors
+
+# Python's own buffering, as a researcher's shell has it (a test environment may set PYTHONUNBUFFERED)
+ENV = {k: v for k, v in os.environ.items() if k not in ("PYTHONUNBUFFERED", "TQDM_DISABLE",
+                                                         "TQDM_MININTERVAL")} | {"OMP_NUM_THREADS": "1"}
+
+
+def long_training(tmp_path: Path, epochs: int = 3000) -> Path:
+    """A config whose training runs for minutes (400 rows of d = 6, 12 steps an epoch)."""
+    x = np.random.default_rng(0).standard_normal((400, 6)).astype(np.float32)
+    store = write_vectors(str(tmp_path / "store"), x, shard_rows=128, chunk_rows=32).path
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"run_dir: {tmp_path / 'run'}\nstore: {store}\n"
+                   f"train: {{epochs: {epochs}, batch_size: 32, test_fraction: 0.1, device: cpu, "
+                   "dicts: [{name: a, variant: sae_l1, k: 8}]}\n")
+    return cfg
+
+
+def into_log(args: list[str], log: Path) -> subprocess.Popen:
+    """``actdict ARGS > LOG 2>&1``."""
+    actdict = Path(sys.executable).parent / "actdict"
+    with open(log, "w") as f:
+        return subprocess.Popen([str(actdict), *args], stdout=f, stderr=subprocess.STDOUT, env=ENV)
+
+
+def kill_when(proc: subprocess.Popen, log: Path, text: str, timeout: float = 120) -> None:
+    """SIGKILL ``proc`` once ``log`` holds ``text``."""
+    end = time.monotonic() + timeout
+    while text not in log.read_text() and proc.poll() is None and time.monotonic() < end:
+        time.sleep(0.05)
+    assert proc.poll() is None, f"it ended before printing {text!r}: {log.read_text()}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def test_a_killed_training_leaves_its_start_line_in_the_log_before_the_bar(tmp_path):
+    """Killed once its bar began, the log held the bar's first line only: the start line (what it trains,
+    on what, where) was in stdout's 8 KiB buffer, lost with the process; with no kill it came after every
+    bar line. Now it is the log's first line, the bar's after it."""
+    cfg, log = long_training(tmp_path), tmp_path / "run.log"
+    proc = into_log(["train", str(cfg)], log)
+    kill_when(proc, log, "train:   0%")
+    assert proc.returncode == -signal.SIGKILL
+    lines = log.read_text().splitlines()
+    assert lines[0] == "train: ['a'] on 368 rows (12 chunks, d=6) for 3000 epoch(s) on cpu", lines
+    assert lines[1].startswith("train:   0%|") and lines[1].endswith("| 0/36000 [00:00<?, ?step/s]"), lines
