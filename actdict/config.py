@@ -483,6 +483,19 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
+def device_said(device: object) -> str:
+    """A device as a stage's start line says it: a CPU with torch's thread count (``cpu, 16 threads``), since
+    torch takes every core of the machine by default, also under a scheduler that gave the job fewer (set
+    ``threads`` then), and a log that lacks it cannot tell an oversubscribed run from a slow one."""
+    import torch
+
+    name = str(device)
+    if name.split(":")[0] != "cpu":
+        return name
+    n = torch.get_num_threads()
+    return f"{name}, {n} thread{'s' if n != 1 else ''}"
+
+
 def bar_disabled(disable: bool | None = False) -> bool | None:
     """A progress bar's ``disable``: True where ``TQDM_DISABLE`` is set (1, true, yes or on), else the bar's
     own (a rank's, a ``progress=False``; None: off when stderr is not a terminal). Read at every bar, so a

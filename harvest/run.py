@@ -22,7 +22,7 @@ from itertools import islice
 
 import numpy as np
 
-from actdict.config import Common, ConfigError, bar_disabled, bar_timing, config_hash, to_dict
+from actdict.config import Common, ConfigError, bar_disabled, bar_timing, config_hash, device_said, to_dict
 from actdict.errors import printable
 from actdict.harvest.added import check_added, check_count, check_rows
 from actdict.harvest.config import HarvestConfig, hook_pattern
@@ -455,7 +455,8 @@ def harvest(common: Common, cfg: HarvestConfig, ranks: Ranks, grow: bool = False
     for h in hooks:
         check_manifest(read_manifest(path, h), want[h], f"store {path} hook {h!r}")
     per_row = sum(d * ACT_DTYPES[cfg.store_dtype].itemsize + META_BYTES for d in dims.values())
-    say(f"harvest: {lm.name} ({lm.kind}, {lm.device}, {cfg.dtype}) hooks {dims} stop_at_layer={stop}; "
+    say(f"harvest: {lm.name} ({lm.kind}, {device_said(lm.device)}, {cfg.dtype}) hooks {dims} "
+        f"stop_at_layer={stop}; "
         f"{planned(cfg.max_tokens, cfg.source.max_docs, per_row)} ({per_row} bytes/row, shard buffer "
         f"{human_size(cfg.shard_rows * per_row)}); "
         f"source: "

@@ -3,6 +3,7 @@
 after a SIGKILL (the OOM killer, a scheduler's time limit), and a progress bar writes whole lines there."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -55,5 +56,27 @@ def test_a_killed_training_leaves_its_start_line_in_the_log_before_the_bar(tmp_p
     kill_when(proc, log, "train:   0%")
     assert proc.returncode == -signal.SIGKILL
     lines = log.read_text().splitlines()
-    assert lines[0] == "train: ['a'] on 368 rows (12 chunks, d=6) for 3000 epoch(s) on cpu", lines
+    assert lines[0] == "train: ['a'] on 368 rows (12 chunks, d=6) for 3000 epoch(s) on cpu, 1 thread", lines
     assert lines[1].startswith("train:   0%|") and lines[1].endswith("| 0/36000 [00:00<?, ?step/s]"), lines
+
+
+def test_a_resumed_training_says_where_in_the_run_it_continues(tmp_path):
+    """A rerun after a SIGTERM said 'resumed at step N' only: not of how many, nor the epoch; and the start
+    line said 'on cpu', not with how many threads (torch takes every core of a node by default, whatever a
+    scheduler gave the job). It now says both."""
+    cfg = long_training(tmp_path)
+    first, again = tmp_path / "first.log", tmp_path / "again.log"
+    proc = into_log(["train", str(cfg)], first)
+    while "/36000 [" not in first.read_text() and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 2, first.read_text()
+    said = first.read_text().splitlines()[-1]
+    step, epoch, batch = map(int, re.fullmatch(r"actdict: Interrupted: stopped at step (\d+) \(epoch (\d+), "
+                                               r"batch (\d+)\); resume state saved: .*", said).groups())
+    assert step == 12 * epoch + batch
+    proc = into_log(["train", str(cfg)], again)
+    kill_when(proc, again, "/36000 [")
+    assert again.read_text().splitlines()[0] == (
+        f"train: ['a'] on 368 rows (12 chunks, d=6) for 3000 epoch(s) on cpu, 1 thread; resumed at step "
+        f"{step} of 36000 ({step / 36000:.0%} done before), epoch {epoch} batch {batch}")

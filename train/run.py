@@ -28,7 +28,15 @@ from pathlib import Path
 
 import torch
 
-from actdict.config import Common, ConfigError, case_clash, check_device, long_path_problem, to_dict
+from actdict.config import (
+    Common,
+    ConfigError,
+    case_clash,
+    check_device,
+    device_said,
+    long_path_problem,
+    to_dict,
+)
 from actdict.errors import ActdictWarning
 from actdict.files import check_not_linked, remove_temps
 from actdict.harvest.store import list_hooks, open_store, read_lock
@@ -392,6 +400,13 @@ def save_all(run_dir: Path, cfg: TrainConfig, stand: Standing, members: list[Mem
     (run_dir / STATE).unlink(missing_ok=True)
 
 
+def resumed_said(start: Position, total: int) -> str:
+    """What the start line of a resumed training says of it: where it continues and how much of the run was
+    done before (``total``: the run's steps; 0 when unknown)."""
+    of = f" of {total} ({start.step / total:.0%} done before)" if total else ""
+    return f"resumed at step {start.step}{of}, epoch {start.epoch} batch {start.batch}"
+
+
 def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device,
           begun: threading.Event | None = None) -> None:
     say = print if d.main else (lambda *a, **k: None)
@@ -461,8 +476,9 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device,
     names = names if len(names) <= LISTED else listed(names)  # a sweep's: their number, first and last
     say(f"train: {names} on {train_rows:,} rows ({len(chunks)} chunks, d={store.d}) for "
         f"{cfg.epochs} epoch(s)" + (f", stopping at step {cfg.max_steps} (train.max_steps)" if cfg.max_steps
-                                     else "") + f" on {device}{world}"
-        + (f"; resumed at step {start.step}" if start else "")
+                                     else "") + f" on {device_said(device)}{world}"
+        + (f"; {resumed_said(start, total_steps(steps_in_epoch(store, chunks, cfg.batch_size), cfg))}"
+           if start else "")
         + ("; losses in normalised units (train.normalize: mean_scale; analysis reports raw-space errors)"
            if norm is not None else ""))
 
