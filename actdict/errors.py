@@ -33,6 +33,22 @@ def one_line_warnings() -> None:
     warnings.formatwarning = _one_line
 
 
+def bar_aware(show: Callable[..., None]) -> Callable[..., None]:
+    """``warnings.showwarning`` ``show`` with the progress bars on the terminal cleared before the warning and
+    drawn again after it (tqdm's ``external_write_mode``): a warning during a stage's bar was written after
+    the bar's text, on its line ('| 2/4 [00:01<00:01]actdict: warning: ...'). Bars on a log file
+    (``LogLines``: whole lines, nothing to clear) are left as they are."""
+    import sys
+
+    def shown(message, category, filename, lineno, file=None, line=None) -> None:
+        if (tqdm := sys.modules.get("tqdm")) is None:  # no bar can be drawn
+            return show(message, category, filename, lineno, file, line)
+        with tqdm.tqdm.external_write_mode(file=file or sys.stderr):
+            show(message, category, filename, lineno, file, line)
+
+    return shown
+
+
 def tolerant_stdout() -> None:
     """Make a stdout that cannot encode every character write the others as escapes (``\\u03a9``), as
     stderr always does, instead of stopping the command with a UnicodeEncodeError: Windows' stdout is its
@@ -51,17 +67,19 @@ def tolerant_stdout() -> None:
 
 
 def set_up_printing() -> Callable[[], None]:
-    """``one_line_warnings`` and ``tolerant_stdout``, the printing every command sets up; return the call
-    that puts the warning format and stdout's error handler back as they were (``command_printing``)."""
+    """``one_line_warnings``, ``tolerant_stdout`` and warnings clear of the progress bars (``bar_aware``),
+    the printing every command sets up; return the call that puts the warning format and writer and stdout's
+    error handler back as they were (``command_printing``)."""
     import sys
 
-    shown, out = warnings.formatwarning, sys.stdout
+    shown, show, out = warnings.formatwarning, warnings.showwarning, sys.stdout
     errors = getattr(out, "errors", None)
     one_line_warnings()
     tolerant_stdout()
+    warnings.showwarning = bar_aware(show)
 
     def give_back() -> None:
-        warnings.formatwarning = shown
+        warnings.formatwarning, warnings.showwarning = shown, show
         if getattr(out, "errors", None) != errors:
             with suppress(ValueError, OSError):  # closed meanwhile: nothing to give back
                 out.reconfigure(errors=errors)

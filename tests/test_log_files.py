@@ -2,11 +2,15 @@
 ``sbatch --output``, ``> run.log 2>&1``), not a terminal. What it printed is in the file, in order, also
 after a SIGKILL (the OOM killer, a scheduler's time limit), and a progress bar writes whole lines there."""
 
+import fcntl
 import os
+import pty
 import re
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 
@@ -80,3 +84,51 @@ def test_a_resumed_training_says_where_in_the_run_it_continues(tmp_path):
     assert again.read_text().splitlines()[0] == (
         f"train: ['a'] on 368 rows (12 chunks, d=6) for 3000 epoch(s) on cpu, 1 thread; resumed at step "
         f"{step} of 36000 ({step / 36000:.0%} done before), epoch {epoch} batch {batch}")
+
+
+# `actdict train CONFIG` whose training warns once, at its third step, as a library's warning in a long run
+# would: while the progress bar is drawn
+WARNS_AT_STEP_3 = """import sys, warnings
+from actdict import cli
+from actdict.errors import ActdictWarning
+from actdict.train import loop
+real, calls = loop.postfix, []
+def postfix(losses):
+    calls.append(1)
+    if len(calls) == 3:
+        warnings.warn("a warning during the steps", ActdictWarning)
+    return real(losses)
+loop.postfix = postfix
+sys.exit(cli.main(["train", sys.argv[1]]))
+"""
+
+
+def on_a_terminal(args: list[str]) -> tuple[int, str]:
+    """``python ARGS`` with stdin, stdout and stderr a terminal of 100 columns (a pty): (status, all it
+    wrote)."""
+    main, side = pty.openpty()
+    fcntl.ioctl(side, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    proc = subprocess.Popen([sys.executable, *args], stdin=side, stdout=side, stderr=side, env=ENV)
+    os.close(side)
+    out = b""
+    while True:
+        try:
+            got = os.read(main, 65536)
+        except OSError:  # the process closed its side: all read
+            break
+        if not got:
+            break
+        out += got
+    os.close(main)
+    return proc.wait(timeout=60), out.decode()
+
+
+def test_a_warning_during_a_progress_bar_on_a_terminal_gets_its_own_line(tmp_path):
+    """It was written after the bar's text, on the bar's line ('...| 2/36 [00:00<00:01, 9.86step/s]actdict:
+    warning: ...'); the bar is now cleared first ('\\r' + blanks + '\\r') and drawn again after it."""
+    status, out = on_a_terminal(["-c", WARNS_AT_STEP_3, str(long_training(tmp_path, epochs=3))])
+    assert status == 0, out
+    said = out.index("actdict: warning: a warning during the steps\r\n")
+    assert out[:said].endswith(" " * 60 + "\r"), repr(out[said - 120:said])  # the bar's line, cleared
+    assert re.match(r"\rtrain: +\d+%\|", out[said:].split("\r\n", 1)[1])  # the bar again, below it
+    assert out.count("actdict: warning:") == 1
