@@ -103,7 +103,7 @@ from actdict.analyze.splice import ce_caveat
 from actdict.analyze.textfile import check_texts, read_texts
 from actdict.analyze.texts import row_texts
 from actdict.analyze.toptokens import resolve_decoder
-from actdict.config import Common, bar_disabled, bar_timing, check_device
+from actdict.config import Common, bar_disabled, bar_timing, check_device, device_said
 from actdict.dryrun import StagePlan
 from actdict.errors import ActdictError, printable
 from actdict.files import check_not_linked, remove_temps, write_atomic
@@ -113,7 +113,7 @@ from actdict.signals import rank
 from actdict.train.identity import describe_store
 from actdict.train.log import trained_curve
 from actdict.train.loop import resolve_device
-from actdict.train.resume import listed
+from actdict.train.resume import LISTED, listed
 
 SUMMARY_VERSION = 2
 KEEP_NEAREST = 8
@@ -296,12 +296,25 @@ def shared(datas: dict, evals: dict, d: int, device: torch.device, on: bool) -> 
     return dirs, similar
 
 
+def start_line(names: list[str], run_dir: Path, rows: int, hook: str | None, chunks: int, device,
+               cfg: AnalyzeConfig) -> str:
+    """What the analysis says before its pass (a log then tells what it scores, on what, where): the
+    dictionaries (a sweep's by number, first and last), the held-out rows, the device, the model passes."""
+    listed_names = names if len(names) <= LISTED else listed(names)
+    passes = [what for what, on in (("CE/KL", cfg.ce_loss), ("logit effects", cfg.logit_effects)) if on]
+    return (f"analyze: {listed_names} of {run_dir} on {rows:,} held-out rows of {hook} ({chunks} chunk"
+            f"{'s' if chunks != 1 else ''}) on "
+            f"{device_said(device)}" + (f"; through the model: {', '.join(passes)}" if passes else ""))
+
+
 def _main(common: Common, cfg: AnalyzeConfig) -> None:
     run_id = new_run_id()  # at the start: its time is when this analysis began
     run_dir = Path(common.run_dir)
     device = resolve_device(cfg.device)
     records, store, test_chunks, models = checked_inputs(common, cfg, run_dir)
     evaluated = evaluated_rows(store, test_chunks, cfg.max_test_rows)  # [n] global rows, in the pass's order
+    print(printable(start_line(list(models), run_dir, len(evaluated), store.manifest.get("hook"),
+                               len(test_chunks), device, cfg)))
     labels, classes = read_labels(cfg.labels, len(store), evaluated)
     text_files = check_texts(cfg.texts, len(store), cfg.texts_column) if cfg.texts else None  # before it
     lm = causal_lm(store, device, cfg) if cfg.ce_loss or cfg.logit_effects else None  # before the pass

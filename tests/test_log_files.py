@@ -132,3 +132,20 @@ def test_a_warning_during_a_progress_bar_on_a_terminal_gets_its_own_line(tmp_pat
     assert out[:said].endswith(" " * 60 + "\r"), repr(out[said - 120:said])  # the bar's line, cleared
     assert re.match(r"\rtrain: +\d+%\|", out[said:].split("\r\n", 1)[1])  # the bar again, below it
     assert out.count("actdict: warning:") == 1
+
+
+def test_the_analysis_says_what_it_scores_before_its_bar(tmp_path):
+    """The analysis printed nothing before its bars: a log of a long one (a sweep's, CE through a model) told
+    neither which dictionaries, nor how many rows, nor the device, until its summary at the end. Its first
+    line now says them; its last where it wrote."""
+    cfg, log = long_training(tmp_path, epochs=1), tmp_path / "run.log"
+    cfg.write_text(cfg.read_text() + "analyze: {n_features: 2}\n")
+    proc = into_log(["run", str(cfg)], log)
+    assert proc.wait(timeout=120) == 0, log.read_text()
+    lines = log.read_text().splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("analyze: "))
+    assert lines[at] == (f"analyze: ['a'] of {tmp_path / 'run'} on 32 held-out rows of vectors (1 chunk) on "
+                         "cpu, 1 thread")
+    assert lines[at + 1].startswith("analyze:   0%|"), lines
+    run = tmp_path / "run"
+    assert lines[-1] == f"analyze: wrote {run / 'summary.json'}, {run / 'report.html'} and {run / 'report'}/"
