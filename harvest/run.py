@@ -387,7 +387,9 @@ def harvest(common: Common, cfg: HarvestConfig, ranks: Ranks, grow: bool = False
     from tqdm import tqdm
 
     path, chash, say = common.store_path, config_hash(cfg), _say if ranks.rank == 0 else _quiet
-    lm = load_model(cfg.model, device=rank_device(cfg.device, ranks), dtype=cfg.dtype, found=found)
+    where = rank_device(cfg.device, ranks)
+    say(f"harvest: loading the model {cfg.model} (device {where}, {cfg.dtype})")  # a log that
+    lm = load_model(cfg.model, device=where, dtype=cfg.dtype, found=found)  # ends here died loading it
     import torch
 
     random.seed(common.seed)

@@ -158,8 +158,10 @@ def test_a_pattern_that_added_hooks_skips_the_store_the_next_time(tmp_path, caps
     before = tree(Path(common.store_path))
     capsys.readouterr()
     harvest(tmp_path / "a", hooks=["blocks.[13].hook_resid_post"], max_tokens=40)
-    out = capsys.readouterr().out
-    assert out.startswith(f"harvest: store {common.store_path} is already complete for this config (") and (
+    out = capsys.readouterr().out  # the pattern is matched against the loaded model's hooks
+    loading, said = out.splitlines()
+    assert loading == "harvest: loading the model all-MiniLM-L6-v2 (device cpu, float32)"
+    assert said.startswith(f"harvest: store {common.store_path} is already complete for this config (") and (
         "skipping" in out and "adding" not in out and "resuming" not in out), out
     assert tree(Path(common.store_path)) == before
 

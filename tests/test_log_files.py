@@ -149,3 +149,15 @@ def test_the_analysis_says_what_it_scores_before_its_bar(tmp_path):
     assert lines[at + 1].startswith("analyze:   0%|"), lines
     run = tmp_path / "run"
     assert lines[-1] == f"analyze: wrote {run / 'summary.json'}, {run / 'report.html'} and {run / 'report'}/"
+
+
+def test_a_harvest_killed_while_it_loads_the_model_says_so(tmp_path):
+    """A harvest printed nothing before its model was loaded: a log of one killed there (out of memory on a
+    large model, a download that hung) was empty. It now says what it loads first."""
+    from tests.test_resume import write_config, write_corpus
+
+    cfg = write_config(tmp_path, str(tmp_path / "store"), write_corpus(tmp_path / "c.jsonl"))
+    log = tmp_path / "run.log"
+    proc = into_log(["harvest", str(cfg)], log)
+    kill_when(proc, log, "harvest: loading")
+    assert log.read_text() == "harvest: loading the model all-MiniLM-L6-v2 (device cpu, float32)\n"
