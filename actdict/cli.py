@@ -24,10 +24,12 @@ import importlib
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from actdict import runlog
 from actdict.config import ConfigError, check_threads, common_of, load_experiment, section
 from actdict.errors import (
     ActdictError,
@@ -35,6 +37,7 @@ from actdict.errors import (
     line_buffered_stdout,
     open_files_hint,
     print_error,
+    printable,
     quiet_stdout,
     stdout_given_back,
 )
@@ -385,6 +388,15 @@ def _main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _log_line(text: str) -> None:
+    """One line of ``actdict.runlog`` on stdout; none where stdout cannot take it (a reader gone, a full
+    disk, an encoding that lacks a character of the command line): the run's own lines matter more."""
+    try:
+        print(printable(text))
+    except (OSError, ValueError, UnicodeError):
+        pass
+
+
 def entry() -> None:
     """The ``actdict`` command (and ``python -m actdict.cli``): ``main`` as the process, its status the exit
     status, a stdout silenced for a reader gone kept silenced (its flush at exit quiet). Once main has
@@ -393,13 +405,21 @@ def entry() -> None:
     ... KeyboardInterrupt' and the shutdown went on. Ctrl-C there now ends the process at once, quietly, with
     that status (stdout and stderr flushed first). A SIGINT the process was started ignoring (``nohup``, a
     background job) stays ignored. Its stdout is written a line at a time (``line_buffered_stdout``): a log
-    file keeps every line printed before a SIGKILL, in order with the progress bars' lines on stderr."""
+    file keeps every line printed before a SIGKILL, in order with the progress bars' lines on stderr. A stage
+    command whose stdout is a file or a pipe (a log) prints a first and a last line: what ran, where and
+    when, and how it ended (``actdict.runlog``)."""
     line_buffered_stdout()
+    argv, started = sys.argv[1:], time.time()
+    logs = runlog.logged(argv) and rank() == 0
+    if logs:
+        _log_line(runlog.header(argv, started))
     try:
         status = _printing(None)  # not main: a stdout silenced for a reader gone stays so until the exit
     except SystemExit as e:
         status = e.code
     code = status if isinstance(status, int) else int(status is not None)  # sys.exit('text'): 1
+    if logs:
+        _log_line(runlog.footer(argv, code, started, time.time()))
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

@@ -7,6 +7,7 @@ import os
 import pty
 import re
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -59,7 +60,7 @@ def test_a_killed_training_leaves_its_start_line_in_the_log_before_the_bar(tmp_p
     proc = into_log(["train", str(cfg)], log)
     kill_when(proc, log, "train:   0%")
     assert proc.returncode == -signal.SIGKILL
-    lines = log.read_text().splitlines()
+    lines = log.read_text().splitlines()[1:]  # after runlog's header
     assert lines[0] == "train: ['a'] on 368 rows (12 chunks, d=6) for 3000 epoch(s) on cpu, 1 thread", lines
     assert lines[1].startswith("train:   0%|") and lines[1].endswith("| 0/36000 [00:00<?, ?step/s]"), lines
 
@@ -75,13 +76,13 @@ def test_a_resumed_training_says_where_in_the_run_it_continues(tmp_path):
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 2, first.read_text()
-    said = first.read_text().splitlines()[-1]
+    said = first.read_text().splitlines()[-2]  # before runlog's footer
     step, epoch, batch = map(int, re.fullmatch(r"actdict: Interrupted: stopped at step (\d+) \(epoch (\d+), "
                                                r"batch (\d+)\); resume state saved: .*", said).groups())
     assert step == 12 * epoch + batch
     proc = into_log(["train", str(cfg)], again)
     kill_when(proc, again, "/36000 [")
-    assert again.read_text().splitlines()[0] == (
+    assert again.read_text().splitlines()[1] == (
         f"train: ['a'] on 368 rows (12 chunks, d=6) for 3000 epoch(s) on cpu, 1 thread; resumed at step "
         f"{step} of 36000 ({step / 36000:.0%} done before), epoch {epoch} batch {batch}")
 
@@ -148,7 +149,7 @@ def test_the_analysis_says_what_it_scores_before_its_bar(tmp_path):
                          "cpu, 1 thread")
     assert lines[at + 1].startswith("analyze:   0%|"), lines
     run = tmp_path / "run"
-    assert lines[-1] == f"analyze: wrote {run / 'summary.json'}, {run / 'report.html'} and {run / 'report'}/"
+    assert lines[-2] == f"analyze: wrote {run / 'summary.json'}, {run / 'report.html'} and {run / 'report'}/"
 
 
 def test_a_harvest_killed_while_it_loads_the_model_says_so(tmp_path):
@@ -160,4 +161,36 @@ def test_a_harvest_killed_while_it_loads_the_model_says_so(tmp_path):
     log = tmp_path / "run.log"
     proc = into_log(["harvest", str(cfg)], log)
     kill_when(proc, log, "harvest: loading")
-    assert log.read_text() == "harvest: loading the model all-MiniLM-L6-v2 (device cpu, float32)\n"
+    said = log.read_text().splitlines()[1:]  # after runlog's header
+    assert said == ["harvest: loading the model all-MiniLM-L6-v2 (device cpu, float32)"]
+
+
+def test_a_stage_logged_to_a_file_says_what_ran_and_how_it_ended(tmp_path):
+    """A log held the stage's own lines only: not the command (it is in the job script), nor the clock, the
+    host, the versions, and a log that stopped could be a kill or the end. Its first line now says what ran,
+    where and when; its last how it ended and after how long. Killed, it has no last line."""
+    cfg, log = long_training(tmp_path, epochs=2), tmp_path / "run.log"
+    proc = into_log(["train", str(cfg), "train.log_every=5"], log)
+    assert proc.wait(timeout=120) == 0, log.read_text()
+    lines = log.read_text().splitlines()
+    started = re.fullmatch(rf"actdict: started actdict train {cfg} train.log_every=5 at (\S+ \S+) UTC on "
+                           rf"{re.escape(socket.gethostname())} \(pid {proc.pid}; actdict 0.1.0, torch \S+, "
+                           rf"Python 3\.\d+\.\d+; in {re.escape(os.getcwd())}\)", lines[0])
+    assert started, lines[0]
+    assert f"\ntrain: saved {tmp_path / 'run' / 'dicts' / 'a'} (last epoch: " in log.read_text()
+    ended = re.fullmatch(r"actdict: train ended with exit status 0 after (\d+\.\d)s at (\S+ \S+) UTC",
+                         lines[-1])
+    assert ended and ended[2] >= started[1], lines[-1]
+    proc = into_log(["train", str(cfg), "train.epochs=3000"], log)
+    kill_when(proc, log, "/36000 [")
+    assert not log.read_text().splitlines()[-1].startswith("actdict: train ended"), log.read_text()
+
+
+def test_a_terminal_gets_no_header_nor_footer(tmp_path):
+    """On a terminal the person watching knows what they ran: stdout there is as it was (a guard: it passes
+    before and after)."""
+    actdict = str(Path(sys.executable).parent / "actdict")
+    run = f"import sys; sys.argv[0] = {actdict!r}; from actdict.cli import entry; entry()"
+    status, out = on_a_terminal(["-c", run, "train", str(long_training(tmp_path, epochs=1))])
+    assert status == 0 and "actdict: started" not in out and "ended with exit status" not in out, out
+    assert out.startswith("train: ['a'] on 368 rows (12 chunks, d=6) for 1 epoch(s) on cpu, 1 thread\r\n")
