@@ -137,7 +137,9 @@ def test_sigterm_stops_the_harvest_after_its_shard_and_says_so(tmp_path, referen
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 143, out
-    assert out.rstrip().endswith("actdict: terminated (SIGTERM) (completed shards and checkpoints are kept)")
+    said, ended = out.rstrip().splitlines()[-2:]  # then actdict.runlog's last line
+    assert said == "actdict: terminated (SIGTERM) (completed shards and checkpoints are kept)", out
+    assert ended.startswith("actdict: harvest ended with exit status 143 after "), out
     assert "Traceback" not in out and n_tmp(store) == 0 and 3 <= n_whole(store) < n_whole(reference)
     assert cli(cfg).wait(timeout=300) == 0
     assert tree(store) == tree(reference)
