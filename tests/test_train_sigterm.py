@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from actdict.harvest.store import write_vectors
 from actdict.lock import folder_lock
@@ -103,7 +104,16 @@ def test_a_ctrl_c_during_the_final_saves_says_they_finish_first(tmp_path):
         assert sorted(os.listdir(tmp_path / "run" / "dicts" / name)) == ["cfg.json", "model.safetensors"]
 
 
-def test_a_first_ctrl_c_is_said_by_one_process_with_a_stray_rank(monkeypatch, capfd):
+@pytest.fixture
+def python_sigint():
+    """Python's own SIGINT handler for the test: a shell's background job (``pytest ... &``) starts with
+    SIGINT ignored, which sigterm_flag rightly keeps, so a raised SIGINT would reach nothing."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
+def test_a_first_ctrl_c_is_said_by_one_process_with_a_stray_rank(monkeypatch, capfd, python_sigint):
     """A first Ctrl-C says what the training does next on rank 0 only; the rank was read from RANK itself, so
     one process with a RANK left in its environment (no torchrun: no WORLD_SIZE) said nothing. It is
     signals.rank, 0 outside torchrun; under torchrun rank 1 still says nothing."""
