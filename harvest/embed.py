@@ -167,9 +167,9 @@ def embed_texts(enc: Encoder, texts: list[str], cfg: EmbedConfig, batch_size: in
     ``applied_prompt``'s text."""
     import torch
 
-    prompt = applied_prompt(enc.model, cfg)[0]  # "" only where the model has no default prompt
+    prompt = applied_prompt(enc.model, cfg)[0]  # "" given as "": None would let encode add its default
     with torch.inference_mode():
-        out = enc.model.encode(texts, prompt=prompt or None, batch_size=batch_size,
+        out = enc.model.encode(texts, prompt=prompt, batch_size=batch_size,
                                convert_to_tensor=True, normalize_embeddings=cfg.normalize,
                                show_progress_bar=False)  # [n, d]
     return out.float().cpu().numpy()

@@ -127,6 +127,18 @@ def test_a_prompt_is_named_by_prompt_name_and_an_unknown_name_is_refused(tmp_pat
     assert not (tmp_path / "c" / "run" / "store" / "embedding").exists()
 
 
+def test_a_named_empty_prompt_overrides_the_models_default(tmp_path):
+    """prompt_name naming one of the model's prompts whose text is '' (its way to ask for none) on a model
+    with a default prompt: the rows had the default put before them (encode was given prompt None, so it
+    fell back to the default), while the manifest said prompt ''."""
+    model = make_encoder("bert", tmp_path / "m", prompts=PROMPTS | {"plain": ""}, default_prompt="document")
+    rows, manifest, texts = _harvest(tmp_path / "h", model, prompt_name="plain")
+    ref = _reference(model)
+    np.testing.assert_allclose(rows, ref.encode(texts, prompt=""), atol=2e-6)
+    assert not np.allclose(rows, ref.encode(texts), atol=1e-3)  # encode's default would have changed them
+    assert (manifest["embedding"]["prompt"], manifest["embedding"]["prompt_name"]) == ("", "plain")
+
+
 def test_truncated_documents_are_counted_and_said(tmp_path, folders, capsys):
     """Documents longer than max_seq_length were cut by sentence-transformers without a word."""
     _, manifest, texts = _harvest(tmp_path / "a", folders("xlmr"), max_seq_length=22)
