@@ -64,6 +64,12 @@ $PY -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --u
 export PYTHONPATH=$T/actdict:$T/site
 [[ $DEVICE == cuda* ]] && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv \
   | tee -a "$OUT/session.log"
+# datasets (transformer_lens imports it) from .whl is the newest on the day of gpu_prep.sh and may need a newer
+# huggingface-hub / pyarrow than the image's (datasets 5.2 wants hub >= 1.31, pyarrow >= 24): then the image's own
+if ! $PY -c "import datasets" > /dev/null 2>&1; then
+  log "datasets from the wheels does not import on this image: the image's own is used"
+  rm -rf "$T/site/datasets" "$T"/site/datasets-*.dist-info
+fi
 # every package the steps import, now: wheels that do not fit the image end the call here, in seconds
 $PY -c "import torch, transformers, transformer_lens, zarr, datasets, actdict.harvest.run, actdict.train.run as r
 from importlib.metadata import version
