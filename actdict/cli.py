@@ -407,7 +407,7 @@ def entry() -> None:
     background job) stays ignored. Its stdout is written a line at a time (``line_buffered_stdout``): a log
     file keeps every line printed before a SIGKILL, in order with the progress bars' lines on stderr. A stage
     command whose stdout is a file or a pipe (a log) prints a first and a last line: what ran, where and
-    when, and how it ended (``actdict.runlog``)."""
+    when, and how it ended (``actdict.runlog``), also after an unexpected error's traceback (status 1)."""
     line_buffered_stdout()
     argv, started = sys.argv[1:], time.time()
     logs = runlog.logged(argv) and rank() == 0
@@ -417,6 +417,11 @@ def entry() -> None:
         status = _printing(None)  # not main: a stdout silenced for a reader gone stays so until the exit
     except SystemExit as e:
         status = e.code
+    except Exception:  # a bug's traceback: a log's last line is still how it ended (1, as Python exits)
+        if not logs:
+            raise
+        sys.excepthook(*sys.exc_info())
+        status = 1
     code = status if isinstance(status, int) else int(status is not None)  # sys.exit('text'): 1
     if logs:
         _log_line(runlog.footer(argv, code, started, time.time()))

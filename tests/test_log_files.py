@@ -194,3 +194,28 @@ def test_a_terminal_gets_no_header_nor_footer(tmp_path):
     status, out = on_a_terminal(["-c", run, "train", str(long_training(tmp_path, epochs=1))])
     assert status == 0 and "actdict: started" not in out and "ended with exit status" not in out, out
     assert out.startswith("train: ['a'] on 368 rows (12 chunks, d=6) for 1 epoch(s) on cpu, 1 thread\r\n")
+
+
+# `actdict train CONFIG` whose command meets a bug (an exception no handler expects) before any stage runs
+A_BUG = """import sys
+from actdict import cli
+def load_experiment(*args):
+    raise RuntimeError("a bug")
+cli.load_experiment = load_experiment
+sys.argv[0] = "actdict"
+cli.entry()
+"""
+
+
+def test_a_stage_ended_by_a_bug_says_so_after_its_traceback(tmp_path):
+    """A stage ended by an unexpected exception printed its traceback but no last line, so its log read as a
+    killed run's. It now ends 'ended with exit status 1', the status the process exits with."""
+    out, err = tmp_path / "out.log", tmp_path / "err.log"
+    with open(out, "w") as o, open(err, "w") as e:
+        status = subprocess.run([sys.executable, "-c", A_BUG, "train", "c.yaml"], stdout=o, stderr=e,
+                                env=ENV, timeout=120).returncode
+    assert status == 1
+    assert err.read_text().splitlines()[-1] == "RuntimeError: a bug"
+    lines = out.read_text().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("actdict: started actdict train c.yaml at "), lines
+    assert re.fullmatch(r"actdict: train ended with exit status 1 after \d+\.\ds at \S+ \S+ UTC", lines[1])
