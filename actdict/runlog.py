@@ -18,6 +18,8 @@ import sys
 import time
 from importlib import metadata
 
+from actdict.errors import printable
+
 STAGE_COMMANDS = ("harvest", "train", "analyze", "run")
 
 
@@ -48,8 +50,17 @@ def header(argv: list[str], at: float) -> str:
     actdict V, torch V, Python V; in DIR)': the command as a shell would rerun it, and where it ran."""
     command = shlex.join(["actdict", *argv])
     python = ".".join(map(str, sys.version_info[:3]))
-    return (f"actdict: started {command} at {_clock(at)} on {socket.gethostname()} (pid {os.getpid()}; "
-            f"actdict {_version('actdict')}, torch {_version('torch')}, Python {python}; in {os.getcwd()})")
+    versions = f"actdict {_version('actdict')}, torch {_version('torch')}, Python {python}"
+    where = f"on {socket.gethostname()} (pid {os.getpid()}; {versions}; in {os.getcwd()})"
+    return one_line(f"actdict: started {command} at {_clock(at)} {where}")
+
+
+def one_line(text: str) -> str:
+    """``text`` as one line safe on a terminal: ``printable``, and its newlines written ``\\n``. An argument
+    (an override, a config path) or the directory holds what a user typed: shlex.join quotes a newline as it
+    is, which split the first line in two and could put a made-up line in the log ('actdict: train ended
+    with exit status 0 ...')."""
+    return printable(text).replace("\n", "\\n")
 
 
 def elapsed(seconds: float) -> str:

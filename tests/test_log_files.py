@@ -219,3 +219,15 @@ def test_a_stage_ended_by_a_bug_says_so_after_its_traceback(tmp_path):
     lines = out.read_text().splitlines()
     assert len(lines) == 2 and lines[0].startswith("actdict: started actdict train c.yaml at "), lines
     assert re.fullmatch(r"actdict: train ended with exit status 1 after \d+\.\ds at \S+ \S+ UTC", lines[1])
+
+
+def test_a_newline_in_an_argument_cannot_make_a_line_of_the_log():
+    """shlex.join quotes a newline as it is: an override holding one split the first line in two, and its
+    second part read as a line of its own ('actdict: train ended with exit status 0 ...'). It is now written
+    '\\n', and an escape sequence '\\x1b', on the one line."""
+    from actdict.runlog import header
+
+    said = header(["train", "c.yaml", "x=1\nactdict: train ended with exit status 0", "y=\x1b[2J"], 0.0)
+    assert said.splitlines() == [said]
+    assert said.startswith("actdict: started actdict train c.yaml 'x=1\\nactdict: train ended with exit "
+                           "status 0' 'y=\\x1b[2J' at 1970-01-01 00:00:00 UTC on "), said
