@@ -23,10 +23,16 @@ from actdict.errors import printable
 STAGE_COMMANDS = ("harvest", "train", "analyze", "run")
 
 
+def _runs_nothing(arg: str) -> bool:
+    """Whether ``arg`` is ``-h`` or ``--dry-run`` / ``--help`` as argparse reads it: also shortened to a
+    prefix of its own ('--dry', '--he'), which it takes as the whole."""
+    return arg == "-h" or (len(arg) > 2 and any(flag.startswith(arg) for flag in ("--dry-run", "--help")))
+
+
 def logged(argv: list[str]) -> bool:
     """Whether ``actdict ARGV`` gets a header and a footer: a stage command that runs (not ``--dry-run`` or
-    ``--help``), with stdout a file or a pipe."""
-    if not argv or argv[0] not in STAGE_COMMANDS or {"--dry-run", "-h", "--help"} & set(argv[1:]):
+    ``--help``, nor their prefixes), with stdout a file or a pipe."""
+    if not argv or argv[0] not in STAGE_COMMANDS or any(map(_runs_nothing, argv[1:])):
         return False
     try:
         return not sys.stdout.isatty()

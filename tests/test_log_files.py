@@ -231,3 +231,18 @@ def test_a_newline_in_an_argument_cannot_make_a_line_of_the_log():
     assert said.splitlines() == [said]
     assert said.startswith("actdict: started actdict train c.yaml 'x=1\\nactdict: train ended with exit "
                            "status 0' 'y=\\x1b[2J' at 1970-01-01 00:00:00 UTC on "), said
+
+
+def test_a_shortened_dry_run_or_help_gets_no_header_nor_footer(monkeypatch):
+    """argparse takes '--dry' for --dry-run and '--he' for --help: such a plan (`actdict run c.yaml --dry >
+    plan.txt`) got the first and last lines the flags' full names leave out. An override is still logged."""
+    from actdict import runlog
+
+    monkeypatch.setattr(sys, "stdout", open(os.devnull, "w"))  # a file: not a terminal
+    try:
+        said = {args: runlog.logged(["run", "c.yaml", *args]) for args in
+                [(), ("--dry",), ("--dry-r",), ("--he",), ("-h",), ("--dry-run",), ("x=--dry",), ("--",)]}
+    finally:
+        sys.stdout.close()
+    assert said == {(): True, ("--dry",): False, ("--dry-r",): False, ("--he",): False, ("-h",): False,
+                    ("--dry-run",): False, ("x=--dry",): True, ("--",): True}
