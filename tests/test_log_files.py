@@ -246,3 +246,17 @@ def test_a_shortened_dry_run_or_help_gets_no_header_nor_footer(monkeypatch):
         sys.stdout.close()
     assert said == {(): True, ("--dry",): False, ("--dry-r",): False, ("--he",): False, ("-h",): False,
                     ("--dry-run",): False, ("x=--dry",): True, ("--",): True}
+
+
+def test_the_first_line_writes_what_stdout_cannot_encode_as_escapes(tmp_path):
+    """A stdout that cannot encode a character of the command line (Windows' cp1252 in a log, a path's 'Ω')
+    lost the whole first line: the command's escapes are set up after it. The line now has '\\u03a9'."""
+    log = tmp_path / "run.log"
+    actdict, env = str(Path(sys.executable).parent / "actdict"), ENV | {"PYTHONIOENCODING": "cp1252"}
+    with open(log, "w") as f:
+        status = subprocess.run([actdict, "train", str(tmp_path / "Ω.yaml")], stdout=f, timeout=120,
+                                stderr=subprocess.DEVNULL, env=env).returncode
+    lines = log.read_text(encoding="cp1252").splitlines()
+    assert status == 2 and len(lines) == 2, lines
+    assert lines[0].startswith(f"actdict: started actdict train '{tmp_path}/\\u03a9.yaml' at "), lines
+    assert lines[1].startswith("actdict: train ended with exit status 2 after "), lines
