@@ -51,13 +51,22 @@ def _version(package: str) -> str:
         return "unknown"
 
 
+def _directory() -> str:
+    """The working directory, or what stands for one removed under the process (a job's scratch folder
+    cleaned): os.getcwd's FileNotFoundError there stopped the command before it ran, with a traceback."""
+    try:
+        return os.getcwd()
+    except OSError:
+        return "a directory since removed"
+
+
 def header(argv: list[str], at: float) -> str:
     """'actdict: started actdict train c.yaml train.epochs=2 at 2026-12-07 06:47:00 UTC on HOST (pid N;
     actdict V, torch V, Python V; in DIR)': the command as a shell would rerun it, and where it ran."""
     command = shlex.join(["actdict", *argv])
     python = ".".join(map(str, sys.version_info[:3]))
     versions = f"actdict {_version('actdict')}, torch {_version('torch')}, Python {python}"
-    where = f"on {socket.gethostname()} (pid {os.getpid()}; {versions}; in {os.getcwd()})"
+    where = f"on {socket.gethostname()} (pid {os.getpid()}; {versions}; in {_directory()})"
     return one_line(f"actdict: started {command} at {_clock(at)} {where}")
 
 

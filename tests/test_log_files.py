@@ -260,3 +260,17 @@ def test_the_first_line_writes_what_stdout_cannot_encode_as_escapes(tmp_path):
     assert status == 2 and len(lines) == 2, lines
     assert lines[0].startswith(f"actdict: started actdict train '{tmp_path}/\\u03a9.yaml' at "), lines
     assert lines[1].startswith("actdict: train ended with exit status 2 after "), lines
+
+
+def test_the_first_line_in_a_removed_directory_says_so(monkeypatch):
+    """Run from a directory since removed (a job's cleaned scratch folder), os.getcwd's FileNotFoundError
+    raised out of the first line, before the command ran. The line now says the directory is gone."""
+    from actdict import runlog
+
+    def removed():
+        raise FileNotFoundError(2, "No such file or directory")
+
+    monkeypatch.setattr(os, "getcwd", removed)
+    said = runlog.header(["train", "/abs/c.yaml"], 0.0)
+    assert said.startswith("actdict: started actdict train /abs/c.yaml at 1970-01-01 00:00:00 UTC on ")
+    assert said.endswith("; in a directory since removed)"), said
