@@ -178,8 +178,8 @@ def test_a_stage_logged_to_a_file_says_what_ran_and_how_it_ended(tmp_path):
                            rf"Python 3\.\d+\.\d+; in {re.escape(os.getcwd())}\)", lines[0])
     assert started, lines[0]
     assert f"\ntrain: saved {tmp_path / 'run' / 'dicts' / 'a'} (last epoch: " in log.read_text()
-    ended = re.fullmatch(r"actdict: train ended with exit status 0 after (\d+\.\d)s at (\S+ \S+) UTC",
-                         lines[-1])
+    ended = re.fullmatch(r"actdict: train ended with exit status 0 after (\d+\.\ds|\d+m\d\ds) at "
+                         r"(\S+ \S+) UTC", lines[-1])  # a minute or more on a loaded machine
     assert ended and ended[2] >= started[1], lines[-1]
     proc = into_log(["train", str(cfg), "train.epochs=3000"], log)
     kill_when(proc, log, "/36000 [")
@@ -218,7 +218,7 @@ def test_a_stage_ended_by_a_bug_says_so_after_its_traceback(tmp_path):
     assert err.read_text().splitlines()[-1] == "RuntimeError: a bug"
     lines = out.read_text().splitlines()
     assert len(lines) == 2 and lines[0].startswith("actdict: started actdict train c.yaml at "), lines
-    assert re.fullmatch(r"actdict: train ended with exit status 1 after \d+\.\ds at \S+ \S+ UTC", lines[1])
+    assert re.fullmatch(r"actdict: train ended with exit status 1 after \S+ at \S+ \S+ UTC", lines[1]), lines
 
 
 def test_a_newline_in_an_argument_cannot_make_a_line_of_the_log():
