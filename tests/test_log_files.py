@@ -84,7 +84,18 @@ def test_a_resumed_training_says_where_in_the_run_it_continues(tmp_path):
     kill_when(proc, again, "/36000 [")
     assert again.read_text().splitlines()[1] == (
         f"train: ['a'] on 368 rows (12 chunks, d=6) for 3000 epoch(s) on cpu, 1 thread; resumed at step "
-        f"{step} of 36000 ({step / 36000:.0%} done before), epoch {epoch} batch {batch}")
+        f"{step} of 36000 ({100 * step // 36000}% done before), epoch {epoch} batch {batch}")
+
+
+def test_a_resumed_run_near_its_end_is_not_said_all_done():
+    """The share done before a resume is floored: 35,990 of 36,000 steps was said '100% done before'."""
+    from actdict.train.loop import Position
+    from actdict.train.run import resumed_said
+
+    near_end = Position(epoch=2999, batch=2, step=35990)
+    said = "resumed at step 35990 of 36000 (99% done before), epoch 2999 batch 2"
+    assert resumed_said(near_end, 36000) == said
+    assert resumed_said(Position(epoch=0, batch=5, step=5), 0) == "resumed at step 5, epoch 0 batch 5"
 
 
 # `actdict train CONFIG` whose training warns once, at its third step, as a library's warning in a long run

@@ -403,7 +403,8 @@ def save_all(run_dir: Path, cfg: TrainConfig, stand: Standing, members: list[Mem
 def resumed_said(start: Position, total: int) -> str:
     """What the start line of a resumed training says of it: where it continues and how much of the run was
     done before (``total``: the run's steps; 0 when unknown)."""
-    of = f" of {total} ({start.step / total:.0%} done before)" if total else ""
+    done = 100 * start.step // total if total else 0  # floored: 35,990 of 36,000 is 99 %, not 100 %
+    of = f" of {total} ({done}% done before)" if total else ""
     return f"resumed at step {start.step}{of}, epoch {start.epoch} batch {start.batch}"
 
 
