@@ -218,15 +218,22 @@ def other_split(records: dict[str, dict], test_chunks: list[int]) -> list[str]:
                   if r.get("test_chunks") is not None and sorted(r["test_chunks"]) != sorted(test_chunks))
 
 
+def chunks_read(store, test_chunks: list[int], limit: int | None = None) -> list[int]:
+    """The first of ``test_chunks`` that hold the first ``limit`` rows (all where ``limit`` is None, or more
+    than they hold): those ``held_out_batches`` reads, and the start line counts."""
+    if limit is None:
+        return list(test_chunks)
+    held = np.cumsum([stop - start for start, stop in map(store.chunk_bounds, test_chunks)])  # [chunks]
+    return list(test_chunks[:int(np.searchsorted(held, limit)) + 1])
+
+
 def held_out_batches(store, test_chunks: list[int], batch_size: int, limit: int | None = None
                      ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """The test rows in chunk order, in batches of ``batch_size`` that run across chunks (only the last is
     short), at most ``limit`` rows: (acts [B, d] float32, their global store rows [B] int64). The first batch
     is the paper's "first test batch" (RE of one sample, the masked-dimensions curve)."""
     acts, rows, seen = np.empty((0, store.d), np.float32), np.empty(0, np.int64), 0  # rows not yet yielded
-    if limit is not None:  # the chunks holding the first ``limit`` rows: the bar's total, and the loop's end
-        held = np.cumsum([stop - start for start, stop in map(store.chunk_bounds, test_chunks)])  # [chunks]
-        test_chunks = test_chunks[:int(np.searchsorted(held, limit)) + 1]
+    test_chunks = chunks_read(store, test_chunks, limit)  # the bar's total, and the loop's end
     for i, c in enumerate(tqdm(test_chunks, desc="analyze", unit="chunk", disable=bar_disabled(),
                                     **bar_timing())):
         start, stop = store.chunk_bounds(c)

@@ -80,6 +80,7 @@ from actdict.analyze.features import build_features, hit_keys, summary_hits
 from actdict.analyze.formation import feature_cosines, formation
 from actdict.analyze.inputs import (
     AnalyzeError,
+    chunks_read,
     dict_folders,
     evaluated_rows,
     found_dicts,
@@ -297,13 +298,15 @@ def shared(datas: dict, evals: dict, d: int, device: torch.device, on: bool) -> 
 
 
 def start_line(names: list[str], run_dir: Path, rows: int, hook: str | None, chunks: int, device,
-               cfg: AnalyzeConfig) -> str:
+               cfg: AnalyzeConfig, held: int | None = None) -> str:
     """What the analysis says before its pass (a log then tells what it scores, on what, where): the
-    dictionaries (a sweep's by number, first and last), the held-out rows, the device, the model passes."""
+    dictionaries (a sweep's by number, first and last), the rows and ``chunks`` it reads, of the ``held``
+    held-out chunks when ``analyze.max_test_rows`` leaves some unread, the device, the model passes."""
     listed_names = names if len(names) <= LISTED else listed(names)
     passes = [what for what, on in (("CE/KL", cfg.ce_loss), ("logit effects", cfg.logit_effects)) if on]
-    return (f"analyze: {listed_names} of {run_dir} on {rows:,} held-out rows of {hook} ({chunks} chunk"
-            f"{'s' if chunks != 1 else ''}) on "
+    of = (f"{chunks} of {held} chunks: analyze.max_test_rows" if held is not None and held > chunks else
+          f"{chunks} chunk{'s' if chunks != 1 else ''}")
+    return (f"analyze: {listed_names} of {run_dir} on {rows:,} held-out rows of {hook} ({of}) on "
             f"{device_said(device)}" + (f"; through the model: {', '.join(passes)}" if passes else ""))
 
 
@@ -313,8 +316,9 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
     device = resolve_device(cfg.device)
     records, store, test_chunks, models = checked_inputs(common, cfg, run_dir)
     evaluated = evaluated_rows(store, test_chunks, cfg.max_test_rows)  # [n] global rows, in the pass's order
-    print(printable(start_line(list(models), run_dir, len(evaluated), store.manifest.get("hook"),
-                               len(test_chunks), device, cfg)))
+    read = chunks_read(store, test_chunks, cfg.max_test_rows)  # fewer under max_test_rows
+    print(printable(start_line(list(models), run_dir, len(evaluated), store.manifest.get("hook"), len(read),
+                               device, cfg, held=len(test_chunks))))
     labels, classes = read_labels(cfg.labels, len(store), evaluated)
     text_files = check_texts(cfg.texts, len(store), cfg.texts_column) if cfg.texts else None  # before it
     lm = causal_lm(store, device, cfg) if cfg.ce_loss or cfg.logit_effects else None  # before the pass

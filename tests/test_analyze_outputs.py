@@ -418,6 +418,24 @@ def test_max_test_rows_limits_the_rows_analysed(tmp_path, monkeypatch, capsys):
     assert "analyze: 20 held-out rows of h" in capsys.readouterr().out
 
 
+def test_the_start_line_counts_the_chunks_max_test_rows_reads(tmp_path, monkeypatch, capsys):
+    """analyze.max_test_rows=16 reads the first of the 2 held-out chunks of 16 rows: the start line said
+    '(2 chunks)', every held-out chunk, beside the 16 rows read; it now says the chunks read, of how many."""
+    from actdict.harvest.store import open_store
+
+    run_dir = _run_dir(tmp_path, monkeypatch)
+    for rows, said in ((16, "16 held-out rows of h (1 of 2 chunks: analyze.max_test_rows) on cpu"),
+                       (None, "32 held-out rows of h (2 chunks) on cpu")):
+        run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(device="cpu", n_features=2, max_test_rows=rows))
+        start = capsys.readouterr().out.splitlines()[0]
+        assert f" on {said}" in start, start
+    from actdict.analyze.inputs import chunks_read  # the chunks held_out_batches reads
+
+    store = open_store(str(run_dir / "store"))
+    read = [chunks_read(store, [4, 5], n) for n in (1, 16, 17, 999, None)]
+    assert read == [[4], [4], [4, 5], [4, 5], [4, 5]]
+
+
 def test_summary_holds_the_live_features_by_density_and_rounded_numbers(tmp_path, monkeypatch):
     """summary.json: the n_features most active latents with fires > 0 only (a dead latent is not among
     them), each density = fires / n_test_rows; floats at 6 significant digits; labels null without
