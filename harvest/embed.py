@@ -229,8 +229,11 @@ def main(common, cfg, writing=lambda hooks=None: None) -> None:
     writing([ecfg.hook])
     found = available(cfg.model)  # a model that cannot be had stops first, then a source that cannot be
     require_readable(cfg.source)  # read: both before the model loads (as the plan says them)
-    print(printable(f"harvest: loading the model {cfg.model} (device {cfg.device}, {cfg.dtype})"))
-    enc = load_encoder(cfg.model, device=cfg.device, dtype=cfg.dtype, max_seq_length=ecfg.max_seq_length,
+    from actdict.harvest.models import resolve_device
+
+    device = resolve_device(cfg.device)  # 'auto' said as the device it is (load_encoder's resolve: the same)
+    print(printable(f"harvest: loading the model {cfg.model} (device {device}, {cfg.dtype})"))
+    enc = load_encoder(cfg.model, device=device, dtype=cfg.dtype, max_seq_length=ecfg.max_seq_length,
                        found=found)  # the hub probed once
     import torch
 

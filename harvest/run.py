@@ -28,7 +28,15 @@ from actdict.harvest.added import check_added, check_count, check_rows
 from actdict.harvest.config import HarvestConfig, hook_pattern
 from actdict.harvest.dist import Ranks, init_ranks, rank_device
 from actdict.harvest.layout import ACT_DTYPES, fs_of, human_size, write_shard
-from actdict.harvest.models import Found, LoadedModel, available, load_model, named_row_problem, rows_refused
+from actdict.harvest.models import (
+    Found,
+    LoadedModel,
+    available,
+    load_model,
+    named_row_problem,
+    resolve_device,
+    rows_refused,
+)
 from actdict.harvest.pipeline import Behind, Prefetch
 from actdict.harvest.plan import RowStream, ShardWork, owner, shard_work, stored_positions
 from actdict.harvest.resume import (
@@ -387,7 +395,7 @@ def harvest(common: Common, cfg: HarvestConfig, ranks: Ranks, grow: bool = False
     from tqdm import tqdm
 
     path, chash, say = common.store_path, config_hash(cfg), _say if ranks.rank == 0 else _quiet
-    where = rank_device(cfg.device, ranks)
+    where = resolve_device(rank_device(cfg.device, ranks))  # 'auto' said as the device it is
     say(f"harvest: loading the model {cfg.model} (device {where}, {cfg.dtype})")  # a log that
     lm = load_model(cfg.model, device=where, dtype=cfg.dtype, found=found)  # ends here died loading it
     import torch

@@ -644,3 +644,27 @@ def test_under_torchrun_only_rank_0_says_how_fast_the_first_batch_went(capsys):
             _Progress(bar, 2, 4000)(1000)
             assert bar.n == (2000 if rank == 0 else 0)  # a disabled bar counts nothing
         assert capsys.readouterr().out.count("harvest: first batch: ~") == (rank == 0)
+
+
+@pytest.mark.parametrize("mode", ["tokens", "embeddings"])
+def test_the_loading_line_says_the_device_auto_resolves_to(tmp_path, monkeypatch, capsys, mode):
+    """harvest.device=auto (the default) printed 'harvest: loading the model NAME (device auto, float32)':
+    a log did not say whether the harvest ran on the GPU. It now says the device load_model resolves it to
+    (cuda where torch sees a GPU, here made to, else cpu)."""
+    import actdict.harvest.embed as embed_mod
+    import actdict.harvest.run as run_mod
+
+    class Loading(Exception):
+        pass
+
+    def load(*a, **kw):
+        raise Loading(kw["device"])
+
+    monkeypatch.setattr(run_mod, "load_model", load)
+    monkeypatch.setattr(embed_mod, "load_encoder", load)
+    for gpu, device in ((True, "cuda"), (False, "cpu")):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda gpu=gpu: gpu)
+        with pytest.raises(Loading, match=f"^{device}$"):
+            harvest(tmp_path / device, device="auto", mode=mode, max_tokens=8)
+        said = capsys.readouterr().out.splitlines()
+        assert said[-1] == f"harvest: loading the model all-MiniLM-L6-v2 (device {device}, float32)", said
