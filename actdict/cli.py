@@ -36,6 +36,7 @@ from actdict.errors import (
     command_printing,
     line_buffered_stdout,
     open_files_hint,
+    output_dropped_when_closed,
     print_error,
     printable,
     quiet_stdout,
@@ -281,7 +282,7 @@ def interrupted(e: KeyboardInterrupt, kept: str = "") -> int:
 def main(argv: list[str] | None = None) -> int:
     """``actdict ARGV`` as a call (a notebook's, a host script's): its exit status, with the printing it set
     up and a stdout it silenced (a reader gone: ``| head``; a full disk) given back on return."""
-    with stdout_given_back():
+    with stdout_given_back(), stdout_given_back("stderr"):
         return _printing(argv)
 
 
@@ -379,13 +380,14 @@ def _main(argv: list[str] | None = None) -> int:
         if args.stage == "run":
             if "harvest" in prepared and (hook := prepared["train"][0].hook):  # once the model named them
                 extra["harvest"] = {"on_hooks": lambda hooks: check_train_hook(hooks, hook)}
-        for stage, (_, go) in prepared.items():
-            go(**extra.get(stage, {}))
+        with output_dropped_when_closed() as dropped:  # a reader gone (`| tee log` killed) costs no run
+            for stage, (_, go) in prepared.items():
+                go(**extra.get(stage, {}))
     except ActdictError as e:  # ConfigError included
         return print_error("actdict", e)
     except KeyboardInterrupt as e:
         return interrupted(e, "completed shards and checkpoints are kept")
-    return 0
+    return 141 if dropped() else 0  # done, its lines not all read: as `| head` says
 
 
 def _log_line(text: str) -> None:

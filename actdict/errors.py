@@ -99,18 +99,18 @@ def command_printing() -> Iterator[None]:
         give_back()
 
 
-def quiet_stdout() -> None:
-    """Point stdout's file descriptor at /dev/null: a reader that left (``actdict ... | head``) or a full
-    disk takes nothing more, and Python's flush at exit of what stdout still holds would print 'Exception
-    ignored ... BrokenPipeError'. ``stdout_given_back`` undoes it for a caller of ``actdict.cli.main``. A
-    stdout of no descriptor (a host's tee-like writer over the closed pipe, a StringIO) is left as it is:
-    asking it for one raised AttributeError or io.UnsupportedOperation out of the command, in place of its
-    status 141."""
+def quiet_stdout(stream=None) -> None:
+    """Point stdout's file descriptor (``stream``'s: stderr's, ``Dropped``) at /dev/null: a reader that left
+    (``actdict ... | head``) or a full disk takes nothing more, and Python's flush at exit of what stdout
+    still holds would print 'Exception ignored ... BrokenPipeError'. ``stdout_given_back`` undoes it for a
+    caller of ``actdict.cli.main``. A stdout of no descriptor (a host's tee-like writer over the closed pipe,
+    a StringIO) is left as it is: asking it for one raised AttributeError or io.UnsupportedOperation out of
+    the command, in place of its status 141."""
     import os
     import sys
 
     try:
-        fd = sys.stdout.fileno()
+        fd = (sys.stdout if stream is None else stream).fileno()
     except (AttributeError, OSError, ValueError):  # none to silence: the host's writer is the host's
         return
     null = os.open(os.devnull, os.O_WRONLY)
@@ -121,16 +121,18 @@ def quiet_stdout() -> None:
 
 
 @contextmanager
-def stdout_given_back() -> Iterator[None]:
-    """Stdout's file descriptor as it was on entering, given back on leaving where ``quiet_stdout`` pointed
-    it at /dev/null meanwhile, what stdout held unwritten dropped there first: ``actdict.cli.main`` called
-    from a notebook or a host script, whose own output after the call went to /dev/null for the rest of the
-    process. A stdout of no descriptor (a StringIO, a notebook's stream) is left as it is."""
+def stdout_given_back(name: str = "stdout") -> Iterator[None]:
+    """Stdout's file descriptor (``sys.NAME``'s: stderr's, which ``Dropped`` silences) as it was on entering,
+    given back on leaving where ``quiet_stdout`` pointed it at /dev/null meanwhile, what stdout held unwritten
+    dropped there first: ``actdict.cli.main`` called from a notebook or a host script, whose own output after
+    the call went to /dev/null for the rest of the process. A stdout of no descriptor (a StringIO, a
+    notebook's stream) is left as it is."""
     import os
     import sys
 
     try:
-        fd = sys.stdout.fileno()
+        stream = getattr(sys, name)
+        fd = stream.fileno()
         saved = os.dup(fd)
     except (AttributeError, OSError, ValueError):  # none, closed, or no descriptor left to hold it in
         yield
@@ -145,10 +147,65 @@ def stdout_given_back() -> Iterator[None]:
                 silenced = True
             if silenced:
                 with suppress(OSError, ValueError):  # the text the closed pipe did not take: to /dev/null
-                    sys.stdout.flush()
+                    stream.flush()
                 os.dup2(saved, fd)
         finally:
             os.close(saved)
+
+
+class Dropped:
+    """The process' stdout (or stderr) during a stage, whose reader may leave before the stage ends (``| tee
+    run.log`` killed, ``| head -1`` done): from the first write or flush the closed pipe refuses
+    (BrokenPipeError) it drops what is printed (``quiet_stdout``: the descriptor on /dev/null, with what
+    stdout held) and says so in ``dropped``, instead of raising. Line-buffered, the stage's next line raised
+    it: a training lost its run back to its last resume state (before its first step: all of it; between a
+    sweep's final checkpoints: the rest of them); on stderr (``2>&1 | tee``), its progress bar's next redraw
+    did. The stage's work is its files. Anything else it does as ``stream`` does."""
+
+    def __init__(self, stream) -> None:
+        self.stream, self.dropped = stream, False
+
+    def write(self, text: str) -> int:
+        if not self.dropped:
+            try:
+                return self.stream.write(text)
+            except BrokenPipeError:
+                self._drop()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.dropped:
+            try:
+                self.stream.flush()
+            except BrokenPipeError:
+                self._drop()
+
+    def _drop(self) -> None:
+        self.dropped = True
+        quiet_stdout(self.stream)  # (a stream of no descriptor: its writes dropped here only)
+        with suppress(OSError, ValueError):  # what the pipe did not take: to /dev/null, not to the exit
+            self.stream.flush()
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+
+@contextmanager
+def output_dropped_when_closed() -> Iterator[Callable[[], bool]]:
+    """``sys.stdout`` and ``sys.stderr`` each a ``Dropped`` while inside (the stages, not the tools nor
+    ``--dry-run``, which stop at a closed pipe: status 141); yields the call that says whether a reader of
+    either left. One that is None (``actdict ... >&-``) is left as it is: print writes nothing there."""
+    import sys
+
+    held = {name: Dropped(s) for name in ("stdout", "stderr") if (s := getattr(sys, name)) is not None}
+    for name, dropping in held.items():
+        setattr(sys, name, dropping)
+    try:
+        yield lambda: any(d.dropped for d in held.values())
+    finally:
+        for name, dropping in held.items():
+            if getattr(sys, name) is dropping:  # (one the stage set meanwhile is the stage's)
+                setattr(sys, name, dropping.stream)
 
 
 def line_buffered_stdout() -> None:

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from actdict.harvest.store import write_vectors
 
@@ -285,3 +286,34 @@ def test_the_first_line_in_a_removed_directory_says_so(monkeypatch):
     said = runlog.header(["train", "/abs/c.yaml"], 0.0)
     assert said.startswith("actdict: started actdict train /abs/c.yaml at 1970-01-01 00:00:00 UTC on ")
     assert said.endswith("; in a directory since removed)"), said
+
+
+@pytest.mark.parametrize("both", [False, True])  # stderr its own pipe, or the same (`2>&1 | tee`)
+def test_a_training_whose_stdout_reader_left_trains_to_its_end_quietly(tmp_path, both):
+    """``actdict train CONFIG | tee run.log`` with the tee killed, or ``| head -1``: since stdout is written
+    a line at a time, the stage's next line (here the start line, before the first step) raised
+    BrokenPipeError, and the training was lost (status 141, nothing trained); with ``2>&1``, the progress
+    bar's next redraw did too (status 120). Its lines are now dropped and it trains on: both dictionaries'
+    final checkpoints, no resume state left, no traceback, status 141."""
+    import json
+
+    cfg = long_training(tmp_path, epochs=5)
+    cfg.write_text(cfg.read_text().replace("dicts: [{name: a, variant: sae_l1, k: 8}]",
+                                           "dicts: [{name: a, variant: sae_l1, k: 8}, {name: b, variant: "
+                                           "sae_l1, k: 4}]"))
+    actdict = Path(sys.executable).parent / "actdict"
+    proc = subprocess.Popen([str(actdict), "train", str(cfg)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT if both else subprocess.PIPE,
+                            env=ENV | {"TQDM_MININTERVAL": "0"})  # a redraw at every step
+    assert proc.stdout.readline().startswith(b"actdict: started actdict train ")  # runlog's header
+    proc.stdout.close()  # the reader leaves
+    err = "" if both else proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert "Traceback" not in err and "BrokenPipe" not in err and "Exception ignored" not in err, err
+    run = tmp_path / "run"
+    assert sorted(p.name for p in (run / "dicts").iterdir()) == ["a", "b"]
+    for name in ("a", "b"):
+        assert json.loads((run / "dicts" / name / "cfg.json").read_text())["steps"] == 60
+    assert not (run / "train_state.safetensors").exists()
+    last = err.splitlines()[-1] if err else ""
+    assert both or last.startswith("train: 100%|") and "| 60/60 [" in last, err
