@@ -73,8 +73,8 @@ def test_train_profile_rate_matches_its_step_time():
     head = rf"^(\w+) d=32 k=64 B=64 float32 on cpu: ({NUM}) ms/step, ({NUM}) samples/s"
     heads = re.findall(head, out, re.M)
     assert [h[0] for h in heads] == ["sae_topk", "sae_l1"]
-    for _, ms, rate in heads:
-        assert num(rate) == pytest.approx(64 / (num(ms) / 1e3), rel=0.01)
+    for _, ms, rate in heads:  # ms printed to 2 decimals: +-0.005 ms, 1 % of a 0.5 ms step
+        assert num(rate) == pytest.approx(64 / (num(ms) / 1e3), rel=0.0051 / num(ms) + 0.001)
     assert out.count("Self CPU time total") == 2
 
 
