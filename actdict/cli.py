@@ -38,7 +38,6 @@ from actdict.errors import (
     open_files_hint,
     output_dropped_when_closed,
     print_error,
-    printable,
     quiet_stdout,
     stdout_given_back,
 )
@@ -391,13 +390,14 @@ def _main(argv: list[str] | None = None) -> int:
 
 
 def _log_line(text: str) -> None:
-    """One line of ``actdict.runlog`` on stdout, what its encoding lacks (a path's 'Ω' on Windows' cp1252)
-    written as escapes ('\\u03a9'), as the command's own lines are (``tolerant_stdout``, which is not set
-    up yet for the first line nor still for the last); none where stdout cannot take it (a reader gone, a
-    full disk): the run's own lines matter more."""
+    """One line of ``actdict.runlog`` (safe on a terminal as runlog makes it: ``runlog.one_line``) on stdout,
+    what its encoding lacks (a path's 'Ω' on Windows' cp1252) written as escapes ('\\u03a9'), as the
+    command's own lines are (``tolerant_stdout``, which is not set up yet for the first line nor still for
+    the last); none where stdout cannot take it (a reader gone, a full disk): the run's own lines matter
+    more."""
     try:
         encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
-        print(printable(text).encode(encoding, "backslashreplace").decode(encoding))
+        print(text.encode(encoding, "backslashreplace").decode(encoding))
     except (OSError, ValueError, UnicodeError, LookupError):
         pass
 

@@ -89,4 +89,5 @@ def elapsed(seconds: float) -> str:
 
 def footer(argv: list[str], status: int, started: float, at: float) -> str:
     """'actdict: train ended with exit status 0 after 1h02m03s at 2026-12-07 07:49:03 UTC'."""
-    return f"actdict: {argv[0]} ended with exit status {status} after {elapsed(at - started)} at {_clock(at)}"
+    return one_line(f"actdict: {argv[0]} ended with exit status {status} after {elapsed(at - started)} at "
+                    f"{_clock(at)}")
