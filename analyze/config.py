@@ -43,6 +43,11 @@ class AnalyzeConfig:
     Rows whose label is missing (NaN, an empty string) are left out of it and counted apart. At most 10,000
     distinct labels (``analyze.inputs.MAX_CLASSES``): a per-row value (an id, a continuous target) is
     refused."""
+    class_features: int = 5
+    """With ``labels``: features listed per class, those whose code most separates the class's rows from the
+    other labelled rows (Cohen's d, ``metrics.class_separation``), with their mean code and firing rate in
+    and out of the class; 0 = off. Costs 24 bytes per class and latent of each dictionary while the pass
+    runs (at most ``analyze.run.CLASS_FEATURES_MAX_MIB`` for all of them: a note names those left out)."""
     texts: str = ""
     """Optional file of one text per store row, in row order (.parquet with a ``text`` column, .jsonl, .txt,
     .npy of strings; ``analyze/textfile.py``): the report and features files show each shown row's text, as
@@ -91,7 +96,7 @@ class AnalyzeConfig:
                      "mask_curve_points", "mask_curve_rows", "ce_windows", "ce_ctx", "ce_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"analyze.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("logit_effects", "cofire", "cofire_max_mib"):
+        for name in ("logit_effects", "cofire", "cofire_max_mib", "class_features"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"analyze.{name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.context <= MAX_CONTEXT:  # every feature's top rows keep 2 * context + 1 token ids

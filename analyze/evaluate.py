@@ -1,7 +1,8 @@
 """Streaming evaluation of one dictionary over the test rows (the accumulators behind summary.json).
 
 :class:`ModelEval` is fed every test batch once; it keeps sums and counts, none per row (RE, cosine, L0,
-how many rows have each AD, fire counts, per-class sums of |z| or log var and of AD), the paper-protocol
+how many rows have each AD, fire counts, per-class sums of |z| or log var and of AD, and for the class
+features per-class sums of z, z^2 and fires), the paper-protocol
 figures of the first test batch (one stochastic RE, the masked-dimensions curve) and a
 :class:`~actdict.analyze.toptokens.FeatureTracker` for all features.
 :meth:`ModelEval.summary` turns them into the model's summary.json entry (metrics from ``metrics.py``).
@@ -23,7 +24,7 @@ class ModelEval:
     """Accumulators of one dictionary over the evaluated rows."""
 
     def __init__(self, model, cfg: AnalyzeConfig, seed: int, device: torch.device, n_classes: int = 0,
-                 cofire: bool = False):
+                 cofire: bool = False, class_features: bool = False):
         self.model, self.seed, self.cfg = model.to(device).eval(), seed, cfg
         self.sse, self.cos_sum, self.l0_sum = 0.0, 0.0, 0
         self.re_sample: float | None = None
@@ -33,6 +34,10 @@ class ModelEval:
         self.class_act = torch.zeros(n_classes, model.k, dtype=torch.float64, device=device)  # [C, k]
         self.class_n = torch.zeros(n_classes, dtype=torch.long, device=device)  # [C]
         self.class_ad = torch.zeros(n_classes, dtype=torch.long, device=device)  # [C] sum of AD
+        c = n_classes if class_features and cfg.class_features else 0  # what class_separation reads
+        self.class_z = torch.zeros(c, model.k, dtype=torch.float64, device=device)  # [C, k] sum of z
+        self.class_z2 = torch.zeros(c, model.k, dtype=torch.float64, device=device)  # [C, k] sum of z^2
+        self.class_fire = torch.zeros(c, model.k, dtype=torch.long, device=device)  # [C, k] rows active
         samples = cfg.quantiles * cfg.quantile_samples
         self.tracker = FeatureTracker(model.k, cfg.top_k, samples, seed, device, cofire=cofire)
 
@@ -58,6 +63,11 @@ class ModelEval:
             self.class_act.index_add_(0, cls[has], self._class_stat(out)[has])
             self.class_n += torch.bincount(cls[has], minlength=len(self.class_n))
             self.class_ad.index_add_(0, cls[has], ad[has])
+            if len(self.class_z):
+                z = out.codes[has].to(torch.float64)  # [B', k]
+                self.class_z.index_add_(0, cls[has], z)
+                self.class_z2.index_add_(0, cls[has], z.square_())
+                self.class_fire.index_add_(0, cls[has], mask[has].long())
         self.tracker.update(out.codes, mask, rows)
 
     def _class_stat(self, out) -> torch.Tensor:
@@ -118,4 +128,9 @@ class ModelEval:
             out["ad_class"] = [{"label": classes[c], "n": int(cn[c]), "ad": int(ad_sum[c]) / int(cn[c]),
                                 "ad_of_mean": g} for c, g in zip(have, group_ad, strict=True)]
             out["ad_class_unlabelled"] = n - int(cn.sum())
+            if len(self.class_z):
+                sep = M.class_separation(self.class_z.cpu(), self.class_z2.cpu(), self.class_fire.cpu(), cn,
+                                         cfg.class_features)
+                out["class_features"] = [{"label": classes[c], "n": int(cn[c]), "features": sep[c]}
+                                         for c in have]
         return out

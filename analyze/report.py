@@ -44,6 +44,7 @@ table.overview { border-collapse: collapse; font-variant-numeric: tabular-nums; 
 .ctx span { unicode-bidi: isolate; }  /* a corpus string's bidi control reorders only itself */
 .hl { background: #ffd54f; font-weight: bold; } .dim { color: #555; } .note { color: #666; font-size: 90%; }
 .txt { font-family: system-ui, sans-serif; } .where { color: #888; font-size: 85%; margin-left: 1em; }
+.overview td.txt { text-align: left; }  /* a class's features: a list, not a number */
 .warn { color: #a00; } .tok { font-family: monospace; background: #f0f0f0; white-space: pre; }
 """
 _COLUMNS = [  # (summary key, header, tooltip); in the order of the table analyze prints (run.summary_lines)
@@ -356,6 +357,49 @@ def _features(name: str, m: dict, page: str | None) -> str:
     return "\n".join(parts)
 
 
+CLASS_ROWS = 100
+"""Classes shown per dictionary in report.html's class features (the most populous first); summary.json holds
+every class."""
+
+
+def _class_features(models: dict[str, dict], pages: dict[str, str]) -> list[str]:
+    """Per dictionary with ``class_features``, a table: each class (label, rows) and the features that most
+    separate its rows from the other labelled rows, each linked to its feature page, with Cohen's d and the
+    share of the class's rows and of the others' where it is active."""
+    parts = []
+    for name, m in models.items():
+        classes = sorted(m.get("class_features") or [], key=lambda c: -(c.get("n") or 0))
+        if not classes:
+            continue
+        page = pages.get(name)
+        rows = "".join(f'<tr><td>{esc(c.get("label"))}</td><td>{_num(c.get("n"))}</td><td class="txt">'
+                       + ("; ".join(_class_feature(f, page) for f in c.get("features") or []) or "&ndash;")
+                       + "</td></tr>" for c in classes[:CLASS_ROWS])
+        more = (f'<p class="note">{len(classes) - CLASS_ROWS:,} smaller classes are in summary.json.</p>'
+                if len(classes) > CLASS_ROWS else "")
+        parts.append(f'<h3>{esc(name)}</h3><div class="scroll"><table class="overview"><tr><th>class</th>'
+                     "<th>rows</th><th>features (Cohen's d of the code; share of the rows active: in the "
+                     f"class / the others)</th></tr>{rows}</table></div>{more}")
+    if not parts:
+        return []
+    return ["<h2>Features of each class</h2>",
+            '<p class="note">With analyze.labels: for each class, the features whose code most separates its '
+            "rows from every other labelled row (d = difference of the two means over the root of the mean "
+            "of their variances; features more active in the class only).</p>", *parts]
+
+
+def _class_feature(f: dict, page: str | None) -> str:
+    """One feature of a class's row: its index (linked to its feature page), d, and where it is active."""
+    j = _num(f.get("feature"))
+    ref = f'<a href="{esc(page)}#f={j}">{j}</a>' if page else j
+    return (f'{ref} <span class="dim">d {_num(f.get("d"))}, active {_share(f.get("fire_in"))} / '
+            f'{_share(f.get("fire_out"))}</span>')
+
+
+def _share(v: Any) -> str:
+    return f"{v:.0%}" if isinstance(v, int | float) else "&ndash;"
+
+
 NEAREST = 3
 """A listed feature's nearest features shown in report.html: in every other dictionary up to this many
 others, else in the NEAREST of highest cosine (a sweep of 20 had 19 on each of its 24 x 20 features)."""
@@ -404,6 +448,7 @@ def render(summary: dict, pages: dict[str, str] | None = None) -> str:
             "use the per-row Otsu active mask of each model's activity. L0 counts exact nonzero codes, which "
             "a VAE's rarely are: a VAE's sparsity is its AD.</p>", _similar(models),
             "<h2>Distributions</h2>", '<div class="figs">', *(f"<div>{f}</div>" for f in figs), "</div>",
+            *_class_features(models, pages),
             *(["<h2>Training</h2>", '<p class="note">Each dictionary\'s loss terms over its training, means '
                "over the intervals of its log (train.log_every steps; logs/&lt;name&gt;.jsonl), then its AD, "
                "explained variance and share of latents active as measured on each interval's last batch "

@@ -28,6 +28,10 @@ summary.json (version 2 = version 1 plus keys; floats rounded to 6 significant d
         "masked_curve": {"kept": [int], "re": [float], "rows": int, "sample": bool},  # paper Fig. 4 (v2)
         "ad_class": [{"label", "n", "ad", "ad_of_mean"}],  # only with analyze.labels (v2)
         "ad_class_unlabelled": int,  # with ad_class: evaluated rows without a label (NaN, ""), left out
+        "class_features": [{"label", "n", "features": [{"feature": int, "d": float, "mean_in": float,
+                            "mean_out": float, "fire_in": float, "fire_out": float}]}],
+                              # with analyze.labels and class_features: per class, the features whose
+                              # code most separates its rows from the other labelled rows (Cohen's d)
         "ce": float, "kl": float, "ce_recovered": float,   # only with analyze.ce_loss (v2)
         "training_warning": str | null,  # the warning its training saved (diverged, learned almost nothing)
         "training_log": null | {"step": [int], "epoch": [int], "lr": [float], "<term>": [float | null]},
@@ -323,8 +327,8 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
     text_files = check_texts(cfg.texts, len(store), cfg.texts_column) if cfg.texts else None  # before it
     lm = causal_lm(store, device, cfg) if cfg.ce_loss or cfg.logit_effects else None  # before the pass
     splicing = splice_setup(lm, cfg, store, test_chunks) if cfg.ce_loss else None
-    counted = cofire_within(models, cfg)
-    evals = {name: ModelEval(m, cfg, common.seed, device, len(classes), name in counted)
+    counted, by_class = cofire_within(models, cfg), class_features_within(models, len(classes), cfg)
+    evals = {name: ModelEval(m, cfg, common.seed, device, len(classes), name in counted, name in by_class)
              for name, m in models.items()}
 
     d = store.d
@@ -414,6 +418,26 @@ def cofire_within(models: dict, cfg: AnalyzeConfig) -> set[str]:
         print(f"analyze: note: no fires_with for {listed(left)}: their co-activation counts (k^2 x 4 bytes "
               f"each) would pass analyze.cofire_max_mib={cfg.cofire_max_mib}")
     return counted
+
+
+CLASS_FEATURES_MAX_MIB = 2048
+"""Memory for the class features' sums of all analysed dictionaries together (classes x k x 24 bytes each)."""
+
+
+def class_features_within(models: dict, n_classes: int, cfg: AnalyzeConfig) -> set[str]:
+    """The dictionaries whose class features are found (``analyze.labels`` and ``analyze.class_features``
+    > 0): smallest k first, as many as ``CLASS_FEATURES_MAX_MIB`` holds; a note names the others."""
+    if cfg.class_features < 1 or n_classes < 2:  # one class: no other rows to separate it from
+        return set()
+    budget, chosen = CLASS_FEATURES_MAX_MIB * 2**20, set()
+    for name in sorted(models, key=lambda n: (models[n].k, n)):
+        if (need := n_classes * models[name].k * 24) <= budget:
+            chosen.add(name)
+            budget -= need
+    if left := sorted(set(models) - chosen):
+        print(f"analyze: note: no class_features for {listed(left)}: their per-class sums ({n_classes:,} "
+              f"classes x k x 24 bytes each) would pass {CLASS_FEATURES_MAX_MIB:,} MiB")
+    return chosen
 
 
 def new_run_id() -> str:

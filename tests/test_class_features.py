@@ -1,0 +1,153 @@
+"""Class features (``analyze.class_features`` with ``analyze.labels``): the features whose code most separates
+a class's rows from the other labelled rows, from per-class sums (``metrics.class_separation``), accumulated
+batch by batch (``ModelEval``), in summary.json and report.html."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from actdict.analyze import metrics as M
+from actdict.analyze import run
+from actdict.analyze.config import AnalyzeConfig
+from actdict.analyze.evaluate import ModelEval
+from actdict.config import Common, ConfigError
+from actdict.train.protocol import Dictionary, Forward
+from tests.test_analyze_outputs import _run_dir
+
+
+def _direct(z: np.ndarray, fire: np.ndarray, lab: np.ndarray, c: int) -> dict[int, dict]:
+    """Every feature's numbers for class c, from the rows themselves (numpy, population variances)."""
+    inn, out = z[lab == c], z[(lab != c) & (lab >= 0)]
+    fin, fout = fire[lab == c], fire[(lab != c) & (lab >= 0)]
+    sd = np.sqrt((inn.var(0) + out.var(0)) / 2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d = (inn.mean(0) - out.mean(0)) / sd
+    return {j: {"feature": j, "d": d[j], "mean_in": inn.mean(0)[j], "mean_out": out.mean(0)[j],
+                "fire_in": fin.mean(0)[j], "fire_out": fout.mean(0)[j]} for j in range(z.shape[1])}
+
+
+def _sums(z, fire, lab, n_classes):
+    has = lab >= 0
+    s = np.zeros((n_classes, z.shape[1]))
+    q, f = s.copy(), s.copy()
+    np.add.at(s, lab[has], z[has])
+    np.add.at(q, lab[has], z[has] ** 2)
+    np.add.at(f, lab[has], fire[has])
+    return s, q, f, np.bincount(lab[has], minlength=n_classes)
+
+
+def test_class_separation_equals_cohens_d_computed_from_the_rows():
+    """A feature planted in class 1 (feature 4: +3 on its rows) leads its list, as d says; every listed
+    number equals the direct computation over the rows; lists are sorted by d, cut at ``top``, d > 0 only."""
+    g = np.random.default_rng(0)
+    z = np.maximum(g.standard_normal((300, 7)), 0)  # [n, k] ReLU-like codes, about half zero
+    lab = g.integers(0, 3, 300)
+    lab[::10] = -1  # unlabelled rows: in no class and not among the "others"
+    z[lab == 1, 4] += 3.0
+    fire = (z > 0).astype(float)
+    out = M.class_separation(*_sums(z, fire, lab, 3), top=4)
+    assert out[1][0]["feature"] == 4 and out[1][0]["d"] > 3
+    for c in range(3):
+        ref = _direct(z, fire, lab, c)
+        want = sorted((j for j in ref if ref[j]["d"] > 0), key=lambda j: -ref[j]["d"])[:4]
+        assert [f["feature"] for f in out[c]] == want
+        for f in out[c]:
+            assert f == pytest.approx(ref[f["feature"]], rel=1e-9, abs=1e-12)
+
+
+def test_classes_too_small_and_constant_features_list_nothing():
+    """A class of one row, and a class whose others are one row, list nothing (no variance to speak of); a
+    feature constant within both groups (here always 0) has no d; equal d: the lower index first."""
+    z = np.array([[1.0, 0, 2], [1.0, 0, 2], [3.0, 0, 4], [3.0, 0, 4], [5.0, 0, 6]])
+    z[0, 0] += 0.5  # class 0's spread, so feature 0 and 2 get finite d
+    z[0, 2] += 0.5
+    lab = np.array([0, 0, 1, 1, 2])
+    out = M.class_separation(*_sums(z, (z > 0).astype(float), lab, 3), top=3)
+    assert out[2] == [] and [f["feature"] for f in out[0]] == [] and out[1] != []
+    assert [f["feature"] for f in out[1]] == [0, 2]  # same d (the two columns differ by 1 in class 0 only)
+    assert out[1][0]["d"] == pytest.approx(out[1][1]["d"])
+    two = M.class_separation(*_sums(z[:3], (z[:3] > 0).astype(float), np.array([0, 0, 1]), 2), top=3)
+    assert two == [[], []]  # class 1 has one row; class 0's others are that one row
+
+
+class Relu(Dictionary):
+    """codes = relu(x) (k = d), activity log|codes| on the high side, as an SAE's; x_hat = codes."""
+
+    variant = "test_relu"
+    active_side = "high"
+
+    def forward(self, x, sample=True):
+        z = torch.relu(x)
+        return Forward(z, z, z.abs().log(), {})
+
+    def decode(self, codes):
+        return codes
+
+
+def test_model_eval_accumulates_them_batch_by_batch():
+    """Three batches with unlabelled rows among them: summary's class_features equal class_separation of the
+    rows' own codes and fires (the Otsu mask: codes != 0 on a row with a zero), and the ad_class classes."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 40, 6, generator=g)  # [batches, B, k]
+    x[:, :, 0] = -1.0  # a zero on every row: the mask is codes != 0
+    lab = torch.randint(-1, 2, (3, 40), generator=g)
+    x[..., 3] += 2.0 * (lab == 1)
+    ev = ModelEval(Relu(6, 6), AnalyzeConfig(top_k=2, quantiles=1, quantile_samples=1, class_features=3),
+                   seed=0, device=torch.device("cpu"), n_classes=2, class_features=True)
+    for b in range(3):
+        ev.update(x[b], torch.arange(40) + 40 * b, lab[b])
+    z, flat = torch.relu(x).reshape(-1, 6).double().numpy(), lab.reshape(-1).numpy()
+    s = ev.summary(120, x.reshape(-1, 6).sum(0), (x.reshape(-1, 6) ** 2).sum(0), classes=["no", "yes"])
+    want = M.class_separation(*_sums(z, (z > 0).astype(float), flat, 2), top=3)
+    got = s["class_features"]
+    assert [(c["label"], c["n"]) for c in got] == [(c["label"], c["n"]) for c in s["ad_class"]]
+    assert [[f["feature"] for f in c["features"]] for c in got] == [[f["feature"] for f in w] for w in want]
+    assert [c["features"] for c in got] == [[pytest.approx(f, rel=1e-12) for f in w] for w in want]
+    assert s["class_features"][1]["features"][0]["feature"] == 3
+    off = ModelEval(Relu(6, 6), AnalyzeConfig(class_features=3), seed=0, device=torch.device("cpu"),
+                    n_classes=2)  # not chosen (the run's memory budget): nothing held, nothing listed
+    assert off.class_z.numel() == 0
+    off.update(x[0], torch.arange(40), lab[0])
+    assert "class_features" not in off.summary(40, x[0].sum(0), (x[0] ** 2).sum(0), classes=["no", "yes"])
+
+
+def test_analysis_writes_them_and_the_report_shows_them_escaped(tmp_path, monkeypatch, capsys):
+    """summary.json holds a class_features entry per class (as ad_class's), the report a table per dictionary
+    with the label escaped and each feature linked to its page; class_features 0, or one class, writes
+    none; a budget too small for the sums leaves them out with a note."""
+    run_dir = _run_dir(tmp_path, monkeypatch)
+    lab = np.array(["<b>bold</b>", "plain"])[np.arange(96) % 2]
+    np.save(run_dir / "labels.npy", lab)
+    cfg = {"device": "cpu", "n_features": 2, "top_k": 2, "context": 1, "labels": str(run_dir / "labels.npy")}
+    run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(**cfg, class_features=2))
+    m = json.loads((run_dir / "summary.json").read_text())["models"]["sae"]
+    assert [(c["label"], c["n"]) for c in m["class_features"]] == [("<b>bold</b>", 16), ("plain", 16)]
+    assert all(len(c["features"]) <= 2 for c in m["class_features"])
+    assert all(f["d"] > 0 for c in m["class_features"] for f in c["features"])
+    listed = [f["feature"] for c in m["class_features"] for f in c["features"]]
+    assert listed  # random rows of 5 dims into 8 latents: some feature leans to either class
+    html = (run_dir / "report.html").read_text()
+    assert "<h2>Features of each class</h2>" in html and "&lt;b&gt;bold&lt;/b&gt;" in html
+    assert "<b>bold</b>" not in html
+    assert re.search(rf'<a href="report/sae.html\?run=[-0-9a-f]+#f={listed[0]}">{listed[0]}</a>', html)
+    for extra, labels in (({"class_features": 0}, lab), ({}, np.full(96, "one"))):
+        np.save(run_dir / "labels.npy", labels)
+        run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(**cfg, **extra))
+        assert "class_features" not in json.loads((run_dir / "summary.json").read_text())["models"]["sae"]
+        assert "Features of each class" not in (run_dir / "report.html").read_text()
+    np.save(run_dir / "labels.npy", lab)
+    monkeypatch.setattr(run, "CLASS_FEATURES_MAX_MIB", 0)
+    capsys.readouterr()
+    run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(**cfg))
+    assert "class_features" not in json.loads((run_dir / "summary.json").read_text())["models"]["sae"]
+    out = capsys.readouterr().out
+    assert ("analyze: note: no class_features for sae: their per-class sums (2 classes x k x 24 bytes "
+            "each) would pass 0 MiB") in out
+
+
+def test_a_negative_count_is_a_config_error():
+    with pytest.raises(ConfigError, match="analyze.class_features must be >= 0, got -1"):
+        AnalyzeConfig(class_features=-1)
