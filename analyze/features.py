@@ -17,6 +17,7 @@ Schema of ``<run_dir>/features/<name>.json`` (what the report's feature pages re
                    "nearest": {"<other>": {"feature": int, "cos": float}},  # analyze.compare; optional
                    "fires_with": [[feature, rows both fire]],   # analyze.cofire; optional, see below
                    "formed": [float | null],   # its best cosine among each snapshot's decoder columns
+                   "classes": [[label, d]],   # analyze.class_features: the classes whose list it is in
                    "logits": {"up": [[token id, float]], "down": [[token id, float]]}}]}  # analyze.logits;
                                                                      # only with analyze.logit_effects
     HIT = [act, row, doc, pos, [token ids of the context], index of the row's token in that list]
@@ -26,6 +27,8 @@ analysis, where it has a direction and that one has a live feature (written by `
 ``KEEP_NEAREST`` = 8 others, in the 8 of highest cosine).
 ``fires_with``: the features that fire on the same rows, by Jaccard similarity of their active rows, best
 first (present when ``analyze.cofire`` > 0 and ``analyze.cofire_max_mib`` held its counts).
+``classes``: with ``analyze.labels``, the classes whose ``class_features`` (summary.json) list the feature,
+with its Cohen's d there, largest first (written by ``analyze.run``; absent on the others).
 Quantile ``lo``/``hi`` are fractions (0..1) of the feature's sampled active rows, ordered by code.
 """
 

@@ -271,6 +271,11 @@ async function renderFeature(i) {
       tr.appendChild(el('td', 'num', F[j] ? pct(both / F[j].fires) : ''));
     }
   }
+  const classes = f.classes || [];
+  if (classes.length) {  // analyze.class_features: the classes whose rows it separates from the others
+    p.appendChild(el('p', 'stats', 'sets apart the rows of class ' + classes.map(
+      ([label, d]) => String(label) + ' (d ' + fmt(d) + ')').join(', ')));
+  }
   for (const [side, word] of [['up', 'raises the logits of'], ['down', 'lowers the logits of']]) {
     const pairs = (f.logits || {})[side] || [];  // direct logit effects (analyze.logit_effects)
     if (!pairs.length) continue;

@@ -366,6 +366,12 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
         if texts:
             data["texts"] = {str(r): texts[r] for r, _, _ in sorted(keys[name]) if r in texts}
         m = ev.summary(n, sum_x, sum_x2, classes)
+        for c in m.get("class_features", []):  # the classes each listed feature sets apart (its page)
+            for f in c["features"]:
+                data["features"][f["feature"]].setdefault("classes", []).append([c["label"], f["d"]])
+        for rec in data["features"]:
+            if "classes" in rec:
+                rec["classes"].sort(key=lambda ld: -ld[1])
         m["training_warning"] = records.get(name, {}).get("warning")  # diverged / learned almost nothing
         m["training_log"] = trained_curve(run_dir, name, records.get(name, {}).get("config_hash"))
         m["config_hash"] = records.get(name, {}).get("config_hash")  # which training of `name` it is

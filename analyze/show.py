@@ -87,6 +87,8 @@ def feature_lines(data: dict, labels: dict, i: int, top: int) -> list[str]:
         lines += [f"  fires with (Jaccard, rows both fire, its top {what}):", *(
             f"  {'#' + str(j):>9}  {both / max(1, f['fires'] + fires[j] - both):.2f}  {both:>7,}  "
             f"{', '.join(labels.get(j, ([], []))[0][:m])}" for j, both in w[:6])]
+    if cl := f.get("classes"):  # analyze.class_features: the classes whose rows it sets apart
+        lines.append("  sets apart the rows of class " + ", ".join(f"{lab!s} (d {d:.3g})" for lab, d in cl))
     for other, near in (f.get("nearest") or {}).items():
         lines.append(f"  nearest direction in {other}: #{near['feature']} (cos {near['cos']:.3f})")
     if formed := f.get("formed"):  # train.snapshot_every: its best cosine in each snapshot, as its page

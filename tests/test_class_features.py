@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from actdict.analyze import metrics as M
-from actdict.analyze import run
+from actdict.analyze import run, show
 from actdict.analyze.config import AnalyzeConfig
 from actdict.analyze.evaluate import ModelEval
 from actdict.config import Common, ConfigError
@@ -129,6 +129,16 @@ def test_analysis_writes_them_and_the_report_shows_them_escaped(tmp_path, monkey
     assert all(f["d"] > 0 for c in m["class_features"] for f in c["features"])
     listed = [f["feature"] for c in m["class_features"] for f in c["features"]]
     assert listed  # random rows of 5 dims into 8 latents: some feature leans to either class
+    feats = json.loads((run_dir / "features" / "sae.json").read_text())["features"]
+    want = {}  # each listed feature's classes and d, as the class lists say, largest d first
+    for c in m["class_features"]:
+        for f in c["features"]:
+            want.setdefault(f["feature"], []).append([c["label"], f["d"]])
+    assert {r["i"]: r["classes"] for r in feats if "classes" in r} == {
+        j: sorted(v, key=lambda ld: -ld[1]) for j, v in want.items()}
+    j, (label, d) = listed[0], want[listed[0]][0]
+    said = show.feature_lines(*show.read_features(run_dir / "dicts" / "sae"), j, 1)
+    assert f"\n  sets apart the rows of class {label} (d {d:.3g})" in "\n".join(said)  # `actdict feature`
     html = (run_dir / "report.html").read_text()
     assert "<h2>Features of each class</h2>" in html and "&lt;b&gt;bold&lt;/b&gt;" in html
     assert "<b>bold</b>" not in html

@@ -499,3 +499,26 @@ def test_a_wordpiece_continuation_is_labelled_with_its_hashes_on_every_surface(c
     assert '<td class="lab">##ing, ing, walk</td>' in dom
     assert '<span class="tok">##ing</span> 0.5' in dom and '<span class="tok">ing</span> -0.5' in dom
     assert '<span class="dim"> walk</span><span class="hl">ing</span>' in dom  # as actdict feature
+
+
+def test_a_feature_names_the_classes_it_sets_apart_as_text(chromium, tmp_path):
+    """analyze.class_features: a feature listed for classes shows them with d, a label with markup as text;
+    a feature listed for none shows no such line."""
+    from actdict.analyze.report_features import write_feature_page
+
+    def feat(i, **extra):
+        return {"i": i, "fires": 2, "density": 0.5, "max": 2.0, "min": 0.5, "quantiles": [],
+                "hist": {"pos": [[32, 2]], "neg": []}, "top": [[2.0, 1, 0, 1, [1, 2], 1]],
+                "bottom": []} | extra
+
+    data = {"version": 1, "name": "c", "k": 2, "n_rows": 4, "window": 1, "hist_edges": list(range(-4, 5)),
+            "tokens": {"1": "a", "2": "b"}, "wordpiece": False,
+            "features": [feat(0, classes=[["<img src=x onerror=pwned()>", 1.25], [5, 0.5]]), feat(1)]}
+    page = write_feature_page(data, "c", {"variant": "sae_l1"}, {"hook": "h"}, tmp_path / "report" / "c.html")
+    dom = _dump(*chromium, page.as_uri() + "#f=0")
+    panel = dom[dom.index('id="panel"'):dom.index('<script type="application/json"')]
+    assert ('<p class="stats">sets apart the rows of class &lt;img src=x onerror=pwned()&gt; (d 1.25), '
+            "5 (d 0.5)</p>") in panel
+    dom = _dump(*chromium, page.as_uri() + "#f=1")
+    panel = dom[dom.index('id="panel"'):dom.index('<script type="application/json"')]
+    assert "<h2>Feature 1</h2>" in panel and "sets apart" not in panel
