@@ -45,7 +45,7 @@ DOCUMENTED_DEFAULTS = {
     "sae_topk_auxk": {"topk": 32, "k_aux": 256, "auxk_coef": 1 / 32, "dead_tokens": 10_000_000},
     "sae_batchtopk": {"topk": 32, "k_aux": 512, "aux_penalty": 1 / 32, "n_batches_to_dead": 5,
                       "threshold_beta": 0.999},
-    "sae_jumprelu": {"lam": 1.0, "bandwidth": 1e-3, "threshold_init": 1e-3},
+    "sae_jumprelu": {"lam": 1.0, "bandwidth": 1e-3, "threshold_init": 1e-3, "lam_warmup_steps": 0},
     "sae_gated": {"lam": 1.0},
     "sae_l1_decnorm": {"lam": 5.0, "lam_warmup_steps": 0, "dec_init_norm": 0.1},
     "sae_kl": {"rho": 0.05, "beta": 3.0, "lam": 1e-4},

@@ -230,6 +230,32 @@ def test_jumprelu_loss_and_ste_by_hand(xb):
     np.testing.assert_allclose(_np(m.W_enc.grad), x.T @ g_pre, rtol=1e-4, atol=1e-6)
 
 
+def test_jumprelu_lam_warms_up_linearly_over_lam_warmup_steps(xb):
+    """Gemma Scope's warm-up: the L0 term weighs lam * s / warm at optimizer step s, then lam; the count is
+    a buffer of the state dict, present only when the warm-up is on (other checkpoints keep their keys);
+    ``after_step`` still renormalises the decoder rows."""
+    lam, warm = 0.3, 4
+    m = make("sae_jumprelu", 6, 10, seed=4, lam=lam, bandwidth=0.8, threshold_init=0.4, lam_warmup_steps=warm)
+    for step in range(6):
+        out = m(xb)
+        terms = m.loss_terms(xb, out)
+        x, We, be, Wd, bd = _np(xb), _np(m.W_enc), _np(m.b_enc), _np(m.W_dec), _np(m.b_dec)
+        pre = _relu(x @ We + be)
+        theta = np.exp(_np(m.log_threshold))
+        x_hat = (pre * (pre > theta)) @ Wd + bd
+        weight = lam * min(1.0, step / warm)  # 0, 0.075, 0.15, 0.225, 0.3, 0.3
+        l0 = (pre > theta).sum(1).mean()
+        assert l0 > 0 and terms["lam"].item() == pytest.approx(weight, rel=1e-6)
+        assert terms["loss"].item() == pytest.approx(((x - x_hat) ** 2).sum(1).mean() + weight * l0, rel=1e-5)
+        with torch.no_grad():
+            m.W_dec.mul_(2.0)
+        m.after_step()
+        torch.testing.assert_close(m.W_dec.norm(dim=1), torch.ones(10))
+    assert m.state_dict()["steps"].item() == 6
+    plain = make("sae_jumprelu", 6, 10, seed=4)
+    assert "steps" not in plain.state_dict() and "lam" not in plain.loss_terms(xb, plain(xb))
+
+
 def test_batchtopk_inference_keeps_only_activations_above_theta(xb):
     """Eval mode: z = acts * (acts > theta), strictly (the official code; the exported JumpReLU's test too):
     an activation equal to theta is off. Here acts = relu(b_enc) on every row."""

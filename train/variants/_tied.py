@@ -112,6 +112,14 @@ class TiedSAE(Dictionary):
         return {"architecture": architecture, "apply_b_dec_to_input": self.apply_b_dec_to_input, **t, **extra}
 
 
+def warmed_up(value: float, steps: Tensor, warm: int) -> Tensor:
+    """``value`` * min(1, steps / warm) as a [] tensor on ``steps``' device (``warm`` <= 0: ``value``): a loss
+    weight warmed up linearly from 0 over the first ``warm`` optimizer steps (``steps`` counts those done),
+    read on the device, so no host round trip per step (sae_l1_decnorm's lam, sae_jumprelu's)."""
+    frac = (steps / warm).clamp(max=1.0) if warm > 0 else torch.ones((), device=steps.device)
+    return float(value) * frac
+
+
 def sparse_codes(z: Tensor) -> Tensor:  # [B, k] -> log|z| (exact zeros -> -inf: on their rows AD counts L0)
     return z.abs().log()
 

@@ -15,9 +15,23 @@ Sparse Autoencoders", the paper's pseudo-code, App. J).
   theta no gradient (once theta >= eps/2), so the pseudo-code's threshold gradient is the one-sided half of
   the kernel estimate, about half of ours. Open choice; we follow the equation.
 * Defaults (our reading of the paper for inputs normalised to E||x||^2 = d, which the loop's ``normalize``
-  provides): ``bandwidth`` eps = 0.001, ``threshold_init`` theta_0 = 0.001, ``lam`` (sparsity coefficient)
-  = 1.0 (SAELens' default ``l0_coefficient``; the paper sweeps it to set L0). Decoder rows are kept at unit
-  norm (our reading of the paper's training set-up); init W_enc = W_dec^T, biases 0 (see ``_tied``).
+  provides): ``bandwidth`` eps = 0.001, ``threshold_init`` theta_0 = 0.001 (Gemma Scope's, Lieberum et al.
+  2024, and SAELens' ``jumprelu_bandwidth`` / ``jumprelu_init_threshold`` until its later releases, whose
+  defaults are 0.05 / 0.01: jbloomAus/SAELens ``sae_lens/saes/jumprelu_sae.py``), ``lam`` (sparsity
+  coefficient) = 1.0 (SAELens' default ``l0_coefficient``; the paper sweeps it to set L0).
+* lam warm-up: ``lam_warmup_steps`` > 0 raises lam linearly from 0 over that many optimizer steps (lam * s /
+  warm at step s, then lam), as Gemma Scope trains (from 0 over its first 10,000 steps) and SAELens'
+  ``l0_warm_up_steps`` does. Our default is 0 (off, SAELens' default), not Gemma Scope's 10,000: a short
+  run would spend all of its steps in the warm-up. The step count is a buffer (only when the warm-up is
+  on, so other checkpoints keep their keys), so a resumed run continues the warm-up.
+* Decoder rows are kept at unit norm, the gradient along each row projected out (Gemma Scope's training
+  set-up; ``_tied``). Init: W_dec rows uniform on the sphere at unit norm, W_enc = W_dec^T, biases 0
+  (``_tied``); Gemma Scope draws W_dec He-uniform before the same normalisation (other directions' law, the
+  same norms) and also starts W_enc at W_dec^T, b_enc = b_dec = 0.
+* Not done: SAELens' later options from Anthropic's JumpReLU set-up (``jumprelu_sparsity_loss_mode``
+  "tanh": a tanh of z * ||W_dec row|| in place of the step, and ``pre_act_loss_coefficient``'s penalty on
+  dead latents' pre-activations below theta). Neither is in the paper; SAELens' defaults ("step", None) are
+  the paper's loss, which is ours.
 * ``Forward.codes`` = z, ``activity`` = log|z|; ``active_side = "high"``.
 * A random batch gives log_threshold a zero gradient unless some pre-activation lies within eps/2 of theta:
   the contract test uses a wide bandwidth for that reason.
@@ -31,7 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from actdict.train.protocol import Forward, register
-from actdict.train.variants._tied import TiedSAE, sparse_codes
+from actdict.train.variants._tied import TiedSAE, sparse_codes, warmed_up
 
 
 def _kernel(pre: Tensor, theta: Tensor, eps: float) -> Tensor:  # rectangle K((pre - theta) / eps)
@@ -78,12 +92,22 @@ def heaviside(pre: Tensor, theta: Tensor, eps: float) -> Tensor:
 class SAEJumpReLU(TiedSAE):
     variant = "sae_jumprelu"
     apply_b_dec_to_input = False
-    default_params = {"lam": 1.0, "bandwidth": 0.001, "threshold_init": 0.001}
+    default_params = {"lam": 1.0, "bandwidth": 0.001, "threshold_init": 0.001, "lam_warmup_steps": 0}
     positive = ("bandwidth", "threshold_init")
 
     def __init__(self, d: int, k: int, **params) -> None:
         super().__init__(d, k, **params)
         self.log_threshold = nn.Parameter(torch.full((k,), math.log(float(self.params["threshold_init"]))))
+        if self.warmup > 0:
+            self.register_buffer("steps", torch.tensor(0, dtype=torch.long))
+
+    @property
+    def warmup(self) -> int:
+        return int(self.params["lam_warmup_steps"])
+
+    def lam_now(self) -> Tensor | float:  # lam * s / warm at step s ([] on the model's device), else lam
+        lam = self.params["lam"]
+        return warmed_up(lam, self.steps, self.warmup) if self.warmup > 0 else lam
 
     def forward(self, x: Tensor, sample: bool = True) -> Forward:  # x: [B, d]; deterministic
         pre = torch.relu(self.pre(x))  # [B, k]
@@ -96,7 +120,15 @@ class SAEJumpReLU(TiedSAE):
     def loss_terms(self, x: Tensor, out: Forward) -> dict[str, Tensor]:
         sse = (x - out.x_hat).pow(2).sum(-1).mean()
         l0 = out.extras["l0"].mean()
-        return {"loss": sse + self.params["lam"] * l0, "sse": sse.detach(), "l0": l0.detach()}
+        lam = self.lam_now()
+        terms = {"loss": sse + lam * l0, "sse": sse.detach(), "l0": l0.detach()}
+        return terms | ({"lam": lam} if self.warmup > 0 else {})
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        super().after_step()  # the unit-norm decoder rows
+        if self.warmup > 0:
+            self.steps.add_(1)
 
     def to_saelens(self) -> dict:
         return self._saelens("jumprelu", threshold=self.log_threshold.detach().exp().float().cpu())

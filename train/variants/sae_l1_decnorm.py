@@ -28,7 +28,7 @@ from torch import Tensor
 from actdict.train.protocol import Forward, register, wants_input_grad
 from actdict.train.variants._fused_l1 import relu_codes, relu_l1_sae
 from actdict.train.variants._sparse import SPARSE_BELOW, Pattern
-from actdict.train.variants._tied import TiedSAE, sparse_codes
+from actdict.train.variants._tied import TiedSAE, sparse_codes, warmed_up
 
 
 @register
@@ -45,10 +45,8 @@ class SAEL1DecNorm(TiedSAE):
         self.init_tied(float(self.params["dec_init_norm"]))
         self.register_buffer("steps", torch.tensor(0, dtype=torch.long))
 
-    def lam_now(self) -> Tensor:  # [] on the model's device (no host round trip per step)
-        warm = int(self.params["lam_warmup_steps"])
-        frac = (self.steps / warm).clamp(max=1.0) if warm > 0 else torch.ones((), device=self.steps.device)
-        return float(self.params["lam"]) * frac  # lam * s / warm at step s
+    def lam_now(self) -> Tensor:  # [] on the model's device: lam * s / warm at step s
+        return warmed_up(self.params["lam"], self.steps, int(self.params["lam_warmup_steps"]))
 
     def forward(self, x: Tensor, sample: bool = True) -> Forward:  # x: [B, d]; deterministic
         if not torch.is_grad_enabled() or wants_input_grad(x):  # analysis, attribution: the plain composition
