@@ -9,7 +9,9 @@ Principles", arXiv 2601.06478; official code alanoursland/implicit_em_in_neural_
   + lam_var * ( - sum_j log(Var_b(E_j) + var_eps) )                (unbiased batch variance)
   + lam_tc  * sum_{i != j} Corr_b(E)_ij^2                          (batch correlation, std + 1e-8)
   + lam_wr  * ||W_n W_n^T - I||_F^2, W_n = rows of W over their norms (+1e-8)   (optional, default off).
-  Defaults as the paper/code: lam_lse = lam_var = lam_tc = 1, lam_wr = 0, var_eps = 1e-6. There is no
+  Defaults as the paper/code: lam_lse = lam_var = lam_tc = 1, lam_wr = 0, var_eps = 1e-6. (The LSE term is
+  that of the code's revision fee2327, whose gradient is the responsibility softmax(-E), the paper's
+  identity; an earlier revision, 3cd3262, had + mean_b logsumexp(-E), the opposite sign.) There is no
   reconstruction term. The batch statistics need B >= 2; under torchrun they are the global batch's
   (``batch_moments``), and the summed LSE term is the global batch's sum, so 2 ranks train as one process.
 * x_hat: the model has no decoder. We define x_hat = E @ W (the transposed encoder as a pseudo-decoder, no

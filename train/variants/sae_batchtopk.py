@@ -7,10 +7,15 @@ bartbussmann/BatchTopK ``sae.py``).
 * inference (eval mode): a single threshold theta, z = acts * (acts > theta). theta is estimated during
   training as a running mean of the smallest kept (positive) activation of each batch:
   theta <- beta * theta + (1 - beta) * min_{z>0} z, with beta = ``threshold_beta`` (0.999; the first batch
-  sets theta directly). (The paper: "the average of the minimum positive activation values across
-  batches"; the EMA is our open choice, as in the dictionary_learning implementation.) Before any training
-  theta = 0. ``sample`` is ignored: the train/inference switch is the module's mode, so ``checkpoint.load``
-  (eval) and analysis use the threshold.
+  sets theta directly). Before any training theta = 0. ``sample`` is ignored: the train/inference switch is
+  the module's mode, so ``checkpoint.load`` (eval) and analysis use the threshold. How theta is estimated
+  is an open choice, and the references differ: the paper: "the average of the minimum positive
+  activation values across batches"; the official ``sae.py`` (b454c16) has no inference threshold (its
+  forward is the batch top-k in every mode); saprmarks/dictionary_learning ``trainers/batch_top_k.py``:
+  this EMA with beta 0.999, but updated only after ``threshold_start_step`` = 1000 steps (its first update
+  sets theta), so the untrained dictionary's values never enter it; SAELens ``saes/batchtopk_sae.py``: an
+  EMA with weight ``topk_threshold_lr`` = 0.01 (beta 0.99) started from theta = 0. Ours starts at the first
+  batch; ``threshold_note`` says when that start still weighs more than 5% of theta at a run's end.
 * x_hat = z @ W_dec + b_dec.
 * loss (official): l2 = mean_elems (x_hat - x)^2 + aux, aux = ``aux_penalty`` * mean_elems (x_aux - r)^2 with
   r = x - x_hat (not detached, as official), x_aux = TopK_{min(k_aux, n_dead)}(acts[:, dead]) @ W_dec[dead]
@@ -19,7 +24,13 @@ bartbussmann/BatchTopK ``sae.py``).
   no latent is dead. No L1 term (official l1_coeff = 0).
 * Encoder bias: the paper's formula has b_enc, the official ``BatchTopKSAE`` (b454c16) none; we keep it,
   initialised at 0 (so the two start equal).
-* unit-norm decoder rows + gradient projection, encoder init = decoder^T, biases 0 (see ``_tied``).
+* unit-norm decoder rows + gradient projection, encoder init = decoder^T, biases 0 (see ``_tied``). Open
+  choices of init and input: the official W_enc is kaiming-uniform, each latent's column of norm about
+  sqrt(2d/k), and only W_dec = W_enc^T is normalised; ours starts W_enc's columns at unit norm too. The
+  official config standardises each input row (``input_unit_norm``: true; mean 0, std 1 per row, undone
+  on the output); not done here (the loop's ``normalize`` scales the whole data set instead).
+* dictionary_learning's trainer differs in AuxK (OpenAI's normalised loss with a detached residual, dead =
+  10M tokens idle, k_aux = d/2); ours is the official repository's.
 * ``Forward.codes`` = z, ``activity`` = log|z| (``activity``, and in training also ``codes``, built only when
   read); ``active_side = "high"``.
 * Sparse training path (``_sparse``): pre is computed densely without grad (the batch top-k needs all of

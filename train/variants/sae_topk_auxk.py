@@ -5,6 +5,8 @@ openai/sparse_autoencoder ``train.py``).
   z = relu(TopK_k(pre)) (the k largest pre-activations of each row, then ReLU); x_hat = z @ W_dec + b_pre.
 * dead latents: a latent is dead when it has not fired (z > 1e-3, the official test) for more than
   ``dead_tokens`` training tokens (official: 10M tokens, counted in steps of the batch size; we count rows).
+  The official count of a latent that fires is 1 after its step, not 0, so once it has fired it is dead
+  one step sooner than here (from the start of training the two agree).
 * AuxK, as the official training loss: z_aux = relu(TopK_{k_aux}(pre * dead_mask)) (the live latents'
   pre-activations zeroed, then the top k_aux), decoded with the bias as every official decode is:
   L_aux = nmse(z_aux @ W_dec + b_pre, x - x_hat + b_pre), x_hat and the target's b_pre detached. Its value
@@ -18,6 +20,15 @@ openai/sparse_autoencoder ``train.py``).
   estimated on each batch, an open choice that only rescales the step; under torchrun on the global batch,
   every rank's rows, so that the ranks' averaged gradient is the one process's.)
 * unit-norm decoder rows with gradient projection; encoder init = decoder^T; b_enc = b_pre = 0 (``_tied``).
+  Open choices of init (the protocol builds a model before it sees data): the official ``init_from_data_``
+  sets b_pre to the geometric median of a data sample and divides W_enc so that random unit-norm inputs
+  reconstruct at norm 1 on average (paper App. A.1: this scaling had no or a weakly negative effect in
+  their ablations); ours keeps W_enc's rows at unit norm and b_pre at 0. Official directions: nn.Linear's
+  uniform init; ours: uniform on the sphere.
+* Not here (the loop's, or not done): the official Adam (lr 1e-4, eps 6.25e-10), its optional weight EMA,
+  and the per-row standardisation of inputs (``normalize``, layer-norm style) of the released TopK
+  autoencoders in the official ``model.py`` (``train.py`` does not standardise; the loop's ``normalize``
+  scales the whole data set instead).
 * ``Forward.codes`` = z, ``activity`` = log|z| (both dense [B, k], no grad, built only when read);
   ``active_side = "high"``.
 * Sparse path (``_sparse``): pre is computed densely without grad (the top-k selections need all of it);
@@ -25,8 +36,9 @@ openai/sparse_autoencoder ``train.py``).
   gradients for W_enc, b_enc and b_pre (``gather_linear``), and decoded without a dense code
   (``sparse_decode``). Loss and gradients equal the dense computation's to float rounding.
 
-params: ``topk`` (k, default 32, official), ``k_aux`` (default 256, official; clipped to the dictionary size),
-``auxk_coef`` (1/32), ``dead_tokens`` (10_000_000).
+params: ``topk`` (k, default 32), ``k_aux`` (default 256; clipped to the dictionary size; other ports, e.g.
+dictionary_learning's, take d/2), ``auxk_coef`` (1/32), ``dead_tokens`` (10_000_000): the official
+``train.py`` ``Config``'s values.
 """
 
 from __future__ import annotations
