@@ -17,8 +17,10 @@ Open choices (the paper's text; where it is silent, said so):
 
 * decoder rows kept at unit norm (the paper's constraint, without which the L1 term shrinks by scaling
   W_dec up): the gradient component along each row is projected out and the rows renormalised after each
-  step (``_tied``). SAELens' training of this architecture drops the constraint and weights the L1 by the
-  decoder rows' norms, with an unfrozen auxiliary decoder (the authors' later variant); we follow the paper.
+  step (``_tied``). SAELens' training of this architecture (jbloomAus/SAELens
+  ``sae_lens/saes/gated_sae.py``, ``GatedTrainingSAE.calculate_aux_loss``) drops the constraint and weights
+  the L1 by the decoder rows' norms, with an unfrozen auxiliary decoder (the authors' later variant); we
+  follow the paper.
 * no resampling of dead latents (the original training resampled them, as the authors wrote when they
   proposed the later variant without it; no other variant here resamples either).
 * init (the paper does not fix one that we follow): W_dec rows uniform on the sphere, W_enc = W_dec^T,

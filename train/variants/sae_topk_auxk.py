@@ -1,5 +1,6 @@
 """SAE-TopK with the AuxK loss (Gao et al. 2024, "Scaling and evaluating sparse autoencoders"; official code
-openai/sparse_autoencoder ``train.py``).
+openai/sparse_autoencoder ``sparse_autoencoder/train.py``: ``FastAutoencoder``, ``main``'s loss and
+``init_from_data_``; ``sparse_autoencoder/kernels.py``: ``normalized_mse``).
 
 * pre = (x - b_pre) @ W_enc + b_enc with b_pre = ``b_dec`` (tied, as in the official code's ``pre_bias``);
   z = relu(TopK_k(pre)) (the k largest pre-activations of each row, then ReLU); x_hat = z @ W_dec + b_pre.
