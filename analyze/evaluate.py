@@ -2,7 +2,7 @@
 
 :class:`ModelEval` is fed every test batch once; it keeps sums and counts, none per row (RE, cosine, L0,
 how many rows have each AD, fire counts, per-class sums of |z| or log var and of AD, and for the class
-features per-class sums of z, z^2 and fires), the paper-protocol
+features per-class sums of |z|, z^2 and fires), the paper-protocol
 figures of the first test batch (one stochastic RE, the masked-dimensions curve) and a
 :class:`~actdict.analyze.toptokens.FeatureTracker` for all features.
 :meth:`ModelEval.summary` turns them into the model's summary.json entry (metrics from ``metrics.py``).
@@ -35,7 +35,7 @@ class ModelEval:
         self.class_n = torch.zeros(n_classes, dtype=torch.long, device=device)  # [C]
         self.class_ad = torch.zeros(n_classes, dtype=torch.long, device=device)  # [C] sum of AD
         c = n_classes if class_features and cfg.class_features else 0  # what class_separation reads
-        self.class_z = torch.zeros(c, model.k, dtype=torch.float64, device=device)  # [C, k] sum of z
+        self.class_z = torch.zeros(c, model.k, dtype=torch.float64, device=device)  # [C, k] sum of |z|
         self.class_z2 = torch.zeros(c, model.k, dtype=torch.float64, device=device)  # [C, k] sum of z^2
         self.class_fire = torch.zeros(c, model.k, dtype=torch.long, device=device)  # [C, k] rows active
         samples = cfg.quantiles * cfg.quantile_samples
@@ -64,7 +64,7 @@ class ModelEval:
             self.class_n += torch.bincount(cls[has], minlength=len(self.class_n))
             self.class_ad.index_add_(0, cls[has], ad[has])
             if len(self.class_z):
-                z = out.codes[has].to(torch.float64)  # [B', k]
+                z = out.codes[has].to(torch.float64).abs_()  # [B', k] |z|
                 self.class_z.index_add_(0, cls[has], z)
                 self.class_z2.index_add_(0, cls[has], z.square_())
                 self.class_fire.index_add_(0, cls[has], mask[has].long())

@@ -188,21 +188,24 @@ def masked_re_curve(x, codes, activity, side: Side, decode, kept: Sequence[int])
 
 
 def class_separation(sums, squares, fires, n, top: int) -> list[list[dict]]:
-    """Per class, the ``top`` features whose code most separates its rows from every other labelled row:
-    Cohen's d of the code, d = (mean_in - mean_out) / sqrt((var_in + var_out) / 2) (population variances,
-    the two groups weighted alike whatever their sizes), largest first, d > 0 only (features more active
-    in the class). From per-class sums, not rows: sums, squares [C, k] (sum of z and of z^2 over the
-    class's rows), fires [C, k] (rows where the feature is active), n [C] rows.
+    """Per class, the ``top`` features whose code's magnitude |z| most separates its rows from every other
+    labelled row: Cohen's d, d = (mean_in - mean_out) / sqrt((var_in + var_out) / 2) of |z| (population
+    variances, the two groups weighted alike whatever their sizes), largest first, d > 0 only (features
+    more active in the class). |z|, not z: a VAE's codes are signed, and a latent that one class uses in
+    both directions has a mean near 0 there (an SAE's codes are >= 0: |z| = z). From per-class sums, not
+    rows: sums, squares [C, k] (sum of |z| and of z^2 over the class's rows), fires [C, k] (rows where the
+    feature is active), n [C] rows.
 
-    -> for each class, a list of ``{"feature", "d", "mean_in", "mean_out", "fire_in", "fire_out"}`` (fire:
-    the share of the rows where it is active). A class with fewer than 2 rows, or with fewer than 2 other
-    rows, lists none; a feature constant within both groups (pooled sd 0) has no d and is not listed."""
+    -> for each class, a list of ``{"feature", "d", "abs_in", "abs_out", "fire_in", "fire_out"}`` (abs: the
+    mean |z|; fire: the share of the rows where it is active). A class with fewer than 2 rows, or with
+    fewer than 2 other rows, lists none; a feature constant within both groups (pooled sd 0) has no d and
+    is not listed."""
     s, q = _tensor(sums).to(torch.float64), _tensor(squares).to(torch.float64)  # [C, k]
     f, cnt = _tensor(fires).to(torch.float64), _tensor(n).to(torch.float64)  # [C, k], [C]
     n_in, n_out = cnt[:, None], cnt.sum() - cnt[:, None]  # [C, 1]
     s_out, q_out, f_out = s.sum(0) - s, q.sum(0) - q, f.sum(0) - f  # [C, k]: every other labelled row
     m_in, m_out = s / n_in.clamp(min=1), s_out / n_out.clamp(min=1)
-    v_in = (q / n_in.clamp(min=1) - m_in ** 2).clamp(min=0)  # E[z^2] - E[z]^2 (float64 sums)
+    v_in = (q / n_in.clamp(min=1) - m_in ** 2).clamp(min=0)  # E[z^2] - E[|z|]^2 (float64 sums)
     v_out = (q_out / n_out.clamp(min=1) - m_out ** 2).clamp(min=0)
     sd = ((v_in + v_out) / 2).sqrt()  # [C, k]
     d = torch.where(sd > 0, (m_in - m_out) / sd.where(sd > 0, 1.0), torch.nan)
@@ -213,7 +216,7 @@ def class_separation(sums, squares, fires, n, top: int) -> list[list[dict]]:
             continue
         dc = d[c].nan_to_num(nan=-torch.inf)  # [k]
         order = torch.argsort(-dc, stable=True)[:top]  # ties: the lower feature index first
-        out.append([{"feature": int(j), "d": float(dc[j]), "mean_in": float(m_in[c, j]),
-                     "mean_out": float(m_out[c, j]), "fire_in": float(f[c, j] / cnt[c]),
+        out.append([{"feature": int(j), "d": float(dc[j]), "abs_in": float(m_in[c, j]),
+                     "abs_out": float(m_out[c, j]), "fire_in": float(f[c, j] / cnt[c]),
                      "fire_out": float(f_out[c, j] / n_out[c, 0])} for j in order.tolist() if dc[j] > 0])
     return out

@@ -28,10 +28,10 @@ summary.json (version 2 = version 1 plus keys; floats rounded to 6 significant d
         "masked_curve": {"kept": [int], "re": [float], "rows": int, "sample": bool},  # paper Fig. 4 (v2)
         "ad_class": [{"label", "n", "ad", "ad_of_mean"}],  # only with analyze.labels (v2)
         "ad_class_unlabelled": int,  # with ad_class: evaluated rows without a label (NaN, ""), left out
-        "class_features": [{"label", "n", "features": [{"feature": int, "d": float, "mean_in": float,
-                            "mean_out": float, "fire_in": float, "fire_out": float}]}],
+        "class_features": [{"label", "n", "features": [{"feature": int, "d": float, "abs_in": float,
+                            "abs_out": float, "fire_in": float, "fire_out": float}]}],
                               # with analyze.labels and class_features: per class, the features whose
-                              # code most separates its rows from the other labelled rows (Cohen's d)
+                              # |code| most separates its rows from the other labelled rows (Cohen's d)
         "ce": float, "kl": float, "ce_recovered": float,   # only with analyze.ce_loss (v2)
         "training_warning": str | null,  # the warning its training saved (diverged, learned almost nothing)
         "training_log": null | {"step": [int], "epoch": [int], "lr": [float], "<term>": [float | null]},

@@ -25,7 +25,7 @@ def _direct(z: np.ndarray, fire: np.ndarray, lab: np.ndarray, c: int) -> dict[in
     sd = np.sqrt((inn.var(0) + out.var(0)) / 2)
     with np.errstate(divide="ignore", invalid="ignore"):
         d = (inn.mean(0) - out.mean(0)) / sd
-    return {j: {"feature": j, "d": d[j], "mean_in": inn.mean(0)[j], "mean_out": out.mean(0)[j],
+    return {j: {"feature": j, "d": d[j], "abs_in": inn.mean(0)[j], "abs_out": out.mean(0)[j],
                 "fire_in": fin.mean(0)[j], "fire_out": fout.mean(0)[j]} for j in range(z.shape[1])}
 
 
@@ -58,6 +58,25 @@ def test_class_separation_equals_cohens_d_computed_from_the_rows():
             assert f == pytest.approx(ref[f["feature"]], rel=1e-9, abs=1e-12)
 
 
+def test_signed_codes_are_compared_by_their_magnitude():
+    """A VAE's latent that one class uses in both directions (+-2 on its rows, ~0 elsewhere) has a signed
+    mean of ~0 there: by |z| it leads that class's list (ModelEval sums |z|); the signed code's d would put
+    a latent with a small shift of one sign first."""
+    g = torch.Generator().manual_seed(2)
+    lab = torch.arange(200) // 100  # [200] classes 0, 1
+    z = 0.1 * torch.randn(200, 3, generator=g)
+    z[100:, 0] += torch.where(torch.arange(100) % 2 == 1, 2.0, -2.0)  # both signs: signed mean ~0
+    z[100:, 1] += 0.05  # a small shift of one sign
+    ev = ModelEval(Signed(3, 3), AnalyzeConfig(top_k=2, quantiles=1, quantile_samples=1, class_features=2),
+                   seed=0, device=torch.device("cpu"), n_classes=2, class_features=True)
+    ev.update(z, torch.arange(200), lab)
+    first = ev.summary(200, z.sum(0), (z * z).sum(0), classes=[0, 1])["class_features"][1]["features"][0]
+    assert first["feature"] == 0 and first["d"] > 10 and first["abs_in"] == pytest.approx(2, abs=0.1)
+    fire = np.ones((200, 3))
+    signed = M.class_separation(*_sums(z.double().numpy(), fire, lab.numpy(), 2), top=2)
+    assert signed[1][0]["feature"] == 1  # what the signed code's d says
+
+
 def test_classes_too_small_and_constant_features_list_nothing():
     """A class of one row, and a class whose others are one row, list nothing (no variance to speak of); a
     feature constant within both groups (here always 0) has no d; equal d: the lower index first."""
@@ -82,6 +101,19 @@ class Relu(Dictionary):
     def forward(self, x, sample=True):
         z = torch.relu(x)
         return Forward(z, z, z.abs().log(), {})
+
+    def decode(self, codes):
+        return codes
+
+
+class Signed(Dictionary):
+    """codes = x: signed, as a VAE's posterior means; activity log|x| on the high side."""
+
+    variant = "test_signed"
+    active_side = "high"
+
+    def forward(self, x, sample=True):
+        return Forward(x, x, x.abs().log(), {})
 
     def decode(self, codes):
         return codes
