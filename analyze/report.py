@@ -378,12 +378,12 @@ def _class_features(models: dict[str, dict], pages: dict[str, str]) -> list[str]
         more = (f'<p class="note">{len(classes) - CLASS_ROWS:,} smaller classes are in summary.json.</p>'
                 if len(classes) > CLASS_ROWS else "")
         parts.append(f'<h3>{esc(name)}</h3><div class="scroll"><table class="overview"><tr><th>class</th>'
-                     "<th>rows</th><th>features (Cohen's d of the code; share of the rows active: in the "
+                     "<th>rows</th><th>features (Cohen's d of |code|; share of the rows active: in the "
                      f"class / the others)</th></tr>{rows}</table></div>{more}")
     if not parts:
         return []
     return ["<h2>Features of each class</h2>",
-            '<p class="note">With analyze.labels: for each class, the features whose code most separates its '
+            '<p class="note">With analyze.labels: for each class, the features whose |code| most separates its '
             "rows from every other labelled row (d = difference of the two means over the root of the mean "
             "of their variances; features more active in the class only).</p>", *parts]
 
