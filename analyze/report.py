@@ -383,9 +383,9 @@ def _class_features(models: dict[str, dict], pages: dict[str, str]) -> list[str]
     if not parts:
         return []
     return ["<h2>Features of each class</h2>",
-            '<p class="note">With analyze.labels: for each class, the features whose |code| most separates its '
-            "rows from every other labelled row (d = difference of the two means over the root of the mean "
-            "of their variances; features more active in the class only).</p>", *parts]
+            '<p class="note">With analyze.labels: for each class, the features whose |code| most separates '
+            "its rows from every other labelled row (d = difference of the two means over the root of the "
+            "mean of their variances; features more active in the class only).</p>", *parts]
 
 
 def _class_feature(f: dict, page: str | None) -> str:
