@@ -44,7 +44,7 @@ table.overview { border-collapse: collapse; font-variant-numeric: tabular-nums; 
 .ctx span { unicode-bidi: isolate; }  /* a corpus string's bidi control reorders only itself */
 .hl { background: #ffd54f; font-weight: bold; } .dim { color: #555; } .note { color: #666; font-size: 90%; }
 .txt { font-family: system-ui, sans-serif; } .where { color: #888; font-size: 85%; margin-left: 1em; }
-.overview td.txt { text-align: left; }  /* a class's features: a list, not a number */
+.overview td.txt { text-align: left; white-space: normal; }  /* a class's features: one a line */
 .warn { color: #a00; } .tok { font-family: monospace; background: #f0f0f0; white-space: pre; }
 """
 _COLUMNS = [  # (summary key, header, tooltip); in the order of the table analyze prints (run.summary_lines)
@@ -358,8 +358,8 @@ def _features(name: str, m: dict, page: str | None) -> str:
 
 
 CLASS_ROWS = 100
-"""Classes shown per dictionary in report.html's class features (the most populous first); summary.json holds
-every class."""
+"""Classes shown per dictionary in report.html's class features (the most populous, in the labels' order);
+summary.json holds every class."""
 
 
 def _class_features(models: dict[str, dict], pages: dict[str, str]) -> list[str]:
@@ -368,18 +368,20 @@ def _class_features(models: dict[str, dict], pages: dict[str, str]) -> list[str]
     share of the class's rows and of the others' where it is active."""
     parts = []
     for name, m in models.items():
-        classes = sorted(m.get("class_features") or [], key=lambda c: -(c.get("n") or 0))
+        classes = m.get("class_features") or []  # in the labels' order (as ad_class)
         if not classes:
             continue
+        big = sorted(range(len(classes)), key=lambda i: -(classes[i].get("n") or 0))[:CLASS_ROWS]
+        picked = [classes[i] for i in sorted(big)]  # the most populous, in the labels' order
         page = pages.get(name)
         rows = "".join(f'<tr><td>{esc(c.get("label"))}</td><td>{_num(c.get("n"))}</td><td class="txt">'
-                       + ("; ".join(_class_feature(f, page) for f in c.get("features") or []) or "&ndash;")
-                       + "</td></tr>" for c in classes[:CLASS_ROWS])
+                       + ("<br>".join(_class_feature(f, page) for f in c.get("features") or []) or "&ndash;")
+                       + "</td></tr>" for c in picked)
         more = (f'<p class="note">{len(classes) - CLASS_ROWS:,} smaller classes are in summary.json.</p>'
                 if len(classes) > CLASS_ROWS else "")
         parts.append(f'<h3>{esc(name)}</h3><div class="scroll"><table class="overview"><tr><th>class</th>'
-                     "<th>rows</th><th>features (Cohen's d of |code|; share of the rows active: in the "
-                     f"class / the others)</th></tr>{rows}</table></div>{more}")
+                     "<th>rows</th><th>feature: Cohen's d of |code|, active on the class's rows / the "
+                     f"others'</th></tr>{rows}</table></div>{more}")
     if not parts:
         return []
     return ["<h2>Features of each class</h2>",
@@ -392,7 +394,7 @@ def _class_feature(f: dict, page: str | None) -> str:
     """One feature of a class's row: its index (linked to its feature page), d, and where it is active."""
     j = _num(f.get("feature"))
     ref = f'<a href="{esc(page)}#f={j}">{j}</a>' if page else j
-    return (f'{ref} <span class="dim">d {_num(f.get("d"))}, active {_share(f.get("fire_in"))} / '
+    return (f'{ref}: <span class="dim">d {_num(f.get("d"))}, active {_share(f.get("fire_in"))} / '
             f'{_share(f.get("fire_out"))}</span>')
 
 

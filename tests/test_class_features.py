@@ -193,3 +193,19 @@ def test_analysis_writes_them_and_the_report_shows_them_escaped(tmp_path, monkey
 def test_a_negative_count_is_a_config_error():
     with pytest.raises(ConfigError, match="analyze.class_features must be >= 0, got -1"):
         AnalyzeConfig(class_features=-1)
+
+
+def test_the_report_shows_the_most_populous_classes_in_the_labels_order(monkeypatch):
+    """Past CLASS_ROWS classes, report.html shows the most populous ones, in the order of the labels (as
+    ad_class: 1 to 5 stars read in order), and says how many are only in summary.json."""
+    from actdict.analyze import report
+
+    feat = {"feature": 3, "d": 1.5, "abs_in": 2.0, "abs_out": 0.1, "fire_in": 0.9, "fire_out": 0.05}
+    sizes = [5, 9, 2, 7, 8]  # rows of 1..5 stars
+    classes = [{"label": f"{s} stars", "n": n, "features": [feat]} for s, n in enumerate(sizes, 1)]
+    model = {"variant": "sae_l1", "k": 8, "class_features": classes}
+    monkeypatch.setattr(report, "CLASS_ROWS", 3)
+    page = "\n".join(report._class_features({"sae": model}, {"sae": "report/sae.html"}))
+    assert re.findall(r"<tr><td>(\d) stars</td><td>(\d)</td>", page) == [("2", "9"), ("4", "7"), ("5", "8")]
+    assert "2 smaller classes are in summary.json." in page
+    assert '<a href="report/sae.html#f=3">3</a>: <span class="dim">d 1.5, active 90% / 5%</span>' in page
