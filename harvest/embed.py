@@ -78,7 +78,17 @@ class Encoder:
         pooling = next((pooling_mode(m.get_config_dict()) for m in self.model
                         if type(m).__name__ == "Pooling"), None)
         return {"modules": mods, "pooling": pooling, "model_normalizes": "Normalize" in mods,
-                "max_seq_length": int(self.model.max_seq_length)}
+                "max_seq_length": seq_limit(self.model)}
+
+
+def seq_limit(model: Any) -> int | None:
+    """The tokens of a text that sentence-transformers keeps: the model's ``max_seq_length``, or, where that
+    is None (5.x, for a folder that names none: a sentence-t5), its tokenizer's ``model_max_length``, which
+    the tokenizer then cuts at; None if neither is known."""
+    limit = model.max_seq_length
+    if limit is None:
+        limit = getattr(getattr(model, "tokenizer", None), "model_max_length", None)
+    return None if limit is None else int(limit)
 
 
 # sentence-transformers 5 writes one flag per mode ("pooling_mode_mean_tokens": true, ...), 6 "pooling_mode"
@@ -179,7 +189,7 @@ def truncated(enc: Encoder, texts: list[str], prompt: str) -> int:
     """How many of ``texts`` (after ``prompt``) are longer than the model's ``max_seq_length`` tokens, which
     sentence-transformers cuts to that length without a word: one more tokenizer pass, each text read only
     up to one token past the limit. 0 for a model without a tokenizer or limit."""
-    tok, limit = getattr(enc.model, "tokenizer", None), enc.model.max_seq_length
+    tok, limit = getattr(enc.model, "tokenizer", None), seq_limit(enc.model)
     if tok is None or not limit or limit >= 10**9:  # transformers' "no limit" is 1e30
         return 0
     ids = tok([prompt + t for t in texts], truncation=True, max_length=limit + 1)["input_ids"]

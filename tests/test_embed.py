@@ -212,6 +212,29 @@ def test_manifest_names_the_pooling_of_either_sentence_transformers(config, want
                               "max_seq_length": 256}
 
 
+class _Tokenizer:
+    model_max_length = 64
+
+
+class _Unset(list):
+    max_seq_length = None  # sentence-transformers 5.2 for a folder naming none (a sentence-t5)
+    tokenizer = _Tokenizer()
+
+
+def test_a_model_whose_max_seq_length_is_unset_is_described_by_its_tokenizers_limit():
+    """Under sentence-transformers 5.2 (pyproject's lowest) a sentence-t5 folder's max_seq_length is None,
+    and describe() stopped the harvest before its first row (TypeError: int(None)); the tokenizer cuts
+    such a model's texts at its model_max_length, so that is the limit the manifest and the count of
+    truncated texts now use (6.x gives the same number as max_seq_length)."""
+    from actdict.harvest.embed import Encoder
+
+    assert Encoder(_Unset([Normalize()]), "m", None, 384, "cpu").describe()["max_seq_length"] == 64
+    from actdict.harvest.embed import seq_limit
+
+    assert seq_limit(_Model()) == 256
+    assert seq_limit(type("NoTokenizer", (list,), {"max_seq_length": None})()) is None
+
+
 def test_the_progress_bar_ends_full_when_the_source_is_shorter_than_max_tokens(tmp_path, minilm_path, capsys):
     """hemb: 3,000 reviews under max_tokens 100,000 ended the bar at '3000/100000 3%'."""
     src = {"kind": "files", "path": str(_corpus(tmp_path / "c.jsonl", n=12))}
