@@ -130,8 +130,11 @@ def make_encoder(family: str, path: str | Path, pooling: str = "mean", normalize
     ``normalize``; ``prompts`` / ``default_prompt``: its config_sentence_transformers.json's."""
     import torch
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.base.modules import Transformer
-    from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling
+    try:  # sentence-transformers 6's layout
+        from sentence_transformers.base.modules import Transformer
+        from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling
+    except ImportError:  # 5.x, down to pyproject's lowest (5.2), which 6 still reads but deprecates
+        from sentence_transformers.models import Dense, Normalize, Pooling, Transformer
 
     path, hf = Path(path), Path(path) / "hf"
     hf.mkdir(parents=True, exist_ok=True)
