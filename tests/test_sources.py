@@ -426,7 +426,11 @@ def test_documents_are_stripped_and_blank_ones_skipped(tmp_path, monkeypatch):
     assert list(iter_documents(SourceConfig(kind="debian", max_docs=2))) == ["a", "c"]
 
 
-@pytest.mark.parametrize(("line", "said"), [('{"text": \n', r"ValueError: Expected object or value"),
+# a cut record in the reader's words: the newest set's (datasets 5.2, pyarrow 26), then the lowest's (3.3, 15)
+CUT = r"(ValueError: Expected object or value|ArrowInvalid: JSON parse error: Column)"
+
+
+@pytest.mark.parametrize(("line", "said"), [('{"text": \n', CUT),
                                             ('{"text": "a \\ud800 b"}\n', r"ArrowInvalid: JSON parse error: "
                                                                           r"The surrogate pair in string")])
 def test_a_broken_jsonl_record_is_named_by_file_and_line(tmp_path, line, said):
