@@ -23,7 +23,7 @@ import warnings
 import zlib
 from pathlib import Path
 
-from actdict.errors import ActdictError
+from actdict.errors import ActdictError, printable
 
 PACKAGES = ("r-cran-janeaustenr", "bible-kjv-text", "fortunes", "jargon-text", "dict-devil")
 NAME = "debian-prose"
@@ -37,7 +37,9 @@ class CorpusError(ActdictError, RuntimeError):
 
 
 def _log(msg: str) -> None:
-    print(f"[corpus] {msg}", file=sys.stderr, flush=True)
+    """A '[corpus] ...' line on stderr, ``printable``: it names the cache folder, which the user or
+    ACTDICT_CACHE gives (an ESC in it would act on the terminal)."""
+    print(printable(f"[corpus] {msg}"), file=sys.stderr, flush=True)
 
 
 def corpus_dir(cache_dir: str | Path | None = None) -> Path:
@@ -402,11 +404,11 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(e, KeyboardInterrupt):
             print("corpus: interrupted" + (" (the cached corpus is kept)" if cached else ""), file=sys.stderr)
             return 130
-        print(f"corpus: {type(e).__name__}: {e}", file=sys.stderr)
+        print(printable(f"corpus: {type(e).__name__}: {e}"), file=sys.stderr)  # the folder, apt-get's words
         return 2
     for f in cached if args.rebuild else []:
         f.with_name(f".{f.name}.old").unlink(missing_ok=True)
-    print(path)
+    print(printable(path))
     print(json.dumps(corpus_info(path.parent), indent=2))
     return 0
 

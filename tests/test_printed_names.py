@@ -1,7 +1,8 @@
 """Names a user or a shared file gives (a store path, a model folder, a hook) reach the terminal through
 ``errors.printable``: an ESC [ 2J in one cleared the screen, a CR overwrote the line shown. Each surface here
-printed them as they are: the token and embedding harvests' lines, the synthetic data's, and `actdict store
---repair`'s advice."""
+printed them as they are: the token and embedding harvests' lines, the synthetic data's, `actdict store
+--repair`'s advice, the demo corpus' build lines (its cache folder) and `--verify`'s bar (a hook folder's
+name)."""
 
 import os
 from pathlib import Path
@@ -81,3 +82,34 @@ def test_repair_says_its_store_path_and_reimport_command_as_escapes(tmp_path, ca
     assert not raw(out) and f"(the same config and store {tmp_path}/{SAID}) to write" in out
     assert (f"import them again in the same layout: python -m actdict.harvest.vectors FILE {tmp_path}/{SAID} "
             f"--hook vectors --dtype float32 --shard-rows {SHARD} --chunk-rows {CHUNK} --overwrite\n") in out
+
+
+def test_the_demo_corpus_says_its_cache_folder_as_escapes(tmp_path, monkeypatch, capsys):
+    from actdict.harvest import corpus
+
+    monkeypatch.setattr(corpus.shutil, "which", lambda tool: f"/usr/bin/{tool}")  # (no apt-get asked)
+    monkeypatch.setattr(corpus, "_download", lambda work: {p: "1" for p in corpus.PACKAGES})
+    monkeypatch.setattr(corpus, "build_docs", lambda x: [{"text": "One document.", "source": "t:0"}])
+    root = tmp_path / EVIL
+    assert corpus.main([str(root)]) == 0
+    out, err = capsys.readouterr()
+    assert not raw(out) and out.startswith(f"{tmp_path}/{SAID}/{corpus.NAME}.jsonl\n")
+    assert err == (f"[corpus] writing 1 documents to {tmp_path}/{SAID}/{corpus.NAME}.jsonl\n"
+                   "[corpus] done: 1 documents, 2 words\n")
+    (tmp_path / "f\r").write_text("a file, not a folder")
+    assert corpus.main([str(tmp_path / "f\r" / "cache")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"corpus: CorpusError: cannot build the demo corpus in {tmp_path}/f\\x0d/cache (")
+    assert not raw(err)
+
+
+def test_verify_s_bar_says_the_hook_as_escapes(tmp_path, monkeypatch):
+    import tqdm.auto
+
+    from actdict.harvest.store import open_store
+
+    _write(tmp_path / "s", hook=EVIL)
+    bars = []
+    monkeypatch.setattr(tqdm.auto, "tqdm", lambda items, desc, **kw: bars.append(desc) or items)
+    open_store(str(tmp_path / "s"), EVIL).verify(progress=True)
+    assert bars == [f"verify {SAID}"]
