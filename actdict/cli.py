@@ -33,6 +33,7 @@ from actdict import runlog
 from actdict.config import ConfigError, check_threads, common_of, load_experiment, section
 from actdict.errors import (
     ActdictError,
+    closed_output_on_devnull,
     command_printing,
     line_buffered_stdout,
     open_files_hint,
@@ -412,7 +413,9 @@ def entry() -> None:
     background job) stays ignored. Its stdout is written a line at a time (``line_buffered_stdout``): a log
     file keeps every line printed before a SIGKILL, in order with the progress bars' lines on stderr. A stage
     command whose stdout is a file or a pipe (a log) prints a first and a last line: what ran, where and
-    when, and how it ended (``actdict.runlog``), also after an unexpected error's traceback (status 1)."""
+    when, and how it ended (``actdict.runlog``), also after an unexpected error's traceback (status 1). A
+    stdout or stderr it was started without (``2>&-``) is /dev/null (``closed_output_on_devnull``)."""
+    closed_output_on_devnull()  # `2>&-`: the stage runs to its end, its lines on stderr dropped
     line_buffered_stdout()
     argv, started = sys.argv[1:], time.time()
     logs = runlog.logged(argv) and rank() == 0

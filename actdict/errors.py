@@ -208,6 +208,30 @@ def output_dropped_when_closed() -> Iterator[Callable[[], bool]]:
                 setattr(sys, name, dropping.stream)
 
 
+def closed_output_on_devnull() -> None:
+    """A process started with stdout or stderr closed (``actdict train CONFIG 2>&-``, a launcher that closes
+    them): that descriptor opened on /dev/null, and a stderr Python started as None a stream there, whose
+    writes go nowhere, as a reader gone's do (``Dropped``): the stage runs to its end, its status its own.
+    None, stderr's first use (the progress bar's isatty, ``print_error``'s write) was an AttributeError, its
+    traceback written nowhere, status 1, and ``print(..., file=sys.stderr)`` wrote to stdout; and the closed
+    descriptor was the next file's the process opened (a lock, a checkpoint), where a write to stderr from C
+    (torch's warnings) or a child's would have landed. A stdout of None stays None: print writes nothing
+    there. The process' own streams only: ``entry`` and ``run_command``, never ``cli.main``."""
+    import os
+    import sys
+
+    for fd in (1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:  # closed: /dev/null takes its number (the lowest free)
+            null = os.open(os.devnull, os.O_WRONLY)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w", encoding="utf-8")  # the process' stderr until its exit
+
+
 def line_buffered_stdout() -> None:
     """Write stdout a line at a time also when it is a file or a pipe (``nohup``, ``sbatch --output``,
     ``| tee run.log``), as it is on a terminal: Python holds up to 8 KiB of it there, so a process killed
@@ -228,7 +252,9 @@ def run_command(main: Callable[[], int | None]) -> NoReturn:
     sets up first (``set_up_printing``: a stdout that writes what its encoding lacks as escapes, as Windows'
     cp1252 stopped these commands on a non-ASCII path or token, and one-line actdict warnings). Kept, not
     given back: the process ends here, and its flush at exit writes what is left with it. Its stdout is
-    written a line at a time (``line_buffered_stdout``)."""
+    written a line at a time (``line_buffered_stdout``); a closed stdout or stderr is /dev/null
+    (``closed_output_on_devnull``)."""
+    closed_output_on_devnull()
     set_up_printing()
     line_buffered_stdout()
     raise SystemExit(main())

@@ -317,3 +317,39 @@ def test_a_training_whose_stdout_reader_left_trains_to_its_end_quietly(tmp_path,
     assert not (run / "train_state.safetensors").exists()
     last = err.splitlines()[-1] if err else ""
     assert both or last.startswith("train: 100%|") and "| 60/60 [" in last, err
+
+
+def test_a_training_started_with_stderr_closed_trains_to_its_end(tmp_path):
+    """``actdict train CONFIG 2>&-``: Python started it with sys.stderr None, and the progress bar's first
+    use of it raised AttributeError, its traceback written nowhere: status 1 and nothing trained, after
+    stdout's start line. Its stderr is now /dev/null, its lines dropped there as a reader gone's are: the
+    dictionary trained, stdout's lines as ever, status 0."""
+    import json
+
+    cfg = long_training(tmp_path, epochs=2)
+    actdict = Path(sys.executable).parent / "actdict"
+    r = subprocess.run([str(actdict), "train", str(cfg)], stdout=subprocess.PIPE, text=True, env=ENV,
+                       preexec_fn=lambda: os.close(2), timeout=120)
+    lines = r.stdout.splitlines()
+    assert r.returncode == 0, r.stdout
+    assert lines[0].startswith("actdict: started actdict train ") and lines[1].startswith("train: ")
+    assert lines[-1].startswith("actdict: train ended with exit status 0 after ")
+    assert json.loads((tmp_path / "run" / "dicts" / "a" / "cfg.json").read_text())["steps"] == 24
+
+
+def test_a_command_started_with_stderr_closed_ends_with_its_own_status_and_opens_no_file_there(tmp_path):
+    """With stderr closed, a config error's line (``print_error``'s write to None) was an AttributeError:
+    status 1 for 2. And the closed descriptor was the next file's the process opened, where a write to
+    stderr from C (torch's warnings) or from a child would land: /dev/null holds it now."""
+    def closed(args: list[str]) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, *args], stdout=subprocess.PIPE, text=True, env=ENV,
+                              preexec_fn=lambda: os.close(2), timeout=120)
+
+    r = closed(["-m", "actdict.cli", "train", str(tmp_path / "missing.yaml")])
+    header, footer = r.stdout.splitlines()  # runlog's lines only: the error's is stderr's
+    assert r.returncode == 2 and footer.startswith("actdict: train ended with exit status 2 after "), r.stdout
+    r = closed(["-c", "import os\nfrom actdict.errors import run_command\n"
+                "run_command(lambda: print(os.open(os.devnull, os.O_RDONLY), os.path.samestat(os.fstat(2), "
+                "os.stat(os.devnull))))"])
+    fd, null = r.stdout.split()
+    assert r.returncode == 0 and int(fd) > 2 and null == "True"
