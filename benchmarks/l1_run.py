@@ -14,11 +14,13 @@ draws of ``--batch`` rows, the same for every run. Every run takes the same opti
 always clips at 1). Ours runs actdict's own step (``actdict.train.loop.step``), once as shipped (the sparse
 step once at most 5% of a batch's codes are nonzero) and once with the sparse step off.
 
-SAELens (``--saelens-venv``, as in ``benchmarks/train.py``; ``--no-saelens`` skips it) trains its "standard"
-SAE, which is ``sae_l1_decnorm``'s loss (batch mean of the squared error summed over d, plus l1_coefficient
-times sum_i f_i ||W_dec,i||), with ``apply_b_dec_to_input`` off as ours and our initial weights, through
-``SAETrainer.step``. For ``--variant sae_l1`` (paper L1, unit-norm decoder rows, lam2 0) the SAELens run is
-the nearest SAELens config, not the same loss: its row is printed but is not a like-for-like pair.
+SAELens (``--saelens-venv``; or, where no venv can be made, this interpreter with SAELens's packages first
+on the child's path: ``--saelens-path``; as in ``benchmarks/train.py``; ``--no-saelens`` skips it) trains its
+"standard" SAE, which is ``sae_l1_decnorm``'s loss (batch mean of the squared error summed over d, plus
+l1_coefficient times sum_i f_i ||W_dec,i||), with ``apply_b_dec_to_input`` off as ours and our initial
+weights, through ``SAETrainer.step``. For ``--variant sae_l1`` (paper L1, unit-norm decoder rows, lam2 0)
+the SAELens run is the nearest SAELens config, not the same loss: its row is printed but is not a
+like-for-like pair.
 
 Prints the wall time of the training steps of each run (evaluation excluded), how many of our steps were
 sparse, and every ``--every`` steps the mean L0 (on the batch's first 1,024 rows, after the step) and loss
@@ -32,6 +34,7 @@ import argparse
 import contextlib
 import json
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -40,12 +43,15 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from actdict.harvest.store import open_store
-from actdict.train.data import norm_stats
-from actdict.train.export import TENSORS, saelens_view
-from actdict.train.loop import Member, step
-from actdict.train.protocol import make
-from actdict.train.variants._sparse import Pattern
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # saelens_side beside this file (PYTHONSAFEPATH too)
+from saelens_side import add_arguments, child_python  # noqa: E402
+
+from actdict.harvest.store import open_store  # noqa: E402
+from actdict.train.data import norm_stats  # noqa: E402
+from actdict.train.export import TENSORS, saelens_view  # noqa: E402
+from actdict.train.loop import Member, step  # noqa: E402
+from actdict.train.protocol import make  # noqa: E402
+from actdict.train.variants._sparse import Pattern  # noqa: E402
 
 SAELENS_RUN = r'''
 import json, sys, time, numpy as np, torch
@@ -126,9 +132,10 @@ def ours(x: torch.Tensor, idx: torch.Tensor, args, sparse: bool) -> dict:
 
 
 def saelens(x: torch.Tensor, idx: torch.Tensor, args) -> dict | None:
-    """The same run in SAELens (its own venv, a child process); None if it cannot run."""
-    py = args.saelens_venv / "bin" / "python"
-    if not py.exists():
+    """The same run in SAELens (a child process: in its own venv, or with ``--saelens-path``); None if it
+    cannot run."""
+    py, env = child_python(args)
+    if not args.saelens_path and not py.exists():
         print(f"SAELens run skipped: no {py} (create it: python3 -m venv {args.saelens_venv} && "
               f"{args.saelens_venv}/bin/pip install sae-lens torch=={torch.__version__.split('+')[0]})")
         return None
@@ -139,7 +146,8 @@ def saelens(x: torch.Tensor, idx: torch.Tensor, args) -> dict | None:
         np.save(spec["idx"], idx.numpy())
         view = saelens_view(fresh(args, x.shape[1]))
         save_file({n: t.contiguous() for n, t in view.items() if n in TENSORS}, spec["init"])
-        proc = subprocess.run([str(py), "-c", SAELENS_RUN, json.dumps(spec)], capture_output=True, text=True)
+        proc = subprocess.run([str(py), "-c", SAELENS_RUN, json.dumps(spec)], capture_output=True, text=True,
+                              env=env)
     if proc.returncode:
         print(f"SAELens run failed:\n{proc.stderr[-2000:]}")
         return None
@@ -158,8 +166,7 @@ def main() -> None:
     ap.add_argument("--clip", type=float, default=1.0, help="global gradient-norm clip of our runs")
     ap.add_argument("--every", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--saelens-venv", type=Path, default=Path("/tmp/actdict-bench-venv"))
-    ap.add_argument("--no-saelens", action="store_true")
+    add_arguments(ap)  # --saelens-venv, --saelens-path, --no-saelens
     args = ap.parse_args()
     x = load_rows(args.store)
     idx = torch.randint(len(x), (args.steps, args.batch), generator=torch.Generator().manual_seed(args.seed))

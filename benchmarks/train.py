@@ -50,6 +50,9 @@ import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # saelens_side beside this file (PYTHONSAFEPATH too)
+from saelens_side import add_arguments, child_python  # noqa: E402
+
 from actdict.harvest.store import write_vectors  # noqa: E402
 from actdict.train.config import TrainConfig  # noqa: E402
 from actdict.train.data import iter_batches  # noqa: E402
@@ -206,7 +209,7 @@ def store_batches(store, batch: int, pin: bool = False):
         yield from iter_batches(store, range(store.num_chunks), batch, 4, seed=0, epoch=epoch, pin=pin)
 
 
-def saelens_rates(venv: Path, data: Path, args, variant: str, k: int,
+def saelens_rates(data: Path, args, variant: str, k: int,
                   init: dict | None = None) -> dict[tuple[str, int], float]:
     """Samples/s of SAELens's SAETrainer.step (TopK without AuxK, or standard L1) on the saved batches,
     starting from the weights ``init`` (SAELens tensors: ``saelens_tensors``) when given.
@@ -214,10 +217,9 @@ def saelens_rates(venv: Path, data: Path, args, variant: str, k: int,
     With ``args.saelens_path``: this interpreter, with those directories first on the child's PYTHONPATH
     (SAELens and its transformer-lens 3 installed there by ``pip install --target``, as on a GPU machine
     with no package index), instead of the venv."""
-    py, env = venv / "bin" / "python", None
-    if args.saelens_path:
-        py, env = Path(sys.executable), os.environ | {"PYTHONPATH": args.saelens_path}
-    elif not py.exists():
+    py, env = child_python(args)
+    if not args.saelens_path and not py.exists():
+        venv = args.saelens_venv
         print(f"creating {venv} (pip install sae-lens torch==2.13.0) ...", flush=True)
         made = subprocess.run([sys.executable, "-m", "venv", str(venv)]).returncode == 0 and subprocess.run(
             [str(venv / "bin" / "pip"), "install", "-q", "sae-lens", "torch==2.13.0"]).returncode == 0
@@ -257,12 +259,7 @@ def main() -> None:
     ap.add_argument("--sparse-cuda", type=float, default=0.0, metavar="F",
                     help="let the L1 SAEs take their sparse step on CUDA when at most this fraction of the "
                          "codes is nonzero (as shipped: never there; to measure the crossover)")
-    ap.add_argument("--saelens-venv", type=Path, default=Path("/tmp/actdict-bench-venv"))
-    ap.add_argument("--saelens-path", default="", metavar="DIRS",
-                    help="run SAELens with this interpreter and DIRS (os.pathsep-separated) first on its "
-                         "PYTHONPATH instead of --saelens-venv (benchmarks/gpu_session.sh: packages "
-                         "carried as wheels)")
-    ap.add_argument("--no-saelens", action="store_true")
+    add_arguments(ap)  # --saelens-venv, --saelens-path, --no-saelens
     ap.add_argument("--autocast", action="store_true", help="bf16 autocast (both sides) and a bf16 roofline")
     ap.add_argument("--stream-rows", type=int, default=262144)
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:N] (both sides, and the roofline)")
@@ -336,7 +333,7 @@ def main() -> None:
             ref = None
             if v in params and not args.no_saelens:  # measured right after ours: same machine load
                 theirs = None if init is None else saelens_tensors(build(v, args.d, k, p, init))
-                ref = saelens_rates(args.saelens_venv, data, args, v, k, theirs).get((v, k))
+                ref = saelens_rates(data, args, v, k, theirs).get((v, k))
             ref_s = f"{ref:>13,.0f}{rate / ref:>10.2f}x" if ref else f"{'-':>13}{'-':>11}"
             cols = f"{rate:>12,.0f}{flops / 1e9:>12.1f}{pct:>11.1f}%{pct_dense:>30.1f}%{ref_s}"
             print(f"{label:<22}{k:>7}{cols}", flush=True)

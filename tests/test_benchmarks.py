@@ -115,6 +115,83 @@ def test_l1_run_ours_with_and_without_the_sparse_step_agree(tmp_path):
                      out, re.M)
 
 
+FAKE_SAELENS = '''"""A stand-in for SAELens's training API, for --saelens-path: its standard SAE (the squared
+error summed over d plus l1_coefficient * sum_i f_i ||W_dec,i||), Adam and a clip at 1, as
+``SAETrainer.step``; it records the interpreter that imported it."""
+import sys
+import types
+from pathlib import Path
+
+import torch
+
+Path(__file__).with_name("imported_by").write_text(sys.executable)
+__version__ = "0.0.0"
+
+
+class StandardTrainingSAEConfig:
+    def __init__(self, d_in, d_sae, l1_coefficient, apply_b_dec_to_input=True):
+        self.d_in, self.d_sae, self.l1_coefficient = d_in, d_sae, l1_coefficient
+
+
+class StandardTrainingSAE(torch.nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        self.W_enc = torch.nn.Parameter(torch.zeros(cfg.d_in, cfg.d_sae))
+        self.W_dec = torch.nn.Parameter(torch.zeros(cfg.d_sae, cfg.d_in))
+        self.b_enc = torch.nn.Parameter(torch.zeros(cfg.d_sae))
+        self.b_dec = torch.nn.Parameter(torch.zeros(cfg.d_in))
+
+    def encode(self, x):
+        return torch.relu(x @ self.W_enc + self.b_enc)
+
+    def loss(self, x):
+        f = self.encode(x)
+        err = ((f @ self.W_dec + self.b_dec - x) ** 2).sum(-1).mean()
+        return err + self.cfg.l1_coefficient * (f * self.W_dec.norm(dim=1)).sum(-1).mean()
+
+
+class SAETrainer:
+    def __init__(self, cfg, sae, data):
+        self.sae, self.n_training_steps = sae, 0
+        self.opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr)
+
+    def step(self, x):
+        loss = self.sae.loss(x)
+        self.opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.sae.parameters(), 1.0)
+        self.opt.step()
+        return types.SimpleNamespace(loss=loss.detach())
+'''
+FAKE_CONFIG = """class SAETrainerConfig:
+    def __init__(self, lr, **rest):
+        self.lr = lr
+"""
+
+
+def test_l1_run_runs_saelens_from_this_interpreter_with_saelens_path(tmp_path):
+    """``--saelens-path DIRS`` (as benchmarks/train.py's, for a machine where no venv can be made): the
+    SAELens run is this interpreter's child with DIRS first on its path (here a stand-in SAELens), and its
+    column is printed beside ours; l1_run.py had only --saelens-venv."""
+    x = np.random.default_rng(0).standard_normal((2048, 16)).astype(np.float32)
+    write_vectors(str(tmp_path / "s"), x, dtype="float16", shard_rows=1024, chunk_rows=512)
+    (fake := tmp_path / "site" / "sae_lens").mkdir(parents=True)
+    (fake / "__init__.py").write_text(FAKE_SAELENS)
+    (fake / "config.py").write_text(FAKE_CONFIG)
+    out = run("l1_run.py", str(tmp_path / "s"), "--k", "64", "--batch", "64", "--steps", "6", "--every", "3",
+              "--lam1", "5", "--saelens-venv", str(tmp_path / "no-venv"), "--saelens-path",
+              f"{tmp_path / 'nothing'}{os.pathsep}{tmp_path / 'site'}")
+    assert (fake / "imported_by").read_text() == sys.executable
+    head = r"^\s+step\s+L0 ours\s+loss\s+L0 ours, dense only\s+loss\s+L0 SAELens\s+loss$"
+    assert re.search(head, out, re.M)
+    trace = re.findall(r"^\s*(\d+)" + r"\s+([\d.]+)" * 6 + "$", out, re.M)
+    assert [t[0] for t in trace] == ["0", "3", "5"]
+    said = re.search(rf"^SAELens: [\d.]+ s, ({NUM}) samples/s; ours is ([\d.]+)x faster$", out, re.M)
+    assert said and num(said[1]) > 0 and float(said[2]) > 0
+    assert not (tmp_path / "no-venv").exists()  # the venv is neither used nor made
+
+
 def _harvest_rows(out: str, title: str) -> list[list[str]]:
     block = out.split(title, 1)[1].split("\n\n", 1)[0].splitlines()[1:]  # below the title's line
     assert block[0].split()[:3] == ["model", "d", "ctx"]
@@ -150,12 +227,20 @@ def test_harvest_profile_rates_count_the_tokens_it_ran():
 
 
 def test_every_benchmark_flag_is_in_the_readme():
-    """The README's Benchmarks section lists each measuring script's flags (paper_tables.py: its --help)."""
+    """The README's Benchmarks section lists each measuring script's flags (paper_tables.py: its --help),
+    saelens_side.py's SAELens flags too where a script adds them (a helper: no bullet of its own)."""
     readme = (BENCH.parent / "README.md").read_text(encoding="utf-8")
     bullet = r"(?ms)^- `benchmarks/(\w+)\.py[^`]*`: (.*?)(?=^- |^$)"  # up to the next bullet or blank line
     bullets = dict(re.findall(bullet, readme))
-    scripts = sorted(p.stem for p in BENCH.glob("*.py") if p.stem not in ("paper_tables", "paper_report"))
+    helpers = ("paper_tables", "paper_report", "saelens_side")
+    scripts = sorted(p.stem for p in BENCH.glob("*.py") if p.stem not in helpers)
     assert sorted(bullets) == scripts
+    def flags(name: str) -> set[str]:
+        return set(re.findall(r"add_argument\(\"(--[\w-]+)\"", (BENCH / f"{name}.py").read_text()))
+
+    saelens = flags("saelens_side")
+    assert saelens == {"--saelens-venv", "--saelens-path", "--no-saelens"}
     for name in scripts:
-        found = set(re.findall(r"add_argument\(\"(--[\w-]+)\"", (BENCH / f"{name}.py").read_text()))
+        adds = "from saelens_side import add_arguments" in (BENCH / f"{name}.py").read_text()
+        found = flags(name) | (saelens if adds else set())
         assert found and {f for f in found if f"`{f}" not in bullets[name]} == set(), name
