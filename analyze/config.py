@@ -43,6 +43,11 @@ class AnalyzeConfig:
     Rows whose label is missing (NaN, an empty string) are left out of it and counted apart. At most 10,000
     distinct labels (``analyze.inputs.MAX_CLASSES``): a per-row value (an id, a continuous target) is
     refused."""
+    labels_field: str = ""
+    """Instead of ``labels``: a field of the harvest's source documents whose value labels every row of
+    the document (a jsonl key, a parquet column, a hub dataset's field; dotted when nested:
+    ``meta.pile_set_name`` of the Pile; ``source`` of the demo corpus: austen, bible, devil, fortunes,
+    jargon). Read again from the source up to the last document the evaluated rows need."""
     class_features: int = 5
     """With ``labels``: features listed per class, those whose code most separates the class's rows from the
     other labelled rows (Cohen's d of |z|, ``metrics.class_separation``), with their mean |z| and firing
@@ -107,5 +112,8 @@ class AnalyzeConfig:
                               f"{self.density_bins:,}")
         if self.max_test_rows is not None and self.max_test_rows < 1:
             raise ConfigError(f"analyze.max_test_rows must be >= 1 or null, got {self.max_test_rows}")
+        if self.labels and self.labels_field:
+            raise ConfigError("analyze.labels and analyze.labels_field are both set: the rows' labels come "
+                              "from a .npy file or from a field of the harvest's source, not both")
         if not 0.0 <= self.dense_threshold <= 1.0:
             raise ConfigError(f"analyze.dense_threshold must be in [0, 1], got {self.dense_threshold}")

@@ -53,29 +53,92 @@ def read_labels(path: str, n_rows: int, rows: np.ndarray) -> tuple[np.ndarray | 
         raise AnalyzeError(f"analyze.labels: {p} is an .npz archive; save the labels alone with np.save")
     if lab.shape != (n_rows,):
         raise AnalyzeError(f"analyze.labels: {p} has shape {lab.shape}, the store has {n_rows} rows")
-    lab = np.asarray(lab[rows])  # [n] the evaluated rows' labels only, not the whole store's
+    return label_classes(np.asarray(lab[rows]), rows, "analyze.labels", str(p))  # the evaluated rows' only
+
+
+def label_classes(lab: np.ndarray, rows: np.ndarray, key: str, what: str) -> tuple[np.ndarray, list]:
+    """(class index of each label of ``lab`` [n] (the labels of the store rows ``rows``), -1 where missing;
+    the classes) after the checks every source of labels gets; messages name the config ``key`` and
+    ``what`` holds the labels."""
     if lab.dtype.kind == "S":  # bytes: the labels as text (summary.json holds them)
         lab = np.char.decode(lab, "utf-8", errors="replace")
     if lab.dtype.kind not in "biufU":
-        raise AnalyzeError(f"analyze.labels: {p} holds {lab.dtype} values; labels are integers, floats, "
-                           "booleans or strings")
+        raise AnalyzeError(f"{key}: {what} holds {lab.dtype} values; labels are integers, floats, booleans "
+                           "or strings")
     if lab.dtype.kind == "f" and np.isinf(lab).any():  # summary.json (strict JSON) would write the class null
         at = int(rows[np.argmax(np.isinf(lab))])
-        raise AnalyzeError(f"analyze.labels: {p} holds inf at row {at:,}: a label names a class (an integer, "
-                           "a string, a finite number; NaN for none)")
+        raise AnalyzeError(f"{key}: {what} holds inf at row {at:,}: a label names a class (an integer, a "
+                           "string, a finite number; NaN for none)")
     missing = missing_labels(lab)  # [n]
     if missing.all():
-        raise AnalyzeError(f"analyze.labels: every label in {p} is missing (NaN or empty) on the "
-                           f"{len(lab):,} held-out rows analyze evaluates: there is no class to report AD of")
+        raise AnalyzeError(f"{key}: every label in {what} is missing (NaN or empty) on the {len(lab):,} "
+                           "held-out rows analyze evaluates: there is no class to report AD of")
     classes, idx = np.unique(lab[~missing], return_inverse=True)
     if len(classes) > MAX_CLASSES:  # a per-row value (an id, a regression target): [classes, k] per model
-        raise AnalyzeError(f"analyze.labels: {p} holds {len(classes):,} distinct labels, more than "
+        raise AnalyzeError(f"{key}: {what} holds {len(classes):,} distinct labels, more than "
                            f"{MAX_CLASSES:,}: a label names a class of rows (a manifold, a category), and AD "
                            "is reported per class (each class's sums kept for every latent, a bar each in "
                            "the report); bin a per-row value into classes first")
     out = np.full(len(lab), -1, np.int64)  # [n] -1: no label, left out of the per-class AD
     out[~missing] = idx
     return out, [c.item() for c in classes]
+
+
+def source_labels(store, rows: np.ndarray, field: str) -> tuple[np.ndarray, list]:
+    """``label_classes`` of the evaluated store ``rows`` [n] labelled by their documents' ``field`` in the
+    harvest's source (``analyze.labels_field``): each row's ``doc`` is its document's index in
+    ``harvest.sources.iter_records``' order, read up to the last document a row needs. A row of no
+    document (doc < 0) or whose value is None is unlabelled."""
+    from actdict.config import build
+    from actdict.harvest.config import HarvestConfig
+    from actdict.harvest.sources import files_changed, iter_records
+
+    where = f"analyze.labels_field: {field!r}"
+    manifest = store.manifest
+    if not isinstance(manifest.get("harvest"), dict) or manifest.get("kind") not in ("tokens", "embeddings"):
+        raise AnalyzeError(f"{where} labels rows by their documents in the harvest's source, and this store "
+                           f"({manifest.get('kind')}) was harvested from none: give analyze.labels a .npy "
+                           "file of one label per store row")
+    cfg = build(HarvestConfig, manifest["harvest"], "the store manifest's harvest").source
+    if changed := files_changed(manifest, cfg):  # other documents at the same index: not theirs
+        raise AnalyzeError(f"{where}: {changed} since the harvest, so a row's doc may name another document")
+    docs = np.concatenate([store.read_meta(int(a), int(b))[1] for a, b in _runs(rows)] or
+                          [np.empty(0, np.int64)])  # [n] each row's document
+    need, values = set(docs[docs >= 0].tolist()), {}
+    last = max(need, default=-1)
+    try:
+        for i, (_, value) in enumerate(iter_records(cfg, field)):
+            if i > last:
+                break
+            if i in need:
+                values[i] = value
+    except ActdictError as e:
+        raise AnalyzeError(f"{where}: {e}") from e
+    if missing := need - set(values):
+        raise AnalyzeError(f"{where}: the source holds fewer documents than the store names (doc "
+                           f"{min(missing):,} of {len(values):,} read): it is not the harvest's")
+    lab = _as_array([values.get(d) for d in docs.tolist()])
+    return label_classes(lab, rows, "analyze.labels_field", f"the source's field {field!r}")
+
+
+def _runs(rows: np.ndarray) -> list[tuple[int, int]]:
+    """[start, stop) runs of consecutive values in ``rows`` (the evaluated rows: whole test chunks)."""
+    if not len(rows):
+        return []
+    cut = np.flatnonzero(np.diff(rows) != 1) + 1
+    return [(int(r[0]), int(r[-1]) + 1) for r in np.split(rows, cut)]
+
+
+def _as_array(values: list) -> np.ndarray:
+    """Labels as a numpy array: strings (None -> "", missing), else numbers (None -> NaN, missing)."""
+    present = [v for v in values if v is not None]
+    if present and all(isinstance(v, str) for v in present):
+        return np.array(["" if v is None else v for v in values], dtype=str)
+    if any(isinstance(v, str) for v in present):  # mixed: every label as text
+        return np.array(["" if v is None else str(v) for v in values], dtype=str)
+    if None in values or any(isinstance(v, float) for v in present):
+        return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+    return np.array(values)
 
 
 def missing_labels(lab: np.ndarray) -> np.ndarray:

@@ -13,6 +13,7 @@ summary.json (version 2 = version 1 plus keys; floats rounded to 6 significant d
      "test_chunks": [int], "n_test_rows": int,          # rows evaluated (after max_test_rows)
      "ce": null | {"ce_clean": float, "ce_zero": float, "n_tokens": int, "windows": int, "ctx": int},
      "labels": null | str,                              # the labels file of the per-class AD
+     "labels_field": null | str,                        # or the source's field that labels the rows
      "models": {"<name>": {
         "variant": str, "k": int, "active_side": "low" | "high",
         "re_sample": float,   # paper RE: one stochastic forward (seed = common.seed), first test batch
@@ -99,6 +100,7 @@ from actdict.analyze.inputs import (
     readable_variant,
     retraining,
     skipped_notes,
+    source_labels,
     trained_hook,
     trained_records,
 )
@@ -323,7 +325,8 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
     read = chunks_read(store, test_chunks, cfg.max_test_rows)  # fewer under max_test_rows
     print(printable(start_line(list(models), run_dir, len(evaluated), store.manifest.get("hook"), len(read),
                                device, cfg, held=len(test_chunks))))
-    labels, classes = read_labels(cfg.labels, len(store), evaluated)
+    labels, classes = (source_labels(store, evaluated, cfg.labels_field) if cfg.labels_field
+                       else read_labels(cfg.labels, len(store), evaluated))
     text_files = check_texts(cfg.texts, len(store), cfg.texts_column) if cfg.texts else None  # before it
     lm = causal_lm(store, device, cfg) if cfg.ce_loss or cfg.logit_effects else None  # before the pass
     splicing = splice_setup(lm, cfg, store, test_chunks) if cfg.ce_loss else None
@@ -339,7 +342,7 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
     summary = {"version": SUMMARY_VERSION, "run_dir": str(run_dir), "store": common.store_path,
                "hook": store.manifest.get("hook"), "d": d, "run_id": run_id, "test_chunks": test_chunks,
                "n_test_rows": n,
-               "labels": cfg.labels or None,
+               "labels": cfg.labels or None, "labels_field": cfg.labels_field or None,
                "ce": None if ce is None else {k: v for k, v in ce.items() if k != "models"}, "models": {}}
     (run_dir / "features").mkdir(exist_ok=True)
     _remove_temps(run_dir)
@@ -403,7 +406,8 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
     summary = _clean(summary)
     if left := next(iter(summary["models"].values())).get("ad_class_unlabelled"):
         print(f"analyze: note: {left:,} of the {n:,} evaluated rows have no label (NaN or empty) in "
-              f"{cfg.labels}: they are left out of the per-class AD (ad_class_unlabelled in summary.json)")
+              f"{cfg.labels or 'the source field ' + repr(cfg.labels_field)}: they are left out of the "
+              "per-class AD (ad_class_unlabelled in summary.json)")
     write_report(summary, run_dir)  # the pages carry run_id and check it: a kill part way is seen there
     write_atomic(run_dir / "summary.json", json.dumps(summary, indent=1, allow_nan=False) + "\n")  # last
     print("\n".join(summary_lines(summary)))

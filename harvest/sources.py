@@ -89,22 +89,30 @@ def check_source(cfg: SourceConfig) -> None:
 
 def iter_documents(cfg: SourceConfig) -> Iterator[str]:
     """The non-empty documents of ``cfg``, in a deterministic order, at most ``cfg.max_docs``."""
+    return (text for text, _ in iter_records(cfg))
+
+
+def iter_records(cfg: SourceConfig, field: str = "") -> Iterator[tuple[str, object]]:
+    """(text, value of ``field`` in its source row) of each document ``iter_documents`` yields, in the same
+    order (its index there is the store's ``doc``): a jsonl record's key, a parquet column, a hub dataset's
+    field, ``source`` of the demo corpus (austen, bible, devil, fortunes, jargon); dotted for a nested one
+    (``meta.pile_set_name``). ``field`` "": the value is None. A .txt file's rows have no other field."""
     if cfg.kind == "debian":
-        texts = _debian_texts()
+        pairs = _debian_texts(field)
     elif cfg.kind == "files":
-        texts = _file_texts(cfg)
+        pairs = _file_texts(cfg, field)
     elif cfg.kind == "hub":
-        texts = _hub_texts(cfg)
+        pairs = _hub_texts(cfg, field)
     else:
         raise SourceError(f"unknown source kind {cfg.kind!r}; valid: debian, files, hub")
     if cfg.shuffle_buffer > 0:
-        texts = buffer_shuffle(texts, cfg.shuffle_buffer, cfg.shuffle_seed)
+        pairs = buffer_shuffle(pairs, cfg.shuffle_buffer, cfg.shuffle_seed)
     n = 0
-    for text in texts:
+    for text, value in pairs:
         if cfg.max_docs is not None and n >= cfg.max_docs:
             return
         if text and text.strip():
-            yield text
+            yield text, value
             n += 1
 
 
@@ -124,12 +132,11 @@ def buffer_shuffle(items: Iterable[T], size: int, seed: int) -> Iterator[T]:
     yield from buf
 
 
-def _debian_texts() -> Iterator[str]:
+def _debian_texts(field: str = "") -> Iterator[tuple[str, object]]:
     from actdict.harvest.corpus import ensure_debian_corpus
 
     with open(ensure_debian_corpus(), encoding="utf-8") as f:
-        for line in f:
-            yield json.loads(line)["text"]
+        yield from _field((json.loads(line) for line in f), "text", "the demo corpus", field)
 
 
 def resolve_files(path: str) -> list[Path]:
@@ -178,7 +185,7 @@ def require_readable(cfg: SourceConfig) -> None:
         raise SourceError(why)
 
 
-def _file_texts(cfg: SourceConfig) -> Iterator[str]:
+def _file_texts(cfg: SourceConfig, extra: str = "") -> Iterator[tuple[str, object]]:
     files = _source_files(cfg)
     builders: dict[str, list[str]] = {}  # builder -> files, in order of first appearance
     for f in files:
@@ -198,7 +205,7 @@ def _file_texts(cfg: SourceConfig) -> Iterator[str]:
         try:  # the JSON reader parses the first lines when the dataset is made; paths are its glob patterns
             patterns = [glob.escape(f) for f in data_files]  # 'corpus[1]/a.txt' is no 'corpus1/a.txt'
             ds = datasets.load_dataset(builder, data_files=patterns, split="train", streaming=True, **kw)
-            yield from _field(ds, field, where=f"{len(data_files)} {builder} file(s) at {cfg.path}")
+            yield from _field(ds, field, f"{len(data_files)} {builder} file(s) at {cfg.path}", extra)
         except UnicodeDecodeError as e:
             raise SourceError(f"{_not_utf8(data_files) or cfg.path} is not valid UTF-8 ({e}); re-encode it "
                               "(e.g. `iconv -f latin1 -t utf-8`), or give the text as .txt files, whose "
@@ -274,7 +281,8 @@ def files_changed(manifest: dict, cfg: SourceConfig) -> str | None:
     return f"source files at {cfg.path!r} changed (a path, size or mtime: source_fingerprint {old} -> {new})"
 
 
-def _field(rows: Iterable[dict], field: str, where: str) -> Iterator[str]:
+def _field(rows: Iterable[dict], field: str, where: str, extra: str = "") -> Iterator[tuple[str, object]]:
+    """(text of ``field``, value of ``extra`` or None) of each row."""
     for row in rows:
         if field not in row:
             raise SourceError(f"{where}: rows have no field {field!r}; fields: {sorted(row)} "
@@ -283,7 +291,23 @@ def _field(rows: Iterable[dict], field: str, where: str) -> Iterator[str]:
         if text is not None and not isinstance(text, str):  # a number, the vectors' list: not the texts
             raise SourceError(f"{where}: field {field!r} holds {type(text).__name__} values, not text; "
                               f"fields: {sorted(row)} (set source.text_field)")
-        yield text.strip() if isinstance(text, str) else ""
+        yield (text.strip() if isinstance(text, str) else ""), (_lookup(row, extra, where) if extra else None)
+
+
+def _lookup(row: dict, path: str, where: str) -> object:
+    """``row``'s value at the dotted ``path`` (``meta.pile_set_name``): a string, number, bool or None."""
+    value: object = row
+    for i, key in enumerate(path.split(".")):
+        if not isinstance(value, dict) or key not in value:
+            at = ".".join(path.split(".")[:i]) or "rows"
+            keys = sorted(value) if isinstance(value, dict) else type(value).__name__
+            raise SourceError(f"{where}: {at} have no field {key!r} (fields: {keys}), so {path!r} labels no "
+                              "document")
+        value = value[key]
+    if value is not None and not isinstance(value, str | int | float | bool):
+        raise SourceError(f"{where}: field {path!r} holds {type(value).__name__} values; a label is a "
+                          "string, a number or a bool")
+    return value
 
 
 def _truthy(var: str) -> bool:
@@ -347,7 +371,7 @@ def hub_cache_lacks(name: str) -> str | None:
     return f"none of {', '.join(map(str, folders))} exists"
 
 
-def _hub_texts(cfg: SourceConfig) -> Iterator[str]:
+def _hub_texts(cfg: SourceConfig, extra: str = "") -> Iterator[tuple[str, object]]:
     what_to_do, offline = _HUB_WHAT_TO_DO, _hub_offline()
     _check_hub_source(cfg)
     import datasets
@@ -361,8 +385,8 @@ def _hub_texts(cfg: SourceConfig) -> Iterator[str]:
         raise SourceError(f"hub dataset {cfg.name!r} ({mode}: {type(e).__name__}: {e}); {what_to_do}") from e
     if first is None:
         return
-    yield from _field([first], cfg.text_field, where=f"hub dataset {cfg.name}")
-    yield from _field(rows, cfg.text_field, where=f"hub dataset {cfg.name}")
+    yield from _field([first], cfg.text_field, f"hub dataset {cfg.name}", extra)
+    yield from _field(rows, cfg.text_field, f"hub dataset {cfg.name}", extra)
 
 
 # ------------------------------------------------------------------------------------------ windowing

@@ -422,7 +422,8 @@ def test_documents_are_stripped_and_blank_ones_skipped(tmp_path, monkeypatch):
     (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     src = SourceConfig(kind="files", path=str(tmp_path / "d.jsonl"))
     assert list(iter_documents(src)) == ["padded text", "b"]
-    monkeypatch.setattr(sources, "_debian_texts", lambda: iter(["a", " \n ", "", "c", "d"]))
+    monkeypatch.setattr(sources, "_debian_texts",
+                        lambda field="": iter([(t, None) for t in ["a", " \n ", "", "c", "d"]]))
     assert list(iter_documents(SourceConfig(kind="debian", max_docs=2))) == ["a", "c"]
 
 

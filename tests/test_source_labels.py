@@ -1,0 +1,110 @@
+"""analyze.labels_field: the rows labelled by a field of their documents in the harvest's source (a review's
+stars, the Pile's meta.pile_set_name, the demo corpus' source), read again from the source, as the texts."""
+
+import json
+
+import numpy as np
+import pytest
+
+from actdict.analyze import inputs
+from actdict.analyze.config import AnalyzeConfig
+from actdict.config import Common, ConfigError, build
+from actdict.harvest.config import HarvestConfig
+from actdict.harvest.run import main as harvest_main
+from actdict.harvest.sources import SourceConfig, SourceError, iter_records
+from actdict.harvest.store import open_store
+
+WORDS = "river stone lantern quiet market winter bread engine violin harbor letter garden".split()
+
+
+@pytest.fixture(scope="module")
+def reviews(tmp_path_factory):
+    """A paragraph-embeddings store of 16 reviews (2 paragraphs each, one blank review the harvest skips),
+    each with stars (one null) and a nested meta.shop; its rows' docs and the records, in source order."""
+    root = tmp_path_factory.mktemp("rev")
+    rng = np.random.default_rng(0)
+    recs = []
+    for i in range(17):
+        text = "\n\n".join(" ".join(rng.choice(WORDS, size=int(rng.integers(3, 9)))) for _ in range(2))
+        recs.append({"text": "  " if i == 5 else text, "stars": None if i == 9 else int(i % 3) + 1,
+                     "meta": {"shop": f"<shop {i % 2}>"}})
+    (root / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    cfg = build(HarvestConfig, {"mode": "embeddings", "model": "all-MiniLM-L6-v2", "batch_size": 8,
+                                "source": {"kind": "files", "path": str(root / "r.jsonl")},
+                                "embed": {"unit": "paragraph"}, "store_dtype": "float32", "shard_rows": 16,
+                                "chunk_rows": 8, "max_tokens": None, "device": "cpu"})
+    harvest_main(Common(run_dir=str(root)), cfg)
+    (root / "split.json").write_text(json.dumps({"train_chunks": [0, 1], "test_chunks": [2, 3]}))
+    kept = [r for r in recs if r["text"].strip()]  # the documents as the store numbers them
+    return root, kept
+
+
+def test_iter_records_pairs_each_document_with_its_field(reviews):
+    root, kept = reviews
+    src = SourceConfig(kind="files", path=str(root / "r.jsonl"))
+    assert list(iter_records(src, "stars")) == [(r["text"].strip(), r["stars"]) for r in kept]
+    assert [v for _, v in iter_records(src, "meta.shop")] == [r["meta"]["shop"] for r in kept]
+    assert [v for _, v in iter_records(src)] == [None] * len(kept)
+    with pytest.raises(SourceError, match=r"meta have no field 'city' \(fields: \['shop'\]\), so 'meta.c"):
+        list(iter_records(src, "meta.city"))
+    with pytest.raises(SourceError, match=r"field 'meta' holds dict values; a label is a string, a number"):
+        list(iter_records(src, "meta"))
+
+
+def test_rows_take_their_documents_labels(reviews):
+    """Every evaluated row's class is its document's stars (a null: unlabelled), nested string fields too;
+    the rows are the test chunks', in the pass's order."""
+    root, kept = reviews
+    store = open_store(str(root / "store"))
+    rows = inputs.evaluated_rows(store, [2, 3])
+    docs = np.concatenate([store.read_meta(*store.chunk_bounds(c))[1] for c in (2, 3)])
+    idx, classes = inputs.source_labels(store, rows, "stars")
+    assert classes == [1.0, 2.0, 3.0]  # a null among them: numbers read as floats, NaN unlabelled
+    want = [kept[d]["stars"] for d in docs]
+    assert [None if i < 0 else classes[i] for i in idx] == want and None in want
+    idx, classes = inputs.source_labels(store, rows, "meta.shop")
+    assert [classes[i] for i in idx] == [kept[d]["meta"]["shop"] for d in docs]
+
+
+def test_analysis_reports_the_classes_of_a_source_field(reviews, monkeypatch, capsys):
+    from actdict.analyze import run
+    from actdict.train.protocol import make
+
+    root, _ = reviews
+    monkeypatch.setattr(run, "load_models", lambda *a: {"sae": make("sae_l1", 384, 6, seed=1)})
+    run.main(Common(run_dir=str(root)), AnalyzeConfig(n_features=3, top_k=3, context=0, device="cpu",
+                                                        labels_field="meta.shop"))
+    s = json.loads((root / "summary.json").read_text())
+    assert s["labels_field"] == "meta.shop" and s["labels"] is None
+    m = s["models"]["sae"]
+    assert [c["label"] for c in m["ad_class"]] == ["<shop 0>", "<shop 1>"]
+    assert sum(c["n"] for c in m["ad_class"]) == s["n_test_rows"]
+    assert [c["label"] for c in m["class_features"]] == ["<shop 0>", "<shop 1>"]
+    capsys.readouterr()
+    run.main(Common(run_dir=str(root)), AnalyzeConfig(n_features=3, top_k=3, context=0, device="cpu",
+                                                        labels_field="stars"))
+    m = json.loads((root / "summary.json").read_text())["models"]["sae"]
+    left = m["ad_class_unlabelled"]
+    assert left > 0 and "have no label (NaN or empty) in the source field 'stars'" in capsys.readouterr().out
+    with pytest.raises(inputs.AnalyzeError, match=r"analyze.labels_field: 'colour': .*rows have no field"):
+        run.main(Common(run_dir=str(root)), AnalyzeConfig(device="cpu", labels_field="colour"))
+
+
+def test_a_source_changed_since_the_harvest_or_a_store_of_vectors_is_refused(reviews, tmp_path):
+    root, _ = reviews
+    store = open_store(str(root / "store"))
+    rows = inputs.evaluated_rows(store, [2])
+    manifest = dict(store.manifest)
+    src = tmp_path / "r.jsonl"
+    src.write_text((root / "r.jsonl").read_text() + json.dumps({"text": "new", "stars": 5}) + "\n")
+    store.manifest = manifest | {"harvest": manifest["harvest"] | {
+        "source": manifest["harvest"]["source"] | {"path": str(src)}}}
+    with pytest.raises(inputs.AnalyzeError, match=r"analyze.labels_field: 'stars': source files at .* "
+                                                  r"changed .* since the harvest, so a row's doc may name"):
+        inputs.source_labels(store, rows, "stars")
+    store.manifest = {k: v for k, v in manifest.items() if k != "harvest"} | {"kind": "vectors"}
+    with pytest.raises(inputs.AnalyzeError, match=r"this store \(vectors\) was harvested from none: give "
+                                                  r"analyze.labels a .npy file"):
+        inputs.source_labels(store, rows, "stars")
+    with pytest.raises(ConfigError, match="analyze.labels and analyze.labels_field are both set"):
+        AnalyzeConfig(labels="l.npy", labels_field="stars")
