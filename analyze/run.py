@@ -419,11 +419,7 @@ def cofire_within(models: dict, cfg: AnalyzeConfig) -> set[str]:
     as ``analyze.cofire_max_mib`` holds (k^2 int32 each); a note names the others."""
     if cfg.cofire < 1:
         return set()
-    budget, counted = cfg.cofire_max_mib * 2**20, set()
-    for name in sorted(models, key=lambda n: (models[n].k, n)):
-        if (need := models[name].k ** 2 * 4) <= budget:
-            counted.add(name)
-            budget -= need
+    counted = within_budget(models, lambda k: k ** 2 * 4, cfg.cofire_max_mib)
     if left := sorted(set(models) - counted):
         print(f"analyze: note: no fires_with for {listed(left)}: their co-activation counts (k^2 x 4 bytes "
               f"each) would pass analyze.cofire_max_mib={cfg.cofire_max_mib}")
@@ -439,14 +435,20 @@ def class_features_within(models: dict, n_classes: int, cfg: AnalyzeConfig) -> s
     > 0): smallest k first, as many as ``CLASS_FEATURES_MAX_MIB`` holds; a note names the others."""
     if cfg.class_features < 1 or n_classes < 2:  # one class: no other rows to separate it from
         return set()
-    budget, chosen = CLASS_FEATURES_MAX_MIB * 2**20, set()
-    for name in sorted(models, key=lambda n: (models[n].k, n)):
-        if (need := n_classes * models[name].k * 24) <= budget:
-            chosen.add(name)
-            budget -= need
+    chosen = within_budget(models, lambda k: n_classes * k * 24, CLASS_FEATURES_MAX_MIB)
     if left := sorted(set(models) - chosen):
         print(f"analyze: note: no class_features for {listed(left)}: their per-class sums ({n_classes:,} "
               f"classes x k x 24 bytes each) would pass {CLASS_FEATURES_MAX_MIB:,} MiB")
+    return chosen
+
+
+def within_budget(models: dict, need, mib: int) -> set[str]:
+    """The dictionaries whose ``need(k)`` bytes fit ``mib`` MiB together, taken smallest k first."""
+    budget, chosen = mib * 2**20, set()
+    for name in sorted(models, key=lambda n: (models[n].k, n)):
+        if (b := need(models[name].k)) <= budget:
+            chosen.add(name)
+            budget -= b
     return chosen
 
 
