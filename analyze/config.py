@@ -46,8 +46,8 @@ class AnalyzeConfig:
     labels_field: str = ""
     """Instead of ``labels``: a field of the harvest's source documents whose value labels every row of
     the document (a jsonl key, a parquet column, a hub dataset's field; dotted when nested:
-    ``meta.pile_set_name`` of the Pile; ``source`` of the demo corpus: austen, bible, devil, fortunes,
-    jargon). Read again from the source up to the last document the evaluated rows need."""
+    ``meta.pile_set_name`` of the Pile; ``source`` of the demo corpus, its documents' work and part:
+    austen:prideprejudice:23). Read again from the source up to the last document the rows need."""
     class_features: int = 5
     """With ``labels``: features listed per class, those whose code most separates the class's rows from the
     other labelled rows (Cohen's d of |z|, ``metrics.class_separation``), with their mean |z| and firing

@@ -95,8 +95,9 @@ def iter_documents(cfg: SourceConfig) -> Iterator[str]:
 def iter_records(cfg: SourceConfig, field: str = "") -> Iterator[tuple[str, object]]:
     """(text, value of ``field`` in its source row) of each document ``iter_documents`` yields, in the same
     order (its index there is the store's ``doc``): a jsonl record's key, a parquet column, a hub dataset's
-    field, ``source`` of the demo corpus (austen, bible, devil, fortunes, jargon); dotted for a nested one
-    (``meta.pile_set_name``). ``field`` "": the value is None. A .txt file's rows have no other field."""
+    field, ``source`` of the demo corpus (its work and part: austen:prideprejudice:23, bible:Ge33,
+    fortunes:law:7); dotted for a nested one (``meta.pile_set_name``). ``field`` "": the value is None. A
+    .txt file's rows have no other field."""
     if cfg.kind == "debian":
         pairs = _debian_texts(field)
     elif cfg.kind == "files":
