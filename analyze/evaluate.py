@@ -2,7 +2,7 @@
 
 :class:`ModelEval` is fed every test batch once; it keeps sums and counts, none per row (RE, cosine, L0,
 how many rows have each AD, fire counts, per-class sums of |z| or log var and of AD, and for the class
-features per-class sums of |z|, z^2 and fires), the paper-protocol
+features per-class sums of |z| (less a shift), its square and fires), the paper-protocol
 figures of the first test batch (one stochastic RE, the masked-dimensions curve) and a
 :class:`~actdict.analyze.toptokens.FeatureTracker` for all features.
 :meth:`ModelEval.summary` turns them into the model's summary.json entry (metrics from ``metrics.py``).
@@ -35,9 +35,11 @@ class ModelEval:
         self.class_n = torch.zeros(n_classes, dtype=torch.long, device=device)  # [C]
         self.class_ad = torch.zeros(n_classes, dtype=torch.long, device=device)  # [C] sum of AD
         c = n_classes if class_features and cfg.class_features else 0  # what class_separation reads
-        self.class_z = torch.zeros(c, model.k, dtype=torch.float64, device=device)  # [C, k] sum of |z|
-        self.class_z2 = torch.zeros(c, model.k, dtype=torch.float64, device=device)  # [C, k] sum of z^2
+        self.class_z = torch.zeros(c, model.k, dtype=torch.float64, device=device)  # [C, k] sum of |z|-shift
+        self.class_z2 = torch.zeros(c, model.k, dtype=torch.float64, device=device)  # [C, k] of its square
         self.class_fire = torch.zeros(c, model.k, dtype=torch.long, device=device)  # [C, k] rows active
+        self.class_shift: torch.Tensor | None = None  # [k] the first labelled batch's mean |z|: sums of
+        # |z| - shift, whose variance keeps its digits where the mean is large (class_separation)
         samples = cfg.quantiles * cfg.quantile_samples
         self.tracker = FeatureTracker(model.k, cfg.top_k, samples, seed, device, cofire=cofire)
 
@@ -65,6 +67,10 @@ class ModelEval:
             self.class_ad.index_add_(0, cls[has], ad[has])
             if len(self.class_z):
                 z = out.codes[has].to(torch.float64).abs_()  # [B', k] |z|
+                if len(z):
+                    if self.class_shift is None:
+                        self.class_shift = z.mean(0)  # [k]
+                    z -= self.class_shift  # [B', k] |z| - shift
                 self.class_z.index_add_(0, cls[has], z)
                 self.class_z2.index_add_(0, cls[has], z.square_())
                 self.class_fire.index_add_(0, cls[has], mask[has].long())
@@ -129,8 +135,9 @@ class ModelEval:
                                 "ad_of_mean": g} for c, g in zip(have, group_ad, strict=True)]
             out["ad_class_unlabelled"] = n - int(cn.sum())
             if len(self.class_z):
+                shift = None if self.class_shift is None else self.class_shift.cpu()
                 sep = M.class_separation(self.class_z.cpu(), self.class_z2.cpu(), self.class_fire.cpu(), cn,
-                                         cfg.class_features)
+                                         cfg.class_features, shift=shift)
                 out["class_features"] = [{"label": classes[c], "n": int(cn[c]), "features": sep[c]}
                                          for c in have]
         return out

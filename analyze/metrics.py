@@ -187,36 +187,48 @@ def masked_re_curve(x, codes, activity, side: Side, decode, kept: Sequence[int])
     return out
 
 
-def class_separation(sums, squares, fires, n, top: int) -> list[list[dict]]:
+ROUNDING = 8 * 2.0 ** -52
+"""A float64 sum of n terms is off by about ROUNDING * sqrt(n) of the sum of their magnitudes (float64's
+epsilon, its random walk over the additions, a margin of 8): the noise floor of a variance from sums."""
+
+
+def class_separation(sums, squares, fires, n, top: int, shift=None) -> list[list[dict]]:
     """Per class, the ``top`` features whose code's magnitude |z| most separates its rows from every other
     labelled row: Cohen's d, d = (mean_in - mean_out) / sqrt((var_in + var_out) / 2) of |z| (population
     variances, the two groups weighted alike whatever their sizes), largest first, d > 0 only (features
     more active in the class). |z|, not z: a VAE's codes are signed, and a latent that one class uses in
     both directions has a mean near 0 there (an SAE's codes are >= 0: |z| = z). From per-class sums, not
-    rows: sums, squares [C, k] (sum of |z| and of z^2 over the class's rows), fires [C, k] (rows where the
-    feature is active), n [C] rows.
+    rows: sums, squares [C, k] (sum of x and of x^2 over the class's rows, x = |z| - shift), fires [C, k]
+    (rows where the feature is active), n [C] rows, shift [k] (or None: 0) a value near each feature's mean
+    |z|, which ``ModelEval`` subtracts before summing: var = E[x^2] - E[x]^2 cancels the mean's square, and
+    from float64 sums of |z| itself a code of mean 3,000 and sd 0.002 (one part in 1.5e6) had d 1.29 where
+    its rows give 0.49; d does not depend on the shift.
 
     -> for each class, a list of ``{"feature", "d", "abs_in", "abs_out", "fire_in", "fire_out"}`` (abs: the
     mean |z|; fire: the share of the rows where it is active). A class with fewer than 2 rows, or with
-    fewer than 2 other rows, lists none; a feature constant within both groups (pooled sd 0) has no d and
-    is not listed."""
+    fewer than 2 other rows, lists none; a feature constant within both groups (pooled variance within the
+    sums' rounding, ``ROUNDING``, of 0) has no d and is not listed: a constant code's rounding gave a d of
+    ~1e7 or none at random. Memory: a few [k] vectors beside the inputs, one class at a time (the
+    [C, k] temporaries of a vectorised form would be ~5x the sums the pass kept)."""
     s, q = _tensor(sums).to(torch.float64), _tensor(squares).to(torch.float64)  # [C, k]
-    f, cnt = _tensor(fires).to(torch.float64), _tensor(n).to(torch.float64)  # [C, k], [C]
-    n_in, n_out = cnt[:, None], cnt.sum() - cnt[:, None]  # [C, 1]
-    s_out, q_out, f_out = s.sum(0) - s, q.sum(0) - q, f.sum(0) - f  # [C, k]: every other labelled row
-    m_in, m_out = s / n_in.clamp(min=1), s_out / n_out.clamp(min=1)
-    v_in = (q / n_in.clamp(min=1) - m_in ** 2).clamp(min=0)  # E[z^2] - E[|z|]^2 (float64 sums)
-    v_out = (q_out / n_out.clamp(min=1) - m_out ** 2).clamp(min=0)
-    sd = ((v_in + v_out) / 2).sqrt()  # [C, k]
-    d = torch.where(sd > 0, (m_in - m_out) / sd.where(sd > 0, 1.0), torch.nan)
+    f, cnt = _tensor(fires), _tensor(n).to(torch.float64)  # [C, k], [C]
+    ref = torch.zeros(s.shape[1], dtype=torch.float64) if shift is None else _tensor(shift).to(torch.float64)
+    total = float(cnt.sum())
+    s_all, q_all, f_all = s.sum(0), q.sum(0), f.sum(0).to(torch.float64)  # [k]: every labelled row
     out: list[list[dict]] = []
     for c in range(len(cnt)):
-        if cnt[c] < 2 or n_out[c, 0] < 2:
+        n_in, n_out = float(cnt[c]), total - float(cnt[c])
+        if n_in < 2 or n_out < 2:
             out.append([])
             continue
-        dc = d[c].nan_to_num(nan=-torch.inf)  # [k]
-        order = torch.argsort(-dc, stable=True)[:top]  # ties: the lower feature index first
-        out.append([{"feature": int(j), "d": float(dc[j]), "abs_in": float(m_in[c, j]),
-                     "abs_out": float(m_out[c, j]), "fire_in": float(f[c, j] / cnt[c]),
-                     "fire_out": float(f_out[c, j] / n_out[c, 0])} for j in order.tolist() if dc[j] > 0])
+        m_in, m_out = s[c] / n_in, (s_all - s[c]) / n_out  # [k] mean x
+        e_in, e_out = q[c] / n_in, (q_all - q[c]) / n_out  # [k] mean x^2
+        pooled = ((e_in - m_in ** 2).clamp(min=0) + (e_out - m_out ** 2).clamp(min=0)) / 2  # [k]
+        noise = ROUNDING * (n_in ** 0.5 * e_in + total ** 0.5 * q_all / n_out) / 2  # the out sums: all - in
+        d = torch.where(pooled > noise, (m_in - m_out) / pooled.sqrt(), -torch.inf)  # [k]
+        order = torch.argsort(-d, stable=True)[:top]  # ties: the lower feature index first
+        fire_in = f[c].to(torch.float64)  # [k] rows active
+        out.append([{"feature": int(j), "d": float(d[j]), "abs_in": float(m_in[j] + ref[j]),
+                     "abs_out": float(m_out[j] + ref[j]), "fire_in": float(fire_in[j]) / n_in,
+                     "fire_out": float(f_all[j] - fire_in[j]) / n_out} for j in order.tolist() if d[j] > 0])
     return out

@@ -209,3 +209,50 @@ def test_the_report_shows_the_most_populous_classes_in_the_labels_order(monkeypa
     assert re.findall(r"<tr><td>(\d) stars</td><td>(\d)</td>", page) == [("2", "9"), ("4", "7"), ("5", "8")]
     assert "2 smaller classes are in summary.json." in page
     assert '<a href="report/sae.html#f=3">3</a>: <span class="dim">d 1.5, active 90% / 5%</span>' in page
+
+
+def test_a_large_code_with_a_tiny_spread_keeps_its_d():
+    """var = E[x^2] - E[x]^2 from float64 sums cancels the mean's square: a code of 3,000 +- 0.002 (one
+    part in 1.5e6; class 1 shifted by 0.001) came out with d 1.27 where its rows give 0.48. ModelEval sums
+    |z| less the first batch's mean, so d and the means equal the rows' own to 1e-6."""
+    g = torch.Generator().manual_seed(3)
+    n = 200_000
+    lab = torch.arange(n) % 2
+    z = (3000 + 2e-3 * torch.randn(n, 1, generator=g) + 1e-3 * lab[:, None]).float()  # [n, 1]
+    ev = ModelEval(Signed(1, 1), AnalyzeConfig(top_k=1, quantiles=1, quantile_samples=1, class_features=1),
+                   seed=0, device=torch.device("cpu"), n_classes=2, class_features=True)
+    for b in range(0, n, 8192):
+        ev.update(z[b:b + 8192], torch.arange(b, min(n, b + 8192)), lab[b:b + 8192])
+    got = ev.summary(n, z.sum(0), (z * z).sum(0), classes=[0, 1])["class_features"][1]["features"]
+    ref = _direct(z.double().numpy(), np.ones((n, 1)), lab.numpy(), 1)[0]
+    assert ref["d"] == pytest.approx(0.494, abs=1e-3)
+    assert [f["feature"] for f in got] == [0]
+    assert got[0]["d"] == pytest.approx(ref["d"], rel=1e-6)
+    assert (got[0]["abs_in"], got[0]["abs_out"]) == pytest.approx((ref["abs_in"], ref["abs_out"]), rel=1e-12)
+
+
+def test_a_code_constant_on_its_class_and_dead_elsewhere_has_no_d_whatever_its_rounding():
+    """A code constant on a class's rows and 0 on the others has pooled variance 0 (no d): from float64 sums
+    its variance came out 0 or ~1e-17 (rounding) at random, and 47 of these 200 were listed with d ~1e7. A
+    real spread of 1e-4 on a code of 1 (d ~1.4e4) is still listed, at the rows' d."""
+    g = torch.Generator().manual_seed(0)
+    listed = []
+    for _ in range(200):
+        n = int(torch.randint(50, 5000, (1,), generator=g))
+        v = float(torch.rand(1, generator=g) * 10)
+        z = torch.zeros(2 * n, 1, dtype=torch.float64)
+        z[n:] = float(torch.tensor(v, dtype=torch.float32))  # class 1: the same float32 code on every row
+        lab = torch.arange(2 * n) // n
+        s, q = torch.zeros(2, 1, dtype=torch.float64), torch.zeros(2, 1, dtype=torch.float64)
+        for b in range(0, 2 * n, 256):  # batch by batch, as ModelEval
+            s.index_add_(0, lab[b:b + 256], z[b:b + 256])
+            q.index_add_(0, lab[b:b + 256], z[b:b + 256] ** 2)
+        listed += M.class_separation(s, q, torch.zeros(2, 1), torch.tensor([n, n]), top=1)[1]
+    assert listed == []
+    z = np.zeros((2000, 1))
+    z[1000:, 0] = (1 + 1e-4 * np.random.default_rng(1).standard_normal(1000)).astype(np.float32)
+    lab = np.arange(2000) // 1000
+    got = M.class_separation(*_sums(z, (z > 0).astype(float), lab, 2), top=1)[1]
+    ref = _direct(z, (z > 0).astype(float), lab, 1)[0]
+    assert ref["d"] > 1e4 and [f["feature"] for f in got] == [0]
+    assert got[0]["d"] == pytest.approx(ref["d"], rel=1e-6)
