@@ -134,7 +134,8 @@ def _as_array(values: list) -> np.ndarray:
     present = [v for v in values if v is not None]
     if present and all(isinstance(v, str) for v in present):
         return np.array(["" if v is None else v for v in values], dtype=str)
-    if any(isinstance(v, str) for v in present):  # mixed: every label as text
+    bools_with_null = None in values and any(isinstance(v, bool) for v in present)  # as floats: 0.0 / 1.0
+    if any(isinstance(v, str) for v in present) or bools_with_null:  # every label as text
         return np.array(["" if v is None else str(v) for v in values], dtype=str)
     if None in values or any(isinstance(v, float) for v in present):
         return np.array([np.nan if v is None else v for v in values], dtype=np.float64)

@@ -135,7 +135,7 @@ def load_encoder(name_or_path: str, device: str = "cpu", dtype: str = "float32",
     if max_seq_length is not None and max_seq_length > (limit := position_limit(hf_model) or max_seq_length):
         raise ConfigError(f"harvest.embed.max_seq_length={max_seq_length} exceeds the context of {name} "
                           f"({limit} positions): set it to {limit} or less, or null (the model's own limit, "
-                          f"{model.max_seq_length})")
+                          f"{seq_limit(model)})")  # 5.x: None where the folder names none
     if max_seq_length is not None:
         model.max_seq_length = max_seq_length
     revision = _revision(where, hf_model.config) if hf_model is not None else None

@@ -108,3 +108,13 @@ def test_a_source_changed_since_the_harvest_or_a_store_of_vectors_is_refused(rev
         inputs.source_labels(store, rows, "stars")
     with pytest.raises(ConfigError, match="analyze.labels and analyze.labels_field are both set"):
         AnalyzeConfig(labels="l.npy", labels_field="stars")
+
+
+def test_label_values_become_one_array_kind():
+    """Strings with nulls: "" (unlabelled); numbers with nulls: NaN; bools with nulls: text, not 0.0 / 1.0;
+    strings among numbers: all text."""
+    assert inputs._as_array(["a", None]).tolist() == ["a", ""]
+    assert np.isnan(inputs._as_array([1, None, 2])).tolist() == [False, True, False]
+    assert inputs._as_array([True, None, False]).tolist() == ["True", "", "False"]
+    assert inputs._as_array([True, False]).dtype == bool and inputs._as_array([1, 2]).dtype.kind == "i"
+    assert inputs._as_array(["a", 3]).tolist() == ["a", "3"]
