@@ -89,9 +89,8 @@ def source_labels(store, rows: np.ndarray, field: str) -> tuple[np.ndarray, list
     harvest's source (``analyze.labels_field``): each row's ``doc`` is its document's index in
     ``harvest.sources.iter_records``' order, read up to the last document a row needs. A row of no
     document (doc < 0) or whose value is None is unlabelled."""
-    from actdict.config import build
-    from actdict.harvest.config import HarvestConfig
-    from actdict.harvest.sources import files_changed, iter_records
+    from actdict.analyze.texts import harvest_config
+    from actdict.harvest.sources import iter_records
 
     where = f"analyze.labels_field: {field!r}"
     manifest = store.manifest
@@ -99,9 +98,10 @@ def source_labels(store, rows: np.ndarray, field: str) -> tuple[np.ndarray, list
         raise AnalyzeError(f"{where} labels rows by their documents in the harvest's source, and this store "
                            f"({manifest.get('kind')}) was harvested from none: give analyze.labels a .npy "
                            "file of one label per store row")
-    cfg = build(HarvestConfig, manifest["harvest"], "the store manifest's harvest").source
-    if changed := files_changed(manifest, cfg):  # other documents at the same index: not theirs
-        raise AnalyzeError(f"{where}: {changed} since the harvest, so a row's doc may name another document")
+    try:  # the harvest's source, read again (texts.row_texts does the same for the texts)
+        cfg = harvest_config(manifest).source
+    except ValueError as e:  # other documents at the same index: not theirs
+        raise AnalyzeError(f"{where}: {e}, so a row's doc may name another document") from e
     docs = np.concatenate([store.read_meta(int(a), int(b))[1] for a, b in _runs(rows)] or
                           [np.empty(0, np.int64)])  # [n] each row's document
     need, values = set(docs[docs >= 0].tolist()), {}

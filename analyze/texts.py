@@ -45,25 +45,36 @@ def unit_texts(units: Iterable[tuple[int, int, str]], wanted: set[tuple[int, int
     return out
 
 
+def harvest_config(manifest: dict):
+    """The store's harvest config (its ``HarvestConfig``), for reading its source's documents again: the
+    same doc indices name the same documents only if the source is the harvest's, so a ``files`` source
+    whose manifest records no ``source_fingerprint`` (a hand-made one), or whose files changed since, is a
+    ValueError saying which (a config the manifest cannot build: ConfigError)."""
+    from actdict.config import build
+    from actdict.harvest.config import HarvestConfig
+    from actdict.harvest.sources import files_changed
+
+    cfg = build(HarvestConfig, manifest["harvest"], "the store manifest's harvest")
+    if cfg.source.kind == "files" and not manifest.get("source_fingerprint"):  # a hand-made manifest's
+        raise ValueError(f"the manifest records no source_fingerprint of the files at "
+                         f"{cfg.source.path!r}, so they cannot be told to be the harvest's")  # any files
+    if changed := files_changed(manifest, cfg.source):  # other texts at the same (doc, pos): not theirs
+        raise ValueError(f"{changed} since the harvest")
+    return cfg
+
+
 def row_texts(manifest: dict, hits: Iterable[tuple[int, int, int]],
               max_chars: int = MAX_CHARS) -> dict[int, str]:
     """row -> its text, for the (row, doc, pos) ``hits`` of an embeddings store ({} for other stores, or with
     a warning when the source cannot be read)."""
     if not has_text_rows(manifest):
         return {}
-    from actdict.config import build
-    from actdict.harvest.config import HarvestConfig
     from actdict.harvest.embed import text_units
-    from actdict.harvest.sources import files_changed, iter_documents
+    from actdict.harvest.sources import iter_documents
 
     hits = list(hits)
     try:
-        cfg = build(HarvestConfig, manifest["harvest"], "the store manifest's harvest")
-        if cfg.source.kind == "files" and not manifest.get("source_fingerprint"):  # a hand-made manifest's
-            raise ValueError(f"the manifest records no source_fingerprint of the files at "
-                             f"{cfg.source.path!r}, so they cannot be told to be the harvest's")  # any files
-        if changed := files_changed(manifest, cfg.source):  # other texts at the same (doc, pos): not theirs
-            raise ValueError(f"{changed} since the harvest")
+        cfg = harvest_config(manifest)
         found = unit_texts(text_units(iter_documents(cfg.source), cfg.embed.unit),
                            {(d, p) for _, d, p in hits}, max_chars)
     except (ActdictError, OSError, ValueError, KeyError, ImportError) as e:
