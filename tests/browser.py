@@ -86,6 +86,13 @@ def _dump(argv, env, url: str, *extra: str) -> str:
     return res.stdout
 
 
+def _panel(argv, env, url: str) -> str:
+    """The feature panel of the page at ``url`` as rendered: its DOM up to the embedded JSON (not the
+    script's data, which holds every string unrendered)."""
+    dom = _dump(argv, env, url)
+    return dom[dom.index('id="panel"'):dom.index('<script type="application/json"')]
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """run.main on a tiny store whose token strings include the payloads."""

@@ -3,7 +3,7 @@
 import json
 
 from tests import browser
-from tests.browser import PAYLOAD_IMG, _dump
+from tests.browser import PAYLOAD_IMG, _dump, _panel
 
 chromium = browser.chromium  # a fixture: the tests below take it as an argument
 run = browser.run  # a fixture: the tests below take it as an argument
@@ -37,15 +37,13 @@ def test_dead_feature_says_so_instead_of_showing_top_activations(chromium, tmp_p
     data = {"version": 1, "name": "v", "k": 2, "n_rows": 10, "window": 2, "hist_edges": list(range(-4, 5)),
             "tokens": {"1": "a", "2": "b", "3": "c"}, "wordpiece": False, "features": [live, dead]}
     page = write_feature_page(data, "v", {"variant": "vaease"}, {"hook": "h"}, tmp_path / "report" / "v.html")
-    dom = _dump(*chromium, page.as_uri() + "#f=1")
-    panel = dom[dom.index('id="panel"'):dom.index('<script type="application/json"')]  # not the script
+    panel = _panel(*chromium, page.as_uri() + "#f=1")
     assert "<h2>Feature 1</h2>" in panel and "dead latent: never active on the test rows" in panel
     assert "Top activations" not in panel and "main-svg" not in panel  # no top section, no empty plot
     assert "<h3>Largest codes (inactive rows)</h3>" in panel
     assert "<h3>Most negative codes (inactive rows)</h3>" in panel
     assert '<span class="act">1.715e-6</span>' in panel and '<span class="act">-5.04e-7</span>' in panel
-    dom = _dump(*chromium, page.as_uri() + "#f=0")
-    panel = dom[dom.index('id="panel"'):dom.index('<script type="application/json"')]  # not the script
+    panel = _panel(*chromium, page.as_uri() + "#f=0")
     assert "<h3>Top activations</h3>" in panel and "main-svg" in panel and "dead latent" not in panel
 
 
@@ -326,12 +324,10 @@ def test_a_feature_page_shows_its_direction_in_each_snapshot(chromium, tmp_path)
             "tokens": {"1": "a", "2": "b"}, "wordpiece": False, "formation_steps": steps,
             "features": [f | {"formed": [round(s / 250, 4) for s in steps]}, f | {"i": 1}]}
     page = write_feature_page(data, "v", {"variant": "sae_topk"}, {"hook": "h"}, tmp_path / "v.html")
-    dom = _dump(*chromium, page.as_uri() + "#f=0")
-    panel = dom[dom.index('id="panel"'):dom.index('<script type="application/json"')]
+    panel = _panel(*chromium, page.as_uri() + "#f=0")
     assert ("its direction in the snapshots (best cosine, by step): 10: 0.04, 40: 0.16, 70: 0.28, 100: 0.4, "
             "130: 0.52, 160: 0.64, 190: 0.76, 220: 0.88, 250: 1") in panel
-    dom = _dump(*chromium, page.as_uri() + "#f=1")
-    panel = dom[dom.index('id="panel"'):dom.index('<script type="application/json"')]
+    panel = _panel(*chromium, page.as_uri() + "#f=1")
     assert "<h2>Feature 1</h2>" in panel and "its direction in the snapshots" not in panel
 
 
@@ -515,10 +511,8 @@ def test_a_feature_names_the_classes_it_sets_apart_as_text(chromium, tmp_path):
             "tokens": {"1": "a", "2": "b"}, "wordpiece": False,
             "features": [feat(0, classes=[["<img src=x onerror=pwned()>", 1.25], [5, 0.5]]), feat(1)]}
     page = write_feature_page(data, "c", {"variant": "sae_l1"}, {"hook": "h"}, tmp_path / "report" / "c.html")
-    dom = _dump(*chromium, page.as_uri() + "#f=0")
-    panel = dom[dom.index('id="panel"'):dom.index('<script type="application/json"')]
+    panel = _panel(*chromium, page.as_uri() + "#f=0")
     assert ('<p class="stats">sets apart the rows of class &lt;img src=x onerror=pwned()&gt; (d 1.25), '
             "5 (d 0.5)</p>") in panel
-    dom = _dump(*chromium, page.as_uri() + "#f=1")
-    panel = dom[dom.index('id="panel"'):dom.index('<script type="application/json"')]
+    panel = _panel(*chromium, page.as_uri() + "#f=1")
     assert "<h2>Feature 1</h2>" in panel and "sets apart" not in panel
