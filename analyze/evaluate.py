@@ -62,19 +62,24 @@ class ModelEval:
         self.fire += mask.sum(0)
         if cls is not None and len(self.class_n):  # class -1: no label, counted in no class
             has = cls >= 0  # [B]
-            self.class_act.index_add_(0, cls[has], self._class_stat(out)[has])
-            self.class_n += torch.bincount(cls[has], minlength=len(self.class_n))
-            self.class_ad.index_add_(0, cls[has], ad[has])
+            lab = cls[has]  # [B'] the labelled rows' classes
+            self.class_act.index_add_(0, lab, self._class_stat(out)[has])
+            self.class_n += torch.bincount(lab, minlength=len(self.class_n))
+            self.class_ad.index_add_(0, lab, ad[has])
             if len(self.class_z):
-                z = out.codes[has].to(torch.float64).abs_()  # [B', k] |z|
-                if len(z):
-                    if self.class_shift is None:
-                        self.class_shift = z.mean(0)  # [k]
-                    z -= self.class_shift  # [B', k] |z| - shift
-                self.class_z.index_add_(0, cls[has], z)
-                self.class_z2.index_add_(0, cls[has], z.square_())
-                self.class_fire.index_add_(0, cls[has], mask[has].long())
+                self._add_class_features(out.codes[has], mask[has], lab)
         self.tracker.update(out.codes, mask, rows)
+
+    def _add_class_features(self, codes: torch.Tensor, mask: torch.Tensor, lab: torch.Tensor) -> None:
+        """The class features' sums of the labelled rows: codes, mask [B', k], lab [B'] their classes."""
+        z = codes.to(torch.float64).abs_()  # [B', k] |z|
+        if len(z):
+            if self.class_shift is None:
+                self.class_shift = z.mean(0)  # [k]
+            z -= self.class_shift  # [B', k] |z| - shift
+        self.class_z.index_add_(0, lab, z)
+        self.class_z2.index_add_(0, lab, z.square_())
+        self.class_fire.index_add_(0, lab, mask.long())
 
     def _class_stat(self, out) -> torch.Tensor:
         """[B, k] float64, what a class averages before its Otsu split (paper Table 2): SAEs |z| (Sec. 5.1
