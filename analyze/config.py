@@ -51,8 +51,10 @@ class AnalyzeConfig:
     class_features: int = 5
     """With ``labels``: features listed per class, those whose code most separates the class's rows from the
     other labelled rows (Cohen's d of |z|, ``metrics.class_separation``), with their mean |z| and firing
-    rate in and out of the class; 0 = off. Costs 24 bytes per class and latent of each dictionary while the
-    pass runs (at most ``analyze.run.CLASS_FEATURES_MAX_MIB`` for all: a note names those left out)."""
+    rate in and out of the class; and as many classes per feature, those with the most of its active rows
+    (``by_class`` of its feature page, ``metrics.class_profile``); 0 = off. Costs 24 bytes per class and
+    latent of each dictionary while the pass runs (at most ``analyze.run.CLASS_FEATURES_MAX_MIB`` for all:
+    a note names those left out)."""
     texts: str = ""
     """Optional file of one text per store row, in row order (.parquet with a ``text`` column, .jsonl, .txt,
     .npy of strings; ``analyze/textfile.py``): the report and features files show each shown row's text, as

@@ -19,6 +19,10 @@ from actdict.analyze.config import AnalyzeConfig
 from actdict.analyze.toptokens import FeatureTracker
 from actdict.errors import ActdictWarning
 
+CLASS_SLICE = 1 << 22
+"""Codes per slice of rows that ``ModelEval`` adds to the class features' sums at once (its float64 and int64
+temporaries: 64 MiB)."""
+
 
 class ModelEval:
     """Accumulators of one dictionary over the evaluated rows."""
@@ -38,7 +42,7 @@ class ModelEval:
         self.class_z = torch.zeros(c, model.k, dtype=torch.float64, device=device)  # [C, k] sum of |z|-shift
         self.class_z2 = torch.zeros(c, model.k, dtype=torch.float64, device=device)  # [C, k] of its square
         self.class_fire = torch.zeros(c, model.k, dtype=torch.long, device=device)  # [C, k] rows active
-        self.class_shift: torch.Tensor | None = None  # [k] the first labelled batch's mean |z|: sums of
+        self.class_shift: torch.Tensor | None = None  # [k] the first labelled slice's mean |z|: sums of
         # |z| - shift, whose variance keeps its digits where the mean is large (class_separation)
         samples = cfg.quantiles * cfg.quantile_samples
         self.tracker = FeatureTracker(model.k, cfg.top_k, samples, seed, device, cofire=cofire)
@@ -67,19 +71,36 @@ class ModelEval:
             self.class_n += torch.bincount(lab, minlength=len(self.class_n))
             self.class_ad.index_add_(0, lab, ad[has])
             if len(self.class_z):
-                self._add_class_features(out.codes[has], mask[has], lab)
+                self._add_class_features(out.codes, mask, cls)
         self.tracker.update(out.codes, mask, rows)
 
-    def _add_class_features(self, codes: torch.Tensor, mask: torch.Tensor, lab: torch.Tensor) -> None:
-        """The class features' sums of the labelled rows: codes, mask [B', k], lab [B'] their classes."""
-        z = codes.to(torch.float64).abs_()  # [B', k] |z|
-        if len(z):
+    def _add_class_features(self, codes: torch.Tensor, mask: torch.Tensor, cls: torch.Tensor) -> None:
+        """The class features' sums of the labelled rows: codes, mask [B, k], cls [B] their classes (-1: no
+        label), a slice of rows at a time: the float64 |z| and the int64 fires of a whole batch were 16
+        bytes per code (4 GiB at B 4,096, k 65,536) beside the codes themselves."""
+        step = max(1, CLASS_SLICE // max(1, codes.shape[1]))  # rows per slice
+        for a in range(0, len(codes), step):
+            c = cls[a:a + step]  # [b]
+            has = c >= 0
+            if not bool(has.any()):
+                continue
+            lab = c[has]  # [b'] classes
+            z = codes[a:a + step][has].to(torch.float64).abs_()  # [b', k] |z|
             if self.class_shift is None:
-                self.class_shift = z.mean(0)  # [k]
-            z -= self.class_shift  # [B', k] |z| - shift
-        self.class_z.index_add_(0, lab, z)
-        self.class_z2.index_add_(0, lab, z.square_())
-        self.class_fire.index_add_(0, lab, mask.long())
+                self.class_shift = z.mean(0)  # [k] the first labelled slice's mean
+            z -= self.class_shift  # [b', k] |z| - shift
+            self.class_z.index_add_(0, lab, z)
+            self.class_z2.index_add_(0, lab, z.square_())
+            self.class_fire.index_add_(0, lab, mask[a:a + step][has].long())
+
+    def class_profile(self) -> list[list[tuple[int, int, float]]]:
+        """Per feature, the classes with the most of its active rows (``metrics.class_profile``; as many as
+        ``analyze.class_features``); [] where the class features' sums were not kept."""
+        if not len(self.class_z):
+            return []
+        shift = None if self.class_shift is None else self.class_shift.cpu()
+        return M.class_profile(self.class_fire.cpu(), self.class_z.cpu(), self.class_n.cpu(),
+                               self.cfg.class_features, shift)
 
     def _class_stat(self, out) -> torch.Tensor:
         """[B, k] float64, what a class averages before its Otsu split (paper Table 2): SAEs |z| (Sec. 5.1

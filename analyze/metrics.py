@@ -206,10 +206,12 @@ def class_separation(sums, squares, fires, n, top: int, shift=None) -> list[list
 
     -> for each class, a list of ``{"feature", "d", "abs_in", "abs_out", "fire_in", "fire_out"}`` (abs: the
     mean |z|; fire: the share of the rows where it is active). A class with fewer than 2 rows, or with
-    fewer than 2 other rows, lists none; a feature constant within both groups (pooled variance within the
-    sums' rounding, ``ROUNDING``, of 0) has no d and is not listed: a constant code's rounding gave a d of
-    ~1e7 or none at random. Memory: a few [k] vectors beside the inputs, one class at a time (the
-    [C, k] temporaries of a vectorised form would be ~5x the sums the pass kept)."""
+    fewer than 2 other rows, lists none. A feature constant within both groups (pooled variance within the
+    sums' rounding, ``ROUNDING``, of 0: a constant code's rounding gave a d of ~1e7 or none at random) has
+    no finite d: where its class's constant is larger than the others' (beyond the means' rounding) it
+    separates them perfectly, and is listed first with ``"d": None`` (JSON null: infinite), the larger
+    difference of means first; otherwise it is not listed. Memory: a few [k] vectors beside the inputs, one
+    class at a time (the [C, k] temporaries of a vectorised form would be ~5x the sums the pass kept)."""
     s, q = _tensor(sums).to(torch.float64), _tensor(squares).to(torch.float64)  # [C, k]
     f, cnt = _tensor(fires), _tensor(n).to(torch.float64)  # [C, k], [C]
     ref = torch.zeros(s.shape[1], dtype=torch.float64) if shift is None else _tensor(shift).to(torch.float64)
@@ -225,10 +227,44 @@ def class_separation(sums, squares, fires, n, top: int, shift=None) -> list[list
         e_in, e_out = q[c] / n_in, (q_all - q[c]) / n_out  # [k] mean x^2
         pooled = ((e_in - m_in ** 2).clamp(min=0) + (e_out - m_out ** 2).clamp(min=0)) / 2  # [k]
         noise = ROUNDING * (n_in ** 0.5 * e_in + total ** 0.5 * q_all / n_out) / 2  # the out sums: all - in
-        d = torch.where(pooled > noise, (m_in - m_out) / pooled.sqrt(), -torch.inf)  # [k]
-        order = torch.argsort(-d, stable=True)[:top]  # ties: the lower feature index first
+        gap = m_in - m_out  # [k]
+        finite = pooled > noise
+        perfect = ~finite & (gap > ROUNDING * ((n_in * e_in).sqrt() + total * q_all.sqrt() / n_out))  # [k]
+        d = torch.where(finite, gap / pooled.sqrt(), -torch.inf)  # [k]
+        rank = torch.where(perfect, torch.inf, d)  # [k] perfect separators first, among them
+        order = torch.argsort(-rank, stable=True)  # ties: the lower feature index first
+        order = order[torch.argsort(-torch.where(perfect, gap, 0.0)[order], stable=True)][:top]  # by gap
         fire_in = f[c].to(torch.float64)  # [k] rows active
-        out.append([{"feature": int(j), "d": float(d[j]), "abs_in": float(m_in[j] + ref[j]),
-                     "abs_out": float(m_out[j] + ref[j]), "fire_in": float(fire_in[j]) / n_in,
-                     "fire_out": float(f_all[j] - fire_in[j]) / n_out} for j in order.tolist() if d[j] > 0])
+        out.append([{"feature": int(j), "d": None if perfect[j] else float(d[j]),
+                     "abs_in": float(m_in[j] + ref[j]), "abs_out": float(m_out[j] + ref[j]),
+                     "fire_in": float(fire_in[j]) / n_in, "fire_out": float(f_all[j] - fire_in[j]) / n_out}
+                    for j in order.tolist() if perfect[j] or d[j] > 0])
+    return out
+
+
+PROFILE_CODES = 1 << 22
+"""Class-and-feature entries ``class_profile`` sorts at once."""
+
+
+def class_profile(fires, sums, n, top: int, shift=None) -> list[list[tuple[int, int, float]]]:
+    """Per feature, the ``top`` classes with the most of its active rows: ``(class, rows active, mean |z| on
+    the class's rows)``, most first (ties: the lower class index), classes where it is never active left out.
+    fires [C, k] (rows active), sums [C, k] (sum of |z| - shift over the class's rows), n [C] rows, shift [k]
+    (or None: 0), as ``class_separation`` reads them. Where a feature's activity comes from, beside the
+    classes it sets apart (Cohen's d): a feature of GitHub code on a Pile harvest names its classes here
+    even where it fires on too few of them for a large d. Memory: [C, PROFILE_CODES / C] temporaries, a block
+    of features at a time (a whole [C, k] sort would add 16 bytes per class and latent to the 24 kept)."""
+    f = _tensor(fires)  # [C, k]
+    s, cnt = _tensor(sums).to(torch.float64), _tensor(n).to(torch.float64)  # [C, k], [C]
+    k = f.shape[1]
+    ref = torch.zeros(k, dtype=torch.float64) if shift is None else _tensor(shift).to(torch.float64)
+    out: list[list[tuple[int, int, float]]] = []
+    block = max(1, PROFILE_CODES // max(1, f.shape[0]))  # features per block
+    for j0 in range(0, k, block):
+        cols = slice(j0, j0 + block)
+        order = torch.argsort(-f[:, cols], dim=0, stable=True)[:top]  # [t, b] class indices
+        act = torch.gather(f[:, cols], 0, order)  # [t, b] rows active
+        mean = torch.gather(s[:, cols], 0, order) / cnt[order].clamp(min=1) + ref[cols]  # [t, b] mean |z|
+        out += [[(c, a, v) for c, a, v in zip(oc, ac, mc, strict=True) if a > 0]
+                for oc, ac, mc in zip(order.T.tolist(), act.T.tolist(), mean.T.tolist(), strict=True)]
     return out

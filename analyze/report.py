@@ -394,7 +394,8 @@ def _class_feature(f: dict, page: str | None) -> str:
     """One feature of a class's row: its index (linked to its feature page), d, and where it is active."""
     j = _num(f.get("feature"))
     ref = f'<a href="{esc(page)}#f={j}">{j}</a>' if page else j
-    return (f'{ref}: <span class="dim">d {_num(f.get("d"))}, active {_share(f.get("fire_in"))} / '
+    d = "&infin;" if f.get("d", 0) is None else _num(f.get("d"))  # None: constant in both groups
+    return (f'{ref}: <span class="dim">d {d}, active {_share(f.get("fire_in"))} / '
             f'{_share(f.get("fire_out"))}</span>')
 
 

@@ -274,7 +274,21 @@ async function renderFeature(i) {
   const classes = f.classes || [];
   if (classes.length) {  // analyze.class_features: the classes whose rows it separates from the others
     p.appendChild(el('p', 'stats', 'sets apart the rows of class ' + classes.map(
-      ([label, d]) => String(label) + ' (d ' + fmt(d) + ')').join(', ')));
+      ([label, d]) => String(label) + ' (d ' + (d === null ? '\u221e' : fmt(d)) + ')').join(', ')));
+  }
+  const byClass = f.by_class || [];
+  if (byClass.length) {  // the classes with the most of its active rows
+    p.appendChild(el('p', 'stats', 'fires most on the rows of class:'));
+    const t = p.appendChild(el('table', 'with'));
+    const hd = t.appendChild(el('tr'));
+    for (const h of ['class', 'rows', 'active on', 'mean |code|']) hd.appendChild(el('th', '', h));
+    for (const [label, rows, active, mean] of byClass) {
+      const tr = t.appendChild(el('tr'));
+      tr.appendChild(el('td', '', String(label)));
+      tr.appendChild(el('td', 'num', String(rows)));
+      tr.appendChild(el('td', 'num', active + ' (' + Math.round(100 * active / Math.max(1, rows)) + '%)'));
+      tr.appendChild(el('td', 'num', fmt(mean)));
+    }
   }
   for (const [side, word] of [['up', 'raises the logits of'], ['down', 'lowers the logits of']]) {
     const pairs = (f.logits || {})[side] || [];  // direct logit effects (analyze.logit_effects)

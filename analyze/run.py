@@ -29,10 +29,12 @@ summary.json (version 2 = version 1 plus keys; floats rounded to 6 significant d
         "masked_curve": {"kept": [int], "re": [float], "rows": int, "sample": bool},  # paper Fig. 4 (v2)
         "ad_class": [{"label", "n", "ad", "ad_of_mean"}],  # only with analyze.labels (v2)
         "ad_class_unlabelled": int,  # with ad_class: evaluated rows without a label (NaN, ""), left out
-        "class_features": [{"label", "n", "features": [{"feature": int, "d": float, "abs_in": float,
+        "class_features": [{"label", "n", "features": [{"feature": int, "d": float | null, "abs_in": float,
                             "abs_out": float, "fire_in": float, "fire_out": float}]}],
                               # with analyze.labels and class_features: per class, the features whose
-                              # |code| most separates its rows from the other labelled rows (Cohen's d)
+                              # |code| most separates its rows from the other labelled rows (Cohen's d;
+                              # null: infinite, the code constant in the class and in the others, listed
+                              # first)
         "ce": float, "kl": float, "ce_recovered": float,   # only with analyze.ce_loss (v2)
         "training_warning": str | null,  # the warning its training saved (diverged, learned almost nothing)
         "training_log": null | {"step": [int], "epoch": [int], "lr": [float], "<term>": [float | null]},
@@ -81,7 +83,7 @@ from tqdm import tqdm
 from actdict.analyze.compare import directions, live, null_columns, similarity
 from actdict.analyze.config import AnalyzeConfig
 from actdict.analyze.evaluate import ModelEval
-from actdict.analyze.features import build_features, hit_keys, summary_hits
+from actdict.analyze.features import add_classes, build_features, hit_keys, summary_hits
 from actdict.analyze.formation import feature_cosines, formation
 from actdict.analyze.inputs import (
     AnalyzeError,
@@ -369,12 +371,8 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
         if texts:
             data["texts"] = {str(r): texts[r] for r, _, _ in sorted(keys[name]) if r in texts}
         m = ev.summary(n, sum_x, sum_x2, classes)
-        for c in m.get("class_features", []):  # the classes each listed feature sets apart (its page)
-            for f in c["features"]:
-                data["features"][f["feature"]].setdefault("classes", []).append([c["label"], f["d"]])
-        for rec in data["features"]:
-            if "classes" in rec:
-                rec["classes"].sort(key=lambda ld: -ld[1])
+        add_classes(data["features"], m.get("class_features", []), ev.class_profile(), classes or [],
+                    ev.class_n.tolist())  # its page's classes: those it sets apart, those it fires on
         m["training_warning"] = records.get(name, {}).get("warning")  # diverged / learned almost nothing
         m["training_log"] = trained_curve(run_dir, name, records.get(name, {}).get("config_hash"))
         m["config_hash"] = records.get(name, {}).get("config_hash")  # which training of `name` it is

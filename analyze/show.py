@@ -88,7 +88,11 @@ def feature_lines(data: dict, labels: dict, i: int, top: int) -> list[str]:
             f"  {'#' + str(j):>9}  {both / max(1, f['fires'] + fires[j] - both):.2f}  {both:>7,}  "
             f"{', '.join(labels.get(j, ([], []))[0][:m])}" for j, both in w[:6])]
     if cl := f.get("classes"):  # analyze.class_features: the classes whose rows it sets apart
-        lines.append("  sets apart the rows of class " + ", ".join(f"{lab!s} (d {d:.3g})" for lab, d in cl))
+        lines.append("  sets apart the rows of class " + ", ".join(f"{lab!s} (d {_d(d)})" for lab, d in cl))
+    if bc := f.get("by_class"):  # and the classes with the most of its active rows
+        lines += ["  fires most on the rows of class (active of its rows, mean |code| on them all):", *(
+            f"    {str(lab)[:30]:<30} {a:>7,} of {n:>7,} ({a / max(1, n):>4.0%})  {v:.3g}"
+            for lab, n, a, v in bc)]
     for other, near in (f.get("nearest") or {}).items():
         lines.append(f"  nearest direction in {other}: #{near['feature']} (cos {near['cos']:.3f})")
     if formed := f.get("formed"):  # train.snapshot_every: its best cosine in each snapshot, as its page
@@ -102,6 +106,11 @@ def feature_lines(data: dict, labels: dict, i: int, top: int) -> list[str]:
             lines.append(f"  logits {side}: " + ", ".join(f"{alone(tok.get(str(t), str(t)))!r} {v:+.3g}"
                                                         for t, v in lg[side]))
     return lines
+
+
+def _d(d: float | None) -> str:
+    """A class feature's Cohen's d; None: infinite (constant in the class and in the others)."""
+    return "inf" if d is None else f"{d:.3g}"
 
 
 def list_lines(data: dict, labels: dict, n: int) -> list[str]:

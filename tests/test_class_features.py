@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from actdict.analyze import features, run, show
 from actdict.analyze import metrics as M
-from actdict.analyze import run, show
 from actdict.analyze.config import AnalyzeConfig
 from actdict.analyze.evaluate import ModelEval
 from actdict.config import Common, ConfigError
@@ -119,13 +119,19 @@ class Signed(Dictionary):
         return codes
 
 
-def test_model_eval_accumulates_them_batch_by_batch():
+@pytest.mark.parametrize("codes_per_slice", [1 << 22, 13])
+def test_model_eval_accumulates_them_batch_by_batch(codes_per_slice, monkeypatch):
     """Three batches with unlabelled rows among them: summary's class_features equal class_separation of the
-    rows' own codes and fires (the Otsu mask: codes != 0 on a row with a zero), and the ad_class classes."""
+    rows' own codes and fires (the Otsu mask: codes != 0 on a row with a zero), and the ad_class classes;
+    the same whether a batch is summed whole or in slices of 2 rows (some of them unlabelled)."""
+    import actdict.analyze.evaluate as E
+
+    monkeypatch.setattr(E, "CLASS_SLICE", codes_per_slice)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(3, 40, 6, generator=g)  # [batches, B, k]
     x[:, :, 0] = -1.0  # a zero on every row: the mask is codes != 0
     lab = torch.randint(-1, 2, (3, 40), generator=g)
+    lab[0, :2] = -1  # a first slice without a label
     x[..., 3] += 2.0 * (lab == 1)
     ev = ModelEval(Relu(6, 6), AnalyzeConfig(top_k=2, quantiles=1, quantile_samples=1, class_features=3),
                    seed=0, device=torch.device("cpu"), n_classes=2, class_features=True)
@@ -171,6 +177,19 @@ def test_analysis_writes_them_and_the_report_shows_them_escaped(tmp_path, monkey
     j, (label, d) = listed[0], want[listed[0]][0]
     said = show.feature_lines(*show.read_features(run_dir / "dicts" / "sae"), j, 1)
     assert f"\n  sets apart the rows of class {label} (d {d:.3g})" in "\n".join(said)  # `actdict feature`
+    profiled = [r for r in feats if "by_class" in r]  # the classes each live feature fires on most
+    assert profiled and all(r["fires"] > 0 for r in profiled)
+    for r in profiled:
+        assert [b[0] for b in r["by_class"]] in (["<b>bold</b>", "plain"], ["plain", "<b>bold</b>"],
+                                                 ["<b>bold</b>"], ["plain"])
+        assert all(b[1] == 16 and 0 < b[2] <= 16 and b[3] > 0 for b in r["by_class"])
+        assert [b[2] for b in r["by_class"]] == sorted((b[2] for b in r["by_class"]), reverse=True)
+        assert sum(b[2] for b in r["by_class"]) <= r["fires"]
+    r = profiled[0]
+    said = "\n".join(show.feature_lines(*show.read_features(run_dir / "dicts" / "sae"), r["i"], 1))
+    lab0, n0, a0, v0 = r["by_class"][0]
+    assert ("\n  fires most on the rows of class (active of its rows, mean |code| on them all):\n"
+            f"    {lab0:<30} {a0:>7,} of      16 ({a0 / 16:>4.0%})  {v0:.3g}") in said
     html = (run_dir / "report.html").read_text()
     assert "<h2>Features of each class</h2>" in html and "&lt;b&gt;bold&lt;/b&gt;" in html
     assert "<b>bold</b>" not in html
@@ -211,10 +230,28 @@ def test_the_report_shows_the_most_populous_classes_in_the_labels_order(monkeypa
     assert '<a href="report/sae.html#f=3">3</a>: <span class="dim">d 1.5, active 90% / 5%</span>' in page
 
 
+def test_a_perfect_separator_reads_as_an_infinite_d_everywhere(tmp_path):
+    """d None (constant in the class and in the others): report.html and `actdict feature` say infinite, and
+    the feature's classes put it first."""
+    from actdict.analyze import report
+
+    feat = {"feature": 3, "d": None, "abs_in": 2.0, "abs_out": 0.0, "fire_in": 1.0, "fire_out": 0.0}
+    model = {"variant": "sae_l1", "k": 8, "class_features": [{"label": "a", "n": 4, "features": [feat]}]}
+    page = "\n".join(report._class_features({"sae": model}, {"sae": "report/sae.html"}))
+    assert '<a href="report/sae.html#f=3">3</a>: <span class="dim">d &infin;, active 100% / 0%</span>' in page
+    rec = {"i": 0, "fires": 4, "density": 0.5, "max": 2.0, "min": 2.0, "hist": {"pos": [], "neg": []},
+           "top": [], "bottom": [], "quantiles": [], "classes": [["b", 2.5], ["a", None]]}
+    features.add_classes([rec], [], [], [], [])
+    assert rec["classes"] == [["a", None], ["b", 2.5]]
+    data = {"version": 1, "name": "sae", "k": 8, "n_rows": 8, "window": 1, "tokens": {}, "features": [rec]}
+    said = "\n".join(show.feature_lines(data, {}, 0, 1))
+    assert "\n  sets apart the rows of class a (d inf), b (d 2.5)" in said
+
+
 def test_a_large_code_with_a_tiny_spread_keeps_its_d():
     """var = E[x^2] - E[x]^2 from float64 sums cancels the mean's square: a code of 3,000 +- 0.002 (one
     part in 1.5e6; class 1 shifted by 0.001) came out with d 1.27 where its rows give 0.48. ModelEval sums
-    |z| less the first batch's mean, so d and the means equal the rows' own to 1e-6."""
+    |z| less the first labelled rows' mean, so d and the means equal the rows' own to 1e-6."""
     g = torch.Generator().manual_seed(3)
     n = 200_000
     lab = torch.arange(n) % 2
@@ -231,24 +268,33 @@ def test_a_large_code_with_a_tiny_spread_keeps_its_d():
     assert (got[0]["abs_in"], got[0]["abs_out"]) == pytest.approx((ref["abs_in"], ref["abs_out"]), rel=1e-12)
 
 
-def test_a_code_constant_on_its_class_and_dead_elsewhere_has_no_d_whatever_its_rounding():
-    """A code constant on a class's rows and 0 on the others has pooled variance 0 (no d): from float64 sums
-    its variance came out 0 or ~1e-17 (rounding) at random, and 47 of these 200 were listed with d ~1e7. A
-    real spread of 1e-4 on a code of 1 (d ~1.4e4) is still listed, at the rows' d."""
+def test_a_code_constant_on_its_class_and_dead_elsewhere_separates_it_perfectly_whatever_its_rounding():
+    """A code constant on a class's rows and 0 on the others has pooled variance 0: from float64 sums its
+    variance came out 0 or ~1e-17 (rounding) at random, and 47 of these 200 were listed with d ~1e7, the
+    others not at all (the best separator of all hidden). Each is now listed, first, with d None (infinite);
+    the other class (constant 0 against the constant) lists nothing. A real spread of 1e-4 on a code of 1
+    (d ~1.4e4) keeps the rows' d."""
     g = torch.Generator().manual_seed(0)
-    listed = []
+    listed, other = [], []
     for _ in range(200):
         n = int(torch.randint(50, 5000, (1,), generator=g))
-        v = float(torch.rand(1, generator=g) * 10)
-        z = torch.zeros(2 * n, 1, dtype=torch.float64)
-        z[n:] = float(torch.tensor(v, dtype=torch.float32))  # class 1: the same float32 code on every row
+        v = float(torch.rand(1, generator=g) * 10) + 1e-3
+        z = torch.zeros(2 * n, 2, dtype=torch.float64)
+        v = float(torch.tensor(v, dtype=torch.float32))
+        z[n:, 0] = v  # class 1: the same float32 code on every row
+        z[:, 1] = torch.rand(2 * n, generator=g, dtype=torch.float64) + 5 * (torch.arange(2 * n) >= n)
         lab = torch.arange(2 * n) // n
-        s, q = torch.zeros(2, 1, dtype=torch.float64), torch.zeros(2, 1, dtype=torch.float64)
+        s, q = torch.zeros(2, 2, dtype=torch.float64), torch.zeros(2, 2, dtype=torch.float64)
         for b in range(0, 2 * n, 256):  # batch by batch, as ModelEval
             s.index_add_(0, lab[b:b + 256], z[b:b + 256])
             q.index_add_(0, lab[b:b + 256], z[b:b + 256] ** 2)
-        listed += M.class_separation(s, q, torch.zeros(2, 1), torch.tensor([n, n]), top=1)[1]
-    assert listed == []
+        out = M.class_separation(s, q, torch.zeros(2, 2), torch.tensor([n, n]), top=2)
+        listed.append([(f["feature"], f["d"]) for f in out[1]])
+        assert (out[1][0]["abs_in"], out[1][0]["abs_out"]) == pytest.approx((v, 0.0), abs=1e-9)
+        other += [f["feature"] for f in out[0]]
+        assert listed[-1][1][1] > 10  # feature 1: uniform noise on [0, 1), class 1's shifted by 5: d ~17
+    assert [x[0] for x in listed] == [(0, None)] * 200
+    assert other == []
     z = np.zeros((2000, 1))
     z[1000:, 0] = (1 + 1e-4 * np.random.default_rng(1).standard_normal(1000)).astype(np.float32)
     lab = np.arange(2000) // 1000
@@ -256,3 +302,32 @@ def test_a_code_constant_on_its_class_and_dead_elsewhere_has_no_d_whatever_its_r
     ref = _direct(z, (z > 0).astype(float), lab, 1)[0]
     assert ref["d"] > 1e4 and [f["feature"] for f in got] == [0]
     assert got[0]["d"] == pytest.approx(ref["d"], rel=1e-6)
+
+
+@pytest.mark.parametrize("block", [1 << 22, 9])
+def test_class_profile_lists_the_classes_with_most_active_rows_from_the_rows(block, monkeypatch):
+    """metrics.class_profile from the per-class sums equals counting the rows: per feature, its top classes by
+    rows active (ties: the lower class), with its mean |z| over each class's rows; classes where it is never
+    active, and features never active, list nothing; the same sorted whole or 2 features at a time."""
+    monkeypatch.setattr(M, "PROFILE_CODES", block)
+    rng = np.random.default_rng(4)
+    n, k, c = 300, 7, 4
+    lab = rng.integers(-1, c, n)
+    z = np.abs(rng.standard_normal((n, k))) * (rng.random((n, k)) < 0.3)  # sparse, >= 0
+    z[:, 5] = 0.0  # never active
+    z[:, 6] = np.where(lab == 2, 1.5, 0.0)  # active on class 2 only
+    fire = (z > 0).astype(float)
+    s, _, f, cnt = _sums(z, fire, lab, c)
+    shift = rng.random(k)
+    got = M.class_profile(torch.tensor(f), torch.tensor(s - cnt[:, None] * shift), torch.tensor(cnt), 3,
+                          torch.tensor(shift))
+    assert len(got) == k and got[5] == [] and got[6] == [(2, int((lab == 2).sum()), pytest.approx(1.5))]
+    for j in range(5):
+        counts = [int(((lab == g) & (z[:, j] > 0)).sum()) for g in range(c)]
+        want = sorted(range(c), key=lambda g: (-counts[g], g))[:3]
+        assert [g for g, _, _ in got[j]] == [g for g in want if counts[g]]
+        assert [a for _, a, _ in got[j]] == [counts[g] for g in want if counts[g]]
+        assert [v for _, _, v in got[j]] == [pytest.approx(z[lab == g, j].mean(), rel=1e-9)
+                                             for g in want if counts[g]]
+    tie = M.class_profile(torch.tensor([[2], [3], [3]]), torch.zeros(3, 1), torch.tensor([5, 5, 5]), 2)
+    assert [g for g, _, _ in tie[0]] == [1, 2]

@@ -498,8 +498,8 @@ def test_a_wordpiece_continuation_is_labelled_with_its_hashes_on_every_surface(c
 
 
 def test_a_feature_names_the_classes_it_sets_apart_as_text(chromium, tmp_path):
-    """analyze.class_features: a feature listed for classes shows them with d, a label with markup as text;
-    a feature listed for none shows no such line."""
+    """analyze.class_features: a feature listed for classes shows them with d (null: infinite, a perfect
+    separator), a label with markup as text; a feature listed for none shows no such line."""
     from actdict.analyze.report_features import write_feature_page
 
     def feat(i, **extra):
@@ -509,10 +509,15 @@ def test_a_feature_names_the_classes_it_sets_apart_as_text(chromium, tmp_path):
 
     data = {"version": 1, "name": "c", "k": 2, "n_rows": 4, "window": 1, "hist_edges": list(range(-4, 5)),
             "tokens": {"1": "a", "2": "b"}, "wordpiece": False,
-            "features": [feat(0, classes=[["<img src=x onerror=pwned()>", 1.25], [5, 0.5]]), feat(1)]}
+            "features": [feat(0, classes=[["all", None], ["<img src=x onerror=pwned()>", 1.25], [5, 0.5]],
+                              by_class=[["<i>x</i>", 40, 30, 1.5], [5, 8, 2, 0.25]]), feat(1)]}
     page = write_feature_page(data, "c", {"variant": "sae_l1"}, {"hook": "h"}, tmp_path / "report" / "c.html")
     panel = _panel(*chromium, page.as_uri() + "#f=0")
-    assert ('<p class="stats">sets apart the rows of class &lt;img src=x onerror=pwned()&gt; (d 1.25), '
-            "5 (d 0.5)</p>") in panel
+    assert ('<p class="stats">sets apart the rows of class all (d \u221e), '
+            "&lt;img src=x onerror=pwned()&gt; (d 1.25), 5 (d 0.5)</p>") in panel
+    assert ('<tr><th>class</th><th>rows</th><th>active on</th><th>mean |code|</th></tr>'
+            '<tr><td>&lt;i&gt;x&lt;/i&gt;</td><td class="num">40</td><td class="num">30 (75%)</td>'
+            '<td class="num">1.5</td></tr><tr><td>5</td><td class="num">8</td><td class="num">2 (25%)</td>'
+            '<td class="num">0.25</td></tr>') in panel
     panel = _panel(*chromium, page.as_uri() + "#f=1")
-    assert "<h2>Feature 1</h2>" in panel and "sets apart" not in panel
+    assert "<h2>Feature 1</h2>" in panel and "sets apart" not in panel and "fires most" not in panel
