@@ -46,8 +46,9 @@ class AnalyzeConfig:
     labels_field: str = ""
     """Instead of ``labels``: a field of the harvest's source documents whose value labels every row of
     the document (a jsonl key, a parquet column, a hub dataset's field; dotted when nested:
-    ``meta.pile_set_name`` of the Pile; ``source`` of the demo corpus, its documents' work and part:
-    austen:prideprejudice:23). Read again from the source up to the last document the rows need."""
+    ``meta.pile_set_name`` of the Pile; ``collection`` of the demo corpus, austen, bible, ..., or its
+    ``source``, work and part: austen:prideprejudice:23). Read again from the source up to the last document
+    the rows need; a token store's rows (tokens) take their document's value, an embeddings store's theirs."""
     class_features: int = 5
     """With ``labels``: features listed per class, those whose code most separates the class's rows from the
     other labelled rows (Cohen's d of |z|, ``metrics.class_separation``), with their mean |z| and firing
@@ -115,7 +116,9 @@ class AnalyzeConfig:
         if self.max_test_rows is not None and self.max_test_rows < 1:
             raise ConfigError(f"analyze.max_test_rows must be >= 1 or null, got {self.max_test_rows}")
         if self.labels and self.labels_field:
-            raise ConfigError("analyze.labels and analyze.labels_field are both set: the rows' labels come "
-                              "from a .npy file or from a field of the harvest's source, not both")
+            raise ConfigError(f"analyze.labels ({self.labels!r}) and analyze.labels_field "
+                              f"({self.labels_field!r}) are both set: the rows' labels come from a .npy file "
+                              "or from a field of the harvest's source, not both (to use the file, empty the "
+                              "field: analyze.labels_field= on the command line)")
         if not 0.0 <= self.dense_threshold <= 1.0:
             raise ConfigError(f"analyze.dense_threshold must be in [0, 1], got {self.dense_threshold}")

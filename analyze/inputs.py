@@ -94,7 +94,10 @@ def source_labels(store, rows: np.ndarray, field: str) -> tuple[np.ndarray, list
 
     where = f"analyze.labels_field: {field!r}"
     manifest = store.manifest
-    if not isinstance(manifest.get("harvest"), dict) or manifest.get("kind") not in ("tokens", "embeddings"):
+    harvest = manifest.get("harvest")
+    mode = harvest.get("mode", "tokens") if isinstance(harvest, dict) else None
+    if mode not in ("tokens", "embeddings") or manifest.get("kind") == "vectors":  # a token store's kind is
+        # its model's (causal, encoder), not "tokens"
         raise AnalyzeError(f"{where} labels rows by their documents in the harvest's source, and this store "
                            f"({manifest.get('kind')}) was harvested from none: give analyze.labels a .npy "
                            "file of one label per store row")

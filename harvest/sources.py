@@ -96,8 +96,8 @@ def iter_records(cfg: SourceConfig, field: str = "") -> Iterator[tuple[str, obje
     """(text, value of ``field`` in its source row) of each document ``iter_documents`` yields, in the same
     order (its index there is the store's ``doc``): a jsonl record's key, a parquet column, a hub dataset's
     field, ``source`` of the demo corpus (its work and part: austen:prideprejudice:23, bible:Ge33,
-    fortunes:law:7); dotted for a nested one (``meta.pile_set_name``). ``field`` "": the value is None. A
-    .txt file's rows have no other field."""
+    fortunes:law:7) or its ``collection`` (austen, bible, ...: ``COLLECTION``); dotted for a nested one
+    (``meta.pile_set_name``). ``field`` "": the value is None. A .txt file's rows have no other field."""
     if cfg.kind == "debian":
         pairs = _debian_texts(field)
     elif cfg.kind == "files":
@@ -133,11 +133,19 @@ def buffer_shuffle(items: Iterable[T], size: int, seed: int) -> Iterator[T]:
     yield from buf
 
 
+COLLECTION = "collection"
+"""A field the demo corpus's documents have without storing it: the collection of ``source`` (the part
+before its first ':': austen, bible, devil, fortunes, jargon): 5 classes where ``source`` has thousands."""
+
+
 def _debian_texts(field: str = "") -> Iterator[tuple[str, object]]:
     from actdict.harvest.corpus import ensure_debian_corpus
 
     with open(ensure_debian_corpus(), encoding="utf-8") as f:
-        yield from _field((json.loads(line) for line in f), "text", "the demo corpus", field)
+        rows = (json.loads(line) for line in f)
+        if field == COLLECTION:
+            rows = ({**r, COLLECTION: str(r.get("source", "")).split(":", 1)[0]} for r in rows)
+        yield from _field(rows, "text", "the demo corpus", field)
 
 
 def resolve_files(path: str) -> list[Path]:

@@ -51,7 +51,11 @@ _SAE_TOPK = "[{name: a, variant: sae_topk, k: 8, params: {topk: %s}}]"
      r"\(macOS', Windows' default\) they are one folder dicts/SAE, and one dictionary would overwrite the "
      r"other; rename one$"),  # macOS: one folder, the second dictionary written over the first
     ("[{name: a, variant: vae}]", ["analyze.dicts=[a, b]"], r"analyze.dicts names \['b'\], which"),
-    ("[{name: a, variant: vae}]", ["analyze.labels=no.npy"], "analyze.labels: no.npy not found"),
+    ("[{name: a, variant: vae}]", ["analyze.labels=no.npy", "analyze.labels_field="],
+     "analyze.labels: no.npy not found"),
+    ("[{name: a, variant: vae}]", ["analyze.labels=no.npy"],  # the demo labels by its corpus's collections
+     r"analyze.labels \('no.npy'\) and analyze.labels_field \('collection'\) are both set: .* \(to use the "
+     r"file, empty the field: analyze.labels_field= on the command line\)"),
     ("[{name: a, variant: vae}]", ["train.device=gpu"], "train.device: not a torch device: 'gpu'"),
     ("[{name: a, variant: vae}]", ["analyze.device=cuda:x"], "analyze.device: not a torch device"),
     ("[{name: a, variant: vae}]", ["train.device=meta"], r"train.device=meta, but .* compute on 'meta'"),

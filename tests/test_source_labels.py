@@ -106,8 +106,34 @@ def test_a_source_changed_since_the_harvest_or_a_store_of_vectors_is_refused(rev
     with pytest.raises(inputs.AnalyzeError, match=r"this store \(vectors\) was harvested from none: give "
                                                   r"analyze.labels a .npy file"):
         inputs.source_labels(store, rows, "stars")
-    with pytest.raises(ConfigError, match="analyze.labels and analyze.labels_field are both set"):
+    with pytest.raises(ConfigError, match=r"analyze.labels \('l.npy'\) and analyze.labels_field \('stars'\) "
+                                          "are both set"):
         AnalyzeConfig(labels="l.npy", labels_field="stars")
+
+
+@pytest.mark.parametrize("family", ["encoder", "causal"])
+def test_a_token_store_labels_each_token_by_its_document(family, reviews, tmp_path):
+    """A token harvest (its manifest's kind is its model's: encoder, causal) of the same reviews: every row
+    (token) takes its document's stars; analyze refused every token store ('harvested from none'), so
+    configs/pythia70m_pile10k.yaml's meta.pile_set_name could never label a row."""
+    from tests.tiny_models import make_tiny
+
+    root, kept = reviews
+    model = "all-MiniLM-L6-v2" if family == "encoder" else str(make_tiny("gpt2", tmp_path / "gpt2"))
+    cfg = build(HarvestConfig, {"model": model, "hooks": ["blocks.0.hook_resid_post"], "ctx": 16,
+                                "batch_size": 4, "source": {"kind": "files", "path": str(root / "r.jsonl")},
+                                "store_dtype": "float32", "shard_rows": 64, "chunk_rows": 32,
+                                "max_tokens": None, "device": "cpu"})
+    harvest_main(Common(run_dir=str(tmp_path / "run")), cfg)
+    store = open_store(str(tmp_path / "run" / "store"))
+    assert store.manifest["kind"] == family
+    chunks = list(range(store.num_chunks))
+    rows = inputs.evaluated_rows(store, chunks)
+    docs = np.concatenate([store.read_meta(*store.chunk_bounds(c))[1] for c in chunks])
+    idx, classes = inputs.source_labels(store, rows, "stars")
+    want = [kept[d]["stars"] if d >= 0 else None for d in docs]
+    assert len(rows) > 100 and len({d for d in docs if d >= 0}) == len(kept)  # every document's tokens
+    assert [None if i < 0 else classes[i] for i in idx] == want
 
 
 def test_label_values_become_one_array_kind():

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from actdict.harvest import corpus, sources
-from actdict.harvest.sources import SourceConfig, SourceError, iter_documents, token_windows
+from actdict.harvest.sources import SourceConfig, SourceError, iter_documents, iter_records, token_windows
 
 DATA = Path(__file__).parent / "data" / "texts"
 
@@ -306,6 +306,14 @@ def test_cached_corpus_is_returned_without_download(monkeypatch, tmp_path):
     assert corpus.ensure_debian_corpus() == root / f"{corpus.NAME}.jsonl"
     assert corpus.corpus_info() == {"packages": {"fortunes": "1"}}
     assert list(iter_documents(SourceConfig(kind="debian"))) == ["First cached document.", "Second one."]
+    assert list(iter_records(SourceConfig(kind="debian"), "collection")) == [
+        ("First cached document.", "t"), ("Second one.", "t")]  # source's collection: the part before ':'
+    docs = [{"text": "Genesis", "source": "bible:Ge1"}, {"text": "Emma", "source": "austen:emma:3"},
+            {"text": "Motto", "source": "fortunes"}]
+    (root / f"{corpus.NAME}.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    assert [v for _, v in iter_records(SourceConfig(kind="debian"), "collection")] == [
+        "bible", "austen", "fortunes"]
+    assert [v for _, v in iter_records(SourceConfig(kind="debian"), "source")] == [d["source"] for d in docs]
 
 
 def test_missing_apt_says_what_to_do(monkeypatch, tmp_path):
