@@ -61,9 +61,10 @@ class ModelEval:
         self.cos_sum += float(M.cosine_similarity(x, out.x_hat).sum())
         self.l0_sum += int(torch.count_nonzero(out.codes))  # ~40x (codes != 0).sum()'s speed at [2048, 16384]
         mask = M.active_mask(out.activity, m.active_side)  # [B, k]
-        ad = mask.sum(1)  # [B]
+        ones = mask.view(torch.uint8)  # [B, k] summed as bytes into int32: ~2x a bool sum's speed (int64)
+        ad = ones.sum(1, dtype=torch.int32).long()  # [B]
         self.ad += torch.bincount(ad, minlength=len(self.ad))
-        self.fire += mask.sum(0)
+        self.fire += ones.sum(0, dtype=torch.int32)
         if cls is not None and len(self.class_n):  # class -1: no label, counted in no class
             has = cls >= 0  # [B]
             lab = cls[has]  # [B'] the labelled rows' classes

@@ -26,24 +26,33 @@ from torch import Tensor
 _M32 = 0xFFFFFFFF
 
 
+def column_topk(score: Tensor, t: int) -> tuple[Tensor, Tensor]:
+    """``score.topk(t, dim=0)`` ([B, k] -> values, indices [t, k]) by a top-k along the rows of its transposed
+    copy: on a CPU ~2x as fast, the copy included (a [4096, 4096] float32 batch: 166 ms -> 75 ms; int64
+    228 -> 105), since the top-k then reads contiguous memory; no copy at all for a score that is the
+    transposed view of a [k, B] tensor (``FeatureTracker``, ``Reservoir``). Ties in any order, as topk's."""
+    top = score.T.contiguous().topk(t, dim=1)  # [k, t]
+    return top.values.T, top.indices.T
+
+
 def top_first(score: Tensor, t: int, floor: float | None = None) -> Tensor:
     """[B, k] -> [min(t, B), k] row indices of the t largest scores of each column, ties going to the first
     rows: the same set whatever other rows share the threshold's value (``torch.topk`` picks any of them).
     Ties at or below ``floor`` (scores never reported) are left to ``torch.topk``."""
     if score.shape[0] <= t:
         return torch.arange(score.shape[0], device=score.device)[:, None].expand_as(score)
-    top = score.topk(t + 1, dim=0)  # one more: is the t-th score tied with a row left out?
-    thr = top.values[t - 1]  # [k] the t-th largest score
-    cut = (top.values[t] == thr) & ~top.values.isnan().any(0)  # [k] ties at thr run past the kept t
+    values, indices = column_topk(score, t + 1)  # one more: is the t-th score tied with a row left out?
+    thr = values[t - 1]  # [k] the t-th largest score
+    cut = (values[t] == thr) & ~values.isnan().any(0)  # [k] ties at thr run past the kept t
     if floor is not None:
         cut &= thr > floor
-    idx = top.indices[:t]
+    idx = indices[:t]
     if not bool(cut.any()):
         return idx
     cols = cut.nonzero()[:, 0]  # [c]
     first = torch.arange(score.shape[0], 0, -1, dtype=torch.int32, device=score.device)[:, None]  # [B, 1]
     tied = ((score.index_select(1, cols) == thr[cols]) * first).topk(t, dim=0).indices  # [t, c] first ties
-    above = (top.values[:t, cols] > thr[cols]).sum(0)  # [c] kept rows above the threshold: topk's first
+    above = (values[:t, cols] > thr[cols]).sum(0)  # [c] kept rows above the threshold: topk's first
     at = torch.arange(t, device=score.device)[:, None]  # [t, 1]
     idx = idx.clone()  # the rows above the threshold, then the first tied rows
     idx[:, cols] = torch.where(at < above, idx[:, cols], tied.gather(0, (at - above).clamp(min=0)))
@@ -144,9 +153,9 @@ class Reservoir:
         """codes [B, k], active [B, k] bool, rows [B]."""
         dev = self.top.rows.device
         b, f = active.to(dev).nonzero(as_tuple=True)  # hash only the active pairs
-        score = torch.full(active.shape, -1, dtype=torch.long, device=dev)  # [B, k]
-        score[b, f] = pair_keys(rows.to(dev)[b], f, self.seed)
-        self.top.update(score, rows, codes)
+        score = torch.full(active.shape[::-1], -1, dtype=torch.long, device=dev)  # [k, B] (column_topk's)
+        score[f, b] = pair_keys(rows.to(dev)[b], f, self.seed)
+        self.top.update(score.T, rows, codes)
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
         """(rows [k, t'], values [k, t']); unfilled entries (feature active on < size rows) have row -1."""

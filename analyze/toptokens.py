@@ -45,9 +45,10 @@ class FeatureTracker:
     def update(self, codes: Tensor, active: Tensor, rows: Tensor) -> None:
         """codes [B, k], active [B, k] bool (the latent counts as active on that row), rows [B] global."""
         codes = codes.detach().float()
-        self.top.update(codes, rows)
-        self.bottom.update(-codes, rows, codes)
-        self.sample.update(codes, active, rows)
+        ct = codes.T.contiguous()  # [k, B]: the trackers' column top-k read each feature's codes contiguously
+        self.top.update(ct.T, rows)  # (streaming.column_topk: one transposed copy here, not one per tracker)
+        self.bottom.update((-ct).T, rows, ct.T)
+        self.sample.update(ct.T, active, rows)
         self.hist.update(codes, active)
         if self.cofire is not None:
             self.cofire.update(active)

@@ -86,6 +86,21 @@ def test_sparse_ops_times_each_op():
     assert "k=128 B=64 d=16 topk=4 on cpu (ms per call)" in out
 
 
+def test_analyze_pass_prints_each_option_beside_the_forward():
+    out = run("analyze_pass.py", "--ks", "64", "256", "--d", "16", "--ad", "4", "--rows", "128", "--repeats",
+              "1", "--classes", "3")
+    assert "sae_topk, B 128, d 16, 3 classes, 1 thread(s)" in out
+    rows = re.findall(r"^\s*(\d+)\s+([\d.]+)((?:\s+[\d.]+ \(\s*[\d.]+x\)){4})\s+([\d.]+)$", out, re.M)
+    assert [r[0] for r in rows] == ["64", "256"]
+    for _, fwd, cells, _ in rows:
+        pairs = re.findall(r"([\d.]+) \(\s*([\d.]+)x\)", cells)
+        assert len(pairs) == 4
+        for t, x in pairs:  # to 3 decimals (+-0.0005) and 2 (+-0.005), as the cofire test's bounds
+            low = max(float(t) - 0.0005, 0) / (float(fwd) + 0.0005) - 0.005
+            high = (float(t) + 0.0005) / max(float(fwd) - 0.0005, 1e-9) + 0.005
+            assert low <= float(x) <= high, (t, fwd, x)
+
+
 def test_cofire_ratios_are_the_times_over_the_forward():
     out = run("cofire.py", "--ks", "64", "256", "--d", "16", "--ad", "4", "--rows", "128", "--repeats", "1")
     rows = re.findall(r"^\s*(\d+)\s+([\d.]+)\s+([\d.]+) \(\s*([\d.]+)x\)\s+([\d.]+) \(\s*([\d.]+)x\)"

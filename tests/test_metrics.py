@@ -110,6 +110,29 @@ def test_vae_side_uses_low_group():
     assert M.active_mask(logvar, "low")[0].tolist() == [True, False, True, False, False, False]
 
 
+def test_rows_that_all_have_an_exact_zero_take_the_fast_path_to_the_same_mask():
+    """Every row with a -inf (an SAE's zeros): active_mask skips the split (its threshold is -inf) and gives
+    what the split gives, rows of -inf alone included (AD 0), on either side; NaN and +inf are still refused
+    there; one row without a -inf sends the whole batch through the split (a row of equal codes: all active)."""
+    g = torch.Generator().manual_seed(5)
+    codes = torch.relu(torch.randn(64, 40, generator=g)) * (torch.rand(64, 40, generator=g) < 0.3)
+    codes[:, 0] = 0.0  # a zero on every row
+    codes[7] = 0.0  # a row of zeros
+    act = codes.abs().log()
+    via_split = act <= M.otsu_thresholds(act)[:, None]  # [n, k] the low group by the split itself
+    assert torch.equal(M.active_mask(act, "low"), via_split)
+    assert torch.equal(M.active_mask(act, "high"), ~via_split)
+    ad = M.active_dims(act, "high")
+    assert ad[7] == 0 and torch.equal(ad, (codes != 0).sum(1))
+    for bad in (math.nan, math.inf):
+        worse = act.clone()
+        worse[3, 5] = bad
+        with pytest.raises(ValueError, match=r"NaN or \+inf"):
+            M.active_mask(worse, "high")
+    mixed = torch.cat([act, torch.full((1, 40), 0.5)])  # a row of equal nonzero codes: all 40 active
+    assert M.active_dims(mixed, "high").tolist() == [*(codes != 0).sum(1).tolist(), 40]
+
+
 def test_bad_inputs():
     with pytest.raises(ValueError, match="NaN"):
         M.active_dims(torch.tensor([[0.0, math.nan]]), "low")

@@ -56,12 +56,17 @@ def otsu_thresholds(values) -> Tensor:
     v = _tensor(values)
     if v.ndim != 2:
         raise ValueError(f"otsu_thresholds expects [n, k] values, got shape {tuple(v.shape)}")
-    if torch.isnan(v).any() or torch.isposinf(v).any():
-        raise ValueError("activity contains NaN or +inf")
+    _refuse_nan_posinf(v)
     n, k = v.shape
     block = max(1, _BLOCK_ELEMS // max(k, 1))
     out = [_thresholds_block(v[s : s + block]) for s in range(0, n, block)]
     return torch.cat(out) if out else torch.empty(0, dtype=torch.float64, device=v.device)
+
+
+def _refuse_nan_posinf(v: Tensor) -> None:
+    """ValueError if ``v`` holds a NaN or +inf (its max is then one: a single pass)."""
+    if v.numel() and not bool(v.max() < torch.inf):
+        raise ValueError("activity contains NaN or +inf")
 
 
 def _thresholds_block(v: Tensor) -> Tensor:  # v: [b, k] -> [b]
@@ -111,6 +116,11 @@ def active_mask(activity, side: Side) -> Tensor:
     a = _tensor(activity)
     if side not in ("low", "high"):
         raise ValueError(f"side must be 'low' or 'high', got {side!r}")
+    if a.ndim == 2 and a.shape[0] and a.shape[1] and a.is_floating_point():
+        zeros = torch.isneginf(a)  # [n, k] an SAE's exact zeros
+        if bool(zeros.any(1).all()):  # every row has one: its low group is exactly its -inf (module doc), no
+            _refuse_nan_posinf(a)  # split, no degenerate row: 4 passes over [n, k], not 9 (~4x faster)
+            return zeros if side == "low" else ~zeros
     low = a <= otsu_thresholds(a).to(a.dtype)[:, None]  # thresholds are member values: exact cast
     if side == "low":
         return low

@@ -1,0 +1,93 @@
+"""What each part of the analysis pass costs per batch, beside the batch's forward.
+
+For each k: one batch of B rows at d through a dictionary (``--variant``: a TopK SAE of ``--ad`` active
+latents per row, as a trained SAE; or any registered variant), then ``ModelEval.update`` on it (the
+accumulators behind summary.json and the feature pages: sums, the Otsu mask, the FeatureTracker's top /
+bottom / quantile samples / histograms) with the options an analysis turns on one by one: labels of
+``--classes`` classes (per-class AD), their class features (``analyze.class_features``: per-class sums of
+|z|, its square and fires, and at the end the features' d and classes), and co-activation counts
+(``analyze.cofire``). Prints seconds per batch and each as a multiple of the forward's, measured side by side
+in one run (median of ``--repeats``, after one untimed batch: the first batch also computes the paper's
+stochastic RE and masked curve). ``summary`` is the end of the pass (class_separation, class_profile,
+summary dict), once per analysis, not per batch.
+
+    python benchmarks/analyze_pass.py                     # k 4096, 16384 at d 512, AD 32, B 4096, 17 classes
+    python benchmarks/analyze_pass.py --ks 16384 --threads 2 --variant sae_l1
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from actdict.analyze.config import AnalyzeConfig
+from actdict.analyze.evaluate import ModelEval
+from actdict.train.protocol import make
+
+STEPS = ("forward", "update", "+ labels", "+ class features", "+ cofire")
+OPTIONS = ((False, False, False), (True, False, False), (True, True, False), (True, True, True))
+"""(labels, class features, cofire) of each update column."""
+
+
+def _time(fn, repeats: int) -> float:
+    out = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return statistics.median(out)
+
+
+def _evaluator(model, classes: int, class_features: bool, cofire: bool) -> ModelEval:
+    cfg = AnalyzeConfig(class_features=5 if class_features else 0, cofire=8 if cofire else 0)
+    return ModelEval(model, cfg, seed=0, device=torch.device("cpu"), n_classes=classes,
+                     cofire=cofire, class_features=class_features)
+
+
+@torch.no_grad()
+def measure(model, x: torch.Tensor, classes: int, repeats: int) -> tuple[list[float], float]:
+    """([forward, then update with each option added] seconds per batch, the class-features summary's
+    seconds) of batch x [B, d]."""
+    rows = torch.arange(len(x))  # [B]
+    cls = rows % classes  # [B] every class on every batch
+    times = [_time(lambda: model(x, sample=False), repeats)]
+    for labels, cf, co in OPTIONS:
+        ev = _evaluator(model, classes if labels else 0, cf, co)
+        lab = cls if labels else None
+        ev.update(x, rows, lab)  # the first batch: the paper's one-sample RE and masked curve besides
+        times.append(_time(lambda ev=ev, lab=lab: ev.update(x, rows, lab), repeats))
+    n = len(x) * (repeats + 1)
+    end = _time(lambda: ev.summary(n, x.sum(0), (x * x).sum(0), classes=list(range(classes))), 1)
+    return times, end
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ks", type=int, nargs="+", default=[4096, 16384])
+    ap.add_argument("--d", type=int, default=512)
+    ap.add_argument("--variant", default="sae_topk", help="a registered variant (default: TopK SAE)")
+    ap.add_argument("--ad", type=int, default=32, help="sae_topk's topk: active features per row")
+    ap.add_argument("--rows", type=int, default=4096)
+    ap.add_argument("--classes", type=int, default=17, help="label classes (the Pile's subsets: 17)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    x = torch.randn(a.rows, a.d)  # [B, d]
+    print(f"{a.variant}, B {a.rows}, d {a.d}, {a.classes} classes, {a.threads} thread(s), torch "
+          f"{torch.__version__}; seconds per batch (x the forward)")
+    print(f"{'k':>6} " + " ".join(f"{s:>17}" for s in STEPS) + f" {'summary (once)':>15}")
+    for k in a.ks:
+        params = {"topk": a.ad} if a.variant == "sae_topk" else {}
+        model = make(a.variant, a.d, k, seed=0, **params).eval()
+        times, end = measure(model, x, a.classes, a.repeats)
+        cells = [f"{times[0]:17.3f}"] + [f"{t:8.3f} ({t / times[0]:5.2f}x)" for t in times[1:]]
+        print(f"{k:>6} " + " ".join(cells) + f" {end:15.3f}")
+
+
+if __name__ == "__main__":
+    main()
