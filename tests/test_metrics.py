@@ -113,7 +113,7 @@ def test_vae_side_uses_low_group():
 def test_rows_that_all_have_an_exact_zero_take_the_fast_path_to_the_same_mask():
     """Every row with a -inf (an SAE's zeros): active_mask skips the split (its threshold is -inf) and gives
     what the split gives, rows of -inf alone included (AD 0), on either side; NaN and +inf are still refused
-    there; one row without a -inf sends the whole batch through the split (a row of equal codes: all active)."""
+    there; one row without a -inf sends the whole batch through the split (equal codes: all active)."""
     g = torch.Generator().manual_seed(5)
     codes = torch.relu(torch.randn(64, 40, generator=g)) * (torch.rand(64, 40, generator=g) < 0.3)
     codes[:, 0] = 0.0  # a zero on every row
