@@ -73,6 +73,47 @@ def test_unit_norm_decoder_and_gradient_projection(xb, how):
     torch.testing.assert_close(m.W_dec.norm(dim=1), torch.ones(10))
 
 
+UNIT = {"sae_topk_auxk": {"topk": 3}, "sae_batchtopk": {"topk": 3}, "sae_jumprelu": {}, "sae_gated": {}}
+
+
+@pytest.mark.parametrize("variant", sorted(UNIT))
+def test_every_backward_of_the_loop_sees_unit_decoder_rows(variant, monkeypatch, tmp_path):
+    """``_tied._project_grad`` projects with g - <g, w> w, right for unit rows w only. The loop's steps from
+    a fresh model (lr 0.05: each Adam step moves the rows off norm 1 before ``after_step``), under bf16
+    autocast, and after a resume (``resume.save_state`` / ``load_state`` into a model of another seed) hand
+    it rows of norm 1 to float32 rounding, and a float32 gradient."""
+    from contextlib import nullcontext
+
+    from actdict.train import resume
+    from actdict.train.loop import Member, Position, step
+    from actdict.train.variants._tied import TiedSAE
+
+    seen = []
+    project = TiedSAE._project_grad
+
+    def spy(self, g):
+        seen.append(((self.W_dec.detach().norm(dim=1) - 1).abs().max().item(), g.dtype))
+        return project(self, g)
+
+    monkeypatch.setattr(TiedSAE, "_project_grad", spy)  # before make: the hook binds the class's function
+    x = torch.randn(32, 6, generator=torch.Generator().manual_seed(0)) * 3  # [B, d]
+    a = Member("a", make(variant, 6, 16, seed=1, **UNIT[variant]), 0.05)
+    a.setup(torch.device("cpu"))
+    bf16 = torch.autocast("cpu", dtype=torch.bfloat16)
+    for amp in (nullcontext(), nullcontext(), bf16, bf16):
+        step(a, x, 0.05, amp, None)
+    a.opt.step()  # one more Adam step without after_step: how far a step moves the rows
+    drift = (a.model.W_dec.detach().norm(dim=1) - 1).abs().max().item()
+    a.model.after_step()
+    path = resume.save_state(tmp_path / "state.safetensors", [a], {"a": "h"}, Position(0, 5, 5))
+    b = Member("a", make(variant, 6, 16, seed=2, **UNIT[variant]), 0.05)
+    b.setup(torch.device("cpu"))
+    assert resume.load_state(path, [b], {"a": "h"}) == Position(0, 5, 5)
+    step(b, x, 0.05, nullcontext(), None)
+    assert len(seen) == 5 and {dtype for _, dtype in seen} == {torch.float32}
+    assert max(off for off, _ in seen) < 1e-6 < 1e-3 < drift
+
+
 def test_batchtopk_by_hand(xb):
     since = torch.tensor([0, 5, 5] * 10)  # 30 latents, at most 16 fire: some stale ones stay dead
     m = make("sae_batchtopk", 6, 30, seed=3, topk=2, n_batches_to_dead=2, k_aux=3, threshold_beta=0.9)

@@ -75,7 +75,16 @@ class TiedSAE(Dictionary):
         self.W_dec.copy_(w / w.norm(dim=-1, keepdim=True) * dec_norm)
         self.W_enc.copy_(self.W_dec.T)
 
-    def _project_grad(self, g: Tensor) -> Tensor:  # g: [k, d]; remove the part along each (unit) row
+    def _project_grad(self, g: Tensor) -> Tensor:  # g: [k, d] -> [k, d]
+        """g - <g, w> w for each decoder row w: the projection off the row only while w has unit norm (a row
+        of norm r would lose r^2 times its parallel part), which every path into a backward keeps: the rows
+        start at norm 1 (``init_tied(1.0)``; a subclass starting them at another norm sets
+        ``unit_norm_decoder`` False, as ``sae_l1_decnorm``), ``after_step`` renormalises them after every
+        optimizer step (``loop.step``), and a resume loads in place weights saved between steps. A checkpoint
+        (``checkpoint.load``, a SAELens import) is never trained further; bf16 autocast casts copies for its
+        matmuls, so W_dec and the gradient here stay float32; under torchrun each rank projects its gradient
+        of the same W_dec before the average (linear in g). No check here: it would read a value back from
+        the device at every backward (a sync on CUDA); ``tests/test_variants_topk.py`` checks these paths."""
         w = self.W_dec.detach()
         return g - (g * w).sum(-1, keepdim=True) * w
 
