@@ -44,7 +44,7 @@ DOCUMENTED_DEFAULTS = {
     "sae_topk": {"topk": 30, "lam2": 0.0},
     "sae_topk_auxk": {"topk": 32, "k_aux": 256, "auxk_coef": 1 / 32, "dead_tokens": 10_000_000},
     "sae_batchtopk": {"topk": 32, "k_aux": 512, "aux_penalty": 1 / 32, "n_batches_to_dead": 5,
-                      "threshold_beta": 0.999},
+                      "threshold_beta": 0.999, "threshold_skip_steps": 0},
     "sae_jumprelu": {"lam": 1.0, "bandwidth": 1e-3, "threshold_init": 1e-3, "lam_warmup_steps": 0},
     "sae_gated": {"lam": 1.0},
     "sae_l1_decnorm": {"lam": 5.0, "lam_warmup_steps": 0, "dec_init_norm": 0.1},
@@ -83,7 +83,8 @@ def test_bad_params_are_errors():
             ("vae", {"var_min": 0.0}, "var_min must be > 0"),
             ("lse", {"var_eps": -1.0}, "var_eps must be > 0"), ("lse", {"var_eps": "x"}, "finite number"),
             ("sae_kl", {"rho": "x"}, "rho must be a finite number"),
-            ("sae_l1_decnorm", {"lam_warmup_steps": -5}, "lam_warmup_steps counts steps and must be >= 0")):
+            ("sae_l1_decnorm", {"lam_warmup_steps": -5}, "lam_warmup_steps counts steps and must be >= 0"),
+            ("sae_batchtopk", {"topk": 2, "threshold_skip_steps": -1}, "threshold_skip_steps counts steps")):
         with pytest.raises(ValueError, match=said):
             make(variant, 4, 3, **params)
     make("sae_jumprelu", 4, 3, bandwidth=1)  # an integer where a float is the default: a number

@@ -240,6 +240,50 @@ def test_batchtopk_threshold_is_the_smallest_positive_kept_value(xb):
     assert torch.equal(m.dead.since, torch.where(fired, 0, 1)) and fired.sum() <= 2
 
 
+def test_batchtopk_threshold_skip_steps_starts_theta_as_dictionary_learning_does(xb):
+    """Default: the first batch sets theta, each later one moves it by the EMA. ``threshold_skip_steps`` 2:
+    the batches of the first 2 optimizer steps leave theta at 0 and step 3's sets it (dictionary_learning's
+    ``threshold_start_step`` start). Weights fixed (``after_step`` only, which counts the steps): with b_enc =
+    b_dec = 0, batch xb * s keeps the same entries scaled by s, so its smallest kept value is s * m."""
+    scales, beta = (1.0, 0.5, 2.0, 1.5), 0.5
+    now = make("sae_batchtopk", 6, 30, seed=3, topk=2, threshold_beta=beta)
+    later = make("sae_batchtopk", 6, 30, seed=3, topk=2, threshold_beta=beta, threshold_skip_steps=2)
+    acts = torch.relu(xb @ now.W_enc).flatten()  # b_enc = b_dec = 0
+    m = acts.topk(2 * len(xb)).values.min().item()
+    assert m > 0
+    seen = {}
+    for model in (now, later):
+        model.train()
+        seen[model] = []
+        for s in scales:
+            model(xb * s)
+            model.after_step()
+            seen[model].append(model.threshold.item() / m)
+    np.testing.assert_allclose(seen[now], [1.0, 0.75, 1.375, 1.4375], rtol=1e-5)
+    np.testing.assert_allclose(seen[later], [0.0, 0.0, 2.0, 1.75], rtol=1e-5)
+    assert later.state_dict()["steps"].item() == 4 and "steps" not in now.state_dict()
+
+
+def test_batchtopk_threshold_note_counts_from_the_first_estimated_step():
+    """The run note reads ``threshold_skip_steps``: its first value is step skip + 1's, and a run whose steps
+    it covers (short ones too) never estimates theta (0: inference keeps every positive activation)."""
+    from actdict.train.variants.sae_batchtopk import SAEBatchTopK, threshold_note
+
+    assert threshold_note(0.999, 3000) is None  # 0.999 ** 2999 < 5% (test_train_stage: the skip-0 note)
+    note = threshold_note(0.999, 3000, 1000)  # 0.999 ** 1999 = 14%
+    assert ("at the end of this run's 3,000 steps its first value, from step 1,001's batch "
+            "(threshold_skip_steps 1,000), still weighs 14% of it" in note)
+    assert note.endswith("threshold_beta 0.998 or lower lets this run's later batches set it")
+    assert 0.998 ** 1999 <= 0.05 < 0.999 ** 1999
+    assert SAEBatchTopK.run_note({"threshold_skip_steps": 1000}, 3000) == note
+    assert threshold_note(0.999, 1001, 1000) is None  # theta is the last batch's value alone: no lag
+    for steps, skip in ((500, 500), (40, 60)):
+        assert threshold_note(0.999, steps, skip) == (
+            f"threshold_skip_steps {skip} leaves none of this run's {steps} steps to estimate the inference "
+            "threshold (what analysis and exports use): it stays 0, so inference keeps every positive "
+            f"activation (L0 far above topk); set threshold_skip_steps below {steps}")
+
+
 def test_jumprelu_loss_and_ste_by_hand(xb):
     eps, lam = 0.8, 0.3
     m = make("sae_jumprelu", 6, 10, seed=4, lam=lam, bandwidth=eps, threshold_init=0.4)

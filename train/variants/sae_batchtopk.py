@@ -16,6 +16,11 @@ bartbussmann/BatchTopK ``sae.py``).
   sets theta), so the untrained dictionary's values never enter it; SAELens ``saes/batchtopk_sae.py``: an
   EMA with weight ``topk_threshold_lr`` = 0.01 (beta 0.99) started from theta = 0. Ours starts at the first
   batch; ``threshold_note`` says when that start still weighs more than 5% of theta at a run's end.
+  ``threshold_skip_steps`` = N > 0 starts it later, as dictionary_learning does: the batches of the first N
+  optimizer steps leave theta at 0 and the batch of step N + 1 sets it (dictionary_learning's update runs
+  when its 0-based step > ``threshold_start_step``, so its 1000 is our 1001; a batch with no positive kept
+  value gives it 0 there, and leaves theta as it is here). The step count is a buffer only when N > 0 (other
+  checkpoints keep their keys), so a resumed run skips no step twice.
 * x_hat = z @ W_dec + b_dec.
 * loss (official): l2 = mean_elems (x_hat - x)^2 + aux, aux = ``aux_penalty`` * mean_elems (x_aux - r)^2 with
   r = x - x_hat (not detached, as official), x_aux = TopK_{min(k_aux, n_dead)}(acts[:, dead]) @ W_dec[dead]
@@ -43,7 +48,7 @@ bartbussmann/BatchTopK ``sae.py``).
   batch's on every rank, so 2 ranks train as one process does (tests/test_ddp.py).
 
 params: ``topk`` (k, default 32), ``k_aux`` (512), ``aux_penalty`` (1/32), ``n_batches_to_dead`` (5),
-``threshold_beta`` (0.999): the official defaults.
+``threshold_beta`` (0.999): the official defaults; ``threshold_skip_steps`` (0: theta from the first batch).
 """
 
 from __future__ import annotations
@@ -63,25 +68,33 @@ FORGOTTEN = 0.05
 """The weight of the first batch's value in theta at a run's end under which ``threshold_note`` is silent."""
 
 
-def threshold_note(beta: float, steps: int) -> str | None:
-    """For a run of ``steps`` steps (100 or more): a note when theta's first value, the untrained
-    dictionary's, still weighs more than ``FORGOTTEN`` of theta at the end (beta ** (steps - 1)), so that
-    theta, and the L0 that analysis and exports see, lag behind the training; None otherwise."""
-    if steps < 100 or (left := beta ** (steps - 1)) <= FORGOTTEN:
+def threshold_note(beta: float, steps: int, skip: int = 0) -> str | None:
+    """For a run of ``steps`` steps (100 or more): a note when theta's first value (the untrained
+    dictionary's; step skip + 1's under ``threshold_skip_steps`` = skip) still weighs more than ``FORGOTTEN``
+    of theta at the end (beta ** (steps - skip - 1)), so that theta, and the L0 that analysis and exports
+    see, lag behind the training; for a run of any length whose steps ``skip`` covers, that theta is never
+    estimated; None otherwise."""
+    if 0 < steps <= skip:
+        return (f"threshold_skip_steps {skip:,} leaves none of this run's {steps:,} steps to estimate the "
+                "inference threshold (what analysis and exports use): it stays 0, so inference keeps every "
+                f"positive activation (L0 far above topk); set threshold_skip_steps below {steps:,}")
+    n = steps - skip - 1  # the updates after theta's first value
+    if steps < 100 or n <= 0 or (left := beta ** n) <= FORGOTTEN:
         return None
-    enough = math.floor(FORGOTTEN ** (1 / (steps - 1)) * 1000) / 1000
+    enough = math.floor(FORGOTTEN ** (1 / n) * 1000) / 1000
+    first = (f"its first value, from step {skip + 1:,}'s batch (threshold_skip_steps {skip:,})," if skip else
+             "the first batch's value, from the untrained dictionary,")
     return (f"the inference threshold (what analysis and exports use) is a running mean of each batch's "
             f"smallest kept activation (threshold_beta {beta:g}), and at the end of this run's {steps:,} "
-            f"steps the first batch's value, from the untrained dictionary, still weighs {left:.0%} of it, "
-            f"so the L0 at inference can fall below topk: threshold_beta {enough:g} or lower lets this "
-            "run's later batches set it")
+            f"steps {first} still weighs {left:.0%} of it, so the L0 at inference can fall below topk: "
+            f"threshold_beta {enough:g} or lower lets this run's later batches set it")
 
 
 @register
 class SAEBatchTopK(TiedSAE):
     variant = "sae_batchtopk"
     default_params = {"topk": 32, "k_aux": 512, "aux_penalty": 1 / 32, "n_batches_to_dead": 5,
-                      "threshold_beta": 0.999}
+                      "threshold_beta": 0.999, "threshold_skip_steps": 0}
     positive = ("k_aux", "n_batches_to_dead")
 
     def __init__(self, d: int, k: int, **params) -> None:
@@ -93,6 +106,12 @@ class SAEBatchTopK(TiedSAE):
         self.dead = DeadTracker(k, unit="batches")
         self.register_buffer("threshold", torch.tensor(0.0))
         self.register_buffer("threshold_seen", torch.tensor(False))
+        if self.skip > 0:
+            self.register_buffer("steps", torch.tensor(0, dtype=torch.long))
+
+    @property
+    def skip(self) -> int:
+        return int(self.params["threshold_skip_steps"])
 
     def forward(self, x: Tensor, sample: bool = True) -> Forward:  # x: [B, d]
         if not self.training:
@@ -104,10 +123,7 @@ class SAEBatchTopK(TiedSAE):
             acts = torch.relu(pre)
             pat, new = self._select(acts)
             if new is not None:
-                beta = float(self.params["threshold_beta"])
-                ema = beta * self.threshold + (1 - beta) * new
-                self.threshold.copy_(torch.where(self.threshold_seen, ema, new))
-                self.threshold_seen.fill_(True)
+                self._update_threshold(new)
         vals = torch.relu(self.gather_pre(x, pre, pat))  # [N] kept z
         fired = fired_latents(pat.cols, vals.detach() > 0, self.k)  # [k] == z.sum(0) > 0 (z >= 0)
         self.dead.update(fired, 1)
@@ -122,9 +138,29 @@ class SAEBatchTopK(TiedSAE):
             extras["x_aux"] = sparse_decode(aux_vals, self.W_dec, aux)  # [B, d], no bias (official)
         return self.sparse_forward(vals, pat, extras)
 
+    def _update_threshold(self, new: Tensor) -> None:
+        """theta <- beta theta + (1 - beta) new ([] each), or new at its first update; unchanged during the
+        first ``threshold_skip_steps`` optimizer steps (decided on the device: no sync)."""
+        beta = float(self.params["threshold_beta"])
+        value = torch.where(self.threshold_seen, beta * self.threshold + (1 - beta) * new, new)
+        if self.skip > 0:
+            on = self.steps >= self.skip
+            value = torch.where(on, value, self.threshold)
+            self.threshold_seen.logical_or_(on)
+        else:
+            self.threshold_seen.fill_(True)
+        self.threshold.copy_(value)
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        super().after_step()  # the unit-norm decoder rows
+        if self.skip > 0:
+            self.steps.add_(1)
+
     @classmethod
     def run_note(cls, params: dict, steps: int) -> str | None:
-        return threshold_note((cls.default_params | params)["threshold_beta"], steps)
+        p = cls.default_params | params
+        return threshold_note(p["threshold_beta"], steps, int(p["threshold_skip_steps"]))
 
     def _select(self, acts: Tensor) -> tuple[Pattern, Tensor | None]:
         """The kept entries of acts [B, k] >= 0: the top k*B of the batch (under torchrun: of the global
