@@ -37,9 +37,13 @@ openai/sparse_autoencoder ``sparse_autoencoder/train.py``: ``FastAutoencoder``, 
   gradients for W_enc, b_enc and b_pre (``gather_linear``), and decoded without a dense code
   (``sparse_decode``). Loss and gradients equal the dense computation's to float rounding.
 
-params: ``topk`` (k, default 32), ``k_aux`` (default 256; clipped to the dictionary size; other ports, e.g.
-dictionary_learning's, take d/2), ``auxk_coef`` (1/32), ``dead_tokens`` (10_000_000): the official
-``train.py`` ``Config``'s values.
+params: ``topk`` (k, default 32), ``k_aux`` (256, clipped to the dictionary size), ``auxk_coef`` (1/32),
+``dead_tokens`` (10_000_000): the official ``train.py`` ``Config``'s values. Its k_aux is a width's: that
+``Config`` fixes ``auxk = 256`` beside ``d_model = 768`` (GPT-2 small), and the paper (App. A.2) takes
+k_aux "a power of two close to d_model / 2" (at 768, d/2 = 384 lies midway between 256 and 512: the code's
+256 is one of the two); saprmarks/dictionary_learning's port takes d // 2 (``activation_dim // 2``). Ours
+stays the code's 256 whatever d (= d/2 at Pythia-70m's d = 512): at another width set ``k_aux`` by the
+paper's rule, e.g. 2048 for d = 4096.
 """
 
 from __future__ import annotations
