@@ -26,7 +26,8 @@ Open choices (the paper's text; where it is silent, said so):
 * init (the paper does not fix one that we follow): W_dec rows uniform on the sphere, W_enc = W_dec^T,
   b_gate = b_mag = r_mag = 0, b_dec = 0 (``_tied.init_tied``); SAELens starts r_mag, b_gate, b_mag at 0 too.
 * ``lam`` default 1.0 (SAELens' default ``l1_coefficient``; the paper sweeps it to set L0, on inputs
-  normalised to E||x||^2 = d, which the loop's ``normalize`` provides).
+  scaled by one scalar to E||x||^2 = d; the loop's ``normalize: mean_scale``, off by default, also centres
+  them: ``sae_jumprelu``'s docstring says how the two differ).
 * ``b_enc`` holds the paper's b_gate (the shared ``_tied`` machinery's name; the SAELens export writes it as
   ``b_gate``). Codes: ``Forward.codes`` = z, ``activity`` = log|z|; ``active_side = "high"``.
 

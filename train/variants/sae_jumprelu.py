@@ -14,11 +14,22 @@ Sparse Autoencoders", the paper's pseudo-code, App. J).
   H(z - theta): the same value, but a pre-activation in (theta - eps/2, theta] has z = 0 there and gives
   theta no gradient (once theta >= eps/2), so the pseudo-code's threshold gradient is the one-sided half of
   the kernel estimate, about half of ours. Open choice; we follow the equation.
-* Defaults (our reading of the paper for inputs normalised to E||x||^2 = d, which the loop's ``normalize``
-  provides): ``bandwidth`` eps = 0.001, ``threshold_init`` theta_0 = 0.001 (Gemma Scope's, Lieberum et al.
+* Defaults (our reading of the paper, whose inputs are scaled by one fixed scalar to E||x||^2 = d):
+  ``bandwidth`` eps = 0.001, ``threshold_init`` theta_0 = 0.001 (Gemma Scope's, Lieberum et al.
   2024, and SAELens' ``jumprelu_bandwidth`` / ``jumprelu_init_threshold`` until its later releases, whose
   defaults are 0.05 / 0.01: jbloomAus/SAELens ``sae_lens/saes/jumprelu_sae.py``), ``lam`` (sparsity
-  coefficient) = 1.0 (SAELens' default ``l0_coefficient``; the paper sweeps it to set L0).
+  coefficient) = 1.0 (SAELens' default ``l0_coefficient``; the paper sweeps it to set L0). eps and theta_0
+  are pre-activation values, so they assume that scale.
+* Inputs: the loop feeds this model the store's rows as they are (``train.normalize: none``, the default),
+  or under ``normalize: mean_scale`` (x - mean) / scale: the per-dimension mean subtracted and one scalar
+  making the centred rows' mean squared norm d (both from ``norm_chunks`` train chunks,
+  ``train.data.norm_stats``; ``checkpoint.Normalized`` undoes it for analysis). That is the papers' scaling
+  for rows of mean 0 only: centring alone is a shift of b_enc and b_dec (x W_enc + b_enc = (x - m) W_enc +
+  b_enc + m W_enc), but the scalar divides by the rows' spread about their mean, not by their norm, so the
+  deviations from the mean, which the encoder's directions read, come out larger than under the papers'
+  scaling by sqrt(E||x||^2 / E||x - m||^2) (large for a large mean, as residual streams have). SAELens'
+  option ``normalize_activations: expected_average_only_in`` scales by one scalar to E||x|| = sqrt(d),
+  uncentred.
 * lam warm-up: ``lam_warmup_steps`` > 0 raises lam linearly from 0 over that many optimizer steps (lam * s /
   warm at step s, then lam), as Gemma Scope trains (from 0 over its first 10,000 steps) and SAELens'
   ``l0_warm_up_steps`` does. Our default is 0 (off, SAELens' default), not Gemma Scope's 10,000: a short
