@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -151,6 +152,32 @@ def search_lines(data: dict, labels: dict, word: str, n: int) -> list[str]:
     return out
 
 
+def class_lines(data: dict, labels: dict, name: str, n: int) -> list[str]:
+    """The ``n`` features that most set apart the rows of class ``name`` (its ``class_features``, from each
+    feature's ``classes``; a label matched as text: stars 5 is '5'), largest d first: d, the share of the
+    class's rows where each is active (its ``by_class``, where the class is among its top ones), its fires
+    and top tokens. Without it, the classes the file knows."""
+    found, known = [], set()
+    for f in data["features"]:
+        for lab, d in f.get("classes", []):
+            known.add(str(lab))
+            if str(lab) == name:
+                share = next((a / max(1, rows) for lab2, rows, a, _ in f.get("by_class", [])
+                              if str(lab2) == name), None)
+                found.append((-math.inf if d is None else -d, f["i"], d, share, f["fires"]))
+    if not found:
+        if not known:
+            return ["no class features in this features file: analyze with analyze.labels or labels_field"]
+        return [f"no feature sets apart class {name!r}; classes: {', '.join(sorted(known))}"]
+    what = "texts" if data.get("texts") else "tokens"
+    out = [f"{'feature':>8} {'d':>7} {'active':>7} {'fires':>9}  top {what}  (active: on the class's rows)"]
+    for _, i, d, share, fires in sorted(found)[:n]:
+        sh = "" if share is None else f"{share:.0%}"
+        out.append(f"{'#' + str(i):>8} {_d(d):>7} {sh:>7} {fires:>9,}  "
+                   + ", ".join(labels.get(i, ([], []))[0][:4]))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """``actdict feature DICT [I ...]`` (``python -m actdict.analyze.show``)."""
     p = argparse.ArgumentParser(prog="actdict feature", description="A dictionary's features in the "
@@ -163,13 +190,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--list", type=int, default=20, help="features listed without indices (default 20)")
     p.add_argument("--search", metavar="WORD", help="list the features whose top contexts have WORD as their "
                    "token (or, for texts, hold it), most such contexts first")
+    p.add_argument("--class", dest="cls", metavar="LABEL", help="list the features that most set apart the "
+                   "rows of class LABEL from the others (analyze.labels or labels_field), largest d first")
     a = p.parse_args(argv)
     if a.top < 1 or a.list < 1:
         p.error("--top and --list must be >= 1")
     if a.search is not None and not a.search.strip():  # '' was the plain list, as if no --search
         p.error("--search needs a word (a token of the contexts)")
-    if a.search is not None and a.features:  # the indices were shown and the search dropped
-        p.error("give feature indices or --search WORD, not both")
+    if sum(x is not None and x != [] for x in (a.search, a.cls, a.features or None)) > 1:  # one was dropped
+        p.error("give feature indices, --search WORD or --class LABEL, one of them")
     try:
         data, labels = read_features(Path(a.dict))
         k = len(data["features"])
@@ -181,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
                 lines += ["", *feature_lines(data, labels, i, a.top)]
         elif a.search:
             lines += search_lines(data, labels, a.search, a.list)
+        elif a.cls is not None:
+            lines += class_lines(data, labels, a.cls, a.list)
         else:
             lines += list_lines(data, labels, a.list)
     except (ActdictError, KeyError, TypeError, IndexError) as e:  # a features file of other records

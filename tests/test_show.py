@@ -160,7 +160,9 @@ def test_long_contexts_quantile_order_and_search_over_texts_and_repeated_hits():
 
 @pytest.mark.parametrize("argv, said", [(["--search", ""], "--search needs a word"),
                                         (["--search", "  "], "--search needs a word"),
-                                        (["3", "--search", "the"], "give feature indices or --search WORD")])
+                                        (["3", "--search", "the"], "give feature indices, --search WORD or"),
+                                        (["3", "--class", "a"], "--class LABEL, one of them"),
+                                        (["--search", "a", "--class", "b"], "--class LABEL, one of them")])
 def test_a_search_that_would_be_ignored_is_a_usage_error(capsys, argv, said):
     """--search '' printed the plain list, and indices with --search printed the features, the search
     dropped without a word; both stop before any file is read."""
@@ -169,6 +171,30 @@ def test_a_search_that_would_be_ignored_is_a_usage_error(capsys, argv, said):
     with pytest.raises(SystemExit) as e:
         main(["runs/none/dicts/a", *argv])
     assert e.value.code == 2 and said in capsys.readouterr().err
+
+
+def test_class_lines_list_the_features_that_set_a_class_apart(monkeypatch, capsys):
+    """--class LABEL: the features whose `classes` name it, largest d first (None: infinite, first), with the
+    share of the class's rows where each is active from its by_class (blank where the class is not among
+    them), a number label matched as text; an unknown class names the known ones; no labels: says how."""
+    from actdict.analyze import show
+    from actdict.analyze.show import class_lines, main
+
+    def feat(i, classes, by_class=()):
+        return {"i": i, "fires": 10 * (i + 1), "top": [], "classes": classes, "by_class": list(by_class)}
+
+    data = {"tokens": {}, "features": [feat(0, [["a", 0.5], [5, 2.0]], [[5, 40, 30, 1.0]]),
+                                       feat(1, [[5, None]]), feat(2, [[5, 1.25]], [["a", 9, 9, 1.0]]),
+                                       {"i": 3, "fires": 0, "top": []}]}
+    labels = {0: (["x", "y"], []), 2: (["z"], [])}
+    rows = [r.split() for r in class_lines(data, labels, "5", 5)[1:]]
+    assert rows == [["#1", "inf", "20"], ["#0", "2", "75%", "10", "x,", "y"], ["#2", "1.25", "30", "z"]]
+    assert class_lines(data, labels, "b", 5) == ["no feature sets apart class 'b'; classes: 5, a"]
+    assert class_lines({"features": [{"i": 0}]}, {}, "b", 5)[0].startswith("no class features in this")
+    monkeypatch.setattr(show, "read_features", lambda d: (data | {"name": "v", "n_rows": 50}, labels))
+    assert main(["runs/r/dicts/v", "--class", "a"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [r.split()[:2] for r in out[2:]] == [["#0", "0.5"]]
 
 
 def test_a_tokens_leading_spaces_all_stay_outside_the_marks_as_in_the_report():
