@@ -391,12 +391,14 @@ def _class_features(models: dict[str, dict], pages: dict[str, str]) -> list[str]
 
 
 def _class_feature(f: dict, page: str | None) -> str:
-    """One feature of a class's row: its index (linked to its feature page), d, and where it is active."""
+    """One feature of a class's row: its index (linked to its feature page), its top tokens, d, and where it
+    is active."""
     j = _num(f.get("feature"))
     ref = f'<a href="{esc(page)}#f={j}">{j}</a>' if page else j
     d = "&infin;" if f.get("d", 0) is None else _num(f.get("d"))  # None: constant in both groups
-    return (f'{ref}: <span class="dim">d {d}, active {_share(f.get("fire_in"))} / '
-            f'{_share(f.get("fire_out"))}</span>')
+    toks = ", ".join(f'<span class="tok">{_alone(t)}</span>' for t in f.get("tokens") or [])
+    return (f'{ref}{" " + toks if toks else ""}: <span class="dim">d {d}, active '
+            f'{_share(f.get("fire_in"))} / {_share(f.get("fire_out"))}</span>')
 
 
 def _share(v: Any) -> str:

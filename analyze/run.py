@@ -30,11 +30,11 @@ summary.json (version 2 = version 1 plus keys; floats rounded to 6 significant d
         "ad_class": [{"label", "n", "ad", "ad_of_mean"}],  # only with analyze.labels (v2)
         "ad_class_unlabelled": int,  # with ad_class: evaluated rows without a label (NaN, ""), left out
         "class_features": [{"label", "n", "features": [{"feature": int, "d": float | null, "abs_in": float,
-                            "abs_out": float, "fire_in": float, "fire_out": float}]}],
+                            "abs_out": float, "fire_in": float, "fire_out": float, "tokens": [str]}]}],
                               # with analyze.labels and class_features: per class, the features whose
                               # |code| most separates its rows from the other labelled rows (Cohen's d;
                               # null: infinite, the code constant in the class and in the others, listed
-                              # first)
+                              # first); tokens: its top 3 (an embeddings store: its top texts' first words)
         "ce": float, "kl": float, "ce_recovered": float,   # only with analyze.ce_loss (v2)
         "training_warning": str | null,  # the warning its training saved (diverged, learned almost nothing)
         "training_log": null | {"step": [int], "epoch": [int], "lr": [float], "<term>": [float | null]},
@@ -106,6 +106,7 @@ from actdict.analyze.inputs import (
     trained_hook,
     trained_records,
 )
+from actdict.analyze.lens import labels_of
 from actdict.analyze.lm import add_logit_effects, causal_lm, named, splice_models, splice_setup
 from actdict.analyze.report import write_report
 from actdict.analyze.splice import ce_caveat
@@ -398,6 +399,11 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
                             else {})
                          | ({"fires_with": w} if (w := data["features"][f].get("fires_with")) else {})
                          for f in top_features]
+        if m.get("class_features"):  # each class feature's top tokens (or texts' first words), for the report
+            top = labels_of(data, 3, run_dir / rel)
+            for c in m["class_features"]:
+                for f in c["features"]:
+                    f["tokens"] = top.get(f["feature"], ([], []))[0]
         m["similar"] = similar.get(name, {})
         m["null_decoder"] = int(null_columns(dirs[name][1]).sum()) if name in dirs else None
         summary["models"][name] = m

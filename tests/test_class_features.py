@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from actdict.analyze import features, run, show
+from actdict.analyze import features, lens, run, show
 from actdict.analyze import metrics as M
 from actdict.analyze.config import AnalyzeConfig
 from actdict.analyze.evaluate import ModelEval
@@ -174,6 +174,9 @@ def test_analysis_writes_them_and_the_report_shows_them_escaped(tmp_path, monkey
             want.setdefault(f["feature"], []).append([c["label"], f["d"]])
     assert {r["i"]: r["classes"] for r in feats if "classes" in r} == {
         j: sorted(v, key=lambda ld: -ld[1]) for j, v in want.items()}
+    top = lens.labels_of(json.loads((run_dir / "features" / "sae.json").read_text()), 3, run_dir)
+    assert all(f["tokens"] == top[f["feature"]][0] and f["tokens"] for c in m["class_features"]
+               for f in c["features"])  # each one's top tokens, for the report's table
     j, (label, d) = listed[0], want[listed[0]][0]
     said = show.feature_lines(*show.read_features(run_dir / "dicts" / "sae"), j, 1)
     assert f"\n  sets apart the rows of class {label} (d {d:.3g})" in "\n".join(said)  # `actdict feature`
@@ -193,7 +196,8 @@ def test_analysis_writes_them_and_the_report_shows_them_escaped(tmp_path, monkey
     html = (run_dir / "report.html").read_text()
     assert "<h2>Features of each class</h2>" in html and "&lt;b&gt;bold&lt;/b&gt;" in html
     assert "<b>bold</b>" not in html
-    assert re.search(rf'<a href="report/sae.html\?run=[-0-9a-f]+#f={listed[0]}">{listed[0]}</a>', html)
+    link = rf'<a href="report/sae.html\?run=[-0-9a-f]+#f={listed[0]}">{listed[0]}</a> <span class="tok">'
+    assert re.search(link, html)
     for extra, labels in (({"class_features": 0}, lab), ({}, np.full(96, "one"))):
         np.save(run_dir / "labels.npy", labels)
         run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(**cfg, **extra))
@@ -219,7 +223,8 @@ def test_the_report_shows_the_most_populous_classes_in_the_labels_order(monkeypa
     ad_class: 1 to 5 stars read in order), and says how many are only in summary.json."""
     from actdict.analyze import report
 
-    feat = {"feature": 3, "d": 1.5, "abs_in": 2.0, "abs_out": 0.1, "fire_in": 0.9, "fire_out": 0.05}
+    feat = {"feature": 3, "d": 1.5, "abs_in": 2.0, "abs_out": 0.1, "fire_in": 0.9, "fire_out": 0.05,
+            "tokens": ["<b>", " "]}
     sizes = [5, 9, 2, 7, 8]  # rows of 1..5 stars
     classes = [{"label": f"{s} stars", "n": n, "features": [feat]} for s, n in enumerate(sizes, 1)]
     model = {"variant": "sae_l1", "k": 8, "class_features": classes}
@@ -227,7 +232,8 @@ def test_the_report_shows_the_most_populous_classes_in_the_labels_order(monkeypa
     page = "\n".join(report._class_features({"sae": model}, {"sae": "report/sae.html"}))
     assert re.findall(r"<tr><td>(\d) stars</td><td>(\d)</td>", page) == [("2", "9"), ("4", "7"), ("5", "8")]
     assert "2 smaller classes are in summary.json." in page
-    assert '<a href="report/sae.html#f=3">3</a>: <span class="dim">d 1.5, active 90% / 5%</span>' in page
+    assert ('<a href="report/sae.html#f=3">3</a> <span class="tok">&lt;b&gt;</span>, <span class="tok">\u2423'
+            '</span>: <span class="dim">d 1.5, active 90% / 5%</span>') in page  # its top tokens, escaped
 
 
 def test_a_perfect_separator_reads_as_an_infinite_d_everywhere(tmp_path):
