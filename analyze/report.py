@@ -380,8 +380,8 @@ def _class_features(models: dict[str, dict], pages: dict[str, str]) -> list[str]
         more = (f'<p class="note">{len(classes) - CLASS_ROWS:,} smaller classes are in summary.json.</p>'
                 if len(classes) > CLASS_ROWS else "")
         parts.append(f'<h3>{esc(name)}</h3><div class="scroll"><table class="overview"><tr><th>class</th>'
-                     "<th>rows</th><th>feature, its top tokens: Cohen's d of |code|, active on the class's rows "
-                     f"/ the others'</th></tr>{rows}</table></div>{more}")
+                     "<th>rows</th><th>feature, its top tokens: Cohen's d of |code|, active on the class's "
+                     f"rows / the others'</th></tr>{rows}</table></div>{more}")
     if not parts:
         return []
     return ["<h2>Features of each class</h2>",
