@@ -112,6 +112,22 @@ def dry_run(data: dict, cfgs: dict[str, Any]) -> tuple[list[str], bool]:
     return lines, stops is not None
 
 
+def check_labels_field(harvest: Any, field: str) -> None:
+    """Before a run's harvest: ``analyze.labels_field`` names a field the harvest's documents have (else the
+    analysis stopped on it after the harvest and the training); a vectors harvest has no documents."""
+    from actdict.harvest.sources import SourceError, check_field
+
+    if harvest.mode == "vectors":
+        raise ConfigError(f"analyze.labels_field={field!r} labels rows by their documents' field, and a "
+                          "vectors harvest has no documents: give analyze.labels a .npy file of one label "
+                          "per row, or set analyze.labels_field=")
+    try:
+        check_field(harvest.source, field)
+    except SourceError as e:
+        raise ConfigError(f"analyze.labels_field: {e} (set analyze.labels_field= to analyze without labels, "
+                          "or name one of them)") from e
+
+
 def check_run(data: dict, cfgs: dict[str, Any]) -> None:
     """What only ``run`` can check before it starts: train holds chunks out when analyze scores them; a
     vectors file to import, or a token harvest's max_tokens, has more than one chunk of rows when train holds
@@ -131,6 +147,8 @@ def check_run(data: dict, cfgs: dict[str, Any]) -> None:
         writes = {"tokens": list(harvest.hooks), "vectors": [harvest.vectors.hook],
                   "embeddings": [harvest.embed.hook]}
         check_train_hook(writes[harvest.mode], train.hook)
+    if harvest is not None and (field := getattr(cfgs.get("analyze"), "labels_field", "")):
+        check_labels_field(harvest, field)
     if harvest is not None and harvest.mode != "tokens" and (analyze := cfgs.get("analyze")) is not None:
         asks = [f"analyze.{k}" for k in ("ce_loss", "logit_effects") if getattr(analyze, k)]
         rows = "pooled sentence embeddings" if harvest.mode == "embeddings" else "vectors of no model"

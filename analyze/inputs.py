@@ -116,7 +116,7 @@ def source_labels(store, rows: np.ndarray, field: str) -> tuple[np.ndarray, list
             if i in need:
                 values[i] = value
     except ActdictError as e:
-        raise AnalyzeError(f"{where}: {e}") from e
+        raise AnalyzeError(f"{where}: {e} (analyze.labels_field= analyzes without labels)") from e
     if missing := need - set(values):
         raise AnalyzeError(f"{where}: the source holds fewer documents than the store names (doc "
                            f"{min(missing):,} of {len(values):,} read): it is not the harvest's")

@@ -18,7 +18,7 @@ import random
 import re
 import socket
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal, TypeVar
 from urllib.parse import urlparse
@@ -136,6 +136,23 @@ def buffer_shuffle(items: Iterable[T], size: int, seed: int) -> Iterator[T]:
 COLLECTION = "collection"
 """A field the demo corpus's documents have without storing it: the collection of ``source`` (the part
 before its first ':': austen, bible, devil, fortunes, jargon): 5 classes where ``source`` has thousands."""
+
+
+DEBIAN_FIELDS = ("text", "source", COLLECTION)
+"""The demo corpus's documents' fields (``source`` and its ``collection`` label them)."""
+
+
+def check_field(cfg: SourceConfig, field: str) -> None:
+    """SourceError where the documents of source ``cfg`` lack the (dotted) ``field``, checked before a harvest
+    reads them: the demo corpus's fields are known (``DEBIAN_FIELDS``), a files source's first document is
+    read; a hub source is not read here (its first document is a download: the analysis finds it)."""
+    if cfg.kind == "debian":
+        if field not in DEBIAN_FIELDS:
+            raise SourceError(f"the demo corpus's documents have no field {field!r}; fields: "
+                              f"{', '.join(DEBIAN_FIELDS)}")
+    elif cfg.kind == "files":
+        first = replace(cfg, shuffle_buffer=0, max_docs=1)  # one document, not a shuffle buffer's worth
+        next(iter_records(first, field), None)
 
 
 def _debian_texts(field: str = "") -> Iterator[tuple[str, object]]:

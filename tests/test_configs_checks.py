@@ -38,6 +38,7 @@ def test_threads_key_sets_torch_threads(tmp_path):
 
 
 _SAE_TOPK = "[{name: a, variant: sae_topk, k: 8, params: {topk: %s}}]"
+_REVIEWS = Path(__file__).parent / "data" / "reviews.jsonl"  # texts with stars, no collection
 
 
 @pytest.mark.parametrize("dicts, more, message", [
@@ -56,6 +57,14 @@ _SAE_TOPK = "[{name: a, variant: sae_topk, k: 8, params: {topk: %s}}]"
     ("[{name: a, variant: vae}]", ["analyze.labels=no.npy"],  # the demo labels by its corpus's collections
      r"analyze.labels \('no.npy'\) and analyze.labels_field \('collection'\) are both set: .* \(to use the "
      r"file, empty the field: analyze.labels_field= on the command line\)"),
+    ("[{name: a, variant: vae}]", ["analyze.labels_field=colour"],  # found after the training, before
+     r"analyze.labels_field: the demo corpus's documents have no field 'colour'; fields: text, source, "
+     r"collection \(set analyze.labels_field= to analyze without labels, or name one of them\)$"),
+    ("[{name: a, variant: vae}]", ["harvest.source.kind=files", f"harvest.source.path={_REVIEWS}"],
+     r"analyze.labels_field: 1 json file\(s\) at .*: rows have no field 'collection'"),
+    ("[{name: a, variant: vae}]", ["harvest.mode=vectors", "harvest.vectors.path=x.npy"],
+     r"analyze.labels_field='collection' labels rows by their documents' field, and a vectors harvest has "
+     r"no documents"),
     ("[{name: a, variant: vae}]", ["train.device=gpu"], "train.device: not a torch device: 'gpu'"),
     ("[{name: a, variant: vae}]", ["analyze.device=cuda:x"], "analyze.device: not a torch device"),
     ("[{name: a, variant: vae}]", ["train.device=meta"], r"train.device=meta, but .* compute on 'meta'"),

@@ -86,7 +86,8 @@ def test_analysis_reports_the_classes_of_a_source_field(reviews, monkeypatch, ca
     m = json.loads((root / "summary.json").read_text())["models"]["sae"]
     left = m["ad_class_unlabelled"]
     assert left > 0 and "have no label (NaN or empty) in the source field 'stars'" in capsys.readouterr().out
-    with pytest.raises(inputs.AnalyzeError, match=r"analyze.labels_field: 'colour': .*rows have no field"):
+    with pytest.raises(inputs.AnalyzeError, match=r"analyze.labels_field: 'colour': .*rows have no field .*"
+                                                  r"\(analyze.labels_field= analyzes without labels\)$"):
         run.main(Common(run_dir=str(root)), AnalyzeConfig(device="cpu", labels_field="colour"))
 
 

@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 
 from actdict.harvest import corpus, sources
-from actdict.harvest.sources import SourceConfig, SourceError, iter_documents, iter_records, token_windows
+from actdict.harvest.sources import (
+    SourceConfig,
+    SourceError,
+    check_field,
+    iter_documents,
+    iter_records,
+    token_windows,
+)
 
 DATA = Path(__file__).parent / "data" / "texts"
 
@@ -314,6 +321,21 @@ def test_cached_corpus_is_returned_without_download(monkeypatch, tmp_path):
     assert [v for _, v in iter_records(SourceConfig(kind="debian"), "collection")] == [
         "bible", "austen", "fortunes"]
     assert [v for _, v in iter_records(SourceConfig(kind="debian"), "source")] == [d["source"] for d in docs]
+
+
+def test_check_field_reads_one_document_before_a_harvest(monkeypatch):
+    """analyze.labels_field checked before a run's harvest: the demo corpus's fields are known (nothing read,
+    not even built), a files source's first document is read; a field they lack is a SourceError."""
+    monkeypatch.setattr(corpus, "ensure_debian_corpus", lambda: pytest.fail("must not build the corpus"))
+    for field in ("source", "collection"):
+        check_field(SourceConfig(kind="debian"), field)
+    with pytest.raises(SourceError, match="the demo corpus's documents have no field 'stars'"):
+        check_field(SourceConfig(kind="debian"), "stars")
+    reviews = SourceConfig(kind="files", path=str(Path(__file__).parent / "data" / "reviews.jsonl"),
+                           shuffle_buffer=64)
+    check_field(reviews, "stars")
+    with pytest.raises(SourceError, match=r"rows have no field 'meta'"):
+        check_field(reviews, "meta.shop")
 
 
 def test_missing_apt_says_what_to_do(monkeypatch, tmp_path):
