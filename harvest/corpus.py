@@ -36,6 +36,11 @@ class CorpusError(ActdictError, RuntimeError):
     """The corpus cannot be built here (the message says what to run)."""
 
 
+OWN_FILES = (" (with configs/demo.yaml also analyze.labels_field=, which labels its rows by the demo "
+             "corpus's collections)")
+"""What a user who points the demo at their own files must also set."""
+
+
 def _log(msg: str) -> None:
     """A '[corpus] ...' line on stderr, ``printable``: it names the cache folder, which the user or
     ACTDICT_CACHE gives (an ESC in it would act on the terminal)."""
@@ -60,7 +65,7 @@ def ensure_debian_corpus(cache_dir: str | Path | None = None) -> Path:
         raise CorpusError(f"{tool} not found: the demo corpus is built on a Debian/Ubuntu system; elsewhere, "
                           f"copy {out.name} and {info.name} from one's (or a Debian container's) "
                           f"~/.cache/actdict/corpus into {root}, or use harvest.source.kind=files "
-                          "harvest.source.path=PATH with your own text files")
+                          f"harvest.source.path=PATH with your own text files{OWN_FILES}")
     try:
         root.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=root, prefix=".build-") as work:
@@ -127,7 +132,7 @@ def _download(work: Path) -> dict[str, str]:
     if res.returncode != 0:
         raise CorpusError(f"`{' '.join(cmd)}` failed:\n{res.stderr.strip()}\nRun `sudo apt-get update` (the "
                           "package lists may be missing) and retry, or use harvest.source.kind=files "
-                          "harvest.source.path=PATH with local text")
+                          f"harvest.source.path=PATH with local text{OWN_FILES}")
     versions = {}
     for deb in sorted(work.glob("*.deb")):
         fields = subprocess.run(["dpkg-deb", "-f", str(deb), "Package", "Version"], capture_output=True,

@@ -348,7 +348,8 @@ def test_missing_apt_says_what_to_do(monkeypatch, tmp_path):
         f"apt-get not found: the demo corpus is built on a Debian/Ubuntu system; elsewhere, copy "
         f"{corpus.NAME}.jsonl and {corpus.NAME}.json from one's (or a Debian container's) ~/.cache/actdict/"
         f"corpus into {tmp_path / 'cache'}, or use harvest.source.kind=files harvest.source.path=PATH with "
-        "your own text files")
+        "your own text files (with configs/demo.yaml also analyze.labels_field=, which labels its rows by "
+        "the demo corpus's collections)")
     assert not (tmp_path / "cache").exists()
 
 
