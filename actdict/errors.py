@@ -22,12 +22,13 @@ class ActdictWarning(UserWarning):
 
 def _one_line(message, category, filename, lineno, line=None, _python=warnings.formatwarning) -> str:
     if issubclass(category, ActdictWarning):
-        return printable(f"actdict: warning: {message}") + "\n"
+        return one_line(f"actdict: warning: {message}") + "\n"
     return _python(message, category, filename, lineno, line)
 
 
 def one_line_warnings() -> None:
-    """Show an ``ActdictWarning`` as 'actdict: warning: ...' from now on, instead of Python's
+    """Show an ``ActdictWarning`` as 'actdict: warning: ...' from now on, one line (``one_line``: a name it
+    holds, a dictionary's or a folder's, may hold a newline or an ESC), instead of Python's
     'FILE:LINE: UserWarning: ...' followed by the line of our source that called it; other warnings as
     Python shows them."""
     warnings.formatwarning = _one_line
@@ -269,6 +270,14 @@ def printable(text: object) -> str:
     comes from someone else, and printed as it is, ESC ] 52 sets the terminal's clipboard, ESC ] 0 its
     title, ESC [ 2J clears the screen (and CR overwrites the line shown)."""
     return str(text).translate(_CONTROLS)
+
+
+def one_line(text: str) -> str:
+    """``text`` as one line safe on a terminal: ``printable``, and its newlines written ``\\n``: a line that
+    names what a user typed (an override, a config path, a dictionary, hook or model name). A newline there
+    split the line in two and could put a made-up line in the output or a log ('actdict: train ended with
+    exit status 0 ...'); runlog's first line quotes the command with shlex.join, which keeps a newline."""
+    return printable(text).replace("\n", "\\n")
 
 
 def print_error(prog: str, e: ActdictError) -> int:

@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from actdict.errors import ActdictError
+from actdict.errors import ActdictError, one_line
 
 try:
     import fcntl
@@ -62,7 +62,7 @@ class FolderInUse(ActdictError):
 
 
 def _say(text: str) -> None:
-    print(text, flush=True)  # a log file sees it while the process waits
+    print(one_line(text), flush=True)  # a log file sees it while the process waits; it names folders
 
 
 @contextmanager

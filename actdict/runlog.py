@@ -18,7 +18,7 @@ import sys
 import time
 from importlib import metadata
 
-from actdict.errors import printable
+from actdict.errors import one_line
 
 STAGE_COMMANDS = ("harvest", "train", "analyze", "run")
 
@@ -68,14 +68,6 @@ def header(argv: list[str], at: float) -> str:
     versions = f"actdict {_version('actdict')}, torch {_version('torch')}, Python {python}"
     where = f"on {socket.gethostname()} (pid {os.getpid()}; {versions}; in {_directory()})"
     return one_line(f"actdict: started {command} at {_clock(at)} {where}")
-
-
-def one_line(text: str) -> str:
-    """``text`` as one line safe on a terminal: ``printable``, and its newlines written ``\\n``. An argument
-    (an override, a config path) or the directory holds what a user typed: shlex.join quotes a newline as it
-    is, which split the first line in two and could put a made-up line in the log ('actdict: train ended
-    with exit status 0 ...')."""
-    return printable(text).replace("\n", "\\n")
 
 
 def elapsed(seconds: float) -> str:

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from actdict.analyze.compare import NOTE_MACS, directions, nearest, null_columns, shared_share
 from actdict.config import bar_disabled, bar_timing
-from actdict.errors import ActdictWarning
+from actdict.errors import ActdictWarning, one_line
 from actdict.train import checkpoint
 from actdict.train.snapshot import snapshots_of
 
@@ -39,11 +39,11 @@ def formation(run_dir: Path, name: str, config_hash: str | None, units: Tensor, 
     if not snaps:
         return None
     if (macs := len(snaps) * units.shape[0] ** 2 * units.shape[1]) > NOTE_MACS:  # as the shared directions
-        print(f"analyze: {name}'s formation: {len(snaps):,} snapshots, {macs:.2g} multiply-adds "
-              "(analyze.shared_directions=false skips them)")
+        print(one_line(f"analyze: {name}'s formation: {len(snaps):,} snapshots, {macs:.2g} multiply-adds "
+                       "(analyze.shared_directions=false skips them)"))  # a name: any text
     out: dict[str, list] = {"step": [], "mmcs": [], "matched": []}
     cosines, unread = [], []
-    for step, folder in tqdm(snaps, desc=f"formation {name}", unit="snapshot", leave=False,
+    for step, folder in tqdm(snaps, desc=one_line(f"formation {name}"), unit="snapshot", leave=False,
                              disable=bar_disabled(), **bar_timing()):
         try:
             model, _ = checkpoint.load(folder, device)

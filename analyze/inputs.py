@@ -16,7 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from actdict.config import bar_disabled, bar_timing, config_changes
-from actdict.errors import ActdictError
+from actdict.errors import ActdictError, one_line
 from actdict.train import checkpoint
 from actdict.train.identity import store_key
 from actdict.train.resume import STATE, read_meta
@@ -168,9 +168,9 @@ def held_out_chunks(run_dir: Path, n_chunks: int, records: dict[str, dict], seed
 
     fraction = TrainConfig.__dataclass_fields__["test_fraction"].default
     chunks = make_split(n_chunks, fraction, seed)["test_chunks"]
-    print(f"analyze: note: no split.json in {run_dir} and only imported dictionaries: evaluating the "
-          f"{len(chunks)} of {n_chunks} chunks that training would hold out (test_fraction {fraction}, seed "
-          f"{seed})")
+    print(one_line(f"analyze: note: no split.json in {run_dir} and only imported dictionaries: evaluating "
+                   f"the {len(chunks)} of {n_chunks} chunks that training would hold out (test_fraction "
+                   f"{fraction}, seed {seed})"))
     return chunks
 
 

@@ -39,7 +39,7 @@ from actdict.analyze.compare import directions, live, similarity
 from actdict.analyze.inputs import AnalyzeError, other_store
 from actdict.analyze.metrics import active_mask
 from actdict.config import check_device
-from actdict.errors import ActdictError, printable
+from actdict.errors import ActdictError, one_line, printable
 from actdict.files import write_atomic
 from actdict.harvest.store import ActivationStore, StoreError, open_store
 from actdict.train import checkpoint
@@ -410,14 +410,14 @@ def main(argv: list[str] | None = None) -> int:
                       max_mib=args.max_mib)
         found = [token_labels(Path(out[x]["path"]), out[x]["k"]) for x in "ab"]
     except ActdictError as e:
-        print(f"actdict: {type(e).__name__}: {e}", file=sys.stderr)
+        print(printable(f"actdict: {type(e).__name__}: {e}"), file=sys.stderr)
         return 2
     labels, what = tuple(lab for lab, _ in found), tuple("texts" if t else "tokens" for _, t in found)
     if args.json:  # before the table: a reader closing stdout early (| head) must not lose it
         write_atomic(Path(args.json), json.dumps(out, separators=(",", ":"), allow_nan=False))
     print(printable("\n".join(report_lines(out, args.top, labels, what))))  # tokens, hooks: no control codes
     if args.json:
-        print(f"compare: wrote {args.json}")
+        print(one_line(f"compare: wrote {args.json}"))
     return 0
 
 

@@ -115,7 +115,7 @@ from actdict.analyze.texts import row_texts
 from actdict.analyze.toptokens import resolve_decoder
 from actdict.config import Common, bar_disabled, bar_timing, check_device, device_said
 from actdict.dryrun import StagePlan
-from actdict.errors import ActdictError, printable
+from actdict.errors import ActdictError, one_line
 from actdict.files import check_not_linked, remove_temps, write_atomic
 from actdict.lock import check_writable, write_problem
 from actdict.rng import kept_rng
@@ -234,13 +234,13 @@ def checked_inputs(common: Common, cfg: AnalyzeConfig, run_dir: Path) -> tuple[d
     another split than the run folder's, output folders that are links or not writable; noted: folders of
     the run that are no dictionaries, retrained or removed dictionaries, another model's store."""
     for note in skipped_notes(run_dir, cfg.dicts):
-        print(printable(f"analyze: note: {note}"))  # folder names of a shared run folder
+        print(one_line(f"analyze: note: {note}"))  # folder names of a shared run folder
     records = trained_records(run_dir, cfg.dicts)  # each dictionary's cfg.json
     if note := retraining(run_dir, records):
-        print(printable(f"analyze: note: {note}"))
+        print(one_line(f"analyze: note: {note}"))
     store = learned_store(common, cfg, run_dir, records)
     for note in other_model(records, store.manifest.get("model")):
-        print(printable(f"analyze: note: {note}"))
+        print(one_line(f"analyze: note: {note}"))
     test_chunks = held_out_chunks(run_dir, store.num_chunks, records, common.seed)
     if bad := other_split(records, test_chunks):
         raise AnalyzeError(f"{bad} were trained with another split than {run_dir / 'split.json'} (other "
@@ -252,9 +252,9 @@ def checked_inputs(common: Common, cfg: AnalyzeConfig, run_dir: Path) -> tuple[d
     check_writable(written_folders(run_dir, list(models)), WRITES, owner="analyze")  # before the pass
     dropped = sorted(set(previous_models(run_dir)) - set(models))
     if gone := [n for n in dropped if not (run_dir / "dicts" / n).is_dir()]:  # removed since: not left out
-        print(printable(f"analyze: note: {gone}, in the previous analysis, have no folder in "
-                        f"{run_dir / 'dicts'} any more: their features/<name>.json and report/<name>.html "
-                        "are left from it (remove them, or put the dictionaries back)"))
+        print(one_line(f"analyze: note: {gone}, in the previous analysis, have no folder in "
+                       f"{run_dir / 'dicts'} any more: their features/<name>.json and report/<name>.html "
+                       "are left from it (remove them, or put the dictionaries back)"))
     if dropped := [n for n in dropped if n not in gone]:
         print(f"analyze: note: summary.json and the report will hold {sorted(models)} only, not {dropped} "
               "(analyze.dicts); run without analyze.dicts to report every dictionary")
@@ -326,8 +326,8 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
     records, store, test_chunks, models = checked_inputs(common, cfg, run_dir)
     evaluated = evaluated_rows(store, test_chunks, cfg.max_test_rows)  # [n] global rows, in the pass's order
     read = chunks_read(store, test_chunks, cfg.max_test_rows)  # fewer under max_test_rows
-    print(printable(start_line(list(models), run_dir, len(evaluated), store.manifest.get("hook"), len(read),
-                               device, cfg, held=len(test_chunks))))
+    print(one_line(start_line(list(models), run_dir, len(evaluated), store.manifest.get("hook"), len(read),
+                              device, cfg, held=len(test_chunks))))
     labels, classes = (source_labels(store, evaluated, cfg.labels_field) if cfg.labels_field
                        else read_labels(cfg.labels, len(store), evaluated))
     text_files = check_texts(cfg.texts, len(store), cfg.texts_column) if cfg.texts else None  # before it
@@ -409,13 +409,14 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
         summary["models"][name] = m
     summary = _clean(summary)
     if left := next(iter(summary["models"].values())).get("ad_class_unlabelled"):
-        print(f"analyze: note: {left:,} of the {n:,} evaluated rows have no label (NaN or empty) in "
-              f"{cfg.labels or 'the source field ' + repr(cfg.labels_field)}: they are left out of the "
-              "per-class AD (ad_class_unlabelled in summary.json)")
+        print(one_line(f"analyze: note: {left:,} of the {n:,} evaluated rows have no label (NaN or empty) in "
+                       f"{cfg.labels or 'the source field ' + repr(cfg.labels_field)}: they are left out of "
+                       "the per-class AD (ad_class_unlabelled in summary.json)"))
     write_report(summary, run_dir)  # the pages carry run_id and check it: a kill part way is seen there
     write_atomic(run_dir / "summary.json", json.dumps(summary, indent=1, allow_nan=False) + "\n")  # last
     print("\n".join(summary_lines(summary)))
-    print(f"analyze: wrote {run_dir / 'summary.json'}, {run_dir / 'report.html'} and {run_dir / 'report'}/")
+    print(one_line(f"analyze: wrote {run_dir / 'summary.json'}, {run_dir / 'report.html'} and "
+                   f"{run_dir / 'report'}/"))
 
 
 def cofire_within(models: dict, cfg: AnalyzeConfig) -> set[str]:
@@ -425,8 +426,8 @@ def cofire_within(models: dict, cfg: AnalyzeConfig) -> set[str]:
         return set()
     counted = within_budget(models, lambda k: k ** 2 * 4, cfg.cofire_max_mib)
     if left := sorted(set(models) - counted):
-        print(f"analyze: note: no fires_with for {listed(left)}: their co-activation counts (k^2 x 4 bytes "
-              f"each) would pass analyze.cofire_max_mib={cfg.cofire_max_mib}")
+        print(one_line(f"analyze: note: no fires_with for {listed(left)}: their co-activation counts "
+                       f"(k^2 x 4 bytes each) would pass analyze.cofire_max_mib={cfg.cofire_max_mib}"))
     return counted
 
 
@@ -441,8 +442,9 @@ def class_features_within(models: dict, n_classes: int, cfg: AnalyzeConfig) -> s
         return set()
     chosen = within_budget(models, lambda k: n_classes * k * 24, CLASS_FEATURES_MAX_MIB)
     if left := sorted(set(models) - chosen):
-        print(f"analyze: note: no class_features for {listed(left)}: their per-class sums ({n_classes:,} "
-              f"classes x k x 24 bytes each) would pass {CLASS_FEATURES_MAX_MIB:,} MiB")
+        print(one_line(f"analyze: note: no class_features for {listed(left)}: their per-class sums "
+                       f"({n_classes:,} classes x k x 24 bytes each) would pass "
+                       f"{CLASS_FEATURES_MAX_MIB:,} MiB"))
     return chosen
 
 
@@ -524,7 +526,7 @@ def summary_lines(summary: dict) -> list[str]:
         pairs = sorted(pairs, key=lambda p: -p[0])[:3]
     shared = [f"{head}: " + "; ".join(text for _, text in pairs)] if pairs else []
     out = [*lines, note, *shared, *why, *caveat, *warned]
-    return [printable(s) for s in out]  # no terminal control codes
+    return [one_line(s) for s in out]  # no terminal control codes, one line each
 
 
 def _cell(v: float | None, spec: str) -> str:

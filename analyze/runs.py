@@ -18,7 +18,7 @@ from pathlib import Path
 
 from actdict.analyze.outputs import OutputError, not_a_snapshot, read_output
 from actdict.analyze.run import number_table
-from actdict.errors import ActdictError, printable
+from actdict.errors import ActdictError, one_line, printable
 from actdict.files import disk_path, write_atomic
 from actdict.train.resume import listed
 
@@ -135,17 +135,17 @@ def main(argv: list[str] | None = None) -> int:
         if a.json:  # before the table: a reader closing stdout early (| head) must not lose it
             write_atomic(a.json, json.dumps(found, indent=1) + "\n")  # a full disk: WriteError, one line
     except ActdictError as e:
-        print(f"actdict: {type(e).__name__}: {e}", file=sys.stderr)
+        print(printable(f"actdict: {type(e).__name__}: {e}"), file=sys.stderr)
         return 2
     print("\n".join(table(found)))
     for run in dict.fromkeys(r["run"] for r in found):
         if names := [r["dict"] for r in found if r["run"] == run and r["retrained"]]:
-            print(f"actdict summary: note: {run}: {listed(names)} trained again since its analysis (a "
-                  "checkpoint of another config_hash than the analysed one): their rows are the earlier "
-                  f"training's; rerun actdict analyze on {run}", file=sys.stderr)
+            print(one_line(f"actdict summary: note: {run}: {listed(names)} trained again since its analysis "
+                           "(a checkpoint of another config_hash than the analysed one): their rows are the "
+                           f"earlier training's; rerun actdict analyze on {run}"), file=sys.stderr)
     read = {s.run: s.summary for s in summaries}
     for run, why in ce_caveats([(run, read[run]) for run in dict.fromkeys(r["run"] for r in found)]):
-        print(printable(f"actdict summary: note: {run}: {why}"), file=sys.stderr)
+        print(one_line(f"actdict summary: note: {run}: {why}"), file=sys.stderr)
     return 0
 
 

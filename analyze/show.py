@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             lines += list_lines(data, labels, a.list)
     except (ActdictError, KeyError, TypeError, IndexError) as e:  # a features file of other records
         what = e if isinstance(e, ActdictError) else f"the features file's records are not analyze's ({e!r})"
-        print(f"actdict: {type(e).__name__}: {what}", file=sys.stderr)
+        print(printable(f"actdict: {type(e).__name__}: {what}"), file=sys.stderr)
         return 2
     print(printable("\n".join(lines)))
     return 0

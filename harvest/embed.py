@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from actdict.config import ConfigError, bar_disabled, bar_timing, check_hook_name
-from actdict.errors import printable
+from actdict.errors import one_line
 from actdict.rng import kept_rng
 
 if TYPE_CHECKING:
@@ -233,7 +233,7 @@ def main(common, cfg, writing=lambda hooks=None: None) -> None:
 
     path, ecfg, chash = common.store_path, cfg.embed, config_hash(cfg)
     if complete_for(path, [ecfg.hook], cfg):
-        print(printable(f"harvest: store {path} is already complete for this config ({chash}); skipping"))
+        print(one_line(f"harvest: store {path} is already complete for this config ({chash}); skipping"))
         return
     one_process(cfg)
     writing([ecfg.hook])
@@ -242,7 +242,7 @@ def main(common, cfg, writing=lambda hooks=None: None) -> None:
     from actdict.harvest.models import resolve_device
 
     device = resolve_device(cfg.device)  # 'auto' said as the device it is (load_encoder's resolve: the same)
-    print(printable(f"harvest: loading the model {cfg.model} (device {device}, {cfg.dtype})"))
+    print(one_line(f"harvest: loading the model {cfg.model} (device {device}, {cfg.dtype})"))
     enc = load_encoder(cfg.model, device=device, dtype=cfg.dtype, max_seq_length=ecfg.max_seq_length,
                        found=found)  # the hub probed once
     import torch
@@ -250,10 +250,10 @@ def main(common, cfg, writing=lambda hooks=None: None) -> None:
     torch.manual_seed(common.seed)
     prompt, prompt_name = applied_prompt(enc.model, ecfg)  # a prompt_name the model lacks: before any row
     about = enc.describe() | {"prompt": prompt, "prompt_name": prompt_name, "extra_normalize": ecfg.normalize}
-    print(printable(f"harvest: {enc.name} sentence embeddings (d={enc.d}, pooling {about['pooling']}, "
-                    f"normalised {about['model_normalizes'] or ecfg.normalize}, {enc.device}, {cfg.dtype}"
-                    f"{f', prompt {prompt!r}' if prompt else ''}); "
-                    f"one row per {ecfg.unit}; source: {describe_source(cfg.source)} -> {path}/{ecfg.hook}"))
+    print(one_line(f"harvest: {enc.name} sentence embeddings (d={enc.d}, pooling {about['pooling']}, "
+                   f"normalised {about['model_normalizes'] or ecfg.normalize}, {enc.device}, {cfg.dtype}"
+                   f"{f', prompt {prompt!r}' if prompt else ''}); "
+                   f"one row per {ecfg.unit}; source: {describe_source(cfg.source)} -> {path}/{ecfg.hook}"))
     manifest = {"model": enc.name, "revision": enc.revision, "tokenizer": enc.name, "hook": ecfg.hook,
                 "config_hash": chash, "kind": "embeddings", "embedding": about,
                 "rows": (f"one per {ecfg.unit}: token_ids=-1, doc=document index, "
@@ -279,7 +279,7 @@ def main(common, cfg, writing=lambda hooks=None: None) -> None:
         if n == 0:
             raise HarvestError(f"the source ({describe_source(cfg.source)}) gave no documents")
         w.manifest["embedding"] = w.manifest["embedding"] | {"truncated": cut}  # written by close
-    print(printable(f"harvest: wrote {n:,} {ecfg.unit} embeddings to {path}/{ecfg.hook}"))
+    print(one_line(f"harvest: wrote {n:,} {ecfg.unit} embeddings to {path}/{ecfg.hook}"))
     if cut:
         print(truncation_note(cut, n, ecfg.unit, about["max_seq_length"]))
 

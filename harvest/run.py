@@ -23,7 +23,7 @@ from itertools import islice
 import numpy as np
 
 from actdict.config import Common, ConfigError, bar_disabled, bar_timing, config_hash, device_said, to_dict
-from actdict.errors import printable
+from actdict.errors import one_line
 from actdict.harvest.added import check_added, check_count, check_rows
 from actdict.harvest.config import HarvestConfig, hook_pattern
 from actdict.harvest.dist import Ranks, init_ranks, rank_device
@@ -549,9 +549,10 @@ def _chain(first, rest):
 
 
 def _say(text: str) -> None:
-    """Print a line of the harvest's, ``printable``: it names the store path, the model and hooks, which a
-    config or a manifest gives (an ESC in them would act on the terminal)."""
-    print(printable(text))
+    """Print a line of the harvest's, ``one_line``: it names the store path, the model and hooks, which a
+    config or a manifest gives (an ESC in them would act on the terminal, a newline make a line of its
+    own)."""
+    print(one_line(text))
 
 
 def _quiet(*args, **kwargs) -> None:

@@ -279,9 +279,9 @@ class ActivationStore:
         from tqdm.auto import tqdm
 
         from actdict.config import bar_disabled, bar_timing
-        from actdict.errors import printable  # the hook is a folder's name: someone else's, in a shared store
+        from actdict.errors import one_line  # the hook is a folder's name: someone else's, in a shared store
 
-        for name, _ in tqdm(self._shards, desc=printable(f"verify {self.hook}"), unit="shard", leave=False,
+        for name, _ in tqdm(self._shards, desc=one_line(f"verify {self.hook}"), unit="shard", leave=False,
                             disable=bar_disabled(None if progress else True), **bar_timing()):
             where = f"{self.dir}/{SHARDS}/{name}"
             if why := shard_damage(self.fs, where, self.d, self.dtype, self.chunk_rows, self._crc):

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from actdict.config import ConfigError, bar_disabled, bar_timing, check_hook_name
-from actdict.errors import ActdictError, open_files_hint, printable
+from actdict.errors import ActdictError, one_line, open_files_hint, printable
 from actdict.files import part_files
 
 FORMATS = (".npy", ".safetensors", ".parquet")
@@ -399,17 +399,17 @@ def main(common, cfg, writing=lambda hooks=None: None) -> None:
                           ".safetensors or .parquet file")
     if complete_for(path, [vcfg.hook], cfg):
         if (change := source_change(path, vcfg)) is None:
-            print(printable(f"harvest: store {path} is already complete for this config ({chash}); skipping"))
+            print(one_line(f"harvest: store {path} is already complete for this config ({chash}); skipping"))
             return
-        print(printable(f"harvest: {vcfg.path} changed since it was imported ({change}); importing it again"))
+        print(one_line(f"harvest: {vcfg.path} changed since it was imported ({change}); importing it again"))
     one_process(cfg)
     writing([vcfg.hook])
     s = import_vectors(vcfg.path, path, key=vcfg.key, hook=vcfg.hook, block_rows=vcfg.block_rows,
                        manifest={"config_hash": chash, "source_fingerprint": fingerprint(vcfg.path),
                                  "harvest": to_dict(cfg)}, dtype=cfg.store_dtype,
                        shard_rows=cfg.shard_rows, chunk_rows=cfg.chunk_rows, overwrite=True)
-    print(printable(f"harvest: imported {len(s):,} vectors (d={s.d}) from {vcfg.path} into {path}/{vcfg.hook}"
-                    + texts_hint(vcfg.path)))  # names from the config, a column's from the file: no ESC
+    print(one_line(f"harvest: imported {len(s):,} vectors (d={s.d}) from {vcfg.path} into {path}/{vcfg.hook}"
+                   + texts_hint(vcfg.path)))  # names from the config, a column's from the file: no ESC
 
 
 def cli(argv: list[str] | None = None) -> int:
@@ -452,7 +452,7 @@ def cli(argv: list[str] | None = None) -> int:
                 raise  # disk, too many open files: one line too
         print(printable(f"import: {type(e).__name__}: {e}{open_files_hint(e)}"), file=sys.stderr)
         return 2
-    print(printable(f"imported {len(s):,} vectors (d={s.d}) into {s.dir}{texts_hint(a.file)}"))
+    print(one_line(f"imported {len(s):,} vectors (d={s.d}) into {s.dir}{texts_hint(a.file)}"))
     return 0
 
 

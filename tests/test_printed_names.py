@@ -113,3 +113,35 @@ def test_verify_s_bar_says_the_hook_as_escapes(tmp_path, monkeypatch):
     monkeypatch.setattr(tqdm.auto, "tqdm", lambda items, desc, **kw: bars.append(desc) or items)
     open_store(str(tmp_path / "s"), EVIL).verify(progress=True)
     assert bars == [f"verify {SAID}"]
+
+
+def test_a_dictionary_name_with_an_esc_and_a_newline_is_one_line_of_escapes(tmp_path, capsys):
+    """A dictionary named with an ESC ] 0 ; ... BEL (the terminal's title) and a newline, trained, exported
+    and imported through ``actdict``: the training's lines, `actdict export`'s and `actdict import`'s
+    printed its folder as it is (the title set, the line cut in two); each is one line of escapes now."""
+    import json
+
+    import numpy as np
+
+    from actdict.cli import main
+    from actdict.harvest.store import write_vectors
+
+    name, said = "a\x1b]0;x\x07\nb", "a\\x1b]0;x\\x07\\nb"
+    x = np.random.default_rng(0).standard_normal((64, 3)).astype(np.float32)
+    store = write_vectors(str(tmp_path / "store"), x, chunk_rows=16).path
+    (tmp_path / "c.yaml").write_text(json.dumps({
+        "run_dir": str(tmp_path / "run"), "store": store, "train": {
+            "epochs": 1, "batch_size": 16, "test_fraction": 0.25, "device": "cpu",
+            "dicts": [{"name": name, "variant": "sae_l1", "k": 4}]}}))  # (JSON is YAML: the name escaped)
+    assert main(["train", str(tmp_path / "c.yaml")]) == 0
+    out = capsys.readouterr().out
+    saved = [line for line in out.splitlines() if line.startswith("train: saved ")]
+    assert "\x1b" not in out and "\x07" not in out
+    assert saved[0].startswith(f"train: saved {tmp_path}/run/dicts/{said} (last epoch: ") and len(saved) == 1
+    folder, sl = tmp_path / "run" / "dicts" / name, tmp_path / "sl"
+    assert main(["export", str(folder), str(sl)]) == 0
+    assert capsys.readouterr().out == (f"exported {tmp_path}/run/dicts/{said} -> {sl} "
+                                       f"(SAE.load_from_disk({str(sl)!r}) in sae_lens)\n")
+    assert main(["import", str(sl), str(tmp_path / "run2" / "dicts" / name), "--hook", "h\x1b[2J"]) == 0
+    assert capsys.readouterr().out == (f"imported {sl} -> {tmp_path}/run2/dicts/{said}: standard SAE as "
+                                       "sae_l1 (d 3, k 4, hook vectors, read from the store's h\\x1b[2J)\n")

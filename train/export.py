@@ -34,7 +34,7 @@ from typing import Any
 
 from torch import Tensor
 
-from actdict.errors import ActdictError
+from actdict.errors import ActdictError, one_line, printable
 from actdict.files import write_atomic
 from actdict.lock import check_writable
 from actdict.train import checkpoint
@@ -213,11 +213,11 @@ def main(argv: list[str] | None = None) -> int:
         path = export_saelens(args.dict_dir, args.out, overwrite=args.overwrite, model_name=args.model_name)
         warning = json.loads((Path(args.dict_dir) / checkpoint.CFG).read_text()).get("warning")
     except ActdictError as e:
-        print(f"actdict: {type(e).__name__}: {e}", file=sys.stderr)
+        print(printable(f"actdict: {type(e).__name__}: {e}"), file=sys.stderr)
         return 2
     if warning:  # recorded when it was saved (train.loop.Member.diverged)
-        print(f"actdict export: warning: its training warned: {warning}", file=sys.stderr)
-    print(f"exported {args.dict_dir} -> {path} (SAE.load_from_disk({str(path)!r}) in sae_lens)")
+        print(one_line(f"actdict export: warning: its training warned: {warning}"), file=sys.stderr)
+    print(one_line(f"exported {args.dict_dir} -> {path} (SAE.load_from_disk({str(path)!r}) in sae_lens)"))
     named = json.loads((path / CFG).read_text()).get("model_name")
     if not args.model_name and local_model(named):
         print(f"actdict export: note: its model_name is the local folder {named!r} the store was harvested "

@@ -37,7 +37,7 @@ from actdict.config import (
     long_path_problem,
     to_dict,
 )
-from actdict.errors import ActdictWarning
+from actdict.errors import ActdictWarning, one_line
 from actdict.files import check_not_linked, remove_temps
 from actdict.harvest.store import list_hooks, open_store, read_lock
 from actdict.lock import check_writable, folder_lock
@@ -408,9 +408,16 @@ def resumed_said(start: Position, total: int) -> str:
     return f"resumed at step {start.step}{of}, epoch {start.epoch} batch {start.batch}"
 
 
+def _say(text: str) -> None:
+    """Print a line of the training's, ``one_line``: it names the run folder, the store, the dictionaries
+    and their variants, which a config gives (an ESC there would act on the terminal, a newline make a
+    line of its own)."""
+    print(one_line(text))
+
+
 def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device,
           begun: threading.Event | None = None) -> None:
-    say = print if d.main else (lambda *a, **k: None)
+    say = _say if d.main else (lambda *a, **k: None)
     check(common, cfg)
     store = open_hook(common.store_path, cfg.hook)
     run_dir = Path(common.run_dir)

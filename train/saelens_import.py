@@ -38,7 +38,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from actdict.config import is_hook_name
-from actdict.errors import ActdictError
+from actdict.errors import ActdictError, one_line, printable
 from actdict.files import check_not_linked
 from actdict.lock import check_writable, folder_lock
 from actdict.train import checkpoint
@@ -242,14 +242,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         dest, record = import_saelens(a.src, a.dest, a.overwrite, a.hook)
     except ActdictError as e:
-        print(f"actdict: {type(e).__name__}: {e}", file=sys.stderr)
+        print(printable(f"actdict: {type(e).__name__}: {e}"), file=sys.stderr)
         return 2
     imp = record["imported"]
     hook = f", hook {imp['hook_name']}" if imp["hook_name"] else ", no hook named"
     if a.hook:
         hook += f", read from the store's {a.hook}"
-    print(f"imported {a.src} -> {dest}: {imp['architecture']} SAE as {record['variant']} (d {record['d']}, "
-          f"k {record['k']}{hook})")
+    print(one_line(f"imported {a.src} -> {dest}: {imp['architecture']} SAE as {record['variant']} (d "
+                   f"{record['d']}, k {record['k']}{hook})"))  # paths, a hook: what the user typed
     return 0
 
 
