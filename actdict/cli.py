@@ -40,6 +40,7 @@ from actdict.errors import (
     output_dropped_when_closed,
     print_error,
     quiet_stdout,
+    stderr_while_none,
     stdout_given_back,
 )
 from actdict.signals import Terminated, rank, sigterm_raises, under_torchrun
@@ -299,8 +300,9 @@ def interrupted(e: KeyboardInterrupt, kept: str = "") -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``actdict ARGV`` as a call (a notebook's, a host script's): its exit status, with the printing it set
-    up and a stdout it silenced (a reader gone: ``| head``; a full disk) given back on return."""
-    with stdout_given_back(), stdout_given_back("stderr"):
+    up and a stdout it silenced (a reader gone: ``| head``; a full disk) given back on return. A stderr of
+    None (pythonw) is /dev/null meanwhile (``stderr_while_none``), as the command's is when started closed."""
+    with stderr_while_none(), stdout_given_back(), stdout_given_back("stderr"):
         return _printing(argv)
 
 

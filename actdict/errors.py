@@ -233,6 +233,28 @@ def closed_output_on_devnull() -> None:
         sys.stderr = open(os.devnull, "w", encoding="utf-8")  # the process' stderr until its exit
 
 
+@contextmanager
+def stderr_while_none() -> Iterator[None]:
+    """``sys.stderr`` a stream on /dev/null while inside where it is None (``actdict.cli.main`` called from
+    pythonw, or from a host started without one), as ``closed_output_on_devnull`` makes it for the process:
+    its writes go nowhere and the command runs to its end, its status its own. None, the progress bar's
+    isatty (``bar_timing``) and ``print_error``'s write were an AttributeError out of the call, and
+    ``print(..., file=sys.stderr)`` wrote to stdout. None again on leaving: the host's."""
+    import os
+    import sys
+
+    if sys.stderr is not None:
+        yield
+        return
+    with open(os.devnull, "w", encoding="utf-8") as null:
+        sys.stderr = null
+        try:
+            yield
+        finally:
+            if sys.stderr is null:  # (one the command set meanwhile is the command's)
+                sys.stderr = None
+
+
 def line_buffered_stdout() -> None:
     """Write stdout a line at a time also when it is a file or a pipe (``nohup``, ``sbatch --output``,
     ``| tee run.log``), as it is on a terminal: Python holds up to 8 KiB of it there, so a process killed

@@ -199,6 +199,35 @@ def test_the_command_called_from_python_gives_back_threads_warning_format_and_st
     assert (torch.get_num_threads(), warnings.formatwarning, out.errors) == (threads, shown, "strict")
 
 
+def test_the_command_called_with_stderr_none_runs_to_its_end_and_gives_none_back(store, tmp_path,
+                                                                                 monkeypatch):
+    """Called from pythonw (sys.stderr None), ``actdict.cli.main`` stopped at the progress bar's first look
+    at stderr (``bar_timing``'s isatty): an AttributeError out of the call, nothing trained. Its stderr is
+    /dev/null meanwhile, as the command's is when started with stderr closed: the dictionary trains, the
+    stage's lines are stdout's, a config error's line goes nowhere (status 2, not on stdout); the caller's
+    stderr is None again after."""
+    import io
+    import sys
+
+    from actdict.cli import main
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"run_dir: {tmp_path / 'run'}\nstore: {store.path}\nseed: 3\ntrain:\n"
+                   "  epochs: 1\n  batch_size: 100\n  device: cpu\n"
+                   "  dicts: [{name: s, variant: sae_l1, k: 4}]\n")
+    monkeypatch.setattr(sys, "stdout", out := io.StringIO())
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)  # the bar drawn: its stderr looked at
+    monkeypatch.setattr(sys, "stderr", None)
+    assert main(["train", str(cfg)]) == 0
+    assert sys.stderr is None
+    assert json.loads((tmp_path / "run" / "dicts" / "s" / "cfg.json").read_text())["steps"] == 9
+    said = out.getvalue().splitlines()
+    saved = [line for line in said if line.startswith("train: saved ")]
+    assert len(saved) == 1 and saved[0].startswith(f"train: saved {tmp_path / 'run' / 'dicts' / 's'} (last ")
+    assert main(["train", str(tmp_path / "missing.yaml")]) == 2
+    assert sys.stderr is None and out.getvalue().splitlines() == said
+
+
 def test_tqdm_disable_set_after_tqdm_was_imported_turns_every_stages_bar_off(store, tmp_path, capsys,
                                                                             monkeypatch):
     """A notebook sets ``os.environ["TQDM_DISABLE"] = "1"`` long after tqdm was imported (tqdm reads it
