@@ -76,7 +76,7 @@ def unit_rows(cfg, text: str) -> tuple[str, list[str], Tensor]:
     """(model name, the units [n], their embeddings [n, d] float32) a ``harvest.mode: embeddings`` harvest
     with ``cfg`` stores for ``text`` read as one document: the whole text, or each of its paragraphs
     (``embed.unit``), through the same sentence-transformers model, prompt and truncation."""
-    from actdict.harvest.embed import embed_texts, load_encoder, text_units
+    from actdict.harvest.embed import applied_prompt, embed_texts, load_encoder, text_units
     from actdict.harvest.models import resolve_device
 
     units = [u for _, _, u in text_units([text], cfg.embed.unit)]
@@ -84,7 +84,8 @@ def unit_rows(cfg, text: str) -> tuple[str, list[str], Tensor]:
         raise LensError(f"the text {text[:40]!r} has no {cfg.embed.unit} to embed")
     enc = load_encoder(cfg.model, device=resolve_device(cfg.device), dtype=cfg.dtype,
                        max_seq_length=cfg.embed.max_seq_length)
-    return enc.name, units, torch.from_numpy(embed_texts(enc, units, cfg.embed, cfg.batch_size))
+    prompt = applied_prompt(enc.model, cfg.embed)[0]
+    return enc.name, units, torch.from_numpy(embed_texts(enc, units, prompt, cfg.embed, cfg.batch_size))
 
 
 def deterministic(model, x: Tensor) -> tuple[Tensor, Tensor]:

@@ -172,12 +172,12 @@ def applied_prompt(model: Any, cfg: EmbedConfig) -> tuple[str, str | None]:
     return (prompts[name], name) if name in prompts else ("", None)
 
 
-def embed_texts(enc: Encoder, texts: list[str], cfg: EmbedConfig, batch_size: int) -> np.ndarray:
+def embed_texts(enc: Encoder, texts: list[str], prompt: str, cfg: EmbedConfig,
+                batch_size: int) -> np.ndarray:
     """Sentence embeddings [n, d] float32 of ``texts`` (the model's pooling + normalisation), each after
-    ``applied_prompt``'s text."""
+    ``prompt`` (``applied_prompt``'s text: "" given as "", where None would let encode add its default)."""
     import torch
 
-    prompt = applied_prompt(enc.model, cfg)[0]  # "" given as "": None would let encode add its default
     with torch.inference_mode():
         out = enc.model.encode(texts, prompt=prompt, batch_size=batch_size,
                                convert_to_tensor=True, normalize_embeddings=cfg.normalize,
@@ -206,15 +206,15 @@ def text_units(docs: Iterable[str], unit: str) -> Iterator[tuple[int, int, str]]
         yield from ((i, j, q) for j, q in enumerate(paras))
 
 
-def embedding_blocks(enc: Encoder, units: Iterable[tuple[int, int, str]], cfg: EmbedConfig, batch_size: int,
-                     limit: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, int]]:
-    """(embeddings [b, d], doc [b], pos [b], how many were ``truncated``) of ``units`` in order,
-    ``cfg.group`` at a time, <= ``limit``."""
+def embedding_blocks(enc: Encoder, units: Iterable[tuple[int, int, str]], prompt: str, cfg: EmbedConfig,
+                     batch_size: int, limit: int | None = None
+                     ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, int]]:
+    """(embeddings [b, d], doc [b], pos [b], how many were ``truncated``) of ``units`` in order, each after
+    ``prompt`` (``applied_prompt``'s text), ``cfg.group`` at a time, <= ``limit``."""
     it = iter(units) if limit is None else islice(units, limit)
-    prompt = applied_prompt(enc.model, cfg)[0]
     while group := list(islice(it, cfg.group)):
         doc, pos, texts = zip(*group, strict=True)
-        yield (embed_texts(enc, list(texts), cfg, batch_size), np.array(doc, np.int64),
+        yield (embed_texts(enc, list(texts), prompt, cfg, batch_size), np.array(doc, np.int64),
                np.array(pos, np.int32), truncated(enc, list(texts), prompt))
 
 
@@ -270,7 +270,8 @@ def main(common, cfg, writing=lambda hooks=None: None) -> None:
                      chunk_rows=cfg.chunk_rows, overwrite=True) as w, \
             tqdm(total=cfg.max_tokens, unit=ecfg.unit[:4], desc="embed", disable=bar_disabled(),
                  **bar_timing()) as bar:
-        for x, doc, pos, k in embedding_blocks(enc, units, ecfg, cfg.batch_size, cfg.max_tokens):  # [b, d]
+        for x, doc, pos, k in embedding_blocks(enc, units, prompt, ecfg, cfg.batch_size,
+                                               cfg.max_tokens):  # [b, d]
             w.append(x, np.full(len(x), -1, np.int32), doc, pos)
             n, cut = n + len(x), cut + k
             bar.update(len(x))
