@@ -87,9 +87,9 @@ def heldout_windows(store, chunks: Sequence[int], n_windows: int, ctx: int, pref
     for c in chunks:
         if len(out) >= n_windows:
             break
-        rows = store.read_chunk(c, raw=True)
-        has = rows.token_ids >= 0
-        ids, doc, pos = rows.token_ids[has].astype(np.int64), rows.doc[has], rows.pos[has]  # [n]
+        tok, doc, pos = store.read_meta(*store.chunk_bounds(c))  # [n] each: the acts are not read here
+        has = tok >= 0
+        ids, doc, pos = tok[has].astype(np.int64), doc[has], pos[has]  # [n]
         if not len(ids):
             continue
         seen = True

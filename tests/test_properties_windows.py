@@ -13,7 +13,6 @@ from actdict.analyze.splice import SpliceError, heldout_windows
 from actdict.analyze.toptokens import FeatureTracker, read_contexts
 from actdict.harvest.plan import RowStream, shard_work, stored_positions
 from actdict.harvest.sources import buffer_shuffle, token_windows
-from actdict.harvest.store import Rows
 from tests.properties_helpers import FEW, SCRATCH, SOME, _store_data, _write_store
 
 
@@ -104,14 +103,16 @@ def test_a_resumed_stream_writes_the_same_shards(case, shard_rows, limit):
 
 
 class MetaStore:
-    """``read_chunk`` of a store of token rows (acts left out) in chunks of given sizes."""
+    """``chunk_bounds`` and ``read_meta`` of a store of token rows in chunks of given sizes."""
 
     def __init__(self, ids, doc, pos, sizes):
         self.ids, self.doc, self.pos, self.ends = ids, doc, pos, np.cumsum([0, *sizes])
 
-    def read_chunk(self, c, raw=False):
-        a, b = self.ends[c], self.ends[c + 1]
-        return Rows(np.empty((b - a, 0)), self.ids[a:b], self.doc[a:b], self.pos[a:b])
+    def chunk_bounds(self, c):
+        return int(self.ends[c]), int(self.ends[c + 1])
+
+    def read_meta(self, a, b):
+        return self.ids[a:b], self.doc[a:b], self.pos[a:b]
 
 
 @SOME

@@ -46,11 +46,13 @@ def store(tmp_path_factory):
     return open_store(path), ids
 
 
-def test_heldout_windows(store):
+def test_heldout_windows(store, monkeypatch):
     """Windows are the harvest's text: stretches of adjacent chunks (64 rows each; the store's documents are
     50 rows long), the harvest's separator back between documents and left unspliced, as the BOS is, and
-    the end of each stretch in a right-padded window."""
+    the end of each stretch in a right-padded window. Only the rows' token ids are read, not their acts
+    (read_chunk read them, d floats a row, before the pass read them again)."""
     st, ids = store
+    monkeypatch.setattr(st, "read_rows", lambda *a, **k: pytest.fail("the acts were read"))
     sep = np.array([99])
     w = heldout_windows(st, [2, 0], n_windows=3, ctx=10, prefix=(7,))  # chunk 2 (rows 128..191)
     assert w.tokens.shape == w.spliced.shape == w.real.shape == (3, 11) and len(w) == 3
