@@ -525,7 +525,11 @@ def summary_lines(summary: dict) -> list[str]:
         head += f" of {len(pairs)} pairs, all in report.html and summary.json (similar); the highest"
         pairs = sorted(pairs, key=lambda p: -p[0])[:3]
     shared = [f"{head}: " + "; ".join(text for _, text in pairs)] if pairs else []
-    out = [*lines, note, *shared, *why, *caveat, *warned]
+    where = Path(summary.get("run_dir", ".")) / "dicts"
+    by_class = [f"analyze: each of the {len(m['class_features']):,} classes' features (Cohen's d of |code|): "
+                f"report.html, or actdict feature {where / name} --class LABEL"
+                for name, m in summary["models"].items() if m.get("class_features")][:1]
+    out = [*lines, note, *shared, *by_class, *why, *caveat, *warned]
     return [one_line(s) for s in out]  # no terminal control codes, one line each
 
 

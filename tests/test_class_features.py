@@ -160,7 +160,11 @@ def test_analysis_writes_them_and_the_report_shows_them_escaped(tmp_path, monkey
     lab = np.array(["<b>bold</b>", "plain"])[np.arange(96) % 2]
     np.save(run_dir / "labels.npy", lab)
     cfg = {"device": "cpu", "n_features": 2, "top_k": 2, "context": 1, "labels": str(run_dir / "labels.npy")}
+    capsys.readouterr()
     run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(**cfg, class_features=2))
+    said = capsys.readouterr().out  # where to read them
+    assert (f"\nanalyze: each of the 2 classes' features (Cohen's d of |code|): report.html, or actdict "
+            f"feature {run_dir / 'dicts' / 'sae'} --class LABEL\n") in said
     m = json.loads((run_dir / "summary.json").read_text())["models"]["sae"]
     assert [(c["label"], c["n"]) for c in m["class_features"]] == [("<b>bold</b>", 16), ("plain", 16)]
     assert all(len(c["features"]) <= 2 for c in m["class_features"])
