@@ -1,15 +1,16 @@
 """What each part of the analysis pass costs per batch, beside the batch's forward.
 
 For each k: one batch of B rows at d through a dictionary (``--variant``: a TopK SAE of ``--ad`` active
-latents per row, as a trained SAE; or any registered variant), then ``ModelEval.update`` on it (the
-accumulators behind summary.json and the feature pages: sums, the Otsu mask, the FeatureTracker's top /
-bottom / quantile samples / histograms) with the options an analysis turns on one by one: labels of
+latents per row, as a trained SAE; or any registered variant), then ``ModelEval.update`` on it (its own
+forward, then the accumulators behind summary.json and the feature pages: sums, the Otsu mask, the
+FeatureTracker's top / bottom / quantile samples / histograms; so the accumulators cost a cell less 1x) with
+the options an analysis turns on one by one: labels of
 ``--classes`` classes (per-class AD), their class features (``analyze.class_features``: per-class sums of
 |z|, its square and fires, and at the end the features' d and classes), and co-activation counts
 (``analyze.cofire``). Prints seconds per batch and each as a multiple of the forward's, measured side by side
 in one run (median of ``--repeats``, after one untimed batch: the first batch also computes the paper's
-stochastic RE and masked curve). ``summary`` is the end of the pass (class_separation, class_profile,
-summary dict), once per analysis, not per batch.
+stochastic RE and masked curve). ``summary`` is the end of the pass (``ModelEval.summary``: the summary dict
+and class_separation; ``ModelEval.class_profile``), once per analysis, not per batch.
 
     python benchmarks/analyze_pass.py                     # k 4096, 16384 at d 512, AD 32, B 4096, 17 classes
     python benchmarks/analyze_pass.py --ks 16384 --threads 2 --variant sae_l1
@@ -18,27 +19,21 @@ summary dict), once per analysis, not per batch.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import sys
+from pathlib import Path
 
 import torch
 
-from actdict.analyze.config import AnalyzeConfig
-from actdict.analyze.evaluate import ModelEval
-from actdict.train.protocol import make
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # cofire beside this file (PYTHONSAFEPATH too)
+from cofire import median_seconds  # noqa: E402  (benchmarks/cofire.py)
+
+from actdict.analyze.config import AnalyzeConfig  # noqa: E402
+from actdict.analyze.evaluate import ModelEval  # noqa: E402
+from actdict.train.protocol import make  # noqa: E402
 
 STEPS = ("forward", "update", "+ labels", "+ class features", "+ cofire")
 OPTIONS = ((False, False, False), (True, False, False), (True, True, False), (True, True, True))
 """(labels, class features, cofire) of each update column."""
-
-
-def _time(fn, repeats: int) -> float:
-    out = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return statistics.median(out)
 
 
 def _evaluator(model, classes: int, class_features: bool, cofire: bool) -> ModelEval:
@@ -49,18 +44,19 @@ def _evaluator(model, classes: int, class_features: bool, cofire: bool) -> Model
 
 @torch.no_grad()
 def measure(model, x: torch.Tensor, classes: int, repeats: int) -> tuple[list[float], float]:
-    """([forward, then update with each option added] seconds per batch, the class-features summary's
-    seconds) of batch x [B, d]."""
+    """([forward, then update with each option added] seconds per batch, the end of the pass's seconds:
+    ``summary`` and ``class_profile`` of the last evaluator, every option on) of batch x [B, d]."""
     rows = torch.arange(len(x))  # [B]
     cls = rows % classes  # [B] every class on every batch
-    times = [_time(lambda: model(x, sample=False), repeats)]
+    times = [median_seconds(lambda: model(x, sample=False), repeats)]
     for labels, cf, co in OPTIONS:
         ev = _evaluator(model, classes if labels else 0, cf, co)
         lab = cls if labels else None
         ev.update(x, rows, lab)  # the first batch: the paper's one-sample RE and masked curve besides
-        times.append(_time(lambda ev=ev, lab=lab: ev.update(x, rows, lab), repeats))
+        times.append(median_seconds(lambda ev=ev, lab=lab: ev.update(x, rows, lab), repeats))
     n = len(x) * (repeats + 1)
-    end = _time(lambda: ev.summary(n, x.sum(0), (x * x).sum(0), classes=list(range(classes))), 1)
+    end = median_seconds(lambda: (ev.summary(n, x.sum(0), (x * x).sum(0), classes=list(range(classes))),
+                                  ev.class_profile()), 1)  # run.py's end of the pass: both, once
     return times, end
 
 

@@ -22,7 +22,8 @@ from actdict.analyze.metrics import active_mask
 from actdict.train.protocol import make
 
 
-def _time(fn, repeats: int) -> float:
+def median_seconds(fn, repeats: int) -> float:
+    """The median wall time of ``repeats`` calls of ``fn()`` (also ``analyze_pass.py``'s)."""
     out = []
     for _ in range(repeats):
         t = time.perf_counter()
@@ -48,8 +49,8 @@ def _measure(k: int, x: torch.Tensor, ad: int, repeats: int) -> tuple[float, lis
         return active_mask(model(x, sample=False).activity, model.active_side)  # [B, k]
 
     active = forward()
-    return _time(forward, repeats), [_time(lambda r=r: _update(k, active, r), repeats)
-                                     for r in (1e9, 0.0, cofire.DENSE_RATIO)]
+    return median_seconds(forward, repeats), [median_seconds(lambda r=r: _update(k, active, r), repeats)
+                                              for r in (1e9, 0.0, cofire.DENSE_RATIO)]
 
 
 def main() -> None:

@@ -101,6 +101,38 @@ def test_analyze_pass_prints_each_option_beside_the_forward():
             assert low <= float(x) <= high, (t, fwd, x)
 
 
+
+def test_analyze_pass_times_each_update_and_the_whole_end_of_the_pass(monkeypatch):
+    """measure(): the untimed first batch then --repeats timed ones per option (the first computes the
+    paper's RE sample), and the 'summary (once)' column is run.py's end of the pass: ModelEval.summary with
+    its class_separation AND class_profile (the docstring said so; only summary was timed)."""
+    import importlib.util
+
+    import torch
+
+    from actdict.analyze import evaluate
+    from actdict.train.protocol import make
+
+    spec = importlib.util.spec_from_file_location("analyze_pass", BENCH / "analyze_pass.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    calls = {"update": 0, "summary": 0, "class_profile": 0}
+
+    def counted(name):
+        real = getattr(evaluate.ModelEval, name)
+
+        def call(self, *args, **kw):
+            calls[name] += 1
+            return real(self, *args, **kw)
+        return call
+
+    for name in calls:
+        monkeypatch.setattr(evaluate.ModelEval, name, counted(name))
+    model = make("sae_topk", 8, 32, seed=0, topk=4).eval()
+    times, end = bench.measure(model, torch.randn(24, 8, generator=torch.Generator().manual_seed(0)), 3, 2)
+    assert len(times) == 1 + len(bench.OPTIONS) and end >= 0
+    assert calls == {"update": len(bench.OPTIONS) * (1 + 2), "summary": 1, "class_profile": 1}
+
 def test_cofire_ratios_are_the_times_over_the_forward():
     out = run("cofire.py", "--ks", "64", "256", "--d", "16", "--ad", "4", "--rows", "128", "--repeats", "1")
     rows = re.findall(r"^\s*(\d+)\s+([\d.]+)\s+([\d.]+) \(\s*([\d.]+)x\)\s+([\d.]+) \(\s*([\d.]+)x\)"
