@@ -387,7 +387,9 @@ def _class_features(models: dict[str, dict], pages: dict[str, str]) -> list[str]
     return ["<h2>Features of each class</h2>",
             '<p class="note">With analyze.labels or labels_field: for each class, the features whose |code| '
             "most separates its rows from every other labelled row (d = difference of the two means over the "
-            "root of the mean of their variances; features more active in the class only).</p>", *parts]
+            "root of the mean of their variances; features more active in the class only; d &infin;: a code "
+            "constant on the class's rows and constant, lower, on the others', which separates them "
+            "perfectly).</p>", *parts]
 
 
 def _class_feature(f: dict, page: str | None) -> str:

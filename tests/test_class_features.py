@@ -249,6 +249,8 @@ def test_a_perfect_separator_reads_as_an_infinite_d_everywhere(tmp_path):
     model = {"variant": "sae_l1", "k": 8, "class_features": [{"label": "a", "n": 4, "features": [feat]}]}
     page = "\n".join(report._class_features({"sae": model}, {"sae": "report/sae.html"}))
     assert '<a href="report/sae.html#f=3">3</a>: <span class="dim">d &infin;, active 100% / 0%</span>' in page
+    assert ("d &infin;: a code constant on the class's rows and constant, lower, on the others', which "
+            "separates them perfectly)") in page  # the note says what an infinite d is
     rec = {"i": 0, "fires": 4, "density": 0.5, "max": 2.0, "min": 2.0, "hist": {"pos": [], "neg": []},
            "top": [], "bottom": [], "quantiles": [], "classes": [["b", 2.5], ["a", None]]}
     features.add_classes([rec], [], [], [], [])
