@@ -20,8 +20,8 @@ from actdict.analyze.toptokens import FeatureTracker
 from actdict.errors import ActdictWarning
 
 CLASS_SLICE = 1 << 22
-"""Codes per slice of rows that ``ModelEval`` adds to the class features' sums at once (its float64 and int64
-temporaries: 64 MiB)."""
+"""Codes per slice of rows that ``ModelEval`` adds to the per-class sums at once (the AD statistic's and the
+class features' float64 and int64 temporaries: 64 MiB)."""
 
 
 class ModelEval:
@@ -68,17 +68,18 @@ class ModelEval:
         if cls is not None and len(self.class_n):  # class -1: no label, counted in no class
             has = cls >= 0  # [B]
             lab = cls[has]  # [B'] the labelled rows' classes
-            self.class_act.index_add_(0, lab, self._class_stat(out)[has])
             self.class_n += torch.bincount(lab, minlength=len(self.class_n))
             self.class_ad.index_add_(0, lab, ad[has])
-            if len(self.class_z):
-                self._add_class_features(out.codes, mask, cls)
+            self._add_class_sums(out, mask, cls)
         self.tracker.update(out.codes, mask, rows)
 
-    def _add_class_features(self, codes: torch.Tensor, mask: torch.Tensor, cls: torch.Tensor) -> None:
-        """The class features' sums of the labelled rows: codes, mask [B, k], cls [B] their classes (-1: no
-        label), a slice of rows at a time: the float64 |z| and the int64 fires of a whole batch were 16
-        bytes per code (4 GiB at B 4,096, k 65,536) beside the codes themselves."""
+    def _add_class_sums(self, out, mask: torch.Tensor, cls: torch.Tensor) -> None:
+        """The per-class sums of the labelled rows, a slice of rows at a time: the statistic of each class's
+        AD (``_class_stat``) and, where kept, the class features' (``_add_class_features``); mask [B, k],
+        cls [B] the rows' classes (-1: no label). A whole batch's temporaries were 16 bytes per code for the
+        statistic (its float64 copy and exp, then the labelled rows') and 16 for the class features (float64
+        |z| and int64 fires): 4 GiB each at B 4,096, k 65,536, beside the codes themselves."""
+        codes, act = out.codes, out.activity
         step = max(1, CLASS_SLICE // max(1, codes.shape[1]))  # rows per slice
         for a in range(0, len(codes), step):
             c = cls[a:a + step]  # [b]
@@ -86,13 +87,20 @@ class ModelEval:
             if not bool(has.any()):
                 continue
             lab = c[has]  # [b'] classes
-            z = codes[a:a + step][has].to(torch.float64).abs_()  # [b', k] |z|
-            if self.class_shift is None:
-                self.class_shift = z.mean(0)  # [k] the first labelled slice's mean
-            z -= self.class_shift  # [b', k] |z| - shift
-            self.class_z.index_add_(0, lab, z)
-            self.class_z2.index_add_(0, lab, z.square_())
-            self.class_fire.index_add_(0, lab, mask[a:a + step][has].long())
+            self.class_act.index_add_(0, lab, self._class_stat(act[a:a + step][has]))
+            if len(self.class_z):
+                self._add_class_features(codes[a:a + step][has], mask[a:a + step][has], lab)
+
+    def _add_class_features(self, codes: torch.Tensor, mask: torch.Tensor, lab: torch.Tensor) -> None:
+        """The class features' sums of a slice's labelled rows: codes, mask [b', k], lab [b'] their classes;
+        the shift is the first such slice's mean |z|."""
+        z = codes.to(torch.float64).abs_()  # [b', k] |z|
+        if self.class_shift is None:
+            self.class_shift = z.mean(0)  # [k] the first labelled slice's mean
+        z -= self.class_shift  # [b', k] |z| - shift
+        self.class_z.index_add_(0, lab, z)
+        self.class_z2.index_add_(0, lab, z.square_())
+        self.class_fire.index_add_(0, lab, mask.long())
 
     def class_profile(self) -> list[list[tuple[int, int, float]]]:
         """Per feature, the classes with the most of its active rows (``metrics.class_profile``; as many as
@@ -103,13 +111,14 @@ class ModelEval:
         return M.class_profile(self.class_fire.cpu(), self.class_z.cpu(), self.class_n.cpu(),
                                self.cfg.class_features, shift)
 
-    def _class_stat(self, out) -> torch.Tensor:
-        """[B, k] float64, what a class averages before its Otsu split (paper Table 2): SAEs |z| (Sec. 5.1
-        "average absolute mu_z", split as log of the mean: a mean of log|z| is -inf for a latent that is 0
-        on any one row); VAEs log var (the official code's statistic; the text says "average sigma_z")."""
+    def _class_stat(self, activity: torch.Tensor) -> torch.Tensor:
+        """[b, k] float64 of activity [b, k], what a class averages before its Otsu split (paper Table 2):
+        SAEs |z| (Sec. 5.1 "average absolute mu_z", split as log of the mean: a mean of log|z| is -inf for a
+        latent that is 0 on any one row); VAEs log var (the official code's statistic; the text says "average
+        sigma_z")."""
         if self.model.active_side == "high":
-            return out.activity.to(torch.float64).exp()  # |z| from log|z| (the protocol's high side)
-        return out.activity.to(torch.float64)
+            return activity.to(torch.float64).exp()  # |z| from log|z| (the protocol's high side)
+        return activity.to(torch.float64)
 
     def _masked_curve(self, x: torch.Tensor) -> dict | None:
         """Paper Fig. 4 on x (the first test rows): the decoder input of one forward (stochastic with

@@ -152,6 +152,44 @@ def test_model_eval_accumulates_them_batch_by_batch(codes_per_slice, monkeypatch
     assert "class_features" not in off.summary(40, x[0].sum(0), (x[0] ** 2).sum(0), classes=["no", "yes"])
 
 
+def test_the_per_class_ad_statistic_is_summed_a_slice_of_rows_at_a_time_too(monkeypatch):
+    """With labels, ModelEval's per-class AD statistic (|z| of an SAE, which ad_of_mean splits) made float64
+    copies of the whole batch (its copy and exp, then the labelled rows': 16 bytes per code, 4 GiB at B 4,096,
+    k 65,536) after the class features' sums had been cut to slices: it is taken a slice of rows at a time
+    too (CLASS_SLICE codes: here 2 rows; before, each call had the whole batch of 40), its sums the same to
+    the bit as the whole batch's and equal to the labelled rows' own |z| summed per class."""
+    import actdict.analyze.evaluate as E
+
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 40, 6, generator=g)  # [batches, B, k]
+    x[:, :, 0] = -1.0
+    lab = torch.randint(-1, 3, (2, 40), generator=g)
+    lab[0, :4] = -1  # first slices without a label
+    rows, real = [], ModelEval._class_stat
+
+    def spy(self, act):  # the rows each call converts (the whole batch's Forward before)
+        rows.append(len(act) if isinstance(act, torch.Tensor) else len(act.codes))
+        return real(self, act)
+
+    monkeypatch.setattr(ModelEval, "_class_stat", spy)
+    sums = {}
+    for per_slice in (1 << 22, 13):  # whole batches, 2 rows a slice (k = 6)
+        monkeypatch.setattr(E, "CLASS_SLICE", per_slice)
+        rows.clear()
+        ev = ModelEval(Relu(6, 6), AnalyzeConfig(top_k=2, quantiles=1, quantile_samples=1, class_features=0),
+                       seed=0, device=torch.device("cpu"), n_classes=3)
+        for b in range(2):
+            ev.update(x[b], torch.arange(40) + 40 * b, lab[b])
+        sums[per_slice] = ev.class_act
+        assert sum(rows) == int((lab >= 0).sum())
+    assert max(rows) <= 2
+    assert torch.equal(sums[13], sums[1 << 22])
+    has = lab.reshape(-1) >= 0
+    want = torch.zeros(3, 6, dtype=torch.float64).index_add_(
+        0, lab.reshape(-1)[has], torch.relu(x).reshape(-1, 6).double()[has])
+    torch.testing.assert_close(sums[13], want, rtol=1e-6, atol=0)
+
+
 def test_analysis_writes_them_and_the_report_shows_them_escaped(tmp_path, monkeypatch, capsys):
     """summary.json holds a class_features entry per class (as ad_class's), the report a table per dictionary
     with the label escaped and each feature linked to its page; class_features 0, or one class, writes
