@@ -71,6 +71,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
+    if a.classes < 2 or a.rows < 2:  # one class has no other rows to be told from
+        ap.error("--classes and --rows must be >= 2")
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     x = torch.randn(a.rows, a.d)  # [B, d]

@@ -120,8 +120,12 @@ def test_rows_that_all_have_an_exact_zero_take_the_fast_path_to_the_same_mask():
     codes[7] = 0.0  # a row of zeros
     act = codes.abs().log()
     via_split = act <= M.otsu_thresholds(act)[:, None]  # [n, k] the low group by the split itself
-    assert torch.equal(M.active_mask(act, "low"), via_split)
-    assert torch.equal(M.active_mask(act, "high"), ~via_split)
+    from actdict.train import active
+
+    with pytest.MonkeyPatch.context() as mp:  # the fast path: no split computed at all
+        mp.setattr(active, "otsu_thresholds", lambda v: pytest.fail("the split was computed"))
+        assert torch.equal(M.active_mask(act, "low"), via_split)
+        assert torch.equal(M.active_mask(act, "high"), ~via_split)
     ad = M.active_dims(act, "high")
     assert ad[7] == 0 and torch.equal(ad, (codes != 0).sum(1))
     for bad in (math.nan, math.inf):
