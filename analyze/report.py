@@ -208,14 +208,24 @@ def _figures(models: dict[str, dict]) -> list[go.Figure]:
         title = "AD per class (bars: per row; markers: of the class mean)" + (
             f"; {left:,} rows without a label left out" if left else "")
         cls = go.Figure(layout=lay | {"title": _title(title), "xaxis_title": "class", "yaxis_title": "AD"})
-        for name, m in models.items():
+        colours = _colours(models)
+        for name, m in models.items():  # a dictionary's bars and markers in its colour of the other figures
             rows = m.get("ad_class") or []
             labels = [esc(r["label"], quote=False) for r in rows]  # plotly shows &quot; as it is
-            cls.add_bar(x=labels, y=[r["ad"] for r in rows], name=esc(name), opacity=0.6)
+            pair = {"marker_color": colours[name], "legendgroup": esc(name)}
+            cls.add_bar(x=labels, y=[r["ad"] for r in rows], name=esc(name), opacity=0.6, **pair)
             cls.add_scatter(x=labels, y=[r["ad_of_mean"] for r in rows], mode="markers",
-                            name=f"{esc(name)} (of mean)")
+                            name=f"{esc(name)} (of mean)", marker_symbol="diamond", marker_size=9, **pair)
         figs.append(cls)
     return figs
+
+
+def _colours(models: dict[str, dict]) -> dict[str, str]:
+    """Each dictionary's colour: the one the distributions' figures give it by its place (plotly's colorway,
+    ``_many``'s 24 beyond ``MANY``), for a figure with more than one trace per dictionary (the per-class
+    AD's bars and markers, where plotly's next colours made one dictionary's markers another's red)."""
+    palette = qualitative.Dark24 if len(models) > MANY else qualitative.Plotly
+    return {name: palette[i % len(palette)] for i, name in enumerate(models)}
 
 
 def _training_figures(models: dict[str, dict]) -> list[go.Figure]:
@@ -225,7 +235,7 @@ def _training_figures(models: dict[str, dict]) -> list[go.Figure]:
     interval's last batch (``actdict.train.probe``): AD, explained variance, live latents, each with the
     same measure of ``train.probe_rows``' held-out rows (``held_*``), dashed, where logged."""
     logs = {name: m["training_log"] for name, m in models.items() if m.get("training_log")}
-    order = {name: i for i, name in enumerate(models)}
+    colours = _colours(models)
     figs = []
     for term, title in (("sse", "Training: reconstruction error (sse per row)"),
                         ("loss", "Training: the objective (loss)"),
@@ -245,10 +255,9 @@ def _training_figures(models: dict[str, dict]) -> list[go.Figure]:
                                       "yaxis_title": term + (" (log scale)" if log_y else ""),
                                       "yaxis": {"type": "log" if log_y else "linear"}})
         fig.update_layout(showlegend=True)  # also for one curve: which dictionary's it is
-        palette = qualitative.Dark24 if len(models) > MANY else qualitative.Plotly  # as _many's colorway
         for name, c in curves.items():
-            colour = palette[order[name] % len(palette)]  # each dictionary's in every figure (the
-            # distributions' order), also where another one logs no such term (a plugin's without sse)
+            colour = colours[name]  # each dictionary's in every figure (the distributions' order), also
+            # where another one logs no such term (a plugin's without sse)
             pair = {"line_color": colour, "marker_color": colour}
             pair |= {"legendgroup": esc(name)} if has_held else {}
             mode = "lines" if len(c["step"]) > 1 else "markers"  # one record (a run under log_every steps)
@@ -273,10 +282,9 @@ def _formation_figure(models: dict[str, dict]) -> list[go.Figure]:
     fig = go.Figure(layout=_LAYOUT | {"title": _title(title), "xaxis_title": "training step (snapshot)",
                                       "yaxis_title": "cosine / share"})
     fig.update_layout(showlegend=True)  # also for one dictionary: which one's it is
-    palette = qualitative.Dark24 if len(models) > MANY else qualitative.Plotly  # as _training_figures
-    order = {name: i for i, name in enumerate(models)}  # each dictionary's colour in every figure
+    colours = _colours(models)  # each dictionary's colour in every figure
     for name, f in forming.items():
-        colour = palette[order[name] % len(palette)]
+        colour = colours[name]
         pair = {"legendgroup": esc(name), "line_color": colour, "marker_color": colour,
                 "mode": "lines+markers"}
         fig.add_scatter(x=f["step"], y=f["mmcs"], name=esc(name), **pair)

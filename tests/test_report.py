@@ -567,3 +567,28 @@ def test_a_sweeps_histograms_are_step_lines_and_its_tables_keep_their_names_in_v
             ("scatter", "lines", "hvh")}
         assert list(traces[0].y) == [1, 2, 3, 4] or list(traces[0].y) == [10, 51]
     assert "position: sticky; left: 0" in render(s)
+
+
+def test_each_dictionarys_per_class_ad_bars_and_markers_are_in_its_colour_of_the_other_figures():
+    """The per-class AD figure has a bar and a marker trace per dictionary: plotly's colorway gave them the
+    next colours, so on the demo sae_l1's "of mean" markers were red, vaease's colour in every other figure,
+    and vaease's bars green. Each dictionary's bars and markers are now in its colour of the AD histogram
+    (by its place: plotly's 10, or 24 beyond MANY), grouped in the legend."""
+    from actdict.analyze.report import _figures, _many
+
+    s = _summary()
+    for m in s["models"].values():
+        m["ad_class"] = [{"label": "a", "n": 3, "ad": 2.0, "ad_of_mean": 4.0}]
+    figs = [_many(f) for f in _figures(s["models"])]
+    cls = next(f for f in figs if f.layout.title.text.startswith("AD per class"))
+    assert [(t.type, t.name, t.marker.color, t.legendgroup) for t in cls.data] == [
+        ("bar", "sae_alpha", qualitative.Plotly[0], "sae_alpha"),
+        ("scatter", "sae_alpha (of mean)", qualitative.Plotly[0], "sae_alpha"),
+        ("bar", "vaease_beta", qualitative.Plotly[1], "vaease_beta"),
+        ("scatter", "vaease_beta (of mean)", qualitative.Plotly[1], "vaease_beta")]
+    assert cls.data[1].marker.symbol == "diamond"  # told from the bars by shape, not colour
+    assert list(cls.layout.colorway or qualitative.Plotly) == list(qualitative.Plotly)  # as the AD histogram
+    many = {f"d{i}": s["models"]["sae_alpha"] for i in range(10)}
+    cls = [_many(f) for f in _figures(many)][-1]
+    assert [t.marker.color for t in cls.data[::2]] == [t.marker.color for t in cls.data[1::2]] == list(
+        qualitative.Dark24[:10])
