@@ -254,11 +254,12 @@ async function renderFeature(i) {
   }
   const withs = f.fires_with || [];
   if (withs.length) {  // the features active on the same rows (analyze.cofire), by Jaccard similarity
-    p.appendChild(el('p', 'stats', 'fires with (most similar sets of active rows):'));
+    p.appendChild(el('p', 'stats', 'fires with (by Jaccard similarity of the rows each is active on, ' +
+      'highest first; the rows both fire on as a share of this feature\'s and of the partner\'s):'));
     const t = p.appendChild(el('table', 'with'));
     const hd = t.appendChild(el('tr'));
     const lab = D.has_texts ? 'its top texts' : 'its top tokens';  // as the list's column
-    for (const h of ['feature', lab, 'of these rows', 'of its rows']) {
+    for (const h of ['feature', lab, 'Jaccard', 'of #' + f.i + '\'s rows', 'of its rows']) {
       hd.appendChild(el('th', '', h));
     }
     const pct = v => Math.round(100 * v) + '%';
@@ -267,6 +268,7 @@ async function renderFeature(i) {
       const a = tr.appendChild(el('td')).appendChild(el('a', '', '#' + j));
       a.href = '#f=' + j;
       tr.appendChild(el('td', '', LABELS && F[j] ? topTokens(F[j]).slice(0, 3).join(', ') : ''));
+      tr.appendChild(el('td', 'num', F[j] ? (both / (f.fires + F[j].fires - both)).toFixed(2) : ''));
       tr.appendChild(el('td', 'num', pct(both / f.fires)));
       tr.appendChild(el('td', 'num', F[j] ? pct(both / F[j].fires) : ''));
     }

@@ -209,7 +209,9 @@ def test_feature_list_shows_and_searches_top_tokens(chromium, tmp_path):
 
 def test_fires_with_lists_partners_with_their_tokens_and_shares(chromium, tmp_path):
     """A feature's ``fires_with`` (analyze/cofire.py) renders as a table: each partner linked to its own
-    page, its top tokens, and the rows both fire on as a share of each one's fires."""
+    page, its top tokens, the Jaccard similarity it is ordered by (not shown before: the two shares beside
+    it looked unordered, 68%/39% above 48%/50%), and the rows both fire on as a share of each one's fires,
+    headed by the feature's number ('of these rows' before)."""
     from actdict.analyze.report_features import write_feature_page
 
     def feature(i, fires, top, withs=None):
@@ -228,8 +230,12 @@ def test_fires_with_lists_partners_with_their_tokens_and_shares(chromium, tmp_pa
     table = dom[dom.index('<table class="with">'):]
     table = table[:table.index("</table>")]
     assert table.count('<a href="#f=') == 2 and table.index('#f=2') < table.index('#f=1')
-    assert '<td>&lt;b&gt;bold&lt;/b&gt;</td><td class="num">75%</td><td class="num">50%</td>' in table
-    assert '<td>harbor</td><td class="num">25%</td><td class="num">50%</td>' in table
+    assert ("<tr><th>feature</th><th>its top tokens</th><th>Jaccard</th><th>of #0's rows</th>"
+            "<th>of its rows</th></tr>") in table
+    assert ('<td>&lt;b&gt;bold&lt;/b&gt;</td><td class="num">0.43</td><td class="num">75%</td>'
+            '<td class="num">50%</td>') in table  # 3 rows both fire, of 4 and of 6: 3 / 7
+    assert '<td>harbor</td><td class="num">0.20</td><td class="num">25%</td><td class="num">50%</td>' in table
+    assert "by Jaccard similarity of the rows each is active on, highest first" in dom
     assert "<b>bold" not in dom
     assert '<table class="with">' not in _dump(*chromium, page.as_uri() + "#f=1")  # none listed: no table
 
