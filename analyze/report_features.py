@@ -280,10 +280,11 @@ async function renderFeature(i) {
   }
   const byClass = f.by_class || [];
   if (byClass.length) {  // the classes with the most of its active rows
-    p.appendChild(el('p', 'stats', 'fires most on the rows of class:'));
+    p.appendChild(el('p', 'stats', 'fires most on the rows of class (most active rows first, not the ' +
+      'largest share; its mean |code| over all the class\'s rows, active or not):'));
     const t = p.appendChild(el('table', 'with'));
     const hd = t.appendChild(el('tr'));
-    for (const h of ['class', 'rows', 'active on', 'mean |code|']) hd.appendChild(el('th', '', h));
+    for (const h of ['class', 'rows', 'active on', 'mean |code| (all rows)']) hd.appendChild(el('th', '', h));
     for (const [label, rows, active, mean] of byClass) {
       const tr = t.appendChild(el('tr'));
       tr.appendChild(el('td', '', String(label)));

@@ -91,7 +91,8 @@ def feature_lines(data: dict, labels: dict, i: int, top: int) -> list[str]:
     if cl := f.get("classes"):  # analyze.class_features: the classes whose rows it sets apart
         lines.append("  sets apart the rows of class " + ", ".join(f"{lab!s} (d {_d(d)})" for lab, d in cl))
     if bc := f.get("by_class"):  # and the classes with the most of its active rows
-        lines += ["  fires most on the rows of class (active of its rows, mean |code| on them all):", *(
+        lines += ["  fires most on the rows of class (most active rows first: active of its rows, mean "
+                  "|code| on them all):", *(
             f"    {str(lab)[:30]:<30} {a:>7,} of {n:>7,} ({a / max(1, n):>4.0%})  {v:.3g}"
             for lab, n, a, v in bc)]
     for other, near in (f.get("nearest") or {}).items():

@@ -233,7 +233,8 @@ def test_analysis_writes_them_and_the_report_shows_them_escaped(tmp_path, monkey
     r = profiled[0]
     said = "\n".join(show.feature_lines(*show.read_features(run_dir / "dicts" / "sae"), r["i"], 1))
     lab0, n0, a0, v0 = r["by_class"][0]
-    assert ("\n  fires most on the rows of class (active of its rows, mean |code| on them all):\n"
+    assert ("\n  fires most on the rows of class (most active rows first: active of its rows, mean |code| on "
+            "them all):\n"
             f"    {lab0:<30} {a0:>7,} of      16 ({a0 / 16:>4.0%})  {v0:.3g}") in said
     html = (run_dir / "report.html").read_text()
     assert "<h2>Features of each class</h2>" in html and "&lt;b&gt;bold&lt;/b&gt;" in html

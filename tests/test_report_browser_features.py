@@ -505,7 +505,10 @@ def test_a_wordpiece_continuation_is_labelled_with_its_hashes_on_every_surface(c
 
 def test_a_feature_names_the_classes_it_sets_apart_as_text(chromium, tmp_path):
     """analyze.class_features: a feature listed for classes shows them with d (null: infinite, a perfect
-    separator), a label with markup as text; a feature listed for none shows no such line."""
+    separator), a label with markup as text; a feature listed for none shows no such line. The classes it
+    fires most on say their order (most active rows: on the demo austen's 1,592 of 7,277 rows came before
+    bible's 1,355 of 5,271, a larger share, unexplained) and that the mean |code| is over all the class's
+    rows (the column beside it counts the active ones)."""
     from actdict.analyze.report_features import write_feature_page
 
     def feat(i, **extra):
@@ -521,7 +524,9 @@ def test_a_feature_names_the_classes_it_sets_apart_as_text(chromium, tmp_path):
     panel = _panel(*chromium, page.as_uri() + "#f=0")
     assert ('<p class="stats">sets apart the rows of class all (d \u221e), '
             "&lt;img src=x onerror=pwned()&gt; (d 1.25), 5 (d 0.5)</p>") in panel
-    assert ('<tr><th>class</th><th>rows</th><th>active on</th><th>mean |code|</th></tr>'
+    assert ('<p class="stats">fires most on the rows of class (most active rows first, not the largest '
+            "share; its mean |code| over all the class's rows, active or not):</p>") in panel
+    assert ('<tr><th>class</th><th>rows</th><th>active on</th><th>mean |code| (all rows)</th></tr>'
             '<tr><td>&lt;i&gt;x&lt;/i&gt;</td><td class="num">40</td><td class="num">30 (75%)</td>'
             '<td class="num">1.5</td></tr><tr><td>5</td><td class="num">8</td><td class="num">2 (25%)</td>'
             '<td class="num">0.25</td></tr>') in panel
