@@ -392,7 +392,7 @@ def _class_features(models: dict[str, dict], pages: dict[str, str]) -> list[str]
                      f"rows / the others'</th></tr>{rows}</table></div>{more}")
     if not parts:
         return []
-    return ["<h2>Features of each class</h2>",
+    return ['<h2 id="classes">Features of each class</h2>',
             '<p class="note">With analyze.labels or labels_field: for each class, the features whose |code| '
             "most separates its rows from every other labelled row (d = difference of the two means over the "
             "root of the mean of their variances; features more active in the class only; d &infin;: a code "
@@ -446,6 +446,17 @@ def _ce_line(ce: dict | None, hook: str | None = None) -> str:
             + (f" Note: {esc(c)}." if (c := ce_caveat(ce, hook)) else "") + "</p>")
 
 
+def _contents(classes: bool, training: bool, models: dict[str, dict], pages: dict[str, str]) -> str:
+    """The line under the heading that links to each section the page has and to each feature page: which
+    features a class turns on, below the figures, was found only by scrolling past them."""
+    sections = [("metrics", "Overview"), ("distributions", "Distributions"),
+                *([("classes", "Features of each class")] if classes else []),
+                *([("training", "Training")] if training else []), ("frequent", "Most frequent features")]
+    links = " &middot; ".join(f'<a href="#{ref}">{text}</a>' for ref, text in sections)
+    every = ", ".join(f'<a href="{esc(pages[n])}">{esc(n)}</a>' for n in models if n in pages)
+    return f'<p class="note">Sections: {links}' + (f"; every feature of {every}" if every else "") + "</p>"
+
+
 def render(summary: dict, pages: dict[str, str] | None = None) -> str:
     """The overview page for ``summary``; ``pages`` maps model names to their feature-page links."""
     models, pages = summary.get("models", {}), pages or {}
@@ -455,17 +466,21 @@ def render(summary: dict, pages: dict[str, str] | None = None) -> str:
     figs = [fig.to_html(full_html=False, include_plotlyjs=(i == 0), div_id=f"figure-{i}")  # not a random id:
             for i, fig in enumerate(dist + training)]  # the same summary renders the same bytes
     figs, training_figs = figs[:len(dist)], figs[len(dist):]
+    classes = _class_features(models, pages)
     body = [f"<h1>actdict report: {esc(summary.get('run_dir', ''))}</h1>", f"<p>{info}</p>",
-            "<h2>Overview</h2>", _overview(models, pages), _ce_line(summary.get("ce"), summary.get("hook")),
+            _contents(bool(classes), bool(training_figs), models, pages),
+            '<h2 id="metrics">Overview</h2>', _overview(models, pages),
+            _ce_line(summary.get("ce"), summary.get("hook")),
             *(f'<p class="warn">{esc(name)}: training warned: {esc(m["training_warning"])}</p>'
               for name, m in models.items() if m.get("training_warning")),
             '<p class="note">Hover a column header for its definition. AD, dead/dense latents and density '
             "use the per-row Otsu active mask of each model's activity. L0 counts exact nonzero codes, which "
             "a VAE's rarely are: a VAE's sparsity is its AD.</p>", _similar(models),
-            "<h2>Distributions</h2>", '<div class="figs">', *(f"<div>{f}</div>" for f in figs), "</div>",
-            *_class_features(models, pages),
-            *(["<h2>Training</h2>", '<p class="note">Each dictionary\'s loss terms over its training, means '
-               "over the intervals of its log (train.log_every steps; logs/&lt;name&gt;.jsonl), then its AD, "
+            '<h2 id="distributions">Distributions</h2>', '<div class="figs">',
+            *(f"<div>{f}</div>" for f in figs), "</div>", *classes,
+            *(['<h2 id="training">Training</h2>',
+               '<p class="note">Each dictionary\'s loss terms over its training, means over the intervals '
+               "of its log (train.log_every steps; logs/&lt;name&gt;.jsonl), then its AD, "
                "explained variance and share of latents active as measured on each interval's last batch "
                "(the analysis' measures, on one training batch: not the held-out rows above; dashed, where "
                "train.probe_rows was set: on that many held-out rows, the same ones every interval). With "
@@ -473,7 +488,7 @@ def render(summary: dict, pages: dict[str, str] | None = None) -> str:
                "snapshot's decoder directions: when the features the run ends with formed.</p>",
                '<div class="figs">', *(f"<div>{f}</div>" for f in training_figs), "</div>"]
               if training_figs else []),
-            "<h2>Most frequent features: top-activating contexts</h2>",
+            '<h2 id="frequent">Most frequent features: top-activating contexts</h2>',
             '<p class="note">Each dictionary\'s features active on the most test rows (density: the '
             "fraction of rows), each with its top rows: the feature's code on the row, then the row's token "
             "highlighted among its neighbours (an embedded row: the text it embeds, its doc and pos).</p>",

@@ -237,7 +237,7 @@ def test_analysis_writes_them_and_the_report_shows_them_escaped(tmp_path, monkey
             "them all):\n"
             f"    {lab0:<30} {a0:>7,} of      16 ({a0 / 16:>4.0%})  {v0:.3g}") in said
     html = (run_dir / "report.html").read_text()
-    assert "<h2>Features of each class</h2>" in html and "&lt;b&gt;bold&lt;/b&gt;" in html
+    assert '<h2 id="classes">Features of each class</h2>' in html and "&lt;b&gt;bold&lt;/b&gt;" in html
     assert "<b>bold</b>" not in html
     link = rf'<a href="report/sae.html\?run=[-0-9a-f]+#f={listed[0]}">{listed[0]}</a> <span class="tok">'
     assert re.search(link, html)

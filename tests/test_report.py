@@ -592,3 +592,24 @@ def test_each_dictionarys_per_class_ad_bars_and_markers_are_in_its_colour_of_the
     cls = [_many(f) for f in _figures(many)][-1]
     assert [t.marker.color for t in cls.data[::2]] == [t.marker.color for t in cls.data[1::2]] == list(
         qualitative.Dark24[:10])
+
+
+def test_a_line_under_the_heading_links_to_each_section_and_feature_page():
+    """Which features a class turns on (the class table) sat below every figure, found only by scrolling past
+    them, and a feature page only from the overview table's last column. A line under the heading links to
+    each section the page has, each heading's anchor, and to every dictionary's feature page."""
+    s = _summary()
+    page = render(s, {"sae_alpha": "report/sae_alpha.html?run=r"})
+    assert ('<p class="note">Sections: <a href="#metrics">Overview</a> &middot; <a href="#distributions">'
+            'Distributions</a> &middot; <a href="#frequent">Most frequent features</a>; every feature of '
+            '<a href="report/sae_alpha.html?run=r">sae_alpha</a></p>') in page  # no class table, no training
+    for ref in ("metrics", "distributions", "frequent"):
+        assert page.count(f'<h2 id="{ref}">') == 1
+    s["models"]["sae_alpha"]["class_features"] = [{"label": "a", "n": 3, "features": [
+        {"feature": 1, "d": 0.5, "fire_in": 0.5, "fire_out": 0.1, "tokens": ["x"]}]}]
+    s["models"]["sae_alpha"]["training_log"] = {"step": [1, 2], "loss": [2.0, 1.0]}
+    page = render(s)
+    assert ('<a href="#distributions">Distributions</a> &middot; <a href="#classes">Features of each class'
+            '</a> &middot; <a href="#training">Training</a> &middot; <a href="#frequent">') in page
+    assert '<h2 id="classes">Features of each class</h2>' in page and '<h2 id="training">Training' in page
+    assert "every feature of" not in page  # no pages: no links to them

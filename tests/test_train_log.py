@@ -16,6 +16,8 @@ from actdict.train.log import append_record, curve, log_path, read_log, start_lo
 from actdict.train.run import main
 from actdict.train.schedule import lr_at
 
+TRAINING = '<h2 id="training">Training</h2>'  # report.html's section heading
+
 DICTS = [DictConfig(name="vaease", variant="vaease", k=8, lr=0.01),
          DictConfig(name="l1", variant="sae_l1", k=8, lr=0.01)]
 
@@ -147,12 +149,12 @@ def test_analysis_draws_the_log_of_the_checkpoints_training_only(store, tmp_path
     models = {"l1": {"k": 8, "training_log": c},
               "vaease": {"k": 8, "training_log": {"step": [1, 2], "loss": [-3.0, -4.0], "sse": [0.0, 2.0]}}}
     html = render({"models": models})
-    training = html.split("<h2>Training</h2>")[1]  # after the distributions (and plotly.js, in the first)
+    training = html.split(TRAINING)[1]  # after the distributions (and plotly.js, in the first)
     assert training.count("Plotly.newPlot") == 6  # sse, loss, grad_norm, eval_ad, eval_ev, eval_live
     assert training.count('"name":"l1"') == 6 and training.count('"name":"vaease"') == 2  # vaease: sse, loss
     assert "Training: the gradient's L2 norm (before train.grad_clip)" in training
     assert '"type":"log"' in training and '"type":"linear"' in training  # a negative -ELBO: loss linear
-    assert "<h2>Training</h2>" not in render({"models": {"l1": {"k": 8, "training_log": None}}})
+    assert TRAINING not in render({"models": {"l1": {"k": 8, "training_log": None}}})
 
 
 def test_a_log_that_cannot_be_written_is_said_once_and_training_goes_on(store, tmp_path, monkeypatch,
@@ -212,7 +214,7 @@ def test_held_out_rows_measured_at_the_end_are_what_analysis_reports_of_them(sto
         assert last["held_l0"] == pytest.approx(m["l0"])
         assert last["held_live"] == pytest.approx(1 - m["dead"] / m["k"])
     assert len({r["held_ev"] for r in records}) > 1  # a curve, not one value
-    training = render(summary).split("<h2>Training</h2>")[1]  # each measure: its held-out curve dashed
+    training = render(summary).split(TRAINING)[1]  # each measure: its held-out curve dashed
     assert training.count('"dash":"dash"') == 3 * len(DICTS) and "dashed: held-out rows" in training
     for i, name in enumerate(summary["models"]):  # in its dictionary's colour, one legend entry for both
         assert training.count(f'"legendgroup":"{name}","line":{{"color":"{qualitative.Plotly[i]}"') == 6
@@ -232,7 +234,7 @@ def test_a_log_of_held_out_measures_only_draws_its_dashed_curves():
     KeyError 'eval_ad'."""
     log = {"step": [1, 2], "loss": [3.0, 2.0], "sse": [3.0, 2.0], "held_ad": [5.0, 4.0],
            "held_ev": [0.1, 0.3], "held_live": [1.0, 0.9]}
-    training = render({"models": {"l1": {"k": 8, "training_log": log}}}).split("<h2>Training</h2>")[1]
+    training = render({"models": {"l1": {"k": 8, "training_log": log}}}).split(TRAINING)[1]
     assert training.count("Plotly.newPlot") == 5  # sse, loss, and the three held-out measures
     assert training.count('"name":"l1 (held-out)"') == 3 and training.count('"dash":"dash"') == 3
     assert '"showlegend":false' not in training  # the only curve of its figure: named in the legend
@@ -245,7 +247,7 @@ def test_a_log_of_one_record_is_drawn_as_points():
            "eval_live": [0.8], "held_ev": [0.74]}
     two = {"step": [50, 88], "loss": [300.0, 185.8], "sse": [250.0, 157.6]}
     training = render({"models": {"one": {"k": 8, "training_log": one}, "two": {"k": 8, "training_log": two}}}
-                      ).split("<h2>Training</h2>")[1]
+                      ).split(TRAINING)[1]
     assert training.count('"mode":"markers"') == 6 and training.count('"mode":"lines"') == 2  # held_ev too
 
 
