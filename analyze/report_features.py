@@ -51,7 +51,8 @@ main { display: grid; grid-template-columns: min(440px, 40vw) 1fr; height: calc(
 .txt { font-family: system-ui, sans-serif; } .where { color: #888; font-size: 85%; margin-left: 1em; }
 .tok { font-family: ui-monospace, monospace; background: #f0f0f0; white-space: pre; }
 table.with { border-collapse: collapse; font-size: 90%; color: #555; margin: -0.6em 0 0.8em; }
-table.with td, table.with th { padding: 1px 8px; text-align: left; overflow-wrap: anywhere; }
+table.with td, table.with th { padding: 1px 8px; text-align: left; }
+table.with td { overflow-wrap: anywhere; }  /* a long label breaks; a heading wraps only between words */
 table.with td.num { text-align: right; white-space: nowrap; }
 """
 

@@ -532,3 +532,30 @@ def test_a_feature_names_the_classes_it_sets_apart_as_text(chromium, tmp_path):
             '<td class="num">0.25</td></tr>') in panel
     panel = _panel(*chromium, page.as_uri() + "#f=1")
     assert "<h2>Feature 1</h2>" in panel and "sets apart" not in panel and "fires most" not in panel
+
+
+_WORD_PROBE = """<script>window.addEventListener("load", () => setTimeout(() => {
+  const broken = [...document.querySelectorAll("table.with th")].filter(th => {
+    const r = document.createRange();
+    r.selectNodeContents(th);
+    return !th.textContent.includes(" ") && r.getClientRects().length > 1;
+  });
+  document.body.setAttribute("data-broken", broken.map(th => th.textContent).join(",") || "none");
+}, 1500));</script>"""
+
+
+def test_a_narrow_panels_table_headings_wrap_between_words_only(chromium, tmp_path):
+    """The tables of a feature page's panel broke their headings anywhere, as their cells' long labels must
+    break: at 900 px the 'fires with' table read 'featu / re' and 'Jaccar / d'. A heading wraps only between
+    its words now; a cell's label still breaks anywhere."""
+    from actdict.analyze.report_features import write_feature_page
+
+    feats = [{"i": i, "fires": 4 + i, "density": 0.5, "max": 2.0, "min": 0.5, "hist": {"pos": [[32, 4]],
+              "neg": []}, "top": [[2.0, i, 0, 1, [1, 2], 1]], "bottom": [], "quantiles": [],
+              "fires_with": [[1 - i, 2]], "by_class": [["jargon", 40, 30, 1.5]]} for i in range(2)]
+    data = {"version": 1, "name": "v", "k": 2, "n_rows": 10, "window": 1, "hist_edges": list(range(-4, 5)),
+            "tokens": {"1": "a", "2": "hardware" * 8}, "wordpiece": False, "features": feats}
+    page = write_feature_page(data, "v", {"variant": "vaease"}, {"hook": "h"}, tmp_path / "r" / "v.html")
+    page.write_text(page.read_text().replace("</body>", _WORD_PROBE + "</body>"))
+    dom = _dump(*chromium, page.as_uri() + "#f=0", "--window-size=700,700")
+    assert 'data-broken="none"' in dom and "<th>Jaccard</th>" in dom and "<th>class</th>" in dom
