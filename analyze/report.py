@@ -394,8 +394,10 @@ def _class_features(models: dict[str, dict], pages: dict[str, str]) -> list[str]
         return []
     return ['<h2 id="classes">Features of each class</h2>',
             '<p class="note">With analyze.labels or labels_field: for each class, the features whose |code| '
-            "most separates its rows from every other labelled row (d = difference of the two means over the "
-            "root of the mean of their variances; features more active in the class only; d &infin;: a code "
+            "most separates its rows from every other labelled row, largest d first (d = difference of the "
+            "two means over the root of the mean of their variances; features more active in the class only; "
+            "the shares: of the class's rows and of all the other labelled rows where the feature is active; "
+            "actdict feature RUN_DIR/dicts/NAME --class LABEL prints one class's; d &infin;: a code "
             "constant on the class's rows and constant, lower, on the others', which separates them "
             "perfectly).</p>", *parts]
 

@@ -279,6 +279,20 @@ def test_the_report_shows_the_most_populous_classes_in_the_labels_order(monkeypa
             '</span>: <span class="dim">d 1.5, active 90% / 5%</span>') in page  # its top tokens, escaped
 
 
+def test_the_class_tables_note_says_their_order_what_the_shares_are_and_where_else_to_find_them():
+    """Each class's features are listed largest d first and shown with two shares, of the class's rows and of
+    the others' where each is active; the note defined d but said neither (nor that actdict feature --class
+    prints one class's list), so the order and the 'active 72% / 41%' read as unexplained."""
+    from actdict.analyze import report
+
+    feat = {"feature": 3, "d": 1.5, "abs_in": 2.0, "abs_out": 0.1, "fire_in": 0.9, "fire_out": 0.05}
+    model = {"variant": "sae_l1", "k": 8, "class_features": [{"label": "a", "n": 4, "features": [feat]}]}
+    note = report._class_features({"sae": model}, {})[1]
+    assert "most separates its rows from every other labelled row, largest d first (d = " in note
+    assert ("the shares: of the class's rows and of all the other labelled rows where the feature is active; "
+            "actdict feature RUN_DIR/dicts/NAME --class LABEL prints one class's;") in note
+
+
 def test_a_perfect_separator_reads_as_an_infinite_d_everywhere(tmp_path):
     """d None (constant in the class and in the others): report.html and `actdict feature` say infinite, and
     the feature's classes put it first."""
