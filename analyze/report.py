@@ -157,7 +157,8 @@ def _frontier(models: dict[str, dict]) -> list[go.Figure]:
         if len(have) < 2:
             continue
         fig = go.Figure(layout=_LAYOUT | {"title": _title(f"Sparsity vs reconstruction (AD, {label})"),
-                                          "xaxis_title": "AD per test row (log scale)", "yaxis_title": label,
+                                          "xaxis_title": "AD per test row (log scale; left: sparser)",
+                                          "yaxis_title": f"{label} (up: better)",
                                           "xaxis": {"type": "log"}})
         mode = "markers+text" if len(have) <= MANY else "markers"  # a sweep's names would overlap: on hover
         for variant in dict.fromkeys(m.get("variant", "") for m in have.values()):

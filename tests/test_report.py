@@ -287,13 +287,16 @@ def test_masked_curve_re_on_a_log_axis():
 
 
 def test_the_sparsity_frontier_has_a_marker_per_dictionary_grouped_by_variant():
+    """One marker per dictionary, a trace per variant; its axes say which way is better (up and to the left,
+    the docstring's words, were on no axis: a reader new to AD could take the larger AD for the better)."""
     from actdict.analyze.report import _frontier
 
     s = _summary()
     s["models"]["sae_gamma"] = s["models"]["sae_alpha"] | {"ad": 30.0, "ev": 0.97, "ce_recovered": 0.8}
     s["models"]["<dead>"] = s["models"]["sae_alpha"] | {"ad": 0.0}  # all dead: no place on a log axis
     (ev,) = _frontier(s["models"])  # CE recovered: one dictionary has it, no figure
-    assert ev.layout.xaxis.type == "log" and ev.layout.yaxis.title.text == "explained variance"
+    assert ev.layout.xaxis.type == "log" and ev.layout.yaxis.title.text == "explained variance (up: better)"
+    assert ev.layout.xaxis.title.text == "AD per test row (log scale; left: sparser)"
     assert [(t.name, list(t.x), list(t.y), list(t.text)) for t in ev.data] == [
         ("sae_l1", [7.5, 30.0], [0.9321, 0.97], ["sae_alpha", "sae_gamma"]),
         ("vaease", [22.5], [0.5], ["vaease_beta"])]
