@@ -322,10 +322,14 @@ async function renderFeature(i) {
   } else if (f.bottom.length) {
     p.appendChild(el('p', 'note', 'negative codes are negligible (min ' + fmt(f.min) + '): not shown'));
   }
-  for (const q of f.quantiles) {
+  const sampled = f.quantiles.reduce((n, q) => n + q.hits.length, 0);
+  f.quantiles.forEach((q, j) => {  // groups of a random sample of the active rows, highest codes first
     p.appendChild(section('Quantile ' + Math.round(q.lo * 100) + '\u2013' + Math.round(q.hi * 100) +
-      '% of active rows (codes ' + fmt(q.vmin) + ' .. ' + fmt(q.vmax) + ')', q.hits, false));
-  }
+      '% of the sampled rows (codes ' + fmt(q.vmin) + ' .. ' + fmt(q.vmax) + ')', q.hits, false, j ? undefined
+      : sampled + ' of its ' + f.fires + ' active rows drawn at random, sorted by code and cut into ' +
+        f.quantiles.length + ' equal groups: each heading gives its group\'s share of the sample and the ' +
+        'range of its rows\' codes, not a quantile of every active row'));
+  });
   listSelected();
 }
 function route() {

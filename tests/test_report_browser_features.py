@@ -559,3 +559,30 @@ def test_a_narrow_panels_table_headings_wrap_between_words_only(chromium, tmp_pa
     page.write_text(page.read_text().replace("</body>", _WORD_PROBE + "</body>"))
     dom = _dump(*chromium, page.as_uri() + "#f=0", "--window-size=700,700")
     assert 'data-broken="none"' in dom and "<th>Jaccard</th>" in dom and "<th>class</th>" in dom
+
+
+def test_the_quantile_sections_say_they_are_groups_of_a_random_sample(chromium, tmp_path):
+    """The quantile sections are a random sample of the active rows (analyze.quantiles x quantile_samples),
+    sorted and cut into equal groups; each heading read 'Quantile 80-100% of active rows (codes 1.919 ..
+    3.232)' on the demo's vaease #141, whose top code is 4.813: a quantile of every active row with those
+    bounds, which it is not. The headings say 'of the sampled rows', and a note above the first says how
+    many rows were drawn of how many and that the codes are the group's own range."""
+    from actdict.analyze.report_features import write_feature_page
+
+    def hit(v, row):
+        return [v, row, 0, row, [1, 2], 1]
+
+    f = {"i": 0, "fires": 50, "density": 0.5, "max": 5.0, "min": 0.1, "hist": {"pos": [[32, 50]], "neg": []},
+         "top": [hit(5.0, 1)], "bottom": [], "quantiles": [
+             {"lo": 0.5, "hi": 1.0, "vmin": 1.5, "vmax": 2.0, "hits": [hit(2.0, 3), hit(1.5, 4)]},
+             {"lo": 0.0, "hi": 0.5, "vmin": 0.25, "vmax": 1.0, "hits": [hit(1.0, 5), hit(0.25, 6)]}]}
+    data = {"version": 1, "name": "v", "k": 1, "n_rows": 100, "window": 1, "hist_edges": list(range(-4, 5)),
+            "tokens": {"1": "a", "2": "b"}, "wordpiece": False, "features": [f]}
+    page = write_feature_page(data, "v", {"variant": "vaease"}, {"hook": "h"}, tmp_path / "r" / "v.html")
+    panel = _panel(*chromium, page.as_uri() + "#f=0")
+    assert "<h3>Quantile 50\u2013100% of the sampled rows (codes 1.5 .. 2)</h3>" in panel
+    assert "<h3>Quantile 0\u201350% of the sampled rows (codes 0.25 .. 1)</h3>" in panel
+    assert panel.count("4 of its 50 active rows drawn at random, sorted by code and cut into 2 equal groups: "
+                       "each heading gives its group's share of the sample and the range of its rows' codes, "
+                       "not a quantile of every active row") == 1
+    assert panel.index("4 of its 50 active rows") > panel.index("<h3>Quantile 50")  # under the first heading
