@@ -449,6 +449,18 @@ def _ce_line(ce: dict | None, hook: str | None = None) -> str:
             + (f" Note: {esc(c)}." if (c := ce_caveat(ce, hook)) else "") + "</p>")
 
 
+def _class_ad_note(models: dict[str, dict]) -> str:
+    """With ``ad_class``, what the per-class AD figure's markers are: Table 2's AD of the class's mean code,
+    which sat far above the bars (the demo's SAE-l1: ~250-350 against ~55 per row) with no word on why."""
+    if not any(m.get("ad_class") for m in models.values()):
+        return ""
+    return ('<p class="note">AD per class: the bars are the mean AD of the class\'s rows; the markers the '
+            "paper's Table-2 AD of the class's mean code (the Otsu split of log mean |z| for an SAE, of the "
+            "mean log variance for a VAE), which for an SAE counts the latents active on at least one of "
+            "the class's rows: it grows with the class's size, so compare it between classes of like "
+            "sizes (docs/analyze.md, ad_class).</p>")
+
+
 def _contents(classes: bool, training: bool, models: dict[str, dict], pages: dict[str, str]) -> str:
     """The line under the heading that links to each section the page has and to each feature page: which
     features a class turns on, below the figures, was found only by scrolling past them."""
@@ -479,7 +491,7 @@ def render(summary: dict, pages: dict[str, str] | None = None) -> str:
             '<p class="note">Hover a column header for its definition. AD, dead/dense latents and density '
             "use the per-row Otsu active mask of each model's activity. L0 counts exact nonzero codes, which "
             "a VAE's rarely are: a VAE's sparsity is its AD.</p>", _similar(models),
-            '<h2 id="distributions">Distributions</h2>', '<div class="figs">',
+            '<h2 id="distributions">Distributions</h2>', _class_ad_note(models), '<div class="figs">',
             *(f"<div>{f}</div>" for f in figs), "</div>", *classes,
             *(['<h2 id="training">Training</h2>',
                '<p class="note">Each dictionary\'s loss terms over its training, means over the intervals '

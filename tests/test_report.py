@@ -616,3 +616,17 @@ def test_a_line_under_the_heading_links_to_each_section_and_feature_page():
             '</a> &middot; <a href="#training">Training</a> &middot; <a href="#frequent">') in page
     assert '<h2 id="classes">Features of each class</h2>' in page and '<h2 id="training">Training' in page
     assert "every feature of" not in page  # no pages: no links to them
+
+
+def test_the_per_class_ad_figure_says_what_its_markers_are():
+    """The per-class AD figure's markers (Table 2's AD of the class mean) sat far above its bars (the demo's
+    SAE-l1: ~250-350 against ~55 per row) with no word on why: a note under the Distributions heading says
+    what each is and that the markers grow with the class's size; none without labels."""
+    s = _summary()
+    assert "AD per class: the bars" not in render(s)
+    s["models"]["sae_alpha"]["ad_class"] = [{"label": "a", "n": 3, "ad": 2.0, "ad_of_mean": 4.0}]
+    page = render(s)
+    note = page[page.index('<h2 id="distributions">'):page.index('<div class="figs">')]
+    assert ("AD per class: the bars are the mean AD of the class's rows; the markers the paper's Table-2 AD "
+            "of the class's mean code") in html.unescape(note)
+    assert "it grows with the class's size, so compare it between classes of like sizes" in note
