@@ -449,6 +449,11 @@ def _ce_line(ce: dict | None, hook: str | None = None) -> str:
             + (f" Note: {esc(c)}." if (c := ce_caveat(ce, hook)) else "") + "</p>")
 
 
+_INFO = (("store", "store"), ("hook", "hook"), ("d", "d"), ("n_test_rows", "held-out rows evaluated"),
+         ("run_id", "run_id"))
+"""The header line's (summary.json key, label): the row count read 'n_test_rows: 20480' before."""
+
+
 def _class_ad_note(models: dict[str, dict]) -> str:
     """With ``ad_class``, what the per-class AD figure's markers are: Table 2's AD of the class's mean code,
     which sat far above the bars (the demo's SAE-l1: ~250-350 against ~55 per row) with no word on why."""
@@ -475,8 +480,8 @@ def _contents(classes: bool, training: bool, models: dict[str, dict], pages: dic
 def render(summary: dict, pages: dict[str, str] | None = None) -> str:
     """The overview page for ``summary``; ``pages`` maps model names to their feature-page links."""
     models, pages = summary.get("models", {}), pages or {}
-    info = ", ".join(f"{esc(k)}: {_num(summary.get(k))}" for k in ("store", "hook", "d", "n_test_rows",
-                                                                     "run_id") if k in summary)
+    info = ", ".join(f"{label}: {f'{v:,}' if isinstance(v, int) else _num(v)}" for key, label in _INFO
+                     if (v := summary.get(key, _INFO)) is not _INFO)
     dist, training = [_many(f) for f in _figures(models)], [_many(f) for f in _training_figures(models)]
     figs = [fig.to_html(full_html=False, include_plotlyjs=(i == 0), div_id=f"figure-{i}")  # not a random id:
             for i, fig in enumerate(dist + training)]  # the same summary renders the same bytes

@@ -630,3 +630,12 @@ def test_the_per_class_ad_figure_says_what_its_markers_are():
     assert ("AD per class: the bars are the mean AD of the class's rows; the markers the paper's Table-2 AD "
             "of the class's mean code") in html.unescape(note)
     assert "it grows with the class's size, so compare it between classes of like sizes" in note
+
+
+def test_the_header_line_names_the_row_count_in_words_with_its_thousands():
+    """The header line printed summary.json's key as it is, 'n_test_rows: 20480', where analyze's own line
+    says '20,480 held-out rows': it reads 'held-out rows evaluated: 20,480' now, the other keys as before."""
+    s = _summary() | {"d": 384, "n_test_rows": 20480, "run_id": "r1"}
+    assert ("<p>store: runs/test/store, hook: blocks.0.hook_resid_post, d: 384, held-out rows evaluated: "
+            "20,480, run_id: r1</p>") in render(s)
+    assert "<p>hook: h, held-out rows evaluated: &ndash;</p>" in render({"hook": "h", "n_test_rows": None})
