@@ -104,6 +104,9 @@ function fmt(v) {  // 4 significant digits; tiny values as 1.715e-6, not 0.00000
   return v !== 0 && Math.abs(v) < 1e-3 ? (+v).toExponential(3).replace(/\.?0+e/, 'e')
                                        : String(+(+v).toPrecision(4));
 }
+function count(n) {  // a count as actdict feature and analyze print it: 20,480
+  return Number(n).toLocaleString('en-US');
+}
 function tokRaw(id) {  // the vocabulary's string: a token by itself (a label, a logit) shows it ('##ing')
   const s = TOK[String(id)];
   return s === undefined ? '' : s;
@@ -235,8 +238,8 @@ async function renderFeature(i) {
     return;
   }
   p.appendChild(el('h2', '', 'Feature ' + f.i));
-  p.appendChild(el('p', 'stats', 'active on ' + f.fires + ' of ' + D.n_rows + ' test rows (density ' +
-    fmt(f.density) + '); max ' + fmt(f.max) + ', min ' + fmt(f.min)));
+  p.appendChild(el('p', 'stats', 'active on ' + count(f.fires) + ' of ' + count(D.n_rows) +
+    ' test rows (density ' + fmt(f.density) + '); max ' + fmt(f.max) + ', min ' + fmt(f.min)));
   const near = Object.entries(f.nearest || {});
   if (near.length) {  // its closest feature in each other dictionary's page (the same folder)
     const q = p.appendChild(el('p', 'stats', 'nearest by decoder direction: '));
@@ -289,8 +292,9 @@ async function renderFeature(i) {
     for (const [label, rows, active, mean] of byClass) {
       const tr = t.appendChild(el('tr'));
       tr.appendChild(el('td', '', String(label)));
-      tr.appendChild(el('td', 'num', String(rows)));
-      tr.appendChild(el('td', 'num', active + ' (' + Math.round(100 * active / Math.max(1, rows)) + '%)'));
+      tr.appendChild(el('td', 'num', count(rows)));
+      tr.appendChild(el('td', 'num', count(active) + ' (' + Math.round(100 * active / Math.max(1, rows)) +
+                                     '%)'));
       tr.appendChild(el('td', 'num', fmt(mean)));
     }
   }
@@ -326,7 +330,7 @@ async function renderFeature(i) {
   f.quantiles.forEach((q, j) => {  // groups of a random sample of the active rows, highest codes first
     p.appendChild(section('Quantile ' + Math.round(q.lo * 100) + '\u2013' + Math.round(q.hi * 100) +
       '% of the sampled rows (codes ' + fmt(q.vmin) + ' .. ' + fmt(q.vmax) + ')', q.hits, false, j ? undefined
-      : sampled + ' of its ' + f.fires + ' active rows drawn at random, sorted by code and cut into ' +
+      : sampled + ' of its ' + count(f.fires) + ' active rows drawn at random, sorted by code and cut into ' +
         f.quantiles.length + ' equal groups: each heading gives its group\'s share of the sample and the ' +
         'range of its rows\' codes, not a quantile of every active row'));
   });

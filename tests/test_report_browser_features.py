@@ -586,3 +586,21 @@ def test_the_quantile_sections_say_they_are_groups_of_a_random_sample(chromium, 
                        "each heading gives its group's share of the sample and the range of its rows' codes, "
                        "not a quantile of every active row") == 1
     assert panel.index("4 of its 50 active rows") > panel.index("<h3>Quantile 50")  # under the first heading
+
+
+def test_the_panel_writes_its_counts_with_thousands_separators(chromium, tmp_path):
+    """The panel's counts read 'active on 1933 of 20480 test rows' and '4267', '1349 (32%)', where actdict
+    feature and analyze print 1,933 and 20,480: they are written so now; codes and shares as before."""
+    from actdict.analyze.report_features import write_feature_page
+
+    f = {"i": 0, "fires": 1933, "density": 0.09438, "max": 4.813, "min": 0.5, "quantiles": [],
+         "hist": {"pos": [[32, 1933]], "neg": []}, "top": [[4.813, 1, 0, 1, [1, 2], 1]], "bottom": [],
+         "by_class": [["jargon", 4267, 1349, 0.5125]]}
+    data = {"version": 1, "name": "v", "k": 1, "n_rows": 20480, "window": 1, "hist_edges": list(range(-4, 5)),
+            "tokens": {"1": "a", "2": "b"}, "wordpiece": False, "features": [f]}
+    page = write_feature_page(data, "v", {"variant": "vaease"}, {"hook": "h"}, tmp_path / "r" / "v.html")
+    panel = _panel(*chromium, page.as_uri() + "#f=0")
+    stats = '<p class="stats">active on 1,933 of 20,480 test rows (density 0.09438); max 4.813, min 0.5</p>'
+    assert stats in panel
+    assert ('<tr><td>jargon</td><td class="num">4,267</td><td class="num">1,349 (32%)</td>'
+            '<td class="num">0.5125</td></tr>') in panel
