@@ -78,9 +78,11 @@ def feature_lines(data: dict, labels: dict, i: int, top: int) -> list[str]:
     lines += ["  top activations:", *_hits(data, f["top"], top)]
     if f["bottom"] and -(f.get("min") or 0) >= 0.1 * abs(f.get("max") or 0):  # as the feature page
         lines += ["  most negative:", *_hits(data, f["bottom"], top)]
+    sampled = sum(len(q["hits"]) for q in f.get("quantiles", []))  # a random sample of its active rows
     for q in sorted(f.get("quantiles", []), key=lambda q: -q["lo"]):  # one sample each, highest first
-        if q["hits"]:
-            lines.append(f"  quantile {q['lo']:.0%}-{q['hi']:.0%} ({q['vmin']:.3g} .. {q['vmax']:.3g}):")
+        if q["hits"]:  # the codes: the group's own range, not a quantile of every active row
+            lines.append(f"  quantile {q['lo']:.0%}-{q['hi']:.0%} of {sampled} sampled rows "
+                         f"({q['vmin']:.3g} .. {q['vmax']:.3g}):")
             lines += _hits(data, q["hits"], 1)
     if w := f.get("fires_with"):  # Jaccard of the active rows, from both fire counts
         fires = {g["i"]: g["fires"] for g in data["features"]}

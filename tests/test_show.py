@@ -137,7 +137,8 @@ def test_partners_of_a_feature_of_texts_are_headed_by_their_top_text():
 
 
 def test_long_contexts_quantile_order_and_search_over_texts_and_repeated_hits():
-    """A long context is cut around the row's token with '…'; quantile samples come highest first; search
+    """A long context is cut around the row's token with '…'; quantile samples come highest first, each
+    headed as a group of the sampled rows (a quantile of every active row, as it read, it is not); search
     counts every top hit with the word, and over texts matches them case aside."""
     from actdict.analyze.show import feature_lines, search_lines
 
@@ -150,7 +151,8 @@ def test_long_contexts_quantile_order_and_search_over_texts_and_repeated_hits():
          for lo in (0.0, 0.5)]
     f = {"i": 0, "fires": 2, "density": 0.2, "max": 2.0, "min": 0.0, "top": [], "bottom": [], "quantiles": q}
     lines = feature_lines({"n_rows": 10, "tokens": toks, "features": [f]}, {}, 0, 1)
-    assert lines.index("  quantile 50%-100% (0.5 .. 1):") < lines.index("  quantile 0%-50% (0 .. 0.5):")
+    assert lines.index("  quantile 50%-100% of 2 sampled rows (0.5 .. 1):") < lines.index(
+        "  quantile 0%-50% of 2 sampled rows (0 .. 0.5):")
     top = [[3.0, r, r, 0, [-1], 0] for r in range(3)]
     data = {"tokens": {}, "texts": {"0": "Great PIZZA", "1": "pizza again", "2": "rude"},
             "features": [{"i": 0, "fires": 3, "top": top}, {"i": 1, "fires": 3, "top": top[1:]}]}
