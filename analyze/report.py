@@ -229,6 +229,17 @@ def _colours(models: dict[str, dict]) -> dict[str, str]:
     return {name: palette[i % len(palette)] for i, name in enumerate(models)}
 
 
+TRAINING_TERMS = (
+    ("sse", "Training: reconstruction error (sse per row)", "sse per row"),
+    ("loss", "Training: the objective (loss)", "loss"),
+    ("grad_norm", "Training: the gradient's L2 norm (before train.grad_clip)", "gradient L2 norm"),
+    ("eval_ad", "Training: AD per row (each interval's last batch)", "AD per row"),
+    ("eval_ev", "Training: explained variance (last batches)", "explained variance"),
+    ("eval_live", "Training: share of latents active (last batches)", "share of latents active"))
+"""The training figures: (the log's column, the figure's title, its y axis' title: the column's name, as
+'eval_live', was the axis' before)."""
+
+
 def _training_figures(models: dict[str, dict]) -> list[go.Figure]:
     """The training curves of the dictionaries with a training log: the reconstruction term (sse) on a log
     axis, the objective (log axis when every value is > 0: a VAE's -ELBO can be negative), the gradient's
@@ -238,12 +249,7 @@ def _training_figures(models: dict[str, dict]) -> list[go.Figure]:
     logs = {name: m["training_log"] for name, m in models.items() if m.get("training_log")}
     colours = _colours(models)
     figs = []
-    for term, title in (("sse", "Training: reconstruction error (sse per row)"),
-                        ("loss", "Training: the objective (loss)"),
-                        ("grad_norm", "Training: the gradient's L2 norm (before train.grad_clip)"),
-                        ("eval_ad", "Training: AD per row (each interval's last batch)"),
-                        ("eval_ev", "Training: explained variance (last batches)"),
-                        ("eval_live", "Training: share of latents active (last batches)")):
+    for term, title, axis in TRAINING_TERMS:
         held = "held" + term[4:] if term.startswith("eval_") else None  # eval_ev -> held_ev
         curves = {name: c for name, c in logs.items() if term in c or held in c}
         if not curves:
@@ -253,7 +259,7 @@ def _training_figures(models: dict[str, dict]) -> list[go.Figure]:
         vals = [v for c in curves.values() for v in c.get(term, []) if v is not None]  # held_* only: none
         log_y = term in ("sse", "grad_norm") or (term == "loss" and vals and min(vals) > 0)
         fig = go.Figure(layout=_LAYOUT | {"title": _title(title), "xaxis_title": "training step",
-                                      "yaxis_title": term + (" (log scale)" if log_y else ""),
+                                      "yaxis_title": axis + (" (log scale)" if log_y else ""),
                                       "yaxis": {"type": "log" if log_y else "linear"}})
         fig.update_layout(showlegend=True)  # also for one curve: which dictionary's it is
         for name, c in curves.items():

@@ -264,3 +264,14 @@ def test_each_dictionary_keeps_its_colour_and_name_in_every_training_figure():
     assert [t.name for t in sse.data] == ["b"] and sse.layout.showlegend is True
     assert sse.data[0].line.color == loss.data[1].line.color == qualitative.Plotly[1]
     assert loss.data[0].line.color == qualitative.Plotly[0]
+
+
+def test_the_training_figures_axes_say_what_they_measure_not_the_log_column():
+    """The training figures' y axes were titled with the log's column names ('eval_ev', 'eval_live',
+    'grad_norm'): they say what each measures now, with (log scale) where it is one."""
+    log = {"step": [1, 2], "sse": [3.0, 2.0], "loss": [3.0, 2.0], "grad_norm": [1.0, 0.5],
+           "eval_ad": [5.0, 4.0], "eval_ev": [0.1, 0.3], "eval_live": [1.0, 0.9]}
+    figs = _training_figures({"l1": {"k": 8, "training_log": log}})
+    assert [f.layout.yaxis.title.text for f in figs] == [
+        "sse per row (log scale)", "loss (log scale)", "gradient L2 norm (log scale)", "AD per row",
+        "explained variance", "share of latents active"]
