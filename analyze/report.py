@@ -389,7 +389,7 @@ def _class_features(models: dict[str, dict], pages: dict[str, str]) -> list[str]
         big = sorted(range(len(classes)), key=lambda i: -(classes[i].get("n") or 0))[:CLASS_ROWS]
         picked = [classes[i] for i in sorted(big)]  # the most populous, in the labels' order
         page = pages.get(name)
-        rows = "".join(f'<tr><td>{esc(c.get("label"))}</td><td>{_num(c.get("n"))}</td><td class="txt">'
+        rows = "".join(f'<tr><td>{esc(c.get("label"))}</td><td>{_count(c.get("n"))}</td><td class="txt">'
                        + ("<br>".join(_class_feature(f, page) for f in c.get("features") or []) or "&ndash;")
                        + "</td></tr>" for c in picked)
         more = (f'<p class="note">{len(classes) - CLASS_ROWS:,} smaller classes are in summary.json.</p>'
@@ -418,6 +418,11 @@ def _class_feature(f: dict, page: str | None) -> str:
     toks = ", ".join(f'<span class="tok">{_alone(t)}</span>' for t in f.get("tokens") or [])
     return (f'{ref}{" " + toks if toks else ""}: <span class="dim">d {d}, active '
             f'{_share(f.get("fire_in"))} / {_share(f.get("fire_out"))}</span>')
+
+
+def _count(v: Any) -> str:
+    """A count with thousands separators, as analyze prints it (20,480): the class table's rows read 7277."""
+    return f"{v:,}" if isinstance(v, int) else _num(v)
 
 
 def _share(v: Any) -> str:
@@ -486,7 +491,7 @@ def _contents(classes: bool, training: bool, models: dict[str, dict], pages: dic
 def render(summary: dict, pages: dict[str, str] | None = None) -> str:
     """The overview page for ``summary``; ``pages`` maps model names to their feature-page links."""
     models, pages = summary.get("models", {}), pages or {}
-    info = ", ".join(f"{label}: {f'{v:,}' if isinstance(v, int) else _num(v)}" for key, label in _INFO
+    info = ", ".join(f"{label}: {_count(v)}" for key, label in _INFO
                      if (v := summary.get(key, _INFO)) is not _INFO)
     dist, training = [_many(f) for f in _figures(models)], [_many(f) for f in _training_figures(models)]
     figs = [fig.to_html(full_html=False, include_plotlyjs=(i == 0), div_id=f"figure-{i}")  # not a random id:

@@ -293,6 +293,14 @@ def test_the_class_tables_note_says_their_order_what_the_shares_are_and_where_el
             "actdict feature RUN_DIR/dicts/NAME --class LABEL prints one class's;") in note
 
 
+
+def test_the_class_tables_rows_are_written_as_analyze_prints_counts():
+    """A class's rows read '7277' beside the overview's other counts and analyze's '20,480': '7,277' now."""
+    from actdict.analyze import report
+
+    model = {"variant": "sae_l1", "k": 8, "class_features": [{"label": "a", "n": 7277, "features": []}]}
+    assert "<tr><td>a</td><td>7,277</td>" in report._class_features({"sae": model}, {})[2]
+
 def test_a_perfect_separator_reads_as_an_infinite_d_everywhere(tmp_path):
     """d None (constant in the class and in the others): report.html and `actdict feature` say infinite, and
     the feature's classes put it first."""
