@@ -24,6 +24,9 @@ import torch
 from torch import Tensor
 
 _M32 = 0xFFFFFFFF
+SPARSE_SHARE = 0.01
+"""Largest share of active (row, feature) pairs in a batch for which ``Reservoir`` sorts the pairs rather than
+take a top-k over every feature's column (measured: see ``Reservoir._update_sparse``)."""
 
 
 def column_topk(score: Tensor, t: int) -> tuple[Tensor, Tensor]:
@@ -103,9 +106,14 @@ class TopRows:
             order = rows.argsort()
             score, rows, value = score[order], rows[order], value[order]
         top = top_first(score, self.t, self.floor)  # [<=t, k]
-        s = torch.cat([self.score, score.gather(0, top)])  # [<=2t, k]
-        r = torch.cat([self.rows, rows[top]])
-        v = torch.cat([self.value, value.detach().to(self.value).gather(0, top)])
+        self.merge(score.gather(0, top), rows[top], value.detach().gather(0, top))
+
+    def merge(self, score: Tensor, rows: Tensor, value: Tensor) -> None:
+        """Keeps the best t of the held entries and a batch's own best ([<=t, k] each: its t largest scores
+        per feature, equal ones above ``floor`` by the smaller row, as ``top_first`` gives them)."""
+        s = torch.cat([self.score, score.to(self.score)])  # [<=2t, k]
+        r = torch.cat([self.rows, rows.to(self.rows)])
+        v = torch.cat([self.value, value.to(self.value)])
         best = best_first(s, r, self.t, self.floor)
         self.score, self.rows, self.value = s.gather(0, best), r.gather(0, best), v.gather(0, best)
 
@@ -153,9 +161,38 @@ class Reservoir:
         """codes [B, k], active [B, k] bool, rows [B]."""
         dev = self.top.rows.device
         b, f = active.to(dev).nonzero(as_tuple=True)  # hash only the active pairs
+        if len(b) <= SPARSE_SHARE * active.numel():
+            self._update_sparse(codes, b, f, rows.to(dev))
+            return
         score = torch.full(active.shape[::-1], -1, dtype=torch.long, device=dev)  # [k, B] (column_topk's)
         score[f, b] = pair_keys(rows.to(dev)[b], f, self.seed)
         self.top.update(score.T, rows, codes)
+
+    def _update_sparse(self, codes: Tensor, b: Tensor, f: Tensor, rows: Tensor) -> None:
+        """``update`` from the active pairs alone (b, f [m]: row-major): each feature's ``size`` largest keys,
+        equal keys by the smaller row, found by sorting the m pairs, not by a top-k over a [k, B] score of -1
+        wherever a feature is inactive (~1 s at B 4,096, k 16,384). Same held rows and values; a feature
+        active on fewer rows than the sample leaves row 0, value 0 in the slots it does not fill (the dense
+        path: any rows' there), which ``result`` shows as row -1 either way."""
+        k, t = self.k, min(self.top.t, len(rows))
+        key = pair_keys(rows[b], f, self.seed)  # [m]
+        order = torch.stack([rows[b], -key]).T  # [m, 2]: by key, largest first, then by row
+        at = torch.arange(len(b), device=b.device)
+        for col in (0, 1):  # stable sorts, least significant first, then by feature
+            at = at[order[at, col].argsort(stable=True)]
+        at = at[f[at].argsort(stable=True)]  # [m] by (feature, -key, row)
+        fs = f[at]
+        n = torch.bincount(fs, minlength=k)  # [k] active pairs of each feature
+        rank = torch.arange(len(at), device=b.device) - (torch.cumsum(n, 0) - n)[fs]  # [m] its place in f
+        keep = rank < t
+        at, fs, rank = at[keep], fs[keep], rank[keep]
+        score = torch.full((t, k), -1, dtype=torch.long, device=b.device)  # [t, k]
+        held = torch.zeros((t, k), dtype=torch.long, device=b.device)
+        value = torch.zeros((t, k), dtype=torch.float32, device=b.device)
+        score[rank, fs] = key[at]
+        held[rank, fs] = rows[b[at]]
+        value[rank, fs] = codes[b[at], fs].detach().to(value)
+        self.top.merge(score, held, value)
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
         """(rows [k, t'], values [k, t']); unfilled entries (feature active on < size rows) have row -1."""

@@ -325,3 +325,32 @@ def test_a_gpt2_hash_token_does_not_make_the_contexts_wordpiece(tmp_path):
     out, _, _ = build_features(tr, fires, n, store, 10, decode, 4)  # every context holds a '##'
     assert out["tokens"]["2235"] == "##" and out["tokens"]["262"] == " the" and out["wordpiece"] is False
     assert token_decoder({"tokenizer": "all-MiniLM-L6-v2"}).wordpiece is True
+
+
+@pytest.mark.parametrize("coarse", [False, True])
+def test_reservoir_sparse_path_holds_what_the_dense_one_does(coarse, monkeypatch):
+    """Reservoir's pair sort (streaming.SPARSE_SHARE 1: every batch) keeps the same rows and values as its
+    top-k over the columns (0: none), batch after batch, rows out of order, features active on fewer rows
+    than the sample among them; with keys of 3 values (coarse) equal keys go to the smaller row in both."""
+    import actdict.analyze.streaming as S
+
+    if coarse:
+        keys = S.pair_keys
+        monkeypatch.setattr(S, "pair_keys", lambda r, f, seed: keys(r, f, seed) % 3)
+    g = torch.Generator().manual_seed(4)
+    codes = torch.randn(50, 9, generator=g)  # [rows, k]
+    active = torch.rand(50, 9, generator=g) < torch.linspace(0.05, 0.9, 9)  # feature 0: 2 rows
+    rows = torch.randperm(50, generator=g) + 1000
+    got = {}
+    for share in (0.0, 1.0):
+        monkeypatch.setattr(S, "SPARSE_SHARE", share)
+        r = S.Reservoir(9, 6, seed=7)
+        for a, b in ((0, 4), (4, 30), (30, 50)):
+            r.update(codes[a:b], active[a:b], rows[a:b])
+        got[share] = r.result()
+    (dr, dv), (sr, sv) = got[0.0], got[1.0]
+    assert np.array_equal(dr, sr) and np.array_equal(dv[dr >= 0], sv[sr >= 0])
+    assert (dr[0] == -1).sum() == 4 and (dr >= 0).sum() == 2 + 6 * 8
+    lookup = {int(r): i for i, r in enumerate(rows)}
+    assert all(active[lookup[int(x)], f] and sv[f, j] == codes[lookup[int(x)], f]
+               for f in range(9) for j, x in enumerate(sr[f]) if x >= 0)
