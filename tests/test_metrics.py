@@ -137,6 +137,26 @@ def test_rows_that_all_have_an_exact_zero_take_the_fast_path_to_the_same_mask():
     assert M.active_dims(mixed, "high").tolist() == [*(codes != 0).sum(1).tolist(), 40]
 
 
+def test_the_fast_path_gives_the_same_mask_by_numpy_and_by_torch():
+    """On a CPU active_mask's fast path compares float32 / float64 activity by numpy, other dtypes (and a
+    GPU's tensors) by torch: the same masks of values exact in bfloat16, either side; NaN refused."""
+    g = torch.Generator().manual_seed(6)
+    act = torch.randint(-3, 4, (30, 12), generator=g).float()  # small integers: exact in bfloat16
+    act[torch.rand(30, 12, generator=g) < 0.6] = -math.inf
+    act[:, 1] = -math.inf  # a -inf on every row: the fast path
+    act[4] = -math.inf
+    for side in ("low", "high"):
+        by_numpy = M.active_mask(act, side)
+        assert torch.equal(by_numpy, M.active_mask(act.double(), side))
+        assert torch.equal(by_numpy, M.active_mask(act.to(torch.bfloat16), side))
+        assert torch.equal(by_numpy, act.isneginf() if side == "low" else ~act.isneginf())
+        for dtype in (torch.float32, torch.bfloat16):
+            worse = act.to(dtype, copy=True)
+            worse[2, 3] = math.nan
+            with pytest.raises(ValueError, match=r"NaN or \+inf"):
+                M.active_mask(worse, side)
+
+
 def test_bad_inputs():
     with pytest.raises(ValueError, match="NaN"):
         M.active_dims(torch.tensor([[0.0, math.nan]]), "low")
