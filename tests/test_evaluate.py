@@ -74,3 +74,16 @@ def test_memory_does_not_grow_with_the_rows():
     assert s["ad_hist"] == {"values": [1, 2], "counts": [100, 100]}
     assert [(c["label"], c["n"], c["ad"]) for c in s["ad_class"]] == [("a", 100, 1.0), ("b", 50, 2.0)]
     assert s["ad_class_unlabelled"] == 50
+
+
+def test_mask_counts_are_the_rows_and_columns_sums():
+    """evaluate.mask_counts (numpy's sums on a CPU) gives each row's and each column's set entries as torch's
+    sums do, int64 and int32, for a mask, its transposed view and an empty one."""
+    from actdict.analyze.evaluate import mask_counts
+
+    m = torch.rand(37, 11, generator=torch.Generator().manual_seed(3)) < 0.3
+    for mask in (m, m.T, m[:0]):
+        ad, fire = mask_counts(mask)
+        assert ad.dtype == torch.int64 and fire.dtype == torch.int32
+        assert ad.tolist() == mask.sum(1).tolist() and fire.tolist() == mask.sum(0).tolist()
+    assert mask_counts(m)[0].sum() == m.sum() > 0
