@@ -24,6 +24,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from actdict.analyze.streaming import where_true
+
 DENSE_RATIO = 64.0  # the pairs path when k > 64 x the rows' RMS active count (CPU; measured: see docs)
 MAX_PAIRS = 1 << 24  # pairs counted at once (~0.7 GB of int64 keys and indices); more: the rows in halves
 
@@ -33,8 +35,8 @@ def active_pairs(active: Tensor, other: Tensor | None = None) -> Tensor:
     pair (i, j) of a feature i active on a row and a feature j of ``other`` active on the same row (i == j
     included when ``other`` is ``active``), P = sum over rows of AD x AD2."""
     other = active if other is None else other
-    b, i = active.nonzero(as_tuple=True)  # [m] row-major
-    j = other.nonzero(as_tuple=True)[1]  # [m2] row-major: each row's features contiguous
+    b, i = where_true(active)  # [m] row-major
+    j = i if other is active else where_true(other)[1]  # [m2] row-major: each row's features contiguous
     c = other.sum(1)  # [B] other's active per row
     rep = c[b]  # [m] partners of each entry of active (its row's count in other)
     first = torch.cumsum(c, 0) - c  # [B] where each row's entries start in j

@@ -29,6 +29,19 @@ SPARSE_SHARE = 0.01
 take a top-k over every feature's column (measured: see ``Reservoir._update_sparse``)."""
 
 
+def where_true(mask: Tensor) -> tuple[Tensor, Tensor]:
+    """[B, k] -> (rows, columns) [m] int64 of its nonzero entries, row-major: ``mask.nonzero(as_tuple=True)``,
+    on a CPU by numpy's flat index when at most 1 in 16 entries are set, ~2-4x as fast (a [4096, 16384]
+    bool with 32 a row: 92 -> 25 ms; 1 in 100: 105 -> 55 ms; half of them set: 0.7 s against 0.9-1.4 s)."""
+    if mask.device.type != "cpu" or mask.ndim != 2 or not mask.numel():
+        return mask.nonzero(as_tuple=True)
+    m = mask.detach().numpy()
+    if np.count_nonzero(m) * 16 > m.size:
+        return mask.nonzero(as_tuple=True)
+    flat = torch.from_numpy(np.flatnonzero(m))  # [m] int64
+    return flat.div(m.shape[1], rounding_mode="floor"), flat % m.shape[1]
+
+
 def column_topk(score: Tensor, t: int) -> tuple[Tensor, Tensor]:
     """``score.topk(t, dim=0)`` ([B, k] -> values, indices [t, k]) by a top-k along the rows of its transposed
     copy: on a CPU ~2x as fast, the copy included (a [4096, 4096] float32 batch: 166 ms -> 75 ms; int64
@@ -160,7 +173,7 @@ class Reservoir:
     def update(self, codes: Tensor, active: Tensor, rows: Tensor) -> None:
         """codes [B, k], active [B, k] bool, rows [B]."""
         dev = self.top.rows.device
-        b, f = active.to(dev).nonzero(as_tuple=True)  # hash only the active pairs
+        b, f = where_true(active.to(dev))  # hash only the active pairs
         if len(b) <= SPARSE_SHARE * active.numel():
             self._update_sparse(codes, b, f, rows.to(dev))
             return
@@ -224,7 +237,7 @@ class LogHistogram:
 
     def update(self, codes: Tensor, active: Tensor) -> None:
         """codes [B, k], active [B, k] bool."""
-        b, f = active.nonzero(as_tuple=True)  # [m] each
+        b, f = where_true(active)  # [m] each
         v = codes[b, f].to(torch.float64)
         flat = (f * 2 + (v < 0).long()) * self.bins + self.bin_of(v)  # [m]
         self.counts.view(-1).index_add_(0, flat.to(self.counts.device), torch.ones_like(flat).to(self.counts))

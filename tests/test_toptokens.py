@@ -354,3 +354,19 @@ def test_reservoir_sparse_path_holds_what_the_dense_one_does(coarse, monkeypatch
     lookup = {int(r): i for i, r in enumerate(rows)}
     assert all(active[lookup[int(x)], f] and sv[f, j] == codes[lookup[int(x)], f]
                for f in range(9) for j, x in enumerate(sr[f]) if x >= 0)
+
+
+def test_where_true_is_nonzero_by_either_path():
+    """streaming.where_true gives mask.nonzero(as_tuple=True), int64, row-major: by numpy's flat index for a
+    sparse mask (a transposed view, a bool and a uint8 among them) and by torch for a dense or empty one."""
+    from actdict.analyze.streaming import where_true
+
+    g = torch.Generator().manual_seed(5)
+    masks = [torch.rand(300, 70, generator=g) < p for p in (0.01, 0.05, 0.5)]
+    masks += [masks[0].T, masks[1].to(torch.uint8), torch.zeros(0, 4, dtype=torch.bool),
+              torch.ones(3, 1, dtype=torch.bool), torch.zeros(5, 6, dtype=torch.bool)]
+    for m in masks:
+        b, f = where_true(m)
+        want_b, want_f = m.nonzero(as_tuple=True)
+        assert b.dtype == f.dtype == torch.int64 and torch.equal(b, want_b) and torch.equal(f, want_f)
+    assert len(where_true(masks[0])[0]) == int(masks[0].sum()) > 0
