@@ -370,3 +370,38 @@ def test_where_true_is_nonzero_by_either_path():
         want_b, want_f = m.nonzero(as_tuple=True)
         assert b.dtype == f.dtype == torch.int64 and torch.equal(b, want_b) and torch.equal(f, want_f)
     assert len(where_true(masks[0])[0]) == int(masks[0].sum()) > 0
+
+
+def test_bottom_rows_skip_batches_without_a_negative_code(monkeypatch):
+    """FeatureTracker's bottom rows over batches with no code below 0 (one with -0.0) and batches with some
+    (one with a NaN, which takes a place as before): the same rows and values below 0 as when every batch is
+    ranked, and for the features without a NaN the t most negative codes, equal ones by the smaller row, as
+    from all the rows at once; the state holds t rows whatever the batches (nbytes); negative_or_nan by hand.
+    """
+    import actdict.analyze.toptokens as T
+
+    check = T.negative_or_nan
+
+    g = torch.Generator().manual_seed(8)
+    codes = torch.relu(torch.randn(60, 5, generator=g))  # [rows, k]
+    codes[20:30] = -torch.randint(0, 3, (10, 5), generator=g).float()  # negatives, ties among them
+    codes[40:50, 2] = -1.0
+    codes[8, 1], codes[4, 1], codes[36, 3] = -0.0, -0.0, float("nan")
+    t, got = 4, {}
+    for ranked in (False, True):
+        if ranked:
+            monkeypatch.setattr(T, "negative_or_nan", lambda x: True)
+        tr = T.FeatureTracker(5, t, 2, seed=0)
+        for a, b in ((0, 10), (10, 20), (20, 35), (35, 40), (40, 60)):
+            tr.update(codes[a:b], codes[a:b] != 0, torch.arange(a, b))
+        _, rows, values = tr.bottom.result()
+        got[ranked] = [[(float(v), int(r)) for v, r in zip(values[f], rows[f], strict=True) if v < 0]
+                       for f in range(5)]
+        assert rows.shape == (5, t) and tr.bottom.nbytes() == 5 * t * (4 + 8 + 4)
+    assert got[False] == got[True]
+    for f in (0, 1, 2, 4):
+        assert got[False][f] == sorted((float(codes[r, f]), r) for r in range(60) if codes[r, f] < 0)[:t]
+    assert len(got[False][3]) == t - 1  # the NaN's place
+    nan = float("nan")
+    cases = (codes[:10], codes[:30], torch.tensor([1.0, -0.0]), torch.tensor([nan, 2.0]), torch.zeros(0))
+    assert [check(x) for x in cases] == [False, True, False, True, False]
