@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from actdict.analyze.streaming import where_true
+from actdict.analyze.streaming import row_counts, where_true
 
 DENSE_RATIO = 64.0  # the pairs path when k > 64 x the rows' RMS active count (CPU; measured: see docs)
 MAX_PAIRS = 1 << 24  # pairs counted at once (~0.7 GB of int64 keys and indices); more: the rows in halves
@@ -37,7 +37,7 @@ def active_pairs(active: Tensor, other: Tensor | None = None) -> Tensor:
     other = active if other is None else other
     b, i = where_true(active)  # [m] row-major
     j = i if other is active else where_true(other)[1]  # [m2] row-major: each row's features contiguous
-    c = other.sum(1)  # [B] other's active per row
+    c = row_counts(other)  # [B] other's active per row
     rep = c[b]  # [m] partners of each entry of active (its row's count in other)
     first = torch.cumsum(c, 0) - c  # [B] where each row's entries start in j
     e = torch.repeat_interleave(torch.arange(len(i), device=i.device), rep)  # [P] the entry of each pair
@@ -58,7 +58,9 @@ class CoFire:
         dictionary's on the same rows (None: the counts are of ``active`` with itself)."""
         active = active.to(self.counts.device)
         other = active if other is None else other.to(self.counts.device)
-        c = active.sum(1, dtype=torch.float64) * other.sum(1, dtype=torch.float64)  # [B] pairs per row
+        na = row_counts(active)  # [B] active per row
+        nb = na if other is active else row_counts(other)
+        c = na.to(torch.float64) * nb.to(torch.float64)  # [B] pairs per row
         rms = float(c.mean()) ** 0.5 if len(c) else 0.0
         if self.counts.is_cuda or (self.k * self.k2) ** 0.5 <= DENSE_RATIO * rms:
             for s in range(0, len(active), 1 << 23):  # float32 counts exact below 2^24 rows

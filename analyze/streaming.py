@@ -42,6 +42,15 @@ def where_true(mask: Tensor) -> tuple[Tensor, Tensor]:
     return flat.div(m.shape[1], rounding_mode="floor"), flat % m.shape[1]
 
 
+def row_counts(mask: Tensor) -> Tensor:
+    """[B, k] bool -> [B] int64, the set entries of each row: ``mask.sum(1)``, on a CPU by numpy's sum, which
+    converts a few thousand bytes at a time (torch's converts the whole mask first, to int64 or to the dtype
+    asked: a [4096, 16384] mask, 0.38-0.43 s with the fresh copy's page faults; numpy 0.03 s)."""
+    if mask.device.type != "cpu" or mask.ndim != 2:
+        return mask.sum(1)
+    return torch.from_numpy(mask.detach().numpy().sum(1, dtype=np.int64))
+
+
 def column_topk(score: Tensor, t: int) -> tuple[Tensor, Tensor]:
     """``score.topk(t, dim=0)`` ([B, k] -> values, indices [t, k]) by a top-k along the rows of its transposed
     copy: on a CPU ~2x as fast, the copy included (a [4096, 4096] float32 batch: 166 ms -> 75 ms; int64

@@ -405,3 +405,15 @@ def test_bottom_rows_skip_batches_without_a_negative_code(monkeypatch):
     nan = float("nan")
     cases = (codes[:10], codes[:30], torch.tensor([1.0, -0.0]), torch.tensor([nan, 2.0]), torch.zeros(0))
     assert [check(x) for x in cases] == [False, True, False, True, False]
+
+
+def test_row_counts_are_the_rows_sums():
+    """streaming.row_counts (numpy's sum on a CPU) gives mask.sum(1), int64, for a mask, a transposed view,
+    an empty one and a mask of no column."""
+    from actdict.analyze.streaming import row_counts
+
+    m = torch.rand(23, 9, generator=torch.Generator().manual_seed(9)) < 0.4
+    for mask in (m, m.T, m[:0], m[:, :0]):
+        got = row_counts(mask)
+        assert got.dtype == torch.int64 and got.tolist() == mask.sum(1).tolist()
+    assert int(row_counts(m).sum()) == int(m.sum()) > 0
