@@ -17,12 +17,18 @@ import torch
 
 from actdict.analyze import metrics as M
 from actdict.analyze.config import AnalyzeConfig
+from actdict.analyze.streaming import where_true
 from actdict.analyze.toptokens import FeatureTracker
 from actdict.errors import ActdictWarning
 
 CLASS_SLICE = 1 << 22
 """Codes per slice of rows that ``ModelEval`` adds to the per-class sums at once (the AD statistic's and the
 class features' float64 and int64 temporaries: 64 MiB)."""
+SPARSE_DENSITY = 0.1
+"""Largest share of nonzero codes in a batch for which ``ModelEval`` sums exp(activity) per class over the
+finite entries alone (their exp; the others add exp(-inf) = 0, so the sums are the same bits): measured at B
+4,096, k 16,384, one thread, the sparse sum takes 0.24 s at AD 32 against 0.61 s sliced dense, even at 0.05
+of the codes, 0.89 against 0.69 at 0.2."""
 
 
 def mask_counts(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,7 +77,8 @@ class ModelEval:
             self.curve = self._masked_curve(x[: self.cfg.mask_curve_rows])
         self.sse += float(M.sq_err(x, out.x_hat).sum())
         self.cos_sum += float(M.cosine_similarity(x, out.x_hat).sum())
-        self.l0_sum += int(torch.count_nonzero(out.codes))  # ~40x (codes != 0).sum()'s speed at [2048, 16384]
+        nonzero = int(torch.count_nonzero(out.codes))  # ~40x (codes != 0).sum()'s speed at [2048, 16384]
+        self.l0_sum += nonzero
         mask = M.active_mask(out.activity, m.active_side)  # [B, k]
         ad, fire = mask_counts(mask)  # [B], [k]
         self.ad += torch.bincount(ad, minlength=len(self.ad))
@@ -81,37 +88,67 @@ class ModelEval:
             lab = cls[has]  # [B'] the labelled rows' classes
             self.class_n += torch.bincount(lab, minlength=len(self.class_n))
             self.class_ad.index_add_(0, lab, ad[has])
-            self._add_class_sums(out, mask, cls)
+            self._add_class_sums(out, mask, cls, nonzero / max(1, out.codes.numel()), int(ad.sum()))
         self.tracker.update(out.codes, mask, rows)
 
-    def _add_class_sums(self, out, mask: torch.Tensor, cls: torch.Tensor) -> None:
+    def _add_class_sums(self, out, mask: torch.Tensor, cls: torch.Tensor, density: float,
+                        active: int) -> None:
         """The per-class sums of the labelled rows, a slice of rows at a time: the statistic of each class's
         AD (``_class_stat``) and, where kept, the class features' (``_add_class_features``); mask [B, k],
-        cls [B] the rows' classes (-1: no label). A whole batch's temporaries were 16 bytes per code for the
-        statistic (its float64 copy and exp, then the labelled rows') and 16 for the class features (float64
-        |z| and int64 fires): 4 GiB each at B 4,096, k 65,536, beside the codes themselves."""
-        codes, act = out.codes, out.activity
-        step = max(1, CLASS_SLICE // max(1, codes.shape[1]))  # rows per slice
+        cls [B] the rows' classes (-1: no label); density: the batch's share of nonzero codes; active: the
+        mask's set entries. A whole batch's temporaries were 16 bytes per code for the statistic (its
+        float64 copy and exp, then the labelled rows') and 16 for the class features (float64 |z| and int64
+        fires): 4 GiB each at B 4,096, k 65,536, beside the codes themselves. No labelled rows' copy when
+        every row is labelled. Sparse codes (``SPARSE_DENSITY``) sum an SAE's statistic over the finite
+        entries alone, and a mask of at most 1 in 16 set adds the fires from its set entries alone (the
+        same sums to the bit: the others add 0; fires are integers)."""
+        codes, act, k = out.codes, out.activity, out.codes.shape[1]
+        labelled = bool((cls >= 0).all())
+        sparse_stat = self.model.active_side == "high" and density <= SPARSE_DENSITY
+        sparse_fire = bool(len(self.class_z)) and active * 16 <= mask.numel()
+        if sparse_stat:  # |z| = exp(log|z|) of the finite entries, in row order
+            b, f = where_true(act > -torch.inf)  # [m] row-major
+            self._add_flat(self.class_act, cls[b], f, act[b, f].to(torch.float64).exp_(), labelled)
+        if sparse_fire:
+            b, f = where_true(mask)
+            self._add_flat(self.class_fire, cls[b], f, torch.ones_like(b), labelled)
+        step = max(1, CLASS_SLICE // max(1, k))  # rows per slice
         for a in range(0, len(codes), step):
-            c = cls[a:a + step]  # [b]
-            has = c >= 0
-            if not bool(has.any()):
-                continue
-            lab = c[has]  # [b'] classes
-            self.class_act.index_add_(0, lab, self._class_stat(act[a:a + step][has]))
-            if len(self.class_z):
-                self._add_class_features(codes[a:a + step][has], mask[a:a + step][has], lab)
+            lab, part, has = cls[a:a + step], slice(a, a + step), None  # [b]
+            if not labelled:
+                has = lab >= 0
+                if not bool(has.any()):
+                    continue
+                lab = lab[has]  # [b'] classes
 
-    def _add_class_features(self, codes: torch.Tensor, mask: torch.Tensor, lab: torch.Tensor) -> None:
-        """The class features' sums of a slice's labelled rows: codes, mask [b', k], lab [b'] their classes;
-        the shift is the first such slice's mean |z|."""
-        z = codes.to(torch.float64).abs_()  # [b', k] |z|
+            def rows(t: torch.Tensor, part=part, has=has) -> torch.Tensor:  # the slice's labelled rows
+                return t[part] if has is None else t[part][has]
+
+            if not sparse_stat:
+                self.class_act.index_add_(0, lab, self._class_stat(rows(act)))
+            if len(self.class_z):
+                self._add_class_features(rows(codes), None if sparse_fire else rows(mask), lab)
+
+    @staticmethod
+    def _add_flat(sums: torch.Tensor, lab: torch.Tensor, f: torch.Tensor, v: torch.Tensor, labelled: bool
+                  ) -> None:
+        """sums [C, k] += v [m] at (lab, f) [m], in the entries' order; entries of class -1 left out."""
+        if not labelled:
+            keep = lab >= 0
+            lab, f, v = lab[keep], f[keep], v[keep]
+        sums.view(-1).index_add_(0, lab * sums.shape[1] + f, v.to(sums.dtype))
+
+    def _add_class_features(self, codes: torch.Tensor, mask: torch.Tensor | None, lab: torch.Tensor) -> None:
+        """The class features' sums of a slice's labelled rows: codes, mask [b', k] (None: fires added
+        elsewhere), lab [b'] their classes; the shift is the first such slice's mean |z|."""
+        z = codes.to(torch.float64, copy=True).abs_()  # [b', k] |z| (a copy of its own)
         if self.class_shift is None:
             self.class_shift = z.mean(0)  # [k] the first labelled slice's mean
         z -= self.class_shift  # [b', k] |z| - shift
         self.class_z.index_add_(0, lab, z)
         self.class_z2.index_add_(0, lab, z.square_())
-        self.class_fire.index_add_(0, lab, mask.long())
+        if mask is not None:
+            self.class_fire.index_add_(0, lab, mask.long())
 
     def class_profile(self) -> list[list[tuple[int, int, float]]]:
         """Per feature, the classes with the most of its active rows (``metrics.class_profile``; as many as

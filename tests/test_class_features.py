@@ -404,3 +404,57 @@ def test_class_profile_lists_the_classes_with_most_active_rows_from_the_rows(blo
                                              for g in want if counts[g]]
     tie = M.class_profile(torch.tensor([[2], [3], [3]]), torch.zeros(3, 1), torch.tensor([5, 5, 5]), 2)
     assert [g for g, _, _ in tie[0]] == [1, 2]
+
+
+@pytest.mark.parametrize("density, codes_per_slice", [(0.0, 1 << 22), (0.0, 26), (1.0, 1 << 22)])
+def test_class_act_is_the_same_sum_whether_sparse_or_dense(density, codes_per_slice, monkeypatch):
+    """ModelEval's per-class sums of exp(activity) (ad_class's ad_of_mean) are the same bits by the dense
+    path (a slice of rows at a time: SPARSE_DENSITY 0) and the sparse one (the finite entries alone: 1): the
+    float64 exp of each row's log|z| added in row order, unlabelled rows (-1) in no class."""
+    import actdict.analyze.evaluate as E
+
+    monkeypatch.setattr(E, "SPARSE_DENSITY", density)
+    monkeypatch.setattr(E, "CLASS_SLICE", codes_per_slice)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 30, 13, generator=g) * 3  # [batches, B, k]: about half the codes 0
+    lab = torch.randint(-1, 3, (2, 30), generator=g)
+    lab[1] = torch.arange(30) % 3  # the second batch all labelled
+    ev = ModelEval(Relu(13, 13), AnalyzeConfig(top_k=2, quantiles=1, quantile_samples=1), seed=0,
+                   device=torch.device("cpu"), n_classes=3)
+    want = torch.zeros(3, 13, dtype=torch.float64)
+    for b in range(2):
+        ev.update(x[b], torch.arange(30) + 30 * b, lab[b])
+        for r in range(30):  # row by row, as a dense index_add_ adds them
+            if lab[b, r] >= 0:
+                want[lab[b, r]] += torch.relu(x[b, r]).abs().log().to(torch.float64).exp()
+    assert torch.equal(ev.class_act, want)
+    assert ev.class_act.count_nonzero() > 20 and ev.class_n.tolist() == torch.bincount(
+        lab[lab >= 0], minlength=3).tolist()
+
+
+@pytest.mark.parametrize("shift", [2.0, 0.0])
+def test_class_fires_count_the_same_from_the_set_entries_alone(shift, monkeypatch):
+    """ModelEval's per-class fires, from the mask's set entries alone (sparse codes: relu(x - 2), about 2 in
+    100 set) or from the whole mask (relu(x): half of it), with unlabelled rows, in slices of 5 rows: the
+    count of each class's rows where each feature is active, and the |z| sums as from the rows themselves."""
+    import actdict.analyze.evaluate as E
+
+    monkeypatch.setattr(E, "CLASS_SLICE", 5 * 64)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 40, 64, generator=g) - shift  # [batches, B, k]
+    x[:, :, 0] = -1.0  # a zero on every row: the mask is codes != 0
+    lab = torch.randint(-1, 3, (2, 40), generator=g)
+    lab[0, :5] = -1  # a first slice without a label
+    ev = ModelEval(Relu(64, 64), AnalyzeConfig(top_k=2, quantiles=1, quantile_samples=1, class_features=3),
+                   seed=0, device=torch.device("cpu"), n_classes=3, class_features=True)
+    for b in range(2):
+        ev.update(x[b], torch.arange(40) + 40 * b, lab[b])
+    z, flat = torch.relu(x).reshape(-1, 64).double(), lab.reshape(-1)
+    want = torch.zeros(3, 64, dtype=torch.long)
+    want.index_add_(0, flat[flat >= 0], (z[flat >= 0] != 0).long())
+    assert torch.equal(ev.class_fire, want) and int(want.sum()) > 20
+    sparse = [int((torch.relu(x[b]) != 0).sum()) * 16 <= x[b].numel() for b in range(2)]
+    assert sparse == [shift > 0] * 2  # each batch's path: the set entries alone, or the whole mask
+    shift_z = z[5:10][flat[5:10] >= 0].mean(0)  # the first slice with a label: its labelled rows' mean |z|
+    s = torch.zeros(3, 64, dtype=torch.float64).index_add_(0, flat[flat >= 0], z[flat >= 0] - shift_z)
+    assert torch.allclose(ev.class_z, s, rtol=1e-12, atol=1e-12)
