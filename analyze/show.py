@@ -155,11 +155,12 @@ def search_lines(data: dict, labels: dict, word: str, n: int) -> list[str]:
     return out
 
 
-def class_lines(data: dict, labels: dict, name: str, n: int) -> list[str]:
+def class_lines(data: dict, labels: dict, name: str, n: int, shares: dict | None = None) -> list[str]:
     """The ``n`` features that most set apart the rows of class ``name`` (its ``class_features``, from each
     feature's ``classes``; a label matched as text: stars 5 is '5'), largest d first: d, the share of the
-    class's rows where each is active (its ``by_class``, where the class is among its top ones), its fires
-    and top tokens. Without it, the classes the file knows."""
+    class's rows where each is active and of the other labelled rows (``shares``: feature -> (fire_in,
+    fire_out), from summary.json, ``summary_shares``; without it the first from its ``by_class``, where the
+    class is among its top ones), its fires and top tokens. Without it, the classes the file knows."""
     found, known = [], set()
     for f in data["features"]:
         for lab, d in f.get("classes", []):
@@ -167,18 +168,34 @@ def class_lines(data: dict, labels: dict, name: str, n: int) -> list[str]:
             if str(lab) == name:
                 share = next((a / max(1, rows) for lab2, rows, a, _ in f.get("by_class", [])
                               if str(lab2) == name), None)
-                found.append((-math.inf if d is None else -d, f["i"], d, share, f["fires"]))
+                both = (shares or {}).get(f["i"], (share, None))
+                found.append((-math.inf if d is None else -d, f["i"], d, both, f["fires"]))
     if not found:
         if not known:
             return ["no class features in this features file: analyze with analyze.labels or labels_field"]
         return [f"no feature sets apart class {name!r}; classes: {', '.join(sorted(known))}"]
     what = "texts" if data.get("texts") else "tokens"
-    out = [f"{'feature':>8} {'d':>7} {'active':>7} {'fires':>9}  top {what}  (active: on the class's rows)"]
-    for _, i, d, share, fires in sorted(found)[:n]:
-        sh = "" if share is None else f"{share:.0%}"
-        out.append(f"{'#' + str(i):>8} {_d(d):>7} {sh:>7} {fires:>9,}  "
+    out = [f"{'feature':>8} {'d':>7} {'in / out':>11} {'fires':>9}  top {what}  (in / out: active on the "
+           "class's rows / the other labelled rows')"]
+    for _, i, d, (fin, fout), fires in sorted(found)[:n]:
+        sh = ("" if fin is None else f"{fin:.0%}") + ("" if fout is None else f" / {fout:.0%}")
+        out.append(f"{'#' + str(i):>8} {_d(d):>7} {sh:>11} {fires:>9,}  "
                    + ", ".join(labels.get(i, ([], []))[0][:4]))
     return out
+
+
+def summary_shares(dict_dir: Path, data: dict, name: str) -> dict | None:
+    """feature -> (fire_in, fire_out) of class ``name`` from the run's summary.json, where it is the same
+    analysis as the features file ``data`` (its run_id); None otherwise (no summary, another analysis)."""
+    try:
+        summary = json.loads((dict_dir.parent.parent / "summary.json").read_text())
+        if summary.get("run_id") != data.get("run_id") or data.get("run_id") is None:
+            return None
+        entries = summary["models"][data["name"]].get("class_features") or []
+        return {f["feature"]: (f["fire_in"], f["fire_out"]) for c in entries if str(c["label"]) == name
+                for f in c["features"]}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -214,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         elif a.search:
             lines += search_lines(data, labels, a.search, a.list)
         elif a.cls is not None:
-            lines += class_lines(data, labels, a.cls, a.list)
+            lines += class_lines(data, labels, a.cls, a.list, summary_shares(Path(a.dict), data, a.cls))
         else:
             lines += list_lines(data, labels, a.list)
     except (ActdictError, KeyError, TypeError, IndexError) as e:  # a features file of other records

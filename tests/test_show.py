@@ -197,6 +197,24 @@ def test_class_lines_list_the_features_that_set_a_class_apart(monkeypatch, capsy
     assert main(["runs/r/dicts/v", "--class", "a"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert [r.split()[:2] for r in out[2:]] == [["#0", "0.5"]]
+    rows = [r.split() for r in class_lines(data, labels, "5", 5, {1: (1.0, 0.0), 0: (0.75, 0.125)})[1:]]
+    assert [r[:6] for r in rows[:2]] == [["#1", "inf", "100%", "/", "0%", "20"],
+                                         ["#0", "2", "75%", "/", "12%", "10"]]
+
+
+def test_the_class_shares_come_from_the_same_analysis_summary(tmp_path):
+    """summary_shares: each listed feature's share of the class's rows and of the others' from summary.json,
+    only when it is the analysis that wrote the features file (run_id); else None (the by_class share)."""
+    from actdict.analyze.show import summary_shares
+
+    entry = {"label": 5, "n": 40, "features": [{"feature": 3, "d": 1.0, "fire_in": 0.5, "fire_out": 0.25}]}
+    (tmp_path / "summary.json").write_text(json.dumps({"run_id": "r1", "models": {"v": {"class_features": [
+        entry, {"label": "a", "n": 2, "features": []}]}}}))
+    d = tmp_path / "dicts" / "v"
+    assert summary_shares(d, {"name": "v", "run_id": "r1"}, "5") == {3: (0.5, 0.25)}
+    assert summary_shares(d, {"name": "v", "run_id": "r2"}, "5") is None  # another analysis
+    assert summary_shares(d, {"name": "w", "run_id": "r1"}, "5") is None
+    assert summary_shares(tmp_path / "x" / "dicts" / "v", {"name": "v", "run_id": "r1"}, "5") is None
 
 
 def test_a_tokens_leading_spaces_all_stay_outside_the_marks_as_in_the_report():
