@@ -17,7 +17,7 @@ import torch
 
 from actdict.analyze import metrics as M
 from actdict.analyze.config import AnalyzeConfig
-from actdict.analyze.streaming import where_true
+from actdict.analyze.streaming import row_counts, where_true
 from actdict.analyze.toptokens import FeatureTracker
 from actdict.errors import ActdictWarning
 
@@ -32,14 +32,14 @@ of the codes, 0.89 against 0.69 at 0.2."""
 
 
 def mask_counts(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """[B, k] bool -> (set entries of each row [B] int64, of each column [k] int32). On a CPU by numpy's
-    int32 sums, which convert a few thousand bytes at a time: torch's sum with dtype int32 converts the
-    whole mask first (a fresh [B, k] int32, ~0.2 s of page faults at [4096, 16384] on its own)."""
+    """[B, k] bool -> (set entries of each row [B] int64: ``streaming.row_counts``, of each column [k]
+    int32). On a CPU the columns by numpy's int32 sum, which converts a few thousand bytes at a time:
+    torch's sum with dtype int32 converts the whole mask first (a fresh [B, k] int32, ~0.2 s of page
+    faults at [4096, 16384] on its own)."""
     if mask.device.type != "cpu":
         ones = mask.view(torch.uint8)  # [B, k] summed as bytes into int32: ~2x a bool sum's speed (int64)
         return ones.sum(1, dtype=torch.int32).long(), ones.sum(0, dtype=torch.int32)
-    m = mask.numpy()
-    return torch.from_numpy(m.sum(1, dtype=np.int64)), torch.from_numpy(m.sum(0, dtype=np.int32))
+    return row_counts(mask), torch.from_numpy(mask.numpy().sum(0, dtype=np.int32))
 
 
 class ModelEval:
@@ -88,22 +88,22 @@ class ModelEval:
             lab = cls[has]  # [B'] the labelled rows' classes
             self.class_n += torch.bincount(lab, minlength=len(self.class_n))
             self.class_ad.index_add_(0, lab, ad[has])
-            self._add_class_sums(out, mask, cls, nonzero / max(1, out.codes.numel()), int(ad.sum()))
+            self._add_class_sums(out, mask, cls, bool(has.all()), nonzero / max(1, out.codes.numel()),
+                                 int(ad.sum()))
         self.tracker.update(out.codes, mask, rows)
 
-    def _add_class_sums(self, out, mask: torch.Tensor, cls: torch.Tensor, density: float,
-                        active: int) -> None:
+    def _add_class_sums(self, out, mask: torch.Tensor, cls: torch.Tensor, labelled: bool,
+                        density: float, active: int) -> None:
         """The per-class sums of the labelled rows, a slice of rows at a time: the statistic of each class's
         AD (``_class_stat``) and, where kept, the class features' (``_add_class_features``); mask [B, k],
-        cls [B] the rows' classes (-1: no label); density: the batch's share of nonzero codes; active: the
-        mask's set entries. A whole batch's temporaries were 16 bytes per code for the statistic (its
-        float64 copy and exp, then the labelled rows') and 16 for the class features (float64 |z| and int64
-        fires): 4 GiB each at B 4,096, k 65,536, beside the codes themselves. No labelled rows' copy when
-        every row is labelled. Sparse codes (``SPARSE_DENSITY``) sum an SAE's statistic over the finite
-        entries alone, and a mask of at most 1 in 16 set adds the fires from its set entries alone (the
-        same sums to the bit: the others add 0; fires are integers)."""
+        cls [B] the rows' classes (-1: no label); labelled: whether every row has one; density: the batch's
+        share of nonzero codes; active: the mask's set entries. A whole batch's temporaries were 16 bytes per
+        code for the statistic (its float64 copy and exp, then the labelled rows') and 16 for the class
+        features (float64 |z| and int64 fires): 4 GiB each at B 4,096, k 65,536, beside the codes themselves.
+        No labelled rows' copy when every row is labelled. Sparse codes (``SPARSE_DENSITY``) sum an SAE's
+        statistic over the finite entries alone, and a mask of at most 1 in 16 set adds the fires from its
+        set entries alone (the same sums to the bit: the others add 0; fires are integers)."""
         codes, act, k = out.codes, out.activity, out.codes.shape[1]
-        labelled = bool((cls >= 0).all())
         sparse_stat = self.model.active_side == "high" and density <= SPARSE_DENSITY
         sparse_fire = bool(len(self.class_z)) and active * 16 <= mask.numel()
         if sparse_stat:  # |z| = exp(log|z|) of the finite entries, in row order
