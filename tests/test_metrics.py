@@ -269,3 +269,17 @@ def test_masked_re_curve_of_rows_beyond_float32_squares():
     assert all(np.isfinite(got))
     assert got[0] == pytest.approx(M.reconstruction_error(x, torch.zeros_like(x)), rel=1e-6)
     assert got[-1] == pytest.approx(M.reconstruction_error(x, decode(codes)), rel=1e-6)
+
+
+def test_rows_of_no_values_have_no_split_and_no_active_latent():
+    """k = 0 (no path reaches it today): otsu_thresholds raised (arange(1, 0)) and active_mask's high side
+    read a[:, 0]; each row's threshold is -inf, its low group empty, its mask [n, 0] and its AD 0."""
+    empty = torch.zeros(3, 0)
+    thr = M.otsu_thresholds(empty)
+    assert thr.dtype == torch.float64 and thr.tolist() == [-math.inf] * 3
+    assert M.otsu_split_batched(empty).tolist() == [0, 0, 0]
+    for side in ("low", "high"):
+        assert M.active_mask(empty, side).shape == (3, 0)
+        assert M.active_dims(empty, side).tolist() == [0, 0, 0]
+    assert M.active_mask(torch.zeros(0, 0), "high").shape == (0, 0)
+    assert M.otsu_split([]) == 0

@@ -21,6 +21,7 @@ Conventions beyond the paper (no NaN ever comes out):
   (its active latents are its nonzero codes), but a row whose k codes are all nonzero has no -inf and is
   split among its nonzero values like any row (AD < L0 = k, unless they are all equal: below): an SAE's AD is
   at most its L0, equal when every row has an exact zero or equal codes.
+* A row of no values (k == 0) has the threshold -inf: nothing in either group (AD 0, an empty mask).
 * A degenerate row (all values equal, or k == 1) has no split: everything is in the low group
   (threshold = the common value), and ``active_mask`` counts every latent of it active on either side
   (AD = k: for an SAE, equal nonzero codes, e.g. the one code of a k = 1 dictionary, are all active, as
@@ -58,6 +59,8 @@ def otsu_thresholds(values) -> Tensor:
         raise ValueError(f"otsu_thresholds expects [n, k] values, got shape {tuple(v.shape)}")
     _refuse_nan_posinf(v)
     n, k = v.shape
+    if k == 0:  # no value: no split to compute (arange(1, 0) raised), nothing in the low group
+        return torch.full((n,), -torch.inf, dtype=torch.float64, device=v.device)
     block = max(1, _BLOCK_ELEMS // max(k, 1))
     out = [_thresholds_block(v[s : s + block]) for s in range(0, n, block)]
     return torch.cat(out) if out else torch.empty(0, dtype=torch.float64, device=v.device)
@@ -137,8 +140,8 @@ def active_mask(activity, side: Side) -> Tensor:
     low = a <= otsu_thresholds(a).to(a.dtype)[:, None]  # thresholds are member values: exact cast
     if side == "low":
         return low
-    flat = (a == a[:, :1]).all(1) & torch.isfinite(a[:, 0])  # [n] degenerate rows: every latent active
-    return ~low | flat[:, None]
+    flat = (a == a[:, :1]).all(1) & torch.isfinite(a[:, :1]).all(1)  # [n] degenerate rows: every latent
+    return ~low | flat[:, None]  # active (k = 0: an empty mask, where a[:, 0] raised)
 
 
 def active_dims(activity, side: Side) -> Tensor:
