@@ -423,10 +423,13 @@ harvest: {{mode: embeddings, source: {{kind: files, path: {tmp_path / 'docs'}}},
                                        f"on the files {tmp_path / 'docs'}, one row per paragraph\n")
 
 
-def test_the_plans_escape_terminal_control_codes(tmp_path, capsys):
+@pytest.mark.parametrize("name, shown", [("a\x1b[2Jb", "a\\x1b[2Jb"), ("a\nb", "a\\nb")])
+def test_the_plans_escape_terminal_control_codes(tmp_path, capsys, name, shown):
     """A folder name holding ESC [ 2J (clear the screen) is printed escaped by every stage's plan (the
-    harvest's and the analysis' lines were printed as they were)."""
-    odd = tmp_path / "a\x1b[2Jb"
+    harvest's and the analysis' lines were printed as they were); one holding a newline is written \\n, each
+    plan line one line (it split the harvest's and the analysis' lines in two, the second headed by no
+    stage)."""
+    odd = tmp_path / name
     odd.mkdir()
     np.save(odd / "v.npy", np.random.default_rng(0).standard_normal((512, 6)).astype(np.float32))
     cfg = tmp_path / "v.yaml"
@@ -444,7 +447,7 @@ train:
     out = capsys.readouterr().out.splitlines()
     heads = [line.split(":")[0] for line in out if not line.startswith("  ")]
     assert heads == ["harvest", "train", "analyze"]
-    assert "\x1b" not in "".join(out) and all("a\\x1b[2Jb" in out[i] for i in (0, len(out) - 1))
+    assert "\x1b" not in "".join(out) and all(shown in out[i] for i in (0, len(out) - 1))
 
 
 def test_the_analysis_plan_says_it_stops_on_a_dictionary_analyze_dicts_names_that_is_not_there(tmp_path,
