@@ -364,14 +364,16 @@ def report_lines(out: dict, top: int, labels: tuple[dict, dict], what: tuple[str
     if blank := [x for x, lab in zip("AB", labels, strict=True) if not lab]:  # their columns would be blank
         lines.append(f"compare: note: no labels for {' and '.join(blank)}: no features file of this training "
                      "in its run folder (actdict analyze there writes it)")
-    lines.append(f"{'A':>6} {'fires':>7}  {what[0]:<24} {'B (co-act.)':>11} {'Jacc.':>6}  {what[1]:<24} "
+    fires = {i: f"{a['fires'][i]:,}" if co else "" for i in shown}  # 4,691: as analyze and actdict feature
+    fw = max(7, *map(len, fires.values()))  # write counts; a wider column for --rows of millions
+    lines.append(f"{'A':>6} {'fires':>{fw}}  {what[0]:<24} {'B (co-act.)':>11} {'Jacc.':>6}  {what[1]:<24} "
                  f"{'B (dir.)':>8} {'cos':>6}")
     for i in shown:
         best = (a.get("cofire") or [[]] * a["k"])[i][:1]  # [[j, jaccard, rows]] or []
         bj, jac = ("#" + str(best[0][0]), f"{best[0][1]:.3f}") if best else ("", "")
         near = (a.get("direction") or [None] * a["k"])[i]  # [j, cos] or None
         dj, cos = ("#" + str(near[0]), f"{near[1]:.3f}") if near else ("", "")
-        lines.append(f"{'#' + str(i):>6} {a['fires'][i] if co else '':>7}  {la.get(i, '')[:24]:<24} "
+        lines.append(f"{'#' + str(i):>6} {fires[i]:>{fw}}  {la.get(i, '')[:24]:<24} "
                      f"{bj:>11} {jac:>6}  {lb.get(best[0][0], '') if best else '':<24.24} {dj:>8} {cos:>6}")
     return lines
 

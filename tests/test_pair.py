@@ -298,14 +298,19 @@ def test_a_side_keeps_real_partners_and_matches_at_one_half():
 
 
 def test_the_table_lists_the_most_active_live_features_first():
-    out = {"a": {"path": "r/dicts/a", "variant": "v", "k": 4, "hook": "h", "fires": [3, 0, 9, 3],
+    """A's live features by fires, most first (dead ones left out), each count with thousands separators
+    as analyze and actdict feature write them (it read 4691 beside their 20,480)."""
+    out = {"a": {"path": "r/dicts/a", "variant": "v", "k": 4, "hook": "h", "fires": [3, 0, 12345, 3],
                  "cofire": [[[1, 0.5, 2]], [], [[0, 1.0, 9]], [[2, 0.25, 1]]]},
            "b": {"path": "r/dicts/b", "variant": "v", "k": 4, "hook": "h"},
            "cofire": {"rows": 10, "a_in_b": {}, "b_in_a": {}}, "directions": None, "notes": []}
     rows = [line.split() for line in pair.report_lines(out, 3, ({}, {})) if line.lstrip().startswith("#")]
-    assert [r[:4] for r in rows] == [["#2", "9", "#0", "1.000"], ["#0", "3", "#1", "0.500"],
+    assert [r[:4] for r in rows] == [["#2", "12,345", "#0", "1.000"], ["#0", "3", "#1", "0.500"],
                                      ["#3", "3", "#2", "0.250"]]  # dead #1 not listed
     assert len(pair.report_lines(out, 9, ({}, {}))) == len(pair.report_lines(out, 3, ({}, {})))
+    out["a"]["fires"][2] = 12345678  # --rows of millions: the column widens, its heading over the counts
+    head, first = [line for line in pair.report_lines(out, 3, ({}, {})) if line.lstrip()[:1] in "A#"][:2]
+    assert head.index("fires") + len("fires") == first.index("12,345,678") + len("12,345,678")
 
 
 def test_one_note_for_both_sides_on_one_changed_hook_and_none_of_growth_for_vectors(tmp_path):
