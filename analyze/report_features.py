@@ -32,7 +32,9 @@ body { font-family: system-ui, sans-serif; margin: 0; color: #222; }
 header { padding: 10px 16px; background: #f4f4f4; border-bottom: 1px solid #ddd; }
 header a { margin-right: 1em; } .stats { color: #555; }
 main { display: grid; grid-template-columns: min(440px, 40vw) 1fr; height: calc(100vh - 62px); }
-#side { border-right: 1px solid #ddd; overflow-y: auto; padding: 8px; }
+#side { border-right: 1px solid #ddd; overflow-y: auto; padding: 0 8px 8px; }
+#controls { position: sticky; top: 0; z-index: 1; background: #fff; padding: 8px 0 4px;
+  border-bottom: 1px solid #eee; }  /* in view when the list is scrolled to a feature far down */
 #side input, #side select { margin: 2px 0; } #list { width: 100%; border-collapse: collapse; font-size: 90%; }
 #list td, #list th { padding: 2px 6px; text-align: right; } #list tr { cursor: pointer; }
 #list tr:hover { background: #eef; } #list tr.sel { background: #dde6ff; }
@@ -187,6 +189,8 @@ function listRow(f) {
 function listSelected() {  // the list, scrolled to the feature shown when it is among the rows listed
   renderList();
   const tr = document.querySelector('#list tr.sel');
+  const side = document.getElementById('side');  // its row below the controls, not under them
+  side.style.scrollPaddingTop = document.getElementById('controls').offsetHeight + 'px';
   if (tr) tr.scrollIntoView({block: 'nearest'});
 }
 function histogram(f, parent) {  // drawn once in the page, so that plotly sizes it to the panel's width
@@ -429,7 +433,7 @@ def render_feature_page(data: dict, name: str, model: dict, summary: dict, parts
 <header><a href="../report.html">&larr; overview</a><b id="title"></b>
  <span class="stats">{stats}; hook {html.escape(str(summary.get("hook", "")))}</span></header>
 <p id="mixed" hidden></p>
-<main><div id="side">
+<main><div id="side"><div id="controls">
  <div>feature # <input id="go" type="number" min="0" max="{int(data.get("k", 0)) - 1}"
   style="width:6em"></div>
  <div>sort <select id="sort"><option value="fires">most active</option><option value="max">max activation
@@ -437,7 +441,7 @@ def render_feature_page(data: dict, name: str, model: dict, summary: dict, parts
  <div id="qbox"><span id="qlabel">top token</span>
   <input id="q" type="search" placeholder="e.g. computer" style="width:10em"></div>
  <div>min density <input id="mind" type="number" step="any" value="0" style="width:6em">
- <span id="count" class="note"></span></div>
+ <span id="count" class="note"></span></div></div>
  <table id="list"></table><button id="more">more</button>
 </div><div id="panel"></div></main>
 <script type="application/json" id="feature-data">{embed_json(page_index(data))}</script>

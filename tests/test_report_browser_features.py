@@ -604,3 +604,35 @@ def test_the_panel_writes_its_counts_with_thousands_separators(chromium, tmp_pat
     assert stats in panel
     assert ('<tr><td>jargon</td><td class="num">4,267</td><td class="num">1,349 (32%)</td>'
             '<td class="num">0.5125</td></tr>') in panel
+
+
+_STICKY_PROBE = """<script>window.addEventListener("load", () => setTimeout(() => {
+  const side = document.getElementById("side").getBoundingClientRect();
+  const box = id => document.getElementById(id).getBoundingClientRect();
+  const sel = document.querySelector("#list tr.sel").getBoundingClientRect();
+  const seen = r => r.top >= side.top - 1 && r.bottom <= side.bottom + 1;
+  document.body.setAttribute("data-sticky", [document.getElementById("side").scrollTop > 0,
+    ["go", "sort", "q", "mind"].every(id => seen(box(id))), seen(sel),
+    sel.top >= box("mind").bottom - 1].join(","));
+}, 1000));</script>"""
+
+
+def test_the_lists_controls_stay_in_view_for_a_feature_far_down(chromium, tmp_path):
+    """A feature far down the list (#390 of 400 by index: after the first 200, a gap, then its row) scrolled
+    the side panel to its row, and the number box, the sort, the search and the density filter above the
+    list with it, out of view: they stay at the panel's top now, and the feature's row is shown below them,
+    not under them."""
+    from actdict.analyze.report_features import write_feature_page
+
+    feats = [{"i": i, "fires": 400 - i, "density": (400 - i) / 1000, "max": 2.0, "min": 0.0, "quantiles": [],
+              "hist": {"pos": [[32, 400 - i]], "neg": []}, "top": [[2.0, i, 0, 1, [1, 2], 1]], "bottom": []}
+             for i in range(400)]
+    data = {"version": 1, "name": "v", "k": 400, "n_rows": 1000, "window": 1,
+            "hist_edges": list(range(-4, 5)), "tokens": {"1": "a", "2": "b"}, "wordpiece": False,
+            "features": feats}
+    page = write_feature_page(data, "v", {"variant": "vaease"}, {"hook": "h"}, tmp_path / "r" / "v.html")
+    page.write_text(page.read_text().replace("</body>", _STICKY_PROBE + "</body>"))
+    for at in (390, 150):  # after the gap; among the first 200
+        dom = _dump(*chromium, page.as_uri() + f"#f={at}", "--window-size=1000,600")
+        assert f"<h2>Feature {at}</h2>" in dom
+        assert 'data-sticky="true,true,true,true"' in dom, dom.split('data-sticky="')[1].split('"')[0]
