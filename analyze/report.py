@@ -13,6 +13,7 @@ Every string that comes from the corpus or the user (tokens, model names, paths)
 from __future__ import annotations
 
 import html
+import math
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -156,10 +157,12 @@ def _frontier(models: dict[str, dict]) -> list[go.Figure]:
         have = {n: m for n, m in models.items() if (m.get("ad") or 0) > 0 and m.get(key) is not None}
         if len(have) < 2:
             continue
+        xs, ys = [math.log10(m["ad"]) for m in have.values()], [m[key] for m in have.values()]
         fig = go.Figure(layout=_LAYOUT | {"title": _title(f"Sparsity vs reconstruction (AD, {label})"),
                                           "xaxis_title": "AD per test row (log scale; left: sparser)",
-                                          "yaxis_title": f"{label} (up: better)",
-                                          "xaxis": {"type": "log"}})
+                                          "yaxis_title": f"{label} (up: better)",  # room for the names
+                                          "xaxis": {"type": "log", "range": _padded(xs, 0.15, 0.15)},
+                                          "yaxis": {"range": _padded(ys, 0.12, 0.3)}})  # above the top one
         mode = "markers+text" if len(have) <= MANY else "markers"  # a sweep's names would overlap: on hover
         for variant in dict.fromkeys(m.get("variant", "") for m in have.values()):
             names = [n for n, m in have.items() if m.get("variant", "") == variant]
@@ -168,6 +171,37 @@ def _frontier(models: dict[str, dict]) -> list[go.Figure]:
                             name=esc(variant))
         figs.append(fig)
     return figs
+
+
+def _padded(values: list[float], below: float, above: float) -> list[float]:
+    """An axis range over ``values`` widened by ``below`` and ``above`` times their span (of 0: of 0.1, or
+    of a tenth of the value): plotly's own range put the frontier's top marker on the plot's edge, its name
+    above it cut by the edge (the demo's "vaease")."""
+    lo, hi = min(values), max(values)
+    span = hi - lo or abs(hi) / 10 or 0.1
+    return [lo - below * span, hi + above * span]
+
+
+def _log_ticks(values: list) -> dict:
+    """Ticks (``tickvals``, ``ticktext``) for a log axis over the positive ``values``: the most of 1 1.5 2 3 5
+    7, 1 2 3 5, 1 2 5, 1 3 or 1 per decade whose closest two are an eighth of the values' span (in decades)
+    apart or more, over the values and an eighth of their span beyond; {} (plotly's own) for none of them,
+    or fewer than 2 ticks among the values. Plotly's own on the masked curve's RE (32 to 178 on the demo)
+    were 40, 60, ..., 200, crowded at the top."""
+    pos = [v for v in values if v is not None and v > 0]
+    if not pos or max(pos) <= min(pos):
+        return {}
+    lo, hi = math.log10(min(pos)), math.log10(max(pos))
+    for marks in ((1, 1.5, 2, 3, 5, 7), (1, 2, 3, 5), (1, 2, 5), (1, 3), (1,)):
+        if min(math.log10(b / a) for a, b in zip(marks, [*marks[1:], 10], strict=True)) < (hi - lo) / 8:
+            continue  # too close together for this span
+        decades = range(math.floor(lo) - 1, math.ceil(hi) + 1)
+        ticks = [float(f"{m * 10.0 ** e:.6g}") for e in decades for m in marks]  # 0.07, not 0.070000001
+        near = (hi - lo) / 8  # ticks just beyond the values: in plotly's margin around them, when it has one
+        ticks = [t for t in ticks if lo - near <= math.log10(t) <= hi + near]
+        inside = [t for t in ticks if lo <= math.log10(t) <= hi]
+        return {"tickvals": ticks, "ticktext": [f"{t:g}" for t in ticks]} if len(inside) > 1 else {}
+    return {}
 
 
 def _hist(fig: go.Figure, x: list, y: list, name: str, many: bool) -> None:
@@ -187,10 +221,11 @@ def _figures(models: dict[str, dict]) -> list[go.Figure]:
                                    "xaxis_title": "log10 fraction of rows active", "yaxis_title": "latents"})
     kmax = max([max(m["masked_curve"]["kept"]) for m in models.values() if m.get("masked_curve")] or [1])
     ticks = _kept_ticks(kmax)
+    res = [v for m in models.values() for v in (m.get("masked_curve") or {}).get("re", [])]
     curve = go.Figure(layout=lay | {"title": _title("RE vs latents kept per row (paper Fig. 4)"),
                                     "xaxis_title": "latents kept per row (log scale; 0 drawn at 0.5)",
-                                    "yaxis_title": "RE (per-row SSE, log scale)",
-                                    "yaxis": {"type": "log"},  # one diverged model would flatten the others
+                                    "yaxis_title": "RE (per-row SSE, log scale)",  # log: one diverged
+                                    "yaxis": {"type": "log", **_log_ticks(res)},  # model flattened the others
                                     "xaxis": {"type": "log", "tickvals": [t for t, _ in ticks],
                                               "ticktext": [s for _, s in ticks]}})
     figs = [*_frontier(models), ad, dens, curve]

@@ -1,6 +1,7 @@
 """The HTML report renders the summary's numbers and names, escapes corpus strings, and is self-contained."""
 
 import html
+import math
 import re
 from urllib.parse import unquote, urlsplit
 
@@ -284,6 +285,40 @@ def test_masked_curve_re_on_a_log_axis():
     assert curve.layout.yaxis.type == "log" and "log scale" in curve.layout.yaxis.title.text
     assert list(curve.data[0].y) == [5000, 3000, None, None] and list(curve.data[1].y) == [9, 4.5, 2, 0.5]
     assert figs["Active dimensions per test row"].layout.yaxis.type is None  # histograms: linear axes
+
+
+def test_masked_curve_re_ticks_are_spread_over_the_log_axis():
+    """Plotly's own ticks on the demo's RE (32 to 178, under one decade) were 40, 60, ..., 200, crowded at the
+    top of the log axis: the ticks are 1 1.5 2 3 5 7 (or sparser, for a wider span) per decade, with labels;
+    one of a diverged dictionary (0.5 to 5,000) a tick a decade, a span of no two such ticks plotly's own."""
+    from actdict.analyze.report import _figures, _log_ticks
+
+    s = _summary()
+    s["models"]["sae_alpha"]["masked_curve"] = {"kept": [0, 1, 64], "re": [177.7, 90.0, 34.9]}
+    s["models"]["vaease_beta"]["masked_curve"] = {"kept": [0, 1, 64], "re": [170.7, 95.0, 31.6]}
+    ax = _figures(s["models"])[3].layout.yaxis
+    assert ax.type == "log" and list(ax.tickvals) == [30, 50, 70, 100, 150, 200]
+    assert list(ax.ticktext) == ["30", "50", "70", "100", "150", "200"]
+    assert _log_ticks([5000.0, 3000, 0.0, None, 9.0, 0.5])["ticktext"] == ["1", "10", "100", "1000", "10000"]
+    assert _log_ticks([0.5, 9.0])["tickvals"] == [0.5, 1, 2, 3, 5, 10]  # 1 2 3 5: 1.5 would crowd
+    assert _log_ticks([0.0012, 0.05])["ticktext"][:2] == ["0.001", "0.002"]  # not 0.0020000000000000005
+    assert _log_ticks([30.0, 35.0]) == _log_ticks([2.0]) == _log_ticks([0.0, None]) == {}
+
+
+def test_the_frontiers_names_sit_inside_its_plot():
+    """The frontier's axes were plotly's own ranges, which put the top marker on the plot's edge and its name
+    above it cut by that edge (the demo's "vaease"): both axes are padded around the markers, the y axis by
+    more above them, where the names are written."""
+    from actdict.analyze.report import _frontier
+
+    (ev,) = _frontier(_summary()["models"])  # AD 7.5 and 22.5, EV 0.9321 and 0.5
+    (x0, x1), (y0, y1) = ev.layout.xaxis.range, ev.layout.yaxis.range
+    span = math.log10(22.5 / 7.5)
+    assert x0 == pytest.approx(math.log10(7.5) - 0.15 * span)
+    assert x1 == pytest.approx(math.log10(22.5) + 0.15 * span)
+    assert y0 == pytest.approx(0.5 - 0.12 * 0.4321) and y1 == pytest.approx(0.9321 + 0.3 * 0.4321)
+    same = {n: m | {"ev": 0.8} for n, m in _summary()["models"].items()}  # one EV: a span of 0.8 / 10
+    assert _frontier(same)[0].layout.yaxis.range == pytest.approx((0.8 - 0.12 * 0.08, 0.8 + 0.3 * 0.08))
 
 
 def test_the_sparsity_frontier_has_a_marker_per_dictionary_grouped_by_variant():
