@@ -189,7 +189,7 @@ def test_a_stage_logged_to_a_file_says_what_ran_and_how_it_ended(tmp_path):
                            rf"{re.escape(socket.gethostname())} \(pid {proc.pid}; actdict 0.1.0, torch \S+, "
                            rf"Python 3\.\d+\.\d+; in {re.escape(os.getcwd())}\)", lines[0])
     assert started, lines[0]
-    assert f"\ntrain: saved {tmp_path / 'run' / 'dicts' / 'a'} (last epoch: " in log.read_text()
+    assert f"\ntrain: saved {tmp_path / 'run' / 'dicts' / 'a'} (epoch 2, the last: loss " in log.read_text()
     ended = re.fullmatch(r"actdict: train ended with exit status 0 after (\d+\.\ds|\d+m\d\ds) at "
                          r"(\S+ \S+) UTC", lines[-1])  # a minute or more on a loaded machine
     assert ended and ended[2] >= started[1], lines[-1]

@@ -137,7 +137,8 @@ def test_a_dictionary_name_with_an_esc_and_a_newline_is_one_line_of_escapes(tmp_
     out = capsys.readouterr().out
     saved = [line for line in out.splitlines() if line.startswith("train: saved ")]
     assert "\x1b" not in out and "\x07" not in out
-    assert saved[0].startswith(f"train: saved {tmp_path}/run/dicts/{said} (last epoch: ") and len(saved) == 1
+    assert len(saved) == 1
+    assert saved[0].startswith(f"train: saved {tmp_path}/run/dicts/{said} (epoch 1, the last: ")
     folder, sl = tmp_path / "run" / "dicts" / name, tmp_path / "sl"
     assert main(["export", str(folder), str(sl)]) == 0
     assert capsys.readouterr().out == (f"exported {tmp_path}/run/dicts/{said} -> {sl} "

@@ -202,6 +202,16 @@ def test_one_split_per_run_folder(store, tmp_path, capsys):
     assert (run_dir / "dicts" / "b" / "cfg.json").is_file() and (run_dir / "split.json").read_text() == split
 
 
+def test_the_saved_line_counts_its_last_epoch_from_one():
+    """'for 14 epoch(s)', then 'train: saved runs/demo/dicts/vaease (last epoch: loss 254.01, ..., epoch 13)':
+    the history's epoch counts from 0. The line names the epoch as the bar counts it, 14, before its means."""
+    from actdict.train.run import last_epoch
+
+    means = {"loss": 254.0123, "sse": 29.50412, "grad_norm": 42.674, "epoch": 13}
+    assert last_epoch(means) == "epoch 14, the last: loss 254.01, sse 29.504, grad_norm 42.674"
+    assert last_epoch({"loss": 1.5}) == "last epoch: loss 1.5"  # a record without its epoch
+
+
 def test_a_diverged_dictionary_is_named_when_saved(store, tmp_path, capsys):
     """A loss that stays finite but blows up (lr far too high) is saved as finished with a warning: its last
     epoch's SSE is over 100x that of predicting each batch's mean row. A healthy one gets none."""

@@ -287,11 +287,18 @@ def member(dc: DictConfig, d: int, seed: int, norm: tuple | None, device: torch.
     return m
 
 
+def last_epoch(means: dict) -> str:
+    """The saved line's words on the last epoch's ``means`` (a ``Member.history`` record): its number counted
+    from 1, as 'for 14 epoch(s)' counts (the record's ``epoch`` counts from 0: the demo's line ended 'epoch
+    13' after its 14 epochs), then each term's mean."""
+    terms = ", ".join(f"{k} {v:.5g}" for k, v in means.items() if k != "epoch")
+    return (f"epoch {means['epoch'] + 1}, the last: " if "epoch" in means else "last epoch: ") + terms
+
+
 def save_finished(folder: Path, m: Member, record: dict, say: Callable[[str], None]) -> None:
     """The final checkpoint, with its training warning (``Member.diverged``) recorded and said."""
     checkpoint.save(folder, m.model, record | {"history": m.history, "warning": (warning := m.diverged())})
-    last = ", ".join(f"{k} {v:.5g}" for k, v in (m.history[-1] if m.history else {}).items())
-    say(f"train: saved {folder} (last epoch: {last})")
+    say(f"train: saved {folder} ({last_epoch(m.history[-1] if m.history else {})})")
     if warning:
         say(f"train: warning: {warning}")
 
