@@ -515,8 +515,10 @@ def summary_lines(summary: dict) -> list[str]:
            "to explain; more test rows: analyze.max_test_rows, train.test_fraction)"]
     why = why if any(m["ev"] is None and m["re_det"] is not None for m in summary["models"].values()) else []
     caveat = [f"analyze: note: {c}"] if ce and (c := ce_caveat(summary["ce"], summary.get("hook"))) else []
-    note = ("(AD: active dimensions per row, the paper's Otsu split; L0: exact nonzeros, not a VAE's "
-            "sparsity measure; docs/analyze.md)")
+    note = ("(RE det: summed squared error per row, deterministic forward; RE 1-sample: of one sampled "
+            "forward of the first test batch, the paper's; AD: active dimensions per row, the paper's Otsu "
+            "split; L0: exact nonzeros, not a VAE's sparsity measure; EV: explained variance; dead: latents "
+            "active on no test row; docs/analyze.md)")  # RE det, EV and dead were explained nowhere
     pairs = [(p["mmcs"], f"{a} in {b} {_cell(p['mmcs'], '.3f')} ({p['matched']:.0%})")
              for a, m in summary["models"].items() for b, p in (m.get("similar") or {}).items()
              if p.get("matched") is not None]

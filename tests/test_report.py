@@ -399,6 +399,20 @@ def test_summary_lines_print_null_numbers_as_na():
         assert not any(line.startswith("(EV n/a") for line in summary_lines(summary))
 
 
+def test_the_printed_tables_note_names_every_column():
+    """The note under analyze's table explained AD and L0 only: RE det, RE 1-sample, EV and dead were named
+    nowhere in the terminal (README alone said what RE det was). It names every column of the table now."""
+    from actdict.analyze.run import summary_lines
+
+    m = {"k": 8, "dead": 3, "re_det": 2.5, "re_sample": 2.75, "ad": 1.0, "l0": 2.0, "ev": 0.5}
+    lines = summary_lines({"n_test_rows": 10, "hook": "h", "d": 4, "ce": None, "models": {"a": m}})
+    assert lines[1].split() == ["model", "RE", "det", "RE", "1-sample", "AD", "L0", "EV", "dead"]
+    note = lines[3]
+    assert note.startswith("(RE det: summed squared error per row") and note.endswith("; docs/analyze.md)")
+    for column in ("RE det", "RE 1-sample", "AD", "L0", "EV", "dead"):
+        assert f"({column}: " in note or f"; {column}: " in note, column
+
+
 def test_summary_lines_fit_a_sweeps_long_names():
     """A sweep's names (``l1_lam1-0.03_seed-0``, 19 characters) are longer than the 16 the model column had:
     their rows were pushed right of the header, each by its own amount. The column is now as wide as the
