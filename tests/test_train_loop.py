@@ -15,7 +15,8 @@ from actdict.train.schedule import lr_at
 def test_the_progress_bar_of_a_sweep_shows_its_loss_range(capsys):
     """The bar named every dictionary's loss: a sweep of 20 made a ~900-column postfix, which a terminal cut
     after the first two names, and the bar itself shrank to one column. Beyond 4 dictionaries it now shows
-    their losses' range; up to 4, each by name as before."""
+    their losses' range; up to 4, each by name as before. Both are headed 'loss' (up to 4 they read
+    'l1_lam1-0.001=0.5', of what unsaid)."""
     import re
 
     x = torch.randn(256, 4) @ torch.randn(4, 4)  # [n, d]
@@ -23,15 +24,15 @@ def test_the_progress_bar_of_a_sweep_shows_its_loss_range(capsys):
     cfg, cpu = TrainConfig(dicts=[], epochs=1), torch.device("cpu")
     train(members, lambda e: x.split(64), cfg, cpu, progress=True)
     err = capsys.readouterr().err.splitlines()[-1]
-    assert re.search(r"4step \[.*, loss of 5 dicts=\d[\d.]*\.\.\d[\d.]*\]$", err) and "l1_lam1" not in err
+    assert re.search(r"4step \[.*, loss of 5 dicts \d[\d.]*\.\.\d[\d.]*\]$", err) and "l1_lam1" not in err
     train(members[:2], lambda e: x.split(64), cfg, cpu, progress=True)
     err = capsys.readouterr().err.splitlines()[-1]
-    assert re.search(r", l1_lam1-0.001=[\d.]+, l1_lam1-0.01=[\d.]+\]$", err)
+    assert re.search(r", loss l1_lam1-0.001 [\d.]+, l1_lam1-0.01 [\d.]+\]$", err)
     from actdict.train.loop import postfix
 
-    assert postfix(dict(zip("abcde", [3.0, 1.25, 9.0, 2.0, 123456.0], strict=True))) == {
-        "loss of 5 dicts": "1.25..1.235e+05"}
-    assert postfix({"a": 3.0, "b": 1.25}) == {"a": "3", "b": "1.25"}
+    assert postfix(dict(zip("abcde", [3.0, 1.25, 9.0, 2.0, 123456.0], strict=True))) == (
+        "loss of 5 dicts 1.25..1.235e+05")
+    assert postfix({"a": 3.0, "b": 1.25}) == "loss a 3, b 1.25"
 
 
 def test_loop_reduces_loss_and_stops_on_nan():

@@ -326,13 +326,14 @@ POSTFIX = 4
 """The progress bar names each dictionary's loss up to this many dictionaries; a sweep's, their range."""
 
 
-def postfix(losses: dict[str, float]) -> dict[str, str]:
-    """The progress bar's postfix for the step's losses (name -> loss): each by name, or for more than
-    ``POSTFIX`` dictionaries their range (20 names filled ~900 columns: a terminal cut them after the first
-    two, and the bar itself shrank to one column; every value is in logs/<name>.jsonl)."""
+def postfix(losses: dict[str, float]) -> str:
+    """The progress bar's postfix for the step's losses (name -> loss), headed 'loss' (the bar's
+    'vaease=822.6, sae_l1=92.96' said of what nowhere): each by name, or for more than ``POSTFIX``
+    dictionaries their range (20 names filled ~900 columns: a terminal cut them after the first two, and the
+    bar itself shrank to one column; every value is in logs/<name>.jsonl)."""
     if len(losses) <= POSTFIX:
-        return {name: f"{v:.4g}" for name, v in losses.items()}
-    return {f"loss of {len(losses)} dicts": f"{min(losses.values()):.4g}..{max(losses.values()):.4g}"}
+        return "loss " + ", ".join(f"{name} {v:.4g}" for name, v in losses.items())
+    return f"loss of {len(losses)} dicts {min(losses.values()):.4g}..{max(losses.values()):.4g}"
 
 
 def total_steps(steps_per_epoch: int | None, cfg: TrainConfig) -> int:
@@ -443,8 +444,8 @@ def train(members: list[Member], epoch_batches: Callable[..., Iterable], cfg: Tr
                 pos.step += 1
                 pos.batch += 1
                 bar.update(1)
-                bar.set_postfix(postfix({m.name: vals[1 + sum(map(len, keys[:i]))]
-                                         for i, m in enumerate(members)}), refresh=False)
+                bar.set_postfix_str(postfix({m.name: vals[1 + sum(map(len, keys[:i]))]
+                                             for i, m in enumerate(members)}), refresh=False)
                 if ((cfg.log_every and pos.step % cfg.log_every == 0) or pos.batch == steps_per_epoch
                         or pos.step == cfg.max_steps):  # an interval ends: closed before a save at this step
                     close_windows()  # (a run resumed from it has no batch of the interval to measure)
