@@ -264,15 +264,15 @@ def test_a_negative_count_is_a_config_error():
 def test_the_report_shows_the_most_populous_classes_in_the_labels_order(monkeypatch):
     """Past CLASS_ROWS classes, report.html shows the most populous ones, in the order of the labels (as
     ad_class: 1 to 5 stars read in order), and says how many are only in summary.json."""
-    from actdict.analyze import report
+    from actdict.analyze import report_sections
 
     feat = {"feature": 3, "d": 1.5, "abs_in": 2.0, "abs_out": 0.1, "fire_in": 0.9, "fire_out": 0.05,
             "tokens": ["<b>", " "]}
     sizes = [5, 9, 2, 7, 8]  # rows of 1..5 stars
     classes = [{"label": f"{s} stars", "n": n, "features": [feat]} for s, n in enumerate(sizes, 1)]
     model = {"variant": "sae_l1", "k": 8, "class_features": classes}
-    monkeypatch.setattr(report, "CLASS_ROWS", 3)
-    page = "\n".join(report._class_features({"sae": model}, {"sae": "report/sae.html"}))
+    monkeypatch.setattr(report_sections, "CLASS_ROWS", 3)
+    page = "\n".join(report_sections.class_features({"sae": model}, {"sae": "report/sae.html"}))
     assert re.findall(r"<tr><td>(\d) stars</td><td>(\d)</td>", page) == [("2", "9"), ("4", "7"), ("5", "8")]
     assert "2 smaller classes are in summary.json." in page
     assert ('<a href="report/sae.html#f=3">3</a> <span class="tok">&lt;b&gt;</span>, <span class="tok">\u2423'
@@ -283,11 +283,11 @@ def test_the_class_tables_note_says_their_order_what_the_shares_are_and_where_el
     """Each class's features are listed largest d first and shown with two shares, of the class's rows and of
     the others' where each is active; the note defined d but said neither (nor that actdict feature --class
     prints one class's list), so the order and the 'active 72% / 41%' read as unexplained."""
-    from actdict.analyze import report
+    from actdict.analyze import report_sections
 
     feat = {"feature": 3, "d": 1.5, "abs_in": 2.0, "abs_out": 0.1, "fire_in": 0.9, "fire_out": 0.05}
     model = {"variant": "sae_l1", "k": 8, "class_features": [{"label": "a", "n": 4, "features": [feat]}]}
-    note = report._class_features({"sae": model}, {})[1]
+    note = report_sections.class_features({"sae": model}, {})[1]
     assert "most separates its rows from every other labelled row, largest d first (d = " in note
     assert ("the shares: of the class's rows and of all the other labelled rows where the feature is active; "
             "actdict feature RUN_DIR/dicts/NAME --class LABEL prints one class's;") in note
@@ -296,19 +296,19 @@ def test_the_class_tables_note_says_their_order_what_the_shares_are_and_where_el
 
 def test_the_class_tables_rows_are_written_as_analyze_prints_counts():
     """A class's rows read '7277' beside the overview's other counts and analyze's '20,480': '7,277' now."""
-    from actdict.analyze import report
+    from actdict.analyze import report_sections
 
     model = {"variant": "sae_l1", "k": 8, "class_features": [{"label": "a", "n": 7277, "features": []}]}
-    assert "<tr><td>a</td><td>7,277</td>" in report._class_features({"sae": model}, {})[2]
+    assert "<tr><td>a</td><td>7,277</td>" in report_sections.class_features({"sae": model}, {})[2]
 
 def test_a_perfect_separator_reads_as_an_infinite_d_everywhere(tmp_path):
     """d None (constant in the class and in the others): report.html and `actdict feature` say infinite, and
     the feature's classes put it first."""
-    from actdict.analyze import report
+    from actdict.analyze import report_sections
 
     feat = {"feature": 3, "d": None, "abs_in": 2.0, "abs_out": 0.0, "fire_in": 1.0, "fire_out": 0.0}
     model = {"variant": "sae_l1", "k": 8, "class_features": [{"label": "a", "n": 4, "features": [feat]}]}
-    page = "\n".join(report._class_features({"sae": model}, {"sae": "report/sae.html"}))
+    page = "\n".join(report_sections.class_features({"sae": model}, {"sae": "report/sae.html"}))
     assert '<a href="report/sae.html#f=3">3</a>: <span class="dim">d &infin;, active 100% / 0%</span>' in page
     assert ("d &infin;: a code constant on the class's rows and constant, lower, on the others', which "
             "separates them perfectly)") in page  # the note says what an infinite d is

@@ -255,12 +255,12 @@ def test_masked_curve_paper_protocol_vaease(tmp_path, monkeypatch):
 def test_masked_curve_axis_labels_zero_kept():
     """kept = 0 sits at 0.5 on the log axis: the tick there reads "0" (plotly's own ticks labelled it "5",
     the minor tick of 0.5), the other ticks are 1, 2, 5, 10, ... and k, and the axis title says so."""
-    from actdict.analyze.report import _figures, _kept_ticks
+    from actdict.analyze.report_figures import _kept_ticks, figures
 
     s = _summary()
     s["models"]["sae_alpha"]["masked_curve"] = {"kept": [0, 1, 2, 4, 16, 64], "re": [9.0, 5, 4, 3, 2, 1],
                                                 "rows": 8, "sample": True}
-    curve = _figures(s["models"])[3]  # after the frontier, the AD and density histograms
+    curve = figures(s["models"])[3]  # after the frontier, the AD and density histograms
     assert list(curve.data[0].x) == [0.5, 1, 2, 4, 16, 64] and list(curve.data[0].y) == [9, 5, 4, 3, 2, 1]
     ax = curve.layout.xaxis
     assert ax.type == "log" and list(ax.tickvals) == [0.5, 1, 2, 5, 10, 20, 64]
@@ -273,14 +273,14 @@ def test_masked_curve_axis_labels_zero_kept():
 def test_masked_curve_re_on_a_log_axis():
     """The masked curve's RE axis is logarithmic, so a diverged dictionary (RE in the thousands) does not
     flatten the others' curves; an RE of 0 or null, which a log axis cannot show, is left out of the line."""
-    from actdict.analyze.report import _figures
+    from actdict.analyze.report_figures import figures
 
     s = _summary()
     s["models"]["sae_alpha"]["masked_curve"] = {"kept": [0, 1, 2, 8], "re": [5000.0, 3000, 0.0, None],
                                                 "rows": 8, "sample": True}
     s["models"]["vaease_beta"]["masked_curve"] = {"kept": [0, 1, 2, 8], "re": [9.0, 4.5, 2.0, 0.5],
                                                   "rows": 8, "sample": True}
-    figs = {f.layout.title.text: f for f in _figures(s["models"])}
+    figs = {f.layout.title.text: f for f in figures(s["models"])}
     curve = figs["RE vs latents kept per row (paper Fig. 4)"]
     assert curve.layout.yaxis.type == "log" and "log scale" in curve.layout.yaxis.title.text
     assert list(curve.data[0].y) == [5000, 3000, None, None] and list(curve.data[1].y) == [9, 4.5, 2, 0.5]
@@ -291,12 +291,12 @@ def test_masked_curve_re_ticks_are_spread_over_the_log_axis():
     """Plotly's own ticks on the demo's RE (32 to 178, under one decade) were 40, 60, ..., 200, crowded at the
     top of the log axis: the ticks are 1 1.5 2 3 5 7 (or sparser, for a wider span) per decade, with labels;
     one of a diverged dictionary (0.5 to 5,000) a tick a decade, a span of no two such ticks plotly's own."""
-    from actdict.analyze.report import _figures, _log_ticks
+    from actdict.analyze.report_figures import _log_ticks, figures
 
     s = _summary()
     s["models"]["sae_alpha"]["masked_curve"] = {"kept": [0, 1, 64], "re": [177.7, 90.0, 34.9]}
     s["models"]["vaease_beta"]["masked_curve"] = {"kept": [0, 1, 64], "re": [170.7, 95.0, 31.6]}
-    ax = _figures(s["models"])[3].layout.yaxis
+    ax = figures(s["models"])[3].layout.yaxis
     assert ax.type == "log" and list(ax.tickvals) == [30, 50, 70, 100, 150, 200]
     assert list(ax.ticktext) == ["30", "50", "70", "100", "150", "200"]
     assert _log_ticks([5000.0, 3000, 0.0, None, 9.0, 0.5])["ticktext"] == ["1", "10", "100", "1000", "10000"]
@@ -309,7 +309,7 @@ def test_the_frontiers_names_sit_inside_its_plot():
     """The frontier's axes were plotly's own ranges, which put the top marker on the plot's edge and its name
     above it cut by that edge (the demo's "vaease"): both axes are padded around the markers, the y axis by
     more above them, where the names are written."""
-    from actdict.analyze.report import _frontier
+    from actdict.analyze.report_figures import _frontier
 
     (ev,) = _frontier(_summary()["models"])  # AD 7.5 and 22.5, EV 0.9321 and 0.5
     (x0, x1), (y0, y1) = ev.layout.xaxis.range, ev.layout.yaxis.range
@@ -324,7 +324,7 @@ def test_the_frontiers_names_sit_inside_its_plot():
 def test_the_sparsity_frontier_has_a_marker_per_dictionary_grouped_by_variant():
     """One marker per dictionary, a trace per variant; its axes say which way is better (up and to the left,
     the docstring's words, were on no axis: a reader new to AD could take the larger AD for the better)."""
-    from actdict.analyze.report import _frontier
+    from actdict.analyze.report_figures import _frontier
 
     s = _summary()
     s["models"]["sae_gamma"] = s["models"]["sae_alpha"] | {"ad": 30.0, "ev": 0.97, "ce_recovered": 0.8}
@@ -348,11 +348,11 @@ def test_a_sweeps_figures_keep_their_plot_and_name_markers_on_hover():
     but ~50 px of the 390 px figure, in plotly's 10 colours (repeated), and the frontier wrote 20 names over
     its markers, one on another. Beyond 8 entries the legend is a column right of the plot in 24 colours, and
     the frontier's names show on hover; 2 dictionaries keep the rows below and the names on the markers."""
-    from actdict.analyze.report import _figures, _frontier, _many
+    from actdict.analyze.report_figures import _frontier, figures, for_many
 
     base = _summary()["models"]["sae_alpha"] | {"masked_curve": {"kept": [0, 1, 64], "re": [9.0, 5.0, 1.0]}}
     models = {f"l1_lam1-{i / 10}_seed-0": base | {"ad": 1.0 + i, "ev": 0.5 + i / 50} for i in range(20)}
-    figs = [_many(f) for f in _figures(models)]
+    figs = [for_many(f) for f in figures(models)]
     assert [len(f.data) for f in figs] == [1, 20, 20, 20]  # frontier (one variant), AD, density, masked curve
     assert [f.layout.legend.orientation for f in figs] == ["h", "v", "v", "v"]
     assert list(figs[1].layout.colorway) == list(qualitative.Dark24) and len(set(qualitative.Dark24)) == 24
@@ -360,7 +360,7 @@ def test_a_sweeps_figures_keep_their_plot_and_name_markers_on_hover():
     page = render(_summary() | {"models": models})
     assert page.count('"orientation":"v"') == 3 and '"mode":"markers+text"' not in page
     two = dict(list(models.items())[:2])
-    assert [_many(f).layout.legend.orientation for f in _figures(two)] == ["h"] * 4
+    assert [for_many(f).layout.legend.orientation for f in figures(two)] == ["h"] * 4
     assert _frontier(two)[0].data[0].mode == "markers+text"
 
 
@@ -606,13 +606,13 @@ def test_a_feature_page_written_again_drops_the_parts_it_no_longer_has(tmp_path)
 def test_a_sweeps_histograms_are_step_lines_and_its_tables_keep_their_names_in_view():
     """Beyond MANY dictionaries the AD and density histograms are outlines (overlaid translucent bars of 20
     dictionaries read as one blur); the tables' first column (the names) sticks when they scroll sideways."""
-    from actdict.analyze.report import MANY, _figures
+    from actdict.analyze.report_figures import MANY, figures
 
     s = _summary()
-    figs = {f.layout.title.text: f for f in _figures(s["models"])}
+    figs = {f.layout.title.text: f for f in figures(s["models"])}
     assert {t.type for t in figs["Active dimensions per test row"].data} == {"bar"}  # two: bars, as before
     many = {f"d{i}": s["models"]["sae_alpha"] | {"ev": 0.5 + i / 100} for i in range(MANY + 1)}
-    figs = {f.layout.title.text: f for f in _figures(many)}
+    figs = {f.layout.title.text: f for f in figures(many)}
     for title in ("Active dimensions per test row", "Feature density"):
         traces = figs[title].data
         assert len(traces) == MANY + 1 and {(t.type, t.mode, t.line.shape) for t in traces} == {
@@ -626,12 +626,12 @@ def test_each_dictionarys_per_class_ad_bars_and_markers_are_in_its_colour_of_the
     next colours, so on the demo sae_l1's "of mean" markers were red, vaease's colour in every other figure,
     and vaease's bars green. Each dictionary's bars and markers are now in its colour of the AD histogram
     (by its place: plotly's 10, or 24 beyond MANY), grouped in the legend."""
-    from actdict.analyze.report import _figures, _many
+    from actdict.analyze.report_figures import figures, for_many
 
     s = _summary()
     for m in s["models"].values():
         m["ad_class"] = [{"label": "a", "n": 3, "ad": 2.0, "ad_of_mean": 4.0}]
-    figs = [_many(f) for f in _figures(s["models"])]
+    figs = [for_many(f) for f in figures(s["models"])]
     cls = next(f for f in figs if f.layout.title.text.startswith("AD per class"))
     assert [(t.type, t.name, t.marker.color, t.legendgroup) for t in cls.data] == [
         ("bar", "sae_alpha", qualitative.Plotly[0], "sae_alpha"),
@@ -641,7 +641,7 @@ def test_each_dictionarys_per_class_ad_bars_and_markers_are_in_its_colour_of_the
     assert cls.data[1].marker.symbol == "diamond"  # told from the bars by shape, not colour
     assert list(cls.layout.colorway or qualitative.Plotly) == list(qualitative.Plotly)  # as the AD histogram
     many = {f"d{i}": s["models"]["sae_alpha"] for i in range(10)}
-    cls = [_many(f) for f in _figures(many)][-1]
+    cls = [for_many(f) for f in figures(many)][-1]
     assert [t.marker.color for t in cls.data[::2]] == [t.marker.color for t in cls.data[1::2]] == list(
         qualitative.Dark24[:10])
 

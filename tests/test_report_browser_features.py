@@ -453,8 +453,8 @@ def test_labels_and_highlights_strip_what_the_report_strips(chromium, tmp_path):
     and keeps U+0085 and U+001C: '\\ufeffHello' was labelled 'Hello', '\\x85a' '<U+0085>a' and ' \\ufeff'
     highlighted as '␣<U+FEFF>', where the report and the terminal (str.strip) say '<U+FEFF>Hello', 'a' and
     a space before '<U+FEFF>'."""
-    from actdict.analyze.report import _snippet
     from actdict.analyze.report_features import write_feature_page
+    from actdict.analyze.report_sections import _snippet
     from actdict.analyze.toptokens import token_label
 
     tokens = {"1": "\ufeffHello", "2": "\x85a", "3": " \ufeff", "4": " x"}
@@ -478,8 +478,8 @@ def test_a_wordpiece_continuation_is_labelled_with_its_hashes_on_every_surface(c
     ``actdict feature`` said '##ing': on the page a continuation read as the word 'ing'. A token by itself
     is now its vocabulary string everywhere, and a context still joins it into its word."""
     from actdict.analyze.lens import labels_of
-    from actdict.analyze.report import _logit_line
     from actdict.analyze.report_features import write_feature_page
+    from actdict.analyze.report_sections import _logit_line
     from actdict.analyze.show import context, feature_lines, list_lines
 
     f = {"i": 0, "fires": 3, "density": 0.5, "max": 3.0, "min": 0.0, "hist": {"pos": [[32, 3]], "neg": []},

@@ -220,7 +220,7 @@ def test_the_class_shares_come_from_the_same_analysis_summary(tmp_path):
 def test_a_tokens_leading_spaces_all_stay_outside_the_marks_as_in_the_report():
     """A token of several leading spaces (code's '   if') had one space moved before «», the others kept
     inside ('x «  if»'), where the report and the feature page leave all of them outside the highlight."""
-    from actdict.analyze.report import _snippet
+    from actdict.analyze.report_sections import _snippet
 
     data = {"tokens": {"1": "x", "2": "   if", "3": "  "}, "wordpiece": False}
     assert context(data, [1.0, 9, 0, 4, [1, 2], 1]) == "x   «if»  (doc 0, pos 4)"

@@ -237,7 +237,7 @@ def test_the_formation_figure_keeps_each_dictionarys_colour_and_name():
     the legend is shown."""
     from plotly.colors import qualitative
 
-    from actdict.analyze.report import _formation_figure
+    from actdict.analyze.report_figures import _formation_figure
 
     f = {"step": [10, 20], "mmcs": [0.5, 1.0], "matched": [0.1, 1.0]}
     (fig,) = _formation_figure({"a": {"formation": None}, "b": {"formation": f}})

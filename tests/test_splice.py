@@ -120,7 +120,7 @@ def test_ce_recovered_is_flagged_where_zero_ablation_costs_nothing():
     Pythia-70m shape: clean 10.9712, zero ablation 10.9347): CE recovered, 1.15 for a dictionary whose CE
     is worse than clean, then says nothing, and analyze's table and report say so; a trained model's
     ablation (nats) gets no note."""
-    from actdict.analyze.report import _ce_line
+    from actdict.analyze.report_sections import ce_line
     from actdict.analyze.run import summary_lines
 
     random_init = {"ce_clean": 10.9712, "ce_zero": 10.9347, "n_tokens": 2048, "windows": 16, "ctx": 128}
@@ -137,9 +137,9 @@ def test_ce_recovered_is_flagged_where_zero_ablation_costs_nothing():
     assert f"analyze: note: {note}" in summary_lines(summary)
     assert not any("note: zero-ablating" in ln
                    for ln in summary_lines(summary | {"ce": random_init | {"ce_zero": 12.0}}))
-    assert "under 1% of the clean CE" in _ce_line(random_init)
-    assert f"Note: zero-ablating {HOOK} changes" in _ce_line(random_init, HOOK)  # the report names the hook
-    assert "Note" not in _ce_line(random_init | {"ce_zero": 12.0})
+    assert "under 1% of the clean CE" in ce_line(random_init)
+    assert f"Note: zero-ablating {HOOK} changes" in ce_line(random_init, HOOK)  # the report names the hook
+    assert "Note" not in ce_line(random_init | {"ce_zero": 12.0})
 
 
 def test_identity_zero_and_real_dictionary(lm):

@@ -66,7 +66,7 @@ def test_invisible_characters_are_shown_alike_in_the_report_the_terminal_and_the
     a CR as a newline (↵). Each surface now shows them as ``toptokens.visible`` does, a token of spaces
     alone (highlighted, listed, a label) as ␣."""
     from actdict.analyze.lens import format_lens, token_label
-    from actdict.analyze.report import _snippet
+    from actdict.analyze.report_sections import _snippet
     from actdict.analyze.show import context
 
     tokens = {"1": "x", "2": "\t", "3": "\r", "4": "\u200b", "5": " a\xa0b", "6": " y", "7": "  "}
@@ -90,7 +90,7 @@ def test_a_character_split_over_tokens_reads_as_itself_in_a_context():
     """GPT-2's '猫' is three tokens, each shown by its bytes (' <0xE7>', '<0x8C>', '<0xAB>'): a context
     holding all three read ' <0xE7><0x8C><0xAB> cat'; it reads ' 猫 cat', in the report and in the terminal.
     A character cut by the highlighted token or the context's edge keeps its marks."""
-    from actdict.analyze.report import _snippet
+    from actdict.analyze.report_sections import _snippet
     from actdict.analyze.show import context
 
     tokens = {"1": " <0xE7>", "2": "<0x8C>", "3": "<0xAB>", "4": " cat", "5": "<0xE2>", "6": "<0x80>",

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from plotly.colors import qualitative
 
-from actdict.analyze.report import _training_figures, render
+from actdict.analyze.report import render
+from actdict.analyze.report_figures import training_figures
 from actdict.config import Common
 from actdict.harvest.store import write_vectors
 from actdict.train import run as train_run
@@ -259,7 +260,7 @@ def test_each_dictionary_keeps_its_colour_and_name_in_every_training_figure():
     a = {"step": [1, 2], "loss": [3.0, 2.0]}
     b = {"step": [1, 2], "loss": [5.0, 4.0], "sse": [4.0, 3.0]}
     models = {"a": {"training_log": a}, "b": {"training_log": b}}
-    figs = {f.layout.title.text: f for f in _training_figures(models)}
+    figs = {f.layout.title.text: f for f in training_figures(models)}
     sse, loss = figs["Training: reconstruction error (sse per row)"], figs["Training: the objective (loss)"]
     assert [t.name for t in sse.data] == ["b"] and sse.layout.showlegend is True
     assert sse.data[0].line.color == loss.data[1].line.color == qualitative.Plotly[1]
@@ -271,7 +272,7 @@ def test_the_training_figures_axes_say_what_they_measure_not_the_log_column():
     'grad_norm'): they say what each measures now, with (log scale) where it is one."""
     log = {"step": [1, 2], "sse": [3.0, 2.0], "loss": [3.0, 2.0], "grad_norm": [1.0, 0.5],
            "eval_ad": [5.0, 4.0], "eval_ev": [0.1, 0.3], "eval_live": [1.0, 0.9]}
-    figs = _training_figures({"l1": {"k": 8, "training_log": log}})
+    figs = training_figures({"l1": {"k": 8, "training_log": log}})
     assert [f.layout.yaxis.title.text for f in figs] == [
         "sse per row (log scale)", "loss (log scale)", "gradient L2 norm (log scale)", "AD per row",
         "explained variance", "share of latents active"]
