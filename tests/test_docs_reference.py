@@ -9,7 +9,9 @@
   '"Section" below' (or above) names a section of that page on that side.
 * Command lines: every flag of every ``actdict`` command and ``python -m actdict...`` entry point appears in
   a docs section whose heading names the command or in a paragraph naming it, and a default its own section
-  states is the parser's (read from the argparse parsers the commands build, so however they are built).
+  states is the parser's (read from the argparse parsers the commands build, so however they are built);
+  and every command line the docs show (a code block's, a synopsis, a whole command in a code span) is one
+  its command's parser takes.
 
 YAML examples in the docs set values other than the defaults on purpose, so they are not read as defaults;
 each is checked as a config instead.
@@ -581,3 +583,99 @@ def layout_findings() -> list[str]:
 
 def test_every_module_is_named_in_the_readmes_layout():
     assert layout_findings() == []
+
+
+
+COMMAND = re.compile(r"(?:\.venv/bin/)?(actdict(?= )|python -m actdict\.[\w.]+)")
+
+
+def shown_commands(line: str) -> list[str]:
+    """The ``actdict ...`` and ``python -m actdict...`` commands of one shell line or synopsis, each from its
+    command word to the end of its part of the line (``a && b``, ``a | tee``, ``for ...; do b``: b alone),
+    a ``#`` comment dropped; a synopsis' optional ``[X ...]`` repeats dropped, its ``[--flag V]`` read as
+    given and ``a|b`` as a (outside quotes); a line that shows a command's output (``actdict: ...``) or
+    elides its arguments (``actdict harvest ... --dry-run``) is none."""
+    quoted: list[str] = []
+
+    def hide(m: re.Match) -> str:
+        quoted.append(m.group(0))
+        return f"\0{len(quoted) - 1}\0"
+
+    line = re.sub(r"'[^']*'|\"[^\"]*\"", hide, line.strip().removeprefix("$ "))
+    line = re.sub(r"\s+#\s.*$", "", line)
+    out = []
+    for cmd in re.split(r"\s*(?:&&|\|\||;|\s\|\s|\bdo\b)\s*", line):
+        if not (m := COMMAND.match(cmd)) or re.search(r"(?<!\S)\.\.\.(?!\S)|^actdict:", cmd[m.start(1):]):
+            continue
+        cmd = re.sub(r"\s*\[[^][]*\.\.\.\]", "", cmd[m.start(1):]).replace("[", "").replace("]", "")
+        cmd = re.sub(r"(?<=\S)\|\S+", "", cmd).rstrip(" \\")
+        out.append(re.sub(r"\0(\d+)\0", lambda m: quoted[int(m.group(1))], cmd))
+    return out
+
+
+def doc_commands() -> list[tuple[str, str]]:
+    """(page, command) of every command the docs show: each line of a code block (a line ending in ``\\``
+    joined with the next) and each code span of the prose that is a whole command, in ``shown_commands``'
+    sense (``actdict feature`` alone names the command, and runs nothing)."""
+    found = []
+    for where, text in DOCS.items():
+        for block in re.findall(r"(?ms)^```[\w-]*\n(.*?)^```", text):
+            for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+                found += [(where, c) for c in shown_commands(line)]
+        prose = md_text(re.sub(r"(?ms)^```.*?^```", "", text))
+        for span in re.findall(r"`([^`]+)`", prose):
+            found += [(where, c) for c in shown_commands(span) if len(c.split()) > (3 if " -m " in c else 2)]
+    return found
+
+
+class Refused(Exception):
+    """argparse's error for a command line the docs show."""
+
+
+def refuse(message: str) -> None:
+    """A parser's ``error``: the message as an exception, not a usage line and exit 2."""
+    raise Refused(message)
+
+
+def parse_findings(parsers: dict[str, argparse.ArgumentParser]) -> list[str]:
+    """Each command the docs show that its command's parser refuses (a flag renamed or removed, a positional
+    argument too many or missing, a value its ``choices`` lack), or whose command does not exist."""
+    import shlex
+
+    bad = []
+    for where, command in doc_commands():
+        words = [re.sub(r"^[A-Z]$", "1", w) for w in shlex.split(command)]  # a synopsis' N, I: a number
+        n = 3 if words[0] == "python" else 2
+        if (parser := parsers.get(" ".join(words[:n]))) is None:
+            bad.append(f"{where}: {command}: no such command")
+            continue
+        parser.error = refuse
+        try:
+            parser.parse_intermixed_args(words[n:])
+        except Refused as e:
+            bad.append(f"{where}: {command}: {e}")
+    return bad
+
+
+def test_every_command_the_docs_show_parses(parsers, monkeypatch):
+    """A reader copies the commands: each one the docs show (README's block, a guide's example, a synopsis)
+    is one its command's parser takes: each ``actdict`` command's first parser (a stage's own), and
+    ``python -m MODULE``'s by its module (``actdict.train.export`` calls itself ``actdict export``)."""
+    by_name = {c: ps[0] for c, ps in parsers.items()}
+    by_name |= {f"python -m {m}": parsers_of(run, [], monkeypatch)[0] for m, run in entry_points().items()}
+    commands = doc_commands()
+    assert len(commands) >= 60 and len({c.split()[1] for _, c in commands}) >= 12
+    assert parse_findings(by_name) == []
+
+
+def test_shown_commands_reads_shell_lines_and_synopses():
+    assert shown_commands("$ actdict run X --dry-run && actdict run X   # both") == \
+        ["actdict run X --dry-run", "actdict run X"]
+    assert shown_commands(".venv/bin/pip install -e . && .venv/bin/actdict run configs/demo.yaml") == \
+        ["actdict run configs/demo.yaml"]
+    synopsis = "python -m actdict.harvest.vectors F S [--key K] [--dtype float32|float16]"
+    assert shown_commands(synopsis) == ["python -m actdict.harvest.vectors F S --key K --dtype float32"]
+    assert shown_commands("actdict feature D I [I ...]") == ["actdict feature D I"]
+    assert shown_commands("actdict run c.yaml 'x={a: [1, 2]}' --dry-run") == \
+        ["actdict run c.yaml 'x={a: [1, 2]}' --dry-run"]
+    assert shown_commands("actdict harvest ... --dry-run") == shown_commands("actdict: ModelError: x") == []
