@@ -679,3 +679,17 @@ def test_shown_commands_reads_shell_lines_and_synopses():
     assert shown_commands("actdict run c.yaml 'x={a: [1, 2]}' --dry-run") == \
         ["actdict run c.yaml 'x={a: [1, 2]}' --dry-run"]
     assert shown_commands("actdict harvest ... --dry-run") == shown_commands("actdict: ModelError: x") == []
+
+
+def test_a_shown_store_hash_is_its_configs():
+    """A dry run the docs show names the demo store's config hash as the harvest prints it: that of
+    configs/demo.yaml's harvest section (the same store as demo_sweep.yaml's), which a new harvest field
+    changes (docs/training.md showed an old one)."""
+    from actdict.config import config_hash, load_experiment, section
+
+    said = r"store runs/demo/store is already complete for this config \((\w+)\)"
+    shown = [(where, h) for where, text in DOCS.items() for h in re.findall(said, text)]
+    assert shown
+    data = load_experiment(str(ROOT / "configs/demo.yaml"), [])
+    demo = config_hash(section(data, "harvest", HarvestConfig))
+    assert [(where, h) for where, h in shown if h != demo] == []
