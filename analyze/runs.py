@@ -109,7 +109,7 @@ def table(records: list[dict]) -> list[str]:
     some dictionary's name is not its variant's (a sweep's, a renamed one); CE recovered and KL (as
     analyze's table) when some run measured them (analyze.ce_loss)."""
     named = [c for c in ("run", "hook", "dict", "variant") if c != "variant" or any(
-        r.get("variant") not in (None, r["dict"]) for r in records)]  # a sweep's sae_l1_lam1_0.1 & co
+        r.get("variant") not in (None, r["dict"]) for r in records)]  # a sweep's sae_l1_lam1-0.1 & co
     ce = any(r["ce_recovered"] is not None for r in records)
     lines = number_table([(c, 0) for c in named], [([str(r.get(c)) for c in named], r) for r in records], ce)
     return [printable(s) for s in lines]

@@ -233,7 +233,7 @@ def test_a_dictionary_given_with_its_run_folder_is_one_line(tmp_path, capsys):
 
 
 def test_the_variant_is_a_column_where_a_dictionary_is_not_named_after_it(tmp_path, capsys):
-    """A sweep's sae_l1_lam1_0.1 or a dictionary named 'wide' left the reader to guess its variant; a run
+    """A sweep's sae_l1_lam1-0.1 or a dictionary named 'wide' left the reader to guess its variant; a run
     whose dictionaries are all named after their variants has no such column."""
     m = {"re_det": 30.05, "re_sample": 31.5, "ad": 32.0, "l0": 32.0, "ev": 0.773, "dead": 3, "k": 64}
     for folder, models in (("a", {"vaease": m | {"variant": "vaease"}}),
