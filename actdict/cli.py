@@ -115,13 +115,17 @@ def dry_run(data: dict, cfgs: dict[str, Any]) -> tuple[list[str], bool]:
 
 def check_labels_field(harvest: Any, field: str) -> None:
     """Before a run's harvest: ``analyze.labels_field`` names a field the harvest's documents have (else the
-    analysis stopped on it after the harvest and the training); a vectors harvest has no documents."""
-    from actdict.harvest.sources import SourceError, check_field
+    analysis stopped on it after the harvest and the training); a vectors harvest has no documents. A files
+    source with no files at its path is the harvest's own error, not the field's (whose remedy, to empty the
+    field, only led to that error)."""
+    from actdict.harvest.sources import SourceError, check_field, require_readable
 
     if harvest.mode == "vectors":
         raise ConfigError(f"analyze.labels_field={field!r} labels rows by their documents' field, and a "
                           "vectors harvest has no documents: give analyze.labels a .npy file of one label "
                           "per row, or set analyze.labels_field=")
+    if harvest.source.kind == "files":
+        require_readable(harvest.source)
     try:
         check_field(harvest.source, field)
     except SourceError as e:

@@ -62,6 +62,9 @@ _REVIEWS = Path(__file__).parent / "data" / "reviews.jsonl"  # texts with stars,
      r"collection \(set analyze.labels_field= to analyze without labels, or name one of them\)$"),
     ("[{name: a, variant: vae}]", ["harvest.source.kind=files", f"harvest.source.path={_REVIEWS}"],
      r"analyze.labels_field: 1 json file\(s\) at .*: rows have no field 'collection'"),
+    ("[{name: a, variant: vae}]", ["harvest.source.kind=files", "harvest.source.path=/no/pile-10k"],
+     r"actdict: SourceError: no \.json/\.jsonl/\.parquet/\.text/\.txt files at '/no/pile-10k'$"),  # was said
+    # as the labels field's ('analyze.labels_field: no ... files ... (set analyze.labels_field= ...)')
     ("[{name: a, variant: vae}]", ["harvest.mode=vectors", "harvest.vectors.path=x.npy"],
      r"analyze.labels_field='collection' labels rows by their documents' field, and a vectors harvest has "
      r"no documents"),
