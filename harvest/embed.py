@@ -286,8 +286,9 @@ def main(common, cfg, writing=lambda hooks=None: None) -> None:
 
 
 def truncation_note(cut: int, n: int, unit: str, limit: int) -> str:
-    """What the harvest says of the ``cut`` of its ``n`` rows that were longer than ``limit`` tokens."""
+    """What the harvest says of the ``cut`` of its ``n`` rows that were longer than ``limit`` tokens: how
+    to embed them whole (shorter units only where they are documents)."""
+    shorter = ", or embed.unit: paragraph" if unit == "document" else ""
     return (f"harvest: {cut:,} of {n:,} {unit}s ({cut / n:.1%}) were longer than max_seq_length = {limit} "
             f"tokens and were embedded from their first {limit} only (manifest embedding.truncated); for "
-            "whole texts, set harvest.embed.max_seq_length up to the model's context, or embed.unit: "
-            "paragraph")
+            f"whole texts, set harvest.embed.max_seq_length up to the model's context{shorter}")

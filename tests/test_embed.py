@@ -259,3 +259,17 @@ def test_a_truncation_beyond_the_models_positions_is_refused_before_any_row(tmp_
     assert not (tmp_path / "run" / "store" / "embedding" / "shards").exists()
     harvest_main(run, _cfg(src, embed={"max_seq_length": 512}))
     assert len(open_store(str(tmp_path / "run" / "store"), "embedding")) == 2
+
+
+def test_the_truncation_note_offers_paragraphs_only_to_a_document_harvest():
+    """The note after a harvest with cut texts told configs/demo_embeddings.yaml's paragraph harvest (1,200
+    of its 8,192 paragraphs cut at 128 tokens) to set embed.unit: paragraph, which it had."""
+    from actdict.harvest.embed import truncation_note
+
+    doc, para = truncation_note(3, 7, "document", 22), truncation_note(1200, 8192, "paragraph", 128)
+    assert doc == ("harvest: 3 of 7 documents (42.9%) were longer than max_seq_length = 22 tokens and were "
+                   "embedded from their first 22 only (manifest embedding.truncated); for whole texts, set "
+                   "harvest.embed.max_seq_length up to the model's context, or embed.unit: paragraph")
+    assert para == ("harvest: 1,200 of 8,192 paragraphs (14.6%) were longer than max_seq_length = 128 tokens "
+                    "and were embedded from their first 128 only (manifest embedding.truncated); for whole "
+                    "texts, set harvest.embed.max_seq_length up to the model's context")
