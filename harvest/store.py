@@ -290,8 +290,17 @@ class ActivationStore:
 
     @property
     def _fix(self) -> str:
-        return (f"run `actdict store {self.path} --repair` and the harvest command that made the store again "
-                "(it writes only the damaged shards)")
+        """How to mend a damaged shard, as the hook was written: a token harvest rewrites only the damaged
+        shards, an embeddings harvest or a config's vectors import the whole hook, and vectors written without
+        a config have no harvest to rerun (the repair prints the import command that writes them again)."""
+        repair = f"run `actdict store {self.path} --repair`"
+        if not self.manifest.get("config_hash"):
+            return (f"{repair}, which prints the command that imports these vectors again (no harvest wrote "
+                    "them)")
+        again = f"{repair} and the harvest command that made the store again"
+        if self.manifest.get("kind") in ("embeddings", "vectors"):
+            return f"{again} (it writes the hook anew)"
+        return f"{again} (it writes only the damaged shards)"
 
 
 def shard_damage(fs, where: str, d: int, dtype: np.dtype, chunk_rows: int, crc: bool) -> str | None:

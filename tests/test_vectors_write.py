@@ -121,6 +121,27 @@ def test_repair_of_imported_vectors_says_how_to_import_them_again(tmp_path, caps
             "--shard-rows 128 --chunk-rows 64 --overwrite") in str(e.value)
 
 
+
+def test_a_damaged_shard_of_imported_vectors_names_no_harvest_to_rerun(tmp_path):
+    """--verify (and a read) of vectors written without a config said to rerun 'the harvest command that
+    made the store' and that it 'writes only the damaged shards': there is none; the repair prints the
+    import command. A token harvest's store is told that still (tests/test_store_integrity.py)."""
+    x = np.random.default_rng(0).standard_normal((300, 4)).astype(np.float32)
+    s = write_vectors(str(tmp_path / "st"), x, shard_rows=128, chunk_rows=64, dtype="float32")
+    chunk = next(p for p in (tmp_path / "st" / "vectors" / "shards" / "00001" / "acts").rglob("*")
+                 if p.is_file() and p.name != "zarr.json")
+    b = bytearray(chunk.read_bytes())
+    b[10] ^= 1
+    chunk.write_bytes(bytes(b))
+    with pytest.raises(StoreError) as e:
+        s.verify()
+    said = str(e.value)
+    assert said.endswith(f"; restore the shard from a copy, or run `actdict store {tmp_path / 'st'} "
+                         "--repair`, which prints the command that imports these vectors again (no harvest "
+                         "wrote them)")
+    assert "harvest command" not in said
+
+
 def test_a_float16_overflow_is_one_line_and_leaves_nothing(tmp_path, capsys):
     """A value past float16's range: exit 2 naming the way out, no half-written hook, and the same import
     as float32 then goes through."""
