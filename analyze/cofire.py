@@ -7,10 +7,12 @@ Each batch adds its active pattern's pair counts, by whichever of two exact path
 
 * dense: A^T A of the [B, k] 0/1 matrix (float32 matmul, exact below 2^24 rows per batch): B k^2 work,
   fast for small k and on a GPU;
-* pairs: every (i, j) pair of each row's active features, counted with one sort (``torch.unique``): sum over
-  rows of AD^2 work, the cheaper path for a large k with few active features per row (a TopK SAE of 16,384
-  with AD 32: ~40x less work than the matmul on a CPU); above ``MAX_PAIRS`` pairs in a batch (a few rows of
-  thousands active among sparse ones), the rows in halves, each counted by its own cheaper path.
+* pairs: every (i, j) pair of each row's active features, made feature by feature (all of feature i's pairs,
+  then i + 1's) and added one by one into C: sum over rows of AD^2 work, the cheaper path for a large k with
+  few active features per row (a TopK SAE of 16,384 with AD 32: ~40x less work than the matmul on a CPU); in
+  that order the adds sweep C a row at a time, so no sort (``torch.unique``) is needed to keep them in
+  cache; above ``MAX_PAIRS`` pairs in a batch (a few rows of thousands active among sparse ones), the rows in
+  halves, each counted by its own cheaper path.
 
 :func:`partners` ranks each feature's partners by Jaccard similarity C_ij / (C_ii + C_jj - C_ij) (rows where
 both fire over rows where either fires), which neither rewards a partner for being dense (as P(j | i) does)
@@ -33,16 +35,21 @@ MAX_PAIRS = 1 << 24  # pairs counted at once (~0.7 GB of int64 keys and indices)
 def active_pairs(active: Tensor, other: Tensor | None = None) -> Tensor:
     """[B, k] bool (and [B, k2] bool, default ``active`` itself) -> [P] int64 flat keys i * k2 + j of every
     pair (i, j) of a feature i active on a row and a feature j of ``other`` active on the same row (i == j
-    included when ``other`` is ``active``), P = sum over rows of AD x AD2."""
+    included when ``other`` is ``active``), P = sum over rows of AD x AD2; in order of i (a stable sort of the
+    active entries, not of the P pairs), so that adding them sweeps the counts a row at a time: at k 16,384,
+    AD 32, B 4,096 (4.2M pairs) the adds take ~0.1 s, against ~0.7 s for ``torch.unique``'s sort that kept
+    random adds in cache."""
     other = active if other is None else other
     b, i = where_true(active)  # [m] row-major
     j = i if other is active else where_true(other)[1]  # [m2] row-major: each row's features contiguous
     c = row_counts(other)  # [B] other's active per row
-    rep = c[b]  # [m] partners of each entry of active (its row's count in other)
-    first = torch.cumsum(c, 0) - c  # [B] where each row's entries start in j
-    e = torch.repeat_interleave(torch.arange(len(i), device=i.device), rep)  # [P] the entry of each pair
-    nth = torch.arange(len(e), device=i.device) - torch.repeat_interleave(torch.cumsum(rep, 0) - rep, rep)
-    return i[e] * other.shape[1] + j[first[b[e]] + nth]  # the nth feature of other on the entry's row
+    by_i = i.argsort(stable=True)  # [m] the entries of active in order of feature
+    b, i = b[by_i], i[by_i]
+    rep = c[b]  # [m] partners of each entry (its row's count in other)
+    e = torch.repeat_interleave(rep)  # [P] the entry of each pair
+    skip = (torch.cumsum(c, 0) - c)[b] - (torch.cumsum(rep, 0) - rep)  # [m] its row's start in j less its
+    pos = torch.arange(len(e), device=i.device).add_(skip[e])  # first pair's: [P] the pair's feature in j
+    return (i * other.shape[1])[e].add_(j[pos])
 
 
 class CoFire:
@@ -72,8 +79,8 @@ class CoFire:
             for part in (slice(0, h), slice(h, None)):
                 self.update(active[part], None if other is active else other[part])
             return
-        keys, n = torch.unique(active_pairs(active, other), return_counts=True)  # [u] sorted: few misses
-        self.counts.view(-1).index_add_(0, keys, n.to(torch.int32))
+        keys = active_pairs(active, other)  # [P] by feature: the adds sweep the counts a row at a time
+        self.counts.view(-1).index_add_(0, keys, torch.ones(len(keys), dtype=torch.int32, device=keys.device))
 
     def nbytes(self) -> int:
         return self.counts.numel() * self.counts.element_size()

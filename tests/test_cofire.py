@@ -48,6 +48,22 @@ def test_pairs_of_one_row_are_every_ordered_pair_of_its_features():
     assert keys == sorted(want)
 
 
+@pytest.mark.parametrize("k2", [None, 11])
+def test_pairs_come_feature_by_feature_each_once(k2):
+    """active_pairs (the pairs path's adds, no sort) gives every (i, j) pair of a row once, in order of i,
+    with a second dictionary's features (k2) too, rows of none and of all active; empty: no pair."""
+    a = _pattern(40, 9, 0.3, 1)
+    o = None if k2 is None else _pattern(40, k2, 0.4, 2)
+    other = a if o is None else o
+    keys = cofire.active_pairs(a, o)
+    want = sorted(i * other.shape[1] + j for r in range(40) for i in a[r].nonzero()[:, 0].tolist()
+                  for j in other[r].nonzero()[:, 0].tolist())
+    assert keys.dtype == torch.int64 and sorted(keys.tolist()) == want
+    i = keys.div(other.shape[1], rounding_mode="floor")
+    assert bool((i[1:] >= i[:-1]).all())
+    assert len(cofire.active_pairs(torch.zeros(3, 4, dtype=torch.bool))) == 0
+
+
 def test_partners_rank_by_jaccard_ties_by_index_never_self_or_strangers():
     # fires: 0:10, 1:10, 2:4, 3:10, 4:0; both: (0,1) 5, (0,2) 4, (0,3) 5
     c = torch.zeros(5, 5, dtype=torch.int32)
