@@ -103,6 +103,22 @@ def best_first(score: Tensor, rows: Tensor, t: int, floor: float | None = None) 
     return idx
 
 
+def best_pairs(f: Tensor, score: Tensor, rows: Tensor, t: int, k: int) -> tuple[Tensor, Tensor]:
+    """Pairs of features f [m] (of k), scores and rows [m] -> (at [m'] the pairs among each feature's t
+    largest scores, equal scores by the smaller row; rank [m'] each one's place in its feature's list, 0 the
+    best), by stable sorts of the m pairs: by row (none when they are in row order already: row-major pairs
+    of a batch of increasing rows), by score, by feature. Scores without NaN."""
+    ordered = len(rows) < 2 or bool((rows[1:] >= rows[:-1]).all())
+    at = torch.arange(len(rows), device=rows.device) if ordered else rows.argsort(stable=True)  # [m]
+    at = at[score[at].argsort(descending=True, stable=True)]
+    at = at[f[at].argsort(stable=True)]  # [m] by (feature, -score, row)
+    fs = f[at]
+    n = torch.bincount(fs, minlength=k)  # [k] pairs of each feature
+    rank = torch.arange(len(at), device=f.device) - (torch.cumsum(n, 0) - n)[fs]  # [m] its place in f
+    keep = rank < t
+    return at[keep], rank[keep]
+
+
 class TopRows:
     """Running top-``t`` (score, global row, value) per feature column; equal scores above ``floor`` go to
     the smaller row (those at or below it, which the caller never reports, to any)."""
@@ -129,6 +145,27 @@ class TopRows:
             score, rows, value = score[order], rows[order], value[order]
         top = top_first(score, self.t, self.floor)  # [<=t, k]
         self.merge(score.gather(0, top), rows[top], value.detach().gather(0, top))
+
+    def update_pairs(self, b: Tensor, f: Tensor, rows: Tensor, score: Tensor, value: Tensor) -> None:
+        """``update`` of a batch whose scores are at or below ``floor`` (never reported) but at the pairs b, f
+        [m] (row in the batch, feature), scores and values score, value [m]; rows [B] the batch's global rows.
+        Each feature's t best pairs, equal scores by the smaller row, found by sorting the m pairs
+        (``best_pairs``), not by a top-k over a [k, B] score: the same held entries above ``floor``; a
+        feature with fewer than t pairs leaves score ``floor``, row 0, value 0 in the slots it does not fill
+        (the dense path: any rows at or below ``floor`` there), which no reader reports."""
+        if self.floor is None:
+            raise ValueError("update_pairs needs a floor: the score of the entries it is not given")
+        k, t, dev = self.score.shape[1], min(self.t, len(rows)), self.score.device
+        held_rows = rows.to(dev)[b]  # [m]
+        at, rank = best_pairs(f, score, held_rows, t, k)  # [m'] each
+        fs = f[at]
+        out_s = torch.full((t, k), self.floor, dtype=self.score.dtype, device=dev)  # [t, k]
+        out_r = torch.zeros((t, k), dtype=torch.long, device=dev)
+        out_v = torch.zeros((t, k), dtype=torch.float32, device=dev)
+        out_s[rank, fs] = score[at].to(out_s)
+        out_r[rank, fs] = held_rows[at]
+        out_v[rank, fs] = value[at].detach().to(out_v)
+        self.merge(out_s, out_r, out_v)
 
     def merge(self, score: Tensor, rows: Tensor, value: Tensor) -> None:
         """Keeps the best t of the held entries and a batch's own best ([<=t, k] each: its t largest scores
@@ -179,11 +216,12 @@ class Reservoir:
         self.k, self.seed = n_features, seed
         self.top = TopRows(n_features, size, torch.long, device, floor=-1)  # -1: not active
 
-    def update(self, codes: Tensor, active: Tensor, rows: Tensor) -> None:
-        """codes [B, k], active [B, k] bool, rows [B]."""
+    def update(self, codes: Tensor, active: Tensor, rows: Tensor, pairs: tuple[Tensor, Tensor] | None = None
+               ) -> None:
+        """codes [B, k], active [B, k] bool, rows [B]; pairs: ``where_true(active)`` if the caller has it."""
         dev = self.top.rows.device
-        b, f = where_true(active.to(dev))  # hash only the active pairs
-        if len(b) <= SPARSE_SHARE * active.numel():
+        b, f = where_true(active.to(dev)) if pairs is None else (pairs[0].to(dev), pairs[1].to(dev))
+        if len(b) <= SPARSE_SHARE * active.numel():  # hash only the active pairs
             self._update_sparse(codes, b, f, rows.to(dev))
             return
         score = torch.full(active.shape[::-1], -1, dtype=torch.long, device=dev)  # [k, B] (column_topk's)
@@ -192,29 +230,12 @@ class Reservoir:
 
     def _update_sparse(self, codes: Tensor, b: Tensor, f: Tensor, rows: Tensor) -> None:
         """``update`` from the active pairs alone (b, f [m]: row-major): each feature's ``size`` largest keys,
-        equal keys by the smaller row, found by sorting the m pairs, not by a top-k over a [k, B] score of -1
-        wherever a feature is inactive (~1 s at B 4,096, k 16,384). Same held rows and values; a feature
-        active on fewer rows than the sample leaves row 0, value 0 in the slots it does not fill (the dense
-        path: any rows' there), which ``result`` shows as row -1 either way."""
-        k, t = self.k, min(self.top.t, len(rows))
+        equal keys by the smaller row, found by sorting the m pairs (``TopRows.update_pairs``), not by a top-k
+        over a [k, B] score of -1 wherever a feature is inactive (~1 s at B 4,096, k 16,384). Same held rows
+        and values; a feature active on fewer rows than the sample leaves row 0, value 0 in the slots it does
+        not fill (the dense path: any rows' there), which ``result`` shows as row -1 either way."""
         key = pair_keys(rows[b], f, self.seed)  # [m]
-        order = torch.stack([rows[b], -key]).T  # [m, 2]: by key, largest first, then by row
-        at = torch.arange(len(b), device=b.device)
-        for col in (0, 1):  # stable sorts, least significant first, then by feature
-            at = at[order[at, col].argsort(stable=True)]
-        at = at[f[at].argsort(stable=True)]  # [m] by (feature, -key, row)
-        fs = f[at]
-        n = torch.bincount(fs, minlength=k)  # [k] active pairs of each feature
-        rank = torch.arange(len(at), device=b.device) - (torch.cumsum(n, 0) - n)[fs]  # [m] its place in f
-        keep = rank < t
-        at, fs, rank = at[keep], fs[keep], rank[keep]
-        score = torch.full((t, k), -1, dtype=torch.long, device=b.device)  # [t, k]
-        held = torch.zeros((t, k), dtype=torch.long, device=b.device)
-        value = torch.zeros((t, k), dtype=torch.float32, device=b.device)
-        score[rank, fs] = key[at]
-        held[rank, fs] = rows[b[at]]
-        value[rank, fs] = codes[b[at], fs].detach().to(value)
-        self.top.merge(score, held, value)
+        self.top.update_pairs(b, f, rows, key, codes[b, f])
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
         """(rows [k, t'], values [k, t']); unfilled entries (feature active on < size rows) have row -1."""
@@ -244,9 +265,9 @@ class LogHistogram:
         w = (self.hi - self.lo) / self.bins
         return ((v.abs().log10() - self.lo) / w).floor().nan_to_num(0.0).clamp(0, self.bins - 1).long()
 
-    def update(self, codes: Tensor, active: Tensor) -> None:
-        """codes [B, k], active [B, k] bool."""
-        b, f = where_true(active)  # [m] each
+    def update(self, codes: Tensor, active: Tensor, pairs: tuple[Tensor, Tensor] | None = None) -> None:
+        """codes [B, k], active [B, k] bool; pairs: ``where_true(active)`` if the caller has it."""
+        b, f = where_true(active) if pairs is None else pairs  # [m] each
         v = codes[b, f].to(torch.float64)
         flat = (f * 2 + (v < 0).long()) * self.bins + self.bin_of(v)  # [m]
         self.counts.view(-1).index_add_(0, flat.to(self.counts.device), torch.ones_like(flat).to(self.counts))

@@ -24,9 +24,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from actdict.analyze import streaming
 from actdict.analyze.cofire import CoFire
-from actdict.analyze.streaming import LogHistogram, Reservoir, TopRows
+from actdict.analyze.streaming import LogHistogram, Reservoir, TopRows, where_true
 from actdict.errors import ActdictError, ActdictWarning
+from actdict.train.variants._sparse import count_nonzero_bits
 
 Decoder = Callable[[Sequence[int]], list[str]]
 
@@ -42,18 +44,32 @@ class FeatureTracker:
         self.sample = Reservoir(k, samples, seed, device)
         self.hist = LogHistogram(k, device=device)
 
-    def update(self, codes: Tensor, active: Tensor, rows: Tensor) -> None:
-        """codes [B, k], active [B, k] bool (the latent counts as active on that row), rows [B] global."""
+    def update(self, codes: Tensor, active: Tensor, rows: Tensor, pairs: tuple[Tensor, Tensor] | None = None
+               ) -> None:
+        """codes [B, k], active [B, k] bool (the latent counts as active on that row), rows [B] global; pairs:
+        ``streaming.where_true(active)`` if the caller has it (the sample and the histogram read it). Sparse
+        codes with none below 0 (``positive_pairs``) rank the top rows from their positive codes alone
+        (``TopRows.update_pairs``: the same rows and values above 0) and need no transposed copy of the
+        codes; else the column top-k of that one copy ranks them."""
         codes = codes.detach().float()
-        ct = codes.T.contiguous()  # [k, B]: the trackers' column top-k read each feature's codes contiguously
-        self.top.update(ct.T, rows)  # (streaming.column_topk: one transposed copy here, not one per tracker)
-        if negative_or_nan(ct):
+        pairs = where_true(active) if pairs is None else pairs
+        signed = negative_or_nan(codes)
+        pos = None if signed else positive_pairs(codes, pairs)
+        held = codes  # [B, k] what the sample's values are read from
+        if pos is not None:
+            v = codes[pos]  # [m] the codes above 0
+            self.top.update_pairs(*pos, rows, v, v)
+        else:  # [k, B]: the trackers' column top-k read each feature's codes contiguously
+            ct = codes.T.contiguous()  # (streaming.column_topk: one transposed copy, not one per tracker)
+            self.top.update(ct.T, rows)
+            held = ct.T
+        if signed:
             self.bottom.update((-ct).T, rows, ct.T)
         else:  # no code below 0 (a ReLU's): the bottom tracker would take none it reports (floor 0), only
-            few = ct[:, : self.bottom.t]  # rows at its floor in any order: its first t rows keep its shape
-            self.bottom.update((-few).T, rows[: self.bottom.t], few.T)  # (no [k, B] negation, no top-k)
-        self.sample.update(ct.T, active, rows)
-        self.hist.update(codes, active)
+            few = codes[: self.bottom.t]  # rows at its floor in any order: its first t rows keep its shape
+            self.bottom.update(-few, rows[: self.bottom.t], few)  # (no [k, B] negation, no top-k)
+        self.sample.update(held, active, rows, pairs)
+        self.hist.update(codes, active, pairs)
         if self.cofire is not None:
             self.cofire.update(active)
 
@@ -61,6 +77,19 @@ class FeatureTracker:
         """Bytes held by the trackers (independent of the number of rows seen)."""
         co = 0 if self.cofire is None else self.cofire.nbytes()
         return self.top.nbytes() + self.bottom.nbytes() + self.sample.nbytes() + self.hist.nbytes() + co
+
+
+def positive_pairs(codes: Tensor, pairs: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor] | None:
+    """The (row, column) pairs [m] of the codes above 0 of codes [B, k] (none below 0, no NaN), row-major,
+    when at most ``streaming.SPARSE_SHARE`` of them are nonzero; else None. ``pairs``, the active mask's, are
+    those when they are as many and all above 0 (an SAE's mask on rows that each have an exact zero: its
+    nonzero codes); else ``where_true(codes > 0)``."""
+    n = count_nonzero_bits(codes)  # the codes above 0 and any -0.0: ~2x torch.count_nonzero's speed
+    if n > streaming.SPARSE_SHARE * codes.numel():
+        return None
+    if len(pairs[0]) == n and bool((codes[pairs] > 0).all()):  # (a -0.0 makes n larger than the pairs)
+        return pairs
+    return where_true(codes > 0)
 
 
 def negative_or_nan(x: Tensor) -> bool:

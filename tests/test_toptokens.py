@@ -417,3 +417,55 @@ def test_row_counts_are_the_rows_sums():
         got = row_counts(mask)
         assert got.dtype == torch.int64 and got.tolist() == mask.sum(1).tolist()
     assert int(row_counts(m).sum()) == int(m.sum()) > 0
+
+
+@pytest.mark.parametrize("coarse, shuffled", [(False, True), (True, True), (True, False)])
+def test_top_rows_of_sparse_codes_from_their_positive_codes_alone(coarse, shuffled, monkeypatch):
+    """FeatureTracker's top rows from the positive codes alone (streaming.SPARSE_SHARE 1: every batch without
+    a negative code) hold the same rows and values above 0 as the column top-k (0: none), batch after batch,
+    rows out of order (shuffled) or in order (no sort by row), a batch shorter than the list, features with
+    fewer positive codes than the list, rows without a zero (the Otsu mask is then not the positive codes);
+    coarse codes of 4 values: equal codes by the smaller row in both; and they are the t largest codes, ties
+    by row, of all the rows at once. The sample and the bottom rows are the same too."""
+    import actdict.analyze.streaming as S
+
+    g = torch.Generator().manual_seed(11)
+    codes = torch.relu(torch.randn(60, 9, generator=g) - torch.linspace(2.5, 0.0, 9))  # feature 0: ~0 rows
+    if coarse:
+        codes = codes.clamp(max=0.3).mul(10).round()  # 0, 1, 2, 3
+    codes[[3, 41]] = torch.rand(2, 9, generator=g) + 0.1  # two rows with no zero: split by Otsu
+    rows = (torch.randperm(60, generator=g) if shuffled else torch.arange(60)) + 500
+    t, got = 5, {}
+    for share in (0.0, 1.0):
+        monkeypatch.setattr(S, "SPARSE_SHARE", share)
+        tr = FeatureTracker(9, t, 4, seed=2)
+        for a, b in ((0, 3), (3, 30), (30, 60)):
+            tr.update(codes[a:b], active_mask(codes[a:b].log(), "high"), rows[a:b])
+        _, top_r, top_v = tr.top.result()
+        got[share] = ([[(float(v), int(r)) for v, r in zip(top_v[f], top_r[f], strict=True) if v > 0]
+                       for f in range(9)], tr.sample.result(), tr.bottom.result()[2])
+    assert got[0.0][0] == got[1.0][0]
+    assert all(np.array_equal(x, y) for x, y in zip(got[0.0][1], got[1.0][1], strict=True))
+    assert (got[0.0][2] == 0).all() and (got[1.0][2] == 0).all()
+    for f in range(9):
+        want = sorted((-float(codes[i, f]), int(rows[i])) for i in range(60) if codes[i, f] > 0)[:t]
+        assert got[1.0][0][f] == [(-v, r) for v, r in want]
+    assert len(got[1.0][0][0]) < t and sum(map(len, got[1.0][0])) > 5 * t
+
+
+def test_positive_pairs_are_the_active_ones_when_they_are_the_nonzero_codes():
+    """toptokens.positive_pairs: the mask's pairs themselves when they are the nonzero codes, else the codes
+    above 0 (a row split by Otsu, a -0.0), None above streaming.SPARSE_SHARE."""
+    from actdict.analyze.streaming import where_true
+    from actdict.analyze.toptokens import positive_pairs
+
+    codes = torch.zeros(20, 300)
+    codes[torch.arange(20), torch.arange(20) * 7] = 2.0
+    pairs = where_true(codes != 0)
+    assert positive_pairs(codes, pairs) is pairs
+    codes[5, 9] = 0.5  # a code the mask left out
+    codes[6, 1] = -0.0
+    got = positive_pairs(codes, pairs)
+    assert got is not pairs and [x.tolist() for x in got] == [x.tolist() for x in where_true(codes > 0)]
+    codes[:, :10] = 1.0  # 200 + 20 of 6,000 codes: above 1 %
+    assert positive_pairs(codes, where_true(codes != 0)) is None
