@@ -32,15 +32,16 @@ DENSE_RATIO = 64.0  # the pairs path when k > 64 x the rows' RMS active count (C
 MAX_PAIRS = 1 << 24  # pairs counted at once (~0.7 GB of int64 keys and indices); more: the rows in halves
 
 
-def active_pairs(active: Tensor, other: Tensor | None = None) -> Tensor:
+def active_pairs(active: Tensor, other: Tensor | None = None, pairs: tuple[Tensor, Tensor] | None = None
+                 ) -> Tensor:
     """[B, k] bool (and [B, k2] bool, default ``active`` itself) -> [P] int64 flat keys i * k2 + j of every
     pair (i, j) of a feature i active on a row and a feature j of ``other`` active on the same row (i == j
     included when ``other`` is ``active``), P = sum over rows of AD x AD2; in order of i (a stable sort of the
     active entries, not of the P pairs), so that adding them sweeps the counts a row at a time: at k 16,384,
     AD 32, B 4,096 (4.2M pairs) the adds take ~0.1 s, against ~0.7 s for ``torch.unique``'s sort that kept
-    random adds in cache."""
+    random adds in cache. ``pairs``: ``where_true(active)`` if the caller has it."""
     other = active if other is None else other
-    b, i = where_true(active)  # [m] row-major
+    b, i = where_true(active) if pairs is None else pairs  # [m] row-major
     j = i if other is active else where_true(other)[1]  # [m2] row-major: each row's features contiguous
     c = row_counts(other)  # [B] other's active per row
     by_i = i.argsort(stable=True)  # [m] the entries of active in order of feature
@@ -60,9 +61,11 @@ class CoFire:
         self.k, self.k2 = k, k if k2 is None else k2
         self.counts = torch.zeros((k, self.k2), dtype=torch.int32, device=device)  # [k, k2]
 
-    def update(self, active: Tensor, other: Tensor | None = None) -> None:
+    def update(self, active: Tensor, other: Tensor | None = None, pairs: tuple[Tensor, Tensor] | None = None
+               ) -> None:
         """active [B, k] bool: the features active on each row; ``other`` [B, k2] bool, the second
-        dictionary's on the same rows (None: the counts are of ``active`` with itself)."""
+        dictionary's on the same rows (None: the counts are of ``active`` with itself); pairs:
+        ``streaming.where_true(active)`` if the caller has it."""
         active = active.to(self.counts.device)
         other = active if other is None else other.to(self.counts.device)
         na = row_counts(active)  # [B] active per row
@@ -79,7 +82,10 @@ class CoFire:
             for part in (slice(0, h), slice(h, None)):
                 self.update(active[part], None if other is active else other[part])
             return
-        keys = active_pairs(active, other)  # [P] by feature: the adds sweep the counts a row at a time
+        if pairs is None:  # [P] by feature: the adds sweep the counts a row at a time
+            keys = active_pairs(active, other)
+        else:
+            keys = active_pairs(active, other, tuple(p.to(self.counts.device) for p in pairs))
         self.counts.view(-1).index_add_(0, keys, torch.ones(len(keys), dtype=torch.int32, device=keys.device))
 
     def nbytes(self) -> int:

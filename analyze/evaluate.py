@@ -79,7 +79,8 @@ class ModelEval:
         self.cos_sum += float(M.cosine_similarity(x, out.x_hat).sum())
         nonzero = int(torch.count_nonzero(out.codes))  # ~40x (codes != 0).sum()'s speed at [2048, 16384]
         self.l0_sum += nonzero
-        mask = M.active_mask(out.activity, m.active_side)  # [B, k]
+        mask, exact = M.active_split(out.activity, m.active_side)  # [B, k]; exact: no row split
+        pairs = where_true(mask)  # [m] each: its set entries, row-major, for every reader of them
         ad, fire = mask_counts(mask)  # [B], [k]
         self.ad += torch.bincount(ad, minlength=len(self.ad))
         self.fire += fire
@@ -88,29 +89,32 @@ class ModelEval:
             lab = cls[has]  # [B'] the labelled rows' classes
             self.class_n += torch.bincount(lab, minlength=len(self.class_n))
             self.class_ad.index_add_(0, lab, ad[has])
+            finite = pairs if exact and m.active_side == "high" else None  # the activity's finite entries
             self._add_class_sums(out, mask, cls, bool(has.all()), nonzero / max(1, out.codes.numel()),
-                                 int(ad.sum()))
-        self.tracker.update(out.codes, mask, rows)
+                                 pairs, finite)
+        self.tracker.update(out.codes, mask, rows, pairs)
 
     def _add_class_sums(self, out, mask: torch.Tensor, cls: torch.Tensor, labelled: bool,
-                        density: float, active: int) -> None:
+                        density: float, pairs: tuple[torch.Tensor, torch.Tensor],
+                        finite: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         """The per-class sums of the labelled rows, a slice of rows at a time: the statistic of each class's
-        AD (``_class_stat``) and, where kept, the class features' (``_add_class_features``); mask [B, k],
-        cls [B] the rows' classes (-1: no label); labelled: whether every row has one; density: the batch's
-        share of nonzero codes; active: the mask's set entries. A whole batch's temporaries were 16 bytes per
-        code for the statistic (its float64 copy and exp, then the labelled rows') and 16 for the class
-        features (float64 |z| and int64 fires): 4 GiB each at B 4,096, k 65,536, beside the codes themselves.
-        No labelled rows' copy when every row is labelled. Sparse codes (``SPARSE_DENSITY``) sum an SAE's
-        statistic over the finite entries alone, and a mask of at most 1 in 16 set adds the fires from its
-        set entries alone (the same sums to the bit: the others add 0; fires are integers)."""
+        AD (``_class_stat``) and, where kept, the class features' (``_add_class_features``); mask [B, k], cls
+        [B] the rows' classes (-1: no label); labelled: whether every row has one; density: the batch's share
+        of nonzero codes; pairs: ``where_true(mask)``; finite: the activity's entries above -inf where the
+        caller knows them (the mask, when no row was split), else None. A whole batch's temporaries were 16
+        bytes per code for the statistic (its float64 copy and exp, then the labelled rows') and 16 for the
+        class features (float64 |z| and int64 fires): 4 GiB each at B 4,096, k 65,536, beside the codes
+        themselves. No labelled rows' copy when every row is labelled. Sparse codes (``SPARSE_DENSITY``) sum
+        an SAE's statistic over the finite entries alone, and a mask of at most 1 in 16 set adds the fires
+        from its set entries alone (the same sums to the bit: the others add 0; fires are integers)."""
         codes, act, k = out.codes, out.activity, out.codes.shape[1]
         sparse_stat = self.model.active_side == "high" and density <= SPARSE_DENSITY
-        sparse_fire = bool(len(self.class_z)) and active * 16 <= mask.numel()
+        sparse_fire = bool(len(self.class_z)) and len(pairs[0]) * 16 <= mask.numel()
         if sparse_stat:  # |z| = exp(log|z|) of the finite entries, in row order
-            b, f = where_true(act > -torch.inf)  # [m] row-major
+            b, f = where_true(act > -torch.inf) if finite is None else finite  # [m] row-major
             self._add_flat(self.class_act, cls[b], f, act[b, f].to(torch.float64).exp_(), labelled)
         if sparse_fire:
-            b, f = where_true(mask)
+            b, f = pairs
             self._add_flat(self.class_fire, cls[b], f, torch.ones_like(b), labelled)
         step = max(1, CLASS_SLICE // max(1, k))  # rows per slice
         for a in range(0, len(codes), step):

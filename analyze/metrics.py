@@ -4,7 +4,7 @@ Shapes: n = samples (rows), k = latents, d = input width.
 
 Active dimensions (AD, the paper's sparsity measure): ``actdict.train.active`` (Otsu's split per row),
 re-exported here: ``otsu_thresholds``, ``otsu_split``, ``otsu_split_batched``, ``active_mask``,
-``active_dims``.
+``active_split``, ``active_dims``.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from actdict.train.active import (  # noqa: F401  (re-exported: the analysis' na
     _tensor,
     active_dims,
     active_mask,
+    active_split,
     otsu_split,
     otsu_split_batched,
     otsu_thresholds,

@@ -47,10 +47,10 @@ class FeatureTracker:
     def update(self, codes: Tensor, active: Tensor, rows: Tensor, pairs: tuple[Tensor, Tensor] | None = None
                ) -> None:
         """codes [B, k], active [B, k] bool (the latent counts as active on that row), rows [B] global; pairs:
-        ``streaming.where_true(active)`` if the caller has it (the sample and the histogram read it). Sparse
-        codes with none below 0 (``positive_pairs``) rank the top rows from their positive codes alone
-        (``TopRows.update_pairs``: the same rows and values above 0) and need no transposed copy of the
-        codes; else the column top-k of that one copy ranks them."""
+        ``streaming.where_true(active)`` if the caller has it (the sample, the histogram and cofire read it).
+        Sparse codes with none below 0 (``positive_pairs``) rank the top rows from their positive codes alone
+        (``TopRows.update_pairs``: the same rows and values above 0) and need no transposed copy of the codes;
+        else the column top-k of that one copy ranks them."""
         codes = codes.detach().float()
         pairs = where_true(active) if pairs is None else pairs
         signed = negative_or_nan(codes)
@@ -71,7 +71,7 @@ class FeatureTracker:
         self.sample.update(held, active, rows, pairs)
         self.hist.update(codes, active, pairs)
         if self.cofire is not None:
-            self.cofire.update(active)
+            self.cofire.update(active, pairs=pairs)
 
     def nbytes(self) -> int:
         """Bytes held by the trackers (independent of the number of rows seen)."""

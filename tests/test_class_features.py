@@ -458,3 +458,27 @@ def test_class_fires_count_the_same_from_the_set_entries_alone(shift, monkeypatc
     shift_z = z[5:10][flat[5:10] >= 0].mean(0)  # the first slice with a label: its labelled rows' mean |z|
     s = torch.zeros(3, 64, dtype=torch.float64).index_add_(0, flat[flat >= 0], z[flat >= 0] - shift_z)
     assert torch.allclose(ev.class_z, s, rtol=1e-12, atol=1e-12)
+
+
+def test_class_act_of_rows_split_by_otsu_sums_every_finite_entry(monkeypatch):
+    """A batch with a row of no zero (active_split not exact: that row split by Otsu, its mask short of its
+    nonzero codes) sums exp(activity) of every finite entry by the sparse path, as the dense one does, while
+    a batch whose rows all have a zero takes the mask's own pairs: both the row-by-row float64 sums."""
+    import actdict.analyze.evaluate as E
+
+    monkeypatch.setattr(E, "SPARSE_DENSITY", 1.0)
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 20, 16, generator=g)  # [batches, B, k]
+    x[:, :, 0] = -1.0  # a zero on every row
+    x[1, 6] = torch.linspace(0.1, 3.0, 16)  # but this row of the second batch: 16 nonzero codes
+    lab = torch.arange(20) % 3
+    ev = ModelEval(Relu(16, 16), AnalyzeConfig(top_k=2, quantiles=1, quantile_samples=1), seed=0,
+                   device=torch.device("cpu"), n_classes=3)
+    want = torch.zeros(3, 16, dtype=torch.float64)
+    for b in range(2):
+        ev.update(x[b], torch.arange(20) + 20 * b, lab)
+        for r in range(20):
+            want[lab[r]] += torch.relu(x[b, r]).abs().log().to(torch.float64).exp()
+    assert [M.active_split(torch.relu(x[b]).log(), "high")[1] for b in range(2)] == [True, False]
+    assert torch.equal(ev.class_act, want)
+    assert int(M.active_mask(torch.relu(x[1, 6:7]).log(), "high").sum()) < 16

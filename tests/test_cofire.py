@@ -9,6 +9,7 @@ import torch
 
 from actdict.analyze import cofire, metrics, run
 from actdict.analyze.config import AnalyzeConfig
+from actdict.analyze.streaming import where_true
 from actdict.config import Common
 from actdict.harvest.store import open_store
 from actdict.train.checkpoint import load
@@ -61,6 +62,7 @@ def test_pairs_come_feature_by_feature_each_once(k2):
     assert keys.dtype == torch.int64 and sorted(keys.tolist()) == want
     i = keys.div(other.shape[1], rounding_mode="floor")
     assert bool((i[1:] >= i[:-1]).all())
+    assert torch.equal(cofire.active_pairs(a, o, where_true(a)), keys)  # the caller's where_true(a)
     assert len(cofire.active_pairs(torch.zeros(3, 4, dtype=torch.bool))) == 0
 
 

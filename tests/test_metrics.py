@@ -283,3 +283,20 @@ def test_rows_of_no_values_have_no_split_and_no_active_latent():
         assert M.active_dims(empty, side).tolist() == [0, 0, 0]
     assert M.active_mask(torch.zeros(0, 0), "high").shape == (0, 0)
     assert M.otsu_split([]) == 0
+
+
+def test_active_split_says_whether_the_mask_is_the_entries_off_minus_inf():
+    """active_split: active_mask and True when every row has a -inf (the mask is then exactly the entries
+    above -inf, "high", or at it, "low": no row split), False when a row without one was split."""
+    g = torch.Generator().manual_seed(6)
+    codes = torch.relu(torch.randn(30, 20, generator=g))
+    codes[:, 0] = 0.0  # a zero on every row
+    act = codes.abs().log()
+    for side in ("high", "low"):
+        mask, exact = M.active_split(act, side)
+        assert exact and torch.equal(mask, M.active_mask(act, side))
+        assert torch.equal(mask, act > -math.inf if side == "high" else act == -math.inf)
+    mixed = torch.cat([act, torch.linspace(-3.0, 1.0, 20)[None]])  # a row of no zero: split by Otsu
+    mask, exact = M.active_split(mixed, "high")
+    assert not exact and torch.equal(mask, M.active_mask(mixed, "high"))
+    assert 0 < int(mask[-1].sum()) < 20

@@ -129,6 +129,13 @@ def _neginf_mask(a: Tensor, side: Side) -> tuple[Tensor, bool]:
 def active_mask(activity, side: Side) -> Tensor:
     """[n, k] bool: which latents are active per sample (side "low": low group, "high": high group; a
     degenerate row, all of it: module doc)."""
+    return active_split(activity, side)[0]
+
+
+def active_split(activity, side: Side) -> tuple[Tensor, bool]:
+    """(``active_mask``, whether it is exactly the activity's -inf entries (side "low") or all its others
+    ("high"): every row had a -inf, so no row was split). The analysis then knows an SAE's mask to be its
+    finite log|z| entries, its nonzero codes, without comparing the activity again."""
     a = _tensor(activity)
     if side not in ("low", "high"):
         raise ValueError(f"side must be 'low' or 'high', got {side!r}")
@@ -136,12 +143,12 @@ def active_mask(activity, side: Side) -> Tensor:
         mask, every_row = _neginf_mask(a, side)
         if every_row:  # every row has a -inf (or a NaN, refused here): its low group is exactly its -inf
             _refuse_nan_posinf(a)  # (module doc), no split, no degenerate row: ~4x faster than the split
-            return mask
+            return mask, True
     low = a <= otsu_thresholds(a).to(a.dtype)[:, None]  # thresholds are member values: exact cast
     if side == "low":
-        return low
+        return low, False
     flat = (a == a[:, :1]).all(1) & torch.isfinite(a[:, :1]).all(1)  # [n] degenerate rows: every latent
-    return ~low | flat[:, None]  # active (k = 0: an empty mask, where a[:, 0] raised)
+    return ~low | flat[:, None], False  # active (k = 0: an empty mask, where a[:, 0] raised)
 
 
 def active_dims(activity, side: Side) -> Tensor:
