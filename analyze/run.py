@@ -85,6 +85,7 @@ from actdict.analyze.config import AnalyzeConfig
 from actdict.analyze.evaluate import ModelEval
 from actdict.analyze.features import add_classes, build_features, hit_keys, summary_hits
 from actdict.analyze.formation import feature_cosines, formation
+from actdict.analyze.heap import reuse_freed_memory
 from actdict.analyze.inputs import (
     AnalyzeError,
     chunks_read,
@@ -270,17 +271,18 @@ def one_pass(store, test_chunks: list[int], cfg: AnalyzeConfig, labels, evals: d
     sum_x = torch.zeros(d, dtype=torch.float64, device=device)  # [d]
     sum_x2 = torch.zeros(d, dtype=torch.float64, device=device)  # [d]
     n, shift = 0, None
-    for acts, rows_np in held_out_batches(store, test_chunks, cfg.batch_size, cfg.max_test_rows):
-        x = torch.as_tensor(acts).to(device, torch.float32)  # [B, d]
-        shift = x[0].to(torch.float64) if shift is None else shift  # [d] the first row: moments about it
-        x64 = x.to(torch.float64) - shift  # (identical rows sum to 0 exactly, not to a rounding residue)
-        sum_x += x64.sum(0)
-        sum_x2 += (x64 * x64).sum(0)
-        rows = torch.as_tensor(rows_np, device=device)  # [B] global rows
-        cls = None if labels is None else torch.as_tensor(labels[n:n + len(x)], device=device)
-        for ev in evals.values():
-            ev.update(x, rows, cls)
-        n += len(x)
+    with reuse_freed_memory():  # each batch's large temporaries in the last's memory: no page faults
+        for acts, rows_np in held_out_batches(store, test_chunks, cfg.batch_size, cfg.max_test_rows):
+            x = torch.as_tensor(acts).to(device, torch.float32)  # [B, d]
+            shift = x[0].to(torch.float64) if shift is None else shift  # [d] the first row: moments about it
+            x64 = x.to(torch.float64) - shift  # (identical rows sum to 0 exactly, not to a rounding residue)
+            sum_x += x64.sum(0)
+            sum_x2 += (x64 * x64).sum(0)
+            rows = torch.as_tensor(rows_np, device=device)  # [B] global rows
+            cls = None if labels is None else torch.as_tensor(labels[n:n + len(x)], device=device)
+            for ev in evals.values():
+                ev.update(x, rows, cls)
+            n += len(x)
     if n == 0:
         raise AnalyzeError(f"no test rows to evaluate (test chunks {test_chunks})")
     return n, sum_x, sum_x2

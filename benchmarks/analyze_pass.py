@@ -29,6 +29,7 @@ from cofire import median_seconds  # noqa: E402  (benchmarks/cofire.py)
 
 from actdict.analyze.config import AnalyzeConfig  # noqa: E402
 from actdict.analyze.evaluate import ModelEval  # noqa: E402
+from actdict.analyze.heap import reuse_freed_memory  # noqa: E402
 from actdict.train.protocol import make  # noqa: E402
 
 STEPS = ("forward", "update", "+ labels", "+ class features", "+ cofire")
@@ -52,8 +53,9 @@ def measure(model, x: torch.Tensor, classes: int, repeats: int) -> tuple[list[fl
     for labels, cf, co in OPTIONS:
         ev = _evaluator(model, classes if labels else 0, cf, co)
         lab = cls if labels else None
-        ev.update(x, rows, lab)  # the first batch: the paper's one-sample RE and masked curve besides
-        times.append(median_seconds(lambda ev=ev, lab=lab: ev.update(x, rows, lab), repeats))
+        with reuse_freed_memory():  # as run.one_pass: each batch's temporaries in the last's memory
+            ev.update(x, rows, lab)  # the first batch: the paper's one-sample RE and masked curve besides
+            times.append(median_seconds(lambda ev=ev, lab=lab: ev.update(x, rows, lab), repeats))
     n = len(x) * (repeats + 1)
     end = median_seconds(lambda: (ev.summary(n, x.sum(0), (x * x).sum(0), classes=list(range(classes))),
                                   ev.class_profile()), 1)  # run.py's end of the pass: both, once
