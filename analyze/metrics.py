@@ -193,6 +193,13 @@ ROUNDING = 8 * 2.0 ** -52
 epsilon, its random walk over the additions, a margin of 8): the noise floor of a variance from sums."""
 
 
+def _shift(shift, k: int) -> Tensor:
+    """The [k] float64 values ``ModelEval`` subtracted from |z| before summing per class (its
+    ``class_shift``), which ``class_separation`` and ``class_profile`` add back to their means: zeros where
+    ``shift`` is None."""
+    return torch.zeros(k, dtype=torch.float64) if shift is None else _tensor(shift).to(torch.float64)
+
+
 def class_separation(sums, squares, fires, n, top: int, shift=None) -> list[list[dict]]:
     """Per class, the ``top`` features whose code's magnitude |z| most separates its rows from every other
     labelled row: Cohen's d, d = (mean_in - mean_out) / sqrt((var_in + var_out) / 2) of |z| (population
@@ -215,7 +222,7 @@ def class_separation(sums, squares, fires, n, top: int, shift=None) -> list[list
     class at a time (the [C, k] temporaries of a vectorised form would be ~5x the sums the pass kept)."""
     s, q = _tensor(sums).to(torch.float64), _tensor(squares).to(torch.float64)  # [C, k]
     f, cnt = _tensor(fires), _tensor(n).to(torch.float64)  # [C, k], [C]
-    ref = torch.zeros(s.shape[1], dtype=torch.float64) if shift is None else _tensor(shift).to(torch.float64)
+    ref = _shift(shift, s.shape[1])  # [k]
     total = float(cnt.sum())
     s_all, q_all, f_all = s.sum(0), q.sum(0), f.sum(0).to(torch.float64)  # [k]: every labelled row
     out: list[list[dict]] = []
@@ -258,7 +265,7 @@ def class_profile(fires, sums, n, top: int, shift=None) -> list[list[tuple[int, 
     f = _tensor(fires)  # [C, k]
     s, cnt = _tensor(sums).to(torch.float64), _tensor(n).to(torch.float64)  # [C, k], [C]
     k = f.shape[1]
-    ref = torch.zeros(k, dtype=torch.float64) if shift is None else _tensor(shift).to(torch.float64)
+    ref = _shift(shift, k)  # [k]
     out: list[list[tuple[int, int, float]]] = []
     block = max(1, PROFILE_CODES // max(1, f.shape[0]))  # features per block
     for j0 in range(0, k, block):

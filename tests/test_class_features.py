@@ -432,6 +432,26 @@ def test_class_act_is_the_same_sum_whether_sparse_or_dense(density, codes_per_sl
         lab[lab >= 0], minlength=3).tolist()
 
 
+@pytest.mark.parametrize("as_type", [np.asarray, torch.tensor, list])
+def test_class_means_come_back_the_same_from_shifted_sums(as_type):
+    """class_separation and class_profile read sums of |z| - shift and add the shift back (``_shift``; None:
+    0): sums shifted by any [k] values (numpy, torch or a list) give the raw sums' means, d and profile."""
+    rng = np.random.default_rng(7)
+    lab, z = rng.integers(-1, 3, 200), np.abs(rng.standard_normal((200, 5))) + 3.0
+    s, q, f, cnt = _sums(z, (z > 3.5).astype(float), lab, 3)
+    shift = rng.random(5) + 3.0
+    shifted = _sums(z - shift, (z > 3.5).astype(float), lab, 3)
+    raw = M.class_separation(s, q, f, cnt, top=5)
+    moved = M.class_separation(*shifted, top=5, shift=as_type(shift))
+    assert [[e["feature"] for e in c] for c in moved] == [[e["feature"] for e in c] for c in raw]
+    for c_raw, c_moved in zip(raw, moved, strict=True):
+        for a, b in zip(c_raw, c_moved, strict=True):
+            assert b == pytest.approx(a, rel=1e-9)
+    profile = M.class_profile(f, shifted[0], cnt, 3, shift=as_type(shift))
+    want = M.class_profile(f, s, cnt, 3)
+    assert profile == [[(c, a, pytest.approx(v, rel=1e-9)) for c, a, v in p] for p in want]
+
+
 @pytest.mark.parametrize("shift", [2.0, 0.0])
 def test_class_fires_count_the_same_from_the_set_entries_alone(shift, monkeypatch):
     """ModelEval's per-class fires, from the mask's set entries alone (sparse codes: relu(x - 2), about 2 in
