@@ -151,6 +151,12 @@ def summary_hits(data: dict, feature: int) -> list[dict]:
     return out
 
 
+def d_order(d: float | None) -> float:
+    """Sort key of a Cohen's d of ``metrics.class_separation``, largest first: None (infinite, a perfect
+    separator) before every finite d. The features file's ``classes`` and ``actdict feature --class``."""
+    return -math.inf if d is None else -d
+
+
 def add_classes(records: list[dict], class_features: list[dict], profile: list[list[tuple]], labels: list,
                 class_n: list[int]) -> None:
     """With ``analyze.labels`` and class features, each feature record's ``classes`` (the classes whose
@@ -162,7 +168,7 @@ def add_classes(records: list[dict], class_features: list[dict], profile: list[l
             records[f["feature"]].setdefault("classes", []).append([c["label"], f["d"]])
     for rec in records:
         if "classes" in rec:
-            rec["classes"].sort(key=lambda ld: -math.inf if ld[1] is None else -ld[1])
+            rec["classes"].sort(key=lambda ld: d_order(ld[1]))
     for rec, prof in zip(records, profile, strict=False):
         if prof:
             rec["by_class"] = [[labels[c], class_n[c], a, _f(v)] for c, a, v in prof]

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
-from actdict.analyze.features import shown_snapshots
+from actdict.analyze.features import d_order, shown_snapshots
 from actdict.analyze.lens import dict_features, labels_of
 from actdict.analyze.outputs import OutputError, not_a_snapshot
 from actdict.analyze.texts import clip
@@ -169,7 +168,7 @@ def class_lines(data: dict, labels: dict, name: str, n: int, shares: dict | None
                 share = next((a / max(1, rows) for lab2, rows, a, _ in f.get("by_class", [])
                               if str(lab2) == name), None)
                 both = (shares or {}).get(f["i"], (share, None))
-                found.append((-math.inf if d is None else -d, f["i"], d, both, f["fires"]))
+                found.append((d_order(d), f["i"], d, both, f["fires"]))
     if not found:
         if not known:
             return ["no class features in this features file: analyze with analyze.labels or labels_field"]

@@ -316,6 +316,7 @@ def test_a_perfect_separator_reads_as_an_infinite_d_everywhere(tmp_path):
            "top": [], "bottom": [], "quantiles": [], "classes": [["b", 2.5], ["a", None]]}
     features.add_classes([rec], [], [], [], [])
     assert rec["classes"] == [["a", None], ["b", 2.5]]
+    assert sorted([0.5, None, 2.0, -1.0, None], key=features.d_order) == [None, None, 2.0, 0.5, -1.0]
     data = {"version": 1, "name": "sae", "k": 8, "n_rows": 8, "window": 1, "tokens": {}, "features": [rec]}
     said = "\n".join(show.feature_lines(data, {}, 0, 1))
     assert "\n  sets apart the rows of class a (d inf), b (d 2.5)" in said
