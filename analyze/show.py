@@ -20,7 +20,7 @@ from pathlib import Path
 
 from actdict.analyze.features import d_order, shown_snapshots
 from actdict.analyze.lens import dict_features, labels_of
-from actdict.analyze.outputs import OutputError, not_a_snapshot
+from actdict.analyze.outputs import OutputError, not_a_snapshot, read_output
 from actdict.analyze.texts import clip
 from actdict.analyze.toptokens import alone, context_text, display_strings
 from actdict.errors import ActdictError, printable
@@ -185,15 +185,21 @@ def class_lines(data: dict, labels: dict, name: str, n: int, shares: dict | None
 
 def summary_shares(dict_dir: Path, data: dict, name: str) -> dict | None:
     """feature -> (fire_in, fire_out) of class ``name`` from the run's summary.json, where it is the same
-    analysis as the features file ``data`` (its run_id); None otherwise (no summary, another analysis)."""
+    analysis as the features file ``data`` (its run_id); None otherwise (no summary, another analysis). A
+    damaged summary (unreadable, not JSON, not analyze's object or entries) gives None too, on purpose:
+    ``class_lines`` then shows the class's share from the features file's by_class, the listing it decorates
+    never stops over it."""
     try:
-        summary = json.loads((dict_dir.parent.parent / "summary.json").read_text())
-        if summary.get("run_id") != data.get("run_id") or data.get("run_id") is None:
-            return None
+        summary = read_output(dict_dir.parent.parent / "summary.json")
+    except (OSError, OutputError):
+        return None
+    if summary.get("run_id") != data.get("run_id") or data.get("run_id") is None:
+        return None
+    try:
         entries = summary["models"][data["name"]].get("class_features") or []
         return {f["feature"]: (f["fire_in"], f["fire_out"]) for c in entries if str(c["label"]) == name
                 for f in c["features"]}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (KeyError, TypeError, AttributeError):
         return None
 
 

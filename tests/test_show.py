@@ -215,6 +215,10 @@ def test_the_class_shares_come_from_the_same_analysis_summary(tmp_path):
     assert summary_shares(d, {"name": "v", "run_id": "r2"}, "5") is None  # another analysis
     assert summary_shares(d, {"name": "w", "run_id": "r1"}, "5") is None
     assert summary_shares(tmp_path / "x" / "dicts" / "v", {"name": "v", "run_id": "r1"}, "5") is None
+    for damaged in ('{"run_id": "r1", "mod', '[1]', '{"run_id": "r1", "models": []}', '\udcff',
+                    '{"run_id": "r1", "models": {"v": {"class_features": [{"label": 5, "features": [3]}]}}}'):
+        (tmp_path / "summary.json").write_bytes(damaged.encode("utf-8", "surrogateescape"))
+        assert summary_shares(d, {"name": "v", "run_id": "r1"}, "5") is None  # the by_class share, as before
 
 
 def test_a_tokens_leading_spaces_all_stay_outside_the_marks_as_in_the_report():
