@@ -49,8 +49,8 @@ def text_rows(lm, cfg, hook: str, text: str) -> tuple[np.ndarray, Tensor]:
     bridge fails on is said as the harvest says it, not as the bridge's traceback."""
     from actdict.harvest.models import rows_refused
     from actdict.harvest.plan import stored_positions
-    from actdict.harvest.run import forward, past_vocab, tokenized, window_specials
-    from actdict.harvest.sources import token_windows
+    from actdict.harvest.rows import forward
+    from actdict.harvest.windows import past_vocab, token_windows, tokenized, window_specials
 
     ids = next(tokenized(lm.tokenizer, [text]))
     if said := past_vocab(np.asarray(ids), lm):  # as the harvest refuses it (else an IndexError)

@@ -49,7 +49,7 @@ def splice_setup(lm, cfg: AnalyzeConfig, store, test_chunks: list[int]):
 
     from actdict.harvest.bridge import tl_version
     from actdict.harvest.config import HarvestConfig
-    from actdict.harvest.run import window_specials
+    from actdict.harvest.windows import window_specials
 
     man = store.manifest
     made = man.get("harvest") or {}  # stores of format 1 record no harvest config: the defaults then

@@ -2,7 +2,7 @@
 
 For each model, on the same windows of the offline demo corpus (the same batch size, ``stop_at_layer`` at
 the hook), it times:
-* ``tokenise``: documents -> token windows (``actdict.harvest.run.model_windows``), alone;
+* ``tokenise``: documents -> token windows (``actdict.harvest.windows.model_windows``), alone;
 * ``bare forward``: the wrapped Hugging Face model on pre-made token batches, stopped right after block L
   (a forward hook raises): the least compute any harvest of that hook needs. (``bridge(tokens,
   stop_at_layer=L+1)`` is no baseline: TransformerBridge 4.3 still returns vocabulary logits there);
@@ -44,7 +44,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from actdict.config import Common, build  # noqa: E402
+from actdict.harvest import rows as harvest_rows  # noqa: E402
 from actdict.harvest import run as harvest_run  # noqa: E402
+from actdict.harvest import windows as harvest_windows  # noqa: E402
 from actdict.harvest.config import HarvestConfig  # noqa: E402
 from actdict.harvest.layout import write_shard  # noqa: E402
 from actdict.harvest.models import load_model, make_random_pythia  # noqa: E402
@@ -58,7 +60,7 @@ MODELS = {  # name -> (hook, ctx)
 def _windows(lm, cfg, n_rows: int) -> list:
     """The windows the harvest reads for its first ``n_rows`` stored rows."""
     out, rows = [], 0
-    for w in harvest_run.model_windows(lm, cfg):
+    for w in harvest_windows.model_windows(lm, cfg):
         out.append(w)
         rows += int(w.keep.sum())
         if rows >= n_rows:
@@ -127,14 +129,14 @@ def bench(name: str, model_path: str, args, tmp: Path) -> dict:
         bare, cached = np.zeros(2), np.zeros(2)
         for b, t in zip(batches, tokens, strict=True):
             bare += _timed(bare_forward, lm, [t], stop - 1)
-            cached += _timed(harvest_run.forward, lm, b, [hook], stop, True)  # on_device, as the harvest
+            cached += _timed(harvest_rows.forward, lm, b, [hook], stop, True)  # on_device, as the harvest
         return bare, cached
 
     def tokenise():
-        list(islice(harvest_run.model_windows(lm, cfg), len(windows)))
+        list(islice(harvest_windows.model_windows(lm, cfg), len(windows)))
 
     inside = np.zeros(2)  # time the harvest spends inside its forward calls (wall, cpu)
-    real_forward = harvest_run.forward
+    real_forward = harvest_rows.forward
 
     def timed_forward(*a, **k):
         nonlocal inside
@@ -150,7 +152,7 @@ def bench(name: str, model_path: str, args, tmp: Path) -> dict:
 
     real_load = harvest_run.load_model
     harvest_run.load_model = lambda *a, **k: lm  # the harvest reuses the loaded model
-    harvest_run.forward = timed_forward
+    harvest_rows.forward = timed_forward
 
     def store_write():  # one shard of this width and dtype, as the harvest's writer writes it
         write_shard(fsspec.filesystem("file"), str(tmp / "disk"), 0, shard, cfg.chunk_rows)
@@ -174,7 +176,7 @@ def bench(name: str, model_path: str, args, tmp: Path) -> dict:
             runs["outside forward"].append(total - inside)
             runs["store write"].append(_timed(store_write) * (args.tokens / n))  # scaled to the same rows
     finally:
-        harvest_run.load_model, harvest_run.forward = real_load, real_forward
+        harvest_run.load_model, harvest_rows.forward = real_load, real_forward
     best = {k: np.min(np.stack(v), axis=0) for k, v in runs.items()}  # [2]: wall, cpu
     # Attributed: the forward the harvest needs (the interleaved cached one) plus what the harvest spends
     # outside its forward calls, measured in the same run: steady when the machine's load drifts.

@@ -28,6 +28,7 @@ import torch  # noqa: E402
 import harvest as hb  # noqa: E402  (benchmarks/harvest.py)
 from actdict.config import Common, build  # noqa: E402
 from actdict.harvest import layout, pipeline  # noqa: E402
+from actdict.harvest import rows as hrows  # noqa: E402
 from actdict.harvest import run as hr  # noqa: E402
 from actdict.harvest.config import HarvestConfig  # noqa: E402
 from actdict.harvest.models import load_model, make_random_pythia  # noqa: E402
@@ -115,8 +116,8 @@ def main() -> None:
         model = str(make_random_pythia(tmp / "pythia"))
         lm = load_model(model, device=args.device, dtype="bfloat16")
         hr.load_model = lambda *a, **k: lm  # the harvest reuses the loaded model
-        hr.forward = timed("main: forward", hr.forward)
-        hr.store_rows = timed("main: store_rows", hr.store_rows)
+        hrows.forward = timed("main: forward", hrows.forward)
+        hrows.store_rows = timed("main: store_rows", hrows.store_rows)
         hr._write = timed("writer: _write", hr._write)
         pipeline.Behind.submit = timed("main: submit (waits for the previous write)", pipeline.Behind.submit)
         for bs in args.batch_size:

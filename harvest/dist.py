@@ -38,7 +38,7 @@ class Ranks:
 
     def share(self, mine: list[Sequence[int]]) -> list[np.ndarray]:
         """Every rank's token-id lists in rank order (a collective: every rank calls it, each with its own
-        part; parts may differ in length and be empty). Only under torchrun (``run.tokenized``)."""
+        part; parts may differ in length and be empty). Only under torchrun (``windows.tokenized``)."""
         import torch
         import torch.distributed as dist
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from actdict.harvest.sources import Window
+from actdict.harvest.windows import Window
 
 
 @dataclass

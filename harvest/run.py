@@ -12,13 +12,9 @@ shards it finds (``actdict.harvest.resume``) and ends with the same bytes as an 
 
 from __future__ import annotations
 
-import fnmatch
 import random
-import re
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from functools import partial
-from itertools import islice
+from collections.abc import Callable
 
 import numpy as np
 
@@ -62,108 +58,21 @@ from actdict.harvest.reuse import (
     hook_manifests,
     to_add,
 )
+from actdict.harvest.rows import expand_hooks, row_hooks, shard_rows_of
 from actdict.harvest.sources import (
     SourceConfig,
-    Window,
     check_source,
-    iter_documents,
     require_readable,
     source_fingerprint,
-    token_windows,
 )
 from actdict.harvest.store import open_store
-from actdict.harvest.writer import CHUNK_ROWS, new_manifest, non_finite
+from actdict.harvest.windows import model_windows
+from actdict.harvest.writer import CHUNK_ROWS, new_manifest
 from actdict.rng import kept_rng
 from actdict.signals import under_torchrun
 
-__all__ = ["HarvestError", "main", "describe_source", "expand_hooks", "forward", "model_windows"]
+__all__ = ["HarvestError", "main", "describe_source"]
 META_BYTES = 4 + 8 + 4  # token_ids int32 + doc int64 + pos int32, per row
-
-
-def window_specials(lm: LoadedModel, cfg: HarvestConfig) -> dict:
-    """prefix/suffix/sep/pad_id for ``token_windows`` of this model."""
-    if cfg.pad_id is not None and cfg.pad_id >= lm.n_vocab:  # else an IndexError deep in the forward
-        raise HarvestError(f"harvest.pad_id {cfg.pad_id} is no token of {lm.name}: its ids are 0.."
-                           f"{lm.n_vocab - 1} (null: the tokenizer's pad token, else EOS)")
-    if lm.kind == "encoder":
-        if lm.cls_id is None or lm.sep_id is None:
-            raise HarvestError(f"encoder {lm.name} has no [CLS]/[SEP] token")
-        pad = cfg.pad_id if cfg.pad_id is not None else lm.pad_id if lm.pad_id is not None else 0
-        return {"prefix": (lm.cls_id,), "suffix": (lm.sep_id,), "sep": (lm.sep_id,), "pad_id": pad}
-    bos = lm.bos_id if lm.bos_id is not None else lm.eos_id
-    if cfg.prepend_bos and bos is None:  # else windows would start with no BOS, unannounced
-        raise HarvestError(f"{lm.name}'s tokenizer has no BOS or EOS token to begin each window with: set "
-                           f"harvest.prepend_bos: false (windows start with document text)")
-    if cfg.join_with_eos and cfg.window_mode == "concat" and lm.eos_id is None:
-        raise HarvestError(f"{lm.name}'s tokenizer has no EOS token to join documents with: set harvest."
-                           f"join_with_eos: false (documents run on) or harvest.window_mode: per_doc")
-    prefix = (bos,) if cfg.prepend_bos else ()
-    sep = (lm.eos_id,) if cfg.join_with_eos and lm.eos_id is not None else ()
-    pad = next(i for i in (cfg.pad_id, lm.pad_id, lm.eos_id, 0) if i is not None)
-    return {"prefix": prefix, "suffix": (), "sep": sep, "pad_id": pad}
-
-
-def tokenized(tokenizer, texts: Iterable[str], group: int = 64, ranks: Ranks | None = None
-              ) -> Iterator[Sequence[int]]:
-    """Token ids of each text, no special tokens added (tokenized ``group`` texts at a time). A fast
-    tokenizer's Rust backend is called directly (the same ids, ~15% less time: no offsets, no masks).
-
-    ``ranks`` (torchrun): every rank reads the same rounds of ``group * world`` texts, tokenizes its own
-    contiguous share of each round and receives the rest from the others (``Ranks.share``), so each
-    document is tokenized once in all, and every rank still sees every document's ids in order."""
-    encode = _encoder(tokenizer)
-    world, rank = (ranks.world, ranks.rank) if ranks is not None else (1, 0)
-    it = iter(texts)
-    while batch := list(islice(it, group * world)):
-        if world == 1:
-            yield from encode(batch)
-            continue
-        k = -(-len(batch) // world)  # this round's share per rank; the last rounds' may be short or empty
-        mine = batch[rank * k:(rank + 1) * k]
-        yield from ranks.share(encode(mine) if mine else [])
-
-
-def _encoder(tokenizer) -> Callable[[list[str]], list[Sequence[int]]]:
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    fast = getattr(backend, "encode_batch_fast", None)
-    if fast is not None:
-        return lambda batch: [e.ids for e in fast(batch, add_special_tokens=False)]
-    return lambda batch: tokenizer(batch, add_special_tokens=False, verbose=False)["input_ids"]
-
-
-def model_windows(lm: LoadedModel, cfg: HarvestConfig, start: tuple[int, int] = (0, 0),
-                  ranks: Ranks | None = None) -> Iterator[Window]:
-    """The model input windows of ``cfg.source`` for ``lm``, in harvest order, from cursor ``start``
-    (the documents before ``start[0]`` are read but not tokenized). ``ranks``: tokenize together
-    (``tokenized``); every rank must then iterate the same windows."""
-    if cfg.ctx > lm.n_ctx:
-        raise HarvestError(f"harvest.ctx={cfg.ctx} exceeds the context of {lm.name} ({lm.n_ctx})")
-    docs = tokenized(lm.tokenizer, islice(iter_documents(cfg.source), start[0], None), ranks=ranks)
-    windows = token_windows(docs, cfg.ctx, mode=cfg.window_mode, start=start, **window_specials(lm, cfg))
-    return in_vocab(windows, lm)
-
-
-def in_vocab(windows: Iterable[Window], lm: LoadedModel) -> Iterator[Window]:
-    """``windows``, refused at the first token id past ``lm``'s embedding, else an IndexError deep in the
-    forward: a tokenizer may hold tokens its model lacks (TransformerBridge adds '<|endoftext|>' to one
-    with neither EOS nor UNK, and a literal one in a text is read as that token)."""
-    for w in windows:
-        if said := past_vocab(w.tokens, lm):
-            at = int(np.argmax(w.tokens >= lm.n_vocab))
-            raise HarvestError(f"document {int(w.doc[at])} holds {said}: remove that text from the source, "
-                               "or give the model a tokenizer without it")
-        yield w
-
-
-def past_vocab(ids: np.ndarray, lm: LoadedModel) -> str | None:
-    """The first of ``ids`` [n] past ``lm``'s embedding in words ("token 50257 ('<|endoftext|>'), which
-    ...'s tokenizer has but its embedding lacks (ids 0..50256)"), or None: the harvest's refusal
-    (``in_vocab``) and the lens' (``analyze.lens.text_rows``)."""
-    if not len(ids) or int(ids.max()) < lm.n_vocab:
-        return None
-    i = int(ids[int(np.argmax(ids >= lm.n_vocab))])
-    return (f"token {i} ({lm.tokenizer.convert_ids_to_tokens(i)!r}), which {lm.name}'s tokenizer has but its "
-            f"embedding lacks (ids 0..{lm.n_vocab - 1})")
 
 
 def describe_source(src: SourceConfig) -> str:
@@ -172,147 +81,12 @@ def describe_source(src: SourceConfig) -> str:
     return what + (f", first {src.max_docs} docs" if src.max_docs is not None else "")
 
 
-def expand_hooks(lm: LoadedModel, wanted: Iterable[str]) -> list[str]:
-    """Hook names from names and patterns: ``all`` = every block's hook_resid_post, ``blocks.*.hook_mlp_out``
-    (fnmatch) = every match, in layer order. A name or pattern the model lacks raises HookError."""
-    valid = lm.hook_names()
-    out: list[str] = []
-    for w in wanted:
-        if w == "all":
-            names = [f"blocks.{i}.hook_resid_post" for i in range(lm.n_layers)]
-        elif hook_pattern(w):
-            names = [h for h in valid if fnmatch.fnmatchcase(h, w)]
-            if not names:
-                lm.check_hooks([w])  # raises, listing the valid hooks
-        else:
-            names = [w]
-        lm.check_hooks(names)
-        out += [n for n in sorted(names, key=_layer_key) if n not in out]
-    return out
-
-
-def row_hooks(lm: LoadedModel, wanted: Iterable[str], hooks: list[str]
-              ) -> tuple[dict[str, int], dict[str, str]]:
-    """(the ``hooks`` that give one vector per token: hook -> its width d, the others a pattern of
-    ``wanted`` matched: hook -> why), from ``LoadedModel.row_widths``' probe. A hook named outright that
-    gives none (an attention pattern, a hook that does not fire, token ids) raises HookError before
-    anything is written; a pattern (``blocks.1.*``) asks for every storable hook it matches, so its others
-    are left out, and one that matches no storable hook raises."""
-    widths, problems = lm.row_widths(hooks)
-    named = {w for w in wanted if not hook_pattern(w)}
-    if refused := {h: why for h, why in problems.items() if h in named}:
-        raise rows_refused(refused, lm.name)
-    for w in (w for w in wanted if hook_pattern(w)):
-        matched = [h for h in hooks if fnmatch.fnmatchcase(h, hook_pattern(w))]
-        if matched and all(h in problems for h in matched):
-            raise rows_refused({h: problems[h] for h in matched}, f"{lm.name} (all that {w!r} matches)")
-    return widths, problems
-
-
-def _layer_key(name: str) -> tuple[int, str]:
-    m = re.match(r"blocks\.(\d+)\.", name)
-    return (int(m.group(1)) if m else -1, name)
-
-
-def forward(lm: LoadedModel, batch: list[Window], hooks: list[str], stop: int | None,
-            on_device: bool = False) -> dict:
-    """hook -> activations [B, ctx, d] (torch, in the model's dtype) of one batch of windows, on the CPU or
-    (``on_device``) left on the model's device, where ``store_rows`` selects and casts the stored rows."""
-    import torch
-
-    tokens = torch.from_numpy(np.stack([w.tokens for w in batch])).to(lm.device)  # [B, ctx]
-    kw = {}
-    if lm.kind == "encoder":  # bidirectional: padding must be masked out
-        mask = np.ones(tokens.shape, np.int64)  # [B, ctx]
-        for b, w in enumerate(batch):
-            mask[b, len(w.tokens) - w.n_pad:] = 0  # the padding only (a body may end in a separator)
-        if not mask.all():
-            kw["attention_mask"] = torch.from_numpy(mask).to(lm.device)
-    with torch.inference_mode():
-        _, cache = lm.bridge.run_with_cache(tokens, names_filter=hooks, stop_at_layer=stop,
-                                            return_cache_object=False, **kw)
-        acts = {h: cache[h].reshape(cache[h].shape[0], cache[h].shape[1], -1) for h in hooks}
-        return acts if on_device else {h: a.cpu() for h, a in acts.items()}
-
-
 def rows_identity(lm: LoadedModel, cfg: HarvestConfig) -> dict:
     """What a hook's manifest records of where its rows came from beyond the config: the model's revision,
     the source files' fingerprint and, for an encoder, what its attention mask hides (stores begun before
     2026-12-06 hid a window's final [SEP] after a separator, so they neither resume nor grow)."""
     ident = {"revision": lm.revision, "source_fingerprint": source_fingerprint(cfg.source)}
     return ident | ({"attention_mask": "padding"} if lm.kind == "encoder" else {})
-
-
-def sum_dtype(dtype, device_type: str):
-    """The dtype ``store_rows`` sums rows of ``dtype`` in to find a non-finite one: float64 for float32 rows,
-    but float32 on MPS (Apple's GPUs have no float64; the exact check then clears a float32 overflow of
-    finite rows), and float32 for narrower rows."""
-    import torch
-
-    return torch.float64 if dtype == torch.float32 and device_type != "mps" else torch.float32
-
-
-def store_rows(acts, flat: np.ndarray, out: np.ndarray, where: str,
-               row_name: Callable[[int], str] | None = None) -> None:
-    """Write the rows ``flat`` of acts [B, ctx, d] (torch) into ``out`` [m, d] as stored: float16 | float32
-    | bfloat16 bits (uint16, ``layout.ACT_DTYPES``); torch rounds to nearest even, as
-    ``layout.encode_acts``. On the CPU one gather and one casting copy, no temporary in the store dtype; on
-    an accelerator the rows are gathered and cast there and only they are copied back. ValueError on a
-    non-finite stored value: their sum (``sum_dtype``: float64 for float32 rows) is finite when all are,
-    bar an overflow of finite bfloat16 values near float32's limit, which the exact check then clears; the
-    error names the first such row by ``row_name(i)`` (i: its index in ``out``) when given."""
-    import torch
-
-    dtype = torch.bfloat16 if out.dtype == np.uint16 else getattr(torch, out.dtype.name)
-    wide = sum_dtype(dtype, acts.device.type)
-    with torch.inference_mode():
-        dst = torch.from_numpy(out).view(dtype)  # [m, d], shares out's memory
-        idx = torch.from_numpy(flat).to(acts.device, non_blocking=True)  # [m]
-        rows = acts.reshape(-1, acts.shape[-1]).index_select(0, idx)  # [m, d] on acts' device
-        if rows.device.type == "cpu":
-            dst.copy_(rows)
-            stored = dst
-        else:
-            stored = rows.to(dtype)  # [m, d] as stored
-            dst.copy_(stored)  # the device-to-host copy
-        if not bool(torch.isfinite(stored.sum(dtype=wide))) and not bool(torch.isfinite(stored).all()):
-            name = lambda t: str(t).removeprefix("torch.")  # noqa: E731
-            i = int((~torch.isfinite(stored)).any(1).nonzero()[0, 0])  # the first such row of out
-            raise non_finite(where, name(dtype), row_name(i) if row_name else None, forward=name(acts.dtype))
-
-
-def _row_name(rows: np.ndarray, doc: np.ndarray, pos: np.ndarray, tokens: np.ndarray, i: int) -> str:
-    """Row i of a batch in words: its store row, document, position and token id."""
-    return f"row {int(rows[i]):,} (doc {int(doc[i]):,}, position {int(pos[i]):,}, token id {int(tokens[i])})"
-
-
-def shard_rows_of(lm: LoadedModel, work: ShardWork, hooks: list[str], stop: int | None,
-                  batch_size: int, store_dtype: str, progress=None) -> dict[str, np.ndarray]:
-    """The arrays of one shard: hook -> acts [n, d] as stored (``store_dtype``), and token_ids/doc/pos [n];
-    ``progress(n_rows)`` is called after each batch. Rows are selected and cast once per batch, straight
-    into the shard's arrays."""
-    n = work.n_rows
-    out: dict[str, np.ndarray] = {"token_ids": np.empty(n, np.int32), "doc": np.empty(n, np.int64),
-                                  "pos": np.empty(n, np.int32)}
-    at = 0
-    for batch in work.batches(batch_size):
-        windows = [it.window for it, _, _ in batch]
-        acts = forward(lm, windows, hooks, stop, on_device=True)  # hook -> [B, ctx, d] on the model's device
-        ctx = len(windows[0].tokens)
-        flat = np.concatenate([b * ctx + it.rows[lo:hi] for b, (it, lo, hi) in enumerate(batch)])  # [m]
-        m = len(flat)
-        for key, field in (("token_ids", "tokens"), ("doc", "doc"), ("pos", "pos")):
-            out[key][at:at + m] = np.concatenate([getattr(w, field) for w in windows])[flat]  # [m]
-        glob = np.concatenate([it.row + np.arange(lo, hi) for it, lo, hi in batch])  # [m] store rows
-        name = partial(_row_name, glob, out["doc"][at:], out["pos"][at:], out["token_ids"][at:])
-        for h in hooks:
-            if h not in out:
-                out[h] = np.empty((n, acts[h].shape[-1]), ACT_DTYPES[store_dtype])  # [n, d]
-            store_rows(acts[h], flat, out[h][at:at + m], h, name)
-        at += m
-        if progress is not None:
-            progress(m)
-    return out
 
 
 def check(common: Common, cfg: HarvestConfig) -> None:

@@ -1,4 +1,4 @@
-"""Text documents from a source, and the pure function that cuts token streams into model windows.
+"""Text documents from a source (their token windows: ``actdict.harvest.windows``).
 
 Sources (``SourceConfig.kind``):
 * ``debian``: the offline demo corpus built from Debian packages (``actdict.harvest.corpus``),
@@ -17,13 +17,11 @@ import os
 import random
 import re
 import socket
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal, TypeVar
 from urllib.parse import urlparse
-
-import numpy as np
 
 from actdict.config import ConfigError, check_seed
 from actdict.errors import ActdictError
@@ -413,96 +411,3 @@ def _hub_texts(cfg: SourceConfig, extra: str = "") -> Iterator[tuple[str, object
         return
     yield from _field([first], cfg.text_field, f"hub dataset {cfg.name}", extra)
     yield from _field(rows, cfg.text_field, f"hub dataset {cfg.name}", extra)
-
-
-# ------------------------------------------------------------------------------------------ windowing
-
-
-@dataclass
-class Window:
-    """One model input of ctx tokens and, per token, where it came from and whether to store its row."""
-
-    tokens: np.ndarray  # [ctx] int64 model input ids
-    doc: np.ndarray  # [ctx] int64 document index in iteration order (-1 for specials/pad)
-    pos: np.ndarray  # [ctx] int32 index of the token within its document (-1 for specials/pad)
-    keep: np.ndarray  # [ctx] bool rows to store (False for prefix/suffix/sep/pad)
-    n_pad: int = 0
-    """Padding tokens at the end (only the stream's or a document's last window has any): an encoder's
-    attention mask hides exactly these."""
-    start: tuple[int, int] = (0, 0)
-    """Stream cursor of its first body token: (document index, offset in it); a negative offset is a
-    separator token before that document. ``token_windows(..., start=w.start)`` resumes at this window."""
-
-
-def token_windows(docs: Iterable[Sequence[int]], ctx: int, mode: str = "concat", prefix: Sequence[int] = (),
-                  suffix: Sequence[int] = (), sep: Sequence[int] = (), pad_id: int = 0,
-                  start: tuple[int, int] = (0, 0)) -> Iterator[Window]:
-    """Cut tokenized documents into windows of exactly ``ctx`` tokens: prefix + body + suffix + padding.
-
-    ``concat``: documents joined with ``sep`` into one stream, cut into bodies of ctx - len(prefix) -
-    len(suffix) tokens (a document may continue in the next window). ``per_doc``: each document cut on its
-    own (``sep`` unused). Only the last window of the stream (concat) or of each document (per_doc) is
-    short; it is padded after the suffix with ``pad_id``. Only document tokens have keep=True.
-
-    ``start``: resume at a window's ``start`` cursor; ``docs`` then begins with document ``start[0]``
-    (the caller skips the earlier ones) and the windows are exactly those of the full stream from there.
-    """
-    if mode not in ("concat", "per_doc"):
-        raise ValueError(f"mode must be 'concat' or 'per_doc', got {mode!r}")
-    body = ctx - len(prefix) - len(suffix)
-    if body <= 0:
-        raise ValueError(f"ctx={ctx} leaves no room for document tokens after prefix {list(prefix)} "
-                         f"and suffix {list(suffix)}")
-    special = (np.asarray(prefix, np.int64), np.asarray(suffix, np.int64), np.asarray(sep, np.int64))
-    first, offset = start
-    pending: list[tuple[np.ndarray, ...]] = []  # (tokens, doc, pos, cursor doc, cursor offset) [m] each
-    n_pending, started = 0, first > 0
-    for i, toks in enumerate(docs, start=first):
-        toks = np.asarray(toks, dtype=np.int64).reshape(-1)  # [n]
-        if len(toks) == 0:
-            continue
-        at = max(offset, 0) if i == first else 0  # resume inside the first document
-        piece = _piece(toks[at:], i, np.arange(at, len(toks)), i)
-        if mode == "per_doc":
-            yield from _cut([piece], body, special, pad_id)
-            continue
-        if started and len(sep) and not (i == first and offset >= 0):  # sep between documents
-            skip = len(sep) + offset if i == first else 0  # resume inside the separator
-            pending.append(_piece(special[2][skip:], -1, np.arange(skip - len(sep), 0), i))
-            n_pending += len(sep) - skip
-        started = True
-        pending.append(piece)
-        n_pending += len(piece[0])
-        if n_pending >= body:
-            stream = [np.concatenate(parts) for parts in zip(*pending, strict=True)]
-            full = (n_pending // body) * body
-            yield from _cut([tuple(a[:full] for a in stream)], body, special, pad_id)
-            rest = tuple(a[full:] for a in stream)
-            pending, n_pending = ([rest], len(rest[0])) if len(rest[0]) else ([], 0)
-    if mode == "concat" and n_pending:
-        yield from _cut(pending, body, special, pad_id)
-
-
-def _piece(toks: np.ndarray, doc: int, offsets: np.ndarray, cursor_doc: int) -> tuple[np.ndarray, ...]:
-    """(tokens, doc, pos, cursor doc, cursor offset) [m] of m stream tokens; separators have doc = pos = -1
-    and a negative cursor offset into the document they precede."""
-    m = len(toks)
-    return (toks, np.full(m, doc, np.int64), np.where(offsets >= 0, offsets, -1).astype(np.int32),
-            np.full(m, cursor_doc, np.int64), offsets.astype(np.int64))
-
-
-def _cut(pieces, body: int, special, pad_id: int) -> Iterator[Window]:
-    """Windows of the concatenated (tokens, doc, pos, cursor) pieces; only the last one may be padded."""
-    prefix, suffix, _ = special
-    toks, doc, pos, cdoc, coff = (np.concatenate(parts) for parts in zip(*pieces, strict=True))
-    for a in range(0, len(toks), body):
-        t, d, p = toks[a:a + body], doc[a:a + body], pos[a:a + body]
-        head, tail = len(prefix), len(suffix) + body - len(t)  # non-document slots before / after
-        yield Window(
-            tokens=np.concatenate([prefix, t, suffix, np.full(body - len(t), pad_id, np.int64)]),
-            doc=np.concatenate([np.full(head, -1, np.int64), d, np.full(tail, -1, np.int64)]),
-            pos=np.concatenate([np.full(head, -1, np.int32), p, np.full(tail, -1, np.int32)]),
-            keep=np.concatenate([np.zeros(head, bool), d >= 0, np.zeros(tail, bool)]),
-            start=(int(cdoc[a]), int(coff[a])),
-            n_pad=body - len(t),
-        )

@@ -212,9 +212,9 @@ def test_a_token_past_the_embedding_in_a_text_is_refused_naming_it(tmp_path):
 
 
 def test_a_token_past_the_embedding_in_a_lens_text_is_refused_naming_it(tmp_path):
-    """actdict lens reads its text as the harvest reads a document, but without harvest.run.in_vocab: a text
-    holding the '<|endoftext|>' the bridge added past the embedding stopped with an IndexError deep in the
-    forward, where the harvest names the token; the lens names it too (a LensError: one error line)."""
+    """actdict lens reads its text as the harvest reads a document, but without harvest.windows.in_vocab: a
+    text holding the '<|endoftext|>' the bridge added past the embedding stopped with an IndexError deep in
+    the forward, where the harvest names the token; the lens names it too (a LensError: one error line)."""
     from test_harvest import harvest
     from tiny_models import EOT, bpe_tokenizer
 

@@ -13,8 +13,9 @@ from test_resume import HOOKS, tree, write_config, write_corpus
 from actdict.config import common_of, load_experiment, section
 from actdict.harvest.config import HarvestConfig
 from actdict.harvest.dist import Ranks
-from actdict.harvest.run import main, tokenized
+from actdict.harvest.run import main
 from actdict.harvest.store import open_store
+from actdict.harvest.windows import tokenized
 
 
 def test_two_ranks_write_the_same_store_as_one_process(tmp_path):

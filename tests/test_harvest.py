@@ -19,8 +19,9 @@ from actdict.config import Common, ConfigError, build, common_of, load_experimen
 from actdict.harvest.config import HarvestConfig
 from actdict.harvest.models import HookError, ModelError, make_random_pythia, resolve_model
 from actdict.harvest.run import HarvestError, main
-from actdict.harvest.sources import iter_documents, token_windows
+from actdict.harvest.sources import iter_documents
 from actdict.harvest.store import StoreError, open_store
+from actdict.harvest.windows import token_windows
 
 ROOT = Path(__file__).parents[1]
 TEXTS = ROOT / "tests" / "data" / "texts"
@@ -292,16 +293,16 @@ def test_a_harvests_start_makes_only_the_probes_two_forwards(tmp_path, monkeypat
 
 
 def test_all_hooks_from_one_forward_in_bfloat16(tmp_path, minilm_hf, monkeypatch):
-    import actdict.harvest.run as run
+    import actdict.harvest.rows as rows
 
     calls = []
-    real = run.forward
+    real = rows.forward
 
     def counted(lm, b, hooks, stop, **kw):
         calls.append(stop)
         return real(lm, b, hooks, stop, **kw)
 
-    monkeypatch.setattr(run, "forward", counted)
+    monkeypatch.setattr(rows, "forward", counted)
     common, cfg = harvest(tmp_path / "one", hooks=["blocks.2.hook_resid_post"])
     n_one = len(calls)
     calls.clear()
@@ -326,10 +327,10 @@ def test_a_row_beyond_float16_names_its_store_row_document_and_position(tmp_path
     stores the row there, with that document, position and token."""
     import re
 
-    import actdict.harvest.run as run
+    import actdict.harvest.rows as rows
     from actdict.harvest.writer import NonFiniteError
 
-    real, calls = run.forward, []
+    real, calls = rows.forward, []
 
     def massive(lm, b, hooks, stop, **kw):
         acts = {h: a.clone() for h, a in real(lm, b, hooks, stop, **kw).items()}
@@ -339,7 +340,7 @@ def test_a_row_beyond_float16_names_its_store_row_document_and_position(tmp_path
                 acts[h][0, 5, 3] = 1e5
         return acts
 
-    monkeypatch.setattr(run, "forward", massive)
+    monkeypatch.setattr(rows, "forward", massive)
     with pytest.raises(NonFiniteError, match="not finite once cast to float16") as e:
         harvest(tmp_path / "f16", hooks=["blocks.1.hook_resid_post"], store_dtype="float16")
     named = re.search(r"row ([\d,]+) \(doc (\d+), position (\d+), token id (\d+)\)", str(e.value))
@@ -423,7 +424,7 @@ def test_non_utf8_jsonl_names_the_line(tmp_path):
 def test_pad_and_separator_settings():
     from types import SimpleNamespace
 
-    from actdict.harvest.run import window_specials
+    from actdict.harvest.windows import window_specials
 
     lm = SimpleNamespace(kind="causal", bos_id=0, eos_id=2, pad_id=None, cls_id=None, sep_id=None, name="m",
                          n_vocab=200)
@@ -444,7 +445,8 @@ def test_a_pad_id_outside_the_vocabulary_is_one_line():
     in one line, naming the valid ids."""
     from types import SimpleNamespace
 
-    from actdict.harvest.run import HarvestError, window_specials
+    from actdict.harvest.run import HarvestError
+    from actdict.harvest.windows import window_specials
 
     with pytest.raises(ConfigError, match=r"harvest.pad_id must be a token id >= 0 or null, got -1"):
         build(HarvestConfig, {"pad_id": -1})
@@ -460,7 +462,7 @@ def test_an_encoder_masks_the_padding_only():
     full: the encoder sees every token; a padded last window masks exactly its padding."""
     from types import SimpleNamespace
 
-    from actdict.harvest.run import forward
+    from actdict.harvest.rows import forward
 
     seen = []
 
@@ -482,25 +484,25 @@ def test_stored_rows_are_checked_without_float64_on_mps(monkeypatch):
     """Apple's GPUs have no float64: store_rows summed float32 rows in it to find a non-finite one, so a
     harvest on mps with store_dtype float32 stopped at its first batch. There the sum is float32, and the
     exact check clears the overflow of finite rows near float32's limit (run here on the CPU)."""
-    import actdict.harvest.run as hrun
+    import actdict.harvest.rows as hrows
 
-    assert hrun.sum_dtype(torch.float32, "cpu") == hrun.sum_dtype(torch.float32, "cuda") == torch.float64
-    assert hrun.sum_dtype(torch.float32, "mps") == hrun.sum_dtype(torch.float16, "cuda") == torch.float32
-    monkeypatch.setattr(hrun, "sum_dtype", lambda dtype, device_type: torch.float32)  # as on mps
+    assert hrows.sum_dtype(torch.float32, "cpu") == hrows.sum_dtype(torch.float32, "cuda") == torch.float64
+    assert hrows.sum_dtype(torch.float32, "mps") == hrows.sum_dtype(torch.float16, "cuda") == torch.float32
+    monkeypatch.setattr(hrows, "sum_dtype", lambda dtype, device_type: torch.float32)  # as on mps
     acts = torch.full((1, 4, 3), 3e38)  # [B, ctx, d] finite float32 rows whose float32 sum is inf
     out = np.empty((4, 3), np.float32)
-    hrun.store_rows(acts, np.arange(4), out, "h")
+    hrows.store_rows(acts, np.arange(4), out, "h")
     np.testing.assert_array_equal(out, np.full((4, 3), 3e38, np.float32))
     acts[0, 2, 1] = float("inf")
     with pytest.raises(ValueError, match="float32"):
-        hrun.store_rows(acts, np.arange(4), out, "h")
+        hrows.store_rows(acts, np.arange(4), out, "h")
 
 
 def test_stored_rows_cast_like_the_writer_and_refuse_overflow():
-    """harvest.run.store_rows (torch, per batch, straight into the shard array) selects the rows and rounds
+    """harvest.rows.store_rows (torch, per batch, straight into the shard array) selects the rows and rounds
     exactly as layout.encode_acts; a non-finite stored value (overflow, nan, inf) in a selected row raises."""
     from actdict.harvest.layout import ACT_DTYPES, encode_acts
-    from actdict.harvest.run import store_rows
+    from actdict.harvest.rows import store_rows
 
     acts = torch.from_numpy(np.random.default_rng(0).standard_normal((2, 5, 7)).astype(np.float32) * 300)
     flat = np.array([0, 3, 4, 6, 9])  # rows of the flattened [B * ctx, d]
@@ -535,8 +537,7 @@ def test_stored_rows_cast_like_the_writer_and_refuse_overflow():
 def test_a_resumed_harvest_restarts_the_document_stream_at_its_last_whole_shard(tmp_path, monkeypatch):
     """Shards 0 and 1 whole: the rerun tokenizes only the documents from shard 1's recorded cursor on
     (docs/harvest.md: "the rerun does not even re-tokenize the documents before the first missing shard")."""
-    from actdict.harvest import resume
-    from actdict.harvest import run as run_mod
+    from actdict.harvest import resume, windows
 
     small = {"shard_rows": 32, "chunk_rows": 16,
              "source": {"kind": "files", "path": str(TEXTS), "txt_docs": "paragraph"}}  # short documents
@@ -544,15 +545,15 @@ def test_a_resumed_harvest_restarts_the_document_stream_at_its_last_whole_shard(
     start = resume.record(common.store_path, cfg.hooks[0], 1)["start"]
     docs = list(iter_documents(cfg.source))
     assert start["doc"] > 0 and start["row"] <= 32
-    seen, real = [], run_mod.tokenized
+    seen, real = [], windows.tokenized
 
     def spy(tokenizer, texts, *a, **kw):
         return real(tokenizer, (seen.append(t) or t for t in texts), *a, **kw)
 
-    monkeypatch.setattr(run_mod, "tokenized", spy)
+    monkeypatch.setattr(windows, "tokenized", spy)
     harvest(tmp_path / "run", max_tokens=90, **small)  # grows: shards 0 and 1 stay, the rest is harvested
     assert seen == docs[start["doc"]:]
-    monkeypatch.setattr(run_mod, "tokenized", real)
+    monkeypatch.setattr(windows, "tokenized", real)
     fresh, _ = harvest(tmp_path / "fresh", max_tokens=90, **small)
     assert tree(Path(common.store_path)) == tree(Path(fresh.store_path))
 

@@ -12,7 +12,8 @@ from actdict.analyze.features import build_features
 from actdict.analyze.splice import SpliceError, heldout_windows
 from actdict.analyze.toptokens import FeatureTracker, read_contexts
 from actdict.harvest.plan import RowStream, shard_work, stored_positions
-from actdict.harvest.sources import buffer_shuffle, token_windows
+from actdict.harvest.sources import buffer_shuffle
+from actdict.harvest.windows import token_windows
 from tests.properties_helpers import FEW, SCRATCH, SOME, _store_data, _write_store
 
 

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from actdict.harvest.plan import RowStream, shard_work, spans
-from actdict.harvest.sources import token_windows
 from actdict.harvest.store import open_store
+from actdict.harvest.windows import token_windows
 
 HOOKS = ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
 WORDS = ("the ferry leaves at nine rain or shine owls are quiet at night a tidy kitchen makes calm cook "
@@ -344,8 +344,8 @@ def test_resume_reads_but_does_not_tokenize_earlier_documents(corpus):
 
     from actdict.config import build
     from actdict.harvest.config import HarvestConfig
-    from actdict.harvest.run import model_windows
     from actdict.harvest.sources import iter_documents
+    from actdict.harvest.windows import model_windows
 
     seen = []
 

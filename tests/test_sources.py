@@ -16,8 +16,8 @@ from actdict.harvest.sources import (
     check_field,
     iter_documents,
     iter_records,
-    token_windows,
 )
+from actdict.harvest.windows import token_windows
 
 DATA = Path(__file__).parent / "data" / "texts"
 
