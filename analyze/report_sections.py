@@ -11,7 +11,7 @@ from actdict.analyze.report_html import count, esc, num
 from actdict.analyze.splice import ce_caveat
 from actdict.analyze.toptokens import alone, context_text, display_strings, is_wordpiece, visible
 
-_COLUMNS = [  # (summary key, header, tooltip); in the order of the table analyze prints (run.summary_lines)
+_COLUMNS = [  # (summary key, header, tooltip); in the order of analyze's printed table (tables.summary_lines)
     ("variant", "variant", ""), ("k", "k", "latents"),
     ("re_det", "RE (det.)", "deterministic path, every evaluated test row (all, or analyze.max_test_rows): "
      "mean per-row sum of squared error"),

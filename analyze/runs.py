@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from actdict.analyze.outputs import OutputError, not_a_snapshot, read_output
-from actdict.analyze.run import number_table
+from actdict.analyze.tables import number_table
 from actdict.errors import ActdictError, one_line, printable
 from actdict.files import disk_path, write_atomic
 from actdict.train.resume import listed

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from actdict.analyze.run import summary_lines
+from actdict.analyze.tables import summary_lines
 from actdict.cli import main
 from actdict.harvest.models import token_decoder
 from actdict.harvest.store import open_store

@@ -111,7 +111,7 @@ def test_the_same_summary_renders_the_same_bytes():
 def test_overview_columns_in_the_order_analyze_prints_them():
     """The report's table has RE det. before RE of one sample, then AD, L0, EV and dead, as the table analyze
     prints at its end (summary_lines); it had the two REs the other way round."""
-    from actdict.analyze.run import summary_lines
+    from actdict.analyze.tables import summary_lines
 
     page = render(_summary())
     heads = re.findall(r'<th title="[^"]*">([^<]*)</th>', page)
@@ -385,7 +385,7 @@ def test_summary_lines_print_null_numbers_as_na():
     """A number summary.json holds as null (EV of a single test row: its variance is 0; CE recovered when the
     zero ablation costs nothing) is printed as n/a in its column; it used to stop analyze with a TypeError
     after the files were written (e.g. analyze.max_test_rows=1)."""
-    from actdict.analyze.run import summary_lines
+    from actdict.analyze.tables import summary_lines
 
     m = {"k": 8, "dead": 3, "re_det": 2.5, "re_sample": None, "ad": 1.0, "l0": 2.0, "ev": None,
          "ce_recovered": None, "kl": 0.25}
@@ -402,7 +402,7 @@ def test_summary_lines_print_null_numbers_as_na():
 def test_the_printed_tables_note_names_every_column():
     """The note under analyze's table explained AD and L0 only: RE det, RE 1-sample, EV and dead were named
     nowhere in the terminal (README alone said what RE det was). It names every column of the table now."""
-    from actdict.analyze.run import summary_lines
+    from actdict.analyze.tables import summary_lines
 
     m = {"k": 8, "dead": 3, "re_det": 2.5, "re_sample": 2.75, "ad": 1.0, "l0": 2.0, "ev": 0.5}
     lines = summary_lines({"n_test_rows": 10, "hook": "h", "d": 4, "ce": None, "models": {"a": m}})
@@ -417,7 +417,7 @@ def test_summary_lines_fit_a_sweeps_long_names():
     """A sweep's names (``l1_lam1-0.03_seed-0``, 19 characters) are longer than the 16 the model column had:
     their rows were pushed right of the header, each by its own amount. The column is now as wide as the
     longest name, so every row keeps its numbers under the header."""
-    from actdict.analyze.run import summary_lines
+    from actdict.analyze.tables import summary_lines
 
     m = {"k": 8, "dead": 3, "re_det": 2.5, "re_sample": 2.5, "ad": 1.0, "l0": 2.0, "ev": 0.5}
     names = ["l1_lam1-0.03_seed-0", "l1_lam1-10_seed-1", "vaease"]
@@ -438,7 +438,7 @@ def test_summary_lines_shorten_a_sweeps_shared_directions():
     """The MMCS line listed every ordered pair: 380 for a sweep of 20 dictionaries, one printed line of 16,000
     characters. Up to 3 dictionaries (6 pairs) it still does; beyond, it says how many pairs there are, where
     they all are, and prints the 3 with the highest MMCS."""
-    from actdict.analyze.run import summary_lines
+    from actdict.analyze.tables import summary_lines
 
     def summary(n: int) -> dict:
         names = [f"l1_seed-{i}" for i in range(n)]

@@ -121,7 +121,7 @@ def test_ce_recovered_is_flagged_where_zero_ablation_costs_nothing():
     is worse than clean, then says nothing, and analyze's table and report say so; a trained model's
     ablation (nats) gets no note."""
     from actdict.analyze.report_sections import ce_line
-    from actdict.analyze.run import summary_lines
+    from actdict.analyze.tables import summary_lines
 
     random_init = {"ce_clean": 10.9712, "ce_zero": 10.9347, "n_tokens": 2048, "windows": 16, "ctx": 128}
     assert ce_recovered(10.9712, 10.9347, 10.9767) == pytest.approx(1.1507, abs=1e-4)  # worse than clean

@@ -215,7 +215,7 @@ def test_strings_from_shared_files_reach_the_terminal_without_control_codes(tmp_
     ESC / BEL / CR were printed as they are (ESC ] 52 sets a terminal's clipboard, ESC [ 2J clears it); they
     are now printed as escapes, newlines and tabs of the output kept."""
     from actdict.analyze.lens import format_lens
-    from actdict.analyze.run import summary_lines
+    from actdict.analyze.tables import summary_lines
     from actdict.cli import main as cli
     from actdict.errors import ActdictError, print_error
 
