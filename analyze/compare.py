@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from actdict.config import bar_disabled, bar_timing
+from actdict.bars import bar_disabled, bar_timing
 
 MATCHED = 0.9
 NULL = 1e-6

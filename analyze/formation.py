@@ -22,7 +22,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from actdict.analyze.compare import NOTE_MACS, directions, nearest, null_columns, shared_share
-from actdict.config import bar_disabled, bar_timing
+from actdict.bars import bar_disabled, bar_timing
 from actdict.errors import ActdictWarning, one_line
 from actdict.train import checkpoint
 from actdict.train.snapshot import snapshots_of

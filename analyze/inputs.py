@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from actdict.config import bar_disabled, bar_timing, config_changes
+from actdict.bars import bar_disabled, bar_timing
+from actdict.config import config_changes
 from actdict.errors import ActdictError, one_line
 from actdict.train import checkpoint
 from actdict.train.identity import store_key

@@ -114,7 +114,8 @@ from actdict.analyze.tables import summary_lines
 from actdict.analyze.textfile import check_texts, read_texts
 from actdict.analyze.texts import row_texts
 from actdict.analyze.toptokens import resolve_decoder
-from actdict.config import Common, bar_disabled, bar_timing, check_device, device_said
+from actdict.bars import bar_disabled, bar_timing
+from actdict.config import Common, check_device, device_said
 from actdict.dryrun import StagePlan
 from actdict.errors import ActdictError, one_line
 from actdict.files import check_not_linked, remove_temps, write_atomic

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from actdict.config import ConfigError, bar_disabled, bar_timing, check_hook_name
+from actdict.bars import bar_disabled, bar_timing
+from actdict.config import ConfigError, check_hook_name
 from actdict.errors import one_line
 from actdict.rng import kept_rng
 

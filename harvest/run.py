@@ -18,7 +18,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from actdict.config import Common, ConfigError, bar_disabled, bar_timing, config_hash, device_said, to_dict
+from actdict.bars import bar_disabled, bar_timing
+from actdict.config import Common, ConfigError, config_hash, device_said, to_dict
 from actdict.errors import one_line
 from actdict.harvest.added import check_added, check_count, check_rows
 from actdict.harvest.config import HarvestConfig, hook_pattern

@@ -278,7 +278,7 @@ class ActivationStore:
         (``actdict store --verify``: ~15 s a GB)."""
         from tqdm.auto import tqdm
 
-        from actdict.config import bar_disabled, bar_timing
+        from actdict.bars import bar_disabled, bar_timing
         from actdict.errors import one_line  # the hook is a folder's name: someone else's, in a shared store
 
         for name, _ in tqdm(self._shards, desc=one_line(f"verify {self.hook}"), unit="shard", leave=False,

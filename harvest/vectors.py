@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from actdict.config import ConfigError, bar_disabled, bar_timing, check_hook_name
+from actdict.bars import bar_disabled, bar_timing
+from actdict.config import ConfigError, check_hook_name
 from actdict.errors import ActdictError, one_line, open_files_hint, printable
 from actdict.files import part_files
 

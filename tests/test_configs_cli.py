@@ -28,7 +28,7 @@ def test_progress_bars_redraw_rarely_into_a_log_file(monkeypatch):
     import io
     import sys
 
-    from actdict.config import LOG_BAR_INTERVAL, bar_timing
+    from actdict.bars import LOG_BAR_INTERVAL, bar_timing
 
     class Tty(io.StringIO):
         def isatty(self) -> bool:
@@ -54,7 +54,7 @@ def test_a_progress_bar_into_a_log_file_writes_whole_lines(monkeypatch):
 
     from tqdm import tqdm
 
-    from actdict.config import bar_timing
+    from actdict.bars import bar_timing
 
     monkeypatch.setenv("TQDM_MININTERVAL", "0")  # every update redrawn
     monkeypatch.setattr(sys, "stderr", io.StringIO())
@@ -84,7 +84,7 @@ def test_a_progress_bar_in_a_log_file_writes_one_line_per_redraw_when_it_stalls(
     from tqdm import TMonitor
     from tqdm import tqdm as bar_of
 
-    from actdict.config import bar_timing
+    from actdict.bars import bar_timing
 
     now = [0.0]
     monkeypatch.setattr(tqdm.std, "time", lambda: now[0])

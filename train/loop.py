@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from actdict.config import bar_disabled, bar_timing
+from actdict.bars import bar_disabled, bar_timing
 from actdict.errors import ActdictError
 from actdict.train import dist as dist_
 from actdict.train import probe as probe_
