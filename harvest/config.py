@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from actdict.config import ConfigError, case_clash
+from actdict.config import ConfigError
 from actdict.harvest.embed import EmbedConfig
 from actdict.harvest.sources import SourceConfig
 from actdict.harvest.vectors import VectorsConfig
+from actdict.names import case_clash
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from actdict.bars import bar_disabled, bar_timing
-from actdict.config import ConfigError, check_hook_name
+from actdict.config import ConfigError
 from actdict.errors import one_line
+from actdict.names import check_hook_name
 from actdict.rng import kept_rng
 
 if TYPE_CHECKING:

@@ -28,9 +28,10 @@ from pathlib import Path
 import numpy as np
 
 from actdict.bars import bar_disabled, bar_timing
-from actdict.config import ConfigError, check_hook_name
+from actdict.config import ConfigError
 from actdict.errors import ActdictError, one_line, open_files_hint, printable
 from actdict.files import part_files
+from actdict.names import check_hook_name
 
 FORMATS = (".npy", ".safetensors", ".parquet")
 

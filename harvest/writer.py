@@ -13,7 +13,7 @@ from itertools import chain
 
 import numpy as np
 
-from actdict.config import ConfigError, is_hook_name
+from actdict.config import ConfigError
 from actdict.errors import ActdictError
 from actdict.harvest.layout import (
     ACT_DTYPES,
@@ -31,6 +31,7 @@ from actdict.harvest.layout import (
     write_shard,
 )
 from actdict.lock import make_folders, remove_made
+from actdict.names import is_hook_name
 
 CALLER_KEYS = ("model", "revision", "numerics", "tokenizer", "corpus", "config_hash")
 

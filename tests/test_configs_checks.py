@@ -380,7 +380,7 @@ def test_a_store_in_the_home_folder_is_one_store_from_any_folder(tmp_path, monke
     ("sae.", "Windows drops a file name's trailing dot or space"),
 ])
 def test_windows_name_problem_says_what_windows_refuses_in_a_file_name(name, why):
-    from actdict.config import windows_name_problem
+    from actdict.names import windows_name_problem
 
     assert windows_name_problem(name) == why
 
@@ -389,13 +389,13 @@ def test_on_windows_a_dictionary_or_hook_name_windows_cannot_hold_is_a_config_er
     """A name Windows cannot give a file (':' opens a data stream of another file; '\\' is its separator,
     so 'x\\..\\..\\y' left dicts/) was taken there: it is refused where the run is on Windows, and a
     POSIX system keeps taking it (docs/architecture.md, Platforms)."""
-    import actdict.config
-    from actdict.config import check_hook_name
+    import actdict.names
+    from actdict.names import check_hook_name
     from actdict.train.config import DictConfig
 
     assert DictConfig(name="lam:0.1", variant="vae").name == "lam:0.1"  # Linux, macOS: a file name
     check_hook_name("con", "harvest.vectors.hook")
-    monkeypatch.setattr(actdict.config, "WINDOWS", True, raising=False)
+    monkeypatch.setattr(actdict.names, "WINDOWS", True)
     with pytest.raises(ConfigError) as e:
         DictConfig(name="lam:0.1", variant="vae")
     assert str(e.value) == ("train.dicts: 'lam:0.1' cannot name a dictionary here (it names its folder "

@@ -131,13 +131,13 @@ def test_on_windows_a_swept_mapping_is_refused_naming_the_key_and_posix_systems_
     """A sweep over mappings names its dictionaries by their JSON ('l1_act-{"a": 1}'), whose ':' and '"'
     Windows gives no folder: there it was refused as the dictionary name to 'rename', which the user cannot;
     it now names the swept key and the item of its own. Linux and macOS keep the names they made."""
-    import actdict.config
+    import actdict.names
     from actdict.train.config import TrainConfig
 
     cfg = tmp_path / "sweep.yaml"
     cfg.write_text("train:\n  dicts:\n    - {name: l1, variant: sae_l1, sweep: {params: {act: [{a: 1}]}}}\n")
     assert [d.name for d in section(load_experiment(cfg), "train", TrainConfig).dicts] == ['l1_act-{"a": 1}']
-    monkeypatch.setattr(actdict.config, "WINDOWS", True, raising=False)
+    monkeypatch.setattr(actdict.names, "WINDOWS", True)
     with pytest.raises(ConfigError) as e:
         section(load_experiment(cfg), "train", TrainConfig)
     assert str(e.value) == (
@@ -155,7 +155,7 @@ def test_on_windows_a_swept_value_that_would_end_the_names_with_a_dot_is_refused
     drops from a folder's name: it was refused as the dictionary name to 'rename', which a sweep's user
     cannot; it now names the swept key and the item of its own. Swept before another key, or on Linux and
     macOS, the names are kept."""
-    import actdict.config
+    import actdict.names
     from actdict.train.config import TrainConfig
 
     cfg = tmp_path / "sweep.yaml"
@@ -163,7 +163,7 @@ def test_on_windows_a_swept_value_that_would_end_the_names_with_a_dot_is_refused
     cfg.write_text(item % "{seed: [0], params: {act: [relu.]}}")
     names = [d.name for d in section(load_experiment(cfg), "train", TrainConfig).dicts]
     assert names == ["l1_seed-0_act-relu."]
-    monkeypatch.setattr(actdict.config, "WINDOWS", True, raising=False)
+    monkeypatch.setattr(actdict.names, "WINDOWS", True)
     with pytest.raises(ConfigError) as e:
         section(load_experiment(cfg), "train", TrainConfig)
     assert str(e.value) == (

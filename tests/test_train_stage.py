@@ -554,7 +554,7 @@ def test_on_windows_a_run_whose_paths_pass_259_characters_is_warned_of_at_its_co
     path is a snapshot's temporary cfg.json, longer than any file a training leaves."""
     import warnings
 
-    import actdict.config
+    import actdict.names
     from actdict.errors import ActdictWarning
     from actdict.train.plan import longest_file
     from actdict.train.run import check, main
@@ -578,7 +578,7 @@ def test_on_windows_a_run_whose_paths_pass_259_characters_is_warned_of_at_its_co
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         check(over, cfg)  # Linux, macOS: no such limit
-        monkeypatch.setattr(actdict.config, "WINDOWS", True, raising=False)
+        monkeypatch.setattr(actdict.names, "WINDOWS", True)
         check(Common(run_dir=run_dir, store=store.path), cfg)  # 259: taken
     with pytest.warns(ActdictWarning) as said:
         check(over, cfg)

@@ -18,7 +18,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from actdict.config import ConfigError, check_seed, name_problem
+from actdict.config import ConfigError, check_seed
+from actdict.names import name_problem
 
 
 def bad_name(name: str) -> str | None:

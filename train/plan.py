@@ -87,7 +87,7 @@ def case_refusal(run_dir: Path, todo: list[DictConfig]) -> str | None:
     a folder of ``run_dir``/dicts: 'sae' beside dicts/SAE, a renamed dictionary), or None. On a
     case-insensitive file system (macOS', Windows' default) the two are one folder, so the training would
     write over the other dictionary, announced as its replacement; on Linux it would make a run folder
-    that such a file system cannot hold. Refused on every platform, as ``config.case_clash`` refuses such
+    that such a file system cannot hold. Refused on every platform, as ``names.case_clash`` refuses such
     names within one config."""
     root = run_dir / "dicts"
     folders = {p.name for p in root.iterdir() if p.is_dir()} if root.is_dir() else set()
@@ -202,7 +202,7 @@ def longest_file(run_dir: str, cfg: TrainConfig) -> str:
     """The longest path of a file that a training of ``cfg`` (and the analysis after it) writes in
     ``run_dir``, made absolute: a snapshot's temporary cfg.json (with ``train.snapshot_every``), else a
     report part's temporary file (``report/<name>.parts/``) or a kept state's. Windows refuses a path of
-    more than 259 characters (``config.long_path_problem``)."""
+    more than 259 characters (``names.long_path_problem``)."""
     tails = [("report", "{}.parts", ".00000.js.tmp-12345678"), ("dicts", "{}", f".{KEPT}.tmp")]
     tails += [("dicts", "{}", SNAPSHOTS, "step-0000000", TEMP)] if cfg.snapshot_every else []
     root = os.path.abspath(run_dir)

@@ -28,19 +28,12 @@ from pathlib import Path
 
 import torch
 
-from actdict.config import (
-    Common,
-    ConfigError,
-    case_clash,
-    check_device,
-    device_said,
-    long_path_problem,
-    to_dict,
-)
+from actdict.config import Common, ConfigError, check_device, device_said, to_dict
 from actdict.errors import ActdictWarning, one_line
 from actdict.files import check_not_linked, remove_temps
 from actdict.harvest.store import list_hooks, open_store, read_lock
 from actdict.lock import check_writable, folder_lock
+from actdict.names import case_clash, long_path_problem
 from actdict.rng import kept_rng
 from actdict.signals import rank, replaceable, sigterm_raises
 from actdict.train import checkpoint

@@ -37,10 +37,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor
 
-from actdict.config import is_hook_name
 from actdict.errors import ActdictError, one_line, printable
 from actdict.files import check_not_linked
 from actdict.lock import check_writable, folder_lock
+from actdict.names import is_hook_name
 from actdict.train import checkpoint
 from actdict.train.config import bad_name
 from actdict.train.protocol import Dictionary, make
