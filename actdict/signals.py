@@ -4,7 +4,7 @@ where the process had Python's default (death by signal, -15: no word, the work 
 ``cli.main`` raises ``Terminated`` (a KeyboardInterrupt: every stage and tool stops as on Ctrl-C, a harvest
 after the shard being written, exit status 143); the training raises its own around its whole ``main``
 (``actdict.train.run``: said as Interrupted, exit status 2), and holds SIGTERM as a flag during its steps
-and final saves (``train.run.sigterm_flag``).
+and final saves (``train.stopping.sigterm_flag``).
 
 Under torchrun (WORLD_SIZE > 1) each caller says whether to install it (``torchrun``), by this rule.
 torchrun sends SIGTERM to the other ranks when one fails (then SIGKILL after its grace period, 30 s): they
@@ -57,7 +57,7 @@ def replaceable(held) -> bool:
     """Whether SIGTERM's handler ``held`` is one actdict may replace: Python's default or one of its own
     (``sigterm_raises``'s, the training's inside the command's). A handler anyone else set (a program that
     calls ``cli.main``, SIG_IGN a launcher left) is kept, here and by the training's steps' flag
-    (``train.run.sigterm_flag``)."""
+    (``train.stopping.sigterm_flag``)."""
     return held is signal.SIG_DFL or isinstance(held, _Raise)
 
 

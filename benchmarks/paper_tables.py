@@ -47,7 +47,7 @@ from actdict.train.data import iter_batches, last_batches, make_split, norm_stat
 from actdict.train.loop import Interrupted, Member, Position, train
 from actdict.train.protocol import make
 from actdict.train.resume import load_state, save_state
-from actdict.train.run import sigterm_flag
+from actdict.train.stopping import sigterm_flag
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # paper_report beside this file (PYTHONSAFEPATH too)
 from paper_report import best_restarts, merge, print_table, restarts_table  # noqa: E402

@@ -12,7 +12,7 @@ from actdict.signals import Terminated, sigterm_raises
 
 
 class Training(BaseException):
-    """The training's own (train.run.Terminated)."""
+    """The training's own (train.stopping.Terminated)."""
 
 
 def test_the_training_s_inside_the_command_s_then_the_command_s_again():
@@ -67,9 +67,9 @@ def test_another_s_handler_is_kept_and_no_thread_but_the_main_one_installs():
 
 
 def test_the_training_s_steps_keep_another_s_handler_too():
-    """train.run.sigterm_flag (the steps' and final saves') replaced any SIGTERM handler, SIG_IGN too: an
+    """train.stopping.sigterm_flag (the steps' and final saves') replaced any SIGTERM handler, SIG_IGN too: an
     ignored SIGTERM, ignored before the first step, stopped the training during its steps."""
-    from actdict.train.run import sigterm_flag
+    from actdict.train.stopping import sigterm_flag
 
     def theirs(*_):
         pass

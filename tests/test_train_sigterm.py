@@ -117,7 +117,7 @@ def test_a_first_ctrl_c_is_said_by_one_process_with_a_stray_rank(monkeypatch, ca
     """A first Ctrl-C says what the training does next on rank 0 only; the rank was read from RANK itself, so
     one process with a RANK left in its environment (no torchrun: no WORLD_SIZE) said nothing. It is
     signals.rank, 0 outside torchrun; under torchrun rank 1 still says nothing."""
-    from actdict.train.run import sigterm_flag
+    from actdict.train.stopping import sigterm_flag
 
     monkeypatch.setenv("RANK", "1")
     monkeypatch.delenv("WORLD_SIZE", raising=False)
