@@ -223,7 +223,8 @@ def test_the_command_called_with_stderr_none_runs_to_its_end_and_gives_none_back
     assert json.loads((tmp_path / "run" / "dicts" / "s" / "cfg.json").read_text())["steps"] == 9
     said = out.getvalue().splitlines()
     saved = [line for line in said if line.startswith("train: saved ")]
-    assert len(saved) == 1 and saved[0].startswith(f"train: saved {tmp_path / 'run' / 'dicts' / 's'} (last ")
+    dict_dir = tmp_path / "run" / "dicts" / "s"
+    assert len(saved) == 1 and saved[0].startswith(f"train: saved {dict_dir} (epoch 1, the last: ")
     assert main(["train", str(tmp_path / "missing.yaml")]) == 2
     assert sys.stderr is None and out.getvalue().splitlines() == said
 
