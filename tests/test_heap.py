@@ -45,3 +45,19 @@ def test_on_this_linux_the_real_glibc_takes_it_and_results_do_not_change():
             y = x * 2
             assert float(y.sum()) == 2 * want
             del y
+
+
+def test_a_nested_block_leaves_the_outer_blocks_settings_until_the_outer_ends():
+    """A block within a block (a benchmark around a pass) set glibc's defaults back and trimmed at its own
+    end, in the middle of the outer pass: only the outermost block sets glibc now, and sets it back."""
+    outer, inner = FakeLibc(), FakeLibc()
+    with heap.reuse_freed_memory(outer) as on:
+        with heap.reuse_freed_memory(inner) as nested:
+            assert nested is True and inner.calls == []
+        with pytest.raises(RuntimeError, match="inner"), heap.reuse_freed_memory(inner):
+            raise RuntimeError("inner")
+        assert on is True and inner.calls == [] and len(outer.calls) == 2  # still no mmap, no trim
+    assert outer.calls[2:] == [("mallopt", -4, 65536), ("mallopt", -1, 128 * 1024), ("malloc_trim", 0)]
+    again = FakeLibc()
+    with heap.reuse_freed_memory(again) as on:  # closed blocks: the next one sets glibc again
+        assert on is True and len(again.calls) == 2
