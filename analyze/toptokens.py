@@ -83,9 +83,13 @@ def positive_pairs(codes: Tensor, pairs: tuple[Tensor, Tensor]) -> tuple[Tensor,
     """The (row, column) pairs [m] of the codes above 0 of codes [B, k] (none below 0, no NaN), row-major,
     when at most ``streaming.SPARSE_SHARE`` of them are nonzero; else None. ``pairs``, the active mask's, are
     those when they are as many and all above 0 (an SAE's mask on rows that each have an exact zero: its
-    nonzero codes); else ``where_true(codes > 0)``."""
+    nonzero codes); else ``where_true(codes > 0)``. Codes of many -0.0 beside few active pairs (a JumpReLU
+    SAE's pre * (pre > theta): -0.0 wherever pre < 0, half its codes) have their codes above 0 counted."""
+    most = streaming.SPARSE_SHARE * codes.numel()
     n = count_nonzero_bits(codes)  # the codes above 0 and any -0.0: ~2x torch.count_nonzero's speed
-    if n > streaming.SPARSE_SHARE * codes.numel():
+    if n > most and len(pairs[0]) <= most:  # the -0.0 may be what is above the share
+        n = int(torch.count_nonzero(codes > 0))
+    if n > most:
         return None
     if len(pairs[0]) == n and bool((codes[pairs] > 0).all()):  # (a -0.0 makes n larger than the pairs)
         return pairs

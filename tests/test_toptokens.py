@@ -469,3 +469,34 @@ def test_positive_pairs_are_the_active_ones_when_they_are_the_nonzero_codes():
     assert got is not pairs and [x.tolist() for x in got] == [x.tolist() for x in where_true(codes > 0)]
     codes[:, :10] = 1.0  # 200 + 20 of 6,000 codes: above 1 %
     assert positive_pairs(codes, where_true(codes != 0)) is None
+
+
+def test_a_jumprelus_negative_zeros_leave_its_sparse_codes_on_the_sparse_path():
+    """A JumpReLU SAE's codes, pre * (pre > theta), are -0.0 wherever pre < 0 (about half of them): counted
+    with the nonzero bits they put every batch above streaming.SPARSE_SHARE, so its top rows always took the
+    transposed copy and the column top-k. positive_pairs now counts the codes above 0 there: the mask's
+    pairs; and the tracker's top rows are those of the dense path (SPARSE_SHARE 0)."""
+    import actdict.analyze.streaming as S
+    from actdict.analyze.metrics import active_mask
+    from actdict.analyze.streaming import where_true
+    from actdict.analyze.toptokens import FeatureTracker, positive_pairs
+    from actdict.train.variants.sae_jumprelu import jumprelu
+
+    g = torch.Generator().manual_seed(3)
+    pre = torch.randn(64, 500, generator=g)  # [B, k]
+    codes = jumprelu(pre, torch.full((500,), 2.6), 0.001)  # ~0.5 % above theta
+    assert int(torch.signbit(codes).sum()) > 10_000  # the -0.0
+    pairs = where_true(active_mask(codes.abs().log(), "high"))
+    assert 0 < len(pairs[0]) <= S.SPARSE_SHARE * codes.numel()
+    assert positive_pairs(codes, pairs) is pairs
+    tops = {}
+    for share in (S.SPARSE_SHARE, 0.0):
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(S, "SPARSE_SHARE", share)
+            tr = FeatureTracker(500, 3, 2, seed=0)
+            tr.update(codes, codes > 0, torch.arange(64) + 10)
+            tops[share] = tr.top.result()
+    (s1, r1, v1), (s0, r0, v0) = tops.values()
+    held = np.minimum(np.bincount(pairs[1].numpy(), minlength=500), 3)  # [k] each feature's best 3
+    assert np.array_equal(s1 > 0, s0 > 0) and np.array_equal((s1 > 0).sum(1), held)
+    assert np.array_equal(r1[s1 > 0], r0[s0 > 0]) and np.array_equal(v1[s1 > 0], v0[s0 > 0])
