@@ -14,6 +14,7 @@ and class_separation; ``ModelEval.class_profile``), once per analysis, not per b
 
     python benchmarks/analyze_pass.py                     # k 4096, 16384 at d 512, AD 32, B 4096, 17 classes
     python benchmarks/analyze_pass.py --ks 16384 --threads 2 --variant sae_l1
+    python benchmarks/analyze_pass.py --device cuda        # on a GPU (each timed call synchronised)
 """
 
 from __future__ import annotations
@@ -37,29 +38,40 @@ OPTIONS = ((False, False, False), (True, False, False), (True, True, False), (Tr
 """(labels, class features, cofire) of each update column."""
 
 
-def _evaluator(model, classes: int, class_features: bool, cofire: bool) -> ModelEval:
+def _evaluator(model, classes: int, class_features: bool, cofire: bool, device: torch.device) -> ModelEval:
     cfg = AnalyzeConfig(class_features=5 if class_features else 0, cofire=8 if cofire else 0)
-    return ModelEval(model, cfg, seed=0, device=torch.device("cpu"), n_classes=classes,
+    return ModelEval(model, cfg, seed=0, device=device, n_classes=classes,
                      cofire=cofire, class_features=class_features)
+
+
+def _synced(fn, device: torch.device):
+    """``fn`` followed by a wait for the device's queued work (CUDA runs asynchronously: without it a call
+    would be timed as the launch of its kernels)."""
+    if device.type != "cuda":
+        return fn
+    return lambda: (fn(), torch.cuda.synchronize(device))
 
 
 @torch.no_grad()
 def measure(model, x: torch.Tensor, classes: int, repeats: int) -> tuple[list[float], float]:
     """([forward, then update with each option added] seconds per batch, the end of the pass's seconds:
-    ``summary`` and ``class_profile`` of the last evaluator, every option on) of batch x [B, d]."""
-    rows = torch.arange(len(x))  # [B]
+    ``summary`` and ``class_profile`` of the last evaluator, every option on) of batch x [B, d], on x's
+    device (the model's too)."""
+    dev = x.device
+    rows = torch.arange(len(x), device=dev)  # [B]
     cls = rows % classes  # [B] every class on every batch
-    times = [median_seconds(lambda: model(x, sample=False), repeats)]
+    times = [median_seconds(_synced(lambda: model(x, sample=False), dev), repeats)]
     for labels, cf, co in OPTIONS:
-        ev = _evaluator(model, classes if labels else 0, cf, co)
+        ev = _evaluator(model, classes if labels else 0, cf, co, dev)
         lab = cls if labels else None
         with reuse_freed_memory():  # as run.one_pass: each batch's temporaries in the last's memory
             ev.update(x, rows, lab)  # the first batch: the paper's one-sample RE and masked curve besides
-            times.append(median_seconds(lambda ev=ev, lab=lab: ev.update(x, rows, lab), repeats))
+            step = _synced(lambda ev=ev, lab=lab: ev.update(x, rows, lab), dev)
+            times.append(median_seconds(step, repeats))
     n = len(x) * (repeats + 1)
-    end = median_seconds(lambda: (ev.summary(n, x.sum(0), (x * x).sum(0), classes=list(range(classes))),
-                                  ev.class_profile()), 1)  # run.py's end of the pass: both, once
-    return times, end
+    end = _synced(lambda: (ev.summary(n, x.sum(0), (x * x).sum(0), classes=list(range(classes))),
+                           ev.class_profile()), dev)  # run.py's end of the pass: both, once
+    return times, median_seconds(end, 1)
 
 
 def main() -> None:
@@ -72,18 +84,24 @@ def main() -> None:
     ap.add_argument("--classes", type=int, default=17, help="label classes (the Pile's subsets: 17)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     a = ap.parse_args()
     if a.classes < 2 or a.rows < 2:  # one class has no other rows to be told from
         ap.error("--classes and --rows must be >= 2")
+    device = torch.device(a.device)
+    if device.type not in ("cpu", "cuda") or (device.type == "cuda" and not torch.cuda.is_available()):
+        ap.error(f"--device {a.device}: " + ("this torch sees no CUDA device" if device.type == "cuda"
+                                             else "cpu or cuda[:N]"))
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    x = torch.randn(a.rows, a.d)  # [B, d]
-    print(f"{a.variant}, B {a.rows}, d {a.d}, {a.classes} classes, {a.threads} thread(s), torch "
+    x = torch.randn(a.rows, a.d).to(device)  # [B, d] (the same values on any device)
+    where = f"{a.threads} thread(s)" if device.type == "cpu" else str(device)
+    print(f"{a.variant}, B {a.rows}, d {a.d}, {a.classes} classes, {where}, torch "
           f"{torch.__version__}; seconds per batch (x the forward)")
     print(f"{'k':>6} " + " ".join(f"{s:>17}" for s in STEPS) + f" {'summary (once)':>15}")
     for k in a.ks:
         params = {"topk": a.ad} if a.variant == "sae_topk" else {}
-        model = make(a.variant, a.d, k, seed=0, **params).eval()
+        model = make(a.variant, a.d, k, seed=0, **params).to(device).eval()
         times, end = measure(model, x, a.classes, a.repeats)
         cells = [f"{times[0]:17.3f}"] + [f"{t:8.3f} ({t / times[0]:5.2f}x)" for t in times[1:]]
         print(f"{k:>6} " + " ".join(cells) + f" {end:15.3f}")

@@ -26,7 +26,8 @@
 # (2026-12-04 on an H200: tests + train + harvest took 223 s of wall time, the machine's start ~35 s.)
 #   run(command='STEPS="mlp" MLP_MIN=8 bash benchmarks/gpu_session.sh', carry=[...], timeout_s=600)
 #   run(command='STEPS=restarts RESTART_MIN=8 bash benchmarks/gpu_session.sh', carry=[...], timeout_s=600)
-# TESTS_S, TRAIN_S, HARVEST_S, PROFILE_S, SAELENS_S (per precision) bound those steps (seconds). Logs and
+#   run(command='STEPS=analyze ANALYZE_S=120 bash benchmarks/gpu_session.sh', carry=[".whl"], timeout_s=300)
+# TESTS_S, TRAIN_S, HARVEST_S, PROFILE_S, SAELENS_S (per precision), ANALYZE_S bound those steps (seconds). Logs and
 # JSON land in $OUT. MLP_MIN bounds the paper-width MLP run (minutes); its resume state comes back in
 # $OUT/state: copy it to .devcache/state and a later session continues it.
 # Rehearsal on a CPU machine (every step's install, imports and flags; the numbers mean nothing): DEVICE=cpu
@@ -136,6 +137,11 @@ run_harvest() {  # harvest / bare forward on the GPU (issue #3)
   else
     log "harvest benchmark in /dev/shm skipped: $((shm_kb / 1024)) MB free there, $((ROWS * 3 / 2048)) MB wanted"
   fi
+}
+run_analyze() {  # the analysis pass's accumulators on the GPU (their sparse paths were only timed on CPUs)
+  log "analysis pass benchmark"
+  timeout ${ANALYZE_S:-90} $PY benchmarks/analyze_pass.py --device "$DEVICE" --ks 4096 16384 ${ANALYZE_FLAGS:-} 2>&1 \
+    | tee "$OUT/analyze_pass.log" | tail -4
 }
 run_profile() {  # where the time goes: a training step's operators, the sparse ops, the harvest's threads
   log "profiles"

@@ -291,3 +291,48 @@ def test_every_benchmark_flag_is_in_the_readme():
         adds = "from saelens_side import add_arguments" in (BENCH / f"{name}.py").read_text()
         found = flags(name) | (saelens if adds else set())
         assert found and {f for f in found if f"`{f}" not in bullets[name]} == set(), name
+
+
+@pytest.mark.parametrize("device, said", [("cuda", "this torch sees no CUDA device"),
+                                          ("mps", "cpu or cuda[:N]")])
+def test_analyze_pass_refuses_a_device_it_cannot_time(device, said):
+    """--device (for the GPU sessions: the sparse analysis paths were only ever timed on a CPU): a device this
+    torch lacks, or one other than cpu / cuda, is refused by the parser (exit 2), before any model is made."""
+    import torch
+
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("a CUDA device is there: nothing to refuse")
+    proc = subprocess.run([sys.executable, str(BENCH / "analyze_pass.py"), "--device", device, "--ks", "8"],
+                          capture_output=True, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"},
+                          timeout=120)
+    assert proc.returncode == 2 and f"--device {device}: {said}" in proc.stderr
+
+
+def test_analyze_pass_times_on_the_batchs_device(monkeypatch):
+    """measure() builds each ModelEval on x's device and its rows and labels there (run.one_pass's), and
+    waits for a CUDA device's queued work in each timed call (_synced); on a CPU each call is timed as is."""
+    import importlib.util
+
+    import torch
+
+    from actdict.analyze import evaluate
+    from actdict.train.protocol import make
+
+    spec = importlib.util.spec_from_file_location("analyze_pass", BENCH / "analyze_pass.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    seen = []
+    real = evaluate.ModelEval.update
+
+    def update(self, x, rows, cls=None):
+        seen.append((self.fire.device, rows.device, None if cls is None else cls.device))
+        return real(self, x, rows, cls)
+
+    monkeypatch.setattr(evaluate.ModelEval, "update", update)
+    model = make("sae_topk", 8, 32, seed=0, topk=4).eval()
+    bench.measure(model, torch.randn(24, 8), 3, 1)
+    cpu = torch.device("cpu")
+    assert seen and all(d == cpu and r == cpu and c in (None, cpu) for d, r, c in seen)
+    assert sum(c is not None for _, _, c in seen) == 3 * 2  # 3 labelled options, 2 calls each
+    f = lambda: None  # noqa: E731
+    assert bench._synced(f, cpu) is f and bench._synced(f, torch.device("cuda")) is not f
