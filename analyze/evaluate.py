@@ -92,7 +92,7 @@ class ModelEval:
             finite = pairs if exact and m.active_side == "high" else None  # the activity's finite entries
             self._add_class_sums(out, mask, cls, bool(has.all()), nonzero / max(1, out.codes.numel()),
                                  pairs, finite)
-        self.tracker.update(out.codes, mask, rows, pairs)
+        self.tracker.update(out.codes, mask, rows, pairs, nonzero)
 
     def _add_class_sums(self, out, mask: torch.Tensor, cls: torch.Tensor, labelled: bool,
                         density: float, pairs: tuple[torch.Tensor, torch.Tensor],

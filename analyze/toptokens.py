@@ -28,7 +28,6 @@ from actdict.analyze import streaming
 from actdict.analyze.cofire import CoFire
 from actdict.analyze.streaming import LogHistogram, Reservoir, TopRows, where_true
 from actdict.errors import ActdictError, ActdictWarning
-from actdict.train.variants._sparse import count_nonzero_bits
 
 Decoder = Callable[[Sequence[int]], list[str]]
 
@@ -44,17 +43,18 @@ class FeatureTracker:
         self.sample = Reservoir(k, samples, seed, device)
         self.hist = LogHistogram(k, device=device)
 
-    def update(self, codes: Tensor, active: Tensor, rows: Tensor, pairs: tuple[Tensor, Tensor] | None = None
-               ) -> None:
+    def update(self, codes: Tensor, active: Tensor, rows: Tensor, pairs: tuple[Tensor, Tensor] | None = None,
+               nonzero: int | None = None) -> None:
         """codes [B, k], active [B, k] bool (the latent counts as active on that row), rows [B] global; pairs:
-        ``streaming.where_true(active)`` if the caller has it (the sample, the histogram and cofire read it).
+        ``streaming.where_true(active)`` if the caller has it (the sample, the histogram and cofire read it);
+        nonzero: ``torch.count_nonzero(codes)`` if the caller has it (``positive_pairs`` reads it).
         Sparse codes with none below 0 (``positive_pairs``) rank the top rows from their positive codes alone
         (``TopRows.update_pairs``: the same rows and values above 0) and need no transposed copy of the codes;
         else the column top-k of that one copy ranks them."""
         codes = codes.detach().float()
         pairs = where_true(active) if pairs is None else pairs
         signed = negative_or_nan(codes)
-        pos = None if signed else positive_pairs(codes, pairs)
+        pos = None if signed else positive_pairs(codes, pairs, nonzero)
         held = codes  # [B, k] what the sample's values are read from
         if pos is not None:
             v = codes[pos]  # [m] the codes above 0
@@ -79,19 +79,18 @@ class FeatureTracker:
         return self.top.nbytes() + self.bottom.nbytes() + self.sample.nbytes() + self.hist.nbytes() + co
 
 
-def positive_pairs(codes: Tensor, pairs: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor] | None:
+def positive_pairs(codes: Tensor, pairs: tuple[Tensor, Tensor], nonzero: int | None = None
+                   ) -> tuple[Tensor, Tensor] | None:
     """The (row, column) pairs [m] of the codes above 0 of codes [B, k] (none below 0, no NaN), row-major,
-    when at most ``streaming.SPARSE_SHARE`` of them are nonzero; else None. ``pairs``, the active mask's, are
-    those when they are as many and all above 0 (an SAE's mask on rows that each have an exact zero: its
-    nonzero codes); else ``where_true(codes > 0)``. Codes of many -0.0 beside few active pairs (a JumpReLU
-    SAE's pre * (pre > theta): -0.0 wherever pre < 0, half its codes) have their codes above 0 counted."""
-    most = streaming.SPARSE_SHARE * codes.numel()
-    n = count_nonzero_bits(codes)  # the codes above 0 and any -0.0: ~2x torch.count_nonzero's speed
-    if n > most and len(pairs[0]) <= most:  # the -0.0 may be what is above the share
-        n = int(torch.count_nonzero(codes > 0))
-    if n > most:
+    when at most ``streaming.SPARSE_SHARE`` of them are nonzero; else None. ``nonzero``: the count of nonzero
+    codes, ``torch.count_nonzero(codes)`` (ModelEval has it for L0; with no code below 0 it counts the codes
+    above 0: a -0.0, as a JumpReLU SAE's pre * (pre > theta) holds wherever pre < 0, is not counted).
+    ``pairs``, the active mask's, are those when they are as many and all above 0 (an SAE's mask on rows that
+    each have an exact zero: its nonzero codes); else ``where_true(codes > 0)``."""
+    n = int(torch.count_nonzero(codes)) if nonzero is None else nonzero
+    if n > streaming.SPARSE_SHARE * codes.numel():
         return None
-    if len(pairs[0]) == n and bool((codes[pairs] > 0).all()):  # (a -0.0 makes n larger than the pairs)
+    if len(pairs[0]) == n and bool((codes[pairs] > 0).all()):
         return pairs
     return where_true(codes > 0)
 
