@@ -63,18 +63,30 @@ def unsupported(target: str) -> str | None:
 
 
 def masked_lm_for(target: str) -> str | None:
-    """The masked-LM class to boot the bare encoder at ``target`` as, when TransformerBridge has an adapter
-    for it and none for the class its config.json names: a sentence-transformers RoBERTa folder names
+    """The masked-LM class to boot the encoder at ``target`` as, when TransformerBridge has an adapter for it
+    and none for the class its config.json names: a sentence-transformers RoBERTa folder names
     ``RobertaModel``, which transformer-lens 4.3.0 maps to no adapter, while it has ``RobertaForMaskedLM``
-    (BERT's ``BertModel`` is mapped by its model_type). The encoder's weights load into that class as
-    they are (its masked-LM head, which no harvest reads, is left random); None otherwise."""
+    (BERT's ``BertModel`` is mapped by its model_type); an XLM-RoBERTa (``XLMRobertaForMaskedLM``, or a
+    sentence-transformers folder's ``XLMRobertaModel``) boots as ``RobertaForMaskedLM`` too (``SAME_MODULES``:
+    its adapter names the same modules, and the bridge still loads the model's own class). The encoder's
+    weights load into that class as they are (a bare encoder's masked-LM head, which no harvest reads, is
+    left random); None otherwise."""
     if (hf_cfg := _hf_config(target)) is None or _bridge_supports(hf_cfg) is not False:
         return None
     from transformer_lens.factories.architecture_adapter_factory import SUPPORTED_ARCHITECTURES
 
     arch = (getattr(hf_cfg, "architectures", None) or [""])[0]
-    masked = f"{arch.removesuffix('Model')}ForMaskedLM"
-    return masked if arch.endswith("Model") and masked in SUPPORTED_ARCHITECTURES else None
+    if not arch.endswith(("Model", "ForMaskedLM")):  # a task head (ForCausalLM, ...): no encoder of ours
+        return None
+    masked = SAME_MODULES.get(getattr(hf_cfg, "model_type", None), f"{arch.removesuffix('Model')}ForMaskedLM")
+    return masked if masked in SUPPORTED_ARCHITECTURES else None
+
+
+SAME_MODULES = {"xlm-roberta": "RobertaForMaskedLM"}
+"""model_type -> the supported architecture whose TransformerBridge adapter fits a model of that type, which
+transformer-lens 4.3.0 has no adapter for: transformers' XLM-RoBERTa classes are RoBERTa's code (the same
+modules, embeddings, post-LN blocks and position ids after the padding index), so RoBERTa's adapter hooks
+them as they are (``tests/test_encoder_tokens.py``: every block's rows equal HF's hidden states)."""
 
 
 def failed_on_supported(target: str, e: Exception) -> str | None:

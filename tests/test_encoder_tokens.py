@@ -1,7 +1,8 @@
 """Token-level harvests (``harvest.mode: tokens``) of encoders beyond MiniLM (test_harvest): a tiny
-random-init RoBERTa (``RobertaForMaskedLM``, byte-level BPE) and BERT (``BertForMaskedLM``, WordPiece) run
-through TransformerBridge store HF's own hidden states, padding masked out, and their tokens read back as
-the text, a sentence-transformers RoBERTa folder too; the encoder classes transformer-lens 4.3.0 has no
+random-init RoBERTa (``RobertaForMaskedLM``, byte-level BPE), XLM-RoBERTa (``XLMRobertaForMaskedLM``,
+SentencePiece unigram; booted with RoBERTa's adapter) and BERT (``BertForMaskedLM``, WordPiece) run through
+TransformerBridge store HF's own hidden states, padding masked out, and their tokens read back as the text,
+sentence-transformers RoBERTa and XLM-R folders too; the encoder classes transformer-lens 4.3.0 has no
 adapter for are refused saying so."""
 
 import json
@@ -9,7 +10,7 @@ import json
 import pytest
 import torch
 from test_harvest import check_aligned, harvest, reference
-from tiny_encoders import make_encoder, make_masked_lm
+from tiny_encoders import WORDS, make_encoder, make_masked_lm
 
 from actdict.analyze.toptokens import context_text, display_strings
 from actdict.harvest.models import ModelError, load_model
@@ -18,8 +19,8 @@ from actdict.harvest.tokentext import token_texts
 
 DOCS = ["the river stone café, a naïve lantern by the harbor window and the quiet market",
         "猫 sat on the velvet ladder.", "winter bread engine violin letter garden storm copper orchard"]
-# family: ([CLS], [SEP], pad, special ids as the harvest finds them)
-SPECIALS = {"roberta": (0, 2, 1, {0, 1, 2, 50261}), "bert": (2, 3, 0, {0, 2, 3, 4})}
+# family: the ids of [CLS], [SEP] and the padding as the harvest finds them ([MASK] is special too)
+SPECIALS = {"roberta": (0, 2, 1), "xlmr": (0, 2, 1), "bert": (2, 3, 0)}
 
 
 @pytest.fixture(scope="module")
@@ -30,15 +31,15 @@ def source(tmp_path_factory) -> dict:
 
 
 @pytest.mark.parametrize("mode", ["concat", "per_doc"])  # per_doc pads: the attention mask
-@pytest.mark.parametrize("family", ["roberta", "bert"])
+@pytest.mark.parametrize("family", ["roberta", "xlmr", "bert"])
 def test_encoder_rows_are_hf_hidden_states(tmp_path, source, family, mode):
     from transformers import AutoModel
 
     folder = make_masked_lm(family, tmp_path / "model")
     lm = load_model(str(folder))
-    cls, sep, pad, special = SPECIALS[family]
+    cls, sep, pad = SPECIALS[family]
     assert (lm.kind, lm.cls_id, lm.sep_id, lm.pad_id) == ("encoder", cls, sep, pad)
-    assert set(lm.special_ids) == special
+    assert set(lm.special_ids) == {cls, sep, pad, lm.tokenizer.mask_token_id}  # [UNK] is text
     hooks = ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
     common, cfg = harvest(tmp_path / "run", model=str(folder), hooks=hooks, window_mode=mode, source=source,
                           store_dtype="float32")
@@ -56,13 +57,17 @@ def test_encoder_rows_are_hf_hidden_states(tmp_path, source, family, mode):
     if family == "roberta":  # byte-level: each document's tokens are its text, '猫' in three bytes
         assert [context_text(p) for p in pieces] == DOCS
         assert pieces[1][:3] == ["<0xE7>", "<0x8C>", "<0xAB>"]
+    elif family == "xlmr":  # '▁' read as a space; a character the unigram vocabulary lacks is <unk>
+        known = set("".join(WORDS)) | {" "}
+        assert [context_text(p).strip() for p in pieces] == [
+            "".join(c if c in known else "<unk>" for c in doc) for doc in DOCS]
     else:  # WordPiece: lower-cased, accents and spacing as BERT's tokenizer leaves them
         shown = "".join(display_strings(pieces[0])).strip()
         assert shown.startswith("the river stone cafe , a naive lantern")
         assert pieces[1][0] == "[UNK]"
 
 
-@pytest.mark.parametrize("family", ["xlmr", "modernbert", "distilbert", "mpnet"])
+@pytest.mark.parametrize("family", ["modernbert", "distilbert", "mpnet"])
 def test_encoders_the_bridge_lacks_are_refused_naming_the_architecture(tmp_path, family):
     folder = make_masked_lm(family, tmp_path / "model")
     arch = json.loads((folder / "config.json").read_text())["architectures"][0]
@@ -72,15 +77,17 @@ def test_encoders_the_bridge_lacks_are_refused_naming_the_architecture(tmp_path,
         load_model(str(folder))
 
 
-def test_a_sentence_transformers_roberta_folder_is_harvested_as_its_masked_lm(tmp_path, source):
+@pytest.mark.parametrize("family", ["roberta", "xlmr"])
+def test_a_sentence_transformers_roberta_folder_is_harvested_as_its_masked_lm(tmp_path, source, family):
     """A sentence-transformers RoBERTa folder's config.json names RobertaModel, for which transformer-lens
     4.3.0 has no adapter (its model_type roberta maps to none, where bert maps to BertForMaskedLM): the load
     was refused, naming the architecture. It now boots as RobertaForMaskedLM (an adapter the bridge has),
-    and its rows are the folder's own hidden states."""
+    and its rows are the folder's own hidden states; an XLM-R folder's XLMRobertaModel too."""
     from transformers import AutoModel
 
-    folder = make_encoder("roberta", tmp_path / "st")  # harvest.model names it: config.json at its root
-    assert json.loads((folder / "config.json").read_text())["architectures"] == ["RobertaModel"]
+    folder = make_encoder(family, tmp_path / "st")  # harvest.model names it: config.json at its root
+    arch = {"roberta": "RobertaModel", "xlmr": "XLMRobertaModel"}[family]
+    assert json.loads((folder / "config.json").read_text())["architectures"] == [arch]
     lm = load_model(str(folder))
     assert (lm.kind, lm.cls_id, lm.sep_id, lm.pad_id) == ("encoder", 0, 2, 1)
     common, cfg = harvest(tmp_path / "run", model=str(folder), hooks=["blocks.1.hook_resid_post"],
