@@ -57,9 +57,24 @@ def unsupported(target: str) -> str | None:
     from transformer_lens.factories.architecture_adapter_factory import SUPPORTED_ARCHITECTURES
 
     names = ", ".join(sorted(SUPPORTED_ARCHITECTURES, key=str.lower))
+    embed = ("for one row per document (its pooled hidden states through sentence-transformers), set "
+             "harvest.mode: embeddings; for one per token, " if is_encoder(hf_cfg) else "")
     return (f"its architecture ({architecture(hf_cfg)}) is not one that TransformerLens {tl_version()}'s "
-            "TransformerBridge supports: use a model of a supported architecture, or a transformer-lens "
-            f"release that supports this one. Supported: {names}")
+            f"TransformerBridge supports: {embed}use a model of a supported architecture, or a "
+            f"transformer-lens release that supports this one. Supported: {names}")
+
+
+def is_encoder(hf_cfg: Any) -> bool:
+    """Whether ``hf_cfg`` is a bidirectional encoder's (BERT's kind: DistilBERT, MPNet, ModernBERT, ...): its
+    model_type has a masked-LM class in transformers and it names no generating head (``ForCausalLM``,
+    ``LMHeadModel``, ``ForConditionalGeneration``: BART's masked-LM class generates). Such a model embeds its
+    documents with ``harvest.mode: embeddings`` whatever TransformerBridge supports."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    generates = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
+    archs = getattr(hf_cfg, "architectures", None) or []
+    return (getattr(hf_cfg, "model_type", None) in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+            and not any(a.endswith(generates) for a in archs))
 
 
 def masked_lm_for(target: str) -> str | None:

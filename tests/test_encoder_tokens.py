@@ -6,6 +6,7 @@ sentence-transformers RoBERTa and XLM-R folders too; the encoder classes transfo
 adapter for are refused saying so."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from test_harvest import check_aligned, harvest, reference
 from tiny_encoders import WORDS, make_encoder, make_masked_lm
 
 from actdict.analyze.toptokens import context_text, display_strings
+from actdict.harvest.bridge import tl_version
 from actdict.harvest.models import ModelError, load_model
 from actdict.harvest.store import open_store
 from actdict.harvest.tokentext import token_texts
@@ -67,14 +69,25 @@ def test_encoder_rows_are_hf_hidden_states(tmp_path, source, family, mode):
         assert pieces[1][0] == "[UNK]"
 
 
+@pytest.mark.parametrize("kind", ["masked_lm", "sentence_transformers"])
 @pytest.mark.parametrize("family", ["modernbert", "distilbert", "mpnet"])
-def test_encoders_the_bridge_lacks_are_refused_naming_the_architecture(tmp_path, family):
-    folder = make_masked_lm(family, tmp_path / "model")
+def test_encoders_the_bridge_lacks_are_refused_naming_the_architecture(tmp_path, source, family, kind):
+    """A token harvest of an encoder transformer-lens 4.3.0 has no adapter for stops at the load, before
+    anything is written, in one line: its architecture, the transformer-lens version, the architectures the
+    bridge supports, and harvest.mode: embeddings (its documents' embeddings), which it did not say."""
+    make = make_masked_lm if kind == "masked_lm" else make_encoder
+    folder = make(family, tmp_path / "model")
     arch = json.loads((folder / "config.json").read_text())["architectures"][0]
-    with pytest.raises(ModelError, match=rf"its architecture \({arch}; model_type [-a-z]+\) is not one that "
-                                         r"TransformerLens [\d.]+'s TransformerBridge supports: .*Supported: "
-                                         r".*BertForMaskedLM.*RobertaForMaskedLM"):
-        load_model(str(folder))
+    with pytest.raises(ModelError) as e:
+        harvest(tmp_path / "run", model=str(folder), hooks=["blocks.0.hook_resid_post"], source=source)
+    said = str(e.value)
+    assert re.fullmatch(rf"could not load model '{re.escape(str(folder))}': its architecture \({arch}; "
+                        r"model_type [-a-z]+\) is not one that TransformerLens "
+                        rf"{re.escape(tl_version())}'s TransformerBridge supports: for one row per document "
+                        r"\(.*\), set harvest\.mode: embeddings; for one per token, use a model of a "
+                        r"supported architecture, .*\. Supported: .*", said)
+    assert {"BertForMaskedLM", "RobertaForMaskedLM"} <= set(said.split("Supported: ")[1].split(", "))
+    assert not [p for p in (tmp_path / "run").rglob("*") if p.is_file()]  # no store, no manifest, no lock
 
 
 @pytest.mark.parametrize("family", ["roberta", "xlmr"])
