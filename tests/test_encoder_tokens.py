@@ -2,12 +2,14 @@
 random-init RoBERTa (``RobertaForMaskedLM``, byte-level BPE), XLM-RoBERTa (``XLMRobertaForMaskedLM``,
 SentencePiece unigram; booted with RoBERTa's adapter) and BERT (``BertForMaskedLM``, WordPiece) run through
 TransformerBridge store HF's own hidden states, padding masked out, and their tokens read back as the text,
-sentence-transformers RoBERTa and XLM-R folders too; the encoder classes transformer-lens 4.3.0 has no
-adapter for are refused saying so."""
+sentence-transformers RoBERTa and XLM-R folders too; special tokens written in a text are dropped by
+skip_special ([UNK] kept); what each residual hook of their post-LN blocks holds; the encoder classes
+transformer-lens 4.3.0 has no adapter for are refused saying so (docs/harvest.md, 'Encoder families')."""
 
 import json
 import re
 
+import numpy as np
 import pytest
 import torch
 from test_harvest import check_aligned, harvest, reference
@@ -124,3 +126,78 @@ def test_a_t5_encoder_boots_as_seq2seq_and_its_harvest_stops_saying_the_forward_
         harvest(tmp_path / "run", model=str(folder), hooks=["encoder_blocks.1.hook_resid_post"],
                 source=source)
     assert not list((tmp_path / "run").rglob("shards/*"))
+
+
+LITERALS = {"bert": "[CLS] [SEP] [PAD] [MASK] [UNK]", "roberta": "<s> </s> <pad> <mask> <unk>",
+            "xlmr": "<s> </s> <pad> <mask> <unk>"}
+"""Each family's special tokens, [UNK] last, written in a text: its tokenizer reads each as that token."""
+
+
+@pytest.mark.parametrize("skip", [True, False])
+@pytest.mark.parametrize("family", ["bert", "roberta", "xlmr"])
+def test_special_tokens_written_in_a_text(tmp_path, family, skip):
+    """A literal [CLS]/<s>, [SEP]/</s>, pad or [MASK] in a text is that token: skip_special drops its row
+    and keeps [UNK]'s (text the vocabulary lacks); without skip_special every row is stored. Either way the
+    stored rows are HF's hidden states of the window as the model saw it (RoBERTa's position ids skip a
+    literal <pad>, in HF as under the bridge)."""
+    from transformers import AutoModel
+
+    folder = make_masked_lm(family, tmp_path / "model")
+    lm = load_model(str(folder))
+    words = LITERALS[family].split()
+    text = " ".join(f"{w} {s}" for w, s in zip(("river", "stone", "market", "winter", "bread"), words,
+                                               strict=True)) + " garden"
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in (text, DOCS[2])), encoding="utf-8")
+    common, cfg = harvest(tmp_path / "run", model=str(folder), hooks=["blocks.1.hook_resid_post"],
+                          window_mode="per_doc", source={"kind": "files", "path": str(path)},
+                          store_dtype="float32", skip_special=skip)
+    cls, sep, pad = SPECIALS[family]
+    literal = lm.tokenizer.convert_tokens_to_ids(words)  # [5] ids of the specials as written
+    assert literal == [cls, sep, pad, lm.tokenizer.mask_token_id, lm.tokenizer.unk_token_id]
+    hf = AutoModel.from_pretrained(folder, attn_implementation="eager").eval()
+    with torch.no_grad():
+        ref, docs = reference(lambda ids: hf(input_ids=ids, output_hidden_states=True).hidden_states,
+                              lm.tokenizer, cfg, (cls,), (sep,), (sep,), pad, trim=True)
+    assert set(literal) <= set(docs[0])
+    dropped = set(literal[:4]) if skip else set()  # [UNK] is text
+    store = open_store(common.store_path, "blocks.1.hook_resid_post")
+    rows = store.read_rows(0, len(store))
+    assert [int(i) for i in rows.token_ids[rows.doc == 0]] == [i for i in docs[0] if i not in dropped]
+    check_aligned(rows, ref, docs, 1, rtol=0, atol=2e-6, mask=~np.isin(ref["tokens"], list(dropped)))
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "xlmr"])
+def test_what_each_residual_hook_of_a_post_ln_block_holds(tmp_path, source, family):
+    """BERT's and RoBERTa's blocks are post-LN: h = LN1(x + attn(x)), out = LN2(h + mlp(h)). Under
+    TransformerBridge hook_resid_pre is x (HF's hidden_states[L]) and hook_resid_post out (hidden_states[L+1],
+    the last block's too: no final norm), but hook_attn_out is h, after the LayerNorm (the stream the MLP
+    reads, not what attention adds), and hook_resid_mid is LN2's input h + mlp(h), not x + attn_out
+    (docs/harvest.md, 'Encoder families'). Windows of the model's whole context (RoBERTa's 64 of 66
+    positions), padded, through both blocks."""
+    from transformers import AutoModel
+
+    folder = make_masked_lm(family, tmp_path / "model")
+    lm = load_model(str(folder))
+    kinds = ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post")
+    common, cfg = harvest(tmp_path / "run", model=str(folder), hooks=[f"blocks.*.{k}" for k in kinds],
+                          window_mode="per_doc", source=source, store_dtype="float32", ctx=lm.n_ctx)
+    assert cfg.ctx == 64
+    hf = AutoModel.from_pretrained(folder, attn_implementation="eager").eval()
+    cls, sep, pad = SPECIALS[family]
+    with torch.no_grad():
+        ref, docs = reference(lambda ids: hf(input_ids=ids, output_hidden_states=True).hidden_states,
+                              lm.tokenizer, cfg, (cls,), (sep,), (sep,), pad, trim=True)
+    for layer, block in enumerate(hf.encoder.layer):
+        rows = {k: open_store(common.store_path, f"blocks.{layer}.{k}").read_rows(0, len(ref["tokens"]))
+                for k in kinds}  # each [n] rows, the same tokens
+        check_aligned(rows["hook_resid_pre"], ref, docs, layer - 1, rtol=0, atol=2e-6)
+        check_aligned(rows["hook_resid_post"], ref, docs, layer, rtol=0, atol=2e-6)
+        h, mid, mlp = (torch.from_numpy(rows[k].acts) for k in kinds[1:4])  # [n, d] each
+        with torch.no_grad():
+            np.testing.assert_allclose(block.output.dense(block.intermediate(h)), mlp, rtol=0, atol=2e-6)
+            np.testing.assert_allclose(mid, h + mlp, rtol=0, atol=2e-6)
+            np.testing.assert_allclose(block.output.LayerNorm(mid), rows["hook_resid_post"].acts, rtol=0,
+                                       atol=2e-6)
+        x = rows["hook_resid_pre"].acts  # [n, d]
+        assert np.abs(mid.numpy() - (x + h.numpy())).max() > 0.1  # resid_mid is not resid_pre + attn_out
