@@ -17,8 +17,8 @@ from tiny_encoders import WORDS, make_encoder, make_masked_lm
 
 from actdict.analyze.toptokens import context_text, display_strings
 from actdict.harvest.bridge import tl_version
-from actdict.harvest.models import ModelError, load_model
-from actdict.harvest.store import open_store
+from actdict.harvest.models import HookError, ModelError, load_model
+from actdict.harvest.store import list_hooks, open_store
 from actdict.harvest.tokentext import token_texts
 
 DOCS = ["the river stone café, a naïve lantern by the harbor window and the quiet market",
@@ -201,3 +201,41 @@ def test_what_each_residual_hook_of_a_post_ln_block_holds(tmp_path, source, fami
                                        atol=2e-6)
         x = rows["hook_resid_pre"].acts  # [n, d]
         assert np.abs(mid.numpy() - (x + h.numpy())).max() > 0.1  # resid_mid is not resid_pre + attn_out
+
+
+HEAD = ["ln_final.hook_normalized", "ln_final.hook_out", "mlm_head.hook_out", "unembed.hook_in",
+        "hook_unembed"]
+"""Hooks of the masked-LM head the bridge gives a bare encoder (BertForMaskedLM's, RobertaForMaskedLM's)."""
+
+
+@pytest.mark.parametrize("family", ["minilm", "roberta", "xlmr"])
+def test_the_masked_lm_head_of_a_bare_encoder_is_refused(tmp_path, source, family):
+    """MiniLM's checkpoint (BertModel) and a sentence-transformers RoBERTa or XLM-R folder's (RobertaModel,
+    XLMRobertaModel) hold no masked-LM head: the bridge boots them as masked LMs and draws the head's weights
+    at load, so its hooks' rows changed from one load to the next (here with the torch seed), and a harvest
+    stored them. Named, or all a pattern matches, they are refused before anything is written; a pattern
+    leaves them out and keeps the head's input (mlm_head.hook_in), the last block's output."""
+    folder = "all-MiniLM-L6-v2" if family == "minilm" else str(make_encoder(family, tmp_path / "st"))
+    last = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        lm = load_model(folder)
+        ids = torch.tensor([lm.tokenizer("the river stone")["input_ids"]])  # [1, n]
+        _, cache = lm.bridge.run_with_cache(ids, names_filter=HEAD + ["mlm_head.hook_in"],
+                                            return_cache_object=False)
+        last.append(cache)
+    assert all((last[0][h] - last[1][h]).abs().max() > 1e-2 for h in HEAD)  # random: another draw
+    torch.testing.assert_close(last[0]["mlm_head.hook_in"], last[1]["mlm_head.hook_in"], rtol=0, atol=0)
+    said = (r"of .* give[s]? no rows of the model's trained weights: it reads the masked-LM head "
+            r"TransformerBridge adds to this bare encoder \((Bert|Roberta|XLMRoberta)Model, booted as "
+            r"(Bert|Roberta|XLMRoberta)ForMaskedLM\)")
+    for hooks in (["blocks.0.hook_resid_post", "ln_final.hook_normalized"], ["ln_final.*"], ["hook_unembed"]):
+        with pytest.raises(HookError, match=said):
+            harvest(tmp_path / "run", model=folder, hooks=hooks, source=source)
+        assert not [p for p in (tmp_path / "run").rglob("*") if p.is_file()]
+    out = f"blocks.{lm.n_layers - 1}.hook_resid_post"
+    common, _ = harvest(tmp_path / "run", model=folder, hooks=["mlm_head.*", out], source=source,
+                        store_dtype="float32", window_mode="per_doc")
+    assert sorted(list_hooks(common.store_path)) == [out, "mlm_head.hook_in"]  # hook_out left out
+    rows = [open_store(common.store_path, h) for h in (out, "mlm_head.hook_in")]
+    np.testing.assert_array_equal(*(r.read_rows(0, len(r)).acts for r in rows))
