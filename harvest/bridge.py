@@ -166,25 +166,26 @@ def _bridge_supports(hf_cfg: Any) -> bool | None:
 
 def untrained_hooks(bridge: Any, target: str) -> dict[str, str]:
     """hook -> why its rows are of no trained weights, for each hook of the masked-LM head that
-    TransformerBridge gives a bare encoder: a checkpoint whose config.json names the base class (MiniLM's
-    ``BertModel``, mapped by its model_type; a sentence-transformers RoBERTa or XLM-R folder's, booted by
-    ``masked_lm_for``) holds no head, so the bridge's ``BertForMaskedLM`` / ``RobertaForMaskedLM`` draws
-    the head's dense and LayerNorm at random when it loads (``ln_final.*``, ``mlm_head.hook_out``,
-    ``unembed.*``, ``hook_unembed``; they changed from load to load). The head's input (``mlm_head.hook_in``,
-    the last block's output) is the encoder's and stays. Empty for any other model, or when the model's
-    config cannot be read here."""
+    TransformerBridge gives an encoder whose checkpoint holds none: config.json names another class than
+    the one booted and no masked-LM head (a bare ``BertModel``: MiniLM's, mapped by its model_type; a
+    sentence-transformers RoBERTa or XLM-R folder's, booted by ``masked_lm_for``; a fine-tuned
+    ``BertForSequenceClassification``), so the bridge's ``BertForMaskedLM`` / ``RobertaForMaskedLM`` draws the
+    head's dense and LayerNorm at random when it loads (``ln_final.*``, ``mlm_head.hook_out``, ``unembed.*``,
+    ``hook_unembed``; they changed from load to load). The head's input (``mlm_head.hook_in``, the last
+    block's output) is the encoder's and stays. Empty for any other model, or when the model's config
+    cannot be read here."""
     model, hf_cfg = bridge.original_model, _hf_config(target)
-    arch = (getattr(hf_cfg, "architectures", None) or [""])[0]
+    arch, booted = (getattr(hf_cfg, "architectures", None) or [""])[0], type(model).__name__
     prefix = getattr(model, "base_model_prefix", "")
-    bare = arch.endswith("Model") and type(model).__name__ != arch and hasattr(model, prefix)
-    if not bare or not is_encoder(hf_cfg):
+    headless = arch not in ("", booted) and not arch.endswith(("ForMaskedLM", "ForPreTraining"))
+    if not headless or not hasattr(model, prefix) or not is_encoder(hf_cfg):
         return {}
     heads = [name for name, _ in model.named_children() if name != prefix]
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}  # the modules' order
     path = {id(m): name for name, m in model.named_modules()}
-    said = (f"it reads the masked-LM head TransformerBridge adds to this bare encoder ({arch}, booted as "
-            f"{type(model).__name__}): its weights hold no head, so the head's are random, drawn at load; "
-            "the encoder's output is the last block's hook_resid_post (the head's input, mlm_head.hook_in)")
+    said = (f"it reads the masked-LM head TransformerBridge adds to this encoder ({arch}, booted as "
+            f"{booted}): its weights hold none, so the head's are random, drawn at load; the encoder's "
+            "output is the last block's hook_resid_post (the head's input, mlm_head.hook_in)")
     out = {}
     for head in heads:
         points = [(path[id(p)], h) for h, p in bridge.hook_dict.items() if id(p) in path

@@ -8,18 +8,20 @@ transformer-lens 4.3.0 has no adapter for are refused saying so (docs/harvest.md
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from test_harvest import check_aligned, harvest, reference
-from tiny_encoders import WORDS, make_encoder, make_masked_lm
+from tiny_encoders import WORDS, family_model, family_tokenizer, make_encoder, make_masked_lm
 
 from actdict.analyze.toptokens import context_text, display_strings
 from actdict.harvest.bridge import tl_version
 from actdict.harvest.models import HookError, ModelError, load_model
 from actdict.harvest.store import list_hooks, open_store
 from actdict.harvest.tokentext import token_texts
+from actdict.rng import kept_rng
 
 DOCS = ["the river stone café, a naïve lantern by the harbor window and the quiet market",
         "猫 sat on the velvet ladder.", "winter bread engine violin letter garden storm copper orchard"]
@@ -208,14 +210,29 @@ HEAD = ["ln_final.hook_normalized", "ln_final.hook_out", "mlm_head.hook_out", "u
 """Hooks of the masked-LM head the bridge gives a bare encoder (BertForMaskedLM's, RobertaForMaskedLM's)."""
 
 
-@pytest.mark.parametrize("family", ["minilm", "roberta", "xlmr"])
+@kept_rng()
+def make_classifier(path: Path) -> Path:
+    """A tiny random-init BERT fine-tuned for classification (BertForSequenceClassification), as many
+    hub checkpoints are: its weights hold the encoder and a classifier, no masked-LM head."""
+    import transformers as tf
+
+    tok = family_tokenizer("bert", path)
+    torch.manual_seed(0)
+    tf.BertForSequenceClassification(family_model("bert", tok).config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("family", ["minilm", "roberta", "xlmr", "classifier"])
 def test_the_masked_lm_head_of_a_bare_encoder_is_refused(tmp_path, source, family):
-    """MiniLM's checkpoint (BertModel) and a sentence-transformers RoBERTa or XLM-R folder's (RobertaModel,
-    XLMRobertaModel) hold no masked-LM head: the bridge boots them as masked LMs and draws the head's weights
-    at load, so its hooks' rows changed from one load to the next (here with the torch seed), and a harvest
-    stored them. Named, or all a pattern matches, they are refused before anything is written; a pattern
-    leaves them out and keeps the head's input (mlm_head.hook_in), the last block's output."""
-    folder = "all-MiniLM-L6-v2" if family == "minilm" else str(make_encoder(family, tmp_path / "st"))
+    """MiniLM's checkpoint (BertModel), a sentence-transformers RoBERTa or XLM-R folder's (RobertaModel,
+    XLMRobertaModel) and a BERT classifier's hold no masked-LM head: the bridge boots them as masked LMs and
+    draws the head's weights at load, so its hooks' rows changed from one load to the next (here with the
+    torch seed), and a harvest stored them. Named, or all a pattern matches, they are refused before
+    anything is written; a pattern leaves them out and keeps the head's input (mlm_head.hook_in), the last
+    block's output."""
+    folder = {"minilm": lambda: "all-MiniLM-L6-v2", "classifier": lambda: str(make_classifier(tmp_path / "c"))
+              }.get(family, lambda: str(make_encoder(family, tmp_path / "st")))()
     last = []
     for seed in (0, 1):
         torch.manual_seed(seed)
@@ -227,8 +244,9 @@ def test_the_masked_lm_head_of_a_bare_encoder_is_refused(tmp_path, source, famil
     assert all((last[0][h] - last[1][h]).abs().max() > 1e-2 for h in HEAD)  # random: another draw
     torch.testing.assert_close(last[0]["mlm_head.hook_in"], last[1]["mlm_head.hook_in"], rtol=0, atol=0)
     said = (r"of .* give[s]? no rows of the model's trained weights: it reads the masked-LM head "
-            r"TransformerBridge adds to this bare encoder \((Bert|Roberta|XLMRoberta)Model, booted as "
-            r"(Bert|Roberta|XLMRoberta)ForMaskedLM\)")
+            r"TransformerBridge adds to this encoder \((Bert|Roberta|XLMRoberta)"
+            r"(Model|ForSequenceClassification), booted as (Bert|Roberta|XLMRoberta)ForMaskedLM\): its "
+            r"weights hold none")
     for hooks in (["blocks.0.hook_resid_post", "ln_final.hook_normalized"], ["ln_final.*"], ["hook_unembed"]):
         with pytest.raises(HookError, match=said):
             harvest(tmp_path / "run", model=folder, hooks=hooks, source=source)
