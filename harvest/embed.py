@@ -235,7 +235,8 @@ def main(common, cfg, writing=lambda hooks=None: None) -> None:
 
     path, ecfg, chash = common.store_path, cfg.embed, config_hash(cfg)
     if complete_for(path, [ecfg.hook], cfg):
-        print(one_line(f"harvest: store {path} is already complete for this config ({chash}); skipping"))
+        print(one_line(f"harvest: store {path} is already complete for this config (config hash {chash}); "
+                       "skipping"))
         return
     one_process(cfg)
     writing([ecfg.hook])

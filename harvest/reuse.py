@@ -90,7 +90,7 @@ def complete_for(path: str, hooks: list[str], cfg: HarvestConfig,
             changes = (config_changes(rows_view(old), rows_view(cfg_json)) or config_changes(old, cfg_json)
                        ) if isinstance(old, dict) else []
             changes.sort(key=lambda c: not c.startswith("mode:"))  # another kind of store: said first
-            what = "; ".join(changes[:8]) or f"config_hash {m.get('config_hash')}, this config {chash}"
+            what = "; ".join(changes[:8]) or f"config hash {m.get('config_hash')}, this config's {chash}"
             raise HarvestError(
                 f"store {path} holds a harvest with another config (hook {h!r}: {what}); delete {path}, or "
                 "set run_dir / store to another folder")
@@ -193,10 +193,11 @@ def left_beside(manifests: dict[str, dict], hooks: list[str], harvest_cfg: dict)
 
 
 def left_to_theirs(beside: dict[str, dict]) -> str:
-    """'; hook 'X' (unfinished) is left to the config that wrote it (hooks [...], HASH)': what a harvest
-    does with the hooks of ``left_beside`` ('' when none), naming the config to run for each."""
+    """'; hook 'X' (unfinished) is left to the config that wrote it (hooks [...], config hash HASH)': what
+    a harvest does with the hooks of ``left_beside`` ('' when none), naming the config to run for each."""
     return "".join(f"; hook {h!r} (unfinished) is left to the config that wrote it (hooks "
-                   f"{json.dumps(m['harvest'].get('hooks'))}, {m.get('config_hash')}): run that one for it"
+                   f"{json.dumps(m['harvest'].get('hooks'))}, config hash {m.get('config_hash')}): run that "
+                   "one for it"
                    for h, m in sorted(beside.items()))
 
 
@@ -302,7 +303,7 @@ def to_add(path: str, hooks: list[str], cfg: HarvestConfig, say: Callable[[str],
     new = [h for h in hooks if h not in held and not (
         manifests.get(h, {}).get("complete") and manifests[h].get("config_hash") == chash)]
     if not new:
-        say(f"harvest: store {path} is already complete for this config ({chash}"
+        say(f"harvest: store {path} is already complete for this config (config hash {chash}"
             f"{how_held(held, as_json(cfg))}); skipping")
     elif held:
         rows = f"{int(next(iter(held.values())).get('n_rows', 0)):,}"
@@ -394,8 +395,8 @@ def store_plan(common, cfg: HarvestConfig) -> StagePlan:
                 return StagePlan([f"harvest: writes store {path} again ({cfg.vectors.path} changed since it "
                                   f"was imported: {change}): {what}"], writes=True)
             own, aside = complete_said(manifests, cfg) if hook is None else ("", "")
-            return StagePlan([f"harvest: store {path} is already complete for this config ({chash}{own}): "
-                              f"skipped{aside}"])
+            return StagePlan([f"harvest: store {path} is already complete for this config (config hash "
+                              f"{chash}{own}): skipped{aside}"])
     except HarvestError as e:  # another harvest's store
         return StagePlan([f"harvest: would stop: {e}"], stops=True)
     if not manifests:

@@ -147,7 +147,8 @@ def _main(common: Common, cfg: HarvestConfig, on_hooks: Callable[[list[str]], No
     grow = growable(manifests, as_json(cfg))  # a larger max_tokens: continue the store
     if not grow and complete_for(path, list(cfg.hooks), cfg, manifests):
         how, aside = complete_said(manifests, cfg)  # in this config's terms; hooks left to other configs
-        _say(f"harvest: store {path} is already complete for this config ({chash}{how}); skipping{aside}")
+        _say(f"harvest: store {path} is already complete for this config (config hash {chash}{how}); "
+             f"skipping{aside}")
         return
     if not any(m.get("complete") for m in manifests.values()):
         writing()  # a new or unfinished store: a training started while the model loads waits for it

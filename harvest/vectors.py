@@ -401,7 +401,8 @@ def main(common, cfg, writing=lambda hooks=None: None) -> None:
                           ".safetensors or .parquet file")
     if complete_for(path, [vcfg.hook], cfg):
         if (change := source_change(path, vcfg)) is None:
-            print(one_line(f"harvest: store {path} is already complete for this config ({chash}); skipping"))
+            print(one_line(f"harvest: store {path} is already complete for this config (config hash "
+                           f"{chash}); skipping"))
             return
         print(one_line(f"harvest: {vcfg.path} changed since it was imported ({change}); importing it again"))
     one_process(cfg)

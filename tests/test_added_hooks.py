@@ -161,7 +161,8 @@ def test_a_pattern_that_added_hooks_skips_the_store_the_next_time(tmp_path, caps
     out = capsys.readouterr().out  # the pattern is matched against the loaded model's hooks
     loading, said = out.splitlines()
     assert loading == "harvest: loading the model all-MiniLM-L6-v2 (device cpu, float32)"
-    assert said.startswith(f"harvest: store {common.store_path} is already complete for this config (") and (
+    complete = f"harvest: store {common.store_path} is already complete for this config (config hash "
+    assert said.startswith(complete) and (
         "skipping" in out and "adding" not in out and "resuming" not in out), out
     assert tree(Path(common.store_path)) == before
 
@@ -236,7 +237,7 @@ def test_the_dry_run_after_a_repair_of_both_hooks_says_which_one_it_continues(tm
         (store / hook / "manifest.json").write_text(json.dumps(m | {"complete": False}))
     l3 = json.loads((store / L3 / "manifest.json").read_text())["config_hash"]
     left = (f"; hook '{L3}' (unfinished) is left to the config that wrote it (hooks "
-            f'["{L1}", "{L3}"], {l3}): run that one for it')
+            f'["{L1}", "{L3}"], config hash {l3}): run that one for it')
     what = f"all-MiniLM-L6-v2 ['{L1}'] on the files {TEXTS}, max_tokens null (the whole source)"
     said = plan(common, one)
     assert said.lines == [f"harvest: continues the unfinished harvest in {store} ({L1} (unfinished); its "
@@ -248,10 +249,10 @@ def test_the_dry_run_after_a_repair_of_both_hooks_says_which_one_it_continues(tm
     assert not json.loads((store / L3 / "manifest.json").read_text())["complete"]
     l1 = json.loads((store / L1 / "manifest.json").read_text())["config_hash"]
     said = plan(common, one)
-    assert said.lines == [f"harvest: store {store} is already complete for this config ({l1}): skipped"
-                          f"{left}"] and not said.writes and not said.stops
+    assert said.lines == [f"harvest: store {store} is already complete for this config (config hash {l1}): "
+                          f"skipped{left}"] and not said.writes and not said.stops
     harvest(tmp_path / "a", hooks=[L1])
-    assert f"store {store} is already complete for this config ({l1}); skipping{left}\n" in (
+    assert f"store {store} is already complete for this config (config hash {l1}); skipping{left}\n" in (
         capsys.readouterr().out)
 
 
@@ -325,7 +326,7 @@ def test_the_config_whose_hook_a_layer_was_added_beside_is_told_of_its_own_hook(
     common, one = harvest(tmp_path / "a", hooks=[L1], max_tokens=40)
     harvest(tmp_path / "a", hooks=[L1, L3], max_tokens=40)
     store = common.store_path
-    said = f"harvest: store {store} is already complete for this config ({config_hash(one)})"
+    said = f"harvest: store {store} is already complete for this config (config hash {config_hash(one)})"
     assert plan(common, one).lines == [f"{said}: skipped"]
     capsys.readouterr()
     harvest(tmp_path / "a", hooks=[L1], max_tokens=40)
@@ -333,10 +334,11 @@ def test_the_config_whose_hook_a_layer_was_added_beside_is_told_of_its_own_hook(
     three = replace(one, hooks=[L3])
     how = f"; it was harvested with hooks ['{L1}', '{L3}']"  # L3's config, not L1's too
     assert plan(common, three).lines == [
-        f"harvest: store {store} is already complete for this config ({config_hash(three)}{how}): skipped"]
+        f"harvest: store {store} is already complete for this config (config hash {config_hash(three)}"
+        f"{how}): skipped"]
     harvest(tmp_path / "a", hooks=[L3], max_tokens=40)
     assert capsys.readouterr().out == f"harvest: store {store} is already complete for this config (" \
-                                      f"{config_hash(three)}{how}); skipping\n"
+                                      f"config hash {config_hash(three)}{how}); skipping\n"
 
 
 def test_the_first_config_skips_beside_an_unfinished_added_layer_without_the_model(tmp_path, capsys,
@@ -354,9 +356,9 @@ def test_the_first_config_skips_beside_an_unfinished_added_layer_without_the_mod
     manifest = store / L3 / "manifest.json"
     manifest.write_text(json.dumps(json.loads(manifest.read_text()) | {"complete": False}))
     shutil.rmtree(store / L3 / "shards" / "00000")  # what a kill during the addition leaves
-    said = f"harvest: store {store} is already complete for this config ({config_hash(one)})"
+    said = f"harvest: store {store} is already complete for this config (config hash {config_hash(one)})"
     left = (f"; hook '{L3}' (unfinished) is left to the config that wrote it (hooks [\"{L1}\", \"{L3}\"], "
-            f"{json.loads(manifest.read_text())['config_hash']}): run that one for it")
+            f"config hash {json.loads(manifest.read_text())['config_hash']}): run that one for it")
     assert plan(common, one).lines == [f"{said}: skipped{left}"]
 
     def no_model(*args, **kwargs):

@@ -687,7 +687,7 @@ def test_a_shown_store_hash_is_its_configs():
     changes (docs/training.md showed an old one)."""
     from actdict.config import config_hash, load_experiment, section
 
-    said = r"store runs/demo/store is already complete for this config \((\w+)\)"
+    said = r"store runs/demo/store is already complete for this config \(config hash (\w+)\)"
     shown = [(where, h) for where, text in DOCS.items() for h in re.findall(said, text)]
     assert shown
     data = load_experiment(str(ROOT / "configs/demo.yaml"), [])

@@ -175,7 +175,7 @@ train:
     elif then == "grow":
         assert out == f"harvest: grows store {store} to max_tokens 96: {what}, max_tokens 96\n"
     else:
-        assert out.startswith(f"harvest: store {store} is already complete for this config (")
+        assert out.startswith(f"harvest: store {store} is already complete for this config (config hash ")
         assert out.endswith("): skipped\n")
     if then != "other":  # under run, the training is judged on the store the harvest leaves
         assert cli(["run", str(cfg), *override, "--dry-run"]) == 0
@@ -290,8 +290,9 @@ train:
     capsys.readouterr()
     assert cli(["run", str(cfg), "--dry-run"]) == 0
     head, train, *_ = capsys.readouterr().out.splitlines()
-    assert head.startswith(f"harvest: store {store} is already complete for this config (") and head.endswith(
-        "): skipped") and train.startswith("train: 1 dictionary on 448 rows")
+    complete = f"harvest: store {store} is already complete for this config (config hash "
+    assert head.startswith(complete) and head.endswith("): skipped") and train.startswith(
+        "train: 1 dictionary on 448 rows")
     assert cli(["harvest", str(cfg), "harvest.vectors.path=" + str(tmp_path / "v2.npy"), "--dry-run"]) == 2
     assert capsys.readouterr().out.startswith(f"harvest: would stop: store {store} holds a harvest with "
                                               "another config (hook 'vectors': vectors.path: ")
@@ -606,7 +607,7 @@ train: {{hook: blocks.2.hook_resid_post, epochs: 1, dicts: [{{name: a, variant: 
     store = tmp_path / "run" / "store"
     assert cli(["run", str(cfg), "harvest.batch_size=8", "--dry-run"]) == 0
     said = capsys.readouterr().out.splitlines()[0]
-    assert said.startswith(f"harvest: store {store} is already complete for this config (")
+    assert said.startswith(f"harvest: store {store} is already complete for this config (config hash ")
     assert said.endswith("; it was harvested with batch_size 4): skipped")
     assert cli(["harvest", str(cfg), "harvest.batch_size=8"]) == 0  # as the harvest does
     assert "; it was harvested with batch_size 4); skipping" in capsys.readouterr().out

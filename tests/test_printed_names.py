@@ -9,6 +9,7 @@ from pathlib import Path
 
 from test_harvest import harvest
 
+from actdict.config import config_hash
 from actdict.harvest.store import StoreWriter
 from actdict.harvest.synthetic import main as synthetic_main
 from tests.store_helpers import CHUNK, MANIFEST, SHARD, D, _data, _write
@@ -23,11 +24,12 @@ def raw(text: str) -> bool:
 
 
 def test_a_token_harvest_says_its_store_path_as_escapes(tmp_path, capsys):
-    common, _ = harvest(tmp_path / EVIL, max_tokens=20)
+    common, cfg = harvest(tmp_path / EVIL, max_tokens=20)
     started = capsys.readouterr().out
     assert not raw(started) and f"-> {tmp_path}/{SAID}/store" in started
-    harvest(tmp_path / EVIL, max_tokens=20)  # complete: the skip line
-    assert capsys.readouterr().out.startswith(f"harvest: store {tmp_path}/{SAID}/store is already complete")
+    harvest(tmp_path / EVIL, max_tokens=20)  # complete: the skip line, which says what its hash is
+    assert capsys.readouterr().out == (f"harvest: store {tmp_path}/{SAID}/store is already complete for this "
+                                       f"config (config hash {config_hash(cfg)}); skipping\n")
 
 
 def test_an_embedding_harvest_says_its_model_folder_and_store_path_as_escapes(tmp_path, capsys):
@@ -50,7 +52,8 @@ def test_an_embedding_harvest_says_its_model_folder_and_store_path_as_escapes(tm
     assert lines[1].startswith(f"harvest: {tmp_path}/m\\x1b[2J sentence embeddings (d=384, ")
     assert lines[-1] == f"harvest: wrote 4 document embeddings to {tmp_path}/{SAID}/store/embedding"
     main(common, cfg)
-    assert capsys.readouterr().out.startswith(f"harvest: store {tmp_path}/{SAID}/store is already complete")
+    assert capsys.readouterr().out == (f"harvest: store {tmp_path}/{SAID}/store is already complete for this "
+                                       f"config (config hash {config_hash(cfg)}); skipping\n")
 
 
 def test_the_synthetic_data_says_its_folder_as_escapes(tmp_path, capsys):

@@ -144,7 +144,10 @@ def test_config_mode_vectors_reimports_a_changed_file(tmp_path, capsys):
     cfg = _vectors_config(tmp_path)
     assert actdict_main(["harvest", str(cfg)]) == 0
     assert actdict_main(["harvest", str(cfg)]) == 0
-    assert "already complete" in capsys.readouterr().out
+    chash = json.loads((tmp_path / "run" / "store" / "vectors" / "manifest.json").read_text())["config_hash"]
+    store = tmp_path / "run" / "store"
+    assert capsys.readouterr().out.endswith(f"harvest: store {store} is already complete for this config "
+                                            f"(config hash {chash}); skipping\n")
     np.save(tmp_path / "v.npy", _x(2))  # the file changed (another mtime): imported again
     assert actdict_main(["harvest", str(cfg)]) == 0
     assert "changed since it was imported" in capsys.readouterr().out
