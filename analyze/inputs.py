@@ -20,7 +20,7 @@ from actdict.config import config_changes
 from actdict.errors import ActdictError, one_line
 from actdict.train import checkpoint
 from actdict.train.identity import store_key
-from actdict.train.resume import STATE, read_meta
+from actdict.train.resume import STATE, listed, read_meta
 
 
 class AnalyzeError(ActdictError, ValueError):
@@ -274,7 +274,7 @@ def retraining(run_dir: Path, records: dict[str, dict]) -> str | None:
                    if n in records and records[n].get("config_hash") != m["config_hash"])
     if not older:
         return None
-    return (f"{run_dir / STATE} holds an unfinished training of {older} with another config (step "
+    return (f"{run_dir / STATE} holds an unfinished training of {listed(older)} with another config (step "
             f"{meta['position']['step']}); this analysis reads their earlier, finished checkpoints: rerun "
             "actdict train to finish it, then analyze")
 

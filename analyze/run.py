@@ -125,7 +125,7 @@ from actdict.signals import rank
 from actdict.train.identity import describe_store
 from actdict.train.log import trained_curve
 from actdict.train.loop import resolve_device
-from actdict.train.resume import LISTED, listed
+from actdict.train.resume import listed
 
 SUMMARY_VERSION = 2
 KEEP_NEAREST = 8
@@ -254,11 +254,12 @@ def checked_inputs(common: Common, cfg: AnalyzeConfig, run_dir: Path) -> tuple[d
     check_writable(written_folders(run_dir, list(models)), WRITES, owner="analyze")  # before the pass
     dropped = sorted(set(previous_models(run_dir)) - set(models))
     if gone := [n for n in dropped if not (run_dir / "dicts" / n).is_dir()]:  # removed since: not left out
-        print(one_line(f"analyze: note: {gone}, in the previous analysis, have no folder in "
+        print(one_line(f"analyze: note: {listed(gone)}, in the previous analysis, have no folder in "
                        f"{run_dir / 'dicts'} any more: their features/<name>.json and report/<name>.html "
                        "are left from it (remove them, or put the dictionaries back)"))
     if dropped := [n for n in dropped if n not in gone]:
-        print(f"analyze: note: summary.json and the report will hold {sorted(models)} only, not {dropped} "
+        print(f"analyze: note: summary.json and the report will hold {listed(sorted(models))} only, not "
+              f"{listed(dropped)} "
               "(analyze.dicts); run without analyze.dicts to report every dictionary")
     return records, store, test_chunks, models
 
@@ -314,7 +315,7 @@ def start_line(names: list[str], run_dir: Path, rows: int, hook: str | None, chu
     """What the analysis says before its pass (a log then tells what it scores, on what, where): the
     dictionaries (a sweep's by number, first and last), the rows and ``chunks`` it reads, of the ``held``
     held-out chunks when ``analyze.max_test_rows`` leaves some unread, the device, the model passes."""
-    listed_names = names if len(names) <= LISTED else listed(names)
+    listed_names = listed(names)
     passes = [what for what, on in (("CE/KL", cfg.ce_loss), ("logit effects", cfg.logit_effects)) if on]
     of = (f"{chunks} of {held} chunks: analyze.max_test_rows" if held is not None and held > chunks else
           f"{chunks} chunk{'s' if chunks != 1 else ''}")

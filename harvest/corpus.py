@@ -117,6 +117,12 @@ def corpus_info(cache_dir: str | Path | None = None) -> dict:
     return json.loads(path.read_text())
 
 
+def versions_said(versions: dict[str, str]) -> str:
+    """'bible-kjv-text 4.38, fortunes 1:1.99.1-7.3': the packages extracted and their versions, as the
+    build's progress line says them."""
+    return ", ".join(f"{p} {v}" for p, v in versions.items())
+
+
 def _download(work: Path) -> dict[str, str]:
     """apt-get download + dpkg-deb -x of PACKAGES into work/x (both tools there: ``ensure_debian_corpus``
     checked); returns {package: version}."""
@@ -144,7 +150,7 @@ def _download(work: Path) -> dict[str, str]:
     missing = sorted(set(PACKAGES) - set(versions))
     if missing:
         raise CorpusError(f"apt-get download did not fetch {missing}")
-    _log(f"extracted {versions}")
+    _log(f"extracted {versions_said(versions)}")
     return versions
 
 

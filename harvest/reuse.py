@@ -193,10 +193,10 @@ def left_beside(manifests: dict[str, dict], hooks: list[str], harvest_cfg: dict)
 
 
 def left_to_theirs(beside: dict[str, dict]) -> str:
-    """'; hook 'X' (unfinished) is left to the config that wrote it (hooks [...], config hash HASH)': what
+    """'; hook 'X' (unfinished) is left to the config that wrote it (hooks [A, B], config hash HASH)': what
     a harvest does with the hooks of ``left_beside`` ('' when none), naming the config to run for each."""
     return "".join(f"; hook {h!r} (unfinished) is left to the config that wrote it (hooks "
-                   f"{json.dumps(m['harvest'].get('hooks'))}, config hash {m.get('config_hash')}): run that "
+                   f"{as_written(m['harvest'].get('hooks'))}, config hash {m.get('config_hash')}): run that "
                    "one for it"
                    for h, m in sorted(beside.items()))
 
@@ -275,10 +275,16 @@ def as_json(cfg: HarvestConfig) -> dict:
 def how_held(manifests: dict[str, dict], harvest_cfg: dict) -> str:
     """'; it was harvested with ...': where a complete store reused as this config's differs from it."""
     olds = [m.get("harvest", {}) for m in manifests.values()]
-    diff = {k: sorted({str(o.get(k)) for o in olds if o.get(k) != harvest_cfg.get(k)})
+    diff = {k: sorted({as_written(o.get(k)) for o in olds if o.get(k) != harvest_cfg.get(k)})
             for k in ("hooks",) + RUN_KEYS}
     said = [f"{k} {', '.join(v)}" for k, v in diff.items() if v]
     return f"; it was harvested with {'; '.join(said)}" if said else ""
+
+
+def as_written(value) -> str:
+    """A config value as a line says it: a list as YAML writes it inline, unquoted ('[all]', '[blocks.1.hook_
+    resid_post, blocks.3.hook_resid_post]', as ``hooks:`` is written), anything else as ``str`` does."""
+    return f"[{', '.join(map(str, value))}]" if isinstance(value, list) else str(value)
 
 
 def held_hooks(manifests: dict[str, dict], cfg: HarvestConfig) -> dict[str, dict]:
@@ -307,9 +313,9 @@ def to_add(path: str, hooks: list[str], cfg: HarvestConfig, say: Callable[[str],
             f"{how_held(held, as_json(cfg))}); skipping")
     elif held:
         rows = f"{int(next(iter(held.values())).get('n_rows', 0)):,}"
-        say(f"harvest: store {path} holds this harvest's {rows} rows in {sorted(held)} (complete"
-            f"{how_held(held, as_json(cfg)).replace('; it was', ',')}): adding {new} beside them, each "
-            "shard's rows checked against theirs")
+        how = how_held(held, as_json(cfg)).replace("; it was", ",")
+        say(f"harvest: store {path} holds this harvest's {rows} rows in {', '.join(sorted(held))} (complete"
+            f"{how}): adding {', '.join(new)} beside them, each shard's rows checked against theirs")
     return new
 
 
@@ -384,7 +390,8 @@ def store_plan(common, cfg: HarvestConfig) -> StagePlan:
     source = describe_source(cfg.source)
     what = {"vectors": f"your own vectors {cfg.vectors.path}",
             "embeddings": f"{cfg.model} on the {source}, one row per {cfg.embed.unit}",
-            "tokens": f"{cfg.model} {list(cfg.hooks)} on the {source}, max_tokens {tokens}"}[cfg.mode]
+            "tokens": f"{cfg.model} hooks {', '.join(cfg.hooks)} on the {source}, max_tokens {tokens}"
+            }[cfg.mode]
     hook = {"vectors": cfg.vectors.hook, "embeddings": cfg.embed.hook}.get(cfg.mode)
     try:
         manifests = hook_manifests(path)
@@ -405,7 +412,8 @@ def store_plan(common, cfg: HarvestConfig) -> StagePlan:
         if why := model_problem(cfg):  # the model expands the patterns: the harvest loads it first
             return StagePlan([f"harvest: would stop: {why}"], stops=True)
         return StagePlan([f"harvest: store {path} is a complete harvest of this config with hooks "
-                          f"{sorted(manifests)}: skipped if it holds every hook {list(cfg.hooks)} names on "
+                          f"{', '.join(sorted(manifests))}: skipped if it holds every hook "
+                          f"{', '.join(cfg.hooks)} names on "
                           f"{cfg.model} (decided once the model is loaded), else the others are added beside "
                           f"them: {what}"])
     beside = left_beside(manifests, list(cfg.hooks), as_json(cfg)) if cfg.mode == "tokens" else {}
@@ -413,9 +421,10 @@ def store_plan(common, cfg: HarvestConfig) -> StagePlan:
     manifests = {h: m for h, m in manifests.items() if h not in beside}  # what this config writes or keeps
     if cfg.mode == "tokens" and (held := held_hooks(manifests, cfg)):
         rows = int(next(iter(held.values())).get("n_rows", 0))
-        return StagePlan([f"harvest: adds {[h for h in cfg.hooks if h not in held]} to store {path} beside "
-                          f"{sorted(held)} (complete, this harvest's {rows:,} rows; each added shard's rows "
-                          f"checked against theirs): {what}{aside}"], writes=True)
+        adds = ", ".join(h for h in cfg.hooks if h not in held)
+        return StagePlan([f"harvest: adds {adds} to store {path} beside {', '.join(sorted(held))} (complete, "
+                          f"this harvest's {rows:,} rows; each added shard's rows checked against theirs): "
+                          f"{what}{aside}"], writes=True)
     held = ", ".join(f"{h} (complete, {m.get('n_rows', 0):,} rows)" if m.get("complete") else
                      f"{h} (unfinished)" for h, m in manifests.items())
     if cfg.mode == "tokens":

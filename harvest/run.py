@@ -135,6 +135,12 @@ def one_process(cfg: HarvestConfig) -> None:
                           "skipped under torchrun too)")
 
 
+def hooks_said(dims: dict[str, int]) -> str:
+    """'blocks.1.hook_resid_post (d 384), blocks.3.hook_resid_post (d 384)': the hooks a harvest writes and
+    each one's width, as its start line says them."""
+    return ", ".join(f"{h} (d {d})" for h, d in dims.items())
+
+
 def _main(common: Common, cfg: HarvestConfig, on_hooks: Callable[[list[str]], None] | None = None,
           writing: Callable[..., None] = lambda hooks=None: None) -> None:
     if cfg.mode != "tokens":  # one row per document (harvest/embed.py) or your own vectors (vectors.py)
@@ -241,7 +247,7 @@ def harvest(common: Common, cfg: HarvestConfig, ranks: Ranks, grow: bool = False
     for h in hooks:
         check_manifest(read_manifest(path, h), want[h], f"store {path} hook {h!r}")
     per_row = sum(d * ACT_DTYPES[cfg.store_dtype].itemsize + META_BYTES for d in dims.values())
-    say(f"harvest: {lm.name} ({lm.kind}, {device_said(lm.device)}, {cfg.dtype}) hooks {dims} "
+    say(f"harvest: {lm.name} ({lm.kind}, {device_said(lm.device)}, {cfg.dtype}) hooks {hooks_said(dims)} "
         f"stop_at_layer={stop}; "
         f"{planned(cfg.max_tokens, cfg.source.max_docs, per_row)} ({per_row} bytes/row, shard buffer "
         f"{human_size(cfg.shard_rows * per_row)}); "

@@ -34,9 +34,9 @@ def test_a_layer_added_later_is_what_one_harvest_of_both_writes(tmp_path, capsys
     capsys.readouterr()
     harvest(tmp_path / "a", hooks=[L1, L3])
     out = capsys.readouterr().out
-    assert (f"harvest: store {store} holds this harvest's 95 rows in ['{L1}'] (complete, harvested with "
-            f"hooks ['{L1}']): adding ['{L3}'] beside them, each shard's rows checked against theirs") in out
-    assert f"hooks {{'{L3}': 384}} stop_at_layer=4" in out  # block 1 is not stored again
+    assert (f"harvest: store {store} holds this harvest's 95 rows in {L1} (complete, harvested with "
+            f"hooks [{L1}]): adding {L3} beside them, each shard's rows checked against theirs") in out
+    assert f"hooks {L3} (d 384) stop_at_layer=4" in out  # block 1 is not stored again
     assert _hook_tree(store, L1) == first  # untouched
 
     both, _ = harvest(tmp_path / "b", hooks=[L1, L3])  # one harvest of both layers
@@ -63,7 +63,7 @@ def test_the_dry_run_says_which_hooks_it_adds(tmp_path, capsys):
     assert cli(["harvest", str(cfg), f"harvest.hooks=[{L1}, {L3}]", "--dry-run"]) == 0
     store = tmp_path / "run" / "store"
     assert capsys.readouterr().out.startswith(
-        f"harvest: adds ['{L3}'] to store {store} beside ['{L1}'] (complete, this harvest's 40 rows; each "
+        f"harvest: adds {L3} to store {store} beside {L1} (complete, this harvest's 40 rows; each "
         "added shard's rows checked against theirs): all-MiniLM-L6-v2")
     assert not (store / L3).exists()
 
@@ -109,7 +109,7 @@ def test_an_addition_killed_then_rerun_is_the_store_one_harvest_of_both_writes(t
     assert not json.loads((store / HOOKS[1] / "manifest.json").read_text())["complete"]
     rerun = harvest_cli(cfg)
     out, _ = rerun.communicate(timeout=300)
-    assert rerun.returncode == 0 and "adding ['blocks.1.hook_resid_post']" in out and "resuming" in out, out
+    assert rerun.returncode == 0 and "adding blocks.1.hook_resid_post " in out and "resuming" in out, out
     got, want = tree(store), tree(reference)
     assert sorted(got) == sorted(want)
     assert [k for k in want if got[k] != want[k]] == [f"{HOOKS[0]}/manifest.json"]
@@ -217,7 +217,7 @@ def test_a_repair_of_both_the_held_and_the_added_hook_is_finished_by_their_two_c
     assert "resuming: 1 shard(s) whole in every hook" in capsys.readouterr().out
     assert not json.loads((store / L3 / "manifest.json").read_text())["complete"]  # left to its own config
     harvest(tmp_path / "a", hooks=[L1, L3])
-    assert f"adding ['{L3}'] beside them" in capsys.readouterr().out
+    assert f"adding {L3} beside them" in capsys.readouterr().out
     assert tree(store) == before
 
 
@@ -237,8 +237,8 @@ def test_the_dry_run_after_a_repair_of_both_hooks_says_which_one_it_continues(tm
         (store / hook / "manifest.json").write_text(json.dumps(m | {"complete": False}))
     l3 = json.loads((store / L3 / "manifest.json").read_text())["config_hash"]
     left = (f"; hook '{L3}' (unfinished) is left to the config that wrote it (hooks "
-            f'["{L1}", "{L3}"], config hash {l3}): run that one for it')
-    what = f"all-MiniLM-L6-v2 ['{L1}'] on the files {TEXTS}, max_tokens null (the whole source)"
+            f'[{L1}, {L3}], config hash {l3}): run that one for it')
+    what = f"all-MiniLM-L6-v2 hooks {L1} on the files {TEXTS}, max_tokens null (the whole source)"
     said = plan(common, one)
     assert said.lines == [f"harvest: continues the unfinished harvest in {store} ({L1} (unfinished); its "
                           f"whole shards are kept): {what}{left}"] and said.writes and not said.stops
@@ -332,7 +332,7 @@ def test_the_config_whose_hook_a_layer_was_added_beside_is_told_of_its_own_hook(
     harvest(tmp_path / "a", hooks=[L1], max_tokens=40)
     assert capsys.readouterr().out == f"{said}; skipping\n"
     three = replace(one, hooks=[L3])
-    how = f"; it was harvested with hooks ['{L1}', '{L3}']"  # L3's config, not L1's too
+    how = f"; it was harvested with hooks [{L1}, {L3}]"  # L3's config, not L1's too
     assert plan(common, three).lines == [
         f"harvest: store {store} is already complete for this config (config hash {config_hash(three)}"
         f"{how}): skipped"]
@@ -357,7 +357,7 @@ def test_the_first_config_skips_beside_an_unfinished_added_layer_without_the_mod
     manifest.write_text(json.dumps(json.loads(manifest.read_text()) | {"complete": False}))
     shutil.rmtree(store / L3 / "shards" / "00000")  # what a kill during the addition leaves
     said = f"harvest: store {store} is already complete for this config (config hash {config_hash(one)})"
-    left = (f"; hook '{L3}' (unfinished) is left to the config that wrote it (hooks [\"{L1}\", \"{L3}\"], "
+    left = (f"; hook '{L3}' (unfinished) is left to the config that wrote it (hooks [{L1}, {L3}], "
             f"config hash {json.loads(manifest.read_text())['config_hash']}): run that one for it")
     assert plan(common, one).lines == [f"{said}: skipped{left}"]
 

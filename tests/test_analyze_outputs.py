@@ -184,14 +184,14 @@ def test_a_narrowed_or_unwritable_analysis_says_so_before_its_pass(tmp_path, mon
     run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(**cfg))
     capsys.readouterr()
     run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(**cfg, dicts=["sae"]))
-    assert ("analyze: note: summary.json and the report will hold ['sae'] only, not ['other'] (analyze.dicts)"
+    assert ("analyze: note: summary.json and the report will hold sae only, not other (analyze.dicts)"
             in capsys.readouterr().out)
     run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(**cfg))  # both again, then 'other' is removed:
     shutil.rmtree(run_dir / "dicts" / "other")  # its files are left, said so (not '(analyze.dicts)')
     capsys.readouterr()
     run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(**cfg))
     out = capsys.readouterr().out
-    assert f"note: ['other'], in the previous analysis, have no folder in {run_dir / 'dicts'} any more" in out
+    assert f"note: other, in the previous analysis, have no folder in {run_dir / 'dicts'} any more" in out
     assert "(analyze.dicts)" not in out and (run_dir / "features" / "other.json").is_file()
     before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     read_only("features")

@@ -112,7 +112,7 @@ def test_the_plan_says_whether_the_resume_state_is_continued(tmp_path, capsys, m
     state = tmp_path / "run" / "train_state.safetensors"
     assert state.is_file()
     capsys.readouterr()
-    held, other = "step 20 of ['l1_lam1-0.1', 'l1_lam1-1.0', 'vaease']", _config(tmp_path, 0.02, every)
+    held, other = "step 20 of l1_lam1-0.1, l1_lam1-1.0, vaease", _config(tmp_path, 0.02, every)
     for argv, said in (([cfg], f"train: continues the resume state {state} at step 20"),
                        ([other], f"train: the resume state {state} ({held}) is another "
                         "run's: training stops (ResumeConflict) until its command finishes it, or "
@@ -160,7 +160,7 @@ train:
 """)
     assert cli(["harvest", str(cfg), "--dry-run"]) == 0
     store = tmp_path / "run" / "store"
-    what = f"all-MiniLM-L6-v2 ['blocks.3.hook_resid_post'] on the files {src}"
+    what = f"all-MiniLM-L6-v2 hooks blocks.3.hook_resid_post on the files {src}"
     assert capsys.readouterr().out == f"harvest: a new store {store}: {what}, max_tokens 64\n"
     assert not (tmp_path / "run").exists()
     assert cli(["harvest", str(cfg)]) == 0
@@ -189,7 +189,7 @@ train:
         assert cli(["harvest", str(cfg), pattern, "--dry-run"]) == 0
         assert capsys.readouterr().out.startswith(
             f"harvest: store {store} is a complete harvest of this config with hooks "
-            "['blocks.3.hook_resid_post']: skipped if it holds every hook ['blocks.[3].hook_resid_post'] "
+            "blocks.3.hook_resid_post: skipped if it holds every hook blocks.[3].hook_resid_post "
             "names on all-MiniLM-L6-v2")
         assert cli(["harvest", str(cfg), pattern]) == 0
         loading, said = capsys.readouterr().out.splitlines()  # the model loaded for the pattern; its skip
@@ -404,9 +404,9 @@ def test_the_plan_names_the_dictionaries_whose_progress_resume_drop_drops(tmp_pa
     assert cli(["train", cfg, *one, "--dry-run"]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == (
         f"train: continues the resume state {tmp_path / 'run' / 'train_state.safetensors'} at step 20 "
-        "without ['l1_lam1-0.1', 'l1_lam1-1.0'] (train.resume_drop): their progress in it is dropped")
+        "without l1_lam1-0.1, l1_lam1-1.0 (train.resume_drop): their progress in it is dropped")
     assert cli(["train", cfg, *one]) == 0
-    assert ("train: resuming without ['l1_lam1-0.1', 'l1_lam1-1.0'] (train.resume_drop): their progress in "
+    assert ("train: resuming without l1_lam1-0.1, l1_lam1-1.0 (train.resume_drop): their progress in "
             "the resume state is dropped") in capsys.readouterr().out
 
 

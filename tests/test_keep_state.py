@@ -142,10 +142,10 @@ def test_the_dry_run_says_whether_the_kept_states_continue(store, tmp_path, caps
         "train: continues the finished run kept at epoch 2 (train.keep_state) to epoch 3")
     other = [DictConfig(name="vaease", variant="vaease", k=12, lr=0.02), DICTS[1]]
     said = plan(common, cfg(epochs=3, dicts=other)).lines[-1]
-    assert said.startswith("train: the kept states of ['l1', 'vaease'] do not continue this run (vaease: "
+    assert said.startswith("train: the kept states of l1, vaease do not continue this run (vaease: "
                            "dict.lr: ") and said.endswith("removed when it ends (train.keep_state is off)")
     assert plan(common, cfg(epochs=3, resume=False)).lines[-1] == (
-        "train: train.resume=false: the kept states of ['l1', 'vaease'] are not used")
+        "train: train.resume=false: the kept states of l1, vaease are not used")
     assert plan(common, cfg()).lines[-1].startswith("  l1 ")  # nothing to train: nothing continued
     capsys.readouterr()
     main(common, cfg(epochs=3, dicts=other))
@@ -169,10 +169,10 @@ def test_under_resume_false_the_dry_run_says_the_resume_state_and_the_kept_state
         main(common, cfg(epochs=3, keep_state=True, checkpoint_every=6))
     monkeypatch.undo()
     assert (tmp_path / "run" / STATE).is_file()
-    kept = "train: train.resume=false: the kept states of ['l1', 'vaease'] are not used"
+    kept = "train: train.resume=false: the kept states of l1, vaease are not used"
     assert plan(common, cfg(epochs=3, resume=False)).lines[-2:] == [
-        f"train: train.resume=false: the resume state {tmp_path / 'run' / STATE} (step 36 of ['l1', "
-        "'vaease']) is not used, and this run's replaces it", kept]
+        f"train: train.resume=false: the resume state {tmp_path / 'run' / STATE} (step 36 of l1, "
+        "vaease) is not used, and this run's replaces it", kept]
     capsys.readouterr()
     said = plan(common, cfg(epochs=3, resume=False)).lines[-2:]
     main(common, cfg(epochs=3, resume=False))

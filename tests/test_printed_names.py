@@ -149,3 +149,11 @@ def test_a_dictionary_name_with_an_esc_and_a_newline_is_one_line_of_escapes(tmp_
     assert main(["import", str(sl), str(tmp_path / "run2" / "dicts" / name), "--hook", "h\x1b[2J"]) == 0
     assert capsys.readouterr().out == (f"imported {sl} -> {tmp_path}/run2/dicts/{said}: standard SAE as "
                                        "sae_l1 (d 3, k 4, hook vectors, read from the store's h\\x1b[2J)\n")
+
+
+def test_the_corpus_build_says_its_packages_as_names_and_versions():
+    """The demo corpus' build said 'extracted {'bible-kjv-text': '4.38', ...}', a Python dict."""
+    from actdict.harvest.corpus import versions_said
+
+    said = versions_said({"bible-kjv-text": "4.38", "fortunes": "1:1.99.1-7.3"})
+    assert said == "bible-kjv-text 4.38, fortunes 1:1.99.1-7.3"

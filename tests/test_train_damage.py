@@ -153,7 +153,7 @@ def test_stale_and_damaged_states_are_set_aside_with_a_note(store, tmp_path, cap
     stop_training(Common(run_dir=str(tmp_path / "r2"), seed=0, store=store.path), replace(cfg(b), epochs=4),
                   3)  # b to 4 epochs, stopped: its state stays
     main(Common(run_dir=str(tmp_path / "r2"), seed=0, store=store.path), cfg(b))  # 2 epochs: finished
-    assert "holds the unfinished run of ['b'] (at step 3), another config than this one's: it is kept" in (
+    assert "holds the unfinished run of b (at step 3), another config than this one's: it is kept" in (
         capsys.readouterr().out) and (tmp_path / "r2" / STATE).exists()
 
 

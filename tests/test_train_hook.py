@@ -166,6 +166,6 @@ def test_analysis_names_dictionaries_an_unfinished_retraining_holds(two_hooks, t
         capsys.readouterr()
         assert main(["analyze", cfg]) == 0
         out = capsys.readouterr().out
-        note = (f"analyze: note: {run / 'train_state.safetensors'} holds an unfinished training of ['s'] "
+        note = (f"analyze: note: {run / 'train_state.safetensors'} holds an unfinished training of s "
                 "with another config (step 3); this analysis reads their earlier, finished checkpoints")
         assert (note in out) == said, out

@@ -208,7 +208,7 @@ def test_split_note_warns_when_whole_chunks_miss_the_test_fraction():
 
     sizes = [4096, 904]  # 5,000 vectors imported with the default 4,096-row chunks
     note = split_note(sizes, {"test_chunks": [0], "train_chunks": [1]}, 0.2)
-    assert note.startswith("the held-out chunks [0] hold 82% of the rows, not train.test_fraction=0.2")
+    assert note.startswith("the held-out chunks 0 hold 82% of the rows, not train.test_fraction=0.2")
     assert split_note(sizes, {"test_chunks": [1], "train_chunks": [0]}, 0.2) is None  # 18%: close
     assert split_note([64] * 49 + [32], {"test_chunks": [0, 1, 2, 3, 4]}, 0.1) is None  # 10.1%
     assert split_note([10] * 4, {"test_chunks": []}, 0.0) is None
@@ -220,7 +220,7 @@ def test_split_note_allows_exactly_a_tenth_off():
     from actdict.train.data import split_note
 
     assert split_note([10] * 10, {"test_chunks": [0, 1]}, 0.1) is None
-    assert split_note([10] * 10, {"test_chunks": [0, 1, 2]}, 0.1).startswith("the held-out chunks [0, 1, 2] "
+    assert split_note([10] * 10, {"test_chunks": [0, 1, 2]}, 0.1).startswith("the held-out chunks 0, 1, 2 "
                                                                             "hold 30% of the rows")
 
 

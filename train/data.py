@@ -61,7 +61,8 @@ def split_note(sizes: list[int], split: dict, test_fraction: float) -> str | Non
     held = sum(sizes[c] for c in split["test_chunks"]) / max(1, sum(sizes))
     if abs(held - test_fraction) <= 0.1:
         return None
-    return (f"the held-out chunks {split['test_chunks']} hold {held:.0%} of the rows, not "
+    chunks = ", ".join(map(str, split["test_chunks"]))
+    return (f"the held-out chunks {chunks} hold {held:.0%} of the rows, not "
             f"train.test_fraction={test_fraction:g}: the split is by whole chunks, and this store has "
             f"{len(sizes)} chunks of up to {max(sizes)} rows; a store with smaller chunks "
             "(harvest.chunk_rows, the vectors import's --chunk-rows) splits closer")

@@ -27,6 +27,7 @@ from actdict.train.resume import (
     KEPT,
     STATE,
     kept_states,
+    listed,
     read_meta,
     set_aside,
     stale_state,
@@ -137,10 +138,11 @@ def resume_lines(run_dir: Path, cfg: TrainConfig, stand: Standing) -> tuple[list
     hashes, legacy = ({dc.name: h[dc.name] for dc in stand.todo} for h in (stand.hashes, stand.legacy))
     done, drop = set_aside(run_dir, cfg, meta, hashes)
     if state_matches(meta, hashes, legacy, done | drop):
-        dropped = f" without {sorted(drop)} (train.resume_drop): their progress in it is dropped" * bool(drop)
+        dropped = (f" without {listed(sorted(drop))} (train.resume_drop): their progress in it is dropped"
+                   if drop else "")
         return [f"continues the resume state {run_dir / STATE} at step {step}{dropped}"], False
-    return [f"the resume state {run_dir / STATE} (step {step} of {held}) is another run's: training stops "
-            "(ResumeConflict) until its command finishes it, or train.resume=false starts over"], True
+    return [f"the resume state {run_dir / STATE} (step {step} of {listed(held)}) is another run's: training "
+            "stops (ResumeConflict) until its command finishes it, or train.resume=false starts over"], True
 
 
 def kept_line(run_dir: Path, cfg: TrainConfig, stand: Standing) -> str | None:

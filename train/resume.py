@@ -284,7 +284,7 @@ def unused_line(state_path: Path, meta: dict) -> str:
     """What ``train.resume=false`` does with the resume state ``meta`` at ``state_path`` (the training says
     it, and ``actdict train --dry-run`` first)."""
     return (f"train.resume=false: the resume state {state_path} (step {meta['position']['step']} of "
-            f"{sorted(meta['members'])}) is not used, and this run's replaces it")
+            f"{listed(sorted(meta['members']))}) is not used, and this run's replaces it")
 
 
 def resume_state(run_dir: Path, cfg: TrainConfig, hashes: dict[str, str], legacy: dict[str, str],
@@ -309,8 +309,8 @@ def resume_state(run_dir: Path, cfg: TrainConfig, hashes: dict[str, str], legacy
     if not state_matches(meta, hashes, legacy, done | drop):  # before the models and stats
         raise ResumeConflict(f"{state_path} " + conflict(meta, hashes, configs, done))
     if drop:
-        say(f"train: resuming without {sorted(drop)} (train.resume_drop): their progress in the resume state "
-            "is dropped")
+        say(f"train: resuming without {listed(sorted(drop))} (train.resume_drop): their progress in the "
+            "resume state is dropped")
     return meta, done | drop
 
 
@@ -321,14 +321,14 @@ def kept_states(run_dir: Path, cfg: TrainConfig, hashes: dict[str, str],
     kept state: the training says it, and ``actdict train --dry-run`` says it first)."""
     kept = {n: k for n in hashes if (k := read_meta(run_dir / "dicts" / n / KEPT))}
     if kept and not cfg.resume:
-        return {}, None, f"train.resume=false: the kept states of {sorted(kept)} are not used"
+        return {}, None, f"train.resume=false: the kept states of {listed(sorted(kept))} are not used"
     if not kept:
         return {}, None, None
     kept_hashes, why = extension(kept, hashes, configs)
     epoch = next(iter(kept.values()))["position"]["epoch"]
     line = (f"continues the finished run kept at epoch {epoch} (train.keep_state) to epoch {cfg.epochs}"
-            if kept_hashes else f"the kept states of {sorted(kept)} do not continue this run ({why}); every "
-            "dictionary starts over, and the kept states are " + (
+            if kept_hashes else f"the kept states of {listed(sorted(kept))} do not continue this run "
+            f"({why}); every dictionary starts over, and the kept states are " + (
                 "replaced when it ends (stop it now to keep them)" if cfg.keep_state else
                 "removed when it ends (train.keep_state is off)"))
     return kept, kept_hashes, line

@@ -293,9 +293,9 @@ def settled_state(run_dir: Path, todo: bool, main: bool, say: Callable[[str], No
         remove_stale(state_path, "a damaged resume state (a full disk, a copy cut short?), and every "
                      "dictionary is finished", say)
     elif main and held and not todo:
-        say(f"train: note: {state_path} holds the unfinished run of {sorted(held['members'])} (at step "
-            f"{held['position']['step']}), another config than this one's: it is kept; that run's command "
-            "continues it")
+        say(f"train: note: {state_path} holds the unfinished run of {listed(sorted(held['members']))} (at "
+            f"step {held['position']['step']}), another config than this one's: it is kept; that run's "
+            "command continues it")
     return held
 
 
@@ -404,8 +404,7 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device,
     prior = (meta or next(iter(kept.values()), {}) if start else {}).get("segments", [])  # earlier segments
     log = start_logs(run_dir, todo, hashes, kept_hashes or todo_hashes, start, say) if d.main else None
     world = f" x {d.world} ranks" if d.on else ""
-    names = [m.name for m in members]
-    names = names if len(names) <= LISTED else listed(names)  # a sweep's: their number, first and last
+    names = listed([m.name for m in members])  # a sweep's: their number, first and last
     say(f"train: {names} on {train_rows:,} rows ({len(chunks)} chunks, d={store.d}) for "
         f"{cfg.epochs} epoch(s)" + (f", stopping at step {cfg.max_steps} (train.max_steps)" if cfg.max_steps
                                      else "") + f" on {device_said(device)}{world}"
