@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from actdict.analyze.outputs import OutputError, not_a_snapshot, read_output
-from actdict.analyze.tables import number_table
+from actdict.analyze.tables import column_note, number_table
 from actdict.errors import ActdictError, one_line, printable
 from actdict.files import disk_path, write_atomic
 from actdict.train.resume import listed
@@ -138,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         print(printable(f"actdict: {type(e).__name__}: {e}"), file=sys.stderr)
         return 2
     print("\n".join(table(found)))
+    ce = any(r["ce_recovered"] is not None for r in found)  # on stderr, as the notes: stdout is the table
+    print(column_note(ce), file=sys.stderr)
     for run in dict.fromkeys(r["run"] for r in found):
         if names := [r["dict"] for r in found if r["run"] == run and r["retrained"]]:
             print(one_line(f"actdict summary: note: {run}: {listed(names)} trained again since its analysis "

@@ -35,6 +35,17 @@ def number_table(names: list[tuple[str, int]], rows: list[tuple[list[str], dict]
             for line in [head, *cells]]
 
 
+def column_note(ce: bool) -> str:
+    """What each column of a table of ``number_table`` means, the line under analyze's table and under
+    ``actdict summary``'s; CE rec. and KL when the table has them (``ce``)."""
+    measured = ("; CE rec.: (CE_zero - CE_spliced) / (CE_zero - CE_clean), 1 the model's own CE, 0 zero "
+                "ablation's; KL: mean KL(p_clean || p_spliced)") if ce else ""
+    return ("(RE det: summed squared error per row, deterministic forward; RE 1-sample: of one sampled "
+            "forward of the first test batch, the paper's; AD: active dimensions per row, the paper's Otsu "
+            "split; L0: exact nonzeros, not a VAE's sparsity measure; EV: explained variance; dead: latents "
+            f"active on no test row{measured}; docs/analyze.md)")  # RE det, EV, dead: said nowhere before
+
+
 def summary_lines(summary: dict) -> list[str]:
     """The headline numbers of ``summary.json`` as a text table, one line per dictionary."""
     ce = summary["ce"] is not None
@@ -46,10 +57,7 @@ def summary_lines(summary: dict) -> list[str]:
            "to explain; more test rows: analyze.max_test_rows, train.test_fraction)"]
     why = why if any(m["ev"] is None and m["re_det"] is not None for m in summary["models"].values()) else []
     caveat = [f"analyze: note: {c}"] if ce and (c := ce_caveat(summary["ce"], summary.get("hook"))) else []
-    note = ("(RE det: summed squared error per row, deterministic forward; RE 1-sample: of one sampled "
-            "forward of the first test batch, the paper's; AD: active dimensions per row, the paper's Otsu "
-            "split; L0: exact nonzeros, not a VAE's sparsity measure; EV: explained variance; dead: latents "
-            "active on no test row; docs/analyze.md)")  # RE det, EV and dead were explained nowhere
+    note = column_note(ce)
     pairs = [(p["mmcs"], f"{a} in {b} {_cell(p['mmcs'], '.3f')} ({p['matched']:.0%})")
              for a, m in summary["models"].items() for b, p in (m.get("similar") or {}).items()
              if p.get("matched") is not None]

@@ -8,6 +8,7 @@ import pytest
 
 from actdict.analyze import run
 from actdict.analyze.config import AnalyzeConfig
+from actdict.analyze.tables import column_note
 from actdict.cli import main as cli
 from actdict.config import Common
 from actdict.train.checkpoint import save
@@ -77,7 +78,9 @@ def test_a_run_whose_ce_recovered_divides_by_about_nothing_is_noted(tmp_path, ca
         (tmp_path / name / "summary.json").write_text(json.dumps({"hook": "blocks.2.hook_resid_post",
                                                                    "ce": ce, "models": {"x": m}}))
     assert cli(["summary", str(tmp_path / "random"), str(tmp_path / "trained")]) == 0
-    err = capsys.readouterr().err.splitlines()
+    legend, *err = capsys.readouterr().err.splitlines()
+    assert legend == column_note(ce=True) and "; CE rec.: (CE_zero - CE_spliced) / (CE_zero - CE_clean)" in (
+        legend)
     assert err == [f"actdict summary: note: {tmp_path / 'random'}: zero-ablating blocks.2.hook_resid_post "
                    "changes the CE by -0.0365 nats (clean 10.971, zero ablation 10.935), under 1% of the "
                    "clean CE: CE recovered divides by that difference, so it can pass 1 or fall below 0 "
@@ -187,7 +190,7 @@ def test_rows_of_a_dictionary_trained_again_since_the_analysis_are_named(tmp_pat
         save(one / "dicts" / name, make("sae_topk", 5, 6, seed=seed, topk=2), {"config_hash": f"{name}-1"})
     run.main(Common(run_dir=str(one)), AnalyzeConfig(device="cpu", top_k=2, context=1))
     capsys.readouterr()
-    assert cli(["summary", str(one)]) == 0 and capsys.readouterr().err == ""
+    assert cli(["summary", str(one)]) == 0 and capsys.readouterr().err == column_note(ce=False) + "\n"
     save(one / "dicts" / "topk", make("sae_topk", 5, 6, seed=2, topk=2), {"config_hash": "topk-2"})
     assert cli(["summary", str(one), "--json", str(tmp_path / "t.json")]) == 0
     out = capsys.readouterr()
@@ -195,7 +198,7 @@ def test_rows_of_a_dictionary_trained_again_since_the_analysis_are_named(tmp_pat
     said = (f"actdict summary: note: {one}: topk trained again since its analysis (a checkpoint of another "
             "config_hash than the analysed one): their rows are the earlier training's; rerun actdict "
             f"analyze on {one}\n")
-    assert out.err == said
+    assert out.err == column_note(ce=False) + "\n" + said
     assert [r["retrained"] for r in json.loads((tmp_path / "t.json").read_text())] == [False, True]
 
 
@@ -290,7 +293,8 @@ def test_each_summary_is_read_once_and_json_holds_the_same_records(tmp_path, mon
             ("random", "x", "null", "32.0"), ("random", "y", '"sae"', "33.0")]
     assert (tmp_path / "t.json").read_text() == "[\n " + ",\n ".join(
         rec.format(r, d, v, ad) for r, d, v, ad in want) + "\n]\n"
-    assert capsys.readouterr().err.startswith("actdict summary: note: random: zero-ablating h changes")
+    said = capsys.readouterr().err.splitlines()
+    assert said[1].startswith("actdict summary: note: random: zero-ablating h changes")
 
 
 def test_a_run_whose_zero_ablation_has_no_finite_ce_is_noted(tmp_path, capsys):
@@ -304,7 +308,7 @@ def test_a_run_whose_zero_ablation_has_no_finite_ce_is_noted(tmp_path, capsys):
         (tmp_path / name / "summary.json").write_text(json.dumps({"hook": "blocks.1.ln2.hook_scale",
                                                                    "ce": ce, "models": {"x": m}}))
     assert cli(["summary", str(tmp_path / "scale"), str(tmp_path / "none")]) == 0
-    assert capsys.readouterr().err.splitlines() == [
+    assert capsys.readouterr().err.splitlines()[1:] == [
         f"actdict summary: note: {tmp_path / 'scale'}: zero-ablating blocks.1.ln2.hook_scale gives no finite "
         "CE (a norm's hook_scale is divided by: 0 is no value it can take), so CE recovered is n/a; compare "
         "the dictionaries' CE and KL"]
