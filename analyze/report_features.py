@@ -33,11 +33,13 @@ header { padding: 10px 16px; background: #f4f4f4; border-bottom: 1px solid #ddd;
 header a { margin-right: 1em; } .stats { color: #555; }
 main { display: grid; grid-template-columns: min(440px, 40vw) 1fr; height: calc(100vh - 62px); }
 #side { border-right: 1px solid #ddd; overflow-y: auto; padding: 0 8px 8px; }
-#controls { position: sticky; top: 0; z-index: 1; background: #fff; padding: 8px 0 4px;
+#controls { position: sticky; top: 0; z-index: 2; background: #fff; padding: 8px 0 4px;
   border-bottom: 1px solid #eee; }  /* in view when the list is scrolled to a feature far down */
 #side input, #side select { margin: 2px 0; } #list { width: 100%; border-collapse: collapse; font-size: 90%; }
 #list td, #list th { padding: 2px 6px; text-align: right; } #list tr { cursor: pointer; }
 #list tr:hover { background: #eef; } #list tr.sel { background: #dde6ff; }
+#list tr.head th { position: sticky; top: var(--controls, 0); z-index: 1; background: #fff;
+  box-shadow: inset 0 -1px #eee; }  /* the column names, in view under the controls */
 #list td { white-space: nowrap; }
 #list .lab { text-align: left; width: 100%; max-width: 0; overflow: hidden; text-overflow: ellipsis; }
 #panel { overflow-y: auto; padding: 8px 20px; }
@@ -160,7 +162,7 @@ function sorted() {
 function renderList() {
   const tb = document.getElementById('list');
   tb.replaceChildren();
-  const hd = el('tr');
+  const hd = el('tr', 'head');
   for (const h of ['feature', 'density', 'max']) hd.appendChild(el('th', '', h));
   if (LABELS) hd.appendChild(el('th', 'lab', D.has_texts ? 'top texts' : 'top tokens'));
   tb.appendChild(hd);
@@ -189,9 +191,14 @@ function listRow(f) {
 function listSelected() {  // the list, scrolled to the feature shown when it is among the rows listed
   renderList();
   const tr = document.querySelector('#list tr.sel');
-  const side = document.getElementById('side');  // its row below the controls, not under them
-  side.style.scrollPaddingTop = document.getElementById('controls').offsetHeight + 'px';
+  underControls();
   if (tr) tr.scrollIntoView({block: 'nearest'});
+}
+function underControls() {  // the list's column names stick below the controls, the row shown below both
+  const side = document.getElementById('side'), h = document.getElementById('controls').offsetHeight;
+  const head = document.querySelector('#list tr.head');
+  side.style.setProperty('--controls', h + 'px');
+  side.style.scrollPaddingTop = h + (head ? head.offsetHeight : 0) + 'px';
 }
 function histogram(f, parent) {  // drawn once in the page, so that plotly sizes it to the panel's width
   const mids = EDGES.slice(0, -1).map((e, i) => (e + EDGES[i + 1]) / 2);
@@ -355,6 +362,7 @@ if (D.has_texts) {  // embedded rows: the list shows the start of their texts
 document.getElementById('more').onclick = () => { shown += PAGE; renderList(); };
 document.getElementById('go').onchange = e => { location.hash = 'f=' + e.target.value; };
 window.addEventListener('hashchange', route);
+window.addEventListener('resize', underControls);  // the controls wrap to more lines in a narrower window
 document.getElementById('title').textContent = META.name + ' (' + META.variant + ', k = ' + D.k + ')';
 route();
 """

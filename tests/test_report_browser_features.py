@@ -636,3 +636,33 @@ def test_the_lists_controls_stay_in_view_for_a_feature_far_down(chromium, tmp_pa
         dom = _dump(*chromium, page.as_uri() + f"#f={at}", "--window-size=1000,600")
         assert f"<h2>Feature {at}</h2>" in dom
         assert 'data-sticky="true,true,true,true"' in dom, dom.split('data-sticky="')[1].split('"')[0]
+
+
+_HEAD_PROBE = """<script>window.addEventListener("load", () => setTimeout(() => {
+  const side = document.getElementById("side").getBoundingClientRect();
+  const controls = document.getElementById("controls").getBoundingClientRect();
+  const head = document.querySelector("#list tr.head th").getBoundingClientRect();
+  const sel = document.querySelector("#list tr.sel").getBoundingClientRect();
+  document.body.setAttribute("data-head", [document.getElementById("side").scrollTop > 0,
+    head.top >= side.top && head.bottom <= side.bottom, Math.abs(head.top - controls.bottom) <= 1,
+    sel.top >= head.bottom - 1].join(","));
+}, 1000));</script>"""
+
+
+def test_the_lists_column_names_stay_under_the_controls_for_a_feature_far_down(chromium, tmp_path):
+    """The controls stayed at the side panel's top, but the list's header row (feature, density, max, top
+    tokens) scrolled away with the rows, leaving columns of numbers without names: it sticks right under the
+    controls now, and the row of the feature shown is below it, not under it."""
+    from actdict.analyze.report_features import write_feature_page
+
+    feats = [{"i": i, "fires": 400 - i, "density": (400 - i) / 1000, "max": 2.0, "min": 0.0, "quantiles": [],
+              "hist": {"pos": [[32, 400 - i]], "neg": []}, "top": [[2.0, i, 0, 1, [1, 2], 1]], "bottom": []}
+             for i in range(400)]
+    data = {"version": 1, "name": "v", "k": 400, "n_rows": 1000, "window": 1,
+            "hist_edges": list(range(-4, 5)), "tokens": {"1": "a", "2": "b"}, "wordpiece": False,
+            "features": feats}
+    page = write_feature_page(data, "v", {"variant": "vaease"}, {"hook": "h"}, tmp_path / "r" / "v.html")
+    page.write_text(page.read_text().replace("</body>", _HEAD_PROBE + "</body>"))
+    dom = _dump(*chromium, page.as_uri() + "#f=390", "--window-size=1000,600")
+    assert "<h2>Feature 390</h2>" in dom
+    assert 'data-head="true,true,true,true"' in dom, dom.split('data-head="')[1].split('"')[0]
