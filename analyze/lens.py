@@ -305,7 +305,7 @@ def format_lens(res: dict) -> str:
         cols = f"{unit}, active latents, top features (#latent code [its top {what}])"
         if r.get("followed"):
             cols = f"{unit}, each followed feature's code (* active; bar: share of the largest active code)"
-        lines.append(f"\n{name} ({r['variant']}, k={r['k']}): {cols}")
+        lines.append(f"\n{name} ({r['variant']}, k {r['k']}): {cols}")
         if r.get("labels_note"):
             lines.append(f"  ({r['labels_note']})")
         if r.get("followed"):

@@ -49,7 +49,7 @@ def column_note(ce: bool) -> str:
 def summary_lines(summary: dict) -> list[str]:
     """The headline numbers of ``summary.json`` as a text table, one line per dictionary."""
     ce = summary["ce"] is not None
-    lines = [f"analyze: {summary['n_test_rows']:,} held-out rows of {summary['hook']} (d = {summary['d']})",
+    lines = [f"analyze: {summary['n_test_rows']:,} held-out rows of {summary['hook']} (d {summary['d']})",
              *number_table([("model", 16)], [([name], m) for name, m in summary["models"].items()], ce)]
     warned = [f"analyze: warning: {name} was saved with a training warning: {m['training_warning']}"
               for name, m in summary["models"].items() if m.get("training_warning")]

@@ -253,7 +253,7 @@ def main(common, cfg, writing=lambda hooks=None: None) -> None:
     torch.manual_seed(common.seed)
     prompt, prompt_name = applied_prompt(enc.model, ecfg)  # a prompt_name the model lacks: before any row
     about = enc.describe() | {"prompt": prompt, "prompt_name": prompt_name, "extra_normalize": ecfg.normalize}
-    print(one_line(f"harvest: {enc.name} sentence embeddings (d={enc.d}, pooling {about['pooling']}, "
+    print(one_line(f"harvest: {enc.name} sentence embeddings (d {enc.d}, pooling {about['pooling']}, "
                    f"normalised {about['model_normalizes'] or ecfg.normalize}, {enc.device}, {cfg.dtype}"
                    f"{f', prompt {prompt!r}' if prompt else ''}); "
                    f"one row per {ecfg.unit}; source: {describe_source(cfg.source)} -> {path}/{ecfg.hook}"))

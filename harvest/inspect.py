@@ -55,7 +55,7 @@ def line(info: dict) -> str:
     elif info["on_disk"] > info["shards"]:  # object stores write shards in place: some are not whole yet
         state += (f"; {info['on_disk'] - info['shards']} more shard folder(s) on disk are not whole (being "
                   "written, or cut short by a kill): the harvest command rewrites them")
-    return printable(f"{info['hook']}: {info['rows']:,} rows x d={info['d']} {info['dtype']}, "
+    return printable(f"{info['hook']}: {info['rows']:,} rows x d {info['d']} {info['dtype']}, "
                      f"{info['shards']} shards, {info['chunks']} chunks of {info['chunk_rows']}, "
                      f"{human_size(info['bytes'])}; {state}\n"
                      f"  model {info['model'] or '- (no model: imported vectors)'}; {info['numerics']}\n"

@@ -210,7 +210,7 @@ def harvest(common: Common, cfg: HarvestConfig, ranks: Ranks, grow: bool = False
         for h in hooks:
             if grow:
                 reopen(path, h, chash, as_json(cfg))
-                say(f"harvest: growing {path} hook {h!r} to max_tokens={cfg.max_tokens}")
+                say(f"harvest: growing {path} hook {h!r} to max_tokens {cfg.max_tokens}")
             for where in clean(path, h):
                 say(f"harvest: removed {where} (left by a killed run; it is written again)")
         if grow:  # a shared store (one per layer's run folder) changes under every run that learned it
@@ -248,7 +248,7 @@ def harvest(common: Common, cfg: HarvestConfig, ranks: Ranks, grow: bool = False
         check_manifest(read_manifest(path, h), want[h], f"store {path} hook {h!r}")
     per_row = sum(d * ACT_DTYPES[cfg.store_dtype].itemsize + META_BYTES for d in dims.values())
     say(f"harvest: {lm.name} ({lm.kind}, {device_said(lm.device)}, {cfg.dtype}) hooks {hooks_said(dims)} "
-        f"stop_at_layer={stop}; "
+        f"stop_at_layer {stop}; "
         f"{planned(cfg.max_tokens, cfg.source.max_docs, per_row)} ({per_row} bytes/row, shard buffer "
         f"{human_size(cfg.shard_rows * per_row)}); "
         f"source: "

@@ -411,7 +411,7 @@ def main(common, cfg, writing=lambda hooks=None: None) -> None:
                        manifest={"config_hash": chash, "source_fingerprint": fingerprint(vcfg.path),
                                  "harvest": to_dict(cfg)}, dtype=cfg.store_dtype,
                        shard_rows=cfg.shard_rows, chunk_rows=cfg.chunk_rows, overwrite=True)
-    print(one_line(f"harvest: imported {len(s):,} vectors (d={s.d}) from {vcfg.path} into {path}/{vcfg.hook}"
+    print(one_line(f"harvest: imported {len(s):,} vectors (d {s.d}) from {vcfg.path} into {path}/{vcfg.hook}"
                    + texts_hint(vcfg.path)))  # names from the config, a column's from the file: no ESC
 
 
@@ -455,7 +455,7 @@ def cli(argv: list[str] | None = None) -> int:
                 raise  # disk, too many open files: one line too
         print(printable(f"import: {type(e).__name__}: {e}{open_files_hint(e)}"), file=sys.stderr)
         return 2
-    print(one_line(f"imported {len(s):,} vectors (d={s.d}) into {s.dir}{texts_hint(a.file)}"))
+    print(one_line(f"imported {len(s):,} vectors (d {s.d}) into {s.dir}{texts_hint(a.file)}"))
     return 0
 
 

@@ -36,7 +36,7 @@ def test_a_layer_added_later_is_what_one_harvest_of_both_writes(tmp_path, capsys
     out = capsys.readouterr().out
     assert (f"harvest: store {store} holds this harvest's 95 rows in {L1} (complete, harvested with "
             f"hooks [{L1}]): adding {L3} beside them, each shard's rows checked against theirs") in out
-    assert f"hooks {L3} (d 384) stop_at_layer=4" in out  # block 1 is not stored again
+    assert f"hooks {L3} (d 384) stop_at_layer 4" in out  # block 1 is not stored again
     assert _hook_tree(store, L1) == first  # untouched
 
     both, _ = harvest(tmp_path / "b", hooks=[L1, L3])  # one harvest of both layers

@@ -395,7 +395,7 @@ def test_python_m_vectors_import_into_a_non_ascii_store_says_where_on_a_cp1252_s
     assert run_as_main("actdict.harvest.vectors", [str(tmp_path / "v.npy"), str(tmp_path / "Ωstore")],
                        monkeypatch) == 0
     said = out.getvalue().decode("cp1252")
-    assert said.startswith("imported 16 vectors (d=3) into ") and "\\u03a9store" in said
+    assert said.startswith("imported 16 vectors (d 3) into ") and "\\u03a9store" in said
     assert (tmp_path / "Ωstore" / "vectors").is_dir()
 
 

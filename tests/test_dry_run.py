@@ -61,7 +61,7 @@ def test_the_plan_names_each_dictionary_of_a_sweep_and_what_training_would_do(tm
     write_vectors(str(tmp_path / "store"), x, shard_rows=128, chunk_rows=64)
     assert cli(["train", cfg, "--dry-run"]) == 0
     head, _, *rows = capsys.readouterr().out.splitlines()
-    assert head == (f"train: 3 dictionaries on 384 rows of vectors (6 of 8 chunks, d=6) in "
+    assert head == (f"train: 3 dictionaries on 384 rows of vectors (6 of 8 chunks, d 6) in "
                     f"{tmp_path / 'run'}; 2 epoch(s) of 12 steps (batch 32): 24 steps")
     assert [r.split() for r in rows] == [
         ["vaease", "vaease", "8", "0.01", "-", "new"],
@@ -181,7 +181,7 @@ train:
         assert cli(["run", str(cfg), *override, "--dry-run"]) == 0
         assert capsys.readouterr().out.splitlines()[1] == (
             "train: once the harvest above has written the store; 1 epoch(s)" if then == "grow" else
-            f"train: 1 dictionary on 48 rows of blocks.3.hook_resid_post (3 of 4 chunks, d=384) in "
+            f"train: 1 dictionary on 48 rows of blocks.3.hook_resid_post (3 of 4 chunks, d 384) in "
             f"{tmp_path / 'run'}; 1 epoch(s) of 1 step (batch 2,048): 1 step")
     assert os.listdir(tmp_path / "run" / "store" / "blocks.3.hook_resid_post" / "shards") == ["00000"]
     if then == "same":  # its hook spelled as a pattern: the model decides (it skips), nothing is continued

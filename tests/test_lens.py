@@ -120,6 +120,8 @@ def test_cli_prints_and_writes_each_tokens_features(run, tmp_path, capsys):
     assert negative_labelled > 0  # VAEase codes are signed: some are labelled by their bottom contexts
     printed = capsys.readouterr().out
     assert printed.count("\n  ") == 2 * len(res["tokens"]) and "'ferry'" in printed
+    for name, variant in (("sae", "sae_l1"), ("vaease", "vaease")):  # k as actdict feature and compare say it
+        assert f"\n{name} ({variant}, k 24): token, active latents, top features" in printed
     assert main([str(cfg_path), text, "--dict", "vaease", "--json", str(tmp_path / "v.json")]) == 0
     assert list(json.loads((tmp_path / "v.json").read_text())["dicts"]) == ["vaease"]
 

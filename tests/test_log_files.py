@@ -62,7 +62,7 @@ def test_a_killed_training_leaves_its_start_line_in_the_log_before_the_bar(tmp_p
     kill_when(proc, log, "train:   0%")
     assert proc.returncode == -signal.SIGKILL
     lines = log.read_text().splitlines()[1:]  # after runlog's header
-    assert lines[0] == "train: a on 368 rows (12 chunks, d=6) for 3000 epoch(s) on cpu, 1 thread", lines
+    assert lines[0] == "train: a on 368 rows (12 chunks, d 6) for 3000 epoch(s) on cpu, 1 thread", lines
     assert lines[1].startswith("train:   0%|") and lines[1].endswith("| 0/36000 [00:00<?, ?step/s]"), lines
 
 
@@ -84,7 +84,7 @@ def test_a_resumed_training_says_where_in_the_run_it_continues(tmp_path):
     proc = into_log(["train", str(cfg)], again)
     kill_when(proc, again, "/36000 [")
     assert again.read_text().splitlines()[1] == (
-        f"train: a on 368 rows (12 chunks, d=6) for 3000 epoch(s) on cpu, 1 thread; resumed at step "
+        f"train: a on 368 rows (12 chunks, d 6) for 3000 epoch(s) on cpu, 1 thread; resumed at step "
         f"{step} of 36000 ({100 * step // 36000}% done before), epoch {epoch} batch {batch}")
 
 
@@ -205,7 +205,7 @@ def test_a_terminal_gets_no_header_nor_footer(tmp_path):
     run = f"import sys; sys.argv[0] = {actdict!r}; from actdict.cli import entry; entry()"
     status, out = on_a_terminal(["-c", run, "train", str(long_training(tmp_path, epochs=1))])
     assert status == 0 and "actdict: started" not in out and "ended with exit status" not in out, out
-    assert out.startswith("train: a on 368 rows (12 chunks, d=6) for 1 epoch(s) on cpu, 1 thread\r\n")
+    assert out.startswith("train: a on 368 rows (12 chunks, d 6) for 1 epoch(s) on cpu, 1 thread\r\n")
 
 
 # `actdict train CONFIG` whose command meets a bug (an exception no handler expects) before any stage runs

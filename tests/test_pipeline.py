@@ -97,7 +97,7 @@ def test_summary_numbers_and_top_tokens(run):
 def test_printed_summary_table_holds_the_summary_numbers(run):
     s = json.loads((run / "summary.json").read_text())
     lines = summary_lines(s)
-    assert lines[0] == f"analyze: 1,536 held-out rows of {HOOK} (d = 384)"
+    assert lines[0] == f"analyze: 1,536 held-out rows of {HOOK} (d 384)"
     assert lines[1].split() == ["model", "RE", "det", "RE", "1-sample", "AD", "L0", "EV", "dead"]
     for line, (name, m) in zip(lines[2:4], s["models"].items(), strict=True):
         cells = line.split()

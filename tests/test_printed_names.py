@@ -49,7 +49,7 @@ def test_an_embedding_harvest_says_its_model_folder_and_store_path_as_escapes(tm
     main(common, cfg)
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"harvest: loading the model {tmp_path}/m\\x1b[2J (device cpu, float32)"
-    assert lines[1].startswith(f"harvest: {tmp_path}/m\\x1b[2J sentence embeddings (d=384, ")
+    assert lines[1].startswith(f"harvest: {tmp_path}/m\\x1b[2J sentence embeddings (d 384, ")
     assert lines[-1] == f"harvest: wrote 4 document embeddings to {tmp_path}/{SAID}/store/embedding"
     main(common, cfg)
     assert capsys.readouterr().out == (f"harvest: store {tmp_path}/{SAID}/store is already complete for this "

@@ -19,9 +19,9 @@ def test_store_command_describes_and_verifies(tmp_path, capsys):
     _write(tmp_path, hook="blocks.3.hook_resid_post", dtype="float16")
     assert main(["store", str(tmp_path), "--verify"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("blocks.1.hook_resid_post: 45 rows x d=3 float32, 3 shards, 12 chunks of 4, ")
+    assert out[0].startswith("blocks.1.hook_resid_post: 45 rows x d 3 float32, 3 shards, 12 chunks of 4, ")
     assert out[0].endswith("; complete") and out[1] == "  model toy; float32 forward"
-    assert out[3] == "  verify: ok" and out[4].startswith("blocks.3.hook_resid_post: 45 rows x d=3 float16")
+    assert out[3] == "  verify: ok" and out[4].startswith("blocks.3.hook_resid_post: 45 rows x d 3 float16")
     chunk = tmp_path / "blocks.3.hook_resid_post" / "shards" / "00001" / "acts" / "c" / "2" / "0"
     blob = bytearray(chunk.read_bytes())
     blob[1] ^= 0xFF
@@ -78,7 +78,7 @@ def test_store_command_lists_each_hook_and_its_shards_once(tmp_path, capsys):
     assert capsys.readouterr().out.splitlines() == ["b: intact"]
     assert main(["store", str(tmp_path / "b"), "--verify"]) == 0  # a hook's own folder: that hook
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith(f"b: 45 rows x d={D} ")  # _write: 7 + 20 + 18 rows
+    assert out[0].startswith(f"b: 45 rows x d {D} ")  # _write: 7 + 20 + 18 rows
     assert out[-1] == "  verify: ok" and len(out) == 4
     assert main(["store", str(tmp_path / "b"), "--hook", "b", "--repair"]) == 0  # named too: the same
     assert capsys.readouterr().out.splitlines() == ["b: intact"]
@@ -95,7 +95,7 @@ def test_store_command_describes_an_unfinished_harvest(tmp_path, capsys):
     w.append(x[:40], tok[:40], doc[:40], pos[:40])  # 2 full shards written, 8 rows buffered, never closed
     assert main(["store", str(tmp_path)]) == 0
     first = capsys.readouterr().out.splitlines()[0]
-    assert first.startswith("h: 32 rows x d=3 float16, 2 shards") and "INCOMPLETE" in first
+    assert first.startswith("h: 32 rows x d 3 float16, 2 shards") and "INCOMPLETE" in first
 
 
 @pytest.mark.parametrize("manifest", ["[]", '"x"', '{"hook": "h"}'])
@@ -123,7 +123,7 @@ def test_store_command_names_shard_folders_not_yet_whole(tmp_path, capsys):
     (tmp_path / "h" / "shards" / "00002").mkdir()  # begun in place, its done-record not written yet
     assert main(["store", str(tmp_path)]) == 0
     first = capsys.readouterr().out.splitlines()[0]
-    assert first.startswith("h: 32 rows x d=3 float16, 2 shards") and "missing" not in first
+    assert first.startswith("h: 32 rows x d 3 float16, 2 shards") and "missing" not in first
     assert first.endswith("; 1 more shard folder(s) on disk are not whole (being written, or cut short by a "
                           "kill): the harvest command rewrites them")
 
@@ -159,7 +159,7 @@ def test_shard_numbers_from_a_manifest_or_a_folder_name_are_never_walked(tmp_pat
     _write(tmp_path)  # 45 rows: shards 00000..00002
     (tmp_path / "blocks.0.hook_resid_post" / "shards" / "²³").mkdir()
     assert cli(["store", str(tmp_path)]) == 0
-    assert capsys.readouterr().out.startswith("blocks.0.hook_resid_post: 45 rows x d=3 float32, 3 shards")
+    assert capsys.readouterr().out.startswith("blocks.0.hook_resid_post: 45 rows x d 3 float32, 3 shards")
     manifest = tmp_path / "blocks.0.hook_resid_post" / "manifest.json"
     manifest.write_text(json.dumps(json.loads(manifest.read_text()) | {"n_shards": 20}))
     assert cli(["store", str(tmp_path), "--repair"]) == 0

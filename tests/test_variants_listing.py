@@ -89,6 +89,6 @@ def test_check_names_what_a_broken_variant_gets_wrong(capsys, tmp_path, monkeypa
     assert lines[3] == "  gradients  FAILED: no gradient reaches unused"
     assert lines[4] == "  round_trip ok"
     assert main(["variants", "sae_topk", "--check"]) == 2  # topk 30 > k 16
-    assert capsys.readouterr().err.startswith("actdict variants: sae_topk cannot be built at k=16 with its "
+    assert capsys.readouterr().err.startswith("actdict variants: sae_topk cannot be built at k 16 with its "
                                               "defaults (sae_topk: topk must be in 1..k=16, got 30)")
     assert main(["variants", "sae_topk", "--check", "--set", "topk=4"]) == 0

@@ -29,7 +29,7 @@ def test_vectors_in_shards_import_as_one_run_of_rows(tmp_path, capsys):
     np.testing.assert_array_equal(import_vectors(glob, str(tmp_path / "s2")).read_rows(0, 220).acts,
                                   np.concatenate([x[:100], x[130:]]))
     assert cli([str(tmp_path / "parts" / "part-*.npy"), str(tmp_path / "s3")]) == 0
-    assert "imported 250 vectors (d=6)" in capsys.readouterr().out
+    assert "imported 250 vectors (d 6)" in capsys.readouterr().out
     np.save(tmp_path / "parts" / "part-003.npy", np.ones((5, 7), np.float32))
     with pytest.raises(VectorsError, match=r"part-003.npy: rows 0.. have width \(7,\), earlier rows 6"):
         import_vectors(tmp_path / "parts", str(tmp_path / "s4"))

@@ -98,7 +98,7 @@ def test_store_listing_piped_into_head_exits_quietly(tmp_path):
     for h in range(40):  # --verify: still listing when head has left
         import_vectors(tmp_path / "v.npy", str(tmp_path / "s"), hook=f"h{h:02d}", **SMALL)
     r = into_head("store", str(tmp_path / "s"), "--verify")
-    assert r.stdout.startswith("h00: 45 rows x d=6 float32") and r.stdout.count("\n") == 1
+    assert r.stdout.startswith("h00: 45 rows x d 6 float32") and r.stdout.count("\n") == 1
     assert r.stderr.strip() == "rc 141"
 
 
@@ -409,7 +409,7 @@ def test_the_import_s_lines_print_a_file_name_s_control_characters_as_escapes(tm
     assert "\x1b" not in err and "\x07" not in err
     np.save(tmp_path / f"v{clear}.npy", _x(8))
     assert cli([str(tmp_path / f"v{clear}.npy"), str(tmp_path / f"s{clear}")]) == 0
-    assert capsys.readouterr().out == f"imported {N:,} vectors (d={D}) into {tmp_path}/s\\x1b[2J/vectors\n"
+    assert capsys.readouterr().out == f"imported {N:,} vectors (d {D}) into {tmp_path}/s\\x1b[2J/vectors\n"
 
 
 def test_a_vectors_harvest_prints_the_config_s_names_with_escapes(tmp_path, capsys):

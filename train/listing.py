@@ -69,7 +69,7 @@ def checked(names: list[str], params: dict, k: int, ddp: bool = False) -> int:
             make(name, 7, k, **params)
         except ConfigError as e:
             given = params or "its defaults"
-            print(printable(f"actdict variants: {name} cannot be built at k={k} with {given} ({e}): give "
+            print(printable(f"actdict variants: {name} cannot be built at k {k} with {given} ({e}): give "
                             "--set PARAM=VALUE or --k N"), file=sys.stderr)
             status = 2
             continue

@@ -230,7 +230,7 @@ def plan(common: Common, cfg: TrainConfig, after_harvest: bool = False) -> Stage
         rows = sum(b - a for a, b in map(store.chunk_bounds, chunks))
         n = len(cfg.dicts)
         head = (f"train: {n} dictionar{'y' if n == 1 else 'ies'} on {rows:,} rows of {store.hook} "
-                f"({len(chunks)} of {store.num_chunks} chunks, d={store.d}) in {common.run_dir}")
+                f"({len(chunks)} of {store.num_chunks} chunks, d {store.d}) in {common.run_dir}")
     head += "" if refused else "; " + length(cfg, None if stand is None else steps_in_epoch(
         store, stand.split["train_chunks"], cfg.batch_size))
     cols = [(dc.name, dc.variant, str(dc.k), f"{dc.lr:g}", params_text(dc)) for dc in cfg.dicts]

@@ -405,7 +405,7 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device,
     log = start_logs(run_dir, todo, hashes, kept_hashes or todo_hashes, start, say) if d.main else None
     world = f" x {d.world} ranks" if d.on else ""
     names = listed([m.name for m in members])  # a sweep's: their number, first and last
-    say(f"train: {names} on {train_rows:,} rows ({len(chunks)} chunks, d={store.d}) for "
+    say(f"train: {names} on {train_rows:,} rows ({len(chunks)} chunks, d {store.d}) for "
         f"{cfg.epochs} epoch(s)" + (f", stopping at step {cfg.max_steps} (train.max_steps)" if cfg.max_steps
                                      else "") + f" on {device_said(device)}{world}"
         + (f"; {resumed_said(start, total_steps(steps_in_epoch(store, chunks, cfg.batch_size), cfg))}"
