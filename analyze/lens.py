@@ -193,6 +193,25 @@ _NO_MODEL = ("the store holds vectors brought from elsewhere, and there is no mo
              "(docs/architecture.md, 'Using a trained dictionary')")
 
 
+def lens_store(common: Common, records: dict[str, dict]) -> tuple[str, str | None]:
+    """The store the lens reads, and a note when it is not the config's: ``store`` when set, else
+    ``<run_dir>/store`` when it is there, else the one store the dictionaries' cfg.json (``records``) record
+    that they learned (``--set run_dir=runs/other``, a run folder whose training read a store elsewhere);
+    LensError when none of them is there. Without records (no dictionaries) the config's, as before: the
+    dictionaries' error is said first."""
+    path = common.store_path
+    if common.store or not records or Path(path).exists():
+        return path, None
+    learned = sorted({p for r in records.values() if (p := (r.get("store") or {}).get("path"))})
+    if len(learned) == 1 and ("://" in learned[0] or Path(learned[0]).exists()):
+        return learned[0], (f"{path} holds no store: reading {learned[0]}, the store the dictionaries of "
+                            f"{common.run_dir} learned (their cfg.json); --set store=PATH reads another")
+    said = (f"they learned {learned[0]}, which is not there either" if len(learned) == 1 else
+            "their cfg.json names no store" if not learned else f"they learned {len(learned)} stores")
+    raise LensError(f"no store at {path} for the dictionaries of {common.run_dir} ({said}): give the store "
+                    "they learned with --set store=PATH")
+
+
 def lens(common: Common, cfg, text: str, names: list[str], top: int = 5, hook: str | None = None,
          follow: list[int] | None = None) -> dict:
     """The lens of ``text`` for the dictionaries ``names`` (all in ``<run_dir>/dicts`` when empty), as a
@@ -222,9 +241,12 @@ def lens(common: Common, cfg, text: str, names: list[str], top: int = 5, hook: s
     if hook and trained and hook != trained:
         raise LensError(f"--hook {hook}: the dictionaries were trained on {trained}")
     read = hook or trained or (cfg.embed.hook if cfg.mode == "embeddings" else None)
-    store = open_trained_store(common.store_path, read, run_dir, names, records)
+    path, note = lens_store(common, records)
+    if note:
+        print(printable(f"actdict lens: note: {note}"), file=sys.stderr)
+    store = open_trained_store(path, read, run_dir, names, records)
     if store.manifest.get("kind") == "vectors" or store.manifest.get("model") is None:  # before a model loads
-        raise LensError(f"the store at {common.store_path} holds vectors of no model: {_NO_MODEL}")
+        raise LensError(f"the store at {path} holds vectors of no model: {_NO_MODEL}")
     for note in other_model(records, store.manifest.get("model")):  # an imported SAE of another model
         print(printable(f"actdict lens: note: {note}"), file=sys.stderr)
     models = load_models(run_dir, names, store.d,
@@ -234,7 +256,7 @@ def lens(common: Common, cfg, text: str, names: list[str], top: int = 5, hook: s
 
     def same_model(model_name: str) -> None:  # else the dictionaries would read another model's activations
         if store.manifest.get("model") != model_name:
-            raise LensError(f"the store at {common.store_path} was harvested from "
+            raise LensError(f"the store at {path} was harvested from "
                             f"{store.manifest.get('model')!r}, the config names {model_name!r}")
 
     if cfg.mode == "embeddings":  # one row per document or paragraph: the units stand for the tokens

@@ -3,6 +3,7 @@ token's features are exactly its active latents (the ones AD / L0 count), larges
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -465,3 +466,36 @@ def test_a_json_that_cannot_be_written_is_one_line(run, tmp_path, full_disk, cap
     assert capsys.readouterr().err == (f"actdict lens: WriteError: could not write {out}: No space left on "
                                        f"device ({out} is as it was)\n")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_folder_without_a_store_reads_the_store_its_dictionaries_learned(run, tmp_path, capsys):
+    """`actdict lens CONFIG TEXT --set run_dir=runs/other` stopped on 'no activation store at
+    runs/other/store' when that run's training read a store elsewhere (a shared store), unless --set store=
+    was given too. The dictionaries' cfg.json records the store they learned: the lens reads it, and says
+    so; when it is gone too, the error says to give it with --set store=PATH."""
+    cfg_path, run_dir = run
+    other = tmp_path / "other"
+    for folder in ("dicts", "features"):
+        shutil.copytree(run_dir / folder, other / folder)
+    text = "The ferry leaves at nine."
+    assert main([str(cfg_path), text, "--json", str(tmp_path / "a.json")]) == 0
+    capsys.readouterr()
+    assert main([str(cfg_path), text, "--set", f"run_dir={other}", "--json", str(tmp_path / "b.json")]) == 0
+    said = capsys.readouterr()
+    learned = json.loads((other / "dicts" / "sae" / "cfg.json").read_text())["store"]["path"]
+    assert Path(learned) == run_dir / "store"
+    assert said.err == (f"actdict lens: note: {other / 'store'} holds no store: reading {learned}, the "
+                        f"store the dictionaries of {other} learned (their cfg.json); --set store=PATH reads "
+                        "another\n")
+    assert json.loads((tmp_path / "b.json").read_text()) == json.loads((tmp_path / "a.json").read_text())
+    assert main([str(cfg_path), text, "--set", f"run_dir={other}", "--set", f"store={learned}"]) == 0
+    assert capsys.readouterr().err == ""  # the store given: read as it is, nothing to say
+    for name in ("sae", "vaease"):  # the store they learned moved away too
+        record = other / "dicts" / name / "cfg.json"
+        data = json.loads(record.read_text())
+        record.write_text(json.dumps(data | {"store": data["store"] | {"path": str(tmp_path / "gone")}}))
+    assert main([str(cfg_path), text, "--set", f"run_dir={other}"]) == 2
+    assert capsys.readouterr().err == (
+        f"actdict lens: LensError: no store at {other / 'store'} for the dictionaries of {other} (they "
+        f"learned {tmp_path / 'gone'}, which is not there either): give the store they learned with --set "
+        "store=PATH\n")
