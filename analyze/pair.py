@@ -346,8 +346,8 @@ def report_lines(out: dict, top: int, labels: tuple[dict, dict], what: tuple[str
     co-activation was counted, else by index) beside their best partner in B by each measure, labelled by
     their top ``what`` (A's, B's: tokens, or texts)."""
     a = out["a"]
-    name = {x: f"{Path(out[x]['path']).name} ({out[x]['variant']}, k {out[x]['k']}, {out[x]['hook']})"
-            for x in "ab"}
+    name = {x: f"{Path(out[x]['path']).name} ({out[x]['variant']}, k {out[x]['k']}, "
+               f"{out[x]['hook'] or 'hook not recorded'})" for x in "ab"}  # an import's may be None
     lines = [f"compare: A = {out['a']['path']}: {name['a']}", f"compare: B = {out['b']['path']}: {name['b']}"]
     if co := out["cofire"]:
         lines.append(f"co-activation on {co['rows']:,} rows both held out: best partner's Jaccard, mean "

@@ -288,6 +288,16 @@ def test_rows_limit_dead_features_and_other_widths(tmp_path):
     assert out["directions"] is None and f"no decoder directions compared: d {D} and {D + 1}" in out["notes"]
 
 
+def test_a_dictionary_without_a_recorded_hook_is_named_without_none():
+    """compare's first lines said 'b (v, k 4, None)' of a dictionary whose cfg.json records no hook (an
+    import, an older checkpoint): Python's None, where the line names the hook."""
+    out = {"a": {"path": "r/dicts/a", "variant": "v", "k": 4, "hook": "h"},
+           "b": {"path": "r/dicts/b", "variant": "v", "k": 4, "hook": None},
+           "cofire": None, "directions": None, "notes": []}
+    assert pair.report_lines(out, 3, ({}, {}))[:2] == ["compare: A = r/dicts/a: a (v, k 4, h)",
+                                                      "compare: B = r/dicts/b: b (v, k 4, hook not recorded)"]
+
+
 def test_a_side_keeps_real_partners_and_matches_at_one_half():
     """side(): partners -1 are left out of each feature's list; a best Jaccard of exactly 0.5 is matched."""
     counts = torch.tensor([[2, 0], [0, 0]], dtype=torch.int32)  # A0 and B0 share 2 rows
