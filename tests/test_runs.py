@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -312,3 +313,27 @@ def test_a_run_whose_zero_ablation_has_no_finite_ce_is_noted(tmp_path, capsys):
         f"actdict summary: note: {tmp_path / 'scale'}: zero-ablating blocks.1.ln2.hook_scale gives no finite "
         "CE (a norm's hook_scale is divided by: 0 is no value it can take), so CE recovered is n/a; compare "
         "the dictionaries' CE and KL"]
+
+
+def test_the_printing_tools_piped_into_a_reader_that_leaves_early_end_quietly(tmp_path, monkeypatch):
+    """`actdict summary RUN | head -1` and `actdict feature DICT I | head -1`: the reader leaves after one
+    line (`actdict store` and dry runs: tests/test_vectors_write.py, test_dry_run.py). Each ends as a Unix
+    tool does, with no BrokenPipeError traceback nor 'Exception ignored' at exit: status 141 (as a shell
+    reports a process killed by SIGPIPE) when a line found the pipe closed, 0 when everything was written
+    before; head shows the first line of the output. A guard: it passes before and after."""
+    import subprocess
+    import sys
+
+    from tests.pipes import into_head
+
+    one = _run_dir(tmp_path / "one", monkeypatch)
+    run.main(Common(run_dir=str(one)), AnalyzeConfig(device="cpu", top_k=2, context=1))
+    sae = str(one / "dicts" / "sae")
+    actdict = str(Path(sys.executable).parent / "actdict")
+    for args in (["summary", str(one)], ["feature", sae, "1"]):
+        whole = subprocess.run([actdict, *args], capture_output=True, text=True, timeout=120)
+        assert whole.returncode == 0 and whole.stdout.count("\n") > 1, (args, whole.stderr)
+        r = into_head(*args)
+        said, rc = r.stderr.rsplit("rc ", 1)
+        assert int(rc) in (0, 141) and r.stdout == whole.stdout.split("\n")[0] + "\n", (args, r)
+        assert said == whole.stderr[:len(said)] and "Traceback" not in said and "Exception" not in said, args
