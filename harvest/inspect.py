@@ -58,8 +58,9 @@ def line(info: dict) -> str:
     return printable(f"{info['hook']}: {info['rows']:,} rows x d {info['d']} {info['dtype']}, "
                      f"{info['shards']} shards, {info['chunks']} chunks of {info['chunk_rows']}, "
                      f"{human_size(info['bytes'])}; {state}\n"
-                     f"  model {info['model'] or '- (no model: imported vectors)'}; {info['numerics']}\n"
-                     f"  corpus {info['corpus']}")  # a shared store's manifest: no terminal control codes
+                     f"  model {info['model'] or '- (no model: imported vectors)'}; "
+                     f"{info['numerics'] or 'numerics not recorded'}\n"
+                     f"  corpus {info['corpus'] or 'not recorded'}")  # a shared manifest: no control codes
 
 
 def main(argv: list[str] | None = None) -> int:

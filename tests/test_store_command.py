@@ -270,3 +270,20 @@ def test_store_help_says_a_hook_folder_is_a_path_too(capsys):
     with pytest.raises(SystemExit):
         main(["store", "--help"])
     assert "one hook's folder <store>/<hook>" in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_manifest_without_numerics_or_corpus_says_they_are_not_recorded(tmp_path, capsys):
+    """A store whose manifest records no numerics nor corpus (written by StoreWriter from Python with its
+    hook alone) was described as '  model ...; None' and '  corpus None': Python's None."""
+    import numpy as np
+
+    from actdict.cli import main
+    from actdict.harvest.store import StoreWriter
+
+    with StoreWriter(str(tmp_path / "s"), {"hook": "h"}, 3, "float32", 32, 16) as w:
+        w.append(np.zeros((20, 3), np.float32), np.arange(20), np.arange(20) // 4, np.arange(20) % 4)
+    assert main(["store", str(tmp_path / "s")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("h: 20 rows x d 3 float32, ") and "None" not in "\n".join(out)
+    assert out[1:] == ["  model - (no model: imported vectors); numerics not recorded",
+                       "  corpus not recorded"]
