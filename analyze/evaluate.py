@@ -2,7 +2,8 @@
 
 :class:`ModelEval` is fed every test batch once; it keeps sums and counts, none per row (RE, cosine, L0,
 how many rows have each AD, fire counts, per-class sums of |z| or log var and of AD, and for the class
-features per-class sums of |z| (less a shift), its square and fires), the paper-protocol
+features per-class sums of |z| (less a shift), its square and fires, and counts of |z| in fixed bins for their
+AUROC: ``auroc.ClassBins``), the paper-protocol
 figures of the first test batch (one stochastic RE, the masked-dimensions curve) and a
 :class:`~actdict.analyze.toptokens.FeatureTracker` for all features.
 :meth:`ModelEval.summary` turns them into the model's summary.json entry (metrics from ``metrics.py``).
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from actdict.analyze import metrics as M
+from actdict.analyze.auroc import ClassBins
 from actdict.analyze.config import AnalyzeConfig
 from actdict.analyze.streaming import row_counts, where_true
 from actdict.analyze.toptokens import FeatureTracker
@@ -46,7 +48,7 @@ class ModelEval:
     """Accumulators of one dictionary over the evaluated rows."""
 
     def __init__(self, model, cfg: AnalyzeConfig, seed: int, device: torch.device, n_classes: int = 0,
-                 cofire: bool = False, class_features: bool = False):
+                 cofire: bool = False, class_features: bool = False, class_auroc: bool = False):
         self.model, self.seed, self.cfg = model.to(device).eval(), seed, cfg
         self.sse, self.cos_sum, self.l0_sum = 0.0, 0.0, 0
         self.re_sample: float | None = None
@@ -62,6 +64,7 @@ class ModelEval:
         self.class_fire = torch.zeros(c, model.k, dtype=torch.long, device=device)  # [C, k] rows active
         self.class_shift: torch.Tensor | None = None  # [k] the first labelled slice's mean |z|: sums of
         # |z| - shift, whose variance keeps its digits where the mean is large (class_separation)
+        self.class_bins = ClassBins(c, model.k, device) if c and class_auroc else None  # counts [C, k, bins]
         samples = cfg.quantiles * cfg.quantile_samples
         self.tracker = FeatureTracker(model.k, cfg.top_k, samples, seed, device, cofire=cofire)
 
@@ -90,24 +93,27 @@ class ModelEval:
             self.class_n += torch.bincount(lab, minlength=len(self.class_n))
             self.class_ad.index_add_(0, lab, ad[has])
             finite = pairs if exact and m.active_side == "high" else None  # the activity's finite entries
-            self._add_class_sums(out, mask, cls, bool(has.all()), nonzero / max(1, out.codes.numel()),
-                                 pairs, finite)
+            self._add_class_sums(out, mask, cls, bool(has.all()), nonzero, pairs, finite)
         self.tracker.update(out.codes, mask, rows, pairs, nonzero)
 
     def _add_class_sums(self, out, mask: torch.Tensor, cls: torch.Tensor, labelled: bool,
-                        density: float, pairs: tuple[torch.Tensor, torch.Tensor],
+                        nonzero: int, pairs: tuple[torch.Tensor, torch.Tensor],
                         finite: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         """The per-class sums of the labelled rows, a slice of rows at a time: the statistic of each class's
         AD (``_class_stat``) and, where kept, the class features' (``_add_class_features``); mask [B, k], cls
-        [B] the rows' classes (-1: no label); labelled: whether every row has one; density: the batch's share
-        of nonzero codes; pairs: ``where_true(mask)``; finite: the activity's entries above -inf where the
+        [B] the rows' classes (-1: no label); labelled: whether every row has one; nonzero: the batch's
+        nonzero codes; pairs: ``where_true(mask)``; finite: the activity's entries above -inf where the
         caller knows them (the mask, when no row was split), else None. A whole batch's temporaries were 16
         bytes per code for the statistic (its float64 copy and exp, then the labelled rows') and 16 for the
         class features (float64 |z| and int64 fires): 4 GiB each at B 4,096, k 65,536, beside the codes
         themselves. No labelled rows' copy when every row is labelled. Sparse codes (``SPARSE_DENSITY``) sum
         an SAE's statistic over the finite entries alone, and a mask of at most 1 in 16 set adds the fires
-        from its set entries alone (the same sums to the bit: the others add 0; fires are integers)."""
+        from its set entries alone (the same sums to the bit: the others add 0; fires are integers). The
+        AUROC's bins (``ClassBins``) count the nonzero codes: those entries alone when at most 1 in 16 is
+        nonzero (the mask's pairs when they are those codes, as an SAE's), else a slice of rows at a time."""
         codes, act, k = out.codes, out.activity, out.codes.shape[1]
+        density = nonzero / max(1, codes.numel())
+        bin_rows = self.class_bins is not None and not self._bin_entries(codes, cls, nonzero, finite)
         sparse_stat = self.model.active_side == "high" and density <= SPARSE_DENSITY
         sparse_fire = bool(len(self.class_z)) and len(pairs[0]) * 16 <= mask.numel()
         if sparse_stat:  # |z| = exp(log|z|) of the finite entries, in row order
@@ -132,6 +138,19 @@ class ModelEval:
                 self.class_act.index_add_(0, lab, self._class_stat(rows(act)))
             if len(self.class_z):
                 self._add_class_features(rows(codes), None if sparse_fire else rows(mask), lab)
+            if bin_rows:
+                self.class_bins.add_rows(rows(codes), lab)
+
+    def _bin_entries(self, codes: torch.Tensor, cls: torch.Tensor, nonzero: int,
+                     finite: tuple[torch.Tensor, torch.Tensor] | None) -> bool:
+        """Counts the AUROC's bins from the nonzero codes' entries alone, when at most 1 in 16 is nonzero:
+        ``finite`` (the mask's pairs, an SAE's |z| > 0) when they are as many, else found; False (nothing
+        counted) for denser codes, which ``_add_class_sums`` counts a slice of rows at a time."""
+        if nonzero * 16 > codes.numel():
+            return False
+        b, f = finite if finite is not None and len(finite[0]) == nonzero else where_true(codes != 0)  # [m]
+        self.class_bins.add_entries(cls[b], f, codes[b, f])
+        return True
 
     @staticmethod
     def _add_flat(sums: torch.Tensor, lab: torch.Tensor, f: torch.Tensor, v: torch.Tensor, labelled: bool
@@ -226,6 +245,11 @@ class ModelEval:
                 shift = None if self.class_shift is None else self.class_shift.cpu()
                 sep = M.class_separation(self.class_z.cpu(), self.class_z2.cpu(), self.class_fire.cpu(), cn,
                                          cfg.class_features, shift=shift)
+                if self.class_bins is not None:  # each listed feature's AUROC of |z| and its bound
+                    for c in have:
+                        auc, err = self.class_bins.auroc(c, [f["feature"] for f in sep[c]], cn)
+                        for f, a, e in zip(sep[c], auc, err, strict=True):
+                            f["auroc"], f["auroc_err"] = a, e
                 out["class_features"] = [{"label": classes[c], "n": int(cn[c]), "features": sep[c]}
                                          for c in have]
         return out

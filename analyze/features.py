@@ -17,7 +17,8 @@ Schema of ``<run_dir>/features/<name>.json`` (what the report's feature pages re
                    "nearest": {"<other>": {"feature": int, "cos": float}},  # analyze.compare; optional
                    "fires_with": [[feature, rows both fire]],   # analyze.cofire; optional, see below
                    "formed": [float | null],   # its best cosine among each snapshot's decoder columns
-                   "classes": [[label, d]],   # analyze.class_features: the classes whose list it is in
+                   "classes": [[label, d, auroc, auroc_err]],   # analyze.class_features: the classes
+                                                                # whose list it is in
                    "by_class": [[label, rows, active, mean]],   # and the classes it fires on most
                    "logits": {"up": [[token id, float]], "down": [[token id, float]]}}]}  # analyze.logits;
                                                                      # only with analyze.logit_effects
@@ -29,7 +30,9 @@ analysis, where it has a direction and that one has a live feature (written by `
 ``fires_with``: the features that fire on the same rows, by Jaccard similarity of their active rows, best
 first (present when ``analyze.cofire`` > 0 and ``analyze.cofire_max_mib`` held its counts).
 ``classes``: with ``analyze.labels``, the classes whose ``class_features`` (summary.json) list the feature,
-with its Cohen's d there (null: infinite), largest first (written by ``analyze.run``; absent on the others).
+with its Cohen's d there (null: infinite), AUROC of |z| and that AUROC's bound (``analyze.auroc``; both
+null: not counted, past ``analyze.run.CLASS_AUROC_MAX_MIB``), largest d first (written by ``analyze.run``;
+absent on the others).
 ``by_class``: with them, the ``analyze.class_features`` classes with the most of its active rows, most first:
 the label, the class's evaluated rows, those where the feature is active, its mean |code| on them all
 (``metrics.class_profile``; absent on a feature never active on a labelled row).
@@ -160,12 +163,14 @@ def d_order(d: float | None) -> float:
 def add_classes(records: list[dict], class_features: list[dict], profile: list[list[tuple]], labels: list,
                 class_n: list[int]) -> None:
     """With ``analyze.labels`` and class features, each feature record's ``classes`` (the classes whose
-    ``class_features`` entry of summary.json lists it, [label, d], largest d first, d None: infinite, a
-    perfect separator, first of all) and ``by_class`` (``metrics.class_profile``: the classes with the most
-    of its active rows, [label, rows of the class, rows active, mean |z|]), in place."""
+    ``class_features`` entry of summary.json lists it, [label, d, AUROC, its bound], largest d first, d
+    None: infinite, a perfect separator, first of all; AUROC None where not counted) and ``by_class``
+    (``metrics.class_profile``: the classes with the most of its active rows, [label, rows of the class,
+    rows active, mean |z|]), in place."""
     for c in class_features:
         for f in c["features"]:
-            records[f["feature"]].setdefault("classes", []).append([c["label"], f["d"]])
+            records[f["feature"]].setdefault("classes", []).append(
+                [c["label"], f["d"], f.get("auroc"), f.get("auroc_err")])
     for rec in records:
         if "classes" in rec:
             rec["classes"].sort(key=lambda ld: d_order(ld[1]))

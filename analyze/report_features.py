@@ -290,8 +290,11 @@ async function renderFeature(i) {
   }
   const classes = f.classes || [];
   if (classes.length) {  // analyze.class_features: the classes whose rows it separates from the others
+    const auc = (a, e) => a == null ? '' :  // AUROC of |code|, its bound where it reaches the 2nd decimal
+      ', AUROC ' + a.toFixed(2) + (e >= 0.005 ? ' \u00b1 ' + e.toFixed(2) : '');
     p.appendChild(el('p', 'stats', 'sets apart the rows of class ' + classes.map(
-      ([label, d]) => String(label) + ' (d ' + (d === null ? '\u221e' : fmt(d)) + ')').join(', ')));
+      ([label, d, a, e]) => String(label) + ' (d ' + (d === null ? '\u221e' : fmt(d)) + auc(a, e) + ')'
+    ).join(', ')));
   }
   const byClass = f.by_class || [];
   if (byClass.length) {  // the classes with the most of its active rows

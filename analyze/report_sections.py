@@ -126,8 +126,8 @@ summary.json holds every class."""
 
 def class_features(models: dict[str, dict], pages: dict[str, str]) -> list[str]:
     """Per dictionary with ``class_features``, a table: each class (label, rows) and the features that most
-    separate its rows from the other labelled rows, each linked to its feature page, with Cohen's d and the
-    share of the class's rows and of the others' where it is active."""
+    separate its rows from the other labelled rows, each linked to its feature page, with Cohen's d, AUROC
+    and the share of the class's rows and of the others' where it is active."""
     parts = []
     for name, m in models.items():
         classes = m.get("class_features") or []  # in the labels' order (as ad_class)
@@ -142,14 +142,17 @@ def class_features(models: dict[str, dict], pages: dict[str, str]) -> list[str]:
         more = (f'<p class="note">{len(classes) - CLASS_ROWS:,} smaller classes are in summary.json.</p>'
                 if len(classes) > CLASS_ROWS else "")
         parts.append(f'<h3>{esc(name)}</h3><div class="scroll"><table class="overview"><tr><th>class</th>'
-                     "<th>rows</th><th>feature, its top tokens: Cohen's d of |code|, active on the class's "
-                     f"rows / the others'</th></tr>{rows}</table></div>{more}")
+                     "<th>rows</th><th>feature, its top tokens: Cohen's d and AUROC of |code|, active on the "
+                     f"class's rows / the others'</th></tr>{rows}</table></div>{more}")
     if not parts:
         return []
     return ['<h2 id="classes">Features of each class</h2>',
             '<p class="note">With analyze.labels or labels_field: for each class, the features whose |code| '
             "most separates its rows from every other labelled row, largest d first (d = difference of the "
             "two means over the root of the mean of their variances; features more active in the class only; "
+            "AUROC: the chance that a row of the class has a larger |code| than another labelled row, ties "
+            "one half, from counts in bins of |code| (&plusmn;: how far binning can move it, where 0.005 or "
+            "more); "
             "the shares: of the class's rows and of all the other labelled rows where the feature is active; "
             "actdict feature RUN_DIR/dicts/NAME --class LABEL prints one class's; d &infin;: a code "
             "constant on the class's rows and constant, lower, on the others', which separates them "
@@ -163,8 +166,17 @@ def _class_feature(f: dict, page: str | None) -> str:
     ref = f'<a href="{esc(page)}#f={j}">{j}</a>' if page else j
     d = "&infin;" if f.get("d", 0) is None else num(f.get("d"))  # None: constant in both groups
     toks = ", ".join(f'<span class="tok">{_alone(t)}</span>' for t in f.get("tokens") or [])
-    return (f'{ref}{" " + toks if toks else ""}: <span class="dim">d {d}, active '
+    return (f'{ref}{" " + toks if toks else ""}: <span class="dim">d {d}{_auroc(f)}, active '
             f'{_share(f.get("fire_in"))} / {_share(f.get("fire_out"))}</span>')
+
+
+def _auroc(f: dict) -> str:
+    """', AUROC 0.64' of a class feature (``analyze.auroc``), its bound beside it where that reaches 0.005;
+    '' where it was not counted."""
+    a, e = f.get("auroc"), f.get("auroc_err")
+    if not isinstance(a, int | float):
+        return ""
+    return f", AUROC {a:.2f}" + (f" &plusmn; {e:.2f}" if isinstance(e, int | float) and e >= 0.005 else "")
 
 
 

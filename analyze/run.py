@@ -30,11 +30,15 @@ summary.json (version 2 = version 1 plus keys; floats rounded to 6 significant d
         "ad_class": [{"label", "n", "ad", "ad_of_mean"}],  # only with analyze.labels (v2)
         "ad_class_unlabelled": int,  # with ad_class: evaluated rows without a label (NaN, ""), left out
         "class_features": [{"label", "n", "features": [{"feature": int, "d": float | null, "abs_in": float,
-                            "abs_out": float, "fire_in": float, "fire_out": float, "tokens": [str]}]}],
+                            "abs_out": float, "fire_in": float, "fire_out": float, "auroc": float,
+                            "auroc_err": float, "tokens": [str]}]}],
                               # with analyze.labels and class_features: per class, the features whose
                               # |code| most separates its rows from the other labelled rows (Cohen's d;
                               # null: infinite, the code constant in the class and in the others, listed
-                              # first); tokens: its top 3 (an embeddings store: its top texts' first words)
+                              # first); auroc: of |code|, class vs the rest, ties one half, within
+                              # auroc_err of the rows' own (binned: analyze.auroc; absent past
+                              # CLASS_AUROC_MAX_MIB); tokens: its top 3 (an embeddings store: its top
+                              # texts' first words)
         "ce": float, "kl": float, "ce_recovered": float,   # only with analyze.ce_loss (v2)
         "training_warning": str | null,  # the warning its training saved (diverged, learned almost nothing)
         "training_log": null | {"step": [int], "epoch": [int], "lr": [float], "<term>": [float | null]},
@@ -80,6 +84,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from actdict.analyze.auroc import STORED
 from actdict.analyze.compare import directions, live, null_columns, similarity
 from actdict.analyze.config import AnalyzeConfig
 from actdict.analyze.evaluate import ModelEval
@@ -338,8 +343,9 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
     lm = causal_lm(store, device, cfg) if cfg.ce_loss or cfg.logit_effects else None  # before the pass
     splicing = splice_setup(lm, cfg, store, test_chunks) if cfg.ce_loss else None
     counted, by_class = cofire_within(models, cfg), class_features_within(models, len(classes), cfg)
-    evals = {name: ModelEval(m, cfg, common.seed, device, len(classes), name in counted, name in by_class)
-             for name, m in models.items()}
+    binned = class_auroc_within({n: models[n] for n in by_class}, len(classes))
+    evals = {name: ModelEval(m, cfg, common.seed, device, len(classes), name in counted, name in by_class,
+                             name in binned) for name, m in models.items()}
 
     d = store.d
     n, sum_x, sum_x2 = one_pass(store, test_chunks, cfg, labels, evals, device)
@@ -449,6 +455,22 @@ def class_features_within(models: dict, n_classes: int, cfg: AnalyzeConfig) -> s
         print(one_line(f"analyze: note: no class_features for {listed(left)}: their per-class sums "
                        f"({n_classes:,} classes x k x 24 bytes each) would pass "
                        f"{CLASS_FEATURES_MAX_MIB:,} MiB"))
+    return chosen
+
+
+CLASS_AUROC_MAX_MIB = 512
+"""Memory for the class features' AUROC bins of all analysed dictionaries together (classes x k x
+``auroc.STORED`` int32 each)."""
+
+
+def class_auroc_within(models: dict, n_classes: int) -> set[str]:
+    """Of the dictionaries whose class features are found, those whose AUROC bins are counted: smallest k
+    first, as many as ``CLASS_AUROC_MAX_MIB`` holds; a note names the others (their d alone)."""
+    chosen = within_budget(models, lambda k: n_classes * k * STORED * 4, CLASS_AUROC_MAX_MIB)
+    if left := sorted(set(models) - chosen):
+        print(one_line(f"analyze: note: no class_features AUROC for {listed(left)}: their bins of |z| "
+                       f"({n_classes:,} classes x k x {STORED * 4} bytes each) would pass "
+                       f"{CLASS_AUROC_MAX_MIB:,} MiB"))
     return chosen
 
 

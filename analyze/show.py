@@ -90,7 +90,7 @@ def feature_lines(data: dict, labels: dict, i: int, top: int) -> list[str]:
             f"  {'#' + str(j):>9}  {both / max(1, f['fires'] + fires[j] - both):.2f}  {both:>7,}  "
             f"{', '.join(labels.get(j, ([], []))[0][:m])}" for j, both in w[:6])]
     if cl := f.get("classes"):  # analyze.class_features: the classes whose rows it sets apart
-        lines.append("  sets apart the rows of class " + ", ".join(f"{lab!s} (d {_d(d)})" for lab, d in cl))
+        lines.append("  sets apart the rows of class " + ", ".join(map(_class_said, cl)))
     if bc := f.get("by_class"):  # and the classes with the most of its active rows
         lines += ["  fires most on the rows of class (most active rows first: active of its rows, mean "
                   "|code| on them all):", *(
@@ -114,6 +114,22 @@ def feature_lines(data: dict, labels: dict, i: int, top: int) -> list[str]:
 def _d(d: float | None) -> str:
     """A class feature's Cohen's d; None: infinite (constant in the class and in the others)."""
     return "inf" if d is None else f"{d:.3g}"
+
+
+def _auroc(auc: float | None, err: float | None) -> str:
+    """A class feature's AUROC of |code| (``analyze.auroc``), with its bound where that reaches 0.005 (the
+    second decimal); "" where it was not counted (an older features file, past the bins' memory cap)."""
+    if auc is None:
+        return ""
+    return f"{auc:.2f}" + (f" ± {err:.2f}" if err is not None and err >= 0.005 else "")
+
+
+def _class_said(entry: list) -> str:
+    """One of a feature's ``classes``, [label, d, AUROC, bound] (an older file's: [label, d]): 'label (d 0.81,
+    AUROC 0.64)'."""
+    lab, d, *rest = entry
+    auc = _auroc(*(rest + [None, None])[:2])
+    return f"{lab!s} (d {_d(d)}" + (f", AUROC {auc}" if auc else "") + ")"
 
 
 def list_lines(data: dict, labels: dict, n: int) -> list[str]:
@@ -157,28 +173,29 @@ def search_lines(data: dict, labels: dict, word: str, n: int) -> list[str]:
 def class_lines(data: dict, labels: dict, name: str, n: int, shares: dict | None = None) -> list[str]:
     """The ``n`` features that most set apart the rows of class ``name`` (its ``class_features``, from each
     feature's ``classes``; a label matched as text: stars 5 is '5'), largest d first: d, the share of the
-    class's rows where each is active and of the other labelled rows (``shares``: feature -> (fire_in,
+    class's rows where each is active and of the other labelled rows, its AUROC of |code| (a bound beside
+    it where that reaches 0.005) (``shares``: feature -> (fire_in,
     fire_out), from summary.json, ``summary_shares``; without it the first from its ``by_class``, where the
     class is among its top ones), its fires and top tokens. Without it, the classes the file knows."""
     found, known = [], set()
     for f in data["features"]:
-        for lab, d in f.get("classes", []):
+        for lab, d, *auc in f.get("classes", []):
             known.add(str(lab))
             if str(lab) == name:
                 share = next((a / max(1, rows) for lab2, rows, a, _ in f.get("by_class", [])
                               if str(lab2) == name), None)
                 both = (shares or {}).get(f["i"], (share, None))
-                found.append((d_order(d), f["i"], d, both, f["fires"]))
+                found.append((d_order(d), f["i"], d, _auroc(*(auc + [None, None])[:2]), both, f["fires"]))
     if not found:
         if not known:
             return ["no class features in this features file: analyze with analyze.labels or labels_field"]
         return [f"no feature sets apart class {name!r}; classes: {', '.join(sorted(known))}"]
     what = "texts" if data.get("texts") else "tokens"
-    out = [f"{'feature':>8} {'d':>7} {'in / out':>11} {'fires':>9}  top {what}  (in / out: active on the "
-           "class's rows / the other labelled rows')"]
-    for _, i, d, (fin, fout), fires in sorted(found)[:n]:
+    out = [f"{'feature':>8} {'d':>7} {'AUROC':>5} {'in / out':>11} {'fires':>9}  top {what}  (in / out: "
+           "active on the class's rows / the other labelled rows'; AUROC of |code|, class vs the rest)"]
+    for _, i, d, auc, (fin, fout), fires in sorted(found)[:n]:
         sh = ("" if fin is None else f"{fin:.0%}") + ("" if fout is None else f" / {fout:.0%}")
-        out.append(f"{'#' + str(i):>8} {_d(d):>7} {sh:>11} {fires:>9,}  "
+        out.append(f"{'#' + str(i):>8} {_d(d):>7} {auc:>5} {sh:>11} {fires:>9,}  "
                    + ", ".join(labels.get(i, ([], []))[0][:4]))
     return out
 

@@ -6,7 +6,8 @@ forward, then the accumulators behind summary.json and the feature pages: sums, 
 FeatureTracker's top / bottom / quantile samples / histograms; so the accumulators cost a cell less 1x) with
 the options an analysis turns on one by one: labels of
 ``--classes`` classes (per-class AD), their class features (``analyze.class_features``: per-class sums of
-|z|, its square and fires, and at the end the features' d and classes), and co-activation counts
+|z|, its square and fires, counts of |z| in bins for their AUROC, and at the end the features' d, AUROC and
+classes), and co-activation counts
 (``analyze.cofire``). Prints seconds per batch and each as a multiple of the forward's, measured side by side
 in one run (median of ``--repeats``, after one untimed batch: the first batch also computes the paper's
 stochastic RE and masked curve). ``summary`` is the end of the pass (``ModelEval.summary``: the summary dict
@@ -41,7 +42,7 @@ OPTIONS = ((False, False, False), (True, False, False), (True, True, False), (Tr
 def _evaluator(model, classes: int, class_features: bool, cofire: bool, device: torch.device) -> ModelEval:
     cfg = AnalyzeConfig(class_features=5 if class_features else 0, cofire=8 if cofire else 0)
     return ModelEval(model, cfg, seed=0, device=device, n_classes=classes,
-                     cofire=cofire, class_features=class_features)
+                     cofire=cofire, class_features=class_features, class_auroc=class_features)
 
 
 def _synced(fn, device: torch.device):

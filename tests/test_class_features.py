@@ -210,18 +210,21 @@ def test_analysis_writes_them_and_the_report_shows_them_escaped(tmp_path, monkey
     listed = [f["feature"] for c in m["class_features"] for f in c["features"]]
     assert listed  # random rows of 5 dims into 8 latents: some feature leans to either class
     feats = json.loads((run_dir / "features" / "sae.json").read_text())["features"]
-    want = {}  # each listed feature's classes and d, as the class lists say, largest d first
+    assert all(0 <= f["auroc"] <= 1 and 0 <= f["auroc_err"] < 0.5 for c in m["class_features"]
+               for f in c["features"])  # analyze.auroc: tests/test_class_auroc.py
+    want = {}  # each listed feature's classes, d and AUROC, as the class lists say, largest d first
     for c in m["class_features"]:
         for f in c["features"]:
-            want.setdefault(f["feature"], []).append([c["label"], f["d"]])
+            want.setdefault(f["feature"], []).append([c["label"], f["d"], f["auroc"], f["auroc_err"]])
     assert {r["i"]: r["classes"] for r in feats if "classes" in r} == {
         j: sorted(v, key=lambda ld: -ld[1]) for j, v in want.items()}
     top = lens.labels_of(json.loads((run_dir / "features" / "sae.json").read_text()), 3, run_dir)
     assert all(f["tokens"] == top[f["feature"]][0] and f["tokens"] for c in m["class_features"]
                for f in c["features"])  # each one's top tokens, for the report's table
-    j, (label, d) = listed[0], want[listed[0]][0]
+    j, (label, d, auc, err) = listed[0], want[listed[0]][0]
     said = show.feature_lines(*show.read_features(run_dir / "dicts" / "sae"), j, 1)
-    assert f"\n  sets apart the rows of class {label} (d {d:.3g})" in "\n".join(said)  # `actdict feature`
+    bound = f" ± {err:.2f}" if err >= 0.005 else ""
+    assert f"\n  sets apart the rows of class {label} (d {d:.3g}, AUROC {auc:.2f}{bound})" in "\n".join(said)
     profiled = [r for r in feats if "by_class" in r]  # the classes each live feature fires on most
     assert profiled and all(r["fires"] > 0 for r in profiled)
     for r in profiled:
@@ -254,6 +257,15 @@ def test_analysis_writes_them_and_the_report_shows_them_escaped(tmp_path, monkey
     out = capsys.readouterr().out
     assert ("analyze: note: no class_features for sae: their per-class sums (2 classes x k x 24 bytes "
             "each) would pass 0 MiB") in out
+    monkeypatch.setattr(run, "CLASS_FEATURES_MAX_MIB", 2048)
+    monkeypatch.setattr(run, "CLASS_AUROC_MAX_MIB", 0)  # the AUROC's bins alone past their budget
+    run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(**cfg))
+    m = json.loads((run_dir / "summary.json").read_text())["models"]["sae"]
+    assert m["class_features"] and all("auroc" not in f for c in m["class_features"] for f in c["features"])
+    assert ("analyze: note: no class_features AUROC for sae: their bins of |z| (2 classes x k x 648 bytes "
+            "each) would pass 0 MiB") in capsys.readouterr().out
+    feats = json.loads((run_dir / "features" / "sae.json").read_text())["features"]
+    assert all(c[2:] == [None, None] for r in feats for c in r.get("classes", []))
 
 
 def test_a_negative_count_is_a_config_error():

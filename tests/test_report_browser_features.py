@@ -518,12 +518,14 @@ def test_a_feature_names_the_classes_it_sets_apart_as_text(chromium, tmp_path):
 
     data = {"version": 1, "name": "c", "k": 2, "n_rows": 4, "window": 1, "hist_edges": list(range(-4, 5)),
             "tokens": {"1": "a", "2": "b"}, "wordpiece": False,
-            "features": [feat(0, classes=[["all", None], ["<img src=x onerror=pwned()>", 1.25], [5, 0.5]],
+            "features": [feat(0, classes=[["all", None, 1.0, 0.0], ["<img src=x onerror=pwned()>", 1.25,
+                                           0.8123, 0.0213], [5, 0.5, 0.6171, 0.001], ["old", 0.25]],
                               by_class=[["<i>x</i>", 40, 30, 1.5], [5, 8, 2, 0.25]]), feat(1)]}
     page = write_feature_page(data, "c", {"variant": "sae_l1"}, {"hook": "h"}, tmp_path / "report" / "c.html")
     panel = _panel(*chromium, page.as_uri() + "#f=0")
-    assert ('<p class="stats">sets apart the rows of class all (d \u221e), '
-            "&lt;img src=x onerror=pwned()&gt; (d 1.25), 5 (d 0.5)</p>") in panel
+    assert ('<p class="stats">sets apart the rows of class all (d \u221e, AUROC 1.00), '
+            "&lt;img src=x onerror=pwned()&gt; (d 1.25, AUROC 0.81 \u00b1 0.02), 5 (d 0.5, AUROC 0.62), "
+            "old (d 0.25)</p>") in panel  # AUROC's bound where it reaches 0.005; a file of [label, d] too
     assert ('<p class="stats">fires most on the rows of class (most active rows first, not the largest '
             "share; its mean |code| over all the class's rows, active or not):</p>") in panel
     assert ('<tr><th>class</th><th>rows</th><th>active on</th><th>mean |code| (all rows)</th></tr>'
