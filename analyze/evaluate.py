@@ -62,8 +62,10 @@ class ModelEval:
         self.class_z = torch.zeros(c, model.k, dtype=torch.float64, device=device)  # [C, k] sum of |z|-shift
         self.class_z2 = torch.zeros(c, model.k, dtype=torch.float64, device=device)  # [C, k] of its square
         self.class_fire = torch.zeros(c, model.k, dtype=torch.long, device=device)  # [C, k] rows active
-        self.class_shift: torch.Tensor | None = None  # [k] the first labelled slice's mean |z|: sums of
-        # |z| - shift, whose variance keeps its digits where the mean is large (class_separation)
+        self.class_shift = torch.zeros(c, model.k, dtype=torch.float64, device=device)  # [C, k] each class's
+        # mean |z| on its first labelled rows: sums of |z| - shift, whose variance keeps its digits where the
+        # mean is large (class_separation)
+        self.class_shifted = torch.zeros(c, dtype=torch.bool, device=device)  # [C] its shift taken
         self.class_bins = ClassBins(c, model.k, device) if c and class_auroc else None  # counts [C, k, bins]
         samples = cfg.quantiles * cfg.quantile_samples
         self.tracker = FeatureTracker(model.k, cfg.top_k, samples, seed, device, cofire=cofire)
@@ -163,11 +165,18 @@ class ModelEval:
 
     def _add_class_features(self, codes: torch.Tensor, mask: torch.Tensor | None, lab: torch.Tensor) -> None:
         """The class features' sums of a slice's labelled rows: codes, mask [b', k] (None: fires added
-        elsewhere), lab [b'] their classes; the shift is the first such slice's mean |z|."""
+        elsewhere), lab [b'] their classes; each class's shift is its mean |z| on the first slice with its
+        rows (one shift [k] for all, the first slice's, was far from the mean of a class unlike that slice:
+        a code 0 there and 3,000 +- 0.002 on another class lost its variance to rounding)."""
         z = codes.to(torch.float64, copy=True).abs_()  # [b', k] |z| (a copy of its own)
-        if self.class_shift is None:
-            self.class_shift = z.mean(0)  # [k] the first labelled slice's mean
-        z -= self.class_shift  # [b', k] |z| - shift
+        if not bool(self.class_shifted[lab].all()):  # a class's first rows: their mean is its shift
+            c = len(self.class_shifted)
+            new = torch.bincount(lab, minlength=c) * ~self.class_shifted  # [C] its rows here, if new
+            sums = torch.zeros_like(self.class_shift).index_add_(0, lab, z)  # [C, k]
+            took = new > 0
+            self.class_shift[took] = sums[took] / new[took, None]
+            self.class_shifted |= took
+        z -= self.class_shift.index_select(0, lab)  # [b', k] |z| less its class's shift
         self.class_z.index_add_(0, lab, z)
         self.class_z2.index_add_(0, lab, z.square_())
         if mask is not None:
@@ -178,9 +187,8 @@ class ModelEval:
         ``analyze.class_features``); [] where the class features' sums were not kept."""
         if not len(self.class_z):
             return []
-        shift = None if self.class_shift is None else self.class_shift.cpu()
         return M.class_profile(self.class_fire.cpu(), self.class_z.cpu(), self.class_n.cpu(),
-                               self.cfg.class_features, shift)
+                               self.cfg.class_features, self.class_shift.cpu())
 
     def _class_stat(self, activity: torch.Tensor) -> torch.Tensor:
         """[b, k] float64 of activity [b, k], what a class averages before its Otsu split (paper Table 2):
@@ -242,9 +250,8 @@ class ModelEval:
                                 "ad_of_mean": g} for c, g in zip(have, group_ad, strict=True)]
             out["ad_class_unlabelled"] = n - int(cn.sum())
             if len(self.class_z):
-                shift = None if self.class_shift is None else self.class_shift.cpu()
                 sep = M.class_separation(self.class_z.cpu(), self.class_z2.cpu(), self.class_fire.cpu(), cn,
-                                         cfg.class_features, shift=shift)
+                                         cfg.class_features, shift=self.class_shift.cpu())
                 if self.class_bins is not None:  # each listed feature's AUROC of |z| and its bound
                     for c in have:
                         auc, err = self.class_bins.auroc(c, [f["feature"] for f in sep[c]], cn)

@@ -194,10 +194,34 @@ epsilon, its random walk over the additions, a margin of 8): the noise floor of 
 
 
 def _shift(shift, k: int) -> Tensor:
-    """The [k] float64 values ``ModelEval`` subtracted from |z| before summing per class (its
-    ``class_shift``), which ``class_separation`` and ``class_profile`` add back to their means: zeros where
-    ``shift`` is None."""
+    """The [k] or [C, k] float64 values ``ModelEval`` subtracted from |z| before summing per class (its
+    ``class_shift``: each class's own), which ``class_separation`` and ``class_profile`` add back to their
+    means: zeros [k] where ``shift`` is None."""
     return torch.zeros(k, dtype=torch.float64) if shift is None else _tensor(shift).to(torch.float64)
+
+
+def _merge(a: tuple, b: tuple) -> tuple:
+    """Chan's parallel merge of two groups' (rows, mean [k], sum of squared deviations [k]): no sums of
+    squares of the values themselves, so no cancellation of the means' squares."""
+    (na, ma, qa), (nb, mb, qb) = a, b
+    n = na + nb
+    if not na or not nb:
+        return a if nb == 0 else b
+    delta = mb - ma
+    return n, ma + delta * (nb / n), qa + qb + delta * delta * (na * nb / n)
+
+
+def _others(cnt: Tensor, mean: Tensor, m2: Tensor):
+    """For each class c in turn, the (rows, mean [k], m2 [k]) of every other class together, by Chan's merge
+    of the classes before c and those after it (the suffixes kept: [C, k] twice; the prefix one at a time)."""
+    empty = (0.0, torch.zeros_like(mean[0]), torch.zeros_like(m2[0]))
+    suffix = [empty]
+    for c in range(len(cnt) - 1, 0, -1):
+        suffix.append(_merge((float(cnt[c]), mean[c], m2[c]), suffix[-1]))
+    prefix = empty
+    for c in range(len(cnt)):
+        yield _merge(prefix, suffix.pop())  # classes < c, classes > c
+        prefix = _merge(prefix, (float(cnt[c]), mean[c], m2[c]))
 
 
 def class_separation(sums, squares, fires, n, top: int, shift=None) -> list[list[dict]]:
@@ -207,10 +231,14 @@ def class_separation(sums, squares, fires, n, top: int, shift=None) -> list[list
     more active in the class). |z|, not z: a VAE's codes are signed, and a latent that one class uses in
     both directions has a mean near 0 there (an SAE's codes are >= 0: |z| = z). From per-class sums, not
     rows: sums, squares [C, k] (sum of x and of x^2 over the class's rows, x = |z| - shift), fires [C, k]
-    (rows where the feature is active), n [C] rows, shift [k] (or None: 0) a value near each feature's mean
-    |z|, which ``ModelEval`` subtracts before summing: var = E[x^2] - E[x]^2 cancels the mean's square, and
-    from float64 sums of |z| itself a code of mean 3,000 and sd 0.002 (one part in 1.5e6) had d 1.29 where
-    its rows give 0.49; d does not depend on the shift.
+    (rows where the feature is active), n [C] rows, shift [C, k] (or [k], or None: 0) a value near each
+    class's mean |z| of each feature, which ``ModelEval`` subtracts before summing: var = E[x^2] - E[x]^2
+    cancels the mean's square, and from float64 sums of |z| itself a code of mean 3,000 and sd 0.002 (one
+    part in 1.5e6) had d 1.29 where its rows give 0.49; d does not depend on the shift. Each class's mean
+    and squared deviations come from its own sums, the other classes' merged by Chan's formula (no
+    cancellation: one shift [k] for all classes was far from a class's mean wherever another class's mean
+    was far from it: a code 0 on one class and 3,000 +- 0.002 on the other read as a perfect separator, d
+    null, where its rows give d 2.1e6).
 
     -> for each class, a list of ``{"feature", "d", "abs_in", "abs_out", "fire_in", "fire_out"}`` (abs: the
     mean |z|; fire: the share of the rows where it is active). A class with fewer than 2 rows, or with
@@ -218,33 +246,35 @@ def class_separation(sums, squares, fires, n, top: int, shift=None) -> list[list
     sums' rounding, ``ROUNDING``, of 0: a constant code's rounding gave a d of ~1e7 or none at random) has
     no finite d: where its class's constant is larger than the others' (beyond the means' rounding) it
     separates them perfectly, and is listed first with ``"d": None`` (JSON null: infinite), the larger
-    difference of means first; otherwise it is not listed. Memory: a few [k] vectors beside the inputs, one
-    class at a time (the [C, k] temporaries of a vectorised form would be ~5x the sums the pass kept)."""
+    difference of means first; otherwise it is not listed. Memory: the classes' means and squared
+    deviations and the merges' suffixes beside the inputs ([C, k] float64 four times), a class at a time."""
     s, q = _tensor(sums).to(torch.float64), _tensor(squares).to(torch.float64)  # [C, k]
     f, cnt = _tensor(fires), _tensor(n).to(torch.float64)  # [C, k], [C]
-    ref = _shift(shift, s.shape[1])  # [k]
     total = float(cnt.sum())
-    s_all, q_all, f_all = s.sum(0), q.sum(0), f.sum(0).to(torch.float64)  # [k]: every labelled row
+    rows = cnt.clamp(min=1)[:, None]  # [C, 1]
+    mean = s / rows + _shift(shift, s.shape[1])  # [C, k] each class's mean |z|
+    m2 = (q - s * s / rows).clamp(min=0)  # [C, k] its squared deviations, from sums about its own shift
+    q_all, f_all = q.sum(0), f.sum(0).to(torch.float64)  # [k]: every labelled row
     out: list[list[dict]] = []
-    for c in range(len(cnt)):
+    for c, (_, m_out, m2_out) in zip(range(len(cnt)), _others(cnt, mean, m2), strict=True):
         n_in, n_out = float(cnt[c]), total - float(cnt[c])
         if n_in < 2 or n_out < 2:
             out.append([])
             continue
-        m_in, m_out = s[c] / n_in, (s_all - s[c]) / n_out  # [k] mean x
-        e_in, e_out = q[c] / n_in, (q_all - q[c]) / n_out  # [k] mean x^2
-        pooled = ((e_in - m_in ** 2).clamp(min=0) + (e_out - m_out ** 2).clamp(min=0)) / 2  # [k]
-        noise = ROUNDING * (n_in ** 0.5 * e_in + total ** 0.5 * q_all / n_out) / 2  # the out sums: all - in
+        m_in, e_in = mean[c], q[c] / n_in  # [k] mean |z|, mean x^2 (x = |z| - shift)
+        pooled = (m2[c] / n_in + m2_out / n_out) / 2  # [k]
+        noise = ROUNDING * (n_in ** 0.5 * e_in + total ** 0.5 * q_all / n_out) / 2  # the classes' own sums
         gap = m_in - m_out  # [k]
         finite = pooled > noise
-        perfect = ~finite & (gap > ROUNDING * ((n_in * e_in).sqrt() + total * q_all.sqrt() / n_out))  # [k]
+        edge = (n_in * e_in).sqrt() + total * q_all.sqrt() / n_out + m_in.abs() + m_out.abs()  # the means'
+        perfect = ~finite & (gap > ROUNDING * edge)  # [k]
         d = torch.where(finite, gap / pooled.sqrt(), -torch.inf)  # [k]
         rank = torch.where(perfect, torch.inf, d)  # [k] perfect separators first, among them
         order = torch.argsort(-rank, stable=True)  # ties: the lower feature index first
         order = order[torch.argsort(-torch.where(perfect, gap, 0.0)[order], stable=True)][:top]  # by gap
         fire_in = f[c].to(torch.float64)  # [k] rows active
         out.append([{"feature": int(j), "d": None if perfect[j] else float(d[j]),
-                     "abs_in": float(m_in[j] + ref[j]), "abs_out": float(m_out[j] + ref[j]),
+                     "abs_in": float(m_in[j]), "abs_out": float(m_out[j]),
                      "fire_in": float(fire_in[j]) / n_in, "fire_out": float(f_all[j] - fire_in[j]) / n_out}
                     for j in order.tolist() if perfect[j] or d[j] > 0])
     return out
@@ -257,11 +287,12 @@ PROFILE_CODES = 1 << 22
 def class_profile(fires, sums, n, top: int, shift=None) -> list[list[tuple[int, int, float]]]:
     """Per feature, the ``top`` classes with the most of its active rows: ``(class, rows active, mean |z| on
     the class's rows)``, most first (ties: the lower class index), classes where it is never active left out.
-    fires [C, k] (rows active), sums [C, k] (sum of |z| - shift over the class's rows), n [C] rows, shift [k]
-    (or None: 0), as ``class_separation`` reads them. Where a feature's activity comes from, beside the
-    classes it sets apart (Cohen's d): a feature of GitHub code on a Pile harvest names its classes here
-    even where it fires on too few of them for a large d. Memory: [C, PROFILE_CODES / C] temporaries, a block
-    of features at a time (a whole [C, k] sort would add 16 bytes per class and latent to the 24 kept)."""
+    fires [C, k] (rows active), sums [C, k] (sum of |z| - shift over the class's rows), n [C] rows, shift
+    [C, k] or [k] (or None: 0), as ``class_separation`` reads them. Where a feature's activity comes from,
+    beside the classes it sets apart (Cohen's d): a feature of GitHub code on a Pile harvest names its
+    classes here even where it fires on too few of them for a large d. Memory: [C, PROFILE_CODES / C]
+    temporaries, a block of features at a time (a whole [C, k] sort would add 16 bytes per class and latent
+    to the 32 kept)."""
     f = _tensor(fires)  # [C, k]
     s, cnt = _tensor(sums).to(torch.float64), _tensor(n).to(torch.float64)  # [C, k], [C]
     k = f.shape[1]
@@ -272,7 +303,8 @@ def class_profile(fires, sums, n, top: int, shift=None) -> list[list[tuple[int, 
         cols = slice(j0, j0 + block)
         order = torch.argsort(-f[:, cols], dim=0, stable=True)[:top]  # [t, b] class indices
         act = torch.gather(f[:, cols], 0, order)  # [t, b] rows active
-        mean = torch.gather(s[:, cols], 0, order) / cnt[order].clamp(min=1) + ref[cols]  # [t, b] mean |z|
+        back = torch.gather(ref[:, cols], 0, order) if ref.ndim == 2 else ref[cols]  # [t, b] or [b] shift
+        mean = torch.gather(s[:, cols], 0, order) / cnt[order].clamp(min=1) + back  # [t, b] mean |z|
         out += [[(c, a, v) for c, a, v in zip(oc, ac, mc, strict=True) if a > 0]
                 for oc, ac, mc in zip(order.T.tolist(), act.T.tolist(), mean.T.tolist(), strict=True)]
     return out

@@ -442,7 +442,8 @@ def cofire_within(models: dict, cfg: AnalyzeConfig) -> set[str]:
 
 
 CLASS_FEATURES_MAX_MIB = 2048
-"""Memory for the class features' sums of all analysed dictionaries together (classes x k x 24 bytes each)."""
+"""Memory for the class features' sums and shifts of all analysed dictionaries together (classes x k x 32
+bytes each)."""
 
 
 def class_features_within(models: dict, n_classes: int, cfg: AnalyzeConfig) -> set[str]:
@@ -450,10 +451,10 @@ def class_features_within(models: dict, n_classes: int, cfg: AnalyzeConfig) -> s
     > 0): smallest k first, as many as ``CLASS_FEATURES_MAX_MIB`` holds; a note names the others."""
     if cfg.class_features < 1 or n_classes < 2:  # one class: no other rows to separate it from
         return set()
-    chosen = within_budget(models, lambda k: n_classes * k * 24, CLASS_FEATURES_MAX_MIB)
+    chosen = within_budget(models, lambda k: n_classes * k * 32, CLASS_FEATURES_MAX_MIB)
     if left := sorted(set(models) - chosen):
         print(one_line(f"analyze: note: no class_features for {listed(left)}: their per-class sums "
-                       f"({n_classes:,} classes x k x 24 bytes each) would pass "
+                       f"({n_classes:,} classes x k x 32 bytes each) would pass "
                        f"{CLASS_FEATURES_MAX_MIB:,} MiB"))
     return chosen
 

@@ -255,7 +255,7 @@ def test_analysis_writes_them_and_the_report_shows_them_escaped(tmp_path, monkey
     run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(**cfg))
     assert "class_features" not in json.loads((run_dir / "summary.json").read_text())["models"]["sae"]
     out = capsys.readouterr().out
-    assert ("analyze: note: no class_features for sae: their per-class sums (2 classes x k x 24 bytes "
+    assert ("analyze: note: no class_features for sae: their per-class sums (2 classes x k x 32 bytes "
             "each) would pass 0 MiB") in out
     monkeypatch.setattr(run, "CLASS_FEATURES_MAX_MIB", 2048)
     monkeypatch.setattr(run, "CLASS_AUROC_MAX_MIB", 0)  # the AUROC's bins alone past their budget
@@ -488,8 +488,12 @@ def test_class_fires_count_the_same_from_the_set_entries_alone(shift, monkeypatc
     assert torch.equal(ev.class_fire, want) and int(want.sum()) > 20
     sparse = [int((torch.relu(x[b]) != 0).sum()) * 16 <= x[b].numel() for b in range(2)]
     assert sparse == [shift > 0] * 2  # each batch's path: the set entries alone, or the whole mask
-    shift_z = z[5:10][flat[5:10] >= 0].mean(0)  # the first slice with a label: its labelled rows' mean |z|
-    s = torch.zeros(3, 64, dtype=torch.float64).index_add_(0, flat[flat >= 0], z[flat >= 0] - shift_z)
+    shift_z = torch.zeros(3, 64, dtype=torch.float64)  # each class's: its rows' mean |z| on its first slice
+    for c in range(3):
+        first = int(torch.nonzero(flat == c)[0]) // 5 * 5  # the slice of 5 rows with its first row
+        shift_z[c] = z[first:first + 5][flat[first:first + 5] == c].mean(0)
+    s = torch.zeros(3, 64, dtype=torch.float64).index_add_(0, flat[flat >= 0],
+                                                           z[flat >= 0] - shift_z[flat[flat >= 0]])
     assert torch.allclose(ev.class_z, s, rtol=1e-12, atol=1e-12)
 
 
