@@ -191,11 +191,13 @@ def class_lines(data: dict, labels: dict, name: str, n: int, shares: dict | None
             return ["no class features in this features file: analyze with analyze.labels or labels_field"]
         return [f"no feature sets apart class {name!r}; classes: {', '.join(sorted(known))}"]
     what = "texts" if data.get("texts") else "tokens"
-    out = [f"{'feature':>8} {'d':>7} {'AUROC':>5} {'in / out':>11} {'fires':>9}  top {what}  (in / out: "
+    shown = sorted(found)[:n]
+    w = max(5, *(len(auc) for _, _, _, auc, _, _ in shown))  # 0.64, or 0.64 ± 0.01 where the bound shows
+    out = [f"{'feature':>8} {'d':>7} {'AUROC':>{w}} {'in / out':>11} {'fires':>9}  top {what}  (in / out: "
            "active on the class's rows / the other labelled rows'; AUROC of |code|, class vs the rest)"]
-    for _, i, d, auc, (fin, fout), fires in sorted(found)[:n]:
+    for _, i, d, auc, (fin, fout), fires in shown:
         sh = ("" if fin is None else f"{fin:.0%}") + ("" if fout is None else f" / {fout:.0%}")
-        out.append(f"{'#' + str(i):>8} {_d(d):>7} {auc:>5} {sh:>11} {fires:>9,}  "
+        out.append(f"{'#' + str(i):>8} {_d(d):>7} {auc:>{w}} {sh:>11} {fires:>9,}  "
                    + ", ".join(labels.get(i, ([], []))[0][:4]))
     return out
 

@@ -144,6 +144,9 @@ def test_the_auroc_is_shown_beside_d_with_its_bound_where_that_reaches_the_secon
     assert "AUROC" in lines[0].split("top")[0]
     assert [r.split()[:5] for r in lines[1:]] == [["#0", "1.5", "0.91", "10"],
                                                   ["#1", "0.25", "0.64", "±", "0.02"], ["#2", "0.125", "10"]]
+    edge = lines[0].index("AUROC") + len("AUROC")  # the column's right edge: '0.91' under '0.64 ± 0.02's end
+    assert lines[1][:edge].endswith(" 0.91") and lines[2][:edge].endswith(" 0.64 ± 0.02")
+    assert lines[1].index("10") == lines[3].index("10")
     f = {"feature": 3, "d": 1.5, "abs_in": 2.0, "abs_out": 0.1, "fire_in": 0.9, "fire_out": 0.05}
     model = {"variant": "sae_l1", "k": 8, "class_features": [{"label": "a", "n": 4, "features": [
         f, f | {"auroc": 0.9123, "auroc_err": 0.0004}, f | {"auroc": 0.6389, "auroc_err": 0.0213}]}]}
