@@ -67,11 +67,18 @@ def summary_lines(summary: dict) -> list[str]:
         pairs = sorted(pairs, key=lambda p: -p[0])[:3]
     shared = [f"{head}: " + "; ".join(text for _, text in pairs)] if pairs else []
     where = Path(summary.get("run_dir", ".")) / "dicts"
-    by_class = [f"analyze: each of the {len(m['class_features']):,} classes' features (Cohen's d of |code|): "
+    by_class = [f"analyze: each of the {len(m['class_features']):,} classes' features ({_separation(m)}): "
                 f"report.html, or actdict feature {where / name} --class LABEL"
                 for name, m in summary["models"].items() if m.get("class_features")][:1]
     out = [*lines, note, *shared, *by_class, *why, *caveat, *warned]
     return [one_line(s) for s in out]  # no terminal control codes, one line each
+
+
+def _separation(m: dict) -> str:
+    """What ranks a dictionary's class features and what is shown beside it: Cohen's d of |code|, and its
+    AUROC where the pass counted the bins (``analyze/auroc.py``; a dictionary over the cap has d alone)."""
+    auroc = any("auroc" in f for c in m["class_features"] for f in c["features"])
+    return "Cohen's d of |code|, and AUROC" if auroc else "Cohen's d of |code|"
 
 
 def _cell(v: float | None, spec: str) -> str:

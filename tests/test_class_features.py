@@ -201,8 +201,8 @@ def test_analysis_writes_them_and_the_report_shows_them_escaped(tmp_path, monkey
     capsys.readouterr()
     run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(**cfg, class_features=2))
     said = capsys.readouterr().out  # where to read them
-    assert (f"\nanalyze: each of the 2 classes' features (Cohen's d of |code|): report.html, or actdict "
-            f"feature {run_dir / 'dicts' / 'sae'} --class LABEL\n") in said
+    assert (f"\nanalyze: each of the 2 classes' features (Cohen's d of |code|, and AUROC): report.html, or "
+            f"actdict feature {run_dir / 'dicts' / 'sae'} --class LABEL\n") in said
     m = json.loads((run_dir / "summary.json").read_text())["models"]["sae"]
     assert [(c["label"], c["n"]) for c in m["class_features"]] == [("<b>bold</b>", 16), ("plain", 16)]
     assert all(len(c["features"]) <= 2 for c in m["class_features"])
@@ -262,8 +262,10 @@ def test_analysis_writes_them_and_the_report_shows_them_escaped(tmp_path, monkey
     run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(**cfg))
     m = json.loads((run_dir / "summary.json").read_text())["models"]["sae"]
     assert m["class_features"] and all("auroc" not in f for c in m["class_features"] for f in c["features"])
+    said = capsys.readouterr().out
     assert ("analyze: note: no class_features AUROC for sae: their bins of |z| (2 classes x k x 648 bytes "
-            "each) would pass 0 MiB") in capsys.readouterr().out
+            "each) would pass 0 MiB") in said
+    assert "classes' features (Cohen's d of |code|): report.html" in said  # d alone, as the lists
     feats = json.loads((run_dir / "features" / "sae.json").read_text())["features"]
     assert all(c[2:] == [None, None] for r in feats for c in r.get("classes", []))
 
