@@ -82,10 +82,8 @@ class CoFire:
             for part in (slice(0, h), slice(h, None)):
                 self.update(active[part], None if other is active else other[part])
             return
-        if pairs is None:  # [P] by feature: the adds sweep the counts a row at a time
-            keys = active_pairs(active, other)
-        else:
-            keys = active_pairs(active, other, tuple(p.to(self.counts.device) for p in pairs))
+        moved = None if pairs is None else tuple(p.to(self.counts.device) for p in pairs)
+        keys = active_pairs(active, other, moved)  # [P] by feature: the adds sweep the counts a row at a time
         self.counts.view(-1).index_add_(0, keys, torch.ones(len(keys), dtype=torch.int32, device=keys.device))
 
     def nbytes(self) -> int:

@@ -92,7 +92,7 @@ def test_a_few_dense_rows_are_counted_in_bounded_pieces(monkeypatch):
     cheaper path, exactly: no sort holds more than MAX_PAIRS."""
     sizes = []
     real = cofire.active_pairs
-    monkeypatch.setattr(cofire, "active_pairs", lambda a, o=None: sizes.append(len(p := real(a, o))) or p)
+    monkeypatch.setattr(cofire, "active_pairs", lambda *a: sizes.append(len(p := real(*a))) or p)
     monkeypatch.setattr(cofire, "MAX_PAIRS", 1000, raising=False)
     g = torch.Generator().manual_seed(0)
     a = torch.rand(64, 3000, generator=g) < 0.001
@@ -110,11 +110,28 @@ def test_each_batch_takes_the_path_measured_cheaper(monkeypatch, k, ad, pairs):
     pairs path at three times the matmul's cost."""
     calls = []
     real = cofire.active_pairs
-    monkeypatch.setattr(cofire, "active_pairs", lambda a, o=None: calls.append(1) or real(a, o))
+    monkeypatch.setattr(cofire, "active_pairs", lambda *a: calls.append(1) or real(*a))
     a = torch.zeros(64, k, dtype=torch.bool)
     a.scatter_(1, torch.stack([torch.randperm(k)[:ad] for _ in range(64)]), True)  # ad active on every row
     cofire.CoFire(k).update(a)
     assert bool(calls) == pairs
+
+
+def test_the_callers_pairs_reach_active_pairs_in_the_one_call(monkeypatch):
+    """``CoFire.update(active, pairs=where_true(active))`` (toptokens' call) passes the caller's pairs on to
+    ``active_pairs`` (one call for both cases) and counts what it counts without them: A^T A."""
+    seen = []
+    real = cofire.active_pairs
+    monkeypatch.setattr(cofire, "active_pairs", lambda *a: seen.append(a[2:]) or real(*a))
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(64, 4096, generator=g) < 32 / 4096  # ~32 active of 4,096: the pairs path
+    given, plain = cofire.CoFire(4096), cofire.CoFire(4096)
+    given.update(a, pairs=where_true(a))
+    plain.update(a)
+    assert torch.equal(given.counts, plain.counts)
+    assert torch.equal(plain.counts, (a.T.double() @ a.double()).int())
+    assert [len(s) for s in seen] == [1, 1] and seen[1][0] is None
+    assert all(torch.equal(x, y) for x, y in zip(seen[0][0], where_true(a), strict=True))
 
 
 def test_partners_beyond_the_features_are_as_many_as_there_are():
