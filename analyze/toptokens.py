@@ -335,9 +335,9 @@ def visible_js() -> str:
 
 
 def resolve_decoder(manifest: dict) -> Decoder:
-    """``actdict.harvest.models.token_decoder(manifest)``, or ids shown as ``#id`` when unavailable."""
+    """``actdict.harvest.tokens.token_decoder(manifest)``, or ids shown as ``#id`` when unavailable."""
     try:
-        from actdict.harvest.models import token_decoder
+        from actdict.harvest.tokens import token_decoder
 
         return token_decoder(manifest)
     except (ActdictError, ImportError, KeyError, OSError, ValueError) as e:  # ModelError: gone, not cached

@@ -49,7 +49,8 @@ from actdict.harvest import run as harvest_run  # noqa: E402
 from actdict.harvest import windows as harvest_windows  # noqa: E402
 from actdict.harvest.config import HarvestConfig  # noqa: E402
 from actdict.harvest.layout import write_shard  # noqa: E402
-from actdict.harvest.models import load_model, make_random_pythia  # noqa: E402
+from actdict.harvest.models import load_model  # noqa: E402
+from actdict.harvest.random_init import make_random_pythia  # noqa: E402
 
 MODELS = {  # name -> (hook, ctx)
     "minilm": ("blocks.3.hook_resid_post", 128),

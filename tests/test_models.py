@@ -5,7 +5,9 @@ import time
 import pytest
 
 from actdict.harvest import models
-from actdict.harvest.models import HookError, ModelError, gpt2_tokenizer, load_model, token_decoder
+from actdict.harvest.models import HookError, ModelError, load_model
+from actdict.harvest.random_init import gpt2_tokenizer
+from actdict.harvest.tokens import token_decoder
 
 
 @pytest.fixture(scope="module")

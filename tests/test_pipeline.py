@@ -9,8 +9,8 @@ import pytest
 
 from actdict.analyze.tables import summary_lines
 from actdict.cli import main
-from actdict.harvest.models import token_decoder
 from actdict.harvest.store import open_store
+from actdict.harvest.tokens import token_decoder
 
 HOOK = "blocks.3.hook_resid_post"
 

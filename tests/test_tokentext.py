@@ -5,7 +5,8 @@ offline by ``tiny_models.sentencepiece_tokenizer``) and WordPiece (MiniLM)."""
 import pytest
 from tiny_models import sentencepiece_tokenizer
 
-from actdict.harvest.models import gpt2_tokenizer, token_decoder
+from actdict.harvest.random_init import gpt2_tokenizer
+from actdict.harvest.tokens import token_decoder
 from actdict.harvest.tokentext import shown_bytes
 
 

@@ -305,7 +305,8 @@ def test_a_gpt2_hash_token_does_not_make_the_contexts_wordpiece(tmp_path):
     """GPT-2's vocabulary has '##' (Markdown headings): one in any context made the features file say
     WordPiece, and every context of the dictionary read '  Install', '  the' (a space added before each
     token). The tokenizer says which it is: GPT-2's is not, MiniLM's is."""
-    from actdict.harvest.models import gpt2_tokenizer, token_decoder
+    from actdict.harvest.random_init import gpt2_tokenizer
+    from actdict.harvest.tokens import token_decoder
 
     tok = gpt2_tokenizer()
     tok.save_pretrained(tmp_path / "tok")
