@@ -11,7 +11,7 @@ second within ~100 steps. The rows are the store's, normalised as the train stag
 scalar scale: E||x||^2 = d, the April-2024 update's input scaling); the batches are ``--steps`` seeded
 draws of ``--batch`` rows, the same for every run. Every run takes the same optimizer steps: Adam
 (0.9, 0.999) at a constant ``--lr``, the gradient clipped to global norm ``--clip`` (1: SAELens's trainer
-always clips at 1). Ours runs actdict's own step (``actdict.train.loop.step``), once as shipped (the sparse
+always clips at 1). Ours runs actdict's own step (``actdict.train.step.step``), once as shipped (the sparse
 step once at most 5% of a batch's codes are nonzero) and once with the sparse step off.
 
 SAELens (``--saelens-venv``; or, where no venv can be made, this interpreter with SAELens's packages first
@@ -49,8 +49,9 @@ from saelens_side import add_arguments, child_python  # noqa: E402
 from actdict.harvest.store import open_store  # noqa: E402
 from actdict.train.data import norm_stats  # noqa: E402
 from actdict.train.export import TENSORS, saelens_view  # noqa: E402
-from actdict.train.loop import Member, step  # noqa: E402
+from actdict.train.member import Member  # noqa: E402
 from actdict.train.protocol import make  # noqa: E402
+from actdict.train.step import step  # noqa: E402
 from actdict.train.variants._sparse import Pattern  # noqa: E402
 
 SAELENS_RUN = r'''

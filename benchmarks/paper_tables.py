@@ -44,7 +44,8 @@ from actdict.harvest.store import open_store
 from actdict.harvest.synthetic import mlp_manifolds, union_of_subspaces
 from actdict.train.config import TrainConfig
 from actdict.train.data import iter_batches, last_batches, make_split, norm_stats
-from actdict.train.loop import Interrupted, Member, Position, train
+from actdict.train.loop import Interrupted, train
+from actdict.train.member import Member, Position
 from actdict.train.protocol import make
 from actdict.train.resume import load_state, save_state
 from actdict.train.stopping import sigterm_flag

@@ -57,7 +57,8 @@ from actdict.harvest.store import write_vectors  # noqa: E402
 from actdict.train.config import TrainConfig  # noqa: E402
 from actdict.train.data import iter_batches  # noqa: E402
 from actdict.train.export import TENSORS, saelens_view  # noqa: E402
-from actdict.train.loop import Member, train  # noqa: E402
+from actdict.train.loop import train  # noqa: E402
+from actdict.train.member import Member  # noqa: E402
 from actdict.train.protocol import make, registry  # noqa: E402
 
 CPU = torch.device("cpu")

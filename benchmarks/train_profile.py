@@ -17,7 +17,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from actdict.train.config import TrainConfig
-from actdict.train.loop import Member, train
+from actdict.train.loop import train
+from actdict.train.member import Member
 from actdict.train.protocol import make
 
 

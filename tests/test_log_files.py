@@ -90,7 +90,7 @@ def test_a_resumed_training_says_where_in_the_run_it_continues(tmp_path):
 
 def test_a_resumed_run_near_its_end_is_not_said_all_done():
     """The share done before a resume is floored: 35,990 of 36,000 steps was said '100% done before'."""
-    from actdict.train.loop import Position
+    from actdict.train.member import Position
     from actdict.train.run import resumed_said
 
     near_end = Position(epoch=2999, batch=2, step=35990)

@@ -16,7 +16,8 @@ import torch
 from actdict.analyze.metrics import ad_per_group
 from actdict.harvest.synthetic import mlp_manifolds, union_of_subspaces
 from actdict.train.config import TrainConfig
-from actdict.train.loop import Member, train
+from actdict.train.loop import train
+from actdict.train.member import Member
 from actdict.train.protocol import make
 
 

@@ -7,9 +7,11 @@ import torch
 from actdict.config import Common
 from actdict.train import checkpoint
 from actdict.train.config import DictConfig, TrainConfig
-from actdict.train.loop import Member, TrainingError, train
+from actdict.train.loop import train
+from actdict.train.member import Member
 from actdict.train.protocol import make
 from actdict.train.schedule import lr_at
+from actdict.train.step import TrainingError
 
 
 def test_the_progress_bar_of_a_sweep_shows_its_loss_range(capsys):
@@ -113,7 +115,7 @@ def test_rows_too_large_for_float32_squares_say_so():
 def test_a_step_logs_the_loggamma_its_loss_used_not_the_updated_one(variant):
     """The loss terms held loggamma as a view of the parameter, so the step's own update showed in its log
     (the terms of step t carried step t+1's loggamma; hnum's note)."""
-    from actdict.train.loop import step
+    from actdict.train.step import step
 
     m = Member("a", make(variant, 4, 6, seed=1, loggamma_init=-4.0), 0.1)
     m.setup(torch.device("cpu"))
@@ -123,7 +125,7 @@ def test_a_step_logs_the_loggamma_its_loss_used_not_the_updated_one(variant):
 
 def test_grad_clip_bounds_the_gradient_norm_and_keeps_old_hashes():
     from actdict.train.identity import dict_hash
-    from actdict.train.loop import step
+    from actdict.train.step import step
 
     torch.manual_seed(0)
     x = 5 * torch.randn(64, 4)  # [B, d]
@@ -154,11 +156,11 @@ def test_grad_clip_bounds_the_gradient_norm_and_keeps_old_hashes():
 
 
 def test_step_is_one_adam_step_on_fresh_gradients_then_after_step():
-    """``loop.step`` = zero the gradients, backward, set this step's lr, Adam, ``after_step`` (here the unit
+    """``step.step`` = zero the gradients, backward, set this step's lr, Adam, ``after_step`` (here the unit
     renormalisation of TopK+AuxK's decoder rows), checked against those calls made by hand over two steps."""
     from contextlib import nullcontext
 
-    from actdict.train.loop import step
+    from actdict.train.step import step
 
     x = torch.randn(32, 6, generator=torch.Generator().manual_seed(0))  # [B, d]
     a = Member("a", make("sae_topk_auxk", 6, 16, seed=1, topk=3), 0.5)
@@ -201,7 +203,7 @@ def test_schedules():
 def test_seed_step_draws_what_manual_seed_draws(device):
     """The loop's per-step seeding gives the random streams of ``torch.manual_seed`` on the CPU and on the
     step's device (VAE sampling noise: a run's numbers do not depend on which of the two seeded it)."""
-    from actdict.train.loop import seed_step
+    from actdict.train.step import seed_step
 
     dev = torch.device(device)
     for s in (0, 2**62 + 12345):
@@ -219,7 +221,7 @@ def test_loop_sets_each_steps_lr_seed_and_averages_the_epoch_history(monkeypatch
     lr (1 + cos(pi s / 8)) / 2 by hand), draws from the seed (seed, s, name), and each epoch's history is
     the mean of its steps' terms."""
     from actdict.train import loop
-    from actdict.train.loop import step_seed
+    from actdict.train.step import step_seed
 
     seen = []
 
@@ -262,7 +264,7 @@ def test_the_epoch_spread_is_exact_for_rows_far_from_zero():
     epoch's mean row) is E|x|^2 - |mean|^2: summed in float32, rows of mean 3e4 and variance ~2 per
     dimension lost it to rounding (negative: a dictionary of explained variance 0.98 was warned about)."""
     from actdict.train.dist import Dist
-    from actdict.train.loop import Spread
+    from actdict.train.member import Spread
 
     g = torch.Generator().manual_seed(0)
     x = (torch.randn(4096, 64, generator=g, dtype=torch.float64) + 3e4).float()  # [n, d]
@@ -280,7 +282,7 @@ def test_member_trains_with_plain_adam_over_many_steps():
     the first update is the gradient's sign whatever the betas)."""
     from contextlib import nullcontext
 
-    from actdict.train.loop import step
+    from actdict.train.step import step
 
     g = torch.Generator().manual_seed(0)
     xs = [torch.randn(16, 5, generator=g) * (1 + i % 3) for i in range(30)]  # [B, d] each
@@ -308,7 +310,7 @@ def test_loop_hands_each_step_the_runs_schedule_clip_and_autocast(monkeypatch):
     dictionary draws from its own seed. Under max_steps, warmup_cosine decays over the steps run (6), not
     over the epochs asked for."""
     from actdict.train import loop
-    from actdict.train.loop import step_seed
+    from actdict.train.step import step_seed
 
     seen = []
 

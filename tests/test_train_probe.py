@@ -10,7 +10,8 @@ import torch
 from actdict.analyze import metrics as M
 from actdict.train.config import TrainConfig
 from actdict.train.log import append_record, read_log, start_log
-from actdict.train.loop import Interrupted, Member, Position, train
+from actdict.train.loop import Interrupted, train
+from actdict.train.member import Member, Position
 from actdict.train.probe import measure
 from actdict.train.protocol import make, registry
 from tests.test_variant_contract import ARCHS, variant_params

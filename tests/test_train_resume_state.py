@@ -10,7 +10,7 @@ from actdict.config import Common
 from actdict.harvest.store import write_vectors
 from actdict.train import checkpoint
 from actdict.train.config import DictConfig, TrainConfig
-from actdict.train.loop import Member
+from actdict.train.member import Member
 from actdict.train.protocol import make
 from tests import train_store
 
@@ -186,7 +186,8 @@ def test_a_resume_state_is_written_from_the_dictionaries_own_memory(tmp_path, mo
     from contextlib import nullcontext
 
     from actdict.train import resume
-    from actdict.train.loop import Position, step
+    from actdict.train.member import Position
+    from actdict.train.step import step
 
     members = [Member(f"l1_{i}", make("sae_l1", 4, 6, seed=i), 0.01) for i in range(2)]
     for m in members:

@@ -13,7 +13,7 @@ from actdict.train import checkpoint
 from actdict.train.config import DictConfig, TrainConfig
 from actdict.train.data import make_split
 from actdict.train.dist import Dist
-from actdict.train.loop import Member
+from actdict.train.member import Member
 from actdict.train.protocol import make
 from tests import train_store
 
@@ -237,7 +237,7 @@ def test_a_diverged_dictionary_is_named_when_saved(store, tmp_path, capsys):
 def test_a_dictionary_that_learned_nothing_is_named_in_its_own_units(store, tmp_path, capsys):
     """An L1 penalty far too strong for the inputs' scale leaves codes at 0 and x_hat at the mean: warned.
     Under train.normalize the SSE is in normalised units, and so is the baseline it is compared with."""
-    from actdict.train.loop import LEARNED_NOTHING
+    from actdict.train.member import LEARNED_NOTHING
     from actdict.train.run import main
 
     dicts = [DictConfig("flat", "sae_l1", k=16, lr=0.05, params={"lam1": 1e4}),
@@ -269,7 +269,7 @@ def test_rows_far_from_zero_are_told_to_normalise_not_to_lower_the_lr(tmp_path, 
     decoder bias would need ~1e6 Adam steps to reach the mean). Its SSE is no worse than predicting 0, so
     the warning says the rows sit far from 0 and to set train.normalize; a real divergence (SSE far over
     predicting 0) keeps the old warning."""
-    from actdict.train.loop import Spread
+    from actdict.train.member import Spread
     from actdict.train.run import main
 
     x = (1e4 + 0.01 * np.random.default_rng(0).standard_normal((512, 4))).astype(np.float32)  # [n, d]
@@ -378,6 +378,7 @@ def test_train_stage_draws_each_steps_noise_from_the_experiments_seed(store, tmp
     of another seed draw other noise; it trains on the split's train chunks for the epochs asked."""
     from actdict.train import loop
     from actdict.train.run import main
+    from actdict.train.step import step_seed
 
     seeds = []
     real = loop.seed_step
@@ -386,7 +387,7 @@ def test_train_stage_draws_each_steps_noise_from_the_experiments_seed(store, tmp
     common = Common(run_dir=str(tmp_path / "run"), seed=11, store=store.path)
     main(common, TrainConfig(dicts=[DictConfig("a", "sae_l1", k=4, seed=2)], epochs=2, batch_size=100,
                              test_fraction=0.25, device="cpu"))
-    assert seeds == [loop.step_seed(11, s, "a") for s in range(16)]  # 12 train chunks: 8 batches an epoch
+    assert seeds == [step_seed(11, s, "a") for s in range(16)]  # 12 train chunks: 8 batches an epoch
 
 
 def test_a_sweep_in_any_order_trains_each_dictionary_as_it_trains_alone(store, tmp_path):

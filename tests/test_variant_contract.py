@@ -157,7 +157,7 @@ def test_bf16_autocast_step_matches_float32(variant, device):
         m = build(variant, k=16).to(device)
         torch.manual_seed(0)  # the same sampling noise in both
         with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=amp):
-            terms = m.loss_terms(x, m(x).float())  # as train.loop.step
+            terms = m.loss_terms(x, m(x).float())  # as train.step.step
         assert terms["loss"].dtype == torch.float32 and torch.isfinite(terms["loss"])
         terms["loss"].backward()
         grads.append({n: p.grad for n, p in m.named_parameters()})

@@ -85,7 +85,8 @@ def test_every_backward_of_the_loop_sees_unit_decoder_rows(variant, monkeypatch,
     from contextlib import nullcontext
 
     from actdict.train import resume
-    from actdict.train.loop import Member, Position, step
+    from actdict.train.member import Member, Position
+    from actdict.train.step import step
     from actdict.train.variants._tied import TiedSAE
 
     seen = []

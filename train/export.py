@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     except ActdictError as e:
         print(printable(f"actdict: {type(e).__name__}: {e}"), file=sys.stderr)
         return 2
-    if warning:  # recorded when it was saved (train.loop.Member.diverged)
+    if warning:  # recorded when it was saved (train.member.Member.diverged)
         print(one_line(f"actdict export: warning: its training warned: {warning}"), file=sys.stderr)
     print(one_line(f"exported {args.dict_dir} -> {path} (SAE.load_from_disk({str(path)!r}) in sae_lens)"))
     named = json.loads((path / CFG).read_text()).get("model_name")

@@ -30,7 +30,7 @@ _N, _L0, _AD, _SSE = range(4)  # slots of ``sums`` before sum x [d], sum x^2 [d]
 
 
 def wide(device: torch.device) -> torch.dtype:
-    """The dtype sums are kept in on ``device`` (here and in ``loop.Spread``): float64, but float32 on MPS
+    """The dtype sums are kept in on ``device`` (here and in ``member.Spread``): float64, but float32 on MPS
     (no float64 there)."""
     return torch.float64 if device.type in ("cpu", "cuda") else torch.float32
 

@@ -27,7 +27,7 @@ from actdict.train import checkpoint
 from actdict.train.checkpoint import write_safetensors
 from actdict.train.config import TrainConfig
 from actdict.train.dist import like_param
-from actdict.train.loop import Member, Position
+from actdict.train.member import Member, Position
 
 STATE = "train_state.safetensors"
 KEPT = "kept_state.safetensors"  # a finished run's state, in its dictionary's folder (train.keep_state)

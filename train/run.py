@@ -52,7 +52,8 @@ from actdict.train.identity import (
     replace_note,
 )
 from actdict.train.log import LOGS, append_record, log_path, start_log
-from actdict.train.loop import Interrupted, Member, Position, resolve_device, total_steps, train
+from actdict.train.loop import Interrupted, resolve_device, total_steps, train
+from actdict.train.member import Member, Position
 from actdict.train.plan import (
     WRITES,
     Standing,

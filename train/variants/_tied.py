@@ -80,7 +80,7 @@ class TiedSAE(Dictionary):
         of norm r would lose r^2 times its parallel part), which every path into a backward keeps: the rows
         start at norm 1 (``init_tied(1.0)``; a subclass starting them at another norm sets
         ``unit_norm_decoder`` False, as ``sae_l1_decnorm``), ``after_step`` renormalises them after every
-        optimizer step (``loop.step``), and a resume loads in place weights saved between steps. A checkpoint
+        optimizer step (``step.step``), and a resume loads in place weights saved between steps. A checkpoint
         (``checkpoint.load``, a SAELens import) is never trained further; bf16 autocast casts copies for its
         matmuls, so W_dec and the gradient here stay float32; under torchrun each rank projects its gradient
         of the same W_dec before the average (linear in g). No check here: it would read a value back from
