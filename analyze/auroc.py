@@ -17,7 +17,7 @@ p_class(b) * p_rest(b) (p: the group's share of rows in the bin), each such pair
 exact zeros tie exactly and add nothing. The bound is small wherever either group is mostly 0 or spread
 over several bins (below 0.01 for every listed demo feature, whose streamed AUROC were within 0.00022 of
 the rows' own: docs/results.md). Counts are int32 (2^31
-rows a bin): 648 bytes per class and feature (``analyze.run.CLASS_AUROC_MAX_MIB`` caps them).
+rows a bin): 648 bytes per class and feature (``analyze.budget.CLASS_AUROC_MAX_MIB`` caps them).
 """
 
 from __future__ import annotations

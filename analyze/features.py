@@ -31,7 +31,7 @@ analysis, where it has a direction and that one has a live feature (written by `
 first (present when ``analyze.cofire`` > 0 and ``analyze.cofire_max_mib`` held its counts).
 ``classes``: with ``analyze.labels``, the classes whose ``class_features`` (summary.json) list the feature,
 with its Cohen's d there (null: infinite), AUROC of |z| and that AUROC's bound (``analyze.auroc``; both
-null: not counted, past ``analyze.run.CLASS_AUROC_MAX_MIB``), largest d first (written by ``analyze.run``;
+null: not counted, past ``analyze.budget.CLASS_AUROC_MAX_MIB``), largest d first (written by ``analyze.run``;
 absent on the others).
 ``by_class``: with them, the ``analyze.class_features`` classes with the most of its active rows, most first:
 the label, the class's evaluated rows, those where the feature is active, its mean |code| on them all

@@ -75,16 +75,13 @@ and reports the RE for each m of a grid over 0..k.
 from __future__ import annotations
 
 import json
-import math
-import time
-import uuid
 from pathlib import Path
 
 import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from actdict.analyze.auroc import STORED
+from actdict.analyze.budget import class_auroc_within, class_features_within, cofire_within
 from actdict.analyze.compare import directions, live, null_columns, similarity
 from actdict.analyze.config import AnalyzeConfig
 from actdict.analyze.evaluate import ModelEval
@@ -114,6 +111,7 @@ from actdict.analyze.inputs import (
 )
 from actdict.analyze.lens import labels_of
 from actdict.analyze.lm import add_logit_effects, causal_lm, named, splice_models, splice_setup
+from actdict.analyze.outputs import clean_json, new_run_id, previous_models, remove_output_temps
 from actdict.analyze.report import write_report
 from actdict.analyze.tables import summary_lines
 from actdict.analyze.textfile import check_texts, read_texts
@@ -123,7 +121,7 @@ from actdict.bars import bar_disabled, bar_timing
 from actdict.config import Common, check_device, device_said
 from actdict.dryrun import StagePlan
 from actdict.errors import ActdictError, one_line
-from actdict.files import check_not_linked, remove_temps, write_atomic
+from actdict.files import check_not_linked, write_atomic
 from actdict.lock import check_writable, write_problem
 from actdict.rng import kept_rng
 from actdict.signals import rank
@@ -358,7 +356,7 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
                "labels": cfg.labels or None, "labels_field": cfg.labels_field or None,
                "ce": None if ce is None else {k: v for k, v in ce.items() if k != "models"}, "models": {}}
     (run_dir / "features").mkdir(exist_ok=True)
-    _remove_temps(run_dir)
+    remove_output_temps(run_dir)
     datas = {}
     for name, ev in tqdm(evals.items(), desc="features", unit="dict", disable=bar_disabled(),
                          **bar_timing()):
@@ -398,7 +396,7 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
                 rec["formed"] = cos
         fires = ev.fire.cpu().numpy()
         rel = f"features/{name}.json"
-        write_atomic(run_dir / rel, json.dumps(_clean(data), separators=(",", ":"), allow_nan=False))
+        write_atomic(run_dir / rel, json.dumps(clean_json(data), separators=(",", ":"), allow_nan=False))
         order = sorted(range(len(fires)), key=lambda i: (-int(fires[i]), i))
         top_features = [i for i in order[: cfg.n_features] if fires[i] > 0]  # the features summary.json lists
         m["features_file"] = rel
@@ -417,7 +415,7 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
         m["similar"] = similar.get(name, {})
         m["null_decoder"] = int(null_columns(dirs[name][1]).sum()) if name in dirs else None
         summary["models"][name] = m
-    summary = _clean(summary)
+    summary = clean_json(summary)
     if left := next(iter(summary["models"].values())).get("ad_class_unlabelled"):
         print(one_line(f"analyze: note: {left:,} of the {n:,} evaluated rows have no label (NaN or empty) in "
                        f"{cfg.labels or 'the source field ' + repr(cfg.labels_field)}: they are left out of "
@@ -427,93 +425,3 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
     print("\n".join(summary_lines(summary)))
     print(one_line(f"analyze: wrote {run_dir / 'summary.json'}, {run_dir / 'report.html'} and "
                    f"{run_dir / 'report'}/"))
-
-
-def cofire_within(models: dict, cfg: AnalyzeConfig) -> set[str]:
-    """The dictionaries whose co-activations are counted (``analyze.cofire`` > 0): smallest k first, as many
-    as ``analyze.cofire_max_mib`` holds (k^2 int32 each); a note names the others."""
-    if cfg.cofire < 1:
-        return set()
-    counted = within_budget(models, lambda k: k ** 2 * 4, cfg.cofire_max_mib)
-    if left := sorted(set(models) - counted):
-        print(one_line(f"analyze: note: no fires_with for {listed(left)}: their co-activation counts "
-                       f"(k^2 x 4 bytes each) would pass analyze.cofire_max_mib={cfg.cofire_max_mib}"))
-    return counted
-
-
-CLASS_FEATURES_MAX_MIB = 2048
-"""Memory for the class features' sums and shifts of all analysed dictionaries together (classes x k x 32
-bytes each)."""
-
-
-def class_features_within(models: dict, n_classes: int, cfg: AnalyzeConfig) -> set[str]:
-    """The dictionaries whose class features are found (``analyze.labels`` and ``analyze.class_features``
-    > 0): smallest k first, as many as ``CLASS_FEATURES_MAX_MIB`` holds; a note names the others."""
-    if cfg.class_features < 1 or n_classes < 2:  # one class: no other rows to separate it from
-        return set()
-    chosen = within_budget(models, lambda k: n_classes * k * 32, CLASS_FEATURES_MAX_MIB)
-    if left := sorted(set(models) - chosen):
-        print(one_line(f"analyze: note: no class_features for {listed(left)}: their per-class sums "
-                       f"({n_classes:,} classes x k x 32 bytes each) would pass "
-                       f"{CLASS_FEATURES_MAX_MIB:,} MiB"))
-    return chosen
-
-
-CLASS_AUROC_MAX_MIB = 512
-"""Memory for the class features' AUROC bins of all analysed dictionaries together (classes x k x
-``auroc.STORED`` int32 each)."""
-
-
-def class_auroc_within(models: dict, n_classes: int) -> set[str]:
-    """Of the dictionaries whose class features are found, those whose AUROC bins are counted: smallest k
-    first, as many as ``CLASS_AUROC_MAX_MIB`` holds; a note names the others (their d alone)."""
-    chosen = within_budget(models, lambda k: n_classes * k * STORED * 4, CLASS_AUROC_MAX_MIB)
-    if left := sorted(set(models) - chosen):
-        print(one_line(f"analyze: note: no class_features AUROC for {listed(left)}: their bins of |z| "
-                       f"({n_classes:,} classes x k x {STORED * 4} bytes each) would pass "
-                       f"{CLASS_AUROC_MAX_MIB:,} MiB"))
-    return chosen
-
-
-def within_budget(models: dict, need, mib: int) -> set[str]:
-    """The dictionaries whose ``need(k)`` bytes fit ``mib`` MiB together, taken smallest k first."""
-    budget, chosen = mib * 2**20, set()
-    for name in sorted(models, key=lambda n: (models[n].k, n)):
-        if (b := need(models[name].k)) <= budget:
-            chosen.add(name)
-            budget -= b
-    return chosen
-
-
-def new_run_id() -> str:
-    """An analysis run's id, e.g. '20261205-135210-3f9a1c': its start time (UTC) and 6 random hex digits."""
-    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
-
-
-def previous_models(run_dir: Path) -> list[str]:
-    """The dictionaries of the summary.json this analysis replaces ([] if none, or unreadable)."""
-    try:
-        return list(json.loads((run_dir / "summary.json").read_text())["models"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return []
-
-
-def _remove_temps(run_dir: Path) -> None:
-    """The temporary files of outputs a killed analysis was writing (each output is written to one and
-    renamed, ``actdict.files.write_atomic``); the analysis lock says no other analysis is writing them."""
-    for folder, pattern in ((run_dir, "summary.json"), (run_dir, "report.html"),
-                            (run_dir / "features", "*.json"), (run_dir / "report", "*")):
-        remove_temps(folder, pattern)
-
-
-def _clean(x):
-    """Round floats to 6 significant digits, non-finite -> None, tensors/numpy scalars -> Python."""
-    if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if hasattr(x, "item") and not isinstance(x, (str, bytes)):
-        x = x.item()
-    if isinstance(x, float):
-        return float(f"{x:.6g}") if math.isfinite(x) else None
-    return x

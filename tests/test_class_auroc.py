@@ -111,7 +111,7 @@ def test_a_constant_above_another_constant_gives_1_and_identical_rows_give_one_h
 
 
 def test_without_bins_the_class_features_carry_no_auroc():
-    """class_auroc False (past analyze.run.CLASS_AUROC_MAX_MIB): no counts kept, the lists as before."""
+    """class_auroc False (past analyze.budget.CLASS_AUROC_MAX_MIB): no counts kept, the lists as before."""
     g = torch.Generator().manual_seed(7)
     x = torch.randn(1, 50, 6, generator=g)
     lab = torch.randint(0, 2, (1, 50), generator=g)

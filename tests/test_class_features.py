@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from actdict.analyze import features, lens, run, show
+from actdict.analyze import budget, features, lens, run, show
 from actdict.analyze import metrics as M
 from actdict.analyze.config import AnalyzeConfig
 from actdict.analyze.evaluate import ModelEval
@@ -250,15 +250,15 @@ def test_analysis_writes_them_and_the_report_shows_them_escaped(tmp_path, monkey
         assert "class_features" not in json.loads((run_dir / "summary.json").read_text())["models"]["sae"]
         assert "Features of each class" not in (run_dir / "report.html").read_text()
     np.save(run_dir / "labels.npy", lab)
-    monkeypatch.setattr(run, "CLASS_FEATURES_MAX_MIB", 0)
+    monkeypatch.setattr(budget, "CLASS_FEATURES_MAX_MIB", 0)
     capsys.readouterr()
     run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(**cfg))
     assert "class_features" not in json.loads((run_dir / "summary.json").read_text())["models"]["sae"]
     out = capsys.readouterr().out
     assert ("analyze: note: no class_features for sae: their per-class sums (2 classes x k x 32 bytes "
             "each) would pass 0 MiB") in out
-    monkeypatch.setattr(run, "CLASS_FEATURES_MAX_MIB", 2048)
-    monkeypatch.setattr(run, "CLASS_AUROC_MAX_MIB", 0)  # the AUROC's bins alone past their budget
+    monkeypatch.setattr(budget, "CLASS_FEATURES_MAX_MIB", 2048)
+    monkeypatch.setattr(budget, "CLASS_AUROC_MAX_MIB", 0)  # the AUROC's bins alone past their budget
     run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(**cfg))
     m = json.loads((run_dir / "summary.json").read_text())["models"]["sae"]
     assert m["class_features"] and all("auroc" not in f for c in m["class_features"] for f in c["features"])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from actdict.analyze import cofire, metrics, run
+from actdict.analyze import budget, cofire, metrics, run
 from actdict.analyze.config import AnalyzeConfig
 from actdict.analyze.streaming import where_true
 from actdict.config import Common
@@ -177,10 +177,10 @@ def test_dictionaries_beyond_the_memory_budget_are_not_counted_largest_first(tmp
     from types import SimpleNamespace as NS
 
     models = {"big": NS(k=1024), "small": NS(k=512), "mid": NS(k=724)}  # 4, 1 and ~2 MiB
-    assert run.cofire_within(models, AnalyzeConfig(cofire_max_mib=3)) == {"small", "mid"}
+    assert budget.cofire_within(models, AnalyzeConfig(cofire_max_mib=3)) == {"small", "mid"}
     assert "no fires_with for big: " in capsys.readouterr().out
-    assert run.cofire_within(models, AnalyzeConfig(cofire_max_mib=7)) == {"small", "mid", "big"}
-    assert run.cofire_within(models, AnalyzeConfig(cofire=0)) == set()
+    assert budget.cofire_within(models, AnalyzeConfig(cofire_max_mib=7)) == {"small", "mid", "big"}
+    assert budget.cofire_within(models, AnalyzeConfig(cofire=0)) == set()
     run_dir = _run_dir(tmp_path, monkeypatch)
     run.main(Common(run_dir=str(run_dir)), AnalyzeConfig(device="cpu", top_k=2, context=1, cofire_max_mib=0))
     data = json.loads((run_dir / "features" / "sae.json").read_text())
