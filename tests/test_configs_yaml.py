@@ -22,7 +22,7 @@ def test_shipped_config_loads(path):
         cfg = section(data, stage, _stage_cls(stage))
         assert type(cfg).__name__.endswith("Config")
     if "train" in data:  # every dictionary's variant and params build (what `actdict run` checks first)
-        from actdict.train.run import check
+        from actdict.train.precheck import check
 
         check(common, section(data, "train", _stage_cls("train")))
 

@@ -558,7 +558,8 @@ def test_on_windows_a_run_whose_paths_pass_259_characters_is_warned_of_at_its_co
     import actdict.names
     from actdict.errors import ActdictWarning
     from actdict.train.plan import longest_file
-    from actdict.train.run import check, main
+    from actdict.train.precheck import check
+    from actdict.train.run import main
 
     cfg = TrainConfig(dicts=[DictConfig("a", "sae_topk", k=4, params={"topk": 2}), DictConfig(
         "sae_l1_lam1-0.1_seed-0", "sae_l1", k=4)], max_steps=4, batch_size=100, snapshot_every=2,

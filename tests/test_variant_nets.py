@@ -145,7 +145,7 @@ def test_clip_head_is_the_clipped_encoder_output():
 def test_batchnorm_bodies_are_refused_under_torchrun(monkeypatch):
     from actdict.config import Common
     from actdict.train.config import DictConfig, TrainConfig
-    from actdict.train.run import check
+    from actdict.train.precheck import check
 
     official = DictConfig("v", "vaease", k=4, params={"encoder": "resmlp_bn", "head": "clip"})
     cfg = TrainConfig(dicts=[DictConfig("s", "sae_l1", k=4, params={"encoder": "resmlp"}), official])
@@ -179,7 +179,7 @@ def test_batch_loss_needs_two_rows(tmp_path, capsys):
     from actdict.config import Common
     from actdict.harvest.store import write_vectors
     from actdict.train.config import DictConfig, TrainConfig
-    from actdict.train.run import check
+    from actdict.train.precheck import check
 
     lse = DictConfig("e", "lse", k=4)
     with pytest.raises(ConfigError, match=r"train.dicts\[e\]: its loss \(lse\) uses statistics across a "
