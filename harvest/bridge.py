@@ -77,6 +77,25 @@ def is_encoder(hf_cfg: Any) -> bool:
             and not any(a.endswith(generates) for a in archs))
 
 
+POST_LN_ENCODERS = ("bert", "roberta", "xlm-roberta")
+"""model_types whose blocks are post-LN, h = LN1(x + attn(x)), out = LN2(h + mlp(h)), as TransformerBridge
+runs them (tests/test_encoder_tokens.py checks what each residual hook holds)."""
+
+
+def post_ln_note(model_type: str | None, hooks: list[str]) -> str | None:
+    """The note for a harvest of a post-LN encoder's ``blocks.L.hook_attn_out`` or ``hook_resid_mid``
+    (``POST_LN_ENCODERS``), whose rows are not what the names mean in a pre-LN block: hook_attn_out is h,
+    the attention sublayer after its LayerNorm, and hook_resid_mid h + mlp(h), the closing LayerNorm's
+    input. None for any other model or hooks."""
+    odd = [h for h in hooks if h.startswith("blocks.") and h.endswith((".hook_attn_out", ".hook_resid_mid"))]
+    if model_type not in POST_LN_ENCODERS or not odd:
+        return None
+    return (f"note: this {model_type} encoder's blocks are post-LN, so of the hooks {', '.join(odd)}: "
+            "hook_attn_out holds the attention sublayer after its LayerNorm (the stream the MLP reads), not "
+            "what attention adds; hook_resid_mid holds that plus the MLP's output (the closing LayerNorm's "
+            "input), not hook_resid_pre + hook_attn_out (docs/harvest.md, 'Encoder families')")
+
+
 def masked_lm_for(target: str) -> str | None:
     """The masked-LM class to boot the encoder at ``target`` as, when TransformerBridge has an adapter for it
     and none for the class its config.json names: a sentence-transformers RoBERTa folder names

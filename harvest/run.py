@@ -22,6 +22,7 @@ from actdict.bars import bar_disabled, bar_timing
 from actdict.config import Common, ConfigError, config_hash, device_said, to_dict
 from actdict.errors import one_line
 from actdict.harvest.added import check_added, check_count, check_rows
+from actdict.harvest.bridge import post_ln_note
 from actdict.harvest.config import HarvestConfig, hook_pattern
 from actdict.harvest.dist import Ranks, init_ranks, rank_device
 from actdict.harvest.layout import ACT_DTYPES, fs_of, human_size, write_shard
@@ -191,6 +192,9 @@ def harvest(common: Common, cfg: HarvestConfig, ranks: Ranks, grow: bool = False
         each = "; ".join(f"{[h for h in left_out if left_out[h] == why]} ({why})" for why in
                          dict.fromkeys(left_out.values()))
         say(f"harvest: left out the hooks the patterns match that it cannot store (why, for each): {each}")
+    model_type = getattr(getattr(lm.bridge.original_model, "config", None), "model_type", None)
+    if note := post_ln_note(model_type, hooks):
+        say(f"harvest: {note}")
     if on_hooks is not None:
         on_hooks(hooks)
     stored = {} if grow else hook_manifests(path)

@@ -17,7 +17,7 @@ from test_harvest import check_aligned, harvest, reference
 from tiny_encoders import WORDS, family_model, family_tokenizer, make_encoder, make_masked_lm
 
 from actdict.analyze.toptokens import context_text, display_strings
-from actdict.harvest.bridge import tl_version
+from actdict.harvest.bridge import post_ln_note, tl_version
 from actdict.harvest.models import HookError, ModelError, load_model
 from actdict.harvest.store import list_hooks, open_store
 from actdict.harvest.tokentext import token_texts
@@ -170,7 +170,7 @@ def test_special_tokens_written_in_a_text(tmp_path, family, skip):
 
 
 @pytest.mark.parametrize("family", ["bert", "roberta", "xlmr"])
-def test_what_each_residual_hook_of_a_post_ln_block_holds(tmp_path, source, family):
+def test_what_each_residual_hook_of_a_post_ln_block_holds(tmp_path, source, family, capsys):
     """BERT's and RoBERTa's blocks are post-LN: h = LN1(x + attn(x)), out = LN2(h + mlp(h)). Under
     TransformerBridge hook_resid_pre is x (HF's hidden_states[L]) and hook_resid_post out (hidden_states[L+1],
     the last block's too: no final norm), but hook_attn_out is h, after the LayerNorm (the stream the MLP
@@ -185,6 +185,9 @@ def test_what_each_residual_hook_of_a_post_ln_block_holds(tmp_path, source, fami
     common, cfg = harvest(tmp_path / "run", model=str(folder), hooks=[f"blocks.*.{k}" for k in kinds],
                           window_mode="per_doc", source=source, store_dtype="float32", ctx=lm.n_ctx)
     assert cfg.ctx == 64
+    said = [line for line in capsys.readouterr().out.splitlines() if "post-LN" in line]  # the harvest's note
+    odd = ", ".join(f"blocks.{i}.{k}" for k in ("hook_attn_out", "hook_resid_mid") for i in range(2))
+    assert len(said) == 1 and f"post-LN, so of the hooks {odd}: hook_attn_out holds the " in said[0]
     hf = AutoModel.from_pretrained(folder, attn_implementation="eager").eval()
     cls, sep, pad = SPECIALS[family]
     with torch.no_grad():
@@ -257,3 +260,16 @@ def test_the_masked_lm_head_of_a_bare_encoder_is_refused(tmp_path, source, famil
     assert sorted(list_hooks(common.store_path)) == [out, "mlm_head.hook_in"]  # hook_out left out
     rows = [open_store(common.store_path, h) for h in (out, "mlm_head.hook_in")]
     np.testing.assert_array_equal(*(r.read_rows(0, len(r)).acts for r in rows))
+
+
+def test_the_post_ln_note_names_only_the_hooks_whose_names_mislead():
+    """post_ln_note: BERT / RoBERTa / XLM-R model_types, blocks.L.hook_attn_out and hook_resid_mid only, in
+    the harvest's order; None for a pre-LN model (GPT-NeoX) or the other residual hooks."""
+    hooks = ["blocks.0.hook_resid_pre", "blocks.0.hook_attn_out", "blocks.1.hook_resid_mid",
+             "blocks.1.attn.hook_z", "blocks.1.hook_resid_post"]
+    for kind in ("bert", "roberta", "xlm-roberta"):
+        note = post_ln_note(kind, hooks)
+        assert note.startswith(f"note: this {kind} encoder's blocks are post-LN, so of the hooks "
+                               "blocks.0.hook_attn_out, blocks.1.hook_resid_mid: ")
+    assert post_ln_note("gpt_neox", hooks) is None and post_ln_note(None, hooks) is None
+    assert post_ln_note("bert", [h for h in hooks if "attn_out" not in h and "resid_mid" not in h]) is None
