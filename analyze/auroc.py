@@ -14,7 +14,8 @@ then one bin for 0 < |z| < 2^-20 (~9.5e-7); then 4 bins an octave from 2^-20 to 
 a factor 1.25); then one for |z| >= 2^20 (inf and NaN too): ``STORED`` = 162 counted bins. Pairs of rows in
 one bin are counted as ties: the AUROC is exact up to ``auroc_err`` = 0.5 * sum over the counted bins of
 p_class(b) * p_rest(b) (p: the group's share of rows in the bin), each such pair's true order being unknown;
-exact zeros tie exactly and add nothing. The bound is small wherever either group is mostly 0 or spread
+exact zeros tie exactly and add nothing (a perfect separator, d null, is given 1 exactly by ``ModelEval``:
+its two constants can share a bin). The bound is small wherever either group is mostly 0 or spread
 over several bins (below 0.01 for every listed demo feature, whose streamed AUROC were within 0.00022 of
 the rows' own: docs/results.md). Counts are int32 (2^31
 rows a bin): 648 bytes per class and feature (``analyze.budget.CLASS_AUROC_MAX_MIB`` caps them).

@@ -255,8 +255,10 @@ class ModelEval:
                 if self.class_bins is not None:  # each listed feature's AUROC of |z| and its bound
                     for c in have:
                         auc, err = self.class_bins.auroc(c, [f["feature"] for f in sep[c]], cn)
-                        for f, a, e in zip(sep[c], auc, err, strict=True):
-                            f["auroc"], f["auroc_err"] = a, e
+                        for f, a, e in zip(sep[c], auc, err, strict=True):  # a perfect separator (d null:
+                            # constant on both groups, the class's larger) is 1 exactly, though both constants
+                            # may share a bin (1.0 and 1.2: 0.5 +- 0.5 from the bins)
+                            f["auroc"], f["auroc_err"] = (1.0, 0.0) if f["d"] is None else (a, e)
                 out["class_features"] = [{"label": classes[c], "n": int(cn[c]), "features": sep[c]}
                                          for c in have]
         return out

@@ -110,6 +110,27 @@ def test_a_constant_above_another_constant_gives_1_and_identical_rows_give_one_h
     assert _summary(noisy, noisy_x, 2) == _summary(ev, x, 2)
 
 
+def test_a_perfect_separator_whose_two_constants_share_a_bin_has_auroc_1():
+    """Constants 1.0 on class 0 and 1.2 on class 1 fall in one bin ([1, 1.25)), whose counts alone give
+    0.5 +- 0.5: every class-1 row is above every other row, so beside its infinite d (null) the AUROC is the
+    rows' own, 1 exactly, bound 0; a feature in the same bin whose rows vary keeps the bins' AUROC."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.rand(2, 40, 4, generator=g) * 3  # [batches, B, k]
+    lab = torch.stack([torch.zeros(40, dtype=torch.long), torch.ones(40, dtype=torch.long)])
+    x[0, :, 1], x[1, :, 1] = 1.0, 1.2  # feature 1: one bin, two constants
+    spread = 0.04 * torch.rand(2, 40, generator=g)  # [batches, B]
+    x[0, :, 3], x[1, :, 3] = 1.0 + spread[0], 1.2 + spread[1]  # feature 3: one bin, rows that vary
+    ev = _eval(Signed(4, 4), x, lab, top=4, n_classes=2)
+    assert A.bin_index(torch.tensor([1.0, 1.2, 1.04, 1.24])).unique().numel() == 1
+    feats = {f["feature"]: f for f in _summary(ev, x, 2)[1]["features"]}
+    z = x.reshape(-1, 4).abs().numpy().astype(np.float64)
+    exact = _exact(z, lab.reshape(-1).numpy(), 1)
+    assert feats[1]["d"] is None and exact[1] == 1.0
+    assert (feats[1]["auroc"], feats[1]["auroc_err"]) == (1.0, 0.0)
+    assert feats[3]["d"] > 5 and exact[3] == 1.0  # finite d: the bins' tie, within its bound
+    assert (feats[3]["auroc"], feats[3]["auroc_err"]) == (0.5, 0.5)
+
+
 def test_without_bins_the_class_features_carry_no_auroc():
     """class_auroc False (past analyze.budget.CLASS_AUROC_MAX_MIB): no counts kept, the lists as before."""
     g = torch.Generator().manual_seed(7)
