@@ -58,7 +58,7 @@ def unsupported(target: str) -> str | None:
 
     names = ", ".join(sorted(SUPPORTED_ARCHITECTURES, key=str.lower))
     embed = ("for one row per document (its pooled hidden states through sentence-transformers), set "
-             "harvest.mode: embeddings; for one per token, " if is_encoder(hf_cfg) else "")
+             "harvest.mode=embeddings; for one per token, " if is_encoder(hf_cfg) else "")
     return (f"its architecture ({architecture(hf_cfg)}) is not one that TransformerLens {tl_version()}'s "
             f"TransformerBridge supports: {embed}use a model of a supported architecture, or a "
             f"transformer-lens release that supports this one. Supported: {names}")

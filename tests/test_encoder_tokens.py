@@ -17,6 +17,7 @@ from test_harvest import check_aligned, harvest, reference
 from tiny_encoders import WORDS, family_model, family_tokenizer, make_encoder, make_masked_lm
 
 from actdict.analyze.toptokens import context_text, display_strings
+from actdict.config import apply_overrides
 from actdict.harvest.bridge import post_ln_note, tl_version
 from actdict.harvest.models import HookError, ModelError, load_model
 from actdict.harvest.store import list_hooks, open_store
@@ -88,8 +89,10 @@ def test_encoders_the_bridge_lacks_are_refused_naming_the_architecture(tmp_path,
     assert re.fullmatch(rf"could not load model '{re.escape(str(folder))}': its architecture \({arch}; "
                         r"model_type [-a-z]+\) is not one that TransformerLens "
                         rf"{re.escape(tl_version())}'s TransformerBridge supports: for one row per document "
-                        r"\(.*\), set harvest\.mode: embeddings; for one per token, use a model of a "
+                        r"\(.*\), set harvest\.mode=embeddings; for one per token, use a model of a "
                         r"supported architecture, .*\. Supported: .*", said)
+    advice = re.search(r", set (\S+); for one per token", said).group(1)  # as typed after the config
+    assert apply_overrides({"harvest": {"mode": "tokens"}}, [advice]) == {"harvest": {"mode": "embeddings"}}
     assert {"BertForMaskedLM", "RobertaForMaskedLM"} <= set(said.split("Supported: ")[1].split(", "))
     assert not [p for p in (tmp_path / "run").rglob("*") if p.is_file()]  # no store, no manifest, no lock
 
