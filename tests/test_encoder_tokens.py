@@ -18,7 +18,7 @@ from tiny_encoders import WORDS, family_model, family_tokenizer, make_encoder, m
 
 from actdict.analyze.toptokens import context_text, display_strings
 from actdict.config import apply_overrides
-from actdict.harvest.bridge import post_ln_note, tl_version
+from actdict.harvest.bridge import post_ln_note, tl_version, untrained_hooks
 from actdict.harvest.models import HookError, ModelError, load_model
 from actdict.harvest.store import list_hooks, open_store
 from actdict.harvest.tokentext import token_texts
@@ -276,3 +276,39 @@ def test_the_post_ln_note_names_only_the_hooks_whose_names_mislead():
                                "blocks.0.hook_attn_out, blocks.1.hook_resid_mid: ")
     assert post_ln_note("gpt_neox", hooks) is None and post_ln_note(None, hooks) is None
     assert post_ln_note("bert", [h for h in hooks if "attn_out" not in h and "resid_mid" not in h]) is None
+
+
+@kept_rng()
+def make_pretraining(path: Path) -> Path:
+    """A tiny random-init BERT saved as BertForPreTraining (bert-base-uncased's checkpoints' class): its
+    weights hold the masked-LM head (cls.predictions) beside the next-sentence one."""
+    import transformers as tf
+
+    tok = family_tokenizer("bert", path)
+    torch.manual_seed(0)
+    tf.BertForPreTraining(family_model("bert", tok).config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("family", ["bert", "pretraining", "roberta", "xlmr"])
+def test_the_masked_lm_head_of_a_trained_masked_lm_is_harvested(tmp_path, source, family):
+    """The other side of the refusal above: a checkpoint that holds its masked-LM head (BertForMaskedLM,
+    BertForPreTraining booted as BertForMaskedLM, RobertaForMaskedLM, XLMRobertaForMaskedLM booted with
+    RoBERTa's adapter) has no untrained hooks, its head's rows are the same from one load to the next
+    whatever the torch seed (its weights, not a draw), and a harvest of ln_final.* stores them."""
+    folder = str(make_pretraining(tmp_path / "m") if family == "pretraining"
+                 else make_masked_lm(family, tmp_path / "m"))
+    last = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        lm = load_model(folder)
+        assert untrained_hooks(lm.bridge, folder) == {}
+        ids = torch.tensor([lm.tokenizer("the river stone")["input_ids"]])  # [1, n]
+        last.append(lm.bridge.run_with_cache(ids, names_filter=HEAD, return_cache_object=False)[1])
+    for h in HEAD:
+        torch.testing.assert_close(last[0][h], last[1][h], rtol=0, atol=0)
+    common, _ = harvest(tmp_path / "run", model=folder, hooks=["ln_final.*"], source=source,
+                        store_dtype="float32")
+    stored = set(list_hooks(common.store_path))
+    assert stored >= {"ln_final.hook_in", "ln_final.hook_normalized", "ln_final.hook_out"}
