@@ -70,9 +70,11 @@ class ClassBins:
         self.k = k
         self.counts = torch.zeros(n_classes * STORED * k, dtype=torch.int32, device=device)
         self.index = torch.int32 if len(self.counts) < 2 ** 31 else torch.int64
+        self._total: Tensor | None = None  # [STORED, k] int64, every class's counts summed (``auroc``)
 
     def add_entries(self, lab: Tensor, f: Tensor, z: Tensor) -> None:
         """Entries (class lab [m], feature f [m], code z [m]) of nonzero codes; class -1 left out."""
+        self._total = None
         keep = lab >= 0
         if not bool(keep.all()):
             lab, f, z = lab[keep], f[keep], z[keep]
@@ -81,6 +83,7 @@ class ClassBins:
 
     def add_rows(self, codes: Tensor, lab: Tensor) -> None:
         """codes [b, k] of labelled rows of classes lab [b] (>= 0): every nonzero code (zeros add 0)."""
+        self._total = None
         idx = bin_index(codes).to(self.index)  # [b, k], in place from here
         idx += (lab.to(self.index) * STORED)[:, None]
         idx *= self.k
@@ -89,13 +92,20 @@ class ClassBins:
 
     def auroc(self, c: int, features: list[int], n: Tensor) -> tuple[list[float], list[float]]:
         """(AUROC, bound) of |z| for class c against the other labelled rows, per feature of ``features``;
-        n [C] each class's labelled rows (those counted)."""
+        n [C] each class's labelled rows (those counted). The other classes' counts are every class's
+        (summed once, [STORED, k] int64: 1,296 bytes per latent, kept until counts are added again) less
+        this one's: summing the C classes' counts for each class in turn took 207 s for 2,000 classes at
+        k 400 (5 features each; 1.1 s with the sum kept)."""
         if not features:
             return [], []
-        h = self.counts.view(-1, STORED, self.k)[..., features]  # [C, STORED, m]
-        h = h.transpose(1, 2).to(torch.int64)  # [C, m, STORED]
-        n = n.to(torch.int64).to(h.device)
-        inn, out = h[c], h.sum(0) - h[c]  # [m, STORED]
+        counts = self.counts.view(-1, STORED, self.k)  # [C, STORED, k]
+        if self._total is None:  # a class at a time: no int64 copy of all the counts
+            self._total = torch.zeros(STORED, self.k, dtype=torch.int64, device=counts.device)
+            for one in counts:
+                self._total += one  # [STORED, k]
+        inn = counts[c][:, features].T.to(torch.int64)  # [m, STORED]
+        out = self._total[:, features].T - inn  # [m, STORED]
+        n = n.to(torch.int64).to(inn.device)
         n_in, n_out = int(n[c]), int(n.sum()) - int(n[c])
         zero_in = (n_in - inn.sum(-1))[:, None]  # [m, 1] exact zeros
         zero_out = (n_out - out.sum(-1))[:, None]

@@ -131,6 +131,35 @@ def test_a_perfect_separator_whose_two_constants_share_a_bin_has_auroc_1():
     assert (feats[3]["auroc"], feats[3]["auroc_err"]) == (0.5, 0.5)
 
 
+def test_every_class_auroc_of_many_classes_is_read_from_one_sum_of_the_counts():
+    """summary reads each class's listed features' AUROC in turn (ClassBins.auroc); the other classes'
+    counts are every class's, summed once, less the class's own: summed again for each class, 3,000 classes
+    at k 8 took ~2 minutes (O(C^2); 1,500: 25 s), now ~1 s; each class's AUROC and bound equal those of its
+    counts against the other classes' summed apart, and counts added after a read are read."""
+    import time
+
+    C, k, m = 3000, 8, 5
+    g = torch.Generator().manual_seed(8)
+    bins = A.ClassBins(C, k, torch.device("cpu"))
+    bins.counts.copy_(torch.randint(0, 4, (C * A.STORED * k,), generator=g, dtype=torch.int32))
+    per = bins.counts.view(C, A.STORED, k)  # [C, STORED, k]
+    n = per.sum(1).max(1).values.long() + torch.randint(0, 9, (C,), generator=g)  # [C] zeros beside
+    def apart(c: int, n: torch.Tensor) -> tuple[list[float], list[float]]:
+        inn = per[c, :, :m].T.long()  # [m, STORED]
+        out = per[:, :, :m].sum(0).T.long() - inn
+        zi, zo = n[c] - inn.sum(1, keepdim=True), n.sum() - n[c] - out.sum(1, keepdim=True)
+        auc, err = A.auroc_from_counts(torch.cat([zi, inn], 1), torch.cat([zo, out], 1))
+        return auc.tolist(), err.tolist()
+
+    start = time.perf_counter()
+    got = [bins.auroc(c, list(range(m)), n) for c in range(C)]
+    assert time.perf_counter() - start < 20
+    assert all(got[c] == apart(c, n) for c in (0, 17, C - 1))
+    bins.add_rows(torch.full((3, k), 2.0), torch.tensor([0, 1, 1]))  # 3 more rows, |z| 2
+    n2 = n + torch.tensor([1, 2] + [0] * (C - 2))
+    assert bins.auroc(0, list(range(m)), n2) == apart(0, n2) != got[0]
+
+
 def test_without_bins_the_class_features_carry_no_auroc():
     """class_auroc False (past analyze.budget.CLASS_AUROC_MAX_MIB): no counts kept, the lists as before."""
     g = torch.Generator().manual_seed(7)
