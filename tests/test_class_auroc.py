@@ -133,12 +133,11 @@ def test_a_perfect_separator_whose_two_constants_share_a_bin_has_auroc_1():
 
 def test_every_class_auroc_of_many_classes_is_read_from_one_sum_of_the_counts():
     """summary reads each class's listed features' AUROC in turn (ClassBins.auroc); the other classes'
-    counts are every class's, summed once, less the class's own: summed again for each class, 3,000 classes
-    at k 8 took ~2 minutes (O(C^2); 1,500: 25 s), now ~1 s; each class's AUROC and bound equal those of its
-    counts against the other classes' summed apart, and counts added after a read are read."""
-    import time
-
-    C, k, m = 3000, 8, 5
+    counts are every class's, summed once and kept until counts are added, less the class's own (summed again
+    for each class, 3,000 classes at k 8 took ~2 minutes: O(C^2)); each class's AUROC and bound equal those
+    of its counts against the other classes' summed apart, and counts added after a read are read. (The
+    time is not asserted here: the one sum is, by the kept tensor's identity.)"""
+    C, k, m = 300, 8, 5
     g = torch.Generator().manual_seed(8)
     bins = A.ClassBins(C, k, torch.device("cpu"))
     bins.counts.copy_(torch.randint(0, 4, (C * A.STORED * k,), generator=g, dtype=torch.int32))
@@ -151,11 +150,13 @@ def test_every_class_auroc_of_many_classes_is_read_from_one_sum_of_the_counts():
         auc, err = A.auroc_from_counts(torch.cat([zi, inn], 1), torch.cat([zo, out], 1))
         return auc.tolist(), err.tolist()
 
-    start = time.perf_counter()
-    got = [bins.auroc(c, list(range(m)), n) for c in range(C)]
-    assert time.perf_counter() - start < 20
+    got = [bins.auroc(c, list(range(m)), n) for c in range(1)]
+    total = bins._total  # [STORED, k] the one sum, read by every class after
+    got += [bins.auroc(c, list(range(m)), n) for c in range(1, C)]
+    assert total is not None and bins._total is total
     assert all(got[c] == apart(c, n) for c in (0, 17, C - 1))
     bins.add_rows(torch.full((3, k), 2.0), torch.tensor([0, 1, 1]))  # 3 more rows, |z| 2
+    assert bins._total is None  # summed again at the next read
     n2 = n + torch.tensor([1, 2] + [0] * (C - 2))
     assert bins.auroc(0, list(range(m)), n2) == apart(0, n2) != got[0]
 
