@@ -279,7 +279,7 @@ def test_every_benchmark_flag_is_in_the_readme():
     readme = (BENCH.parent / "README.md").read_text(encoding="utf-8")
     bullet = r"(?ms)^- `benchmarks/(\w+)\.py[^`]*`: (.*?)(?=^- |^$)"  # up to the next bullet or blank line
     bullets = dict(re.findall(bullet, readme))
-    helpers = ("paper_tables", "paper_report", "saelens_side")
+    helpers = ("paper_tables", "paper_report", "paper_sets", "saelens_side")
     scripts = sorted(p.stem for p in BENCH.glob("*.py") if p.stem not in helpers)
     assert sorted(bullets) == scripts
     def flags(name: str) -> set[str]:

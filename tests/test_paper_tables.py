@@ -25,6 +25,7 @@ P = importlib.util.module_from_spec(_spec)
 sys.modules["paper_tables"] = P  # dataclasses look their module up there
 _spec.loader.exec_module(P)
 R = sys.modules["paper_report"]  # its tables, imported by paper_tables from beside it
+S = sys.modules["paper_sets"]  # its sets, imported by paper_tables from beside it
 
 
 def test_memory_batches_cover_every_row_once_per_epoch():
@@ -80,7 +81,7 @@ def test_tiny_linear_table_vaease_recovers_ground_truth():
 
 def test_override_sets_size_width_and_lr_of_every_model():
     spec = P.SETS["mlp"]
-    new = P.override(spec, n_train=800_000, hidden=480, lr=0.002)
+    new = S.override(spec, n_train=800_000, hidden=480, lr=0.002)
     assert new.data["n_train"] == 800_000 and new.data["dims"] == spec.data["dims"]
     assert set(new.models) == set(spec.models)
     for name, (variant, lr, params) in new.models.items():
@@ -88,8 +89,8 @@ def test_override_sets_size_width_and_lr_of_every_model():
         assert (variant, lr, params["hidden"]) == (old_variant, 0.002, 480)
         assert {k: v for k, v in params.items() if k != "hidden"} == {
             k: v for k, v in old_params.items() if k != "hidden"}
-    assert P.override(spec) == spec  # zeros change nothing
-    vae = P.override(spec, extra={"head": "logvar", "logvar_min": -12})
+    assert S.override(spec) == spec  # zeros change nothing
+    vae = S.override(spec, extra={"head": "logvar", "logvar_min": -12})
     assert vae.models["vaease"][2] == spec.models["vaease"][2] | {"head": "logvar", "logvar_min": -12}
     assert P._key_value("logvar_min=-12") == ("logvar_min", -12)
     assert P._key_value("head=logvar") == ("head", "logvar")
@@ -98,7 +99,7 @@ def test_override_sets_size_width_and_lr_of_every_model():
 
 
 def test_official_puts_the_authors_bodies_in_every_model_of_a_synthetic_set():
-    mlp = P.official(P.SETS["mlp"], "mlp")
+    mlp = S.official(P.SETS["mlp"], "mlp")
     assert set(mlp.models) == set(P.SETS["mlp"].models) and mlp.data == P.SETS["mlp"].data
     for name, (variant, lr, params) in mlp.models.items():
         old_variant, old_lr, old = P.SETS["mlp"].models[name]
@@ -108,11 +109,11 @@ def test_official_puts_the_authors_bodies_in_every_model_of_a_synthetic_set():
         assert params == rest | arch | ({"head": "clip"} if variant.startswith("vae") else {})
         model = P.make(variant, 100, mlp.k, **params)  # the stream is 2k wide by default
         assert model.encoder[0].out_features == 2 * mlp.k
-    lin = P.official(P.SETS["linear"], "linear")
+    lin = S.official(P.SETS["linear"], "linear")
     assert lin.models["vae"][2] == P.SETS["linear"].models["vae"][2] | {"head": "clip"}
     assert lin.models["sae_l1"] == P.SETS["linear"].models["sae_l1"]  # Sparse_Encoder's body (+ our ReLU)
     with pytest.raises(SystemExit, match="synthetic sets"):
-        P.official(P.SETS["llm"], "llm")
+        S.official(P.SETS["llm"], "llm")
 
 
 def _tiny(max_steps: int, **kw) -> P.SetSpec:
