@@ -104,7 +104,7 @@ def checked_rank(name: str) -> int:
 
 def under_torchrun() -> bool:
     """Whether this process is one rank of several (``world_size() > 1``): the one test of it, for the
-    error lines (``errors.print_error``, ``cli.peer_error``) and the harvest (one process per mode, the
+    error lines (``errors.print_error``, ``failures.peer_error``) and the harvest (one process per mode, the
     store lock's wait) as for the handler here."""
     return world_size() > 1
 

@@ -87,7 +87,8 @@ def is_local(fs) -> bool:
 def make_dirs(fs, p: str) -> None:
     """Make the folder ``p`` on a local disk. Object stores have no folders, and their ``makedirs`` would
     make the bucket when it is missing (a misspelt name then holds a new store): there writes go to the
-    existing bucket, and a missing one fails as the backend says (one line: ``actdict.cli.remote_error``)."""
+    existing bucket, and a missing one fails as the backend says (one line:
+    ``actdict.failures.remote_error``)."""
     if is_local(fs):
         fs.makedirs(p, exist_ok=True)
 

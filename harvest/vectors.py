@@ -449,7 +449,7 @@ def cli(argv: list[str] | None = None) -> int:
             print("import: interrupted (an unfinished hook is not kept)", file=sys.stderr)
             return 130
         if not isinstance(e, ActdictError):
-            from actdict.cli import exhausted_error, remote_error
+            from actdict.failures import exhausted_error, remote_error
 
             if (e := remote_error(e) or exhausted_error(e)) is None:  # an object store's failure, a full
                 raise  # disk, too many open files: one line too
