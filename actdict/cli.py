@@ -174,7 +174,7 @@ def check_run(data: dict, cfgs: dict[str, Any]) -> None:
 def check_chunks(harvest, train, analyzing: bool) -> None:
     """The rows a vectors file or a token harvest's max_tokens gives fit in more than one chunk: train holds
     whole chunks out for testing, and the split of a one-chunk store fails after the whole harvest."""
-    from actdict.harvest.vectors import vector_rows
+    from actdict.harvest.vector_read import vector_rows
     from actdict.harvest.writer import chunk_rows_for
 
     n, what = None, ""  # embeddings: one row per document, counted as the documents are read

@@ -360,7 +360,7 @@ def input_problem(cfg: HarvestConfig) -> str | None:
     """Why the harvest could not read its input here, found without reading it (None: none found): a vectors
     file missing or of no known format, else a model it cannot have, then a source it cannot read."""
     from actdict.harvest.sources import unavailable
-    from actdict.harvest.vectors import unreadable
+    from actdict.harvest.vector_read import unreadable
 
     if cfg.mode == "vectors":
         return unreadable(cfg.vectors.path, cfg.vectors.key)

@@ -9,7 +9,8 @@ import pytest
 import torch
 from safetensors.numpy import save_file
 
-from actdict.harvest.vectors import VectorsError, cli, import_vectors, vector_blocks, vector_rows
+from actdict.harvest.vector_read import VectorsError, vector_blocks, vector_rows
+from actdict.harvest.vectors import cli, import_vectors
 from tests.vectors_helpers import SMALL, D, N, _check_store, _x
 
 

@@ -9,7 +9,8 @@ import pytest
 
 from actdict.cli import main as actdict_main
 from actdict.harvest.store import open_store
-from actdict.harvest.vectors import VectorsError, cli, import_vectors, vector_files, vector_rows
+from actdict.harvest.vector_read import VectorsError, vector_files, vector_rows
+from actdict.harvest.vectors import cli, import_vectors
 from tests.vectors_helpers import N, _vectors_config, _x
 
 

@@ -8,7 +8,8 @@ import pytest
 from actdict.cli import main as actdict_main
 from actdict.config import ConfigError
 from actdict.harvest.store import StoreError, open_store, write_vectors
-from actdict.harvest.vectors import VectorsError, cli, import_vectors
+from actdict.harvest.vector_read import VectorsError
+from actdict.harvest.vectors import cli, import_vectors
 from actdict.harvest.writer import chunk_rows_for, default_layout
 from tests.vectors_helpers import SMALL, D, N, _check_store, _vectors_config, _x
 

@@ -56,8 +56,8 @@ class NotImportable(ActdictError, ValueError):
 
 def _vectors_hint(folder: Path) -> str:
     """'; to import the vectors of its .npy files ...' for a folder of vectors files (not an SAE's weights),
-    which the vectors import reads as one run of rows (``harvest.vectors.vector_files``); '' otherwise."""
-    from actdict.harvest.vectors import FORMATS
+    which the vectors import reads as one run of rows (``harvest.vector_read.vector_files``); '' otherwise."""
+    from actdict.harvest.vector_read import FORMATS
 
     kinds = sorted({p.suffix.lower() for p in folder.glob("*")
                     if p.suffix.lower() in FORMATS and p.is_file() and not p.name.startswith(".")})
