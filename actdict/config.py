@@ -14,7 +14,6 @@ section; this module only knows how to turn plain YAML data into such dataclasse
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib.resources
 import json
 import os
@@ -411,11 +410,6 @@ def section(data: dict[str, Any], stage: str, cls: type[T]) -> T:
     return build(cls, data.get(stage), stage)
 
 
-def to_dict(cfg: Any) -> dict[str, Any]:
-    """Plain-data form of a config dataclass (for manifests and cfg.json)."""
-    return json.loads(json.dumps(dataclasses.asdict(cfg)))
-
-
 def device_said(device: object) -> str:
     """A device as a stage's start line says it: a CPU with torch's thread count (``cpu, 16 threads``), since
     torch takes every core of the machine by default, also under a scheduler that gave the job fewer (set
@@ -427,31 +421,3 @@ def device_said(device: object) -> str:
         return name
     n = torch.get_num_threads()
     return f"{name}, {n} thread{'s' if n != 1 else ''}"
-
-
-def config_hash(cfg: Any) -> str:
-    """Stable short hash of a config dataclass (sorted JSON, sha256, 16 hex chars)."""
-    return data_hash(to_dict(cfg))
-
-
-def data_hash(data: dict) -> str:
-    """``config_hash`` of a config as plain data (a manifest's ``harvest``, as ``to_dict`` wrote it)."""
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def config_changes(old, new, prefix: str = "") -> list[str]:
-    """Where two configs (as JSON dicts) differ: 'dotted.key: old -> new' per differing leaf, sorted."""
-    if not (isinstance(old, dict) and isinstance(new, dict)):
-        return [] if old == new else [f"{prefix.rstrip('.') or 'config'}: {_short(old)} -> {_short(new)}"]
-    out = []
-    for k in sorted(set(old) | set(new), key=str):
-        out += config_changes(old.get(k, _UNSET), new.get(k, _UNSET), f"{prefix}{k}.")
-    return out
-
-
-_UNSET = object()  # a key one of the two configs lacks
-
-
-def _short(v, width: int = 60) -> str:
-    r = "unset" if v is _UNSET else repr(v)
-    return r if len(r) <= width else r[:width - 3] + "..."

@@ -16,7 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from actdict.bars import bar_disabled, bar_timing
-from actdict.config import config_changes
+from actdict.config_data import config_changes
 from actdict.errors import ActdictError, one_line
 from actdict.train import checkpoint
 from actdict.train.identity import store_key

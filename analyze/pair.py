@@ -69,7 +69,7 @@ def grown_store(a: dict, b: dict) -> tuple[ActivationStore, int] | None:
     that nothing but max_tokens changed). A harvest's rows are one stream that max_tokens only cuts
     (harvest/plan.py), so the fewer rows are the store's first ones; a store harvested again with another
     config, of vectors, or one that does not open gives None."""
-    from actdict.config import data_hash
+    from actdict.config_data import data_hash
 
     try:
         st = open_store(a["path"], a["hook"])

@@ -226,7 +226,7 @@ def main(common, cfg, writing=lambda hooks=None: None) -> None:
     ``writing``: called before the store is changed (``resume.store_lock``)."""
     from tqdm import tqdm
 
-    from actdict.config import config_hash, to_dict
+    from actdict.config_data import config_hash, to_dict
     from actdict.harvest.models import available
     from actdict.harvest.reuse import complete_for
     from actdict.harvest.run import HarvestError, describe_source, one_process

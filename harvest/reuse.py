@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from actdict.config import config_changes, config_hash, to_dict
+from actdict.config_data import config_changes, config_hash, to_dict
 from actdict.dryrun import StagePlan
 from actdict.harvest.config import RUN_KEYS, HarvestConfig, hook_pattern, rows_view
 from actdict.harvest.layout import FORMAT_VERSION, SHARDS, shard_problem, whole_shards

@@ -19,7 +19,8 @@ from collections.abc import Callable
 import numpy as np
 
 from actdict.bars import bar_disabled, bar_timing
-from actdict.config import Common, ConfigError, config_hash, device_said, to_dict
+from actdict.config import Common, ConfigError, device_said
+from actdict.config_data import config_hash, to_dict
 from actdict.errors import one_line
 from actdict.harvest.added import check_added, check_count, check_rows
 from actdict.harvest.bridge import post_ln_note

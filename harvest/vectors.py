@@ -145,7 +145,7 @@ def source_change(store: str, vcfg: VectorsConfig) -> str | None:
 def main(common, cfg, writing=lambda hooks=None: None) -> None:
     """``harvest.mode: vectors``: import ``cfg.vectors.path`` into ``common.store_path``; ``writing``: called
     before the import (``resume.store_lock``)."""
-    from actdict.config import config_hash, to_dict
+    from actdict.config_data import config_hash, to_dict
     from actdict.harvest.reuse import complete_for
     from actdict.harvest.run import one_process
 

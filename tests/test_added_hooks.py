@@ -173,7 +173,7 @@ def test_a_growth_killed_between_two_hooks_reopens_grows_on_the_same_command(tmp
     unfinished hook of the larger config beside a complete one of the smaller, and the same command (and
     every other) refused it as 'a harvest with another config (max_tokens: 40 -> 80)'. It now reopens the
     rest and grows into one harvest of both with the larger max_tokens, byte for byte."""
-    from actdict.config import config_hash
+    from actdict.config_data import config_hash
     from actdict.harvest.resume import reopen
     from actdict.harvest.reuse import as_json
 
@@ -320,7 +320,7 @@ def test_the_config_whose_hook_a_layer_was_added_beside_is_told_of_its_own_hook(
     harvest and dry run said the store 'was harvested with hooks [L1, L3]' (B's, the whole store's), where
     A wrote L1 itself; they say nothing of it now, and a config of L3 alone names the config that wrote L3
     only."""
-    from actdict.config import config_hash
+    from actdict.config_data import config_hash
     from actdict.harvest.reuse import plan
 
     common, one = harvest(tmp_path / "a", hooks=[L1], max_tokens=40)
@@ -346,7 +346,7 @@ def test_the_first_config_skips_beside_an_unfinished_added_layer_without_the_mod
     """L1 (config A) complete and L3 (config B, added beside it) unfinished, as a kill leaves it: A's dry run
     says 'skipped', and A's harvest skips as it says, before it asks for the model (an unavailable model
     would stop it, a loaded one cost tens of seconds, for nothing). A guard: it passes before and after."""
-    from actdict.config import config_hash
+    from actdict.config_data import config_hash
     from actdict.harvest import run
     from actdict.harvest.reuse import plan
 

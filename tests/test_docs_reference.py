@@ -685,7 +685,8 @@ def test_a_shown_store_hash_is_its_configs():
     """A dry run the docs show names the demo store's config hash as the harvest prints it: that of
     configs/demo.yaml's harvest section (the same store as demo_sweep.yaml's), which a new harvest field
     changes (docs/training.md showed an old one)."""
-    from actdict.config import config_hash, load_experiment, section
+    from actdict.config import load_experiment, section
+    from actdict.config_data import config_hash
 
     said = r"store runs/demo/store is already complete for this config \(config hash (\w+)\)"
     shown = [(where, h) for where, text in DOCS.items() for h in re.findall(said, text)]

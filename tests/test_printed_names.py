@@ -9,7 +9,7 @@ from pathlib import Path
 
 from test_harvest import harvest
 
-from actdict.config import config_hash
+from actdict.config_data import config_hash
 from actdict.harvest.store import StoreWriter
 from actdict.harvest.synthetic import main as synthetic_main
 from tests.store_helpers import CHUNK, MANIFEST, SHARD, D, _data, _write

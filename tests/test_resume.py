@@ -429,7 +429,8 @@ def test_set_back_names_the_overrides_that_resume_or_grow_a_store_and_nothing_el
 def test_a_store_lacking_one_of_the_hooks_is_not_complete(tmp_path):
     """complete_for: every hook the config names must be in the store, complete; a hook folder removed from
     a complete store of this config makes it incomplete (harvested again), not "already complete"."""
-    from actdict.config import build, config_hash
+    from actdict.config import build
+    from actdict.config_data import config_hash
     from actdict.harvest.config import HarvestConfig
     from actdict.harvest.reuse import as_json, complete_for
     from actdict.harvest.store import write_vectors

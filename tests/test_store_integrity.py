@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from actdict.config import config_changes
+from actdict.config_data import config_changes
 from actdict.harvest.layout import shard_problem
 from actdict.harvest.store import StoreError, open_store, write_vectors
 from tests.store_helpers import D, N, _data, _write

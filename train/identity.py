@@ -11,7 +11,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from actdict.config import Common, config_changes, to_dict
+from actdict.config import Common
+from actdict.config_data import config_changes, to_dict
 from actdict.files import disk_path
 from actdict.train import checkpoint
 from actdict.train.config import DictConfig, TrainConfig

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from actdict.config import config_changes
+from actdict.config_data import config_changes
 from actdict.errors import ActdictError
 from actdict.train import checkpoint
 from actdict.train.checkpoint import write_safetensors

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-from actdict.config import Common, ConfigError, device_said, to_dict
+from actdict.config import Common, ConfigError, device_said
+from actdict.config_data import to_dict
 from actdict.errors import one_line
 from actdict.files import check_not_linked, remove_temps
 from actdict.harvest.store import list_hooks, open_store, read_lock
