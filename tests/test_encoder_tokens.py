@@ -217,14 +217,16 @@ HEAD = ["ln_final.hook_normalized", "ln_final.hook_out", "mlm_head.hook_out", "u
 
 
 @kept_rng()
-def make_classifier(path: Path) -> Path:
-    """A tiny random-init BERT fine-tuned for classification (BertForSequenceClassification), as many
-    hub checkpoints are: its weights hold the encoder and a classifier, no masked-LM head."""
+def make_bert_as(path: Path, cls: str) -> Path:
+    """A tiny random-init BERT saved as transformers' class ``cls`` with its tokenizer:
+    BertForSequenceClassification (a fine-tuned hub checkpoint: the encoder and a classifier, no masked-LM
+    head) or BertForPreTraining (bert-base-uncased's class: the masked-LM head, cls.predictions, beside the
+    next-sentence one)."""
     import transformers as tf
 
     tok = family_tokenizer("bert", path)
     torch.manual_seed(0)
-    tf.BertForSequenceClassification(family_model("bert", tok).config).save_pretrained(path)
+    getattr(tf, cls)(family_model("bert", tok).config).save_pretrained(path)
     tok.save_pretrained(path)
     return path
 
@@ -237,8 +239,9 @@ def test_the_masked_lm_head_of_a_bare_encoder_is_refused(tmp_path, source, famil
     torch seed), and a harvest stored them. Named, or all a pattern matches, they are refused before
     anything is written; a pattern leaves them out and keeps the head's input (mlm_head.hook_in), the last
     block's output."""
-    folder = {"minilm": lambda: "all-MiniLM-L6-v2", "classifier": lambda: str(make_classifier(tmp_path / "c"))
-              }.get(family, lambda: str(make_encoder(family, tmp_path / "st")))()
+    made = {"minilm": lambda: "all-MiniLM-L6-v2",
+            "classifier": lambda: make_bert_as(tmp_path / "c", "BertForSequenceClassification")}
+    folder = str(made.get(family, lambda: make_encoder(family, tmp_path / "st"))())
     last = []
     for seed in (0, 1):
         torch.manual_seed(seed)
@@ -278,17 +281,6 @@ def test_the_post_ln_note_names_only_the_hooks_whose_names_mislead():
     assert post_ln_note("bert", [h for h in hooks if "attn_out" not in h and "resid_mid" not in h]) is None
 
 
-@kept_rng()
-def make_pretraining(path: Path) -> Path:
-    """A tiny random-init BERT saved as BertForPreTraining (bert-base-uncased's checkpoints' class): its
-    weights hold the masked-LM head (cls.predictions) beside the next-sentence one."""
-    import transformers as tf
-
-    tok = family_tokenizer("bert", path)
-    torch.manual_seed(0)
-    tf.BertForPreTraining(family_model("bert", tok).config).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
 
 
 @pytest.mark.parametrize("family", ["bert", "pretraining", "roberta", "xlmr"])
@@ -297,7 +289,7 @@ def test_the_masked_lm_head_of_a_trained_masked_lm_is_harvested(tmp_path, source
     BertForPreTraining booted as BertForMaskedLM, RobertaForMaskedLM, XLMRobertaForMaskedLM booted with
     RoBERTa's adapter) has no untrained hooks, its head's rows are the same from one load to the next
     whatever the torch seed (its weights, not a draw), and a harvest of ln_final.* stores them."""
-    folder = str(make_pretraining(tmp_path / "m") if family == "pretraining"
+    folder = str(make_bert_as(tmp_path / "m", "BertForPreTraining") if family == "pretraining"
                  else make_masked_lm(family, tmp_path / "m"))
     last = []
     for seed in (0, 1):

@@ -624,16 +624,7 @@ def test_the_lists_controls_stay_in_view_for_a_feature_far_down(chromium, tmp_pa
     the side panel to its row, and the number box, the sort, the search and the density filter above the
     list with it, out of view: they stay at the panel's top now, and the feature's row is shown below them,
     not under them."""
-    from actdict.analyze.report_features import write_feature_page
-
-    feats = [{"i": i, "fires": 400 - i, "density": (400 - i) / 1000, "max": 2.0, "min": 0.0, "quantiles": [],
-              "hist": {"pos": [[32, 400 - i]], "neg": []}, "top": [[2.0, i, 0, 1, [1, 2], 1]], "bottom": []}
-             for i in range(400)]
-    data = {"version": 1, "name": "v", "k": 400, "n_rows": 1000, "window": 1,
-            "hist_edges": list(range(-4, 5)), "tokens": {"1": "a", "2": "b"}, "wordpiece": False,
-            "features": feats}
-    page = write_feature_page(data, "v", {"variant": "vaease"}, {"hook": "h"}, tmp_path / "r" / "v.html")
-    page.write_text(page.read_text().replace("</body>", _STICKY_PROBE + "</body>"))
+    page = _page_of_400(tmp_path, _STICKY_PROBE)
     for at in (390, 150):  # after the gap; among the first 200
         dom = _dump(*chromium, page.as_uri() + f"#f={at}", "--window-size=1000,600")
         assert f"<h2>Feature {at}</h2>" in dom
@@ -655,6 +646,14 @@ def test_the_lists_column_names_stay_under_the_controls_for_a_feature_far_down(c
     """The controls stayed at the side panel's top, but the list's header row (feature, density, max, top
     tokens) scrolled away with the rows, leaving columns of numbers without names: it sticks right under the
     controls now, and the row of the feature shown is below it, not under it."""
+    page = _page_of_400(tmp_path, _HEAD_PROBE)
+    dom = _dump(*chromium, page.as_uri() + "#f=390", "--window-size=1000,600")
+    assert "<h2>Feature 390</h2>" in dom
+    assert 'data-head="true,true,true,true"' in dom, dom.split('data-head="')[1].split('"')[0]
+
+
+def _page_of_400(tmp_path, probe: str):
+    """A feature page of 400 features (#i fires 400 - i times) with ``probe``'s script before </body>."""
     from actdict.analyze.report_features import write_feature_page
 
     feats = [{"i": i, "fires": 400 - i, "density": (400 - i) / 1000, "max": 2.0, "min": 0.0, "quantiles": [],
@@ -664,7 +663,5 @@ def test_the_lists_column_names_stay_under_the_controls_for_a_feature_far_down(c
             "hist_edges": list(range(-4, 5)), "tokens": {"1": "a", "2": "b"}, "wordpiece": False,
             "features": feats}
     page = write_feature_page(data, "v", {"variant": "vaease"}, {"hook": "h"}, tmp_path / "r" / "v.html")
-    page.write_text(page.read_text().replace("</body>", _HEAD_PROBE + "</body>"))
-    dom = _dump(*chromium, page.as_uri() + "#f=390", "--window-size=1000,600")
-    assert "<h2>Feature 390</h2>" in dom
-    assert 'data-head="true,true,true,true"' in dom, dom.split('data-head="')[1].split('"')[0]
+    page.write_text(page.read_text().replace("</body>", probe + "</body>"))
+    return page
