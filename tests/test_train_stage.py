@@ -136,7 +136,7 @@ def test_train_stage_writes_split_checkpoints_and_skips(store, tmp_path, capsys)
                        epochs=1, batch_size=100, test_fraction=0.2, device="cpu", normalize="mean_scale")
     main(common, cfg2)
     out = capsys.readouterr().out
-    assert out.count("skipped") == 1 and "['s']" in out
+    assert out.count("skipped") == 1 and "\ntrain: s on " in out  # the one it trains
     assert "s: its finished checkpoint will be replaced (it was trained with another config: dict.lr: 0.01 " \
            "-> 0.02)" in out
     respelled = Common(run_dir=common.run_dir, seed=3, store=os.path.relpath(store.path))
@@ -328,7 +328,7 @@ def test_a_sweeps_training_names_its_dictionaries_in_one_short_line(store, tmp_p
 
     sweep = [DictConfig(f"l1_lam1-{v}", "sae_l1", k=4, lr=0.01, params={"lam1": v}) for v in (0.1, 0.2, 1, 9)]
     for dicts, said in ((sweep, "4 dictionaries l1_lam1-0.1 ... l1_lam1-9 on 808 rows"),
-                        (sweep[:2], "['l1_lam1-0.1', 'l1_lam1-0.2'] on 808 rows")):
+                        (sweep[:2], "l1_lam1-0.1, l1_lam1-0.2 on 808 rows")):
         main(Common(run_dir=str(tmp_path / str(len(dicts))), seed=0, store=store.path),
              TrainConfig(dicts=dicts, epochs=1, batch_size=100, test_fraction=0.2, device="cpu"))
         assert f"train: {said} (" in capsys.readouterr().out
