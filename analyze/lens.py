@@ -36,6 +36,7 @@ from actdict.analyze.toptokens import alone, token_label
 from actdict.config import Common, common_of, load_experiment, section
 from actdict.errors import ActdictError, print_error, printable
 from actdict.files import write_atomic
+from actdict.precision import forward_dtype
 
 
 class LensError(ActdictError, ValueError):
@@ -82,7 +83,8 @@ def unit_rows(cfg, text: str) -> tuple[str, list[str], Tensor]:
     units = [u for _, _, u in text_units([text], cfg.embed.unit)]
     if not units or not text.strip():
         raise LensError(f"the text {text[:40]!r} has no {cfg.embed.unit} to embed")
-    enc = load_encoder(cfg.model, device=resolve_device(cfg.device), dtype=cfg.dtype,
+    device = resolve_device(cfg.device)
+    enc = load_encoder(cfg.model, device=device, dtype=forward_dtype(cfg.dtype, device),
                        max_seq_length=cfg.embed.max_seq_length)
     prompt = applied_prompt(enc.model, cfg.embed)[0]
     return enc.name, units, torch.from_numpy(embed_texts(enc, units, prompt, cfg.embed, cfg.batch_size))
@@ -264,7 +266,8 @@ def lens(common: Common, cfg, text: str, names: list[str], top: int = 5, hook: s
         same_model(model_name)
         ids, unit = np.full(len(strings), -1), cfg.embed.unit
     else:
-        lm = load_model(cfg.model, device=resolve_device(cfg.device), dtype=cfg.dtype)  # as the harvest ran
+        device = resolve_device(cfg.device)  # the dtype as the harvest ran ('auto': as it picks here)
+        lm = load_model(cfg.model, device=device, dtype=forward_dtype(cfg.dtype, device))
         model_name, unit = lm.name, "token"
         same_model(model_name)
         ids, x = text_rows(lm, cfg, store.hook, text)  # [n], [n, d]

@@ -51,6 +51,7 @@ from actdict.harvest.config import HarvestConfig  # noqa: E402
 from actdict.harvest.layout import write_shard  # noqa: E402
 from actdict.harvest.models import load_model  # noqa: E402
 from actdict.harvest.random_init import make_random_pythia  # noqa: E402
+from actdict.precision import dtype_said, forward_dtype  # noqa: E402
 
 MODELS = {  # name -> (hook, ctx)
     "minilm": ("blocks.3.hook_resid_post", 128),
@@ -205,7 +206,9 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=["minilm", "pythia"], choices=sorted(MODELS))
     ap.add_argument("--tokens", type=int, default=262144, help="stored rows per harvest (4 shards)")
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
+    ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                    help="the forward's dtype (auto: bfloat16 where the device has it natively, else "
+                         "float32)")
     ap.add_argument("--shard-rows", type=int, default=65536,
                     help="rows per shard: a multiple of the chunk's 4,096 rows, or fewer (one chunk)")
     ap.add_argument("--repeats", type=int, default=3)
@@ -217,7 +220,9 @@ def main() -> None:
     if args.tmp is not None and not Path(args.tmp).is_dir():
         ap.error(f"--tmp {args.tmp}: no such folder")
     torch.manual_seed(0)
-    print(f"torch threads {torch.get_num_threads()}, {args.device}, dtype {args.dtype}, "
+    asked, args.dtype = args.dtype, forward_dtype(args.dtype, args.device)
+    print(f"torch threads {torch.get_num_threads()}, {args.device}, dtype "
+          f"{dtype_said(asked, args.dtype, args.device)}, "
           f"batch {args.batch_size}, "
           f"{args.tokens:,} rows per timing, best of {args.repeats}; "
           f"stores under {args.tmp or tempfile.gettempdir()}")

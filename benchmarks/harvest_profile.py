@@ -33,6 +33,7 @@ from actdict.harvest import run as hr  # noqa: E402
 from actdict.harvest.config import HarvestConfig  # noqa: E402
 from actdict.harvest.models import load_model  # noqa: E402
 from actdict.harvest.random_init import make_random_pythia  # noqa: E402
+from actdict.precision import forward_dtype  # noqa: E402
 
 BUSY: dict[str, float] = {}  # what -> seconds
 HOOK = "blocks.2.hook_resid_post"
@@ -76,7 +77,7 @@ def profile_harvest(lm, model: str, args, bs: int, tmp: Path) -> None:
     forward at the same batch."""
     cfg = build(HarvestConfig, {
         "model": model, "hooks": [HOOK], "source": {"kind": "debian", "shuffle_buffer": 4096}, "ctx": 256,
-        "batch_size": bs, "max_tokens": args.tokens, "dtype": "bfloat16", "store_dtype": "float16",
+        "batch_size": bs, "max_tokens": args.tokens, "dtype": args.dtype, "store_dtype": "float16",
         "shard_rows": 65536, "chunk_rows": 4096, "device": args.device})
     prof = cProfile.Profile()
     for rep in range(3):
@@ -110,12 +111,17 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--tokens", type=int, default=262144)
     ap.add_argument("--batch-size", type=int, nargs="+", default=[32])
+    ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                    help="the forward's dtype (auto: bfloat16 where the device has it natively, else "
+                         "float32)")
     args = ap.parse_args()
+    args.dtype = forward_dtype(args.dtype, args.device)
+    print(f"forward dtype {args.dtype}")
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         disk(tmp)
         model = str(make_random_pythia(tmp / "pythia"))
-        lm = load_model(model, device=args.device, dtype="bfloat16")
+        lm = load_model(model, device=args.device, dtype=args.dtype)
         hr.load_model = lambda *a, **k: lm  # the harvest reuses the loaded model
         hrows.forward = timed("main: forward", hrows.forward)
         hrows.store_rows = timed("main: store_rows", hrows.store_rows)

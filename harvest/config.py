@@ -45,9 +45,12 @@ class HarvestConfig:
     max_tokens: int | None = 100_000
     """Stop after this many stored rows (per hook); null: the whole source. Raising it on a complete store
     grows the store (the rows so far are kept: docs/harvest.md, "Growing a store")."""
-    dtype: Literal["float32", "bfloat16"] = "float32"
-    """Dtype of the forward pass (bfloat16: faster on CPUs with bf16 instructions, 1.3-3x on the machines
-    here by CPU model, and less exact)."""
+    dtype: Literal["float32", "bfloat16", "auto"] = "float32"
+    """Dtype of the forward pass. bfloat16 is less exact, and faster only where the device has it natively
+    (1.3-3x on the CPUs with AVX512-BF16 / AMX here; emulated, 5.9x *slower* on an AVX2-only CPU); ``auto``:
+    bfloat16 where the device has it natively (a CUDA GPU of capability >= 8.0, an x86 CPU with AVX512-BF16
+    or AMX: ``actdict.precision``), else float32. The manifest's ``numerics`` records the dtype it ran in;
+    an unfinished store resumes only where ``auto`` picks the same."""
     store_dtype: Literal["float16", "bfloat16", "float32"] = "float16"
     """Dtype of the stored activations (2, 2, 4 bytes a value; bfloat16 keeps float32's range with 8
     mantissa bits, float16 has 11 bits but overflows beyond 65504); readers get float32 (but ``raw=True``

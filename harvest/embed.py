@@ -27,6 +27,7 @@ from actdict.bars import bar_disabled, bar_timing
 from actdict.config import ConfigError
 from actdict.errors import one_line
 from actdict.names import check_hook_name
+from actdict.precision import dtype_said, forward_dtype, slow_bf16_note
 from actdict.rng import kept_rng
 
 if TYPE_CHECKING:
@@ -245,8 +246,13 @@ def main(common, cfg, writing=lambda hooks=None: None) -> None:
     from actdict.harvest.models import resolve_device
 
     device = resolve_device(cfg.device)  # 'auto' said as the device it is (load_encoder's resolve: the same)
-    print(one_line(f"harvest: loading the model {cfg.model} (device {device}, {cfg.dtype})"))
-    enc = load_encoder(cfg.model, device=device, dtype=cfg.dtype, max_seq_length=ecfg.max_seq_length,
+    dtype = forward_dtype(cfg.dtype, device)  # 'auto' too
+    if cfg.dtype == "bfloat16" and (note := slow_bf16_note(device, "harvest.dtype bfloat16",
+                                                            "harvest.dtype=float32 or auto")):
+        print(one_line(f"harvest: warning: {note}"))
+    dtype_text = dtype_said(cfg.dtype, dtype, device)
+    print(one_line(f"harvest: loading the model {cfg.model} (device {device}, {dtype_text})"))
+    enc = load_encoder(cfg.model, device=device, dtype=dtype, max_seq_length=ecfg.max_seq_length,
                        found=found)  # the hub probed once
     import torch
 
@@ -254,14 +260,14 @@ def main(common, cfg, writing=lambda hooks=None: None) -> None:
     prompt, prompt_name = applied_prompt(enc.model, ecfg)  # a prompt_name the model lacks: before any row
     about = enc.describe() | {"prompt": prompt, "prompt_name": prompt_name, "extra_normalize": ecfg.normalize}
     print(one_line(f"harvest: {enc.name} sentence embeddings (d {enc.d}, pooling {about['pooling']}, "
-                   f"normalised {about['model_normalizes'] or ecfg.normalize}, {enc.device}, {cfg.dtype}"
+                   f"normalised {about['model_normalizes'] or ecfg.normalize}, {enc.device}, {dtype_text}"
                    f"{f', prompt {prompt!r}' if prompt else ''}); "
                    f"one row per {ecfg.unit}; source: {describe_source(cfg.source)} -> {path}/{ecfg.hook}"))
     manifest = {"model": enc.name, "revision": enc.revision, "tokenizer": enc.name, "hook": ecfg.hook,
                 "config_hash": chash, "kind": "embeddings", "embedding": about,
                 "rows": (f"one per {ecfg.unit}: token_ids=-1, doc=document index, "
                          + ("pos=0" if ecfg.unit == "document" else "pos=paragraph index")),
-                "numerics": f"encode {cfg.dtype} on {enc.device}, stored {cfg.store_dtype}",
+                "numerics": f"encode {dtype} on {enc.device}, stored {cfg.store_dtype}",
                 "corpus": describe_source(cfg.source), "source_fingerprint": source_fingerprint(cfg.source),
                 "harvest": to_dict(cfg)}
     n = cut = 0

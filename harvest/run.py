@@ -71,6 +71,7 @@ from actdict.harvest.sources import (
 from actdict.harvest.store import open_store
 from actdict.harvest.windows import model_windows
 from actdict.harvest.writer import CHUNK_ROWS, new_manifest
+from actdict.precision import dtype_said, forward_dtype, slow_bf16_note
 from actdict.rng import kept_rng
 from actdict.signals import under_torchrun
 
@@ -180,8 +181,13 @@ def harvest(common: Common, cfg: HarvestConfig, ranks: Ranks, grow: bool = False
 
     path, chash, say = common.store_path, config_hash(cfg), _say if ranks.rank == 0 else _quiet
     where = resolve_device(rank_device(cfg.device, ranks))  # 'auto' said as the device it is
-    say(f"harvest: loading the model {cfg.model} (device {where}, {cfg.dtype})")  # a log that
-    lm = load_model(cfg.model, device=where, dtype=cfg.dtype, found=found)  # ends here died loading it
+    dtype = forward_dtype(cfg.dtype, where)  # 'auto' too
+    if cfg.dtype == "bfloat16" and (note := slow_bf16_note(where, "harvest.dtype bfloat16",
+                                                            "harvest.dtype=float32 or auto")):
+        say(f"harvest: warning: {note}")
+    dtype_text = dtype_said(cfg.dtype, dtype, where)
+    say(f"harvest: loading the model {cfg.model} (device {where}, {dtype_text})")  # a log that
+    lm = load_model(cfg.model, device=where, dtype=dtype, found=found)  # ends here died loading it
     import torch
 
     random.seed(common.seed)
@@ -241,7 +247,7 @@ def harvest(common: Common, cfg: HarvestConfig, ranks: Ranks, grow: bool = False
         dims = {h: int(m["d"]) for h, m in manifests.items()}
     device = lm.device.split(":")[0]
     base = {"model": lm.name, "tokenizer": lm.name, "config_hash": chash,
-            "numerics": f"forward {cfg.dtype} on {device}, stored {cfg.store_dtype}",
+            "numerics": f"forward {dtype} on {device}, stored {cfg.store_dtype}",
             "corpus": describe_source(cfg.source), "kind": lm.kind, "harvest": to_dict(cfg)} | same
     want = {h: new_manifest(base | {"hook": h}, dims[h], cfg.store_dtype, cfg.shard_rows, cfg.chunk_rows)
             for h in hooks}
@@ -252,7 +258,7 @@ def harvest(common: Common, cfg: HarvestConfig, ranks: Ranks, grow: bool = False
     for h in hooks:
         check_manifest(read_manifest(path, h), want[h], f"store {path} hook {h!r}")
     per_row = sum(d * ACT_DTYPES[cfg.store_dtype].itemsize + META_BYTES for d in dims.values())
-    say(f"harvest: {lm.name} ({lm.kind}, {device_said(lm.device)}, {cfg.dtype}) hooks {hooks_said(dims)} "
+    say(f"harvest: {lm.name} ({lm.kind}, {device_said(lm.device)}, {dtype_text}) hooks {hooks_said(dims)} "
         f"stop_at_layer {stop}; "
         f"{planned(cfg.max_tokens, cfg.source.max_docs, per_row)} ({per_row} bytes/row, shard buffer "
         f"{human_size(cfg.shard_rows * per_row)}); "

@@ -249,6 +249,11 @@ def _harvest_rows(out: str, title: str) -> list[list[str]]:
 def test_harvest_ratios_are_the_table_rates(tmp_path):
     out = run("harvest.py", "--models", "pythia", "--tokens", "2048", "--shard-rows", "512",
               "--batch-size", "4", "--repeats", "1", "--tmp", str(tmp_path))
+    from actdict.precision import forward_dtype  # the default --dtype auto, said as what it picked here
+
+    picked = forward_dtype("auto", "cpu")
+    has = "has" if picked == "bfloat16" else "lacks"
+    assert f", cpu, dtype {picked} (auto: this CPU {has} native bf16)" in out
     for title in ("tokens/s, wall clock", "tokens per CPU-second"):
         (row,) = _harvest_rows(out, title)
         assert row[:3] == ["pythia", "512", "256"] and len(row) == 3 + 6 + 3

@@ -30,6 +30,7 @@ from actdict.errors import one_line
 from actdict.files import check_not_linked, remove_temps
 from actdict.harvest.store import list_hooks, open_store, read_lock
 from actdict.lock import check_writable, folder_lock
+from actdict.precision import slow_bf16_note
 from actdict.rng import kept_rng
 from actdict.train import checkpoint
 from actdict.train import dist as dist_
@@ -292,6 +293,9 @@ def _main(common: Common, cfg: TrainConfig, d: dist_.Dist, device: torch.device,
     dist_.barrier(d)
     if not todo:
         return
+    if cfg.autocast and (note := slow_bf16_note(str(device), "train.autocast (bf16 matmuls)",
+                                                 "train.autocast=false")):
+        say(f"train: warning: {note}")
     for dc in todo if cfg.autocast else []:
         if note := registry()[dc.variant].autocast_note:
             say(f"train: warning: {dc.name} ({dc.variant}) under train.autocast: {note}; docs/training.md "
