@@ -198,17 +198,22 @@ _NO_MODEL = ("the store holds vectors brought from elsewhere, and there is no mo
 def lens_store(common: Common, records: dict[str, dict]) -> tuple[str, str | None]:
     """The store the lens reads, and a note when it is not the config's: ``store`` when set, else
     ``<run_dir>/store`` when it is there, else the one store the dictionaries' cfg.json (``records``) record
-    that they learned (``--set run_dir=runs/other``, a run folder whose training read a store elsewhere);
-    LensError when none of them is there. Without records (no dictionaries) the config's, as before: the
-    dictionaries' error is said first."""
+    that they learned (``--set run_dir=runs/other``, a run folder whose training read a store elsewhere;
+    where a relative one or a URL lies: ``storepath.learned_store``); LensError when none of them is there.
+    Without records (no dictionaries) the config's, as before: the dictionaries' error is said first."""
     path = common.store_path
     if common.store or not records or Path(path).exists():
         return path, None
+    from actdict.analyze.storepath import learned_store
+
     learned = sorted({p for r in records.values() if (p := (r.get("store") or {}).get("path"))})
-    if len(learned) == 1 and ("://" in learned[0] or Path(learned[0]).exists()):
-        return learned[0], (f"{path} holds no store: reading {learned[0]}, the store the dictionaries of "
-                            f"{common.run_dir} learned (their cfg.json); --set store=PATH reads another")
-    said = (f"they learned {learned[0]}, which is not there either" if len(learned) == 1 else
+    found, why = learned_store(learned[0], Path(common.run_dir), records) if len(learned) == 1 else (None, "")
+    if found:
+        at = "" if found == learned[0] else (f": their cfg.json records {learned[0]}, relative to the folder "
+                                             "their training ran in, a folder above the run folder")
+        return found, (f"{path} holds no store: reading {found}, the store the dictionaries of "
+                       f"{common.run_dir} learned (their cfg.json){at}; --set store=PATH reads another")
+    said = (f"they learned {learned[0]}, {why}" if len(learned) == 1 else
             "their cfg.json names no store" if not learned else f"they learned {len(learned)} stores")
     raise LensError(f"no store at {path} for the dictionaries of {common.run_dir} ({said}): give the store "
                     "they learned with --set store=PATH")

@@ -1,0 +1,61 @@
+"""Where the store that dictionaries learned lies, from the path their cfg.json records (``store.path``).
+
+Training records the store's path as its config spelled it (``train.identity.describe_store``): a URL, an
+absolute path, or a path relative to the folder the training ran in (a config's relative paths are
+relative to the folder the command runs in: README), which no record names. Analysis reads such a path
+from the current folder (``actdict compare`` says to run it from the folder the dictionaries were trained
+in); the lens of another run folder (``--set run_dir=OTHER``) reads it from there too, else from the
+nearest folder above the run folder where the store they learned is (its rows' identity as the record
+says: a run_dir such as ``runs/x`` lies below the folder its training ran in). A URL is checked to exist
+(fsspec) rather than failing later with the store's own error.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def url_exists(url: str) -> tuple[bool, str | None]:
+    """(whether something is at the fsspec ``url``, why it could not be told: None when it could)."""
+    from actdict.harvest.layout import fs_of
+    from actdict.harvest.store import StoreError
+
+    try:
+        fs, root = fs_of(url)
+        return bool(fs.exists(root)), None
+    except (StoreError, OSError, ValueError, ImportError) as e:  # no backend, no access
+        return False, f"{type(e).__name__}: {e}"
+
+
+def _same_store(path: str, records: dict[str, dict]) -> bool:
+    """The store at ``path`` opens on the hook the ``records`` learned and holds the rows they learned
+    (``inputs.other_store``: config_hash or content, rows, d)."""
+    from actdict.analyze.inputs import other_store
+    from actdict.harvest.store import StoreError, open_store
+    from actdict.train.identity import describe_store
+
+    hooks = {(r.get("store") or {}).get("hook") for r in records.values()}
+    try:
+        store = open_store(path, hooks.pop() if len(hooks) == 1 else None)
+    except StoreError:
+        return False
+    return not other_store(records, describe_store(store, path))
+
+
+def learned_store(path: str, run_dir: Path, records: dict[str, dict]) -> tuple[str | None, str]:
+    """(where the store recorded as ``path`` lies, or None; what was tried, in words, for a message): a URL
+    where fsspec finds it, an absolute path where it is, a relative one from the current folder where it
+    is, else from the nearest folder above ``run_dir`` that holds the store ``records`` learned (its
+    absolute path)."""
+    if "://" in path:
+        there, why = url_exists(path)
+        return (path if there else None), ("which is not there either" if why is None else
+                                           f"which could not be checked ({why})")
+    if os.path.isabs(path) or Path(path).exists():
+        return (path if Path(path).exists() else None), "which is not there either"
+    for folder in Path(run_dir).resolve().parents:  # nearest first
+        if (Path(folder) / path).exists() and _same_store(str(folder / path), records):
+            return str(folder / path), ""
+    return None, (f"which is not there either: a path relative to the folder their training ran in, found "
+                  f"neither in the current folder nor in a folder above {run_dir}")

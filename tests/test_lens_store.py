@@ -1,0 +1,71 @@
+"""``analyze.lens.lens_store``: a run folder without a store reads the one its dictionaries' cfg.json records,
+where it lies: a relative path from the folder the training ran in, a URL only when it is there."""
+
+import fsspec
+import numpy as np
+import pytest
+
+from actdict.analyze.lens import LensError, lens_store
+from actdict.config import Common
+from actdict.harvest.store import open_store, write_vectors
+from actdict.train.identity import describe_store
+
+
+def _store(path, seed: int) -> dict:
+    """A small store of vectors at ``path``; what a checkpoint records of it, with its path relative."""
+    x = np.random.default_rng(seed).standard_normal((64, 4)).astype(np.float32)
+    write_vectors(str(path), x, shard_rows=32, chunk_rows=16)
+    return describe_store(open_store(str(path)), str(path)) | {"path": "shared/store"}
+
+
+def test_a_relative_recorded_store_is_read_from_the_folder_the_training_ran_in(tmp_path, monkeypatch):
+    """cfg.json records the store as the training's config spelled it ('shared/store', relative to the
+    folder the training ran in). The lens of that run folder, run from another folder, tested that path
+    against its own current folder: 'not there either' (or another folder's store of that name). It is
+    now also looked for in the folders above the run folder, the nearest holding the very rows the
+    dictionaries learned (a store of that name and other rows, nearer, is not it)."""
+    project = tmp_path / "project"
+    record = _store(project / "shared" / "store", 0)
+    _store(project / "runs" / "shared" / "store", 1)  # nearer, same relative path, other rows
+    run_dir = project / "runs" / "other"
+    (run_dir / "dicts").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    path, note = lens_store(Common(run_dir=str(run_dir)), {"sae": {"store": record}})
+    assert path == str(project / "shared" / "store")
+    assert note == (f"{run_dir / 'store'} holds no store: reading {path}, the store the dictionaries of "
+                    f"{run_dir} learned (their cfg.json): their cfg.json records shared/store, relative to "
+                    "the folder their training ran in, a folder above the run folder; --set store=PATH reads "
+                    "another")
+    monkeypatch.chdir(project)  # from the folder the training ran in: read as recorded, as before
+    assert lens_store(Common(run_dir=str(run_dir)), {"sae": {"store": record}})[0] == "shared/store"
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    gone = {"sae": {"store": record | {"path": "nowhere/store"}}}
+    with pytest.raises(LensError) as e:
+        lens_store(Common(run_dir=str(run_dir)), gone)
+    assert str(e.value) == (
+        f"no store at {run_dir / 'store'} for the dictionaries of {run_dir} (they learned nowhere/store, "
+        "which is not there either: a path relative to the folder their training ran in, found neither in "
+        f"the current folder nor in a folder above {run_dir}): give the store they learned with --set "
+        "store=PATH")
+
+
+def test_a_recorded_store_url_that_is_not_there_is_said_as_a_missing_path_is(tmp_path):
+    """A URL recorded in cfg.json (s3://, memory://) was returned unchecked, and the lens failed later on
+    with the store's own error; it is now checked (fsspec) and a missing one gets the LensError of a
+    missing local path."""
+    run_dir = tmp_path / "other"
+    (run_dir / "dicts").mkdir(parents=True)
+    with pytest.raises(LensError) as e:
+        lens_store(Common(run_dir=str(run_dir)), {"sae": {"store": {"path": "memory://lens-gone/store"}}})
+    assert str(e.value) == (
+        f"no store at {run_dir / 'store'} for the dictionaries of {run_dir} (they learned "
+        "memory://lens-gone/store, which is not there either): give the store they learned with --set "
+        "store=PATH")
+    fsspec.filesystem("memory").pipe("/lens-there/store/x", b"1")
+    try:
+        path, note = lens_store(Common(run_dir=str(run_dir)), {"sae": {"store": {"path": "memory://lens-there/store"}}})
+    finally:
+        fsspec.filesystem("memory").rm("/lens-there", recursive=True)
+    assert path == "memory://lens-there/store"
+    assert note.startswith(f"{run_dir / 'store'} holds no store: reading memory://lens-there/store, the ")
