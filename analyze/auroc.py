@@ -17,8 +17,9 @@ p_class(b) * p_rest(b) (p: the group's share of rows in the bin), each such pair
 exact zeros tie exactly and add nothing (a perfect separator, d null, is given 1 exactly by ``ModelEval``:
 its two constants can share a bin). The bound is small wherever either group is mostly 0 or spread
 over several bins (below 0.01 for every listed demo feature, whose streamed AUROC were within 0.00022 of
-the rows' own: docs/results.md). Counts are int32 (2^31
-rows a bin): 648 bytes per class and feature (``analyze.budget.CLASS_AUROC_MAX_MIB`` caps them).
+the rows' own: docs/results.md). Counts are int32, 648 bytes per class and feature, or int64 (1,296 bytes)
+where a class has more labelled rows than an int32 holds (``count_dtype``: else its count in a bin would wrap
+past 2^31 - 1 and give a wrong AUROC); ``analyze.budget.CLASS_AUROC_MAX_MIB`` caps them.
 """
 
 from __future__ import annotations
@@ -61,14 +62,24 @@ def auroc_from_counts(inn: Tensor, out: Tensor) -> tuple[Tensor, Tensor]:
     return auc, (p[..., 1:] * q[..., 1:]).sum(-1) / 2
 
 
+INT32_MAX = 2 ** 31 - 1
+
+
+def count_dtype(most_rows: int) -> torch.dtype:
+    """The counts' dtype when the largest class has ``most_rows`` labelled rows to count: int32 while no bin
+    can pass 2^31 - 1 (a class's count in a bin is at most its rows), else int64."""
+    return torch.int32 if most_rows <= INT32_MAX else torch.int64
+
+
 class ClassBins:
     """Per class and feature, counts of the labelled rows' nonzero |z| in the counted bins: counts
     [C, STORED, k] int32 (flat index (class * STORED + bin) * k + feature: a row's codes land in a few runs of
-    consecutive features, ~1.6x the speed of feature-major counts), indexed in int32 where they fit."""
+    consecutive features, ~1.6x the speed of feature-major counts), indexed in int32 where they fit;
+    ``most_rows``: the largest class's labelled rows (counts int64 past 2^31 - 1: ``count_dtype``)."""
 
-    def __init__(self, n_classes: int, k: int, device: torch.device):
+    def __init__(self, n_classes: int, k: int, device: torch.device, most_rows: int = 0):
         self.k = k
-        self.counts = torch.zeros(n_classes * STORED * k, dtype=torch.int32, device=device)
+        self.counts = torch.zeros(n_classes * STORED * k, dtype=count_dtype(most_rows), device=device)
         self.index = torch.int32 if len(self.counts) < 2 ** 31 else torch.int64
         self._total: Tensor | None = None  # [STORED, k] int64, every class's counts summed (``auroc``)
 
@@ -79,7 +90,7 @@ class ClassBins:
         if not bool(keep.all()):
             lab, f, z = lab[keep], f[keep], z[keep]
         idx = (lab.to(self.index) * STORED + bin_index(z)) * self.k + f.to(self.index)  # [m]
-        self.counts.index_add_(0, idx, torch.ones_like(idx, dtype=torch.int32))
+        self.counts.index_add_(0, idx, torch.ones_like(idx, dtype=self.counts.dtype))
 
     def add_rows(self, codes: Tensor, lab: Tensor) -> None:
         """codes [b, k] of labelled rows of classes lab [b] (>= 0): every nonzero code (zeros add 0)."""
@@ -88,7 +99,7 @@ class ClassBins:
         idx += (lab.to(self.index) * STORED)[:, None]
         idx *= self.k
         idx += torch.arange(self.k, dtype=self.index, device=codes.device)
-        self.counts.index_add_(0, idx.view(-1), (codes != 0).view(-1).to(torch.int32))
+        self.counts.index_add_(0, idx.view(-1), (codes != 0).view(-1).to(self.counts.dtype))
 
     def auroc(self, c: int, features: list[int], n: Tensor) -> tuple[list[float], list[float]]:
         """(AUROC, bound) of |z| for class c against the other labelled rows, per feature of ``features``;

@@ -5,7 +5,9 @@
 
 from __future__ import annotations
 
-from actdict.analyze.auroc import STORED
+import numpy as np
+
+from actdict.analyze.auroc import STORED, count_dtype
 from actdict.analyze.config import AnalyzeConfig
 from actdict.errors import one_line
 from actdict.train.resume import listed
@@ -43,18 +45,25 @@ def class_features_within(models: dict, n_classes: int, cfg: AnalyzeConfig) -> s
 
 CLASS_AUROC_MAX_MIB = 512
 """Memory for the class features' AUROC bins of all analysed dictionaries together (classes x k x
-``auroc.STORED`` int32 each)."""
+``auroc.STORED`` counts each: int32, or int64 where a class has 2^31 labelled rows or more)."""
 
 
-def class_auroc_within(models: dict, n_classes: int) -> set[str]:
+def class_auroc_within(models: dict, n_classes: int, most_rows: int = 0) -> set[str]:
     """Of the dictionaries whose class features are found, those whose AUROC bins are counted: smallest k
-    first, as many as ``CLASS_AUROC_MAX_MIB`` holds; a note names the others (their d alone)."""
-    chosen = within_budget(models, lambda k: n_classes * k * STORED * 4, CLASS_AUROC_MAX_MIB)
+    first, as many as ``CLASS_AUROC_MAX_MIB`` holds (their counts' dtype for ``most_rows``, the largest
+    class's labelled rows: ``auroc.count_dtype``); a note names the others (their d alone)."""
+    size = count_dtype(most_rows).itemsize * STORED  # bytes per class and latent
+    chosen = within_budget(models, lambda k: n_classes * k * size, CLASS_AUROC_MAX_MIB)
     if left := sorted(set(models) - chosen):
         print(one_line(f"analyze: note: no class_features AUROC for {listed(left)}: their bins of |z| "
-                       f"({n_classes:,} classes x k x {STORED * 4} bytes each) would pass "
+                       f"({n_classes:,} classes x k x {size} bytes each) would pass "
                        f"{CLASS_AUROC_MAX_MIB:,} MiB"))
     return chosen
+
+
+def largest_class(labels: np.ndarray | None) -> int:
+    """The most rows of one class among ``labels`` [n] (class indices, -1: none), 0 without labels."""
+    return 0 if labels is None else int(np.bincount(labels[labels >= 0]).max(initial=0))
 
 
 def within_budget(models: dict, need, mib: int) -> set[str]:

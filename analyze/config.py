@@ -54,9 +54,9 @@ class AnalyzeConfig:
     other labelled rows (Cohen's d of |z|, ``metrics.class_separation``), with their mean |z| and firing
     rate in and out of the class; and as many classes per feature, those with the most of its active rows
     (``by_class`` of its feature page, ``metrics.class_profile``); 0 = off. Costs 32 bytes per class and
-    latent of each dictionary while the pass runs (and 648 more for the AUROC's bins,
-    ``analyze.budget.CLASS_AUROC_MAX_MIB``) (at most ``analyze.budget.CLASS_FEATURES_MAX_MIB`` for all:
-    a note names those left out)."""
+    latent of each dictionary while the pass runs (and 648 more for the AUROC's bins, 1,296 past 2^31 rows
+    of a class, ``analyze.budget.CLASS_AUROC_MAX_MIB``) (at most ``analyze.budget.CLASS_FEATURES_MAX_MIB``
+    for all: a note names those left out)."""
     texts: str = ""
     """Optional file of one text per store row, in row order (.parquet with a ``text`` column, .jsonl, .txt,
     .npy of strings; ``analyze/textfile.py``): the report and features files show each shown row's text, as

@@ -48,7 +48,8 @@ class ModelEval:
     """Accumulators of one dictionary over the evaluated rows."""
 
     def __init__(self, model, cfg: AnalyzeConfig, seed: int, device: torch.device, n_classes: int = 0,
-                 cofire: bool = False, class_features: bool = False, class_auroc: bool = False):
+                 cofire: bool = False, class_features: bool = False, class_auroc: bool = False,
+                 most_rows: int = 0):
         self.model, self.seed, self.cfg = model.to(device).eval(), seed, cfg
         self.sse, self.cos_sum, self.l0_sum = 0.0, 0.0, 0
         self.re_sample: float | None = None
@@ -66,7 +67,8 @@ class ModelEval:
         # mean |z| on its first labelled rows: sums of |z| - shift, whose variance keeps its digits where the
         # mean is large (class_separation)
         self.class_shifted = torch.zeros(c, dtype=torch.bool, device=device)  # [C] its shift taken
-        self.class_bins = ClassBins(c, model.k, device) if c and class_auroc else None  # counts [C, k, bins]
+        self.class_bins = (ClassBins(c, model.k, device, most_rows) if c and class_auroc  # counts [C, bins,
+                           else None)  # k]; most_rows: the largest class's labelled rows (their dtype)
         samples = cfg.quantiles * cfg.quantile_samples
         self.tracker = FeatureTracker(model.k, cfg.top_k, samples, seed, device, cofire=cofire)
 

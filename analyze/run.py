@@ -81,7 +81,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from actdict.analyze.budget import class_auroc_within, class_features_within, cofire_within
+from actdict.analyze.budget import class_auroc_within, class_features_within, cofire_within, largest_class
 from actdict.analyze.compare import directions, live, null_columns, similarity
 from actdict.analyze.config import AnalyzeConfig
 from actdict.analyze.evaluate import ModelEval
@@ -341,9 +341,10 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
     lm = causal_lm(store, device, cfg) if cfg.ce_loss or cfg.logit_effects else None  # before the pass
     splicing = splice_setup(lm, cfg, store, test_chunks) if cfg.ce_loss else None
     counted, by_class = cofire_within(models, cfg), class_features_within(models, len(classes), cfg)
-    binned = class_auroc_within({n: models[n] for n in by_class}, len(classes))
+    most = largest_class(labels)  # the most labelled rows of one class: the AUROC counts' dtype
+    binned = class_auroc_within({n: models[n] for n in by_class}, len(classes), most)
     evals = {name: ModelEval(m, cfg, common.seed, device, len(classes), name in counted, name in by_class,
-                             name in binned) for name, m in models.items()}
+                             name in binned, most) for name, m in models.items()}
 
     d = store.d
     n, sum_x, sum_x2 = one_pass(store, test_chunks, cfg, labels, evals, device)

@@ -206,3 +206,34 @@ def test_the_auroc_is_shown_beside_d_with_its_bound_where_that_reaches_the_secon
             'active 90% / 5%</span><br>3: <span class="dim">d 1.5, AUROC 0.64 &plusmn; 0.02, active 90% / 5%'
             '</span>') in page
     assert "Cohen's d and AUROC of |code|" in page and "AUROC: the chance that a row of the class" in page
+
+
+def test_counts_past_an_int32_are_int64_and_give_the_right_auroc(capsys):
+    """The bins' counts were int32 whatever the rows: a class with 2^31 rows in one bin of a feature wrapped
+    to -2^31 and its AUROC came out wrong (its exact zeros read as 2^32). A class of more labelled rows than
+    an int32 holds now gets int64 counts (and the memory budget counts 8 bytes a bin for them); the count
+    here is set next to the limit directly, then one row more is counted."""
+    from types import SimpleNamespace
+
+    from actdict.analyze import budget
+
+    assert A.count_dtype(2 ** 31 - 1) == torch.int32 and A.count_dtype(2 ** 31) == torch.int64
+    bins = A.ClassBins(2, 1, torch.device("cpu"), most_rows=2 ** 31)
+    one = A.bin_index(torch.tensor([1.0]))  # class 0: every row |z| 1; class 1: 10 rows |z| 2
+    bins.counts.view(2, A.STORED, 1)[0, one, 0] = 2 ** 31 - 1
+    bins.add_entries(torch.tensor([0]), torch.tensor([0]), torch.tensor([1.0]))  # its 2^31st row
+    bins.add_rows(torch.full((10, 1), 2.0), torch.ones(10, dtype=torch.long))
+    assert int(bins.counts.view(2, A.STORED, 1)[0, one, 0]) == 2 ** 31
+    n = torch.tensor([2 ** 31, 10])
+    assert bins.auroc(0, [0], n) == ([0.0], [0.0])  # every row of class 0 below every other row
+    assert bins.auroc(1, [0], n) == ([1.0], [0.0])
+    assert A.ClassBins(2, 1, torch.device("cpu")).counts.dtype == torch.int32  # fewer rows: as before
+    ev = ModelEval(Relu(6, 6), AnalyzeConfig(class_features=3), seed=0, device=torch.device("cpu"),
+                   n_classes=2, class_features=True, class_auroc=True, most_rows=2 ** 31)
+    assert ev.class_bins.counts.dtype == torch.int64
+    assert budget.largest_class(np.array([0, 1, 1, -1, 1])) == 3 and budget.largest_class(None) == 0
+    models = {"sae": SimpleNamespace(k=2 ** 20)}  # 2 classes x 2^20 x 162 x 4 bytes: 1,296 MiB, over 512
+    assert budget.class_auroc_within(models, 2) == set()
+    assert "(2 classes x k x 648 bytes each)" in capsys.readouterr().out
+    budget.class_auroc_within(models, 2, most_rows=2 ** 31)
+    assert "(2 classes x k x 1296 bytes each)" in capsys.readouterr().out
