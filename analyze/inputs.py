@@ -85,12 +85,15 @@ def label_classes(lab: np.ndarray, rows: np.ndarray, key: str, what: str) -> tup
     return out, [c.item() for c in classes]
 
 
-def source_labels(store, rows: np.ndarray, field: str) -> tuple[np.ndarray, list]:
+def source_labels(store, rows: np.ndarray, field: str, texts: dict | None = None) -> tuple[np.ndarray, list]:
     """``label_classes`` of the evaluated store ``rows`` [n] labelled by their documents' ``field`` in the
     harvest's source (``analyze.labels_field``): each row's ``doc`` is its document's index in
     ``harvest.sources.iter_records``' order, read up to the last document a row needs. A row of no
-    document (doc < 0) or whose value is None is unlabelled."""
-    from actdict.analyze.texts import harvest_config
+    document (doc < 0) or whose value is None is unlabelled. ``texts`` (a dict), for an embeddings store:
+    filled with (doc, pos) -> clipped text of every row of ``rows``, read in the same pass, for
+    ``texts.row_texts`` (which then reads the source no more), unless they pass ``texts.KEPT_MAX_CHARS``
+    (then left empty: the texts are read again)."""
+    from actdict.analyze.texts import KEPT_MAX_CHARS, clip, harvest_config, has_text_rows
     from actdict.harvest.sources import iter_records
 
     where = f"analyze.labels_field: {field!r}"
@@ -102,20 +105,36 @@ def source_labels(store, rows: np.ndarray, field: str) -> tuple[np.ndarray, list
         raise AnalyzeError(f"{where} labels rows by their documents in the harvest's source, and this store "
                            f"({manifest.get('kind')}) was harvested from none: give analyze.labels a .npy "
                            "file of one label per store row")
-    try:  # the harvest's source, read again (texts.row_texts does the same for the texts)
-        cfg = harvest_config(manifest).source
+    try:  # the harvest's source, read again (and the texts of an embeddings store's rows with it)
+        cfg = harvest_config(manifest)
     except ValueError as e:  # other documents at the same index: not theirs
         raise AnalyzeError(f"{where}: {e}, so a row's doc may name another document") from e
-    docs = np.concatenate([store.read_meta(int(a), int(b))[1] for a, b in _runs(rows)] or
-                          [np.empty(0, np.int64)])  # [n] each row's document
+    metas = [store.read_meta(int(a), int(b)) for a, b in _runs(rows)]
+    docs = np.concatenate([m[1] for m in metas] or [np.empty(0, np.int64)])  # [n] each row's document
     need, values = set(docs[docs >= 0].tolist()), {}
     last = max(need, default=-1)
+    wanted: dict[int, set[int]] | None = None  # doc -> pos of the rows whose texts are kept
+    if texts is not None and has_text_rows(manifest):
+        from actdict.harvest.embed import text_units
+
+        wanted = {}
+        for d, p in zip(docs.tolist(), np.concatenate([m[2] for m in metas] or [[]]).tolist(), strict=True):
+            wanted.setdefault(d, set()).add(int(p))
+    kept = 0  # characters
     try:
-        for i, (_, value) in enumerate(iter_records(cfg, field)):
+        for i, (text, value) in enumerate(iter_records(cfg.source, field)):
             if i > last:
                 break
             if i in need:
                 values[i] = value
+            if wanted is not None and i in wanted:  # its rows' texts, as row_texts reads them
+                for _, p, unit in text_units([text], cfg.embed.unit):
+                    if p in wanted[i]:
+                        texts[(i, p)] = clip(unit)
+                        kept += len(texts[(i, p)])
+                if kept > KEPT_MAX_CHARS:  # too many to hold: row_texts reads them again
+                    texts.clear()
+                    wanted = None
     except ActdictError as e:
         raise AnalyzeError(f"{where}: {e} (analyze.labels_field= analyzes without labels)") from e
     if missing := need - set(values):

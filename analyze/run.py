@@ -335,8 +335,9 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
     read = chunks_read(store, test_chunks, cfg.max_test_rows)  # fewer under max_test_rows
     print(one_line(start_line(list(models), run_dir, len(evaluated), store.manifest.get("hook"), len(read),
                               device, cfg, held=len(test_chunks))))
-    labels, classes = (source_labels(store, evaluated, cfg.labels_field) if cfg.labels_field
-                       else read_labels(cfg.labels, len(store), evaluated))
+    known = {}  # an embeddings store's texts, read with the labels from its source (row_texts: not again)
+    labels, classes = (source_labels(store, evaluated, cfg.labels_field, None if cfg.texts else known)
+                       if cfg.labels_field else read_labels(cfg.labels, len(store), evaluated))
     text_files = check_texts(cfg.texts, len(store), cfg.texts_column) if cfg.texts else None  # before it
     lm = causal_lm(store, device, cfg) if cfg.ce_loss or cfg.logit_effects else None  # before the pass
     splicing = splice_setup(lm, cfg, store, test_chunks) if cfg.ce_loss else None
@@ -375,7 +376,7 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
     # from the harvest's source (one pass)
     rows_shown = set().union(*keys.values())  # (row, doc, pos) of every dictionary's hits
     texts = (read_texts(text_files, {r for r, _, _ in rows_shown}, cfg.texts_column) if text_files
-             else row_texts(store.manifest, rows_shown))
+             else row_texts(store.manifest, rows_shown, known=known))
     for name, ev in evals.items():
         data = datas[name]
         if texts:

@@ -18,6 +18,10 @@ from actdict.errors import ActdictError, ActdictWarning
 
 MAX_CHARS = 400
 """Characters kept of each text (longer ones end with an ellipsis)."""
+KEPT_MAX_CHARS = 1 << 26
+"""Characters of the evaluated rows' texts that ``inputs.source_labels`` keeps when it reads the source for
+``analyze.labels_field`` (so that ``row_texts`` does not read it again): 64M (~160,000 rows of 400
+characters, ~100 MiB of strings); past it none are kept and the texts are read again."""
 
 
 def has_text_rows(manifest: dict) -> bool:
@@ -64,15 +68,19 @@ def harvest_config(manifest: dict):
 
 
 def row_texts(manifest: dict, hits: Iterable[tuple[int, int, int]],
-              max_chars: int = MAX_CHARS) -> dict[int, str]:
+              max_chars: int = MAX_CHARS, known: dict | None = None) -> dict[int, str]:
     """row -> its text, for the (row, doc, pos) ``hits`` of an embeddings store ({} for other stores, or with
-    a warning when the source cannot be read)."""
+    a warning when the source cannot be read). ``known``: (doc, pos) -> text (clipped to ``MAX_CHARS``)
+    already read from the source (``inputs.source_labels``); when it holds every hit's, the source is not
+    read again."""
     if not has_text_rows(manifest):
         return {}
     from actdict.harvest.embed import text_units
     from actdict.harvest.sources import iter_documents
 
     hits = list(hits)
+    if known and max_chars == MAX_CHARS and all((d, p) in known for _, d, p in hits):
+        return {r: known[(d, p)] for r, d, p in hits}
     try:
         cfg = harvest_config(manifest)
         found = unit_texts(text_units(iter_documents(cfg.source), cfg.embed.unit),

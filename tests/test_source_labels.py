@@ -145,3 +145,52 @@ def test_label_values_become_one_array_kind():
     assert inputs._as_array([True, None, False]).tolist() == ["True", "", "False"]
     assert inputs._as_array([True, False]).dtype == bool and inputs._as_array([1, 2]).dtype.kind == "i"
     assert inputs._as_array(["a", 3]).tolist() == ["a", "3"]
+
+
+def test_an_embeddings_store_reads_its_source_once_for_labels_and_texts(reviews, monkeypatch):
+    """analyze.labels_field on an embeddings store read the harvest's source twice: once for the labels
+    before the pass, once more after it for the texts of the rows shown (for a hub dataset, two downloads).
+    The labels' pass now keeps the evaluated rows' texts, so the source is read once; the labels and the
+    texts are those of the two passes (kept as before when the texts pass texts.KEPT_MAX_CHARS)."""
+    from actdict.analyze import run
+    from actdict.analyze import texts as T
+    from actdict.harvest import sources
+    from actdict.train.protocol import make
+
+    root, _ = reviews
+    monkeypatch.setattr(run, "load_models", lambda *a: {"sae": make("sae_l1", 384, 6, seed=1)})
+    real, reads = sources.iter_records, []
+
+    def counted(*a, **kw):  # each read of the source, and the documents it yielded
+        reads.append(0)
+        for item in real(*a, **kw):
+            reads[-1] += 1
+            yield item
+
+    monkeypatch.setattr(sources, "iter_records", counted)
+    outputs = []
+    for cap in (getattr(T, "KEPT_MAX_CHARS", 1 << 26), 0):  # 0: none kept, the texts read again
+        monkeypatch.setattr(T, "KEPT_MAX_CHARS", cap, raising=False)
+        reads.clear()
+        run.main(Common(run_dir=str(root)), AnalyzeConfig(n_features=3, top_k=3, context=0, device="cpu",
+                                                            labels_field="stars"))
+        outputs.append((reads[:], json.loads((root / "summary.json").read_text()),
+                        json.loads((root / "features" / "sae.json").read_text())))
+    (once, s, f), (twice, s2, f2) = outputs
+    assert len(once) == 1 and len(twice) == 2 and once[0] == twice[0]  # the same documents, read once
+    assert f["texts"] and f["texts"] == f2["texts"]
+    assert all(t in (r["text"] for r in _kept_units(root)) for t in f["texts"].values())
+    drop = ("run_id",)
+    assert {k: v for k, v in s.items() if k not in drop} == {k: v for k, v in s2.items() if k not in drop}
+    assert [c["label"] for c in s["models"]["sae"]["ad_class"]] == [1.0, 2.0, 3.0]
+
+
+def _kept_units(root) -> list[dict]:
+    """The reviews' paragraphs as the rows hold them: {"text": clipped paragraph}."""
+    from actdict.analyze.texts import clip
+
+    out = []
+    for line in (root / "r.jsonl").read_text().splitlines():
+        text = json.loads(line)["text"].strip()
+        out += [{"text": clip(p.strip())} for p in text.split("\n\n") if p.strip()]
+    return out
