@@ -13,15 +13,17 @@ from actdict.errors import one_line
 from actdict.train.resume import listed
 
 
-def cofire_within(models: dict, cfg: AnalyzeConfig) -> set[str]:
+def cofire_within(models: dict, cfg: AnalyzeConfig, rows: int = 0) -> set[str]:
     """The dictionaries whose co-activations are counted (``analyze.cofire`` > 0): smallest k first, as many
-    as ``analyze.cofire_max_mib`` holds (k^2 int32 each); a note names the others."""
+    as ``analyze.cofire_max_mib`` holds (k^2 int32 each, int64 past 2^31 - 1 ``rows``: ``cofire.CoFire``); a
+    note names the others."""
     if cfg.cofire < 1:
         return set()
-    counted = within_budget(models, lambda k: k ** 2 * 4, cfg.cofire_max_mib)
+    size = count_dtype(rows).itemsize
+    counted = within_budget(models, lambda k: k ** 2 * size, cfg.cofire_max_mib)
     if left := sorted(set(models) - counted):
         print(one_line(f"analyze: note: no fires_with for {listed(left)}: their co-activation counts "
-                       f"(k^2 x 4 bytes each) would pass analyze.cofire_max_mib={cfg.cofire_max_mib}"))
+                       f"(k^2 x {size} bytes each) would pass analyze.cofire_max_mib={cfg.cofire_max_mib}"))
     return counted
 
 

@@ -3,6 +3,8 @@
 :class:`CoFire` keeps C [k, k] int32, C[i, j] = the rows on which features i and j are both active (the
 analysis' active split, as for AD and density), so C[i, i] is feature i's fire count. Memory k^2 x 4 bytes
 (64 MiB at k 4,096, 1 GiB at 16,384): ``analyze.cofire_max_mib`` bounds it for all dictionaries together.
+Past 2^31 - 1 rows counted a count could wrap, so C becomes int64 (k^2 x 8 bytes) before the row that
+could pass it (``CoFire.update``; the budget prices int64 for that many rows: ``budget.cofire_within``).
 Each batch adds its active pattern's pair counts, by whichever of two exact paths is cheaper:
 
 * dense: A^T A of the [B, k] 0/1 matrix (float32 matmul, exact below 2^24 rows per batch): B k^2 work,
@@ -28,6 +30,7 @@ from torch import Tensor
 
 from actdict.analyze.streaming import row_counts, where_true
 
+INT32_MAX = 2 ** 31 - 1
 DENSE_RATIO = 64.0  # the pairs path when k > 64 x the rows' RMS active count (CPU; measured: see docs)
 MAX_PAIRS = 1 << 24  # pairs counted at once (~0.7 GB of int64 keys and indices); more: the rows in halves
 
@@ -60,12 +63,20 @@ class CoFire:
     def __init__(self, k: int, device: str | torch.device = "cpu", k2: int | None = None) -> None:
         self.k, self.k2 = k, k if k2 is None else k2
         self.counts = torch.zeros((k, self.k2), dtype=torch.int32, device=device)  # [k, k2]
+        self.rows = 0  # counted: once past INT32_MAX, the counts are int64 (no count exceeds the rows)
 
     def update(self, active: Tensor, other: Tensor | None = None, pairs: tuple[Tensor, Tensor] | None = None
                ) -> None:
         """active [B, k] bool: the features active on each row; ``other`` [B, k2] bool, the second
         dictionary's on the same rows (None: the counts are of ``active`` with itself); pairs:
         ``streaming.where_true(active)`` if the caller has it."""
+        self.rows += len(active)
+        if self.rows > INT32_MAX and self.counts.dtype == torch.int32:  # a count could wrap: int64 from here
+            self.counts = self.counts.to(torch.int64)
+        self._add(active, other, pairs)
+
+    def _add(self, active: Tensor, other: Tensor | None, pairs: tuple[Tensor, Tensor] | None = None) -> None:
+        """``update``'s counting, by the cheaper path (the rows in halves past ``MAX_PAIRS``)."""
         active = active.to(self.counts.device)
         other = active if other is None else other.to(self.counts.device)
         na = row_counts(active)  # [B] active per row
@@ -75,16 +86,17 @@ class CoFire:
         if self.counts.is_cuda or (self.k * self.k2) ** 0.5 <= DENSE_RATIO * rms:
             for s in range(0, len(active), 1 << 23):  # float32 counts exact below 2^24 rows
                 a = active[s : s + (1 << 23)].to(torch.float32)  # [B', k]
-                self.counts += (a.T @ other[s : s + (1 << 23)].to(torch.float32)).to(torch.int32)
+                self.counts += (a.T @ other[s : s + (1 << 23)].to(torch.float32)).to(self.counts.dtype)
             return
         if float(c.sum()) > MAX_PAIRS and len(active) > 1:  # a few dense rows ([CLS]): halves, each its path
             h = len(active) // 2
             for part in (slice(0, h), slice(h, None)):
-                self.update(active[part], None if other is active else other[part])
+                self._add(active[part], None if other is active else other[part])
             return
         moved = None if pairs is None else tuple(p.to(self.counts.device) for p in pairs)
         keys = active_pairs(active, other, moved)  # [P] by feature: the adds sweep the counts a row at a time
-        self.counts.view(-1).index_add_(0, keys, torch.ones(len(keys), dtype=torch.int32, device=keys.device))
+        ones = torch.ones(len(keys), dtype=self.counts.dtype, device=keys.device)
+        self.counts.view(-1).index_add_(0, keys, ones)
 
     def nbytes(self) -> int:
         return self.counts.numel() * self.counts.element_size()

@@ -95,8 +95,8 @@ class AnalyzeConfig:
     ``analyze/cofire.py``), from exact counts of every pair over the test rows; 0 = off."""
     cofire_max_mib: int = 2048
     """Memory for the co-activation counts of all analysed dictionaries together: k^2 x 4 bytes each (256
-    MiB at k 8,192, 1 GiB at 16,384, 4 GiB at 32,768); the dictionaries that would pass it, largest first,
-    list no ``fires_with`` (a note names them)."""
+    MiB at k 8,192, 1 GiB at 16,384, 4 GiB at 32,768; 8 bytes past 2^31 - 1 rows); the dictionaries that
+    would pass it, largest first, list no ``fires_with`` (a note names them)."""
     device: str = "auto"
     """Torch device for evaluation: ``auto`` (cuda when available, else cpu), ``cpu``, ``cuda:1``..."""
 

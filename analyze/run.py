@@ -341,7 +341,8 @@ def _main(common: Common, cfg: AnalyzeConfig) -> None:
     text_files = check_texts(cfg.texts, len(store), cfg.texts_column) if cfg.texts else None  # before it
     lm = causal_lm(store, device, cfg) if cfg.ce_loss or cfg.logit_effects else None  # before the pass
     splicing = splice_setup(lm, cfg, store, test_chunks) if cfg.ce_loss else None
-    counted, by_class = cofire_within(models, cfg), class_features_within(models, len(classes), cfg)
+    counted = cofire_within(models, cfg, len(evaluated))
+    by_class = class_features_within(models, len(classes), cfg)
     most = largest_class(labels)  # the most labelled rows of one class: the AUROC counts' dtype
     binned = class_auroc_within({n: models[n] for n in by_class}, len(classes), most)
     evals = {name: ModelEval(m, cfg, common.seed, device, len(classes), name in counted, name in by_class,

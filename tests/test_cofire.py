@@ -192,3 +192,28 @@ def test_negative_settings_are_refused():
 
     with pytest.raises(ConfigError, match="analyze.cofire must be >= 0"):
         AnalyzeConfig(cofire=-1)
+
+
+def test_counts_past_an_int32_become_int64_instead_of_wrapping(capsys):
+    """CoFire's counts were int32 whatever the rows: past 2^31 rows a feature's fire count (its diagonal) or a
+    pair's wrapped to a negative number, and fires_with ranked partners by it. Once the rows counted pass
+    2^31 - 1 the counts are int64 (both paths); the budget prices 8 bytes for that many rows. The rows
+    counted and a count are set next to the limit directly."""
+    from types import SimpleNamespace as NS
+
+    for k in (3, 4096):  # the dense path (small k) and the pairs path (k > 64 x the active count)
+        co = cofire.CoFire(k)
+        co.rows, co.counts[0, 0], co.counts[0, 1] = 2 ** 31 - 2, 2 ** 31 - 2, 5
+        a = torch.zeros(3, k, dtype=torch.bool)
+        a[:, 0] = True
+        a[0, 1] = True
+        co.update(a)
+        assert co.counts.dtype == torch.int64 and co.rows == 2 ** 31 + 1
+        assert (int(co.counts[0, 0]), int(co.counts[0, 1]), int(co.counts[1, 0])) == (2 ** 31 + 1, 6, 1)
+    small = cofire.CoFire(3)
+    small.update(torch.ones(5, 3, dtype=torch.bool))
+    assert small.counts.dtype == torch.int32 and small.rows == 5  # fewer rows: as before
+    models = {"m": NS(k=1024)}  # 4 MiB as int32, 8 as int64
+    assert budget.cofire_within(models, AnalyzeConfig(cofire_max_mib=5)) == {"m"}
+    assert budget.cofire_within(models, AnalyzeConfig(cofire_max_mib=5), rows=2 ** 31) == set()
+    assert "(k^2 x 8 bytes each)" in capsys.readouterr().out
