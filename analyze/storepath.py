@@ -19,12 +19,11 @@ from pathlib import Path
 def url_exists(url: str) -> tuple[bool, str | None]:
     """(whether something is at the fsspec ``url``, why it could not be told: None when it could)."""
     from actdict.harvest.layout import fs_of
-    from actdict.harvest.store import StoreError
 
     try:
         fs, root = fs_of(url)
         return bool(fs.exists(root)), None
-    except (StoreError, OSError, ValueError, ImportError) as e:  # no backend, no access
+    except Exception as e:  # no backend (StoreError), no access: OSError, botocore's NoCredentialsError...
         return False, f"{type(e).__name__}: {e}"
 
 

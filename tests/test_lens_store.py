@@ -69,3 +69,29 @@ def test_a_recorded_store_url_that_is_not_there_is_said_as_a_missing_path_is(tmp
         fsspec.filesystem("memory").rm("/lens-there", recursive=True)
     assert path == "memory://lens-there/store"
     assert note.startswith(f"{run_dir / 'store'} holds no store: reading memory://lens-there/store, the ")
+
+
+def test_a_recorded_store_url_that_cannot_be_checked_says_why(tmp_path, monkeypatch):
+    """A URL whose check fails with an error of the backend's own (botocore's NoCredentialsError is no
+    OSError) is said with why, in the LensError, not as a traceback; so is one of no installed backend."""
+    from actdict.harvest import layout
+
+    class NoCredentialsError(Exception):
+        pass
+
+    class Fs:
+        def exists(self, path):
+            raise NoCredentialsError("Unable to locate credentials")
+
+    run_dir = tmp_path / "other"
+    (run_dir / "dicts").mkdir(parents=True)
+    with pytest.raises(LensError, match=r"\(they learned nosuchproto://b/store, which could not be checked "
+                                        r"\(StoreError: store nosuchproto://b/store cannot be opened: "):
+        lens_store(Common(run_dir=str(run_dir)), {"sae": {"store": {"path": "nosuchproto://b/store"}}})
+    monkeypatch.setattr(layout, "fs_of", lambda path: (Fs(), "b/store"))
+    with pytest.raises(LensError) as e:
+        lens_store(Common(run_dir=str(run_dir)), {"sae": {"store": {"path": "s3://b/store"}}})
+    assert str(e.value) == (
+        f"no store at {run_dir / 'store'} for the dictionaries of {run_dir} (they learned s3://b/store, "
+        "which could not be checked (NoCredentialsError: Unable to locate credentials)): give the store they "
+        "learned with --set store=PATH")
