@@ -5,8 +5,8 @@ absolute path, or a path relative to the folder the training ran in (a config's 
 relative to the folder the command runs in: README), which no record names. Analysis reads such a path
 from the current folder (``actdict compare`` says to run it from the folder the dictionaries were trained
 in); the lens of another run folder (``--set run_dir=OTHER``) reads it from there too, else from the
-nearest folder above the run folder where the store they learned is (its rows' identity as the record
-says: a run_dir such as ``runs/x`` lies below the folder its training ran in). A URL is checked to exist
+nearest folder above the run folder where a store of their hook, d and model is (a run_dir such as
+``runs/x`` lies below the folder its training ran in). A URL is checked to exist
 (fsspec) rather than failing later with the store's own error.
 """
 
@@ -28,25 +28,26 @@ def url_exists(url: str) -> tuple[bool, str | None]:
 
 
 def _same_store(path: str, records: dict[str, dict]) -> bool:
-    """The store at ``path`` opens on the hook the ``records`` learned and holds the rows they learned
-    (``inputs.other_store``: config_hash or content, rows, d)."""
-    from actdict.analyze.inputs import other_store
+    """The store at ``path`` opens on the hook the ``records`` learned, with their d and model (where they
+    record them): all the lens reads of it (the text's rows come from the model), so a store grown since
+    (a larger harvest.max_tokens: other rows and config_hash) is theirs as well."""
     from actdict.harvest.store import StoreError, open_store
-    from actdict.train.identity import describe_store
 
-    hooks = {(r.get("store") or {}).get("hook") for r in records.values()}
+    said = [r.get("store") or {} for r in records.values()]
+    hooks = {s.get("hook") for s in said}
     try:
         store = open_store(path, hooks.pop() if len(hooks) == 1 else None)
     except StoreError:
         return False
-    return not other_store(records, describe_store(store, path))
+    return all(s.get(key) in (None, have) for s in said
+               for key, have in (("d", store.d), ("model", store.manifest.get("model"))))
 
 
 def learned_store(path: str, run_dir: Path, records: dict[str, dict]) -> tuple[str | None, str]:
     """(where the store recorded as ``path`` lies, or None; what was tried, in words, for a message): a URL
     where fsspec finds it, an absolute path where it is, a relative one from the current folder where it
-    is, else from the nearest folder above ``run_dir`` that holds the store ``records`` learned (its
-    absolute path)."""
+    is, else from the nearest folder above ``run_dir`` that holds a store of the hook, d and model
+    ``records`` learned (its absolute path)."""
     if "://" in path:
         there, why = url_exists(path)
         return (path if there else None), ("which is not there either" if why is None else

@@ -11,9 +11,9 @@ from actdict.harvest.store import open_store, write_vectors
 from actdict.train.identity import describe_store
 
 
-def _store(path, seed: int) -> dict:
+def _store(path, seed: int, d: int = 4) -> dict:
     """A small store of vectors at ``path``; what a checkpoint records of it, with its path relative."""
-    x = np.random.default_rng(seed).standard_normal((64, 4)).astype(np.float32)
+    x = np.random.default_rng(seed).standard_normal((64, d)).astype(np.float32)
     write_vectors(str(path), x, shard_rows=32, chunk_rows=16)
     return describe_store(open_store(str(path)), str(path)) | {"path": "shared/store"}
 
@@ -22,11 +22,12 @@ def test_a_relative_recorded_store_is_read_from_the_folder_the_training_ran_in(t
     """cfg.json records the store as the training's config spelled it ('shared/store', relative to the
     folder the training ran in). The lens of that run folder, run from another folder, tested that path
     against its own current folder: 'not there either' (or another folder's store of that name). It is
-    now also looked for in the folders above the run folder, the nearest holding the very rows the
-    dictionaries learned (a store of that name and other rows, nearer, is not it)."""
+    now also looked for in the folders above the run folder, the nearest holding a store of the hook, d
+    and model the dictionaries learned (all the lens reads of it: a store of that name and another d,
+    nearer, is not it; one whose rows changed since, a larger harvest, is)."""
     project = tmp_path / "project"
-    record = _store(project / "shared" / "store", 0)
-    _store(project / "runs" / "shared" / "store", 1)  # nearer, same relative path, other rows
+    record = _store(project / "shared" / "store", 0) | {"rows": 32, "content": "an earlier harvest"}
+    _store(project / "runs" / "shared" / "store", 1, d=3)  # nearer, same relative path, another d
     run_dir = project / "runs" / "other"
     (run_dir / "dicts").mkdir(parents=True)
     (tmp_path / "elsewhere").mkdir()
