@@ -210,7 +210,7 @@ def lens_store(common: Common, records: dict[str, dict]) -> tuple[str, str | Non
     found, why = learned_store(learned[0], Path(common.run_dir), records) if len(learned) == 1 else (None, "")
     if found:
         at = "" if found == learned[0] else (f": their cfg.json records {learned[0]}, relative to the folder "
-                                             "their training ran in, a folder above the run folder")
+                                             "their training ran in: the run folder or one above it")
         return found, (f"{path} holds no store: reading {found}, the store the dictionaries of "
                        f"{common.run_dir} learned (their cfg.json){at}; --set store=PATH reads another")
     said = (f"they learned {learned[0]}, {why}" if len(learned) == 1 else

@@ -5,7 +5,7 @@ absolute path, or a path relative to the folder the training ran in (a config's 
 relative to the folder the command runs in: README), which no record names. Analysis reads such a path
 from the current folder (``actdict compare`` says to run it from the folder the dictionaries were trained
 in); the lens of another run folder (``--set run_dir=OTHER``) reads it from there too, else from the
-nearest folder above the run folder where a store of their hook, d and model is (a run_dir such as
+run folder or the nearest folder above it where a store of their hook, d and model is (a run_dir such as
 ``runs/x`` lies below the folder its training ran in). A URL is checked to exist
 (fsspec) rather than failing later with the store's own error.
 """
@@ -46,7 +46,7 @@ def _same_store(path: str, records: dict[str, dict]) -> bool:
 def learned_store(path: str, run_dir: Path, records: dict[str, dict]) -> tuple[str | None, str]:
     """(where the store recorded as ``path`` lies, or None; what was tried, in words, for a message): a URL
     where fsspec finds it, an absolute path where it is, a relative one from the current folder where it
-    is, else from the nearest folder above ``run_dir`` that holds a store of the hook, d and model
+    is, else from ``run_dir`` or the nearest folder above it that holds a store of the hook, d and model
     ``records`` learned (its absolute path)."""
     if "://" in path:
         there, why = url_exists(path)
@@ -54,8 +54,9 @@ def learned_store(path: str, run_dir: Path, records: dict[str, dict]) -> tuple[s
                                            f"which could not be checked ({why})")
     if os.path.isabs(path) or Path(path).exists():
         return (path if Path(path).exists() else None), "which is not there either"
-    for folder in Path(run_dir).resolve().parents:  # nearest first
-        if (Path(folder) / path).exists() and _same_store(str(folder / path), records):
+    here = Path(run_dir).resolve()
+    for folder in (here, *here.parents):  # nearest first (run_dir '.': the training ran in the run folder)
+        if (folder / path).exists() and _same_store(str(folder / path), records):
             return str(folder / path), ""
     return None, (f"which is not there either: a path relative to the folder their training ran in, found "
-                  f"neither in the current folder nor in a folder above {run_dir}")
+                  f"neither in the current folder nor in {run_dir} or a folder above it")

@@ -36,18 +36,23 @@ def test_a_relative_recorded_store_is_read_from_the_folder_the_training_ran_in(t
     assert path == str(project / "shared" / "store")
     assert note == (f"{run_dir / 'store'} holds no store: reading {path}, the store the dictionaries of "
                     f"{run_dir} learned (their cfg.json): their cfg.json records shared/store, relative to "
-                    "the folder their training ran in, a folder above the run folder; --set store=PATH reads "
-                    "another")
+                    "the folder their training ran in: the run folder or one above it; --set store=PATH "
+                    "reads another")
     monkeypatch.chdir(project)  # from the folder the training ran in: read as recorded, as before
     assert lens_store(Common(run_dir=str(run_dir)), {"sae": {"store": record}})[0] == "shared/store"
     monkeypatch.chdir(tmp_path / "elsewhere")
+    inside = tmp_path / "inside"  # run_dir '.': its training ran in the run folder itself
+    _store(inside / "shared" / "store", 0)
+    (inside / "dicts").mkdir()
+    assert lens_store(Common(run_dir=str(inside)), {"sae": {"store": record}})[0] == str(inside / "shared" /
+                                                                                         "store")
     gone = {"sae": {"store": record | {"path": "nowhere/store"}}}
     with pytest.raises(LensError) as e:
         lens_store(Common(run_dir=str(run_dir)), gone)
     assert str(e.value) == (
         f"no store at {run_dir / 'store'} for the dictionaries of {run_dir} (they learned nowhere/store, "
         "which is not there either: a path relative to the folder their training ran in, found neither in "
-        f"the current folder nor in a folder above {run_dir}): give the store they learned with --set "
+        f"the current folder nor in {run_dir} or a folder above it): give the store they learned with --set "
         "store=PATH")
 
 
