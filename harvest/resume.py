@@ -138,7 +138,8 @@ def identity_diff(found: dict, expected: dict) -> tuple[list[str], str]:
 def check_growth(found: dict, expected: dict, where: str) -> None:
     """Before a complete store is reopened to grow: what the larger harvest's manifest would record besides
     its config (``expected``: the model's revision, the source files' fingerprint, an encoder's attention
-    mask) must be the store's. Otherwise HarvestError, and the store is left complete, as it was (reopened
+    mask, the numerics: the forward's dtype and device, which ``auto`` picks by the machine) must be the
+    store's. Otherwise HarvestError, and the store is left complete, as it was (reopened
     first, it was refused only afterwards by ``check_manifest``: incomplete, a short last shard removed,
     neither resumable nor usable)."""
     keys, diff = identity_diff(found, expected)
@@ -147,6 +148,9 @@ def check_growth(found: dict, expected: dict, where: str) -> None:
     why = ("an earlier actdict harvested it (its attention mask also hid a window's final [SEP] after a "
            "separator), so a larger harvest's rows would differ" if keys == ["attention_mask"] and
            found.get("attention_mask") is None else
+           "this run's forward dtype or device is not the one it was harvested with (harvest.dtype / "
+           "harvest.device: 'auto' picks by the machine), so its rows would mix two: it grows where they "
+           "pick the store's numerics again" if keys == ["numerics"] else
            "the model, its files or the source files changed since it was harvested")
     old = (found.get("harvest") or {}).get("max_tokens")
     raise HarvestError(f"{where} cannot grow ({diff}): {why}; it is left complete as it was: use it with "

@@ -211,9 +211,10 @@ def harvest(common: Common, cfg: HarvestConfig, ranks: Ranks, grow: bool = False
     same_as = open_store(path, min(held)) if held else None  # the rows each added hook's shard must have
     stop = lm.stop_at_layer(hooks)
     same = rows_identity(lm, cfg)  # what the manifest records of the rows besides the config
-    if grow:  # on every rank, before rank 0 reopens: a store that cannot grow stays complete
-        for h in hooks:
-            check_growth(read_manifest(path, h), same, f"store {path} hook {h!r}")
+    numerics = f"forward {dtype} on {lm.device.split(':')[0]}, stored {cfg.store_dtype}"
+    if grow:  # on every rank, before rank 0 reopens: a store that cannot grow stays complete (its numerics
+        for h in hooks:  # too: 'auto' may pick another dtype or device here, and the rows would mix two)
+            check_growth(read_manifest(path, h), same | {"numerics": numerics}, f"store {path} hook {h!r}")
     for h, m in held.items():  # hooks added beside them: the same model files and source files
         check_added(m, same, f"store {path} hook {h!r}", path, hooks)
     if ranks.rank == 0:
@@ -245,9 +246,7 @@ def harvest(common: Common, cfg: HarvestConfig, ranks: Ranks, grow: bool = False
         dims = {h: widths[h] for h in hooks}
     else:  # everything was harvested before a crash: only the manifests are left to write
         dims = {h: int(m["d"]) for h, m in manifests.items()}
-    device = lm.device.split(":")[0]
-    base = {"model": lm.name, "tokenizer": lm.name, "config_hash": chash,
-            "numerics": f"forward {dtype} on {device}, stored {cfg.store_dtype}",
+    base = {"model": lm.name, "tokenizer": lm.name, "config_hash": chash, "numerics": numerics,
             "corpus": describe_source(cfg.source), "kind": lm.kind, "harvest": to_dict(cfg)} | same
     want = {h: new_manifest(base | {"hook": h}, dims[h], cfg.store_dtype, cfg.shard_rows, cfg.chunk_rows)
             for h in hooks}

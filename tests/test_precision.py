@@ -151,3 +151,27 @@ def test_train_autocast_on_a_cpu_without_bf16_warns(tmp_path, cpu_flags, capsys)
                   "(AVX512-BF16 or AMX): torch emulates it")
         assert (warned in said) == (not flags), said
         assert (tmp_path / f"run{flags}" / "dicts" / "l1" / "model.safetensors").exists()
+
+
+def test_a_complete_auto_store_grows_only_where_auto_picks_its_dtype(tmp_path, cpu_flags):
+    """A larger max_tokens on a complete auto store, on a CPU where auto picks another dtype than the store's:
+    refused before the store is reopened (it was reopened, then refused: left unfinished, unusable here), so
+    it stays complete and usable as it was; on a CPU that picks its dtype again it grows."""
+    cpu_flags(True)
+    store = Path(harvest(tmp_path / "r", dtype="auto", max_tokens=64).store_path)
+    cpu_flags(False)
+    with pytest.raises(HarvestError) as e:
+        harvest(tmp_path / "r", dtype="auto")
+    assert ("cannot grow (numerics: store 'forward bfloat16 on cpu, stored float16', this run 'forward "
+            "float32 on cpu, stored float16'): this run's forward dtype or device is not the one it was "
+            "harvested with (harvest.dtype / harvest.device: 'auto' picks by the machine), so its rows would "
+            "mix two: it grows where they pick the store's numerics again; it is left complete as it was: "
+            "use it with harvest.max_tokens=64") in str(e.value)
+    s = open_store(store, HOOK)
+    assert (len(s), s.manifest["complete"], s.manifest["harvest"]["max_tokens"]) == (64, True, 64)
+    harvest(tmp_path / "r", dtype="auto", max_tokens=64)  # used as it is
+    cpu_flags(True)
+    harvest(tmp_path / "r", dtype="auto")
+    s = open_store(store, HOOK)
+    assert (len(s), s.manifest["complete"], s.manifest["numerics"]) == (
+        95, True, "forward bfloat16 on cpu, stored float16")
