@@ -120,8 +120,9 @@ def check_manifest(found: dict, expected: dict, where: str) -> None:
     if keys:
         diff = "; ".join(f"{k}: store {found.get(k)!r}, this run {expected.get(k)!r}" for k in keys[:4])
         why = ("this run's forward dtype or device is not the one the store was started with "
-               "(harvest.dtype / harvest.device: 'auto' picks by the machine); set them to the store's "
-               "numerics to resume it" if keys == ["numerics"] else
+               "(harvest.dtype / harvest.device: 'auto' picks by the machine): it resumes where they pick "
+               "the store's numerics again (set otherwise, they are another config)"
+               if keys == ["numerics"] else
                "the model, its files or the source files changed since the store was started, or an earlier "
                "actdict began it")
         raise HarvestError(f"{where} does not match this harvest ({diff}): {why}; delete the store to "

@@ -123,8 +123,12 @@ def test_an_unfinished_auto_store_resumes_only_where_auto_picks_its_dtype(tmp_pa
         harvest(tmp_path / "r", dtype="auto")
     assert ("numerics: store 'forward bfloat16 on cpu, stored float16', this run 'forward float32 on cpu, "
             "stored float16'): this run's forward dtype or device is not the one the store was started with "
-            "(harvest.dtype / harvest.device: 'auto' picks by the machine)") in str(e.value)
+            "(harvest.dtype / harvest.device: 'auto' picks by the machine): it resumes where they pick the "
+            "store's numerics again (set otherwise, they are another config); delete the store") in (
+        str(e.value))
     assert not (store / HOOK / "shards" / "00002").exists()
+    with pytest.raises(HarvestError, match=r"another config \(hook .*: dtype: 'auto' -> 'bfloat16'\)"):
+        harvest(tmp_path / "r", dtype="bfloat16")  # what the refusal said to do: refused as another config
     cpu_flags(True)
     harvest(tmp_path / "r", dtype="auto")
     s = open_store(store, HOOK)
