@@ -24,18 +24,16 @@ def cpu_bf16() -> bool:
 
 def bf16_native(device: str) -> bool:
     """Whether ``device`` (a resolved torch device string: 'cpu', 'cuda', 'cuda:1', 'mps') computes in
-    bfloat16 natively: a CPU with ``cpu_bf16``, a CUDA GPU of compute capability >= 8.0 (torch's
-    ``is_bf16_supported`` without emulation). Other devices: False."""
+    bfloat16 natively: a CPU with ``cpu_bf16``, a CUDA GPU of compute capability >= 8.0, that GPU's
+    ('cuda:1': GPU 1; torch's ``is_bf16_supported`` asks the current GPU's, whichever ``device`` names), a
+    ROCm GPU (as torch's). Other devices: False."""
     import torch
 
     kind = device.split(":")[0]
     if kind == "cpu":
         return cpu_bf16()
     if kind == "cuda" and torch.cuda.is_available():
-        try:
-            return bool(torch.cuda.is_bf16_supported(including_emulation=False))
-        except TypeError:  # an older torch without the argument
-            return torch.cuda.get_device_capability(torch.device(device))[0] >= 8
+        return bool(torch.version.hip) or torch.cuda.get_device_capability(torch.device(device))[0] >= 8
     return False
 
 

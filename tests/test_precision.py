@@ -179,3 +179,18 @@ def test_a_complete_auto_store_grows_only_where_auto_picks_its_dtype(tmp_path, c
     s = open_store(store, HOOK)
     assert (len(s), s.manifest["complete"], s.manifest["numerics"]) == (
         95, True, "forward bfloat16 on cpu, stored float16")
+
+
+def test_auto_on_cuda_asks_the_gpu_the_device_names(monkeypatch):
+    """'cuda:1' on a machine whose GPU 0 (the current one) is a Turing (7.5) and GPU 1 an Ampere (8.0):
+    auto is bfloat16 there (torch's is_bf16_supported answered for the current GPU: float32), float32 on
+    'cuda' and 'cuda:0'."""
+    caps = {0: (7, 5), 1: (8, 0)}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d: caps[d.index or 0])  # a torch.device
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: type("P", (), {"major": caps[i][0]}))
+    monkeypatch.setattr(torch.version, "hip", None)
+    assert [precision.forward_dtype("auto", d) for d in ("cuda", "cuda:0", "cuda:1")] == [
+        "float32", "float32", "bfloat16"]
+    assert precision.dtype_said("auto", "bfloat16", "cuda:1") == "bfloat16 (auto: this GPU has native bf16)"
