@@ -66,3 +66,12 @@ def slow_bf16_note(device: str, what: str, fix: str) -> str | None:
     return (f"{what} on a CPU without bf16 instructions (AVX512-BF16 or AMX): torch emulates it, several "
             f"times slower than float32 (a [2048, 384] x [384, 1536] matmul 57x on an AVX2 CPU); {fix} is "
             "faster here")
+
+
+def emulated_note(device: str, dtype: str) -> str:
+    """What a benchmark's header says beside its dtype: ' (emulated: this CPU lacks bf16 instructions ...)'
+    for ``dtype`` bfloat16 (a forward, autocast) on a CPU without them (``cpu_bf16``), else ''."""
+    if dtype != "bfloat16" or device.split(":")[0] != "cpu" or cpu_bf16():
+        return ""
+    return (" (emulated: this CPU lacks bf16 instructions, AVX512-BF16 or AMX; several times slower than "
+            "float32)")

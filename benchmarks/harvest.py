@@ -51,7 +51,7 @@ from actdict.harvest.config import HarvestConfig  # noqa: E402
 from actdict.harvest.layout import write_shard  # noqa: E402
 from actdict.harvest.models import load_model  # noqa: E402
 from actdict.harvest.random_init import make_random_pythia  # noqa: E402
-from actdict.precision import dtype_said, forward_dtype  # noqa: E402
+from actdict.precision import dtype_said, emulated_note, forward_dtype  # noqa: E402
 
 MODELS = {  # name -> (hook, ctx)
     "minilm": ("blocks.3.hook_resid_post", 128),
@@ -222,7 +222,7 @@ def main() -> None:
     torch.manual_seed(0)
     asked, args.dtype = args.dtype, forward_dtype(args.dtype, args.device)
     print(f"torch threads {torch.get_num_threads()}, {args.device}, dtype "
-          f"{dtype_said(asked, args.dtype, args.device)}, "
+          f"{dtype_said(asked, args.dtype, args.device)}{emulated_note(args.device, args.dtype)}, "
           f"batch {args.batch_size}, "
           f"{args.tokens:,} rows per timing, best of {args.repeats}; "
           f"stores under {args.tmp or tempfile.gettempdir()}")

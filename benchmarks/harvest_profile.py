@@ -33,7 +33,7 @@ from actdict.harvest import run as hr  # noqa: E402
 from actdict.harvest.config import HarvestConfig  # noqa: E402
 from actdict.harvest.models import load_model  # noqa: E402
 from actdict.harvest.random_init import make_random_pythia  # noqa: E402
-from actdict.precision import forward_dtype  # noqa: E402
+from actdict.precision import dtype_said, emulated_note, forward_dtype  # noqa: E402
 
 BUSY: dict[str, float] = {}  # what -> seconds
 HOOK = "blocks.2.hook_resid_post"
@@ -115,8 +115,9 @@ def main() -> None:
                     help="the forward's dtype (auto: bfloat16 where the device has it natively, else "
                          "float32)")
     args = ap.parse_args()
-    args.dtype = forward_dtype(args.dtype, args.device)
-    print(f"forward dtype {args.dtype}")
+    asked, args.dtype = args.dtype, forward_dtype(args.dtype, args.device)
+    print(f"forward dtype {dtype_said(asked, args.dtype, args.device)}"
+          f"{emulated_note(args.device, args.dtype)}")
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         disk(tmp)

@@ -13,7 +13,8 @@ variant and again after each one, since a shared host's speed drifts: a peak tim
 inflate the % columns), and for sae_topk / sae_l1 the samples/s of SAELens training the same config (TopK
 without AuxK, L1) on the same batches, and the ratio. ``--autocast``: both train in bf16 autocast
 (``train.autocast``; SAELens ``SAETrainerConfig.autocast``) and the roofline is a bf16 matmul (on CPUs with
-AMX / AVX512-BF16, like these machines, ~3x the float32 rate). SAELens runs in its own venv
+AMX / AVX512-BF16 ~3x the float32 rate; on a CPU without them torch emulates bf16, several times slower than
+float32, and the header line says so: ``actdict.precision``). SAELens runs in its own venv
 (``--saelens-venv``, created with ``pip install sae-lens torch==2.13.0`` if missing; or, where no index is
 reachable, this interpreter with SAELens's packages first on the child's path: ``--saelens-path``, as
 ``benchmarks/gpu_session.sh``'s ``saelens`` step does; ``--no-saelens`` skips that column).
@@ -54,6 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # saelens_side beside 
 from saelens_side import add_arguments, child_python  # noqa: E402
 
 from actdict.harvest.store import write_vectors  # noqa: E402
+from actdict.precision import emulated_note  # noqa: E402
 from actdict.train.config import TrainConfig  # noqa: E402
 from actdict.train.data import iter_batches  # noqa: E402
 from actdict.train.export import TENSORS, saelens_view  # noqa: E402
@@ -275,7 +277,8 @@ def main() -> None:
             cls.sparse_below = cls.sparse_below | {"cuda": args.sparse_cuda}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; d={args.d} batch={args.batch} "
           f"steps={args.steps} x best of {args.repeats} (+{args.warmup} warmup), "
-          f"{'bf16 autocast' if args.autocast else 'float32'} on {dev}",
+          f"{'bf16 autocast' if args.autocast else 'float32'} on {dev}"
+          f"{emulated_note(str(dev), 'bfloat16' if args.autocast else 'float32')}",
           flush=True)
 
     mix = torch.randn(args.d, args.d) / args.d ** 0.5

@@ -16,6 +16,7 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from actdict.precision import emulated_note
 from actdict.train.config import TrainConfig
 from actdict.train.loop import train
 from actdict.train.member import Member
@@ -60,8 +61,8 @@ def main() -> None:
         wall = run_steps(m, batches, args.steps, dev, args.autocast)
         with profile(activities=acts, record_shapes=True) as prof:
             run_steps(m, batches, args.steps, dev, args.autocast)
-        prec = "bf16 autocast" if args.autocast else "float32"
-        print(f"\n{v} d={args.d} k={args.k} B={args.batch} {prec} on {dev}: "
+        prec, dt = ("bf16 autocast", "bfloat16") if args.autocast else ("float32", "float32")
+        print(f"\n{v} d={args.d} k={args.k} B={args.batch} {prec} on {dev}{emulated_note(str(dev), dt)}: "
               f"{wall / args.steps * 1e3:.2f} ms/step, "
               f"{args.steps * args.batch / wall:,.0f} samples/s (without the profiler)")
         print(prof.key_averages().table(sort_by=key, row_limit=args.rows, max_name_column_width=48))

@@ -269,6 +269,11 @@ def test_harvest_ratios_are_the_table_rates(tmp_path):
 def test_harvest_profile_rates_count_the_tokens_it_ran():
     # 2,500 tokens at batch 4 x 256: the bare forward runs 2 batches, 2,048 tokens, and its rate counts those
     out = run("harvest_profile.py", "--tokens", "2500", "--batch-size", "4")
+    from actdict.precision import forward_dtype  # the default --dtype auto, said as what it picked and why
+
+    picked = forward_dtype("auto", "cpu")
+    has = "has" if picked == "bfloat16" else "lacks"
+    assert out.startswith(f"forward dtype {picked} (auto: this CPU {has} native bf16)\n")
     writes = re.findall(r"^write_shard 65,536 rows x 512 float16 .* flushed ([14]) at a time", out, re.M)
     assert writes == ["1", "4"] * 3
     assert len(re.findall(rf"^batch 4, run \d .*: [\d.]+ s, ({NUM}) rows/s$", out, re.M)) == 3
@@ -341,3 +346,20 @@ def test_analyze_pass_times_on_the_batchs_device(monkeypatch):
     assert sum(c is not None for _, _, c in seen) == 3 * 2  # 3 labelled options, 2 calls each
     f = lambda: None  # noqa: E731
     assert bench._synced(f, cpu) is f and bench._synced(f, torch.device("cuda")) is not f
+
+
+def test_bf16_on_a_cpu_without_bf16_instructions_is_said_emulated():
+    """The training benchmarks' --autocast says, on a CPU that emulates bf16 (no AVX512-BF16 / AMX: several
+    times slower than float32), that it is emulated there; on one with bf16 instructions, and in float32,
+    not a word."""
+    from actdict.precision import cpu_bf16
+
+    said = ("(emulated: this CPU lacks bf16 instructions, AVX512-BF16 or AMX; several times slower than "
+            "float32)")
+    tiny = ("--d", "16", "--k", "32", "--batch", "64", "--steps", "1", "--variants", "sae_l1")
+    out = run("train.py", *tiny, "--warmup", "1", "--repeats", "1", "--l1-l0", "0", "--no-saelens",
+              "--stream-rows", "256", "--autocast")
+    assert (f"bf16 autocast on cpu {said}\n" in out) == (not cpu_bf16()), out.splitlines()[0]
+    out = run("train_profile.py", *tiny, "--rows", "1", "--autocast")
+    assert (f"sae_l1 d=16 k=32 B=64 bf16 autocast on cpu {said}: " in out) == (not cpu_bf16())
+    assert "emulated" not in run("train_profile.py", *tiny, "--rows", "1")
