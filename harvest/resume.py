@@ -129,6 +129,37 @@ def check_manifest(found: dict, expected: dict, where: str) -> None:
                            "harvest again, or set store / run_dir to another folder")
 
 
+def forward_numerics(dtype: str, device: str, store_dtype: str) -> str:
+    """What a token harvest's manifests record of its numerics: the forward's dtype (``auto`` resolved) and
+    device kind ('cuda:1': cuda), the stored dtype."""
+    return f"forward {dtype} on {device.split(':')[0]}, stored {store_dtype}"
+
+
+def numerics_refusal(manifests: dict[str, dict], cfg, path: str, grow: bool) -> str | None:
+    """For ``--dry-run``: the refusal a harvest of ``cfg`` would stop with once its model is loaded, where
+    the numerics it would record here (``harvest.dtype`` / ``device`` 'auto' resolved on this machine) are
+    not those of the store's unfinished hooks (``grow``: its hooks, to grow them); else None."""
+    from actdict.harvest.models import resolve_device
+    from actdict.precision import forward_dtype
+
+    try:
+        device = resolve_device(cfg.device)
+    except ActdictError:  # a device this machine lacks: the harvest says so itself
+        return None
+    here = forward_numerics(forward_dtype(cfg.dtype, device), device, cfg.store_dtype)
+    for h, m in manifests.items():
+        if m.get("numerics") in (None, here) or (m.get("complete") and not grow):
+            continue
+        try:
+            if grow:
+                check_growth(m, {"numerics": here}, f"store {path} hook {h!r}")
+            else:
+                check_manifest({"numerics": m["numerics"]}, {"numerics": here}, f"store {path} hook {h!r}")
+        except HarvestError as e:
+            return str(e)
+    return None
+
+
 def identity_diff(found: dict, expected: dict) -> tuple[list[str], str]:
     """The keys of ``expected`` (what a manifest records of the rows besides the config: ``rows_identity``)
     whose value the manifest ``found`` does not hold, and 'key: store X, this run Y; ...' of the first 4."""

@@ -381,7 +381,7 @@ def model_problem(cfg: HarvestConfig) -> str | None:
 
 def store_plan(common, cfg: HarvestConfig) -> StagePlan:
     """What the harvest would do with the store (``plan``), its input unread."""
-    from actdict.harvest.resume import growable
+    from actdict.harvest.resume import growable, numerics_refusal
     from actdict.harvest.run import describe_source
     from actdict.harvest.vectors import source_change
 
@@ -396,6 +396,8 @@ def store_plan(common, cfg: HarvestConfig) -> StagePlan:
     try:
         manifests = hook_manifests(path)
         if cfg.mode == "tokens" and growable(manifests, as_json(cfg)):
+            if why := numerics_refusal(manifests, cfg, path, grow=True):  # refused once the model is loaded
+                return StagePlan([f"harvest: would stop: {why}"], stops=True)
             return StagePlan([f"harvest: grows store {path} to max_tokens {tokens}: {what}"], writes=True)
         if complete_for(path, list(cfg.hooks) if hook is None else [hook], cfg, manifests):
             if cfg.mode == "vectors" and (change := source_change(path, cfg.vectors)):
@@ -427,6 +429,8 @@ def store_plan(common, cfg: HarvestConfig) -> StagePlan:
                           f"{what}{aside}"], writes=True)
     held = ", ".join(f"{h} (complete, {m.get('n_rows', 0):,} rows)" if m.get("complete") else
                      f"{h} (unfinished)" for h, m in manifests.items())
+    if cfg.mode == "tokens" and (why := numerics_refusal(manifests, cfg, path, grow=False)):
+        return StagePlan([f"harvest: would stop: {why}"], stops=True)
     if cfg.mode == "tokens":
         return StagePlan([f"harvest: continues the unfinished harvest in {path} ({held}; its whole shards "
                           f"are kept): {what}{aside}"], writes=True)

@@ -45,6 +45,7 @@ from actdict.harvest.resume import (
     clean,
     done_shards,
     finish,
+    forward_numerics,
     growable,
     prefix_done,
     read_manifest,
@@ -211,7 +212,7 @@ def harvest(common: Common, cfg: HarvestConfig, ranks: Ranks, grow: bool = False
     same_as = open_store(path, min(held)) if held else None  # the rows each added hook's shard must have
     stop = lm.stop_at_layer(hooks)
     same = rows_identity(lm, cfg)  # what the manifest records of the rows besides the config
-    numerics = f"forward {dtype} on {lm.device.split(':')[0]}, stored {cfg.store_dtype}"
+    numerics = forward_numerics(dtype, lm.device, cfg.store_dtype)
     if grow:  # on every rank, before rank 0 reopens: a store that cannot grow stays complete (its numerics
         for h in hooks:  # too: 'auto' may pick another dtype or device here, and the rows would mix two)
             check_growth(read_manifest(path, h), same | {"numerics": numerics}, f"store {path} hook {h!r}")

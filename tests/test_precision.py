@@ -194,3 +194,37 @@ def test_auto_on_cuda_asks_the_gpu_the_device_names(monkeypatch):
     assert [precision.forward_dtype("auto", d) for d in ("cuda", "cuda:0", "cuda:1")] == [
         "float32", "float32", "bfloat16"]
     assert precision.dtype_said("auto", "bfloat16", "cuda:1") == "bfloat16 (auto: this GPU has native bf16)"
+
+
+def test_the_dry_run_says_a_store_auto_would_refuse_here(tmp_path, cpu_flags):
+    """--dry-run on a store whose numerics auto does not pick on this CPU: 'would stop' with the refusal the
+    harvest stops with once its model is loaded (it said 'grows' / 'continues'); where auto picks them, as
+    before."""
+    from actdict.harvest.reuse import plan
+
+    cpu_flags(True)
+    common = harvest(tmp_path / "r", dtype="auto", max_tokens=64)
+    data = {"source": {"kind": "files", "path": str(TEXTS)}, "chunk_rows": 16, "shard_rows": 32,
+            "max_tokens": None, "device": "cpu", "ctx": 16, "batch_size": 3, "hooks": [HOOK], "dtype": "auto"}
+    cfg = build(HarvestConfig, data)
+    where = f"store {common.store_path} hook {HOOK!r}"
+    assert plan(common, cfg).lines[0].startswith(f"harvest: grows store {common.store_path} to max_tokens")
+    cpu_flags(False)
+    said = plan(common, cfg)
+    assert said.stops and said.lines == [
+        f"harvest: would stop: {where} cannot grow (numerics: store 'forward bfloat16 on cpu, stored "
+        "float16', this run 'forward float32 on cpu, stored float16'): this run's forward dtype or device is "
+        "not the one it was harvested with (harvest.dtype / harvest.device: 'auto' picks by the machine), so "
+        "its rows would mix two: it grows where they pick the store's numerics again; it is left complete as "
+        "it was: use it with harvest.max_tokens=64, or set store / run_dir to another folder to harvest more "
+        "rows"]
+    manifest = Path(common.store_path) / HOOK / "manifest.json"
+    manifest.write_text(json.dumps(json.loads(manifest.read_text()) | {"complete": False}))  # a killed run
+    cfg = build(HarvestConfig, data | {"max_tokens": 64})
+    said = plan(common, cfg)
+    assert said.stops and said.lines[0].startswith(
+        f"harvest: would stop: {where} does not match this harvest (numerics: store 'forward bfloat16 on cpu")
+    with pytest.raises(HarvestError, match="does not match this harvest"):  # as the harvest stops
+        main(common, cfg)
+    cpu_flags(True)
+    assert plan(common, cfg).lines[0].startswith("harvest: continues the unfinished harvest in")
