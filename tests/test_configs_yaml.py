@@ -284,3 +284,20 @@ def test_a_config_that_is_not_utf8_is_a_config_error(tmp_path):
     (tmp_path / "c.yaml").write_bytes(b"run_dir: \xff\xfe\n")
     with pytest.raises(ConfigError, match=r"c.yaml is not UTF-8 text"):
         load_experiment(tmp_path / "c.yaml")
+
+
+def test_every_shipped_config_on_the_demo_store_has_the_demos_harvest():
+    """A config that names the demo's store (configs/, docs/results/: demo_sweep.yaml, the Gated SAE
+    sweeps) harvests it as configs/demo.yaml does: else, after the demo, it is refused as another config
+    (the Gated SAE configs still said dtype bfloat16 when the demo's forward became float32)."""
+    from actdict.config_data import config_hash
+    from actdict.harvest.config import HarvestConfig
+
+    root = Path(__file__).parents[1]
+    demo = config_hash(section(load_experiment(root / "configs/demo.yaml"), "harvest", HarvestConfig))
+    on_it = {}
+    for path in [*CONFIGS, *sorted((root / "docs").rglob("*.yaml"))]:
+        data = load_experiment(path)
+        if common_of(data).store_path == "runs/demo/store" and "harvest" in data:
+            on_it[path.relative_to(root).as_posix()] = config_hash(section(data, "harvest", HarvestConfig))
+    assert len(on_it) >= 4 and {p: h for p, h in on_it.items() if h != demo} == {}
