@@ -3,8 +3,9 @@
 bfloat16 matmuls are fast only where the hardware has them: a CUDA GPU of compute capability 8.0 or later
 (Ampere on), an x86 CPU with AVX512-BF16 or AMX. Elsewhere torch emulates them, and a bfloat16 forward is
 several times *slower* than float32: on an AMD EPYC with AVX2 alone (2026-12-07, torch 2.13.0, two
-threads), MiniLM's forward ran at 739 tokens/s in bfloat16 and 4,326 in float32 (``benchmarks/harvest.py
---models minilm --tokens 16384 --repeats 1``), and a [2048, 384] x [384, 1536] matmul took 57 times as long.
+threads), MiniLM's bare forward ran at 733 tokens/s in bfloat16 and 4,336 in float32 (its harvest 739 and
+4,326; ``benchmarks/harvest.py --models minilm --tokens 16384 --repeats 1``), and a [2048, 384] x
+[384, 1536] matmul took 57 times as long.
 The torch flags read here are private (``torch.cpu._is_avx512_bf16_supported``); where they are missing the
 CPU counts as without (``auto`` then picks float32, the exact choice). ARM CPUs count as without too.
 """
@@ -59,9 +60,15 @@ def dtype_said(asked: str, dtype: str, device: str) -> str:
 
 def slow_bf16_note(device: str, what: str, fix: str) -> str | None:
     """A warning for bfloat16 compute (``what``: 'harvest.dtype bfloat16') on ``device`` when it is a CPU
-    without bf16 instructions (emulated there: several times slower than float32), saying ``fix``; else
-    None."""
-    if device.split(":")[0] != "cpu" or cpu_bf16():
+    without bf16 instructions (emulated there: several times slower than float32) or a CUDA GPU of compute
+    capability below 8.0 (no bf16 tensor cores), saying ``fix``; else None."""
+    import torch
+
+    kind = device.split(":")[0]
+    if kind == "cuda" and torch.cuda.is_available() and not bf16_native(device):
+        return (f"{what} on a GPU of compute capability below 8.0 (before Ampere: no bf16 tensor cores), "
+                f"where it gains nothing over float32 and may be slower; {fix} is faster here")
+    if kind != "cpu" or cpu_bf16():
         return None
     return (f"{what} on a CPU without bf16 instructions (AVX512-BF16 or AMX): torch emulates it, several "
             f"times slower than float32 (a [2048, 384] x [384, 1536] matmul 57x on an AVX2 CPU); {fix} is "

@@ -73,7 +73,15 @@ def text_rows(lm, cfg, hook: str, text: str) -> tuple[np.ndarray, Tensor]:
     return np.concatenate(tokens), torch.cat(rows)
 
 
-def unit_rows(cfg, text: str) -> tuple[str, list[str], Tensor]:
+def harvest_dtype(numerics: str | None, asked: str, device: str) -> str:
+    """The forward dtype the store's harvest ran in, from its manifest's ``numerics`` ('forward bfloat16 on
+    cpu, stored float16', 'encode float32 on cuda, ...'), so that the lens' rows are made as the store's
+    were (``harvest.dtype: auto`` may pick another dtype on this machine); else ``asked`` resolved here."""
+    m = re.match(r"(?:forward|encode) (float32|bfloat16|float16) on ", numerics or "")
+    return m.group(1) if m else forward_dtype(asked, device)
+
+
+def unit_rows(cfg, text: str, numerics: str | None = None) -> tuple[str, list[str], Tensor]:
     """(model name, the units [n], their embeddings [n, d] float32) a ``harvest.mode: embeddings`` harvest
     with ``cfg`` stores for ``text`` read as one document: the whole text, or each of its paragraphs
     (``embed.unit``), through the same sentence-transformers model, prompt and truncation."""
@@ -84,7 +92,7 @@ def unit_rows(cfg, text: str) -> tuple[str, list[str], Tensor]:
     if not units or not text.strip():
         raise LensError(f"the text {text[:40]!r} has no {cfg.embed.unit} to embed")
     device = resolve_device(cfg.device)
-    enc = load_encoder(cfg.model, device=device, dtype=forward_dtype(cfg.dtype, device),
+    enc = load_encoder(cfg.model, device=device, dtype=harvest_dtype(numerics, cfg.dtype, device),
                        max_seq_length=cfg.embed.max_seq_length)
     prompt = applied_prompt(enc.model, cfg.embed)[0]
     return enc.name, units, torch.from_numpy(embed_texts(enc, units, prompt, cfg.embed, cfg.batch_size))
@@ -267,12 +275,13 @@ def lens(common: Common, cfg, text: str, names: list[str], top: int = 5, hook: s
                             f"{store.manifest.get('model')!r}, the config names {model_name!r}")
 
     if cfg.mode == "embeddings":  # one row per document or paragraph: the units stand for the tokens
-        model_name, strings, x = unit_rows(cfg, text)  # [n], [n, d]
+        model_name, strings, x = unit_rows(cfg, text, store.manifest.get("numerics"))  # [n], [n, d]
         same_model(model_name)
         ids, unit = np.full(len(strings), -1), cfg.embed.unit
     else:
-        device = resolve_device(cfg.device)  # the dtype as the harvest ran ('auto': as it picks here)
-        lm = load_model(cfg.model, device=device, dtype=forward_dtype(cfg.dtype, device))
+        device = resolve_device(cfg.device)  # the dtype the store's harvest ran in (harvest_dtype)
+        lm = load_model(cfg.model, device=device,
+                        dtype=harvest_dtype(store.manifest.get("numerics"), cfg.dtype, device))
         model_name, unit = lm.name, "token"
         same_model(model_name)
         ids, x = text_rows(lm, cfg, store.hook, text)  # [n], [n, d]

@@ -499,3 +499,23 @@ def test_a_run_folder_without_a_store_reads_the_store_its_dictionaries_learned(r
         f"actdict lens: LensError: no store at {other / 'store'} for the dictionaries of {other} (they "
         f"learned {tmp_path / 'gone'}, which is not there either): give the store they learned with --set "
         "store=PATH\n")
+
+
+def test_the_lens_runs_the_forward_in_the_dtype_the_store_was_harvested_in(run, tmp_path, monkeypatch):
+    """harvest.dtype auto picks by the machine: on one with native bf16 (patched here) it would pick bfloat16,
+    while the store was harvested in float32 (its numerics say so). The lens makes its rows as the store's
+    were: float32 (it loaded the model in what auto picked on the lens' machine)."""
+    from actdict.analyze.lens import harvest_dtype
+    from actdict.harvest import models
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    cfg_path, run_dir = run
+    store = open_store(str(run_dir / "store"), HOOK)
+    assert store.manifest["numerics"] == "forward float32 on cpu, stored float32"
+    asked, real = [], models.load_model
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: asked.append(k["dtype"]) or real(*a, **k))
+    out = tmp_path / "l.json"
+    assert main([str(cfg_path), "The ferry leaves.", "--set", "harvest.dtype=auto", "--json", str(out)]) == 0
+    assert asked == ["float32"] and json.loads(out.read_text())["hook"] == HOOK
+    assert harvest_dtype("encode bfloat16 on cuda, stored float32", "float32", "cpu") == "bfloat16"
+    assert harvest_dtype(None, "auto", "cpu") == "bfloat16"  # no record: auto as it picks here

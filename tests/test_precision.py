@@ -228,3 +228,17 @@ def test_the_dry_run_says_a_store_auto_would_refuse_here(tmp_path, cpu_flags):
         main(common, cfg)
     cpu_flags(True)
     assert plan(common, cfg).lines[0].startswith("harvest: continues the unfinished harvest in")
+
+
+def test_a_gpu_before_ampere_warns_and_auto_picks_float32(monkeypatch):
+    """A CUDA GPU of compute capability 7.5 (a T4) has no bf16 tensor cores: auto picks float32, and an
+    asked bfloat16 says so; 8.0 (an A100): bfloat16 and no word. GPUs faked (none needed)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.version, "hip", None)
+    for cap, want in (((7, 5), "float32"), ((8, 0), "bfloat16")):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=cap: c)
+        assert precision.forward_dtype("auto", "cuda:0") == want
+        note = precision.slow_bf16_note("cuda:0", "harvest.dtype bfloat16", "harvest.dtype=float32 or auto")
+        assert (note is None) == (want == "bfloat16")
+        if note:
+            assert note.startswith("harvest.dtype bfloat16 on a GPU of compute capability below 8.0")
