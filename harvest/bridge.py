@@ -183,6 +183,12 @@ def _bridge_supports(hf_cfg: Any) -> bool | None:
         return False
 
 
+UNTRAINED = ("it reads weights the model's checkpoint does not hold, drawn at random when TransformerBridge "
+             "loads it")
+"""How ``untrained_hooks``' reasons begin: ``models.rows_refused`` says such hooks give no rows of the
+model's trained weights (not that they are no vector per token)."""
+
+
 def untrained_hooks(bridge: Any, target: str) -> dict[str, str]:
     """hook -> why its rows are of no trained weights, for each hook of the masked-LM head that
     TransformerBridge gives an encoder whose checkpoint holds none: config.json names another class than
@@ -202,9 +208,8 @@ def untrained_hooks(bridge: Any, target: str) -> dict[str, str]:
     heads = [name for name, _ in model.named_children() if name != prefix]
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}  # the modules' order
     path = {id(m): name for name, m in model.named_modules()}
-    said = (f"it reads the masked-LM head TransformerBridge adds to this encoder ({arch}, booted as "
-            f"{booted}): its weights hold none, so the head's are random, drawn at load; the encoder's "
-            "output is the last block's hook_resid_post (the head's input, mlm_head.hook_in)")
+    said = (f"{UNTRAINED}: the masked-LM head it adds to this encoder ({arch}, booted as {booted}); the "
+            "encoder's output is the last block's hook_resid_post (the head's input, mlm_head.hook_in)")
     out = {}
     for head in heads:
         points = [(path[id(p)], h) for h, p in bridge.hook_dict.items() if id(p) in path

@@ -29,6 +29,7 @@ from typing import Any, Literal
 from actdict.config import check_device
 from actdict.errors import ActdictError
 from actdict.harvest.bridge import (
+    UNTRAINED,
     about_files,
     architecture,
     failed_on_supported,
@@ -74,22 +75,31 @@ def named_row_problem(hook: str) -> str | None:
 
 NOT_FIRED = "it does not fire in this model's forward: gated off, or never called"
 BRIDGE_FAILS = "TransformerBridge's forward fails when it is hooked"
-"""The starts of ``row_problems``' reasons for hooks that give no rows at all (not a shape of theirs)."""
+"""The starts of ``row_problems``' reasons for hooks that give no rows at all (not a shape of theirs);
+``bridge.UNTRAINED`` starts the reasons of hooks whose rows are of weights drawn at load
+(``bridge.untrained_hooks``)."""
 
 
 def rows_refused(problems: dict[str, str], model: str | None = None) -> HookError:
     """The HookError for hooks that give no vector per token: each hook, why (its shape; or that it does not
-    fire, or the bridge fails on it: then it is no shape that is wrong), what to do."""
+    fire, or the bridge fails on it: then it is no shape that is wrong; or that it reads weights drawn at
+    random when the model loaded: no shape is wrong either, the rows are not the model's), what to do."""
     on = f" of {model}" if model else ""
     unrun = {h: why for h, why in problems.items() if why.startswith((NOT_FIRED, BRIDGE_FAILS))}
+    random = {h: why for h, why in problems.items() if why.startswith(UNTRAINED)}
     said = []
+    for why in dict.fromkeys(random.values()):  # one reason for a model's random head: said once
+        each = [h for h, w in random.items() if w == why]
+        many = len(each) > 1
+        said.append(f"hook{'s' if many else ''} {', '.join(map(repr, each))}{on} give{'' if many else 's'} "
+                    f"no rows of the model's trained weights: {why}")
     if unrun:
         each = "; ".join(f"{h!r} ({why})" for h, why in unrun.items())
         said.append(f"hook{'s' if len(unrun) > 1 else ''} {each}{on} give{'' if len(unrun) > 1 else 's'} no "
                     f"activations to store under TransformerLens {tl_version()}'s TransformerBridge: harvest "
                     "another hook that holds the same values (a block's hook_resid_post is the next "
                     "block's hook_resid_pre), or leave it out")
-    if shaped := {h: why for h, why in problems.items() if h not in unrun}:
+    if shaped := {h: why for h, why in problems.items() if h not in unrun and h not in random}:
         each = "; ".join(f"{h!r} ({why})" for h, why in shaped.items())
         many = len(shaped) > 1
         said.append(f"hook{'s' if many else ''} {each}{on} {'are' if many else 'is'} not one vector per "

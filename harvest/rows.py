@@ -16,7 +16,7 @@ import numpy as np
 from actdict.harvest.bridge import untrained_hooks
 from actdict.harvest.config import hook_pattern
 from actdict.harvest.layout import ACT_DTYPES
-from actdict.harvest.models import HookError, LoadedModel, resolve_model, rows_refused
+from actdict.harvest.models import LoadedModel, resolve_model, rows_refused
 from actdict.harvest.plan import ShardWork
 from actdict.harvest.windows import Window
 from actdict.harvest.writer import non_finite
@@ -46,12 +46,11 @@ def row_hooks(lm: LoadedModel, wanted: Iterable[str], hooks: list[str]
     """(the ``hooks`` that give one vector per token: hook -> its width d, the others a pattern of
     ``wanted`` matched: hook -> why), from ``LoadedModel.row_widths``' probe. A hook named outright that
     gives none (an attention pattern, a hook that does not fire, token ids, a hook of the random masked-LM
-    head of a bare encoder: ``check_trained``) raises HookError before anything is written; a pattern
-    (``blocks.1.*``) asks for every storable hook it matches, so its others are left out, and one that
-    matches no storable hook raises."""
+    head of a bare encoder: ``bridge.untrained_hooks``, not probed) raises HookError before anything is
+    written, all such hooks in one (``models.rows_refused``); a pattern (``blocks.1.*``) asks for every
+    storable hook it matches, so its others are left out, and one that matches no storable hook raises."""
     wanted = list(wanted)
     untrained = untrained_hooks(lm.bridge, resolve_model(lm.name)[2])  # a bare encoder's random head
-    check_trained(lm.name, wanted, hooks, untrained)
     widths, problems = lm.row_widths([h for h in hooks if h not in untrained])
     problems |= {h: untrained[h] for h in hooks if h in untrained}  # matched by a pattern: left out
     named = {w for w in wanted if not hook_pattern(w)}
@@ -62,17 +61,6 @@ def row_hooks(lm: LoadedModel, wanted: Iterable[str], hooks: list[str]
         if matched and all(h in problems for h in matched):
             raise rows_refused({h: problems[h] for h in matched}, f"{lm.name} (all that {w!r} matches)")
     return widths, problems
-
-
-def check_trained(model: str, wanted: list[str], hooks: list[str], untrained: dict[str, str]) -> None:
-    """HookError when a hook named outright, or every hook a pattern of ``wanted`` matches, is one of
-    ``untrained`` (hook -> why: ``bridge.untrained_hooks``): its rows would be of random weights."""
-    matches = [[w] if not hook_pattern(w) else [h for h in hooks if fnmatch.fnmatchcase(h, hook_pattern(w))]
-               for w in wanted]
-    if refused := [h for m in matches if m and all(h in untrained for h in m) for h in m]:
-        each, many = ", ".join(map(repr, dict.fromkeys(refused))), len(set(refused)) > 1
-        raise HookError(f"hook{'s' if many else ''} {each} of {model} give{'' if many else 's'} no rows of "
-                        f"the model's trained weights: {untrained[refused[0]]}")
 
 
 def _layer_key(name: str) -> tuple[int, str]:

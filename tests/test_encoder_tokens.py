@@ -18,8 +18,9 @@ from tiny_encoders import WORDS, family_model, family_tokenizer, make_encoder, m
 
 from actdict.analyze.toptokens import context_text, display_strings
 from actdict.config import apply_overrides
-from actdict.harvest.bridge import post_ln_note, tl_version, untrained_hooks
-from actdict.harvest.models import HookError, ModelError, load_model
+from actdict.harvest.bridge import UNTRAINED, post_ln_note, tl_version, untrained_hooks
+from actdict.harvest.models import HookError, ModelError, load_model, rows_refused
+from actdict.harvest.rows import expand_hooks, row_hooks
 from actdict.harvest.store import list_hooks, open_store
 from actdict.harvest.tokentext import token_texts
 from actdict.rng import kept_rng
@@ -252,10 +253,9 @@ def test_the_masked_lm_head_of_a_bare_encoder_is_refused(tmp_path, source, famil
         last.append(cache)
     assert all((last[0][h] - last[1][h]).abs().max() > 1e-2 for h in HEAD)  # random: another draw
     torch.testing.assert_close(last[0]["mlm_head.hook_in"], last[1]["mlm_head.hook_in"], rtol=0, atol=0)
-    said = (r"of .* give[s]? no rows of the model's trained weights: it reads the masked-LM head "
-            r"TransformerBridge adds to this encoder \((Bert|Roberta|XLMRoberta)"
-            r"(Model|ForSequenceClassification), booted as (Bert|Roberta|XLMRoberta)ForMaskedLM\): its "
-            r"weights hold none")
+    said = (rf"of .* give[s]? no rows of the model's trained weights: {re.escape(UNTRAINED)}: the masked-LM "
+            r"head it adds to this encoder \((Bert|Roberta|XLMRoberta)(Model|ForSequenceClassification), "
+            r"booted as (Bert|Roberta|XLMRoberta)ForMaskedLM\); the encoder's output is")
     for hooks in (["blocks.0.hook_resid_post", "ln_final.hook_normalized"], ["ln_final.*"], ["hook_unembed"]):
         with pytest.raises(HookError, match=said):
             harvest(tmp_path / "run", model=folder, hooks=hooks, source=source)
@@ -266,6 +266,28 @@ def test_the_masked_lm_head_of_a_bare_encoder_is_refused(tmp_path, source, famil
     assert sorted(list_hooks(common.store_path)) == [out, "mlm_head.hook_in"]  # hook_out left out
     rows = [open_store(common.store_path, h) for h in (out, "mlm_head.hook_in")]
     np.testing.assert_array_equal(*(r.read_rows(0, len(r)).acts for r in rows))
+
+
+def test_one_refusal_says_each_hook_in_its_own_words(tmp_path):
+    """A bare encoder's random head hooks named beside a hook that is no vector per token are refused in
+    one HookError, each said as what it is: the head's as giving no rows of the trained weights, once for
+    the two, the attention pattern as not one vector per token. The head's were refused alone first (the
+    pattern unsaid), and ``rows_refused`` called them 'not one vector per token'."""
+    folder = str(make_encoder("bert", tmp_path / "st"))
+    lm = load_model(folder)
+    head = ["ln_final.hook_normalized", "hook_unembed"]
+    wanted = [*head, "blocks.0.attn.hook_pattern", "blocks.1.hook_resid_post"]
+    with pytest.raises(HookError) as e:
+        row_hooks(lm, wanted, expand_hooks(lm, wanted))
+    said = str(e.value)
+    assert said.startswith(f"hooks 'ln_final.hook_normalized', 'hook_unembed' of {folder} give no rows of "
+                           f"the model's trained weights: {UNTRAINED}: the masked-LM head it adds to this "
+                           "encoder (BertModel, booted as BertForMaskedLM); ")
+    assert said.count(UNTRAINED) == 1
+    assert "hook 'blocks.0.attn.hook_pattern' (it holds attention weights or scores" in said
+    assert said.count("not one vector per token") == 1 and "'hook_unembed' (" not in said
+    alone = str(rows_refused({h: why for h, why in untrained_hooks(lm.bridge, folder).items() if h in head}))
+    assert "not one vector per token" not in alone and "trained weights" in alone
 
 
 def test_the_post_ln_note_names_only_the_hooks_whose_names_mislead():
