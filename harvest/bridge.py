@@ -189,31 +189,106 @@ UNTRAINED = ("it reads weights the model's checkpoint does not hold, drawn at ra
 model's trained weights (not that they are no vector per token)."""
 
 
+HEADS = ("ForMaskedLM", "ForPreTraining", "ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
+"""How the classes end whose checkpoints hold a language-model head (the masked-LM or the unembedding)."""
+
+
 def untrained_hooks(bridge: Any, target: str) -> dict[str, str]:
-    """hook -> why its rows are of no trained weights, for each hook of the masked-LM head that
-    TransformerBridge gives an encoder whose checkpoint holds none: config.json names another class than
-    the one booted and no masked-LM head (a bare ``BertModel``: MiniLM's, mapped by its model_type; a
-    sentence-transformers RoBERTa or XLM-R folder's, booted by ``masked_lm_for``; a fine-tuned
-    ``BertForSequenceClassification``), so the bridge's ``BertForMaskedLM`` / ``RobertaForMaskedLM`` draws the
-    head's dense and LayerNorm at random when it loads (``ln_final.*``, ``mlm_head.hook_out``, ``unembed.*``,
-    ``hook_unembed``; they changed from load to load). The head's input (``mlm_head.hook_in``, the last
-    block's output) is the encoder's and stays. Empty for any other model, or when the model's config
-    cannot be read here."""
+    """hook -> why its rows are of no trained weights, for each hook of a head TransformerBridge gives a model
+    whose checkpoint holds none: config.json names a class with no language-model head (``HEADS``) other
+    than the one booted, or (naming none) its weights hold no tensor of the head, so the bridge's class draws
+    the head's weights at random when it loads (its hooks' rows changed from load to load):
+
+    * an encoder's masked-LM head: a bare ``BertModel`` (MiniLM's, mapped by its model_type), a
+      sentence-transformers RoBERTa or XLM-R folder's (booted by ``masked_lm_for``), a fine-tuned
+      ``BertForSequenceClassification``, booted as ``BertForMaskedLM`` / ``RobertaForMaskedLM``: its dense
+      and LayerNorm (``ln_final.*``, ``mlm_head.hook_out``, ``unembed.*``, ``hook_unembed``);
+    * a causal model's unembedding: a bare ``GPTNeoXModel`` or ``LlamaModel`` booted as its ``ForCausalLM``
+      (``unembed.hook_out``, ``hook_unembed``; ``ln_final.*`` is the base model's, trained).
+
+    A head whose weights are all tied to the base model's (GPT-2's and Qwen2's unembedding is the token
+    embedding) is trained, and the head's input (``mlm_head.hook_in``, ``unembed.hook_in``) is the model's
+    and stays. Empty for any other model, or when the model's config cannot be read here."""
     model, hf_cfg = bridge.original_model, _hf_config(target)
     arch, booted = (getattr(hf_cfg, "architectures", None) or [""])[0], type(model).__name__
     prefix = getattr(model, "base_model_prefix", "")
-    headless = arch not in ("", booted) and not arch.endswith(("ForMaskedLM", "ForPreTraining"))
-    if not headless or not hasattr(model, prefix) or not is_encoder(hf_cfg):
+    if hf_cfg is None or arch == booted or arch.endswith(HEADS) or not hasattr(model, prefix):
         return {}
-    heads = [name for name, _ in model.named_children() if name != prefix]
+    base = {id(p) for p in getattr(model, prefix).parameters()}
+    heads = [name for name, m in model.named_children()  # tied to the embedding: trained
+             if name != prefix and any(id(p) not in base for p in m.parameters())]
+    if not arch:  # config.json names no class: its weights say whether it saved the head
+        saved = _as_loaded(model, saved_names(target))
+        heads = [h for h in heads if saved is not None and not any(k.startswith(f"{h}.") for k in saved)]
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}  # the modules' order
     path = {id(m): name for name, m in model.named_modules()}
-    said = (f"{UNTRAINED}: the masked-LM head it adds to this encoder ({arch}, booted as {booted}); the "
-            "encoder's output is the last block's hook_resid_post (the head's input, mlm_head.hook_in)")
     out = {}
     for head in heads:
         points = [(path[id(p)], h) for h, p in bridge.hook_dict.items() if id(p) in path
                   and path[id(p)].startswith(f"{head}.")]
         first = min((p for p, _ in points), key=order.__getitem__, default=None)  # the head's input
-        out |= {h: said for p, h in points if p != first}
+        named = arch or f"config.json names no class and its weights no {head}.*"
+        if is_encoder(hf_cfg):
+            said = (f"the masked-LM head it adds to this encoder ({named}, booted as {booted}); the "
+                    "encoder's output is the last block's hook_resid_post (the head's input, "
+                    "mlm_head.hook_in)")
+        else:
+            given = sorted((h for p, h in points if p == first), key=lambda h: ("." not in h, h))
+            said = (f"the unembedding it adds to this model ({named}, booted as {booted}; not tied to the "
+                    f"embedding); its input{', ' + given[0] if given else ''}, is the model's")
+        out |= {h: f"{UNTRAINED}: {said}" for p, h in points if p != first}
     return out
+
+
+def saved_names(target: str) -> list[str] | None:
+    """The names of the tensors saved at ``target`` (a folder, or a hub model in the local cache), from its
+    index or its safetensors header, or a ``pytorch_model.bin`` loaded onto the meta device (no weights
+    read); None when none of them can be read here."""
+    import json
+    from pathlib import Path
+
+    def find(name: str) -> Path | None:
+        if Path(target).is_dir():
+            return Path(target, name) if Path(target, name).is_file() else None
+        from huggingface_hub import try_to_load_from_cache
+
+        got = try_to_load_from_cache(target, name)
+        return Path(got) if isinstance(got, str) else None
+
+    try:
+        for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+            if p := find(index):
+                return list(json.loads(p.read_text(encoding="utf-8"))["weight_map"])
+        if p := find("model.safetensors"):
+            from safetensors import safe_open
+
+            with safe_open(str(p), framework="pt") as f:
+                return list(f.keys())
+        if p := find("pytorch_model.bin"):
+            import torch
+
+            return list(torch.load(p, map_location="meta", weights_only=True))
+    except Exception:
+        return None
+    return None
+
+
+def _as_loaded(model: Any, names: list[str] | None) -> list[str] | None:
+    """``names`` as transformers renames a checkpoint's tensors when it loads them into ``model`` (Pythia's
+    ``embed_out.weight`` is GPTNeoXForCausalLM's ``lm_head.weight``), where this transformers says how;
+    as they are otherwise."""
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+
+        renames = get_model_conversion_mapping(model)
+    except Exception:  # another transformers: its renames unknown here
+        return names
+    out = []
+    for name in names or []:
+        for rename in renames:
+            try:
+                name = rename.rename_source_key(name)[0]
+            except Exception:
+                pass
+        out.append(name)
+    return out if names is not None else None

@@ -189,6 +189,32 @@ def make_tiny(family: str, path: str | Path, seed: int = 0, tok: Any = None) -> 
     return path
 
 
+BARE = ("gpt_neox", "gpt2", "llama", "qwen2")
+"""The families ``make_bare`` saves as their bare model class (no language-model head): GPT-NeoX's and
+Llama's unembedding is a matrix of its own, GPT-2's and Qwen2's the token embedding (tied)."""
+
+
+@kept_rng()
+def make_bare(family: str, path: str | Path, seed: int = 0) -> Path:
+    """Save a tiny random-init ``family`` (``BARE``) as its bare model class (``GPTNeoXModel``, ``GPT2Model``,
+    ``LlamaModel``, ``Qwen2Model``: config.json names it, the weights hold no ``lm_head``), with its
+    tokenizer (GPT-NeoX: GPT-2's), into ``path``: a checkpoint saved without its head."""
+    import torch
+    import transformers as tf
+
+    path = Path(path)
+    tok = family_tokenizer("gpt2" if family == "gpt_neox" else family)
+    cfg = (tf.GPTNeoXConfig(vocab_size=len(tok), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                            intermediate_size=128, max_position_embeddings=128, tie_word_embeddings=False,
+                            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+           if family == "gpt_neox" else family_config(family, tok))
+    cfg.initializer_range = 0.2
+    torch.manual_seed(seed)
+    tf.AutoModel.from_config(cfg).eval().save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
 def final_norm(model: Any) -> Any:
     """The final norm module of an HF causal LM of ``FAMILIES`` or ``SHAPES`` (GPT-2's ``ln_f``, Phi's
     ``final_layernorm``, OPT's ``decoder.final_layer_norm``; the others' ``norm``); None in the post-LN
