@@ -77,7 +77,7 @@ def is_encoder(hf_cfg: Any) -> bool:
             and not any(a.endswith(generates) for a in archs))
 
 
-POST_LN_ENCODERS = ("bert", "roberta", "xlm-roberta")
+POST_LN_ENCODERS = ("bert", "roberta", "xlm-roberta", "camembert")
 """model_types whose blocks are post-LN, h = LN1(x + attn(x)), out = LN2(h + mlp(h)), as TransformerBridge
 runs them (tests/test_encoder_tokens.py checks what each residual hook holds)."""
 
@@ -101,10 +101,10 @@ def masked_lm_for(target: str) -> str | None:
     and none for the class its config.json names: a sentence-transformers RoBERTa folder names
     ``RobertaModel``, which transformer-lens 4.3.0 maps to no adapter, while it has ``RobertaForMaskedLM``
     (BERT's ``BertModel`` is mapped by its model_type); an XLM-RoBERTa (``XLMRobertaForMaskedLM``, or a
-    sentence-transformers folder's ``XLMRobertaModel``) boots as ``RobertaForMaskedLM`` too (``SAME_MODULES``:
-    its adapter names the same modules, and the bridge still loads the model's own class). The encoder's
-    weights load into that class as they are (a bare encoder's masked-LM head, which no harvest reads, is
-    left random); None otherwise."""
+    sentence-transformers folder's ``XLMRobertaModel``) and a CamemBERT boot as ``RobertaForMaskedLM`` too
+    (``SAME_MODULES``: its adapter names the same modules, and the bridge still loads the model's own
+    class). The encoder's weights load into that class as they are (a bare encoder's masked-LM head is left
+    random: ``untrained_hooks``); None otherwise."""
     if (hf_cfg := _hf_config(target)) is None or _bridge_supports(hf_cfg) is not False:
         return None
     from transformer_lens.factories.architecture_adapter_factory import SUPPORTED_ARCHITECTURES
@@ -116,11 +116,12 @@ def masked_lm_for(target: str) -> str | None:
     return masked if masked in SUPPORTED_ARCHITECTURES else None
 
 
-SAME_MODULES = {"xlm-roberta": "RobertaForMaskedLM"}
+SAME_MODULES = {"xlm-roberta": "RobertaForMaskedLM", "camembert": "RobertaForMaskedLM"}
 """model_type -> the supported architecture whose TransformerBridge adapter fits a model of that type, which
-transformer-lens 4.3.0 has no adapter for: transformers' XLM-RoBERTa classes are RoBERTa's code (the same
-modules, embeddings, post-LN blocks and position ids after the padding index), so RoBERTa's adapter hooks
-them as they are (``tests/test_encoder_tokens.py``: every block's rows equal HF's hidden states)."""
+transformer-lens 4.3.0 has no adapter for: transformers' XLM-RoBERTa and CamemBERT classes are RoBERTa's
+code (the same modules, embeddings, post-LN blocks and position ids after the padding index), so RoBERTa's
+adapter hooks them as they are (``tests/test_encoder_tokens.py``: every block's rows equal HF's hidden
+states)."""
 
 
 def failed_on_supported(target: str, e: Exception) -> str | None:

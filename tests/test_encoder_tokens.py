@@ -1,6 +1,7 @@
 """Token-level harvests (``harvest.mode: tokens``) of encoders beyond MiniLM (test_harvest): a tiny
 random-init RoBERTa (``RobertaForMaskedLM``, byte-level BPE), XLM-RoBERTa (``XLMRobertaForMaskedLM``,
-SentencePiece unigram; booted with RoBERTa's adapter) and BERT (``BertForMaskedLM``, WordPiece) run through
+SentencePiece unigram) and CamemBERT (``CamembertForMaskedLM``, unigram, ``<s>`` 5) booted with RoBERTa's
+adapter, and BERT (``BertForMaskedLM``, WordPiece) run through
 TransformerBridge store HF's own hidden states, padding masked out, and their tokens read back as the text,
 sentence-transformers RoBERTa and XLM-R folders too; special tokens written in a text are dropped by
 skip_special ([UNK] kept); what each residual hook of their post-LN blocks holds; the encoder classes
@@ -28,7 +29,10 @@ from actdict.rng import kept_rng
 DOCS = ["the river stone café, a naïve lantern by the harbor window and the quiet market",
         "猫 sat on the velvet ladder.", "winter bread engine violin letter garden storm copper orchard"]
 # family: the ids of [CLS], [SEP] and the padding as the harvest finds them ([MASK] is special too)
-SPECIALS = {"roberta": (0, 2, 1), "xlmr": (0, 2, 1), "bert": (2, 3, 0)}
+SPECIALS = {"roberta": (0, 2, 1), "xlmr": (0, 2, 1), "bert": (2, 3, 0), "camembert": (5, 6, 1)}
+UNUSED = {"camembert": {0, 2, 4}}
+"""CamemBERT's '<s>NOTUSED', '</s>NOTUSED' and '<unk>NOTUSED' (ids 0, 2, 4): special tokens of its
+tokenizer (and of camembert-base's), never in a text it tokenizes."""
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +43,7 @@ def source(tmp_path_factory) -> dict:
 
 
 @pytest.mark.parametrize("mode", ["concat", "per_doc"])  # per_doc pads: the attention mask
-@pytest.mark.parametrize("family", ["roberta", "xlmr", "bert"])
+@pytest.mark.parametrize("family", ["roberta", "xlmr", "bert", "camembert"])
 def test_encoder_rows_are_hf_hidden_states(tmp_path, source, family, mode):
     from transformers import AutoModel
 
@@ -47,7 +51,7 @@ def test_encoder_rows_are_hf_hidden_states(tmp_path, source, family, mode):
     lm = load_model(str(folder))
     cls, sep, pad = SPECIALS[family]
     assert (lm.kind, lm.cls_id, lm.sep_id, lm.pad_id) == ("encoder", cls, sep, pad)
-    assert set(lm.special_ids) == {cls, sep, pad, lm.tokenizer.mask_token_id}  # [UNK] is text
+    assert set(lm.special_ids) == {cls, sep, pad, lm.tokenizer.mask_token_id} | UNUSED.get(family, set())
     hooks = ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
     common, cfg = harvest(tmp_path / "run", model=str(folder), hooks=hooks, window_mode=mode, source=source,
                           store_dtype="float32")
@@ -65,7 +69,7 @@ def test_encoder_rows_are_hf_hidden_states(tmp_path, source, family, mode):
     if family == "roberta":  # byte-level: each document's tokens are its text, '猫' in three bytes
         assert [context_text(p) for p in pieces] == DOCS
         assert pieces[1][:3] == ["<0xE7>", "<0x8C>", "<0xAB>"]
-    elif family == "xlmr":  # '▁' read as a space; a character the unigram vocabulary lacks is <unk>
+    elif family in ("xlmr", "camembert"):  # '▁' read as a space; a character the unigram lacks is <unk>
         known = set("".join(WORDS)) | {" "}
         assert [context_text(p).strip() for p in pieces] == [
             "".join(c if c in known else "<unk>" for c in doc) for doc in DOCS]
@@ -98,25 +102,27 @@ def test_encoders_the_bridge_lacks_are_refused_naming_the_architecture(tmp_path,
     assert not [p for p in (tmp_path / "run").rglob("*") if p.is_file()]  # no store, no manifest, no lock
 
 
-@pytest.mark.parametrize("family", ["roberta", "xlmr"])
+@pytest.mark.parametrize("family", ["roberta", "xlmr", "camembert"])
 def test_a_sentence_transformers_roberta_folder_is_harvested_as_its_masked_lm(tmp_path, source, family):
     """A sentence-transformers RoBERTa folder's config.json names RobertaModel, for which transformer-lens
     4.3.0 has no adapter (its model_type roberta maps to none, where bert maps to BertForMaskedLM): the load
     was refused, naming the architecture. It now boots as RobertaForMaskedLM (an adapter the bridge has),
-    and its rows are the folder's own hidden states; an XLM-R folder's XLMRobertaModel too."""
+    and its rows are the folder's own hidden states; an XLM-R folder's XLMRobertaModel and a CamemBERT
+    folder's CamembertModel too."""
     from transformers import AutoModel
 
     folder = make_encoder(family, tmp_path / "st")  # harvest.model names it: config.json at its root
-    arch = {"roberta": "RobertaModel", "xlmr": "XLMRobertaModel"}[family]
+    arch = {"roberta": "RobertaModel", "xlmr": "XLMRobertaModel", "camembert": "CamembertModel"}[family]
     assert json.loads((folder / "config.json").read_text())["architectures"] == [arch]
     lm = load_model(str(folder))
-    assert (lm.kind, lm.cls_id, lm.sep_id, lm.pad_id) == ("encoder", 0, 2, 1)
+    cls, sep, pad = SPECIALS[family]
+    assert (lm.kind, lm.cls_id, lm.sep_id, lm.pad_id) == ("encoder", cls, sep, pad)
     common, cfg = harvest(tmp_path / "run", model=str(folder), hooks=["blocks.1.hook_resid_post"],
                           window_mode="per_doc", source=source, store_dtype="float32")
     hf = AutoModel.from_pretrained(folder, attn_implementation="eager").eval()
     with torch.no_grad():
         ref, docs = reference(lambda ids: hf(input_ids=ids, output_hidden_states=True).hidden_states,
-                              lm.tokenizer, cfg, (0,), (2,), (2,), 1, trim=True)
+                              lm.tokenizer, cfg, (cls,), (sep,), (sep,), pad, trim=True)
     store = open_store(common.store_path, "blocks.1.hook_resid_post")
     check_aligned(store.read_rows(0, len(store)), ref, docs, 1, rtol=0, atol=2e-6)
 
@@ -135,12 +141,12 @@ def test_a_t5_encoder_boots_as_seq2seq_and_its_harvest_stops_saying_the_forward_
 
 
 LITERALS = {"bert": "[CLS] [SEP] [PAD] [MASK] [UNK]", "roberta": "<s> </s> <pad> <mask> <unk>",
-            "xlmr": "<s> </s> <pad> <mask> <unk>"}
+            "xlmr": "<s> </s> <pad> <mask> <unk>", "camembert": "<s> </s> <pad> <mask> <unk>"}
 """Each family's special tokens, [UNK] last, written in a text: its tokenizer reads each as that token."""
 
 
 @pytest.mark.parametrize("skip", [True, False])
-@pytest.mark.parametrize("family", ["bert", "roberta", "xlmr"])
+@pytest.mark.parametrize("family", ["bert", "roberta", "xlmr", "camembert"])
 def test_special_tokens_written_in_a_text(tmp_path, family, skip):
     """A literal [CLS]/<s>, [SEP]/</s>, pad or [MASK] in a text is that token: skip_special drops its row
     and keeps [UNK]'s (text the vocabulary lacks); without skip_special every row is stored. Either way the
@@ -173,7 +179,7 @@ def test_special_tokens_written_in_a_text(tmp_path, family, skip):
     check_aligned(rows, ref, docs, 1, rtol=0, atol=2e-6, mask=~np.isin(ref["tokens"], list(dropped)))
 
 
-@pytest.mark.parametrize("family", ["bert", "roberta", "xlmr"])
+@pytest.mark.parametrize("family", ["bert", "roberta", "xlmr", "camembert"])
 def test_what_each_residual_hook_of_a_post_ln_block_holds(tmp_path, source, family, capsys):
     """BERT's and RoBERTa's blocks are post-LN: h = LN1(x + attn(x)), out = LN2(h + mlp(h)). Under
     TransformerBridge hook_resid_pre is x (HF's hidden_states[L]) and hook_resid_post out (hidden_states[L+1],
@@ -232,7 +238,7 @@ def make_bert_as(path: Path, cls: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("family", ["minilm", "roberta", "xlmr", "classifier"])
+@pytest.mark.parametrize("family", ["minilm", "roberta", "xlmr", "camembert", "classifier"])
 def test_the_masked_lm_head_of_a_bare_encoder_is_refused(tmp_path, source, family):
     """MiniLM's checkpoint (BertModel), a sentence-transformers RoBERTa or XLM-R folder's (RobertaModel,
     XLMRobertaModel) and a BERT classifier's hold no masked-LM head: the bridge boots them as masked LMs and
@@ -254,8 +260,9 @@ def test_the_masked_lm_head_of_a_bare_encoder_is_refused(tmp_path, source, famil
     assert all((last[0][h] - last[1][h]).abs().max() > 1e-2 for h in HEAD)  # random: another draw
     torch.testing.assert_close(last[0]["mlm_head.hook_in"], last[1]["mlm_head.hook_in"], rtol=0, atol=0)
     said = (rf"of .* give[s]? no rows of the model's trained weights: {re.escape(UNTRAINED)}: the masked-LM "
-            r"head it adds to this encoder \((Bert|Roberta|XLMRoberta)(Model|ForSequenceClassification), "
-            r"booted as (Bert|Roberta|XLMRoberta)ForMaskedLM\); the encoder's output is")
+            r"head it adds to this encoder \((Bert|Roberta|XLMRoberta|Camembert)"
+            r"(Model|ForSequenceClassification), booted as (Bert|Roberta|XLMRoberta|Camembert)ForMaskedLM\); "
+            r"the encoder's output is")
     for hooks in (["blocks.0.hook_resid_post", "ln_final.hook_normalized"], ["ln_final.*"], ["hook_unembed"]):
         with pytest.raises(HookError, match=said):
             harvest(tmp_path / "run", model=folder, hooks=hooks, source=source)
@@ -295,7 +302,7 @@ def test_the_post_ln_note_names_only_the_hooks_whose_names_mislead():
     the harvest's order; None for a pre-LN model (GPT-NeoX) or the other residual hooks."""
     hooks = ["blocks.0.hook_resid_pre", "blocks.0.hook_attn_out", "blocks.1.hook_resid_mid",
              "blocks.1.attn.hook_z", "blocks.1.hook_resid_post"]
-    for kind in ("bert", "roberta", "xlm-roberta"):
+    for kind in ("bert", "roberta", "xlm-roberta", "camembert"):
         note = post_ln_note(kind, hooks)
         assert note.startswith(f"note: this {kind} encoder's blocks are post-LN, so of the hooks "
                                "blocks.0.hook_attn_out, blocks.1.hook_resid_mid: ")
@@ -305,7 +312,7 @@ def test_the_post_ln_note_names_only_the_hooks_whose_names_mislead():
 
 
 
-@pytest.mark.parametrize("family", ["bert", "pretraining", "roberta", "xlmr"])
+@pytest.mark.parametrize("family", ["bert", "pretraining", "roberta", "xlmr", "camembert"])
 def test_the_masked_lm_head_of_a_trained_masked_lm_is_harvested(tmp_path, source, family):
     """The other side of the refusal above: a checkpoint that holds its masked-LM head (BertForMaskedLM,
     BertForPreTraining booted as BertForMaskedLM, RobertaForMaskedLM, XLMRobertaForMaskedLM booted with

@@ -5,8 +5,9 @@ local sentence-transformers folders with tokenizers built offline (``harvest.mod
 * ``bert`` (MiniLM's class), ``distilbert``, ``mpnet``, ``modernbert`` (the paper's ModernBERT-embed's
   class): a WordPiece vocabulary of ``WORDS``' letters and words, right padding;
 * ``roberta``: GPT-2's byte-level BPE with RoBERTa's ``<s>`` ``</s>`` specials;
-* ``xlmr`` (XLM-RoBERTa) and ``t5`` (a sentence-t5 style T5 encoder + a Dense layer): a SentencePiece
-  unigram model learned from ``WORDS``;
+* ``xlmr`` (XLM-RoBERTa), ``camembert`` (CamemBERT: its unused ``<s>NOTUSED`` ids first, ``<s>`` 5,
+  ``</s>`` 6; not in ``FAMILIES``: ``make_masked_lm`` and ``make_encoder`` only) and ``t5`` (a sentence-t5
+  style T5 encoder + a Dense layer): a SentencePiece unigram model learned from ``WORDS``;
 * ``qwen2``: a decoder as an embedder (GTE-Qwen style: last-token pooling), padded on the ``padding_side``
   given (left, as GTE-Qwen's tokenizer, or right).
 
@@ -77,6 +78,11 @@ def family_tokenizer(family: str, work: Path, padding_side: str = "right") -> An
         head = [(t, 0.0) for t in ("<s>", "<pad>", "</s>", "<unk>")]
         return tf.XLMRobertaTokenizerFast(vocab=head + unigram_pieces(work) + [("<mask>", 0.0)],
                                           model_max_length=64)
+    if family == "camembert":  # camembert-base's first ids: 0..4 unused or <pad>/<unk>, <s> 5, </s> 6
+        head = [("<s>NOTUSED", 0.0), ("<pad>", 0.0), ("</s>NOTUSED", 0.0), ("<unk>", 0.0),
+                ("<unk>NOTUSED", -100.0), ("<s>", 0.0), ("</s>", 0.0)]
+        return tf.CamembertTokenizerFast(vocab=head + unigram_pieces(work) + [("<mask>", 0.0)],
+                                         model_max_length=64)
     if family == "t5":
         head = [(t, 0.0) for t in ("<pad>", "</s>", "<unk>")]
         return tf.T5TokenizerFast(vocab=head + unigram_pieces(work), extra_ids=0, model_max_length=64)
@@ -104,10 +110,9 @@ def family_model(family: str, tok: Any) -> Any:
                                                       max_position_embeddings=64))
     if family == "mpnet":
         return tf.MPNetModel(tf.MPNetConfig(max_position_embeddings=66, **small))
-    if family in ("roberta", "xlmr"):
-        cls = tf.RobertaModel if family == "roberta" else tf.XLMRobertaModel
-        conf = tf.RobertaConfig if family == "roberta" else tf.XLMRobertaConfig
-        return cls(conf(max_position_embeddings=66, **small))
+    if family in ("roberta", "xlmr", "camembert"):
+        name = {"roberta": "Roberta", "xlmr": "XLMRoberta", "camembert": "Camembert"}[family]
+        return getattr(tf, f"{name}Model")(getattr(tf, f"{name}Config")(max_position_embeddings=66, **small))
     if family == "modernbert":
         ids = {f"{k}_token_id": getattr(tok, f"{k}_token_id") for k in ("cls", "sep", "bos", "eos")}
         return tf.ModernBertModel(tf.ModernBertConfig(
@@ -154,6 +159,7 @@ def make_encoder(family: str, path: str | Path, pooling: str = "mean", normalize
 
 
 MASKED_LM = {"bert": "BertForMaskedLM", "roberta": "RobertaForMaskedLM", "xlmr": "XLMRobertaForMaskedLM",
+             "camembert": "CamembertForMaskedLM",
              "modernbert": "ModernBertForMaskedLM", "distilbert": "DistilBertForMaskedLM",
              "mpnet": "MPNetForMaskedLM"}
 
