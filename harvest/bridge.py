@@ -7,6 +7,7 @@ holds an HF model was wrong where it did.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 
@@ -103,18 +104,26 @@ def masked_lm_for(target: str) -> str | None:
     (BERT's ``BertModel`` is mapped by its model_type); an XLM-RoBERTa (``XLMRobertaForMaskedLM``, or a
     sentence-transformers folder's ``XLMRobertaModel``) and a CamemBERT boot as ``RobertaForMaskedLM`` too
     (``SAME_MODULES``: its adapter names the same modules, and the bridge still loads the model's own
-    class). The encoder's weights load into that class as they are (a bare encoder's masked-LM head is left
-    random: ``untrained_hooks``); None otherwise."""
+    class); a fine-tuned RoBERTa or XLM-R (``RobertaForSequenceClassification``, ``ENCODER_TASKS``) boots
+    as that masked LM, as a BERT one boots by its model_type. The encoder's weights load into that class as
+    they are (a masked-LM head its checkpoint lacks is left random: ``untrained_hooks``); None otherwise."""
     if (hf_cfg := _hf_config(target)) is None or _bridge_supports(hf_cfg) is not False:
         return None
     from transformer_lens.factories.architecture_adapter_factory import SUPPORTED_ARCHITECTURES
 
     arch = (getattr(hf_cfg, "architectures", None) or [""])[0]
-    if not arch.endswith(("Model", "ForMaskedLM")):  # a task head (ForCausalLM, ...): no encoder of ours
-        return None
-    masked = SAME_MODULES.get(getattr(hf_cfg, "model_type", None), f"{arch.removesuffix('Model')}ForMaskedLM")
+    base = re.sub(r"(Model|For[A-Z]\w*)$", "", arch)  # RobertaForSequenceClassification: Roberta
+    if not (arch.endswith(("Model", "ForMaskedLM")) or is_encoder(hf_cfg) and arch.endswith(ENCODER_TASKS)):
+        return None  # a generating head (ForCausalLM, ...): no encoder of ours
+    masked = SAME_MODULES.get(getattr(hf_cfg, "model_type", None), f"{base}ForMaskedLM")
     return masked if masked in SUPPORTED_ARCHITECTURES else None
 
+
+ENCODER_TASKS = ("ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering",
+                 "ForMultipleChoice")
+"""How the classes of a fine-tuned encoder end (a classifier, a tagger, a reader): the encoder's weights and a
+task head, no masked-LM head; ``masked_lm_for`` boots a RoBERTa or XLM-R one as its masked LM, as the bridge
+boots a BERT one by its model_type."""
 
 SAME_MODULES = {"xlm-roberta": "RobertaForMaskedLM", "camembert": "RobertaForMaskedLM"}
 """model_type -> the supported architecture whose TransformerBridge adapter fits a model of that type, which

@@ -224,30 +224,38 @@ HEAD = ["ln_final.hook_normalized", "ln_final.hook_out", "mlm_head.hook_out", "u
 
 
 @kept_rng()
-def make_bert_as(path: Path, cls: str) -> Path:
-    """A tiny random-init BERT saved as transformers' class ``cls`` with its tokenizer:
-    BertForSequenceClassification (a fine-tuned hub checkpoint: the encoder and a classifier, no masked-LM
-    head) or BertForPreTraining (bert-base-uncased's class: the masked-LM head, cls.predictions, beside the
-    next-sentence one)."""
+def make_as(family: str, path: Path, cls: str) -> Path:
+    """A tiny random-init ``family`` encoder saved as transformers' class ``cls`` with its tokenizer:
+    BertForSequenceClassification, RobertaForSequenceClassification, XLMRobertaForSequenceClassification (a
+    fine-tuned hub checkpoint: the encoder and a classifier, no masked-LM head) or BertForPreTraining
+    (bert-base-uncased's class: the masked-LM head, cls.predictions, beside the next-sentence one)."""
     import transformers as tf
 
-    tok = family_tokenizer("bert", path)
+    path.mkdir(parents=True, exist_ok=True)  # the unigram's files
+    tok = family_tokenizer(family, path)
     torch.manual_seed(0)
-    getattr(tf, cls)(family_model("bert", tok).config).save_pretrained(path)
+    getattr(tf, cls)(family_model(family, tok).config).save_pretrained(path)
     tok.save_pretrained(path)
     return path
 
 
-@pytest.mark.parametrize("family", ["minilm", "roberta", "xlmr", "camembert", "classifier"])
+CLASSIFIERS = {"bert": "BertForSequenceClassification", "roberta": "RobertaForSequenceClassification",
+               "xlmr": "XLMRobertaForSequenceClassification"}
+
+
+@pytest.mark.parametrize("family", ["minilm", "roberta", "xlmr", "camembert", "bert_classifier",
+                                    "roberta_classifier", "xlmr_classifier"])
 def test_the_masked_lm_head_of_a_bare_encoder_is_refused(tmp_path, source, family):
     """MiniLM's checkpoint (BertModel), a sentence-transformers RoBERTa or XLM-R folder's (RobertaModel,
-    XLMRobertaModel) and a BERT classifier's hold no masked-LM head: the bridge boots them as masked LMs and
+    XLMRobertaModel) and a BERT, RoBERTa or XLM-R classifier's hold no masked-LM head: the bridge boots
+    them as masked LMs and
     draws the head's weights at load, so its hooks' rows changed from one load to the next (here with the
     torch seed), and a harvest stored them. Named, or all a pattern matches, they are refused before
     anything is written; a pattern leaves them out and keeps the head's input (mlm_head.hook_in), the last
     block's output."""
+    kind = family.removesuffix("_classifier")
     made = {"minilm": lambda: "all-MiniLM-L6-v2",
-            "classifier": lambda: make_bert_as(tmp_path / "c", "BertForSequenceClassification")}
+            f"{kind}_classifier": lambda: make_as(kind, tmp_path / "c", CLASSIFIERS[kind])}
     folder = str(made.get(family, lambda: make_encoder(family, tmp_path / "st"))())
     last = []
     for seed in (0, 1):
@@ -273,6 +281,30 @@ def test_the_masked_lm_head_of_a_bare_encoder_is_refused(tmp_path, source, famil
     assert sorted(list_hooks(common.store_path)) == [out, "mlm_head.hook_in"]  # hook_out left out
     rows = [open_store(common.store_path, h) for h in (out, "mlm_head.hook_in")]
     np.testing.assert_array_equal(*(r.read_rows(0, len(r)).acts for r in rows))
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "xlmr"])
+def test_a_classifier_is_harvested_as_its_masked_lm(tmp_path, source, family):
+    """A fine-tuned RoBERTa or XLM-R classifier's folder (config.json naming
+    RobertaForSequenceClassification, XLMRobertaForSequenceClassification) was refused as an architecture
+    the bridge does not support, where a BERT one boots by its model_type. It now boots as
+    RobertaForMaskedLM as a BERT one boots as BertForMaskedLM, and its rows are its own encoder's hidden
+    states (its random masked-LM head refused: the test above)."""
+    from transformers import AutoModel
+
+    folder = make_as(family, tmp_path / "c", CLASSIFIERS[family])
+    lm = load_model(str(folder))
+    assert type(lm.bridge.original_model).__name__.endswith("ForMaskedLM") and lm.kind == "encoder"
+    common, cfg = harvest(tmp_path / "run", model=str(folder), hooks=["blocks.*.hook_resid_post"],
+                          window_mode="per_doc", source=source, store_dtype="float32")
+    hf = AutoModel.from_pretrained(folder, attn_implementation="eager").eval()
+    cls, sep, pad = SPECIALS[family]
+    with torch.no_grad():
+        ref, docs = reference(lambda ids: hf(input_ids=ids, output_hidden_states=True).hidden_states,
+                              lm.tokenizer, cfg, (cls,), (sep,), (sep,), pad, trim=True)
+    for layer in range(2):
+        store = open_store(common.store_path, f"blocks.{layer}.hook_resid_post")
+        check_aligned(store.read_rows(0, len(store)), ref, docs, layer, rtol=0, atol=2e-6)
 
 
 def test_one_refusal_says_each_hook_in_its_own_words(tmp_path):
@@ -318,7 +350,7 @@ def test_the_masked_lm_head_of_a_trained_masked_lm_is_harvested(tmp_path, source
     BertForPreTraining booted as BertForMaskedLM, RobertaForMaskedLM, XLMRobertaForMaskedLM booted with
     RoBERTa's adapter) has no untrained hooks, its head's rows are the same from one load to the next
     whatever the torch seed (its weights, not a draw), and a harvest of ln_final.* stores them."""
-    folder = str(make_bert_as(tmp_path / "m", "BertForPreTraining") if family == "pretraining"
+    folder = str(make_as("bert", tmp_path / "m", "BertForPreTraining") if family == "pretraining"
                  else make_masked_lm(family, tmp_path / "m"))
     last = []
     for seed in (0, 1):
