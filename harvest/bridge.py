@@ -105,17 +105,20 @@ def masked_lm_for(target: str) -> str | None:
     sentence-transformers folder's ``XLMRobertaModel``) and a CamemBERT boot as ``RobertaForMaskedLM`` too
     (``SAME_MODULES``: its adapter names the same modules, and the bridge still loads the model's own
     class); a fine-tuned RoBERTa or XLM-R (``RobertaForSequenceClassification``, ``ENCODER_TASKS``) boots
-    as that masked LM, as a BERT one boots by its model_type. The encoder's weights load into that class as
+    as that masked LM, as a BERT one boots by its model_type, and so does an encoder whose config.json names
+    no class (its model_type's masked LM in transformers). The encoder's weights load into that class as
     they are (a masked-LM head its checkpoint lacks is left random: ``untrained_hooks``); None otherwise."""
     if (hf_cfg := _hf_config(target)) is None or _bridge_supports(hf_cfg) is not False:
         return None
     from transformer_lens.factories.architecture_adapter_factory import SUPPORTED_ARCHITECTURES
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
-    arch = (getattr(hf_cfg, "architectures", None) or [""])[0]
-    base = re.sub(r"(Model|For[A-Z]\w*)$", "", arch)  # RobertaForSequenceClassification: Roberta
-    if not (arch.endswith(("Model", "ForMaskedLM")) or is_encoder(hf_cfg) and arch.endswith(ENCODER_TASKS)):
+    arch, kind = (getattr(hf_cfg, "architectures", None) or [""])[0], getattr(hf_cfg, "model_type", None)
+    task = not arch or arch.endswith(ENCODER_TASKS)  # no class named, or a fine-tuned encoder's
+    if not (arch.endswith(("Model", "ForMaskedLM")) or task and is_encoder(hf_cfg)):
         return None  # a generating head (ForCausalLM, ...): no encoder of ours
-    masked = SAME_MODULES.get(getattr(hf_cfg, "model_type", None), f"{base}ForMaskedLM")
+    base = re.sub(r"(Model|For[A-Z]\w*)$", "", arch)  # RobertaForSequenceClassification: Roberta
+    masked = SAME_MODULES.get(kind, f"{base}ForMaskedLM" if arch else MODEL_FOR_MASKED_LM_MAPPING_NAMES[kind])
     return masked if masked in SUPPORTED_ARCHITECTURES else None
 
 

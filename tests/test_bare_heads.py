@@ -93,16 +93,22 @@ def pythia_as_saved(path: Path) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("kind", ["gpt_neox", "bert", "llama_head", "bert_head", "pythia_head"])
+@pytest.mark.parametrize("kind", ["gpt_neox", "bert", "roberta", "llama_head", "bert_head", "roberta_head",
+                                  "pythia_head"])
 def test_a_config_naming_no_class_is_judged_by_its_weights(tmp_path, kind):
     """A config.json without ``architectures`` boots by its model_type (GPTNeoXForCausalLM,
     BertForMaskedLM), and said nothing about a head its weights lack: the random head's hooks were
     harvested. The weights' tensor names now tell, as transformers renames them at load: a head saved
     (LlamaForCausalLM's lm_head, BertForMaskedLM's cls, Pythia's unembedding saved as embed_out.weight,
-    GPTNeoXForCausalLM's lm_head) is trained; none saved, its hooks are refused, saying so."""
+    GPTNeoXForCausalLM's lm_head) is trained; none saved, its hooks are refused, saying so. A RoBERTa
+    config naming no class, whose model_type the bridge maps to no adapter, was refused at load as an
+    unsupported architecture: it boots as RobertaForMaskedLM (``bridge.masked_lm_for``), as one naming
+    RobertaModel does."""
     made = {"gpt_neox": lambda p: make_bare("gpt_neox", p), "llama_head": lambda p: make_tiny("llama", p),
             "bert": lambda p: make_encoder("bert", p).parent / "hf",
-            "bert_head": lambda p: make_masked_lm("bert", p), "pythia_head": pythia_as_saved}
+            "roberta": lambda p: make_encoder("roberta", p).parent / "hf",
+            "bert_head": lambda p: make_masked_lm("bert", p),
+            "roberta_head": lambda p: make_masked_lm("roberta", p), "pythia_head": pythia_as_saved}
     folder = unnamed(Path(made[kind](tmp_path / "m")))
     (a, b), untrained = loads(folder)
     if kind.endswith("_head"):
@@ -110,6 +116,6 @@ def test_a_config_naming_no_class_is_judged_by_its_weights(tmp_path, kind):
         torch.testing.assert_close(a["hook_unembed"], b["hook_unembed"], rtol=0, atol=0)
         return
     assert (a["hook_unembed"] - b["hook_unembed"]).abs().max() > 1e-2
-    head = "lm_head" if kind == "gpt_neox" else "cls"
+    head = {"gpt_neox": "lm_head", "bert": "cls", "roberta": "lm_head"}[kind]
     assert {"unembed.hook_out", "hook_unembed"} <= set(untrained)
     assert f"(config.json names no class and its weights no {head}.*, booted as " in untrained["hook_unembed"]
