@@ -12,11 +12,12 @@ import pytest
 import torch
 from test_harvest import harvest
 from tiny_encoders import make_encoder, make_masked_lm
-from tiny_models import make_bare, make_tiny
+from tiny_models import family_config, family_tokenizer, make_bare, make_tiny
 
 from actdict.harvest.bridge import UNTRAINED, untrained_hooks
 from actdict.harvest.models import HookError, load_model
 from actdict.harvest.store import list_hooks
+from actdict.rng import kept_rng
 
 HEAD = ["unembed.hook_in", "unembed.hook_out", "hook_unembed", "ln_final.hook_normalized"]
 
@@ -33,21 +34,41 @@ def loads(folder: str) -> tuple[list[dict], dict]:
     return caches, untrained_hooks(lm.bridge, folder)
 
 
-@pytest.mark.parametrize("family", ["gpt_neox", "llama"])
+@kept_rng()
+def make_classifier(family: str, path: Path) -> Path:
+    """A tiny ``family`` (tiny_models) saved as its ForSequenceClassification: the base model and a score
+    head, no lm_head."""
+    import transformers as tf
+
+    tok = family_tokenizer(family)
+    torch.manual_seed(0)
+    getattr(tf, CLASSIFIERS[family])(family_config(family, tok)).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+CLASSIFIERS = {"llama": "LlamaForSequenceClassification", "qwen2": "Qwen2ForSequenceClassification"}
+
+
+@pytest.mark.parametrize("family", ["gpt_neox", "llama", "llama_classifier"])
 def test_the_random_unembedding_of_a_bare_causal_checkpoint_is_refused(tmp_path, family):
-    """A bare GPTNeoXModel / LlamaModel folder boots as its ForCausalLM with an lm_head drawn at load: its
-    unembed.hook_out and hook_unembed rows changed with torch's seed, and a harvest stored them. They are
-    refused now, named or all a pattern matches; the unembedding's input and the final norm (the base
-    model's) are the same from load to load, and a pattern keeps them."""
-    folder = str(make_bare(family, tmp_path / "m"))
-    booted = {"gpt_neox": "GPTNeoX", "llama": "Llama"}[family]
+    """A bare GPTNeoXModel / LlamaModel folder, or a LlamaForSequenceClassification one, boots as its
+    ForCausalLM with an lm_head drawn at load: its unembed.hook_out and hook_unembed rows changed with
+    torch's seed, and a harvest stored them. They are refused now, named or all a pattern matches; the
+    unembedding's input and the final norm (the base model's) are the same from load to load, and a
+    pattern keeps them."""
+    kind = family.removesuffix("_classifier")
+    made = make_bare(kind, tmp_path / "m") if kind == family else make_classifier(kind, tmp_path / "m")
+    folder = str(made)
+    booted = {"gpt_neox": "GPTNeoX", "llama": "Llama"}[kind]
+    arch = CLASSIFIERS[kind] if kind != family else f"{booted}Model"
     (a, b), untrained = loads(folder)
     assert (a["unembed.hook_out"] - b["unembed.hook_out"]).abs().max() > 1e-2  # another draw
     for h in ("unembed.hook_in", "ln_final.hook_normalized"):
         torch.testing.assert_close(a[h], b[h], rtol=0, atol=0)
     assert sorted(untrained) == ["hook_unembed", "unembed.hook_out"]
     said = (f"hook 'unembed.hook_out' of {folder} gives no rows of the model's trained weights: {UNTRAINED}: "
-            f"the unembedding it adds to this model ({booted}Model, booted as {booted}ForCausalLM; not tied "
+            f"the unembedding it adds to this model ({arch}, booted as {booted}ForCausalLM; not tied "
             "to the embedding); its input, unembed.hook_in, is the model's")
     with pytest.raises(HookError) as e:
         harvest(tmp_path / "run", model=folder, hooks=["blocks.0.hook_resid_post", "unembed.hook_out"])
@@ -59,11 +80,13 @@ def test_the_random_unembedding_of_a_bare_causal_checkpoint_is_refused(tmp_path,
     assert sorted(list_hooks(common.store_path)) == ["ln_final.hook_normalized", "unembed.hook_in"]
 
 
-@pytest.mark.parametrize("family", ["gpt2", "qwen2"])
+@pytest.mark.parametrize("family", ["gpt2", "qwen2", "qwen2_classifier"])
 def test_a_tied_unembedding_of_a_bare_checkpoint_is_trained(tmp_path, family):
-    """GPT2Model and Qwen2Model tie the unembedding to the token embedding, which the checkpoint holds: the
-    booted lm_head is that embedding, the same from load to load, and nothing is refused."""
-    folder = str(make_bare(family, tmp_path / "m"))
+    """GPT2Model and Qwen2Model (and a Qwen2ForSequenceClassification) tie the unembedding to the token
+    embedding, which the checkpoint holds: the booted lm_head is that embedding, the same from load to load,
+    and nothing is refused."""
+    kind = family.removesuffix("_classifier")
+    folder = str(make_bare(kind, tmp_path / "m") if kind == family else make_classifier(kind, tmp_path / "m"))
     (a, b), untrained = loads(folder)
     assert untrained == {}
     for h in HEAD:
