@@ -15,9 +15,12 @@ from actdict.analyze.splice import heldout_windows, splice_eval, splice_fails
 
 def causal_lm(store, device: torch.device, cfg: AnalyzeConfig):
     """The store's causal language model (float32, offline), for ``ce_loss`` and ``logit_effects``, loaded
-    before the analysis pass so that what stops it stops it first."""
+    before the analysis pass so that what stops it stops it first: not an encoder, nor a model whose
+    unembedding TransformerBridge drew at random (``harvest.bridge.untrained_hooks``: a checkpoint saved
+    without its lm_head), whose logits would be of random weights."""
     from actdict.analyze.logits import no_direct_path, not_residual
-    from actdict.harvest.models import load_model
+    from actdict.harvest.bridge import untrained_hooks
+    from actdict.harvest.models import load_model, resolve_model
 
     asks = " and ".join(f"analyze.{k}" for k in ("ce_loss", "logit_effects") if getattr(cfg, k))
     off = " and ".join(f"analyze.{k}={v}" for k, v in (("ce_loss", "false"), ("logit_effects", 0))
@@ -32,6 +35,9 @@ def causal_lm(store, device: torch.device, cfg: AnalyzeConfig):
     lm = load_model(man["model"], device=str(device), dtype="float32")
     if lm.kind != "causal":
         raise AnalyzeError(f"{asks} needs a causal language model; {lm.name} is an encoder: set {off}")
+    if why := untrained_hooks(lm.bridge, resolve_model(lm.name)[2]).get("unembed.hook_out"):
+        raise AnalyzeError(f"{asks} needs the model's logits, and {lm.name}'s unembedding is not its own "
+                           f"(unembed.hook_out: {why}): set {off}")  # a bare GPTNeoXModel's checkpoint
     if cfg.logit_effects and (why := not_residual(man["hook"], store.d, lm.d_model)
                               or no_direct_path(lm.bridge, lm.d_model)):
         raise AnalyzeError(f"analyze.logit_effects: {why}: set analyze.logit_effects=0")

@@ -142,3 +142,29 @@ def test_a_config_naming_no_class_is_judged_by_its_weights(tmp_path, kind):
     head = {"gpt_neox": "lm_head", "bert": "cls", "roberta": "lm_head"}[kind]
     assert {"unembed.hook_out", "hook_unembed"} <= set(untrained)
     assert f"(config.json names no class and its weights no {head}.*, booted as " in untrained["hook_unembed"]
+
+
+@pytest.mark.parametrize("family", ["gpt_neox", "gpt2"])
+def test_the_analysis_needs_the_models_own_unembedding(tmp_path, family):
+    """analyze.ce_loss and analyze.logit_effects of a store harvested from a bare GPTNeoXModel ran through
+    the unembedding the bridge drew at load (the logits, and so CE and each feature's logit effects, of
+    random weights, changing from run to run); they are refused now, saying so and what to set. A bare
+    GPT2Model's tied unembedding is its own: the model loads for them."""
+    from types import SimpleNamespace
+
+    from actdict.analyze import lm as lm_mod
+    from actdict.analyze.config import AnalyzeConfig
+    from actdict.analyze.inputs import AnalyzeError
+
+    folder = str(make_bare(family, tmp_path / "m"))
+    store = SimpleNamespace(manifest={"model": folder, "hook": "blocks.1.hook_resid_post"}, d=64)
+    for cfg, off in ((AnalyzeConfig(logit_effects=3), "analyze.logit_effects=0"),
+                     (AnalyzeConfig(ce_loss=True), "analyze.ce_loss=false")):
+        if family == "gpt2":
+            assert lm_mod.causal_lm(store, "cpu", cfg).name == folder
+            continue
+        with pytest.raises(AnalyzeError) as e:
+            lm_mod.causal_lm(store, "cpu", cfg)
+        assert str(e.value).startswith(f"{off.split('=')[0]} needs the model's logits, and {folder}'s "
+                                       f"unembedding is not its own (unembed.hook_out: {UNTRAINED}: ")
+        assert str(e.value).endswith(f"): set {off}")
