@@ -168,3 +168,27 @@ def test_the_analysis_needs_the_models_own_unembedding(tmp_path, family):
         assert str(e.value).startswith(f"{off.split('=')[0]} needs the model's logits, and {folder}'s "
                                        f"unembedding is not its own (unembed.hook_out: {UNTRAINED}: ")
         assert str(e.value).endswith(f"): set {off}")
+
+
+def test_the_saved_names_are_read_from_each_kind_of_weight_file(tmp_path):
+    """``bridge.saved_names`` (what a config naming no class is judged by): a sharded checkpoint's index, a
+    ``pytorch_model.bin`` (loaded onto the meta device: no weights read) and a safetensors header give the
+    tensors' names; a folder with none of them, or a hub model not in the cache, gives None."""
+    from safetensors.torch import save_file
+
+    from actdict.harvest.bridge import saved_names
+
+    names = {"gpt_neox.embed_in.weight": torch.zeros(3, 2), "embed_out.weight": torch.ones(3, 2)}
+    for kind in ("index", "bin", "safetensors", "none"):
+        folder = tmp_path / kind
+        folder.mkdir()
+        if kind == "index":
+            index = {"weight_map": {k: "model-00001-of-00002.safetensors" for k in names}}
+            (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+        elif kind == "bin":
+            torch.save(names, folder / "pytorch_model.bin")
+        elif kind == "safetensors":
+            save_file(names, folder / "model.safetensors")
+        got = saved_names(str(folder))
+        assert (got if got is None else sorted(got)) == (None if kind == "none" else sorted(names))
+    assert saved_names("no-such-owner/no-such-model") is None
