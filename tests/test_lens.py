@@ -519,3 +519,17 @@ def test_the_lens_runs_the_forward_in_the_dtype_the_store_was_harvested_in(run, 
     assert asked == ["float32"] and json.loads(out.read_text())["hook"] == HOOK
     assert harvest_dtype("encode bfloat16 on cuda, stored float32", "float32", "cpu") == "bfloat16"
     assert harvest_dtype(None, "auto", "cpu") == "bfloat16"  # no record: auto as it picks here
+
+
+def test_a_hook_of_a_head_the_checkpoint_lacks_is_refused(run):
+    """MiniLM's checkpoint is a bare BertModel: the bridge draws its masked-LM head at random at each load,
+    so the lens of a store harvested from ln_final.hook_normalized (before the harvest refused it) would
+    read the text through another random head than the store's. Refused, as the harvest refuses it."""
+    from actdict.harvest.models import HookError
+
+    cfg_path, _ = run
+    lm = load_model("all-MiniLM-L6-v2")
+    with pytest.raises(HookError, match="ln_final.hook_normalized.*trained weights"):
+        text_rows(lm, _harvest_cfg(cfg_path), "ln_final.hook_normalized", "The ferry leaves.")
+    ids, x = text_rows(lm, _harvest_cfg(cfg_path), "mlm_head.hook_in", "The ferry leaves.")  # the encoder's
+    assert x.shape == (len(ids), 384)  # output, kept
