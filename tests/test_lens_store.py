@@ -1,6 +1,8 @@
 """``analyze.lens.lens_store``: a run folder without a store reads the one its dictionaries' cfg.json records,
 where it lies: a relative path from the folder the training ran in, a URL only when it is there."""
 
+from pathlib import Path
+
 import fsspec
 import numpy as np
 import pytest
@@ -56,18 +58,26 @@ def test_a_relative_recorded_store_is_read_from_the_folder_the_training_ran_in(t
         "store=PATH")
 
 
+def _refusal(run_dir: Path, recorded: str) -> str:
+    """The LensError lens_store says for dictionaries of ``run_dir`` that recorded the store ``recorded``."""
+    with pytest.raises(LensError) as e:
+        lens_store(Common(run_dir=str(run_dir)), {"sae": {"store": {"path": recorded}}})
+    return str(e.value)
+
+
+def _said(run_dir: Path, learned: str) -> str:
+    return (f"no store at {run_dir / 'store'} for the dictionaries of {run_dir} (they learned {learned}): "
+            "give the store they learned with --set store=PATH")
+
+
 def test_a_recorded_store_url_that_is_not_there_is_said_as_a_missing_path_is(tmp_path):
     """A URL recorded in cfg.json (s3://, memory://) was returned unchecked, and the lens failed later on
     with the store's own error; it is now checked (fsspec) and a missing one gets the LensError of a
     missing local path."""
     run_dir = tmp_path / "other"
     (run_dir / "dicts").mkdir(parents=True)
-    with pytest.raises(LensError) as e:
-        lens_store(Common(run_dir=str(run_dir)), {"sae": {"store": {"path": "memory://lens-gone/store"}}})
-    assert str(e.value) == (
-        f"no store at {run_dir / 'store'} for the dictionaries of {run_dir} (they learned "
-        "memory://lens-gone/store, which is not there either): give the store they learned with --set "
-        "store=PATH")
+    assert _refusal(run_dir, "memory://lens-gone/store") == _said(run_dir, "memory://lens-gone/store, which "
+                                                                     "is not there either")
     fsspec.filesystem("memory").pipe("/lens-there/store/x", b"1")
     try:
         path, note = lens_store(Common(run_dir=str(run_dir)), {"sae": {"store": {"path": "memory://lens-there/store"}}})
@@ -95,9 +105,5 @@ def test_a_recorded_store_url_that_cannot_be_checked_says_why(tmp_path, monkeypa
                                         r"\(StoreError: store nosuchproto://b/store cannot be opened: "):
         lens_store(Common(run_dir=str(run_dir)), {"sae": {"store": {"path": "nosuchproto://b/store"}}})
     monkeypatch.setattr(layout, "fs_of", lambda path: (Fs(), "b/store"))
-    with pytest.raises(LensError) as e:
-        lens_store(Common(run_dir=str(run_dir)), {"sae": {"store": {"path": "s3://b/store"}}})
-    assert str(e.value) == (
-        f"no store at {run_dir / 'store'} for the dictionaries of {run_dir} (they learned s3://b/store, "
-        "which could not be checked (NoCredentialsError: Unable to locate credentials)): give the store they "
-        "learned with --set store=PATH")
+    why = "which could not be checked (NoCredentialsError: Unable to locate credentials)"
+    assert _refusal(run_dir, "s3://b/store") == _said(run_dir, f"s3://b/store, {why}")

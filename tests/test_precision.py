@@ -108,6 +108,14 @@ def test_bfloat16_asked_on_a_cpu_without_it_warns(tmp_path, cpu_flags, capsys):
     assert "warning" not in capsys.readouterr().out
 
 
+def _refused_without_bf16(run_dir: Path, cpu_flags) -> str:
+    """The HarvestError an auto harvest into ``run_dir`` stops with on a CPU without bf16 instructions."""
+    cpu_flags(False)
+    with pytest.raises(HarvestError) as e:
+        harvest(run_dir, dtype="auto")
+    return str(e.value)
+
+
 def test_an_unfinished_auto_store_resumes_only_where_auto_picks_its_dtype(tmp_path, cpu_flags):
     """A store started by an auto harvest on a CPU with bf16, cut short, then rerun on one without: the
     rows would mix two dtypes, so the harvest refuses, saying the forward's dtype or device differs and
@@ -118,14 +126,11 @@ def test_an_unfinished_auto_store_resumes_only_where_auto_picks_its_dtype(tmp_pa
     assert json.loads(manifest.read_text())["n_rows"] == 95  # 3 shards: the texts' rows
     manifest.write_text(json.dumps(json.loads(manifest.read_text()) | {"complete": False}))
     shutil.rmtree(store / HOOK / "shards" / "00002")  # what a kill before the last shard leaves
-    cpu_flags(False)
-    with pytest.raises(HarvestError) as e:
-        harvest(tmp_path / "r", dtype="auto")
     assert ("numerics: store 'forward bfloat16 on cpu, stored float16', this run 'forward float32 on cpu, "
             "stored float16'): this run's forward dtype or device is not the one the store was started with "
             "(harvest.dtype / harvest.device: 'auto' picks by the machine): it resumes where they pick the "
             "store's numerics again (set otherwise, they are another config); delete the store") in (
-        str(e.value))
+        _refused_without_bf16(tmp_path / "r", cpu_flags))
     assert not (store / HOOK / "shards" / "00002").exists()
     with pytest.raises(HarvestError, match=r"another config \(hook .*: dtype: 'auto' -> 'bfloat16'\)"):
         harvest(tmp_path / "r", dtype="bfloat16")  # what the refusal said to do: refused as another config
@@ -163,14 +168,11 @@ def test_a_complete_auto_store_grows_only_where_auto_picks_its_dtype(tmp_path, c
     it stays complete and usable as it was; on a CPU that picks its dtype again it grows."""
     cpu_flags(True)
     store = Path(harvest(tmp_path / "r", dtype="auto", max_tokens=64).store_path)
-    cpu_flags(False)
-    with pytest.raises(HarvestError) as e:
-        harvest(tmp_path / "r", dtype="auto")
     assert ("cannot grow (numerics: store 'forward bfloat16 on cpu, stored float16', this run 'forward "
             "float32 on cpu, stored float16'): this run's forward dtype or device is not the one it was "
             "harvested with (harvest.dtype / harvest.device: 'auto' picks by the machine), so its rows would "
             "mix two: it grows where they pick the store's numerics again; it is left complete as it was: "
-            "use it with harvest.max_tokens=64") in str(e.value)
+            "use it with harvest.max_tokens=64") in _refused_without_bf16(tmp_path / "r", cpu_flags)
     s = open_store(store, HOOK)
     assert (len(s), s.manifest["complete"], s.manifest["harvest"]["max_tokens"]) == (64, True, 64)
     harvest(tmp_path / "r", dtype="auto", max_tokens=64)  # used as it is
