@@ -106,8 +106,10 @@ def masked_lm_for(target: str) -> str | None:
     (``SAME_MODULES``: its adapter names the same modules, and the bridge still loads the model's own
     class); a fine-tuned RoBERTa or XLM-R (``RobertaForSequenceClassification``, ``ENCODER_TASKS``) boots
     as that masked LM, as a BERT one boots by its model_type, and so does an encoder whose config.json names
-    no class (its model_type's masked LM in transformers). The encoder's weights load into that class as
-    they are (a masked-LM head its checkpoint lacks is left random: ``untrained_hooks``); None otherwise."""
+    no class (its model_type's masked LM in transformers), and so does a RoBERTa-family causal LM
+    (``RobertaForCausalLM``, ``XLMRobertaForCausalLM``, ``CamembertForCausalLM``: ``CAUSAL_AS_MASKED``). The
+    encoder's weights load into that class as they are (a masked-LM head its checkpoint lacks is left
+    random: ``untrained_hooks``); None otherwise."""
     if (hf_cfg := _hf_config(target)) is None or _bridge_supports(hf_cfg) is not False:
         return None
     from transformer_lens.factories.architecture_adapter_factory import SUPPORTED_ARCHITECTURES
@@ -115,7 +117,8 @@ def masked_lm_for(target: str) -> str | None:
 
     arch, kind = (getattr(hf_cfg, "architectures", None) or [""])[0], getattr(hf_cfg, "model_type", None)
     task = not arch or arch.endswith(ENCODER_TASKS)  # no class named, or a fine-tuned encoder's
-    if not (arch.endswith(("Model", "ForMaskedLM")) or task and is_encoder(hf_cfg)):
+    causal = kind in CAUSAL_AS_MASKED and arch.endswith("ForCausalLM")  # RoBERTa's lm_head: the same layout
+    if not (arch.endswith(("Model", "ForMaskedLM")) or task and is_encoder(hf_cfg) or causal):
         return None  # a generating head (ForCausalLM, ...): no encoder of ours
     base = re.sub(r"(Model|For[A-Z]\w*)$", "", arch)  # RobertaForSequenceClassification: Roberta
     masked = SAME_MODULES.get(kind, f"{base}ForMaskedLM" if arch else MODEL_FOR_MASKED_LM_MAPPING_NAMES[kind])
@@ -134,6 +137,16 @@ transformer-lens 4.3.0 has no adapter for: transformers' XLM-RoBERTa and CamemBE
 code (the same modules, embeddings, post-LN blocks and position ids after the padding index), so RoBERTa's
 adapter hooks them as they are (``tests/test_encoder_tokens.py``: every block's rows equal HF's hidden
 states)."""
+
+
+CAUSAL_AS_MASKED = ("roberta", "xlm-roberta", "camembert")
+"""model_types whose ``ForCausalLM`` class (a decoder-configured RoBERTa, ``is_decoder: true``) is the masked
+LM's modules under another name: the encoder (``roberta``) and ``lm_head`` (dense, LayerNorm, decoder) are
+RobertaForMaskedLM's, so it boots as that masked LM with its own trained head (``masked_lm_for``). The bridge
+runs HF's own forward, which reads ``is_decoder`` from the config: attention stays causal (each row sees
+the tokens before it), the rows are HF's hidden states and ``hook_unembed`` its next-token logits
+(``tests/test_encoder_tokens.py``), though the bridge calls the model bidirectional. It was refused as an
+unsupported architecture. (BERT's ``BertLMHeadModel`` boots by its model_type.)"""
 
 
 def failed_on_supported(target: str, e: Exception) -> str | None:
