@@ -302,19 +302,32 @@ def saved_names(target: str) -> list[str] | None:
 def _as_loaded(model: Any, names: list[str] | None) -> list[str] | None:
     """``names`` as transformers renames a checkpoint's tensors when it loads them into ``model`` (Pythia's
     ``embed_out.weight`` is GPTNeoXForCausalLM's ``lm_head.weight``), where this transformers says how;
-    as they are otherwise."""
+    then ``HEAD_ALIASES``, so that a head saved under its older name still counts as saved where this
+    transformers has no such table (its own renames unknown here: a Pythia was refused as headless)."""
     try:
         from transformers.conversion_mapping import get_model_conversion_mapping
 
         renames = get_model_conversion_mapping(model)
-    except Exception:  # another transformers: its renames unknown here
-        return names
+    except Exception:  # another transformers: its renames unknown here, HEAD_ALIASES only
+        renames = []
+    if names is None:
+        return None
+    children = {name for name, _ in model.named_children()}
     out = []
-    for name in names or []:
+    for name in names:
         for rename in renames:
             try:
                 name = rename.rename_source_key(name)[0]
             except Exception:
                 pass
+        for old, new in HEAD_ALIASES.items():  # only to a head this model has, from a name it lacks
+            if name.startswith(old) and old[:-1] not in children and new[:-1] in children:
+                name = new + name[len(old):]
         out.append(name)
-    return out if names is not None else None
+    return out
+
+
+HEAD_ALIASES = {"embed_out.": "lm_head."}
+"""A head's saved name -> the module a supported family's class loads it into, for the families whose names
+differ (GPT-NeoX / Pythia checkpoints hold the unembedding as ``embed_out``, which transformers 5 loads
+into ``lm_head``; an older transformers' GPTNeoXForCausalLM has ``embed_out`` itself, left as it is)."""

@@ -192,3 +192,19 @@ def test_the_saved_names_are_read_from_each_kind_of_weight_file(tmp_path):
         got = saved_names(str(folder))
         assert (got if got is None else sorted(got)) == (None if kind == "none" else sorted(names))
     assert saved_names("no-such-owner/no-such-model") is None
+
+
+@pytest.mark.parametrize("kind", ["pythia_head", "gpt_neox"])
+def test_a_pythia_head_counts_as_saved_without_transformers_renames(tmp_path, monkeypatch, kind):
+    """Where transformers has no ``conversion_mapping.get_model_conversion_mapping`` (its renames unknown),
+    a config naming no class was judged by the raw tensor names: Pythia's unembedding, saved as
+    ``embed_out.weight``, was no ``lm_head.*`` and its trained hooks were refused as random.
+    ``bridge.HEAD_ALIASES`` now counts it as lm_head's; a bare GPTNeoXModel is still refused."""
+    import transformers.conversion_mapping as cm
+
+    folder = unnamed(Path(pythia_as_saved(tmp_path / "m") if kind == "pythia_head"
+                          else make_bare("gpt_neox", tmp_path / "m")))
+    lm = load_model(folder)
+    monkeypatch.delattr(cm, "get_model_conversion_mapping")
+    untrained = untrained_hooks(lm.bridge, folder)
+    assert sorted(untrained) == ([] if kind == "pythia_head" else ["hook_unembed", "unembed.hook_out"])
