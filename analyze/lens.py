@@ -245,6 +245,7 @@ def lens(common: Common, cfg, text: str, names: list[str], top: int = 5, hook: s
         trained_hook,
         trained_records,
     )
+    from actdict.analyze.storepath import unlearned
     from actdict.harvest.models import load_model, resolve_device
     from actdict.harvest.tokentext import token_texts
 
@@ -266,6 +267,10 @@ def lens(common: Common, cfg, text: str, names: list[str], top: int = 5, hook: s
     store = open_trained_store(path, read, run_dir, names, records)
     if store.manifest.get("kind") == "vectors" or store.manifest.get("model") is None:  # before a model loads
         raise LensError(f"the store at {path} holds vectors of no model: {_NO_MODEL}")
+    if wrong := unlearned(store, records):  # another model's store of their hook and d: silently read
+        raise LensError(f"the store at {path} is not the one {sorted(wrong)} learned (" + "; ".join(
+            f"{n}: {', '.join(c)}" for n, c in sorted(wrong.items())) + "): give the store they learned "
+            "with --set store=PATH")
     for note in other_model(records, store.manifest.get("model")):  # an imported SAE of another model
         print(printable(f"actdict lens: note: {note}"), file=sys.stderr)
     models = load_models(run_dir, names, store.d,

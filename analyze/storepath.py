@@ -7,8 +7,8 @@ from the current folder (``actdict compare`` says to run it from the folder the 
 in); the lens of another run folder (``--set run_dir=OTHER``) reads it from there too, else from the
 run folder or the nearest folder above it where a store of their hook, d and model is (a run_dir such as
 ``runs/x`` lies below the folder its training ran in). A URL is checked to exist
-(fsspec) rather than failing later with the store's own error.
-"""
+(fsspec) rather than failing later with the store's own error. ``unlearned`` says what of a store differs
+from the one the dictionaries learned, by what the lens reads of it (hook, d, model)."""
 
 from __future__ import annotations
 
@@ -28,19 +28,32 @@ def url_exists(url: str) -> tuple[bool, str | None]:
 
 
 def _same_store(path: str, records: dict[str, dict]) -> bool:
-    """The store at ``path`` opens on the hook the ``records`` learned, with their d and model (where they
-    record them): all the lens reads of it (the text's rows come from the model), so a store grown since
-    (a larger harvest.max_tokens: other rows and config_hash) is theirs as well."""
+    """The store at ``path`` opens on the hook the ``records`` learned, with their d and model (``unlearned``
+    finds none of them otherwise)."""
     from actdict.harvest.store import StoreError, open_store
 
-    said = [r.get("store") or {} for r in records.values()]
-    hooks = {s.get("hook") for s in said}
+    hooks = {(r.get("store") or {}).get("hook") for r in records.values()}
     try:
         store = open_store(path, hooks.pop() if len(hooks) == 1 else None)
     except StoreError:
         return False
-    return all(s.get(key) in (None, have) for s in said
-               for key, have in (("d", store.d), ("model", store.manifest.get("model"))))
+    return not unlearned(store, records)
+
+
+def unlearned(store, records: dict[str, dict]) -> dict[str, list[str]]:
+    """{dictionary: what differs} for each of ``records`` (cfg.json) whose recorded store has another hook, d
+    or model than ``store`` (where recorded): all the lens reads of a store (the text's rows come from the
+    model), so a store grown since (a larger harvest.max_tokens: other rows and config_hash) is theirs as
+    well, and another model's store of the same hook and d is not."""
+    from actdict.config_data import config_changes
+
+    have = {"hook": store.hook, "d": store.d, "model": store.manifest.get("model")}
+    out = {}
+    for name, r in records.items():
+        was = {k: v for k, v in (r.get("store") or {}).items() if k in have and v is not None}
+        if changes := config_changes(was, {k: have[k] for k in was}, "store."):
+            out[name] = changes
+    return out
 
 
 def learned_store(path: str, run_dir: Path, records: dict[str, dict]) -> tuple[str | None, str]:

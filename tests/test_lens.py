@@ -533,3 +533,31 @@ def test_a_hook_of_a_head_the_checkpoint_lacks_is_refused(run):
         text_rows(lm, _harvest_cfg(cfg_path), "ln_final.hook_normalized", "The ferry leaves.")
     ids, x = text_rows(lm, _harvest_cfg(cfg_path), "mlm_head.hook_in", "The ferry leaves.")  # the encoder's
     assert x.shape == (len(ids), 384)  # output, kept
+
+
+def test_a_store_of_another_model_than_the_dictionaries_learned_is_refused(run, tmp_path, capsys):
+    """The lens checked the store's hook (the one the dictionaries were trained on) and d, and the store's
+    model against the config's, never against the model the dictionaries learned (their cfg.json): another
+    model's store of the same hook and d, with the config naming that model, was read silently, the text's
+    rows of one model run through dictionaries of another. Refused now, naming what differs; a store grown
+    since (other rows, another config_hash) is still theirs."""
+    cfg_path, run_dir = run
+    other = tmp_path / "other"
+    for folder in ("dicts", "features"):
+        shutil.copytree(run_dir / folder, other / folder)
+    text, store = "The ferry leaves at nine.", str(run_dir / "store")
+    for name in ("sae", "vaease"):  # as if they had learned another model's store of this hook and d
+        record = other / "dicts" / name / "cfg.json"
+        data = json.loads(record.read_text())
+        record.write_text(json.dumps(data | {"store": data["store"] | {"model": "other/model", "rows": 7,
+                                                                       "config_hash": "grown"}}))
+    assert main([str(cfg_path), text, "--set", f"run_dir={other}", "--set", f"store={store}"]) == 2
+    assert capsys.readouterr().err == (
+        f"actdict lens: LensError: the store at {store} is not the one ['sae', 'vaease'] learned (sae: "
+        "store.model: 'other/model' -> 'all-MiniLM-L6-v2'; vaease: store.model: 'other/model' -> "
+        "'all-MiniLM-L6-v2'): give the store they learned with --set store=PATH\n")
+    for name in ("sae", "vaease"):  # their model again: rows and config_hash of a grown store do not count
+        record = other / "dicts" / name / "cfg.json"
+        data = json.loads(record.read_text())
+        record.write_text(json.dumps(data | {"store": data["store"] | {"model": "all-MiniLM-L6-v2"}}))
+    assert main([str(cfg_path), text, "--set", f"run_dir={other}", "--set", f"store={store}"]) == 0
