@@ -38,6 +38,7 @@ from actdict.analyze.cofire import CoFire, jaccard, partners
 from actdict.analyze.compare import directions, live, similarity
 from actdict.analyze.inputs import AnalyzeError, other_store
 from actdict.analyze.metrics import active_mask
+from actdict.analyze.storepath import located
 from actdict.config import check_device
 from actdict.errors import ActdictError, one_line, printable
 from actdict.files import write_atomic
@@ -104,9 +105,10 @@ def twin_stores(a: dict, b: dict) -> tuple[tuple | None, str | None]:
         try:
             stores.append(open_store(s["path"], s["hook"]))
         except (StoreError, KeyError, TypeError):
-            return None, (f"{name}'s store {s.get('path')} does not open from this folder, so whether the "
-                          "two hold one harvest's rows (a later layer in a store of its own) is not known: "
-                          "run actdict compare from the folder they were trained in")
+            return None, (f"{name}'s store {s.get('path')} does not open from this folder (nor from its run "
+                          "folder or above), so whether the two hold one harvest's rows (a later layer in a "
+                          "store of its own) is not known: run actdict compare from the folder they were "
+                          "trained in")
     ma, mb = (st.manifest for st in stores)
     ha, hb = (m.get("harvest") for m in (ma, mb))
     same = (isinstance(ha, dict) and isinstance(hb, dict) and all(
@@ -226,6 +228,9 @@ def compare(dir_a: str, dir_b: str, store: str | None = None, limit: int = 65536
     ma, mb = ma.eval(), mb.eval()
     out: dict = {"a": _about(dir_a, ma, ra), "b": _about(dir_b, mb, rb), "cofire": None, "directions": None,
                  "notes": []}
+    if not store:  # a path relative to the folder their training ran in: from their run folder too
+        (ra, na), (rb, nb) = (located(r, Path(d)) for r, d in ((ra, dir_a), (rb, dir_b)))
+        out["notes"] += [n for n in dict.fromkeys((na, nb)) if n]
     why = None if store else same_rows(ra.get("store"), rb.get("store"))
     sa_, sb_ = (r.get("store") or {} for r in (ra, rb))  # an import may record no store, or a hook only
     apart = bool(why) and bool(sa_.get("rows") and sb_.get("rows")) and (  # a later layer in a store of its

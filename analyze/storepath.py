@@ -3,12 +3,12 @@
 Training records the store's path as its config spelled it (``train.identity.describe_store``): a URL, an
 absolute path, or a path relative to the folder the training ran in (a config's relative paths are
 relative to the folder the command runs in: README), which no record names. Analysis reads such a path
-from the current folder (``actdict compare`` says to run it from the folder the dictionaries were trained
-in); the lens of another run folder (``--set run_dir=OTHER``) reads it from there too, else from the
-run folder or the nearest folder above it where a store of their hook, d and model is (a run_dir such as
-``runs/x`` lies below the folder its training ran in). A URL is checked to exist
-(fsspec) rather than failing later with the store's own error. ``unlearned`` says what of a store differs
-from the one the dictionaries learned, by what the lens reads of it (hook, d, model)."""
+from the current folder; ``actdict compare`` (``located``) and the lens of another run folder (``--set
+run_dir=OTHER``) read it from there too, else from the run folder or the nearest folder above it where a
+store of their hook, d and model is (a run_dir such as ``runs/x`` lies below the folder its training ran
+in). A URL is checked to exist (fsspec) rather than failing later with the store's own error.
+``unlearned`` says what of a store differs from the one the dictionaries learned, by what the lens reads of
+it (hook, d, model)."""
 
 from __future__ import annotations
 
@@ -73,3 +73,21 @@ def learned_store(path: str, run_dir: Path, records: dict[str, dict]) -> tuple[s
             return str(folder / path), ""
     return None, (f"which is not there either: a path relative to the folder their training ran in, found "
                   f"neither in the current folder nor in {run_dir} or a folder above it")
+
+
+def located(record: dict, folder: Path) -> tuple[dict, str | None]:
+    """``record`` (a dictionary's cfg.json, in ``folder``) with its store's path where it lies, and a note
+    when that is not as recorded (``actdict compare``): a path relative to the folder the training ran in
+    that is not in the current folder is looked for in ``folder``, its run folder and the folders above, the
+    nearest holding a store of its hook, d and model (``learned_store``); as recorded when none is found
+    (opening it then says so)."""
+    s = record.get("store") or {}
+    path = s.get("path")
+    if not path or "://" in path or os.path.isabs(path) or Path(path).exists():
+        return record, None
+    found, _ = learned_store(path, folder, {"it": record})
+    if not found:
+        return record, None
+    return record | {"store": s | {"path": found}}, (
+        f"the store {path} (cfg.json: relative to the folder the training ran in) is not in this folder: "
+        f"read from {found}")

@@ -216,16 +216,29 @@ def test_a_device_torch_cannot_use_is_one_line(tmp_path, capsys, monkeypatch):
 
 def test_a_store_path_relative_to_another_folder_names_where_it_comes_from(tmp_path, capsys, monkeypatch):
     """Run from another folder than the training, the cfg.json's relative store path is not found: the line
-    said 'run the harvest first', of a path the command line never named."""
+    said 'run the harvest first', of a path the command line never named. It is now also looked for from
+    the dictionaries' run folders and the folders above them (``storepath.located``, as the lens looks),
+    read from there with a note; where it is in none of them, the error names where the path comes from."""
     monkeypatch.chdir(tmp_path)
     da, db = _pair(tmp_path, np.arange(K))
     for d, hook in ((da, "blocks.0.h"), (db, "blocks.1.h")):
         save(d, load(d)[0], _record("store", hook, [2, 3]))  # the path as a run from tmp_path records it
     assert cli(["compare", da, db]) == 0
+    monkeypatch.chdir(tmp_path / "ra")  # was: no activation store at store
+    capsys.readouterr()
+    assert cli(["compare", da, db]) == 0
+    assert capsys.readouterr().out.count(  # one note for A's and B's
+        f"compare: note: the store store (cfg.json: relative to the folder the training ran in) is not in "
+        f"this folder: read from {tmp_path / 'store'}\n") == 1
+    _store(tmp_path / "x" / "elsewhere")  # from a folder that is not above the run folders: not found there
+    for d, hook in ((da, "blocks.0.h"), (db, "blocks.1.h")):
+        save(d, load(d)[0], _record("elsewhere", hook, [2, 3]))
+    monkeypatch.chdir(tmp_path / "x")
+    assert cli(["compare", da, db]) == 0
     monkeypatch.chdir(tmp_path / "ra")
     assert cli(["compare", da, db]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("actdict: StoreError: no activation store at store")
+    assert err.startswith("actdict: StoreError: no activation store at elsewhere")
     assert err.endswith(f"(the store {da}/cfg.json records; name another with --store)\n")
     assert cli(["compare", da, db, "--store", str(tmp_path / "store")]) == 0
 
@@ -430,12 +443,20 @@ def test_a_later_layer_in_a_store_of_its_own_recorded_relative_to_another_folder
         m, r = load(d)
         save(d, m, {**r, "store": r["store"] | {"path": name, "config_hash": f"harvest-{name}"}})
     assert pair.compare(da, db, n=2)["cofire"]["rows"] == 64  # where they were trained: counted
-    monkeypatch.chdir(tmp_path / "ra")
+    monkeypatch.chdir(tmp_path / "ra")  # from elsewhere: found above the run folders (storepath.located)
+    out = pair.compare(da, db, n=2)
+    assert out["cofire"]["rows"] == 64 and out["cofire"]["store"] == str(tmp_path / "s0")
+    assert out["notes"][0] == (f"the store s0 (cfg.json: relative to the folder the training ran in) is not "
+                               f"in this folder: read from {tmp_path / 's0'}")
+    (tmp_path / "x").mkdir()
+    for name in ("s0", "s1"):  # in a folder that is not above the run folders: not found from elsewhere
+        (tmp_path / name).rename(tmp_path / "x" / name)
     out = pair.compare(da, db, n=2)
     assert out["cofire"] is None and out["notes"][0] == (
         "no co-activation: they were trained on different stores (config_hash differ); A's store s0 does not "
-        "open from this folder, so whether the two hold one harvest's rows (a later layer in a store of its "
-        "own) is not known: run actdict compare from the folder they were trained in")
+        "open from this folder (nor from its run folder or above), so whether the two hold one harvest's "
+        "rows (a later layer in a store of its own) is not known: run actdict compare from the folder they "
+        "were trained in")
 
 
 def test_a_layer_added_to_the_store_is_counted_row_for_row(tmp_path):
