@@ -67,12 +67,19 @@ def learned_store(path: str, run_dir: Path, records: dict[str, dict]) -> tuple[s
                                            f"which could not be checked ({why})")
     if os.path.isabs(path) or Path(path).exists():
         return (path if Path(path).exists() else None), "which is not there either"
-    here = Path(run_dir).resolve()
-    for folder in (here, *here.parents):  # nearest first (run_dir '.': the training ran in the run folder)
+    for folder in _above(run_dir):  # nearest first (run_dir '.': the training ran in the run folder)
         if (folder / path).exists() and _same_store(str(folder / path), records):
             return str(folder / path), ""
     return None, (f"which is not there either: a path relative to the folder their training ran in, found "
                   f"neither in the current folder nor in {run_dir} or a folder above it")
+
+
+def _above(run_dir: Path) -> list[Path]:
+    """``run_dir`` and the folders above it, nearest first: those of its path as given (made absolute, links
+    kept: a run folder linked in from another disk, ``runs/x -> /scratch/x``, lies below the folder its
+    training ran in) and then those of the folder it links to, each once."""
+    given, real = Path(os.path.abspath(run_dir)), Path(run_dir).resolve()
+    return list(dict.fromkeys((given, *given.parents, real, *real.parents)))
 
 
 def located(record: dict, folder: Path) -> tuple[dict, str | None]:

@@ -107,3 +107,24 @@ def test_a_recorded_store_url_that_cannot_be_checked_says_why(tmp_path, monkeypa
     monkeypatch.setattr(layout, "fs_of", lambda path: (Fs(), "b/store"))
     why = "which could not be checked (NoCredentialsError: Unable to locate credentials)"
     assert _refusal(run_dir, "s3://b/store") == _said(run_dir, f"s3://b/store, {why}")
+
+
+def test_a_run_folder_linked_from_another_disk_finds_the_store_below_its_link(tmp_path, monkeypatch):
+    """A run folder linked into the project (runs/x -> /scratch/x) lies, as its path is given, below the
+    folder its training ran in; the folders above it were those of the folder it links to (resolved), so
+    the recorded relative store was not found there: 'not there either'. Both are looked in now, the
+    link's folders first."""
+    project, scratch = tmp_path / "project", tmp_path / "scratch" / "x"
+    record = _store(project / "shared" / "store", 0)
+    (scratch / "dicts").mkdir(parents=True)
+    (project / "runs").mkdir()
+    (project / "runs" / "x").symlink_to(scratch, target_is_directory=True)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    run_dir = project / "runs" / "x"
+    assert lens_store(Common(run_dir=str(run_dir)), {"sae": {"store": record}})[0] == str(
+        project / "shared" / "store")
+    _store(tmp_path / "scratch" / "shared" / "store", 0)  # one above the folder it links to: found too
+    (project / "shared" / "store").rename(project / "gone")
+    assert lens_store(Common(run_dir=str(run_dir)), {"sae": {"store": record}})[0] == str(
+        tmp_path / "scratch" / "shared" / "store")
