@@ -32,7 +32,7 @@ def _same_store(path: str, records: dict[str, dict]) -> bool:
     finds none of them otherwise)."""
     from actdict.harvest.store import StoreError, open_store
 
-    hooks = {(r.get("store") or {}).get("hook") for r in records.values()}
+    hooks = {(r.get("store") or {}).get("hook") for r in records.values()} - {None}  # an import: none
     try:
         store = open_store(path, hooks.pop() if len(hooks) == 1 else None)
     except StoreError:

@@ -128,3 +128,20 @@ def test_a_run_folder_linked_from_another_disk_finds_the_store_below_its_link(tm
     (project / "shared" / "store").rename(project / "gone")
     assert lens_store(Common(run_dir=str(run_dir)), {"sae": {"store": record}})[0] == str(
         tmp_path / "scratch" / "shared" / "store")
+
+
+def test_a_store_of_several_hooks_is_found_beside_a_dictionary_that_records_none(tmp_path, monkeypatch):
+    """A run folder whose dictionaries include one recording no store (an import) beside those that learned
+    hook 'a' of a store of two hooks: the search opened the store with no hook (the records' hooks were
+    'a' and None), which a store of two hooks refuses, so the store they learned was 'not there either'.
+    A record without a hook now leaves the hook to the others."""
+    project = tmp_path / "project"
+    x = np.random.default_rng(0).standard_normal((64, 4)).astype(np.float32)
+    for hook in ("a", "b"):
+        write_vectors(str(project / "shared" / "store"), x, hook=hook, shard_rows=32, chunk_rows=16)
+    record = describe_store(open_store(str(project / "shared" / "store"), "a"), "") | {"path": "shared/store"}
+    run_dir = project / "runs" / "x"
+    (run_dir / "dicts").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    records = {"sae": {"store": record}, "imported": {}}
+    assert lens_store(Common(run_dir=str(run_dir)), records)[0] == str(project / "shared" / "store")
