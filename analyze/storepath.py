@@ -59,17 +59,20 @@ def unlearned(store, records: dict[str, dict]) -> dict[str, list[str]]:
 def learned_store(path: str, run_dir: Path, records: dict[str, dict]) -> tuple[str | None, str]:
     """(where the store recorded as ``path`` lies, or None; what was tried, in words, for a message): a URL
     where fsspec finds it, an absolute path where it is, a relative one from the current folder where it
-    is, else from ``run_dir`` or the nearest folder above it that holds a store of the hook, d and model
-    ``records`` learned (its absolute path)."""
+    holds a store of the hook, d and model ``records`` learned, else from ``run_dir`` or the nearest folder
+    above it that holds one (its absolute path), else from the current folder where it is (opening it
+    then says what differs)."""
     if "://" in path:
         there, why = url_exists(path)
         return (path if there else None), ("which is not there either" if why is None else
                                            f"which could not be checked ({why})")
-    if os.path.isabs(path) or Path(path).exists():
+    if os.path.isabs(path) or Path(path).exists() and _same_store(path, records):
         return (path if Path(path).exists() else None), "which is not there either"
     for folder in _above(run_dir):  # nearest first (run_dir '.': the training ran in the run folder)
         if (folder / path).exists() and _same_store(str(folder / path), records):
             return str(folder / path), ""
+    if Path(path).exists():  # another store of that name here, and none of theirs above the run folder
+        return path, ""
     return None, (f"which is not there either: a path relative to the folder their training ran in, found "
                   f"neither in the current folder nor in {run_dir} or a folder above it")
 
@@ -85,16 +88,17 @@ def _above(run_dir: Path) -> list[Path]:
 def located(record: dict, folder: Path) -> tuple[dict, str | None]:
     """``record`` (a dictionary's cfg.json, in ``folder``) with its store's path where it lies, and a note
     when that is not as recorded (``actdict compare``): a path relative to the folder the training ran in
-    that is not in the current folder is looked for in ``folder``, its run folder and the folders above, the
-    nearest holding a store of its hook, d and model (``learned_store``); as recorded when none is found
-    (opening it then says so)."""
+    that is not in the current folder, or is another store there, is looked for in ``folder``, its run
+    folder and the folders above, the nearest holding a store of its hook, d and model (``learned_store``);
+    as recorded when none is found (opening it then says so)."""
     s = record.get("store") or {}
     path = s.get("path")
-    if not path or "://" in path or os.path.isabs(path) or Path(path).exists():
+    if not path or "://" in path or os.path.isabs(path):
         return record, None
     found, _ = learned_store(path, folder, {"it": record})
-    if not found:
+    if not found or found == path:
         return record, None
+    here = ("is not in this folder" if not Path(path).exists() else
+            "in this folder is another (its hook, d or model differ)")
     return record | {"store": s | {"path": found}}, (
-        f"the store {path} (cfg.json: relative to the folder the training ran in) is not in this folder: "
-        f"read from {found}")
+        f"the store {path} (cfg.json: relative to the folder the training ran in) {here}: read from {found}")

@@ -145,3 +145,27 @@ def test_a_store_of_several_hooks_is_found_beside_a_dictionary_that_records_none
     monkeypatch.chdir(tmp_path)
     records = {"sae": {"store": record}, "imported": {}}
     assert lens_store(Common(run_dir=str(run_dir)), records)[0] == str(project / "shared" / "store")
+
+
+def test_another_store_of_the_recorded_name_in_the_current_folder_is_passed_over(tmp_path, monkeypatch):
+    """The lens run from a folder that holds a store of the recorded relative name, of another d (another
+    project's 'shared/store'), read that one, and then refused it as not the one they learned, though the
+    store they learned lies above the run folder. A store there of their hook, d and model is read first
+    now; the current folder's is read (and refused) only when there is none."""
+    project, other = tmp_path / "project", tmp_path / "other"
+    record = _store(project / "shared" / "store", 0)
+    _store(other / "shared" / "store", 1, d=3)  # the current folder's: another d
+    run_dir = project / "runs" / "x"
+    (run_dir / "dicts").mkdir(parents=True)
+    monkeypatch.chdir(other)
+    assert lens_store(Common(run_dir=str(run_dir)), {"sae": {"store": record}})[0] == str(
+        project / "shared" / "store")
+    from actdict.analyze.storepath import located  # actdict compare's
+
+    got, note = located({"store": record}, run_dir / "dicts" / "sae")
+    assert got["store"]["path"] == str(project / "shared" / "store") and note == (
+        "the store shared/store (cfg.json: relative to the folder the training ran in) in this folder is "
+        f"another (its hook, d or model differ): read from {project / 'shared' / 'store'}")
+    (project / "shared" / "store").rename(project / "gone")  # none of theirs: the current folder's, as before
+    assert located({"store": record}, run_dir / "dicts" / "sae") == ({"store": record}, None)
+    assert lens_store(Common(run_dir=str(run_dir)), {"sae": {"store": record}})[0] == "shared/store"
