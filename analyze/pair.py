@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from actdict.analyze.auroc import count_dtype  # the counts: int64 past 2^31 - 1 rows (CoFire)
 from actdict.analyze.cofire import CoFire, jaccard, partners
 from actdict.analyze.compare import directions, live, similarity
 from actdict.analyze.inputs import AnalyzeError, other_store
@@ -242,9 +243,9 @@ def compare(dir_a: str, dir_b: str, store: str | None = None, limit: int = 65536
     grew = grown[1] if grown else None  # one path and hook (not apart): one store, A's and B's
     why = None if twins or grew else why
     paths = [sa_["path"], sb_["path"]] if twins else [store or sa_.get("path")] * 2
-    if not why and (need := ma.k * mb.k * 4 / 2**20) > max_mib:
-        why = (f"its counts ({ma.k:,} x {mb.k:,} int32, {need:,.0f} MiB) would pass --max-mib {max_mib:,}: "
-               "raise it where the memory is there")
+    if not why and (need := ma.k * mb.k * (size := count_dtype(limit).itemsize) / 2**20) > max_mib:
+        why = (f"its counts ({ma.k:,} x {mb.k:,} int{8 * size}, {need:,.0f} MiB) would pass --max-mib "
+               f"{max_mib:,}: raise it where the memory is there")
     fires = None
     if why:
         out["notes"].append(f"no co-activation: {why}")

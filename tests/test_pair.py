@@ -104,6 +104,9 @@ def test_other_rows_or_no_common_held_out_chunk_skip_the_co_activation(tmp_path)
     out = pair.compare(da2, db2, max_mib=K * K * 4 / 2**20 / 2)  # half what the counts need
     assert out["cofire"] is None and "would pass --max-mib" in out["notes"][0]
     assert out["directions"]["a_in_b"]["mmcs"] == pytest.approx(1.0, abs=1e-5)
+    # --rows past 2^31 - 1: the counts become int64 (CoFire), twice what int32's fit; priced so
+    out = pair.compare(da2, db2, limit=2 ** 31, max_mib=K * K * 4 / 2**20 * 1.5)
+    assert out["cofire"] is None and f"its counts ({K:,} x {K:,} int64, " in out["notes"][0]
     da, db = _pair(tmp_path / "2", np.arange(K), chunks_a=(0,), chunks_b=(3,))
     out = pair.compare(da, db)
     assert out["cofire"] is None and "no chunk in common" in out["notes"][0]
