@@ -92,8 +92,8 @@ def source_labels(store, rows: np.ndarray, field: str, texts: dict | None = None
     document (doc < 0) or whose value is None is unlabelled. ``texts`` (a dict), for an embeddings store:
     filled with (doc, pos) -> clipped text of every row of ``rows``, read in the same pass, for
     ``texts.row_texts`` (which then reads the source no more), unless they pass ``texts.KEPT_MAX_CHARS``
-    (then left empty: the texts are read again)."""
-    from actdict.analyze.texts import KEPT_MAX_CHARS, clip, harvest_config, has_text_rows
+    (their entries counted: ``KEPT_ENTRY_CHARS``; then left empty: the texts are read again)."""
+    from actdict.analyze.texts import KEPT_ENTRY_CHARS, KEPT_MAX_CHARS, clip, harvest_config, has_text_rows
     from actdict.harvest.sources import iter_records
 
     where = f"analyze.labels_field: {field!r}"
@@ -131,7 +131,7 @@ def source_labels(store, rows: np.ndarray, field: str, texts: dict | None = None
                 for _, p, unit in text_units([text], cfg.embed.unit):
                     if p in wanted[i]:
                         texts[(i, p)] = clip(unit)
-                        kept += len(texts[(i, p)])
+                        kept += len(texts[(i, p)]) + KEPT_ENTRY_CHARS  # its entry too
                 if kept > KEPT_MAX_CHARS:  # too many to hold: row_texts reads them again
                     texts.clear()
                     wanted = None

@@ -20,8 +20,13 @@ MAX_CHARS = 400
 """Characters kept of each text (longer ones end with an ellipsis)."""
 KEPT_MAX_CHARS = 1 << 26
 """Characters of the evaluated rows' texts that ``inputs.source_labels`` keeps when it reads the source for
-``analyze.labels_field`` (so that ``row_texts`` does not read it again): 64M (~160,000 rows of 400
-characters, ~100 MiB of strings); past it none are kept and the texts are read again."""
+``analyze.labels_field`` (so that ``row_texts`` does not read it again), each text counted with
+``KEPT_ENTRY_CHARS`` more for its entry: 64M (~120,000 rows of 400 characters, ~100 MiB); past it none are
+kept and the texts are read again."""
+KEPT_ENTRY_CHARS = 160
+"""What one kept text's entry costs beside its characters, in characters (its (doc, pos) key, the string's
+header, the dict's slot: ~160 bytes in CPython), so that many short texts (a million of 20 characters: 20M
+characters, ~200 MiB held) pass ``KEPT_MAX_CHARS`` as their memory does."""
 
 
 def has_text_rows(manifest: dict) -> bool:

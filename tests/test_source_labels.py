@@ -185,6 +185,37 @@ def test_an_embeddings_store_reads_its_source_once_for_labels_and_texts(reviews,
     assert [c["label"] for c in s["models"]["sae"]["ad_class"]] == [1.0, 2.0, 3.0]
 
 
+def test_the_kept_texts_count_their_entries_against_the_cap(reviews, monkeypatch):
+    """The texts the labels' pass keeps were capped by their characters alone (texts.KEPT_MAX_CHARS), so many
+    short texts were kept whatever their entries held (a million of 20 characters: 20M of the 64M, ~200 MiB
+    held). Each now counts texts.KEPT_ENTRY_CHARS more: under a cap of every unit's characters the
+    evaluated rows' 16 were kept before (read once); with their entries they pass it (read again), and
+    fit once the cap holds their entries too."""
+    from actdict.analyze import run
+    from actdict.analyze import texts as T
+    from actdict.harvest import sources
+    from actdict.train.protocol import make
+
+    root, _ = reviews
+    monkeypatch.setattr(run, "load_models", lambda *a: {"sae": make("sae_l1", 384, 6, seed=1)})
+    real, reads = sources.iter_records, []
+
+    def counted(*a, **kw):
+        reads.append(0)
+        yield from real(*a, **kw)
+
+    monkeypatch.setattr(sources, "iter_records", counted)
+    chars = sum(len(u["text"]) for u in _kept_units(root))  # every row's text: more than the 16 evaluated
+    got = []
+    for cap in (chars, chars + 16 * getattr(T, "KEPT_ENTRY_CHARS", 0)):
+        monkeypatch.setattr(T, "KEPT_MAX_CHARS", cap)
+        reads.clear()
+        run.main(Common(run_dir=str(root)), AnalyzeConfig(n_features=3, top_k=3, context=0, device="cpu",
+                                                            labels_field="stars"))
+        got.append(len(reads))
+    assert got == [2, 1]
+
+
 def _kept_units(root) -> list[dict]:
     """The reviews' paragraphs as the rows hold them: {"text": clipped paragraph}."""
     from actdict.analyze.texts import clip
