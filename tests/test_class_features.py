@@ -521,3 +521,42 @@ def test_class_act_of_rows_split_by_otsu_sums_every_finite_entry(monkeypatch):
     assert [M.active_split(torch.relu(x[b]).log(), "high")[1] for b in range(2)] == [True, False]
     assert torch.equal(ev.class_act, want)
     assert int(M.active_mask(torch.relu(x[1, 6:7]).log(), "high").sum()) < 16
+
+
+@pytest.mark.parametrize("shift", [2.0, 0.0])
+def test_class_feature_sums_are_each_class_rows_added_one_by_one_to_the_bit(shift, monkeypatch):
+    """ModelEval's class-feature sums (class_z, class_z2, class_fire, class_shift), added a class at a time,
+    are to the bit the float64 sums that take each labelled row's |z| - shift, and its square, one row after
+    another in row order, each class's shift the mean |z| of its rows in the first slice that has them (what
+    one index_add_ of every row into its class's row gave): sparse (relu(x - 2)) and dense codes, unlabelled
+    rows, slices of 5 rows, three batches, float32 codes of all magnitudes."""
+    import actdict.analyze.evaluate as E
+
+    monkeypatch.setattr(E, "CLASS_SLICE", 5 * 48)
+    g = torch.Generator().manual_seed(7)
+    x = (torch.randn(3, 40, 48, generator=g) - shift) * torch.logspace(-3, 4, 48)  # [batches, B, k]
+    x[:, :, 0] = -1.0  # a zero on every row
+    lab = torch.randint(-1, 4, (3, 40), generator=g)
+    lab[0, :5] = -1  # a first slice without a label
+    lab[1, 10:] = torch.where(lab[1, 10:] == 3, 2, lab[1, 10:])  # class 3 absent from some slices
+    ev = ModelEval(Relu(48, 48), AnalyzeConfig(top_k=2, quantiles=1, quantile_samples=1, class_features=3),
+                   seed=0, device=torch.device("cpu"), n_classes=4, class_features=True)
+    for b in range(3):
+        ev.update(x[b], torch.arange(40) + 40 * b, lab[b])
+    s, q = torch.zeros(4, 48, dtype=torch.float64), torch.zeros(4, 48, dtype=torch.float64)
+    fire, mean, seen = torch.zeros(4, 48, dtype=torch.long), torch.zeros(4, 48, dtype=torch.float64), set()
+    for b in range(3):
+        for a in range(0, 40, 5):  # slices of 5 rows
+            z, cl = torch.relu(x[b, a:a + 5]).double().abs(), lab[b, a:a + 5]
+            for c in set(cl.tolist()) - seen - {-1}:  # a class's first slice: its shift, summed row by row
+                acc = torch.zeros(48, dtype=torch.float64)
+                for r in torch.nonzero(cl == c)[:, 0].tolist():
+                    acc = acc + z[r]
+                mean[c], _ = acc / int((cl == c).sum()), seen.add(c)
+            for r in range(len(cl)):
+                c = int(cl[r])
+                if c >= 0:
+                    t = z[r] - mean[c]
+                    s[c], q[c], fire[c] = s[c] + t, q[c] + t * t, fire[c] + (z[r] != 0).long()
+    assert torch.equal(ev.class_shift, mean) and torch.equal(ev.class_z, s) and torch.equal(ev.class_z2, q)
+    assert torch.equal(ev.class_fire, fire) and bool(ev.class_shifted.all())
