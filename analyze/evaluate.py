@@ -19,7 +19,7 @@ import torch
 from actdict.analyze import metrics as M
 from actdict.analyze.auroc import ClassBins
 from actdict.analyze.config import AnalyzeConfig
-from actdict.analyze.streaming import row_counts, where_true
+from actdict.analyze.streaming import nonzero_count, row_counts, where_true
 from actdict.analyze.toptokens import FeatureTracker
 from actdict.errors import ActdictWarning
 
@@ -84,7 +84,7 @@ class ModelEval:
             self.curve = self._masked_curve(x[: self.cfg.mask_curve_rows])
         self.sse += float(M.sq_err(x, out.x_hat).sum())
         self.cos_sum += float(M.cosine_similarity(x, out.x_hat).sum())
-        nonzero = int(torch.count_nonzero(out.codes))  # ~40x (codes != 0).sum()'s speed at [2048, 16384]
+        nonzero = nonzero_count(out.codes)  # numpy's count on a CPU: ~9x torch's on half-set codes
         self.l0_sum += nonzero
         mask, exact = M.active_split(out.activity, m.active_side)  # [B, k]; exact: no row split
         pairs = where_true(mask)  # [m] each: its set entries, row-major, for every reader of them

@@ -51,6 +51,15 @@ def row_counts(mask: Tensor) -> Tensor:
     return torch.from_numpy(mask.detach().numpy().sum(1, dtype=np.int64))
 
 
+def nonzero_count(x: Tensor) -> int:
+    """``int(torch.count_nonzero(x))`` (-0.0 is zero, NaN is not), on a CPU float tensor by numpy's, which
+    does not slow down where zeros and nonzeros mix: a [4096, 4096] float32 of half zeros (a fresh L1 SAE's
+    codes) 83 -> 9 ms; a TopK SAE's [4096, 16384] with 32 a row set, 34 ms either way (the read itself)."""
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64, torch.float16):
+        return int(np.count_nonzero(x.detach().numpy()))
+    return int(torch.count_nonzero(x))
+
+
 def column_topk(score: Tensor, t: int) -> tuple[Tensor, Tensor]:
     """``score.topk(t, dim=0)`` ([B, k] -> values, indices [t, k]) by a top-k along the rows of its transposed
     copy: on a CPU ~2x as fast, the copy included (a [4096, 4096] float32 batch: 166 ms -> 75 ms; int64

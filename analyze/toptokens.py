@@ -87,7 +87,7 @@ def positive_pairs(codes: Tensor, pairs: tuple[Tensor, Tensor], nonzero: int | N
     above 0: a -0.0, as a JumpReLU SAE's pre * (pre > theta) holds wherever pre < 0, is not counted).
     ``pairs``, the active mask's, are those when they are as many and all above 0 (an SAE's mask on rows that
     each have an exact zero: its nonzero codes); else ``where_true(codes > 0)``."""
-    n = int(torch.count_nonzero(codes)) if nonzero is None else nonzero
+    n = streaming.nonzero_count(codes) if nonzero is None else nonzero
     if n > streaming.SPARSE_SHARE * codes.numel():
         return None
     if len(pairs[0]) == n and bool((codes[pairs] > 0).all()):

@@ -87,3 +87,26 @@ def test_mask_counts_are_the_rows_and_columns_sums():
         assert ad.dtype == torch.int64 and fire.dtype == torch.int32
         assert ad.tolist() == mask.sum(1).tolist() and fire.tolist() == mask.sum(0).tolist()
     assert mask_counts(m)[0].sum() == m.sum() > 0
+
+
+def test_nonzero_count_is_torchs_count_nonzero_and_l0_counts_it():
+    """streaming.nonzero_count (numpy's count on a CPU float tensor) is torch.count_nonzero's count: -0.0 is
+    zero, NaN and inf are not, for float32 / float64 / float16, bfloat16 (torch's own), a transposed view, a
+    strided slice, an empty tensor and one that requires grad; ModelEval's L0 sums it."""
+    from actdict.analyze.streaming import nonzero_count
+
+    g = torch.Generator().manual_seed(5)
+    z = torch.relu(torch.randn(37, 11, generator=g))  # about half zero
+    z[0, :3] = -0.0
+    z[1, 0], z[1, 1], z[2, 2] = float("nan"), float("inf"), -float("inf")
+    for t in (z, z.double(), z.half(), z.bfloat16(), z.T, z[::3, 1::2], z[:0],
+              z.clone().requires_grad_(True)):
+        assert nonzero_count(t) == int(torch.count_nonzero(t.detach()))
+    assert nonzero_count(z) == int((z != 0).sum()) == int((z.abs() > 0).sum()) + 1  # NaN counted
+
+    x = torch.rand(4, 4, generator=g) - 0.5
+    x[0] = -1.0  # codes (1 + x) * signs: row 0 all zero, one of them -0.0
+    ev = ModelEval(LowSide(4, 4), AnalyzeConfig(top_k=2, quantiles=1, quantile_samples=1), seed=0,
+                   device=torch.device("cpu"))
+    _first_update(ev, x, None)
+    assert ev.l0_sum == 12 == int(torch.count_nonzero(LowSide(4, 4)(x).codes))
