@@ -33,14 +33,20 @@ finite entries alone (their exp; the others add exp(-inf) = 0, so the sums are t
 of the codes, 0.89 against 0.69 at 0.2."""
 
 
-def mask_counts(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def mask_counts(mask: torch.Tensor, pairs: tuple[torch.Tensor, torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """[B, k] bool -> (set entries of each row [B] int64: ``streaming.row_counts``, of each column [k]
     int32). On a CPU the columns by numpy's int32 sum, which converts a few thousand bytes at a time:
     torch's sum with dtype int32 converts the whole mask first (a fresh [B, k] int32, ~0.2 s of page
-    faults at [4096, 16384] on its own)."""
+    faults at [4096, 16384] on its own). ``pairs``: ``where_true(mask)`` if the caller has it; on a CPU, where
+    at most 1 in 16 entries is set, both are bincounts of its rows and columns (the same integers without
+    reading the mask: 0.5 against 38 ms at [4096, 16384] with 32 a row, 0.3 against 9 at k 4,096)."""
     if mask.device.type != "cpu":
         ones = mask.view(torch.uint8)  # [B, k] summed as bytes into int32: ~2x a bool sum's speed (int64)
         return ones.sum(1, dtype=torch.int32).long(), ones.sum(0, dtype=torch.int32)
+    if pairs is not None and mask.ndim == 2 and len(pairs[0]) * 16 <= mask.numel():
+        return (torch.bincount(pairs[0], minlength=mask.shape[0]),
+                torch.bincount(pairs[1], minlength=mask.shape[1]).to(torch.int32))
     return row_counts(mask), torch.from_numpy(mask.numpy().sum(0, dtype=np.int32))
 
 
@@ -88,7 +94,7 @@ class ModelEval:
         self.l0_sum += nonzero
         mask, exact = M.active_split(out.activity, m.active_side)  # [B, k]; exact: no row split
         pairs = where_true(mask)  # [m] each: its set entries, row-major, for every reader of them
-        ad, fire = mask_counts(mask)  # [B], [k]
+        ad, fire = mask_counts(mask, pairs)  # [B], [k]
         self.ad += torch.bincount(ad, minlength=len(self.ad))
         self.fire += fire
         if cls is not None and len(self.class_n):  # class -1: no label, counted in no class

@@ -89,6 +89,25 @@ def test_mask_counts_are_the_rows_and_columns_sums():
     assert mask_counts(m)[0].sum() == m.sum() > 0
 
 
+def test_mask_counts_from_the_pairs_are_the_sums_too():
+    """mask_counts handed the mask's pairs (where_true) counts a sparse mask (at most 1 in 16 set) by
+    bincounts of them: the same int64 row and int32 column counts as the sums, for a mask, its transposed
+    view, an empty one, one with no set entry and one too dense for the pairs (the sums)."""
+    from actdict.analyze.evaluate import mask_counts
+    from actdict.analyze.streaming import where_true
+
+    g = torch.Generator().manual_seed(4)
+    sparse = torch.rand(64, 40, generator=g) < 0.04
+    sparse[3] = False  # an empty row
+    for mask in (sparse, sparse.T, sparse[:0], sparse[:, :0], torch.zeros(5, 7, dtype=torch.bool),
+                 torch.rand(9, 6, generator=g) < 0.5):
+        ad, fire = mask_counts(mask, where_true(mask))
+        assert ad.dtype == torch.int64 and fire.dtype == torch.int32
+        assert ad.shape == (mask.shape[0],) and fire.shape == (mask.shape[1],)
+        assert ad.tolist() == mask.sum(1).tolist() and fire.tolist() == mask.sum(0).tolist()
+    assert int(sparse.sum()) * 16 <= sparse.numel() and int(sparse.sum()) > 20
+
+
 def test_nonzero_count_is_torchs_count_nonzero_and_l0_counts_it():
     """streaming.nonzero_count (numpy's count on a CPU float tensor) is torch.count_nonzero's count: -0.0 is
     zero, NaN and inf are not, for float32 / float64 / float16, bfloat16 (torch's own), a transposed view, a
