@@ -46,7 +46,7 @@ def active_pairs(active: Tensor, other: Tensor | None = None, pairs: tuple[Tenso
     other = active if other is None else other
     b, i = where_true(active) if pairs is None else pairs  # [m] row-major
     j = i if other is active else where_true(other)[1]  # [m2] row-major: each row's features contiguous
-    c = row_counts(other)  # [B] other's active per row
+    c = row_counts(other, (b, i) if other is active else None)  # [B] other's active per row
     by_i = i.argsort(stable=True)  # [m] the entries of active in order of feature
     b, i = b[by_i], i[by_i]
     rep = c[b]  # [m] partners of each entry (its row's count in other)
@@ -79,7 +79,7 @@ class CoFire:
         """``update``'s counting, by the cheaper path (the rows in halves past ``MAX_PAIRS``)."""
         active = active.to(self.counts.device)
         other = active if other is None else other.to(self.counts.device)
-        na = row_counts(active)  # [B] active per row
+        na = row_counts(active, pairs)  # [B] active per row (from the pairs where they are few)
         nb = na if other is active else row_counts(other)
         c = na.to(torch.float64) * nb.to(torch.float64)  # [B] pairs per row
         rms = float(c.mean()) ** 0.5 if len(c) else 0.0

@@ -42,12 +42,16 @@ def where_true(mask: Tensor) -> tuple[Tensor, Tensor]:
     return flat.div(m.shape[1], rounding_mode="floor"), flat % m.shape[1]
 
 
-def row_counts(mask: Tensor) -> Tensor:
+def row_counts(mask: Tensor, pairs: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """[B, k] bool -> [B] int64, the set entries of each row: ``mask.sum(1)``, on a CPU by numpy's sum, which
     converts a few thousand bytes at a time (torch's converts the whole mask first, to int64 or to the dtype
-    asked: a [4096, 16384] mask, 0.38-0.43 s with the fresh copy's page faults; numpy 0.03 s)."""
+    asked: a [4096, 16384] mask, 0.38-0.43 s with the fresh copy's page faults; numpy 0.03 s). ``pairs``:
+    ``where_true(mask)`` if the caller has it; on a CPU, where at most 1 in 16 entries is set, the bincount of
+    its rows (the same counts without reading the mask: 0.5 against ~35 ms at that size with 32 a row)."""
     if mask.device.type != "cpu" or mask.ndim != 2:
         return mask.sum(1)
+    if pairs is not None and len(pairs[0]) * 16 <= mask.numel():
+        return torch.bincount(pairs[0], minlength=mask.shape[0])
     return torch.from_numpy(mask.detach().numpy().sum(1, dtype=np.int64))
 
 

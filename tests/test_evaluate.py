@@ -90,11 +90,12 @@ def test_mask_counts_are_the_rows_and_columns_sums():
 
 
 def test_mask_counts_from_the_pairs_are_the_sums_too():
-    """mask_counts handed the mask's pairs (where_true) counts a sparse mask (at most 1 in 16 set) by
-    bincounts of them: the same int64 row and int32 column counts as the sums, for a mask, its transposed
-    view, an empty one, one with no set entry and one too dense for the pairs (the sums)."""
+    """mask_counts (and streaming.row_counts, cofire's) handed the mask's pairs (where_true) counts a sparse
+    mask (at most 1 in 16 set) by bincounts of them: the same int64 row and int32 column counts as the
+    sums, for a mask, its transposed view, an empty one, one with no set entry and one too dense for the
+    pairs (the sums)."""
     from actdict.analyze.evaluate import mask_counts
-    from actdict.analyze.streaming import where_true
+    from actdict.analyze.streaming import row_counts, where_true
 
     g = torch.Generator().manual_seed(4)
     sparse = torch.rand(64, 40, generator=g) < 0.04
@@ -102,6 +103,7 @@ def test_mask_counts_from_the_pairs_are_the_sums_too():
     for mask in (sparse, sparse.T, sparse[:0], sparse[:, :0], torch.zeros(5, 7, dtype=torch.bool),
                  torch.rand(9, 6, generator=g) < 0.5):
         ad, fire = mask_counts(mask, where_true(mask))
+        assert torch.equal(row_counts(mask, where_true(mask)), ad)  # cofire's row counts, from the pairs too
         assert ad.dtype == torch.int64 and fire.dtype == torch.int32
         assert ad.shape == (mask.shape[0],) and fire.shape == (mask.shape[1],)
         assert ad.tolist() == mask.sum(1).tolist() and fire.tolist() == mask.sum(0).tolist()
