@@ -46,12 +46,11 @@ class LensError(ActdictError, ValueError):
 def text_rows(lm, cfg, hook: str, text: str) -> tuple[np.ndarray, Tensor]:
     """(token ids [n], activations [n, d] float32) of the rows a harvest with ``cfg`` stores for ``text``
     read alone (``per_doc`` windows of ``cfg.ctx``; special tokens dropped as ``cfg.skip_special`` says).
-    The harvest's checks of the hook come first (``bridge.untrained_hooks``, ``LoadedModel.row_problems``),
+    The harvest's check of the hook comes first (``LoadedModel.row_problems``: ``untrained_hooks`` too),
     so that a model or hook the bridge fails on is said as the harvest says it, not as the bridge's
     traceback, and a hook of a head the checkpoint lacks (drawn at random at each load: a store harvested
     from it before the harvest refused such hooks) is refused, not read through another random head."""
-    from actdict.harvest.bridge import untrained_hooks
-    from actdict.harvest.models import resolve_model, rows_refused
+    from actdict.harvest.models import rows_refused
     from actdict.harvest.plan import stored_positions
     from actdict.harvest.rows import forward
     from actdict.harvest.windows import past_vocab, token_windows, tokenized, window_specials
@@ -60,9 +59,8 @@ def text_rows(lm, cfg, hook: str, text: str) -> tuple[np.ndarray, Tensor]:
     if said := past_vocab(np.asarray(ids), lm):  # as the harvest refuses it (else an IndexError)
         raise LensError(f"the text holds {said}: leave that text out")
     windows = list(token_windows([ids], cfg.ctx, mode="per_doc", **window_specials(lm, cfg)))
-    untrained = untrained_hooks(lm.bridge, resolve_model(lm.name)[2])  # a random head: other rows each load
-    if problems := ({hook: untrained[hook]} if hook in untrained else lm.row_problems([hook])):
-        raise rows_refused(problems, lm.name)  # ModelError when no forward runs; HookError for the hook
+    if problems := lm.row_problems([hook]):  # ModelError when no forward runs; HookError for the hook
+        raise rows_refused(problems, lm.name)  # (a random head's too: other rows than the store's each load)
     stop = lm.stop_at_layer([hook])
     tokens, rows = [], []
     for s in range(0, len(windows), cfg.batch_size):

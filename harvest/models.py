@@ -38,6 +38,7 @@ from actdict.harvest.bridge import (
     not_the_bridges,
     tl_version,
     unsupported,
+    untrained_hooks,
     weights_missing,
 )
 from actdict.harvest.tokens import token_decoder as token_decoder  # public API (docs/architecture.md)
@@ -219,8 +220,17 @@ class LoadedModel:
                         f"{', '.join(generic)}")
 
     def row_problems(self, hooks: Sequence[str]) -> dict[str, str]:
-        """hook -> why it gives no vector per token (none: every hook does): ``row_widths``' second part."""
-        return self.row_widths(hooks)[1]
+        """hook -> why it gives no vector per token of the model (none: every hook does): ``storable``'s
+        second part."""
+        return self.storable(hooks)[1]
+
+    def storable(self, hooks: Sequence[str]) -> tuple[dict[str, int], dict[str, str]]:
+        """``row_widths`` of the hooks that read the checkpoint's own weights; a hook of a head the checkpoint
+        lacks (``bridge.untrained_hooks``: drawn at random when the bridge loads it, other rows each load) is
+        a problem, not probed. The harvest's check of its hooks, and the lens'."""
+        untrained = untrained_hooks(self.bridge, resolve_model(self.name)[2])
+        widths, problems = self.row_widths([h for h in hooks if h not in untrained])
+        return widths, problems | {h: untrained[h] for h in hooks if h in untrained}
 
     def row_widths(self, hooks: Sequence[str]) -> tuple[dict[str, int], dict[str, str]]:
         """(hook -> the width d of its rows, hook -> why it gives no vector per token), each of ``hooks``

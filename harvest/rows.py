@@ -13,10 +13,9 @@ from functools import partial
 
 import numpy as np
 
-from actdict.harvest.bridge import untrained_hooks
 from actdict.harvest.config import hook_pattern
 from actdict.harvest.layout import ACT_DTYPES
-from actdict.harvest.models import LoadedModel, resolve_model, rows_refused
+from actdict.harvest.models import LoadedModel, rows_refused
 from actdict.harvest.plan import ShardWork
 from actdict.harvest.windows import Window
 from actdict.harvest.writer import non_finite
@@ -44,15 +43,13 @@ def expand_hooks(lm: LoadedModel, wanted: Iterable[str]) -> list[str]:
 def row_hooks(lm: LoadedModel, wanted: Iterable[str], hooks: list[str]
               ) -> tuple[dict[str, int], dict[str, str]]:
     """(the ``hooks`` that give one vector per token: hook -> its width d, the others a pattern of
-    ``wanted`` matched: hook -> why), from ``LoadedModel.row_widths``' probe. A hook named outright that
+    ``wanted`` matched: hook -> why), from ``LoadedModel.storable``' probe. A hook named outright that
     gives none (an attention pattern, a hook that does not fire, token ids, a hook of the random masked-LM
     head of a bare encoder: ``bridge.untrained_hooks``, not probed) raises HookError before anything is
     written, all such hooks in one (``models.rows_refused``); a pattern (``blocks.1.*``) asks for every
     storable hook it matches, so its others are left out, and one that matches no storable hook raises."""
     wanted = list(wanted)
-    untrained = untrained_hooks(lm.bridge, resolve_model(lm.name)[2])  # a bare encoder's random head
-    widths, problems = lm.row_widths([h for h in hooks if h not in untrained])
-    problems |= {h: untrained[h] for h in hooks if h in untrained}  # matched by a pattern: left out
+    widths, problems = lm.storable(hooks)  # a random head's hooks too (matched by a pattern: left out)
     named = {w for w in wanted if not hook_pattern(w)}
     if refused := {h: why for h, why in problems.items() if h in named}:
         raise rows_refused(refused, lm.name)
