@@ -23,6 +23,11 @@ def cpu_bf16() -> bool:
     return any(callable(c) and bool(c()) for c in checks)
 
 
+def cpu_emulates(device: str) -> bool:
+    """Whether ``device`` is a CPU without bf16 instructions (``cpu_bf16``): torch emulates bf16 there."""
+    return device.split(":")[0] == "cpu" and not cpu_bf16()
+
+
 def bf16_native(device: str) -> bool:
     """Whether ``device`` (a resolved torch device string: 'cpu', 'cuda', 'cuda:1', 'mps') computes in
     bfloat16 natively: a CPU with ``cpu_bf16``, a CUDA GPU of compute capability >= 8.0, that GPU's
@@ -58,6 +63,15 @@ def dtype_said(asked: str, dtype: str, device: str) -> str:
     return f"{dtype} (auto: {where} {'has' if dtype == 'bfloat16' else 'lacks'} native bf16)"
 
 
+def harvest_forward(asked: str, device: str) -> tuple[str, str, str | None]:
+    """For a harvest's ``harvest.dtype`` ``asked`` on ``device``: (the dtype its forward runs in, how its
+    start lines say it, the warning to print first when bfloat16 was asked where it is emulated, or None)."""
+    dtype = forward_dtype(asked, device)
+    warn = (slow_bf16_note(device, "harvest.dtype bfloat16", "harvest.dtype=float32 or auto")
+            if asked == "bfloat16" else None)
+    return dtype, dtype_said(asked, dtype, device), warn
+
+
 def slow_bf16_note(device: str, what: str, fix: str) -> str | None:
     """A warning for bfloat16 compute (``what``: 'harvest.dtype bfloat16') on ``device`` when it is a CPU
     without bf16 instructions (emulated there: several times slower than float32) or a CUDA GPU of compute
@@ -68,7 +82,7 @@ def slow_bf16_note(device: str, what: str, fix: str) -> str | None:
     if kind == "cuda" and torch.cuda.is_available() and not bf16_native(device):
         return (f"{what} on a GPU of compute capability below 8.0 (before Ampere: no bf16 tensor cores), "
                 f"where it gains nothing over float32 and may be slower; {fix} is faster here")
-    if kind != "cpu" or cpu_bf16():
+    if not cpu_emulates(device):
         return None
     return (f"{what} on a CPU without bf16 instructions (AVX512-BF16 or AMX): torch emulates it, several "
             f"times slower than float32 (a [2048, 384] x [384, 1536] matmul 57x on an AVX2 CPU); {fix} is "
@@ -78,7 +92,7 @@ def slow_bf16_note(device: str, what: str, fix: str) -> str | None:
 def emulated_note(device: str, dtype: str) -> str:
     """What a benchmark's header says beside its dtype: ' (emulated: this CPU lacks bf16 instructions ...)'
     for ``dtype`` bfloat16 (a forward, autocast) on a CPU without them (``cpu_bf16``), else ''."""
-    if dtype != "bfloat16" or device.split(":")[0] != "cpu" or cpu_bf16():
+    if dtype != "bfloat16" or not cpu_emulates(device):
         return ""
     return (" (emulated: this CPU lacks bf16 instructions, AVX512-BF16 or AMX; several times slower than "
             "float32)")

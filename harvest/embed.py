@@ -27,7 +27,7 @@ from actdict.bars import bar_disabled, bar_timing
 from actdict.config import ConfigError
 from actdict.errors import one_line
 from actdict.names import check_hook_name
-from actdict.precision import dtype_said, forward_dtype, slow_bf16_note
+from actdict.precision import harvest_forward
 from actdict.rng import kept_rng
 
 if TYPE_CHECKING:
@@ -246,11 +246,9 @@ def main(common, cfg, writing=lambda hooks=None: None) -> None:
     from actdict.harvest.models import resolve_device
 
     device = resolve_device(cfg.device)  # 'auto' said as the device it is (load_encoder's resolve: the same)
-    dtype = forward_dtype(cfg.dtype, device)  # 'auto' too
-    if cfg.dtype == "bfloat16" and (note := slow_bf16_note(device, "harvest.dtype bfloat16",
-                                                            "harvest.dtype=float32 or auto")):
-        print(one_line(f"harvest: warning: {note}"))
-    dtype_text = dtype_said(cfg.dtype, dtype, device)
+    dtype, dtype_text, warn = harvest_forward(cfg.dtype, device)  # 'auto' too
+    if warn:
+        print(one_line(f"harvest: warning: {warn}"))
     print(one_line(f"harvest: loading the model {cfg.model} (device {device}, {dtype_text})"))
     enc = load_encoder(cfg.model, device=device, dtype=dtype, max_seq_length=ecfg.max_seq_length,
                        found=found)  # the hub probed once

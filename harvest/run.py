@@ -72,7 +72,7 @@ from actdict.harvest.sources import (
 from actdict.harvest.store import open_store
 from actdict.harvest.windows import model_windows
 from actdict.harvest.writer import CHUNK_ROWS, new_manifest
-from actdict.precision import dtype_said, forward_dtype, slow_bf16_note
+from actdict.precision import harvest_forward
 from actdict.rng import kept_rng
 from actdict.signals import under_torchrun
 
@@ -182,11 +182,9 @@ def harvest(common: Common, cfg: HarvestConfig, ranks: Ranks, grow: bool = False
 
     path, chash, say = common.store_path, config_hash(cfg), _say if ranks.rank == 0 else _quiet
     where = resolve_device(rank_device(cfg.device, ranks))  # 'auto' said as the device it is
-    dtype = forward_dtype(cfg.dtype, where)  # 'auto' too
-    if cfg.dtype == "bfloat16" and (note := slow_bf16_note(where, "harvest.dtype bfloat16",
-                                                            "harvest.dtype=float32 or auto")):
-        say(f"harvest: warning: {note}")
-    dtype_text = dtype_said(cfg.dtype, dtype, where)
+    dtype, dtype_text, warn = harvest_forward(cfg.dtype, where)  # 'auto' too
+    if warn:
+        say(f"harvest: warning: {warn}")
     say(f"harvest: loading the model {cfg.model} (device {where}, {dtype_text})")  # a log that
     lm = load_model(cfg.model, device=where, dtype=dtype, found=found)  # ends here died loading it
     import torch
