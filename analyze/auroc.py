@@ -18,14 +18,16 @@ exact zeros tie exactly and add nothing (a perfect separator, d null, is given 1
 its two constants can share a bin). The bound is small wherever either group is mostly 0 or spread
 over several bins (below 0.01 for every listed demo feature, whose streamed AUROC were within 0.00022 of
 the rows' own: docs/results.md). Counts are int32, 648 bytes per class and feature, or int64 (1,296 bytes)
-where a class has more labelled rows than an int32 holds (``count_dtype``: else its count in a bin would wrap
-past 2^31 - 1 and give a wrong AUROC); ``analyze.budget.CLASS_AUROC_MAX_MIB`` caps them.
+where a class has more labelled rows than an int32 holds (``streaming.count_dtype``: else its count in a
+bin would wrap past 2^31 - 1 and give a wrong AUROC); ``analyze.budget.CLASS_AUROC_MAX_MIB`` caps them.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from actdict.analyze.streaming import count_dtype  # int32 counts, int64 past 2^31 - 1 rows
 
 E_LO, E_HI, SUB_BITS = -20, 20, 2
 """The fine bins' range, 2^E_LO .. 2^E_HI, and the mantissa bits that split each octave (2: 4 bins)."""
@@ -60,15 +62,6 @@ def auroc_from_counts(inn: Tensor, out: Tensor) -> tuple[Tensor, Tensor]:
     below = q.cumsum(-1) - q  # [..., nb] share of the others in lower bins
     auc = (p * (below + q / 2)).sum(-1)
     return auc, (p[..., 1:] * q[..., 1:]).sum(-1) / 2
-
-
-INT32_MAX = 2 ** 31 - 1
-
-
-def count_dtype(most_rows: int) -> torch.dtype:
-    """The counts' dtype when the largest class has ``most_rows`` labelled rows to count: int32 while no bin
-    can pass 2^31 - 1 (a class's count in a bin is at most its rows), else int64."""
-    return torch.int32 if most_rows <= INT32_MAX else torch.int64
 
 
 class ClassBins:

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from actdict.analyze.auroc import STORED, count_dtype
+from actdict.analyze.auroc import STORED
 from actdict.analyze.config import AnalyzeConfig
+from actdict.analyze.streaming import count_dtype
 from actdict.errors import one_line
 from actdict.train.resume import listed
 
@@ -53,7 +54,7 @@ CLASS_AUROC_MAX_MIB = 512
 def class_auroc_within(models: dict, n_classes: int, most_rows: int = 0) -> set[str]:
     """Of the dictionaries whose class features are found, those whose AUROC bins are counted: smallest k
     first, as many as ``CLASS_AUROC_MAX_MIB`` holds (their counts' dtype for ``most_rows``, the largest
-    class's labelled rows: ``auroc.count_dtype``); a note names the others (their d alone)."""
+    class's labelled rows: ``streaming.count_dtype``); a note names the others (their d alone)."""
     size = count_dtype(most_rows).itemsize * STORED  # bytes per class and latent
     chosen = within_budget(models, lambda k: n_classes * k * size, CLASS_AUROC_MAX_MIB)
     if left := sorted(set(models) - chosen):

@@ -28,9 +28,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from actdict.analyze.streaming import row_counts, where_true
+from actdict.analyze.streaming import count_dtype, row_counts, where_true
 
-INT32_MAX = 2 ** 31 - 1
 DENSE_RATIO = 64.0  # the pairs path when k > 64 x the rows' RMS active count (CPU; measured: see docs)
 MAX_PAIRS = 1 << 24  # pairs counted at once (~0.7 GB of int64 keys and indices); more: the rows in halves
 
@@ -63,7 +62,7 @@ class CoFire:
     def __init__(self, k: int, device: str | torch.device = "cpu", k2: int | None = None) -> None:
         self.k, self.k2 = k, k if k2 is None else k2
         self.counts = torch.zeros((k, self.k2), dtype=torch.int32, device=device)  # [k, k2]
-        self.rows = 0  # counted: once past INT32_MAX, the counts are int64 (no count exceeds the rows)
+        self.rows = 0  # counted: past 2^31 - 1, the counts are int64 (no count exceeds the rows: count_dtype)
 
     def update(self, active: Tensor, other: Tensor | None = None, pairs: tuple[Tensor, Tensor] | None = None
                ) -> None:
@@ -71,8 +70,8 @@ class CoFire:
         dictionary's on the same rows (None: the counts are of ``active`` with itself); pairs:
         ``streaming.where_true(active)`` if the caller has it."""
         self.rows += len(active)
-        if self.rows > INT32_MAX and self.counts.dtype == torch.int32:  # a count could wrap: int64 from here
-            self.counts = self.counts.to(torch.int64)
+        if (dtype := count_dtype(self.rows)) != self.counts.dtype:  # a count could wrap: int64 from here
+            self.counts = self.counts.to(dtype)
         self._add(active, other, pairs)
 
     def _add(self, active: Tensor, other: Tensor | None, pairs: tuple[Tensor, Tensor] | None = None) -> None:

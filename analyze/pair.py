@@ -34,12 +34,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from actdict.analyze.auroc import count_dtype  # the counts: int64 past 2^31 - 1 rows (CoFire)
 from actdict.analyze.cofire import CoFire, jaccard, partners
 from actdict.analyze.compare import directions, live, similarity
 from actdict.analyze.inputs import AnalyzeError, other_store
 from actdict.analyze.metrics import active_mask
 from actdict.analyze.storepath import located
+from actdict.analyze.streaming import count_dtype  # the counts: int64 past 2^31 - 1 rows (CoFire)
 from actdict.config import check_device
 from actdict.errors import ActdictError, one_line, printable
 from actdict.files import write_atomic

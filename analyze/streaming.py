@@ -55,6 +55,12 @@ def row_counts(mask: Tensor, pairs: tuple[Tensor, Tensor] | None = None) -> Tens
     return torch.from_numpy(mask.detach().numpy().sum(1, dtype=np.int64))
 
 
+def count_dtype(most_rows: int) -> torch.dtype:
+    """The dtype of counts of at most ``most_rows`` rows each (a class's AUROC bins, co-activation counts):
+    int32 while no count can pass 2^31 - 1, else int64."""
+    return torch.int32 if most_rows <= 2 ** 31 - 1 else torch.int64
+
+
 def nonzero_count(x: Tensor) -> int:
     """``int(torch.count_nonzero(x))`` (-0.0 is zero, NaN is not), on a CPU float tensor by numpy's, which
     does not slow down where zeros and nonzeros mix: a [4096, 4096] float32 of half zeros (a fresh L1 SAE's
